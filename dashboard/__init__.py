@@ -1,0 +1,1 @@
+"""Site dashboard: MQTT ingest into SQLite and a FastAPI app with the live floor page."""

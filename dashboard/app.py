@@ -1,0 +1,155 @@
+"""The dashboard's FastAPI application factory and its server entry points."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from miroir import wire
+
+from . import auth
+from . import db as store
+from .ingest import Ingest
+from .live import Hub
+from .routes import boxes, floor, health, session, stream
+from .settings import DashboardSettings
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+GRACEFUL_SHUTDOWN_S = 2
+
+
+def create_app(settings: DashboardSettings, *, start_ingest: bool = True) -> FastAPI:
+    """Build the dashboard app: schema, initial admin, routes, and (optionally) the ingest.
+
+    Args:
+        settings: The dashboard's settings.
+        start_ingest: Start the MQTT ingest in the app's lifespan (off for HTTP-only tests).
+
+    Returns:
+        The app. While it runs, ``app.state.ingest`` is the :class:`Ingest` (or None) and
+        ``app.state.hub`` the live-push :class:`Hub`.
+    """
+    wire.check_id(settings.site, "site")
+    db = store.open_db(settings.db_path)
+    try:
+        store.ensure_schema(db)
+        auth.ensure_admin(db, settings.admin_user, settings.admin_password_file)
+    finally:
+        db.conn.close()
+
+    hub = Hub()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        hub.bind(asyncio.get_running_loop())
+        ingest: Ingest | None = None
+        if start_ingest:
+            ingest = Ingest(settings, notify=hub.publish)
+            ingest.start()
+        app.state.ingest = ingest
+        try:
+            yield
+        finally:
+            hub.bind(None)
+            if ingest is not None:
+                await run_in_threadpool(ingest.close)
+
+    app = FastAPI(title="Miroir dashboard", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url="/api/openapi.json")
+    app.state.settings = settings
+    app.state.hub = hub
+    app.state.ingest = None
+    for module in (session, floor, boxes, stream, health):
+        app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
+    # Added last = outermost: headers go on every response, including the auth redirects.
+    app.add_middleware(auth.AuthMiddleware, db_path=settings.db_path,
+                       idle_s=settings.session_idle_s, secure=settings.secure_cookies)
+    app.add_middleware(auth.SecurityHeadersMiddleware)
+    return app
+
+
+
+def _uvicorn_config(app: FastAPI, settings: DashboardSettings) -> Any:
+    import uvicorn
+
+    return uvicorn.Config(app, host=settings.http_host, port=settings.http_port,
+                          log_level="info", server_header=False, proxy_headers=False,
+                          timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+
+
+def serve(settings: DashboardSettings) -> None:
+    """Run the dashboard (HTTP server and ingest) in this process until interrupted."""
+    import uvicorn
+
+    server = uvicorn.Server(_uvicorn_config(create_app(settings), settings))
+    server.run()
+
+
+class DashboardServer:
+    """The dashboard served by uvicorn in a background thread (tests and the demo)."""
+
+    def __init__(self, settings: DashboardSettings, *, start_ingest: bool = True) -> None:
+        self.settings = settings
+        self.app = create_app(settings, start_ingest=start_ingest)
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self.port = settings.http_port
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:8000``."""
+        return f"http://{self.settings.http_host}:{self.port}"
+
+    @property
+    def ingest(self) -> Ingest | None:
+        """The running ingest (None before start or when not started)."""
+        ingest: Ingest | None = self.app.state.ingest
+        return ingest
+
+    def start(self, timeout_s: float = 10.0) -> str:
+        """Bind (port 0 picks a free port), start serving, wait until up; return the URL."""
+        import uvicorn
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.settings.http_host, self.settings.http_port))
+        self.port = sock.getsockname()[1]
+        self._server = uvicorn.Server(_uvicorn_config(self.app, self.settings))
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
+                                        name="dashboard-http", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self._thread.is_alive():
+            if self._server.started:
+                return self.url
+            time.sleep(0.02)
+        raise RuntimeError("dashboard server did not start")
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Ask uvicorn to exit and wait for its thread."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        self._thread = None
+
+    def __enter__(self) -> DashboardServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,202 @@
+"""SQLite storage of the dashboard: schema and idempotent inserts (sqlite-utils)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+BUSY_TIMEOUT_MS = 5000
+QUARANTINE_PAYLOAD_MAX_CHARS = 2048
+
+METRIC_FIELDS = ("t_start", "window_s", "near_speech_ratio", "far_speech_ratio",
+                 "near_talking", "far_talking", "talk_state")
+EVENT_FIELDS = ("name", "channel", "t_audio_s")
+STATUS_FIELDS = ("version", "seq_last", "outbox_depth", "dropped", "overruns")
+
+
+def open_db(path: str | Path) -> sqlite_utils.Database:
+    """Open (or create) the database in WAL mode with a busy timeout.
+
+    The connection may be handed between threads but must not be used by two at once.
+    """
+    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return sqlite_utils.Database(conn)
+
+
+def ensure_schema(db: sqlite_utils.Database) -> None:
+    """Create every table and index if missing (idempotent)."""
+    db.table("boxes").create(
+        {"box": str, "site": str, "state": str, "last_status_ts": float, "last_seen_ts": float,
+         "version": str, "seq_last": int, "outbox_depth": int, "dropped": int, "overruns": int,
+         "last_metrics_seq": int, "last_event_seq": int},
+        pk="box", if_not_exists=True,
+    )
+    db.table("metrics").create(
+        {"box": str, "seq": int, "ts": float, "ingested_ts": float, "t_start": float,
+         "window_s": float, "near_speech_ratio": float, "far_speech_ratio": float,
+         "near_talking": int, "far_talking": int, "talk_state": str},
+        pk=("box", "seq"), not_null={"box", "seq", "ts", "ingested_ts"}, if_not_exists=True,
+    )
+    db.table("events").create(
+        {"box": str, "seq": int, "ts": float, "ingested_ts": float, "name": str,
+         "channel": str, "t_audio_s": float},
+        pk=("box", "seq"), not_null={"box", "seq", "ts", "ingested_ts"}, if_not_exists=True,
+    )
+    db.table("quarantine").create(
+        {"id": int, "received_ts": float, "topic": str, "reason": str, "payload": str,
+         "truncated": int},
+        pk="id", if_not_exists=True,
+    )
+    db.table("users").create(
+        {"username": str, "password_hash": str, "role": str, "created_ts": float},
+        pk="username", not_null={"password_hash", "role"}, if_not_exists=True,
+    )
+    db.table("sessions").create(
+        {"token_hash": str, "username": str, "csrf": str, "created_ts": float,
+         "last_seen_ts": float},
+        pk="token_hash", not_null={"username", "csrf", "created_ts", "last_seen_ts"},
+        if_not_exists=True,
+    )
+    db.table("metrics").create_index(["ts"], if_not_exists=True)
+    db.table("sessions").create_index(["last_seen_ts"], if_not_exists=True)
+
+
+def _insert_or_ignore(db: sqlite_utils.Database, table: str, row: dict[str, Any]) -> bool:
+    cols = ", ".join(row)
+    marks = ", ".join("?" for _ in row)
+    cur = db.conn.execute(f"INSERT OR IGNORE INTO {table} ({cols}) VALUES ({marks})",
+                          list(row.values()))
+    return cur.rowcount == 1
+
+
+def _touch_box(db: sqlite_utils.Database, site: str, box: str, seen_ts: float) -> None:
+    db.conn.execute(
+        "INSERT INTO boxes (box, site, last_seen_ts) VALUES (?, ?, ?) "
+        "ON CONFLICT(box) DO UPDATE SET last_seen_ts = max(coalesce(last_seen_ts, 0), "
+        "excluded.last_seen_ts)",
+        (box, site, seen_ts),
+    )
+
+
+def insert_metrics(db: sqlite_utils.Database, msg: dict[str, Any], ingested_ts: float) -> bool:
+    """Insert one validated ``metrics`` message; return True if the (box, seq) row was new.
+
+    Args:
+        db: The open database.
+        msg: A message accepted by ``wire.validate("metrics", ...)``.
+        ingested_ts: Wall-clock time of reception, in seconds since the epoch.
+    """
+    row = {"box": msg["box"], "seq": msg["seq"], "ts": float(msg["ts"]),
+           "ingested_ts": ingested_ts}
+    row.update({k: msg.get(k) for k in METRIC_FIELDS})
+    with db.conn:
+        new = _insert_or_ignore(db, "metrics", row)
+        if new:
+            _touch_box(db, msg["site"], msg["box"], ingested_ts)
+            db.conn.execute(
+                "UPDATE boxes SET last_metrics_seq = max(coalesce(last_metrics_seq, 0), ?) "
+                "WHERE box = ?", (msg["seq"], msg["box"]))
+    return new
+
+
+def insert_event(db: sqlite_utils.Database, msg: dict[str, Any], ingested_ts: float) -> bool:
+    """Insert one validated ``event`` message; return True if the (box, seq) row was new."""
+    row = {"box": msg["box"], "seq": msg["seq"], "ts": float(msg["ts"]),
+           "ingested_ts": ingested_ts}
+    row.update({k: msg.get(k) for k in EVENT_FIELDS})
+    with db.conn:
+        new = _insert_or_ignore(db, "events", row)
+        if new:
+            _touch_box(db, msg["site"], msg["box"], ingested_ts)
+            db.conn.execute(
+                "UPDATE boxes SET last_event_seq = max(coalesce(last_event_seq, 0), ?) "
+                "WHERE box = ?", (msg["seq"], msg["box"]))
+    return new
+
+
+def apply_status(db: sqlite_utils.Database, msg: dict[str, Any], ingested_ts: float) -> None:
+    """Record a validated ``status`` message as the box's current state (latest arrival wins)."""
+    fields = {k: msg[k] for k in STATUS_FIELDS if k in msg}
+    with db.conn:
+        _touch_box(db, msg["site"], msg["box"], ingested_ts)
+        sets = ", ".join(f"{k} = ?" for k in ("state", "last_status_ts", *fields))
+        db.conn.execute(f"UPDATE boxes SET {sets} WHERE box = ?",
+                        (msg["state"], float(msg["ts"]), *fields.values(), msg["box"]))
+
+
+def quarantine(db: sqlite_utils.Database, topic: str, reason: str, payload: bytes | bytearray,
+               received_ts: float) -> None:
+    """Keep a refused message for inspection (payload decoded leniently and truncated)."""
+    text = bytes(payload).decode("utf-8", errors="replace")
+    truncated = len(text) > QUARANTINE_PAYLOAD_MAX_CHARS
+    with db.conn:
+        db.conn.execute(
+            "INSERT INTO quarantine (received_ts, topic, reason, payload, truncated) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (received_ts, topic[:512], reason[:512], text[:QUARANTINE_PAYLOAD_MAX_CHARS],
+             int(truncated)),
+        )
+
+
+_BOX_COLUMNS = ("b.box, b.site, b.state, b.last_status_ts, b.last_seen_ts, b.version, "
+                "b.seq_last, b.outbox_depth, b.dropped, b.overruns, b.last_metrics_seq")
+_METRIC_COLUMNS = ", ".join(f"m.{c}" for c in ("seq", "ts", *METRIC_FIELDS))
+
+
+def _box_row(row: sqlite3.Row | tuple[Any, ...], names: list[str]) -> dict[str, Any]:
+    d = dict(zip(names, row, strict=True))
+    metrics = None
+    if d.get("m_seq") is not None:
+        metrics = {k[2:]: d[k] for k in names if k.startswith("m_")}
+        for flag in ("near_talking", "far_talking"):
+            if metrics.get(flag) is not None:
+                metrics[flag] = bool(metrics[flag])
+    box = {k: v for k, v in d.items() if not k.startswith("m_")}
+    box["metrics"] = metrics
+    return box
+
+
+def boxes_with_latest(db: sqlite_utils.Database, box: str | None = None) -> list[dict[str, Any]]:
+    """Every box (or one) with its state and latest metrics row (``metrics`` None if none)."""
+    sql = (f"SELECT {_BOX_COLUMNS}, "
+           + ", ".join(f"{c} AS m_{c.split('.')[1]}" for c in _METRIC_COLUMNS.split(", "))
+           + " FROM boxes b LEFT JOIN metrics m ON m.box = b.box AND m.seq = b.last_metrics_seq")
+    args: tuple[Any, ...] = ()
+    if box is not None:
+        sql += " WHERE b.box = ?"
+        args = (box,)
+    sql += " ORDER BY b.box"
+    cur = db.conn.execute(sql, args)
+    names = [c[0] for c in cur.description]
+    return [_box_row(r, names) for r in cur.fetchall()]
+
+
+def metrics_since(db: sqlite_utils.Database, box: str, since_seq: int = 0,
+                  limit: int = 1000) -> list[dict[str, Any]]:
+    """Metrics rows of ``box`` with ``seq > since_seq``, oldest first, at most ``limit``."""
+    rows = db.query(
+        "SELECT * FROM metrics WHERE box = ? AND seq > ? ORDER BY seq LIMIT ?",
+        [box, since_seq, limit],
+    )
+    out = []
+    for r in rows:
+        for flag in ("near_talking", "far_talking"):
+            if r.get(flag) is not None:
+                r[flag] = bool(r[flag])
+        out.append(r)
+    return out
+
+
+def recent_talk_states(db: sqlite_utils.Database, box: str, limit: int = 30) -> list[str]:
+    """The last ``limit`` talk states of ``box``, oldest first (for the seat's timeline)."""
+    rows = db.conn.execute(
+        "SELECT talk_state FROM metrics WHERE box = ? ORDER BY seq DESC LIMIT ?", (box, limit)
+    ).fetchall()
+    return [r[0] for r in reversed(rows)]

@@ -1,0 +1,35 @@
+"""Liveness and ingest statistics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from .deps import Db
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz(request: Request) -> dict[str, Any]:
+    """Public liveness probe (no data about the boxes)."""
+    ingest = request.app.state.ingest
+    return {"ok": True, "ingest": None if ingest is None else ingest.connected.is_set()}
+
+
+@router.get("/api/ingest/stats")
+def ingest_stats(request: Request, db: Db) -> dict[str, Any]:
+    """Ingest counters, lag percentiles (ms), boxes seen, and live-push counters."""
+    ingest = request.app.state.ingest
+    if ingest is not None:
+        stats = ingest.stats()
+    else:
+        stats = {"connected": False, "received": 0, "inserted": 0, "duplicates": 0,
+                 "quarantined": 0, "lag_ms_p50": None, "lag_ms_p95": None,
+                 "boxes_seen": 0}
+    stats["boxes_known"] = db["boxes"].count
+    stats["boxes_online"] = db.conn.execute(
+        "SELECT count(*) FROM boxes WHERE state = 'online'").fetchone()[0]
+    stats["live"] = request.app.state.hub.stats()
+    return stats

@@ -1,0 +1,226 @@
+"""The live demo floor: a real Mosquitto, the dashboard and N boxes replaying French calls.
+
+Every part is a real process started here: the broker with the project's generated TLS and ACL
+configuration, ``miroir dashboard serve``, and one ``miroir edge run --replay`` per box. Ctrl-C (or
+``--seconds``) stops them all, boxes first so that their outboxes drain.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SITE = "demo"
+REPO = Path(__file__).resolve().parent.parent
+CALLS_DIR = REPO / ".cache" / "demo-calls"
+
+
+class DemoError(RuntimeError):
+    """The demo could not start or did not complete."""
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return round(ordered[k], 1)
+
+
+def _box_config(path: Path, box: str, site: Any, state_dir: Path) -> Path:
+    cert = site.box(box)
+    path.write_text(
+        f'site = "{SITE}"\nbox = "{box}"\nbroker_host = "127.0.0.1"\n'
+        f"broker_port = {site.port}\n"
+        f'ca_file = "{site.ca_cert}"\ncert_file = "{cert.cert}"\nkey_file = "{cert.key}"\n'
+        f'state_dir = "{state_dir}"\n'
+    )
+    return path
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise DemoError(f"the dashboard exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise DemoError(f"the dashboard did not answer on {url} within {timeout_s:.0f} s")
+
+
+def _stop(procs: list[subprocess.Popen[bytes]], timeout_s: float = 15.0) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def summarize(db_path: Path, outboxes: dict[str, Path]) -> dict[str, Any]:
+    """Compare what each box stored with what the dashboard holds.
+
+    Args:
+        db_path: the dashboard's SQLite database.
+        outboxes: box id -> that box's outbox file.
+
+    Returns:
+        ``boxes_seen``, ``messages_sent``, ``messages_ingested``, ``messages_lost``,
+        ``latency_ms_p50`` and ``latency_ms_p95`` (box publish to dashboard row).
+    """
+    sent = 0
+    lost = 0
+    ingested = 0
+    lags_ms: list[float] = []
+    seen = 0
+    with sqlite3.connect(db_path) as db:
+        for box, outbox in outboxes.items():
+            last_seq = 0
+            if outbox.exists():
+                with sqlite3.connect(outbox) as ob:
+                    row = ob.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()
+                    last_seq = int(row[0]) if row else 0
+            seqs: set[int] = set()
+            for table in ("metrics", "events"):
+                rows = db.execute(f"SELECT seq, ts, ingested_ts FROM {table} WHERE box = ?",
+                                  (box,)).fetchall()
+                seqs.update(int(r[0]) for r in rows)
+                if table == "metrics":
+                    lags_ms.extend(1000 * (r[2] - r[1]) for r in rows)
+            sent += last_seq
+            ingested += len(seqs)
+            lost += len(set(range(1, last_seq + 1)) - seqs)
+            seen += bool(seqs)
+    return {
+        "boxes_seen": seen,
+        "messages_sent": sent,
+        "messages_ingested": ingested,
+        "messages_lost": lost,
+        "latency_ms_p50": _percentile(lags_ms, 50),
+        "latency_ms_p95": _percentile(lags_ms, 95),
+    }
+
+
+def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False,
+             http_port: int = 8000, workdir: Path | None = None) -> int:
+    """Start the whole floor; return 0 when every box reported (with ``seconds``) or on Ctrl-C.
+
+    Args:
+        boxes: number of simulated boxes.
+        seconds: run this long, then stop and summarise; None runs until Ctrl-C.
+        as_json: print only one JSON summary on stdout.
+        http_port: the dashboard's port on 127.0.0.1.
+        workdir: where to keep the site files (default: a fresh temporary folder, removed after).
+
+    Returns:
+        The process exit code.
+    """
+    from demo.calls import build_calls
+    from provisioning.broker import free_port, make_site, new_site_dir
+
+    if not 1 <= boxes <= 200:
+        raise DemoError("--boxes must be between 1 and 200")
+    if as_json and seconds is None:
+        raise DemoError("--json needs --seconds")
+    say = (lambda msg: print(msg, file=sys.stderr)) if as_json else print
+    calls = build_calls(CALLS_DIR, progress=lambda m: say(f"  {m}"))
+    box_ids = [f"seat-{i + 1:02d}" for i in range(boxes)]
+    own_dir = workdir is None
+    root = new_site_dir("miroir-demo-") if workdir is None else workdir
+    root.mkdir(parents=True, exist_ok=True)
+    say(f"site files in {root}")
+    site = make_site(root / "site", SITE, box_ids, port=free_port())
+    broker = site.broker()
+    procs: list[subprocess.Popen[bytes]] = []
+    box_procs: list[subprocess.Popen[bytes]] = []
+    password = secrets.token_urlsafe(12)
+    pw_file = root / "admin-password"
+    pw_file.write_text(password + "\n")
+    pw_file.chmod(0o600)
+    db_path = root / "dashboard.sqlite"
+    logs = root / "logs"
+    logs.mkdir(exist_ok=True)
+    miroir = [sys.executable, "-m", "miroir"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    try:
+        broker.start()
+        say(f"broker: mosquitto on 127.0.0.1:{site.port} (TLS, client certificates, ACL)")
+        dash_env = dict(env, MIROIR_DASH_SITE=SITE, MIROIR_DASH_DB_PATH=str(db_path),
+                        MIROIR_DASH_MQTT_PORT=str(site.port),
+                        MIROIR_DASH_MQTT_CA=str(site.ca_cert),
+                        MIROIR_DASH_MQTT_CERT=str(site.dashboard.cert),
+                        MIROIR_DASH_MQTT_KEY=str(site.dashboard.key),
+                        MIROIR_DASH_HTTP_PORT=str(http_port),
+                        MIROIR_DASH_ADMIN_PASSWORD_FILE=str(pw_file))
+        with (logs / "dashboard.log").open("wb") as out:
+            dash = subprocess.Popen([*miroir, "dashboard", "serve"], env=dash_env,
+                                    stdout=out, stderr=subprocess.STDOUT)
+        procs.append(dash)
+        url = f"http://127.0.0.1:{http_port}/"
+        _wait_http(url + "healthz", dash)
+        outboxes: dict[str, Path] = {}
+        for i, box in enumerate(box_ids):
+            call = calls[i % len(calls)]
+            state = root / "boxes" / box
+            state.mkdir(parents=True, exist_ok=True)
+            config = _box_config(state / "box.toml", box, site, state)
+            outboxes[box] = state / "outbox.sqlite"
+            with (logs / f"{box}.log").open("wb") as out:
+                proc = subprocess.Popen(
+                    [*miroir, "edge", "run", "--config", str(config), "--loop",
+                     "--replay", str(call.near), str(call.far)],
+                    env=env, stdout=out, stderr=subprocess.STDOUT)
+            box_procs.append(proc)
+            say(f"box {box}: replaying call '{call.name}'")
+        if not as_json:
+            print(f"\nDashboard: {url}\nLog in as 'admin' with password: {password}\n"
+                  f"(also in {pw_file}). Press Ctrl-C to stop.\n", flush=True)
+        deadline = None if seconds is None else time.monotonic() + seconds
+        while deadline is None or time.monotonic() < deadline:
+            for proc in [*procs, *box_procs]:
+                if proc.poll() is not None:
+                    raise DemoError(f"a demo process exited early (code {proc.returncode}); "
+                                    f"see the logs in {logs}")
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        say("stopping")
+        seconds = None
+    finally:
+        _stop(box_procs)
+        time.sleep(1.0)  # let the dashboard ingest the boxes' last messages
+        _stop(procs)
+        broker.stop()
+    result: dict[str, Any] = (summarize(db_path, outboxes) if db_path.exists()
+                              else {"boxes_seen": 0})
+    result["boxes"] = boxes
+    result["seconds"] = seconds
+    if as_json:
+        print(json.dumps(result))
+    elif seconds is not None:
+        say(json.dumps(result, indent=2))
+    if own_dir:
+        shutil.rmtree(root, ignore_errors=True)
+    ok = result.get("boxes_seen") == boxes and result.get("messages_lost") == 0
+    return 0 if ok or seconds is None else 1
+

@@ -1,0 +1,102 @@
+"""One model interface over ONNX Runtime and the LiteRT (TFLite) runtime, imported lazily."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class Model(Protocol):
+    """A loaded model: named float/int inputs in, named outputs out."""
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one inference."""
+        ...
+
+
+def _import_onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise RuntimeError(
+            "onnxruntime is not installed: install the box extra, `pip install 'miroir[box]'`"
+        ) from exc
+    return onnxruntime
+
+
+class OnnxModel:
+    """An ONNX model on ONNX Runtime's CPU provider, one thread by default (a Pi has four cores)."""
+
+    def __init__(self, path: Path, threads: int = 1) -> None:
+        ort = _import_onnxruntime()
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        self._session = ort.InferenceSession(str(path), sess_options=opts,
+                                             providers=["CPUExecutionProvider"])
+        self._outputs = [o.name for o in self._session.get_outputs()]
+        log.debug("loaded %s with onnxruntime %s", path.name, ort.__version__)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one inference and return the outputs by name."""
+        return dict(zip(self._outputs, self._session.run(self._outputs, inputs), strict=True))
+
+
+def _import_litert() -> Any:
+    try:
+        from ai_edge_litert import interpreter
+    except ImportError:
+        try:
+            from tflite_runtime import interpreter  # older boxes
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise RuntimeError(
+                "no TFLite runtime: install the LiteRT extra, `pip install 'miroir[litert]'`"
+            ) from exc
+    return interpreter
+
+
+class LiteRtModel:
+    """A TFLite model on LiteRT (``ai-edge-litert``), falling back to ``tflite_runtime``."""
+
+    def __init__(self, path: Path, threads: int = 1) -> None:
+        interpreter = _import_litert()
+        self._interp = interpreter.Interpreter(model_path=str(path), num_threads=threads)
+        self._interp.allocate_tensors()
+        self._inputs = {d["name"]: d for d in self._interp.get_input_details()}
+        self._outputs = self._interp.get_output_details()
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one inference and return the outputs by name."""
+        for name, value in inputs.items():
+            detail = self._inputs[name]
+            self._interp.set_tensor(detail["index"], value.astype(detail["dtype"], copy=False))
+        self._interp.invoke()
+        return {d["name"]: self._interp.get_tensor(d["index"]) for d in self._outputs}
+
+
+def load_model(path: Path, backend: str = "auto", threads: int = 1) -> Model:
+    """Load a model file with the named backend (``onnx``, ``litert`` or ``auto`` by suffix).
+
+    Args:
+        path: the model file (``.onnx`` or ``.tflite``).
+        backend: which runtime to use.
+        threads: intra-op threads.
+
+    Returns:
+        A :class:`Model`.
+    """
+    if backend == "auto":
+        backend = "litert" if path.suffix == ".tflite" else "onnx"
+    if backend == "onnx":
+        return OnnxModel(path, threads)
+    if backend == "litert":
+        return LiteRtModel(path, threads)
+    raise ValueError(f"unknown model backend {backend!r} (onnx, litert or auto)")

@@ -1,0 +1,114 @@
+"""The box's settings: a frozen dataclass, loaded from an operator-edited TOML file.
+
+Unknown keys and wrong types are refused with the key's name. Secrets (the private key) are
+paths, given by systemd credentials on a real box, never values in the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from miroir.wire import WireError, check_id
+
+
+class SettingsError(ValueError):
+    """A settings file that cannot be used, with the offending key in the message."""
+
+
+@dataclass(frozen=True)
+class EdgeSettings:
+    """Everything a box needs to run."""
+
+    site: str
+    """Site id, `[a-z0-9-]{1,32}`."""
+    box: str
+    """This box's id, `[a-z0-9-]{1,32}`; also the CN of its client certificate."""
+    broker_host: str = "127.0.0.1"
+    """Host name or address of the site's MQTT broker."""
+    broker_port: int = 8883
+    """TLS port of the site's MQTT broker."""
+    ca_file: Path | None = None
+    """The site CA certificate that signed the broker's certificate."""
+    cert_file: Path | None = None
+    """This box's client certificate."""
+    key_file: Path | None = None
+    """This box's private key (a systemd credential on a real box)."""
+    state_dir: Path = Path("/var/lib/miroir")
+    """Writable directory for the outbox (metrics only, never audio)."""
+    keepalive_s: int = 10
+    """MQTT keepalive; the broker publishes the Last Will after 1.5 times this."""
+    window_s: float = 1.0
+    """Length of a metrics message's window."""
+    vad_on_threshold: float = 0.5
+    """Speech probability at which speech may start."""
+    vad_off_threshold: float = 0.35
+    """Speech probability below which speech may end."""
+    vad_min_speech_ms: float = 64.0
+    """Minimum run above the on threshold before speech starts."""
+    vad_min_silence_ms: float = 160.0
+    """Minimum run below the off threshold before speech ends."""
+    model_backend: str = "onnx"
+    """Runtime for the models: ``onnx`` or ``litert``."""
+
+    def __post_init__(self) -> None:
+        try:
+            check_id(self.site, "site")
+            check_id(self.box, "box")
+        except WireError as exc:
+            raise SettingsError(str(exc)) from None
+        if not 0.0 < self.vad_off_threshold <= self.vad_on_threshold < 1.0:
+            raise SettingsError("vad_off_threshold must be > 0 and <= vad_on_threshold < 1")
+        if not 1 <= self.broker_port <= 65535:
+            raise SettingsError(f"broker_port {self.broker_port} is not a TCP port (1..65535)")
+        if self.window_s <= 0:
+            raise SettingsError("window_s must be > 0")
+        if self.model_backend not in ("onnx", "litert"):
+            raise SettingsError(f"model_backend {self.model_backend!r}: use onnx or litert")
+
+
+def _coerce(name: str, hint: Any, value: Any) -> Any:
+    """Convert a TOML value to the field's type, or raise naming the key."""
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    for typ in allowed:
+        if typ is Path and isinstance(value, str):
+            return Path(value)
+        if typ is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if typ in (int, str, bool) and type(value) is typ:
+            return value
+    names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed if t is not type(None))
+    raise SettingsError(f"setting {name!r}: expected {names}, got {value!r}")
+
+
+def from_mapping(data: dict[str, Any]) -> EdgeSettings:
+    """Build settings from a mapping, refusing unknown keys and wrong types."""
+    hints = typing.get_type_hints(EdgeSettings)
+    known = {f.name for f in dataclasses.fields(EdgeSettings)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise SettingsError(f"unknown setting(s): {', '.join(unknown)} "
+                            f"(known: {', '.join(sorted(known))})")
+    missing = [n for n in ("site", "box") if n not in data]
+    if missing:
+        raise SettingsError(f"missing setting(s): {', '.join(missing)}")
+    return EdgeSettings(**{k: _coerce(k, hints[k], v) for k, v in data.items()})
+
+
+def load(path: Path, **overrides: Any) -> EdgeSettings:
+    """Load a TOML settings file; ``overrides`` (not None) win over the file."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise SettingsError(f"{path}: no such settings file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"{path}: not valid TOML ({exc})") from None
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return from_mapping(data)

@@ -1,0 +1,137 @@
+"""Audio sources: WAV files read into memory (analysis and replay). No audio is ever written."""
+
+from __future__ import annotations
+
+import logging
+import time
+import wave
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.frames import RATE_HZ
+
+log = logging.getLogger(__name__)
+
+MIN_RATE_HZ = 8_000
+"""Lowest usable rate: narrow-band telephone audio."""
+MAX_RATE_HZ = 192_000
+
+
+class AudioInputError(ValueError):
+    """A recording that cannot be used, with a one-line reason."""
+
+
+@dataclass(frozen=True)
+class Recording:
+    """A mono recording at :data:`edge.frames.RATE_HZ`, in memory."""
+
+    samples: np.ndarray
+    """float32 samples, full scale +-1.0."""
+    rate_hz: int
+    """Always :data:`RATE_HZ` after loading."""
+    source_rate_hz: int
+    """The file's own sample rate (resampled if different)."""
+
+    @property
+    def duration_s(self) -> float:
+        """Length in seconds."""
+        return len(self.samples) / self.rate_hz
+
+
+def resample(samples: np.ndarray, from_hz: int, to_hz: int = RATE_HZ) -> np.ndarray:
+    """Resample a mono float32 signal with soxr (high quality, lazy import)."""
+    if from_hz == to_hz:
+        return samples
+    try:
+        import soxr
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise RuntimeError("soxr is not installed: `pip install 'miroir[box]'`") from exc
+    return np.asarray(soxr.resample(samples, from_hz, to_hz, quality="HQ"), dtype=np.float32)
+
+
+def read_wav(path: Path, *, notice: bool = True) -> Recording:
+    """Read a mono 16-bit PCM WAV file into memory, resampled to 16 kHz.
+
+    Raises:
+        AudioInputError: not a WAV file, truncated, not mono, not 16-bit PCM, or empty.
+    """
+    try:
+        with wave.open(str(path), "rb") as wf:
+            channels, width, rate_hz = wf.getnchannels(), wf.getsampwidth(), wf.getframerate()
+            n = wf.getnframes()
+            raw = wf.readframes(n)
+    except FileNotFoundError:
+        raise AudioInputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise AudioInputError(f"{path}: is a directory, not a WAV file") from None
+    except (wave.Error, EOFError) as exc:
+        raise AudioInputError(f"{path}: not a readable PCM WAV file ({exc})") from None
+    if channels != 1:
+        raise AudioInputError(f"{path}: has {channels} channels, expected mono "
+                              "(give the agent and the line as two files: NEAR --far FAR)")
+    if width != 2:
+        raise AudioInputError(f"{path}: {8 * width}-bit samples, expected 16-bit PCM")
+    if len(raw) < n * width:
+        raise AudioInputError(f"{path}: truncated: header says {n} samples, "
+                              f"file holds {len(raw) // width}")
+    if n == 0:
+        raise AudioInputError(f"{path}: holds no audio")
+    if not MIN_RATE_HZ <= rate_hz <= MAX_RATE_HZ:
+        raise AudioInputError(f"{path}: sample rate {rate_hz} Hz is outside "
+                              f"{MIN_RATE_HZ}..{MAX_RATE_HZ} Hz")
+    samples = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+    if rate_hz != RATE_HZ:
+        if notice:
+            log.warning("%s: resampling from %d Hz to %d Hz", path, rate_hz, RATE_HZ)
+        samples = resample(samples, rate_hz)
+    return Recording(samples, RATE_HZ, rate_hz)
+
+
+def pair(near: Recording, far: Recording | None) -> np.ndarray:
+    """Stack near and far into a (2, n) array; a missing far channel is digital silence."""
+    n = len(near.samples) if far is None else max(len(near.samples), len(far.samples))
+    out = np.zeros((2, n), dtype=np.float32)
+    out[0, : len(near.samples)] = near.samples
+    if far is not None:
+        out[1, : len(far.samples)] = far.samples
+    return out
+
+
+class ReplaySource:
+    """Replays a two-channel recording block by block, paced in real time or as fast as possible.
+
+    Args:
+        audio: (2, n) float32 samples at ``rate_hz``.
+        rate_hz: sample rate.
+        block_samples: samples per block (the size a sound card would deliver).
+        realtime: pace blocks to the wall clock.
+        loop: start again at the end (demo floor) instead of stopping.
+    """
+
+    def __init__(self, audio: np.ndarray, rate_hz: int = RATE_HZ, block_samples: int = 1024,
+                 realtime: bool = True, loop: bool = False) -> None:
+        self.audio = audio
+        self.rate_hz = rate_hz
+        self.block_samples = block_samples
+        self.realtime = realtime
+        self.loop = loop
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        """Yield (2, block_samples) blocks (the last one may be shorter) until the end."""
+        n = self.audio.shape[1]
+        t0 = time.monotonic()
+        sent = 0
+        while True:
+            for i in range(0, n, self.block_samples):
+                block = self.audio[:, i:i + self.block_samples]
+                if self.realtime:
+                    delay = t0 + sent / self.rate_hz - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                sent += block.shape[1]
+                yield block
+            if not self.loop:
+                return

@@ -1,0 +1,3 @@
+"""Miroir: audio-free vocal posture metrics for call-centre floors."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from miroir.cli import main
+
+sys.exit(main())

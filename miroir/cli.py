@@ -1,0 +1,183 @@
+"""The ``miroir`` command: one dispatcher for the box, the dashboard, the models and the demo.
+
+Heavy modules are imported inside each command, so ``miroir --help`` works on any install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from miroir import __version__
+
+log = logging.getLogger("miroir")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class CliError(Exception):
+    """An error to print as one line, with a non-zero exit."""
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """Run the edge pipeline offline over recordings and print the call's metrics."""
+    from edge.pipeline import analyze, load_vad_model
+    from edge.source import AudioInputError, pair, read_wav
+
+    try:
+        near = read_wav(args.near)
+        far = read_wav(args.far) if args.far else None
+    except AudioInputError as exc:
+        raise CliError(str(exc)) from None
+    result = analyze(pair(near, far), load_vad_model())
+    result["files"] = {"near": str(args.near), "far": str(args.far) if args.far else None}
+    if args.json:
+        json.dump(result, sys.stdout, separators=(",", ":"))
+        sys.stdout.write("\n")
+        return 0
+    print(f"duration: {result['duration_s']:.1f} s")
+    for ch, label in (("near", "agent (near)"), ("far", "line (far)")):
+        segs = result["vad"][ch]["segments"]
+        print(f"{label}: speech {100 * result['call'][f'{ch}_speech_ratio']:.1f} % "
+              f"in {len(segs)} segments")
+    return 0
+
+
+def cmd_edge_run(args: argparse.Namespace) -> int:
+    """Run the box agent: capture (or replay), analyse, publish metrics."""
+    from edge import settings as edge_settings
+    from edge.box import Box
+    from edge.pipeline import load_vad_model
+    from edge.source import AudioInputError, ReplaySource, pair, read_wav
+
+    try:
+        cfg = edge_settings.load(args.config, state_dir=args.state_dir)
+    except edge_settings.SettingsError as exc:
+        raise CliError(str(exc)) from None
+    if not args.replay:
+        raise CliError("live capture comes with the capture stage; give --replay NEAR.wav FAR.wav")
+    try:
+        audio = pair(read_wav(args.replay[0]), read_wav(args.replay[1]))
+    except AudioInputError as exc:
+        raise CliError(str(exc)) from None
+    box = Box(cfg, load_vad_model(cfg.model_backend), version=__version__)
+    box.install_signal_handlers()
+    source = ReplaySource(audio, realtime=not args.fast, loop=args.loop)
+    log.info("box %s/%s replaying %s and %s", cfg.site, cfg.box, *args.replay)
+    box.run(source.blocks())
+    return 0
+
+
+def cmd_dashboard_serve(args: argparse.Namespace) -> int:
+    """Serve the supervisor dashboard (settings from MIROIR_DASH_* environment variables)."""
+    from dashboard.app import serve
+    from dashboard.settings import DashboardSettings
+
+    try:
+        settings = DashboardSettings()
+    except ValueError as exc:
+        raise CliError(f"dashboard settings: {exc}") from None
+    serve(settings)
+    return 0
+
+
+def cmd_models_build(args: argparse.Namespace) -> int:
+    """Build the model files from pinned, checksummed sources."""
+    from models.build import ModelError, build
+
+    try:
+        for path in build(force=args.force):
+            print(f"ok {path}")
+    except ModelError as exc:
+        raise CliError(str(exc)) from None
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run a live demo floor: broker, dashboard and simulated boxes replaying French calls."""
+    from demo.floor import DemoError, run_demo
+
+    try:
+        return run_demo(boxes=args.boxes, seconds=args.seconds, as_json=args.json,
+                        http_port=args.port, workdir=args.workdir)
+    except DemoError as exc:
+        raise CliError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command (also used by the README test)."""
+    parser = argparse.ArgumentParser(
+        prog="miroir", description="Miroir: audio-free vocal posture metrics for call-centre floors.")
+    parser.add_argument("--version", action="version", version=f"miroir {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("demo", help="run a live demo floor (broker, dashboard, simulated boxes)",
+                       description=cmd_demo.__doc__)
+    p.add_argument("--boxes", type=int, default=8, help="number of simulated boxes (default 8)")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="stop after this many seconds (default: run until Ctrl-C)")
+    p.add_argument("--json", action="store_true",
+                   help="headless: print one JSON summary at the end (needs --seconds)")
+    p.add_argument("--port", type=int, default=8000, help="dashboard HTTP port (default 8000)")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="where the demo keeps its site files (default: a fresh temporary folder)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("analyze", help="analyse recordings offline and print the call's metrics",
+                       description=cmd_analyze.__doc__)
+    p.add_argument("near", type=Path, help="the agent's channel, a mono WAV file")
+    p.add_argument("--far", type=Path, default=None, help="the line's channel, a mono WAV file")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON with per-frame VAD probabilities and speech segments")
+    p.set_defaults(func=cmd_analyze)
+
+    edge = sub.add_parser("edge", help="the box agent", description="Commands run on a box.")
+    edge_sub = edge.add_subparsers(dest="edge_command", metavar="COMMAND", required=True)
+    p = edge_sub.add_parser("run", help="run the box agent", description=cmd_edge_run.__doc__)
+    p.add_argument("--config", type=Path, required=True, help="the box's settings file (TOML)")
+    p.add_argument("--state-dir", type=Path, default=None,
+                   help="override the settings' state_dir (outbox location)")
+    p.add_argument("--replay", nargs=2, type=Path, metavar=("NEAR", "FAR"),
+                   help="replay two mono WAV files instead of capturing")
+    p.add_argument("--loop", action="store_true", help="replay in a loop")
+    p.add_argument("--fast", action="store_true", help="replay as fast as possible, not paced")
+    p.set_defaults(func=cmd_edge_run)
+
+    dash = sub.add_parser("dashboard", help="the supervisor dashboard",
+                          description="Commands run on the site server.")
+    dash_sub = dash.add_subparsers(dest="dashboard_command", metavar="COMMAND", required=True)
+    p = dash_sub.add_parser("serve", help="serve the dashboard and ingest MQTT",
+                            description=cmd_dashboard_serve.__doc__)
+    p.set_defaults(func=cmd_dashboard_serve)
+
+    models = sub.add_parser("models", help="model files", description="Model file commands.")
+    models_sub = models.add_subparsers(dest="models_command", metavar="COMMAND", required=True)
+    p = models_sub.add_parser("build", help="build model files from pinned, checksummed sources",
+                              description=cmd_models_build.__doc__)
+    p.add_argument("--force", action="store_true", help="rebuild even files that verify")
+    p.set_defaults(func=cmd_models_build)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``miroir`` command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    handler: Handler = args.func
+    try:
+        return handler(args)
+    except CliError as exc:
+        print(f"miroir: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

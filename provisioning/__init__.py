@@ -1,0 +1,1 @@
+"""Site provisioning: PKI, broker configuration and ACL, bulk enrolment."""

@@ -1,0 +1,6 @@
+"""Shared fixtures: each area keeps its own in tests/_fixtures_<area>.py."""
+
+pytest_plugins = [
+    "tests._fixtures_broker",
+    "tests._fixtures_demo",
+]

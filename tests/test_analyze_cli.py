@@ -1,0 +1,118 @@
+"""`miroir analyze` on real recordings, and its one-line errors on bad input."""
+
+import json
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+AMI = SHARED / "ami"
+
+
+def miroir(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "miroir", *args], capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def _write_wav(path: Path, samples: np.ndarray, rate_hz: int, channels: int = 1,
+               width: int = 2) -> Path:
+    with wave.open(str(path), "wb") as wf:
+        wf.setnchannels(channels)
+        wf.setsampwidth(width)
+        wf.setframerate(rate_hz)
+        wf.writeframes(samples.tobytes())
+    return path
+
+
+def _rttm() -> dict[str, list[tuple[float, float]]]:
+    turns: dict[str, list[tuple[float, float]]] = {}
+    for name in ("debug.train.rttm", "debug.development.rttm"):
+        for line in (AMI / name).read_text().splitlines():
+            f = line.split()
+            turns.setdefault(f[1], []).append((float(f[3]), float(f[3]) + float(f[4])))
+    return turns
+
+
+def test_vad_auc_on_ami_through_the_cli():
+    """Frame-level ROC-AUC of vad.near.prob against the union of AMI speaker turns >= 0.95."""
+    turns = _rttm()
+    wavs = sorted(AMI.glob("*.wav"))
+    assert len(wavs) == 12
+    labels, scores = [], []
+    for wav in wavs:
+        proc = miroir("analyze", str(wav), "--json")
+        assert proc.returncode == 0, proc.stderr
+        result = json.loads(proc.stdout)
+        prob = np.array(result["vad"]["near"]["prob"])
+        step_s = result["frame_s"]
+        assert step_s == pytest.approx(0.032)
+        centre_s = (np.arange(len(prob)) + 0.5) * step_s
+        truth = np.zeros(len(prob), dtype=bool)
+        for start, end in turns[wav.stem]:
+            truth |= (centre_s >= start) & (centre_s < end)
+        labels.append(truth)
+        scores.append(prob)
+        segs = result["vad"]["near"]["segments"]
+        assert all(0 <= s < e <= result["duration_s"] + 0.05 for s, e in segs)
+    auc = roc_auc_score(np.concatenate(labels), np.concatenate(scores))
+    print(f"AMI frame-level ROC-AUC: {auc:.4f}")
+    assert auc >= 0.95
+
+
+def test_two_channels_and_text_output():
+    near = SHARED / "ami-headsets" / "source0.wav"
+    far = SHARED / "ami-headsets" / "source1.wav"
+    proc = miroir("analyze", str(near), "--far", str(far))
+    assert proc.returncode == 0, proc.stderr
+    assert "agent (near): speech" in proc.stdout and "line (far): speech" in proc.stdout
+    result = json.loads(miroir("analyze", str(near), "--far", str(far), "--json").stdout)
+    assert result["call"]["near_speech_ratio"] > 0.1 and result["call"]["far_speech_ratio"] > 0.1
+    assert len(result["metrics"]) == 60
+    assert {m["talk_state"] for m in result["metrics"]} >= {"agent", "prospect"}
+
+
+def test_other_rates_resampled_with_a_notice(tmp_path):
+    rng = np.random.default_rng(0)
+    noise = (rng.standard_normal(44100) * 300).astype("<i2")
+    wav = _write_wav(tmp_path / "a.wav", noise, 44100)
+    proc = miroir("analyze", str(wav), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert "resampling from 44100 Hz" in proc.stderr
+    assert json.loads(proc.stdout)["duration_s"] == pytest.approx(1.0, abs=0.01)
+
+
+@pytest.mark.parametrize("case,message", [
+    ("stereo", "2 channels, expected mono"),
+    ("not_wav", "not a readable PCM WAV"),
+    ("truncated", "truncated"),
+    ("8bit", "8-bit samples"),
+    ("rate", "sample rate 4000 Hz"),
+    ("empty", "holds no audio"),
+    ("missing", "no such file"),
+])
+def test_bad_input_one_line_error(tmp_path, case, message):
+    one_s = np.zeros(16000, dtype="<i2")
+    path = tmp_path / f"{case}.wav"
+    if case == "stereo":
+        _write_wav(path, np.zeros(32000, dtype="<i2"), 16000, channels=2)
+    elif case == "not_wav":
+        path.write_text("hello, I am not audio\n")
+    elif case == "truncated":
+        data = _write_wav(path, one_s, 16000).read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif case == "8bit":
+        _write_wav(path, np.zeros(16000, dtype=np.uint8), 16000, width=1)
+    elif case == "rate":
+        _write_wav(path, one_s, 4000)
+    elif case == "empty":
+        _write_wav(path, np.zeros(0, dtype="<i2"), 16000)
+    proc = miroir("analyze", str(path))
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("miroir: error:") and message in lines[0], lines

@@ -1,0 +1,301 @@
+"""The site broker for real: Mosquitto 2.0, the generated config, TLS client certificates, ACL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import grp
+import ipaddress
+import os
+import pwd
+import shutil
+import socket
+import stat
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from miroir import wire
+from provisioning import pki
+from provisioning.broker import (
+    BROKER_USER,
+    BrokerError,
+    Mosquitto,
+    SiteFiles,
+    dashboard_identity,
+    free_port,
+    new_site_dir,
+    write_config,
+)
+from tests._fixtures_broker import SITE_ID, Peer, refused, wait_until
+
+NOT_AUTHORIZED = 135
+
+
+def metrics(box: str, seq: int) -> bytes:
+    """A valid metrics payload of ``box``."""
+    return wire.encode(
+        "metrics",
+        {
+            "v": wire.SCHEMA_VERSION,
+            "site": SITE_ID,
+            "box": box,
+            "ts": time.time(),
+            "seq": seq,
+            "near_speech_ratio": 0.5,
+            "far_speech_ratio": 0.25,
+            "talk_state": "agent",
+        },
+    )
+
+
+def log_says(site: SiteFiles, text: str) -> None:
+    """Wait until the broker's log holds ``text`` (its reason for a refusal)."""
+    wait_until(lambda: text in site.log.read_text(), f"{text!r} in the broker log")
+
+
+def test_box_metrics_reach_dashboard(site: SiteFiles, peer: Callable[..., Peer]) -> None:
+    dash = peer(site.dashboard, "dashboard")
+    assert dash.subscribe(wire.site_filter(SITE_ID)).value == 1  # granted QoS 1
+    box = peer(site.box("box-a"), "box-a")
+    topic = wire.topic(SITE_ID, "box-a", "metrics")
+    rc = box.publish(topic, metrics("box-a", 1))
+    assert rc.value == 0
+    got = wire.decode("metrics", dash.expect(topic))
+    assert (got["box"], got["seq"]) == ("box-a", 1)
+
+
+def test_no_client_certificate_is_refused(site: SiteFiles, broker: Mosquitto) -> None:
+    assert refused(None, site.ca_cert, broker.port)
+    log_says(site, "peer did not return a certificate")
+    # Plain MQTT on the only listener: the broker expects TLS and never answers a CONNACK.
+    connect = bytes.fromhex("101000044d5154540502003c000003616e6f")  # v5 CONNECT, id "ano"
+    with socket.create_connection(("127.0.0.1", broker.port), timeout=10) as sock:
+        sock.sendall(connect)
+        try:
+            reply = sock.recv(16)
+        except (ConnectionResetError, TimeoutError):
+            reply = b""
+    assert not reply.startswith(b"\x20"), f"plain connection got a CONNACK: {reply!r}"
+
+
+def test_config_has_only_a_tls_listener(site: SiteFiles) -> None:
+    directives = [ln for ln in site.config.read_text().splitlines() if ln and ln[0] != "#"]
+    listeners = [d for d in directives if d.startswith("listener")]
+    assert listeners == [f"listener {site.port} 127.0.0.1"]
+    for expected in ("allow_anonymous false", "require_certificate true",
+                     "use_identity_as_username true", "tls_version tlsv1.2", "persistence true"):
+        assert expected in directives
+    lines = site.config.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line and not line.startswith("#"):
+            assert lines[i - 1].startswith("# "), f"directive without comment: {line}"
+
+
+def test_certificate_from_another_ca_is_refused(site: SiteFiles, broker: Mosquitto) -> None:
+    other = new_site_dir()
+    try:
+        rogue_ca = pki.create_ca(other / "ca", SITE_ID)
+        rogue = pki.issue(rogue_ca, other / "box-a", "box-a")  # same CN as a real box
+        assert refused(rogue, site.ca_cert, broker.port)
+        log_says(site, "certificate verify failed")
+    finally:
+        shutil.rmtree(other)
+
+
+def test_expired_certificate_is_refused(site: SiteFiles, broker: Mosquitto) -> None:
+    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=10)
+    expired = pki.issue(site.ca, site.dir / "expired", "box-a", not_before=long_ago, days=1)
+    assert pki.load_cert(expired.cert).not_valid_after_utc < dt.datetime.now(dt.UTC)
+    assert refused(expired, site.ca_cert, broker.port)
+    log_says(site, "certificate verify failed")
+
+
+def test_revoked_certificate_is_refused(site: SiteFiles) -> None:
+    crl = pki.revoke(site.ca, site.dir / "crl.pem", [site.box("box-b").cert])
+    write_config(site.dir, port=site.port, ca=site.ca, server=site.server, acl=site.acl, crl=crl)
+    with site.broker() as broker:
+        assert refused(site.box("box-b"), site.ca_cert, broker.port, "box-b")
+        log_says(site, "certificate verify failed")
+        ok = Peer(site.box("box-a"), site.ca_cert, "box-a", broker.port)
+        try:
+            assert not ok.connect().is_failure
+        finally:
+            ok.close()
+
+
+def test_box_cannot_publish_on_another_box_topic(
+    site: SiteFiles, peer: Callable[..., Peer]
+) -> None:
+    dash = peer(site.dashboard, "dashboard")
+    dash.subscribe(wire.site_filter(SITE_ID))
+    box_a = peer(site.box("box-a"), "box-a")
+    forged = wire.topic(SITE_ID, "box-b", "metrics")
+    rc = box_a.publish(forged, metrics("box-b", 1))
+    assert rc.value == NOT_AUTHORIZED, rc
+    # Barrier: a later allowed message arrives, so the forged one would have arrived before it.
+    own = wire.topic(SITE_ID, "box-a", "metrics")
+    assert box_a.publish(own, metrics("box-a", 1)).value == 0
+    dash.expect(own)
+    assert forged not in dash.topics()
+
+
+def test_box_cannot_read_other_boxes(site: SiteFiles, peer: Callable[..., Peer]) -> None:
+    box_a = peer(site.box("box-a"), "box-a")
+    rc = box_a.subscribe("miroir/#")
+    # Mosquitto 2.0.11 grants the wildcard SUBACK and filters each message on delivery;
+    # either way box-a must see nothing of box-b.
+    assert rc.value in (1, NOT_AUTHORIZED), rc
+    box_b = peer(site.box("box-b"), "box-b")
+    for kind in wire.UP_KINDS:
+        assert not box_b.publish(wire.topic(SITE_ID, "box-b", kind), b"{}").is_failure
+    dash = peer(site.dashboard, "dashboard")
+    assert not dash.publish(wire.topic(SITE_ID, "box-b", "cmd"), b"{}").is_failure
+    mine = wire.topic(SITE_ID, "box-a", "cmd")
+    assert dash.publish(mine, b'{"n":1}').value == 0
+    if rc.value == NOT_AUTHORIZED:
+        assert box_a.subscribe(mine).value == 1
+        assert dash.publish(mine, b'{"n":1}').value == 0
+    assert box_a.expect(mine) == b'{"n":1}'  # box-a does get its own commands
+    assert set(box_a.topics()) == {mine}
+
+
+def test_dashboard_cannot_publish_box_data(site: SiteFiles, peer: Callable[..., Peer]) -> None:
+    dash = peer(site.dashboard, "dashboard")
+    site_root = f"{wire.TOPIC_ROOT}/{SITE_ID}"
+    for topic in (f"{site_root}/box-a/metrics", f"{site_root}/box-a/event",
+                  f"{site_root}/{dashboard_identity(SITE_ID)}/metrics"):
+        rc = dash.publish(topic, metrics("box-a", 1))
+        assert rc.value == NOT_AUTHORIZED, (topic, rc)
+    assert not dash.publish(f"{site_root}/box-a/cmd", b"{}").is_failure
+
+
+def test_broker_files_reachable_by_broker_user(site: SiteFiles, broker: Mosquitto) -> None:
+    readable = [site.config, site.acl, site.ca_cert, site.server.cert, site.server.key]
+    writable = [site.log, site.dir / "persist"]
+    secret = [site.ca.key, site.box("box-a").key, site.dashboard.key]
+    for pair in (site.box("box-a"), site.dashboard, site.ca):
+        assert stat.S_IMODE(pair.key.stat().st_mode) == 0o600
+        assert stat.S_IMODE(pair.cert.stat().st_mode) == 0o644
+    if os.geteuid() == 0:
+        user = pwd.getpwnam(BROKER_USER)
+        groups = [g.gr_gid for g in grp.getgrall() if BROKER_USER in g.gr_mem]
+
+        def check(flag: str, path: Path) -> bool:
+            return subprocess.run(["test", flag, str(path)], user=user.pw_uid,
+                                  group=user.pw_gid, extra_groups=groups).returncode == 0
+
+        for path in readable:
+            assert check("-r", path), f"{BROKER_USER} cannot read {path}"
+        for path in writable:
+            assert check("-w", path), f"{BROKER_USER} cannot write {path}"
+        for path in secret:
+            assert not check("-r", path), f"{BROKER_USER} can read {path}"
+        assert pwd.getpwuid(psutil_uid(broker.pid)).pw_name == BROKER_USER
+    else:
+        for path in readable:
+            assert os.access(path, os.R_OK)
+        for path in writable:
+            assert os.access(path, os.W_OK)
+    assert "Opening ipv4 listen socket" in site.log.read_text()
+
+
+def psutil_uid(pid: int | None) -> int:
+    """Real uid of a process."""
+    import psutil
+
+    assert pid is not None
+    return int(psutil.Process(pid).uids().real)
+
+
+def test_retained_status_survives_restart(site: SiteFiles, broker: Mosquitto) -> None:
+    box = Peer(site.box("box-a"), site.ca_cert, "box-a", broker.port)
+    box.connect()
+    status = wire.topic(SITE_ID, "box-a", "status")
+    payload = wire.encode("status", wire.status_message(SITE_ID, "box-a", "online", time.time()))
+    assert not box.publish(status, payload, retain=True).is_failure
+    box.close()
+    broker.restart()  # SIGTERM saves the persistence database
+    db = site.dir / "persist" / "mosquitto.db"
+    assert db.exists()
+    if os.geteuid() == 0:
+        assert pwd.getpwuid(db.stat().st_uid).pw_name == BROKER_USER
+    dash = Peer(site.dashboard, site.ca_cert, "dashboard", broker.port)
+    try:
+        dash.connect()
+        dash.subscribe(wire.site_filter(SITE_ID))
+        assert wire.decode("status", dash.expect(status))["state"] == "online"
+    finally:
+        dash.close()
+
+
+def test_runner_signals_and_cleanup(site: SiteFiles) -> None:
+    with site.broker() as broker:
+        first = broker.pid
+        assert first is not None and broker.running
+        broker.pause()
+        wait_until(lambda: proc_state(first) == "T", "mosquitto to stop on SIGSTOP")
+        broker.resume()
+        wait_until(lambda: proc_state(first) != "T", "mosquitto to continue on SIGCONT")
+        broker.kill()
+        assert not broker.running and broker.pid is None
+        broker.start()
+        second = broker.pid
+        assert second is not None and second != first
+    assert not broker.running
+    wait_until(lambda: not Path(f"/proc/{second}").exists(), "mosquitto to be reaped")
+
+
+def proc_state(pid: int) -> str:
+    """One-letter state of a process from /proc (T = stopped)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_start_failure_reports_log_tail(site: SiteFiles) -> None:
+    bad = site.dir / "bad.conf"
+    bad.write_text(f"listener {site.port} 127.0.0.1\nno_such_option 1\n")
+    with pytest.raises(BrokerError, match="no_such_option"):
+        Mosquitto(bad, site.port, site.log).start()
+
+
+def test_port_in_use_is_reported(site: SiteFiles, broker: Mosquitto) -> None:
+    with pytest.raises(BrokerError, match="already in use"):
+        Mosquitto(site.config, broker.port, site.log).start()
+
+
+def test_certificates_carry_identity_and_usage(site: SiteFiles) -> None:
+    server = pki.load_cert(site.server.cert)
+    san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
+    eku = server.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    for identity, pair in (("box-a", site.box("box-a")), ("dash_site-1", site.dashboard)):
+        cert = pki.load_cert(pair.cert)
+        assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == identity
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+        assert cert.issuer == pki.load_cert(site.ca_cert).subject
+    with pytest.raises(ValueError):
+        pki.issue(site.ca, site.dir / "bad", "a/#")
+
+
+def test_revoke_extends_existing_crl(site: SiteFiles) -> None:
+    crl_path = site.dir / "crl.pem"
+    pki.revoke(site.ca, crl_path, [site.box("box-a").cert])
+    pki.revoke(site.ca, crl_path, [site.box("box-b").cert])
+    crl = x509.load_pem_x509_crl(crl_path.read_bytes())
+    serials = {pki.load_cert(site.box(b).cert).serial_number for b in ("box-a", "box-b")}
+    assert {entry.serial_number for entry in crl} == serials
+    assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == 2
+
+
+def test_free_port_is_bindable() -> None:
+    port = free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+    assert 0 < port < 65536

@@ -1,0 +1,52 @@
+"""Every CLI command has help text and is documented in the README (as sqlite-utils does)."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from miroir.cli import build_parser
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def _commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                yield (*prefix, name), helps.get(name), sub
+                yield from _commands(sub, (*prefix, name))
+
+
+def test_every_command_has_help_and_is_in_the_readme():
+    commands = list(_commands(build_parser()))
+    assert len(commands) >= 8
+    names = {" ".join(path) for path, _, _ in commands}
+    assert {"demo", "analyze", "edge run", "dashboard serve", "models build"} <= names
+    for path, help_text, sub in commands:
+        name = " ".join(path)
+        assert help_text and len(help_text) > 10, f"`miroir {name}` has no help text"
+        assert sub.description, f"`miroir {name}` has no description"
+        for action in sub._actions:
+            if action.dest != "help" and not isinstance(action, argparse._SubParsersAction):
+                assert action.help, f"`miroir {name}` option {action.dest} has no help text"
+        assert f"miroir {name}" in README, f"`miroir {name}` is not in the README"
+
+
+def test_help_runs_for_every_command():
+    for path, _, _ in _commands(build_parser()):
+        proc = subprocess.run([sys.executable, "-m", "miroir", *path, "--help"],
+                              capture_output=True, text=True, check=False)
+        assert proc.returncode == 0 and "usage: miroir" in proc.stdout, path
+
+
+def test_readme_opens_with_the_two_commands():
+    blocks = README.split("```")
+    assert len(blocks) >= 3
+    first = [line for line in blocks[1].splitlines() if line.strip() and not line.startswith("#")]
+    assert first == ["./run demo", "./run test"]
+    ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
+    assert "./run test" in ci

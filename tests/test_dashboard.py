@@ -1,0 +1,407 @@
+"""Dashboard: settings, storage, ingest validation, auth, REST and live push (real SQLite)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from dashboard import auth
+from dashboard import db as store
+from dashboard.app import DashboardServer, create_app
+from dashboard.ingest import Ingest, percentile
+from dashboard.live import Hub
+from dashboard.settings import DashboardSettings
+from miroir import wire
+from tests._fixtures_dashboard import ADMIN_PASSWORD, ADMIN_USER, csrf_of, make_settings
+
+SITE = "site-1"
+
+
+def metrics(box: str, seq: int, ts: float | None = None, **over: Any) -> dict[str, Any]:
+    """A valid metrics message."""
+    msg: dict[str, Any] = {
+        "v": wire.SCHEMA_VERSION, "site": SITE, "box": box, "ts": ts or time.time(),
+        "seq": seq, "t_start": 1.0, "window_s": 1.0, "near_speech_ratio": 0.6,
+        "far_speech_ratio": 0.1, "near_talking": True, "far_talking": False,
+        "talk_state": "agent",
+    }
+    msg.update(over)
+    return msg
+
+
+def payload(msg: dict[str, Any]) -> bytes:
+    return json.dumps(msg).encode()
+
+
+def client(settings: DashboardSettings) -> TestClient:
+    """A TestClient over https (so Secure cookies are sent back) without the MQTT ingest."""
+    return TestClient(create_app(settings, start_ingest=False), base_url="https://testserver",
+                      follow_redirects=False)
+
+
+def login(c: TestClient, user: str = ADMIN_USER, password: str = ADMIN_PASSWORD) -> Any:
+    token = csrf_of(c.get("/login").text)
+    return c.post("/login", data={"username": user, "password": password, "csrf": token})
+
+
+# --------------------------------------------------------------------------- settings
+def test_settings_read_prefixed_env_and_forbid_unknown_fields(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MIROIR_DASH_SITE", "lyon-2")
+    monkeypatch.setenv("MIROIR_DASH_DB_PATH", str(tmp_path / "d.db"))
+    monkeypatch.setenv("MIROIR_DASH_HTTP_PORT", "8123")
+    monkeypatch.setenv("MIROIR_DASH_SECURE_COOKIES", "false")
+    s = DashboardSettings()  # type: ignore[call-arg]
+    assert (s.site, s.db_path, s.http_port, s.secure_cookies) == (
+        "lyon-2", tmp_path / "d.db", 8123, False)
+    assert (s.mqtt_host, s.http_host, s.admin_user) == ("127.0.0.1", "127.0.0.1", "admin")
+    with pytest.raises(ValueError, match="admin_password"):
+        DashboardSettings(site="x", db_path=tmp_path / "d.db", admin_password="hunter2")  # type: ignore[call-arg]
+    for name, field in DashboardSettings.model_fields.items():
+        assert field.description, f"{name} has no description"
+
+
+# ---------------------------------------------------------------------------- storage
+def test_schema_is_idempotent_and_insert_reports_new_rows(tmp_path: Path) -> None:
+    db = store.open_db(tmp_path / "d.db")
+    store.ensure_schema(db)
+    store.ensure_schema(db)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert {"boxes", "metrics", "events", "quarantine", "users", "sessions"} <= set(
+        db.table_names())
+    m = metrics("box-a", 1)
+    assert store.insert_metrics(db, m, time.time()) is True
+    assert store.insert_metrics(db, m, time.time()) is False
+    assert store.insert_metrics(db, metrics("box-a", 2), time.time()) is True
+    ev = {"v": 1, "site": SITE, "box": "box-a", "ts": time.time(), "seq": 3,
+          "name": "speech_start", "channel": "near", "t_audio_s": 2.5}
+    assert store.insert_event(db, ev, time.time()) is True
+    assert store.insert_event(db, ev, time.time()) is False
+    assert db["metrics"].count == 2 and db["events"].count == 1
+    [box] = store.boxes_with_latest(db)
+    assert box["box"] == "box-a" and box["last_metrics_seq"] == 2
+    assert box["metrics"]["seq"] == 2 and box["metrics"]["near_talking"] is True
+
+
+# ----------------------------------------------------------------------------- ingest
+@pytest.fixture
+def ingest(dash_settings: DashboardSettings) -> Any:
+    seen: list[dict[str, Any]] = []
+    ing = Ingest(dash_settings, notify=seen.append)
+    ing.seen = seen  # type: ignore[attr-defined]
+    yield ing
+    ing.close()
+
+
+def test_ingest_quarantines_malformed_messages_and_keeps_running(ingest: Ingest) -> None:
+    topic = wire.topic(SITE, "box-a", "metrics")
+    bad = {
+        "bad json": (topic, b"{not json"),
+        "unknown field": (topic, payload({**metrics("box-a", 1), "samples": [0.1, 0.2]})),
+        "schema version": (topic, payload({**metrics("box-a", 1), "v": 2})),
+        "bad topic": ("miroir/v1/site-1/Box_A/metrics", payload(metrics("box-a", 1))),
+        "other site": (wire.topic("site-9", "box-a", "metrics"), payload(metrics("box-a", 1))),
+        "spoofed box": (wire.topic(SITE, "box-b", "metrics"), payload(metrics("box-a", 1))),
+        "ratio range": (topic, payload(metrics("box-a", 1, near_speech_ratio=1.5))),
+    }
+    for what, (t, p) in bad.items():
+        assert ingest.handle(t, p) == "quarantined", what
+    assert ingest.handle(topic, payload(metrics("box-a", 1))) == "inserted"
+    assert ingest.handle(topic, payload(metrics("box-a", 1))) == "duplicate"
+    assert ingest.handle(topic, payload(metrics("box-a", 2))) == "inserted"
+    st = ingest.stats()
+    assert (st["received"], st["inserted"], st["duplicates"], st["quarantined"]) == (
+        len(bad) + 3, 2, 1, len(bad))
+    assert st["boxes_seen"] == 1
+    db = store.open_db(ingest.settings.db_path)
+    rows = list(db["quarantine"].rows)
+    assert len(rows) == len(bad)
+    reasons = " | ".join(r["reason"] for r in rows)
+    assert "not JSON" in reasons and "samples" in reasons and "schema version 2" in reasons
+    assert "Box_A" in reasons and "site-9" in reasons and "differ from topic" in reasons
+    assert rows[0]["payload"] == "{not json" and rows[0]["truncated"] == 0
+    assert [m["seq"] for m in db["metrics"].rows] == [1, 2]
+    assert [u["seq"] for u in ingest.seen] == [1, 2]  # type: ignore[attr-defined]
+
+
+def test_on_message_never_raises_even_on_internal_errors(ingest: Ingest) -> None:
+    class Msg:
+        topic = wire.topic(SITE, "box-a", "metrics")
+        payload = None  # not bytes: decode() fails with a TypeError, not a WireError
+
+    ingest._on_message(None, None, Msg())
+    assert ingest.stats()["quarantined"] == 1
+    [row] = store.open_db(ingest.settings.db_path)["quarantine"].rows
+    assert row["reason"].startswith("internal error: TypeError")
+    # A notify callback that raises is counted, the row is still stored.
+    ingest.notify = lambda update: 1 / 0  # type: ignore[assignment,return-value,misc]
+    assert ingest.handle(Msg.topic, payload(metrics("box-a", 1))) == "inserted"
+    assert ingest.stats()["notify_errors"] == 1
+
+
+def test_status_updates_the_box_and_truncates_big_quarantined_payloads(ingest: Ingest) -> None:
+    t = wire.topic(SITE, "box-a", "status")
+    online = wire.status_message(SITE, "box-a", "online", time.time(), version="1.2.0")
+    assert ingest.handle(t, payload(online)) == "status"
+    db = store.open_db(ingest.settings.db_path)
+    assert db["boxes"].get("box-a")["state"] == "online"
+    assert db["boxes"].get("box-a")["version"] == "1.2.0"
+    offline = wire.status_message(SITE, "box-a", "offline", time.time())
+    assert ingest.handle(t, payload(offline)) == "status"
+    assert db["boxes"].get("box-a")["state"] == "offline"
+    assert ingest.handle(t, b"x" * 5000) == "quarantined"
+    row = list(db["quarantine"].rows)[-1]
+    assert row["truncated"] == 1 and len(row["payload"]) == store.QUARANTINE_PAYLOAD_MAX_CHARS
+
+
+def test_ingest_lag_percentiles(dash_settings: DashboardSettings) -> None:
+    now = 1_000_000.0
+    ing = Ingest(dash_settings, clock=lambda: now)
+    try:
+        t = wire.topic(SITE, "box-a", "metrics")
+        for seq in range(1, 101):  # lags of 1 ms .. 100 ms
+            ing.handle(t, payload(metrics("box-a", seq, ts=now - seq / 1000.0)))
+        st = ing.stats()
+        assert st["lag_ms_p50"] == pytest.approx(50.0, abs=0.01)
+        assert st["lag_ms_p95"] == pytest.approx(95.0, abs=0.01)
+    finally:
+        ing.close()
+    assert percentile([], 50) is None and percentile([3.0], 95) == 3.0
+
+
+# ------------------------------------------------------------------------------- auth
+def test_everything_but_login_health_and_static_needs_a_session(
+        dash_settings: DashboardSettings) -> None:
+    with client(dash_settings) as c:
+        r = c.get("/")
+        assert r.status_code == 303 and r.headers["location"] == "/login"
+        for path in ("/api/boxes", "/api/boxes/box-a/metrics", "/api/stream",
+                     "/api/ingest/stats", "/api/openapi.json", "/api/nothing-here"):
+            assert c.get(path).status_code == 401, path
+        assert c.get("/anything").status_code == 303
+        assert c.post("/logout").status_code == 303
+        assert c.get("/healthz").json()["ok"] is True
+        assert c.get("/static/floor.js").status_code == 200
+        r = c.get("/login")
+        assert r.status_code == 200
+        csp = r.headers["content-security-policy"]
+        assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert r.headers["referrer-policy"] == "no-referrer"
+        assert c.get("/api/boxes").headers["x-content-type-options"] == "nosniff"
+        assert "<script>" not in r.text and "style=" not in r.text
+
+
+def test_login_flow_with_csrf_and_cookie_attributes(dash_settings: DashboardSettings) -> None:
+    with client(dash_settings) as c:
+        page = c.get("/login")
+        token = csrf_of(page.text)
+        assert any(h.startswith("__Host-miroir-csrf=")
+                   for h in page.headers.get_list("set-cookie"))
+        # No token, wrong token: refused before the password is even checked.
+        # Each rendered login page (also after a failure) carries a fresh token.
+        form = {"username": ADMIN_USER, "password": ADMIN_PASSWORD}
+        r = c.post("/login", data=form)
+        assert r.status_code == 403
+        r = c.post("/login", data={**form, "csrf": csrf_of(r.text) + "x"})
+        assert r.status_code == 403
+        r = c.post("/login", data={**form, "password": "wrong password", "csrf": csrf_of(r.text)})
+        assert r.status_code == 401 and "incorrect" in r.text
+        r = c.post("/login", data={"username": "nobody", "password": "x", "csrf": csrf_of(r.text)})
+        assert r.status_code == 401
+        assert c.get("/api/boxes").status_code == 401
+        # A token from an older page no longer matches the cookie.
+        assert c.post("/login", data={**form, "csrf": token}).status_code == 403
+        token = csrf_of(c.get("/login").text)
+        r = c.post("/login", data={**form, "csrf": token})
+        assert r.status_code == 303 and r.headers["location"] == "/"
+        cookie = next(h for h in r.headers.get_list("set-cookie")
+                      if h.startswith("__Host-miroir="))
+        attrs = {a.strip().lower() for a in cookie.split(";")[1:]}
+        assert {"secure", "httponly", "samesite=strict", "path=/"} <= attrs
+        assert not any(a.startswith("domain") for a in attrs)
+        r = c.get("/")
+        assert r.status_code == 200 and 'data-site="site-1"' in r.text
+        assert "Agent parle" in r.text and "Hors ligne" in r.text
+        assert c.get("/api/boxes").json() == {"site": SITE, "now": pytest.approx(time.time(), abs=60),
+                                              "boxes": []}
+        stats = c.get("/api/ingest/stats").json()
+        assert stats["received"] == 0 and stats["boxes_known"] == 0
+        # Logout needs the session's CSRF token.
+        assert c.post("/logout", data={"csrf": "forged"}).status_code == 403
+        assert c.get("/api/boxes").status_code == 200
+        r = c.post("/logout", data={"csrf": csrf_of(c.get("/").text)})
+        assert r.status_code == 303 and r.headers["location"] == "/login"
+        assert c.get("/api/boxes").status_code == 401
+    db = store.open_db(dash_settings.db_path)
+    [user] = db["users"].rows
+    assert user["password_hash"].startswith("$argon2id$") and user["role"] == "admin"
+    assert ADMIN_PASSWORD not in json.dumps(list(db["sessions"].rows))
+
+
+def test_idle_session_expires(dash_settings: DashboardSettings) -> None:
+    with client(dash_settings) as c:
+        assert login(c).status_code == 303
+        assert c.get("/api/boxes").status_code == 200
+        db = store.open_db(dash_settings.db_path)
+        with db.conn:
+            db.conn.execute("UPDATE sessions SET last_seen_ts = last_seen_ts - ?",
+                            (dash_settings.session_idle_s + 1,))
+        assert c.get("/api/boxes").status_code == 401
+        assert db["sessions"].count == 0
+
+
+def test_plain_http_cookies_drop_the_host_prefix(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, secure_cookies=False)
+    app = create_app(settings, start_ingest=False)
+    with TestClient(app, follow_redirects=False) as c:
+        r = login(c)
+        cookie = next(h for h in r.headers.get_list("set-cookie") if h.startswith("miroir="))
+        assert "secure" not in cookie.lower() and "httponly" in cookie.lower()
+        assert c.get("/api/boxes").status_code == 200
+
+
+def test_create_app_fails_closed_without_users_or_password_file(tmp_path: Path) -> None:
+    settings = DashboardSettings(site=SITE, db_path=tmp_path / "d.db")
+    with pytest.raises(ValueError, match="admin_password_file"):
+        create_app(settings, start_ingest=False)
+    # Once a user exists, the password file is no longer needed (nor re-read).
+    db = store.open_db(tmp_path / "d.db")
+    store.ensure_schema(db)
+    auth.create_user(db, "chef", "a long password")
+    create_app(settings, start_ingest=False)
+    assert [u["username"] for u in db["users"].rows] == ["chef"]
+
+
+# ------------------------------------------------------------------------------- REST
+def test_boxes_api_serves_latest_metrics_and_history(dash_settings: DashboardSettings) -> None:
+    ing = Ingest(dash_settings)
+    t = wire.topic(SITE, "box-a", "metrics")
+    for seq in (1, 2, 3):
+        ing.handle(t, payload(metrics("box-a", seq, talk_state="prospect" if seq == 3 else "agent")))
+    ing.handle(wire.topic(SITE, "box-b", "status"),
+               payload(wire.status_message(SITE, "box-b", "offline", time.time())))
+    ing.close()
+    with client(dash_settings) as c:
+        login(c)
+        boxes = {b["box"]: b for b in c.get("/api/boxes").json()["boxes"]}
+        assert boxes["box-a"]["metrics"]["seq"] == 3
+        assert boxes["box-a"]["metrics"]["talk_state"] == "prospect"
+        assert boxes["box-b"]["state"] == "offline" and boxes["box-b"]["metrics"] is None
+        r = c.get("/api/boxes/box-a/metrics", params={"since_seq": 1}).json()
+        assert [m["seq"] for m in r["metrics"]] == [2, 3] and r["next_seq"] == 3
+        assert c.get("/api/boxes/box-z/metrics").status_code == 404
+        assert c.get("/api/boxes/BAD_ID/metrics").status_code == 422
+        assert c.get("/api/boxes/box-a/metrics", params={"since_seq": -1}).status_code == 422
+
+
+# ------------------------------------------------------------------------------- live
+def test_hub_fans_out_from_threads_and_drops_oldest_for_slow_clients() -> None:
+    async def run() -> tuple[list[Any], list[Any], dict[str, int]]:
+        hub = Hub(queue_size=3)
+        hub.bind(asyncio.get_running_loop())
+        async with hub.subscribe() as fast, hub.subscribe() as slow:
+            got_fast = []
+            for i in range(5):
+                threading.Thread(target=hub.publish, args=({"i": i},)).start()
+                got_fast.append(json.loads(await fast.get(5.0) or "null"))
+            got_slow = [json.loads(await slow.get(5.0) or "null") for _ in range(3)]
+            assert await slow.get(0.05) is None
+            stats = hub.stats()
+            assert slow.dropped == 2 and fast.dropped == 0
+        assert hub.stats()["subscribers"] == 0
+        return got_fast, got_slow, stats
+
+    got_fast, got_slow, stats = asyncio.run(run())
+    assert [m["i"] for m in got_fast] == [0, 1, 2, 3, 4]
+    assert [m["i"] for m in got_slow] == [2, 3, 4]  # the two oldest were dropped
+    assert stats == {"subscribers": 2, "published": 5, "dropped": 2, "unbound": 0}
+    unbound = Hub()
+    unbound.publish({"x": 1})
+    assert unbound.stats()["unbound"] == 1
+
+
+# ----------------------------------------------------------- with the real site broker
+def test_ingest_through_the_real_broker_survives_bad_input_and_restarts(
+        site: Any, broker: Any, peer: Any, tmp_path: Path) -> None:
+    from tests._fixtures_broker import wait_until
+
+    settings = make_settings(
+        tmp_path, site=site.site, mqtt_host="localhost", mqtt_port=broker.port,
+        mqtt_ca=site.ca_cert, mqtt_cert=site.dashboard.cert, mqtt_key=site.dashboard.key)
+    ing = Ingest(settings)
+    ing.start()
+    try:
+        assert ing.wait_connected(10.0)
+        box = peer(site.box("box-a"), "box-a")
+        t = wire.topic(site.site, "box-a", "metrics")
+        box.publish(t, payload(metrics("box-a", 1)))
+        box.publish(t, payload(metrics("box-a", 1)))  # a resend: stored once
+        box.publish(t, payload({**metrics("box-a", 2), "samples": [1, 2, 3]}))
+        box.publish(t, b"\xff\xfe not json")
+        box.publish(t, payload(metrics("box-a", 2)))
+        wait_until(lambda: ing.stats()["received"] >= 5, "5 messages ingested")
+        st = ing.stats()
+        assert (st["inserted"], st["duplicates"], st["quarantined"]) == (2, 1, 2)
+        assert st["lag_ms_p95"] is not None and st["lag_ms_p95"] < 60_000
+        # Dashboard away: the broker keeps its persistent session and queues QoS 1 messages.
+        ing.stop()
+        box.publish(t, payload(metrics("box-a", 3)))
+        box.publish(t, payload(metrics("box-a", 4)))
+        ing.start()
+        wait_until(lambda: ing.stats()["inserted"] >= 4, "queued messages after restart")
+    finally:
+        ing.close()
+    db = store.open_db(settings.db_path)
+    assert [m["seq"] for m in db["metrics"].rows] == [1, 2, 3, 4]
+    assert db["quarantine"].count == 2
+
+
+def test_stream_pushes_a_snapshot_then_broker_updates(
+        dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
+    import httpx
+
+    box = peer(site.box("box-b"), "box-b")
+    t = wire.topic(site.site, "box-b", "metrics")
+    box.publish(t, payload(metrics("box-b", 1)))
+    from tests._fixtures_broker import wait_until
+
+    ingest = dashboard_server.ingest
+    assert ingest is not None
+    wait_until(lambda: ingest.stats()["inserted"] == 1, "first message ingested")
+    # Real server over plain http with Secure cookies: send the session cookie explicitly.
+    with httpx.Client(base_url=dashboard_server.url, timeout=10.0) as c:
+        token = csrf_of(c.get("/login").text)
+        csrf_cookie = c.cookies.jar  # noqa: F841  (httpx keeps Secure cookies off http)
+        r = c.post("/login", data={"username": ADMIN_USER, "password": ADMIN_PASSWORD,
+                                   "csrf": token},
+                   headers={"cookie": f"__Host-miroir-csrf={token}"})
+        assert r.status_code == 303
+        session = r.cookies["__Host-miroir"]
+        events: list[tuple[str, Any]] = []
+        with c.stream("GET", "/api/stream",
+                      headers={"cookie": f"__Host-miroir={session}"}) as s:
+            assert s.status_code == 200
+            assert s.headers["content-type"].startswith("text/event-stream")
+            name = None
+            for line in s.iter_lines():
+                if line.startswith("event: "):
+                    name = line[7:]
+                elif line.startswith("data: "):
+                    events.append((name, json.loads(line[6:])))
+                    if name == "snapshot":
+                        box.publish(t, payload(metrics("box-b", 2, talk_state="overlap")))
+                    if name == "update":
+                        break
+    (n0, snap), (n1, upd) = events
+    assert n0 == "snapshot" and [b["box"] for b in snap["boxes"]] == ["box-b"]
+    assert snap["boxes"][0]["metrics"]["seq"] == 1
+    assert n1 == "update" and upd["kind"] == "metrics" and upd["seq"] == 2
+    assert upd["talk_state"] == "overlap" and upd["box"] == "box-b"

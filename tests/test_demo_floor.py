@@ -1,0 +1,122 @@
+"""End to end: `miroir demo` starts a real broker, the dashboard and boxes replaying French calls."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+from demo.calls import build_calls, load_truth, speech_ratio_truth
+from demo.floor import CALLS_DIR
+from provisioning.broker import free_port, new_site_dir
+from tests._fixtures_dashboard import csrf_of
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _descendants_alive(pid: int) -> list[psutil.Process]:
+    return [p for p in psutil.Process(pid).children(recursive=True) if p.is_running()]
+
+
+def _login(client: httpx.Client) -> None:
+    """Log in as the demo admin; the session cookie is Secure, so it is carried by hand here."""
+    page = client.get("/login")
+    form = {"username": "admin", "password": client.headers["x-test-password"],
+            "csrf": csrf_of(page.text)}
+    resp = client.post("/login", data=form, cookies=page.cookies)
+    assert resp.status_code in (302, 303), resp.text
+    session = next(v for k, v in resp.cookies.items() if k.startswith("__Host-"))
+    client.cookies.clear()
+    client.headers["cookie"] = f"__Host-miroir={session}"
+
+
+def test_demo_json_four_boxes_nothing_lost():
+    """`miroir demo --boxes 4 --seconds 30 --json` exits 0, every box seen, nothing lost."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "miroir", "demo", "--boxes", "4", "--seconds", "30", "--json",
+         "--port", str(free_port())],
+        capture_output=True, text=True, timeout=240, check=False, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    print(summary)
+    assert summary["boxes_seen"] == 4
+    assert summary["messages_lost"] == 0
+    assert summary["messages_ingested"] >= 4 * 25  # about one metrics message a second per box
+    assert summary["latency_ms_p95"] is not None and summary["latency_ms_p95"] > 0
+
+
+def test_demo_floor_speech_ratios_match_the_calls():
+    """Two boxes: their metrics reach the dashboard's API and match the calls' known timing."""
+    calls = build_calls(CALLS_DIR, progress=None)
+    workdir = new_site_dir("miroir-demo-test-")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "miroir", "demo", "--boxes", "2", "--port", str(port),
+         "--workdir", str(workdir)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+        start_new_session=True)
+    password = None
+    output = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            output.append(line)
+            m = re.search(r"password: (\S+)", line)
+            if m:
+                password = m.group(1)
+                break
+        assert password, "".join(output)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            client.headers["x-test-password"] = password
+            _login(client)
+            del client.headers["x-test-password"]
+            rows: dict[str, list[dict]] = {}
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                for box in ("seat-01", "seat-02"):
+                    resp = client.get(f"/api/boxes/{box}/metrics")
+                    assert resp.status_code == 200, resp.text
+                    rows[box] = resp.json()["metrics"]
+                if all(len(r) >= 40 for r in rows.values()):
+                    break
+                time.sleep(2)
+            listing = client.get("/api/boxes").json()
+        assert {b["box"] for b in listing["boxes"]} >= {"seat-01", "seat-02"}
+        for i, box in enumerate(("seat-01", "seat-02")):
+            truth = load_truth(calls[i])
+            duration_s = truth["duration_s"]
+            assert len(rows[box]) >= 40, f"{box}: only {len(rows[box])} metrics rows"
+            for ch in ("near", "far"):
+                measured, expected = [], []
+                for row in rows[box]:
+                    start = row["t_start"] % duration_s
+                    end = start + row["window_s"]
+                    share = speech_ratio_truth(truth[ch], start, min(end, duration_s))
+                    if end > duration_s:  # the replay looped inside this window
+                        share = (share * (duration_s - start)
+                                 + speech_ratio_truth(truth[ch], 0.0, end - duration_s)
+                                 * (end - duration_s)) / row["window_s"]
+                    measured.append(row[f"{ch}_speech_ratio"])
+                    expected.append(share)
+                got = sum(measured) / len(measured)
+                want = sum(expected) / len(expected)
+                print(f"{box} {ch}: measured {got:.3f}, truth {want:.3f} over {len(measured)} s")
+                assert abs(got - want) <= 0.10, (box, ch, got, want)
+    finally:
+        children = _descendants_alive(proc.pid)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        rc = proc.wait(timeout=60)
+    assert rc in (0, 130), "".join(output)
+    time.sleep(0.5)
+    orphans = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    shutil.rmtree(workdir, ignore_errors=True)
+    assert not orphans, f"processes left behind: {[p.cmdline() for p in orphans]}"

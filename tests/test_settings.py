@@ -1,0 +1,37 @@
+"""The box settings file: validated, unknown keys refused by name."""
+
+from pathlib import Path
+
+import pytest
+
+from edge.settings import EdgeSettings, SettingsError, load
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "box.toml"
+    path.write_text(text)
+    return path
+
+
+def test_load_good(tmp_path):
+    cfg = load(_write(tmp_path, 'site = "s"\nbox = "b-1"\nbroker_port = 9883\nca_file = "/x/ca.pem"\n'))
+    assert cfg == EdgeSettings(site="s", box="b-1", broker_port=9883, ca_file=Path("/x/ca.pem"))
+
+
+@pytest.mark.parametrize("text,match", [
+    ('site = "s"\nbox = "b"\nbroker_prot = 1\n', "broker_prot"),
+    ('site = "s"\nbox = "b"\nbroker_port = "x"\n', "broker_port"),
+    ('site = "s"\nbox = "b"\nbroker_port = 70000\n', "broker_port"),
+    ('site = "s"\nbox = "B/1"\n', "box"),
+    ('site = "s"\n', "box"),
+    ('site = "s"\nbox = "b"\nvad_on_threshold = 0.2\n', "vad_off_threshold"),
+    ("site = [", "TOML"),
+])
+def test_bad_files_refused_with_the_key(tmp_path, text, match):
+    with pytest.raises(SettingsError, match=match):
+        load(_write(tmp_path, text))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(SettingsError, match="no such"):
+        load(tmp_path / "nope.toml")
