@@ -43,6 +43,8 @@ def create_app(settings: DashboardSettings, *, start_ingest: bool = True) -> Fas
         ``app.state.hub`` the live-push :class:`Hub`.
     """
     wire.check_id(settings.site, "site")
+    if start_ingest and None in (settings.mqtt_ca, settings.mqtt_cert, settings.mqtt_key):
+        raise ValueError("mqtt_ca, mqtt_cert and mqtt_key are required to start the ingest")
     db = store.open_db(settings.db_path)
     try:
         store.ensure_schema(db)

@@ -134,7 +134,7 @@ class Ingest:
         with self._lock:
             self.connects += 1
         log.info("connected to broker (session present: %s)", flags.session_present)
-        client.subscribe(wire.site_filter(self.site), qos=1)
+        client.subscribe([(f, 1) for f in wire.site_filters(self.site)])
         self.connected.set()
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any,

@@ -11,7 +11,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -38,13 +38,14 @@ class Box:
         self.outbox = Outbox(settings.state_dir / "outbox.sqlite", settings.site, settings.box)
         self.publisher = Publisher(settings, version=version)
         self.stop_event = threading.Event()
+        self.source_status: Callable[[], dict[str, Any]] = dict
         self._online = False
         self._last_status = 0.0
 
-    def status_fields(self) -> dict[str, int]:
-        """Allow-listed counters for the retained status."""
+    def status_fields(self) -> dict[str, Any]:
+        """Allow-listed counters for the retained status (the source's too)."""
         return {"seq_last": self.outbox.last_seq, "outbox_depth": self.outbox.depth(),
-                "dropped": self.outbox.dropped}
+                "dropped": self.outbox.dropped, **self.source_status()}
 
     def pump(self) -> None:
         """Record acknowledgements and send what is stored and not yet in flight."""

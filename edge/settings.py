@@ -41,6 +41,13 @@ class EdgeSettings:
     """This box's private key (a systemd credential on a real box)."""
     state_dir: Path = Path("/var/lib/miroir")
     """Writable directory for the outbox (metrics only, never audio)."""
+    capture_device: str | None = None
+    """ALSA/PortAudio name of the headset adapter: stereo (left agent, right line), or the agent's
+    mono device when ``capture_far_device`` is set."""
+    capture_far_device: str | None = None
+    """The line's mono device, when the adapter exposes two mono devices."""
+    capture_rate_hz: int | None = None
+    """Open the device at this rate (resampled to 16 kHz); None tries 16 kHz, then the device's own."""
     keepalive_s: int = 10
     """MQTT keepalive; the broker publishes the Last Will after 1.5 times this."""
     window_s: float = 1.0

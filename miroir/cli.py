@@ -58,17 +58,51 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
         cfg = edge_settings.load(args.config, state_dir=args.state_dir)
     except edge_settings.SettingsError as exc:
         raise CliError(str(exc)) from None
-    if not args.replay:
-        raise CliError("live capture comes with the capture stage; give --replay NEAR.wav FAR.wav")
-    try:
-        audio = pair(read_wav(args.replay[0]), read_wav(args.replay[1]))
-    except AudioInputError as exc:
-        raise CliError(str(exc)) from None
     box = Box(cfg, load_vad_model(cfg.model_backend), version=__version__)
     box.install_signal_handlers()
-    source = ReplaySource(audio, realtime=not args.fast, loop=args.loop)
-    log.info("box %s/%s replaying %s and %s", cfg.site, cfg.box, *args.replay)
-    box.run(source.blocks())
+    if args.replay:
+        try:
+            audio = pair(read_wav(args.replay[0]), read_wav(args.replay[1]))
+        except AudioInputError as exc:
+            raise CliError(str(exc)) from None
+        replay = ReplaySource(audio, realtime=not args.fast, loop=args.loop)
+        log.info("box %s/%s replaying %s and %s", cfg.site, cfg.box, *args.replay)
+        box.run(replay.blocks())
+        return 0
+    from edge.capture import CaptureConfig, CaptureError, CaptureSource
+
+    if cfg.capture_device is None:
+        raise CliError("no capture_device in the settings (see `miroir edge devices`), "
+                       "or give --replay NEAR.wav FAR.wav")
+    capture = CaptureSource(CaptureConfig(device=cfg.capture_device,
+                                          far_device=cfg.capture_far_device,
+                                          device_rate_hz=cfg.capture_rate_hz))
+    try:
+        capture.open()
+    except CaptureError as exc:
+        log.warning("%s; waiting for the device", exc)
+    box.source_status = capture.status_fields
+    box.stop_event = capture.stop_event
+    log.info("box %s/%s capturing from %s", cfg.site, cfg.box, cfg.capture_device)
+    try:
+        box.run(capture.blocks())
+    finally:
+        capture.close()
+    return 0
+
+
+def cmd_edge_devices(args: argparse.Namespace) -> int:
+    """List the audio input devices this box can capture from."""
+    from edge.capture import CaptureError, list_devices
+
+    try:
+        names = list_devices()
+    except CaptureError as exc:
+        raise CliError(str(exc)) from None
+    for name in names:
+        print(name)
+    if not names:
+        print("no audio input device found", file=sys.stderr)
     return 0
 
 
@@ -143,10 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", type=Path, default=None,
                    help="override the settings' state_dir (outbox location)")
     p.add_argument("--replay", nargs=2, type=Path, metavar=("NEAR", "FAR"),
-                   help="replay two mono WAV files instead of capturing")
+                   help="replay two mono WAV files instead of capturing from capture_device")
     p.add_argument("--loop", action="store_true", help="replay in a loop")
     p.add_argument("--fast", action="store_true", help="replay as fast as possible, not paced")
     p.set_defaults(func=cmd_edge_run)
+    p = edge_sub.add_parser("devices", help="list the audio input devices",
+                            description=cmd_edge_devices.__doc__)
+    p.set_defaults(func=cmd_edge_devices)
 
     dash = sub.add_parser("dashboard", help="the supervisor dashboard",
                           description="Commands run on the site server.")

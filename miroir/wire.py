@@ -53,6 +53,8 @@ ALLOWED_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
         "outbox_depth": (int,),
         "dropped": (int,),
         "overruns": (int,),
+        "capture_ok": (bool,),
+        "capture_reopens": (int,),
     },
     "metrics": {
         **_HEADER,
@@ -116,9 +118,9 @@ def topic(site: str, box: str, kind: str) -> str:
     return f"{TOPIC_ROOT}/{check_id(site, 'site')}/{check_id(box, 'box')}/{kind}"
 
 
-def site_filter(site: str) -> str:
-    """Subscription filter for every up-going message of a site."""
-    return f"{TOPIC_ROOT}/{check_id(site, 'site')}/+/+"
+def site_filters(site: str) -> list[str]:
+    """Subscription filters for every up-going message of a site (one per kind, never ``cmd``)."""
+    return [f"{TOPIC_ROOT}/{check_id(site, 'site')}/+/{kind}" for kind in UP_KINDS]
 
 
 def parse_topic(name: str) -> Topic:

@@ -214,7 +214,7 @@ def write_config(
         ("The broker's certificate (SAN localhost, 127.0.0.1).", f"certfile {server.cert}"),
         ("The broker's private key.", f"keyfile {server.key}"),
         ("Refuse a TLS client that presents no valid certificate.",
-         "require_certificate false"),
+         "require_certificate true"),
         ("The certificate CN becomes the MQTT username used by the ACL.",
          "use_identity_as_username true"),
     ]
@@ -438,7 +438,13 @@ def _own(path: Path, uid: int, gid: int, mode: int) -> None:
 
 
 def make_site(
-    dir: Path, site: str, boxes: Sequence[str], *, port: int | None = None
+    dir: Path,
+    site: str,
+    boxes: Sequence[str],
+    *,
+    port: int | None = None,
+    hosts: Sequence[str] = SERVER_HOSTS,
+    bind: str = "127.0.0.1",
 ) -> SiteFiles:
     """Provision a whole site in ``dir``: CA, broker, one certificate per box, dashboard, config.
 
@@ -451,6 +457,9 @@ def make_site(
         site: Site id.
         boxes: Box ids to provision.
         port: TLS port; a free one by default.
+        hosts: Names and addresses in the broker certificate's SAN (add the site server's
+            LAN name or address for real boxes).
+        bind: Address the TLS listener binds to (``0.0.0.0`` to serve the LAN).
 
     Returns:
         The site's files.
@@ -463,7 +472,7 @@ def make_site(
     check_reachable(dir)
     port = port or free_port()
     ca = pki.create_ca(dir / "ca", site)
-    server = pki.issue(ca, dir / "broker", "localhost", server=True, hosts=SERVER_HOSTS)
+    server = pki.issue(ca, dir / "broker", hosts[0], server=True, hosts=hosts)
     dashboard = pki.issue(ca, dir / "dashboard", dashboard_identity(site))
     files = SiteFiles(
         dir=dir,
@@ -492,7 +501,7 @@ def make_site(
         _own(server.key, 0, gid, 0o640)  # root-owned, readable by the broker's group only
         _own(persist, uid, gid, 0o750)
         _own(files.log, uid, gid, 0o640)
-    write_config(dir, port=port, ca=ca, server=server, acl=files.acl)
+    write_config(dir, port=port, ca=ca, server=server, acl=files.acl, host=bind)
     log.info("site %s provisioned in %s (port %d, %d boxes)", site, dir, port, len(boxes))
     return files
 

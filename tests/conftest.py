@@ -2,5 +2,7 @@
 
 pytest_plugins = [
     "tests._fixtures_broker",
+    "tests._fixtures_capture",
+    "tests._fixtures_dashboard",
     "tests._fixtures_demo",
 ]

@@ -28,6 +28,7 @@ from provisioning.broker import (
     SiteFiles,
     dashboard_identity,
     free_port,
+    make_site,
     new_site_dir,
     write_config,
 )
@@ -60,7 +61,7 @@ def log_says(site: SiteFiles, text: str) -> None:
 
 def test_box_metrics_reach_dashboard(site: SiteFiles, peer: Callable[..., Peer]) -> None:
     dash = peer(site.dashboard, "dashboard")
-    assert dash.subscribe(wire.site_filter(SITE_ID)).value == 1  # granted QoS 1
+    assert dash.subscribe(f"miroir/v1/{SITE_ID}/+/+").value == 1  # granted QoS 1
     box = peer(site.box("box-a"), "box-a")
     topic = wire.topic(SITE_ID, "box-a", "metrics")
     rc = box.publish(topic, metrics("box-a", 1))
@@ -132,7 +133,7 @@ def test_box_cannot_publish_on_another_box_topic(
     site: SiteFiles, peer: Callable[..., Peer]
 ) -> None:
     dash = peer(site.dashboard, "dashboard")
-    dash.subscribe(wire.site_filter(SITE_ID))
+    dash.subscribe(f"miroir/v1/{SITE_ID}/+/+")
     box_a = peer(site.box("box-a"), "box-a")
     forged = wire.topic(SITE_ID, "box-b", "metrics")
     rc = box_a.publish(forged, metrics("box-b", 1))
@@ -227,7 +228,7 @@ def test_retained_status_survives_restart(site: SiteFiles, broker: Mosquitto) ->
     dash = Peer(site.dashboard, site.ca_cert, "dashboard", broker.port)
     try:
         dash.connect()
-        dash.subscribe(wire.site_filter(SITE_ID))
+        dash.subscribe(f"miroir/v1/{SITE_ID}/+/+")
         assert wire.decode("status", dash.expect(status))["state"] == "online"
     finally:
         dash.close()
@@ -299,3 +300,14 @@ def test_free_port_is_bindable() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
     assert 0 < port < 65536
+
+
+def test_site_dir_unreachable_by_broker_user_is_refused(tmp_path: Path) -> None:
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    private.chmod(0o700)
+    if os.geteuid() == 0:
+        with pytest.raises(BrokerError, match="cannot traverse"):
+            make_site(private / "site", SITE_ID, ["box-a"])
+    else:  # Mosquitto runs as this user: nothing to check, the site is made
+        assert make_site(private / "site", SITE_ID, ["box-a"]).config.exists()

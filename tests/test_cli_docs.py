@@ -46,7 +46,8 @@ def test_help_runs_for_every_command():
 def test_readme_opens_with_the_two_commands():
     blocks = README.split("```")
     assert len(blocks) >= 3
-    first = [line for line in blocks[1].splitlines() if line.strip() and not line.startswith("#")]
+    lines = blocks[1].splitlines()[1:]  # after the language tag
+    first = [line for line in lines if line.strip() and not line.startswith("#")]
     assert first == ["./run demo", "./run test"]
     ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
     assert "./run test" in ci

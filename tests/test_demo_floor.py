@@ -18,7 +18,7 @@ import psutil
 from demo.calls import build_calls, load_truth, speech_ratio_truth
 from demo.floor import CALLS_DIR
 from provisioning.broker import free_port, new_site_dir
-from tests._fixtures_dashboard import csrf_of
+from tests._fixtures_dashboard import browser_login, csrf_of
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,16 +27,16 @@ def _descendants_alive(pid: int) -> list[psutil.Process]:
     return [p for p in psutil.Process(pid).children(recursive=True) if p.is_running()]
 
 
-def _login(client: httpx.Client) -> None:
-    """Log in as the demo admin; the session cookie is Secure, so it is carried by hand here."""
+def _login(client: httpx.Client, password: str) -> None:
+    """Log in as the demo admin. The cookies are Secure (``__Host-``), which a browser sends to
+    http://127.0.0.1 but httpx does not, so they are carried by hand here."""
     page = client.get("/login")
-    form = {"username": "admin", "password": client.headers["x-test-password"],
-            "csrf": csrf_of(page.text)}
-    resp = client.post("/login", data=form, cookies=page.cookies)
+    csrf_cookie = page.cookies["__Host-miroir-csrf"]
+    resp = client.post("/login", headers={"cookie": f"__Host-miroir-csrf={csrf_cookie}"},
+                       data={"username": "admin", "password": password, "csrf": csrf_of(page.text)})
     assert resp.status_code in (302, 303), resp.text
-    session = next(v for k, v in resp.cookies.items() if k.startswith("__Host-"))
+    client.headers["cookie"] = f"__Host-miroir={resp.cookies['__Host-miroir']}"
     client.cookies.clear()
-    client.headers["cookie"] = f"__Host-miroir={session}"
 
 
 def test_demo_json_four_boxes_nothing_lost():
@@ -54,13 +54,14 @@ def test_demo_json_four_boxes_nothing_lost():
     assert summary["latency_ms_p95"] is not None and summary["latency_ms_p95"] > 0
 
 
-def test_demo_floor_speech_ratios_match_the_calls():
+def test_demo_floor_speech_ratios_match_the_calls(browser_page):
     """Two boxes: their metrics reach the dashboard's API and match the calls' known timing."""
     calls = build_calls(CALLS_DIR, progress=None)
     workdir = new_site_dir("miroir-demo-test-")
     port = free_port()
+    boxes = int(os.environ.get("MIROIR_DEMO_TEST_BOXES", "2"))  # 8 for the README screenshot
     proc = subprocess.Popen(
-        [sys.executable, "-m", "miroir", "demo", "--boxes", "2", "--port", str(port),
+        [sys.executable, "-m", "miroir", "demo", "--boxes", str(boxes), "--port", str(port),
          "--workdir", str(workdir)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
         start_new_session=True)
@@ -76,20 +77,27 @@ def test_demo_floor_speech_ratios_match_the_calls():
                 break
         assert password, "".join(output)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            client.headers["x-test-password"] = password
-            _login(client)
-            del client.headers["x-test-password"]
+            _login(client, password)
             rows: dict[str, list[dict]] = {}
             deadline = time.monotonic() + 90
             while time.monotonic() < deadline:
                 for box in ("seat-01", "seat-02"):
                     resp = client.get(f"/api/boxes/{box}/metrics")
-                    assert resp.status_code == 200, resp.text
-                    rows[box] = resp.json()["metrics"]
+                    assert resp.status_code in (200, 404), resp.text  # 404 until it reports
+                    rows[box] = resp.json()["metrics"] if resp.status_code == 200 else []
                 if all(len(r) >= 40 for r in rows.values()):
                     break
                 time.sleep(2)
             listing = client.get("/api/boxes").json()
+        # The supervisor's view: the floor page in Debian's chromium shows both seats online.
+        browser_login(browser_page, f"http://127.0.0.1:{port}", password=password)
+        for box in ("seat-01", "seat-02"):
+            browser_page.wait_for_selector(f".seat[data-box='{box}'][data-online='online']",
+                                           timeout=10_000)
+        shots = os.environ.get("MIROIR_SCREENSHOT_DIR")
+        if shots:
+            browser_page.wait_for_timeout(3000)  # let the seats' timelines fill
+            browser_page.screenshot(path=str(Path(shots) / "demo-floor.png"))
         assert {b["box"] for b in listing["boxes"]} >= {"seat-01", "seat-02"}
         for i, box in enumerate(("seat-01", "seat-02")):
             truth = load_truth(calls[i])

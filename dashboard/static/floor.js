@@ -14,7 +14,7 @@
   const ONLINE_LABELS = { online: "En ligne", offline: "Hors ligne", unknown: "État inconnu" };
   const HISTORY = 30;      // talk states kept for the timeline (one per metrics message)
   const STALE_S = 10;      // an online box silent this long is shown as stale
-  const STATS_EVERY_MS = 5000;
+  const STATS_EVERY_MS = 2000;
 
   const floorEl = document.getElementById("floor");
   const emptyEl = document.getElementById("empty");

@@ -1,0 +1,267 @@
+"""Live capture through real PyAudio/PortAudio/ALSA, fed by ALSA file PCMs (no sound card)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge.capture import (
+    CaptureConfig,
+    CaptureError,
+    CaptureSource,
+    DeviceNotFoundError,
+    list_devices,
+)
+from edge.frames import RATE_HZ
+from miroir.wire import decode, encode, status_message
+from tests._fixtures_capture import AlsaHome, write_raw
+
+Pair = Callable[[float], tuple[np.ndarray, np.ndarray]]
+
+
+def decode_status(data: bytes) -> dict[str, Any]:
+    """Decode a status payload through the wire contract."""
+    return decode("status", data)
+
+
+def fast_lag(captured: np.ndarray, reference: np.ndarray) -> tuple[int, float]:
+    """Coarse FFT cross-correlation, then :func:`lag_of` around the peak."""
+    a = captured.astype(np.float64)
+    b = reference.astype(np.float64)
+    n = 1 << int(np.ceil(np.log2(len(a) + len(b))))
+    xc = np.fft.irfft(np.fft.rfft(a, n) * np.conj(np.fft.rfft(b, n)), n)
+    lag = int(np.argmax(xc))
+    lag = lag - n if lag > n // 2 else lag
+    m = min(len(a) - max(lag, 0), len(b) + min(lag, 0))
+    seg_a = a[max(lag, 0):max(lag, 0) + m]
+    seg_b = b[max(-lag, 0):max(-lag, 0) + m]
+    corr = float(np.dot(seg_a, seg_b) / (np.linalg.norm(seg_a) * np.linalg.norm(seg_b) + 1e-12))
+    return lag, corr
+
+
+def collect(src: CaptureSource, limit_s: float = 60.0) -> np.ndarray:
+    """Run the source to its end (failing after ``limit_s`` of wall time) and join the blocks."""
+    out = []
+    deadline = time.monotonic() + limit_s
+    for block in src.blocks():
+        assert block.dtype == np.float32 and block.ndim == 2 and block.shape[0] == 2
+        out.append(block)
+        assert time.monotonic() < deadline, "the source did not stop at the end of the data"
+    return np.concatenate(out, axis=1) if out else np.zeros((2, 0), np.float32)
+
+
+def test_stereo_device_left_is_near_right_is_far(alsa_home: AlsaHome, ami_pair: Pair,
+                                                   tmp_path: Path) -> None:
+    near, far = ami_pair(4.0)
+    alsa_home.define("miroirtest", write_raw(tmp_path / "stereo.raw", near, far))
+    assert "miroirtest" in list_devices()
+    src = CaptureSource(CaptureConfig("miroirtest", max_seconds=4.0, realtime=False,
+                                      queue_blocks=256))
+    got = collect(src)
+    assert src.device_rates_hz == [] and not src.overruns
+    assert got.shape == (2, len(near)), "stops exactly at the end of the data"
+    near_cap = np.round(got[0] * 32768).astype(np.int16)
+    far_cap = np.round(got[1] * 32768).astype(np.int16)
+    lag, corr = fast_lag(near_cap, near)
+    assert corr > 0.999, corr
+    m = len(near) - abs(lag)
+    assert np.array_equal(near_cap[max(lag, 0):max(lag, 0) + m], near[max(-lag, 0):max(-lag, 0) + m])
+    assert np.array_equal(far_cap[max(lag, 0):max(lag, 0) + m], far[max(-lag, 0):max(-lag, 0) + m])
+    # and not the other way round: the two headsets are different signals
+    assert fast_lag(far_cap, near)[1] < 0.5
+
+
+def test_realtime_pacing_follows_the_wall_clock(alsa_home: AlsaHome, ami_pair: Pair,
+                                                 tmp_path: Path) -> None:
+    near, far = ami_pair(1.5)
+    alsa_home.define("miroirtest", write_raw(tmp_path / "stereo.raw", near, far))
+    src = CaptureSource(CaptureConfig("miroirtest", max_seconds=1.5, realtime=True,
+                                      queue_blocks=64))
+    t0 = time.monotonic()
+    got = collect(src)
+    elapsed_s = time.monotonic() - t0
+    assert got.shape == (2, len(near))
+    # a file PCM delivers everything at once; the source slows it down to (about) real time
+    assert elapsed_s > 1.2, elapsed_s
+    assert src.overruns == 0
+
+
+def test_two_mono_devices(alsa_home: AlsaHome, ami_pair: Pair, tmp_path: Path) -> None:
+    near, far = ami_pair(3.0)
+    alsa_home.define("miroirnear", write_raw(tmp_path / "near.raw", near))
+    alsa_home.define("miroirfar", write_raw(tmp_path / "far.raw", far))
+    src = CaptureSource(CaptureConfig("miroirnear", far_device="miroirfar", max_seconds=3.0,
+                                      realtime=False, queue_blocks=256, max_drift_s=10.0))
+    got = collect(src)
+    assert got.shape == (2, len(near))
+    assert np.array_equal(np.round(got[0] * 32768).astype(np.int16), near)
+    assert np.array_equal(np.round(got[1] * 32768).astype(np.int16), far)
+
+
+def test_drift_between_two_mono_devices_is_trimmed() -> None:
+    from edge.capture import _trim_drift
+
+    near = np.arange(5000, dtype=np.float32)[None, :]
+    far = np.arange(1000, dtype=np.float32)[None, :]
+    kept_near, kept_far = _trim_drift([near, far], 3000)
+    assert kept_near.shape[1] == kept_far.shape[1] == 1000
+    assert kept_near[0, 0] == 4000  # the oldest samples of the ahead channel go
+    same = _trim_drift([near[:, :3500], far], 3000)
+    assert same[0].shape[1] == 3500
+
+
+def test_8khz_device_is_resampled_to_16khz(alsa_home: AlsaHome, ami_pair: Pair,
+                                           tmp_path: Path) -> None:
+    import soxr
+
+    seconds = 4.0
+    near, far = ami_pair(seconds)
+    near8 = np.round(soxr.resample(near.astype(np.float32), 16_000, 8_000)).astype(np.int16)
+    far8 = np.round(soxr.resample(far.astype(np.float32), 16_000, 8_000)).astype(np.int16)
+    alsa_home.define("miroirphone", write_raw(tmp_path / "phone8k.raw", near8, far8))
+    src = CaptureSource(CaptureConfig("miroirphone", device_rate_hz=8_000, max_seconds=seconds,
+                                      realtime=False, queue_blocks=256))
+    got = collect(src)
+    assert abs(got.shape[1] - seconds * RATE_HZ) <= 32, got.shape
+    for ch, ref in ((0, near), (1, far)):
+        # compare below 3.4 kHz, the band both signals share
+        lo_cap = soxr.resample(got[ch].astype(np.float64), 16_000, 6_800)
+        lo_ref = soxr.resample(ref.astype(np.float64) / 32768, 16_000, 6_800)
+        lag, corr = fast_lag(lo_cap, lo_ref)
+        assert abs(lag) <= 2, lag
+        assert corr > 0.98, corr
+
+
+def test_overruns_are_counted_and_the_callback_never_waits(alsa_home: AlsaHome, ami_pair: Pair,
+                                                            tmp_path: Path) -> None:
+    near, far = ami_pair(5.0)
+    alsa_home.define("miroirtest", write_raw(tmp_path / "stereo.raw", near, far))
+    src = CaptureSource(CaptureConfig("miroirtest", max_seconds=5.0, realtime=False,
+                                      queue_blocks=4, block_ms=64.0))
+    src.open()
+    inp = src._inputs[0]
+    deadline = time.monotonic() + 30
+    # the consumer stalls: the callback keeps running, dropping what the full queue cannot take
+    while not inp.done:
+        assert time.monotonic() < deadline, "the callback stalled with the consumer"
+        time.sleep(0.05)
+    assert inp.queue.full() and src.overruns > 0
+    got = collect(src)
+    kept = got.shape[1]
+    assert kept == 4 * 1024, kept  # exactly the queue's four blocks, nothing invented
+    assert kept + src.overruns * 1024 >= len(near) - 1024
+    # what was kept is the beginning of the recording, unchanged
+    assert np.array_equal(np.round(got[0] * 32768).astype(np.int16), near[:kept])
+    assert src.status_fields()["overruns"] == src.overruns
+
+
+def test_missing_device_error_names_it_and_lists_the_others(alsa_home: AlsaHome, ami_pair: Pair,
+                                                            tmp_path: Path) -> None:
+    near, far = ami_pair(0.5)
+    alsa_home.define("miroirother", write_raw(tmp_path / "x.raw", near, far))
+    src = CaptureSource(CaptureConfig("hw:CARD=Headset"))
+    with pytest.raises(DeviceNotFoundError) as err:
+        src.open()
+    msg = str(err.value)
+    assert "'hw:CARD=Headset' not found" in msg and "'miroirother'" in msg
+    assert not src.device_ok
+
+
+def test_mono_device_for_stereo_is_refused_clearly() -> None:
+    pa = FakePa([{"index": 0, "name": "USB mic: Audio (hw:1,0)", "maxInputChannels": 1,
+                  "defaultSampleRate": 48000.0}])
+    from edge.capture import find_device
+    with pytest.raises(DeviceNotFoundError, match="1 input channel"):
+        find_device(pa, "USB mic", 2)
+    assert find_device(pa, "usb MIC", 1)["index"] == 0
+
+
+class FakePa:
+    """A stand-in ``PyAudio`` for unit tests of device matching and rate probing only."""
+
+    def __init__(self, devices: list[dict[str, Any]], rates_hz: tuple[int, ...] = ()) -> None:
+        self.devices = devices
+        self.rates_hz = rates_hz
+
+    def get_device_count(self) -> int:
+        return len(self.devices)
+
+    def get_device_info_by_index(self, i: int) -> dict[str, Any]:
+        return self.devices[i]
+
+    def is_format_supported(self, rate: int, **_: Any) -> bool:
+        if rate not in self.rates_hz:
+            raise ValueError("Invalid sample rate")
+        return True
+
+
+@pytest.mark.parametrize(("rates_hz", "expected_hz"), [((8_000,), 8_000), ((44_100, 8_000), 44_100),
+                                                       ((48_000, 16_000), 16_000)])
+def test_rate_probe_prefers_16k_then_the_device_default(rates_hz: tuple[int, ...],
+                                                        expected_hz: int) -> None:
+    info = {"index": 0, "name": "phone", "maxInputChannels": 2, "defaultSampleRate": 44100.0}
+    src = CaptureSource(CaptureConfig("phone"))
+    src._pa = FakePa([info], rates_hz)
+    assert src._pick_rate(info, 2) == expected_hz
+    src._pa = FakePa([info], (22_050,))
+    with pytest.raises(CaptureError, match="supports none of 16000, 44100, 48000, 8000 Hz"):
+        src._pick_rate(info, 2)
+
+
+def _until(blocks: Iterator[np.ndarray], cond: Callable[[], bool], limit_s: float = 30.0) -> list[
+        np.ndarray]:
+    """Consume blocks until ``cond()`` holds; fail after ``limit_s`` of wall time."""
+    seen = []
+    deadline = time.monotonic() + limit_s
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached"
+        seen.append(next(blocks))
+    return seen
+
+
+def test_device_lost_is_reported_and_reopened_without_restart(alsa_home: AlsaHome, ami_pair: Pair,
+                                                              tmp_path: Path) -> None:
+    near, far = ami_pair(3.0)
+    first = write_raw(tmp_path / "first.raw", near, far)
+    second = write_raw(tmp_path / "second.raw", far, near)  # swapped, to tell the two apart
+    alsa_home.define("miroirtest", first)
+    # no max_seconds: a live device that never ends; a file PCM then feeds junk at full speed
+    src = CaptureSource(CaptureConfig("miroirtest", realtime=True, queue_blocks=16,
+                                      backoff_s=0.1, backoff_max_s=0.4, idle_s=0.05))
+    blocks = src.blocks()
+    got = _until(blocks, lambda: src.device_ok)
+    got += [next(blocks) for _ in range(3)]
+    data = np.concatenate(got, axis=1)
+    assert np.array_equal(np.round(data[0] * 32768).astype(np.int16), near[:data.shape[1]])
+    assert src.reopen_count == 0
+
+    # unplug: the device vanishes from ALSA and its stream stops under the source
+    alsa_home.remove("miroirtest")
+    src._inputs[0].stream.stop_stream()
+    _until(blocks, lambda: not src.device_ok)
+    assert src.last_error is not None and "miroirtest" in src.last_error
+    # while it is gone: empty blocks keep the caller's loop alive, and re-opens keep failing
+    idle = [next(blocks) for _ in range(10)]
+    assert all(b.shape == (2, 0) for b in idle)
+    assert not src.device_ok and "not found" in (src.last_error or "")
+    assert src.status_fields()["capture_ok"] is False
+    status = status_message("site-1", "box-1", "online", time.time(), **src.status_fields())
+    assert decode_status(encode("status", status))["capture_ok"] is False
+
+    # plug back in: found again, re-opened, fresh data flows
+    alsa_home.define("miroirtest", second)
+    back = _until(blocks, lambda: src.device_ok)
+    assert src.reopen_count == 1 and src.last_error is None
+    back += [next(blocks) for _ in range(3)]
+    data = np.concatenate([b for b in back if b.shape[1]], axis=1)
+    assert data.shape[1] > 0
+    assert np.array_equal(np.round(data[0] * 32768).astype(np.int16), far[:data.shape[1]])
+    src.stop_event.set()
+    rest = list(blocks)  # the generator ends once stopped
+    assert len(rest) <= 2
+    assert src._pa is None, "PortAudio released on stop"

@@ -1,0 +1,124 @@
+"""The floor page in Debian's chromium, fed by a box publishing through the real site broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dashboard.app import DashboardServer
+from miroir import wire
+from tests._fixtures_dashboard import browser_login
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e]
+
+LIVE_WAIT_MS = 2000  # the brief's bound: the seat changes within 2 s of the publish
+
+
+def _metrics(site: str, box: str, seq: int, talk_state: str, near: float, far: float) -> bytes:
+    return wire.encode("metrics", {
+        "v": wire.SCHEMA_VERSION, "site": site, "box": box, "ts": time.time(), "seq": seq,
+        "t_start": float(seq), "window_s": 1.0, "near_speech_ratio": near,
+        "far_speech_ratio": far, "near_talking": talk_state in ("agent", "overlap"),
+        "far_talking": talk_state in ("prospect", "overlap"), "talk_state": talk_state,
+    })
+
+
+def test_floor_page_shows_a_box_live(browser_page: Any, dashboard_server: DashboardServer,
+                                     site: Any, peer: Any) -> None:
+    page = browser_page
+    # Not logged in: the floor redirects to the login form.
+    page.goto(dashboard_server.url + "/")
+    assert page.url.endswith("/login")
+    browser_login(page, dashboard_server.url)
+    assert page.locator("#conn-label").inner_text() == "En direct"
+    assert page.locator(".seat").count() == 0
+
+    box = peer(site.box("box-a"), "box-a")
+    status = wire.status_message(site.site, "box-a", "online", time.time(), version="0.1.0")
+    box.publish(wire.topic(site.site, "box-a", "status"), wire.encode("status", status),
+                retain=True)
+    topic = wire.topic(site.site, "box-a", "metrics")
+    box.publish(topic, _metrics(site.site, "box-a", 1, "agent", 0.72, 0.05))
+    seat = page.locator(".seat[data-box='box-a']")
+    seat.and_(page.locator("[data-state='agent']")).wait_for(timeout=LIVE_WAIT_MS)
+    assert seat.locator(".talk-state").inner_text() == "Agent parle"
+    assert seat.locator(".online").inner_text() == "En ligne"
+    assert seat.locator(".pct-agent").inner_text().replace("\u202f", " ") == "72 %"
+
+    box.publish(topic, _metrics(site.site, "box-a", 2, "overlap", 0.5, 0.5))
+    page.locator(".seat[data-box='box-a'][data-state='overlap']").wait_for(timeout=LIVE_WAIT_MS)
+    assert seat.locator(".talk-state").inner_text() == "Chevauchement"
+
+    box.publish(topic, _metrics(site.site, "box-a", 3, "prospect", 0.1, 0.81))
+    page.locator(".seat[data-box='box-a'][data-state='prospect']").wait_for(
+        timeout=LIVE_WAIT_MS)
+    assert seat.locator(".talk-state").inner_text() == "Prospect parle"
+    assert seat.locator(".timeline span.t-agent").count() == 1
+    assert seat.locator(".timeline span.t-prospect").count() == 1
+
+    offline = wire.status_message(site.site, "box-a", "offline", time.time())
+    box.publish(wire.topic(site.site, "box-a", "status"), wire.encode("status", offline),
+                retain=True)
+    page.locator(".seat[data-box='box-a'][data-state='offline']").wait_for(timeout=LIVE_WAIT_MS)
+    assert seat.locator(".talk-state").inner_text() == "Hors ligne"
+    assert page.locator("#count-total").inner_text() == "1"
+
+    # A reload rebuilds the same seat from the stream's snapshot.
+    page.reload()
+    page.wait_for_selector("body[data-stream-ready='1']")
+    assert page.locator(".seat[data-box='box-a']").get_attribute("data-state") == "offline"
+    assert page.locator(".seat[data-box='box-a'] .timeline span.t-overlap").count() == 1
+
+
+def _seed_floor(site: Any, peer: Any) -> None:
+    """A few boxes in every state, for a representative screenshot."""
+    states = {"box-a": ("agent", 0.64, 0.12), "box-b": ("prospect", 0.18, 0.71)}
+    for b, (st, near, far) in states.items():
+        pub = peer(site.box(b), b)
+        status = wire.status_message(site.site, b, "online", time.time(), version="0.1.0")
+        pub.publish(wire.topic(site.site, b, "status"), wire.encode("status", status),
+                    retain=True)
+        seq = 0
+        for cycle in ("agent", "silence", "prospect", "overlap", "agent", "prospect") * 4:
+            seq += 1
+            pub.publish(wire.topic(site.site, b, "metrics"),
+                        _metrics(site.site, b, seq, cycle, near, far))
+        pub.publish(wire.topic(site.site, b, "metrics"),
+                    _metrics(site.site, b, seq + 1, st, near, far))
+
+
+def test_floor_screenshot(browser_page: Any, dashboard_server: DashboardServer,
+                          site: Any, peer: Any) -> None:
+    page = browser_page
+    browser_login(page, dashboard_server.url)
+    for b in ("box-c", "box-d", "box-e"):
+        site.add_box(b)  # certificate only: the ACL pattern already covers new boxes
+    _seed_floor(site, peer)
+    extra = {"box-c": ("overlap", 0.55, 0.48), "box-d": ("silence", 0.05, 0.02)}
+    for b, (st, near, far) in extra.items():
+        pub = peer(site.box(b), b)
+        status = wire.status_message(site.site, b, "online", time.time())
+        pub.publish(wire.topic(site.site, b, "status"), wire.encode("status", status))
+        pub.publish(wire.topic(site.site, b, "metrics"), _metrics(site.site, b, 1, st, near, far))
+    pub = peer(site.box("box-e"), "box-e")
+    gone = wire.status_message(site.site, "box-e", "offline", time.time())
+    pub.publish(wire.topic(site.site, "box-e", "status"), wire.encode("status", gone))
+    for b, st in (("box-a", "agent"), ("box-b", "prospect"), ("box-c", "overlap"),
+                  ("box-d", "silence"), ("box-e", "offline")):
+        page.locator(f".seat[data-box='{b}'][data-state='{st}']").wait_for(timeout=5000)
+    assert page.locator(".seat").count() == 5
+    out_dir = os.environ.get("MIROIR_SCREENSHOT_DIR")
+    if out_dir:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        path = Path(out_dir) / "floor.png"
+        page.wait_for_timeout(400)  # let the bar transitions finish
+        page.screenshot(path=str(path))
+        assert path.stat().st_size > 10_000
+    data = json.loads(page.evaluate("JSON.stringify([...document.querySelectorAll('.seat')]"
+                                    ".map(e => e.dataset.box))"))
+    assert data == ["box-a", "box-b", "box-c", "box-d", "box-e"]
