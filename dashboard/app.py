@@ -18,11 +18,11 @@ from starlette.concurrency import run_in_threadpool
 
 from miroir import wire
 
-from . import auth
+from . import auth, retention, schema
 from . import db as store
 from .ingest import Ingest
 from .live import Hub
-from .routes import boxes, floor, health, session, stream
+from .routes import api, boxes, health, pages, session, stream
 from .settings import DashboardSettings
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def create_app(settings: DashboardSettings, *, start_ingest: bool = True) -> Fas
         raise ValueError("mqtt_ca, mqtt_cert and mqtt_key are required to start the ingest")
     db = store.open_db(settings.db_path)
     try:
-        store.ensure_schema(db)
+        schema.ensure_schema(db)
         auth.ensure_admin(db, settings.admin_user, settings.admin_password_file)
     finally:
         db.conn.close()
@@ -62,9 +62,11 @@ def create_app(settings: DashboardSettings, *, start_ingest: bool = True) -> Fas
             ingest = Ingest(settings, notify=hub.publish)
             ingest.start()
         app.state.ingest = ingest
+        purger = asyncio.create_task(_purge_loop(settings))
         try:
             yield
         finally:
+            purger.cancel()
             hub.bind(None)
             if ingest is not None:
                 await run_in_threadpool(ingest.close)
@@ -74,7 +76,7 @@ def create_app(settings: DashboardSettings, *, start_ingest: bool = True) -> Fas
     app.state.settings = settings
     app.state.hub = hub
     app.state.ingest = None
-    for module in (session, floor, boxes, stream, health):
+    for module in (session, pages, api, boxes, stream, health):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     # Added last = outermost: headers go on every response, including the auth redirects.
@@ -83,6 +85,23 @@ def create_app(settings: DashboardSettings, *, start_ingest: bool = True) -> Fas
     app.add_middleware(auth.SecurityHeadersMiddleware)
     return app
 
+
+
+async def _purge_loop(settings: DashboardSettings) -> None:
+    """Run the retention purge at start and every ``purge_interval_s``."""
+    def once() -> None:
+        db = store.open_db(settings.db_path)
+        try:
+            retention.purge_with(db, settings)
+        finally:
+            db.conn.close()
+
+    while True:
+        try:
+            await run_in_threadpool(once)
+        except Exception:
+            log.exception("retention purge failed")
+        await asyncio.sleep(settings.purge_interval_s)
 
 
 def _uvicorn_config(app: FastAPI, settings: DashboardSettings) -> Any:

@@ -1,15 +1,18 @@
-"""Users (argon2id), server-side sessions, CSRF tokens and the deny-by-default middleware."""
+"""Users (argon2id, roles, TOTP), login throttling, server-side sessions, CSRF, middleware."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import logging
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import sqlite_utils
 from starlette.concurrency import run_in_threadpool
@@ -24,6 +27,12 @@ log = logging.getLogger(__name__)
 SESSION_MAX_AGE_S = 12 * 3600
 """Absolute lifetime of a session, whatever the activity (one shift)."""
 PUBLIC_PATHS = frozenset({"/login", "/healthz"})
+STAGE_PATHS = {"totp": "/login/totp", "enroll": "/totp/setup"}
+"""Where a half-logged-in session (password right, TOTP pending) is sent."""
+ROLES = ("admin", "supervisor", "agent", "auditor")
+TOTP_ROLES = frozenset({"admin", "supervisor"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+MAX_FORM_BYTES = 256 * 1024
 PUBLIC_PREFIXES = ("/static/",)
 SECURITY_HEADERS = {
     "content-security-policy": ("default-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
@@ -32,6 +41,8 @@ SECURITY_HEADERS = {
     "referrer-policy": "no-referrer",
     "x-frame-options": "DENY",
     "cross-origin-opener-policy": "same-origin",
+    "strict-transport-security": "max-age=31536000; includeSubDomains",
+    "permissions-policy": "camera=(), microphone=(), geolocation=()",
 }
 
 _hasher: Any = None
@@ -98,14 +109,34 @@ def tokens_match(a: str | None, b: str | None) -> bool:
 
 # ------------------------------------------------------------------------------ users
 def create_user(db: sqlite_utils.Database, username: str, password: str,
-                role: str = "admin") -> None:
-    """Add a user with an argon2id password hash (fails if the name exists)."""
+                role: str = "admin", *, agent: str | None = None, teams: Iterable[str] = (),
+                lang: str = "fr", totp_secret: str | None = None) -> None:
+    """Add a user with an argon2id password hash (fails if the name exists).
+
+    Args:
+        db: The open database (schema ensured).
+        username: Login name.
+        password: Clear password (only its argon2id hash is stored).
+        role: One of :data:`ROLES`.
+        agent: For an agent user, the agent id whose data it may see.
+        teams: For a supervisor, the teams it supervises.
+        lang: Interface language, ``fr`` or ``en``.
+        totp_secret: A base32 TOTP secret already enrolled (else enrolment at first login).
+    """
     if not username or not password:
         raise ValueError("username and password must be non-empty")
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    if role == "agent" and not agent:
+        raise ValueError("an agent user needs the agent id it belongs to")
     with db.conn:
         db.conn.execute(
-            "INSERT INTO users (username, password_hash, role, created_ts) VALUES (?, ?, ?, ?)",
-            (username, hash_password(password), role, time.time()))
+            "INSERT INTO users (username, password_hash, role, created_ts, agent, lang, "
+            "totp_secret) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (username, hash_password(password), role, time.time(), agent, lang, totp_secret))
+        for team in teams:
+            db.conn.execute("INSERT OR IGNORE INTO user_teams (username, team) VALUES (?, ?)",
+                            (username, team))
 
 
 def ensure_admin(db: sqlite_utils.Database, username: str, password_file: Path | None) -> bool:
@@ -128,12 +159,73 @@ def ensure_admin(db: sqlite_utils.Database, username: str, password_file: Path |
 
 def authenticate(db: sqlite_utils.Database, username: str, password: str) -> str | None:
     """Return the user's role if the credentials are right, else None (constant-ish time)."""
-    row = db.conn.execute("SELECT password_hash, role FROM users WHERE username = ?",
+    row = db.conn.execute("SELECT password_hash, role, disabled FROM users WHERE username = ?",
                           (username,)).fetchone()
     if row is None:
         verify_password(_dummy_hash(), password)  # same cost as a real check
         return None
-    return str(row[1]) if verify_password(row[0], password) else None
+    ok = verify_password(row[0], password)
+    return str(row[1]) if ok and not row[2] else None
+
+
+# -------------------------------------------------------------------------- throttling
+def _networks(proxies: Iterable[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(p, strict=False) for p in proxies]
+
+
+def _in(addr: str, nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    return any(ip in n for n in nets)
+
+
+def client_address(peer: str | None, forwarded_for: str | None,
+                   trusted_proxies: Iterable[str]) -> str:
+    """The client's address: the peer, or, from a trusted proxy only, X-Forwarded-For.
+
+    The header is walked from the right (the hop our proxy added) past trusted proxies; the
+    first untrusted address is the client. A header sent by anyone else is ignored.
+    """
+    peer = peer or "unknown"
+    nets = _networks(trusted_proxies)
+    if not forwarded_for or not _in(peer, nets):
+        return peer
+    hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _in(hop, nets):
+            try:
+                return str(ipaddress.ip_address(hop))
+            except ValueError:
+                return peer
+    return peer
+
+
+def login_throttled(db: sqlite_utils.Database, username: str, addr: str, *, window_s: float,
+                    max_account: int, max_addr: int, now: float | None = None) -> bool:
+    """True if the account or the address has too many recent failed logins."""
+    now = time.time() if now is None else now
+    since = now - window_s
+    by_user = db.conn.execute(
+        "SELECT count(*) FROM login_attempts WHERE ok = 0 AND ts >= ? AND username = ?",
+        (since, username)).fetchone()[0]
+    by_addr = db.conn.execute(
+        "SELECT count(*) FROM login_attempts WHERE ok = 0 AND ts >= ? AND addr = ?",
+        (since, addr)).fetchone()[0]
+    return bool(by_user >= max_account or by_addr >= max_addr)
+
+
+def record_login_attempt(db: sqlite_utils.Database, username: str, addr: str, ok: bool,
+                         now: float | None = None) -> None:
+    """Remember one login attempt (a success clears the account's failure count)."""
+    now = time.time() if now is None else now
+    with db.conn:
+        if ok:
+            db.conn.execute("DELETE FROM login_attempts WHERE username = ? AND ok = 0",
+                            (username,))
+        db.conn.execute("INSERT INTO login_attempts (ts, username, addr, ok) VALUES (?, ?, ?, ?)",
+                        (now, username[:64], addr[:64], int(ok)))
 
 
 # --------------------------------------------------------------------------- sessions
@@ -143,6 +235,10 @@ class Session:
 
     username: str
     csrf: str
+    stage: str = "ok"
+    role: str = "admin"
+    lang: str = "fr"
+    pending_secret: str | None = None
 
 
 def _token_hash(token: str) -> str:
@@ -150,7 +246,8 @@ def _token_hash(token: str) -> str:
 
 
 def create_session(db: sqlite_utils.Database, username: str, idle_s: float,
-                   now: float | None = None) -> tuple[str, Session]:
+                   now: float | None = None, *, stage: str = "ok",
+                   pending_secret: str | None = None) -> tuple[str, Session]:
     """Start a session; return the cookie token (only its hash is stored) and the session.
 
     Args:
@@ -158,6 +255,8 @@ def create_session(db: sqlite_utils.Database, username: str, idle_s: float,
         username: Who logged in.
         idle_s: Idle expiry in seconds, used here to purge expired sessions.
         now: Wall-clock seconds (defaults to the current time).
+        stage: ``ok``, or ``totp`` / ``enroll`` while the second factor is pending.
+        pending_secret: The TOTP secret being enrolled (stage ``enroll``).
     """
     now = time.time() if now is None else now
     token = secrets.token_urlsafe(32)
@@ -166,9 +265,10 @@ def create_session(db: sqlite_utils.Database, username: str, idle_s: float,
         db.conn.execute("DELETE FROM sessions WHERE last_seen_ts < ? OR created_ts < ?",
                         (now - idle_s, now - SESSION_MAX_AGE_S))
         db.conn.execute(
-            "INSERT INTO sessions (token_hash, username, csrf, created_ts, last_seen_ts) "
-            "VALUES (?, ?, ?, ?, ?)", (_token_hash(token), username, csrf, now, now))
-    return token, Session(username, csrf)
+            "INSERT INTO sessions (token_hash, username, csrf, created_ts, last_seen_ts, stage, "
+            "pending_secret) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (_token_hash(token), username, csrf, now, now, stage, pending_secret))
+    return token, Session(username, csrf, stage, pending_secret=pending_secret)
 
 
 def lookup_session(db: sqlite_utils.Database, token: str | None, idle_s: float,
@@ -179,17 +279,18 @@ def lookup_session(db: sqlite_utils.Database, token: str | None, idle_s: float,
     now = time.time() if now is None else now
     th = _token_hash(token)
     row = db.conn.execute(
-        "SELECT username, csrf, created_ts, last_seen_ts FROM sessions WHERE token_hash = ?",
-        (th,)).fetchone()
+        "SELECT s.username, s.csrf, s.created_ts, s.last_seen_ts, s.stage, s.pending_secret, "
+        "u.role, u.lang, u.disabled FROM sessions s JOIN users u ON u.username = s.username "
+        "WHERE s.token_hash = ?", (th,)).fetchone()
     if row is None:
         return None
-    username, csrf, created_ts, last_seen_ts = row
+    username, csrf, created_ts, last_seen_ts, stage, pending, role, lang, disabled = row
     with db.conn:
-        if last_seen_ts < now - idle_s or created_ts < now - SESSION_MAX_AGE_S:
+        if disabled or last_seen_ts < now - idle_s or created_ts < now - SESSION_MAX_AGE_S:
             db.conn.execute("DELETE FROM sessions WHERE token_hash = ?", (th,))
             return None
         db.conn.execute("UPDATE sessions SET last_seen_ts = ? WHERE token_hash = ?", (now, th))
-    return Session(username, csrf)
+    return Session(username, csrf, stage or "ok", role, lang or "fr", pending)
 
 
 def delete_session(db: sqlite_utils.Database, token: str | None) -> None:
@@ -199,14 +300,54 @@ def delete_session(db: sqlite_utils.Database, token: str | None) -> None:
             db.conn.execute("DELETE FROM sessions WHERE token_hash = ?", (_token_hash(token),))
 
 
+def delete_user_sessions(db: sqlite_utils.Database, username: str) -> None:
+    """End every session of ``username`` (password change, erasure, disabling)."""
+    with db.conn:
+        db.conn.execute("DELETE FROM sessions WHERE username = ?", (username,))
+
+
 # ------------------------------------------------------------------------- middleware
 def is_public(path: str) -> bool:
     """True for the few paths served without a session."""
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes) -> Receive:
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
 class AuthMiddleware:
-    """Deny by default: pages redirect (303) to /login, /api answers 401, without a session."""
+    """Deny by default, then CSRF on every state change.
+
+    Without a session, pages redirect (303) to /login and /api answers 401. A session whose
+    second factor is pending reaches only its TOTP page. Every POST, PUT, PATCH or DELETE must
+    carry the session's CSRF token, in an ``X-CSRF-Token`` header or a ``csrf`` form field.
+    """
 
     def __init__(self, app: ASGIApp, db_path: Path, idle_s: float, secure: bool) -> None:
         self.app = app
@@ -226,24 +367,53 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         conn = HTTPConnection(scope)
+        path = scope["path"]
+        is_api = path.startswith("/api/") or path == "/api"
         token = conn.cookies.get(self.cookie)
         session = await run_in_threadpool(self._lookup, token) if token else None
+        response: Response
         if session is None:
-            response: Response
-            if scope["path"].startswith("/api/") or scope["path"] == "/api":
+            if is_api:
                 response = JSONResponse({"detail": "not authenticated"}, status_code=401)
             else:
                 response = RedirectResponse("/login", status_code=303)
             await response(scope, receive, send)
             return
+        if session.stage != "ok" and path not in (STAGE_PATHS.get(session.stage), "/logout"):
+            if is_api:
+                response = JSONResponse({"detail": "second factor required"}, status_code=401)
+            else:
+                response = RedirectResponse(STAGE_PATHS.get(session.stage, "/login"),
+                                            status_code=303)
+            await response(scope, receive, send)
+            return
+        if scope["type"] == "http" and scope["method"] not in SAFE_METHODS:
+            sent = conn.headers.get("x-csrf-token")
+            ctype = conn.headers.get("content-type", "")
+            if sent is None and ctype.startswith("application/x-www-form-urlencoded"):
+                body = await _read_body(receive, MAX_FORM_BYTES)
+                if body is not None:
+                    values = parse_qs(body.decode("latin-1")).get("csrf")
+                    sent = values[0] if values else None
+                    receive = _replay(body)
+            if not tokens_match(sent, session.csrf):
+                response = (JSONResponse({"detail": "CSRF token missing or wrong"},
+                                         status_code=403) if is_api else
+                            Response("CSRF token missing or wrong", status_code=403,
+                                     media_type="text/plain"))
+                await response(scope, receive, send)
+                return
         state = scope.setdefault("state", {})
         state["user"] = session.username
         state["csrf"] = session.csrf
+        state["role"] = session.role
+        state["lang"] = session.lang
+        state["session"] = session
         await self.app(scope, receive, send)
 
 
 class SecurityHeadersMiddleware:
-    """Add the CSP and other protective headers to every HTTP response."""
+    """Add the CSP, HSTS, nosniff and other protective headers to every HTTP response."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app

@@ -8,13 +8,33 @@ from typing import Any
 
 import sqlite_utils
 
+from miroir import wire
+
 BUSY_TIMEOUT_MS = 5000
 QUARANTINE_PAYLOAD_MAX_CHARS = 2048
 
-METRIC_FIELDS = ("t_start", "window_s", "near_speech_ratio", "far_speech_ratio",
-                 "near_talking", "far_talking", "talk_state")
-EVENT_FIELDS = ("name", "channel", "t_audio_s")
-STATUS_FIELDS = ("version", "seq_last", "outbox_depth", "dropped", "overruns")
+_HEADER = frozenset({"v", "site", "box", "ts", "seq", "state"})
+
+
+def _columns(kind: str) -> dict[str, type]:
+    """SQLite column types of every allow-listed field of a wire kind (header left out)."""
+    out: dict[str, type] = {}
+    for name, types in wire.ALLOWED_FIELDS[kind].items():
+        if name not in _HEADER:
+            out[name] = str if types == (str,) else float if float in types else int
+    return out
+
+
+METRIC_COLUMNS = _columns("metrics")
+"""Every metrics field of the wire contract is a column: new fields get columns on start-up."""
+EVENT_COLUMNS = _columns("event")
+STATUS_COLUMNS = _columns("status")
+METRIC_FIELDS = tuple(METRIC_COLUMNS)
+EVENT_FIELDS = tuple(EVENT_COLUMNS)
+STATUS_FIELDS = tuple(STATUS_COLUMNS)
+SEQ_COLUMNS = ("seq_contig", "seq_lost")
+"""Per-box gap tracking: every seq up to ``seq_contig`` is stored or known lost (``seq_lost``
+counts those the box no longer holds)."""
 
 
 def open_db(path: str | Path) -> sqlite_utils.Database:
@@ -64,6 +84,17 @@ def ensure_schema(db: sqlite_utils.Database) -> None:
         pk="token_hash", not_null={"username", "csrf", "created_ts", "last_seen_ts"},
         if_not_exists=True,
     )
+    boxes = db.table("boxes")
+    for column in SEQ_COLUMNS:  # added after the first release: migrate older databases
+        if column not in boxes.columns_dict:
+            boxes.add_column(column, int)
+    # Fields added to the wire contract since the database was made get their columns.
+    for table, columns in (("metrics", METRIC_COLUMNS), ("events", EVENT_COLUMNS),
+                           ("boxes", STATUS_COLUMNS)):
+        existing = db.table(table).columns_dict
+        for column, typ in columns.items():
+            if column not in existing:
+                db.table(table).add_column(column, typ)
     db.table("metrics").create_index(["ts"], if_not_exists=True)
     db.table("sessions").create_index(["last_seen_ts"], if_not_exists=True)
 
@@ -129,6 +160,67 @@ def apply_status(db: sqlite_utils.Database, msg: dict[str, Any], ingested_ts: fl
         sets = ", ".join(f"{k} = ?" for k in ("state", "last_status_ts", *fields))
         db.conn.execute(f"UPDATE boxes SET {sets} WHERE box = ?",
                         (msg["state"], float(msg["ts"]), *fields.values(), msg["box"]))
+
+
+def store_batch(db: sqlite_utils.Database, items: list[tuple[str, dict[str, Any]]],
+                ingested_ts: float) -> list[bool]:
+    """Store validated messages in one transaction; per item, True if new (stream) or applied.
+
+    Args:
+        db: The open database.
+        items: (kind, message) pairs, kinds ``metrics``, ``event`` or ``status``, in arrival
+            order (a later status wins).
+        ingested_ts: Wall-clock time of reception, in seconds since the epoch.
+    """
+    out: list[bool] = []
+    tops: dict[tuple[str, str], tuple[str, int]] = {}
+    conn = db.conn
+    with conn:
+        for kind, msg in items:
+            if kind == "status":
+                fields = {k: msg[k] for k in STATUS_FIELDS if k in msg}
+                _touch_box(db, msg["site"], msg["box"], ingested_ts)
+                sets = ", ".join(f"{k} = ?" for k in ("state", "last_status_ts", *fields))
+                conn.execute(f"UPDATE boxes SET {sets} WHERE box = ?",
+                             (msg["state"], float(msg["ts"]), *fields.values(), msg["box"]))
+                out.append(True)
+                continue
+            table, names = ("metrics", METRIC_FIELDS) if kind == "metrics" else \
+                ("events", EVENT_FIELDS)
+            row = {"box": msg["box"], "seq": msg["seq"], "ts": float(msg["ts"]),
+                   "ingested_ts": ingested_ts}
+            row.update({k: msg.get(k) for k in names})
+            new = _insert_or_ignore(db, table, row)
+            out.append(new)
+            if new:
+                key = (msg["box"], table)
+                seq = max(int(msg["seq"]), tops.get(key, ("", 0))[1])
+                tops[key] = (msg["site"], seq)
+        for (box, table), (site, seq) in tops.items():
+            _touch_box(db, site, box, ingested_ts)
+            col = "last_metrics_seq" if table == "metrics" else "last_event_seq"
+            conn.execute(f"UPDATE boxes SET {col} = max(coalesce({col}, 0), ?) WHERE box = ?",
+                         (seq, box))
+    return out
+
+
+def load_seq_state(db: sqlite_utils.Database) -> dict[str, tuple[int, int, list[int]]]:
+    """Per box: (seq_contig, seq_lost, stream seqs stored above seq_contig in order)."""
+    out: dict[str, tuple[int, int, list[int]]] = {}
+    for box, contig, lost in db.conn.execute(
+            "SELECT box, coalesce(seq_contig, 0), coalesce(seq_lost, 0) FROM boxes").fetchall():
+        above = [int(r[0]) for r in db.conn.execute(
+            "SELECT seq FROM metrics WHERE box = ? AND seq > ? UNION "
+            "SELECT seq FROM events WHERE box = ? AND seq > ? ORDER BY 1",
+            (box, contig, box, contig)).fetchall()]
+        out[str(box)] = (int(contig), int(lost), above)
+    return out
+
+
+def save_seq_state(db: sqlite_utils.Database, box: str, contig: int, lost: int) -> None:
+    """Record a box's contiguous sequence watermark and lost count (caller's transaction)."""
+    db.conn.execute("UPDATE boxes SET seq_contig = ?, seq_lost = ? WHERE box = ?",
+                    (contig, lost, box))
 
 
 def quarantine(db: sqlite_utils.Database, topic: str, reason: str, payload: bytes | bytearray,

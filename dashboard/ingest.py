@@ -1,14 +1,26 @@
-"""MQTT subscriber that validates every message against the wire contract and stores it."""
+"""MQTT subscriber that validates every message against the wire contract and stores it.
+
+Nothing is lost end to end: the dashboard keeps a persistent session (clean start off, session
+expiry :data:`SESSION_EXPIRY_S`) and acknowledges a message only once it is committed (paho sends
+the PUBACK after ``on_message`` returns). Messages lost anyway (a broker killed before its
+autosave, a bridge restarted) show as holes in a box's sequence: every box's stream is tracked
+(:class:`SeqTrack`), and a hole that lasts :data:`GAP_GRACE_S` triggers a ``resend`` command on
+the box's ``cmd`` topic, repeated every :data:`RESEND_RETRY_S` while it lasts. A box's status
+says which sequence numbers it no longer holds (``seq_first``): those are counted as lost and
+no longer asked for.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
+import queue
 import ssl
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from miroir import wire
@@ -23,7 +35,70 @@ SESSION_EXPIRY_S = 86400
 LAG_WINDOW = 10000
 """How many recent ingest lags are kept for percentiles."""
 
+GAP_GRACE_S = 1.0
+"""A hole in a box's sequence must last this long before a resend is asked (seconds)."""
+RESEND_RETRY_S = 5.0
+"""A resend request is repeated this often while the hole it asked about lasts (seconds)."""
+RECEIVE_MAXIMUM = 1000
+"""QoS 1 messages the broker may have in flight to the ingest (acknowledged after commit)."""
+BATCH_MAX = 2000
+"""Most messages committed in one transaction (they are acknowledged after the commit)."""
+GAP_CHECK_EVERY_S = 0.5
+"""Period of the gap checker thread, in seconds."""
+
 Notify = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class SeqTrack:
+    """One box's sequence bookkeeping: what is stored, what is missing, what was asked."""
+
+    contig: int = 0
+    """Every seq up to this one is stored (or known lost)."""
+    lost: int = 0
+    """Seqs the box no longer holds and that never arrived."""
+    ahead: set[int] = field(default_factory=set)
+    """Stored seqs above ``contig`` (there is a hole below each)."""
+    last_known: int = 0
+    """Highest seq the box is known to have (from messages and ``status.seq_last``)."""
+    gap_since: float | None = None
+    asked_from: int = 0
+    asked_ts: float = 0.0
+    dirty: bool = False
+
+    def mark(self, seq: int) -> None:
+        """Record that ``seq`` is stored."""
+        self.last_known = max(self.last_known, seq)
+        if seq <= self.contig:
+            return
+        if seq != self.contig + 1:
+            self.ahead.add(seq)
+            return
+        self.contig = seq
+        while self.contig + 1 in self.ahead:
+            self.ahead.discard(self.contig + 1)
+            self.contig += 1
+        self.dirty = True
+
+    def forget_below(self, first: int) -> int:
+        """The box holds nothing below ``first``: count what is missing there as lost."""
+        if first - 1 <= self.contig:
+            return 0
+        below = {s for s in self.ahead if s < first}
+        missing = first - 1 - self.contig - len(below)
+        self.ahead -= below
+        self.lost += missing
+        self.contig = first - 1
+        self.mark(first - 1)  # absorb what follows
+        self.dirty = True
+        return missing
+
+    def gap(self) -> tuple[int, int] | None:
+        """The first hole as (from_seq, to_seq), or None."""
+        if self.contig >= self.last_known:
+            return None
+        end = min(self.ahead) - 1 if self.ahead else self.last_known
+        return self.contig + 1, end
 
 
 def client_id_for(site: str) -> str:
@@ -60,8 +135,25 @@ class Ingest:
         self.quarantined = 0
         self.notify_errors = 0
         self.connects = 0
+        self.resend_requests = 0
+        self.lost = 0
         self._lags_ms: deque[float] = deque(maxlen=LAG_WINDOW)
         self._boxes_seen: set[str] = set()
+        self._db_lock = threading.Lock()
+        self._tracks: dict[str, SeqTrack] = {}
+        for box, (contig, lost, above) in store.load_seq_state(self._db).items():
+            track = SeqTrack(contig=contig, lost=lost, last_known=contig)
+            for seq in above:
+                track.mark(seq)
+            track.dirty = track.contig != contig
+            self._tracks[box] = track
+        self.requests: deque[tuple[str, int, int]] = deque(maxlen=1000)
+        """Recent resend requests (box, from_seq, to_seq), newest last."""
+        self._stop_checker = threading.Event()
+        self._checker: threading.Thread | None = None
+        self._queue: queue.Queue[tuple[Any, str, bytes, int, int]] = queue.Queue()
+        self._stop_writer = threading.Event()
+        self._writer: threading.Thread | None = None
 
     # ----------------------------------------------------------------- message handling
     def handle(self, topic: str, payload: bytes) -> str:
@@ -89,7 +181,60 @@ class Ingest:
                     self.notify_errors += 1
         return outcome
 
-    def _store(self, topic: str, payload: bytes, now: float) -> tuple[str, dict[str, Any] | None]:
+    def handle_batch(self, items: list[tuple[str, bytes]]) -> list[str]:
+        """Process messages in one database transaction; return each one's outcome.
+
+        Never raises: invalid messages are quarantined; if the transaction itself fails, each
+        message is retried alone through :meth:`handle`.
+        """
+        now = self._clock()
+        outcomes: list[str] = [""] * len(items)
+        valid: list[tuple[int, wire.Topic, dict[str, Any]]] = []
+        for i, (topic, payload) in enumerate(items):
+            try:
+                t, msg = self._parse(topic, payload)
+                valid.append((i, t, msg))
+            except wire.WireError as exc:
+                with self._lock:
+                    self.received += 1
+                outcomes[i] = self._quarantine(topic, str(exc), payload, now)
+        try:
+            with self._db_lock:
+                fresh = store.store_batch(self._db, [(t.kind, m) for _, t, m in valid], now)
+        except Exception:
+            log.exception("batch store failed; storing one by one")
+            for i, _t, _ in valid:
+                outcomes[i] = self.handle(*items[i])
+            return outcomes
+        updates = []
+        with self._lock:
+            self.received += len(valid)
+            for (i, t, msg), new in zip(valid, fresh, strict=True):
+                self._boxes_seen.add(t.box)
+                if t.kind == "status":
+                    self._track_status(t.box, msg)
+                    outcomes[i] = "status"
+                else:
+                    self._tracks.setdefault(t.box, SeqTrack()).mark(int(msg["seq"]))
+                    if not new:
+                        self.duplicates += 1
+                        outcomes[i] = "duplicate"
+                        continue
+                    self.inserted += 1
+                    self._lags_ms.append((now - float(msg["ts"])) * 1000.0)
+                    outcomes[i] = "inserted"
+                updates.append({"kind": t.kind, **msg, "ingested_ts": now})
+        if self.notify is not None:
+            for update in updates:
+                try:
+                    self.notify(update)
+                except Exception:
+                    log.exception("notify callback failed")
+                    with self._lock:
+                        self.notify_errors += 1
+        return outcomes
+
+    def _parse(self, topic: str, payload: bytes) -> tuple[wire.Topic, dict[str, Any]]:
         t = wire.parse_topic(topic)
         if t.site != self.site:
             raise wire.WireError(f"topic site {t.site!r} is not this dashboard's {self.site!r}")
@@ -97,16 +242,33 @@ class Ingest:
         if msg["site"] != t.site or msg["box"] != t.box:
             raise wire.WireError(
                 f"payload site/box {msg['site']}/{msg['box']} differ from topic {t.site}/{t.box}")
+        return t, msg
+
+    def _track_status(self, box: str, msg: dict[str, Any]) -> None:
+        """Update a box's sequence bookkeeping from its status (caller holds the lock)."""
+        track = self._tracks.setdefault(box, SeqTrack())
+        # What the broker acknowledged to the box must come; the rest is still queued.
+        acked = int(msg.get("seq_last", 0)) - int(msg.get("outbox_depth", 0))
+        track.last_known = max(track.last_known, acked)
+        if "seq_first" in msg:
+            self.lost += track.forget_below(int(msg["seq_first"]))
+
+    def _store(self, topic: str, payload: bytes, now: float) -> tuple[str, dict[str, Any] | None]:
+        t, msg = self._parse(topic, payload)
         update: dict[str, Any] = {"kind": t.kind, **msg, "ingested_ts": now}
         if t.kind == "status":
-            store.apply_status(self._db, msg, now)
+            with self._db_lock:
+                store.apply_status(self._db, msg, now)
             with self._lock:
                 self._boxes_seen.add(t.box)
+                self._track_status(t.box, msg)
             return "status", update
         insert = store.insert_metrics if t.kind == "metrics" else store.insert_event
-        new = insert(self._db, msg, now)
+        with self._db_lock:
+            new = insert(self._db, msg, now)
         with self._lock:
             self._boxes_seen.add(t.box)
+            self._tracks.setdefault(t.box, SeqTrack()).mark(int(msg["seq"]))
             if not new:
                 self.duplicates += 1
                 return "duplicate", None
@@ -120,10 +282,72 @@ class Ingest:
         log.warning("quarantined message on %r: %s", topic, reason)
         try:
             data = payload if isinstance(payload, bytes | bytearray) else repr(payload).encode()
-            store.quarantine(self._db, str(topic), reason, data, now)
+            with self._db_lock:
+                store.quarantine(self._db, str(topic), reason, data, now)
         except Exception:
             log.exception("could not store a quarantined message")
         return "quarantined"
+
+    # ------------------------------------------------------------------- gap detection
+    def check_gaps(self, now: float | None = None) -> list[tuple[str, int, int]]:
+        """Ask for a resend of each box's first lasting hole; save watermarks; return requests.
+
+        Args:
+            now: Monotonic time in seconds; now by default.
+
+        Returns:
+            The requests made now, as (box, from_seq, to_seq).
+        """
+        now = time.monotonic() if now is None else now
+        asks: list[tuple[str, int, int]] = []
+        dirty: list[tuple[str, int, int]] = []
+        with self._lock:
+            for box, track in self._tracks.items():
+                if track.dirty:
+                    track.dirty = False
+                    dirty.append((box, track.contig, track.lost))
+                gap = track.gap()
+                if gap is None:
+                    track.gap_since = None
+                    continue
+                if track.gap_since is None:
+                    track.gap_since = now
+                if now - track.gap_since < GAP_GRACE_S:
+                    continue
+                if track.asked_from == gap[0] and now - track.asked_ts < RESEND_RETRY_S:
+                    continue
+                track.asked_from, track.asked_ts = gap[0], now
+                asks.append((box, *gap))
+            self.resend_requests += len(asks)
+        if dirty:
+            try:
+                with self._db_lock, self._db.conn:
+                    for box, contig, lost in dirty:
+                        store.save_seq_state(self._db, box, contig, lost)
+            except Exception:
+                log.exception("could not save sequence watermarks")
+        for box, first, last in asks:
+            self.requests.append((box, first, last))
+            log.info("box %s: asking for a resend of seq %d..%d", box, first, last)
+            client = self._client
+            if client is not None:
+                cmd = wire.cmd_message(self.site, box, "resend", time.time(),
+                                       from_seq=first, to_seq=last)
+                client.publish(wire.topic(self.site, box, wire.CMD_KIND),
+                               wire.encode(wire.CMD_KIND, cmd), qos=1)
+        return asks
+
+    def _check_loop(self) -> None:
+        while not self._stop_checker.wait(GAP_CHECK_EVERY_S):
+            try:
+                self.check_gaps()
+            except Exception:
+                log.exception("gap check failed")
+
+    def gaps(self) -> dict[str, tuple[int, int]]:
+        """Boxes whose sequence has a hole now, with the first hole (from_seq, to_seq)."""
+        with self._lock:
+            return {b: g for b, t in self._tracks.items() if (g := t.gap()) is not None}
 
     # ------------------------------------------------------------------ paho callbacks
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any,
@@ -143,10 +367,37 @@ class Ingest:
         log.info("disconnected from broker: %s", reason_code)
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
-        try:
-            self.handle(message.topic, message.payload)
-        except Exception:  # handle() already never raises; belt and braces for paho's thread
-            log.exception("unexpected error in on_message")
+        if self._writer is None:  # not started (tests): handle at once
+            try:
+                self.handle(message.topic, message.payload)
+            except Exception:  # handle() never raises; belt and braces for paho's thread
+                log.exception("unexpected error in on_message")
+            return
+        self._queue.put((client, str(message.topic), bytes(message.payload), message.mid,
+                         message.qos))
+
+    def _write_loop(self) -> None:
+        """Commit what arrived in batches, then acknowledge it (PUBACK after the commit)."""
+        while True:
+            try:
+                first = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                if self._stop_writer.is_set():
+                    return
+                continue
+            batch = [first]
+            while len(batch) < BATCH_MAX:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self.handle_batch([(topic, payload) for _, topic, payload, _, _ in batch])
+            except Exception:  # handle_batch never raises; keep the writer alive regardless
+                log.exception("unexpected error in the ingest writer")
+            for client, _, _, mid, qos in batch:
+                if qos > 0:
+                    client.ack(mid, qos)
 
     # ---------------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -162,6 +413,7 @@ class Ingest:
             callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
             client_id=client_id_for(self.site),
             protocol=mqtt.MQTTv5,
+            manual_ack=True,
         )
         client.tls_set(ca_certs=str(s.mqtt_ca), certfile=str(s.mqtt_cert),
                        keyfile=str(s.mqtt_key), cert_reqs=ssl.CERT_REQUIRED,
@@ -174,10 +426,19 @@ class Ingest:
         client.on_message = self._on_message
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = SESSION_EXPIRY_S
+        props.ReceiveMaximum = RECEIVE_MAXIMUM
         self._client = client
         client.connect_async(s.mqtt_host, s.mqtt_port, keepalive=30, clean_start=False,
                              properties=props)
+        self._stop_writer.clear()
+        self._writer = threading.Thread(target=self._write_loop, name="ingest-writer",
+                                        daemon=True)
+        self._writer.start()
         client.loop_start()
+        self._stop_checker.clear()
+        self._checker = threading.Thread(target=self._check_loop, name="ingest-gaps",
+                                         daemon=True)
+        self._checker.start()
 
     def wait_connected(self, timeout_s: float = 10.0) -> bool:
         """Block until subscribed to the broker or ``timeout_s`` passes; return success."""
@@ -185,16 +446,26 @@ class Ingest:
 
     def stop(self) -> None:
         """Disconnect (the broker keeps the session) and stop paho's thread."""
+        self._stop_checker.set()
+        if self._checker is not None:
+            self._checker.join()
+            self._checker = None
         client, self._client = self._client, None
         if client is not None:
             client.disconnect()
             client.loop_stop()
+        self._stop_writer.set()
+        if self._writer is not None:
+            self._writer.join()  # commits what was received; the broker resends the unacked
+            self._writer = None
         self.connected.clear()
 
     def close(self) -> None:
         """Stop and close the database connection."""
         self.stop()
-        self._db.conn.close()
+        self.check_gaps()  # save the watermarks
+        with self._db_lock:
+            self._db.conn.close()
 
     def stats(self) -> dict[str, Any]:
         """Counters, ingest lag percentiles (ms, box clock to reception) and boxes seen."""
@@ -209,6 +480,9 @@ class Ingest:
                 "quarantined": self.quarantined,
                 "notify_errors": self.notify_errors,
                 "boxes_seen": len(self._boxes_seen),
+                "resend_requests": self.resend_requests,
+                "lost": self.lost,
+                "gaps": sum(1 for t in self._tracks.values() if t.gap() is not None),
             }
         out["lag_ms_p50"] = percentile(lags, 50)
         out["lag_ms_p95"] = percentile(lags, 95)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -32,3 +33,42 @@ class DashboardSettings(BaseSettings):
     secure_cookies: bool = Field(
         True, description="Secure cookies with the __Host- prefix (off only for plain http)."
     )
+    totp_required: bool = Field(
+        True, description="Admins and supervisors must enrol and enter a TOTP code at login."
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Reverse-proxy addresses or CIDRs whose X-Forwarded-For header is believed.",
+    )
+    login_window_s: float = Field(
+        900.0, gt=0, description="Window in seconds over which failed logins are counted."
+    )
+    login_max_failures_account: int = Field(
+        5, ge=1, description="Failed logins on one account within the window before it is throttled."
+    )
+    login_max_failures_addr: int = Field(
+        20, ge=1, description="Failed logins from one client address within the window before it "
+        "is throttled."
+    )
+    retention_metrics_days: float = Field(
+        30.0, gt=0, description="Days per-second metrics and events are kept before the purge."
+    )
+    retention_aggregates_days: float = Field(
+        365.0, gt=0, description="Days daily aggregates, calls, flags and goals are kept."
+    )
+    retention_audit_days: float = Field(
+        365.0, gt=0, description="Days audit-log entries and login attempts are kept."
+    )
+    purge_interval_s: float = Field(
+        3600.0, gt=0, description="Seconds between two automatic retention purges."
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"trusted_proxies: {item!r} is not an address or CIDR") from None
+        return value

@@ -172,7 +172,9 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
                         MIROIR_DASH_MQTT_CERT=str(site.dashboard.cert),
                         MIROIR_DASH_MQTT_KEY=str(site.dashboard.key),
                         MIROIR_DASH_HTTP_PORT=str(http_port),
-                        MIROIR_DASH_ADMIN_PASSWORD_FILE=str(pw_file))
+                        MIROIR_DASH_ADMIN_PASSWORD_FILE=str(pw_file),
+                        # a loopback demo with a printed password: no one-time codes
+                        MIROIR_DASH_TOTP_REQUIRED="false")
         with (logs / "dashboard.log").open("wb") as out:
             dash = subprocess.Popen([*miroir, "dashboard", "serve"], env=dash_env,
                                     stdout=out, stderr=subprocess.STDOUT)

@@ -1,8 +1,13 @@
-"""The box agent's main loop: source -> pipeline -> outbox -> publisher.
+"""The box agent's main loop: source -> pipeline -> outbox -> publisher, and commands.
 
-One loop runs the stages and owns the outbox; paho's network thread does the MQTT I/O.
-SIGTERM or SIGINT ends the loop cleanly: the outbox is drained for up to ``drain_s`` seconds and
-the retained status says ``offline``.
+One loop runs the stages and owns the outbox; paho's network thread (or a shared loop) does the
+MQTT I/O. SIGTERM or SIGINT ends the loop cleanly: the outbox is drained for up to ``drain_s``
+seconds and the retained status says ``offline``.
+
+Commands arrive on the box's own ``cmd`` topic (see ``docs/wire.md``); anything on another topic,
+malformed or addressed to another box is refused and counted in ``cmd_refused``, never raised.
+Private mode (``private_on``) keeps every metric and event out of the outbox until
+``private_off``; the retained status carries ``private`` and is republished at once on a change.
 """
 
 from __future__ import annotations
@@ -12,49 +17,186 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from edge.health import health_facts, write_heartbeat
 from edge.outbox import Outbox
-from edge.pipeline import Pipeline
 from edge.publisher import Publisher
 from edge.settings import EdgeSettings
-from edge.vad import GateConfig
+from edge.watchdog import Notifier
+from miroir import wire
 
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 10.0
+HEARTBEAT_EVERY_S = 10.0
+"""Period of the retained status while connected, in seconds."""
+PURGE_EVERY_S = 60.0
+"""Period of the outbox retention purge, in seconds."""
+IDENTIFY_S = 10.0
+"""How long an ``identify`` command keeps :attr:`Box.identifying` true, in seconds."""
+
+
+class _Message(Protocol):
+    kind: str
+    body: dict[str, Any]
 
 
 class Box:
-    """Wires one box's pipeline, outbox and publisher; :meth:`run` consumes audio blocks."""
+    """Wires one box's pipeline, outbox and publisher; :meth:`run` consumes audio blocks.
 
-    def __init__(self, settings: EdgeSettings, model: Any, version: str = "") -> None:
+    Args:
+        settings: The box's settings.
+        model: The VAD model for the default pipeline (unused when ``pipeline`` is given).
+        version: Software version put in the status.
+        pipeline: A callable turning one block into messages (``kind``, ``body``); by default
+            :class:`edge.pipeline.Pipeline` over ``model``.
+        outbox: The outbox; by default ``state_dir/outbox.sqlite``.
+    """
+
+    def __init__(self, settings: EdgeSettings, model: Any = None, version: str = "", *,
+                 pipeline: Callable[[Any], Iterable[_Message]] | None = None,
+                 outbox: Outbox | None = None) -> None:
         self.settings = settings
-        gate = GateConfig(settings.vad_on_threshold, settings.vad_off_threshold,
-                          settings.vad_min_speech_ms, settings.vad_min_silence_ms)
-        self.pipeline = Pipeline(model, gate=gate, window_s=settings.window_s)
-        self.outbox = Outbox(settings.state_dir / "outbox.sqlite", settings.site, settings.box)
+        if pipeline is None:
+            from edge.pipeline import Pipeline
+            from edge.vad import GateConfig
+
+            gate = GateConfig(settings.vad_on_threshold, settings.vad_off_threshold,
+                              settings.vad_min_speech_ms, settings.vad_min_silence_ms)
+            affect = None
+            if settings.affect_enabled:  # the campaign discloses it: prospect channel only
+                from edge.affect import AffectConfig, AffectModel, AffectStage
+
+                config = AffectConfig(enabled=True, backend=settings.model_backend)
+                affect = AffectStage(AffectModel(config.backend), config)
+            campaign = None
+            if settings.campaign_file is not None:
+                from edge.campaign import load as load_campaign
+
+                campaign = load_campaign(settings.campaign_file)
+            pipeline = Pipeline(model, gate=gate, window_s=settings.window_s, affect=affect,
+                                campaign=campaign)
+        self.pipeline: Callable[[Any], Iterable[_Message]] = pipeline
+        self.outbox = outbox or Outbox(settings.state_dir / "outbox.sqlite", settings.site,
+                                       settings.box)
         self.publisher = Publisher(settings, version=version)
+        self.version = version
+        self.watchdog = Notifier()
+        self._last_heartbeat = 0.0
         self.stop_event = threading.Event()
         self.source_status: Callable[[], dict[str, Any]] = dict
+        self.on_reload: Callable[[], None] | None = None
+        """Called on a ``reload`` command (the service re-reads its settings)."""
+        self.private = False
+        """Private mode: nothing about the call is put in the outbox."""
+        self.call_state = "idle"
+        """Call state from the softphone/CTI connector (``cmd`` ``call_state``)."""
+        self.identify_until = 0.0
+        self.cmd_refused = 0
+        self.cmd_done = 0
+        self.resent = 0
+        self.suppressed = 0
         self._online = False
+        self._status_due = False
         self._last_status = 0.0
+        self._last_purge = time.monotonic()
+
+    @property
+    def identifying(self) -> bool:
+        """True for :data:`IDENTIFY_S` after an ``identify`` command (blink the LED)."""
+        return time.monotonic() < self.identify_until
 
     def status_fields(self) -> dict[str, Any]:
         """Allow-listed counters for the retained status (the source's too)."""
-        return {"seq_last": self.outbox.last_seq, "outbox_depth": self.outbox.depth(),
-                "dropped": self.outbox.dropped, **self.source_status()}
+        health = health_facts(self.version, self.settings.cert_file)
+        health.pop("version")  # the publisher puts it in every status
+        return {**health,
+                "seq_last": self.outbox.last_seq, "seq_first": self.outbox.first_seq(),
+                "outbox_depth": self.outbox.depth(), "dropped": self.outbox.dropped,
+                "private": self.private, "call_state": self.call_state,
+                "cmd_refused": self.cmd_refused, **self.source_status()}
+
+    def submit(self, messages: Iterable[_Message]) -> int:
+        """Store the pipeline's messages in the outbox (none while private); return how many."""
+        n = 0
+        for msg in messages:
+            if self.private:
+                self.suppressed += 1
+                continue
+            self.outbox.put(msg.kind, msg.body)
+            n += 1
+        return n
+
+    def handle_command(self, topic: str, payload: bytes) -> str:
+        """Apply one command; return its action, or ``refused`` (counted, never raised)."""
+        try:
+            if topic != self.publisher.cmd_topic:
+                raise wire.WireError(f"command on {topic!r}, not on {self.publisher.cmd_topic}")
+            msg = wire.decode(wire.CMD_KIND, payload)
+            if (msg["site"], msg["box"]) != (self.settings.site, self.settings.box):
+                raise wire.WireError(f"command for {msg['site']}/{msg['box']}")
+        except wire.WireError as exc:
+            self.cmd_refused += 1
+            log.warning("command refused: %s", exc)
+            return "refused"
+        action = str(msg["action"])
+        if action in ("private_on", "private_off"):
+            private = action == "private_on"
+            if private != self.private:
+                self.private = private
+                self._status_due = True
+                set_private = getattr(self.pipeline, "set_private", None)
+                if set_private is not None:  # the fact that the seat is private does leave
+                    for msg in set_private(private):
+                        self.outbox.put(msg.kind, msg.body)
+                log.info("private mode %s", "on" if private else "off")
+        elif action == "identify":
+            self.identify_until = time.monotonic() + IDENTIFY_S
+        elif action == "reload":
+            if self.on_reload is not None:
+                try:
+                    self.on_reload()
+                except Exception:
+                    log.exception("reload failed")
+        elif action == "resend":
+            n = self.outbox.resend(int(msg["from_seq"]), msg.get("to_seq"))
+            self.resent += n
+            log.info("resend from %d: %d message(s)", msg["from_seq"], n)
+            if int(msg["from_seq"]) < self.outbox.first_seq():
+                self._status_due = True  # tell the dashboard what is gone for good
+        elif action == "call_state" and msg["call_state"] != self.call_state:
+            self.call_state = str(msg["call_state"])
+            self._status_due = True
+            call_state = getattr(self.pipeline, "call_state", None)
+            if call_state is not None:
+                call_state(self.call_state)
+        self.cmd_done += 1
+        return action
 
     def pump(self) -> None:
-        """Record acknowledgements and send what is stored and not yet in flight."""
-        self.outbox.ack(self.publisher.take_acked())
+        """Record acknowledgements, apply commands, send what is stored and not in flight."""
+        acked = self.publisher.take_acked()
+        self.outbox.ack(acked)
+        self.watchdog.ping()
+        if acked and time.monotonic() - self._last_heartbeat > HEARTBEAT_EVERY_S:
+            # the update health check: this version reaches the broker and publishes
+            self._last_heartbeat = time.monotonic()
+            write_heartbeat(self.settings.state_dir, self.version)
+        for topic, payload in self.publisher.take_commands():
+            self.handle_command(topic, payload)
         connected = self.publisher.connected.is_set()
         now = time.monotonic()
-        if connected and (not self._online or now - self._last_status > STATUS_EVERY_S):
+        if now - self._last_purge > PURGE_EVERY_S:
+            self._last_purge = now
+            self.outbox.purge()
+        if connected and (not self._online or self._status_due
+                          or now - self._last_status > STATUS_EVERY_S):
             self.publisher.publish_status("online", **self.status_fields())
             self._last_status = now
+            self._status_due = False
         self._online = connected
         if not connected:
             return
@@ -65,14 +207,18 @@ class Box:
             if not self.publisher.send(seq, kind, payload):
                 break
 
-    def run(self, blocks: Iterable[np.ndarray], drain_s: float = 5.0) -> None:
+    def step(self, block: Any) -> None:
+        """Run the pipeline on one block, store its messages and pump."""
+        self.submit(self.pipeline(block))
+        self.pump()
+
+    def run(self, blocks: Iterable[np.ndarray] | Iterable[Any], drain_s: float = 5.0) -> None:
         """Process blocks until they end or :attr:`stop_event` is set, then shut down cleanly."""
         self.publisher.start()
+        self.watchdog.ready()
         try:
             for block in blocks:
-                for msg in self.pipeline(block):
-                    self.outbox.put(msg.kind, msg.body)
-                self.pump()
+                self.step(block)
                 if self.stop_event.is_set():
                     break
             deadline = time.monotonic() + drain_s
@@ -81,6 +227,7 @@ class Box:
                 time.sleep(0.02)
             self.pump()
         finally:
+            self.watchdog.stopping()
             self.outbox.purge()
             self.publisher.stop(self.status_fields())
             self.outbox.close()

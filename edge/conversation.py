@@ -1,8 +1,22 @@
-"""Conversation state from the two channels' speech states: talk state and rolling speech shares."""
+"""Conversation state from the two channels' speech states.
+
+:func:`talk_state` and :class:`MetricsWindow` give the talk state and the speech shares of each
+metrics window; :class:`Conversation` derives segments, turns, overlaps, interruptions, response
+latency, calls and rolling-window figures from the speech gates' transitions.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import heapq
+import logging
+import math
+import statistics
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def talk_state(near_speaking: bool, far_speaking: bool) -> str:
@@ -88,3 +102,601 @@ class MetricsWindow:
         self._near_s = rest_s * near
         self._far_s = rest_s * far
         return done
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversation dynamics: segments, turns, overlaps, interruptions, response latency, calls.
+# ---------------------------------------------------------------------------------------------
+
+AGENT = "near"
+"""The agent's channel (headset microphone)."""
+PROSPECT = "far"
+"""The prospect's channel (the line)."""
+ROLE = {AGENT: "agent", PROSPECT: "prospect"}
+BOTH = "both"
+"""Starter of an overlap in which both sides started speaking together."""
+CALL_END_REASONS = ("silence", "signal", "end_of_stream")
+
+# Order of simultaneous pending items: a speech end before a call signal before a speech start, so
+# that one side stopping exactly when the other starts is a hand-over, not an overlap.
+_END, _CALL_END, _CALL_START, _CALL_HOLD, _START = 0, 1, 2, 3, 4
+
+
+def _other(ch: str) -> str:
+    return PROSPECT if ch == AGENT else AGENT
+
+
+@dataclass(frozen=True)
+class ConversationConfig:
+    """Tunable definitions of the conversation metrics (times in seconds)."""
+
+    turn_gap_s: float = 0.7
+    """A channel's speech segments separated by pauses shorter than this form one turn."""
+    reorder_s: float = 0.25
+    """How late a gate transition may be reported (the gate back-dates its times by up to its
+    confirmation delay: ``max(min_speech_ms, min_silence_ms)`` plus a frame or two). Transitions are
+    processed in time order this long after the audio, so a late-confirmed end never looks like an
+    overlap with a start confirmed earlier."""
+    windows_s: tuple[float, ...] = (30.0, 60.0)
+    """Rolling windows of the per-second metrics (the wire allow-list names 30 s and 60 s)."""
+    simultaneous_s: float = 0.1
+    """Two starts this close together are a simultaneous start: the overlap's starter is ``both``."""
+    interrupt_hold_s: float = 0.5
+    """The overlapped side holds the turn if its current turn began at least this long before."""
+    interrupt_yield_s: float = 2.0
+    """An overlap is an interruption if the overlapped side then stops within this long of the
+    overlap's start while the starter is still speaking."""
+    max_latency_s: float = 10.0
+    """Longer silences before a turn are dead air, not a response: no latency is counted."""
+    call_start_on_speech: bool = True
+    """Far-end speech starts a call (else only :meth:`Conversation.call_state` does)."""
+    call_end_silence_s: float | None = 20.0
+    """A call ends after this long with no speech on either channel (None: only on the signal)."""
+    keep_history: bool = False
+    """Keep every segment, turn, overlap, response and call summary (offline analysis and tests)."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One channel's speech segment."""
+
+    channel: str
+    start_s: float
+    end_s: float
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One channel's turn: its speech segments with pauses shorter than the turn gap merged."""
+
+    channel: str
+    start_s: float
+    end_s: float
+
+
+@dataclass
+class Overlap:
+    """Both channels speaking at once; ``starter`` is the channel that started second (or ``both``)."""
+
+    start_s: float
+    starter: str
+    end_s: float | None = None
+    interruption: bool = False
+    """The overlapped side held the turn and stopped within ``interrupt_yield_s``, the starter
+    still speaking: the starter took the floor."""
+    candidate: bool = False
+
+    @property
+    def duration_s(self) -> float:
+        """Length of the overlap (0 while it is still open)."""
+        return 0.0 if self.end_s is None else self.end_s - self.start_s
+
+
+@dataclass(frozen=True)
+class Response:
+    """A turn that started after the other side had stopped: the response latency."""
+
+    channel: str
+    """Who responded."""
+    t_s: float
+    """Start of the responding turn."""
+    latency_s: float
+    """From the other side's last speech end to this turn's start (always > 0)."""
+
+
+@dataclass(frozen=True)
+class CallSummary:
+    """Per-call figures, published flat on the ``call_end`` event with a ``call_`` prefix."""
+
+    start_s: float
+    end_s: float
+    end_reason: str
+    duration_s: float
+    agent_speech_ratio: float
+    """Share of the call in which the agent spoke, 0..1."""
+    prospect_speech_ratio: float
+    """Share of the call in which the prospect spoke, 0..1."""
+    silence_ratio: float
+    """Share of the call in which nobody spoke, 0..1."""
+    overlap_ratio: float
+    """Share of the call in which both spoke, 0..1."""
+    agent_share: float | None
+    """Agent speech / (agent + prospect speech), 0..1; None without speech."""
+    talk_ratio: float | None
+    """Agent speech / prospect speech (talk-to-listen); None without prospect speech."""
+    overlaps: int
+    overlaps_agent: int
+    """Overlaps the agent started (the prospect was already speaking)."""
+    overlaps_prospect: int
+    overlaps_both: int
+    interruptions_agent: int
+    interruptions_prospect: int
+    responses_agent: int
+    responses_prospect: int
+    latency_agent_ms_median: float | None
+    """Median agent response latency, ms; None without responses."""
+    latency_agent_ms_mean: float | None
+    latency_prospect_ms_median: float | None
+    latency_prospect_ms_mean: float | None
+    monologue_s_longest: float
+    """Longest agent turn in the call, seconds."""
+    turns_agent: int
+    turns_prospect: int
+
+    def fields(self, prefix: str = "call_") -> dict[str, float | int | str]:
+        """Flat scalar fields, None values left out (the wire takes no nulls)."""
+        return {f"{prefix}{k}": v for k, v in asdict(self).items()
+                if v is not None and k not in ("start_s", "end_s")}
+
+
+@dataclass
+class _Call:
+    start_s: float
+    agent_s: float = 0.0
+    prospect_s: float = 0.0
+    overlap_s: float = 0.0
+    speech_s: float = 0.0
+    overlaps: dict[str, int] = field(default_factory=lambda: {AGENT: 0, PROSPECT: 0, BOTH: 0})
+    interruptions: dict[str, int] = field(default_factory=lambda: {AGENT: 0, PROSPECT: 0})
+    latencies_s: dict[str, list[float]] = field(default_factory=lambda: {AGENT: [], PROSPECT: []})
+    turns: dict[str, int] = field(default_factory=lambda: {AGENT: 0, PROSPECT: 0})
+    monologue_s: float = 0.0
+    hold: bool = False
+    resumed_s: float = -math.inf
+
+
+@dataclass
+class History:
+    """Everything the stage saw since :meth:`Conversation.reset` (``keep_history`` only)."""
+
+    segments: list[Segment] = field(default_factory=list)
+    turns: list[Turn] = field(default_factory=list)
+    overlaps: list[Overlap] = field(default_factory=list)
+    responses: list[Response] = field(default_factory=list)
+    calls: list[CallSummary] = field(default_factory=list)
+
+
+def _ms(values_s: list[float], how: str) -> float | None:
+    if not values_s:
+        return None
+    v = statistics.median(values_s) if how == "median" else statistics.fmean(values_s)
+    return round(v * 1000.0, 1)
+
+
+def _clip(start_s: float, end_s: float, a_s: float, b_s: float) -> float:
+    return max(0.0, min(end_s, b_s) - max(start_s, a_s))
+
+
+Event = dict[str, Any]
+"""An ``event`` message body (wire fields without header)."""
+Transition = tuple[str, str, float]
+"""A speech gate transition: (channel, ``"start"`` or ``"end"``, time in seconds)."""
+
+
+class Conversation:
+    """Conversation dynamics from the two channels' speech-gate states; no I/O.
+
+    Fed once per frame with the gates' states and the transitions they reported in that frame
+    (times back-dated by the gate). Items are processed in time order ``reorder_s`` behind the audio.
+    Returns publish-ready ``event`` bodies; :meth:`metrics` gives the per-second scalar fields.
+
+    Definitions (see :class:`ConversationConfig` for the parameters):
+
+    * segment: one gate speech run of a channel; turn: a channel's segments with pauses
+      < ``turn_gap_s`` merged (per channel: the other side's speech does not split a turn).
+    * overlap: both channels speaking; its starter is the channel whose segment started while the
+      other was already speaking (``both`` if the two starts are within ``simultaneous_s``).
+    * interruption: an overlap started by X while Y holds the turn (Y's turn began at least
+      ``interrupt_hold_s`` earlier), after which Y stops within ``interrupt_yield_s`` of the
+      overlap's start while X is still speaking.
+    * response latency: when X starts a new turn while Y is silent and Y spoke more recently than X
+      (within the call, at most ``max_latency_s`` before): start minus Y's last speech end. A turn
+      started while the other speaks is an overlap, never a negative latency.
+    * call: starts at far-end speech (or :meth:`call_state`), ends ``call_end_silence_s`` after the
+      last speech on either channel (the call's end is that last speech end) or on the signal.
+    """
+
+    def __init__(self, config: ConversationConfig = ConversationConfig()) -> None:
+        self.config = config
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything: a new stream."""
+        self._clock_s: float | None = None
+        self._t_s: float | None = None
+        self._t0_s = 0.0
+        self._pending: list[tuple[float, int, int, str]] = []
+        self._seq = 0
+        self._reported = {AGENT: False, PROSPECT: False}
+        self._speaking = {AGENT: False, PROSPECT: False}
+        self._seg_start: dict[str, float | None] = {AGENT: None, PROSPECT: None}
+        self._last_end: dict[str, float | None] = {AGENT: None, PROSPECT: None}
+        self._turn_start: dict[str, float | None] = {AGENT: None, PROSPECT: None}
+        self._segments: deque[Segment] = deque()
+        self._overlaps: deque[Overlap] = deque()
+        self._open_overlap: Overlap | None = None
+        self._responses: deque[Response] = deque()
+        self._call: _Call | None = None
+        self._out: list[Event] = []
+        self.last_call: CallSummary | None = None
+        """Summary of the last call that ended."""
+        self.history: History | None = History() if self.config.keep_history else None
+
+    # ------------------------------------------------------------------------------ inputs
+    def __call__(self, start_s: float, duration_s: float, near_speaking: bool, far_speaking: bool,
+                 transitions: Iterable[Transition] = ()) -> list[Event]:
+        """Add one frame; return the events that became final.
+
+        Args:
+            start_s: the frame's start, seconds of audio.
+            duration_s: the frame's length, seconds.
+            near_speaking: the agent's gate state after the frame.
+            far_speaking: the far end's gate state after the frame.
+            transitions: the gates' transitions reported in this frame, (channel, "start"/"end",
+                back-dated time in seconds). A state change without a transition is taken to
+                happen at ``start_s``.
+
+        Returns:
+            ``event`` bodies (name, channel, t_audio_s and extra fields), in time order.
+        """
+        if self._clock_s is None:
+            self._t0_s = self._t_s = start_s
+        for ch, change, t_s in transitions:
+            self._push(t_s, _START if change == "start" else _END, ch)
+            self._reported[ch] = change == "start"
+        for ch, now in ((AGENT, near_speaking), (PROSPECT, far_speaking)):
+            if now != self._reported[ch]:
+                self._push(start_s, _START if now else _END, ch)
+                self._reported[ch] = now
+        self._clock_s = start_s + duration_s
+        self._process(self._clock_s - self.config.reorder_s)
+        return self._flush()
+
+    def call_state(self, state: str, t_s: float | None = None) -> None:
+        """Explicit call signal (the wire's ``call_state`` command, or start/end).
+
+        ``active`` (or ``start``) starts a call if none is in progress and ends a hold; ``idle``
+        (or ``end``) ends the call; ``hold`` keeps the call open (starting one if needed) and
+        suspends the silence timeout until ``active``. Repeating a state changes nothing.
+
+        Args:
+            state: ``active``, ``idle``, ``hold``, ``start`` or ``end``.
+            t_s: audio time of the signal, seconds (default: the end of the last frame fed).
+        """
+        kinds = {"active": _CALL_START, "start": _CALL_START, "idle": _CALL_END, "end": _CALL_END,
+                 "hold": _CALL_HOLD}
+        if state not in kinds:
+            raise ValueError(f"call state must be one of {', '.join(kinds)}, not {state!r}")
+        t = t_s if t_s is not None else (self._clock_s or 0.0)
+        self._push(t, kinds[state], PROSPECT)
+
+    def finish(self) -> list[Event]:
+        """End of stream: process everything, close open speech and the call; return events."""
+        if self._clock_s is None:
+            return []
+        end = self._clock_s
+        for ch in (AGENT, PROSPECT):
+            if self._reported[ch]:
+                self._push(end, _END, ch)
+                self._reported[ch] = False
+        self._process(end)
+        for ch in (AGENT, PROSPECT):
+            if self._turn_start[ch] is not None:
+                self._finish_turn(ch)
+        if self._call is not None:
+            self._end_call(self._t_s or end, "end_of_stream")
+        return self._flush()
+
+    # ------------------------------------------------------------------------------ engine
+    def _push(self, t_s: float, kind: int, ch: str) -> None:
+        self._seq += 1
+        heapq.heappush(self._pending, (t_s, kind, self._seq, ch))
+
+    def _flush(self) -> list[Event]:
+        out, self._out = self._out, []
+        return out
+
+    def _emit(self, name: str, channel: str, t_s: float, **extra: Any) -> None:
+        self._out.append({"name": name, "channel": channel, "t_audio_s": round(t_s, 3), **extra})
+
+    def _process(self, horizon_s: float) -> None:
+        assert self._t_s is not None
+        while self._pending and self._pending[0][0] <= horizon_s:
+            t, kind, _, ch = heapq.heappop(self._pending)
+            if t < self._t_s:
+                log.debug("transition at %.3f s reported after %.3f s: reorder_s too short",
+                          t, self._t_s)
+                t = self._t_s
+            self._advance(t)
+            if kind == _START:
+                self._on_start(ch, t)
+            elif kind == _END:
+                self._on_end(ch, t)
+            elif kind in (_CALL_START, _CALL_HOLD):
+                if self._call is None:
+                    self._begin_call(t)
+                assert self._call is not None
+                if self._call.hold and kind == _CALL_START:
+                    self._call.resumed_s = t
+                self._call.hold = kind == _CALL_HOLD
+            elif self._call is not None:
+                self._end_call(t, "signal")
+        if horizon_s > self._t_s:
+            self._advance(horizon_s)
+        self._prune()
+
+    def _advance(self, to_s: float) -> None:
+        """Move processed time to ``to_s``, firing turn and call timeouts on the way."""
+        assert self._t_s is not None
+        while True:
+            deadline, what = self._next_deadline()
+            if deadline is None or deadline > to_s:
+                break
+            self._accumulate(max(deadline, self._t_s))
+            if what == "call":
+                self._end_call(self._call_last_speech_s(), "silence")
+            else:
+                self._finish_turn(what)
+        self._accumulate(to_s)
+
+    def _next_deadline(self) -> tuple[float | None, str]:
+        best: tuple[float | None, str] = (None, "")
+        for ch in (AGENT, PROSPECT):
+            start, end = self._turn_start[ch], self._last_end[ch]
+            if start is not None and not self._speaking[ch] and end is not None:
+                d = end + self.config.turn_gap_s
+                if best[0] is None or d < best[0]:
+                    best = (d, ch)
+        silence = self.config.call_end_silence_s
+        if (self._call is not None and silence is not None and not self._call.hold
+                and not any(self._speaking.values())):
+            d = self._call_last_speech_s() + silence
+            if best[0] is None or d < best[0]:
+                best = (d, "call")
+        return best
+
+    def _call_last_speech_s(self) -> float:
+        assert self._call is not None
+        ends = [e for e in self._last_end.values() if e is not None]
+        return max([self._call.start_s, self._call.resumed_s, *ends])
+
+    def _accumulate(self, to_s: float) -> None:
+        assert self._t_s is not None
+        dt = to_s - self._t_s
+        if dt <= 0:
+            return
+        call = self._call
+        if call is not None:
+            near, far = self._speaking[AGENT], self._speaking[PROSPECT]
+            call.agent_s += dt * near
+            call.prospect_s += dt * far
+            call.overlap_s += dt * (near and far)
+            call.speech_s += dt * (near or far)
+        self._t_s = to_s
+
+    def _on_start(self, ch: str, t: float) -> None:
+        if self._speaking[ch]:
+            return
+        other = _other(ch)
+        self._speaking[ch] = True
+        self._seg_start[ch] = t
+        if ch == PROSPECT and self._call is None and self.config.call_start_on_speech:
+            self._begin_call(t)
+        if self._turn_start[ch] is None:
+            self._turn_start[ch] = t
+            self._maybe_response(ch, t)
+        if self._speaking[other]:
+            other_start = self._seg_start[other]
+            assert other_start is not None
+            starter = BOTH if t - other_start <= self.config.simultaneous_s else ch
+            turn = self._turn_start[other]
+            held = turn is not None and t - turn >= self.config.interrupt_hold_s
+            ov = Overlap(start_s=t, starter=starter, candidate=held and starter != BOTH)
+            self._open_overlap = ov
+            self._overlaps.append(ov)
+            if self.history is not None:
+                self.history.overlaps.append(ov)
+            if self._call is not None:
+                self._call.overlaps[starter] += 1
+            self._emit("overlap_start", starter, t)
+
+    def _maybe_response(self, ch: str, t: float) -> None:
+        other = _other(ch)
+        other_end, own_end = self._last_end[other], self._last_end[ch]
+        call = self._call
+        if (call is None or self._speaking[other] or other_end is None
+                or other_end < call.start_s or (own_end is not None and own_end >= other_end)
+                or t - other_end > self.config.max_latency_s):
+            return
+        r = Response(ch, t, t - other_end)
+        self._responses.append(r)
+        call.latencies_s[ch].append(r.latency_s)
+        if self.history is not None:
+            self.history.responses.append(r)
+
+    def _on_end(self, ch: str, t: float) -> None:
+        if not self._speaking[ch]:
+            return
+        start = self._seg_start[ch]
+        assert start is not None
+        self._speaking[ch] = False
+        self._seg_start[ch] = None
+        self._last_end[ch] = t
+        seg = Segment(ch, start, t)
+        self._segments.append(seg)
+        if self.history is not None:
+            self.history.segments.append(seg)
+        ov = self._open_overlap
+        if ov is not None:
+            ov.end_s = t
+            self._open_overlap = None
+            self._emit("overlap_end", ov.starter, t, duration_s=round(ov.duration_s, 3))
+            if (ov.candidate and ov.starter == _other(ch)
+                    and t - ov.start_s <= self.config.interrupt_yield_s):
+                ov.interruption = True
+                if self._call is not None:
+                    self._call.interruptions[ov.starter] += 1
+                self._emit("interruption", ov.starter, ov.start_s)
+
+    def _finish_turn(self, ch: str) -> None:
+        start, end = self._turn_start[ch], self._last_end[ch]
+        self._turn_start[ch] = None
+        if start is None or end is None or end < start:
+            return
+        if self.history is not None:
+            self.history.turns.append(Turn(ch, start, end))
+        call = self._call
+        if call is not None and end > call.start_s:
+            call.turns[ch] += 1
+            if ch == AGENT:
+                call.monologue_s = max(call.monologue_s, end - max(start, call.start_s))
+
+    def _current_monologue_s(self, now_s: float) -> float:
+        start = self._turn_start[AGENT]
+        if start is None:
+            return 0.0
+        if self._call is not None:
+            start = max(start, self._call.start_s)
+        end = now_s if self._speaking[AGENT] else (self._last_end[AGENT] or now_s)
+        return max(0.0, end - start)
+
+    def _begin_call(self, t: float) -> None:
+        self._call = _Call(start_s=t)
+        self._emit("call_start", PROSPECT, t)
+
+    def _end_call(self, t_end: float, reason: str) -> None:
+        call = self._call
+        assert call is not None
+        call.monologue_s = max(call.monologue_s, self._current_monologue_s(t_end))
+        duration = max(0.0, t_end - call.start_s)
+        speech = call.agent_s + call.prospect_s
+
+        def ratio(x: float) -> float:
+            return round(min(1.0, max(0.0, x / duration)), 4) if duration > 0 else 0.0
+
+        lat = call.latencies_s
+        summary = CallSummary(
+            start_s=round(call.start_s, 3), end_s=round(t_end, 3), end_reason=reason,
+            duration_s=round(duration, 3),
+            agent_speech_ratio=ratio(call.agent_s), prospect_speech_ratio=ratio(call.prospect_s),
+            silence_ratio=ratio(duration - min(call.speech_s, duration)),
+            overlap_ratio=ratio(call.overlap_s),
+            agent_share=round(call.agent_s / speech, 4) if speech > 0 else None,
+            talk_ratio=round(call.agent_s / call.prospect_s, 3) if call.prospect_s > 0 else None,
+            overlaps=sum(call.overlaps.values()), overlaps_agent=call.overlaps[AGENT],
+            overlaps_prospect=call.overlaps[PROSPECT], overlaps_both=call.overlaps[BOTH],
+            interruptions_agent=call.interruptions[AGENT],
+            interruptions_prospect=call.interruptions[PROSPECT],
+            responses_agent=len(lat[AGENT]), responses_prospect=len(lat[PROSPECT]),
+            latency_agent_ms_median=_ms(lat[AGENT], "median"),
+            latency_agent_ms_mean=_ms(lat[AGENT], "mean"),
+            latency_prospect_ms_median=_ms(lat[PROSPECT], "median"),
+            latency_prospect_ms_mean=_ms(lat[PROSPECT], "mean"),
+            monologue_s_longest=round(call.monologue_s, 3),
+            turns_agent=call.turns[AGENT], turns_prospect=call.turns[PROSPECT],
+        )
+        self._call = None
+        self.last_call = summary
+        if self.history is not None:
+            self.history.calls.append(summary)
+        self._emit("call_end", PROSPECT, t_end, **summary.fields())
+
+    def _prune(self) -> None:
+        assert self._t_s is not None
+        keep_from = self._t_s - max(self.config.windows_s, default=0.0)
+        while self._segments and self._segments[0].end_s < keep_from:
+            self._segments.popleft()
+        while self._overlaps and self._overlaps[0].end_s is not None \
+                and self._overlaps[0].end_s < keep_from:
+            self._overlaps.popleft()
+        while self._responses and self._responses[0].t_s < keep_from:
+            self._responses.popleft()
+
+    # ----------------------------------------------------------------------------- outputs
+    @property
+    def in_call(self) -> bool:
+        """Whether a call is in progress (as of the processed time)."""
+        return self._call is not None
+
+    @property
+    def processed_s(self) -> float:
+        """Audio time up to which everything is final (``reorder_s`` behind the input)."""
+        return self._t_s if self._t_s is not None else 0.0
+
+    def metrics(self) -> dict[str, float | int | bool]:
+        """Scalar fields for the per-second ``metrics`` message, as of :attr:`processed_s`.
+
+        Rolling windows end at the processed time and start no earlier than the call's start
+        during a call. Fields that are undefined (no speech, no response yet) are left out.
+
+        Returns:
+            ``in_call``, ``call_elapsed_s``, ``monologue_s_current``, ``monologue_s_longest``,
+            ``latency_{agent,prospect}_ms_last`` and, per window W in ``windows_s`` (suffix
+            ``_30s``...): ``{agent,prospect}_speech_ratio``, ``silence_ratio``, ``agent_share``,
+            ``overlaps_{agent,prospect}``, ``interruptions_{agent,prospect}``,
+            ``latency_{agent,prospect}_ms_median``.
+        """
+        b = self.processed_s
+        call = self._call
+        out: dict[str, float | int | bool] = {
+            "in_call": call is not None,
+            "call_elapsed_s": round(b - call.start_s, 2) if call is not None else 0.0,
+            "monologue_s_current": round(self._current_monologue_s(b), 2),
+            "monologue_s_longest": round(max(call.monologue_s, self._current_monologue_s(b)), 2)
+            if call is not None else 0.0,
+        }
+        if call is not None:
+            for ch in (AGENT, PROSPECT):
+                if call.latencies_s[ch]:
+                    out[f"latency_{ROLE[ch]}_ms_last"] = round(call.latencies_s[ch][-1] * 1000.0, 1)
+        for w in self.config.windows_s:
+            a = max(b - w, self._t0_s, call.start_s if call is not None else -math.inf)
+            sfx = f"_{w:g}s"
+            span = b - a
+            speech = {AGENT: 0.0, PROSPECT: 0.0}
+            for seg in self._segments:
+                speech[seg.channel] += _clip(seg.start_s, seg.end_s, a, b)
+            for ch in (AGENT, PROSPECT):
+                start = self._seg_start[ch]
+                if start is not None:
+                    speech[ch] += _clip(start, b, a, b)
+            both = sum(_clip(o.start_s, b if o.end_s is None else o.end_s, a, b)
+                       for o in self._overlaps)
+            if span > 0:
+                for ch in (AGENT, PROSPECT):
+                    out[f"{ROLE[ch]}_speech_ratio{sfx}"] = round(min(1.0, speech[ch] / span), 3)
+                union = speech[AGENT] + speech[PROSPECT] - both
+                out[f"silence_ratio{sfx}"] = round(min(1.0, max(0.0, 1.0 - union / span)), 3)
+            total = speech[AGENT] + speech[PROSPECT]
+            if total > 0:
+                out[f"agent_share{sfx}"] = round(speech[AGENT] / total, 3)
+            inside = [o for o in self._overlaps if a <= o.start_s <= b]
+            for ch in (AGENT, PROSPECT):
+                out[f"overlaps_{ROLE[ch]}{sfx}"] = sum(o.starter == ch for o in inside)
+                out[f"interruptions_{ROLE[ch]}{sfx}"] = sum(
+                    o.starter == ch and o.interruption for o in inside)
+                lat = [r.latency_s for r in self._responses if r.channel == ch and a <= r.t_s <= b]
+                med = _ms(lat, "median")
+                if med is not None:
+                    out[f"latency_{ROLE[ch]}_ms_median{sfx}"] = med
+        return out

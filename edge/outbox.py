@@ -2,8 +2,17 @@
 only when the broker acknowledged it. Rows hold metric and event JSON only, never audio.
 
 Sequence numbers are assigned here, per box, increasing by one, and survive restarts.
-Overflow policy: past ``max_messages`` rows, the oldest acknowledged rows go first, then the oldest
-unsent ones; each unsent row dropped is counted in ``dropped`` (published in the box status).
+
+Acknowledged rows stay for ``retention_s`` (default 24 h) so that the dashboard can ask for a
+resend (:meth:`Outbox.resend`); :meth:`Outbox.purge` deletes them afterwards.
+
+Overflow policy (the outbox is bounded in bytes, ``max_bytes``, and in rows, ``max_messages``):
+when a new message takes the outbox past a bound, the oldest *acknowledged* rows are deleted
+first (they only serve resends); if that is not enough, the oldest *unsent* rows are deleted and
+each one is counted in ``dropped`` (persistent, published in the box status). The newest data is
+always kept, and what is lost is always a prefix of the sequence, so the oldest sequence number
+still held (:meth:`Outbox.first_seq`, published as ``seq_first``) tells the dashboard that
+everything below it will never come. A row costs its payload plus :data:`ROW_OVERHEAD_BYTES`.
 """
 
 from __future__ import annotations
@@ -14,6 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from miroir import wire
+
+ROW_OVERHEAD_BYTES = 64
+"""Bytes counted per row on top of its payload (SQLite record, index entry, timestamps)."""
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+"""Default byte bound: about 2 days of one metrics message per second."""
+WAL_LIMIT_BYTES = 4 * 1024 * 1024
+"""The write-ahead log is truncated back to this size after each checkpoint."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -36,22 +52,30 @@ class Outbox:
         site: site id put in every message.
         box: box id put in every message.
         max_messages: bound on rows kept, sent or not.
-        retention_s: how long acknowledged rows are kept for resend requests.
+        max_bytes: bound on bytes kept (payloads plus :data:`ROW_OVERHEAD_BYTES` per row).
+        retention_s: how long acknowledged rows are kept for resend requests, in seconds.
     """
 
-    def __init__(self, path: Path, site: str, box: str, *, max_messages: int = 200_000,
-                 retention_s: float = 24 * 3600) -> None:
-        self.site = site
-        self.box = box
+    def __init__(self, path: Path, site: str, box: str, *, max_messages: int = 1_000_000,
+                 max_bytes: int = DEFAULT_MAX_BYTES, retention_s: float = 24 * 3600) -> None:
+        self.site = wire.check_id(site, "site")
+        self.box = wire.check_id(box, "box")
         self.max_messages = max_messages
+        self.max_bytes = max_bytes
         self.retention_s = retention_s
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None)
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
         self._db.executescript(_SCHEMA)
         self.last_seq = self._meta("last_seq")
         self.dropped = self._meta("dropped")
+        rows, size = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox").fetchone()
+        self._rows = int(rows)
+        self._bytes = int(size) + ROW_OVERHEAD_BYTES * self._rows
 
     def _meta(self, key: str) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -59,6 +83,11 @@ class Outbox:
 
     def put(self, kind: str, body: dict[str, Any], ts: float | None = None) -> tuple[int, bytes]:
         """Stamp a message with the header and the next sequence number and store it.
+
+        Args:
+            kind: ``metrics`` or ``event``.
+            body: The allow-listed fields (without the header).
+            ts: Timestamp in seconds since the epoch; now by default.
 
         Returns:
             The sequence number and the encoded payload.
@@ -68,29 +97,57 @@ class Outbox:
                "ts": round(time.time() if ts is None else ts, 3), "seq": seq, **body}
         payload = wire.encode(kind, msg)
         self._db.execute("BEGIN IMMEDIATE")
-        self._db.execute("INSERT INTO outbox(seq, kind, payload, created_ts) VALUES (?,?,?,?)",
-                         (seq, kind, payload, msg["ts"]))
-        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('last_seq', ?)", (seq,))
-        self._db.execute("COMMIT")
+        try:
+            self._db.execute("INSERT INTO outbox(seq, kind, payload, created_ts) VALUES (?,?,?,?)",
+                             (seq, kind, payload, msg["ts"]))
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('last_seq', ?)", (seq,))
+            self._rows += 1
+            self._bytes += len(payload) + ROW_OVERHEAD_BYTES
+            self._bound()
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            self._recount()
+            raise
         self.last_seq = seq
-        self._bound()
         return seq, payload
 
+    def _recount(self) -> None:
+        rows, size = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox").fetchone()
+        self._rows, self._bytes = int(rows), int(size) + ROW_OVERHEAD_BYTES * int(rows)
+
+    def _over(self) -> bool:
+        return self._rows > self.max_messages or self._bytes > self.max_bytes
+
+    def _evict(self, acked: bool) -> int:
+        """Delete oldest rows (acknowledged or not) until within bounds; return how many."""
+        where = "acked_ts IS NOT NULL" if acked else "1"
+        n = 0
+        while self._over():
+            rows = self._db.execute(
+                f"SELECT seq, LENGTH(payload) FROM outbox WHERE {where} ORDER BY seq LIMIT 64"
+            ).fetchall()
+            if not rows:
+                break
+            for seq, size in rows:
+                if not self._over():
+                    break
+                self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+                self._rows -= 1
+                self._bytes -= int(size) + ROW_OVERHEAD_BYTES
+                n += 1
+        return n
+
     def _bound(self) -> None:
-        excess = self.depth_total() - self.max_messages
-        if excess <= 0:
+        """Apply the overflow policy inside the caller's transaction."""
+        if not self._over():
             return
-        self._db.execute("BEGIN IMMEDIATE")
-        acked = self._db.execute(
-            "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE acked_ts IS NOT NULL "
-            "ORDER BY seq LIMIT ?)", (excess,)).rowcount
-        lost = excess - acked
-        if lost > 0:
-            self._db.execute("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox "
-                             "ORDER BY seq LIMIT ?)", (lost,))
+        self._evict(acked=True)
+        lost = self._evict(acked=False)
+        if lost:
             self.dropped += lost
             self._db.execute("INSERT OR REPLACE INTO meta VALUES ('dropped', ?)", (self.dropped,))
-        self._db.execute("COMMIT")
 
     def pending(self, after_seq: int = 0, limit: int = 100) -> list[tuple[int, str, bytes]]:
         """Unacknowledged messages after ``after_seq``, oldest first."""
@@ -109,11 +166,34 @@ class Outbox:
                              [(now, s) for s in seqs])
         self._db.execute("COMMIT")
 
+    def resend(self, from_seq: int, to_seq: int | None = None) -> int:
+        """Mark acknowledged rows from ``from_seq`` to ``to_seq`` (inclusive) for sending again.
+
+        Args:
+            from_seq: First sequence number asked for.
+            to_seq: Last one; the newest by default.
+
+        Returns:
+            How many rows will be sent again (rows purged or dropped cannot be).
+        """
+        last = self.last_seq if to_seq is None else to_seq
+        return int(self._db.execute(
+            "UPDATE outbox SET acked_ts = NULL WHERE seq BETWEEN ? AND ? "
+            "AND acked_ts IS NOT NULL", (from_seq, last)).rowcount)
+
     def purge(self, now: float | None = None) -> int:
         """Delete acknowledged rows older than the retention window; return how many."""
         cutoff = (time.time() if now is None else now) - self.retention_s
-        return int(self._db.execute("DELETE FROM outbox WHERE acked_ts IS NOT NULL "
-                                    "AND created_ts < ?", (cutoff,)).rowcount)
+        n = int(self._db.execute("DELETE FROM outbox WHERE acked_ts IS NOT NULL "
+                                 "AND created_ts < ?", (cutoff,)).rowcount)
+        if n:
+            self._recount()
+        return n
+
+    def first_seq(self) -> int:
+        """Oldest sequence number still held (``last_seq + 1`` when empty)."""
+        row = self._db.execute("SELECT MIN(seq) FROM outbox").fetchone()
+        return int(row[0]) if row[0] is not None else self.last_seq + 1
 
     def depth(self) -> int:
         """Messages not yet acknowledged."""
@@ -122,7 +202,20 @@ class Outbox:
 
     def depth_total(self) -> int:
         """Rows kept, acknowledged or not."""
-        return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+        return self._rows
+
+    def size_bytes(self) -> int:
+        """Bytes counted against ``max_bytes``."""
+        return self._bytes
+
+    def disk_bytes(self) -> int:
+        """Bytes the database takes on disk (main file, WAL and shared memory)."""
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            p = self.path.with_name(self.path.name + suffix)
+            if p.exists():
+                total += p.stat().st_size
+        return total
 
     def close(self) -> None:
         """Close the database."""

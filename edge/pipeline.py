@@ -1,19 +1,32 @@
-"""The one place that wires the edge stages: frames -> VAD -> speech gates -> conversation window.
+"""The one place that wires the edge stages.
 
-:class:`Pipeline` does no I/O: it takes two-channel blocks and returns the messages to publish
-(bodies without header; the box adds site, box, seq and ts). :func:`analyze` runs it offline.
+Per 32 ms frame of both channels: signal quality (repair, dead-channel detection) -> Silero VAD
+(both channels in one call) -> far-end kind (tones, beeps, hold music veto the far channel's speech)
+-> speech gates -> conversation dynamics -> the agent's prosody; every ``window_s`` a metrics
+message. :class:`Pipeline` does no I/O: it takes two-channel blocks and
+returns message bodies (the box adds site, box, seq and ts). :func:`analyze` runs it offline.
 """
 
 from __future__ import annotations
 
+import math
+import time
+from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from edge.conversation import MetricsWindow
-from edge.frames import FRAME_S, Framer
+from edge.affect import AffectConfig, AffectStage
+from edge.campaign import CampaignConfig
+from edge.conversation import Conversation, ConversationConfig, MetricsWindow
+from edge.farend import FarEnd
+from edge.fatigue import Fatigue, FatigueBaseline
+from edge.frames import FRAME_S, RATE_HZ, Framer
+from edge.prosody import HOP_S, Prosody, ProsodyWindow
+from edge.quality import SignalQuality
 from edge.runtime import Model, load_model
+from edge.signals import AgentBaseline, Signals, Tick, cue_event
 from edge.vad import GateConfig, SileroVad, SpeechGate
 
 CHANNELS = ("near", "far")
@@ -42,6 +55,26 @@ def load_vad_model(backend: str = "onnx") -> Model:
     return load_model(model_path("silero_vad"), backend=backend)
 
 
+def prosody_fields(window: ProsodyWindow) -> dict[str, float]:
+    """The agent's prosody as flat ``near_*`` metrics fields (absent where undefined)."""
+    minutes = (window.end_s - window.start_s) / 60
+    values = {
+        "near_voiced_ratio": window.voiced_ratio,
+        "near_level_dbfs": window.level_dbfs,
+        "near_f0_median_hz": window.f0_median_hz,
+        "near_pitch_range_st": window.pitch_range_st,
+        "near_pitch_movement_st_s": window.pitch_movement_st_per_s,
+        "near_hnr_db": window.hnr_db,
+        "near_jitter": window.jitter_local,
+        "near_shimmer": window.shimmer_local,
+        "near_rate_syl_s": window.speaking_rate_syl_s,
+        "near_articulation_rate_syl_s": window.articulation_rate_syl_s,
+        "near_pauses_per_min": window.pauses_per_min if minutes > 0 else None,
+        "near_breaths_per_min": window.breaths / minutes if minutes > 0 else None,
+    }
+    return {k: round(float(v), 4) for k, v in values.items() if v is not None and np.isfinite(v)}
+
+
 class Pipeline:
     """Runs every stage on two-channel audio; returns metrics and events, never audio.
 
@@ -49,50 +82,219 @@ class Pipeline:
         model: the Silero VAD model (see :func:`load_vad_model`).
         gate: hysteresis of the speech gates.
         window_s: length of a metrics window, seconds.
+        conversation: definitions of turns, overlaps, latency and calls.
+        prosody_window_s: the agent's prosody is summarised over this many seconds.
+        affect: the prospect's affect stage (far channel only), when the campaign enables it.
         trace: keep per-frame probabilities and segments (offline analysis only).
+        profile: accumulate each stage's CPU time in :attr:`stage_s` (benchmarks).
+        campaign: the campaign's cue and fatigue settings (:mod:`edge.campaign`; defaults if None).
+        agent_baseline: the agent's cue baseline from a previous shift (learned if None).
+        fatigue_baseline: the agent's fatigue baseline from previous shifts (learned if None).
     """
 
     def __init__(self, model: Model, gate: GateConfig = GateConfig(), window_s: float = 1.0,
-                 trace: bool = False) -> None:
+                 conversation: ConversationConfig | None = None,
+                 prosody_window_s: float = 10.0, affect: AffectStage | None = None,
+                 trace: bool = False, profile: bool = False,
+                 campaign: CampaignConfig | None = None,
+                 agent_baseline: AgentBaseline | None = None,
+                 fatigue_baseline: FatigueBaseline | None = None) -> None:
         self.framer = Framer()
+        self.quality = SignalQuality(channels=len(CHANNELS))
         self.vad = SileroVad(model)
+        self.far_kind = FarEnd()
         self.gates = {c: SpeechGate(gate) for c in CHANNELS}
+        self.conversation = Conversation(conversation or ConversationConfig())
+        self.prosody_window_s = prosody_window_s
+        self.campaign = campaign or CampaignConfig()
+        self.rate_window_s = self.campaign.too_fast.window_s
+        self.prosody = Prosody(history_s=max(prosody_window_s, self.rate_window_s) + 2.0)
         self.window = MetricsWindow(window_s)
+        self.signals = Signals(self.campaign, agent_baseline)
+        self.fatigue = Fatigue(self.campaign.fatigue, fatigue_baseline) \
+            if self.campaign.fatigue.enabled else None
+        self._flat_below = self.quality.config.flat_below
+        self._near_flat_s = 0.0
+        self._break = False
+        self.private = False
+        """Private mode: no stage is fed, nothing is computed or emitted about the call."""
+        self._received_s = 0.0
+        self._resume_s = 0.0
+        self._far_t0_s = 0.0
+        self.affect = affect
+        self._affect_last: dict[str, float] = {}
         self.trace = Trace() if trace else None
+        self.stage_s: dict[str, float] | None = defaultdict(float) if profile else None
         self._open: dict[str, float | None] = {c: None for c in CHANNELS}
         self.audio_s = 0.0
 
     def reset(self) -> None:
         """Start a new stream: every stage back to its initial state."""
+        self._reset_call_stages()
         self.framer.reset()
+        if self.trace is not None:
+            self.trace = Trace()
+        self.audio_s = 0.0
+        self.signals.reset()
+        if self.fatigue is not None:
+            self.fatigue.reset()
+        self._break = False
+        self.private = False
+        self._far_t0_s = 0.0
+        self._received_s = 0.0
+        self._resume_s = 0.0
+
+    def _reset_call_stages(self) -> None:
+        """Every per-call stage back to its initial state; shift baselines and budget are kept."""
+        self.quality.reset()
         self.vad.reset()
+        self.far_kind.reset()
         for gate in self.gates.values():
             gate.reset()
+        self.conversation.reset()
+        self.prosody.reset()
         self.window.reset()
+        if self.affect is not None:
+            self.affect.reset()
+        self._affect_last = {}
         self._open = {c: None for c in CHANNELS}
-        self.audio_s = 0.0
+        self.signals.reset_call()
+        self._near_flat_s = 0.0
+
+    def set_private(self, on: bool) -> list[Message]:
+        """Enter or leave private mode; return the one event that says so (nothing if unchanged).
+
+        While private, blocks are framed (to keep the audio clock) and dropped: no stage is fed,
+        no metric or event is produced. Leaving private resets every per-call stage, so nothing of
+        the private stretch (nor of the call it interrupted) reaches later windows; the agent's
+        shift baselines, fatigue tracking and alert budget are kept, as they hold nothing of it.
+        """
+        if on == self.private:
+            return []
+        self.private = on
+        t = round(self._received_s, 3)
+        self._reset_call_stages()  # drop the open call, pending events and partial windows
+        if not on:
+            self._resume_s = self._received_s
+            self._far_t0_s = math.ceil(self._received_s / FRAME_S - 1e-9) * FRAME_S
+        return [Message("event", {"name": "private_on" if on else "private_off", "channel": "both",
+                                  "t_audio_s": t})]
+
+    def _lap(self, stage: str, t0: float) -> float:
+        now = time.perf_counter()
+        if self.stage_s is not None:
+            self.stage_s[stage] += now - t0
+        return now
 
     def __call__(self, block: np.ndarray) -> list[Message]:
         """Process a (2, n) float32 block at 16 kHz; return the messages it produced."""
         out: list[Message] = []
+        t = time.perf_counter()
+        self._received_s += block.shape[-1] / RATE_HZ
         for frame in self.framer(block):
+            if self.private or frame.start_s < self._resume_s:
+                # nothing is computed about a private stretch, not even a frame straddling its ends
+                self.audio_s = frame.start_s + FRAME_S
+                continue
+            repaired = self.quality(frame.samples)
+            frame = type(frame)(repaired, frame.rate_hz, frame.start_s, frame.index)
+            signal = dict(zip(CHANNELS, self.quality.states, strict=True))
+            t = self._lap("quality", t)
             probs = self.vad(frame)
+            t = self._lap("vad", t)
+            kind = self.far_kind.label
+            if self.far_kind(repaired[1]) != kind:
+                out.append(Message("event", {
+                    "name": "far_kind", "channel": "far", "kind": self.far_kind.label,
+                    "t_audio_s": round(self._far_t0_s + self.far_kind.since_frame * FRAME_S, 3)}))
+            t = self._lap("farend", t)
+            transitions = []
             for ch, prob in zip(CHANNELS, probs, strict=True):
+                if signal[ch] == "none" or (ch == "far" and self.far_kind.veto):
+                    prob = 0.0  # a dead channel, a tone or hold music is nobody speaking
                 gate = self.gates[ch]
                 change = gate(float(prob), frame.start_s)
                 if self.trace is not None:
                     self.trace.prob[ch].append(round(float(prob), 4))
                 if change is not None:
                     name = "speech_start" if change == "start" else "speech_end"
-                    out.append(Message("event", {"name": name, "channel": ch,
-                                                 "t_audio_s": round(gate.transition_s, 3)}))
+                    body = {"name": name, "channel": ch, "t_audio_s": round(gate.transition_s, 3)}
+                    self.signals.event(body, frame.start_s)
+                    out.append(Message("event", body))
+                    transitions.append((ch, change, gate.transition_s))
                     self._segment(ch, change, gate.transition_s)
-            window = self.window(frame.start_s, frame.duration_s,
-                                 self.gates["near"].speaking, self.gates["far"].speaking)
+            near, far = self.gates["near"].speaking, self.gates["far"].speaking
+            t = self._lap("gates", t)
+            for e in self.conversation(frame.start_s, frame.duration_s, near, far, transitions):
+                out += [Message("event", c) for c in self.signals.event(e, frame.start_s)]
+                out.append(Message("event", e))
+            t = self._lap("conversation", t)
+            flat = float(repaired[0].max() - repaired[0].min()) < self._flat_below
+            self._near_flat_s = self._near_flat_s + frame.duration_s if flat else 0.0
+            self.prosody(repaired[0])
+            t = self._lap("prosody", t)
+            if self.affect is not None:
+                found = self.affect(frame, near, far)
+                if found is not None:
+                    self._affect_last = {"prospect_arousal": round(found.arousal, 3),
+                                         "prospect_tension": round(found.tension, 3)}
+                t = self._lap("affect", t)
+            window = self.window(frame.start_s, frame.duration_s, near, far)
             if window is not None:
-                out.append(Message("metrics", asdict(window)))
+                long = self._prosody_window(self.prosody_window_s)
+                body = self._metrics(asdict(window), long)
+                out.append(Message("metrics", body))
+                t = self._lap("metrics", t)
+                out += self._signals(body, long, frame.start_s + frame.duration_s)
+                t = self._lap("signals", t)
             self.audio_s = frame.start_s + FRAME_S
         return out
+
+    def _prosody_window(self, seconds: float) -> ProsodyWindow | None:
+        """The agent's prosody over the last ``seconds``; None before the first analysed hop
+        (the prosody stage analyses in batches of about 1 s, e.g. just after private mode)."""
+        if not len(self.prosody.hops(HOP_S).t_s):
+            return None
+        return self.prosody.window(seconds)
+
+    def _signals(self, body: dict[str, Any], long: ProsodyWindow | None, now_s: float
+                 ) -> list[Message]:
+        """Fatigue fields (added to ``body``) and the cues of this metrics window."""
+        out: list[Message] = []
+        window_s = float(body["window_s"])
+        if self.fatigue is not None:
+            state = self.fatigue(long, window_s, body.get("latency_agent_ms_last"))
+            body.update(state.fields())
+            if state.break_suggested != self._break:
+                self._break = state.break_suggested
+                idx = state.index or 0.0
+                name = "cue_on" if self._break else "cue_off"
+                out.append(Message("event", cue_event(name, "take_break", now_s, "medium", idx,
+                                                      self.campaign.fatigue.break_on)))
+        short = self._prosody_window(self.rate_window_s)
+        tick = Tick(t_s=now_s, metrics=body, short=short, long=long, near_flat_s=self._near_flat_s)
+        out += [Message("event", e) for e in self.signals(tick)]
+        return out
+
+    def _metrics(self, body: dict[str, Any], long: ProsodyWindow | None = None) -> dict[str, Any]:
+        for ch, state in zip(CHANNELS, self.quality.states, strict=True):
+            body[f"{ch}_signal"] = state
+            if state == "none":  # no signal is not silence: no speech figures at all
+                body.pop(f"{ch}_speech_ratio")
+        body["far_kind"] = self.far_kind.label
+        body.update(self.conversation.metrics())
+        if long is not None:
+            body.update(prosody_fields(long))
+        body.update(self._affect_last)  # the prospect's latest window, never the agent's
+        self._affect_last = {}
+        return body
+
+    def call_state(self, state: str) -> None:
+        """Explicit call signal from a softphone or CTI connector (``idle``, ``active``, ``hold``)."""
+        if self.private:
+            return
+        self.conversation.call_state(state)
+        self.signals.hold(state == "hold")
 
     def _segment(self, ch: str, change: str, t_s: float) -> None:
         if change == "start":
@@ -103,39 +305,103 @@ class Pipeline:
         if self.trace is not None and start is not None:
             self.trace.segments[ch].append([round(start, 3), round(t_s, 3)])
 
-    def finish(self) -> None:
-        """Close segments still open at the end of the stream (offline analysis)."""
+    def finish(self) -> list[Message]:
+        """End of stream: close open segments and the call; return the last events."""
+        if self.private:
+            return []
         for ch in CHANNELS:
             if self._open[ch] is not None:
                 self._segment(ch, "end", self.audio_s)
+        out: list[Message] = []
+        for e in self.conversation.finish():
+            out += [Message("event", c) for c in self.signals.event(e, self.audio_s)]
+            out.append(Message("event", e))
+        return out
 
 
-def analyze(audio: np.ndarray, model: Model, *, window_s: float = 1.0) -> dict[str, Any]:
+def analyze(audio: np.ndarray, model: Model, *, window_s: float = 1.0,
+            affect: AffectConfig | None = None,
+            campaign: CampaignConfig | None = None) -> dict[str, Any]:
     """Run the pipeline over a whole two-channel recording and summarise it.
 
     Args:
         audio: (2, n) float32 samples at 16 kHz, near first.
         model: the Silero VAD model.
         window_s: metrics window, seconds.
+        affect: the prospect affect settings (off unless enabled).
+        campaign: cue and fatigue settings (defaults if None).
 
     Returns:
-        A JSON-ready dict: per-call metrics, VAD probabilities at 32 ms steps, speech segments.
+        A JSON-ready dict: per-call metrics, conversation (calls and their summaries), the agent's
+        prosody over the whole recording, the cues raised (with their labels), the last fatigue
+        figures, each call's published summary (``call_end`` fields), VAD probabilities at 32 ms
+        steps and speech segments.
     """
-    pipe = Pipeline(model, window_s=window_s, trace=True)
+    pipe = Pipeline(model, window_s=window_s, trace=True, campaign=campaign,
+                    conversation=ConversationConfig(keep_history=True))
     messages = pipe(audio)
-    pipe.finish()
+    messages += pipe.finish()
     assert pipe.trace is not None
-    duration_s = audio.shape[1] / 16000
+    duration_s = audio.shape[1] / RATE_HZ
     speech_s = {c: sum(e - s for s, e in pipe.trace.segments[c]) for c in CHANNELS}
-    metrics = [m.body for m in messages if m.kind == "metrics"]
+    from edge.prosody import analyze_clip
+
+    prosody = {c: _prosody_summary(analyze_clip(audio[i], RATE_HZ))
+               for i, c in enumerate(CHANNELS) if pipe.quality.states[i] != "none"}
+    history = pipe.conversation.history
+    from edge.affect import affect_for_analysis
+
+    segments = {c: pipe.trace.segments[c] for c in CHANNELS}
     return {
         "duration_s": round(duration_s, 3),
         "frame_s": FRAME_S,
         "call": {
-            f"{c}_speech_ratio": round(speech_s[c] / duration_s, 4) if duration_s else 0.0
-            for c in CHANNELS
+            **{f"{c}_speech_ratio": round(speech_s[c] / duration_s, 4) if duration_s else 0.0
+               for c in CHANNELS},
+            **{f"{c}_signal": state for c, state in zip(CHANNELS, pipe.quality.states, strict=True)},
         },
-        "metrics": metrics,
+        "conversation": {
+            "calls": [asdict(call) for call in history.calls] if history else [],
+        },
+        "prosody": prosody,
+        "affect": affect_for_analysis(audio, segments, affect or AffectConfig()),
+        "cues": cue_episodes([m.body for m in messages if m.kind == "event"]),
+        "fatigue": {"fatigue_index": None, "break_suggested": False,
+                    **next((_fatigue_fields(m.body) for m in reversed(messages)
+                            if m.kind == "metrics" and "fatigue_phonation_min" in m.body), {})},
+        "call_summaries": [{k: v for k, v in m.body.items() if k.startswith("call_")}
+                           for m in messages if m.kind == "event" and m.body["name"] == "call_end"],
+        "events": [m.body for m in messages if m.kind == "event"],
+        "metrics": [m.body for m in messages if m.kind == "metrics"],
         "vad": {c: {"prob": pipe.trace.prob[c], "segments": pipe.trace.segments[c]}
                 for c in CHANNELS},
     }
+
+
+def _fatigue_fields(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k.startswith("fatigue_") or k == "break_suggested"}
+
+
+def cue_episodes(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Pair ``cue_on`` / ``cue_off`` events into episodes with their French and English labels."""
+    from edge.signals import CUES
+
+    open_: dict[str, dict[str, Any]] = {}
+    out: list[dict[str, Any]] = []
+    for e in events:
+        if e["name"] == "cue_on":
+            info = CUES[e["cue"]]
+            ep = {"cue": e["cue"], "label_en": info.en, "label_fr": info.fr, "channel": e["channel"],
+                  "start_s": e["t_audio_s"], "end_s": None, "severity": e["severity"],
+                  "evidence_value": e["evidence_value"], "evidence_threshold": e["evidence_threshold"],
+                  "evidence_unit": e["evidence_unit"]}
+            open_[e["cue"]] = ep
+            out.append(ep)
+        elif e["name"] == "cue_off" and e["cue"] in open_:
+            open_.pop(e["cue"])["end_s"] = e["t_audio_s"]
+    return out
+
+
+def _prosody_summary(clip: dict[str, Any]) -> dict[str, Any]:
+    """The scalar functionals of :func:`edge.prosody.analyze_clip` (tracks left out)."""
+    return {k: v for k, v in clip.items() if not isinstance(v, list | np.ndarray)}

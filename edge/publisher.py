@@ -1,14 +1,23 @@
 """MQTT publishing for the box: paho-mqtt 2.x, MQTT v5, TLS with the box's own certificate.
 
-paho's network thread does the I/O. Its callbacks only record facts (connected, acknowledged
-message ids) in thread-safe containers; the box's main loop reads them and touches the outbox,
-so the outbox's SQLite connection has one user.
+The network I/O runs either in paho's own thread (:meth:`Publisher.start`, one box per process)
+or in a :class:`SharedLoop` that drives many publishers from one thread with ``epoll`` (load
+generators and gateways: paho's own loop uses ``select``, which fails past 1024 descriptors).
+Either way paho's callbacks only record facts (connected, acknowledged message ids, commands
+received) in thread-safe containers; the box's main loop reads them and touches the outbox, so
+the outbox's SQLite connection has one user.
+
+Reconnection backs off exponentially from :data:`RECONNECT_MIN_S` to :data:`RECONNECT_MAX_S`.
+The session is clean (``clean_start`` on, expiry 0): everything not acknowledged is sent again
+from the outbox after a reconnection, in sequence order.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
+import selectors
 import ssl
 import threading
 import time
@@ -17,6 +26,13 @@ from typing import Any
 from miroir import wire
 
 log = logging.getLogger(__name__)
+
+RECONNECT_MIN_S = 1
+"""First reconnection delay, in seconds."""
+RECONNECT_MAX_S = 120
+"""Longest reconnection delay, in seconds (the delay doubles up to this)."""
+MAX_INFLIGHT = 100
+"""QoS 1 messages sent and not yet acknowledged, at most."""
 
 
 def _paho() -> Any:
@@ -29,6 +45,9 @@ def _paho() -> Any:
 
 class Publisher:
     """Connects to the site broker, keeps the retained status, publishes QoS 1 messages.
+
+    Subscribes to the box's own ``cmd`` topic on every connection; commands received are kept
+    for the box's loop (:meth:`take_commands`), with the topic they came on.
 
     Args:
         settings: the box's :class:`edge.settings.EdgeSettings`.
@@ -43,9 +62,15 @@ class Publisher:
         self.settings = settings
         self.version = version
         self.connected = threading.Event()
+        self.connects = 0
+        self.activity: Any = None
+        """Optional ``callable(publisher)`` run (in the network thread) after every event."""
+        self._connect_called = False
         self._acked: collections.deque[int] = collections.deque()
+        self._commands: collections.deque[tuple[str, bytes]] = collections.deque(maxlen=1000)
         self._lock = threading.RLock()
         self._inflight: dict[int, int] = {}  # paho mid -> outbox seq
+        self._early: dict[int, bool] = {}  # mid -> ok, for acks that beat send()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
                                   client_id=f"box-{settings.site}-{settings.box}",
                                   protocol=mqtt.MQTTv5)
@@ -54,9 +79,10 @@ class Publisher:
                                 certfile=str(settings.cert_file) if settings.cert_file else None,
                                 keyfile=str(settings.key_file) if settings.key_file else None,
                                 cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        self.client.max_inflight_messages_set(100)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=120)
+        self.client.max_inflight_messages_set(MAX_INFLIGHT)
+        self.client.reconnect_delay_set(min_delay=RECONNECT_MIN_S, max_delay=RECONNECT_MAX_S)
         self.status_topic = wire.topic(settings.site, settings.box, "status")
+        self.cmd_topic = wire.topic(settings.site, settings.box, wire.CMD_KIND)
         will = wire.encode("status", wire.status_message(settings.site, settings.box, "offline",
                                                          time.time(), version=version))
         self.client.will_set(self.status_topic, will, qos=1, retain=True)
@@ -65,6 +91,7 @@ class Publisher:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
+        self.client.on_message = self._on_message
 
     def start(self) -> None:
         """Connect in the background (retrying with backoff) and start paho's network thread."""
@@ -73,12 +100,23 @@ class Publisher:
                                   clean_start=True, properties=self._connect_props)
         self.client.loop_start()
 
-    def stop(self, status_extra: dict[str, Any] | None = None) -> None:
+    def connect_now(self) -> None:
+        """Connect synchronously (TCP and TLS); for :class:`SharedLoop`. Raises OSError."""
+        if not self._connect_called:
+            self._connect_called = True
+            self.client.connect(self.settings.broker_host, self.settings.broker_port,
+                                keepalive=self.settings.keepalive_s, clean_start=True,
+                                properties=self._connect_props)
+        else:
+            self.client.reconnect()
+
+    def stop(self, status_extra: dict[str, Any] | None = None, *, threaded: bool = True) -> None:
         """Publish ``offline`` status, disconnect and stop the network thread."""
-        if self.connected.is_set():
+        if self.connected.is_set() and threaded:
             self.publish_status("offline", **(status_extra or {})).wait_for_publish(2.0)
         self.client.disconnect()
-        self.client.loop_stop()
+        if threaded:
+            self.client.loop_stop()
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
@@ -87,22 +125,38 @@ class Publisher:
         log.info("connected to %s:%s", self.settings.broker_host, self.settings.broker_port)
         with self._lock:
             self._inflight.clear()  # clean start: everything unacked is resent by the loop
+            self._early.clear()
+            self.connects += 1
+        client.subscribe(self.cmd_topic, qos=1)
         self.connected.set()
+        self._poke()
+
+    def _poke(self) -> None:
+        if self.activity is not None:
+            self.activity(self)
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any,
                        props: Any) -> None:
         self.connected.clear()
-        log.warning("disconnected from the broker: %s", reason)
+        log.info("disconnected from the broker: %s", reason)
+        self._poke()
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        # paho holds its own message lock here: take ours briefly, never call paho under it.
         with self._lock:
             seq = self._inflight.pop(mid, None)
-        if seq is None:
-            return
+            if seq is None:
+                self._early[mid] = not reason.is_failure  # acked before send() recorded it
+                return
         if reason.is_failure:
             log.error("broker refused message seq %d: %s", seq, reason)
             return
         self._acked.append(seq)
+        self._poke()
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        self._commands.append((str(message.topic), bytes(message.payload)))
+        self._poke()
 
     def publish_status(self, state: str, **extra: Any) -> Any:
         """Publish the retained status (``online``/``offline``) with allow-listed extras."""
@@ -116,13 +170,19 @@ class Publisher:
         if not self.connected.is_set():
             return False
         with self._lock:
-            if len(self._inflight) >= 100:
+            if len(self._inflight) >= MAX_INFLIGHT:
                 return False
-            info = self.client.publish(wire.topic(self.settings.site, self.settings.box, kind),
-                                       payload, qos=1)
-            if info.rc != 0:
-                return False
-            self._inflight[info.mid] = seq
+        # Not under our lock: paho calls _on_publish holding its own lock (lock order).
+        info = self.client.publish(wire.topic(self.settings.site, self.settings.box, kind),
+                                   payload, qos=1)
+        if info.rc != 0:
+            return False
+        with self._lock:
+            early = self._early.pop(info.mid, None)
+            if early is None:
+                self._inflight[info.mid] = seq
+        if early:
+            self._acked.append(seq)
         return True
 
     def in_flight(self) -> set[int]:
@@ -136,3 +196,121 @@ class Publisher:
         while self._acked:
             out.append(self._acked.popleft())
         return out
+
+    def take_commands(self) -> list[tuple[str, bytes]]:
+        """Commands received since the last call, as (topic, payload)."""
+        out = []
+        while self._commands:
+            out.append(self._commands.popleft())
+        return out
+
+
+class SharedLoop:
+    """One ``epoll`` network loop, in the caller's thread, for many :class:`Publisher` objects.
+
+    Each publisher connects when added and reconnects after a loss with its own exponential
+    backoff (:data:`RECONNECT_MIN_S` to :data:`RECONNECT_MAX_S`).
+    """
+
+    def __init__(self) -> None:
+        self._sel = selectors.DefaultSelector()
+        self._pubs: list[Publisher] = []
+        self._retry_at: dict[int, float] = {}  # id(pub) -> monotonic time of the next attempt
+        self._delay_s: dict[int, float] = {}
+        self._last_misc = 0.0
+        self._closing = False
+        self.connect_failures = 0
+
+    def add(self, pub: Publisher) -> None:
+        """Take over ``pub``'s network I/O; it connects on the next :meth:`run_once`."""
+        c = pub.client
+        c.on_socket_open = self._open
+        c.on_socket_close = self._close
+        c.on_socket_register_write = self._want_write
+        c.on_socket_unregister_write = self._no_write
+        user_disconnect = c.on_disconnect
+
+        def on_disconnect(client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+            user_disconnect(client, userdata, flags, reason, props)
+            if not self._closing:
+                self._schedule(pub)
+
+        c.on_disconnect = on_disconnect
+        c.user_data_set(pub)
+        self._pubs.append(pub)
+        self._retry_at[id(pub)] = 0.0
+        self._delay_s[id(pub)] = RECONNECT_MIN_S
+
+    @property
+    def publishers(self) -> list[Publisher]:
+        """The publishers driven by this loop."""
+        return list(self._pubs)
+
+    def _schedule(self, pub: Publisher) -> None:
+        key = id(pub)
+        if key in self._retry_at:
+            return
+        delay = self._delay_s.get(key, RECONNECT_MIN_S)
+        self._retry_at[key] = time.monotonic() + delay
+        self._delay_s[key] = min(RECONNECT_MAX_S, delay * 2)
+
+    def _open(self, client: Any, pub: Publisher, sock: Any) -> None:
+        self._sel.register(sock, selectors.EVENT_READ, pub)
+
+    def _close(self, client: Any, pub: Publisher, sock: Any) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.unregister(sock)
+
+    def _want_write(self, client: Any, pub: Publisher, sock: Any) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.modify(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, pub)
+
+    def _no_write(self, client: Any, pub: Publisher, sock: Any) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.modify(sock, selectors.EVENT_READ, pub)
+
+    def _connect_due(self, now: float) -> None:
+        due = [p for p in self._pubs if self._retry_at.get(id(p), float("inf")) <= now]
+        for pub in due:
+            del self._retry_at[id(pub)]
+            try:
+                pub.connect_now()
+                self._delay_s[id(pub)] = RECONNECT_MIN_S
+            except (OSError, ssl.SSLError) as exc:
+                self.connect_failures += 1
+                log.debug("box %s: connect failed: %s", pub.settings.box, exc)
+                self._schedule(pub)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Disconnect every publisher cleanly (no reconnection) and close the selector."""
+        self._closing = True
+        self._retry_at.clear()
+        for pub in self._pubs:
+            pub.client.disconnect()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and any(p.client.socket() for p in self._pubs):
+            self.run_once(0.01)
+        self._sel.close()
+
+    def run_once(self, timeout_s: float = 0.05) -> None:
+        """Wait up to ``timeout_s`` for socket events and serve them, reconnecting as due."""
+        now = time.monotonic()
+        if self._retry_at:
+            self._connect_due(now)
+        for key, mask in self._sel.select(timeout_s):
+            pub = key.data
+            c = pub.client
+            if mask & selectors.EVENT_READ:
+                c.loop_read()
+                sock = c.socket()
+                while sock is not None and isinstance(sock, ssl.SSLSocket) and sock.pending():
+                    c.loop_read()
+                    sock = c.socket()
+            if mask & selectors.EVENT_WRITE and c.socket() is not None:
+                c.loop_write()
+        now = time.monotonic()
+        if now - self._last_misc >= 0.5:
+            self._last_misc = now
+            for pub in self._pubs:
+                if pub.client.socket() is not None:
+                    pub.client.loop_misc()

@@ -62,6 +62,11 @@ class EdgeSettings:
     """Minimum run below the off threshold before speech ends."""
     model_backend: str = "onnx"
     """Runtime for the models: ``onnx`` or ``litert``."""
+    campaign_file: Path | None = None
+    """The campaign's cue settings (TOML, see docs/cues.md); None uses the documented defaults."""
+    affect_enabled: bool = False
+    """Run the prospect affect model (far channel only). Only for a campaign whose call script
+    tells the prospect about emotion recognition (EU AI Act Art. 50(3)); off by default."""
 
     def __post_init__(self) -> None:
         try:

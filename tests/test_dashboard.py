@@ -19,7 +19,16 @@ from dashboard.ingest import Ingest, percentile
 from dashboard.live import Hub
 from dashboard.settings import DashboardSettings
 from miroir import wire
-from tests._fixtures_dashboard import ADMIN_PASSWORD, ADMIN_USER, csrf_of, make_settings
+from tests._fixtures_dashboard import (
+    ADMIN_PASSWORD,
+    ADMIN_USER,
+    client_login,
+    csrf_of,
+    http_login,
+    make_settings,
+    secret_of,
+    totp_code,
+)
 
 SITE = "site-1"
 
@@ -47,8 +56,7 @@ def client(settings: DashboardSettings) -> TestClient:
 
 
 def login(c: TestClient, user: str = ADMIN_USER, password: str = ADMIN_PASSWORD) -> Any:
-    token = csrf_of(c.get("/login").text)
-    return c.post("/login", data={"username": user, "password": password, "csrf": token})
+    return client_login(c, user, password)
 
 
 # --------------------------------------------------------------------------- settings
@@ -224,12 +232,24 @@ def test_login_flow_with_csrf_and_cookie_attributes(dash_settings: DashboardSett
         assert c.post("/login", data={**form, "csrf": token}).status_code == 403
         token = csrf_of(c.get("/login").text)
         r = c.post("/login", data={**form, "csrf": token})
+        # The admin has no TOTP yet: a half session that reaches only the enrolment page.
+        assert r.status_code == 303 and r.headers["location"] == "/totp/setup"
+        half = c.cookies.get("__Host-miroir")
+        assert c.get("/api/boxes").status_code == 401
+        assert c.get("/").headers["location"] == "/totp/setup"
+        page = c.get("/totp/setup")
+        assert page.status_code == 200
+        r = c.post("/totp/setup", data={"code": "000000", "csrf": csrf_of(page.text)})
+        assert r.status_code == 401
+        r = c.post("/totp/setup", data={"code": totp_code(secret_of(page.text)),
+                                        "csrf": csrf_of(r.text)})
         assert r.status_code == 303 and r.headers["location"] == "/"
         cookie = next(h for h in r.headers.get_list("set-cookie")
                       if h.startswith("__Host-miroir="))
         attrs = {a.strip().lower() for a in cookie.split(";")[1:]}
         assert {"secure", "httponly", "samesite=strict", "path=/"} <= attrs
         assert not any(a.startswith("domain") for a in attrs)
+        assert c.cookies.get("__Host-miroir") != half  # rotated when the second factor passed
         r = c.get("/")
         assert r.status_code == 200 and 'data-site="site-1"' in r.text
         assert "Agent parle" in r.text and "Hors ligne" in r.text
@@ -382,12 +402,7 @@ def test_stream_pushes_a_snapshot_then_broker_updates(
     # Plain http to a server setting Secure cookies: httpx would not send them back by
     # itself (chromium does, for 127.0.0.1), so the test passes them explicitly.
     with httpx.Client(base_url=dashboard_server.url, timeout=10.0) as c:
-        token = csrf_of(c.get("/login").text)
-        r = c.post("/login", data={"username": ADMIN_USER, "password": ADMIN_PASSWORD,
-                                   "csrf": token},
-                   headers={"cookie": f"__Host-miroir-csrf={token}"})
-        assert r.status_code == 303
-        session = r.cookies["__Host-miroir"]
+        session = http_login(c)
         events: list[tuple[str | None, Any]] = []
         with c.stream("GET", "/api/stream",
                       headers={"cookie": f"__Host-miroir={session}"}) as s:

@@ -12,7 +12,7 @@ import pytest
 
 from dashboard.app import DashboardServer
 from miroir import wire
-from tests._fixtures_dashboard import browser_login
+from tests._fixtures_dashboard import USER_PASSWORD, browser_login, seed_org
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -122,3 +122,90 @@ def test_floor_screenshot(browser_page: Any, dashboard_server: DashboardServer,
     data = json.loads(page.evaluate("JSON.stringify([...document.querySelectorAll('.seat')]"
                                     ".map(e => e.dataset.box))"))
     assert data == ["box-a", "box-b", "box-c", "box-d", "box-e"]
+
+
+def _shot(page: Any, name: str) -> None:
+    out_dir = os.environ.get("MIROIR_SCREENSHOT_DIR")
+    if out_dir:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        path = Path(out_dir) / name
+        page.wait_for_timeout(300)
+        page.evaluate("window.scrollTo(0, 0)")
+        page.screenshot(path=str(path))
+        assert path.stat().st_size > 10_000
+
+
+def test_supervisor_flags_a_moment_and_the_agent_sees_it_and_the_audit(
+        chromium: Any, dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
+    """The issue's browser acceptance, end to end through the real broker and chromium."""
+    org = seed_org(dashboard_server.settings)
+    site.add_box("box-a1")
+    sup = chromium.new_context(viewport={"width": 1280, "height": 900}, locale="fr-FR")
+    page = sup.new_page()
+    try:
+        browser_login(page, dashboard_server.url, "sup-a", USER_PASSWORD, org["secrets"]["sup-a"])
+        # Team A's seats only, with names and the site's layout.
+        page.locator(".seat[data-box='box-a1'] .agent-name", has_text="Amina Diallo").wait_for()
+        assert page.locator(".seat[data-box='box-b1']").count() == 0
+        assert page.locator(".seat[data-box='box-a2'] .box-id").inner_text() == "A2"
+        # A seat changes state within 2 s of the box's publish to the real broker.
+        box = peer(site.box("box-a1"), "box-a1")
+        status = wire.status_message(site.site, "box-a1", "online", time.time())
+        box.publish(wire.topic(site.site, "box-a1", "status"), wire.encode("status", status))
+        box.publish(wire.topic(site.site, "box-a1", "metrics"),
+                    _metrics(site.site, "box-a1", 1000, "overlap", 0.5, 0.5))
+        page.locator(".seat[data-box='box-a1'][data-state='overlap']").wait_for(
+            timeout=LIVE_WAIT_MS)
+        # Pseudonymous mode: seat numbers, no names.
+        page.check("#pseudo")
+        page.wait_for_selector("body[data-pseudo='1']")
+        assert page.locator(".seat[data-box='box-a1'] .agent-name").inner_text() == ""
+        page.uncheck("#pseudo")
+        page.wait_for_selector("body[data-pseudo='0']")
+        # Open the agent: charts with cue markers, then flag a moment with a note.
+        page.click(".seat[data-box='box-a1'] a.box-id")
+        page.wait_for_url("**/agents/agent-a1")
+        page.wait_for_selector("body[data-charts-ready='1']")
+        assert page.locator("#charts svg").count() >= 3
+        assert page.locator("#charts .cue-marker").count() >= 3
+        box_ = page.locator("#charts svg").nth(1).bounding_box()
+        assert box_ is not None
+        page.mouse.click(box_["x"] + box_["width"] * 0.5, box_["y"] + box_["height"] / 2)
+        picked = float(page.locator("#flag-ts").input_value())
+        assert time.time() - 300 < picked < time.time()
+        page.fill("#flag-note", "Laisser respirer le prospect ici")
+        page.click("#flag-submit")
+        page.wait_for_url("**/agents/agent-a1#flags")
+        assert page.locator("#flag-list .flag-note").first.inner_text() == \
+            "Laisser respirer le prospect ici"
+        _shot(page, "agent-view.png")
+        # Variant comparison with confidence intervals.
+        page.goto(dashboard_server.url + "/campaigns/camp-a")
+        assert page.locator("#variants tr.variant").count() == 2
+        assert page.locator(".ci-chart circle").count() == 2
+        _shot(page, "variant-comparison.png")
+    finally:
+        sup.close()
+    agent = chromium.new_context(viewport={"width": 1280, "height": 900}, locale="fr-FR")
+    page = agent.new_page()
+    try:
+        browser_login(page, dashboard_server.url, "amina", USER_PASSWORD, landing="/me")
+        flag = page.locator("#flag-list .flag").first
+        assert "Laisser respirer le prospect ici" in flag.inner_text()
+        assert "sup-a" in flag.inner_text()
+        entries = page.locator("#audit-list .audit-entry")
+        assert entries.count() >= 2
+        assert "sup-a" in entries.first.inner_text()
+        assert "a ouvert la vue agent" in page.locator("#audit-list").inner_text()
+        assert page.locator("#flag-form").count() == 0  # agents do not flag themselves
+        page.wait_for_selector("body[data-stream-ready='1']")
+        # Switch to English: the interface follows, and stays English on the next page.
+        page.click("#lang-switch")
+        page.wait_for_url("**/me")
+        assert page.locator("html").get_attribute("lang") == "en"
+        assert page.locator("#audit h2").inner_text() == "Who looked at my data"
+        assert "opened the agent view" in page.locator("#audit-list").inner_text()
+        page.reload()
+        assert page.locator("#flags h2").inner_text() == "Flagged moments"
+    finally:
+        agent.close()

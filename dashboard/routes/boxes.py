@@ -9,8 +9,9 @@ from fastapi import APIRouter, HTTPException, Path, Query
 
 from miroir import wire
 
+from .. import access
 from .. import db as store
-from .deps import Db, Settings
+from .deps import CurrentUser, Db, Settings, require_role
 
 router = APIRouter(prefix="/api/boxes", tags=["boxes"])
 
@@ -18,19 +19,24 @@ BoxId = Annotated[str, Path(pattern=wire.ID_PATTERN.pattern)]
 
 
 @router.get("")
-def list_boxes(db: Db, settings: Settings) -> dict[str, Any]:
-    """Every box of the site with its state and latest metrics."""
-    return {"site": settings.site, "now": time.time(), "boxes": store.boxes_with_latest(db)}
+def list_boxes(db: Db, settings: Settings, user: CurrentUser) -> dict[str, Any]:
+    """The boxes the user may see, with their state and latest metrics."""
+    require_role(user, "admin", "supervisor", "agent")
+    allowed = access.visible_boxes(db, user)
+    boxes = [b for b in store.boxes_with_latest(db) if allowed is None or b["box"] in allowed]
+    return {"site": settings.site, "now": time.time(), "boxes": boxes}
 
 
 @router.get("/{box}/metrics")
 def box_metrics(
     db: Db,
+    user: CurrentUser,
     box: BoxId,
     since_seq: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
 ) -> dict[str, Any]:
     """Metrics of one box with ``seq > since_seq``, oldest first."""
+    access.require_box(db, user, box)
     if not store.boxes_with_latest(db, box):
         raise HTTPException(status_code=404, detail=f"unknown box {box!r}")
     rows = store.metrics_since(db, box, since_seq, limit)

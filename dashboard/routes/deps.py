@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import sqlite_utils
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request
+from fastapi.responses import Response
 from fastapi.templating import Jinja2Templates
 
 from .. import db as store
+from .. import i18n
+from ..access import User, load_user
 from ..settings import DashboardSettings
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).resolve().parent.parent / "templates"))
+
+
+def _datetime(ts: float | None) -> str:
+    """UTC date and time of a Unix timestamp (pages localise it client-side when they can)."""
+    if ts is None:
+        return "—"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
+
+
+TEMPLATES.env.filters["datetime"] = _datetime
 
 
 def get_settings(request: Request) -> DashboardSettings:
@@ -33,3 +47,29 @@ def get_db(request: Request) -> Iterator[sqlite_utils.Database]:
 
 Db = Annotated[sqlite_utils.Database, Depends(get_db)]
 Settings = Annotated[DashboardSettings, Depends(get_settings)]
+
+
+def get_user(request: Request, db: Db) -> User:
+    """The logged-in user with the scope of its role."""
+    return load_user(db, request.state.user)
+
+
+CurrentUser = Annotated[User, Depends(get_user)]
+
+
+def require_role(user: User, *roles: str) -> None:
+    """404 unless the user has one of ``roles`` (nothing to see here, not even a 403)."""
+    if user.role not in roles:
+        raise HTTPException(status_code=404, detail="not found")
+
+
+def render(request: Request, template: str, context: dict[str, Any], status: int = 200) -> Response:
+    """Render a page with the user's language, CSRF token and navigation."""
+    lang = getattr(request.state, "lang", "fr") or "fr"
+    ctx = {"lang": lang, "t": i18n.translator(lang), "csrf": getattr(request.state, "csrf", ""),
+           "user": getattr(request.state, "user", None),
+           "role": getattr(request.state, "role", None), "path": request.url.path,
+           "i18n_json": i18n.client_json(lang), **context}
+    response = TEMPLATES.TemplateResponse(request, template, ctx, status_code=status)
+    response.headers["cache-control"] = "no-store"
+    return response

@@ -1,4 +1,4 @@
-"""Login and logout (form posts protected by CSRF tokens)."""
+"""Login (password, then TOTP for admins and supervisors), logout, language switch."""
 
 from __future__ import annotations
 
@@ -8,18 +8,40 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
-from .. import auth
-from .deps import TEMPLATES, Db, Settings
+from .. import auth, i18n, totp
+from .deps import Db, Settings, render
 
 router = APIRouter(tags=["session"])
 
 
 def _login_page(request: Request, secure: bool, error: str | None, status: int) -> Response:
     csrf = secrets.token_urlsafe(32)
-    response = TEMPLATES.TemplateResponse(
-        request, "login.html", {"csrf": csrf, "error": error}, status_code=status)
+    request.state.csrf = csrf
+    response = render(request, "login.html", {"error": error, "bare": True}, status)
     auth.set_cookie(response, auth.csrf_cookie_name(secure), csrf, secure)
-    response.headers["cache-control"] = "no-store"
+    return response
+
+
+def _client(request: Request, settings: Settings) -> str:
+    return auth.client_address(request.client.host if request.client else None,
+                               request.headers.get("x-forwarded-for"), settings.trusted_proxies)
+
+
+def _throttled(db: Db, settings: Settings, username: str, addr: str) -> bool:
+    return auth.login_throttled(db, username, addr, window_s=settings.login_window_s,
+                                max_account=settings.login_max_failures_account,
+                                max_addr=settings.login_max_failures_addr)
+
+
+def _start(response: Response, request: Request, db: Db, settings: Settings, username: str,
+           stage: str = "ok", pending: str | None = None) -> Response:
+    """Rotate: end the old session (if any) and set a brand-new session cookie."""
+    secure = settings.secure_cookies
+    auth.delete_session(db, request.cookies.get(auth.session_cookie_name(secure)))
+    token, _ = auth.create_session(db, username, settings.session_idle_s, stage=stage,
+                                   pending_secret=pending)
+    auth.set_cookie(response, auth.session_cookie_name(secure), token, secure)
+    auth.clear_cookie(response, auth.csrf_cookie_name(secure), secure)
     return response
 
 
@@ -38,32 +60,108 @@ def login(
     password: Annotated[str, Form(max_length=1024)],
     csrf: Annotated[str, Form(max_length=128)] = "",
 ) -> Response:
-    """Check the CSRF token and the credentials; on success start a session and go to /."""
+    """CSRF, throttling, credentials; then a new session (TOTP pending for admins/supervisors)."""
     secure = settings.secure_cookies
+    tr = i18n.translator("fr")
     if not auth.tokens_match(csrf, request.cookies.get(auth.csrf_cookie_name(secure))):
-        return _login_page(request, secure, "Session expirée, veuillez réessayer.", 403)
+        return _login_page(request, secure, tr("login.expired"), 403)
+    addr = _client(request, settings)
+    if _throttled(db, settings, username, addr):
+        r = _login_page(request, secure, tr("login.throttled"), 429)
+        r.headers["retry-after"] = str(int(settings.login_window_s))
+        return r
     role = auth.authenticate(db, username, password)
+    auth.record_login_attempt(db, username, addr, role is not None)
     if role is None:
-        return _login_page(request, secure, "Identifiant ou mot de passe incorrect.", 401)
-    token, _ = auth.create_session(db, username, settings.session_idle_s)
-    response = RedirectResponse("/", status_code=303)
-    auth.set_cookie(response, auth.session_cookie_name(secure), token, secure)
-    auth.clear_cookie(response, auth.csrf_cookie_name(secure), secure)
-    return response
+        return _login_page(request, secure, tr("login.wrong"), 401)
+    if settings.totp_required and role in auth.TOTP_ROLES:
+        row = db.conn.execute("SELECT totp_secret FROM users WHERE username = ?",
+                              (username,)).fetchone()
+        if row and row[0]:
+            return _start(RedirectResponse("/login/totp", status_code=303), request, db,
+                          settings, username, stage="totp")
+        return _start(RedirectResponse("/totp/setup", status_code=303), request, db, settings,
+                      username, stage="enroll", pending=totp.new_secret())
+    return _start(RedirectResponse("/", status_code=303), request, db, settings, username)
+
+
+@router.get("/login/totp", include_in_schema=False)
+def totp_form(request: Request) -> Response:
+    """Second step: the one-time code."""
+    return render(request, "totp.html", {"bare": True, "setup": False, "error": None})
+
+
+def _check_code(request: Request, db: Db, settings: Settings, secret: str, code: str,
+                enrol: bool) -> Response:
+    username = request.state.user
+    addr = _client(request, settings)
+    tr = i18n.translator(request.state.lang)
+    ctx = {"bare": True, "setup": enrol, "secret": secret,
+           "uri": totp.provisioning_uri(secret, username) if enrol else None}
+    if _throttled(db, settings, username, addr):
+        return render(request, "totp.html", {**ctx, "error": tr("login.throttled")}, 429)
+    last = db.conn.execute("SELECT totp_last_step FROM users WHERE username = ?",
+                           (username,)).fetchone()[0]
+    step = totp.verify(secret, code, int(last or 0))
+    auth.record_login_attempt(db, username, addr, step is not None)
+    if step is None:
+        return render(request, "totp.html", {**ctx, "error": tr("totp.wrong")}, 401)
+    with db.conn:
+        db.conn.execute("UPDATE users SET totp_last_step = ?, totp_secret = ? WHERE username = ?",
+                        (step, secret, username))
+    return _start(RedirectResponse("/", status_code=303), request, db, settings, username)
+
+
+@router.post("/login/totp", include_in_schema=False)
+def totp_submit(request: Request, db: Db, settings: Settings,
+                code: Annotated[str, Form(max_length=16)] = "") -> Response:
+    """Check the code; on success rotate to a full session."""
+    row = db.conn.execute("SELECT totp_secret FROM users WHERE username = ?",
+                          (request.state.user,)).fetchone()
+    return _check_code(request, db, settings, row[0] or "", code, enrol=False)
+
+
+@router.get("/totp/setup", include_in_schema=False)
+def totp_setup_form(request: Request) -> Response:
+    """Enrolment: the secret to add to an authenticator app, then one code to confirm."""
+    secret = request.state.session.pending_secret or ""
+    return render(request, "totp.html", {
+        "bare": True,
+        "setup": True, "secret": secret, "error": None,
+        "uri": totp.provisioning_uri(secret, request.state.user)})
+
+
+@router.post("/totp/setup", include_in_schema=False)
+def totp_setup_submit(request: Request, db: Db, settings: Settings,
+                      code: Annotated[str, Form(max_length=16)] = "") -> Response:
+    """Confirm enrolment with a first code; store the secret; rotate to a full session."""
+    secret = request.state.session.pending_secret or ""
+    return _check_code(request, db, settings, secret, code, enrol=True)
 
 
 @router.post("/logout", include_in_schema=False)
-def logout(
-    request: Request,
-    settings: Settings,
-    db: Db,
-    csrf: Annotated[str, Form(max_length=128)] = "",
-) -> Response:
-    """End the session (needs the session's CSRF token)."""
+def logout(request: Request, settings: Settings, db: Db) -> Response:
+    """End the session (the middleware checked the session's CSRF token)."""
     secure = settings.secure_cookies
-    if not auth.tokens_match(csrf, getattr(request.state, "csrf", None)):
-        return Response("CSRF token missing or wrong", status_code=403, media_type="text/plain")
     auth.delete_session(db, request.cookies.get(auth.session_cookie_name(secure)))
     response = RedirectResponse("/login", status_code=303)
     auth.clear_cookie(response, auth.session_cookie_name(secure), secure)
     return response
+
+
+def safe_next(target: str | None, default: str = "/") -> str:
+    """A local path to go back to (never another origin)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return default
+    return target
+
+
+@router.post("/lang", include_in_schema=False)
+def set_lang(request: Request, db: Db, lang: Annotated[str, Form(max_length=4)],
+             next: Annotated[str, Form(max_length=512)] = "/") -> Response:
+    """Switch the user's interface language (fr or en)."""
+    if lang in i18n.LANGS:
+        with db.conn:
+            db.conn.execute("UPDATE users SET lang = ? WHERE username = ?",
+                            (lang, request.state.user))
+    return RedirectResponse(safe_next(next), status_code=303)

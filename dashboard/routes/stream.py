@@ -1,4 +1,4 @@
-"""Server-sent events: a snapshot of every box, then one JSON message per box update."""
+"""Server-sent events: a snapshot of the boxes the user may see, then their updates."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from .. import access
 from .. import db as store
 from ..live import Hub
 
@@ -19,12 +20,21 @@ router = APIRouter(prefix="/api", tags=["stream"])
 KEEPALIVE_S = 15.0
 RETRY_MS = 2000
 HISTORY = 30
+SCOPE_REFRESH_S = 30.0
 
 
-def _snapshot(db_path: Any, site: str) -> dict[str, Any]:
+def _scope(db_path: Any, username: str) -> set[str] | None:
     db = store.open_db(db_path)
     try:
-        boxes = store.boxes_with_latest(db)
+        return access.visible_boxes(db, access.load_user(db, username))
+    finally:
+        db.conn.close()
+
+
+def _snapshot(db_path: Any, site: str, allowed: set[str] | None) -> dict[str, Any]:
+    db = store.open_db(db_path)
+    try:
+        boxes = [b for b in store.boxes_with_latest(db) if allowed is None or b["box"] in allowed]
         for box in boxes:
             box["history"] = store.recent_talk_states(db, box["box"], HISTORY)
         return {"site": site, "now": time.time(), "boxes": boxes}
@@ -38,20 +48,38 @@ def sse(event: str, data: Any) -> str:
     return f"event: {event}\ndata: {text}\n\n"
 
 
+def _box_of(text: str) -> str | None:
+    # Hub messages are compact JSON objects; the box id is a plain [a-z0-9-] string.
+    i = text.find('"box":"')
+    if i < 0:
+        return None
+    j = text.find('"', i + 7)
+    return text[i + 7:j] if j > 0 else None
+
+
 @router.get("/stream")
 async def stream(request: Request) -> StreamingResponse:
-    """``snapshot`` event first, then ``update`` events (one per stored message)."""
+    """``snapshot`` event first, then ``update`` events for the boxes in the user's scope."""
     hub: Hub = request.app.state.hub
     settings = request.app.state.settings
+    username = request.state.user
 
     async def events() -> AsyncIterator[str]:
         async with hub.subscribe() as sub:
-            snap = await run_in_threadpool(_snapshot, settings.db_path, settings.site)
+            allowed = await run_in_threadpool(_scope, settings.db_path, username)
+            scoped_at = time.monotonic()
+            snap = await run_in_threadpool(_snapshot, settings.db_path, settings.site, allowed)
             yield f"retry: {RETRY_MS}\n\n"
             yield sse("snapshot", snap)
             while not await request.is_disconnected():
                 text = await sub.get(timeout_s=KEEPALIVE_S)
-                yield ": keepalive\n\n" if text is None else sse("update", text)
+                if time.monotonic() - scoped_at > SCOPE_REFRESH_S:
+                    allowed = await run_in_threadpool(_scope, settings.db_path, username)
+                    scoped_at = time.monotonic()
+                if text is None:
+                    yield ": keepalive\n\n"
+                elif allowed is None or _box_of(text) in allowed:
+                    yield sse("update", text)
 
     return StreamingResponse(
         events(), media_type="text/event-stream",

@@ -1,25 +1,27 @@
-// Miroir floor page: one seat per box, fed by /api/stream (server-sent events).
+// Miroir floor page: one seat per box, fed by /api/floor (layout, names) and /api/stream (SSE).
 // No inline script (CSP default-src 'self'); styles are set through the CSSOM only.
 "use strict";
 
 (function () {
-  const LABELS = {
-    agent: "Agent parle",
-    prospect: "Prospect parle",
-    overlap: "Chevauchement",
-    silence: "Silence",
-    offline: "Hors ligne",
-    unknown: "—",
-  };
-  const ONLINE_LABELS = { online: "En ligne", offline: "Hors ligne", unknown: "État inconnu" };
+  const T = JSON.parse(document.getElementById("i18n").textContent);
+  const t = (k) => (k in T ? T[k] : k);
   const HISTORY = 30;      // talk states kept for the timeline (one per metrics message)
   const STALE_S = 10;      // an online box silent this long is shown as stale
+  const CUE_SHOW_S = 15;   // a cue badge stays this long on the seat
   const STATS_EVERY_MS = 2000;
+  // Conversation facts, not coaching cues: they drive the seat state, never a badge.
+  const NOT_CUES = new Set(["speech_start", "speech_end", "call_start", "call_end", "overlap_start",
+    "overlap_end", "interruption", "far_kind", "private_on", "private_off"]);
 
   const floorEl = document.getElementById("floor");
   const emptyEl = document.getElementById("empty");
   const template = document.getElementById("seat-template");
+  const teamSel = document.getElementById("filter-team");
+  const campSel = document.getElementById("filter-campaign");
+  const pseudoBox = document.getElementById("pseudo");
   const boxes = new Map();
+  let seats = new Map();   // box -> {label, row, col, agent, name, team, campaign, private}
+  let layoutCols = null;
   let messages = 0;
   let clockSkewS = 0;      // server clock minus browser clock, from the snapshot
 
@@ -35,8 +37,8 @@
   function getBox(id) {
     let b = boxes.get(id);
     if (!b) {
-      b = { box: id, state: null, lastTs: null, metrics: null, talk: null,
-            near: false, far: false, talkTs: 0, history: [], el: null };
+      b = { box: id, state: null, lastTs: null, metrics: null, talk: null, priv: false,
+            near: false, far: false, talkTs: 0, history: [], cues: [], el: null };
       boxes.set(id, b);
     }
     return b;
@@ -46,35 +48,64 @@
     if (b.el) return b.el;
     const el = template.content.firstElementChild.cloneNode(true);
     el.dataset.box = b.box;
-    el.querySelector(".box-id").textContent = b.box;
     const tl = el.querySelector(".timeline");
     for (let i = 0; i < HISTORY; i++) tl.appendChild(document.createElement("span"));
-    // Keep seats sorted by box id.
     let before = null;
     for (const child of floorEl.children) {
       if (child.dataset.box > b.box) { before = child; break; }
     }
     floorEl.insertBefore(el, before);
     b.el = el;
+    decorate(b);
     return el;
+  }
+
+  function decorate(b) {
+    const el = b.el;
+    if (!el) return;
+    const s = seats.get(b.box) || {};
+    const link = el.querySelector(".box-id");
+    link.textContent = s.label || b.box;
+    if (s.agent) link.setAttribute("href", "/agents/" + encodeURIComponent(s.agent));
+    else link.removeAttribute("href");
+    el.querySelector(".agent-name").textContent = s.name || "";
+    el.dataset.team = s.team || "";
+    el.dataset.campaign = s.campaign || "";
+    b.priv = !!s.private || b.priv;
+    if (s.row && s.col) { el.style.gridRowStart = s.row; el.style.gridColumnStart = s.col; }
+    applyFilter(el);
+  }
+
+  function applyFilter(el) {
+    const team = teamSel ? teamSel.value : "";
+    const camp = campSel ? campSel.value : "";
+    el.hidden = (team && el.dataset.team !== team) || (camp && el.dataset.campaign !== camp);
   }
 
   function displayState(b) {
     if (b.state === "offline") return "offline";
+    if (b.priv) return "private";
     return b.talk || "unknown";
   }
 
   function pct(x) { return (x === null || x === undefined) ? "—" : Math.round(x * 100) + " %"; }
 
+  function fatigueOf(m) {
+    for (const k of Object.keys(m || {})) {
+      if (k.indexOf("fatigue") >= 0 && typeof m[k] === "number") return m[k];
+    }
+    return null;
+  }
+
   function render(b) {
     const el = seatFor(b);
     const st = displayState(b);
-    el.className = "seat st-" + st;
+    el.className = "seat st-" + st + (el.classList.contains("stale") ? " stale" : "");
     el.dataset.state = st;
     el.dataset.online = b.state || "unknown";
-    el.querySelector(".talk-state").textContent = LABELS[st] || st;
+    el.querySelector(".talk-state").textContent = t("state." + st);
     const on = el.querySelector(".online");
-    on.textContent = ONLINE_LABELS[b.state || "unknown"];
+    on.textContent = t("online." + (b.state || "unknown"));
     on.className = "online " + (b.state || "unknown");
     const m = b.metrics || {};
     const near = m.near_speech_ratio, far = m.far_speech_ratio;
@@ -82,6 +113,11 @@
     el.querySelector(".fill-prospect").style.width = ((far || 0) * 100) + "%";
     el.querySelector(".pct-agent").textContent = pct(near);
     el.querySelector(".pct-prospect").textContent = pct(far);
+    const fat = fatigueOf(m);
+    const fEl = el.querySelector(".fatigue");
+    fEl.hidden = fat === null;
+    if (fat !== null) fEl.querySelector("meter").value = Math.max(0, Math.min(1, fat));
+    renderCues(b);
     const spans = el.querySelector(".timeline").children;
     const offset = HISTORY - b.history.length;
     for (let i = 0; i < HISTORY; i++) {
@@ -90,13 +126,28 @@
     renderAge(b);
   }
 
+  function renderCues(b) {
+    if (!b.el) return;
+    const now = nowS();
+    b.cues = b.cues.filter((c) => now - c.ts < CUE_SHOW_S);
+    const box = b.el.querySelector(".cues");
+    box.textContent = "";
+    for (const c of b.cues) {
+      const span = document.createElement("span");
+      span.className = "cue-badge";
+      span.dataset.cue = c.name;
+      span.textContent = T["cue." + c.name] || c.name.replace(/_/g, " ");
+      box.appendChild(span);
+    }
+  }
+
   function renderAge(b) {
     if (!b.el) return;
     const u = b.el.querySelector(".updated");
-    if (!b.lastTs) { u.textContent = "jamais vu"; return; }
+    if (!b.lastTs) { u.textContent = t("seat.never"); return; }
     const age = Math.max(0, nowS() - b.lastTs);
-    const t = new Date(b.lastTs * 1000).toLocaleTimeString("fr-FR");
-    u.textContent = "Mis à jour " + t + (age >= 2 ? " (il y a " + fmtAge(age) + ")" : "");
+    const tm = new Date(b.lastTs * 1000).toLocaleTimeString(T.lang === "en" ? "en-GB" : "fr-FR");
+    u.textContent = t("seat.updated") + " " + tm + (age >= 2 ? " (" + fmtAge(age) + ")" : "");
     b.el.classList.toggle("stale", b.state !== "offline" && age > STALE_S);
   }
 
@@ -117,6 +168,7 @@
       b.far = !!m.far_talking;
       b.talkTs = m.ts;
     }
+    if (m.private !== undefined) b.priv = !!m.private;
     b.history.push(m.talk_state);
     if (b.history.length > HISTORY) b.history.shift();
     touch(b, m.ts);
@@ -129,13 +181,18 @@
       if (!applyMetrics(b, u)) return;
     } else if (u.kind === "status") {
       b.state = u.state;
+      if (u.private !== undefined) b.priv = !!u.private;
       touch(b, u.ts);
     } else if (u.kind === "event") {
-      if (u.ts >= b.talkTs) {
-        const talking = u.name === "speech_start";
-        if (u.channel === "near") b.near = talking; else b.far = talking;
-        b.talk = deriveTalk(b.near, b.far);
-        b.talkTs = u.ts;
+      if (NOT_CUES.has(u.name)) {
+        if (u.ts >= b.talkTs) {
+          const talking = u.name === "speech_start";
+          if (u.channel === "near") b.near = talking; else b.far = talking;
+          b.talk = deriveTalk(b.near, b.far);
+          b.talkTs = u.ts;
+        }
+      } else {
+        b.cues.push({ name: u.name, ts: u.ts });
       }
       touch(b, u.ts);
     }
@@ -155,6 +212,7 @@
       if (row.history && row.history.length) b.history = row.history.slice(-HISTORY);
       render(b);
     }
+    for (const box of seats.keys()) render(getBox(box));
     refreshCounters();
   }
 
@@ -162,7 +220,7 @@
     let online = 0, talking = 0;
     for (const b of boxes.values()) {
       if (b.state === "online") online += 1;
-      if (b.state !== "offline" && b.talk && b.talk !== "silence") talking += 1;
+      if (b.state !== "offline" && !b.priv && b.talk && b.talk !== "silence") talking += 1;
     }
     document.getElementById("count-online").textContent = online;
     document.getElementById("count-total").textContent = boxes.size;
@@ -174,8 +232,32 @@
   function setConn(up) {
     const c = document.getElementById("conn");
     c.className = "conn " + (up ? "conn-up" : "conn-down");
-    document.getElementById("conn-label").textContent = up ? "En direct" : "Déconnecté";
+    document.getElementById("conn-label").textContent = t(up ? "live.up" : "live.down");
     document.body.dataset.live = up ? "1" : "0";
+  }
+
+  function fillSelect(sel, values) {
+    if (!sel) return;
+    const keep = sel.value;
+    while (sel.options.length > 1) sel.remove(1);
+    for (const v of values) sel.add(new Option(v, v));
+    sel.value = values.indexOf(keep) >= 0 ? keep : "";
+  }
+
+  function loadSeats() {
+    const pseudo = pseudoBox && pseudoBox.checked ? "true" : "false";
+    return fetch("/api/floor?pseudonymous=" + pseudo, { credentials: "same-origin" })
+      .then((r) => (r.ok ? r.json() : null)).then((f) => {
+        if (!f) return;
+        seats = new Map(f.seats.map((s) => [s.box, s]));
+        layoutCols = f.layout_cols;
+        if (layoutCols) floorEl.style.gridTemplateColumns = "repeat(" + layoutCols + ", minmax(200px, 1fr))";
+        fillSelect(teamSel, f.teams);
+        fillSelect(campSel, f.campaigns);
+        document.body.dataset.pseudo = f.pseudonymous ? "1" : "0";
+        for (const s of f.seats) { const b = getBox(s.box); if (b.el) decorate(b); else render(b); }
+        refreshCounters();
+      }).catch(() => {});
   }
 
   function connect() {
@@ -189,7 +271,6 @@
     es.addEventListener("error", () => {
       setConn(false);
       if (es.readyState === EventSource.CLOSED) {
-        // The server refused the stream (session expired?): check, then reconnect or log in.
         fetch("/api/ingest/stats", { credentials: "same-origin" }).then((r) => {
           if (r.status === 401) window.location.assign("/login");
           else setTimeout(connect, 2000);
@@ -212,10 +293,15 @@
     }).catch(() => {});
   }
 
+  for (const sel of [teamSel, campSel]) {
+    if (sel) sel.addEventListener("change", () => { for (const b of boxes.values()) if (b.el) applyFilter(b.el); });
+  }
+  if (pseudoBox) pseudoBox.addEventListener("change", loadSeats);
+
   setConn(false);
   refreshCounters();
-  connect();
+  loadSeats().then(connect);
   pollStats();
   setInterval(pollStats, STATS_EVERY_MS);
-  setInterval(() => { for (const b of boxes.values()) renderAge(b); }, 1000);
+  setInterval(() => { for (const b of boxes.values()) { renderAge(b); renderCues(b); } }, 1000);
 })();

@@ -1,0 +1,224 @@
+"""Accuracy of edge prosody against Praat (parselmouth) and the EmoDB syllable labels.
+
+Test-only references: parselmouth is imported lazily here and never by ``edge/``. Run
+``python -m bench.accuracy_prosody [--step N]`` for the figures as JSON; ``prosody_figures()`` is
+what ``bench.accuracy`` and ``tests/test_prosody.py`` call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import shutil
+import subprocess
+import tempfile
+import wave
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.prosody import HOP_S, Prosody, analyze_clip
+
+log = logging.getLogger(__name__)
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+EMODB = DATA / "emodb"
+NOISE = DATA / "noise"
+CLIP_S = 2.0
+GPE_TOLERANCE = 0.2
+NOISE_SNR_DB = 10.0
+TEMPO_FACTORS = (0.8, 1.25)
+
+
+def read_wav(path: Path) -> np.ndarray:
+    """Mono 16-bit WAV as float32 in +-1.0."""
+    with wave.open(str(path)) as w:
+        raw = w.readframes(w.getnframes())
+        ch = w.getnchannels()
+    x = np.frombuffer(raw, dtype=np.int16).astype(np.float32) / 32768.0
+    return x.reshape(-1, ch)[:, 0] if ch > 1 else x
+
+
+def clip_names(step: int = 1) -> list[str]:
+    """EmoDB clip names, sorted; every ``step``-th one (step 3 keeps 137 clips, all 8 speakers)."""
+    return sorted(p.name for p in (EMODB / "wav").glob("*.wav"))[::step]
+
+
+@functools.cache
+def praat_reference(name: str) -> dict[str, Any]:
+    """Praat pitch track, mean HNR, local jitter and shimmer of one clean EmoDB clip (cached)."""
+    import parselmouth
+    from parselmouth.praat import call
+
+    x = read_wav(EMODB / "wav" / name)
+    snd = parselmouth.Sound(x.astype(np.float64), sampling_frequency=16000)
+    pitch = snd.to_pitch_ac(time_step=0.01, pitch_floor=60, pitch_ceiling=400)
+    harm = snd.to_harmonicity_ac(time_step=0.01, minimum_pitch=60, silence_threshold=0.1,
+                                 periods_per_window=4.5)
+    pp = call([snd, pitch], "To PointProcess (cc)")
+    return {
+        "t_s": np.asarray(pitch.xs()),
+        "f0_hz": np.asarray(pitch.selected_array["frequency"]),
+        "hnr_db": float(call(harm, "Get mean", 0, 0)),
+        "jitter": float(call(pp, "Get jitter (local)", 0, 0, 0.0001, 0.02, 1.3)),
+        "shimmer": float(call([snd, pp], "Get shimmer (local)", 0, 0, 0.0001, 0.02, 1.3, 1.6)),
+    }
+
+
+def true_rate(name: str) -> float | None:
+    """Syllables per second from the clip's ``silb`` labels (onsets inside the 2.0 s clip)."""
+    path = EMODB / "silb" / (Path(name).stem + ".silb")
+    onsets = []
+    for line in path.read_text(encoding="latin-1").splitlines():
+        parts = line.split()
+        if len(parts) < 2 or parts[1][0] in ".(":
+            continue
+        t = float(parts[0])
+        if t < CLIP_S:
+            onsets.append(t)
+    if len(onsets) < 2:
+        return None
+    span = min(onsets[-1] + 0.2, CLIP_S) - onsets[0]
+    return len(onsets) / span
+
+
+def mix_noise(x: np.ndarray, index: int, snr_db: float = NOISE_SNR_DB) -> np.ndarray:
+    """``x`` plus a deterministic stretch of one of the shared noises at ``snr_db`` (whole-clip power)."""
+    files = sorted(NOISE.glob("*.wav"))
+    noise = _noise(files[index % len(files)])
+    start = (index * 7919) % (len(noise) - len(x))
+    nz = noise[start:start + len(x)]
+    gain = np.sqrt(np.mean(x ** 2) / (np.mean(nz ** 2) * 10 ** (snr_db / 10)))
+    return (x + gain * nz).astype(np.float32)
+
+
+@functools.cache
+def _noise(path: Path) -> np.ndarray:
+    return read_wav(path)
+
+
+def pitch_scores(f0_hz: np.ndarray, voiced: np.ndarray, ref: dict[str, Any]) -> tuple[int, int, int, int]:
+    """(gross errors, frames voiced in both, voicing agreements, frames compared) on Praat's grid."""
+    k = np.rint((ref["t_s"] - HOP_S / 2) / HOP_S).astype(int)
+    ok = (k >= 0) & (k < len(f0_hz))
+    k, pf = k[ok], ref["f0_hz"][ok]
+    mine, theirs = voiced[k], pf > 0
+    both = mine & theirs
+    err = np.abs(f0_hz[k][both] - pf[both]) / pf[both] > GPE_TOLERANCE
+    return int(err.sum()), int(both.sum()), int((mine == theirs).sum()), len(k)
+
+
+def _track(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    pros = Prosody(history_s=len(x) / 16000 + 1)
+    for i in range(0, len(x), 512):
+        pros(x[i:i + 512])
+    pros.flush()
+    tr = pros.hops()
+    return tr.f0_hz, tr.voiced
+
+
+def _tempo(x: np.ndarray, factor: float, tmp: Path) -> np.ndarray:
+    src, dst = tmp / "in.wav", tmp / "out.wav"
+    with wave.open(str(src), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes((np.clip(x, -1, 1) * 32767).astype(np.int16).tobytes())
+    subprocess.run(["sox", "-V1", str(src), str(dst), "tempo", str(factor)], check=True)
+    return read_wav(dst)
+
+
+def rtf(seconds: float = 60.0) -> dict[str, float]:
+    """Median real-time factor of the streaming stage on EmoDB speech, and its ratio to Silero.
+
+    See :mod:`bench.prosody` (one channel, one thread, both measured in this process).
+    """
+    from bench.prosody import prosody_cost
+
+    figs = prosody_cost(seconds)
+    return {"prosody_rtf": figs["prosody_rtf"], "prosody_rtf_vs_silero": figs["ratio"]}
+
+
+def prosody_figures(step: int = 1, tempo_step: int = 4, cost: bool = True) -> dict[str, Any]:
+    """Accuracy figures of edge prosody on EmoDB.
+
+    Args:
+        step: use every ``step``-th clip (1: all 411).
+        tempo_step: of those, every ``tempo_step``-th is time-stretched for the tempo check.
+        cost: also measure the stage's cost (about 15 s; tests leave it out).
+
+    Returns:
+        ``pitch_gpe``, ``pitch_voicing_agree``, ``pitch_gpe_noisy``, ``hnr_r``, ``jitter_r``,
+        ``shimmer_r``, ``rate_r``, ``tempo_ratio_err`` (worst of the two factors, median over clips),
+        ``tempo_ratio_median`` per factor, ``clips``, ``prosody_rtf`` (median) and
+        ``prosody_rtf_vs_silero`` (its ratio to reference Silero VAD measured in the same run).
+    """
+    names = clip_names(step)
+    err = both = agree = total = err_n = both_n = 0
+    ours: dict[str, list[float]] = {"hnr": [], "jitter": [], "shimmer": []}
+    theirs: dict[str, list[float]] = {"hnr": [], "jitter": [], "shimmer": []}
+    est_rate: list[float] = []
+    ref_rate: list[float] = []
+    ratios: dict[float, list[float]] = {f: [] for f in TEMPO_FACTORS}
+    have_sox = shutil.which("sox") is not None
+    with tempfile.TemporaryDirectory() as tmpdir:
+        for i, name in enumerate(names):
+            x = read_wav(EMODB / "wav" / name)
+            ref = praat_reference(name)
+            f0, voiced = _track(x)
+            e, b, a, n = pitch_scores(f0, voiced, ref)
+            err, both, agree, total = err + e, both + b, agree + a, total + n
+            f0n, voicedn = _track(mix_noise(x, i))
+            e, b, _, _ = pitch_scores(f0n, voicedn, ref)
+            err_n, both_n = err_n + e, both_n + b
+            out = analyze_clip(x, 16000)
+            for key, ours_key, ref_key in (("hnr", "hnr_db", "hnr_db"), ("jitter", "jitter_local", "jitter"),
+                                           ("shimmer", "shimmer_local", "shimmer")):
+                if out[ours_key] is not None and np.isfinite(ref[ref_key]):
+                    ours[key].append(out[ours_key])
+                    theirs[key].append(ref[ref_key])
+            truth = true_rate(name)
+            rate = out["articulation_rate_syl_s"]
+            if truth is not None:
+                est_rate.append(rate if rate is not None else 0.0)
+                ref_rate.append(truth)
+            if have_sox and i % tempo_step == 0 and rate:
+                for factor in TEMPO_FACTORS:
+                    y = _tempo(x, factor, Path(tmpdir))
+                    r2 = analyze_clip(y, 16000)["articulation_rate_syl_s"]
+                    if r2:
+                        ratios[factor].append(r2 / rate)
+    med = {f: float(np.median(v)) if v else float("nan") for f, v in ratios.items()}
+
+    def corr(k: str) -> float:
+        return float(np.corrcoef(ours[k], theirs[k])[0, 1])
+
+    return {
+        "clips": len(names),
+        "pitch_gpe": err / both,
+        "pitch_voicing_agree": agree / total,
+        "pitch_gpe_noisy": err_n / both_n,
+        "hnr_r": corr("hnr"),
+        "jitter_r": corr("jitter"),
+        "shimmer_r": corr("shimmer"),
+        "rate_r": float(np.corrcoef(est_rate, ref_rate)[0, 1]),
+        "tempo_ratio_median": {str(f): m for f, m in med.items()},
+        "tempo_ratio_err": max(abs(m / f - 1.0) for f, m in med.items()),
+        **(rtf() if cost else {}),
+    }
+
+
+def main() -> None:
+    """Print the figures as one JSON object."""
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--step", type=int, default=1, help="use every N-th EmoDB clip")
+    args = ap.parse_args()
+    figs = prosody_figures(args.step)
+    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in figs.items()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Shared helpers for benchmarks and accuracy reports: data paths, AMI labels, AUC, medians."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared" / "data"
+AMI = SHARED / "ami"
+HEADSETS = SHARED / "ami-headsets"
+FRAME_S = 0.032
+
+
+def ami_turns() -> dict[str, list[tuple[float, float]]]:
+    """Speaker turns (start_s, end_s) of every AMI excerpt, from the RTTM files."""
+    turns: dict[str, list[tuple[float, float]]] = {}
+    for name in ("debug.train.rttm", "debug.development.rttm"):
+        for line in (AMI / name).read_text().splitlines():
+            f = line.split()
+            turns.setdefault(f[1], []).append((float(f[3]), float(f[3]) + float(f[4])))
+    return turns
+
+
+def frame_labels(turns: list[tuple[float, float]], frames: int, step_s: float = FRAME_S
+                 ) -> np.ndarray:
+    """True for frames whose centre falls inside the union of ``turns``."""
+    centre_s = (np.arange(frames) + 0.5) * step_s
+    truth = np.zeros(frames, dtype=bool)
+    for start, end in turns:
+        truth |= (centre_s >= start) & (centre_s < end)
+    return truth
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (rank formulation, ties averaged)."""
+    from scipy.stats import rankdata
+
+    labels = labels.astype(bool)
+    ranks = rankdata(scores)
+    pos = int(labels.sum())
+    neg = len(labels) - pos
+    return float((ranks[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def median_seconds(fn: Callable[[], object], repeats: int = 5) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs, in seconds."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def single_thread_env() -> None:
+    """Pin numeric libraries to one thread (call before importing numpy-heavy code)."""
+    import os
+
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")

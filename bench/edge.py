@@ -1,0 +1,117 @@
+"""The whole edge pipeline against fp32 Silero VAD alone, on ten minutes of real two-party audio.
+
+Audio: two AMI headsets (real talkers in one meeting) as agent and prospect. Each headset's
+silences longer than 0.5 s are shortened to 0.5 s so that each channel is at least half speech,
+as on a busy call, then both are looped to ``seconds``. Both the pipeline and the reference run
+on one thread in this process, alternately, ``repeats`` times; medians are reported.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+
+from bench.common import HEADSETS, single_thread_env
+from edge.frames import RATE_HZ
+
+MAX_SILENCE_S = 0.5
+
+
+def _busy_channel(samples: np.ndarray, model: Any) -> np.ndarray:
+    """Shorten the silences (per Silero's own segments) of one headset to ``MAX_SILENCE_S``."""
+    from edge.pipeline import analyze
+
+    segments = analyze(np.stack([samples, np.zeros_like(samples)]), model)["vad"]["near"]["segments"]
+    keep = int(MAX_SILENCE_S * RATE_HZ)
+    pieces, cursor = [], 0
+    for start_s, end_s in segments:
+        start, end = int(start_s * RATE_HZ), int(end_s * RATE_HZ)
+        pieces.append(samples[cursor:start][:keep])
+        pieces.append(samples[start:end])
+        cursor = end
+    pieces.append(samples[cursor:][:keep])
+    return np.concatenate(pieces)
+
+
+class TwoPartyAudio:
+    """Near = headset 0, far = headset 1, each busy, looped: blocks made on demand (no 10-minute
+    array in memory, so the RSS figure is the pipeline's)."""
+
+    def __init__(self, model: Any, seconds: float) -> None:
+        from edge.source import read_wav
+
+        self.n = int(seconds * RATE_HZ)
+        self.channels = [_busy_channel(read_wav(HEADSETS / name, notice=False).samples, model)
+                         for name in ("source0.wav", "source1.wav")]
+
+    def block(self, start: int, size: int) -> np.ndarray:
+        """Samples ``start`` to ``start + size`` of both channels, (2, size) float32."""
+        size = min(size, self.n - start)
+        return np.stack([np.take(ch, np.arange(start, start + size), mode="wrap")
+                         for ch in self.channels]).astype(np.float32)
+
+    def blocks(self, size: int) -> Any:
+        """Every block of ``size`` samples in order."""
+        for start in range(0, self.n, size):
+            yield self.block(start, size)
+
+
+def reference(model: Any, audio: TwoPartyAudio, block: int) -> None:
+    """fp32 Silero alone, one recurrent VAD per channel (one inference per channel per frame)."""
+    from edge.frames import Framer
+    from edge.vad import SileroVad
+
+    framer = Framer()
+    vads = [SileroVad(model, channels=1), SileroVad(model, channels=1)]
+    for chunk in audio.blocks(block):
+        for frame in framer(chunk):
+            for i, vad in enumerate(vads):
+                vad(type(frame)(frame.samples[i:i + 1], frame.rate_hz, frame.start_s, frame.index))
+
+
+def run(seconds: float = 600.0, repeats: int = 3, block: int = 1024) -> dict[str, Any]:
+    """Measure the pipeline and the reference; return the JSON-ready figures."""
+    single_thread_env()
+    from edge.pipeline import Pipeline, analyze, load_vad_model
+
+    model = load_vad_model()
+    audio = TwoPartyAudio(model, seconds)
+    audio_s = audio.n / RATE_HZ
+    speech = analyze(audio.block(0, min(audio.n, 120 * RATE_HZ)), model)["call"]
+    pipe_s, ref_s, stages = [], [], []
+    for _ in range(repeats):
+        t0 = time.process_time()
+        reference(model, audio, block)
+        ref_s.append(time.process_time() - t0)
+        pipe = Pipeline(model, profile=True)
+        t0 = time.process_time()
+        for chunk in audio.blocks(block):
+            pipe(chunk)
+        pipe_s.append(time.process_time() - t0)
+        assert pipe.stage_s is not None
+        stages.append(dict(pipe.stage_s))
+    rtf_pipeline = statistics.median(pipe_s) / audio_s
+    rtf_ref = statistics.median(ref_s) / audio_s
+    stage_ms = {k: round(1000 * statistics.median(s[k] for s in stages) / audio_s, 3)
+                for k in stages[0]}
+    return {
+        "audio_s": audio_s,
+        "repeats": repeats,
+        "near_speech_ratio": speech["near_speech_ratio"],
+        "far_speech_ratio": speech["far_speech_ratio"],
+        "rtf_pipeline": round(rtf_pipeline, 5),
+        "rtf_vad_only": round(rtf_ref, 5),
+        "ratio": round(rtf_pipeline / rtf_ref, 3),
+        "rss_mb_peak": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "stage_ms_per_audio_s": stage_ms,
+        "budget": {"rtf_pipeline": 0.02, "ratio": 2.5, "rss_mb_peak": 150},
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(), indent=2))

@@ -1,0 +1,144 @@
+"""Silero VAD variants side by side: accuracy on AMI and cost on two-party headset audio.
+
+Variants: the reference (fp32, one inference per channel), both channels in one batch (the shipped
+path), the batch with the energy pre-gate, and an int8 dynamically quantized copy of the graph made
+here in a temporary folder. ``python -m bench.vad`` prints JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import AMI, HEADSETS, ami_turns, frame_labels, median_seconds, roc_auc
+from edge.frames import FRAME_SAMPLES, RATE_HZ, Frame
+from edge.runtime import Model, OnnxModel
+from edge.source import read_wav
+from edge.vad import SileroVad
+
+GATE_DBFS = -60.0
+"""Pre-gate level measured here (off in the shipped path: it saves nothing on two-party audio)."""
+SHIPPED_GATE_MAX_PROB = 0.01
+
+
+def frames_of(audio: np.ndarray) -> list[Frame]:
+    """Cut a (channels, n) array into Silero frames."""
+    n = audio.shape[1] // FRAME_SAMPLES
+    return [Frame(np.ascontiguousarray(audio[:, i * FRAME_SAMPLES:(i + 1) * FRAME_SAMPLES]),
+                  RATE_HZ, i * FRAME_SAMPLES / RATE_HZ, i) for i in range(n)]
+
+
+def per_channel(model: Model, audio: np.ndarray) -> np.ndarray:
+    """Reference: one recurrent VAD per channel, one inference per channel per frame."""
+    out = []
+    for row in audio:
+        vad = SileroVad(model, channels=1)
+        out.append([vad(f)[0] for f in frames_of(row[None, :])])
+    return np.array(out, dtype=np.float32)
+
+
+def batched(model: Model, audio: np.ndarray, gate_dbfs: float | None = None,
+            gate_max_prob: float = SHIPPED_GATE_MAX_PROB) -> np.ndarray:
+    """All channels in one batch per frame, optionally with the energy pre-gate."""
+    vad = SileroVad(model, channels=audio.shape[0], gate_dbfs=gate_dbfs,
+                    gate_max_prob=gate_max_prob)
+    return np.array([vad(f) for f in frames_of(audio)], dtype=np.float32).T
+
+
+def gated(model: Model, audio: np.ndarray) -> np.ndarray:
+    """The batch with the energy pre-gate at :data:`GATE_DBFS`."""
+    return batched(model, audio, GATE_DBFS)
+
+
+def shipped(model: Model, audio: np.ndarray) -> np.ndarray:
+    """The path the box runs: both channels in one batch, no pre-gate (see the README)."""
+    return batched(model, audio)
+
+
+def ami_auc(model: Model, run: Callable[[Model, np.ndarray], np.ndarray]) -> float:
+    """Frame-level ROC-AUC on the 12 AMI excerpts against the union of speaker turns."""
+    turns = ami_turns()
+    labels, scores = [], []
+    for wav in sorted(AMI.glob("*.wav")):
+        prob = run(model, read_wav(wav, notice=False).samples[None, :])[0]
+        labels.append(frame_labels(turns[wav.stem], len(prob)))
+        scores.append(prob)
+    return roc_auc(np.concatenate(labels), np.concatenate(scores))
+
+
+def webrtc_auc(mode: int = 3) -> float:
+    """Frame-level ROC-AUC of WebRTC VAD (test-only reference) on the same AMI frames."""
+    import webrtcvad
+
+    turns = ami_turns()
+    vad = webrtcvad.Vad(mode)
+    labels, scores = [], []
+    for wav in sorted(AMI.glob("*.wav")):
+        pcm = (read_wav(wav, notice=False).samples * 32767).astype("<i2")
+        n = len(pcm) // FRAME_SAMPLES
+        # WebRTC takes 10, 20 or 30 ms: score each 32 ms frame by its 10 ms sub-frames' votes.
+        votes = np.zeros(n)
+        for i in range(n):
+            chunk = pcm[i * FRAME_SAMPLES:(i + 1) * FRAME_SAMPLES]
+            votes[i] = sum(vad.is_speech(chunk[j:j + 160].tobytes(), RATE_HZ)
+                           for j in range(0, 480, 160)) / 3
+        labels.append(frame_labels(turns[wav.stem], n))
+        scores.append(votes)
+    return roc_auc(np.concatenate(labels), np.concatenate(scores))
+
+
+def quantized_model(model_path: Path, out_dir: Path) -> Path:
+    """An int8 dynamically quantized copy of the Silero graph (for measurement only)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = out_dir / "silero_vad.int8.onnx"
+    quantize_dynamic(str(model_path), str(out), weight_type=QuantType.QInt8)
+    return out
+
+
+def headset_pair(seconds: float = 60.0) -> np.ndarray:
+    """Two AMI headsets (two real talkers) as near and far, ``seconds`` long."""
+    near = read_wav(HEADSETS / "source0.wav", notice=False).samples
+    far = read_wav(HEADSETS / "source1.wav", notice=False).samples
+    n = min(len(near), len(far), int(seconds * RATE_HZ))
+    return np.stack([near[:n], far[:n]])
+
+
+def run(repeats: int = 5) -> dict[str, Any]:
+    """Measure every variant; RTFs are medians over ``repeats`` runs on 60 s of two channels."""
+    from models.build import model_path
+
+    path = model_path("silero_vad")
+    fp32 = OnnxModel(path)
+    audio = headset_pair()
+    audio_s = audio.shape[1] / RATE_HZ
+    result: dict[str, Any] = {"audio_s": audio_s, "repeats": repeats}
+    variants: dict[str, tuple[Model, Callable[[Model, np.ndarray], np.ndarray]]] = {
+        "reference_per_channel": (fp32, per_channel),
+        "batch2": (fp32, batched),
+        "batch2_gate": (fp32, gated),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            variants["int8_dynamic_batch2"] = (OnnxModel(quantized_model(path, Path(tmp))),
+                                               batched)
+        except Exception as exc:  # quantization tooling may refuse this graph: report it
+            result["int8_dynamic_error"] = str(exc)[:200]
+        for name, (model, fn) in variants.items():
+            rtf = median_seconds(partial(fn, model, audio), repeats) / audio_s
+            result[name] = {"rtf_both_channels": round(rtf, 5), "ami_auc": round(ami_auc(model, fn), 4)}
+    ref = result["reference_per_channel"]["rtf_both_channels"]
+    for name in variants:
+        result[name]["ratio_vs_reference"] = round(result[name]["rtf_both_channels"] / ref, 3)
+    result["webrtc_ami_auc"] = round(webrtc_auc(), 4)
+    return result
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(), indent=2))

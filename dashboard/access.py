@@ -1,0 +1,156 @@
+"""Who may see what: role scoping of agents, boxes and teams, and the append-only audit log.
+
+Admins see everything; supervisors see the agents of their teams; an agent sees only their own
+data; an auditor sees aggregates and the audit log, never one agent's data. Anything out of
+scope answers 404, exactly like an id that does not exist, so ids cannot be probed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlite_utils
+from fastapi import HTTPException
+
+
+@dataclass(frozen=True)
+class User:
+    """The logged-in user and the scope of its role."""
+
+    username: str
+    role: str
+    agent: str | None = None
+    teams: frozenset[str] = field(default_factory=frozenset)
+    lang: str = "fr"
+
+    @property
+    def sees_everything(self) -> bool:
+        """Admins see every agent."""
+        return self.role == "admin"
+
+    @property
+    def supervises(self) -> bool:
+        """Admins and supervisors coach agents (flags, goals)."""
+        return self.role in ("admin", "supervisor")
+
+
+def load_user(db: sqlite_utils.Database, username: str) -> User:
+    """The user row and its teams (raises 401 if the user vanished)."""
+    row = db.conn.execute("SELECT role, agent, lang FROM users WHERE username = ?",
+                          (username,)).fetchone()
+    if row is None:
+        raise HTTPException(status_code=401, detail="not authenticated")
+    teams = frozenset(r[0] for r in db.conn.execute(
+        "SELECT team FROM user_teams WHERE username = ?", (username,)).fetchall())
+    return User(username, str(row[0]), row[1], teams, row[2] or "fr")
+
+
+def not_found(what: str = "object") -> HTTPException:
+    """The single answer for "does not exist" and "not yours"."""
+    return HTTPException(status_code=404, detail=f"{what} not found")
+
+
+def visible_agents(db: sqlite_utils.Database, user: User) -> list[str] | None:
+    """Agent ids the user may see one by one (None means all)."""
+    if user.role == "admin":
+        return None
+    if user.role == "supervisor":
+        if not user.teams:
+            return []
+        marks = ",".join("?" for _ in user.teams)
+        return [r[0] for r in db.conn.execute(
+            f"SELECT agent FROM agents WHERE team IN ({marks}) ORDER BY agent",
+            sorted(user.teams)).fetchall()]
+    if user.role == "agent" and user.agent:
+        return [user.agent]
+    return []
+
+
+def can_see_agent(db: sqlite_utils.Database, user: User, agent: str) -> bool:
+    """True if ``agent`` exists and is in the user's scope."""
+    row = db.conn.execute("SELECT team FROM agents WHERE agent = ?", (agent,)).fetchone()
+    if row is None:
+        return False
+    if user.role == "admin":
+        return True
+    if user.role == "supervisor":
+        return row[0] in user.teams
+    return user.role == "agent" and user.agent == agent
+
+
+def require_agent(db: sqlite_utils.Database, user: User, agent: str) -> dict[str, Any]:
+    """The agent's row if in scope, else 404."""
+    if not can_see_agent(db, user, agent):
+        raise not_found("agent")
+    cur = db.conn.execute("SELECT * FROM agents WHERE agent = ?", (agent,))
+    names = [c[0] for c in cur.description]
+    return dict(zip(names, cur.fetchone(), strict=True))
+
+
+def require_team(db: sqlite_utils.Database, user: User, team: str) -> dict[str, Any]:
+    """The team's row if the user may see it (admin, its supervisors, auditors), else 404."""
+    cur = db.conn.execute("SELECT * FROM teams WHERE team = ?", (team,))
+    row = cur.fetchone()
+    if row is None:
+        raise not_found("team")
+    if user.role == "supervisor" and team not in user.teams:
+        raise not_found("team")
+    if user.role == "agent":
+        raise not_found("team")
+    names = [c[0] for c in cur.description]
+    return dict(zip(names, row, strict=True))
+
+
+def visible_teams(db: sqlite_utils.Database, user: User) -> list[dict[str, Any]]:
+    """Teams the user may open."""
+    rows = list(db.query("SELECT * FROM teams ORDER BY team"))
+    if user.role in ("admin", "auditor"):
+        return rows
+    if user.role == "supervisor":
+        return [r for r in rows if r["team"] in user.teams]
+    return []
+
+
+def visible_boxes(db: sqlite_utils.Database, user: User) -> set[str] | None:
+    """Boxes whose live data the user may see (None means all; auditors get none)."""
+    if user.role == "admin":
+        return None
+    agents = visible_agents(db, user) or []
+    if not agents:
+        return set()
+    marks = ",".join("?" for _ in agents)
+    return {r[0] for r in db.conn.execute(
+        f"SELECT box FROM seats WHERE agent IN ({marks})", agents).fetchall()}
+
+
+def require_box(db: sqlite_utils.Database, user: User, box: str) -> None:
+    """404 unless the user may see ``box``."""
+    allowed = visible_boxes(db, user)
+    if allowed is not None and box not in allowed:
+        raise not_found("box")
+
+
+# ------------------------------------------------------------------------------ audit
+def audit(db: sqlite_utils.Database, user: User, action: str, agent: str | None = None,
+          detail: dict[str, Any] | None = None, now: float | None = None) -> None:
+    """Append one entry to the audit log (reads of an agent's data by anyone but the agent)."""
+    if agent is not None and user.role == "agent" and user.agent == agent:
+        return  # an agent looking at their own data is not a supervision act
+    with db.conn:
+        db.conn.execute(
+            "INSERT INTO audit_log (ts, actor, actor_role, agent, action, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (time.time() if now is None else now, user.username, user.role, agent, action,
+             json.dumps(detail or {}, separators=(",", ":"), sort_keys=True)))
+
+
+def audit_entries(db: sqlite_utils.Database, agent: str | None = None,
+                  limit: int = 200) -> list[dict[str, Any]]:
+    """Newest audit entries first, all or about one agent."""
+    if agent is None:
+        return list(db.query("SELECT * FROM audit_log ORDER BY id DESC LIMIT ?", [limit]))
+    return list(db.query("SELECT * FROM audit_log WHERE agent = ? ORDER BY id DESC LIMIT ?",
+                         [agent, limit]))

@@ -1,0 +1,149 @@
+"""Queries over an agent's metrics: rows by seat history, daily means, baselines, variants."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import sqlite_utils
+
+from . import registry
+
+DAY_S = 86400.0
+OUTCOMES = ("meeting", "callback", "refusal", "no_answer")
+SUCCESS_OUTCOME = "meeting"
+
+
+def metric_names(db: sqlite_utils.Database) -> list[str]:
+    """Known metric columns present in the ``metrics`` table (what the boxes publish)."""
+    cols = [r[1] for r in db.conn.execute("PRAGMA table_info(metrics)").fetchall()]
+    return registry.metric_columns(cols)
+
+
+def _windows_sql(alias: str = "m") -> str:
+    return (f"JOIN seat_history h ON {alias}.box = h.box AND {alias}.ts >= h.from_ts "
+            f"AND (h.to_ts IS NULL OR {alias}.ts < h.to_ts)")
+
+
+def agent_metrics(db: sqlite_utils.Database, agent: str, since_ts: float = 0.0,
+                  until_ts: float | None = None, limit: int = 20000) -> list[dict[str, Any]]:
+    """The agent's metrics rows (the boxes they sat at, while they sat there), oldest first."""
+    names = metric_names(db)
+    cols = ", ".join(["m.box", "m.seq", "m.ts", "m.talk_state",
+                      *(f"m.{n}" for n in names)])
+    until = time.time() + DAY_S if until_ts is None else until_ts
+    cur = db.conn.execute(
+        f"SELECT {cols} FROM metrics m {_windows_sql()} WHERE h.agent = ? AND m.ts >= ? "
+        f"AND m.ts < ? ORDER BY m.ts LIMIT ?", (agent, since_ts, until, limit))
+    keys = [c[0] for c in cur.description]
+    return [dict(zip(keys, r, strict=True)) for r in cur.fetchall()]
+
+
+def agent_events(db: sqlite_utils.Database, agent: str, since_ts: float = 0.0,
+                 cues_only: bool = True, limit: int = 5000) -> list[dict[str, Any]]:
+    """The agent's events (cues by default), oldest first."""
+    cur = db.conn.execute(
+        f"SELECT e.box, e.seq, e.ts, e.name, e.channel FROM events e {_windows_sql('e')} "
+        f"WHERE h.agent = ? AND e.ts >= ? ORDER BY e.ts LIMIT ?", (agent, since_ts, limit))
+    keys = [c[0] for c in cur.description]
+    rows = [dict(zip(keys, r, strict=True)) for r in cur.fetchall()]
+    if cues_only:
+        rows = [r for r in rows if r["name"] not in registry.NOT_CUES]
+    return rows
+
+
+def _day(ts: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(ts))
+
+
+def roll_up(db: sqlite_utils.Database, before_ts: float) -> int:
+    """Store daily per-agent means of every metric for rows older than ``before_ts``.
+
+    Called by the purge before per-second rows are deleted, so day-level trends (goals, team
+    board) outlive them. Returns the number of (day, agent, metric) rows written.
+    """
+    names = metric_names(db)
+    written = 0
+    for name in names:
+        cur = db.conn.execute(
+            f"SELECT date(m.ts, 'unixepoch') AS day, h.agent, avg(m.{name}), count(m.{name}) "
+            f"FROM metrics m {_windows_sql()} WHERE m.ts < ? AND m.{name} IS NOT NULL "
+            f"GROUP BY day, h.agent", (before_ts,))
+        for day, agent, mean, n in cur.fetchall():
+            db.conn.execute(
+                "INSERT INTO daily_aggregates (day, agent, metric, mean, n) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(day, agent, metric) DO UPDATE SET mean = excluded.mean, n = excluded.n",
+                (day, agent, name, mean, n))
+            written += 1
+    return written
+
+
+def daily_means(db: sqlite_utils.Database, agent: str, metric: str,
+                days: int = 30, now: float | None = None) -> list[tuple[str, float]]:
+    """Daily mean of ``metric`` for ``agent`` over the last ``days`` days, oldest first."""
+    if metric not in metric_names(db):
+        return []
+    now = time.time() if now is None else now
+    since = now - days * DAY_S
+    out: dict[str, float] = {}
+    for day, mean in db.conn.execute(
+            "SELECT day, mean FROM daily_aggregates WHERE agent = ? AND metric = ? AND day >= ?",
+            (agent, metric, _day(since))).fetchall():
+        out[day] = mean
+    for day, mean in db.conn.execute(
+            f"SELECT date(m.ts, 'unixepoch') AS day, avg(m.{metric}) FROM metrics m "
+            f"{_windows_sql()} WHERE h.agent = ? AND m.ts >= ? AND m.{metric} IS NOT NULL "
+            f"GROUP BY day", (agent, since)).fetchall():
+        out[day] = mean
+    return sorted(out.items())
+
+
+def progress(series: list[tuple[str, float]], better: str) -> float | None:
+    """Improvement of the latest day against the agent's own baseline (mean of earlier days).
+
+    Returns a signed fraction (positive = better in the goal's direction), None without a
+    baseline.
+    """
+    if len(series) < 2:
+        return None
+    baseline = sum(v for _, v in series[:-1]) / (len(series) - 1)
+    latest = series[-1][1]
+    if baseline == 0:
+        return None
+    change = (latest - baseline) / abs(baseline)
+    return -change if better == "down" else change
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float, float]:
+    """Rate and Wilson score interval (95 % by default) of ``successes`` out of ``n``."""
+    if n <= 0:
+        return 0.0, 0.0, 0.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return p, max(0.0, centre - half), min(1.0, centre + half)
+
+
+def variant_comparison(db: sqlite_utils.Database, campaign: str,
+                       agents: list[str] | None) -> list[dict[str, Any]]:
+    """Per variant: calls tagged, outcome counts, meeting rate with its Wilson interval."""
+    variants = list(db.query("SELECT id, name, text FROM variants WHERE campaign = ? ORDER BY id",
+                             [campaign]))
+    out = []
+    for v in variants:
+        sql = "SELECT outcome, count(*) FROM calls WHERE campaign = ? AND variant = ? " \
+              "AND outcome IS NOT NULL"
+        args: list[Any] = [campaign, v["id"]]
+        if agents is not None:
+            sql += f" AND agent IN ({','.join('?' for _ in agents)})"
+            args += agents
+        counts = dict.fromkeys(OUTCOMES, 0)
+        for outcome, n in db.conn.execute(sql + " GROUP BY outcome", args).fetchall():
+            counts[outcome] = n
+        n = sum(counts.values())
+        rate, lo, hi = wilson(counts[SUCCESS_OUTCOME], n)
+        out.append({"variant": v["id"], "name": v["name"], "text": v["text"], "calls": n,
+                    "outcomes": counts, "rate": rate, "ci_low": lo, "ci_high": hi})
+    return out

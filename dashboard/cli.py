@@ -1,0 +1,154 @@
+"""``miroir dashboard`` commands: users, inventory import, retention purge, backup and restore.
+
+Only the standard library is imported at module level (``miroir --help`` stays fast).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import getpass
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _error(message: str) -> Exception:
+    from miroir.cli import CliError
+
+    return CliError(message)
+
+
+def _settings() -> Any:
+    from dashboard.settings import DashboardSettings
+
+    try:
+        return DashboardSettings()
+    except ValueError as exc:
+        raise _error(f"dashboard settings (MIROIR_DASH_*): {exc}") from None
+
+
+def _db(settings: Any) -> Any:
+    from dashboard import db as store
+    from dashboard import schema
+
+    db = store.open_db(settings.db_path)
+    schema.ensure_schema(db)
+    return db
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    """Add a dashboard user (password read from a file or asked on the terminal)."""
+    from dashboard import auth
+
+    if args.password_file:
+        password = Path(args.password_file).read_text(encoding="utf-8").rstrip("\r\n")
+    else:
+        password = getpass.getpass(f"password for {args.username}: ")
+    if len(password) < 12:
+        raise _error("the password must be at least 12 characters")
+    db = _db(_settings())
+    try:
+        auth.create_user(db, args.username, password, args.role, agent=args.agent,
+                         teams=args.team or [], lang=args.lang)
+    except ValueError as exc:
+        raise _error(str(exc)) from None
+    except Exception as exc:  # sqlite IntegrityError: the name exists
+        raise _error(f"could not add {args.username!r}: {exc}") from None
+    finally:
+        db.conn.close()
+    print(f"added {args.role} {args.username}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Import the site inventory (CSV with columns box, seat, agent, team)."""
+    from dashboard import schema
+
+    with open(args.csv, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    settings = _settings()
+    db = _db(settings)
+    try:
+        n = schema.import_inventory(db, rows, site=settings.site)
+    except (KeyError, ValueError) as exc:
+        raise _error(f"{args.csv}: {exc}") from None
+    finally:
+        db.conn.close()
+    print(f"imported {n} seats")
+    return 0
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    """Run the retention purge now (it also runs automatically while serving)."""
+    import json
+
+    from dashboard import retention
+
+    settings = _settings()
+    db = _db(settings)
+    try:
+        out = retention.purge_with(db, settings)
+    finally:
+        db.conn.close()
+    json.dump(out, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    """Write a consistent copy of the database (safe while the dashboard runs)."""
+    from dashboard import retention
+
+    try:
+        path = retention.backup(_settings().db_path, Path(args.dest))
+    except FileExistsError as exc:
+        raise _error(str(exc)) from None
+    print(f"backup written to {path}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Replace the database with a backup (stop the dashboard first)."""
+    from dashboard import retention
+
+    if not Path(args.source).is_file():
+        raise _error(f"{args.source}: no such backup")
+    try:
+        retention.restore(Path(args.source), _settings().db_path)
+    except ValueError as exc:
+        raise _error(str(exc)) from None
+    print(f"restored {args.source}")
+    return 0
+
+
+def register_cli(groups: dict[str, Any]) -> None:
+    """Add the dashboard's commands to ``miroir dashboard``."""
+    dash = groups["dashboard"]
+    p = dash.add_parser("user", help="manage dashboard users", description="Manage users.")
+    sub = p.add_subparsers(dest="user_command", metavar="COMMAND", required=True)
+    p = sub.add_parser("add", help="add a user with a role (admin, supervisor, agent, auditor)",
+                       description=cmd_user_add.__doc__)
+    p.add_argument("username", help="login name")
+    p.add_argument("--role", required=True, choices=("admin", "supervisor", "agent", "auditor"),
+                   help="the user's role")
+    p.add_argument("--team", action="append",
+                   help="a team the supervisor supervises (repeat for several)")
+    p.add_argument("--agent", default=None, help="for an agent user, the agent id it is")
+    p.add_argument("--lang", default="fr", choices=("fr", "en"), help="interface language")
+    p.add_argument("--password-file", default=None,
+                   help="file holding the password (default: ask on the terminal)")
+    p.set_defaults(func=cmd_user_add)
+    p = dash.add_parser("import", help="import the site inventory (boxes, seats, agents, teams)",
+                        description=cmd_import.__doc__)
+    p.add_argument("csv", help="CSV file with columns box, seat, agent, team")
+    p.set_defaults(func=cmd_import)
+    p = dash.add_parser("purge", help="run the retention purge now", description=cmd_purge.__doc__)
+    p.set_defaults(func=cmd_purge)
+    p = dash.add_parser("backup", help="back up the database", description=cmd_backup.__doc__)
+    p.add_argument("dest", help="file to write (must not exist)")
+    p.set_defaults(func=cmd_backup)
+    p = dash.add_parser("restore", help="restore the database from a backup",
+                        description=cmd_restore.__doc__)
+    p.add_argument("source", help="a file written by `miroir dashboard backup`")
+    p.set_defaults(func=cmd_restore)

@@ -1,0 +1,116 @@
+"""Known metric and cue names with their labels (FR/EN) and units.
+
+The box publishes scalar fields in its ``metrics`` messages (the wire allow-list grows as the
+signals land); the dashboard charts every numeric column of the ``metrics`` table whose name is
+known here, with an optional ``near_`` (agent) or ``far_`` (prospect) prefix. Unknown names are
+ignored, so a new signal only needs a line here to appear in the charts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """Labels and unit of one metric base name."""
+
+    fr: str
+    en: str
+    unit: str = ""
+    better: str = ""
+    """``down`` or ``up`` when a direction is usually the goal, else empty."""
+
+
+METRICS: dict[str, MetricInfo] = {
+    "speech_ratio": MetricInfo("Temps de parole", "Speech share", "%"),
+    "speaking_rate_syl_s": MetricInfo("Débit", "Speaking rate", "syll/s", "down"),
+    "articulation_rate_syl_s": MetricInfo("Débit articulatoire", "Articulation rate", "syll/s",
+                                          "down"),
+    "pitch_range_st": MetricInfo("Étendue de la voix", "Pitch range", "st", "up"),
+    "pitch_movement_st_per_s": MetricInfo("Mélodie", "Pitch movement", "st/s", "up"),
+    "f0_median_hz": MetricInfo("Hauteur médiane", "Median pitch", "Hz"),
+    "level_dbfs": MetricInfo("Volume", "Loudness", "dBFS"),
+    "loudness_db": MetricInfo("Volume", "Loudness", "dB"),
+    "hnr_db": MetricInfo("Clarté de la voix", "Voice clarity (HNR)", "dB"),
+    "voiced_ratio": MetricInfo("Part voisée", "Voiced share", "%"),
+    "pauses_per_min": MetricInfo("Pauses", "Pauses", "/min", "up"),
+    "breaths_per_min": MetricInfo("Respirations", "Breaths", "/min", "up"),
+    "pause_s_mean": MetricInfo("Pause moyenne", "Mean pause", "s"),
+    "talk_ratio": MetricInfo("Ratio parole/écoute", "Talk-to-listen ratio", "", "down"),
+    "talk_listen_ratio": MetricInfo("Ratio parole/écoute", "Talk-to-listen ratio", "", "down"),
+    "overlap_s": MetricInfo("Chevauchements", "Overlaps", "s", "down"),
+    "overlaps": MetricInfo("Chevauchements", "Overlaps", "", "down"),
+    "interruptions": MetricInfo("Interruptions", "Interruptions", "", "down"),
+    "response_latency_s": MetricInfo("Délai de réponse", "Response latency", "s"),
+    "longest_monologue_s": MetricInfo("Plus long monologue", "Longest monologue", "s", "down"),
+    "hesitation": MetricInfo("Hésitation", "Hesitation", ""),
+    "arousal": MetricInfo("Tension", "Arousal", ""),
+    "fatigue": MetricInfo("Fatigue", "Fatigue", "", "down"),
+    "fatigue_score": MetricInfo("Fatigue", "Fatigue", "", "down"),
+    "fatigue_index": MetricInfo("Fatigue", "Fatigue", "", "down"),
+    "vocal_load": MetricInfo("Charge vocale", "Vocal load", "", "down"),
+    "phonation_s": MetricInfo("Temps de phonation", "Phonation time", "s"),
+}
+CHANNELS = {"near": ("Agent", "Agent"), "far": ("Prospect", "Prospect")}
+
+CUES: dict[str, tuple[str, str]] = {
+    "too_fast": ("Trop rapide", "Too fast"),
+    "monotone": ("Monotone", "Monotone"),
+    "no_breath": ("Pas de respiration", "No breathing"),
+    "long_monologue": ("Monologue", "Monologue"),
+    "monologue": ("Monologue", "Monologue"),
+    "overlap": ("Coupe la parole", "Talking over"),
+    "interruption": ("Coupe la parole", "Talking over"),
+    "prospect_hesitation": ("Hésitation du prospect", "Prospect hesitates"),
+    "hesitation": ("Hésitation du prospect", "Prospect hesitates"),
+    "prospect_tension": ("Tension du prospect", "Prospect tension"),
+    "fatigue": ("Fatigue", "Fatigue"),
+    "break_suggested": ("Pause conseillée", "Break suggested"),
+    "loud": ("Trop fort", "Too loud"),
+    "quiet": ("Trop faible", "Too quiet"),
+}
+NOT_CUES = frozenset({"speech_start", "speech_end"})
+"""Event names that are state changes, not coaching cues."""
+
+
+def split(name: str) -> tuple[str | None, str]:
+    """``near_speaking_rate_syl_s`` -> (``near``, ``speaking_rate_syl_s``)."""
+    for ch in CHANNELS:
+        if name.startswith(ch + "_"):
+            return ch, name[len(ch) + 1:]
+    return None, name
+
+
+def known(name: str) -> bool:
+    """True if ``name`` is a charted metric (possibly channel-prefixed)."""
+    return split(name)[1] in METRICS
+
+
+def describe(name: str, lang: str = "fr") -> dict[str, Any]:
+    """Label, unit and direction of a metric column for the interface."""
+    ch, base = split(name)
+    info = METRICS[base]
+    label = info.en if lang == "en" else info.fr
+    if ch is not None:
+        who = CHANNELS[ch][1 if lang == "en" else 0]
+        label = f"{who} — {label}"
+    return {"name": name, "label": label, "unit": info.unit, "better": info.better,
+            "channel": ch}
+
+
+def metric_columns(columns: list[str]) -> list[str]:
+    """The known metric names among a table's columns, in the registry's order."""
+    order = {base: i for i, base in enumerate(METRICS)}
+    found = [c for c in columns if known(c)]
+    channel_order = {"near": 0, "far": 1, None: 2}
+    return sorted(found, key=lambda c: (order[split(c)[1]], channel_order[split(c)[0]]))
+
+
+def cue_label(name: str, lang: str = "fr") -> str:
+    """Label of a cue event (its raw name when unknown)."""
+    labels = CUES.get(name)
+    if labels is None:
+        return name.replace("_", " ")
+    return labels[1] if lang == "en" else labels[0]

@@ -1,0 +1,180 @@
+"""Retention purge, an agent's export and erasure, backup and restore of the database."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from . import analytics
+from . import db as store
+
+log = logging.getLogger(__name__)
+
+DAY_S = 86400.0
+
+
+def purge(db: sqlite_utils.Database, *, metrics_days: float, aggregates_days: float,
+          audit_days: float, now: float | None = None) -> dict[str, int]:
+    """Delete everything older than its retention limit; return the rows deleted per table.
+
+    Per-second metrics and events are first rolled up into daily per-agent means, which are
+    kept for ``aggregates_days`` with calls, flags and goals. The audit log and login attempts
+    are kept ``audit_days`` (the audit log's delete trigger allows only rows below the floor
+    this function sets).
+
+    Args:
+        db: The open database (schema ensured).
+        metrics_days: Retention of per-second metrics and events, days.
+        aggregates_days: Retention of daily aggregates, calls, flags and goals, days.
+        audit_days: Retention of the audit log and login attempts, days.
+        now: Wall-clock seconds (a controlled clock in tests).
+    """
+    now = time.time() if now is None else now
+    m_cut = now - metrics_days * DAY_S
+    a_cut = now - aggregates_days * DAY_S
+    au_cut = now - audit_days * DAY_S
+    out: dict[str, int] = {}
+    with db.conn:
+        analytics.roll_up(db, m_cut)
+        out["metrics"] = db.conn.execute("DELETE FROM metrics WHERE ts < ?", (m_cut,)).rowcount
+        out["events"] = db.conn.execute("DELETE FROM events WHERE ts < ?", (m_cut,)).rowcount
+        out["quarantine"] = db.conn.execute("DELETE FROM quarantine WHERE received_ts < ?",
+                                            (m_cut,)).rowcount
+        day = time.strftime("%Y-%m-%d", time.gmtime(a_cut))
+        out["daily_aggregates"] = db.conn.execute(
+            "DELETE FROM daily_aggregates WHERE day < ?", (day,)).rowcount
+        out["calls"] = db.conn.execute("DELETE FROM calls WHERE start_ts < ?", (a_cut,)).rowcount
+        out["flags"] = db.conn.execute("DELETE FROM flags WHERE ts < ?", (a_cut,)).rowcount
+        out["goals"] = db.conn.execute(
+            "DELETE FROM goals WHERE active = 0 AND created_ts < ?", (a_cut,)).rowcount
+        out["seat_history"] = db.conn.execute(
+            "DELETE FROM seat_history WHERE to_ts IS NOT NULL AND to_ts < ?", (a_cut,)).rowcount
+        db.conn.execute("INSERT INTO app_settings (key, value) VALUES ('audit_purge_before_ts', ?) "
+                        "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (repr(au_cut),))
+        out["audit_log"] = db.conn.execute("DELETE FROM audit_log WHERE ts < ?",
+                                           (au_cut,)).rowcount
+        db.conn.execute("UPDATE app_settings SET value = '0' WHERE key = 'audit_purge_before_ts'")
+        out["login_attempts"] = db.conn.execute("DELETE FROM login_attempts WHERE ts < ?",
+                                                (au_cut,)).rowcount
+    log.info("retention purge: %s", out)
+    return out
+
+
+def purge_with(db: sqlite_utils.Database, settings: Any, now: float | None = None) -> dict[str, int]:
+    """:func:`purge` with the limits of the dashboard's settings."""
+    return purge(db, metrics_days=settings.retention_metrics_days,
+                 aggregates_days=settings.retention_aggregates_days,
+                 audit_days=settings.retention_audit_days, now=now)
+
+
+# ------------------------------------------------------------------------- CSV export
+def metrics_csv(db: sqlite_utils.Database, agents: list[str], since_ts: float = 0.0) -> str:
+    """CSV of the per-second metrics of ``agents`` (one row per second, ISO UTC time)."""
+    names = analytics.metric_names(db)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["agent", "box", "seq", "time_utc", "ts", "talk_state", *names])
+    for agent in agents:
+        for r in analytics.agent_metrics(db, agent, since_ts, limit=10_000_000):
+            w.writerow([agent, r["box"], r["seq"],
+                        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r["ts"])), r["ts"],
+                        r["talk_state"], *(r[n] for n in names)])
+    return buf.getvalue()
+
+
+def agent_export(db: sqlite_utils.Database, agent: str) -> dict[str, Any]:
+    """Everything stored about one agent (the right of access), as JSON-ready data."""
+    def rows(sql: str, *args: Any) -> list[dict[str, Any]]:
+        return list(db.query(sql, list(args)))
+
+    return {
+        "agent": rows("SELECT * FROM agents WHERE agent = ?", agent),
+        "seat_history": rows("SELECT * FROM seat_history WHERE agent = ?", agent),
+        "metrics": analytics.agent_metrics(db, agent, limit=10_000_000),
+        "events": analytics.agent_events(db, agent, cues_only=False, limit=10_000_000),
+        "daily_aggregates": rows("SELECT * FROM daily_aggregates WHERE agent = ?", agent),
+        "calls": rows("SELECT * FROM calls WHERE agent = ?", agent),
+        "flags": rows("SELECT * FROM flags WHERE agent = ?", agent),
+        "goals": rows("SELECT * FROM goals WHERE agent = ?", agent),
+        "audit_log": rows("SELECT * FROM audit_log WHERE agent = ?", agent),
+    }
+
+
+def erase_agent(db: sqlite_utils.Database, agent: str) -> dict[str, int]:
+    """Erase an agent who left: metrics of their seat windows, coaching, calls, account.
+
+    The audit log entries about them are kept (they record who accessed the data and are
+    themselves purged by retention).
+    """
+    out: dict[str, int] = {}
+    with db.conn:
+        for table, alias in (("metrics", "m"), ("events", "e")):
+            out[table] = db.conn.execute(
+                f"DELETE FROM {table} WHERE rowid IN (SELECT {alias}.rowid FROM {table} {alias} "
+                f"{analytics._windows_sql(alias)} WHERE h.agent = ?)", (agent,)).rowcount
+        for table in ("daily_aggregates", "calls", "flags", "goals", "seat_history"):
+            out[table] = db.conn.execute(f"DELETE FROM {table} WHERE agent = ?",
+                                         (agent,)).rowcount
+        users = [r[0] for r in db.conn.execute("SELECT username FROM users WHERE agent = ?",
+                                               (agent,)).fetchall()]
+        for u in users:
+            db.conn.execute("DELETE FROM sessions WHERE username = ?", (u,))
+            db.conn.execute("DELETE FROM user_teams WHERE username = ?", (u,))
+        out["users"] = db.conn.execute("DELETE FROM users WHERE agent = ?", (agent,)).rowcount
+        db.conn.execute("UPDATE seats SET agent = NULL WHERE agent = ?", (agent,))
+        out["agents"] = db.conn.execute("DELETE FROM agents WHERE agent = ?", (agent,)).rowcount
+    return out
+
+
+# --------------------------------------------------------------------- backup/restore
+def backup(db_path: Path, dest: Path) -> Path:
+    """Consistent online copy of the database (SQLite backup API, safe while serving)."""
+    dest = Path(dest)
+    if dest.exists():
+        raise FileExistsError(f"{dest} exists; refusing to overwrite a backup")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    src = store.open_db(db_path)
+    try:
+        out = sqlite3.connect(str(dest))
+        try:
+            src.conn.backup(out)
+        finally:
+            out.close()
+    finally:
+        src.conn.close()
+    dest.chmod(0o600)
+    return dest
+
+
+def restore(backup_path: Path, db_path: Path) -> None:
+    """Replace the database with a backup (stop the dashboard first); the schema is then upgraded."""
+    from . import schema
+
+    backup_path = Path(backup_path)
+    check = sqlite3.connect(str(backup_path))
+    try:
+        if check.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
+            raise ValueError(f"{backup_path} fails SQLite's integrity check")
+    finally:
+        check.close()
+    src = sqlite3.connect(str(backup_path))
+    try:
+        dst = sqlite3.connect(str(db_path))
+        try:
+            src.backup(dst)
+        finally:
+            dst.close()
+    finally:
+        src.close()
+    db = store.open_db(db_path)
+    try:
+        schema.ensure_schema(db)
+    finally:
+        db.conn.close()

@@ -1,0 +1,532 @@
+"""The JSON API: floor, agents, coaching, calls, teams, campaigns, audit (OpenAPI at /api/openapi.json).
+
+Every read of one agent's data by someone other than that agent is written to the audit log.
+Objects out of the caller's scope answer 404, like objects that do not exist.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+
+from miroir import wire
+
+from .. import access, analytics, commands, registry, retention, schema
+from ..access import User
+from .deps import CurrentUser, Db, Settings, require_role
+
+router = APIRouter(prefix="/api", tags=["api"])
+
+AgentId = Annotated[str, Path(min_length=1, max_length=64)]
+TeamId = Annotated[str, Path(min_length=1, max_length=64)]
+MAX_NOTE = 2000
+
+
+# ----------------------------------------------------------------------------- models
+class FlagIn(BaseModel):
+    """A moment flagged by a supervisor."""
+
+    ts: float = Field(description="Moment flagged, Unix seconds.")
+    note: str = Field("", max_length=MAX_NOTE, description="Coaching note.")
+    shared: bool = Field(False, description="Share the moment with the team as a remarkable call.")
+
+
+class GoalIn(BaseModel):
+    """A focus goal set for an agent."""
+
+    metric: str = Field(description="Metric name (see /api/metrics/registry).")
+    label: str = Field(max_length=120, description="Goal in words, e.g. « ralentir ».")
+    direction: str = Field("down", pattern="^(up|down)$", description="Desired direction.")
+
+
+class OutcomeIn(BaseModel):
+    """The outcome of a call."""
+
+    outcome: str = Field(description="meeting, callback, refusal or no_answer.")
+
+
+class CallIn(BaseModel):
+    """A call recorded by a softphone/CTI connector or a supervisor."""
+
+    agent: str = Field(max_length=64)
+    start_ts: float
+    end_ts: float | None = None
+    campaign: str | None = None
+    variant: int | None = None
+    box: str | None = None
+    summary: dict[str, float | int | str | bool | None] | None = None
+
+
+class PrivateIn(BaseModel):
+    """The agent's private-call switch."""
+
+    private: bool
+
+
+# ---------------------------------------------------------------------------- helpers
+def _pseudonymous_default(db: Any) -> bool:
+    return schema.get_setting(db, "pseudonymous_default", "0") == "1"
+
+
+def floor_data(db: Any, user: User, site: str, pseudonymous: bool | None) -> dict[str, Any]:
+    """Seats the user may see, with layout, names (unless pseudonymous), team and campaign."""
+    pseudo = _pseudonymous_default(db) if pseudonymous is None else pseudonymous
+    boxes = access.visible_boxes(db, user)
+    rows = list(db.query(
+        "SELECT s.box, s.label, s.row, s.col, s.agent, a.name, a.team, a.campaign, a.private "
+        "FROM seats s LEFT JOIN agents a ON a.agent = s.agent ORDER BY s.box"))
+    known = {r["box"] for r in rows}
+    if boxes is None:  # admin: boxes seen but not yet in the inventory too
+        rows += [{"box": b, "label": b, "row": None, "col": None, "agent": None, "name": None,
+                  "team": None, "campaign": None, "private": 0}
+                 for (b,) in db.conn.execute("SELECT box FROM boxes ORDER BY box").fetchall()
+                 if b not in known]
+    else:
+        rows = [r for r in rows if r["box"] in boxes]
+    for r in rows:
+        r["private"] = bool(r["private"])
+        if pseudo:
+            r["name"] = None
+            r["agent"] = None
+    layout = db.conn.execute("SELECT layout_cols FROM sites WHERE site = ?", (site,)).fetchone()
+    teams = sorted({r["team"] for r in rows if r["team"]})
+    campaigns = sorted({r["campaign"] for r in rows if r["campaign"]})
+    return {"site": site, "layout_cols": layout[0] if layout else None, "pseudonymous": pseudo,
+            "seats": rows, "teams": teams, "campaigns": campaigns}
+
+
+def _require_flag(db: Any, user: User, flag_id: int) -> dict[str, Any]:
+    rows = list(db.query("SELECT * FROM flags WHERE id = ?", [flag_id]))
+    if not rows or not access.can_see_agent(db, user, rows[0]["agent"]):
+        raise access.not_found("flag")
+    return rows[0]
+
+
+def _require_goal(db: Any, user: User, goal_id: int) -> dict[str, Any]:
+    row = db.conn.execute("SELECT agent FROM goals WHERE id = ?", (goal_id,)).fetchone()
+    if row is None or not access.can_see_agent(db, user, row[0]):
+        raise access.not_found("goal")
+    return dict(db["goals"].get(goal_id))
+
+
+def _require_call(db: Any, user: User, call_id: int) -> dict[str, Any]:
+    row = db.conn.execute("SELECT agent FROM calls WHERE id = ?", (call_id,)).fetchone()
+    if row is None or not access.can_see_agent(db, user, row[0]):
+        raise access.not_found("call")
+    call = dict(db["calls"].get(call_id))
+    call["summary"] = json.loads(call["summary"]) if call.get("summary") else None
+    return call
+
+
+def require_campaign(db: Any, user: User, campaign: str) -> dict[str, Any]:
+    """The campaign if the user may see it (its team's supervisors, admins, auditors)."""
+    row = db.conn.execute("SELECT campaign, name, team FROM campaigns WHERE campaign = ?",
+                          (campaign,)).fetchone()
+    if row is None or user.role == "agent":
+        raise access.not_found("campaign")
+    if user.role == "supervisor" and row[2] is not None and row[2] not in user.teams:
+        raise access.not_found("campaign")
+    return {"campaign": row[0], "name": row[1], "team": row[2]}
+
+
+def agent_metrics_payload(db: Any, user: User, agent: str, since_ts: float,
+                          until_ts: float | None) -> dict[str, Any]:
+    """Metric descriptions, rows, cue markers and flags of one agent."""
+    names = analytics.metric_names(db)
+    flags = list(db.query("SELECT id, ts, note, author FROM flags WHERE agent = ? AND ts >= ? "
+                          "ORDER BY ts", [agent, since_ts]))
+    return {"agent": agent,
+            "metrics": [registry.describe(n, user.lang) for n in names],
+            "rows": analytics.agent_metrics(db, agent, since_ts, until_ts),
+            "cues": [{**c, "label": registry.cue_label(c["name"], user.lang)}
+                     for c in analytics.agent_events(db, agent, since_ts)],
+            "flags": flags}
+
+
+def add_flag(db: Any, user: User, agent: str, body: FlagIn) -> int:
+    """Store a flagged moment (supervisors and admins only); return its id."""
+    require_role(user, "admin", "supervisor")
+    access.require_agent(db, user, agent)
+    box = db.conn.execute(
+        "SELECT box FROM seat_history WHERE agent = ? AND from_ts <= ? AND "
+        "(to_ts IS NULL OR to_ts > ?) ORDER BY from_ts DESC LIMIT 1",
+        (agent, body.ts, body.ts)).fetchone()
+    with db.conn:
+        cur = db.conn.execute(
+            "INSERT INTO flags (agent, box, ts, note, author, created_ts, shared) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (agent, box[0] if box else None, body.ts, body.note.strip(), user.username,
+             time.time(), int(body.shared)))
+    return int(cur.lastrowid or 0)
+
+
+def add_goal(db: Any, user: User, agent: str, body: GoalIn) -> int:
+    """Set a focus goal (at most two active per agent; the oldest is retired)."""
+    require_role(user, "admin", "supervisor")
+    access.require_agent(db, user, agent)
+    if body.metric not in analytics.metric_names(db):
+        raise HTTPException(status_code=422, detail=f"unknown metric {body.metric!r}")
+    with db.conn:
+        active = [r[0] for r in db.conn.execute(
+            "SELECT id FROM goals WHERE agent = ? AND active = 1 ORDER BY created_ts",
+            (agent,)).fetchall()]
+        for old in active[:max(0, len(active) - 1)]:
+            db.conn.execute("UPDATE goals SET active = 0 WHERE id = ?", (old,))
+        cur = db.conn.execute(
+            "INSERT INTO goals (agent, metric, label, direction, author, created_ts) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (agent, body.metric, body.label.strip(), body.direction, user.username, time.time()))
+    return int(cur.lastrowid or 0)
+
+
+def set_outcome(db: Any, user: User, call_id: int, outcome: str) -> None:
+    """Tag a call's outcome (the agent themself, their supervisors, admins)."""
+    _require_call(db, user, call_id)
+    require_role(user, "admin", "supervisor", "agent")
+    if outcome not in analytics.OUTCOMES:
+        raise HTTPException(status_code=422, detail=f"outcome must be one of {analytics.OUTCOMES}")
+    with db.conn:
+        db.conn.execute("UPDATE calls SET outcome = ?, outcome_by = ?, outcome_ts = ? WHERE id = ?",
+                        (outcome, user.username, time.time(), call_id))
+
+
+def set_private(request: Request, db: Any, user: User, private: bool) -> bool:
+    """The agent's private switch: store it and tell the agent's box; return True if sent."""
+    require_role(user, "agent")
+    agent = user.agent or ""
+    access.require_agent(db, user, agent)
+    with db.conn:
+        db.conn.execute("UPDATE agents SET private = ? WHERE agent = ?", (int(private), agent))
+    row = db.conn.execute("SELECT box FROM seats WHERE agent = ?", (agent,)).fetchone()
+    if row is None:
+        return False
+    return commands.send_command(request.app, row[0], {"private": private})
+
+
+def team_board(db: Any, user: User, team: str, days: int = 14) -> dict[str, Any]:
+    """Each agent's progress against their own baseline (alphabetical, never a ranking)."""
+    access.require_team(db, user, team)
+    agents = list(db.query("SELECT agent, name FROM agents WHERE team = ? ORDER BY name, agent",
+                           [team]))
+    names = analytics.metric_names(db)
+    out = []
+    for a in agents:
+        goals = list(db.query("SELECT metric, label, direction FROM goals WHERE agent = ? "
+                              "AND active = 1", [a["agent"]]))
+        items = []
+        for g in goals:
+            series = analytics.daily_means(db, a["agent"], g["metric"], days)
+            items.append({**g, "progress": analytics.progress(series, g["direction"]),
+                          "days": len(series)})
+        out.append({**a, "goals": items})
+    shared = list(db.query(
+        "SELECT f.id, f.agent, f.ts, f.note, f.author FROM flags f JOIN agents a ON "
+        "a.agent = f.agent WHERE a.team = ? AND f.shared = 1 ORDER BY f.ts DESC LIMIT 20",
+        [team]))
+    since = time.time() - 86400
+    debrief = {
+        "calls": db.conn.execute("SELECT count(*) FROM calls c JOIN agents a ON a.agent = c.agent "
+                                 "WHERE a.team = ? AND c.start_ts >= ?", (team, since)).fetchone()[0],
+        "meetings": db.conn.execute(
+            "SELECT count(*) FROM calls c JOIN agents a ON a.agent = c.agent WHERE a.team = ? "
+            "AND c.start_ts >= ? AND c.outcome = 'meeting'", (team, since)).fetchone()[0],
+        "flags": db.conn.execute("SELECT count(*) FROM flags f JOIN agents a ON a.agent = f.agent "
+                                 "WHERE a.team = ? AND f.created_ts >= ?",
+                                 (team, since)).fetchone()[0],
+    }
+    return {"team": team, "agents": out, "shared": shared, "debrief": debrief,
+            "metrics": names}
+
+
+def aggregates(db: Any, user: User) -> list[dict[str, Any]]:
+    """Per team and metric, the mean over agents and days (no per-agent values)."""
+    teams = [t["team"] for t in access.visible_teams(db, user)]
+    out = []
+    for team in teams:
+        for name in analytics.metric_names(db):
+            row = db.conn.execute(
+                "SELECT avg(d.mean), count(DISTINCT d.agent), count(DISTINCT d.day) FROM "
+                "daily_aggregates d JOIN agents a ON a.agent = d.agent WHERE a.team = ? "
+                "AND d.metric = ?", (team, name)).fetchone()
+            live = db.conn.execute(
+                f"SELECT avg(m.{name}), count(DISTINCT h.agent) FROM metrics m "
+                f"{analytics._windows_sql()} JOIN agents a ON a.agent = h.agent WHERE a.team = ?",
+                (team,)).fetchone()
+            mean = row[0] if row[0] is not None else live[0]
+            out.append({"team": team, "metric": name, "mean": mean,
+                        "agents": max(row[1] or 0, live[1] or 0)})
+    return out
+
+
+# ---------------------------------------------------------------------------- routes
+@router.get("/me")
+def me(user: CurrentUser) -> dict[str, Any]:
+    """The logged-in user: name, role, agent id, teams, language."""
+    return {"username": user.username, "role": user.role, "agent": user.agent,
+            "teams": sorted(user.teams), "lang": user.lang}
+
+
+@router.get("/metrics/registry")
+def metrics_registry(db: Db, user: CurrentUser) -> dict[str, Any]:
+    """Metrics the boxes publish that the dashboard charts, with labels and units."""
+    return {"metrics": [registry.describe(n, user.lang) for n in analytics.metric_names(db)]}
+
+
+@router.get("/floor")
+def floor(db: Db, user: CurrentUser, settings: Settings,
+          pseudonymous: bool | None = None) -> dict[str, Any]:
+    """Seats of the floor the user may see, with the site's layout."""
+    require_role(user, "admin", "supervisor")
+    data = floor_data(db, user, settings.site, pseudonymous)
+    access.audit(db, user, "floor", None, {"seats": len(data["seats"])})
+    return data
+
+
+@router.get("/agents")
+def list_agents(db: Db, user: CurrentUser) -> dict[str, Any]:
+    """Agents the user may see one by one."""
+    scope = access.visible_agents(db, user)
+    rows = list(db.query("SELECT agent, name, team, campaign, active FROM agents ORDER BY agent"))
+    if scope is not None:
+        rows = [r for r in rows if r["agent"] in scope]
+    return {"agents": rows}
+
+
+@router.get("/agents/{agent}")
+def get_agent(db: Db, user: CurrentUser, agent: AgentId) -> dict[str, Any]:
+    """One agent (audited)."""
+    row = access.require_agent(db, user, agent)
+    access.audit(db, user, "view_agent", agent)
+    row["private"] = bool(row["private"])
+    return row
+
+
+@router.get("/agents/{agent}/metrics")
+def get_agent_metrics(db: Db, user: CurrentUser, agent: AgentId,
+                      since_ts: Annotated[float, Query(ge=0)] = 0.0,
+                      until_ts: float | None = None) -> dict[str, Any]:
+    """The agent's metrics rows, cue markers and flags (audited)."""
+    access.require_agent(db, user, agent)
+    access.audit(db, user, "read_metrics", agent, {"since_ts": since_ts})
+    return agent_metrics_payload(db, user, agent, since_ts, until_ts)
+
+
+@router.get("/agents/{agent}/moment")
+def get_moment(db: Db, user: CurrentUser, agent: AgentId, ts: float,
+               span_s: Annotated[float, Query(gt=0, le=300)] = 30.0) -> dict[str, Any]:
+    """Audio-free replay of a moment: the contours ``span_s`` around ``ts`` (audited)."""
+    access.require_agent(db, user, agent)
+    access.audit(db, user, "moment_replay", agent, {"ts": ts})
+    return agent_metrics_payload(db, user, agent, ts - span_s, ts + span_s)
+
+
+@router.get("/agents/{agent}/flags")
+def get_flags(db: Db, user: CurrentUser, agent: AgentId) -> dict[str, Any]:
+    """The agent's flagged moments."""
+    access.require_agent(db, user, agent)
+    access.audit(db, user, "read_flags", agent)
+    return {"flags": list(db.query("SELECT * FROM flags WHERE agent = ? ORDER BY ts DESC",
+                                   [agent]))}
+
+
+@router.post("/agents/{agent}/flags", status_code=201)
+def post_flag(db: Db, user: CurrentUser, agent: AgentId, body: FlagIn) -> dict[str, Any]:
+    """Flag a moment with a note (supervisors, admins)."""
+    return {"id": add_flag(db, user, agent, body)}
+
+
+@router.get("/flags/{flag_id}")
+def get_flag(db: Db, user: CurrentUser, flag_id: int) -> dict[str, Any]:
+    """One flagged moment."""
+    flag = _require_flag(db, user, flag_id)
+    access.audit(db, user, "read_flags", flag["agent"], {"flag": flag_id})
+    return flag
+
+
+@router.get("/agents/{agent}/goals")
+def get_goals(db: Db, user: CurrentUser, agent: AgentId) -> dict[str, Any]:
+    """The agent's focus goals with each goal's daily series."""
+    access.require_agent(db, user, agent)
+    access.audit(db, user, "read_goals", agent)
+    goals = list(db.query("SELECT * FROM goals WHERE agent = ? ORDER BY created_ts DESC", [agent]))
+    for g in goals:
+        g["series"] = analytics.daily_means(db, agent, g["metric"])
+    return {"goals": goals}
+
+
+@router.post("/agents/{agent}/goals", status_code=201)
+def post_goal(db: Db, user: CurrentUser, agent: AgentId, body: GoalIn) -> dict[str, Any]:
+    """Set a focus goal (at most two active)."""
+    return {"id": add_goal(db, user, agent, body)}
+
+
+@router.get("/goals/{goal_id}")
+def get_goal(db: Db, user: CurrentUser, goal_id: int) -> dict[str, Any]:
+    """One goal with its metric's daily means."""
+    goal = _require_goal(db, user, goal_id)
+    access.audit(db, user, "read_goals", goal["agent"], {"goal": goal_id})
+    goal["series"] = analytics.daily_means(db, goal["agent"], goal["metric"])
+    return goal
+
+
+@router.get("/agents/{agent}/calls")
+def get_calls(db: Db, user: CurrentUser, agent: AgentId) -> dict[str, Any]:
+    """The agent's calls with their summaries and outcomes."""
+    access.require_agent(db, user, agent)
+    access.audit(db, user, "read_calls", agent)
+    calls = list(db.query("SELECT * FROM calls WHERE agent = ? ORDER BY start_ts DESC LIMIT 500",
+                          [agent]))
+    for c in calls:
+        c["summary"] = json.loads(c["summary"]) if c.get("summary") else None
+    return {"calls": calls}
+
+
+@router.post("/calls", status_code=201)
+def post_call(db: Db, user: CurrentUser, body: CallIn) -> dict[str, Any]:
+    """Record a call (CTI connector run by an admin, or a supervisor)."""
+    require_role(user, "admin", "supervisor")
+    access.require_agent(db, user, body.agent)
+    with db.conn:
+        cur = db.conn.execute(
+            "INSERT INTO calls (agent, box, start_ts, end_ts, campaign, variant, summary) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (body.agent, body.box, body.start_ts, body.end_ts, body.campaign, body.variant,
+             json.dumps(body.summary) if body.summary else None))
+    return {"id": cur.lastrowid}
+
+
+@router.get("/calls/{call_id}")
+def get_call(db: Db, user: CurrentUser, call_id: int) -> dict[str, Any]:
+    """One call."""
+    call = _require_call(db, user, call_id)
+    access.audit(db, user, "read_calls", call["agent"], {"call": call_id})
+    return call
+
+
+@router.post("/calls/{call_id}/outcome")
+def post_outcome(db: Db, user: CurrentUser, call_id: int, body: OutcomeIn) -> dict[str, Any]:
+    """Tag a call's outcome."""
+    set_outcome(db, user, call_id, body.outcome)
+    return {"id": call_id, "outcome": body.outcome}
+
+
+@router.get("/agents/{agent}/audit")
+def get_agent_audit(db: Db, user: CurrentUser, agent: AgentId) -> dict[str, Any]:
+    """Who looked at the agent's data and when (the agent, admins and auditors)."""
+    if user.role not in ("admin", "auditor"):
+        access.require_agent(db, user, agent)
+        if user.role != "agent":
+            raise access.not_found("agent")
+    elif not db.conn.execute("SELECT 1 FROM agents WHERE agent = ?", (agent,)).fetchone():
+        raise access.not_found("agent")
+    return {"entries": access.audit_entries(db, agent)}
+
+
+@router.get("/agents/{agent}/export.csv")
+def export_agent_csv(db: Db, user: CurrentUser, agent: AgentId) -> Response:
+    """The agent's per-second metrics as CSV (audited)."""
+    access.require_agent(db, user, agent)
+    access.audit(db, user, "export_csv", agent)
+    return Response(retention.metrics_csv(db, [agent]), media_type="text/csv",
+                    headers={"content-disposition": f'attachment; filename="{agent}.csv"'})
+
+
+@router.get("/agents/{agent}/export.json")
+def export_agent_json(db: Db, user: CurrentUser, agent: AgentId) -> dict[str, Any]:
+    """Everything stored about the agent (right of access; the agent or an admin)."""
+    access.require_agent(db, user, agent)
+    require_role(user, "admin", "agent")
+    access.audit(db, user, "export_all", agent)
+    return retention.agent_export(db, agent)
+
+
+@router.post("/agents/{agent}/erase")
+def erase_agent(db: Db, user: CurrentUser, agent: AgentId) -> dict[str, Any]:
+    """Erase an agent who left (admins only)."""
+    require_role(user, "admin")
+    access.require_agent(db, user, agent)
+    access.audit(db, user, "erase", agent)
+    return {"deleted": retention.erase_agent(db, agent)}
+
+
+@router.post("/me/private")
+def post_private(request: Request, db: Db, user: CurrentUser, body: PrivateIn) -> dict[str, Any]:
+    """The agent's private-call switch; the box is told on its ``cmd`` topic."""
+    sent = set_private(request, db, user, body.private)
+    return {"private": body.private, "sent": sent}
+
+
+@router.get("/teams")
+def list_teams(db: Db, user: CurrentUser) -> dict[str, Any]:
+    """Teams the user may open."""
+    return {"teams": access.visible_teams(db, user)}
+
+
+@router.get("/teams/{team}/board")
+def get_team_board(db: Db, user: CurrentUser, team: TeamId) -> dict[str, Any]:
+    """Progress of each agent against their own baseline, shared moments, daily debrief."""
+    require_role(user, "admin", "supervisor")
+    board = team_board(db, user, team)
+    access.audit(db, user, "team_board", None, {"team": team})
+    return board
+
+
+@router.get("/teams/{team}/export.csv")
+def export_team_csv(db: Db, user: CurrentUser, team: TeamId) -> Response:
+    """The team's per-second metrics as CSV (audited per agent)."""
+    require_role(user, "admin", "supervisor")
+    access.require_team(db, user, team)
+    agents = [r[0] for r in db.conn.execute("SELECT agent FROM agents WHERE team = ? "
+                                            "ORDER BY agent", (team,)).fetchall()]
+    for a in agents:
+        access.audit(db, user, "export_csv", a, {"team": team})
+    return Response(retention.metrics_csv(db, agents), media_type="text/csv",
+                    headers={"content-disposition": f'attachment; filename="{team}.csv"'})
+
+
+@router.get("/campaigns")
+def list_campaigns(db: Db, user: CurrentUser) -> dict[str, Any]:
+    """Campaigns the user may see, with their variants."""
+    out = []
+    for c in db.query("SELECT * FROM campaigns ORDER BY campaign"):
+        try:
+            require_campaign(db, user, c["campaign"])
+        except HTTPException:
+            continue
+        c["variants"] = list(db.query("SELECT id, name, text FROM variants WHERE campaign = ?",
+                                      [c["campaign"]]))
+        out.append(c)
+    return {"campaigns": out}
+
+
+@router.get("/campaigns/{campaign}/comparison")
+def get_comparison(db: Db, user: CurrentUser, campaign: str) -> dict[str, Any]:
+    """Variants by meeting rate with 95 % Wilson intervals (the user's agents only)."""
+    c = require_campaign(db, user, campaign)
+    scope = access.visible_agents(db, user) if user.role == "supervisor" else None
+    return {**c, "variants": analytics.variant_comparison(db, campaign, scope)}
+
+
+@router.get("/audit")
+def get_audit(db: Db, user: CurrentUser,
+              limit: Annotated[int, Query(ge=1, le=5000)] = 500) -> dict[str, Any]:
+    """The audit log, newest first (auditors and admins)."""
+    require_role(user, "admin", "auditor")
+    return {"entries": access.audit_entries(db, None, limit)}
+
+
+@router.get("/aggregates")
+def get_aggregates(db: Db, user: CurrentUser) -> dict[str, Any]:
+    """Per-team means of every metric, no per-agent value (auditors, admins, supervisors)."""
+    require_role(user, "admin", "auditor", "supervisor")
+    return {"aggregates": aggregates(db, user)}
+
+
+def box_id_ok(box: str) -> bool:
+    """True for a valid box id."""
+    return bool(wire.ID_PATTERN.match(box))

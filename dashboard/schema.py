@@ -1,0 +1,217 @@
+"""Versioned schema of the dashboard's own tables: ordered migrations that keep data.
+
+The ingest tables (boxes, metrics, events, quarantine) and the base users and sessions tables
+come from :mod:`dashboard.db`. Everything else (inventory, roles, audit log, coaching,
+campaigns, retention settings) is created here by numbered migrations. Each migration runs
+once, in one transaction, and records its number in ``schema_version``; an upgraded dashboard
+applies only the migrations the database has not seen, so no data is lost across upgrades.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import sqlite_utils
+
+from . import db as store
+
+log = logging.getLogger(__name__)
+
+Migration = Callable[[sqlite_utils.Database], None]
+
+
+def _add_column(db: sqlite_utils.Database, table: str, column: str, decl: str) -> None:
+    cols = {r[1] for r in db.conn.execute(f"PRAGMA table_info({table})").fetchall()}
+    if column not in cols:
+        db.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+
+
+def _m1_inventory_roles_audit(db: sqlite_utils.Database) -> None:
+    """Inventory, roles, TOTP, throttling, audit log, coaching, campaigns, settings."""
+    c = db.conn
+    for col, decl in (("lang", "TEXT NOT NULL DEFAULT 'fr'"), ("agent", "TEXT"),
+                      ("totp_secret", "TEXT"), ("totp_last_step", "INTEGER NOT NULL DEFAULT 0"),
+                      ("disabled", "INTEGER NOT NULL DEFAULT 0")):
+        _add_column(db, "users", col, decl)
+    for col, decl in (("stage", "TEXT NOT NULL DEFAULT 'ok'"), ("pending_secret", "TEXT")):
+        _add_column(db, "sessions", col, decl)
+    c.executescript("""
+    CREATE TABLE IF NOT EXISTS sites (
+        site TEXT PRIMARY KEY, name TEXT, layout_cols INTEGER NOT NULL DEFAULT 6);
+    CREATE TABLE IF NOT EXISTS teams (
+        team TEXT PRIMARY KEY, name TEXT, site TEXT);
+    CREATE TABLE IF NOT EXISTS agents (
+        agent TEXT PRIMARY KEY, name TEXT, team TEXT, campaign TEXT, variant INTEGER,
+        private INTEGER NOT NULL DEFAULT 0, active INTEGER NOT NULL DEFAULT 1,
+        created_ts REAL, left_ts REAL);
+    CREATE INDEX IF NOT EXISTS agents_team ON agents(team);
+    CREATE TABLE IF NOT EXISTS seats (
+        box TEXT PRIMARY KEY, site TEXT, label TEXT, row INTEGER, col INTEGER, agent TEXT);
+    CREATE TABLE IF NOT EXISTS seat_history (
+        id INTEGER PRIMARY KEY, box TEXT NOT NULL, agent TEXT NOT NULL,
+        from_ts REAL NOT NULL, to_ts REAL);
+    CREATE INDEX IF NOT EXISTS seat_history_agent ON seat_history(agent);
+    CREATE TABLE IF NOT EXISTS user_teams (
+        username TEXT NOT NULL, team TEXT NOT NULL, PRIMARY KEY (username, team));
+    CREATE TABLE IF NOT EXISTS login_attempts (
+        id INTEGER PRIMARY KEY, ts REAL NOT NULL, username TEXT, addr TEXT, ok INTEGER NOT NULL);
+    CREATE INDEX IF NOT EXISTS login_attempts_ts ON login_attempts(ts);
+    CREATE TABLE IF NOT EXISTS audit_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, actor TEXT NOT NULL,
+        actor_role TEXT NOT NULL, agent TEXT, action TEXT NOT NULL, detail TEXT);
+    CREATE INDEX IF NOT EXISTS audit_log_agent ON audit_log(agent, ts);
+    CREATE TABLE IF NOT EXISTS app_settings (key TEXT PRIMARY KEY, value TEXT);
+    CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+    CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log
+    WHEN old.ts >= coalesce((SELECT CAST(value AS REAL) FROM app_settings
+                             WHERE key = 'audit_purge_before_ts'), 0)
+    BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+    CREATE TABLE IF NOT EXISTS flags (
+        id INTEGER PRIMARY KEY, agent TEXT NOT NULL, box TEXT, ts REAL NOT NULL,
+        note TEXT NOT NULL DEFAULT '', author TEXT NOT NULL, created_ts REAL NOT NULL,
+        shared INTEGER NOT NULL DEFAULT 0);
+    CREATE INDEX IF NOT EXISTS flags_agent ON flags(agent);
+    CREATE TABLE IF NOT EXISTS goals (
+        id INTEGER PRIMARY KEY, agent TEXT NOT NULL, metric TEXT NOT NULL, label TEXT NOT NULL,
+        direction TEXT NOT NULL DEFAULT 'down', author TEXT NOT NULL, created_ts REAL NOT NULL,
+        active INTEGER NOT NULL DEFAULT 1);
+    CREATE INDEX IF NOT EXISTS goals_agent ON goals(agent);
+    CREATE TABLE IF NOT EXISTS campaigns (
+        campaign TEXT PRIMARY KEY, name TEXT NOT NULL, team TEXT, created_ts REAL);
+    CREATE TABLE IF NOT EXISTS variants (
+        id INTEGER PRIMARY KEY, campaign TEXT NOT NULL, name TEXT NOT NULL, text TEXT);
+    CREATE TABLE IF NOT EXISTS calls (
+        id INTEGER PRIMARY KEY, agent TEXT NOT NULL, box TEXT, start_ts REAL NOT NULL,
+        end_ts REAL, campaign TEXT, variant INTEGER, outcome TEXT, outcome_by TEXT,
+        outcome_ts REAL, summary TEXT);
+    CREATE INDEX IF NOT EXISTS calls_agent ON calls(agent, start_ts);
+    CREATE TABLE IF NOT EXISTS daily_aggregates (
+        day TEXT NOT NULL, agent TEXT NOT NULL, metric TEXT NOT NULL, mean REAL, n INTEGER,
+        PRIMARY KEY (day, agent, metric));
+    """)
+    c.execute("CREATE INDEX IF NOT EXISTS events_ts ON events(ts)")
+
+
+MIGRATIONS: list[Migration] = [_m1_inventory_roles_audit]
+"""Ordered migrations; migration ``i`` (1-based) brings the schema to version ``i``."""
+
+
+def schema_version(db: sqlite_utils.Database) -> int:
+    """The highest migration applied to ``db`` (0 for a database that has none)."""
+    db.conn.execute("CREATE TABLE IF NOT EXISTS schema_version "
+                    "(version INTEGER PRIMARY KEY, applied_ts REAL NOT NULL)")
+    row = db.conn.execute("SELECT max(version) FROM schema_version").fetchone()
+    return int(row[0] or 0)
+
+
+def ensure_schema(db: sqlite_utils.Database,
+                  migrations: list[Migration] | None = None) -> int:
+    """Create the base tables, then apply every pending migration in order; return the version."""
+    store.ensure_schema(db)
+    steps = MIGRATIONS if migrations is None else migrations
+    current = schema_version(db)
+    for number, migrate in enumerate(steps, start=1):
+        if number <= current:
+            continue
+        with db.conn:
+            migrate(db)
+            db.conn.execute("INSERT INTO schema_version (version, applied_ts) VALUES (?, ?)",
+                            (number, time.time()))
+        log.info("applied dashboard migration %d (%s)", number, migrate.__doc__)
+        current = number
+    return current
+
+
+# ---------------------------------------------------------------------------- settings
+def get_setting(db: sqlite_utils.Database, key: str, default: str | None = None) -> str | None:
+    """A value of the ``app_settings`` table (admin-editable switches)."""
+    row = db.conn.execute("SELECT value FROM app_settings WHERE key = ?", (key,)).fetchone()
+    return default if row is None else str(row[0])
+
+
+def set_setting(db: sqlite_utils.Database, key: str, value: str) -> None:
+    """Store one ``app_settings`` value."""
+    with db.conn:
+        db.conn.execute("INSERT INTO app_settings (key, value) VALUES (?, ?) "
+                        "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+
+# --------------------------------------------------------------------------- inventory
+def assign_seat(db: sqlite_utils.Database, box: str, agent: str | None,
+                now: float | None = None) -> None:
+    """Seat ``agent`` at ``box`` (None frees the seat), keeping the seat history."""
+    now = time.time() if now is None else now
+    row = db.conn.execute("SELECT agent FROM seats WHERE box = ?", (box,)).fetchone()
+    current = row[0] if row else None
+    if current == agent:
+        return
+    db.conn.execute("UPDATE seat_history SET to_ts = ? WHERE box = ? AND to_ts IS NULL",
+                    (now, box))
+    if agent is not None:
+        db.conn.execute("UPDATE seat_history SET to_ts = ? WHERE agent = ? AND to_ts IS NULL",
+                        (now, agent))
+        db.conn.execute("UPDATE seats SET agent = NULL WHERE agent = ? AND box != ?", (agent, box))
+        db.conn.execute("INSERT INTO seat_history (box, agent, from_ts) VALUES (?, ?, ?)",
+                        (box, agent, now))
+    db.conn.execute("UPDATE seats SET agent = ? WHERE box = ?", (agent, box))
+
+
+def import_inventory(db: sqlite_utils.Database, rows: Iterable[dict[str, Any]],
+                     site: str | None = None, now: float | None = None) -> int:
+    """Record boxes, seats, agents and teams from the provisioning inventory.
+
+    Args:
+        db: The open database (schema ensured).
+        rows: Dicts with ``box`` (required), and optionally ``seat`` (its label on the map),
+            ``agent``, ``team``, ``agent_name``, ``row``, ``col``, ``site``.
+        site: Default site of the rows.
+        now: Wall-clock seconds used for the seat history (defaults to the current time).
+
+    Returns:
+        The number of rows imported. Re-importing the same rows changes nothing.
+    """
+    from miroir import wire
+
+    now = time.time() if now is None else now
+    count = 0
+    with db.conn:
+        for r in rows:
+            box = wire.check_id(str(r["box"]).strip(), "box")
+            row_site = r.get("site") or site
+            team = (r.get("team") or "").strip() or None
+            agent = (r.get("agent") or "").strip() or None
+            if row_site:
+                db.conn.execute("INSERT OR IGNORE INTO sites (site, name) VALUES (?, ?)",
+                                (row_site, row_site))
+            if team:
+                db.conn.execute("INSERT OR IGNORE INTO teams (team, name, site) VALUES (?, ?, ?)",
+                                (team, team, row_site))
+            if agent:
+                name = (r.get("agent_name") or "").strip() or agent
+                db.conn.execute(
+                    "INSERT INTO agents (agent, name, team, created_ts) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(agent) DO UPDATE SET team = coalesce(excluded.team, team), "
+                    "name = CASE WHEN excluded.name != excluded.agent THEN excluded.name "
+                    "ELSE name END, active = 1, left_ts = NULL",
+                    (agent, name, team, now))
+            label = (str(r.get("seat") or "").strip()) or box
+            db.conn.execute(
+                "INSERT INTO seats (box, site, label, row, col) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(box) DO UPDATE SET site = coalesce(excluded.site, site), "
+                "label = excluded.label, row = coalesce(excluded.row, row), "
+                "col = coalesce(excluded.col, col)",
+                (box, row_site, label, _int_or_none(r.get("row")), _int_or_none(r.get("col"))))
+            if agent:
+                assign_seat(db, box, agent, now)
+            count += 1
+    return count
+
+
+def _int_or_none(v: Any) -> int | None:
+    if v is None or v == "":
+        return None
+    return int(v)

@@ -1,0 +1,115 @@
+// Miroir agent view: the shift as charts with cue and flag markers, moment replay, and (in the
+// agent's own view) a live cue strip fed by /api/stream.
+"use strict";
+
+(function () {
+  const T = JSON.parse(document.getElementById("i18n").textContent);
+  const t = (k) => (k in T ? T[k] : k);
+  const body = document.body;
+  const agent = body.dataset.agent;
+  const selfView = body.dataset.self === "1";
+  const charts = document.getElementById("charts");
+  const flagTs = document.getElementById("flag-ts");
+  const flagTime = document.getElementById("flag-time");
+  const SHIFT_S = 12 * 3600;
+  const COLOURS = ["#2f6fdb", "#1f9d6b", "#e0702a", "#7a4cc2", "#b3261e", "#1f3a5f"];
+
+  for (const tm of document.querySelectorAll("time[data-ts]")) {
+    const ts = parseFloat(tm.dataset.ts);
+    if (!isNaN(ts)) tm.textContent = new Date(ts * 1000).toLocaleString(T.lang === "en" ? "en-GB" : "fr-FR");
+  }
+
+  function pick(ts) {
+    if (!flagTs) return;
+    flagTs.value = ts.toFixed(1);
+    flagTime.textContent = MiroirCharts.fmtTime(ts);
+  }
+  if (flagTs) pick(parseFloat(flagTs.value));
+
+  function draw(data, title) {
+    charts.textContent = "";
+    if (title) {
+      const h = document.createElement("h3");
+      h.textContent = title;
+      charts.appendChild(h);
+    }
+    const rows = data.rows;
+    if (!rows.length) {
+      const p = document.createElement("p");
+      p.className = "muted";
+      p.textContent = t("agent.no_data");
+      charts.appendChild(p);
+      body.dataset.chartsReady = "1";
+      return;
+    }
+    const t0 = rows[0].ts, t1 = rows[rows.length - 1].ts;
+    const onPick = flagTs ? pick : null;
+    const common = { t0, t1, cues: data.cues, flags: data.flags, onPick };
+    MiroirCharts.states(charts, Object.assign({ title: t("chart.turns"), rows }, common));
+    data.metrics.forEach((m, i) => {
+      const pts = rows.map((r) => [r.ts, r[m.name] === null ? null :
+        (m.unit === "%" ? r[m.name] * 100 : r[m.name])]);
+      MiroirCharts.line(charts, Object.assign({ title: m.label, unit: m.unit, points: pts,
+                                                colour: COLOURS[i % COLOURS.length] }, common));
+    });
+    const list = document.getElementById("cue-list");
+    if (list) {
+      list.textContent = "";
+      for (const c of data.cues) {
+        const b = document.createElement("button");
+        b.type = "button";
+        b.className = "cue-badge replay";
+        b.dataset.ts = c.ts;
+        b.textContent = MiroirCharts.fmtTime(c.ts) + " · " + c.label;
+        list.appendChild(b);
+      }
+    }
+    body.dataset.chartsReady = "1";
+  }
+
+  function load() {
+    const since = Date.now() / 1000 - SHIFT_S;
+    return fetch("/api/agents/" + encodeURIComponent(agent) + "/metrics?since_ts=" + since,
+                 { credentials: "same-origin" })
+      .then((r) => (r.ok ? r.json() : null)).then((d) => { if (d) draw(d, null); });
+  }
+
+  function replay(ts) {
+    fetch("/api/agents/" + encodeURIComponent(agent) + "/moment?ts=" + ts + "&span_s=30",
+          { credentials: "same-origin" })
+      .then((r) => (r.ok ? r.json() : null))
+      .then((d) => { if (d) { draw(d, t("agent.replay") + " " + MiroirCharts.fmtTime(ts)); pick(ts); } });
+    charts.scrollIntoView();
+  }
+
+  document.addEventListener("click", (ev) => {
+    const b = ev.target.closest ? ev.target.closest(".replay") : null;
+    if (b) replay(parseFloat(b.dataset.ts));
+  });
+
+  function live() {
+    const state = document.getElementById("live-state");
+    const cues = document.getElementById("live-cue-list");
+    if (!state) return;
+    const es = new EventSource("/api/stream");
+    es.addEventListener("snapshot", (e) => {
+      const snap = JSON.parse(e.data);
+      for (const b of snap.boxes) if (b.metrics) state.textContent = t("state." + b.metrics.talk_state);
+      body.dataset.streamReady = "1";
+    });
+    es.addEventListener("update", (e) => {
+      const u = JSON.parse(e.data);
+      if (u.kind === "metrics") state.textContent = t("state." + u.talk_state);
+      else if (u.kind === "event" && u.name !== "speech_start" && u.name !== "speech_end") {
+        const s = document.createElement("span");
+        s.className = "cue-badge";
+        s.textContent = T["cue." + u.name] || u.name.replace(/_/g, " ");
+        cues.prepend(s);
+        while (cues.children.length > 5) cues.lastChild.remove();
+      }
+    });
+  }
+
+  load();
+  if (selfView) live();
+})();

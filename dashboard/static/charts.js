@@ -1,0 +1,111 @@
+// Miroir charts: small SVG line charts with cue and flag markers, drawn without any library.
+// Everything is built through the DOM (no inline script or style), so the strict CSP holds.
+"use strict";
+
+window.MiroirCharts = (function () {
+  const NS = "http://www.w3.org/2000/svg";
+  const W = 760, H = 130, PAD_L = 46, PAD_R = 10, PAD_T = 8, PAD_B = 20;
+  const STATE_COLOURS = { agent: "#2f6fdb", prospect: "#1f9d6b", overlap: "#e0702a",
+                          silence: "#d3d9e1" };
+
+  function el(name, attrs, parent) {
+    const e = document.createElementNS(NS, name);
+    for (const k in attrs) e.setAttribute(k, attrs[k]);
+    if (parent) parent.appendChild(e);
+    return e;
+  }
+
+  function fmtTime(ts) {
+    return new Date(ts * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit",
+                                                        second: "2-digit" });
+  }
+
+  function frame(container, title, t0, t1, onPick) {
+    const fig = document.createElement("figure");
+    fig.className = "chart";
+    const cap = document.createElement("figcaption");
+    cap.textContent = title;
+    fig.appendChild(cap);
+    const svg = el("svg", { viewBox: "0 0 " + W + " " + H, width: "100%", role: "img",
+                            "aria-label": title });
+    fig.appendChild(svg);
+    container.appendChild(fig);
+    const span = Math.max(1, t1 - t0);
+    const x = (ts) => PAD_L + (ts - t0) / span * (W - PAD_L - PAD_R);
+    el("line", { x1: PAD_L, y1: H - PAD_B, x2: W - PAD_R, y2: H - PAD_B, stroke: "#dde3ea" }, svg);
+    const l = el("text", { x: PAD_L, y: H - 5, "font-size": 10, fill: "#6b7685" }, svg);
+    l.textContent = fmtTime(t0);
+    const r = el("text", { x: W - PAD_R, y: H - 5, "font-size": 10, fill: "#6b7685",
+                           "text-anchor": "end" }, svg);
+    r.textContent = fmtTime(t1);
+    if (onPick) {
+      svg.classList.add("pickable");
+      svg.addEventListener("click", (ev) => {
+        const box = svg.getBoundingClientRect();
+        const px = (ev.clientX - box.left) / box.width * W;
+        onPick(t0 + (px - PAD_L) / (W - PAD_L - PAD_R) * span);
+      });
+    }
+    return { svg, x };
+  }
+
+  function markers(svg, x, cues, flags) {
+    for (const c of cues || []) {
+      const g = el("g", { class: "cue-marker" }, svg);
+      el("line", { x1: x(c.ts), y1: PAD_T, x2: x(c.ts), y2: H - PAD_B, stroke: "#e0702a",
+                   "stroke-dasharray": "3 2" }, g);
+      el("title", {}, g).textContent = c.label || c.name;
+    }
+    for (const f of flags || []) {
+      const g = el("g", { class: "flag-marker" }, svg);
+      const xx = x(f.ts);
+      el("path", { d: "M" + (xx - 5) + " " + PAD_T + " L" + (xx + 5) + " " + PAD_T + " L" + xx +
+                   " " + (PAD_T + 8) + " Z", fill: "#1f3a5f" }, g);
+      el("title", {}, g).textContent = f.note || "";
+    }
+  }
+
+  function line(container, opts) {
+    const pts = opts.points.filter((p) => p[1] !== null && p[1] !== undefined);
+    const { svg, x } = frame(container, opts.title + (opts.unit ? " (" + opts.unit + ")" : ""),
+                             opts.t0, opts.t1, opts.onPick);
+    if (!pts.length) return svg;
+    let lo = Infinity, hi = -Infinity;
+    for (const p of pts) { lo = Math.min(lo, p[1]); hi = Math.max(hi, p[1]); }
+    if (hi === lo) { hi += 1; lo -= 1; }
+    const y = (v) => H - PAD_B - (v - lo) / (hi - lo) * (H - PAD_T - PAD_B);
+    const top = el("text", { x: PAD_L - 4, y: PAD_T + 8, "font-size": 10, fill: "#6b7685",
+                             "text-anchor": "end" }, svg);
+    top.textContent = +hi.toPrecision(3);
+    const bot = el("text", { x: PAD_L - 4, y: H - PAD_B, "font-size": 10, fill: "#6b7685",
+                             "text-anchor": "end" }, svg);
+    bot.textContent = +lo.toPrecision(3);
+    let d = "";
+    let prev = null;
+    for (const p of pts) {
+      const gap = prev !== null && p[0] - prev > (opts.gapS || 5);
+      d += (d === "" || gap ? "M" : "L") + x(p[0]).toFixed(1) + " " + y(p[1]).toFixed(1) + " ";
+      prev = p[0];
+    }
+    el("path", { d: d, fill: "none", stroke: opts.colour || "#2f6fdb", "stroke-width": 1.6,
+                 class: "series" }, svg);
+    markers(svg, x, opts.cues, opts.flags);
+    return svg;
+  }
+
+  function states(container, opts) {
+    const { svg, x } = frame(container, opts.title, opts.t0, opts.t1, opts.onPick);
+    const rows = opts.rows;
+    for (let i = 0; i < rows.length; i++) {
+      const r = rows[i];
+      const next = i + 1 < rows.length ? Math.min(rows[i + 1].ts, r.ts + 5) : r.ts + 1;
+      el("rect", { x: x(r.ts), y: PAD_T + 14, width: Math.max(0.5, x(next) - x(r.ts)),
+                   height: H - PAD_T - PAD_B - 28, fill: STATE_COLOURS[r.talk_state] || "#eef1f5",
+                   class: "state-" + r.talk_state }, svg);
+    }
+    markers(svg, x, opts.cues, opts.flags);
+    return svg;
+  }
+
+  return { line, states, fmtTime };
+})();

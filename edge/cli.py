@@ -1,0 +1,154 @@
+"""``miroir edge check`` (install check of the headset) and ``miroir edge update`` (signed updates)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_RELEASES = Path("/data/miroir-releases")
+DEFAULT_RELEASE_KEY = Path("/usr/share/miroir/release-key.pem")
+DEFAULT_STATE = Path("/var/lib/miroir")
+
+
+def _err(msg: str) -> Exception:
+    from miroir.cli import CliError
+
+    return CliError(msg)
+
+
+def cmd_edge_check(args: argparse.Namespace) -> int:
+    """Record a few seconds from the headset, report levels, noise floor, clipping, swapped channels."""
+    import numpy as np
+
+    from edge.capture import CaptureConfig, CaptureError, CaptureSource
+    from edge.frames import RATE_HZ
+    from edge.installcheck import check
+
+    device, far_device = args.device, args.far_device
+    if device is None and args.config is not None:
+        from edge import settings as edge_settings
+
+        try:
+            cfg = edge_settings.load(args.config)
+        except edge_settings.SettingsError as exc:
+            raise _err(str(exc)) from None
+        device, far_device = cfg.capture_device, cfg.capture_far_device
+    if device is None:
+        raise _err("give --device (see `miroir edge devices`) or --config with capture_device")
+    source = CaptureSource(CaptureConfig(device=device, far_device=far_device,
+                                         max_seconds=args.seconds))
+    print(f"recording {args.seconds:.0f} s: stay quiet, and speak when told "
+          f"(at {args.cue_s:.0f} s)", file=sys.stderr)
+    blocks = []
+    cued = False
+    got = 0
+    start = time.monotonic()
+    try:
+        for block in source.blocks():
+            blocks.append(block)
+            got += block.shape[1]
+            if not cued and got >= args.cue_s * RATE_HZ:
+                print(">>> agent: speak now, until the end <<<", file=sys.stderr)
+                cued = True
+            if got >= args.seconds * RATE_HZ or time.monotonic() - start > args.seconds + 10:
+                break
+    except CaptureError as exc:
+        raise _err(str(exc)) from None
+    finally:
+        source.close()
+    if got < args.seconds * RATE_HZ * 0.9:
+        raise _err(f"only {got / RATE_HZ:.1f} s of audio came from {device}")
+    audio = np.concatenate(blocks, axis=1)
+    del blocks
+    report = check(audio[0], audio[1], args.cue_s)
+    del audio  # keep no audio
+    report["overruns"] = source.status_fields().get("overruns", 0)
+    if args.json:
+        json.dump(report, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        for ch, label in (("near", "agent (near)"), ("far", "line (far)")):
+            r = report[ch]
+            assert isinstance(r, dict)
+            print(f"{label}: level {r['rms_dbfs']} dBFS, peak {r['peak_dbfs']} dBFS, noise floor "
+                  f"{r['noise_floor_dbfs']} dBFS, clipped {100 * r['clipped_ratio']:.3f} %, "
+                  f"rise after cue {r['rise_after_cue_db']} dB")
+        problems = report["problems"]
+        assert isinstance(problems, list)
+        print("OK" if report["ok"] else "\n".join(f"PROBLEM: {p}" for p in problems))
+    return 0 if report["ok"] else 1
+
+
+def cmd_edge_update(args: argparse.Namespace) -> int:
+    """Install a signed release side by side, switch atomically, health-check, commit or roll back."""
+    import subprocess
+
+    from edge.health import read_heartbeat
+    from edge.update import UpdateError, Updater
+
+    updater = Updater(args.root)
+    if args.recover:
+        print(f"running release: {updater.recover()}")
+        return 0
+    if args.bundle is None:
+        raise _err("give a release bundle, or --recover")
+    try:
+        key = args.key.read_bytes()
+    except OSError as exc:
+        raise _err(f"release key {args.key}: {exc.strerror}") from None
+
+    def restart() -> None:
+        subprocess.run(["systemctl", "restart", args.unit], check=False, timeout=60)
+
+    def health(version: str) -> bool:
+        since = time.time()
+        deadline = time.monotonic() + args.health_timeout_s
+        while time.monotonic() < deadline:
+            beat = read_heartbeat(args.state_dir)
+            if beat.get("version") == version and float(beat.get("acked_ts", 0)) >= since:
+                return True
+            time.sleep(1.0)
+        return False
+
+    try:
+        version = updater.install(args.bundle, key, restart=restart, health=health)
+    except UpdateError as exc:
+        raise _err(str(exc)) from None
+    print(f"running release {version}")
+    return 0
+
+
+def register_cli(groups: dict[str, argparse._SubParsersAction]) -> None:
+    """Add ``check`` and ``update`` to the ``edge`` command group."""
+    edge = groups["edge"]
+    p = edge.add_parser("check", help="install check: levels, noise, clipping, swapped channels",
+                        description=cmd_edge_check.__doc__)
+    p.add_argument("--config", type=Path, default=None,
+                   help="the box's settings file (for capture_device)")
+    p.add_argument("--device", default=None, help="capture device name (overrides --config)")
+    p.add_argument("--far-device", default=None, help="the line's mono device, if separate")
+    p.add_argument("--seconds", type=float, default=6.0, help="seconds to record (default 6)")
+    p.add_argument("--cue-s", type=float, default=2.0,
+                   help="second at which the agent is told to speak (default 2)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_edge_check)
+
+    p = edge.add_parser("update", help="install a signed release, with automatic rollback",
+                        description=cmd_edge_update.__doc__)
+    p.add_argument("bundle", type=Path, nargs="?", default=None, help="the release bundle file")
+    p.add_argument("--recover", action="store_true",
+                   help="roll back an unconfirmed update (run at boot)")
+    p.add_argument("--root", type=Path, default=DEFAULT_RELEASES,
+                   help=f"releases folder (default {DEFAULT_RELEASES})")
+    p.add_argument("--key", type=Path, default=DEFAULT_RELEASE_KEY,
+                   help=f"Ed25519 release public key, PEM (default {DEFAULT_RELEASE_KEY})")
+    p.add_argument("--unit", default="miroir-box.service",
+                   help="the agent's unit to restart (default miroir-box.service)")
+    p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE,
+                   help=f"the agent's state folder holding heartbeat.json (default {DEFAULT_STATE})")
+    p.add_argument("--health-timeout-s", type=float, default=90.0,
+                   help="seconds the new release has to publish (default 90)")
+    p.set_defaults(func=cmd_edge_update)

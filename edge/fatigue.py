@@ -1,0 +1,220 @@
+"""Fatigue and vocal load: drift of the agent's own voice against the agent's shift baseline.
+
+Fatigue is a physical state, never an emotion: the stage tracks pitch level and range, loudness,
+articulation rate, harmonics-to-noise ratio, jitter, shimmer and response latency, and the
+phonation time of the shift (vocal dose). Published drifts are small and person-specific (F0 up
+8 to 13 Hz over a teaching day; no group effect at all in some call-centre studies), so nothing
+here compares an agent with a population: each feature's drift is the difference between the mean
+of the last ``track_speech_s`` of voiced windows and the mean of the shift's first
+``baseline_speech_s``, in standard errors of that difference (from the baseline's own spread and
+the prosody window's correlation length), signed so that positive means "in the direction of
+fatigue". The combined drift is the weighted root sum of squares of the positive parts (plus the
+vocal dose), mapped linearly to an index from 0 (within measurement noise) to 100. A break is
+suggested when the index has stayed at or above ``break_on`` for ``break_min_s`` and withdrawn
+when it falls under ``break_off``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edge.campaign import FatigueConfig
+from edge.prosody import ProsodyWindow
+
+FEATURES: dict[str, tuple[float, float, float]] = {
+    # name: (direction of fatigue, weight, smallest meaningful standard error)
+    "pitch": (+1.0, 1.0, 0.05),          # median f0, semitones: the voice rises with fatigue
+    "pitch_range": (-1.0, 0.5, 0.05),    # 10th-90th percentile range, semitones: narrows
+    "level": (-1.0, 1.0, 0.1),           # mean voiced level, dB: quieter
+    "rate": (-1.0, 0.5, 0.02),           # articulation rate, syllables/s: slower
+    "hnr": (-1.0, 0.5, 0.05),            # harmonics-to-noise ratio, dB: breathier
+    "jitter": (+1.0, 0.5, 0.005),        # log local jitter: less regular cycles
+    "shimmer": (+1.0, 0.5, 0.005),       # log local shimmer
+}
+"""Per-window features of the agent's voice; latency and vocal dose are added separately."""
+LATENCY_WEIGHT = 0.5
+DOSE_WEIGHT = 0.5
+LATENCY_RESPONSES = 20
+"""Responses learned as the latency baseline, and tracked."""
+CORRELATION_WINDOWS = 10.0
+"""Consecutive per-second samples of a 10 s prosody window share most of their audio: this many
+samples make one independent observation."""
+VOICED_MIN = 0.2
+
+
+def window_features(w: ProsodyWindow) -> dict[str, float] | None:
+    """The tracked features of one prosody window, or None when it held too little voice."""
+    if (w.voiced_ratio < VOICED_MIN or not w.f0_median_hz or w.pitch_range_st is None
+            or w.level_dbfs is None or w.hnr_db is None or not w.articulation_rate_syl_s
+            or not w.jitter_local or not w.shimmer_local):
+        return None
+    return {"pitch": 12.0 * math.log2(w.f0_median_hz / 100.0), "pitch_range": w.pitch_range_st,
+            "level": w.level_dbfs, "rate": w.articulation_rate_syl_s, "hnr": w.hnr_db,
+            "jitter": math.log(w.jitter_local), "shimmer": math.log(w.shimmer_local)}
+
+
+@dataclass
+class FatigueBaseline:
+    """The agent's shift baseline: per feature, the mean and standard deviation of windows."""
+
+    mean: dict[str, float] = field(default_factory=dict)
+    sd: dict[str, float] = field(default_factory=dict)
+    n: int = 0
+    """Per-second windows it was learned from."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready (to load it at the agent's next shift)."""
+        return {"mean": dict(self.mean), "sd": dict(self.sd), "n": self.n}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FatigueBaseline:
+        """Inverse of :meth:`as_dict`."""
+        return cls(dict(d["mean"]), dict(d["sd"]), int(d["n"]))
+
+
+@dataclass
+class FatigueState:
+    """The fatigue stage's latest output."""
+
+    index: float | None
+    """0..100; None until the baseline is learned."""
+    z: dict[str, float]
+    """Signed drift per feature (and ``latency``), in standard errors; positive = towards fatigue."""
+    phonation_min: float
+    """Phonation time of the shift so far, minutes (vocal dose)."""
+    break_suggested: bool
+
+    def fields(self) -> dict[str, Any]:
+        """Flat ``fatigue_*`` metrics fields (absent where undefined)."""
+        out: dict[str, Any] = {"fatigue_phonation_min": round(self.phonation_min, 2)}
+        if self.index is not None:
+            out["fatigue_index"] = round(self.index, 1)
+            out["break_suggested"] = self.break_suggested
+            out.update({f"fatigue_{k}_z": round(v, 2) for k, v in self.z.items()})
+        return out
+
+
+class Fatigue:
+    """Fatigue index of one agent over a shift, fed once per metrics window; no I/O.
+
+    Args:
+        config: baseline and tracking lengths, index mapping and break hysteresis.
+        baseline: a baseline from the agent's previous shifts (learned from this shift if None).
+    """
+
+    def __init__(self, config: FatigueConfig | None = None,
+                 baseline: FatigueBaseline | None = None) -> None:
+        self.config = config or FatigueConfig()
+        self._loaded = baseline
+        self.reset()
+
+    def reset(self) -> None:
+        """A new shift."""
+        self.baseline = self._loaded or FatigueBaseline()
+        self._base: dict[str, list[float]] = {k: [] for k in FEATURES}
+        self._track: dict[str, deque[float]] = {k: deque() for k in FEATURES}
+        self._lat_base: list[float] = []
+        self._lat_track: deque[float] = deque(maxlen=LATENCY_RESPONSES)
+        self._last_latency: float | None = None
+        self.phonation_s = 0.0
+        self._over_s = 0.0
+        self.break_suggested = False
+        self.state = FatigueState(None, {}, 0.0, False)
+
+    @property
+    def ready(self) -> bool:
+        """Whether the shift baseline is known."""
+        return self.baseline.n * 1.0 >= self.config.baseline_speech_s or bool(
+            self._loaded and self.baseline.mean)
+
+    def __call__(self, window: ProsodyWindow | None, dt_s: float,
+                 latency_ms: float | None = None) -> FatigueState:
+        """Add one metrics window.
+
+        Args:
+            window: the agent's prosody over the last prosody window (None if unavailable).
+            dt_s: length of the metrics window, seconds.
+            latency_ms: the agent's latest response latency, ms (a new value is a new response).
+
+        Returns:
+            The updated :class:`FatigueState`.
+        """
+        cfg = self.config
+        if window is not None:
+            self.phonation_s += window.voiced_ratio * dt_s
+        feats = window_features(window) if window is not None else None
+        if latency_ms is not None and latency_ms != self._last_latency:
+            self._last_latency = latency_ms
+            lat = float(latency_ms) / 1000.0
+            if len(self._lat_base) < LATENCY_RESPONSES and not self._loaded:
+                self._lat_base.append(lat)
+            else:
+                self._lat_track.append(lat)
+        if feats is not None:
+            if not self.ready:
+                for k, v in feats.items():
+                    self._base[k].append(v)
+                self.baseline.n += 1
+                if self.ready:
+                    self._freeze()
+            else:
+                keep = max(1, int(cfg.track_speech_s / dt_s))
+                for k, v in feats.items():
+                    q = self._track[k]
+                    q.append(v)
+                    while len(q) > keep:
+                        q.popleft()
+        self.state = self._evaluate(dt_s)
+        return self.state
+
+    def _freeze(self) -> None:
+        b = self.baseline
+        for k, values in self._base.items():
+            b.mean[k] = float(np.mean(values))
+            b.sd[k] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        if self._lat_base:
+            b.mean["latency"] = float(np.mean(self._lat_base))
+            b.sd["latency"] = float(np.std(self._lat_base, ddof=1)) if len(self._lat_base) > 1 else 0.0
+        self._base = {k: [] for k in FEATURES}
+
+    def _evaluate(self, dt_s: float) -> FatigueState:
+        cfg = self.config
+        phon_min = self.phonation_s / 60.0
+        if not self.ready:
+            return FatigueState(None, {}, phon_min, False)
+        b = self.baseline
+        z: dict[str, float] = {}
+        total = 0.0
+        n_track = len(self._track["pitch"])
+        if n_track >= CORRELATION_WINDOWS * 3:
+            n_base = max(b.n, 1)
+            for k, (sign, weight, floor) in FEATURES.items():
+                if k not in b.mean:
+                    continue
+                se = max(floor, b.sd[k] * math.sqrt(CORRELATION_WINDOWS / n_track
+                                                    + CORRELATION_WINDOWS / n_base))
+                z[k] = sign * (float(np.mean(self._track[k])) - b.mean[k]) / se
+                total += weight * max(0.0, z[k]) ** 2
+        if "latency" in b.mean and len(self._lat_track) >= 5:
+            nb = max(2, len(self._lat_base) or LATENCY_RESPONSES)
+            se = max(0.05, b.sd["latency"] * math.sqrt(1 / len(self._lat_track) + 1 / nb))
+            z["latency"] = (float(np.mean(self._lat_track)) - b.mean["latency"]) / se
+            total += LATENCY_WEIGHT * max(0.0, z["latency"]) ** 2
+        dose = phon_min / cfg.dose_full_min
+        total += DOSE_WEIGHT * dose ** 2
+        drift = math.sqrt(total)
+        index = 100.0 * min(1.0, max(0.0, (drift - cfg.drift_zero) / (cfg.drift_full - cfg.drift_zero)))
+        if index >= cfg.break_on:
+            self._over_s += dt_s
+        else:
+            self._over_s = 0.0
+        if not self.break_suggested and self._over_s >= cfg.break_min_s:
+            self.break_suggested = True
+        elif self.break_suggested and index < cfg.break_off:
+            self.break_suggested = False
+        return FatigueState(index, z, phon_min, self.break_suggested)

@@ -1,0 +1,135 @@
+"""Fleet health facts for site IT, as scalar ``status`` fields (see :mod:`miroir.wire`).
+
+Software version, days until the box certificate expires, CPU temperature and throttling (from
+``/sys`` and ``vcgencmd`` when present), clock synchronisation and offset (the kernel's
+``adjtimex``, which NTP daemons such as systemd-timesyncd steer), plus the outbox depth and audio
+overruns the loop already counts. Each probe that is unavailable is simply left out. Also the
+heartbeat file the update health check reads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+THERMAL_ZONE = Path("/sys/class/thermal/thermal_zone0/temp")
+HEARTBEAT_FILE = "heartbeat.json"
+_TIME_ERROR = 5
+_STA_NANO = 0x2000
+_THROTTLED_NOW_MASK = 0xF  # under-voltage, frequency capped, throttled, soft temperature limit
+
+
+class _Timex(ctypes.Structure):
+    _fields_ = [  # ctypes layout of struct timex (linux/timex.h)
+        ("modes", ctypes.c_uint), ("offset", ctypes.c_long), ("freq", ctypes.c_long),
+        ("maxerror", ctypes.c_long), ("esterror", ctypes.c_long), ("status", ctypes.c_int),
+        ("constant", ctypes.c_long), ("precision", ctypes.c_long), ("tolerance", ctypes.c_long),
+        ("time_sec", ctypes.c_long), ("time_usec", ctypes.c_long), ("tick", ctypes.c_long),
+        ("ppsfreq", ctypes.c_long), ("jitter", ctypes.c_long), ("shift", ctypes.c_int),
+        ("stabil", ctypes.c_long), ("jitcnt", ctypes.c_long), ("calcnt", ctypes.c_long),
+        ("errcnt", ctypes.c_long), ("stbcnt", ctypes.c_long), ("tai", ctypes.c_int),
+        ("_pad", ctypes.c_int * 11),
+    ]
+
+
+def clock_facts() -> dict[str, Any]:
+    """``clock_synced`` and ``clock_offset_ms`` from the kernel's NTP state (read only)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        tx = _Timex()  # modes = 0: read only
+        state = libc.adjtimex(ctypes.byref(tx))
+    except (OSError, AttributeError):
+        return {}
+    if state < 0:
+        return {}
+    scale = 1e6 if tx.status & _STA_NANO else 1e3
+    return {"clock_synced": state != _TIME_ERROR, "clock_offset_ms": round(tx.offset / scale, 3)}
+
+
+def cpu_temp_c(path: Path = THERMAL_ZONE) -> float | None:
+    """CPU temperature in °C, or None where the board has no thermal zone."""
+    try:
+        return round(int(path.read_text().strip()) / 1000.0, 1)
+    except (OSError, ValueError):
+        return None
+
+
+def throttled() -> bool | None:
+    """True if the Pi is under-volted or throttled right now (``vcgencmd get_throttled``)."""
+    exe = shutil.which("vcgencmd")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run([exe, "get_throttled"], capture_output=True, text=True, timeout=2,
+                             check=True).stdout
+        return bool(int(out.strip().split("=")[1], 16) & _THROTTLED_NOW_MASK)
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def cert_days_left(cert_file: Path | None, now: dt.datetime | None = None) -> float | None:
+    """Days until a PEM certificate expires (negative once expired), or None if unreadable."""
+    if cert_file is None:
+        return None
+    try:
+        import ssl
+
+        decoded = ssl._ssl._test_decode_cert(str(cert_file))  # type: ignore[attr-defined]
+        not_after = dt.datetime.strptime(decoded["notAfter"], "%b %d %H:%M:%S %Y %Z").replace(
+            tzinfo=dt.UTC)
+    except (OSError, ValueError, KeyError):
+        return None
+    now = now or dt.datetime.now(dt.UTC)
+    return round((not_after - now).total_seconds() / 86400.0, 2)
+
+
+def health_facts(version: str, cert_file: Path | None = None, *, outbox_depth: int | None = None,
+                 overruns: int | None = None) -> dict[str, Any]:
+    """All health facts available on this machine, as allow-listed ``status`` fields.
+
+    Args:
+        version: Software version running.
+        cert_file: The box's client certificate.
+        outbox_depth: Messages waiting in the outbox.
+        overruns: Audio blocks lost by the capture.
+
+    Returns:
+        Scalar fields; probes not available here are left out.
+    """
+    facts: dict[str, Any] = {"version": version}
+    optional = {"cert_days_left": cert_days_left(cert_file), "cpu_temp_c": cpu_temp_c(),
+                "throttled": throttled(), "outbox_depth": outbox_depth, "overruns": overruns}
+    facts.update({k: v for k, v in optional.items() if v is not None})
+    facts.update(clock_facts())
+    return facts
+
+
+def write_heartbeat(state_dir: Path, version: str, acked_ts: float | None = None) -> None:
+    """Record that this version just had a message acknowledged by the broker (for updates)."""
+    path = Path(state_dir) / HEARTBEAT_FILE
+    tmp = path.with_name(f".{HEARTBEAT_FILE}.tmp")
+    tmp.write_text(json.dumps({"version": version, "acked_ts": acked_ts or time.time()}))
+    os.replace(tmp, path)
+
+
+def read_heartbeat(state_dir: Path) -> dict[str, Any]:
+    """The last heartbeat, or an empty dict."""
+    try:
+        return dict(json.loads((Path(state_dir) / HEARTBEAT_FILE).read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+__all__ = ["cert_days_left", "clock_facts", "cpu_temp_c", "health_facts", "read_heartbeat",
+           "throttled", "write_heartbeat"]

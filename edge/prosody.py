@@ -1,0 +1,583 @@
+"""Cheap prosody of one channel: pitch, loudness, voicing, HNR, jitter, shimmer, rate and pauses.
+
+Numpy only. Pitch is a YIN-class tracker (cumulative mean normalized difference, parabolic
+interpolation, voicing decision, octave correction by continuity) run on 10 ms hops of the signal
+decimated to 8 kHz, all hops of a block at once with FFT cross-correlation. Jitter and shimmer come
+from glottal-cycle peaks picked on the 16 kHz waveform under the pitch track; harmonics-to-noise ratio
+from the normalized correlation at the pitch period; speaking rate from syllable nuclei
+(:mod:`edge.rate`). Accuracy against Praat is checked by ``tests/test_prosody.py`` and
+``bench/accuracy_prosody.py``.
+
+:class:`Prosody` is a streaming stage (``__call__`` per 512-sample frame, ``window()`` for functionals
+over the last seconds); :func:`analyze_clip` runs it over a whole recording.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from edge import rate as rate_mod
+
+log = logging.getLogger(__name__)
+
+RATE_HZ = 16_000
+"""Input sample rate."""
+HOP_S = 0.01
+"""Analysis hop: one pitch/loudness value every 10 ms; hop ``k`` is centred at ``(k + 0.5) * HOP_S``."""
+HOP_16 = 160
+F0_MIN_HZ = 60.0
+F0_MAX_HZ = 400.0
+
+_SR8 = 8_000
+_HOP8 = 80
+_TAU_MIN = int(_SR8 / F0_MAX_HZ)  # 20
+_TAU_MAX = int(np.ceil(_SR8 / F0_MIN_HZ)) + 1  # 135
+_WIN8 = 240  # 30 ms integration window
+_SEG8 = _WIN8 + _TAU_MAX + 2
+_NFFT = 384
+_CENTRE8 = 120  # hop centre, in samples from the start of its segment
+_LEFT8 = _CENTRE8 - _HOP8 // 2  # segment of hop k starts at 8 kHz sample k * 80 - _LEFT8
+
+_YIN_THRESHOLD = 0.15
+"""First dip of the normalized difference below this is the period (YIN's absolute threshold)."""
+VOICING_APERIODICITY = 0.5
+"""A hop is voiced when its normalized difference at the period is below this..."""
+VOICING_GATE_DB = 25.0
+"""...and its level is within this many dB of the running peak level."""
+PEAK_DECAY_DB_PER_S = 2.0
+"""Decay of the running peak level used by the voicing gate."""
+_ABS_FLOOR_DB = -70.0
+"""Hops quieter than this (dBFS) are never voiced and skip the pitch search."""
+_OCTAVE_HALF = 15
+_OCTAVE_TOL = 0.5
+_OCTAVE_ACCEPT = 0.2
+_BATCH_SAMPLES = 16384
+"""Audio is analysed in blocks of about one second: one vectorized pass per block (hops lag by up to 1 s)."""
+
+_PULSE_BOX = 21
+"""Cycle peaks are picked on the waveform smoothed twice by this moving average (a 2.5 ms triangle)."""
+_MATCH_LAGS = 8
+_NMS_PERIODS = 0.5
+"""A cycle mark is the highest waveform maximum within this many periods on each side."""
+"""Waveform matching searches the next cycle within this many samples of the picked peak."""
+_BAND_LO = int(300 * _NFFT / _SR8)
+_BAND_HI = int(2500 * _NFFT / _SR8) + 1
+_BAND_SCALE = 2.0 / (_NFFT * _SEG8)
+"""Parseval: sum |X_k|^2 over one side times this is the mean square of the band."""
+
+_taps = np.arange(31) - 15
+_LOWPASS = (0.45 * np.sinc(0.45 * _taps) * np.hamming(31)).astype(np.float32)
+_LOWPASS /= _LOWPASS.sum()
+
+
+@dataclass(frozen=True)
+class HopTrack:
+    """Per-hop analysis of a stretch of audio (arrays of equal length, one value per 10 ms)."""
+
+    t_s: np.ndarray
+    """Hop centre times, seconds from the start of the stream."""
+    f0_hz: np.ndarray
+    """Fundamental frequency, 0.0 where unvoiced."""
+    voiced: np.ndarray
+    """Voicing flag."""
+    level_dbfs: np.ndarray
+    """RMS level over the 30 ms analysis window (0 dBFS = full-scale square wave)."""
+    hnr_db: np.ndarray
+    """Harmonics-to-noise ratio from the normalized correlation at the period; NaN where unvoiced."""
+    band_dbfs: np.ndarray
+    """Level of the 300-2500 Hz (vowel formant) band, dBFS; the full level on quiet hops."""
+    periodicity: np.ndarray
+    """1 - aperiodicity at the period (0 on quiet hops)."""
+
+
+def _yin_hops(seg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Run the difference-function search on a (n, _SEG8) block of segments.
+
+    Returns:
+        (tau in 8 kHz samples, aperiodicity, normalized correlation at tau, cmnd rows,
+        vowel-band level in dBFS).
+    """
+    n = seg.shape[0]
+    buf = np.zeros((n, _NFFT), dtype=np.float32)
+    buf[:, :_SEG8] = seg
+    fa = np.fft.rfft(buf, axis=1)
+    buf[:, _WIN8:] = 0.0
+    fw = np.fft.rfft(buf, axis=1)
+    r = np.fft.irfft(fa * np.conj(fw), _NFFT, axis=1)[:, :_TAU_MAX + 2].astype(np.float32)
+    band = fa[:, _BAND_LO:_BAND_HI]
+    band_db = 10.0 * np.log10((band.real ** 2 + band.imag ** 2).sum(axis=1) * _BAND_SCALE + 1e-12)
+    sq = seg * seg
+    c = np.empty((n, _SEG8 + 1), dtype=np.float32)
+    c[:, 0] = 0.0
+    np.cumsum(sq, axis=1, out=c[:, 1:])
+    taus = np.arange(_TAU_MAX + 2)
+    e_tau = c[:, taus + _WIN8] - c[:, taus]
+    e0 = e_tau[:, :1]
+    d = np.maximum(e0 + e_tau - 2.0 * r, 0.0)
+    cs = np.cumsum(d[:, 1:], axis=1)
+    dn = np.ones_like(d)
+    dn[:, 1:] = d[:, 1:] * taus[1:] / np.maximum(cs, 1e-12)
+    sub = dn[:, _TAU_MIN:_TAU_MAX + 1]
+    cand = sub < _YIN_THRESHOLD
+    cand[:, :-1] &= sub[:, :-1] <= sub[:, 1:]
+    has = cand.any(axis=1)
+    idx = np.where(has, np.argmax(cand, axis=1), np.argmin(sub, axis=1)) + _TAU_MIN
+    rows = np.arange(n)
+    tau, aper = _parabola(dn, rows, np.clip(idx, 1, _TAU_MAX))
+    i0 = np.clip(np.rint(tau).astype(int), 1, _TAU_MAX)
+    ncc = r[rows, i0] / np.sqrt(np.maximum(e0[:, 0] * e_tau[rows, i0], 1e-20))
+    return tau, aper, ncc, dn, band_db
+
+
+def _box(x: np.ndarray, width: int) -> np.ndarray:
+    """Centred moving average of odd ``width`` (zero padded), by cumulative sums."""
+    half = width // 2
+    c = np.concatenate([np.zeros(half + 1), np.cumsum(x, dtype=np.float64), np.full(half, 0.0)])
+    c[len(x) + half + 1:] = c[len(x) + half]
+    return ((c[width:] - c[:-width]) / width).astype(np.float32)
+
+
+def _parabola(dn: np.ndarray, rows: np.ndarray, i0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Parabolic interpolation of the minimum of ``dn[rows, i0]``: (tau, value at the integer lag)."""
+    a, b, c = dn[rows, i0 - 1], dn[rows, i0], dn[rows, i0 + 1]
+    den = a - 2.0 * b + c
+    off = np.clip(0.5 * (a - c) / np.where(np.abs(den) > 1e-12, den, np.inf), -1.0, 1.0)
+    return i0 + off, b
+
+
+def _octave_fix(tau: np.ndarray, aper: np.ndarray, dn: np.ndarray, voiced: np.ndarray,
+                context: np.ndarray) -> None:
+    """Move octave jumps back towards the local mean pitch, in place, when the other lag also fits.
+
+    Args:
+        tau: periods (8 kHz samples) of the hops of this block; corrected in place.
+        aper: aperiodicity at ``tau``; updated in place.
+        dn: normalized difference rows of the block.
+        voiced: voicing flags of the block.
+        context: log2 f0 of the preceding hops (NaN where unvoiced), for the running mean.
+    """
+    lf = np.where(voiced, np.log2(_SR8 / tau), np.nan)
+    h = _OCTAVE_HALF
+    pad = np.concatenate([context[-h:] if len(context) else np.zeros(0),
+                          lf, np.full(h, np.nan)])
+    pad = np.concatenate([np.full(h + len(lf) + h - len(pad), np.nan), pad])
+    ok = ~np.isnan(pad)
+    cs = np.concatenate([[0.0], np.cumsum(np.where(ok, pad, 0.0))])
+    cn = np.concatenate([[0], np.cumsum(ok)])
+    w = 2 * h + 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ref = (cs[w:] - cs[:-w]) / (cn[w:] - cn[:-w])  # local mean of voiced log2 f0
+    dev = lf - ref
+    for mask, factor in ((voiced & (dev > _OCTAVE_TOL), 2.0), (voiced & (dev < -_OCTAVE_TOL), 0.5)):
+        ii = np.nonzero(mask)[0]
+        if not len(ii):
+            continue
+        target = tau[ii] * factor
+        lo = np.floor(target * 0.85).astype(int)
+        hi = np.ceil(target * 1.15).astype(int)
+        ok = (lo >= _TAU_MIN) & (hi <= _TAU_MAX)
+        ii, lo, hi = ii[ok], lo[ok], hi[ok]
+        if not len(ii):
+            continue
+        rows = np.arange(len(ii))
+        idx = np.clip(np.minimum(lo[:, None] + np.arange(12)[None, :], hi[:, None]), 1, _TAU_MAX)
+        sub = dn[ii]
+        best = idx[rows, np.argmin(sub[rows[:, None], idx], axis=1)]
+        t2, a2 = _parabola(sub, rows, best)
+        good = a2 < aper[ii] + _OCTAVE_ACCEPT
+        tau[ii[good]] = t2[good]
+        aper[ii[good]] = a2[good]
+
+
+def _cycles(x16: np.ndarray, f0_hz: np.ndarray, runs: np.ndarray) -> list[tuple[np.ndarray, ...]]:
+    """Glottal cycles of the voiced runs of one block, all runs in one vectorized pass.
+
+    In each run, the waveform's polarity is chosen so that the larger peaks are positive; a cycle mark
+    is the highest maximum of the smoothed waveform within half a period on each side (one per cycle);
+    each cycle's length is then refined by waveform matching: the lag, within a few samples of the
+    mark distance, that maximizes the normalized correlation between the cycle and the next one, with
+    parabolic interpolation (as Praat's cross-correlation marks).
+
+    Args:
+        x16: 16 kHz samples of the block, starting at the start of its first hop.
+        f0_hz: pitch of each hop of the block (0 where unvoiced).
+        runs: (runs, 2) first and end hop of each voiced run, increasing.
+
+    Returns:
+        Per run: (absolute differences of consecutive periods in s, absolute differences of
+        consecutive period peak amplitudes, valid periods in s, period peak amplitudes); pairs follow
+        Praat's limits (periods of 0.1 to 20 ms, consecutive ratio at most 1.3).
+    """
+    z = np.zeros(0)
+    nr = len(runs)
+    if not nr:
+        return []
+    n = len(x16)
+    s_run, e_run = runs[:, 0] * HOP_16, np.minimum(runs[:, 1] * HOP_16, n)
+    bounds = np.empty(2 * nr, dtype=np.intp)
+    bounds[0::2], bounds[1::2] = s_run, np.minimum(e_run, n - 1)
+    xs = np.append(x16, 0.0).astype(np.float32)
+    mx = np.maximum.reduceat(xs, bounds)[0::2]
+    mn = np.minimum.reduceat(xs, bounds)[0::2]
+    hop_sign = np.zeros(len(f0_hz), dtype=np.float32)
+    hop_run = np.full(len(f0_hz), -1)
+    for i, (a, b) in enumerate(runs.tolist()):
+        hop_sign[a:b] = 1.0 if mx[i] >= -mn[i] else -1.0
+        hop_run[a:b] = i
+    raw = x16 * np.repeat(hop_sign, HOP_16)[:n]
+    y = _box(_box(raw, _PULSE_BOX), _PULSE_BOX)  # triangular 2.5 ms smoothing (steadier peaks)
+    lm = np.nonzero((y[1:-1] >= y[:-2]) & (y[1:-1] > y[2:]))[0] + 1
+    rid = hop_run[np.minimum(lm // HOP_16, len(f0_hz) - 1)]
+    lm, rid = lm[rid >= 0], rid[rid >= 0]
+    if len(lm) < 3:
+        return [(z, z, z, z)] * nr
+    per_lm = RATE_HZ / f0_hz[lm // HOP_16]
+    h = y[lm]
+    half = _NMS_PERIODS * per_lm
+    run_lo = np.searchsorted(lm, s_run)[rid]
+    run_hi = np.searchsorted(lm, e_run)[rid]
+    lo = np.maximum(np.searchsorted(lm, lm - half, side="left"), run_lo)
+    hi = np.minimum(np.searchsorted(lm, lm + half, side="right"), run_hi)
+    bnd = np.empty(2 * len(lm), dtype=np.intp)
+    bnd[0::2], bnd[1::2] = lo, hi
+    keep = h >= np.maximum.reduceat(np.append(h, -np.inf), bnd)[0::2]
+    pi, rid, per_pi = lm[keep], rid[keep], per_lm[keep]
+    # one period per consecutive pair of marks of the same run; a lost cycle is no period
+    d0 = np.diff(pi)
+    ok = (rid[1:] == rid[:-1]) & (d0 <= 1.25 * per_pi[:-1])
+    per = np.where(ok, d0, np.nan).astype(float)
+    w_c = np.maximum(8, (0.8 * per_pi[:-1]).astype(np.intp))
+    w = int(w_c.max()) if len(w_c) else 8
+    st = pi[:-1] - w_c // 2
+    ok &= (st >= 0) & (pi[1:] + w + _MATCH_LAGS + 1 < n)
+    ii = np.nonzero(ok)[0]
+    if len(ii):
+        lags = np.arange(-_MATCH_LAGS, _MATCH_LAGS + 1)
+        padded = np.concatenate([raw, np.zeros(w + 2 * _MATCH_LAGS + 2, dtype=raw.dtype)])
+        win = np.lib.stride_tricks.sliding_window_view(padded, w)
+        mask = np.arange(w)[None, :] < w_c[ii, None]
+        ref = win[st[ii]] * mask
+        cs = np.concatenate([[0.0], np.cumsum(padded.astype(np.float64) ** 2)])
+        at = (st[ii] + d0[ii])[:, None] + lags[None, :]
+        num = np.einsum("ck,clk->cl", ref, win[at])
+        wc = w_c[ii]
+        den = np.sqrt((cs[st[ii] + wc] - cs[st[ii]])[:, None] * (cs[at + wc[:, None]] - cs[at])) + 1e-12
+        r = num / den
+        best = np.clip(r.argmax(axis=1), 1, len(lags) - 2)
+        rows = np.arange(len(best))
+        ra, rb, rc = r[rows, best - 1], r[rows, best], r[rows, best + 1]
+        den2 = ra - 2 * rb + rc
+        off = np.clip(0.5 * (ra - rc) / np.where(np.abs(den2) > 1e-12, den2, np.inf), -1.0, 1.0)
+        per[ii] = d0[ii] + lags[best] + off
+    amp = np.maximum.reduceat(raw, pi)[:-1]  # peak of each period, mark to next mark
+    per_s = per / RATE_HZ
+    with np.errstate(invalid="ignore"):
+        valid = (per_s >= 1e-4) & (per_s <= 0.02)
+        p1, p2 = per_s[:-1], per_s[1:]
+        pair = valid[:-1] & valid[1:] & (np.maximum(p1, p2) <= 1.3 * np.minimum(p1, p2))
+    dp_all, da_all = np.abs(p2 - p1), np.abs(amp[1:] - amp[:-1])
+    prid = rid[:-1]  # run of each period (meaningful where valid)
+    out: list[tuple[np.ndarray, ...]] = []
+    cut_p = np.searchsorted(prid, np.arange(nr + 1))
+    for i in range(nr):
+        a, b = cut_p[i], cut_p[i + 1]
+        sel_pair = pair[a:max(a, b - 1)]
+        out.append((dp_all[a:max(a, b - 1)][sel_pair], da_all[a:max(a, b - 1)][sel_pair],
+                    per_s[a:b][valid[a:b]], amp[a:b][valid[a:b]]))
+    return out
+
+
+@dataclass
+class ProsodyWindow:
+    """Prosodic functionals of one channel over a window; ``None`` where there was too little voice."""
+
+    start_s: float
+    end_s: float
+    voiced_ratio: float
+    """Share of hops that are voiced."""
+    level_dbfs: float | None
+    """Mean level of voiced hops, dBFS."""
+    f0_median_hz: float | None
+    pitch_range_st: float | None
+    """10th to 90th percentile of voiced pitch, semitones."""
+    pitch_movement_st_per_s: float | None
+    """Summed absolute semitone change between consecutive voiced hops per voiced second."""
+    hnr_db: float | None
+    jitter_local: float | None
+    """Mean absolute difference of consecutive periods over the mean period (Praat's local jitter)."""
+    shimmer_local: float | None
+    """Mean absolute difference of consecutive peak amplitudes over the mean amplitude."""
+    syllables: int
+    articulation_rate_syl_s: float | None
+    """Syllables per second of speaking time (pauses excluded)."""
+    speaking_rate_syl_s: float | None
+    """Syllables per second of the window."""
+    pauses: int
+    """Silent gaps of 150 ms to 2 s between voiced stretches."""
+    pauses_per_min: float
+    breaths: int
+    """Pauses that hold an audible unvoiced breath noise."""
+    pause_s_mean: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready dict with floats rounded."""
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+class Prosody:
+    """Streaming prosody of one channel of 16 kHz float32 samples.
+
+    Args:
+        history_s: how much per-hop history to keep for :meth:`window`, seconds.
+    """
+
+    def __init__(self, history_s: float = 60.0) -> None:
+        self.history_s = history_s
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all audio and history."""
+        self._dz = np.zeros(15, dtype=np.float32)  # decimator input, left-padded with 15 zeros
+        self._dz_base = 0  # index in the padded stream of self._dz[0] (always even)
+        self._x8 = np.zeros(_LEFT8, dtype=np.float32)  # 8 kHz samples, self._x8[0] is sample _x8_base
+        self._x8_base = -_LEFT8
+        self._x16 = np.zeros(0, dtype=np.float32)  # 16 kHz samples kept for cycle picking
+        self._x16_base = 0
+        self._next_hop = 0
+        self._peak_db = -120.0
+        self._t_last_peak = 0.0
+        self._tracks: list[HopTrack] = []
+        self._cycles: list[tuple[float, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._amps: list[tuple[float, np.ndarray]] = []
+        self._lf_context = np.zeros(0)
+        self._samples_in = 0
+        self._pending: list[np.ndarray] = []
+        self._pending_n = 0
+
+    @property
+    def audio_s(self) -> float:
+        """Seconds of audio received."""
+        return self._samples_in / RATE_HZ
+
+    def __call__(self, samples: np.ndarray) -> None:
+        """Append one block (typically 512 samples) of mono float32 audio at 16 kHz."""
+        x = np.asarray(samples, dtype=np.float32).reshape(-1)
+        self._pending.append(x)
+        self._pending_n += len(x)
+        self._samples_in += len(x)
+        if self._pending_n >= _BATCH_SAMPLES:
+            self._ingest()
+            n = self._ready_hops()
+            if n > 0:
+                self._process(n)
+
+    def _ingest(self) -> None:
+        """Decimate the pending 16 kHz samples into the 8 kHz buffer."""
+        if not self._pending:
+            return
+        x = np.nan_to_num(np.concatenate(self._pending), nan=0.0, posinf=1.0, neginf=-1.0)
+        self._pending = []
+        self._pending_n = 0
+        self._x16 = np.concatenate([self._x16, x])
+        self._dz = np.concatenate([self._dz, x])
+        # 8 kHz sample m is sum_k h[k] * padded[2m + k]: centred on 16 kHz sample 2m
+        m = (len(self._dz) - 31) // 2 + 1
+        if m > 0:
+            taps = np.lib.stride_tricks.sliding_window_view(self._dz[:2 * m + 29], 31)[::2]
+            y = taps @ _LOWPASS
+            self._x8 = np.concatenate([self._x8, y])
+            used = 2 * m
+            self._dz = self._dz[used:]
+            self._dz_base += used
+
+    def _ready_hops(self) -> int:
+        end8 = self._x8_base + len(self._x8)
+        last = (end8 - _SEG8 + _LEFT8) // _HOP8  # last hop whose segment is complete
+        return max(0, last + 1 - self._next_hop)
+
+    def flush(self) -> None:
+        """Analyse every hop still pending, padding the end of the stream with silence."""
+        self._ingest()
+        pad = _SEG8 * 2 + 32
+        self._x8 = np.concatenate([self._x8, np.zeros(pad, dtype=np.float32)])
+        total_hops = self._samples_in // HOP_16
+        n = min(self._ready_hops(), total_hops - self._next_hop)
+        if n > 0:
+            self._process(n)
+        self._x8 = self._x8[: len(self._x8) - pad]
+
+    def _process(self, n: int) -> None:
+        k0 = self._next_hop
+        s0 = k0 * _HOP8 - _LEFT8 - self._x8_base
+        view = np.lib.stride_tricks.sliding_window_view(self._x8[s0:], _SEG8)[: n * _HOP8: _HOP8]
+        seg = np.ascontiguousarray(view[:n])
+        t_s = (np.arange(k0, k0 + n) + 0.5) * HOP_S
+        win = seg[:, :_WIN8]
+        level = 10.0 * np.log10(np.mean(win * win, axis=1) + 1e-12)
+        # running peak with decay: peak_k = max_j<=k (level_j + decay*t_j) - decay*t_k
+        dec = PEAK_DECAY_DB_PER_S
+        prev = self._peak_db + dec * self._t_last_peak
+        peak = np.maximum.accumulate(np.maximum(level + dec * t_s, prev)) - dec * t_s
+        self._peak_db = float(peak[-1])
+        self._t_last_peak = float(t_s[-1])
+        loud = (level > _ABS_FLOOR_DB) & (level > peak - VOICING_GATE_DB)
+        tau = np.full(n, float(_TAU_MAX))
+        aper = np.ones(n)
+        ncc = np.zeros(n)
+        band = level.copy()
+        ii = np.nonzero(loud)[0]
+        if len(ii):
+            t_i, a_i, c_i, dn, b_i = _yin_hops(seg[ii])
+            v_i = a_i < VOICING_APERIODICITY
+            # the octave fix runs on the loud hops only, in order, after the previous blocks' hops
+            _octave_fix(t_i, a_i, dn, v_i, self._lf_context)
+            tau[ii], aper[ii], ncc[ii], band[ii] = t_i, a_i, c_i, b_i
+        voiced = loud & (aper < VOICING_APERIODICITY)
+        f0 = np.where(voiced, _SR8 / tau, 0.0)
+        r = np.clip(ncc, 1e-6, 1 - 1e-6)
+        hnr = np.where(voiced, 10.0 * np.log10(r / (1.0 - r)), np.nan)
+        self._lf_context = np.concatenate(
+            [self._lf_context, np.where(voiced[loud], np.log2(np.where(f0 > 0, f0, 1.0))[loud], np.nan)]
+        )[-_OCTAVE_HALF:]
+        track = HopTrack(t_s, f0, voiced, level, hnr, band, np.where(loud, 1.0 - aper, 0.0))
+        self._tracks.append(track)
+        self._cycles_from(track, k0)
+        self._next_hop = k0 + n
+        self._trim()
+
+    def _cycles_from(self, track: HopTrack, k0: int) -> None:
+        v = track.voiced.astype(np.int8)
+        edges = np.diff(np.concatenate([[0], v, [0]]))
+        runs = np.column_stack([np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0]])
+        runs = runs[runs[:, 1] - runs[:, 0] >= 3]
+        s16 = k0 * HOP_16 - self._x16_base
+        e16 = (k0 + len(track.t_s)) * HOP_16 - self._x16_base
+        if not len(runs) or s16 < 0 or e16 > len(self._x16):
+            return
+        for (a, _), (dp, da, per, amps) in zip(runs.tolist(),
+                                              _cycles(self._x16[s16:e16], track.f0_hz, runs), strict=True):
+            self._cycles.append((float(track.t_s[a]), dp, da, per))
+            self._amps.append((float(track.t_s[a]), amps))
+
+    def _trim(self) -> None:
+        keep_from = self._next_hop * HOP_S - self.history_s
+        while self._tracks and self._tracks[0].t_s[-1] < keep_from:
+            self._tracks.pop(0)
+        while self._cycles and self._cycles[0][0] < keep_from:
+            self._cycles.pop(0)
+        while self._amps and self._amps[0][0] < keep_from:
+            self._amps.pop(0)
+        # keep the 16 kHz and 8 kHz buffers short: only what pending hops still need
+        drop16 = self._next_hop * HOP_16 - 2 * HOP_16 - self._x16_base
+        if drop16 > 0:
+            self._x16 = self._x16[drop16:]
+            self._x16_base += drop16
+        drop8 = self._next_hop * _HOP8 - _LEFT8 - self._x8_base
+        if drop8 > 0:
+            self._x8 = self._x8[drop8:]
+            self._x8_base += drop8
+
+    def hops(self, last_s: float | None = None) -> HopTrack:
+        """Per-hop track of the last ``last_s`` seconds analysed (all history when ``None``)."""
+        if not self._tracks:
+            z = np.zeros(0)
+            return HopTrack(*([z] * 7))
+        names = [f.name for f in fields(HopTrack)]
+        cat = HopTrack(*(np.concatenate([getattr(t, f) for t in self._tracks]) for f in names))
+        if last_s is None:
+            return cat
+        m = cat.t_s >= cat.t_s[-1] + HOP_S / 2 - last_s
+        return HopTrack(*(getattr(cat, f)[m] for f in names))
+
+    def window(self, seconds: float = 10.0, flush: bool = False) -> ProsodyWindow:
+        """Functionals over the last ``seconds`` of analysed audio.
+
+        Args:
+            seconds: window length, seconds.
+            flush: analyse pending hops first (padding with silence); use at the end of a stream.
+
+        Returns:
+            The window's :class:`ProsodyWindow`.
+        """
+        if flush:
+            self.flush()
+        tr = self.hops(seconds)
+        start_s = float(tr.t_s[0] - HOP_S / 2) if len(tr.t_s) else 0.0
+        cycles = [c for c in self._cycles if c[0] >= start_s]
+        amps = [a for t, a in self._amps if t >= start_s]
+        return functionals(tr, cycles, amps)
+
+
+def functionals(tr: HopTrack, cycles: list[tuple[float, np.ndarray, np.ndarray, np.ndarray]],
+                amps: list[np.ndarray]) -> ProsodyWindow:
+    """Summarise a per-hop track and its glottal cycles into a :class:`ProsodyWindow`."""
+    n = len(tr.t_s)
+    start_s = float(tr.t_s[0] - HOP_S / 2) if n else 0.0
+    end_s = float(tr.t_s[-1] + HOP_S / 2) if n else 0.0
+    dur_s = end_s - start_s
+    v = tr.voiced
+    nv = int(v.sum())
+    enough = nv >= 10
+    f0v = tr.f0_hz[v]
+    st = 12.0 * np.log2(f0v / 100.0) if nv else np.zeros(0)
+    level = float(np.mean(tr.level_dbfs[v])) if nv else None
+    f0_med = float(np.median(f0v)) if enough else None
+    rng = float(np.percentile(st, 90) - np.percentile(st, 10)) if enough else None
+    movement = None
+    if enough:
+        both = v[1:] & v[:-1]
+        lf = 12.0 * np.log2(np.where(tr.f0_hz > 0, tr.f0_hz, 1.0) / 100.0)
+        movement = float(np.abs(np.diff(lf))[both].sum() / (nv * HOP_S))
+    hnr = float(np.nanmean(tr.hnr_db[v])) if enough else None
+    dp = np.concatenate([c[1] for c in cycles]) if cycles else np.zeros(0)
+    da = np.concatenate([c[2] for c in cycles]) if cycles else np.zeros(0)
+    per = np.concatenate([c[3] for c in cycles]) if cycles else np.zeros(0)
+    am = np.concatenate(amps) if amps else np.zeros(0)
+    jitter = float(dp.mean() / per.mean()) if len(dp) >= 5 and len(per) else None
+    shimmer = float(da.mean() / np.mean(np.abs(am))) if len(da) >= 5 and len(am) else None
+    syl = rate_mod.syllable_nuclei(tr.t_s, tr.band_dbfs, v)
+    art = rate_mod.articulation_rate(syl, tr.t_s, v)
+    pauses = rate_mod.pauses(tr.t_s, tr.level_dbfs, v)
+    n_p = len(pauses)
+    return ProsodyWindow(
+        start_s=start_s, end_s=end_s,
+        voiced_ratio=float(nv / n) if n else 0.0,
+        level_dbfs=level, f0_median_hz=f0_med, pitch_range_st=rng,
+        pitch_movement_st_per_s=movement, hnr_db=hnr, jitter_local=jitter, shimmer_local=shimmer,
+        syllables=len(syl), articulation_rate_syl_s=art,
+        speaking_rate_syl_s=(len(syl) / dur_s) if dur_s > 0 and enough else None,
+        pauses=n_p, pauses_per_min=(60.0 * n_p / dur_s) if dur_s > 0 else 0.0,
+        breaths=sum(1 for p in pauses if p.breath),
+        pause_s_mean=float(np.mean([p.end_s - p.start_s for p in pauses])) if n_p else None,
+    )
+
+
+def analyze_clip(samples: np.ndarray, rate_hz: int = RATE_HZ) -> dict[str, Any]:
+    """Prosody of a whole mono recording, through the same streaming stage.
+
+    Args:
+        samples: mono float samples, full scale +-1.0.
+        rate_hz: their sample rate; must be 16000 (resample first).
+
+    Returns:
+        A JSON-ready dict: the window's functionals plus the per-hop ``f0_hz``, ``voiced`` and
+        ``level_dbfs`` tracks (10 ms hops, hop k centred at (k + 0.5) * 10 ms).
+    """
+    if rate_hz != RATE_HZ:
+        raise ValueError(f"analyze_clip needs {RATE_HZ} Hz audio, got {rate_hz} Hz")
+    x = np.asarray(samples, dtype=np.float32).reshape(-1)
+    pros = Prosody(history_s=len(x) / RATE_HZ + 1.0)
+    for i in range(0, len(x), 512):
+        pros(x[i:i + 512])
+    win = pros.window(len(x) / RATE_HZ + 1.0, flush=True)
+    tr = pros.hops()
+    out = win.as_dict()
+    out["hop_s"] = HOP_S
+    out["f0_hz"] = np.round(tr.f0_hz, 2).tolist()
+    out["voiced"] = tr.voiced.astype(bool).tolist()
+    out["level_dbfs"] = np.round(tr.level_dbfs, 2).tolist()
+    return out

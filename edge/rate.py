@@ -1,0 +1,140 @@
+"""Speaking rate without speech recognition, and pauses, from a 10 ms level and voicing track.
+
+Syllable nuclei are peaks of the smoothed level contour inside voiced speech that stand out from the
+dips on both sides (in the manner of de Jong and Wempe, 2009, but on a per-hop track with a dip test
+on both sides and a level floor relative to the speaker's own loudness). Pauses are quiet unvoiced
+gaps between voiced stretches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+HOP_S = 0.01
+SMOOTH_HOPS = 3
+"""Width of the moving average applied to the level contour (hops)."""
+DIP_DB = 1.0
+"""A nucleus must rise this many dB above the lowest point since the previous nucleus."""
+UNVOICED_PENALTY_DB = 6.0
+"""Unvoiced hops are lowered by this much, so a voicing break counts as a dip."""
+FLOOR_BELOW_PEAK_DB = 25.0
+"""Nuclei quieter than the window's loud voiced level minus this are ignored."""
+MIN_GAP_S = 0.08
+"""Two nuclei are at least this far apart."""
+ONSET_TO_NUCLEUS_S = 0.2
+"""Added to the nucleus span: the time from the last syllable's onset to the end of speech."""
+PAUSE_MIN_S = 0.15
+PAUSE_MAX_S = 2.0
+SILENCE_BELOW_SPEECH_DB = 25.0
+"""A pause hop is at least this many dB below the loud voiced level."""
+BREATH_ABOVE_FLOOR_DB = 10.0
+"""A pause whose loudest 50 ms rise this far above its quiet floor holds an audible breath."""
+
+
+@dataclass(frozen=True)
+class Pause:
+    """A silent gap between two voiced stretches."""
+
+    start_s: float
+    end_s: float
+    breath: bool
+
+
+def _smooth(x: np.ndarray, width: int) -> np.ndarray:
+    if width <= 1 or len(x) < width:
+        return x.astype(float)
+    k = np.ones(width) / width
+    pad = width // 2
+    xp = np.concatenate([np.full(pad, x[0]), x, np.full(width - 1 - pad, x[-1])])
+    return np.convolve(xp, k, mode="valid")
+
+
+def syllable_nuclei(t_s: np.ndarray, level_dbfs: np.ndarray, voiced: np.ndarray) -> np.ndarray:
+    """Times of syllable nuclei in a per-hop track.
+
+    Args:
+        t_s: hop centre times, seconds.
+        level_dbfs: hop levels, dBFS; the 300-2500 Hz band level works best.
+        voiced: hop voicing flags.
+
+    Returns:
+        Nucleus times in seconds, increasing.
+    """
+    n = len(t_s)
+    if n < 3 or not voiced.any():
+        return np.zeros(0)
+    lev = _smooth(np.where(voiced, level_dbfs, level_dbfs - UNVOICED_PENALTY_DB), SMOOTH_HOPS)
+    ref = float(np.percentile(level_dbfs[voiced], 95))
+    is_peak = np.zeros(n, dtype=bool)
+    is_peak[1:-1] = (lev[1:-1] >= lev[:-2]) & (lev[1:-1] > lev[2:])
+    cand = np.nonzero(is_peak & voiced & (lev > ref - FLOOR_BELOW_PEAK_DB))[0]
+    out: list[int] = []
+    min_gap = round(MIN_GAP_S / HOP_S)
+    for c in cand:
+        if out:
+            prev = out[-1]
+            dip = float(lev[prev:c + 1].min())
+            if lev[c] - dip < DIP_DB or lev[prev] - dip < DIP_DB or c - prev < min_gap:
+                if lev[c] > lev[prev] and (c - prev < min_gap or lev[prev] - dip < DIP_DB):
+                    out[-1] = int(c)  # the louder of two peaks not separated by a dip
+                continue
+        out.append(int(c))
+    return t_s[np.asarray(out, dtype=int)] if out else np.zeros(0)
+
+
+def articulation_rate(nuclei_s: np.ndarray, t_s: np.ndarray, voiced: np.ndarray) -> float | None:
+    """Syllables per second from the first to the last nucleus (plus the last syllable's length).
+
+    Args:
+        nuclei_s: nucleus times, seconds.
+        t_s: hop centre times of the window, seconds.
+        voiced: hop voicing flags.
+
+    Returns:
+        The rate in syllables per second, or ``None`` with fewer than two nuclei.
+    """
+    if len(nuclei_s) < 2:
+        return None
+    end = float(t_s[-1]) + HOP_S / 2 if len(t_s) else float(nuclei_s[-1])
+    span = min(float(nuclei_s[-1]) + ONSET_TO_NUCLEUS_S, end) - float(nuclei_s[0])
+    return len(nuclei_s) / span if span > 0 else None
+
+
+def pauses(t_s: np.ndarray, level_dbfs: np.ndarray, voiced: np.ndarray) -> list[Pause]:
+    """Silent gaps of 150 ms to 2 s between voiced stretches.
+
+    Args:
+        t_s: hop centre times, seconds.
+        level_dbfs: hop levels, dBFS.
+        voiced: hop voicing flags.
+
+    Returns:
+        The pauses, in order; ``breath`` marks those holding an audible unvoiced breath.
+    """
+    if len(t_s) < 3 or voiced.sum() < 3:
+        return []
+    ref = float(np.percentile(level_dbfs[voiced], 95))
+    quiet = level_dbfs < ref - SILENCE_BELOW_SPEECH_DB
+    v = voiced.astype(np.int8)
+    edges = np.diff(np.concatenate([[0], v, [0]]))
+    starts = np.nonzero(edges == 1)[0]
+    ends = np.nonzero(edges == -1)[0]
+    out: list[Pause] = []
+    for e, s in zip(ends[:-1], starts[1:], strict=True):
+        gap = slice(e, s)
+        q = quiet[gap]
+        if not q.any():
+            continue
+        qi = np.nonzero(q)[0]
+        a, b = e + qi[0], e + qi[-1] + 1  # the quiet part of the gap
+        dur = (b - a) * HOP_S
+        if not PAUSE_MIN_S <= dur <= PAUSE_MAX_S or q.mean() < 0.6:
+            continue
+        lev = level_dbfs[a:b]
+        floor = float(np.percentile(lev, 10))
+        bump = float(_smooth(lev, 5).max())
+        out.append(Pause(float(t_s[a] - HOP_S / 2), float(t_s[b - 1] + HOP_S / 2),
+                         bump - floor >= BREATH_ABOVE_FLOOR_DB))
+    return out

@@ -1,0 +1,481 @@
+"""Posture cues: what a native supervisor would tell the agent, with hysteresis and no nagging.
+
+:class:`Signals` is fed once per metrics window (a :class:`Tick`: the window's metrics, the agent's
+prosody over a short and a long window, the time the agent's channel has been digitally flat) and
+with every conversation event as it is produced; it returns ``cue_on`` / ``cue_off`` event bodies.
+
+Every cue has a start condition that must hold for a minimum time, an end condition with a
+hysteresis band, a cooldown after it ends, and all cues share a per-agent budget per rolling hour.
+Nothing is raised while the line is on hold (explicit call state, hold music, a dead line or a long
+silent line), while the agent's headset is muted (digital silence on the near channel), or outside
+a call. Baseline-relative cues (rate, monotone, low energy) wait until the agent's own baseline is
+learned. Agent cues are behavioural and physical (pace, pauses, pitch movement, loudness, turn
+taking); no emotion is ever derived from the agent's voice. Prospect cues use the far channel only.
+
+Labels in French and English are in :data:`CUES`; defaults are justified in ``docs/cues.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edge.campaign import CampaignConfig
+from edge.prosody import ProsodyWindow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CueInfo:
+    """What a cue is: its channel, its labels and the unit of its evidence."""
+
+    channel: str
+    """``near`` for the agent's cues, ``far`` for the prospect's."""
+    en: str
+    fr: str
+    unit: str
+    """Unit of ``evidence_value`` and ``evidence_threshold``."""
+
+
+CUES: dict[str, CueInfo] = {
+    "too_fast": CueInfo("near", "Slow down", "Ralentissez", "ratio"),
+    "too_slow": CueInfo("near", "Pick up the pace", "Accélérez un peu", "ratio"),
+    "monologue": CueInfo("near", "Let the prospect speak", "Laissez parler le prospect", "s"),
+    "no_pause": CueInfo("near", "Pause and breathe", "Faites une pause, respirez", "s"),
+    "monotone": CueInfo("near", "Vary your tone", "Variez votre intonation", "ratio"),
+    "talking_over": CueInfo("near", "Don't talk over the prospect",
+                            "Ne coupez pas la parole au prospect", "s"),
+    "slow_response": CueInfo("near", "The prospect is waiting for you",
+                             "Le prospect attend votre réponse", "s"),
+    "low_energy": CueInfo("near", "Speak up, more energy", "Plus d'énergie dans la voix", "db"),
+    "prospect_hesitating": CueInfo("far", "Prospect hesitating", "Le prospect hésite", "s"),
+    "prospect_tense": CueInfo("far", "Prospect tense", "Le prospect est tendu", "ratio"),
+    "take_break": CueInfo("near", "Take a short break", "Prenez une courte pause", "index"),
+}
+"""Every cue id (the wire's ``cue`` enum) with its labels; ``take_break`` comes from the fatigue stage."""
+
+SEVERITIES = ("low", "medium", "high")
+FAR_HOLD_KINDS = frozenset({"music", "dead"})
+"""Far-end kinds that mean the line is on hold or gone: no cue."""
+
+
+@dataclass
+class Tick:
+    """One metrics window's inputs to :class:`Signals`."""
+
+    t_s: float
+    """Audio time at the window's end, seconds."""
+    metrics: dict[str, Any]
+    """The window's metrics body (conversation figures, ``far_kind``, ``prospect_tension``...)."""
+    short: ProsodyWindow | None = None
+    """The agent's prosody over the rate window (``too_fast.window_s``)."""
+    long: ProsodyWindow | None = None
+    """The agent's prosody over the metrics' prosody window (pitch range, loudness)."""
+    near_flat_s: float = 0.0
+    """How long the agent's channel has been digitally flat (headset mute), seconds."""
+
+
+@dataclass
+class _Active:
+    cue: str
+    start_s: float
+    severity: str
+    value: float
+    threshold: float
+
+
+@dataclass
+class _Timer:
+    """How long a condition has held (or its release has held)."""
+
+    on_s: float = 0.0
+    off_s: float = 0.0
+
+    def step(self, on: bool, off: bool, dt_s: float) -> None:
+        self.on_s = self.on_s + dt_s if on else 0.0
+        self.off_s = self.off_s + dt_s if off else 0.0
+
+
+@dataclass
+class AgentBaseline:
+    """The agent's own typical rate, pitch range and loudness, learned from the first speech."""
+
+    rate_syl_s: list[float] = field(default_factory=list)
+    pitch_range_st: list[float] = field(default_factory=list)
+    level_dbfs: list[float] = field(default_factory=list)
+    speech_s: float = 0.0
+
+    def ready(self, need_s: float) -> bool:
+        """Whether enough speech was seen (and every measure has samples)."""
+        return (self.speech_s >= need_s and len(self.rate_syl_s) >= 5 and len(self.pitch_range_st) >= 5
+                and len(self.level_dbfs) >= 5)
+
+    def value(self, name: str) -> float:
+        """Median of one measure."""
+        return float(np.median(getattr(self, name)))
+
+    def as_dict(self) -> dict[str, float]:
+        """The learned medians (to persist for the agent's next shift)."""
+        return {n: self.value(n) for n in ("rate_syl_s", "pitch_range_st", "level_dbfs")
+                if getattr(self, n)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, float], speech_s: float = 3600.0) -> AgentBaseline:
+        """A baseline loaded from a previous shift's :meth:`as_dict` (ready at once)."""
+        return cls(**{n: [float(values[n])] * 5 for n in ("rate_syl_s", "pitch_range_st", "level_dbfs")},
+                   speech_s=speech_s)
+
+
+VOICED_MIN = 0.2
+"""A prosody window counts for the baseline and the voice cues only when this share is voiced."""
+RATE_VOICED_MIN = 0.35
+RATE_MIN_SYLLABLES = 8
+"""A rate window counts only with this much voice and this many syllable nuclei (a turn's edge
+holds a few syllables and gives rates far off in either direction)."""
+
+
+class Signals:
+    """Posture cues of the agent and the prospect from per-second inputs; no I/O.
+
+    Args:
+        campaign: thresholds, hysteresis, cooldowns and the alert budget.
+        baseline: the agent's baseline from a previous shift (learned from the first speech if None).
+    """
+
+    def __init__(self, campaign: CampaignConfig | None = None,
+                 baseline: AgentBaseline | None = None) -> None:
+        self.campaign = campaign or CampaignConfig()
+        self._loaded = baseline
+        self.reset()
+
+    # ------------------------------------------------------------------------------ state
+    def reset(self) -> None:
+        """A new shift: forget the baseline (unless loaded), the budget and every cue."""
+        self.baseline = self._loaded or AgentBaseline()
+        self._raised: deque[float] = deque()
+        self.suppressed_by_budget = 0
+        self._hold_explicit = False
+        self.reset_call()
+
+    def reset_call(self) -> None:
+        """Forget everything about the current call (private mode, end of call)."""
+        self.active: dict[str, _Active] = {}
+        self._timers: dict[str, _Timer] = {c: _Timer() for c in CUES}
+        self._last_off: dict[str, float] = {}
+        self._pending: list[dict[str, Any]] = []
+        self._open_overlap_s: float | None = None
+        self._talk_over_until = -math.inf
+        self._talk_over_value = 0.0
+        self._speaking = {"near": False, "far": False}
+        self._last_end: dict[str, float | None] = {"near": None, "far": None}
+        self._run_s = 0.0
+        self._run_speech_s = 0.0
+        keep = max(1, self.campaign.prospect_hesitating.responses)
+        self._prospect_latencies: deque[float] = deque(maxlen=keep)
+        self._last_prospect_latency: float | None = None
+        self._far_silent_s = 0.0
+        self._in_call = False
+        self._reset_summary()
+
+    def _reset_summary(self) -> None:
+        self._cue_n = {c: 0 for c in CUES}
+        self._cue_s = {c: 0.0 for c in CUES}
+        self._rates: list[float] = []
+        self._f0: list[float] = []
+        self._ranges: list[float] = []
+        self._levels: list[float] = []
+
+    def hold(self, on: bool) -> None:
+        """Explicit hold from the call-state input (softphone or CTI connector)."""
+        self._hold_explicit = on
+
+    # ------------------------------------------------------------------------------ events
+    def event(self, body: dict[str, Any], t_s: float) -> list[dict[str, Any]]:
+        """Take one conversation or gate event as it is produced; return cue events to emit first.
+
+        ``call_end`` closes every open cue (returned as ``cue_off`` bodies) and gets the call's cue
+        counts and durations and rate and pitch statistics added to ``body`` in place.
+
+        Args:
+            body: the event body (``name``, ``channel``, ``t_audio_s``...).
+            t_s: audio time the pipeline has reached, seconds.
+
+        Returns:
+            ``cue_off`` bodies to publish before ``body``.
+        """
+        name, ch = body.get("name"), body.get("channel")
+        t = float(body.get("t_audio_s", t_s))
+        out: list[dict[str, Any]] = []
+        if name == "speech_start" and ch in self._speaking:
+            self._speaking[ch] = True
+        elif name == "speech_end" and ch in self._speaking:
+            self._speaking[ch] = False
+            self._last_end[ch] = t
+        elif name == "overlap_start" and ch == "near":
+            self._open_overlap_s = t
+        elif name == "overlap_end":
+            long_enough = float(body.get("duration_s", 0.0)) >= self.campaign.talking_over.min_overlap_s
+            if ch == "near" and long_enough:
+                self._talking_over(float(body["duration_s"]))
+            self._open_overlap_s = None
+        elif name == "interruption" and ch == "near":
+            self._talking_over(self.campaign.talking_over.min_overlap_s)
+        elif name == "call_start":
+            self._in_call = True
+            self._reset_summary()
+        elif name == "call_end":
+            self._in_call = False
+            for cue in list(self.active):
+                out.append(self._off(cue, t_s))
+            body.update(self.summary())
+            self._last_end = {"near": None, "far": None}
+        return out
+
+    def _talking_over(self, value_s: float) -> None:
+        self._talk_over_until = math.inf  # raised at the next tick, then held for show_s
+        self._talk_over_value = max(self._talk_over_value, value_s)
+
+    def summary(self) -> dict[str, float | int]:
+        """The current call's cue counts and durations, rate and pitch statistics (``call_*``)."""
+        out: dict[str, float | int] = {"call_cues": sum(self._cue_n[c] for c in CUES if c != "take_break")}
+        for c in CUES:
+            if c == "take_break":
+                continue
+            out[f"call_cue_{c}_n"] = self._cue_n[c]
+            out[f"call_cue_{c}_s"] = round(self._cue_s[c], 1)
+        for key, values in (("rate_syl_s", self._rates), ("f0_hz", self._f0),
+                            ("pitch_range_st", self._ranges), ("level_dbfs", self._levels)):
+            if values:
+                out[f"call_{key}_median"] = round(float(np.median(values)), 3)
+        if len(self._rates) >= 3:
+            out["call_rate_syl_s_p10"] = round(float(np.percentile(self._rates, 10)), 3)
+            out["call_rate_syl_s_p90"] = round(float(np.percentile(self._rates, 90)), 3)
+        return out
+
+    # ------------------------------------------------------------------------------ ticks
+    def __call__(self, tick: Tick) -> list[dict[str, Any]]:
+        """Take one metrics window; return the ``cue_on`` / ``cue_off`` bodies it produced."""
+        m = tick.metrics
+        dt = float(m.get("window_s", 1.0))
+        now = tick.t_s
+        self._learn(tick)
+        far_quiet = m.get("far_kind") == "silence" and not m.get("near_talking", False) \
+            and float(m.get("near_speech_ratio", 0.0)) == 0.0
+        self._far_silent_s = self._far_silent_s + dt if far_quiet else 0.0
+        out: list[dict[str, Any]] = []
+        why = self.suppressed(tick)
+        if why:
+            for cue in list(self.active):
+                out.append(self._off(cue, now))
+            for timer in self._timers.values():
+                timer.step(False, False, dt)
+            self._talk_over_until = -math.inf
+            self._talk_over_value = 0.0
+            self._run_s = self._run_speech_s = 0.0
+            return out
+        conditions = self._conditions(tick, now)
+        for cue in self.active:
+            if cue not in conditions:  # no evidence this window (no voice, no baseline): release
+                act = self.active[cue]
+                conditions[cue] = (act.value, act.threshold, False, True, 0.0, 0.0, act.severity)
+        for cue, (value, threshold, on, off, min_on, min_off, sev) in conditions.items():
+            timer = self._timers[cue]
+            timer.step(on, off, dt)
+            if cue in self.active:
+                self._cue_s[cue] += dt
+                if off and timer.off_s >= min_off:
+                    out.append(self._off(cue, now))
+            elif on and timer.on_s >= min_on:
+                ev = self._on(cue, now, sev, value, threshold)
+                if ev is not None:
+                    out.append(ev)
+        return out
+
+    def suppressed(self, tick: Tick) -> str:
+        """Why no cue may be raised now (``''`` when cues are allowed)."""
+        m = tick.metrics
+        a = self.campaign.alerts
+        if self._hold_explicit:
+            return "hold"
+        if m.get("far_kind") in FAR_HOLD_KINDS or m.get("far_signal") == "none":
+            return "hold"
+        if self._far_silent_s >= a.hold_silence_s:
+            return "hold"
+        if tick.near_flat_s >= a.mute_after_s or m.get("near_signal") == "none":
+            return "muted"
+        if not m.get("in_call", self._in_call):
+            return "idle"
+        if a.budget_per_hour == 0:
+            return "budget"
+        return ""
+
+    def _learn(self, tick: Tick) -> None:
+        """Grow the baseline from the first speech, and the call's rate and pitch statistics."""
+        short, long = tick.short, tick.long
+        b = self.baseline
+        need = self.campaign.alerts.baseline_speech_s
+        if short is not None and short.voiced_ratio >= RATE_VOICED_MIN \
+                and short.syllables >= RATE_MIN_SYLLABLES and short.articulation_rate_syl_s:
+            if self._in_call:
+                self._rates.append(short.articulation_rate_syl_s)
+            if not b.ready(need):
+                b.rate_syl_s.append(short.articulation_rate_syl_s)
+        if long is not None and long.voiced_ratio >= VOICED_MIN:
+            if self._in_call:
+                if long.f0_median_hz:
+                    self._f0.append(long.f0_median_hz)
+                if long.pitch_range_st is not None:
+                    self._ranges.append(long.pitch_range_st)
+                if long.level_dbfs is not None:
+                    self._levels.append(long.level_dbfs)
+            if not b.ready(need):
+                if long.pitch_range_st is not None:
+                    b.pitch_range_st.append(long.pitch_range_st)
+                if long.level_dbfs is not None:
+                    b.level_dbfs.append(long.level_dbfs)
+        if not b.ready(need):
+            b.speech_s += float(tick.metrics.get("near_speech_ratio", 0.0)) * float(
+                tick.metrics.get("window_s", 1.0))
+
+    def _conditions(self, tick: Tick, now: float
+                    ) -> dict[str, tuple[float, float, bool, bool, float, float, str]]:
+        """Per cue: (evidence, threshold, start condition, end condition, min on, min off, severity)."""
+        c = self.campaign
+        m = tick.metrics
+        dt = float(m.get("window_s", 1.0))
+        out: dict[str, tuple[float, float, bool, bool, float, float, str]] = {}
+        ready = self.baseline.ready(c.alerts.baseline_speech_s)
+        short, long = tick.short, tick.long
+        # pace, relative to the agent's own rate (and the campaign's absolute band)
+        rate = short.articulation_rate_syl_s if short is not None and short.voiced_ratio >= RATE_VOICED_MIN \
+            and short.syllables >= RATE_MIN_SYLLABLES else None
+        if ready and rate:
+            base = self.baseline.value("rate_syl_s")
+            ratio = rate / base
+            for cue, cfg, sign in (("too_fast", c.too_fast, 1.0), ("too_slow", c.too_slow, -1.0)):
+                if not cfg.enabled:
+                    continue
+                band = sign * rate >= sign * cfg.band_syl_s
+                on = sign * ratio >= sign * cfg.ratio_on or band
+                off = sign * ratio <= sign * cfg.ratio_off and not band
+                far = abs(ratio - 1.0) >= 1.5 * abs(cfg.ratio_on - 1.0)
+                out[cue] = (ratio, cfg.ratio_on, on, off, cfg.min_on_s, cfg.min_off_s,
+                            "high" if far else "medium")
+        elif rate is None:
+            for cue in ("too_fast", "too_slow"):  # no speech: the release clock runs
+                cfg = getattr(c, cue)
+                if cfg.enabled:
+                    out[cue] = (0.0, cfg.ratio_on, False, True, cfg.min_on_s, cfg.min_off_s, "medium")
+        # monologue: the conversation stage's current agent turn
+        mono = float(m.get("monologue_s_current", 0.0))
+        if c.monologue.enabled:
+            out["monologue"] = (mono, c.monologue.on_s, mono >= c.monologue.on_s, mono == 0.0,
+                                0.0, 0.0, "high" if mono >= c.monologue.high_s else "medium")
+        # no pause or breath: consecutive seconds of speech whose short window holds no pause
+        if c.no_pause.enabled:
+            speech = float(m.get("near_speech_ratio", 0.0))
+            if short is not None and short.pauses == 0 and speech >= 0.5:
+                self._run_s += dt
+                self._run_speech_s += speech * dt
+            else:
+                self._run_s = self._run_speech_s = 0.0
+            cfg_np = c.no_pause
+            on = self._run_s >= cfg_np.on_s and self._run_speech_s >= cfg_np.speech_ratio * self._run_s
+            out["no_pause"] = (self._run_s, cfg_np.on_s, on, self._run_s == 0.0, 0.0, 0.0, "medium")
+        # monotone and low energy, relative to the agent's own baseline
+        if ready and long is not None and long.voiced_ratio >= VOICED_MIN:
+            if c.monotone.enabled and long.pitch_range_st is not None:
+                r = long.pitch_range_st / max(self.baseline.value("pitch_range_st"), 1e-6)
+                out["monotone"] = (r, c.monotone.ratio_on, r <= c.monotone.ratio_on,
+                                   r >= c.monotone.ratio_off, c.monotone.min_on_s,
+                                   c.monotone.min_off_s, "low")
+            if c.low_energy.enabled and long.level_dbfs is not None:
+                drop = self.baseline.value("level_dbfs") - long.level_dbfs
+                out["low_energy"] = (drop, c.low_energy.drop_db_on, drop >= c.low_energy.drop_db_on,
+                                     drop <= c.low_energy.drop_db_off, c.low_energy.min_on_s,
+                                     c.low_energy.min_off_s, "low")
+        # talking over: an agent-started overlap lasting min_overlap_s (or an agent interruption)
+        to = c.talking_over
+        if to.enabled:
+            if self._open_overlap_s is not None and self._speaking["near"] and self._speaking["far"] \
+                    and now - self._open_overlap_s >= to.min_overlap_s:
+                self._talking_over(now - self._open_overlap_s)
+            if self._talk_over_until == math.inf:
+                if "talking_over" in self.active or self._cooldown_ok("talking_over", now):
+                    self._talk_over_until = now + to.show_s
+                else:
+                    self._talk_over_until = -math.inf
+            raise_it = self._talk_over_until > now
+            out["talking_over"] = (round(self._talk_over_value, 2), to.min_overlap_s, raise_it,
+                                   not raise_it, 0.0, 0.0, "medium")
+            if not raise_it:
+                self._talk_over_value = 0.0
+        # slow to respond: the prospect spoke last and nobody has spoken since
+        sr = c.slow_response
+        if sr.enabled:
+            far_end, near_end = self._last_end["far"], self._last_end["near"]
+            waiting = (not self._speaking["near"] and not self._speaking["far"] and far_end is not None
+                       and (near_end is None or near_end < far_end))
+            gap = now - far_end if waiting and far_end is not None else 0.0
+            on = waiting and sr.on_s <= gap < sr.max_s
+            out["slow_response"] = (round(gap, 2), sr.on_s, on, not on, 0.0, 0.0, "medium")
+        # the prospect hesitating: slow answers to the agent
+        ph = c.prospect_hesitating
+        lat = m.get("latency_prospect_ms_last")
+        if ph.enabled:
+            if lat is not None and lat != self._last_prospect_latency:
+                self._last_prospect_latency = lat
+                self._prospect_latencies.append(float(lat) / 1000.0)
+            slow = sum(x >= ph.latency_on_s for x in self._prospect_latencies)
+            med = float(np.median(self._prospect_latencies)) if self._prospect_latencies else 0.0
+            out["prospect_hesitating"] = (round(med, 2), ph.latency_on_s, slow >= ph.count,
+                                          slow < ph.count, 0.0, 0.0, "low")
+        # the prospect tense (affect model, far channel only)
+        pt = c.prospect_tense
+        tension = m.get("prospect_tension")
+        if pt.enabled and tension is not None:
+            out["prospect_tense"] = (float(tension), pt.tension_on, tension >= pt.tension_on,
+                                     tension <= pt.tension_off, pt.min_on_s, pt.min_off_s, "medium")
+        return out
+
+    # ------------------------------------------------------------------------------ raising
+    def _cooldown_ok(self, cue: str, now: float) -> bool:
+        last = self._last_off.get(cue)
+        return last is None or now - last >= getattr(self.campaign, cue).cooldown_s
+
+    def _on(self, cue: str, now: float, severity: str, value: float, threshold: float
+            ) -> dict[str, Any] | None:
+        """Raise a cue if its cooldown and the hourly budget allow it."""
+        if not self._cooldown_ok(cue, now):
+            return None
+        while self._raised and now - self._raised[0] >= 3600.0:
+            self._raised.popleft()
+        if len(self._raised) >= self.campaign.alerts.budget_per_hour:
+            self.suppressed_by_budget += 1
+            return None
+        self._raised.append(now)
+        self.active[cue] = _Active(cue, now, severity, value, threshold)
+        self._cue_n[cue] += 1
+        return cue_event("cue_on", cue, now, severity, value, threshold)
+
+    def _off(self, cue: str, now: float) -> dict[str, Any]:
+        act = self.active.pop(cue)
+        self._last_off[cue] = now
+        self._timers[cue] = _Timer()
+        return cue_event("cue_off", cue, now, act.severity, act.value, act.threshold,
+                         duration_s=round(now - act.start_s, 3))
+
+
+def cue_event(name: str, cue: str, t_s: float, severity: str, value: float, threshold: float,
+              **extra: Any) -> dict[str, Any]:
+    """A ``cue_on`` / ``cue_off`` event body (flat scalars only)."""
+    info = CUES[cue]
+    return {"name": name, "channel": info.channel, "t_audio_s": round(t_s, 3), "cue": cue,
+            "severity": severity, "evidence_value": round(float(value), 3),
+            "evidence_threshold": round(float(threshold), 3), "evidence_unit": info.unit, **extra}

@@ -1,0 +1,318 @@
+"""Signed over-the-air updates with automatic rollback.
+
+A release bundle is one file::
+
+    b"MIROIR-RELEASE/1\\n" | u32 big-endian manifest length | manifest (JSON)
+    | 64-byte Ed25519 signature over magic + manifest | payload (tar.gz of the release tree)
+
+The manifest names the version and the payload's SHA-256 and length. Installing:
+
+1. **verify** the signature with the vendor's public key and hash the payload, reading only:
+   a tampered bundle is rejected before anything is written;
+2. **unpack** into ``<root>/releases/.staging-<version>`` and rename it to ``releases/<version>``;
+3. **switch**: record ``state.json`` ``{"pending": new, "previous": old}`` (atomic rename), then
+   swap the ``current`` symlink atomically (a new link renamed over the old one);
+4. **health-check** (the agent restarted on the new release reaches the broker and publishes);
+5. **commit** (``state.json`` cleared) or **roll back** (``current`` back to the previous release).
+
+A power cut or kill at any point leaves ``current`` pointing to a complete release. At boot,
+:func:`recover` (``miroir-update-recover.service``, before the agent) removes staging leftovers
+and rolls an unconfirmed switch back. Verification needs ``cryptography``; recovery needs only
+the standard library (the image runs this file with the system Python).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import struct
+import sys
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"MIROIR-RELEASE/1\n"
+SIG_BYTES = 64
+MAX_MANIFEST_BYTES = 64 * 1024
+CHUNK = 1 << 20
+STATE_FILE = "state.json"
+CURRENT = "current"
+RELEASES = "releases"
+COMPLETE_MARK = ".complete"
+
+HealthCheck = Callable[[str], bool]
+"""Called with the new version after the switch; True when the agent runs well on it."""
+Restart = Callable[[], None]
+
+
+class UpdateError(RuntimeError):
+    """An update refused (bad signature, wrong payload, unsafe archive) or that failed."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a release bundle claims, once its signature is verified."""
+
+    version: str
+    payload_sha256: str
+    payload_bytes: int
+    payload_offset: int
+
+
+def _check_version(version: object) -> str:
+    if not isinstance(version, str) or not version or len(version) > 64 or not all(
+            c.isalnum() or c in ".-+_" for c in version) or version.startswith("."):
+        raise UpdateError(f"bad release version {version!r}")
+    return version
+
+
+def build_release(tree: Path, version: str, private_key_pem: bytes, out: Path) -> Path:
+    """Pack ``tree`` as release ``version`` and sign it (vendor side, release pipeline).
+
+    Args:
+        tree: Folder holding the release (venv, units, ``bin/miroir``...).
+        version: Release version.
+        private_key_pem: Ed25519 private key, PEM PKCS#8 without password.
+        out: Bundle file to write.
+
+    Returns:
+        ``out``.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = serialization.load_pem_private_key(private_key_pem, password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise UpdateError("the signing key is not an Ed25519 key")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(tree, arcname=".")
+    payload = buf.getvalue()
+    manifest = json.dumps({"format": "miroir-release/1", "version": _check_version(version),
+                           "payload_sha256": hashlib.sha256(payload).hexdigest(),
+                           "payload_bytes": len(payload)}, sort_keys=True).encode()
+    signature = key.sign(MAGIC + manifest)
+    Path(out).write_bytes(MAGIC + struct.pack(">I", len(manifest)) + manifest + signature + payload)
+    return Path(out)
+
+
+def verify_release(bundle: Path, public_key_pem: bytes) -> Manifest:
+    """Check a bundle's signature and payload hash, writing nothing; raise :class:`UpdateError`."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    key = serialization.load_pem_public_key(public_key_pem)
+    if not isinstance(key, Ed25519PublicKey):
+        raise UpdateError("the release key is not an Ed25519 public key")
+    with open(bundle, "rb") as fh:
+        if fh.read(len(MAGIC)) != MAGIC:
+            raise UpdateError(f"{bundle}: not a Miroir release bundle")
+        (length,) = struct.unpack(">I", fh.read(4).rjust(4, b"\0"))
+        if not 0 < length <= MAX_MANIFEST_BYTES:
+            raise UpdateError(f"{bundle}: bad manifest length {length}")
+        manifest_bytes = fh.read(length)
+        signature = fh.read(SIG_BYTES)
+        try:
+            key.verify(signature, MAGIC + manifest_bytes)
+        except InvalidSignature:
+            raise UpdateError(f"{bundle}: bad signature (not signed by the release key, "
+                              "or the manifest was altered)") from None
+        info = json.loads(manifest_bytes)
+        offset = fh.tell()
+        digest = hashlib.sha256()
+        size = 0
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    if size != info["payload_bytes"] or digest.hexdigest() != info["payload_sha256"]:
+        raise UpdateError(f"{bundle}: payload does not match its signed manifest (tampered "
+                          "or truncated)")
+    return Manifest(_check_version(info["version"]), info["payload_sha256"], size, offset)
+
+
+class Updater:
+    """Side-by-side releases under ``root`` with an atomically switched ``current`` symlink."""
+
+    def __init__(self, root: Path, *, crash_at: str | None = None) -> None:
+        self.root = Path(root)
+        self.releases = self.root / RELEASES
+        self.current = self.root / CURRENT
+        self.state_path = self.root / STATE_FILE
+        self._crash_at = crash_at or os.environ.get("MIROIR_UPDATE_CRASH_AT")
+
+    # -- state -----------------------------------------------------------------------------
+
+    def current_version(self) -> str | None:
+        """Version ``current`` points to, or None before the first install."""
+        try:
+            return Path(os.readlink(self.current)).name
+        except FileNotFoundError:
+            return None
+
+    def _state(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self.state_path.read_text()))
+        except FileNotFoundError:
+            return {}
+
+    def _write_state(self, state: dict[str, Any]) -> None:
+        tmp = self.root / f".{STATE_FILE}.tmp"
+        with open(tmp, "w") as fh:
+            json.dump(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.state_path)
+        _fsync_dir(self.root)
+
+    def _crash(self, point: str) -> None:
+        """Test hook: die by SIGKILL at a named point (simulates a power cut there)."""
+        if self._crash_at == point:
+            os.kill(os.getpid(), 9)
+
+    def _switch(self, version: str) -> None:
+        link = self.root / f".{CURRENT}.new"
+        link.unlink(missing_ok=True)
+        os.symlink(Path(RELEASES) / version, link)
+        os.replace(link, self.current)
+        _fsync_dir(self.root)
+
+    # -- operations ------------------------------------------------------------------------
+
+    def unpack(self, bundle: Path, manifest: Manifest) -> Path:
+        """Unpack a verified payload into ``releases/<version>`` (staged, then renamed)."""
+        self.releases.mkdir(parents=True, exist_ok=True)
+        final = self.releases / manifest.version
+        if (final / COMPLETE_MARK).exists():
+            return final
+        stage = self.releases / f".staging-{manifest.version}"
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir()
+        with open(bundle, "rb") as fh:
+            fh.seek(manifest.payload_offset)
+            data = fh.read()
+        if hashlib.sha256(data).hexdigest() != manifest.payload_sha256:
+            raise UpdateError("payload changed after verification")
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            tar.extractall(stage, filter="data")
+            self._crash("unpack")
+        (stage / COMPLETE_MARK).write_text(manifest.version + "\n")
+        _fsync_tree(stage)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(stage, final)
+        _fsync_dir(self.releases)
+        return final
+
+    def install(self, bundle: Path, public_key_pem: bytes, *, restart: Restart,
+                health: HealthCheck) -> str:
+        """Verify, unpack, switch, health-check, then commit or roll back.
+
+        Args:
+            bundle: Release bundle file.
+            public_key_pem: The vendor's Ed25519 release key (PEM).
+            restart: Restarts the agent on whatever ``current`` points to.
+            health: Health check of the new version.
+
+        Returns:
+            The version running afterwards.
+
+        Raises:
+            UpdateError: refused (nothing written) or rolled back (message says which).
+        """
+        manifest = verify_release(bundle, public_key_pem)  # before anything is written
+        self.recover()
+        old = self.current_version()
+        if old == manifest.version:
+            return old
+        self.unpack(bundle, manifest)
+        self._write_state({"pending": manifest.version, "previous": old, "ts": time.time()})
+        self._crash("before-switch")
+        self._switch(manifest.version)
+        self._crash("after-switch")
+        restart()
+        ok = False
+        try:
+            ok = health(manifest.version)
+        except Exception as exc:  # a crashing check is a failed check
+            log.warning("health check of %s raised: %s", manifest.version, exc)
+        if ok:
+            self._write_state({})
+            self.prune(keep={manifest.version, *([old] if old else [])})
+            log.info("update %s -> %s committed", old, manifest.version)
+            return manifest.version
+        self.rollback()
+        restart()
+        raise UpdateError(f"release {manifest.version} failed its health check; "
+                          f"rolled back to {old}")
+
+    def rollback(self) -> str | None:
+        """Point ``current`` back to the recorded previous release and clear the state."""
+        state = self._state()
+        previous = state.get("previous")
+        if previous and (self.releases / previous / COMPLETE_MARK).exists():
+            self._switch(previous)
+        bad = state.get("pending")
+        self._write_state({})
+        if bad and bad != previous:
+            shutil.rmtree(self.releases / bad, ignore_errors=True)
+        return self.current_version()
+
+    def recover(self) -> str | None:
+        """At boot: drop staging leftovers and roll back an unconfirmed switch."""
+        if self.releases.is_dir():
+            for stale in self.releases.glob(".staging-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+        (self.root / f".{CURRENT}.new").unlink(missing_ok=True)
+        if self._state().get("pending"):
+            log.warning("an update to %s was not confirmed: rolling back",
+                        self._state()["pending"])
+            return self.rollback()
+        return self.current_version()
+
+    def prune(self, keep: set[str]) -> None:
+        """Delete releases other than ``keep``."""
+        for path in self.releases.iterdir():
+            if not path.name.startswith(".") and path.name not in keep:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    for sub, _dirs, files in os.walk(path):
+        for name in files:
+            with open(os.path.join(sub, name), "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(Path(sub))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python update.py recover --root DIR``: the boot-time recovery, standard library only."""
+    parser = argparse.ArgumentParser(description="Miroir update recovery")
+    parser.add_argument("action", choices=["recover"], help="what to do")
+    parser.add_argument("--root", type=Path, required=True, help="the releases root")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    version = Updater(args.root).recover()
+    print(f"running release: {version}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

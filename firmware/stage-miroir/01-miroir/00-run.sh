@@ -1,0 +1,53 @@
+#!/bin/bash -e
+# pi-gen step: install the Miroir box agent, its units and the system configuration.
+# Inputs (pi-gen config): MIROIR_WHEELHOUSE = folder of the box's wheels (miroir + the "box" extra,
+# built for aarch64 by the release pipeline), MIROIR_VERSION, MIROIR_RELEASE_KEY = Ed25519 public key.
+: "${MIROIR_WHEELHOUSE:?set MIROIR_WHEELHOUSE in the pi-gen config}"
+: "${MIROIR_VERSION:?set MIROIR_VERSION in the pi-gen config}"
+: "${MIROIR_RELEASE_KEY:?set MIROIR_RELEASE_KEY in the pi-gen config}"
+FILES="$(dirname "$0")/files"
+SYSTEMD_UNITS="$(dirname "$0")/../../../systemd"
+
+# The first release lives on the data partition's seed (copied at first boot); /opt/miroir links to it.
+install -d "${ROOTFS_DIR}/usr/lib/miroir/seed/releases/${MIROIR_VERSION}"
+cp -r "${MIROIR_WHEELHOUSE}" "${ROOTFS_DIR}/tmp/wheels"
+on_chroot <<CHROOT
+set -e
+python3 -m venv /usr/lib/miroir/seed/releases/${MIROIR_VERSION}
+/usr/lib/miroir/seed/releases/${MIROIR_VERSION}/bin/pip install --no-index --find-links /tmp/wheels "miroir[box]"
+touch /usr/lib/miroir/seed/releases/${MIROIR_VERSION}/.complete
+rm -rf /tmp/wheels
+CHROOT
+install -d "${ROOTFS_DIR}/opt"
+ln -sfn /data/miroir-releases "${ROOTFS_DIR}/opt/miroir"
+install -D -m 0644 "${MIROIR_RELEASE_KEY}" "${ROOTFS_DIR}/usr/share/miroir/release-key.pem"
+install -D -m 0755 "$(dirname "$0")/../../../edge/update.py" "${ROOTFS_DIR}/usr/lib/miroir/update.py"
+
+# Units (hardened agent, first boot, update recovery, data partition, LED and button).
+for unit in miroir-box.service miroir-firstboot.service miroir-update-recover.service \
+	data.mount miroir-panel.service; do
+	install -m 0644 "${SYSTEMD_UNITS}/${unit}" "${ROOTFS_DIR}/etc/systemd/system/${unit}"
+done
+install -d "${ROOTFS_DIR}/etc/systemd/system/miroir-box.service.d"
+# Per-box broker address, written by the first boot on the data partition.
+ln -sfn /data/miroir/broker-address.conf \
+	"${ROOTFS_DIR}/etc/systemd/system/miroir-box.service.d/broker-address.conf"
+install -m 0755 "${FILES}/miroir-firstboot" "${ROOTFS_DIR}/usr/lib/miroir/miroir-firstboot"
+install -m 0755 "${FILES}/miroir-panel.py" "${ROOTFS_DIR}/usr/lib/miroir/miroir-panel.py"
+
+# Audio: a stable name for the USB headset adapter.
+install -m 0644 "${FILES}/90-miroir-headset.rules" "${ROOTFS_DIR}/etc/udev/rules.d/90-miroir-headset.rules"
+install -m 0644 "${FILES}/asound.conf" "${ROOTFS_DIR}/etc/asound.conf"
+# Hardware watchdog driven by systemd; time synchronisation.
+install -D -m 0644 "${FILES}/watchdog.conf" "${ROOTFS_DIR}/etc/systemd/system.conf.d/miroir-watchdog.conf"
+install -D -m 0644 "${FILES}/timesyncd.conf" "${ROOTFS_DIR}/etc/systemd/timesyncd.conf.d/miroir.conf"
+# Read-only root, writable data partition, RAM /tmp and /var/log.
+cat "${FILES}/fstab" >> "${ROOTFS_DIR}/etc/fstab"
+sed -i 's/\(\s\/\s\+ext4\s\+\)defaults/\1defaults,ro/' "${ROOTFS_DIR}/etc/fstab"
+
+on_chroot <<CHROOT
+set -e
+systemctl enable data.mount miroir-firstboot.service miroir-update-recover.service \
+	miroir-box.service miroir-panel.service systemd-timesyncd.service
+systemctl disable dphys-swapfile.service apt-daily.timer apt-daily-upgrade.timer man-db.timer || true
+CHROOT

@@ -1,0 +1,1 @@
+"""The prospect affect model: EmoDB features, training, LOSO evaluation, int8 export (ONNX, TFLite)."""

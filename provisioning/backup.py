@@ -1,0 +1,130 @@
+"""Encrypted backup and restore of a site directory (its CA, identities and inventory).
+
+Format: ``MIROIRBK1`` magic, 16-byte salt, 12-byte nonce, then AES-256-GCM over a gzip'd tar of
+the site directory (without the broker's persistence and logs). The key comes from the passphrase
+through scrypt (n=2**15, r=8, p=1). A wrong passphrase or a single changed byte fails the GCM tag:
+nothing is restored then.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pwd
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+
+from provisioning.broker import BROKER_USER
+
+MAGIC = b"MIROIRBK1"
+SALT_BYTES = 16
+NONCE_BYTES = 12
+SCRYPT_N = 2**15
+EXCLUDED = ("persist", "mosquitto.log", "mosquitto.log.stderr")
+MIN_PASSPHRASE = 12
+
+
+class BackupError(RuntimeError):
+    """A backup that cannot be made or restored (wrong passphrase, corrupt file, ...)."""
+
+
+def _key(passphrase: str, salt: bytes) -> bytes:
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+    return Scrypt(salt=salt, length=32, n=SCRYPT_N, r=8, p=1).derive(passphrase.encode())
+
+
+def _filter(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+    parts = Path(info.name).parts
+    if len(parts) > 1 and (parts[1] in EXCLUDED or parts[1].startswith(".")):
+        return None
+    return info
+
+
+def _broker_access(site: Path) -> None:
+    """As root, give the broker user its files back (the archive does not keep owners)."""
+    if os.geteuid() != 0:
+        return
+    try:
+        user = pwd.getpwnam(BROKER_USER)
+    except KeyError:
+        return
+    key = site / "broker" / "key.pem"
+    if key.exists():
+        os.chown(key, 0, user.pw_gid)
+        key.chmod(0o640)
+    os.chown(site / "persist", user.pw_uid, user.pw_gid)
+
+
+def backup(site_dir: Path, out: Path, passphrase: str) -> Path:
+    """Write an encrypted backup of ``site_dir`` to ``out`` (mode 0600).
+
+    Args:
+        site_dir: The site directory.
+        out: Backup file to write.
+        passphrase: At least 12 characters.
+
+    Returns:
+        ``out``.
+    """
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    if len(passphrase) < MIN_PASSPHRASE:
+        raise BackupError(f"the passphrase must have at least {MIN_PASSPHRASE} characters")
+    site_dir = Path(site_dir)
+    if not (site_dir / "site.json").exists():
+        raise BackupError(f"{site_dir} is not a site directory")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(site_dir, arcname="site", filter=_filter)
+    salt, nonce = os.urandom(SALT_BYTES), os.urandom(NONCE_BYTES)
+    sealed = AESGCM(_key(passphrase, salt)).encrypt(nonce, buf.getvalue(), MAGIC)
+    out = Path(out)
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(MAGIC + salt + nonce + sealed)
+    return out
+
+
+def restore(backup_file: Path, dest: Path, passphrase: str) -> Path:
+    """Decrypt a backup into ``dest`` (must not exist yet); nothing is written on failure.
+
+    Returns:
+        ``dest``, a site directory again (the broker's persistence starts empty).
+    """
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    dest = Path(dest)
+    if dest.exists() and any(dest.iterdir()):
+        raise BackupError(f"{dest} exists and is not empty")
+    data = Path(backup_file).read_bytes()
+    if not data.startswith(MAGIC):
+        raise BackupError(f"{backup_file} is not a Miroir site backup")
+    head = len(MAGIC)
+    salt = data[head:head + SALT_BYTES]
+    nonce = data[head + SALT_BYTES:head + SALT_BYTES + NONCE_BYTES]
+    try:
+        plain = AESGCM(_key(passphrase, salt)).decrypt(
+            nonce, data[head + SALT_BYTES + NONCE_BYTES:], MAGIC)
+    except InvalidTag:
+        raise BackupError("wrong passphrase, or the backup file is damaged") from None
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".restore-", dir=dest.parent))
+    try:
+        with tarfile.open(fileobj=io.BytesIO(plain), mode="r:gz") as tar:
+            tar.extractall(stage, filter="data")
+        site = stage / "site"
+        (site / "persist").mkdir(mode=0o700, exist_ok=True)
+        _broker_access(site)
+        if dest.exists():
+            dest.rmdir()
+        site.rename(dest)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return dest
+
+
+__all__ = ["BackupError", "backup", "restore"]

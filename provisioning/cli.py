@@ -1,0 +1,244 @@
+"""``miroir provision ...``: site IT's commands (site CA, enrolment, revocation, backup)."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from provisioning.inventory import Enrolment
+    from provisioning.site import Reload, Site
+
+DEFAULT_SITE_DIR = Path(os.environ.get("MIROIR_SITE_DIR", "/var/lib/miroir-site"))
+
+
+def _err(msg: str) -> Exception:
+    from miroir.cli import CliError
+
+    return CliError(msg)
+
+
+def _site(args: argparse.Namespace) -> Site:
+    from provisioning.site import Site, SiteError
+
+    try:
+        return Site(args.site_dir)
+    except SiteError as exc:
+        raise _err(str(exc)) from None
+
+
+def _reload(args: argparse.Namespace) -> Reload:
+    from provisioning.site import signal_reload, systemctl_reload
+
+    return signal_reload(args.broker_pid) if args.broker_pid else systemctl_reload(args.broker_unit)
+
+
+def _passphrase(args: argparse.Namespace, confirm: bool) -> str:
+    if args.passphrase_file:
+        return Path(args.passphrase_file).read_text(encoding="utf-8").rstrip("\r\n")
+    first = getpass.getpass("backup passphrase: ")
+    if confirm and getpass.getpass("again: ") != first:
+        raise _err("the two passphrases differ")
+    return first
+
+
+def cmd_site_init(args: argparse.Namespace) -> int:
+    """Create a site: CA, broker certificate, Mosquitto config and ACL, dashboard identity and admin."""
+    from provisioning.site import SiteError, init_site
+
+    try:
+        site = init_site(args.site_dir, args.site, broker_host=args.broker_host, port=args.port,
+                         bind=args.bind, extra_hosts=args.extra_host or (),
+                         admin_user=args.admin_user)
+    except (SiteError, ValueError) as exc:
+        raise _err(str(exc)) from None
+    print(f"site {site.site} created in {site.dir}")
+    print(f"broker config: {site.config} (TLS port {site.port}, boxes reach it as "
+          f"{site.broker_host})")
+    print(f"dashboard settings: {site.dir / 'dashboard.env'}; first admin password in "
+          f"{site.dir / 'admin-password'}")
+    print("next: back up the CA now (`miroir provision backup`), then enrol boxes")
+    return 0
+
+
+def _enroll(args: argparse.Namespace, items: list[Enrolment]) -> int:
+    from provisioning.inventory import InventoryError
+
+    site = _site(args)
+    try:
+        paths = site.enroll(items)
+    except InventoryError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", flush=True)
+        raise _err(f"{len(exc.problems)} problem(s); nothing was written") from None
+    for path in paths:
+        print(f"bundle {path}")
+    print(f"{len(paths)} box(es) enrolled; copy each bundle to its box's boot partition "
+          "as miroir-bundle.json")
+    return 0
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    """Enrol one box: key, certificate, settings and a first-boot bundle; record it in the inventory."""
+    from provisioning.inventory import Enrolment
+
+    return _enroll(args, [Enrolment(box=args.box, seat=args.seat, agent=args.agent or "",
+                                    team=args.team or "")])
+
+
+def cmd_enroll_csv(args: argparse.Namespace) -> int:
+    """Enrol every box of a CSV file (box,seat,agent,team); any bad row and nothing is written."""
+    from provisioning.inventory import InventoryError, parse_csv
+
+    try:
+        items = parse_csv(args.file)
+    except InventoryError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", flush=True)
+        raise _err(f"{len(exc.problems)} bad row(s) in {args.file}; nothing was written") from None
+    return _enroll(args, items)
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    """Revoke a box: CRL and ACL updated, broker reloaded, its live connection cut, refused after."""
+    from provisioning.site import SiteError
+
+    site = _site(args)
+    try:
+        result = site.revoke(args.box, _reload(args), kick=not args.no_kick)
+    except SiteError as exc:
+        raise _err(str(exc)) from None
+    print(f"box {result.box} revoked (serials {', '.join(result.serials)}); broker reloaded; "
+          f"live connection {'cut' if result.kicked else 'not cut (broker unreachable?)'} "
+          f"in {result.duration_s:.2f} s")
+    return 0
+
+
+def cmd_rotate(args: argparse.Namespace) -> int:
+    """Give a box a new certificate without downtime; --finish revokes the old one afterwards."""
+    from provisioning.site import SiteError
+
+    site = _site(args)
+    try:
+        if args.finish:
+            serials = site.finish_rotation(args.box, _reload(args))
+            print(f"box {args.box}: retired {len(serials)} old certificate(s)")
+        else:
+            path = site.rotate(args.box)
+            print(f"box {args.box}: new bundle {path}; the old certificate stays valid until "
+                  f"`miroir provision rotate {args.box} --finish`")
+    except SiteError as exc:
+        raise _err(str(exc)) from None
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    """Write an encrypted backup (AES-256-GCM, scrypt passphrase) of the site CA and inventory."""
+    from provisioning.backup import BackupError, backup
+
+    try:
+        out = backup(args.site_dir, args.out, _passphrase(args, confirm=True))
+    except BackupError as exc:
+        raise _err(str(exc)) from None
+    print(f"backup written to {out}; keep it and its passphrase apart, off this server")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Restore a site directory from an encrypted backup (nothing is written on a wrong passphrase)."""
+    from provisioning.backup import BackupError, restore
+
+    try:
+        dest = restore(args.file, args.site_dir, _passphrase(args, confirm=False))
+    except BackupError as exc:
+        raise _err(str(exc)) from None
+    print(f"site restored into {dest}")
+    return 0
+
+
+def _site_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--site-dir", type=Path, default=DEFAULT_SITE_DIR,
+                   help=f"the site directory (default $MIROIR_SITE_DIR or {DEFAULT_SITE_DIR})")
+
+
+def _reload_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--broker-pid", type=int, default=None,
+                   help="reload the broker by sending SIGHUP to this process id "
+                        "(default: systemctl reload)")
+    p.add_argument("--broker-unit", default="mosquitto.service",
+                   help="systemd unit of the broker to reload (default mosquitto.service)")
+
+
+def register_cli(groups: dict[str, argparse._SubParsersAction]) -> None:
+    """Add the ``provision`` command group to the root of the CLI."""
+    root = groups["root"]
+    prov = root.add_parser("provision", help="site IT: site CA, box enrolment, revocation, backup",
+                           description="Provision a site and its boxes (run on the site server).")
+    sub = prov.add_subparsers(dest="provision_command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("site-init", help="create the site CA, broker config, ACL and identities",
+                       description=cmd_site_init.__doc__)
+    _site_dir(p)
+    p.add_argument("--site", required=True, help="site id ([a-z0-9-], 1 to 32 characters)")
+    p.add_argument("--broker-host", required=True,
+                   help="name or address the boxes use to reach the broker")
+    p.add_argument("--port", type=int, default=8883, help="broker TLS port (default 8883)")
+    p.add_argument("--bind", default="0.0.0.0", help="address the broker listens on (default all)")
+    p.add_argument("--extra-host", action="append",
+                   help="another name or address of the broker (repeatable)")
+    p.add_argument("--admin-user", default="admin",
+                   help="name of the dashboard's first admin account (default admin)")
+    p.set_defaults(func=cmd_site_init)
+
+    p = sub.add_parser("enroll", help="enrol one box and write its first-boot bundle",
+                       description=cmd_enroll.__doc__)
+    _site_dir(p)
+    p.add_argument("box", help="box id ([a-z0-9-], 1 to 32 characters)")
+    p.add_argument("--seat", required=True, help="the seat the box sits at")
+    p.add_argument("--agent", default=None, help="the agent at that seat")
+    p.add_argument("--team", default=None, help="the agent's team")
+    p.set_defaults(func=cmd_enroll)
+
+    p = sub.add_parser("enroll-csv", help="enrol every box of a CSV file, all or nothing",
+                       description=cmd_enroll_csv.__doc__)
+    _site_dir(p)
+    p.add_argument("file", type=Path, help="CSV file with a header line box,seat,agent,team")
+    p.set_defaults(func=cmd_enroll_csv)
+
+    p = sub.add_parser("revoke", help="revoke a box and cut it off the broker at once",
+                       description=cmd_revoke.__doc__)
+    _site_dir(p)
+    p.add_argument("box", help="box id")
+    _reload_opts(p)
+    p.add_argument("--no-kick", action="store_true",
+                   help="do not close its live connection (it is denied every topic anyway)")
+    p.set_defaults(func=cmd_revoke)
+
+    p = sub.add_parser("rotate", help="new certificate for a box, without downtime",
+                       description=cmd_rotate.__doc__)
+    _site_dir(p)
+    p.add_argument("box", help="box id")
+    p.add_argument("--finish", action="store_true",
+                   help="revoke the box's old certificate(s) once it runs with the new one")
+    _reload_opts(p)
+    p.set_defaults(func=cmd_rotate)
+
+    p = sub.add_parser("backup", help="encrypted backup of the site CA and inventory",
+                       description=cmd_backup.__doc__)
+    _site_dir(p)
+    p.add_argument("out", type=Path, help="backup file to write")
+    p.add_argument("--passphrase-file", type=Path, default=None,
+                   help="read the passphrase from this file (default: ask)")
+    p.set_defaults(func=cmd_backup)
+
+    p = sub.add_parser("restore", help="restore a site directory from an encrypted backup",
+                       description=cmd_restore.__doc__)
+    p.add_argument("file", type=Path, help="the backup file")
+    p.add_argument("--site-dir", type=Path, required=True,
+                   help="new (empty) site directory to restore into")
+    p.add_argument("--passphrase-file", type=Path, default=None,
+                   help="read the passphrase from this file (default: ask)")
+    p.set_defaults(func=cmd_restore)

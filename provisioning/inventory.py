@@ -1,0 +1,197 @@
+"""The site inventory: which box sits at which seat with which agent, and its certificate state.
+
+Kept as ``inventory.json`` in the site directory, always replaced atomically (write a temporary
+file, then rename), so a crash never leaves half an inventory. The dashboard reads it to list
+sites, boxes, seats, agents and teams. Bulk enrolment reads a CSV file whose bad rows are all
+reported with their line numbers before anything is written.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from miroir.wire import ID_PATTERN
+
+INVENTORY_FILE = "inventory.json"
+CSV_COLUMNS = ("box", "seat", "agent", "team")
+REQUIRED_COLUMNS = ("box", "seat")
+_LABEL = re.compile(r"^[\w .@'-]{1,64}$")
+"""Seats, agents and teams: letters (any script), digits, space and ``_ . @ ' -``, 1 to 64."""
+
+ACTIVE = "active"
+REVOKED = "revoked"
+
+
+class InventoryError(ValueError):
+    """A bad enrolment request or CSV file; ``problems`` lists every one, with line numbers."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    """One box to enrol: its id, seat, and optionally agent and team."""
+
+    box: str
+    seat: str
+    agent: str = ""
+    team: str = ""
+    line: int = 0
+    """Line number in the CSV file it came from (0 when given on the command line)."""
+
+
+@dataclass
+class BoxRecord:
+    """What the site knows about one enrolled box."""
+
+    box: str
+    seat: str
+    agent: str = ""
+    team: str = ""
+    state: str = ACTIVE
+    serial: str = ""
+    """Hex serial number of the box's current certificate."""
+    not_after: str = ""
+    """Expiry of the current certificate (ISO 8601, UTC)."""
+    enrolled_ts: float = 0.0
+    revoked_ts: float | None = None
+    previous_serials: list[str] = field(default_factory=list)
+    """Serials replaced by a rotation and still valid until ``rotate --finish``."""
+
+
+def check_enrolment(item: Enrolment, where: str) -> list[str]:
+    """Return the problems of one enrolment request (empty when it is fine)."""
+    problems = []
+    if not ID_PATTERN.match(item.box):
+        problems.append(f"{where}: box id {item.box!r} is not 1 to 32 characters of [a-z0-9-]")
+    if not item.seat:
+        problems.append(f"{where}: seat is empty")
+    for name in ("seat", "agent", "team"):
+        value = getattr(item, name)
+        if value and not _LABEL.match(value):
+            problems.append(f"{where}: {name} {value!r} must be 1 to 64 letters, digits, "
+                            "spaces or _ . @ ' -")
+    return problems
+
+
+def parse_csv(path: Path) -> list[Enrolment]:
+    """Read an enrolment CSV (header ``box,seat[,agent][,team]``), checking every row.
+
+    Args:
+        path: The CSV file (UTF-8, comma-separated, with a header line).
+
+    Returns:
+        The enrolments in file order.
+
+    Raises:
+        InventoryError: listing every bad row by line number (nothing is returned then).
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise InventoryError([f"{path}: no such file"]) from None
+    except UnicodeDecodeError as exc:
+        raise InventoryError([f"{path}: not UTF-8 text ({exc.reason})"]) from None
+    reader = csv.reader(text.splitlines())
+    problems: list[str] = []
+    header: list[str] | None = None
+    items: list[Enrolment] = []
+    seen: dict[str, int] = {}
+    for row in reader:
+        line = reader.line_num
+        if not row or all(not cell.strip() for cell in row) or row[0].lstrip().startswith("#"):
+            continue
+        cells = [cell.strip() for cell in row]
+        if header is None:
+            header = [c.lower() for c in cells]
+            unknown = [c for c in header if c not in CSV_COLUMNS]
+            missing = [c for c in REQUIRED_COLUMNS if c not in header]
+            if unknown or missing or len(set(header)) != len(header):
+                raise InventoryError([
+                    f"{path}:{line}: header must name the columns {', '.join(CSV_COLUMNS)} "
+                    f"(box and seat required, each once); got {', '.join(cells)}"])
+            continue
+        where = f"{path}:{line}"
+        if len(cells) != len(header):
+            problems.append(f"{where}: {len(cells)} fields, expected {len(header)}")
+            continue
+        values = dict(zip(header, cells, strict=True))
+        item = Enrolment(box=values["box"], seat=values["seat"], agent=values.get("agent", ""),
+                         team=values.get("team", ""), line=line)
+        problems += check_enrolment(item, where)
+        if item.box in seen:
+            problems.append(f"{where}: box {item.box!r} already on line {seen[item.box]}")
+        seen.setdefault(item.box, line)
+        items.append(item)
+    if header is None:
+        problems.append(f"{path}: empty (a header line box,seat,agent,team is needed)")
+    if problems:
+        raise InventoryError(problems)
+    return items
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` atomically (temporary file in the same folder, fsync, rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Inventory:
+    """The boxes of one site, loaded from and saved to ``inventory.json``."""
+
+    def __init__(self, site: str, boxes: Iterable[BoxRecord] = ()) -> None:
+        self.site = site
+        self.boxes: dict[str, BoxRecord] = {b.box: b for b in boxes}
+
+    @classmethod
+    def load(cls, site_dir: Path, site: str) -> Inventory:
+        """Load the inventory of a site directory (empty if none yet)."""
+        path = Path(site_dir) / INVENTORY_FILE
+        if not path.exists():
+            return cls(site)
+        data = json.loads(path.read_text())
+        return cls(data["site"], (BoxRecord(**b) for b in data["boxes"]))
+
+    def save(self, site_dir: Path) -> Path:
+        """Write ``inventory.json`` atomically and return its path."""
+        path = Path(site_dir) / INVENTORY_FILE
+        data: dict[str, Any] = {"site": self.site,
+                                "boxes": [asdict(b) for b in sorted(self.boxes.values(),
+                                                                    key=lambda b: b.box)]}
+        atomic_write(path, (json.dumps(data, indent=1) + "\n").encode())
+        return path
+
+    def get(self, box: str) -> BoxRecord:
+        """The record of an enrolled box, or KeyError naming it."""
+        try:
+            return self.boxes[box]
+        except KeyError:
+            raise KeyError(f"box {box!r} is not enrolled in site {self.site}") from None
+
+    def revoked(self) -> list[str]:
+        """Ids of revoked boxes, sorted."""
+        return sorted(b.box for b in self.boxes.values() if b.state == REVOKED)
+
+
+__all__ = ["ACTIVE", "REVOKED", "BoxRecord", "Enrolment", "Inventory", "InventoryError",
+           "atomic_write", "check_enrolment", "parse_csv"]

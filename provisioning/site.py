@@ -1,0 +1,450 @@
+"""A site directory and the operations site IT runs on it: init, enrol, revoke, rotate.
+
+Layout of a site directory (everything written with safe permissions: private keys 0600)::
+
+    site.json            site id, broker address and port
+    inventory.json       enrolled boxes (seat, agent, team, certificate serial, state)
+    ca/                  site CA (key 0600: the site's crown jewel, see `miroir provision backup`)
+    broker/              Mosquitto's server certificate (SAN: the broker host, localhost)
+    dashboard/           the dashboard's MQTT identity (CN dash_<site>)
+    admin/               the provisioning tool's own identity (CN admin_<site>; no topic rights),
+                         used only to cut a revoked box off the broker
+    boxes/<box>/         each box's certificate and key (old/ keeps rotated-out certificates)
+    bundles/<box>.json   each box's first-boot bundle (+ .sha256)
+    acl, crl.pem, mosquitto.conf, persist/, mosquitto.log
+    dashboard.env        MIROIR_DASH_* settings for the dashboard's unit
+    admin-password       first dashboard admin password (0600; used once on an empty database)
+
+Revocation cuts a box off at once even while it is connected. Measured on Mosquitto 2.0.11: a
+SIGHUP reloads the CRL (new TLS handshakes of the box fail) and the ACL (its publishes get "Not
+authorized") but leaves its TCP connection open, and 2.0 has no admin "kick". So :meth:`Site.revoke`
+(1) adds the certificate to the CRL, (2) denies the box every topic in the ACL, (3) reloads the
+broker, and (4) takes over the box's MQTT session with the admin identity (same client id), which
+makes the broker close the box's connection; the box's reconnection is then refused by the CRL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from miroir import wire
+from provisioning import bundle as bundle_mod
+from provisioning import pki
+from provisioning.broker import (
+    ACL_FILE,
+    CRL_FILE,
+    SERVER_HOSTS,
+    dashboard_identity,
+    make_site,
+    tls_client,
+    write_acl,
+    write_config,
+)
+from provisioning.inventory import (
+    ACTIVE,
+    REVOKED,
+    BoxRecord,
+    Enrolment,
+    Inventory,
+    InventoryError,
+    atomic_write,
+    check_enrolment,
+)
+from provisioning.pki import CertPair
+
+log = logging.getLogger(__name__)
+
+SITE_FILE = "site.json"
+DEFAULT_PORT = 8883
+KICK_TIMEOUT_S = 5.0
+BOX_CERT_DAYS = 825
+
+Reload = Callable[[], None]
+
+
+class SiteError(RuntimeError):
+    """A site operation that cannot be done (message says why, in one line)."""
+
+
+def admin_identity(site: str) -> str:
+    """The provisioning tool's certificate CN; the underscore keeps it out of the box id space."""
+    return f"admin_{wire.check_id(site, 'site')}"
+
+
+def box_client_id(site: str, box: str) -> str:
+    """The MQTT client id a box connects with (see :class:`edge.publisher.Publisher`)."""
+    return f"box-{site}-{box}"
+
+
+def systemctl_reload(unit: str = "mosquitto.service") -> Reload:
+    """A reload action that runs ``systemctl reload UNIT`` (the broker re-reads CRL and ACL)."""
+    def reload() -> None:
+        result = subprocess.run(["systemctl", "reload", unit], capture_output=True, text=True,
+                                check=False)
+        if result.returncode != 0:
+            raise SiteError(f"systemctl reload {unit} failed: {result.stderr.strip()}")
+    return reload
+
+
+def signal_reload(pid: int) -> Reload:
+    """A reload action that sends SIGHUP to the broker process ``pid``."""
+    def reload() -> None:
+        try:
+            os.kill(pid, signal.SIGHUP)
+        except ProcessLookupError:
+            raise SiteError(f"no broker process with pid {pid}") from None
+    return reload
+
+
+def _hex_serial(cert_path: Path) -> str:
+    return format(pki.load_cert(cert_path).serial_number, "x")
+
+
+def _not_after(cert_path: Path) -> str:
+    return pki.load_cert(cert_path).not_valid_after_utc.isoformat()
+
+
+@dataclass(frozen=True)
+class RevokeResult:
+    """What :meth:`Site.revoke` did, with its timings in seconds."""
+
+    box: str
+    serials: list[str]
+    reloaded: bool
+    kicked: bool
+    duration_s: float
+
+
+class Site:
+    """An initialised site directory."""
+
+    def __init__(self, dir: Path) -> None:
+        self.dir = Path(dir)
+        path = self.dir / SITE_FILE
+        if not path.exists():
+            raise SiteError(f"{self.dir} is not a site directory (no {SITE_FILE}; "
+                            "run `miroir provision site-init` first)")
+        data = json.loads(path.read_text())
+        self.site: str = data["site"]
+        self.broker_host: str = data["broker_host"]
+        self.port: int = int(data["port"])
+        self.bind: str = data["bind"]
+        self.admin_host: str = data.get("admin_host", "localhost")
+        self.ca = CertPair(self.dir / "ca" / pki.CERT_FILE, self.dir / "ca" / pki.KEY_FILE)
+        self.server = CertPair(self.dir / "broker" / pki.CERT_FILE, self.dir / "broker" / pki.KEY_FILE)
+        self.admin = CertPair(self.dir / "admin" / pki.CERT_FILE, self.dir / "admin" / pki.KEY_FILE)
+        self.dashboard = CertPair(self.dir / "dashboard" / pki.CERT_FILE,
+                                  self.dir / "dashboard" / pki.KEY_FILE)
+        self.acl = self.dir / ACL_FILE
+        self.crl = self.dir / CRL_FILE
+        self.config = self.dir / "mosquitto.conf"
+        self.log = self.dir / "mosquitto.log"
+
+    # -- paths ---------------------------------------------------------------------------
+
+    def box_pair(self, box: str) -> CertPair:
+        """The current certificate and key of a box."""
+        d = self.dir / "boxes" / box
+        return CertPair(d / pki.CERT_FILE, d / pki.KEY_FILE)
+
+    def bundle_path(self, box: str) -> Path:
+        """The first-boot bundle of a box."""
+        return self.dir / "bundles" / f"{box}.json"
+
+    def inventory(self) -> Inventory:
+        """The site's inventory as stored now."""
+        return Inventory.load(self.dir, self.site)
+
+    # -- access control ------------------------------------------------------------------
+
+    def write_acl(self, revoked: Sequence[str]) -> Path:
+        """Regenerate the ACL: the base rules, then one ``topic deny #`` block per revoked box."""
+        tmp = Path(tempfile.mkstemp(dir=self.dir, prefix=".acl.")[1])
+        try:
+            write_acl(tmp, self.site)
+            extra = ["", "# Revoked boxes: every topic denied (deny lines win over patterns)."]
+            for box in revoked:
+                extra += [f"user {box}", "topic deny #"]
+            extra.append(f"user {admin_identity(self.site)}")
+            extra.append("topic deny #")
+            with open(tmp, "a") as fh:
+                fh.write("\n".join(extra) + "\n")
+            tmp.chmod(0o644)
+            os.replace(tmp, self.acl)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return self.acl
+
+    def kick(self, box: str, timeout_s: float = KICK_TIMEOUT_S) -> bool:
+        """Close a box's live MQTT connection by taking over its session with the admin identity.
+
+        Returns:
+            True if the broker accepted the takeover (any box connection is then closed).
+        """
+        import threading
+
+        done = threading.Event()
+        ok: list[bool] = []
+
+        def on_connect(client: object, userdata: object, flags: object, reason: object,
+                       props: object) -> None:
+            ok.append(not getattr(reason, "is_failure", True))
+            done.set()
+
+        client = tls_client(self.admin, self.ca.cert, box_client_id(self.site, box))
+        client.on_connect = on_connect
+        try:
+            client.connect(self.admin_host, self.port, keepalive=10)
+        except OSError as exc:
+            log.warning("could not reach the broker to cut %s off: %s", box, exc)
+            return False
+        client.loop_start()
+        try:
+            done.wait(timeout_s)
+        finally:
+            client.disconnect()
+            client.loop_stop()
+        return bool(ok and ok[0])
+
+    # -- operations ----------------------------------------------------------------------
+
+    def enroll(self, items: Sequence[Enrolment], *, days: int = BOX_CERT_DAYS) -> list[Path]:
+        """Enrol boxes: key, certificate, settings and first-boot bundle each; all or nothing.
+
+        Every request is checked first (ids, labels, duplicates, boxes already enrolled, seats
+        already taken); any problem raises :class:`InventoryError` listing them all and nothing is
+        written. Files are then made in a staging folder and moved into place; the inventory,
+        written last and atomically, is the commit.
+
+        Returns:
+            The bundle paths, in request order.
+        """
+        inv = self.inventory()
+        problems: list[str] = []
+        seats = {b.seat: b.box for b in inv.boxes.values() if b.state == ACTIVE}
+        seen: set[str] = set()
+        for item in items:
+            where = f"line {item.line}" if item.line else f"box {item.box}"
+            problems += check_enrolment(item, where)
+            if item.box in inv.boxes:
+                problems.append(f"{where}: box {item.box!r} is already enrolled "
+                                f"({inv.boxes[item.box].state}); use rotate for a new certificate")
+            if item.seat in seats and seats[item.seat] != item.box:
+                problems.append(f"{where}: seat {item.seat!r} is already taken by box "
+                                f"{seats[item.seat]!r}")
+            if item.box in seen:
+                problems.append(f"{where}: box {item.box!r} appears twice")
+            seen.add(item.box)
+            seats.setdefault(item.seat, item.box)
+        if problems:
+            raise InventoryError(problems)
+        stage = Path(tempfile.mkdtemp(prefix=".enroll-", dir=self.dir))
+        moved: list[Path] = []
+        try:
+            records = []
+            for item in items:
+                pair = pki.issue(self.ca, stage / "boxes" / item.box, item.box, days=days)
+                (stage / "bundles").mkdir(exist_ok=True)
+                self._bundle(stage / "bundles" / f"{item.box}.json", item.box, item.seat, pair)
+                records.append(BoxRecord(box=item.box, seat=item.seat, agent=item.agent,
+                                         team=item.team, serial=_hex_serial(pair.cert),
+                                         not_after=_not_after(pair.cert), enrolled_ts=time.time()))
+            for sub in ("boxes", "bundles"):
+                (self.dir / sub).mkdir(exist_ok=True)
+            for item in items:
+                for src, dst in (
+                    (stage / "boxes" / item.box, self.dir / "boxes" / item.box),
+                    (stage / "bundles" / f"{item.box}.json", self.bundle_path(item.box)),
+                    (stage / "bundles" / f"{item.box}.json.sha256",
+                     Path(f"{self.bundle_path(item.box)}.sha256")),
+                ):
+                    if dst.is_dir():
+                        shutil.rmtree(dst)  # an orphan of an earlier, interrupted enrolment
+                    os.replace(src, dst)
+                    moved.append(dst)
+            for rec in records:
+                inv.boxes[rec.box] = rec
+            inv.save(self.dir)
+        except BaseException:
+            for path in moved:
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(
+                    missing_ok=True)
+            raise
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        log.info("enrolled %d box(es) in site %s", len(items), self.site)
+        return [self.bundle_path(item.box) for item in items]
+
+    def _bundle(self, path: Path, box: str, seat: str, pair: CertPair) -> Path:
+        return bundle_mod.write_bundle(
+            path, site=self.site, box=box, seat=seat,
+            settings_toml=bundle_mod.box_settings_toml(self.site, box, self.broker_host, self.port),
+            ca_pem=self.ca.cert.read_text(), cert_pem=pair.cert.read_text(),
+            key_pem=pair.key.read_text())
+
+    def revoke(self, box: str, reload: Reload, *, kick: bool = True) -> RevokeResult:
+        """Revoke a box: CRL, ACL deny, broker reload, and its live connection cut.
+
+        Args:
+            box: Box id.
+            reload: Makes the running broker re-read its CRL and ACL (:func:`systemctl_reload`,
+                :func:`signal_reload`).
+            kick: Also close the box's live connection (session takeover).
+
+        Returns:
+            What was done and how long it took.
+        """
+        start = time.monotonic()
+        inv = self.inventory()
+        try:
+            rec = inv.get(box)
+        except KeyError as exc:
+            raise SiteError(str(exc.args[0])) from None
+        pair = self.box_pair(box)
+        certs = [pair.cert, *sorted((pair.cert.parent / "old").glob("*.pem"))]
+        pki.revoke(self.ca, self.crl, certs)
+        rec.state = REVOKED
+        rec.revoked_ts = time.time()
+        self.write_acl(inv.revoked())
+        inv.save(self.dir)
+        bundle = self.bundle_path(box)
+        for path in (bundle, Path(f"{bundle}.sha256")):
+            path.unlink(missing_ok=True)  # the key inside is now worthless; do not hand it out
+        reload()
+        kicked = self.kick(box) if kick else False
+        serials = [_hex_serial(c) for c in certs]
+        log.info("revoked box %s (serials %s); kicked: %s", box, ", ".join(serials), kicked)
+        return RevokeResult(box, serials, True, kicked, time.monotonic() - start)
+
+    def rotate(self, box: str, *, days: int = BOX_CERT_DAYS) -> Path:
+        """Give a box a new key and certificate and a new bundle; the old one stays valid.
+
+        The old certificate is kept in ``boxes/<box>/old/`` and keeps working until
+        :meth:`finish_rotation`, so the box never loses the broker while it switches.
+
+        Returns:
+            The new bundle's path.
+        """
+        inv = self.inventory()
+        try:
+            rec = inv.get(box)
+        except KeyError as exc:
+            raise SiteError(str(exc.args[0])) from None
+        if rec.state != ACTIVE:
+            raise SiteError(f"box {box} is {rec.state}; enrol a new box id instead")
+        current = self.box_pair(box)
+        stage = Path(tempfile.mkdtemp(prefix=".rotate-", dir=self.dir))
+        try:
+            pair = pki.issue(self.ca, stage / "new", box, days=days)
+            new_bundle = self._bundle(stage / "bundle.json", box, rec.seat, pair)
+            old_dir = current.cert.parent / "old"
+            old_dir.mkdir(exist_ok=True)
+            shutil.copy2(current.cert, old_dir / f"{rec.serial}.pem")
+            os.replace(pair.key, current.key)
+            os.replace(pair.cert, current.cert)
+            os.replace(new_bundle, self.bundle_path(box))
+            os.replace(f"{new_bundle}.sha256", f"{self.bundle_path(box)}.sha256")
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        rec.previous_serials.append(rec.serial)
+        rec.serial = _hex_serial(current.cert)
+        rec.not_after = _not_after(current.cert)
+        inv.save(self.dir)
+        log.info("rotated box %s: new serial %s", box, rec.serial)
+        return self.bundle_path(box)
+
+    def finish_rotation(self, box: str, reload: Reload) -> list[str]:
+        """Revoke a box's rotated-out certificates (once it runs with the new one)."""
+        inv = self.inventory()
+        try:
+            rec = inv.get(box)
+        except KeyError as exc:
+            raise SiteError(str(exc.args[0])) from None
+        old = sorted((self.box_pair(box).cert.parent / "old").glob("*.pem"))
+        if not old:
+            return []
+        pki.revoke(self.ca, self.crl, old)
+        serials = [_hex_serial(p) for p in old]
+        rec.previous_serials = []
+        inv.save(self.dir)
+        reload()
+        return serials
+
+
+def init_site(dir: Path, site: str, *, broker_host: str, port: int = DEFAULT_PORT,
+              bind: str = "0.0.0.0", extra_hosts: Sequence[str] = (),
+              admin_user: str = "admin", admin_host: str = "localhost",
+              credentials_dir: str = "/run/credentials/miroir-dashboard.service") -> Site:
+    """Create a site directory: CA, broker certificate and config, ACL, CRL, identities.
+
+    Args:
+        dir: New or empty directory (as root, it must be traversable by the ``mosquitto`` user).
+        site: Site id, ``[a-z0-9-]{1,32}``.
+        broker_host: Name or address the boxes use to reach the broker (in its certificate).
+        port: TLS port of the broker.
+        bind: Address the broker listens on.
+        extra_hosts: More names or addresses for the broker certificate.
+        admin_user: Name of the dashboard's first admin account.
+        admin_host: Name the provisioning tool uses to reach the broker (in its certificate).
+        credentials_dir: Where the dashboard's unit exposes its credentials.
+
+    Returns:
+        The new site.
+    """
+    wire.check_id(site, "site")
+    dir = Path(dir)
+    if (dir / SITE_FILE).exists():
+        raise SiteError(f"{dir} already holds a site ({SITE_FILE}); refusing to overwrite its CA")
+    if dir.exists() and any(p for p in dir.iterdir() if not p.name.startswith(".")):
+        raise SiteError(f"{dir} is not empty")
+    dir.mkdir(parents=True, exist_ok=True)
+    dir.chmod(0o755)
+    hosts = list(dict.fromkeys([broker_host, *extra_hosts, admin_host, *SERVER_HOSTS]))
+    files = make_site(dir, site, [], port=port, hosts=hosts, bind=bind)
+    (dir / "ca").chmod(0o755)  # the CA key inside is 0600; the broker reads the certificate
+    pki.issue(files.ca, dir / "admin", admin_identity(site))
+    crl = pki.revoke(files.ca, dir / CRL_FILE, [])
+    (dir / "boxes").mkdir(exist_ok=True)
+    (dir / "bundles").mkdir(mode=0o700, exist_ok=True)
+    meta = {"site": site, "broker_host": broker_host, "port": port, "bind": bind,
+            "admin_host": admin_host, "hosts": hosts,
+            "created": dt.datetime.now(dt.UTC).isoformat()}
+    atomic_write(dir / SITE_FILE, (json.dumps(meta, indent=1) + "\n").encode())
+    s = Site(dir)
+    s.write_acl([])
+    write_config(dir, port=port, ca=files.ca, server=files.server, acl=s.acl, host=bind, crl=crl)
+    password = secrets.token_urlsafe(18)
+    atomic_write(dir / "admin-password", (password + "\n").encode(), mode=0o600)
+    env = [
+        f"MIROIR_DASH_SITE={site}",
+        "MIROIR_DASH_DB_PATH=/var/lib/miroir-dashboard/dashboard.sqlite",
+        f"MIROIR_DASH_MQTT_HOST={admin_host}",
+        f"MIROIR_DASH_MQTT_PORT={port}",
+        f"MIROIR_DASH_MQTT_CA={credentials_dir}/ca.pem",
+        f"MIROIR_DASH_MQTT_CERT={credentials_dir}/dashboard.pem",
+        f"MIROIR_DASH_MQTT_KEY={credentials_dir}/dashboard.key",
+        f"MIROIR_DASH_ADMIN_USER={admin_user}",
+        f"MIROIR_DASH_ADMIN_PASSWORD_FILE={credentials_dir}/admin-password",
+    ]
+    atomic_write(dir / "dashboard.env", ("\n".join(env) + "\n").encode(), mode=0o644)
+    Inventory(site).save(dir)
+    log.info("site %s initialised in %s (dashboard identity %s)", site, dir,
+             dashboard_identity(site))
+    return s
+
+
+__all__ = ["RevokeResult", "Site", "SiteError", "admin_identity", "box_client_id", "init_site",
+           "signal_reload", "systemctl_reload"]

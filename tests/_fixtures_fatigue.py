@@ -1,0 +1,109 @@
+"""Synthetic shifts for the fatigue tests: one EmoDB speaker's real speech, freshly shuffled per pass.
+
+A shift is 60 minutes of one speaker's clips (mixed emotions), every pass through the clips in a new
+random order; with drift, minute ``k`` is pitch-shifted by ``k / 60`` semitone and attenuated by
+``2 k / 60`` dB with sox (``pitch`` keeps the tempo). A quiet real noise floor (pink noise at
+about -62 dBFS) is added after the drift, as a headset microphone always picks up some. Built once
+per test session.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+RATE_HZ = 16_000
+SPEAKER = "03"
+SHIFT_MIN = 60
+PITCH_ST = 1.0
+LEVEL_DB = -2.0
+
+
+def read_wav(path: Path) -> np.ndarray:
+    """Mono 16 kHz PCM16 WAV as float32."""
+    with wave.open(str(path)) as wf:
+        assert wf.getframerate() == RATE_HZ and wf.getnchannels() == 1
+        return np.frombuffer(wf.readframes(wf.getnframes()), np.int16).astype(np.float32) / 32768.0
+
+
+def sox(x: np.ndarray, *effects: str) -> np.ndarray:
+    """Run float32 mono samples through sox effects (same rate and length class)."""
+    raw = ["-t", "raw", "-r", str(RATE_HZ), "-e", "floating-point", "-b", "32", "-c", "1"]
+    proc = subprocess.run(["sox", *raw, "-", *raw, "-", *effects], input=x.astype(np.float32).tobytes(),
+                          capture_output=True, check=True)
+    return np.frombuffer(proc.stdout, np.float32).copy()
+
+
+def noise_floor(n: int, dbfs: float = -62.0, seed: int = 0) -> np.ndarray:
+    """A real pink-noise recording, looped to ``n`` samples, scaled to ``dbfs`` RMS."""
+    x = read_wav(SHARED / "noise" / "pink_noise.wav")
+    start = random.Random(seed).randrange(len(x) // 2)
+    y = np.resize(np.roll(x, -start), n)
+    return (y / (np.sqrt(np.mean(y ** 2)) + 1e-12) * 10 ** (dbfs / 20)).astype(np.float32)
+
+
+def shuffled_speech(speaker: str, seconds: float, seed: int) -> np.ndarray:
+    """The speaker's clips, each pass in a fresh random order, until ``seconds`` of audio."""
+    clips = [read_wav(p) for p in sorted((SHARED / "emodb" / "wav").glob(f"{speaker}*.wav"))]
+    rng = random.Random(seed)
+    out: list[np.ndarray] = []
+    n = 0
+    while n < seconds * RATE_HZ:
+        order = list(range(len(clips)))
+        rng.shuffle(order)
+        for i in order:
+            out.append(clips[i])
+            n += len(clips[i])
+    return np.concatenate(out)[: int(seconds * RATE_HZ)]
+
+
+def drifted(x: np.ndarray, minutes: int, pitch_st: float, level_db: float) -> tuple[np.ndarray, np.ndarray]:
+    """Apply a linear pitch and level drift per one-minute chunk; return audio and per-minute drift 0..1."""
+    chunk = len(x) // minutes
+    parts, frac = [], []
+    for k in range(minutes):
+        f = k / (minutes - 1)
+        seg = x[k * chunk:(k + 1) * chunk]
+        parts.append(sox(seg, "pitch", f"{100 * pitch_st * f:.2f}", "vol", f"{level_db * f:.3f}dB")
+                     [: len(seg)])
+        frac.append(f)
+    y = np.concatenate(parts)
+    return y, np.asarray(frac)
+
+
+@dataclass
+class Shift:
+    """A synthetic shift: near-channel audio and the drift applied to each minute (0..1)."""
+
+    audio: np.ndarray
+    drift: np.ndarray
+
+
+def build_shift(drift: bool, seed: int, minutes: int = SHIFT_MIN) -> Shift:
+    """Build one shift (see the module docstring)."""
+    x = shuffled_speech(SPEAKER, minutes * 60.0, seed)
+    if drift:
+        y, frac = drifted(x, minutes, PITCH_ST, LEVEL_DB)
+    else:
+        y, frac = x, np.zeros(minutes)
+    y = y + noise_floor(len(y), seed=seed)
+    return Shift(y.astype(np.float32), frac)
+
+
+@pytest.fixture(scope="session")
+def shift_drift() -> Shift:
+    """60 minutes with +1 semitone and -2 dB of progressive drift."""
+    return build_shift(True, seed=11)
+
+
+@pytest.fixture(scope="session")
+def shift_steady() -> Shift:
+    """The same kind of shift (its own fresh shuffles) without drift."""
+    return build_shift(False, seed=12)

@@ -1,0 +1,91 @@
+"""The committed affect model: checksums, sizes, int8 against float, the report's UARs, retraining.
+
+The full nested leave-one-speaker-out training takes about 2 minutes (`miroir models train affect`);
+CI evaluates the committed files and re-fits the shipped float model to check it is reproduced.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.build import manifest, model_path
+
+ROOT = Path(__file__).resolve().parents[1]
+EMODB = Path(__file__).resolve().parents[2] / "shared" / "data" / "emodb"
+AFFECT = ("affect_features", "affect_float", "affect_int8_onnx", "affect_int8_tflite")
+
+
+@pytest.fixture(scope="module")
+def evaluation() -> dict:
+    proc = subprocess.run([sys.executable, "-m", "miroir.cli", "models", "evaluate", "affect", "--json",
+                           "--data", str(EMODB)], capture_output=True, text=True, cwd=ROOT, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)
+
+
+def test_committed_files_verify_and_are_small() -> None:
+    entries = manifest()
+    assert "silero_vad" in entries
+    for name in AFFECT:
+        path = model_path(name)  # raises on a checksum mismatch
+        assert entries[name]["source"]["kind"] == "committed"
+        assert path.stat().st_size <= 200 * 1024, name
+
+
+def test_evaluate_prints_the_acceptance_keys(evaluation: dict) -> None:
+    for key in ("arousal_uar", "arousal_uar_ci95", "tension_uar", "arousal_uar_int8", "baseline_arousal_uar"):
+        assert key in evaluation, key
+    assert evaluation["arousal_uar_int8"] >= 0.90
+    assert evaluation["arousal_uar"] - evaluation["arousal_uar_int8"] <= 0.01
+    lo, hi = evaluation["arousal_uar_ci95"]
+    assert 0.5 < lo <= evaluation["arousal_uar"] <= hi <= 1.0
+    assert 0.5 < evaluation["tension_uar"] <= 1.0 and 0.5 < evaluation["baseline_arousal_uar"] <= 1.0
+    assert all(evaluation["files_ok"].values())
+
+
+def test_both_int8_runtimes_agree_with_float(evaluation: dict) -> None:
+    c = evaluation["committed"]
+    for key in ("onnx", "tflite"):
+        assert c[f"max_abs_diff_int8_{key}"] <= c["tolerance"] == 0.05, key
+        assert c[f"decision_agreement_int8_{key}"] >= 0.98, key
+
+
+def test_model_card_states_the_report() -> None:
+    report = json.loads((ROOT / "models" / "affect" / "report.json").read_text())
+    card = (ROOT / "models" / "affect" / "MODEL_CARD.md").read_text()
+    for key in ("arousal_uar", "arousal_uar_int8", "tension_uar", "baseline_arousal_uar"):
+        assert f"{report[key]:.3f}" in card, key
+    for name in AFFECT:
+        assert manifest()[name]["sha256"] in card, name
+
+
+def test_retraining_reproduces_the_float_model() -> None:
+    """Re-fit the shipped candidate with its recorded L2 on all of EmoDB: same float weights."""
+    import onnx
+    from onnx import numpy_helper
+    from threadpoolctl import threadpool_limits
+
+    from models.affect import data
+    from models.affect.net import NetConfig, fit
+    from models.affect.train import CANDIDATES, SEED, columns
+
+    spec = json.loads(model_path("affect_features").read_text())
+    cand = next(c for c in CANDIDATES if c.name == spec["candidate"])
+    with threadpool_limits(1):
+        db = data.load(EMODB)
+        x = db.features[:, columns(cand.prosody_only)]
+        net = fit(x, np.stack([db.arousal, db.tension], axis=1),
+                  NetConfig(cand.hidden, spec["l2"], seeds=cand.seeds), SEED)
+    np.testing.assert_allclose(net.mean, spec["mean"], rtol=1e-5, atol=1e-6)
+    committed = {t.name: numpy_helper.to_array(t)
+                 for t in onnx.load(str(model_path("affect_float"))).graph.initializer}
+    np.testing.assert_allclose(net.w1, committed["w1"], rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(net.b1, committed["b1"], rtol=1e-3, atol=1e-4)
+    if net.w2 is not None:
+        np.testing.assert_allclose(net.w2, committed["w2"], rtol=1e-3, atol=1e-4)

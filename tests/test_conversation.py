@@ -1,0 +1,361 @@
+"""Conversation dynamics: synthetic gate sequences for the definitions, real calls for accuracy.
+
+The accuracy tests build two-channel calls from real EmoDB utterances (agent on near, prospect on
+far), run the whole edge pipeline with the real Silero model, and compare with the truth from the
+EmoDB ``lablaut`` phone labels (never the project's VAD): see ``bench.accuracy_conversation``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.accuracy_conversation import (
+    EMODB,
+    build_call,
+    call_scores,
+    clean_clips,
+    conversation_figures,
+    run_pipeline,
+    speech_span,
+    true_overlaps,
+)
+from edge.conversation import (
+    Conversation,
+    ConversationConfig,
+    MetricsWindow,
+    talk_state,
+)
+from miroir import wire
+
+FRAME_S = 0.032
+Spans = list[tuple[float, float]]
+
+
+def drive(near: Spans, far: Spans, total_s: float, config: ConversationConfig | None = None,
+          signals: tuple[tuple[float, str], ...] = (), lag_s: float = 0.0,
+          metrics_every_s: float = 1.0) -> tuple[Conversation, list[dict], list[dict]]:
+    """Feed frames whose gate states follow the spans; transitions carry the exact span times.
+
+    ``lag_s`` reports each transition that much later than it happened (like the gate's back-dating).
+    """
+    conv = Conversation(config or ConversationConfig(keep_history=True))
+    marks = sorted([(s, "near", "start") for s, _ in near] + [(e, "near", "end") for _, e in near]
+                   + [(s, "far", "start") for s, _ in far] + [(e, "far", "end") for _, e in far])
+    state = {"near": False, "far": False}
+    events: list[dict] = []
+    metrics: list[dict] = []
+    pending_signals = sorted(signals)
+    k = 0
+    next_metrics = metrics_every_s
+    while k * FRAME_S < total_s:
+        start = k * FRAME_S
+        end = start + FRAME_S
+        transitions = []
+        while marks and marks[0][0] + lag_s < end:
+            t, ch, change = marks.pop(0)
+            transitions.append((ch, change, t))
+            state[ch] = change == "start"
+        while pending_signals and pending_signals[0][0] < end:
+            t, sig = pending_signals.pop(0)
+            conv.call_state(sig, t)
+        events += conv(start, FRAME_S, state["near"], state["far"], transitions)
+        if end >= next_metrics:
+            metrics.append(conv.metrics())
+            next_metrics += metrics_every_s
+        k += 1
+    events += conv.finish()
+    return conv, events, metrics
+
+
+def names(events: list[dict]) -> list[str]:
+    return [e["name"] for e in events]
+
+
+def header(seq: int = 1) -> dict:
+    return {"v": wire.SCHEMA_VERSION, "site": "s", "box": "b", "ts": 1.0, "seq": seq}
+
+
+# ------------------------------------------------------------------------------ unit: definitions
+def test_dialogue_latency_overlap_interruption() -> None:
+    near = [(1.0, 3.0), (5.8, 8.0)]
+    far = [(3.5, 5.0), (7.5, 9.0)]
+    conv, events, _ = drive(near, far, 40.0)
+    h = conv.history
+    assert h is not None
+    # the call starts with far-end speech; the agent's words before it are not part of it
+    assert events[0] == {"name": "call_start", "channel": "far", "t_audio_s": 3.5}
+    # the prospect's first words answer the agent's pre-call speech: no latency counted
+    assert [(r.channel, round(r.t_s, 3), round(r.latency_s, 3)) for r in h.responses] == [
+        ("near", 5.8, 0.8)]
+    assert len(h.overlaps) == 1
+    ov = h.overlaps[0]
+    assert (ov.starter, ov.start_s, ov.end_s, ov.interruption) == ("far", 7.5, 8.0, True)
+    assert names(events) == ["call_start", "overlap_start", "overlap_end", "interruption",
+                             "call_end"]
+    end = events[-1]
+    assert end["t_audio_s"] == 9.0 and end["call_end_reason"] == "silence"
+    assert end["call_duration_s"] == pytest.approx(5.5)
+    assert end["call_overlaps_prospect"] == 1 and end["call_interruptions_prospect"] == 1
+    assert end["call_overlaps_agent"] == 0 and end["call_interruptions_agent"] == 0
+    assert end["call_latency_agent_ms_median"] == pytest.approx(800.0)
+    assert "call_latency_prospect_ms_median" not in end
+    # in call: agent 5.8-8.0 (2.2 s), prospect 3.5-5 and 7.5-9 (3.0 s), overlap 0.5 s
+    assert end["call_agent_share"] == pytest.approx(2.2 / 5.2, abs=1e-3)
+    assert end["call_talk_ratio"] == pytest.approx(2.2 / 3.0, abs=1e-3)
+    assert end["call_silence_ratio"] == pytest.approx((5.5 - 4.7) / 5.5, abs=1e-3)
+    assert end["call_monologue_s_longest"] == pytest.approx(2.2)
+    for e in events:
+        wire.validate("event", {**header(), **e})
+
+
+def test_turn_gap_merges_pauses() -> None:
+    near = [(2.0, 3.0), (3.4, 4.5), (6.0, 7.0)]   # 0.4 s pause: one turn; 1.5 s: a new turn
+    conv, events, _ = drive(near, [(1.0, 1.5)], 40.0)
+    h = conv.history
+    assert h is not None
+    assert [(t.channel, t.start_s, t.end_s) for t in h.turns if t.channel == "near"] == [
+        ("near", 2.0, 4.5), ("near", 6.0, 7.0)]
+    end = events[-1]
+    assert end["call_turns_agent"] == 2 and end["call_monologue_s_longest"] == pytest.approx(2.5)
+    # only the first agent turn answers the prospect; the second follows the agent's own turn
+    assert [(r.channel, r.latency_s) for r in h.responses] == [("near", pytest.approx(0.5))]
+
+
+def test_backchannel_is_an_overlap_not_an_interruption() -> None:
+    conv, events, _ = drive([(1.0, 6.0)], [(0.2, 0.6), (3.0, 3.4)], 40.0)
+    h = conv.history
+    assert h is not None
+    assert [(o.starter, o.interruption) for o in h.overlaps] == [("far", False)]
+    assert "interruption" not in names(events)
+    assert events[-1]["call_overlaps_prospect"] == 1
+
+
+def test_overlap_on_a_fresh_turn_is_not_an_interruption() -> None:
+    """The overlapped side must hold the turn (``interrupt_hold_s``) for it to be interrupted."""
+    conv, _events, _ = drive([(2.0, 2.3), (5.0, 7.0)], [(1.0, 1.2), (2.2, 4.0)], 40.0)
+    h = conv.history
+    assert h is not None
+    assert [(o.starter, round(o.start_s, 2), o.interruption) for o in h.overlaps] == [
+        ("far", 2.2, False)]
+
+
+def test_simultaneous_start() -> None:
+    conv, events, _ = drive([(1.0, 3.0)], [(1.05, 2.0)], 40.0)
+    h = conv.history
+    assert h is not None
+    assert [(o.starter, o.interruption) for o in h.overlaps] == [("both", False)]
+    assert events[1]["name"] == "overlap_start" and events[1]["channel"] == "both"
+    end = events[-1]
+    assert end["call_overlaps"] == 1 and end["call_overlaps_both"] == 1
+    assert end["call_overlaps_agent"] == end["call_overlaps_prospect"] == 0
+    wire.validate("event", {**header(), **events[1]})
+
+
+def test_same_instant_handover_is_not_an_overlap() -> None:
+    conv, _, _ = drive([(1.0, 3.0)], [(3.0, 4.0)], 30.0)
+    h = conv.history
+    assert h is not None
+    assert h.overlaps == []
+
+
+def test_late_reported_end_does_not_fake_an_overlap() -> None:
+    """The gate reports an end ~0.2 s late, a start ~0.06 s late: order is restored by time."""
+    conv = Conversation(ConversationConfig(keep_history=True))
+    # far's end (5.0) is reported after near's start (5.1) was reported
+    near_on = far_on = False
+    for k in range(300):
+        start = k * FRAME_S
+        tr = []
+        if k == 20:
+            tr.append(("far", "start", 0.6))
+            far_on = True
+        if k == 160:  # start at 5.1 confirmed at frame 160 (5.12 s)
+            tr.append(("near", "start", 5.1))
+            near_on = True
+        if k == 162:  # end at 5.0 confirmed at frame 162 (5.184 s)
+            tr.append(("far", "end", 5.0))
+            far_on = False
+        conv(start, FRAME_S, near_on, far_on, tr)
+    conv.finish()
+    h = conv.history
+    assert h is not None
+    assert h.overlaps == []
+    assert [(r.channel, round(r.latency_s, 3)) for r in h.responses] == [("near", 0.1)]
+
+
+def test_one_sided_calls() -> None:
+    # the prospect alone (a greeting nobody answers): a call with no agent speech
+    conv, events, _ = drive([], [(1.0, 2.0), (4.0, 5.0)], 40.0)
+    assert names(events) == ["call_start", "call_end"]
+    end = events[-1]
+    assert end["t_audio_s"] == 5.0 and end["call_duration_s"] == pytest.approx(4.0)
+    assert end["call_agent_share"] == 0.0 and end["call_talk_ratio"] == 0.0
+    assert end["call_turns_prospect"] == 2 and end["call_responses_prospect"] == 0
+    assert not any(k.startswith("call_latency") for k in end)
+    # the agent alone (dialling, talking to a colleague): no call at all
+    conv, events, metrics = drive([(1.0, 5.0)], [], 30.0)
+    assert events == [] and conv.last_call is None
+    assert all(m["in_call"] is False for m in metrics)
+    assert metrics[3]["agent_speech_ratio_30s"] == pytest.approx(2.75 / 3.75, abs=0.02)
+
+
+def test_call_ends_after_silence_timeout_and_next_call_starts() -> None:
+    cfg = ConversationConfig(keep_history=True, call_end_silence_s=10.0)
+    _conv, events, metrics = drive([(2.5, 4.0)], [(1.0, 2.0), (30.0, 31.0)], 50.0, cfg)
+    assert names(events) == ["call_start", "call_end", "call_start", "call_end"]
+    assert events[1]["t_audio_s"] == 4.0 and events[1]["call_end_reason"] == "silence"
+    assert events[2]["t_audio_s"] == 30.0
+    assert events[3]["call_end_reason"] == "silence"
+    # per-second metrics: in call until the timeout fires 10 s after the last speech
+    in_call = [m["in_call"] for m in metrics]
+    assert in_call[5] and in_call[12] and not in_call[15] and in_call[31]
+
+
+def test_explicit_call_signal_and_hold() -> None:
+    cfg = ConversationConfig(keep_history=True, call_start_on_speech=False)
+    _, events, _ = drive([(1.0, 2.0)], [(2.5, 3.0)], 20.0, cfg,
+                         signals=((0.5, "active"), (10.0, "idle")))
+    assert names(events) == ["call_start", "call_end"]
+    assert events[0]["t_audio_s"] == 0.5
+    assert events[1]["t_audio_s"] == 10.0 and events[1]["call_end_reason"] == "signal"
+    assert events[1]["call_duration_s"] == pytest.approx(9.5)
+    # no signal: far speech does not start a call in signal mode
+    _, events, _ = drive([(1.0, 2.0)], [(2.5, 3.0)], 10.0, cfg)
+    assert events == []
+    # hold suspends the silence timeout; back to active restarts it
+    cfg = ConversationConfig(keep_history=True, call_end_silence_s=5.0)
+    _, events, _ = drive([], [(1.0, 2.0)], 40.0, cfg, signals=((3.0, "hold"), (25.0, "active")))
+    assert names(events) == ["call_start", "call_end"]
+    assert events[1]["t_audio_s"] == 25.0 and events[1]["call_duration_s"] == pytest.approx(24.0)
+    with pytest.raises(ValueError, match="call state"):
+        Conversation().call_state("ringing")
+
+
+def test_end_of_stream_closes_the_call() -> None:
+    _, events, _ = drive([(3.0, 6.0)], [(1.0, 2.5)], 5.0)
+    assert names(events) == ["call_start", "call_end"]
+    assert events[-1]["call_end_reason"] == "end_of_stream"
+
+
+def test_rolling_windows_and_wire() -> None:
+    # 60 s of alternating 2 s agent / 2 s prospect turns separated by 0.5 s
+    near, far = [], []
+    t = 1.0
+    while t < 70:
+        far.append((t, t + 2.0))
+        near.append((t + 2.5, t + 4.5))
+        t += 5.0
+    _conv, _, metrics = drive(near, far, 70.0, ConversationConfig(keep_history=True,
+                                                                 reorder_s=0.0))
+    m = metrics[60]  # at 61 s, the call started at 1.0
+    assert m["in_call"] is True and m["call_elapsed_s"] == pytest.approx(60.0, abs=0.05)
+    assert m["agent_share_60s"] == pytest.approx(0.5, abs=0.02)
+    assert m["agent_speech_ratio_60s"] == pytest.approx(0.4, abs=0.02)
+    assert m["silence_ratio_60s"] == pytest.approx(0.2, abs=0.02)
+    assert m["latency_agent_ms_median_60s"] == pytest.approx(500.0)
+    assert m["latency_prospect_ms_median_30s"] == pytest.approx(500.0)
+    assert m["latency_agent_ms_last"] == pytest.approx(500.0)
+    assert m["overlaps_agent_30s"] == 0 and m["monologue_s_longest"] == pytest.approx(2.0)
+    # 20 s into the call the 30 s window starts at the call start, not before
+    m = metrics[20]
+    assert m["silence_ratio_30s"] == pytest.approx(0.2, abs=0.03)
+    # every metrics message with these fields passes the contract
+    for i, m in enumerate(metrics, 1):
+        wire.validate("metrics", {**header(i), "near_speech_ratio": 0.0, "far_speech_ratio": 0.0,
+                                  "talk_state": "silence", **m})
+    assert set(metrics[60]) <= set(wire.ALLOWED_FIELDS["metrics"])
+
+
+def test_current_monologue_grows_while_the_agent_talks() -> None:
+    _, _, metrics = drive([(3.0, 15.0)], [(1.0, 2.5)], 20.0,
+                          ConversationConfig(keep_history=True, reorder_s=0.0))
+    assert metrics[9]["monologue_s_current"] == pytest.approx(7.0, abs=0.05)
+    assert metrics[17]["monologue_s_current"] == 0.0
+    assert metrics[17]["monologue_s_longest"] == pytest.approx(12.0, abs=0.05)
+
+
+def test_metrics_window_api_unchanged() -> None:
+    w = MetricsWindow(1.0)
+    out = [w(k * FRAME_S, FRAME_S, True, k % 2 == 0) for k in range(40)]
+    done = [o for o in out if o is not None]
+    assert len(done) == 1 and done[0].near_speech_ratio == 1.0
+    assert done[0].far_speech_ratio == pytest.approx(0.5, abs=0.04)
+    assert talk_state(True, True) == "overlap" and talk_state(False, False) == "silence"
+
+
+def test_wire_refuses_bad_conversation_fields() -> None:
+    with pytest.raises(wire.WireError, match="outside"):
+        wire.validate("metrics", {**header(), "near_speech_ratio": 0.0, "far_speech_ratio": 0.0,
+                                  "talk_state": "silence", "agent_share_30s": 1.5})
+    with pytest.raises(wire.WireError, match="call_end_reason"):
+        wire.validate("event", {**header(), "name": "call_end", "channel": "far",
+                                "call_end_reason": "bored"})
+    with pytest.raises(wire.WireError, match="allow-list"):
+        wire.validate("metrics", {**header(), "near_speech_ratio": 0.0, "far_speech_ratio": 0.0,
+                                  "talk_state": "silence", "agent_share_45s": 0.5})
+
+
+# ---------------------------------------------------------------------- truth from the labels
+def test_lablaut_spans() -> None:
+    # 03a01Fa: first phone "_t" at 0.080109 s, end mark "." at 1.841390 s
+    assert speech_span("03a01Fa") == (0.080109, 1.84139)
+    clips = clean_clips()
+    assert set(clips) == {"03", "08", "09", "10", "12", "13", "15", "16"}
+    assert sum(len(v) for v in clips.values()) >= 60
+    assert all((EMODB / "wav" / f"{n}.wav").exists() for v in clips.values() for n in v)
+
+
+def test_built_call_truth() -> None:
+    mix = build_call(1)
+    assert mix.audio.shape[0] == 2 and mix.audio.dtype.name == "float32"
+    ovs = true_overlaps(mix.spans)
+    assert len(ovs) >= 2
+    assert all(0.25 <= e - s <= 0.75 for s, e, _ in ovs)
+    # speech really is where the labels say: louder inside the spans than outside
+    near = mix.audio[0]
+    inside = sum(float((near[int(s * 16000):int(e * 16000)] ** 2).sum()) for s, e in mix.spans["near"])
+    assert inside > 0.99 * float((near ** 2).sum())
+
+
+# ------------------------------------------------------------- accuracy: the whole pipeline
+@pytest.fixture(scope="module")
+def figures() -> dict:
+    return conversation_figures()
+
+
+def test_overlap_count_exact(figures: dict) -> None:
+    assert figures["overlaps_true"] >= 8
+    assert figures["overlap_count_exact"] is True
+    for s in call_scores():
+        assert s["interruptions_found"] == s["interruptions_true"]
+
+
+def test_latency_and_overlap_durations_within_100_ms(figures: dict) -> None:
+    assert figures["responses_true"] >= 25
+    assert figures["responses_matched"] == figures["responses_true"]
+    assert figures["latency_err_ms_median"] < 100.0
+    assert figures["overlap_err_ms_median"] < 100.0
+
+
+def test_talk_ratio_within_2_points(figures: dict) -> None:
+    assert figures["talk_ratio_err_pts"] < 2.0
+    for s in call_scores():
+        assert s["calls"] == 1 and s["call_end_reason"] == "silence"
+
+
+def test_pipeline_events_and_metrics_pass_the_contract() -> None:
+    from edge.pipeline import load_vad_model
+
+    mix = build_call(4, turns=6)
+    conv, events = run_pipeline(mix.audio, load_vad_model())
+    got = names(events)
+    assert got[0] == "call_start" and got[-1] == "call_end"
+    for i, e in enumerate(events, 1):
+        wire.encode("event", {**header(i), **e})
+    wire.encode("metrics", {**header(), "near_speech_ratio": 0.0, "far_speech_ratio": 0.0,
+                            "talk_state": "silence", **conv.metrics()})
+    assert conv.last_call is not None
+    true_start = min(s for s, _ in mix.spans["far"])
+    true_end = max(e for v in mix.spans.values() for _, e in v)
+    assert conv.last_call.start_s == pytest.approx(true_start, abs=0.1)
+    assert conv.last_call.duration_s == pytest.approx(true_end - true_start, abs=0.3)

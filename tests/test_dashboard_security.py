@@ -1,0 +1,543 @@
+"""Dashboard security and rights: CSRF, cookies, throttling, TOTP, role scoping, audit, retention."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from dashboard import access, analytics, auth, retention, schema, totp
+from dashboard import db as store
+from dashboard.app import create_app
+from dashboard.commands import send_command
+from dashboard.settings import DashboardSettings
+from tests._fixtures_dashboard import (
+    USER_PASSWORD,
+    client_login,
+    csrf_of,
+    make_settings,
+    seed_org,
+)
+
+
+@pytest.fixture
+def org(tmp_path: Path) -> tuple[DashboardSettings, dict[str, Any]]:
+    settings = make_settings(tmp_path)
+    return settings, seed_org(settings)
+
+
+def client(settings: DashboardSettings, **kw: Any) -> TestClient:
+    return TestClient(create_app(settings, start_ingest=False), base_url="https://testserver",
+                      follow_redirects=False, **kw)
+
+
+def login_as(c: TestClient, user: str, org_data: dict[str, Any]) -> None:
+    r = client_login(c, user, USER_PASSWORD, org_data["secrets"].get(user))
+    assert r.status_code == 303 and r.headers["location"] == "/", r.text
+
+
+def csrf_header(c: TestClient) -> dict[str, str]:
+    page = c.get("/", follow_redirects=True)
+    return {"x-csrf-token": csrf_of(page.text)}
+
+
+# ------------------------------------------------------------------------------ TOTP
+def test_totp_matches_rfc6238_and_refuses_replays() -> None:
+    import base64
+
+    secret = base64.b32encode(b"12345678901234567890").decode()
+    # RFC 6238 appendix B (SHA-1), last 6 of the 8 digits.
+    for t, code in ((59, "287082"), (1111111109, "081804"), (1234567890, "005924"),
+                    (2000000000, "279037")):
+        assert totp.totp(secret, t) == code
+    step = totp.verify(secret, "081804", 0, now_s=1111111109)
+    assert step == totp.step_of(1111111109)
+    assert totp.verify(secret, "081804", step, now_s=1111111109) is None  # replay
+    assert totp.verify(secret, "081805", 0, now_s=1111111109) is None
+    assert totp.verify(secret, "08180", 0, now_s=1111111109) is None
+    assert totp.verify(secret, totp.totp(secret, 1111111109 + 30), 0, now_s=1111111109)
+    assert totp.verify(secret, totp.totp(secret, 1111111109 + 90), 0, now_s=1111111109) is None
+    assert totp.provisioning_uri(secret, "sup a").startswith("otpauth://totp/Miroir:sup%20a?")
+
+
+def test_supervisor_needs_the_totp_code_and_the_session_rotates(org: Any) -> None:
+    settings, data = org
+    with client(settings) as c:
+        r = c.post("/login", data={"username": "sup-a", "password": USER_PASSWORD,
+                                   "csrf": csrf_of(c.get("/login").text)})
+        assert r.headers["location"] == "/login/totp"
+        half = c.cookies.get("__Host-miroir")
+        assert c.get("/api/agents").status_code == 401
+        page = c.get("/login/totp")
+        r = c.post("/login/totp", data={"code": "123456", "csrf": csrf_of(page.text)})
+        assert r.status_code == 401
+        # Without the session's CSRF token, even the code form is refused.
+        assert c.post("/login/totp", data={"code": totp.totp(data["secrets"]["sup-a"])}
+                      ).status_code == 403
+        login_as(c, "sup-a", data)
+        assert c.cookies.get("__Host-miroir") != half
+        assert c.get("/api/agents").status_code == 200
+    db = store.open_db(settings.db_path)
+    assert db.conn.execute("SELECT count(*) FROM sessions WHERE stage != 'ok'").fetchone()[0] == 0
+
+
+# ------------------------------------------------------------------------------ CSRF
+def test_every_state_change_needs_the_csrf_token(org: Any) -> None:
+    settings, data = org
+    with client(settings) as c:
+        login_as(c, "sup-a", data)
+        now = time.time()
+        json_posts = [("/api/agents/agent-a1/flags", {"ts": now, "note": "x"}),
+                      ("/api/agents/agent-a1/goals", {"metric": "near_speech_ratio",
+                                                      "label": "ralentir"}),
+                      ("/api/calls/1/outcome", {"outcome": "meeting"}),
+                      ("/api/calls", {"agent": "agent-a1", "start_ts": now})]
+        form_posts = [("/agents/agent-a1/flags", {"ts": str(now), "note": "x"}),
+                      ("/agents/agent-a1/goals", {"metric": "near_speech_ratio", "label": "x"}),
+                      ("/calls/1/outcome", {"outcome": "refusal"}),
+                      ("/lang", {"lang": "en"}), ("/logout", {})]
+        for path, body in json_posts:
+            assert c.post(path, json=body).status_code == 403, path
+            assert c.post(path, json=body, headers={"x-csrf-token": "forged"}
+                          ).status_code == 403, path
+        for path, body in form_posts:
+            assert c.post(path, data=body).status_code == 403, path
+            assert c.post(path, data={**body, "csrf": "forged"}).status_code == 403, path
+        db = store.open_db(settings.db_path)
+        assert db.conn.execute("SELECT count(*) FROM flags WHERE author = 'sup-a'"
+                               ).fetchone()[0] == 0
+        hdr = csrf_header(c)
+        for path, body in json_posts:
+            assert c.post(path, json=body, headers=hdr).status_code in (200, 201), path
+        token = hdr["x-csrf-token"]
+        for path, body in form_posts:
+            assert c.post(path, data={**body, "csrf": token}).status_code == 303, path
+        assert db.conn.execute("SELECT count(*) FROM flags WHERE author = 'sup-a'"
+                               ).fetchone()[0] == 2
+        assert c.get("/api/agents").status_code == 401  # the last form was the logout
+
+
+def test_security_headers_and_cookie_flags(org: Any) -> None:
+    settings, _ = org
+    with client(settings) as c:
+        r = c.get("/login")
+        csp = r.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in csp and "default-src 'self'" in csp
+        assert "unsafe-inline" not in csp
+        assert r.headers["strict-transport-security"].startswith("max-age=")
+        assert r.headers["x-content-type-options"] == "nosniff"
+        r = c.post("/login", data={"username": "amina", "password": USER_PASSWORD,
+                                   "csrf": csrf_of(r.text)})
+        cookie = next(h for h in r.headers.get_list("set-cookie")
+                      if h.startswith("__Host-miroir="))
+        attrs = {a.strip().lower() for a in cookie.split(";")[1:]}
+        assert {"secure", "httponly", "samesite=strict", "path=/"} <= attrs
+        assert not any(a.startswith(("domain", "max-age", "expires")) for a in attrs)
+        assert c.get("/me").headers["content-security-policy"] == csp
+
+
+# ------------------------------------------------------------------------ throttling
+def test_ten_failed_logins_are_throttled_per_account_and_per_address(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, trusted_proxies=["10.0.0.0/8"])
+    seed_org(settings)
+    with client(settings) as c:
+        for _ in range(10):
+            r = c.post("/login", data={"username": "amina", "password": "wrong",
+                                       "csrf": csrf_of(c.get("/login").text)})
+            assert r.status_code in (401, 429)
+        assert r.status_code == 429
+        # Even the right password is refused while throttled.
+        r = c.post("/login", data={"username": "amina", "password": USER_PASSWORD,
+                                   "csrf": csrf_of(c.get("/login").text)})
+        assert r.status_code == 429 and "retry-after" in r.headers
+    db = store.open_db(settings.db_path)
+    assert auth.login_throttled(db, "amina", "198.51.100.7", window_s=900, max_account=5,
+                                max_addr=20)
+    assert not auth.login_throttled(db, "amina", "198.51.100.7", window_s=900, max_account=5,
+                                    max_addr=20, now=time.time() + 901)
+    # Per address: many accounts from one address.
+    for i in range(20):
+        auth.record_login_attempt(db, f"user-{i}", "203.0.113.9", False)
+    assert auth.login_throttled(db, "bilal", "203.0.113.9", window_s=900, max_account=5,
+                                max_addr=20)
+    assert not auth.login_throttled(db, "bilal", "203.0.113.10", window_s=900, max_account=5,
+                                    max_addr=20)
+    # X-Forwarded-For is believed only from a trusted proxy, walked from the right.
+    nets = ["10.0.0.0/8"]
+    assert auth.client_address("203.0.113.5", "1.2.3.4", nets) == "203.0.113.5"
+    assert auth.client_address("10.1.2.3", "1.2.3.4", nets) == "1.2.3.4"
+    assert auth.client_address("10.1.2.3", "6.6.6.6, 1.2.3.4, 10.9.9.9", nets) == "1.2.3.4"
+    assert auth.client_address("10.1.2.3", "garbage", nets) == "10.1.2.3"
+
+
+def test_throttling_uses_the_forwarded_address_only_behind_a_trusted_proxy(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="trusted_proxies"):
+        make_settings(tmp_path, trusted_proxies=["not-an-address"])
+    settings = make_settings(tmp_path, trusted_proxies=["127.0.0.0/8"],
+                             login_max_failures_account=100, login_max_failures_addr=3)
+    seed_org(settings)
+    # TestClient's peer is "testclient", not an IP, so it is never a trusted proxy: the
+    # forged header does not let an attacker rotate addresses.
+    with client(settings) as c:
+        for i in range(3):
+            c.post("/login", data={"username": f"x{i}", "password": "bad",
+                                   "csrf": csrf_of(c.get("/login").text)},
+                   headers={"x-forwarded-for": f"192.0.2.{i}"})
+        r = c.post("/login", data={"username": "amina", "password": USER_PASSWORD,
+                                   "csrf": csrf_of(c.get("/login").text)},
+                   headers={"x-forwarded-for": "192.0.2.200"})
+        assert r.status_code == 429
+
+
+# ------------------------------------------------------------------------ role scope
+def _team_b_urls(ids: dict[str, Any]) -> list[tuple[str, str]]:
+    """Every route with an id parameter, filled with each id of team B."""
+    from dashboard.routes import api, boxes, pages
+
+    values = {"agent": ids["agents"], "team": [ids["team"]], "flag_id": ids["flags"],
+              "goal_id": ids["goals"], "call_id": ids["calls"], "campaign": ids["campaigns"],
+              "box": ids["boxes"]}
+    urls = []
+    for route in [*api.router.routes, *pages.router.routes, *boxes.router.routes]:
+        params = re.findall(r"{(\w+)}", getattr(route, "path", ""))
+        if not params or not set(params) <= set(values):
+            continue
+        for method in sorted(route.methods or ()):
+            if method == "HEAD":
+                continue
+            [param] = params
+            for v in values[param]:
+                url = route.path.replace("{" + param + "}", str(v))
+                urls.append((method, url + (f"?ts={time.time()}" if url.endswith("/moment")
+                                            else "")))
+    return urls
+
+
+def test_supervisor_of_team_a_gets_404_for_every_object_of_team_b(org: Any) -> None:
+    settings, data = org
+    app = create_app(settings, start_ingest=False)
+    urls = _team_b_urls(data["team_b"])
+    assert len(urls) >= 25
+    bodies = {"flags": {"ts": time.time(), "note": "x"},
+              "goals": {"metric": "near_speech_ratio", "label": "x"},
+              "outcome": {"outcome": "meeting"}}
+    got: dict[str, dict[tuple[str, str], int]] = {}
+    for user in ("sup-a", "sup-b"):
+        with TestClient(app, base_url="https://testserver", follow_redirects=False) as c:
+            login_as(c, user, data)
+            hdr = csrf_header(c)
+            got[user] = {}
+            for method, url in urls:
+                if url.endswith("/erase"):
+                    continue  # admin-only; checked below
+                body = next((b for k, b in bodies.items() if url.endswith(k)), None)
+                r = c.request(method, url, headers=hdr,
+                              json=body if url.startswith("/api") else None,
+                              data=None if url.startswith("/api") else
+                              {k: str(v) for k, v in (body or {}).items()})
+                got[user][(method, url)] = r.status_code
+    refused = {k: v for k, v in got["sup-a"].items() if v != 404}
+    assert refused == {}, f"team A's supervisor reached team B objects: {refused}"
+    # The same URLs do work for team B's own supervisor (so the walk tests real objects).
+    ok = [k for k, v in got["sup-b"].items() if v in (200, 201, 303)]
+    assert len(ok) >= len(got["sup-b"]) - 2, got["sup-b"]
+    with TestClient(app, base_url="https://testserver", follow_redirects=False) as c:
+        login_as(c, "sup-a", data)
+        assert c.post("/api/agents/agent-b1/erase", headers=csrf_header(c)).status_code == 404
+        boxes = [b["box"] for b in c.get("/api/boxes").json()["boxes"]]
+        assert "box-b1" not in boxes and "box-a1" in boxes
+        seats = [s["box"] for s in c.get("/api/floor").json()["seats"]]
+        assert sorted(seats) == ["box-a1", "box-a2"]
+        assert [a["agent"] for a in c.get("/api/agents").json()["agents"]] == [
+            "agent-a1", "agent-a2"]
+
+
+def test_an_agent_gets_only_their_own_data_and_the_auditor_only_aggregates(org: Any) -> None:
+    settings, data = org
+    with client(settings) as c:
+        login_as(c, "amina", data)
+        assert c.get("/").headers["location"] == "/me"
+        assert c.get("/me").status_code == 200
+        own = c.get("/api/agents/agent-a1/metrics").json()
+        assert len(own["rows"]) == 240 and own["cues"] and own["metrics"]
+        for other in ("agent-a2", "agent-b1"):
+            for suffix in ("", "/metrics", "/flags", "/goals", "/calls", "/audit", "/export.csv"):
+                assert c.get(f"/api/agents/{other}{suffix}").status_code == 404, (other, suffix)
+        assert [a["agent"] for a in c.get("/api/agents").json()["agents"]] == ["agent-a1"]
+        assert [b["box"] for b in c.get("/api/boxes").json()["boxes"]] == ["box-a1"]
+        assert c.get("/api/boxes/box-a2/metrics").status_code == 404
+        for path in ("/api/floor", "/api/audit", "/api/aggregates", "/api/teams/team-a/board",
+                     "/agents/agent-a1", "/teams/team-a", "/audit", "/api/campaigns/camp-a/comparison"):
+            assert c.get(path).status_code == 404, path
+        calls = c.get("/api/agents/agent-a1/calls").json()["calls"]
+        hdr = csrf_header(c)
+        assert c.post(f"/api/calls/{calls[0]['id']}/outcome", json={"outcome": "callback"},
+                      headers=hdr).status_code == 200
+        assert c.post("/api/agents/agent-a1/flags", json={"ts": 1.0}, headers=hdr
+                      ).status_code == 404  # agents do not flag
+    with client(settings) as c:
+        login_as(c, "auditrice", data)
+        assert c.get("/").headers["location"] == "/audit"
+        assert c.get("/audit").status_code == 200
+        assert c.get("/api/audit").status_code == 200
+        agg = c.get("/api/aggregates").json()["aggregates"]
+        assert {a["team"] for a in agg} == {"team-a", "team-b"}
+        assert all(set(a) == {"team", "metric", "mean", "agents"} for a in agg)
+        for agent in ("agent-a1", "agent-b1"):
+            for suffix in ("", "/metrics", "/flags", "/calls", "/export.csv", "/moment?ts=1"):
+                assert c.get(f"/api/agents/{agent}{suffix}").status_code == 404
+        assert c.get("/api/boxes").status_code == 404
+        assert c.get("/api/floor").status_code == 404
+        assert c.get("/api/agents").json()["agents"] == []
+
+
+def test_password_hashes_are_argon2id(org: Any) -> None:
+    settings, _ = org
+    db = store.open_db(settings.db_path)
+    hashes = [r[0] for r in db.conn.execute("SELECT password_hash FROM users")]
+    assert len(hashes) == 6
+    assert all(h.startswith("$argon2id$v=19$") for h in hashes)
+    assert auth.verify_password(hashes[1], USER_PASSWORD)
+
+
+# ------------------------------------------------------------------------------ audit
+def test_supervisor_reads_are_audited_and_the_audit_log_is_append_only(org: Any) -> None:
+    settings, data = org
+    with client(settings) as c:
+        login_as(c, "sup-b", data)
+        assert c.get("/agents/agent-b1").status_code == 200
+        assert c.get("/api/agents/agent-b1/metrics").status_code == 200
+        assert c.get("/api/agents/agent-b1/audit").status_code == 404  # not the supervisor's
+    with client(settings) as c:
+        login_as(c, "bilal", data)
+        entries = c.get("/api/agents/agent-b1/audit").json()["entries"]
+        assert [(e["actor"], e["action"]) for e in entries][:2] == [
+            ("sup-b", "read_metrics"), ("sup-b", "view_agent")]
+        page = c.get("/me").text
+        assert "sup-b" in page and "débit élevé" in page
+        c.get("/api/agents/agent-b1/metrics")  # the agent's own reads are not supervision
+    db = store.open_db(settings.db_path)
+    assert db.conn.execute("SELECT count(*) FROM audit_log WHERE actor = 'bilal'"
+                           ).fetchone()[0] == 0
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        db.conn.execute("UPDATE audit_log SET actor = 'nobody'")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        db.conn.execute("DELETE FROM audit_log")
+
+
+# -------------------------------------------------------------------------- retention
+def test_retention_purge_with_a_controlled_clock(org: Any) -> None:
+    settings, _ = org
+    db = store.open_db(settings.db_path)
+    now = time.time()
+    user = access.User("sup-b", "supervisor", None, frozenset({"team-b"}))
+    for days in (400, 100, 40, 10, 1):
+        access.audit(db, user, "view_agent", "agent-b1", now=now - days * 86400)
+    with db.conn:
+        for days in (400, 40, 2):
+            db.conn.execute("INSERT INTO metrics (box, seq, ts, ingested_ts, near_speech_ratio, "
+                            "far_speech_ratio, talk_state) VALUES ('box-a1', ?, ?, ?, 0.5, 0.1, "
+                            "'agent')", (100_000 + days, now - days * 86400, now))
+            db.conn.execute("INSERT INTO calls (agent, start_ts) VALUES ('agent-a1', ?)",
+                            (now - days * 86400,))
+            db.conn.execute("INSERT INTO flags (agent, ts, author, created_ts) VALUES "
+                            "('agent-a1', ?, 'sup-a', ?)", (now - days * 86400, now))
+            auth.record_login_attempt(db, "amina", "192.0.2.1", False, now=now - days * 86400)
+    before = db["metrics"].count
+    # The clock moves 31 days on: every per-second row of the seed is now past 30 days.
+    later = now + 31 * 86400
+    out = retention.purge(db, metrics_days=30, aggregates_days=365, audit_days=180, now=later)
+    assert out["metrics"] == before and out["calls"] == 1 and out["flags"] == 1
+    limits = {"metrics": ("ts", 30), "events": ("ts", 30), "calls": ("start_ts", 365),
+              "flags": ("ts", 365), "audit_log": ("ts", 180), "login_attempts": ("ts", 180)}
+    for table, (col, days) in limits.items():
+        oldest = db.conn.execute(f"SELECT min({col}) FROM {table}").fetchone()[0]
+        assert oldest is None or oldest >= later - days * 86400, table
+    assert db.conn.execute("SELECT count(*) FROM audit_log").fetchone()[0] == 4
+    # Day-level means survive the per-second purge (for goals and the team board).
+    assert db.conn.execute("SELECT count(*) FROM daily_aggregates WHERE agent = 'agent-a1'"
+                           ).fetchone()[0] > 0
+    assert analytics.daily_means(db, "agent-a1", "near_speech_ratio", 60, now=later)
+    # The purge runs again without finding anything more.
+    again = retention.purge(db, metrics_days=30, aggregates_days=365, audit_days=180, now=later)
+    assert sum(again.values()) == 0
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        db.conn.execute("DELETE FROM audit_log")
+
+
+# ---------------------------------------------------------------- export, erasure, more
+def test_agent_export_and_erasure(org: Any) -> None:
+    settings, data = org
+    with client(settings) as c:
+        login_as(c, "amina", data)
+        r = c.get("/api/agents/agent-a1/export.csv")
+        lines = r.text.splitlines()
+        assert r.headers["content-type"].startswith("text/csv")
+        assert lines[0].startswith("agent,box,seq,time_utc,ts,talk_state,near_speech_ratio")
+        assert len(lines) == 241 and all(line.startswith("agent-a1,box-a1,") for line in lines[1:])
+        full = c.get("/api/agents/agent-a1/export.json").json()
+        assert len(full["metrics"]) == 240 and full["calls"] and full["agent"][0]["name"]
+    db = store.open_db(settings.db_path)
+    out = retention.erase_agent(db, "agent-a1")
+    assert out["metrics"] == 240 and out["users"] == 1 and out["agents"] == 1
+    assert db.conn.execute("SELECT count(*) FROM metrics WHERE box = 'box-a1'").fetchone()[0] == 0
+    assert db.conn.execute("SELECT count(*) FROM metrics WHERE box = 'box-a2'").fetchone()[0] == 240
+    assert db.conn.execute("SELECT count(*) FROM users WHERE username = 'amina'").fetchone()[0] == 0
+    assert db.conn.execute("SELECT count(*) FROM calls WHERE agent = 'agent-a1'").fetchone()[0] == 0
+
+
+def test_migrations_keep_data_and_run_once(tmp_path: Path) -> None:
+    db = store.open_db(tmp_path / "old.db")
+    store.ensure_schema(db)  # a database from before the versioned migrations
+    with db.conn:
+        db.conn.execute("INSERT INTO users (username, password_hash, role, created_ts) "
+                        "VALUES ('chef', ?, 'admin', 1.0)", (auth.hash_password("x" * 12),))
+        db.conn.execute("INSERT INTO metrics (box, seq, ts, ingested_ts, talk_state) "
+                        "VALUES ('box-a', 1, 1.0, 1.0, 'agent')")
+    assert schema.schema_version(db) == 0
+    assert schema.ensure_schema(db) == len(schema.MIGRATIONS)
+    assert db.conn.execute("SELECT lang, disabled FROM users").fetchone() == ("fr", 0)
+    assert db["metrics"].count == 1
+    calls: list[int] = []
+
+    def m_next(d: Any) -> None:
+        """Add a column."""
+        calls.append(1)
+        d.conn.execute("ALTER TABLE agents ADD COLUMN nickname TEXT")
+
+    steps = [*schema.MIGRATIONS, m_next]
+    assert schema.ensure_schema(db, steps) == len(steps)
+    assert schema.ensure_schema(db, steps) == len(steps)
+    assert calls == [1] and db["metrics"].count == 1
+    assert "nickname" in {c.name for c in db["agents"].columns}
+
+
+def test_backup_and_restore(org: Any, tmp_path: Path) -> None:
+    settings, _ = org
+    dest = retention.backup(settings.db_path, tmp_path / "bk" / "dash.db")
+    assert oct(dest.stat().st_mode & 0o777) == "0o600"
+    with pytest.raises(FileExistsError):
+        retention.backup(settings.db_path, dest)
+    db = store.open_db(settings.db_path)
+    n = db["metrics"].count
+    with db.conn:
+        db.conn.execute("DELETE FROM metrics")
+    db.conn.close()
+    retention.restore(dest, settings.db_path)
+    assert store.open_db(settings.db_path)["metrics"].count == n
+
+
+def test_import_inventory_is_idempotent_and_keeps_seat_history(tmp_path: Path) -> None:
+    db = store.open_db(tmp_path / "d.db")
+    schema.ensure_schema(db)
+    rows = [{"box": "box-1", "seat": "P1", "agent": "ag-1", "team": "t1"},
+            {"box": "box-2", "seat": "P2", "agent": "ag-2", "team": "t1"}]
+    assert schema.import_inventory(db, rows, site="s", now=100.0) == 2
+    assert schema.import_inventory(db, rows, site="s", now=200.0) == 2
+    assert db["seat_history"].count == 2
+    # ag-1 moves to box-2 (ag-2 left): the history closes both old windows.
+    schema.import_inventory(db, [{"box": "box-2", "agent": "ag-1", "seat": "P2"}], now=300.0)
+    hist = list(db.query("SELECT box, agent, from_ts, to_ts FROM seat_history ORDER BY id"))
+    assert hist == [{"box": "box-1", "agent": "ag-1", "from_ts": 100.0, "to_ts": 300.0},
+                    {"box": "box-2", "agent": "ag-2", "from_ts": 100.0, "to_ts": 300.0},
+                    {"box": "box-2", "agent": "ag-1", "from_ts": 300.0, "to_ts": None}]
+    assert db.conn.execute("SELECT agent FROM seats WHERE box = 'box-1'").fetchone()[0] is None
+    with pytest.raises(ValueError):
+        schema.import_inventory(db, [{"box": "Bad Box"}])
+
+
+def test_wilson_interval_and_variant_comparison(org: Any) -> None:
+    p, lo, hi = analytics.wilson(9, 30)
+    assert p == pytest.approx(0.3) and lo == pytest.approx(0.1666, abs=1e-3)
+    assert hi == pytest.approx(0.4788, abs=1e-3)
+    assert analytics.wilson(0, 0) == (0.0, 0.0, 0.0)
+    assert analytics.wilson(0, 10)[1] == 0.0
+    settings, data = org
+    with client(settings) as c:
+        login_as(c, "sup-a", data)
+        comp = c.get("/api/campaigns/camp-a/comparison").json()
+        by = {v["name"]: v for v in comp["variants"]}
+        assert by["Question ouverte"]["calls"] == 30
+        assert by["Question ouverte"]["outcomes"]["meeting"] == 9
+        assert by["Bénéfice direct"]["rate"] == pytest.approx(0.1)
+        page = c.get("/campaigns/camp-a").text
+        assert "Question ouverte" in page and "30,0" not in page and "30.0 %" in page
+
+
+def test_openapi_describes_the_json_api(org: Any) -> None:
+    settings, data = org
+    with client(settings) as c:
+        login_as(c, "amina", data)
+        spec = c.get("/api/openapi.json").json()
+    paths = set(spec["paths"])
+    for p in ("/api/floor", "/api/agents/{agent}/metrics", "/api/agents/{agent}/flags",
+              "/api/campaigns/{campaign}/comparison", "/api/audit", "/api/me/private",
+              "/api/agents/{agent}/export.csv", "/api/teams/{team}/board"):
+        assert p in paths, p
+    assert not any(p in paths for p in ("/login", "/", "/me"))
+
+
+def test_send_command_uses_the_ingest_publish_cmd(org: Any) -> None:
+    settings, data = org
+    sent: list[tuple[str, dict[str, Any]]] = []
+
+    class FakeIngest:  # unit test of one piece: the real MQTT path is the transport's
+        def publish_cmd(self, box: str, payload: dict[str, Any]) -> bool:
+            sent.append((box, payload))
+            return True
+
+    app = create_app(settings, start_ingest=False)
+    assert send_command(app, "box-a1", {"private": True}) is False  # no ingest
+    with TestClient(app, base_url="https://testserver", follow_redirects=False) as c:
+        app.state.ingest = FakeIngest()
+        login_as(c, "amina", data)
+        r = c.post("/api/me/private", json={"private": True}, headers=csrf_header(c))
+        assert r.json() == {"private": True, "sent": True}
+        assert "Mode privé actif" in c.get("/me").text
+        seats = store.open_db(settings.db_path).conn.execute(
+            "SELECT private FROM agents WHERE agent = 'agent-a1'").fetchone()
+        assert seats[0] == 1
+    assert sent == [("box-a1", {"private": True})]
+
+
+def test_dashboard_cli_user_import_purge_backup_restore(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    settings = make_settings(tmp_path)
+    env = dict(os.environ, MIROIR_DASH_SITE="site-1", MIROIR_DASH_DB_PATH=str(settings.db_path))
+    inv = tmp_path / "inventory.csv"
+    inv.write_text("box,seat,agent,team\nbox-1,P1,ag-1,t1\nbox-2,P2,ag-2,t1\n")
+    pw = tmp_path / "pw"
+    pw.write_text("a long password here\n")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "miroir", "dashboard", *args], env=env,
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    assert run("import", str(inv)).stdout.strip() == "imported 2 seats"
+    r = run("user", "add", "chef", "--role", "supervisor", "--team", "t1",
+            "--password-file", str(pw))
+    assert r.returncode == 0, r.stderr
+    assert run("user", "add", "chef", "--role", "supervisor", "--password-file", str(pw)
+               ).returncode != 0
+    r = run("purge")
+    assert r.returncode == 0 and '"metrics": 0' in r.stdout
+    assert run("backup", str(tmp_path / "b.db")).returncode == 0
+    assert run("backup", str(tmp_path / "b.db")).returncode != 0
+    db = store.open_db(settings.db_path)
+    with db.conn:
+        db.conn.execute("DELETE FROM agents")
+    db.conn.close()
+    assert run("restore", str(tmp_path / "b.db")).returncode == 0
+    db = store.open_db(settings.db_path)
+    assert [r[0] for r in db.conn.execute("SELECT agent FROM agents ORDER BY agent")] == [
+        "ag-1", "ag-2"]
+    assert db.conn.execute("SELECT team FROM user_teams WHERE username = 'chef'").fetchone() == (
+        "t1",)

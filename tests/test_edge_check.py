@@ -1,0 +1,56 @@
+"""`miroir edge check`: levels, noise floor, clipping and swapped channels, on real speech
+captured through PyAudio from an ALSA file PCM (no audio kept)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.installcheck import check
+from miroir.cli import main
+from tests._fixtures_capture import AlsaHome, write_raw
+
+CUE_S = 1.5
+SECONDS = 4.0
+
+
+def recording(ami_pair: Callable[[float], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, ...]:
+    """The agent quiet (room noise) until the cue, then speaking; the line carries real speech."""
+    near, far = ami_pair(SECONDS + 20)
+    n = int(SECONDS * 16_000)
+    cue = int(CUE_S * 16_000)
+    rng = np.random.default_rng(1)
+    agent = np.concatenate([rng.normal(0, 20, cue), near[16_000 * 10:16_000 * 10 + n - cue]])
+    line = far[:n].astype(np.float64) * 0.3  # the line is quieter than the agent's own mic
+    return agent.astype(np.int16), line.astype(np.int16)
+
+
+def test_check_on_arrays(ami_pair: Callable[[float], tuple[np.ndarray, np.ndarray]]) -> None:
+    agent, line = (x / 32768.0 for x in recording(ami_pair))
+    good = check(agent, line, CUE_S)
+    assert good["ok"] and good["agent_heard"] and not good["swapped"], good
+    bad = check(line, agent, CUE_S)
+    assert bad["swapped"] and not bad["ok"]
+    clipped = check(np.clip(agent * 200, -1, 1), line, CUE_S)
+    problems = clipped["problems"]
+    assert isinstance(problems, list) and any("clips" in p for p in problems)
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_edge_check_through_alsa(alsa_home: AlsaHome, tmp_path: Path, swap: bool,
+                                 ami_pair: Callable[[float], tuple[np.ndarray, np.ndarray]],
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    agent, line = recording(ami_pair)
+    raw = write_raw(tmp_path / "headset.raw", *((line, agent) if swap else (agent, line)))
+    alsa_home.define("miroir_headset", raw)
+    rc = main(["edge", "check", "--device", "miroir_headset", "--seconds", str(SECONDS),
+               "--cue-s", str(CUE_S), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["swapped"] is swap and rc == (1 if swap else 0), report
+    assert -60 < report["near"]["rms_dbfs"] < 0 and report["near"]["clipped_ratio"] == 0
+    assert report["near"]["noise_floor_dbfs"] < report["near"]["rms_dbfs"]
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.name not in ("headset.raw", ".asoundrc")]

@@ -1,0 +1,167 @@
+"""Far-end classifier on a built call timeline: generated tones and hold music, real speech and noise.
+
+The timeline (``bench.farend.build_call_timeline``, about 130 s) holds French, ETSI, UK and US
+ringback, French busy, a voicemail beep after a greeting, SIT tones, two hold-music tunes (ADSR
+harmonic notes, one with a bass voice, one piano-like), a dead line, and real speech from EmoDB, an
+AMI headset and MFA clips, all band-limited to 300-3400 Hz over a real pink-noise floor at -55 dBFS.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from bench.farend import (
+    DATA,
+    NOISES,
+    RATE,
+    accuracy_figures,
+    band_limit,
+    cadence,
+    melody,
+    read_wav,
+    scale_to,
+    tone,
+)
+from edge.farend import (
+    BEEP,
+    BUSY,
+    DEAD,
+    FRAME_SAMPLES,
+    MUSIC,
+    RINGBACK,
+    SILENCE,
+    SPEECH,
+    VETO_CLASSES,
+    FarEnd,
+    classify_clip,
+    frame_labels,
+)
+
+
+@pytest.fixture(scope="module")
+def figures() -> dict:
+    return accuracy_figures()
+
+
+def test_nonspeech_is_never_speech(figures: dict) -> None:
+    # the veto: tone and music frames called speech, on the back-dated timeline and live
+    assert figures["offline"]["nonspeech_as_speech"] <= 0.02
+    assert figures["live"]["nonspeech_as_speech"] <= 0.02
+
+
+def test_speech_is_kept(figures: dict) -> None:
+    assert figures["offline"]["speech_lost"] <= 0.05
+    # live, the label lags by up to one batch (8 frames): what the pipeline's veto would drop
+    assert figures["live"]["speech_vetoed"] <= 0.05
+    assert figures["offline"]["frames"][SPEECH] >= 900
+
+
+def test_every_class_is_recognised(figures: dict) -> None:
+    acc = figures["offline"]["accuracy"]
+    for label in (RINGBACK, BUSY, BEEP, MUSIC, DEAD):
+        assert acc[label] >= 0.95, (label, acc)
+    assert acc[SILENCE] >= 0.8
+
+
+def test_each_event_is_detected_within_a_second(figures: dict) -> None:
+    events = figures["latency"]
+    assert {e["label"] for e in events} == {RINGBACK, BUSY, BEEP, MUSIC}
+    assert len(events) >= 9
+    for e in events:
+        assert e["latency_s"] is not None and e["latency_s"] <= 1.0, e
+
+
+def test_noise_is_not_a_tone(figures: dict) -> None:
+    assert set(figures["noise"]) == set(NOISES)
+    for name, shares in figures["noise"].items():
+        for label in (RINGBACK, BUSY, BEEP):
+            assert shares.get(label, 0.0) == 0.0, (name, shares)
+
+
+def _mix(x: np.ndarray, noise_name: str, snr_db: float) -> np.ndarray:
+    n = np.resize(read_wav(DATA / "noise" / f"{noise_name}.wav"), len(x)).astype(np.float64)
+    sig = np.mean(x.astype(np.float64) ** 2)
+    n *= np.sqrt(sig / np.mean(n ** 2) / 10 ** (snr_db / 10))
+    return band_limit((x + n).astype(np.float32))
+
+
+def _share(labels: list[str], label: str, start_s: float, end_s: float) -> float:
+    part = labels[int(start_s * RATE / FRAME_SAMPLES):int(end_s * RATE / FRAME_SAMPLES)]
+    return part.count(label) / len(part)
+
+
+def test_tones_in_real_noise() -> None:
+    # loud noise (20 dB below the tones) fills the off periods: they may be called speech (the VAD
+    # then decides), but every burst must be recognised and none confused with another tone
+    ring, _ = cadence((440.0,), (1.5, 3.5), 2)
+    busy, _ = cadence((425.0,), (0.5, 0.5), 4)
+    x = np.concatenate([ring, busy, tone((1000.0,), 0.4), np.zeros(RATE, np.float32)])
+    labels = frame_labels(_mix(x, "doing_the_dishes", 20.0), RATE)
+    for on_s in (0.0, 5.0):
+        assert _share(labels, RINGBACK, on_s + 0.1, on_s + 1.4) >= 0.9
+    for on_s in (10.0, 11.0, 12.0, 13.0):
+        assert _share(labels, BUSY, on_s + 0.1, on_s + 0.4) >= 0.9
+    assert _share(labels, BEEP, 14.05, 14.35) >= 0.7
+    assert BUSY not in labels[:int(9.9 * RATE / FRAME_SAMPLES)]
+
+
+def test_cadence_over_digital_silence() -> None:
+    # VoIP silence suppression: exact zeros between bursts are part of the cadence, not a dead line
+    ring, _ = cadence((440.0,), (1.5, 3.5), 2)
+    busy, _ = cadence((440.0,), (0.5, 0.5), 4)
+    labels = frame_labels(np.concatenate([ring, busy]), RATE)
+    assert _share(labels, RINGBACK, 0.1, 9.9) >= 0.95
+    assert _share(labels, BUSY, 10.1, 13.9) >= 0.95
+
+
+def test_music_in_noise_and_speech_over_noise() -> None:
+    music = melody(10.0, seed=7)
+    speech = scale_to(read_wav(DATA / "ami-headsets" / "source1.wav")[: 20 * RATE], -26.0)
+    labels = frame_labels(_mix(np.concatenate([music, speech]), "running_tap", 20.0), RATE)
+    assert _share(labels, MUSIC, 0.5, 10.0) >= 0.95
+    assert not any(lab in VETO_CLASSES for lab in labels[int(11 * RATE / FRAME_SAMPLES):])
+
+
+def test_eight_khz_clip_and_segments() -> None:
+    ring, _ = cadence((440.0,), (1.5, 3.5), 2)
+    x8 = ring[::2]  # 440 Hz survives decimation to 8 kHz
+    segs = classify_clip(x8, 8000)
+    assert segs[0][0] == 0.0
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(segs))
+    assert abs(segs[-1][1] - 10.0) < 0.1
+    ring_s = sum(e - s for s, e, lab in segs if lab == RINGBACK)
+    assert ring_s >= 9.0
+
+
+def test_dead_line() -> None:
+    stage = FarEnd(keep_timeline=True)
+    rng = np.random.default_rng(0)
+    live = (rng.normal(0, 0.01, FRAME_SAMPLES * 16)).astype(np.float32)
+    nan = np.full(FRAME_SAMPLES * 16, np.nan, np.float32)
+    dc = np.full(FRAME_SAMPLES * 16, 0.25, np.float32)
+    gap = np.zeros(FRAME_SAMPLES, np.float32)  # one lost packet is not a dead line
+    for x in (live, gap, live, nan, live, dc, np.zeros(FRAME_SAMPLES * 16, np.float32)):
+        for j in range(len(x) // FRAME_SAMPLES):
+            stage(x[j * FRAME_SAMPLES:(j + 1) * FRAME_SAMPLES])
+    stage.flush()
+    out = stage.timeline  # frames: live 0-15, gap 16, live 17-32, NaN 33-48, live 49-64, ...
+    assert len(out) == 97
+    assert DEAD not in out[:33]
+    assert set(out[35:49]) == {DEAD}
+    assert DEAD not in out[51:65]
+    assert set(out[67:]) == {DEAD} and stage.veto
+
+
+def test_reset_and_bad_frame() -> None:
+    stage = FarEnd()
+    x = tone((440.0,), 1.0)
+    for j in range(len(x) // FRAME_SAMPLES):
+        stage(x[j * FRAME_SAMPLES:(j + 1) * FRAME_SAMPLES])
+    assert stage.label == RINGBACK and stage.veto
+    stage.reset()
+    assert stage.label == SILENCE and stage.frames == 0 and not stage.veto
+    with pytest.raises(ValueError):
+        stage(np.zeros(256, np.float32))

@@ -1,0 +1,126 @@
+"""Edge prosody against Praat (parselmouth, test-only) and the EmoDB syllable labels.
+
+The accuracy figures come from ``bench.accuracy_prosody.prosody_figures(step=3)``: every third EmoDB
+clip in name order (137 clips, all 8 speakers), noise mixed in at 10 dB SNR for the noisy pitch, and
+every fourth of those time-stretched by sox for the tempo check.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.accuracy_prosody import EMODB, clip_names, prosody_figures, read_wav
+from edge.prosody import HOP_S, Prosody, ProsodyWindow, analyze_clip
+
+RATE = 16_000
+
+
+@pytest.fixture(scope="module")
+def figures() -> dict:
+    return prosody_figures(step=3, cost=False)
+
+
+def test_subset_covers_every_speaker() -> None:
+    names = clip_names(3)
+    assert len(names) >= 120
+    assert {n[:2] for n in names} == {"03", "08", "09", "10", "12", "13", "15", "16"}
+
+
+def test_pitch_matches_praat(figures: dict) -> None:
+    assert figures["pitch_gpe"] <= 0.03
+    assert figures["pitch_voicing_agree"] >= 0.85
+
+
+def test_pitch_in_noise(figures: dict) -> None:
+    assert figures["pitch_gpe_noisy"] <= 0.08
+
+
+def test_voice_quality_tracks_praat(figures: dict) -> None:
+    assert figures["hnr_r"] >= 0.8
+    assert figures["shimmer_r"] >= 0.8
+    assert figures["jitter_r"] >= 0.8
+
+
+RATE_R_GUARD = 0.70
+"""Regression guard, NOT the issue's bar. Issue 3 asks r >= 0.8; the shipped estimator measures
+r = 0.736 on all 411 clips (0.732 on this subset), above a faithful de Jong & Wempe port (0.62)
+but short of the bar, which stays open (see README, "Measured")."""
+
+
+def test_speaking_rate_tracks_labels(figures: dict) -> None:
+    print(f"speaking rate r = {figures['rate_r']:.3f} (issue bar 0.8, not reached)")
+    assert figures["rate_r"] >= RATE_R_GUARD
+
+
+def test_tempo_changes_the_rate_in_proportion(figures: dict) -> None:
+    assert figures["tempo_ratio_err"] <= 0.10
+
+
+def _tone(f0_hz: float, seconds: float, amp: float = 0.3) -> np.ndarray:
+    t = np.arange(int(seconds * RATE)) / RATE
+    x = sum(np.sin(2 * np.pi * f0_hz * h * t) / h for h in range(1, 6))
+    return (amp * x / np.max(np.abs(x))).astype(np.float32)
+
+
+@pytest.mark.parametrize("f0_hz", [80.0, 150.0, 320.0])
+def test_harmonic_tone_pitch(f0_hz: float) -> None:
+    out = analyze_clip(_tone(f0_hz, 1.0))
+    f0 = np.array(out["f0_hz"])
+    voiced = np.array(out["voiced"])
+    assert voiced[10:-10].all()
+    assert np.median(f0[voiced]) == pytest.approx(f0_hz, rel=0.01)
+    assert out["jitter_local"] is not None and out["jitter_local"] < 0.01
+
+
+def test_streaming_equals_offline_and_frames_any_size() -> None:
+    x = read_wav(EMODB / "wav" / clip_names()[0])
+    offline = analyze_clip(x)
+    pros = Prosody()
+    for i in range(0, len(x), 333):
+        pros(x[i:i + 333])
+    win = pros.window(10.0, flush=True)
+    assert isinstance(win, ProsodyWindow)
+    assert pros.hops().f0_hz.tolist() == pytest.approx(offline["f0_hz"], abs=0.01)
+    assert win.articulation_rate_syl_s == pytest.approx(offline["articulation_rate_syl_s"], abs=1e-3)
+    assert len(offline["f0_hz"]) == len(x) // 160
+
+
+def test_window_covers_only_the_last_seconds() -> None:
+    x = np.concatenate([read_wav(EMODB / "wav" / n) for n in clip_names()[:5]])  # 10 s
+    pros = Prosody(history_s=6.0)
+    for i in range(0, len(x), 512):
+        pros(x[i:i + 512])
+    win = pros.window(3.0, flush=True)
+    assert win.end_s == pytest.approx(10.0, abs=HOP_S)
+    assert win.end_s - win.start_s == pytest.approx(3.0, abs=2 * HOP_S)
+    assert pros.hops().t_s[0] >= 10.0 - 6.0 - 1.0  # older history dropped
+
+
+def test_pauses_between_utterances() -> None:
+    a, b, c = (read_wav(EMODB / "wav" / n) for n in clip_names()[:3])
+
+    def speech(x: np.ndarray) -> np.ndarray:  # the clip's voiced stretch, no trailing padding
+        v = np.array(analyze_clip(x)["voiced"])
+        idx = np.nonzero(v)[0]
+        return x[idx[0] * 160: (idx[-1] + 1) * 160]
+
+    gap = np.zeros(int(0.6 * RATE), dtype=np.float32)
+    x = np.concatenate([speech(a), gap, speech(b), gap, speech(c)])
+    out = analyze_clip(x)
+    assert out["pauses"] >= 2
+    assert out["pauses_per_min"] == pytest.approx(60 * out["pauses"] / (len(x) / RATE), rel=0.02)
+    assert out["pause_s_mean"] is not None and out["pause_s_mean"] >= 0.5
+
+
+def test_bad_input_fabricates_nothing() -> None:
+    silent = analyze_clip(np.zeros(2 * RATE, dtype=np.float32))
+    assert silent["voiced_ratio"] == 0.0
+    assert silent["f0_median_hz"] is None and silent["articulation_rate_syl_s"] is None
+    assert silent["jitter_local"] is None and silent["pauses"] == 0
+    broken = _tone(150.0, 1.0)
+    broken[1000:3000] = np.nan
+    out = analyze_clip(broken)
+    assert np.all(np.isfinite(out["f0_hz"])) and np.all(np.isfinite(out["level_dbfs"]))
+    with pytest.raises(ValueError):
+        analyze_clip(np.zeros(8000, dtype=np.float32), 8000)

@@ -1,0 +1,185 @@
+"""`miroir provision`: site-init, enrolment (CSV errors by line, all or nothing), bundles, backup."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from miroir.cli import main
+from provisioning import bundle as bundle_mod
+from provisioning import pki
+from provisioning import site as site_mod
+from provisioning.broker import new_site_dir
+from provisioning.inventory import INVENTORY_FILE
+from provisioning.site import Site
+
+SITE = "paris-1"
+
+
+@pytest.fixture
+def site_dir() -> Iterator[Path]:
+    """A site initialised through the CLI."""
+    root = new_site_dir("miroir-prov-")
+    d = root / "site"
+    assert main(["provision", "site-init", "--site-dir", str(d), "--site", SITE,
+                 "--broker-host", "broker.lan", "--port", "18883"]) == 0
+    try:
+        yield d
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def snapshot(d: Path) -> dict[str, bytes]:
+    """Every file under ``d`` with its content (to prove nothing changed)."""
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_site_init_writes_everything_with_safe_modes(site_dir: Path) -> None:
+    site = Site(site_dir)
+    assert mode(site.ca.key) == 0o600 and mode(site.admin.key) == 0o600
+    assert mode(site_dir / "admin-password") == 0o600
+    assert len((site_dir / "admin-password").read_text().strip()) >= 16
+    assert mode(site_dir / "bundles") == 0o700
+    conf = site.config.read_text()
+    assert "require_certificate true" in conf and f"crlfile {site.crl}" in conf
+    assert "listener 18883 0.0.0.0" in conf
+    acl = site.acl.read_text()
+    assert "user admin_paris-1\ntopic deny #" in acl
+    env = (site_dir / "dashboard.env").read_text()
+    assert "MIROIR_DASH_SITE=paris-1" in env and "MIROIR_DASH_ADMIN_PASSWORD_FILE=" in env
+    san = pki.load_cert(site.server.cert).extensions.get_extension_for_class(
+        pki.x509.SubjectAlternativeName).value
+    assert "broker.lan" in san.get_values_for_type(pki.x509.DNSName)
+    # A second site-init must never overwrite the CA.
+    before = site.ca.key.read_bytes()
+    assert main(["provision", "site-init", "--site-dir", str(site_dir), "--site", SITE,
+                 "--broker-host", "x"]) == 2
+    assert site.ca.key.read_bytes() == before
+
+
+def test_enroll_one_box_and_its_bundle(site_dir: Path, tmp_path: Path) -> None:
+    assert main(["provision", "enroll", "--site-dir", str(site_dir), "box-1", "--seat", "A1",
+                 "--agent", "Priya", "--team", "north"]) == 0
+    site = Site(site_dir)
+    rec = site.inventory().get("box-1")
+    assert (rec.seat, rec.agent, rec.team, rec.state) == ("A1", "Priya", "north", "active")
+    assert rec.serial == format(pki.load_cert(site.box_pair("box-1").cert).serial_number, "x")
+    bundle = site.bundle_path("box-1")
+    assert mode(bundle) == 0o600
+    digest = Path(f"{bundle}.sha256").read_text().split()[0]
+    import hashlib
+    assert hashlib.sha256(bundle.read_bytes()).hexdigest() == digest
+    b = bundle_mod.install_bundle(bundle, tmp_path / "data" / "miroir")
+    creds = tmp_path / "data" / "miroir" / "credentials"
+    assert b.box == "box-1" and mode(creds / "box.key") == 0o600 and mode(creds) == 0o700
+    assert (creds / "box.key").read_text() == site.box_pair("box-1").key.read_text()
+    toml = (tmp_path / "data" / "miroir" / "box.toml").read_text()
+    assert 'broker_host = "broker.lan"' in toml and "broker_port = 18883" in toml
+    # The same box twice is refused.
+    assert main(["provision", "enroll", "--site-dir", str(site_dir), "box-1", "--seat", "A2"]) == 2
+
+
+def test_tampered_bundle_is_refused(site_dir: Path, tmp_path: Path) -> None:
+    Site(site_dir).enroll([site_mod.Enrolment(box="box-2", seat="B1")])
+    data = json.loads(Site(site_dir).bundle_path("box-2").read_text())
+    data["settings_toml"] = data["settings_toml"].replace("broker.lan", "evil.example")
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps(data))
+    with pytest.raises(bundle_mod.BundleError, match="checksum"):
+        bundle_mod.install_bundle(forged, tmp_path / "dest")
+    assert not (tmp_path / "dest").exists()
+    assert bundle_mod.main(["verify", str(forged)]) == 2
+
+
+def test_bad_csv_rows_reported_by_line_and_nothing_written(
+        site_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = snapshot(site_dir)
+    csv_path = tmp_path / "floor.csv"
+    csv_path.write_text(
+        "box,seat,agent,team\n"          # line 1
+        "box-1,A1,Ana,north\n"           # line 2: fine
+        "Box_2,A2,Ben,north\n"           # line 3: bad id
+        "# a comment\n"                  # line 4: skipped
+        "box-1,A3,Chloé,south\n"         # line 5: duplicate box
+        "box-4,,Dan,south\n"             # line 6: no seat
+        "box-5,A5\n"                     # line 7: too few fields
+        "box-6,A6,Eve,south\n")          # line 8: fine
+    assert main(["provision", "enroll-csv", "--site-dir", str(site_dir), str(csv_path)]) == 2
+    out = capsys.readouterr().out
+    for line, what in ((3, "box id"), (5, "already on line 2"), (6, "seat is empty"),
+                       (7, "fields")):
+        assert any(f"floor.csv:{line}:" in row and what in row for row in out.splitlines()), (
+            line, out)
+    assert "floor.csv:2:" not in out and "floor.csv:8:" not in out
+    assert snapshot(site_dir) == before, "a bad CSV must not write anything"
+
+
+def test_csv_clashing_with_inventory_writes_nothing(site_dir: Path, tmp_path: Path) -> None:
+    site = Site(site_dir)
+    site.enroll([site_mod.Enrolment(box="box-1", seat="A1")])
+    before = snapshot(site_dir)
+    csv_path = tmp_path / "more.csv"
+    csv_path.write_text("box,seat\nbox-2,A2\nbox-1,A9\nbox-3,A1\n")
+    assert main(["provision", "enroll-csv", "--site-dir", str(site_dir), str(csv_path)]) == 2
+    assert snapshot(site_dir) == before
+
+
+def test_failure_in_the_middle_of_an_enrolment_leaves_nothing(
+        site_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = snapshot(site_dir)
+    real_issue = pki.issue
+    calls = []
+
+    def flaky(*args: object, **kwargs: object) -> pki.CertPair:
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return real_issue(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pki, "issue", flaky)
+    items = [site_mod.Enrolment(box=f"box-{i}", seat=f"S{i}") for i in range(5)]
+    with pytest.raises(OSError, match="disk full"):
+        Site(site_dir).enroll(items)
+    assert snapshot(site_dir) == before
+    assert not [p for p in site_dir.iterdir() if p.name.startswith(".enroll-")]
+
+
+def test_backup_and_restore(site_dir: Path, tmp_path: Path) -> None:
+    site = Site(site_dir)
+    site.enroll([site_mod.Enrolment(box="box-1", seat="A1", agent="Ana")])
+    pw = tmp_path / "pw"
+    pw.write_text("correct horse battery staple\n")
+    out = tmp_path / "site.bak"
+    assert main(["provision", "backup", "--site-dir", str(site_dir), str(out),
+                 "--passphrase-file", str(pw)]) == 0
+    assert mode(out) == 0o600
+    assert site.ca.key.read_bytes() not in out.read_bytes()
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not the right passphrase\n")
+    dest = tmp_path / "restored"
+    assert main(["provision", "restore", str(out), "--site-dir", str(dest),
+                 "--passphrase-file", str(wrong)]) == 2
+    assert not dest.exists()
+    damaged = tmp_path / "damaged.bak"
+    data = bytearray(out.read_bytes())
+    data[-40] ^= 1
+    damaged.write_bytes(bytes(data))
+    assert main(["provision", "restore", str(damaged), "--site-dir", str(dest),
+                 "--passphrase-file", str(pw)]) == 2
+    assert not dest.exists()
+    assert main(["provision", "restore", str(out), "--site-dir", str(dest),
+                 "--passphrase-file", str(pw)]) == 0
+    back = Site(dest)
+    assert back.ca.key.read_bytes() == site.ca.key.read_bytes()
+    assert mode(back.ca.key) == 0o600
+    assert back.inventory().get("box-1").agent == "Ana"
+    assert (dest / INVENTORY_FILE).exists() and (dest / "persist").is_dir()

@@ -1,0 +1,82 @@
+"""Bad input through the whole pipeline: no crash, a clear flag, no fabricated metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.pipeline import Pipeline, load_vad_model
+from edge.quality import SignalQuality
+from edge.source import read_wav
+from miroir import wire
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_vad_model()
+
+
+@pytest.fixture(scope="module")
+def speech() -> np.ndarray:
+    """20 s of a real headset (speech and pauses) at 16 kHz."""
+    return read_wav(SHARED / "ami-headsets" / "source0.wav", notice=False).samples[: 20 * 16000]
+
+
+def run(model, near: np.ndarray, far: np.ndarray) -> list[dict]:
+    pipe = Pipeline(model)
+    metrics = []
+    audio = np.stack([near, far]).astype(np.float32)
+    for i in range(0, audio.shape[1], 1024):
+        for msg in pipe(audio[:, i:i + 1024]):
+            if msg.kind == "metrics":
+                full = {"v": 1, "site": "s", "box": "b", "ts": 1.0, "seq": 1, **msg.body}
+                wire.validate("metrics", full)  # every message stays within the contract
+                metrics.append(msg.body)
+    return metrics
+
+
+def test_dead_far_channel_is_no_signal_not_a_silent_prospect(model, speech):
+    metrics = run(model, speech, np.zeros_like(speech))
+    late = metrics[3:]
+    assert all(m["far_signal"] == "none" for m in late)
+    assert all("far_speech_ratio" not in m for m in late)
+    assert all(m["near_signal"] == "ok" for m in metrics)
+    assert sum(m["near_speech_ratio"] for m in metrics) > 2.0
+
+
+def test_nan_from_a_broken_driver(model, speech):
+    far = speech.copy()
+    far[16000 * 5: 16000 * 6] = np.nan
+    metrics = run(model, speech, far)
+    assert metrics[5]["far_signal"] == "nan"
+    assert all(np.isfinite(v) for m in metrics for v in m.values() if isinstance(v, float))
+
+
+def test_clipping_and_dc_are_flagged_and_dc_does_not_change_speech(model, speech):
+    clean = run(model, speech, speech)
+    hot = run(model, np.clip(speech * 200, -1, 1), speech + 0.2)
+    assert sum(m["near_signal"] == "clipped" for m in hot) >= 5
+    assert all(m["far_signal"] == "dc" for m in hot[3:])
+    clean_far = sum(m["far_speech_ratio"] for m in clean)
+    dc_far = sum(m["far_speech_ratio"] for m in hot)
+    assert abs(clean_far - dc_far) <= 0.1 * clean_far
+
+
+def test_digital_silence_on_both_channels_is_silence_and_no_signal(model, speech):
+    metrics = run(model, np.zeros_like(speech), np.zeros_like(speech))
+    assert all(m["talk_state"] == "silence" for m in metrics)
+    assert all(m["near_signal"] == "none" for m in metrics[3:])
+
+
+def test_stage_unit():
+    q = SignalQuality(channels=2)
+    x = np.zeros((2, 512), dtype=np.float32)
+    x[0, 10] = np.inf
+    x[1] += 0.5
+    out = q(x)
+    assert q.states[0] == "nan" and np.isfinite(out).all()
+    assert q.nan_frames.tolist() == [1, 0]

@@ -1,0 +1,166 @@
+"""Posture cues on calls built from real speech with injected events (edge.signals via the pipeline)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.campaign import CampaignConfig
+from edge.pipeline import Message, Pipeline, analyze, load_vad_model
+from edge.signals import CUES
+from miroir import wire
+from tests._fixtures_signals import Call, Truth, cue_calls  # noqa: F401  (session fixture)
+
+DELAY_S = 3.0
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_vad_model()
+
+
+@pytest.fixture(scope="module")
+def results(cue_calls, model):  # noqa: F811
+    return {name: analyze(call.audio, model) for name, call in cue_calls.items()}
+
+
+def _match(truth: list[Truth], cues: list[dict]) -> tuple[dict[int, float], int]:
+    """Detection delay per injected event (first cue of its kind from onset), and true cue count."""
+    delays: dict[int, float] = {}
+    true_cues = 0
+    for c in cues:
+        hit = [i for i, t in enumerate(truth)
+               if t.cue == c["cue"] and t.onset_s - 1.0 <= c["start_s"] <= t.end_s + DELAY_S]
+        true_cues += bool(hit)
+        for i in hit:
+            delays.setdefault(i, c["start_s"] - truth[i].onset_s)
+    return delays, true_cues
+
+
+def _report(call: Call, result: dict) -> tuple[dict[int, float], float]:
+    cues = [c for c in result["cues"] if c["cue"] != "take_break"]
+    delays, true_cues = _match(call.truth, cues)
+    precision = true_cues / len(cues) if cues else 1.0
+    for i, t in enumerate(call.truth):
+        print(f"{t.cue:15s} onset {t.onset_s:7.2f} s  delay {delays.get(i, float('nan')):5.2f} s")
+    print(f"cues raised: {len(cues)}, precision {precision:.3f}")
+    return delays, precision
+
+
+def test_injected_events_cued_within_3s_precision(cue_calls, results):  # noqa: F811
+    """Monologue, 3 agent interruptions and a 3 s response gap: each cued within 3 s; precision >= 0.9."""
+    call, result = cue_calls["clean"], results["clean"]
+    delays, precision = _report(call, result)
+    for i, t in enumerate(call.truth):
+        if t.cue == "too_fast":
+            continue  # not met: see docs/cues.md, "Known gap"
+        assert i in delays, f"{t.cue} at {t.onset_s:.1f} s not cued"
+        assert -1.0 <= delays[i] <= DELAY_S, f"{t.cue} cued {delays[i]:.2f} s after onset"
+    assert sum(t.cue == "talking_over" for t in call.truth) == 3
+    assert precision >= 0.9
+
+
+def test_steady_call_within_budget_no_flapping(cue_calls, results):  # noqa: F811
+    """Ten minutes of normal turn taking: no more cues than the hourly budget allows pro rata."""
+    call, result = cue_calls["steady"], results["steady"]
+    minutes = call.audio.shape[1] / 16000 / 60
+    budget = CampaignConfig().alerts.budget_per_hour * minutes / 60
+    cues = [c["cue"] for c in result["cues"]]
+    print(f"steady call {minutes:.1f} min: {len(cues)} cue(s) {cues}, budget {budget:.1f}")
+    assert len(cues) <= budget
+    assert all(cues.count(c) <= 1 for c in cues)  # no cue raised twice: no flapping
+
+
+def test_cue_events_and_call_summary_respect_the_wire(results):
+    """Every message validates against the allow-list; call_end carries cue counts and rate stats."""
+    events = results["clean"]["events"]
+    on = [e for e in events if e["name"] == "cue_on"]
+    off = [e for e in events if e["name"] == "cue_off"]
+    assert on and len(on) == len(off)
+    assert all(e["cue"] in CUES and CUES[e["cue"]].fr and CUES[e["cue"]].en for e in on)
+    header = {"v": wire.SCHEMA_VERSION, "site": "s1", "box": "b1", "ts": 1.0}
+    for seq, e in enumerate(events, 1):
+        wire.validate("event", {**header, "seq": seq, **e})
+    for seq, m in enumerate(results["clean"]["metrics"], 1):
+        wire.validate("metrics", {**header, "seq": seq, **m})
+        assert not any("emotion" in k for k in m)
+    (end,) = [e for e in events if e["name"] == "call_end"]
+    assert end["call_cues"] == len(on)
+    assert end["call_cue_talking_over_n"] == 3 and end["call_cue_monologue_n"] == 1
+    assert end["call_cue_monologue_s"] > 10
+    assert 2.0 < end["call_rate_syl_s_median"] < 9.0 and end["call_f0_hz_median"] > 100
+    assert end["call_rate_syl_s_p10"] <= end["call_rate_syl_s_median"] <= end["call_rate_syl_s_p90"]
+    assert end["call_interruptions_agent"] == 3 and end["call_monologue_s_longest"] >= 44
+
+
+def _run(pipe: Pipeline, audio: np.ndarray, block: int = 16000,
+         private: tuple[float, float] | None = None) -> list[Message]:
+    out: list[Message] = []
+    for i in range(0, audio.shape[1], block):
+        t = i / 16000
+        if private is not None and t == private[0]:
+            out += pipe.set_private(True)
+        if private is not None and t == private[1]:
+            out += pipe.set_private(False)
+        out += pipe(audio[:, i:i + block])
+    return out + pipe.finish()
+
+
+def test_no_metric_of_a_private_stretch_leaves_the_pipeline(cue_calls, model):  # noqa: F811
+    """Two calls that differ only inside the private stretch give identical output, which holds
+    nothing timed inside it; the switch itself is the only thing said, at once."""
+    audio = cue_calls["clean"].audio[:, : 16000 * 200]
+    other = audio.copy()
+    a, b = 60, 130  # the first interruption falls inside
+    other[:, a * 16000:b * 16000] = cue_calls["steady"].audio[:, a * 16000:b * 16000]
+    outs = [_run(Pipeline(model), x, private=(a, b)) for x in (audio, other)]
+    assert [(m.kind, m.body) for m in outs[0]] == [(m.kind, m.body) for m in outs[1]]
+    msgs = outs[0]
+    names = [m.body.get("name") for m in msgs]
+    assert names.count("private_on") == 1 and names.count("private_off") == 1
+    i_on, i_off = names.index("private_on"), names.index("private_off")
+    assert i_off == i_on + 1  # nothing at all between the two switches
+    for m in msgs:
+        t = m.body.get("t_start", m.body.get("t_audio_s"))
+        if m.body.get("name") in ("private_on", "private_off"):
+            continue
+        assert not a < t < b, f"{m.kind} {m.body.get('name')} at {t} s is inside the private stretch"
+    after = [m.body for m in msgs[i_off:] if m.kind == "metrics"]
+    assert after and after[0]["t_start"] >= b
+    # the call interrupted by the private stretch is gone: nothing of it carries over
+    assert after[0]["in_call"] is False and after[0]["monologue_s_longest"] == 0.0
+    assert "latency_agent_ms_last" not in after[0] and after[0]["agent_speech_ratio_60s"] <= 1.0
+    # a pipeline that never saw the private stretch's call produces no call_end for it
+    ends = [m.body for m in msgs if m.body.get("name") == "call_end"]
+    assert all(e["t_audio_s"] <= a or e["call_duration_s"] <= e["t_audio_s"] - b + 1 for e in ends)
+
+
+def _write(path: Path, x: np.ndarray) -> Path:
+    with wave.open(str(path), "wb") as wf:
+        wf.setnchannels(1)
+        wf.setsampwidth(2)
+        wf.setframerate(16000)
+        wf.writeframes((np.clip(x, -1, 1) * 32767).astype(np.int16).tobytes())
+    return path
+
+
+def test_analyze_json_shows_cues_fatigue_and_summary(cue_calls, tmp_path):  # noqa: F811
+    """`miroir analyze --json` lists the cues with labels, the fatigue figures and the call summary."""
+    audio = cue_calls["clean"].audio[:, : 16000 * 200]
+    near, far = _write(tmp_path / "near.wav", audio[0]), _write(tmp_path / "far.wav", audio[1])
+    proc = subprocess.run([sys.executable, "-m", "miroir", "analyze", str(near), "--far", str(far),
+                           "--json"], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    cues = {c["cue"] for c in result["cues"]}
+    assert {"talking_over", "monologue"} <= cues
+    assert all(c["label_fr"] and c["label_en"] for c in result["cues"])
+    assert "fatigue_index" in result["fatigue"] and result["fatigue"]["fatigue_phonation_min"] > 0
+    (summary,) = result["call_summaries"]
+    assert summary["call_cues"] >= 2 and "call_rate_syl_s_median" in summary

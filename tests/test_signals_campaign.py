@@ -1,0 +1,90 @@
+"""Campaign config validation, and the anti-nagging rules of one stage (edge.signals) in isolation."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge import campaign
+from edge.campaign import CampaignConfig, CampaignError
+from edge.signals import Signals, Tick
+
+
+def test_defaults_and_a_valid_file(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[alerts]\nbudget_per_hour = 6\n[monologue]\non_s = 45\nhigh_s = 90\n")
+    cfg = campaign.load(path)
+    assert cfg.alerts.budget_per_hour == 6 and cfg.monologue.on_s == 45.0
+    assert cfg.too_fast == CampaignConfig().too_fast
+    assert campaign.from_mapping(__import__("tomllib").loads(campaign.defaults_toml())) == CampaignConfig()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[alerts]\nbudget_per_hr = 3\n", "alerts.budget_per_hr"),
+    ("[cues]\nx = 1\n", "unknown section(s): cues"),
+    ("[monologue]\non_s = 2\n", "monologue.on_s = 2.0 is outside the allowed range 5..600"),
+    ("[alerts]\nbudget_per_hour = 500\n", "alerts.budget_per_hour = 500 is outside the allowed range 0..120"),
+    ("[alerts]\nbudget_per_hour = 1.5\n", "alerts.budget_per_hour: expected an integer"),
+    ("[too_fast]\nenabled = 1\n", "too_fast.enabled: expected true or false"),
+    ("[too_fast]\nratio_on = 1.05\nratio_off = 1.1\n",
+     "too_fast.ratio_off (1.1) must be < too_fast.ratio_on"),
+    ("monologue = 3\n", "monologue: expected a [monologue] section"),
+    ("[monologue\n", "not valid TOML"),
+])
+def test_bad_files_name_the_key_and_range(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(CampaignError) as exc:
+        campaign.load(path)
+    assert message in str(exc.value)
+
+
+def _tick(t: float, **metrics) -> Tick:
+    base = {"window_s": 1.0, "in_call": True, "far_kind": "speech", "near_signal": "ok",
+            "far_signal": "ok", "near_speech_ratio": 1.0, "near_talking": True}
+    return Tick(t_s=t, metrics={**base, **metrics})
+
+
+def test_monologue_hysteresis_cooldown_and_budget():
+    """Fake per-second inputs: one cue per episode, a cooldown, and the hourly budget."""
+    cfg = campaign.from_mapping({"alerts": {"budget_per_hour": 2}, "monologue": {"cooldown_s": 30}})
+    sig = Signals(cfg)
+    raised = []
+    t = 0.0
+    for _episode in range(4):
+        for k in range(40):  # a 40 s monologue
+            t += 1
+            raised += [e for e in sig(_tick(t, monologue_s_current=float(k))) if e["name"] == "cue_on"]
+        for _ in range(40):  # then 40 s of listening
+            t += 1
+            sig(_tick(t, monologue_s_current=0.0, near_speech_ratio=0.0, near_talking=False))
+    assert [e["t_audio_s"] for e in raised] == [31.0, 111.0]  # budget of 2 per hour
+    assert sig.suppressed_by_budget > 0
+    assert raised[0]["evidence_threshold"] == 30.0 and raised[0]["evidence_unit"] == "s"
+
+
+@pytest.mark.parametrize("why, metrics, kwargs", [
+    ("hold", {"far_kind": "music"}, {}),
+    ("muted", {}, {"near_flat_s": 1.5}),
+    ("idle", {"in_call": False}, {}),
+])
+def test_hold_mute_and_idle_suppress_cues(why, metrics, kwargs):
+    sig = Signals()
+    out = []
+    for k in range(60):
+        tick = _tick(float(k), monologue_s_current=float(k), **metrics)
+        tick.near_flat_s = kwargs.get("near_flat_s", 0.0)
+        assert sig.suppressed(tick) == why
+        out += sig(tick)
+    assert out == []
+
+
+def test_explicit_hold_ends_an_active_cue():
+    sig = Signals()
+    out = []
+    for k in range(35):
+        out += sig(_tick(float(k), monologue_s_current=float(k)))
+    assert [e["name"] for e in out] == ["cue_on"]
+    sig.hold(True)
+    out = sig(_tick(36.0, monologue_s_current=36.0))
+    assert [(e["name"], e["cue"]) for e in out] == [("cue_off", "monologue")]
+    assert sig(_tick(37.0, monologue_s_current=37.0)) == []
