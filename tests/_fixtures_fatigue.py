@@ -97,13 +97,46 @@ def build_shift(drift: bool, seed: int, minutes: int = SHIFT_MIN) -> Shift:
     return Shift(y.astype(np.float32), frac)
 
 
-@pytest.fixture(scope="session")
-def shift_drift() -> Shift:
-    """60 minutes with +1 semitone and -2 dB of progressive drift."""
-    return build_shift(True, seed=11)
+ShiftResult = tuple[np.ndarray, np.ndarray, list[dict]]
+
+
+def run_shift(shift: Shift) -> ShiftResult:
+    """Run the whole pipeline (agent on near, a silent line); return per-minute index, drift, msgs."""
+    from edge.pipeline import Pipeline, load_vad_model
+    from miroir import wire
+
+    audio = np.zeros((2, len(shift.audio)), dtype=np.float32)
+    audio[0] = shift.audio
+    pipe = Pipeline(load_vad_model())
+    metrics, events = [], []
+    for i in range(0, audio.shape[1], 160000):
+        for m in pipe(audio[:, i:i + 160000]):
+            (metrics if m.kind == "metrics" else events).append(m.body)
+    minutes = len(shift.drift)
+    index = np.full(minutes, np.nan)
+    for k in range(minutes):
+        vals = [m["fatigue_index"] for m in metrics
+                if "fatigue_index" in m and k * 60 <= m["t_start"] < (k + 1) * 60]
+        if vals:
+            index[k] = np.mean(vals)
+    header = {"v": wire.SCHEMA_VERSION, "site": "s1", "box": "b1", "ts": 1.0, "seq": 1}
+    for m in metrics[-5:]:
+        wire.validate("metrics", {**header, **m})
+    return index, shift.drift, metrics + events
+
+
+def build_and_run(drift: bool) -> ShiftResult:
+    """One shift, built and run in this process (a worker of :func:`shift_results`)."""
+    return run_shift(build_shift(drift, seed=11 if drift else 12))
 
 
 @pytest.fixture(scope="session")
-def shift_steady() -> Shift:
-    """The same kind of shift (its own fresh shuffles) without drift."""
-    return build_shift(False, seed=12)
+def shift_results() -> dict[str, ShiftResult]:
+    """Both 60-minute shifts (drifting: +1 semitone and -2 dB; steady: its own fresh shuffles, no
+    drift), each run through the whole pipeline in its own process, side by side on two cores."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        drift, steady = pool.map(build_and_run, (True, False))
+    return {"drift": drift, "steady": steady}
