@@ -18,11 +18,12 @@ from starlette.concurrency import run_in_threadpool
 
 from miroir import wire
 
-from . import auth, retention, schema
+from . import auth, fleet, prom, retention, schema
 from . import db as store
 from .ingest import Ingest
 from .live import Hub
 from .routes import api, boxes, health, pages, session, stream
+from .routes import fleet as fleet_routes
 from .settings import DashboardSettings
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ def create_app(settings: DashboardSettings, *, start_ingest: bool = True) -> Fas
     wire.check_id(settings.site, "site")
     if start_ingest and None in (settings.mqtt_ca, settings.mqtt_cert, settings.mqtt_key):
         raise ValueError("mqtt_ca, mqtt_cert and mqtt_key are required to start the ingest")
+    metrics_token = prom.read_token(settings.metrics_token_file)
     db = store.open_db(settings.db_path)
     try:
         schema.ensure_schema(db)
@@ -63,10 +65,12 @@ def create_app(settings: DashboardSettings, *, start_ingest: bool = True) -> Fas
             ingest.start()
         app.state.ingest = ingest
         purger = asyncio.create_task(_purge_loop(settings))
+        alerter = asyncio.create_task(_alert_loop(settings))
         try:
             yield
         finally:
             purger.cancel()
+            alerter.cancel()
             hub.bind(None)
             if ingest is not None:
                 await run_in_threadpool(ingest.close)
@@ -76,7 +80,8 @@ def create_app(settings: DashboardSettings, *, start_ingest: bool = True) -> Fas
     app.state.settings = settings
     app.state.hub = hub
     app.state.ingest = None
-    for module in (session, pages, api, boxes, stream, health):
+    app.state.metrics_token = metrics_token
+    for module in (session, pages, api, boxes, stream, health, fleet_routes):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     # Added last = outermost: headers go on every response, including the auth redirects.
@@ -85,6 +90,23 @@ def create_app(settings: DashboardSettings, *, start_ingest: bool = True) -> Fas
     app.add_middleware(auth.SecurityHeadersMiddleware)
     return app
 
+
+
+async def _alert_loop(settings: DashboardSettings) -> None:
+    """Raise and clear the fleet's offline alerts every ``fleet.ALERT_CHECK_S``."""
+    def once() -> None:
+        db = store.open_db(settings.db_path)
+        try:
+            fleet.evaluate_alerts(db)
+        finally:
+            db.conn.close()
+
+    while True:
+        try:
+            await run_in_threadpool(once)
+        except Exception:
+            log.exception("fleet alert evaluation failed")
+        await asyncio.sleep(fleet.ALERT_CHECK_S)
 
 
 async def _purge_loop(settings: DashboardSettings) -> None:
@@ -107,9 +129,14 @@ async def _purge_loop(settings: DashboardSettings) -> None:
 def _uvicorn_config(app: FastAPI, settings: DashboardSettings) -> Any:
     import uvicorn
 
+    tls: dict[str, Any] = {}
+    if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+        tls = {"ssl_certfile": str(settings.tls_cert_file),
+               "ssl_keyfile": str(settings.tls_key_file)}
+    # X-Forwarded-For is read by the app itself, from trusted_proxies only (auth.client_address).
     return uvicorn.Config(app, host=settings.http_host, port=settings.http_port,
                           log_level="info", server_header=False, proxy_headers=False,
-                          timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+                          timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, **tls)
 
 
 def serve(settings: DashboardSettings) -> None:
@@ -132,8 +159,9 @@ class DashboardServer:
 
     @property
     def url(self) -> str:
-        """Base URL, e.g. ``http://127.0.0.1:8000``."""
-        return f"http://{self.settings.http_host}:{self.port}"
+        """Base URL, e.g. ``http://127.0.0.1:8000`` (``https`` when serving TLS directly)."""
+        scheme = "https" if self.settings.tls_cert_file is not None else "http"
+        return f"{scheme}://{self.settings.http_host}:{self.port}"
 
     @property
     def ingest(self) -> Ingest | None:

@@ -26,11 +26,13 @@ log = logging.getLogger(__name__)
 
 SESSION_MAX_AGE_S = 12 * 3600
 """Absolute lifetime of a session, whatever the activity (one shift)."""
-PUBLIC_PATHS = frozenset({"/login", "/healthz"})
+PUBLIC_PATHS = frozenset({"/login", "/healthz", "/metrics"})
+"""Served without a session (``/metrics`` checks its own bearer token, see dashboard.prom)."""
 STAGE_PATHS = {"totp": "/login/totp", "enroll": "/totp/setup"}
 """Where a half-logged-in session (password right, TOTP pending) is sent."""
-ROLES = ("admin", "supervisor", "agent", "auditor")
-TOTP_ROLES = frozenset({"admin", "supervisor"})
+ROLES = ("admin", "supervisor", "agent", "auditor", "it")
+"""``it`` is site IT: the fleet's health and alerts only, never an agent's data."""
+TOTP_ROLES = frozenset({"admin", "supervisor", "it"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 MAX_FORM_BYTES = 256 * 1024
 PUBLIC_PREFIXES = ("/static/",)

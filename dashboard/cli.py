@@ -127,11 +127,12 @@ def register_cli(groups: dict[str, Any]) -> None:
     dash = groups["dashboard"]
     p = dash.add_parser("user", help="manage dashboard users", description="Manage users.")
     sub = p.add_subparsers(dest="user_command", metavar="COMMAND", required=True)
-    p = sub.add_parser("add", help="add a user with a role (admin, supervisor, agent, auditor)",
-                       description=cmd_user_add.__doc__)
+    p = sub.add_parser("add", help="add a user with a role (admin, supervisor, agent, auditor, "
+                       "it)", description=cmd_user_add.__doc__)
     p.add_argument("username", help="login name")
-    p.add_argument("--role", required=True, choices=("admin", "supervisor", "agent", "auditor"),
-                   help="the user's role")
+    p.add_argument("--role", required=True,
+                   choices=("admin", "supervisor", "agent", "auditor", "it"),
+                   help="the user's role (it: site IT, fleet health only)")
     p.add_argument("--team", action="append",
                    help="a team the supervisor supervises (repeat for several)")
     p.add_argument("--agent", default=None, help="for an agent user, the agent id it is")

@@ -35,6 +35,8 @@ STATUS_FIELDS = tuple(STATUS_COLUMNS)
 SEQ_COLUMNS = ("seq_contig", "seq_lost")
 """Per-box gap tracking: every seq up to ``seq_contig`` is stored or known lost (``seq_lost``
 counts those the box no longer holds)."""
+HEALTH_COLUMNS: dict[str, type] = {"overruns_rise_ts": float}
+"""Derived fleet-health columns: when the box's audio overrun count last went up (epoch s)."""
 
 
 def open_db(path: str | Path) -> sqlite_utils.Database:
@@ -88,6 +90,9 @@ def ensure_schema(db: sqlite_utils.Database) -> None:
     for column in SEQ_COLUMNS:  # added after the first release: migrate older databases
         if column not in boxes.columns_dict:
             boxes.add_column(column, int)
+    for column, typ in HEALTH_COLUMNS.items():
+        if column not in boxes.columns_dict:
+            boxes.add_column(column, typ)
     # Fields added to the wire contract since the database was made get their columns.
     for table, columns in (("metrics", METRIC_COLUMNS), ("events", EVENT_COLUMNS),
                            ("boxes", STATUS_COLUMNS)):
@@ -154,12 +159,21 @@ def insert_event(db: sqlite_utils.Database, msg: dict[str, Any], ingested_ts: fl
 
 def apply_status(db: sqlite_utils.Database, msg: dict[str, Any], ingested_ts: float) -> None:
     """Record a validated ``status`` message as the box's current state (latest arrival wins)."""
-    fields = {k: msg[k] for k in STATUS_FIELDS if k in msg}
     with db.conn:
-        _touch_box(db, msg["site"], msg["box"], ingested_ts)
-        sets = ", ".join(f"{k} = ?" for k in ("state", "last_status_ts", *fields))
-        db.conn.execute(f"UPDATE boxes SET {sets} WHERE box = ?",
-                        (msg["state"], float(msg["ts"]), *fields.values(), msg["box"]))
+        _status_row(db, msg, ingested_ts)
+
+
+def _status_row(db: sqlite_utils.Database, msg: dict[str, Any], ingested_ts: float) -> None:
+    """Apply one status to the box's row (caller's transaction); note a rise in overruns."""
+    fields = {k: msg[k] for k in STATUS_FIELDS if k in msg}
+    _touch_box(db, msg["site"], msg["box"], ingested_ts)
+    sets = ", ".join(f"{k} = ?" for k in ("state", "last_status_ts", *fields))
+    args: list[Any] = [msg["state"], float(msg["ts"]), *fields.values()]
+    if "overruns" in fields:  # SET expressions read the old row: compare before it changes
+        sets += ", overruns_rise_ts = CASE WHEN ? > coalesce(overruns, 0) THEN ? " \
+                "ELSE overruns_rise_ts END"
+        args += [fields["overruns"], ingested_ts]
+    db.conn.execute(f"UPDATE boxes SET {sets} WHERE box = ?", (*args, msg["box"]))
 
 
 def store_batch(db: sqlite_utils.Database, items: list[tuple[str, dict[str, Any]]],
@@ -178,11 +192,7 @@ def store_batch(db: sqlite_utils.Database, items: list[tuple[str, dict[str, Any]
     with conn:
         for kind, msg in items:
             if kind == "status":
-                fields = {k: msg[k] for k in STATUS_FIELDS if k in msg}
-                _touch_box(db, msg["site"], msg["box"], ingested_ts)
-                sets = ", ".join(f"{k} = ?" for k in ("state", "last_status_ts", *fields))
-                conn.execute(f"UPDATE boxes SET {sets} WHERE box = ?",
-                             (msg["state"], float(msg["ts"]), *fields.values(), msg["box"]))
+                _status_row(db, msg, ingested_ts)
                 out.append(True)
                 continue
             table, names = ("metrics", METRIC_FIELDS) if kind == "metrics" else \

@@ -25,9 +25,9 @@ def purge(db: sqlite_utils.Database, *, metrics_days: float, aggregates_days: fl
     """Delete everything older than its retention limit; return the rows deleted per table.
 
     Per-second metrics and events are first rolled up into daily per-agent means, which are
-    kept for ``aggregates_days`` with calls, flags and goals. The audit log and login attempts
-    are kept ``audit_days`` (the audit log's delete trigger allows only rows below the floor
-    this function sets).
+    kept for ``aggregates_days`` with calls, flags and goals. The audit log, login attempts
+    and cleared fleet alerts are kept ``audit_days`` (the audit log's delete trigger allows
+    only rows below the floor this function sets).
 
     Args:
         db: The open database (schema ensured).
@@ -63,6 +63,9 @@ def purge(db: sqlite_utils.Database, *, metrics_days: float, aggregates_days: fl
         db.conn.execute("UPDATE app_settings SET value = '0' WHERE key = 'audit_purge_before_ts'")
         out["login_attempts"] = db.conn.execute("DELETE FROM login_attempts WHERE ts < ?",
                                                 (au_cut,)).rowcount
+        out["alerts"] = db.conn.execute(
+            "DELETE FROM alerts WHERE cleared_ts IS NOT NULL AND cleared_ts < ?",
+            (au_cut,)).rowcount
     log.info("retention purge: %s", out)
     return out
 

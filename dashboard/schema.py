@@ -96,7 +96,25 @@ def _m1_inventory_roles_audit(db: sqlite_utils.Database) -> None:
     c.execute("CREATE INDEX IF NOT EXISTS events_ts ON events(ts)")
 
 
-MIGRATIONS: list[Migration] = [_m1_inventory_roles_audit]
+def _m2_campaign_life_and_alerts(db: sqlite_utils.Database) -> None:
+    """Campaign authorship and closing; fleet alert history (offline boxes) for IT."""
+    for col in ("created_by", "closed_by"):
+        _add_column(db, "campaigns", col, "TEXT")
+    _add_column(db, "campaigns", "closed_ts", "REAL")
+    db.conn.executescript("""
+    CREATE TABLE IF NOT EXISTS alerts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, box TEXT NOT NULL, kind TEXT NOT NULL,
+        reason TEXT, since_ts REAL, raised_ts REAL NOT NULL, cleared_ts REAL);
+    CREATE INDEX IF NOT EXISTS alerts_open ON alerts(cleared_ts, box);
+    CREATE TRIGGER IF NOT EXISTS alerts_only_cleared BEFORE UPDATE ON alerts
+    WHEN old.cleared_ts IS NOT NULL OR new.box IS NOT old.box OR new.kind IS NOT old.kind
+      OR new.reason IS NOT old.reason OR new.since_ts IS NOT old.since_ts
+      OR new.raised_ts IS NOT old.raised_ts OR new.id IS NOT old.id
+    BEGIN SELECT RAISE(ABORT, 'alerts are append-only: only an open alert may be cleared'); END;
+    """)
+
+
+MIGRATIONS: list[Migration] = [_m1_inventory_roles_audit, _m2_campaign_life_and_alerts]
 """Ordered migrations; migration ``i`` (1-based) brings the schema to version ``i``."""
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -62,6 +62,23 @@ class DashboardSettings(BaseSettings):
     purge_interval_s: float = Field(
         3600.0, gt=0, description="Seconds between two automatic retention purges."
     )
+    metrics_token_file: Path | None = Field(
+        None, description="File holding the bearer token Prometheus must send to /metrics "
+        "(a systemd credential in production); unset, /metrics refuses every scrape."
+    )
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate (chain) to serve HTTPS directly; unset behind a "
+        "TLS-terminating reverse proxy."
+    )
+    tls_key_file: Path | None = Field(
+        None, description="PEM private key of tls_cert_file."
+    )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> DashboardSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        return self
 
     @field_validator("trusted_proxies")
     @classmethod

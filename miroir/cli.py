@@ -127,9 +127,9 @@ def cmd_dashboard_serve(args: argparse.Namespace) -> int:
 
     try:
         settings = DashboardSettings()
-    except ValueError as exc:
-        raise CliError(f"dashboard settings: {exc}") from None
-    serve(settings)
+        serve(settings)
+    except (ValueError, OSError) as exc:
+        raise CliError(f"dashboard: {exc}") from None
     return 0
 
 

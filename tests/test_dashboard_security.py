@@ -223,9 +223,14 @@ def test_supervisor_of_team_a_gets_404_for_every_object_of_team_b(org: Any) -> N
     app = create_app(settings, start_ingest=False)
     urls = _team_b_urls(data["team_b"])
     assert len(urls) >= 25
+    # Closing a campaign comes last: the other campaign writes need it open.
+    urls.sort(key=lambda mu: mu[1].endswith("/close"))
     bodies = {"flags": {"ts": time.time(), "note": "x"},
               "goals": {"metric": "near_speech_ratio", "label": "x"},
-              "outcome": {"outcome": "meeting"}}
+              "outcome": {"outcome": "meeting"},
+              "/variants": {"name": "Nouvelle accroche", "text": "x"},
+              "/variant": {"variant": 3},
+              "/assign": {"agent": "agent-b1", "variant": 3}}
     got: dict[str, dict[tuple[str, str], int]] = {}
     for user in ("sup-a", "sup-b"):
         with TestClient(app, base_url="https://testserver", follow_redirects=False) as c:
@@ -236,6 +241,8 @@ def test_supervisor_of_team_a_gets_404_for_every_object_of_team_b(org: Any) -> N
                 if url.endswith("/erase"):
                     continue  # admin-only; checked below
                 body = next((b for k, b in bodies.items() if url.endswith(k)), None)
+                if body and "name" in body:  # variant names are unique per campaign
+                    body = {**body, "name": f"{body['name']} {url[:5]}"}
                 r = c.request(method, url, headers=hdr,
                               json=body if url.startswith("/api") else None,
                               data=None if url.startswith("/api") else

@@ -209,3 +209,68 @@ def test_supervisor_flags_a_moment_and_the_agent_sees_it_and_the_audit(
         assert page.locator("#flags h2").inner_text() == "Flagged moments"
     finally:
         agent.close()
+
+
+def test_supervisor_creates_a_campaign_and_it_sees_the_fleet(chromium: Any,
+                                                              tmp_path: Path) -> None:
+    """Campaign creation through the real forms, then the IT page, in chromium."""
+    from dashboard import db as store
+    from dashboard import schema
+    from tests._fixtures_dashboard import make_settings
+
+    settings = make_settings(tmp_path)
+    org = seed_org(settings, seconds=30)
+    db = store.open_db(settings.db_path)
+    now = time.time()
+    health = {"box-a1": {"version": "0.3.0", "cert_days_left": 12.0, "outbox_depth": 2400},
+              "box-a2": {"version": "0.3.0", "capture_ok": False, "cpu_temp_c": 84.0},
+              "box-b1": {"version": "0.2.9", "clock_synced": False, "clock_offset_ms": 1800.0}}
+    for box, extra in health.items():
+        store.apply_status(db, wire.status_message(settings.site, box, "online", now, **extra),
+                           now)
+    schema.import_inventory(db, [{"box": "box-c1", "seat": "C1"}], site=settings.site)
+    db.conn.close()
+    with DashboardServer(settings, start_ingest=False) as server:
+        ctx = chromium.new_context(viewport={"width": 1280, "height": 900}, locale="fr-FR")
+        page = ctx.new_page()
+        try:
+            browser_login(page, server.url, "sup-a", USER_PASSWORD, org["secrets"]["sup-a"])
+            page.click("#nav-campaigns")
+            page.wait_for_url("**/campaigns")
+            page.fill("#campaign-id", "salon-lille")
+            page.fill("#campaign-name", "Salon Lille")
+            assert page.locator("#campaign-team option").all_inner_texts() == ["team-a"]
+            page.fill("#campaign-variants",
+                      "Question ouverte | Comment recrutez-vous ?\nChiffre choc | 3 jours gagnés")
+            page.click("#campaign-submit")
+            page.wait_for_url("**/campaigns/salon-lille")
+            assert page.locator("#variants tr.variant").count() == 2
+            assert page.locator("#campaign-state").inner_text() == "En cours"
+            page.select_option("#assign-agent select[name=agent]", "agent-a1")
+            page.select_option("#assign-agent select[name=variant]", label="Chiffre choc")
+            page.click("#assign-agent button")
+            page.wait_for_url("**/campaigns/salon-lille")
+            assert "Chiffre choc" in page.locator("#campaign-agents li[data-agent='agent-a1']"
+                                                  ).inner_text()
+            page.click("#close-campaign button")
+            page.wait_for_url("**/campaigns/salon-lille")
+            assert page.locator("#campaign-state").inner_text() == "Clôturée"
+            assert page.locator("#campaign-actions").count() == 0
+        finally:
+            ctx.close()
+        ctx = chromium.new_context(viewport={"width": 1280, "height": 900}, locale="fr-FR")
+        page = ctx.new_page()
+        try:
+            browser_login(page, server.url)
+            page.click("#nav-it")
+            page.wait_for_url("**/it")
+            rows = page.locator("#fleet tr.fleet-box")
+            assert rows.count() == 4
+            assert rows.first.get_attribute("data-box") == "box-c1"  # never seen, first
+            assert page.locator("#fleet tr[data-box='box-a1'] [data-problem='cert_expiring']"
+                                ).inner_text() == "Certificat bientôt expiré (j) 12"
+            assert "version" in (page.locator("#fleet tr[data-box='box-b1']")
+                                 .get_attribute("data-problems") or "")
+            _shot(page, "it-fleet.png")
+        finally:
+            ctx.close()

@@ -25,6 +25,8 @@ router = APIRouter(prefix="/api", tags=["api"])
 AgentId = Annotated[str, Path(min_length=1, max_length=64)]
 TeamId = Annotated[str, Path(min_length=1, max_length=64)]
 MAX_NOTE = 2000
+MAX_VARIANTS = 12
+CAMPAIGN_ROLES = ("admin", "supervisor", "auditor")
 
 
 # ----------------------------------------------------------------------------- models
@@ -60,6 +62,38 @@ class CallIn(BaseModel):
     variant: int | None = None
     box: str | None = None
     summary: dict[str, float | int | str | bool | None] | None = None
+
+
+class VariantIn(BaseModel):
+    """A pitch or opener variant of a campaign."""
+
+    name: str = Field(min_length=1, max_length=80, description="Short name, e.g. « Question ».")
+    text: str = Field("", max_length=MAX_NOTE, description="The opener or pitch as agents say it.")
+
+
+class CampaignIn(BaseModel):
+    """A new campaign with its variants."""
+
+    campaign: str = Field(pattern=wire.ID_PATTERN.pattern,
+                          description="Campaign id: 1 to 32 characters of [a-z0-9-].")
+    name: str = Field(min_length=1, max_length=120, description="Display name.")
+    team: str | None = Field(None, max_length=64,
+                             description="Team running it (required for a supervisor).")
+    variants: list[VariantIn] = Field(default_factory=list, max_length=MAX_VARIANTS,
+                                      description="Variants to compare.")
+
+
+class AssignIn(BaseModel):
+    """Put an agent on a campaign, optionally with the variant they use."""
+
+    agent: str = Field(max_length=64)
+    variant: int | None = Field(None, description="Variant id of this campaign, or none.")
+
+
+class CallVariantIn(BaseModel):
+    """The variant used on a call (its campaign follows from the variant)."""
+
+    variant: int
 
 
 class PrivateIn(BaseModel):
@@ -125,13 +159,141 @@ def _require_call(db: Any, user: User, call_id: int) -> dict[str, Any]:
 
 def require_campaign(db: Any, user: User, campaign: str) -> dict[str, Any]:
     """The campaign if the user may see it (its team's supervisors, admins, auditors)."""
-    row = db.conn.execute("SELECT campaign, name, team FROM campaigns WHERE campaign = ?",
-                          (campaign,)).fetchone()
-    if row is None or user.role == "agent":
+    row = db.conn.execute("SELECT campaign, name, team, closed_ts FROM campaigns "
+                          "WHERE campaign = ?", (campaign,)).fetchone()
+    if row is None or user.role not in CAMPAIGN_ROLES:
         raise access.not_found("campaign")
     if user.role == "supervisor" and row[2] is not None and row[2] not in user.teams:
         raise access.not_found("campaign")
-    return {"campaign": row[0], "name": row[1], "team": row[2]}
+    return {"campaign": row[0], "name": row[1], "team": row[2], "closed_ts": row[3]}
+
+
+def _writable_campaign(db: Any, user: User, campaign: str, *,
+                       open_only: bool = True) -> dict[str, Any]:
+    """The campaign if the user may change it (admins; supervisors of its team), else 404.
+
+    Raises 409 when ``open_only`` and the campaign is closed.
+    """
+    require_role(user, "admin", "supervisor")
+    c = require_campaign(db, user, campaign)
+    if user.role == "supervisor" and c["team"] not in user.teams:
+        raise access.not_found("campaign")
+    if open_only and c["closed_ts"] is not None:
+        raise HTTPException(status_code=409, detail="campaign is closed")
+    return c
+
+
+def _variant_campaign(db: Any, variant: int) -> str | None:
+    row = db.conn.execute("SELECT campaign FROM variants WHERE id = ?", (variant,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def create_campaign(db: Any, user: User, body: CampaignIn) -> None:
+    """Create a campaign and its variants (admins; supervisors for one of their teams)."""
+    require_role(user, "admin", "supervisor")
+    team = (body.team or "").strip() or None
+    if user.role == "supervisor":
+        if team is None:
+            raise HTTPException(status_code=422, detail="a supervisor's campaign needs a team")
+        access.require_team(db, user, team)
+    elif team is not None and not db.conn.execute("SELECT 1 FROM teams WHERE team = ?",
+                                                  (team,)).fetchone():
+        raise access.not_found("team")
+    names = [v.name.strip() for v in body.variants]
+    if len(set(names)) != len(names) or not all(names):
+        raise HTTPException(status_code=422, detail="variant names must be distinct")
+    with db.conn:
+        if db.conn.execute("SELECT 1 FROM campaigns WHERE campaign = ?",
+                           (body.campaign,)).fetchone():
+            raise HTTPException(status_code=409, detail="campaign id already used")
+        db.conn.execute("INSERT INTO campaigns (campaign, name, team, created_ts, created_by) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        (body.campaign, body.name.strip(), team, time.time(), user.username))
+        for v in body.variants:
+            db.conn.execute("INSERT INTO variants (campaign, name, text) VALUES (?, ?, ?)",
+                            (body.campaign, v.name.strip(), v.text.strip()))
+    access.audit(db, user, "campaign_create", None,
+                 {"campaign": body.campaign, "variants": len(body.variants)})
+
+
+def add_variant(db: Any, user: User, campaign: str, body: VariantIn) -> int:
+    """Add a variant to an open campaign; return its id."""
+    _writable_campaign(db, user, campaign)
+    name = body.name.strip()
+    with db.conn:
+        count, same = db.conn.execute(
+            "SELECT count(*), coalesce(sum(name = ?), 0) FROM variants WHERE campaign = ?",
+            (name, campaign)).fetchone()
+        if count >= MAX_VARIANTS:
+            raise HTTPException(status_code=409, detail=f"at most {MAX_VARIANTS} variants")
+        if same or not name:
+            raise HTTPException(status_code=409, detail="a variant has that name already")
+        cur = db.conn.execute("INSERT INTO variants (campaign, name, text) VALUES (?, ?, ?)",
+                              (campaign, name, body.text.strip()))
+    return int(cur.lastrowid or 0)
+
+
+def close_campaign(db: Any, user: User, campaign: str) -> float:
+    """Close a campaign (no new variant, assignment or tag); return when it was closed."""
+    c = _writable_campaign(db, user, campaign, open_only=False)
+    if c["closed_ts"] is not None:
+        return float(c["closed_ts"])
+    now = time.time()
+    with db.conn:
+        db.conn.execute("UPDATE campaigns SET closed_ts = ?, closed_by = ? WHERE campaign = ?",
+                        (now, user.username, campaign))
+        db.conn.execute("UPDATE agents SET campaign = NULL, variant = NULL WHERE campaign = ?",
+                        (campaign,))
+    access.audit(db, user, "campaign_close", None, {"campaign": campaign})
+    return now
+
+
+def assign_agent(db: Any, user: User, campaign: str, body: AssignIn) -> None:
+    """Put an agent in scope on an open campaign and variant (their next calls get them)."""
+    _writable_campaign(db, user, campaign)
+    access.require_agent(db, user, body.agent)
+    if body.variant is not None and _variant_campaign(db, body.variant) != campaign:
+        raise HTTPException(status_code=422, detail="variant is not one of this campaign's")
+    with db.conn:
+        db.conn.execute("UPDATE agents SET campaign = ?, variant = ? WHERE agent = ?",
+                        (campaign, body.variant, body.agent))
+    access.audit(db, user, "campaign_assign", body.agent,
+                 {"campaign": campaign, "variant": body.variant})
+
+
+def set_call_variant(db: Any, user: User, call_id: int, variant: int) -> str:
+    """Tag a call with the variant used (supervisors, admins); return the variant's campaign."""
+    require_role(user, "admin", "supervisor")
+    _require_call(db, user, call_id)
+    campaign = _variant_campaign(db, variant)
+    if campaign is None:
+        raise access.not_found("variant")
+    _writable_campaign(db, user, campaign)
+    with db.conn:
+        db.conn.execute("UPDATE calls SET campaign = ?, variant = ? WHERE id = ?",
+                        (campaign, variant, call_id))
+    return campaign
+
+
+def _call_campaign(db: Any, user: User, body: CallIn) -> tuple[str | None, int | None]:
+    """The campaign and variant of a new call: as given (checked) or the agent's current ones."""
+    if body.campaign is None and body.variant is None:
+        row = db.conn.execute(
+            "SELECT a.campaign, a.variant FROM agents a JOIN campaigns c ON "
+            "c.campaign = a.campaign WHERE a.agent = ? AND c.closed_ts IS NULL",
+            (body.agent,)).fetchone()
+        return (row[0], row[1]) if row else (None, None)
+    campaign = body.campaign
+    if body.variant is not None:
+        owner = _variant_campaign(db, body.variant)
+        if owner is None or (campaign is not None and owner != campaign):
+            raise HTTPException(status_code=422, detail="variant is not one of the campaign's")
+        campaign = owner
+    if campaign is None:
+        return None, None
+    if require_campaign(db, user, campaign)["closed_ts"] is not None:
+        raise HTTPException(status_code=409, detail="campaign is closed")
+    return campaign, body.variant
 
 
 def agent_metrics_payload(db: Any, user: User, agent: str, since_ts: float,
@@ -388,14 +550,19 @@ def get_calls(db: Db, user: CurrentUser, agent: AgentId) -> dict[str, Any]:
 
 @router.post("/calls", status_code=201)
 def post_call(db: Db, user: CurrentUser, body: CallIn) -> dict[str, Any]:
-    """Record a call (CTI connector run by an admin, or a supervisor)."""
+    """Record a call (CTI connector run by an admin, or a supervisor).
+
+    Without a campaign or variant, the call takes the agent's current (open) campaign and
+    variant; a given variant must belong to the given campaign, which must be open.
+    """
     require_role(user, "admin", "supervisor")
     access.require_agent(db, user, body.agent)
+    campaign, variant = _call_campaign(db, user, body)
     with db.conn:
         cur = db.conn.execute(
             "INSERT INTO calls (agent, box, start_ts, end_ts, campaign, variant, summary) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (body.agent, body.box, body.start_ts, body.end_ts, body.campaign, body.variant,
+            (body.agent, body.box, body.start_ts, body.end_ts, campaign, variant,
              json.dumps(body.summary) if body.summary else None))
     return {"id": cur.lastrowid}
 
@@ -413,6 +580,14 @@ def post_outcome(db: Db, user: CurrentUser, call_id: int, body: OutcomeIn) -> di
     """Tag a call's outcome."""
     set_outcome(db, user, call_id, body.outcome)
     return {"id": call_id, "outcome": body.outcome}
+
+
+@router.post("/calls/{call_id}/variant")
+def post_call_variant(db: Db, user: CurrentUser, call_id: int,
+                      body: CallVariantIn) -> dict[str, Any]:
+    """Tag a call with the pitch or opener variant used (its campaign must be open)."""
+    campaign = set_call_variant(db, user, call_id, body.variant)
+    return {"id": call_id, "campaign": campaign, "variant": body.variant}
 
 
 @router.get("/agents/{agent}/audit")
@@ -498,10 +673,45 @@ def list_campaigns(db: Db, user: CurrentUser) -> dict[str, Any]:
             require_campaign(db, user, c["campaign"])
         except HTTPException:
             continue
-        c["variants"] = list(db.query("SELECT id, name, text FROM variants WHERE campaign = ?",
-                                      [c["campaign"]]))
+        c["variants"] = list(db.query("SELECT id, name, text FROM variants WHERE campaign = ? "
+                                      "ORDER BY id", [c["campaign"]]))
         out.append(c)
     return {"campaigns": out}
+
+
+@router.post("/campaigns", status_code=201)
+def post_campaign(db: Db, user: CurrentUser, body: CampaignIn) -> dict[str, Any]:
+    """Create a campaign with its variants (admins; supervisors for their teams)."""
+    create_campaign(db, user, body)
+    return get_campaign(db, user, body.campaign)
+
+
+@router.get("/campaigns/{campaign}")
+def get_campaign(db: Db, user: CurrentUser, campaign: str) -> dict[str, Any]:
+    """One campaign with its variants."""
+    c = require_campaign(db, user, campaign)
+    c["variants"] = list(db.query("SELECT id, name, text FROM variants WHERE campaign = ? "
+                                  "ORDER BY id", [campaign]))
+    return c
+
+
+@router.post("/campaigns/{campaign}/variants", status_code=201)
+def post_variant(db: Db, user: CurrentUser, campaign: str, body: VariantIn) -> dict[str, Any]:
+    """Add a variant to an open campaign."""
+    return {"id": add_variant(db, user, campaign, body)}
+
+
+@router.post("/campaigns/{campaign}/assign")
+def post_assign(db: Db, user: CurrentUser, campaign: str, body: AssignIn) -> dict[str, Any]:
+    """Put an agent on the campaign and a variant; their next calls are tagged with them."""
+    assign_agent(db, user, campaign, body)
+    return {"agent": body.agent, "campaign": campaign, "variant": body.variant}
+
+
+@router.post("/campaigns/{campaign}/close")
+def post_close(db: Db, user: CurrentUser, campaign: str) -> dict[str, Any]:
+    """Close the campaign: its comparison stays, nothing new is tagged with it."""
+    return {"campaign": campaign, "closed_ts": close_campaign(db, user, campaign)}
 
 
 @router.get("/campaigns/{campaign}/comparison")

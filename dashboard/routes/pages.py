@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
+from pydantic import ValidationError
 
-from .. import access, analytics, registry, schema
+from .. import access, analytics, i18n, registry, schema
 from ..access import User
 from . import api
 from .deps import CurrentUser, Db, Settings, render, require_role
@@ -24,6 +25,8 @@ def home(request: Request, db: Db, user: CurrentUser, settings: Settings) -> Res
         return RedirectResponse("/me", status_code=303)
     if user.role == "auditor":
         return RedirectResponse("/audit", status_code=303)
+    if user.role == "it":
+        return RedirectResponse("/it", status_code=303)
     return render(request, "floor.html", {
         "site": settings.site, "teams": access.visible_teams(db, user),
         "pseudonymous_default": api._pseudonymous_default(db),
@@ -115,12 +118,66 @@ def team_page(request: Request, db: Db, user: CurrentUser, team: str) -> Respons
     return render(request, "team.html", {"board": board})
 
 
+def _campaigns_context(db: Db, user: User, comparison: dict[str, Any] | None,
+                       error: str | None = None) -> dict[str, Any]:
+    editable = user.role in ("admin", "supervisor")
+    teams = access.visible_teams(db, user) if editable else []
+    agents: list[dict[str, Any]] = []
+    can_edit = False
+    if comparison is not None and editable:
+        can_edit = user.role == "admin" or comparison.get("team") in user.teams
+        scope = access.visible_agents(db, user)
+        rows = list(db.query("SELECT agent, name, campaign, variant FROM agents WHERE active = 1 "
+                             "ORDER BY name, agent"))
+        agents = [r for r in rows if scope is None or r["agent"] in scope]
+    return {"campaigns": api.list_campaigns(db, user)["campaigns"], "comparison": comparison,
+            "can_create": editable, "teams": teams, "agents": agents,
+            "can_edit": can_edit and comparison is not None and not comparison.get("closed_ts"),
+            "error": error}
+
+
 @router.get("/campaigns")
 def campaigns_page(request: Request, db: Db, user: CurrentUser) -> Response:
-    """Campaigns and their variants."""
+    """Campaigns and their variants; admins and supervisors create them here."""
     require_role(user, "admin", "supervisor", "auditor")
-    return render(request, "campaigns.html", {"campaigns": api.list_campaigns(db, user)
-                                              ["campaigns"], "comparison": None})
+    return render(request, "campaigns.html", _campaigns_context(db, user, None))
+
+
+def _parse_variants(text: str) -> list[api.VariantIn]:
+    """One variant per line: ``Name | text`` (the text is optional)."""
+    out = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        name, _, body = line.partition("|")
+        out.append(api.VariantIn(name=name.strip(), text=body.strip()))
+    return out
+
+
+@router.post("/campaigns")
+def campaign_create_form(request: Request, db: Db, user: CurrentUser,
+                         campaign: Annotated[str, Form(max_length=32)],
+                         name: Annotated[str, Form(max_length=120)],
+                         team: Annotated[str, Form(max_length=64)] = "",
+                         variants: Annotated[str, Form(max_length=20000)] = "") -> Response:
+    """Create a campaign from the form (variants one per line, ``Name | text``)."""
+    require_role(user, "admin", "supervisor")
+    try:
+        body = api.CampaignIn(campaign=campaign.strip(), name=name, team=team or None,
+                              variants=_parse_variants(variants))
+    except ValidationError:
+        tr = i18n.translator(user.lang)
+        return render(request, "campaigns.html",
+                      _campaigns_context(db, user, None, tr("campaign.invalid")), 422)
+    try:
+        api.create_campaign(db, user, body)
+    except HTTPException as exc:
+        if exc.status_code != 409:
+            raise
+        tr = i18n.translator(user.lang)
+        return render(request, "campaigns.html",
+                      _campaigns_context(db, user, None, tr("campaign.exists")), 409)
+    return RedirectResponse(f"/campaigns/{body.campaign}", status_code=303)
 
 
 @router.get("/campaigns/{campaign}")
@@ -128,8 +185,36 @@ def campaign_page(request: Request, db: Db, user: CurrentUser, campaign: str) ->
     """Variant comparison by meeting rate with 95 % confidence intervals."""
     require_role(user, "admin", "supervisor", "auditor")
     data = api.get_comparison(db, user, campaign)
-    return render(request, "campaigns.html", {"campaigns": api.list_campaigns(db, user)
-                                              ["campaigns"], "comparison": data})
+    return render(request, "campaigns.html", _campaigns_context(db, user, data))
+
+
+@router.post("/campaigns/{campaign}/variants")
+def variant_form(request: Request, db: Db, user: CurrentUser, campaign: str,
+                 name: Annotated[str, Form(min_length=1, max_length=80)],
+                 text: Annotated[str, Form(max_length=2000)] = "") -> Response:
+    """Add a variant to an open campaign."""
+    api.add_variant(db, user, campaign, api.VariantIn(name=name, text=text))
+    return RedirectResponse(f"/campaigns/{campaign}", status_code=303)
+
+
+@router.post("/campaigns/{campaign}/assign")
+def assign_form(request: Request, db: Db, user: CurrentUser, campaign: str,
+                agent: Annotated[str, Form(max_length=64)],
+                variant: Annotated[str, Form(max_length=12)] = "") -> Response:
+    """Put an agent on the campaign and a variant."""
+    try:
+        chosen = int(variant) if variant.strip() else None
+    except ValueError:
+        raise HTTPException(status_code=422, detail="variant must be an id") from None
+    api.assign_agent(db, user, campaign, api.AssignIn(agent=agent, variant=chosen))
+    return RedirectResponse(f"/campaigns/{campaign}", status_code=303)
+
+
+@router.post("/campaigns/{campaign}/close")
+def close_form(request: Request, db: Db, user: CurrentUser, campaign: str) -> Response:
+    """Close the campaign."""
+    api.close_campaign(db, user, campaign)
+    return RedirectResponse(f"/campaigns/{campaign}", status_code=303)
 
 
 @router.get("/audit")

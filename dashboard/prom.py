@@ -1,0 +1,134 @@
+"""Prometheus exposition of the dashboard: ingest counters and lag, fleet gauges, alerts.
+
+Served at ``/metrics`` to a scraper holding the bearer token of ``metrics_token_file`` (compared
+in constant time); without a configured token every scrape is refused. Per-box series carry a
+``box`` label whose values are the site's box ids (the broker's ACL admits only provisioned
+boxes); past :data:`MAX_BOX_SERIES` boxes the per-box series are left out, so cardinality stays
+bounded whatever happens.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from . import db as store
+from . import fleet
+from .settings import DashboardSettings
+
+MAX_BOX_SERIES = 5000
+"""Most boxes exposed one by one (a site's floor is far smaller)."""
+MIN_TOKEN_CHARS = 16
+PER_BOX = (
+    ("outbox_depth", "miroir_box_outbox_depth", "Messages waiting in the box's outbox."),
+    ("dropped", "miroir_box_dropped", "Messages the box dropped (outbox full), since it started."),
+    ("overruns", "miroir_box_overruns", "Audio capture overruns of the box since it started."),
+    ("cert_days_now", "miroir_box_cert_days_left", "Days before the box's certificate expires."),
+    ("cpu_temp_c", "miroir_box_cpu_temp_celsius", "CPU temperature of the box."),
+)
+INGEST_COUNTERS = (
+    ("received", "miroir_ingest_received", "MQTT messages received by the ingest."),
+    ("inserted", "miroir_ingest_inserted", "Stream messages stored (new box, seq)."),
+    ("duplicates", "miroir_ingest_duplicates", "Stream messages already stored (resends)."),
+    ("quarantined", "miroir_ingest_quarantined", "Messages refused by the wire contract."),
+    ("resend_requests", "miroir_ingest_resend_requests", "Resend commands sent for seq gaps."),
+    ("lost", "miroir_ingest_seq_lost", "Sequence numbers the boxes no longer held (lost)."),
+)
+
+
+def read_token(path: Path | None) -> bytes | None:
+    """The scrape token from its file (None when unset); refuse a short or empty one."""
+    if path is None:
+        return None
+    token = Path(path).read_text(encoding="utf-8").strip()
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ValueError(f"metrics token in {path} is shorter than {MIN_TOKEN_CHARS} characters")
+    return token.encode()
+
+
+def authorized(expected: bytes | None, header: str | None) -> bool:
+    """True if ``header`` is ``Bearer <expected>`` (constant-time compare; None refuses all)."""
+    if expected is None or not header:
+        return False
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(value.strip().encode(), expected)
+
+
+class DashboardCollector:
+    """A prometheus-client collector reading the ingest's counters and the boxes table."""
+
+    def __init__(self, settings: DashboardSettings, ingest: Callable[[], Any]) -> None:
+        self.settings = settings
+        self._ingest = ingest
+
+    def collect(self) -> Iterator[Any]:
+        """Yield the metric families of one scrape."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        ingest = self._ingest()
+        stats: dict[str, Any] = ingest.stats() if ingest is not None else {}
+        for key, name, doc in INGEST_COUNTERS:
+            yield CounterMetricFamily(name, doc, value=float(stats.get(key, 0) or 0))
+        lag = GaugeMetricFamily("miroir_ingest_lag_seconds",
+                                "Ingest lag (box clock to reception), recent messages.",
+                                labels=["quantile"])
+        for q, key in (("0.5", "lag_ms_p50"), ("0.99", "lag_ms_p99")):
+            if stats.get(key) is not None:
+                lag.add_metric([q], float(stats[key]) / 1000.0)
+        yield lag
+        yield GaugeMetricFamily("miroir_ingest_connected", "1 if the ingest is connected to "
+                                "the broker.", value=1.0 if stats.get("connected") else 0.0)
+        now = time.time()
+        db = store.open_db(self.settings.db_path)
+        try:
+            view = fleet.fleet(db, now)
+            active, total = fleet.alert_counts(db)
+        finally:
+            db.conn.close()
+        seen = [b for b in view["boxes"] if b["last_seen_ts"] is not None]
+        offline = sum(1 for b in seen if b["offline"])
+        yield GaugeMetricFamily("miroir_boxes_known", "Boxes seen or provisioned.",
+                                value=float(len(view["boxes"])))
+        yield GaugeMetricFamily("miroir_boxes_online", "Boxes online now.",
+                                value=float(len(seen) - offline))
+        yield GaugeMetricFamily("miroir_boxes_offline", "Boxes seen once and offline now.",
+                                value=float(offline))
+        yield GaugeMetricFamily("miroir_alerts_active", "Open fleet alerts (boxes offline).",
+                                value=float(active))
+        yield CounterMetricFamily("miroir_alerts_raised", "Fleet alerts raised (kept history).",
+                                  value=float(total))
+        problems = GaugeMetricFamily("miroir_boxes_with_problem", "Boxes showing each problem.",
+                                     labels=["problem"])
+        for code in fleet.SEVERITY:
+            problems.add_metric([code], float(view["counts"].get(code, 0)))
+        yield problems
+        boxes = view["boxes"]
+        truncated = len(boxes) > MAX_BOX_SERIES
+        yield GaugeMetricFamily("miroir_box_series_truncated", "1 if per-box series were left "
+                                "out (too many boxes).", value=1.0 if truncated else 0.0)
+        if truncated:
+            return
+        up = GaugeMetricFamily("miroir_box_up", "1 if the box is online.", labels=["box"])
+        for b in boxes:
+            up.add_metric([b["box"]], 0.0 if b["offline"] else 1.0)
+        yield up
+        for key, name, doc in PER_BOX:
+            family = GaugeMetricFamily(name, doc, labels=["box"])
+            for b in boxes:
+                if b.get(key) is not None:
+                    family.add_metric([b["box"]], float(b[key]))
+            yield family
+
+
+def exposition(settings: DashboardSettings, ingest: Callable[[], Any]) -> tuple[bytes, str]:
+    """One scrape in the Prometheus text format; returns (body, content type)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DashboardCollector(settings, ingest))
+    return generate_latest(registry), CONTENT_TYPE_LATEST

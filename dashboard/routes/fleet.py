@@ -1,0 +1,66 @@
+"""Fleet health for site IT (page and JSON) and the Prometheus scrape endpoint."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from .. import fleet, prom
+from .deps import CurrentUser, Db, render, require_role
+
+router = APIRouter(tags=["fleet"])
+
+IT_ROLES = ("admin", "it")
+PAGE_REFRESH_S = 15
+
+
+def fleet_payload(db: Any) -> dict[str, Any]:
+    """Boxes by problem, open alerts and the recent alert history."""
+    view = fleet.fleet(db)
+    active, total = fleet.alert_counts(db)
+    return {**view, "alerts": fleet.active_alerts(db), "history": fleet.alert_history(db, 50),
+            "alerts_active": active, "alerts_total": total}
+
+
+@router.get("/api/fleet")
+def api_fleet(db: Db, user: CurrentUser) -> dict[str, Any]:
+    """Every box with its problems, worst first, and the offline alerts (admins and IT)."""
+    require_role(user, *IT_ROLES)
+    return fleet_payload(db)
+
+
+@router.get("/api/alerts")
+def api_alerts(db: Db, user: CurrentUser,
+               limit: Annotated[int, Query(ge=1, le=5000)] = 200) -> dict[str, Any]:
+    """The alert history, newest first, and the number still open (admins and IT)."""
+    require_role(user, *IT_ROLES)
+    active, _ = fleet.alert_counts(db)
+    return {"active": active, "alerts": fleet.alert_history(db, limit)}
+
+
+@router.get("/it", include_in_schema=False)
+def it_page(request: Request, db: Db, user: CurrentUser) -> Response:
+    """The IT page: boxes by problem (offline since, certificate, outbox, audio, clock...)."""
+    require_role(user, *IT_ROLES)
+    return render(request, "it.html", {**fleet_payload(db), "refresh_s": PAGE_REFRESH_S,
+                                       "thresholds": {"cert_days": fleet.CERT_WARN_DAYS,
+                                                      "outbox": fleet.OUTBOX_HIGH,
+                                                      "cpu_c": fleet.CPU_HOT_C,
+                                                      "clock_ms": fleet.CLOCK_OFFSET_MAX_MS,
+                                                      "silent_s": fleet.SILENT_AFTER_S}})
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition; needs ``Authorization: Bearer <metrics token>``."""
+    expected: bytes | None = request.app.state.metrics_token
+    if not prom.authorized(expected, request.headers.get("authorization")):
+        return Response("unauthorized\n", status_code=401, media_type="text/plain",
+                        headers={"www-authenticate": 'Bearer realm="miroir-metrics"'})
+    app = request.app
+    body, ctype = await run_in_threadpool(prom.exposition, app.state.settings,
+                                          lambda: app.state.ingest)
+    return Response(body, media_type=ctype, headers={"cache-control": "no-store"})

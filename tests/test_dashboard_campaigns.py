@@ -1,0 +1,166 @@
+"""Campaigns and pitch variants: creation, assignment, call tagging, closing, comparison."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from dashboard import db as store
+from dashboard.app import create_app
+from dashboard.settings import DashboardSettings
+from tests._fixtures_dashboard import USER_PASSWORD, client_login, csrf_of, make_settings, seed_org
+
+
+@pytest.fixture
+def org(tmp_path: Path) -> tuple[DashboardSettings, dict[str, Any]]:
+    settings = make_settings(tmp_path)
+    return settings, seed_org(settings, seconds=30)
+
+
+def _client(settings: DashboardSettings) -> TestClient:
+    return TestClient(create_app(settings, start_ingest=False), base_url="https://testserver",
+                      follow_redirects=False)
+
+
+def _login(c: TestClient, user: str, data: dict[str, Any]) -> dict[str, str]:
+    r = client_login(c, user, USER_PASSWORD, data["secrets"].get(user))
+    assert r.status_code == 303 and r.headers["location"] == "/", r.text
+    return {"x-csrf-token": csrf_of(c.get("/campaigns").text)}
+
+
+def test_supervisor_creates_runs_and_closes_a_campaign_within_their_teams(org: Any) -> None:
+    settings, data = org
+    body = {"campaign": "salon-nantes", "name": "Salon Nantes", "team": "team-a",
+            "variants": [{"name": "Question ouverte", "text": "Comment gérez-vous… ?"},
+                         {"name": "Preuve sociale", "text": "Vos voisins de stand…"}]}
+    with _client(settings) as c:
+        hdr = _login(c, "sup-a", data)
+        # CSRF like every state change.
+        assert c.post("/api/campaigns", json=body).status_code == 403
+        assert c.post("/api/campaigns", json=body, headers={"x-csrf-token": "x"}
+                      ).status_code == 403
+        # Out of scope or malformed: team B is invisible, a team is required, ids are checked.
+        assert c.post("/api/campaigns", json={**body, "team": "team-b"},
+                      headers=hdr).status_code == 404
+        assert c.post("/api/campaigns", json={**body, "team": None},
+                      headers=hdr).status_code == 422
+        assert c.post("/api/campaigns", json={**body, "campaign": "Salon/Nantes"},
+                      headers=hdr).status_code == 422
+        dup = {**body, "variants": [body["variants"][0]] * 2}
+        assert c.post("/api/campaigns", json=dup, headers=hdr).status_code == 422
+        r = c.post("/api/campaigns", json=body, headers=hdr)
+        assert r.status_code == 201, r.text
+        made = r.json()
+        assert (made["team"], made["closed_ts"]) == ("team-a", None)
+        v1, v2 = (v["id"] for v in made["variants"])
+        assert c.post("/api/campaigns", json=body, headers=hdr).status_code == 409
+        r = c.post("/api/campaigns/salon-nantes/variants",
+                   json={"name": "Bénéfice chiffré", "text": "…"}, headers=hdr)
+        assert r.status_code == 201
+        v3 = r.json()["id"]
+        # Agents on a variant: their next calls are tagged with it.
+        assert c.post("/api/campaigns/salon-nantes/assign",
+                      json={"agent": "agent-b1", "variant": v1}, headers=hdr).status_code == 404
+        assert c.post("/api/campaigns/salon-nantes/assign",
+                      json={"agent": "agent-a1", "variant": 3}, headers=hdr).status_code == 422
+        for agent, variant in (("agent-a1", v1), ("agent-a2", v2)):
+            assert c.post("/api/campaigns/salon-nantes/assign",
+                          json={"agent": agent, "variant": variant},
+                          headers=hdr).status_code == 200
+        now = time.time()
+        outcomes = {"agent-a1": ["meeting"] * 6 + ["refusal"] * 4,
+                    "agent-a2": ["meeting"] * 1 + ["refusal"] * 8 + ["no_answer"]}
+        for agent, outs in outcomes.items():
+            for k, outcome in enumerate(outs):
+                r = c.post("/api/calls", json={"agent": agent, "start_ts": now - 600 + k},
+                           headers=hdr)
+                assert r.status_code == 201
+                call = r.json()["id"]
+                assert c.post(f"/api/calls/{call}/outcome", json={"outcome": outcome},
+                              headers=hdr).status_code == 200
+        # A call tagged afterwards with another variant (the supervisor corrects it).
+        assert c.post(f"/api/calls/{call}/variant", json={"variant": v3},
+                      headers=hdr).status_code == 200
+        assert c.post(f"/api/calls/{call}/variant", json={"variant": 3},
+                      headers=hdr).status_code == 404  # team B's campaign: not visible
+        assert c.post("/api/calls", json={"agent": "agent-a1", "start_ts": now, "campaign":
+                                          "camp-a", "variant": v1},
+                      headers=hdr).status_code == 422  # v1 is not camp-a's
+        comp = {v["name"]: v for v in c.get("/api/campaigns/salon-nantes/comparison"
+                                             ).json()["variants"]}
+        assert (comp["Question ouverte"]["calls"], comp["Question ouverte"]["outcomes"]
+                ["meeting"]) == (10, 6)
+        assert comp["Preuve sociale"]["calls"] == 9 and comp["Bénéfice chiffré"]["calls"] == 1
+        assert comp["Question ouverte"]["rate"] == pytest.approx(0.6)
+        assert comp["Question ouverte"]["ci_low"] > comp["Preuve sociale"]["rate"]
+        page = c.get("/campaigns/salon-nantes").text
+        assert "Preuve sociale" in page and "60.0 %" in page and 'id="close-campaign"' in page
+        # Team B's supervisor cannot see it, nor change it.
+    with _client(settings) as c:
+        hdr_b = _login(c, "sup-b", data)
+        for method, url in (("GET", "/api/campaigns/salon-nantes"),
+                            ("POST", "/api/campaigns/salon-nantes/close"),
+                            ("GET", "/campaigns/salon-nantes")):
+            assert c.request(method, url, headers=hdr_b).status_code == 404, url
+    with _client(settings) as c:
+        hdr = _login(c, "sup-a", data)
+        r = c.post("/api/campaigns/salon-nantes/close", headers=hdr)
+        assert r.status_code == 200 and r.json()["closed_ts"] is not None
+        assert c.post("/api/campaigns/salon-nantes/close", headers=hdr).json()["closed_ts"] == \
+            r.json()["closed_ts"]  # idempotent
+        assert c.post("/api/campaigns/salon-nantes/variants", json={"name": "Trop tard"},
+                      headers=hdr).status_code == 409
+        assert c.post("/api/campaigns/salon-nantes/assign", json={"agent": "agent-a1"},
+                      headers=hdr).status_code == 409
+        assert c.post(f"/api/calls/{call}/variant", json={"variant": v1},
+                      headers=hdr).status_code == 409
+        # Agents were released: a new call has no campaign; the comparison remains.
+        r = c.post("/api/calls", json={"agent": "agent-a1", "start_ts": time.time()},
+                   headers=hdr)
+        assert c.get(f"/api/calls/{r.json()['id']}").json()["campaign"] is None
+        assert c.get("/api/campaigns/salon-nantes/comparison").json()["variants"][0][
+            "calls"] == 10
+        page = c.get("/campaigns/salon-nantes").text
+        assert "Clôturée" in page and 'id="close-campaign"' not in page
+    db = store.open_db(settings.db_path)
+    actions = [r[0] for r in db.conn.execute(
+        "SELECT action FROM audit_log WHERE action LIKE 'campaign_%' ORDER BY id").fetchall()]
+    assert actions == ["campaign_create", "campaign_assign", "campaign_assign", "campaign_close"]
+
+
+def test_campaign_forms_need_csrf_and_agents_and_auditors_cannot_create(org: Any) -> None:
+    settings, data = org
+    form = {"campaign": "mutuelle-2", "name": "Mutuelle 2", "team": "team-a",
+            "variants": "Standard | Bonjour…\nDirect | Vous payez trop"}
+    with _client(settings) as c:
+        _login(c, "sup-a", data)
+        token = csrf_of(c.get("/campaigns").text)
+        assert c.post("/campaigns", data=form).status_code == 403
+        r = c.post("/campaigns", data={**form, "csrf": token})
+        assert r.status_code == 303 and r.headers["location"] == "/campaigns/mutuelle-2"
+        variants = c.get("/api/campaigns/mutuelle-2").json()["variants"]
+        assert [(v["name"], v["text"]) for v in variants] == [
+            ("Standard", "Bonjour…"), ("Direct", "Vous payez trop")]
+        r = c.post("/campaigns", data={**form, "csrf": token})
+        assert r.status_code == 409 and "existe déjà" in r.text
+        r = c.post("/campaigns", data={**form, "campaign": "BAD ID", "csrf": token})
+        assert r.status_code == 422 and "invalide" in r.text
+        r = c.post("/campaigns/mutuelle-2/assign",
+                   data={"agent": "agent-a2", "variant": str(variants[1]["id"]), "csrf": token})
+        assert r.status_code == 303
+        assert 'data-agent="agent-a2"' in c.get("/campaigns/mutuelle-2").text
+        assert c.post("/campaigns/mutuelle-2/close", data={"csrf": token}).status_code == 303
+    for user in ("amina", "auditrice"):
+        with _client(settings) as c:
+            client_login(c, user, USER_PASSWORD)
+            token = csrf_of(c.get("/", follow_redirects=True).text)
+            assert c.post("/api/campaigns", json={"campaign": "x", "name": "x"},
+                          headers={"x-csrf-token": token}).status_code == 404, user
+            assert c.post("/campaigns", data={**form, "campaign": "y", "csrf": token}
+                          ).status_code == 404, user
+            if user == "auditrice":  # sees campaigns (aggregates), never the creation form
+                assert 'id="new-campaign"' not in c.get("/campaigns").text

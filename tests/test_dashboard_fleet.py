@@ -1,0 +1,357 @@
+"""Fleet health for IT: problems by severity, offline alerts, Prometheus metrics, direct TLS."""
+
+from __future__ import annotations
+
+import html
+import json
+import socket
+import sqlite3
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from dashboard import auth, fleet, prom, schema
+from dashboard import db as store
+from dashboard.app import DashboardServer, create_app
+from dashboard.ingest import Ingest
+from dashboard.settings import DashboardSettings
+from miroir import wire
+from tests._fixtures_broker import Peer
+from tests._fixtures_dashboard import (
+    USER_PASSWORD,
+    client_login,
+    http_login,
+    make_settings,
+    seed_org,
+)
+
+SITE = "site-1"
+TOKEN = "scrape-token-0123456789abcdef"
+ALERT_WAIT_S = 30.0  # the brief's bound for an offline alert; it comes in a few seconds
+
+
+def _status(box: str, state: str = "online", site: str = SITE, **extra: Any) -> bytes:
+    return wire.encode("status", wire.status_message(site, box, state, time.time(), **extra))
+
+
+def _wait(predicate: Any, what: str, timeout_s: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.1)
+
+
+# ------------------------------------------------------------------------ problem rules
+def test_problems_rank_every_fleet_rule_and_age_the_certificate() -> None:
+    now = 1_700_000_000.0
+    healthy = {"box": "b", "state": "online", "last_seen_ts": now - 5, "last_status_ts": now - 5,
+               "version": "1.2.0", "cert_days_left": 200.0, "capture_ok": True,
+               "outbox_depth": 3, "dropped": 0, "overruns": 4, "overruns_rise_ts": now - 3600,
+               "clock_synced": True, "clock_offset_ms": 12.0, "throttled": False,
+               "cpu_temp_c": 55.0}
+    assert fleet.problems(healthy, now, "1.2.0") == []
+    sick = {**healthy, "cert_days_left": 5.4, "capture_ok": False, "outbox_depth": 1001,
+            "dropped": 2, "overruns_rise_ts": now - 60, "clock_offset_ms": -800.0,
+            "cpu_temp_c": 81.0, "version": "1.1.9"}
+    codes = [p.code for p in fleet.problems(sick, now, "1.2.0")]
+    assert codes == ["capture", "cert_expiring", "outbox", "dropped", "overruns", "clock",
+                     "thermal", "version"]
+    # Boundaries: exactly at the threshold is no problem.
+    edge = {**healthy, "outbox_depth": 1000, "cpu_temp_c": 80.0, "clock_offset_ms": 500.0,
+            "cert_days_left": 30.0, "last_status_ts": now}
+    assert fleet.problems(edge, now, "1.2.0") == []
+    assert [p.code for p in fleet.problems({**healthy, "clock_synced": False}, now, None)] == [
+        "clock"]
+    assert [p.code for p in fleet.problems({**healthy, "throttled": True}, now, None)] == [
+        "thermal"]
+    # Offline by status (Last Will) or by silence longer than 3 status periods (30 s).
+    assert fleet.problems({**healthy, "state": "offline"}, now, None)[0].code == "offline"
+    silent = {**healthy, "last_seen_ts": now - fleet.SILENT_AFTER_S - 1}
+    assert fleet.problems(silent, now, None)[0].code == "offline"
+    assert fleet.problems({**healthy, "last_seen_ts": now - 29}, now, None) == []
+    # A certificate reported 31 days ago with 30 days left has expired since.
+    old = {**healthy, "cert_days_left": 30.0, "last_status_ts": now - 31 * 86400}
+    expired = fleet.problems(old, now, None)
+    assert expired[0].code == "cert_expired" and expired[0].detail == "-1"
+    assert fleet.SILENT_AFTER_S == 30.0
+
+
+def test_common_version_prefers_the_most_common_then_the_newest() -> None:
+    assert fleet.common_version(["0.9.0", "0.10.0", "0.9.0"]) == "0.9.0"
+    assert fleet.common_version(["0.9.0", "0.10.0"]) == "0.10.0"  # numeric, not text, order
+    assert fleet.common_version([]) is None
+    assert fleet.version_key("1.10.0") > fleet.version_key("1.9.3")
+
+
+# ------------------------------------------------------------------ ingest and alerts
+def test_overrun_rises_are_tracked_and_alerts_keep_an_append_only_history(
+        dash_settings: DashboardSettings) -> None:
+    clock = [1_700_000_000.0]
+    db = store.open_db(dash_settings.db_path)
+    schema.ensure_schema(db)
+    schema.import_inventory(db, [{"box": "box-a", "seat": "A1"}], site=SITE)
+    ing = Ingest(dash_settings, clock=lambda: clock[0])
+    topic = wire.topic(SITE, "box-a", "status")
+    try:
+        ing.handle(topic, _status("box-a", overruns=3, version="1.0.0"))
+        row = db["boxes"].get("box-a")
+        assert row["overruns"] == 3 and row["overruns_rise_ts"] == clock[0]
+        clock[0] += 20
+        ing.handle(topic, _status("box-a", overruns=3))  # no change: the rise time stays
+        assert db["boxes"].get("box-a")["overruns_rise_ts"] == clock[0] - 20
+        # The batched path (the running ingest's writer) tracks rises the same way.
+        clock[0] += 20
+        ing.handle_batch([(topic, _status("box-a", overruns=5))])
+        assert db["boxes"].get("box-a")["overruns_rise_ts"] == clock[0]
+        seen = clock[0]
+        # Silent for 30 s: nothing yet; past 30 s: an alert.
+        assert fleet.evaluate_alerts(db, now=seen + 30) == ([], [])
+        assert fleet.evaluate_alerts(db, now=seen + 31) == (["box-a"], [])
+        assert fleet.evaluate_alerts(db, now=seen + 40) == ([], [])  # raised once
+        [alert] = fleet.active_alerts(db)
+        assert (alert["box"], alert["seat"], alert["reason"], alert["since_ts"]) == (
+            "box-a", "A1", "silent", seen)
+        view = fleet.fleet(db, now=seen + 40)
+        assert view["boxes"][0]["offline"] and view["boxes"][0]["since_ts"] == seen
+        # It comes back: cleared; then its Last Will: a new alert, reason "status".
+        clock[0] = seen + 50
+        ing.handle(topic, _status("box-a"))
+        assert fleet.evaluate_alerts(db, now=seen + 51) == ([], ["box-a"])
+        ing.handle(topic, _status("box-a", "offline"))
+        assert fleet.evaluate_alerts(db, now=seen + 52) == (["box-a"], [])
+        history = fleet.alert_history(db)
+        assert [(a["reason"], a["cleared_ts"]) for a in history] == [
+            ("status", None), ("silent", seen + 51)]
+        assert fleet.alert_counts(db) == (1, 2)
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            db.conn.execute("UPDATE alerts SET cleared_ts = 1 WHERE cleared_ts IS NOT NULL")
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            db.conn.execute("UPDATE alerts SET box = 'box-z'")
+    finally:
+        ing.close()
+
+
+# ------------------------------------------------------------------- roles and /metrics
+def _org_client(settings: DashboardSettings) -> TestClient:
+    return TestClient(create_app(settings, start_ingest=False), base_url="https://testserver",
+                      follow_redirects=False)
+
+
+def test_only_admins_and_it_see_the_fleet_and_it_sees_nothing_else(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    data = seed_org(settings)
+    db = store.open_db(settings.db_path)
+    auth.create_user(db, "tech", USER_PASSWORD, "it")
+    schema.import_inventory(db, [{"box": "box-c9", "seat": "C9"}], site=SITE)  # not yet seen
+    now = time.time()
+    store.apply_status(db, wire.status_message(SITE, "box-b1", "online", now,
+                                               cert_days_left=3.0), now)
+    for user, secret in (("sup-a", data["secrets"]["sup-a"]), ("amina", None),
+                         ("auditrice", None)):
+        with _org_client(settings) as c:
+            client_login(c, user, USER_PASSWORD, secret)
+            for path in ("/it", "/api/fleet", "/api/alerts"):
+                assert c.get(path).status_code == 404, (user, path)
+    with _org_client(settings) as c:
+        r = client_login(c, "tech", USER_PASSWORD)  # enrols TOTP: IT reaches the internet too
+        assert r.status_code == 303 and r.headers["location"] == "/"
+        assert c.get("/").headers["location"] == "/it"
+        page = c.get("/it")
+        assert page.status_code == 200 and 'http-equiv="refresh"' in page.text
+        assert "Certificat bientôt expiré" in page.text and "Jamais vu" in page.text
+        fleet_json = c.get("/api/fleet").json()
+        assert [b["box"] for b in fleet_json["boxes"]] == ["box-c9", "box-b1", "box-a1",
+                                                           "box-a2"]  # by severity
+        assert "agent" not in json.dumps(fleet_json)  # seats and boxes, never who sits there
+        for path in ("/api/agents/agent-a1", "/api/boxes", "/api/floor", "/api/teams/team-a/board",
+                     "/api/campaigns/camp-a", "/campaigns", "/audit", "/api/audit",
+                     "/agents/agent-a1", "/api/aggregates"):
+            assert c.get(path).status_code == 404, path
+        assert c.get("/api/agents").json() == {"agents": []}
+        assert c.get("/api/campaigns").json() == {"campaigns": []}
+        assert c.get("/api/teams").json() == {"teams": []}
+    with _org_client(settings) as c:
+        client_login(c)
+        page = c.get("/it")
+        assert page.status_code == 200 and 'id="nav-it"' in page.text
+
+
+def test_metrics_need_the_bearer_token_and_deny_by_default(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    with _org_client(settings) as c:  # no token configured: nobody scrapes
+        assert c.get("/metrics").status_code == 401
+        assert c.get("/metrics", headers={"authorization": "Bearer "}).status_code == 401
+    token_file = tmp_path / "metrics-token"
+    token_file.write_text("short\n")
+    with pytest.raises(ValueError, match="shorter"):
+        create_app(make_settings(tmp_path, metrics_token_file=token_file), start_ingest=False)
+    token_file.write_text(TOKEN + "\n")
+    settings = make_settings(tmp_path, metrics_token_file=token_file)
+    db = store.open_db(settings.db_path)
+    schema.ensure_schema(db)
+    now = time.time()
+    store.apply_status(db, wire.status_message(SITE, "box-a", "online", now, outbox_depth=7,
+                                               cpu_temp_c=61.5), now)
+    with _org_client(settings) as c:
+        for header in (None, "Bearer wrong-token-0123456789", f"Basic {TOKEN}", TOKEN):
+            r = c.get("/metrics", headers={"authorization": header} if header else {})
+            assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+        r = c.get("/metrics", headers={"authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+        got = _samples(r.text)
+        assert got[("miroir_box_outbox_depth", "box-a")] == 7
+        assert got[("miroir_box_cpu_temp_celsius", "box-a")] == 61.5
+        assert got[("miroir_boxes_online", None)] == 1 and got[("miroir_alerts_active", None)] == 0
+        assert got[("miroir_ingest_received_total", None)] == 0
+    assert prom.authorized(b"x" * 16, "bearer " + "x" * 16)
+    assert not prom.authorized(None, "Bearer anything")
+
+
+def _samples(text: str) -> dict[tuple[str, str | None], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[tuple[str, str | None], float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, s.labels.get("box") or s.labels.get("quantile")
+                 or s.labels.get("problem"))] = s.value
+    return out
+
+
+# -------------------------------------------------------- end to end, real broker
+@pytest.fixture
+def fleet_server(site: Any, broker: Any, tmp_path: Path) -> Iterator[DashboardServer]:
+    """A dashboard on the real broker, with a seat map and a scrape token."""
+    token_file = tmp_path / "metrics-token"
+    token_file.write_text(TOKEN)
+    settings = make_settings(
+        tmp_path, site=site.site, mqtt_host="localhost", mqtt_port=broker.port,
+        mqtt_ca=site.ca_cert, mqtt_cert=site.dashboard.cert, mqtt_key=site.dashboard.key,
+        metrics_token_file=token_file)
+    db = store.open_db(settings.db_path)
+    schema.ensure_schema(db)
+    schema.import_inventory(db, [{"box": "box-a", "seat": "A1"}, {"box": "box-b", "seat": "B7"}],
+                            site=site.site)
+    db.conn.close()
+    server = DashboardServer(settings)
+    server.start()
+    try:
+        assert server.ingest is not None and server.ingest.wait_connected(10.0)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.e2e
+def test_box_health_through_the_real_broker_and_an_offline_alert_from_the_last_will(
+        fleet_server: DashboardServer, site: Any, broker: Any, peer: Any) -> None:
+    ingest = fleet_server.ingest
+    assert ingest is not None
+    box_a = peer(site.box("box-a"), "box-a")
+    box_a.publish(wire.topic(site.site, "box-a", "status"),
+                  _status("box-a", site=site.site, version="0.2.0", cert_days_left=5.0,
+                          outbox_depth=1500, dropped=3, overruns=9, capture_ok=False,
+                          cpu_temp_c=83.0, throttled=True, clock_synced=True,
+                          clock_offset_ms=20.0), retain=True)
+    # box-b as a real box does it: its Last Will is "offline", retained.
+    b_topic = wire.topic(site.site, "box-b", "status")
+    box_b = Peer(site.box("box-b"), site.ca_cert, "box-b", broker.port)
+    box_b.client.will_set(b_topic, _status("box-b", "offline", site=site.site), qos=1,
+                          retain=True)
+    assert not box_b.connect().is_failure
+    box_b.publish(b_topic, _status("box-b", site=site.site, version="0.3.0",
+                                   cert_days_left=300.0), retain=True)
+    _wait(lambda: ingest.stats()["received"] >= 2, "both statuses ingested")
+
+    with httpx.Client(base_url=fleet_server.url, timeout=10.0) as c:
+        cookie = {"cookie": f"__Host-miroir={http_login(c)}"}
+        page = c.get("/it", headers=cookie).text
+        row_a = page[page.index('data-box="box-a"'):]
+        row_a = html.unescape(row_a[:row_a.index("</tr>")])
+        assert "Certificat bientôt expiré (j) <span class=\"detail\">5</span>" in row_a
+        for label in ("Casque débranché", "File d'envoi chargée", "Messages perdus",
+                      "Débordements audio en hausse", "Surchauffe", "Ancienne version"):
+            assert label in row_a, label
+        assert ">A1<" in row_a
+        fleet_json = c.get("/api/fleet", headers=cookie).json()
+        assert [b["box"] for b in fleet_json["boxes"]] == ["box-a", "box-b"]
+        assert fleet_json["alerts_active"] == 0 and fleet_json["common_version"] == "0.3.0"
+
+        # The connection drops without a DISCONNECT: the broker publishes box-b's Last Will.
+        t0 = time.monotonic()
+        box_b.client.loop_stop()
+        box_b.client.socket().shutdown(socket.SHUT_RDWR)
+        box_b.client.socket().close()
+        alerts = _wait(lambda: c.get("/api/alerts", headers=cookie).json()["active"],
+                       "an offline alert", ALERT_WAIT_S)
+        raised_after_s = time.monotonic() - t0
+        assert alerts == 1 and raised_after_s < ALERT_WAIT_S
+        page = c.get("/it", headers=cookie).text
+        assert 'data-alerts="1"' in page and '<li class="alert" data-box="box-b">' in page
+        assert "Last Will" in page
+        fleet_json = c.get("/api/fleet", headers=cookie).json()
+        assert [b["box"] for b in fleet_json["boxes"]] == ["box-b", "box-a"]  # offline first
+        assert fleet_json["boxes"][0]["problems"][0]["code"] == "offline"
+        assert fleet_json["boxes"][0]["since_ts"] is not None
+
+        r = c.get("/metrics")
+        assert r.status_code == 401
+        got = _samples(c.get("/metrics", headers={"authorization": f"Bearer {TOKEN}"}).text)
+        assert got[("miroir_alerts_active", None)] == 1
+        assert got[("miroir_boxes_offline", None)] == 1 and got[("miroir_boxes_online", None)] == 1
+        assert got[("miroir_box_up", "box-b")] == 0 and got[("miroir_box_up", "box-a")] == 1
+        assert got[("miroir_box_cert_days_left", "box-a")] == pytest.approx(5.0, abs=0.01)
+        assert (got[("miroir_box_outbox_depth", "box-a")], got[("miroir_box_dropped", "box-a")],
+                got[("miroir_box_overruns", "box-a")]) == (1500, 3, 9)
+        assert got[("miroir_box_cpu_temp_celsius", "box-a")] == 83.0
+        assert got[("miroir_ingest_received_total", None)] >= 3
+        assert got[("miroir_ingest_quarantined_total", None)] == 0
+        assert got[("miroir_boxes_with_problem", "cert_expiring")] == 1
+
+        # box-b comes back: the alert clears, the history keeps the episode.
+        back = peer(site.box("box-b"), "box-b")
+        back.publish(b_topic, _status("box-b", site=site.site, version="0.3.0"), retain=True)
+        _wait(lambda: c.get("/api/alerts", headers=cookie).json()["active"] == 0,
+              "the alert to clear", ALERT_WAIT_S)
+        [episode] = c.get("/api/alerts", headers=cookie).json()["alerts"]
+        assert episode["box"] == "box-b" and episode["reason"] == "status"
+        assert episode["cleared_ts"] > episode["raised_ts"]
+
+
+# ------------------------------------------------------------------------ direct TLS
+def test_served_over_tls_directly_and_plain_http_is_refused(tmp_path: Path) -> None:
+    from provisioning import pki
+
+    ca = pki.create_ca(tmp_path / "ca", "site-1")
+    cert = pki.issue(ca, tmp_path / "https", "dashboard.local", server=True,
+                     hosts=["127.0.0.1", "localhost"])
+    with pytest.raises(ValueError, match="go together"):
+        make_settings(tmp_path, tls_cert_file=cert.cert)
+    settings = make_settings(tmp_path, tls_cert_file=cert.cert, tls_key_file=cert.key)
+    with DashboardServer(settings, start_ingest=False) as server:
+        assert server.url.startswith("https://127.0.0.1:")
+        trust = ssl.create_default_context(cafile=str(ca.cert))
+        with httpx.Client(base_url=server.url, verify=trust, timeout=10.0) as c:
+            r = c.get("/login")
+            assert r.status_code == 200
+            assert r.headers["strict-transport-security"].startswith("max-age=")
+            # Over https the Secure __Host- cookies come back by themselves.
+            cookie = next(h for h in r.headers.get_list("set-cookie")
+                          if h.startswith("__Host-miroir-csrf="))
+            assert "secure" in cookie.lower()
+            assert c.get("/healthz").json()["ok"] is True
+        with pytest.raises(httpx.ConnectError):  # an unknown CA is refused by the client
+            httpx.get(server.url + "/healthz", timeout=5.0)
+        plain = server.url.replace("https://", "http://")
+        with pytest.raises(httpx.TransportError):
+            httpx.get(plain + "/healthz", timeout=5.0)
