@@ -7,7 +7,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -92,12 +92,13 @@ def create_app(settings: DashboardSettings, *, start_ingest: bool = True) -> Fas
 
 
 
-async def _alert_loop(settings: DashboardSettings) -> None:
-    """Raise and clear the fleet's offline alerts every ``fleet.ALERT_CHECK_S``."""
+async def _every(settings: DashboardSettings, period_s: float, job: Callable[[Any], object],
+                 what: str) -> None:
+    """Run ``job(db)`` on a fresh connection in the thread pool now and every ``period_s``."""
     def once() -> None:
         db = store.open_db(settings.db_path)
         try:
-            fleet.evaluate_alerts(db)
+            job(db)
         finally:
             db.conn.close()
 
@@ -105,25 +106,19 @@ async def _alert_loop(settings: DashboardSettings) -> None:
         try:
             await run_in_threadpool(once)
         except Exception:
-            log.exception("fleet alert evaluation failed")
-        await asyncio.sleep(fleet.ALERT_CHECK_S)
+            log.exception("%s failed", what)
+        await asyncio.sleep(period_s)
+
+
+async def _alert_loop(settings: DashboardSettings) -> None:
+    """Raise and clear the fleet's offline alerts every ``fleet.ALERT_CHECK_S``."""
+    await _every(settings, fleet.ALERT_CHECK_S, fleet.evaluate_alerts, "fleet alert evaluation")
 
 
 async def _purge_loop(settings: DashboardSettings) -> None:
     """Run the retention purge at start and every ``purge_interval_s``."""
-    def once() -> None:
-        db = store.open_db(settings.db_path)
-        try:
-            retention.purge_with(db, settings)
-        finally:
-            db.conn.close()
-
-    while True:
-        try:
-            await run_in_threadpool(once)
-        except Exception:
-            log.exception("retention purge failed")
-        await asyncio.sleep(settings.purge_interval_s)
+    await _every(settings, settings.purge_interval_s,
+                 lambda db: retention.purge_with(db, settings), "retention purge")
 
 
 def _uvicorn_config(app: FastAPI, settings: DashboardSettings) -> Any:

@@ -172,13 +172,8 @@ class Ingest:
             log.exception("ingest failed on %s", topic)
             return self._quarantine(topic, f"internal error: {type(exc).__name__}: {exc}",
                                     payload, now)
-        if update is not None and self.notify is not None:
-            try:
-                self.notify(update)
-            except Exception:
-                log.exception("notify callback failed")
-                with self._lock:
-                    self.notify_errors += 1
+        if update is not None:
+            self._notify(update)
         return outcome
 
     def handle_batch(self, items: list[tuple[str, bytes]]) -> list[str]:
@@ -224,15 +219,20 @@ class Ingest:
                     self._lags_ms.append((now - float(msg["ts"])) * 1000.0)
                     outcomes[i] = "inserted"
                 updates.append({"kind": t.kind, **msg, "ingested_ts": now})
-        if self.notify is not None:
-            for update in updates:
-                try:
-                    self.notify(update)
-                except Exception:
-                    log.exception("notify callback failed")
-                    with self._lock:
-                        self.notify_errors += 1
+        for update in updates:
+            self._notify(update)
         return outcomes
+
+    def _notify(self, update: dict[str, Any]) -> None:
+        """Pass one stored message to the live push; a failing listener is counted, never raised."""
+        if self.notify is None:
+            return
+        try:
+            self.notify(update)
+        except Exception:
+            log.exception("notify callback failed")
+            with self._lock:
+                self.notify_errors += 1
 
     def _parse(self, topic: str, payload: bytes) -> tuple[wire.Topic, dict[str, Any]]:
         t = wire.parse_topic(topic)

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from bench.common import ami_turns, frame_labels
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 AMI = SHARED / "ami"
 
@@ -29,18 +31,9 @@ def _write_wav(path: Path, samples: np.ndarray, rate_hz: int, channels: int = 1,
     return path
 
 
-def _rttm() -> dict[str, list[tuple[float, float]]]:
-    turns: dict[str, list[tuple[float, float]]] = {}
-    for name in ("debug.train.rttm", "debug.development.rttm"):
-        for line in (AMI / name).read_text().splitlines():
-            f = line.split()
-            turns.setdefault(f[1], []).append((float(f[3]), float(f[3]) + float(f[4])))
-    return turns
-
-
 def test_vad_auc_on_ami_through_the_cli():
     """Frame-level ROC-AUC of vad.near.prob against the union of AMI speaker turns >= 0.95."""
-    turns = _rttm()
+    turns = ami_turns()
     wavs = sorted(AMI.glob("*.wav"))
     assert len(wavs) == 12
     labels, scores = [], []
@@ -51,11 +44,7 @@ def test_vad_auc_on_ami_through_the_cli():
         prob = np.array(result["vad"]["near"]["prob"])
         step_s = result["frame_s"]
         assert step_s == pytest.approx(0.032)
-        centre_s = (np.arange(len(prob)) + 0.5) * step_s
-        truth = np.zeros(len(prob), dtype=bool)
-        for start, end in turns[wav.stem]:
-            truth |= (centre_s >= start) & (centre_s < end)
-        labels.append(truth)
+        labels.append(frame_labels(turns[wav.stem], len(prob), step_s))
         scores.append(prob)
         segs = result["vad"]["near"]["segments"]
         assert all(0 <= s < e <= result["duration_s"] + 0.05 for s, e in segs)
