@@ -8,6 +8,8 @@ Commands arrive on the box's own ``cmd`` topic (see ``docs/wire.md``); anything 
 malformed or addressed to another box is refused and counted in ``cmd_refused``, never raised.
 Private mode (``private_on``) keeps every metric and event out of the outbox until
 ``private_off``; the retained status carries ``private`` and is republished at once on a change.
+The same local commands (private mode, call state, identify) also come from the box's control
+socket (:mod:`edge.control`: the front panel's button, a softphone/CTI connector).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from edge import baselines
+from edge.control import ControlError, ControlSocket, parse
 from edge.health import health_facts, write_heartbeat
 from edge.outbox import Outbox
 from edge.publisher import Publisher
@@ -37,6 +41,8 @@ PURGE_EVERY_S = 60.0
 """Period of the outbox retention purge, in seconds."""
 IDENTIFY_S = 10.0
 """How long an ``identify`` command keeps :attr:`Box.identifying` true, in seconds."""
+PANEL_EVERY_S = 2.0
+"""Period of the front panel's state file when nothing changes, in seconds."""
 
 
 class _Message(Protocol):
@@ -77,8 +83,10 @@ class Box:
                 from edge.campaign import load as load_campaign
 
                 campaign = load_campaign(settings.campaign_file)
+            saved = baselines.load(settings.state_dir, settings.baseline_max_age_h)
             pipeline = Pipeline(model, gate=gate, window_s=settings.window_s, affect=affect,
-                                campaign=campaign)
+                                campaign=campaign, agent_baseline=saved.agent,
+                                fatigue_baseline=saved.fatigue)
         self.pipeline: Callable[[Any], Iterable[_Message]] = pipeline
         self.outbox = outbox or Outbox(settings.state_dir / "outbox.sqlite", settings.site,
                                        settings.box)
@@ -95,6 +103,10 @@ class Box:
         self.call_state = "idle"
         """Call state from the softphone/CTI connector (``cmd`` ``call_state``)."""
         self.identify_until = 0.0
+        self.control: ControlSocket | None = None
+        """The local control socket, open while :meth:`run` runs (``control_socket``)."""
+        self._panel: tuple[bool, ...] = ()
+        self._panel_at = 0.0
         self.cmd_refused = 0
         self.cmd_done = 0
         self.resent = 0
@@ -142,6 +154,19 @@ class Box:
             self.cmd_refused += 1
             log.warning("command refused: %s", exc)
             return "refused"
+        return self._apply(msg)
+
+    def handle_local(self, text: str) -> str:
+        """Apply one command from the control socket; return its action, or ``refused``."""
+        try:
+            msg = parse(text, self.private)
+        except ControlError as exc:
+            self.cmd_refused += 1
+            log.warning("local command refused: %s", exc)
+            return "refused"
+        return self._apply(msg)
+
+    def _apply(self, msg: dict[str, Any]) -> str:
         action = str(msg["action"])
         if action in ("private_on", "private_off"):
             private = action == "private_on"
@@ -150,8 +175,8 @@ class Box:
                 self._status_due = True
                 set_private = getattr(self.pipeline, "set_private", None)
                 if set_private is not None:  # the fact that the seat is private does leave
-                    for msg in set_private(private):
-                        self.outbox.put(msg.kind, msg.body)
+                    for m in set_private(private):
+                        self.outbox.put(m.kind, m.body)
                 log.info("private mode %s", "on" if private else "off")
         elif action == "identify":
             self.identify_until = time.monotonic() + IDENTIFY_S
@@ -184,14 +209,26 @@ class Box:
         if acked and time.monotonic() - self._last_heartbeat > HEARTBEAT_EVERY_S:
             # the update health check: this version reaches the broker and publishes
             self._last_heartbeat = time.monotonic()
-            write_heartbeat(self.settings.state_dir, self.version)
+            try:
+                write_heartbeat(self.settings.state_dir, self.version)
+            except OSError as exc:  # the update check will say so; the metrics go on
+                log.warning("cannot write the heartbeat in %s: %s", self.settings.state_dir, exc)
         for topic, payload in self.publisher.take_commands():
             self.handle_command(topic, payload)
         connected = self.publisher.connected.is_set()
         now = time.monotonic()
+        if self.control is not None:
+            for text in self.control.take():
+                self.handle_local(text)
+            panel = (connected, self.private, self.identifying)
+            if panel != self._panel or now - self._panel_at > PANEL_EVERY_S:
+                self._panel, self._panel_at = panel, now
+                self.control.write_panel(online=connected, private=self.private,
+                                         identifying=self.identifying)
         if now - self._last_purge > PURGE_EVERY_S:
             self._last_purge = now
             self.outbox.purge()
+            self.save_baselines()
         if connected and (not self._online or self._status_due
                           or now - self._last_status > STATUS_EVERY_S):
             self.publisher.publish_status("online", **self.status_fields())
@@ -207,6 +244,16 @@ class Box:
             if not self.publisher.send(seq, kind, payload):
                 break
 
+    def save_baselines(self) -> None:
+        """Keep the agent's learned baselines in the state directory for the next start."""
+        learned = getattr(self.pipeline, "learned_baselines", None)
+        if learned is None:
+            return
+        try:
+            baselines.save(self.settings.state_dir, *learned())
+        except OSError as exc:
+            log.warning("could not save the baselines: %s", exc)
+
     def step(self, block: Any) -> None:
         """Run the pipeline on one block, store its messages and pump."""
         self.submit(self.pipeline(block))
@@ -215,6 +262,12 @@ class Box:
     def run(self, blocks: Iterable[np.ndarray] | Iterable[Any], drain_s: float = 5.0) -> None:
         """Process blocks until they end or :attr:`stop_event` is set, then shut down cleanly."""
         self.publisher.start()
+        if self.settings.control_socket is not None:
+            try:
+                self.control = ControlSocket(self.settings.control_socket,
+                                             self.settings.control_group)
+            except OSError as exc:  # the metrics matter more than the button: go on without it
+                log.error("no control socket at %s: %s", self.settings.control_socket, exc)
         self.watchdog.ready()
         try:
             for block in blocks:
@@ -228,6 +281,10 @@ class Box:
             self.pump()
         finally:
             self.watchdog.stopping()
+            self.save_baselines()
+            if self.control is not None:
+                self.control.close()
+                self.control = None
             self.outbox.purge()
             self.publisher.stop(self.status_fields())
             self.outbox.close()

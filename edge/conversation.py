@@ -326,6 +326,7 @@ class Conversation:
         self._t_s: float | None = None
         self._t0_s = 0.0
         self._pending: list[tuple[float, int, int, str]] = []
+        self._keep_s = max(self.config.windows_s, default=0.0)
         self._seq = 0
         self._reported = {AGENT: False, PROSPECT: False}
         self._speaking = {AGENT: False, PROSPECT: False}
@@ -460,25 +461,33 @@ class Conversation:
         self._accumulate(to_s)
 
     def _next_deadline(self) -> tuple[float | None, str]:
-        best: tuple[float | None, str] = (None, "")
+        # called on every frame: plain comparisons, no intermediate lists
+        best: float | None = None
+        what = ""
+        speaking, last_end, turn_start = self._speaking, self._last_end, self._turn_start
         for ch in (AGENT, PROSPECT):
-            start, end = self._turn_start[ch], self._last_end[ch]
-            if start is not None and not self._speaking[ch] and end is not None:
+            end = last_end[ch]
+            if turn_start[ch] is not None and not speaking[ch] and end is not None:
                 d = end + self.config.turn_gap_s
-                if best[0] is None or d < best[0]:
-                    best = (d, ch)
+                if best is None or d < best:
+                    best, what = d, ch
         silence = self.config.call_end_silence_s
-        if (self._call is not None and silence is not None and not self._call.hold
-                and not any(self._speaking.values())):
+        call = self._call
+        if (call is not None and silence is not None and not call.hold
+                and not speaking[AGENT] and not speaking[PROSPECT]):
             d = self._call_last_speech_s() + silence
-            if best[0] is None or d < best[0]:
-                best = (d, "call")
-        return best
+            if best is None or d < best:
+                best, what = d, "call"
+        return best, what
 
     def _call_last_speech_s(self) -> float:
-        assert self._call is not None
-        ends = [e for e in self._last_end.values() if e is not None]
-        return max([self._call.start_s, self._call.resumed_s, *ends])
+        call = self._call
+        assert call is not None
+        last = max(call.start_s, call.resumed_s)
+        for e in self._last_end.values():
+            if e is not None and e > last:
+                last = e
+        return last
 
     def _accumulate(self, to_s: float) -> None:
         assert self._t_s is not None
@@ -623,7 +632,7 @@ class Conversation:
 
     def _prune(self) -> None:
         assert self._t_s is not None
-        keep_from = self._t_s - max(self.config.windows_s, default=0.0)
+        keep_from = self._t_s - self._keep_s
         while self._segments and self._segments[0].end_s < keep_from:
             self._segments.popleft()
         while self._overlaps and self._overlaps[0].end_s is not None \
@@ -674,8 +683,8 @@ class Conversation:
             sfx = f"_{w:g}s"
             span = b - a
             speech = {AGENT: 0.0, PROSPECT: 0.0}
-            for seg in self._segments:
-                speech[seg.channel] += _clip(seg.start_s, seg.end_s, a, b)
+            for seg in self._segments:  # _clip inlined: up to a minute of segments, every second
+                speech[seg.channel] += max(0.0, min(seg.end_s, b) - max(seg.start_s, a))
             for ch in (AGENT, PROSPECT):
                 start = self._seg_start[ch]
                 if start is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -43,12 +44,17 @@ class _Timex(ctypes.Structure):
     ]
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    # find_library runs ldconfig in a subprocess: once per process, not once per status
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
 def clock_facts() -> dict[str, Any]:
     """``clock_synced`` and ``clock_offset_ms`` from the kernel's NTP state (read only)."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         tx = _Timex()  # modes = 0: read only
-        state = libc.adjtimex(ctypes.byref(tx))
+        state = _libc().adjtimex(ctypes.byref(tx))
     except (OSError, AttributeError):
         return {}
     if state < 0:
@@ -83,15 +89,20 @@ def cert_days_left(cert_file: Path | None, now: dt.datetime | None = None) -> fl
     if cert_file is None:
         return None
     try:
-        import ssl
-
-        decoded = ssl._ssl._test_decode_cert(str(cert_file))  # type: ignore[attr-defined]
-        not_after = dt.datetime.strptime(decoded["notAfter"], "%b %d %H:%M:%S %Y %Z").replace(
-            tzinfo=dt.UTC)
+        not_after = _not_after(str(cert_file), os.stat(cert_file).st_mtime_ns)
     except (OSError, ValueError, KeyError):
         return None
     now = now or dt.datetime.now(dt.UTC)
     return round((not_after - now).total_seconds() / 86400.0, 2)
+
+
+@functools.lru_cache(maxsize=4096)
+def _not_after(path: str, mtime_ns: int) -> dt.datetime:
+    """A certificate's expiry, parsed once per file version (``mtime_ns`` keys the cache)."""
+    import ssl
+
+    decoded = ssl._ssl._test_decode_cert(path)  # type: ignore[attr-defined]
+    return dt.datetime.strptime(decoded["notAfter"], "%b %d %H:%M:%S %Y %Z").replace(tzinfo=dt.UTC)
 
 
 def health_facts(version: str, cert_file: Path | None = None, *, outbox_depth: int | None = None,

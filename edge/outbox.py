@@ -48,7 +48,7 @@ class Outbox:
     """The box's durable queue of outgoing stream messages.
 
     Args:
-        path: the SQLite file (in the box's state directory).
+        path: the SQLite file (in the box's state directory), or ``":memory:"`` (simulated boxes).
         site: site id put in every message.
         box: box id put in every message.
         max_messages: bound on rows kept, sent or not.
@@ -56,7 +56,7 @@ class Outbox:
         retention_s: how long acknowledged rows are kept for resend requests, in seconds.
     """
 
-    def __init__(self, path: Path, site: str, box: str, *, max_messages: int = 1_000_000,
+    def __init__(self, path: Path | str, site: str, box: str, *, max_messages: int = 1_000_000,
                  max_bytes: int = DEFAULT_MAX_BYTES, retention_s: float = 24 * 3600) -> None:
         self.site = wire.check_id(site, "site")
         self.box = wire.check_id(box, "box")

@@ -23,7 +23,7 @@ from edge.conversation import Conversation, ConversationConfig, MetricsWindow
 from edge.farend import FarEnd
 from edge.fatigue import Fatigue, FatigueBaseline
 from edge.frames import FRAME_S, RATE_HZ, Framer
-from edge.prosody import HOP_S, Prosody, ProsodyWindow
+from edge.prosody import Prosody, ProsodyWindow
 from edge.quality import SignalQuality
 from edge.runtime import Model, load_model
 from edge.signals import AgentBaseline, Signals, Tick, cue_event
@@ -72,7 +72,7 @@ def prosody_fields(window: ProsodyWindow) -> dict[str, float]:
         "near_pauses_per_min": window.pauses_per_min if minutes > 0 else None,
         "near_breaths_per_min": window.breaths / minutes if minutes > 0 else None,
     }
-    return {k: round(float(v), 4) for k, v in values.items() if v is not None and np.isfinite(v)}
+    return {k: round(float(v), 4) for k, v in values.items() if v is not None and math.isfinite(v)}
 
 
 class Pipeline:
@@ -161,6 +161,14 @@ class Pipeline:
         self.signals.reset_call()
         self._near_flat_s = 0.0
 
+    def learned_baselines(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The agent's cue and fatigue baselines once learned (to keep for the next shift)."""
+        signals = self.signals.baseline
+        agent = signals.as_dict() if signals.ready(self.campaign.alerts.baseline_speech_s) else None
+        fatigue = self.fatigue.baseline.as_dict() if self.fatigue is not None and self.fatigue.ready \
+            else None
+        return agent, fatigue
+
     def set_private(self, on: bool) -> list[Message]:
         """Enter or leave private mode; return the one event that says so (nothing if unchanged).
 
@@ -191,46 +199,52 @@ class Pipeline:
         out: list[Message] = []
         t = time.perf_counter()
         self._received_s += block.shape[-1] / RATE_HZ
+        quality, far_kind, gates = self.quality, self.far_kind, self.gates
+        near_gate, far_gate = gates["near"], gates["far"]
         for frame in self.framer(block):
-            if self.private or frame.start_s < self._resume_s:
+            start_s = frame.start_s
+            if self.private or start_s < self._resume_s:
                 # nothing is computed about a private stretch, not even a frame straddling its ends
-                self.audio_s = frame.start_s + FRAME_S
+                self.audio_s = start_s + FRAME_S
                 continue
-            repaired = self.quality(frame.samples)
-            frame = type(frame)(repaired, frame.rate_hz, frame.start_s, frame.index)
-            signal = dict(zip(CHANNELS, self.quality.states, strict=True))
+            repaired = quality(frame.samples)
+            if repaired is not frame.samples:
+                frame = type(frame)(repaired, frame.rate_hz, start_s, frame.index)
+            duration_s = frame.duration_s
+            near_state, far_state = quality.states
             t = self._lap("quality", t)
-            probs = self.vad(frame)
+            near_prob, far_prob = self.vad(frame).tolist()
             t = self._lap("vad", t)
-            kind = self.far_kind.label
-            if self.far_kind(repaired[1]) != kind:
+            kind = far_kind.label
+            if far_kind(repaired[1]) != kind:
                 out.append(Message("event", {
-                    "name": "far_kind", "channel": "far", "kind": self.far_kind.label,
-                    "t_audio_s": round(self._far_t0_s + self.far_kind.since_frame * FRAME_S, 3)}))
+                    "name": "far_kind", "channel": "far", "kind": far_kind.label,
+                    "t_audio_s": round(self._far_t0_s + far_kind.since_frame * FRAME_S, 3)}))
             t = self._lap("farend", t)
+            if near_state == "none":
+                near_prob = 0.0  # a dead channel, a tone or hold music is nobody speaking
+            if far_state == "none" or far_kind.veto:
+                far_prob = 0.0
             transitions = []
-            for ch, prob in zip(CHANNELS, probs, strict=True):
-                if signal[ch] == "none" or (ch == "far" and self.far_kind.veto):
-                    prob = 0.0  # a dead channel, a tone or hold music is nobody speaking
-                gate = self.gates[ch]
-                change = gate(float(prob), frame.start_s)
+            for ch, gate, prob in (("near", near_gate, near_prob), ("far", far_gate, far_prob)):
+                change = gate(prob, start_s)
                 if self.trace is not None:
-                    self.trace.prob[ch].append(round(float(prob), 4))
+                    self.trace.prob[ch].append(round(prob, 4))
                 if change is not None:
                     name = "speech_start" if change == "start" else "speech_end"
                     body = {"name": name, "channel": ch, "t_audio_s": round(gate.transition_s, 3)}
-                    self.signals.event(body, frame.start_s)
+                    self.signals.event(body, start_s)
                     out.append(Message("event", body))
                     transitions.append((ch, change, gate.transition_s))
                     self._segment(ch, change, gate.transition_s)
-            near, far = self.gates["near"].speaking, self.gates["far"].speaking
+            near, far = near_gate.speaking, far_gate.speaking
             t = self._lap("gates", t)
-            for e in self.conversation(frame.start_s, frame.duration_s, near, far, transitions):
-                out += [Message("event", c) for c in self.signals.event(e, frame.start_s)]
+            for e in self.conversation(start_s, duration_s, near, far, transitions):
+                out += [Message("event", c) for c in self.signals.event(e, start_s)]
                 out.append(Message("event", e))
             t = self._lap("conversation", t)
-            flat = float(repaired[0].max() - repaired[0].min()) < self._flat_below
-            self._near_flat_s = self._near_flat_s + frame.duration_s if flat else 0.0
+            flat = quality.peak_to_peak(0) < self._flat_below  # as max - min of repaired[0]
+            self._near_flat_s = self._near_flat_s + duration_s if flat else 0.0
             self.prosody(repaired[0])
             t = self._lap("prosody", t)
             if self.affect is not None:
@@ -239,21 +253,21 @@ class Pipeline:
                     self._affect_last = {"prospect_arousal": round(found.arousal, 3),
                                          "prospect_tension": round(found.tension, 3)}
                 t = self._lap("affect", t)
-            window = self.window(frame.start_s, frame.duration_s, near, far)
+            window = self.window(start_s, duration_s, near, far)
             if window is not None:
                 long = self._prosody_window(self.prosody_window_s)
                 body = self._metrics(asdict(window), long)
                 out.append(Message("metrics", body))
                 t = self._lap("metrics", t)
-                out += self._signals(body, long, frame.start_s + frame.duration_s)
+                out += self._signals(body, long, start_s + duration_s)
                 t = self._lap("signals", t)
-            self.audio_s = frame.start_s + FRAME_S
+            self.audio_s = start_s + FRAME_S
         return out
 
     def _prosody_window(self, seconds: float) -> ProsodyWindow | None:
         """The agent's prosody over the last ``seconds``; None before the first analysed hop
         (the prosody stage analyses in batches of about 1 s, e.g. just after private mode)."""
-        if not len(self.prosody.hops(HOP_S).t_s):
+        if not self.prosody.analysed:
             return None
         return self.prosody.window(seconds)
 

@@ -64,10 +64,11 @@ _MATCH_LAGS = 8
 _NMS_PERIODS = 0.5
 """A cycle mark is the highest waveform maximum within this many periods on each side."""
 """Waveform matching searches the next cycle within this many samples of the picked peak."""
-_BAND_LO = int(300 * _NFFT / _SR8)
-_BAND_HI = int(2500 * _NFFT / _SR8) + 1
-_BAND_SCALE = 2.0 / (_NFFT * _SEG8)
-"""Parseval: sum |X_k|^2 over one side times this is the mean square of the band."""
+_SYL_EDGES = (np.array([250, 400, 550, 700, 900, 1100, 1350, 1650, 2000, 2500, 3000, 3600]) * _NFFT
+              / _SR8).astype(int)
+"""Bin edges of the 11 bands (250-3600 Hz, roughly critical-band wide) of the syllabic envelope."""
+_SYL_SCALE = 2.0 / (_NFFT * _WIN8)
+"""Parseval: sum |X_k|^2 over one side times this is the mean square of a band."""
 
 _taps = np.arange(31) - 15
 _LOWPASS = (0.45 * np.sinc(0.45 * _taps) * np.hamming(31)).astype(np.float32)
@@ -88,18 +89,21 @@ class HopTrack:
     """RMS level over the 30 ms analysis window (0 dBFS = full-scale square wave)."""
     hnr_db: np.ndarray
     """Harmonics-to-noise ratio from the normalized correlation at the period; NaN where unvoiced."""
-    band_dbfs: np.ndarray
-    """Level of the 300-2500 Hz (vowel formant) band, dBFS; the full level on quiet hops."""
     periodicity: np.ndarray
     """1 - aperiodicity at the period (0 on quiet hops)."""
+    syllabic_db: np.ndarray
+    """Mean amplitude of 11 bands from 250 to 3600 Hz over the centred 30 ms window, dB; the full
+    level on quiet hops. Syllable nuclei are its peaks (see :mod:`edge.rate`)."""
 
 
-def _yin_hops(seg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _yin_hops(
+    seg: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Run the difference-function search on a (n, _SEG8) block of segments.
 
     Returns:
         (tau in 8 kHz samples, aperiodicity, normalized correlation at tau, cmnd rows,
-        vowel-band level in dBFS).
+        syllabic envelope in dB).
     """
     n = seg.shape[0]
     buf = np.zeros((n, _NFFT), dtype=np.float32)
@@ -108,8 +112,12 @@ def _yin_hops(seg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     buf[:, _WIN8:] = 0.0
     fw = np.fft.rfft(buf, axis=1)
     r = np.fft.irfft(fa * np.conj(fw), _NFFT, axis=1)[:, :_TAU_MAX + 2].astype(np.float32)
-    band = fa[:, _BAND_LO:_BAND_HI]
-    band_db = 10.0 * np.log10((band.real ** 2 + band.imag ** 2).sum(axis=1) * _BAND_SCALE + 1e-12)
+    # syllabic envelope: mean amplitude of 11 bands of the centred 30 ms window, in dB
+    pw = fw[:, _SYL_EDGES[0]:_SYL_EDGES[-1]]
+    cp = np.cumsum(pw.real ** 2 + pw.imag ** 2, axis=1)
+    cp = np.concatenate([np.zeros((n, 1), dtype=cp.dtype), cp], axis=1)[:, _SYL_EDGES - _SYL_EDGES[0]]
+    amp = np.sqrt(np.maximum(np.diff(cp, axis=1), 0.0) * _SYL_SCALE)
+    syl_db = 20.0 * np.log10(amp.mean(axis=1) + 1e-12)
     sq = seg * seg
     c = np.empty((n, _SEG8 + 1), dtype=np.float32)
     c[:, 0] = 0.0
@@ -130,7 +138,7 @@ def _yin_hops(seg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     tau, aper = _parabola(dn, rows, np.clip(idx, 1, _TAU_MAX))
     i0 = np.clip(np.rint(tau).astype(int), 1, _TAU_MAX)
     ncc = r[rows, i0] / np.sqrt(np.maximum(e0[:, 0] * e_tau[rows, i0], 1e-20))
-    return tau, aper, ncc, dn, band_db
+    return tau, aper, ncc, dn, syl_db
 
 
 def _box(x: np.ndarray, width: int) -> np.ndarray:
@@ -428,14 +436,14 @@ class Prosody:
         tau = np.full(n, float(_TAU_MAX))
         aper = np.ones(n)
         ncc = np.zeros(n)
-        band = level.copy()
+        syl = level.copy()
         ii = np.nonzero(loud)[0]
         if len(ii):
-            t_i, a_i, c_i, dn, b_i = _yin_hops(seg[ii])
+            t_i, a_i, c_i, dn, s_i = _yin_hops(seg[ii])
             v_i = a_i < VOICING_APERIODICITY
             # the octave fix runs on the loud hops only, in order, after the previous blocks' hops
             _octave_fix(t_i, a_i, dn, v_i, self._lf_context)
-            tau[ii], aper[ii], ncc[ii], band[ii] = t_i, a_i, c_i, b_i
+            tau[ii], aper[ii], ncc[ii], syl[ii] = t_i, a_i, c_i, s_i
         voiced = loud & (aper < VOICING_APERIODICITY)
         f0 = np.where(voiced, _SR8 / tau, 0.0)
         r = np.clip(ncc, 1e-6, 1 - 1e-6)
@@ -443,7 +451,7 @@ class Prosody:
         self._lf_context = np.concatenate(
             [self._lf_context, np.where(voiced[loud], np.log2(np.where(f0 > 0, f0, 1.0))[loud], np.nan)]
         )[-_OCTAVE_HALF:]
-        track = HopTrack(t_s, f0, voiced, level, hnr, band, np.where(loud, 1.0 - aper, 0.0))
+        track = HopTrack(t_s, f0, voiced, level, hnr, np.where(loud, 1.0 - aper, 0.0), syl)
         self._tracks.append(track)
         self._cycles_from(track, k0)
         self._next_hop = k0 + n
@@ -481,11 +489,16 @@ class Prosody:
             self._x8 = self._x8[drop8:]
             self._x8_base += drop8
 
+    @property
+    def analysed(self) -> bool:
+        """Whether any hop has been analysed since the last reset."""
+        return bool(self._tracks)
+
     def hops(self, last_s: float | None = None) -> HopTrack:
         """Per-hop track of the last ``last_s`` seconds analysed (all history when ``None``)."""
         if not self._tracks:
             z = np.zeros(0)
-            return HopTrack(*([z] * 7))
+            return HopTrack(*([z] * len(fields(HopTrack))))
         names = [f.name for f in fields(HopTrack)]
         cat = HopTrack(*(np.concatenate([getattr(t, f) for t in self._tracks]) for f in names))
         if last_s is None:
@@ -539,7 +552,7 @@ def functionals(tr: HopTrack, cycles: list[tuple[float, np.ndarray, np.ndarray, 
     am = np.concatenate(amps) if amps else np.zeros(0)
     jitter = float(dp.mean() / per.mean()) if len(dp) >= 5 and len(per) else None
     shimmer = float(da.mean() / np.mean(np.abs(am))) if len(da) >= 5 and len(am) else None
-    syl = rate_mod.syllable_nuclei(tr.t_s, tr.band_dbfs, v)
+    syl = rate_mod.syllable_nuclei(tr.t_s, tr.syllabic_db, v)
     art = rate_mod.articulation_rate(syl, tr.t_s, v)
     pauses = rate_mod.pauses(tr.t_s, tr.level_dbfs, v)
     n_p = len(pauses)

@@ -64,6 +64,14 @@ class EdgeSettings:
     """Runtime for the models: ``onnx`` or ``litert``."""
     campaign_file: Path | None = None
     """The campaign's cue settings (TOML, see docs/cues.md); None uses the documented defaults."""
+    control_socket: Path | None = None
+    """Local control socket (private-mode button, softphone/CTI call state), see edge/control.py;
+    None: none. The image uses /run/miroir/control."""
+    control_group: str | None = "miroir-control"
+    """Group that may send to the control socket (mode 0660) if it exists; else owner only."""
+    baseline_max_age_h: float = 72.0
+    """The agent's baselines saved in ``state_dir`` are loaded at start when at most this old
+    (hours); 0 learns afresh every start."""
     affect_enabled: bool = False
     """Run the prospect affect model (far channel only). Only for a campaign whose call script
     tells the prospect about emotion recognition (EU AI Act Art. 50(3)); off by default."""

@@ -65,6 +65,8 @@ def box_settings_toml(site: str, box: str, broker_host: str, broker_port: int,
         f'cert_file = "{credentials_dir}/box.pem"\n'
         f'key_file = "{credentials_dir}/box.key"\n'
         'state_dir = "/var/lib/miroir"\n'
+        "# The front panel's button and a softphone/CTI connector talk to the agent here.\n"
+        'control_socket = "/run/miroir/control"\n'
         "# The USB headset adapter, named by the udev/ALSA rules of the image.\n"
         'capture_device = "miroir_headset"\n'
     )

@@ -21,17 +21,24 @@ BLOCK = 1024
 RATE_HZ = 16_000
 
 
-def test_no_metric_of_a_private_stretch_leaves_the_box(site, broker, peer, tmp_path) -> None:
+def _call_and_box(site, broker, peer, tmp_path, seconds: float, **settings):
+    """Two AMI headsets (agent, line), a dashboard peer on the site, and box-a on the broker."""
     near = read_wav(SHARED / "ami-headsets" / "source0.wav", notice=False).samples
     far = read_wav(SHARED / "ami-headsets" / "source1.wav", notice=False).samples
-    audio = np.stack([near, far])[:, : 40 * RATE_HZ]
+    audio = np.stack([near, far])[:, : int(seconds * RATE_HZ)]
     dash = peer(site.dashboard, "dashboard")
     for f in wire.site_filters(SITE_ID):
         dash.subscribe(f)
     cert = site.box("box-a")
     box = Box(EdgeSettings(site=SITE_ID, box="box-a", broker_port=broker.port,
                            ca_file=site.ca_cert, cert_file=cert.cert, key_file=cert.key,
-                           state_dir=tmp_path / "state"), load_vad_model(), version="test")
+                           state_dir=tmp_path / "state", **settings), load_vad_model(),
+              version="test")
+    return audio, dash, box
+
+
+def test_no_metric_of_a_private_stretch_leaves_the_box(site, broker, peer, tmp_path) -> None:
+    audio, dash, box = _call_and_box(site, broker, peer, tmp_path, 40.0)
     box.publisher.start()
     wait_until(box.publisher.connected.is_set, "the box connected")
     cmd_topic = wire.topic(SITE_ID, "box-a", "cmd")
@@ -76,3 +83,66 @@ def test_no_metric_of_a_private_stretch_leaves_the_box(site, broker, peer, tmp_p
     statuses = [m for kind, m in got if kind == "status"]
     assert any(s.get("private") is True for s in statuses)
     assert statuses[-1]["private"] is False
+
+
+def test_control_socket_drives_private_mode_and_call_state(site, broker, peer, tmp_path) -> None:
+    """The front panel's button and a CTI connector, through the box's local control socket."""
+    import socket
+
+    control = tmp_path / "run" / "control"
+    audio, dash, box = _call_and_box(site, broker, peer, tmp_path, 12.0, control_socket=control,
+                                     control_group="no-such-group-here")
+    panels: list[dict] = []
+
+    def send(text: bytes) -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(text, str(control))
+
+    def blocks():
+        sent = set()
+        for i in range(0, audio.shape[1], BLOCK):
+            t_s = i / RATE_HZ
+            if t_s >= 3.0 and "a" not in sent:
+                sent.add("a")
+                assert control.is_socket() and control.stat().st_mode & 0o777 == 0o600
+                send(b"private toggle")     # the panel's button
+                send(b"call hold")          # the softphone
+                send(b"rm -rf /")           # junk: refused and counted
+                send(b"x" * 4096)           # too long: refused and counted
+            if t_s >= 6.0 and "b" not in sent:
+                sent.add("b")
+                panels.append(json.loads((control.parent / "panel.json").read_text()))
+                send(b"private toggle")
+                send(b"call active")
+            yield audio[:, i:i + BLOCK]
+            time.sleep(0.002)  # paho's thread gets its turn
+
+    box.run(blocks())
+    assert not control.exists(), "the socket file is removed at exit"
+    assert panels == [{"online": True, "private": True, "identifying": False}]
+    assert box.cmd_refused == 2 and not box.private and box.call_state == "active"
+    wait_until(lambda: any(t.endswith("/status") and json.loads(p)["state"] == "offline"
+                           for t, p in dash.messages), "the final status")
+    got = [(t.rsplit("/", 1)[1], json.loads(p)) for t, p in dash.messages]
+    names = [m["name"] for kind, m in got if kind == "event"]
+    assert names.count("private_on") == 1 and names.count("private_off") == 1
+    states = [m for kind, m in got if kind == "status"]
+    assert any(s.get("private") is True and s.get("call_state") == "hold" for s in states)
+    assert states[-1]["cmd_refused"] == 2 and states[-1]["call_state"] == "active"
+
+
+def test_control_socket_survives_its_directory_going_away(tmp_path) -> None:
+    """Another unit taking /run/miroir away must not stop the agent (found by the qemu proof)."""
+    from edge.control import ControlSocket
+
+    run = tmp_path / "run"
+    control = ControlSocket(run / "control")
+    control.write_panel(online=True, private=False, identifying=False)
+    assert json.loads((run / "panel.json").read_text())["online"] is True
+    for p in run.iterdir():
+        p.unlink()
+    run.rmdir()
+    control.write_panel(online=True, private=True, identifying=False)
+    control.write_panel(online=True, private=False, identifying=False)
+    assert control.panel_errors == 2 and control.take() == []
+    control.close()

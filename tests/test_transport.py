@@ -41,8 +41,12 @@ from tests._fixtures_transport import (
     wait_for,
 )
 
-MOSQUITTO_KEEPALIVE_SWEEP_S = 5.0
-"""Mosquitto 2.0.11 checks keepalives once per 5 s, so a frozen client is noticed up to 5 s late."""
+MOSQUITTO_LATE_S = 4.0
+"""How late Debian's Mosquitto 2.0.11 is past the issue's bound (1.5 x keepalive + 2 s, from the
+freeze), as measured: with keepalive 4 s and a box publishing every second, its log says "exceeded
+timeout" 9 to 9.5 s after the box's last packet (1.5 x 4 = 6 s: it keeps times in whole seconds
+and checks them once a second), and the retained status reads offline 10.4 to 10.8 s after the
+freeze. The box cannot make the broker notice sooner; the transport report says so."""
 
 
 def box_settings(site: SiteFiles, box: str, port: int, state: Path, **kw: Any) -> EdgeSettings:
@@ -306,9 +310,8 @@ def test_frozen_box_reads_offline_within_one_and_a_half_keepalive_plus_2s(
         wait_for(lambda: any(json.loads(p)["state"] == "offline" for _, p in dash.messages[n:]),
                  30, "offline")
         took = time.monotonic() - frozen
-        # Mosquitto 2.0.11 sweeps keepalives every 5 s (src/keepalive.c, "last check + 5"),
-        # on top of the 1.5 x keepalive the protocol allows: see the transport report.
-        assert took <= 1.5 * keepalive_s + 2 + MOSQUITTO_KEEPALIVE_SWEEP_S, took
+        print(f"frozen box offline after {took:.2f} s (keepalive {keepalive_s} s)")
+        assert took <= 1.5 * keepalive_s + 2 + MOSQUITTO_LATE_S, took
         # The retained status a newcomer reads says offline too.
         late = Peer(site.dashboard, site.ca_cert, "late", broker.port)
         late.connect()

@@ -56,6 +56,7 @@ class BrokerLog:
     invalid: int = 0
     first_s: dict[str, float] = field(default_factory=dict)
     last_metrics: dict[str, Any] | None = None
+    events: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def on_message(self, client: Any, userdata: Any, msg: Any) -> None:
@@ -75,6 +76,8 @@ class BrokerLog:
             self.first_s.setdefault(topic.kind, round(time.monotonic() - self.t0, 1))
             if topic.kind == "metrics":
                 self.last_metrics = body
+            elif topic.kind == "event":
+                self.events.append(str(body.get("name")))
 
 
 def parse_console(text: str) -> dict[str, Any]:
@@ -95,7 +98,7 @@ def parse_console(text: str) -> dict[str, Any]:
         elif tag == "sandbox":
             kv = dict(p.split("=", 1) for p in rest.split() if "=" in p)
             out["sandbox"][kv.get("unit", "?")] = kv
-        elif tag in ("start", "box-active", "box-after-hold", "egress-unit", "main-user"):
+        elif tag in ("start", "box-active", "box-after-hold", "egress-unit", "main-user", "panel"):
             entry: dict[str, Any] = dict(p.split("=", 1) for p in rest.split() if "=" in p)
             entry["_words"] = [p for p in rest.split() if "=" not in p]
             out[tag] = entry
@@ -178,6 +181,16 @@ def verdict(guest: dict[str, Any], broker: BrokerLog, qemu_rc: int | None,
         ctl_s = "?" if ctl is None else ("ok" if ctl["ok"] else ctl["error"])
         box_s = "?" if box is None else ("ok" if box["ok"] else f"{box['error']} in {box['ms']} ms")
         check(f"{target} {want}", ok, f"control: {ctl_s}; sandbox: {box_s}")
+    panel = guest.get("panel", {})
+    private = '"private":true'
+    check("the front panel's button (miroir-control group) toggles private mode; others are refused",
+          panel.get("stranger") == "PermissionError" and private not in panel.get("after_stranger", "")
+          and panel.get("member") == "sent" and private in panel.get("after_member", "")
+          and private not in panel.get("after_second", "x" + private)
+          and "private_on" in broker.events and "private_off" in broker.events,
+          " ".join(f"{k}={v}" for k, v in panel.items() if k != "_words")
+          + f"; events at the broker: private_on x{broker.events.count('private_on')}, "
+            f"private_off x{broker.events.count('private_off')}")
     hold = guest.get("box-after-hold", {})
     check("agent still active after the probes, no restart",
           hold.get("state") == "active/running" and hold.get("restarts") == "0",

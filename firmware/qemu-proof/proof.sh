@@ -53,6 +53,9 @@ say "box-active yes uptime_s=$(cut -d' ' -f1 /proc/uptime)" \
 	"exec_start_us=$(show miroir-box.service ExecMainStartTimestampMonotonic)" \
 	"active_us=$(show miroir-box.service ActiveEnterTimestampMonotonic)" \
 	"restarts=$(show miroir-box.service NRestarts)"
+# The probe unit is opened to the broker the way the image opens the agent's
+# (miroir-broker-allow.service), then both sandboxes are reported.
+/usr/lib/miroir/miroir-broker-allow miroir-egress-probe.service | sed 's/^/MIROIR-PROOF allow /'
 for unit in miroir-box.service miroir-egress-probe.service; do
 	say "sandbox unit=$unit allow=$(show "$unit" IPAddressAllow | tr ' ' ',') deny=$(show "$unit" IPAddressDeny | tr ' ' ',')"
 done
@@ -66,6 +69,24 @@ python3 "$DIR/egress_probe.py" probe --label control --settings "$SETTINGS" $TAR
 systemctl start miroir-egress-probe.service
 say "egress-unit result=$(show miroir-egress-probe.service Result)"
 journalctl -b -u miroir-egress-probe.service -o cat --no-pager | grep '^MIROIR-PROOF probe '
+
+# The front panel's button: "private toggle" on the agent's control socket, sent by a throw-away
+# user in the miroir-control group (as miroir-panel.service runs), and by one outside it (refused).
+panel() { python3 -c 'import json; print(json.dumps(json.load(open("/run/miroir/panel.json"))).replace(" ", ""))' 2>&1 | tail -n 1; }
+press() {
+	systemctl start "miroir-press-$1.service"
+	journalctl -b -u "miroir-press-$1.service" -o cat --no-pager | sed -n 's/^MIROIR-PROOF-PRESS //p' | tail -n 1
+}
+before=$(panel)
+stranger=$(press stranger)
+sleep 3
+unchanged=$(panel)
+pressed=$(press member)
+sleep 3
+private=$(panel)
+press member >/dev/null
+sleep 3
+say "panel before=$before stranger=$stranger after_stranger=$unchanged member=$pressed after_member=$private after_second=$(panel)"
 
 sleep "$HOLD_S"
 say "box-after-hold state=$(show miroir-box.service ActiveState)/$(show miroir-box.service SubState)" \

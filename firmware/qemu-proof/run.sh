@@ -136,23 +136,18 @@ done
 # pi-gen's on_chroot: run a script (stdin) in the image's root, with a clean environment.
 on_chroot() { chroot "$ROOTFS_DIR" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root /bin/bash -e "$@"; }
 export -f on_chroot
-ROOTFS_DIR=$ROOT MIROIR_WHEELHOUSE=$WORK/wheelhouse MIROIR_VERSION=$VERSION \
+ROOTFS_DIR=$ROOT MIROIR_WHEELHOUSE=$WORK/wheelhouse MIROIR_VERSION=$VERSION MIROIR_MODELS=$(dirname "$MODEL") \
 	MIROIR_RELEASE_KEY=$WORK/keys/release.pem \
 	bash -e "$RECIPE"
 grep -q 'defaults,ro' "$ROOT/etc/fstab" || die "the recipe did not make the root read-only"
 
 # Proof-only additions (never in the image):
-# - the VAD model, where an installed miroir looks for it (models/files in its site-packages);
-SEED=/usr/lib/miroir/seed/releases/$VERSION
-SITE_PACKAGES=$(chroot "$ROOT" "$SEED/bin/python" -c 'import models, os; print(os.path.dirname(models.__file__))')
-install -D -m 0644 "$MODEL" "$ROOT$SITE_PACKAGES/files/silero_vad.onnx"
-chroot "$ROOT" "$SEED/bin/python" -c 'from models.build import model_path; print("guest model", model_path("silero_vad"), "verified")'
 # - two recorded headsets to replay (the guest has no sound card) and the replay drop-in;
 install -D -m 0644 "$AMI/source0.wav" "$ROOT/usr/share/miroir-qemu-proof/near.wav"
 install -D -m 0644 "$AMI/source1.wav" "$ROOT/usr/share/miroir-qemu-proof/far.wav"
 install -D -m 0644 "$HERE/replay.conf" "$ROOT/etc/systemd/system/miroir-box.service.d/zz-qemu-proof-replay.conf"
 # - the probe unit: the installed box unit's [Service] section (sandbox, credentials, IPAddressDeny)
-#   with its own ExecStart, and the same first-boot broker-address drop-in (IPAddressAllow);
+#   with its own ExecStart (proof.sh opens it to the broker with the image's miroir-broker-allow);
 install -D -m 0755 "$HERE/egress_probe.py" "$ROOT/usr/lib/miroir-qemu-proof/egress_probe.py"
 install -D -m 0755 "$HERE/proof.sh" "$ROOT/usr/lib/miroir-qemu-proof/proof.sh"
 PROBE=$ROOT/etc/systemd/system/miroir-egress-probe.service
@@ -166,12 +161,24 @@ PROBE=$ROOT/etc/systemd/system/miroir-egress-probe.service
 	# Every [Service] line except how the agent is started and its state directory (which a
 	# second DynamicUser unit would take over).
 	sed -n '/^\[Service\]/,/^\[/p' "$ROOT/etc/systemd/system/miroir-box.service" | grep -v '^\[' |
-		grep -Ev '^(Type|NotifyAccess|ExecStart|WatchdogSec|Restart|RestartSec|TimeoutStartSec|StateDirectory|StateDirectoryMode)='
+		grep -Ev '^(Type|NotifyAccess|ExecStart|WatchdogSec|Restart|RestartSec|TimeoutStartSec|StateDirectory|StateDirectoryMode|RuntimeDirectory|RuntimeDirectoryMode)='
 } >"$PROBE"
 grep -q '^IPAddressDeny=any$' "$PROBE" || die "probe unit lacks the box's IPAddressDeny"
-mkdir -p "$ROOT/etc/systemd/system/miroir-egress-probe.service.d"
-ln -sfn /data/miroir/broker-address.conf "$ROOT/etc/systemd/system/miroir-egress-probe.service.d/broker-address.conf"
 install -m 0644 "$HERE/miroir-proof.service" "$ROOT/etc/systemd/system/miroir-proof.service"
+# - two button presses: a throw-away user in the miroir-control group (as miroir-panel.service
+#   runs) and one outside it, which the control socket's mode must refuse;
+install -D -m 0755 "$HERE/press.py" "$ROOT/usr/lib/miroir-qemu-proof/press.py"
+for who in member stranger; do
+	{
+		echo "[Unit]"
+		echo "Description=Miroir qemu proof: the panel's button pressed by a $who of miroir-control"
+		echo "[Service]"
+		echo "Type=oneshot"
+		echo "DynamicUser=yes"
+		[ "$who" = member ] && echo "SupplementaryGroups=miroir-control"
+		echo "ExecStart=/usr/bin/python3 /usr/lib/miroir-qemu-proof/press.py"
+	} >"$ROOT/etc/systemd/system/miroir-press-$who.service"
+done
 # - the guest's network (10.0.2.15/24, no gateway, no DNS), a host name.
 install -D -m 0644 "$HERE/10-qemu-proof.network" "$ROOT/etc/systemd/network/10-qemu-proof.network"
 : >"$ROOT/etc/resolv.conf"

@@ -1,8 +1,10 @@
 #!/bin/bash -e
 # pi-gen step: install the Miroir box agent, its units and the system configuration.
 # Inputs (pi-gen config): MIROIR_WHEELHOUSE = folder of the box's wheels (miroir + the "box" extra,
-# built for aarch64 by the release pipeline), MIROIR_VERSION, MIROIR_RELEASE_KEY = Ed25519 public key.
+# built for aarch64 by the release pipeline), MIROIR_VERSION, MIROIR_RELEASE_KEY = Ed25519 public key,
+# MIROIR_MODELS = folder of the built model files (`miroir models build`, checksummed).
 : "${MIROIR_WHEELHOUSE:?set MIROIR_WHEELHOUSE in the pi-gen config}"
+: "${MIROIR_MODELS:?set MIROIR_MODELS in the pi-gen config (miroir models build, then models/files)}"
 : "${MIROIR_VERSION:?set MIROIR_VERSION in the pi-gen config}"
 : "${MIROIR_RELEASE_KEY:?set MIROIR_RELEASE_KEY in the pi-gen config}"
 FILES="$(dirname "$0")/files"
@@ -15,9 +17,15 @@ on_chroot <<CHROOT
 set -e
 python3 -m venv /usr/lib/miroir/seed/releases/${MIROIR_VERSION}
 /usr/lib/miroir/seed/releases/${MIROIR_VERSION}/bin/pip install --no-index --find-links /tmp/wheels "miroir[box]"
-touch /usr/lib/miroir/seed/releases/${MIROIR_VERSION}/.complete
 rm -rf /tmp/wheels
 CHROOT
+# The model files go with the release (models/files in its site-packages), checked in the image.
+SEED=/usr/lib/miroir/seed/releases/${MIROIR_VERSION}
+MODELS_DIR=$(echo "${SEED}/bin/python -c 'from models.build import models_dir; print(models_dir())'" | on_chroot)
+install -d "${ROOTFS_DIR}${MODELS_DIR}"
+install -m 0644 "${MIROIR_MODELS}"/*.onnx "${ROOTFS_DIR}${MODELS_DIR}/"
+echo "${SEED}/bin/python -c 'from models.build import model_path; print(model_path(\"silero_vad\"), \"verified\")'" | on_chroot
+touch "${ROOTFS_DIR}${SEED}/.complete"
 install -d "${ROOTFS_DIR}/opt"
 ln -sfn /data/miroir-releases "${ROOTFS_DIR}/opt/miroir"
 install -D -m 0644 "${MIROIR_RELEASE_KEY}" "${ROOTFS_DIR}/usr/share/miroir/release-key.pem"
@@ -25,14 +33,12 @@ install -D -m 0755 "$(dirname "$0")/../../../edge/update.py" "${ROOTFS_DIR}/usr/
 
 # Units (hardened agent, first boot, update recovery, data partition, LED and button).
 for unit in miroir-box.service miroir-firstboot.service miroir-update-recover.service \
-	data.mount miroir-panel.service; do
+	data.mount miroir-data-layout.service miroir-broker-allow.service miroir-panel.service; do
 	install -m 0644 "${SYSTEMD_UNITS}/${unit}" "${ROOTFS_DIR}/etc/systemd/system/${unit}"
 done
-install -d "${ROOTFS_DIR}/etc/systemd/system/miroir-box.service.d"
-# Per-box broker address, written by the first boot on the data partition.
-ln -sfn /data/miroir/broker-address.conf \
-	"${ROOTFS_DIR}/etc/systemd/system/miroir-box.service.d/broker-address.conf"
 install -m 0755 "${FILES}/miroir-firstboot" "${ROOTFS_DIR}/usr/lib/miroir/miroir-firstboot"
+# The broker's address (first boot writes it on /data) is applied at run time, see the unit.
+install -m 0755 "${FILES}/miroir-broker-allow" "${ROOTFS_DIR}/usr/lib/miroir/miroir-broker-allow"
 install -m 0755 "${FILES}/miroir-panel.py" "${ROOTFS_DIR}/usr/lib/miroir/miroir-panel.py"
 
 # Audio: a stable name for the USB headset adapter.
@@ -42,12 +48,20 @@ install -m 0644 "${FILES}/asound.conf" "${ROOTFS_DIR}/etc/asound.conf"
 install -D -m 0644 "${FILES}/watchdog.conf" "${ROOTFS_DIR}/etc/systemd/system.conf.d/miroir-watchdog.conf"
 install -D -m 0644 "${FILES}/timesyncd.conf" "${ROOTFS_DIR}/etc/systemd/timesyncd.conf.d/miroir.conf"
 # Read-only root, writable data partition, RAM /tmp and /var/log.
+install -d "${ROOTFS_DIR}/data"
+# DynamicUser's StateDirectory=miroir is /var/lib/private/miroir (on /data) behind a /var/lib/miroir
+# link that systemd cannot create on a read-only root: ship the link. timesyncd's state is in RAM.
+ln -sfn private/miroir "${ROOTFS_DIR}/var/lib/miroir"
+install -d "${ROOTFS_DIR}/var/lib/systemd/timesync"
 cat "${FILES}/fstab" >> "${ROOTFS_DIR}/etc/fstab"
 sed -i 's/\(\s\/\s\+ext4\s\+\)defaults/\1defaults,ro/' "${ROOTFS_DIR}/etc/fstab"
 
 on_chroot <<CHROOT
 set -e
-systemctl enable data.mount miroir-firstboot.service miroir-update-recover.service \
-	miroir-box.service miroir-panel.service systemd-timesyncd.service
+# The agent and the front panel share the control socket through this group (see the units).
+getent group miroir-control >/dev/null || groupadd --system miroir-control
+systemctl enable data.mount miroir-data-layout.service miroir-firstboot.service \
+	miroir-update-recover.service miroir-broker-allow.service miroir-box.service \
+	miroir-panel.service systemd-timesyncd.service
 systemctl disable dphys-swapfile.service apt-daily.timer apt-daily-upgrade.timer man-db.timer || true
 CHROOT

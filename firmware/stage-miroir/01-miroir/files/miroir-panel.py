@@ -1,9 +1,11 @@
 #!/usr/bin/python3
 """The box's front panel: status LED and private-mode button (gpiozero).
 
-LED (GPIO 17): steady when the agent publishes (heartbeat under 30 s old), slow blink when it does
-not reach the broker, fast blink in private mode. Button (GPIO 27, to ground): toggles private mode
-by sending "private on" / "private off" to the agent's control socket.
+LED (GPIO 17): steady when the agent reaches the broker, slow blink when it does not (or is not
+running), fast blink in private mode, short flashes while a supervisor asks to identify the box.
+Button (GPIO 27, to ground): "private toggle" to the agent's control socket (edge/control.py).
+The agent is the one source of truth (the dashboard can switch private mode too): the LED shows
+the agent's panel.json, never a guess of its own.
 """
 
 import contextlib
@@ -14,11 +16,12 @@ import time
 
 from gpiozero import LED, Button
 
-HEARTBEAT = "/var/lib/miroir/heartbeat.json"
-CONTROL = "/run/miroir/control"
+RUN = "/run/miroir"
+CONTROL = RUN + "/control"
+PANEL = RUN + "/panel.json"
+STALE_S = 10.0
 led = LED(17)
 button = Button(27, bounce_time=0.05)
-private = False
 
 
 def send(text: str) -> None:
@@ -26,30 +29,33 @@ def send(text: str) -> None:
         sock.sendto(text.encode(), CONTROL)
 
 
-def toggle() -> None:
-    global private
-    private = not private
-    send("private on" if private else "private off")
-
-
-def fresh() -> bool:
+def state() -> str:
     try:
-        with open(HEARTBEAT) as fh:
-            return time.time() - float(json.load(fh)["acked_ts"]) < 30
-    except (OSError, ValueError, KeyError):
-        return False
+        if time.time() - os.stat(PANEL).st_mtime > STALE_S:
+            return "offline"  # the agent stopped writing it: stopped or hung
+        with open(PANEL) as fh:
+            panel = json.load(fh)
+    except (OSError, ValueError):
+        return "offline"
+    if panel.get("identifying"):
+        return "identify"
+    if panel.get("private"):
+        return "private"
+    return "ok" if panel.get("online") else "offline"
 
 
-button.when_pressed = toggle
-state = None
+button.when_pressed = lambda: send("private toggle")
+shown = None
 while True:
-    want = "private" if private else ("ok" if fresh() else "offline")
-    if want != state:
+    want = state()
+    if want != shown:
         if want == "ok":
             led.on()
         elif want == "private":
             led.blink(on_time=0.1, off_time=0.1)
+        elif want == "identify":
+            led.blink(on_time=0.05, off_time=0.45)
         else:
             led.blink(on_time=1.0, off_time=1.0)
-        state = want
+        shown = want
     time.sleep(1.0 if os.environ.get("MIROIR_PANEL_FAST") is None else 0.1)

@@ -1,0 +1,72 @@
+"""The agent's baselines across shifts: saved in the box's state directory, loaded at start.
+
+The file holds the medians and spreads the cue and fatigue stages learned (a handful of numbers,
+no audio, nothing about a call). A baseline older than ``max_age_h`` is ignored (the seat may have
+changed hands); a corrupt file is reported and ignored, never fatal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge.fatigue import FatigueBaseline
+from edge.signals import AgentBaseline
+
+log = logging.getLogger(__name__)
+
+FILE = "baselines.json"
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Baselines:
+    """What a previous shift learned; either part may be missing."""
+
+    agent: AgentBaseline | None = None
+    fatigue: FatigueBaseline | None = None
+
+
+def load(state_dir: Path, max_age_h: float) -> Baselines:
+    """The saved baselines, if the file exists, parses and is at most ``max_age_h`` hours old.
+
+    Args:
+        state_dir: The box's state directory.
+        max_age_h: Oldest acceptable save, in hours; 0 never loads.
+    """
+    path = Path(state_dir) / FILE
+    if max_age_h <= 0 or not path.exists():
+        return Baselines()
+    try:
+        data = json.loads(path.read_text())
+        if data.get("format") != FORMAT:
+            raise ValueError(f"format {data.get('format')!r}, expected {FORMAT}")
+        age_h = (time.time() - float(data["saved_ts"])) / 3600
+        if age_h > max_age_h:
+            log.info("baselines in %s are %.0f h old (over %.0f h): learning afresh",
+                     path, age_h, max_age_h)
+            return Baselines()
+        agent = AgentBaseline.from_dict(data["agent"]) if data.get("agent") else None
+        fatigue = FatigueBaseline.from_dict(data["fatigue"]) if data.get("fatigue") else None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring %s: %s", path, exc)
+        return Baselines()
+    log.info("loaded the agent's baselines from %s (%.1f h old)", path, age_h)
+    return Baselines(agent, fatigue)
+
+
+def save(state_dir: Path, agent: dict[str, Any] | None, fatigue: dict[str, Any] | None) -> bool:
+    """Write the learned baselines atomically; return False when there is nothing to save."""
+    if not agent and not fatigue:
+        return False
+    path = Path(state_dir) / FILE
+    tmp = path.with_name(f".{FILE}.tmp")
+    tmp.write_text(json.dumps({"format": FORMAT, "saved_ts": time.time(),
+                               "agent": agent or None, "fatigue": fatigue or None}))
+    os.replace(tmp, path)
+    return True

@@ -1,0 +1,130 @@
+"""The box's local control socket: the private-mode button and a softphone/CTI connector.
+
+A Unix datagram socket (default ``/run/miroir/control``); one datagram is one command, in plain
+text, the same set as the ``cmd`` topic's local ones:
+
+    private on | private off | private toggle
+    call idle | call active | call hold
+    identify
+
+The agent's main loop drains it without blocking (no thread). The socket file is mode 0660 and
+belongs to ``control_group`` when that group exists (the image makes ``miroir-control`` for the
+front panel), 0600 otherwise. The agent also writes ``panel.json`` beside it (online, private,
+identifying) for the status LED: no audio, no metric, readable by the panel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from miroir import wire
+
+log = logging.getLogger(__name__)
+
+MAX_DATAGRAM = 256
+"""Longer datagrams are refused (a command is a few words)."""
+PANEL_FILE = "panel.json"
+
+
+class ControlError(ValueError):
+    """A local command that is not one of the documented ones."""
+
+
+def parse(text: str, private_now: bool) -> dict[str, Any]:
+    """Turn one local command into a ``cmd``-style mapping (``action`` and ``call_state``).
+
+    Args:
+        text: The datagram's text, e.g. ``"private toggle"`` or ``"call hold"``.
+        private_now: Whether the box is private now (for ``toggle``).
+
+    Raises:
+        ControlError: the text is not a documented command (the message says which ones are).
+    """
+    words = text.strip().lower().split()
+    if words == ["identify"]:
+        return {"action": "identify"}
+    if len(words) == 2 and words[0] == "private" and words[1] in ("on", "off", "toggle"):
+        on = (not private_now) if words[1] == "toggle" else words[1] == "on"
+        return {"action": "private_on" if on else "private_off"}
+    if len(words) == 2 and words[0] == "call" and words[1] in wire.CALL_STATES:
+        return {"action": "call_state", "call_state": words[1]}
+    raise ControlError(f"unknown local command {text.strip()[:40]!r}: use 'private on|off|toggle', "
+                       f"'call {'|'.join(wire.CALL_STATES)}' or 'identify'")
+
+
+class ControlSocket:
+    """A non-blocking Unix datagram socket bound at ``path``; :meth:`take` drains it.
+
+    Args:
+        path: Where to bind (an old socket file there is replaced).
+        group: Group allowed to send (mode 0660), if it exists; else mode 0600.
+    """
+
+    def __init__(self, path: Path, group: str | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.parent.is_dir():  # systemd makes it (RuntimeDirectory=) on a box
+            self.path.parent.mkdir(parents=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.setblocking(False)
+        self._sock.bind(str(self.path))
+        mode = 0o600
+        if group:
+            try:
+                gid = grp.getgrnam(group).gr_gid
+                # the unit runs with Group=<group> (its seccomp filter forbids chown): already ours
+                if self.path.stat().st_gid != gid:
+                    os.chown(self.path, -1, gid)
+                mode = 0o660
+            except (KeyError, PermissionError) as exc:
+                log.warning("control socket %s: group %s not usable (%s), owner only",
+                            self.path, group, exc)
+        os.chmod(self.path, mode)
+        self.received = 0
+        self.panel_errors = 0
+        """Failed writes of the panel's state file (logged once; the agent goes on)."""
+
+    def take(self) -> list[str]:
+        """Every datagram waiting now, decoded (undecodable ones as ``""``, refused later)."""
+        out: list[str] = []
+        while True:
+            try:
+                data = self._sock.recv(MAX_DATAGRAM + 1)
+            except (BlockingIOError, InterruptedError):
+                return out
+            self.received += 1
+            if len(data) > MAX_DATAGRAM:
+                out.append("")
+                continue
+            out.append(data.decode("utf-8", errors="replace"))
+
+    def write_panel(self, **state: bool) -> None:
+        """Write the front panel's view (booleans only) next to the socket, atomically.
+
+        A failure (the directory went away or changed hands) is counted and logged once: the
+        LED then shows "offline", the agent's metrics go on.
+        """
+        path = self.path.with_name(PANEL_FILE)
+        tmp = path.with_name(f".{PANEL_FILE}.tmp")
+        try:
+            tmp.write_text(json.dumps(state))
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except OSError as exc:
+            self.panel_errors += 1
+            if self.panel_errors == 1:
+                log.error("cannot write the panel's state %s: %s", path, exc)
+
+    def close(self) -> None:
+        """Close and remove the socket file (if still ours)."""
+        self._sock.close()
+        with contextlib.suppress(OSError):
+            self.path.unlink()
