@@ -18,7 +18,8 @@ def cmd_bench_ingest(args: argparse.Namespace) -> int:
     from bench.ingest import CACHE_DIR, bench_ingest
 
     result = bench_ingest(boxes=args.boxes, duration_s=args.duration, rate_hz=args.rate,
-                          per_process=args.per_process, site_dir=args.pki_dir or CACHE_DIR)
+                          per_process=args.per_process, site_dir=args.pki_dir or CACHE_DIR,
+                          sim=args.sim)
     if args.json:
         json.dump(result, sys.stdout, separators=(",", ":"))
         sys.stdout.write("\n")
@@ -34,9 +35,9 @@ def register_cli(groups: dict[str, Any]) -> None:
     p = bench.add_parser(
         "ingest", help="dashboard ingest under N simulated boxes (real Mosquitto, TLS)",
         description="Start a real Mosquitto, the dashboard ingest in its own process and N "
-                    "simulated boxes (the real box outbox and publisher, each with its own TLS "
-                    "certificate) spread over several processes; publish for --duration seconds "
-                    "and report throughput, loss, duplicates, ingest lag and CPU.")
+                    "simulated boxes (each its own MQTT client with its own TLS certificate, the "
+                    "box's publisher) spread over several processes; publish for --duration "
+                    "seconds and report throughput, loss, duplicates, ingest lag and CPU.")
     p.add_argument("--boxes", type=int, default=2000, help="simulated boxes (default 2000)")
     p.add_argument("--duration", type=float, default=60.0,
                    help="measured publishing window in seconds (default 60)")
@@ -44,6 +45,10 @@ def register_cli(groups: dict[str, Any]) -> None:
                    help="messages per second per box (default 1)")
     p.add_argument("--per-process", type=int, default=500,
                    help="boxes per generator process (default 500)")
+    p.add_argument("--sim", choices=("lean", "box"), default="lean",
+                   help="simulated boxes: lean (publisher and a RAM queue; measures the broker and "
+                        "dashboard) or box (the whole box path: outbox, status, heartbeat); "
+                        "default lean")
     p.add_argument("--pki-dir", type=_path, default=None,
                    help="where the benchmark site's certificates are kept between runs "
                         "(default: a directory under the system temp dir)")

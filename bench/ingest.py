@@ -26,11 +26,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from miroir import wire
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +87,54 @@ def _settings(spec: dict[str, Any], box: dict[str, str]) -> Any:
                         keepalive_s=int(spec.get("keepalive_s", 30)))
 
 
+class LeanBox:
+    """A light simulated box for the ingest benchmark: the real publisher (its own MQTT v5 client
+    and TLS certificate, QoS 1, the shared loop), wire-valid numbered messages, and a queue in
+    RAM instead of the outbox, status and heartbeat. It measures the broker and the dashboard,
+    not the simulator (the real box path is :func:`_make_box` without ``lean``)."""
+
+    def __init__(self, settings: Any) -> None:
+        from edge.publisher import Publisher
+
+        self.settings = settings
+        self.publisher = Publisher(settings, version="sim")
+        self.pipeline = SyntheticPipeline()
+        self.outbox = self  # run_fleet reads last_seq, dropped and depth() from it
+        self.last_seq = 0
+        self.dropped = 0
+        self.resent = 0
+        self._pending: deque[tuple[int, str, bytes]] = deque()
+
+    def submit(self, messages: list[Message]) -> None:
+        """Number and encode messages (validated against the wire), queue them."""
+        s = self.settings
+        for m in messages:
+            self.last_seq += 1
+            body = {"v": wire.SCHEMA_VERSION, "site": s.site, "box": s.box,
+                    "ts": round(time.time(), 3), "seq": self.last_seq, **m.body}
+            self._pending.append((self.last_seq, m.kind, wire.encode(m.kind, body)))
+
+    def pump(self) -> None:
+        """Forget acknowledged messages, send queued ones while the window allows."""
+        self.publisher.take_acked()
+        while self._pending and self.publisher.send(*self._pending[0]):
+            self._pending.popleft()
+
+    def depth(self) -> int:
+        """Messages queued or in flight."""
+        return len(self._pending) + len(self.publisher.in_flight())
+
+    def close(self) -> None:
+        """Nothing to close (run_fleet closes outboxes)."""
+
+
 def _make_box(spec: dict[str, Any], entry: dict[str, str]) -> Any:
     from edge.box import Box
     from edge.outbox import DEFAULT_MAX_BYTES, Outbox
 
     settings = _settings(spec, entry)
+    if spec.get("lean"):
+        return LeanBox(settings)
     settings.state_dir.mkdir(parents=True, exist_ok=True)  # the heartbeat file goes there
     path = ":memory:" if spec.get("outbox_in_memory") else settings.state_dir / "outbox.sqlite"
     outbox = Outbox(path, settings.site, settings.box,
@@ -382,7 +428,8 @@ def _pct(values: list[float], q: float) -> float | None:
 
 
 def bench_ingest(boxes: int = 2000, duration_s: float = 60.0, rate_hz: float = 1.0,
-                 per_process: int = BOXES_PER_PROCESS, site_dir: Path = CACHE_DIR) -> dict[str, Any]:
+                 per_process: int = BOXES_PER_PROCESS, site_dir: Path = CACHE_DIR,
+                 sim: str = "lean") -> dict[str, Any]:
     """Run the ingest benchmark and return its figures.
 
     Args:
@@ -391,6 +438,7 @@ def bench_ingest(boxes: int = 2000, duration_s: float = 60.0, rate_hz: float = 1
         rate_hz: Messages per second per box.
         per_process: Boxes per generator process.
         site_dir: Where the benchmark site's PKI is kept between runs.
+        sim: ``lean`` (:class:`LeanBox`) or ``box`` (the real box path, outbox in memory).
 
     Returns:
         boxes, msgs_per_s, lost, duplicated, lag_ms_p50, lag_ms_p99, dashboard_cpu_pct,
@@ -417,6 +465,7 @@ def bench_ingest(boxes: int = 2000, duration_s: float = 60.0, rate_hz: float = 1
             ids = sorted(files.boxes)[:boxes]
             specs = fleet_specs(files, ids, work, per_process=per_process, rate_hz=rate_hz,
                                 duration_s=duration_s, keepalive_s=60, outbox_in_memory=True,
+                                lean=sim == "lean",
                                 state_root=str(ram / "state"))
             fleets = [child("fleet", s, work / f"fleet{k}-spec.json")
                       for k, s in enumerate(specs)]

@@ -12,7 +12,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 STAGE = REPO / "firmware" / "stage-miroir"
 FILES = STAGE / "01-miroir" / "files"
-SCRIPTS = [STAGE / "prerun.sh", STAGE / "01-miroir" / "00-run.sh", FILES / "miroir-firstboot"]
+PROOF = REPO / "firmware" / "qemu-proof"
+SCRIPTS = [STAGE / "prerun.sh", STAGE / "01-miroir" / "00-run.sh", FILES / "miroir-firstboot",
+           FILES / "miroir-broker-allow", PROOF / "run.sh", PROOF / "proof.sh"]
 
 
 def packages(path: Path) -> list[str]:
