@@ -203,6 +203,9 @@ class Box:
 
     def pump(self) -> None:
         """Record acknowledgements, apply commands, send what is stored and not in flight."""
+        # In flight first, then the acks: a message acknowledged in between is in the snapshot,
+        # so it is not sent again below (a duplicate at the broker).
+        inflight = self.publisher.in_flight()
         acked = self.publisher.take_acked()
         self.outbox.ack(acked)
         self.watchdog.ping()
@@ -237,7 +240,6 @@ class Box:
         self._online = connected
         if not connected:
             return
-        inflight = self.publisher.in_flight()
         for seq, kind, payload in self.outbox.pending(limit=200):
             if seq in inflight:
                 continue

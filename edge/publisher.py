@@ -148,10 +148,13 @@ class Publisher:
             if seq is None:
                 self._early[mid] = not reason.is_failure  # acked before send() recorded it
                 return
+            if not reason.is_failure:
+                # under the lock: a seq is always either in flight or acked, never in between
+                # (Box.pump would send it again)
+                self._acked.append(seq)
         if reason.is_failure:
             log.error("broker refused message seq %d: %s", seq, reason)
             return
-        self._acked.append(seq)
         self._poke()
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
