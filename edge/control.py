@@ -88,7 +88,6 @@ class ControlSocket:
                 log.warning("control socket %s: group %s not usable (%s), owner only",
                             self.path, group, exc)
         os.chmod(self.path, mode)
-        self.received = 0
         self.panel_errors = 0
         """Failed writes of the panel's state file (logged once; the agent goes on)."""
 
@@ -100,7 +99,6 @@ class ControlSocket:
                 data = self._sock.recv(MAX_DATAGRAM + 1)
             except (BlockingIOError, InterruptedError):
                 return out
-            self.received += 1
             if len(data) > MAX_DATAGRAM:
                 out.append("")
                 continue

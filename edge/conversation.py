@@ -683,8 +683,8 @@ class Conversation:
             sfx = f"_{w:g}s"
             span = b - a
             speech = {AGENT: 0.0, PROSPECT: 0.0}
-            for seg in self._segments:  # _clip inlined: up to a minute of segments, every second
-                speech[seg.channel] += max(0.0, min(seg.end_s, b) - max(seg.start_s, a))
+            for seg in self._segments:
+                speech[seg.channel] += _clip(seg.start_s, seg.end_s, a, b)
             for ch in (AGENT, PROSPECT):
                 start = self._seg_start[ch]
                 if start is not None:

@@ -116,7 +116,6 @@ class FarEndConfig:
 
 _LN_DB = np.log(10.0) / 10.0
 _BINS = np.arange(_LO_BIN, _HI_BIN, dtype=np.float64)[None, :]
-_ROWS = np.arange(64)
 
 
 class _Batch:
@@ -144,7 +143,7 @@ class _Batch:
         band = pw[:, 1:-1]
         cz = np.zeros((n, nb + 1))
         np.cumsum(band, axis=1, out=cz[:, 1:])
-        rows = _ROWS[:n] if n <= len(_ROWS) else np.arange(n)
+        rows = np.arange(n)
         k1 = band.argmax(axis=1)
         centre = np.minimum(np.maximum(k1, _LOBE), nb - _LOBE - 1)  # np.clip, less overhead
         self.c1 = (cz[rows, centre + _LOBE + 1] - cz[rows, centre - _LOBE]) / cz[:, -1]

@@ -243,7 +243,7 @@ class Pipeline:
                 out += [Message("event", c) for c in self.signals.event(e, start_s)]
                 out.append(Message("event", e))
             t = self._lap("conversation", t)
-            flat = quality.peak_to_peak(0) < self._flat_below  # as max - min of repaired[0]
+            flat = float(repaired[0].max() - repaired[0].min()) < self._flat_below
             self._near_flat_s = self._near_flat_s + duration_s if flat else 0.0
             self.prosody(repaired[0])
             t = self._lap("prosody", t)

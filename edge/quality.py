@@ -49,7 +49,6 @@ class SignalQuality:
         self.channels = channels
         self.frame_s = frame_s
         self._alpha = min(1.0, frame_s / config.dc_time_s)
-        self._levels: dict[np.dtype, tuple[float, float]] = {}
         self.reset()
 
     def reset(self) -> None:
@@ -59,19 +58,6 @@ class SignalQuality:
         self.states = ["ok"] * self.channels
         self.nan_frames = np.zeros(self.channels, dtype=np.int64)
         self.clipped_frames = np.zeros(self.channels, dtype=np.int64)
-        self._last: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, list[bool]] | None = None
-
-    def _clip_levels(self, dtype: np.dtype) -> tuple[float, float]:
-        """The clip thresholds as numpy compares them with samples of ``dtype`` (rounded to it)."""
-        levels = self._levels.get(dtype)
-        if levels is None:
-            level = self.config.clip_level
-            if np.issubdtype(dtype, np.floating):
-                levels = (float(dtype.type(level)), float(dtype.type(-level)))
-            else:
-                levels = (level, -level)
-            self._levels[dtype] = levels
-        return levels
 
     def __call__(self, samples: np.ndarray) -> np.ndarray:
         """Return the repaired (channels, n) samples; :attr:`states` says what each row held.
@@ -100,9 +86,8 @@ class SignalQuality:
         dc = [d + alpha * (m - d) for d, m in zip(self._dc, means, strict=True)]
         self._dc = dc
         clipped = [False] * self.channels
-        top, bottom = self._clip_levels(samples.dtype)
-        if any(h >= top or low <= bottom for h, low in zip(hi.tolist(), lo.tolist(), strict=True)):
-            # count only when a sample reached full scale
+        if ((hi >= cfg.clip_level) | (lo <= -cfg.clip_level)).any():
+            # count only when a sample reached full scale (compared in the samples' precision)
             clipped = ((np.abs(samples) >= cfg.clip_level).sum(axis=1)
                        > cfg.clip_ratio * samples.shape[1]).tolist()
             self.clipped_frames += [c and not b for c, b in zip(clipped, bad, strict=True)]
@@ -113,36 +98,9 @@ class SignalQuality:
             for i in range(self.channels)
         ]
         out = samples
-        shift = None
         if max(abs(d) for d in dc) > 1e-4:
-            shift = np.array(dc, dtype=np.float32)
-            out = samples - shift[:, None]
+            out = samples - np.array(dc, dtype=np.float32)[:, None]
         if True in dead:
             out = out.copy() if out is samples else out
             out[np.array(dead)] = 0.0
-        out = out.astype(np.float32, copy=False)
-        self._last = (out, hi, lo, shift, dead)
-        return out
-
-    def peak_to_peak(self, channel: int) -> float:
-        """Peak-to-peak amplitude of one row of the last repaired frame, as ``row.max() - row.min()``
-        in float32 would give it, from the extremes already found (no pass over the samples).
-
-        Args:
-            channel: row of the frame.
-
-        Returns:
-            The peak-to-peak amplitude (full scale 2.0); 0.0 before the first frame.
-        """
-        if self._last is None:
-            return 0.0
-        out, hi, lo, shift, dead = self._last
-        if dead[channel]:
-            return 0.0
-        if hi.dtype != np.float32:  # the repaired row was rounded to float32 after the shift
-            row = out[channel]
-            return float(row.max() - row.min())
-        top, bottom = hi[channel], lo[channel]
-        if shift is not None:  # float32 rounding is monotonic: the extremes stay the extremes
-            top, bottom = top - shift[channel], bottom - shift[channel]
-        return float(top - bottom)
+        return out.astype(np.float32, copy=False)

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,17 +103,6 @@ class _Timer:
         self.off_s = self.off_s + dt_s if off else 0.0
 
 
-def _median(values: Iterable[float]) -> float:
-    """``float(np.median(values))`` of a few finite values, without numpy's overhead (called every
-    second on lists of a handful of values)."""
-    ordered = sorted(values)
-    n = len(ordered)
-    if not n:
-        return math.nan  # as np.median of nothing
-    mid = n // 2
-    return float(ordered[mid]) if n % 2 else float((ordered[mid - 1] + ordered[mid]) / 2)
-
-
 @dataclass
 class AgentBaseline:
     """The agent's own typical rate, pitch range and loudness, learned from the first speech."""
@@ -130,7 +119,7 @@ class AgentBaseline:
 
     def value(self, name: str) -> float:
         """Median of one measure."""
-        return _median(getattr(self, name))
+        return float(statistics.median(getattr(self, name)))
 
     def as_dict(self) -> dict[str, float]:
         """The learned medians (to persist for the agent's next shift)."""
@@ -445,7 +434,8 @@ class Signals:
                 self._last_prospect_latency = lat
                 self._prospect_latencies.append(float(lat) / 1000.0)
             slow = sum(x >= ph.latency_on_s for x in self._prospect_latencies)
-            med = _median(self._prospect_latencies) if self._prospect_latencies else 0.0
+            med = float(statistics.median(self._prospect_latencies)) if self._prospect_latencies \
+                else 0.0
             out["prospect_hesitating"] = (round(med, 2), ph.latency_on_s, slow >= ph.count,
                                           slow < ph.count, 0.0, 0.0, "low")
         # the prospect tense (affect model, far channel only)
