@@ -55,21 +55,21 @@ class RateCue:
     """Too fast or too slow: articulation rate relative to the agent's own baseline."""
 
     enabled: bool = True
-    ratio_on: float = _r(1.25, 0.3, 3.0)
+    ratio_on: float = _r(1.2, 0.3, 3.0)
     """Rate over the agent's baseline at which the cue may start."""
     ratio_off: float = _r(1.1, 0.3, 3.0)
     """Rate over baseline at which it may end (the hysteresis band lies between)."""
     band_syl_s: float = _r(8.0, 1.0, 15.0)
     """Campaign's absolute limit in syllables/s (upper for too fast, lower for too slow)."""
-    window_s: float = _r(6.0, 2.0, 20.0)
-    """Rate is measured over this many seconds of audio."""
-    min_on_s: float = _r(3.0, 0.0, 60.0)
+    window_s: float = _r(5.0, 2.0, 20.0)
+    """Rate is measured over this many seconds of audio (too fast: the pause-free pace)."""
+    min_on_s: float = _r(2.0, 0.0, 60.0)
     min_off_s: float = _r(4.0, 0.0, 120.0)
     cooldown_s: float = _r(60.0, 0.0, 3600.0)
 
 
 def _slow() -> RateCue:
-    return RateCue(ratio_on=0.7, ratio_off=0.85, band_syl_s=2.5, min_on_s=8.0)
+    return RateCue(ratio_on=0.7, ratio_off=0.85, band_syl_s=2.5, window_s=6.0, min_on_s=8.0)
 
 
 @dataclass(frozen=True)

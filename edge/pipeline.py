@@ -108,7 +108,8 @@ class Pipeline:
         self.prosody_window_s = prosody_window_s
         self.campaign = campaign or CampaignConfig()
         self.rate_window_s = self.campaign.too_fast.window_s
-        self.prosody = Prosody(history_s=max(prosody_window_s, self.rate_window_s) + 2.0)
+        self.slow_window_s = self.campaign.too_slow.window_s
+        self.prosody = Prosody(history_s=max(prosody_window_s, self.rate_window_s, self.slow_window_s) + 2.0)
         self.window = MetricsWindow(window_s)
         self.signals = Signals(self.campaign, agent_baseline)
         self.fatigue = Fatigue(self.campaign.fatigue, fatigue_baseline) \
@@ -286,7 +287,8 @@ class Pipeline:
                 out.append(Message("event", cue_event(name, "take_break", now_s, "medium", idx,
                                                       self.campaign.fatigue.break_on)))
         short = self._prosody_window(self.rate_window_s)
-        tick = Tick(t_s=now_s, metrics=body, short=short, long=long, near_flat_s=self._near_flat_s)
+        slow = None if self.slow_window_s == self.rate_window_s else self._prosody_window(self.slow_window_s)
+        tick = Tick(t_s=now_s, metrics=body, short=short, slow=slow, long=long, near_flat_s=self._near_flat_s)
         out += [Message("event", e) for e in self.signals(tick)]
         return out
 

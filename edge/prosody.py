@@ -321,7 +321,9 @@ class ProsodyWindow:
     """Mean absolute difference of consecutive peak amplitudes over the mean amplitude."""
     syllables: int
     articulation_rate_syl_s: float | None
-    """Syllables per second of speaking time (pauses excluded)."""
+    """Syllables per second from the first to the last nucleus (pauses between them included)."""
+    pace_syl_s: float | None
+    """Syllables per second of pause-free speaking time (see :func:`edge.rate.pace`)."""
     speaking_rate_syl_s: float | None
     """Syllables per second of the window."""
     pauses: int
@@ -561,7 +563,7 @@ def functionals(tr: HopTrack, cycles: list[tuple[float, np.ndarray, np.ndarray, 
         voiced_ratio=float(nv / n) if n else 0.0,
         level_dbfs=level, f0_median_hz=f0_med, pitch_range_st=rng,
         pitch_movement_st_per_s=movement, hnr_db=hnr, jitter_local=jitter, shimmer_local=shimmer,
-        syllables=len(syl), articulation_rate_syl_s=art,
+        syllables=len(syl), articulation_rate_syl_s=art, pace_syl_s=rate_mod.pace(syl),
         speaking_rate_syl_s=(len(syl) / dur_s) if dur_s > 0 and enough else None,
         pauses=n_p, pauses_per_min=(60.0 * n_p / dur_s) if dur_s > 0 else 0.0,
         breaths=sum(1 for p in pauses if p.breath),

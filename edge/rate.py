@@ -25,6 +25,8 @@ MIN_GAP_S = 0.07
 """Two nuclei are at least this far apart (fast read speech has syllables 70-90 ms long)."""
 ONSET_TO_NUCLEUS_S = 0.2
 """Added to the nucleus span: the time from the last syllable's onset to the end of speech."""
+PACE_GAP_CAP_S = 0.3
+"""For the pace, a gap between two nuclei counts at most this long: a longer one holds a pause."""
 PAUSE_MIN_S = 0.15
 PAUSE_MAX_S = 2.0
 SILENCE_BELOW_SPEECH_DB = 25.0
@@ -101,6 +103,24 @@ def articulation_rate(nuclei_s: np.ndarray, t_s: np.ndarray, voiced: np.ndarray)
     end = float(t_s[-1]) + HOP_S / 2 if len(t_s) else float(nuclei_s[-1])
     span = min(float(nuclei_s[-1]) + ONSET_TO_NUCLEUS_S, end) - float(nuclei_s[0])
     return len(nuclei_s) / span if span > 0 else None
+
+
+def pace(nuclei_s: np.ndarray) -> float | None:
+    """Syllables per second of pause-free speaking time: the pace a listener hears while the voice runs.
+
+    Gaps between consecutive nuclei count at most ``PACE_GAP_CAP_S``, so pauses and the other
+    side's turns in the window do not dilute it (they do dilute :func:`articulation_rate`).
+
+    Args:
+        nuclei_s: nucleus times, seconds.
+
+    Returns:
+        The pace in syllables per second, or ``None`` with fewer than two nuclei.
+    """
+    if len(nuclei_s) < 2:
+        return None
+    gaps_s = np.minimum(np.diff(nuclei_s), PACE_GAP_CAP_S)
+    return len(nuclei_s) / (float(gaps_s.sum()) + ONSET_TO_NUCLEUS_S)
 
 
 def pauses(t_s: np.ndarray, level_dbfs: np.ndarray, voiced: np.ndarray) -> list[Pause]:

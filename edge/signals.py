@@ -75,7 +75,9 @@ class Tick:
     metrics: dict[str, Any]
     """The window's metrics body (conversation figures, ``far_kind``, ``prospect_tension``...)."""
     short: ProsodyWindow | None = None
-    """The agent's prosody over the rate window (``too_fast.window_s``)."""
+    """The agent's prosody over the fast-rate window (``too_fast.window_s``)."""
+    slow: ProsodyWindow | None = None
+    """The agent's prosody over the slow-rate window (``too_slow.window_s``); ``None``: as ``short``."""
     long: ProsodyWindow | None = None
     """The agent's prosody over the metrics' prosody window (pitch range, loudness)."""
     near_flat_s: float = 0.0
@@ -108,14 +110,14 @@ class AgentBaseline:
     """The agent's own typical rate, pitch range and loudness, learned from the first speech."""
 
     rate_syl_s: list[float] = field(default_factory=list)
+    pace_syl_s: list[float] = field(default_factory=list)
     pitch_range_st: list[float] = field(default_factory=list)
     level_dbfs: list[float] = field(default_factory=list)
     speech_s: float = 0.0
 
     def ready(self, need_s: float) -> bool:
         """Whether enough speech was seen (and every measure has samples)."""
-        return (self.speech_s >= need_s and len(self.rate_syl_s) >= 5 and len(self.pitch_range_st) >= 5
-                and len(self.level_dbfs) >= 5)
+        return self.speech_s >= need_s and all(len(getattr(self, n)) >= 5 for n in BASELINE_MEASURES)
 
     def value(self, name: str) -> float:
         """Median of one measure."""
@@ -123,14 +125,17 @@ class AgentBaseline:
 
     def as_dict(self) -> dict[str, float]:
         """The learned medians (to persist for the agent's next shift)."""
-        return {n: self.value(n) for n in ("rate_syl_s", "pitch_range_st", "level_dbfs")
-                if getattr(self, n)}
+        return {n: self.value(n) for n in BASELINE_MEASURES if getattr(self, n)}
 
     @classmethod
     def from_dict(cls, values: dict[str, float], speech_s: float = 3600.0) -> AgentBaseline:
-        """A baseline loaded from a previous shift's :meth:`as_dict` (ready at once)."""
-        return cls(**{n: [float(values[n])] * 5 for n in ("rate_syl_s", "pitch_range_st", "level_dbfs")},
+        """A baseline loaded from a previous shift's :meth:`as_dict` (ready once every measure is in)."""
+        return cls(**{n: [float(values[n])] * 5 for n in BASELINE_MEASURES if n in values},
                    speech_s=speech_s)
+
+
+BASELINE_MEASURES = ("rate_syl_s", "pace_syl_s", "pitch_range_st", "level_dbfs")
+"""What :class:`AgentBaseline` learns (a file from an older version may lack some: they are relearned)."""
 
 
 VOICED_MIN = 0.2
@@ -139,6 +144,13 @@ RATE_VOICED_MIN = 0.35
 RATE_MIN_SYLLABLES = 8
 """A rate window counts only with this much voice and this many syllable nuclei (a turn's edge
 holds a few syllables and gives rates far off in either direction)."""
+
+
+def _rated(win: ProsodyWindow | None) -> ProsodyWindow | None:
+    """The window if it holds enough voice and syllables for a rate, else ``None``."""
+    if win is None or win.voiced_ratio < RATE_VOICED_MIN or win.syllables < RATE_MIN_SYLLABLES:
+        return None
+    return win
 
 
 class Signals:
@@ -321,12 +333,15 @@ class Signals:
         short, long = tick.short, tick.long
         b = self.baseline
         need = self.campaign.alerts.baseline_speech_s
-        if short is not None and short.voiced_ratio >= RATE_VOICED_MIN \
-                and short.syllables >= RATE_MIN_SYLLABLES and short.articulation_rate_syl_s:
+        slow = _rated(tick.slow or short)
+        if slow is not None and slow.articulation_rate_syl_s:
             if self._in_call:
-                self._rates.append(short.articulation_rate_syl_s)
+                self._rates.append(slow.articulation_rate_syl_s)
             if not b.ready(need):
-                b.rate_syl_s.append(short.articulation_rate_syl_s)
+                b.rate_syl_s.append(slow.articulation_rate_syl_s)
+        fast = _rated(short)
+        if fast is not None and fast.pace_syl_s and not b.ready(need):
+            b.pace_syl_s.append(fast.pace_syl_s)
         if long is not None and long.voiced_ratio >= VOICED_MIN:
             if self._in_call:
                 if long.f0_median_hz:
@@ -353,26 +368,24 @@ class Signals:
         out: dict[str, tuple[float, float, bool, bool, float, float, str]] = {}
         ready = self.baseline.ready(c.alerts.baseline_speech_s)
         short, long = tick.short, tick.long
-        # pace, relative to the agent's own rate (and the campaign's absolute band)
-        rate = short.articulation_rate_syl_s if short is not None and short.voiced_ratio >= RATE_VOICED_MIN \
-            and short.syllables >= RATE_MIN_SYLLABLES else None
-        if ready and rate:
-            base = self.baseline.value("rate_syl_s")
-            ratio = rate / base
-            for cue, cfg, sign in (("too_fast", c.too_fast, 1.0), ("too_slow", c.too_slow, -1.0)):
-                if not cfg.enabled:
-                    continue
+        # too fast: the pause-free pace; too slow: the articulation rate (pauses drag it down);
+        # each relative to the agent's own baseline, or past the campaign's absolute band
+        for cue, cfg, sign, win, measure in (
+                ("too_fast", c.too_fast, 1.0, _rated(short), "pace_syl_s"),
+                ("too_slow", c.too_slow, -1.0, _rated(tick.slow or short), "rate_syl_s")):
+            rate = getattr(win, "pace_syl_s" if sign > 0 else "articulation_rate_syl_s") if win else None
+            if not cfg.enabled:
+                continue
+            if rate is None:  # no speech: the release clock runs
+                out[cue] = (0.0, cfg.ratio_on, False, True, cfg.min_on_s, cfg.min_off_s, "medium")
+            elif ready:
+                ratio = rate / self.baseline.value(measure)
                 band = sign * rate >= sign * cfg.band_syl_s
                 on = sign * ratio >= sign * cfg.ratio_on or band
                 off = sign * ratio <= sign * cfg.ratio_off and not band
                 far = abs(ratio - 1.0) >= 1.5 * abs(cfg.ratio_on - 1.0)
                 out[cue] = (ratio, cfg.ratio_on, on, off, cfg.min_on_s, cfg.min_off_s,
                             "high" if far else "medium")
-        elif rate is None:
-            for cue in ("too_fast", "too_slow"):  # no speech: the release clock runs
-                cfg = getattr(c, cue)
-                if cfg.enabled:
-                    out[cue] = (0.0, cfg.ratio_on, False, True, cfg.min_on_s, cfg.min_off_s, "medium")
         # monologue: the conversation stage's current agent turn
         mono = float(m.get("monologue_s_current", 0.0))
         if c.monologue.enabled:

@@ -13,6 +13,7 @@ from edge import baselines
 from edge.box import Box
 from edge.pipeline import Pipeline, load_vad_model
 from edge.settings import EdgeSettings
+from edge.signals import AgentBaseline
 from edge.source import read_wav
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -42,6 +43,7 @@ def test_learned_baselines_are_saved_and_loaded_by_the_next_start(tmp_path: Path
     agent, fatigue = pipe.learned_baselines()
     assert agent is not None, "four minutes of the agent's speech teach the cue baseline"
     assert 2.0 < agent["rate_syl_s"] < 9.0 and -60 < agent["level_dbfs"] < 0
+    assert agent["rate_syl_s"] < agent["pace_syl_s"] < 10.0  # the pace leaves pauses out
     state = tmp_path / "state"
     state.mkdir()
     assert baselines.save(state, agent, fatigue)
@@ -57,9 +59,13 @@ def test_learned_baselines_are_saved_and_loaded_by_the_next_start(tmp_path: Path
 
 def test_old_or_corrupt_baselines_are_ignored(tmp_path: Path) -> None:
     path = tmp_path / baselines.FILE
-    agent = {"rate_syl_s": 5.0, "pitch_range_st": 6.0, "level_dbfs": -30.0}
+    agent = {"rate_syl_s": 5.0, "pace_syl_s": 6.0, "pitch_range_st": 6.0, "level_dbfs": -30.0}
     assert baselines.save(tmp_path, agent, None)
-    assert baselines.load(tmp_path, 72.0).agent is not None
+    loaded = baselines.load(tmp_path, 72.0).agent
+    assert loaded is not None and loaded.ready(0.0)
+    # a file from before the pace existed: the rest is kept, the pace is learned before cues fire
+    older = AgentBaseline.from_dict({k: v for k, v in agent.items() if k != "pace_syl_s"})
+    assert not older.ready(0.0) and older.value("rate_syl_s") == 5.0
     assert baselines.load(tmp_path, 0.0).agent is None  # 0: learn afresh at every start
     old = json.loads(path.read_text())
     old["saved_ts"] = time.time() - 100 * 3600

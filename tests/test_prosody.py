@@ -125,3 +125,19 @@ def test_bad_input_fabricates_nothing() -> None:
     assert np.all(np.isfinite(out["f0_hz"])) and np.all(np.isfinite(out["level_dbfs"]))
     with pytest.raises(ValueError):
         analyze_clip(np.zeros(8000, dtype=np.float32), 8000)
+
+
+def test_pace_ignores_pauses_the_articulation_rate_counts() -> None:
+    """The same three utterances with 0.3 s or 1.5 s between them: the pace (what too_fast reads)
+    moves by under 3 %, the articulation rate (first to last nucleus) drops by over 15 %."""
+    clips = [read_wav(EMODB / "wav" / n) for n in clip_names()[:3]]
+
+    def joined(gap_s: float) -> dict:
+        gap = np.zeros(int(gap_s * RATE), dtype=np.float32)
+        return analyze_clip(np.concatenate([clips[0], gap, clips[1], gap, clips[2]]))
+
+    short, long = joined(0.3), joined(1.5)
+    assert short["syllables"] == long["syllables"] >= 15
+    assert long["pace_syl_s"] == pytest.approx(short["pace_syl_s"], rel=0.03)
+    assert long["articulation_rate_syl_s"] < 0.85 * short["articulation_rate_syl_s"]
+    assert short["pace_syl_s"] > short["articulation_rate_syl_s"]

@@ -54,14 +54,17 @@ def _report(call: Call, result: dict) -> tuple[dict[int, float], float]:
 
 
 def test_injected_events_cued_within_3s_precision(cue_calls, results):  # noqa: F811
-    """Monologue, 3 agent interruptions and a 3 s response gap: each cued within 3 s; precision >= 0.9."""
+    """Monologue, 3 agent interruptions and a 3 s response gap: each cued within 3 s, the 1.3x tempo
+    stretch within 8 s; precision >= 0.9."""
     call, result = cue_calls["clean"], results["clean"]
     delays, precision = _report(call, result)
+    fast = CampaignConfig().too_fast
     for i, t in enumerate(call.truth):
-        if t.cue == "too_fast":
-            continue  # not met: see docs/cues.md, "Known gap"
+        # 3 s is not met for the tempo stretch (docs/cues.md, "Known gap"); what its design allows
+        # is a full rate window of fast speech, held min_on_s, plus the prosody stage's 1 s batch
+        limit = fast.window_s + fast.min_on_s + 1.0 if t.cue == "too_fast" else DELAY_S
         assert i in delays, f"{t.cue} at {t.onset_s:.1f} s not cued"
-        assert -1.0 <= delays[i] <= DELAY_S, f"{t.cue} cued {delays[i]:.2f} s after onset"
+        assert -1.0 <= delays[i] <= limit, f"{t.cue} cued {delays[i]:.2f} s after onset"
     assert sum(t.cue == "talking_over" for t in call.truth) == 3
     assert precision >= 0.9
 

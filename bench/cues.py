@@ -1,0 +1,80 @@
+"""How the posture cues generalise: the test calls rebuilt with eight agents and two seeds each.
+
+``tests/test_signals.py`` proves the cues on one agent (EmoDB speaker 08) and one prospect. This
+benchmark rebuilds the same calls (``tests/_fixtures_signals.py``: a clean call with injected events
+and a steady call with none) with each EmoDB speaker who has neutral clips as the agent, and runs the
+whole pipeline (``edge.pipeline.analyze``) on each. It prints one JSON object: per injected cue the
+share detected, the share within 3 s and the median delay; the precision on the clean calls; and the
+cues per hour on the steady calls. Run ``python -m bench.cues`` (about 10 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from typing import Any
+
+import tests._fixtures_signals as calls
+from edge.pipeline import analyze, load_vad_model
+
+PAIRS = (("08", "03"), ("03", "08"), ("09", "13"), ("13", "09"), ("15", "16"), ("16", "15"),
+         ("10", "12"), ("12", "10"))
+"""(agent, prospect) EmoDB speakers; the agent speaks neutral clips, the prospect any emotion."""
+SEEDS = ((4, 5), (14, 15))
+"""(clean call seed, steady call seed) pairs."""
+DELAY_S = 3.0
+
+
+def run(pairs: tuple[tuple[str, str], ...] = PAIRS, seeds: tuple[tuple[int, int], ...] = SEEDS
+        ) -> dict[str, Any]:
+    """Build and analyse every call; return the figures (see the module docstring)."""
+    model = load_vad_model()
+    delays: dict[str, list[float | None]] = {}
+    true_cues = raised = steady_cues = 0
+    steady_min = 0.0
+    for agent, prospect in pairs:
+        calls.AGENT, calls.PROSPECT = agent, prospect
+        for clean_seed, steady_seed in seeds:
+            call = calls.clean_call(clean_seed)
+            cues = [c for c in analyze(call.audio, model)["cues"] if c["cue"] != "take_break"]
+            raised += len(cues)
+            seen: set[int] = set()
+            for c in cues:
+                hit = [i for i, t in enumerate(call.truth)
+                       if t.cue == c["cue"] and t.onset_s - 1.0 <= c["start_s"] <= t.end_s + 2.0]
+                true_cues += bool(hit)
+                for i in hit:
+                    if i not in seen:
+                        seen.add(i)
+                        delays.setdefault(call.truth[i].cue, []).append(c["start_s"] - call.truth[i].onset_s)
+            for i, t in enumerate(call.truth):
+                if i not in seen:
+                    delays.setdefault(t.cue, []).append(None)
+            steady = calls.steady_call(steady_seed)
+            steady_cues += len(analyze(steady.audio, model)["cues"])
+            steady_min += steady.audio.shape[1] / 16000 / 60
+            print(f"agent {agent} seeds {clean_seed}/{steady_seed} done", file=sys.stderr, flush=True)
+    per_cue = {}
+    for cue, ds in delays.items():
+        got = [d for d in ds if d is not None]
+        per_cue[cue] = {"events": len(ds), "detected": round(len(got) / len(ds), 3),
+                        "within_3s": round(sum(d <= DELAY_S for d in got) / len(ds), 3),
+                        "delay_s_median": round(statistics.median(got), 2) if got else None}
+    return {"calls": len(pairs) * len(seeds), "cues": per_cue,
+            "precision_clean": round(true_cues / raised, 3) if raised else 1.0,
+            "steady_cues_per_hour": round(60.0 * steady_cues / steady_min, 2)}
+
+
+def main() -> None:
+    """Print the figures as one JSON object."""
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--seeds", type=int, default=len(SEEDS), choices=range(1, len(SEEDS) + 1),
+                    help="how many seed pairs per agent (each one clean and one steady call)")
+    args = ap.parse_args()
+    print(json.dumps(run(seeds=SEEDS[:args.seeds])))
+
+
+if __name__ == "__main__":
+    main()
