@@ -243,6 +243,7 @@ class Pipeline:
             for e in self.conversation(start_s, duration_s, near, far, transitions):
                 out += [Message("event", c) for c in self.signals.event(e, start_s)]
                 out.append(Message("event", e))
+            out += [Message("event", e) for e in self.signals.poll(start_s + duration_s)]
             t = self._lap("conversation", t)
             flat = float(repaired[0].max() - repaired[0].min()) < self._flat_below
             self._near_flat_s = self._near_flat_s + duration_s if flat else 0.0

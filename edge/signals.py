@@ -194,6 +194,7 @@ class Signals:
         self._last_prospect_latency: float | None = None
         self._far_silent_s = 0.0
         self._in_call = False
+        self._why = "idle"
         self._reset_summary()
 
     def _reset_summary(self) -> None:
@@ -282,7 +283,7 @@ class Signals:
             and float(m.get("near_speech_ratio", 0.0)) == 0.0
         self._far_silent_s = self._far_silent_s + dt if far_quiet else 0.0
         out: list[dict[str, Any]] = []
-        why = self.suppressed(tick)
+        why = self._why = self.suppressed(tick)
         if why:
             for cue in list(self.active):
                 out.append(self._off(cue, now))
@@ -433,11 +434,8 @@ class Signals:
         # slow to respond: the prospect spoke last and nobody has spoken since
         sr = c.slow_response
         if sr.enabled:
-            far_end, near_end = self._last_end["far"], self._last_end["near"]
-            waiting = (not self._speaking["near"] and not self._speaking["far"] and far_end is not None
-                       and (near_end is None or near_end < far_end))
-            gap = now - far_end if waiting and far_end is not None else 0.0
-            on = waiting and sr.on_s <= gap < sr.max_s
+            gap = self._response_gap(now)
+            on = sr.on_s <= gap < sr.max_s
             out["slow_response"] = (round(gap, 2), sr.on_s, on, not on, 0.0, 0.0, "medium")
         # the prospect hesitating: slow answers to the agent
         ph = c.prospect_hesitating
@@ -458,6 +456,34 @@ class Signals:
             out["prospect_tense"] = (float(tension), pt.tension_on, tension >= pt.tension_on,
                                      tension <= pt.tension_off, pt.min_on_s, pt.min_off_s, "medium")
         return out
+
+    def _response_gap(self, now: float) -> float:
+        """Seconds since the prospect stopped, if the prospect spoke last and nobody speaks (else 0)."""
+        far_end, near_end = self._last_end["far"], self._last_end["near"]
+        if self._speaking["near"] or self._speaking["far"] or far_end is None:
+            return 0.0
+        return now - far_end if near_end is None or near_end < far_end else 0.0
+
+    def poll(self, now_s: float) -> list[dict[str, Any]]:
+        """Between metrics windows: raise ``slow_response`` as soon as its gap is reached.
+
+        It needs only the speech events, so it need not wait up to a second for the next window.
+        The window that follows keeps or ends it as usual.
+
+        Args:
+            now_s: audio time the pipeline has reached, seconds.
+
+        Returns:
+            A ``cue_on`` body, or nothing.
+        """
+        sr = self.campaign.slow_response
+        if not sr.enabled or self._why or "slow_response" in self.active:
+            return []
+        gap = self._response_gap(now_s)
+        if not sr.on_s <= gap < sr.max_s:
+            return []
+        ev = self._on("slow_response", now_s, "medium", round(gap, 2), sr.on_s)
+        return [ev] if ev is not None else []
 
     # ------------------------------------------------------------------------------ raising
     def _cooldown_ok(self, cue: str, now: float) -> bool:

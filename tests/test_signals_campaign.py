@@ -88,3 +88,25 @@ def test_explicit_hold_ends_an_active_cue():
     out = sig(_tick(36.0, monologue_s_current=36.0))
     assert [(e["name"], e["cue"]) for e in out] == [("cue_off", "monologue")]
     assert sig(_tick(37.0, monologue_s_current=37.0)) == []
+
+
+def test_slow_response_is_raised_between_windows_once_the_gap_is_reached():
+    """The prospect stops at 10.3 s: `poll` raises the cue at 12.3 s, not at the next window (13 s);
+    the window keeps it, the agent's answer ends it, and a suppressed seat gets nothing."""
+    sig = Signals()
+    quiet = {"near_speech_ratio": 0.0, "near_talking": False}
+    for k in range(10):
+        sig(_tick(float(k), **quiet))
+    sig.event({"name": "speech_start", "channel": "far", "t_audio_s": 8.0}, 8.0)
+    sig.event({"name": "speech_end", "channel": "far", "t_audio_s": 10.3}, 10.4)
+    assert sig(_tick(11.0, **quiet)) == [] and sig(_tick(12.0, **quiet)) == []
+    assert sig.poll(12.2) == []
+    (on,) = sig.poll(12.3)
+    assert (on["name"], on["cue"], on["t_audio_s"]) == ("cue_on", "slow_response", 12.3)
+    assert sig.poll(12.4) == [] and sig(_tick(13.0, **quiet)) == []  # raised once, kept
+    sig.event({"name": "speech_start", "channel": "near", "t_audio_s": 13.5}, 13.5)
+    assert [(e["name"], e["cue"]) for e in sig(_tick(14.0))] == [("cue_off", "slow_response")]
+    held = Signals()
+    held(_tick(1.0, far_kind="music", **quiet))
+    held.event({"name": "speech_end", "channel": "far", "t_audio_s": 1.0}, 1.0)
+    assert held.poll(3.5) == []
