@@ -25,6 +25,7 @@ from edge.fatigue import Fatigue, FatigueBaseline
 from edge.frames import FRAME_S, RATE_HZ, Framer
 from edge.prosody import Prosody, ProsodyWindow
 from edge.quality import SignalQuality
+from edge.rate import RateWindow
 from edge.runtime import Model, load_model
 from edge.signals import AgentBaseline, Signals, Tick, cue_event
 from edge.vad import GateConfig, SileroVad, SpeechGate
@@ -273,6 +274,10 @@ class Pipeline:
             return None
         return self.prosody.window(seconds)
 
+    def _rate_window(self, seconds: float) -> RateWindow | None:
+        """The agent's syllable rate and pauses over the last ``seconds`` (None as above)."""
+        return self.prosody.rate_window(seconds) if self.prosody.analysed else None
+
     def _signals(self, body: dict[str, Any], long: ProsodyWindow | None, now_s: float
                  ) -> list[Message]:
         """Fatigue fields (added to ``body``) and the cues of this metrics window."""
@@ -287,8 +292,8 @@ class Pipeline:
                 name = "cue_on" if self._break else "cue_off"
                 out.append(Message("event", cue_event(name, "take_break", now_s, "medium", idx,
                                                       self.campaign.fatigue.break_on)))
-        short = self._prosody_window(self.rate_window_s)
-        slow = None if self.slow_window_s == self.rate_window_s else self._prosody_window(self.slow_window_s)
+        short = self._rate_window(self.rate_window_s)
+        slow = None if self.slow_window_s == self.rate_window_s else self._rate_window(self.slow_window_s)
         tick = Tick(t_s=now_s, metrics=body, short=short, slow=slow, long=long, near_flat_s=self._near_flat_s)
         out += [Message("event", e) for e in self.signals(tick)]
         return out

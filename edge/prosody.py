@@ -508,6 +508,11 @@ class Prosody:
         m = cat.t_s >= cat.t_s[-1] + HOP_S / 2 - last_s
         return HopTrack(*(getattr(cat, f)[m] for f in names))
 
+    def rate_window(self, seconds: float) -> rate_mod.RateWindow:
+        """Only the syllable rate and pauses over the last ``seconds`` (cheaper than :meth:`window`)."""
+        tr = self.hops(seconds)
+        return rate_mod.rate_window(tr.t_s, tr.level_dbfs, tr.syllabic_db, tr.voiced)
+
     def window(self, seconds: float = 10.0, flush: bool = False) -> ProsodyWindow:
         """Functionals over the last ``seconds`` of analysed audio.
 

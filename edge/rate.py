@@ -44,6 +44,31 @@ class Pause:
     breath: bool
 
 
+@dataclass(frozen=True)
+class RateWindow:
+    """Syllable rate and pauses of one channel over a window: what the pace and pause cues read."""
+
+    voiced_ratio: float
+    """Share of hops that are voiced."""
+    syllables: int
+    articulation_rate_syl_s: float | None
+    """See :func:`articulation_rate`."""
+    pace_syl_s: float | None
+    """See :func:`pace`."""
+    pauses: int
+    """Silent gaps of 150 ms to 2 s between voiced stretches."""
+
+
+def rate_window(t_s: np.ndarray, level_dbfs: np.ndarray, syllabic_db: np.ndarray,
+                voiced: np.ndarray) -> RateWindow:
+    """The :class:`RateWindow` of a per-hop track (arguments as :func:`syllable_nuclei` and
+    :func:`pauses`)."""
+    nuclei = syllable_nuclei(t_s, syllabic_db, voiced)
+    return RateWindow(voiced_ratio=float(voiced.mean()) if len(voiced) else 0.0, syllables=len(nuclei),
+                      articulation_rate_syl_s=articulation_rate(nuclei, t_s, voiced),
+                      pace_syl_s=pace(nuclei), pauses=len(pauses(t_s, level_dbfs, voiced)))
+
+
 def _smooth(x: np.ndarray, width: int) -> np.ndarray:
     if width <= 1 or len(x) < width:
         return x.astype(float)

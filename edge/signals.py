@@ -28,6 +28,7 @@ import numpy as np
 
 from edge.campaign import CampaignConfig
 from edge.prosody import ProsodyWindow
+from edge.rate import RateWindow
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +75,10 @@ class Tick:
     """Audio time at the window's end, seconds."""
     metrics: dict[str, Any]
     """The window's metrics body (conversation figures, ``far_kind``, ``prospect_tension``...)."""
-    short: ProsodyWindow | None = None
-    """The agent's prosody over the fast-rate window (``too_fast.window_s``)."""
-    slow: ProsodyWindow | None = None
-    """The agent's prosody over the slow-rate window (``too_slow.window_s``); ``None``: as ``short``."""
+    short: RateWindow | None = None
+    """The agent's rate and pauses over the fast-rate window (``too_fast.window_s``)."""
+    slow: RateWindow | None = None
+    """The agent's rate over the slow-rate window (``too_slow.window_s``); ``None``: as ``short``."""
     long: ProsodyWindow | None = None
     """The agent's prosody over the metrics' prosody window (pitch range, loudness)."""
     near_flat_s: float = 0.0
@@ -146,7 +147,7 @@ RATE_MIN_SYLLABLES = 8
 holds a few syllables and gives rates far off in either direction)."""
 
 
-def _rated(win: ProsodyWindow | None) -> ProsodyWindow | None:
+def _rated(win: RateWindow | None) -> RateWindow | None:
     """The window if it holds enough voice and syllables for a rate, else ``None``."""
     if win is None or win.voiced_ratio < RATE_VOICED_MIN or win.syllables < RATE_MIN_SYLLABLES:
         return None

@@ -141,3 +141,16 @@ def test_pace_ignores_pauses_the_articulation_rate_counts() -> None:
     assert long["pace_syl_s"] == pytest.approx(short["pace_syl_s"], rel=0.03)
     assert long["articulation_rate_syl_s"] < 0.85 * short["articulation_rate_syl_s"]
     assert short["pace_syl_s"] > short["articulation_rate_syl_s"]
+
+
+def test_rate_window_matches_the_full_window() -> None:
+    """The cues' cheap rate-only window gives the same rate, pace and pauses as the full one."""
+    x = np.concatenate([read_wav(EMODB / "wav" / n) for n in clip_names()[:4]])
+    pros = Prosody(history_s=10.0)
+    for i in range(0, len(x), 512):
+        pros(x[i:i + 512])
+    for seconds in (5.0, 6.0):
+        full, cheap = pros.window(seconds), pros.rate_window(seconds)
+        assert cheap.syllables == full.syllables >= 8 and cheap.pauses == full.pauses
+        assert (cheap.voiced_ratio, cheap.articulation_rate_syl_s, cheap.pace_syl_s) == (
+            full.voiced_ratio, full.articulation_rate_syl_s, full.pace_syl_s)
