@@ -52,7 +52,7 @@ class AlertsConfig:
 
 @dataclass(frozen=True)
 class RateCue:
-    """Too fast or too slow: articulation rate relative to the agent's own baseline."""
+    """Too fast (the pace) or too slow (the articulation rate), relative to the agent's own baseline."""
 
     enabled: bool = True
     ratio_on: float = _r(1.2, 0.3, 3.0)

@@ -478,7 +478,7 @@ class Signals:
             A ``cue_on`` body, or nothing.
         """
         sr = self.campaign.slow_response
-        if not sr.enabled or self._why or "slow_response" in self.active:
+        if not sr.enabled or self._why or self._hold_explicit or "slow_response" in self.active:
             return []
         gap = self._response_gap(now_s)
         if not sr.on_s <= gap < sr.max_s:

@@ -110,3 +110,10 @@ def test_slow_response_is_raised_between_windows_once_the_gap_is_reached():
     held(_tick(1.0, far_kind="music", **quiet))
     held.event({"name": "speech_end", "channel": "far", "t_audio_s": 1.0}, 1.0)
     assert held.poll(3.5) == []
+    cti = Signals()  # the softphone puts the line on hold between two windows
+    cti(_tick(1.0, **quiet))
+    cti.event({"name": "speech_end", "channel": "far", "t_audio_s": 1.0}, 1.0)
+    cti.hold(True)
+    assert cti.poll(3.5) == []
+    cti.hold(False)
+    assert [e["cue"] for e in cti.poll(3.6)] == ["slow_response"]
