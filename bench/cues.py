@@ -40,18 +40,10 @@ def run(pairs: tuple[tuple[str, str], ...] = PAIRS, seeds: tuple[tuple[int, int]
             call = calls.clean_call(clean_seed)
             cues = [c for c in analyze(call.audio, model)["cues"] if c["cue"] != "take_break"]
             raised += len(cues)
-            seen: set[int] = set()
-            for c in cues:
-                hit = [i for i, t in enumerate(call.truth)
-                       if t.cue == c["cue"] and t.onset_s - 1.0 <= c["start_s"] <= t.end_s + 2.0]
-                true_cues += bool(hit)
-                for i in hit:
-                    if i not in seen:
-                        seen.add(i)
-                        delays.setdefault(call.truth[i].cue, []).append(c["start_s"] - call.truth[i].onset_s)
+            found, matched = calls.match_cues(call.truth, cues, DELAY_S)
+            true_cues += matched
             for i, t in enumerate(call.truth):
-                if i not in seen:
-                    delays.setdefault(t.cue, []).append(None)
+                delays.setdefault(t.cue, []).append(found.get(i))
             steady = calls.steady_call(steady_seed)
             steady_cues += len(analyze(steady.audio, model)["cues"])
             steady_min += steady.audio.shape[1] / 16000 / 60

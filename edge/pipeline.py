@@ -293,7 +293,7 @@ class Pipeline:
                 out.append(Message("event", cue_event(name, "take_break", now_s, "medium", idx,
                                                       self.campaign.fatigue.break_on)))
         short = self._rate_window(self.rate_window_s)
-        slow = None if self.slow_window_s == self.rate_window_s else self._rate_window(self.slow_window_s)
+        slow = short if self.slow_window_s == self.rate_window_s else self._rate_window(self.slow_window_s)
         tick = Tick(t_s=now_s, metrics=body, short=short, slow=slow, long=long, near_flat_s=self._near_flat_s)
         out += [Message("event", e) for e in self.signals(tick)]
         return out

@@ -78,7 +78,7 @@ class Tick:
     short: RateWindow | None = None
     """The agent's rate and pauses over the fast-rate window (``too_fast.window_s``)."""
     slow: RateWindow | None = None
-    """The agent's rate over the slow-rate window (``too_slow.window_s``); ``None``: as ``short``."""
+    """The agent's rate over the slow-rate window (``too_slow.window_s``)."""
     long: ProsodyWindow | None = None
     """The agent's prosody over the metrics' prosody window (pitch range, loudness)."""
     near_flat_s: float = 0.0
@@ -335,7 +335,7 @@ class Signals:
         short, long = tick.short, tick.long
         b = self.baseline
         need = self.campaign.alerts.baseline_speech_s
-        slow = _rated(tick.slow or short)
+        slow = _rated(tick.slow)
         if slow is not None and slow.articulation_rate_syl_s:
             if self._in_call:
                 self._rates.append(slow.articulation_rate_syl_s)
@@ -372,10 +372,11 @@ class Signals:
         short, long = tick.short, tick.long
         # too fast: the pause-free pace; too slow: the articulation rate (pauses drag it down);
         # each relative to the agent's own baseline, or past the campaign's absolute band
-        for cue, cfg, sign, win, measure in (
-                ("too_fast", c.too_fast, 1.0, _rated(short), "pace_syl_s"),
-                ("too_slow", c.too_slow, -1.0, _rated(tick.slow or short), "rate_syl_s")):
-            rate = getattr(win, "pace_syl_s" if sign > 0 else "articulation_rate_syl_s") if win else None
+        fast_win, slow_win = _rated(short), _rated(tick.slow)
+        for cue, cfg, sign, rate, measure in (
+                ("too_fast", c.too_fast, 1.0, fast_win.pace_syl_s if fast_win else None, "pace_syl_s"),
+                ("too_slow", c.too_slow, -1.0, slow_win.articulation_rate_syl_s if slow_win else None,
+                 "rate_syl_s")):
             if not cfg.enabled:
                 continue
             if rate is None:  # no speech: the release clock runs

@@ -15,7 +15,7 @@ from edge.campaign import CampaignConfig
 from edge.pipeline import Message, Pipeline, analyze, load_vad_model
 from edge.signals import CUES
 from miroir import wire
-from tests._fixtures_signals import Call, Truth, cue_calls  # noqa: F401  (session fixture)
+from tests._fixtures_signals import Call, cue_calls, match_cues  # noqa: F401  (session fixture)
 
 DELAY_S = 3.0
 
@@ -30,22 +30,9 @@ def results(cue_calls, model):  # noqa: F811
     return {name: analyze(call.audio, model) for name, call in cue_calls.items()}
 
 
-def _match(truth: list[Truth], cues: list[dict]) -> tuple[dict[int, float], int]:
-    """Detection delay per injected event (first cue of its kind from onset), and true cue count."""
-    delays: dict[int, float] = {}
-    true_cues = 0
-    for c in cues:
-        hit = [i for i, t in enumerate(truth)
-               if t.cue == c["cue"] and t.onset_s - 1.0 <= c["start_s"] <= t.end_s + DELAY_S]
-        true_cues += bool(hit)
-        for i in hit:
-            delays.setdefault(i, c["start_s"] - truth[i].onset_s)
-    return delays, true_cues
-
-
 def _report(call: Call, result: dict) -> tuple[dict[int, float], float]:
     cues = [c for c in result["cues"] if c["cue"] != "take_break"]
-    delays, true_cues = _match(call.truth, cues)
+    delays, true_cues = match_cues(call.truth, cues, DELAY_S)
     precision = true_cues / len(cues) if cues else 1.0
     for i, t in enumerate(call.truth):
         print(f"{t.cue:15s} onset {t.onset_s:7.2f} s  delay {delays.get(i, float('nan')):5.2f} s")
