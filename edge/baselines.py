@@ -1,8 +1,9 @@
 """The agent's baselines across shifts: saved in the box's state directory, loaded at start.
 
 The file holds the medians and spreads the cue and fatigue stages learned (a handful of numbers,
-no audio, nothing about a call). A baseline older than ``max_age_h`` is ignored (the seat may have
-changed hands); a corrupt file is reported and ignored, never fatal.
+no audio, nothing about a call) and when they were learned. Saving again keeps that time, so a
+baseline learned more than ``max_age_h`` ago is ignored however often the box restarted (the seat
+may have changed hands); a corrupt file is reported and ignored, never fatal.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class Baselines:
 
     agent: AgentBaseline | None = None
     fatigue: FatigueBaseline | None = None
+    learned_ts: float | None = None
+    """When they were learned, seconds since the epoch."""
 
 
 def load(state_dir: Path, max_age_h: float) -> Baselines:
@@ -46,27 +49,38 @@ def load(state_dir: Path, max_age_h: float) -> Baselines:
         data = json.loads(path.read_text())
         if data.get("format") != FORMAT:
             raise ValueError(f"format {data.get('format')!r}, expected {FORMAT}")
-        age_h = (time.time() - float(data["saved_ts"])) / 3600
+        learned_ts = float(data.get("learned_ts", data["saved_ts"]))
+        age_h = (time.time() - learned_ts) / 3600
         if age_h > max_age_h:
-            log.info("baselines in %s are %.0f h old (over %.0f h): learning afresh",
+            log.info("baselines in %s were learned %.0f h ago (over %.0f h): learning afresh",
                      path, age_h, max_age_h)
             return Baselines()
         agent = AgentBaseline.from_dict(data["agent"]) if data.get("agent") else None
         fatigue = FatigueBaseline.from_dict(data["fatigue"]) if data.get("fatigue") else None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         log.warning("ignoring %s: %s", path, exc)
         return Baselines()
-    log.info("loaded the agent's baselines from %s (%.1f h old)", path, age_h)
-    return Baselines(agent, fatigue)
+    log.info("loaded the agent's baselines from %s (learned %.1f h ago)", path, age_h)
+    return Baselines(agent, fatigue, learned_ts)
 
 
-def save(state_dir: Path, agent: dict[str, Any] | None, fatigue: dict[str, Any] | None) -> bool:
-    """Write the learned baselines atomically; return False when there is nothing to save."""
+def save(state_dir: Path, agent: dict[str, Any] | None, fatigue: dict[str, Any] | None,
+         learned_ts: float | None = None) -> bool:
+    """Write the learned baselines atomically; return False when there is nothing to save.
+
+    Args:
+        state_dir: The box's state directory.
+        agent: the cue baseline's :meth:`~edge.signals.AgentBaseline.as_dict`.
+        fatigue: the fatigue baseline's :meth:`~edge.fatigue.FatigueBaseline.as_dict`.
+        learned_ts: when they were learned, seconds since the epoch (now if None).
+    """
     if not agent and not fatigue:
         return False
     path = Path(state_dir) / FILE
     tmp = path.with_name(f".{FILE}.tmp")
-    tmp.write_text(json.dumps({"format": FORMAT, "saved_ts": time.time(),
+    now = time.time()
+    tmp.write_text(json.dumps({"format": FORMAT, "saved_ts": now,
+                               "learned_ts": now if learned_ts is None else learned_ts,
                                "agent": agent or None, "fatigue": fatigue or None}))
     os.replace(tmp, path)
     return True

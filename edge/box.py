@@ -84,9 +84,14 @@ class Box:
 
                 campaign = load_campaign(settings.campaign_file)
             saved = baselines.load(settings.state_dir, settings.baseline_max_age_h)
+            self._learned_ts = saved.learned_ts
             pipeline = Pipeline(model, gate=gate, window_s=settings.window_s, affect=affect,
                                 campaign=campaign, agent_baseline=saved.agent,
                                 fatigue_baseline=saved.fatigue)
+        else:
+            self._learned_ts = None
+        self._expired = False
+        self._expired_shift = 0
         self.pipeline: Callable[[Any], Iterable[_Message]] = pipeline
         self.outbox = outbox or Outbox(settings.state_dir / "outbox.sqlite", settings.site,
                                        settings.box)
@@ -102,6 +107,9 @@ class Box:
         """Private mode: nothing about the call is put in the outbox."""
         self.call_state = "idle"
         """Call state from the softphone/CTI connector (``cmd`` ``call_state``)."""
+        self._shown_call_state = "idle"
+        """The call state the status shows: frozen while private (it would tell when the call was
+        held or ended)."""
         self.identify_until = 0.0
         self.control: ControlSocket | None = None
         """The local control socket, open while :meth:`run` runs (``control_socket``)."""
@@ -128,7 +136,7 @@ class Box:
         return {**health,
                 "seq_last": self.outbox.last_seq, "seq_first": self.outbox.first_seq(),
                 "outbox_depth": self.outbox.depth(), "dropped": self.outbox.dropped,
-                "private": self.private, "call_state": self.call_state,
+                "private": self.private, "call_state": self._shown_call_state,
                 "cmd_refused": self.cmd_refused, **self.source_status()}
 
     def submit(self, messages: Iterable[_Message]) -> int:
@@ -173,6 +181,8 @@ class Box:
             if private != self.private:
                 self.private = private
                 self._status_due = True
+                if not private:
+                    self._shown_call_state = self.call_state
                 set_private = getattr(self.pipeline, "set_private", None)
                 if set_private is not None:  # the fact that the seat is private does leave
                     for m in set_private(private):
@@ -194,9 +204,11 @@ class Box:
                 self._status_due = True  # tell the dashboard what is gone for good
         elif action == "call_state" and msg["call_state"] != self.call_state:
             self.call_state = str(msg["call_state"])
-            self._status_due = True
+            if not self.private:
+                self._shown_call_state = self.call_state
+                self._status_due = True
             call_state = getattr(self.pipeline, "call_state", None)
-            if call_state is not None:
+            if call_state is not None:  # while private, the pipeline keeps it for later
                 call_state(self.call_state)
         self.cmd_done += 1
         return action
@@ -247,12 +259,30 @@ class Box:
                 break
 
     def save_baselines(self) -> None:
-        """Keep the agent's learned baselines in the state directory for the next start."""
+        """Keep the agent's learned baselines in the state directory for the next start (with the
+        time they were learned); past ``baseline_max_age_h``, have the next shift learn them afresh."""
         learned = getattr(self.pipeline, "learned_baselines", None)
         if learned is None:
             return
+        shifts = getattr(self.pipeline, "shifts", 0)
+        if self._expired and shifts != self._expired_shift:  # a new shift relearns them
+            self._learned_ts, self._expired = None, False
+        agent, fatigue = learned()
+        if not agent and not fatigue:
+            self._learned_ts = None
+            return
+        now = time.time()
+        if self._learned_ts is None:
+            self._learned_ts = now
+        if now - self._learned_ts > self.settings.baseline_max_age_h * 3600:
+            if not self._expired:
+                log.info("the agent's baselines are over %.0f h old: the next shift learns them "
+                         "afresh", self.settings.baseline_max_age_h)
+                self.pipeline.forget_baselines()  # type: ignore[attr-defined]
+                self._expired, self._expired_shift = True, shifts
+            return
         try:
-            baselines.save(self.settings.state_dir, *learned())
+            baselines.save(self.settings.state_dir, agent, fatigue, self._learned_ts)
         except OSError as exc:
             log.warning("could not save the baselines: %s", exc)
 

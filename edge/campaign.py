@@ -183,6 +183,10 @@ class FatigueConfig:
     break_off: float = _r(40.0, 0.0, 100.0)
     break_min_s: float = _r(120.0, 0.0, 3600.0)
     """The index stays at or over ``break_on`` this long before a break is suggested."""
+    new_shift_idle_min: float = _r(180.0, 10.0, 2880.0)
+    """After this long with nobody speaking on either channel, the next speech starts a new shift:
+    vocal dose, fatigue tracking, the break suggestion and the cue budget start over (the learned
+    baselines are kept, as a restart loads them)."""
 
 
 @dataclass(frozen=True)

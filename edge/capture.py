@@ -280,6 +280,8 @@ class CaptureSource:
         self.overruns = 0
         self.input_overflows = 0
         self.reopen_count = 0
+        self.opens = 0
+        """Successful :meth:`open` calls (the first open, wherever it was made, is not a re-open)."""
         self.device_ok = False
         self.last_error: str | None = None
         self.stop_event = threading.Event()
@@ -323,6 +325,7 @@ class CaptureSource:
             raise
         self.device_ok = True
         self.last_error = None
+        self.opens += 1
         log.info("capturing from %s", ", ".join(f"{i.name!r} at {i.rate_hz} Hz"
                                                  for i in self._inputs))
 
@@ -397,7 +400,7 @@ class CaptureSource:
                         yield from self._wait(backoff_s)
                         backoff_s = min(2 * backoff_s, cfg.backoff_max_s)
                         continue
-                    if not first:
+                    if self.opens > 1:
                         self.reopen_count += 1
                         log.warning("capture device back after a loss (re-open #%d)",
                                     self.reopen_count)
@@ -490,7 +493,7 @@ class CaptureSource:
 
     def status_fields(self) -> dict[str, int | bool]:
         """Fields for the box's retained status (allow-listed in :mod:`miroir.wire`)."""
-        return {"capture_ok": self.device_ok, "overruns": self.overruns,
+        return {"capture_ok": self.device_ok, "overruns": self.overruns + self.input_overflows,
                 "capture_reopens": self.reopen_count}
 
 

@@ -115,11 +115,13 @@ PROSPECT = "far"
 ROLE = {AGENT: "agent", PROSPECT: "prospect"}
 BOTH = "both"
 """Starter of an overlap in which both sides started speaking together."""
-CALL_END_REASONS = ("silence", "signal", "end_of_stream")
+CALL_END_REASONS = ("silence", "signal", "hangup", "end_of_stream")
 
 # Order of simultaneous pending items: a speech end before a call signal before a speech start, so
 # that one side stopping exactly when the other starts is a hand-over, not an overlap.
 _END, _CALL_END, _CALL_START, _CALL_HOLD, _START = 0, 1, 2, 3, 4
+_HANGUP = "hangup"
+"""Channel slot of a ``_CALL_END`` that a busy tone caused (its end reason)."""
 
 
 def _other(ch: str) -> str:
@@ -211,6 +213,8 @@ class CallSummary:
     start_s: float
     end_s: float
     end_reason: str
+    """One of :data:`CALL_END_REASONS`: the line fell silent, a call-state signal, the prospect
+    hung up (a busy tone), or the recording ended."""
     duration_s: float
     agent_speech_ratio: float
     """Share of the call in which the agent spoke, 0..1."""
@@ -391,6 +395,10 @@ class Conversation:
         t = t_s if t_s is not None else (self._clock_s or 0.0)
         self._push(t, kinds[state], PROSPECT)
 
+    def hang_up(self, t_s: float) -> None:
+        """The far end hung up (a busy tone on the line at ``t_s``, seconds): end the call there."""
+        self._push(t_s, _CALL_END, _HANGUP)
+
     def finish(self) -> list[Event]:
         """End of stream: process everything, close open speech and the call; return events."""
         if self._clock_s is None:
@@ -441,7 +449,7 @@ class Conversation:
                     self._call.resumed_s = t
                 self._call.hold = kind == _CALL_HOLD
             elif self._call is not None:
-                self._end_call(t, "signal")
+                self._end_call(t, "hangup" if ch == _HANGUP else "signal")
         if horizon_s > self._t_s:
             self._advance(horizon_s)
         self._prune()

@@ -73,8 +73,24 @@ class FatigueBaseline:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FatigueBaseline:
-        """Inverse of :meth:`as_dict`."""
-        return cls(dict(d["mean"]), dict(d["sd"]), int(d["n"]))
+        """Inverse of :meth:`as_dict`.
+
+        Raises:
+            ValueError: a mean without its spread (or the reverse), a value that is not finite, a
+                negative spread.
+        """
+        mean = {str(k): float(v) for k, v in dict(d["mean"]).items()}
+        sd = {str(k): float(v) for k, v in dict(d["sd"]).items()}
+        if mean.keys() != sd.keys():
+            raise ValueError(f"fatigue baseline: means {sorted(mean)} but spreads {sorted(sd)}")
+        values = [*mean.values(), *sd.values()]
+        if not all(math.isfinite(v) for v in values) or min(sd.values(), default=0.0) < 0.0:
+            raise ValueError("fatigue baseline: a value is not finite, or a spread is negative")
+        return cls(mean, sd, max(0, int(d["n"])))
+
+    def copy(self) -> FatigueBaseline:
+        """An independent copy (a shift's learning must not change the one it started from)."""
+        return FatigueBaseline(dict(self.mean), dict(self.sd), self.n)
 
 
 @dataclass
@@ -114,8 +130,9 @@ class Fatigue:
         self.reset()
 
     def reset(self) -> None:
-        """A new shift."""
-        self.baseline = self._loaded or FatigueBaseline()
+        """A new shift: vocal dose, tracking and the break suggestion start over."""
+        self.baseline = self._loaded.copy() if self._loaded else FatigueBaseline()
+        self._base_s = 0.0
         self._base: dict[str, list[float]] = {k: [] for k in FEATURES}
         self._track: dict[str, deque[float]] = {k: deque() for k in FEATURES}
         self._lat_base: list[float] = []
@@ -129,8 +146,16 @@ class Fatigue:
     @property
     def ready(self) -> bool:
         """Whether the shift baseline is known."""
-        return self.baseline.n * 1.0 >= self.config.baseline_speech_s or bool(
-            self._loaded and self.baseline.mean)
+        return self._base_s >= self.config.baseline_speech_s or bool(self._loaded and self.baseline.mean)
+
+    def keep_baseline(self) -> None:
+        """From the next :meth:`reset` on, start from the baseline learned so far (a new shift)."""
+        if self.ready:
+            self._loaded = self.baseline.copy()
+
+    def forget_baseline(self) -> None:
+        """From the next :meth:`reset` on, learn the baseline afresh."""
+        self._loaded = None
 
     def __call__(self, window: ProsodyWindow | None, dt_s: float,
                  latency_ms: float | None = None) -> FatigueState:
@@ -151,15 +176,19 @@ class Fatigue:
         if latency_ms is not None and latency_ms != self._last_latency:
             self._last_latency = latency_ms
             lat = float(latency_ms) / 1000.0
-            if len(self._lat_base) < LATENCY_RESPONSES and not self._loaded:
-                self._lat_base.append(lat)
-            else:
+            if "latency" in self.baseline.mean:
                 self._lat_track.append(lat)
+            else:  # the agent's first answers of the shift (on their own clock: answers are rarer)
+                self._lat_base.append(lat)
+                if len(self._lat_base) >= LATENCY_RESPONSES:
+                    self.baseline.mean["latency"] = float(np.mean(self._lat_base))
+                    self.baseline.sd["latency"] = float(np.std(self._lat_base, ddof=1))
         if feats is not None:
             if not self.ready:
                 for k, v in feats.items():
                     self._base[k].append(v)
                 self.baseline.n += 1
+                self._base_s += dt_s
                 if self.ready:
                     self._freeze()
             else:
@@ -177,9 +206,6 @@ class Fatigue:
         for k, values in self._base.items():
             b.mean[k] = float(np.mean(values))
             b.sd[k] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-        if self._lat_base:
-            b.mean["latency"] = float(np.mean(self._lat_base))
-            b.sd["latency"] = float(np.std(self._lat_base, ddof=1)) if len(self._lat_base) > 1 else 0.0
         self._base = {k: [] for k in FEATURES}
 
     def _evaluate(self, dt_s: float) -> FatigueState:
@@ -201,8 +227,7 @@ class Fatigue:
                 z[k] = sign * (float(np.mean(self._track[k])) - b.mean[k]) / se
                 total += weight * max(0.0, z[k]) ** 2
         if "latency" in b.mean and len(self._lat_track) >= 5:
-            nb = max(2, len(self._lat_base) or LATENCY_RESPONSES)
-            se = max(0.05, b.sd["latency"] * math.sqrt(1 / len(self._lat_track) + 1 / nb))
+            se = max(0.05, b.sd["latency"] * math.sqrt(1 / len(self._lat_track) + 1 / LATENCY_RESPONSES))
             z["latency"] = (float(np.mean(self._lat_track)) - b.mean["latency"]) / se
             total += LATENCY_WEIGHT * max(0.0, z["latency"]) ** 2
         dose = phon_min / cfg.dose_full_min

@@ -9,6 +9,7 @@ returns message bodies (the box adds site, box, seq and ts). :func:`analyze` run
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import defaultdict
@@ -24,11 +25,13 @@ from edge.farend import FarEnd
 from edge.fatigue import Fatigue, FatigueBaseline
 from edge.frames import FRAME_S, RATE_HZ, Framer
 from edge.prosody import Prosody, ProsodyWindow
-from edge.quality import SignalQuality
+from edge.quality import SIGNAL_STATES, SignalQuality
 from edge.rate import RateWindow
 from edge.runtime import Model, load_model
 from edge.signals import AgentBaseline, Signals, Tick, cue_event
 from edge.vad import GateConfig, SileroVad, SpeechGate
+
+log = logging.getLogger(__name__)
 
 CHANNELS = ("near", "far")
 
@@ -54,6 +57,18 @@ def load_vad_model(backend: str = "onnx") -> Model:
     from models.build import model_path
 
     return load_model(model_path("silero_vad"), backend=backend)
+
+
+_SEVERITY = {state: i for i, state in enumerate(SIGNAL_STATES)}
+_DEAD_NEAR = ("near_", "agent_speech_ratio", "agent_share", "silence_ratio")
+_DEAD_FAR = ("far_", "prospect_speech_ratio", "agent_share", "silence_ratio")
+
+
+def _reads_dead(key: str, dead: set[str]) -> bool:
+    """Whether a metrics field reads a channel that has no signal (its ``*_signal`` flag aside)."""
+    if key.endswith("_signal") or key == "far_kind":
+        return False
+    return ("near" in dead and key.startswith(_DEAD_NEAR)) or ("far" in dead and key.startswith(_DEAD_FAR))
 
 
 def prosody_fields(window: ProsodyWindow) -> dict[str, float]:
@@ -115,11 +130,20 @@ class Pipeline:
         self.signals = Signals(self.campaign, agent_baseline)
         self.fatigue = Fatigue(self.campaign.fatigue, fatigue_baseline) \
             if self.campaign.fatigue.enabled else None
+        self.shift_gap_s = self.campaign.fatigue.new_shift_idle_min * 60.0
+        self._idle_s = 0.0
+        self._relearn = False
+        self.shifts = 0
+        """New shifts started by an idle gap since the stream began."""
         self._flat_below = self.quality.config.flat_below
+        self._worst = [0] * len(CHANNELS)
+        """Per channel, the most severe signal state of the current metrics window."""
         self._near_flat_s = 0.0
         self._break = False
         self.private = False
         """Private mode: no stage is fed, nothing is computed or emitted about the call."""
+        self._call_state = "idle"
+        """The last explicit call state (kept while private, applied when private mode ends)."""
         self._received_s = 0.0
         self._resume_s = 0.0
         self._far_t0_s = 0.0
@@ -142,6 +166,7 @@ class Pipeline:
             self.fatigue.reset()
         self._break = False
         self.private = False
+        self._idle_s = 0.0
         self._far_t0_s = 0.0
         self._received_s = 0.0
         self._resume_s = 0.0
@@ -171,6 +196,34 @@ class Pipeline:
             else None
         return agent, fatigue
 
+    def _new_shift(self, t_s: float) -> list[Message]:
+        """After a long idle gap: the fatigue stage, the break and the cue budget start over; the
+        baselines learned so far are kept (as a restart would load them)."""
+        out: list[Message] = []
+        if self._break and self.fatigue is not None:
+            out.append(Message("event", cue_event("cue_off", "take_break", t_s, "medium",
+                                                  self.fatigue.state.index or 0.0,
+                                                  self.campaign.fatigue.break_on)))
+        self._break = False
+        for stage in (self.signals, self.fatigue):
+            if stage is None:
+                continue
+            if self._relearn:
+                stage.forget_baseline()
+            else:
+                stage.keep_baseline()
+            stage.reset()
+        self._relearn = False
+        self.signals.hold(self._call_state == "hold")
+        self.shifts += 1
+        log.info("new shift at %.0f s of audio, after %.0f min with nobody speaking",
+                 t_s, self._idle_s / 60.0)
+        return out
+
+    def forget_baselines(self) -> None:
+        """Learn the agent's baselines afresh from the next shift on (they are too old)."""
+        self._relearn = True
+
     def set_private(self, on: bool) -> list[Message]:
         """Enter or leave private mode; return the one event that says so (nothing if unchanged).
 
@@ -181,14 +234,18 @@ class Pipeline:
         """
         if on == self.private:
             return []
-        self.private = on
         t = round(self._received_s, 3)
+        # the open cues end here (the fact that the seat goes private says as much)
+        out = [Message("event", e) for e in self.signals.close(self.audio_s)] if on else []
+        self.private = on
         self._reset_call_stages()  # drop the open call, pending events and partial windows
         if not on:
             self._resume_s = self._received_s
             self._far_t0_s = math.ceil(self._received_s / FRAME_S - 1e-9) * FRAME_S
-        return [Message("event", {"name": "private_on" if on else "private_off", "channel": "both",
-                                  "t_audio_s": t})]
+            self._apply_call_state()  # a hold or hang-up set while private holds from now on
+        out.append(Message("event", {"name": "private_on" if on else "private_off",
+                                     "channel": "both", "t_audio_s": t}))
+        return out
 
     def _lap(self, stage: str, t0: float) -> float:
         now = time.perf_counter()
@@ -214,14 +271,20 @@ class Pipeline:
                 frame = type(frame)(repaired, frame.rate_hz, start_s, frame.index)
             duration_s = frame.duration_s
             near_state, far_state = quality.states
+            worst = self._worst
+            for i, state in enumerate(quality.states):
+                if state != "ok" and _SEVERITY[state] > worst[i]:
+                    worst[i] = _SEVERITY[state]
             t = self._lap("quality", t)
             near_prob, far_prob = self.vad(frame).tolist()
             t = self._lap("vad", t)
             kind = far_kind.label
             if far_kind(repaired[1]) != kind:
-                out.append(Message("event", {
-                    "name": "far_kind", "channel": "far", "kind": far_kind.label,
-                    "t_audio_s": round(self._far_t0_s + far_kind.since_frame * FRAME_S, 3)}))
+                since_s = self._far_t0_s + far_kind.since_frame * FRAME_S
+                out.append(Message("event", {"name": "far_kind", "channel": "far",
+                                             "kind": far_kind.label, "t_audio_s": round(since_s, 3)}))
+                if far_kind.label == "busy":  # the prospect hung up: the call ends with the tone
+                    self.conversation.hang_up(since_s)
             t = self._lap("farend", t)
             if near_state == "none":
                 near_prob = 0.0  # a dead channel, a tone or hold music is nobody speaking
@@ -240,6 +303,12 @@ class Pipeline:
                     transitions.append((ch, change, gate.transition_s))
                     self._segment(ch, change, gate.transition_s)
             near, far = near_gate.speaking, far_gate.speaking
+            if near or far:
+                if self._idle_s >= self.shift_gap_s:
+                    out += self._new_shift(start_s)
+                self._idle_s = 0.0
+            else:
+                self._idle_s += duration_s
             t = self._lap("gates", t)
             for e in self.conversation(start_s, duration_s, near, far, transitions):
                 out += [Message("event", c) for c in self.signals.event(e, start_s)]
@@ -299,24 +368,36 @@ class Pipeline:
         return out
 
     def _metrics(self, body: dict[str, Any], long: ProsodyWindow | None = None) -> dict[str, Any]:
-        for ch, state in zip(CHANNELS, self.quality.states, strict=True):
+        dead = set()
+        for i, (ch, state) in enumerate(zip(CHANNELS, self.quality.states, strict=True)):
+            if state != "none":  # the worst the window saw (a NaN burst, clipping) is reported
+                state = SIGNAL_STATES[max(self._worst[i], _SEVERITY[state])]
+            if ch == "far" and state == "ok" and self.far_kind.label == "dead":
+                state = "none"  # the far-end stage knows a flat line after 3 frames, not 2 s
             body[f"{ch}_signal"] = state
-            if state == "none":  # no signal is not silence: no speech figures at all
-                body.pop(f"{ch}_speech_ratio")
+            if state == "none":
+                dead.add(ch)
+        self._worst = [0] * len(CHANNELS)
         body["far_kind"] = self.far_kind.label
         body.update(self.conversation.metrics())
-        if long is not None:
+        if long is not None and "near" not in dead:
             body.update(prosody_fields(long))
+        # no signal is not silence: nothing that reads the dead channel's speech is published
+        for key in [k for k in body if _reads_dead(k, dead)]:
+            del body[key]
         body.update(self._affect_last)  # the prospect's latest window, never the agent's
         self._affect_last = {}
         return body
 
     def call_state(self, state: str) -> None:
         """Explicit call signal from a softphone or CTI connector (``idle``, ``active``, ``hold``)."""
-        if self.private:
-            return
-        self.conversation.call_state(state)
-        self.signals.hold(state == "hold")
+        self._call_state = state
+        if not self.private:
+            self._apply_call_state()
+
+    def _apply_call_state(self) -> None:
+        self.conversation.call_state(self._call_state)
+        self.signals.hold(self._call_state == "hold")
 
     def _segment(self, ch: str, change: str, t_s: float) -> None:
         if change == "start":
@@ -368,8 +449,18 @@ def analyze(audio: np.ndarray, model: Model, *, window_s: float = 1.0,
     speech_s = {c: sum(e - s for s, e in pipe.trace.segments[c]) for c in CHANNELS}
     from edge.prosody import analyze_clip
 
-    prosody = {c: _prosody_summary(analyze_clip(audio[i], RATE_HZ))
-               for i, c in enumerate(CHANNELS) if pipe.quality.states[i] != "none"}
+    metrics = [m.body for m in messages if m.kind == "metrics"]
+    # over the whole recording, not its last frame: a channel with no signal in most windows is
+    # "none"; otherwise the most severe other state any window saw
+    signal: dict[str, str] = {}
+    for i, c in enumerate(CHANNELS):
+        seen = [m[f"{c}_signal"] for m in metrics] or [pipe.quality.states[i]]
+        alive = [s for s in seen if s != "none"]
+        signal[c] = max(alive, key=_SEVERITY.__getitem__) if 2 * len(alive) >= len(seen) else "none"
+    # the same repair as the quality stage (non-finite samples are zeros) before the prosody
+    repaired = np.nan_to_num(audio, nan=0.0, posinf=0.0, neginf=0.0)
+    prosody = {c: _prosody_summary(analyze_clip(repaired[i], RATE_HZ))
+               for i, c in enumerate(CHANNELS) if signal[c] != "none"}
     history = pipe.conversation.history
     from edge.affect import affect_for_analysis
 
@@ -380,7 +471,9 @@ def analyze(audio: np.ndarray, model: Model, *, window_s: float = 1.0,
         "call": {
             **{f"{c}_speech_ratio": round(speech_s[c] / duration_s, 4) if duration_s else 0.0
                for c in CHANNELS},
-            **{f"{c}_signal": state for c, state in zip(CHANNELS, pipe.quality.states, strict=True)},
+            **{f"{c}_signal": signal[c] for c in CHANNELS},
+            **{f"{c}_no_signal_s": round(window_s * sum(m[f"{c}_signal"] == "none" for m in metrics), 1)
+               for c in CHANNELS},
         },
         "conversation": {
             "calls": [asdict(call) for call in history.calls] if history else [],
@@ -394,7 +487,7 @@ def analyze(audio: np.ndarray, model: Model, *, window_s: float = 1.0,
         "call_summaries": [{k: v for k, v in m.body.items() if k.startswith("call_")}
                            for m in messages if m.kind == "event" and m.body["name"] == "call_end"],
         "events": [m.body for m in messages if m.kind == "event"],
-        "metrics": [m.body for m in messages if m.kind == "metrics"],
+        "metrics": metrics,
         "vad": {c: {"prob": pipe.trace.prob[c], "segments": pipe.trace.segments[c]}
                 for c in CHANNELS},
     }
@@ -405,13 +498,19 @@ def _fatigue_fields(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def cue_episodes(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Pair ``cue_on`` / ``cue_off`` events into episodes with their French and English labels."""
+    """Pair ``cue_on`` / ``cue_off`` events into episodes with their French and English labels.
+
+    A ``cue_on`` for a cue already on is an escalation: it updates the open episode's severity and
+    evidence.
+    """
     from edge.signals import CUES
 
     open_: dict[str, dict[str, Any]] = {}
     out: list[dict[str, Any]] = []
     for e in events:
-        if e["name"] == "cue_on":
+        if e["name"] == "cue_on" and e["cue"] in open_:
+            open_[e["cue"]].update(severity=e["severity"], evidence_value=e["evidence_value"])
+        elif e["name"] == "cue_on":
             info = CUES[e["cue"]]
             ep = {"cue": e["cue"], "label_en": info.en, "label_fr": info.fr, "channel": e["channel"],
                   "start_s": e["t_audio_s"], "end_s": None, "severity": e["severity"],

@@ -500,7 +500,7 @@ class Prosody:
         """Per-hop track of the last ``last_s`` seconds analysed (all history when ``None``)."""
         if not self._tracks:
             z = np.zeros(0)
-            return HopTrack(*([z] * len(fields(HopTrack))))
+            return HopTrack(z, z, np.zeros(0, dtype=bool), z, z, z, z)
         names = [f.name for f in fields(HopTrack)]
         cat = HopTrack(*(np.concatenate([getattr(t, f) for t in self._tracks]) for f in names))
         if last_s is None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SIGNAL_STATES = ("ok", "clipped", "dc", "nan", "none")
+SIGNAL_STATES = ("ok", "dc", "clipped", "nan", "none")
 """Most severe last: ``none`` is a dead or disconnected channel (digital zero or flat line)."""
 
 

@@ -70,8 +70,9 @@ class EdgeSettings:
     control_group: str | None = "miroir-control"
     """Group that may send to the control socket (mode 0660) if it exists; else owner only."""
     baseline_max_age_h: float = 72.0
-    """The agent's baselines saved in ``state_dir`` are loaded at start when at most this old
-    (hours); 0 learns afresh every start."""
+    """The agent's baselines are kept at most this long after they were learned (hours): loaded at
+    start from ``state_dir`` only when younger, relearned at the first new shift after; 0 learns
+    afresh every start."""
     affect_enabled: bool = False
     """Run the prospect affect model (far channel only). Only for a campaign whose call script
     tells the prospect about emotion recognition (EU AI Act Art. 50(3)); off by default."""

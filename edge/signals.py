@@ -63,8 +63,8 @@ CUES: dict[str, CueInfo] = {
 """Every cue id (the wire's ``cue`` enum) with its labels; ``take_break`` comes from the fatigue stage."""
 
 SEVERITIES = ("low", "medium", "high")
-FAR_HOLD_KINDS = frozenset({"music", "dead"})
-"""Far-end kinds that mean the line is on hold or gone: no cue."""
+FAR_HOLD_KINDS = frozenset({"music", "dead", "busy", "ringback"})
+"""Far-end kinds that mean nobody is on the line (on hold, gone, hung up, not answered yet): no cue."""
 
 
 @dataclass
@@ -130,9 +130,20 @@ class AgentBaseline:
 
     @classmethod
     def from_dict(cls, values: dict[str, float], speech_s: float = 3600.0) -> AgentBaseline:
-        """A baseline loaded from a previous shift's :meth:`as_dict` (ready once every measure is in)."""
-        return cls(**{n: [float(values[n])] * 5 for n in BASELINE_MEASURES if n in values},
-                   speech_s=speech_s)
+        """A baseline loaded from a previous shift's :meth:`as_dict` (ready once every measure is in).
+
+        Raises:
+            ValueError: a value is not a finite number, or a rate or range is not positive.
+        """
+        out: dict[str, list[float]] = {}
+        for n in BASELINE_MEASURES:
+            if n not in values:
+                continue
+            v = float(values[n])
+            if not math.isfinite(v) or (n != "level_dbfs" and v <= 0.0):
+                raise ValueError(f"agent baseline {n} = {values[n]!r}")
+            out[n] = [v] * 5
+        return cls(**out, speech_s=speech_s)
 
 
 BASELINE_MEASURES = ("rate_syl_s", "pace_syl_s", "pitch_range_st", "level_dbfs")
@@ -171,32 +182,41 @@ class Signals:
     # ------------------------------------------------------------------------------ state
     def reset(self) -> None:
         """A new shift: forget the baseline (unless loaded), the budget and every cue."""
-        self.baseline = self._loaded or AgentBaseline()
+        self.baseline = AgentBaseline.from_dict(self._loaded.as_dict(), self._loaded.speech_s) \
+            if self._loaded else AgentBaseline()
         self._raised: deque[float] = deque()
         self.suppressed_by_budget = 0
         self._hold_explicit = False
         self.reset_call()
 
     def reset_call(self) -> None:
-        """Forget everything about the current call (private mode, end of call)."""
+        """Forget everything about the current call, cooldowns included (private mode)."""
         self.active: dict[str, _Active] = {}
-        self._timers: dict[str, _Timer] = {c: _Timer() for c in CUES}
         self._last_off: dict[str, float] = {}
-        self._pending: list[dict[str, Any]] = []
+        self._speaking = {"near": False, "far": False}
+        self._last_prospect_latency: float | None = None
+        self._far_silent_s = 0.0
+        self._in_call = False
+        self._why = "idle"
+        self._new_call()
+        self._reset_summary()
+
+    def _new_call(self) -> None:
+        """Forget the evidence gathered in the previous call (at a call's start and end); the
+        cooldowns and the budget carry over, so a new call does not bring the same cue straight back."""
+        self._timers: dict[str, _Timer] = {c: _Timer() for c in CUES}
         self._open_overlap_s: float | None = None
         self._talk_over_until = -math.inf
         self._talk_over_value = 0.0
-        self._speaking = {"near": False, "far": False}
         self._last_end: dict[str, float | None] = {"near": None, "far": None}
         self._run_s = 0.0
         self._run_speech_s = 0.0
         keep = max(1, self.campaign.prospect_hesitating.responses)
         self._prospect_latencies: deque[float] = deque(maxlen=keep)
-        self._last_prospect_latency: float | None = None
-        self._far_silent_s = 0.0
-        self._in_call = False
-        self._why = "idle"
-        self._reset_summary()
+
+    def close(self, t_s: float) -> list[dict[str, Any]]:
+        """End every open cue now (before private mode); return their ``cue_off`` bodies."""
+        return [self._off(cue, t_s) for cue in list(self.active)]
 
     def _reset_summary(self) -> None:
         self._cue_n = {c: 0 for c in CUES}
@@ -205,6 +225,15 @@ class Signals:
         self._f0: list[float] = []
         self._ranges: list[float] = []
         self._levels: list[float] = []
+
+    def keep_baseline(self) -> None:
+        """From the next :meth:`reset` on, start from the baseline learned so far (a new shift)."""
+        if self.baseline.ready(self.campaign.alerts.baseline_speech_s):
+            self._loaded = AgentBaseline.from_dict(self.baseline.as_dict())
+
+    def forget_baseline(self) -> None:
+        """From the next :meth:`reset` on, learn the baseline afresh."""
+        self._loaded = None
 
     def hold(self, on: bool) -> None:
         """Explicit hold from the call-state input (softphone or CTI connector)."""
@@ -243,13 +272,13 @@ class Signals:
             self._talking_over(self.campaign.talking_over.min_overlap_s)
         elif name == "call_start":
             self._in_call = True
+            self._new_call()
             self._reset_summary()
         elif name == "call_end":
             self._in_call = False
-            for cue in list(self.active):
-                out.append(self._off(cue, t_s))
+            out += self.close(t_s)
             body.update(self.summary())
-            self._last_end = {"near": None, "far": None}
+            self._new_call()
         return out
 
     def _talking_over(self, value_s: float) -> None:
@@ -296,16 +325,22 @@ class Signals:
             return out
         conditions = self._conditions(tick, now)
         for cue in self.active:
-            if cue not in conditions:  # no evidence this window (no voice, no baseline): release
+            if cue not in conditions:  # no evidence this window (no voice): the release clock runs
                 act = self.active[cue]
-                conditions[cue] = (act.value, act.threshold, False, True, 0.0, 0.0, act.severity)
+                min_off = float(getattr(getattr(self.campaign, cue, None), "min_off_s", 0.0))
+                conditions[cue] = (act.value, act.threshold, False, True, 0.0, min_off, act.severity)
         for cue, (value, threshold, on, off, min_on, min_off, sev) in conditions.items():
             timer = self._timers[cue]
             timer.step(on, off, dt)
             if cue in self.active:
                 self._cue_s[cue] += dt
+                act = self.active[cue]
                 if off and timer.off_s >= min_off:
                     out.append(self._off(cue, now))
+                elif on and SEVERITIES.index(sev) > SEVERITIES.index(act.severity):
+                    # escalation (a monologue past high_s): the same episode, sent again as high
+                    act.severity, act.value = sev, value
+                    out.append(cue_event("cue_on", cue, now, sev, value, threshold))
             elif on and timer.on_s >= min_on:
                 ev = self._on(cue, now, sev, value, threshold)
                 if ev is not None:

@@ -42,17 +42,41 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     from edge.affect import AffectConfig
 
-    result = analyze(pair(near, far), load_vad_model(), affect=AffectConfig(enabled=args.affect))
+    campaign = None
+    if args.campaign is not None:
+        from edge.campaign import CampaignError
+        from edge.campaign import load as load_campaign
+
+        try:
+            campaign = load_campaign(args.campaign)
+        except CampaignError as exc:
+            raise CliError(str(exc)) from None
+    result = analyze(pair(near, far), load_vad_model(), affect=AffectConfig(enabled=args.affect),
+                     campaign=campaign)
     result["files"] = {"near": str(args.near), "far": str(args.far) if args.far else None}
     if args.json:
         json.dump(result, sys.stdout, separators=(",", ":"))
         sys.stdout.write("\n")
         return 0
+    call = result["call"]
     print(f"duration: {result['duration_s']:.1f} s")
     for ch, label in (("near", "agent (near)"), ("far", "line (far)")):
+        if ch == "far" and not args.far:
+            continue
         segs = result["vad"][ch]["segments"]
-        print(f"{label}: speech {100 * result['call'][f'{ch}_speech_ratio']:.1f} % "
-              f"in {len(segs)} segments")
+        if call[f"{ch}_signal"] == "none":
+            print(f"{label}: no signal (a dead or disconnected channel)")
+            continue
+        flag = "" if call[f"{ch}_signal"] == "ok" else f"; signal: {call[f'{ch}_signal']}"
+        print(f"{label}: speech {100 * call[f'{ch}_speech_ratio']:.1f} % in {len(segs)} segments{flag}")
+    for ep in result["cues"]:
+        end = "open" if ep["end_s"] is None else f"{ep['end_s']:.1f} s"
+        print(f"cue {ep['cue']} ({ep['label_en']}): {ep['start_s']:.1f} s to {end}, {ep['severity']}, "
+              f"{ep['evidence_value']:g} {ep['evidence_unit']} (threshold {ep['evidence_threshold']:g})")
+    fatigue = result["fatigue"]
+    if fatigue.get("fatigue_index") is not None:
+        print(f"fatigue index: {fatigue['fatigue_index']:g} / 100"
+              + ("; break suggested" if fatigue.get("break_suggested") else ""))
     return 0
 
 
@@ -217,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--affect", action="store_true",
                    help="run the prospect affect model on the far channel (only for calls whose "
                         "script discloses emotion recognition to the prospect)")
+    p.add_argument("--campaign", type=Path, default=None,
+                   help="the campaign's cue settings (TOML, docs/cues.md; default: the defaults)")
     p.set_defaults(func=cmd_analyze)
 
     edge = sub.add_parser("edge", help="the box agent", description="Commands run on a box.")

@@ -187,7 +187,7 @@ _ENUMS: dict[str, tuple[str, ...]] = {
     "far_signal": SIGNAL_STATES,
     "name": EVENT_NAMES,
     "channel": (*CHANNELS, "both"),
-    "call_end_reason": ("silence", "signal", "end_of_stream"),
+    "call_end_reason": ("silence", "signal", "hangup", "end_of_stream"),
     "state": STATUS_STATES,
     "action": CMD_ACTIONS,
     "call_state": CALL_STATES,

@@ -106,3 +106,33 @@ def test_bad_input_one_line_error(tmp_path, case, message):
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("miroir: error:") and message in lines[0], lines
+
+
+def test_dead_channel_short_file_and_campaign_through_the_cli(tmp_path):
+    """A dead headset reads "no signal"; a 5 ms file gives a result, not a traceback; a campaign
+    file is applied, and a bad one is a one-line error naming the key."""
+    far = SHARED / "ami-headsets" / "source1.wav"
+    dead = _write_wav(tmp_path / "dead.wav", np.zeros(10 * 16000, dtype="<i2"), 16000)
+    proc = miroir("analyze", str(dead), "--far", str(far))
+    assert proc.returncode == 0, proc.stderr
+    assert "agent (near): no signal" in proc.stdout and "line (far): speech" in proc.stdout
+    result = json.loads(miroir("analyze", str(dead), "--far", str(far), "--json").stdout)
+    assert result["call"]["near_signal"] == "none" and "near" not in result["prosody"]
+    assert result["call"]["near_no_signal_s"] >= 7.0
+    tiny = _write_wav(tmp_path / "tiny.wav", (np.arange(80) % 7 * 300).astype("<i2"), 16000)
+    proc = miroir("analyze", str(tiny), "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["duration_s"] == 0.005, proc.stderr
+    near = SHARED / "ami-headsets" / "source0.wav"
+    quick = tmp_path / "quick.toml"
+    quick.write_text("[slow_response]\non_s = 1.0\n")
+    cues = json.loads(miroir("analyze", str(near), "--far", str(far), "--json",
+                             "--campaign", str(quick)).stdout)["cues"]
+    default = json.loads(miroir("analyze", str(near), "--far", str(far), "--json").stdout)["cues"]
+    slow = [c for c in cues if c["cue"] == "slow_response"]
+    assert slow and all(c["evidence_threshold"] == 1.0 for c in slow)
+    first_default = next(c["start_s"] for c in default if c["cue"] == "slow_response")
+    assert slow[0]["start_s"] < first_default - 0.5  # raised 1 s into the gap instead of 2 s
+    quick.write_text("[slow_response]\non_s = -1\n")
+    proc = miroir("analyze", str(near), "--campaign", str(quick))
+    assert proc.returncode == 2 and "slow_response.on_s" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

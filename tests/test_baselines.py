@@ -47,6 +47,7 @@ def test_learned_baselines_are_saved_and_loaded_by_the_next_start(tmp_path: Path
     state = tmp_path / "state"
     state.mkdir()
     assert baselines.save(state, agent, fatigue)
+    learned_ts = json.loads((state / baselines.FILE).read_text())["learned_ts"]
 
     box = Box(_settings(state), model, version="test")
     loaded = box.pipeline.signals.baseline  # type: ignore[attr-defined]
@@ -55,6 +56,7 @@ def test_learned_baselines_are_saved_and_loaded_by_the_next_start(tmp_path: Path
     box.run(iter([audio[:, i:i + BLOCK] for i in range(0, 10 * RATE_HZ, BLOCK)]), drain_s=0.0)
     saved = json.loads((state / baselines.FILE).read_text())
     assert saved["agent"] == agent and "audio" not in json.dumps(saved)
+    assert saved["learned_ts"] == learned_ts < saved["saved_ts"], "saving keeps when they were learned"
 
 
 def test_old_or_corrupt_baselines_are_ignored(tmp_path: Path) -> None:
@@ -68,12 +70,68 @@ def test_old_or_corrupt_baselines_are_ignored(tmp_path: Path) -> None:
     assert not older.ready(0.0) and older.value("rate_syl_s") == 5.0
     assert baselines.load(tmp_path, 0.0).agent is None  # 0: learn afresh at every start
     old = json.loads(path.read_text())
-    old["saved_ts"] = time.time() - 100 * 3600
+    old["learned_ts"] = time.time() - 100 * 3600
     path.write_text(json.dumps(old))
     assert baselines.load(tmp_path, 72.0) == baselines.Baselines()
-    for junk in ("{not json", json.dumps({"format": 99}), json.dumps({"format": 1})):
+    # re-saved every minute by a running box: still as old as when it was learned
+    assert baselines.save(tmp_path, agent, None, learned_ts=old["learned_ts"])
+    assert baselines.load(tmp_path, 72.0) == baselines.Baselines()
+    fatigue = {"mean": {"pitch": 1.0, "level": -30.0}, "sd": {"pitch": 0.5}, "n": 300}
+    readable_but_wrong = [({**agent, "rate_syl_s": 0.0}, None), ({**agent, "level_dbfs": "nan"}, None),
+                          (None, fatigue), (None, {**fatigue, "sd": {"pitch": 0.5, "level": -1.0}})]
+    for a, f in readable_but_wrong:  # would divide by zero or miss a key in the cue or fatigue stage
+        assert baselines.save(tmp_path, a, f)
+        assert baselines.load(tmp_path, 72.0) == baselines.Baselines(), (a, f)
+    for junk in ("{not json", json.dumps({"format": 99}), json.dumps({"format": 1}), "[]"):
         path.write_text(junk)
         assert baselines.load(tmp_path, 72.0) == baselines.Baselines()
     assert not baselines.save(tmp_path, None, None)
     os.remove(path)
     assert baselines.load(tmp_path, 72.0) == baselines.Baselines()
+
+
+def test_a_long_idle_gap_starts_a_new_shift_that_keeps_or_relearns_the_baselines() -> None:
+    """A box that runs for days: after new_shift_idle_min with nobody speaking, the vocal dose and
+    fatigue tracking start over; the baselines are kept, unless the box found them too old."""
+    from edge.campaign import from_mapping
+
+    pipe = Pipeline(load_vad_model(), campaign=from_mapping({"fatigue": {"new_shift_idle_min": 10}}))
+
+    def feed(audio: np.ndarray) -> None:
+        for i in range(0, audio.shape[1], BLOCK):
+            list(pipe(audio[:, i:i + BLOCK]))
+
+    gap = np.zeros((2, 610 * RATE_HZ), dtype=np.float32)  # the night: a dead headset, a dead line
+    feed(_audio(240.0))
+    agent, _ = pipe.learned_baselines()
+    assert agent is not None and pipe.fatigue is not None and pipe.fatigue.phonation_s > 60.0
+    feed(gap)
+    assert pipe.shifts == 0, "nothing happens until somebody speaks again"
+    feed(_audio(20.0))
+    assert pipe.shifts == 1
+    assert pipe.fatigue.phonation_s < 20.0, "the vocal dose is per shift"
+    assert pipe.learned_baselines()[0] == agent, "the agent's baseline is kept"
+    pipe.forget_baselines()  # what the box does once they are over baseline_max_age_h old
+    feed(gap)
+    feed(_audio(20.0))
+    assert pipe.shifts == 2 and pipe.learned_baselines() == (None, None), "learned afresh"
+
+
+def test_a_running_box_stops_keeping_baselines_past_their_age(tmp_path: Path, caplog) -> None:
+    """Loaded at start when younger than baseline_max_age_h; once older, the box no longer saves
+    them and has the next shift learn them afresh."""
+    import logging
+
+    agent = {"rate_syl_s": 5.0, "pace_syl_s": 6.0, "pitch_range_st": 6.0, "level_dbfs": -30.0}
+    max_age_h = 1.0
+    assert baselines.save(tmp_path, agent, None, learned_ts=time.time() - max_age_h * 3600 + 1.0)
+    box = Box(_settings(tmp_path, baseline_max_age_h=max_age_h), load_vad_model(), version="test")
+    assert box.pipeline.learned_baselines()[0] == agent  # type: ignore[attr-defined]
+    box.save_baselines()
+    saved_ts = json.loads((tmp_path / baselines.FILE).read_text())["saved_ts"]
+    time.sleep(1.2)
+    with caplog.at_level(logging.INFO, logger="edge.box"):
+        box.save_baselines()
+    assert "learns them afresh" in caplog.text
+    assert json.loads((tmp_path / baselines.FILE).read_text())["saved_ts"] == saved_ts
+    assert box.pipeline._relearn  # type: ignore[attr-defined]

@@ -233,12 +233,17 @@ def test_device_lost_is_reported_and_reopened_without_restart(alsa_home: AlsaHom
     # no max_seconds: a live device that never ends; a file PCM then feeds junk at full speed
     src = CaptureSource(CaptureConfig("miroirtest", realtime=True, queue_blocks=16,
                                       backoff_s=0.1, backoff_max_s=0.4, idle_s=0.05))
+    src.open()  # opened before reading, as `miroir edge run` does: the re-open still counts
     blocks = src.blocks()
     got = _until(blocks, lambda: src.device_ok)
     got += [next(blocks) for _ in range(3)]
     data = np.concatenate(got, axis=1)
     assert np.array_equal(np.round(data[0] * 32768).astype(np.int16), near[:data.shape[1]])
     assert src.reopen_count == 0
+    # a driver hiccup: the stream stops but the device is still there, re-opened at once
+    src._inputs[0].stream.stop_stream()
+    _until(blocks, lambda: src.reopen_count == 1)
+    assert src.device_ok
 
     # unplug: the device vanishes from ALSA and its stream stops under the source
     alsa_home.remove("miroirtest")
@@ -256,7 +261,7 @@ def test_device_lost_is_reported_and_reopened_without_restart(alsa_home: AlsaHom
     # plug back in: found again, re-opened, fresh data flows
     alsa_home.define("miroirtest", second)
     back = _until(blocks, lambda: src.device_ok)
-    assert src.reopen_count == 1 and src.last_error is None
+    assert src.reopen_count == 2 and src.last_error is None
     back += [next(blocks) for _ in range(3)]
     data = np.concatenate([b for b in back if b.shape[1]], axis=1)
     assert data.shape[1] > 0

@@ -165,3 +165,29 @@ def test_reset_and_bad_frame() -> None:
     assert stage.label == SILENCE and stage.frames == 0 and not stage.veto
     with pytest.raises(ValueError):
         stage(np.zeros(256, np.float32))
+
+
+def test_a_hang_up_ends_the_call_at_the_busy_tone() -> None:
+    """The prospect hangs up at 30 s; the agent goes on talking over the busy tone: the call ends
+    with the tone (reason ``hangup``), and the agent's later speech is not part of it."""
+    from pathlib import Path
+
+    from edge.pipeline import Pipeline, load_vad_model
+    from edge.source import read_wav as read_audio
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "ami-headsets"
+    near = read_audio(shared / "source0.wav", notice=False).samples[: 60 * 16000]
+    prospect = read_audio(shared / "source1.wav", notice=False).samples[: 30 * 16000]
+    busy, _ = cadence((440.0,), (0.5, 0.5), 30)
+    far = np.concatenate([band_limit(prospect), busy]).astype(np.float32)
+    far += (np.random.default_rng(1).standard_normal(len(far)) * 10 ** (-55 / 20)).astype(np.float32)
+    pipe = Pipeline(load_vad_model())
+    events = []
+    for i in range(0, len(far), 1024):
+        block = np.stack([near[i:i + 1024], far[i:i + 1024]])
+        events += [m.body for m in pipe(block) if m.kind == "event"]
+    events += [m.body for m in pipe.finish()]
+    ends = [e for e in events if e["name"] == "call_end"]
+    assert len(ends) == 1 and ends[0]["call_end_reason"] == "hangup"
+    assert 30.0 <= ends[0]["t_audio_s"] <= 31.0, ends[0]
+    assert not [e for e in events if e["name"] == "call_start" and e["t_audio_s"] > 30.0]

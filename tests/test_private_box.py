@@ -127,7 +127,9 @@ def test_control_socket_drives_private_mode_and_call_state(site, broker, peer, t
     names = [m["name"] for kind, m in got if kind == "event"]
     assert names.count("private_on") == 1 and names.count("private_off") == 1
     states = [m for kind, m in got if kind == "status"]
-    assert any(s.get("private") is True and s.get("call_state") == "hold" for s in states)
+    private = [s for s in states if s.get("private") is True]
+    # the hold set during the private call is not shown while private (it would date the call)
+    assert private and all(s["call_state"] == "idle" for s in private), private
     assert states[-1]["cmd_refused"] == 2 and states[-1]["call_state"] == "active"
 
 
@@ -146,3 +148,26 @@ def test_control_socket_survives_its_directory_going_away(tmp_path) -> None:
     control.write_panel(online=True, private=False, identifying=False)
     assert control.panel_errors == 2 and control.take() == []
     control.close()
+
+
+def test_private_mode_ends_open_cues_and_keeps_the_call_state_for_later() -> None:
+    """Going private closes the open cues on the wire (cue_off before private_on); a hold set by
+    the softphone during the private call holds after it."""
+    from edge.pipeline import Pipeline
+    from edge.signals import Tick
+
+    pipe = Pipeline(load_vad_model())
+    metrics = {"window_s": 1.0, "in_call": True, "far_kind": "speech", "near_signal": "ok",
+               "far_signal": "ok", "near_speech_ratio": 1.0, "near_talking": True}
+    for k in range(32):  # a 32 s monologue, as the conversation stage would report it
+        pipe.signals(Tick(t_s=float(k), metrics={**metrics, "monologue_s_current": float(k)}))
+    assert "monologue" in pipe.signals.active
+    out = [(m.body["name"], m.body.get("cue")) for m in pipe.set_private(True)]
+    assert out == [("cue_off", "monologue"), ("private_on", None)]
+    pipe.call_state("hold")  # the softphone, while private: nothing computed, the state kept
+    tick = Tick(t_s=40.0, metrics=metrics)
+    assert pipe.signals.suppressed(tick) != "hold"
+    assert [m.body["name"] for m in pipe.set_private(False)] == ["private_off"]
+    assert pipe.signals.suppressed(tick) == "hold"
+    pipe.call_state("active")
+    assert pipe.signals.suppressed(tick) == ""

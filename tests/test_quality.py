@@ -43,16 +43,26 @@ def test_dead_far_channel_is_no_signal_not_a_silent_prospect(model, speech):
     metrics = run(model, speech, np.zeros_like(speech))
     late = metrics[3:]
     assert all(m["far_signal"] == "none" for m in late)
-    assert all("far_speech_ratio" not in m for m in late)
+    reads_far = ("far_speech_ratio", "prospect_speech_ratio_30s", "agent_share_30s", "silence_ratio_30s")
+    assert not [k for m in late for k in reads_far if k in m]  # nothing that says "silent prospect"
     assert all(m["near_signal"] == "ok" for m in metrics)
     assert sum(m["near_speech_ratio"] for m in metrics) > 2.0
+    assert all("agent_speech_ratio_30s" in m for m in late)
+
+
+def test_dead_agent_channel_is_no_signal_not_a_silent_agent(model, speech):
+    metrics = run(model, np.zeros_like(speech), speech)
+    late = metrics[3:]
+    assert all(m["near_signal"] == "none" for m in late)
+    assert not [k for m in late for k in m if k.startswith(("near_", "agent_")) and k != "near_signal"]
+    assert sum(m["far_speech_ratio"] for m in metrics) > 2.0
 
 
 def test_nan_from_a_broken_driver(model, speech):
     far = speech.copy()
-    far[16000 * 5: 16000 * 6] = np.nan
+    far[int(16000 * 5.3): int(16000 * 5.5)] = np.nan  # 200 ms inside the sixth window
     metrics = run(model, speech, far)
-    assert metrics[5]["far_signal"] == "nan"
+    assert [m["far_signal"] for m in metrics[4:7]] == ["ok", "nan", "ok"]  # the window's worst
     assert all(np.isfinite(v) for m in metrics for v in m.values() if isinstance(v, float))
 
 

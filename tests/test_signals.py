@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edge.campaign import CampaignConfig
-from edge.pipeline import Message, Pipeline, analyze, load_vad_model
+from edge.pipeline import Message, Pipeline, analyze, cue_episodes, load_vad_model
 from edge.signals import CUES
 from miroir import wire
 from tests._fixtures_signals import Call, cue_calls, match_cues  # noqa: F401  (session fixture)
@@ -72,7 +72,8 @@ def test_cue_events_and_call_summary_respect_the_wire(results):
     events = results["clean"]["events"]
     on = [e for e in events if e["name"] == "cue_on"]
     off = [e for e in events if e["name"] == "cue_off"]
-    assert on and len(on) == len(off)
+    episodes = cue_episodes(events)  # a second cue_on of an open cue escalates its severity
+    assert episodes and len(episodes) == len(off) and all(e["end_s"] is not None for e in episodes)
     assert all(e["cue"] in CUES and CUES[e["cue"]].fr and CUES[e["cue"]].en for e in on)
     header = {"v": wire.SCHEMA_VERSION, "site": "s1", "box": "b1", "ts": 1.0}
     for seq, e in enumerate(events, 1):
@@ -81,7 +82,7 @@ def test_cue_events_and_call_summary_respect_the_wire(results):
         wire.validate("metrics", {**header, "seq": seq, **m})
         assert not any("emotion" in k for k in m)
     (end,) = [e for e in events if e["name"] == "call_end"]
-    assert end["call_cues"] == len(on)
+    assert end["call_cues"] == len(episodes)
     assert end["call_cue_talking_over_n"] == 3 and end["call_cue_monologue_n"] == 1
     assert end["call_cue_monologue_s"] > 10
     assert 2.0 < end["call_rate_syl_s_median"] < 9.0 and end["call_f0_hz_median"] > 100

@@ -117,3 +117,81 @@ def test_slow_response_is_raised_between_windows_once_the_gap_is_reached():
     assert cti.poll(3.5) == []
     cti.hold(False)
     assert [e["cue"] for e in cti.poll(3.6)] == ["slow_response"]
+
+
+@pytest.mark.parametrize("far_kind", ["busy", "ringback", "music", "dead"])
+def test_nobody_on_the_line_suppresses_cues(far_kind):
+    """The prospect says goodbye and hangs up: no "the prospect is waiting" over the busy tone."""
+    sig = Signals()
+    quiet = {"near_speech_ratio": 0.0, "near_talking": False}
+    for k in range(10):
+        sig(_tick(float(k), **quiet))
+    sig.event({"name": "speech_start", "channel": "far", "t_audio_s": 8.0}, 8.0)
+    sig.event({"name": "speech_end", "channel": "far", "t_audio_s": 10.0}, 10.0)
+    out = []
+    for k in range(11, 16):
+        out += sig(_tick(float(k), far_kind=far_kind, **quiet)) + sig.poll(k + 0.5)
+    assert out == []
+
+
+def test_each_call_starts_clean():
+    """The last call's slow answers do not make the next prospect 'hesitating' before a word."""
+    sig = Signals()
+    out = []
+    sig.event({"name": "call_start", "channel": "far", "t_audio_s": 0.0}, 0.0)
+    for t, lat in ((10, 2000.0), (20, 2500.0), (30, 1800.0)):
+        for k in range(t - 9, t + 1):
+            out += sig(_tick(float(k), latency_prospect_ms_last=lat))
+    assert ("cue_on", "prospect_hesitating") in [(e["name"], e["cue"]) for e in out]
+    end = {"name": "call_end", "channel": "far", "t_audio_s": 31.0}
+    assert [(e["name"], e["cue"]) for e in sig.event(end, 31.0)] == [("cue_off", "prospect_hesitating")]
+    assert end["call_cue_prospect_hesitating_n"] == 1
+    for k in range(32, 150):
+        assert sig(_tick(float(k), in_call=False)) == []
+    sig.event({"name": "call_start", "channel": "far", "t_audio_s": 150.0}, 150.0)
+    for k in range(150, 160):  # the metrics still carry the last call's latency: not an answer
+        assert sig(_tick(float(k), latency_prospect_ms_last=1800.0)) == []
+
+
+def test_a_long_monologue_escalates_once_and_ends_once():
+    """30 s: medium; 60 s: the same episode again as high (docs/cues.md); one cue_off."""
+    from edge.pipeline import cue_episodes
+
+    sig = Signals()
+    ev = []
+    for k in range(91):
+        ev += sig(_tick(float(k), monologue_s_current=float(k)))
+    ev += sig(_tick(91.0, monologue_s_current=0.0))
+    assert [(e["name"], e["severity"], e["t_audio_s"]) for e in ev] == [
+        ("cue_on", "medium", 30.0), ("cue_on", "high", 60.0), ("cue_off", "high", 91.0)]
+    (episode,) = cue_episodes(ev)
+    assert (episode["severity"], episode["start_s"], episode["end_s"]) == ("high", 30.0, 91.0)
+    assert sig.summary()["call_cue_monologue_n"] == 1
+
+
+def test_a_cue_without_evidence_still_waits_min_off_s():
+    """The agent falls silent during a monotone cue: it ends after min_off_s, not at once."""
+    from edge.prosody import ProsodyWindow
+
+    cfg = campaign.from_mapping({"monotone": {"min_on_s": 2, "min_off_s": 5}})
+    sig = Signals(cfg)
+    sig.baseline.pitch_range_st = [6.0] * 5
+    sig.baseline.rate_syl_s = sig.baseline.pace_syl_s = [5.0] * 5
+    sig.baseline.level_dbfs = [-30.0] * 5
+    sig.baseline.speech_s = 1000.0
+
+    def win(voiced: float) -> ProsodyWindow:
+        return ProsodyWindow(start_s=0.0, end_s=10.0, voiced_ratio=voiced, level_dbfs=-30.0,
+                             f0_median_hz=120.0, pitch_range_st=2.0, pitch_movement_st_per_s=1.0,
+                             hnr_db=10.0, jitter_local=0.01, shimmer_local=0.05, syllables=40,
+                             articulation_rate_syl_s=5.0, pace_syl_s=5.0, speaking_rate_syl_s=4.0,
+                             pauses=2, pauses_per_min=12.0, breaths=0, pause_s_mean=0.3)
+
+    ev = []
+    for k in range(5):
+        tick = _tick(float(k))
+        tick.long = win(0.6)
+        ev += [(e["name"], e["t_audio_s"]) for e in sig(tick)]
+    for k in range(5, 15):  # silence: no voiced window, no evidence either way
+        ev += [(e["name"], e["t_audio_s"]) for e in sig(_tick(float(k), near_speech_ratio=0.0))]
+    assert ev == [("cue_on", 1.0), ("cue_off", 9.0)], ev
