@@ -101,6 +101,7 @@ class Box:
         self._last_heartbeat = 0.0
         self.stop_event = threading.Event()
         self.source_status: Callable[[], dict[str, Any]] = dict
+        self._capture_ok = True
         self.on_reload: Callable[[], None] | None = None
         """Called on a ``reload`` command (the service re-reads its settings)."""
         self.private = False
@@ -287,7 +288,17 @@ class Box:
             log.warning("could not save the baselines: %s", exc)
 
     def step(self, block: Any) -> None:
-        """Run the pipeline on one block, store its messages and pump."""
+        """Run the pipeline on one block, store its messages and pump.
+
+        When the capture device is lost (the source's ``capture_ok``), the call in progress ends
+        there: what comes back after the device returns is a new stretch of audio, not the same call.
+        """
+        ok = bool(self.source_status().get("capture_ok", True))
+        if ok != self._capture_ok:
+            self._capture_ok = ok
+            interrupt = getattr(self.pipeline, "interrupt", None)
+            if not ok and interrupt is not None:
+                self.submit(interrupt())
         self.submit(self.pipeline(block))
         self.pump()
 

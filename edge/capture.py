@@ -190,7 +190,12 @@ class CaptureConfig:
 
 
 class _Input:
-    """One open PortAudio input stream and its bounded queue; the callback is the only writer."""
+    """One open PortAudio input stream and its bounded queue; the callback is the only writer.
+
+    A block the full queue cannot take is dropped and counted; the next block that gets in carries
+    how many frames were lost before it, and the reader puts that much silence back in its place,
+    so the audio clock and the two channels of two mono devices stay aligned.
+    """
 
     def __init__(self, owner: CaptureSource, info: dict[str, Any], channels: int, rate_hz: int,
                  max_frames: int | None) -> None:
@@ -200,7 +205,9 @@ class _Input:
         self.channels = channels
         self.rate_hz = rate_hz
         self.frame_bytes = 2 * channels
-        self.queue: queue.Queue[bytes] = queue.Queue(maxsize=owner.config.queue_blocks)
+        self.queue: queue.Queue[tuple[int, bytes]] = queue.Queue(maxsize=owner.config.queue_blocks)
+        """(frames lost just before, raw PCM16 bytes) per callback."""
+        self._lost_frames = 0
         self.remaining = max_frames
         self.done = False
         self.last_data = time.monotonic()
@@ -226,9 +233,11 @@ class _Input:
             data = data[: self.remaining * self.frame_bytes]
             self.remaining -= min(frame_count, self.remaining)
         try:
-            self.queue.put_nowait(data)
+            self.queue.put_nowait((self._lost_frames, data))
+            self._lost_frames = 0
         except queue.Full:
             self.owner.overruns += 1
+            self._lost_frames += len(data) // self.frame_bytes
         if last:
             self.done = True  # after the put: done and empty means everything was taken
             return None, _PA_COMPLETE
@@ -241,9 +250,9 @@ class _Input:
         except OSError:
             return False
 
-    def convert(self, chunks: list[bytes], last: bool = False) -> np.ndarray:
-        """Turn raw chunks into (channels, n) float32 samples at 16 kHz."""
-        raw = b"".join(chunks)
+    def convert(self, chunks: list[tuple[int, bytes]], last: bool = False) -> np.ndarray:
+        """Turn queued chunks into (channels, n) float32 samples at 16 kHz (silence for lost ones)."""
+        raw = b"".join(bytes(lost * self.frame_bytes) + data for lost, data in chunks)
         x = np.frombuffer(raw[: len(raw) - len(raw) % self.frame_bytes], dtype="<i2")
         x = (x.astype(np.float32) / 32768.0).reshape(-1, self.channels)
         if self.resampler is not None:
@@ -497,9 +506,9 @@ class CaptureSource:
                 "capture_reopens": self.reopen_count}
 
 
-def _drain(q: queue.Queue[bytes], wait_s: float) -> list[bytes]:
+def _drain(q: queue.Queue[tuple[int, bytes]], wait_s: float) -> list[tuple[int, bytes]]:
     """Take everything queued now, waiting up to ``wait_s`` seconds for the first chunk."""
-    out: list[bytes] = []
+    out: list[tuple[int, bytes]] = []
     try:
         out.append(q.get(timeout=wait_s) if wait_s > 0 else q.get_nowait())
         while True:

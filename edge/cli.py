@@ -40,6 +40,10 @@ def cmd_edge_check(args: argparse.Namespace) -> int:
         raise _err("give --device (see `miroir edge devices`) or --config with capture_device")
     source = CaptureSource(CaptureConfig(device=device, far_device=far_device,
                                          max_seconds=args.seconds))
+    try:
+        source.open()  # a missing device is said now, with the devices there are, not in 12 s
+    except CaptureError as exc:
+        raise _err(str(exc)) from None
     print(f"recording {args.seconds:.0f} s: stay quiet, and speak when told "
           f"(at {args.cue_s:.0f} s)", file=sys.stderr)
     blocks = []
@@ -60,7 +64,8 @@ def cmd_edge_check(args: argparse.Namespace) -> int:
     finally:
         source.close()
     if got < args.seconds * RATE_HZ * 0.9:
-        raise _err(f"only {got / RATE_HZ:.1f} s of audio came from {device}")
+        why = f": {source.last_error}" if source.last_error else ""
+        raise _err(f"only {got / RATE_HZ:.1f} s of audio came from {device}{why}")
     audio = np.concatenate(blocks, axis=1)
     del blocks
     report = check(audio[0], audio[1], args.cue_s)

@@ -59,6 +59,12 @@ def load_vad_model(backend: str = "onnx") -> Model:
     return load_model(model_path("silero_vad"), backend=backend)
 
 
+NEAR_LEAK_DB = 30.0
+"""A near frame this many dB or more below the same frame of the line is the line leaking into the
+agent's microphone, not the agent (a real overlap has both within about 10 dB)."""
+_LEAK_RATIO = 10.0 ** (NEAR_LEAK_DB / 10.0)
+LEAK_WINDOW_FRAMES = 16
+"""The line's loudest frame over this many frames (0.5 s) is the leak reference."""
 _SEVERITY = {state: i for i, state in enumerate(SIGNAL_STATES)}
 _DEAD_NEAR = ("near_", "agent_speech_ratio", "agent_share", "silence_ratio")
 _DEAD_FAR = ("far_", "prospect_speech_ratio", "agent_share", "silence_ratio")
@@ -138,6 +144,8 @@ class Pipeline:
         self._flat_below = self.quality.config.flat_below
         self._worst = [0] * len(CHANNELS)
         """Per channel, the most severe signal state of the current metrics window."""
+        self._far_energy = np.zeros(LEAK_WINDOW_FRAMES)
+        """The line's frame energies over the last half second (ring buffer)."""
         self._near_flat_s = 0.0
         self._break = False
         self.private = False
@@ -174,6 +182,7 @@ class Pipeline:
     def _reset_call_stages(self) -> None:
         """Every per-call stage back to its initial state; shift baselines and budget are kept."""
         self.quality.reset()
+        self._far_energy[:] = 0.0
         self.vad.reset()
         self.far_kind.reset()
         for gate in self.gates.values():
@@ -223,6 +232,22 @@ class Pipeline:
     def forget_baselines(self) -> None:
         """Learn the agent's baselines afresh from the next shift on (they are too old)."""
         self._relearn = True
+
+    def interrupt(self) -> list[Message]:
+        """The audio stopped (the capture device is gone): end the call now and start every
+        per-call stage afresh for the audio that comes back; the shift goes on.
+
+        Returns:
+            The events that close the call (``call_end`` with its summary, open cues' ``cue_off``).
+        """
+        if self.private:
+            return []
+        out = self.finish()
+        self._reset_call_stages()
+        self._resume_s = self._received_s
+        self._far_t0_s = math.ceil(self._received_s / FRAME_S - 1e-9) * FRAME_S
+        self._apply_call_state()
+        return out
 
     def set_private(self, on: bool) -> list[Message]:
         """Enter or leave private mode; return the one event that says so (nothing if unchanged).
@@ -288,6 +313,13 @@ class Pipeline:
             t = self._lap("farend", t)
             if near_state == "none":
                 near_prob = 0.0  # a dead channel, a tone or hold music is nobody speaking
+            # the line leaking into the agent's mic (earpiece to microphone) is not the agent:
+            # Silero ignores the level, so a near frame far quieter than the line's loudest frame
+            # of the last half second is no speech (as an echo canceller's double-talk detector)
+            energy = np.einsum("ij,ij->i", repaired, repaired)
+            self._far_energy[frame.index % len(self._far_energy)] = energy[1]
+            if near_prob >= 0.1 and energy[0] * _LEAK_RATIO < self._far_energy.max():
+                near_prob = 0.0
             if far_state == "none" or far_kind.veto:
                 far_prob = 0.0
             transitions = []

@@ -68,7 +68,10 @@ def read_wav(path: Path, *, notice: bool = True) -> Recording:
     except IsADirectoryError:
         raise AudioInputError(f"{path}: is a directory, not a WAV file") from None
     except (wave.Error, EOFError) as exc:
-        raise AudioInputError(f"{path}: not a readable PCM WAV file ({exc})") from None
+        why = str(exc) or "empty, or cut short in its header"
+        if "65534" in why:  # WAVE_FORMAT_EXTENSIBLE, which this Python's wave module cannot read
+            why = "an extensible-format WAV; convert it first, e.g. `sox IN.wav -b 16 -e signed OUT.wav`"
+        raise AudioInputError(f"{path}: not a readable PCM WAV file ({why})") from None
     if channels != 1:
         raise AudioInputError(f"{path}: has {channels} channels, expected mono "
                               "(give the agent and the line as two files: NEAR --far FAR)")

@@ -1,6 +1,7 @@
 """`miroir analyze` on real recordings, and its one-line errors on bad input."""
 
 import json
+import struct
 import subprocess
 import sys
 import wave
@@ -83,6 +84,8 @@ def test_other_rates_resampled_with_a_notice(tmp_path, rate_hz):
     ("8bit", "8-bit samples"),
     ("rate", "sample rate 4000 Hz"),
     ("empty", "holds no audio"),
+    ("zero_bytes", "empty, or cut short in its header"),
+    ("extensible", "extensible-format WAV; convert it first"),
     ("missing", "no such file"),
 ])
 def test_bad_input_one_line_error(tmp_path, case, message):
@@ -101,6 +104,15 @@ def test_bad_input_one_line_error(tmp_path, case, message):
         _write_wav(path, one_s, 4000)
     elif case == "empty":
         _write_wav(path, np.zeros(0, dtype="<i2"), 16000)
+    elif case == "zero_bytes":
+        path.write_bytes(b"")
+    elif case == "extensible":  # WAVE_FORMAT_EXTENSIBLE (0xFFFE) 16-bit mono, as some recorders write
+        fmt = (struct.pack("<HHIIHH", 0xFFFE, 1, 16000, 32000, 2, 16) + struct.pack("<HHI", 22, 16, 4)
+               + bytes.fromhex("0100000000001000800000aa00389b71"))
+        data = one_s.tobytes()
+        body = (b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
+                + b"data" + struct.pack("<I", len(data)) + data)
+        path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
     proc = miroir("analyze", str(path))
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr

@@ -72,3 +72,31 @@ def test_captured_call_reaches_the_broker_as_metrics_only(
         for kind, payload in db.execute("SELECT kind, payload FROM outbox"):
             assert len(payload) < 2048  # scalars only: a second of samples would be 32 KB
             wire.decode(kind, payload)
+
+
+def test_a_lost_headset_ends_the_call_and_the_next_audio_is_a_new_one(ami_pair, tmp_path: Path) -> None:
+    """The source reports the device gone (as tests/test_capture.py proves it does): the box closes
+    the call there, with its summary, instead of resuming it as the same call when it returns."""
+    near, far = ami_pair(40)
+    audio = np.stack([near, far]).astype(np.float32) / 32768.0
+    # no broker listens on port 9: the box runs offline, its outbox keeps every message
+    box = Box(EdgeSettings(site="site-a", box="box-a", broker_port=9, state_dir=tmp_path),
+              load_vad_model(), version="test")
+    status = {"capture_ok": True}
+    box.source_status = lambda: dict(status)
+    block = 1024
+    for i in range(0, 20 * 16000, block):
+        box.step(audio[:, i:i + block])
+    status["capture_ok"] = False  # unplugged: empty blocks while it is gone
+    for _ in range(20):
+        box.step(np.zeros((2, 0), dtype=np.float32))
+    status["capture_ok"] = True
+    for i in range(20 * 16000, audio.shape[1], block):
+        box.step(audio[:, i:i + block])
+    events = [json.loads(p) for _, kind, p in box.outbox.pending(limit=100_000) if kind == "event"]
+    calls = [(e["name"], e["t_audio_s"], e.get("call_end_reason")) for e in events
+             if e["name"] in ("call_start", "call_end")]
+    assert calls[0][0] == "call_start" and calls[1][0] == "call_end", calls
+    assert 19.0 <= calls[1][1] <= 20.1, "the call ends where the audio stopped"
+    assert len(calls) >= 3 and calls[2][0] == "call_start" and calls[2][1] >= 20.0, calls
+    box.outbox.close()

@@ -270,3 +270,22 @@ def test_device_lost_is_reported_and_reopened_without_restart(alsa_home: AlsaHom
     rest = list(blocks)  # the generator ends once stopped
     assert len(rest) <= 2
     assert src._pa is None, "PortAudio released on stop"
+
+
+def test_a_dropped_block_becomes_silence_of_its_length() -> None:
+    """A late consumer loses a block: what follows keeps its place in time (one stage, no device)."""
+    from edge.capture import _drain, _Input
+
+    src = CaptureSource(CaptureConfig("any", queue_blocks=2, block_ms=64.0))
+    inp = _Input(src, {"name": "any", "index": 0}, 2, RATE_HZ, None)
+    blocks = [np.full((1024, 2), k + 1, dtype="<i2") for k in range(5)]
+    for b in blocks[:3]:  # the third finds the queue full
+        inp.callback(b.tobytes(), 1024, None, 0)
+    first = inp.convert(_drain(inp.queue, 0.0))
+    for b in blocks[3:]:
+        inp.callback(b.tobytes(), 1024, None, 0)
+    rest = inp.convert(_drain(inp.queue, 0.0))
+    assert src.overruns == 1 and first.shape == (2, 2048) and rest.shape == (2, 3 * 1024)
+    got = np.round(np.concatenate([first, rest], axis=1) * 32768).astype(int)
+    want = np.concatenate([np.full(1024, v) for v in (1, 2, 0, 4, 5)])
+    assert np.array_equal(got[0], want) and np.array_equal(got[1], want)

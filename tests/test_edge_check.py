@@ -54,3 +54,18 @@ def test_edge_check_through_alsa(alsa_home: AlsaHome, tmp_path: Path, swap: bool
     assert -60 < report["near"]["rms_dbfs"] < 0 and report["near"]["clipped_ratio"] == 0
     assert report["near"]["noise_floor_dbfs"] < report["near"]["rms_dbfs"]
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.name not in ("headset.raw", ".asoundrc")]
+
+
+def test_edge_check_names_a_missing_device(alsa_home: AlsaHome, tmp_path: Path,
+                                           ami_pair: Callable[[float], tuple[np.ndarray, np.ndarray]],
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """No 12 s wait and no "only 0.0 s of audio": the error names the device and lists what exists."""
+    import time
+
+    agent, line = recording(ami_pair)
+    alsa_home.define("miroir_other", write_raw(tmp_path / "other.raw", agent, line))
+    start = time.monotonic()
+    rc = main(["edge", "check", "--device", "miroir_headset", "--seconds", str(SECONDS)])
+    err = capsys.readouterr().err
+    assert rc == 2 and time.monotonic() - start < 5.0
+    assert "'miroir_headset' not found" in err and "miroir_other" in err, err
