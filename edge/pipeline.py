@@ -59,6 +59,9 @@ def load_vad_model(backend: str = "onnx") -> Model:
     return load_model(model_path("silero_vad"), backend=backend)
 
 
+HANGUP_BUSY_S = 3.0
+"""A busy tone held this long (three French cadences) ends the call where it began: one tone-like
+burst is not enough (a high voice holding a vowel can look like one)."""
 NEAR_LEAK_DB = 30.0
 """A near frame this many dB or more below the same frame of the line is the line leaking into the
 agent's microphone, not the agent (a real overlap has both within about 10 dB)."""
@@ -144,6 +147,8 @@ class Pipeline:
         self._flat_below = self.quality.config.flat_below
         self._worst = [0] * len(CHANNELS)
         """Per channel, the most severe signal state of the current metrics window."""
+        self._busy_since_s: float | None = None
+        """Where the far end's current busy tone began (audio seconds), until it hangs the call up."""
         self._far_energy = np.zeros(LEAK_WINDOW_FRAMES)
         """The line's frame energies over the last half second (ring buffer)."""
         self._near_flat_s = 0.0
@@ -183,6 +188,7 @@ class Pipeline:
         """Every per-call stage back to its initial state; shift baselines and budget are kept."""
         self.quality.reset()
         self._far_energy[:] = 0.0
+        self._busy_since_s = None
         self.vad.reset()
         self.far_kind.reset()
         for gate in self.gates.values():
@@ -308,8 +314,11 @@ class Pipeline:
                 since_s = self._far_t0_s + far_kind.since_frame * FRAME_S
                 out.append(Message("event", {"name": "far_kind", "channel": "far",
                                              "kind": far_kind.label, "t_audio_s": round(since_s, 3)}))
-                if far_kind.label == "busy":  # the prospect hung up: the call ends with the tone
-                    self.conversation.hang_up(since_s)
+                self._busy_since_s = since_s if far_kind.label == "busy" else None
+            if self._busy_since_s is not None and start_s - self._busy_since_s >= HANGUP_BUSY_S:
+                # the prospect hung up: the call ends where the busy tone began
+                self.conversation.hang_up(self._busy_since_s)
+                self._busy_since_s = None
             t = self._lap("farend", t)
             if near_state == "none":
                 near_prob = 0.0  # a dead channel, a tone or hold music is nobody speaking

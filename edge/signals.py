@@ -63,8 +63,12 @@ CUES: dict[str, CueInfo] = {
 """Every cue id (the wire's ``cue`` enum) with its labels; ``take_break`` comes from the fatigue stage."""
 
 SEVERITIES = ("low", "medium", "high")
-FAR_HOLD_KINDS = frozenset({"music", "dead", "busy", "ringback"})
-"""Far-end kinds that mean nobody is on the line (on hold, gone, hung up, not answered yet): no cue."""
+FAR_HOLD_KINDS = frozenset({"music", "dead"})
+"""Far-end kinds that mean the line is on hold or gone: no cue."""
+FAR_TONE_KINDS = frozenset({"busy", "ringback"})
+FAR_TONE_HOLD_S = 3.0
+"""Call-progress tones held this long mean nobody is on the line (hung up, not answered yet): no
+cue. One tone-like burst is not enough: a high voice holding a vowel can look like one."""
 
 
 @dataclass
@@ -196,6 +200,7 @@ class Signals:
         self._speaking = {"near": False, "far": False}
         self._last_prospect_latency: float | None = None
         self._far_silent_s = 0.0
+        self._far_tone_s = 0.0
         self._in_call = False
         self._why = "idle"
         self._new_call()
@@ -312,6 +317,7 @@ class Signals:
         far_quiet = m.get("far_kind") == "silence" and not m.get("near_talking", False) \
             and float(m.get("near_speech_ratio", 0.0)) == 0.0
         self._far_silent_s = self._far_silent_s + dt if far_quiet else 0.0
+        self._far_tone_s = self._far_tone_s + dt if m.get("far_kind") in FAR_TONE_KINDS else 0.0
         out: list[dict[str, Any]] = []
         why = self._why = self.suppressed(tick)
         if why:
@@ -355,7 +361,7 @@ class Signals:
             return "hold"
         if m.get("far_kind") in FAR_HOLD_KINDS or m.get("far_signal") == "none":
             return "hold"
-        if self._far_silent_s >= a.hold_silence_s:
+        if self._far_silent_s >= a.hold_silence_s or self._far_tone_s >= FAR_TONE_HOLD_S:
             return "hold"
         if tick.near_flat_s >= a.mute_after_s or m.get("near_signal") == "none":
             return "muted"
@@ -472,7 +478,7 @@ class Signals:
         sr = c.slow_response
         if sr.enabled:
             gap = self._response_gap(now)
-            on = sr.on_s <= gap < sr.max_s
+            on = sr.on_s <= gap < sr.max_s and not self._far_tone_s  # a tone: nobody waiting
             out["slow_response"] = (round(gap, 2), sr.on_s, on, not on, 0.0, 0.0, "medium")
         # the prospect hesitating: slow answers to the agent
         ph = c.prospect_hesitating
@@ -514,7 +520,8 @@ class Signals:
             A ``cue_on`` body, or nothing.
         """
         sr = self.campaign.slow_response
-        if not sr.enabled or self._why or self._hold_explicit or "slow_response" in self.active:
+        if (not sr.enabled or self._why or self._hold_explicit or self._far_tone_s
+                or "slow_response" in self.active):
             return []
         gap = self._response_gap(now_s)
         if not sr.on_s <= gap < sr.max_s:

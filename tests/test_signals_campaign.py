@@ -195,3 +195,18 @@ def test_a_cue_without_evidence_still_waits_min_off_s():
     for k in range(5, 15):  # silence: no voiced window, no evidence either way
         ev += [(e["name"], e["t_audio_s"]) for e in sig(_tick(float(k), near_speech_ratio=0.0))]
     assert ev == [("cue_on", 1.0), ("cue_off", 9.0)], ev
+
+
+def test_one_tone_like_burst_does_not_end_the_cues():
+    """A voice can look like a busy tone for a second: cues end only once the tone held 3 s."""
+    sig = Signals()
+    out = []
+    for k in range(35):
+        out += sig(_tick(float(k), monologue_s_current=float(k)))
+    assert [e["name"] for e in out] == ["cue_on"]
+    assert sig(_tick(35.0, monologue_s_current=35.0, far_kind="busy")) == []
+    assert sig(_tick(36.0, monologue_s_current=36.0)) == []  # the voice goes on: still on
+    ends = []
+    for k in range(37, 41):
+        ends += sig(_tick(float(k), monologue_s_current=float(k), far_kind="busy"))
+    assert [(e["name"], e["t_audio_s"]) for e in ends] == [("cue_off", 39.0)]
