@@ -6,6 +6,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -57,9 +58,18 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5) -> float:
     return statistics.median(times)
 
 
+_LIMITS: list[Any] = []
+
+
 def single_thread_env() -> None:
-    """Pin numeric libraries to one thread (call before importing numpy-heavy code)."""
+    """Pin numeric libraries to one thread: the variables for libraries not loaded yet, and
+    threadpoolctl for the BLAS numpy has already loaded (the variables come too late for it)."""
     import os
 
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # installed with the test extras (scikit-learn); without it, env only
+        return
+    _LIMITS.append(threadpool_limits(1))

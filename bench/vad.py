@@ -62,11 +62,20 @@ def shipped(model: Model, audio: np.ndarray) -> np.ndarray:
 
 
 def ami_auc(model: Model, run: Callable[[Model, np.ndarray], np.ndarray]) -> float:
-    """Frame-level ROC-AUC on the 12 AMI excerpts against the union of speaker turns."""
+    """Frame-level ROC-AUC on the 12 AMI excerpts against the union of speaker turns.
+
+    Each excerpt is scored as the first channel of a two-channel stream whose second channel is the
+    next excerpt, so a batched path really runs a batch of two.
+    """
     turns = ami_turns()
     labels, scores = [], []
-    for wav in sorted(AMI.glob("*.wav")):
-        prob = run(model, read_wav(wav, notice=False).samples[None, :])[0]
+    wavs = sorted(AMI.glob("*.wav"))
+    audio = [read_wav(w, notice=False).samples for w in wavs]
+    for k, wav in enumerate(wavs):
+        x, other = audio[k], audio[(k + 1) % len(audio)]
+        pair = np.zeros((2, len(x)), dtype=np.float32)
+        pair[0], pair[1, :min(len(x), len(other))] = x, other[:len(x)]
+        prob = run(model, pair)[0]
         labels.append(frame_labels(turns[wav.stem], len(prob)))
         scores.append(prob)
     return roc_auc(np.concatenate(labels), np.concatenate(scores))

@@ -23,7 +23,7 @@ from edge.campaign import CampaignConfig
 from edge.conversation import Conversation, ConversationConfig, MetricsWindow
 from edge.farend import FarEnd
 from edge.fatigue import Fatigue, FatigueBaseline
-from edge.frames import FRAME_S, RATE_HZ, Framer
+from edge.frames import FRAME_S, FRAME_SAMPLES, RATE_HZ, Framer
 from edge.prosody import Prosody, ProsodyWindow
 from edge.quality import SIGNAL_STATES, SignalQuality
 from edge.rate import RateWindow
@@ -80,24 +80,25 @@ def _reads_dead(key: str, dead: set[str]) -> bool:
     return ("near" in dead and key.startswith(_DEAD_NEAR)) or ("far" in dead and key.startswith(_DEAD_FAR))
 
 
-def prosody_fields(window: ProsodyWindow) -> dict[str, float]:
-    """The agent's prosody as flat ``near_*`` metrics fields (absent where undefined)."""
+def prosody_fields(window: ProsodyWindow, channel: str = "near") -> dict[str, float]:
+    """One channel's prosody as flat ``near_*`` or ``far_*`` metrics fields (absent where undefined)."""
     minutes = (window.end_s - window.start_s) / 60
     values = {
-        "near_voiced_ratio": window.voiced_ratio,
-        "near_level_dbfs": window.level_dbfs,
-        "near_f0_median_hz": window.f0_median_hz,
-        "near_pitch_range_st": window.pitch_range_st,
-        "near_pitch_movement_st_s": window.pitch_movement_st_per_s,
-        "near_hnr_db": window.hnr_db,
-        "near_jitter": window.jitter_local,
-        "near_shimmer": window.shimmer_local,
-        "near_rate_syl_s": window.speaking_rate_syl_s,
-        "near_articulation_rate_syl_s": window.articulation_rate_syl_s,
-        "near_pauses_per_min": window.pauses_per_min if minutes > 0 else None,
-        "near_breaths_per_min": window.breaths / minutes if minutes > 0 else None,
+        "voiced_ratio": window.voiced_ratio,
+        "level_dbfs": window.level_dbfs,
+        "f0_median_hz": window.f0_median_hz,
+        "pitch_range_st": window.pitch_range_st,
+        "pitch_movement_st_s": window.pitch_movement_st_per_s,
+        "hnr_db": window.hnr_db,
+        "jitter": window.jitter_local,
+        "shimmer": window.shimmer_local,
+        "rate_syl_s": window.speaking_rate_syl_s,
+        "articulation_rate_syl_s": window.articulation_rate_syl_s,
+        "pauses_per_min": window.pauses_per_min if minutes > 0 else None,
+        "breaths_per_min": window.breaths / minutes if minutes > 0 else None,
     }
-    return {k: round(float(v), 4) for k, v in values.items() if v is not None and math.isfinite(v)}
+    return {f"{channel}_{k}": round(float(v), 4) for k, v in values.items()
+            if v is not None and math.isfinite(v)}
 
 
 class Pipeline:
@@ -135,6 +136,9 @@ class Pipeline:
         self.rate_window_s = self.campaign.too_fast.window_s
         self.slow_window_s = self.campaign.too_slow.window_s
         self.prosody = Prosody(history_s=max(prosody_window_s, self.rate_window_s, self.slow_window_s) + 2.0)
+        self.far_prosody = Prosody(history_s=prosody_window_s + 2.0)
+        """The prospect's prosody (pitch, loudness, rate, pauses: numbers, never an emotion); fed
+        the line only while the prospect speaks, silence otherwise, so no tone reads as a voice."""
         self.window = MetricsWindow(window_s)
         self.signals = Signals(self.campaign, agent_baseline)
         self.fatigue = Fatigue(self.campaign.fatigue, fatigue_baseline) \
@@ -145,6 +149,7 @@ class Pipeline:
         self.shifts = 0
         """New shifts started by an idle gap since the stream began."""
         self._flat_below = self.quality.config.flat_below
+        self._silence = np.zeros(FRAME_SAMPLES, dtype=np.float32)
         self._worst = [0] * len(CHANNELS)
         """Per channel, the most severe signal state of the current metrics window."""
         self._busy_since_s: float | None = None
@@ -195,6 +200,7 @@ class Pipeline:
             gate.reset()
         self.conversation.reset()
         self.prosody.reset()
+        self.far_prosody.reset()
         self.window.reset()
         if self.affect is not None:
             self.affect.reset()
@@ -359,6 +365,9 @@ class Pipeline:
             flat = float(repaired[0].max() - repaired[0].min()) < self._flat_below
             self._near_flat_s = self._near_flat_s + duration_s if flat else 0.0
             self.prosody(repaired[0])
+            # the prospect's voice only (the speech gate: a tone's first frames, before the far-end
+            # stage names it, would read as a pitch); silence otherwise, to keep the clock
+            self.far_prosody(repaired[1] if far else self._silence[: repaired.shape[1]])
             t = self._lap("prosody", t)
             if self.affect is not None:
                 found = self.affect(frame, near, far)
@@ -423,6 +432,8 @@ class Pipeline:
         body.update(self.conversation.metrics())
         if long is not None and "near" not in dead:
             body.update(prosody_fields(long))
+        if "far" not in dead and self.far_prosody.analysed:
+            body.update(prosody_fields(self.far_prosody.window(self.prosody_window_s), "far"))
         # no signal is not silence: nothing that reads the dead channel's speech is published
         for key in [k for k in body if _reads_dead(k, dead)]:
             del body[key]

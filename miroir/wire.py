@@ -60,15 +60,15 @@ _CONVERSATION_METRICS: dict[str, tuple[type, ...]] = {
         "latency_agent_ms_median": _num, "latency_prospect_ms_median": _num,
     }.items()},
 }
-# The agent's prosody over the last prosody window (edge.prosody.ProsodyWindow), absent when the
+# Each side's prosody over the last prosody window (edge.prosody.ProsodyWindow), absent when the
 # window held too little voice. Behavioural and physical measures only: no emotion, ever.
 _PROSODY_METRICS: dict[str, tuple[type, ...]] = {
-    f"near_{name}": _num for name in (
+    f"{channel}_{name}": _num for channel in ("near", "far") for name in (
         "voiced_ratio", "level_dbfs", "f0_median_hz", "pitch_range_st", "pitch_movement_st_s",
         "hnr_db", "jitter", "shimmer", "rate_syl_s", "articulation_rate_syl_s", "pauses_per_min",
         "breaths_per_min")
 }
-SIGNAL_STATES = ("ok", "clipped", "dc", "nan", "none")
+SIGNAL_STATES = ("ok", "dc", "clipped", "nan", "none")
 FAR_KINDS = ("speech", "ringback", "busy", "beep", "music", "silence", "dead")
 """What the far channel carries (edge.farend); only ``speech`` may count as the prospect."""
 """Signal quality of a channel (edge.quality); ``none`` is a dead channel: no speech metrics."""
@@ -195,8 +195,8 @@ _ENUMS: dict[str, tuple[str, ...]] = {
     "severity": CUE_SEVERITIES,
     "evidence_unit": CUE_UNITS,
 }
-_RATIOS = ("near_speech_ratio", "far_speech_ratio", "near_voiced_ratio", "prospect_arousal",
-           "prospect_tension",
+_RATIOS = ("near_speech_ratio", "far_speech_ratio", "near_voiced_ratio", "far_voiced_ratio",
+           "prospect_arousal", "prospect_tension",
            *(f for f in (*_CONVERSATION_METRICS, *_CALL_SUMMARY)
              if ("_ratio" in f or "_share" in f) and f != "call_talk_ratio"))
 

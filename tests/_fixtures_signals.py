@@ -49,15 +49,16 @@ class Truth:
 
 def match_cues(truth: list[Truth], cues: list[dict], late_s: float = 3.0) -> tuple[dict[int, float], int]:
     """Detection delay per injected event (its first cue of the same kind from 1 s before onset to
-    ``late_s`` after its end), and how many cues matched an event."""
+    ``late_s`` after its end), and how many cues are true: those that detect an event not detected
+    yet (a second cue for the same event is nagging, counted false)."""
     delays: dict[int, float] = {}
     true_cues = 0
     for c in cues:
-        hit = [i for i, t in enumerate(truth)
-               if t.cue == c["cue"] and t.onset_s - 1.0 <= c["start_s"] <= t.end_s + late_s]
+        hit = [i for i, t in enumerate(truth) if i not in delays
+               and t.cue == c["cue"] and t.onset_s - 1.0 <= c["start_s"] <= t.end_s + late_s]
         true_cues += bool(hit)
         for i in hit:
-            delays.setdefault(i, c["start_s"] - truth[i].onset_s)
+            delays[i] = c["start_s"] - truth[i].onset_s
     return delays, true_cues
 
 

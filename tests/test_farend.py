@@ -215,3 +215,26 @@ def test_one_tone_like_vowel_does_not_hang_up_the_call() -> None:
         events += [m.body for m in pipe(block) if m.kind == "event"]
     events += [m.body for m in pipe.finish()]
     assert [e["call_end_reason"] for e in events if e["name"] == "call_end"] == ["end_of_stream"]
+
+
+def test_the_prospect_prosody_reads_the_voice_never_the_tone() -> None:
+    """20 s of French ringback, then the prospect answers: far_* prosody appears with the voice,
+    and no window reads the 440 Hz tone as a pitch."""
+    from pathlib import Path
+
+    from edge.pipeline import Pipeline, load_vad_model
+    from edge.source import read_wav as read_audio
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "ami-headsets"
+    voice = read_audio(shared / "source1.wav", notice=False).samples[: 20 * 16000]
+    ring, _ = cadence((440.0,), (1.5, 3.5), 20)
+    far = np.concatenate([ring, band_limit(voice)]).astype(np.float32)
+    pipe = Pipeline(load_vad_model())
+    metrics = []
+    for i in range(0, len(far), 1024):
+        block = np.stack([np.zeros(len(far[i:i + 1024]), dtype=np.float32), far[i:i + 1024]])
+        metrics += [m.body for m in pipe(block) if m.kind == "metrics"]
+    pitched = [(m["t_start"], m["far_f0_median_hz"]) for m in metrics if "far_f0_median_hz" in m]
+    assert pitched and all(t >= 19.0 for t, _ in pitched), pitched[:5]
+    assert all(f0 < 350.0 for _, f0 in pitched)
+    assert all("near_f0_median_hz" not in m for m in metrics)  # the agent's channel is dead
