@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -154,8 +154,8 @@ class Pipeline:
         """Per channel, the most severe signal state of the current metrics window."""
         self._busy_since_s: float | None = None
         """Where the far end's current busy tone began (audio seconds), until it hangs the call up."""
-        self._far_energy = np.zeros(LEAK_WINDOW_FRAMES)
-        """The line's frame energies over the last half second (ring buffer)."""
+        self._far_energy: deque[float] = deque([0.0], maxlen=LEAK_WINDOW_FRAMES)
+        """The line's frame energies over the last half second."""
         self._near_flat_s = 0.0
         self._break = False
         self.private = False
@@ -192,7 +192,8 @@ class Pipeline:
     def _reset_call_stages(self) -> None:
         """Every per-call stage back to its initial state; shift baselines and budget are kept."""
         self.quality.reset()
-        self._far_energy[:] = 0.0
+        self._far_energy.clear()
+        self._far_energy.append(0.0)
         self._busy_since_s = None
         self.vad.reset()
         self.far_kind.reset()
@@ -331,10 +332,12 @@ class Pipeline:
             # the line leaking into the agent's mic (earpiece to microphone) is not the agent:
             # Silero ignores the level, so a near frame far quieter than the line's loudest frame
             # of the last half second is no speech (as an echo canceller's double-talk detector)
-            energy = np.einsum("ij,ij->i", repaired, repaired)
-            self._far_energy[frame.index % len(self._far_energy)] = energy[1]
-            if near_prob >= 0.1 and energy[0] * _LEAK_RATIO < self._far_energy.max():
-                near_prob = 0.0
+            far_row = repaired[1]
+            self._far_energy.append(float(np.dot(far_row, far_row)))
+            if near_prob >= 0.1:
+                near_row = repaired[0]
+                if float(np.dot(near_row, near_row)) * _LEAK_RATIO < max(self._far_energy):
+                    near_prob = 0.0
             if far_state == "none" or far_kind.veto:
                 far_prob = 0.0
             transitions = []
@@ -509,9 +512,12 @@ def analyze(audio: np.ndarray, model: Model, *, window_s: float = 1.0,
         seen = [m[f"{c}_signal"] for m in metrics] or [pipe.quality.states[i]]
         alive = [s for s in seen if s != "none"]
         signal[c] = max(alive, key=_SEVERITY.__getitem__) if 2 * len(alive) >= len(seen) else "none"
-    # the same repair as the quality stage (non-finite samples are zeros) before the prosody
-    repaired = np.nan_to_num(audio, nan=0.0, posinf=0.0, neginf=0.0)
-    prosody = {c: _prosody_summary(analyze_clip(repaired[i], RATE_HZ))
+    # the same repair as the quality stage (non-finite samples are zeros) before the prosody;
+    # a copy only for a channel that needs it (a long recording is large)
+    def repaired(x: np.ndarray) -> np.ndarray:
+        return x if np.isfinite(x).all() else np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+
+    prosody = {c: _prosody_summary(analyze_clip(repaired(audio[i]), RATE_HZ))
                for i, c in enumerate(CHANNELS) if signal[c] != "none"}
     history = pipe.conversation.history
     from edge.affect import affect_for_analysis
