@@ -201,8 +201,13 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
         deadline = None if seconds is None else time.monotonic() + seconds
         while deadline is None or time.monotonic() < deadline:
             for proc in [*procs, *box_procs]:
-                if proc.poll() is not None:
-                    raise DemoError(f"a demo process exited early (code {proc.returncode}); "
+                code = proc.poll()
+                if code in (0, 130, -signal.SIGINT):
+                    # Ctrl-C reaches the whole process group and a child may stop (cleanly) before
+                    # our own KeyboardInterrupt arrives: give it a moment to interrupt this sleep
+                    time.sleep(2.0)
+                if code is not None:
+                    raise DemoError(f"a demo process exited early (code {code}); "
                                     f"see the logs in {logs}")
             time.sleep(0.5)
     except KeyboardInterrupt:
