@@ -16,6 +16,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -163,6 +164,10 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
     logs.mkdir(exist_ok=True)
     miroir = [sys.executable, "-m", "miroir"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if threading.current_thread() is threading.main_thread():
+        # Ctrl-C stops the demo even when it was started in the background of a script, where the
+        # shell hands it SIGINT ignored (the boxes and the dashboard set their own handlers)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         broker.start()
         say(f"broker: mosquitto on 127.0.0.1:{site.port} (TLS, client certificates, ACL)")

@@ -64,7 +64,9 @@ def test_demo_floor_speech_ratios_match_the_calls(browser_page):
         [sys.executable, "-m", "miroir", "demo", "--boxes", str(boxes), "--port", str(port),
          "--workdir", str(workdir)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-        start_new_session=True)
+        start_new_session=True,
+        # as a script's background job: the shell hands it SIGINT ignored, Ctrl-C must still work
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     password = None
     output = []
     try:
