@@ -193,8 +193,9 @@ class _Input:
     """One open PortAudio input stream and its bounded queue; the callback is the only writer.
 
     A block the full queue cannot take is dropped and counted; the next block that gets in carries
-    how many frames were lost before it, and the reader puts that much silence back in its place,
-    so the audio clock and the two channels of two mono devices stay aligned.
+    how many frames were lost before it (at most the wall-clock time since the last block got in),
+    and the reader puts that much silence back in its place, so the audio clock and the two
+    channels of two mono devices stay aligned.
     """
 
     def __init__(self, owner: CaptureSource, info: dict[str, Any], channels: int, rate_hz: int,
@@ -208,6 +209,7 @@ class _Input:
         self.queue: queue.Queue[tuple[int, bytes]] = queue.Queue(maxsize=owner.config.queue_blocks)
         """(frames lost just before, raw PCM16 bytes) per callback."""
         self._lost_frames = 0
+        self._put_t = time.monotonic()
         self.remaining = max_frames
         self.done = False
         self.last_data = time.monotonic()
@@ -232,9 +234,14 @@ class _Input:
             last = frame_count >= self.remaining
             data = data[: self.remaining * self.frame_bytes]
             self.remaining -= min(frame_count, self.remaining)
+        now = time.monotonic()
         try:
-            self.queue.put_nowait((self._lost_frames, data))
+            # silence for the frames lost before this block, no more than the time since the last
+            # block got in (a file PCM delivers far faster than the wall clock: nothing to restore)
+            lost = min(self._lost_frames, int((now - self._put_t) * self.rate_hz))
+            self.queue.put_nowait((lost, data))
             self._lost_frames = 0
+            self._put_t = now
         except queue.Full:
             self.owner.overruns += 1
             self._lost_frames += len(data) // self.frame_bytes

@@ -280,9 +280,11 @@ def test_a_dropped_block_becomes_silence_of_its_length() -> None:
     inp = _Input(src, {"name": "any", "index": 0}, 2, RATE_HZ, None)
     blocks = [np.full((1024, 2), k + 1, dtype="<i2") for k in range(5)]
     for b in blocks[:3]:  # the third finds the queue full
+        time.sleep(1024 / RATE_HZ)  # callbacks come in real time, as from a device
         inp.callback(b.tobytes(), 1024, None, 0)
     first = inp.convert(_drain(inp.queue, 0.0))
     for b in blocks[3:]:
+        time.sleep(1024 / RATE_HZ)
         inp.callback(b.tobytes(), 1024, None, 0)
     rest = inp.convert(_drain(inp.queue, 0.0))
     assert src.overruns == 1 and first.shape == (2, 2048) and rest.shape == (2, 3 * 1024)
