@@ -246,6 +246,13 @@ class Pipeline:
         """Learn the agent's baselines afresh from the next shift on (they are too old)."""
         self._relearn = True
 
+    def _resume(self) -> None:
+        """Restart the per-call stages at the audio received so far (after private mode or a lost
+        device); a call state set meanwhile (a hold, a hang-up) holds from now on."""
+        self._resume_s = self._received_s
+        self._far_t0_s = math.ceil(self._received_s / FRAME_S - 1e-9) * FRAME_S
+        self._apply_call_state()
+
     def interrupt(self) -> list[Message]:
         """The audio stopped (the capture device is gone): end the call now and start every
         per-call stage afresh for the audio that comes back; the shift goes on.
@@ -257,9 +264,7 @@ class Pipeline:
             return []
         out = self.finish()
         self._reset_call_stages()
-        self._resume_s = self._received_s
-        self._far_t0_s = math.ceil(self._received_s / FRAME_S - 1e-9) * FRAME_S
-        self._apply_call_state()
+        self._resume()
         return out
 
     def set_private(self, on: bool) -> list[Message]:
@@ -278,9 +283,7 @@ class Pipeline:
         self.private = on
         self._reset_call_stages()  # drop the open call, pending events and partial windows
         if not on:
-            self._resume_s = self._received_s
-            self._far_t0_s = math.ceil(self._received_s / FRAME_S - 1e-9) * FRAME_S
-            self._apply_call_state()  # a hold or hang-up set while private holds from now on
+            self._resume()
         out.append(Message("event", {"name": "private_on" if on else "private_off",
                                      "channel": "both", "t_audio_s": t}))
         return out

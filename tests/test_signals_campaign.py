@@ -78,12 +78,18 @@ def test_hold_mute_and_idle_suppress_cues(why, metrics, kwargs):
     assert out == []
 
 
-def test_explicit_hold_ends_an_active_cue():
+def _monologue_on() -> Signals:
+    """A cue stage with a monologue cue raised (35 s of agent turn)."""
     sig = Signals()
     out = []
     for k in range(35):
         out += sig(_tick(float(k), monologue_s_current=float(k)))
     assert [e["name"] for e in out] == ["cue_on"]
+    return sig
+
+
+def test_explicit_hold_ends_an_active_cue():
+    sig = _monologue_on()
     sig.hold(True)
     out = sig(_tick(36.0, monologue_s_current=36.0))
     assert [(e["name"], e["cue"]) for e in out] == [("cue_off", "monologue")]
@@ -199,11 +205,7 @@ def test_a_cue_without_evidence_still_waits_min_off_s():
 
 def test_one_tone_like_burst_does_not_end_the_cues():
     """A voice can look like a busy tone for a second: cues end only once the tone held 3 s."""
-    sig = Signals()
-    out = []
-    for k in range(35):
-        out += sig(_tick(float(k), monologue_s_current=float(k)))
-    assert [e["name"] for e in out] == ["cue_on"]
+    sig = _monologue_on()
     assert sig(_tick(35.0, monologue_s_current=35.0, far_kind="busy")) == []
     assert sig(_tick(36.0, monologue_s_current=36.0)) == []  # the voice goes on: still on
     ends = []
