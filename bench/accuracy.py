@@ -13,13 +13,13 @@ from typing import Any
 
 
 def vad_figures() -> dict[str, float]:
-    """AMI frame-level ROC-AUC: the shipped path, the fp32 reference, WebRTC (test-only)."""
+    """AMI frame-level ROC-AUC: the shipped path (LiteRT, both channels in one batch), the fp32
+    reference (the published ONNX file on ONNX Runtime, one channel per call), WebRTC (test-only)."""
     from bench.vad import ami_auc, per_channel, shipped, webrtc_auc
     from edge.pipeline import load_vad_model
 
-    model = load_vad_model()
-    return {"vad_auc": round(ami_auc(model, shipped), 4),
-            "vad_auc_reference": round(ami_auc(model, per_channel), 4),
+    return {"vad_auc": round(ami_auc(load_vad_model(), shipped), 4),
+            "vad_auc_reference": round(ami_auc(load_vad_model("onnx"), per_channel), 4),
             "vad_auc_webrtc": round(webrtc_auc(), 4)}
 
 

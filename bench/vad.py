@@ -1,8 +1,10 @@
 """Silero VAD variants side by side: accuracy on AMI and cost on two-party headset audio.
 
-Variants: the reference (fp32, one inference per channel), both channels in one batch (the shipped
-path), the batch with the energy pre-gate, and an int8 dynamically quantized copy of the graph made
-here in a temporary folder. ``python -m bench.vad`` prints JSON.
+Variants: the reference (the published fp32 ONNX file on ONNX Runtime, one inference per channel),
+both channels in one batch, the batch with the energy pre-gate, an int8 dynamically quantized copy
+of the graph made here in a temporary folder, and the converted TFLite file on LiteRT (per channel,
+and batched: the shipped path), with its largest difference from ONNX Runtime's probabilities.
+``python -m bench.vad`` prints JSON.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 
 from bench.common import AMI, HEADSETS, ami_turns, frame_labels, median_seconds, roc_auc
 from edge.frames import FRAME_SAMPLES, RATE_HZ, Frame
-from edge.runtime import Model, OnnxModel
+from edge.runtime import LiteRtModel, Model, OnnxModel
 from edge.source import read_wav
 from edge.vad import SileroVad
 
@@ -57,7 +59,8 @@ def gated(model: Model, audio: np.ndarray) -> np.ndarray:
 
 
 def shipped(model: Model, audio: np.ndarray) -> np.ndarray:
-    """The path the box runs: both channels in one batch, no pre-gate (see the README)."""
+    """The path the box runs with its model (LiteRT by default): both channels in one batch, no
+    pre-gate (see the README)."""
     return batched(model, audio)
 
 
@@ -125,6 +128,7 @@ def run(repeats: int = 5) -> dict[str, Any]:
 
     path = model_path("silero_vad")
     fp32 = OnnxModel(path)
+    litert = LiteRtModel(model_path("silero_vad_tflite"))
     audio = headset_pair()
     audio_s = audio.shape[1] / RATE_HZ
     result: dict[str, Any] = {"audio_s": audio_s, "repeats": repeats}
@@ -132,7 +136,10 @@ def run(repeats: int = 5) -> dict[str, Any]:
         "reference_per_channel": (fp32, per_channel),
         "batch2": (fp32, batched),
         "batch2_gate": (fp32, gated),
+        "litert_per_channel": (litert, per_channel),
+        "litert_batch2": (litert, batched),
     }
+    result["litert_max_abs_diff"] = float(np.abs(batched(litert, audio) - batched(fp32, audio)).max())
     with tempfile.TemporaryDirectory() as tmp:
         try:
             variants["int8_dynamic_batch2"] = (OnnxModel(quantized_model(path, Path(tmp))),

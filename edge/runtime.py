@@ -14,6 +14,9 @@ log = logging.getLogger(__name__)
 class Model(Protocol):
     """A loaded model: named float/int inputs in, named outputs out."""
 
+    input_names: frozenset[str]
+    """The names :meth:`run` takes."""
+
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one inference."""
         ...
@@ -43,6 +46,7 @@ class OnnxModel:
         self._session = ort.InferenceSession(str(path), sess_options=opts,
                                              providers=["CPUExecutionProvider"])
         self._outputs = [o.name for o in self._session.get_outputs()]
+        self.input_names = frozenset(i.name for i in self._session.get_inputs())
         log.debug("loaded %s with onnxruntime %s", path.name, ort.__version__)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -64,22 +68,44 @@ def _import_litert() -> Any:
 
 
 class LiteRtModel:
-    """A TFLite model on LiteRT (``ai-edge-litert``), falling back to ``tflite_runtime``."""
+    """A TFLite model on LiteRT (``ai-edge-litert``), falling back to ``tflite_runtime``.
+
+    Inputs and outputs go by their signature's names when the file has one (else by tensor
+    name); an input whose shape changes (another batch size) resizes the model first.
+    """
 
     def __init__(self, path: Path, threads: int = 1) -> None:
         interpreter = _import_litert()
         self._interp = interpreter.Interpreter(model_path=str(path), num_threads=threads)
         self._interp.allocate_tensors()
-        self._inputs = {d["name"]: d for d in self._interp.get_input_details()}
-        self._outputs = self._interp.get_output_details()
+        signatures = self._interp.get_signature_list()
+        if signatures:
+            runner = self._interp.get_signature_runner(next(iter(signatures)))
+            inputs = runner.get_input_details()
+            outputs = list(runner.get_output_details().items())
+        else:
+            inputs = {d["name"]: d for d in self._interp.get_input_details()}
+            outputs = [(d["name"], d) for d in self._interp.get_output_details()]
+        self._inputs = {name: (d["index"], d["dtype"]) for name, d in inputs.items()}
+        self.input_names = frozenset(self._inputs)
+        self._shapes = {name: tuple(d["shape"]) for name, d in inputs.items()}
+        self._outputs = [(name, d["index"]) for name, d in outputs]
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one inference and return the outputs by name."""
+        resized = False
         for name, value in inputs.items():
-            detail = self._inputs[name]
-            self._interp.set_tensor(detail["index"], value.astype(detail["dtype"], copy=False))
+            if value.shape != self._shapes[name]:
+                self._interp.resize_tensor_input(self._inputs[name][0], list(value.shape))
+                self._shapes[name] = value.shape
+                resized = True
+        if resized:
+            self._interp.allocate_tensors()
+        for name, value in inputs.items():
+            index, dtype = self._inputs[name]
+            self._interp.set_tensor(index, value.astype(dtype, copy=False))
         self._interp.invoke()
-        return {d["name"]: self._interp.get_tensor(d["index"]) for d in self._outputs}
+        return {name: self._interp.get_tensor(index) for name, index in self._outputs}
 
 
 def load_model(path: Path, backend: str = "auto", threads: int = 1) -> Model:

@@ -60,8 +60,8 @@ class EdgeSettings:
     """Minimum run above the on threshold before speech starts."""
     vad_min_silence_ms: float = 160.0
     """Minimum run below the off threshold before speech ends."""
-    model_backend: str = "onnx"
-    """Runtime for the models: ``onnx`` or ``litert``."""
+    model_backend: str = "litert"
+    """Runtime for the models: ``litert`` (LiteRT, the default: the fastest here) or ``onnx``."""
     campaign_file: Path | None = None
     """The campaign's cue settings (TOML, see docs/cues.md); None uses the documented defaults."""
     control_socket: Path | None = None

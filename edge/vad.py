@@ -37,7 +37,8 @@ class SileroVad:
         self.gate_dbfs = gate_dbfs
         self.gate_max_prob = gate_max_prob
         self._gate_power = None if gate_dbfs is None else 10 ** (gate_dbfs / 10)
-        self._sr = np.array(RATE_HZ, dtype=np.int64)
+        # the published ONNX file takes the sample rate; the converted TFLite file is 16 kHz only
+        self._sr = {"sr": np.array(RATE_HZ, dtype=np.int64)} if "sr" in model.input_names else {}
         self.inferences = 0
         self.gated = 0
         self.reset()
@@ -70,12 +71,12 @@ class SileroVad:
             else:
                 rows = np.flatnonzero(loud)
         if rows is None:
-            out = self.model.run({"input": x, "state": self._state, "sr": self._sr})
+            out = self.model.run({"input": x, "state": self._state, **self._sr})
             self._state = out["stateN"]
             self.inferences += 1
             self._last = np.asarray(out["output"][:, 0], dtype=np.float32)
             return self._last.copy()
-        out = self.model.run({"input": x[rows], "state": self._state[:, rows], "sr": self._sr})
+        out = self.model.run({"input": x[rows], "state": self._state[:, rows], **self._sr})
         self._state[:, rows] = out["stateN"]
         self.inferences += 1
         self._last[rows] = out["output"][:, 0]

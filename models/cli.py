@@ -1,4 +1,5 @@
-"""Commands of the affect model: ``models train affect``, ``models evaluate affect``, ``bench affect``.
+"""Model commands beyond ``models build``: ``models train affect``, ``models evaluate affect``,
+``models convert vad``, ``bench affect``.
 
 Only the standard library at module level: the handlers import what they need.
 """
@@ -58,6 +59,19 @@ def cmd_evaluate_affect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert_vad(args: argparse.Namespace) -> int:
+    """Convert the pinned Silero VAD ONNX file to the committed TFLite file (needs TensorFlow)."""
+    from models.build import ModelError
+    from models.vad.convert import OUT, convert
+
+    try:
+        result = convert(out=args.out or OUT, write_manifest=args.out is None)
+    except (ModelError, RuntimeError, ValueError) as exc:
+        raise _error(str(exc)) from None
+    print(f"ok {result['file']} ({result['bytes']} bytes, SHA-256 {result['sha256']})")
+    return 0
+
+
 def cmd_bench_affect(args: argparse.Namespace) -> int:
     """Measure the affect model's inference time per window (int8 ONNX, int8 TFLite, float ONNX)."""
     from bench.affect import run
@@ -79,7 +93,8 @@ def cmd_bench_affect(args: argparse.Namespace) -> int:
 
 
 def register_cli(groups: dict[str, argparse._SubParsersAction]) -> None:
-    """Add ``models train affect``, ``models evaluate affect`` and ``bench affect``."""
+    """Add ``models train affect``, ``models evaluate affect``, ``models convert vad`` and
+    ``bench affect``."""
     models = groups["models"]
     train = models.add_parser("train", help="train a model from the shared data sets",
                               description="Train a model; it writes the committed files and manifest.")
@@ -104,6 +119,15 @@ def register_cli(groups: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("--data", type=Path, default=None,
                    help="the EmoDB folder (default ../shared/data/emodb)")
     p.set_defaults(func=cmd_evaluate_affect)
+
+    conv = models.add_parser("convert", help="convert a pinned model to another runtime's format",
+                             description="Convert a pinned model; it writes the committed file and manifest.")
+    conv_sub = conv.add_subparsers(dest="convert_model", metavar="MODEL", required=True)
+    p = conv_sub.add_parser("vad", help="Silero VAD to TFLite for LiteRT (weights unchanged)",
+                            description=cmd_convert_vad.__doc__)
+    p.add_argument("--out", type=Path, default=None,
+                   help="write the file here instead of models/vad (the manifest is then left as is)")
+    p.set_defaults(func=cmd_convert_vad)
 
     p = groups["bench"].add_parser("affect", help="affect model inference time per window",
                                    description=cmd_bench_affect.__doc__)

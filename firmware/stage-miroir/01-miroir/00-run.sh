@@ -24,7 +24,7 @@ SEED=/usr/lib/miroir/seed/releases/${MIROIR_VERSION}
 MODELS_DIR=$(echo "${SEED}/bin/python -c 'from models.build import models_dir; print(models_dir())'" | on_chroot)
 install -d "${ROOTFS_DIR}${MODELS_DIR}"
 install -m 0644 "${MIROIR_MODELS}"/*.onnx "${ROOTFS_DIR}${MODELS_DIR}/"
-echo "${SEED}/bin/python -c 'from models.build import model_path; print(model_path(\"silero_vad\"), \"verified\")'" | on_chroot
+echo "${SEED}/bin/python -c 'from models.build import model_path; print(model_path(\"silero_vad\"), model_path(\"silero_vad_tflite\"), \"verified\")'" | on_chroot
 touch "${ROOTFS_DIR}${SEED}/.complete"
 install -d "${ROOTFS_DIR}/opt"
 ln -sfn /data/miroir-releases "${ROOTFS_DIR}/opt/miroir"
