@@ -361,6 +361,8 @@ class Prosody:
         self._peak_db = -120.0
         self._t_last_peak = 0.0
         self._tracks: list[HopTrack] = []
+        self._joined: HopTrack | None = None
+        """The tracks joined, kept until they change (several windows read them each second)."""
         self._cycles: list[tuple[float, np.ndarray, np.ndarray, np.ndarray]] = []
         self._amps: list[tuple[float, np.ndarray]] = []
         self._lf_context = np.zeros(0)
@@ -455,6 +457,7 @@ class Prosody:
         )[-_OCTAVE_HALF:]
         track = HopTrack(t_s, f0, voiced, level, hnr, np.where(loud, 1.0 - aper, 0.0), syl)
         self._tracks.append(track)
+        self._joined = None
         self._cycles_from(track, k0)
         self._next_hop = k0 + n
         self._trim()
@@ -477,6 +480,7 @@ class Prosody:
         keep_from = self._next_hop * HOP_S - self.history_s
         while self._tracks and self._tracks[0].t_s[-1] < keep_from:
             self._tracks.pop(0)
+            self._joined = None
         while self._cycles and self._cycles[0][0] < keep_from:
             self._cycles.pop(0)
         while self._amps and self._amps[0][0] < keep_from:
@@ -497,16 +501,21 @@ class Prosody:
         return bool(self._tracks)
 
     def hops(self, last_s: float | None = None) -> HopTrack:
-        """Per-hop track of the last ``last_s`` seconds analysed (all history when ``None``)."""
+        """Per-hop track of the last ``last_s`` seconds analysed (all history when ``None``); its
+        arrays are read-only views (callers copy before changing them)."""
         if not self._tracks:
             z = np.zeros(0)
             return HopTrack(z, z, np.zeros(0, dtype=bool), z, z, z, z)
         names = [f.name for f in fields(HopTrack)]
-        cat = HopTrack(*(np.concatenate([getattr(t, f) for t in self._tracks]) for f in names))
+        if self._joined is None:
+            self._joined = HopTrack(*(np.concatenate([getattr(t, f) for t in self._tracks]) for f in names))
+            for f in names:
+                getattr(self._joined, f).flags.writeable = False
+        cat = self._joined
         if last_s is None:
             return cat
-        m = cat.t_s >= cat.t_s[-1] + HOP_S / 2 - last_s
-        return HopTrack(*(getattr(cat, f)[m] for f in names))
+        first = int(np.searchsorted(cat.t_s, cat.t_s[-1] + HOP_S / 2 - last_s))  # hop times increase
+        return HopTrack(*(getattr(cat, f)[first:] for f in names))
 
     def rate_window(self, seconds: float) -> rate_mod.RateWindow:
         """Only the syllable rate and pauses over the last ``seconds`` (cheaper than :meth:`window`)."""
@@ -546,7 +555,7 @@ def functionals(tr: HopTrack, cycles: list[tuple[float, np.ndarray, np.ndarray, 
     st = 12.0 * np.log2(f0v / 100.0) if nv else np.zeros(0)
     level = float(np.mean(tr.level_dbfs[v])) if nv else None
     f0_med = float(np.median(f0v)) if enough else None
-    rng = float(np.percentile(st, 90) - np.percentile(st, 10)) if enough else None
+    rng = rate_mod.percentile(st, 90) - rate_mod.percentile(st, 10) if enough else None
     movement = None
     if enough:
         both = v[1:] & v[:-1]
