@@ -154,3 +154,15 @@ def test_rate_window_matches_the_full_window() -> None:
         assert cheap.syllables == full.syllables >= 8 and cheap.pauses == full.pauses
         assert (cheap.voiced_ratio, cheap.articulation_rate_syl_s, cheap.pace_syl_s) == (
             full.voiced_ratio, full.articulation_rate_syl_s, full.pace_syl_s)
+
+
+def test_percentile_is_numpys_to_the_last_bit():
+    """The windows' fast percentile gives np.percentile's exact value (float32 and float64)."""
+    from edge.rate import percentile
+
+    rng = np.random.default_rng(3)
+    for dtype in (np.float32, np.float64):
+        for n in [*range(1, 40), 99, 100, 1000, 1001]:
+            x = (rng.standard_normal(n) * 20 - 40).astype(dtype)
+            for q in (0, 5, 10, 50, 90, 95, 100):
+                assert percentile(x, q) == float(np.percentile(x, q)), (dtype, n, q)
