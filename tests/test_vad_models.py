@@ -44,3 +44,16 @@ def test_the_box_runs_litert_by_default_and_both_files_verify():
     assert entries["silero_vad_tflite"]["source"]["derived_from"] == "silero_vad"
     with pytest.raises(ValueError, match="litert or onnx"):
         load_vad_model("tflite")
+
+
+def test_both_backends_give_the_same_call(models):
+    """The whole pipeline on one minute of two real talkers: same segments, turns and metrics."""
+    from edge.pipeline import analyze
+
+    litert, onnx = models
+    audio = headset_pair(seconds=60.0)
+    ours, theirs = analyze(audio, litert), analyze(audio, onnx)
+    assert len(theirs["vad"]["near"]["segments"]) > 5 and len(theirs["vad"]["far"]["segments"]) > 5
+    assert ours["vad"]["near"]["segments"] == theirs["vad"]["near"]["segments"]
+    assert ours["vad"]["far"]["segments"] == theirs["vad"]["far"]["segments"]
+    assert ours["metrics"] == theirs["metrics"]
