@@ -159,8 +159,9 @@ class AffectConfig:
     enabled: bool = False
     """Run the affect model on the prospect's channel. Turning it on records that the campaign's call
     script tells the prospect about emotion recognition (EU AI Act Art. 50(3))."""
-    backend: str = "onnx"
-    """Model runtime: ``onnx`` (int8 QDQ ONNX on onnxruntime) or ``litert`` (int8 TFLite)."""
+    backend: str = "litert"
+    """Model runtime: ``litert`` (int8 TFLite, as the box's default ``model_backend``) or ``onnx``
+    (int8 QDQ ONNX on onnxruntime)."""
     hop_frames: int = 31
     """Frames (32 ms each) between window evaluations: 0.992 s."""
     min_far_speech_s: float = 0.75
@@ -199,7 +200,7 @@ class AffectModel:
         spec_file: override ``affect_features.json``; default: from the manifest.
     """
 
-    def __init__(self, backend: str = "onnx", model_file: Path | None = None,
+    def __init__(self, backend: str = "litert", model_file: Path | None = None,
                  spec_file: Path | None = None) -> None:
         from models.build import model_path
 

@@ -79,6 +79,9 @@ class LiteRtModel:
         self._interp = interpreter.Interpreter(model_path=str(path), num_threads=threads)
         self._interp.allocate_tensors()
         signatures = self._interp.get_signature_list()
+        # the indices below are used on the interpreter's main subgraph: one-signature files only
+        if len(signatures) > 1:
+            raise ValueError(f"{path.name}: {len(signatures)} signatures, expected at most one")
         if signatures:
             runner = self._interp.get_signature_runner(next(iter(signatures)))
             inputs = runner.get_input_details()

@@ -5,7 +5,7 @@ The network (Silero VAD v5/v6 at 16 kHz), per channel and per 32 ms chunk of 512
 stride of 128 (4 frames, 129 magnitudes each), four 3-tap convolutions with ReLU (strides 1, 2, 2,
 1) down to one 128-wide vector, an LSTM cell (the recurrent state: h and c), then ReLU, a 1x1
 projection and a sigmoid: the speech probability. The weights are read from the ONNX file, never
-retrained; ``tests/test_vad.py`` checks the result against ONNX Runtime on real speech.
+retrained; ``tests/test_vad_models.py`` checks the result against ONNX Runtime on real speech.
 
 Needs ``onnx`` and TensorFlow at conversion time only (``pip install -e '.[dev,affect-build]'``);
 the box runs the committed ``.tflite`` file on LiteRT. TensorFlow's converter is deterministic:
