@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.prosody import HOP_S, Prosody, analyze_clip
+from edge.prosody import HOP_S, HopTrack, Prosody, analyze_clip
 
 log = logging.getLogger(__name__)
 
@@ -111,12 +111,17 @@ def pitch_scores(f0_hz: np.ndarray, voiced: np.ndarray, ref: dict[str, Any]) -> 
     return int(err.sum()), int(both.sum()), int((mine == theirs).sum()), len(k)
 
 
-def _track(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _hops(x: np.ndarray) -> HopTrack:
+    """The streaming prosody stage's per-hop track of a whole clip."""
     pros = Prosody(history_s=len(x) / 16000 + 1)
     for i in range(0, len(x), 512):
         pros(x[i:i + 512])
     pros.flush()
-    tr = pros.hops()
+    return pros.hops()
+
+
+def _track(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    tr = _hops(x)
     return tr.f0_hz, tr.voiced
 
 
@@ -241,14 +246,9 @@ def rate_cv_figures(step: int = 1) -> dict[str, Any]:
         t = true_rate(name)
         if t is None:
             continue
-        x = read_wav(EMODB / "wav" / name)
-        pros = Prosody(history_s=len(x) / 16000 + 1.0)
-        for i in range(0, len(x), 512):
-            pros(x[i:i + 512])
-        pros.flush()
         names.append(name)
         truth.append(t)
-        tracks.append(pros.hops())
+        tracks.append(_hops(read_wav(EMODB / "wav" / name)))
     keys = list(RATE_GRID)
     points = list(itertools.product(*RATE_GRID.values()))
     shipped = tuple(getattr(rate_mod, k) for k in keys)

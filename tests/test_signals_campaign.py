@@ -96,28 +96,36 @@ def test_explicit_hold_ends_an_active_cue():
     assert sig(_tick(37.0, monologue_s_current=37.0)) == []
 
 
+_QUIET = {"near_speech_ratio": 0.0, "near_talking": False}
+
+
+def _prospect_spoke(end_s: float, ended_at_s: float) -> Signals:
+    """Ten quiet windows, then the prospect speaks from 8 s to ``end_s`` (told at ``ended_at_s``)."""
+    sig = Signals()
+    for k in range(10):
+        sig(_tick(float(k), **_QUIET))
+    sig.event({"name": "speech_start", "channel": "far", "t_audio_s": 8.0}, 8.0)
+    sig.event({"name": "speech_end", "channel": "far", "t_audio_s": end_s}, ended_at_s)
+    return sig
+
+
 def test_slow_response_is_raised_between_windows_once_the_gap_is_reached():
     """The prospect stops at 10.3 s: `poll` raises the cue at 12.3 s, not at the next window (13 s);
     the window keeps it, the agent's answer ends it, and a suppressed seat gets nothing."""
-    sig = Signals()
-    quiet = {"near_speech_ratio": 0.0, "near_talking": False}
-    for k in range(10):
-        sig(_tick(float(k), **quiet))
-    sig.event({"name": "speech_start", "channel": "far", "t_audio_s": 8.0}, 8.0)
-    sig.event({"name": "speech_end", "channel": "far", "t_audio_s": 10.3}, 10.4)
-    assert sig(_tick(11.0, **quiet)) == [] and sig(_tick(12.0, **quiet)) == []
+    sig = _prospect_spoke(10.3, 10.4)
+    assert sig(_tick(11.0, **_QUIET)) == [] and sig(_tick(12.0, **_QUIET)) == []
     assert sig.poll(12.2) == []
     (on,) = sig.poll(12.3)
     assert (on["name"], on["cue"], on["t_audio_s"]) == ("cue_on", "slow_response", 12.3)
-    assert sig.poll(12.4) == [] and sig(_tick(13.0, **quiet)) == []  # raised once, kept
+    assert sig.poll(12.4) == [] and sig(_tick(13.0, **_QUIET)) == []  # raised once, kept
     sig.event({"name": "speech_start", "channel": "near", "t_audio_s": 13.5}, 13.5)
     assert [(e["name"], e["cue"]) for e in sig(_tick(14.0))] == [("cue_off", "slow_response")]
     held = Signals()
-    held(_tick(1.0, far_kind="music", **quiet))
+    held(_tick(1.0, far_kind="music", **_QUIET))
     held.event({"name": "speech_end", "channel": "far", "t_audio_s": 1.0}, 1.0)
     assert held.poll(3.5) == []
     cti = Signals()  # the softphone puts the line on hold between two windows
-    cti(_tick(1.0, **quiet))
+    cti(_tick(1.0, **_QUIET))
     cti.event({"name": "speech_end", "channel": "far", "t_audio_s": 1.0}, 1.0)
     cti.hold(True)
     assert cti.poll(3.5) == []
@@ -128,15 +136,10 @@ def test_slow_response_is_raised_between_windows_once_the_gap_is_reached():
 @pytest.mark.parametrize("far_kind", ["busy", "ringback", "music", "dead"])
 def test_nobody_on_the_line_suppresses_cues(far_kind):
     """The prospect says goodbye and hangs up: no "the prospect is waiting" over the busy tone."""
-    sig = Signals()
-    quiet = {"near_speech_ratio": 0.0, "near_talking": False}
-    for k in range(10):
-        sig(_tick(float(k), **quiet))
-    sig.event({"name": "speech_start", "channel": "far", "t_audio_s": 8.0}, 8.0)
-    sig.event({"name": "speech_end", "channel": "far", "t_audio_s": 10.0}, 10.0)
+    sig = _prospect_spoke(10.0, 10.0)
     out = []
     for k in range(11, 16):
-        out += sig(_tick(float(k), far_kind=far_kind, **quiet)) + sig.poll(k + 0.5)
+        out += sig(_tick(float(k), far_kind=far_kind, **_QUIET)) + sig.poll(k + 0.5)
     assert out == []
 
 

@@ -23,11 +23,14 @@ from typing import Any
 
 import numpy as np
 
+from edge.frames import FRAME_SAMPLES
+from edge.vad import CONTEXT_SAMPLES
+
 log = logging.getLogger(__name__)
 
 OUT = Path(__file__).with_name("silero_vad.tflite")
-CHUNK_SAMPLES = 576
-"""512 new samples and the 64 before them."""
+CHUNK_SAMPLES = FRAME_SAMPLES + CONTEXT_SAMPLES
+"""512 new samples and the 64 before them (what :class:`edge.vad.SileroVad` feeds)."""
 HIDDEN = 128
 ENCODER_STRIDES = (1, 2, 2, 1)
 WEIGHTS = {
