@@ -22,7 +22,9 @@ from edge.signals import AgentBaseline
 log = logging.getLogger(__name__)
 
 FILE = "baselines.json"
-FORMAT = 1
+FORMAT = 2
+"""Format 2 measures the pace as the mean gap between syllable nuclei; a format 1 file's pace (gaps
+capped at 0.3 s plus a fixed 0.2 s) reads lower, so it is relearned and the rest kept."""
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,10 @@ def load(state_dir: Path, max_age_h: float) -> Baselines:
         return Baselines()
     try:
         data = json.loads(path.read_text())
-        if data.get("format") != FORMAT:
+        if data.get("format") not in (1, FORMAT):
             raise ValueError(f"format {data.get('format')!r}, expected {FORMAT}")
+        if data["format"] == 1 and data.get("agent"):
+            data["agent"].pop("pace_syl_s", None)
         learned_ts = float(data.get("learned_ts", data["saved_ts"]))
         age_h = (time.time() - learned_ts) / 3600
         if age_h > max_age_h:

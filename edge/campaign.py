@@ -55,15 +55,15 @@ class RateCue:
     """Too fast (the pace) or too slow (the articulation rate), relative to the agent's own baseline."""
 
     enabled: bool = True
-    ratio_on: float = _r(1.2, 0.3, 3.0)
+    ratio_on: float = _r(1.3, 0.3, 3.0)
     """Rate over the agent's baseline at which the cue may start."""
     ratio_off: float = _r(1.1, 0.3, 3.0)
     """Rate over baseline at which it may end (the hysteresis band lies between)."""
-    band_syl_s: float = _r(8.0, 1.0, 15.0)
+    band_syl_s: float = _r(8.5, 1.0, 15.0)
     """Campaign's absolute limit in syllables/s (upper for too fast, lower for too slow)."""
-    window_s: float = _r(5.0, 2.0, 20.0)
+    window_s: float = _r(3.0, 2.0, 20.0)
     """Rate is measured over this many seconds of audio (too fast: the pause-free pace)."""
-    min_on_s: float = _r(2.0, 0.0, 60.0)
+    min_on_s: float = _r(1.0, 0.0, 60.0)
     min_off_s: float = _r(4.0, 0.0, 120.0)
     cooldown_s: float = _r(60.0, 0.0, 3600.0)
 
@@ -85,7 +85,7 @@ class MonologueCue:
 
 @dataclass(frozen=True)
 class NoPauseCue:
-    """The agent has spoken for ``on_s`` with no pause or breath (150 ms to 2 s gaps)."""
+    """The agent has spoken for ``on_s`` with no pause or breath (200 ms to 2 s gaps)."""
 
     enabled: bool = True
     on_s: float = _r(20.0, 5.0, 300.0)

@@ -327,7 +327,7 @@ class ProsodyWindow:
     speaking_rate_syl_s: float | None
     """Syllables per second of the window."""
     pauses: int
-    """Silent gaps of 150 ms to 2 s between voiced stretches."""
+    """Silent gaps of 200 ms to 2 s between voiced stretches."""
     pauses_per_min: float
     breaths: int
     """Pauses that hold an audible unvoiced breath noise."""

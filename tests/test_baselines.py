@@ -68,6 +68,11 @@ def test_old_or_corrupt_baselines_are_ignored(tmp_path: Path) -> None:
     # a file from before the pace existed: the rest is kept, the pace is learned before cues fire
     older = AgentBaseline.from_dict({k: v for k, v in agent.items() if k != "pace_syl_s"})
     assert not older.ready(0.0) and older.value("rate_syl_s") == 5.0
+    # a format 1 file measured the pace another way: it is relearned, the rest is kept
+    path.write_text(json.dumps({**json.loads(path.read_text()), "format": 1}))
+    v1 = baselines.load(tmp_path, 72.0).agent
+    assert v1 is not None and not v1.ready(0.0) and not v1.pace_syl_s and v1.value("rate_syl_s") == 5.0
+    assert baselines.save(tmp_path, agent, None)
     assert baselines.load(tmp_path, 0.0).agent is None  # 0: learn afresh at every start
     old = json.loads(path.read_text())
     old["learned_ts"] = time.time() - 100 * 3600

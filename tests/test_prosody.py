@@ -114,6 +114,18 @@ def test_pauses_between_utterances() -> None:
     assert out["pause_s_mean"] is not None and out["pause_s_mean"] >= 0.5
 
 
+def test_pauses_against_the_emodb_pause_labels() -> None:
+    """Half the labelled pauses of 200 ms or more are found, and under one gap per minute of speech
+    is no labelled pause (stop closures of 150-200 ms used to count: 3.9 per minute)."""
+    from bench.accuracy_prosody import pause_figures
+
+    figs = pause_figures()
+    print(figs)
+    assert figs["pause_labelled"] >= 30
+    assert figs["pause_recall"] >= 0.5
+    assert figs["pause_false_per_min"] <= 1.0
+
+
 def test_bad_input_fabricates_nothing() -> None:
     silent = analyze_clip(np.zeros(2 * RATE, dtype=np.float32))
     assert silent["voiced_ratio"] == 0.0

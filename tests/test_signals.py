@@ -15,7 +15,7 @@ from edge.campaign import CampaignConfig
 from edge.pipeline import Message, Pipeline, analyze, cue_episodes, load_vad_model
 from edge.signals import CUES
 from miroir import wire
-from tests._fixtures_signals import Call, cue_calls, match_cues  # noqa: F401  (session fixture)
+from tests._fixtures_signals import Builder, Call, cue_calls, match_cues, trim  # noqa: F401  (session fixture)
 
 DELAY_S = 3.0
 
@@ -42,12 +42,14 @@ def _report(call: Call, result: dict) -> tuple[dict[int, float], float]:
 
 def test_injected_events_cued_within_3s_precision(cue_calls, results):  # noqa: F811
     """Monologue, 3 agent interruptions and a 3 s response gap: each cued within 3 s, the 1.3x tempo
-    stretch within 8 s; precision >= 0.9."""
+    stretch within a rate window plus min_on_s plus the prosody stage's 1 s batch (5 s); precision
+    >= 0.9."""
     call, result = cue_calls["clean"], results["clean"]
     delays, precision = _report(call, result)
     fast = CampaignConfig().too_fast
     for i, t in enumerate(call.truth):
-        # 3 s is not met for the tempo stretch (docs/cues.md, "Known gap"); what its design allows
+        # 3 s is not met for the tempo stretch across calls (docs/cues.md, "Known gap"; this call
+        # happens to be cued in 2.2 s, 5 of the benchmark's 32 are); what its design allows
         # is a full rate window of fast speech, held min_on_s, plus the prosody stage's 1 s batch
         limit = fast.window_s + fast.min_on_s + 1.0 if t.cue == "too_fast" else DELAY_S
         assert i in delays, f"{t.cue} at {t.onset_s:.1f} s not cued"
@@ -155,3 +157,26 @@ def test_analyze_json_shows_cues_fatigue_and_summary(cue_calls, tmp_path):  # no
     assert "fatigue_index" in result["fatigue"] and result["fatigue"]["fatigue_phonation_min"] > 0
     (summary,) = result["call_summaries"]
     assert summary["call_cues"] >= 2 and "call_rate_syl_s_median" in summary
+
+
+def test_no_pause_cue_for_unbroken_speech_not_for_paused_speech(model):
+    """35 s of the agent's real sentences run together (each cut to its loud part, joined with no
+    gap) raise "pause and breathe" once, about on_s after the agent starts; the same sentences with
+    0.4 s pauses between them raise none. Stop closures inside the sentences are no pauses."""
+    cfg = CampaignConfig().no_pause
+    window_s = CampaignConfig().too_fast.window_s
+    found, starts = {}, {}
+    for gap_s in (0.0, 0.4):
+        b = Builder(seed=7)
+        b.agent = [trim(x, -35.0) for x in b.agent]
+        b.say(1, 1)
+        b.pause(0.6)
+        start = starts[gap_s] = b.t
+        while b.t - start < 35.0:
+            b.say(0, 1)
+            b.pause(gap_s)
+        found[gap_s] = [c for c in analyze(b.build().audio, model)["cues"] if c["cue"] == "no_pause"]
+        print(f"gap {gap_s} s: no_pause at {[round(c['start_s'] - start, 1) for c in found[gap_s]]} s")
+    assert len(found[0.0]) == 1
+    assert cfg.on_s - 1.0 <= found[0.0][0]["start_s"] - starts[0.0] <= cfg.on_s + window_s + 2.0
+    assert found[0.4] == []
