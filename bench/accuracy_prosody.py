@@ -187,7 +187,8 @@ def prosody_figures(step: int = 1, tempo_step: int = 4, cost: bool = True) -> di
     Returns:
         ``pitch_gpe``, ``pitch_voicing_agree``, ``pitch_gpe_noisy``, ``hnr_r``, ``jitter_r``,
         ``shimmer_r``, ``rate_r``, ``rate_r_label_ceiling_80ms`` (:func:`rate_label_ceiling`),
-        ``tempo_ratio_err`` (worst of the two factors, median over clips),
+        ``tempo_ratio_err`` (worst of the two factors, median over clips), ``pace_tempo_ratio_median``
+        (the same for the pace the too-fast cue reads),
         ``tempo_ratio_median`` per factor, ``clips``, ``prosody_rtf`` (median) and
         ``prosody_rtf_vs_silero`` (its ratio to reference Silero VAD measured in the same run).
     """
@@ -198,6 +199,7 @@ def prosody_figures(step: int = 1, tempo_step: int = 4, cost: bool = True) -> di
     est_rate: list[float] = []
     ref_rate: list[float] = []
     ratios: dict[float, list[float]] = {f: [] for f in TEMPO_FACTORS}
+    pace_ratios: dict[float, list[float]] = {f: [] for f in TEMPO_FACTORS}
     have_sox = shutil.which("sox") is not None
     with tempfile.TemporaryDirectory() as tmpdir:
         for i, name in enumerate(names):
@@ -222,10 +224,11 @@ def prosody_figures(step: int = 1, tempo_step: int = 4, cost: bool = True) -> di
                 ref_rate.append(truth)
             if have_sox and i % tempo_step == 0 and rate:
                 for factor in TEMPO_FACTORS:
-                    y = _tempo(x, factor, Path(tmpdir))
-                    r2 = analyze_clip(y, 16000)["articulation_rate_syl_s"]
-                    if r2:
-                        ratios[factor].append(r2 / rate)
+                    y = analyze_clip(_tempo(x, factor, Path(tmpdir)), 16000)
+                    if y["articulation_rate_syl_s"]:
+                        ratios[factor].append(y["articulation_rate_syl_s"] / rate)
+                    if y["pace_syl_s"] and out["pace_syl_s"]:
+                        pace_ratios[factor].append(y["pace_syl_s"] / out["pace_syl_s"])
     med = {f: float(np.median(v)) if v else float("nan") for f, v in ratios.items()}
 
     def corr(k: str) -> float:
@@ -243,6 +246,8 @@ def prosody_figures(step: int = 1, tempo_step: int = 4, cost: bool = True) -> di
         "rate_r_label_ceiling_80ms": rate_label_ceiling(0.08, step),
         "tempo_ratio_median": {str(f): m for f, m in med.items()},
         "tempo_ratio_err": max(abs(m / f - 1.0) for f, m in med.items()),
+        "pace_tempo_ratio_median": {str(f): float(np.median(v)) if v else None
+                                    for f, v in pace_ratios.items()},
         **(rtf() if cost else {}),
     }
 
@@ -283,8 +288,8 @@ def pause_figures(step: int = 1) -> dict[str, Any]:
                 labelled += 1
                 found += any(p.start_s < b and p.end_s > a for p in got)
         false += sum(not any(p.start_s < b + 0.05 and p.end_s > a - 0.05 for a, b in truth) for p in got)
-    return {"pause_recall": round(found / labelled, 3), "pause_labelled": labelled,
-            "pause_false_per_min": round(60.0 * false / float(speech_s), 2)}
+    return {"pause_recall": round(found / labelled, 3) if labelled else None, "pause_labelled": labelled,
+            "pause_false_per_min": round(60.0 * false / float(speech_s), 2) if speech_s else None}
 
 
 RATE_GRID: dict[str, tuple[float, ...]] = {

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 FILE = "baselines.json"
 FORMAT = 2
 """Format 2 measures the pace as the mean gap between syllable nuclei; a format 1 file's pace (gaps
-capped at 0.3 s plus a fixed 0.2 s) reads lower, so it is relearned and the rest kept."""
+capped at 0.3 s plus a fixed 0.2 s) reads lower, so it is relearned and the rest kept. An older
+release ignores a format 2 file and learns everything afresh."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ def load(state_dir: Path, max_age_h: float) -> Baselines:
         return Baselines()
     try:
         data = json.loads(path.read_text())
-        if data.get("format") not in (1, FORMAT):
+        if type(data.get("format")) is not int or data["format"] not in (1, FORMAT):
             raise ValueError(f"format {data.get('format')!r}, expected {FORMAT}")
         if data["format"] == 1 and data.get("agent"):
             data["agent"].pop("pace_syl_s", None)

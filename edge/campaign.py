@@ -62,7 +62,8 @@ class RateCue:
     band_syl_s: float = _r(8.5, 1.0, 15.0)
     """Campaign's absolute limit in syllables/s (upper for too fast, lower for too slow)."""
     window_s: float = _r(3.0, 2.0, 20.0)
-    """Rate is measured over this many seconds of audio (too fast: the pause-free pace)."""
+    """Rate is measured over this many seconds of audio (too fast: :func:`edge.rate.pace`; the
+    no-pause cue reads the pauses of the too-fast window, so this also sets when it can fire)."""
     min_on_s: float = _r(1.0, 0.0, 60.0)
     min_off_s: float = _r(4.0, 0.0, 120.0)
     cooldown_s: float = _r(60.0, 0.0, 3600.0)
@@ -85,7 +86,9 @@ class MonologueCue:
 
 @dataclass(frozen=True)
 class NoPauseCue:
-    """The agent has spoken for ``on_s`` with no pause or breath (200 ms to 2 s gaps)."""
+    """The agent has spoken for ``on_s`` with no pause or breath (200 ms to 2 s gaps).
+
+    Each second reads the pauses of the ``too_fast`` window (``too_fast.window_s``)."""
 
     enabled: bool = True
     on_s: float = _r(20.0, 5.0, 300.0)

@@ -323,7 +323,7 @@ class ProsodyWindow:
     articulation_rate_syl_s: float | None
     """Syllables per second from the first to the last nucleus (pauses between them included)."""
     pace_syl_s: float | None
-    """Syllables per second of pause-free speaking time (see :func:`edge.rate.pace`)."""
+    """Syllables per second while the voice runs: pauses left out (see :func:`edge.rate.pace`)."""
     speaking_rate_syl_s: float | None
     """Syllables per second of the window."""
     pauses: int

@@ -28,6 +28,8 @@ ONSET_TO_NUCLEUS_S = 0.2
 PACE_GAP_MAX_S = 0.35
 """For the pace, a gap between two nuclei longer than this holds a pause (or the other side's turn)
 and is left out."""
+PACE_MIN_GAPS = 5
+"""The pace needs this many gaps of running speech: two close nuclei in hesitant speech are no pace."""
 PAUSE_MIN_S = 0.2
 """Shorter quiet gaps are mostly stop closures. Against the EmoDB pause labels (see
 ``bench.accuracy_prosody.pause_figures``), counting gaps from 150 ms found 23 of the 39 labelled
@@ -161,17 +163,18 @@ def pace(nuclei_s: np.ndarray) -> float | None:
 
     Gaps over ``PACE_GAP_MAX_S`` hold a pause or the other side's turn and are left out, so those
     do not dilute the pace (they do dilute :func:`articulation_rate`). With no fixed term, the pace
-    scales with the speech: the same sentences 1.3 times faster read about 1.22 times the pace.
+    scales with the speech (``pace_tempo_ratio_median`` of ``bench.accuracy_prosody``).
 
     Args:
         nuclei_s: nucleus times, seconds.
 
     Returns:
-        The pace in syllables per second, or ``None`` without a gap of running speech.
+        The pace in syllables per second, or ``None`` with fewer than ``PACE_MIN_GAPS`` gaps of
+        running speech.
     """
     gaps_s = np.diff(nuclei_s)
     gaps_s = gaps_s[gaps_s <= PACE_GAP_MAX_S]
-    return 1.0 / float(gaps_s.mean()) if len(gaps_s) else None
+    return 1.0 / float(gaps_s.mean()) if len(gaps_s) >= PACE_MIN_GAPS else None
 
 
 def pauses(t_s: np.ndarray, level_dbfs: np.ndarray, voiced: np.ndarray) -> list[Pause]:

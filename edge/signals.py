@@ -411,7 +411,7 @@ class Signals:
         out: dict[str, tuple[float, float, bool, bool, float, float, str]] = {}
         ready = self.baseline.ready(c.alerts.baseline_speech_s)
         short, long = tick.short, tick.long
-        # too fast: the pause-free pace; too slow: the articulation rate (pauses drag it down);
+        # too fast: the pace (pauses left out); too slow: the articulation rate (pauses drag it down);
         # each relative to the agent's own baseline, or past the campaign's absolute band
         fast_win, slow_win = _rated(short), _rated(tick.slow)
         for cue, cfg, sign, rate, measure in (

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from bench.accuracy_prosody import EMODB, clip_names, prosody_figures, read_wav
+from edge.campaign import CampaignConfig
 from edge.prosody import HOP_S, Prosody, ProsodyWindow, analyze_clip
 
 RATE = 16_000
@@ -161,7 +162,7 @@ def test_rate_window_matches_the_full_window() -> None:
     pros = Prosody(history_s=10.0)
     for i in range(0, len(x), 512):
         pros(x[i:i + 512])
-    for seconds in (5.0, 6.0):
+    for seconds in (CampaignConfig().too_fast.window_s, CampaignConfig().too_slow.window_s):
         full, cheap = pros.window(seconds), pros.rate_window(seconds)
         assert cheap.syllables == full.syllables >= 8 and cheap.pauses == full.pauses
         assert (cheap.voiced_ratio, cheap.articulation_rate_syl_s, cheap.pace_syl_s) == (

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.campaign import CampaignConfig
+from edge.campaign import CampaignConfig, from_mapping
 from edge.pipeline import Message, Pipeline, analyze, cue_episodes, load_vad_model
 from edge.signals import CUES
 from miroir import wire
@@ -162,9 +162,11 @@ def test_analyze_json_shows_cues_fatigue_and_summary(cue_calls, tmp_path):  # no
 def test_no_pause_cue_for_unbroken_speech_not_for_paused_speech(model):
     """35 s of the agent's real sentences run together (each cut to its loud part, joined with no
     gap) raise "pause and breathe" once, about on_s after the agent starts; the same sentences with
-    0.4 s pauses between them raise none. Stop closures inside the sentences are no pauses."""
-    cfg = CampaignConfig().no_pause
-    window_s = CampaignConfig().too_fast.window_s
+    0.4 s pauses between them raise none, the pauses and not the speech share holding it back (the
+    cue asks for speech in half the time here). Stop closures inside the sentences are no pauses."""
+    campaign = from_mapping({"no_pause": {"speech_ratio": 0.5}})
+    cfg = campaign.no_pause
+    window_s = campaign.too_fast.window_s
     found, starts = {}, {}
     for gap_s in (0.0, 0.4):
         b = Builder(seed=7)
@@ -175,7 +177,8 @@ def test_no_pause_cue_for_unbroken_speech_not_for_paused_speech(model):
         while b.t - start < 35.0:
             b.say(0, 1)
             b.pause(gap_s)
-        found[gap_s] = [c for c in analyze(b.build().audio, model)["cues"] if c["cue"] == "no_pause"]
+        cues = analyze(b.build().audio, model, campaign=campaign)["cues"]
+        found[gap_s] = [c for c in cues if c["cue"] == "no_pause"]
         print(f"gap {gap_s} s: no_pause at {[round(c['start_s'] - start, 1) for c in found[gap_s]]} s")
     assert len(found[0.0]) == 1
     assert cfg.on_s - 1.0 <= found[0.0][0]["start_s"] - starts[0.0] <= cfg.on_s + window_s + 2.0
