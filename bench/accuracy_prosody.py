@@ -69,18 +69,16 @@ def praat_reference(name: str) -> dict[str, Any]:
     }
 
 
+def _silb(name: str) -> list[tuple[float, str]]:
+    """The clip's ``silb`` labels as (time in seconds, text); fields split on tabs or spaces."""
+    path = EMODB / "silb" / (Path(name).stem + ".silb")
+    rows = [line.split() for line in path.read_text(encoding="latin-1").splitlines()]
+    return [(float(r[0]), r[1]) for r in rows if len(r) >= 2]
+
+
 def syllable_onsets(name: str) -> list[float]:
     """Onsets of the clip's syllables from its ``silb`` labels, inside the 2.0 s clip, seconds."""
-    path = EMODB / "silb" / (Path(name).stem + ".silb")
-    onsets = []
-    for line in path.read_text(encoding="latin-1").splitlines():
-        parts = line.split()
-        if len(parts) < 2 or parts[1][0] in ".(":
-            continue
-        t = float(parts[0])
-        if t < CLIP_S:
-            onsets.append(t)
-    return onsets
+    return [t for t, text in _silb(name) if text[0] not in ".(" and t < CLIP_S]
 
 
 def _rate(onsets: list[float]) -> float | None:
@@ -147,6 +145,12 @@ def _hops(x: np.ndarray) -> HopTrack:
         pros(x[i:i + 512])
     pros.flush()
     return pros.hops()
+
+
+@functools.cache
+def _clip_hops(name: str) -> HopTrack:
+    """:func:`_hops` of one EmoDB clip, kept: the rate and pause figures both read every clip."""
+    return _hops(read_wav(EMODB / "wav" / name))
 
 
 def _track(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -258,10 +262,7 @@ PAUSE_LABEL_MIN_S = 0.2
 
 def labelled_pauses(name: str) -> list[tuple[float, float]]:
     """The clip's pauses from its ``silb`` labels: from each ``(`` to the next label, inside the clip."""
-    path = EMODB / "silb" / (Path(name).stem + ".silb")
-    rows = [line.split() for line in path.read_text(encoding="latin-1").splitlines()]
-    marks = [(float(r[0]), r[1]) for r in rows if len(r) >= 2]
-    return [(t, min(nxt, CLIP_S)) for (t, text), (nxt, _) in itertools.pairwise(marks)
+    return [(t, min(nxt, CLIP_S)) for (t, text), (nxt, _) in itertools.pairwise(_silb(name))
             if text.startswith("(") and t < CLIP_S]
 
 
@@ -278,7 +279,7 @@ def pause_figures(step: int = 1) -> dict[str, Any]:
     found = labelled = false = 0
     speech_s = 0.0
     for name in clip_names(step):
-        tr = _hops(read_wav(EMODB / "wav" / name))
+        tr = _clip_hops(name)
         truth = labelled_pauses(name)
         got = pauses(tr.t_s, tr.level_dbfs, tr.voiced)
         voiced = np.nonzero(tr.voiced)[0]
@@ -324,7 +325,7 @@ def rate_cv_figures(step: int = 1) -> dict[str, Any]:
             continue
         names.append(name)
         truth.append(t)
-        tracks.append(_hops(read_wav(EMODB / "wav" / name)))
+        tracks.append(_clip_hops(name))
     keys = list(RATE_GRID)
     points = list(itertools.product(*RATE_GRID.values()))
     shipped = tuple(getattr(rate_mod, k) for k in keys)

@@ -162,8 +162,8 @@ def pace(nuclei_s: np.ndarray) -> float | None:
     """Syllables per second while the voice runs: the inverse of the mean gap between nuclei.
 
     Gaps over ``PACE_GAP_MAX_S`` hold a pause or the other side's turn and are left out, so those
-    do not dilute the pace (they do dilute :func:`articulation_rate`). With no fixed term, the pace
-    scales with the speech (``pace_tempo_ratio_median`` of ``bench.accuracy_prosody``).
+    do not dilute the pace (they do dilute :func:`articulation_rate`). Like any nucleus count it
+    under-reads faster speech (``pace_tempo_ratio_median`` of ``bench.accuracy_prosody``).
 
     Args:
         nuclei_s: nucleus times, seconds.
