@@ -2,11 +2,12 @@
 
 ``tests/test_signals.py`` proves the cues on one agent (EmoDB speaker 08) and one prospect. This
 benchmark rebuilds the same calls (``tests/_fixtures_signals.py``: a clean call with injected events
-and a steady call with none) with each EmoDB speaker who has neutral clips as the agent, and runs the
-whole pipeline (``edge.pipeline.analyze``) on each. It prints one JSON object: per injected cue the
-share detected, the share within 3 s and the median delay; the precision on the clean calls; and the
-cues per hour on the steady calls. Run ``python -m bench.cues`` (about 10 minutes on 2 cores;
-``--seeds 4`` for 32 calls of each kind, about 20 minutes).
+and a steady call with none), and a slow call (a stretch at 0.7x tempo) with each EmoDB speaker who
+has neutral clips as the agent, and runs the whole pipeline (``edge.pipeline.analyze``) on each. It
+prints one JSON object: per injected cue the share detected, the share within 3 s and the median
+delay; the precision on the clean and slow calls; and the cues per hour on the steady calls. Run
+``python -m bench.cues`` (about 10 minutes on 2 cores; ``--seeds 4`` for 32 calls of each kind,
+about 20 minutes).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ PAIRS = (("08", "03"), ("03", "08"), ("09", "13"), ("13", "09"), ("15", "16"), (
          ("10", "12"), ("12", "10"))
 """(agent, prospect) EmoDB speakers; the agent speaks neutral clips, the prospect any emotion."""
 SEEDS = ((4, 5), (14, 15), (24, 25), (34, 35))
-"""(clean call seed, steady call seed) pairs; the first two by default."""
+"""(clean call seed, steady call seed) pairs (the slow call's seed is the clean one plus 2); the
+first two by default."""
 DELAY_S = 3.0
 
 
@@ -38,13 +40,13 @@ def run(pairs: tuple[tuple[str, str], ...] = PAIRS, seeds: tuple[tuple[int, int]
     for agent, prospect in pairs:
         calls.AGENT, calls.PROSPECT = agent, prospect
         for clean_seed, steady_seed in seeds:
-            call = calls.clean_call(clean_seed)
-            cues = [c for c in analyze(call.audio, model)["cues"] if c["cue"] != "take_break"]
-            raised += len(cues)
-            found, matched = calls.match_cues(call.truth, cues, DELAY_S)
-            true_cues += matched
-            for i, t in enumerate(call.truth):
-                delays.setdefault(t.cue, []).append(found.get(i))
+            for call in (calls.clean_call(clean_seed), calls.slow_call(clean_seed + 2)):
+                cues = [c for c in analyze(call.audio, model)["cues"] if c["cue"] != "take_break"]
+                raised += len(cues)
+                found, matched = calls.match_cues(call.truth, cues, DELAY_S)
+                true_cues += matched
+                for i, t in enumerate(call.truth):
+                    delays.setdefault(t.cue, []).append(found.get(i))
             steady = calls.steady_call(steady_seed)
             steady_cues += len(analyze(steady.audio, model)["cues"])
             steady_min += steady.audio.shape[1] / 16000 / 60
@@ -56,7 +58,7 @@ def run(pairs: tuple[tuple[str, str], ...] = PAIRS, seeds: tuple[tuple[int, int]
                         "within_3s": round(sum(d <= DELAY_S for d in got) / len(ds), 3),
                         "delay_s_median": round(statistics.median(got), 2) if got else None}
     return {"calls": len(pairs) * len(seeds), "cues": per_cue,
-            "precision_clean": round(true_cues / raised, 3) if raised else 1.0,
+            "precision_clean": round(true_cues / raised, 3) if raised else 1.0,  # clean and slow calls
             "steady_cues_per_hour": round(60.0 * steady_cues / steady_min, 2)}
 
 
@@ -64,8 +66,8 @@ def main() -> None:
     """Print the figures as one JSON object."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seeds", type=int, default=2, choices=range(1, len(SEEDS) + 1),
-                    help="how many seed pairs per agent (each one clean and one steady call; 4: 32 "
-                         "calls of each kind, about 20 minutes)")
+                    help="how many seed pairs per agent (each a clean, a slow and a steady call; 4: "
+                         "32 calls of each kind, about 20 minutes)")
     args = ap.parse_args()
     print(json.dumps(run(seeds=SEEDS[:args.seeds])))
 

@@ -26,11 +26,21 @@ from edge.frames import RATE_HZ
 MAX_SILENCE_S = 0.5
 
 
+def _segments(audio: np.ndarray, model: Any) -> dict[str, list[list[float]]]:
+    """Each channel's speech segments ``[start_s, end_s]`` from the pipeline's gates (no summary:
+    the preparation should not weigh on the process's peak memory more than the run)."""
+    from edge.pipeline import Pipeline
+
+    pipe = Pipeline(model, trace=True)
+    pipe(audio)
+    pipe.finish()
+    assert pipe.trace is not None
+    return pipe.trace.segments
+
+
 def _busy_channel(samples: np.ndarray, model: Any) -> np.ndarray:
     """Shorten the silences (per Silero's own segments) of one headset to ``MAX_SILENCE_S``."""
-    from edge.pipeline import analyze
-
-    segments = analyze(np.stack([samples, np.zeros_like(samples)]), model)["vad"]["near"]["segments"]
+    segments = _segments(np.stack([samples, np.zeros_like(samples)]), model)["near"]
     keep = int(MAX_SILENCE_S * RATE_HZ)
     pieces, cursor = [], 0
     for start_s, end_s in segments:
@@ -81,14 +91,17 @@ def reference(model: Any, audio: TwoPartyAudio, block: int) -> None:
 def run(seconds: float = 600.0, repeats: int = 3, block: int = 1024) -> dict[str, Any]:
     """Measure the pipeline and the reference; return the JSON-ready figures."""
     single_thread_env()
-    from edge.pipeline import Pipeline, analyze, load_vad_model
+    from edge.pipeline import Pipeline, load_vad_model
 
     model = load_vad_model()  # the box's default runtime
     fp32 = load_vad_model("onnx")  # the reference: the published file on ONNX Runtime
     audio = TwoPartyAudio(fp32, seconds)
     audio_s = audio.n / RATE_HZ
-    speech = analyze(audio.block(0, min(audio.n, 120 * RATE_HZ)), model)["call"]
-    if min(speech["near_speech_ratio"], speech["far_speech_ratio"]) < 0.5:
+    check_s = min(audio.n, 120 * RATE_HZ) / RATE_HZ
+    segments = _segments(audio.block(0, int(check_s * RATE_HZ)), model)
+    speech = {f"{ch}_speech_ratio": round(sum(e - s for s, e in segs) / check_s, 4)
+              for ch, segs in segments.items()}
+    if min(speech.values()) < 0.5:
         raise RuntimeError(f"each channel must be at least half speech: {speech}")
     pipe_s, ref_s, stages = [], [], []
     for _ in range(repeats):

@@ -42,14 +42,20 @@ def agent_metrics(db: sqlite_utils.Database, agent: str, since_ts: float = 0.0,
 
 def agent_events(db: sqlite_utils.Database, agent: str, since_ts: float = 0.0,
                  cues_only: bool = True, limit: int = 5000) -> list[dict[str, Any]]:
-    """The agent's events (cues by default), oldest first."""
+    """The agent's events, oldest first; with ``cues_only``, the cues raised (each ``cue_on``,
+    named by its cue id)."""
+    cues = "AND e.name = 'cue_on' AND e.cue IS NOT NULL " if cues_only else ""
     cur = db.conn.execute(
-        f"SELECT e.box, e.seq, e.ts, e.name, e.channel FROM events e {_windows_sql('e')} "
-        f"WHERE h.agent = ? AND e.ts >= ? ORDER BY e.ts LIMIT ?", (agent, since_ts, limit))
+        f"SELECT e.box, e.seq, e.ts, e.name, e.channel, e.cue FROM events e {_windows_sql('e')} "
+        f"WHERE h.agent = ? AND e.ts >= ? {cues}ORDER BY e.ts LIMIT ?", (agent, since_ts, limit))
     keys = [c[0] for c in cur.description]
     rows = [dict(zip(keys, r, strict=True)) for r in cur.fetchall()]
-    if cues_only:
-        rows = [r for r in rows if r["name"] not in registry.NOT_CUES]
+    for r in rows:
+        cue = r.pop("cue")
+        if cues_only:
+            r["name"] = cue
+        elif cue is not None:
+            r["cue"] = cue
     return rows
 
 

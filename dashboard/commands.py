@@ -8,21 +8,20 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-def send_command(app: Any, box: str, payload: dict[str, Any]) -> bool:
-    """Publish ``payload`` on ``box``'s ``cmd`` topic through the ingest's MQTT client.
+def send_command(app: Any, box: str, action: str, **extra: Any) -> bool:
+    """Send ``action`` (a :data:`miroir.wire.CMD_ACTIONS` value) to ``box``'s ``cmd`` topic
+    through the running ingest's MQTT client (:meth:`dashboard.ingest.Ingest.publish_cmd`).
 
-    Uses ``app.state.ingest.publish_cmd(box, payload)`` when the running ingest provides it;
-    returns True if the command was handed to the client, False if there is no way to send it
-    (no ingest, or an ingest without ``publish_cmd``) or sending failed.
+    Returns:
+        True if the command was handed to the client; False if there is no ingest, it is not
+        connected, or sending failed (logged).
     """
     ingest = getattr(app.state, "ingest", None)
-    publish = getattr(ingest, "publish_cmd", None)
-    if publish is None:
-        log.warning("no MQTT command channel: %s not sent to box %s", sorted(payload), box)
+    if ingest is None:
+        log.warning("no MQTT command channel: %s not sent to box %s", action, box)
         return False
     try:
-        result = publish(box, payload)
+        return bool(ingest.publish_cmd(box, action, **extra))
     except Exception:
-        log.exception("could not send a command to box %s", box)
+        log.exception("could not send %s to box %s", action, box)
         return False
-    return result is not False

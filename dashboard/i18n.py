@@ -94,6 +94,8 @@ STRINGS: dict[str, tuple[str, str]] = {
     "agent.private_off": ("Fin de l'appel privé", "End private call"),
     "agent.private_is_on": ("Mode privé actif : rien n'est mesuré.",
                             "Private mode on: nothing is measured."),
+    "agent.private_unsent": ("Votre boîtier n'a pas pu être joint : utilisez son bouton.",
+                             "Your box could not be reached: use its button."),
     "agent.live": ("Mes signaux en direct", "My live cues"),
     "agent.export": ("Exporter (CSV)", "Export (CSV)"),
     "agent.export_all": ("Toutes mes données (JSON)", "All my data (JSON)"),

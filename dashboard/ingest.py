@@ -337,6 +337,26 @@ class Ingest:
                                wire.encode(wire.CMD_KIND, cmd), qos=1)
         return asks
 
+    def publish_cmd(self, box: str, action: str, **extra: Any) -> bool:
+        """Send one validated command to ``box`` (QoS 1); return False when not connected.
+
+        Args:
+            box: the box id on this site.
+            action: a :data:`miroir.wire.CMD_ACTIONS` value.
+            **extra: the action's fields (``from_seq``, ``to_seq``, ``call_state``).
+
+        Returns:
+            True if the command was handed to the connected MQTT client.
+        """
+        msg = wire.cmd_message(self.site, box, action, time.time(), **extra)
+        client = self._client
+        if client is None or not self.connected.is_set():
+            log.warning("not connected to the broker: %s not sent to box %s", action, box)
+            return False
+        info = client.publish(wire.topic(self.site, box, wire.CMD_KIND),
+                              wire.encode(wire.CMD_KIND, msg), qos=1)
+        return info.rc == 0
+
     def _check_loop(self) -> None:
         while not self._stop_checker.wait(GAP_CHECK_EVERY_S):
             try:

@@ -56,23 +56,20 @@ METRICS: dict[str, MetricInfo] = {
 CHANNELS = {"near": ("Agent", "Agent"), "far": ("Prospect", "Prospect")}
 
 CUES: dict[str, tuple[str, str]] = {
-    "too_fast": ("Trop rapide", "Too fast"),
-    "monotone": ("Monotone", "Monotone"),
-    "no_breath": ("Pas de respiration", "No breathing"),
-    "long_monologue": ("Monologue", "Monologue"),
-    "monologue": ("Monologue", "Monologue"),
-    "overlap": ("Coupe la parole", "Talking over"),
-    "interruption": ("Coupe la parole", "Talking over"),
-    "prospect_hesitation": ("Hésitation du prospect", "Prospect hesitates"),
-    "hesitation": ("Hésitation du prospect", "Prospect hesitates"),
-    "prospect_tension": ("Tension du prospect", "Prospect tension"),
-    "fatigue": ("Fatigue", "Fatigue"),
-    "break_suggested": ("Pause conseillée", "Break suggested"),
-    "loud": ("Trop fort", "Too loud"),
-    "quiet": ("Trop faible", "Too quiet"),
+    "too_fast": ("Ralentissez", "Slow down"),
+    "too_slow": ("Accélérez un peu", "Pick up the pace"),
+    "monologue": ("Laissez parler le prospect", "Let the prospect speak"),
+    "no_pause": ("Faites une pause, respirez", "Pause and breathe"),
+    "monotone": ("Variez votre intonation", "Vary your tone"),
+    "talking_over": ("Ne coupez pas la parole au prospect", "Don't talk over the prospect"),
+    "slow_response": ("Le prospect attend votre réponse", "The prospect is waiting for you"),
+    "low_energy": ("Plus d'énergie dans la voix", "Speak up, more energy"),
+    "prospect_hesitating": ("Le prospect hésite", "Prospect hesitating"),
+    "prospect_tense": ("Le prospect est tendu", "Prospect tense"),
+    "take_break": ("Prenez une courte pause", "Take a short break"),
 }
-NOT_CUES = frozenset({"speech_start", "speech_end"})
-"""Event names that are state changes, not coaching cues."""
+"""(French, English) label of every cue id of the wire (``cue`` on a ``cue_on`` event): the box's
+own labels (``edge.signals.CUES``, kept equal by a test)."""
 
 
 def split(name: str) -> tuple[str | None, str]:

@@ -25,6 +25,7 @@ import numpy as np
 
 from edge import baselines
 from edge.control import ControlError, ControlSocket, parse
+from edge.conversation import ConversationConfig
 from edge.health import health_facts, write_heartbeat
 from edge.outbox import Outbox
 from edge.publisher import Publisher
@@ -85,9 +86,11 @@ class Box:
                 campaign = load_campaign(settings.campaign_file)
             saved = baselines.load(settings.state_dir, settings.baseline_max_age_h)
             self._learned_ts = saved.learned_ts
+            calls = ConversationConfig(call_start_on_speech=settings.call_start_on_speech,
+                                       call_end_silence_s=settings.call_end_silence_s or None)
             pipeline = Pipeline(model, gate=gate, window_s=settings.window_s, affect=affect,
-                                campaign=campaign, agent_baseline=saved.agent,
-                                fatigue_baseline=saved.fatigue)
+                                conversation=calls, campaign=campaign,
+                                agent_baseline=saved.agent, fatigue_baseline=saved.fatigue)
         else:
             self._learned_ts = None
         self._expired = False

@@ -52,7 +52,8 @@ class AlertsConfig:
 
 @dataclass(frozen=True)
 class RateCue:
-    """Too fast (the pace) or too slow (the articulation rate), relative to the agent's own baseline."""
+    """Too fast or too slow: the pace (:func:`edge.rate.pace`) over the window, relative to the
+    agent's own baseline pace."""
 
     enabled: bool = True
     ratio_on: float = _r(1.3, 0.3, 3.0)
@@ -62,15 +63,15 @@ class RateCue:
     band_syl_s: float = _r(8.5, 1.0, 15.0)
     """Campaign's absolute limit in syllables/s (upper for too fast, lower for too slow)."""
     window_s: float = _r(3.0, 2.0, 20.0)
-    """Rate is measured over this many seconds of audio (too fast: :func:`edge.rate.pace`; the
-    no-pause cue reads the pauses of the too-fast window, so this also sets when it can fire)."""
+    """The pace is measured over this many seconds of audio (the no-pause cue reads the pauses of
+    the too-fast window, so this also sets when it can fire)."""
     min_on_s: float = _r(1.0, 0.0, 60.0)
     min_off_s: float = _r(4.0, 0.0, 120.0)
     cooldown_s: float = _r(60.0, 0.0, 3600.0)
 
 
 def _slow() -> RateCue:
-    return RateCue(ratio_on=0.7, ratio_off=0.85, band_syl_s=2.5, window_s=6.0, min_on_s=8.0)
+    return RateCue(ratio_on=0.83, ratio_off=0.93, band_syl_s=2.5, window_s=8.0, min_on_s=2.0)
 
 
 @dataclass(frozen=True)

@@ -91,8 +91,8 @@ class MetricsWindow:
         done = WindowMetrics(
             t_start=round(self._t_start, 3),
             window_s=self.window_s,
-            near_speech_ratio=round(min(1.0, self._near_s / self.window_s), 3),
-            far_speech_ratio=round(min(1.0, self._far_s / self.window_s), 3),
+            near_speech_ratio=round(min(1.0, max(0.0, self._near_s / self.window_s)), 3),
+            far_speech_ratio=round(min(1.0, max(0.0, self._far_s / self.window_s)), 3),
             near_talking=near,
             far_talking=far,
             talk_state=talk_state(near, far),
@@ -115,13 +115,15 @@ PROSPECT = "far"
 ROLE = {AGENT: "agent", PROSPECT: "prospect"}
 BOTH = "both"
 """Starter of an overlap in which both sides started speaking together."""
-CALL_END_REASONS = ("silence", "signal", "hangup", "end_of_stream")
+CALL_END_REASONS = ("silence", "signal", "hangup", "voicemail", "end_of_stream")
 
 # Order of simultaneous pending items: a speech end before a call signal before a speech start, so
 # that one side stopping exactly when the other starts is a hand-over, not an overlap.
 _END, _CALL_END, _CALL_START, _CALL_HOLD, _START = 0, 1, 2, 3, 4
 _HANGUP = "hangup"
 """Channel slot of a ``_CALL_END`` that a busy tone caused (its end reason)."""
+_VOICEMAIL = "voicemail"
+"""Channel slot of a ``_CALL_END`` that a beep caused (see :meth:`Conversation.voicemail`)."""
 
 
 def _other(ch: str) -> str:
@@ -154,6 +156,13 @@ class ConversationConfig:
     """Far-end speech starts a call (else only :meth:`Conversation.call_state` does)."""
     call_end_silence_s: float | None = 20.0
     """A call ends after this long with no speech on either channel (None: only on the signal)."""
+    voicemail_within_s: float = 60.0
+    """A beep on the line this soon after the call began ends it as a voicemail (or a recorded
+    announcement): the far speech before it was a greeting, not a prospect. Only where speech
+    starts calls: where the call signal alone does, it alone ends them."""
+    voicemail_agent_max_s: float = 3.0
+    """...provided the agent has spoken at most this long in the call (a "hello?"): a beep in a
+    conversation the agent took part in is not a voicemail's."""
     keep_history: bool = False
     """Keep every segment, turn, overlap, response and call summary (offline analysis and tests)."""
 
@@ -214,7 +223,8 @@ class CallSummary:
     end_s: float
     end_reason: str
     """One of :data:`CALL_END_REASONS`: the line fell silent, a call-state signal, the prospect
-    hung up (a busy tone), or the recording ended."""
+    hung up (a busy tone), a voicemail's beep (its far speech was a greeting), or the recording
+    ended."""
     duration_s: float
     agent_speech_ratio: float
     """Share of the call in which the agent spoke, 0..1."""
@@ -338,6 +348,7 @@ class Conversation:
         self._last_end: dict[str, float | None] = {AGENT: None, PROSPECT: None}
         self._turn_start: dict[str, float | None] = {AGENT: None, PROSPECT: None}
         self._segments: deque[Segment] = deque()
+        self._turns: deque[Turn] = deque()
         self._overlaps: deque[Overlap] = deque()
         self._open_overlap: Overlap | None = None
         self._responses: deque[Response] = deque()
@@ -399,6 +410,11 @@ class Conversation:
         """The far end hung up (a busy tone on the line at ``t_s``, seconds): end the call there."""
         self._push(t_s, _CALL_END, _HANGUP)
 
+    def voicemail(self, t_s: float) -> None:
+        """A beep on the line at ``t_s``, seconds: end the call there as a voicemail if it is one
+        (see ``voicemail_within_s`` and ``voicemail_agent_max_s``), else nothing."""
+        self._push(t_s, _CALL_END, _VOICEMAIL)
+
     def finish(self) -> list[Event]:
         """End of stream: process everything, close open speech and the call; return events."""
         if self._clock_s is None:
@@ -448,6 +464,12 @@ class Conversation:
                 if self._call.hold and kind == _CALL_START:
                     self._call.resumed_s = t
                 self._call.hold = kind == _CALL_HOLD
+            elif self._call is not None and ch == _VOICEMAIL:
+                cfg, call = self.config, self._call
+                # where only the softphone starts calls, nothing would restart a call ended wrongly
+                if cfg.call_start_on_speech and t - call.start_s <= cfg.voicemail_within_s \
+                        and call.agent_s <= cfg.voicemail_agent_max_s:
+                    self._end_call(t, "voicemail")
             elif self._call is not None:
                 self._end_call(t, "hangup" if ch == _HANGUP else "signal")
         if horizon_s > self._t_s:
@@ -580,8 +602,10 @@ class Conversation:
         self._turn_start[ch] = None
         if start is None or end is None or end < start:
             return
+        turn = Turn(ch, start, end)
+        self._turns.append(turn)
         if self.history is not None:
-            self.history.turns.append(Turn(ch, start, end))
+            self.history.turns.append(turn)
         call = self._call
         if call is not None and end > call.start_s:
             call.turns[ch] += 1
@@ -643,6 +667,8 @@ class Conversation:
         keep_from = self._t_s - self._keep_s
         while self._segments and self._segments[0].end_s < keep_from:
             self._segments.popleft()
+        while self._turns and self._turns[0].end_s < keep_from:
+            self._turns.popleft()
         while self._overlaps and self._overlaps[0].end_s is not None \
                 and self._overlaps[0].end_s < keep_from:
             self._overlaps.popleft()
@@ -668,8 +694,11 @@ class Conversation:
 
         Returns:
             ``in_call``, ``call_elapsed_s``, ``monologue_s_current``, ``monologue_s_longest``,
-            ``latency_{agent,prospect}_ms_last`` and, per window W in ``windows_s`` (suffix
-            ``_30s``...): ``{agent,prospect}_speech_ratio``, ``silence_ratio``, ``agent_share``,
+            ``latency_{agent,prospect}_ms_last``, ``responses_{agent,prospect}`` (answers so far
+            in the call, so that two equal latencies in a row count twice) and, per window W in
+            ``windows_s`` (suffix
+            ``_30s``...): ``{agent,prospect}_speech_ratio``, ``silence_ratio``, ``agent_share``
+            (the talk-to-listen share), ``turns_{agent,prospect}``, ``monologue_s_longest``,
             ``overlaps_{agent,prospect}``, ``interruptions_{agent,prospect}``,
             ``latency_{agent,prospect}_ms_median``.
         """
@@ -684,6 +713,7 @@ class Conversation:
         }
         if call is not None:
             for ch in (AGENT, PROSPECT):
+                out[f"responses_{ROLE[ch]}"] = len(call.latencies_s[ch])
                 if call.latencies_s[ch]:
                     out[f"latency_{ROLE[ch]}_ms_last"] = round(call.latencies_s[ch][-1] * 1000.0, 1)
         for w in self.config.windows_s:
@@ -707,6 +737,15 @@ class Conversation:
             total = speech[AGENT] + speech[PROSPECT]
             if total > 0:
                 out[f"agent_share{sfx}"] = round(speech[AGENT] / total, 3)
+            # turns begun in the window (the current one too), and the agent's longest turn
+            # within it (clipped to the window): the monologue of the window
+            turns = [(t.channel, t.start_s, t.end_s) for t in self._turns if t.end_s > a]
+            turns += [(ch, st, b if self._speaking[ch] else (self._last_end[ch] or b))
+                      for ch, st in self._turn_start.items() if st is not None]
+            for ch in (AGENT, PROSPECT):
+                out[f"turns_{ROLE[ch]}{sfx}"] = sum(c == ch and st >= a for c, st, _ in turns)
+            out[f"monologue_s_longest{sfx}"] = round(max(
+                (_clip(st, en, a, b) for c, st, en in turns if c == AGENT), default=0.0), 2)
             inside = [o for o in self._overlaps if a <= o.start_s <= b]
             for ch in (AGENT, PROSPECT):
                 out[f"overlaps_{ROLE[ch]}{sfx}"] = sum(o.starter == ch for o in inside)

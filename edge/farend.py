@@ -4,7 +4,8 @@ A cheap numpy stage that runs beside Silero VAD on the line channel. Its only jo
 veto: ringback, busy, beep, music and dead frames are never prospect speech, whatever the VAD says
 (Silero fires on music and sometimes on tones). ``speech`` means "may be speech, let the VAD decide":
 background noise and IVR prompts (speech by a machine) land there too; this stage does not separate a
-recorded voice from a live one.
+recorded voice from a live one. A voicemail greeting is known afterwards, by its beep
+(:meth:`edge.conversation.Conversation.voicemail`).
 
 How it decides (frames of 512 samples at 16 kHz, analysed in batches of ``batch_frames``):
 

@@ -26,7 +26,7 @@ from edge.fatigue import Fatigue, FatigueBaseline
 from edge.frames import FRAME_S, FRAME_SAMPLES, RATE_HZ, Framer
 from edge.prosody import Prosody, ProsodyWindow
 from edge.quality import SIGNAL_STATES, SignalQuality
-from edge.rate import RateWindow
+from edge.rate import PAUSE_MAX_S, RateWindow
 from edge.runtime import Model, load_model
 from edge.signals import AgentBaseline, Signals, Tick, cue_event
 from edge.vad import GateConfig, SileroVad, SpeechGate
@@ -49,6 +49,8 @@ class Trace:
     """Per-frame probabilities and speech segments, kept only for offline analysis."""
 
     prob: dict[str, list[float]] = field(default_factory=lambda: {c: [] for c in CHANNELS})
+    voice: dict[str, list[bool]] = field(default_factory=lambda: {c: [] for c in CHANNELS})
+    """Per frame: whether the channel's prosody stage got the frame's samples (else silence)."""
     segments: dict[str, list[list[float]]] = field(default_factory=lambda: {c: [] for c in CHANNELS})
 
 
@@ -76,20 +78,45 @@ _LEAK_RATIO = 10.0 ** (NEAR_LEAK_DB / 10.0)
 LEAK_WINDOW_FRAMES = 16
 """The line's loudest frame over this many frames (0.5 s) is the leak reference."""
 _SEVERITY = {state: i for i, state in enumerate(SIGNAL_STATES)}
-_DEAD_NEAR = ("near_", "agent_speech_ratio", "agent_share", "silence_ratio")
-_DEAD_FAR = ("far_", "prospect_speech_ratio", "agent_share", "silence_ratio")
+_BOTH = ("silence_ratio", "agent_share", "overlap", "interruptions_", "latency_", "talk_ratio",
+         "responses_")
+"""Fields that need both sides: unknown when either channel has no signal."""
+_DEAD_NEAR = ("near_", "agent_", "monologue_s_", "turns_agent", "rate_syl_s_", "f0_hz_",
+              "pitch_range_st_", "level_dbfs_", *_BOTH)
+_DEAD_FAR = ("far_", "prospect_", "turns_prospect", *_BOTH)
 
 
 def _reads_dead(key: str, dead: set[str]) -> bool:
     """Whether a metrics field reads a channel that has no signal (its ``*_signal`` flag aside)."""
-    if key.endswith("_signal") or key == "far_kind":
+    if key.endswith(("_signal", "_no_signal_s")) or key == "far_kind":
         return False
     return ("near" in dead and key.startswith(_DEAD_NEAR)) or ("far" in dead and key.startswith(_DEAD_FAR))
 
 
+def _call_signal(event: dict[str, Any], dead: dict[str, list[list[float]]]) -> None:
+    """Add ``call_{near,far}_no_signal_s`` to a ``call_end`` event from each channel's runs of no
+    signal (``[start_s, end_s]``); when a channel had no signal for half the call or more, drop
+    the summary fields that read it (no signal is not silence), and the prospect's fields of a
+    voicemail (a greeting is not a prospect)."""
+    end_s = float(event["t_audio_s"])
+    duration_s = float(event.get("call_duration_s", 0.0))
+    start_s = end_s - duration_s
+    gone = set()
+    for ch in CHANNELS:
+        dead_s = sum(max(0.0, min(b, end_s) - max(a, start_s)) for a, b in dead[ch])
+        event[f"call_{ch}_no_signal_s"] = round(dead_s, 1)
+        if duration_s > 0 and 2 * dead_s >= duration_s:
+            gone.add(ch)
+    if event.get("call_end_reason") == "voicemail":
+        gone.add("far")  # the far speech was a greeting: nothing of it is the prospect's
+    for key in [k for k in event if k.startswith("call_") and _reads_dead(k[5:], gone)]:
+        del event[key]
+
+
 def prosody_fields(window: ProsodyWindow, channel: str = "near") -> dict[str, float]:
     """One channel's prosody as flat ``near_*`` or ``far_*`` metrics fields (absent where undefined)."""
-    minutes = (window.end_s - window.start_s) / 60
+    # pauses and breaths are between stretches of voice: none to count in a window without voice
+    minutes = (window.end_s - window.start_s) / 60 if window.voiced_ratio > 0 else 0.0
     values = {
         "voiced_ratio": window.voiced_ratio,
         "level_dbfs": window.level_dbfs,
@@ -137,6 +164,7 @@ class Pipeline:
         self.vad = SileroVad(model)
         self.far_kind = FarEnd()
         self.gates = {c: SpeechGate(gate) for c in CHANNELS}
+        self._near_off = gate.off_threshold
         self.conversation = Conversation(conversation or ConversationConfig())
         self.prosody_window_s = prosody_window_s
         self.campaign = campaign or CampaignConfig()
@@ -164,6 +192,10 @@ class Pipeline:
         self._far_energy: deque[float] = deque([0.0], maxlen=LEAK_WINDOW_FRAMES)
         """The line's frame energies over the last half second."""
         self._near_flat_s = 0.0
+        self._dead: dict[str, list[list[float]]] = {c: [] for c in CHANNELS}
+        """Per channel, the runs of no signal since the current call began, [start_s, end_s]."""
+        self._near_voice_end_s = -math.inf
+        """Where the agent's voice (gate or likely onset) was last heard (audio seconds)."""
         self._break = False
         self.private = False
         """Private mode: no stage is fed, nothing is computed or emitted about the call."""
@@ -216,6 +248,8 @@ class Pipeline:
         self._open = {c: None for c in CHANNELS}
         self.signals.reset_call()
         self._near_flat_s = 0.0
+        self._near_voice_end_s = -math.inf
+        self._dead = {c: [] for c in CHANNELS}
 
     def learned_baselines(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """The agent's cue and fatigue baselines once learned (to keep for the next shift)."""
@@ -332,10 +366,22 @@ class Pipeline:
                 out.append(Message("event", {"name": "far_kind", "channel": "far",
                                              "kind": far_kind.label, "t_audio_s": round(since_s, 3)}))
                 self._busy_since_s = since_s if far_kind.label == "busy" else None
+                if far_kind.label == "beep":
+                    self.conversation.voicemail(since_s)
             if self._busy_since_s is not None and start_s - self._busy_since_s >= HANGUP_BUSY_S:
                 # the prospect hung up: the call ends where the busy tone began
                 self.conversation.hang_up(self._busy_since_s)
                 self._busy_since_s = None
+            for ch, dead in (("near", near_state == "none"),
+                             ("far", far_state == "none" or far_kind.label == "dead")):
+                if dead:
+                    runs = self._dead[ch]
+                    if runs and runs[-1][1] >= start_s - 1e-6:
+                        runs[-1][1] = start_s + duration_s
+                    else:
+                        if not self.conversation.in_call:  # no call to summarise them for
+                            runs[:] = [r for r in runs if r[1] > start_s - 60.0]
+                        runs.append([start_s, start_s + duration_s])
             t = self._lap("farend", t)
             if near_state == "none":
                 near_prob = 0.0  # a dead channel, a tone or hold music is nobody speaking
@@ -370,17 +416,29 @@ class Pipeline:
             else:
                 self._idle_s += duration_s
             t = self._lap("gates", t)
-            for e in self.conversation(start_s, duration_s, near, far, transitions):
-                out += [Message("event", c) for c in self.signals.event(e, start_s)]
-                out.append(Message("event", e))
+            out += self._call_events(self.conversation(start_s, duration_s, near, far, transitions),
+                                     start_s)
             out += [Message("event", e) for e in self.signals.poll(start_s + duration_s)]
             t = self._lap("conversation", t)
             flat = float(repaired[0].max() - repaired[0].min()) < self._flat_below
             self._near_flat_s = self._near_flat_s + duration_s if flat else 0.0
-            self.prosody(repaired[0])
+            # the agent's voice only: the gate's speech, a likely onset the gate has not confirmed
+            # yet, and the agent's own pauses (up to PAUSE_MAX_S after its voice, while the line is
+            # quiet); silence otherwise, to keep the clock, so that the line leaking into the mic or
+            # a neighbour's voice never reads as the agent's pitch, rate or phonation
+            if near or near_prob >= self._near_off:
+                self._near_voice_end_s = start_s + duration_s
+                agent = True
+            else:
+                agent = not far and start_s - self._near_voice_end_s < PAUSE_MAX_S
+            silence = self._silence[: repaired.shape[1]]
+            self.prosody(repaired[0] if agent else silence)
             # the prospect's voice only (the speech gate: a tone's first frames, before the far-end
             # stage names it, would read as a pitch); silence otherwise, to keep the clock
-            self.far_prosody(repaired[1] if far else self._silence[: repaired.shape[1]])
+            self.far_prosody(repaired[1] if far else silence)
+            if self.trace is not None:
+                self.trace.voice["near"].append(agent)
+                self.trace.voice["far"].append(far)
             t = self._lap("prosody", t)
             if self.affect is not None:
                 found = self.affect(frame, near, far)
@@ -480,9 +538,19 @@ class Pipeline:
         for ch in CHANNELS:
             if self._open[ch] is not None:
                 self._segment(ch, "end", self.audio_s)
+        return self._call_events(self.conversation.finish(), self.audio_s)
+
+    def _call_events(self, events: list[dict[str, Any]], now_s: float) -> list[Message]:
+        """The conversation's events, each after the cues it raised; a call's summary says how
+        long each channel had no signal (see :func:`_call_signal`)."""
         out: list[Message] = []
-        for e in self.conversation.finish():
-            out += [Message("event", c) for c in self.signals.event(e, self.audio_s)]
+        for e in events:
+            out += [Message("event", c) for c in self.signals.event(e, now_s)]
+            if e["name"] == "call_start":  # runs before the call are no longer needed
+                for runs in self._dead.values():
+                    runs[:] = [r for r in runs if r[1] > e["t_audio_s"]]
+            elif e["name"] == "call_end":
+                _call_signal(e, self._dead)
             out.append(Message("event", e))
         return out
 
@@ -522,12 +590,18 @@ def analyze(audio: np.ndarray, model: Model, *, window_s: float = 1.0,
         seen = [m[f"{c}_signal"] for m in metrics] or [pipe.quality.states[i]]
         alive = [s for s in seen if s != "none"]
         signal[c] = max(alive, key=_SEVERITY.__getitem__) if 2 * len(alive) >= len(seen) else "none"
-    # the same repair as the quality stage (non-finite samples are zeros) before the prosody;
-    # a copy only for a channel that needs it (a long recording is large)
-    def repaired(x: np.ndarray) -> np.ndarray:
-        return x if np.isfinite(x).all() else np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    # the samples the live prosody stages read (each side's voice, silence elsewhere: no tone,
+    # music or leak reads as a pitch), with the quality stage's repair of non-finite samples
+    def voice_only(i: int, c: str) -> np.ndarray:
+        assert pipe.trace is not None
+        x = np.zeros(audio.shape[1], dtype=np.float32)  # one copy: a long recording is large
+        voice = np.concatenate([[False], np.asarray(pipe.trace.voice[c], dtype=bool), [False]])
+        edges = np.flatnonzero(voice[1:] != voice[:-1]) * FRAME_SAMPLES  # runs of voiced frames
+        for a, b in zip(edges[::2], edges[1::2], strict=True):
+            x[a:b] = audio[i, a:b]
+        return np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
 
-    prosody = {c: _prosody_summary(analyze_clip(repaired(audio[i]), RATE_HZ))
+    prosody = {c: _prosody_summary(analyze_clip(voice_only(i, c), RATE_HZ))
                for i, c in enumerate(CHANNELS) if signal[c] != "none"}
     history = pipe.conversation.history
     from edge.affect import affect_for_analysis

@@ -60,6 +60,12 @@ class EdgeSettings:
     """Minimum run above the on threshold before speech starts."""
     vad_min_silence_ms: float = 160.0
     """Minimum run below the off threshold before speech ends."""
+    call_start_on_speech: bool = True
+    """The prospect's speech on the line starts a call; false where a softphone or CTI connector
+    sends the call state (``cmd`` or the control socket), the only call signal then."""
+    call_end_silence_s: float = 20.0
+    """A call ends after this long with no speech on either side; 0: only on the call signal
+    (or a busy tone: the prospect hung up)."""
     model_backend: str = "litert"
     """Runtime for the models: ``litert`` (LiteRT, the default: the fastest here) or ``onnx``."""
     campaign_file: Path | None = None
@@ -89,6 +95,9 @@ class EdgeSettings:
             raise SettingsError(f"broker_port {self.broker_port} is not a TCP port (1..65535)")
         if self.window_s <= 0:
             raise SettingsError("window_s must be > 0")
+        if not (self.call_end_silence_s == 0 or 5.0 <= self.call_end_silence_s <= 600.0):
+            raise SettingsError(f"call_end_silence_s {self.call_end_silence_s} is outside the "
+                                "allowed range 5..600 (0: only on the call signal)")
         if self.model_backend not in ("onnx", "litert"):
             raise SettingsError(f"model_backend {self.model_backend!r}: use onnx or litert")
 

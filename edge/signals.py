@@ -112,9 +112,8 @@ class _Timer:
 
 @dataclass
 class AgentBaseline:
-    """The agent's own typical rate, pitch range and loudness, learned from the first speech."""
+    """The agent's own typical pace, pitch range and loudness, learned from the first speech."""
 
-    rate_syl_s: list[float] = field(default_factory=list)
     pace_syl_s: list[float] = field(default_factory=list)
     pitch_range_st: list[float] = field(default_factory=list)
     level_dbfs: list[float] = field(default_factory=list)
@@ -150,8 +149,9 @@ class AgentBaseline:
         return cls(**out, speech_s=speech_s)
 
 
-BASELINE_MEASURES = ("rate_syl_s", "pace_syl_s", "pitch_range_st", "level_dbfs")
-"""What :class:`AgentBaseline` learns (a file from an older version may lack some: they are relearned)."""
+BASELINE_MEASURES = ("pace_syl_s", "pitch_range_st", "level_dbfs")
+"""What :class:`AgentBaseline` learns (a file from an older version may lack some: they are
+relearned; its ``rate_syl_s``, which no cue reads since both rate cues read the pace, is ignored)."""
 
 
 VOICED_MIN = 0.2
@@ -198,7 +198,6 @@ class Signals:
         self.active: dict[str, _Active] = {}
         self._last_off: dict[str, float] = {}
         self._speaking = {"near": False, "far": False}
-        self._last_prospect_latency: float | None = None
         self._far_silent_s = 0.0
         self._far_tone_s = 0.0
         self._in_call = False
@@ -209,6 +208,8 @@ class Signals:
     def _new_call(self) -> None:
         """Forget the evidence gathered in the previous call (at a call's start and end); the
         cooldowns and the budget carry over, so a new call does not bring the same cue straight back."""
+        self._prospect_responses = 0
+        """Prospect answers of the call already read (``responses_prospect``)."""
         self._timers: dict[str, _Timer] = {c: _Timer() for c in CUES}
         self._open_overlap_s: float | None = None
         self._talk_over_until = -math.inf
@@ -377,11 +378,8 @@ class Signals:
         b = self.baseline
         need = self.campaign.alerts.baseline_speech_s
         slow = _rated(tick.slow)
-        if slow is not None and slow.articulation_rate_syl_s:
-            if self._in_call:
-                self._rates.append(slow.articulation_rate_syl_s)
-            if not b.ready(need):
-                b.rate_syl_s.append(slow.articulation_rate_syl_s)
+        if slow is not None and slow.articulation_rate_syl_s and self._in_call:
+            self._rates.append(slow.articulation_rate_syl_s)  # the call's rate statistics
         fast = _rated(short)
         if fast is not None and fast.pace_syl_s and not b.ready(need):
             b.pace_syl_s.append(fast.pace_syl_s)
@@ -411,13 +409,14 @@ class Signals:
         out: dict[str, tuple[float, float, bool, bool, float, float, str]] = {}
         ready = self.baseline.ready(c.alerts.baseline_speech_s)
         short, long = tick.short, tick.long
-        # too fast: the pace (pauses left out); too slow: the articulation rate (pauses drag it down);
-        # each relative to the agent's own baseline, or past the campaign's absolute band
+        # too fast over the short window, too slow over the slow one: both the pace (pauses and the
+        # prospect's turns left out), relative to the agent's own baseline pace, or past the
+        # campaign's absolute band
         fast_win, slow_win = _rated(short), _rated(tick.slow)
         for cue, cfg, sign, rate, measure in (
                 ("too_fast", c.too_fast, 1.0, fast_win.pace_syl_s if fast_win else None, "pace_syl_s"),
-                ("too_slow", c.too_slow, -1.0, slow_win.articulation_rate_syl_s if slow_win else None,
-                 "rate_syl_s")):
+                ("too_slow", c.too_slow, -1.0, slow_win.pace_syl_s if slow_win else None,
+                 "pace_syl_s")):
             if not cfg.enabled:
                 continue
             if rate is None:  # no speech: the release clock runs
@@ -483,10 +482,12 @@ class Signals:
         # the prospect hesitating: slow answers to the agent
         ph = c.prospect_hesitating
         lat = m.get("latency_prospect_ms_last")
+        answers = m.get("responses_prospect")  # absent out of a call or while a side has no signal
         if ph.enabled:
-            if lat is not None and lat != self._last_prospect_latency:
-                self._last_prospect_latency = lat
-                self._prospect_latencies.append(float(lat) / 1000.0)
+            if answers is not None:
+                if lat is not None and answers != self._prospect_responses:
+                    self._prospect_latencies.append(float(lat) / 1000.0)
+                self._prospect_responses = int(answers)
             slow = sum(x >= ph.latency_on_s for x in self._prospect_latencies)
             med = float(statistics.median(self._prospect_latencies)) if self._prospect_latencies \
                 else 0.0

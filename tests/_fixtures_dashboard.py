@@ -195,6 +195,7 @@ def seed_org(settings: DashboardSettings, now: float | None = None,
     """
     from dashboard import auth, schema, totp
     from dashboard import db as store
+    from miroir import wire
 
     now = time.time() if now is None else now
     # Fresh secrets per database: the server refuses a code's replay, per user and database.
@@ -216,11 +217,13 @@ def seed_org(settings: DashboardSettings, now: float | None = None,
             for k in range(seconds):
                 store.insert_metrics(db, _metric_row(settings.site, row["box"], k + 1,
                                                      now - seconds + k), now)
-            for j, name in enumerate(("too_fast", "monotone", "overlap")):
-                db.conn.execute(
-                    "INSERT INTO events (box, seq, ts, ingested_ts, name, channel) "
-                    "VALUES (?, ?, ?, ?, ?, 'near')",
-                    (row["box"], 10_000 + j, now - seconds + 40 + 60 * j + i, now, name))
+            for j, cue in enumerate(("too_fast", "monotone", "talking_over")):
+                ts = now - seconds + 40 + 60 * j + i
+                event = {"v": wire.SCHEMA_VERSION, "site": settings.site, "box": row["box"],
+                         "ts": ts, "seq": 10_000 + j, "name": "cue_on", "channel": "near",
+                         "t_audio_s": 40.0 + 60 * j, "cue": cue, "severity": "medium",
+                         "evidence_value": 1.4, "evidence_threshold": 1.3, "evidence_unit": "ratio"}
+                store.insert_event(db, wire.decode("event", wire.encode("event", event)), now)
         with db.conn:
             db.conn.execute("INSERT INTO campaigns (campaign, name, team, created_ts) VALUES "
                             "('camp-a', 'Salon Lyon', 'team-a', ?), "

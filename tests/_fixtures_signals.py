@@ -12,6 +12,7 @@ with ``sox tempo``.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,22 @@ def clips(speaker: str, emotions: str = "") -> list[np.ndarray]:
     """Trimmed clips of one EmoDB speaker (optionally only the given emotion letters)."""
     paths = sorted((SHARED / "emodb" / "wav").glob(f"{speaker}*.wav"))
     return [trim(read_wav(p)) for p in paths if not emotions or p.stem[5] in emotions]
+
+
+def flatten_pitch(x: np.ndarray) -> np.ndarray:
+    """``x`` (16 kHz) with its pitch held at its median by Praat's PSOLA (parselmouth, test-only):
+    the same words, timing and loudness, on one note (pitch range about 0.1 semitone)."""
+    import parselmouth
+    from parselmouth.praat import call
+
+    snd = parselmouth.Sound(x.astype(np.float64), sampling_frequency=RATE_HZ)
+    manipulation = call(snd, "To Manipulation", 0.01, 75, 600)
+    pitch = snd.to_pitch_ac(time_step=0.01, pitch_floor=75, pitch_ceiling=600)
+    tier = call("Create PitchTier", "flat", 0, snd.duration)
+    call(tier, "Add point", snd.duration / 2, call(pitch, "Get quantile", 0, 0, 0.5, "Hertz"))
+    call([tier, manipulation], "Replace pitch tier")
+    out = call(manipulation, "Get resynthesis (overlap-add)")
+    return np.asarray(out.values[0], dtype=np.float32)[: len(x)]
 
 
 @dataclass
@@ -80,7 +97,7 @@ class Builder:
         self.chunks: list[tuple[int, float, np.ndarray]] = []
         self.t = 0.5
         self.truth: list[Truth] = []
-        self._fast: dict[int, np.ndarray] = {}
+        self._stretched: dict[tuple[int, float], np.ndarray] = {}
 
     def _pick(self, pool: list[np.ndarray]) -> np.ndarray:
         return pool[self.rng.randrange(len(pool))]
@@ -91,10 +108,10 @@ class Builder:
         for _ in range(n):
             x = self._pick(self.agent if ch == 0 else self.prospect)
             if tempo != 1.0:
-                key = id(x)
-                if key not in self._fast:
-                    self._fast[key] = sox(x, "tempo", "-s", str(tempo))
-                x = self._fast[key]
+                key = (id(x), tempo)
+                if key not in self._stretched:
+                    self._stretched[key] = sox(x, "tempo", "-s", str(tempo))
+                x = self._stretched[key]
             self.chunks.append((ch, t, x))
             t += len(x) / RATE_HZ + gap_s
         self.t = t - gap_s
@@ -141,16 +158,39 @@ class Builder:
         self.say(0, 2)
         self.pause(0.6)
 
-    def fast_stretch(self, turns: int = 3) -> None:
-        start = self.t
+    def stretch(self, cue: str, turns: int, tempo: float = 1.0,
+                change: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+        """An injected ``cue`` event: ``turns`` agent turns of three clips (at ``tempo``, through
+        ``change``), the prospect's one-clip replies between them."""
+        start, first = self.t, len(self.chunks)
         for i in range(turns):
-            self.say(0, 3, tempo=1.3)
+            self.say(0, 3, tempo=tempo)
             if i < turns - 1:
                 self.pause(0.5)
                 self.say(1, 1)
                 self.pause(0.5)
-        self.truth.append(Truth("too_fast", start, self.t))
+        if change is not None:
+            self.chunks[first:] = [(ch, t, change(x) if ch == 0 else x) for ch, t, x in self.chunks[first:]]
+        self.truth.append(Truth(cue, start, self.t))
         self.pause(0.6)
+
+    def fast_stretch(self, turns: int = 3) -> None:
+        """The agent rushes: 1.3x tempo (``sox tempo``)."""
+        self.stretch("too_fast", turns, tempo=1.3)
+
+    def slow_stretch(self, turns: int = 4, tempo: float = 0.7) -> None:
+        """The agent drags: 0.7x tempo."""
+        self.stretch("too_slow", turns, tempo=tempo)
+
+    def monotone_stretch(self, turns: int = 6, flat: bool = True) -> None:
+        """The agent reads on one note (:func:`flatten_pitch`); ``flat=False`` keeps the clips
+        as recorded."""
+        self.stretch("monotone", turns, change=flatten_pitch if flat else None)
+
+    def quiet_stretch(self, turns: int = 5, drop_db: float = 10.0) -> None:
+        """The agent's voice drops by ``drop_db`` (tired, or the microphone slipped)."""
+        gain = 10.0 ** (-drop_db / 20.0)
+        self.stretch("low_energy", turns, change=lambda x: x * gain)
 
     def build(self, tail_s: float = 1.0) -> Call:
         n = int((self.t + tail_s) * RATE_HZ)
@@ -180,6 +220,21 @@ def clean_call(seed: int = 4) -> Call:
     b.fast_stretch()
     b.exchange(3)
     b.interruption()
+    b.exchange(3)
+    b.say(1, 1)
+    b.pause(0.5)
+    b.say(0, 2)
+    return b.build()
+
+
+def slow_call(seed: int = 6) -> Call:
+    """About 4 minutes: normal exchanges (the agent's baseline), 45 s at 0.7x tempo, more
+    exchanges; the agent speaks last."""
+    b = Builder(seed)
+    b.say(1, 1)
+    b.pause(0.5)
+    b.exchange(14)
+    b.slow_stretch()
     b.exchange(3)
     b.say(1, 1)
     b.pause(0.5)

@@ -100,3 +100,24 @@ def test_a_lost_headset_ends_the_call_and_the_next_audio_is_a_new_one(ami_pair, 
     assert 19.0 <= calls[1][1] <= 20.1, "the call ends where the audio stopped"
     assert len(calls) >= 3 and calls[2][0] == "call_start" and calls[2][1] >= 20.0, calls
     box.outbox.close()
+
+
+def test_a_cti_site_starts_and_ends_calls_only_on_the_call_signal(ami_pair, tmp_path: Path) -> None:
+    """With ``call_start_on_speech = false`` and ``call_end_silence_s = 0`` (a site whose softphone
+    sends the call state), speech alone starts no call; the ``active`` and ``idle`` commands do."""
+    near, far = ami_pair(30)
+    audio = np.stack([near, far]).astype(np.float32) / 32768.0
+    box = Box(EdgeSettings(site="site-a", box="box-a", broker_port=9, state_dir=tmp_path,
+                           call_start_on_speech=False, call_end_silence_s=0.0),
+              load_vad_model(), version="test")
+    block = 1024
+    for start_s, end_s, state in ((0, 10, None), (10, 20, "active"), (20, 30, "idle")):
+        if state is not None:
+            box.pipeline.call_state(state)  # what the cmd topic and the control socket call
+        for i in range(start_s * 16000, end_s * 16000, block):
+            box.step(audio[:, i:i + block])
+    events = [json.loads(p) for _, kind, p in box.outbox.pending(limit=100_000) if kind == "event"]
+    calls = [(e["name"], round(e["t_audio_s"])) for e in events if e["name"] in ("call_start", "call_end")]
+    assert calls == [("call_start", 10), ("call_end", 20)], calls
+    assert sum(e["name"] == "speech_start" and e["channel"] == "far" for e in events) >= 2
+    box.outbox.close()

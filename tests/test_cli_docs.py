@@ -51,3 +51,10 @@ def test_readme_opens_with_the_two_commands():
     assert first == ["./run demo", "./run test"]
     ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
     assert "./run test" in ci
+
+
+def test_readme_lists_the_campaign_defaults_as_the_code_has_them() -> None:
+    """The README's campaign defaults are the code's, key for key and range for range."""
+    from edge.campaign import defaults_toml
+
+    assert "```toml\n" + defaults_toml().rstrip("\n") + "\n```" in README

@@ -423,3 +423,13 @@ def test_stream_pushes_a_snapshot_then_broker_updates(
     assert snap["boxes"][0]["metrics"]["seq"] == 1
     assert n1 == "update" and upd["kind"] == "metrics" and upd["seq"] == 2
     assert upd["talk_state"] == "overlap" and upd["box"] == "box-b"
+
+
+def test_cue_labels_are_the_box_labels() -> None:
+    """Every cue id of the wire has the box's own French and English label on the dashboard."""
+    from dashboard import registry
+    from edge.signals import CUES
+
+    assert set(registry.CUES) == set(wire.CUE_IDS) == set(CUES)
+    for cue, info in CUES.items():
+        assert registry.cue_label(cue, "fr") == info.fr and registry.cue_label(cue, "en") == info.en

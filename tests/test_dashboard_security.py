@@ -16,6 +16,7 @@ from dashboard import db as store
 from dashboard.app import create_app
 from dashboard.commands import send_command
 from dashboard.settings import DashboardSettings
+from miroir import wire
 from tests._fixtures_dashboard import (
     USER_PASSWORD,
     client_login,
@@ -490,16 +491,20 @@ def test_openapi_describes_the_json_api(org: Any) -> None:
 
 
 def test_send_command_uses_the_ingest_publish_cmd(org: Any) -> None:
+    """The switch's wiring, with a stand-in ingest (the real MQTT path to a real box is
+    ``tests/test_private_box.py``); a switch that could not be sent says so on the page."""
     settings, data = org
-    sent: list[tuple[str, dict[str, Any]]] = []
+    sent: list[tuple[str, str]] = []
+    reachable = [True]
 
-    class FakeIngest:  # unit test of one piece: the real MQTT path is the transport's
-        def publish_cmd(self, box: str, payload: dict[str, Any]) -> bool:
-            sent.append((box, payload))
-            return True
+    class FakeIngest:
+        def publish_cmd(self, box: str, action: str, **extra: Any) -> bool:
+            wire.cmd_message(settings.site, box, action, 1.0, **extra)  # a valid command
+            sent.append((box, action))
+            return reachable[0]
 
     app = create_app(settings, start_ingest=False)
-    assert send_command(app, "box-a1", {"private": True}) is False  # no ingest
+    assert send_command(app, "box-a1", "private_on") is False  # no ingest
     with TestClient(app, base_url="https://testserver", follow_redirects=False) as c:
         app.state.ingest = FakeIngest()
         login_as(c, "amina", data)
@@ -509,7 +514,15 @@ def test_send_command_uses_the_ingest_publish_cmd(org: Any) -> None:
         seats = store.open_db(settings.db_path).conn.execute(
             "SELECT private FROM agents WHERE agent = 'agent-a1'").fetchone()
         assert seats[0] == 1
-    assert sent == [("box-a1", {"private": True})]
+        assert 'id="private-state"' in c.get("/me").text
+        r = c.post("/me/private", data={"private": "0", "csrf": csrf_of(c.get("/me").text)})
+        assert r.status_code == 303 and r.headers["location"] == "/me"
+        reachable[0] = False  # the box cannot be reached: the page must not claim privacy
+        r = c.post("/me/private", data={"private": "1", "csrf": csrf_of(c.get("/me").text)})
+        assert r.status_code == 303 and r.headers["location"] == "/me?sent=0#private"
+        page = c.get("/me?sent=0").text
+        assert 'id="private-unsent"' in page and 'id="private-state"' not in page
+    assert sent == [("box-a1", "private_on"), ("box-a1", "private_off"), ("box-a1", "private_on")]
 
 
 def test_dashboard_cli_user_import_purge_backup_restore(tmp_path: Path) -> None:

@@ -238,3 +238,74 @@ def test_the_prospect_prosody_reads_the_voice_never_the_tone() -> None:
     assert pitched and all(t >= 19.0 for t, _ in pitched), pitched[:5]
     assert all(f0 < 350.0 for _, f0 in pitched)
     assert all("near_f0_median_hz" not in m for m in metrics)  # the agent's channel is dead
+
+
+def test_analyze_reads_no_voice_in_tones_or_music() -> None:
+    """``miroir analyze`` summarises the same voice the live stages read: a line that carries only
+    ringback and hold music has no prospect pitch; the prospect's answer after it has one."""
+    from pathlib import Path
+
+    from edge.pipeline import analyze, load_vad_model
+    from edge.source import read_wav as read_audio
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "ami-headsets"
+    agent = read_audio(shared / "source0.wav", notice=False).samples
+    ring, _ = cadence((440.0,), (1.5, 3.5), 3)
+    tones = np.concatenate([ring, melody(10.0, seed=1)]).astype(np.float32)
+    model = load_vad_model()
+    report = analyze(np.stack([agent[: len(tones)], tones]), model)
+    assert report["call"]["far_speech_ratio"] == 0.0
+    far = report["prosody"]["far"]
+    assert far["voiced_ratio"] == 0.0 and far["f0_median_hz"] is None
+    voice = read_audio(shared / "source1.wav", notice=False).samples[: 20 * 16000]
+    answered = np.concatenate([tones, band_limit(voice)]).astype(np.float32)
+    report = analyze(np.stack([agent[: len(answered)], answered]), model)
+    assert 80.0 < report["prosody"]["far"]["f0_median_hz"] < 350.0
+
+
+def _run_call(near: np.ndarray, far: np.ndarray) -> list[dict]:
+    from edge.pipeline import Pipeline, load_vad_model
+
+    pipe = Pipeline(load_vad_model())
+    events = []
+    for i in range(0, len(far), 1024):
+        block = np.stack([near[i:i + 1024], far[i:i + 1024]]).astype(np.float32)
+        for m in pipe(block):
+            if m.kind == "event":
+                events.append(m.body)
+    return events + [m.body for m in pipe.finish()]
+
+
+def test_a_voicemail_greeting_is_not_a_prospect() -> None:
+    """A recorded greeting (real speech, 12 s) then the voicemail's beep; the agent listens, then
+    leaves a message: the call ends at the beep as a voicemail, its summary holds nothing of the
+    "prospect", and the agent's message starts no call. A beep in a conversation the agent took part
+    in ends nothing."""
+    from pathlib import Path
+
+    from edge.source import read_wav as read_audio
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "ami-headsets"
+    agent = read_audio(shared / "source0.wav", notice=False).samples
+    voice = read_audio(shared / "source1.wav", notice=False).samples
+    beep = tone((1000.0,), 0.5)
+    floor = (np.random.default_rng(3).standard_normal(40 * RATE) * 10 ** (-55 / 20)).astype(np.float32)
+    greeting = band_limit(voice[: 12 * RATE])
+    far = np.concatenate([greeting, np.zeros(RATE // 2), beep, np.zeros(27 * RATE)])[: 40 * RATE] + floor
+    near = np.concatenate([np.zeros(14 * RATE), agent[: 26 * RATE]])[: 40 * RATE] + floor / 10
+    events = _run_call(near.astype(np.float32), far.astype(np.float32))
+    calls = [e for e in events if e["name"] in ("call_start", "call_end")]
+    assert [e["name"] for e in calls] == ["call_start", "call_end"], calls
+    end = calls[1]
+    assert end["call_end_reason"] == "voicemail" and 12.4 <= end["t_audio_s"] <= 13.5, end
+    assert not [k for k in end if k.startswith(("call_prospect_", "call_talk_ratio", "call_agent_share",
+                                                "call_latency_", "call_turns_prospect"))]
+    # the same beep after the agent and the prospect have talked for 20 s ends nothing
+    talk = sorted((shared.parent / "emodb" / "wav").glob("08*N*.wav"))
+    said = np.concatenate([read_audio(p, notice=False).samples for p in talk])
+    assert len(said) >= 12 * RATE
+    live_near = np.concatenate([said[: 20 * RATE], np.zeros(40 * RATE)])[: 40 * RATE]
+    live_far = np.concatenate([band_limit(voice[: 20 * RATE]), beep, band_limit(voice[20 * RATE: 39 * RATE])])
+    live_far = np.pad(live_far, (0, max(0, 40 * RATE - len(live_far))))[: 40 * RATE]
+    events = _run_call((live_near + floor / 10).astype(np.float32), (live_far + floor).astype(np.float32))
+    assert [e["call_end_reason"] for e in events if e["name"] == "call_end"] == ["end_of_stream"]

@@ -61,6 +61,24 @@ def test_floor_page_shows_a_box_live(browser_page: Any, dashboard_server: Dashbo
     assert seat.locator(".timeline span.t-agent").count() == 1
     assert seat.locator(".timeline span.t-prospect").count() == 1
 
+    # A cue raised by the box shows on the seat with its French label; a fact (a call starting)
+    # and the cue's end do not add a badge.
+    event_topic = wire.topic(site.site, "box-a", "event")
+    head = {"v": wire.SCHEMA_VERSION, "site": site.site, "box": "box-a", "channel": "near"}
+    box.publish(event_topic, wire.encode("event", {
+        **head, "ts": time.time(), "seq": 4, "name": "call_start", "t_audio_s": 3.0}))
+    box.publish(event_topic, wire.encode("event", {
+        **head, "ts": time.time(), "seq": 5, "name": "cue_on", "t_audio_s": 3.5, "cue": "too_fast",
+        "severity": "medium", "evidence_value": 1.41, "evidence_threshold": 1.3,
+        "evidence_unit": "ratio"}))
+    box.publish(event_topic, wire.encode("event", {
+        **head, "ts": time.time(), "seq": 6, "name": "cue_off", "t_audio_s": 6.0, "cue": "too_fast"}))
+    badge = seat.locator(".cue-badge[data-cue='too_fast']")
+    badge.wait_for(timeout=LIVE_WAIT_MS)
+    assert badge.inner_text() == "Ralentissez"
+    time.sleep(0.3)  # the later events (already published) have arrived
+    assert [b.inner_text() for b in seat.locator(".cue-badge").all()] == ["Ralentissez"]
+
     offline = wire.status_message(site.site, "box-a", "offline", time.time())
     box.publish(wire.topic(site.site, "box-a", "status"), wire.encode("status", offline),
                 retain=True)
@@ -168,6 +186,9 @@ def test_supervisor_flags_a_moment_and_the_agent_sees_it_and_the_audit(
         page.wait_for_selector("body[data-charts-ready='1']")
         assert page.locator("#charts svg").count() >= 3
         assert page.locator("#charts .cue-marker").count() >= 3
+        # the cues the box raised, by their French labels, in time order
+        cues = [b.inner_text().split(" · ", 1)[1] for b in page.locator("#cue-list .cue-badge").all()]
+        assert cues == ["Ralentissez", "Variez votre intonation", "Ne coupez pas la parole au prospect"]
         box_ = page.locator("#charts svg").nth(1).bounding_box()
         assert box_ is not None
         page.mouse.click(box_["x"] + box_["width"] * 0.5, box_["y"] + box_["height"] / 2)

@@ -38,35 +38,42 @@ def _call_and_box(site, broker, peer, tmp_path, seconds: float, **settings):
 
 
 def test_no_metric_of_a_private_stretch_leaves_the_box(site, broker, peer, tmp_path) -> None:
+    """The switch comes from the dashboard's own MQTT client (its ingest, with its certificate
+    and ACL); the box goes private within 1 s of audio of the command, counted while the audio
+    keeps flowing (faster than real time, so the real delay is shorter still)."""
+    from tests._fixtures_transport import ingest_for
+
     audio, dash, box = _call_and_box(site, broker, peer, tmp_path, 40.0)
+    ingest = ingest_for(SITE_ID, tmp_path / "dash.db", broker.port, site.ca_cert, site.dashboard)
     box.publisher.start()
     wait_until(box.publisher.connected.is_set, "the box connected")
-    cmd_topic = wire.topic(SITE_ID, "box-a", "cmd")
-
-    def command(action: str) -> None:
-        msg = wire.cmd_message(SITE_ID, "box-a", action, time.time())
-        dash.publish(cmd_topic, wire.encode(wire.CMD_KIND, msg))
-
-    private_from_s = private_to_s = None
-    for i in range(0, audio.shape[1], BLOCK):
-        t_s = i / RATE_HZ
-        if private_from_s is None and t_s >= 15.0:
-            command("private_on")
-            wait_until(lambda: (box.pump(), box.private)[1], "private mode on at the box")
-            private_from_s = t_s
-        if private_to_s is None and t_s >= 25.0:
-            command("private_off")
-            wait_until(lambda: (box.pump(), not box.private)[1], "private mode off at the box")
-            private_to_s = t_s
-        box.step(audio[:, i:i + BLOCK])
+    sent: dict[str, float] = {}
+    try:
+        for i in range(0, audio.shape[1], BLOCK):
+            t_s = i / RATE_HZ
+            for action, at_s in (("private_on", 15.0), ("private_off", 25.0)):
+                if action not in sent and t_s >= at_s:
+                    assert ingest.publish_cmd("box-a", action)
+                    sent[action] = t_s
+            box.pump()
+            box.step(audio[:, i:i + BLOCK])
+            time.sleep(0.002)  # paho's threads get their turn
+    finally:
+        ingest.stop()
     wait_until(lambda: (box.pump(), box.outbox.depth() == 0)[1], "the outbox drained")
     box.publisher.stop(box.status_fields())
     box.outbox.close()
-    assert private_from_s is not None and private_to_s is not None
 
     got = [(t.rsplit("/", 1)[1], json.loads(p)) for t, p in dash.messages]
     metrics = [m for kind, m in got if kind == "metrics"]
     events = [m for kind, m in got if kind == "event"]
+    # where the box switched, in audio seconds: within 1 s of the command ("within 1 s")
+    (private_from_s,) = [e["t_audio_s"] for e in events if e["name"] == "private_on"]
+    (private_to_s,) = [e["t_audio_s"] for e in events if e["name"] == "private_off"]
+    print(f"private after {private_from_s - sent['private_on']:.3f} s of audio, public again after "
+          f"{private_to_s - sent['private_off']:.3f} s")
+    assert 0.0 <= private_from_s - sent["private_on"] <= 1.0
+    assert 0.0 <= private_to_s - sent["private_off"] <= 1.0
     # Before and after the private stretch the box reports; inside it, nothing about the call.
     assert any(m["t_start"] < private_from_s for m in metrics)
     assert any(m["t_start"] > private_to_s for m in metrics)

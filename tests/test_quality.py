@@ -26,36 +26,56 @@ def speech() -> np.ndarray:
     return read_wav(SHARED / "ami-headsets" / "source0.wav", notice=False).samples[: 20 * 16000]
 
 
-def run(model, near: np.ndarray, far: np.ndarray) -> list[dict]:
+def run(model, near: np.ndarray, far: np.ndarray, events: list[dict] | None = None) -> list[dict]:
+    """The metrics of a recording (its events, call end included, into ``events`` if given)."""
     pipe = Pipeline(model)
     metrics = []
     audio = np.stack([near, far]).astype(np.float32)
-    for i in range(0, audio.shape[1], 1024):
-        for msg in pipe(audio[:, i:i + 1024]):
-            if msg.kind == "metrics":
-                full = {"v": 1, "site": "s", "box": "b", "ts": 1.0, "seq": 1, **msg.body}
-                wire.validate("metrics", full)  # every message stays within the contract
-                metrics.append(msg.body)
+    messages = [m for i in range(0, audio.shape[1], 1024) for m in pipe(audio[:, i:i + 1024])]
+    for msg in messages + pipe.finish():
+        full = {"v": 1, "site": "s", "box": "b", "ts": 1.0, "seq": 1, **msg.body}
+        wire.validate(msg.kind, full)  # every message stays within the contract
+        if msg.kind == "metrics":
+            metrics.append(msg.body)
+        elif events is not None:
+            events.append(msg.body)
     return metrics
+
+
+BOTH_SIDES = ("silence_ratio", "agent_share", "overlaps_", "interruptions_", "latency_")
 
 
 def test_dead_far_channel_is_no_signal_not_a_silent_prospect(model, speech):
     metrics = run(model, speech, np.zeros_like(speech))
     late = metrics[3:]
     assert all(m["far_signal"] == "none" for m in late)
-    reads_far = ("far_speech_ratio", "prospect_speech_ratio_30s", "agent_share_30s", "silence_ratio_30s")
-    assert not [k for m in late for k in reads_far if k in m]  # nothing that says "silent prospect"
+    reads_far = [k for m in late for k in m
+                 if k.startswith(("far_", "prospect_", *BOTH_SIDES)) and k not in ("far_signal", "far_kind")]
+    assert not reads_far  # nothing that says "silent prospect" (nor "never interrupted")
     assert all(m["near_signal"] == "ok" for m in metrics)
     assert sum(m["near_speech_ratio"] for m in metrics) > 2.0
     assert all("agent_speech_ratio_30s" in m for m in late)
+    assert sum("near_f0_median_hz" in m for m in late) >= len(late) // 2  # the agent is still read
 
 
 def test_dead_agent_channel_is_no_signal_not_a_silent_agent(model, speech):
-    metrics = run(model, np.zeros_like(speech), speech)
+    calls: list[dict] = []
+    near = np.zeros(2 * len(speech), dtype=np.float32)  # the headset unplugged for the whole call
+    far = np.concatenate([speech, np.zeros_like(speech)])
+    metrics = run(model, near, far, calls)
     late = metrics[3:]
     assert all(m["near_signal"] == "none" for m in late)
-    assert not [k for m in late for k in m if k.startswith(("near_", "agent_")) and k != "near_signal"]
-    assert sum(m["far_speech_ratio"] for m in metrics) > 2.0
+    reads_near = [k for m in late for k in m if k.startswith(("near_", "agent_", "monologue_", *BOTH_SIDES))
+                  and k != "near_signal"]
+    assert not reads_near
+    assert sum(m.get("far_speech_ratio", 0.0) for m in metrics) > 2.0
+    (end,) = [e for e in calls if e["name"] == "call_end"]
+    # the call's summary says the agent's side had no signal, and does not call the agent silent
+    assert end["call_near_no_signal_s"] == pytest.approx(end["call_duration_s"], abs=0.1)
+    assert end["call_far_no_signal_s"] == 0.0
+    assert end["call_prospect_speech_ratio"] > 0.3
+    assert not [k for k in end if k.startswith(("call_agent_", "call_talk_ratio", "call_overlap",
+                                                "call_latency_", "call_monologue_", "call_turns_agent"))]
 
 
 def test_nan_from_a_broken_driver(model, speech):
@@ -100,6 +120,11 @@ def test_the_line_leaking_into_the_agent_mic_is_not_the_agent(model, speech):
     leak = run(model, 0.01 * prospect + noise, prospect)
     assert sum(m["far_speech_ratio"] for m in leak) > 2.0
     assert sum(m["near_speech_ratio"] for m in leak) == 0.0
+    # nor is it the agent's voice: no pitch, rate or phonation of the prospect under the agent's name
+    assert not [k for m in leak for k in m if k.startswith("near_") and k not in
+                ("near_speech_ratio", "near_talking", "near_signal", "near_voiced_ratio")]
+    assert all(m["near_voiced_ratio"] == 0.0 and m["fatigue_phonation_min"] == 0.0 for m in leak[10:])
+    assert all("far_f0_median_hz" in m for m in leak[12:])
     assert all(m.get("overlaps_agent_30s", 0) == 0 and m.get("overlaps_prospect_30s", 0) == 0 for m in leak)
     both = run(model, speech + 0.01 * prospect + noise, prospect)
     alone = run(model, speech, np.zeros_like(speech) + noise)
@@ -107,3 +132,8 @@ def test_the_line_leaking_into_the_agent_mic_is_not_the_agent(model, speech):
     # against the AMI turn labels, the 12 headset pairings go from precision 0.923 / recall 0.850
     # without it to 0.940 / 0.841 with it (`python -m bench.leak`)
     assert sum(m["near_speech_ratio"] for m in both) >= 0.85 * sum(m["near_speech_ratio"] for m in alone)
+    # the agent's own voice is still read, at the same pitch
+    read = [(b["near_f0_median_hz"], a["near_f0_median_hz"]) for b, a in zip(both, alone, strict=True)
+            if "near_f0_median_hz" in b and "near_f0_median_hz" in a]
+    assert len(read) >= 10
+    assert abs(np.median([b for b, _ in read]) / np.median([a for _, a in read]) - 1) < 0.05

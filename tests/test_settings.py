@@ -25,6 +25,8 @@ def test_load_good(tmp_path):
     ('site = "s"\nbox = "B/1"\n', "box"),
     ('site = "s"\n', "box"),
     ('site = "s"\nbox = "b"\nvad_on_threshold = 0.2\n', "vad_off_threshold"),
+    ('site = "s"\nbox = "b"\ncall_end_silence_s = 2.0\n', "call_end_silence_s .* 5..600"),
+    ('site = "s"\nbox = "b"\ncall_start_on_speech = 1\n', "call_start_on_speech"),
     ("site = [", "TOML"),
 ])
 def test_bad_files_refused_with_the_key(tmp_path, text, match):

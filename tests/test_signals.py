@@ -147,14 +147,21 @@ def test_analyze_json_shows_cues_fatigue_and_summary(cue_calls, tmp_path):  # no
     """`miroir analyze --json` lists the cues with labels, the fatigue figures and the call summary."""
     audio = cue_calls["clean"].audio[:, : 16000 * 200]
     near, far = _write(tmp_path / "near.wav", audio[0]), _write(tmp_path / "far.wav", audio[1])
+    # a campaign file that learns the fatigue baseline over 60 s of voice, so that 200 s of call
+    # give a fatigue index (the default learns over 300 s)
+    campaign = tmp_path / "campaign.toml"
+    campaign.write_text("[fatigue]\nbaseline_speech_s = 60.0\ntrack_speech_s = 30.0\n")
     proc = subprocess.run([sys.executable, "-m", "miroir", "analyze", str(near), "--far", str(far),
-                           "--json"], capture_output=True, text=True, timeout=300, check=False)
+                           "--json", "--campaign", str(campaign)],
+                          capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     cues = {c["cue"] for c in result["cues"]}
     assert {"talking_over", "monologue"} <= cues
     assert all(c["label_fr"] and c["label_en"] for c in result["cues"])
-    assert "fatigue_index" in result["fatigue"] and result["fatigue"]["fatigue_phonation_min"] > 0
+    fatigue = result["fatigue"]
+    assert 0.0 <= fatigue["fatigue_index"] <= 100.0 and fatigue["fatigue_phonation_min"] > 0
+    assert fatigue["break_suggested"] is False
     (summary,) = result["call_summaries"]
     assert summary["call_cues"] >= 2 and "call_rate_syl_s_median" in summary
 
@@ -183,3 +190,140 @@ def test_no_pause_cue_for_unbroken_speech_not_for_paused_speech(model):
     assert len(found[0.0]) == 1
     assert cfg.on_s - 1.0 <= found[0.0][0]["start_s"] - starts[0.0] <= cfg.on_s + window_s + 2.0
     assert found[0.4] == []
+
+
+def _stretch_cue(model, seed: int, cue: str, inject) -> tuple[list[float], float, list[str]]:
+    """A call with the agent's baseline learned (14 exchanges), ``inject(builder)``, 3 exchanges:
+    the delays of the ``cue`` episodes from the stretch's onset, its length, every cue raised."""
+    b = Builder(seed=seed)
+    b.say(1, 1)
+    b.pause(0.5)
+    b.exchange(14)
+    inject(b)
+    b.exchange(3)
+    call = b.build()
+    cues = analyze(call.audio, model)["cues"]
+    (stretch,) = [t for t in call.truth if t.cue == cue]
+    delays = [c["start_s"] - stretch.onset_s for c in cues if c["cue"] == cue]
+    print(f"{cue}: at {delays} s of a {stretch.end_s - stretch.onset_s:.0f} s stretch")
+    return delays, stretch.end_s - stretch.onset_s, [c["cue"] for c in cues]
+
+
+def test_low_energy_cue_for_a_quieter_voice(model):
+    """After the agent's baseline is learned, five turns of the agent's real speech 10 dB quieter
+    raise "more energy" once, inside the stretch, and nothing else; at the usual level, none."""
+    cfg = CampaignConfig().low_energy
+    (delay_s,), length_s, names = _stretch_cue(model, 8, "low_energy", lambda b: b.quiet_stretch())
+    # the 10 s prosody window must fill with the quieter voice, then the cue's min_on_s
+    assert cfg.min_on_s <= delay_s <= min(length_s, 10.0 + cfg.min_on_s + 2.0)
+    assert names == ["low_energy"]
+    assert _stretch_cue(model, 8, "low_energy", lambda b: b.quiet_stretch(drop_db=0.0))[0] == []
+
+
+def test_too_slow_cue_for_a_dragging_stretch(model):
+    """Four turns of the agent's real speech at 0.7x tempo (``sox tempo``), after the baseline is
+    learned, raise "pick up the pace" once, inside the stretch, and nothing else (this agent's
+    slowed speech reads only about 0.85 of the baseline pace at first: the cue comes late, as a
+    drawl is no emergency; across eight agents, see ``python -m bench.cues``)."""
+    from tests._fixtures_signals import slow_call
+
+    call = slow_call(6)
+    cues = analyze(call.audio, model)["cues"]
+    (stretch,) = [t for t in call.truth if t.cue == "too_slow"]
+    found, matched = match_cues(call.truth, [c for c in cues if c["cue"] != "take_break"], 0.0)
+    print(f"too_slow after {found} s of a {stretch.end_s - stretch.onset_s:.0f} s stretch; cues {cues}")
+    assert [c["cue"] for c in cues] == ["too_slow"] and matched == 1
+    assert 0.0 <= found[0] <= stretch.end_s - stretch.onset_s
+
+
+def _cues_between(call: Call, model, start_s: float, end_s: float) -> list[dict]:
+    cues = analyze(call.audio, model)["cues"]
+    return [c for c in cues if start_s <= c["start_s"] <= end_s]
+
+
+def test_a_muted_headset_is_not_a_slow_answer(model):
+    """The prospect asks, and the agent mutes the headset (digital zeros) for 8 s before answering:
+    no "the prospect is waiting" cue. The same 8 s with the microphone live but silent raise it."""
+    found = {}
+    for muted in (True, False):
+        b = Builder(seed=9)
+        b.say(1, 1)
+        b.pause(0.5)
+        b.exchange(4)
+        asked = b.say(1, 1)
+        b.pause(8.0)
+        b.say(0, 2)
+        b.pause(0.5)
+        b.exchange(2)
+        call = b.build()
+        if muted:
+            call.audio[0, int((asked + 0.1) * 16000): int((asked + 7.9) * 16000)] = 0.0
+        found[muted] = [c["cue"] for c in _cues_between(call, model, asked, asked + 8.0)]
+    assert found[False] == ["slow_response"]
+    assert found[True] == []
+
+
+def test_hold_music_is_nobody_talking(model):
+    """The agent puts the prospect on hold (20 s of a tonal melody on the line, which Silero alone
+    takes for speech) and talks to a colleague over it: the music is no prospect, so no "talking
+    over the prospect", and the line's speech share stays near zero."""
+    from bench.farend import band_limit, melody
+
+    b = Builder(seed=10)
+    b.say(1, 1)
+    b.pause(0.5)
+    b.exchange(4)
+    hold = b.t + 0.5
+    b.pause(3.5)
+    b.say(0, 3)  # to a colleague, over the music
+    b.t = hold + 20.5
+    b.exchange(2)
+    call = b.build()
+    music = band_limit(melody(20.0, seed=2)).astype(np.float32)
+    i = int(hold * 16000)
+    call.audio[1, i:i + len(music)] += music
+    result = analyze(call.audio, model)
+    cues = [c["cue"] for c in result["cues"] if hold <= c["start_s"] <= hold + 20.0]
+    assert cues == []
+    inside = [m for m in result["metrics"] if hold + 1 <= m["t_start"] <= hold + 19]
+    assert sum(m["far_speech_ratio"] for m in inside) <= 0.05 * len(inside)
+    assert any(e["name"] == "far_kind" and e["kind"] == "music" for e in result["events"])
+
+
+def test_prospect_hesitating_on_slow_answers(model):
+    """The prospect takes 2.5 s to answer three times in a row: "prospect hesitating" is raised
+    once, at the second slow answer; answers after 0.3 to 0.9 s raise nothing of the kind."""
+    cfg = CampaignConfig().prospect_hesitating
+    found = {}
+    for gap_s in (2.5, 0.6):
+        b = Builder(seed=11)
+        b.say(1, 1)
+        b.pause(0.5)
+        b.exchange(3)
+        answers = []
+        for _ in range(3):
+            b.say(0, 2)
+            b.pause(gap_s)
+            answers.append(b.t)
+            b.say(1, 1)
+            b.pause(0.5)
+        b.exchange(2)
+        call = b.build()
+        cues = analyze(call.audio, model)["cues"]
+        found[gap_s] = ([c["start_s"] for c in cues if c["cue"] == "prospect_hesitating"], answers)
+    starts, answers = found[2.5]
+    assert len(starts) == 1 and abs(starts[0] - answers[cfg.count - 1]) <= 1.0, found[2.5]
+    assert found[0.6][0] == []
+
+
+def test_monotone_cue_for_speech_on_one_note(model):
+    """After the agent's baseline is learned, six turns of the agent's real sentences held on one
+    note (Praat's resynthesis, same words and timing) raise "vary your tone" once, inside the
+    stretch, and nothing else; the same sentences as recorded raise none."""
+    cfg = CampaignConfig().monotone
+    (delay_s,), length_s, names = _stretch_cue(model, 12, "monotone", lambda b: b.monotone_stretch())
+    # the 10 s prosody window must fill with the flat voice, then the cue's min_on_s, then the
+    # prosody stage's 1 s batches and the 1 s metrics window
+    assert cfg.min_on_s <= delay_s <= min(length_s, 10.0 + cfg.min_on_s + 3.0)
+    assert names == ["monotone"]
+    assert _stretch_cue(model, 12, "monotone", lambda b: b.monotone_stretch(flat=False))[0] == []

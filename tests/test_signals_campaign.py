@@ -148,9 +148,10 @@ def test_each_call_starts_clean():
     sig = Signals()
     out = []
     sig.event({"name": "call_start", "channel": "far", "t_audio_s": 0.0}, 0.0)
-    for t, lat in ((10, 2000.0), (20, 2500.0), (30, 1800.0)):
+    # the third answer's latency equals the second's: still an answer (the count tells)
+    for n, (t, lat) in enumerate(((10, 1000.0), (20, 2500.0), (30, 2500.0)), 1):
         for k in range(t - 9, t + 1):
-            out += sig(_tick(float(k), latency_prospect_ms_last=lat))
+            out += sig(_tick(float(k), latency_prospect_ms_last=lat, responses_prospect=n))
     assert ("cue_on", "prospect_hesitating") in [(e["name"], e["cue"]) for e in out]
     end = {"name": "call_end", "channel": "far", "t_audio_s": 31.0}
     assert [(e["name"], e["cue"]) for e in sig.event(end, 31.0)] == [("cue_off", "prospect_hesitating")]
@@ -159,7 +160,7 @@ def test_each_call_starts_clean():
         assert sig(_tick(float(k), in_call=False)) == []
     sig.event({"name": "call_start", "channel": "far", "t_audio_s": 150.0}, 150.0)
     for k in range(150, 160):  # the metrics still carry the last call's latency: not an answer
-        assert sig(_tick(float(k), latency_prospect_ms_last=1800.0)) == []
+        assert sig(_tick(float(k), latency_prospect_ms_last=2500.0, responses_prospect=0)) == []
 
 
 def test_a_long_monologue_escalates_once_and_ends_once():
@@ -185,7 +186,7 @@ def test_a_cue_without_evidence_still_waits_min_off_s():
     cfg = campaign.from_mapping({"monotone": {"min_on_s": 2, "min_off_s": 5}})
     sig = Signals(cfg)
     sig.baseline.pitch_range_st = [6.0] * 5
-    sig.baseline.rate_syl_s = sig.baseline.pace_syl_s = [5.0] * 5
+    sig.baseline.pace_syl_s = [5.0] * 5
     sig.baseline.level_dbfs = [-30.0] * 5
     sig.baseline.speech_s = 1000.0
 

@@ -358,16 +358,18 @@ def set_outcome(db: Any, user: User, call_id: int, outcome: str) -> None:
 
 
 def set_private(request: Request, db: Any, user: User, private: bool) -> bool:
-    """The agent's private switch: store it and tell the agent's box; return True if sent."""
+    """The agent's private switch: tell the agent's box, and store it once sent; return True if
+    sent."""
     require_role(user, "agent")
     agent = user.agent or ""
     access.require_agent(db, user, agent)
+    row = db.conn.execute("SELECT box FROM seats WHERE agent = ?", (agent,)).fetchone()
+    if row is None or not commands.send_command(request.app, row[0],
+                                                "private_on" if private else "private_off"):
+        return False  # the seat shows what the box was told, never a privacy it does not have
     with db.conn:
         db.conn.execute("UPDATE agents SET private = ? WHERE agent = ?", (int(private), agent))
-    row = db.conn.execute("SELECT box FROM seats WHERE agent = ?", (agent,)).fetchone()
-    if row is None:
-        return False
-    return commands.send_command(request.app, row[0], {"private": private})
+    return True
 
 
 def team_board(db: Any, user: User, team: str, days: int = 14) -> dict[str, Any]:

@@ -70,7 +70,9 @@ def agent_page(request: Request, db: Db, user: CurrentUser, agent: str) -> Respo
 def me_page(request: Request, db: Db, user: CurrentUser) -> Response:
     """The agent's own view: what supervisors see, who looked, the private switch."""
     require_role(user, "agent")
-    return render(request, "agent.html", _agent_context(db, user, user.agent or "", True))
+    context = _agent_context(db, user, user.agent or "", True)
+    context["private_unsent"] = request.query_params.get("sent") == "0"
+    return render(request, "agent.html", context)
 
 
 @router.post("/agents/{agent}/flags")
@@ -105,8 +107,8 @@ def outcome_form(request: Request, db: Db, user: CurrentUser, call_id: int,
 def private_form(request: Request, db: Db, user: CurrentUser,
                  private: Annotated[str, Form(max_length=4)] = "0") -> Response:
     """The agent's private-call switch."""
-    api.set_private(request, db, user, private == "1")
-    return RedirectResponse("/me", status_code=303)
+    sent = api.set_private(request, db, user, private == "1")
+    return RedirectResponse("/me" if sent else "/me?sent=0#private", status_code=303)
 
 
 @router.get("/teams/{team}")

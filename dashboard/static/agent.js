@@ -100,10 +100,11 @@
     es.addEventListener("update", (e) => {
       const u = JSON.parse(e.data);
       if (u.kind === "metrics") state.textContent = t("state." + u.talk_state);
-      else if (u.kind === "event" && u.name !== "speech_start" && u.name !== "speech_end") {
+      else if (u.kind === "event" && u.name === "cue_on" && u.cue) {
         const s = document.createElement("span");
         s.className = "cue-badge";
-        s.textContent = T["cue." + u.name] || u.name.replace(/_/g, " ");
+        s.dataset.cue = u.cue;
+        s.textContent = T["cue." + u.cue] || u.cue.replace(/_/g, " ");
         cues.prepend(s);
         while (cues.children.length > 5) cues.lastChild.remove();
       }

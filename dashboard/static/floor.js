@@ -9,9 +9,9 @@
   const STALE_S = 10;      // an online box silent this long is shown as stale
   const CUE_SHOW_S = 15;   // a cue badge stays this long on the seat
   const STATS_EVERY_MS = 2000;
-  // Conversation facts, not coaching cues: they drive the seat state, never a badge.
-  const NOT_CUES = new Set(["speech_start", "speech_end", "call_start", "call_end", "overlap_start",
-    "overlap_end", "interruption", "far_kind", "private_on", "private_off"]);
+  // Only a cue_on event is a coaching cue (a badge named by its cue id); speech_start and
+  // speech_end drive the seat state; every other event (calls, overlaps, far_kind) is a fact.
+  const SPEECH = new Set(["speech_start", "speech_end"]);
 
   const floorEl = document.getElementById("floor");
   const emptyEl = document.getElementById("empty");
@@ -184,15 +184,15 @@
       if (u.private !== undefined) b.priv = !!u.private;
       touch(b, u.ts);
     } else if (u.kind === "event") {
-      if (NOT_CUES.has(u.name)) {
+      if (SPEECH.has(u.name)) {
         if (u.ts >= b.talkTs) {
           const talking = u.name === "speech_start";
           if (u.channel === "near") b.near = talking; else b.far = talking;
           b.talk = deriveTalk(b.near, b.far);
           b.talkTs = u.ts;
         }
-      } else {
-        b.cues.push({ name: u.name, ts: u.ts });
+      } else if (u.name === "cue_on" && u.cue) {
+        b.cues.push({ name: u.cue, ts: u.ts });
       }
       touch(b, u.ts);
     }
