@@ -264,30 +264,37 @@ def test_a_muted_headset_is_not_a_slow_answer(model):
 
 
 def test_hold_music_is_nobody_talking(model):
-    """The agent puts the prospect on hold (20 s of a tonal melody on the line, which Silero alone
-    takes for speech) and talks to a colleague over it: the music is no prospect, so no "talking
-    over the prospect", and the line's speech share stays near zero."""
+    """The agent puts the prospect on hold (40 s of a tonal melody on the line) and talks to a
+    colleague for 36 s over it: the line is on hold, so no "let the prospect speak", and the line's
+    speech share stays near zero. The same 36 s over a silent live line raise the monologue cue."""
     from bench.farend import band_limit, melody
 
-    b = Builder(seed=10)
-    b.say(1, 1)
-    b.pause(0.5)
-    b.exchange(4)
-    hold = b.t + 0.5
-    b.pause(3.5)
-    b.say(0, 3)  # to a colleague, over the music
-    b.t = hold + 20.5
-    b.exchange(2)
-    call = b.build()
-    music = band_limit(melody(20.0, seed=2)).astype(np.float32)
-    i = int(hold * 16000)
-    call.audio[1, i:i + len(music)] += music
-    result = analyze(call.audio, model)
-    cues = [c["cue"] for c in result["cues"] if hold <= c["start_s"] <= hold + 20.0]
-    assert cues == []
-    inside = [m for m in result["metrics"] if hold + 1 <= m["t_start"] <= hold + 19]
-    assert sum(m["far_speech_ratio"] for m in inside) <= 0.05 * len(inside)
-    assert any(e["name"] == "far_kind" and e["kind"] == "music" for e in result["events"])
+    found = {}
+    for music in (True, False):
+        b = Builder(seed=10)
+        b.say(1, 1)
+        b.pause(0.5)
+        b.exchange(4)
+        hold = b.t + 0.5
+        b.pause(2.5)
+        while b.t - hold < 36.0:  # to a colleague, over the music
+            b.say(0, 1)
+            b.pause(0.3)
+        b.t = max(b.t, hold + 40.5)
+        b.exchange(2)
+        call = b.build()
+        if music:
+            tune = band_limit(melody(40.0, seed=2)).astype(np.float32)
+            i = int(hold * 16000)
+            call.audio[1, i:i + len(tune)] += tune
+        result = analyze(call.audio, model)
+        found[music] = [c["cue"] for c in result["cues"] if hold <= c["start_s"] <= hold + 40.0]
+        if music:
+            inside = [m for m in result["metrics"] if hold + 1 <= m["t_start"] <= hold + 39]
+            assert sum(m["far_speech_ratio"] for m in inside) <= 0.05 * len(inside)
+            assert any(e["name"] == "far_kind" and e["kind"] == "music" for e in result["events"])
+    assert found[False] == ["monologue"]
+    assert found[True] == []
 
 
 def test_prospect_hesitating_on_slow_answers(model):
