@@ -330,12 +330,15 @@ class Ingest:
             self.requests.append((box, first, last))
             log.info("box %s: asking for a resend of seq %d..%d", box, first, last)
             client = self._client
-            if client is not None:
-                cmd = wire.cmd_message(self.site, box, "resend", time.time(),
-                                       from_seq=first, to_seq=last)
-                client.publish(wire.topic(self.site, box, wire.CMD_KIND),
-                               wire.encode(wire.CMD_KIND, cmd), qos=1)
+            if client is not None:  # paho queues it while reconnecting
+                self._send_cmd(client, wire.cmd_message(self.site, box, "resend", time.time(),
+                                                        from_seq=first, to_seq=last))
         return asks
+
+    def _send_cmd(self, client: Any, msg: dict[str, Any]) -> bool:
+        info = client.publish(wire.topic(self.site, msg["box"], wire.CMD_KIND),
+                              wire.encode(wire.CMD_KIND, msg), qos=1)
+        return bool(info.rc == 0)
 
     def publish_cmd(self, box: str, action: str, **extra: Any) -> bool:
         """Send one validated command to ``box`` (QoS 1); return False when not connected.
@@ -353,9 +356,7 @@ class Ingest:
         if client is None or not self.connected.is_set():
             log.warning("not connected to the broker: %s not sent to box %s", action, box)
             return False
-        info = client.publish(wire.topic(self.site, box, wire.CMD_KIND),
-                              wire.encode(wire.CMD_KIND, msg), qos=1)
-        return info.rc == 0
+        return self._send_cmd(client, msg)
 
     def _check_loop(self) -> None:
         while not self._stop_checker.wait(GAP_CHECK_EVERY_S):

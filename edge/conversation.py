@@ -618,8 +618,11 @@ class Conversation:
             return 0.0
         if self._call is not None:
             start = max(start, self._call.start_s)
-        end = now_s if self._speaking[AGENT] else (self._last_end[AGENT] or now_s)
-        return max(0.0, end - start)
+        return max(0.0, self._open_turn_end(AGENT, now_s) - start)
+
+    def _open_turn_end(self, ch: str, now_s: float) -> float:
+        """Where ``ch``'s open turn ends so far: now while it speaks, else its last speech end."""
+        return now_s if self._speaking[ch] else (self._last_end[ch] or now_s)
 
     def _begin_call(self, t: float) -> None:
         self._call = _Call(start_s=t)
@@ -740,7 +743,7 @@ class Conversation:
             # turns begun in the window (the current one too), and the agent's longest turn
             # within it (clipped to the window): the monologue of the window
             turns = [(t.channel, t.start_s, t.end_s) for t in self._turns if t.end_s > a]
-            turns += [(ch, st, b if self._speaking[ch] else (self._last_end[ch] or b))
+            turns += [(ch, st, self._open_turn_end(ch, b))
                       for ch, st in self._turn_start.items() if st is not None]
             for ch in (AGENT, PROSPECT):
                 out[f"turns_{ROLE[ch]}{sfx}"] = sum(c == ch and st >= a for c, st, _ in turns)

@@ -193,7 +193,8 @@ class Pipeline:
         """The line's frame energies over the last half second."""
         self._near_flat_s = 0.0
         self._dead: dict[str, list[list[float]]] = {c: [] for c in CHANNELS}
-        """Per channel, the runs of no signal since the current call began, [start_s, end_s]."""
+        """Per channel, the runs of no signal, [start_s, end_s]: during a call all of them, out of
+        one the last minute's (see :func:`_call_signal`, which reads those inside a call)."""
         self._near_voice_end_s = -math.inf
         """Where the agent's voice (gate or likely onset) was last heard (audio seconds)."""
         self._break = False
@@ -546,10 +547,7 @@ class Pipeline:
         out: list[Message] = []
         for e in events:
             out += [Message("event", c) for c in self.signals.event(e, now_s)]
-            if e["name"] == "call_start":  # runs before the call are no longer needed
-                for runs in self._dead.values():
-                    runs[:] = [r for r in runs if r[1] > e["t_audio_s"]]
-            elif e["name"] == "call_end":
+            if e["name"] == "call_end":
                 _call_signal(e, self._dead)
             out.append(Message("event", e))
         return out

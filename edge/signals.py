@@ -413,16 +413,15 @@ class Signals:
         # prospect's turns left out), relative to the agent's own baseline pace, or past the
         # campaign's absolute band
         fast_win, slow_win = _rated(short), _rated(tick.slow)
-        for cue, cfg, sign, rate, measure in (
-                ("too_fast", c.too_fast, 1.0, fast_win.pace_syl_s if fast_win else None, "pace_syl_s"),
-                ("too_slow", c.too_slow, -1.0, slow_win.pace_syl_s if slow_win else None,
-                 "pace_syl_s")):
+        for cue, cfg, sign, win in (("too_fast", c.too_fast, 1.0, fast_win),
+                                    ("too_slow", c.too_slow, -1.0, slow_win)):
             if not cfg.enabled:
                 continue
+            rate = win.pace_syl_s if win is not None else None
             if rate is None:  # no speech: the release clock runs
                 out[cue] = (0.0, cfg.ratio_on, False, True, cfg.min_on_s, cfg.min_off_s, "medium")
             elif ready:
-                ratio = rate / self.baseline.value(measure)
+                ratio = rate / self.baseline.value("pace_syl_s")
                 band = sign * rate >= sign * cfg.band_syl_s
                 on = sign * ratio >= sign * cfg.ratio_on or band
                 off = sign * ratio <= sign * cfg.ratio_off and not band

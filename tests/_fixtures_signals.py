@@ -120,6 +120,18 @@ class Builder:
     def pause(self, s: float) -> None:
         self.t += s
 
+    def opening(self, turns: int) -> None:
+        """The prospect picks up, then ``turns`` normal exchanges."""
+        self.say(1, 1)
+        self.pause(0.5)
+        self.exchange(turns)
+
+    def closing(self) -> None:
+        """The prospect's last words, then the agent's: the agent speaks last."""
+        self.say(1, 1)
+        self.pause(0.5)
+        self.say(0, 2)
+
     def exchange(self, turns: int) -> None:
         """Normal turn taking: prospect 1-2 clips, agent 2-3 clips, gaps of 0.3-0.9 s."""
         for _ in range(turns):
@@ -206,9 +218,7 @@ class Builder:
 def clean_call(seed: int = 4) -> Call:
     """About 6 minutes: normal exchanges around every injected event; the agent speaks last."""
     b = Builder(seed)
-    b.say(1, 1)
-    b.pause(0.5)
-    b.exchange(10)
+    b.opening(10)
     b.interruption()
     b.exchange(3)
     b.monologue()
@@ -221,9 +231,7 @@ def clean_call(seed: int = 4) -> Call:
     b.exchange(3)
     b.interruption()
     b.exchange(3)
-    b.say(1, 1)
-    b.pause(0.5)
-    b.say(0, 2)
+    b.closing()
     return b.build()
 
 
@@ -231,23 +239,17 @@ def slow_call(seed: int = 6) -> Call:
     """About 4 minutes: normal exchanges (the agent's baseline), 45 s at 0.7x tempo, more
     exchanges; the agent speaks last."""
     b = Builder(seed)
-    b.say(1, 1)
-    b.pause(0.5)
-    b.exchange(14)
+    b.opening(14)
     b.slow_stretch()
     b.exchange(3)
-    b.say(1, 1)
-    b.pause(0.5)
-    b.say(0, 2)
+    b.closing()
     return b.build()
 
 
 def steady_call(seed: int = 5, turns: int = 55) -> Call:
     """About 10 minutes of normal turn taking, nothing injected; the agent speaks last."""
     b = Builder(seed)
-    b.say(1, 1)
-    b.pause(0.5)
-    b.exchange(turns)
+    b.opening(turns)
     return b.build()
 
 

@@ -196,9 +196,7 @@ def _stretch_cue(model, seed: int, cue: str, inject) -> tuple[list[float], float
     """A call with the agent's baseline learned (14 exchanges), ``inject(builder)``, 3 exchanges:
     the delays of the ``cue`` episodes from the stretch's onset, its length, every cue raised."""
     b = Builder(seed=seed)
-    b.say(1, 1)
-    b.pause(0.5)
-    b.exchange(14)
+    b.opening(14)
     inject(b)
     b.exchange(3)
     call = b.build()
@@ -236,20 +234,13 @@ def test_too_slow_cue_for_a_dragging_stretch(model):
     assert 0.0 <= found[0] <= stretch.end_s - stretch.onset_s
 
 
-def _cues_between(call: Call, model, start_s: float, end_s: float) -> list[dict]:
-    cues = analyze(call.audio, model)["cues"]
-    return [c for c in cues if start_s <= c["start_s"] <= end_s]
-
-
 def test_a_muted_headset_is_not_a_slow_answer(model):
     """The prospect asks, and the agent mutes the headset (digital zeros) for 8 s before answering:
     no "the prospect is waiting" cue. The same 8 s with the microphone live but silent raise it."""
     found = {}
     for muted in (True, False):
         b = Builder(seed=9)
-        b.say(1, 1)
-        b.pause(0.5)
-        b.exchange(4)
+        b.opening(4)
         asked = b.say(1, 1)
         b.pause(8.0)
         b.say(0, 2)
@@ -258,7 +249,8 @@ def test_a_muted_headset_is_not_a_slow_answer(model):
         call = b.build()
         if muted:
             call.audio[0, int((asked + 0.1) * 16000): int((asked + 7.9) * 16000)] = 0.0
-        found[muted] = [c["cue"] for c in _cues_between(call, model, asked, asked + 8.0)]
+        found[muted] = [c["cue"] for c in analyze(call.audio, model)["cues"]
+                        if asked <= c["start_s"] <= asked + 8.0]
     assert found[False] == ["slow_response"]
     assert found[True] == []
 
@@ -272,9 +264,7 @@ def test_hold_music_is_nobody_talking(model):
     found = {}
     for music in (True, False):
         b = Builder(seed=10)
-        b.say(1, 1)
-        b.pause(0.5)
-        b.exchange(4)
+        b.opening(4)
         hold = b.t + 0.5
         b.pause(2.5)
         while b.t - hold < 36.0:  # to a colleague, over the music
@@ -304,9 +294,7 @@ def test_prospect_hesitating_on_slow_answers(model):
     found = {}
     for gap_s in (2.5, 0.6):
         b = Builder(seed=11)
-        b.say(1, 1)
-        b.pause(0.5)
-        b.exchange(3)
+        b.opening(3)
         answers = []
         for _ in range(3):
             b.say(0, 2)
