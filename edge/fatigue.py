@@ -137,7 +137,7 @@ class Fatigue:
         self._track: dict[str, deque[float]] = {k: deque() for k in FEATURES}
         self._lat_base: list[float] = []
         self._lat_track: deque[float] = deque(maxlen=LATENCY_RESPONSES)
-        self._last_latency: float | None = None
+        self._answers_read = 0
         self.phonation_s = 0.0
         self._over_s = 0.0
         self.break_suggested = False
@@ -157,14 +157,18 @@ class Fatigue:
         """From the next :meth:`reset` on, learn the baseline afresh."""
         self._loaded = None
 
-    def __call__(self, window: ProsodyWindow | None, dt_s: float,
-                 latency_ms: float | None = None) -> FatigueState:
+    def __call__(self, window: ProsodyWindow | None, dt_s: float, latency_ms: float | None = None,
+                 answers: int | None = None) -> FatigueState:
         """Add one metrics window.
 
         Args:
             window: the agent's prosody over the last prosody window (None if unavailable).
             dt_s: length of the metrics window, seconds.
-            latency_ms: the agent's latest response latency, ms (a new value is a new response).
+            latency_ms: the agent's latest response latency in the call, ms.
+            answers: the agent's answers so far in the call (``responses_agent``), 0 out of a
+                call, None while it is unknown (a side with no signal). A new count is a new
+                answer: latencies come in steps of the VAD frame, so two equal ones in a row are
+                common and count twice.
 
         Returns:
             The updated :class:`FatigueState`.
@@ -173,16 +177,10 @@ class Fatigue:
         if window is not None:
             self.phonation_s += window.voiced_ratio * dt_s
         feats = window_features(window) if window is not None else None
-        if latency_ms is not None and latency_ms != self._last_latency:
-            self._last_latency = latency_ms
-            lat = float(latency_ms) / 1000.0
-            if "latency" in self.baseline.mean:
-                self._lat_track.append(lat)
-            else:  # the agent's first answers of the shift (on their own clock: answers are rarer)
-                self._lat_base.append(lat)
-                if len(self._lat_base) >= LATENCY_RESPONSES:
-                    self.baseline.mean["latency"] = float(np.mean(self._lat_base))
-                    self.baseline.sd["latency"] = float(np.std(self._lat_base, ddof=1))
+        if answers is not None:
+            if latency_ms is not None and answers != self._answers_read:
+                self._add_latency(float(latency_ms) / 1000.0)
+            self._answers_read = answers
         if feats is not None:
             if not self.ready:
                 for k, v in feats.items():
@@ -200,6 +198,15 @@ class Fatigue:
                         q.popleft()
         self.state = self._evaluate(dt_s)
         return self.state
+
+    def _add_latency(self, lat_s: float) -> None:
+        if "latency" in self.baseline.mean:
+            self._lat_track.append(lat_s)
+        else:  # the agent's first answers of the shift (on their own clock: answers are rarer)
+            self._lat_base.append(lat_s)
+            if len(self._lat_base) >= LATENCY_RESPONSES:
+                self.baseline.mean["latency"] = float(np.mean(self._lat_base))
+                self.baseline.sd["latency"] = float(np.std(self._lat_base, ddof=1))
 
     def _freeze(self) -> None:
         b = self.baseline

@@ -475,7 +475,8 @@ class Pipeline:
         out: list[Message] = []
         window_s = float(body["window_s"])
         if self.fatigue is not None:
-            state = self.fatigue(long, window_s, body.get("latency_agent_ms_last"))
+            answers = body.get("responses_agent") if body.get("in_call") else 0
+            state = self.fatigue(long, window_s, body.get("latency_agent_ms_last"), answers)
             body.update(state.fields())
             if state.break_suggested != self._break:
                 self._break = state.break_suggested

@@ -125,18 +125,19 @@ def syllable_nuclei(t_s: np.ndarray, level_dbfs: np.ndarray, voiced: np.ndarray)
     ref = percentile(level_dbfs[voiced], 95)
     is_peak = np.zeros(n, dtype=bool)
     is_peak[1:-1] = (lev[1:-1] >= lev[:-2]) & (lev[1:-1] > lev[2:])
-    cand = np.nonzero(is_peak & voiced & (lev > ref - FLOOR_BELOW_PEAK_DB))[0]
+    cand = np.nonzero(is_peak & voiced & (lev > ref - FLOOR_BELOW_PEAK_DB))[0].tolist()
+    levels = lev.tolist()  # the loop reads single values: plain floats cost a tenth of numpy's
     out: list[int] = []
     min_gap = round(MIN_GAP_S / HOP_S)
     for c in cand:
         if out:
             prev = out[-1]
-            dip = float(lev[prev:c + 1].min())
-            if lev[c] - dip < DIP_DB or lev[prev] - dip < DIP_DB or c - prev < min_gap:
-                if lev[c] > lev[prev] and (c - prev < min_gap or lev[prev] - dip < DIP_DB):
-                    out[-1] = int(c)  # the louder of two peaks not separated by a dip
+            dip = min(levels[prev:c + 1])
+            if levels[c] - dip < DIP_DB or levels[prev] - dip < DIP_DB or c - prev < min_gap:
+                if levels[c] > levels[prev] and (c - prev < min_gap or levels[prev] - dip < DIP_DB):
+                    out[-1] = c  # the louder of two peaks not separated by a dip
                 continue
-        out.append(int(c))
+        out.append(c)
     return t_s[np.asarray(out, dtype=int)] if out else np.zeros(0)
 
 

@@ -29,3 +29,25 @@ def test_steady_shift_suggests_no_break(shift_results):  # noqa: F811
     assert not any(m.get("break_suggested") for m in msgs)
     assert not any(e.get("name") == "cue_on" and e.get("cue") == "take_break" for e in msgs)
     assert np.nanmax(index) < 60
+
+
+def test_every_answer_counts_once_in_the_latency_drift():
+    """Latencies come in 32 ms steps, so equal ones in a row are common: each new answer counts,
+    a tick that reads the same answer again does not, nor one while a side has no signal."""
+    from edge.fatigue import LATENCY_RESPONSES, Fatigue, FatigueBaseline
+
+    fatigue = Fatigue(baseline=FatigueBaseline({"latency": 0.5}, {"latency": 0.1}, 100))
+
+    def expected_z(latencies_s: list[float]) -> float:
+        se = max(0.05, 0.1 * np.sqrt(1 / len(latencies_s) + 1 / LATENCY_RESPONSES))
+        return (float(np.mean(latencies_s)) - 0.5) / se
+
+    for answers in range(1, 6):  # one call: five answers of 1504 ms each, each read on two ticks
+        for _ in range(2):
+            state = fatigue(None, 1.0, 1504.0, answers)
+    assert state.z["latency"] == expected_z([1.504] * 5)
+    fatigue(None, 1.0, None, 0)  # between calls
+    state = fatigue(None, 1.0, 512.0, 1)  # the next call's first answer, the same count as before
+    state = fatigue(None, 1.0, 512.0, None)  # the line drops out: nothing known, nothing counted
+    state = fatigue(None, 1.0, 512.0, 1)  # back: the same answer
+    assert state.z["latency"] == expected_z([1.504] * 5 + [0.512])
