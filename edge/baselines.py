@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -26,6 +27,9 @@ FORMAT = 2
 """Format 2 measures the pace as the mean gap between syllable nuclei; a format 1 file's pace (gaps
 capped at 0.3 s plus a fixed 0.2 s) reads lower, so it is relearned and the rest kept. An older
 release ignores a format 2 file and learns everything afresh."""
+
+FUTURE_SLACK_S = 3600.0
+"""A file learned later than now plus this is refused: its age could never pass ``max_age_h``."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,8 @@ def load(state_dir: Path, max_age_h: float) -> Baselines:
         if data["format"] == 1 and data.get("agent"):
             data["agent"].pop("pace_syl_s", None)
         learned_ts = float(data.get("learned_ts", data["saved_ts"]))
+        if not math.isfinite(learned_ts) or learned_ts > time.time() + FUTURE_SLACK_S:
+            raise ValueError(f"learned_ts {learned_ts!r} is not a time in the past")
         age_h = (time.time() - learned_ts) / 3600
         if age_h > max_age_h:
             log.info("baselines in %s were learned %.0f h ago (over %.0f h): learning afresh",

@@ -76,13 +76,16 @@ class FatigueBaseline:
         """Inverse of :meth:`as_dict`.
 
         Raises:
-            ValueError: a mean without its spread (or the reverse), a value that is not finite, a
-                negative spread.
+            ValueError: a mean without its spread (or the reverse), a feature missing or unknown
+                (the latency may be missing), a value that is not finite, a negative spread.
         """
         mean = {str(k): float(v) for k, v in dict(d["mean"]).items()}
         sd = {str(k): float(v) for k, v in dict(d["sd"]).items()}
         if mean.keys() != sd.keys():
             raise ValueError(f"fatigue baseline: means {sorted(mean)} but spreads {sorted(sd)}")
+        missing, unknown = set(FEATURES) - mean.keys(), mean.keys() - set(FEATURES) - {"latency"}
+        if missing or unknown:
+            raise ValueError(f"fatigue baseline: missing {sorted(missing)}, unknown {sorted(unknown)}")
         values = [*mean.values(), *sd.values()]
         if not all(math.isfinite(v) for v in values) or min(sd.values(), default=0.0) < 0.0:
             raise ValueError("fatigue baseline: a value is not finite, or a spread is negative")

@@ -229,8 +229,9 @@ class Pipeline:
         self._received_s = 0.0
         self._resume_s = 0.0
 
-    def _reset_call_stages(self) -> None:
-        """Every per-call stage back to its initial state; shift baselines and budget are kept."""
+    def _reset_call_stages(self, keep_cooldowns: bool = False) -> None:
+        """Every per-call stage back to its initial state; shift baselines and budget are kept,
+        and the cue cooldowns if ``keep_cooldowns``."""
         self.quality.reset()
         self._far_energy.clear()
         self._far_energy.append(0.0)
@@ -247,7 +248,7 @@ class Pipeline:
             self.affect.reset()
         self._affect_last = {}
         self._open = {c: None for c in CHANNELS}
-        self.signals.reset_call()
+        self.signals.reset_call(keep_cooldowns)
         self._near_flat_s = 0.0
         self._near_voice_end_s = -math.inf
         self._dead = {c: [] for c in CHANNELS}
@@ -305,7 +306,7 @@ class Pipeline:
         if self.private:
             return []
         out = self.finish()
-        self._reset_call_stages()
+        self._reset_call_stages(keep_cooldowns=True)
         self._resume()
         return out
 
@@ -403,19 +404,20 @@ class Pipeline:
                 if self.trace is not None:
                     self.trace.prob[ch].append(round(prob, 4))
                 if change is not None:
-                    name = "speech_start" if change == "start" else "speech_end"
-                    body = {"name": name, "channel": ch, "t_audio_s": round(gate.transition_s, 3)}
-                    self.signals.event(body, start_s)
-                    out.append(Message("event", body))
                     transitions.append((ch, change, gate.transition_s))
                     self._segment(ch, change, gate.transition_s)
             near, far = near_gate.speaking, far_gate.speaking
             if near or far:
-                if self._idle_s >= self.shift_gap_s:
+                if self._idle_s >= self.shift_gap_s:  # before the cue stage hears who speaks
                     out += self._new_shift(start_s)
                 self._idle_s = 0.0
             else:
                 self._idle_s += duration_s
+            for ch, change, at_s in transitions:
+                name = "speech_start" if change == "start" else "speech_end"
+                body = {"name": name, "channel": ch, "t_audio_s": round(at_s, 3)}
+                self.signals.event(body, start_s)
+                out.append(Message("event", body))
             t = self._lap("gates", t)
             out += self._call_events(self.conversation(start_s, duration_s, near, far, transitions),
                                      start_s)

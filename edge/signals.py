@@ -132,21 +132,27 @@ class AgentBaseline:
         return {n: self.value(n) for n in BASELINE_MEASURES if getattr(self, n)}
 
     @classmethod
-    def from_dict(cls, values: dict[str, float], speech_s: float = 3600.0) -> AgentBaseline:
-        """A baseline loaded from a previous shift's :meth:`as_dict` (ready once every measure is in).
+    def from_dict(cls, values: dict[str, Any], speech_s: float = 3600.0) -> AgentBaseline:
+        """A baseline loaded from a previous shift's :meth:`as_dict`.
+
+        A complete one is ready at once. One that lacks a measure (a file from an older version)
+        is learned again over the usual baseline speech, its values counting as five windows: a
+        measure relearned from five windows would read a greeting as the agent's habit.
 
         Raises:
-            ValueError: a value is not a finite number, or a rate or range is not positive.
+            ValueError: a value is not a number, not finite, a rate or range not positive, or a
+                level above full scale.
         """
         out: dict[str, list[float]] = {}
         for n in BASELINE_MEASURES:
             if n not in values:
                 continue
-            v = float(values[n])
-            if not math.isfinite(v) or (n != "level_dbfs" and v <= 0.0):
-                raise ValueError(f"agent baseline {n} = {values[n]!r}")
+            raw = values[n]
+            v = float(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool) else math.nan
+            if not math.isfinite(v) or (n != "level_dbfs" and v <= 0.0) or (n == "level_dbfs" and v > 0.0):
+                raise ValueError(f"agent baseline {n} = {raw!r}")
             out[n] = [v] * 5
-        return cls(**out, speech_s=speech_s)
+        return cls(**out, speech_s=speech_s if len(out) == len(BASELINE_MEASURES) else 0.0)
 
 
 BASELINE_MEASURES = ("pace_syl_s", "pitch_range_st", "level_dbfs")
@@ -191,12 +197,17 @@ class Signals:
         self._raised: deque[float] = deque()
         self.suppressed_by_budget = 0
         self._hold_explicit = False
+        self._last_off: dict[str, float] = {}
         self.reset_call()
 
-    def reset_call(self) -> None:
-        """Forget everything about the current call, cooldowns included (private mode)."""
+    def reset_call(self, keep_cooldowns: bool = False) -> None:
+        """Forget everything about the current call; the cooldowns too unless ``keep_cooldowns``
+        (private mode restarts them; an audio device that comes back does not)."""
         self.active: dict[str, _Active] = {}
-        self._last_off: dict[str, float] = {}
+        if not keep_cooldowns:
+            self._last_off = {}
+        self._refused: set[str] = set()
+        """Cues refused by the budget whose condition has held since (counted once)."""
         self._speaking = {"near": False, "far": False}
         self._far_silent_s = 0.0
         self._far_tone_s = 0.0
@@ -314,13 +325,14 @@ class Signals:
         m = tick.metrics
         dt = float(m.get("window_s", 1.0))
         now = tick.t_s
-        self._learn(tick)
         far_quiet = m.get("far_kind") == "silence" and not m.get("near_talking", False) \
             and float(m.get("near_speech_ratio", 0.0)) == 0.0
         self._far_silent_s = self._far_silent_s + dt if far_quiet else 0.0
         self._far_tone_s = self._far_tone_s + dt if m.get("far_kind") in FAR_TONE_KINDS else 0.0
         out: list[dict[str, Any]] = []
         why = self._why = self.suppressed(tick)
+        if why in ("", "budget"):  # not on hold, muted or out of a call: the agent's own voice
+            self._learn(tick)
         if why:
             for cue in list(self.active):
                 out.append(self._off(cue, now))
@@ -331,6 +343,9 @@ class Signals:
             self._run_s = self._run_speech_s = 0.0
             return out
         conditions = self._conditions(tick, now)
+        for cue, timer in self._timers.items():
+            if cue not in conditions and cue not in self.active:  # no evidence: the start clock
+                timer.step(False, False, dt)                      # starts over
         for cue in self.active:
             if cue not in conditions:  # no evidence this window (no voice): the release clock runs
                 act = self.active[cue]
@@ -339,6 +354,8 @@ class Signals:
         for cue, (value, threshold, on, off, min_on, min_off, sev) in conditions.items():
             timer = self._timers[cue]
             timer.step(on, off, dt)
+            if not on:
+                self._refused.discard(cue)
             if cue in self.active:
                 self._cue_s[cue] += dt
                 act = self.active[cue]
@@ -421,17 +438,20 @@ class Signals:
             if rate is None:  # no speech: the release clock runs
                 out[cue] = (0.0, cfg.ratio_on, False, True, cfg.min_on_s, cfg.min_off_s, "medium")
             elif ready:
-                ratio = rate / self.baseline.value("pace_syl_s")
+                base = self.baseline.value("pace_syl_s")
+                ratio = rate / base
                 band = sign * rate >= sign * cfg.band_syl_s
                 on = sign * ratio >= sign * cfg.ratio_on or band
                 off = sign * ratio <= sign * cfg.ratio_off and not band
                 far = abs(ratio - 1.0) >= 1.5 * abs(cfg.ratio_on - 1.0)
-                out[cue] = (ratio, cfg.ratio_on, on, off, cfg.min_on_s, cfg.min_off_s,
+                # the threshold in effect: the campaign's band, as a ratio, when it is the nearer
+                threshold = sign * min(sign * cfg.ratio_on, sign * cfg.band_syl_s / base)
+                out[cue] = (ratio, threshold, on, off, cfg.min_on_s, cfg.min_off_s,
                             "high" if far else "medium")
         # monologue: the conversation stage's current agent turn
         mono = float(m.get("monologue_s_current", 0.0))
         if c.monologue.enabled:
-            out["monologue"] = (mono, c.monologue.on_s, mono >= c.monologue.on_s, mono == 0.0,
+            out["monologue"] = (mono, c.monologue.on_s, mono >= c.monologue.on_s, mono < c.monologue.on_s,
                                 0.0, 0.0, "high" if mono >= c.monologue.high_s else "medium")
         # no pause or breath: consecutive seconds of speech whose short window holds no pause
         if c.no_pause.enabled:
@@ -487,11 +507,11 @@ class Signals:
                 if lat is not None and answers != self._prospect_responses:
                     self._prospect_latencies.append(float(lat) / 1000.0)
                 self._prospect_responses = int(answers)
-            slow = sum(x >= ph.latency_on_s for x in self._prospect_latencies)
-            med = float(statistics.median(self._prospect_latencies)) if self._prospect_latencies \
-                else 0.0
-            out["prospect_hesitating"] = (round(med, 2), ph.latency_on_s, slow >= ph.count,
-                                          slow < ph.count, 0.0, 0.0, "low")
+            # the evidence: the count-th longest recent latency (at the threshold when just enough)
+            recent = sorted(self._prospect_latencies, reverse=True)
+            kth = recent[ph.count - 1] if len(recent) >= ph.count else 0.0
+            on = kth >= ph.latency_on_s
+            out["prospect_hesitating"] = (round(kth, 2), ph.latency_on_s, on, not on, 0.0, 0.0, "low")
         # the prospect tense (affect model, far channel only)
         pt = c.prospect_tense
         tension = m.get("prospect_tension")
@@ -542,7 +562,9 @@ class Signals:
         while self._raised and now - self._raised[0] >= 3600.0:
             self._raised.popleft()
         if len(self._raised) >= self.campaign.alerts.budget_per_hour:
-            self.suppressed_by_budget += 1
+            if cue not in self._refused:
+                self._refused.add(cue)
+                self.suppressed_by_budget += 1
             return None
         self._raised.append(now)
         self.active[cue] = _Active(cue, now, severity, value, threshold)

@@ -11,6 +11,7 @@ import numpy as np
 
 from edge import baselines
 from edge.box import Box
+from edge.fatigue import FEATURES
 from edge.pipeline import Pipeline, load_vad_model
 from edge.settings import EdgeSettings
 from edge.signals import AgentBaseline
@@ -68,6 +69,8 @@ def test_old_or_corrupt_baselines_are_ignored(tmp_path: Path) -> None:
     # a file from before the pace existed: the rest is kept, the pace is learned before cues fire
     older = AgentBaseline.from_dict({k: v for k, v in agent.items() if k != "pace_syl_s"})
     assert not older.ready(0.0) and older.value("pitch_range_st") == 6.0
+    older.pace_syl_s += [8.0] * 5  # a rushed greeting's five windows are no baseline
+    assert not older.ready(60.0)
     # a format 1 file measured the pace another way: it is relearned, the rest is kept
     path.write_text(json.dumps({**json.loads(path.read_text()), "format": 1}))
     v1 = baselines.load(tmp_path, 72.0).agent
@@ -81,12 +84,23 @@ def test_old_or_corrupt_baselines_are_ignored(tmp_path: Path) -> None:
     # re-saved every minute by a running box: still as old as when it was learned
     assert baselines.save(tmp_path, agent, None, learned_ts=old["learned_ts"])
     assert baselines.load(tmp_path, 72.0) == baselines.Baselines()
-    fatigue = {"mean": {"pitch": 1.0, "level": -30.0}, "sd": {"pitch": 0.5}, "n": 300}
+    fatigue = {"mean": {k: 1.0 for k in FEATURES}, "sd": {k: 0.5 for k in FEATURES}, "n": 300}
+    assert baselines.save(tmp_path, None, fatigue)
+    loaded_fatigue = baselines.load(tmp_path, 72.0).fatigue
+    assert loaded_fatigue is not None and loaded_fatigue.as_dict() == fatigue
+    one_feature = {"mean": {"pitch": 1.0}, "sd": {"pitch": 0.5}, "n": 300}  # the rest never learned
+    misspelt = {"mean": {**fatigue["mean"], "pitchh": 1.0}, "sd": {**fatigue["sd"], "pitchh": 0.5}, "n": 300}
     readable_but_wrong = [({**agent, "pace_syl_s": 0.0}, None), ({**agent, "level_dbfs": "nan"}, None),
-                          (None, fatigue), (None, {**fatigue, "sd": {"pitch": 0.5, "level": -1.0}})]
+                          ({**agent, "level_dbfs": 30.0}, None), ({**agent, "pace_syl_s": True}, None),
+                          (None, one_feature), (None, misspelt),
+                          (None, {**fatigue, "sd": {**fatigue["sd"], "level": -1.0}}),
+                          (None, {"mean": {"pitch": 1.0, "level": -30.0}, "sd": {"pitch": 0.5}, "n": 3})]
     for a, f in readable_but_wrong:  # would divide by zero or miss a key in the cue or fatigue stage
         assert baselines.save(tmp_path, a, f)
         assert baselines.load(tmp_path, 72.0) == baselines.Baselines(), (a, f)
+    for learned_ts in (float("nan"), time.time() + 10 * 365 * 86400):  # would never grow old
+        assert baselines.save(tmp_path, agent, None, learned_ts=learned_ts)
+        assert baselines.load(tmp_path, 72.0) == baselines.Baselines(), learned_ts
     for junk in ("{not json", json.dumps({"format": 99}), json.dumps({"format": 1}), "[]"):
         path.write_text(junk)
         assert baselines.load(tmp_path, 72.0) == baselines.Baselines()

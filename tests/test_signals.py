@@ -322,3 +322,52 @@ def test_monotone_cue_for_speech_on_one_note(model):
     assert cfg.min_on_s <= delay_s <= min(length_s, 10.0 + cfg.min_on_s + 3.0)
     assert names == ["monotone"]
     assert _stretch_cue(model, 12, "monotone", lambda b: b.monotone_stretch(flat=False))[0] == []
+
+
+def test_a_capture_glitch_keeps_the_cue_cooldowns(model):
+    """The headset drops out for a moment (``interrupt``): the call ends, the cooldowns do not, so
+    a cue that just ended does not come straight back (private mode alone restarts them)."""
+    from edge.signals import Tick
+
+    def tick(t: float, mono: float) -> Tick:
+        return Tick(t_s=t, metrics={"window_s": 1.0, "in_call": True, "far_kind": "speech",
+                                    "near_signal": "ok", "far_signal": "ok", "near_speech_ratio": 1.0,
+                                    "near_talking": True, "monologue_s_current": mono})
+
+    raised = {}
+    for glitch in (False, True):
+        pipe = Pipeline(model)
+        events = []
+        for k in range(35):  # a monologue cue from 30 s, ended at 35 s (cooldown 30 s)
+            events += pipe.signals(tick(float(k), float(k)))
+        events += pipe.signals(tick(35.0, 0.0))
+        if glitch:
+            pipe.interrupt()
+        for k in range(36, 60):  # a second long turn, 31 s long at 45 s: inside the cooldown
+            events += pipe.signals(tick(float(k), float(k - 14)))
+        raised[glitch] = [e["t_audio_s"] for e in events if e["name"] == "cue_on"]
+    assert raised[True] == raised[False] == [30.0]
+
+
+def test_the_first_speech_of_a_new_shift_is_heard_by_the_cues(model):
+    """The agent's first words after the idle gap start a new shift; the cue stage, started over
+    by it, still knows the agent is speaking: a prospect's short "allô ?" over those words is no
+    answer the agent leaves waiting."""
+    from edge.vad import GateConfig
+    from tests._fixtures_signals import clips
+
+    agent = np.concatenate(clips("08", "N")[:3])
+    prospect = min(clips("03"), key=len)
+    n = 12 * 16000
+    audio = np.random.default_rng(0).normal(0, 3e-4, (2, n)).astype(np.float32)  # live, not muted
+    audio[0, 8000:8000 + len(agent)] += agent[: n - 8000]
+    audio[1, 16000:16000 + len(prospect)] += 0.8 * prospect
+    pipe = Pipeline(model, gate=GateConfig(min_silence_ms=600.0))
+    pipe._idle_s = pipe.shift_gap_s  # as after the night with nobody speaking (not 3 h of audio)
+    out = []
+    for i in range(0, n, 4000):
+        out += pipe(audio[:, i:i + 4000])
+    assert pipe.shifts == 1
+    events = [m.body for m in out if m.kind == "event"]
+    assert [e["channel"] for e in events if e["name"] == "speech_start"][:2] == ["near", "far"]
+    assert not [e for e in events if e["name"] == "cue_on" and e["cue"] == "slow_response"]

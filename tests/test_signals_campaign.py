@@ -216,3 +216,103 @@ def test_one_tone_like_burst_does_not_end_the_cues():
     for k in range(37, 41):
         ends += sig(_tick(float(k), monologue_s_current=float(k), far_kind="busy"))
     assert [(e["name"], e["t_audio_s"]) for e in ends] == [("cue_off", 39.0)]
+
+
+def _ready(sig: Signals, pace: float = 5.0, rng: float = 6.0, level: float = -30.0) -> None:
+    """Give the stage a learned baseline."""
+    sig.baseline.pitch_range_st = [rng] * 5
+    sig.baseline.pace_syl_s = [pace] * 5
+    sig.baseline.level_dbfs = [level] * 5
+    sig.baseline.speech_s = 1000.0
+
+
+def _window(voiced: float = 0.6, pitch_range_st: float | None = 6.0, level_dbfs: float = -30.0):
+    from edge.prosody import ProsodyWindow
+
+    return ProsodyWindow(start_s=0.0, end_s=10.0, voiced_ratio=voiced, level_dbfs=level_dbfs,
+                         f0_median_hz=120.0, pitch_range_st=pitch_range_st, pitch_movement_st_per_s=1.0,
+                         hnr_db=10.0, jitter_local=0.01, shimmer_local=0.05, syllables=40,
+                         articulation_rate_syl_s=5.0, pace_syl_s=5.0, speaking_rate_syl_s=4.0,
+                         pauses=2, pauses_per_min=12.0, breaths=0, pause_s_mean=0.3)
+
+
+def test_a_new_turn_ends_the_monologue_cue():
+    """A pause just over the turn gap falls between two windows: the next window reads the new
+    turn (0.8 s), never 0, and the cue still ends there."""
+    sig = _monologue_on()
+    ends = sig(_tick(35.0, monologue_s_current=0.8))
+    assert [(e["name"], e["cue"]) for e in ends] == [("cue_off", "monologue")]
+
+
+def test_a_start_condition_must_hold_without_a_break():
+    """8 s of monotone speech, 5 minutes of listening, then monotone again: the cue waits for a
+    whole min_on_s (10 s) of new evidence."""
+    sig = Signals()
+    _ready(sig)
+    raised = []
+    for k in range(8):
+        tick = _tick(float(k))
+        tick.long = _window(pitch_range_st=2.0)
+        raised += sig(tick)
+    for k in range(8, 308):
+        tick = _tick(float(k), near_speech_ratio=0.0, near_talking=False)
+        tick.long = _window(voiced=0.0, pitch_range_st=None)
+        raised += sig(tick)
+    for k in range(308, 330):
+        tick = _tick(float(k))
+        tick.long = _window(pitch_range_st=2.0)
+        raised += sig(tick)
+    assert [(e["name"], e["cue"], e["t_audio_s"]) for e in raised] == [("cue_on", "monotone", 317.0)]
+
+
+def test_the_baseline_learns_only_the_agent_in_a_live_call():
+    """Speech on hold or out of a call (a colleague, a louder voice) is not the agent's habit."""
+    from edge.rate import RateWindow
+
+    for kwargs in ({"in_call": True}, {"in_call": False}):
+        sig = Signals()
+        sig.hold(kwargs["in_call"])
+        for k in range(200):
+            tick = _tick(float(k), **kwargs)
+            tick.long = _window(level_dbfs=-18.0)
+            tick.short = tick.slow = RateWindow(0.8, 15, 7.0, 7.0, 1)
+            sig(tick)
+        assert sig.baseline.speech_s == 0.0 and not sig.baseline.level_dbfs and not sig.baseline.pace_syl_s
+    sig = Signals()
+    for k in range(200):
+        tick = _tick(float(k))
+        tick.long = _window(level_dbfs=-18.0)
+        tick.short = tick.slow = RateWindow(0.8, 15, 7.0, 7.0, 1)
+        sig(tick)
+    assert sig.baseline.ready(60.0) and sig.baseline.value("level_dbfs") == -18.0
+
+
+def test_the_budget_counts_refused_cues_not_seconds():
+    cfg = campaign.from_mapping({"alerts": {"budget_per_hour": 1}, "monologue": {"cooldown_s": 0}})
+    sig = Signals(cfg)
+    for episode in range(2):  # the second 45 s monologue is over the budget for 15 s
+        for k in range(46):
+            sig(_tick(100.0 * episode + k, monologue_s_current=float(k)))
+        sig(_tick(100.0 * episode + 46, monologue_s_current=0.0))
+    assert sig.suppressed_by_budget == 1
+
+
+def test_the_evidence_meets_the_threshold_that_raised_the_cue():
+    """A pace over the campaign's band (8.5 syl/s) raises 'slow down' below the 1.3 ratio: the
+    threshold sent is the band as a ratio to the agent's pace; 'hesitating' sends its count-th
+    slowest answer."""
+    from edge.rate import RateWindow
+
+    sig = Signals()
+    _ready(sig, pace=7.0)
+    raised = []
+    for k in range(5):
+        tick = _tick(float(k))
+        tick.short = tick.slow = RateWindow(0.8, 20, 8.6, 8.6, 1)
+        raised += sig(tick)
+    sig.event({"name": "call_start", "channel": "far", "t_audio_s": 5.0}, 5.0)
+    for n, lat in enumerate((300.0, 1600.0, 1900.0, 400.0), 1):
+        raised += sig(_tick(5.0 + n, latency_prospect_ms_last=lat, responses_prospect=n))
+    on = {e["cue"]: (e["evidence_value"], e["evidence_threshold"]) for e in raised if e["name"] == "cue_on"}
+    assert on["too_fast"] == (round(8.6 / 7.0, 3), round(8.5 / 7.0, 3))
+    assert on["prospect_hesitating"] == (1.6, 1.5)
