@@ -226,13 +226,14 @@ class CallSummary:
     hung up (a busy tone), a voicemail's beep (its far speech was a greeting), or the recording
     ended."""
     duration_s: float
-    agent_speech_ratio: float
-    """Share of the call in which the agent spoke, 0..1."""
-    prospect_speech_ratio: float
+    agent_speech_ratio: float | None
+    """Share of the call in which the agent spoke, 0..1 (this and the next three: None for a call
+    of no length, a call signal with nobody speaking)."""
+    prospect_speech_ratio: float | None
     """Share of the call in which the prospect spoke, 0..1."""
-    silence_ratio: float
+    silence_ratio: float | None
     """Share of the call in which nobody spoke, 0..1."""
-    overlap_ratio: float
+    overlap_ratio: float | None
     """Share of the call in which both spoke, 0..1."""
     agent_share: float | None
     """Agent speech / (agent + prospect speech), 0..1; None without speech."""
@@ -635,8 +636,8 @@ class Conversation:
         duration = max(0.0, t_end - call.start_s)
         speech = call.agent_s + call.prospect_s
 
-        def ratio(x: float) -> float:
-            return round(min(1.0, max(0.0, x / duration)), 4) if duration > 0 else 0.0
+        def ratio(x: float) -> float | None:
+            return round(min(1.0, max(0.0, x / duration)), 4) if duration > 0 else None
 
         lat = call.latencies_s
         summary = CallSummary(

@@ -497,10 +497,11 @@ class Pipeline:
         for i, (ch, state) in enumerate(zip(CHANNELS, self.quality.states, strict=True)):
             if state != "none":  # the worst the window saw (a NaN burst, clipping) is reported
                 state = SIGNAL_STATES[max(self._worst[i], _SEVERITY[state])]
-            if ch == "far" and state == "ok" and self.far_kind.label == "dead":
+            far_dead = ch == "far" and self.far_kind.label == "dead"
+            if far_dead and state == "ok":
                 state = "none"  # the far-end stage knows a flat line after 3 frames, not 2 s
             body[f"{ch}_signal"] = state
-            if state == "none":
+            if state == "none" or far_dead:  # a NaN or stuck line keeps its flag, and is no signal
                 dead.add(ch)
         self._worst = [0] * len(CHANNELS)
         body["far_kind"] = self.far_kind.label

@@ -229,6 +229,10 @@ def test_explicit_call_signal_and_hold() -> None:
     assert events[1]["t_audio_s"] == 25.0 and events[1]["call_duration_s"] == pytest.approx(24.0)
     with pytest.raises(ValueError, match="call state"):
         Conversation().call_state("ringing")
+    # a call signalled with nobody speaking ends at its start: no share of a call of no length
+    _, events, _ = drive([], [], 30.0, signals=((5.0, "active"),))
+    assert names(events) == ["call_start", "call_end"] and events[1]["call_duration_s"] == 0.0
+    assert not [k for k in events[1] if k.endswith("_ratio")]
 
 
 def test_end_of_stream_closes_the_call() -> None:

@@ -78,6 +78,17 @@ def test_dead_agent_channel_is_no_signal_not_a_silent_agent(model, speech):
                                                 "call_latency_", "call_monologue_", "call_turns_agent"))]
 
 
+@pytest.mark.parametrize("stuck, flag", [(np.nan, "nan"), (0.3, "dc")])
+def test_a_line_stuck_on_nan_or_dc_keeps_its_flag_and_is_no_prospect(model, speech, stuck, flag):
+    """A driver that sends only NaN, or a line stuck at a constant: flagged as such, and, like a
+    dead line, nothing that would read it as a silent prospect."""
+    metrics = run(model, speech[: 3 * 16000], np.full(3 * 16000, stuck, dtype=np.float32))
+    assert metrics[0]["far_signal"] == flag and {m["far_signal"] for m in metrics} <= {flag, "none"}
+    reads_far = [k for m in metrics for k in m
+                 if k.startswith(("far_", "prospect_", *BOTH_SIDES)) and k not in ("far_signal", "far_kind")]
+    assert not reads_far
+
+
 def test_nan_from_a_broken_driver(model, speech):
     far = speech.copy()
     far[int(16000 * 5.3): int(16000 * 5.5)] = np.nan  # 200 ms inside the sixth window
