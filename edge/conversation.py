@@ -54,7 +54,9 @@ class MetricsWindow:
     """Accumulates per-frame speech states into windows aligned on multiples of ``window_s``.
 
     A frame that straddles a window boundary is split between the two windows, so every window
-    covers exactly ``window_s`` of audio.
+    covers exactly ``window_s`` of audio, except the first after :meth:`reset` when the audio
+    resumes inside a window (after private mode, say): that one starts at its first frame and is
+    shorter, so that its shares are of the audio it heard.
     """
 
     def __init__(self, window_s: float = 1.0) -> None:
@@ -64,6 +66,7 @@ class MetricsWindow:
     def reset(self) -> None:
         """Drop the window being accumulated."""
         self._t_start: float | None = None
+        self._fed_from_s = 0.0
         self._near_s = 0.0
         self._far_s = 0.0
 
@@ -82,17 +85,21 @@ class MetricsWindow:
         """
         if self._t_start is None:
             self._t_start = start_s // self.window_s * self.window_s
+            self._fed_from_s = start_s
         end_s = self._t_start + self.window_s
         inside_s = min(start_s + duration_s, end_s) - start_s
         self._near_s += inside_s * near
         self._far_s += inside_s * far
         if start_s + duration_s < end_s - 1e-9:
             return None
+        first_s, span_s = self._t_start, self.window_s
+        if self._fed_from_s > self._t_start:  # the first window after a resume inside it
+            first_s, span_s = self._fed_from_s, round(end_s - self._fed_from_s, 3)
         done = WindowMetrics(
-            t_start=round(self._t_start, 3),
-            window_s=self.window_s,
-            near_speech_ratio=round(min(1.0, max(0.0, self._near_s / self.window_s)), 3),
-            far_speech_ratio=round(min(1.0, max(0.0, self._far_s / self.window_s)), 3),
+            t_start=round(first_s, 3),
+            window_s=span_s,
+            near_speech_ratio=round(min(1.0, max(0.0, self._near_s / span_s)), 3),
+            far_speech_ratio=round(min(1.0, max(0.0, self._far_s / span_s)), 3),
             near_talking=near,
             far_talking=far,
             talk_state=talk_state(near, far),

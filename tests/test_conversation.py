@@ -294,6 +294,14 @@ def test_metrics_window_api_unchanged() -> None:
     assert talk_state(True, True) == "overlap" and talk_state(False, False) == "silence"
 
 
+def test_a_window_resumed_inside_a_second_covers_only_what_it_heard() -> None:
+    """Audio back at 12.512 s (private mode off): the agent spoke all of it, not half of it."""
+    w = MetricsWindow(1.0)
+    done = [o for k in range(60) if (o := w(12.512 + k * FRAME_S, FRAME_S, True, False)) is not None]
+    assert (done[0].t_start, done[0].window_s, done[0].near_speech_ratio) == (12.512, 0.488, 1.0)
+    assert (done[1].t_start, done[1].window_s, done[1].near_speech_ratio) == (13.0, 1.0, 1.0)
+
+
 def test_wire_refuses_bad_conversation_fields() -> None:
     with pytest.raises(wire.WireError, match="outside"):
         wire.validate("metrics", {**header(), "near_speech_ratio": 0.0, "far_speech_ratio": 0.0,
