@@ -559,13 +559,6 @@ class Prosody:
         return functionals(tr, cycles, amps)
 
 
-def _median(x: np.ndarray) -> float:
-    """``np.median(x)`` of a non-empty 1-D array without NaN (same arithmetic), less overhead."""
-    s = np.sort(x)
-    mid = len(s) // 2
-    return float(s[mid]) if len(s) % 2 else float((s[mid - 1] + s[mid]) / 2.0)
-
-
 def functionals(tr: HopTrack, cycles: list[tuple[float, np.ndarray, np.ndarray, np.ndarray]],
                 amps: list[np.ndarray]) -> ProsodyWindow:
     """Summarise a per-hop track and its glottal cycles into a :class:`ProsodyWindow`."""
@@ -579,7 +572,7 @@ def functionals(tr: HopTrack, cycles: list[tuple[float, np.ndarray, np.ndarray, 
     f0v = tr.f0_hz[v]
     st = 12.0 * np.log2(f0v / 100.0) if nv else np.zeros(0)
     level = float(tr.level_dbfs[v].mean()) if nv else None
-    f0_med = _median(f0v) if enough else None
+    f0_med = rate_mod.percentile(f0v, 50) if enough else None
     rng = rate_mod.percentile(st, 90) - rate_mod.percentile(st, 10) if enough else None
     movement = None
     if enough:

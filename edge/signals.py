@@ -149,7 +149,8 @@ class AgentBaseline:
                 continue
             raw = values[n]
             v = float(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool) else math.nan
-            if not math.isfinite(v) or (n != "level_dbfs" and v <= 0.0) or (n == "level_dbfs" and v > 0.0):
+            out_of_range = v > 0.0 if n == "level_dbfs" else v <= 0.0
+            if not math.isfinite(v) or out_of_range:
                 raise ValueError(f"agent baseline {n} = {raw!r}")
             out[n] = [v] * 5
         return cls(**out, speech_s=speech_s if len(out) == len(BASELINE_MEASURES) else 0.0)

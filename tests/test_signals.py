@@ -324,31 +324,6 @@ def test_monotone_cue_for_speech_on_one_note(model):
     assert _stretch_cue(model, 12, "monotone", lambda b: b.monotone_stretch(flat=False))[0] == []
 
 
-def test_a_capture_glitch_keeps_the_cue_cooldowns(model):
-    """The headset drops out for a moment (``interrupt``): the call ends, the cooldowns do not, so
-    a cue that just ended does not come straight back (private mode alone restarts them)."""
-    from edge.signals import Tick
-
-    def tick(t: float, mono: float) -> Tick:
-        return Tick(t_s=t, metrics={"window_s": 1.0, "in_call": True, "far_kind": "speech",
-                                    "near_signal": "ok", "far_signal": "ok", "near_speech_ratio": 1.0,
-                                    "near_talking": True, "monologue_s_current": mono})
-
-    raised = {}
-    for glitch in (False, True):
-        pipe = Pipeline(model)
-        events = []
-        for k in range(35):  # a monologue cue from 30 s, ended at 35 s (cooldown 30 s)
-            events += pipe.signals(tick(float(k), float(k)))
-        events += pipe.signals(tick(35.0, 0.0))
-        if glitch:
-            pipe.interrupt()
-        for k in range(36, 60):  # a second long turn, 31 s long at 45 s: inside the cooldown
-            events += pipe.signals(tick(float(k), float(k - 14)))
-        raised[glitch] = [e["t_audio_s"] for e in events if e["name"] == "cue_on"]
-    assert raised[True] == raised[False] == [30.0]
-
-
 def test_the_first_speech_of_a_new_shift_is_heard_by_the_cues(model):
     """The agent's first words after the idle gap start a new shift; the cue stage, started over
     by it, still knows the agent is speaking: a prospect's short "allô ?" over those words is no

@@ -78,6 +78,24 @@ def test_hold_mute_and_idle_suppress_cues(why, metrics, kwargs):
     assert out == []
 
 
+def _ready(sig: Signals, pace: float = 5.0, rng: float = 6.0, level: float = -30.0) -> None:
+    """Give the stage a learned baseline."""
+    sig.baseline.pitch_range_st = [rng] * 5
+    sig.baseline.pace_syl_s = [pace] * 5
+    sig.baseline.level_dbfs = [level] * 5
+    sig.baseline.speech_s = 1000.0
+
+
+def _window(voiced: float = 0.6, pitch_range_st: float | None = 6.0, level_dbfs: float = -30.0):
+    from edge.prosody import ProsodyWindow
+
+    return ProsodyWindow(start_s=0.0, end_s=10.0, voiced_ratio=voiced, level_dbfs=level_dbfs,
+                         f0_median_hz=120.0, pitch_range_st=pitch_range_st, pitch_movement_st_per_s=1.0,
+                         hnr_db=10.0, jitter_local=0.01, shimmer_local=0.05, syllables=40,
+                         articulation_rate_syl_s=5.0, pace_syl_s=5.0, speaking_rate_syl_s=4.0,
+                         pauses=2, pauses_per_min=12.0, breaths=0, pause_s_mean=0.3)
+
+
 def _monologue_on() -> Signals:
     """A cue stage with a monologue cue raised (35 s of agent turn)."""
     sig = Signals()
@@ -181,26 +199,14 @@ def test_a_long_monologue_escalates_once_and_ends_once():
 
 def test_a_cue_without_evidence_still_waits_min_off_s():
     """The agent falls silent during a monotone cue: it ends after min_off_s, not at once."""
-    from edge.prosody import ProsodyWindow
-
     cfg = campaign.from_mapping({"monotone": {"min_on_s": 2, "min_off_s": 5}})
     sig = Signals(cfg)
-    sig.baseline.pitch_range_st = [6.0] * 5
-    sig.baseline.pace_syl_s = [5.0] * 5
-    sig.baseline.level_dbfs = [-30.0] * 5
-    sig.baseline.speech_s = 1000.0
-
-    def win(voiced: float) -> ProsodyWindow:
-        return ProsodyWindow(start_s=0.0, end_s=10.0, voiced_ratio=voiced, level_dbfs=-30.0,
-                             f0_median_hz=120.0, pitch_range_st=2.0, pitch_movement_st_per_s=1.0,
-                             hnr_db=10.0, jitter_local=0.01, shimmer_local=0.05, syllables=40,
-                             articulation_rate_syl_s=5.0, pace_syl_s=5.0, speaking_rate_syl_s=4.0,
-                             pauses=2, pauses_per_min=12.0, breaths=0, pause_s_mean=0.3)
+    _ready(sig)
 
     ev = []
     for k in range(5):
         tick = _tick(float(k))
-        tick.long = win(0.6)
+        tick.long = _window(pitch_range_st=2.0)
         ev += [(e["name"], e["t_audio_s"]) for e in sig(tick)]
     for k in range(5, 15):  # silence: no voiced window, no evidence either way
         ev += [(e["name"], e["t_audio_s"]) for e in sig(_tick(float(k), near_speech_ratio=0.0))]
@@ -216,24 +222,6 @@ def test_one_tone_like_burst_does_not_end_the_cues():
     for k in range(37, 41):
         ends += sig(_tick(float(k), monologue_s_current=float(k), far_kind="busy"))
     assert [(e["name"], e["t_audio_s"]) for e in ends] == [("cue_off", 39.0)]
-
-
-def _ready(sig: Signals, pace: float = 5.0, rng: float = 6.0, level: float = -30.0) -> None:
-    """Give the stage a learned baseline."""
-    sig.baseline.pitch_range_st = [rng] * 5
-    sig.baseline.pace_syl_s = [pace] * 5
-    sig.baseline.level_dbfs = [level] * 5
-    sig.baseline.speech_s = 1000.0
-
-
-def _window(voiced: float = 0.6, pitch_range_st: float | None = 6.0, level_dbfs: float = -30.0):
-    from edge.prosody import ProsodyWindow
-
-    return ProsodyWindow(start_s=0.0, end_s=10.0, voiced_ratio=voiced, level_dbfs=level_dbfs,
-                         f0_median_hz=120.0, pitch_range_st=pitch_range_st, pitch_movement_st_per_s=1.0,
-                         hnr_db=10.0, jitter_local=0.01, shimmer_local=0.05, syllables=40,
-                         articulation_rate_syl_s=5.0, pace_syl_s=5.0, speaking_rate_syl_s=4.0,
-                         pauses=2, pauses_per_min=12.0, breaths=0, pause_s_mean=0.3)
 
 
 def test_a_new_turn_ends_the_monologue_cue():
@@ -269,21 +257,19 @@ def test_the_baseline_learns_only_the_agent_in_a_live_call():
     """Speech on hold or out of a call (a colleague, a louder voice) is not the agent's habit."""
     from edge.rate import RateWindow
 
-    for kwargs in ({"in_call": True}, {"in_call": False}):
+    def fed(hold: bool, **metrics) -> Signals:
         sig = Signals()
-        sig.hold(kwargs["in_call"])
+        sig.hold(hold)
         for k in range(200):
-            tick = _tick(float(k), **kwargs)
+            tick = _tick(float(k), **metrics)
             tick.long = _window(level_dbfs=-18.0)
             tick.short = tick.slow = RateWindow(0.8, 15, 7.0, 7.0, 1)
             sig(tick)
+        return sig
+
+    for sig in (fed(True), fed(False, in_call=False)):
         assert sig.baseline.speech_s == 0.0 and not sig.baseline.level_dbfs and not sig.baseline.pace_syl_s
-    sig = Signals()
-    for k in range(200):
-        tick = _tick(float(k))
-        tick.long = _window(level_dbfs=-18.0)
-        tick.short = tick.slow = RateWindow(0.8, 15, 7.0, 7.0, 1)
-        sig(tick)
+    sig = fed(False)
     assert sig.baseline.ready(60.0) and sig.baseline.value("level_dbfs") == -18.0
 
 
@@ -316,3 +302,23 @@ def test_the_evidence_meets_the_threshold_that_raised_the_cue():
     on = {e["cue"]: (e["evidence_value"], e["evidence_threshold"]) for e in raised if e["name"] == "cue_on"}
     assert on["too_fast"] == (round(8.6 / 7.0, 3), round(8.5 / 7.0, 3))
     assert on["prospect_hesitating"] == (1.6, 1.5)
+
+
+def test_a_capture_glitch_keeps_the_cue_cooldowns():
+    """The headset drops out for a moment (``interrupt``): the call ends, the cooldowns do not, so
+    a cue that just ended does not come straight back (private mode alone restarts them)."""
+    from edge.pipeline import Pipeline, load_vad_model
+
+    raised = {}
+    for glitch in (False, True):
+        pipe = Pipeline(load_vad_model())
+        events = []
+        for k in range(35):  # a monologue cue from 30 s, ended at 35 s (cooldown 30 s)
+            events += pipe.signals(_tick(float(k), monologue_s_current=float(k)))
+        events += pipe.signals(_tick(35.0, monologue_s_current=0.0))
+        if glitch:
+            pipe.interrupt()
+        for k in range(36, 60):  # a second long turn, 31 s long at 45 s: inside the cooldown
+            events += pipe.signals(_tick(float(k), monologue_s_current=float(k - 14)))
+        raised[glitch] = [e["t_audio_s"] for e in events if e["name"] == "cue_on"]
+    assert raised[True] == raised[False] == [30.0]
