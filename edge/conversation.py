@@ -335,7 +335,9 @@ class Conversation:
       (within the call, at most ``max_latency_s`` before): start minus Y's last speech end. A turn
       started while the other speaks is an overlap, never a negative latency.
     * call: starts at far-end speech (or :meth:`call_state`), ends ``call_end_silence_s`` after the
-      last speech on either channel (the call's end is that last speech end) or on the signal.
+      last speech on either channel (the call's end is that last speech end), on the signal, or
+      where a busy tone (:meth:`hang_up`) or a voicemail's beep (:meth:`voicemail`) began; a turn
+      under way when the call ends is one of its turns.
     """
 
     def __init__(self, config: ConversationConfig = ConversationConfig()) -> None:
@@ -348,6 +350,7 @@ class Conversation:
         self._t_s: float | None = None
         self._t0_s = 0.0
         self._pending: list[tuple[float, int, int, str]] = []
+        self._defer_s: float | None = None
         self._keep_s = max(self.config.windows_s, default=0.0)
         self._seq = 0
         self._reported = {AGENT: False, PROSPECT: False}
@@ -355,6 +358,7 @@ class Conversation:
         self._seg_start: dict[str, float | None] = {AGENT: None, PROSPECT: None}
         self._last_end: dict[str, float | None] = {AGENT: None, PROSPECT: None}
         self._turn_start: dict[str, float | None] = {AGENT: None, PROSPECT: None}
+        self._turn_counted = {AGENT: False, PROSPECT: False}  # by a call that ended during it
         self._segments: deque[Segment] = deque()
         self._turns: deque[Turn] = deque()
         self._overlaps: deque[Overlap] = deque()
@@ -393,8 +397,20 @@ class Conversation:
                 self._push(start_s, _START if now else _END, ch)
                 self._reported[ch] = now
         self._clock_s = start_s + duration_s
-        self._process(self._clock_s - self.config.reorder_s)
+        horizon_s = self._clock_s - self.config.reorder_s
+        if self._defer_s is not None:
+            horizon_s = min(horizon_s, self._defer_s)
+        self._process(horizon_s)
         return self._flush()
+
+    def defer(self, t_s: float | None) -> None:
+        """Process nothing later than ``t_s`` (seconds) until called with None.
+
+        A hang-up is known seconds after the busy tone began (:data:`edge.pipeline.HANGUP_BUSY_S`):
+        while it is being confirmed, what follows the tone's start waits, so that the call can end
+        where the tone began and the agent's "hello?" over the tone is not part of it.
+        """
+        self._defer_s = t_s
 
     def call_state(self, state: str, t_s: float | None = None) -> None:
         """Explicit call signal (the wire's ``call_state`` command, or start/end).
@@ -415,7 +431,8 @@ class Conversation:
         self._push(t, kinds[state], PROSPECT)
 
     def hang_up(self, t_s: float) -> None:
-        """The far end hung up (a busy tone on the line at ``t_s``, seconds): end the call there."""
+        """The far end hung up (a busy tone on the line at ``t_s``, seconds): end the call there,
+        back-dated if the stage has processed past it (see :meth:`defer`)."""
         self._push(t_s, _CALL_END, _HANGUP)
 
     def voicemail(self, t_s: float) -> None:
@@ -456,9 +473,14 @@ class Conversation:
         assert self._t_s is not None
         while self._pending and self._pending[0][0] <= horizon_s:
             t, kind, _, ch = heapq.heappop(self._pending)
+            # a tone's call end keeps its time (the tone is named after it began); the call's
+            # accumulated speech then runs at most to where processing stood (see defer())
+            tone_end = self._call is not None and ch in (_HANGUP, _VOICEMAIL)
+            t_end = max(t, self._call.start_s) if self._call is not None else t
             if t < self._t_s:
-                log.debug("transition at %.3f s reported after %.3f s: reorder_s too short",
-                          t, self._t_s)
+                if not tone_end:
+                    log.debug("transition at %.3f s reported after %.3f s: reorder_s too short",
+                              t, self._t_s)
                 t = self._t_s
             self._advance(t)
             if kind == _START:
@@ -475,11 +497,11 @@ class Conversation:
             elif self._call is not None and ch == _VOICEMAIL:
                 cfg, call = self.config, self._call
                 # where only the softphone starts calls, nothing would restart a call ended wrongly
-                if cfg.call_start_on_speech and t - call.start_s <= cfg.voicemail_within_s \
+                if cfg.call_start_on_speech and t_end - call.start_s <= cfg.voicemail_within_s \
                         and call.agent_s <= cfg.voicemail_agent_max_s:
-                    self._end_call(t, "voicemail")
+                    self._end_call(t_end, "voicemail")
             elif self._call is not None:
-                self._end_call(t, "hangup" if ch == _HANGUP else "signal")
+                self._end_call(t_end if tone_end else t, "hangup" if ch == _HANGUP else "signal")
         if horizon_s > self._t_s:
             self._advance(horizon_s)
         self._prune()
@@ -551,6 +573,7 @@ class Conversation:
             self._begin_call(t)
         if self._turn_start[ch] is None:
             self._turn_start[ch] = t
+            self._turn_counted[ch] = False
             self._maybe_response(ch, t)
         if self._speaking[other]:
             other_start = self._seg_start[other]
@@ -615,7 +638,7 @@ class Conversation:
         if self.history is not None:
             self.history.turns.append(turn)
         call = self._call
-        if call is not None and end > call.start_s:
+        if call is not None and end > call.start_s and not self._turn_counted[ch]:
             call.turns[ch] += 1
             if ch == AGENT:
                 call.monologue_s = max(call.monologue_s, end - max(start, call.start_s))
@@ -626,7 +649,7 @@ class Conversation:
             return 0.0
         if self._call is not None:
             start = max(start, self._call.start_s)
-        return max(0.0, self._open_turn_end(AGENT, now_s) - start)
+        return max(0.0, min(self._open_turn_end(AGENT, now_s), now_s) - start)
 
     def _open_turn_end(self, ch: str, now_s: float) -> float:
         """Where ``ch``'s open turn ends so far: now while it speaks, else its last speech end."""
@@ -640,6 +663,11 @@ class Conversation:
         call = self._call
         assert call is not None
         call.monologue_s = max(call.monologue_s, self._current_monologue_s(t_end))
+        for ch in (AGENT, PROSPECT):  # a turn under way when the call ends is one of its turns
+            start = self._turn_start[ch]
+            if start is not None and start < t_end and not self._turn_counted[ch]:
+                call.turns[ch] += 1
+                self._turn_counted[ch] = True
         duration = max(0.0, t_end - call.start_s)
         speech = call.agent_s + call.prospect_s
 

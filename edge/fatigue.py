@@ -138,6 +138,7 @@ class Fatigue:
         self._base_s = 0.0
         self._base: dict[str, list[float]] = {k: [] for k in FEATURES}
         self._track: dict[str, deque[float]] = {k: deque() for k in FEATURES}
+        self._track_sum = dict.fromkeys(FEATURES, 0.0)  # running sums: a mean per tick in O(1)
         self._lat_base: list[float] = []
         self._lat_track: deque[float] = deque(maxlen=LATENCY_RESPONSES)
         self._answers_read = 0
@@ -197,8 +198,9 @@ class Fatigue:
                 for k, v in feats.items():
                     q = self._track[k]
                     q.append(v)
+                    self._track_sum[k] += v
                     while len(q) > keep:
-                        q.popleft()
+                        self._track_sum[k] -= q.popleft()
         self.state = self._evaluate(dt_s)
         return self.state
 
@@ -234,7 +236,7 @@ class Fatigue:
                     continue
                 se = max(floor, b.sd[k] * math.sqrt(CORRELATION_WINDOWS / n_track
                                                     + CORRELATION_WINDOWS / n_base))
-                z[k] = sign * (float(np.mean(self._track[k])) - b.mean[k]) / se
+                z[k] = sign * (self._track_sum[k] / n_track - b.mean[k]) / se
                 total += weight * max(0.0, z[k]) ** 2
         if "latency" in b.mean and len(self._lat_track) >= 5:
             se = max(0.05, b.sd["latency"] * math.sqrt(1 / len(self._lat_track) + 1 / LATENCY_RESPONSES))

@@ -56,7 +56,8 @@ class Framer:
         """
         if block.ndim != 2 or block.shape[0] != 2:
             raise ValueError(f"expected a (2, n) block, got shape {block.shape}")
-        buf = np.concatenate([self._buf, block.astype(np.float32, copy=False)], axis=1)
+        block = block.astype(np.float32, copy=False)
+        buf = np.concatenate([self._buf, block], axis=1) if self._buf.shape[1] else block
         frames = []
         n = self.frame_samples
         whole = buf.shape[1] // n
@@ -64,5 +65,5 @@ class Framer:
             frames.append(Frame(np.ascontiguousarray(buf[:, i * n:(i + 1) * n]), self.rate_hz,
                                 self._index * n / self.rate_hz, self._index))
             self._index += 1
-        self._buf = buf[:, whole * n:]
+        self._buf = buf[:, whole * n:].copy()  # never a view of the caller's block
         return frames

@@ -368,11 +368,14 @@ class Pipeline:
                 out.append(Message("event", {"name": "far_kind", "channel": "far",
                                              "kind": far_kind.label, "t_audio_s": round(since_s, 3)}))
                 self._busy_since_s = since_s if far_kind.label == "busy" else None
+                # while a hang-up is being confirmed, the conversation waits at the tone's start
+                self.conversation.defer(self._busy_since_s)
                 if far_kind.label == "beep":
                     self.conversation.voicemail(since_s)
             if self._busy_since_s is not None and start_s - self._busy_since_s >= HANGUP_BUSY_S:
                 # the prospect hung up: the call ends where the busy tone began
                 self.conversation.hang_up(self._busy_since_s)
+                self.conversation.defer(None)
                 self._busy_since_s = None
             for ch, dead in (("near", near_state == "none"),
                              ("far", far_state == "none" or far_kind.label == "dead")):

@@ -68,16 +68,18 @@ class SignalQuality:
         Returns:
             The samples with non-finite values zeroed, DC removed, dead channels zeroed.
         """
-        # a handful of numpy calls on the whole frame, then plain floats per channel: with two
+        # three numpy reductions on the whole frame, then plain floats per channel: with two
         # channels, numpy's per-call overhead would dominate every per-channel step
         cfg = self.config
-        hi, lo = np.maximum.reduce(samples, axis=1), np.minimum.reduce(samples, axis=1)
-        bad = [not math.isfinite(v) for v in (hi + lo).tolist()]  # NaN and inf propagate
+        hi = np.maximum.reduce(samples, axis=1).tolist()  # NaN propagates
+        lo = np.minimum.reduce(samples, axis=1).tolist()
+        bad = [not (math.isfinite(h) and math.isfinite(m)) for h, m in zip(hi, lo, strict=True)]
         if True in bad:
             samples = np.nan_to_num(samples, nan=0.0, posinf=0.0, neginf=0.0)
             self.nan_frames += bad
-            hi, lo = np.maximum.reduce(samples, axis=1), np.minimum.reduce(samples, axis=1)
-        flat = (hi - lo < cfg.flat_below).tolist()  # in the samples' precision
+            hi = np.maximum.reduce(samples, axis=1).tolist()
+            lo = np.minimum.reduce(samples, axis=1).tolist()
+        flat = [h - m < cfg.flat_below for h, m in zip(hi, lo, strict=True)]
         means = (np.add.reduce(samples, axis=1) / samples.shape[1]).tolist()
         frame_s, dead_after_s, alpha = self.frame_s, cfg.dead_after_s, self._alpha
         flat_s = [f + frame_s if is_flat else 0.0 for f, is_flat in zip(self._flat_s, flat, strict=True)]
@@ -86,7 +88,7 @@ class SignalQuality:
         dc = [d + alpha * (m - d) for d, m in zip(self._dc, means, strict=True)]
         self._dc = dc
         clipped = [False] * self.channels
-        if ((hi >= cfg.clip_level) | (lo <= -cfg.clip_level)).any():
+        if max(hi) >= cfg.clip_level or min(lo) <= -cfg.clip_level:
             # count only when a sample reached full scale (compared in the samples' precision)
             clipped = ((np.abs(samples) >= cfg.clip_level).sum(axis=1)
                        > cfg.clip_ratio * samples.shape[1]).tolist()

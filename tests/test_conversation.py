@@ -424,3 +424,54 @@ def test_a_beep_ends_a_call_as_voicemail_only_where_speech_starts_calls() -> Non
                            else [("far", "end", 9.0)] if k == int(9.0 / FRAME_S) else [])
         events += conv.finish()
         assert [e["call_end_reason"] for e in events if e["name"] == "call_end"] == expected
+
+
+def test_a_hang_up_is_back_dated_and_a_turn_under_way_counts() -> None:
+    """A busy tone begins at 10 s while the prospect's turn is still open (it stopped at 9.8 s);
+    the hang-up is known at 13 s. With processing deferred at the tone's start, the call ends at
+    10 s: 10 s long, the prospect's open turn counted once, the agent's "hello?" at 11 s in no call.
+    An ``idle`` signal in the middle of a turn counts that turn too."""
+    conv = Conversation(ConversationConfig(reorder_s=0.25))
+    events: list[dict] = []
+    frames = int(16.0 / FRAME_S)
+    for k in range(frames):
+        t = k * FRAME_S
+        far = 0.992 <= t < 9.792
+        near = 10.976 <= t < 11.968
+        trans = []
+        if k == round(0.992 / FRAME_S):
+            trans.append(("far", "start", t))
+        if k == round(9.792 / FRAME_S):
+            trans.append(("far", "end", t))
+        if k == round(10.976 / FRAME_S):
+            trans.append(("near", "start", t))
+        if k == round(11.968 / FRAME_S):
+            trans.append(("near", "end", t))
+        if k == round(10.4 / FRAME_S):
+            conv.defer(10.0)  # the tone is named busy, dated back to 10 s
+        if k == round(13.0 / FRAME_S):
+            conv.hang_up(10.0)
+            conv.defer(None)
+        events += conv(t, FRAME_S, near, far, trans)
+    events += conv.finish()
+    calls = [e for e in events if e["name"] in ("call_start", "call_end")]
+    assert [e["name"] for e in calls] == ["call_start", "call_end"], calls
+    end = calls[1]
+    assert end["call_end_reason"] == "hangup" and end["t_audio_s"] == 10.0
+    assert end["call_duration_s"] == pytest.approx(10.0 - calls[0]["t_audio_s"], abs=1e-3)
+    assert end["call_turns_prospect"] == 1 and end["call_turns_agent"] == 0
+    assert "call_agent_speech_ratio" in end and end["call_agent_speech_ratio"] == 0.0
+    assert end["call_responses_agent"] == 0  # the "hello?" came after the call
+    # an idle signal while the prospect speaks: the turn it cuts counts, once
+    conv = Conversation(ConversationConfig(reorder_s=0.0))
+    events = []
+    for k in range(int(6.0 / FRAME_S)):
+        t = k * FRAME_S
+        if k == round(3.008 / FRAME_S):
+            conv.call_state("idle", t)
+        events += conv(t, FRAME_S, False, 0.992 <= t < 4.992,
+                       [("far", "start", t)] if k == round(0.992 / FRAME_S)
+                       else [("far", "end", t)] if k == round(4.992 / FRAME_S) else [])
+    events += conv.finish()
+    ends = [e for e in events if e["name"] == "call_end"]
+    assert [e["call_end_reason"] for e in ends] == ["signal"] and ends[0]["call_turns_prospect"] == 1
