@@ -10,6 +10,10 @@ Private mode (``private_on``) keeps every metric and event out of the outbox unt
 ``private_off``; the retained status carries ``private`` and is republished at once on a change.
 The same local commands (private mode, call state, identify) also come from the box's control
 socket (:mod:`edge.control`: the front panel's button, a softphone/CTI connector).
+
+``reload`` re-reads the settings and campaign files: a bad file is refused (logged, counted in
+``reload_refused``) and the box goes on as it was; good files end the loop once no call is in
+progress, with :data:`EXIT_RELOAD`, and systemd starts the service again with them.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ IDENTIFY_S = 10.0
 """How long an ``identify`` command keeps :attr:`Box.identifying` true, in seconds."""
 PANEL_EVERY_S = 2.0
 """Period of the front panel's state file when nothing changes, in seconds."""
+EXIT_RELOAD = 75
+"""Exit status after a ``reload`` with valid files (``RestartForceExitStatus`` in the unit)."""
 
 
 class _Message(Protocol):
@@ -106,7 +112,13 @@ class Box:
         self.source_status: Callable[[], dict[str, Any]] = dict
         self._capture_ok = True
         self.on_reload: Callable[[], None] | None = None
-        """Called on a ``reload`` command (the service re-reads its settings)."""
+        """Called on a ``reload`` command to read and validate the files again; raises ``ValueError``
+        or ``OSError`` on a bad one (by default: the campaign file of the running settings)."""
+        self.reload_pending = False
+        """Valid files were reloaded: the loop ends once no call is in progress."""
+        self.reload_refused = 0
+        self.exit_code = 0
+        """What the service should exit with: :data:`EXIT_RELOAD` after a reload, else 0."""
         self.private = False
         """Private mode: nothing about the call is put in the outbox."""
         self.call_state = "idle"
@@ -141,7 +153,8 @@ class Box:
                 "seq_last": self.outbox.last_seq, "seq_first": self.outbox.first_seq(),
                 "outbox_depth": self.outbox.depth(), "dropped": self.outbox.dropped,
                 "private": self.private, "call_state": self._shown_call_state,
-                "cmd_refused": self.cmd_refused, **self.source_status()}
+                "cmd_refused": self.cmd_refused, "reload_refused": self.reload_refused,
+                **self.source_status()}
 
     def submit(self, messages: Iterable[_Message]) -> int:
         """Store the pipeline's messages in the outbox (none while private); return how many."""
@@ -166,7 +179,7 @@ class Box:
             self.cmd_refused += 1
             log.warning("command refused: %s", exc)
             return "refused"
-        return self._apply(msg)
+        return self._apply_safely(msg)
 
     def handle_local(self, text: str) -> str:
         """Apply one command from the control socket; return its action, or ``refused``."""
@@ -176,7 +189,16 @@ class Box:
             self.cmd_refused += 1
             log.warning("local command refused: %s", exc)
             return "refused"
-        return self._apply(msg)
+        return self._apply_safely(msg)
+
+    def _apply_safely(self, msg: dict[str, Any]) -> str:
+        """:meth:`_apply`, counting a command that fails as refused: the loop must go on."""
+        try:
+            return self._apply(msg)
+        except Exception:
+            self.cmd_refused += 1
+            log.exception("command %s failed", msg.get("action"))
+            return "refused"
 
     def _apply(self, msg: dict[str, Any]) -> str:
         action = str(msg["action"])
@@ -195,11 +217,7 @@ class Box:
         elif action == "identify":
             self.identify_until = time.monotonic() + IDENTIFY_S
         elif action == "reload":
-            if self.on_reload is not None:
-                try:
-                    self.on_reload()
-                except Exception:
-                    log.exception("reload failed")
+            self.reload()
         elif action == "resend":
             n = self.outbox.resend(int(msg["from_seq"]), msg.get("to_seq"))
             self.resent += n
@@ -290,6 +308,32 @@ class Box:
         except OSError as exc:
             log.warning("could not save the baselines: %s", exc)
 
+    def reload(self) -> bool:
+        """Read and validate the settings and campaign files again; return True if they are good.
+
+        A bad file is refused (logged, counted in ``reload_refused``): the box goes on with what it
+        runs. Good files end the loop at the next block outside a call (:data:`EXIT_RELOAD`).
+        """
+        try:
+            if self.on_reload is not None:
+                self.on_reload()
+            elif self.settings.campaign_file is not None:
+                from edge.campaign import load as load_campaign
+
+                load_campaign(self.settings.campaign_file)
+        except (ValueError, OSError) as exc:
+            self.reload_refused += 1
+            self._status_due = True
+            log.error("reload refused, the box goes on with its running settings: %s", exc)
+            return False
+        self.reload_pending = True
+        log.info("reload: the files are valid; restarting once no call is in progress")
+        return True
+
+    def _in_call(self) -> bool:
+        conversation = getattr(self.pipeline, "conversation", None)
+        return bool(getattr(conversation, "in_call", False))
+
     def step(self, block: Any) -> None:
         """Run the pipeline on one block, store its messages and pump.
 
@@ -299,11 +343,15 @@ class Box:
         ok = bool(self.source_status().get("capture_ok", True))
         if ok != self._capture_ok:
             self._capture_ok = ok
+            self._status_due = True  # the dashboard hears of a lost headset at once
             interrupt = getattr(self.pipeline, "interrupt", None)
             if not ok and interrupt is not None:
                 self.submit(interrupt())
         self.submit(self.pipeline(block))
         self.pump()
+        if self.reload_pending and not self._in_call():
+            self.exit_code = EXIT_RELOAD
+            self.stop_event.set()
 
     def run(self, blocks: Iterable[np.ndarray] | Iterable[Any], drain_s: float = 5.0) -> None:
         """Process blocks until they end or :attr:`stop_event` is set, then shut down cleanly."""

@@ -52,13 +52,13 @@ class AlertsConfig:
 
 @dataclass(frozen=True)
 class RateCue:
-    """Too fast or too slow: the pace (:func:`edge.rate.pace`) over the window, relative to the
-    agent's own baseline pace."""
+    """Too fast: the pace (:func:`edge.rate.pace`) over the window, relative to the agent's own
+    baseline pace (:class:`SlowCue`: too slow)."""
 
     enabled: bool = True
-    ratio_on: float = _r(1.3, 0.3, 3.0)
+    ratio_on: float = _r(1.3, 1.0, 3.0)
     """Rate over the agent's baseline at which the cue may start."""
-    ratio_off: float = _r(1.1, 0.3, 3.0)
+    ratio_off: float = _r(1.1, 1.0, 3.0)
     """Rate over baseline at which it may end (the hysteresis band lies between)."""
     band_syl_s: float = _r(8.5, 1.0, 15.0)
     """Campaign's absolute limit in syllables/s (upper for too fast, lower for too slow)."""
@@ -70,8 +70,19 @@ class RateCue:
     cooldown_s: float = _r(60.0, 0.0, 3600.0)
 
 
-def _slow() -> RateCue:
-    return RateCue(ratio_on=0.83, ratio_off=0.93, band_syl_s=2.5, window_s=8.0, min_on_s=2.0)
+@dataclass(frozen=True)
+class SlowCue(RateCue):
+    """Too slow: the ratios lie under the agent's own pace (1.0)."""
+
+    ratio_on: float = _r(0.83, 0.3, 1.0)
+    """Rate over the agent's baseline at which the cue may start."""
+    ratio_off: float = _r(0.93, 0.3, 1.0)
+    """Rate over baseline at which it may end (the hysteresis band lies between)."""
+    band_syl_s: float = _r(2.5, 1.0, 15.0)
+    """Campaign's absolute lower limit in syllables/s."""
+    window_s: float = _r(8.0, 2.0, 20.0)
+    """The pace is measured over this many seconds of audio."""
+    min_on_s: float = _r(2.0, 0.0, 60.0)
 
 
 @dataclass(frozen=True)
@@ -199,7 +210,7 @@ class CampaignConfig:
 
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     too_fast: RateCue = field(default_factory=RateCue)
-    too_slow: RateCue = field(default_factory=_slow)
+    too_slow: SlowCue = field(default_factory=SlowCue)
     monologue: MonologueCue = field(default_factory=MonologueCue)
     no_pause: NoPauseCue = field(default_factory=NoPauseCue)
     monotone: MonotoneCue = field(default_factory=MonotoneCue)
@@ -297,6 +308,8 @@ def load(path: Path) -> CampaignConfig:
         raise CampaignError(f"{path}: no such campaign file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise CampaignError(f"{path}: not valid TOML ({exc})") from None
+    except OSError as exc:  # a directory, no permission
+        raise CampaignError(f"{path}: cannot read the campaign file ({exc.strerror})") from None
     try:
         return from_mapping(data)
     except CampaignError as exc:

@@ -210,6 +210,9 @@ class _Input:
         """(frames lost just before, raw PCM16 bytes) per callback."""
         self._lost_frames = 0
         self._put_t = time.monotonic()
+        self._next_adc_s: float | None = None
+        """Capture time of the sample after the last block (PortAudio's ADC clock), if it gives one."""
+        self._overflow_lost = False
         self.remaining = max_frames
         self.done = False
         self.last_data = time.monotonic()
@@ -226,21 +229,35 @@ class _Input:
     def callback(self, in_data: bytes | None, frame_count: int, time_info: Any,
                  status: int) -> tuple[None, int]:
         """PortAudio's callback: hand the bytes over, never block, never compute."""
+        now = time.monotonic()
+        adc_s = time_info.get("input_buffer_adc_time") if isinstance(time_info, dict) else None
         if status & _PA_INPUT_OVERFLOW:
             self.owner.input_overflows += 1
+            # the driver lost frames before this block (silence in their place keeps the audio
+            # clock and two mono devices aligned): from the capture times PortAudio gives, else as
+            # many as the wall time since the last block exceeds this block's length
+            if adc_s and self._next_adc_s is not None:
+                gap = round((adc_s - self._next_adc_s) * self.rate_hz)
+            else:
+                gap = int((now - self._put_t) * self.rate_hz) - frame_count
+            self._lost_frames += max(0, gap)
+            self._overflow_lost = True
+        if adc_s:
+            self._next_adc_s = adc_s + frame_count / self.rate_hz
         data = in_data or b""
         last = False
         if self.remaining is not None:
             last = frame_count >= self.remaining
             data = data[: self.remaining * self.frame_bytes]
             self.remaining -= min(frame_count, self.remaining)
-        now = time.monotonic()
         try:
             # silence for the frames lost before this block, no more than the time since the last
             # block got in (a file PCM delivers far faster than the wall clock: nothing to restore)
-            lost = min(self._lost_frames, int((now - self._put_t) * self.rate_hz))
+            lost = self._lost_frames if self._overflow_lost else \
+                min(self._lost_frames, int((now - self._put_t) * self.rate_hz))
             self.queue.put_nowait((lost, data))
             self._lost_frames = 0
+            self._overflow_lost = False
             self._put_t = now
         except queue.Full:
             self.owner.overruns += 1
@@ -303,6 +320,8 @@ class CaptureSource:
         self.stop_event = threading.Event()
         self._pa: Any = None
         self._inputs: list[_Input] = []
+        self._delivered = False
+        """The open stream(s) delivered audio (a device can open and never deliver)."""
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -334,14 +353,20 @@ class CaptureSource:
                 rate_hz = self._pick_rate(info, channels)
                 max_frames = None if max_s is None else round(max_s * rate_hz)
                 self._inputs.append(_Input(self, info, channels, rate_hz, max_frames))
+            for inp in self._inputs:  # opening is slow: open both, then start them back to back,
+                self._open_stream(inp)  # so that two mono devices start together
             for inp in self._inputs:
-                self._start(inp)
+                try:
+                    inp.stream.start_stream()
+                except OSError as exc:
+                    raise CaptureError(f"capture device {inp.name!r} failed to start: {exc}") from None
+                inp.last_data = inp._put_t = time.monotonic()
         except BaseException:
             self.close()
             raise
-        self.device_ok = True
         self.last_error = None
         self.opens += 1
+        self._delivered = False  # device_ok waits for the first audio (a wedged device opens)
         log.info("capturing from %s", ", ".join(f"{i.name!r} at {i.rate_hz} Hz"
                                                  for i in self._inputs))
 
@@ -369,17 +394,16 @@ class CaptureSource:
         raise CaptureError(f"capture device {info['name']!r} supports none of "
                            f"{', '.join(map(str, tried))} Hz for {channels}-channel 16-bit input")
 
-    def _start(self, inp: _Input) -> None:
+    def _open_stream(self, inp: _Input) -> None:
         frames = max(1, round(self.config.block_ms / 1000 * inp.rate_hz))
         try:
             with quiet_stderr():
                 inp.stream = self._pa.open(format=_PA_INT16, channels=inp.channels, rate=inp.rate_hz,
-                                           input=True, input_device_index=inp.index,
+                                           input=True, input_device_index=inp.index, start=False,
                                            frames_per_buffer=frames, stream_callback=inp.callback)
         except (OSError, ValueError) as exc:
             raise CaptureError(f"capture device {inp.name!r} failed to open at {inp.rate_hz} Hz: "
                                f"{exc}") from None
-        inp.last_data = time.monotonic()
 
     def close(self) -> None:
         """Stop the stream(s) and release PortAudio."""
@@ -398,7 +422,10 @@ class CaptureSource:
 
         A lost device is reported (:attr:`device_ok` false, :attr:`last_error`) and re-opened with
         backoff; meanwhile empty (2, 0) blocks come every ``idle_s`` so the caller's loop runs on.
-        The data ends only with ``max_seconds``: a real device never ends.
+        A device is back (:attr:`device_ok`, a re-open counted) when it delivers audio, not when it
+        opens: one that opens and stays silent is retried with a growing backoff. Audio already
+        captured when a device is lost is still yielded. The data ends only with ``max_seconds``:
+        a real device never ends.
         """
         cfg = self.config
         if self._pyaudio_module is None:
@@ -416,16 +443,13 @@ class CaptureSource:
                         yield from self._wait(backoff_s)
                         backoff_s = min(2 * backoff_s, cfg.backoff_max_s)
                         continue
-                    if self.opens > 1:
-                        self.reopen_count += 1
-                        log.warning("capture device back after a loss (re-open #%d)",
-                                    self.reopen_count)
                     first = False
-                    backoff_s = cfg.backoff_s
                 ended = yield from self._read()
                 if ended:
                     return
                 self._lost(self.last_error or "capture stream stopped", False)
+                # a device that delivered is retried at once; one that never did, ever later
+                backoff_s = cfg.backoff_s if self._delivered else min(2 * backoff_s, cfg.backoff_max_s)
                 self.close()
                 yield from self._wait(backoff_s)
         finally:
@@ -453,6 +477,7 @@ class CaptureSource:
         inputs = self._inputs
         pending = [np.zeros((inp.channels, 0), dtype=np.float32) for inp in inputs]
         t0 = time.monotonic()
+        yielded_t = t0
         sent = 0
         max_drift = round(cfg.max_drift_s * RATE_HZ)
         block = max(1, round(cfg.block_ms / 1000 * RATE_HZ))
@@ -460,6 +485,8 @@ class CaptureSource:
             for k, inp in enumerate(inputs):
                 chunks = _drain(inp.queue, wait_s=0.05 if k == 0 else 0.0)
                 finished = inp.done and inp.queue.empty() and inp.resampler is not None
+                if chunks and not self._delivered:
+                    self._back()
                 if chunks or finished:
                     inp.last_data = time.monotonic()
                     pending[k] = np.concatenate([pending[k], inp.convert(chunks, last=finished)],
@@ -477,6 +504,7 @@ class CaptureSource:
                     if delay_s > 0 and self.stop_event.wait(delay_s):
                         return True
                 sent += chunk.shape[1]
+                yielded_t = time.monotonic()
                 yield chunk
             pending = [p[:, n:] for p in pending]
             if ended:
@@ -486,8 +514,36 @@ class CaptureSource:
             reason = self._check_alive(inputs)
             if reason is not None:
                 self.last_error = reason
+                yield from self._tail(inputs, pending, block)
                 return False
+            if time.monotonic() - yielded_t >= cfg.idle_s:  # no audio yet: the caller's loop runs on
+                yielded_t = time.monotonic()
+                yield np.zeros((2, 0), dtype=np.float32)
         return True
+
+    def _back(self) -> None:
+        """The first audio since an open: the device is delivering (a re-open after a loss)."""
+        self._delivered = True
+        self.device_ok = True
+        if self.opens > 1:
+            self.reopen_count += 1
+            log.warning("capture device back after a loss (re-open #%d)", self.reopen_count)
+
+    def _tail(self, inputs: list[_Input], pending: list[np.ndarray], block: int
+              ) -> Iterator[np.ndarray]:
+        """What was captured before a loss: the resamplers' last samples and whatever one channel
+        had beyond the other (the missing channel silent), so that nothing captured is lost."""
+        for k, inp in enumerate(inputs):
+            if inp.resampler is not None:
+                tail = inp.convert([], last=True)
+                inp.resampler = None
+                pending[k] = np.concatenate([pending[k], tail], axis=1)
+        n = max(p.shape[1] for p in pending)
+        if not n:
+            return
+        padded = [np.pad(p, ((0, 0), (0, n - p.shape[1]))) for p in pending]
+        for i in range(0, n, block):
+            yield self._stack(padded, i, min(n, i + block))
 
     @staticmethod
     def _stack(pending: list[np.ndarray], start: int, stop: int) -> np.ndarray:

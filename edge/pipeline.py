@@ -204,7 +204,9 @@ class Pipeline:
         """The last explicit call state (kept while private, applied when private mode ends)."""
         self._received_s = 0.0
         self._resume_s = 0.0
-        self._far_t0_s = 0.0
+        self._stages_t0_s = 0.0
+        """Audio time of the per-call stages' time 0 (far end, prosody): they start again at 0
+        after private mode or a lost device."""
         self.affect = affect
         self._affect_last: dict[str, float] = {}
         self.trace = Trace() if trace else None
@@ -225,7 +227,7 @@ class Pipeline:
         self._break = False
         self.private = False
         self._idle_s = 0.0
-        self._far_t0_s = 0.0
+        self._stages_t0_s = 0.0
         self._received_s = 0.0
         self._resume_s = 0.0
 
@@ -293,7 +295,7 @@ class Pipeline:
         """Restart the per-call stages at the audio received so far (after private mode or a lost
         device); a call state set meanwhile (a hold, a hang-up) holds from now on."""
         self._resume_s = self._received_s
-        self._far_t0_s = math.ceil(self._received_s / FRAME_S - 1e-9) * FRAME_S
+        self._stages_t0_s = math.ceil(self._received_s / FRAME_S - 1e-9) * FRAME_S
         self._apply_call_state()
 
     def interrupt(self) -> list[Message]:
@@ -364,7 +366,7 @@ class Pipeline:
             t = self._lap("vad", t)
             kind = far_kind.label
             if far_kind(repaired[1]) != kind:
-                since_s = self._far_t0_s + far_kind.since_frame * FRAME_S
+                since_s = self._stages_t0_s + far_kind.since_frame * FRAME_S
                 out.append(Message("event", {"name": "far_kind", "channel": "far",
                                              "kind": far_kind.label, "t_audio_s": round(since_s, 3)}))
                 self._busy_since_s = since_s if far_kind.label == "busy" else None
@@ -491,7 +493,8 @@ class Pipeline:
                                                       self.campaign.fatigue.break_on)))
         short = self._rate_window(self.rate_window_s)
         slow = short if self.slow_window_s == self.rate_window_s else self._rate_window(self.slow_window_s)
-        tick = Tick(t_s=now_s, metrics=body, short=short, slow=slow, long=long, near_flat_s=self._near_flat_s)
+        tick = Tick(t_s=now_s, metrics=body, short=short, slow=slow, long=long,
+                    near_flat_s=self._near_flat_s, voice_t0_s=self._stages_t0_s)
         out += [Message("event", e) for e in self.signals(tick)]
         return out
 

@@ -7,6 +7,7 @@ paths, given by systemd credentials on a real box, never values in the file.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -93,13 +94,26 @@ class EdgeSettings:
             raise SettingsError("vad_off_threshold must be > 0 and <= vad_on_threshold < 1")
         if not 1 <= self.broker_port <= 65535:
             raise SettingsError(f"broker_port {self.broker_port} is not a TCP port (1..65535)")
-        if self.window_s <= 0:
-            raise SettingsError("window_s must be > 0")
+        for name, (lo, hi) in _RANGES.items():
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and lo <= value <= hi):
+                raise SettingsError(f"{name} {value} is outside the allowed range {lo:g}..{hi:g}")
         if not (self.call_end_silence_s == 0 or 5.0 <= self.call_end_silence_s <= 600.0):
             raise SettingsError(f"call_end_silence_s {self.call_end_silence_s} is outside the "
                                 "allowed range 5..600 (0: only on the call signal)")
         if self.model_backend not in ("onnx", "litert"):
             raise SettingsError(f"model_backend {self.model_backend!r}: use onnx or litert")
+
+
+_RANGES: dict[str, tuple[float, float]] = {
+    "keepalive_s": (1, 3600),
+    "window_s": (0.5, 10.0),
+    "vad_min_speech_ms": (0.0, 1000.0),
+    "vad_min_silence_ms": (0.0, 2000.0),
+    "capture_rate_hz": (8000, 192000),
+    "baseline_max_age_h": (0.0, 24.0 * 365),
+}
+"""Allowed ranges of the numeric settings (the checks name the key and the range)."""
 
 
 def _coerce(name: str, hint: Any, value: Any) -> Any:
@@ -140,5 +154,7 @@ def load(path: Path, **overrides: Any) -> EdgeSettings:
         raise SettingsError(f"{path}: no such settings file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise SettingsError(f"{path}: not valid TOML ({exc})") from None
+    except OSError as exc:  # a directory, no permission
+        raise SettingsError(f"{path}: cannot read the settings file ({exc.strerror})") from None
     data.update({k: v for k, v in overrides.items() if v is not None})
     return from_mapping(data)

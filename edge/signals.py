@@ -87,6 +87,9 @@ class Tick:
     """The agent's prosody over the metrics' prosody window (pitch range, loudness)."""
     near_flat_s: float = 0.0
     """How long the agent's channel has been digitally flat (headset mute), seconds."""
+    voice_t0_s: float = 0.0
+    """Audio time of the windows' own time 0 (the prosody stage starts again at 0 after private
+    mode or a lost device), seconds."""
 
 
 @dataclass
@@ -236,9 +239,10 @@ class Signals:
         """End every open cue now (before private mode); return their ``cue_off`` bodies."""
         return [self._off(cue, t_s) for cue in list(self.active)]
 
-    def _reset_summary(self) -> None:
-        self._cue_n = {c: 0 for c in CUES}
-        self._cue_s = {c: 0.0 for c in CUES}
+    def _reset_summary(self, call_start_s: float = math.inf) -> None:
+        self._call_start_s = call_start_s
+        self._episodes: list[list[Any]] = []
+        """The call's cue episodes: [cue, start_s, end_s or None while on]."""
         self._rates: list[float] = []
         self._f0: list[float] = []
         self._ranges: list[float] = []
@@ -291,11 +295,11 @@ class Signals:
         elif name == "call_start":
             self._in_call = True
             self._new_call()
-            self._reset_summary()
+            self._reset_summary(t)
         elif name == "call_end":
             self._in_call = False
             out += self.close(t_s)
-            body.update(self.summary())
+            body.update(self.summary(t))  # a call's end is known late: what came after is not its
             self._new_call()
         return out
 
@@ -303,14 +307,25 @@ class Signals:
         self._talk_over_until = math.inf  # raised at the next tick, then held for show_s
         self._talk_over_value = max(self._talk_over_value, value_s)
 
-    def summary(self) -> dict[str, float | int]:
-        """The current call's cue counts and durations, rate and pitch statistics (``call_*``)."""
-        out: dict[str, float | int] = {"call_cues": sum(self._cue_n[c] for c in CUES if c != "take_break")}
+    def summary(self, end_s: float = math.inf) -> dict[str, float | int]:
+        """The current call's cue counts and durations, rate and pitch statistics (``call_*``).
+
+        Args:
+            end_s: the call's end, seconds of audio: cues raised after it are not the call's, and
+                the cues still on then count up to it.
+        """
+        cue_n = {c: 0 for c in CUES}
+        cue_s = {c: 0.0 for c in CUES}
+        for cue, start_s, off_s in self._episodes:
+            if start_s < end_s:
+                cue_n[cue] += 1
+                cue_s[cue] += min(end_s if off_s is None else off_s, end_s) - start_s
+        out: dict[str, float | int] = {"call_cues": sum(cue_n[c] for c in CUES if c != "take_break")}
         for c in CUES:
             if c == "take_break":
                 continue
-            out[f"call_cue_{c}_n"] = self._cue_n[c]
-            out[f"call_cue_{c}_s"] = round(self._cue_s[c], 1)
+            out[f"call_cue_{c}_n"] = cue_n[c]
+            out[f"call_cue_{c}_s"] = round(cue_s[c], 1)
         for key, values in (("rate_syl_s", self._rates), ("f0_hz", self._f0),
                             ("pitch_range_st", self._ranges), ("level_dbfs", self._levels)):
             if values:
@@ -358,7 +373,6 @@ class Signals:
             if not on:
                 self._refused.discard(cue)
             if cue in self.active:
-                self._cue_s[cue] += dt
                 act = self.active[cue]
                 if off and timer.off_s >= min_off:
                     out.append(self._off(cue, now))
@@ -395,14 +409,22 @@ class Signals:
         short, long = tick.short, tick.long
         b = self.baseline
         need = self.campaign.alerts.baseline_speech_s
+        # the call's statistics read only windows that lie inside the call: the first seconds of
+        # a call would otherwise read the voice of the call before
+        long_in_call = slow_in_call = False
+        if long is not None and self._in_call:
+            start_s = self._call_start_s - 0.01  # a hop of slack
+            long_in_call = tick.voice_t0_s + long.start_s >= start_s
+            slow_in_call = tick.voice_t0_s + max(0.0, long.end_s - self.campaign.too_slow.window_s) \
+                >= start_s
         slow = _rated(tick.slow)
-        if slow is not None and slow.articulation_rate_syl_s and self._in_call:
+        if slow is not None and slow.articulation_rate_syl_s and slow_in_call:
             self._rates.append(slow.articulation_rate_syl_s)  # the call's rate statistics
         fast = _rated(short)
         if fast is not None and fast.pace_syl_s and not b.ready(need):
             b.pace_syl_s.append(fast.pace_syl_s)
         if long is not None and long.voiced_ratio >= VOICED_MIN:
-            if self._in_call:
+            if long_in_call:
                 if long.f0_median_hz:
                     self._f0.append(long.f0_median_hz)
                 if long.pitch_range_st is not None:
@@ -569,11 +591,15 @@ class Signals:
             return None
         self._raised.append(now)
         self.active[cue] = _Active(cue, now, severity, value, threshold)
-        self._cue_n[cue] += 1
+        self._episodes.append([cue, now, None])
         return cue_event("cue_on", cue, now, severity, value, threshold)
 
     def _off(self, cue: str, now: float) -> dict[str, Any]:
         act = self.active.pop(cue)
+        for episode in reversed(self._episodes):
+            if episode[0] == cue and episode[2] is None:
+                episode[2] = now
+                break
         self._last_off[cue] = now
         self._timers[cue] = _Timer()
         return cue_event("cue_off", cue, now, act.severity, act.value, act.threshold,

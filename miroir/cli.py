@@ -97,6 +97,15 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
         box = Box(cfg, load_vad_model(cfg.model_backend), version=__version__)
     except CampaignError as exc:
         raise CliError(str(exc)) from None
+
+    def check_files() -> None:  # a `reload` command: the files the service would start with
+        from edge.campaign import load as load_campaign
+
+        fresh = edge_settings.load(args.config, state_dir=args.state_dir)
+        if fresh.campaign_file is not None:
+            load_campaign(fresh.campaign_file)
+
+    box.on_reload = check_files
     box.install_signal_handlers()
     if args.replay:
         try:
@@ -106,7 +115,7 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
         replay = ReplaySource(audio, realtime=not args.fast, loop=args.loop)
         log.info("box %s/%s replaying %s and %s", cfg.site, cfg.box, *args.replay)
         box.run(replay.blocks())
-        return 0
+        return box.exit_code
     from edge.capture import CaptureConfig, CaptureError, CaptureSource
 
     if cfg.capture_device is None:
@@ -126,7 +135,7 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
         box.run(capture.blocks())
     finally:
         capture.close()
-    return 0
+    return box.exit_code
 
 
 def cmd_edge_devices(args: argparse.Namespace) -> int:

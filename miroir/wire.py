@@ -118,6 +118,7 @@ ALLOWED_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
         "private": (bool,),
         "call_state": (str,),
         "cmd_refused": (int,),
+        "reload_refused": (int,),
         # Fleet health for site IT (edge/health.py).
         "cert_days_left": _num,
         "cpu_temp_c": _num,
@@ -303,6 +304,8 @@ def _check_cmd(msg: dict[str, Any]) -> None:
     if action == "resend":
         if "from_seq" not in msg or msg["from_seq"] < 1:
             raise WireError("cmd resend: from_seq >= 1 is required")
+        if max(msg["from_seq"], msg.get("to_seq", 0)) > MAX_SEQ:
+            raise WireError(f"cmd resend: from_seq and to_seq must be <= {MAX_SEQ}")
         if msg.get("to_seq", msg["from_seq"]) < msg["from_seq"]:
             raise WireError("cmd resend: to_seq < from_seq")
     elif "from_seq" in msg or "to_seq" in msg:
@@ -325,14 +328,18 @@ def encode(kind: str, msg: dict[str, Any]) -> bytes:
     return data
 
 
+MAX_SEQ = 2**63 - 1
+"""Largest sequence number (SQLite's INTEGER)."""
+
+
 def decode(kind: str, payload: bytes) -> dict[str, Any]:
     """Parse and validate a payload received on a topic of ``kind``."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise WireError(f"{kind}: payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
     try:
         msg = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WireError(f"{kind}: payload is not JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested too deep
+        raise WireError(f"{kind}: payload is not JSON ({type(exc).__name__}: {exc})") from None
     return validate(kind, msg)
 
 

@@ -121,3 +121,57 @@ def test_a_cti_site_starts_and_ends_calls_only_on_the_call_signal(ami_pair, tmp_
     assert calls == [("call_start", 10), ("call_end", 20)], calls
     assert sum(e["name"] == "speech_start" and e["channel"] == "far" for e in events) >= 2
     box.outbox.close()
+
+
+def test_reload_refuses_a_bad_campaign_and_restarts_on_a_good_one_after_the_call(
+        ami_pair, tmp_path: Path) -> None:
+    """``reload`` re-reads the files: a bad campaign is refused (counted, the box goes on as it
+    was); a good one ends the loop once the call in progress has ended (its call_end is kept),
+    with the exit status systemd restarts on. A malformed or failing command never stops the box."""
+    import time
+
+    from edge.box import EXIT_RELOAD
+
+    near, far = ami_pair(12)
+    audio = np.stack([near, far]).astype(np.float32) / 32768.0
+    campaign = tmp_path / "campaign.toml"
+    campaign.write_text("[monologue]\non_s = 30.0\n")
+    box = Box(EdgeSettings(site="site-a", box="box-a", broker_port=9, state_dir=tmp_path / "state",
+                           campaign_file=campaign), load_vad_model(), version="test")
+    topic = box.publisher.cmd_topic
+
+    def send(action: str, **extra: object) -> str:
+        msg = wire.cmd_message("site-a", "box-a", action, time.time(), **extra)
+        return box.handle_command(topic, wire.encode("cmd", msg))
+
+    def run(x: np.ndarray) -> None:
+        for i in range(0, x.shape[1], 1024):
+            box.step(x[:, i:i + 1024])
+            if box.stop_event.is_set():
+                return
+
+    run(audio[:, : 8 * 16000])
+    assert box.pipeline.conversation.in_call
+    campaign.write_text("[monologue]\non_s = 3.0\n")  # out of range
+    assert send("reload") == "reload"
+    assert box.reload_refused == 1 and box.status_fields()["reload_refused"] == 1
+    assert not box.reload_pending and box.pipeline.campaign.monologue.on_s == 30.0
+    # malformed or failing commands: refused and counted, the loop goes on
+    refused = box.cmd_refused
+    assert box.handle_command(topic, b"[" * 3000) == "refused"
+    assert box.handle_command(topic, wire.encode("cmd", wire.cmd_message(
+        "site-a", "box-a", "resend", time.time(), from_seq=1))[:-1] + b',"to_seq":9223372036854775808}') \
+        == "refused"
+    box.outbox.resend = None  # type: ignore[assignment,method-assign]  # any failure inside
+    assert send("resend", from_seq=1) == "refused"
+    assert box.cmd_refused == refused + 3
+    campaign.write_text("[monologue]\non_s = 45.0\n")
+    assert send("reload") == "reload" and box.reload_pending
+    run(audio[:, 8 * 16000:])
+    assert not box.stop_event.is_set() and box.exit_code == 0  # the call goes on
+    run(np.zeros((2, 40 * 16000), dtype=np.float32))  # the line falls silent: the call ends
+    assert box.stop_event.is_set() and box.exit_code == EXIT_RELOAD
+    events = [json.loads(p) for _, kind, p in box.outbox.pending(limit=100_000) if kind == "event"]
+    assert [e["name"] for e in events if e["name"] in ("call_start", "call_end")] == \
+        ["call_start", "call_end"]
+    box.outbox.close()

@@ -291,3 +291,83 @@ def test_a_dropped_block_becomes_silence_of_its_length() -> None:
     got = np.round(np.concatenate([first, rest], axis=1) * 32768).astype(int)
     want = np.concatenate([np.full(1024, v) for v in (1, 2, 0, 4, 5)])
     assert np.array_equal(got[0], want) and np.array_equal(got[1], want)
+
+
+def test_frames_the_driver_lost_become_silence_of_their_length() -> None:
+    """ALSA overruns (an xrun): the block after the gap comes flagged, late by the frames lost;
+    silence takes their place, so the audio clock (and two mono devices) stay aligned."""
+    from edge.capture import _PA_INPUT_OVERFLOW, _drain, _Input
+
+    src = CaptureSource(CaptureConfig("any", queue_blocks=8, block_ms=64.0))
+    inp = _Input(src, {"name": "any", "index": 0}, 2, RATE_HZ, None)
+    block = np.full((1024, 2), 7, dtype="<i2").tobytes()
+    inp._put_t = time.monotonic()
+    time.sleep(1024 / RATE_HZ)
+    inp.callback(block, 1024, None, 0)
+    time.sleep(1024 / RATE_HZ + 0.25)  # 0.25 s the driver lost
+    inp.callback(block, 1024, None, _PA_INPUT_OVERFLOW)
+    got = inp.convert(_drain(inp.queue, 0.0))
+    lost = got.shape[1] - 2048
+    assert src.input_overflows == 1 and src.status_fields()["overruns"] == 1
+    assert 0.2 * RATE_HZ <= lost <= 0.35 * RATE_HZ, lost  # the sleep's length, give or take the scheduler
+    assert not got[:, 1024:1024 + lost].any() and (got[:, -1024:] > 0).all()
+    # PortAudio's capture times, where the host API gives them, say exactly how much was lost
+    # (the flagged block may come on time, its first sample 0.3 s after the last one's end)
+    inp = _Input(src, {"name": "any", "index": 1}, 2, RATE_HZ, None)
+    inp.callback(block, 1024, {"input_buffer_adc_time": 10.0}, 0)
+    inp.callback(block, 1024, {"input_buffer_adc_time": 10.0 + 1024 / RATE_HZ + 0.3},
+                 _PA_INPUT_OVERFLOW)
+    got = inp.convert(_drain(inp.queue, 0.0))
+    assert got.shape[1] == 2048 + round(0.3 * RATE_HZ) and src.input_overflows == 2
+
+
+def test_a_device_that_opens_but_never_delivers_is_not_back() -> None:
+    """A wedged USB adapter opens and stays silent: it is not reported back (no re-open counted),
+    the caller's loop still gets empty blocks, and it is retried with a growing backoff."""
+    class Stream:
+        def __init__(self) -> None:
+            self.started = self.stopped = False
+
+        def start_stream(self) -> None:
+            self.started = True
+
+        def is_active(self) -> bool:
+            return not self.stopped
+
+        def stop_stream(self) -> None:
+            self.stopped = True
+
+        def close(self) -> None:
+            self.stopped = True
+
+    opens: list[float] = []
+
+    class Pa(FakePa):
+        def open(self, **kw: Any) -> Stream:
+            assert kw["start"] is False  # opened first, started together
+            opens.append(time.monotonic())
+            return Stream()
+
+        def terminate(self) -> None:
+            pass
+
+    info = {"index": 0, "name": "wedged", "maxInputChannels": 2, "defaultSampleRate": 16000.0}
+
+    class Module:
+        paInt16 = 8
+
+        @staticmethod
+        def PyAudio() -> Pa:
+            return Pa([info], (16_000,))
+
+    src = CaptureSource(CaptureConfig("wedged", stall_s=0.2, idle_s=0.05, backoff_s=0.05,
+                                      backoff_max_s=0.4), pyaudio_module=Module)
+    blocks = src.blocks()
+    try:
+        got = [next(blocks) for _ in range(40)]
+    finally:
+        src.stop_event.set()
+    assert all(b.shape == (2, 0) for b in got)
+    assert not src.device_ok and src.reopen_count == 0 and len(opens) >= 3
+    gaps = np.diff(opens)
+    assert gaps[-1] > gaps[0], gaps  # the backoff grows

@@ -28,6 +28,12 @@ def test_load_good(tmp_path):
     ('site = "s"\nbox = "b"\ncall_end_silence_s = 2.0\n', "call_end_silence_s .* 5..600"),
     ('site = "s"\nbox = "b"\ncall_start_on_speech = 1\n', "call_start_on_speech"),
     ("site = [", "TOML"),
+    ('site = "s"\nbox = "b"\nwindow_s = nan\n', "window_s nan .* 0.5..10"),
+    ('site = "s"\nbox = "b"\nkeepalive_s = 0\n', "keepalive_s 0 .* 1..3600"),
+    ('site = "s"\nbox = "b"\nvad_min_speech_ms = -100\n', "vad_min_speech_ms .* 0..1000"),
+    ('site = "s"\nbox = "b"\nvad_min_silence_ms = inf\n', "vad_min_silence_ms"),
+    ('site = "s"\nbox = "b"\ncapture_rate_hz = -16000\n', "capture_rate_hz .* 8000..192000"),
+    ('site = "s"\nbox = "b"\nbaseline_max_age_h = nan\n', "baseline_max_age_h"),
 ])
 def test_bad_files_refused_with_the_key(tmp_path, text, match):
     with pytest.raises(SettingsError, match=match):
@@ -37,3 +43,8 @@ def test_bad_files_refused_with_the_key(tmp_path, text, match):
 def test_missing_file(tmp_path):
     with pytest.raises(SettingsError, match="no such"):
         load(tmp_path / "nope.toml")
+
+
+def test_an_unreadable_path_is_a_clear_error(tmp_path):
+    with pytest.raises(SettingsError, match="cannot read the settings file"):
+        load(tmp_path)  # a directory

@@ -346,3 +346,60 @@ def test_the_first_speech_of_a_new_shift_is_heard_by_the_cues(model):
     events = [m.body for m in out if m.kind == "event"]
     assert [e["channel"] for e in events if e["name"] == "speech_start"][:2] == ["near", "far"]
     assert not [e for e in events if e["name"] == "cue_on" and e["cue"] == "slow_response"]
+
+
+def _timeline(total_s: float, parts: list[tuple[int, str, float, float]]) -> np.ndarray:
+    """Real EmoDB speech of ``speaker`` on channel ``ch`` (0 near, 1 far) from ``start_s`` to
+    ``end_s``, over a quiet floor: parts are (ch, speaker, start_s, end_s)."""
+    from tests._fixtures_signals import clips
+
+    n = int(total_s * 16000)
+    audio = np.random.default_rng(1).normal(0, 3e-4, (2, n)).astype(np.float32)
+    for ch, speaker, start_s, end_s in parts:
+        x = np.concatenate([np.pad(c, (0, 2400)) for c in clips(speaker)])[: int((end_s - start_s) * 16000)]
+        audio[ch, int(start_s * 16000): int(start_s * 16000) + len(x)] += x
+    return audio
+
+
+def _feed(pipe: Pipeline, audio: np.ndarray, at: dict[float, str] | None = None) -> list[dict]:
+    """Every event of ``audio`` fed in 64 ms blocks; ``at`` gives call states to set on the way."""
+    due = sorted((at or {}).items())
+    out: list[Message] = []
+    for i in range(0, audio.shape[1], 1024):
+        while due and due[0][0] <= i / 16000:
+            pipe.call_state(due.pop(0)[1])
+        out += pipe(audio[:, i:i + 1024])
+    return [m.body for m in out + pipe.finish() if m.kind == "event"]
+
+
+def test_a_call_summary_holds_only_its_own_call(model):
+    """Two calls back to back on the call signal: the second, where the agent says nothing, has no
+    pitch, level or rate of the agent (the first seconds' windows read the call before). A call
+    ended on silence is dated back to its last speech: a cue raised in the silence after it is
+    not one of its cues."""
+    from edge.conversation import ConversationConfig
+
+    audio = _timeline(50.0, [(0, "08", 2.0, 29.0), (1, "03", 31.0, 48.0)])
+    pipe = Pipeline(model, conversation=ConversationConfig(call_start_on_speech=False,
+                                                           call_end_silence_s=None))
+    events = _feed(pipe, audio, {0.0: "active", 30.0: "idle", 30.05: "active", 49.5: "idle"})
+    ends = [e for e in events if e["name"] == "call_end"]
+    assert len(ends) == 2
+    assert "call_f0_hz_median" in ends[0] and "call_rate_syl_s_median" in ends[0]
+    assert ends[1]["call_agent_speech_ratio"] == 0.0
+    assert not [k for k in ends[1] if k.startswith(("call_f0", "call_level", "call_pitch_range",
+                                                    "call_rate"))], ends[1]
+    # the prospect speaks last, the line goes quiet (no busy tone): the call ends at that speech
+    audio = _timeline(60.0, [(1, "03", 1.0, 6.0), (0, "08", 7.0, 20.0), (1, "03", 21.0, 26.0)])
+    events = _feed(Pipeline(model), audio)
+    end = next(e for e in events if e["name"] == "call_end")
+    late = [e for e in events if e["name"] == "cue_on" and e["t_audio_s"] > end["t_audio_s"]]
+    assert late, "the scenario raises a cue after the call's last speech"
+    counted = sum(end[f"call_cue_{c}_n"] for c in CUES if c != "take_break")
+    assert end["call_cues"] == counted
+    assert counted == sum(e["t_audio_s"] <= end["t_audio_s"] for e in events if e["name"] == "cue_on"
+                          and e["cue"] != "take_break")
+    early = {e["cue"] for e in events if e["name"] == "cue_on" and e["t_audio_s"] <= end["t_audio_s"]}
+    for e in late:
+        if e["cue"] not in early:
+            assert end[f"call_cue_{e['cue']}_n"] == 0 and end[f"call_cue_{e['cue']}_s"] == 0.0, e

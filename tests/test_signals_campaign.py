@@ -29,6 +29,11 @@ def test_defaults_and_a_valid_file(tmp_path):
      "too_fast.ratio_off (1.1) must be < too_fast.ratio_on"),
     ("monologue = 3\n", "monologue: expected a [monologue] section"),
     ("[monologue\n", "not valid TOML"),
+    # a ratio on the wrong side of the agent's own pace (a typo) would cue normal speech
+    ("[too_fast]\nratio_on = 0.5\nratio_off = 0.4\n",
+     "too_fast.ratio_on = 0.5 is outside the allowed range 1..3"),
+    ("[too_slow]\nratio_on = 1.5\nratio_off = 1.8\n",
+     "too_slow.ratio_on = 1.5 is outside the allowed range 0.3..1"),
 ])
 def test_bad_files_name_the_key_and_range(tmp_path, text, message):
     path = tmp_path / "bad.toml"
@@ -36,6 +41,11 @@ def test_bad_files_name_the_key_and_range(tmp_path, text, message):
     with pytest.raises(CampaignError) as exc:
         campaign.load(path)
     assert message in str(exc.value)
+
+
+def test_an_unreadable_campaign_path_is_a_clear_error(tmp_path):
+    with pytest.raises(CampaignError, match="cannot read the campaign file"):
+        campaign.load(tmp_path)  # a directory
 
 
 def _tick(t: float, **metrics) -> Tick:

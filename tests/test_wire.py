@@ -70,9 +70,11 @@ def test_no_list_or_object_field_in_schema():
 
 def test_decode_garbage():
     for payload in [b"", b"not json", b"[1,2]", b"\xff\xfe", json.dumps(_metrics(seq=-1)).encode(),
-                    b"{" * 5000]:
+                    b"{" * 5000, b"[" * 3000]:  # nested too deep for the parser, within the size
         with pytest.raises(wire.WireError):
             wire.decode("metrics", payload)
+    with pytest.raises(wire.WireError, match="to_seq must be <="):  # past SQLite's INTEGER
+        wire.cmd_message("s", "b", "resend", 1.0, from_seq=1, to_seq=2**63)
 
 
 def test_status_has_no_seq():
