@@ -89,7 +89,9 @@ class SeqTrack:
         self.ahead -= below
         self.lost += missing
         self.contig = first - 1
-        self.mark(first - 1)  # absorb what follows
+        while self.contig + 1 in self.ahead:  # absorb what follows
+            self.ahead.discard(self.contig + 1)
+            self.contig += 1
         self.dirty = True
         return missing
 
@@ -330,9 +332,13 @@ class Ingest:
             self.requests.append((box, first, last))
             log.info("box %s: asking for a resend of seq %d..%d", box, first, last)
             client = self._client
-            if client is not None:  # paho queues it while reconnecting
+            if client is None:  # paho queues it while reconnecting
+                continue
+            try:
                 self._send_cmd(client, wire.cmd_message(self.site, box, "resend", time.time(),
                                                         from_seq=first, to_seq=last))
+            except wire.WireError as exc:  # one box's bad state must not keep the others waiting
+                log.error("box %s: no resend of seq %d..%d: %s", box, first, last, exc)
         return asks
 
     def _send_cmd(self, client: Any, msg: dict[str, Any]) -> bool:

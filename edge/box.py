@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -163,9 +164,17 @@ class Box:
             if self.private:
                 self.suppressed += 1
                 continue
-            self.outbox.put(msg.kind, msg.body)
-            n += 1
+            n += self._store(msg.kind, msg.body)
         return n
+
+    def _store(self, kind: str, body: dict[str, Any]) -> int:
+        """Put one message in the outbox; 0 if the disk refused it (counted there as dropped)."""
+        try:
+            self.outbox.put(kind, body)
+        except sqlite3.Error:
+            self._status_due = True  # logged by the outbox; the loop goes on
+            return 0
+        return 1
 
     def handle_command(self, topic: str, payload: bytes) -> str:
         """Apply one command; return its action, or ``refused`` (counted, never raised)."""
@@ -212,7 +221,7 @@ class Box:
                 set_private = getattr(self.pipeline, "set_private", None)
                 if set_private is not None:  # the fact that the seat is private does leave
                     for m in set_private(private):
-                        self.outbox.put(m.kind, m.body)
+                        self._store(m.kind, m.body)
                 log.info("private mode %s", "on" if private else "off")
         elif action == "identify":
             self.identify_until = time.monotonic() + IDENTIFY_S
@@ -241,7 +250,16 @@ class Box:
         # so it is not sent again below (a duplicate at the broker).
         inflight = self.publisher.in_flight()
         acked = self.publisher.take_acked()
-        self.outbox.ack(acked)
+        given_up = self.publisher.take_given_up()
+        try:
+            self.outbox.ack(acked)
+            if given_up:  # the broker refused them again and again: in dropped, not resent
+                log.error("gave up %d message(s) the broker keeps refusing (seq %s)",
+                          len(given_up), ", ".join(map(str, given_up[:10])))
+                self.outbox.give_up(given_up)
+                self._status_due = True
+        except sqlite3.Error as exc:  # a full or failing disk: those rows are sent again later
+            log.error("outbox: cannot record acknowledgements: %s", exc)
         self.watchdog.ping()
         if acked and time.monotonic() - self._last_heartbeat > HEARTBEAT_EVERY_S:
             # the update health check: this version reaches the broker and publishes
@@ -264,7 +282,10 @@ class Box:
                                          identifying=self.identifying)
         if now - self._last_purge > PURGE_EVERY_S:
             self._last_purge = now
-            self.outbox.purge()
+            try:
+                self.outbox.purge()
+            except sqlite3.Error as exc:
+                log.error("outbox: purge failed: %s", exc)
             self.save_baselines()
         if connected and (not self._online or self._status_due
                           or now - self._last_status > STATUS_EVERY_S):

@@ -64,8 +64,9 @@ def import_pyaudio() -> Any:
 def quiet_stderr() -> Iterator[None]:
     """Divert file descriptor 2 while PortAudio/ALSA/JACK print their probing noise.
 
-    The noise is logged at DEBUG level instead. Anything another thread writes to stderr during
-    the (short) diversion is logged the same way, not lost.
+    The noise is logged at DEBUG level instead. Anything another thread writes to descriptor 2
+    during the (short) diversion is logged the same way, not lost; the ``miroir`` command's own
+    log has a descriptor of its own, so its lines are never diverted.
     """
     fd = 2  # the C library's stderr, whatever Python's sys.stderr is (pytest replaces it)
     try:

@@ -13,10 +13,21 @@ each one is counted in ``dropped`` (persistent, published in the box status). Th
 always kept, and what is lost is always a prefix of the sequence, so the oldest sequence number
 still held (:meth:`Outbox.first_seq`, published as ``seq_first``) tells the dashboard that
 everything below it will never come. A row costs its payload plus :data:`ROW_OVERHEAD_BYTES`.
+
+Durability: every write is synced before it returns (``synchronous=FULL``), so a message is on disk
+before it is sent, and a power cut never hands its sequence number to another message (the
+dashboard would take that one for a duplicate). A database file SQLite cannot read is moved aside
+(``outbox.sqlite.corrupt-<time>``) and a new one started; sequence numbers are reserved ahead in a
+small file beside it (:data:`SEQ_RESERVE`), so a new or replaced database starts above every
+number already used, and the dashboard counts the numbers in between as lost, never as duplicates.
+A full disk loses the message being stored (counted in ``dropped``) after acknowledged rows were
+deleted to make room; the box goes on.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -30,6 +41,11 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 """Default byte bound: about 2 days of one metrics message per second."""
 WAL_LIMIT_BYTES = 4 * 1024 * 1024
 """The write-ahead log is truncated back to this size after each checkpoint."""
+SEQ_RESERVE = 1_000
+"""Sequence numbers reserved at a time in ``outbox.seq`` (rewritten every that many messages)."""
+SQLITE_FULL = 13
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -65,17 +81,66 @@ class Outbox:
         self.retention_s = retention_s
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
-        self._db.executescript(_SCHEMA)
-        self.last_seq = self._meta("last_seq")
+        # beside the database, not named after it: whoever deletes "outbox.sqlite*" keeps it
+        self._seq_file = None if str(path) == ":memory:" else self.path.with_suffix(".seq")
+        try:
+            self._db = self._connect()
+        except sqlite3.DatabaseError as exc:  # not a database, or a damaged one: keep it aside
+            aside = f"{self.path.name}.corrupt-{int(time.time())}"
+            log.error("outbox %s unreadable (%s): moved to %s, starting a new one", self.path, exc,
+                      aside)
+            for suffix in ("", "-wal", "-shm"):
+                part = self.path.with_name(self.path.name + suffix)
+                if part.exists():
+                    part.rename(self.path.with_name(aside + suffix))
+            self._db = self._connect()
+        stored = self._db.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()
+        self._reserved = self._read_reserve()
+        # a database that lost its numbers (new, replaced) starts above those reserved
+        self.last_seq = int(stored[0]) if stored else self._reserved
         self.dropped = self._meta("dropped")
         rows, size = self._db.execute(
             "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox").fetchone()
         self._rows = int(rows)
         self._bytes = int(size) + ROW_OVERHEAD_BYTES * self._rows
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+            db.executescript(_SCHEMA)
+            db.execute("SELECT COUNT(*) FROM outbox").fetchone()
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
+
+    def _read_reserve(self) -> int:
+        if self._seq_file is None:
+            return 0
+        try:
+            return max(0, int(self._seq_file.read_text().strip() or 0))
+        except (OSError, ValueError):
+            return 0
+
+    def _reserve(self, seq: int) -> None:
+        """Make sure ``seq`` is below the reserved ceiling (a synced file, replaced atomically)."""
+        if self._seq_file is None or seq <= self._reserved:
+            return
+        ceiling = seq + SEQ_RESERVE
+        tmp = self._seq_file.with_name(self._seq_file.name + ".tmp")
+        try:
+            with open(tmp, "w") as f:
+                f.write(f"{ceiling}\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._seq_file)
+        except OSError as exc:  # the message matters more: tried again at the next one
+            log.warning("cannot reserve sequence numbers in %s: %s", self._seq_file, exc)
+            return
+        self._reserved = ceiling
 
     def _meta(self, key: str) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -96,21 +161,46 @@ class Outbox:
         msg = {"v": wire.SCHEMA_VERSION, "site": self.site, "box": self.box,
                "ts": round(time.time() if ts is None else ts, 3), "seq": seq, **body}
         payload = wire.encode(kind, msg)
+        self._reserve(seq)
+        try:
+            self._insert(seq, kind, payload, msg["ts"])
+        except sqlite3.Error as exc:
+            full = getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL
+            try:  # a full disk: what only serves resends goes first, then one more try
+                if not (full and self._free_acked()):
+                    raise
+                self._insert(seq, kind, payload, msg["ts"])
+            except sqlite3.Error:
+                self.dropped += 1
+                log.error("outbox: message %d (%s) lost, counted in dropped: %s", seq, kind, exc)
+                raise
+        self.last_seq = seq
+        return seq, payload
+
+    def _insert(self, seq: int, kind: str, payload: bytes, ts: float) -> None:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             self._db.execute("INSERT INTO outbox(seq, kind, payload, created_ts) VALUES (?,?,?,?)",
-                             (seq, kind, payload, msg["ts"]))
+                             (seq, kind, payload, ts))
             self._db.execute("INSERT OR REPLACE INTO meta VALUES ('last_seq', ?)", (seq,))
             self._rows += 1
             self._bytes += len(payload) + ROW_OVERHEAD_BYTES
             self._bound()
             self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:  # SQLite may have rolled back already (a full disk)
+                self._db.execute("ROLLBACK")
             self._recount()
             raise
-        self.last_seq = seq
-        return seq, payload
+
+    def _free_acked(self) -> int:
+        """Delete every acknowledged row (a full disk); return how many."""
+        try:
+            n = int(self._db.execute("DELETE FROM outbox WHERE acked_ts IS NOT NULL").rowcount)
+        except sqlite3.OperationalError:
+            return 0
+        self._recount()
+        return n
 
     def _recount(self) -> None:
         rows, size = self._db.execute(
@@ -166,6 +256,19 @@ class Outbox:
                              [(now, s) for s in seqs])
         self._db.execute("COMMIT")
 
+    def give_up(self, seqs: list[int], ts: float | None = None) -> None:
+        """Stop sending messages the broker keeps refusing: count them in ``dropped``; they stay
+        for the retention window (a ``resend`` can try them again)."""
+        if not seqs:
+            return
+        now = time.time() if ts is None else ts
+        self._db.execute("BEGIN IMMEDIATE")
+        n = self._db.executemany("UPDATE outbox SET acked_ts = ? WHERE seq = ? AND acked_ts IS NULL",
+                                 [(now, s) for s in seqs]).rowcount
+        self.dropped += max(0, n)
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('dropped', ?)", (self.dropped,))
+        self._db.execute("COMMIT")
+
     def resend(self, from_seq: int, to_seq: int | None = None) -> int:
         """Mark acknowledged rows from ``from_seq`` to ``to_seq`` (inclusive) for sending again.
 
@@ -184,8 +287,10 @@ class Outbox:
     def purge(self, now: float | None = None) -> int:
         """Delete acknowledged rows older than the retention window; return how many."""
         cutoff = (time.time() if now is None else now) - self.retention_s
+        # counted from the acknowledgement: a clock set right after boot (no RTC) does not age
+        # the rows made before it
         n = int(self._db.execute("DELETE FROM outbox WHERE acked_ts IS NOT NULL "
-                                 "AND created_ts < ?", (cutoff,)).rowcount)
+                                 "AND acked_ts < ?", (cutoff,)).rowcount)
         if n:
             self._recount()
         return n

@@ -8,8 +8,11 @@ received) in thread-safe containers; the box's main loop reads them and touches 
 the outbox's SQLite connection has one user.
 
 Reconnection backs off exponentially from :data:`RECONNECT_MIN_S` to :data:`RECONNECT_MAX_S`.
-The session is clean (``clean_start`` on, expiry 0): everything not acknowledged is sent again
-from the outbox after a reconnection, in sequence order.
+The session is clean (``clean_start`` on, expiry 0). paho sends its unacknowledged messages again
+after a reconnection, under the same message ids: they stay in flight (not sent a third time from
+the outbox) until acknowledged, or :data:`INFLIGHT_EXPIRE_S` after the connection, when the outbox
+sends them again. A message the broker refuses :data:`REFUSED_MAX` times is given up and counted
+(``dropped``), not sent again forever.
 """
 
 from __future__ import annotations
@@ -33,6 +36,11 @@ RECONNECT_MAX_S = 120
 """Longest reconnection delay, in seconds (the delay doubles up to this)."""
 MAX_INFLIGHT = 100
 """QoS 1 messages sent and not yet acknowledged, at most."""
+INFLIGHT_EXPIRE_S = 30.0
+"""A message unacknowledged this long after it was sent (or the connection came back) is sent
+again from the outbox."""
+REFUSED_MAX = 5
+"""A message the broker refuses this many times (not authorised, too large) is given up."""
 
 
 def _paho() -> Any:
@@ -69,8 +77,12 @@ class Publisher:
         self._acked: collections.deque[int] = collections.deque()
         self._commands: collections.deque[tuple[str, bytes]] = collections.deque(maxlen=1000)
         self._lock = threading.RLock()
-        self._inflight: dict[int, int] = {}  # paho mid -> outbox seq
-        self._early: dict[int, bool] = {}  # mid -> ok, for acks that beat send()
+        self._inflight: dict[int, tuple[int, float]] = {}  # paho mid -> (outbox seq, sent at)
+        self._early: dict[int, tuple[bool, float]] = {}
+        """mid -> (ok, when): acks of no message in flight: one that beat send(), a status's, or
+        one that came after its message expired. Only one newer than the publish counts."""
+        self._refusals: collections.Counter[int] = collections.Counter()
+        self._given_up: collections.deque[int] = collections.deque()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
                                   client_id=f"box-{settings.site}-{settings.box}",
                                   protocol=mqtt.MQTTv5)
@@ -113,7 +125,9 @@ class Publisher:
     def stop(self, status_extra: dict[str, Any] | None = None, *, threaded: bool = True) -> None:
         """Publish ``offline`` status, disconnect and stop the network thread."""
         if self.connected.is_set() and threaded:
-            self.publish_status("offline", **(status_extra or {})).wait_for_publish(2.0)
+            # the link may be gone under the flag: the Last Will says offline then
+            with contextlib.suppress(RuntimeError, ValueError):
+                self.publish_status("offline", **(status_extra or {})).wait_for_publish(2.0)
         self.client.disconnect()
         if threaded:
             self.client.loop_stop()
@@ -124,7 +138,10 @@ class Publisher:
             return
         log.info("connected to %s:%s", self.settings.broker_host, self.settings.broker_port)
         with self._lock:
-            self._inflight.clear()  # clean start: everything unacked is resent by the loop
+            # paho sends what it holds unacknowledged again, under the same ids: they stay in
+            # flight, from now (what it does not hold expires and the outbox sends it again)
+            now = time.monotonic()
+            self._inflight = {mid: (seq, now) for mid, (seq, _) in self._inflight.items()}
             self._early.clear()
             self.connects += 1
         client.subscribe(self.cmd_topic, qos=1)
@@ -144,17 +161,23 @@ class Publisher:
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         # paho holds its own message lock here: take ours briefly, never call paho under it.
         with self._lock:
-            seq = self._inflight.pop(mid, None)
-            if seq is None:
-                self._early[mid] = not reason.is_failure  # acked before send() recorded it
+            entry = self._inflight.pop(mid, None)
+            if entry is None:
+                if len(self._early) > 4 * MAX_INFLIGHT:  # status acks pile up: keep the newest
+                    for old in sorted(self._early, key=lambda m: self._early[m][1])[:MAX_INFLIGHT]:
+                        del self._early[old]
+                self._early[mid] = (not reason.is_failure, time.monotonic())
                 return
+            seq = entry[0]
             if not reason.is_failure:
                 # under the lock: a seq is always either in flight or acked, never in between
                 # (Box.pump would send it again)
                 self._acked.append(seq)
+                self._refusals.pop(seq, None)
+            else:
+                self._refused(seq)
         if reason.is_failure:
             log.error("broker refused message seq %d: %s", seq, reason)
-            return
         self._poke()
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
@@ -175,6 +198,7 @@ class Publisher:
         with self._lock:
             if len(self._inflight) >= MAX_INFLIGHT:
                 return False
+        sent_at = time.monotonic()
         # Not under our lock: paho calls _on_publish holding its own lock (lock order).
         info = self.client.publish(wire.topic(self.settings.site, self.settings.box, kind),
                                    payload, qos=1)
@@ -182,16 +206,38 @@ class Publisher:
             return False
         with self._lock:
             early = self._early.pop(info.mid, None)
+            if early is not None and early[1] < sent_at:
+                early = None  # an ack for an older message under the same id (ids wrap at 65535)
             if early is None:
-                self._inflight[info.mid] = seq
-        if early:
-            self._acked.append(seq)
+                self._inflight[info.mid] = (seq, sent_at)
+            elif early[0]:
+                self._acked.append(seq)
+            else:
+                self._refused(seq)
         return True
 
+    def _refused(self, seq: int) -> None:
+        """Count a refusal of ``seq`` (under the lock); give it up at :data:`REFUSED_MAX`."""
+        self._refusals[seq] += 1
+        if self._refusals[seq] >= REFUSED_MAX:
+            del self._refusals[seq]
+            self._given_up.append(seq)
+
     def in_flight(self) -> set[int]:
-        """Sequence numbers sent and not yet acknowledged."""
+        """Sequence numbers sent and not yet acknowledged (those older than
+        :data:`INFLIGHT_EXPIRE_S` are forgotten: the outbox sends them again)."""
         with self._lock:
-            return set(self._inflight.values())
+            cutoff = time.monotonic() - INFLIGHT_EXPIRE_S
+            for mid in [m for m, (_, t) in self._inflight.items() if t < cutoff]:
+                del self._inflight[mid]
+            return {seq for seq, _ in self._inflight.values()}
+
+    def take_given_up(self) -> list[int]:
+        """Sequence numbers the broker refused :data:`REFUSED_MAX` times since the last call."""
+        out = []
+        while self._given_up:
+            out.append(self._given_up.popleft())
+        return out
 
     def take_acked(self) -> list[int]:
         """Sequence numbers acknowledged since the last call."""

@@ -10,9 +10,11 @@ import importlib
 import importlib.util
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 from miroir import __version__
 
@@ -318,11 +320,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_stream() -> TextIO:
+    """stderr for the log on a descriptor of its own: the capture stage diverts descriptor 2 for
+    a moment while PortAudio probes devices, and another thread's log lines must not go there."""
+    if logging.getLogger().handlers:  # already set up (a second call in the same process)
+        return sys.stderr
+    try:
+        return os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1, errors="backslashreplace")
+    except (AttributeError, OSError, ValueError):  # no descriptor (a test's captured stderr)
+        return sys.stderr
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``miroir`` command."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=_log_stream())
     handler: Handler = args.func
     try:
         return handler(args)

@@ -44,6 +44,8 @@ CALL_STATES = ("idle", "active", "hold")
 CHANNELS = ("near", "far")
 
 _num = (int, float)
+MAX_SEQ = 2**63 - 1
+"""Largest sequence number, and of any integer field (SQLite's INTEGER)."""
 
 # Conversation dynamics (edge.conversation.Conversation.metrics): rolling windows of 30 s and 60 s.
 _CONVERSATION_METRICS: dict[str, tuple[type, ...]] = {
@@ -281,6 +283,8 @@ def validate(kind: str, msg: dict[str, Any]) -> dict[str, Any]:
             raise WireError(f"{kind}.{name}: expected {types[0].__name__}, got {type(value).__name__}")
         if isinstance(value, float) and not math.isfinite(value):
             raise WireError(f"{kind}.{name}: not a finite number")
+        if isinstance(value, int) and not -MAX_SEQ - 1 <= value <= MAX_SEQ:  # SQLite's INTEGER
+            raise WireError(f"{kind}.{name}: integer out of range")
         if name in _ENUMS and value not in _ENUMS[name]:
             raise WireError(f"{kind}.{name}: {value!r} not one of {', '.join(_ENUMS[name])}")
     if msg["v"] != SCHEMA_VERSION:
@@ -326,10 +330,6 @@ def encode(kind: str, msg: dict[str, Any]) -> bytes:
     if len(data) > MAX_PAYLOAD_BYTES:
         raise WireError(f"{kind}: payload of {len(data)} bytes exceeds {MAX_PAYLOAD_BYTES}")
     return data
-
-
-MAX_SEQ = 2**63 - 1
-"""Largest sequence number (SQLite's INTEGER)."""
 
 
 def decode(kind: str, payload: bytes) -> dict[str, Any]:

@@ -66,8 +66,9 @@ def test_captured_call_reaches_the_broker_as_metrics_only(
 
     # Nothing but the outbox was written, and it holds only contract messages, no samples.
     files = sorted(p.name for p in state.iterdir())
-    assert set(files) <= {"outbox.sqlite", "outbox.sqlite-wal", "outbox.sqlite-shm",
+    assert set(files) <= {"outbox.sqlite", "outbox.sqlite-wal", "outbox.sqlite-shm", "outbox.seq",
                           "heartbeat.json"}, files
+    assert (state / "outbox.seq").read_text().strip().isdigit()  # one number: reserved seqs
     with sqlite3.connect(state / "outbox.sqlite") as db:
         for kind, payload in db.execute("SELECT kind, payload FROM outbox"):
             assert len(payload) < 2048  # scalars only: a second of samples would be 32 KB

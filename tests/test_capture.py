@@ -371,3 +371,25 @@ def test_a_device_that_opens_but_never_delivers_is_not_back() -> None:
     assert not src.device_ok and src.reopen_count == 0 and len(opens) >= 3
     gaps = np.diff(opens)
     assert gaps[-1] > gaps[0], gaps  # the backoff grows
+
+
+def test_another_threads_log_line_is_not_diverted_while_portaudio_probes() -> None:
+    """PortAudio's probing noise is diverted from descriptor 2 for a moment; an error the MQTT
+    thread logs meanwhile still reaches the journal (the command's log has its own descriptor)."""
+    import subprocess
+    import sys
+    script = """
+import logging, threading, time
+from miroir.cli import _log_stream
+from edge.capture import quiet_stderr
+logging.basicConfig(level=logging.INFO, stream=_log_stream(), format="%(levelname)s %(message)s")
+t = threading.Thread(target=lambda: (time.sleep(0.05), logging.getLogger("x").error("broker refused")))
+t.start()
+with quiet_stderr():
+    time.sleep(0.3)
+t.join()
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    assert "ERROR broker refused" in done.stderr

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from dashboard import auth
 from dashboard import db as store
 from dashboard.app import DashboardServer, create_app
-from dashboard.ingest import Ingest, percentile
+from dashboard.ingest import GAP_GRACE_S, Ingest, percentile
 from dashboard.live import Hub
 from dashboard.settings import DashboardSettings
 from miroir import wire
@@ -170,6 +170,42 @@ def test_status_updates_the_box_and_truncates_big_quarantined_payloads(ingest: I
     assert ingest.handle(t, b"x" * 5000) == "quarantined"
     row = list(boxes.db["quarantine"].rows)[-1]
     assert row["truncated"] == 1 and len(row["payload"]) == store.QUARANTINE_PAYLOAD_MAX_CHARS
+
+
+def test_a_dropped_range_then_a_later_hole_is_still_asked_for(ingest: Ingest) -> None:
+    """The box's outbox overflowed (11..20 dropped) and its status says it holds nothing below 21,
+    which the dashboard already has: 11..20 count as lost, the stream goes on, and a later real
+    hole (41..44) is asked for, alongside another box's (a jammed box must not block it)."""
+    sent: list[str] = []
+
+    class Client:
+        def publish(self, topic: str, data: bytes, qos: int = 0) -> Any:
+            sent.append(topic)
+            return type("Info", (), {"rc": 0, "mid": len(sent)})()
+
+    ingest._client = Client()
+    try:
+        _drop_then_hole(ingest)
+    finally:
+        ingest._client = None
+    assert sorted(sent) == [wire.topic(SITE, b, "cmd") for b in ("box-a", "box-b")]
+
+
+def _drop_then_hole(ingest: Ingest) -> None:
+    t = wire.topic(SITE, "box-a", "metrics")
+    for seq in [*range(1, 11), *range(21, 31)]:
+        ingest.handle(t, payload(metrics("box-a", seq)))
+    status = wire.status_message(SITE, "box-a", "online", time.time(), seq_last=30, seq_first=21,
+                                 dropped=10)
+    ingest.handle(wire.topic(SITE, "box-a", "status"), payload(status))
+    assert ingest.stats()["lost"] == 10 and ingest.check_gaps(now=100.0) == []
+    for seq in [*range(31, 41), *range(45, 50)]:
+        ingest.handle(t, payload(metrics("box-a", seq)))
+    for seq in (1, 2, 5):
+        ingest.handle(wire.topic(SITE, "box-b", "metrics"), payload(metrics("box-b", seq)))
+    ingest.check_gaps(now=200.0)
+    asks = ingest.check_gaps(now=200.0 + GAP_GRACE_S)
+    assert sorted(asks) == [("box-a", 41, 44), ("box-b", 3, 4)], asks
 
 
 def test_ingest_lag_percentiles(dash_settings: DashboardSettings) -> None:

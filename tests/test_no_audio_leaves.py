@@ -62,7 +62,8 @@ def test_box_writes_no_audio_and_talks_only_to_its_broker(site, broker, tmp_path
     # Inside: only the settings and the outbox, whose rows are contract messages.
     files = {p.name for p in state.iterdir()} | {p.name for p in tmp.rglob("*")}
     assert files <= {"box.toml", "outbox.sqlite", "outbox.sqlite-wal", "outbox.sqlite-shm",
-                     "heartbeat.json"}, files
+                     "outbox.seq", "heartbeat.json"}, files
+    assert (state / "outbox.seq").read_text().strip().isdigit()  # one number: reserved seqs
     with sqlite3.connect(state / "outbox.sqlite") as db:
         rows = db.execute("SELECT kind, payload FROM outbox").fetchall()
     assert len(rows) >= 60  # one minute of metrics at least

@@ -9,6 +9,9 @@ BODY = {"near_speech_ratio": 0.25, "far_speech_ratio": 0.5, "talk_state": "silen
 
 def test_sequence_survives_restart(tmp_path):
     box = Outbox(tmp_path / "o.sqlite", "s", "b")
+    # every write reaches the disk before put() returns, so before the message is sent: a power
+    # cut never rolls back a number the dashboard already holds
+    assert box._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     seqs = [box.put("metrics", BODY)[0] for _ in range(3)]
     assert seqs == [1, 2, 3]
     box.ack([1, 2])
@@ -24,10 +27,61 @@ def test_acked_rows_kept_for_retention_then_purged(tmp_path):
     box = Outbox(tmp_path / "o.sqlite", "s", "b", retention_s=60)
     box.put("metrics", BODY, ts=1000.0)
     box.put("metrics", BODY, ts=1100.0)
-    box.ack([1, 2], ts=1100.0)
+    box.ack([1], ts=1050.0)
+    box.ack([2], ts=1100.0)
     assert box.depth() == 0 and box.depth_total() == 2
-    assert box.purge(now=1130.0) == 1
+    assert box.purge(now=1130.0) == 1  # retention counts from the acknowledgement
     assert box.depth_total() == 1
+    # a box without a real-time clock made a row before NTP set the clock a year ahead: the row
+    # is kept for the retention window after its acknowledgement, not purged at once
+    box.put("metrics", BODY, ts=1200.0)
+    box.ack([3], ts=1200.0 + 365 * 86400)
+    assert box.purge(now=1200.0 + 365 * 86400 + 30) == 1 and box.first_seq() == 3
+
+
+def test_a_corrupt_or_lost_database_never_reuses_a_sequence_number(tmp_path):
+    """A card that corrupts the database (or an operator who deletes it): the box starts a new one
+    above every number it used, keeps the bad file aside, and runs on."""
+    path = tmp_path / "o.sqlite"
+    box = Outbox(path, "s", "b")
+    used = [box.put("metrics", BODY)[0] for _ in range(3)]
+    box.close()
+    path.write_bytes(b"this is not a database" * 100)
+    for part in (tmp_path / "o.sqlite-wal", tmp_path / "o.sqlite-shm"):
+        part.unlink(missing_ok=True)
+    box = Outbox(path, "s", "b")
+    seq = box.put("metrics", BODY)[0]
+    assert seq > max(used) and box.first_seq() == seq  # the dashboard counts the rest as lost
+    assert list(tmp_path.glob("o.sqlite.corrupt-*"))
+    box.close()
+    path.unlink()
+    box = Outbox(path, "s", "b")
+    assert box.put("metrics", BODY)[0] > seq
+    box.close()
+
+
+def test_a_full_disk_frees_acknowledged_rows_then_counts_the_loss(tmp_path):
+    """SQLite reports a full disk (here: the file's page limit): acknowledged rows go first; when
+    nothing is left to free, the message is counted in dropped and the error is SQLite's own."""
+    import sqlite3
+
+    box = Outbox(tmp_path / "o.sqlite", "s", "b")
+    for _ in range(20):
+        box.put("metrics", BODY)
+    box.ack(list(range(1, 21)))
+    pages = box._db.execute("PRAGMA page_count").fetchone()[0]
+    box._db.execute(f"PRAGMA max_page_count={pages}")
+    for _ in range(2000):
+        try:
+            box.put("metrics", BODY)
+        except sqlite3.OperationalError as exc:
+            assert "full" in str(exc)
+            break
+    else:
+        raise AssertionError("the page limit was never reached")
+    assert box.dropped == 1 and box.depth_total() >= 1
+    assert box._db.execute("SELECT COUNT(*) FROM outbox WHERE acked_ts IS NOT NULL").fetchone()[0] == 0
+    box.close()
 
 
 def test_overflow_drops_acked_first_then_oldest_unsent(tmp_path):

@@ -73,8 +73,11 @@ def test_decode_garbage():
                     b"{" * 5000, b"[" * 3000]:  # nested too deep for the parser, within the size
         with pytest.raises(wire.WireError):
             wire.decode("metrics", payload)
-    with pytest.raises(wire.WireError, match="to_seq must be <="):  # past SQLite's INTEGER
+    with pytest.raises(wire.WireError, match="out of range"):  # past SQLite's INTEGER
         wire.cmd_message("s", "b", "resend", 1.0, from_seq=1, to_seq=2**63)
+    for field, value in (("seq", 2**63), ("ts", 10**400), ("window_s", -(2**64))):
+        with pytest.raises(wire.WireError, match=f"{field}: integer out of range"):
+            wire.decode("metrics", json.dumps(_metrics(**{field: value})).encode())
 
 
 def test_status_has_no_seq():
