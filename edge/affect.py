@@ -389,15 +389,19 @@ def affect_for_analysis(audio: np.ndarray, segments: dict[str, list[list[float]]
 
     model = model or AffectModel(config.backend)
     stage = AffectStage(model, config)
-    frames = Framer()(np.asarray(audio, dtype=np.float32))
+    framer = Framer()
     frame_s = FRAME_SAMPLES / RATE_HZ
-    near = _speaking_flags(segments.get("near", []), len(frames), frame_s)
-    far = _speaking_flags(segments.get("far", []), len(frames), frame_s)
+    n_frames = audio.shape[1] // FRAME_SAMPLES
+    near = _speaking_flags(segments.get("near", []), n_frames, frame_s)
+    far = _speaking_flags(segments.get("far", []), n_frames, frame_s)
     windows = []
-    for i, frame in enumerate(frames):
-        w = stage(frame, bool(near[i]), bool(far[i]))
-        if w is not None:
-            windows.append(w)
+    i = 0
+    for start in range(0, audio.shape[1], RATE_HZ):  # a second at a time: no copy of it all
+        for frame in framer(np.asarray(audio[:, start:start + RATE_HZ], dtype=np.float32)):
+            w = stage(frame, bool(near[i]), bool(far[i]))
+            i += 1
+            if w is not None:
+                windows.append(w)
     last = stage.finish()
     if last is not None:
         windows.append(last)

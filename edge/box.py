@@ -121,7 +121,7 @@ class Box:
         self.exit_code = 0
         """What the service should exit with: :data:`EXIT_RELOAD` after a reload, else 0."""
         self.private = False
-        """Private mode: nothing about the call is put in the outbox."""
+        """Private mode: nothing about the call is put in the outbox (kept across a restart)."""
         self.call_state = "idle"
         """Call state from the softphone/CTI connector (``cmd`` ``call_state``)."""
         self._shown_call_state = "idle"
@@ -140,6 +140,10 @@ class Box:
         self._status_due = False
         self._last_status = 0.0
         self._last_purge = time.monotonic()
+        self._lost_at: float | None = None
+        if self._private_file.exists():  # private when the box stopped (a restart, an update)
+            log.info("private mode was on when the box stopped: it stays on")
+            self._apply({"action": "private_on"})
 
     @property
     def identifying(self) -> bool:
@@ -200,6 +204,21 @@ class Box:
             return "refused"
         return self._apply_safely(msg)
 
+    @property
+    def _private_file(self) -> Any:
+        return self.settings.state_dir / "private"
+
+    def _remember_private(self, on: bool) -> None:
+        """Keep private mode in the state directory: a restart must not end it."""
+        try:
+            if on:
+                self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+                self._private_file.write_text("on\n")
+            else:
+                self._private_file.unlink(missing_ok=True)
+        except OSError as exc:
+            log.error("cannot keep private mode in %s: %s", self.settings.state_dir, exc)
+
     def _apply_safely(self, msg: dict[str, Any]) -> str:
         """:meth:`_apply`, counting a command that fails as refused: the loop must go on."""
         try:
@@ -216,6 +235,7 @@ class Box:
             if private != self.private:
                 self.private = private
                 self._status_due = True
+                self._remember_private(private)
                 if not private:
                     self._shown_call_state = self.call_state
                 set_private = getattr(self.pipeline, "set_private", None)
@@ -368,9 +388,15 @@ class Box:
             interrupt = getattr(self.pipeline, "interrupt", None)
             if not ok and interrupt is not None:
                 self.submit(interrupt())
+            gap = getattr(self.pipeline, "gap", None)
+            if not ok:
+                self._lost_at = time.monotonic()
+            elif self._lost_at is not None and gap is not None:
+                gap(time.monotonic() - self._lost_at)  # nobody spoke while it was unplugged
+                self._lost_at = None
         self.submit(self.pipeline(block))
         self.pump()
-        if self.reload_pending and not self._in_call():
+        if self.reload_pending and not self.private and not self._in_call():
             self.exit_code = EXIT_RELOAD
             self.stop_event.set()
 
@@ -389,6 +415,9 @@ class Box:
                 self.step(block)
                 if self.stop_event.is_set():
                     break
+            stop = getattr(self.pipeline, "stop", None)
+            if stop is not None:  # the call in progress and every open cue end here
+                self.submit(stop())
             deadline = time.monotonic() + drain_s
             while self.outbox.depth() and time.monotonic() < deadline:
                 self.pump()

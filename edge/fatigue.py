@@ -250,7 +250,7 @@ class Fatigue:
             self._over_s += dt_s
         else:
             self._over_s = 0.0
-        if not self.break_suggested and self._over_s >= cfg.break_min_s:
+        if not self.break_suggested and index >= cfg.break_on and self._over_s >= cfg.break_min_s:
             self.break_suggested = True
         elif self.break_suggested and index < cfg.break_off:
             self.break_suggested = False

@@ -307,9 +307,31 @@ class Pipeline:
         """
         if self.private:
             return []
+        if self._busy_since_s is not None:  # a hang-up being confirmed: the prospect hung up
+            self.conversation.hang_up(self._busy_since_s)
+            self.conversation.defer(None)
         out = self.finish()
         self._reset_call_stages(keep_cooldowns=True)
         self._resume()
+        return out
+
+    def gap(self, seconds: float) -> None:
+        """Time without audio (the headset unplugged) counts as idle: a break long enough starts
+        a new shift when speech comes back.
+
+        Args:
+            seconds: how long the audio was gone, wall-clock seconds.
+        """
+        self._idle_s += max(0.0, seconds)
+
+    def stop(self) -> list[Message]:
+        """The box stops: the call in progress, its cues and the break suggestion end here."""
+        out = self.finish()
+        if self._break and not self.private:
+            self._break = False
+            index = (self.fatigue.state.index if self.fatigue is not None else None) or 0.0
+            out.append(Message("event", cue_event("cue_off", "take_break", self.audio_s, "medium",
+                                                  index, self.campaign.fatigue.break_on)))
         return out
 
     def set_private(self, on: bool) -> list[Message]:
@@ -581,9 +603,16 @@ def analyze(audio: np.ndarray, model: Model, *, window_s: float = 1.0,
         figures, each call's published summary (``call_end`` fields), VAD probabilities at 32 ms
         steps and speech segments.
     """
-    pipe = Pipeline(model, window_s=window_s, trace=True, campaign=campaign,
+    stage = None
+    if affect is not None and affect.enabled:  # as on a box: the prospect_tense cue reads it
+        from edge.affect import AffectModel, AffectStage
+
+        stage = AffectStage(AffectModel(affect.backend), affect)
+    pipe = Pipeline(model, window_s=window_s, trace=True, campaign=campaign, affect=stage,
                     conversation=ConversationConfig(keep_history=True))
-    messages = pipe(audio)
+    messages: list[Message] = []
+    for i in range(0, audio.shape[1], RATE_HZ):  # a second at a time: no copy of the recording
+        messages += pipe(audio[:, i:i + RATE_HZ])
     messages += pipe.finish()
     assert pipe.trace is not None
     duration_s = audio.shape[1] / RATE_HZ
@@ -670,7 +699,9 @@ def cue_episodes(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
             out.append(ep)
         elif e["name"] == "cue_off" and e["cue"] in open_:
             open_.pop(e["cue"])["end_s"] = e["t_audio_s"]
-    return out
+    # a cue raised in the last window and closed by the end of the recording at the same instant
+    # says nothing (nor does the call's summary count it)
+    return [ep for ep in out if ep["end_s"] != ep["start_s"]]
 
 
 def _prosody_summary(clip: dict[str, Any]) -> dict[str, Any]:

@@ -217,6 +217,8 @@ class Signals:
         self._far_tone_s = 0.0
         self._in_call = False
         self._why = "idle"
+        self._live_since_s = math.inf
+        """Start of the current stretch in which cues may be raised (no hold, mute, idle)."""
         self._new_call()
         self._reset_summary()
 
@@ -347,6 +349,10 @@ class Signals:
         self._far_tone_s = self._far_tone_s + dt if m.get("far_kind") in FAR_TONE_KINDS else 0.0
         out: list[dict[str, Any]] = []
         why = self._why = self.suppressed(tick)
+        if why not in ("", "budget"):
+            self._live_since_s = math.inf
+        elif self._live_since_s == math.inf:
+            self._live_since_s = now - dt  # live from this window's start
         if why in ("", "budget"):  # not on hold, muted or out of a call: the agent's own voice
             self._learn(tick)
         if why:
@@ -409,28 +415,29 @@ class Signals:
         short, long = tick.short, tick.long
         b = self.baseline
         need = self.campaign.alerts.baseline_speech_s
-        # the call's statistics read only windows that lie inside the call: the first seconds of
-        # a call would otherwise read the voice of the call before
-        long_in_call = slow_in_call = False
+        # the baseline and the call's statistics read only windows that lie inside the call and
+        # inside the stretch since the last hold or mute: the first seconds of a call would read
+        # the call before, those after a hold the voice the agent had on hold
+        long_in_call = slow_in_call = fast_live = False
         if long is not None and self._in_call:
-            start_s = self._call_start_s - 0.01  # a hop of slack
-            long_in_call = tick.voice_t0_s + long.start_s >= start_s
-            slow_in_call = tick.voice_t0_s + max(0.0, long.end_s - self.campaign.too_slow.window_s) \
-                >= start_s
+            since_s = max(self._call_start_s, self._live_since_s) - 0.01  # a hop of slack
+            t0_s, end_s = tick.voice_t0_s, long.end_s
+            long_in_call = t0_s + long.start_s >= since_s
+            slow_in_call = t0_s + max(0.0, end_s - self.campaign.too_slow.window_s) >= since_s
+            fast_live = t0_s + max(0.0, end_s - self.campaign.too_fast.window_s) >= since_s
         slow = _rated(tick.slow)
         if slow is not None and slow.articulation_rate_syl_s and slow_in_call:
             self._rates.append(slow.articulation_rate_syl_s)  # the call's rate statistics
         fast = _rated(short)
-        if fast is not None and fast.pace_syl_s and not b.ready(need):
+        if fast is not None and fast.pace_syl_s and fast_live and not b.ready(need):
             b.pace_syl_s.append(fast.pace_syl_s)
-        if long is not None and long.voiced_ratio >= VOICED_MIN:
-            if long_in_call:
-                if long.f0_median_hz:
-                    self._f0.append(long.f0_median_hz)
-                if long.pitch_range_st is not None:
-                    self._ranges.append(long.pitch_range_st)
-                if long.level_dbfs is not None:
-                    self._levels.append(long.level_dbfs)
+        if long is not None and long.voiced_ratio >= VOICED_MIN and long_in_call:
+            if long.f0_median_hz:
+                self._f0.append(long.f0_median_hz)
+            if long.pitch_range_st is not None:
+                self._ranges.append(long.pitch_range_st)
+            if long.level_dbfs is not None:
+                self._levels.append(long.level_dbfs)
             if not b.ready(need):
                 if long.pitch_range_st is not None:
                     b.pitch_range_st.append(long.pitch_range_st)

@@ -52,11 +52,30 @@ def resample(samples: np.ndarray, from_hz: int, to_hz: int = RATE_HZ) -> np.ndar
     return np.asarray(soxr.resample(samples, from_hz, to_hz, quality="HQ"), dtype=np.float32)
 
 
+_PCM_SCALE = {1: 128.0, 2: 32768.0, 3: 8388608.0, 4: 2147483648.0}
+"""Bytes per sample -> full scale of WAV PCM (8-bit is unsigned, the others signed)."""
+
+
+def _pcm(raw: bytes, width: int) -> np.ndarray:
+    """Little-endian PCM samples as float32, full scale +-1.0."""
+    if width == 1:
+        x = np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0
+    elif width == 3:
+        b = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
+        x = ((b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)) << 8 >> 8).astype(np.float32)
+    else:
+        x = np.frombuffer(raw, dtype="<i2" if width == 2 else "<i4").astype(np.float32)
+    return x / np.float32(_PCM_SCALE[width])
+
+
 def read_wav(path: Path, *, notice: bool = True) -> Recording:
-    """Read a mono 16-bit PCM WAV file into memory, resampled to 16 kHz.
+    """Read a mono 8-, 16-, 24- or 32-bit PCM WAV file into memory, resampled to 16 kHz.
+
+    A file cut short (an interrupted recorder, a streaming header) is read as far as it goes, with
+    a warning.
 
     Raises:
-        AudioInputError: not a WAV file, truncated, not mono, not 16-bit PCM, or empty.
+        AudioInputError: not a readable WAV file, not mono, float samples, or empty.
     """
     try:
         with wave.open(str(path), "rb") as wf:
@@ -69,23 +88,28 @@ def read_wav(path: Path, *, notice: bool = True) -> Recording:
         raise AudioInputError(f"{path}: is a directory, not a WAV file") from None
     except (wave.Error, EOFError) as exc:
         why = str(exc) or "empty, or cut short in its header"
-        if "65534" in why:  # WAVE_FORMAT_EXTENSIBLE, which this Python's wave module cannot read
-            why = "an extensible-format WAV; convert it first, e.g. `sox IN.wav -b 16 -e signed OUT.wav`"
+        if "65534" in why or "format: 3" in why:  # extensible or float: the wave module cannot
+            why = ("float or extensible-format samples; convert them first, e.g. "
+                   "`sox IN.wav -b 16 -e signed OUT.wav`")
         raise AudioInputError(f"{path}: not a readable PCM WAV file ({why})") from None
+    except OSError as exc:  # no permission, a path through a file
+        raise AudioInputError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if channels != 1:
         raise AudioInputError(f"{path}: has {channels} channels, expected mono "
                               "(give the agent and the line as two files: NEAR --far FAR)")
-    if width != 2:
-        raise AudioInputError(f"{path}: {8 * width}-bit samples, expected 16-bit PCM")
-    if len(raw) < n * width:
-        raise AudioInputError(f"{path}: truncated: header says {n} samples, "
-                              f"file holds {len(raw) // width}")
-    if n == 0:
+    if width not in _PCM_SCALE:
+        raise AudioInputError(f"{path}: {8 * width}-bit samples, expected 8-, 16-, 24- or 32-bit "
+                              "PCM (`sox IN.wav -b 16 -e signed OUT.wav` converts)")
+    held = len(raw) // width
+    if held < n:
+        log.warning("%s: cut short: its header says %d samples, it holds %d; reading those",
+                    path, n, held)
+    if held == 0:
         raise AudioInputError(f"{path}: holds no audio")
     if not MIN_RATE_HZ <= rate_hz <= MAX_RATE_HZ:
         raise AudioInputError(f"{path}: sample rate {rate_hz} Hz is outside "
                               f"{MIN_RATE_HZ}..{MAX_RATE_HZ} Hz")
-    samples = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+    samples = _pcm(raw[: held * width], width)
     if rate_hz != RATE_HZ:
         if notice:
             log.warning("%s: resampling from %d Hz to %d Hz", path, rate_hz, RATE_HZ)

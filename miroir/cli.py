@@ -53,7 +53,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             campaign = load_campaign(args.campaign)
         except CampaignError as exc:
             raise CliError(str(exc)) from None
-    result = analyze(pair(near, far), load_vad_model(), affect=AffectConfig(enabled=args.affect),
+    audio = pair(near, far)
+    del near, far  # one copy of a long recording is enough
+    result = analyze(audio, load_vad_model(), affect=AffectConfig(enabled=args.affect),
                      campaign=campaign)
     result["files"] = {"near": str(args.near), "far": str(args.far) if args.far else None}
     if args.json:
@@ -345,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `miroir analyze --json | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

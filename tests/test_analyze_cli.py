@@ -80,13 +80,14 @@ def test_other_rates_resampled_with_a_notice(tmp_path, rate_hz):
 @pytest.mark.parametrize("case,message", [
     ("stereo", "2 channels, expected mono"),
     ("not_wav", "not a readable PCM WAV"),
-    ("truncated", "truncated"),
-    ("8bit", "8-bit samples"),
+    ("float", "float or extensible-format samples"),
+    ("40bit", "40-bit samples, expected 8-, 16-, 24- or 32-bit PCM"),
     ("rate", "sample rate 4000 Hz"),
     ("empty", "holds no audio"),
     ("zero_bytes", "empty, or cut short in its header"),
-    ("extensible", "extensible-format WAV; convert it first"),
+    ("extensible", "float or extensible-format samples; convert them first"),
     ("missing", "no such file"),
+    ("through_a_file", "cannot read (Not a directory)"),
 ])
 def test_bad_input_one_line_error(tmp_path, case, message):
     one_s = np.zeros(16000, dtype="<i2")
@@ -95,11 +96,21 @@ def test_bad_input_one_line_error(tmp_path, case, message):
         _write_wav(path, np.zeros(32000, dtype="<i2"), 16000, channels=2)
     elif case == "not_wav":
         path.write_text("hello, I am not audio\n")
-    elif case == "truncated":
-        data = _write_wav(path, one_s, 16000).read_bytes()
-        path.write_bytes(data[: len(data) // 2])
-    elif case == "8bit":
-        _write_wav(path, np.zeros(16000, dtype=np.uint8), 16000, width=1)
+    elif case == "float":  # WAVE_FORMAT_IEEE_FLOAT, as some recorders write
+        fmt = struct.pack("<HHIIHH", 3, 1, 16000, 64000, 4, 32)
+        data = np.zeros(16000, dtype="<f4").tobytes()
+        body = (b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
+                + b"data" + struct.pack("<I", len(data)) + data)
+        path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    elif case == "40bit":
+        fmt = struct.pack("<HHIIHH", 1, 1, 16000, 80000, 5, 40)
+        data = bytes(5 * 16000)
+        body = (b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
+                + b"data" + struct.pack("<I", len(data)) + data)
+        path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    elif case == "through_a_file":
+        _write_wav(tmp_path / "file.wav", one_s, 16000)
+        path = tmp_path / "file.wav" / "x.wav"
     elif case == "rate":
         _write_wav(path, one_s, 4000)
     elif case == "empty":
@@ -118,6 +129,36 @@ def test_bad_input_one_line_error(tmp_path, case, message):
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("miroir: error:") and message in lines[0], lines
+
+
+def test_other_sample_widths_and_a_file_cut_short_are_read(tmp_path):
+    """8-, 24- and 32-bit PCM read as 16-bit does (the same speech, the same speech share); a file
+    whose header promises more than it holds (an interrupted recorder) is read as far as it goes,
+    with a warning."""
+    from edge.source import read_wav
+
+    x = read_wav(SHARED / "ami-headsets" / "source0.wav", notice=False).samples[: 20 * 16000]
+    pcm16 = np.round(x * 32767).astype("<i2")
+    ref = _write_wav(tmp_path / "w16.wav", pcm16, 16000)
+    files = {
+        1: _write_wav(tmp_path / "w8.wav", (np.round(x * 127) + 128).astype(np.uint8), 16000, width=1),
+        3: _write_wav(tmp_path / "w24.wav", np.frombuffer(b"".join(
+            int(v).to_bytes(3, "little", signed=True) for v in np.round(x * 8388607).astype(int)),
+            dtype=np.uint8), 16000, width=3),
+        4: _write_wav(tmp_path / "w32.wav", np.round(x.astype(np.float64) * 2147483647).astype("<i4"),
+                      16000, width=4),
+    }
+    want = read_wav(ref, notice=False).samples
+    for width, path in files.items():
+        got = read_wav(path, notice=False).samples
+        assert np.abs(got - want).max() <= 1.0 / 127 + 1e-6, width  # 8-bit: its own resolution
+    data = ref.read_bytes()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(data[: len(data) // 2])
+    proc = miroir("analyze", str(cut), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert "cut short" in proc.stderr
+    assert json.loads(proc.stdout)["duration_s"] == pytest.approx(10.0, abs=0.01)
 
 
 def test_dead_channel_short_file_and_campaign_through_the_cli(tmp_path):
@@ -148,3 +189,17 @@ def test_dead_channel_short_file_and_campaign_through_the_cli(tmp_path):
     proc = miroir("analyze", str(near), "--campaign", str(quick))
     assert proc.returncode == 2 and "slow_response.on_s" in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_reader_that_stops_early_is_no_error():
+    """`miroir analyze --json | head`: the reader closes the pipe; the command stops quietly
+    (status 141, as a shell tool does), with no traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "miroir", "analyze",
+                             str(SHARED / "ami-headsets" / "source0.wav"), "--far",
+                             str(SHARED / "ami-headsets" / "source1.wav"), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first byte
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err

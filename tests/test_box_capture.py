@@ -176,3 +176,103 @@ def test_reload_refuses_a_bad_campaign_and_restarts_on_a_good_one_after_the_call
     assert [e["name"] for e in events if e["name"] in ("call_start", "call_end")] == \
         ["call_start", "call_end"]
     box.outbox.close()
+
+
+def _offline_box(state: Path, **kw: object) -> Box:
+    return Box(EdgeSettings(site="site-a", box="box-a", broker_port=9, state_dir=state, **kw),
+               load_vad_model(), version="test")
+
+
+def _events(box: Box) -> list[dict]:
+    return [json.loads(p) for _, kind, p in box.outbox.pending(limit=100_000) if kind == "event"]
+
+
+def test_private_mode_outlives_a_restart_and_holds_a_reload(ami_pair, tmp_path: Path) -> None:
+    """Private mode is kept in the state directory: a restart (an update, a reload) does not end
+    it, and a pending reload waits for it to end (private mode drops the call, so 'no call in
+    progress' alone would restart the box in the middle of the agent's private call)."""
+    import time
+
+    near, far = ami_pair(20)
+    audio = np.stack([near, far]).astype(np.float32) / 32768.0
+    box = _offline_box(tmp_path)
+    topic = box.publisher.cmd_topic
+
+    def send(b: Box, action: str) -> str:
+        return b.handle_command(topic, wire.encode("cmd", wire.cmd_message(
+            "site-a", "box-a", action, time.time())))
+
+    for i in range(0, 5 * 16000, 1024):
+        box.step(audio[:, i:i + 1024])
+    assert send(box, "private_on") == "private_on" and send(box, "reload") == "reload"
+    for i in range(5 * 16000, 10 * 16000, 1024):
+        box.step(audio[:, i:i + 1024])
+    assert box.private and not box.stop_event.is_set()  # the reload waits
+    box.outbox.close()
+    again = _offline_box(tmp_path)  # a restart in the middle of the private call
+    assert again.private and again.status_fields()["private"] is True
+    stored = len(again.outbox.pending(limit=100_000))
+    for i in range(10 * 16000, 15 * 16000, 1024):
+        again.step(audio[:, i:i + 1024])
+    assert len(again.outbox.pending(limit=100_000)) == stored  # nothing about the private call
+    assert send(again, "private_off") == "private_off" and not (tmp_path / "private").exists()
+    again.outbox.close()
+
+
+def test_stopping_the_box_closes_the_call_and_its_cues(ami_pair, tmp_path: Path) -> None:
+    """SIGTERM (an update, a shutdown) in the middle of a call: the call ends with its summary
+    and every open cue gets its cue_off before the box drains its outbox."""
+    near, far = ami_pair(25)
+    audio = np.stack([near, far]).astype(np.float32) / 32768.0
+    box = _offline_box(tmp_path)
+
+    def blocks():
+        for i in range(0, audio.shape[1], 1024):
+            yield audio[:, i:i + 1024]
+        box.stop_event.set()  # as the SIGTERM handler does
+        yield np.zeros((2, 0), np.float32)
+
+    box.run(blocks(), drain_s=0.0)
+    events = [e for e in _events_after_close(tmp_path)]
+    names = [e["name"] for e in events]
+    assert names.count("call_start") == names.count("call_end") == 1, names
+    on = [e["cue"] for e in events if e["name"] == "cue_on"]
+    off = [e["cue"] for e in events if e["name"] == "cue_off"]
+    assert sorted(set(on)) == sorted(set(off)), (on, off)
+
+
+def _events_after_close(state: Path) -> list[dict]:
+    from edge.outbox import Outbox
+
+    outbox = Outbox(state / "outbox.sqlite", "site-a", "box-a")
+    try:
+        return [json.loads(p) for _, kind, p in outbox.pending(limit=100_000) if kind == "event"]
+    finally:
+        outbox.close()
+
+
+def test_a_long_break_with_the_headset_unplugged_starts_a_new_shift(
+        ami_pair, tmp_path: Path, monkeypatch) -> None:
+    """The source sends empty blocks while the headset is gone, so no audio time passes: the
+    wall-clock time it was gone counts as idle, and after a long break the agent's next words
+    start a new shift (fatigue, vocal dose and the alert budget start over)."""
+    import edge.box as box_mod
+
+    near, far = ami_pair(30)
+    audio = np.stack([near, far]).astype(np.float32) / 32768.0
+    now = [1000.0]
+    monkeypatch.setattr(box_mod.time, "monotonic", lambda: now[0])
+    box = _offline_box(tmp_path)
+    status = {"capture_ok": True}
+    box.source_status = lambda: dict(status)
+    for i in range(0, 15 * 16000, 1024):
+        box.step(audio[:, i:i + 1024])
+    assert box.pipeline.shifts == 0
+    status["capture_ok"] = False
+    box.step(np.zeros((2, 0), np.float32))
+    now[0] += 3 * 3600.0  # lunch, headset unplugged
+    status["capture_ok"] = True
+    for i in range(15 * 16000, 30 * 16000, 1024):
+        box.step(audio[:, i:i + 1024])
+    assert box.pipeline.shifts == 1
+    box.outbox.close()

@@ -51,3 +51,15 @@ def test_every_answer_counts_once_in_the_latency_drift():
     state = fatigue(None, 1.0, 512.0, None)  # the line drops out: nothing known, nothing counted
     state = fatigue(None, 1.0, 512.0, 1)  # back: the same answer
     assert state.z["latency"] == expected_z([1.504] * 5 + [0.512])
+
+
+def test_no_break_at_an_index_under_break_on_even_with_no_hold_time():
+    """``break_min_s = 0`` (a valid setting) means "at once", not "always": an index under
+    ``break_on`` never suggests a break (it flapped on and off every second)."""
+    from edge.campaign import FatigueConfig
+    from edge.fatigue import Fatigue, FatigueBaseline
+
+    fatigue = Fatigue(FatigueConfig(break_min_s=0.0), FatigueBaseline({"latency": 0.5},
+                                                                      {"latency": 0.1}, 100))
+    states = [fatigue(None, 1.0) for _ in range(10)]
+    assert all(s.index is not None and s.index < 60.0 and not s.break_suggested for s in states)

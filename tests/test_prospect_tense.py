@@ -58,3 +58,15 @@ def test_prospect_tense_cue_follows_the_affect_model(letter: str, tense: bool) -
 def test_no_affect_no_tension_and_no_tense_cue_by_default() -> None:
     cues, tension = _cues(_prospect_call("W"), affect=False)
     assert tension == [] and "prospect_tense" not in cues
+
+
+def test_analyze_with_affect_raises_what_the_box_raises() -> None:
+    """`miroir analyze --affect` runs the affect stage inside the pipeline, as a box does: the
+    tense prospect's cue is in its cues and its call summary (it could never fire there)."""
+    from edge.pipeline import analyze
+
+    result = analyze(_prospect_call("W"), load_vad_model(), affect=AffectConfig(enabled=True))
+    assert sum("prospect_tension" in m for m in result["metrics"]) >= 10
+    assert "prospect_tense" in [c["cue"] for c in result["cues"]]
+    assert [s["call_cue_prospect_tense_n"] for s in result["call_summaries"]] == [1]
+    assert result["affect"]["enabled"] and result["affect"]["far"]["windows"]

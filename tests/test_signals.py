@@ -403,3 +403,40 @@ def test_a_call_summary_holds_only_its_own_call(model):
     for e in late:
         if e["cue"] not in early:
             assert end[f"call_cue_{e['cue']}_n"] == 0 and end[f"call_cue_{e['cue']}_s"] == 0.0, e
+
+
+def test_the_baseline_never_learns_from_a_window_reaching_into_a_hold(model):
+    """The agent talks to a colleague while the call is on hold (12 to 25 s): once the call is
+    back, the 10 s windows that still cover the hold are not learned from, nor those that reach
+    back before the call's start."""
+    audio = _timeline(40.0, [(1, "03", 0.5, 3.0), (0, "08", 4.0, 40.0), (1, "03", 30.0, 34.0)])
+    pipe = Pipeline(model)
+    sig = pipe.signals
+    learned: list[tuple[float, float]] = []  # (tick time, audio time the window starts)
+    learn = sig._learn
+
+    def spy(tick):
+        before = len(sig.baseline.level_dbfs)
+        learn(tick)
+        if len(sig.baseline.level_dbfs) > before:
+            learned.append((tick.t_s, tick.voice_t0_s + tick.long.start_s))
+
+    sig._learn = spy
+    events = _feed(pipe, audio, {12.0: "hold", 25.0: "active"})
+    start = next(e["t_audio_s"] for e in events if e["name"] == "call_start")
+    assert learned, "the baseline learned nothing after the hold"
+    assert all(s >= 25.0 - 0.05 or (t <= 12.0 + 1.0 and s >= start - 0.05) for t, s in learned), learned
+    assert not [t for t, _ in learned if 12.0 + 1.0 < t <= 25.0]  # nothing while on hold
+
+
+def test_a_cue_raised_and_closed_at_the_same_instant_is_no_episode():
+    """A cue raised in the recording's last window is closed by its end at the same instant: it
+    said nothing, and the call's summary does not count it either; analyze lists it no more."""
+    from edge.signals import cue_event
+
+    events = [cue_event("cue_on", "talking_over", 12.0, "medium", 1.2, 0.5),
+              cue_event("cue_off", "talking_over", 21.0, "medium", 1.2, 0.5),
+              cue_event("cue_on", "no_pause", 60.0, "medium", 0.95, 0.8),
+              cue_event("cue_off", "no_pause", 60.0, "medium", 0.95, 0.8)]
+    assert [(c["cue"], c["start_s"], c["end_s"]) for c in cue_episodes(events)] == \
+        [("talking_over", 12.0, 21.0)]

@@ -270,6 +270,8 @@ def test_the_baseline_learns_only_the_agent_in_a_live_call():
     def fed(hold: bool, **metrics) -> Signals:
         sig = Signals()
         sig.hold(hold)
+        if metrics.get("in_call", True):
+            sig.event({"name": "call_start", "channel": "far", "t_audio_s": 0.0}, 0.0)
         for k in range(200):
             tick = _tick(float(k), **metrics)
             tick.long = _window(level_dbfs=-18.0)
