@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -235,17 +237,30 @@ def save_seq_state(db: sqlite_utils.Database, box: str, contig: int, lost: int) 
                     (contig, lost, box))
 
 
+def describe_payload(payload: bytes | bytearray) -> str:
+    """What a refused payload was, never what it said: its length, a digest and, for a JSON
+    object, its field names (a rogue box could otherwise leave audio in the quarantine)."""
+    data = bytes(payload)
+    out = f"{len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()[:16]}"
+    try:
+        msg = json.loads(data)
+    except (ValueError, RecursionError):
+        return out + ", not JSON"
+    if isinstance(msg, dict):
+        names = ", ".join(sorted(str(k)[:40] for k in msg)[:30])
+        return f"{out}, fields: {names}"[:QUARANTINE_PAYLOAD_MAX_CHARS]
+    return f"{out}, a JSON {type(msg).__name__}"
+
+
 def quarantine(db: sqlite_utils.Database, topic: str, reason: str, payload: bytes | bytearray,
                received_ts: float) -> None:
-    """Keep a refused message for inspection (payload decoded leniently and truncated)."""
-    text = bytes(payload).decode("utf-8", errors="replace")
-    truncated = len(text) > QUARANTINE_PAYLOAD_MAX_CHARS
+    """Keep a note of a refused message for inspection: why, and what it was (never its content:
+    ``payload`` holds :func:`describe_payload`, ``truncated`` is 1 for every row)."""
     with db.conn:
         db.conn.execute(
             "INSERT INTO quarantine (received_ts, topic, reason, payload, truncated) "
             "VALUES (?, ?, ?, ?, ?)",
-            (received_ts, topic[:512], reason[:512], text[:QUARANTINE_PAYLOAD_MAX_CHARS],
-             int(truncated)),
+            (received_ts, topic[:256], reason[:256], describe_payload(payload), 1),
         )
 
 

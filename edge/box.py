@@ -81,7 +81,16 @@ class Box:
             gate = GateConfig(settings.vad_on_threshold, settings.vad_off_threshold,
                               settings.vad_min_speech_ms, settings.vad_min_silence_ms)
             affect = None
-            if settings.affect_enabled:  # the campaign discloses it: prospect channel only
+            blocked = None
+            if settings.affect_enabled and settings.capture_device is not None:
+                # the line must be the line: swapped channels would read the agent's emotions
+                from edge.installcheck import verified
+
+                blocked = verified(settings.state_dir, settings.capture_device,
+                                   settings.capture_far_device)
+                if blocked is not None:
+                    log.error("the prospect affect model stays off: %s", blocked)
+            if settings.affect_enabled and blocked is None:  # the campaign discloses it: far only
                 from edge.affect import AffectConfig, AffectModel, AffectStage
 
                 config = AffectConfig(enabled=True, backend=settings.model_backend)

@@ -28,14 +28,17 @@ def cmd_edge_check(args: argparse.Namespace) -> int:
     from edge.installcheck import check
 
     device, far_device = args.device, args.far_device
-    if device is None and args.config is not None:
+    state_dir = None
+    if args.config is not None:
         from edge import settings as edge_settings
 
         try:
             cfg = edge_settings.load(args.config)
         except edge_settings.SettingsError as exc:
             raise _err(str(exc)) from None
-        device, far_device = cfg.capture_device, cfg.capture_far_device
+        if device is None:
+            device, far_device = cfg.capture_device, cfg.capture_far_device
+        state_dir = cfg.state_dir
     if device is None:
         raise _err("give --device (see `miroir edge devices`) or --config with capture_device")
     source = CaptureSource(CaptureConfig(device=device, far_device=far_device,
@@ -71,6 +74,13 @@ def cmd_edge_check(args: argparse.Namespace) -> int:
     report = check(audio[0], audio[1], args.cue_s)
     del audio  # keep no audio
     report["overruns"] = source.status_fields().get("overruns", 0)
+    if state_dir is not None:  # the box's affect model runs only on channels checked this way
+        from edge.installcheck import save_verdict
+
+        try:
+            save_verdict(state_dir, device, far_device, report)
+        except OSError as exc:
+            print(f"could not save the verdict in {state_dir}: {exc.strerror}", file=sys.stderr)
     if args.json:
         json.dump(report, sys.stdout)
         sys.stdout.write("\n")
@@ -132,7 +142,8 @@ def register_cli(groups: dict[str, argparse._SubParsersAction]) -> None:
     p = edge.add_parser("check", help="install check: levels, noise, clipping, swapped channels",
                         description=cmd_edge_check.__doc__)
     p.add_argument("--config", type=Path, default=None,
-                   help="the box's settings file (for capture_device)")
+                   help="the box's settings file (for capture_device); the verdict is kept in its "
+                        "state_dir, which the prospect affect model requires")
     p.add_argument("--device", default=None, help="capture device name (overrides --config)")
     p.add_argument("--far-device", default=None, help="the line's mono device, if separate")
     p.add_argument("--seconds", type=float, default=6.0, help="seconds to record (default 6)")

@@ -721,6 +721,17 @@ class Conversation:
         return self._call is not None
 
     @property
+    def live_call(self) -> bool:
+        """Whether a call is in progress with a person at the far end, as far as the audio can
+        tell: the far end answered the agent, or the call outlasted ``voicemail_within_s`` (a
+        voicemail greeting or a recorded prompt before that is not a person)."""
+        call = self._call
+        if call is None or self._t_s is None:
+            return False
+        return bool(call.latencies_s[PROSPECT]) or \
+            self._t_s - call.start_s > self.config.voicemail_within_s
+
+    @property
     def processed_s(self) -> float:
         """Audio time up to which everything is final (``reorder_s`` behind the input)."""
         return self._t_s if self._t_s is not None else 0.0

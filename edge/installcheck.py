@@ -7,7 +7,11 @@ when the check returns (nothing is written, nothing is sent).
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -89,3 +93,40 @@ def check(near: np.ndarray, far: np.ndarray, cue_s: float) -> dict[str, object]:
 
 
 __all__ = ["ChannelReport", "channel_report", "check"]
+
+
+CHECK_FILE = "install-check.json"
+"""The last install check's verdict, in the box's state directory (numbers and names only)."""
+
+
+def save_verdict(state_dir: Path, device: str, far_device: str | None, report: dict[str, Any],
+                 now: float | None = None) -> Path:
+    """Keep the verdict of a check of these devices (what the prospect affect model relies on:
+    the line is the line, not the agent)."""
+    path = Path(state_dir) / CHECK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    verdict = {"device": device, "far_device": far_device, "swapped": bool(report["swapped"]),
+               "agent_heard": bool(report["agent_heard"]),
+               "checked_ts": round(time.time() if now is None else now, 3)}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(verdict) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def verified(state_dir: Path, device: str | None, far_device: str | None) -> str | None:
+    """Why the channels of these devices are not known to be the right way round (None if they are:
+    a saved check of the same devices heard the agent on the agent's channel)."""
+    path = Path(state_dir) / CHECK_FILE
+    try:
+        verdict = json.loads(path.read_text())
+    except FileNotFoundError:
+        return "no install check saved (run `miroir edge check --config` with the agent speaking)"
+    except (OSError, ValueError) as exc:
+        return f"the saved install check is unreadable ({exc})"
+    if not isinstance(verdict, dict) or (verdict.get("device"), verdict.get("far_device")) != (
+            device, far_device):
+        return "the saved install check is of other devices: run it again"
+    if verdict.get("swapped") is not False or verdict.get("agent_heard") is not True:
+        return "the saved install check did not hear the agent on the agent's channel"
+    return None

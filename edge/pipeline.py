@@ -113,10 +113,16 @@ def _call_signal(event: dict[str, Any], dead: dict[str, list[list[float]]]) -> N
         del event[key]
 
 
+PER_MINUTE_MIN_S = 5.0
+"""Shortest prosody window whose pauses and breaths are published as rates per minute."""
+
+
 def prosody_fields(window: ProsodyWindow, channel: str = "near") -> dict[str, float]:
     """One channel's prosody as flat ``near_*`` or ``far_*`` metrics fields (absent where undefined)."""
-    # pauses and breaths are between stretches of voice: none to count in a window without voice
-    minutes = (window.end_s - window.start_s) / 60 if window.voiced_ratio > 0 else 0.0
+    # pauses and breaths are between stretches of voice: none to count in a window without voice,
+    # and no rate per minute from the second or so after a start (one pause would read 60 a minute)
+    span_s = window.end_s - window.start_s
+    minutes = span_s / 60 if window.voiced_ratio > 0 and span_s >= PER_MINUTE_MIN_S else 0.0
     values = {
         "voiced_ratio": window.voiced_ratio,
         "level_dbfs": window.level_dbfs,
@@ -208,6 +214,7 @@ class Pipeline:
         """Audio time of the per-call stages' time 0 (far end, prosody): they start again at 0
         after private mode or a lost device."""
         self.affect = affect
+        self._affect_fed = False
         self._affect_last: dict[str, float] = {}
         self.trace = Trace() if trace else None
         self.stage_s: dict[str, float] | None = defaultdict(float) if profile else None
@@ -248,12 +255,14 @@ class Pipeline:
         self.window.reset()
         if self.affect is not None:
             self.affect.reset()
+        self._affect_fed = False
         self._affect_last = {}
         self._open = {c: None for c in CHANNELS}
         self.signals.reset_call(keep_cooldowns)
         self._near_flat_s = 0.0
         self._near_voice_end_s = -math.inf
         self._dead = {c: [] for c in CHANNELS}
+        self._worst = [0] * len(CHANNELS)  # the dropped window's flags are not the next one's
 
     def learned_baselines(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """The agent's cue and fatigue baselines once learned (to keep for the next shift)."""
@@ -471,10 +480,18 @@ class Pipeline:
                 self.trace.voice["far"].append(far)
             t = self._lap("prosody", t)
             if self.affect is not None:
-                found = self.affect(frame, near, far)
-                if found is not None:
-                    self._affect_last = {"prospect_arousal": round(found.arousal, 3),
-                                         "prospect_tension": round(found.tension, 3)}
+                # only a person at the far end in a live call (not a voicemail greeting, not the
+                # ringing), and never while the agent's channel is dead: the agent could be on the
+                # line without the box hearing it on its own channel
+                if self.conversation.live_call:
+                    found = self.affect(frame, near or near_state == "none", far)
+                    if found is not None:
+                        self._affect_last = {"prospect_arousal": round(found.arousal, 3),
+                                             "prospect_tension": round(found.tension, 3)}
+                    self._affect_fed = True
+                elif self._affect_fed:
+                    self.affect.reset()
+                    self._affect_fed = False
                 t = self._lap("affect", t)
             window = self.window(start_s, duration_s, near, far)
             if window is not None:

@@ -612,8 +612,9 @@ def analyze_clip(samples: np.ndarray, rate_hz: int = RATE_HZ) -> dict[str, Any]:
         rate_hz: their sample rate; must be 16000 (resample first).
 
     Returns:
-        A JSON-ready dict: the window's functionals plus the per-hop ``f0_hz``, ``voiced`` and
-        ``level_dbfs`` tracks (10 ms hops, hop k centred at (k + 0.5) * 10 ms).
+        A JSON-ready dict: the window's functionals (``level_dbfs``: the mean voiced level) plus
+        the per-hop ``f0_hz``, ``voiced`` and ``level_dbfs_track`` tracks (10 ms hops, hop k
+        centred at (k + 0.5) * 10 ms).
     """
     if rate_hz != RATE_HZ:
         raise ValueError(f"analyze_clip needs {RATE_HZ} Hz audio, got {rate_hz} Hz")
@@ -627,5 +628,5 @@ def analyze_clip(samples: np.ndarray, rate_hz: int = RATE_HZ) -> dict[str, Any]:
     out["hop_s"] = HOP_S
     out["f0_hz"] = np.round(tr.f0_hz, 2).tolist()
     out["voiced"] = tr.voiced.astype(bool).tolist()
-    out["level_dbfs"] = np.round(tr.level_dbfs, 2).tolist()
+    out["level_dbfs_track"] = np.round(tr.level_dbfs, 2).tolist()  # the scalar stays
     return out

@@ -224,7 +224,7 @@ class Topic:
 def check_id(value: str, what: str = "id") -> str:
     """Return ``value`` if it is a valid site or box id, else raise :class:`WireError`."""
     if not isinstance(value, str) or not ID_PATTERN.match(value):
-        raise WireError(f"{what} {value!r} is not 1 to 32 characters of [a-z0-9-]")
+        raise WireError(f"{what} {value!r:.40} is not 1 to 32 characters of [a-z0-9-]")
     return value
 
 
@@ -270,7 +270,7 @@ def validate(kind: str, msg: dict[str, Any]) -> dict[str, Any]:
         raise WireError("payload is not a JSON object")
     extra = sorted(set(msg) - set(allowed))
     if extra:
-        raise WireError(f"{kind}: field(s) not in the allow-list: {', '.join(extra)}")
+        raise WireError(f"{kind}: field(s) not in the allow-list: {', '.join(n[:40] for n in extra)}")
     missing = sorted(REQUIRED_FIELDS[kind] - set(msg))
     if missing:
         raise WireError(f"{kind}: missing field(s): {', '.join(missing)}")
@@ -286,7 +286,7 @@ def validate(kind: str, msg: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, int) and not -MAX_SEQ - 1 <= value <= MAX_SEQ:  # SQLite's INTEGER
             raise WireError(f"{kind}.{name}: integer out of range")
         if name in _ENUMS and value not in _ENUMS[name]:
-            raise WireError(f"{kind}.{name}: {value!r} not one of {', '.join(_ENUMS[name])}")
+            raise WireError(f"{kind}.{name}: {value!r:.40} not one of {', '.join(_ENUMS[name])}")
     if msg["v"] != SCHEMA_VERSION:
         raise WireError(f"{kind}: schema version {msg['v']} is not {SCHEMA_VERSION}")
     check_id(msg["site"], "site")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from edge.installcheck import check
+from edge.pipeline import load_vad_model
 from miroir.cli import main
 from tests._fixtures_capture import AlsaHome, write_raw
 
@@ -69,3 +70,42 @@ def test_edge_check_names_a_missing_device(alsa_home: AlsaHome, tmp_path: Path,
     err = capsys.readouterr().err
     assert rc == 2 and time.monotonic() - start < 5.0
     assert "'miroir_headset' not found" in err and "miroir_other" in err, err
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_the_affect_model_runs_only_on_channels_a_check_verified(
+        alsa_home: AlsaHome, tmp_path: Path, swap: bool,
+        ami_pair: Callable[[float], tuple[np.ndarray, np.ndarray]],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """With `--config`, the check keeps its verdict in the box's state directory. A box whose
+    settings turn the prospect affect model on gets it only after a check of the same devices
+    heard the agent on the agent's channel: swapped channels would read the agent's emotions."""
+    from edge.box import Box
+    from edge.settings import EdgeSettings
+
+    state = tmp_path / "state"
+    settings = EdgeSettings(site="site-a", box="box-a", broker_port=9, state_dir=state,
+                            capture_device="miroir_headset", affect_enabled=True)
+    box = Box(settings, load_vad_model(), version="test")
+    assert box.pipeline.affect is None  # no check yet
+    box.outbox.close()
+    agent, line = recording(ami_pair)
+    raw = write_raw(tmp_path / "headset.raw", *((line, agent) if swap else (agent, line)))
+    alsa_home.define("miroir_headset", raw)
+    config = tmp_path / "box.toml"
+    config.write_text(f'site = "site-a"\nbox = "box-a"\nstate_dir = "{state}"\n'
+                      'capture_device = "miroir_headset"\n')
+    rc = main(["edge", "check", "--config", str(config), "--seconds", str(SECONDS),
+               "--cue-s", str(CUE_S), "--json"])
+    capsys.readouterr()
+    assert rc == (1 if swap else 0)
+    verdict = json.loads((state / "install-check.json").read_text())
+    assert verdict["swapped"] is swap and verdict["device"] == "miroir_headset"
+    box = Box(settings, load_vad_model(), version="test")
+    assert (box.pipeline.affect is not None) is not swap
+    box.outbox.close()
+    other = Box(EdgeSettings(site="site-a", box="box-a", broker_port=9, state_dir=state,
+                             capture_device="another_headset", affect_enabled=True),
+                load_vad_model(), version="test")
+    assert other.pipeline.affect is None  # a check of other devices says nothing of these
+    other.outbox.close()

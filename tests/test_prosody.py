@@ -135,7 +135,8 @@ def test_bad_input_fabricates_nothing() -> None:
     broken = _tone(150.0, 1.0)
     broken[1000:3000] = np.nan
     out = analyze_clip(broken)
-    assert np.all(np.isfinite(out["f0_hz"])) and np.all(np.isfinite(out["level_dbfs"]))
+    assert np.all(np.isfinite(out["f0_hz"])) and np.all(np.isfinite(out["level_dbfs_track"]))
+    assert isinstance(out["level_dbfs"], float)  # the mean voiced level, kept beside its track
     with pytest.raises(ValueError):
         analyze_clip(np.zeros(8000, dtype=np.float32), 8000)
 
@@ -179,3 +180,21 @@ def test_percentile_is_numpys_to_the_last_bit():
             x = (rng.standard_normal(n) * 20 - 40).astype(dtype)
             for q in (0, 5, 10, 50, 90, 95, 100):
                 assert percentile(x, q) == float(np.percentile(x, q)), (dtype, n, q)
+
+
+def test_no_rate_per_minute_from_a_window_of_a_second() -> None:
+    """Just after a start (or private mode, or a lost headset) the prosody window covers a second
+    or so: one pause in it is not 60 pauses a minute; from 5 s of window on, the rates come."""
+    from edge.pipeline import prosody_fields
+
+    def window(span_s: float) -> ProsodyWindow:
+        return ProsodyWindow(start_s=0.0, end_s=span_s, voiced_ratio=0.6, level_dbfs=-20.0,
+                             f0_median_hz=120.0, pitch_range_st=6.0, pitch_movement_st_per_s=1.0,
+                             hnr_db=10.0, jitter_local=0.01, shimmer_local=0.05, syllables=4,
+                             articulation_rate_syl_s=5.0, pace_syl_s=5.0, speaking_rate_syl_s=4.0,
+                             pauses=1, pauses_per_min=60.0 / span_s, breaths=1, pause_s_mean=0.3)
+
+    short, full = prosody_fields(window(0.99)), prosody_fields(window(10.0))
+    assert "near_pauses_per_min" not in short and "near_breaths_per_min" not in short
+    assert "near_level_dbfs" in short
+    assert full["near_pauses_per_min"] == 6.0 and full["near_breaths_per_min"] == 6.0

@@ -17,15 +17,18 @@ RATE_HZ = 16_000
 
 
 def _prospect_call(letter: str, speaker: str = "16") -> np.ndarray:
-    """The agent says a little, then the prospect (far) speaks ~40 s of one emotion's clips."""
+    """The prospect picks up (a short first clip), the agent says a little, then the prospect
+    (far) answers with ~40 s of one emotion's clips: a person at the far end (a live call)."""
     clips = sorted(EMODB.glob(f"{speaker}*{letter}*.wav"))
     assert len(clips) >= 4, letter
     gap = np.zeros(int(0.4 * RATE_HZ), dtype=np.float32)
     far = np.concatenate([x for c in (clips * 6)[:20] for x in (read_wav(c, notice=False).samples, gap)])
+    hello = min((read_wav(c, notice=False).samples for c in sorted(EMODB.glob(f"{speaker}*N*.wav"))),
+                key=len)
     agent = read_wav(sorted(EMODB.glob("03*N*.wav"))[0], notice=False).samples
     pause = np.zeros(RATE_HZ, dtype=np.float32)
-    near = np.concatenate([agent, pause, np.zeros_like(far)])
-    far = np.concatenate([np.zeros_like(agent), pause, far])
+    near = np.concatenate([np.zeros_like(hello), pause, agent, pause, np.zeros_like(far)])
+    far = np.concatenate([hello, pause, np.zeros_like(agent), pause, far])
     rng = np.random.default_rng(1)
     noise = (rng.standard_normal((2, len(far))) * 1e-4).astype(np.float32)
     return np.stack([near, far]) + noise
@@ -70,3 +73,32 @@ def test_analyze_with_affect_raises_what_the_box_raises() -> None:
     assert "prospect_tense" in [c["cue"] for c in result["cues"]]
     assert [s["call_cue_prospect_tense_n"] for s in result["call_summaries"]] == [1]
     assert result["affect"]["enabled"] and result["affect"]["far"]["windows"]
+
+
+def test_no_affect_before_a_person_answers_nor_with_the_agent_channel_dead() -> None:
+    """A voicemail greeting (real speech, no answer to the agent) feeds no affect model until a
+    person is known to be there; and while the agent's channel is dead (a disconnected mic: the
+    agent may be on the line unheard), no window is evaluated either."""
+    clips = sorted(EMODB.glob("16*W*.wav"))
+    greeting = np.concatenate([read_wav(c, notice=False).samples for c in clips[:8]])
+    rng = np.random.default_rng(2)
+    near = (rng.standard_normal(len(greeting)) * 1e-4).astype(np.float32)  # the agent listens
+    config = AffectConfig(enabled=True)
+    stage = AffectStage(AffectModel(config.backend), config)
+    pipe = Pipeline(load_vad_model(), affect=stage)
+    audio = np.stack([near, greeting])
+    for i in range(0, audio.shape[1], 1024):
+        pipe(audio[:, i:i + 1024])
+    assert pipe.conversation.in_call and not pipe.conversation.live_call
+    assert stage.model is not None and stage.model.invocations == 0
+    # the tense prospect talks on past the voicemail window (a live call), the agent's channel
+    # dead throughout
+    call = _prospect_call("W")
+    call = np.concatenate([call, call[:, -30 * RATE_HZ:]], axis=1)
+    call[0] = 0.0
+    stage = AffectStage(AffectModel(config.backend), config)
+    pipe = Pipeline(load_vad_model(), affect=stage)
+    for i in range(0, call.shape[1], 1024):
+        pipe(call[:, i:i + 1024])
+    assert pipe.conversation.live_call and stage.stats.skipped_agent_speaking > 0
+    assert stage.model is not None and stage.model.invocations == 0

@@ -148,3 +148,21 @@ def test_the_line_leaking_into_the_agent_mic_is_not_the_agent(model, speech):
             if "near_f0_median_hz" in b and "near_f0_median_hz" in a]
     assert len(read) >= 10
     assert abs(np.median([b for b, _ in read]) / np.median([a for _, a in read]) - 1) < 0.05
+
+
+def test_a_glitch_before_private_mode_does_not_flag_the_window_after(model, speech):
+    """NaNs from the driver just before the agent goes private: the window they fell in is
+    dropped with the private stretch, so the first window after it reads "ok", not "nan"."""
+    far = speech[::-1].copy()
+    far[int(3.2 * 16000):int(3.3 * 16000)] = np.nan
+    audio = np.stack([speech, far]).astype(np.float32)
+    pipe = Pipeline(model)
+    for i in range(0, int(3.5 * 16000), 512):
+        pipe(audio[:, i:i + 512])
+    pipe.set_private(True)
+    for i in range(int(3.5 * 16000), 6 * 16000, 512):
+        pipe(audio[:, i:i + 512])
+    pipe.set_private(False)
+    after = [m.body for i in range(6 * 16000, 9 * 16000, 512) for m in pipe(audio[:, i:i + 512])
+             if m.kind == "metrics"]
+    assert after and all(m["far_signal"] == "ok" for m in after), [m["far_signal"] for m in after]
