@@ -32,6 +32,10 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 GRACEFUL_SHUTDOWN_S = 2
 
 
+MAX_BODY_BYTES = 256 * 1024
+"""Largest request body the dashboard reads (a form, a JSON call record): 413 beyond."""
+
+
 def create_app(settings: DashboardSettings, *, start_ingest: bool = True) -> FastAPI:
     """Build the dashboard app: schema, initial admin, routes, and (optionally) the ingest.
 
@@ -76,7 +80,7 @@ def create_app(settings: DashboardSettings, *, start_ingest: bool = True) -> Fas
                 await run_in_threadpool(ingest.close)
 
     app = FastAPI(title="Miroir dashboard", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url="/api/openapi.json")
+                  openapi_url="/api/openapi.json", max_body_size=MAX_BODY_BYTES)
     app.state.settings = settings
     app.state.hub = hub
     app.state.ingest = None

@@ -219,11 +219,12 @@ def login_throttled(db: sqlite_utils.Database, username: str, addr: str, *, wind
 
 
 def record_login_attempt(db: sqlite_utils.Database, username: str, addr: str, ok: bool,
-                         now: float | None = None) -> None:
-    """Remember one login attempt (a success clears the account's failure count)."""
+                         now: float | None = None, clear: bool = True) -> None:
+    """Remember one login attempt (a complete success clears the account's failure count; a right
+    password before a one-time code, ``clear=False``, does not: the codes would be unlimited)."""
     now = time.time() if now is None else now
     with db.conn:
-        if ok:
+        if ok and clear:
             db.conn.execute("DELETE FROM login_attempts WHERE username = ? AND ok = 0",
                             (username,))
         db.conn.execute("INSERT INTO login_attempts (ts, username, addr, ok) VALUES (?, ?, ?, ?)",

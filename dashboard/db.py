@@ -298,12 +298,21 @@ def boxes_with_latest(db: sqlite_utils.Database, box: str | None = None) -> list
 
 
 def metrics_since(db: sqlite_utils.Database, box: str, since_seq: int = 0,
-                  limit: int = 1000) -> list[dict[str, Any]]:
-    """Metrics rows of ``box`` with ``seq > since_seq``, oldest first, at most ``limit``."""
-    rows = db.query(
-        "SELECT * FROM metrics WHERE box = ? AND seq > ? ORDER BY seq LIMIT ?",
-        [box, since_seq, limit],
-    )
+                  limit: int = 1000, agents: list[str] | None = None) -> list[dict[str, Any]]:
+    """Metrics rows of ``box`` with ``seq > since_seq``, oldest first, at most ``limit``; with
+    ``agents``, only rows from while one of them sat at the box (a seat changes hands)."""
+    if agents is None:
+        rows = db.query("SELECT * FROM metrics WHERE box = ? AND seq > ? ORDER BY seq LIMIT ?",
+                        [box, since_seq, limit])
+    elif not agents:
+        return []
+    else:
+        marks = ",".join("?" for _ in agents)
+        rows = db.query(
+            "SELECT m.* FROM metrics m WHERE m.box = ? AND m.seq > ? AND EXISTS (SELECT 1 FROM "
+            "seat_history h WHERE h.box = m.box AND m.ts >= h.from_ts AND (h.to_ts IS NULL OR "
+            f"m.ts < h.to_ts) AND h.agent IN ({marks})) ORDER BY m.seq LIMIT ?",
+            [box, since_seq, *agents, limit])
     out = []
     for r in rows:
         for flag in ("near_talking", "far_talking"):

@@ -561,3 +561,84 @@ def test_dashboard_cli_user_import_purge_backup_restore(tmp_path: Path) -> None:
         "ag-1", "ag-2"]
     assert db.conn.execute("SELECT team FROM user_teams WHERE username = 'chef'").fetchone() == (
         "t1",)
+
+
+def test_a_box_read_returns_only_the_rows_of_agents_the_reader_may_see(org: Any) -> None:
+    """A seat changes hands: agent-a1 (team A) moves to box-b1, where agent-b1 (team B) sat.
+    Reading box-b1 gives neither the agent nor team A's supervisor agent-b1's rows, and a
+    supervisor's read is in the audit log."""
+    settings, data = org
+    now = time.time()
+    db = store.open_db(settings.db_path)
+    with db.conn:
+        schema.assign_seat(db, "box-b1", "agent-a1", now)
+    before_rows = db.conn.execute("SELECT count(*) FROM metrics WHERE box = 'box-b1' AND ts < ?",
+                                  (now,)).fetchone()[0]
+    db.conn.close()
+    assert before_rows > 0
+    for user in ("amina", "sup-a"):
+        with client(settings) as c:
+            login_as(c, user, data)
+            audited = _count(settings, "audit_log")
+            r = c.get("/api/boxes/box-b1/metrics", params={"limit": 5000})
+            assert r.status_code == 200
+            assert not [m for m in r.json()["metrics"] if m["ts"] < now], user
+            if user == "sup-a":
+                assert _count(settings, "audit_log") == audited + 1
+
+
+def _count(settings: DashboardSettings, table: str) -> int:
+    db = store.open_db(settings.db_path)
+    try:
+        return int(db.conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    finally:
+        db.conn.close()
+
+
+def test_the_right_password_does_not_reset_the_count_of_wrong_codes(org: Any) -> None:
+    """An attacker with a supervisor's password logs in again and again, four code guesses each
+    time: the failures add up and the account is throttled (a right password cleared them)."""
+    settings, data = org
+    secret = data["secrets"]["sup-a"]
+    valid = {totp.hotp(secret, totp.step_of(time.time()) + d) for d in (-1, 0, 1)}
+    guesses = (f"{i:06d}" for i in range(10**6) if f"{i:06d}" not in valid)
+    statuses: list[int] = []
+    with client(settings) as c:
+        for _ in range(5):
+            r = c.post("/login", data={"username": "sup-a", "password": USER_PASSWORD,
+                                       "csrf": csrf_of(c.get("/login").text)})
+            statuses.append(r.status_code)
+            if r.status_code != 303:
+                break
+            token = csrf_of(c.get("/login/totp").text)
+            statuses += [c.post("/login/totp", data={"code": next(guesses), "csrf": token}).status_code
+                         for _ in range(4)]
+    assert 429 in statuses and statuses.count(401) < 12, statuses
+
+
+def test_an_open_stream_ends_with_its_session_and_stats_need_a_role(org: Any) -> None:
+    """The live stream re-checks its session: after a logout (or a disabled user) it ends; an
+    agent gets no ingest statistics; a body over the limit is refused before it is read."""
+    from fastapi import HTTPException
+
+    from dashboard.routes.stream import _scope
+
+    settings, data = org
+    with client(settings) as c:
+        login_as(c, "sup-a", data)
+        token = c.cookies.get(auth.session_cookie_name(settings.secure_cookies))
+        assert _scope(settings.db_path, "sup-a", token, settings.session_idle_s)
+        header = csrf_header(c)
+        c.post("/logout", headers=header, data={"csrf": header["x-csrf-token"]})
+        with pytest.raises(HTTPException):
+            _scope(settings.db_path, "sup-a", token, settings.session_idle_s)
+    with client(settings) as c:
+        login_as(c, "amina", data)
+        assert c.get("/api/ingest/stats").status_code == 404
+    with client(settings) as c:
+        login_as(c, "sup-a", data)
+        big = {"agent": "agent-a1", "start_ts": time.time(),
+               "summary": {f"k{i}": "x" * 1000 for i in range(400)}}
+        assert c.post("/api/calls", json=big, headers=csrf_header(c)).status_code == 413
+        long_box = {"agent": "agent-a1", "start_ts": time.time(), "box": "y" * 1000}
+        assert c.post("/api/calls", json=long_box, headers=csrf_header(c)).status_code == 422

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 
 from miroir import wire
 
@@ -58,10 +58,12 @@ class CallIn(BaseModel):
     agent: str = Field(max_length=64)
     start_ts: float
     end_ts: float | None = None
-    campaign: str | None = None
+    campaign: str | None = Field(None, max_length=80)
     variant: int | None = None
-    box: str | None = None
-    summary: dict[str, float | int | str | bool | None] | None = None
+    box: str | None = Field(None, pattern=wire.ID_PATTERN.pattern)
+    summary: dict[Annotated[str, StringConstraints(max_length=64)],
+                  float | int | Annotated[str, StringConstraints(max_length=256)] | bool | None] \
+        | None = Field(None, max_length=64)
 
 
 class VariantIn(BaseModel):

@@ -39,6 +39,10 @@ def box_metrics(
     access.require_box(db, user, box)
     if not store.boxes_with_latest(db, box):
         raise HTTPException(status_code=404, detail=f"unknown box {box!r}")
-    rows = store.metrics_since(db, box, since_seq, limit)
+    # only the rows of agents the user may see: the box may have had another agent before
+    rows = store.metrics_since(db, box, since_seq, limit, access.visible_agents(db, user))
+    seat = db.conn.execute("SELECT agent FROM seats WHERE box = ?", (box,)).fetchone()
+    access.audit(db, user, "read_box_metrics", seat[0] if seat else None,
+                 {"box": box, "since_seq": since_seq, "rows": len(rows)})
     return {"box": box, "metrics": rows,
             "next_seq": rows[-1]["seq"] if rows else since_seq}

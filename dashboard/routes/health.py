@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from .deps import Db
+from .deps import CurrentUser, Db, require_role
 
 router = APIRouter(tags=["health"])
 
@@ -19,8 +19,10 @@ def healthz(request: Request) -> dict[str, Any]:
 
 
 @router.get("/api/ingest/stats")
-def ingest_stats(request: Request, db: Db) -> dict[str, Any]:
-    """Ingest counters, lag percentiles (ms), boxes seen, and live-push counters."""
+def ingest_stats(request: Request, db: Db, user: CurrentUser) -> dict[str, Any]:
+    """Ingest counters, lag percentiles (ms), boxes seen, and live-push counters (the floor's
+    and the fleet's people only)."""
+    require_role(user, "admin", "it", "supervisor")
     ingest = request.app.state.ingest
     if ingest is not None:
         stats = ingest.stats()

@@ -71,7 +71,8 @@ def login(
         r.headers["retry-after"] = str(int(settings.login_window_s))
         return r
     role = auth.authenticate(db, username, password)
-    auth.record_login_attempt(db, username, addr, role is not None)
+    code_next = role is not None and settings.totp_required and role in auth.TOTP_ROLES
+    auth.record_login_attempt(db, username, addr, role is not None, clear=not code_next)
     if role is None:
         return _login_page(request, secure, tr("login.wrong"), 401)
     if settings.totp_required and role in auth.TOTP_ROLES:

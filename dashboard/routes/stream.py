@@ -7,11 +7,11 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from .. import access
+from .. import access, auth
 from .. import db as store
 from ..live import Hub
 
@@ -20,12 +20,17 @@ router = APIRouter(prefix="/api", tags=["stream"])
 KEEPALIVE_S = 15.0
 RETRY_MS = 2000
 HISTORY = 30
-SCOPE_REFRESH_S = 30.0
+SCOPE_REFRESH_S = 5.0
+"""How often an open stream checks its session (logout, a disabled user) and the user's scope."""
 
 
-def _scope(db_path: Any, username: str) -> set[str] | None:
+def _scope(db_path: Any, username: str, token: str | None = None,
+           idle_s: float | None = None) -> set[str] | None:
+    """The boxes ``username`` may see; with ``token``, raises 401 once the session is over."""
     db = store.open_db(db_path)
     try:
+        if token is not None and idle_s is not None and auth.lookup_session(db, token, idle_s) is None:
+            raise HTTPException(status_code=401, detail="not authenticated")
         return access.visible_boxes(db, access.load_user(db, username))
     finally:
         db.conn.close()
@@ -63,6 +68,7 @@ async def stream(request: Request) -> StreamingResponse:
     hub: Hub = request.app.state.hub
     settings = request.app.state.settings
     username = request.state.user
+    token = request.cookies.get(auth.session_cookie_name(settings.secure_cookies))
 
     async def events() -> AsyncIterator[str]:
         async with hub.subscribe() as sub:
@@ -74,7 +80,11 @@ async def stream(request: Request) -> StreamingResponse:
             while not await request.is_disconnected():
                 text = await sub.get(timeout_s=KEEPALIVE_S)
                 if time.monotonic() - scoped_at > SCOPE_REFRESH_S:
-                    allowed = await run_in_threadpool(_scope, settings.db_path, username)
+                    try:  # a logout, a disabled user or an expired session ends the stream
+                        allowed = await run_in_threadpool(_scope, settings.db_path, username, token,
+                                                          settings.session_idle_s)
+                    except HTTPException:
+                        return
                     scoped_at = time.monotonic()
                 if text is None:
                     yield ": keepalive\n\n"
