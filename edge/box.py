@@ -24,6 +24,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -214,8 +215,8 @@ class Box:
         return self._apply_safely(msg)
 
     @property
-    def _private_file(self) -> Any:
-        return self.settings.state_dir / "private"
+    def _private_file(self) -> Path:
+        return Path(self.settings.state_dir) / "private"
 
     def _remember_private(self, on: bool) -> None:
         """Keep private mode in the state directory: a restart must not end it."""

@@ -475,10 +475,9 @@ class Conversation:
             t, kind, _, ch = heapq.heappop(self._pending)
             # a tone's call end keeps its time (the tone is named after it began); the call's
             # accumulated speech then runs at most to where processing stood (see defer())
-            tone_end = self._call is not None and ch in (_HANGUP, _VOICEMAIL)
-            t_end = max(t, self._call.start_s) if self._call is not None else t
+            tone_s = t
             if t < self._t_s:
-                if not tone_end:
+                if ch not in (_HANGUP, _VOICEMAIL):
                     log.debug("transition at %.3f s reported after %.3f s: reorder_s too short",
                               t, self._t_s)
                 t = self._t_s
@@ -496,12 +495,15 @@ class Conversation:
                 self._call.hold = kind == _CALL_HOLD
             elif self._call is not None and ch == _VOICEMAIL:
                 cfg, call = self.config, self._call
+                t_end = max(tone_s, call.start_s)
                 # where only the softphone starts calls, nothing would restart a call ended wrongly
                 if cfg.call_start_on_speech and t_end - call.start_s <= cfg.voicemail_within_s \
                         and call.agent_s <= cfg.voicemail_agent_max_s:
                     self._end_call(t_end, "voicemail")
+            elif self._call is not None and ch == _HANGUP:
+                self._end_call(max(tone_s, self._call.start_s), "hangup")
             elif self._call is not None:
-                self._end_call(t_end if tone_end else t, "hangup" if ch == _HANGUP else "signal")
+                self._end_call(t, "signal")
         if horizon_s > self._t_s:
             self._advance(horizon_s)
         self._prune()

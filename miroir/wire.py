@@ -308,8 +308,6 @@ def _check_cmd(msg: dict[str, Any]) -> None:
     if action == "resend":
         if "from_seq" not in msg or msg["from_seq"] < 1:
             raise WireError("cmd resend: from_seq >= 1 is required")
-        if max(msg["from_seq"], msg.get("to_seq", 0)) > MAX_SEQ:
-            raise WireError(f"cmd resend: from_seq and to_seq must be <= {MAX_SEQ}")
         if msg.get("to_seq", msg["from_seq"]) < msg["from_seq"]:
             raise WireError("cmd resend: to_seq < from_seq")
     elif "from_seq" in msg or "to_seq" in msg:

@@ -24,12 +24,11 @@ SCOPE_REFRESH_S = 5.0
 """How often an open stream checks its session (logout, a disabled user) and the user's scope."""
 
 
-def _scope(db_path: Any, username: str, token: str | None = None,
-           idle_s: float | None = None) -> set[str] | None:
-    """The boxes ``username`` may see; with ``token``, raises 401 once the session is over."""
+def _scope(db_path: Any, username: str, token: str | None, idle_s: float) -> set[str] | None:
+    """The boxes ``username`` may see; raises 401 once the session of ``token`` is over."""
     db = store.open_db(db_path)
     try:
-        if token is not None and idle_s is not None and auth.lookup_session(db, token, idle_s) is None:
+        if auth.lookup_session(db, token, idle_s) is None:
             raise HTTPException(status_code=401, detail="not authenticated")
         return access.visible_boxes(db, access.load_user(db, username))
     finally:
@@ -72,7 +71,11 @@ async def stream(request: Request) -> StreamingResponse:
 
     async def events() -> AsyncIterator[str]:
         async with hub.subscribe() as sub:
-            allowed = await run_in_threadpool(_scope, settings.db_path, username)
+            try:
+                allowed = await run_in_threadpool(_scope, settings.db_path, username, token,
+                                                  settings.session_idle_s)
+            except HTTPException:
+                return
             scoped_at = time.monotonic()
             snap = await run_in_threadpool(_snapshot, settings.db_path, settings.site, allowed)
             yield f"retry: {RETRY_MS}\n\n"
