@@ -40,6 +40,11 @@ SILENCE_BELOW_SPEECH_DB = 25.0
 """A pause hop is at least this many dB below the loud voiced level."""
 BREATH_ABOVE_FLOOR_DB = 10.0
 """A pause whose loudest 50 ms rise this far above its quiet floor holds an audible breath."""
+BREATH_EDGE_HOPS = 8
+"""Hops at each end of a pause left out of the breath search (80 ms: the voice's unvoiced onset
+and tail)."""
+DIGITAL_SILENCE_DBFS = -100.0
+"""Hop levels at or below this are fed silence (the pipeline's closed gate), not a noise floor."""
 
 
 @dataclass(frozen=True)
@@ -205,9 +210,13 @@ def pauses(t_s: np.ndarray, level_dbfs: np.ndarray, voiced: np.ndarray) -> list[
     dur = (b - a) * HOP_S
     ok &= (dur >= PAUSE_MIN_S) & (dur <= PAUSE_MAX_S) & (count / np.maximum(gap_to - gap_from, 1) >= 0.6)
     out: list[Pause] = []
+    edge = BREATH_EDGE_HOPS
     for lo, hi in zip(a[ok].tolist(), b[ok].tolist(), strict=True):  # the quiet part of each gap
-        lev = level_dbfs[lo:hi]
-        bump = float(_smooth(lev, 5).max())
-        out.append(Pause(float(t_s[lo] - HOP_S / 2), float(t_s[hi - 1] + HOP_S / 2),
-                         bump - percentile(lev, 10) >= BREATH_ABOVE_FLOOR_DB))
+        # a breath is a bump inside the pause: the hops next to the voice hold its unvoiced onset
+        # and tail, and hops fed as digital silence (a closed gate) are no floor
+        inner = level_dbfs[lo + edge:hi - edge]
+        live = inner[inner > DIGITAL_SILENCE_DBFS]
+        breath = len(live) >= 5 and \
+            float(_smooth(live, 5).max()) - percentile(live, 10) >= BREATH_ABOVE_FLOOR_DB
+        out.append(Pause(float(t_s[lo] - HOP_S / 2), float(t_s[hi - 1] + HOP_S / 2), breath))
     return out

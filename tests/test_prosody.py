@@ -198,3 +198,22 @@ def test_no_rate_per_minute_from_a_window_of_a_second() -> None:
     assert "near_pauses_per_min" not in short and "near_breaths_per_min" not in short
     assert "near_level_dbfs" in short
     assert full["near_pauses_per_min"] == 6.0 and full["near_breaths_per_min"] == 6.0
+
+
+def test_a_breath_is_a_bump_inside_the_pause_not_its_edges_nor_fed_silence() -> None:
+    """The hops next to the voice hold its unvoiced onset and tail (20 dB over the floor); a
+    closed gate feeds digital silence (-120 dBFS): neither is a breath. A bump in the middle is."""
+    from edge.rate import pauses
+
+    def track(gap: list[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        voice = [-20.0] * 30
+        level = np.array(voice + gap + voice)
+        voiced = np.array([True] * 30 + [False] * len(gap) + [True] * 30)
+        return (np.arange(len(level)) + 0.5) * HOP_S, level, voiced
+
+    edges = [-36.0, -39.0, -40.0, -41.0] + [-55.0] * 40 + [-41.0, -38.0, -36.0]
+    zeros = [-55.0] * 20 + [-120.0] * 25
+    bump = [-55.0] * 15 + [-52.0, -48.0, -44.0, -42.0, -42.0, -44.0, -48.0, -52.0] + [-55.0] * 15
+    for gap, breath in ((edges, False), (zeros, False), (bump, True)):
+        found = pauses(*track(gap))
+        assert len(found) == 1 and found[0].breath is breath, (gap, found)
