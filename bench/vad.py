@@ -3,7 +3,8 @@
 Variants: the reference (the published fp32 ONNX file on ONNX Runtime, one inference per channel),
 both channels in one batch, the batch with the energy pre-gate, an int8 dynamically quantized copy
 of the graph made here in a temporary folder, and the converted TFLite file on LiteRT (per channel,
-and batched: the shipped path), with its largest difference from ONNX Runtime's probabilities.
+batched, and batched with the pre-gate: the shipped path), with its largest difference from ONNX
+Runtime's probabilities.
 ``python -m bench.vad`` prints JSON.
 """
 
@@ -20,13 +21,10 @@ import numpy as np
 
 from bench.common import AMI, HEADSETS, ami_turns, frame_labels, median_seconds, roc_auc
 from edge.frames import FRAME_SAMPLES, RATE_HZ, Frame
+from edge.pipeline import VAD_GATE_DBFS, VAD_GATE_MAX_PROB
 from edge.runtime import LiteRtModel, Model, OnnxModel
 from edge.source import read_wav
 from edge.vad import SileroVad
-
-GATE_DBFS = -60.0
-"""Pre-gate level measured here (off in the shipped path: it saves nothing on two-party audio)."""
-SHIPPED_GATE_MAX_PROB = 0.01
 
 
 def frames_of(audio: np.ndarray) -> list[Frame]:
@@ -46,7 +44,7 @@ def per_channel(model: Model, audio: np.ndarray) -> np.ndarray:
 
 
 def batched(model: Model, audio: np.ndarray, gate_dbfs: float | None = None,
-            gate_max_prob: float = SHIPPED_GATE_MAX_PROB) -> np.ndarray:
+            gate_max_prob: float = VAD_GATE_MAX_PROB) -> np.ndarray:
     """All channels in one batch per frame, optionally with the energy pre-gate."""
     vad = SileroVad(model, channels=audio.shape[0], gate_dbfs=gate_dbfs,
                     gate_max_prob=gate_max_prob)
@@ -54,18 +52,20 @@ def batched(model: Model, audio: np.ndarray, gate_dbfs: float | None = None,
 
 
 def gated(model: Model, audio: np.ndarray) -> np.ndarray:
-    """The batch with the energy pre-gate at :data:`GATE_DBFS`."""
-    return batched(model, audio, GATE_DBFS)
+    """The batch with the pipeline's energy pre-gate (:data:`edge.pipeline.VAD_GATE_DBFS`)."""
+    return batched(model, audio, VAD_GATE_DBFS)
 
 
 def shipped(model: Model, audio: np.ndarray) -> np.ndarray:
-    """The path the box runs with its model (LiteRT by default): both channels in one batch, no
-    pre-gate (see the README)."""
-    return batched(model, audio)
+    """The path the box runs with its model (LiteRT by default): both channels in one batch, with
+    the pipeline's pre-gate (:data:`edge.pipeline.VAD_GATE_DBFS`)."""
+    return batched(model, audio, VAD_GATE_DBFS, VAD_GATE_MAX_PROB)
 
 
-def ami_auc(model: Model, run: Callable[[Model, np.ndarray], np.ndarray]) -> float:
-    """Frame-level ROC-AUC on the 12 AMI excerpts against the union of speaker turns.
+def ami_frames(model: Model, run: Callable[[Model, np.ndarray], np.ndarray]
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Frame labels (inside the union of speaker turns) and speech probabilities on the 12 AMI
+    excerpts.
 
     Each excerpt is scored as the first channel of a two-channel stream whose second channel is the
     next excerpt, so a batched path really runs a batch of two.
@@ -81,7 +81,13 @@ def ami_auc(model: Model, run: Callable[[Model, np.ndarray], np.ndarray]) -> flo
         prob = run(model, pair)[0]
         labels.append(frame_labels(turns[wav.stem], len(prob)))
         scores.append(prob)
-    return roc_auc(np.concatenate(labels), np.concatenate(scores))
+    return np.concatenate(labels), np.concatenate(scores)
+
+
+def ami_auc(model: Model, run: Callable[[Model, np.ndarray], np.ndarray]) -> float:
+    """Frame-level ROC-AUC on the 12 AMI excerpts against the union of speaker turns (see
+    :func:`ami_frames`)."""
+    return roc_auc(*ami_frames(model, run))
 
 
 def webrtc_auc(mode: int = 3) -> float:
@@ -138,6 +144,7 @@ def run(repeats: int = 5) -> dict[str, Any]:
         "batch2_gate": (fp32, gated),
         "litert_per_channel": (litert, per_channel),
         "litert_batch2": (litert, batched),
+        "litert_batch2_gate": (litert, shipped),
     }
     result["litert_max_abs_diff"] = float(np.abs(batched(litert, audio) - batched(fp32, audio)).max())
     with tempfile.TemporaryDirectory() as tmp:

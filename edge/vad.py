@@ -18,24 +18,29 @@ class SileroVad:
     """Speech probability of each channel of a frame, both channels in one inference call.
 
     The model is recurrent: its state and the 64-sample context carry from frame to frame, one per
-    channel (the two channels are the two rows of one batch). An optional energy pre-gate skips
-    inference for a channel in clear silence (its state is kept); both channels in clear silence
-    means no inference at all.
+    channel (the two channels are the two rows of one batch). An optional energy pre-gate holds a
+    channel in clear silence: its state is kept and its last probability repeated; both channels in
+    clear silence means no inference at all. Holding matters more than the saving: over a long
+    quiet stretch the state drifts, and the model hears the next onset later the longer the channel
+    was quiet (see :data:`edge.pipeline.VAD_GATE_DBFS`).
 
     Args:
         model: the Silero VAD model.
         channels: rows of the batch.
-        gate_dbfs: RMS level below which a frame may be skipped; None disables the gate.
-        gate_max_prob: a frame is skipped only while the channel's last probability is below this
-            (clear silence after the model said so); a skipped frame repeats that probability.
+        gate_dbfs: RMS level below which a frame may be held; None disables the gate.
+        gate_max_prob: clear silence: a frame is held only once the model has scored the channel
+            under this for ``gate_after_ms`` in a row; a held frame repeats the last probability.
+        gate_after_ms: how long the model must have heard clear silence first (a state held after
+            a few frames from a fresh start hears the next onset late).
     """
 
     def __init__(self, model: Model, channels: int = 2, gate_dbfs: float | None = None,
-                 gate_max_prob: float = 0.05) -> None:
+                 gate_max_prob: float = 0.05, gate_after_ms: float = 500.0) -> None:
         self.model = model
         self.channels = channels
         self.gate_dbfs = gate_dbfs
         self.gate_max_prob = gate_max_prob
+        self._gate_after = max(1, round(gate_after_ms / 1000.0 * RATE_HZ / FRAME_SAMPLES))
         self._gate_power = None if gate_dbfs is None else 10 ** (gate_dbfs / 10)
         # the published ONNX file takes the sample rate; the converted TFLite file is 16 kHz only
         self._sr = {"sr": np.array(RATE_HZ, dtype=np.int64)} if "sr" in model.input_names else {}
@@ -48,6 +53,8 @@ class SileroVad:
         self._state = np.zeros((STATE_SHAPE[0], self.channels, STATE_SHAPE[1]), dtype=np.float32)
         self._context = np.zeros((self.channels, CONTEXT_SAMPLES), dtype=np.float32)
         self._last = np.zeros(self.channels, dtype=np.float32)
+        self._quiet = [0] * self.channels
+        """Per channel, frames in a row the model scored under ``gate_max_prob``."""
 
     def __call__(self, frame: Frame) -> np.ndarray:
         """Return the speech probability (0..1) of each channel of ``frame``, shape (channels,)."""
@@ -58,28 +65,34 @@ class SileroVad:
             )
         x = np.concatenate([self._context, frame.samples], axis=1)
         self._context = x[:, -CONTEXT_SAMPLES:]
-        if self._gate_power is None:
-            rows = None
-        else:
-            loud = ((np.mean(frame.samples * frame.samples, axis=1) >= self._gate_power)
-                    | (self._last >= self.gate_max_prob))
-            self.gated += int(self.channels - loud.sum())
-            if loud.all():
-                rows = None
-            elif not loud.any():
-                return self._last.copy()
-            else:
-                rows = np.flatnonzero(loud)
-        if rows is None:
-            out = self.model.run({"input": x, "state": self._state, **self._sr})
-            self._state = out["stateN"]
-            self.inferences += 1
-            self._last = np.asarray(out["output"][:, 0], dtype=np.float32)
+        if self._gate_power is None or max(self._quiet) < self._gate_after:
+            return self._run(x, None)  # no channel has been in clear silence long enough
+        # plain floats per channel: numpy's per-call overhead would cost more than the test
+        power = (np.add.reduce(frame.samples * frame.samples, axis=1) / FRAME_SAMPLES).tolist()
+        held = [p < self._gate_power and q >= self._gate_after
+                for p, q in zip(power, self._quiet, strict=True)]
+        if True not in held:
+            return self._run(x, None)
+        self.gated += sum(held)
+        if False not in held:
             return self._last.copy()
-        out = self.model.run({"input": x[rows], "state": self._state[:, rows], **self._sr})
-        self._state[:, rows] = out["stateN"]
+        return self._run(x, np.array([not h for h in held]))
+
+    def _run(self, x: np.ndarray, loud: np.ndarray | None) -> np.ndarray:
+        """Run the whole batch; only the ``loud`` rows (all when None) take the new state and
+        probability (LiteRT reallocates its tensors for every new batch size)."""
+        out = self.model.run({"input": x, "state": self._state, **self._sr})
         self.inferences += 1
-        self._last[rows] = out["output"][:, 0]
+        prob = np.asarray(out["output"][:, 0], dtype=np.float32)
+        if loud is None:
+            self._state, self._last = out["stateN"], prob
+        else:
+            self._state[:, loud] = out["stateN"][:, loud]
+            self._last[loud] = prob[loud]
+        if self._gate_power is not None:  # a held row's probability stays in clear silence
+            top = self.gate_max_prob
+            self._quiet = [q + 1 if p < top else 0
+                           for q, p in zip(self._quiet, self._last.tolist(), strict=True)]
         return self._last.copy()
 
 

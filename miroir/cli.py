@@ -218,8 +218,8 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_vad(args: argparse.Namespace) -> int:
-    """Silero VAD variants: ONNX Runtime per channel, batched, pre-gate, int8; LiteRT per channel and
-    batched (the box); accuracy and cost."""
+    """Silero VAD variants: ONNX Runtime per channel, batched, pre-gate, int8; LiteRT per channel,
+    batched, and batched with the pre-gate (the box); accuracy and cost."""
     from bench.vad import run
 
     print(json.dumps(run(repeats=args.repeats), indent=None if args.json else 2))

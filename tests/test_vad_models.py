@@ -57,3 +57,84 @@ def test_both_backends_give_the_same_call(models):
     assert ours["vad"]["near"]["segments"] == theirs["vad"]["near"]["segments"]
     assert ours["vad"]["far"]["segments"] == theirs["vad"]["far"]["segments"]
     assert ours["metrics"] == theirs["metrics"]
+
+
+def test_a_gated_channel_keeps_its_state_while_the_other_runs(models):
+    """The pre-gate holds a quiet channel (state and probability) while the loud one goes on in the
+    same batch: the loud channel reads as it would alone, the quiet one resumes where it was."""
+    from edge.frames import FRAME_SAMPLES, RATE_HZ, Frame
+    from edge.pipeline import VAD_GATE_DBFS, VAD_GATE_MAX_PROB
+    from edge.vad import SileroVad
+
+    litert, _ = models
+    talk = headset_pair(seconds=6.0)[0]
+    quiet = np.random.default_rng(3).normal(0.0, 10 ** (-70 / 20), talk.shape).astype(np.float32)
+    both = SileroVad(litert, gate_dbfs=VAD_GATE_DBFS, gate_max_prob=VAD_GATE_MAX_PROB)
+    alone = SileroVad(litert, channels=1)
+    held = []
+    for k in range(len(talk) // FRAME_SAMPLES):
+        part = slice(k * FRAME_SAMPLES, (k + 1) * FRAME_SAMPLES)
+        prob = both(Frame(np.stack([talk[part], quiet[part]]), RATE_HZ, k * 0.032, k))
+        assert abs(prob[0] - alone(Frame(talk[None, part], RATE_HZ, k * 0.032, k))[0]) < 1e-4
+        held.append(float(prob[1]))
+    assert both.gated > 150 and len(set(held[-150:])) == 1 and held[-1] < VAD_GATE_MAX_PROB
+
+
+def _onset_lags(model, gap_s: float, gate: bool, clips: list[str]) -> np.ndarray:
+    """Each clip after ``gap_s`` of a -65 dBFS floor, raw on the near channel and band-limited (the
+    line) on the far: the speech gate's start minus the labelled onset, seconds, per clip and
+    channel (1 s when the gate never starts)."""
+    from bench.accuracy_conversation import EMODB, _line_filter, read_wav, speech_span
+    from edge.frames import FRAME_SAMPLES, RATE_HZ, Frame
+    from edge.pipeline import VAD_GATE_DBFS, VAD_GATE_MAX_PROB
+    from edge.vad import SileroVad, SpeechGate
+
+    step = 2.0 + gap_s
+    n = int((len(clips) * step + gap_s) * RATE_HZ)
+    audio = np.zeros((2, n), dtype=np.float32)
+    starts = []
+    for k, name in enumerate(clips):
+        i = int((gap_s + k * step) * RATE_HZ)
+        x = read_wav(EMODB / "wav" / f"{name}.wav")[:int(2.0 * RATE_HZ)]
+        audio[:, i:i + len(x)] = x
+        starts.append(i / RATE_HZ)
+    audio += np.random.default_rng(7).normal(0.0, 10 ** (-65 / 20), audio.shape).astype(np.float32)
+    audio[1] = _line_filter(audio[1])
+    vad = SileroVad(model, gate_dbfs=VAD_GATE_DBFS if gate else None, gate_max_prob=VAD_GATE_MAX_PROB)
+    gates = [SpeechGate(), SpeechGate()]
+    onsets: list[list[float]] = [[], []]
+    for k in range(n // FRAME_SAMPLES):
+        t = k * FRAME_SAMPLES / RATE_HZ
+        prob = vad(Frame(audio[:, k * FRAME_SAMPLES:(k + 1) * FRAME_SAMPLES], RATE_HZ, t, k))
+        for c in (0, 1):
+            if gates[c](float(prob[c]), t) == "start":
+                onsets[c].append(gates[c].transition_s)
+    lags = np.ones((len(clips), 2))
+    for k, (name, t0) in enumerate(zip(clips, starts, strict=True)):
+        onset = t0 + speech_span(name)[0]
+        for c in (0, 1):
+            near = [t for t in onsets[c] if t0 - 0.3 <= t < t0 + 2.0]
+            if near:
+                lags[k, c] = near[0] - onset
+    return lags
+
+
+def test_the_pre_gate_hears_an_onset_after_a_long_silence_as_after_a_short_one(models):
+    """Silero's recurrent state drifts through a long silence: the longer a channel has been quiet,
+    the later it hears the next onset. The pipeline's pre-gate holds the state on a quiet line, so
+    the onset comes as it would after a second. EmoDB utterances no conversation test call uses."""
+    from bench.accuracy_conversation import EMODB, clean_clips, speech_span
+
+    used = {n for names in clean_clips().values() for n in names}
+    clips = [w.stem for w in sorted((EMODB / "wav").glob("*.wav"))
+             if w.stem not in used and speech_span(w.stem) is not None][::8]
+    litert, _ = models
+    short = _onset_lags(litert, 1.0, False, clips)
+    drift = _onset_lags(litert, 5.0, False, clips)
+    gated = _onset_lags(litert, 5.0, True, clips)
+    print(f"{len(clips)} utterances, mean onset lag near/far: after 1 s {short.mean(0)}, "
+          f"after 5 s {drift.mean(0)}, after 5 s gated {gated.mean(0)}; late by 150 ms or more: "
+          f"{(short >= 0.15).sum()}, {(drift >= 0.15).sum()}, {(gated >= 0.15).sum()}")
+    assert len(clips) >= 30
+    assert (drift.mean(0) > short.mean(0) + 0.02).all()  # the drift
+    assert (gated.mean(0) < short.mean(0) + 0.01).all()
