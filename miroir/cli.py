@@ -58,6 +58,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     result = analyze(audio, load_vad_model(), affect=AffectConfig(enabled=args.affect),
                      campaign=campaign)
     result["files"] = {"near": str(args.near), "far": str(args.far) if args.far else None}
+    from edge.quality import QualityConfig
+
+    dead_after_s = QualityConfig().dead_after_s
+    if result["duration_s"] < dead_after_s:
+        log.warning("the recording lasts %.1f s: a channel reads as dead only after %.1f s flat, "
+                    "so a dead channel is not told from silence in so short a file",
+                    result["duration_s"], dead_after_s)
     if args.json:
         json.dump(result, sys.stdout, separators=(",", ":"))
         sys.stdout.write("\n")

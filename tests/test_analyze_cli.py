@@ -175,6 +175,8 @@ def test_dead_channel_short_file_and_campaign_through_the_cli(tmp_path):
     tiny = _write_wav(tmp_path / "tiny.wav", (np.arange(80) % 7 * 300).astype("<i2"), 16000)
     proc = miroir("analyze", str(tiny), "--json")
     assert proc.returncode == 0 and json.loads(proc.stdout)["duration_s"] == 0.005, proc.stderr
+    assert "a dead channel is not told from silence" in proc.stderr  # its "ok" is no verdict
+    assert "not told from silence" not in miroir("analyze", str(dead), "--json").stderr
     near = SHARED / "ami-headsets" / "source0.wav"
     quick = tmp_path / "quick.toml"
     quick.write_text("[slow_response]\non_s = 1.0\n")
