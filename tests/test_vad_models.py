@@ -85,9 +85,8 @@ def _onset_lags(model, gap_s: float, gate: bool, clips: list[str]) -> np.ndarray
     line) on the far: the speech gate's start minus the labelled onset, seconds, per clip and
     channel (1 s when the gate never starts)."""
     from bench.accuracy_conversation import EMODB, _line_filter, read_wav, speech_span
-    from edge.frames import FRAME_SAMPLES, RATE_HZ, Frame
-    from edge.pipeline import VAD_GATE_DBFS, VAD_GATE_MAX_PROB
-    from edge.vad import SileroVad, SpeechGate
+    from edge.frames import FRAME_SAMPLES, RATE_HZ
+    from edge.vad import SpeechGate
 
     step = 2.0 + gap_s
     n = int((len(clips) * step + gap_s) * RATE_HZ)
@@ -100,14 +99,13 @@ def _onset_lags(model, gap_s: float, gate: bool, clips: list[str]) -> np.ndarray
         starts.append(i / RATE_HZ)
     audio += np.random.default_rng(7).normal(0.0, 10 ** (-65 / 20), audio.shape).astype(np.float32)
     audio[1] = _line_filter(audio[1])
-    vad = SileroVad(model, gate_dbfs=VAD_GATE_DBFS if gate else None, gate_max_prob=VAD_GATE_MAX_PROB)
+    prob = (shipped if gate else batched)(model, audio)
     gates = [SpeechGate(), SpeechGate()]
     onsets: list[list[float]] = [[], []]
-    for k in range(n // FRAME_SAMPLES):
+    for k in range(prob.shape[1]):
         t = k * FRAME_SAMPLES / RATE_HZ
-        prob = vad(Frame(audio[:, k * FRAME_SAMPLES:(k + 1) * FRAME_SAMPLES], RATE_HZ, t, k))
         for c in (0, 1):
-            if gates[c](float(prob[c]), t) == "start":
+            if gates[c](float(prob[c, k]), t) == "start":
                 onsets[c].append(gates[c].transition_s)
     lags = np.ones((len(clips), 2))
     for k, (name, t0) in enumerate(zip(clips, starts, strict=True)):
