@@ -99,7 +99,8 @@ class LeanBox:
         self.settings = settings
         self.publisher = Publisher(settings, version="sim")
         self.pipeline = SyntheticPipeline()
-        self.outbox = self  # run_fleet reads last_seq, dropped and depth() from it
+        self.outbox = self  # run_fleet reads origin, last_seq, dropped and depth() from it
+        self.origin = 1  # numbers live in RAM and die with the process, as the dashboard's test db
         self.last_seq = 0
         self.dropped = 0
         self.resent = 0
@@ -205,7 +206,7 @@ def run_fleet(spec: dict[str, Any]) -> dict[str, Any]:
     if stop["quiet"] and result:
         # Quiet: stop emitting, say what was emitted, keep serving (resends) until SIGTERM.
         Path(result).with_suffix(".quiet").write_text(
-            json.dumps({b.settings.box: b.outbox.last_seq for b in boxes}))
+            json.dumps({b.settings.box: [b.outbox.origin, b.outbox.last_seq] for b in boxes}))
         last_sweep = 0.0
         while not stop["flag"]:
             loop.run_once(0.01)
@@ -227,7 +228,8 @@ def run_fleet(spec: dict[str, Any]) -> dict[str, Any]:
                 break
         while dirty:
             boxes[dirty.pop()].pump()
-    out = {b.settings.box: {"last_seq": b.outbox.last_seq, "dropped": b.outbox.dropped,
+    out = {b.settings.box: {"origin": b.outbox.origin, "last_seq": b.outbox.last_seq,
+                            "dropped": b.outbox.dropped,
                             "depth": b.outbox.depth(), "resent": b.resent,
                             "connects": b.publisher.connects} for b in boxes}
     loop.close()
@@ -255,7 +257,7 @@ def _paced(rate_hz: float) -> Iterator[int]:
 
 class _GatedPipeline(SyntheticPipeline):
     """Emits a message for a real tick (block >= 0), nothing for a pump-only block or once
-    quiet (SIGUSR1); on going quiet, writes the last seq to ``quiet_file``."""
+    quiet (SIGUSR1); on going quiet, writes the first and the last seq to ``quiet_file``."""
 
     def __init__(self, box: Any = None, quiet_file: Path | None = None) -> None:
         super().__init__()
@@ -269,7 +271,7 @@ class _GatedPipeline(SyntheticPipeline):
             if not self._said and self.quiet_file is not None and self.box is not None:
                 self._said = True
                 tmp = self.quiet_file.with_suffix(".tmp")
-                tmp.write_text(str(self.box.outbox.last_seq))
+                tmp.write_text(f"{self.box.outbox.origin} {self.box.outbox.last_seq}")
                 tmp.rename(self.quiet_file)
             return []
         return [] if block < 0 else super().__call__(block)
@@ -283,7 +285,7 @@ def run_box(spec: dict[str, Any]) -> None:
     pipe = _GatedPipeline(quiet_file=settings.state_dir / "quiet")
     box = Box(settings, version="sim", pipeline=pipe)
     pipe.box = box
-    pipe.n = box.outbox.last_seq
+    pipe.n = box.outbox.last_seq - box.outbox.origin + 1  # messages made before a restart
     box.install_signal_handlers()
     signal.signal(signal.SIGUSR1, lambda *_: setattr(pipe, "quiet", True))
     for _ in range(int(spec.get("backlog", 0))):  # stored before connecting: a replay
@@ -484,7 +486,7 @@ def bench_ingest(boxes: int = 2000, duration_s: float = 60.0, rate_hz: float = 1
             results: dict[str, Any] = {}
             for s in specs:
                 results.update(json.loads(wait_file(Path(s["result_file"]), 10)))
-            expected = sum(r["last_seq"] for r in results.values())
+            expected = sum(r["last_seq"] - r["origin"] + 1 for r in results.values())
             db = sqlite3.connect(work / "dash.sqlite")
             deadline = time.monotonic() + 60
             got = 0

@@ -7,7 +7,9 @@ autosave, a bridge restarted) show as holes in a box's sequence: every box's str
 (:class:`SeqTrack`), and a hole that lasts :data:`GAP_GRACE_S` triggers a ``resend`` command on
 the box's ``cmd`` topic, repeated every :data:`RESEND_RETRY_S` while it lasts. A box's status
 says which sequence numbers it no longer holds (``seq_first``): those are counted as lost and
-no longer asked for.
+no longer asked for. It also says where its numbering starts (``seq_origin``): a new box, or one
+whose state was wiped, numbers from the clock, and the numbers between its earlier messages and
+that origin were never used (neither lost nor asked for).
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ class SeqTrack:
     """Stored seqs above ``contig`` (there is a hole below each)."""
     last_known: int = 0
     """Highest seq the box is known to have (from messages and ``status.seq_last``)."""
+    acked: int = 0
+    """Highest seq the box's statuses said the broker acknowledged."""
     gap_since: float | None = None
     asked_from: int = 0
     asked_ts: float = 0.0
@@ -82,10 +86,22 @@ class SeqTrack:
 
     def forget_below(self, first: int) -> int:
         """The box holds nothing below ``first``: count what is missing there as lost."""
+        return self._skip_to(first, lost_up_to=first - 1)
+
+    def restart(self, origin: int) -> int:
+        """The box numbers from ``origin`` on (a new or wiped outbox): the numbers between its
+        earlier messages and ``origin`` were never used. Count the earlier ones missing as lost."""
+        earlier = [s for s in self.ahead if s < origin]
+        return self._skip_to(origin, lost_up_to=max(self.contig, *earlier,
+                                                    self.acked if self.acked < origin else 0))
+
+    def _skip_to(self, first: int, lost_up_to: int) -> int:
+        """Move the watermark to ``first - 1``; return the seqs up to ``lost_up_to`` never stored
+        (counted as lost)."""
         if first - 1 <= self.contig:
             return 0
         below = {s for s in self.ahead if s < first}
-        missing = first - 1 - self.contig - len(below)
+        missing = lost_up_to - self.contig - sum(1 for s in below if s <= lost_up_to)
         self.ahead -= below
         self.lost += missing
         self.contig = first - 1
@@ -249,9 +265,12 @@ class Ingest:
     def _track_status(self, box: str, msg: dict[str, Any]) -> None:
         """Update a box's sequence bookkeeping from its status (caller holds the lock)."""
         track = self._tracks.setdefault(box, SeqTrack())
+        if "seq_origin" in msg:  # before the acknowledged count, which is of the new numbering
+            self.lost += track.restart(int(msg["seq_origin"]))
         # What the broker acknowledged to the box must come; the rest is still queued.
         acked = int(msg.get("seq_last", 0)) - int(msg.get("outbox_depth", 0))
         track.last_known = max(track.last_known, acked)
+        track.acked = max(track.acked, acked)
         if "seq_first" in msg:
             self.lost += track.forget_below(int(msg["seq_first"]))
 

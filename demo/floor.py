@@ -97,11 +97,12 @@ def summarize(db_path: Path, outboxes: dict[str, Path]) -> dict[str, Any]:
     seen = 0
     with sqlite3.connect(db_path) as db:
         for box, outbox in outboxes.items():
-            last_seq = 0
+            first_seq, last_seq = 1, 0
             if outbox.exists():
                 with sqlite3.connect(outbox) as ob:
-                    row = ob.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()
-                    last_seq = int(row[0]) if row else 0
+                    meta = dict(ob.execute("SELECT key, value FROM meta").fetchall())
+                first_seq = int(meta.get("seq_origin", 1))
+                last_seq = int(meta.get("last_seq", first_seq - 1))
             seqs: set[int] = set()
             for table in ("metrics", "events"):
                 rows = db.execute(f"SELECT seq, ts, ingested_ts FROM {table} WHERE box = ?",
@@ -109,9 +110,9 @@ def summarize(db_path: Path, outboxes: dict[str, Path]) -> dict[str, Any]:
                 seqs.update(int(r[0]) for r in rows)
                 if table == "metrics":
                     lags_ms.extend(1000 * (r[2] - r[1]) for r in rows)
-            sent += last_seq
+            sent += last_seq - first_seq + 1
             ingested += len(seqs)
-            lost += len(set(range(1, last_seq + 1)) - seqs)
+            lost += len(set(range(first_seq, last_seq + 1)) - seqs)
             seen += bool(seqs)
     return {
         "boxes_seen": seen,

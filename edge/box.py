@@ -166,6 +166,7 @@ class Box:
         health.pop("version")  # the publisher puts it in every status
         return {**health,
                 "seq_last": self.outbox.last_seq, "seq_first": self.outbox.first_seq(),
+                "seq_origin": self.outbox.origin,
                 "outbox_depth": self.outbox.depth(), "dropped": self.outbox.dropped,
                 "private": self.private, "call_state": self._shown_call_state,
                 "cmd_refused": self.cmd_refused, "reload_refused": self.reload_refused,

@@ -1,7 +1,11 @@
 """Store-and-forward outbox in SQLite: a message is written before it is sent, and marked sent
 only when the broker acknowledged it. Rows hold metric and event JSON only, never audio.
 
-Sequence numbers are assigned here, per box, increasing by one, and survive restarts.
+Sequence numbers are assigned here, per box, increasing by one, and survive restarts. A box with
+no numbers on record (new, or its state directory wiped: a re-imaged card) starts from the clock in
+milliseconds (:func:`clock_origin`), above every number it can have used before, and says where it
+started (:attr:`Outbox.origin`, published as ``seq_origin``): the dashboard stores its first message
+as a new one, not as a duplicate of the old first, and knows the numbers below were never used.
 
 Acknowledged rows stay for ``retention_s`` (default 24 h) so that the dashboard can ask for a
 resend (:meth:`Outbox.resend`); :meth:`Outbox.purge` deletes them afterwards.
@@ -19,7 +23,8 @@ before it is sent, and a power cut never hands its sequence number to another me
 dashboard would take that one for a duplicate). A database file SQLite cannot read is moved aside
 (``outbox.sqlite.corrupt-<time>``) and a new one started; sequence numbers are reserved ahead in a
 small file beside it (:data:`SEQ_RESERVE`), so a new or replaced database starts above every
-number already used, and the dashboard counts the numbers in between as lost, never as duplicates.
+number already used, and says so in its ``seq_origin``: the numbers in between are never taken for
+duplicates.
 A full disk loses the message being stored (counted in ``dropped``) after acknowledged rows were
 deleted to make room; the box goes on.
 """
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import sqlite3
 import time
 from pathlib import Path
@@ -44,6 +50,11 @@ WAL_LIMIT_BYTES = 4 * 1024 * 1024
 SEQ_RESERVE = 1_000
 """Sequence numbers reserved at a time in ``outbox.seq`` (rewritten every that many messages)."""
 SQLITE_FULL = 13
+ORIGIN_FLOOR = 1_700_000_000_000
+"""Least first number of a new box (the clock in November 2023, in milliseconds)."""
+ORIGIN_JITTER = 2**32
+"""A clock not set yet (a Pi has no real-time clock) starts above :data:`ORIGIN_FLOOR` by a random
+offset below this (50 days of milliseconds): two such starts of one box almost never meet."""
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +71,24 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
 
+def clock_origin(now_s: float | None = None) -> int:
+    """First sequence number of a box with no numbers on record: the clock in milliseconds.
+
+    A box sends a few messages a second, far fewer than a thousand, so a box that lost its state
+    and starts again later numbers above every message it sent before.
+
+    Args:
+        now_s: Wall-clock time in seconds since the epoch; now by default.
+
+    Returns:
+        The first sequence number.
+    """
+    ms = int((time.time() if now_s is None else now_s) * 1000)
+    if ms >= ORIGIN_FLOOR + ORIGIN_JITTER:
+        return ms
+    return ORIGIN_FLOOR + secrets.randbelow(ORIGIN_JITTER)
+
+
 class Outbox:
     """The box's durable queue of outgoing stream messages.
 
@@ -70,6 +99,10 @@ class Outbox:
         max_messages: bound on rows kept, sent or not.
         max_bytes: bound on bytes kept (payloads plus :data:`ROW_OVERHEAD_BYTES` per row).
         retention_s: how long acknowledged rows are kept for resend requests, in seconds.
+
+    Attributes:
+        origin: first sequence number of this numbering (published as ``seq_origin``).
+        last_seq: last sequence number stored (``origin - 1`` before the first message).
     """
 
     def __init__(self, path: Path | str, site: str, box: str, *, max_messages: int = 1_000_000,
@@ -96,8 +129,15 @@ class Outbox:
             self._db = self._connect()
         stored = self._db.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()
         self._reserved = self._read_reserve()
-        # a database that lost its numbers (new, replaced) starts above those reserved
-        self.last_seq = int(stored[0]) if stored else self._reserved
+        if stored:
+            self.last_seq = int(stored[0])
+            self.origin = self._meta("seq_origin") or 1  # an outbox older than the origin: from 1
+        else:
+            # a database that lost its numbers (replaced) starts above those reserved; a box with
+            # none reserved either (new, or its state wiped) starts from the clock
+            self.origin = self._reserved + 1 if self._reserved else clock_origin()
+            self.last_seq = self.origin - 1
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('seq_origin', ?)", (self.origin,))
         self.dropped = self._meta("dropped")
         rows, size = self._db.execute(
             "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox").fetchone()

@@ -117,6 +117,7 @@ ALLOWED_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
         "capture_ok": (bool,),
         "capture_reopens": (int,),
         "seq_first": (int,),
+        "seq_origin": (int,),
         "private": (bool,),
         "call_state": (str,),
         "cmd_refused": (int,),

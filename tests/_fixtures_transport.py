@@ -69,10 +69,11 @@ def count_rows(db: Path) -> int:
                                 "(SELECT COUNT(*) FROM events)").fetchone()[0])
 
 
-def complete(db: Path, expected: dict[str, int]) -> bool:
-    """True when every box's seqs 1..expected[box] are in the database."""
+def complete(db: Path, expected: dict[str, tuple[int, int]]) -> bool:
+    """True when every box's seqs ``first..last`` (``expected[box]``) are in the database."""
     got = stored(db)
-    return all(sorted(got.get(b, [])) == list(range(1, n + 1)) for b, n in expected.items())
+    return all(sorted(got.get(b, [])) == list(range(first, last + 1))
+               for b, (first, last) in expected.items())
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -84,11 +85,11 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None
         time.sleep(0.2)
 
 
-def outbox_last_seq(state: Path) -> int:
-    """The last seq a box process put in its outbox (read from its SQLite file)."""
+def outbox_sent(state: Path) -> int:
+    """How many messages a box process put in its outbox (read from its SQLite file)."""
     with sqlite3.connect(state / "outbox.sqlite", timeout=10) as conn:
-        row = conn.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()
-    return int(row[0]) if row else 0
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    return int(meta["last_seq"]) - int(meta["seq_origin"]) + 1 if "last_seq" in meta else 0
 
 
 @dataclass
@@ -122,13 +123,14 @@ class BoxProc:
         self.proc = child("box", spec, self.work / f"{self.box}-spec{self.starts}.json")
         return self
 
-    def quiesce(self) -> int:
-        """Stop emitting (SIGUSR1), keep serving resends; return the last seq emitted."""
+    def quiesce(self) -> tuple[int, int]:
+        """Stop emitting (SIGUSR1), keep serving resends; return the first and last seq emitted."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGUSR1)
         quiet = self.state / "quiet"
         wait_file(quiet, 30, [self.proc])
-        return int(quiet.read_text())
+        first, last = quiet.read_text().split()
+        return int(first), int(last)
 
     def signal(self, sig: int) -> None:
         """Send ``sig`` to the process."""
@@ -169,14 +171,15 @@ class Fleet:
             wait_file(Path(s["ready_file"]), 120, self.procs)
         return self
 
-    def quiesce(self) -> dict[str, int]:
-        """Stop emitting, keep serving resends; return each box's last seq."""
+    def quiesce(self) -> dict[str, tuple[int, int]]:
+        """Stop emitting, keep serving resends; return each box's first and last seq."""
         for p in self.procs:
             p.send_signal(signal.SIGUSR1)
-        out: dict[str, int] = {}
+        out: dict[str, tuple[int, int]] = {}
         for s in self.specs:
             quiet = Path(s["result_file"]).with_suffix(".quiet")
-            out.update(json.loads(wait_file(quiet, 60, self.procs)))
+            out.update({b: (first, last) for b, (first, last)
+                        in json.loads(wait_file(quiet, 60, self.procs)).items()})
         return out
 
     def stop(self) -> None:
@@ -233,11 +236,11 @@ def scenario_broker_stopped(sc: Scenario) -> dict[str, Any]:
     sc.broker.stop()
     time.sleep(OUTAGE_S)
     sc.broker.start()
-    wait_for(lambda: count_rows(sc.db) > outbox_last_seq(box.state) - 2 > OUTAGE_S, SETTLE_S,
+    wait_for(lambda: count_rows(sc.db) > outbox_sent(box.state) - 2 > OUTAGE_S, SETTLE_S,
              "the box to catch up")
-    last = box.quiesce()
-    wait_for(lambda: complete(sc.db, {"box-a": last}), SETTLE_S, "every message")
-    return {"expected": {"box-a": last}, "stored": stored(sc.db), "stats": ing.stats()}
+    numbers = box.quiesce()
+    wait_for(lambda: complete(sc.db, {"box-a": numbers}), SETTLE_S, "every message")
+    return {"expected": {"box-a": numbers}, "stored": stored(sc.db), "stats": ing.stats()}
 
 
 def _fleet_scenario(sc: Scenario, outage: Callable[[], None]) -> dict[str, Any]:
@@ -300,9 +303,9 @@ def scenario_bridge(sc: Scenario) -> dict[str, Any]:
     time.sleep(OUTAGE_S * 2 / 3)
     central_broker.start()
     time.sleep(10)
-    last = box.quiesce()
-    wait_for(lambda: complete(central_db, {"box-a": last}), SETTLE_S, "every message centrally")
-    return {"expected": {"box-a": last}, "stored": stored(central_db), "stats": ing.stats(),
+    numbers = box.quiesce()
+    wait_for(lambda: complete(central_db, {"box-a": numbers}), SETTLE_S, "every message centrally")
+    return {"expected": {"box-a": numbers}, "stored": stored(central_db), "stats": ing.stats(),
             "bridge_log": sc.site.log.read_text()[-4000:]}
 
 

@@ -212,6 +212,40 @@ def _drop_then_hole(ingest: Ingest) -> None:
     assert sorted(asks) == [("box-a", 41, 44), ("box-b", 3, 4)], asks
 
 
+def test_a_box_that_numbers_again_from_its_origin_is_neither_duplicate_nor_lost(
+        dash_settings: DashboardSettings) -> None:
+    """A box re-imaged (its state wiped) numbers from the clock: its new messages are stored, the
+    numbers between the old and the new were never used (not lost, not asked for), and only the
+    old messages the broker had acknowledged but the dashboard lacks count as lost."""
+    ing = Ingest(dash_settings)
+    try:
+        t, st = wire.topic(SITE, "box-a", "metrics"), wire.topic(SITE, "box-a", "status")
+        for seq in (1, 2, 3):
+            assert ing.handle(t, payload(metrics("box-a", seq))) == "inserted"
+        # the broker acknowledged 5; 4 and 5 were still queued for the dashboard when the card died
+        ing.handle(st, payload(wire.status_message(SITE, "box-a", "online", time.time(),
+                                                   seq_last=5, seq_first=1, seq_origin=1,
+                                                   outbox_depth=0)))
+        origin = 1_795_000_000_000
+        ing.handle(st, payload(wire.status_message(SITE, "box-a", "online", time.time(),
+                                                   seq_last=origin - 1, seq_first=origin,
+                                                   seq_origin=origin, outbox_depth=0)))
+        assert ing.stats()["lost"] == 2
+        outcomes = [ing.handle(t, payload(metrics("box-a", origin + i))) for i in range(3)]
+        assert outcomes == ["inserted"] * 3 and ing.stats()["duplicates"] == 0
+        ing.check_gaps(now=100.0)
+        assert ing.check_gaps(now=100.0 + GAP_GRACE_S) == [] and ing.gaps() == {}
+        assert ing._tracks["box-a"].contig == origin + 2
+        # the old numbering's own status, arriving late, changes nothing
+        ing.handle(st, payload(wire.status_message(SITE, "box-a", "offline", time.time(),
+                                                   seq_last=5, seq_first=1, seq_origin=1)))
+        assert ing.stats()["lost"] == 2 and ing.gaps() == {}
+    finally:
+        ing.close()
+    db = store.open_db(dash_settings.db_path)
+    assert [m["seq"] for m in db["metrics"].rows] == [1, 2, 3, origin, origin + 1, origin + 2]
+
+
 def test_ingest_lag_percentiles(dash_settings: DashboardSettings) -> None:
     now = 1_000_000.0
     ing = Ingest(dash_settings, clock=lambda: now)
@@ -363,6 +397,8 @@ def test_boxes_api_serves_latest_metrics_and_history(dash_settings: DashboardSet
         assert c.get("/api/boxes/box-z/metrics").status_code == 404
         assert c.get("/api/boxes/BAD_ID/metrics").status_code == 422
         assert c.get("/api/boxes/box-a/metrics", params={"since_seq": -1}).status_code == 422
+        # past SQLite's integers: refused, not a server error
+        assert c.get("/api/boxes/box-a/metrics", params={"since_seq": 2**63}).status_code == 422
 
 
 # ------------------------------------------------------------------------------- live

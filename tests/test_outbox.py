@@ -1,8 +1,11 @@
 """The box's SQLite outbox: sequence numbers, acknowledgement, overflow."""
 
 import json
+import shutil
+import sqlite3
+import time
 
-from edge.outbox import Outbox
+from edge.outbox import ORIGIN_FLOOR, ORIGIN_JITTER, Outbox, clock_origin
 
 BODY = {"near_speech_ratio": 0.25, "far_speech_ratio": 0.5, "talk_state": "silence"}
 
@@ -12,31 +15,63 @@ def test_sequence_survives_restart(tmp_path):
     # every write reaches the disk before put() returns, so before the message is sent: a power
     # cut never rolls back a number the dashboard already holds
     assert box._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    o = box.origin
     seqs = [box.put("metrics", BODY)[0] for _ in range(3)]
-    assert seqs == [1, 2, 3]
-    box.ack([1, 2])
+    assert seqs == [o, o + 1, o + 2]
+    box.ack([o, o + 1])
     box.close()
     box = Outbox(tmp_path / "o.sqlite", "s", "b")
-    assert box.put("metrics", BODY)[0] == 4
-    assert [s for s, _, _ in box.pending()] == [3, 4]
+    assert box.origin == o and box.put("metrics", BODY)[0] == o + 3
+    assert [s for s, _, _ in box.pending()] == [o + 2, o + 3]
     payload = json.loads(box.pending()[0][2])
-    assert payload["seq"] == 3 and payload["box"] == "b"
+    assert payload["seq"] == o + 2 and payload["box"] == "b"
+
+
+def test_a_new_box_numbers_from_the_clock_so_a_wiped_one_never_reuses_a_number(tmp_path):
+    """A re-imaged card loses the state directory, outbox and reserve file together: the box
+    starts again from the clock in milliseconds, above every number it sent before (it sends a
+    few messages a second), so the dashboard takes none of its new messages for a duplicate."""
+    state = tmp_path / "state"
+    before_ms = int(time.time() * 1000)
+    box = Outbox(state / "outbox.sqlite", "s", "b")
+    assert before_ms <= box.origin <= int(time.time() * 1000) and box.last_seq == box.origin - 1
+    used = [box.put("metrics", BODY)[0] for _ in range(5)]
+    box.close()
+    time.sleep(0.01)  # five messages in 10 ms: far more than a box sends
+    shutil.rmtree(state)
+    box = Outbox(state / "outbox.sqlite", "s", "b")
+    assert box.origin > max(used) and box.put("metrics", BODY)[0] == box.origin
+    box.close()
+    # an outbox made before numbers had an origin numbered from 1, and says so
+    with sqlite3.connect(state / "outbox.sqlite") as db:
+        db.execute("DELETE FROM meta WHERE key = 'seq_origin'")
+    assert Outbox(state / "outbox.sqlite", "s", "b").origin == 1
+
+
+def test_a_clock_not_set_yet_starts_at_a_random_point_above_the_floor():
+    """A Pi has no real-time clock: before NTP it may read 1970. The origin is then the floor plus
+    a random offset, so two such starts of one box almost never meet."""
+    assert clock_origin(1_800_000_000.0) == 1_800_000_000_000
+    early = {clock_origin(0.0) for _ in range(20)}
+    assert all(ORIGIN_FLOOR <= o < ORIGIN_FLOOR + ORIGIN_JITTER for o in early)
+    assert len(early) == 20
 
 
 def test_acked_rows_kept_for_retention_then_purged(tmp_path):
     box = Outbox(tmp_path / "o.sqlite", "s", "b", retention_s=60)
+    o = box.origin
     box.put("metrics", BODY, ts=1000.0)
     box.put("metrics", BODY, ts=1100.0)
-    box.ack([1], ts=1050.0)
-    box.ack([2], ts=1100.0)
+    box.ack([o], ts=1050.0)
+    box.ack([o + 1], ts=1100.0)
     assert box.depth() == 0 and box.depth_total() == 2
     assert box.purge(now=1130.0) == 1  # retention counts from the acknowledgement
     assert box.depth_total() == 1
     # a box without a real-time clock made a row before NTP set the clock a year ahead: the row
     # is kept for the retention window after its acknowledgement, not purged at once
     box.put("metrics", BODY, ts=1200.0)
-    box.ack([3], ts=1200.0 + 365 * 86400)
-    assert box.purge(now=1200.0 + 365 * 86400 + 30) == 1 and box.first_seq() == 3
+    box.ack([o + 2], ts=1200.0 + 365 * 86400)
+    assert box.purge(now=1200.0 + 365 * 86400 + 30) == 1 and box.first_seq() == o + 2
 
 
 def test_a_corrupt_or_lost_database_never_reuses_a_sequence_number(tmp_path):
@@ -51,7 +86,9 @@ def test_a_corrupt_or_lost_database_never_reuses_a_sequence_number(tmp_path):
         part.unlink(missing_ok=True)
     box = Outbox(path, "s", "b")
     seq = box.put("metrics", BODY)[0]
-    assert seq > max(used) and box.first_seq() == seq  # the dashboard counts the rest as lost
+    # the new numbering says where it starts: the dashboard knows the numbers between were never
+    # used, and counts as lost only the old messages it lacks
+    assert seq > max(used) and box.first_seq() == seq == box.origin
     assert list(tmp_path.glob("o.sqlite.corrupt-*"))
     box.close()
     path.unlink()
@@ -63,12 +100,10 @@ def test_a_corrupt_or_lost_database_never_reuses_a_sequence_number(tmp_path):
 def test_a_full_disk_frees_acknowledged_rows_then_counts_the_loss(tmp_path):
     """SQLite reports a full disk (here: the file's page limit): acknowledged rows go first; when
     nothing is left to free, the message is counted in dropped and the error is SQLite's own."""
-    import sqlite3
-
     box = Outbox(tmp_path / "o.sqlite", "s", "b")
     for _ in range(20):
         box.put("metrics", BODY)
-    box.ack(list(range(1, 21)))
+    box.ack(list(range(box.origin, box.origin + 20)))
     pages = box._db.execute("PRAGMA page_count").fetchone()[0]
     box._db.execute(f"PRAGMA max_page_count={pages}")
     for _ in range(2000):
@@ -86,15 +121,16 @@ def test_a_full_disk_frees_acknowledged_rows_then_counts_the_loss(tmp_path):
 
 def test_overflow_drops_acked_first_then_oldest_unsent(tmp_path):
     box = Outbox(tmp_path / "o.sqlite", "s", "b", max_messages=5)
+    o = box.origin
     for _ in range(5):
         box.put("metrics", BODY)
-    box.ack([1, 2])
+    box.ack([o, o + 1])
     for _ in range(2):
         box.put("metrics", BODY)      # evicts the two acked rows
     assert box.dropped == 0 and box.depth_total() == 5
     for _ in range(3):
         box.put("metrics", BODY)      # now evicts three unsent rows: counted
     assert box.dropped == 3
-    assert [s for s, _, _ in box.pending()] == [6, 7, 8, 9, 10]
+    assert [s for s, _, _ in box.pending()] == [o + 5, o + 6, o + 7, o + 8, o + 9]
     box.close()
     assert Outbox(tmp_path / "o.sqlite", "s", "b").dropped == 3

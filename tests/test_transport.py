@@ -36,7 +36,7 @@ from tests._fixtures_transport import (
     BoxProc,
     count_rows,
     ingest_for,
-    outbox_last_seq,
+    outbox_sent,
     stored,
     wait_for,
 )
@@ -65,10 +65,10 @@ def pumped(box: Box, value: Any) -> Any:
 
 def assert_exactly_once_in_order(result: dict[str, Any]) -> None:
     """Every expected seq stored once; per box, first arrivals in seq order."""
-    for box, last in result["expected"].items():
+    for box, (first, last) in result["expected"].items():
         seqs = result["stored"].get(box, [])
-        assert len(seqs) == len(set(seqs)) == last, (box, len(seqs), last)
-        assert sorted(seqs) == list(range(1, last + 1)), box
+        assert len(seqs) == len(set(seqs)) == last - first + 1, (box, len(seqs), first, last)
+        assert sorted(seqs) == list(range(first, last + 1)), box
 
 
 # ------------------------------------------------------------------------------ wire: cmd
@@ -99,11 +99,12 @@ def test_outbox_full_drops_oldest_counts_them_and_bounds_disk(tmp_path: Path) ->
     box = Outbox(tmp_path / "o.sqlite", SITE_ID, "box-a", max_bytes=max_bytes)
     pipe = SyntheticPipeline()
     sizes = []
+    first = box.origin
     for i in range(6000):
         _seq, payload = box.put("metrics", pipe(None)[0].body)
         sizes.append(len(payload) + ROW_OVERHEAD_BYTES)
         if i == 99:
-            box.ack(list(range(1, 51)))               # acknowledged rows go first
+            box.ack(list(range(first, first + 50)))   # acknowledged rows go first
     assert box.size_bytes() <= max_bytes
     kept = box.depth_total()
     # Exactly the rows that no longer fit were dropped; the acked ones were not counted.
@@ -111,8 +112,9 @@ def test_outbox_full_drops_oldest_counts_them_and_bounds_disk(tmp_path: Path) ->
     assert box.size_bytes() == sum(sizes[-kept:])
     assert sum(sizes[-kept - 1:]) > max_bytes      # one more row would not fit
     # What is kept is the newest, contiguous: the dashboard learns seq_first and counts the rest.
-    assert [s for s, _, _ in box.pending(limit=10**6)] == list(range(6001 - kept, 6001))
-    assert box.first_seq() == 6001 - kept
+    end = first + 6000
+    assert [s for s, _, _ in box.pending(limit=10**6)] == list(range(end - kept, end))
+    assert box.first_seq() == end - kept
     assert box.disk_bytes() < 3 * max_bytes + WAL_LIMIT_BYTES, box.disk_bytes()
     for _ in range(3000):                          # keeps bounded while it keeps overflowing
         box.put("metrics", pipe(None)[0].body)
@@ -148,12 +150,51 @@ def test_drop_counter_reaches_status_and_dashboard_counts_lost(site: SiteFiles,
                        "the dashboard to count the dropped messages as lost")
             with sqlite3.connect(tmp_path / "dash.sqlite") as db:
                 row = db.execute("SELECT dropped, seq_last FROM boxes WHERE box='box-a'")
-                assert row.fetchone() == (dropped, 1000)
+                assert row.fetchone() == (dropped, box.outbox.origin + 999)
             assert ing.gaps() == {}
         finally:
             box.publisher.stop()
             ing.close()
             box.outbox.close()
+
+
+def test_a_box_whose_state_was_wiped_is_stored_again_not_taken_for_duplicates(
+        site: SiteFiles, tmp_path: Path) -> None:
+    """The card of a box is re-imaged (its state directory, outbox and reserve file gone) and the
+    box comes back under the same name: its new messages reach the dashboard's database, none is
+    taken for a duplicate of the old ones, and nothing counts as lost."""
+    import shutil
+
+    settings = box_settings(site, "box-a", site.port, tmp_path / "state", keepalive_s=5)
+    db = tmp_path / "dash.sqlite"
+
+    def live(rows_after: int) -> None:
+        """Start the box, send five messages, see them stored, stop, wipe the state directory."""
+        box = Box(settings, pipeline=SyntheticPipeline())
+        box.publisher.start()
+        try:
+            wait_until(lambda: pumped(box, box.publisher.connected.is_set), "connected")
+            for _ in range(5):
+                box.submit(box.pipeline(None))
+            wait_until(lambda: pumped(box, lambda: count_rows(db)) == rows_after,
+                       f"{rows_after} messages stored")
+        finally:
+            box.publisher.stop(box.status_fields())
+            box.outbox.close()
+        shutil.rmtree(settings.state_dir)
+
+    with site.broker():
+        ing = ingest_for(SITE_ID, db, site.port, site.ca_cert, site.dashboard)
+        try:
+            live(5)
+            live(10)
+            wait_until(lambda: ing.gaps() == {} and ing.stats()["received"] >= 14,
+                       "the statuses of both lives")
+            assert ing.stats()["duplicates"] == 0 and ing.stats()["lost"] == 0
+            assert ing.check_gaps() == []
+            assert ing.stats()["resend_requests"] == 0
+        finally:
+            ing.close()
 
 
 # ------------------------------------------------------------------------------- commands
@@ -189,7 +230,8 @@ def test_box_commands_private_identify_reload_call_resend_and_refusals(
         until(lambda: box.private and statuses()[-1].get("private") is True,
               "private status published at once")
         assert box.submit(box.pipeline(None)) == 0     # nothing enters the outbox
-        assert box.outbox.last_seq == 3
+        first = box.outbox.origin
+        assert box.outbox.last_seq == first + 2
         send("private_off")
         until(lambda: not box.private and statuses()[-1]["private"] is False, "private off")
         assert box.submit(box.pipeline(None)) == 1
@@ -204,10 +246,10 @@ def test_box_commands_private_identify_reload_call_resend_and_refusals(
             return sum(1 for t, p in dash.messages
                        if t.endswith("/metrics") and json.loads(p)["seq"] == seq)
 
-        until(lambda: copies(4) == 1, "seq 4 sent")
-        send("resend", from_seq=1, to_seq=2)
-        until(lambda: copies(1) == 2 and copies(2) == 2, "seq 1 and 2 again")
-        assert box.resent == 2 and copies(3) == 1
+        until(lambda: copies(first + 3) == 1, "the fourth message sent")
+        send("resend", from_seq=first, to_seq=first + 1)
+        until(lambda: copies(first) == 2 and copies(first + 1) == 2, "the first two again")
+        assert box.resent == 2 and copies(first + 2) == 1
 
         # Malformed, unknown, another box's payload: counted, refused, the box keeps going.
         refused_before = box.cmd_refused
@@ -282,11 +324,11 @@ def test_box_killed_mid_replay_then_restarted_leaves_no_gap(site: SiteFiles, bro
         assert 2000 <= mid < 20000, mid                      # killed in the middle
         box.start()
         wait_for(lambda: count_rows(db) > 20000, 180, "the replay to finish")
-        last = box.quiesce()
-        wait_for(lambda: sorted(stored(db)["box-a"]) == list(range(1, last + 1)), 120,
+        first, last = box.quiesce()
+        wait_for(lambda: sorted(stored(db)["box-a"]) == list(range(first, last + 1)), 120,
                  "every seq")
         seqs = stored(db)["box-a"]
-        assert len(seqs) == last and seqs == sorted(seqs), "replayed in order, once"
+        assert len(seqs) == last - first + 1 and seqs == sorted(seqs), "replayed in order, once"
         assert ing.stats()["lost"] == 0
     finally:
         box.stop()
@@ -366,7 +408,8 @@ def test_bridge_and_central_acl_are_generated(site: SiteFiles, tmp_path: Path) -
 # ------------------------------------------------------------------------ 60-s outages
 def test_broker_stopped_60s_single_box_exactly_once_in_order(outages: Any) -> None:
     result = outages("broker_stopped")
-    assert result["expected"]["box-a"] > OUTAGE_S          # it kept publishing meanwhile
+    first, last = result["expected"]["box-a"]
+    assert last - first + 1 > OUTAGE_S                     # it kept publishing meanwhile
     assert_exactly_once_in_order(result)
     assert result["stats"]["quarantined"] == 0
 
@@ -374,10 +417,10 @@ def test_broker_stopped_60s_single_box_exactly_once_in_order(outages: Any) -> No
 def test_broker_sigkilled_under_200_boxes_exactly_once(outages: Any) -> None:
     result = outages("broker_killed")
     assert len(result["expected"]) == 200
-    for box, last in result["expected"].items():
-        assert last > OUTAGE_S, box
+    for box, (first, last) in result["expected"].items():
+        assert last - first + 1 > OUTAGE_S, box
         seqs = result["stored"][box]
-        assert sorted(seqs) == list(range(1, last + 1)) and len(seqs) == last, box
+        assert sorted(seqs) == list(range(first, last + 1)) and len(seqs) == last - first + 1, box
     assert result["stats"]["lost"] == 0
 
 
@@ -390,17 +433,21 @@ def test_ingest_down_60s_under_200_boxes_exactly_once_in_order(outages: Any) -> 
 
 def test_bridge_central_down_60s_site_restarted_central_holds_all(outages: Any) -> None:
     result = outages("bridge")
-    assert result["expected"]["box-a"] > OUTAGE_S
+    first, last = result["expected"]["box-a"]
+    assert last - first + 1 > OUTAGE_S
     seqs = result["stored"]["box-a"]
-    assert sorted(seqs) == list(range(1, result["expected"]["box-a"] + 1))
+    assert sorted(seqs) == list(range(first, last + 1))
     assert len(seqs) == len(set(seqs))
 
 
-def test_outbox_last_seq_helper_reads_the_box_state(tmp_path: Path) -> None:
+def test_outbox_sent_helper_reads_the_box_state(tmp_path: Path) -> None:
+    assert not (tmp_path / "outbox.sqlite").exists()
     box = Outbox(tmp_path / "outbox.sqlite", SITE_ID, "box-a")
-    box.put("metrics", SyntheticPipeline()(None)[0].body)
+    assert outbox_sent(tmp_path) == 0
+    for _ in range(2):
+        box.put("metrics", SyntheticPipeline()(None)[0].body)
     box.close()
-    assert outbox_last_seq(tmp_path) == 1
+    assert outbox_sent(tmp_path) == 2
 
 
 def test_every_example_in_docs_wire_md_is_valid() -> None:

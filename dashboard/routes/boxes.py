@@ -32,7 +32,7 @@ def box_metrics(
     db: Db,
     user: CurrentUser,
     box: BoxId,
-    since_seq: Annotated[int, Query(ge=0)] = 0,
+    since_seq: Annotated[int, Query(ge=0, le=wire.MAX_SEQ)] = 0,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
 ) -> dict[str, Any]:
     """Metrics of one box with ``seq > since_seq``, oldest first."""
