@@ -17,6 +17,7 @@ import json
 import resource
 import statistics
 import time
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -27,13 +28,15 @@ from edge.frames import RATE_HZ
 MAX_SILENCE_S = 0.5
 
 
-def _segments(audio: np.ndarray, model: Any) -> dict[str, list[list[float]]]:
-    """Each channel's speech segments ``[start_s, end_s]`` from the pipeline's gates (no summary:
-    the preparation should not weigh on the process's peak memory more than the run)."""
+def _segments(blocks: Iterable[np.ndarray], model: Any) -> dict[str, list[list[float]]]:
+    """Each channel's speech segments ``[start_s, end_s]`` from the pipeline's gates (no summary,
+    and block by block: the preparation should not weigh on the process's peak memory more than
+    the run)."""
     from edge.pipeline import Pipeline
 
     pipe = Pipeline(model, trace=True)
-    pipe(audio)
+    for block in blocks:
+        pipe(block)
     pipe.finish()
     assert pipe.trace is not None
     return pipe.trace.segments
@@ -41,7 +44,7 @@ def _segments(audio: np.ndarray, model: Any) -> dict[str, list[list[float]]]:
 
 def _busy_channel(samples: np.ndarray, model: Any) -> np.ndarray:
     """Shorten the silences (per Silero's own segments) of one headset to ``MAX_SILENCE_S``."""
-    segments = _segments(np.stack([samples, np.zeros_like(samples)]), model)["near"]
+    segments = _segments([np.stack([samples, np.zeros_like(samples)])], model)["near"]
     keep = int(MAX_SILENCE_S * RATE_HZ)
     pieces, cursor = [], 0
     for start_s, end_s in segments:
@@ -70,9 +73,9 @@ class TwoPartyAudio:
         return np.stack([np.take(ch, np.arange(start, start + size), mode="wrap")
                          for ch in self.channels]).astype(np.float32)
 
-    def blocks(self, size: int) -> Any:
-        """Every block of ``size`` samples in order."""
-        for start in range(0, self.n, size):
+    def blocks(self, size: int, stop: int | None = None) -> Iterator[np.ndarray]:
+        """Every block of ``size`` samples in order, up to sample ``stop`` (the end by default)."""
+        for start in range(0, self.n if stop is None else min(stop, self.n), size):
             yield self.block(start, size)
 
 
@@ -106,8 +109,9 @@ def run(seconds: float = 600.0, repeats: int = 3, block: int = 1024) -> dict[str
     fp32 = load_vad_model("onnx")  # the reference: the published file on ONNX Runtime
     audio = TwoPartyAudio(fp32, seconds)
     audio_s = audio.n / RATE_HZ
-    check_s = min(audio.n, 120 * RATE_HZ) / RATE_HZ
-    segments = _segments(audio.block(0, int(check_s * RATE_HZ)), model)
+    check_n = min(audio.n, 120 * RATE_HZ)
+    check_s = check_n / RATE_HZ
+    segments = _segments(audio.blocks(block, check_n), model)
     speech = {f"{ch}_speech_ratio": round(sum(e - s for s, e in segs) / check_s, 4)
               for ch, segs in segments.items()}
     if min(speech.values()) < 0.5:
