@@ -26,13 +26,19 @@ def vad_figures() -> dict[str, float]:
 def run(prosody_step: int = 1) -> dict[str, Any]:
     """Every accuracy figure; ``prosody_step`` > 1 uses every n-th EmoDB clip (faster)."""
     from bench.accuracy_conversation import conversation_figures
-    from bench.accuracy_prosody import pause_figures, prosody_figures, rate_cv_figures
+    from bench.accuracy_prosody import (
+        hesitation_figures,
+        pause_figures,
+        prosody_figures,
+        rate_cv_figures,
+    )
 
     out: dict[str, Any] = {}
     out.update(vad_figures())
     out.update(prosody_figures(step=prosody_step))
     out.update(rate_cv_figures(step=prosody_step))
     out.update(pause_figures(step=prosody_step))
+    out.update(hesitation_figures(step=prosody_step))
     out.update(conversation_figures())
     return out
 

@@ -293,6 +293,50 @@ def pause_figures(step: int = 1) -> dict[str, Any]:
             "pause_false_per_min": round(60.0 * false / float(speech_s), 2) if speech_s else None}
 
 
+MFA = DATA / "mfa"
+MFA_FILLERS: dict[str, int] = {"mfa_uh": 1, "mfa_um": 1, "mfa_uhuh": 6, "mfa_uhum": 6,
+                               "mfa_cutoffprogressive": 2, "mfa_crossword": 2}
+"""Filled pauses ("uh", "um", "hm") per clip of ``mfa/``, counted in the reference transcripts of the
+Montreal Forced Aligner's tests (MIT; e.g. ``mfa_uhum``: "montreal forced uh um uh hm hm um forced
+aligner"). Every other clip there has none."""
+MFA_DRAWN_OUT = ("mfa_long", "mfa_hes", "mfa_internalsil")
+"""Clips whose words are drawn out in hesitation (``<hes-...>`` in the transcripts, or ``long``):
+hesitation sounds too, so neither found fillers nor false ones."""
+
+
+def hesitation_figures(step: int = 1) -> dict[str, Any]:
+    """Hesitation sounds (:func:`edge.rate.hesitations`) against transcribed filled pauses.
+
+    Returns:
+        ``hesitation_fillers_found`` of ``hesitation_fillers`` (per clip, at most as many as the
+        transcript holds); ``hesitation_false_mfa``: sounds found in the MFA clips that hold neither
+        a filler nor a drawn-out word (``hesitation_mfa_clean_clips`` of them);
+        ``hesitation_false_per_min_emodb``: sounds found in EmoDB's fluent read sentences, per
+        minute of audio; ``hesitation_drawn_out``: sounds found in :data:`MFA_DRAWN_OUT`.
+    """
+    from edge.rate import hesitations
+
+    def count(tr: HopTrack) -> int:
+        return len(hesitations(tr.t_s, tr.f0_hz, tr.voiced, tr.spectral_change_db))
+
+    found = false = clean = drawn = 0
+    for path in sorted(MFA.glob("*.wav")):
+        n = count(_hops(read_wav(path)))
+        if path.stem in MFA_FILLERS:
+            found += min(n, MFA_FILLERS[path.stem])
+        elif path.stem in MFA_DRAWN_OUT:
+            drawn += n
+        else:
+            false += n
+            clean += 1
+    names = clip_names(step)
+    emodb = sum(count(_clip_hops(name)) for name in names)
+    return {"hesitation_fillers_found": found, "hesitation_fillers": sum(MFA_FILLERS.values()),
+            "hesitation_false_mfa": false, "hesitation_mfa_clean_clips": clean,
+            "hesitation_false_per_min_emodb": round(emodb / (len(names) * CLIP_S / 60.0), 3),
+            "hesitation_drawn_out": drawn}
+
+
 RATE_GRID: dict[str, tuple[float, ...]] = {
     "MIN_GAP_S": (0.06, 0.07, 0.08, 0.09),
     "DIP_DB": (0.5, 1.0, 1.5, 2.0),

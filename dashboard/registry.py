@@ -37,6 +37,8 @@ METRICS: dict[str, MetricInfo] = {
     "voiced_ratio": MetricInfo("Part voisée", "Voiced share", "%"),
     "pauses_per_min": MetricInfo("Pauses", "Pauses", "/min", "up"),
     "breaths_per_min": MetricInfo("Respirations", "Breaths", "/min", "up"),
+    "hesitations_per_min": MetricInfo("Hésitations (« euh »)", "Hesitations (\"um\")", "/min",
+                                      "down"),
     "pause_s_mean": MetricInfo("Pause moyenne", "Mean pause", "s"),
     "talk_ratio": MetricInfo("Ratio parole/écoute", "Talk-to-listen ratio", "", "down"),
     "talk_listen_ratio": MetricInfo("Ratio parole/écoute", "Talk-to-listen ratio", "", "down"),

@@ -146,6 +146,7 @@ def prosody_fields(window: ProsodyWindow, channel: str = "near") -> dict[str, fl
         "articulation_rate_syl_s": window.articulation_rate_syl_s,
         "pauses_per_min": window.pauses_per_min if minutes > 0 else None,
         "breaths_per_min": window.breaths / minutes if minutes > 0 else None,
+        "hesitations_per_min": window.hesitations / minutes if minutes > 0 else None,
     }
     return {f"{channel}_{k}": round(float(v), 4) for k, v in values.items()
             if v is not None and math.isfinite(v)}

@@ -69,6 +69,7 @@ _SYL_EDGES = (np.array([250, 400, 550, 700, 900, 1100, 1350, 1650, 2000, 2500, 3
 """Bin edges of the 11 bands (250-3600 Hz, roughly critical-band wide) of the syllabic envelope."""
 _SYL_SCALE = 2.0 / (_NFFT * _WIN8)
 """Parseval: sum |X_k|^2 over one side times this is the mean square of a band."""
+_CHANGE_LAG = rate_mod.SPECTRAL_LAG_HOPS
 
 _taps = np.arange(31) - 15
 _LOWPASS = (0.45 * np.sinc(0.45 * _taps) * np.hamming(31)).astype(np.float32)
@@ -94,6 +95,9 @@ class HopTrack:
     syllabic_db: np.ndarray
     """Mean amplitude of 11 bands from 250 to 3600 Hz over the centred 30 ms window, dB; the full
     level on quiet hops. Syllable nuclei are its peaks (see :mod:`edge.rate`)."""
+    spectral_change_db: np.ndarray
+    """Mean absolute change of those 11 bands' shape (each band's dB less their mean) since the hop
+    50 ms before; NaN unless both hops are loud. A held vowel ("euh", "um") reads low."""
 
 
 _HOP_FIELDS = tuple(f.name for f in fields(HopTrack))
@@ -102,12 +106,12 @@ _HOP_FIELDS = tuple(f.name for f in fields(HopTrack))
 
 def _yin_hops(
     seg: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Run the difference-function search on a (n, _SEG8) block of segments.
 
     Returns:
         (tau in 8 kHz samples, aperiodicity, normalized correlation at tau, cmnd rows,
-        syllabic envelope in dB).
+        syllabic envelope in dB, (n, 11) spectral shape in dB).
     """
     n = seg.shape[0]
     buf = np.zeros((n, _NFFT), dtype=np.float32)
@@ -122,6 +126,8 @@ def _yin_hops(
     cp = np.concatenate([np.zeros((n, 1), dtype=cp.dtype), cp], axis=1)[:, _SYL_EDGES - _SYL_EDGES[0]]
     amp = np.sqrt(np.maximum(np.diff(cp, axis=1), 0.0) * _SYL_SCALE)
     syl_db = 20.0 * np.log10(amp.mean(axis=1) + 1e-12)
+    band_db = 20.0 * np.log10(amp + 1e-12)
+    shape_db = band_db - band_db.mean(axis=1, keepdims=True)
     sq = seg * seg
     c = np.empty((n, _SEG8 + 1), dtype=np.float32)
     c[:, 0] = 0.0
@@ -142,7 +148,7 @@ def _yin_hops(
     tau, aper = _parabola(dn, rows, np.clip(idx, 1, _TAU_MAX))
     i0 = np.clip(np.rint(tau).astype(int), 1, _TAU_MAX)
     ncc = r[rows, i0] / np.sqrt(np.maximum(e0[:, 0] * e_tau[rows, i0], 1e-20))
-    return tau, aper, ncc, dn, syl_db
+    return tau, aper, ncc, dn, syl_db, shape_db
 
 
 def _decimate(x: np.ndarray, m: int) -> np.ndarray:
@@ -350,6 +356,9 @@ class ProsodyWindow:
     breaths: int
     """Pauses that hold an audible unvoiced breath noise."""
     pause_s_mean: float | None
+    hesitations: int = 0
+    """Hesitation sounds ("euh", "um", a drawn-out syllable) starting in the window (see
+    :func:`edge.rate.hesitations`)."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dict with floats rounded."""
@@ -384,6 +393,8 @@ class Prosody:
         self._cycles: list[tuple[float, np.ndarray, np.ndarray, np.ndarray]] = []
         self._amps: list[tuple[float, np.ndarray]] = []
         self._lf_context = np.zeros(0)
+        self._shapes = np.full((_CHANGE_LAG, len(_SYL_EDGES) - 1), np.nan, dtype=np.float32)
+        """The last hops' spectral shapes (NaN on quiet hops), for the next block's change."""
         self._samples_in = 0
         self._pending: list[np.ndarray] = []
         self._pending_n = 0
@@ -459,13 +470,18 @@ class Prosody:
         aper = np.ones(n)
         ncc = np.zeros(n)
         syl = level.copy()
+        shapes = np.concatenate([self._shapes, np.full((n, self._shapes.shape[1]), np.nan,
+                                                       dtype=np.float32)])
         ii = np.nonzero(loud)[0]
         if len(ii):
-            t_i, a_i, c_i, dn, s_i = _yin_hops(seg[ii])
+            t_i, a_i, c_i, dn, s_i, shape_i = _yin_hops(seg[ii])
             v_i = a_i < VOICING_APERIODICITY
             # the octave fix runs on the loud hops only, in order, after the previous blocks' hops
             _octave_fix(t_i, a_i, dn, v_i, self._lf_context)
             tau[ii], aper[ii], ncc[ii], syl[ii] = t_i, a_i, c_i, s_i
+            shapes[_CHANGE_LAG + ii] = shape_i
+        change = np.abs(shapes[_CHANGE_LAG:] - shapes[:-_CHANGE_LAG]).mean(axis=1)
+        self._shapes = shapes[-_CHANGE_LAG:]
         voiced = loud & (aper < VOICING_APERIODICITY)
         f0 = np.where(voiced, _SR8 / tau, 0.0)
         r = np.clip(ncc, 1e-6, 1 - 1e-6)
@@ -473,7 +489,7 @@ class Prosody:
         self._lf_context = np.concatenate(
             [self._lf_context, np.where(voiced[loud], np.log2(np.where(f0 > 0, f0, 1.0))[loud], np.nan)]
         )[-_OCTAVE_HALF:]
-        track = HopTrack(t_s, f0, voiced, level, hnr, np.where(loud, 1.0 - aper, 0.0), syl)
+        track = HopTrack(t_s, f0, voiced, level, hnr, np.where(loud, 1.0 - aper, 0.0), syl, change)
         self._tracks.append(track)
         self._joined = None
         self._cycles_from(track, k0)
@@ -523,7 +539,7 @@ class Prosody:
         arrays are read-only views (callers copy before changing them)."""
         if not self._tracks:
             z = np.zeros(0)
-            return HopTrack(z, z, np.zeros(0, dtype=bool), z, z, z, z)
+            return HopTrack(z, z, np.zeros(0, dtype=bool), z, z, z, z, z)
         if self._joined is None:
             self._joined = HopTrack(*(np.concatenate([getattr(t, f) for t in self._tracks])
                                       for f in _HOP_FIELDS))
@@ -591,6 +607,7 @@ def functionals(tr: HopTrack, cycles: list[tuple[float, np.ndarray, np.ndarray, 
     art = rate_mod.articulation_rate(syl, tr.t_s, v)
     pauses = rate_mod.pauses(tr.t_s, tr.level_dbfs, v)
     n_p = len(pauses)
+    hes = rate_mod.hesitations(tr.t_s, tr.f0_hz, v, tr.spectral_change_db)
     return ProsodyWindow(
         start_s=start_s, end_s=end_s,
         voiced_ratio=float(nv / n) if n else 0.0,
@@ -601,6 +618,7 @@ def functionals(tr: HopTrack, cycles: list[tuple[float, np.ndarray, np.ndarray, 
         pauses=n_p, pauses_per_min=(60.0 * n_p / dur_s) if dur_s > 0 else 0.0,
         breaths=sum(1 for p in pauses if p.breath),
         pause_s_mean=float(np.mean([p.end_s - p.start_s for p in pauses])) if n_p else None,
+        hesitations=len(hes),
     )
 
 

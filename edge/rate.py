@@ -3,7 +3,7 @@
 Syllable nuclei are peaks of the smoothed level contour inside voiced speech that stand out from the
 dips on both sides (in the manner of de Jong and Wempe, 2009, but on a per-hop track with a dip test
 on both sides and a level floor relative to the speaker's own loudness). Pauses are quiet unvoiced
-gaps between voiced stretches.
+gaps between voiced stretches. Hesitation sounds are long steady voiced stretches (:func:`hesitations`).
 """
 
 from __future__ import annotations
@@ -45,6 +45,18 @@ BREATH_EDGE_HOPS = 8
 and tail)."""
 DIGITAL_SILENCE_DBFS = -100.0
 """Hop levels at or below this are fed silence (the pipeline's closed gate), not a noise floor."""
+SPECTRAL_LAG_HOPS = 5
+"""``HopTrack.spectral_change_db`` compares a hop's spectral shape with the one this many hops
+before (50 ms)."""
+HESITATION_CHANGE_DB = 1.5
+"""A voiced hop whose spectral shape moved less than this in 50 ms is steady (a held vowel or
+hum; running speech moves 3 to 6 dB)."""
+HESITATION_MIN_S = 0.3
+"""Steady voice this long is a hesitation sound: vowels of fluent speech are shorter."""
+HESITATION_PITCH_SD_ST = 1.0
+"""...on a level pitch: standard deviation under this many semitones."""
+HESITATION_BRIDGE_HOPS = 2
+"""Breaks of steadiness this short (a glitch of the voicing or of the shape) do not split a sound."""
 
 
 @dataclass(frozen=True)
@@ -219,4 +231,51 @@ def pauses(t_s: np.ndarray, level_dbfs: np.ndarray, voiced: np.ndarray) -> list[
         breath = len(live) >= 5 and \
             float(_smooth(live, 5).max()) - percentile(live, 10) >= BREATH_ABOVE_FLOOR_DB
         out.append(Pause(float(t_s[lo] - HOP_S / 2), float(t_s[hi - 1] + HOP_S / 2), breath))
+    return out
+
+
+def _runs(mask: np.ndarray) -> np.ndarray:
+    """(start, end) hop indices of the runs of True in ``mask``, as an (n, 2) array."""
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return np.column_stack([np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0]])
+
+
+def hesitations(t_s: np.ndarray, f0_hz: np.ndarray, voiced: np.ndarray,
+                change_db: np.ndarray) -> list[tuple[float, float]]:
+    """Hesitation sounds: filled pauses ("euh", "um", "mm") and drawn-out syllables.
+
+    A hesitation sound is at least ``HESITATION_MIN_S`` of voice whose spectral shape holds still
+    (``HESITATION_CHANGE_DB`` over 50 ms) on a level pitch: a vowel or hum held where fluent
+    speech moves on to the next sound. Measured in ``bench.accuracy_prosody.hesitation_figures``.
+
+    Args:
+        t_s: hop centre times, seconds.
+        f0_hz: hop pitch, 0.0 where unvoiced.
+        voiced: hop voicing flags.
+        change_db: hop spectral change (``HopTrack.spectral_change_db``, NaN where quiet).
+
+    Returns:
+        (start_s, end_s) of each sound, in order.
+    """
+    n = len(t_s)
+    steady = voiced & (change_db < HESITATION_CHANGE_DB)  # NaN compares False, silently
+    min_hops = round(HESITATION_MIN_S / HOP_S)
+    if np.count_nonzero(steady) < (min_hops - SPECTRAL_LAG_HOPS) // (HESITATION_BRIDGE_HOPS + 1):
+        return []  # too few steady hops for one sound, even bridged (most windows of speech)
+    # bridge short breaks: a hop between the previous and the next steady hop, close enough
+    idx = np.arange(n)
+    prev = np.maximum.accumulate(np.where(steady, idx, -1))
+    nxt = np.minimum.accumulate(np.where(steady, idx, n)[::-1])[::-1]
+    steady |= (prev >= 0) & (nxt < n) & (nxt - prev - 1 <= HESITATION_BRIDGE_HOPS)
+    runs = _runs(steady)
+    # a sound starts 50 ms before its first steady hop: that hop matched the one 50 ms before
+    runs[:, 0] = np.maximum(runs[:, 0] - SPECTRAL_LAG_HOPS, 0)
+    out: list[tuple[float, float]] = []
+    for a, b in runs[runs[:, 1] - runs[:, 0] >= min_hops].tolist():
+        f0 = f0_hz[a:b]
+        f0 = f0[f0 > 0]
+        if len(f0) < min_hops // 2:
+            continue
+        if float(np.std(12.0 * np.log2(f0))) < HESITATION_PITCH_SD_ST:
+            out.append((float(t_s[a] - HOP_S / 2), float(t_s[b - 1] + HOP_S / 2)))
     return out

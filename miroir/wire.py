@@ -71,7 +71,7 @@ _PROSODY_METRICS: dict[str, tuple[type, ...]] = {
     f"{channel}_{name}": _num for channel in ("near", "far") for name in (
         "voiced_ratio", "level_dbfs", "f0_median_hz", "pitch_range_st", "pitch_movement_st_s",
         "hnr_db", "jitter", "shimmer", "rate_syl_s", "articulation_rate_syl_s", "pauses_per_min",
-        "breaths_per_min")
+        "breaths_per_min", "hesitations_per_min")
 }
 SIGNAL_STATES = ("ok", "dc", "clipped", "nan", "none")
 FAR_KINDS = ("speech", "ringback", "busy", "beep", "music", "silence", "dead")
