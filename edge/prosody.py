@@ -357,7 +357,7 @@ class ProsodyWindow:
     """Pauses that hold an audible unvoiced breath noise."""
     pause_s_mean: float | None
     hesitations: int = 0
-    """Hesitation sounds ("euh", "um", a drawn-out syllable) starting in the window (see
+    """Hesitation sounds ("euh", "um", a drawn-out syllable) found in the window (see
     :func:`edge.rate.hesitations`)."""
 
     def as_dict(self) -> dict[str, Any]:

@@ -66,13 +66,20 @@ def test_model_card_states_the_report() -> None:
 
 
 def test_retraining_reproduces_the_float_model() -> None:
-    """Re-fit the shipped candidate with its recorded L2 on all of EmoDB: same float weights."""
+    """Re-fit the shipped candidate with its recorded L2 on all of EmoDB: the same model.
+
+    The same model is the same outputs, not the same weights. The fit stops after 300 L-BFGS steps
+    on a flat loss, so the last bits of the features steer it: on another CPU the features differ
+    by 2e-7 (relative) and weights by up to 0.03, and features perturbed by 1e-7 here move the
+    weights by 0.02 but every clip's probabilities by under 0.007, with the same decisions. A
+    recipe changed fails: another seed moves a probability by 0.026, four times the L2 by 0.61.
+    """
     import onnx
     from onnx import numpy_helper
     from threadpoolctl import threadpool_limits
 
     from models.affect import data
-    from models.affect.net import NetConfig, fit
+    from models.affect.net import Net, NetConfig, fit
     from models.affect.train import CANDIDATES, SEED, columns
 
     spec = json.loads(model_path("affect_features").read_text())
@@ -83,9 +90,12 @@ def test_retraining_reproduces_the_float_model() -> None:
         net = fit(x, np.stack([db.arousal, db.tension], axis=1),
                   NetConfig(cand.hidden, spec["l2"], seeds=cand.seeds), SEED)
     np.testing.assert_allclose(net.mean, spec["mean"], rtol=1e-5, atol=1e-6)
-    committed = {t.name: numpy_helper.to_array(t)
-                 for t in onnx.load(str(model_path("affect_float"))).graph.initializer}
-    np.testing.assert_allclose(net.w1, committed["w1"], rtol=1e-3, atol=1e-4)
-    np.testing.assert_allclose(net.b1, committed["b1"], rtol=1e-3, atol=1e-4)
-    if net.w2 is not None:
-        np.testing.assert_allclose(net.w2, committed["w2"], rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(net.std, spec["std"], rtol=1e-5, atol=1e-6)
+    init = {t.name: numpy_helper.to_array(t)
+            for t in onnx.load(str(model_path("affect_float"))).graph.initializer}
+    assert (net.w2 is None) == ("w2" not in init)
+    committed = Net(np.asarray(spec["mean"]), np.asarray(spec["std"]), init["w1"], init["b1"],
+                    init.get("w2"), init.get("b2"))
+    got, want = net.predict_proba(x), committed.predict_proba(x)
+    assert np.abs(got - want).max() <= 0.02, np.abs(got - want).max(axis=0)
+    assert ((got > 0.5) == (want > 0.5)).mean(axis=0).min() >= 0.99
