@@ -32,10 +32,12 @@ deleted to make room; the box goes on.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +89,48 @@ def clock_origin(now_s: float | None = None) -> int:
     if ms >= ORIGIN_FLOOR + ORIGIN_JITTER:
         return ms
     return ORIGIN_FLOOR + secrets.randbelow(ORIGIN_JITTER)
+
+
+def await_clock(path: Path, wait_s: float, *, synced: Callable[[], bool] | None = None,
+                sleep: Callable[[float], None] = time.sleep, poll_s: float = 1.0) -> bool:
+    """Before a box with no numbers on record starts numbering from its clock, wait for NTP.
+
+    A Pi has no real-time clock and boots at a stale time (the image's), which can lie before
+    numbers the box used in an earlier life: wait up to ``wait_s`` for the kernel to report the
+    clock synchronized (``edge.health.clock_facts``).
+
+    Args:
+        path: the outbox file (its reserve file beside it also counts as numbers on record).
+        wait_s: longest wait, seconds; 0 does not wait.
+        synced: whether the clock is synchronized (the kernel's NTP state by default).
+        sleep: how to wait ``poll_s`` seconds between checks.
+        poll_s: seconds between checks.
+
+    Returns:
+        False when the outbox is new and the clock still unsynchronized after ``wait_s``.
+    """
+    if path.exists() or path.with_suffix(".seq").exists():
+        return True
+    check = synced or _ntp_synced
+    polls = math.ceil(wait_s / poll_s)
+    for i in range(polls + 1):
+        if check():
+            return True
+        if i == polls:
+            break
+        if i == 0:
+            log.info("new outbox: waiting up to %.0f s for NTP before numbering from the clock", wait_s)
+        sleep(poll_s)
+    if wait_s > 0:
+        log.warning("the clock is still not synchronized after %.0f s: numbering from it anyway "
+                    "(a stale clock may reuse numbers of this box's earlier life)", wait_s)
+    return False
+
+
+def _ntp_synced() -> bool:
+    from edge.health import clock_facts
+
+    return bool(clock_facts()["clock_synced"])
 
 
 class Outbox:

@@ -80,6 +80,10 @@ class EdgeSettings:
     """The agent's baselines are kept at most this long after they were learned (hours): loaded at
     start from ``state_dir`` only when younger, relearned at the first new shift after; 0 learns
     afresh every start."""
+    clock_wait_s: float = 0.0
+    """A box with no message numbers on record (new, or its state wiped) numbers from its clock:
+    wait up to this long (seconds) for NTP to set the clock first; 0 does not wait. The image's
+    settings say 120: a Pi has no real-time clock, and boots at a stale time."""
     affect_enabled: bool = False
     """Run the prospect affect model (far channel only). Only for a campaign whose call script
     tells the prospect about emotion recognition (EU AI Act Art. 50(3)); off by default."""
@@ -112,6 +116,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "vad_min_silence_ms": (0.0, 2000.0),
     "capture_rate_hz": (8000, 192000),
     "baseline_max_age_h": (0.0, 24.0 * 365),
+    "clock_wait_s": (0.0, 3600.0),
 }
 """Allowed ranges of the numeric settings (the checks name the key and the range)."""
 

@@ -103,7 +103,9 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
     except edge_settings.SettingsError as exc:
         raise CliError(str(exc)) from None
     from edge.campaign import CampaignError
+    from edge.outbox import await_clock
 
+    await_clock(cfg.state_dir / "outbox.sqlite", cfg.clock_wait_s)
     try:
         box = Box(cfg, load_vad_model(cfg.model_backend), version=__version__)
     except CampaignError as exc:

@@ -69,6 +69,9 @@ def box_settings_toml(site: str, box: str, broker_host: str, broker_port: int,
         'control_socket = "/run/miroir/control"\n'
         "# The USB headset adapter, named by the udev/ALSA rules of the image.\n"
         'capture_device = "miroir_headset"\n'
+        "# A box started with an empty state (a new or re-imaged card) numbers its messages from\n"
+        "# the clock: it waits up to 2 minutes for NTP to set it (a Pi boots at a stale time).\n"
+        "clock_wait_s = 120.0\n"
     )
 
 

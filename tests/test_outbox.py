@@ -5,7 +5,7 @@ import shutil
 import sqlite3
 import time
 
-from edge.outbox import ORIGIN_FLOOR, ORIGIN_JITTER, Outbox, clock_origin
+from edge.outbox import ORIGIN_FLOOR, ORIGIN_JITTER, Outbox, await_clock, clock_origin
 
 BODY = {"near_speech_ratio": 0.25, "far_speech_ratio": 0.5, "talk_state": "silence"}
 
@@ -55,6 +55,21 @@ def test_a_clock_not_set_yet_starts_at_a_random_point_above_the_floor():
     early = {clock_origin(0.0) for _ in range(20)}
     assert all(ORIGIN_FLOOR <= o < ORIGIN_FLOOR + ORIGIN_JITTER for o in early)
     assert len(early) == 20
+
+
+def test_a_new_box_waits_for_ntp_before_numbering_from_the_clock(tmp_path):
+    """Only a box with no numbers on record waits, and only as long as it is told to."""
+    path = tmp_path / "outbox.sqlite"
+    answers = iter([False, False, True])
+    slept = []
+    assert await_clock(path, 120.0, synced=lambda: next(answers), sleep=slept.append)
+    assert slept == [1.0, 1.0]  # synchronized at the third look
+    slept.clear()
+    assert not await_clock(path, 5.0, synced=lambda: False, sleep=slept.append)
+    assert slept == [1.0] * 5  # gave up after 5 s, and numbers from the clock anyway
+    assert not await_clock(path, 0.0, synced=lambda: False, sleep=slept.append) and len(slept) == 5
+    Outbox(path, "s", "b").close()
+    assert await_clock(path, 120.0, synced=lambda: False, sleep=slept.append) and len(slept) == 5
 
 
 def test_acked_rows_kept_for_retention_then_purged(tmp_path):
