@@ -309,8 +309,9 @@ def hesitation_figures(step: int = 1) -> dict[str, Any]:
 
     Returns:
         ``hesitation_fillers_found`` of ``hesitation_fillers`` (per clip, at most as many as the
-        transcript holds); ``hesitation_false_mfa``: sounds found in the MFA clips that hold neither
-        a filler nor a drawn-out word (``hesitation_mfa_clean_clips`` of them);
+        transcript holds: the transcripts have no times, so sounds are counted, not matched);
+        ``hesitation_false_mfa``: sounds found in the MFA clips that hold neither a filler nor a
+        drawn-out word (``hesitation_mfa_clean_clips`` of them);
         ``hesitation_false_per_min_emodb``: sounds found in EmoDB's fluent read sentences, per
         minute of audio; ``hesitation_drawn_out``: sounds found in :data:`MFA_DRAWN_OUT`.
     """

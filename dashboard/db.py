@@ -218,16 +218,18 @@ def store_batch(db: sqlite_utils.Database, items: list[tuple[str, dict[str, Any]
     return out
 
 
-def load_seq_state(db: sqlite_utils.Database) -> dict[str, tuple[int, int, list[int]]]:
-    """Per box: (seq_contig, seq_lost, stream seqs stored above seq_contig in order)."""
-    out: dict[str, tuple[int, int, list[int]]] = {}
-    for box, contig, lost in db.conn.execute(
-            "SELECT box, coalesce(seq_contig, 0), coalesce(seq_lost, 0) FROM boxes").fetchall():
+def load_seq_state(db: sqlite_utils.Database) -> dict[str, tuple[int, int, list[int], int]]:
+    """Per box: (seq_contig, seq_lost, stream seqs stored above seq_contig in order, the last
+    sequence number its status said the broker acknowledged)."""
+    out: dict[str, tuple[int, int, list[int], int]] = {}
+    for box, contig, lost, acked in db.conn.execute(
+            "SELECT box, coalesce(seq_contig, 0), coalesce(seq_lost, 0), "
+            "coalesce(seq_last, 0) - coalesce(outbox_depth, 0) FROM boxes").fetchall():
         above = [int(r[0]) for r in db.conn.execute(
             "SELECT seq FROM metrics WHERE box = ? AND seq > ? UNION "
             "SELECT seq FROM events WHERE box = ? AND seq > ? ORDER BY 1",
             (box, contig, box, contig)).fetchall()]
-        out[str(box)] = (int(contig), int(lost), above)
+        out[str(box)] = (int(contig), int(lost), above, int(acked))
     return out
 
 

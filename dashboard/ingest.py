@@ -159,8 +159,8 @@ class Ingest:
         self._boxes_seen: set[str] = set()
         self._db_lock = threading.Lock()
         self._tracks: dict[str, SeqTrack] = {}
-        for box, (contig, lost, above) in store.load_seq_state(self._db).items():
-            track = SeqTrack(contig=contig, lost=lost, last_known=contig)
+        for box, (contig, lost, above, acked) in store.load_seq_state(self._db).items():
+            track = SeqTrack(contig=contig, lost=lost, last_known=contig, acked=acked)
             for seq in above:
                 track.mark(seq)
             track.dirty = track.contig != contig

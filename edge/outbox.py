@@ -3,9 +3,10 @@ only when the broker acknowledged it. Rows hold metric and event JSON only, neve
 
 Sequence numbers are assigned here, per box, increasing by one, and survive restarts. A box with
 no numbers on record (new, or its state directory wiped: a re-imaged card) starts from the clock in
-milliseconds (:func:`clock_origin`), above every number it can have used before, and says where it
-started (:attr:`Outbox.origin`, published as ``seq_origin``): the dashboard stores its first message
-as a new one, not as a duplicate of the old first, and knows the numbers below were never used.
+milliseconds (:func:`clock_origin`), above every number it can have used before once NTP has set
+the clock (:func:`await_clock`: a Pi boots at a stale time), and says where it started
+(:attr:`Outbox.origin`, published as ``seq_origin``): the dashboard stores its first message as a
+new one, not as a duplicate of the old first, and knows the numbers below were never used.
 
 Acknowledged rows stay for ``retention_s`` (default 24 h) so that the dashboard can ask for a
 resend (:meth:`Outbox.resend`); :meth:`Outbox.purge` deletes them afterwards.
@@ -109,8 +110,8 @@ def await_clock(path: Path, wait_s: float, *, synced: Callable[[], bool] | None 
     Returns:
         False when the outbox is new and the clock still unsynchronized after ``wait_s``.
     """
-    if path.exists() or path.with_suffix(".seq").exists():
-        return True
+    if wait_s <= 0 or path.exists() or path.with_suffix(".seq").exists():
+        return True  # an outbox that exists keeps its origin (see Outbox), even if it numbered nothing
     check = synced or _ntp_synced
     polls = math.ceil(wait_s / poll_s)
     for i in range(polls + 1):
@@ -121,16 +122,15 @@ def await_clock(path: Path, wait_s: float, *, synced: Callable[[], bool] | None 
         if i == 0:
             log.info("new outbox: waiting up to %.0f s for NTP before numbering from the clock", wait_s)
         sleep(poll_s)
-    if wait_s > 0:
-        log.warning("the clock is still not synchronized after %.0f s: numbering from it anyway "
-                    "(a stale clock may reuse numbers of this box's earlier life)", wait_s)
+    log.warning("the clock is still not synchronized after %.0f s: numbering from it anyway "
+                "(a stale clock can number below this box's earlier life, see docs/wire.md)", wait_s)
     return False
 
 
 def _ntp_synced() -> bool:
     from edge.health import clock_facts
 
-    return bool(clock_facts()["clock_synced"])
+    return bool(clock_facts().get("clock_synced", False))  # {} where adjtimex is unavailable
 
 
 class Outbox:
@@ -178,8 +178,10 @@ class Outbox:
             self.origin = self._meta("seq_origin") or 1  # an outbox older than the origin: from 1
         else:
             # a database that lost its numbers (replaced) starts above those reserved; a box with
-            # none reserved either (new, or its state wiped) starts from the clock
-            self.origin = self._reserved + 1 if self._reserved else clock_origin()
+            # none reserved either (new, or its state wiped) starts from the clock; never below the
+            # origin of a start that numbered nothing (its status may have announced it)
+            fresh = self._reserved + 1 if self._reserved else clock_origin()
+            self.origin = max(fresh, self._meta("seq_origin"))
             self.last_seq = self.origin - 1
             self._db.execute("INSERT OR REPLACE INTO meta VALUES ('seq_origin', ?)", (self.origin,))
         self.dropped = self._meta("dropped")

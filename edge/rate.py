@@ -268,8 +268,10 @@ def hesitations(t_s: np.ndarray, f0_hz: np.ndarray, voiced: np.ndarray,
     nxt = np.minimum.accumulate(np.where(steady, idx, n)[::-1])[::-1]
     steady |= (prev >= 0) & (nxt < n) & (nxt - prev - 1 <= HESITATION_BRIDGE_HOPS)
     runs = _runs(steady)
-    # a sound starts 50 ms before its first steady hop: that hop matched the one 50 ms before
+    # a sound starts 50 ms before its first steady hop (that hop matched the one 50 ms before),
+    # but not inside the sound before it
     runs[:, 0] = np.maximum(runs[:, 0] - SPECTRAL_LAG_HOPS, 0)
+    runs[1:, 0] = np.maximum(runs[1:, 0], runs[:-1, 1])
     out: list[tuple[float, float]] = []
     for a, b in runs[runs[:, 1] - runs[:, 0] >= min_hops].tolist():
         f0 = f0_hz[a:b]

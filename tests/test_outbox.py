@@ -67,9 +67,31 @@ def test_a_new_box_waits_for_ntp_before_numbering_from_the_clock(tmp_path):
     slept.clear()
     assert not await_clock(path, 5.0, synced=lambda: False, sleep=slept.append)
     assert slept == [1.0] * 5  # gave up after 5 s, and numbers from the clock anyway
-    assert not await_clock(path, 0.0, synced=lambda: False, sleep=slept.append) and len(slept) == 5
+    assert await_clock(path, 0.0, synced=lambda: False, sleep=slept.append) and len(slept) == 5
     Outbox(path, "s", "b").close()
     assert await_clock(path, 120.0, synced=lambda: False, sleep=slept.append) and len(slept) == 5
+
+
+def test_the_ntp_check_survives_a_kernel_without_adjtimex(tmp_path, monkeypatch):
+    import edge.health
+
+    monkeypatch.setattr(edge.health, "clock_facts", lambda: {})
+    assert not await_clock(tmp_path / "outbox.sqlite", 2.0, sleep=lambda _s: None)
+
+
+def test_a_restart_before_the_first_message_keeps_the_origin(tmp_path, monkeypatch):
+    """The first start's status announced its origin; a second start before any message, its clock
+    now stale (no NTP yet), must not number below it."""
+    import edge.outbox
+
+    path = tmp_path / "outbox.sqlite"
+    first = Outbox(path, "s", "b")
+    origin = first.origin
+    first.close()
+    monkeypatch.setattr(edge.outbox, "clock_origin", lambda now_s=None: origin - 10**6)
+    again = Outbox(path, "s", "b")
+    assert again.origin == origin and again.put("metrics", BODY)[0] == origin
+    again.close()
 
 
 def test_acked_rows_kept_for_retention_then_purged(tmp_path):

@@ -162,6 +162,18 @@ def test_a_held_vowel_is_a_hesitation_sound_and_a_gliding_one_is_not() -> None:
         assert out["hesitations"] == want, (want, out["hesitations"])
 
 
+def test_hesitation_sounds_split_by_a_break_do_not_overlap() -> None:
+    """A sound starts 50 ms before its first steady hop, but never inside the sound before it."""
+    from edge.rate import hesitations
+
+    n = 80
+    t_s = (np.arange(n) + 0.5) * 0.01
+    change = np.full(n, 0.5)
+    change[40:43] = 5.0  # a 3-hop break: too long to bridge
+    got = hesitations(t_s, np.full(n, 120.0), np.ones(n, dtype=bool), change)
+    assert len(got) == 2 and got[0][1] <= got[1][0], got
+
+
 def test_bad_input_fabricates_nothing() -> None:
     silent = analyze_clip(np.zeros(2 * RATE, dtype=np.float32))
     assert silent["voiced_ratio"] == 0.0
