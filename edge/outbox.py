@@ -92,6 +92,11 @@ def clock_origin(now_s: float | None = None) -> int:
     return ORIGIN_FLOOR + secrets.randbelow(ORIGIN_JITTER)
 
 
+def reserve_file(path: Path) -> Path:
+    """The file beside the outbox ``path`` where its sequence numbers are reserved ahead."""
+    return path.with_suffix(".seq")
+
+
 def await_clock(path: Path, wait_s: float, *, synced: Callable[[], bool] | None = None,
                 sleep: Callable[[float], None] = time.sleep, poll_s: float = 1.0) -> bool:
     """Before a box with no numbers on record starts numbering from its clock, wait for NTP.
@@ -110,7 +115,7 @@ def await_clock(path: Path, wait_s: float, *, synced: Callable[[], bool] | None 
     Returns:
         False when the outbox is new and the clock still unsynchronized after ``wait_s``.
     """
-    if wait_s <= 0 or path.exists() or path.with_suffix(".seq").exists():
+    if wait_s <= 0 or path.exists() or reserve_file(path).exists():
         return True  # an outbox that exists keeps its origin (see Outbox), even if it numbered nothing
     check = synced or _ntp_synced
     polls = math.ceil(wait_s / poll_s)
@@ -159,7 +164,7 @@ class Outbox:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # beside the database, not named after it: whoever deletes "outbox.sqlite*" keeps it
-        self._seq_file = None if str(path) == ":memory:" else self.path.with_suffix(".seq")
+        self._seq_file = None if str(path) == ":memory:" else reserve_file(self.path)
         try:
             self._db = self._connect()
         except sqlite3.DatabaseError as exc:  # not a database, or a damaged one: keep it aside

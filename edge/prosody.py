@@ -497,9 +497,7 @@ class Prosody:
         self._trim()
 
     def _cycles_from(self, track: HopTrack, k0: int) -> None:
-        v = track.voiced.astype(np.int8)
-        edges = np.diff(np.concatenate([[0], v, [0]]))
-        runs = np.column_stack([np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0]])
+        runs = rate_mod.runs(track.voiced)
         runs = runs[runs[:, 1] - runs[:, 0] >= 3]
         s16 = k0 * HOP_16 - self._x16_base
         e16 = (k0 + len(track.t_s)) * HOP_16 - self._x16_base

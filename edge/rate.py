@@ -195,6 +195,12 @@ def pace(nuclei_s: np.ndarray) -> float | None:
     return 1.0 / float(gaps_s.mean()) if len(gaps_s) >= PACE_MIN_GAPS else None
 
 
+def runs(mask: np.ndarray) -> np.ndarray:
+    """(start, end) hop indices of the runs of True in ``mask``, as an (n, 2) array."""
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return np.column_stack([np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0]])
+
+
 def pauses(t_s: np.ndarray, level_dbfs: np.ndarray, voiced: np.ndarray) -> list[Pause]:
     """Silent gaps of 200 ms to 2 s between voiced stretches.
 
@@ -210,9 +216,9 @@ def pauses(t_s: np.ndarray, level_dbfs: np.ndarray, voiced: np.ndarray) -> list[
         return []
     ref = percentile(level_dbfs[voiced], 95)
     quiet = level_dbfs < ref - SILENCE_BELOW_SPEECH_DB
-    edges = np.diff(np.concatenate([[0], voiced.astype(np.int8), [0]]))
-    gap_from = np.nonzero(edges == -1)[0][:-1]  # a voiced stretch ends here...
-    gap_to = np.nonzero(edges == 1)[0][1:]  # ...and the next one starts here
+    stretches = runs(voiced)
+    gap_from = stretches[:-1, 1]  # a voiced stretch ends here...
+    gap_to = stretches[1:, 0]  # ...and the next one starts here
     quiet_at = np.nonzero(quiet)[0]
     first = np.searchsorted(quiet_at, gap_from)  # the gap's first quiet hop, as an index of quiet_at
     count = np.searchsorted(quiet_at, gap_to) - first
@@ -232,12 +238,6 @@ def pauses(t_s: np.ndarray, level_dbfs: np.ndarray, voiced: np.ndarray) -> list[
             float(_smooth(live, 5).max()) - percentile(live, 10) >= BREATH_ABOVE_FLOOR_DB
         out.append(Pause(float(t_s[lo] - HOP_S / 2), float(t_s[hi - 1] + HOP_S / 2), breath))
     return out
-
-
-def _runs(mask: np.ndarray) -> np.ndarray:
-    """(start, end) hop indices of the runs of True in ``mask``, as an (n, 2) array."""
-    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
-    return np.column_stack([np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0]])
 
 
 def hesitations(t_s: np.ndarray, f0_hz: np.ndarray, voiced: np.ndarray,
@@ -267,13 +267,13 @@ def hesitations(t_s: np.ndarray, f0_hz: np.ndarray, voiced: np.ndarray,
     prev = np.maximum.accumulate(np.where(steady, idx, -1))
     nxt = np.minimum.accumulate(np.where(steady, idx, n)[::-1])[::-1]
     steady |= (prev >= 0) & (nxt < n) & (nxt - prev - 1 <= HESITATION_BRIDGE_HOPS)
-    runs = _runs(steady)
+    sounds = runs(steady)
     # a sound starts 50 ms before its first steady hop (that hop matched the one 50 ms before),
     # but not inside the sound before it
-    runs[:, 0] = np.maximum(runs[:, 0] - SPECTRAL_LAG_HOPS, 0)
-    runs[1:, 0] = np.maximum(runs[1:, 0], runs[:-1, 1])
+    sounds[:, 0] = np.maximum(sounds[:, 0] - SPECTRAL_LAG_HOPS, 0)
+    sounds[1:, 0] = np.maximum(sounds[1:, 0], sounds[:-1, 1])
     out: list[tuple[float, float]] = []
-    for a, b in runs[runs[:, 1] - runs[:, 0] >= min_hops].tolist():
+    for a, b in sounds[sounds[:, 1] - sounds[:, 0] >= min_hops].tolist():
         f0 = f0_hz[a:b]
         f0 = f0[f0 > 0]
         if len(f0) < min_hops // 2:
