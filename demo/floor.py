@@ -22,6 +22,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from edge.outbox import numbers_used
+
 log = logging.getLogger(__name__)
 
 SITE = "demo"
@@ -97,12 +99,7 @@ def summarize(db_path: Path, outboxes: dict[str, Path]) -> dict[str, Any]:
     seen = 0
     with sqlite3.connect(db_path) as db:
         for box, outbox in outboxes.items():
-            first_seq, last_seq = 1, 0
-            if outbox.exists():
-                with sqlite3.connect(outbox) as ob:
-                    meta = dict(ob.execute("SELECT key, value FROM meta").fetchall())
-                first_seq = int(meta.get("seq_origin", 1))
-                last_seq = int(meta.get("last_seq", first_seq - 1))
+            first_seq, last_seq = numbers_used(outbox)
             seqs: set[int] = set()
             for table in ("metrics", "events"):
                 rows = db.execute(f"SELECT seq, ts, ingested_ts FROM {table} WHERE box = ?",

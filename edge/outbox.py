@@ -97,6 +97,24 @@ def reserve_file(path: Path) -> Path:
     return path.with_suffix(".seq")
 
 
+def numbers_used(path: Path) -> tuple[int, int]:
+    """First and last sequence number an outbox file has used, read without opening it as an
+    :class:`Outbox` (another process may hold it); ``last < first`` when it numbered nothing.
+
+    Args:
+        path: the outbox file; a missing file has used nothing.
+
+    Returns:
+        (first, last).
+    """
+    if not path.exists():
+        return 1, 0
+    with sqlite3.connect(path, timeout=10) as db:
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+    first = int(meta.get("seq_origin", 1))
+    return first, int(meta.get("last_seq", first - 1))
+
+
 def await_clock(path: Path, wait_s: float, *, synced: Callable[[], bool] | None = None,
                 sleep: Callable[[float], None] = time.sleep, poll_s: float = 1.0) -> bool:
     """Before a box with no numbers on record starts numbering from its clock, wait for NTP.

@@ -24,6 +24,7 @@ import pytest
 from bench.ingest import child, fleet_specs, wait_file
 from dashboard.ingest import Ingest
 from dashboard.settings import DashboardSettings
+from edge.outbox import numbers_used
 from provisioning.broker import (
     SiteFiles,
     add_bridge,
@@ -87,9 +88,8 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None
 
 def outbox_sent(state: Path) -> int:
     """How many messages a box process put in its outbox (read from its SQLite file)."""
-    with sqlite3.connect(state / "outbox.sqlite", timeout=10) as conn:
-        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-    return int(meta["last_seq"]) - int(meta["seq_origin"]) + 1 if "last_seq" in meta else 0
+    first, last = numbers_used(state / "outbox.sqlite")
+    return last - first + 1
 
 
 @dataclass
