@@ -158,10 +158,13 @@ class LowEnergyCue:
 
 @dataclass(frozen=True)
 class HesitatingCue:
-    """The prospect is slow to answer: of the last ``responses`` answers, ``count`` were slow."""
+    """The prospect hesitates: of the last ``responses`` answers, ``count`` came after a silence of
+    ``latency_on_s`` or more, or held a filled pause ("euh", "um")."""
 
     enabled: bool = True
     latency_on_s: float = _r(1.5, 0.3, 30.0)
+    filled_pauses: bool = True
+    """An answer holding a filled pause is hesitant too, whatever the silence before it."""
     responses: int = _r(3, 1, 20)
     count: int = _r(2, 1, 20)
     cooldown_s: float = _r(60.0, 0.0, 3600.0)

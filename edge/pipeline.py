@@ -507,10 +507,10 @@ class Pipeline:
             window = self.window(start_s, duration_s, near, far)
             if window is not None:
                 long = self._prosody_window(self.prosody_window_s)
-                body = self._metrics(asdict(window), long)
+                body, far_long = self._metrics(asdict(window), long)
                 out.append(Message("metrics", body))
                 t = self._lap("metrics", t)
-                out += self._signals(body, long, start_s + duration_s)
+                out += self._signals(body, long, far_long, start_s + duration_s)
                 t = self._lap("signals", t)
             self.audio_s = start_s + FRAME_S
         return out
@@ -526,8 +526,8 @@ class Pipeline:
         """The agent's syllable rate and pauses over the last ``seconds`` (None as above)."""
         return self.prosody.rate_window(seconds) if self.prosody.analysed else None
 
-    def _signals(self, body: dict[str, Any], long: ProsodyWindow | None, now_s: float
-                 ) -> list[Message]:
+    def _signals(self, body: dict[str, Any], long: ProsodyWindow | None,
+                 far_long: ProsodyWindow | None, now_s: float) -> list[Message]:
         """Fatigue fields (added to ``body``) and the cues of this metrics window."""
         out: list[Message] = []
         window_s = float(body["window_s"])
@@ -544,11 +544,15 @@ class Pipeline:
         short = self._rate_window(self.rate_window_s)
         slow = short if self.slow_window_s == self.rate_window_s else self._rate_window(self.slow_window_s)
         tick = Tick(t_s=now_s, metrics=body, short=short, slow=slow, long=long,
-                    near_flat_s=self._near_flat_s, voice_t0_s=self._stages_t0_s)
+                    near_flat_s=self._near_flat_s, voice_t0_s=self._stages_t0_s,
+                    far_filled_pauses_s=far_long.filled_pauses_s if far_long is not None else ())
         out += [Message("event", e) for e in self.signals(tick)]
         return out
 
-    def _metrics(self, body: dict[str, Any], long: ProsodyWindow | None = None) -> dict[str, Any]:
+    def _metrics(self, body: dict[str, Any], long: ProsodyWindow | None = None
+                 ) -> tuple[dict[str, Any], ProsodyWindow | None]:
+        """The metrics body of a window, and the prospect's prosody window it read (None while the
+        line has no signal)."""
         dead = set()
         for i, (ch, state) in enumerate(zip(CHANNELS, self.quality.states, strict=True)):
             if state != "none":  # the worst the window saw (a NaN burst, clipping) is reported
@@ -564,14 +568,16 @@ class Pipeline:
         body.update(self.conversation.metrics())
         if long is not None and "near" not in dead:
             body.update(prosody_fields(long))
+        far_long = None
         if "far" not in dead and self.far_prosody.analysed:
-            body.update(prosody_fields(self.far_prosody.window(self.prosody_window_s), "far"))
+            far_long = self.far_prosody.window(self.prosody_window_s)
+            body.update(prosody_fields(far_long, "far"))
         # no signal is not silence: nothing that reads the dead channel's speech is published
         for key in [k for k in body if _reads_dead(k, dead)]:
             del body[key]
         body.update(self._affect_last)  # the prospect's latest window, never the agent's
         self._affect_last = {}
-        return body
+        return body, far_long
 
     def call_state(self, state: str) -> None:
         """Explicit call signal from a softphone or CTI connector (``idle``, ``active``, ``hold``)."""

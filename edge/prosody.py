@@ -359,6 +359,9 @@ class ProsodyWindow:
     hesitations: int = 0
     """Hesitation sounds ("euh", "um", a drawn-out syllable) found in the window (see
     :func:`edge.rate.hesitations`)."""
+    filled_pauses_s: tuple[tuple[float, float], ...] = ()
+    """(start, end) of the hesitation sounds the voice went on after (:func:`edge.rate.filled_pauses`),
+    seconds of the stage's own time."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dict with floats rounded."""
@@ -617,6 +620,7 @@ def functionals(tr: HopTrack, cycles: list[tuple[float, np.ndarray, np.ndarray, 
         breaths=sum(1 for p in pauses if p.breath),
         pause_s_mean=float(np.mean([p.end_s - p.start_s for p in pauses])) if n_p else None,
         hesitations=len(hes),
+        filled_pauses_s=tuple((round(a, 3), round(b, 3)) for a, b in rate_mod.filled_pauses(hes, tr.t_s, v)),
     )
 
 

@@ -3,7 +3,8 @@
 Syllable nuclei are peaks of the smoothed level contour inside voiced speech that stand out from the
 dips on both sides (in the manner of de Jong and Wempe, 2009, but on a per-hop track with a dip test
 on both sides and a level floor relative to the speaker's own loudness). Pauses are quiet unvoiced
-gaps between voiced stretches. Hesitation sounds are long steady voiced stretches (:func:`hesitations`).
+gaps between voiced stretches. Hesitation sounds are long steady voiced stretches
+(:func:`hesitations`); those the speaker talks on after are filled pauses (:func:`filled_pauses`).
 """
 
 from __future__ import annotations
@@ -57,6 +58,12 @@ HESITATION_PITCH_SD_ST = 1.0
 """...on a level pitch: standard deviation under this many semitones."""
 HESITATION_BRIDGE_HOPS = 2
 """Breaks of steadiness this short (a glitch of the voicing or of the shape) do not split a sound."""
+FILLER_GOES_ON_S = 1.0
+"""A hesitation sound is a filled pause when the same voice goes on within this long after it..."""
+FILLER_GOES_ON_MIN_S = 0.1
+"""...for at least this much voiced time, counted from 100 ms after the sound (a fading vowel's
+tail is no going on). A backchannel hum or a drawn-out last word is followed by the other side or
+by silence."""
 
 
 @dataclass(frozen=True)
@@ -280,4 +287,26 @@ def hesitations(t_s: np.ndarray, f0_hz: np.ndarray, voiced: np.ndarray,
             continue
         if float(np.std(12.0 * np.log2(f0))) < HESITATION_PITCH_SD_ST:
             out.append((float(t_s[a] - HOP_S / 2), float(t_s[b - 1] + HOP_S / 2)))
+    return out
+
+
+def filled_pauses(sounds: list[tuple[float, float]], t_s: np.ndarray,
+                  voiced: np.ndarray) -> list[tuple[float, float]]:
+    """The hesitation sounds after which the same voice goes on: "euh... je pense", not "mmm".
+
+    A sound near the track's end is left out until the voice after it is in the track.
+
+    Args:
+        sounds: (start_s, end_s) from :func:`hesitations` on the same track.
+        t_s: hop centre times, seconds (one voice only: the other side's speech fed as silence).
+        voiced: hop voicing flags.
+
+    Returns:
+        The sounds that are filled pauses, in order.
+    """
+    out = []
+    for start_s, end_s in sounds:
+        after = (t_s > end_s + 0.1) & (t_s <= end_s + FILLER_GOES_ON_S)
+        if np.count_nonzero(voiced & after) * HOP_S >= FILLER_GOES_ON_MIN_S - 1e-9:
+            out.append((start_s, end_s))
     return out

@@ -56,7 +56,7 @@ CUES: dict[str, CueInfo] = {
     "slow_response": CueInfo("near", "The prospect is waiting for you",
                              "Le prospect attend votre réponse", "s"),
     "low_energy": CueInfo("near", "Speak up, more energy", "Plus d'énergie dans la voix", "db"),
-    "prospect_hesitating": CueInfo("far", "Prospect hesitating", "Le prospect hésite", "s"),
+    "prospect_hesitating": CueInfo("far", "Prospect hesitating", "Le prospect hésite", "answers"),
     "prospect_tense": CueInfo("far", "Prospect tense", "Le prospect est tendu", "ratio"),
     "take_break": CueInfo("near", "Take a short break", "Prenez une courte pause", "index"),
 }
@@ -90,6 +90,19 @@ class Tick:
     voice_t0_s: float = 0.0
     """Audio time of the windows' own time 0 (the prosody stage starts again at 0 after private
     mode or a lost device), seconds."""
+    far_filled_pauses_s: tuple[tuple[float, float], ...] = ()
+    """The prospect's filled pauses over the prosody window, (start, end) in the windows' own time
+    (:attr:`edge.prosody.ProsodyWindow.filled_pauses_s`)."""
+
+
+@dataclass
+class _Answer:
+    """One answer of the prospect: the silence before it, and whether it held a filled pause."""
+
+    latency_s: float
+    start_s: float
+    """Audio time the answer began, seconds."""
+    filled_pause: bool = False
 
 
 @dataclass
@@ -235,7 +248,9 @@ class Signals:
         self._run_s = 0.0
         self._run_speech_s = 0.0
         keep = max(1, self.campaign.prospect_hesitating.responses)
-        self._prospect_latencies: deque[float] = deque(maxlen=keep)
+        self._answers: deque[_Answer] = deque(maxlen=keep)
+        """The prospect's last answers in the call."""
+        self._far_start_s = self._near_start_s = -math.inf
 
     def close(self, t_s: float) -> list[dict[str, Any]]:
         """End every open cue now (before private mode); return their ``cue_off`` bodies."""
@@ -282,6 +297,10 @@ class Signals:
         out: list[dict[str, Any]] = []
         if name == "speech_start" and ch in self._speaking:
             self._speaking[ch] = True
+            if ch == "far":
+                self._far_start_s = t
+            else:
+                self._near_start_s = t
         elif name == "speech_end" and ch in self._speaking:
             self._speaking[ch] = False
             self._last_end[ch] = t
@@ -528,20 +547,26 @@ class Signals:
             gap = self._response_gap(now)
             on = sr.on_s <= gap < sr.max_s and not self._far_tone_s  # a tone: nobody waiting
             out["slow_response"] = (round(gap, 2), sr.on_s, on, not on, 0.0, 0.0, "medium")
-        # the prospect hesitating: slow answers to the agent
+        # the prospect hesitating: answers after a long silence, or holding a filled pause
         ph = c.prospect_hesitating
         lat = m.get("latency_prospect_ms_last")
         answers = m.get("responses_prospect")  # absent out of a call or while a side has no signal
         if ph.enabled:
             if answers is not None:
                 if lat is not None and answers != self._prospect_responses:
-                    self._prospect_latencies.append(float(lat) / 1000.0)
+                    self._answers.append(_Answer(float(lat) / 1000.0, self._far_start_s))
                 self._prospect_responses = int(answers)
-            # the evidence: the count-th longest recent latency (at the threshold when just enough)
-            recent = sorted(self._prospect_latencies, reverse=True)
-            kth = recent[ph.count - 1] if len(recent) >= ph.count else 0.0
-            on = kth >= ph.latency_on_s
-            out["prospect_hesitating"] = (round(kth, 2), ph.latency_on_s, on, not on, 0.0, 0.0, "low")
+            if ph.filled_pauses and self._answers:
+                # the latest answer lasts until the agent speaks again
+                last = self._answers[-1]
+                until = self._near_start_s if self._near_start_s > last.start_s else math.inf
+                # (one confirmed after the next answer began is not counted)
+                last.filled_pause |= any(last.start_s - 0.1 <= tick.voice_t0_s + a < until
+                                         for a, _ in tick.far_filled_pauses_s)
+            # the evidence: how many of the recent answers were hesitant
+            n = sum(1 for x in self._answers if x.latency_s >= ph.latency_on_s or x.filled_pause)
+            on = n >= ph.count
+            out["prospect_hesitating"] = (n, ph.count, on, not on, 0.0, 0.0, "low")
         # the prospect tense (affect model, far channel only)
         pt = c.prospect_tense
         tension = m.get("prospect_tension")

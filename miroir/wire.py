@@ -37,7 +37,7 @@ CUE_IDS = ("too_fast", "too_slow", "monologue", "no_pause", "monotone", "talking
            "slow_response", "low_energy", "prospect_hesitating", "prospect_tense", "take_break")
 """Posture cues (edge.signals.CUES holds their French and English labels)."""
 CUE_SEVERITIES = ("low", "medium", "high")
-CUE_UNITS = ("ratio", "s", "db", "index")
+CUE_UNITS = ("ratio", "s", "db", "index", "answers")
 STATUS_STATES = ("online", "offline")
 CMD_ACTIONS = ("private_on", "private_off", "identify", "reload", "resend", "call_state")
 CALL_STATES = ("idle", "active", "hold")

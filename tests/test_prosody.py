@@ -174,6 +174,29 @@ def test_hesitation_sounds_split_by_a_break_do_not_overlap() -> None:
     assert len(got) == 2 and got[0][1] <= got[1][0], got
 
 
+def test_a_filled_pause_is_a_hesitation_sound_the_voice_goes_on_after() -> None:
+    """A sound followed within 1 s by 0.1 s or more of the same voice is a filled pause; one
+    followed by silence (a backchannel hum, a drawn-out last word), by the fading vowel's own
+    tail, or by voice that is not in the track yet, is not."""
+    from edge.rate import filled_pauses
+
+    n = 300
+    t_s = (np.arange(n) + 0.5) * 0.01
+    sound = [(0.5, 1.0)]
+
+    def voiced(*spans: tuple[int, int]) -> np.ndarray:
+        v = np.zeros(n, dtype=bool)
+        for a, b in spans:
+            v[a:b] = True
+        return v
+
+    assert filled_pauses(sound, t_s, voiced((50, 100), (140, 160))) == sound  # "euh... je"
+    assert filled_pauses(sound, t_s, voiced((50, 100))) == []  # nothing after
+    assert filled_pauses(sound, t_s, voiced((50, 110))) == []  # only its tail
+    assert filled_pauses(sound, t_s, voiced((50, 100), (205, 230))) == []  # over 1 s later
+    assert filled_pauses(sound, t_s[:105], voiced((50, 100))[:105]) == []  # the rest unseen yet
+
+
 def test_bad_input_fabricates_nothing() -> None:
     silent = analyze_clip(np.zeros(2 * RATE, dtype=np.float32))
     assert silent["voiced_ratio"] == 0.0

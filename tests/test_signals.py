@@ -311,6 +311,42 @@ def test_prospect_hesitating_on_slow_answers(model):
     assert found[0.6][0] == []
 
 
+def test_prospect_hesitating_on_filled_pauses(model):
+    """The prospect answers after 0.9 s, under the 1.5 s that makes a silence hesitant, three times
+    in a row, each answer holding real filled pauses (the MFA clips "uh um uh hm", "uh", "um"):
+    "prospect hesitating" is raised once, during the second answer or just after it. The same
+    call with fluent answers raises nothing of the kind, and neither does the filler call with
+    the campaign's ``filled_pauses`` off: the fillers, not the silences, raise it."""
+    from tests._fixtures_fatigue import read_wav
+
+    mfa = Path(__file__).resolve().parents[2] / "shared" / "data" / "mfa"
+    found = {}
+    for kind, names in (("fillers", ("mfa_uhum", "mfa_uh", "mfa_um")),
+                        ("fluent", ("mfa_words", "mfa_thoughts", "mfa_youknow"))):
+        b = Builder(seed=11)
+        b.opening(3)
+        answers = []
+        for name in names:
+            b.say(0, 2)
+            b.pause(0.9)
+            x = trim(read_wav(mfa / f"{name}.wav"))
+            b.chunks.append((1, b.t, x))
+            answers.append((b.t, b.t + len(x) / 16000))
+            b.pause(len(x) / 16000 + 0.5)
+        b.exchange(2)
+        call = b.build()
+        for fillers in (True, False):
+            campaign = from_mapping({"prospect_hesitating": {"filled_pauses": fillers}})
+            cues = analyze(call.audio, model, campaign=campaign)["cues"]
+            found[kind, fillers] = [c for c in cues if c["cue"] == "prospect_hesitating"]
+        print(kind, answers, [(c["start_s"], c["evidence_value"]) for c in found[kind, True]])
+        found[kind] = answers
+    (cue,), answers = found["fillers", True], found["fillers"]
+    assert answers[1][0] <= cue["start_s"] <= answers[1][1] + 3.0, (cue, answers)
+    assert (cue["evidence_value"], cue["evidence_threshold"], cue["evidence_unit"]) == (2, 2, "answers")
+    assert found["fillers", False] == [] and found["fluent", True] == [] and found["fluent", False] == []
+
+
 def test_monotone_cue_for_speech_on_one_note(model):
     """After the agent's baseline is learned, six turns of the agent's real sentences held on one
     note (Praat's resynthesis, same words and timing) raise "vary your tone" once, inside the

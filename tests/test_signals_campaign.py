@@ -295,10 +295,36 @@ def test_the_budget_counts_refused_cues_not_seconds():
     assert sig.suppressed_by_budget == 1
 
 
+def test_a_filled_pause_makes_an_answer_hesitant_only_inside_it():
+    """Quick answers (0.4 s) are hesitant when they hold a filled pause: two of three raise
+    'prospect hesitating'. A filled pause before the answer began or after the agent took the floor
+    again (a hum over the agent's turn) is not the answer's."""
+    def run(fillers: list[tuple[float, float]]) -> list[dict]:
+        sig = Signals()
+        sig.event({"name": "call_start", "channel": "far", "t_audio_s": 0.0}, 0.0)
+        raised = []
+        for n, start in enumerate((10.0, 20.0, 30.0), 1):
+            sig.event({"name": "speech_start", "channel": "far", "t_audio_s": start}, start)
+            for k in range(5):
+                t = start + k + 1.0
+                seen = tuple(f for f in fillers if f[1] <= t - 1.0)  # confirmed a second later
+                tick = _tick(t, latency_prospect_ms_last=400.0, responses_prospect=n, near_talking=False,
+                             near_speech_ratio=0.0)
+                tick.far_filled_pauses_s = seen
+                raised += sig(tick)
+            sig.event({"name": "speech_start", "channel": "near", "t_audio_s": start + 6.0}, start + 6.0)
+        return [e for e in raised if e["cue"] == "prospect_hesitating" and e["name"] == "cue_on"]
+
+    (on,) = run([(10.5, 11.0), (20.2, 20.8)])
+    assert 21.0 <= on["t_audio_s"] <= 23.0 and on["evidence_value"] == 2
+    assert run([(10.5, 11.0)]) == []  # one hesitant answer of three
+    assert run([(9.0, 9.5), (16.5, 17.0), (26.5, 27.2)]) == []  # none inside an answer
+
+
 def test_the_evidence_meets_the_threshold_that_raised_the_cue():
     """A pace over the campaign's band (8.5 syl/s) raises 'slow down' below the 1.3 ratio: the
-    threshold sent is the band as a ratio to the agent's pace; 'hesitating' sends its count-th
-    slowest answer."""
+    threshold sent is the band as a ratio to the agent's pace; 'hesitating' sends how many of the
+    recent answers were hesitant, against the count that raises it."""
     from edge.rate import RateWindow
 
     sig = Signals()
@@ -313,7 +339,7 @@ def test_the_evidence_meets_the_threshold_that_raised_the_cue():
         raised += sig(_tick(5.0 + n, latency_prospect_ms_last=lat, responses_prospect=n))
     on = {e["cue"]: (e["evidence_value"], e["evidence_threshold"]) for e in raised if e["name"] == "cue_on"}
     assert on["too_fast"] == (round(8.6 / 7.0, 3), round(8.5 / 7.0, 3))
-    assert on["prospect_hesitating"] == (1.6, 1.5)
+    assert on["prospect_hesitating"] == (2, 2)
 
 
 def test_a_capture_glitch_keeps_the_cue_cooldowns():
