@@ -12,16 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bench.accuracy_prosody import EMODB, clip_names, read_wav
 from edge.prosody import Prosody
+from models.build import model_path
 
 FRAME = 512
-MODEL = Path(__file__).resolve().parents[1] / "models" / "files" / "silero_vad.onnx"
 
 
 def speech(seconds: float = 60.0) -> np.ndarray:
@@ -47,7 +46,7 @@ def _silero_once(x: np.ndarray) -> float:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(MODEL), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(model_path("silero_vad")), opts, providers=["CPUExecutionProvider"])
     state = np.zeros((2, 1, 128), dtype=np.float32)
     ctx = np.zeros(64, dtype=np.float32)
     sr = np.array(16000, dtype=np.int64)

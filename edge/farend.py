@@ -125,7 +125,8 @@ class _Batch:
     def __init__(self, frames: np.ndarray, prev: np.ndarray, cfg: FarEndConfig,
                  window: np.ndarray) -> None:
         n = frames.shape[0]
-        hi, lo = frames.max(axis=1), frames.min(axis=1)  # NaN and inf propagate
+        hi = np.maximum.reduce(frames, axis=1)  # NaN and inf propagate
+        lo = np.minimum.reduce(frames, axis=1)
         finite = np.isfinite(hi) & np.isfinite(lo)
         if not finite.all():
             frames = np.where(np.isfinite(frames), frames, 0.0)

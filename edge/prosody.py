@@ -133,7 +133,7 @@ def _yin_hops(
     c[:, 0] = 0.0
     np.cumsum(sq, axis=1, out=c[:, 1:])
     taus = np.arange(_TAU_MAX + 2)
-    e_tau = c[:, taus + _WIN8] - c[:, taus]
+    e_tau = c[:, _WIN8:_WIN8 + _TAU_MAX + 2] - c[:, :_TAU_MAX + 2]  # energy of seg[tau:tau + _WIN8]
     e0 = e_tau[:, :1]
     d = np.maximum(e0 + e_tau - 2.0 * r, 0.0)
     cs = np.cumsum(d[:, 1:], axis=1)
@@ -165,12 +165,24 @@ def _decimate(x: np.ndarray, m: int) -> np.ndarray:
     return y
 
 
+def _windows(x: np.ndarray, width: int) -> np.ndarray:
+    """Every window of ``width`` consecutive samples of the 1-D ``x``, as a read-only (n, width)
+    view: ``np.lib.stride_tricks.sliding_window_view(x, width)`` without its argument checks,
+    which cost more than the view on the arrays here."""
+    step = x.strides[0]
+    return np.lib.stride_tricks.as_strided(x, (len(x) - width + 1, width), (step, step),
+                                           writeable=False)
+
+
 def _box(x: np.ndarray, width: int) -> np.ndarray:
     """Centred moving average of odd ``width`` (zero padded), by cumulative sums."""
-    half = width // 2
-    c = np.concatenate([np.zeros(half + 1), np.cumsum(x, dtype=np.float64), np.full(half, 0.0)])
-    c[len(x) + half + 1:] = c[len(x) + half]
-    return ((c[width:] - c[:-width]) / width).astype(np.float32)
+    n, half = len(x), width // 2
+    c = np.zeros(n + width)  # c[half + 1 + i] = x[0] + ... + x[i], held after the end
+    np.cumsum(x, dtype=np.float64, out=c[half + 1:n + half + 1])
+    c[n + half + 1:] = c[n + half]
+    mean = c[width:] - c[:-width]
+    mean /= width
+    return mean.astype(np.float32)
 
 
 def _parabola(dn: np.ndarray, rows: np.ndarray, i0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -290,10 +302,11 @@ def _cycles(x16: np.ndarray, f0_hz: np.ndarray, runs: np.ndarray) -> list[tuple[
     if len(ii):
         lags = np.arange(-_MATCH_LAGS, _MATCH_LAGS + 1)
         padded = np.concatenate([raw, np.zeros(w + 2 * _MATCH_LAGS + 2, dtype=raw.dtype)])
-        win = np.lib.stride_tricks.sliding_window_view(padded, w)
+        win = _windows(padded, w)
         mask = np.arange(w)[None, :] < w_c[ii, None]
         ref = win[st[ii]] * mask
-        cs = np.concatenate([[0.0], np.cumsum(padded.astype(np.float64) ** 2)])
+        cs = np.zeros(len(padded) + 1)  # cs[i]: energy of padded[:i]
+        np.cumsum(np.square(padded, dtype=np.float64), out=cs[1:])
         at = (st[ii] + d0[ii])[:, None] + lags[None, :]
         num = np.einsum("ck,clk->cl", ref, win[at])
         wc = w_c[ii]
@@ -457,7 +470,7 @@ class Prosody:
     def _process(self, n: int) -> None:
         k0 = self._next_hop
         s0 = k0 * _HOP8 - _LEFT8 - self._x8_base
-        view = np.lib.stride_tricks.sliding_window_view(self._x8[s0:], _SEG8)[: n * _HOP8: _HOP8]
+        view = _windows(self._x8[s0:], _SEG8)[: n * _HOP8: _HOP8]
         seg = np.ascontiguousarray(view[:n])
         t_s = (np.arange(k0, k0 + n) + 0.5) * HOP_S
         win = seg[:, :_WIN8]

@@ -79,29 +79,32 @@ class SignalQuality:
             self.nan_frames += bad
             hi = np.maximum.reduce(samples, axis=1).tolist()
             lo = np.minimum.reduce(samples, axis=1).tolist()
-        flat = [h - m < cfg.flat_below for h, m in zip(hi, lo, strict=True)]
         means = (np.add.reduce(samples, axis=1) / samples.shape[1]).tolist()
-        frame_s, dead_after_s, alpha = self.frame_s, cfg.dead_after_s, self._alpha
-        flat_s = [f + frame_s if is_flat else 0.0 for f, is_flat in zip(self._flat_s, flat, strict=True)]
-        self._flat_s = flat_s
-        dead = [f >= dead_after_s for f in flat_s]
-        dc = [d + alpha * (m - d) for d, m in zip(self._dc, means, strict=True)]
-        self._dc = dc
         clipped = [False] * self.channels
         if max(hi) >= cfg.clip_level or min(lo) <= -cfg.clip_level:
             # count only when a sample reached full scale (compared in the samples' precision)
             clipped = ((np.abs(samples) >= cfg.clip_level).sum(axis=1)
                        > cfg.clip_ratio * samples.shape[1]).tolist()
             self.clipped_frames += [c and not b for c, b in zip(clipped, bad, strict=True)]
-        dc_level = cfg.dc_level
-        self.states = [
-            "none" if dead[i] else "nan" if bad[i] else "clipped" if clipped[i]
-            else "dc" if abs(dc[i]) > dc_level else "ok"
-            for i in range(self.channels)
-        ]
+        dead = [False] * self.channels
+        states = ["ok"] * self.channels
+        for i in range(self.channels):
+            flat = hi[i] - lo[i] < cfg.flat_below
+            self._flat_s[i] = self._flat_s[i] + self.frame_s if flat else 0.0
+            dead[i] = self._flat_s[i] >= cfg.dead_after_s
+            dc = self._dc[i] = self._dc[i] + self._alpha * (means[i] - self._dc[i])
+            if dead[i]:
+                states[i] = "none"
+            elif bad[i]:
+                states[i] = "nan"
+            elif clipped[i]:
+                states[i] = "clipped"
+            elif abs(dc) > cfg.dc_level:
+                states[i] = "dc"
+        self.states = states
         out = samples
-        if max(abs(d) for d in dc) > 1e-4:
-            out = samples - np.array(dc, dtype=np.float32)[:, None]
+        if max(abs(d) for d in self._dc) > 1e-4:
+            out = samples - np.array(self._dc, dtype=np.float32)[:, None]
         if True in dead:
             out = out.copy() if out is samples else out
             out[np.array(dead)] = 0.0

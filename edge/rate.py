@@ -97,7 +97,7 @@ def rate_window(t_s: np.ndarray, level_dbfs: np.ndarray, syllabic_db: np.ndarray
     nuclei = syllable_nuclei(t_s, syllabic_db, voiced)
     return RateWindow(voiced_ratio=float(voiced.mean()) if len(voiced) else 0.0, syllables=len(nuclei),
                       articulation_rate_syl_s=articulation_rate(nuclei, t_s, voiced),
-                      pace_syl_s=pace(nuclei), pauses=len(pauses(t_s, level_dbfs, voiced)))
+                      pace_syl_s=pace(nuclei), pauses=len(pause_spans(t_s, level_dbfs, voiced)))
 
 
 def percentile(x: np.ndarray, q: float) -> float:
@@ -124,10 +124,9 @@ def percentile(x: np.ndarray, q: float) -> float:
 def _smooth(x: np.ndarray, width: int) -> np.ndarray:
     if width <= 1 or len(x) < width:
         return x.astype(float)
-    k = np.ones(width) / width
     pad = width // 2
     xp = np.concatenate([np.full(pad, x[0]), x, np.full(width - 1 - pad, x[-1])])
-    return np.convolve(xp, k, mode="valid")
+    return np.convolve(xp, np.full(width, 1.0 / width), mode="valid")
 
 
 def syllable_nuclei(t_s: np.ndarray, level_dbfs: np.ndarray, voiced: np.ndarray) -> np.ndarray:
@@ -203,13 +202,15 @@ def pace(nuclei_s: np.ndarray) -> float | None:
 
 
 def runs(mask: np.ndarray) -> np.ndarray:
-    """(start, end) hop indices of the runs of True in ``mask``, as an (n, 2) array."""
-    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
-    return np.column_stack([np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0]])
+    """(start, end) hop indices of the runs of True in the boolean ``mask``, as an (n, 2) array."""
+    padded = np.zeros(len(mask) + 2, dtype=bool)
+    padded[1:-1] = mask
+    # the flips alternate, a run's start then its end: one row per pair
+    return np.flatnonzero(padded[1:] != padded[:-1]).reshape(-1, 2)
 
 
-def pauses(t_s: np.ndarray, level_dbfs: np.ndarray, voiced: np.ndarray) -> list[Pause]:
-    """Silent gaps of 200 ms to 2 s between voiced stretches.
+def pause_spans(t_s: np.ndarray, level_dbfs: np.ndarray, voiced: np.ndarray) -> np.ndarray:
+    """The quiet part of each silent gap of 200 ms to 2 s between voiced stretches.
 
     Args:
         t_s: hop centre times, seconds.
@@ -217,10 +218,10 @@ def pauses(t_s: np.ndarray, level_dbfs: np.ndarray, voiced: np.ndarray) -> list[
         voiced: hop voicing flags.
 
     Returns:
-        The pauses, in order; ``breath`` marks those holding an audible unvoiced breath.
+        One row per pause, in order: its first quiet hop and the hop after its last, (n, 2).
     """
     if len(t_s) < 3 or voiced.sum() < 3:
-        return []
+        return np.zeros((0, 2), dtype=int)
     ref = percentile(level_dbfs[voiced], 95)
     quiet = level_dbfs < ref - SILENCE_BELOW_SPEECH_DB
     stretches = runs(voiced)
@@ -234,9 +235,23 @@ def pauses(t_s: np.ndarray, level_dbfs: np.ndarray, voiced: np.ndarray) -> list[
     b = np.where(ok, quiet_at[np.maximum(first + count - 1, 0)] + 1 if len(quiet_at) else 0, 0)
     dur = (b - a) * HOP_S
     ok &= (dur >= PAUSE_MIN_S) & (dur <= PAUSE_MAX_S) & (count / np.maximum(gap_to - gap_from, 1) >= 0.6)
+    return np.column_stack([a[ok], b[ok]])
+
+
+def pauses(t_s: np.ndarray, level_dbfs: np.ndarray, voiced: np.ndarray) -> list[Pause]:
+    """Silent gaps of 200 ms to 2 s between voiced stretches (see :func:`pause_spans`).
+
+    Args:
+        t_s: hop centre times, seconds.
+        level_dbfs: hop levels, dBFS.
+        voiced: hop voicing flags.
+
+    Returns:
+        The pauses, in order; ``breath`` marks those holding an audible unvoiced breath.
+    """
     out: list[Pause] = []
     edge = BREATH_EDGE_HOPS
-    for lo, hi in zip(a[ok].tolist(), b[ok].tolist(), strict=True):  # the quiet part of each gap
+    for lo, hi in pause_spans(t_s, level_dbfs, voiced).tolist():  # the quiet part of each gap
         # a breath is a bump inside the pause: the hops next to the voice hold its unvoiced onset
         # and tail, and hops fed as digital silence (a closed gate) are no floor
         inner = level_dbfs[lo + edge:hi - edge]
