@@ -25,7 +25,7 @@ def vad_figures() -> dict[str, float]:
 
 def run(prosody_step: int = 1) -> dict[str, Any]:
     """Every accuracy figure; ``prosody_step`` > 1 uses every n-th EmoDB clip (faster)."""
-    from bench.accuracy_conversation import conversation_figures
+    from bench.accuracy_conversation import conversation_figures, noisy_line_figures
     from bench.accuracy_prosody import (
         hesitation_figures,
         pause_figures,
@@ -40,6 +40,7 @@ def run(prosody_step: int = 1) -> dict[str, Any]:
     out.update(pause_figures(step=prosody_step))
     out.update(hesitation_figures(step=prosody_step))
     out.update(conversation_figures())
+    out.update(noisy_line_figures())
     return out
 
 

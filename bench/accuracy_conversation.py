@@ -7,7 +7,8 @@ the utterances' speech spans from the EmoDB ``lablaut/`` phone labels (first pho
 over the mix and feeds :class:`edge.conversation.Conversation` with the wiring the pipeline uses.
 
 Run ``python -m bench.accuracy_conversation`` for the figures as JSON; ``conversation_figures()`` is
-what ``bench.accuracy`` and ``tests/test_conversation.py`` call.
+what ``bench.accuracy`` and ``tests/test_conversation.py`` call; ``noisy_line_figures()`` runs the
+same calls with real noise on both channels.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ from edge.conversation import (
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 EMODB = DATA / "emodb"
+NOISE = DATA / "noise"
+NOISY_LINE_DBFS = -45.0
+"""The noise level of ``noisy_line_figures``: a loud but usable line or open-plan floor."""
 RATE_HZ = 16_000
 CLIP_S = 2.0
 AGENT_SPEAKERS = ("03", "10", "12", "15")
@@ -124,13 +128,16 @@ def _line_filter(x: np.ndarray) -> np.ndarray:
     return np.asarray(sosfilt(sos, x), dtype=np.float32)
 
 
-def build_call(seed: int, turns: int = 16, lead_s: float = 1.5) -> CallMix:
+def build_call(seed: int, turns: int = 16, lead_s: float = 1.5, noise_dbfs: float | None = None
+               ) -> CallMix:
     """Build one call: turns alternate, the prospect first; about a third start as overlaps.
 
     Args:
         seed: chooses speakers, utterances, gaps (0.25 to 1.5 s) and overlaps (0.3 to 0.7 s).
         turns: number of turns.
         lead_s: silence before the first utterance, seconds.
+        noise_dbfs: if set, a noisy line and headset: one of the shared real noises (looped) on
+            each channel at this RMS level, the line's through the same phone band.
 
     Returns:
         The mix (with ``TAIL_S`` of silence at the end) and its true spans.
@@ -178,6 +185,13 @@ def build_call(seed: int, turns: int = 16, lead_s: float = 1.5) -> CallMix:
         audio[row, i:i + len(x)] += x
     audio[1] = _line_filter(audio[1])
     audio += rng.normal(0.0, 10 ** (-65 / 20), audio.shape).astype(np.float32)  # a quiet floor
+    if noise_dbfs is not None:
+        noises = sorted(NOISE.glob("*.wav"))
+        for row in (0, 1):
+            nz = read_wav(noises[(seed + row) % len(noises)])
+            nz = np.tile(nz, audio.shape[1] // len(nz) + 1)[:audio.shape[1]]
+            nz *= 10 ** (noise_dbfs / 20) / np.sqrt(np.mean(nz ** 2))
+            audio[row] += _line_filter(nz) if row == 1 else nz
     return CallMix(audio=audio, spans=spans)
 
 
@@ -321,21 +335,23 @@ SEEDS = tuple(range(1, 16))
 
 
 @functools.cache
-def call_scores(seeds: tuple[int, ...] = SEEDS) -> tuple[dict[str, Any], ...]:
+def call_scores(seeds: tuple[int, ...] = SEEDS, noise_dbfs: float | None = None
+                ) -> tuple[dict[str, Any], ...]:
     """Build, run and score one call per seed (cached: the tests and the bench share it)."""
     from edge.pipeline import load_vad_model
 
     model = load_vad_model()
     out = []
     for seed in seeds:
-        mix = build_call(seed)
+        mix = build_call(seed, noise_dbfs=noise_dbfs)
         conv, _ = run_pipeline(mix.audio, model)
         out.append(score_call(mix, conv))
     return tuple(out)
 
 
-def conversation_figures(seeds: tuple[int, ...] = SEEDS) -> dict[str, Any]:
-    """The conversation accuracy figures over the built calls.
+def conversation_figures(seeds: tuple[int, ...] = SEEDS, noise_dbfs: float | None = None
+                         ) -> dict[str, Any]:
+    """The conversation accuracy figures over the built calls (on noisy lines: ``noise_dbfs``).
 
     Returns:
         ``overlap_count_exact`` (every call's overlap count equals the truth's, each matched),
@@ -344,7 +360,7 @@ def conversation_figures(seeds: tuple[int, ...] = SEEDS) -> dict[str, Any]:
         speech over the calls, percentage points), ``talk_ratio_err_pts_median``,
         ``talk_ratio_calls_within_2_pts``, and counts.
     """
-    scores = call_scores(seeds)
+    scores = call_scores(seeds, noise_dbfs)
     lat = [e for s in scores for e in s["latency_errs_s"]]
     ovl = [e for s in scores for e in s["overlap_errs_s"]]
     share = [abs(s["agent_share"] - s["agent_share_true"]) * 100 for s in scores]
@@ -363,13 +379,27 @@ def conversation_figures(seeds: tuple[int, ...] = SEEDS) -> dict[str, Any]:
     }
 
 
+def noisy_line_figures(seeds: tuple[int, ...] = SEEDS) -> dict[str, Any]:
+    """The talk ratio and latency figures of the same calls on noisy lines (``NOISY_LINE_DBFS``).
+
+    Returns:
+        ``talk_ratio_err_pts_noisy``, ``talk_ratio_err_pts_median_noisy``,
+        ``latency_err_ms_median_noisy``, ``responses_matched_noisy`` of ``responses_true``.
+    """
+    f = conversation_figures(seeds, NOISY_LINE_DBFS)
+    return {"talk_ratio_err_pts_noisy": f["talk_ratio_err_pts"],
+            "talk_ratio_err_pts_median_noisy": f["talk_ratio_err_pts_median"],
+            "latency_err_ms_median_noisy": f["latency_err_ms_median"],
+            "responses_matched_noisy": f["responses_matched"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print the conversation accuracy figures as JSON."""
     parser = argparse.ArgumentParser(description="Conversation-metric accuracy on calls built from "
                                                  "EmoDB utterances, truth from the phone labels.")
     parser.add_argument("--detail", action="store_true", help="also print per-call scores")
     args = parser.parse_args(argv)
-    out = conversation_figures()
+    out = {**conversation_figures(), **noisy_line_figures()}
     if args.detail:
         out["detail"] = [{k: v for k, v in s.items() if not k.endswith("errs_s")}
                          for s in call_scores()]

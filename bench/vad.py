@@ -21,7 +21,7 @@ import numpy as np
 
 from bench.common import AMI, HEADSETS, ami_turns, frame_labels, median_seconds, roc_auc
 from edge.frames import FRAME_SAMPLES, RATE_HZ, Frame
-from edge.pipeline import VAD_GATE_DBFS, VAD_GATE_MAX_PROB
+from edge.pipeline import VAD_GATE_ABOVE_FLOOR_DB, VAD_GATE_DBFS, VAD_GATE_MAX_PROB
 from edge.runtime import LiteRtModel, Model, OnnxModel
 from edge.source import read_wav
 from edge.vad import SileroVad
@@ -44,10 +44,10 @@ def per_channel(model: Model, audio: np.ndarray) -> np.ndarray:
 
 
 def batched(model: Model, audio: np.ndarray, gate_dbfs: float | None = None,
-            gate_max_prob: float = VAD_GATE_MAX_PROB) -> np.ndarray:
+            gate_max_prob: float = VAD_GATE_MAX_PROB, above_floor_db: float | None = None) -> np.ndarray:
     """All channels in one batch per frame, optionally with the energy pre-gate."""
     vad = SileroVad(model, channels=audio.shape[0], gate_dbfs=gate_dbfs,
-                    gate_max_prob=gate_max_prob)
+                    gate_max_prob=gate_max_prob, gate_above_floor_db=above_floor_db)
     return np.array([vad(f) for f in frames_of(audio)], dtype=np.float32).T
 
 
@@ -55,7 +55,7 @@ def shipped(model: Model, audio: np.ndarray) -> np.ndarray:
     """The path the box runs with its model (LiteRT by default): both channels in one batch, with
     the pipeline's pre-gate (:data:`edge.pipeline.VAD_GATE_DBFS`); on ONNX Runtime, the
     ``batch2_gate`` variant."""
-    return batched(model, audio, VAD_GATE_DBFS, VAD_GATE_MAX_PROB)
+    return batched(model, audio, VAD_GATE_DBFS, VAD_GATE_MAX_PROB, VAD_GATE_ABOVE_FLOOR_DB)
 
 
 def ami_auc(model: Model, run: Callable[[Model, np.ndarray], np.ndarray]) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,6 +13,8 @@ from edge.runtime import Model
 CONTEXT_SAMPLES = 64
 """Silero VAD (v5 and later) sees the last 64 samples of the previous chunk before each chunk."""
 STATE_SHAPE = (2, 128)
+FLOOR_RISE_DB_S = 3.0
+"""How fast a channel's noise floor estimate may rise (a louder noise), dB per second."""
 
 
 class SileroVad:
@@ -22,7 +25,8 @@ class SileroVad:
     channel in clear silence: its state is kept and its last probability repeated; both channels in
     clear silence means no inference at all. Holding matters more than the saving: over a long
     quiet stretch the state drifts, and the model hears the next onset later the longer the channel
-    was quiet (see :data:`edge.pipeline.VAD_GATE_DBFS`).
+    was quiet (see :data:`edge.pipeline.VAD_GATE_DBFS`). On a noisy line, a frame close to the
+    channel's own noise floor counts as quiet too (``gate_above_floor_db``).
 
     Args:
         model: the Silero VAD model.
@@ -32,16 +36,24 @@ class SileroVad:
             under this for ``gate_after_ms`` in a row; a held frame repeats the last probability.
         gate_after_ms: how long the model must have heard clear silence first (a state held after
             a few frames from a fresh start hears the next onset late).
+        gate_above_floor_db: a frame less than this above the channel's noise floor may be held
+            too, however loud the floor; None: only frames under ``gate_dbfs``. The floor follows
+            the quietest frames: it falls to any quieter frame at once and rises by
+            ``FLOOR_RISE_DB_S``.
     """
 
     def __init__(self, model: Model, channels: int = 2, gate_dbfs: float | None = None,
-                 gate_max_prob: float = 0.05, gate_after_ms: float = 500.0) -> None:
+                 gate_max_prob: float = 0.05, gate_after_ms: float = 500.0,
+                 gate_above_floor_db: float | None = None) -> None:
         self.model = model
         self.channels = channels
         self.gate_dbfs = gate_dbfs
         self.gate_max_prob = gate_max_prob
         self._gate_after = max(1, round(gate_after_ms / 1000.0 * RATE_HZ / FRAME_SAMPLES))
         self._gate_power = None if gate_dbfs is None else 10 ** (gate_dbfs / 10)
+        self._above_floor = None if gate_above_floor_db is None or gate_dbfs is None \
+            else 10 ** (gate_above_floor_db / 10)
+        self._floor_rise = 10 ** (FLOOR_RISE_DB_S * FRAME_SAMPLES / RATE_HZ / 10)
         # the published ONNX file takes the sample rate; the converted TFLite file is 16 kHz only
         self._sr = {"sr": np.array(RATE_HZ, dtype=np.int64)} if "sr" in model.input_names else {}
         self.inferences = 0
@@ -55,6 +67,9 @@ class SileroVad:
         self._last = np.zeros(self.channels, dtype=np.float32)
         self._quiet = [0] * self.channels
         """Per channel, frames in a row the model scored under ``gate_max_prob``."""
+        self._floor = [math.inf] * self.channels
+        """Per channel, the noise floor's mean power per sample (full scale 1.0); the first frame
+        sets it."""
 
     def __call__(self, frame: Frame) -> np.ndarray:
         """Return the speech probability (0..1) of each channel of ``frame``, shape (channels,)."""
@@ -65,12 +80,22 @@ class SileroVad:
             )
         x = np.concatenate([self._context, frame.samples], axis=1)
         self._context = x[:, -CONTEXT_SAMPLES:]
-        if self._gate_power is None or max(self._quiet) < self._gate_after:
-            return self._run(x, None)  # no channel has been in clear silence long enough
+        if self._gate_power is None:
+            return self._run(x, None)
         # plain floats per channel: numpy's per-call overhead would cost more than the test
         power = (np.add.reduce(frame.samples * frame.samples, axis=1) / FRAME_SAMPLES).tolist()
-        held = [p < self._gate_power and q >= self._gate_after
-                for p, q in zip(power, self._quiet, strict=True)]
+        limit = [self._gate_power] * self.channels
+        if self._above_floor is not None:
+            # never under the level the fixed gate holds anyway: after digital silence (a mute)
+            # the floor climbs from there, not from nothing
+            low = self._gate_power / self._above_floor
+            self._floor = [max(min(p, f * self._floor_rise), low)
+                           for p, f in zip(power, self._floor, strict=True)]
+            limit = [max(g, f * self._above_floor) for g, f in zip(limit, self._floor, strict=True)]
+        if max(self._quiet) < self._gate_after:
+            return self._run(x, None)  # no channel has been in clear silence long enough
+        held = [p < g and q >= self._gate_after
+                for p, g, q in zip(power, limit, self._quiet, strict=True)]
         if True not in held:
             return self._run(x, None)
         self.gated += sum(held)
