@@ -137,7 +137,7 @@ def build_call(seed: int, turns: int = 16, lead_s: float = 1.5, noise_dbfs: floa
         turns: number of turns.
         lead_s: silence before the first utterance, seconds.
         noise_dbfs: if set, a noisy line and headset: one of the shared real noises (looped) on
-            each channel at this RMS level, the line's through the same phone band.
+            each channel at this RMS level, the line's through the same phone band first.
 
     Returns:
         The mix (with ``TAIL_S`` of silence at the end) and its true spans.
@@ -187,11 +187,13 @@ def build_call(seed: int, turns: int = 16, lead_s: float = 1.5, noise_dbfs: floa
     audio += rng.normal(0.0, 10 ** (-65 / 20), audio.shape).astype(np.float32)  # a quiet floor
     if noise_dbfs is not None:
         noises = sorted(NOISE.glob("*.wav"))
+        if not noises:
+            raise FileNotFoundError(f"no noise recordings in {NOISE}: see ../shared/data/README.md")
         for row in (0, 1):
             nz = read_wav(noises[(seed + row) % len(noises)])
             nz = np.tile(nz, audio.shape[1] // len(nz) + 1)[:audio.shape[1]]
-            nz *= 10 ** (noise_dbfs / 20) / np.sqrt(np.mean(nz ** 2))
-            audio[row] += _line_filter(nz) if row == 1 else nz
+            nz = _line_filter(nz) if row == 1 else nz  # the line's noise comes through its band
+            audio[row] += nz * (10 ** (noise_dbfs / 20) / np.sqrt(np.mean(nz ** 2)))
     return CallMix(audio=audio, spans=spans)
 
 

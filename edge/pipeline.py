@@ -79,9 +79,10 @@ through every agent turn, lost whole short answers. Louder frames run as before:
 VAD_GATE_ABOVE_FLOOR_DB = 6.0
 """On a noisy line or headset, a frame less than this above the channel's own noise floor is held
 as well (the same half second of clear silence first). On the 15 conversation calls of
-``bench.accuracy_conversation`` with white noise added at -60 to -45 dBFS, or the shared real
-noises at -55 and -45 dBFS, the worst call's talk ratio was 1.7 to 2.3 points off with the fixed
-gate alone, and 1.3 to 1.5 with this; the calls as built (a -65 dBFS floor) read the same."""
+``bench.accuracy_conversation`` with white noise added at -60 to -45 dBFS, the worst call's talk
+ratio was 1.7 to 2.3 points off with the fixed gate alone and 1.3 to 1.4 with this; with the shared
+real noises at -45 dBFS (``noisy_line_figures``), 2.32 and 1.39. The calls as built (a -65 dBFS
+floor) read the same."""
 VAD_GATE_MAX_PROB = 0.01
 """Clear silence for the gate: the model itself scores the channel under this."""
 HANGUP_BUSY_S = 3.0

@@ -250,7 +250,9 @@ class Signals:
         keep = max(1, self.campaign.prospect_hesitating.responses)
         self._answers: deque[_Answer] = deque(maxlen=keep)
         """The prospect's last answers in the call."""
-        self._far_start_s = self._near_start_s = -math.inf
+        self._far_turn_s = self._near_start_s = -math.inf
+        """Where the prospect's current turn began (its first speech since the agent last spoke:
+        an answer split by a pause is one answer) and the agent's last speech start, audio s."""
 
     def close(self, t_s: float) -> list[dict[str, Any]]:
         """End every open cue now (before private mode); return their ``cue_off`` bodies."""
@@ -297,10 +299,10 @@ class Signals:
         out: list[dict[str, Any]] = []
         if name == "speech_start" and ch in self._speaking:
             self._speaking[ch] = True
-            if ch == "far":
-                self._far_start_s = t
-            else:
+            if ch == "near":
                 self._near_start_s = t
+            elif (near_end := self._last_end["near"]) is not None and self._far_turn_s < near_end:
+                self._far_turn_s = t
         elif name == "speech_end" and ch in self._speaking:
             self._speaking[ch] = False
             self._last_end[ch] = t
@@ -554,7 +556,7 @@ class Signals:
         if ph.enabled:
             if answers is not None:
                 if lat is not None and answers != self._prospect_responses:
-                    self._answers.append(_Answer(float(lat) / 1000.0, self._far_start_s))
+                    self._answers.append(_Answer(float(lat) / 1000.0, self._far_turn_s))
                 self._prospect_responses = int(answers)
             if ph.filled_pauses and self._answers:
                 # the latest answer lasts until the agent speaks again

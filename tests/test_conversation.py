@@ -369,14 +369,15 @@ def test_talk_ratio_within_2_points_on_noisy_lines() -> None:
     """The same calls with the shared real noises (dishes, a tap, a bike, a cat, pink and white
     noise) at -45 dBFS on both channels: every call's talk ratio still within 2 points, every
     answer found. Without the pre-gate's hold near each channel's own noise floor
-    (``edge.pipeline.VAD_GATE_ABOVE_FLOOR_DB``) the worst call read 2.1 points."""
+    (``edge.pipeline.VAD_GATE_ABOVE_FLOOR_DB``) the worst call read 2.32 points and 166 of the 168
+    answers were found."""
     from bench.accuracy_conversation import noisy_line_figures
 
     f = noisy_line_figures()
     print(f)
     assert f["talk_ratio_err_pts_noisy"] <= 2.0 and f["talk_ratio_err_pts_median_noisy"] < 1.0
     assert f["latency_err_ms_median_noisy"] < 100.0
-    assert f["responses_matched_noisy"] >= 160  # of 168
+    assert f["responses_matched_noisy"] == 168  # 167 without the floor hold
 
 
 def test_pipeline_events_and_metrics_pass_the_contract() -> None:

@@ -297,28 +297,43 @@ def test_the_budget_counts_refused_cues_not_seconds():
 
 def test_a_filled_pause_makes_an_answer_hesitant_only_inside_it():
     """Quick answers (0.4 s) are hesitant when they hold a filled pause: two of three raise
-    'prospect hesitating'. A filled pause before the answer began or after the agent took the floor
-    again (a hum over the agent's turn) is not the answer's."""
+    'prospect hesitating', also when the filler is the first of the answer's two speech segments
+    ("euh... [pause] oui"). A filled pause before the answer began, or over the agent's next turn
+    (a hum, confirmed while the agent speaks), is not the answer's."""
+    def ev(name: str, ch: str, t: float) -> None:
+        sig.event({"name": name, "channel": ch, "t_audio_s": t}, t)
+
+    def tick(t: float, answers: int, agent: bool, fillers: list[tuple[float, float]]) -> list[dict]:
+        out = _tick(t, latency_prospect_ms_last=400.0, responses_prospect=answers, near_talking=agent,
+                    near_speech_ratio=1.0 if agent else 0.0)
+        out.far_filled_pauses_s = tuple(f for f in fillers if f[1] <= t - 1.0)  # confirmed 1 s on
+        return sig(out)
+
     def run(fillers: list[tuple[float, float]]) -> list[dict]:
+        nonlocal sig
         sig = Signals()
-        sig.event({"name": "call_start", "channel": "far", "t_audio_s": 0.0}, 0.0)
+        ev("call_start", "far", 0.0)
         raised = []
         for n, start in enumerate((10.0, 20.0, 30.0), 1):
-            sig.event({"name": "speech_start", "channel": "far", "t_audio_s": start}, start)
-            for k in range(5):
-                t = start + k + 1.0
-                seen = tuple(f for f in fillers if f[1] <= t - 1.0)  # confirmed a second later
-                tick = _tick(t, latency_prospect_ms_last=400.0, responses_prospect=n, near_talking=False,
-                             near_speech_ratio=0.0)
-                tick.far_filled_pauses_s = seen
-                raised += sig(tick)
-            sig.event({"name": "speech_start", "channel": "near", "t_audio_s": start + 6.0}, start + 6.0)
+            ev("speech_start", "near", start - 3.0)  # the agent asks...
+            raised += tick(start - 2.0, n - 1, True, fillers) + tick(start - 1.0, n - 1, True, fillers)
+            ev("speech_end", "near", start - 0.4)
+            ev("speech_start", "far", start)  # ...the prospect answers in two segments
+            ev("speech_end", "far", start + 0.6)
+            ev("speech_start", "far", start + 0.8)
+            for k in range(1, 6):
+                raised += tick(start + k, n, False, fillers)
+            ev("speech_end", "far", start + 5.5)
         return [e for e in raised if e["cue"] == "prospect_hesitating" and e["name"] == "cue_on"]
 
+    sig = Signals()
     (on,) = run([(10.5, 11.0), (20.2, 20.8)])
     assert 21.0 <= on["t_audio_s"] <= 23.0 and on["evidence_value"] == 2
+    (on,) = run([(10.0, 10.5), (20.1, 20.5)])  # each filler in the answer's first segment
+    assert 21.0 <= on["t_audio_s"] <= 23.0
     assert run([(10.5, 11.0)]) == []  # one hesitant answer of three
-    assert run([(9.0, 9.5), (16.5, 17.0), (26.5, 27.2)]) == []  # none inside an answer
+    # before the first answer; hums over the agent's next questions, seen while those are asked
+    assert run([(9.0, 9.5), (17.2, 17.6), (27.2, 27.6)]) == []
 
 
 def test_the_evidence_meets_the_threshold_that_raised_the_cue():
