@@ -136,15 +136,13 @@ def await_clock(path: Path, wait_s: float, *, synced: Callable[[], bool] | None 
     if wait_s <= 0 or path.exists() or reserve_file(path).exists():
         return True  # an outbox that exists keeps its origin (see Outbox), even if it numbered nothing
     check = synced or _ntp_synced
-    polls = math.ceil(wait_s / poll_s)
-    for i in range(polls + 1):
+    if check():
+        return True
+    log.info("new outbox: waiting up to %.0f s for NTP before numbering from the clock", wait_s)
+    for _ in range(math.ceil(wait_s / poll_s)):
+        sleep(poll_s)
         if check():
             return True
-        if i == polls:
-            break
-        if i == 0:
-            log.info("new outbox: waiting up to %.0f s for NTP before numbering from the clock", wait_s)
-        sleep(poll_s)
     log.warning("the clock is still not synchronized after %.0f s: numbering from it anyway "
                 "(a stale clock can number below this box's earlier life, see docs/wire.md)", wait_s)
     return False

@@ -67,9 +67,10 @@ class SileroVad:
         self._last = np.zeros(self.channels, dtype=np.float32)
         self._quiet = [0] * self.channels
         """Per channel, frames in a row the model scored under ``gate_max_prob``."""
-        self._floor = [math.inf] * self.channels
-        """Per channel, the noise floor's mean power per sample (full scale 1.0); the first frame
-        sets it."""
+        first = math.inf if self._above_floor is not None else (self._gate_power or 0.0)
+        self._hold_below = [first] * self.channels
+        """Per channel, the mean power per sample (full scale 1.0) under which a frame may be held:
+        the fixed gate's, or a little over the channel's noise floor (the first frame sets it)."""
 
     def __call__(self, frame: Frame) -> np.ndarray:
         """Return the speech probability (0..1) of each channel of ``frame``, shape (channels,)."""
@@ -84,18 +85,16 @@ class SileroVad:
             return self._run(x, None)
         # plain floats per channel: numpy's per-call overhead would cost more than the test
         power = (np.add.reduce(frame.samples * frame.samples, axis=1) / FRAME_SAMPLES).tolist()
-        limit = [self._gate_power] * self.channels
         if self._above_floor is not None:
-            # never under the level the fixed gate holds anyway: after digital silence (a mute)
-            # the floor climbs from there, not from nothing
-            low = self._gate_power / self._above_floor
-            self._floor = [max(min(p, f * self._floor_rise), low)
-                           for p, f in zip(power, self._floor, strict=True)]
-            limit = [max(g, f * self._above_floor) for g, f in zip(limit, self._floor, strict=True)]
+            # the floor falls to a quieter frame at once and rises slowly; the limit never goes
+            # under the fixed gate's (after digital silence, a mute, it climbs from there)
+            m, rise, g = self._above_floor, self._floor_rise, self._gate_power
+            self._hold_below = [max(min(p * m, b * rise), g)
+                                for p, b in zip(power, self._hold_below, strict=True)]
         if max(self._quiet) < self._gate_after:
             return self._run(x, None)  # no channel has been in clear silence long enough
-        held = [p < g and q >= self._gate_after
-                for p, g, q in zip(power, limit, self._quiet, strict=True)]
+        held = [p < b and q >= self._gate_after
+                for p, b, q in zip(power, self._hold_below, self._quiet, strict=True)]
         if True not in held:
             return self._run(x, None)
         self.gated += sum(held)
