@@ -112,6 +112,22 @@ def rate_label_ceiling(min_gap_s: float = 0.08, step: int = 1) -> float:
     return float(np.corrcoef(np.asarray(est), np.asarray(truth))[0, 1])
 
 
+def rate_label_spread(step: int = 1) -> float:
+    """How much one speaker's neutral sentences vary in their labelled syllable rate: the standard
+    deviation of the log rate over each speaker's neutral clips, median over the speakers.
+
+    A perfect syllable counter would read a 1.3x tempo ``ln(1.3) / spread`` standard deviations
+    from that speaker's normal 2 s of speech: what any pace cue that must fire within 3 s is up
+    against (``docs/cues.md``).
+    """
+    by_speaker: dict[str, list[float]] = {}
+    for name in clip_names(step):
+        rate = true_rate(name)
+        if rate is not None and name[5] == "N":
+            by_speaker.setdefault(name[:2], []).append(float(np.log(rate)))
+    return float(np.median([np.std(v, ddof=1) for v in by_speaker.values() if len(v) >= 3]))
+
+
 def mix_noise(x: np.ndarray, index: int, snr_db: float = NOISE_SNR_DB) -> np.ndarray:
     """``x`` plus a deterministic stretch of one of the shared noises at ``snr_db`` (whole-clip power)."""
     files = sorted(NOISE.glob("*.wav"))
@@ -191,6 +207,7 @@ def prosody_figures(step: int = 1, tempo_step: int = 4, cost: bool = True) -> di
     Returns:
         ``pitch_gpe``, ``pitch_voicing_agree``, ``pitch_gpe_noisy``, ``hnr_r``, ``jitter_r``,
         ``shimmer_r``, ``rate_r``, ``rate_r_label_ceiling_80ms`` (:func:`rate_label_ceiling`),
+        ``rate_label_spread_neutral`` (:func:`rate_label_spread`),
         ``tempo_ratio_err`` (worst of the two factors, median over clips), ``pace_tempo_ratio_median``
         (the same for the pace the too-fast cue reads),
         ``tempo_ratio_median`` per factor, ``clips``, ``prosody_rtf`` (median) and
@@ -248,6 +265,7 @@ def prosody_figures(step: int = 1, tempo_step: int = 4, cost: bool = True) -> di
         "shimmer_r": corr("shimmer"),
         "rate_r": float(np.corrcoef(est_rate, ref_rate)[0, 1]),
         "rate_r_label_ceiling_80ms": rate_label_ceiling(0.08, step),
+        "rate_label_spread_neutral": rate_label_spread(step),
         "tempo_ratio_median": {str(f): m for f, m in med.items()},
         "tempo_ratio_err": max(abs(m / f - 1.0) for f, m in med.items()),
         "pace_tempo_ratio_median": {str(f): float(np.median(v)) if v else None

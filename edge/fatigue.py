@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,7 +142,6 @@ class Fatigue:
         self._track_sum = dict.fromkeys(FEATURES, 0.0)  # running sums: a mean per tick in O(1)
         self._lat_base: list[float] = []
         self._lat_track: deque[float] = deque(maxlen=LATENCY_RESPONSES)
-        self._answers_read = 0
         self.phonation_s = 0.0
         self._over_s = 0.0
         self.break_suggested = False
@@ -161,18 +161,15 @@ class Fatigue:
         """From the next :meth:`reset` on, learn the baseline afresh."""
         self._loaded = None
 
-    def __call__(self, window: ProsodyWindow | None, dt_s: float, latency_ms: float | None = None,
-                 answers: int | None = None) -> FatigueState:
+    def __call__(self, window: ProsodyWindow | None, dt_s: float,
+                 latencies_s: Sequence[float] = ()) -> FatigueState:
         """Add one metrics window.
 
         Args:
             window: the agent's prosody over the last prosody window (None if unavailable).
             dt_s: length of the metrics window, seconds.
-            latency_ms: the agent's latest response latency in the call, ms.
-            answers: the agent's answers so far in the call (``responses_agent``), 0 out of a
-                call, None while it is unknown (a side with no signal). A new count is a new
-                answer: latencies come in steps of the VAD frame, so two equal ones in a row are
-                common and count twice.
+            latencies_s: the agent's response latencies of this window, seconds (each answer
+                once: :meth:`edge.conversation.Conversation.take_agent_latencies_s`).
 
         Returns:
             The updated :class:`FatigueState`.
@@ -181,10 +178,8 @@ class Fatigue:
         if window is not None:
             self.phonation_s += window.voiced_ratio * dt_s
         feats = window_features(window) if window is not None else None
-        if answers is not None:
-            if latency_ms is not None and answers != self._answers_read:
-                self._add_latency(float(latency_ms) / 1000.0)
-            self._answers_read = answers
+        for lat_s in latencies_s:
+            self._add_latency(float(lat_s))
         if feats is not None:
             if not self.ready:
                 for k, v in feats.items():

@@ -539,9 +539,9 @@ class Pipeline:
         """Fatigue fields (added to ``body``) and the cues of this metrics window."""
         out: list[Message] = []
         window_s = float(body["window_s"])
+        latencies_s = self.conversation.take_agent_latencies_s()  # taken even with no fatigue stage
         if self.fatigue is not None:
-            answers = body.get("responses_agent") if body.get("in_call") else 0
-            state = self.fatigue(long, window_s, body.get("latency_agent_ms_last"), answers)
+            state = self.fatigue(long, window_s, latencies_s)
             body.update(state.fields())
             if state.break_suggested != self._break:
                 self._break = state.break_suggested

@@ -32,9 +32,29 @@ def test_steady_shift_suggests_no_break(shift_results):  # noqa: F811
 
 
 def test_every_answer_counts_once_in_the_latency_drift():
-    """Latencies come in 32 ms steps, so equal ones in a row are common: each new answer counts,
-    a tick that reads the same answer again does not, nor one while a side has no signal."""
+    """Two answers inside one metrics second both reach the latency drift (the fatigue stage used
+    to read only the window's last latency), and an answer taken once is not read again."""
+    from edge.conversation import Conversation, ConversationConfig
     from edge.fatigue import LATENCY_RESPONSES, Fatigue, FatigueBaseline
+
+    conv = Conversation(ConversationConfig(reorder_s=0.0))
+    # the prospect speaks 1.0-2.0 s and 2.2-2.5 s; the agent answers at 2.05 s ("oui") and, a new
+    # turn (0.7 s after its last words), at 2.9 s
+    marks = [(1.0, "far", "start"), (2.0, "far", "end"), (2.05, "near", "start"), (2.15, "near", "end"),
+             (2.2, "far", "start"), (2.5, "far", "end"), (2.9, "near", "start"), (3.5, "near", "end")]
+    state = {"near": False, "far": False}
+    taken: list[list[float]] = []
+    frame_s = 0.032
+    for k in range(int(5.0 / frame_s)):
+        start, end = k * frame_s, (k + 1) * frame_s
+        transitions = [(ch, change, t) for t, ch, change in marks if start <= t < end]
+        for _, ch, change in [m for m in marks if start <= m[0] < end]:
+            state[ch] = change == "start"
+        conv(start, frame_s, state["near"], state["far"], transitions)
+        if int(end) != int(start):  # a metrics window ends each second
+            taken.append(conv.take_agent_latencies_s())
+    assert [[round(x, 3) for x in w] for w in taken] == [[], [], [0.05, 0.4], []]
+    assert conv.metrics()["responses_agent"] == 2
 
     fatigue = Fatigue(baseline=FatigueBaseline({"latency": 0.5}, {"latency": 0.1}, 100))
 
@@ -42,15 +62,12 @@ def test_every_answer_counts_once_in_the_latency_drift():
         se = max(0.05, 0.1 * np.sqrt(1 / len(latencies_s) + 1 / LATENCY_RESPONSES))
         return (float(np.mean(latencies_s)) - 0.5) / se
 
-    for answers in range(1, 6):  # one call: five answers of 1504 ms each, each read on two ticks
-        for _ in range(2):
-            state = fatigue(None, 1.0, 1504.0, answers)
-    assert state.z["latency"] == expected_z([1.504] * 5)
-    fatigue(None, 1.0, None, 0)  # between calls
-    state = fatigue(None, 1.0, 512.0, 1)  # the next call's first answer, the same count as before
-    state = fatigue(None, 1.0, 512.0, None)  # the line drops out: nothing known, nothing counted
-    state = fatigue(None, 1.0, 512.0, 1)  # back: the same answer
-    assert state.z["latency"] == expected_z([1.504] * 5 + [0.512])
+    for _ in range(2):  # five answers of 1.504 s, then a window with two more
+        for _ in range(5):
+            state_f = fatigue(None, 1.0, [1.504])
+            state_f = fatigue(None, 1.0)  # a window with no answer adds none
+    state_f = fatigue(None, 1.0, [0.512, 0.48])
+    assert state_f.z["latency"] == expected_z([1.504] * 10 + [0.512, 0.48])
 
 
 def test_no_break_at_an_index_under_break_on_even_with_no_hold_time():
