@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 SESSION_MAX_AGE_S = 12 * 3600
 """Absolute lifetime of a session, whatever the activity (one shift)."""
+DEVICE_MAX_AGE_S = 90 * 86400
+"""A browser that completed a login to an account is known to it for this long (its cookie too)."""
 PUBLIC_PATHS = frozenset({"/login", "/healthz", "/metrics"})
 """Served without a session (``/metrics`` checks its own bearer token, see dashboard.prom)."""
 STAGE_PATHS = {"totp": "/login/totp", "enroll": "/totp/setup"}
@@ -94,9 +96,21 @@ def csrf_cookie_name(secure: bool) -> str:
     return "__Host-miroir-csrf" if secure else "miroir-csrf"
 
 
+def device_cookie_name(secure: bool) -> str:
+    """Name of the cookie that marks a browser that completed a login (see :func:`remember_device`)."""
+    return "__Host-miroir-device" if secure else "miroir-device"
+
+
 def set_cookie(response: Response, name: str, value: str, secure: bool) -> None:
     """Set a session-lifetime cookie: HttpOnly, SameSite=Strict, Path=/, Secure if asked."""
     response.set_cookie(name, value, path="/", secure=secure, httponly=True, samesite="strict")
+
+
+def set_device_cookie(response: Response, token: str, secure: bool) -> None:
+    """Set the device cookie of :func:`remember_device`: like :func:`set_cookie`, but it outlives
+    the browser session (:data:`DEVICE_MAX_AGE_S`)."""
+    response.set_cookie(device_cookie_name(secure), token, max_age=int(DEVICE_MAX_AGE_S), path="/",
+                        secure=secure, httponly=True, samesite="strict")
 
 
 def clear_cookie(response: Response, name: str, secure: bool) -> None:
@@ -205,17 +219,24 @@ def client_address(peer: str | None, forwarded_for: str | None,
 
 
 def login_throttled(db: sqlite_utils.Database, username: str, addr: str, *, window_s: float,
-                    max_account: int, max_addr: int, now: float | None = None) -> bool:
-    """True if the account or the address has too many recent failed logins."""
+                    max_account: int, max_addr: int, max_account_total: int,
+                    known_device: bool = False, now: float | None = None) -> bool:
+    """True if this login must wait: too many recent failures on the account from this address
+    (``max_account``), from this address on any account (``max_addr``), or on the account from
+    all addresses (``max_account_total``, a guess spread over many addresses). A browser that
+    completed a login to the account before (``known_device``) is spared the last, so a stranger
+    cannot lock its owner out.
+    """
     now = time.time() if now is None else now
     since = now - window_s
-    by_user = db.conn.execute(
-        "SELECT count(*) FROM login_attempts WHERE ok = 0 AND ts >= ? AND username = ?",
-        (since, username)).fetchone()[0]
+    by_pair, by_user = db.conn.execute(
+        "SELECT coalesce(sum(addr = ?), 0), count(*) FROM login_attempts "
+        "WHERE ok = 0 AND ts >= ? AND username = ?", (addr[:64], since, username[:64])).fetchone()
     by_addr = db.conn.execute(
         "SELECT count(*) FROM login_attempts WHERE ok = 0 AND ts >= ? AND addr = ?",
-        (since, addr)).fetchone()[0]
-    return bool(by_user >= max_account or by_addr >= max_addr)
+        (since, addr[:64])).fetchone()[0]
+    return bool(by_pair >= max_account or by_addr >= max_addr
+                or (by_user >= max_account_total and not known_device))
 
 
 def record_login_attempt(db: sqlite_utils.Database, username: str, addr: str, ok: bool,
@@ -229,6 +250,29 @@ def record_login_attempt(db: sqlite_utils.Database, username: str, addr: str, ok
                             (username,))
         db.conn.execute("INSERT INTO login_attempts (ts, username, addr, ok) VALUES (?, ?, ?, ?)",
                         (now, username[:64], addr[:64], int(ok)))
+
+
+def remember_device(db: sqlite_utils.Database, username: str, now: float | None = None) -> str:
+    """Mark a browser that completed a login to ``username``; return its cookie token (only the
+    token's hash is stored, for :data:`DEVICE_MAX_AGE_S`)."""
+    now = time.time() if now is None else now
+    token = secrets.token_urlsafe(32)
+    with db.conn:
+        db.conn.execute("DELETE FROM known_devices WHERE created_ts < ?", (now - DEVICE_MAX_AGE_S,))
+        db.conn.execute("INSERT INTO known_devices (token_hash, username, created_ts) VALUES (?, ?, ?)",
+                        (_token_hash(token), username, now))
+    return token
+
+
+def known_device(db: sqlite_utils.Database, username: str, token: str | None,
+                 now: float | None = None) -> bool:
+    """Whether ``token`` (a device cookie) marks a browser that completed a login to ``username``."""
+    if not token or len(token) > 128:
+        return False
+    now = time.time() if now is None else now
+    row = db.conn.execute("SELECT username FROM known_devices WHERE token_hash = ? AND created_ts >= ?",
+                          (_token_hash(token), now - DEVICE_MAX_AGE_S)).fetchone()
+    return row is not None and tokens_match(row[0], username)
 
 
 # --------------------------------------------------------------------------- sessions
@@ -301,12 +345,6 @@ def delete_session(db: sqlite_utils.Database, token: str | None) -> None:
     if token:
         with db.conn:
             db.conn.execute("DELETE FROM sessions WHERE token_hash = ?", (_token_hash(token),))
-
-
-def delete_user_sessions(db: sqlite_utils.Database, username: str) -> None:
-    """End every session of ``username`` (password change, erasure, disabling)."""
-    with db.conn:
-        db.conn.execute("DELETE FROM sessions WHERE username = ?", (username,))
 
 
 # ------------------------------------------------------------------------- middleware

@@ -130,6 +130,7 @@ def erase_agent(db: sqlite_utils.Database, agent: str) -> dict[str, int]:
         for u in users:
             db.conn.execute("DELETE FROM sessions WHERE username = ?", (u,))
             db.conn.execute("DELETE FROM user_teams WHERE username = ?", (u,))
+            db.conn.execute("DELETE FROM known_devices WHERE username = ?", (u,))
         out["users"] = db.conn.execute("DELETE FROM users WHERE agent = ?", (agent,)).rowcount
         db.conn.execute("UPDATE seats SET agent = NULL WHERE agent = ?", (agent,))
         out["agents"] = db.conn.execute("DELETE FROM agents WHERE agent = ?", (agent,)).rowcount

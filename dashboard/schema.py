@@ -114,7 +114,17 @@ def _m2_campaign_life_and_alerts(db: sqlite_utils.Database) -> None:
     """)
 
 
-MIGRATIONS: list[Migration] = [_m1_inventory_roles_audit, _m2_campaign_life_and_alerts]
+def _m3_known_devices(db: sqlite_utils.Database) -> None:
+    """Browsers that completed a login: the account-wide login throttle spares them."""
+    db.conn.executescript("""
+    CREATE TABLE IF NOT EXISTS known_devices (
+        token_hash TEXT PRIMARY KEY, username TEXT NOT NULL, created_ts REAL NOT NULL);
+    CREATE INDEX IF NOT EXISTS login_attempts_user ON login_attempts(username, ts);
+    """)
+
+
+MIGRATIONS: list[Migration] = [_m1_inventory_roles_audit, _m2_campaign_life_and_alerts,
+                               _m3_known_devices]
 """Ordered migrations; migration ``i`` (1-based) brings the schema to version ``i``."""
 
 

@@ -44,7 +44,14 @@ class DashboardSettings(BaseSettings):
         900.0, gt=0, description="Window in seconds over which failed logins are counted."
     )
     login_max_failures_account: int = Field(
-        5, ge=1, description="Failed logins on one account within the window before it is throttled."
+        5, ge=1, description="Failed logins on one account from one client address within the window "
+        "before that address is throttled for the account."
+    )
+    login_max_failures_account_total: int = Field(
+        50, ge=1, description="Failed logins on one account from all addresses within the window "
+        "before the account is throttled, except in browsers that completed a login to it in the "
+        "last 90 days: a guess spread over many addresses is stopped, and a stranger cannot lock "
+        "the account's owner out."
     )
     login_max_failures_addr: int = Field(
         20, ge=1, description="Failed logins from one client address within the window before it "

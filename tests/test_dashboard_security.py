@@ -157,23 +157,67 @@ def test_ten_failed_logins_are_throttled_per_account_and_per_address(tmp_path: P
                                    "csrf": csrf_of(c.get("/login").text)})
         assert r.status_code == 429 and "retry-after" in r.headers
     db = store.open_db(settings.db_path)
-    assert auth.login_throttled(db, "amina", "198.51.100.7", window_s=900, max_account=5,
-                                max_addr=20)
-    assert not auth.login_throttled(db, "amina", "198.51.100.7", window_s=900, max_account=5,
-                                    max_addr=20, now=time.time() + 901)
+    limits = {"window_s": 900, "max_account": 5, "max_addr": 20, "max_account_total": 50}
+    assert auth.login_throttled(db, "amina", "testclient", **limits)
+    assert not auth.login_throttled(db, "amina", "testclient", **limits, now=time.time() + 901)
+    # the account's owner, at another address, is not locked out by them
+    assert not auth.login_throttled(db, "amina", "198.51.100.7", **limits)
     # Per address: many accounts from one address.
     for i in range(20):
         auth.record_login_attempt(db, f"user-{i}", "203.0.113.9", False)
-    assert auth.login_throttled(db, "bilal", "203.0.113.9", window_s=900, max_account=5,
-                                max_addr=20)
-    assert not auth.login_throttled(db, "bilal", "203.0.113.10", window_s=900, max_account=5,
-                                    max_addr=20)
+    assert auth.login_throttled(db, "bilal", "203.0.113.9", **limits)
+    assert not auth.login_throttled(db, "bilal", "203.0.113.10", **limits)
     # X-Forwarded-For is believed only from a trusted proxy, walked from the right.
     nets = ["10.0.0.0/8"]
     assert auth.client_address("203.0.113.5", "1.2.3.4", nets) == "203.0.113.5"
     assert auth.client_address("10.1.2.3", "1.2.3.4", nets) == "1.2.3.4"
     assert auth.client_address("10.1.2.3", "6.6.6.6, 1.2.3.4, 10.9.9.9", nets) == "1.2.3.4"
     assert auth.client_address("10.1.2.3", "garbage", nets) == "10.1.2.3"
+
+
+def test_a_stranger_cannot_lock_a_supervisor_out(tmp_path: Path) -> None:
+    """Failures from other addresses do not throttle the account's owner; a guess spread over many
+    addresses throttles the account, but not in a browser that completed a login to it before."""
+    settings = make_settings(tmp_path)
+    seed_org(settings)
+    db = store.open_db(settings.db_path)
+    cookie = auth.device_cookie_name(settings.secure_cookies)
+
+    def log_in(c: TestClient, user: str = "amina") -> int:
+        return c.post("/login", data={"username": user, "password": USER_PASSWORD,
+                                      "csrf": csrf_of(c.get("/login").text)}).status_code
+
+    with client(settings) as known:
+        r = known.post("/login", data={"username": "amina", "password": USER_PASSWORD,
+                                       "csrf": csrf_of(known.get("/login").text)})
+        assert r.status_code == 303
+        [set_cookie] = [h for h in r.headers.get_list("set-cookie") if h.startswith(cookie + "=")]
+        attrs = {a.strip().lower() for a in set_cookie.split(";")}
+        assert {"secure", "httponly", "samesite=strict", "path=/", "max-age=7776000"} <= attrs
+        device = known.cookies.get(cookie)
+        assert device and log_in(known) == 303
+        # a known browser keeps its mark: no second one is issued
+        assert known.cookies.get(cookie) == device
+    # a stranger: 5 wrong passwords from each of 4 addresses, then 10 from each of 5 more
+    for i in range(4):
+        for _ in range(5):
+            auth.record_login_attempt(db, "amina", f"198.51.100.{i}", False)
+    with client(settings) as fresh:
+        assert log_in(fresh) == 303  # 20 failures from elsewhere: the owner logs in as usual
+    for i in range(4, 9):  # (the owner's login cleared the first 20)
+        for _ in range(10):
+            auth.record_login_attempt(db, "amina", f"198.51.100.{i}", False)
+            auth.record_login_attempt(db, "sup-b", f"198.51.100.{i}", False)
+    with client(settings) as fresh:  # 50 failures on the account since its last login
+        r = fresh.post("/login", data={"username": "amina", "password": USER_PASSWORD,
+                                       "csrf": csrf_of(fresh.get("/login").text)})
+        assert r.status_code == 429 and "retry-after" in r.headers
+    with client(settings, cookies={cookie: "forged-" + "x" * 40}) as forged:
+        assert log_in(forged) == 429
+    with client(settings, cookies={cookie: device}) as known:
+        assert log_in(known, "sup-b") == 429  # a mark counts for its own account only
+        assert log_in(known) == 303  # the browser that logged in before still gets in
+    db.conn.close()
 
 
 def test_throttling_uses_the_forwarded_address_only_behind_a_trusted_proxy(tmp_path: Path) -> None:
@@ -391,7 +435,10 @@ def test_agent_export_and_erasure(org: Any) -> None:
         full = c.get("/api/agents/agent-a1/export.json").json()
         assert len(full["metrics"]) == 240 and full["calls"] and full["agent"][0]["name"]
     db = store.open_db(settings.db_path)
+    marked = "SELECT count(*) FROM known_devices WHERE username = 'amina'"
+    assert db.conn.execute(marked).fetchone()[0] == 1  # the browser she logged in from
     out = retention.erase_agent(db, "agent-a1")
+    assert db.conn.execute(marked).fetchone()[0] == 0
     assert out["metrics"] == 240 and out["users"] == 1 and out["agents"] == 1
     assert db.conn.execute("SELECT count(*) FROM metrics WHERE box = 'box-a1'").fetchone()[0] == 0
     assert db.conn.execute("SELECT count(*) FROM metrics WHERE box = 'box-a2'").fetchone()[0] == 240

@@ -27,10 +27,13 @@ def _client(request: Request, settings: Settings) -> str:
                                request.headers.get("x-forwarded-for"), settings.trusted_proxies)
 
 
-def _throttled(db: Db, settings: Settings, username: str, addr: str) -> bool:
+def _throttled(request: Request, db: Db, settings: Settings, username: str, addr: str) -> bool:
+    device = request.cookies.get(auth.device_cookie_name(settings.secure_cookies))
     return auth.login_throttled(db, username, addr, window_s=settings.login_window_s,
                                 max_account=settings.login_max_failures_account,
-                                max_addr=settings.login_max_failures_addr)
+                                max_addr=settings.login_max_failures_addr,
+                                max_account_total=settings.login_max_failures_account_total,
+                                known_device=auth.known_device(db, username, device))
 
 
 def _start(response: Response, request: Request, db: Db, settings: Settings, username: str,
@@ -42,6 +45,10 @@ def _start(response: Response, request: Request, db: Db, settings: Settings, use
                                    pending_secret=pending)
     auth.set_cookie(response, auth.session_cookie_name(secure), token, secure)
     auth.clear_cookie(response, auth.csrf_cookie_name(secure), secure)
+    if stage == "ok":  # a completed login: this browser is known to the account from now on
+        device = request.cookies.get(auth.device_cookie_name(secure))
+        if not auth.known_device(db, username, device):
+            auth.set_device_cookie(response, auth.remember_device(db, username), secure)
     return response
 
 
@@ -66,7 +73,7 @@ def login(
     if not auth.tokens_match(csrf, request.cookies.get(auth.csrf_cookie_name(secure))):
         return _login_page(request, secure, tr("login.expired"), 403)
     addr = _client(request, settings)
-    if _throttled(db, settings, username, addr):
+    if _throttled(request, db, settings, username, addr):
         r = _login_page(request, secure, tr("login.throttled"), 429)
         r.headers["retry-after"] = str(int(settings.login_window_s))
         return r
@@ -99,7 +106,7 @@ def _check_code(request: Request, db: Db, settings: Settings, secret: str, code:
     tr = i18n.translator(request.state.lang)
     ctx = {"bare": True, "setup": enrol, "secret": secret,
            "uri": totp.provisioning_uri(secret, username) if enrol else None}
-    if _throttled(db, settings, username, addr):
+    if _throttled(request, db, settings, username, addr):
         return render(request, "totp.html", {**ctx, "error": tr("login.throttled")}, 429)
     last = db.conn.execute("SELECT totp_last_step FROM users WHERE username = ?",
                            (username,)).fetchone()[0]
