@@ -18,8 +18,9 @@ DEFAULT_QUEUE_SIZE = 512
 class Subscription:
     """One subscriber's bounded queue of JSON texts (oldest dropped when full)."""
 
-    def __init__(self, maxsize: int) -> None:
+    def __init__(self, maxsize: int, owner: str = "") -> None:
         self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=maxsize)
+        self.owner = owner
         self.dropped = 0
 
     async def get(self, timeout_s: float | None = None) -> str | None:
@@ -70,14 +71,18 @@ class Hub:
             sub.queue.put_nowait(text)
 
     @asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[Subscription]:
-        """Register a subscriber for the duration of the ``async with`` block."""
-        sub = Subscription(self.queue_size)
+    async def subscribe(self, owner: str = "") -> AsyncIterator[Subscription]:
+        """Register a subscriber (of the user ``owner``) for the duration of the ``async with`` block."""
+        sub = Subscription(self.queue_size, owner)
         self._subs.add(sub)
         try:
             yield sub
         finally:
             self._subs.discard(sub)
+
+    def open_streams(self, owner: str | None = None) -> int:
+        """Subscribers open now, all of them or those of the user ``owner``."""
+        return sum(owner is None or sub.owner == owner for sub in self._subs)
 
     def stats(self) -> dict[str, int]:
         """Subscribers, messages fanned out, and messages dropped for slow clients."""

@@ -504,6 +504,43 @@ def test_stream_pushes_a_snapshot_then_broker_updates(
     assert upd["talk_state"] == "overlap" and upd["box"] == "box-b"
 
 
+def test_a_user_holds_at_most_eight_live_streams(dashboard_server: DashboardServer) -> None:
+    """Each open stream holds a queue, a task and a database reader: a ninth from one user is
+    refused with 429 (and a retry delay), and a closed one frees its place."""
+    import contextlib
+
+    import httpx
+
+    from dashboard.routes.stream import MAX_STREAMS_PER_USER
+    from tests._fixtures_broker import wait_until
+
+    hub = dashboard_server.app.state.hub
+    with httpx.Client(base_url=dashboard_server.url, timeout=10.0) as c:
+        cookie = {"cookie": f"__Host-miroir={http_login(c)}"}
+
+        readers = []  # a line iterator dropped half-read would close its stream
+
+        def open_stream(stack: contextlib.ExitStack) -> httpx.Response:
+            s = stack.enter_context(c.stream("GET", "/api/stream", headers=cookie))
+            if s.status_code == 200:  # subscribed once the snapshot is on its way
+                readers.append(s.iter_lines())
+                while not next(readers[-1]).startswith("event: snapshot"):
+                    pass
+            return s
+
+        with contextlib.ExitStack() as stack:
+            first = [open_stream(stack) for _ in range(MAX_STREAMS_PER_USER)]
+            assert [s.status_code for s in first] == [200] * MAX_STREAMS_PER_USER
+            assert hub.open_streams(ADMIN_USER) == MAX_STREAMS_PER_USER
+            refused = open_stream(stack)
+            assert refused.status_code == 429 and refused.headers["retry-after"] == "2"
+            first[0].close()
+            wait_until(lambda: hub.open_streams(ADMIN_USER) < MAX_STREAMS_PER_USER,
+                       "a closed stream leaves the hub")
+            assert open_stream(stack).status_code == 200
+    wait_until(lambda: hub.open_streams() == 0, "every stream closed")
+
+
 def test_cue_labels_are_the_box_labels() -> None:
     """Every cue id of the wire has the box's own French and English label on the dashboard."""
     from dashboard import registry

@@ -22,6 +22,10 @@ RETRY_MS = 2000
 HISTORY = 30
 SCOPE_REFRESH_S = 5.0
 """How often an open stream checks its session (logout, a disabled user) and the user's scope."""
+MAX_STREAMS_PER_USER = 8
+"""Live streams one user may hold open (a supervisor's tabs); more are refused with 429."""
+MAX_STREAMS = 256
+"""Live streams the dashboard holds open in all; more are refused with 503."""
 
 
 def _scope(db_path: Any, username: str, token: str | None, idle_s: float) -> set[str] | None:
@@ -68,9 +72,16 @@ async def stream(request: Request) -> StreamingResponse:
     settings = request.app.state.settings
     username = request.state.user
     token = request.cookies.get(auth.session_cookie_name(settings.secure_cookies))
+    # checked as a stream opens: each open stream holds a queue, a task and a database reader
+    retry = {"retry-after": str(RETRY_MS // 1000)}
+    if hub.open_streams(username) >= MAX_STREAMS_PER_USER:
+        raise HTTPException(status_code=429, headers=retry,
+                            detail=f"at most {MAX_STREAMS_PER_USER} live streams per user")
+    if hub.open_streams() >= MAX_STREAMS:
+        raise HTTPException(status_code=503, headers=retry, detail="too many live streams open")
 
     async def events() -> AsyncIterator[str]:
-        async with hub.subscribe() as sub:
+        async with hub.subscribe(username) as sub:
             try:
                 allowed = await run_in_threadpool(_scope, settings.db_path, username, token,
                                                   settings.session_idle_s)
