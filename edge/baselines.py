@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 from edge.fatigue import FatigueBaseline
 from edge.signals import AgentBaseline
+from miroir.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +88,8 @@ def save(state_dir: Path, agent: dict[str, Any] | None, fatigue: dict[str, Any] 
     if not agent and not fatigue:
         return False
     path = Path(state_dir) / FILE
-    tmp = path.with_name(f".{FILE}.tmp")
     now = time.time()
-    tmp.write_text(json.dumps({"format": FORMAT, "saved_ts": now,
-                               "learned_ts": now if learned_ts is None else learned_ts,
-                               "agent": agent or None, "fatigue": fatigue or None}))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps({"format": FORMAT, "saved_ts": now,
+                                   "learned_ts": now if learned_ts is None else learned_ts,
+                                   "agent": agent or None, "fatigue": fatigue or None}))
     return True

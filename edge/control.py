@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from miroir import wire
+from miroir.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +112,8 @@ class ControlSocket:
         LED then shows "offline", the agent's metrics go on.
         """
         path = self.path.with_name(PANEL_FILE)
-        tmp = path.with_name(f".{PANEL_FILE}.tmp")
         try:
-            tmp.write_text(json.dumps(state))
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
+            atomic_write(path, json.dumps(state), sync=False)
         except OSError as exc:
             self.panel_errors += 1
             if self.panel_errors == 1:

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from miroir.files import atomic_write
+
 log = logging.getLogger(__name__)
 
 THERMAL_ZONE = Path("/sys/class/thermal/thermal_zone0/temp")
@@ -128,10 +130,8 @@ def health_facts(version: str, cert_file: Path | None = None, *, outbox_depth: i
 
 def write_heartbeat(state_dir: Path, version: str, acked_ts: float | None = None) -> None:
     """Record that this version just had a message acknowledged by the broker (for updates)."""
-    path = Path(state_dir) / HEARTBEAT_FILE
-    tmp = path.with_name(f".{HEARTBEAT_FILE}.tmp")
-    tmp.write_text(json.dumps({"version": version, "acked_ts": acked_ts or time.time()}))
-    os.replace(tmp, path)
+    atomic_write(Path(state_dir) / HEARTBEAT_FILE,
+                 json.dumps({"version": version, "acked_ts": acked_ts or time.time()}), sync=False)
 
 
 def read_heartbeat(state_dir: Path) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from edge.frames import RATE_HZ
+from miroir.files import atomic_write
 
 FRAME = 512
 CLIP_LEVEL = 0.99
@@ -108,9 +109,7 @@ def save_verdict(state_dir: Path, device: str, far_device: str | None, report: d
     verdict = {"device": device, "far_device": far_device, "swapped": bool(report["swapped"]),
                "agent_heard": bool(report["agent_heard"]),
                "checked_ts": round(time.time() if now is None else now, 3)}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(verdict) + "\n")
-    tmp.replace(path)
+    atomic_write(path, json.dumps(verdict) + "\n")
     return path
 
 

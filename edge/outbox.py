@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import secrets
 import sqlite3
 import time
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from miroir import wire
+from miroir.files import atomic_write
 
 ROW_OVERHEAD_BYTES = 64
 """Bytes counted per row on top of its payload (SQLite record, index entry, timestamps)."""
@@ -237,13 +237,8 @@ class Outbox:
         if self._seq_file is None or seq <= self._reserved:
             return
         ceiling = seq + SEQ_RESERVE
-        tmp = self._seq_file.with_name(self._seq_file.name + ".tmp")
         try:
-            with open(tmp, "w") as f:
-                f.write(f"{ceiling}\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._seq_file)
+            atomic_write(self._seq_file, f"{ceiling}\n")
         except OSError as exc:  # the message matters more: tried again at the next one
             log.warning("cannot reserve sequence numbers in %s: %s", self._seq_file, exc)
             return

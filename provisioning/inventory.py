@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from miroir.files import atomic_write
 from miroir.wire import ID_PATTERN
 
 INVENTORY_FILE = "inventory.json"
@@ -140,22 +139,6 @@ def parse_csv(path: Path) -> list[Enrolment]:
     return items
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` atomically (temporary file in the same folder, fsync, rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), mode)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class Inventory:
     """The boxes of one site, loaded from and saved to ``inventory.json``."""
 
@@ -194,4 +177,4 @@ class Inventory:
 
 
 __all__ = ["ACTIVE", "REVOKED", "BoxRecord", "Enrolment", "Inventory", "InventoryError",
-           "atomic_write", "check_enrolment", "parse_csv"]
+           "check_enrolment", "parse_csv"]

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from miroir import wire
+from miroir.files import atomic_write
 from provisioning import bundle as bundle_mod
 from provisioning import pki
 from provisioning.broker import (
@@ -59,7 +60,6 @@ from provisioning.inventory import (
     Enrolment,
     Inventory,
     InventoryError,
-    atomic_write,
     check_enrolment,
 )
 from provisioning.pki import CertPair
