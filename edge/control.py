@@ -113,7 +113,7 @@ class ControlSocket:
         """
         path = self.path.with_name(PANEL_FILE)
         try:
-            atomic_write(path, json.dumps(state), sync=False)
+            atomic_write(path, json.dumps(state), mode=0o644, sync=False)  # the panel reads it
         except OSError as exc:
             self.panel_errors += 1
             if self.panel_errors == 1:

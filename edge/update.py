@@ -39,8 +39,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from miroir.files import atomic_write
-
 log = logging.getLogger(__name__)
 
 MAGIC = b"MIROIR-RELEASE/1\n"
@@ -169,7 +167,13 @@ class Updater:
             return {}
 
     def _write_state(self, state: dict[str, Any]) -> None:
-        atomic_write(self.state_path, json.dumps(state))
+        # (the standard library only: the image runs this file on its own, at boot, see above)
+        tmp = self.root / f".{STATE_FILE}.tmp"
+        with open(tmp, "w") as fh:
+            json.dump(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.state_path)
         _fsync_dir(self.root)
 
     def _crash(self, point: str) -> None:

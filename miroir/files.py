@@ -1,36 +1,46 @@
-"""Atomic file replacement, shared by the box, the provisioning scripts and the dashboard's tools."""
+"""Atomic file replacement, shared by the box and the provisioning scripts.
+
+(``edge/update.py`` keeps its own: the image runs that one file on the system Python, alone.)
+"""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes | str, mode: int = 0o644,
+def atomic_write(path: str | os.PathLike[str], data: bytes | str, mode: int | None = None,
                  sync: bool = True) -> None:
     """Replace ``path`` with ``data`` atomically: readers see the old file or the new one, never a
     part of it.
 
+    The data goes to ``.NAME.tmp`` in the same folder first (one writer per file; a temporary
+    left by a crash is replaced by the next write), then is renamed over ``path``.
+
     Args:
         path: the file to replace (its folder must exist).
         data: the new content (``str`` is written as UTF-8).
-        mode: permission bits of the new file.
+        mode: permission bits of the new file; ``None`` follows the process's umask, as a plain
+            ``open`` would (the box's service runs with ``UMask=0077``).
         sync: flush the data to disk before the rename, so that a power cut also leaves the old
             file or the new one (worth it for state a restart reads; costly on SD cards for
             frequent writes).
     """
     path = Path(path)
     raw = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                 0o666 if mode is None else mode)
     try:
         with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), mode)
+            if mode is not None:
+                os.fchmod(fh.fileno(), mode)  # the umask would have cleared some of its bits
             fh.write(raw)
             if sync:
                 fh.flush()
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise

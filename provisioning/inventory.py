@@ -161,7 +161,7 @@ class Inventory:
         data: dict[str, Any] = {"site": self.site,
                                 "boxes": [asdict(b) for b in sorted(self.boxes.values(),
                                                                     key=lambda b: b.box)]}
-        atomic_write(path, (json.dumps(data, indent=1) + "\n").encode())
+        atomic_write(path, (json.dumps(data, indent=1) + "\n").encode(), mode=0o644)
         return path
 
     def get(self, box: str) -> BoxRecord:

@@ -422,7 +422,7 @@ def init_site(dir: Path, site: str, *, broker_host: str, port: int = DEFAULT_POR
     meta = {"site": site, "broker_host": broker_host, "port": port, "bind": bind,
             "admin_host": admin_host, "hosts": hosts,
             "created": dt.datetime.now(dt.UTC).isoformat()}
-    atomic_write(dir / SITE_FILE, (json.dumps(meta, indent=1) + "\n").encode())
+    atomic_write(dir / SITE_FILE, (json.dumps(meta, indent=1) + "\n").encode(), mode=0o644)
     s = Site(dir)
     s.write_acl([])
     write_config(dir, port=port, ca=files.ca, server=files.server, acl=s.acl, host=bind, crl=crl)
