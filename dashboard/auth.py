@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 SESSION_MAX_AGE_S = 12 * 3600
 """Absolute lifetime of a session, whatever the activity (one shift)."""
 DEVICE_MAX_AGE_S = 90 * 86400
-"""A browser that completed a login to an account is known to it for this long (its cookie too)."""
+"""A browser stays known to an account this long after its last completed login (its cookie too)."""
+DEVICE_TOKENS_MAX = 4
+"""Accounts one browser can be known to (one token each in its device cookie)."""
 PUBLIC_PATHS = frozenset({"/login", "/healthz", "/metrics"})
 """Served without a session (``/metrics`` checks its own bearer token, see dashboard.prom)."""
 STAGE_PATHS = {"totp": "/login/totp", "enroll": "/totp/setup"}
@@ -106,10 +108,10 @@ def set_cookie(response: Response, name: str, value: str, secure: bool) -> None:
     response.set_cookie(name, value, path="/", secure=secure, httponly=True, samesite="strict")
 
 
-def set_device_cookie(response: Response, token: str, secure: bool) -> None:
+def set_device_cookie(response: Response, value: str, secure: bool) -> None:
     """Set the device cookie of :func:`remember_device`: like :func:`set_cookie`, but it outlives
     the browser session (:data:`DEVICE_MAX_AGE_S`)."""
-    response.set_cookie(device_cookie_name(secure), token, max_age=int(DEVICE_MAX_AGE_S), path="/",
+    response.set_cookie(device_cookie_name(secure), value, max_age=int(DEVICE_MAX_AGE_S), path="/",
                         secure=secure, httponly=True, samesite="strict")
 
 
@@ -239,8 +241,20 @@ def login_throttled(db: sqlite_utils.Database, username: str, addr: str, *, wind
                 or (by_user >= max_account_total and not known_device))
 
 
+def codes_throttled(db: sqlite_utils.Database, username: str, *, window_s: float, max_codes: int,
+                    now: float | None = None) -> bool:
+    """True if the account has too many recent wrong one-time codes, from all addresses: only
+    someone with the password gets that far, so no stranger can lock the owner out this way."""
+    now = time.time() if now is None else now
+    wrong = db.conn.execute(
+        "SELECT count(*) FROM login_attempts WHERE ok = 0 AND kind = 'code' AND ts >= ? "
+        "AND username = ?", (now - window_s, username[:64])).fetchone()[0]
+    return bool(wrong >= max_codes)
+
+
 def record_login_attempt(db: sqlite_utils.Database, username: str, addr: str, ok: bool,
-                         now: float | None = None, clear: bool = True) -> None:
+                         now: float | None = None, clear: bool = True,
+                         kind: str = "password") -> None:
     """Remember one login attempt (a complete success clears the account's failure count; a right
     password before a one-time code, ``clear=False``, does not: the codes would be unlimited)."""
     now = time.time() if now is None else now
@@ -248,31 +262,48 @@ def record_login_attempt(db: sqlite_utils.Database, username: str, addr: str, ok
         if ok and clear:
             db.conn.execute("DELETE FROM login_attempts WHERE username = ? AND ok = 0",
                             (username,))
-        db.conn.execute("INSERT INTO login_attempts (ts, username, addr, ok) VALUES (?, ?, ?, ?)",
-                        (now, username[:64], addr[:64], int(ok)))
+        db.conn.execute("INSERT INTO login_attempts (ts, username, addr, ok, kind) "
+                        "VALUES (?, ?, ?, ?, ?)", (now, username[:64], addr[:64], int(ok), kind))
 
 
-def remember_device(db: sqlite_utils.Database, username: str, now: float | None = None) -> str:
-    """Mark a browser that completed a login to ``username``; return its cookie token (only the
-    token's hash is stored, for :data:`DEVICE_MAX_AGE_S`)."""
+def device_tokens(cookie: str | None) -> list[str]:
+    """The tokens a device cookie holds, one per account the browser logged in to, newest first."""
+    if not cookie or len(cookie) > 80 * DEVICE_TOKENS_MAX:
+        return []
+    return [t for t in cookie.split(".") if 0 < len(t) <= 64][:DEVICE_TOKENS_MAX]
+
+
+def known_device(db: sqlite_utils.Database, username: str, cookie: str | None,
+                 now: float | None = None) -> str | None:
+    """The token of the device cookie ``cookie`` that marks a browser whose last completed login
+    to ``username`` is under :data:`DEVICE_MAX_AGE_S` old, or None."""
     now = time.time() if now is None else now
-    token = secrets.token_urlsafe(32)
+    for token in device_tokens(cookie):
+        row = db.conn.execute("SELECT username FROM known_devices WHERE token_hash = ? "
+                              "AND last_login_ts >= ?", (_token_hash(token), now - DEVICE_MAX_AGE_S)
+                              ).fetchone()
+        if row is not None and tokens_match(row[0], username):
+            return token
+    return None
+
+
+def remember_device(db: sqlite_utils.Database, username: str, cookie: str | None,
+                    now: float | None = None) -> str:
+    """Mark the browser of the device cookie ``cookie`` (None: a new one) after a completed login
+    to ``username``, or mark it again; return the cookie's new value (only hashes are stored)."""
+    now = time.time() if now is None else now
+    token = known_device(db, username, cookie, now)
     with db.conn:
-        db.conn.execute("DELETE FROM known_devices WHERE created_ts < ?", (now - DEVICE_MAX_AGE_S,))
-        db.conn.execute("INSERT INTO known_devices (token_hash, username, created_ts) VALUES (?, ?, ?)",
-                        (_token_hash(token), username, now))
-    return token
-
-
-def known_device(db: sqlite_utils.Database, username: str, token: str | None,
-                 now: float | None = None) -> bool:
-    """Whether ``token`` (a device cookie) marks a browser that completed a login to ``username``."""
-    if not token or len(token) > 128:
-        return False
-    now = time.time() if now is None else now
-    row = db.conn.execute("SELECT username FROM known_devices WHERE token_hash = ? AND created_ts >= ?",
-                          (_token_hash(token), now - DEVICE_MAX_AGE_S)).fetchone()
-    return row is not None and tokens_match(row[0], username)
+        db.conn.execute("DELETE FROM known_devices WHERE last_login_ts < ?", (now - DEVICE_MAX_AGE_S,))
+        if token is not None:
+            db.conn.execute("UPDATE known_devices SET last_login_ts = ? WHERE token_hash = ?",
+                            (now, _token_hash(token)))
+        else:
+            token = secrets.token_urlsafe(32)
+            db.conn.execute("INSERT INTO known_devices (token_hash, username, last_login_ts) "
+                            "VALUES (?, ?, ?)", (_token_hash(token), username, now))
+    others = [t for t in device_tokens(cookie) if t != token]
+    return ".".join([token, *others][:DEVICE_TOKENS_MAX])
 
 
 # --------------------------------------------------------------------------- sessions

@@ -70,15 +70,25 @@ class Hub:
                 self.dropped += 1
             sub.queue.put_nowait(text)
 
+    def open(self, owner: str = "") -> Subscription:
+        """Register a subscriber of the user ``owner`` now; :meth:`close` ends it. Call it from
+        the event loop's thread (as the fan-out runs)."""
+        sub = Subscription(self.queue_size, owner)
+        self._subs.add(sub)
+        return sub
+
+    def close(self, sub: Subscription) -> None:
+        """Unregister a subscriber (again: nothing happens)."""
+        self._subs.discard(sub)
+
     @asynccontextmanager
     async def subscribe(self, owner: str = "") -> AsyncIterator[Subscription]:
         """Register a subscriber (of the user ``owner``) for the duration of the ``async with`` block."""
-        sub = Subscription(self.queue_size, owner)
-        self._subs.add(sub)
+        sub = self.open(owner)
         try:
             yield sub
         finally:
-            self._subs.discard(sub)
+            self.close(sub)
 
     def open_streams(self, owner: str | None = None) -> int:
         """Subscribers open now, all of them or those of the user ``owner``."""

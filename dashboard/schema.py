@@ -115,10 +115,12 @@ def _m2_campaign_life_and_alerts(db: sqlite_utils.Database) -> None:
 
 
 def _m3_known_devices(db: sqlite_utils.Database) -> None:
-    """Browsers that completed a login: the account-wide login throttle spares them."""
+    """Browsers that completed a login (the account-wide login throttle spares them); failed
+    one-time codes told from failed passwords."""
+    _add_column(db, "login_attempts", "kind", "TEXT NOT NULL DEFAULT 'password'")
     db.conn.executescript("""
     CREATE TABLE IF NOT EXISTS known_devices (
-        token_hash TEXT PRIMARY KEY, username TEXT NOT NULL, created_ts REAL NOT NULL);
+        token_hash TEXT PRIMARY KEY, username TEXT NOT NULL, last_login_ts REAL NOT NULL);
     CREATE INDEX IF NOT EXISTS login_attempts_user ON login_attempts(username, ts);
     """)
 

@@ -45,13 +45,14 @@ class DashboardSettings(BaseSettings):
     )
     login_max_failures_account: int = Field(
         5, ge=1, description="Failed logins on one account from one client address within the window "
-        "before that address is throttled for the account."
+        "before that address is throttled for the account; also the wrong one-time codes on the "
+        "account, from all addresses, before its code step is throttled."
     )
     login_max_failures_account_total: int = Field(
         50, ge=1, description="Failed logins on one account from all addresses within the window "
-        "before the account is throttled, except in browsers that completed a login to it in the "
-        "last 90 days: a guess spread over many addresses is stopped, and a stranger cannot lock "
-        "the account's owner out."
+        "before the account is throttled, except in browsers whose last completed login to it is "
+        "under 90 days old: a guess spread over many addresses is stopped, and a stranger elsewhere "
+        "cannot lock the account's owner out."
     )
     login_max_failures_addr: int = Field(
         20, ge=1, description="Failed logins from one client address within the window before it "

@@ -508,6 +508,8 @@ def test_a_user_holds_at_most_eight_live_streams(dashboard_server: DashboardServ
     """Each open stream holds a queue, a task and a database reader: a ninth from one user is
     refused with 429 (and a retry delay), and a closed one frees its place."""
     import contextlib
+    import socket
+    import threading
 
     import httpx
 
@@ -538,6 +540,27 @@ def test_a_user_holds_at_most_eight_live_streams(dashboard_server: DashboardServ
             wait_until(lambda: hub.open_streams(ADMIN_USER) < MAX_STREAMS_PER_USER,
                        "a closed stream leaves the hub")
             assert open_stream(stack).status_code == 200
+    wait_until(lambda: hub.open_streams() == 0, "every stream closed")
+    # twelve requests at the same instant: the place is taken as each is counted
+    request = (f"GET /api/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie['cookie']}\r\n"
+               "\r\n").encode()
+    socks = [socket.create_connection(("127.0.0.1", dashboard_server.port)) for _ in range(12)]
+    barrier = threading.Barrier(len(socks))
+    status: list[str] = [""] * len(socks)
+
+    def send(i: int) -> None:
+        barrier.wait()
+        socks[i].sendall(request)
+        status[i] = socks[i].recv(64).split(b"\r\n")[0].decode()
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(socks))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=30)
+    assert sorted(status) == ["HTTP/1.1 200 OK"] * 8 + ["HTTP/1.1 429 Too Many Requests"] * 4, status
+    for sock in socks:
+        sock.close()
     wait_until(lambda: hub.open_streams() == 0, "every stream closed")
 
 

@@ -179,7 +179,7 @@ def test_a_stranger_cannot_lock_a_supervisor_out(tmp_path: Path) -> None:
     """Failures from other addresses do not throttle the account's owner; a guess spread over many
     addresses throttles the account, but not in a browser that completed a login to it before."""
     settings = make_settings(tmp_path)
-    seed_org(settings)
+    data = seed_org(settings)
     db = store.open_db(settings.db_path)
     cookie = auth.device_cookie_name(settings.secure_cookies)
 
@@ -196,8 +196,13 @@ def test_a_stranger_cannot_lock_a_supervisor_out(tmp_path: Path) -> None:
         assert {"secure", "httponly", "samesite=strict", "path=/", "max-age=7776000"} <= attrs
         device = known.cookies.get(cookie)
         assert device and log_in(known) == 303
-        # a known browser keeps its mark: no second one is issued
+        # a known browser keeps its token (renewed, not replaced)...
         assert known.cookies.get(cookie) == device
+        # ...and can be known to a second account
+        assert log_in(known, "bilal") == 303
+        device = known.cookies.get(cookie)
+        assert len(auth.device_tokens(device)) == 2
+        assert auth.known_device(db, "amina", device) and auth.known_device(db, "bilal", device)
     # a stranger: 5 wrong passwords from each of 4 addresses, then 10 from each of 5 more
     for i in range(4):
         for _ in range(5):
@@ -217,6 +222,21 @@ def test_a_stranger_cannot_lock_a_supervisor_out(tmp_path: Path) -> None:
     with client(settings, cookies={cookie: device}) as known:
         assert log_in(known, "sup-b") == 429  # a mark counts for its own account only
         assert log_in(known) == 303  # the browser that logged in before still gets in
+    # a mark lasts 90 days from the browser's last login to the account, not its first
+    t0 = time.time()
+    assert auth.known_device(db, "bilal", device, now=t0 + 91 * 86400) is None
+    auth.remember_device(db, "bilal", device, now=t0 + 89 * 86400)  # bilal logs in on day 89
+    assert auth.known_device(db, "bilal", device, now=t0 + 120 * 86400) is not None
+    # one-time codes: 5 wrong ones on the account, whatever the addresses, throttle its code step
+    # (only someone with the password gets there, so the owner's browser is not spared)
+    for i in range(5):
+        auth.record_login_attempt(db, "sup-a", f"203.0.113.{i}", False, kind="code")
+    secret = data["secrets"]["sup-a"]
+    with client(settings) as c:
+        assert log_in(c, "sup-a") == 303
+        r = c.post("/login/totp", data={"code": totp.hotp(secret, totp.step_of(time.time())),
+                                        "csrf": csrf_of(c.get("/login/totp").text)})
+        assert r.status_code == 429
     db.conn.close()
 
 

@@ -33,7 +33,7 @@ def _throttled(request: Request, db: Db, settings: Settings, username: str, addr
                                 max_account=settings.login_max_failures_account,
                                 max_addr=settings.login_max_failures_addr,
                                 max_account_total=settings.login_max_failures_account_total,
-                                known_device=auth.known_device(db, username, device))
+                                known_device=auth.known_device(db, username, device) is not None)
 
 
 def _start(response: Response, request: Request, db: Db, settings: Settings, username: str,
@@ -45,10 +45,9 @@ def _start(response: Response, request: Request, db: Db, settings: Settings, use
                                    pending_secret=pending)
     auth.set_cookie(response, auth.session_cookie_name(secure), token, secure)
     auth.clear_cookie(response, auth.csrf_cookie_name(secure), secure)
-    if stage == "ok":  # a completed login: this browser is known to the account from now on
+    if stage == "ok":  # a completed login: this browser is known to the account (again)
         device = request.cookies.get(auth.device_cookie_name(secure))
-        if not auth.known_device(db, username, device):
-            auth.set_device_cookie(response, auth.remember_device(db, username), secure)
+        auth.set_device_cookie(response, auth.remember_device(db, username, device), secure)
     return response
 
 
@@ -106,12 +105,14 @@ def _check_code(request: Request, db: Db, settings: Settings, secret: str, code:
     tr = i18n.translator(request.state.lang)
     ctx = {"bare": True, "setup": enrol, "secret": secret,
            "uri": totp.provisioning_uri(secret, username) if enrol else None}
-    if _throttled(request, db, settings, username, addr):
+    if _throttled(request, db, settings, username, addr) or auth.codes_throttled(
+            db, username, window_s=settings.login_window_s,
+            max_codes=settings.login_max_failures_account):
         return render(request, "totp.html", {**ctx, "error": tr("login.throttled")}, 429)
     last = db.conn.execute("SELECT totp_last_step FROM users WHERE username = ?",
                            (username,)).fetchone()[0]
     step = totp.verify(secret, code, int(last or 0))
-    auth.record_login_attempt(db, username, addr, step is not None)
+    auth.record_login_attempt(db, username, addr, step is not None, kind="code")
     if step is None:
         return render(request, "totp.html", {**ctx, "error": tr("totp.wrong")}, 401)
     with db.conn:

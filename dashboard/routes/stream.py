@@ -10,10 +10,11 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
 from .. import access, auth
 from .. import db as store
-from ..live import Hub
+from ..live import Hub, Subscription
 
 router = APIRouter(prefix="/api", tags=["stream"])
 
@@ -56,6 +57,22 @@ def sse(event: str, data: Any) -> str:
     return f"event: {event}\ndata: {text}\n\n"
 
 
+class _HeldStream(StreamingResponse):
+    """A stream that gives its hub place back however it ends, even if it never started (a
+    client gone before the first byte)."""
+
+    def __init__(self, content: AsyncIterator[str], hub: Hub, sub: Subscription) -> None:
+        super().__init__(content, media_type="text/event-stream",
+                         headers={"cache-control": "no-store", "x-accel-buffering": "no"})
+        self._hub, self._sub = hub, sub
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._hub.close(self._sub)
+
+
 def _box_of(text: str) -> str | None:
     # Hub messages are compact JSON objects; the box id is a plain [a-z0-9-] string.
     i = text.find('"box":"')
@@ -72,39 +89,38 @@ async def stream(request: Request) -> StreamingResponse:
     settings = request.app.state.settings
     username = request.state.user
     token = request.cookies.get(auth.session_cookie_name(settings.secure_cookies))
-    # checked as a stream opens: each open stream holds a queue, a task and a database reader
+    # each open stream holds a queue, a task and a database reader: counted and taken in one
+    # step, with no await in between, so requests that arrive together cannot all get in
     retry = {"retry-after": str(RETRY_MS // 1000)}
     if hub.open_streams(username) >= MAX_STREAMS_PER_USER:
         raise HTTPException(status_code=429, headers=retry,
                             detail=f"at most {MAX_STREAMS_PER_USER} live streams per user")
     if hub.open_streams() >= MAX_STREAMS:
         raise HTTPException(status_code=503, headers=retry, detail="too many live streams open")
+    sub = hub.open(username)
 
     async def events() -> AsyncIterator[str]:
-        async with hub.subscribe(username) as sub:
-            try:
-                allowed = await run_in_threadpool(_scope, settings.db_path, username, token,
-                                                  settings.session_idle_s)
-            except HTTPException:
-                return
-            scoped_at = time.monotonic()
-            snap = await run_in_threadpool(_snapshot, settings.db_path, settings.site, allowed)
-            yield f"retry: {RETRY_MS}\n\n"
-            yield sse("snapshot", snap)
-            while not await request.is_disconnected():
-                text = await sub.get(timeout_s=KEEPALIVE_S)
-                if time.monotonic() - scoped_at > SCOPE_REFRESH_S:
-                    try:  # a logout, a disabled user or an expired session ends the stream
-                        allowed = await run_in_threadpool(_scope, settings.db_path, username, token,
-                                                          settings.session_idle_s)
-                    except HTTPException:
-                        return
-                    scoped_at = time.monotonic()
-                if text is None:
-                    yield ": keepalive\n\n"
-                elif allowed is None or _box_of(text) in allowed:
-                    yield sse("update", text)
+        try:
+            allowed = await run_in_threadpool(_scope, settings.db_path, username, token,
+                                              settings.session_idle_s)
+        except HTTPException:
+            return
+        scoped_at = time.monotonic()
+        snap = await run_in_threadpool(_snapshot, settings.db_path, settings.site, allowed)
+        yield f"retry: {RETRY_MS}\n\n"
+        yield sse("snapshot", snap)
+        while not await request.is_disconnected():
+            text = await sub.get(timeout_s=KEEPALIVE_S)
+            if time.monotonic() - scoped_at > SCOPE_REFRESH_S:
+                try:  # a logout, a disabled user or an expired session ends the stream
+                    allowed = await run_in_threadpool(_scope, settings.db_path, username, token,
+                                                      settings.session_idle_s)
+                except HTTPException:
+                    return
+                scoped_at = time.monotonic()
+            if text is None:
+                yield ": keepalive\n\n"
+            elif allowed is None or _box_of(text) in allowed:
+                yield sse("update", text)
 
-    return StreamingResponse(
-        events(), media_type="text/event-stream",
-        headers={"cache-control": "no-store", "x-accel-buffering": "no"})
+    return _HeldStream(events(), hub, sub)

@@ -109,6 +109,15 @@
         while (cues.children.length > 5) cues.lastChild.remove();
       }
     });
+    es.addEventListener("error", () => {
+      // the browser gives up on a refused stream (too many tabs, a restart): try again later,
+      // or log in again if the session is over
+      if (es.readyState !== EventSource.CLOSED) return;
+      fetch("/api/me", { credentials: "same-origin" }).then((r) => {
+        if (r.status === 401) window.location.assign("/login");
+        else setTimeout(live, 5000);
+      }, () => setTimeout(live, 5000));
+    });
   }
 
   load();
