@@ -30,6 +30,8 @@ DEVICE_MAX_AGE_S = 90 * 86400
 """A browser stays known to an account this long after its last completed login (its cookie too)."""
 DEVICE_TOKENS_MAX = 4
 """Accounts one browser can be known to (one token each in its device cookie)."""
+DEVICES_PER_USER_MAX = 20
+"""Browsers one account can be known from (the ones with the latest logins are kept)."""
 PUBLIC_PATHS = frozenset({"/login", "/healthz", "/metrics"})
 """Served without a session (``/metrics`` checks its own bearer token, see dashboard.prom)."""
 STAGE_PATHS = {"totp": "/login/totp", "enroll": "/totp/setup"}
@@ -122,7 +124,8 @@ def clear_cookie(response: Response, name: str, secure: bool) -> None:
 
 def tokens_match(a: str | None, b: str | None) -> bool:
     """Constant-time comparison of two non-empty tokens."""
-    return bool(a) and bool(b) and hmac.compare_digest(str(a), str(b))
+    # as bytes: compare_digest refuses str with characters outside ASCII (a hostile form field)
+    return bool(a) and bool(b) and hmac.compare_digest(str(a).encode(), str(b).encode())
 
 
 # ------------------------------------------------------------------------------ users
@@ -302,6 +305,11 @@ def remember_device(db: sqlite_utils.Database, username: str, cookie: str | None
             token = secrets.token_urlsafe(32)
             db.conn.execute("INSERT INTO known_devices (token_hash, username, last_login_ts) "
                             "VALUES (?, ?, ?)", (_token_hash(token), username, now))
+            # logins without the cookie (private windows, a script) must not grow the table
+            db.conn.execute("DELETE FROM known_devices WHERE username = ? AND token_hash NOT IN "
+                            "(SELECT token_hash FROM known_devices WHERE username = ? "
+                            "ORDER BY last_login_ts DESC LIMIT ?)",
+                            (username, username, DEVICES_PER_USER_MAX))
     others = [t for t in device_tokens(cookie) if t != token]
     return ".".join([token, *others][:DEVICE_TOKENS_MAX])
 

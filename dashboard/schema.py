@@ -115,18 +115,24 @@ def _m2_campaign_life_and_alerts(db: sqlite_utils.Database) -> None:
 
 
 def _m3_known_devices(db: sqlite_utils.Database) -> None:
-    """Browsers that completed a login (the account-wide login throttle spares them); failed
-    one-time codes told from failed passwords."""
-    _add_column(db, "login_attempts", "kind", "TEXT NOT NULL DEFAULT 'password'")
+    """Browsers that completed a login: the account-wide login throttle spares them."""
     db.conn.executescript("""
     CREATE TABLE IF NOT EXISTS known_devices (
-        token_hash TEXT PRIMARY KEY, username TEXT NOT NULL, last_login_ts REAL NOT NULL);
+        token_hash TEXT PRIMARY KEY, username TEXT NOT NULL, created_ts REAL NOT NULL);
     CREATE INDEX IF NOT EXISTS login_attempts_user ON login_attempts(username, ts);
     """)
 
 
+def _m4_code_attempts_and_device_renewal(db: sqlite_utils.Database) -> None:
+    """Failed one-time codes told from failed passwords; a known browser dated by its last login."""
+    _add_column(db, "login_attempts", "kind", "TEXT NOT NULL DEFAULT 'password'")
+    cols = {r[1] for r in db.conn.execute("PRAGMA table_info(known_devices)").fetchall()}
+    if "last_login_ts" not in cols:
+        db.conn.execute("ALTER TABLE known_devices RENAME COLUMN created_ts TO last_login_ts")
+
+
 MIGRATIONS: list[Migration] = [_m1_inventory_roles_audit, _m2_campaign_life_and_alerts,
-                               _m3_known_devices]
+                               _m3_known_devices, _m4_code_attempts_and_device_renewal]
 """Ordered migrations; migration ``i`` (1-based) brings the schema to version ``i``."""
 
 

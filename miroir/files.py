@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 
@@ -14,8 +15,9 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str, mode: int | No
     """Replace ``path`` with ``data`` atomically: readers see the old file or the new one, never a
     part of it.
 
-    The data goes to ``.NAME.tmp`` in the same folder first (one writer per file; a temporary
-    left by a crash is replaced by the next write), then is renamed over ``path``.
+    The data goes to ``.NAME.tmp`` in the same folder first (a temporary left by a crash is
+    replaced by the next write), then is renamed over ``path``. The folder is locked meanwhile
+    (``flock``), so writers in other threads or processes take turns.
 
     Args:
         path: the file to replace (its folder must exist).
@@ -29,18 +31,23 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str, mode: int | No
     path = Path(path)
     raw = data.encode() if isinstance(data, str) else data
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                 0o666 if mode is None else mode)
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            if mode is not None:
-                os.fchmod(fh.fileno(), mode)  # the umask would have cleared some of its bits
-            fh.write(raw)
-            if sync:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        fcntl.flock(folder, fcntl.LOCK_EX)  # released when the descriptor closes
         tmp.unlink(missing_ok=True)
-        raise
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                     0o666 if mode is None else mode)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                if mode is not None:
+                    os.fchmod(fh.fileno(), mode)  # the umask would have cleared some of its bits
+                fh.write(raw)
+                if sync:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    finally:
+        os.close(folder)

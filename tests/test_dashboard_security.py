@@ -221,7 +221,13 @@ def test_a_stranger_cannot_lock_a_supervisor_out(tmp_path: Path) -> None:
         assert log_in(forged) == 429
     with client(settings, cookies={cookie: device}) as known:
         assert log_in(known, "sup-b") == 429  # a mark counts for its own account only
+        assert log_in(known, "amína") == 401  # a name outside ASCII is a wrong login, not a 500
         assert log_in(known) == 303  # the browser that logged in before still gets in
+    # logins without the cookie (a private window, a script) do not grow the table without end
+    for _ in range(auth.DEVICES_PER_USER_MAX + 5):
+        auth.remember_device(db, "amina", None)
+    rows = db.conn.execute("SELECT count(*) FROM known_devices WHERE username = 'amina'").fetchone()
+    assert rows[0] == auth.DEVICES_PER_USER_MAX
     # a mark lasts 90 days from the browser's last login to the account, not its first
     t0 = time.time()
     assert auth.known_device(db, "bilal", device, now=t0 + 91 * 86400) is None
@@ -237,6 +243,27 @@ def test_a_stranger_cannot_lock_a_supervisor_out(tmp_path: Path) -> None:
         r = c.post("/login/totp", data={"code": totp.hotp(secret, totp.step_of(time.time())),
                                         "csrf": csrf_of(c.get("/login/totp").text)})
         assert r.status_code == 429
+    db.conn.close()
+
+
+def test_a_dashboard_that_ran_migration_3_gets_migration_4(tmp_path: Path) -> None:
+    """A database at version 3 (known browsers dated by their first login, no attempt kinds)
+    is brought to version 4 and keeps its known browsers."""
+    db = store.open_db(tmp_path / "v3.db")
+    assert schema.ensure_schema(db, schema.MIGRATIONS[:3]) == 3
+    token = "t" * 43
+    with db.conn:
+        db.conn.execute("INSERT INTO known_devices (token_hash, username, created_ts) VALUES (?, ?, ?)",
+                        (auth._token_hash(token), "chef", time.time()))
+        db.conn.execute("INSERT INTO login_attempts (ts, username, addr, ok) VALUES (?, ?, ?, 0)",
+                        (time.time(), "chef", "198.51.100.1"))
+    assert schema.ensure_schema(db) == len(schema.MIGRATIONS) == 4
+    assert auth.known_device(db, "chef", token) == token
+    assert db.conn.execute("SELECT kind FROM login_attempts").fetchone()[0] == "password"
+    auth.record_login_attempt(db, "chef", "198.51.100.1", False, kind="code")
+    assert not auth.codes_throttled(db, "chef", window_s=900, max_codes=2)
+    auth.record_login_attempt(db, "chef", "198.51.100.2", False, kind="code")
+    assert auth.codes_throttled(db, "chef", window_s=900, max_codes=2)
     db.conn.close()
 
 

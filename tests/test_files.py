@@ -35,3 +35,27 @@ def test_a_crash_leftover_is_replaced_and_a_failure_leaves_the_old_file(tmp_path
     with pytest.raises(OSError):
         atomic_write(target, "newer")
     assert target.read_text() == "new"
+
+
+def test_writers_in_several_threads_take_turns(tmp_path: Path) -> None:
+    """Two provisioning runs on one site write the same inventory: every write lands whole."""
+    import threading
+
+    target = tmp_path / "inventory.json"
+    errors: list[BaseException] = []
+
+    def write(who: str) -> None:
+        for i in range(40):
+            try:
+                atomic_write(target, f"{who} {i} " + "x" * 4000, mode=0o644)
+            except BaseException as exc:  # any failure is the finding
+                errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in ("a", "b", "c")]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    who, i, filler = target.read_text().split(" ")
+    assert who in "abc" and int(i) == 39 and filler == "x" * 4000
