@@ -364,17 +364,17 @@ class Conversation:
         self._overlaps: deque[Overlap] = deque()
         self._open_overlap: Overlap | None = None
         self._responses: deque[Response] = deque()
-        self._untaken_s: list[float] = []
+        self._untaken: list[Response] = []
         self._call: _Call | None = None
         self._out: list[Event] = []
         self.last_call: CallSummary | None = None
         """Summary of the last call that ended."""
         self.history: History | None = History() if self.config.keep_history else None
 
-    def take_agent_latencies_s(self) -> list[float]:
-        """The agent's response latencies recorded since the last take, seconds, in order (the
-        fatigue stage reads each answer once, however many fall in one metrics window)."""
-        out, self._untaken_s = self._untaken_s, []
+    def take_responses(self) -> list[Response]:
+        """The answers of either side recorded since the last take, in order (the fatigue and cue
+        stages read each once, however many fall in one metrics window)."""
+        out, self._untaken = self._untaken, []
         return out
 
     # ------------------------------------------------------------------------------ inputs
@@ -610,8 +610,7 @@ class Conversation:
         r = Response(ch, t, t - other_end)
         self._responses.append(r)
         call.latencies_s[ch].append(r.latency_s)
-        if ch == AGENT:
-            self._untaken_s.append(r.latency_s)
+        self._untaken.append(r)
         if self.history is not None:
             self.history.responses.append(r)
 

@@ -169,7 +169,7 @@ class Fatigue:
             window: the agent's prosody over the last prosody window (None if unavailable).
             dt_s: length of the metrics window, seconds.
             latencies_s: the agent's response latencies of this window, seconds (each answer
-                once: :meth:`edge.conversation.Conversation.take_agent_latencies_s`).
+                once: :meth:`edge.conversation.Conversation.take_responses`).
 
         Returns:
             The updated :class:`FatigueState`.

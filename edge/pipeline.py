@@ -20,7 +20,7 @@ import numpy as np
 
 from edge.affect import AffectConfig, AffectStage
 from edge.campaign import CampaignConfig
-from edge.conversation import Conversation, ConversationConfig, MetricsWindow
+from edge.conversation import AGENT, PROSPECT, Conversation, ConversationConfig, MetricsWindow
 from edge.farend import FarEnd
 from edge.fatigue import Fatigue, FatigueBaseline
 from edge.frames import FRAME_S, FRAME_SAMPLES, RATE_HZ, Framer
@@ -539,9 +539,9 @@ class Pipeline:
         """Fatigue fields (added to ``body``) and the cues of this metrics window."""
         out: list[Message] = []
         window_s = float(body["window_s"])
-        latencies_s = self.conversation.take_agent_latencies_s()  # taken even with no fatigue stage
+        answers = self.conversation.take_responses()
         if self.fatigue is not None:
-            state = self.fatigue(long, window_s, latencies_s)
+            state = self.fatigue(long, window_s, [r.latency_s for r in answers if r.channel == AGENT])
             body.update(state.fields())
             if state.break_suggested != self._break:
                 self._break = state.break_suggested
@@ -553,7 +553,8 @@ class Pipeline:
         slow = short if self.slow_window_s == self.rate_window_s else self._rate_window(self.slow_window_s)
         tick = Tick(t_s=now_s, metrics=body, short=short, slow=slow, long=long,
                     near_flat_s=self._near_flat_s, voice_t0_s=self._stages_t0_s,
-                    far_filled_pauses_s=far_long.filled_pauses_s if far_long is not None else ())
+                    far_filled_pauses_s=far_long.filled_pauses_s if far_long is not None else (),
+                    far_answers=tuple((r.t_s, r.latency_s) for r in answers if r.channel == PROSPECT))
         out += [Message("event", e) for e in self.signals(tick)]
         return out
 

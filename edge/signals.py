@@ -93,6 +93,10 @@ class Tick:
     far_filled_pauses_s: tuple[tuple[float, float], ...] = ()
     """The prospect's filled pauses over the prosody window, (start, end) in the windows' own time
     (:attr:`edge.prosody.ProsodyWindow.filled_pauses_s`)."""
+    far_answers: tuple[tuple[float, float], ...] = ()
+    """The prospect's answers since the last window, each once: (start, latency), audio seconds
+    (:meth:`edge.conversation.Conversation.take_responses`; an answer split by a pause starts
+    with its first words)."""
 
 
 @dataclass
@@ -238,8 +242,6 @@ class Signals:
     def _new_call(self) -> None:
         """Forget the evidence gathered in the previous call (at a call's start and end); the
         cooldowns and the budget carry over, so a new call does not bring the same cue straight back."""
-        self._prospect_responses = 0
-        """Prospect answers of the call already read (``responses_prospect``)."""
         self._timers: dict[str, _Timer] = {c: _Timer() for c in CUES}
         self._open_overlap_s: float | None = None
         self._talk_over_until = -math.inf
@@ -250,9 +252,8 @@ class Signals:
         keep = max(1, self.campaign.prospect_hesitating.responses)
         self._answers: deque[_Answer] = deque(maxlen=keep)
         """The prospect's last answers in the call."""
-        self._far_turn_s = self._near_start_s = -math.inf
-        """Where the prospect's current turn began (its first speech since the agent last spoke:
-        an answer split by a pause is one answer) and the agent's last speech start, audio s."""
+        self._near_start_s = -math.inf
+        """The agent's last speech start, audio s."""
 
     def close(self, t_s: float) -> list[dict[str, Any]]:
         """End every open cue now (before private mode); return their ``cue_off`` bodies."""
@@ -301,8 +302,6 @@ class Signals:
             self._speaking[ch] = True
             if ch == "near":
                 self._near_start_s = t
-            elif (near_end := self._last_end["near"]) is not None and self._far_turn_s < near_end:
-                self._far_turn_s = t
         elif name == "speech_end" and ch in self._speaking:
             self._speaking[ch] = False
             self._last_end[ch] = t
@@ -369,6 +368,8 @@ class Signals:
         self._far_silent_s = self._far_silent_s + dt if far_quiet else 0.0
         self._far_tone_s = self._far_tone_s + dt if m.get("far_kind") in FAR_TONE_KINDS else 0.0
         out: list[dict[str, Any]] = []
+        # every answer counts, also one given while cues are held back (the agent muted)
+        self._answers.extend(_Answer(latency_s, start_s) for start_s, latency_s in tick.far_answers)
         why = self._why = self.suppressed(tick)
         if why not in ("", "budget"):
             self._live_since_s = math.inf
@@ -551,13 +552,7 @@ class Signals:
             out["slow_response"] = (round(gap, 2), sr.on_s, on, not on, 0.0, 0.0, "medium")
         # the prospect hesitating: answers after a long silence, or holding a filled pause
         ph = c.prospect_hesitating
-        lat = m.get("latency_prospect_ms_last")
-        answers = m.get("responses_prospect")  # absent out of a call or while a side has no signal
         if ph.enabled:
-            if answers is not None:
-                if lat is not None and answers != self._prospect_responses:
-                    self._answers.append(_Answer(float(lat) / 1000.0, self._far_turn_s))
-                self._prospect_responses = int(answers)
             if ph.filled_pauses and self._answers:
                 # the latest answer lasts until the agent speaks again
                 last = self._answers[-1]

@@ -52,7 +52,7 @@ def test_every_answer_counts_once_in_the_latency_drift():
             state[ch] = change == "start"
         conv(start, frame_s, state["near"], state["far"], transitions)
         if int(end) != int(start):  # a metrics window ends each second
-            taken.append(conv.take_agent_latencies_s())
+            taken.append([r.latency_s for r in conv.take_responses() if r.channel == "near"])
     assert [[round(x, 3) for x in w] for w in taken] == [[], [], [0.05, 0.4], []]
     assert conv.metrics()["responses_agent"] == 2
 

@@ -176,10 +176,12 @@ def test_each_call_starts_clean():
     sig = Signals()
     out = []
     sig.event({"name": "call_start", "channel": "far", "t_audio_s": 0.0}, 0.0)
-    # the third answer's latency equals the second's: still an answer (the count tells)
-    for n, (t, lat) in enumerate(((10, 1000.0), (20, 2500.0), (30, 2500.0)), 1):
+    # each answer is handed over once (the third's latency equals the second's: still an answer)
+    for t, lat_s in ((10, 1.0), (20, 2.5), (30, 2.5)):
         for k in range(t - 9, t + 1):
-            out += sig(_tick(float(k), latency_prospect_ms_last=lat, responses_prospect=n))
+            tick = _tick(float(k))
+            tick.far_answers = ((k - 0.5, lat_s),) if k == t - 9 else ()
+            out += sig(tick)
     assert ("cue_on", "prospect_hesitating") in [(e["name"], e["cue"]) for e in out]
     end = {"name": "call_end", "channel": "far", "t_audio_s": 31.0}
     assert [(e["name"], e["cue"]) for e in sig.event(end, 31.0)] == [("cue_off", "prospect_hesitating")]
@@ -187,8 +189,10 @@ def test_each_call_starts_clean():
     for k in range(32, 150):
         assert sig(_tick(float(k), in_call=False)) == []
     sig.event({"name": "call_start", "channel": "far", "t_audio_s": 150.0}, 150.0)
-    for k in range(150, 160):  # the metrics still carry the last call's latency: not an answer
-        assert sig(_tick(float(k), latency_prospect_ms_last=2500.0, responses_prospect=0)) == []
+    for k in range(150, 160):  # one slow answer: the last call's two are forgotten
+        tick = _tick(float(k))
+        tick.far_answers = ((150.5, 2.5),) if k == 151 else ()
+        assert sig(tick) == []
 
 
 def test_a_long_monologue_escalates_once_and_ends_once():
@@ -303,10 +307,11 @@ def test_a_filled_pause_makes_an_answer_hesitant_only_inside_it():
     def ev(name: str, ch: str, t: float) -> None:
         sig.event({"name": name, "channel": ch, "t_audio_s": t}, t)
 
-    def tick(t: float, answers: int, agent: bool, fillers: list[tuple[float, float]]) -> list[dict]:
-        out = _tick(t, latency_prospect_ms_last=400.0, responses_prospect=answers, near_talking=agent,
-                    near_speech_ratio=1.0 if agent else 0.0)
+    def tick(t: float, agent: bool, fillers: list[tuple[float, float]],
+             answer_s: float | None = None) -> list[dict]:
+        out = _tick(t, near_talking=agent, near_speech_ratio=1.0 if agent else 0.0)
         out.far_filled_pauses_s = tuple(f for f in fillers if f[1] <= t - 1.0)  # confirmed 1 s on
+        out.far_answers = ((answer_s, 0.4),) if answer_s is not None else ()  # handed over once
         return sig(out)
 
     def run(fillers: list[tuple[float, float]]) -> list[dict]:
@@ -314,15 +319,15 @@ def test_a_filled_pause_makes_an_answer_hesitant_only_inside_it():
         sig = Signals()
         ev("call_start", "far", 0.0)
         raised = []
-        for n, start in enumerate((10.0, 20.0, 30.0), 1):
+        for start in (10.0, 20.0, 30.0):
             ev("speech_start", "near", start - 3.0)  # the agent asks...
-            raised += tick(start - 2.0, n - 1, True, fillers) + tick(start - 1.0, n - 1, True, fillers)
+            raised += tick(start - 2.0, True, fillers) + tick(start - 1.0, True, fillers)
             ev("speech_end", "near", start - 0.4)
             ev("speech_start", "far", start)  # ...the prospect answers in two segments
             ev("speech_end", "far", start + 0.6)
             ev("speech_start", "far", start + 0.8)
-            for k in range(1, 6):
-                raised += tick(start + k, n, False, fillers)
+            for k in range(1, 6):  # the answer starts with its first words
+                raised += tick(start + k, False, fillers, start if k == 1 else None)
             ev("speech_end", "far", start + 5.5)
         return [e for e in raised if e["cue"] == "prospect_hesitating" and e["name"] == "cue_on"]
 
@@ -350,8 +355,10 @@ def test_the_evidence_meets_the_threshold_that_raised_the_cue():
         tick.short = tick.slow = RateWindow(0.8, 20, 8.6, 8.6, 1)
         raised += sig(tick)
     sig.event({"name": "call_start", "channel": "far", "t_audio_s": 5.0}, 5.0)
-    for n, lat in enumerate((300.0, 1600.0, 1900.0, 400.0), 1):
-        raised += sig(_tick(5.0 + n, latency_prospect_ms_last=lat, responses_prospect=n))
+    for n, lat_s in enumerate((0.3, 1.6, 1.9, 0.4), 1):
+        tick = _tick(5.0 + n)
+        tick.far_answers = ((4.5 + n, lat_s),)
+        raised += sig(tick)
     on = {e["cue"]: (e["evidence_value"], e["evidence_threshold"]) for e in raised if e["name"] == "cue_on"}
     assert on["too_fast"] == (round(8.6 / 7.0, 3), round(8.5 / 7.0, 3))
     assert on["prospect_hesitating"] == (2, 2)
@@ -375,3 +382,14 @@ def test_a_capture_glitch_keeps_the_cue_cooldowns():
             events += pipe.signals(_tick(float(k), monologue_s_current=float(k - 14)))
         raised[glitch] = [e["t_audio_s"] for e in events if e["name"] == "cue_on"]
     assert raised[True] == raised[False] == [30.0]
+
+
+def test_two_answers_in_one_metrics_window_both_count():
+    """With 5 s metrics windows, two slow answers can fall in one: both count (the stage read only
+    the window's last latency before), and two of three raise 'prospect hesitating'."""
+    sig = Signals()
+    sig.event({"name": "call_start", "channel": "far", "t_audio_s": 0.0}, 0.0)
+    tick = _tick(5.0, window_s=5.0)
+    tick.far_answers = ((1.0, 1.6), (4.5, 1.7))
+    on = [e for e in sig(tick) if e["name"] == "cue_on" and e["cue"] == "prospect_hesitating"]
+    assert len(on) == 1 and on[0]["evidence_value"] == 2
