@@ -236,6 +236,8 @@ class Signals:
         self._why = "idle"
         self._live_since_s = math.inf
         """Start of the current stretch in which cues may be raised (no hold, mute, idle)."""
+        self._answers_from_s = -math.inf
+        """Answers that started before this belong to no call or to an earlier one (audio s)."""
         self._new_call()
         self._reset_summary()
 
@@ -316,10 +318,12 @@ class Signals:
             self._talking_over(self.campaign.talking_over.min_overlap_s)
         elif name == "call_start":
             self._in_call = True
+            self._answers_from_s = t
             self._new_call()
             self._reset_summary(t)
         elif name == "call_end":
             self._in_call = False
+            self._answers_from_s = math.inf  # (an ended call's answers are handed over late)
             out += self.close(t_s)
             body.update(self.summary(t))  # a call's end is known late: what came after is not its
             self._new_call()
@@ -368,8 +372,10 @@ class Signals:
         self._far_silent_s = self._far_silent_s + dt if far_quiet else 0.0
         self._far_tone_s = self._far_tone_s + dt if m.get("far_kind") in FAR_TONE_KINDS else 0.0
         out: list[dict[str, Any]] = []
-        # every answer counts, also one given while cues are held back (the agent muted)
-        self._answers.extend(_Answer(latency_s, start_s) for start_s, latency_s in tick.far_answers)
+        # every answer of this call counts, also one given while cues are held back (the agent
+        # muted); answers come at the window's end, after a call end and start in the window
+        self._answers.extend(_Answer(latency_s, start_s) for start_s, latency_s in tick.far_answers
+                             if start_s >= self._answers_from_s)
         why = self._why = self.suppressed(tick)
         if why not in ("", "budget"):
             self._live_since_s = math.inf

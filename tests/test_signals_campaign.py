@@ -393,3 +393,21 @@ def test_two_answers_in_one_metrics_window_both_count():
     tick.far_answers = ((1.0, 1.6), (4.5, 1.7))
     on = [e for e in sig(tick) if e["name"] == "cue_on" and e["cue"] == "prospect_hesitating"]
     assert len(on) == 1 and on[0]["evidence_value"] == 2
+
+
+def test_an_answer_of_the_call_that_just_ended_does_not_count_in_the_next():
+    """Answers come at the window's end: a call that ended and a new one that began inside the
+    window do not share them (one slow answer of each call is no hesitating prospect)."""
+    sig = Signals()
+    sig.event({"name": "call_start", "channel": "far", "t_audio_s": 0.0}, 0.0)
+    sig.event({"name": "call_end", "channel": "far", "t_audio_s": 5.09}, 5.09)
+    sig.event({"name": "call_start", "channel": "far", "t_audio_s": 5.09}, 5.09)
+    tick = _tick(6.0)
+    tick.far_answers = ((4.8, 2.0),)  # the last answer of the call that ended
+    assert sig(tick) == []
+    tick = _tick(14.0)
+    tick.far_answers = ((12.96, 2.0),)  # the new call's first slow answer
+    assert sig(tick) == []
+    tick = _tick(20.0)
+    tick.far_answers = ((18.5, 2.0),)  # its second: now two of the call's answers are slow
+    assert [(e["name"], e["cue"]) for e in sig(tick)] == [("cue_on", "prospect_hesitating")]
