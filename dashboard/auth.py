@@ -105,16 +105,12 @@ def device_cookie_name(secure: bool) -> str:
     return "__Host-miroir-device" if secure else "miroir-device"
 
 
-def set_cookie(response: Response, name: str, value: str, secure: bool) -> None:
-    """Set a session-lifetime cookie: HttpOnly, SameSite=Strict, Path=/, Secure if asked."""
-    response.set_cookie(name, value, path="/", secure=secure, httponly=True, samesite="strict")
-
-
-def set_device_cookie(response: Response, value: str, secure: bool) -> None:
-    """Set the device cookie of :func:`remember_device`: like :func:`set_cookie`, but it outlives
-    the browser session (:data:`DEVICE_MAX_AGE_S`)."""
-    response.set_cookie(device_cookie_name(secure), value, max_age=int(DEVICE_MAX_AGE_S), path="/",
-                        secure=secure, httponly=True, samesite="strict")
+def set_cookie(response: Response, name: str, value: str, secure: bool,
+               max_age_s: int | None = None) -> None:
+    """Set a cookie: HttpOnly, SameSite=Strict, Path=/, Secure if asked; for the browser session,
+    or for ``max_age_s`` seconds (the device cookie of :func:`remember_device`)."""
+    response.set_cookie(name, value, max_age=max_age_s, path="/", secure=secure, httponly=True,
+                        samesite="strict")
 
 
 def clear_cookie(response: Response, name: str, secure: bool) -> None:

@@ -47,7 +47,8 @@ def _start(response: Response, request: Request, db: Db, settings: Settings, use
     auth.clear_cookie(response, auth.csrf_cookie_name(secure), secure)
     if stage == "ok":  # a completed login: this browser is known to the account (again)
         device = request.cookies.get(auth.device_cookie_name(secure))
-        auth.set_device_cookie(response, auth.remember_device(db, username, device), secure)
+        auth.set_cookie(response, auth.device_cookie_name(secure),
+                        auth.remember_device(db, username, device), secure, int(auth.DEVICE_MAX_AGE_S))
     return response
 
 
