@@ -254,8 +254,9 @@ class Signals:
         keep = max(1, self.campaign.prospect_hesitating.responses)
         self._answers: deque[_Answer] = deque(maxlen=keep)
         """The prospect's last answers in the call."""
-        self._near_start_s = -math.inf
-        """The agent's last speech start, audio s."""
+        self._near_starts: deque[float] = deque(maxlen=8)
+        """The agent's last speech starts while the prospect was silent, audio s (an answer ends
+        at the first after it)."""
 
     def close(self, t_s: float) -> list[dict[str, Any]]:
         """End every open cue now (before private mode); return their ``cue_off`` bodies."""
@@ -302,8 +303,8 @@ class Signals:
         out: list[dict[str, Any]] = []
         if name == "speech_start" and ch in self._speaking:
             self._speaking[ch] = True
-            if ch == "near":
-                self._near_start_s = t
+            if ch == "near" and not self._speaking["far"]:  # not a "mm-hm" over the prospect
+                self._near_starts.append(t)
         elif name == "speech_end" and ch in self._speaking:
             self._speaking[ch] = False
             self._last_end[ch] = t
@@ -559,13 +560,15 @@ class Signals:
         # the prospect hesitating: answers after a long silence, or holding a filled pause
         ph = c.prospect_hesitating
         if ph.enabled:
-            if ph.filled_pauses and self._answers:
-                # the latest answer lasts until the agent speaks again
-                last = self._answers[-1]
-                until = self._near_start_s if self._near_start_s > last.start_s else math.inf
-                # (one confirmed after the next answer began is not counted)
-                last.filled_pause |= any(last.start_s - 0.1 <= tick.voice_t0_s + a < until
-                                         for a, _ in tick.far_filled_pauses_s)
+            if ph.filled_pauses and tick.far_filled_pauses_s:
+                # an answer lasts until the agent speaks again or the next answer begins; every
+                # answer is checked (two may come in one window, a filler is confirmed late)
+                answers = list(self._answers)
+                for x, nxt in zip(answers, [*answers[1:], None], strict=True):
+                    until = min([s for s in self._near_starts if s > x.start_s]
+                                + [nxt.start_s if nxt else math.inf])
+                    x.filled_pause |= any(x.start_s - 0.1 <= tick.voice_t0_s + a < until
+                                          for a, _ in tick.far_filled_pauses_s)
             # the evidence: how many of the recent answers were hesitant
             n = sum(1 for x in self._answers if x.latency_s >= ph.latency_on_s or x.filled_pause)
             on = n >= ph.count

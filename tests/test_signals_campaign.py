@@ -395,6 +395,31 @@ def test_two_answers_in_one_metrics_window_both_count():
     assert len(on) == 1 and on[0]["evidence_value"] == 2
 
 
+def test_every_answer_of_a_window_is_checked_for_filled_pauses():
+    """Two quick answers in one 5 s window, each holding a filler: both are hesitant (only the
+    window's last answer was checked before). A filler in the agent's turn between them, or in the
+    first answer's stretch but outside the second, is told apart by each answer's own extent."""
+    def run(fillers: tuple[tuple[float, float], ...], mm_hm_s: float | None = None) -> list[dict]:
+        sig = Signals()
+        for name, ch, t in (("call_start", "far", 0.0), ("speech_start", "near", 2.0),  # between them
+                            ("speech_end", "near", 2.6), ("speech_start", "far", 3.0)):
+            sig.event({"name": name, "channel": ch, "t_audio_s": t}, t)
+        if mm_hm_s is not None:
+            sig.event({"name": "speech_start", "channel": "near", "t_audio_s": mm_hm_s}, mm_hm_s)
+        tick = _tick(5.0, window_s=5.0, near_talking=False)
+        tick.far_answers = ((1.0, 0.4), (3.0, 0.4))  # quick: only a filler makes them hesitant
+        tick.far_filled_pauses_s = fillers
+        return [e for e in sig(tick) if e["name"] == "cue_on" and e["cue"] == "prospect_hesitating"]
+
+    (on,) = run(((1.2, 1.6), (3.1, 3.5)))
+    assert on["evidence_value"] == 2
+    assert run(((2.2, 2.6), (3.1, 3.5))) == []  # the first: over the agent's turn, no answer's
+    assert run(((1.2, 1.6),)) == []  # one hesitant answer of two
+    # the agent's "mm-hm" over the second answer's words does not end it: its filler counts
+    (on,) = run(((1.2, 1.6), (3.8, 4.2)), mm_hm_s=3.3)
+    assert on["evidence_value"] == 2
+
+
 def test_an_answer_of_the_call_that_just_ended_does_not_count_in_the_next():
     """Answers come at the window's end: a call that ended and a new one that began inside the
     window do not share them (one slow answer of each call is no hesitating prospect)."""
