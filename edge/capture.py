@@ -190,13 +190,19 @@ class CaptureConfig:
             raise CaptureError("max_seconds must be > 0")
 
 
+ADC_SLACK_S = 1.0
+"""Silence put back for a driver overflow may exceed the wall time since the last block by this
+much (PortAudio's capture times are exact where a late callback shortened that wall time); a
+capture clock that jumps further is not believed."""
+
+
 class _Input:
     """One open PortAudio input stream and its bounded queue; the callback is the only writer.
 
     A block the full queue cannot take is dropped and counted; the next block that gets in carries
-    how many frames were lost before it (at most the wall-clock time since the last block got in),
-    and the reader puts that much silence back in its place, so the audio clock and the two
-    channels of two mono devices stay aligned.
+    how many frames were lost before it (the dropped blocks and the driver's own losses, at most the
+    wall-clock time since the last block got in), and the reader puts that much silence back in
+    its place, so the audio clock and the two channels of two mono devices stay aligned.
     """
 
     def __init__(self, owner: CaptureSource, info: dict[str, Any], channels: int, rate_hz: int,
@@ -210,11 +216,13 @@ class _Input:
         self.queue: queue.Queue[tuple[int, bytes]] = queue.Queue(maxsize=owner.config.queue_blocks)
         """(frames lost just before, raw PCM16 bytes) per callback."""
         self._lost_frames = 0
-        self._put_t = time.monotonic()
+        self._put_t = self._called_t = time.monotonic()
         self._next_adc_s: float | None = None
         """Capture time of the sample after the last block (PortAudio's ADC clock), if it gives one."""
         self._overflow_lost = False
         self.remaining = max_frames
+        self.delivered = False
+        """The reader has taken audio from this stream since it opened."""
         self.done = False
         self.last_data = time.monotonic()
         self.stream: Any = None
@@ -236,13 +244,15 @@ class _Input:
             self.owner.input_overflows += 1
             # the driver lost frames before this block (silence in their place keeps the audio
             # clock and two mono devices aligned): from the capture times PortAudio gives, else as
-            # many as the wall time since the last block exceeds this block's length
+            # many as the wall time since the last callback (blocks the full queue dropped since
+            # are counted already) exceeds this block's length
             if adc_s and self._next_adc_s is not None:
                 gap = round((adc_s - self._next_adc_s) * self.rate_hz)
             else:
-                gap = int((now - self._put_t) * self.rate_hz) - frame_count
+                gap = round((now - self._called_t) * self.rate_hz) - frame_count
             self._lost_frames += max(0, gap)
             self._overflow_lost = True
+        self._called_t = now
         if adc_s:
             self._next_adc_s = adc_s + frame_count / self.rate_hz
         data = in_data or b""
@@ -253,9 +263,10 @@ class _Input:
             self.remaining -= min(frame_count, self.remaining)
         try:
             # silence for the frames lost before this block, no more than the time since the last
-            # block got in (a file PCM delivers far faster than the wall clock: nothing to restore)
-            lost = self._lost_frames if self._overflow_lost else \
-                min(self._lost_frames, int((now - self._put_t) * self.rate_hz))
+            # block got in (a file PCM delivers far faster than the wall clock: nothing to restore);
+            # capture times may run ahead of it after a late callback, never by an hour
+            slack_s = ADC_SLACK_S if self._overflow_lost else 0.0
+            lost = min(self._lost_frames, round((now - self._put_t + slack_s) * self.rate_hz))
             self.queue.put_nowait((lost, data))
             self._lost_frames = 0
             self._overflow_lost = False
@@ -424,7 +435,8 @@ class CaptureSource:
         A lost device is reported (:attr:`device_ok` false, :attr:`last_error`) and re-opened with
         backoff; meanwhile empty (2, 0) blocks come every ``idle_s`` so the caller's loop runs on.
         A device is back (:attr:`device_ok`, a re-open counted) when it delivers audio, not when it
-        opens: one that opens and stays silent is retried with a growing backoff. Audio already
+        opens (both of two mono devices): one that opens and stays silent is retried with a growing
+        backoff, and the other's audio alone is not yielded. Audio already
         captured when a device is lost is still yielded. The data ends only with ``max_seconds``:
         a real device never ends.
         """
@@ -486,8 +498,10 @@ class CaptureSource:
             for k, inp in enumerate(inputs):
                 chunks = _drain(inp.queue, wait_s=0.05 if k == 0 else 0.0)
                 finished = inp.done and inp.queue.empty() and inp.resampler is not None
-                if chunks and not self._delivered:
-                    self._back()
+                if chunks and not inp.delivered:
+                    inp.delivered = True
+                    if all(i.delivered for i in inputs):
+                        self._back()  # both devices of a pair: one alone is no capture
                 if chunks or finished:
                     inp.last_data = time.monotonic()
                     pending[k] = np.concatenate([pending[k], inp.convert(chunks, last=finished)],
@@ -533,7 +547,11 @@ class CaptureSource:
     def _tail(self, inputs: list[_Input], pending: list[np.ndarray], block: int
               ) -> Iterator[np.ndarray]:
         """What was captured before a loss: the resamplers' last samples and whatever one channel
-        had beyond the other (the missing channel silent), so that nothing captured is lost."""
+        had beyond the other (the missing channel silent), so that nothing captured is lost; none
+        if a device of the pair never delivered (no call is made of one channel and invented
+        silence)."""
+        if not self._delivered:
+            return
         for k, inp in enumerate(inputs):
             if inp.resampler is not None:
                 tail = inp.convert([], last=True)

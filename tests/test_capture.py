@@ -321,15 +321,22 @@ def test_frames_the_driver_lost_become_silence_of_their_length() -> None:
     assert got.shape[1] == 2048 + round(0.3 * RATE_HZ) and src.input_overflows == 2
 
 
-def test_a_device_that_opens_but_never_delivers_is_not_back() -> None:
+@pytest.mark.parametrize("pair", [False, True])
+def test_a_device_that_opens_but_never_delivers_is_not_back(pair: bool) -> None:
     """A wedged USB adapter opens and stays silent: it is not reported back (no re-open counted),
-    the caller's loop still gets empty blocks, and it is retried with a growing backoff."""
+    the caller's loop still gets empty blocks, and it is retried with a growing backoff. Of two
+    mono devices, the one that delivers does not make the pair back, and its audio is no call:
+    nothing is yielded with the wedged channel filled with silence (before, the pair was back at
+    its first block, reopened at once, and made a call of each second of the other channel)."""
     class Stream:
-        def __init__(self) -> None:
+        def __init__(self, callback: Any = None) -> None:
             self.started = self.stopped = False
+            self.callback = callback
 
         def start_stream(self) -> None:
             self.started = True
+            for _ in range(60 if self.callback else 0):  # 3.8 s of voice, as fast as a file
+                self.callback(np.full(1024, 3000, dtype="<i2").tobytes(), 1024, None, 0)
 
         def is_active(self) -> bool:
             return not self.stopped
@@ -345,23 +352,28 @@ def test_a_device_that_opens_but_never_delivers_is_not_back() -> None:
     class Pa(FakePa):
         def open(self, **kw: Any) -> Stream:
             assert kw["start"] is False  # opened first, started together
-            opens.append(time.monotonic())
-            return Stream()
+            if kw["input_device_index"] == 0:
+                opens.append(time.monotonic())
+                return Stream()
+            return Stream(kw["stream_callback"])  # the pair's line device delivers
 
         def terminate(self) -> None:
             pass
 
-    info = {"index": 0, "name": "wedged", "maxInputChannels": 2, "defaultSampleRate": 16000.0}
+    infos = [{"index": 0, "name": "wedged", "maxInputChannels": 1 if pair else 2,
+              "defaultSampleRate": 16000.0},
+             {"index": 1, "name": "line", "maxInputChannels": 1, "defaultSampleRate": 16000.0}]
 
     class Module:
         paInt16 = 8
 
         @staticmethod
         def PyAudio() -> Pa:
-            return Pa([info], (16_000,))
+            return Pa(infos, (16_000,))
 
-    src = CaptureSource(CaptureConfig("wedged", stall_s=0.2, idle_s=0.05, backoff_s=0.05,
-                                      backoff_max_s=0.4), pyaudio_module=Module)
+    src = CaptureSource(CaptureConfig("wedged", far_device="line" if pair else None, stall_s=0.2,
+                                      idle_s=0.05, backoff_s=0.05, backoff_max_s=0.4, queue_blocks=64,
+                                      realtime=False), pyaudio_module=Module)
     blocks = src.blocks()
     try:
         got = [next(blocks) for _ in range(40)]
@@ -371,6 +383,63 @@ def test_a_device_that_opens_but_never_delivers_is_not_back() -> None:
     assert not src.device_ok and src.reopen_count == 0 and len(opens) >= 3
     gaps = np.diff(opens)
     assert gaps[-1] > gaps[0], gaps  # the backoff grows
+
+
+def _fake_clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """``edge.capture``'s monotonic clock, moved by hand: callbacks at chosen times, no sleeping."""
+    import edge.capture
+
+    now = [1000.0]
+    monkeypatch.setattr(edge.capture.time, "monotonic", lambda: now[0])
+    return now
+
+
+def test_a_driver_overflow_while_the_queue_is_full_is_not_counted_twice(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The consumer stalls 10 s: the full queue drops blocks and the driver overflows every second
+    (one block lost each time). What the reader gets back is exactly what the device's clock ran,
+    no more: the dropped blocks were counted once, not again in the overflow's wall-time gap (that
+    made 62 s of audio of 10 s)."""
+    from edge.capture import _PA_INPUT_OVERFLOW, _drain, _Input
+
+    now = _fake_clock(monkeypatch)
+    src = CaptureSource(CaptureConfig("any", queue_blocks=1, block_ms=64.0))
+    inp = _Input(src, {"name": "any", "index": 0}, 1, RATE_HZ, None)
+    block = np.full(1024, 9, dtype="<i2").tobytes()
+    dt = 1024 / RATE_HZ
+    produced = 0
+    for k in range(1, 157):  # 10 s
+        lost = k % 16 == 0  # the driver loses this block and flags the next
+        now[0] += dt
+        produced += 1024
+        if lost:
+            continue
+        inp.callback(block, 1024, None, _PA_INPUT_OVERFLOW if k % 16 == 1 and k > 1 else 0)
+    first = inp.convert(_drain(inp.queue, 0.0))  # the consumer is back...
+    now[0] += dt
+    produced += 1024
+    inp.callback(block, 1024, None, 0)  # ...and the next block gets in, the silence before it
+    got = np.concatenate([first, inp.convert(_drain(inp.queue, 0.0))], axis=1)
+    assert src.input_overflows == 9 and src.overruns > 100
+    assert got.shape[1] == produced, (got.shape[1] / RATE_HZ, produced / RATE_HZ)
+
+
+def test_a_capture_clock_that_jumps_an_hour_adds_no_hour_of_silence(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A driver's capture time jumps an hour at an overflow: the silence put back is capped by the
+    wall time since the last block (plus ``ADC_SLACK_S``), not 57.6 million frames."""
+    from edge.capture import _PA_INPUT_OVERFLOW, ADC_SLACK_S, _drain, _Input
+
+    now = _fake_clock(monkeypatch)
+    src = CaptureSource(CaptureConfig("any", queue_blocks=8, block_ms=64.0))
+    inp = _Input(src, {"name": "any", "index": 0}, 1, RATE_HZ, None)
+    block = np.full(1024, 9, dtype="<i2").tobytes()
+    now[0] += 0.064
+    inp.callback(block, 1024, {"input_buffer_adc_time": 50.0}, 0)
+    now[0] += 0.128
+    inp.callback(block, 1024, {"input_buffer_adc_time": 3650.0}, _PA_INPUT_OVERFLOW)
+    got = inp.convert(_drain(inp.queue, 0.0))
+    assert got.shape[1] <= 2048 + (0.128 + ADC_SLACK_S) * RATE_HZ
 
 
 def test_another_threads_log_line_is_not_diverted_while_portaudio_probes() -> None:
