@@ -170,7 +170,7 @@ class Box:
                 "outbox_depth": self.outbox.depth(), "dropped": self.outbox.dropped,
                 "private": self.private, "call_state": self._shown_call_state,
                 "cmd_refused": self.cmd_refused, "reload_refused": self.reload_refused,
-                **self.source_status()}
+                **getattr(self.pipeline, "input_counts", dict)(), **self.source_status()}
 
     def submit(self, messages: Iterable[_Message]) -> int:
         """Store the pipeline's messages in the outbox (none while private); return how many."""

@@ -326,6 +326,12 @@ class Pipeline:
         self._stages_t0_s = math.ceil(self._received_s / FRAME_S - 1e-9) * FRAME_S
         self._apply_call_state()
 
+    def input_counts(self) -> dict[str, int]:
+        """Bad input since the pipeline began, both channels, for the box's status: 32 ms frames
+        that held NaN or infinity from the driver, and frames that clipped."""
+        return {"nan_frames": int(self.quality.nan_frames.sum()),
+                "clipped_frames": int(self.quality.clipped_frames.sum())}
+
     def interrupt(self) -> list[Message]:
         """The audio stopped (the capture device is gone): end the call now and start every
         per-call stage afresh for the audio that comes back; the shift goes on.

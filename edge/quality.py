@@ -49,6 +49,10 @@ class SignalQuality:
         self.channels = channels
         self.frame_s = frame_s
         self._alpha = min(1.0, frame_s / config.dc_time_s)
+        self.nan_frames = np.zeros(channels, dtype=np.int64)
+        """Frames per channel that held NaN or infinity (a broken driver), since the stage began."""
+        self.clipped_frames = np.zeros(channels, dtype=np.int64)
+        """Frames per channel that clipped, since the stage began (kept across :meth:`reset`)."""
         self.reset()
 
     def reset(self) -> None:
@@ -56,8 +60,6 @@ class SignalQuality:
         self._dc = [0.0] * self.channels
         self._flat_s = [0.0] * self.channels
         self.states = ["ok"] * self.channels
-        self.nan_frames = np.zeros(self.channels, dtype=np.int64)
-        self.clipped_frames = np.zeros(self.channels, dtype=np.int64)
 
     def __call__(self, samples: np.ndarray) -> np.ndarray:
         """Return the repaired (channels, n) samples; :attr:`states` says what each row held.

@@ -116,6 +116,8 @@ ALLOWED_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
         "overruns": (int,),
         "capture_ok": (bool,),
         "capture_reopens": (int,),
+        "nan_frames": (int,),
+        "clipped_frames": (int,),
         "seq_first": (int,),
         "seq_origin": (int,),
         "private": (bool,),

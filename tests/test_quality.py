@@ -97,6 +97,35 @@ def test_nan_from_a_broken_driver(model, speech):
     assert all(np.isfinite(v) for m in metrics for v in m.values() if isinstance(v, float))
 
 
+def test_the_box_status_counts_bad_input_over_the_shift(model, speech, tmp_path):
+    """The window flags say where bad input fell; the box's status counts it over the shift: the
+    driver's NaN frames and the clipped ones, also across a lost headset (a call end resets the
+    stages, not the counts), within the wire contract."""
+    from edge.box import Box
+    from edge.settings import EdgeSettings
+
+    far = speech.copy()
+    far[int(16000 * 5.3): int(16000 * 5.5)] = np.nan  # 200 ms: 6 or 7 frames of 32 ms
+    near = speech.copy()
+    near[int(16000 * 12.0): int(16000 * 12.5)] = 1.0  # 500 ms stuck at full scale
+    audio = np.stack([near, far]).astype(np.float32)
+    box = Box(EdgeSettings(site="site-a", box="box-a", broker_port=9, state_dir=tmp_path), model,
+              version="test")
+    status = {"capture_ok": True}
+    box.source_status = lambda: dict(status)
+    for i in range(0, 10 * 16000, 1024):
+        box.step(audio[:, i:i + 1024])
+    status["capture_ok"] = False  # a lost headset: the pipeline's stages start again
+    box.step(np.zeros((2, 0), dtype=np.float32))
+    status["capture_ok"] = True
+    for i in range(10 * 16000, audio.shape[1], 1024):
+        box.step(audio[:, i:i + 1024])
+    fields = box.status_fields()
+    assert 6 <= fields["nan_frames"] <= 8 and 15 <= fields["clipped_frames"] <= 17, fields
+    wire.status_message("site-a", "box-a", "online", 1.0, version="test", **fields)
+    box.outbox.close()
+
+
 def test_clipping_and_dc_are_flagged_and_dc_does_not_change_speech(model, speech):
     clean = run(model, speech, speech)
     hot = run(model, np.clip(speech * 200, -1, 1), speech + 0.2)
