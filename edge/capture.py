@@ -352,7 +352,10 @@ class CaptureSource:
         self.close()
         module = self._pyaudio_module or import_pyaudio()
         self._pyaudio_module = module
-        self._pa = open_pyaudio(module)
+        try:
+            self._pa = open_pyaudio(module)
+        except OSError as exc:  # PortAudio could not start (ALSA misconfigured, no /dev/snd)
+            raise CaptureError(f"PortAudio failed to start: {exc}") from None
         try:
             cfg = self.config
             max_s = cfg.max_seconds

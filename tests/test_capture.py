@@ -385,6 +385,29 @@ def test_a_device_that_opens_but_never_delivers_is_not_back(pair: bool) -> None:
     assert gaps[-1] > gaps[0], gaps  # the backoff grows
 
 
+def test_portaudio_that_fails_to_start_is_a_lost_device_not_a_crash() -> None:
+    """PortAudio's own start fails (``PyAudio()`` raises OSError): the source reports it and
+    retries, the caller's loop runs on (before, the error ended the box's service)."""
+    class Module:
+        paInt16 = 8
+        tries = 0
+
+        @classmethod
+        def PyAudio(cls) -> Any:
+            cls.tries += 1
+            raise OSError(-9999, "Unanticipated host error")
+
+    src = CaptureSource(CaptureConfig("any", idle_s=0.02, backoff_s=0.02, backoff_max_s=0.05),
+                        pyaudio_module=Module)
+    blocks = src.blocks()
+    try:
+        got = [next(blocks) for _ in range(10)]
+    finally:
+        src.stop_event.set()
+    assert all(b.shape == (2, 0) for b in got) and Module.tries >= 2
+    assert not src.device_ok and "PortAudio failed to start" in (src.last_error or "")
+
+
 def _fake_clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """``edge.capture``'s monotonic clock, moved by hand: callbacks at chosen times, no sleeping."""
     import edge.capture
