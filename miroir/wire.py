@@ -226,7 +226,7 @@ class Topic:
 
 def check_id(value: str, what: str = "id") -> str:
     """Return ``value`` if it is a valid site or box id, else raise :class:`WireError`."""
-    if not isinstance(value, str) or not ID_PATTERN.match(value):
+    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
         raise WireError(f"{what} {value!r:.40} is not 1 to 32 characters of [a-z0-9-]")
     return value
 

@@ -280,6 +280,9 @@ def write_config(
          "require_certificate true"),
         ("The certificate CN becomes the MQTT username used by the ACL.",
          "use_identity_as_username true"),
+        ("The client id is the username (the certificate CN), whatever the client sends: no "
+         "client can take over another's session (disconnect a box, fire its Last Will, wipe "
+         "the dashboard's queue).", "use_username_as_clientid true"),
     ]
     if crl is not None:
         entries.append(("Refuse revoked certificates.", f"crlfile {crl}"))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import getpass
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -111,9 +113,10 @@ def cmd_revoke(args: argparse.Namespace) -> int:
         result = site.revoke(args.box, _reload(args), kick=not args.no_kick)
     except SiteError as exc:
         raise _err(str(exc)) from None
+    live = "cut" if result.kicked else "left (--no-kick)" if args.no_kick else \
+        "not cut (broker unreachable?)"
     print(f"box {result.box} revoked (serials {', '.join(result.serials)}); broker reloaded; "
-          f"live connection {'cut' if result.kicked else 'not cut (broker unreachable?)'} "
-          f"in {result.duration_s:.2f} s")
+          f"live connection {live} in {result.duration_s:.2f} s")
     return 0
 
 
@@ -170,6 +173,23 @@ def _reload_opts(p: argparse.ArgumentParser) -> None:
                         "(default: systemctl reload)")
     p.add_argument("--broker-unit", default="mosquitto.service",
                    help="systemd unit of the broker to reload (default mosquitto.service)")
+
+
+def _plain_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Site IT gets one line, not a traceback, for a damaged or missing file or a broker problem."""
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        from provisioning.broker import BrokerError
+        from provisioning.inventory import InventoryError
+        from provisioning.site import SiteError
+
+        try:
+            return handler(args)
+        except BrokenPipeError:
+            raise
+        except (SiteError, InventoryError, BrokerError, OSError) as exc:
+            raise _err(str(exc)) from None
+    return run
 
 
 def register_cli(groups: dict[str, argparse._SubParsersAction]) -> None:
@@ -242,3 +262,5 @@ def register_cli(groups: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("--passphrase-file", type=Path, default=None,
                    help="read the passphrase from this file (default: ask)")
     p.set_defaults(func=cmd_restore)
+    for parser in sub.choices.values():
+        parser.set_defaults(func=_plain_errors(parser.get_default("func")))

@@ -71,13 +71,13 @@ class BoxRecord:
 def check_enrolment(item: Enrolment, where: str) -> list[str]:
     """Return the problems of one enrolment request (empty when it is fine)."""
     problems = []
-    if not ID_PATTERN.match(item.box):
+    if not ID_PATTERN.fullmatch(item.box):
         problems.append(f"{where}: box id {item.box!r} is not 1 to 32 characters of [a-z0-9-]")
     if not item.seat:
         problems.append(f"{where}: seat is empty")
     for name in ("seat", "agent", "team"):
         value = getattr(item, name)
-        if value and not _LABEL.match(value):
+        if value and not _LABEL.fullmatch(value):
             problems.append(f"{where}: {name} {value!r} must be 1 to 64 letters, digits, "
                             "spaces or _ . @ ' -")
     return problems
@@ -152,8 +152,12 @@ class Inventory:
         path = Path(site_dir) / INVENTORY_FILE
         if not path.exists():
             return cls(site)
-        data = json.loads(path.read_text())
-        return cls(data["site"], (BoxRecord(**b) for b in data["boxes"]))
+        try:
+            data = json.loads(path.read_text())
+            return cls(data["site"], [BoxRecord(**b) for b in data["boxes"]])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InventoryError([f"{path} is damaged ({type(exc).__name__}: {exc}); restore "
+                                  "the site from its backup (`miroir provision restore`)"]) from None
 
     def save(self, site_dir: Path) -> Path:
         """Write ``inventory.json`` atomically and return its path."""

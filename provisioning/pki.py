@@ -153,7 +153,7 @@ def issue(
     *,
     server: bool = False,
     hosts: Sequence[str] = (),
-    days: int = 825,
+    days: float = 825,
     not_before: dt.datetime | None = None,
 ) -> CertPair:
     """Issue a certificate signed by ``ca`` into ``dir`` (``cert.pem``, ``key.pem``).
@@ -224,7 +224,7 @@ def issue(
     return pair
 
 
-def revoke(ca: CertPair, crl_path: Path, certs: Sequence[Path], *, days: int = 365) -> Path:
+def revoke(ca: CertPair, crl_path: Path, certs: Sequence[Path], *, days: float | None = None) -> Path:
     """Add ``certs`` to the CA's PEM CRL at ``crl_path`` (created or extended) and return it.
 
     Entries already in an existing CRL at ``crl_path`` are kept; the CRL number increases.
@@ -233,7 +233,9 @@ def revoke(ca: CertPair, crl_path: Path, certs: Sequence[Path], *, days: int = 3
         ca: The CA that issued the certificates.
         crl_path: Where the PEM CRL is written.
         certs: PEM certificates to revoke.
-        days: Days until the CRL's next update (Mosquitto refuses every client once it passes).
+        days: Days until the CRL's next update; default: until the CA itself expires. Mosquitto
+            refuses every client once it passes, and nothing here re-signs the CRL on a timer (a
+            year, as before, locked a site with no revocation out of its own broker).
 
     Returns:
         ``crl_path``.
@@ -261,7 +263,7 @@ def revoke(ca: CertPair, crl_path: Path, certs: Sequence[Path], *, days: int = 3
         x509.CertificateRevocationListBuilder()
         .issuer_name(ca_cert.subject)
         .last_update(now - dt.timedelta(seconds=CLOCK_SKEW_S))
-        .next_update(now + dt.timedelta(days=days))
+        .next_update(ca_cert.not_valid_after_utc if days is None else now + dt.timedelta(days=days))
         .add_extension(x509.CRLNumber(number), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),

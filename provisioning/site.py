@@ -7,8 +7,6 @@ Layout of a site directory (everything written with safe permissions: private ke
     ca/                  site CA (key 0600: the site's crown jewel, see `miroir provision backup`)
     broker/              Mosquitto's server certificate (SAN: the broker host, localhost)
     dashboard/           the dashboard's MQTT identity (CN dash_<site>)
-    admin/               the provisioning tool's own identity (CN admin_<site>; no topic rights),
-                         used only to cut a revoked box off the broker
     boxes/<box>/         each box's certificate and key (old/ keeps rotated-out certificates)
     bundles/<box>.json   each box's first-boot bundle (+ .sha256)
     acl, crl.pem, mosquitto.conf, persist/, mosquitto.log
@@ -17,18 +15,23 @@ Layout of a site directory (everything written with safe permissions: private ke
 
 Revocation cuts a box off at once even while it is connected. Measured on Mosquitto 2.0.11: a
 SIGHUP reloads the CRL (new TLS handshakes of the box fail) and the ACL (its publishes get "Not
-authorized") but leaves its TCP connection open, and 2.0 has no admin "kick". So :meth:`Site.revoke`
-(1) adds the certificate to the CRL, (2) denies the box every topic in the ACL, (3) reloads the
-broker, and (4) takes over the box's MQTT session with the admin identity (same client id), which
-makes the broker close the box's connection; the box's reconnection is then refused by the CRL.
+authorized") but leaves its TCP connection open, and 2.0 has no admin "kick". The broker names
+every client after its certificate's CN (``use_username_as_clientid``), so no client can take over
+another's session; :meth:`Site.revoke` (1) adds the certificates to the CRL, (2) denies the box
+every topic in the ACL, (3) reloads the broker, and (4) connects once with a certificate the CA
+issues for the box's own CN on the spot (valid 10 minutes, its key never written outside a 0700
+staging folder, revoked after use), which makes the broker close the box's connection; the box's
+reconnection is then refused by the CRL.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -69,6 +72,8 @@ log = logging.getLogger(__name__)
 SITE_FILE = "site.json"
 DEFAULT_PORT = 8883
 KICK_TIMEOUT_S = 5.0
+KICK_CERT_DAYS = 10 / (24 * 60)
+"""Validity of the one-time certificate that cuts a revoked box off (10 minutes)."""
 BOX_CERT_DAYS = 825
 
 Reload = Callable[[], None]
@@ -78,14 +83,27 @@ class SiteError(RuntimeError):
     """A site operation that cannot be done (message says why, in one line)."""
 
 
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")
+
+
+def check_host(value: str, what: str = "host") -> str:
+    """Return ``value`` if it is an IP address or a DNS name, else raise :class:`SiteError` (it
+    goes into the broker's certificate, its config and every box's settings file)."""
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if len(value) > 253 or not _HOSTNAME.fullmatch(value):
+        raise SiteError(f"{what} {value!r:.60} is neither an IP address nor a DNS name")
+    return value
+
+
 def admin_identity(site: str) -> str:
-    """The provisioning tool's certificate CN; the underscore keeps it out of the box id space."""
+    """CN of the identity sites made before 0.2 gave the provisioning tool (denied every topic in
+    the ACL; no longer issued)."""
     return f"admin_{wire.check_id(site, 'site')}"
-
-
-def box_client_id(site: str, box: str) -> str:
-    """The MQTT client id a box connects with (see :class:`edge.publisher.Publisher`)."""
-    return f"box-{site}-{box}"
 
 
 def systemctl_reload(unit: str = "mosquitto.service") -> Reload:
@@ -136,15 +154,18 @@ class Site:
         if not path.exists():
             raise SiteError(f"{self.dir} is not a site directory (no {SITE_FILE}; "
                             "run `miroir provision site-init` first)")
-        data = json.loads(path.read_text())
-        self.site: str = data["site"]
-        self.broker_host: str = data["broker_host"]
-        self.port: int = int(data["port"])
-        self.bind: str = data["bind"]
-        self.admin_host: str = data.get("admin_host", "localhost")
+        try:
+            data = json.loads(path.read_text())
+            self.site: str = wire.check_id(data["site"], "site")
+            self.broker_host: str = data["broker_host"]
+            self.port: int = int(data["port"])
+            self.bind: str = data["bind"]
+            self.admin_host: str = data.get("admin_host", "localhost")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SiteError(f"{path} is damaged ({type(exc).__name__}: {exc}); restore the site "
+                            "from its backup (`miroir provision restore`)") from None
         self.ca = CertPair(self.dir / "ca" / pki.CERT_FILE, self.dir / "ca" / pki.KEY_FILE)
         self.server = CertPair(self.dir / "broker" / pki.CERT_FILE, self.dir / "broker" / pki.KEY_FILE)
-        self.admin = CertPair(self.dir / "admin" / pki.CERT_FILE, self.dir / "admin" / pki.KEY_FILE)
         self.dashboard = CertPair(self.dir / "dashboard" / pki.CERT_FILE,
                                   self.dir / "dashboard" / pki.KEY_FILE)
         self.acl = self.dir / ACL_FILE
@@ -189,7 +210,9 @@ class Site:
         return self.acl
 
     def kick(self, box: str, timeout_s: float = KICK_TIMEOUT_S) -> bool:
-        """Close a box's live MQTT connection by taking over its session with the admin identity.
+        """Close a box's live MQTT connection: connect once as the box, with a certificate issued
+        for its CN now (the broker names the client after it, so the box's session is taken over),
+        then revoke that certificate. Call after the box is denied every topic (:meth:`revoke`).
 
         Returns:
             True if the broker accepted the takeover (any box connection is then closed).
@@ -204,19 +227,25 @@ class Site:
             ok.append(not getattr(reason, "is_failure", True))
             done.set()
 
-        client = tls_client(self.admin, self.ca.cert, box_client_id(self.site, box))
-        client.on_connect = on_connect
+        stage = Path(tempfile.mkdtemp(prefix=".kick-", dir=self.dir))  # 0700
         try:
-            client.connect(self.admin_host, self.port, keepalive=10)
-        except OSError as exc:
-            log.warning("could not reach the broker to cut %s off: %s", box, exc)
-            return False
-        client.loop_start()
-        try:
-            done.wait(timeout_s)
+            pair = pki.issue(self.ca, stage, box, days=KICK_CERT_DAYS)
+            client = tls_client(pair, self.ca.cert, box)
+            client.on_connect = on_connect
+            try:
+                client.connect(self.admin_host, self.port, keepalive=10)
+            except OSError as exc:
+                log.warning("could not reach the broker to cut %s off: %s", box, exc)
+            else:
+                client.loop_start()
+                try:
+                    done.wait(timeout_s)
+                finally:
+                    client.disconnect()
+                    client.loop_stop()
+            pki.revoke(self.ca, self.crl, [pair.cert])  # read at the broker's next reload
         finally:
-            client.disconnect()
-            client.loop_stop()
+            shutil.rmtree(stage, ignore_errors=True)
         return bool(ok and ok[0])
 
     # -- operations ----------------------------------------------------------------------
@@ -386,7 +415,7 @@ class Site:
 
 def init_site(dir: Path, site: str, *, broker_host: str, port: int = DEFAULT_PORT,
               bind: str = "0.0.0.0", extra_hosts: Sequence[str] = (),
-              admin_user: str = "admin", admin_host: str = "localhost",
+              admin_user: str = "admin", admin_host: str | None = None,
               credentials_dir: str = "/run/credentials/miroir-dashboard.service") -> Site:
     """Create a site directory: CA, broker certificate and config, ACL, CRL, identities.
 
@@ -398,13 +427,21 @@ def init_site(dir: Path, site: str, *, broker_host: str, port: int = DEFAULT_POR
         bind: Address the broker listens on.
         extra_hosts: More names or addresses for the broker certificate.
         admin_user: Name of the dashboard's first admin account.
-        admin_host: Name the provisioning tool uses to reach the broker (in its certificate).
+        admin_host: Name the provisioning tool and the dashboard on the site server use to reach
+            the broker (in its certificate); default ``localhost``, or ``bind`` when the broker
+            listens on one address only.
         credentials_dir: Where the dashboard's unit exposes its credentials.
 
     Returns:
         The new site.
     """
     wire.check_id(site, "site")
+    for what, host in (("broker host", broker_host), ("bind address", bind),
+                       *(("extra host", h) for h in extra_hosts),
+                       *((("admin host", admin_host),) if admin_host else ())):
+        check_host(host, what)
+    if not 1 <= port <= 65535:
+        raise SiteError(f"port {port} is outside 1..65535")
     dir = Path(dir)
     if (dir / SITE_FILE).exists():
         raise SiteError(f"{dir} already holds a site ({SITE_FILE}); refusing to overwrite its CA")
@@ -412,10 +449,11 @@ def init_site(dir: Path, site: str, *, broker_host: str, port: int = DEFAULT_POR
         raise SiteError(f"{dir} is not empty")
     dir.mkdir(parents=True, exist_ok=True)
     dir.chmod(0o755)
+    if admin_host is None:
+        admin_host = "localhost" if bind in ("0.0.0.0", "::", "127.0.0.1", "localhost") else bind
     hosts = list(dict.fromkeys([broker_host, *extra_hosts, admin_host, *SERVER_HOSTS]))
     files = make_site(dir, site, [], port=port, hosts=hosts, bind=bind)
     (dir / "ca").chmod(0o755)  # the CA key inside is 0600; the broker reads the certificate
-    pki.issue(files.ca, dir / "admin", admin_identity(site))
     crl = pki.revoke(files.ca, dir / CRL_FILE, [])
     (dir / "boxes").mkdir(exist_ok=True)
     (dir / "bundles").mkdir(mode=0o700, exist_ok=True)
@@ -446,5 +484,5 @@ def init_site(dir: Path, site: str, *, broker_host: str, port: int = DEFAULT_POR
     return s
 
 
-__all__ = ["RevokeResult", "Site", "SiteError", "admin_identity", "box_client_id", "init_site",
+__all__ = ["RevokeResult", "Site", "SiteError", "admin_identity", "init_site",
            "signal_reload", "systemctl_reload"]

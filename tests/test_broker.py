@@ -145,6 +145,26 @@ def test_box_cannot_publish_on_another_box_topic(
     assert forged not in dash.topics()
 
 
+def test_no_client_can_take_over_another_clients_session(
+    site: SiteFiles, peer: Callable[..., Peer]
+) -> None:
+    """A box connecting with another box's or the dashboard's client id does not disconnect it,
+    fire its Last Will or wipe its session: the broker names every client after its certificate
+    (before, box-b connecting as box-a closed box-a's connection and published its will)."""
+    dash = peer(site.dashboard, "dashboard")
+    dash.subscribe(f"miroir/v1/{SITE_ID}/+/+")
+    box_a = peer(site.box("box-a"), "box-a")
+    box_b = peer(site.box("box-b"), "box-a")  # box-a's client id
+    intruder = peer(site.box("box-b"), "dashboard")  # the dashboard's, clean start
+    own = wire.topic(SITE_ID, "box-a", "metrics")
+    assert box_a.publish(own, metrics("box-a", 1)).value == 0  # still connected, still heard
+    dash.expect(own)
+    assert not box_a.disconnected and not dash.disconnected
+    assert box_b.connack is not None and not box_b.connack.is_failure
+    assert intruder.connack is not None and not intruder.connack.is_failure
+    assert site.log.read_text().count("listen socket") == 1  # the option put no listener on 1883
+
+
 def test_box_cannot_read_other_boxes(site: SiteFiles, peer: Callable[..., Peer]) -> None:
     box_a = peer(site.box("box-a"), "box-a")
     rc = box_a.subscribe("miroir/#")

@@ -21,13 +21,14 @@ BLOCK = 1024
 RATE_HZ = 16_000
 
 
-def _call_and_box(site, broker, peer, tmp_path, seconds: float, **settings):
-    """Two AMI headsets (agent, line), a dashboard peer on the site, and box-a on the broker."""
+def _call_and_box(site, broker, peer, tmp_path, seconds: float, observe: bool = True, **settings):
+    """Two AMI headsets (agent, line), a dashboard peer on the site (unless ``observe`` is false:
+    the broker lets one client at a time be the dashboard), and box-a on the broker."""
     near = read_wav(SHARED / "ami-headsets" / "source0.wav", notice=False).samples
     far = read_wav(SHARED / "ami-headsets" / "source1.wav", notice=False).samples
     audio = np.stack([near, far])[:, : int(seconds * RATE_HZ)]
-    dash = peer(site.dashboard, "dashboard")
-    for f in wire.site_filters(SITE_ID):
+    dash = peer(site.dashboard, "dashboard") if observe else None
+    for f in wire.site_filters(SITE_ID) if dash else ():
         dash.subscribe(f)
     cert = site.box("box-a")
     box = Box(EdgeSettings(site=SITE_ID, box="box-a", broker_port=broker.port,
@@ -43,8 +44,16 @@ def test_no_metric_of_a_private_stretch_leaves_the_box(site, broker, peer, tmp_p
     keeps flowing (faster than real time, so the real delay is shorter still)."""
     from tests._fixtures_transport import ingest_for
 
-    audio, dash, box = _call_and_box(site, broker, peer, tmp_path, 40.0)
+    audio, _, box = _call_and_box(site, broker, peer, tmp_path, 40.0, observe=False)
     ingest = ingest_for(SITE_ID, tmp_path / "dash.db", broker.port, site.ca_cert, site.dashboard)
+    seen: list[tuple[str, bytes]] = []  # everything the dashboard receives, as it arrives
+    store_message = ingest._client.on_message
+
+    def observe(client, userdata, message) -> None:
+        seen.append((message.topic, bytes(message.payload)))
+        store_message(client, userdata, message)
+
+    ingest._client.on_message = observe
     box.publisher.start()
     wait_until(box.publisher.connected.is_set, "the box connected")
     sent: dict[str, float] = {}
@@ -58,13 +67,15 @@ def test_no_metric_of_a_private_stretch_leaves_the_box(site, broker, peer, tmp_p
             box.pump()
             box.step(audio[:, i:i + BLOCK])
             time.sleep(0.002)  # paho's threads get their turn
+        wait_until(lambda: (box.pump(), box.outbox.depth() == 0)[1], "the outbox drained")
+        box.publisher.stop(box.status_fields())
+        wait_until(lambda: any(t.endswith("/status") and b'"offline"' in p for t, p in seen),
+                   "the box's last status at the dashboard")
     finally:
         ingest.stop()
-    wait_until(lambda: (box.pump(), box.outbox.depth() == 0)[1], "the outbox drained")
-    box.publisher.stop(box.status_fields())
     box.outbox.close()
 
-    got = [(t.rsplit("/", 1)[1], json.loads(p)) for t, p in dash.messages]
+    got = [(t.rsplit("/", 1)[1], json.loads(p)) for t, p in seen]
     metrics = [m for kind, m in got if kind == "metrics"]
     events = [m for kind, m in got if kind == "event"]
     # where the box switched, in audio seconds: within 1 s of the command ("within 1 s")

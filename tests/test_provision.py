@@ -45,13 +45,16 @@ def snapshot(d: Path) -> dict[str, bytes]:
 
 def test_site_init_writes_everything_with_safe_modes(site_dir: Path) -> None:
     site = Site(site_dir)
-    assert mode(site.ca.key) == 0o600 and mode(site.admin.key) == 0o600
+    assert mode(site.ca.key) == 0o600 and not (site_dir / "admin").exists()  # no standing admin key
     assert mode(site_dir / "admin-password") == 0o600
     assert len((site_dir / "admin-password").read_text().strip()) >= 16
     assert mode(site_dir / "bundles") == 0o700
     conf = site.config.read_text()
     assert "require_certificate true" in conf and f"crlfile {site.crl}" in conf
-    assert "listener 18883 0.0.0.0" in conf
+    assert "listener 18883 0.0.0.0" in conf and "use_username_as_clientid true" in conf
+    # the broker refuses every client once the CRL's next update passes: it lasts as long as the CA
+    crl = pki.x509.load_pem_x509_crl(site.crl.read_bytes())
+    assert crl.next_update_utc == pki.load_cert(site.ca.cert).not_valid_after_utc
     acl = site.acl.read_text()
     assert "user admin_paris-1\ntopic deny #" in acl
     env = (site_dir / "dashboard.env").read_text()
@@ -121,6 +124,66 @@ def test_bad_csv_rows_reported_by_line_and_nothing_written(
             line, out)
     assert "floor.csv:2:" not in out and "floor.csv:8:" not in out
     assert snapshot(site_dir) == before, "a bad CSV must not write anything"
+
+
+def test_a_box_id_with_a_trailing_newline_is_refused(site_dir: Path) -> None:
+    """"box-001\n" passed the id check ($ matches before a final newline): its ACL lines then
+    split, and revoking it denied the real box-001."""
+    before = snapshot(site_dir)
+    assert main(["provision", "enroll", "--site-dir", str(site_dir), "box-001\n", "--seat", "A1"]) == 2
+    assert main(["provision", "enroll", "--site-dir", str(site_dir), "box-001", "--seat", "A1\n"]) == 2
+    assert snapshot(site_dir) == before
+
+
+def test_a_broker_bound_to_one_address_is_reached_there_by_the_dashboard(tmp_path: Path) -> None:
+    """With --bind on one LAN address, the broker does not listen on localhost: the dashboard's
+    settings and the revocation kick use that address (it is in the broker certificate)."""
+    root = new_site_dir("miroir-prov-")
+    try:
+        assert main(["provision", "site-init", "--site-dir", str(root / "s"), "--site", SITE,
+                     "--broker-host", "broker.lan", "--bind", "127.0.0.2"]) == 0
+        site = Site(root / "s")
+        assert site.admin_host == "127.0.0.2"
+        assert "MIROIR_DASH_MQTT_HOST=127.0.0.2\n" in (root / "s" / "dashboard.env").read_text()
+        san = pki.load_cert(site.server.cert).extensions.get_extension_for_class(
+            pki.x509.SubjectAlternativeName).value
+        assert "127.0.0.2" in [str(a) for a in san.get_values_for_type(pki.x509.IPAddress)]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_damaged_files_and_bad_arguments_are_one_line_errors(
+        site_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Site IT gets ``miroir: error: ...`` (exit 2) naming the problem, never a traceback."""
+    def error(*argv: str) -> str:
+        capsys.readouterr()
+        assert main(["provision", *argv]) == 2
+        out, err = capsys.readouterr()
+        assert "Traceback" not in out + err and err.startswith("miroir: error: ")
+        return out + err
+
+    inventory = site_dir / INVENTORY_FILE
+    good = inventory.read_text()
+    inventory.write_text(good[: len(good) // 2])  # truncated by a full disk
+    assert "inventory.json is damaged" in error("enroll", "--site-dir", str(site_dir), "box-1",
+                                                 "--seat", "A1")
+    inventory.write_text(json.dumps({"site": SITE, "boxes": [{"box": "box-1", "colour": "red"}]}))
+    assert "inventory.json is damaged" in error("revoke", "--site-dir", str(site_dir), "box-1")
+    inventory.write_text(good)
+    site_json = site_dir / "site.json"
+    good = site_json.read_text()
+    site_json.write_text("{")
+    assert "site.json is damaged" in error("enroll", "--site-dir", str(site_dir), "box-1",
+                                            "--seat", "A1")
+    site_json.write_text(good)
+    assert "No such file" in error("backup", "--site-dir", str(site_dir), str(tmp_path / "b"),
+                                   "--passphrase-file", str(tmp_path / "missing"))
+    new = str(tmp_path / "new")
+    assert "neither an IP address nor a DNS name" in error(
+        "site-init", "--site-dir", new, "--site", "x", "--broker-host", 'srv"01')
+    assert "outside 1..65535" in error("site-init", "--site-dir", new, "--site", "x",
+                                        "--broker-host", "srv01", "--port", "99999")
+    assert not Path(new).exists()
 
 
 def test_csv_clashing_with_inventory_writes_nothing(site_dir: Path, tmp_path: Path) -> None:

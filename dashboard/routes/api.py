@@ -743,4 +743,4 @@ def get_aggregates(db: Db, user: CurrentUser) -> dict[str, Any]:
 
 def box_id_ok(box: str) -> bool:
     """True for a valid box id."""
-    return bool(wire.ID_PATTERN.match(box))
+    return bool(wire.ID_PATTERN.fullmatch(box))
