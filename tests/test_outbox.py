@@ -5,6 +5,8 @@ import shutil
 import sqlite3
 import time
 
+import pytest
+
 from edge.outbox import ORIGIN_FLOOR, ORIGIN_JITTER, Outbox, await_clock, clock_origin
 
 BODY = {"near_speech_ratio": 0.25, "far_speech_ratio": 0.5, "talk_state": "silence"}
@@ -134,6 +136,30 @@ def test_a_corrupt_or_lost_database_never_reuses_a_sequence_number(tmp_path):
     box.close()
 
 
+@pytest.mark.parametrize("damaged", ["meta", "outbox_unacked"])
+def test_a_database_damaged_past_its_first_pages_is_set_aside_too(tmp_path, damaged):
+    """Damage that opening alone does not read (the numbers' table, the unsent index) is found at
+    open and set aside as well: before, the box failed at every start (reading its numbers) or at
+    its first send (the index), a restart loop."""
+    path = tmp_path / "o.sqlite"
+    box = Outbox(path, "s", "b")
+    used = [box.put("metrics", BODY)[0] for _ in range(50)]
+    box.close()
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    page = db.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (damaged,)).fetchone()[0]
+    size = db.execute("PRAGMA page_size").fetchone()[0]
+    db.close()
+    with open(path, "r+b") as fh:
+        fh.seek((page - 1) * size + 8)
+        fh.write(b"\xff" * 200)
+    box = Outbox(path, "s", "b")
+    assert box.depth() == 0 and box.pending() == []
+    assert box.put("metrics", BODY)[0] > max(used)
+    assert list(tmp_path.glob("o.sqlite.corrupt-*"))
+    box.close()
+
+
 def test_a_full_disk_frees_acknowledged_rows_then_counts_the_loss(tmp_path):
     """SQLite reports a full disk (here: the file's page limit): acknowledged rows go first; when
     nothing is left to free, the message is counted in dropped and the error is SQLite's own."""
@@ -153,6 +179,19 @@ def test_a_full_disk_frees_acknowledged_rows_then_counts_the_loss(tmp_path):
         raise AssertionError("the page limit was never reached")
     assert box.dropped == 1 and box.depth_total() >= 1
     assert box._db.execute("SELECT COUNT(*) FROM outbox WHERE acked_ts IS NOT NULL").fetchone()[0] == 0
+    box.close()
+
+
+def test_a_full_outbox_finds_its_acknowledged_rows_through_an_index(tmp_path):
+    """After a long outage the outbox holds only unsent rows: each new message looks for
+    acknowledged rows to evict first, through an index (it scanned the whole table: 64 ms per
+    message at 180k rows, measured by the review; the cost is benchmarked, not timed here)."""
+    box = Outbox(tmp_path / "o.sqlite", "s", "b", max_messages=10)
+    for _ in range(12):
+        box.put("metrics", BODY)
+    plan = box._db.execute("EXPLAIN QUERY PLAN SELECT seq, LENGTH(payload) FROM outbox "
+                           "WHERE acked_ts IS NOT NULL ORDER BY seq LIMIT 64").fetchall()
+    assert "USING INDEX outbox_acked" in " ".join(str(row[-1]) for row in plan), plan
     box.close()
 
 
