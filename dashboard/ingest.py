@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import queue
+import sqlite3
 import ssl
 import threading
 import time
@@ -45,6 +46,9 @@ RECEIVE_MAXIMUM = 1000
 """QoS 1 messages the broker may have in flight to the ingest (acknowledged after commit)."""
 BATCH_MAX = 2000
 """Most messages committed in one transaction (they are acknowledged after the commit)."""
+STORE_RETRY_S = 1.0
+"""While the database is busy or failing, the writer retries the same batch this often; the
+broker holds the messages meanwhile (nothing is acknowledged before it is stored)."""
 GAP_CHECK_EVERY_S = 0.5
 """Period of the gap checker thread, in seconds."""
 
@@ -133,6 +137,21 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[rank - 1]
 
 
+class StoreUnavailable(RuntimeError):
+    """The dashboard's database cannot take writes now (busy, I/O error, full disk)."""
+
+    def __init__(self, reason: str, valid: list[int]) -> None:
+        super().__init__(reason)
+        self.valid = valid
+
+
+def _unavailable(exc: sqlite3.OperationalError) -> bool:
+    """True for a database that is busy or failing, not for a statement that is wrong."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR", "SQLITE_FULL",
+                            "SQLITE_CANTOPEN", "SQLITE_READONLY"))
+
+
 class Ingest:
     """Subscribe to a site's boxes, store valid messages, quarantine the rest, notify listeners."""
 
@@ -151,6 +170,8 @@ class Ingest:
         self.inserted = 0
         self.duplicates = 0
         self.quarantined = 0
+        self.store_retries = 0
+        """Batches the writer had to retry because the database was busy or failing."""
         self.notify_errors = 0
         self.connects = 0
         self.resend_requests = 0
@@ -197,8 +218,13 @@ class Ingest:
     def handle_batch(self, items: list[tuple[str, bytes]]) -> list[str]:
         """Process messages in one database transaction; return each one's outcome.
 
-        Never raises: invalid messages are quarantined; if the transaction itself fails, each
-        message is retried alone through :meth:`handle`.
+        Invalid messages are quarantined; if the transaction fails on one message, each is retried
+        alone through :meth:`handle`.
+
+        Raises:
+            StoreUnavailable: the database is busy (another writer held it past the busy timeout)
+                or failing (I/O, full disk): no valid message was stored; try those again (its
+                ``valid``: their indices in ``items``; the invalid ones are quarantined already).
         """
         now = self._clock()
         outcomes: list[str] = [""] * len(items)
@@ -214,6 +240,13 @@ class Ingest:
         try:
             with self._db_lock:
                 fresh = store.store_batch(self._db, [(t.kind, m) for _, t, m in valid], now)
+        except sqlite3.OperationalError as exc:
+            if _unavailable(exc):
+                raise StoreUnavailable(str(exc), [i for i, _, _ in valid]) from exc
+            log.exception("batch store failed; storing one by one")
+            for i, _t, _ in valid:
+                outcomes[i] = self.handle(*items[i])
+            return outcomes
         except Exception:
             log.exception("batch store failed; storing one by one")
             for i, _t, _ in valid:
@@ -437,10 +470,21 @@ class Ingest:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            try:
-                self.handle_batch([(topic, payload) for _, topic, payload, _, _ in batch])
-            except Exception:  # handle_batch never raises; keep the writer alive regardless
-                log.exception("unexpected error in the ingest writer")
+            todo = [(topic, payload) for _, topic, payload, _, _ in batch]
+            while todo:
+                try:
+                    self.handle_batch(todo)
+                except StoreUnavailable as exc:  # valid messages: keep them, acknowledge nothing
+                    self.store_retries += 1
+                    todo = [todo[i] for i in exc.valid]
+                    log.warning("database unavailable (%s): %d message(s) wait, unacknowledged",
+                                exc, len(todo))
+                    if self._stop_writer.wait(STORE_RETRY_S):
+                        return  # unacknowledged: the broker delivers them again to the next run
+                    continue
+                except Exception:  # keep the writer alive regardless
+                    log.exception("unexpected error in the ingest writer")
+                break
             for client, _, _, mid, qos in batch:
                 if qos > 0:
                     client.ack(mid, qos)
@@ -524,6 +568,7 @@ class Ingest:
                 "inserted": self.inserted,
                 "duplicates": self.duplicates,
                 "quarantined": self.quarantined,
+                "store_retries": self.store_retries,
                 "notify_errors": self.notify_errors,
                 "boxes_seen": len(self._boxes_seen),
                 "resend_requests": self.resend_requests,

@@ -34,6 +34,8 @@ INGEST_COUNTERS = (
     ("inserted", "miroir_ingest_inserted", "Stream messages stored (new box, seq)."),
     ("duplicates", "miroir_ingest_duplicates", "Stream messages already stored (resends)."),
     ("quarantined", "miroir_ingest_quarantined", "Messages refused by the wire contract."),
+    ("store_retries", "miroir_ingest_store_retries",
+     "Batches retried because the database was busy or failing (held unacknowledged)."),
     ("resend_requests", "miroir_ingest_resend_requests", "Resend commands sent for seq gaps."),
     ("lost", "miroir_ingest_seq_lost", "Sequence numbers the boxes no longer held (lost)."),
 )

@@ -466,6 +466,42 @@ def test_ingest_through_the_real_broker_survives_bad_input_and_restarts(
     assert db["quarantine"].count == 2
 
 
+def test_a_busy_database_holds_messages_unacknowledged_until_it_frees(
+        site: Any, broker: Any, peer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another writer holds the database past the busy timeout (a purge, a backup): the valid
+    messages wait, unacknowledged, and are stored once it frees; none is quarantined (before,
+    each was quarantined, its content dropped, and acknowledged)."""
+    import sqlite3
+
+    from tests._fixtures_broker import wait_until
+
+    monkeypatch.setattr(store, "BUSY_TIMEOUT_MS", 200)
+    settings = make_settings(
+        tmp_path, site=site.site, mqtt_host="localhost", mqtt_port=broker.port,
+        mqtt_ca=site.ca_cert, mqtt_cert=site.dashboard.cert, mqtt_key=site.dashboard.key)
+    ing = Ingest(settings)
+    ing.start()
+    other = sqlite3.connect(settings.db_path, isolation_level=None)
+    try:
+        assert ing.wait_connected(10.0)
+        box = peer(site.box("box-a"), "box-a")
+        t = wire.topic(site.site, "box-a", "metrics")
+        other.execute("BEGIN IMMEDIATE")  # the other writer
+        for seq in (1, 2):
+            box.publish(t, payload(metrics("box-a", seq)))
+        box.publish(t, b"not json")  # refused, once, whatever the database does
+        wait_until(lambda: ing.stats()["store_retries"] >= 2, "the writer retrying")
+        assert ing.stats()["inserted"] == 0
+        other.execute("COMMIT")
+        wait_until(lambda: ing.stats()["inserted"] == 2 and ing.stats()["quarantined"] == 1,
+                   "the waiting messages stored, the bad one refused")
+    finally:
+        other.close()
+        ing.close()
+    db = store.open_db(settings.db_path)
+    assert [m["seq"] for m in db["metrics"].rows] == [1, 2] and db["quarantine"].count == 1
+
+
 def test_stream_pushes_a_snapshot_then_broker_updates(
         dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
     import httpx
