@@ -16,13 +16,13 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from provisioning.broker import BROKER_USER
+from provisioning.broker import BROKER_USER, CONFIG_FILE, LOG_FILE
 
 MAGIC = b"MIROIRBK1"
 SALT_BYTES = 16
 NONCE_BYTES = 12
 SCRYPT_N = 2**15
-EXCLUDED = ("persist", "mosquitto.log", "mosquitto.log.stderr")
+EXCLUDED = ("persist", LOG_FILE, f"{LOG_FILE}.stderr")
 MIN_PASSPHRASE = 12
 
 
@@ -44,7 +44,11 @@ def _filter(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
 
 
 def _broker_access(site: Path) -> None:
-    """As root, give the broker user its files back (the archive does not keep owners)."""
+    """Recreate the broker's log (left out of the archive) and, as root, give the broker user its
+    files back (the archive does not keep owners)."""
+    log_file = site / LOG_FILE
+    log_file.touch(mode=0o640, exist_ok=True)  # the broker refuses to start without it
+    (site / "bundles").chmod(0o700)
     if os.geteuid() != 0:
         return
     try:
@@ -56,6 +60,18 @@ def _broker_access(site: Path) -> None:
         os.chown(key, 0, user.pw_gid)
         key.chmod(0o640)
     os.chown(site / "persist", user.pw_uid, user.pw_gid)
+    os.chown(log_file, user.pw_uid, user.pw_gid)
+
+
+def _relocate_config(site: Path, dest: Path) -> None:
+    """Point the broker's config at ``dest`` when the site is restored somewhere else (its paths
+    are absolute: the CA, keys, ACL, CRL, persistence and log of the old location)."""
+    conf = site / CONFIG_FILE
+    text = conf.read_text()
+    old = next((Path(line.split(None, 1)[1]).parent for line in text.splitlines()
+                if line.startswith("acl_file ")), None)
+    if old is not None and old != dest.absolute():
+        conf.write_text(text.replace(f"{old}/", f"{dest.absolute()}/"))
 
 
 def backup(site_dir: Path, out: Path, passphrase: str) -> Path:
@@ -119,6 +135,7 @@ def restore(backup_file: Path, dest: Path, passphrase: str) -> Path:
         site = stage / "site"
         (site / "persist").mkdir(mode=0o700, exist_ok=True)
         _broker_access(site)
+        _relocate_config(site, dest)
         if dest.exists():
             dest.rmdir()
         site.rename(dest)

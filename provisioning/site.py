@@ -395,8 +395,13 @@ class Site:
         log.info("rotated box %s: new serial %s", box, rec.serial)
         return self.bundle_path(box)
 
-    def finish_rotation(self, box: str, reload: Reload) -> list[str]:
-        """Revoke a box's rotated-out certificates (once it runs with the new one)."""
+    def finish_rotation(self, box: str, reload: Reload, *, kick: bool = True) -> list[str]:
+        """Revoke a box's rotated-out certificates (once it runs with the new one).
+
+        A connection still open with an old certificate (the old key in other hands) would outlive
+        the reload: with ``kick`` the box's connection is closed (:meth:`kick`), and the box
+        reconnects within seconds with its new certificate, the only one the broker takes.
+        """
         inv = self.inventory()
         try:
             rec = inv.get(box)
@@ -410,6 +415,8 @@ class Site:
         rec.previous_serials = []
         inv.save(self.dir)
         reload()
+        if kick:
+            self.kick(box)
         return serials
 
 

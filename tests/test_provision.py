@@ -14,9 +14,10 @@ from miroir.cli import main
 from provisioning import bundle as bundle_mod
 from provisioning import pki
 from provisioning import site as site_mod
-from provisioning.broker import new_site_dir
+from provisioning.broker import Mosquitto, free_port, new_site_dir
 from provisioning.inventory import INVENTORY_FILE
 from provisioning.site import Site
+from tests._fixtures_broker import Peer
 
 SITE = "paris-1"
 
@@ -246,3 +247,36 @@ def test_backup_and_restore(site_dir: Path, tmp_path: Path) -> None:
     assert mode(back.ca.key) == 0o600
     assert back.inventory().get("box-1").agent == "Ana"
     assert (dest / INVENTORY_FILE).exists() and (dest / "persist").is_dir()
+    assert mode(dest / "bundles") == 0o700
+
+
+def test_a_site_restored_elsewhere_runs_its_broker(site_dir: Path, tmp_path: Path) -> None:
+    """A backup restored on a new server, in another folder, with the old one gone: the broker
+    starts on the restored config (its paths moved along; its log, left out of the backup, made
+    again) and takes the site's boxes."""
+    Site(site_dir).enroll([site_mod.Enrolment(box="box-1", seat="A1")])
+    pw = tmp_path / "pw"
+    pw.write_text("correct horse battery staple\n")
+    assert main(["provision", "backup", "--site-dir", str(site_dir), str(tmp_path / "b"),
+                 "--passphrase-file", str(pw)]) == 0
+    root = new_site_dir("miroir-restored-")
+    try:
+        dest = root / "site"
+        assert main(["provision", "restore", str(tmp_path / "b"), "--site-dir", str(dest),
+                     "--passphrase-file", str(pw)]) == 0
+        shutil.rmtree(site_dir)
+        site = Site(dest)
+        assert str(site_dir) not in site.config.read_text()
+        port = free_port()
+        site.config.write_text(site.config.read_text().replace("listener 18883 0.0.0.0",
+                                                               f"listener {port} 127.0.0.1"))
+        broker = Mosquitto(site.config, port, site.log).start()
+        try:
+            peer = Peer(site.box_pair("box-1"), site.ca.cert, "box-1", port)
+            rc = peer.connect()
+            assert rc is not None and not rc.is_failure
+            peer.close()
+        finally:
+            broker.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -21,7 +21,7 @@ from provisioning.bundle import install_bundle
 from provisioning.inventory import REVOKED, parse_csv
 from provisioning.pki import CertPair
 from provisioning.site import Site, init_site, signal_reload
-from tests._fixtures_broker import refused, wait_until
+from tests._fixtures_broker import Peer, refused, wait_until
 
 SITE = "floor-1"
 N_BOXES = 50
@@ -118,10 +118,19 @@ def test_fifty_boxes_revoke_and_rotate(floor: tuple[Site, Mosquitto, Path]) -> N
         pubs[rotated].stop()
         pubs[rotated] = box_publisher(site, rotated, root / "boxes" / f"{rotated}-new", bundle)
         wait_until(lambda: pubs[rotated].connected.is_set(), "the rotated box reconnected")
+        # the old key in other hands, connected while the box is off (one client per CN: a box
+        # that is on takes its session back)
+        pubs[rotated].stop()
+        old_conn = Peer(old_pair, site.ca.cert, "anything", site.port)
+        rc = old_conn.connect()
+        assert rc is not None and not rc.is_failure and not old_conn.disconnected
         retired = site.finish_rotation(rotated, signal_reload(broker.pid or 0))
         assert len(retired) == 1
+        wait_until(lambda: old_conn.disconnected, "the old certificate's open connection cut")
+        old_conn.close()
         wait_until(lambda: is_refused(old_pair, site), "the retired certificate refused")
-        assert pubs[rotated].connected.is_set()
+        pubs[rotated] = box_publisher(site, rotated, root / "boxes" / f"{rotated}-new", bundle)
+        wait_until(lambda: pubs[rotated].connected.is_set(), "the box back with its new certificate")
         assert all(pubs[b].connected.is_set() for b in others)
     finally:
         for pub in pubs.values():
