@@ -67,7 +67,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     kind TEXT NOT NULL,
     payload BLOB NOT NULL,
     created_ts REAL NOT NULL,
-    acked_ts REAL
+    acked_ts REAL,
+    given_up INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS outbox_unacked ON outbox(seq) WHERE acked_ts IS NULL;
 CREATE INDEX IF NOT EXISTS outbox_acked ON outbox(seq) WHERE acked_ts IS NOT NULL;
@@ -219,6 +220,9 @@ class Outbox:
             db.execute("PRAGMA synchronous=FULL")
             db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
             db.executescript(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
+            if "given_up" not in columns:  # an outbox made before the column
+                db.execute("ALTER TABLE outbox ADD COLUMN given_up INTEGER NOT NULL DEFAULT 0")
             # every page, tables and indexes: a damage only a later read would hit (the numbers,
             # the unsent index) would stop the box at each start instead of being set aside
             problems = [row[0] for row in db.execute("PRAGMA quick_check(3)")]
@@ -293,6 +297,8 @@ class Outbox:
             self._rows += 1
             self._bytes += len(payload) + ROW_OVERHEAD_BYTES
             self._bound()
+            if self.dropped != self._meta("dropped"):  # one lost on a full disk: kept from now
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('dropped', ?)", (self.dropped,))
             self._db.execute("COMMIT")
         except BaseException:
             if self._db.in_transaction:  # SQLite may have rolled back already (a full disk)
@@ -364,14 +370,18 @@ class Outbox:
         self._db.execute("COMMIT")
 
     def give_up(self, seqs: list[int], ts: float | None = None) -> None:
-        """Stop sending messages the broker keeps refusing: count them in ``dropped``; they stay
-        for the retention window (a ``resend`` can try them again)."""
+        """Stop sending messages the broker keeps refusing: count them in ``dropped``, once each;
+        they stay for the retention window (a ``resend`` can try them again, and a message given
+        up again is not counted again)."""
         if not seqs:
             return
         now = time.time() if ts is None else ts
         self._db.execute("BEGIN IMMEDIATE")
-        n = self._db.executemany("UPDATE outbox SET acked_ts = ? WHERE seq = ? AND acked_ts IS NULL",
+        n = self._db.executemany("UPDATE outbox SET acked_ts = ?, given_up = 1 WHERE seq = ? "
+                                 "AND acked_ts IS NULL AND given_up = 0",
                                  [(now, s) for s in seqs]).rowcount
+        self._db.executemany("UPDATE outbox SET acked_ts = ? WHERE seq = ? AND acked_ts IS NULL",
+                             [(now, s) for s in seqs])
         self.dropped += max(0, n)
         self._db.execute("INSERT OR REPLACE INTO meta VALUES ('dropped', ?)", (self.dropped,))
         self._db.execute("COMMIT")

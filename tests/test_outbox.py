@@ -179,6 +179,28 @@ def test_a_full_disk_frees_acknowledged_rows_then_counts_the_loss(tmp_path):
         raise AssertionError("the page limit was never reached")
     assert box.dropped == 1 and box.depth_total() >= 1
     assert box._db.execute("SELECT COUNT(*) FROM outbox WHERE acked_ts IS NOT NULL").fetchone()[0] == 0
+    # room again (the broker took some): the count is kept with the next message, never reset
+    box.ack([box.origin + 20])
+    box._free_acked()
+    box.put("metrics", BODY)
+    box.close()
+    assert Outbox(tmp_path / "o.sqlite", "s", "b").dropped == 1
+
+
+def test_an_outbox_made_before_the_given_up_column_keeps_its_messages(tmp_path):
+    """A box updated with messages waiting: its outbox gains the column, nothing else changes."""
+    path = tmp_path / "o.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript("CREATE TABLE outbox (seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, "
+                     "payload BLOB NOT NULL, created_ts REAL NOT NULL, acked_ts REAL); "
+                     "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL); "
+                     "INSERT INTO outbox VALUES (7, 'metrics', x'7b7d', 1.0, NULL); "
+                     "INSERT INTO meta VALUES ('last_seq', 7), ('seq_origin', 1);")
+    db.close()
+    box = Outbox(path, "s", "b")
+    assert [s for s, _, _ in box.pending()] == [7] and box.last_seq == 7
+    box.give_up([7])
+    assert box.dropped == 1 and box.pending() == []
     box.close()
 
 

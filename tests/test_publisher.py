@@ -77,4 +77,6 @@ def test_a_message_the_broker_keeps_refusing_is_given_up_and_counted(pub: Publis
     outbox.give_up(given_up)
     assert outbox.depth() == 0 and outbox.dropped == 1
     assert outbox.resend(seq) == 1  # kept for the retention window: a resend can try again
+    outbox.give_up([seq])  # refused again: one message lost, counted once
+    assert outbox.depth() == 0 and outbox.dropped == 1
     outbox.close()
