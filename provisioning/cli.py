@@ -138,6 +138,17 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_renew(args: argparse.Namespace) -> int:
+    """Renew the broker's and the dashboard's certificates (825 days) and the revocation list."""
+    site = _site(args)
+    until = site.renew(_reload(args))
+    print(f"broker certificate renewed until {until['broker']} (broker reloaded); revocation list "
+          f"valid until {until['crl']}")
+    print(f"dashboard certificate renewed until {until['dashboard']}: restart the dashboard to use "
+          "it (`systemctl restart miroir-dashboard`)")
+    return 0
+
+
 def cmd_backup(args: argparse.Namespace) -> int:
     """Write an encrypted backup (AES-256-GCM, scrypt passphrase) of the site CA and inventory."""
     from provisioning.backup import BackupError, backup
@@ -245,6 +256,12 @@ def register_cli(groups: dict[str, argparse._SubParsersAction]) -> None:
                    help="revoke the box's old certificate(s) once it runs with the new one")
     _reload_opts(p)
     p.set_defaults(func=cmd_rotate)
+
+    p = sub.add_parser("renew", help="renew the broker's and the dashboard's certificates",
+                       description=cmd_renew.__doc__)
+    _site_dir(p)
+    _reload_opts(p)
+    p.set_defaults(func=cmd_renew)
 
     p = sub.add_parser("backup", help="encrypted backup of the site CA and inventory",
                        description=cmd_backup.__doc__)

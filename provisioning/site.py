@@ -26,6 +26,7 @@ reconnection is then refused by the CRL.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import json
@@ -41,6 +42,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from cryptography import x509
 
 from miroir import wire
 from miroir.files import atomic_write
@@ -161,6 +164,7 @@ class Site:
             self.port: int = int(data["port"])
             self.bind: str = data["bind"]
             self.admin_host: str = data.get("admin_host", "localhost")
+            self.hosts: list[str] = list(data.get("hosts") or [self.broker_host, *SERVER_HOSTS])
         except (ValueError, KeyError, TypeError) as exc:
             raise SiteError(f"{path} is damaged ({type(exc).__name__}: {exc}); restore the site "
                             "from its backup (`miroir provision restore`)") from None
@@ -394,6 +398,37 @@ class Site:
         inv.save(self.dir)
         log.info("rotated box %s: new serial %s", box, rec.serial)
         return self.bundle_path(box)
+
+    def renew(self, reload: Reload, *, days: int = BOX_CERT_DAYS) -> dict[str, str]:
+        """New keys and certificates for the broker and the dashboard (same names), and the CRL
+        signed again until the CA expires; the broker reloads (SIGHUP takes the new certificate;
+        open connections carry on). The dashboard uses its new identity once restarted.
+
+        Returns:
+            The new expiry of each, ISO 8601: ``broker``, ``dashboard``, ``crl``.
+        """
+        stage = Path(tempfile.mkdtemp(prefix=".renew-", dir=self.dir))
+        try:
+            server = pki.issue(self.ca, stage / "broker", self.hosts[0], server=True,
+                               hosts=self.hosts, days=days)
+            dashboard = pki.issue(self.ca, stage / "dashboard", dashboard_identity(self.site),
+                                  days=days)
+            for new, old in ((server, self.server), (dashboard, self.dashboard)):
+                was = old.key.stat()  # the broker's group reads its key: keep owners and modes
+                with contextlib.suppress(PermissionError):  # not root: the caller's own files
+                    os.chown(new.key, was.st_uid, was.st_gid)
+                new.key.chmod(was.st_mode & 0o777)
+                os.replace(new.key, old.key)
+                os.replace(new.cert, old.cert)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        pki.revoke(self.ca, self.crl, [])
+        reload()
+        crl = x509.load_pem_x509_crl(self.crl.read_bytes())
+        out = {"broker": _not_after(self.server.cert), "dashboard": _not_after(self.dashboard.cert),
+               "crl": crl.next_update_utc.isoformat() if crl.next_update_utc else ""}
+        log.info("renewed the broker's and the dashboard's certificates and the CRL: %s", out)
+        return out
 
     def finish_rotation(self, box: str, reload: Reload, *, kick: bool = True) -> list[str]:
         """Revoke a box's rotated-out certificates (once it runs with the new one).

@@ -17,7 +17,7 @@ from provisioning import site as site_mod
 from provisioning.broker import Mosquitto, free_port, new_site_dir
 from provisioning.inventory import INVENTORY_FILE
 from provisioning.site import Site
-from tests._fixtures_broker import Peer
+from tests._fixtures_broker import Peer, wait_until
 
 SITE = "paris-1"
 
@@ -185,6 +185,58 @@ def test_damaged_files_and_bad_arguments_are_one_line_errors(
     assert "outside 1..65535" in error("site-init", "--site-dir", new, "--site", "x",
                                         "--broker-host", "srv01", "--port", "99999")
     assert not Path(new).exists()
+
+
+def test_renew_gives_the_broker_and_the_dashboard_new_certificates_live(tmp_path: Path) -> None:
+    """825 days on, the broker's and the dashboard's certificates would lapse and every client be
+    refused: `renew` issues new ones (same names, same key owners), signs the CRL again and
+    reloads the broker; a connected box stays, new connections see the new certificate, and the
+    dashboard connects with its new identity."""
+    import socket
+    import ssl
+
+    root = new_site_dir("miroir-renew-")
+    try:
+        port = free_port()
+        assert main(["provision", "site-init", "--site-dir", str(root / "s"), "--site", SITE,
+                     "--broker-host", "localhost", "--bind", "127.0.0.1",
+                     "--port", str(port)]) == 0
+        site = Site(root / "s")
+        site.enroll([site_mod.Enrolment(box="box-1", seat="A1")])
+        old_serials = {p: pki.load_cert(p).serial_number for p in (site.server.cert, site.dashboard.cert)}
+        key_mode = mode(site.server.key), site.server.key.stat().st_gid
+
+        def served_serial() -> int:
+            ctx = ssl.create_default_context(cafile=str(site.ca.cert))
+            ctx.load_cert_chain(str(site.box_pair("box-1").cert), str(site.box_pair("box-1").key))
+            with socket.create_connection(("127.0.0.1", port)) as raw, \
+                    ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                der = tls.getpeercert(True)
+            assert der is not None
+            return pki.x509.load_der_x509_certificate(der).serial_number
+
+        broker = Mosquitto(site.config, port, site.log).start()
+        try:
+            box = Peer(site.box_pair("box-1"), site.ca.cert, "box-1", port)
+            assert not box.connect().is_failure
+            assert served_serial() == old_serials[site.server.cert]
+            assert main(["provision", "renew", "--site-dir", str(site.dir),
+                         "--broker-pid", str(broker.pid)]) == 0
+            assert all(pki.load_cert(p).serial_number != old for p, old in old_serials.items())
+            assert (mode(site.server.key), site.server.key.stat().st_gid) == key_mode
+            new_serial = pki.load_cert(site.server.cert).serial_number
+            wait_until(lambda: served_serial() == new_serial, "the broker serving its new certificate")
+            dash = Peer(site.dashboard, site.ca.cert, "dashboard", port)
+            assert not dash.connect().is_failure
+            assert not box.disconnected
+            dash.close()
+            box.close()
+        finally:
+            broker.stop()
+        crl = pki.x509.load_pem_x509_crl(site.crl.read_bytes())
+        assert crl.next_update_utc == pki.load_cert(site.ca.cert).not_valid_after_utc
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_csv_clashing_with_inventory_writes_nothing(site_dir: Path, tmp_path: Path) -> None:
