@@ -189,6 +189,11 @@ class Box:
         except sqlite3.Error:
             self._status_due = True  # logged by the outbox; the loop goes on
             return 0
+        except wire.WireError as exc:  # a stage broke the contract: a bug, never a stopped box
+            log.error("a %s message outside the wire contract was dropped: %s", kind, exc)
+            self.outbox.dropped += 1  # (written with the next message)
+            self._status_due = True
+            return 0
         return 1
 
     def handle_command(self, topic: str, payload: bytes) -> str:

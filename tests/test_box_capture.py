@@ -125,6 +125,21 @@ def test_a_cti_site_starts_and_ends_calls_only_on_the_call_signal(ami_pair, tmp_
     box.outbox.close()
 
 
+def test_a_message_outside_the_wire_contract_is_dropped_and_counted_not_fatal(tmp_path: Path) -> None:
+    """A stage that emits a field outside the contract (a bug) loses that message, counted in
+    the status's dropped, and the box runs on (the validation error ended the box's loop)."""
+    from edge.pipeline import Message
+
+    good = {"near_speech_ratio": 0.5, "far_speech_ratio": 0.0, "talk_state": "agent"}
+    box = Box(EdgeSettings(site="site-a", box="box-a", broker_port=9, state_dir=tmp_path),
+              pipeline=lambda block: [Message("metrics", {**good, "raw_samples": [1, 2]}),
+                                      Message("metrics", good)], version="test")
+    box.step(np.zeros((2, 512), dtype=np.float32))
+    box.step(np.zeros((2, 512), dtype=np.float32))
+    assert box.outbox.depth() == 2 and box.status_fields()["dropped"] == 2
+    box.outbox.close()
+
+
 def test_reload_refuses_a_bad_campaign_and_restarts_on_a_good_one_after_the_call(
         ami_pair, tmp_path: Path) -> None:
     """``reload`` re-reads the files: a bad campaign is refused (counted, the box goes on as it
