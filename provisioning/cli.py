@@ -146,6 +146,8 @@ def cmd_renew(args: argparse.Namespace) -> int:
           f"valid until {until['crl']}")
     print(f"dashboard certificate renewed until {until['dashboard']}: restart the dashboard to use "
           "it (`systemctl restart miroir-dashboard`)")
+    print(f"broker configuration rewritten ({site.config}): after an update of this server, restart "
+          "the broker for all of it to apply (`systemctl restart mosquitto`)")
     return 0
 
 

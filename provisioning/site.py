@@ -400,9 +400,10 @@ class Site:
         return self.bundle_path(box)
 
     def renew(self, reload: Reload, *, days: int = BOX_CERT_DAYS) -> dict[str, str]:
-        """New keys and certificates for the broker and the dashboard (same names), and the CRL
-        signed again until the CA expires; the broker reloads (SIGHUP takes the new certificate;
-        open connections carry on). The dashboard uses its new identity once restarted.
+        """New keys and certificates for the broker and the dashboard (same names), the CRL signed
+        again until the CA expires, and the broker's configuration written as this version does;
+        the broker reloads (SIGHUP takes the new certificate; open connections carry on). The
+        dashboard uses its new identity once restarted.
 
         Returns:
             The new expiry of each, ISO 8601: ``broker``, ``dashboard``, ``crl``.
@@ -423,6 +424,10 @@ class Site:
         finally:
             shutil.rmtree(stage, ignore_errors=True)
         pki.revoke(self.ca, self.crl, [])
+        # and the broker's configuration as this version writes it (a site made earlier gets its
+        # hardening, e.g. client ids bound to certificates)
+        write_config(self.dir, port=self.port, ca=self.ca, server=self.server, acl=self.acl,
+                     host=self.bind, crl=self.crl)
         reload()
         crl = x509.load_pem_x509_crl(self.crl.read_bytes())
         out = {"broker": _not_after(self.server.cert), "dashboard": _not_after(self.dashboard.cert),

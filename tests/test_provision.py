@@ -204,6 +204,8 @@ def test_renew_gives_the_broker_and_the_dashboard_new_certificates_live(tmp_path
         site = Site(root / "s")
         site.enroll([site_mod.Enrolment(box="box-1", seat="A1")])
         old_serials = {p: pki.load_cert(p).serial_number for p in (site.server.cert, site.dashboard.cert)}
+        conf = site.config.read_text()  # a site made before client ids were bound to certificates
+        site.config.write_text(conf.replace("use_username_as_clientid true\n", ""))
         key_mode = mode(site.server.key), site.server.key.stat().st_gid
 
         def served_serial() -> int:
@@ -229,6 +231,7 @@ def test_renew_gives_the_broker_and_the_dashboard_new_certificates_live(tmp_path
             dash = Peer(site.dashboard, site.ca.cert, "dashboard", port)
             assert not dash.connect().is_failure
             assert not box.disconnected
+            assert site.config.read_text() == conf  # the configuration brought up to date
             dash.close()
             box.close()
         finally:
