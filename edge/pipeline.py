@@ -482,10 +482,11 @@ class Pipeline:
             t = self._lap("gates", t)
             out += self._call_events(self.conversation(start_s, duration_s, near, far, transitions),
                                      start_s)
-            out += [Message("event", e) for e in self.signals.poll(start_s + duration_s)]
-            t = self._lap("conversation", t)
             flat = float(repaired[0].max() - repaired[0].min()) < self._flat_below
             self._near_flat_s = self._near_flat_s + duration_s if flat else 0.0
+            out += [Message("event", e) for e in self.signals.poll(
+                start_s + duration_s, self._near_flat_s, far_kind.label)]
+            t = self._lap("conversation", t)
             # the agent's voice only: the gate's speech, a likely onset the gate has not confirmed
             # yet, and the agent's own pauses (up to PAUSE_MAX_S after its voice, while the line is
             # quiet); silence otherwise, to keep the clock, so that the line leaking into the mic or

@@ -588,7 +588,7 @@ class Signals:
             return 0.0
         return now - far_end if near_end is None or near_end < far_end else 0.0
 
-    def poll(self, now_s: float) -> list[dict[str, Any]]:
+    def poll(self, now_s: float, near_flat_s: float = 0.0, far_kind: str = "") -> list[dict[str, Any]]:
         """Between metrics windows: raise ``slow_response`` as soon as its gap is reached.
 
         It needs only the speech events, so it need not wait up to a second for the next window.
@@ -596,13 +596,17 @@ class Signals:
 
         Args:
             now_s: audio time the pipeline has reached, seconds.
+            near_flat_s: how long the agent's channel has been digitally flat now (a mute since
+                the last window holds the cue back as the window's would), seconds.
+            far_kind: the far end's label now (hold music or a tone since the last window too).
 
         Returns:
             A ``cue_on`` body, or nothing.
         """
         sr = self.campaign.slow_response
         if (not sr.enabled or self._why or self._hold_explicit or self._far_tone_s
-                or "slow_response" in self.active):
+                or "slow_response" in self.active or near_flat_s >= self.campaign.alerts.mute_after_s
+                or far_kind in FAR_HOLD_KINDS or far_kind in FAR_TONE_KINDS):
             return []
         gap = self._response_gap(now_s)
         if not sr.on_s <= gap < sr.max_s:
