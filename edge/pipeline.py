@@ -294,12 +294,7 @@ class Pipeline:
     def _new_shift(self, t_s: float) -> list[Message]:
         """After a long idle gap: the fatigue stage, the break and the cue budget start over; the
         baselines learned so far are kept (as a restart would load them)."""
-        out: list[Message] = []
-        if self._break and self.fatigue is not None:
-            out.append(Message("event", cue_event("cue_off", "take_break", t_s, "medium",
-                                                  self.fatigue.state.index or 0.0,
-                                                  self.campaign.fatigue.break_on)))
-        self._break = False
+        out = self._end_break(t_s)
         for stage in (self.signals, self.fatigue):
             if stage is None:
                 continue
@@ -360,13 +355,16 @@ class Pipeline:
 
     def stop(self) -> list[Message]:
         """The box stops: the call in progress, its cues and the break suggestion end here."""
-        out = self.finish()
-        if self._break and not self.private:
-            self._break = False
-            index = (self.fatigue.state.index if self.fatigue is not None else None) or 0.0
-            out.append(Message("event", cue_event("cue_off", "take_break", self.audio_s, "medium",
-                                                  index, self.campaign.fatigue.break_on)))
-        return out
+        return self.finish() + self._end_break(self.audio_s)
+
+    def _end_break(self, t_s: float) -> list[Message]:
+        """The break suggestion's ``cue_off`` if it is on (private mode, a new shift, a stop)."""
+        if not self._break:
+            return []
+        self._break = False
+        index = (self.fatigue.state.index if self.fatigue is not None else None) or 0.0
+        return [Message("event", cue_event("cue_off", "take_break", t_s, "medium", index,
+                                           self.campaign.fatigue.break_on))]
 
     def set_private(self, on: bool) -> list[Message]:
         """Enter or leave private mode; return the one event that says so (nothing if unchanged).
@@ -379,8 +377,10 @@ class Pipeline:
         if on == self.private:
             return []
         t = round(self._received_s, 3)
-        # the open cues end here (the fact that the seat goes private says as much)
-        out = [Message("event", e) for e in self.signals.close(self.audio_s)] if on else []
+        # the open cues end here, the break suggestion too (the fact that the seat goes private
+        # says as much; a suggestion that still holds comes back after)
+        out = [Message("event", e) for e in self.signals.close(self.audio_s)] + \
+            self._end_break(self.audio_s) if on else []
         self.private = on
         self._reset_call_stages()  # drop the open call, pending events and partial windows
         if not on:

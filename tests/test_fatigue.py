@@ -80,3 +80,40 @@ def test_no_break_at_an_index_under_break_on_even_with_no_hold_time():
                                                                       {"latency": 0.1}, 100))
     states = [fatigue(None, 1.0) for _ in range(10)]
     assert all(s.index is not None and s.index < 60.0 and not s.break_suggested for s in states)
+
+
+def test_private_mode_and_a_stop_withdraw_the_break_suggestion():
+    """A break suggested, then the agent goes private: the suggestion's cue_off comes just before
+    private_on, as every open cue's does (it stayed open on the dashboard, and a stop while private
+    did not close it either); it comes back after private mode if it still holds."""
+    from edge.campaign import from_mapping
+    from edge.pipeline import Pipeline, load_vad_model
+    from tests._fixtures_signals import AGENT, clips
+
+    campaign = from_mapping({"fatigue": {"baseline_speech_s": 30.0, "dose_full_min": 1.0,
+                                         "drift_zero": 0.0, "drift_full": 0.5, "break_on": 10.0,
+                                         "break_off": 5.0, "break_min_s": 0.0}})
+    speech = np.concatenate([np.pad(c, (0, 4000)) for c in clips(AGENT, "N")])
+    n = 75 * 16000
+    audio = np.zeros((2, n), dtype=np.float32)
+    audio[0] = np.resize(speech, n)
+    audio += np.random.default_rng(1).normal(0, 3e-4, (2, n)).astype(np.float32)
+    pipe = Pipeline(load_vad_model(), campaign=campaign)
+    msgs = []
+    for i in range(0, n, 16000):
+        msgs += pipe(audio[:, i:i + 16000])
+    msgs += pipe.set_private(True)
+    msgs += pipe(np.zeros((2, 5 * 16000), dtype=np.float32))
+    stopped_private = msgs + pipe.stop()
+    pipe.set_private(False)
+    for i in range(0, 10 * 16000, 16000):
+        msgs += pipe(audio[:, i:i + 16000])
+    msgs += pipe.stop()
+
+    def seen(messages: list) -> list:
+        return [(e.body["name"], e.body.get("cue")) for e in messages if e.kind == "event"
+                and (e.body.get("cue") == "take_break" or e.body["name"].startswith("private"))]
+
+    on, off, private = ("cue_on", "take_break"), ("cue_off", "take_break"), ("private_on", None)
+    assert seen(stopped_private) == [on, off, private]
+    assert seen(msgs) == [on, off, private, on, off]  # back after private mode, ended at the stop
