@@ -42,9 +42,9 @@ LATENCY_WEIGHT = 0.5
 DOSE_WEIGHT = 0.5
 LATENCY_RESPONSES = 20
 """Responses learned as the latency baseline, and tracked."""
-CORRELATION_WINDOWS = 10.0
-"""Consecutive per-second samples of a 10 s prosody window share most of their audio: this many
-samples make one independent observation."""
+CORRELATION_S = 10.0
+"""Consecutive windows read a 10 s prosody window that mostly overlaps the one before: this many
+seconds of windows make one independent observation (ten windows of 1 s, five of 2 s)."""
 VOICED_MIN = 0.2
 
 
@@ -224,13 +224,14 @@ class Fatigue:
         z: dict[str, float] = {}
         total = 0.0
         n_track = len(self._track["pitch"])
-        if n_track >= CORRELATION_WINDOWS * 3:
-            n_base = max(b.n, 1)
+        # independent observations: the windows' seconds over CORRELATION_S, whatever window_s is
+        obs_track = n_track * dt_s / CORRELATION_S
+        if obs_track >= 3.0 - 1e-9:
+            obs_base = max(b.n, 1) * dt_s / CORRELATION_S
             for k, (sign, weight, floor) in FEATURES.items():
                 if k not in b.mean:
                     continue
-                se = max(floor, b.sd[k] * math.sqrt(CORRELATION_WINDOWS / n_track
-                                                    + CORRELATION_WINDOWS / n_base))
+                se = max(floor, b.sd[k] * math.sqrt(1.0 / obs_track + 1.0 / obs_base))
                 z[k] = sign * (self._track_sum[k] / n_track - b.mean[k]) / se
                 total += weight * max(0.0, z[k]) ** 2
         if "latency" in b.mean and len(self._lat_track) >= 5:

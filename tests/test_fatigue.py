@@ -117,3 +117,41 @@ def test_private_mode_and_a_stop_withdraw_the_break_suggestion():
     on, off, private = ("cue_on", "take_break"), ("cue_off", "take_break"), ("private_on", None)
     assert seen(stopped_private) == [on, off, private]
     assert seen(msgs) == [on, off, private, on, off]  # back after private mode, ended at the stop
+
+
+def test_the_index_reads_seconds_of_speech_whatever_the_window_length():
+    """The same voice with the same drift (+0.3 semitone, -1 dB, over a slowly wandering 10 s
+    prosody window) gives the same index whether the box's windows last 0.5, 1, 2 or 5 s: the
+    stage counted ten windows as one independent observation (index 75 at 0.5 s, 14 at 5 s), and
+    with track_speech_s = 30 and 2 s windows never computed a drift at all."""
+    from edge.campaign import FatigueConfig
+    from edge.fatigue import Fatigue
+    from edge.prosody import ProsodyWindow
+
+    def wander(seconds: float, rng: np.random.Generator) -> np.ndarray:
+        n = int(seconds / 0.5)  # every 0.5 s, smoothed over 10 s like the prosody window
+        return np.convolve(rng.normal(0, 1, n + 20), np.ones(20) / 20, mode="valid")[:n]
+
+    def window(pitch_st: float, level_db: float) -> ProsodyWindow:
+        return ProsodyWindow(
+            start_s=0, end_s=10, voiced_ratio=0.6, level_dbfs=-25.0 + level_db,
+            f0_median_hz=100 * 2 ** ((12 + pitch_st) / 12), pitch_range_st=6.0,
+            pitch_movement_st_per_s=None, hnr_db=12.0, jitter_local=0.01, shimmer_local=0.05,
+            syllables=20, articulation_rate_syl_s=5.0, pace_syl_s=5.0, speaking_rate_syl_s=4.0,
+            pauses=2, pauses_per_min=10, breaths=0, pause_s_mean=0.4)
+
+    def index(window_s: float, config: FatigueConfig, seed: int) -> float:
+        rng = np.random.default_rng(seed)
+        pitch = np.concatenate([3.0 * wander(300, rng), 3.0 * wander(600, rng) + 0.3])
+        level = np.concatenate([5.0 * wander(300, rng), 5.0 * wander(600, rng) - 1.0])
+        stage = Fatigue(config)
+        every = int(window_s / 0.5)
+        for p, lv in zip(pitch[::every], level[::every], strict=True):
+            state = stage(window(float(p), float(lv)), window_s)
+        return float(state.index or 0.0)
+
+    config = FatigueConfig(dose_full_min=1440.0)  # the vocal dose out of the picture
+    means = {w: np.mean([index(w, config, seed) for seed in range(12)]) for w in (0.5, 1.0, 2.0, 5.0)}
+    print(f"mean index by window length: {means}")
+    assert max(means.values()) - min(means.values()) <= 5.0 and min(means.values()) >= 30.0
+    assert index(2.0, FatigueConfig(track_speech_s=30.0, dose_full_min=1440.0), 0) > 0.0
