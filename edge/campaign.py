@@ -162,7 +162,9 @@ class HesitatingCue:
     ``latency_on_s`` or more, or held a filled pause ("euh", "um")."""
 
     enabled: bool = True
-    latency_on_s: float = _r(1.5, 0.3, 30.0)
+    latency_on_s: float = _r(1.5, 0.3, 10.0)
+    """At most the longest silence still read as an answer's latency (10 s: later, it is a new
+    exchange, ``edge.conversation.ConversationConfig.max_latency_s``)."""
     filled_pauses: bool = True
     """An answer holding a filled pause is hesitant too, whatever the silence before it."""
     responses: int = _r(3, 1, 20)
@@ -245,6 +247,13 @@ def _check_pairs(cfg: CampaignConfig) -> None:
         if a > b or (strict and a == b):
             rel = "<" if strict else "<="
             raise CampaignError(f"{section}.{lo} ({a}) must be {rel} {section}.{hi} ({b})")
+    hold_s = cfg.alerts.hold_silence_s
+    for key in ("on_s", "max_s"):  # a silent line and a silent agent past hold_silence_s is a hold
+        value = getattr(cfg.slow_response, key)
+        if value > hold_s or (key == "on_s" and value == hold_s):
+            raise CampaignError(f"slow_response.{key} ({value}) must be {'<' if key == 'on_s' else '<='} "
+                                f"alerts.hold_silence_s ({hold_s}): past it the silence is a hold, "
+                                "and the cue is held back")
     if cfg.too_slow.band_syl_s >= cfg.too_fast.band_syl_s:
         raise CampaignError(f"too_slow.band_syl_s ({cfg.too_slow.band_syl_s}) must be < "
                             f"too_fast.band_syl_s ({cfg.too_fast.band_syl_s})")

@@ -34,6 +34,12 @@ def test_defaults_and_a_valid_file(tmp_path):
      "too_fast.ratio_on = 0.5 is outside the allowed range 1..3"),
     ("[too_slow]\nratio_on = 1.5\nratio_off = 1.8\n",
      "too_slow.ratio_on = 1.5 is outside the allowed range 0.3..1"),
+    # values that passed but could never act: a waiting prospect past the hold silence is a hold,
+    # and no answer after more than 10 s is an answer
+    ("[slow_response]\nmax_s = 30\n", "slow_response.max_s (30.0) must be <= alerts.hold_silence_s (10.0)"),
+    ("[alerts]\nhold_silence_s = 2\n", "slow_response.on_s (2.0) must be < alerts.hold_silence_s (2.0)"),
+    ("[prospect_hesitating]\nlatency_on_s = 12\n",
+     "prospect_hesitating.latency_on_s = 12.0 is outside the allowed range 0.3..10"),
 ])
 def test_bad_files_name_the_key_and_range(tmp_path, text, message):
     path = tmp_path / "bad.toml"
