@@ -636,7 +636,7 @@ class Conversation:
                 ov.interruption = True
                 if self._call is not None:
                     self._call.interruptions[ov.starter] += 1
-                self._emit("interruption", ov.starter, ov.start_s)
+                self._emit("interruption", ov.starter, ov.start_s, duration_s=round(ov.duration_s, 3))
 
     def _finish_turn(self, ch: str) -> None:
         start, end = self._turn_start[ch], self._last_end[ch]

@@ -248,6 +248,7 @@ class Signals:
         self._open_overlap_s: float | None = None
         self._talk_over_until = -math.inf
         self._talk_over_value = 0.0
+        self._talk_over_threshold = self.campaign.talking_over.min_overlap_s
         self._last_end: dict[str, float | None] = {"near": None, "far": None}
         self._run_s = 0.0
         self._run_speech_s = 0.0
@@ -315,8 +316,8 @@ class Signals:
             if ch == "near" and long_enough:
                 self._talking_over(float(body["duration_s"]))
             self._open_overlap_s = None
-        elif name == "interruption" and ch == "near":
-            self._talking_over(self.campaign.talking_over.min_overlap_s)
+        elif name == "interruption" and ch == "near":  # the prospect yielded: any length counts
+            self._talking_over(float(body.get("duration_s", 0.0)), interruption=True)
         elif name == "call_start":
             self._in_call = True
             self._answers_from_s = t
@@ -330,9 +331,15 @@ class Signals:
             self._new_call()
         return out
 
-    def _talking_over(self, value_s: float) -> None:
+    def _talking_over(self, value_s: float, interruption: bool = False) -> None:
+        """Raise 'talking over' at the next tick: the evidence is the overlap's length, against
+        ``min_overlap_s`` for an overlap, against 0 for an interruption (its length aside)."""
         self._talk_over_until = math.inf  # raised at the next tick, then held for show_s
         self._talk_over_value = max(self._talk_over_value, value_s)
+        if interruption and self._talk_over_value < self.campaign.talking_over.min_overlap_s:
+            self._talk_over_threshold = 0.0
+        else:
+            self._talk_over_threshold = self.campaign.talking_over.min_overlap_s
 
     def summary(self, end_s: float = math.inf) -> dict[str, float | int]:
         """The current call's cue counts and durations, rate and pitch statistics (``call_*``).
@@ -547,8 +554,8 @@ class Signals:
                 else:
                     self._talk_over_until = -math.inf
             raise_it = self._talk_over_until > now
-            out["talking_over"] = (round(self._talk_over_value, 2), to.min_overlap_s, raise_it,
-                                   not raise_it, 0.0, 0.0, "medium")
+            out["talking_over"] = (round(self._talk_over_value, 2), self._talk_over_threshold,
+                                   raise_it, not raise_it, 0.0, 0.0, "medium")
             if not raise_it:
                 self._talk_over_value = 0.0
         # slow to respond: the prospect spoke last and nobody has spoken since

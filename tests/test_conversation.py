@@ -92,6 +92,7 @@ def test_dialogue_latency_overlap_interruption() -> None:
     assert (ov.starter, ov.start_s, ov.end_s, ov.interruption) == ("far", 7.5, 8.0, True)
     assert names(events) == ["call_start", "overlap_start", "overlap_end", "interruption",
                              "call_end"]
+    assert events[3]["duration_s"] == 0.5  # the interruption says how long the overlap lasted
     end = events[-1]
     assert end["t_audio_s"] == 9.0 and end["call_end_reason"] == "silence"
     assert end["call_duration_s"] == pytest.approx(5.5)

@@ -347,6 +347,20 @@ def test_a_filled_pause_makes_an_answer_hesitant_only_inside_it():
     assert run([(9.0, 9.5), (17.2, 17.6), (27.2, 27.6)]) == []
 
 
+def test_an_interruption_reports_its_own_length():
+    """The agent cuts in and the prospect gives up 0.4 s later: 'talking over' says 0.4 s, against
+    no length threshold (an interruption counts whatever its length; it said 1.0 s of 1.0 s)."""
+    sig = Signals()
+    for name, ch, t, extra in (("call_start", "far", 0.0, {}), ("speech_start", "far", 1.0, {}),
+                               ("speech_start", "near", 3.0, {}), ("overlap_start", "near", 3.0, {}),
+                               ("speech_end", "far", 3.4, {}),
+                               ("overlap_end", "near", 3.4, {"duration_s": 0.4}),
+                               ("interruption", "near", 3.0, {"duration_s": 0.4})):
+        sig.event({"name": name, "channel": ch, "t_audio_s": t, **extra}, t)
+    (on,) = [e for e in sig(_tick(4.0)) if e["name"] == "cue_on"]
+    assert (on["cue"], on["evidence_value"], on["evidence_threshold"]) == ("talking_over", 0.4, 0.0)
+
+
 def test_the_evidence_meets_the_threshold_that_raised_the_cue():
     """A pace over the campaign's band (8.5 syl/s) raises 'slow down' below the 1.3 ratio: the
     threshold sent is the band as a ratio to the agent's pace; 'hesitating' sends how many of the
