@@ -346,12 +346,13 @@ class Pipeline:
 
     def gap(self, seconds: float) -> None:
         """Time without audio (the headset unplugged) counts as idle: a break long enough starts
-        a new shift when speech comes back.
+        a new shift when speech comes back; the hourly cue budget and the cooldowns see it pass.
 
         Args:
             seconds: how long the audio was gone, wall-clock seconds.
         """
         self._idle_s += max(0.0, seconds)
+        self.signals.elapse(max(0.0, seconds))
 
     def stop(self) -> list[Message]:
         """The box stops: the call in progress, its cues and the break suggestion end here."""
@@ -405,8 +406,10 @@ class Pipeline:
         for frame in self.framer(block):
             start_s = frame.start_s
             if self.private or start_s < self._resume_s:
-                # nothing is computed about a private stretch, not even a frame straddling its ends
+                # nothing is computed about a private stretch, not even a frame straddling its ends;
+                # it counts as idle (nothing of it may show that the agent worked on)
                 self.audio_s = start_s + FRAME_S
+                self._idle_s += FRAME_S
                 continue
             repaired = quality(frame.samples)
             if repaired is not frame.samples:

@@ -259,6 +259,12 @@ class Signals:
         """The agent's last speech starts while the prospect was silent, audio s (an answer ends
         at the first after it)."""
 
+    def elapse(self, seconds: float) -> None:
+        """Time passed without audio (a lost headset): the budget's hour and the cooldowns run
+        on the audio clock, which did not advance, so what they remember moves back by it."""
+        self._raised = deque(t - seconds for t in self._raised)
+        self._last_off = {cue: t - seconds for cue, t in self._last_off.items()}
+
     def close(self, t_s: float) -> list[dict[str, Any]]:
         """End every open cue now (before private mode); return their ``cue_off`` bodies."""
         return [self._off(cue, t_s) for cue in list(self.active)]

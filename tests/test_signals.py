@@ -478,3 +478,53 @@ def test_a_cue_raised_and_closed_at_the_same_instant_is_no_episode():
               cue_event("cue_off", "no_pause", 60.0, "medium", 0.95, 0.8)]
     assert [(c["cue"], c["start_s"], c["end_s"]) for c in cue_episodes(events)] == \
         [("talking_over", 12.0, 21.0)]
+
+
+def _slow_answer_call() -> np.ndarray:
+    """The prospect picks up, the agent speaks, the prospect answers and waits 4 s: one "the
+    prospect is waiting" cue; then 25 s of silence end the call (real EmoDB speech)."""
+    from tests._fixtures_signals import AGENT, PROSPECT, clips
+
+    agent, prospect = clips(AGENT, "N"), clips(PROSPECT, "N")
+    parts, t = [], 0.5
+    for ch, x, after_s in ((1, prospect[0], 0.5), (0, agent[0], 0.5), (1, prospect[1], 4.0),
+                           (0, agent[1], 0.0)):
+        parts.append((ch, t, x))
+        t += len(x) / 16000 + after_s
+    audio = np.random.default_rng(1).normal(0, 3e-4, (2, int((t + 25) * 16000))).astype(np.float32)
+    for ch, start_s, x in parts:
+        audio[ch, int(start_s * 16000): int(start_s * 16000) + len(x)] += x
+    return audio
+
+
+def test_an_unplugged_headset_lets_the_cue_budget_hour_pass(model):
+    """Budget one cue an hour; a cue, then the headset unplugged for two hours: the next call's
+    cue is raised (the budget ran on the audio clock, which stood still while unplugged, and
+    refused it)."""
+    campaign = from_mapping({"alerts": {"budget_per_hour": 1}})
+    pipe = Pipeline(model, campaign=campaign)
+    audio = _slow_answer_call()
+    msgs = _run(pipe, audio)
+    msgs += pipe.interrupt()
+    pipe.gap(2 * 3600.0)
+    msgs += _run(pipe, audio)
+    raised = [m.body["cue"] for m in msgs if m.kind == "event" and m.body["name"] == "cue_on"]
+    assert raised == ["slow_response", "slow_response"] and pipe.signals.suppressed_by_budget == 0
+
+
+def test_a_long_private_stretch_starts_a_new_shift(model):
+    """Fifteen minutes private (past new_shift_idle_min = 10) count as idle, as silence or an
+    unplugged headset do: the next speech starts a new shift (the old one carried on)."""
+    from tests._fixtures_signals import AGENT, clips
+
+    speech = np.concatenate([np.pad(c, (0, 4800)) for c in clips(AGENT, "N")])[: 30 * 16000]
+    audio = np.zeros((2, len(speech)), dtype=np.float32)
+    audio[0] = speech
+    audio += np.random.default_rng(2).normal(0, 3e-4, audio.shape).astype(np.float32)
+    pipe = Pipeline(model, campaign=from_mapping({"fatigue": {"new_shift_idle_min": 10.0}}))
+    _run(pipe, audio)
+    pipe.set_private(True)
+    _run(pipe, np.zeros((2, 15 * 60 * 16000), dtype=np.float32), block=60 * 16000)
+    pipe.set_private(False)
+    _run(pipe, audio)
+    assert pipe.shifts == 1
