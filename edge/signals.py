@@ -63,6 +63,9 @@ CUES: dict[str, CueInfo] = {
 """Every cue id (the wire's ``cue`` enum) with its labels; ``take_break`` comes from the fatigue stage."""
 
 SEVERITIES = ("low", "medium", "high")
+TENSION_HOLD_S = 1.5
+"""The affect model reads the prospect about once a second (``edge.affect.AffectConfig.hop_frames``):
+a window without a new value keeps the last one this long (0.5 s windows alternate)."""
 FAR_HOLD_KINDS = frozenset({"music", "dead"})
 """Far-end kinds that mean the line is on hold or gone: no cue."""
 FAR_TONE_KINDS = frozenset({"busy", "ringback"})
@@ -255,6 +258,8 @@ class Signals:
         keep = max(1, self.campaign.prospect_hesitating.responses)
         self._answers: deque[_Answer] = deque(maxlen=keep)
         """The prospect's last answers in the call."""
+        self._tension: tuple[float, float] | None = None
+        """The prospect's last tension and when it came (audio s)."""
         self._near_starts: deque[float] = deque(maxlen=8)
         """The agent's last speech starts while the prospect was silent, audio s (an answer ends
         at the first after it)."""
@@ -589,6 +594,10 @@ class Signals:
         # the prospect tense (affect model, far channel only)
         pt = c.prospect_tense
         tension = m.get("prospect_tension")
+        if tension is not None:
+            self._tension = (float(tension), now)
+        elif self._tension is not None and now - self._tension[1] <= TENSION_HOLD_S:
+            tension = self._tension[0]  # windows shorter than the model's hop hold its last value
         if pt.enabled and tension is not None:
             out["prospect_tense"] = (float(tension), pt.tension_on, tension >= pt.tension_on,
                                      tension <= pt.tension_off, pt.min_on_s, pt.min_off_s, "medium")

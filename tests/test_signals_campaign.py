@@ -456,3 +456,23 @@ def test_an_answer_of_the_call_that_just_ended_does_not_count_in_the_next():
     tick = _tick(20.0)
     tick.far_answers = ((18.5, 2.0),)  # its second: now two of the call's answers are slow
     assert [(e["name"], e["cue"]) for e in sig(tick)] == [("cue_on", "prospect_hesitating")]
+
+
+def test_prospect_tense_with_half_second_windows():
+    """The affect model reads the prospect once a second; with 0.5 s metrics windows every other
+    window has no value: the cue still rises after min_on_s (the missing value restarted its clock
+    and it never rose); a value gone for longer than TENSION_HOLD_S still stops it."""
+    def run(pattern: list[float | None]) -> list[dict]:
+        sig = Signals()
+        sig.event({"name": "call_start", "channel": "far", "t_audio_s": 0.0}, 0.0)
+        raised = []
+        for k, tension in enumerate(pattern):
+            metrics = {"window_s": 0.5, "near_speech_ratio": 0.0, "near_talking": False}
+            if tension is not None:
+                metrics["prospect_tension"] = tension
+            raised += [e for e in sig(_tick(0.5 * (k + 1), **metrics)) if e["cue"] == "prospect_tense"]
+        return raised
+
+    (on,) = run([0.95, None] * 20)
+    assert on["name"] == "cue_on" and 6.0 <= on["t_audio_s"] <= 7.0
+    assert run([0.95, None, None, None, None] * 8) == []  # a value every 2.5 s is no steady tension
