@@ -521,15 +521,19 @@ class Signals:
                 on = sign * ratio >= sign * cfg.ratio_on or band
                 off = sign * ratio <= sign * cfg.ratio_off and not band
                 far = abs(ratio - 1.0) >= 1.5 * abs(cfg.ratio_on - 1.0)
-                # the threshold in effect: the campaign's band, as a ratio, when it is the nearer
-                threshold = sign * min(sign * cfg.ratio_on, sign * cfg.band_syl_s / base)
+                # the threshold in effect: the campaign's band, as a ratio, when it is the nearer;
+                # past half as far again, the "high" one
+                threshold = 1.0 + 1.5 * (cfg.ratio_on - 1.0) if far else \
+                    sign * min(sign * cfg.ratio_on, sign * cfg.band_syl_s / base)
                 out[cue] = (ratio, threshold, on, off, cfg.min_on_s, cfg.min_off_s,
                             "high" if far else "medium")
         # monologue: the conversation stage's current agent turn
         mono = float(m.get("monologue_s_current", 0.0))
         if c.monologue.enabled:
-            out["monologue"] = (mono, c.monologue.on_s, mono >= c.monologue.on_s, mono < c.monologue.on_s,
-                                0.0, 0.0, "high" if mono >= c.monologue.high_s else "medium")
+            high = mono >= c.monologue.high_s
+            out["monologue"] = (mono, c.monologue.high_s if high else c.monologue.on_s,
+                                mono >= c.monologue.on_s, mono < c.monologue.on_s, 0.0, 0.0,
+                                "high" if high else "medium")
         # no pause or breath: consecutive seconds of speech whose short window holds no pause
         if c.no_pause.enabled:
             speech = float(m.get("near_speech_ratio", 0.0))

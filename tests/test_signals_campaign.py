@@ -212,6 +212,8 @@ def test_a_long_monologue_escalates_once_and_ends_once():
     ev += sig(_tick(91.0, monologue_s_current=0.0))
     assert [(e["name"], e["severity"], e["t_audio_s"]) for e in ev] == [
         ("cue_on", "medium", 30.0), ("cue_on", "high", 60.0), ("cue_off", "high", 91.0)]
+    # each against the threshold it passed (the high one said 30 s)
+    assert [(e["evidence_value"], e["evidence_threshold"]) for e in ev[:2]] == [(30.0, 30.0), (60.0, 60.0)]
     (episode,) = cue_episodes(ev)
     assert (episode["severity"], episode["start_s"], episode["end_s"]) == ("high", 30.0, 91.0)
     assert sig.summary()["call_cue_monologue_n"] == 1
@@ -382,6 +384,16 @@ def test_the_evidence_meets_the_threshold_that_raised_the_cue():
     on = {e["cue"]: (e["evidence_value"], e["evidence_threshold"]) for e in raised if e["name"] == "cue_on"}
     assert on["too_fast"] == (round(8.6 / 7.0, 3), round(8.5 / 7.0, 3))
     assert on["prospect_hesitating"] == (2, 2)
+    # past half as far again (1.45 with ratio_on 1.3) the cue is high: against that threshold
+    sig = Signals()
+    _ready(sig, pace=7.0)
+    raised = []
+    for k in range(5):
+        tick = _tick(float(k))
+        tick.short = tick.slow = RateWindow(0.8, 20, 10.5, 10.5, 1)
+        raised += sig(tick)
+    (high,) = [e for e in raised if e["cue"] == "too_fast"]
+    assert (high["severity"], high["evidence_value"], high["evidence_threshold"]) == ("high", 1.5, 1.45)
 
 
 def test_a_capture_glitch_keeps_the_cue_cooldowns():
