@@ -362,8 +362,11 @@ RATE_GRID: dict[str, tuple[float, ...]] = {
     "SMOOTH_HOPS": (1, 3, 5),
     "UNVOICED_PENALTY_DB": (3.0, 6.0, 9.0),
     "ONSET_TO_NUCLEUS_S": (0.15, 0.2, 0.25),
+    "FLOOR_BELOW_PEAK_DB": (15.0, 20.0, 25.0, 30.0, 35.0),
 }
-"""The hand-set constants of :mod:`edge.rate` and the values each could have taken."""
+"""Every hand-set constant the syllable count and the articulation rate read in :mod:`edge.rate`,
+and the values each could have taken. (The prosody stage's syllabic envelope, its bands and its
+window, was designed against the same labels: no grid can hold that out.)"""
 
 
 def rate_cv_figures(step: int = 1) -> dict[str, Any]:
