@@ -50,6 +50,8 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 """Default byte bound: about 2 days of one metrics message per second."""
 WAL_LIMIT_BYTES = 4 * 1024 * 1024
 """The write-ahead log is truncated back to this size after each checkpoint."""
+CLOCK_STEP_S = 60.0
+"""A wall clock that moved this much further than the monotonic clock was set, not drifting."""
 SEQ_RESERVE = 1_000
 """Sequence numbers reserved at a time in ``outbox.seq`` (rewritten every that many messages)."""
 SQLITE_FULL = 13
@@ -181,6 +183,8 @@ class Outbox:
         self.retention_s = retention_s
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._clock_offset_s = time.time() - time.monotonic()
+        """Wall clock minus monotonic clock when last looked at (a jump shows as a change)."""
         # beside the database, not named after it: whoever deletes "outbox.sqlite*" keeps it
         self._seq_file = None if str(path) == ":memory:" else reserve_file(self.path)
         try:
@@ -363,6 +367,8 @@ class Outbox:
         """Mark messages as acknowledged by the broker."""
         if not seqs:
             return
+        if ts is None:
+            self._follow_clock()  # the rows acknowledged before a jump move before these come
         now = time.time() if ts is None else ts
         self._db.execute("BEGIN IMMEDIATE")
         self._db.executemany("UPDATE outbox SET acked_ts = ? WHERE seq = ?",
@@ -401,11 +407,23 @@ class Outbox:
             "UPDATE outbox SET acked_ts = NULL WHERE seq BETWEEN ? AND ? "
             "AND acked_ts IS NOT NULL", (from_seq, last)).rowcount)
 
+    def _follow_clock(self) -> None:
+        """The wall clock jumped ahead (NTP setting a box that booted without a real-time clock):
+        move the acknowledgement times recorded before by as much, so the jump does not age them
+        (a clock set back only keeps rows longer)."""
+        offset_s = time.time() - time.monotonic()
+        step_s, self._clock_offset_s = offset_s - self._clock_offset_s, offset_s
+        if step_s >= CLOCK_STEP_S:
+            log.warning("outbox: the clock jumped %.0f s ahead; acknowledgement times follow", step_s)
+            self._db.execute("UPDATE outbox SET acked_ts = acked_ts + ? WHERE acked_ts IS NOT NULL",
+                             (step_s,))
+
     def purge(self, now: float | None = None) -> int:
         """Delete acknowledged rows older than the retention window; return how many."""
+        if now is None:
+            self._follow_clock()
         cutoff = (time.time() if now is None else now) - self.retention_s
-        # counted from the acknowledgement: a clock set right after boot (no RTC) does not age
-        # the rows made before it
+        # counted from the acknowledgement, on a clock whose jumps the rows follow
         n = int(self._db.execute("DELETE FROM outbox WHERE acked_ts IS NOT NULL "
                                  "AND acked_ts < ?", (cutoff,)).rowcount)
         if n:

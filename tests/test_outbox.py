@@ -113,6 +113,32 @@ def test_acked_rows_kept_for_retention_then_purged(tmp_path):
     assert box.purge(now=1200.0 + 365 * 86400 + 30) == 1 and box.first_seq() == o + 2
 
 
+def test_a_clock_set_after_boot_does_not_age_the_rows_acknowledged_before(tmp_path, monkeypatch):
+    """A Pi boots without a real-time clock (three days stale), the broker acknowledges ten
+    messages, then NTP sets the clock: those rows keep their 24 h for resend requests (the first
+    purge deleted them all); 25 real hours later they go."""
+    import edge.outbox as outbox_mod
+
+    clock = {"wall": 1_767_000_000.0, "mono": 100.0}
+    monkeypatch.setattr(outbox_mod.time, "time", lambda: clock["wall"])
+    monkeypatch.setattr(outbox_mod.time, "monotonic", lambda: clock["mono"])
+
+    def advance(wall_s: float, mono_s: float) -> None:
+        clock["wall"] += wall_s
+        clock["mono"] += mono_s
+
+    box = Outbox(tmp_path / "o.sqlite", "s", "b")
+    seqs = [box.put("metrics", BODY)[0] for _ in range(10)]
+    advance(15.0, 15.0)
+    box.ack(seqs)
+    advance(3 * 86400.0 + 5.0, 5.0)  # NTP: three days ahead, five seconds later
+    assert box.purge() == 0 and box.resend(seqs[0], seqs[-1]) == 10
+    box.ack(seqs)
+    advance(25 * 3600.0, 25 * 3600.0)
+    assert box.purge() == 10
+    box.close()
+
+
 def test_a_corrupt_or_lost_database_never_reuses_a_sequence_number(tmp_path):
     """A card that corrupts the database (or an operator who deletes it): the box starts a new one
     above every number it used, keeps the bad file aside, and runs on."""
