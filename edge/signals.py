@@ -586,9 +586,9 @@ class Signals:
                 # an answer lasts until the agent speaks again or the next answer begins; every
                 # answer is checked (two may come in one window, a filler is confirmed late)
                 answers = list(self._answers)
-                for x, nxt in zip(answers, [*answers[1:], None], strict=True):
-                    until = min([s for s in self._near_starts if s > x.start_s]
-                                + [nxt.start_s if nxt else math.inf])
+                for i, x in enumerate(answers):
+                    nxt = answers[i + 1].start_s if i + 1 < len(answers) else math.inf
+                    until = min([s for s in self._near_starts if s > x.start_s] + [nxt])
                     x.filled_pause |= any(x.start_s - 0.1 <= tick.voice_t0_s + a < until
                                           for a, _ in tick.far_filled_pauses_s)
             # the evidence: how many of the recent answers were hesitant

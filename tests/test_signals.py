@@ -528,3 +528,19 @@ def test_a_long_private_stretch_starts_a_new_shift(model):
     pipe.set_private(False)
     _run(pipe, audio)
     assert pipe.shifts == 1
+
+
+def test_every_ami_headset_pairing_runs_through_the_pipeline(model):
+    """The twelve pairings of the four AMI headsets as agent and line, whole recordings: each
+    gives a report (one of them, whose line opens on a filled pause before any answer, crashed
+    the cue stage)."""
+    from itertools import permutations
+
+    from edge.source import read_wav
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "ami-headsets"
+    heads = [read_wav(shared / f"source{i}.wav", notice=False).samples for i in range(4)]
+    for a, b in permutations(range(4), 2):
+        n = min(len(heads[a]), len(heads[b]))
+        report = analyze(np.stack([heads[a][:n], heads[b][:n]]), model)
+        assert report["duration_s"] > 50 and report["call"]["near_speech_ratio"] > 0, (a, b)

@@ -488,3 +488,13 @@ def test_prospect_tense_with_half_second_windows():
     (on,) = run([0.95, None] * 20)
     assert on["name"] == "cue_on" and 6.0 <= on["t_audio_s"] <= 7.0
     assert run([0.95, None, None, None, None] * 8) == []  # a value every 2.5 s is no steady tension
+
+
+def test_a_filled_pause_before_any_answer_is_no_crash():
+    """The prospect's first words hold a filled pause before any answer was recorded (a call that
+    opens on the line): no answer to mark, no error (it raised ValueError from zip)."""
+    sig = Signals()
+    sig.event({"name": "call_start", "channel": "far", "t_audio_s": 0.0}, 0.0)
+    tick = _tick(2.0, near_talking=False, near_speech_ratio=0.0)
+    tick.far_filled_pauses_s = ((0.5, 0.9),)
+    assert sig(tick) == []
