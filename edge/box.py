@@ -143,6 +143,8 @@ class Box:
         self._panel: tuple[bool, ...] = ()
         self._panel_at = 0.0
         self.cmd_refused = 0
+        self.pipeline_errors = 0
+        """Blocks on which a stage raised (a bug: logged, the stages started again)."""
         self.cmd_done = 0
         self.resent = 0
         self.suppressed = 0
@@ -170,6 +172,7 @@ class Box:
                 "outbox_depth": self.outbox.depth(), "dropped": self.outbox.dropped,
                 "private": self.private, "call_state": self._shown_call_state,
                 "cmd_refused": self.cmd_refused, "reload_refused": self.reload_refused,
+                "pipeline_errors": self.pipeline_errors,
                 **getattr(self.pipeline, "input_counts", dict)(), **self.source_status()}
 
     def submit(self, messages: Iterable[_Message]) -> int:
@@ -410,7 +413,20 @@ class Box:
             elif self._lost_at is not None and gap is not None:
                 gap(time.monotonic() - self._lost_at)  # nobody spoke while it was unplugged
                 self._lost_at = None
-        self.submit(self.pipeline(block))
+        try:
+            messages = self.pipeline(block)
+        except Exception:  # a stage's bug: logged and counted, the stages start again, the box runs on
+            log.exception("the pipeline failed on a block; its stages start again")
+            self.pipeline_errors += 1
+            self._status_due = True
+            interrupt = getattr(self.pipeline, "interrupt", None)
+            messages = []
+            if interrupt is not None:
+                try:
+                    messages = interrupt()
+                except Exception:
+                    log.exception("the pipeline could not start its stages again")
+        self.submit(messages)
         self.pump()
         if self.reload_pending and not self.private and not self._in_call():
             self.exit_code = EXIT_RELOAD

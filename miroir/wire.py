@@ -124,6 +124,7 @@ ALLOWED_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
         "call_state": (str,),
         "cmd_refused": (int,),
         "reload_refused": (int,),
+        "pipeline_errors": (int,),
         # Fleet health for site IT (edge/health.py).
         "cert_days_left": _num,
         "cpu_temp_c": _num,

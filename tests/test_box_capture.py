@@ -140,6 +140,30 @@ def test_a_message_outside_the_wire_contract_is_dropped_and_counted_not_fatal(tm
     box.outbox.close()
 
 
+def test_a_failing_stage_is_counted_and_the_box_runs_on(tmp_path: Path) -> None:
+    """A stage raises on one block (a bug such as the cue stage's zip of a447346): the box logs
+    and counts it in its status, its stages start again, the next blocks are processed."""
+    from edge.pipeline import Pipeline
+
+    pipe = Pipeline(load_vad_model())
+    fed = {"n": 0}
+
+    def flaky(block: np.ndarray) -> list:
+        fed["n"] += 1
+        if fed["n"] == 3:
+            raise ValueError("a stage's bug")
+        return pipe(block)
+
+    flaky.interrupt = pipe.interrupt  # type: ignore[attr-defined]
+    box = Box(EdgeSettings(site="site-a", box="box-a", broker_port=9, state_dir=tmp_path),
+              pipeline=flaky, version="test")
+    for _ in range(40):
+        box.step(np.zeros((2, 1024), dtype=np.float32))
+    assert fed["n"] == 40 and box.status_fields()["pipeline_errors"] == 1
+    assert box.outbox.depth() > 0  # metrics went on after the failure
+    box.outbox.close()
+
+
 def test_reload_refuses_a_bad_campaign_and_restarts_on_a_good_one_after_the_call(
         ami_pair, tmp_path: Path) -> None:
     """``reload`` re-reads the files: a bad campaign is refused (counted, the box goes on as it
