@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -116,7 +117,12 @@ def cmd_edge_update(args: argparse.Namespace) -> int:
         raise _err(f"release key {args.key}: {exc.strerror}") from None
 
     def restart() -> None:
-        subprocess.run(["systemctl", "restart", args.unit], check=False, timeout=60)
+        # (the unit's own start timeout is 60 s: a new agent that never gets ready times out
+        # here too, and the install rolls back)
+        try:
+            subprocess.run(["systemctl", "restart", args.unit], check=False, timeout=90)
+        except subprocess.TimeoutExpired:
+            raise UpdateError(f"{args.unit} did not restart within 90 s") from None
 
     def health(version: str) -> bool:
         since = time.time()
@@ -128,10 +134,18 @@ def cmd_edge_update(args: argparse.Namespace) -> int:
             time.sleep(1.0)
         return False
 
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # a closed SSH session or a stop: roll back, never stay unconfirmed
+
+    for sig in (signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, interrupted)
     try:
-        version = updater.install(args.bundle, key, restart=restart, health=health)
+        version = updater.install(args.bundle, key, restart=restart, health=health,
+                                  allow_downgrade=args.allow_downgrade)
     except UpdateError as exc:
         raise _err(str(exc)) from None
+    except OSError as exc:
+        raise _err(f"release bundle {args.bundle}: {exc.strerror or exc}") from None
     print(f"running release {version}")
     return 0
 
@@ -167,4 +181,7 @@ def register_cli(groups: dict[str, argparse._SubParsersAction]) -> None:
                    help=f"the agent's state folder holding heartbeat.json (default {DEFAULT_STATE})")
     p.add_argument("--health-timeout-s", type=float, default=90.0,
                    help="seconds the new release has to publish (default 90)")
+    p.add_argument("--allow-downgrade", action="store_true",
+                   help="install a release older than the running one (refused by default: a "
+                        "replayed old bundle)")
     p.set_defaults(func=cmd_edge_update)

@@ -17,13 +17,20 @@ The manifest names the version and the payload's SHA-256 and length. Installing:
 
 A power cut or kill at any point leaves ``current`` pointing to a complete release. At boot,
 :func:`recover` (``miroir-update-recover.service``, before the agent) removes staging leftovers
-and rolls an unconfirmed switch back. Verification needs ``cryptography``; recovery needs only
-the standard library (the image runs this file with the system Python).
+and rolls an unconfirmed switch back. An install refuses a version not newer than the one
+running (a replayed old bundle) unless told otherwise, unpacks only plain files, folders and
+symbolic links that stay inside the release (its own check, not tarfile's filters), within size
+caps, and holds a lock on the root: one install or recovery at a time. Releases are deleted by
+renaming them away first, so a half-deleted one is never taken for complete. Verification needs
+``cryptography``; recovery needs only the standard library (the image runs this file with the
+system Python).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -34,9 +41,10 @@ import struct
 import sys
 import tarfile
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -49,6 +57,13 @@ STATE_FILE = "state.json"
 CURRENT = "current"
 RELEASES = "releases"
 COMPLETE_MARK = ".complete"
+LOCK_FILE = ".lock"
+MAX_PAYLOAD_BYTES = 512 * 1024 * 1024
+"""Largest compressed payload accepted (it is read into memory to unpack)."""
+MAX_RELEASE_BYTES = 2 * 1024 * 1024 * 1024
+"""Largest unpacked release (the data partition also holds the outbox)."""
+FREE_MARGIN_BYTES = 256 * 1024 * 1024
+"""Space left free on the partition after unpacking."""
 
 HealthCheck = Callable[[str], bool]
 """Called with the new version after the switch; True when the agent runs well on it."""
@@ -74,6 +89,19 @@ def _check_version(version: object) -> str:
             c.isalnum() or c in ".-+_" for c in version) or version.startswith("."):
         raise UpdateError(f"bad release version {version!r}")
     return version
+
+
+def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key of a release version: dotted numbers compare as numbers (``0.10`` after
+    ``0.9``), other parts as text, numbers after text (``1.0rc1`` before ``1.0.0``)."""
+    parts: list[tuple[int, int | str]] = []
+    for piece in version.replace("-", ".").replace("+", ".").replace("_", ".").split("."):
+        digits = piece[: len(piece) - len(piece.lstrip("0123456789"))]
+        if digits:
+            parts.append((1, int(digits)))
+        if piece[len(digits):]:
+            parts.append((0, piece[len(digits):]))
+    return tuple(parts)
 
 
 def build_release(tree: Path, version: str, private_key_pem: bytes, out: Path) -> Path:
@@ -128,7 +156,14 @@ def verify_release(bundle: Path, public_key_pem: bytes) -> Manifest:
         except InvalidSignature:
             raise UpdateError(f"{bundle}: bad signature (not signed by the release key, "
                               "or the manifest was altered)") from None
-        info = json.loads(manifest_bytes)
+        try:
+            info = json.loads(manifest_bytes)
+            claimed = (info["version"], int(info["payload_bytes"]), str(info["payload_sha256"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UpdateError(f"{bundle}: malformed manifest ({type(exc).__name__})") from None
+        if not 0 < claimed[1] <= MAX_PAYLOAD_BYTES:
+            raise UpdateError(f"{bundle}: payload of {claimed[1]} bytes (at most "
+                              f"{MAX_PAYLOAD_BYTES})")
         offset = fh.tell()
         digest = hashlib.sha256()
         size = 0
@@ -188,10 +223,35 @@ class Updater:
         os.replace(link, self.current)
         _fsync_dir(self.root)
 
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the root's lock: one install or recovery at a time (a second one waits)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / LOCK_FILE, "a") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    def _remove(self, path: Path) -> None:
+        """Delete a release folder: renamed away first, so that a power cut in the middle never
+        leaves a half-deleted folder under a release's name (swept by :meth:`recover`)."""
+        if not path.exists():
+            return
+        trash = path.with_name(f".trash-{path.name}-{os.getpid()}-{time.monotonic_ns()}")
+        os.replace(path, trash)
+        _fsync_dir(path.parent)
+        shutil.rmtree(trash, ignore_errors=True)
+
     # -- operations ------------------------------------------------------------------------
 
     def unpack(self, bundle: Path, manifest: Manifest) -> Path:
-        """Unpack a verified payload into ``releases/<version>`` (staged, then renamed)."""
+        """Unpack a verified payload into ``releases/<version>`` (staged, then renamed).
+
+        Raises:
+            UpdateError: an unsafe or damaged archive, or no room for it (nothing is left).
+        """
         self.releases.mkdir(parents=True, exist_ok=True)
         final = self.releases / manifest.version
         if (final / COMPLETE_MARK).exists():
@@ -199,23 +259,29 @@ class Updater:
         stage = self.releases / f".staging-{manifest.version}"
         shutil.rmtree(stage, ignore_errors=True)
         stage.mkdir()
-        with open(bundle, "rb") as fh:
-            fh.seek(manifest.payload_offset)
-            data = fh.read()
-        if hashlib.sha256(data).hexdigest() != manifest.payload_sha256:
-            raise UpdateError("payload changed after verification")
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-            tar.extractall(stage, filter="data")
-            self._crash("unpack")
-        (stage / COMPLETE_MARK).write_text(manifest.version + "\n")
-        _fsync_tree(stage)
-        shutil.rmtree(final, ignore_errors=True)
+        try:
+            with open(bundle, "rb") as fh:
+                fh.seek(manifest.payload_offset)
+                data = fh.read(manifest.payload_bytes + 1)
+            if hashlib.sha256(data).hexdigest() != manifest.payload_sha256:
+                raise UpdateError("payload changed after verification")
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+                _extract(tar, stage)
+                self._crash("unpack")
+            (stage / COMPLETE_MARK).write_text(manifest.version + "\n")
+            _fsync_tree(stage)
+        except (OSError, tarfile.TarError, EOFError, zlib.error, UpdateError) as exc:
+            shutil.rmtree(stage, ignore_errors=True)
+            if isinstance(exc, UpdateError):
+                raise
+            raise UpdateError(f"cannot unpack release {manifest.version}: {exc}") from None
+        self._remove(final)
         os.replace(stage, final)
         _fsync_dir(self.releases)
         return final
 
     def install(self, bundle: Path, public_key_pem: bytes, *, restart: Restart,
-                health: HealthCheck) -> str:
+                health: HealthCheck, allow_downgrade: bool = False) -> str:
         """Verify, unpack, switch, health-check, then commit or roll back.
 
         Args:
@@ -223,6 +289,8 @@ class Updater:
             public_key_pem: The vendor's Ed25519 release key (PEM).
             restart: Restarts the agent on whatever ``current`` points to.
             health: Health check of the new version.
+            allow_downgrade: Install a version older than the running one (a deliberate
+                return to a release; refused by default, as a replayed old bundle would be).
 
         Returns:
             The version running afterwards.
@@ -231,47 +299,71 @@ class Updater:
             UpdateError: refused (nothing written) or rolled back (message says which).
         """
         manifest = verify_release(bundle, public_key_pem)  # before anything is written
-        self.recover()
-        old = self.current_version()
-        if old == manifest.version:
-            return old
-        self.unpack(bundle, manifest)
-        self._write_state({"pending": manifest.version, "previous": old, "ts": time.time()})
-        self._crash("before-switch")
-        self._switch(manifest.version)
-        self._crash("after-switch")
-        restart()
-        ok = False
-        try:
-            ok = health(manifest.version)
-        except Exception as exc:  # a crashing check is a failed check
-            log.warning("health check of %s raised: %s", manifest.version, exc)
-        if ok:
-            self._write_state({})
-            self.prune(keep={manifest.version, *([old] if old else [])})
-            log.info("update %s -> %s committed", old, manifest.version)
-            return manifest.version
-        self.rollback()
-        restart()
+        with self.locked():
+            self._recover()
+            old = self.current_version()
+            if old == manifest.version:
+                return old
+            if old is not None and not allow_downgrade and \
+                    version_key(manifest.version) <= version_key(old):
+                raise UpdateError(f"release {manifest.version} is not newer than the running "
+                                  f"{old} (a replayed old bundle?); --allow-downgrade to install "
+                                  "it anyway")
+            self.unpack(bundle, manifest)
+            self._write_state({"pending": manifest.version, "previous": old, "ts": time.time()})
+            self._crash("before-switch")
+            self._switch(manifest.version)
+            self._crash("after-switch")
+            ok = False
+            try:
+                restart()
+                try:
+                    ok = health(manifest.version)
+                except Exception as exc:  # a crashing check is a failed check
+                    log.warning("health check of %s raised: %s", manifest.version, exc)
+            except BaseException as exc:  # interrupted, a hung restart: never stay unconfirmed
+                back = self.rollback()
+                with contextlib.suppress(Exception):
+                    restart()
+                log.error("update to %s interrupted: rolled back to %s", manifest.version, back)
+                if isinstance(exc, UpdateError):
+                    raise UpdateError(f"{exc}; rolled back to {back}") from None
+                raise
+            if ok:
+                self._write_state({})
+                self.prune(keep={manifest.version, *([old] if old else [])})
+                log.info("update %s -> %s committed", old, manifest.version)
+                return manifest.version
+            back = self.rollback()
+            restart()
         raise UpdateError(f"release {manifest.version} failed its health check; "
-                          f"rolled back to {old}")
+                          + (f"rolled back to {back}" if back != manifest.version else
+                             "no previous release to roll back to: it keeps running"))
 
     def rollback(self) -> str | None:
-        """Point ``current`` back to the recorded previous release and clear the state."""
+        """Point ``current`` back to the recorded previous release and clear the state; the failed
+        release is deleted unless ``current`` still points to it (no complete previous one)."""
         state = self._state()
         previous = state.get("previous")
         if previous and (self.releases / previous / COMPLETE_MARK).exists():
             self._switch(previous)
+        else:
+            log.error("no complete previous release to roll back to: staying on %s",
+                      self.current_version())
         bad = state.get("pending")
         self._write_state({})
-        if bad and bad != previous:
-            shutil.rmtree(self.releases / bad, ignore_errors=True)
+        if bad and bad != self.current_version():
+            self._remove(self.releases / bad)
         return self.current_version()
 
     def recover(self) -> str | None:
-        """At boot: drop staging leftovers and roll back an unconfirmed switch."""
+        """At boot: drop staging and deletion leftovers and roll back an unconfirmed switch."""
+        with self.locked():
+            return self._recover()
+
+    def _recover(self) -> str | None:
         if self.releases.is_dir():
-            for stale in self.releases.glob(".staging-*"):
+            for stale in [*self.releases.glob(".staging-*"), *self.releases.glob(".trash-*")]:
                 shutil.rmtree(stale, ignore_errors=True)
         (self.root / f".{CURRENT}.new").unlink(missing_ok=True)
         if self._state().get("pending"):
@@ -282,9 +374,55 @@ class Updater:
 
     def prune(self, keep: set[str]) -> None:
         """Delete releases other than ``keep``."""
-        for path in self.releases.iterdir():
+        for path in list(self.releases.iterdir()):
             if not path.name.startswith(".") and path.name not in keep:
-                shutil.rmtree(path, ignore_errors=True)
+                self._remove(path)
+
+
+def _extract(tar: tarfile.TarFile, dest: Path) -> None:
+    """Unpack ``tar`` into ``dest``: plain files, folders and symbolic links only, no member
+    outside ``dest`` or through a link, within :data:`MAX_RELEASE_BYTES` and the free space.
+
+    A link's target is written as it is (a venv's ``python3`` points to the system's), never
+    followed while unpacking. Works the same on every Python 3.11 (no extraction filters needed).
+    """
+    members = tar.getmembers()
+    total = sum(m.size for m in members if m.isreg())
+    if total > MAX_RELEASE_BYTES:
+        raise UpdateError(f"release unpacks to {total} bytes (at most {MAX_RELEASE_BYTES})")
+    if shutil.disk_usage(dest).free < total + FREE_MARGIN_BYTES:
+        raise UpdateError(f"not enough room to unpack {total} bytes on {dest.parent}")
+    links: set[PurePosixPath] = set()
+    seen: set[PurePosixPath] = set()
+    for m in members:
+        path = PurePosixPath(m.name)
+        rel = PurePosixPath(*[p for p in path.parts if p != "."]) if path.parts else path
+        if path.is_absolute() or ".." in path.parts or "\0" in m.name:
+            raise UpdateError(f"unsafe path in the release: {m.name!r}")
+        if any(parent in links for parent in rel.parents):
+            raise UpdateError(f"{m.name!r} lies under a symbolic link of the release")
+        if str(rel) in ("", ".") and m.isdir():
+            continue  # the tree's own root
+        if rel in seen:
+            raise UpdateError(f"{m.name!r} appears twice in the release")
+        seen.add(rel)
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if m.isdir():
+            target.mkdir(exist_ok=True)
+            target.chmod(0o755)
+        elif m.isreg():
+            src = tar.extractfile(m)
+            assert src is not None
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                         0o755 if m.mode & 0o111 else 0o644)
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(src, out, CHUNK)
+        elif m.issym():
+            os.symlink(m.linkname, target)
+            links.add(rel)
+        else:
+            raise UpdateError(f"{m.name!r}: only files, folders and symbolic links in a release")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -298,7 +436,10 @@ def _fsync_dir(path: Path) -> None:
 def _fsync_tree(path: Path) -> None:
     for sub, _dirs, files in os.walk(path):
         for name in files:
-            with open(os.path.join(sub, name), "rb") as fh:
+            file = os.path.join(sub, name)
+            if os.path.islink(file):
+                continue  # the link itself is in its folder, synced below; never what it names
+            with open(file, "rb") as fh:
                 os.fsync(fh.fileno())
         _fsync_dir(Path(sub))
 

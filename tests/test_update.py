@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -214,3 +215,141 @@ def test_verify_reads_only(tmp_path: Path, keys: tuple[bytes, bytes]) -> None:
     m = verify_release(bundle, pub)
     assert m.version == "3.0" and m.payload_bytes > 0
     assert snapshot(tmp_path) == before
+
+
+def test_an_older_release_is_refused_unless_asked_for(tmp_path: Path, keys: tuple[bytes, bytes]) -> None:
+    """A replayed old signed bundle does not take the box back (it did); asked for, it does."""
+    priv, pub = keys
+    up = installed(tmp_path, priv, pub)
+    up.install(release(tmp_path, "1.10", priv), pub, restart=lambda: None, health=lambda v: True)
+    with pytest.raises(UpdateError, match=r"not newer than the running 1\.10"):
+        up.install(release(tmp_path, "1.9", priv), pub, restart=lambda: None, health=lambda v: True)
+    assert running(up.root) == "miroir 1.10"
+    assert up.install(tmp_path / "miroir-1.0.release", pub, restart=lambda: None,
+                      health=lambda v: True, allow_downgrade=True) == "1.0"
+
+
+@pytest.mark.parametrize("interruption", [KeyboardInterrupt(), UpdateError("agent did not restart")])
+def test_an_install_interrupted_after_the_switch_rolls_back(
+        tmp_path: Path, keys: tuple[bytes, bytes], interruption: BaseException) -> None:
+    """Ctrl-C, a closed SSH session (the CLI turns SIGHUP/SIGTERM into the same) or a restart
+    that hangs, during the health check: back on the old release at once (it stayed on the
+    unconfirmed one until the next boot)."""
+    priv, pub = keys
+    up = installed(tmp_path, priv, pub)
+
+    def health(version: str) -> bool:
+        raise interruption
+
+    with pytest.raises(type(interruption)):
+        up.install(release(tmp_path, "2.0", priv), pub, restart=lambda: None, health=health)
+    assert running(up.root) == "miroir 1.0" and not (up.releases / "2.0").exists()
+    assert up._state() == {}
+
+
+def _signed_tar(tmp: Path, members: list[tuple[tarfile.TarInfo, bytes | None]], priv: bytes,
+                version: str) -> Path:
+    """A payload built member by member (what build_release cannot make), signed as a release."""
+    import hashlib
+    import io
+    import json
+    import struct
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    payload = buf.getvalue()
+    manifest = json.dumps({"format": "miroir-release/1", "version": version,
+                           "payload_sha256": hashlib.sha256(payload).hexdigest(),
+                           "payload_bytes": len(payload)}, sort_keys=True).encode()
+    key = serialization.load_pem_private_key(priv, password=None)
+    assert isinstance(key, Ed25519PrivateKey)
+    from edge.update import MAGIC
+
+    out = tmp / f"bad-{version}.release"
+    out.write_bytes(MAGIC + struct.pack(">I", len(manifest)) + manifest
+                    + key.sign(MAGIC + manifest) + payload)
+    return out
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"x", link: str = ""
+            ) -> tuple[tarfile.TarInfo, bytes | None]:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = link
+    info.size = len(data) if kind == tarfile.REGTYPE else 0
+    info.mode = 0o755
+    return info, data if kind == tarfile.REGTYPE else None
+
+
+@pytest.mark.parametrize("members, why", [
+    ([_member("../../escaped.txt")], "unsafe path"),
+    ([_member("/etc/escaped.txt")], "unsafe path"),
+    ([_member("lib", tarfile.SYMTYPE, link="/tmp"), _member("lib/escaped.txt")], "under a symbolic link"),
+    ([_member("bin/miroir"), _member("hard", tarfile.LNKTYPE, link="bin/miroir")], "only files"),
+    ([_member("dev", tarfile.CHRTYPE)], "only files"),
+])
+def test_an_unsafe_signed_archive_is_refused_and_leaves_nothing(
+        tmp_path: Path, keys: tuple[bytes, bytes], members: list, why: str) -> None:
+    """Signed, yet unsafe (a compromised build): refused with a clear error, nothing outside the
+    release written, no staging left, the box on its release (the project checks the members
+    itself: Python 3.11's extraction filters are missing before 3.11.4 and had bypasses)."""
+    priv, pub = keys
+    up = installed(tmp_path, priv, pub)
+    bundle = _signed_tar(tmp_path, members, priv, "2.0")
+    with pytest.raises(UpdateError, match=why):
+        up.install(bundle, pub, restart=lambda: None, health=lambda v: True)
+    assert sorted(p.name for p in up.releases.iterdir()) == ["1.0"]
+    assert not (tmp_path / "escaped.txt").exists() and running(up.root) == "miroir 1.0"
+
+
+def test_a_venv_with_its_interpreter_link_installs(tmp_path: Path, keys: tuple[bytes, bytes]) -> None:
+    """A release holding a real venv (bin/python3 a link to the system's interpreter, an absolute
+    path) installs; the link is written as it is (tarfile's data filter refused it: no update
+    built the way the image builds its first release could ever go through)."""
+    priv, pub = keys
+    up = installed(tmp_path, priv, pub)
+    tree = tmp_path / "venv-tree"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tree / "venv")], check=True)
+    (tree / "bin").mkdir()
+    (tree / "bin" / "miroir").write_text("#!/bin/sh\necho miroir 2.0\n")
+    (tree / "bin" / "miroir").chmod(0o755)
+    bundle = build_release(tree, "2.0", priv, tmp_path / "venv.release")
+    assert up.install(bundle, pub, restart=lambda: None, health=lambda v: True) == "2.0"
+    links = [p for p in (up.current / "venv" / "bin").iterdir() if p.is_symlink()]
+    assert any(os.path.isabs(os.readlink(p)) for p in links), links  # the system's interpreter
+    assert running(up.root) == "miroir 2.0"
+
+
+def test_a_failed_first_install_keeps_the_release_it_cannot_leave(
+        tmp_path: Path, keys: tuple[bytes, bytes]) -> None:
+    """No previous release to go back to: the failed one stays (it was deleted under current,
+    leaving the box with nothing to boot), and the message says so."""
+    priv, pub = keys
+    up = Updater(tmp_path / "root")
+    with pytest.raises(UpdateError, match="no previous release"):
+        up.install(release(tmp_path, "1.0", priv), pub, restart=lambda: None, health=lambda v: False)
+    assert running(up.root) == "miroir 1.0"
+
+
+def test_deletions_leave_no_half_release_and_one_install_at_a_time(
+        tmp_path: Path, keys: tuple[bytes, bytes]) -> None:
+    """A release is renamed away before it is deleted (a power cut in the middle left a folder
+    still marked complete, later installed as is); recovery sweeps what a cut left. While one
+    install holds the root, a recovery waits for it (it rolled back an install in progress)."""
+    import threading
+
+    priv, pub = keys
+    up = installed(tmp_path, priv, pub)
+    leftover = up.releases / ".trash-2.0-1-1"
+    (leftover / "bin").mkdir(parents=True)
+    (leftover / COMPLETE_MARK).write_text("2.0\n")
+    assert up.recover() == "1.0" and not leftover.exists()
+    done = threading.Event()
+    with up.locked():
+        waiter = threading.Thread(target=lambda: (Updater(up.root).recover(), done.set()))
+        waiter.start()
+        assert not done.wait(0.5), "a recovery ran while an install held the root"
+    waiter.join(10)
+    assert done.is_set()
