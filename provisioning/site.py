@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
+import functools
 import ipaddress
 import json
 import logging
@@ -42,6 +44,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from cryptography import x509
 
@@ -80,6 +83,19 @@ KICK_CERT_DAYS = 10 / (24 * 60)
 BOX_CERT_DAYS = 825
 
 Reload = Callable[[], None]
+T = TypeVar("T")
+LOCK_FILE = ".lock"
+
+
+def _exclusive(method: Callable[..., T]) -> Callable[..., T]:
+    """One site operation at a time (two enrolments at once could each save the inventory
+    without the other's box): a lock on the site directory, waited for."""
+    @functools.wraps(method)
+    def run(self: Site, *args: Any, **kwargs: Any) -> T:
+        with open(self.dir / LOCK_FILE, "a") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            return method(self, *args, **kwargs)
+    return run
 
 
 class SiteError(RuntimeError):
@@ -254,6 +270,7 @@ class Site:
 
     # -- operations ----------------------------------------------------------------------
 
+    @_exclusive
     def enroll(self, items: Sequence[Enrolment], *, days: int = BOX_CERT_DAYS) -> list[Path]:
         """Enrol boxes: key, certificate, settings and first-boot bundle each; all or nothing.
 
@@ -328,6 +345,7 @@ class Site:
             ca_pem=self.ca.cert.read_text(), cert_pem=pair.cert.read_text(),
             key_pem=pair.key.read_text())
 
+    @_exclusive
     def revoke(self, box: str, reload: Reload, *, kick: bool = True) -> RevokeResult:
         """Revoke a box: CRL, ACL deny, broker reload, and its live connection cut.
 
@@ -362,6 +380,7 @@ class Site:
         log.info("revoked box %s (serials %s); kicked: %s", box, ", ".join(serials), kicked)
         return RevokeResult(box, serials, True, kicked, time.monotonic() - start)
 
+    @_exclusive
     def rotate(self, box: str, *, days: int = BOX_CERT_DAYS) -> Path:
         """Give a box a new key and certificate and a new bundle; the old one stays valid.
 
@@ -399,6 +418,7 @@ class Site:
         log.info("rotated box %s: new serial %s", box, rec.serial)
         return self.bundle_path(box)
 
+    @_exclusive
     def renew(self, reload: Reload, *, days: int = BOX_CERT_DAYS) -> dict[str, str]:
         """New keys and certificates for the broker and the dashboard (same names), the CRL signed
         again until the CA expires, and the broker's configuration written as this version does;
@@ -435,6 +455,7 @@ class Site:
         log.info("renewed the broker's and the dashboard's certificates and the CRL: %s", out)
         return out
 
+    @_exclusive
     def finish_rotation(self, box: str, reload: Reload, *, kick: bool = True) -> list[str]:
         """Revoke a box's rotated-out certificates (once it runs with the new one).
 

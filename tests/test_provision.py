@@ -335,3 +335,28 @@ def test_a_site_restored_elsewhere_runs_its_broker(site_dir: Path, tmp_path: Pat
             broker.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+ENROL_MANY = """
+import sys
+from pathlib import Path
+from provisioning.inventory import Enrolment
+from provisioning.site import Site
+site = Site(Path(sys.argv[1]))
+for i in range(8):
+    site.enroll([Enrolment(box=f"{sys.argv[2]}-{i}", seat=f"{sys.argv[2]} {i}")])
+"""
+
+
+def test_two_enrolments_at_once_lose_no_box(site_dir: Path) -> None:
+    """Two IT scripts enrol boxes into the same site at the same time: every box is in the
+    inventory afterwards (each loaded and saved the inventory on its own, losing the other's)."""
+    import subprocess
+    import sys
+
+    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    procs = [subprocess.Popen([sys.executable, "-c", ENROL_MANY, str(site_dir), name], env=env)
+             for name in ("north", "south")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    boxes = set(Site(site_dir).inventory().boxes)
+    assert boxes == {f"{side}-{i}" for side in ("north", "south") for i in range(8)}
