@@ -547,6 +547,7 @@ def init_site(dir: Path, site: str, *, broker_host: str, port: int = DEFAULT_POR
     ]
     atomic_write(dir / "dashboard.env", ("\n".join(env) + "\n").encode(), mode=0o644)
     Inventory(site).save(dir)
+    (dir / LOCK_FILE).touch(mode=0o600)  # (site commands lock it; made now, so they write nothing)
     log.info("site %s initialised in %s (dashboard identity %s)", site, dir,
              dashboard_identity(site))
     return s
