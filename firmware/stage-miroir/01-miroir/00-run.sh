@@ -28,6 +28,9 @@ echo "${SEED}/bin/python -c 'from models.build import model_path; print(model_pa
 touch "${ROOTFS_DIR}${SEED}/.complete"
 install -d "${ROOTFS_DIR}/opt"
 ln -sfn /data/miroir-releases "${ROOTFS_DIR}/opt/miroir"
+# `miroir` on the PATH for site IT (`sudo miroir edge update ...`): the running release's.
+install -d "${ROOTFS_DIR}/usr/local/bin"
+ln -sfn /opt/miroir/current/bin/miroir "${ROOTFS_DIR}/usr/local/bin/miroir"
 install -D -m 0644 "${MIROIR_RELEASE_KEY}" "${ROOTFS_DIR}/usr/share/miroir/release-key.pem"
 install -D -m 0755 "$(dirname "$0")/../../../edge/update.py" "${ROOTFS_DIR}/usr/lib/miroir/update.py"
 
