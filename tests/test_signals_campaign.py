@@ -369,13 +369,18 @@ def test_the_evidence_meets_the_threshold_that_raised_the_cue():
     recent answers were hesitant, against the count that raises it."""
     from edge.rate import RateWindow
 
-    sig = Signals()
-    _ready(sig, pace=7.0)
-    raised = []
-    for k in range(5):
-        tick = _tick(float(k))
-        tick.short = tick.slow = RateWindow(0.8, 20, 8.6, 8.6, 1)
-        raised += sig(tick)
+    def paced(pace_syl_s: float) -> tuple[Signals, list[dict]]:
+        """An agent with a 7 syl/s baseline speaking 5 s at ``pace_syl_s``."""
+        sig = Signals()
+        _ready(sig, pace=7.0)
+        raised = []
+        for k in range(5):
+            tick = _tick(float(k))
+            tick.short = tick.slow = RateWindow(0.8, 20, pace_syl_s, pace_syl_s, 1)
+            raised += sig(tick)
+        return sig, raised
+
+    sig, raised = paced(8.6)
     sig.event({"name": "call_start", "channel": "far", "t_audio_s": 5.0}, 5.0)
     for n, lat_s in enumerate((0.3, 1.6, 1.9, 0.4), 1):
         tick = _tick(5.0 + n)
@@ -385,14 +390,7 @@ def test_the_evidence_meets_the_threshold_that_raised_the_cue():
     assert on["too_fast"] == (round(8.6 / 7.0, 3), round(8.5 / 7.0, 3))
     assert on["prospect_hesitating"] == (2, 2)
     # past half as far again (1.45 with ratio_on 1.3) the cue is high: against that threshold
-    sig = Signals()
-    _ready(sig, pace=7.0)
-    raised = []
-    for k in range(5):
-        tick = _tick(float(k))
-        tick.short = tick.slow = RateWindow(0.8, 20, 10.5, 10.5, 1)
-        raised += sig(tick)
-    (high,) = [e for e in raised if e["cue"] == "too_fast"]
+    (high,) = [e for e in paced(10.5)[1] if e["cue"] == "too_fast"]
     assert (high["severity"], high["evidence_value"], high["evidence_threshold"]) == ("high", 1.5, 1.45)
 
 
