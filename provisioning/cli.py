@@ -24,12 +24,9 @@ def _err(msg: str) -> Exception:
 
 
 def _site(args: argparse.Namespace) -> Site:
-    from provisioning.site import Site, SiteError
+    from provisioning.site import Site
 
-    try:
-        return Site(args.site_dir)
-    except SiteError as exc:
-        raise _err(str(exc)) from None
+    return Site(args.site_dir)  # (a SiteError becomes one line in _plain_errors)
 
 
 def _reload(args: argparse.Namespace) -> Reload:
@@ -106,13 +103,8 @@ def cmd_enroll_csv(args: argparse.Namespace) -> int:
 
 def cmd_revoke(args: argparse.Namespace) -> int:
     """Revoke a box: CRL and ACL updated, broker reloaded, its live connection cut, refused after."""
-    from provisioning.site import SiteError
-
     site = _site(args)
-    try:
-        result = site.revoke(args.box, _reload(args), kick=not args.no_kick)
-    except SiteError as exc:
-        raise _err(str(exc)) from None
+    result = site.revoke(args.box, _reload(args), kick=not args.no_kick)
     live = "cut" if result.kicked else "left (--no-kick)" if args.no_kick else \
         "not cut (broker unreachable?)"
     print(f"box {result.box} revoked (serials {', '.join(result.serials)}); broker reloaded; "
@@ -122,19 +114,14 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 def cmd_rotate(args: argparse.Namespace) -> int:
     """Give a box a new certificate without downtime; --finish revokes the old one afterwards."""
-    from provisioning.site import SiteError
-
     site = _site(args)
-    try:
-        if args.finish:
-            serials = site.finish_rotation(args.box, _reload(args))
-            print(f"box {args.box}: retired {len(serials)} old certificate(s)")
-        else:
-            path = site.rotate(args.box)
-            print(f"box {args.box}: new bundle {path}; the old certificate stays valid until "
-                  f"`miroir provision rotate {args.box} --finish`")
-    except SiteError as exc:
-        raise _err(str(exc)) from None
+    if args.finish:
+        serials = site.finish_rotation(args.box, _reload(args))
+        print(f"box {args.box}: retired {len(serials)} old certificate(s)")
+    else:
+        path = site.rotate(args.box)
+        print(f"box {args.box}: new bundle {path}; the old certificate stays valid until "
+              f"`miroir provision rotate {args.box} --finish`")
     return 0
 
 
