@@ -116,16 +116,20 @@ def build_release(tree: Path, version: str, private_key_pem: bytes, out: Path) -
     Returns:
         ``out``.
     """
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(tree, arcname=".")
+    return sign_release(buf.getvalue(), version, private_key_pem, out)
+
+
+def sign_release(payload: bytes, version: str, private_key_pem: bytes, out: Path) -> Path:
+    """Write a bundle of an already packed ``payload`` (tar.gz) signed as release ``version``."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     key = serialization.load_pem_private_key(private_key_pem, password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise UpdateError("the signing key is not an Ed25519 key")
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        tar.add(tree, arcname=".")
-    payload = buf.getvalue()
     manifest = json.dumps({"format": "miroir-release/1", "version": _check_version(version),
                            "payload_sha256": hashlib.sha256(payload).hexdigest(),
                            "payload_bytes": len(payload)}, sort_keys=True).encode()
@@ -395,13 +399,12 @@ def _extract(tar: tarfile.TarFile, dest: Path) -> None:
     links: set[PurePosixPath] = set()
     seen: set[PurePosixPath] = set()
     for m in members:
-        path = PurePosixPath(m.name)
-        rel = PurePosixPath(*[p for p in path.parts if p != "."]) if path.parts else path
-        if path.is_absolute() or ".." in path.parts or "\0" in m.name:
+        rel = PurePosixPath(m.name)  # ("./bin" reads as "bin": pathlib drops the dots)
+        if rel.is_absolute() or ".." in rel.parts or "\0" in m.name:
             raise UpdateError(f"unsafe path in the release: {m.name!r}")
         if any(parent in links for parent in rel.parents):
             raise UpdateError(f"{m.name!r} lies under a symbolic link of the release")
-        if str(rel) in ("", ".") and m.isdir():
+        if not rel.parts and m.isdir():
             continue  # the tree's own root
         if rel in seen:
             raise UpdateError(f"{m.name!r} appears twice in the release")

@@ -16,7 +16,14 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.update import COMPLETE_MARK, UpdateError, Updater, build_release, verify_release
+from edge.update import (
+    COMPLETE_MARK,
+    UpdateError,
+    Updater,
+    build_release,
+    sign_release,
+    verify_release,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -250,27 +257,13 @@ def test_an_install_interrupted_after_the_switch_rolls_back(
 def _signed_tar(tmp: Path, members: list[tuple[tarfile.TarInfo, bytes | None]], priv: bytes,
                 version: str) -> Path:
     """A payload built member by member (what build_release cannot make), signed as a release."""
-    import hashlib
     import io
-    import json
-    import struct
 
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for info, data in members:
             tar.addfile(info, io.BytesIO(data) if data is not None else None)
-    payload = buf.getvalue()
-    manifest = json.dumps({"format": "miroir-release/1", "version": version,
-                           "payload_sha256": hashlib.sha256(payload).hexdigest(),
-                           "payload_bytes": len(payload)}, sort_keys=True).encode()
-    key = serialization.load_pem_private_key(priv, password=None)
-    assert isinstance(key, Ed25519PrivateKey)
-    from edge.update import MAGIC
-
-    out = tmp / f"bad-{version}.release"
-    out.write_bytes(MAGIC + struct.pack(">I", len(manifest)) + manifest
-                    + key.sign(MAGIC + manifest) + payload)
-    return out
+    return sign_release(buf.getvalue(), version, priv, tmp / f"bad-{version}.release")
 
 
 def _member(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"x", link: str = ""
