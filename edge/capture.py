@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from edge.frames import RATE_HZ
+from miroir import wire
 
 log = logging.getLogger(__name__)
 
@@ -585,10 +586,13 @@ class CaptureSource:
                         f"{self.config.stall_s:g} s")
         return None
 
-    def status_fields(self) -> dict[str, int | bool]:
-        """Fields for the box's retained status (allow-listed in :mod:`miroir.wire`)."""
+    def status_fields(self) -> dict[str, int | bool | str]:
+        """Fields for the box's retained status (allow-listed in :mod:`miroir.wire`); while the
+        device is lost, ``capture_error`` says why (empty otherwise)."""
+        error = "" if self.device_ok else (self.last_error or "capture device lost")
         return {"capture_ok": self.device_ok, "overruns": self.overruns + self.input_overflows,
-                "capture_reopens": self.reopen_count}
+                "capture_reopens": self.reopen_count,
+                "capture_error": error[:wire.MAX_TEXT_CHARS]}
 
 
 def _drain(q: queue.Queue[tuple[int, bytes]], wait_s: float) -> list[tuple[int, bytes]]:

@@ -29,6 +29,8 @@ UP_KINDS = ("status", "metrics", "event")
 STREAM_KINDS = ("metrics", "event")
 CMD_KIND = "cmd"
 MAX_PAYLOAD_BYTES = 4096
+MAX_TEXT_CHARS = 200
+"""Longest free-text field (``status.capture_error`` and ``version``): text for site IT, never speech."""
 
 TALK_STATES = ("silence", "agent", "prospect", "overlap")
 EVENT_NAMES = ("speech_start", "speech_end", "call_start", "call_end", "overlap_start", "overlap_end",
@@ -116,6 +118,7 @@ ALLOWED_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
         "overruns": (int,),
         "capture_ok": (bool,),
         "capture_reopens": (int,),
+        "capture_error": (str,),
         "nan_frames": (int,),
         "clipped_frames": (int,),
         "seq_first": (int,),
@@ -206,6 +209,7 @@ _ENUMS: dict[str, tuple[str, ...]] = {
     "severity": CUE_SEVERITIES,
     "evidence_unit": CUE_UNITS,
 }
+_TEXTS = ("capture_error", "version")
 _RATIOS = ("near_speech_ratio", "far_speech_ratio", "near_voiced_ratio", "far_voiced_ratio",
            "prospect_arousal", "prospect_tension",
            *(f for f in (*_CONVERSATION_METRICS, *_CALL_SUMMARY)
@@ -289,6 +293,8 @@ def validate(kind: str, msg: dict[str, Any]) -> dict[str, Any]:
             raise WireError(f"{kind}.{name}: not a finite number")
         if isinstance(value, int) and not -MAX_SEQ - 1 <= value <= MAX_SEQ:  # SQLite's INTEGER
             raise WireError(f"{kind}.{name}: integer out of range")
+        if isinstance(value, str) and name in _TEXTS and len(value) > MAX_TEXT_CHARS:
+            raise WireError(f"{kind}.{name}: longer than {MAX_TEXT_CHARS} characters")
         if name in _ENUMS and value not in _ENUMS[name]:
             raise WireError(f"{kind}.{name}: {value!r:.40} not one of {', '.join(_ENUMS[name])}")
     if msg["v"] != SCHEMA_VERSION:

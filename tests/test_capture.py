@@ -256,12 +256,14 @@ def test_device_lost_is_reported_and_reopened_without_restart(alsa_home: AlsaHom
     assert not src.device_ok and "not found" in (src.last_error or "")
     assert src.status_fields()["capture_ok"] is False
     status = status_message("site-1", "box-1", "online", time.time(), **src.status_fields())
-    assert decode_status(encode("status", status))["capture_ok"] is False
+    sent = decode_status(encode("status", status))
+    assert sent["capture_ok"] is False and "miroirtest" in sent["capture_error"]
 
     # plug back in: found again, re-opened, fresh data flows
     alsa_home.define("miroirtest", second)
     back = _until(blocks, lambda: src.device_ok)
     assert src.reopen_count == 2 and src.last_error is None
+    assert src.status_fields()["capture_error"] == ""
     back += [next(blocks) for _ in range(3)]
     data = np.concatenate([b for b in back if b.shape[1]], axis=1)
     assert data.shape[1] > 0

@@ -66,6 +66,9 @@ def test_problems_rank_every_fleet_rule_and_age_the_certificate() -> None:
     codes = [p.code for p in fleet.problems(sick, now, "1.2.0")]
     assert codes == ["capture", "cert_expiring", "outbox", "dropped", "overruns", "clock",
                      "thermal", "version"]
+    # the box says why its capture failed: IT reads it beside the problem
+    lost = {**healthy, "capture_ok": False, "capture_error": "capture device 'hw:1' not found"}
+    assert fleet.problems(lost, now, None)[0].detail == "capture device 'hw:1' not found"
     # Boundaries: exactly at the threshold is no problem.
     edge = {**healthy, "outbox_depth": 1000, "cpu_temp_c": 80.0, "clock_offset_ms": 500.0,
             "cert_days_left": 30.0, "last_status_ts": now}

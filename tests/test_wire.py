@@ -61,6 +61,14 @@ def test_bad_values_refused(change, match):
         wire.validate("metrics", _metrics(**change))
 
 
+def test_free_text_status_fields_are_bounded():
+    ok = wire.status_message("s", "b", "online", 1.0, capture_error="x" * wire.MAX_TEXT_CHARS)
+    assert ok["capture_error"] == "x" * wire.MAX_TEXT_CHARS
+    for field in ("capture_error", "version"):
+        with pytest.raises(wire.WireError, match=f"{field}: longer than"):
+            wire.status_message("s", "b", "online", 1.0, **{field: "x" * (wire.MAX_TEXT_CHARS + 1)})
+
+
 def test_no_list_or_object_field_in_schema():
     """No allow-listed field can carry an array (of samples) or a nested object."""
     for kind, fields in wire.ALLOWED_FIELDS.items():
