@@ -603,8 +603,10 @@ class Conversation:
         other = _other(ch)
         other_end, own_end = self._last_end[other], self._last_end[ch]
         call = self._call
-        if (call is None or self._speaking[other] or other_end is None
-                or other_end < call.start_s or (own_end is not None and own_end >= other_end)
+        # no answer across a hold: the other side stopped before it, and the wait was the hold's
+        if (call is None or call.hold or self._speaking[other] or other_end is None
+                or other_end < max(call.start_s, call.resumed_s)
+                or (own_end is not None and own_end >= other_end)
                 or t - other_end > self.config.max_latency_s):
             return
         r = Response(ch, t, t - other_end)

@@ -608,9 +608,11 @@ class Signals:
         return out
 
     def _response_gap(self, now: float) -> float:
-        """Seconds since the prospect stopped, if the prospect spoke last and nobody speaks (else 0)."""
+        """Seconds since the prospect stopped, if the prospect spoke last and nobody speaks (else 0);
+        a prospect who stopped before a hold or mute is not waiting (the gap was the hold's)."""
         far_end, near_end = self._last_end["far"], self._last_end["near"]
-        if self._speaking["near"] or self._speaking["far"] or far_end is None:
+        if self._speaking["near"] or self._speaking["far"] or far_end is None \
+                or far_end < self._live_since_s:
             return 0.0
         return now - far_end if near_end is None or near_end < far_end else 0.0
 

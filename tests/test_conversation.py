@@ -236,6 +236,21 @@ def test_explicit_call_signal_and_hold() -> None:
     assert not [k for k in events[1] if k.endswith("_ratio")]
 
 
+def test_no_response_latency_across_a_hold() -> None:
+    """The prospect stops, the agent puts the call on hold and speaks after it: the hold is no
+    answer time (it read as an 8.3 s answer); an answer after the resume counts from the resume's
+    speech as usual."""
+    conv, events, metrics = drive([(12.3, 14.0), (17.5, 18.0)], [(1.0, 4.0), (15.0, 17.0)], 20.0,
+                                  signals=((0.5, "active"), (4.5, "hold"), (12.0, "active"),
+                                           (19.5, "idle")))
+    assert conv.history is not None
+    assert [(r.channel, round(r.latency_s, 2)) for r in conv.history.responses] == [
+        ("far", 1.0), ("near", 0.5)]
+    end = next(e for e in events if e["name"] == "call_end")
+    assert end["call_responses_agent"] == 1 and end["call_latency_agent_ms_median"] == 500.0
+    assert {m.get("latency_agent_ms_last") for m in metrics[12:17]} == {None}
+
+
 def test_end_of_stream_closes_the_call() -> None:
     _, events, _ = drive([(3.0, 6.0)], [(1.0, 2.5)], 5.0)
     assert names(events) == ["call_start", "call_end"]

@@ -467,6 +467,21 @@ def test_the_baseline_never_learns_from_a_window_reaching_into_a_hold(model):
     assert not [t for t, _ in learned if 12.0 + 1.0 < t <= 25.0]  # nothing while on hold
 
 
+def test_the_prospect_is_not_waiting_across_a_hold(model):
+    """Real speech: the prospect stops, the agent puts the call on hold half a second later and
+    speaks again 0.6 s after the resume. The hold is no slow answer: no "the prospect is waiting"
+    at the resume (it fired with 6.9 s of evidence), no answer latency in the call summary."""
+    from edge.conversation import ConversationConfig
+
+    audio = _timeline(20.0, [(0, "08", 0.6, 2.4), (1, "03", 3.0, 5.0), (0, "08", 12.1, 14.0)])
+    pipe = Pipeline(model, conversation=ConversationConfig(call_start_on_speech=False))
+    events = _feed(pipe, audio, {0.0: "active", 5.5: "hold", 11.5: "active", 19.0: "idle"})
+    assert not [e for e in events if e["name"] == "cue_on" and e["cue"] == "slow_response"]
+    end = next(e for e in events if e["name"] == "call_end")
+    assert end["call_cue_slow_response_n"] == 0 and end.get("call_responses_agent", 0) == 0
+    assert end["call_responses_prospect"] == 1  # the prospect's answer before the hold counts
+
+
 def test_a_cue_raised_and_closed_at_the_same_instant_is_no_episode():
     """A cue raised in the recording's last window is closed by its end at the same instant: it
     said nothing, and the call's summary does not count it either; analyze lists it no more."""
