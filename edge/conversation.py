@@ -162,7 +162,9 @@ class ConversationConfig:
     call_start_on_speech: bool = True
     """Far-end speech starts a call (else only :meth:`Conversation.call_state` does)."""
     call_end_silence_s: float | None = 20.0
-    """A call ends after this long with no speech on either channel (None: only on the signal)."""
+    """A call ends after this long with no speech on either channel (None: only on the signal).
+    Only where speech starts calls: where the call signal alone does, nothing would start the
+    rest of a call ended on a long silence, so the signal alone ends it."""
     voicemail_within_s: float = 60.0
     """A beep on the line this soon after the call began ends it as a voicemail (or a recorded
     announcement): the far speech before it was a greeting, not a prospect. Only where speech
@@ -335,7 +337,8 @@ class Conversation:
       (within the call, at most ``max_latency_s`` before): start minus Y's last speech end. A turn
       started while the other speaks is an overlap, never a negative latency.
     * call: starts at far-end speech (or :meth:`call_state`), ends ``call_end_silence_s`` after the
-      last speech on either channel (the call's end is that last speech end), on the signal, or
+      last speech on either channel where speech starts calls (the call's end is that last speech
+      end), on the signal, or
       where a busy tone (:meth:`hang_up`) or a voicemail's beep (:meth:`voicemail`) began; a turn
       under way when the call ends is one of its turns.
     """
@@ -540,7 +543,7 @@ class Conversation:
                 d = end + self.config.turn_gap_s
                 if best is None or d < best:
                     best, what = d, ch
-        silence = self.config.call_end_silence_s
+        silence = self.config.call_end_silence_s if self.config.call_start_on_speech else None
         call = self._call
         if (call is not None and silence is not None and not call.hold
                 and not speaking[AGENT] and not speaking[PROSPECT]):

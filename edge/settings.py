@@ -66,7 +66,8 @@ class EdgeSettings:
     sends the call state (``cmd`` or the control socket), the only call signal then."""
     call_end_silence_s: float = 20.0
     """A call ends after this long with no speech on either side; 0: only on the call signal
-    (or a busy tone: the prospect hung up)."""
+    (or a busy tone: the prospect hung up). Where ``call_start_on_speech`` is false, the call
+    signal alone ends calls and this is not used."""
     model_backend: str = "litert"
     """Runtime for the models: ``litert`` (LiteRT, the default: the fastest here) or ``onnx``."""
     campaign_file: Path | None = None

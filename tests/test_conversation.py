@@ -236,6 +236,22 @@ def test_explicit_call_signal_and_hold() -> None:
     assert not [k for k in events[1] if k.endswith("_ratio")]
 
 
+def test_where_the_call_signal_starts_calls_a_long_silence_does_not_end_one() -> None:
+    """A softphone site (calls start on the signal only) with the default 20 s silence end: a 25 s
+    silence inside the call ended it for good (nothing would start the rest of it again), and the
+    softphone's 'idle' at the end did nothing."""
+    cfg = ConversationConfig(keep_history=True, call_start_on_speech=False)
+    assert cfg.call_end_silence_s == 20.0
+    conv, events, metrics = drive([(1.0, 5.0), (32.0, 40.0)], [(5.5, 7.0), (41.0, 50.0)], 60.0, cfg,
+                                  signals=((0.5, "active"), (55.0, "idle")))
+    assert [(e["name"], e["t_audio_s"]) for e in events if e["name"].startswith("call_")] == [
+        ("call_start", 0.5), ("call_end", 55.0)]
+    assert all(m["in_call"] for m in metrics[1:54])
+    assert conv.history is not None
+    call = conv.history.calls[0]
+    assert (call.end_reason, call.turns_agent, call.turns_prospect) == ("signal", 2, 2)
+
+
 def test_no_response_latency_across_a_hold() -> None:
     """The prospect stops, the agent puts the call on hold and speaks after it: the hold is no
     answer time (it read as an 8.3 s answer); an answer after the resume counts from the resume's
