@@ -126,7 +126,7 @@ CALL_END_REASONS = ("silence", "signal", "hangup", "voicemail", "end_of_stream")
 
 # Order of simultaneous pending items: a speech end before a call signal before a speech start, so
 # that one side stopping exactly when the other starts is a hand-over, not an overlap.
-_END, _CALL_END, _CALL_START, _CALL_HOLD, _START = 0, 1, 2, 3, 4
+_END, _CALL_END, _CALL_START, _CALL_HOLD, _LINE_HOLD, _START = 0, 1, 2, 3, 4, 5
 _HANGUP = "hangup"
 """Channel slot of a ``_CALL_END`` that a busy tone caused (its end reason)."""
 _VOICEMAIL = "voicemail"
@@ -354,6 +354,7 @@ class Conversation:
         self._t0_s = 0.0
         self._pending: list[tuple[float, int, int, str]] = []
         self._defer_s: float | None = None
+        self._line_hold = False  # hold music on the line (see line_hold)
         self._keep_s = max(self.config.windows_s, default=0.0)
         self._seq = 0
         self._reported = {AGENT: False, PROSPECT: False}
@@ -440,6 +441,14 @@ class Conversation:
         t = t_s if t_s is not None else (self._clock_s or 0.0)
         self._push(t, kinds[state], PROSPECT)
 
+    def line_hold(self, on: bool, t_s: float) -> None:
+        """Hold music on the line from ``t_s`` (seconds) if ``on``, none from then if not.
+
+        Like the ``hold`` signal, it keeps a call open (no silence end while it plays) and no answer
+        is timed across it; the silence clock restarts where it stops.
+        """
+        self._push(t_s, _LINE_HOLD, "on" if on else "off")
+
     def hang_up(self, t_s: float) -> None:
         """The far end hung up (a busy tone on the line at ``t_s``, seconds): end the call there,
         back-dated if the stage has processed past it (see :meth:`defer`)."""
@@ -503,6 +512,10 @@ class Conversation:
                 if self._call.hold and kind == _CALL_START:
                     self._call.resumed_s = t
                 self._call.hold = kind == _CALL_HOLD
+            elif kind == _LINE_HOLD:
+                self._line_hold = ch == "on"
+                if self._call is not None and not self._line_hold:
+                    self._call.resumed_s = max(self._call.resumed_s, t)
             elif self._call is not None and ch == _VOICEMAIL:
                 cfg, call = self.config, self._call
                 t_end = max(tone_s, call.start_s)
@@ -545,7 +558,7 @@ class Conversation:
                     best, what = d, ch
         silence = self.config.call_end_silence_s if self.config.call_start_on_speech else None
         call = self._call
-        if (call is not None and silence is not None and not call.hold
+        if (call is not None and silence is not None and not call.hold and not self._line_hold
                 and not speaking[AGENT] and not speaking[PROSPECT]):
             d = self._call_last_speech_s() + silence
             if best is None or d < best:
@@ -607,7 +620,7 @@ class Conversation:
         other_end, own_end = self._last_end[other], self._last_end[ch]
         call = self._call
         # no answer across a hold: the other side stopped before it, and the wait was the hold's
-        if (call is None or call.hold or self._speaking[other] or other_end is None
+        if (call is None or call.hold or self._line_hold or self._speaking[other] or other_end is None
                 or other_end < max(call.start_s, call.resumed_s)
                 or (own_end is not None and own_end >= other_end)
                 or t - other_end > self.config.max_latency_s):

@@ -433,6 +433,8 @@ class Pipeline:
                 self.conversation.defer(self._busy_since_s)
                 if far_kind.label == "beep":
                     self.conversation.voicemail(since_s)
+                if "music" in (kind, far_kind.label):  # hold music keeps the call open
+                    self.conversation.line_hold(far_kind.label == "music", since_s)
             if self._busy_since_s is not None and start_s - self._busy_since_s >= HANGUP_BUSY_S:
                 # the prospect hung up: the call ends where the busy tone began
                 self.conversation.hang_up(self._busy_since_s)

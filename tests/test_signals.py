@@ -482,6 +482,25 @@ def test_the_prospect_is_not_waiting_across_a_hold(model):
     assert end["call_responses_prospect"] == 1  # the prospect's answer before the hold counts
 
 
+def test_hold_music_keeps_the_call_open(model):
+    """The prospect is put on hold: 30 s of a melody on the line, nobody speaks. The call goes on
+    through it (it ended on silence 20 s into the music, and the prospect's return started a
+    second call); the agent's first words after it are no answer timed across the music."""
+    from bench.farend import band_limit, melody
+
+    audio = _timeline(56.0, [(1, "03", 1.0, 5.0), (0, "08", 5.6, 9.0), (1, "03", 9.5, 12.0),
+                             (0, "08", 43.3, 47.0), (1, "03", 47.6, 52.0)])
+    tune = band_limit(melody(30.0, seed=1)).astype(np.float32)
+    audio[1, 12 * 16000 + 8000:12 * 16000 + 8000 + len(tune)] += tune  # 12.5 s to 42.5 s
+    events = _feed(Pipeline(model), audio)
+    assert [e["kind"] for e in events if e["name"] == "far_kind" and 12.0 < e["t_audio_s"] < 43.0] \
+        == ["music"]
+    calls = [e for e in events if e["name"] == "call_end"]
+    assert len(calls) == 1 and calls[0]["call_end_reason"] == "end_of_stream", calls
+    assert calls[0]["call_responses_agent"] == 1  # 5.6 s only: not the one at 43.3 s after the music
+    assert calls[0]["call_latency_agent_ms_median"] < 1500
+
+
 def test_a_cue_raised_and_closed_at_the_same_instant_is_no_episode():
     """A cue raised in the recording's last window is closed by its end at the same instant: it
     said nothing, and the call's summary does not count it either; analyze lists it no more."""
