@@ -620,13 +620,18 @@ class Pipeline:
             self.trace.segments[ch].append([round(start, 3), round(t_s, 3)])
 
     def finish(self) -> list[Message]:
-        """End of stream: close open segments and the call; return the last events."""
+        """End of stream: close open speech (its ``speech_end``) and the call; return the last
+        events."""
         if self.private:
             return []
+        out: list[Message] = []
         for ch in CHANNELS:
             if self._open[ch] is not None:
                 self._segment(ch, "end", self.audio_s)
-        return self._call_events(self.conversation.finish(), self.audio_s)
+                body = {"name": "speech_end", "channel": ch, "t_audio_s": round(self.audio_s, 3)}
+                self.signals.event(body, self.audio_s)
+                out.append(Message("event", body))
+        return out + self._call_events(self.conversation.finish(), self.audio_s)
 
     def _call_events(self, events: list[dict[str, Any]], now_s: float) -> list[Message]:
         """The conversation's events, each after the cues it raised; a call's summary says how

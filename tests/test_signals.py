@@ -546,6 +546,19 @@ def test_an_unplugged_headset_lets_the_cue_budget_hour_pass(model):
     assert raised == ["slow_response", "slow_response"] and pipe.signals.suppressed_by_budget == 0
 
 
+def test_speech_under_way_when_the_headset_goes_is_ended(model):
+    """The headset is unplugged while the prospect speaks: the events that close the call end that
+    speech first (the floor went on showing the seat speaking while the headset was gone)."""
+    audio = _timeline(12.0, [(1, "03", 1.0, 12.0)])
+    pipe = Pipeline(model)
+    for i in range(0, audio.shape[1], 1024):
+        pipe(audio[:, i:i + 1024])
+    assert pipe._open["far"] is not None  # still speaking when the audio stops
+    closing = [m.body for m in pipe.interrupt()]
+    assert [(e["name"], e["channel"]) for e in closing][:1] == [("speech_end", "far")]
+    assert closing[0]["t_audio_s"] == 12.0 and [e["name"] for e in closing][-1] == "call_end"
+
+
 def test_a_long_private_stretch_starts_a_new_shift(model):
     """Fifteen minutes private (past new_shift_idle_min = 10) count as idle, as silence or an
     unplugged headset do: the next speech starts a new shift (the old one carried on)."""
