@@ -685,6 +685,8 @@ class Conversation:
 
     def _begin_call(self, t: float) -> None:
         self._call = _Call(start_s=t)
+        # a turn under way (counted by the call before, if it ended in it) is one of this call's
+        self._turn_counted = {AGENT: False, PROSPECT: False}
         self._emit("call_start", PROSPECT, t)
 
     def _end_call(self, t_end: float, reason: str) -> None:

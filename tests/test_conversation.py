@@ -252,6 +252,18 @@ def test_where_the_call_signal_starts_calls_a_long_silence_does_not_end_one() ->
     assert (call.end_reason, call.turns_agent, call.turns_prospect) == ("signal", 2, 2)
 
 
+def test_a_turn_across_two_calls_is_a_turn_of_each() -> None:
+    """The softphone ends one call and starts the next while the agent talks on (9 to 25 s): the
+    second call counts that turn and its monologue (it read no agent turn and no monologue)."""
+    cfg = ConversationConfig(call_start_on_speech=False, keep_history=True)
+    conv, _, _ = drive([(2.0, 4.0), (9.0, 25.0)], [(4.5, 8.5), (25.5, 28.0)], 32.0, cfg,
+                       signals=((1.0, "active"), (10.0, "idle"), (10.5, "active"), (31.0, "idle")))
+    assert conv.history is not None
+    first, second = conv.history.calls
+    assert (first.turns_agent, second.turns_agent, second.turns_prospect) == (2, 1, 1)
+    assert second.monologue_s_longest == pytest.approx(14.5)
+
+
 def test_no_response_latency_across_a_hold() -> None:
     """The prospect stops, the agent puts the call on hold and speaks after it: the hold is no
     answer time (it read as an 8.3 s answer); an answer after the resume counts from the resume's
