@@ -90,11 +90,12 @@
 
   function pct(x) { return (x === null || x === undefined) ? "—" : Math.round(x * 100) + " %"; }
 
+  // The box's fatigue index runs 0..100 (edge.fatigue); the seat's <meter> runs 0..1. The other
+  // fatigue_* fields are not a level (fatigue_phonation_min is minutes of voice): null until the
+  // box has an index.
   function fatigueOf(m) {
-    for (const k of Object.keys(m || {})) {
-      if (k.indexOf("fatigue") >= 0 && typeof m[k] === "number") return m[k];
-    }
-    return null;
+    const index = (m || {}).fatigue_index;
+    return typeof index === "number" ? Math.max(0, Math.min(1, index / 100)) : null;
   }
 
   function render(b) {
@@ -116,7 +117,7 @@
     const fat = fatigueOf(m);
     const fEl = el.querySelector(".fatigue");
     fEl.hidden = fat === null;
-    if (fat !== null) fEl.querySelector("meter").value = Math.max(0, Math.min(1, fat));
+    if (fat !== null) fEl.querySelector("meter").value = fat;
     renderCues(b);
     const spans = el.querySelector(".timeline").children;
     const offset = HISTORY - b.history.length;
