@@ -268,7 +268,7 @@ def quarantine(db: sqlite_utils.Database, topic: str, reason: str, payload: byte
 
 _BOX_COLUMNS = ("b.box, b.site, b.state, b.last_status_ts, b.last_seen_ts, b.version, "
                 "b.seq_last, b.outbox_depth, b.dropped, b.overruns, b.last_metrics_seq")
-_METRIC_COLUMNS = ", ".join(f"m.{c}" for c in ("seq", "ts", *METRIC_FIELDS))
+_METRIC_COLUMNS = ", ".join(f"m.{c}" for c in ("seq", "ts", "ingested_ts", *METRIC_FIELDS))
 
 
 def _box_row(row: sqlite3.Row | tuple[Any, ...], names: list[str]) -> dict[str, Any]:

@@ -89,3 +89,48 @@ def test_fatigue_meter_shows_the_fatigue_index_on_its_0_to_1_scale(
     page.reload()
     page.wait_for_selector("body[data-stream-ready='1']")
     assert seat.locator(".fatigue meter").evaluate("m => m.value") == pytest.approx(0.2)
+
+
+def _stale(seat: Any) -> bool:
+    return bool(seat.evaluate("e => e.classList.contains('stale')"))
+
+
+def test_seat_freshness_is_judged_by_when_the_dashboard_heard_the_box_not_by_its_clock(
+        browser_page: Any, dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
+    """A box whose clock is off (its status reports clock_offset_ms because it can be) is fresh
+    while it publishes and stale once silent for STALE_S, by the dashboard's clock."""
+    page = browser_page
+    page.clock.install()  # the page's timers, fast-forwarded below instead of waited for
+    # box-b's clock runs 10 min ahead; the dashboard last heard it 30 s ago
+    ahead_ts, heard_ts = time.time() + 600, time.time() - 30
+    db = store.open_db(dashboard_server.settings.db_path)
+    try:
+        store.apply_status(db, wire.status_message(site.site, "box-b", "online", ahead_ts),
+                           heard_ts)
+        store.insert_metrics(db, wire.validate("metrics", {
+            "v": wire.SCHEMA_VERSION, "site": site.site, "box": "box-b", "ts": ahead_ts,
+            "seq": 1, "talk_state": "silence"}), heard_ts)
+    finally:
+        db.conn.close()
+    browser_login(page, dashboard_server.url)
+    assert _stale(_seat(page, "box-b"))
+    # box-a's clock runs 10 min behind, and it publishes now
+    behind = Box(site, peer, "box-a", clock_offset_s=-600)
+    behind.status()
+    behind.metrics("agent")
+    seat = _seat(page, "box-a", "agent")
+    assert not _stale(seat)
+    assert "min" not in seat.locator(".updated").inner_text()  # not "(10 min)" old
+    # its cue shows for CUE_SHOW_S from when it arrived, not from 10 min ago
+    behind.event("cue_on", cue="too_fast", severity="medium", evidence_value=1.4,
+                 evidence_threshold=1.3, evidence_unit="ratio")
+    seat.locator(".cue-badge[data-cue='too_fast']").wait_for(timeout=LIVE_WAIT_MS)
+    ahead = Box(site, peer, "box-b", clock_offset_s=600)
+    ahead.seq = 1  # the seeded metrics
+    ahead.metrics("prospect")
+    _seat(page, "box-b", "prospect")
+    assert not _stale(_seat(page, "box-b"))
+    # both fall silent
+    page.clock.fast_forward((STALE_S + 2) * 1000)
+    for b in ("box-a", "box-b"):
+        page.locator(f".seat.stale[data-box='{b}']").wait_for(timeout=LIVE_WAIT_MS)

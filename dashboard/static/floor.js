@@ -160,6 +160,10 @@
 
   function touch(b, ts) { if (ts && (!b.lastTs || ts > b.lastTs)) b.lastTs = ts; }
 
+  // When the dashboard received a message, by the server's clock (as nowS() is): the box's own
+  // ts is by the box's clock, which may be off, so it only stands in for an older server.
+  function heardTs(u) { return typeof u.ingested_ts === "number" ? u.ingested_ts : u.ts; }
+
   function applyMetrics(b, m) {
     if (b.metrics && m.seq <= b.metrics.seq) return false;
     b.metrics = m;
@@ -172,7 +176,7 @@
     if (m.private !== undefined) b.priv = !!m.private;
     b.history.push(m.talk_state);
     if (b.history.length > HISTORY) b.history.shift();
-    touch(b, m.ts);
+    touch(b, heardTs(m));
     return true;
   }
 
@@ -183,7 +187,7 @@
     } else if (u.kind === "status") {
       b.state = u.state;
       if (u.private !== undefined) b.priv = !!u.private;
-      touch(b, u.ts);
+      touch(b, heardTs(u));
     } else if (u.kind === "event") {
       if (SPEECH.has(u.name)) {
         if (u.ts >= b.talkTs) {
@@ -193,9 +197,9 @@
           b.talkTs = u.ts;
         }
       } else if (u.name === "cue_on" && u.cue) {
-        b.cues.push({ name: u.cue, ts: u.ts });
+        b.cues.push({ name: u.cue, ts: heardTs(u) });
       }
-      touch(b, u.ts);
+      touch(b, heardTs(u));
     }
     messages += 1;
     render(b);
@@ -207,8 +211,8 @@
     for (const row of snap.boxes) {
       const b = getBox(row.box);
       b.state = row.state;
-      touch(b, row.last_status_ts);
-      touch(b, row.last_seen_ts);
+      // last_seen_ts: when the dashboard last heard the box (last_status_ts is the box's clock)
+      touch(b, row.last_seen_ts || row.last_status_ts);
       if (row.metrics) applyMetrics(b, row.metrics);
       if (row.history && row.history.length) b.history = row.history.slice(-HISTORY);
       render(b);
