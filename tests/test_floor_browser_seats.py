@@ -134,3 +134,33 @@ def test_seat_freshness_is_judged_by_when_the_dashboard_heard_the_box_not_by_its
     page.clock.fast_forward((STALE_S + 2) * 1000)
     for b in ("box-a", "box-b"):
         page.locator(f".seat.stale[data-box='{b}']").wait_for(timeout=LIVE_WAIT_MS)
+
+
+def test_a_seat_whose_headset_is_unplugged_says_so_and_is_not_in_call(
+        logged_in_page: Any, site: Any, peer: Any) -> None:
+    """The box's status says capture_ok false once the headset is gone (and no audio, so no
+    metrics, follows): the seat says so instead of its last talk state, and is not in call."""
+    page = logged_in_page
+    box = Box(site, peer, "box-a")
+    box.status(capture_ok=True)
+    box.event("speech_start")
+    box.metrics("agent", in_call=True)
+    seat = _seat(page, "box-a", "agent")
+    assert _in_call(page) == "1"
+    # unplugged mid-sentence: the call ends (call_end), then only status, capture_ok false
+    box.event("call_end", channel="far")
+    box.status(capture_ok=False, capture_error="device unplugged")
+    _seat(page, "box-a", "no_capture")
+    assert seat.locator(".talk-state").inner_text() == "Pas de casque / capture perdue"
+    assert _in_call(page) == "0"
+    # a fresh page knows it from the stream's snapshot
+    page.reload()
+    page.wait_for_selector("body[data-stream-ready='1']")
+    assert seat.get_attribute("data-state") == "no_capture"
+    assert _in_call(page) == "0"
+    # plugged back: no talk state until the box measures one
+    box.status(capture_ok=True)
+    _seat(page, "box-a", "unknown")
+    box.metrics("silence", in_call=False)
+    _seat(page, "box-a", "silence")
+    assert i18n.translate("en", "state.no_capture") == "No headset / capture lost"

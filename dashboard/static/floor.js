@@ -38,7 +38,7 @@
     let b = boxes.get(id);
     if (!b) {
       b = { box: id, state: null, lastTs: null, metrics: null, talk: null, priv: false,
-            near: false, far: false, talkTs: 0, history: [], cues: [], el: null };
+            captureOk: true, near: false, far: false, talkTs: 0, history: [], cues: [], el: null };
       boxes.set(id, b);
     }
     return b;
@@ -85,7 +85,21 @@
   function displayState(b) {
     if (b.state === "offline") return "offline";
     if (b.priv) return "private";
+    if (!b.captureOk) return "no_capture";
     return b.talk || "unknown";
+  }
+
+  // The box's status says whether its capture delivers (capture_ok). Once it is lost (the headset
+  // unplugged) nobody is heard: the talk state the seat had is over, and nothing the box measured
+  // before (ts, by the box's clock) brings it back; the next measure after it returns does.
+  function setCapture(b, ok, ts) {
+    if (!ok && b.captureOk) {
+      b.talk = null;
+      b.near = false;
+      b.far = false;
+      b.talkTs = Math.max(b.talkTs, ts || 0);
+    }
+    b.captureOk = ok;
   }
 
   function pct(x) { return (x === null || x === undefined) ? "—" : Math.round(x * 100) + " %"; }
@@ -187,6 +201,7 @@
     } else if (u.kind === "status") {
       b.state = u.state;
       if (u.private !== undefined) b.priv = !!u.private;
+      if (u.capture_ok !== undefined) setCapture(b, u.capture_ok !== false, u.ts);
       touch(b, heardTs(u));
     } else if (u.kind === "event") {
       if (SPEECH.has(u.name)) {
@@ -214,6 +229,9 @@
       // last_seen_ts: when the dashboard last heard the box (last_status_ts is the box's clock)
       touch(b, row.last_seen_ts || row.last_status_ts);
       if (row.metrics) applyMetrics(b, row.metrics);
+      if (row.capture_ok !== null && row.capture_ok !== undefined) {
+        setCapture(b, row.capture_ok !== false, row.last_status_ts);
+      }
       if (row.history && row.history.length) b.history = row.history.slice(-HISTORY);
       render(b);
     }
@@ -225,7 +243,9 @@
     let online = 0, talking = 0;
     for (const b of boxes.values()) {
       if (b.state === "online") online += 1;
-      if (b.state !== "offline" && !b.priv && b.talk && b.talk !== "silence") talking += 1;
+      if (b.state !== "offline" && !b.priv && b.captureOk && b.talk && b.talk !== "silence") {
+        talking += 1;
+      }
     }
     document.getElementById("count-online").textContent = online;
     document.getElementById("count-total").textContent = boxes.size;
