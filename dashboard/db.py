@@ -34,6 +34,8 @@ STATUS_COLUMNS = _columns("status")
 METRIC_FIELDS = tuple(METRIC_COLUMNS)
 EVENT_FIELDS = tuple(EVENT_COLUMNS)
 STATUS_FIELDS = tuple(STATUS_COLUMNS)
+METRIC_FLAGS = tuple(k for k, types in wire.ALLOWED_FIELDS["metrics"].items() if types == (bool,))
+"""Metrics fields that are booleans on the wire (stored as 0/1, read back as bool)."""
 SEQ_COLUMNS = ("seq_contig", "seq_lost")
 """Per-box gap tracking: every seq up to ``seq_contig`` is stored or known lost (``seq_lost``
 counts those the box no longer holds)."""
@@ -277,7 +279,7 @@ def _box_row(row: sqlite3.Row | tuple[Any, ...], names: list[str]) -> dict[str, 
     metrics = None
     if d.get("m_seq") is not None:
         metrics = {k[2:]: d[k] for k in names if k.startswith("m_")}
-        for flag in ("near_talking", "far_talking"):
+        for flag in METRIC_FLAGS:
             if metrics.get(flag) is not None:
                 metrics[flag] = bool(metrics[flag])
     box = {k: v for k, v in d.items() if not k.startswith("m_")}
@@ -320,7 +322,7 @@ def metrics_since(db: sqlite_utils.Database, box: str, since_seq: int = 0,
             [box, since_seq, *agents, limit])
     out = []
     for r in rows:
-        for flag in ("near_talking", "far_talking"):
+        for flag in METRIC_FLAGS:
             if r.get(flag) is not None:
                 r[flag] = bool(r[flag])
         out.append(r)

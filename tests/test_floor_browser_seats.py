@@ -3,6 +3,7 @@ the fatigue meter, freshness, a lost headset, the "in call" counter and private 
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -66,7 +67,7 @@ def _seat(page: Any, box: str, state: str | None = None) -> Any:
 
 
 def _in_call(page: Any) -> str:
-    return str(page.locator("#count-talking").inner_text())
+    return str(page.locator("#count-in-call").inner_text())
 
 
 def test_fatigue_meter_shows_the_fatigue_index_on_its_0_to_1_scale(
@@ -164,3 +165,41 @@ def test_a_seat_whose_headset_is_unplugged_says_so_and_is_not_in_call(
     box.metrics("silence", in_call=False)
     _seat(page, "box-a", "silence")
     assert i18n.translate("en", "state.no_capture") == "No headset / capture lost"
+
+
+def _wait_in_call(page: Any, count: int) -> None:
+    # a locator, not wait_for_function: the page's CSP forbids evaluating a string
+    page.locator("#count-in-call").filter(has_text=re.compile(rf"^{count}$")).wait_for(
+        timeout=LIVE_WAIT_MS)
+
+
+def test_in_call_counter_counts_seats_in_a_call_not_seats_talking(
+        browser_page: Any, dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
+    """'In call' is the box's word (in_call in its metrics, call_start and call_end events), for
+    the boxes heard from: a pause in a call counts, an agent talking with no call does not."""
+    page = browser_page
+    page.clock.install()
+    browser_login(page, dashboard_server.url)
+    a, b = Box(site, peer, "box-a"), Box(site, peer, "box-b")
+    a.status()
+    b.status()
+    a.metrics("silence", in_call=True)  # a pause in a call
+    _seat(page, "box-a", "silence")
+    assert _in_call(page) == "1"
+    b.metrics("agent", in_call=False)  # talking to a neighbour, no call
+    _seat(page, "box-b", "agent")
+    assert _in_call(page) == "1"
+    page.reload()  # the same from the stream's snapshot
+    page.wait_for_selector("body[data-stream-ready='1']")
+    assert _in_call(page) == "1"
+    # the calls' events count at once, before the next metrics
+    a.event("call_end", channel="far")
+    _wait_in_call(page, 0)
+    b.event("call_start", channel="far")
+    _wait_in_call(page, 1)
+    b.status("offline")
+    _wait_in_call(page, 0)
+    a.metrics("prospect", in_call=True)
+    _wait_in_call(page, 1)
+    page.clock.fast_forward((STALE_S + 2) * 1000)  # box-a silent since: not known in a call
+    _wait_in_call(page, 0)

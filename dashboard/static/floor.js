@@ -10,8 +10,10 @@
   const CUE_SHOW_S = 15;   // a cue badge stays this long on the seat
   const STATS_EVERY_MS = 2000;
   // Only a cue_on event is a coaching cue (a badge named by its cue id); speech_start and
-  // speech_end drive the seat state; every other event (calls, overlaps, far_kind) is a fact.
+  // speech_end drive the seat state, call_start and call_end whether it is in a call; every
+  // other event (overlaps, far_kind) is a fact.
   const SPEECH = new Set(["speech_start", "speech_end"]);
+  const CALL = new Set(["call_start", "call_end"]);
 
   const floorEl = document.getElementById("floor");
   const emptyEl = document.getElementById("empty");
@@ -38,7 +40,8 @@
     let b = boxes.get(id);
     if (!b) {
       b = { box: id, state: null, lastTs: null, metrics: null, talk: null, priv: false,
-            captureOk: true, near: false, far: false, talkTs: 0, history: [], cues: [], el: null };
+            captureOk: true, inCall: false, callTs: 0, near: false, far: false, talkTs: 0,
+            history: [], cues: [], el: null };
       boxes.set(id, b);
     }
     return b;
@@ -98,8 +101,27 @@
       b.near = false;
       b.far = false;
       b.talkTs = Math.max(b.talkTs, ts || 0);
+      setCall(b, false, ts || 0);  // the box ends the call there
     }
     b.captureOk = ok;
+  }
+
+  // Whether the seat is in a call: the box's latest word on it (ts by the box's clock), from
+  // in_call in its metrics or a call_start / call_end event.
+  function setCall(b, inCall, ts) {
+    if (ts < b.callTs) return;
+    b.inCall = inCall;
+    b.callTs = ts;
+  }
+
+  function isStale(b) {
+    return b.state !== "offline" && !!b.lastTs && nowS() - b.lastTs > STALE_S;
+  }
+
+  // Counted in call: a seat whose box says so and is heard from (online, not stale, its capture
+  // working). A private seat sends nothing about its call: whether it is in one is not known.
+  function countsInCall(b) {
+    return b.inCall && b.state !== "offline" && !b.priv && b.captureOk && !isStale(b);
   }
 
   function pct(x) { return (x === null || x === undefined) ? "—" : Math.round(x * 100) + " %"; }
@@ -163,7 +185,7 @@
     const age = Math.max(0, nowS() - b.lastTs);
     const tm = new Date(b.lastTs * 1000).toLocaleTimeString(T.lang === "en" ? "en-GB" : "fr-FR");
     u.textContent = t("seat.updated") + " " + tm + (age >= 2 ? " (" + fmtAge(age) + ")" : "");
-    b.el.classList.toggle("stale", b.state !== "offline" && age > STALE_S);
+    b.el.classList.toggle("stale", isStale(b));
   }
 
   function fmtAge(s) {
@@ -187,6 +209,7 @@
       b.far = !!m.far_talking;
       b.talkTs = m.ts;
     }
+    if (typeof m.in_call === "boolean") setCall(b, m.in_call, m.ts);
     if (m.private !== undefined) b.priv = !!m.private;
     b.history.push(m.talk_state);
     if (b.history.length > HISTORY) b.history.shift();
@@ -211,6 +234,8 @@
           b.talk = deriveTalk(b.near, b.far);
           b.talkTs = u.ts;
         }
+      } else if (CALL.has(u.name)) {
+        setCall(b, u.name === "call_start", u.ts);
       } else if (u.name === "cue_on" && u.cue) {
         b.cues.push({ name: u.cue, ts: heardTs(u) });
       }
@@ -240,16 +265,14 @@
   }
 
   function refreshCounters() {
-    let online = 0, talking = 0;
+    let online = 0, inCall = 0;
     for (const b of boxes.values()) {
       if (b.state === "online") online += 1;
-      if (b.state !== "offline" && !b.priv && b.captureOk && b.talk && b.talk !== "silence") {
-        talking += 1;
-      }
+      if (countsInCall(b)) inCall += 1;
     }
     document.getElementById("count-online").textContent = online;
     document.getElementById("count-total").textContent = boxes.size;
-    document.getElementById("count-talking").textContent = talking;
+    document.getElementById("count-in-call").textContent = inCall;
     document.getElementById("count-messages").textContent = messages;
     emptyEl.hidden = boxes.size > 0;
   }
@@ -328,5 +351,8 @@
   loadSeats().then(connect);
   pollStats();
   setInterval(pollStats, STATS_EVERY_MS);
-  setInterval(() => { for (const b of boxes.values()) { renderAge(b); renderCues(b); } }, 1000);
+  setInterval(() => {
+    for (const b of boxes.values()) { renderAge(b); renderCues(b); }
+    refreshCounters();  // a seat gone stale is no longer counted in call
+  }, 1000);
 })();
