@@ -270,7 +270,7 @@ def quarantine(db: sqlite_utils.Database, topic: str, reason: str, payload: byte
 
 _BOX_COLUMNS = ("b.box, b.site, b.state, b.last_status_ts, b.last_seen_ts, b.version, "
                 "b.seq_last, b.outbox_depth, b.dropped, b.overruns, b.last_metrics_seq, "
-                "b.capture_ok")
+                "b.capture_ok, b.private")
 _METRIC_COLUMNS = ", ".join(f"m.{c}" for c in ("seq", "ts", "ingested_ts", *METRIC_FIELDS))
 
 
@@ -283,8 +283,9 @@ def _box_row(row: sqlite3.Row | tuple[Any, ...], names: list[str]) -> dict[str, 
             if metrics.get(flag) is not None:
                 metrics[flag] = bool(metrics[flag])
     box = {k: v for k, v in d.items() if not k.startswith("m_")}
-    if box.get("capture_ok") is not None:  # None: the box never said
-        box["capture_ok"] = bool(box["capture_ok"])
+    for flag in ("capture_ok", "private"):
+        if box.get(flag) is not None:  # None: the box never said
+            box[flag] = bool(box[flag])
     box["metrics"] = metrics
     return box
 

@@ -203,3 +203,47 @@ def test_in_call_counter_counts_seats_in_a_call_not_seats_talking(
     _wait_in_call(page, 1)
     page.clock.fast_forward((STALE_S + 2) * 1000)  # box-a silent since: not known in a call
     _wait_in_call(page, 0)
+
+
+def test_the_box_status_decides_whether_a_seat_is_private(
+        browser_page: Any, dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
+    """Private mode is the box's (its button, its control socket, the dashboard's switch all end
+    there): its status's private field decides, both ways, live and on a fresh page."""
+    db = store.open_db(dashboard_server.settings.db_path)
+    try:
+        schema.import_inventory(db, [
+            {"box": "box-a", "seat": "A", "agent": "agent-a", "agent_name": "Agent A"},
+            {"box": "box-b", "seat": "B", "agent": "agent-b", "agent_name": "Agent B"}],
+            site=site.site)
+        with db.conn:  # the dashboard's switch put agent-a in private mode, some time ago
+            db.conn.execute("UPDATE agents SET private = 1 WHERE agent = 'agent-a'")
+    finally:
+        db.conn.close()
+    a, b = Box(site, peer, "box-a"), Box(site, peer, "box-b")
+    b.status(private=True)  # box-b's agent pressed the box's private button
+
+    def box_b_private() -> bool:
+        db = store.open_db(dashboard_server.settings.db_path)
+        try:
+            row = db.conn.execute("SELECT private FROM boxes WHERE box = 'box-b'").fetchone()
+            return row is not None and row[0] == 1
+        finally:
+            db.conn.close()
+
+    wait_until(box_b_private, "box-b's private status stored")
+    page = browser_page
+    browser_login(page, dashboard_server.url)
+    _seat(page, "box-b", "private")  # from the stream's snapshot
+    # agent-a's box left private mode by itself (its button): its status says so
+    a.status(private=False)
+    a.metrics("agent")
+    _seat(page, "box-a", "agent")
+    page.check("#pseudo")  # the seat list again: its old private flag does not come back
+    page.wait_for_selector("body[data-pseudo='1']")
+    page.wait_for_timeout(200)
+    assert _seat(page, "box-a").get_attribute("data-state") == "agent"
+    b.status(private=False)
+    b.metrics("prospect")
+    _seat(page, "box-b", "prospect")
+    a.status(private=True)
+    _seat(page, "box-a", "private")

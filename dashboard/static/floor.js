@@ -39,7 +39,7 @@
   function getBox(id) {
     let b = boxes.get(id);
     if (!b) {
-      b = { box: id, state: null, lastTs: null, metrics: null, talk: null, priv: false,
+      b = { box: id, state: null, lastTs: null, metrics: null, talk: null, boxPriv: null,
             captureOk: true, inCall: false, callTs: 0, near: false, far: false, talkTs: 0,
             history: [], cues: [], el: null };
       boxes.set(id, b);
@@ -74,7 +74,6 @@
     el.querySelector(".agent-name").textContent = s.name || "";
     el.dataset.team = s.team || "";
     el.dataset.campaign = s.campaign || "";
-    b.priv = !!s.private || b.priv;
     if (s.row && s.col) { el.style.gridRowStart = s.row; el.style.gridColumnStart = s.col; }
     applyFilter(el);
   }
@@ -85,9 +84,18 @@
     el.hidden = (team && el.dataset.team !== team) || (camp && el.dataset.campaign !== camp);
   }
 
+  // Private mode is the box's: its button, its control socket and the dashboard's switch all end
+  // there, and its status says which (boxPriv, null until it has). The seat list's flag (the
+  // dashboard's switch) only stands in for a box that never said.
+  function isPrivate(b) {
+    if (b.boxPriv !== null) return b.boxPriv;
+    const s = seats.get(b.box);
+    return !!(s && s.private);
+  }
+
   function displayState(b) {
     if (b.state === "offline") return "offline";
-    if (b.priv) return "private";
+    if (isPrivate(b)) return "private";
     if (!b.captureOk) return "no_capture";
     return b.talk || "unknown";
   }
@@ -121,7 +129,7 @@
   // Counted in call: a seat whose box says so and is heard from (online, not stale, its capture
   // working). A private seat sends nothing about its call: whether it is in one is not known.
   function countsInCall(b) {
-    return b.inCall && b.state !== "offline" && !b.priv && b.captureOk && !isStale(b);
+    return b.inCall && b.state !== "offline" && !isPrivate(b) && b.captureOk && !isStale(b);
   }
 
   function pct(x) { return (x === null || x === undefined) ? "—" : Math.round(x * 100) + " %"; }
@@ -210,7 +218,6 @@
       b.talkTs = m.ts;
     }
     if (typeof m.in_call === "boolean") setCall(b, m.in_call, m.ts);
-    if (m.private !== undefined) b.priv = !!m.private;
     b.history.push(m.talk_state);
     if (b.history.length > HISTORY) b.history.shift();
     touch(b, heardTs(m));
@@ -223,7 +230,7 @@
       if (!applyMetrics(b, u)) return;
     } else if (u.kind === "status") {
       b.state = u.state;
-      if (u.private !== undefined) b.priv = !!u.private;
+      if (typeof u.private === "boolean") b.boxPriv = u.private;
       if (u.capture_ok !== undefined) setCapture(b, u.capture_ok !== false, u.ts);
       touch(b, heardTs(u));
     } else if (u.kind === "event") {
@@ -251,6 +258,7 @@
     for (const row of snap.boxes) {
       const b = getBox(row.box);
       b.state = row.state;
+      if (typeof row.private === "boolean") b.boxPriv = row.private;
       // last_seen_ts: when the dashboard last heard the box (last_status_ts is the box's clock)
       touch(b, row.last_seen_ts || row.last_status_ts);
       if (row.metrics) applyMetrics(b, row.metrics);
@@ -303,7 +311,11 @@
         fillSelect(teamSel, f.teams);
         fillSelect(campSel, f.campaigns);
         document.body.dataset.pseudo = f.pseudonymous ? "1" : "0";
-        for (const s of f.seats) { const b = getBox(s.box); if (b.el) decorate(b); else render(b); }
+        for (const s of f.seats) {
+          const b = getBox(s.box);
+          if (b.el) decorate(b);
+          render(b);  // the seat list's private flag may stand in for the box's
+        }
         refreshCounters();
       }).catch(() => {});
   }
