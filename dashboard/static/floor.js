@@ -278,11 +278,18 @@
       if (b.state === "online") online += 1;
       if (countsInCall(b)) inCall += 1;
     }
-    document.getElementById("count-online").textContent = online;
-    document.getElementById("count-total").textContent = boxes.size;
-    document.getElementById("count-in-call").textContent = inCall;
-    document.getElementById("count-messages").textContent = messages;
+    setText("count-online", online);
+    setText("count-total", boxes.size);
+    setText("count-in-call", inCall);
+    setText("count-messages", messages);
     emptyEl.hidden = boxes.size > 0;
+  }
+
+  // The counters are aria-live and refreshed every second: only a change is written (announced).
+  function setText(id, value) {
+    const el = document.getElementById(id);
+    const text = String(value);
+    if (el.textContent !== text) el.textContent = text;
   }
 
   function setConn(up) {
