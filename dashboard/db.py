@@ -34,6 +34,8 @@ STATUS_COLUMNS = _columns("status")
 METRIC_FIELDS = tuple(METRIC_COLUMNS)
 EVENT_FIELDS = tuple(EVENT_COLUMNS)
 STATUS_FIELDS = tuple(STATUS_COLUMNS)
+METRIC_FLAGS = tuple(k for k, types in wire.ALLOWED_FIELDS["metrics"].items() if types == (bool,))
+"""Metrics fields that are booleans on the wire (stored as 0/1, read back as bool)."""
 SEQ_COLUMNS = ("seq_contig", "seq_lost")
 """Per-box gap tracking: every seq up to ``seq_contig`` is stored or known lost (``seq_lost``
 counts those the box no longer holds)."""
@@ -267,8 +269,9 @@ def quarantine(db: sqlite_utils.Database, topic: str, reason: str, payload: byte
 
 
 _BOX_COLUMNS = ("b.box, b.site, b.state, b.last_status_ts, b.last_seen_ts, b.version, "
-                "b.seq_last, b.outbox_depth, b.dropped, b.overruns, b.last_metrics_seq")
-_METRIC_COLUMNS = ", ".join(f"m.{c}" for c in ("seq", "ts", *METRIC_FIELDS))
+                "b.seq_last, b.outbox_depth, b.dropped, b.overruns, b.last_metrics_seq, "
+                "b.capture_ok, b.private")
+_METRIC_COLUMNS = ", ".join(f"m.{c}" for c in ("seq", "ts", "ingested_ts", *METRIC_FIELDS))
 
 
 def _box_row(row: sqlite3.Row | tuple[Any, ...], names: list[str]) -> dict[str, Any]:
@@ -276,10 +279,13 @@ def _box_row(row: sqlite3.Row | tuple[Any, ...], names: list[str]) -> dict[str, 
     metrics = None
     if d.get("m_seq") is not None:
         metrics = {k[2:]: d[k] for k in names if k.startswith("m_")}
-        for flag in ("near_talking", "far_talking"):
+        for flag in METRIC_FLAGS:
             if metrics.get(flag) is not None:
                 metrics[flag] = bool(metrics[flag])
     box = {k: v for k, v in d.items() if not k.startswith("m_")}
+    for flag in ("capture_ok", "private"):
+        if box.get(flag) is not None:  # None: the box never said
+            box[flag] = bool(box[flag])
     box["metrics"] = metrics
     return box
 
@@ -317,7 +323,7 @@ def metrics_since(db: sqlite_utils.Database, box: str, since_seq: int = 0,
             [box, since_seq, *agents, limit])
     out = []
     for r in rows:
-        for flag in ("near_talking", "far_talking"):
+        for flag in METRIC_FLAGS:
             if r.get(flag) is not None:
                 r[flag] = bool(r[flag])
         out.append(r)

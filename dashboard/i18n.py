@@ -54,6 +54,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "state.silence": ("Silence", "Silence"),
     "state.offline": ("Hors ligne", "Offline"),
     "state.private": ("Appel privé", "Private call"),
+    "state.no_capture": ("Pas de casque / capture perdue", "No headset / capture lost"),
     "state.unknown": ("—", "—"),
     "online.online": ("En ligne", "Online"),
     "online.offline": ("Hors ligne", "Offline"),

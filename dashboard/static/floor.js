@@ -10,8 +10,10 @@
   const CUE_SHOW_S = 15;   // a cue badge stays this long on the seat
   const STATS_EVERY_MS = 2000;
   // Only a cue_on event is a coaching cue (a badge named by its cue id); speech_start and
-  // speech_end drive the seat state; every other event (calls, overlaps, far_kind) is a fact.
+  // speech_end drive the seat state, call_start and call_end whether it is in a call; every
+  // other event (overlaps, far_kind) is a fact.
   const SPEECH = new Set(["speech_start", "speech_end"]);
+  const CALL = new Set(["call_start", "call_end"]);
 
   const floorEl = document.getElementById("floor");
   const emptyEl = document.getElementById("empty");
@@ -37,8 +39,9 @@
   function getBox(id) {
     let b = boxes.get(id);
     if (!b) {
-      b = { box: id, state: null, lastTs: null, metrics: null, talk: null, priv: false,
-            near: false, far: false, talkTs: 0, history: [], cues: [], el: null };
+      b = { box: id, state: null, lastTs: null, metrics: null, talk: null, boxPriv: null,
+            captureOk: true, inCall: false, callTs: 0, near: false, far: false, talkTs: 0,
+            history: [], cues: [], el: null };
       boxes.set(id, b);
     }
     return b;
@@ -71,7 +74,6 @@
     el.querySelector(".agent-name").textContent = s.name || "";
     el.dataset.team = s.team || "";
     el.dataset.campaign = s.campaign || "";
-    b.priv = !!s.private || b.priv;
     if (s.row && s.col) { el.style.gridRowStart = s.row; el.style.gridColumnStart = s.col; }
     applyFilter(el);
   }
@@ -82,19 +84,62 @@
     el.hidden = (team && el.dataset.team !== team) || (camp && el.dataset.campaign !== camp);
   }
 
+  // Private mode is the box's: its button, its control socket and the dashboard's switch all end
+  // there, and its status says which (boxPriv, null until it has). The seat list's flag (the
+  // dashboard's switch) only stands in for a box that never said.
+  function isPrivate(b) {
+    if (b.boxPriv !== null) return b.boxPriv;
+    const s = seats.get(b.box);
+    return !!(s && s.private);
+  }
+
   function displayState(b) {
     if (b.state === "offline") return "offline";
-    if (b.priv) return "private";
+    if (isPrivate(b)) return "private";
+    if (!b.captureOk) return "no_capture";
     return b.talk || "unknown";
+  }
+
+  // The box's status says whether its capture delivers (capture_ok). Once it is lost (the headset
+  // unplugged) nobody is heard: the talk state the seat had is over, and nothing the box measured
+  // before (ts, by the box's clock) brings it back; the next measure after it returns does.
+  function setCapture(b, ok, ts) {
+    if (!ok && b.captureOk) {
+      b.talk = null;
+      b.near = false;
+      b.far = false;
+      b.talkTs = Math.max(b.talkTs, ts || 0);
+      setCall(b, false, ts || 0);  // the box ends the call there
+    }
+    b.captureOk = ok;
+  }
+
+  // Whether the seat is in a call: the box's latest word on it (ts by the box's clock), from
+  // in_call in its metrics or a call_start / call_end event.
+  function setCall(b, inCall, ts) {
+    if (ts < b.callTs) return;
+    b.inCall = inCall;
+    b.callTs = ts;
+  }
+
+  function isStale(b) {
+    return b.state !== "offline" && !!b.lastTs && nowS() - b.lastTs > STALE_S;
+  }
+
+  // Counted in call: a seat whose box says so and is heard from (online, not stale, its capture
+  // working). A private seat sends nothing about its call: whether it is in one is not known.
+  function countsInCall(b) {
+    return b.inCall && b.state !== "offline" && !isPrivate(b) && b.captureOk && !isStale(b);
   }
 
   function pct(x) { return (x === null || x === undefined) ? "—" : Math.round(x * 100) + " %"; }
 
+  // The box's fatigue index runs 0..100 (edge.fatigue); the seat's <meter> runs 0..1. The other
+  // fatigue_* fields are not a level (fatigue_phonation_min is minutes of voice): null until the
+  // box has an index.
   function fatigueOf(m) {
-    for (const k of Object.keys(m || {})) {
-      if (k.indexOf("fatigue") >= 0 && typeof m[k] === "number") return m[k];
-    }
-    return null;
+    const index = (m || {}).fatigue_index;
+    return typeof index === "number" ? Math.max(0, Math.min(1, index / 100)) : null;
   }
 
   function render(b) {
@@ -116,7 +161,7 @@
     const fat = fatigueOf(m);
     const fEl = el.querySelector(".fatigue");
     fEl.hidden = fat === null;
-    if (fat !== null) fEl.querySelector("meter").value = Math.max(0, Math.min(1, fat));
+    if (fat !== null) fEl.querySelector("meter").value = fat;
     renderCues(b);
     const spans = el.querySelector(".timeline").children;
     const offset = HISTORY - b.history.length;
@@ -148,7 +193,7 @@
     const age = Math.max(0, nowS() - b.lastTs);
     const tm = new Date(b.lastTs * 1000).toLocaleTimeString(T.lang === "en" ? "en-GB" : "fr-FR");
     u.textContent = t("seat.updated") + " " + tm + (age >= 2 ? " (" + fmtAge(age) + ")" : "");
-    b.el.classList.toggle("stale", b.state !== "offline" && age > STALE_S);
+    b.el.classList.toggle("stale", isStale(b));
   }
 
   function fmtAge(s) {
@@ -159,6 +204,10 @@
 
   function touch(b, ts) { if (ts && (!b.lastTs || ts > b.lastTs)) b.lastTs = ts; }
 
+  // When the dashboard received a message, by the server's clock (as nowS() is): the box's own
+  // ts is by the box's clock, which may be off, so it only stands in for an older server.
+  function heardTs(u) { return typeof u.ingested_ts === "number" ? u.ingested_ts : u.ts; }
+
   function applyMetrics(b, m) {
     if (b.metrics && m.seq <= b.metrics.seq) return false;
     b.metrics = m;
@@ -168,10 +217,10 @@
       b.far = !!m.far_talking;
       b.talkTs = m.ts;
     }
-    if (m.private !== undefined) b.priv = !!m.private;
+    if (typeof m.in_call === "boolean") setCall(b, m.in_call, m.ts);
     b.history.push(m.talk_state);
     if (b.history.length > HISTORY) b.history.shift();
-    touch(b, m.ts);
+    touch(b, heardTs(m));
     return true;
   }
 
@@ -181,8 +230,9 @@
       if (!applyMetrics(b, u)) return;
     } else if (u.kind === "status") {
       b.state = u.state;
-      if (u.private !== undefined) b.priv = !!u.private;
-      touch(b, u.ts);
+      if (typeof u.private === "boolean") b.boxPriv = u.private;
+      if (u.capture_ok !== undefined) setCapture(b, u.capture_ok !== false, u.ts);
+      touch(b, heardTs(u));
     } else if (u.kind === "event") {
       if (SPEECH.has(u.name)) {
         if (u.ts >= b.talkTs) {
@@ -191,10 +241,12 @@
           b.talk = deriveTalk(b.near, b.far);
           b.talkTs = u.ts;
         }
+      } else if (CALL.has(u.name)) {
+        setCall(b, u.name === "call_start", u.ts);
       } else if (u.name === "cue_on" && u.cue) {
-        b.cues.push({ name: u.cue, ts: u.ts });
+        b.cues.push({ name: u.cue, ts: heardTs(u) });
       }
-      touch(b, u.ts);
+      touch(b, heardTs(u));
     }
     messages += 1;
     render(b);
@@ -206,9 +258,13 @@
     for (const row of snap.boxes) {
       const b = getBox(row.box);
       b.state = row.state;
-      touch(b, row.last_status_ts);
-      touch(b, row.last_seen_ts);
+      if (typeof row.private === "boolean") b.boxPriv = row.private;
+      // last_seen_ts: when the dashboard last heard the box (last_status_ts is the box's clock)
+      touch(b, row.last_seen_ts || row.last_status_ts);
       if (row.metrics) applyMetrics(b, row.metrics);
+      if (row.capture_ok !== null && row.capture_ok !== undefined) {
+        setCapture(b, row.capture_ok !== false, row.last_status_ts);
+      }
       if (row.history && row.history.length) b.history = row.history.slice(-HISTORY);
       render(b);
     }
@@ -217,16 +273,23 @@
   }
 
   function refreshCounters() {
-    let online = 0, talking = 0;
+    let online = 0, inCall = 0;
     for (const b of boxes.values()) {
       if (b.state === "online") online += 1;
-      if (b.state !== "offline" && !b.priv && b.talk && b.talk !== "silence") talking += 1;
+      if (countsInCall(b)) inCall += 1;
     }
-    document.getElementById("count-online").textContent = online;
-    document.getElementById("count-total").textContent = boxes.size;
-    document.getElementById("count-talking").textContent = talking;
-    document.getElementById("count-messages").textContent = messages;
+    setText("count-online", online);
+    setText("count-total", boxes.size);
+    setText("count-in-call", inCall);
+    setText("count-messages", messages);
     emptyEl.hidden = boxes.size > 0;
+  }
+
+  // The counters are aria-live and refreshed every second: only a change is written (announced).
+  function setText(id, value) {
+    const el = document.getElementById(id);
+    const text = String(value);
+    if (el.textContent !== text) el.textContent = text;
   }
 
   function setConn(up) {
@@ -255,7 +318,11 @@
         fillSelect(teamSel, f.teams);
         fillSelect(campSel, f.campaigns);
         document.body.dataset.pseudo = f.pseudonymous ? "1" : "0";
-        for (const s of f.seats) { const b = getBox(s.box); if (b.el) decorate(b); else render(b); }
+        for (const s of f.seats) {
+          const b = getBox(s.box);
+          if (b.el) decorate(b);
+          render(b);  // the seat list's private flag may stand in for the box's
+        }
         refreshCounters();
       }).catch(() => {});
   }
@@ -303,5 +370,8 @@
   loadSeats().then(connect);
   pollStats();
   setInterval(pollStats, STATS_EVERY_MS);
-  setInterval(() => { for (const b of boxes.values()) { renderAge(b); renderCues(b); } }, 1000);
+  setInterval(() => {
+    for (const b of boxes.values()) { renderAge(b); renderCues(b); }
+    refreshCounters();  // a seat gone stale is no longer counted in call
+  }, 1000);
 })();
