@@ -355,6 +355,7 @@ class Conversation:
         self._pending: list[tuple[float, int, int, str]] = []
         self._defer_s: float | None = None
         self._line_hold = False  # hold music on the line (see line_hold)
+        self._last_call_end_s = -math.inf  # where the last call ended: windows between calls start there
         self._keep_s = max(self.config.windows_s, default=0.0)
         self._seq = 0
         self._reported = {AGENT: False, PROSPECT: False}
@@ -726,6 +727,7 @@ class Conversation:
             turns_agent=call.turns[AGENT], turns_prospect=call.turns[PROSPECT],
         )
         self._call = None
+        self._last_call_end_s = t_end
         self.last_call = summary
         if self.history is not None:
             self.history.calls.append(summary)
@@ -797,7 +799,9 @@ class Conversation:
                 if call.latencies_s[ch]:
                     out[f"latency_{ROLE[ch]}_ms_last"] = round(call.latencies_s[ch][-1] * 1000.0, 1)
         for w in self.config.windows_s:
-            a = max(b - w, self._t0_s, call.start_s if call is not None else -math.inf)
+            # in a call, a window starts at the call's start at the earliest; between calls, at the
+            # last call's end (a voicemail's greeting, named so at its beep, is no prospect's speech)
+            a = max(b - w, self._t0_s, call.start_s if call is not None else self._last_call_end_s)
             sfx = f"_{w:g}s"
             span = b - a
             speech = {AGENT: 0.0, PROSPECT: 0.0}

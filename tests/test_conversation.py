@@ -264,6 +264,18 @@ def test_a_turn_across_two_calls_is_a_turn_of_each() -> None:
     assert second.monologue_s_longest == pytest.approx(14.5)
 
 
+def test_windows_between_calls_start_at_the_last_call_end() -> None:
+    """After a call (a voicemail's greeting, say), the rolling windows read the time since it
+    ended: the greeting read as 39 % prospect speech over the agent's next 30 s."""
+    cfg = ConversationConfig(call_start_on_speech=False, keep_history=True)
+    _, _, metrics = drive([(12.0, 14.0)], [(1.0, 8.0)], 30.0, cfg,
+                          signals=((0.5, "active"), (10.0, "idle")))
+    m = metrics[19]  # at 20 s: 10 s since the call ended, the agent spoke 2 s of them
+    assert m["in_call"] is False
+    assert m["prospect_speech_ratio_30s"] == 0.0 and m["agent_share_30s"] == 1.0
+    assert m["agent_speech_ratio_30s"] == pytest.approx(0.2, abs=0.01)
+
+
 def test_no_response_latency_across_a_hold() -> None:
     """The prospect stops, the agent puts the call on hold and speaks after it: the hold is no
     answer time (it read as an 8.3 s answer); an answer after the resume counts from the resume's
