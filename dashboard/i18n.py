@@ -26,6 +26,8 @@ STRINGS: dict[str, tuple[str, str]] = {
     "login.wrong": ("Identifiant ou mot de passe incorrect.", "Wrong username or password."),
     "login.throttled": ("Trop de tentatives. Réessayez plus tard.",
                         "Too many attempts. Try again later."),
+    "login.busy": ("Trop de connexions en même temps. Réessayez dans un instant.",
+                   "Too many logins at once. Try again in a moment."),
     "totp.title": ("Code de vérification", "Verification code"),
     "totp.help": ("Saisissez le code à 6 chiffres de votre application d'authentification.",
                   "Enter the 6-digit code from your authenticator app."),

@@ -27,13 +27,17 @@ def _client(request: Request, settings: Settings) -> str:
                                request.headers.get("x-forwarded-for"), settings.trusted_proxies)
 
 
-def _throttled(request: Request, db: Db, settings: Settings, username: str, addr: str) -> bool:
+def _reserve(request: Request, db: Db, settings: Settings, username: str, addr: str,
+             kind: str = "password") -> int | None:
+    """Record the attempt before its check (None: throttled), see :func:`auth.reserve_attempt`."""
     device = request.cookies.get(auth.device_cookie_name(settings.secure_cookies))
-    return auth.login_throttled(db, username, addr, window_s=settings.login_window_s,
-                                max_account=settings.login_max_failures_account,
-                                max_addr=settings.login_max_failures_addr,
-                                max_account_total=settings.login_max_failures_account_total,
-                                known_device=auth.known_device(db, username, device) is not None)
+    return auth.reserve_attempt(
+        db, username, addr, window_s=settings.login_window_s,
+        max_account=settings.login_max_failures_account,
+        max_addr=settings.login_max_failures_addr,
+        max_account_total=settings.login_max_failures_account_total,
+        known_device=auth.known_device(db, username, device) is not None,
+        max_codes=settings.login_max_failures_account if kind == "code" else None, kind=kind)
 
 
 def _start(response: Response, request: Request, db: Db, settings: Settings, username: str,
@@ -73,13 +77,21 @@ def login(
     if not auth.tokens_match(csrf, request.cookies.get(auth.csrf_cookie_name(secure))):
         return _login_page(request, secure, tr("login.expired"), 403)
     addr = _client(request, settings)
-    if _throttled(request, db, settings, username, addr):
+    attempt = _reserve(request, db, settings, username, addr)
+    if attempt is None:
         r = _login_page(request, secure, tr("login.throttled"), 429)
         r.headers["retry-after"] = str(int(settings.login_window_s))
         return r
-    role = auth.authenticate(db, username, password)
+    gate: auth.CheckGate = request.app.state.password_checks
+    with gate.turn() as checking:
+        role = auth.authenticate(db, username, password) if checking else None
+    if not checking:  # nothing was checked: the attempt does not count
+        auth.cancel_attempt(db, attempt)
+        r = _login_page(request, secure, tr("login.busy"), 503)
+        r.headers["retry-after"] = "1"
+        return r
     code_next = role is not None and settings.totp_required and role in auth.TOTP_ROLES
-    auth.record_login_attempt(db, username, addr, role is not None, clear=not code_next)
+    auth.settle_attempt(db, attempt, username, role is not None, clear=not code_next)
     if role is None:
         return _login_page(request, secure, tr("login.wrong"), 401)
     if settings.totp_required and role in auth.TOTP_ROLES:
@@ -106,14 +118,13 @@ def _check_code(request: Request, db: Db, settings: Settings, secret: str, code:
     tr = i18n.translator(request.state.lang)
     ctx = {"bare": True, "setup": enrol, "secret": secret,
            "uri": totp.provisioning_uri(secret, username) if enrol else None}
-    if _throttled(request, db, settings, username, addr) or auth.codes_throttled(
-            db, username, window_s=settings.login_window_s,
-            max_codes=settings.login_max_failures_account):
+    attempt = _reserve(request, db, settings, username, addr, kind="code")
+    if attempt is None:
         return render(request, "totp.html", {**ctx, "error": tr("login.throttled")}, 429)
     last = db.conn.execute("SELECT totp_last_step FROM users WHERE username = ?",
                            (username,)).fetchone()[0]
     step = totp.verify(secret, code, int(last or 0))
-    auth.record_login_attempt(db, username, addr, step is not None, kind="code")
+    auth.settle_attempt(db, attempt, username, step is not None)
     if step is None:
         return render(request, "totp.html", {**ctx, "error": tr("totp.wrong")}, 401)
     with db.conn:

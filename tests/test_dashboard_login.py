@@ -1,0 +1,151 @@
+"""Dashboard login under pressure: concurrent guesses, bounded password checks, shared addresses,
+enrolment races, hostile one-time codes."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from dashboard import auth, totp
+from dashboard import db as store
+from dashboard.app import create_app
+from dashboard.settings import DashboardSettings
+from tests._fixtures_dashboard import USER_PASSWORD, csrf_of, make_settings, seed_org
+
+
+@pytest.fixture
+def org(tmp_path: Path) -> tuple[DashboardSettings, dict[str, Any]]:
+    settings = make_settings(tmp_path, login_max_failures_account=3, login_max_failures_addr=5)
+    return settings, seed_org(settings, seconds=5)
+
+
+def _client(app: FastAPI, addr: str) -> httpx.AsyncClient:
+    """An async client on the app itself: sync routes run concurrently in its thread pool."""
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=(addr, 4000)),
+                             base_url="https://testserver")
+
+
+async def _login_form(c: httpx.AsyncClient) -> str:
+    token = csrf_of((await c.get("/login")).text)
+    c.cookies.set(auth.csrf_cookie_name(True), token)
+    return token
+
+
+async def _burst_logins(app: FastAPI, logins: list[tuple[str, str, str]]) -> list[httpx.Response]:
+    """POST /login for each (address, username, password), all at once."""
+    clients = {addr: _client(app, addr) for addr, _, _ in logins}
+    try:
+        tokens = {addr: await _login_form(c) for addr, c in clients.items()}
+        return list(await asyncio.gather(*(
+            clients[addr].post("/login", data={"username": user, "password": pw,
+                                               "csrf": tokens[addr]})
+            for addr, user, pw in logins)))
+    finally:
+        for c in clients.values():
+            await c.aclose()
+
+
+class _CountingChecks:
+    """Wraps auth.verify_password: counts the checks and the most running at once."""
+
+    def __init__(self, real: Any, hold_s: float = 0.0) -> None:
+        self.real, self.hold_s = real, hold_s
+        self.lock = threading.Lock()
+        self.running = self.peak = self.calls = 0
+
+    def __call__(self, password_hash: str, password: str) -> bool:
+        with self.lock:
+            self.running += 1
+            self.calls += 1
+            self.peak = max(self.peak, self.running)
+        try:
+            time.sleep(self.hold_s)
+            return bool(self.real(password_hash, password))
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_a_burst_of_guesses_gets_no_more_checks_than_the_throttle_allows(
+        org: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """30 wrong passwords sent at once from one address, 3 allowed per account and address: 3 are
+    checked (401), 27 refused (429) before any check. The throttle used to read the count, check
+    the password (argon2id, ~0.1 s) and only then record the failure, so all 30 were checked."""
+    settings, _ = org
+    app = create_app(settings, start_ingest=False)
+    checks = _CountingChecks(auth.verify_password, hold_s=0.05)
+    monkeypatch.setattr(auth, "verify_password", checks)
+    answers = asyncio.run(_burst_logins(
+        app, [("198.51.100.7", "sup-a", f"guess-{i}") for i in range(30)]))
+    codes = [r.status_code for r in answers]
+    assert sorted(codes) == [401] * 3 + [429] * 27, codes
+    assert checks.calls == 3
+    assert all("retry-after" in r.headers for r in answers if r.status_code == 429)
+
+
+def test_password_checks_run_a_few_at_a_time_and_the_rest_are_refused(
+        org: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Guesses from many addresses on many names pass the throttle, but at most
+    ``login_max_concurrent_checks`` argon2id checks (64 MiB each) run at once; a request that
+    waits longer than the gate allows gets 503 with Retry-After, and its attempt is not counted."""
+    settings, _ = org
+    app = create_app(settings, start_ingest=False)
+    app.state.password_checks = auth.CheckGate(2, wait_s=0.1)  # 2 slots, a short wait
+    checks = _CountingChecks(auth.verify_password, hold_s=0.5)
+    monkeypatch.setattr(auth, "verify_password", checks)
+    answers = asyncio.run(_burst_logins(
+        app, [(f"198.51.100.{i}", f"nobody-{i}", "guess") for i in range(12)]))
+    codes = [r.status_code for r in answers]
+    assert checks.peak <= 2 and checks.calls == codes.count(401) >= 2, (checks.peak, codes)
+    assert codes.count(503) >= 6 and set(codes) <= {401, 503}, codes
+    assert all(r.headers.get("retry-after") == "1" for r in answers if r.status_code == 503)
+    db = store.open_db(settings.db_path)
+    try:  # the refused requests checked nothing: only the checked guesses count as failures
+        failures = db.conn.execute("SELECT count(*) FROM login_attempts WHERE ok = 0").fetchone()[0]
+    finally:
+        db.conn.close()
+    assert failures == codes.count(401)
+
+
+def test_a_burst_of_one_time_codes_gets_no_more_checks_than_the_throttle_allows(
+        org: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Someone with a supervisor's password sends 20 code guesses at once: 3 are checked, the
+    rest refused, and the right code is refused too once the step is throttled."""
+    settings, data = org
+    app = create_app(settings, start_ingest=False)
+    real_verify = totp.verify
+    verified: list[str] = []
+
+    def slow_verify(secret: str, code: str, last_step: int = 0, now_s: float | None = None) -> Any:
+        verified.append(code)
+        time.sleep(0.05)  # widen the check-then-record window the race used
+        return real_verify(secret, code, last_step, now_s)
+
+    monkeypatch.setattr(totp, "verify", slow_verify)
+    secret = data["secrets"]["sup-a"]
+    valid = {totp.hotp(secret, totp.step_of(time.time()) + d) for d in (-1, 0, 1, 2)}
+    guesses = [g for g in (f"{i:06d}" for i in range(100)) if g not in valid][:20]
+
+    async def run() -> tuple[list[int], int]:
+        async with _client(app, "198.51.100.7") as c:
+            token = await _login_form(c)
+            r = await c.post("/login", data={"username": "sup-a", "password": USER_PASSWORD,
+                                             "csrf": token})
+            assert r.status_code == 303 and r.headers["location"] == "/login/totp"
+            token = csrf_of((await c.get("/login/totp")).text)
+            answers = await asyncio.gather(*(c.post("/login/totp",
+                                                    data={"code": g, "csrf": token})
+                                             for g in guesses))
+            right = await c.post("/login/totp", data={"code": totp.totp(secret), "csrf": token})
+            return [a.status_code for a in answers], right.status_code
+
+    codes, right = asyncio.run(run())
+    assert sorted(codes) == [401] * 3 + [429] * 17, codes
+    assert len(verified) == 3 and right == 429
