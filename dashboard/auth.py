@@ -247,8 +247,9 @@ def login_throttled(db: sqlite_utils.Database, username: str, addr: str, *, wind
     """True if this login must wait: too many recent failures on the account from this address
     (``max_account``), from this address on any account (``max_addr``), or on the account from
     all addresses (``max_account_total``, a guess spread over many addresses). A browser that
-    completed a login to the account before (``known_device``) is spared the last, so a stranger
-    cannot lock its owner out.
+    completed a login to the account before (``known_device``) is spared the last two: a stranger
+    elsewhere cannot lock its owner out, nor can someone behind the same address (a floor's NAT)
+    by failing on other accounts. It stays held to the account's limit at its address.
     """
     now = time.time() if now is None else now
     since = now - window_s
@@ -258,8 +259,8 @@ def login_throttled(db: sqlite_utils.Database, username: str, addr: str, *, wind
     by_addr = db.conn.execute(
         "SELECT count(*) FROM login_attempts WHERE ok = 0 AND ts >= ? AND addr = ?",
         (since, addr[:64])).fetchone()[0]
-    return bool(by_pair >= max_account or by_addr >= max_addr
-                or (by_user >= max_account_total and not known_device))
+    return bool(by_pair >= max_account
+                or (not known_device and (by_addr >= max_addr or by_user >= max_account_total)))
 
 
 def codes_throttled(db: sqlite_utils.Database, username: str, *, window_s: float, max_codes: int,

@@ -56,7 +56,8 @@ class DashboardSettings(BaseSettings):
     )
     login_max_failures_addr: int = Field(
         20, ge=1, description="Failed logins from one client address within the window before it "
-        "is throttled."
+        "is throttled, except in browsers whose last completed login to the account is under 90 "
+        "days old: one person behind a floor's shared address cannot lock the floor out."
     )
     login_max_concurrent_checks: int = Field(
         4, ge=1, description="Password checks (argon2id, 64 MiB and about 0.1 s of a core each) run "

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
 from dashboard import auth, totp
 from dashboard import db as store
@@ -149,3 +150,32 @@ def test_a_burst_of_one_time_codes_gets_no_more_checks_than_the_throttle_allows(
     codes, right = asyncio.run(run())
     assert sorted(codes) == [401] * 3 + [429] * 17, codes
     assert len(verified) == 3 and right == 429
+
+
+def _log_in(c: TestClient, user: str, password: str = USER_PASSWORD) -> int:
+    page = c.get("/login")
+    return c.post("/login", data={"username": user, "password": password,
+                                  "csrf": csrf_of(page.text)}).status_code
+
+
+def test_a_known_browser_behind_a_throttled_floor_address_still_logs_in(org: Any) -> None:
+    """A floor reaches the dashboard through one NAT address. Someone there makes 5 failed logins
+    on made-up names (the per-address limit): unknown browsers at that address are refused, the
+    right password included, but a browser that logged in to the account before still gets in
+    (it used to be refused too: the whole floor was locked out for the window)."""
+    settings, _ = org
+    app = create_app(settings, start_ingest=False)
+    nat = "203.0.113.10"
+    with TestClient(app, base_url="https://testserver", client=(nat, 1111),
+                    follow_redirects=False) as amina:
+        assert _log_in(amina, "amina") == 303
+        amina.cookies.delete(auth.session_cookie_name(True))  # logged out; the device cookie stays
+        with TestClient(app, base_url="https://testserver", client=(nat, 2222),
+                        follow_redirects=False) as prankster:
+            assert [_log_in(prankster, f"x{i}", "wrong") for i in range(5)] == [401] * 5
+            assert _log_in(prankster, "bilal") == 429  # an unknown browser, the right password
+        assert _log_in(amina, "bilal") == 429  # the mark counts for its own account only
+        assert _log_in(amina, "amina") == 303
+        amina.cookies.delete(auth.session_cookie_name(True))
+        # the known browser is still held to its own account's limit at that address
+        assert [_log_in(amina, "amina", "wrong") for _ in range(4)] == [401] * 3 + [429]
