@@ -38,6 +38,10 @@ STRINGS: dict[str, tuple[str, str]] = {
     "totp.code": ("Code", "Code"),
     "totp.submit": ("Valider", "Verify"),
     "totp.wrong": ("Code incorrect.", "Wrong code."),
+    "totp.enrolled": ("La double authentification de ce compte est déjà activée : "
+                      "connectez-vous avec le code de votre application.",
+                      "Two-factor authentication is already set up for this account: "
+                      "log in with the code from your app."),
     "floor.title": ("Plateau", "Floor"),
     "floor.online": ("en ligne", "online"),
     "floor.seats": ("postes", "seats"),

@@ -18,7 +18,14 @@ from dashboard import auth, totp
 from dashboard import db as store
 from dashboard.app import create_app
 from dashboard.settings import DashboardSettings
-from tests._fixtures_dashboard import USER_PASSWORD, csrf_of, make_settings, seed_org
+from tests._fixtures_dashboard import (
+    USER_PASSWORD,
+    csrf_of,
+    make_settings,
+    secret_of,
+    seed_org,
+    totp_code,
+)
 
 
 @pytest.fixture
@@ -179,3 +186,89 @@ def test_a_known_browser_behind_a_throttled_floor_address_still_logs_in(org: Any
         amina.cookies.delete(auth.session_cookie_name(True))
         # the known browser is still held to its own account's limit at that address
         assert [_log_in(amina, "amina", "wrong") for _ in range(4)] == [401] * 3 + [429]
+
+
+def _start_enrolment(app: FastAPI, user: str, password: str) -> tuple[TestClient, str, str]:
+    c = TestClient(app, base_url="https://testserver", follow_redirects=False)
+    r = c.post("/login", data={"username": user, "password": password,
+                               "csrf": csrf_of(c.get("/login").text)})
+    assert r.headers["location"] == "/totp/setup"
+    page = c.get("/totp/setup").text
+    return c, secret_of(page), csrf_of(page)
+
+
+def _stored_secret(settings: DashboardSettings, user: str) -> str | None:
+    db = store.open_db(settings.db_path)
+    try:
+        row = db.conn.execute("SELECT totp_secret FROM users WHERE username = ?", (user,)).fetchone()
+        return None if row[0] is None else str(row[0])
+    finally:
+        db.conn.close()
+
+
+def test_an_enrolment_confirms_only_an_account_not_yet_enrolled(org: Any) -> None:
+    """Someone with a new supervisor's initial password starts an enrolment and waits; the owner
+    enrols. The waiting session used to confirm its own secret afterwards, replacing the owner's
+    second factor and logging in. Completing an enrolment now ends the account's other enrolment
+    sessions, and a confirmation that comes too late anyway (a race) is refused with 409."""
+    settings, _ = org
+    db = store.open_db(settings.db_path)
+    auth.create_user(db, "sup-new", "initial password 123", "supervisor", teams=["team-a"])
+    db.conn.close()
+    app = create_app(settings, start_ingest=False)
+    intruder, s_int, csrf_int = _start_enrolment(app, "sup-new", "initial password 123")
+    owner, s_own, csrf_own = _start_enrolment(app, "sup-new", "initial password 123")
+    assert s_int != s_own
+    r = owner.post("/totp/setup", data={"code": totp_code(s_own), "csrf": csrf_own})
+    assert r.status_code == 303 and r.headers["location"] == "/"
+    # (a code of the next step: the server refuses steps up to the last one it accepted)
+    next_code = totp.hotp(s_int, totp.step_of(time.time()) + 1)
+    r = intruder.post("/totp/setup", data={"code": next_code, "csrf": csrf_int})
+    assert r.status_code == 303 and r.headers["location"] == "/login"  # its session is gone
+    assert intruder.get("/api/me").status_code == 401
+    assert _stored_secret(settings, "sup-new") == s_own
+    # an enrolment session that outlives the enrolment (opened as it completed)
+    db = store.open_db(settings.db_path)
+    token, _ = auth.create_session(db, "sup-new", settings.session_idle_s, stage="enroll",
+                                   pending_secret=s_int)
+    db.conn.close()
+    late = TestClient(app, base_url="https://testserver", follow_redirects=False,
+                      cookies={auth.session_cookie_name(True): token})
+    page = late.get("/totp/setup").text
+    r = late.post("/totp/setup", data={"code": next_code, "csrf": csrf_of(page)})
+    assert r.status_code == 409 and "déjà" in r.text
+    assert late.get("/api/me").status_code == 401  # that session is ended
+    assert _stored_secret(settings, "sup-new") == s_own
+    assert owner.get("/api/me").json()["username"] == "sup-new"
+
+
+def test_one_code_sent_twice_at_once_opens_one_session(
+        org: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replay check read the last accepted step, checked the code, then stored its step: the
+    same code sent three times at once opened three sessions. Now the step is stored only if it is
+    newer than the stored one (and the secret unchanged), in one UPDATE."""
+    settings, data = org
+    app = create_app(settings, start_ingest=False)
+    real_verify = totp.verify
+
+    def slow_verify(secret: str, code: str, last_step: int = 0, now_s: float | None = None) -> Any:
+        time.sleep(0.1)
+        return real_verify(secret, code, last_step, now_s)
+
+    monkeypatch.setattr(totp, "verify", slow_verify)
+    secret = data["secrets"]["sup-a"]
+
+    async def run() -> list[int]:
+        async with _client(app, "198.51.100.7") as c:
+            token = await _login_form(c)
+            r = await c.post("/login", data={"username": "sup-a", "password": USER_PASSWORD,
+                                             "csrf": token})
+            assert r.headers["location"] == "/login/totp"
+            token = csrf_of((await c.get("/login/totp")).text)
+            code = totp_code(secret)
+            answers = await asyncio.gather(*(c.post("/login/totp", data={"code": code,
+                                                                         "csrf": token})
+                                             for _ in range(3)))
+            return [a.status_code for a in answers]
+
+    assert sorted(asyncio.run(run())) == [303, 401, 401]

@@ -123,13 +123,33 @@ def _check_code(request: Request, db: Db, settings: Settings, secret: str, code:
         return render(request, "totp.html", {**ctx, "error": tr("login.throttled")}, 429)
     last = db.conn.execute("SELECT totp_last_step FROM users WHERE username = ?",
                            (username,)).fetchone()[0]
-    step = totp.verify(secret, code, int(last or 0))
+    step = totp.verify(secret, code, int(last or 0)) if secret else None
+    if step is not None:
+        # One UPDATE decides, whatever ran since the checks above: an enrolment stores its secret
+        # only on an account still without one (a stale enrolment session must not replace the
+        # owner's second factor); a code is taken only if its step is newer than the last one
+        # taken with the same secret (the same code sent twice at once opens one session).
+        with db.conn:
+            if enrol:
+                taken = db.conn.execute(
+                    "UPDATE users SET totp_secret = ?, totp_last_step = ? "
+                    "WHERE username = ? AND totp_secret IS NULL", (secret, step, username)).rowcount
+                if taken:  # the account's other enrolment sessions hold secrets of no use now
+                    db.conn.execute("DELETE FROM sessions WHERE username = ? AND stage = 'enroll'",
+                                    (username,))
+            else:
+                taken = db.conn.execute(
+                    "UPDATE users SET totp_last_step = ? WHERE username = ? AND totp_secret = ? "
+                    "AND coalesce(totp_last_step, 0) < ?", (step, username, secret, step)).rowcount
+        if not taken and enrol:
+            auth.cancel_attempt(db, attempt)
+            return _end(_login_page(request, settings.secure_cookies, tr("totp.enrolled"), 409),
+                        request, db, settings)
+        if not taken:
+            step = None
     auth.settle_attempt(db, attempt, username, step is not None)
     if step is None:
         return render(request, "totp.html", {**ctx, "error": tr("totp.wrong")}, 401)
-    with db.conn:
-        db.conn.execute("UPDATE users SET totp_last_step = ?, totp_secret = ? WHERE username = ?",
-                        (step, secret, username))
     return _start(RedirectResponse("/", status_code=303), request, db, settings, username)
 
 
@@ -160,14 +180,18 @@ def totp_setup_submit(request: Request, db: Db, settings: Settings,
     return _check_code(request, db, settings, secret, code, enrol=True)
 
 
+def _end(response: Response, request: Request, db: Db, settings: Settings) -> Response:
+    """End the request's session and clear its cookie."""
+    secure = settings.secure_cookies
+    auth.delete_session(db, request.cookies.get(auth.session_cookie_name(secure)))
+    auth.clear_cookie(response, auth.session_cookie_name(secure), secure)
+    return response
+
+
 @router.post("/logout", include_in_schema=False)
 def logout(request: Request, settings: Settings, db: Db) -> Response:
     """End the session (the middleware checked the session's CSRF token)."""
-    secure = settings.secure_cookies
-    auth.delete_session(db, request.cookies.get(auth.session_cookie_name(secure)))
-    response = RedirectResponse("/login", status_code=303)
-    auth.clear_cookie(response, auth.session_cookie_name(secure), secure)
-    return response
+    return _end(RedirectResponse("/login", status_code=303), request, db, settings)
 
 
 def safe_next(target: str | None, default: str = "/") -> str:
