@@ -241,24 +241,45 @@ def client_address(peer: str | None, forwarded_for: str | None,
     return peer
 
 
+IPV6_PREFIX_BITS = 64
+"""An IPv6 client is counted by its /64: one host or home usually holds the whole prefix."""
+
+
+def throttle_key(addr: str) -> str:
+    """What failed logins from ``addr`` are counted under: an IPv4 address (also when mapped in
+    IPv6), the /64 of an IPv6 address (``2001:db8:1:2::/64``), or the peer name as is."""
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return addr[:64]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        host_bits = 128 - IPV6_PREFIX_BITS
+        return str(ipaddress.IPv6Network((int(ip) >> host_bits << host_bits, IPV6_PREFIX_BITS)))
+    return str(ip)
+
+
 def login_throttled(db: sqlite_utils.Database, username: str, addr: str, *, window_s: float,
                     max_account: int, max_addr: int, max_account_total: int,
                     known_device: bool = False, now: float | None = None) -> bool:
     """True if this login must wait: too many recent failures on the account from this address
     (``max_account``), from this address on any account (``max_addr``), or on the account from
-    all addresses (``max_account_total``, a guess spread over many addresses). A browser that
-    completed a login to the account before (``known_device``) is spared the last two: a stranger
-    elsewhere cannot lock its owner out, nor can someone behind the same address (a floor's NAT)
-    by failing on other accounts. It stays held to the account's limit at its address.
+    all addresses (``max_account_total``, a guess spread over many addresses); an address counts
+    as its :func:`throttle_key`, an IPv6 one as its /64. A browser that completed a login to the
+    account before (``known_device``) is spared the last two: a stranger elsewhere cannot lock its
+    owner out, nor can someone behind the same address (a floor's NAT) by failing on other
+    accounts. It stays held to the account's limit at its address.
     """
     now = time.time() if now is None else now
     since = now - window_s
+    addr = throttle_key(addr)
     by_pair, by_user = db.conn.execute(
         "SELECT coalesce(sum(addr = ?), 0), count(*) FROM login_attempts "
-        "WHERE ok = 0 AND ts >= ? AND username = ?", (addr[:64], since, username[:64])).fetchone()
+        "WHERE ok = 0 AND ts >= ? AND username = ?", (addr, since, username[:64])).fetchone()
     by_addr = db.conn.execute(
         "SELECT count(*) FROM login_attempts WHERE ok = 0 AND ts >= ? AND addr = ?",
-        (since, addr[:64])).fetchone()[0]
+        (since, addr)).fetchone()[0]
     return bool(by_pair >= max_account
                 or (not known_device and (by_addr >= max_addr or by_user >= max_account_total)))
 
@@ -312,7 +333,8 @@ def reserve_attempt(db: sqlite_utils.Database, username: str, addr: str, *, wind
                                                      max_codes=max_codes, now=now):
             return None
         cur = db.conn.execute("INSERT INTO login_attempts (ts, username, addr, ok, kind) "
-                              "VALUES (?, ?, ?, 0, ?)", (now, username[:64], addr[:64], kind))
+                              "VALUES (?, ?, ?, 0, ?)",
+                              (now, username[:64], throttle_key(addr), kind))
     return int(cur.lastrowid or 0)
 
 
@@ -347,7 +369,8 @@ def record_login_attempt(db: sqlite_utils.Database, username: str, addr: str, ok
             db.conn.execute("DELETE FROM login_attempts WHERE username = ? AND ok = 0",
                             (username[:64],))
         db.conn.execute("INSERT INTO login_attempts (ts, username, addr, ok, kind) "
-                        "VALUES (?, ?, ?, ?, ?)", (now, username[:64], addr[:64], int(ok), kind))
+                        "VALUES (?, ?, ?, ?, ?)",
+                        (now, username[:64], throttle_key(addr), int(ok), kind))
 
 
 def device_tokens(cookie: str | None) -> list[str]:

@@ -272,3 +272,26 @@ def test_one_code_sent_twice_at_once_opens_one_session(
             return [a.status_code for a in answers]
 
     assert sorted(asyncio.run(run())) == [303, 401, 401]
+
+
+def test_an_ipv6_client_is_throttled_by_its_64_prefix(org: Any) -> None:
+    """One IPv6 client holds a whole /64: failures were counted per exact address, so changing the
+    last bits gave a fresh budget each time (20 guesses on one account, 1 per address, all 401)."""
+    settings, _ = org  # 3 per account and address, 5 per address
+    app = create_app(settings, start_ingest=False)
+
+    def attempt(addr: str, user: str, password: str = "wrong") -> int:
+        with TestClient(app, base_url="https://testserver", client=(addr, 5000),
+                        follow_redirects=False) as c:
+            return _log_in(c, user, password)
+
+    rotated = [attempt(f"2001:db8:1:2::{i + 100:x}", "sup-b") for i in range(4)]
+    assert rotated == [401, 401, 401, 429]
+    spray = [attempt(f"2001:db8:1:2:{i:x}::1", f"name-{i}") for i in range(3)]
+    assert spray == [401, 401, 429]  # 5 from the /64 on any names
+    assert attempt("2001:db8:1:3::1", "amina", USER_PASSWORD) == 303  # the next /64 is not
+    assert auth.throttle_key("2001:db8:1:2:aaaa:bbbb:cccc:dddd") == "2001:db8:1:2::/64"
+    assert auth.throttle_key("::ffff:198.51.100.7") == "198.51.100.7"
+    assert auth.throttle_key("198.51.100.7") == "198.51.100.7"
+    assert auth.throttle_key("fe80::1%eth0") == "fe80::/64"
+    assert auth.throttle_key("testclient") == "testclient"
