@@ -295,3 +295,20 @@ def test_an_ipv6_client_is_throttled_by_its_64_prefix(org: Any) -> None:
     assert auth.throttle_key("198.51.100.7") == "198.51.100.7"
     assert auth.throttle_key("fe80::1%eth0") == "fe80::/64"
     assert auth.throttle_key("testclient") == "testclient"
+
+
+def test_a_code_in_other_digits_is_a_wrong_code_not_a_server_error(org: Any) -> None:
+    """'١٢٣٤٥٦' (Arabic-Indic digits) passed str.isdigit, then compare_digest refused the non-ASCII
+    str: 500. Only ASCII digits are a code; anything else is the usual wrong-code answer."""
+    settings, data = org
+    secret = data["secrets"]["sup-a"]
+    for code in ("١٢٣٤٥٦", "１２３４５６", "۱۲۳۴۵۶", "¹²³⁴⁵⁶"):
+        assert totp.verify(secret, code) is None
+    app = create_app(settings, start_ingest=False)
+    with TestClient(app, base_url="https://testserver", follow_redirects=False) as c:
+        assert _log_in(c, "sup-a") == 303
+        token = csrf_of(c.get("/login/totp").text)
+        r = c.post("/login/totp", data={"code": "١٢٣٤٥٦", "csrf": token})
+        assert r.status_code == 401 and "Code incorrect" in r.text
+        r = c.post("/login/totp", data={"code": totp_code(secret), "csrf": token})
+        assert r.status_code == 303 and r.headers["location"] == "/"
