@@ -45,7 +45,8 @@ def create_app(settings: DashboardSettings, *, start_ingest: bool = True) -> Fas
 
     Returns:
         The app. While it runs, ``app.state.ingest`` is the :class:`Ingest` (or None) and
-        ``app.state.hub`` the live-push :class:`Hub`.
+        ``app.state.hub`` the live-push :class:`Hub`; ``app.state.password_checks`` bounds the
+        password checks running at once.
     """
     wire.check_id(settings.site, "site")
     if start_ingest and None in (settings.mqtt_ca, settings.mqtt_cert, settings.mqtt_key):
@@ -85,6 +86,7 @@ def create_app(settings: DashboardSettings, *, start_ingest: bool = True) -> Fas
     app.state.hub = hub
     app.state.ingest = None
     app.state.metrics_token = metrics_token
+    app.state.password_checks = auth.CheckGate(settings.login_max_concurrent_checks)
     for module in (session, pages, api, boxes, stream, health, fleet_routes):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")

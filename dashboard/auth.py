@@ -7,8 +7,10 @@ import hmac
 import ipaddress
 import logging
 import secrets
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,6 +176,26 @@ def ensure_admin(db: sqlite_utils.Database, username: str, password_file: Path |
     return True
 
 
+class CheckGate:
+    """At most ``limit`` password checks at once: an argon2id check holds 64 MiB and a core for
+    about 0.1 s, so a burst of logins must not run them all together. A request waits at most
+    ``wait_s`` for its turn, then is turned away (no unbounded queue of waiting checks)."""
+
+    def __init__(self, limit: int, wait_s: float = 1.0) -> None:
+        self._slots = threading.BoundedSemaphore(limit)
+        self.wait_s = wait_s
+
+    @contextmanager
+    def turn(self) -> Iterator[bool]:
+        """Yield True holding a slot, or False if none came free within ``wait_s``."""
+        got = self._slots.acquire(timeout=self.wait_s)
+        try:
+            yield got
+        finally:
+            if got:
+                self._slots.release()
+
+
 def authenticate(db: sqlite_utils.Database, username: str, password: str) -> str | None:
     """Return the user's role if the credentials are right, else None (constant-ish time)."""
     row = db.conn.execute("SELECT password_hash, role, disabled FROM users WHERE username = ?",
@@ -219,25 +241,47 @@ def client_address(peer: str | None, forwarded_for: str | None,
     return peer
 
 
+IPV6_PREFIX_BITS = 64
+"""An IPv6 client is counted by its /64: one host or home usually holds the whole prefix."""
+
+
+def throttle_key(addr: str) -> str:
+    """What failed logins from ``addr`` are counted under: an IPv4 address (also when mapped in
+    IPv6), the /64 of an IPv6 address (``2001:db8:1:2::/64``), or the peer name as is."""
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return addr[:64]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        host_bits = 128 - IPV6_PREFIX_BITS
+        return str(ipaddress.IPv6Network((int(ip) >> host_bits << host_bits, IPV6_PREFIX_BITS)))
+    return str(ip)
+
+
 def login_throttled(db: sqlite_utils.Database, username: str, addr: str, *, window_s: float,
                     max_account: int, max_addr: int, max_account_total: int,
                     known_device: bool = False, now: float | None = None) -> bool:
     """True if this login must wait: too many recent failures on the account from this address
     (``max_account``), from this address on any account (``max_addr``), or on the account from
-    all addresses (``max_account_total``, a guess spread over many addresses). A browser that
-    completed a login to the account before (``known_device``) is spared the last, so a stranger
-    cannot lock its owner out.
+    all addresses (``max_account_total``, a guess spread over many addresses); an address counts
+    as its :func:`throttle_key`, an IPv6 one as its /64. A browser that completed a login to the
+    account before (``known_device``) is spared the last two: a stranger elsewhere cannot lock its
+    owner out, nor can someone behind the same address (a floor's NAT) by failing on other
+    accounts. It stays held to the account's limit at its address.
     """
     now = time.time() if now is None else now
     since = now - window_s
+    addr = throttle_key(addr)
     by_pair, by_user = db.conn.execute(
         "SELECT coalesce(sum(addr = ?), 0), count(*) FROM login_attempts "
-        "WHERE ok = 0 AND ts >= ? AND username = ?", (addr[:64], since, username[:64])).fetchone()
+        "WHERE ok = 0 AND ts >= ? AND username = ?", (addr, since, username[:64])).fetchone()
     by_addr = db.conn.execute(
         "SELECT count(*) FROM login_attempts WHERE ok = 0 AND ts >= ? AND addr = ?",
-        (since, addr[:64])).fetchone()[0]
-    return bool(by_pair >= max_account or by_addr >= max_addr
-                or (by_user >= max_account_total and not known_device))
+        (since, addr)).fetchone()[0]
+    return bool(by_pair >= max_account
+                or (not known_device and (by_addr >= max_addr or by_user >= max_account_total)))
 
 
 def codes_throttled(db: sqlite_utils.Database, username: str, *, window_s: float, max_codes: int,
@@ -251,6 +295,69 @@ def codes_throttled(db: sqlite_utils.Database, username: str, *, window_s: float
     return bool(wrong >= max_codes)
 
 
+@contextmanager
+def _write_transaction(db: sqlite_utils.Database) -> Iterator[None]:
+    """A transaction that holds SQLite's write lock from its first statement (BEGIN IMMEDIATE), so
+    what it reads cannot change before it writes, whichever connection or process writes."""
+    conn = db.conn
+    if conn.in_transaction:
+        conn.commit()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.rollback()
+        raise
+    conn.commit()
+
+
+def reserve_attempt(db: sqlite_utils.Database, username: str, addr: str, *, window_s: float,
+                    max_account: int, max_addr: int, max_account_total: int,
+                    known_device: bool = False, max_codes: int | None = None,
+                    kind: str = "password", now: float | None = None) -> int | None:
+    """Before a password or one-time code is checked: None if the login is throttled (see
+    :func:`login_throttled`, and :func:`codes_throttled` with ``max_codes``), else record the
+    attempt as a failure and return its id for :func:`settle_attempt`.
+
+    The count and the record are one write transaction: concurrent attempts queue on SQLite's
+    write lock, and each sees the ones before it, so a burst gets no more checks than the limits
+    (reading the count, checking, then recording let every request of a burst through).
+    """
+    now = time.time() if now is None else now
+    with _write_transaction(db):
+        if login_throttled(db, username, addr, window_s=window_s, max_account=max_account,
+                           max_addr=max_addr, max_account_total=max_account_total,
+                           known_device=known_device, now=now):
+            return None
+        if max_codes is not None and codes_throttled(db, username, window_s=window_s,
+                                                     max_codes=max_codes, now=now):
+            return None
+        cur = db.conn.execute("INSERT INTO login_attempts (ts, username, addr, ok, kind) "
+                              "VALUES (?, ?, ?, 0, ?)",
+                              (now, username[:64], throttle_key(addr), kind))
+    return int(cur.lastrowid or 0)
+
+
+def settle_attempt(db: sqlite_utils.Database, attempt: int, username: str, ok: bool,
+                   clear: bool = True) -> None:
+    """The outcome of a reserved attempt: a failure stays recorded; a success is marked so and,
+    if complete (``clear``; not a right password before a one-time code), clears the account's
+    failures recorded before it."""
+    if not ok:
+        return
+    with db.conn:
+        if clear:
+            db.conn.execute("DELETE FROM login_attempts WHERE username = ? AND ok = 0 AND id < ?",
+                            (username[:64], attempt))
+        db.conn.execute("UPDATE login_attempts SET ok = 1 WHERE id = ?", (attempt,))
+
+
+def cancel_attempt(db: sqlite_utils.Database, attempt: int) -> None:
+    """Forget a reserved attempt that checked nothing (turned away by the :class:`CheckGate`)."""
+    with db.conn:
+        db.conn.execute("DELETE FROM login_attempts WHERE id = ?", (attempt,))
+
+
 def record_login_attempt(db: sqlite_utils.Database, username: str, addr: str, ok: bool,
                          now: float | None = None, clear: bool = True,
                          kind: str = "password") -> None:
@@ -260,9 +367,10 @@ def record_login_attempt(db: sqlite_utils.Database, username: str, addr: str, ok
     with db.conn:
         if ok and clear:
             db.conn.execute("DELETE FROM login_attempts WHERE username = ? AND ok = 0",
-                            (username,))
+                            (username[:64],))
         db.conn.execute("INSERT INTO login_attempts (ts, username, addr, ok, kind) "
-                        "VALUES (?, ?, ?, ?, ?)", (now, username[:64], addr[:64], int(ok), kind))
+                        "VALUES (?, ?, ?, ?, ?)",
+                        (now, username[:64], throttle_key(addr), int(ok), kind))
 
 
 def device_tokens(cookie: str | None) -> list[str]:

@@ -26,6 +26,8 @@ STRINGS: dict[str, tuple[str, str]] = {
     "login.wrong": ("Identifiant ou mot de passe incorrect.", "Wrong username or password."),
     "login.throttled": ("Trop de tentatives. Réessayez plus tard.",
                         "Too many attempts. Try again later."),
+    "login.busy": ("Trop de connexions en même temps. Réessayez dans un instant.",
+                   "Too many logins at once. Try again in a moment."),
     "totp.title": ("Code de vérification", "Verification code"),
     "totp.help": ("Saisissez le code à 6 chiffres de votre application d'authentification.",
                   "Enter the 6-digit code from your authenticator app."),
@@ -36,6 +38,10 @@ STRINGS: dict[str, tuple[str, str]] = {
     "totp.code": ("Code", "Code"),
     "totp.submit": ("Valider", "Verify"),
     "totp.wrong": ("Code incorrect.", "Wrong code."),
+    "totp.enrolled": ("La double authentification de ce compte est déjà activée : "
+                      "connectez-vous avec le code de votre application.",
+                      "Two-factor authentication is already set up for this account: "
+                      "log in with the code from your app."),
     "floor.title": ("Plateau", "Floor"),
     "floor.online": ("en ligne", "online"),
     "floor.seats": ("postes", "seats"),

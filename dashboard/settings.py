@@ -56,7 +56,13 @@ class DashboardSettings(BaseSettings):
     )
     login_max_failures_addr: int = Field(
         20, ge=1, description="Failed logins from one client address within the window before it "
-        "is throttled."
+        "is throttled, except in browsers whose last completed login to the account is under 90 "
+        "days old: one person behind a floor's shared address cannot lock the floor out."
+    )
+    login_max_concurrent_checks: int = Field(
+        4, ge=1, description="Password checks (argon2id, 64 MiB and about 0.1 s of a core each) run "
+        "at once; a login that finds no free slot within a second is answered 503 with Retry-After "
+        "and does not count as a failure."
     )
     retention_metrics_days: float = Field(
         30.0, gt=0, description="Days per-second metrics and events are kept before the purge."

@@ -49,12 +49,14 @@ def verify(secret: str, code: str, last_step: int = 0, now_s: float | None = Non
 
     Args:
         secret: The user's base32 secret.
-        code: What the user typed.
+        code: What the user typed (6 ASCII digits; spaces are ignored).
         last_step: The step of the last accepted code; it and older steps are refused.
         now_s: Unix time in seconds (defaults to now).
     """
     code = code.strip().replace(" ", "")
-    if len(code) != DIGITS or not code.isdigit():
+    # ASCII digits only: str.isdigit also takes other scripts' digits ('١٢٣٤٥٦'), which no code
+    # is and which compare_digest refuses with a TypeError
+    if len(code) != DIGITS or not (code.isascii() and code.isdigit()):
         return None
     now = step_of(time.time() if now_s is None else now_s)
     for step in range(now - WINDOW_STEPS, now + WINDOW_STEPS + 1):

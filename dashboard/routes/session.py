@@ -27,13 +27,17 @@ def _client(request: Request, settings: Settings) -> str:
                                request.headers.get("x-forwarded-for"), settings.trusted_proxies)
 
 
-def _throttled(request: Request, db: Db, settings: Settings, username: str, addr: str) -> bool:
+def _reserve(request: Request, db: Db, settings: Settings, username: str, addr: str,
+             kind: str = "password") -> int | None:
+    """Record the attempt before its check (None: throttled), see :func:`auth.reserve_attempt`."""
     device = request.cookies.get(auth.device_cookie_name(settings.secure_cookies))
-    return auth.login_throttled(db, username, addr, window_s=settings.login_window_s,
-                                max_account=settings.login_max_failures_account,
-                                max_addr=settings.login_max_failures_addr,
-                                max_account_total=settings.login_max_failures_account_total,
-                                known_device=auth.known_device(db, username, device) is not None)
+    return auth.reserve_attempt(
+        db, username, addr, window_s=settings.login_window_s,
+        max_account=settings.login_max_failures_account,
+        max_addr=settings.login_max_failures_addr,
+        max_account_total=settings.login_max_failures_account_total,
+        known_device=auth.known_device(db, username, device) is not None,
+        max_codes=settings.login_max_failures_account if kind == "code" else None, kind=kind)
 
 
 def _start(response: Response, request: Request, db: Db, settings: Settings, username: str,
@@ -73,13 +77,21 @@ def login(
     if not auth.tokens_match(csrf, request.cookies.get(auth.csrf_cookie_name(secure))):
         return _login_page(request, secure, tr("login.expired"), 403)
     addr = _client(request, settings)
-    if _throttled(request, db, settings, username, addr):
+    attempt = _reserve(request, db, settings, username, addr)
+    if attempt is None:
         r = _login_page(request, secure, tr("login.throttled"), 429)
         r.headers["retry-after"] = str(int(settings.login_window_s))
         return r
-    role = auth.authenticate(db, username, password)
+    gate: auth.CheckGate = request.app.state.password_checks
+    with gate.turn() as checking:
+        role = auth.authenticate(db, username, password) if checking else None
+    if not checking:  # nothing was checked: the attempt does not count
+        auth.cancel_attempt(db, attempt)
+        r = _login_page(request, secure, tr("login.busy"), 503)
+        r.headers["retry-after"] = "1"
+        return r
     code_next = role is not None and settings.totp_required and role in auth.TOTP_ROLES
-    auth.record_login_attempt(db, username, addr, role is not None, clear=not code_next)
+    auth.settle_attempt(db, attempt, username, role is not None, clear=not code_next)
     if role is None:
         return _login_page(request, secure, tr("login.wrong"), 401)
     if settings.totp_required and role in auth.TOTP_ROLES:
@@ -106,19 +118,38 @@ def _check_code(request: Request, db: Db, settings: Settings, secret: str, code:
     tr = i18n.translator(request.state.lang)
     ctx = {"bare": True, "setup": enrol, "secret": secret,
            "uri": totp.provisioning_uri(secret, username) if enrol else None}
-    if _throttled(request, db, settings, username, addr) or auth.codes_throttled(
-            db, username, window_s=settings.login_window_s,
-            max_codes=settings.login_max_failures_account):
+    attempt = _reserve(request, db, settings, username, addr, kind="code")
+    if attempt is None:
         return render(request, "totp.html", {**ctx, "error": tr("login.throttled")}, 429)
     last = db.conn.execute("SELECT totp_last_step FROM users WHERE username = ?",
                            (username,)).fetchone()[0]
-    step = totp.verify(secret, code, int(last or 0))
-    auth.record_login_attempt(db, username, addr, step is not None, kind="code")
+    step = totp.verify(secret, code, int(last or 0)) if secret else None
+    if step is not None:
+        # One UPDATE decides, whatever ran since the checks above: an enrolment stores its secret
+        # only on an account still without one (a stale enrolment session must not replace the
+        # owner's second factor); a code is taken only if its step is newer than the last one
+        # taken with the same secret (the same code sent twice at once opens one session).
+        with db.conn:
+            if enrol:
+                taken = db.conn.execute(
+                    "UPDATE users SET totp_secret = ?, totp_last_step = ? "
+                    "WHERE username = ? AND totp_secret IS NULL", (secret, step, username)).rowcount
+                if taken:  # the account's other enrolment sessions hold secrets of no use now
+                    db.conn.execute("DELETE FROM sessions WHERE username = ? AND stage = 'enroll'",
+                                    (username,))
+            else:
+                taken = db.conn.execute(
+                    "UPDATE users SET totp_last_step = ? WHERE username = ? AND totp_secret = ? "
+                    "AND coalesce(totp_last_step, 0) < ?", (step, username, secret, step)).rowcount
+        if not taken and enrol:
+            auth.cancel_attempt(db, attempt)
+            return _end(_login_page(request, settings.secure_cookies, tr("totp.enrolled"), 409),
+                        request, db, settings)
+        if not taken:
+            step = None
+    auth.settle_attempt(db, attempt, username, step is not None)
     if step is None:
         return render(request, "totp.html", {**ctx, "error": tr("totp.wrong")}, 401)
-    with db.conn:
-        db.conn.execute("UPDATE users SET totp_last_step = ?, totp_secret = ? WHERE username = ?",
-                        (step, secret, username))
     return _start(RedirectResponse("/", status_code=303), request, db, settings, username)
 
 
@@ -149,14 +180,18 @@ def totp_setup_submit(request: Request, db: Db, settings: Settings,
     return _check_code(request, db, settings, secret, code, enrol=True)
 
 
+def _end(response: Response, request: Request, db: Db, settings: Settings) -> Response:
+    """End the request's session and clear its cookie."""
+    secure = settings.secure_cookies
+    auth.delete_session(db, request.cookies.get(auth.session_cookie_name(secure)))
+    auth.clear_cookie(response, auth.session_cookie_name(secure), secure)
+    return response
+
+
 @router.post("/logout", include_in_schema=False)
 def logout(request: Request, settings: Settings, db: Db) -> Response:
     """End the session (the middleware checked the session's CSRF token)."""
-    secure = settings.secure_cookies
-    auth.delete_session(db, request.cookies.get(auth.session_cookie_name(secure)))
-    response = RedirectResponse("/login", status_code=303)
-    auth.clear_cookie(response, auth.session_cookie_name(secure), secure)
-    return response
+    return _end(RedirectResponse("/login", status_code=303), request, db, settings)
 
 
 def safe_next(target: str | None, default: str = "/") -> str:
