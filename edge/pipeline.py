@@ -587,6 +587,13 @@ class Pipeline:
         self._worst = [0] * len(CHANNELS)
         body["far_kind"] = self.far_kind.label
         body.update(self.conversation.metrics())
+        # a rolling window that reaches back over a stretch of no signal would read it as silence
+        now_s = self.conversation.processed_s
+        for w in self.conversation.config.windows_s:
+            gone = {ch for ch in CHANNELS if any(end_s > now_s - w for _, end_s in self._dead[ch])}
+            sfx = f"_{w:g}s"
+            for key in [k for k in body if k.endswith(sfx) and _reads_dead(k, gone)]:
+                del body[key]
         if long is not None and "near" not in dead:
             body.update(prosody_fields(long))
         far_long = None

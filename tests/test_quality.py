@@ -58,6 +58,21 @@ def test_dead_far_channel_is_no_signal_not_a_silent_prospect(model, speech):
     assert sum("near_f0_median_hz" in m for m in late) >= len(late) // 2  # the agent is still read
 
 
+def test_a_rolling_window_over_a_dead_stretch_does_not_read_it_as_silence(model):
+    """The line goes dead for 10 s mid-call, then the prospect is back: until the 30 s window has
+    left the dead stretch, it publishes nothing that reads the line (it read the 10 s as a silent
+    prospect); the agent's own window fields stay."""
+    near = read_wav(SHARED / "ami-headsets" / "source0.wav", notice=False).samples
+    far = read_wav(SHARED / "ami-headsets" / "source1.wav", notice=False).samples.copy()
+    far[15 * 16000:25 * 16000] = 0.0
+    metrics = {m["t_start"]: m for m in run(model, near, far)}
+    for t in (27.0, 40.0, 54.0):  # the line is back, the 30 s window still covers 15 to 25 s
+        m = metrics[t]
+        assert m["far_signal"] == "ok" and "agent_speech_ratio_30s" in m
+        assert not [k for k in m if k.endswith("_30s") and k.startswith(("prospect_", *BOTH_SIDES))]
+    assert "prospect_speech_ratio_30s" in metrics[56.0] and "silence_ratio_30s" in metrics[56.0]
+
+
 def test_dead_agent_channel_is_no_signal_not_a_silent_agent(model, speech):
     calls: list[dict] = []
     near = np.zeros(2 * len(speech), dtype=np.float32)  # the headset unplugged for the whole call
