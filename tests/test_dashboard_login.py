@@ -4,10 +4,12 @@ enrolment races, hostile one-time codes."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -38,6 +40,16 @@ def _client(app: FastAPI, addr: str) -> httpx.AsyncClient:
     """An async client on the app itself: sync routes run concurrently in its thread pool."""
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=(addr, 4000)),
                              base_url="https://testserver")
+
+
+T = TypeVar("T")
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` on a thread of its own: a browser test's Playwright may hold this thread's
+    event loop."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 async def _login_form(c: httpx.AsyncClient) -> str:
@@ -90,7 +102,7 @@ def test_a_burst_of_guesses_gets_no_more_checks_than_the_throttle_allows(
     app = create_app(settings, start_ingest=False)
     checks = _CountingChecks(auth.verify_password, hold_s=0.05)
     monkeypatch.setattr(auth, "verify_password", checks)
-    answers = asyncio.run(_burst_logins(
+    answers = _run(_burst_logins(
         app, [("198.51.100.7", "sup-a", f"guess-{i}") for i in range(30)]))
     codes = [r.status_code for r in answers]
     assert sorted(codes) == [401] * 3 + [429] * 27, codes
@@ -108,7 +120,7 @@ def test_password_checks_run_a_few_at_a_time_and_the_rest_are_refused(
     app.state.password_checks = auth.CheckGate(2, wait_s=0.1)  # 2 slots, a short wait
     checks = _CountingChecks(auth.verify_password, hold_s=0.5)
     monkeypatch.setattr(auth, "verify_password", checks)
-    answers = asyncio.run(_burst_logins(
+    answers = _run(_burst_logins(
         app, [(f"198.51.100.{i}", f"nobody-{i}", "guess") for i in range(12)]))
     codes = [r.status_code for r in answers]
     assert checks.peak <= 2 and checks.calls == codes.count(401) >= 2, (checks.peak, codes)
@@ -154,7 +166,7 @@ def test_a_burst_of_one_time_codes_gets_no_more_checks_than_the_throttle_allows(
             right = await c.post("/login/totp", data={"code": totp.totp(secret), "csrf": token})
             return [a.status_code for a in answers], right.status_code
 
-    codes, right = asyncio.run(run())
+    codes, right = _run(run())
     assert sorted(codes) == [401] * 3 + [429] * 17, codes
     assert len(verified) == 3 and right == 429
 
@@ -271,7 +283,7 @@ def test_one_code_sent_twice_at_once_opens_one_session(
                                              for _ in range(3)))
             return [a.status_code for a in answers]
 
-    assert sorted(asyncio.run(run())) == [303, 401, 401]
+    assert sorted(_run(run())) == [303, 401, 401]
 
 
 def test_an_ipv6_client_is_throttled_by_its_64_prefix(org: Any) -> None:
