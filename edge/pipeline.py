@@ -170,7 +170,8 @@ class Pipeline:
         prosody_window_s: the agent's prosody is summarised over this many seconds.
         affect: the prospect's affect stage (far channel only), when the campaign enables it.
         trace: keep per-frame probabilities and segments (offline analysis only).
-        profile: accumulate each stage's CPU time in :attr:`stage_s` (benchmarks).
+        profile: accumulate each stage's time in :attr:`stage_s` (benchmarks): wall-clock time,
+            which another busy process on the machine inflates.
         campaign: the campaign's cue and fatigue settings (:mod:`edge.campaign`; defaults if None).
         agent_baseline: the agent's cue baseline from a previous shift (learned if None).
         fatigue_baseline: the agent's fatigue baseline from previous shifts (learned if None).
@@ -403,7 +404,9 @@ class Pipeline:
         self._received_s += block.shape[-1] / RATE_HZ
         quality, far_kind, gates = self.quality, self.far_kind, self.gates
         near_gate, far_gate = gates["near"], gates["far"]
-        for frame in self.framer(block):
+        frames = self.framer(block)
+        t = self._lap("framing", t)
+        for frame in frames:
             start_s = frame.start_s
             if self.private or start_s < self._resume_s:
                 # nothing is computed about a private stretch, not even a frame straddling its ends;
@@ -525,7 +528,9 @@ class Pipeline:
                     self._affect_fed = False
                 t = self._lap("affect", t)
             window = self.window(start_s, duration_s, near, far)
-            if window is not None:
+            if window is None:
+                t = self._lap("metrics", t)  # the window's accounting, on every frame
+            else:
                 long = self._prosody_window(self.prosody_window_s)
                 body, far_long = self._metrics(asdict(window), long)
                 out.append(Message("metrics", body))

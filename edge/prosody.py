@@ -122,12 +122,13 @@ def _yin_hops(
     r = np.fft.irfft(fa * np.conj(fw), _NFFT, axis=1)[:, :_TAU_MAX + 2].astype(np.float32)
     # syllabic envelope: mean amplitude of 11 bands of the centred 30 ms window, in dB
     pw = fw[:, _SYL_EDGES[0]:_SYL_EDGES[-1]]
-    cp = np.cumsum(pw.real ** 2 + pw.imag ** 2, axis=1)
-    cp = np.concatenate([np.zeros((n, 1), dtype=cp.dtype), cp], axis=1)[:, _SYL_EDGES - _SYL_EDGES[0]]
-    amp = np.sqrt(np.maximum(np.diff(cp, axis=1), 0.0) * _SYL_SCALE)
-    syl_db = 20.0 * np.log10(amp.mean(axis=1) + 1e-12)
+    cp = np.zeros((n, pw.shape[1] + 1), dtype=np.float32)  # cp[:, k]: power of the first k bins
+    np.cumsum(pw.real ** 2 + pw.imag ** 2, axis=1, out=cp[:, 1:])
+    amp = np.sqrt(np.maximum(np.diff(cp[:, _SYL_EDGES - _SYL_EDGES[0]], axis=1), 0.0) * _SYL_SCALE)
+    bands = amp.shape[1]
+    syl_db = 20.0 * np.log10(np.add.reduce(amp, axis=1) / bands + 1e-12)  # .mean(axis=1), less overhead
     band_db = 20.0 * np.log10(amp + 1e-12)
-    shape_db = band_db - band_db.mean(axis=1, keepdims=True)
+    shape_db = band_db - (np.add.reduce(band_db, axis=1) / bands)[:, None]
     sq = seg * seg
     c = np.empty((n, _SEG8 + 1), dtype=np.float32)
     c[:, 0] = 0.0
@@ -145,8 +146,8 @@ def _yin_hops(
     has = cand.any(axis=1)
     idx = np.where(has, np.argmax(cand, axis=1), np.argmin(sub, axis=1)) + _TAU_MIN
     rows = np.arange(n)
-    tau, aper = _parabola(dn, rows, np.clip(idx, 1, _TAU_MAX))
-    i0 = np.clip(np.rint(tau).astype(int), 1, _TAU_MAX)
+    tau, aper = _parabola(dn, rows, _clip(idx, 1, _TAU_MAX))
+    i0 = _clip(np.rint(tau).astype(int), 1, _TAU_MAX)
     ncc = r[rows, i0] / np.sqrt(np.maximum(e0[:, 0] * e_tau[rows, i0], 1e-20))
     return tau, aper, ncc, dn, syl_db, shape_db
 
@@ -189,8 +190,14 @@ def _parabola(dn: np.ndarray, rows: np.ndarray, i0: np.ndarray) -> tuple[np.ndar
     """Parabolic interpolation of the minimum of ``dn[rows, i0]``: (tau, value at the integer lag)."""
     a, b, c = dn[rows, i0 - 1], dn[rows, i0], dn[rows, i0 + 1]
     den = a - 2.0 * b + c
-    off = np.clip(0.5 * (a - c) / np.where(np.abs(den) > 1e-12, den, np.inf), -1.0, 1.0)
+    off = _clip(0.5 * (a - c) / np.where(np.abs(den) > 1e-12, den, np.inf), -1.0, 1.0)
     return i0 + off, b
+
+
+def _clip(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``np.clip(x, lo, hi)`` (the same values) without its overhead, which costs more than the
+    arrays here."""
+    return np.minimum(np.maximum(x, lo), hi)
 
 
 def _octave_fix(tau: np.ndarray, aper: np.ndarray, dn: np.ndarray, voiced: np.ndarray,
@@ -228,7 +235,7 @@ def _octave_fix(tau: np.ndarray, aper: np.ndarray, dn: np.ndarray, voiced: np.nd
         if not len(ii):
             continue
         rows = np.arange(len(ii))
-        idx = np.clip(np.minimum(lo[:, None] + np.arange(12)[None, :], hi[:, None]), 1, _TAU_MAX)
+        idx = _clip(np.minimum(lo[:, None] + np.arange(12)[None, :], hi[:, None]), 1, _TAU_MAX)
         sub = dn[ii]
         best = idx[rows, np.argmin(sub[rows[:, None], idx], axis=1)]
         t2, a2 = _parabola(sub, rows, best)
@@ -312,11 +319,11 @@ def _cycles(x16: np.ndarray, f0_hz: np.ndarray, runs: np.ndarray) -> list[tuple[
         wc = w_c[ii]
         den = np.sqrt((cs[st[ii] + wc] - cs[st[ii]])[:, None] * (cs[at + wc[:, None]] - cs[at])) + 1e-12
         r = num / den
-        best = np.clip(r.argmax(axis=1), 1, len(lags) - 2)
+        best = _clip(r.argmax(axis=1), 1, len(lags) - 2)
         rows = np.arange(len(best))
         ra, rb, rc = r[rows, best - 1], r[rows, best], r[rows, best + 1]
         den2 = ra - 2 * rb + rc
-        off = np.clip(0.5 * (ra - rc) / np.where(np.abs(den2) > 1e-12, den2, np.inf), -1.0, 1.0)
+        off = _clip(0.5 * (ra - rc) / np.where(np.abs(den2) > 1e-12, den2, np.inf), -1.0, 1.0)
         per[ii] = d0[ii] + lags[best] + off
     amp = np.maximum.reduceat(raw, pi)[:-1]  # peak of each period, mark to next mark
     per_s = per / RATE_HZ
@@ -405,7 +412,9 @@ class Prosody:
         self._t_last_peak = 0.0
         self._tracks: list[HopTrack] = []
         self._joined: HopTrack | None = None
-        """The tracks joined, kept until they change (several windows read them each second)."""
+        """The first ``_joined_n`` tracks joined (several windows read them each second): each new
+        track is added to them once, not the whole history joined again."""
+        self._joined_n = 0
         self._cycles: list[tuple[float, np.ndarray, np.ndarray, np.ndarray]] = []
         self._amps: list[tuple[float, np.ndarray]] = []
         self._lf_context = np.zeros(0)
@@ -474,7 +483,7 @@ class Prosody:
         seg = np.ascontiguousarray(view[:n])
         t_s = (np.arange(k0, k0 + n) + 0.5) * HOP_S
         win = seg[:, :_WIN8]
-        level = 10.0 * np.log10(np.mean(win * win, axis=1) + 1e-12)
+        level = 10.0 * np.log10(np.add.reduce(win * win, axis=1) / _WIN8 + 1e-12)  # the mean square
         # running peak with decay: peak_k = max_j<=k (level_j + decay*t_j) - decay*t_k
         dec = PEAK_DECAY_DB_PER_S
         prev = self._peak_db + dec * self._t_last_peak
@@ -496,18 +505,17 @@ class Prosody:
             _octave_fix(t_i, a_i, dn, v_i, self._lf_context)
             tau[ii], aper[ii], ncc[ii], syl[ii] = t_i, a_i, c_i, s_i
             shapes[_CHANGE_LAG + ii] = shape_i
-        change = np.abs(shapes[_CHANGE_LAG:] - shapes[:-_CHANGE_LAG]).mean(axis=1)
+        change = np.add.reduce(np.abs(shapes[_CHANGE_LAG:] - shapes[:-_CHANGE_LAG]), axis=1) / shapes.shape[1]
         self._shapes = shapes[-_CHANGE_LAG:]
         voiced = loud & (aper < VOICING_APERIODICITY)
         f0 = np.where(voiced, _SR8 / tau, 0.0)
-        r = np.clip(ncc, 1e-6, 1 - 1e-6)
+        r = _clip(ncc, 1e-6, 1 - 1e-6)
         hnr = np.where(voiced, 10.0 * np.log10(r / (1.0 - r)), np.nan)
         self._lf_context = np.concatenate(
             [self._lf_context, np.where(voiced[loud], np.log2(np.where(f0 > 0, f0, 1.0))[loud], np.nan)]
         )[-_OCTAVE_HALF:]
         track = HopTrack(t_s, f0, voiced, level, hnr, np.where(loud, 1.0 - aper, 0.0), syl, change)
         self._tracks.append(track)
-        self._joined = None
         self._cycles_from(track, k0)
         self._next_hop = k0 + n
         self._trim()
@@ -527,8 +535,10 @@ class Prosody:
     def _trim(self) -> None:
         keep_from = self._next_hop * HOP_S - self.history_s
         while self._tracks and self._tracks[0].t_s[-1] < keep_from:
-            self._tracks.pop(0)
-            self._joined = None
+            dropped = self._tracks.pop(0)
+            if self._joined is not None:  # the joined tracks start with it
+                self._joined_n -= 1
+                self._joined = _tail(self._joined, len(dropped.t_s)) if self._joined_n else None
         while self._cycles and self._cycles[0][0] < keep_from:
             self._cycles.pop(0)
         while self._amps and self._amps[0][0] < keep_from:
@@ -554,16 +564,21 @@ class Prosody:
         if not self._tracks:
             z = np.zeros(0)
             return HopTrack(z, z, np.zeros(0, dtype=bool), z, z, z, z, z)
-        if self._joined is None:
-            self._joined = HopTrack(*(np.concatenate([getattr(t, f) for t in self._tracks])
+        if self._joined_n < len(self._tracks):
+            parts = self._tracks[self._joined_n:]
+            if self._joined is not None:
+                parts.insert(0, self._joined)
+            self._joined = HopTrack(*(np.concatenate([getattr(t, f) for t in parts])
                                       for f in _HOP_FIELDS))
+            self._joined_n = len(self._tracks)
             for f in _HOP_FIELDS:
                 getattr(self._joined, f).flags.writeable = False
         cat = self._joined
+        assert cat is not None
         if last_s is None:
             return cat
         first = int(np.searchsorted(cat.t_s, cat.t_s[-1] + HOP_S / 2 - last_s))  # hop times increase
-        return HopTrack(*(getattr(cat, f)[first:] for f in _HOP_FIELDS))
+        return _tail(cat, first)
 
     def rate_window(self, seconds: float) -> rate_mod.RateWindow:
         """Only the syllable rate and pauses over the last ``seconds`` (cheaper than :meth:`window`)."""
@@ -635,6 +650,11 @@ def functionals(tr: HopTrack, cycles: list[tuple[float, np.ndarray, np.ndarray, 
         hesitations=len(hes),
         filled_pauses_s=tuple((round(a, 3), round(b, 3)) for a, b in rate_mod.filled_pauses(hes, tr.t_s, v)),
     )
+
+
+def _tail(track: HopTrack, first: int) -> HopTrack:
+    """The hops of ``track`` from hop ``first`` on (views)."""
+    return HopTrack(*(getattr(track, f)[first:] for f in _HOP_FIELDS))
 
 
 def analyze_clip(samples: np.ndarray, rate_hz: int = RATE_HZ) -> dict[str, Any]:

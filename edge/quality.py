@@ -58,6 +58,8 @@ class SignalQuality:
     def reset(self) -> None:
         """Forget the running DC estimates and the flat-line timers."""
         self._dc = [0.0] * self.channels
+        self._dc_column = np.zeros((self.channels, 1), dtype=np.float32)
+        """The running DC estimates as a float32 column, to subtract from a frame."""
         self._flat_s = [0.0] * self.channels
         self.states = ["ok"] * self.channels
 
@@ -75,8 +77,9 @@ class SignalQuality:
         cfg = self.config
         hi = np.maximum.reduce(samples, axis=1).tolist()  # NaN propagates
         lo = np.minimum.reduce(samples, axis=1).tolist()
-        bad = [not (math.isfinite(h) and math.isfinite(m)) for h, m in zip(hi, lo, strict=True)]
-        if True in bad:
+        bad = [False] * self.channels
+        if not math.isfinite(sum(hi) - sum(lo)):  # a NaN or an infinity in some channel
+            bad = [not (math.isfinite(h) and math.isfinite(m)) for h, m in zip(hi, lo, strict=True)]
             samples = np.nan_to_num(samples, nan=0.0, posinf=0.0, neginf=0.0)
             self.nan_frames += bad
             hi = np.maximum.reduce(samples, axis=1).tolist()
@@ -105,8 +108,9 @@ class SignalQuality:
                 states[i] = "dc"
         self.states = states
         out = samples
-        if max(abs(d) for d in self._dc) > 1e-4:
-            out = samples - np.array(self._dc, dtype=np.float32)[:, None]
+        if max(self._dc) > 1e-4 or min(self._dc) < -1e-4:
+            self._dc_column[:, 0] = self._dc  # rounded to float32, as the samples
+            out = samples - self._dc_column
         if True in dead:
             out = out.copy() if out is samples else out
             out[np.array(dead)] = 0.0
