@@ -15,6 +15,8 @@ from typing import Any
 import sqlite_utils
 from fastapi import HTTPException
 
+from . import db as store
+
 
 @dataclass(frozen=True)
 class User:
@@ -124,6 +126,46 @@ def visible_boxes(db: sqlite_utils.Database, user: User) -> set[str] | None:
     marks = ",".join("?" for _ in agents)
     return {r[0] for r in db.conn.execute(
         f"SELECT box FROM seats WHERE agent IN ({marks})", agents).fetchall()}
+
+
+def _seated_sql(agents: list[str]) -> str:
+    """Condition on a metrics row ``m``: recorded while one of ``agents`` sat at its box."""
+    return ("EXISTS (SELECT 1 FROM seat_history h WHERE h.box = m.box AND m.ts >= h.from_ts "
+            "AND (h.to_ts IS NULL OR m.ts < h.to_ts) "
+            f"AND h.agent IN ({','.join('?' for _ in agents)}))")
+
+
+def hide_foreign_latest(db: sqlite_utils.Database, agents: list[str] | None,
+                        boxes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Blank each box's latest ``metrics`` row unless one of ``agents`` (the reader's
+    :func:`visible_agents`; None means all) sat at the box when it was recorded: after a seat
+    changes hands, the previous agent's rows are not the new agent's supervisor's to see (the
+    rule of ``GET /api/boxes/{box}/metrics``)."""
+    if agents is None:
+        return boxes
+    for b in boxes:
+        m = b.get("metrics")
+        if m is None:
+            continue
+        if not agents or db.conn.execute(
+                f"SELECT 1 FROM metrics m WHERE m.box = ? AND m.seq = ? AND {_seated_sql(agents)}",
+                (b["box"], m["seq"], *agents)).fetchone() is None:
+            b["metrics"] = None
+    return boxes
+
+
+def talk_history(db: sqlite_utils.Database, agents: list[str] | None, box: str,
+                 limit: int) -> list[str]:
+    """The last ``limit`` talk states of ``box``, oldest first, from the rows of ``agents`` only
+    (None means all), as :func:`hide_foreign_latest`."""
+    if agents is None:
+        return store.recent_talk_states(db, box, limit)
+    if not agents:
+        return []
+    rows = db.conn.execute(
+        f"SELECT m.talk_state FROM metrics m WHERE m.box = ? AND {_seated_sql(agents)} "
+        "ORDER BY m.seq DESC LIMIT ?", (box, *agents, limit)).fetchall()
+    return [r[0] for r in reversed(rows)]
 
 
 def require_box(db: sqlite_utils.Database, user: User, box: str) -> None:

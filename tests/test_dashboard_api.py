@@ -84,3 +84,37 @@ def test_a_box_read_is_audited_on_the_agents_whose_rows_were_read(org: Any) -> N
         login_as(c, "amina", data)
         seen = c.get("/api/agents/agent-a1/audit").json()["entries"]
         assert [(e["actor"], e["action"]) for e in seen] == [("sup-a", "read_box_metrics")]
+
+
+def test_the_live_views_hide_the_previous_agents_rows_after_a_seat_changes_hands(
+        org: Any) -> None:
+    """box-b1 (team B's agent-b1) goes to agent-a3 of team A: sup-a sees the seat but neither
+    agent-b1's latest metrics in /api/boxes nor their talk states in the stream's snapshot, as
+    /api/boxes/box-b1/metrics gives no row; the admin still sees them."""
+    from dashboard import access
+    from dashboard.routes import stream
+
+    settings, data = org
+    reseat(settings, "box-b1", "agent-a3", team="team-a")
+    with client(settings) as c:
+        login_as(c, "sup-a", data)
+        boxes = {b["box"]: b for b in c.get("/api/boxes").json()["boxes"]}
+        assert boxes["box-b1"]["metrics"] is None
+        assert boxes["box-a1"]["metrics"]["seq"] == 240  # the team's own seats are untouched
+        assert c.get("/api/boxes/box-b1/metrics").json()["metrics"] == []
+    with client(settings) as c:
+        login_as(c, "admin", data)
+        boxes = {b["box"]: b for b in c.get("/api/boxes").json()["boxes"]}
+        assert boxes["box-b1"]["metrics"]["seq"] == 240
+    db = store.open_db(settings.db_path)
+    try:
+        user = access.load_user(db, "sup-a")
+        allowed, agents = access.visible_boxes(db, user), access.visible_agents(db, user)
+    finally:
+        db.conn.close()
+    snap = {b["box"]: b for b in stream._snapshot(settings.db_path, settings.site, allowed,
+                                                    agents)["boxes"]}
+    assert snap["box-b1"]["metrics"] is None and snap["box-b1"]["history"] == []
+    assert len(snap["box-a1"]["history"]) == stream.HISTORY
+    full = stream._snapshot(settings.db_path, settings.site, None, None)["boxes"]
+    assert len(next(b for b in full if b["box"] == "box-b1")["history"]) == stream.HISTORY

@@ -25,6 +25,7 @@ def list_boxes(db: Db, settings: Settings, user: CurrentUser) -> dict[str, Any]:
     require_role(user, "admin", "supervisor", "agent")
     allowed = access.visible_boxes(db, user)
     boxes = [b for b in store.boxes_with_latest(db) if allowed is None or b["box"] in allowed]
+    access.hide_foreign_latest(db, access.visible_agents(db, user), boxes)
     return {"site": settings.site, "now": time.time(), "boxes": boxes}
 
 
