@@ -4,6 +4,7 @@ input bounds, streamed exports, campaign writes, the agent's audit view, aggrega
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -118,3 +119,51 @@ def test_the_live_views_hide_the_previous_agents_rows_after_a_seat_changes_hands
     assert len(snap["box-a1"]["history"]) == stream.HISTORY
     full = stream._snapshot(settings.db_path, settings.site, None, None)["boxes"]
     assert len(next(b for b in full if b["box"] == "box-b1")["history"]) == stream.HISTORY
+
+
+# ------------------------------------------------------------------------- timestamps
+def test_flag_and_call_timestamps_must_be_finite_and_between_2020_and_2100(org: Any) -> None:
+    """NaN, Infinity, 1e300 or 1.0 as a flag's or a call's time is a 422 (the stored value broke
+    the agent's pages with a 500); values already stored show "?" on the pages."""
+    settings, data = org
+    with client(settings, raise_server_exceptions=False) as c:
+        login_as(c, "sup-a", data)
+        hdr = csrf_header(c)
+        as_json = {**hdr, "content-type": "application/json"}
+        for raw in (b"NaN", b"Infinity", b"-Infinity", b"1e300", b"1.0", b"4102444801"):
+            r = c.post("/api/agents/agent-a1/flags", headers=as_json,
+                       content=b'{"ts": ' + raw + b', "note": "x"}')
+            assert r.status_code == 422, (raw, r.status_code, r.text)
+            assert r.json()["detail"][0]["loc"] == ["body", "ts"]
+            r = c.post("/api/calls", headers=as_json,
+                       content=b'{"agent": "agent-a2", "start_ts": ' + raw + b'}')
+            assert r.status_code == 422, (raw, r.status_code, r.text)
+            r = c.post("/api/calls", headers=as_json, content=(
+                b'{"agent": "agent-a2", "start_ts": 1800000000, "end_ts": ' + raw + b'}'))
+            assert r.status_code == 422, (raw, r.status_code, r.text)
+        for raw_ts in ("nan", "inf", "1e300"):
+            r = c.post("/agents/agent-a1/flags", data={"ts": raw_ts, "csrf": hdr["x-csrf-token"]})
+            assert r.status_code == 422, raw_ts
+        now = time.time()
+        assert c.post("/api/agents/agent-a1/flags", json={"ts": now}, headers=hdr
+                      ).status_code == 201
+        assert c.post("/api/calls", json={"agent": "agent-a2", "start_ts": now, "end_ts": now},
+                      headers=hdr).status_code == 201
+        assert not query(settings, "SELECT id FROM flags WHERE ts > 4102444800 OR ts < 1577836800")
+
+        db = store.open_db(settings.db_path)  # a database written before the bounds
+        with db.conn:
+            for bad in (1e300, float("inf"), float("-inf")):
+                db.conn.execute("INSERT INTO flags (agent, box, ts, note, author, created_ts, "
+                                "shared) VALUES ('agent-a1', 'box-a1', ?, 'x', 'sup-a', ?, 1)",
+                                (bad, bad))
+                db.conn.execute("INSERT INTO calls (agent, box, start_ts, end_ts) VALUES "
+                                "('agent-a2', 'box-a2', ?, ?)", (bad, bad))
+        db.conn.close()
+        for path in ("/agents/agent-a1", "/agents/agent-a2", "/teams/team-a"):
+            r = c.get(path)
+            assert r.status_code == 200, path
+        assert ">?<" in c.get("/agents/agent-a2").text.replace(" ", "")
+    with client(settings, raise_server_exceptions=False) as c:
+        login_as(c, "amina", data)
+        assert c.get("/me").status_code == 200

@@ -27,13 +27,19 @@ TeamId = Annotated[str, Path(min_length=1, max_length=64)]
 MAX_NOTE = 2000
 MAX_VARIANTS = 12
 CAMPAIGN_ROLES = ("admin", "supervisor", "auditor")
+MIN_TS = 1_577_836_800.0
+"""Earliest timestamp a flag or a call may carry: 2020-01-01T00:00:00Z (Unix seconds)."""
+MAX_TS = 4_102_444_800.0
+"""Latest timestamp a flag or a call may carry: 2100-01-01T00:00:00Z (Unix seconds)."""
+TS_BOUNDS: dict[str, Any] = {"ge": MIN_TS, "le": MAX_TS, "allow_inf_nan": False}
+"""Bounds of a stored moment: finite, 2020 to 2100 (pages format it as a calendar date)."""
 
 
 # ----------------------------------------------------------------------------- models
 class FlagIn(BaseModel):
     """A moment flagged by a supervisor."""
 
-    ts: float = Field(description="Moment flagged, Unix seconds.")
+    ts: float = Field(description="Moment flagged, Unix seconds (2020 to 2100).", **TS_BOUNDS)
     note: str = Field("", max_length=MAX_NOTE, description="Coaching note.")
     shared: bool = Field(False, description="Share the moment with the team as a remarkable call.")
 
@@ -56,8 +62,10 @@ class CallIn(BaseModel):
     """A call recorded by a softphone/CTI connector or a supervisor."""
 
     agent: str = Field(max_length=64)
-    start_ts: float
-    end_ts: float | None = None
+    start_ts: float = Field(description="Start of the call, Unix seconds (2020 to 2100).",
+                            **TS_BOUNDS)
+    end_ts: float | None = Field(None, description="End of the call, Unix seconds (2020 to 2100).",
+                                 **TS_BOUNDS)
     campaign: str | None = Field(None, max_length=80)
     variant: int | None = None
     box: str | None = Field(None, pattern=wire.ID_PATTERN.pattern)

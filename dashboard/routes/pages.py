@@ -77,7 +77,8 @@ def me_page(request: Request, db: Db, user: CurrentUser) -> Response:
 
 @router.post("/agents/{agent}/flags")
 def flag_form(request: Request, db: Db, user: CurrentUser, agent: str,
-              ts: Annotated[float, Form()], note: Annotated[str, Form(max_length=2000)] = "",
+              ts: Annotated[float, Form(**api.TS_BOUNDS)],
+              note: Annotated[str, Form(max_length=2000)] = "",
               shared: Annotated[str, Form(max_length=4)] = "") -> Response:
     """Flag a moment from the agent page."""
     api.add_flag(db, user, agent, api.FlagIn(ts=ts, note=note, shared=bool(shared)))

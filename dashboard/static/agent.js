@@ -15,8 +15,8 @@
   const COLOURS = ["#2f6fdb", "#1f9d6b", "#e0702a", "#7a4cc2", "#b3261e", "#1f3a5f"];
 
   for (const tm of document.querySelectorAll("time[data-ts]")) {
-    const ts = parseFloat(tm.dataset.ts);
-    if (!isNaN(ts)) tm.textContent = new Date(ts * 1000).toLocaleString(T.lang === "en" ? "en-GB" : "fr-FR");
+    const when = new Date(parseFloat(tm.dataset.ts) * 1000);  // "?" from the server stays
+    if (!isNaN(when.getTime())) tm.textContent = when.toLocaleString(T.lang === "en" ? "en-GB" : "fr-FR");
   }
 
   function pick(ts) {
