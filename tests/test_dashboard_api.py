@@ -167,3 +167,86 @@ def test_flag_and_call_timestamps_must_be_finite_and_between_2020_and_2100(org: 
     with client(settings, raise_server_exceptions=False) as c:
         login_as(c, "amina", data)
         assert c.get("/me").status_code == 200
+
+
+# ---------------------------------------------------------------------------- exports
+def _fill_metrics(settings: DashboardSettings, agent: str, box: str, rows: int) -> None:
+    """``rows`` more per-second rows of ``agent`` at ``box``, before those it has."""
+    from dashboard import analytics
+
+    db = store.open_db(settings.db_path)
+    try:
+        names = analytics.metric_names(db)
+        first, seq = db.conn.execute("SELECT min(ts), max(seq) FROM metrics WHERE box = ?",
+                                     (box,)).fetchone()
+        start = first - 1 - rows
+        with db.conn:
+            db.conn.execute("UPDATE seat_history SET from_ts = ? WHERE agent = ?",
+                            (start - 1, agent))
+            db.conn.executemany(
+                f"INSERT INTO metrics (box, seq, ts, ingested_ts, talk_state, {', '.join(names)}) "
+                f"VALUES (?, ?, ?, ?, 'agent', {', '.join('?' for _ in names)})",
+                ((box, seq + 1 + i, start + i, start + i, *[0.123456 + i % 7 for _ in names])
+                 for i in range(rows)))
+    finally:
+        db.conn.close()
+
+
+def _export_peak(settings: DashboardSettings) -> tuple[int, int]:
+    """Bytes of agent-a1's JSON export and the peak of Python memory while draining it."""
+    import tracemalloc
+
+    from dashboard import retention
+
+    total = 0
+    tracemalloc.start()
+    try:
+        for chunk in retention.stream_export(
+                settings.db_path, lambda d: retention.agent_export_chunks(d, "agent-a1")):
+            total += len(chunk)
+        return total, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_exports_are_streamed_from_sqlite_in_pages_with_flat_memory(
+        org: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CSV and JSON exports come as a stream (no content-length: the body is written as it
+    is read, EXPORT_BATCH_ROWS at a time) with the in-memory export's content; draining 4 times
+    more rows does not take more memory."""
+    import pydantic_core
+
+    from dashboard import retention
+
+    settings, data = org
+    monkeypatch.setattr(retention, "EXPORT_BATCH_ROWS", 100)
+    _fill_metrics(settings, "agent-a1", "box-a1", 1000)
+    db = store.open_db(settings.db_path)
+    try:
+        expected = json.loads(pydantic_core.to_json(retention.agent_export(db, "agent-a1"),
+                                                    inf_nan_mode="null"))
+        expected_csv = retention.metrics_csv(db, ["agent-a1"])
+    finally:
+        db.conn.close()
+    with client(settings) as c:
+        login_as(c, "amina", data)
+        r = c.get("/api/agents/agent-a1/export.json")
+        assert r.status_code == 200 and "content-length" not in r.headers
+        assert r.headers["content-type"] == "application/json"
+        assert json.loads(r.content) == expected and len(expected["metrics"]) == 1240
+        r = c.get("/api/agents/agent-a1/export.csv")
+        assert r.status_code == 200 and "content-length" not in r.headers
+        assert r.text == expected_csv and len(expected_csv.splitlines()) == 1241
+    with client(settings) as c:
+        login_as(c, "sup-a", data)
+        r = c.get("/api/teams/team-a/export.csv")
+        assert r.status_code == 200 and "content-length" not in r.headers
+        assert len(r.text.splitlines()) == 1 + 1240 + 240
+
+    monkeypatch.setattr(retention, "EXPORT_BATCH_ROWS", 500)
+    _fill_metrics(settings, "agent-a1", "box-a1", 4000)
+    small, small_peak = _export_peak(settings)
+    _fill_metrics(settings, "agent-a1", "box-a1", 16_000)
+    large, large_peak = _export_peak(settings)
+    assert large > 3.5 * small and large > 10_000_000
+    assert large_peak < 1.5 * small_peak, (small, small_peak, large, large_peak)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field, StringConstraints
 
 from miroir import wire
@@ -437,6 +438,14 @@ def aggregates(db: Any, user: User) -> list[dict[str, Any]]:
     return out
 
 
+def _streamed(settings: Any, chunks: Callable[[Any], Iterator[str]], media_type: str,
+              headers: dict[str, str] | None = None) -> StreamingResponse:
+    """An export written as it is read from SQLite (a connection of its own), never whole in
+    memory."""
+    return StreamingResponse(retention.stream_export(settings.db_path, chunks),
+                             media_type=media_type, headers=headers)
+
+
 # ---------------------------------------------------------------------------- routes
 @router.get("/me")
 def me(user: CurrentUser) -> dict[str, Any]:
@@ -615,21 +624,25 @@ def get_agent_audit(db: Db, user: CurrentUser, agent: AgentId) -> dict[str, Any]
 
 
 @router.get("/agents/{agent}/export.csv")
-def export_agent_csv(db: Db, user: CurrentUser, agent: AgentId) -> Response:
+def export_agent_csv(db: Db, user: CurrentUser, settings: Settings, agent: AgentId) -> Response:
     """The agent's per-second metrics as CSV (audited)."""
     access.require_agent(db, user, agent)
     access.audit(db, user, "export_csv", agent)
-    return Response(retention.metrics_csv(db, [agent]), media_type="text/csv",
-                    headers={"content-disposition": f'attachment; filename="{agent}.csv"'})
+    return _streamed(settings, lambda d: retention.metrics_csv_chunks(d, [agent]),
+                     "text/csv; charset=utf-8",
+                     {"content-disposition": f'attachment; filename="{agent}.csv"'})
 
 
 @router.get("/agents/{agent}/export.json")
-def export_agent_json(db: Db, user: CurrentUser, agent: AgentId) -> dict[str, Any]:
-    """Everything stored about the agent (right of access; the agent or an admin)."""
+def export_agent_json(db: Db, user: CurrentUser, settings: Settings,
+                      agent: AgentId) -> Response:
+    """Everything stored about the agent (right of access; the agent or an admin), streamed:
+    agent, seat_history, metrics, events, daily_aggregates, calls, flags, goals, audit_log."""
     access.require_agent(db, user, agent)
     require_role(user, "admin", "agent")
     access.audit(db, user, "export_all", agent)
-    return retention.agent_export(db, agent)
+    return _streamed(settings, lambda d: retention.agent_export_chunks(d, agent),
+                     "application/json")
 
 
 @router.post("/agents/{agent}/erase")
@@ -664,7 +677,7 @@ def get_team_board(db: Db, user: CurrentUser, team: TeamId) -> dict[str, Any]:
 
 
 @router.get("/teams/{team}/export.csv")
-def export_team_csv(db: Db, user: CurrentUser, team: TeamId) -> Response:
+def export_team_csv(db: Db, user: CurrentUser, settings: Settings, team: TeamId) -> Response:
     """The team's per-second metrics as CSV (audited per agent)."""
     require_role(user, "admin", "supervisor")
     access.require_team(db, user, team)
@@ -672,8 +685,9 @@ def export_team_csv(db: Db, user: CurrentUser, team: TeamId) -> Response:
                                             "ORDER BY agent", (team,)).fetchall()]
     for a in agents:
         access.audit(db, user, "export_csv", a, {"team": team})
-    return Response(retention.metrics_csv(db, agents), media_type="text/csv",
-                    headers={"content-disposition": f'attachment; filename="{team}.csv"'})
+    return _streamed(settings, lambda d: retention.metrics_csv_chunks(d, agents),
+                     "text/csv; charset=utf-8",
+                     {"content-disposition": f'attachment; filename="{team}.csv"'})
 
 
 @router.get("/campaigns")
