@@ -250,3 +250,83 @@ def test_exports_are_streamed_from_sqlite_in_pages_with_flat_memory(
     large, large_peak = _export_peak(settings)
     assert large > 3.5 * small and large > 10_000_000
     assert large_peak < 1.5 * small_peak, (small, small_peak, large, large_peak)
+
+
+# -------------------------------------------------------------------------- campaigns
+def test_calls_go_only_into_campaigns_the_user_may_change_and_every_write_is_audited(
+        org: Any) -> None:
+    """sup-a may see but not change the admin's team-less camp-all: a call into it, by campaign
+    or by variant, is a 404 (20 such 'meeting' calls used to move its comparison); the agent's
+    current camp-all is left off sup-a's calls. Recording a call, re-tagging it, its outcome and
+    a new variant are in the audit log with their author, in new created_by columns."""
+    settings, data = org
+    with client(settings) as admin:
+        login_as(admin, "admin", data)
+        ha = csrf_header(admin)
+        r = admin.post("/api/campaigns", headers=ha, json={
+            "campaign": "camp-all", "name": "Site-wide", "variants": [{"name": "A"},
+                                                                      {"name": "B"}]})
+        assert r.status_code == 201
+        vb = r.json()["variants"][1]["id"]
+        assert admin.post("/api/campaigns/camp-all/assign", headers=ha,
+                          json={"agent": "agent-a2", "variant": vb}).status_code == 200
+    now = time.time()
+    with client(settings) as sup:
+        login_as(sup, "sup-a", data)
+        hs = csrf_header(sup)
+        calls_before = query(settings, "SELECT count(*) FROM calls")[0][0]
+        for body in ({"campaign": "camp-all", "variant": vb}, {"campaign": "camp-all"},
+                     {"variant": vb}):
+            r = sup.post("/api/calls", headers=hs,
+                         json={"agent": "agent-a1", "start_ts": now, **body})
+            assert r.status_code == 404, body
+        assert query(settings, "SELECT count(*) FROM calls")[0][0] == calls_before
+        # agent-a2 is on camp-all: sup-a's call for them is recorded, without the campaign
+        r = sup.post("/api/calls", headers=hs, json={"agent": "agent-a2", "start_ts": now})
+        assert r.status_code == 201
+        assert query(settings, "SELECT campaign, variant, created_by FROM calls WHERE id = ?",
+                     r.json()["id"]) == [(None, None, "sup-a")]
+
+        r = sup.post("/api/calls", headers=hs, json={"agent": "agent-a1", "start_ts": now,
+                                                     "campaign": "camp-a", "variant": 1})
+        assert r.status_code == 201
+        call = r.json()["id"]
+        assert sup.post(f"/api/calls/{call}/variant", headers=hs,
+                        json={"variant": 2}).status_code == 200
+        assert sup.post(f"/api/calls/{call}/outcome", headers=hs,
+                        json={"outcome": "meeting"}).status_code == 200
+        r = sup.post("/api/campaigns/camp-a/variants", headers=hs, json={"name": "Nouveau"})
+        assert r.status_code == 201
+        variant = r.json()["id"]
+    assert query(settings, "SELECT created_by FROM calls WHERE id = ?", call) == [("sup-a",)]
+    assert query(settings, "SELECT created_by FROM variants WHERE id = ?", variant) == [("sup-a",)]
+    entries = [(actor, agent, action, json.loads(detail)) for actor, agent, action, detail in query(
+        settings, "SELECT actor, agent, action, detail FROM audit_log WHERE actor = 'sup-a' "
+                  "AND action IN ('call_create', 'call_variant', 'call_outcome', "
+                  "'variant_create') ORDER BY id")]
+    assert [(e[1], e[2]) for e in entries] == [
+        ("agent-a2", "call_create"), ("agent-a1", "call_create"), ("agent-a1", "call_variant"),
+        ("agent-a1", "call_outcome"), (None, "variant_create")]
+    assert entries[1][3] == {"call": call, "campaign": "camp-a", "variant": 1}
+    assert entries[2][3]["variant"] == 2 and entries[2][3]["was"]["variant"] == 1
+    assert entries[4][3] == {"campaign": "camp-a", "variant": variant, "name": "Nouveau"}
+    with client(settings) as c:  # the agent sees who recorded and re-tagged their calls
+        login_as(c, "amina", data)
+        page = c.get("/me").text
+        assert "a enregistré un appel" in page and "a changé la variante d&#39;un appel" in page
+
+
+def test_a_database_without_the_author_columns_gets_them(org: Any) -> None:
+    settings, _ = org
+    db = store.open_db(settings.db_path)
+    try:
+        for table in ("calls", "variants"):
+            db.conn.execute(f"ALTER TABLE {table} DROP COLUMN created_by")
+        calls = db.conn.execute("SELECT count(*) FROM calls").fetchone()[0]
+        schema.ensure_schema(db)
+        schema.ensure_schema(db)
+        for table in ("calls", "variants"):
+            assert "created_by" in db.table(table).columns_dict
+        assert db.conn.execute("SELECT count(*) FROM calls").fetchone()[0] == calls
+    finally:
+        db.conn.close()

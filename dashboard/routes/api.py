@@ -221,8 +221,9 @@ def create_campaign(db: Any, user: User, body: CampaignIn) -> None:
                         "VALUES (?, ?, ?, ?, ?)",
                         (body.campaign, body.name.strip(), team, time.time(), user.username))
         for v in body.variants:
-            db.conn.execute("INSERT INTO variants (campaign, name, text) VALUES (?, ?, ?)",
-                            (body.campaign, v.name.strip(), v.text.strip()))
+            db.conn.execute("INSERT INTO variants (campaign, name, text, created_by) "
+                            "VALUES (?, ?, ?, ?)",
+                            (body.campaign, v.name.strip(), v.text.strip(), user.username))
     access.audit(db, user, "campaign_create", None,
                  {"campaign": body.campaign, "variants": len(body.variants)})
 
@@ -239,9 +240,13 @@ def add_variant(db: Any, user: User, campaign: str, body: VariantIn) -> int:
             raise HTTPException(status_code=409, detail=f"at most {MAX_VARIANTS} variants")
         if same or not name:
             raise HTTPException(status_code=409, detail="a variant has that name already")
-        cur = db.conn.execute("INSERT INTO variants (campaign, name, text) VALUES (?, ?, ?)",
-                              (campaign, name, body.text.strip()))
-    return int(cur.lastrowid or 0)
+        cur = db.conn.execute("INSERT INTO variants (campaign, name, text, created_by) "
+                              "VALUES (?, ?, ?, ?)",
+                              (campaign, name, body.text.strip(), user.username))
+    variant = int(cur.lastrowid or 0)
+    access.audit(db, user, "variant_create", None,
+                 {"campaign": campaign, "variant": variant, "name": name})
+    return variant
 
 
 def close_campaign(db: Any, user: User, campaign: str) -> float:
@@ -275,7 +280,7 @@ def assign_agent(db: Any, user: User, campaign: str, body: AssignIn) -> None:
 def set_call_variant(db: Any, user: User, call_id: int, variant: int) -> str:
     """Tag a call with the variant used (supervisors, admins); return the variant's campaign."""
     require_role(user, "admin", "supervisor")
-    _require_call(db, user, call_id)
+    call = _require_call(db, user, call_id)
     campaign = _variant_campaign(db, variant)
     if campaign is None:
         raise access.not_found("variant")
@@ -283,17 +288,28 @@ def set_call_variant(db: Any, user: User, call_id: int, variant: int) -> str:
     with db.conn:
         db.conn.execute("UPDATE calls SET campaign = ?, variant = ? WHERE id = ?",
                         (campaign, variant, call_id))
+    access.audit(db, user, "call_variant", call["agent"],
+                 {"call": call_id, "campaign": campaign, "variant": variant,
+                  "was": {"campaign": call["campaign"], "variant": call["variant"]}})
     return campaign
 
 
 def _call_campaign(db: Any, user: User, body: CallIn) -> tuple[str | None, int | None]:
-    """The campaign and variant of a new call: as given (checked) or the agent's current ones."""
+    """The campaign and variant of a new call: as given or the agent's current ones, either only
+    in a campaign the user may change (:func:`_writable_campaign`: 404 for one they may only see,
+    409 for a closed one); the agent's current campaign is left off a call otherwise."""
     if body.campaign is None and body.variant is None:
         row = db.conn.execute(
             "SELECT a.campaign, a.variant FROM agents a JOIN campaigns c ON "
             "c.campaign = a.campaign WHERE a.agent = ? AND c.closed_ts IS NULL",
             (body.agent,)).fetchone()
-        return (row[0], row[1]) if row else (None, None)
+        if row is None:
+            return None, None
+        try:
+            _writable_campaign(db, user, row[0])
+        except HTTPException:
+            return None, None
+        return row[0], row[1]
     campaign = body.campaign
     if body.variant is not None:
         owner = _variant_campaign(db, body.variant)
@@ -302,8 +318,7 @@ def _call_campaign(db: Any, user: User, body: CallIn) -> tuple[str | None, int |
         campaign = owner
     if campaign is None:
         return None, None
-    if require_campaign(db, user, campaign)["closed_ts"] is not None:
-        raise HTTPException(status_code=409, detail="campaign is closed")
+    _writable_campaign(db, user, campaign)
     return campaign, body.variant
 
 
@@ -359,13 +374,15 @@ def add_goal(db: Any, user: User, agent: str, body: GoalIn) -> int:
 
 def set_outcome(db: Any, user: User, call_id: int, outcome: str) -> None:
     """Tag a call's outcome (the agent themself, their supervisors, admins)."""
-    _require_call(db, user, call_id)
+    call = _require_call(db, user, call_id)
     require_role(user, "admin", "supervisor", "agent")
     if outcome not in analytics.OUTCOMES:
         raise HTTPException(status_code=422, detail=f"outcome must be one of {analytics.OUTCOMES}")
     with db.conn:
         db.conn.execute("UPDATE calls SET outcome = ?, outcome_by = ?, outcome_ts = ? WHERE id = ?",
                         (outcome, user.username, time.time(), call_id))
+    access.audit(db, user, "call_outcome", call["agent"],
+                 {"call": call_id, "outcome": outcome, "was": call["outcome"]})
 
 
 def set_private(request: Request, db: Any, user: User, private: bool) -> bool:
@@ -574,17 +591,21 @@ def post_call(db: Db, user: CurrentUser, body: CallIn) -> dict[str, Any]:
     """Record a call (CTI connector run by an admin, or a supervisor).
 
     Without a campaign or variant, the call takes the agent's current (open) campaign and
-    variant; a given variant must belong to the given campaign, which must be open.
+    variant if the user may change that campaign; a given variant must belong to the given
+    campaign, which must be open and one the user may change (404 otherwise). Audited, with
+    the creator in the call's ``created_by``.
     """
     require_role(user, "admin", "supervisor")
     access.require_agent(db, user, body.agent)
     campaign, variant = _call_campaign(db, user, body)
     with db.conn:
         cur = db.conn.execute(
-            "INSERT INTO calls (agent, box, start_ts, end_ts, campaign, variant, summary) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO calls (agent, box, start_ts, end_ts, campaign, variant, summary, "
+            "created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (body.agent, body.box, body.start_ts, body.end_ts, campaign, variant,
-             json.dumps(body.summary) if body.summary else None))
+             json.dumps(body.summary) if body.summary else None, user.username))
+    access.audit(db, user, "call_create", body.agent,
+                 {"call": cur.lastrowid, "campaign": campaign, "variant": variant})
     return {"id": cur.lastrowid}
 
 
