@@ -190,9 +190,41 @@ def audit(db: sqlite_utils.Database, user: User, action: str, agent: str | None 
 
 
 def audit_entries(db: sqlite_utils.Database, agent: str | None = None,
-                  limit: int = 200) -> list[dict[str, Any]]:
-    """Newest audit entries first, all or about one agent."""
-    if agent is None:
-        return list(db.query("SELECT * FROM audit_log ORDER BY id DESC LIMIT ?", [limit]))
-    return list(db.query("SELECT * FROM audit_log WHERE agent = ? ORDER BY id DESC LIMIT ?",
-                         [agent, limit]))
+                  limit: int = 200, before: int | None = None) -> list[dict[str, Any]]:
+    """Newest audit entries first, all or about one agent; with ``before``, only the entries
+    older than the entry of that id (the next page)."""
+    where: list[str] = []
+    args: list[Any] = []
+    if agent is not None:
+        where.append("agent = ?")
+        args.append(agent)
+    if before is not None:
+        where.append("id < ?")
+        args.append(before)
+    sql = "SELECT * FROM audit_log" + (" WHERE " + " AND ".join(where) if where else "")
+    return list(db.query(sql + " ORDER BY id DESC LIMIT ?", [*args, limit]))
+
+
+def audit_page(db: sqlite_utils.Database, agent: str, limit: int,
+               before: int | None = None) -> dict[str, Any]:
+    """One page of the entries about ``agent`` (newest first, older than ``before``), with how
+    many there are in all, whether older ones follow and the ``before`` that reads them, and
+    :func:`audit_summary`: a flood of cheap reads pages an entry out of the list, never out of
+    the summary."""
+    entries = audit_entries(db, agent, limit + 1, before)
+    more = len(entries) > limit
+    entries = entries[:limit]
+    total = db.conn.execute("SELECT count(*) FROM audit_log WHERE agent = ?",
+                            (agent,)).fetchone()[0]
+    return {"entries": entries, "total": int(total), "more": more,
+            "next_before": entries[-1]["id"] if more else None,
+            "summary": audit_summary(db, agent)}
+
+
+def audit_summary(db: sqlite_utils.Database, agent: str) -> list[dict[str, Any]]:
+    """Every (actor, action) pair about ``agent`` in the audit log, with how many times and
+    when first and last, the latest first: one line per kind of access, however often."""
+    return list(db.query(
+        "SELECT actor, actor_role, action, count(*) AS count, min(ts) AS first_ts, "
+        "max(ts) AS last_ts FROM audit_log WHERE agent = ? GROUP BY actor, actor_role, action "
+        "ORDER BY last_ts DESC, actor, action", [agent]))

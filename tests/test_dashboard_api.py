@@ -330,3 +330,44 @@ def test_a_database_without_the_author_columns_gets_them(org: Any) -> None:
         assert db.conn.execute("SELECT count(*) FROM calls").fetchone()[0] == calls
     finally:
         db.conn.close()
+
+
+# ------------------------------------------------------------------ the agent's audit view
+def test_a_flood_of_reads_cannot_hide_an_export_from_the_agent(org: Any) -> None:
+    """sup-a exports agent-a1's metrics, then reads the goals 250 times: the agent's view (API
+    and /me) counts each kind of access in a summary where the export stays, says how many
+    entries there are, and pages back to the export."""
+    settings, data = org
+    with client(settings) as sup:
+        login_as(sup, "sup-a", data)
+        assert sup.get("/api/agents/agent-a1/export.csv").status_code == 200
+        for _ in range(250):
+            assert sup.get("/api/agents/agent-a1/goals").status_code == 200
+    with client(settings) as c:
+        login_as(c, "amina", data)
+        page = c.get("/api/agents/agent-a1/audit").json()
+        assert len(page["entries"]) == 200 and page["total"] == 251 and page["more"]
+        summary = {(s["actor"], s["action"]): s["count"] for s in page["summary"]}
+        assert summary == {("sup-a", "export_csv"): 1, ("sup-a", "read_goals"): 250}
+        seen, before = [], None
+        while True:
+            params = {"limit": 100} | ({"before": before} if before else {})
+            page = c.get("/api/agents/agent-a1/audit", params=params).json()
+            seen += page["entries"]
+            if not page["more"]:
+                break
+            before = page["next_before"]
+        assert len(seen) == 251 and len({e["id"] for e in seen}) == 251
+        assert seen[-1]["action"] == "export_csv"
+        assert c.get("/api/agents/agent-a1/audit", params={"before": 2**64}).status_code == 422
+
+        html = c.get("/me").text
+        assert html.count('class="audit-entry"') == 100 and "(100 / 251)" in html
+        assert "a exporté les mesures" in html  # in the summary
+        older = html.split('id="audit-older" href="')[1].split('"')[0].replace("&amp;", "&")
+        while older:
+            html = c.get("/me" + older.split("#")[0]).text
+            older = (html.split('id="audit-older" href="')[1].split('"')[0]
+                     if 'id="audit-older"' in html else "")
+        assert html.count('class="audit-entry"') == 51
+        assert html.split('id="audit-list"')[1].count("a exporté les mesures") == 1

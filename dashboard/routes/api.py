@@ -28,6 +28,8 @@ TeamId = Annotated[str, Path(min_length=1, max_length=64)]
 MAX_NOTE = 2000
 MAX_VARIANTS = 12
 CAMPAIGN_ROLES = ("admin", "supervisor", "auditor")
+MAX_ID = 2**63 - 1
+"""Largest row id SQLite stores (a signed 64-bit INTEGER): ids beyond it are refused (422)."""
 MIN_TS = 1_577_836_800.0
 """Earliest timestamp a flag or a call may carry: 2020-01-01T00:00:00Z (Unix seconds)."""
 MAX_TS = 4_102_444_800.0
@@ -633,15 +635,23 @@ def post_call_variant(db: Db, user: CurrentUser, call_id: int,
 
 
 @router.get("/agents/{agent}/audit")
-def get_agent_audit(db: Db, user: CurrentUser, agent: AgentId) -> dict[str, Any]:
-    """Who looked at the agent's data and when (the agent, admins and auditors)."""
+def get_agent_audit(db: Db, user: CurrentUser, agent: AgentId,
+                    before: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+                    limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> dict[str, Any]:
+    """Who looked at the agent's data and when (the agent, admins and auditors).
+
+    ``entries``: the newest ``limit`` entries older than the entry ``before`` (all without it);
+    ``total``: entries about the agent in all; ``more``/``next_before``: the ``before`` of the
+    next page; ``summary``: each (actor, action) with its count, first and last time, so no
+    entry is hidden by a flood of others.
+    """
     if user.role not in ("admin", "auditor"):
         access.require_agent(db, user, agent)
         if user.role != "agent":
             raise access.not_found("agent")
     elif not db.conn.execute("SELECT 1 FROM agents WHERE agent = ?", (agent,)).fetchone():
         raise access.not_found("agent")
-    return {"entries": access.audit_entries(db, agent)}
+    return access.audit_page(db, agent, limit, before)
 
 
 @router.get("/agents/{agent}/export.csv")
