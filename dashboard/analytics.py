@@ -28,18 +28,24 @@ def _windows_sql(alias: str = "m") -> str:
             f"AND (h.to_ts IS NULL OR {alias}.ts < h.to_ts)")
 
 
+MAX_METRIC_ROWS = 20000
+"""Rows of one agent's metrics the API answers at most (5.6 h of one-second rows): the newest."""
+
+
 def agent_metrics(db: sqlite_utils.Database, agent: str, since_ts: float = 0.0,
-                  until_ts: float | None = None, limit: int = 20000) -> list[dict[str, Any]]:
-    """The agent's metrics rows (the boxes they sat at, while they sat there), oldest first."""
+                  until_ts: float | None = None,
+                  limit: int = MAX_METRIC_ROWS) -> list[dict[str, Any]]:
+    """The agent's newest ``limit`` metrics rows in the window (the boxes they sat at, while
+    they sat there), oldest first: a window with more rows loses its oldest, never its newest."""
     names = metric_names(db)
     cols = ", ".join(["m.box", "m.seq", "m.ts", "m.talk_state",
                       *(f"m.{n}" for n in names)])
     until = time.time() + DAY_S if until_ts is None else until_ts
     cur = db.conn.execute(
         f"SELECT {cols} FROM metrics m {_windows_sql()} WHERE h.agent = ? AND m.ts >= ? "
-        f"AND m.ts < ? ORDER BY m.ts LIMIT ?", (agent, since_ts, until, limit))
+        f"AND m.ts < ? ORDER BY m.ts DESC LIMIT ?", (agent, since_ts, until, limit))
     keys = [c[0] for c in cur.description]
-    return [dict(zip(keys, r, strict=True)) for r in cur.fetchall()]
+    return [dict(zip(keys, r, strict=True)) for r in reversed(cur.fetchall())]
 
 
 def iter_agent_metrics(db: sqlite_utils.Database, agent: str, since_ts: float = 0.0,

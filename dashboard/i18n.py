@@ -70,6 +70,8 @@ STRINGS: dict[str, tuple[str, str]] = {
     "agent.team": ("Équipe", "Team"),
     "agent.shift": ("Le poste de travail en courbes", "The shift as charts"),
     "agent.no_data": ("Pas encore de mesures.", "No measurements yet."),
+    "agent.truncated": ("Trop de mesures pour les montrer toutes : les courbes commencent à",
+                        "Too many measurements to show them all: the charts start at"),
     "agent.cues": ("Signaux", "Cues"),
     "agent.calls": ("Appels", "Calls"),
     "agent.no_calls": ("Aucun appel enregistré.", "No call recorded."),

@@ -371,3 +371,22 @@ def test_a_flood_of_reads_cannot_hide_an_export_from_the_agent(org: Any) -> None
                      if 'id="audit-older"' in html else "")
         assert html.count('class="audit-entry"') == 51
         assert html.split('id="audit-list"')[1].count("a exporté les mesures") == 1
+
+
+# ---------------------------------------------------------------------- agent metrics
+def test_an_agent_window_with_too_many_rows_keeps_the_newest_and_says_so(
+        org: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With more rows than the API answers (20,000; 100 here), the answer has the newest ones,
+    oldest first, and ``truncated``; the agent page has the sentence that says it."""
+    from dashboard import analytics
+
+    settings, data = org
+    with client(settings) as c:
+        login_as(c, "sup-a", data)
+        full = c.get("/api/agents/agent-a1/metrics").json()
+        assert len(full["rows"]) == 240 and full["truncated"] is False
+        monkeypatch.setattr(analytics, "MAX_METRIC_ROWS", 100)
+        cut = c.get("/api/agents/agent-a1/metrics").json()
+        assert cut["truncated"] is True and len(cut["rows"]) == 100
+        assert [r["seq"] for r in cut["rows"]] == [r["seq"] for r in full["rows"][-100:]]
+        assert "Trop de mesures pour les montrer toutes" in c.get("/agents/agent-a1").text

@@ -326,13 +326,18 @@ def _call_campaign(db: Any, user: User, body: CallIn) -> tuple[str | None, int |
 
 def agent_metrics_payload(db: Any, user: User, agent: str, since_ts: float,
                           until_ts: float | None) -> dict[str, Any]:
-    """Metric descriptions, rows, cue markers and flags of one agent."""
+    """Metric descriptions, rows, cue markers and flags of one agent; ``truncated`` when the
+    window holds more than ``analytics.MAX_METRIC_ROWS`` rows (the newest are kept)."""
     names = analytics.metric_names(db)
     flags = list(db.query("SELECT id, ts, note, author FROM flags WHERE agent = ? AND ts >= ? "
                           "ORDER BY ts", [agent, since_ts]))
+    rows = analytics.agent_metrics(db, agent, since_ts, until_ts,
+                                   limit=analytics.MAX_METRIC_ROWS + 1)
+    truncated = len(rows) > analytics.MAX_METRIC_ROWS
     return {"agent": agent,
             "metrics": [registry.describe(n, user.lang) for n in names],
-            "rows": analytics.agent_metrics(db, agent, since_ts, until_ts),
+            "rows": rows[1:] if truncated else rows,
+            "truncated": truncated,
             "cues": [{**c, "label": registry.cue_label(c["name"], user.lang)}
                      for c in analytics.agent_events(db, agent, since_ts)],
             "flags": flags}

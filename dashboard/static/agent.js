@@ -42,6 +42,13 @@
       body.dataset.chartsReady = "1";
       return;
     }
+    if (data.truncated) {  // more rows than the API answers: the oldest are left out
+      const p = document.createElement("p");
+      p.className = "muted";
+      p.id = "charts-truncated";
+      p.textContent = t("agent.truncated") + " " + MiroirCharts.fmtTime(rows[0].ts);
+      charts.appendChild(p);
+    }
     const t0 = rows[0].ts, t1 = rows[rows.length - 1].ts;
     const onPick = flagTs ? pick : null;
     const common = { t0, t1, cues: data.cues, flags: data.flags, onPick };
