@@ -126,6 +126,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "audit.metric": ("Mesure", "Metric"),
     "audit.mean": ("Moyenne", "Mean"),
     "audit.agents": ("Agents", "Agents"),
+    "audit.withheld": ("non montrée : trop peu d'agents", "withheld: too few agents"),
     "action.view_agent": ("a ouvert la vue agent", "opened the agent view"),
     "action.read_metrics": ("a consulté les mesures", "read the metrics"),
     "action.moment_replay": ("a rejoué un moment", "replayed a moment"),

@@ -390,3 +390,35 @@ def test_an_agent_window_with_too_many_rows_keeps_the_newest_and_says_so(
         assert cut["truncated"] is True and len(cut["rows"]) == 100
         assert [r["seq"] for r in cut["rows"]] == [r["seq"] for r in full["rows"][-100:]]
         assert "Trop de mesures pour les montrer toutes" in c.get("/agents/agent-a1").text
+
+
+# ------------------------------------------------------------------------- aggregates
+def test_a_team_aggregate_of_fewer_than_three_agents_is_withheld(org: Any) -> None:
+    """team-b has one agent: its 'aggregate' was agent-b1's own mean. Means of fewer than
+    MIN_GROUP_AGENTS agents are withheld; a team of three gets its mean."""
+    from dashboard.routes import api
+
+    settings, data = org
+    with client(settings) as c:
+        login_as(c, "auditrice", data)
+        agg = {(a["team"], a["metric"]): a for a in c.get("/api/aggregates").json()["aggregates"]}
+        for team, agents in (("team-a", 2), ("team-b", 1)):
+            a = agg[(team, "near_speech_ratio")]
+            assert a["mean"] is None and a["withheld"] == "too few agents"
+            assert a["agents"] == agents
+        assert "trop peu d&#39;agents" in c.get("/audit").text
+    assert api.MIN_GROUP_AGENTS == 3
+    reseat(settings, "box-b1", "agent-a3", team="team-a")  # a third agent of team A, seated
+    db = store.open_db(settings.db_path)
+    try:
+        with db.conn:  # rows of box-b1 from now on are agent-a3's
+            now = time.time()
+            db.conn.execute("INSERT INTO metrics (box, seq, ts, ingested_ts, near_speech_ratio) "
+                            "VALUES ('box-b1', 5000, ?, ?, 0.5)", (now, now))
+    finally:
+        db.conn.close()
+    with client(settings) as c:
+        login_as(c, "auditrice", data)
+        agg = {(a["team"], a["metric"]): a for a in c.get("/api/aggregates").json()["aggregates"]}
+        a = agg[("team-a", "near_speech_ratio")]
+        assert a["agents"] == 3 and a["withheld"] is None and 0 < a["mean"] < 1

@@ -442,8 +442,16 @@ def team_board(db: Any, user: User, team: str, days: int = 14) -> dict[str, Any]
             "metrics": names}
 
 
+MIN_GROUP_AGENTS = 3
+"""Fewest agents behind a team aggregate: a smaller group's mean is withheld ("too few
+agents"), since the mean of one or two agents is their own data (an auditor sees aggregates,
+never one agent's data)."""
+
+
 def aggregates(db: Any, user: User) -> list[dict[str, Any]]:
-    """Per team and metric, the mean over agents and days (no per-agent values)."""
+    """Per team and metric, the mean over agents and days (no per-agent values); ``mean`` is
+    None and ``withheld`` says why when fewer than :data:`MIN_GROUP_AGENTS` agents are behind
+    it."""
     teams = [t["team"] for t in access.visible_teams(db, user)]
     out = []
     for team in teams:
@@ -456,9 +464,13 @@ def aggregates(db: Any, user: User) -> list[dict[str, Any]]:
                 f"SELECT avg(m.{name}), count(DISTINCT h.agent) FROM metrics m "
                 f"{analytics._windows_sql()} JOIN agents a ON a.agent = h.agent WHERE a.team = ?",
                 (team,)).fetchone()
-            mean = row[0] if row[0] is not None else live[0]
-            out.append({"team": team, "metric": name, "mean": mean,
-                        "agents": max(row[1] or 0, live[1] or 0)})
+            # the agents behind the mean shown: the daily means' when there are any
+            mean, agents = (row[0], row[1]) if row[0] is not None else (live[0], live[1])
+            agents = int(agents or 0)
+            withheld = "too few agents" if mean is not None and agents < MIN_GROUP_AGENTS \
+                else None
+            out.append({"team": team, "metric": name, "mean": None if withheld else mean,
+                        "agents": agents, "withheld": withheld})
     return out
 
 
