@@ -422,3 +422,41 @@ def test_a_team_aggregate_of_fewer_than_three_agents_is_withheld(org: Any) -> No
         agg = {(a["team"], a["metric"]): a for a in c.get("/api/aggregates").json()["aggregates"]}
         a = agg[("team-a", "near_speech_ratio")]
         assert a["agents"] == 3 and a["withheld"] is None and 0 < a["mean"] < 1
+
+
+# ------------------------------------------------------------------------ hostile input
+def test_ids_beyond_sqlite_integers_are_a_4xx_not_a_500(org: Any) -> None:
+    """2**64 as a call, flag or goal id in a path or as a variant in a body was an
+    OverflowError (500) when bound to SQLite: now a 422; in range but unknown stays a 404."""
+    settings, data = org
+    big = 2**64
+    with client(settings, raise_server_exceptions=False) as c:
+        login_as(c, "sup-a", data)
+        hdr = csrf_header(c)
+        token = hdr["x-csrf-token"]
+        answers = {
+            "call": c.get(f"/api/calls/{big}").status_code,
+            "flag": c.get(f"/api/flags/{big}").status_code,
+            "goal": c.get(f"/api/goals/{big}").status_code,
+            "outcome": c.post(f"/api/calls/{big}/outcome", headers=hdr,
+                              json={"outcome": "meeting"}).status_code,
+            "retag": c.post(f"/api/calls/{big}/variant", headers=hdr,
+                            json={"variant": 1}).status_code,
+            "retag body": c.post("/api/calls/1/variant", headers=hdr,
+                                 json={"variant": big}).status_code,
+            "call body": c.post("/api/calls", headers=hdr, json={
+                "agent": "agent-a1", "start_ts": time.time(), "variant": big}).status_code,
+            "assign body": c.post("/api/campaigns/camp-a/assign", headers=hdr,
+                                  json={"agent": "agent-a1", "variant": big}).status_code,
+            "outcome form": c.post(f"/calls/{big}/outcome",
+                                   data={"outcome": "meeting", "csrf": token}).status_code,
+            "assign form": c.post("/campaigns/camp-a/assign", data={
+                "agent": "agent-a1", "variant": "-1", "csrf": token}).status_code,
+            # finite times only (a NaN was written into the audit entry's JSON)
+            "moment nan": c.get("/api/agents/agent-a1/moment?ts=nan").status_code,
+            "metrics inf": c.get("/api/agents/agent-a1/metrics?since_ts=inf").status_code,
+            "metrics until": c.get("/api/agents/agent-a1/metrics?until_ts=-inf").status_code,
+        }
+        assert {k: v for k, v in answers.items() if v != 422} == {}
+        assert c.get(f"/api/calls/{2**63 - 1}").status_code == 404
+        assert c.get("/api/flags/999999").status_code == 404

@@ -30,6 +30,8 @@ MAX_VARIANTS = 12
 CAMPAIGN_ROLES = ("admin", "supervisor", "auditor")
 MAX_ID = 2**63 - 1
 """Largest row id SQLite stores (a signed 64-bit INTEGER): ids beyond it are refused (422)."""
+RowId = Annotated[int, Path(ge=1, le=MAX_ID)]
+"""A flag, goal or call id in a path: 1 to :data:`MAX_ID` (422 otherwise, never a 500)."""
 MIN_TS = 1_577_836_800.0
 """Earliest timestamp a flag or a call may carry: 2020-01-01T00:00:00Z (Unix seconds)."""
 MAX_TS = 4_102_444_800.0
@@ -70,7 +72,7 @@ class CallIn(BaseModel):
     end_ts: float | None = Field(None, description="End of the call, Unix seconds (2020 to 2100).",
                                  **TS_BOUNDS)
     campaign: str | None = Field(None, max_length=80)
-    variant: int | None = None
+    variant: int | None = Field(None, ge=1, le=MAX_ID)
     box: str | None = Field(None, pattern=wire.ID_PATTERN.pattern)
     summary: dict[Annotated[str, StringConstraints(max_length=64)],
                   float | int | Annotated[str, StringConstraints(max_length=256)] | bool | None] \
@@ -100,13 +102,14 @@ class AssignIn(BaseModel):
     """Put an agent on a campaign, optionally with the variant they use."""
 
     agent: str = Field(max_length=64)
-    variant: int | None = Field(None, description="Variant id of this campaign, or none.")
+    variant: int | None = Field(None, ge=1, le=MAX_ID,
+                                description="Variant id of this campaign, or none.")
 
 
 class CallVariantIn(BaseModel):
     """The variant used on a call (its campaign follows from the variant)."""
 
-    variant: int
+    variant: int = Field(ge=1, le=MAX_ID)
 
 
 class PrivateIn(BaseModel):
@@ -527,8 +530,9 @@ def get_agent(db: Db, user: CurrentUser, agent: AgentId) -> dict[str, Any]:
 
 @router.get("/agents/{agent}/metrics")
 def get_agent_metrics(db: Db, user: CurrentUser, agent: AgentId,
-                      since_ts: Annotated[float, Query(ge=0)] = 0.0,
-                      until_ts: float | None = None) -> dict[str, Any]:
+                      since_ts: Annotated[float, Query(ge=0, allow_inf_nan=False)] = 0.0,
+                      until_ts: Annotated[float | None, Query(allow_inf_nan=False)] = None
+                      ) -> dict[str, Any]:
     """The agent's metrics rows, cue markers and flags (audited)."""
     access.require_agent(db, user, agent)
     access.audit(db, user, "read_metrics", agent, {"since_ts": since_ts})
@@ -536,7 +540,8 @@ def get_agent_metrics(db: Db, user: CurrentUser, agent: AgentId,
 
 
 @router.get("/agents/{agent}/moment")
-def get_moment(db: Db, user: CurrentUser, agent: AgentId, ts: float,
+def get_moment(db: Db, user: CurrentUser, agent: AgentId,
+               ts: Annotated[float, Query(allow_inf_nan=False)],
                span_s: Annotated[float, Query(gt=0, le=300)] = 30.0) -> dict[str, Any]:
     """Audio-free replay of a moment: the contours ``span_s`` around ``ts`` (audited)."""
     access.require_agent(db, user, agent)
@@ -560,7 +565,7 @@ def post_flag(db: Db, user: CurrentUser, agent: AgentId, body: FlagIn) -> dict[s
 
 
 @router.get("/flags/{flag_id}")
-def get_flag(db: Db, user: CurrentUser, flag_id: int) -> dict[str, Any]:
+def get_flag(db: Db, user: CurrentUser, flag_id: RowId) -> dict[str, Any]:
     """One flagged moment."""
     flag = _require_flag(db, user, flag_id)
     access.audit(db, user, "read_flags", flag["agent"], {"flag": flag_id})
@@ -585,7 +590,7 @@ def post_goal(db: Db, user: CurrentUser, agent: AgentId, body: GoalIn) -> dict[s
 
 
 @router.get("/goals/{goal_id}")
-def get_goal(db: Db, user: CurrentUser, goal_id: int) -> dict[str, Any]:
+def get_goal(db: Db, user: CurrentUser, goal_id: RowId) -> dict[str, Any]:
     """One goal with its metric's daily means."""
     goal = _require_goal(db, user, goal_id)
     access.audit(db, user, "read_goals", goal["agent"], {"goal": goal_id})
@@ -629,7 +634,7 @@ def post_call(db: Db, user: CurrentUser, body: CallIn) -> dict[str, Any]:
 
 
 @router.get("/calls/{call_id}")
-def get_call(db: Db, user: CurrentUser, call_id: int) -> dict[str, Any]:
+def get_call(db: Db, user: CurrentUser, call_id: RowId) -> dict[str, Any]:
     """One call."""
     call = _require_call(db, user, call_id)
     access.audit(db, user, "read_calls", call["agent"], {"call": call_id})
@@ -637,14 +642,14 @@ def get_call(db: Db, user: CurrentUser, call_id: int) -> dict[str, Any]:
 
 
 @router.post("/calls/{call_id}/outcome")
-def post_outcome(db: Db, user: CurrentUser, call_id: int, body: OutcomeIn) -> dict[str, Any]:
+def post_outcome(db: Db, user: CurrentUser, call_id: RowId, body: OutcomeIn) -> dict[str, Any]:
     """Tag a call's outcome."""
     set_outcome(db, user, call_id, body.outcome)
     return {"id": call_id, "outcome": body.outcome}
 
 
 @router.post("/calls/{call_id}/variant")
-def post_call_variant(db: Db, user: CurrentUser, call_id: int,
+def post_call_variant(db: Db, user: CurrentUser, call_id: RowId,
                       body: CallVariantIn) -> dict[str, Any]:
     """Tag a call with the pitch or opener variant used (its campaign must be open)."""
     campaign = set_call_variant(db, user, call_id, body.variant)

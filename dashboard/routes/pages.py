@@ -104,7 +104,7 @@ def goal_form(request: Request, db: Db, user: CurrentUser, agent: str,
 
 
 @router.post("/calls/{call_id}/outcome")
-def outcome_form(request: Request, db: Db, user: CurrentUser, call_id: int,
+def outcome_form(request: Request, db: Db, user: CurrentUser, call_id: api.RowId,
                  outcome: Annotated[str, Form(max_length=16)],
                  next: Annotated[str, Form(max_length=512)] = "/") -> Response:
     """Tag a call's outcome from a page."""
@@ -213,11 +213,11 @@ def assign_form(request: Request, db: Db, user: CurrentUser, campaign: str,
                 agent: Annotated[str, Form(max_length=64)],
                 variant: Annotated[str, Form(max_length=12)] = "") -> Response:
     """Put an agent on the campaign and a variant."""
-    try:
-        chosen = int(variant) if variant.strip() else None
+    try:  # a ValidationError is a ValueError: an id out of range is a 422 too
+        body = api.AssignIn(agent=agent, variant=int(variant) if variant.strip() else None)
     except ValueError:
         raise HTTPException(status_code=422, detail="variant must be an id") from None
-    api.assign_agent(db, user, campaign, api.AssignIn(agent=agent, variant=chosen))
+    api.assign_agent(db, user, campaign, body)
     return RedirectResponse(f"/campaigns/{campaign}", status_code=303)
 
 
