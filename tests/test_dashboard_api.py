@@ -460,3 +460,36 @@ def test_ids_beyond_sqlite_integers_are_a_4xx_not_a_500(org: Any) -> None:
         assert {k: v for k, v in answers.items() if v != 422} == {}
         assert c.get(f"/api/calls/{2**63 - 1}").status_code == 404
         assert c.get("/api/flags/999999").status_code == 404
+
+
+# ------------------------------------------------------------------------- filenames
+def test_export_filenames_follow_rfc_6266_whatever_the_ids(org: Any) -> None:
+    """A team 'Équipe Θ' made its export a 500 (not Latin-1) and an agent id with a quote added
+    its own parameters to Content-Disposition: now an ASCII fallback and filename*=UTF-8''."""
+    from urllib.parse import quote, unquote
+
+    settings, data = org
+    evil = 'agent-c2"; filename=evil.html; x="'
+    db = store.open_db(settings.db_path)
+    try:
+        schema.import_inventory(db, [{"box": "box-c1", "agent": "agent-c1", "team": "Équipe Θ"},
+                                     {"box": "box-c2", "agent": evil, "team": "team-a"}],
+                                site=settings.site)
+    finally:
+        db.conn.close()
+    with client(settings) as c:
+        login_as(c, "admin", data)
+        for path, name in (("/api/teams/" + quote("Équipe Θ") + "/export.csv", "Équipe Θ.csv"),
+                           ("/api/agents/" + quote(evil) + "/export.csv", evil + ".csv"),
+                           ("/api/agents/agent-a1/export.csv", "agent-a1.csv")):
+            r = c.get(path)
+            assert r.status_code == 200, path
+            header = r.headers["content-disposition"]
+            assert header.isascii()
+            kind, plain, star = header.split("; ")
+            assert kind == "attachment" and plain.startswith('filename="')
+            assert plain.count('"') == 2 and ";" not in plain
+            assert star.startswith("filename*=UTF-8''")
+            assert unquote(star.removeprefix("filename*=UTF-8''")) == name
+        assert c.get("/api/agents/agent-a1/export.csv").headers["content-disposition"] == (
+            "attachment; filename=\"agent-a1.csv\"; filename*=UTF-8''agent-a1.csv")

@@ -7,9 +7,11 @@ Objects out of the caller's scope answer 404, like objects that do not exist.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
@@ -477,6 +479,18 @@ def aggregates(db: Any, user: User) -> list[dict[str, Any]]:
     return out
 
 
+def attachment(filename: str) -> str:
+    """A Content-Disposition for a download named ``filename`` (RFC 6266): an ASCII fallback
+    with anything but letters, digits, '.', '_' and '-' made '_', and the exact name as
+    ``filename*`` (RFC 5987, UTF-8, percent-encoded). Team and agent ids come from the inventory
+    as free text: a quote cannot add parameters, a non-Latin-1 character cannot fail the header."""
+    fallback = _UNSAFE_FILENAME.sub("_", filename) or "export"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+_UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]")
+
+
 def _streamed(settings: Any, chunks: Callable[[Any], Iterator[str]], media_type: str,
               headers: dict[str, str] | None = None) -> StreamingResponse:
     """An export written as it is read from SQLite (a connection of its own), never whole in
@@ -683,7 +697,7 @@ def export_agent_csv(db: Db, user: CurrentUser, settings: Settings, agent: Agent
     access.audit(db, user, "export_csv", agent)
     return _streamed(settings, lambda d: retention.metrics_csv_chunks(d, [agent]),
                      "text/csv; charset=utf-8",
-                     {"content-disposition": f'attachment; filename="{agent}.csv"'})
+                     {"content-disposition": attachment(f"{agent}.csv")})
 
 
 @router.get("/agents/{agent}/export.json")
@@ -740,7 +754,7 @@ def export_team_csv(db: Db, user: CurrentUser, settings: Settings, team: TeamId)
         access.audit(db, user, "export_csv", a, {"team": team})
     return _streamed(settings, lambda d: retention.metrics_csv_chunks(d, agents),
                      "text/csv; charset=utf-8",
-                     {"content-disposition": f'attachment; filename="{team}.csv"'})
+                     {"content-disposition": attachment(f"{team}.csv")})
 
 
 @router.get("/campaigns")
