@@ -15,6 +15,8 @@ from typing import Any
 import sqlite_utils
 from fastapi import HTTPException
 
+from . import db as store
+
 
 @dataclass(frozen=True)
 class User:
@@ -126,6 +128,46 @@ def visible_boxes(db: sqlite_utils.Database, user: User) -> set[str] | None:
         f"SELECT box FROM seats WHERE agent IN ({marks})", agents).fetchall()}
 
 
+def _seated_sql(agents: list[str]) -> str:
+    """Condition on a metrics row ``m``: recorded while one of ``agents`` sat at its box."""
+    return ("EXISTS (SELECT 1 FROM seat_history h WHERE h.box = m.box AND m.ts >= h.from_ts "
+            "AND (h.to_ts IS NULL OR m.ts < h.to_ts) "
+            f"AND h.agent IN ({','.join('?' for _ in agents)}))")
+
+
+def hide_foreign_latest(db: sqlite_utils.Database, agents: list[str] | None,
+                        boxes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Blank each box's latest ``metrics`` row unless one of ``agents`` (the reader's
+    :func:`visible_agents`; None means all) sat at the box when it was recorded: after a seat
+    changes hands, the previous agent's rows are not the new agent's supervisor's to see (the
+    rule of ``GET /api/boxes/{box}/metrics``)."""
+    if agents is None:
+        return boxes
+    for b in boxes:
+        m = b.get("metrics")
+        if m is None:
+            continue
+        if not agents or db.conn.execute(
+                f"SELECT 1 FROM metrics m WHERE m.box = ? AND m.seq = ? AND {_seated_sql(agents)}",
+                (b["box"], m["seq"], *agents)).fetchone() is None:
+            b["metrics"] = None
+    return boxes
+
+
+def talk_history(db: sqlite_utils.Database, agents: list[str] | None, box: str,
+                 limit: int) -> list[str]:
+    """The last ``limit`` talk states of ``box``, oldest first, from the rows of ``agents`` only
+    (None means all), as :func:`hide_foreign_latest`."""
+    if agents is None:
+        return store.recent_talk_states(db, box, limit)
+    if not agents:
+        return []
+    rows = db.conn.execute(
+        f"SELECT m.talk_state FROM metrics m WHERE m.box = ? AND {_seated_sql(agents)} "
+        "ORDER BY m.seq DESC LIMIT ?", (box, *agents, limit)).fetchall()
+    return [r[0] for r in reversed(rows)]
+
+
 def require_box(db: sqlite_utils.Database, user: User, box: str) -> None:
     """404 unless the user may see ``box``."""
     allowed = visible_boxes(db, user)
@@ -148,9 +190,41 @@ def audit(db: sqlite_utils.Database, user: User, action: str, agent: str | None 
 
 
 def audit_entries(db: sqlite_utils.Database, agent: str | None = None,
-                  limit: int = 200) -> list[dict[str, Any]]:
-    """Newest audit entries first, all or about one agent."""
-    if agent is None:
-        return list(db.query("SELECT * FROM audit_log ORDER BY id DESC LIMIT ?", [limit]))
-    return list(db.query("SELECT * FROM audit_log WHERE agent = ? ORDER BY id DESC LIMIT ?",
-                         [agent, limit]))
+                  limit: int = 200, before: int | None = None) -> list[dict[str, Any]]:
+    """Newest audit entries first, all or about one agent; with ``before``, only the entries
+    older than the entry of that id (the next page)."""
+    where: list[str] = []
+    args: list[Any] = []
+    if agent is not None:
+        where.append("agent = ?")
+        args.append(agent)
+    if before is not None:
+        where.append("id < ?")
+        args.append(before)
+    sql = "SELECT * FROM audit_log" + (" WHERE " + " AND ".join(where) if where else "")
+    return list(db.query(sql + " ORDER BY id DESC LIMIT ?", [*args, limit]))
+
+
+def audit_page(db: sqlite_utils.Database, agent: str, limit: int,
+               before: int | None = None) -> dict[str, Any]:
+    """One page of the entries about ``agent`` (newest first, older than ``before``), with how
+    many there are in all, whether older ones follow and the ``before`` that reads them, and
+    :func:`audit_summary`: a flood of cheap reads pages an entry out of the list, never out of
+    the summary."""
+    entries = audit_entries(db, agent, limit + 1, before)
+    more = len(entries) > limit
+    entries = entries[:limit]
+    total = db.conn.execute("SELECT count(*) FROM audit_log WHERE agent = ?",
+                            (agent,)).fetchone()[0]
+    return {"entries": entries, "total": int(total), "more": more,
+            "next_before": entries[-1]["id"] if more else None,
+            "summary": audit_summary(db, agent)}
+
+
+def audit_summary(db: sqlite_utils.Database, agent: str) -> list[dict[str, Any]]:
+    """Every (actor, action) pair about ``agent`` in the audit log, with how many times and
+    when first and last, the latest first: one line per kind of access, however often."""
+    return list(db.query(
+        "SELECT actor, actor_role, action, count(*) AS count, min(ts) AS first_ts, "
+        "max(ts) AS last_ts FROM audit_log WHERE agent = ? GROUP BY actor, actor_role, action "
+        "ORDER BY last_ts DESC, actor, action", [agent]))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import sqlite3
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import sqlite_utils
@@ -26,37 +28,70 @@ def _windows_sql(alias: str = "m") -> str:
             f"AND (h.to_ts IS NULL OR {alias}.ts < h.to_ts)")
 
 
+MAX_METRIC_ROWS = 20000
+"""Rows of one agent's metrics the API answers at most (5.6 h of one-second rows): the newest."""
+
+
 def agent_metrics(db: sqlite_utils.Database, agent: str, since_ts: float = 0.0,
-                  until_ts: float | None = None, limit: int = 20000) -> list[dict[str, Any]]:
-    """The agent's metrics rows (the boxes they sat at, while they sat there), oldest first."""
+                  until_ts: float | None = None,
+                  limit: int = MAX_METRIC_ROWS) -> list[dict[str, Any]]:
+    """The agent's newest ``limit`` metrics rows in the window (the boxes they sat at, while
+    they sat there), oldest first: a window with more rows loses its oldest, never its newest."""
     names = metric_names(db)
     cols = ", ".join(["m.box", "m.seq", "m.ts", "m.talk_state",
                       *(f"m.{n}" for n in names)])
     until = time.time() + DAY_S if until_ts is None else until_ts
     cur = db.conn.execute(
         f"SELECT {cols} FROM metrics m {_windows_sql()} WHERE h.agent = ? AND m.ts >= ? "
-        f"AND m.ts < ? ORDER BY m.ts LIMIT ?", (agent, since_ts, until, limit))
+        f"AND m.ts < ? ORDER BY m.ts DESC LIMIT ?", (agent, since_ts, until, limit))
     keys = [c[0] for c in cur.description]
-    return [dict(zip(keys, r, strict=True)) for r in cur.fetchall()]
+    return [dict(zip(keys, r, strict=True)) for r in reversed(cur.fetchall())]
+
+
+def iter_agent_metrics(db: sqlite_utils.Database, agent: str, since_ts: float = 0.0,
+                       batch: int = 1000) -> Iterator[dict[str, Any]]:
+    """Every metrics row of the agent since ``since_ts``, oldest first, as
+    :func:`agent_metrics` without its limit: read ``batch`` rows at a time (exports)."""
+    names = metric_names(db)
+    cols = ", ".join(["m.box", "m.seq", "m.ts", "m.talk_state", *(f"m.{n}" for n in names)])
+    cur = db.conn.execute(
+        f"SELECT {cols} FROM metrics m {_windows_sql()} WHERE h.agent = ? AND m.ts >= ? "
+        f"AND m.ts < ? ORDER BY m.ts", (agent, since_ts, time.time() + DAY_S))
+    yield from _iter_rows(cur, batch)
+
+
+def _iter_rows(cur: sqlite3.Cursor, batch: int) -> Iterator[dict[str, Any]]:
+    keys = [c[0] for c in cur.description]
+    while rows := cur.fetchmany(batch):
+        for r in rows:
+            yield dict(zip(keys, r, strict=True))
 
 
 def agent_events(db: sqlite_utils.Database, agent: str, since_ts: float = 0.0,
                  cues_only: bool = True, limit: int = 5000) -> list[dict[str, Any]]:
     """The agent's events, oldest first; with ``cues_only``, the cues raised (each ``cue_on``,
     named by its cue id)."""
+    return list(iter_agent_events(db, agent, since_ts, cues_only, limit))
+
+
+def iter_agent_events(db: sqlite_utils.Database, agent: str, since_ts: float = 0.0,
+                      cues_only: bool = True, limit: int | None = None,
+                      batch: int = 1000) -> Iterator[dict[str, Any]]:
+    """:func:`agent_events` read ``batch`` rows at a time, all of them without ``limit``."""
     cues = "AND e.name = 'cue_on' AND e.cue IS NOT NULL " if cues_only else ""
-    cur = db.conn.execute(
-        f"SELECT e.box, e.seq, e.ts, e.name, e.channel, e.cue FROM events e {_windows_sql('e')} "
-        f"WHERE h.agent = ? AND e.ts >= ? {cues}ORDER BY e.ts LIMIT ?", (agent, since_ts, limit))
-    keys = [c[0] for c in cur.description]
-    rows = [dict(zip(keys, r, strict=True)) for r in cur.fetchall()]
-    for r in rows:
+    sql = (f"SELECT e.box, e.seq, e.ts, e.name, e.channel, e.cue FROM events e "
+           f"{_windows_sql('e')} WHERE h.agent = ? AND e.ts >= ? {cues}ORDER BY e.ts")
+    args: tuple[Any, ...] = (agent, since_ts)
+    if limit is not None:
+        sql += " LIMIT ?"
+        args += (limit,)
+    for r in _iter_rows(db.conn.execute(sql, args), batch):
         cue = r.pop("cue")
         if cues_only:
             r["name"] = cue
         elif cue is not None:
             r["cue"] = cue
-    return rows
+        yield r
 
 
 def _day(ts: float) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
@@ -22,7 +23,7 @@ from . import auth, fleet, prom, retention, schema
 from . import db as store
 from .ingest import Ingest
 from .live import Hub
-from .routes import api, boxes, health, pages, session, stream
+from .routes import api, boxes, deps, health, pages, session, stream
 from .routes import fleet as fleet_routes
 from .settings import DashboardSettings
 
@@ -89,6 +90,7 @@ def create_app(settings: DashboardSettings, *, start_ingest: bool = True) -> Fas
     app.state.password_checks = auth.CheckGate(settings.login_max_concurrent_checks)
     for module in (session, pages, api, boxes, stream, health, fleet_routes):
         app.include_router(module.router)
+    app.add_exception_handler(RequestValidationError, deps.validation_error)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     # Added last = outermost: headers go on every response, including the auth redirects.
     app.add_middleware(auth.AuthMiddleware, db_path=settings.db_path,

@@ -7,9 +7,11 @@ import io
 import logging
 import sqlite3
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pydantic_core
 import sqlite_utils
 
 from . import analytics
@@ -78,36 +80,102 @@ def purge_with(db: sqlite_utils.Database, settings: Any, now: float | None = Non
 
 
 # ------------------------------------------------------------------------- CSV export
-def metrics_csv(db: sqlite_utils.Database, agents: list[str], since_ts: float = 0.0) -> str:
-    """CSV of the per-second metrics of ``agents`` (one row per second, ISO UTC time)."""
+EXPORT_BATCH_ROWS = 1000
+"""Rows an export reads from SQLite and writes out at a time: its memory does not grow with
+the rows exported (a month of one agent's per-second rows is about 860,000)."""
+
+
+def metrics_csv_chunks(db: sqlite_utils.Database, agents: list[str],
+                       since_ts: float = 0.0) -> Iterator[str]:
+    """CSV of the per-second metrics of ``agents`` (one row per second, ISO UTC time), in pieces
+    of :data:`EXPORT_BATCH_ROWS` rows."""
     names = analytics.metric_names(db)
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["agent", "box", "seq", "time_utc", "ts", "talk_state", *names])
+    count = 0
     for agent in agents:
-        for r in analytics.agent_metrics(db, agent, since_ts, limit=10_000_000):
+        for r in analytics.iter_agent_metrics(db, agent, since_ts, EXPORT_BATCH_ROWS):
             w.writerow([agent, r["box"], r["seq"],
                         time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r["ts"])), r["ts"],
                         r["talk_state"], *(r[n] for n in names)])
-    return buf.getvalue()
+            count += 1
+            if count % EXPORT_BATCH_ROWS == 0:
+                yield buf.getvalue()
+                buf.seek(0)
+                buf.truncate()
+    yield buf.getvalue()
+
+
+def metrics_csv(db: sqlite_utils.Database, agents: list[str], since_ts: float = 0.0) -> str:
+    """:func:`metrics_csv_chunks` as one string (small exports, tests)."""
+    return "".join(metrics_csv_chunks(db, agents, since_ts))
+
+
+def _agent_export_parts(db: sqlite_utils.Database,
+                        agent: str) -> list[tuple[str, Iterator[dict[str, Any]]]]:
+    """The sections of an agent's export, in order, each an iterator over its rows."""
+    def rows(sql: str, *args: Any) -> Iterator[dict[str, Any]]:
+        cur = db.conn.execute(sql, args)
+        keys = [c[0] for c in cur.description]
+        while batch := cur.fetchmany(EXPORT_BATCH_ROWS):
+            for r in batch:
+                yield dict(zip(keys, r, strict=True))
+
+    return [
+        ("agent", rows("SELECT * FROM agents WHERE agent = ?", agent)),
+        ("seat_history", rows("SELECT * FROM seat_history WHERE agent = ?", agent)),
+        ("metrics", analytics.iter_agent_metrics(db, agent, batch=EXPORT_BATCH_ROWS)),
+        ("events", analytics.iter_agent_events(db, agent, cues_only=False,
+                                               batch=EXPORT_BATCH_ROWS)),
+        ("daily_aggregates", rows("SELECT * FROM daily_aggregates WHERE agent = ?", agent)),
+        ("calls", rows("SELECT * FROM calls WHERE agent = ?", agent)),
+        ("flags", rows("SELECT * FROM flags WHERE agent = ?", agent)),
+        ("goals", rows("SELECT * FROM goals WHERE agent = ?", agent)),
+        ("audit_log", rows("SELECT * FROM audit_log WHERE agent = ?", agent)),
+    ]
 
 
 def agent_export(db: sqlite_utils.Database, agent: str) -> dict[str, Any]:
     """Everything stored about one agent (the right of access), as JSON-ready data."""
-    def rows(sql: str, *args: Any) -> list[dict[str, Any]]:
-        return list(db.query(sql, list(args)))
+    return {name: list(it) for name, it in _agent_export_parts(db, agent)}
 
-    return {
-        "agent": rows("SELECT * FROM agents WHERE agent = ?", agent),
-        "seat_history": rows("SELECT * FROM seat_history WHERE agent = ?", agent),
-        "metrics": analytics.agent_metrics(db, agent, limit=10_000_000),
-        "events": analytics.agent_events(db, agent, cues_only=False, limit=10_000_000),
-        "daily_aggregates": rows("SELECT * FROM daily_aggregates WHERE agent = ?", agent),
-        "calls": rows("SELECT * FROM calls WHERE agent = ?", agent),
-        "flags": rows("SELECT * FROM flags WHERE agent = ?", agent),
-        "goals": rows("SELECT * FROM goals WHERE agent = ?", agent),
-        "audit_log": rows("SELECT * FROM audit_log WHERE agent = ?", agent),
-    }
+
+def _json(value: Any) -> str:
+    # as FastAPI answers a returned dict: pydantic's JSON (NaN and infinities as null)
+    return pydantic_core.to_json(value, inf_nan_mode="null").decode("utf-8")
+
+
+def agent_export_chunks(db: sqlite_utils.Database, agent: str) -> Iterator[str]:
+    """:func:`agent_export` as JSON text, in pieces of :data:`EXPORT_BATCH_ROWS` rows: the same
+    text FastAPI writes for the dict, without holding the rows."""
+    sep = "{"
+    for name, it in _agent_export_parts(db, agent):
+        parts = [f"{sep}{_json(name)}:["]
+        for i, row in enumerate(it):
+            parts.append(("," if i else "") + _json(row))
+            if len(parts) >= EXPORT_BATCH_ROWS:
+                yield "".join(parts)
+                parts = []
+        parts.append("]")
+        yield "".join(parts)
+        sep = ","
+    yield "}"
+
+
+def stream_export(db_path: Path, chunks: Callable[[sqlite_utils.Database], Iterator[str]]
+                  ) -> Iterator[bytes]:
+    """Run ``chunks`` on a connection of its own, in one read transaction (an export is one
+    consistent snapshot, however long the client takes to read it), encoded as UTF-8."""
+    db = store.open_db(db_path)
+    try:
+        db.conn.execute("BEGIN")
+        for chunk in chunks(db):
+            yield chunk.encode("utf-8")
+    finally:
+        if db.conn.in_transaction:
+            db.conn.rollback()
+        db.conn.close()
 
 
 def erase_agent(db: sqlite_utils.Database, agent: str) -> dict[str, int]:

@@ -159,7 +159,19 @@ def ensure_schema(db: sqlite_utils.Database,
                             (number, time.time()))
         log.info("applied dashboard migration %d (%s)", number, migrate.__doc__)
         current = number
+    _ensure_author_columns(db)
     return current
+
+
+AUTHOR_COLUMNS = (("calls", "created_by"), ("variants", "created_by"))
+"""Who recorded a call or added a variant (NULL for rows from before these columns)."""
+
+
+def _ensure_author_columns(db: sqlite_utils.Database) -> None:
+    """Add :data:`AUTHOR_COLUMNS` to a database that lacks them (idempotent)."""
+    for table, column in AUTHOR_COLUMNS:
+        if column not in db.table(table).columns_dict:
+            db.table(table).add_column(column, str)
 
 
 # ---------------------------------------------------------------------------- settings

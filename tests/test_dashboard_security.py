@@ -377,7 +377,7 @@ def test_an_agent_gets_only_their_own_data_and_the_auditor_only_aggregates(org: 
         hdr = csrf_header(c)
         assert c.post(f"/api/calls/{calls[0]['id']}/outcome", json={"outcome": "callback"},
                       headers=hdr).status_code == 200
-        assert c.post("/api/agents/agent-a1/flags", json={"ts": 1.0}, headers=hdr
+        assert c.post("/api/agents/agent-a1/flags", json={"ts": time.time()}, headers=hdr
                       ).status_code == 404  # agents do not flag
     with client(settings) as c:
         login_as(c, "auditrice", data)
@@ -386,7 +386,7 @@ def test_an_agent_gets_only_their_own_data_and_the_auditor_only_aggregates(org: 
         assert c.get("/api/audit").status_code == 200
         agg = c.get("/api/aggregates").json()["aggregates"]
         assert {a["team"] for a in agg} == {"team-a", "team-b"}
-        assert all(set(a) == {"team", "metric", "mean", "agents"} for a in agg)
+        assert all(set(a) == {"team", "metric", "mean", "agents", "withheld"} for a in agg)
         for agent in ("agent-a1", "agent-b1"):
             for suffix in ("", "/metrics", "/flags", "/calls", "/export.csv", "/moment?ts=1"):
                 assert c.get(f"/api/agents/{agent}{suffix}").status_code == 404

@@ -7,11 +7,14 @@ Objects out of the caller's scope answer 404, like objects that do not exist.
 from __future__ import annotations
 
 import json
+import re
 import time
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field, StringConstraints
 
 from miroir import wire
@@ -27,13 +30,23 @@ TeamId = Annotated[str, Path(min_length=1, max_length=64)]
 MAX_NOTE = 2000
 MAX_VARIANTS = 12
 CAMPAIGN_ROLES = ("admin", "supervisor", "auditor")
+MAX_ID = 2**63 - 1
+"""Largest row id SQLite stores (a signed 64-bit INTEGER): ids beyond it are refused (422)."""
+RowId = Annotated[int, Path(ge=1, le=MAX_ID)]
+"""A flag, goal or call id in a path: 1 to :data:`MAX_ID` (422 otherwise, never a 500)."""
+MIN_TS = 1_577_836_800.0
+"""Earliest timestamp a flag or a call may carry: 2020-01-01T00:00:00Z (Unix seconds)."""
+MAX_TS = 4_102_444_800.0
+"""Latest timestamp a flag or a call may carry: 2100-01-01T00:00:00Z (Unix seconds)."""
+TS_BOUNDS: dict[str, Any] = {"ge": MIN_TS, "le": MAX_TS, "allow_inf_nan": False}
+"""Bounds of a stored moment: finite, 2020 to 2100 (pages format it as a calendar date)."""
 
 
 # ----------------------------------------------------------------------------- models
 class FlagIn(BaseModel):
     """A moment flagged by a supervisor."""
 
-    ts: float = Field(description="Moment flagged, Unix seconds.")
+    ts: float = Field(description="Moment flagged, Unix seconds (2020 to 2100).", **TS_BOUNDS)
     note: str = Field("", max_length=MAX_NOTE, description="Coaching note.")
     shared: bool = Field(False, description="Share the moment with the team as a remarkable call.")
 
@@ -56,10 +69,12 @@ class CallIn(BaseModel):
     """A call recorded by a softphone/CTI connector or a supervisor."""
 
     agent: str = Field(max_length=64)
-    start_ts: float
-    end_ts: float | None = None
+    start_ts: float = Field(description="Start of the call, Unix seconds (2020 to 2100).",
+                            **TS_BOUNDS)
+    end_ts: float | None = Field(None, description="End of the call, Unix seconds (2020 to 2100).",
+                                 **TS_BOUNDS)
     campaign: str | None = Field(None, max_length=80)
-    variant: int | None = None
+    variant: int | None = Field(None, ge=1, le=MAX_ID)
     box: str | None = Field(None, pattern=wire.ID_PATTERN.pattern)
     summary: dict[Annotated[str, StringConstraints(max_length=64)],
                   float | int | Annotated[str, StringConstraints(max_length=256)] | bool | None] \
@@ -89,13 +104,14 @@ class AssignIn(BaseModel):
     """Put an agent on a campaign, optionally with the variant they use."""
 
     agent: str = Field(max_length=64)
-    variant: int | None = Field(None, description="Variant id of this campaign, or none.")
+    variant: int | None = Field(None, ge=1, le=MAX_ID,
+                                description="Variant id of this campaign, or none.")
 
 
 class CallVariantIn(BaseModel):
     """The variant used on a call (its campaign follows from the variant)."""
 
-    variant: int
+    variant: int = Field(ge=1, le=MAX_ID)
 
 
 class PrivateIn(BaseModel):
@@ -212,8 +228,9 @@ def create_campaign(db: Any, user: User, body: CampaignIn) -> None:
                         "VALUES (?, ?, ?, ?, ?)",
                         (body.campaign, body.name.strip(), team, time.time(), user.username))
         for v in body.variants:
-            db.conn.execute("INSERT INTO variants (campaign, name, text) VALUES (?, ?, ?)",
-                            (body.campaign, v.name.strip(), v.text.strip()))
+            db.conn.execute("INSERT INTO variants (campaign, name, text, created_by) "
+                            "VALUES (?, ?, ?, ?)",
+                            (body.campaign, v.name.strip(), v.text.strip(), user.username))
     access.audit(db, user, "campaign_create", None,
                  {"campaign": body.campaign, "variants": len(body.variants)})
 
@@ -230,9 +247,13 @@ def add_variant(db: Any, user: User, campaign: str, body: VariantIn) -> int:
             raise HTTPException(status_code=409, detail=f"at most {MAX_VARIANTS} variants")
         if same or not name:
             raise HTTPException(status_code=409, detail="a variant has that name already")
-        cur = db.conn.execute("INSERT INTO variants (campaign, name, text) VALUES (?, ?, ?)",
-                              (campaign, name, body.text.strip()))
-    return int(cur.lastrowid or 0)
+        cur = db.conn.execute("INSERT INTO variants (campaign, name, text, created_by) "
+                              "VALUES (?, ?, ?, ?)",
+                              (campaign, name, body.text.strip(), user.username))
+    variant = int(cur.lastrowid or 0)
+    access.audit(db, user, "variant_create", None,
+                 {"campaign": campaign, "variant": variant, "name": name})
+    return variant
 
 
 def close_campaign(db: Any, user: User, campaign: str) -> float:
@@ -266,7 +287,7 @@ def assign_agent(db: Any, user: User, campaign: str, body: AssignIn) -> None:
 def set_call_variant(db: Any, user: User, call_id: int, variant: int) -> str:
     """Tag a call with the variant used (supervisors, admins); return the variant's campaign."""
     require_role(user, "admin", "supervisor")
-    _require_call(db, user, call_id)
+    call = _require_call(db, user, call_id)
     campaign = _variant_campaign(db, variant)
     if campaign is None:
         raise access.not_found("variant")
@@ -274,17 +295,28 @@ def set_call_variant(db: Any, user: User, call_id: int, variant: int) -> str:
     with db.conn:
         db.conn.execute("UPDATE calls SET campaign = ?, variant = ? WHERE id = ?",
                         (campaign, variant, call_id))
+    access.audit(db, user, "call_variant", call["agent"],
+                 {"call": call_id, "campaign": campaign, "variant": variant,
+                  "was": {"campaign": call["campaign"], "variant": call["variant"]}})
     return campaign
 
 
 def _call_campaign(db: Any, user: User, body: CallIn) -> tuple[str | None, int | None]:
-    """The campaign and variant of a new call: as given (checked) or the agent's current ones."""
+    """The campaign and variant of a new call: as given or the agent's current ones, either only
+    in a campaign the user may change (:func:`_writable_campaign`: 404 for one they may only see,
+    409 for a closed one); the agent's current campaign is left off a call otherwise."""
     if body.campaign is None and body.variant is None:
         row = db.conn.execute(
             "SELECT a.campaign, a.variant FROM agents a JOIN campaigns c ON "
             "c.campaign = a.campaign WHERE a.agent = ? AND c.closed_ts IS NULL",
             (body.agent,)).fetchone()
-        return (row[0], row[1]) if row else (None, None)
+        if row is None:
+            return None, None
+        try:
+            _writable_campaign(db, user, row[0])
+        except HTTPException:
+            return None, None
+        return row[0], row[1]
     campaign = body.campaign
     if body.variant is not None:
         owner = _variant_campaign(db, body.variant)
@@ -293,20 +325,24 @@ def _call_campaign(db: Any, user: User, body: CallIn) -> tuple[str | None, int |
         campaign = owner
     if campaign is None:
         return None, None
-    if require_campaign(db, user, campaign)["closed_ts"] is not None:
-        raise HTTPException(status_code=409, detail="campaign is closed")
+    _writable_campaign(db, user, campaign)
     return campaign, body.variant
 
 
 def agent_metrics_payload(db: Any, user: User, agent: str, since_ts: float,
                           until_ts: float | None) -> dict[str, Any]:
-    """Metric descriptions, rows, cue markers and flags of one agent."""
+    """Metric descriptions, rows, cue markers and flags of one agent; ``truncated`` when the
+    window holds more than ``analytics.MAX_METRIC_ROWS`` rows (the newest are kept)."""
     names = analytics.metric_names(db)
     flags = list(db.query("SELECT id, ts, note, author FROM flags WHERE agent = ? AND ts >= ? "
                           "ORDER BY ts", [agent, since_ts]))
+    rows = analytics.agent_metrics(db, agent, since_ts, until_ts,
+                                   limit=analytics.MAX_METRIC_ROWS + 1)
+    truncated = len(rows) > analytics.MAX_METRIC_ROWS
     return {"agent": agent,
             "metrics": [registry.describe(n, user.lang) for n in names],
-            "rows": analytics.agent_metrics(db, agent, since_ts, until_ts),
+            "rows": rows[1:] if truncated else rows,
+            "truncated": truncated,
             "cues": [{**c, "label": registry.cue_label(c["name"], user.lang)}
                      for c in analytics.agent_events(db, agent, since_ts)],
             "flags": flags}
@@ -350,13 +386,15 @@ def add_goal(db: Any, user: User, agent: str, body: GoalIn) -> int:
 
 def set_outcome(db: Any, user: User, call_id: int, outcome: str) -> None:
     """Tag a call's outcome (the agent themself, their supervisors, admins)."""
-    _require_call(db, user, call_id)
+    call = _require_call(db, user, call_id)
     require_role(user, "admin", "supervisor", "agent")
     if outcome not in analytics.OUTCOMES:
         raise HTTPException(status_code=422, detail=f"outcome must be one of {analytics.OUTCOMES}")
     with db.conn:
         db.conn.execute("UPDATE calls SET outcome = ?, outcome_by = ?, outcome_ts = ? WHERE id = ?",
                         (outcome, user.username, time.time(), call_id))
+    access.audit(db, user, "call_outcome", call["agent"],
+                 {"call": call_id, "outcome": outcome, "was": call["outcome"]})
 
 
 def set_private(request: Request, db: Any, user: User, private: bool) -> bool:
@@ -409,8 +447,16 @@ def team_board(db: Any, user: User, team: str, days: int = 14) -> dict[str, Any]
             "metrics": names}
 
 
+MIN_GROUP_AGENTS = 3
+"""Fewest agents behind a team aggregate: a smaller group's mean is withheld ("too few
+agents"), since the mean of one or two agents is their own data (an auditor sees aggregates,
+never one agent's data)."""
+
+
 def aggregates(db: Any, user: User) -> list[dict[str, Any]]:
-    """Per team and metric, the mean over agents and days (no per-agent values)."""
+    """Per team and metric, the mean over agents and days (no per-agent values); ``mean`` is
+    None and ``withheld`` says why when fewer than :data:`MIN_GROUP_AGENTS` agents are behind
+    it."""
     teams = [t["team"] for t in access.visible_teams(db, user)]
     out = []
     for team in teams:
@@ -423,10 +469,34 @@ def aggregates(db: Any, user: User) -> list[dict[str, Any]]:
                 f"SELECT avg(m.{name}), count(DISTINCT h.agent) FROM metrics m "
                 f"{analytics._windows_sql()} JOIN agents a ON a.agent = h.agent WHERE a.team = ?",
                 (team,)).fetchone()
-            mean = row[0] if row[0] is not None else live[0]
-            out.append({"team": team, "metric": name, "mean": mean,
-                        "agents": max(row[1] or 0, live[1] or 0)})
+            # the agents behind the mean shown: the daily means' when there are any
+            mean, agents = (row[0], row[1]) if row[0] is not None else (live[0], live[1])
+            agents = int(agents or 0)
+            withheld = "too few agents" if mean is not None and agents < MIN_GROUP_AGENTS \
+                else None
+            out.append({"team": team, "metric": name, "mean": None if withheld else mean,
+                        "agents": agents, "withheld": withheld})
     return out
+
+
+def attachment(filename: str) -> str:
+    """A Content-Disposition for a download named ``filename`` (RFC 6266): an ASCII fallback
+    with anything but letters, digits, '.', '_' and '-' made '_', and the exact name as
+    ``filename*`` (RFC 5987, UTF-8, percent-encoded). Team and agent ids come from the inventory
+    as free text: a quote cannot add parameters, a non-Latin-1 character cannot fail the header."""
+    fallback = _UNSAFE_FILENAME.sub("_", filename) or "export"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+_UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def _streamed(settings: Any, chunks: Callable[[Any], Iterator[str]], media_type: str,
+              headers: dict[str, str] | None = None) -> StreamingResponse:
+    """An export written as it is read from SQLite (a connection of its own), never whole in
+    memory."""
+    return StreamingResponse(retention.stream_export(settings.db_path, chunks),
+                             media_type=media_type, headers=headers)
 
 
 # ---------------------------------------------------------------------------- routes
@@ -474,8 +544,9 @@ def get_agent(db: Db, user: CurrentUser, agent: AgentId) -> dict[str, Any]:
 
 @router.get("/agents/{agent}/metrics")
 def get_agent_metrics(db: Db, user: CurrentUser, agent: AgentId,
-                      since_ts: Annotated[float, Query(ge=0)] = 0.0,
-                      until_ts: float | None = None) -> dict[str, Any]:
+                      since_ts: Annotated[float, Query(ge=0, allow_inf_nan=False)] = 0.0,
+                      until_ts: Annotated[float | None, Query(allow_inf_nan=False)] = None
+                      ) -> dict[str, Any]:
     """The agent's metrics rows, cue markers and flags (audited)."""
     access.require_agent(db, user, agent)
     access.audit(db, user, "read_metrics", agent, {"since_ts": since_ts})
@@ -483,7 +554,8 @@ def get_agent_metrics(db: Db, user: CurrentUser, agent: AgentId,
 
 
 @router.get("/agents/{agent}/moment")
-def get_moment(db: Db, user: CurrentUser, agent: AgentId, ts: float,
+def get_moment(db: Db, user: CurrentUser, agent: AgentId,
+               ts: Annotated[float, Query(allow_inf_nan=False)],
                span_s: Annotated[float, Query(gt=0, le=300)] = 30.0) -> dict[str, Any]:
     """Audio-free replay of a moment: the contours ``span_s`` around ``ts`` (audited)."""
     access.require_agent(db, user, agent)
@@ -507,7 +579,7 @@ def post_flag(db: Db, user: CurrentUser, agent: AgentId, body: FlagIn) -> dict[s
 
 
 @router.get("/flags/{flag_id}")
-def get_flag(db: Db, user: CurrentUser, flag_id: int) -> dict[str, Any]:
+def get_flag(db: Db, user: CurrentUser, flag_id: RowId) -> dict[str, Any]:
     """One flagged moment."""
     flag = _require_flag(db, user, flag_id)
     access.audit(db, user, "read_flags", flag["agent"], {"flag": flag_id})
@@ -532,7 +604,7 @@ def post_goal(db: Db, user: CurrentUser, agent: AgentId, body: GoalIn) -> dict[s
 
 
 @router.get("/goals/{goal_id}")
-def get_goal(db: Db, user: CurrentUser, goal_id: int) -> dict[str, Any]:
+def get_goal(db: Db, user: CurrentUser, goal_id: RowId) -> dict[str, Any]:
     """One goal with its metric's daily means."""
     goal = _require_goal(db, user, goal_id)
     access.audit(db, user, "read_goals", goal["agent"], {"goal": goal_id})
@@ -557,22 +629,26 @@ def post_call(db: Db, user: CurrentUser, body: CallIn) -> dict[str, Any]:
     """Record a call (CTI connector run by an admin, or a supervisor).
 
     Without a campaign or variant, the call takes the agent's current (open) campaign and
-    variant; a given variant must belong to the given campaign, which must be open.
+    variant if the user may change that campaign; a given variant must belong to the given
+    campaign, which must be open and one the user may change (404 otherwise). Audited, with
+    the creator in the call's ``created_by``.
     """
     require_role(user, "admin", "supervisor")
     access.require_agent(db, user, body.agent)
     campaign, variant = _call_campaign(db, user, body)
     with db.conn:
         cur = db.conn.execute(
-            "INSERT INTO calls (agent, box, start_ts, end_ts, campaign, variant, summary) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO calls (agent, box, start_ts, end_ts, campaign, variant, summary, "
+            "created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (body.agent, body.box, body.start_ts, body.end_ts, campaign, variant,
-             json.dumps(body.summary) if body.summary else None))
+             json.dumps(body.summary) if body.summary else None, user.username))
+    access.audit(db, user, "call_create", body.agent,
+                 {"call": cur.lastrowid, "campaign": campaign, "variant": variant})
     return {"id": cur.lastrowid}
 
 
 @router.get("/calls/{call_id}")
-def get_call(db: Db, user: CurrentUser, call_id: int) -> dict[str, Any]:
+def get_call(db: Db, user: CurrentUser, call_id: RowId) -> dict[str, Any]:
     """One call."""
     call = _require_call(db, user, call_id)
     access.audit(db, user, "read_calls", call["agent"], {"call": call_id})
@@ -580,14 +656,14 @@ def get_call(db: Db, user: CurrentUser, call_id: int) -> dict[str, Any]:
 
 
 @router.post("/calls/{call_id}/outcome")
-def post_outcome(db: Db, user: CurrentUser, call_id: int, body: OutcomeIn) -> dict[str, Any]:
+def post_outcome(db: Db, user: CurrentUser, call_id: RowId, body: OutcomeIn) -> dict[str, Any]:
     """Tag a call's outcome."""
     set_outcome(db, user, call_id, body.outcome)
     return {"id": call_id, "outcome": body.outcome}
 
 
 @router.post("/calls/{call_id}/variant")
-def post_call_variant(db: Db, user: CurrentUser, call_id: int,
+def post_call_variant(db: Db, user: CurrentUser, call_id: RowId,
                       body: CallVariantIn) -> dict[str, Any]:
     """Tag a call with the pitch or opener variant used (its campaign must be open)."""
     campaign = set_call_variant(db, user, call_id, body.variant)
@@ -595,33 +671,45 @@ def post_call_variant(db: Db, user: CurrentUser, call_id: int,
 
 
 @router.get("/agents/{agent}/audit")
-def get_agent_audit(db: Db, user: CurrentUser, agent: AgentId) -> dict[str, Any]:
-    """Who looked at the agent's data and when (the agent, admins and auditors)."""
+def get_agent_audit(db: Db, user: CurrentUser, agent: AgentId,
+                    before: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+                    limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> dict[str, Any]:
+    """Who looked at the agent's data and when (the agent, admins and auditors).
+
+    ``entries``: the newest ``limit`` entries older than the entry ``before`` (all without it);
+    ``total``: entries about the agent in all; ``more``/``next_before``: the ``before`` of the
+    next page; ``summary``: each (actor, action) with its count, first and last time, so no
+    entry is hidden by a flood of others.
+    """
     if user.role not in ("admin", "auditor"):
         access.require_agent(db, user, agent)
         if user.role != "agent":
             raise access.not_found("agent")
     elif not db.conn.execute("SELECT 1 FROM agents WHERE agent = ?", (agent,)).fetchone():
         raise access.not_found("agent")
-    return {"entries": access.audit_entries(db, agent)}
+    return access.audit_page(db, agent, limit, before)
 
 
 @router.get("/agents/{agent}/export.csv")
-def export_agent_csv(db: Db, user: CurrentUser, agent: AgentId) -> Response:
+def export_agent_csv(db: Db, user: CurrentUser, settings: Settings, agent: AgentId) -> Response:
     """The agent's per-second metrics as CSV (audited)."""
     access.require_agent(db, user, agent)
     access.audit(db, user, "export_csv", agent)
-    return Response(retention.metrics_csv(db, [agent]), media_type="text/csv",
-                    headers={"content-disposition": f'attachment; filename="{agent}.csv"'})
+    return _streamed(settings, lambda d: retention.metrics_csv_chunks(d, [agent]),
+                     "text/csv; charset=utf-8",
+                     {"content-disposition": attachment(f"{agent}.csv")})
 
 
 @router.get("/agents/{agent}/export.json")
-def export_agent_json(db: Db, user: CurrentUser, agent: AgentId) -> dict[str, Any]:
-    """Everything stored about the agent (right of access; the agent or an admin)."""
+def export_agent_json(db: Db, user: CurrentUser, settings: Settings,
+                      agent: AgentId) -> Response:
+    """Everything stored about the agent (right of access; the agent or an admin), streamed:
+    agent, seat_history, metrics, events, daily_aggregates, calls, flags, goals, audit_log."""
     access.require_agent(db, user, agent)
     require_role(user, "admin", "agent")
     access.audit(db, user, "export_all", agent)
-    return retention.agent_export(db, agent)
+    return _streamed(settings, lambda d: retention.agent_export_chunks(d, agent),
+                     "application/json")
 
 
 @router.post("/agents/{agent}/erase")
@@ -656,7 +744,7 @@ def get_team_board(db: Db, user: CurrentUser, team: TeamId) -> dict[str, Any]:
 
 
 @router.get("/teams/{team}/export.csv")
-def export_team_csv(db: Db, user: CurrentUser, team: TeamId) -> Response:
+def export_team_csv(db: Db, user: CurrentUser, settings: Settings, team: TeamId) -> Response:
     """The team's per-second metrics as CSV (audited per agent)."""
     require_role(user, "admin", "supervisor")
     access.require_team(db, user, team)
@@ -664,8 +752,9 @@ def export_team_csv(db: Db, user: CurrentUser, team: TeamId) -> Response:
                                             "ORDER BY agent", (team,)).fetchall()]
     for a in agents:
         access.audit(db, user, "export_csv", a, {"team": team})
-    return Response(retention.metrics_csv(db, agents), media_type="text/csv",
-                    headers={"content-disposition": f'attachment; filename="{team}.csv"'})
+    return _streamed(settings, lambda d: retention.metrics_csv_chunks(d, agents),
+                     "text/csv; charset=utf-8",
+                     {"content-disposition": attachment(f"{team}.csv")})
 
 
 @router.get("/campaigns")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,7 +10,9 @@ from typing import Annotated, Any
 
 import sqlite_utils
 from fastapi import Depends, HTTPException, Request
-from fastapi.responses import Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from .. import db as store
@@ -21,13 +24,37 @@ TEMPLATES = Jinja2Templates(directory=str(Path(__file__).resolve().parent.parent
 
 
 def _datetime(ts: float | None) -> str:
-    """UTC date and time of a Unix timestamp (pages localise it client-side when they can)."""
+    """UTC date and time of a Unix timestamp (pages localise it client-side when they can).
+
+    A stored value no calendar date can show (infinite, out of range: a database written before
+    the API bounded timestamps) reads "?" rather than failing the whole page.
+    """
     if ts is None:
         return "—"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
+    except (OverflowError, OSError, ValueError, TypeError):
+        return "?"
 
 
 TEMPLATES.env.filters["datetime"] = _datetime
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+async def validation_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's 422 answer, with a non-finite number echoed from the request (``NaN``,
+    ``Infinity``: JSON has none) written as text instead of failing the answer with a 500."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    return JSONResponse(status_code=422, content={"detail": _finite(jsonable_encoder(errors))})
 
 
 def get_settings(request: Request) -> DashboardSettings:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
 
@@ -33,7 +33,13 @@ def home(request: Request, db: Db, user: CurrentUser, settings: Settings) -> Res
         "is_admin": user.role == "admin"})
 
 
-def _agent_context(db: Db, user: User, agent: str, self_view: bool) -> dict[str, Any]:
+AUDIT_PAGE = 100
+"""Audit entries listed per page of the agent view (older ones a link away)."""
+AuditBefore = Annotated[int | None, Query(ge=1, le=api.MAX_ID)]
+
+
+def _agent_context(db: Db, user: User, agent: str, self_view: bool,
+                   audit_before: int | None = None) -> dict[str, Any]:
     row = access.require_agent(db, user, agent)
     seat = db.conn.execute("SELECT box, label FROM seats WHERE agent = ?", (agent,)).fetchone()
     flags = list(db.query("SELECT * FROM flags WHERE agent = ? ORDER BY ts DESC LIMIT 100",
@@ -53,31 +59,34 @@ def _agent_context(db: Db, user: User, agent: str, self_view: bool) -> dict[str,
         "can_coach": user.supervises and not self_view,
         "metrics": [registry.describe(n, user.lang) for n in analytics.metric_names(db)],
         "outcomes": analytics.OUTCOMES, "now_ts": time.time(),
-        "audit": access.audit_entries(db, agent, 100) if show_audit else None,
+        "audit": access.audit_page(db, agent, AUDIT_PAGE, audit_before) if show_audit else None,
     }
 
 
 @router.get("/agents/{agent}")
-def agent_page(request: Request, db: Db, user: CurrentUser, agent: str) -> Response:
+def agent_page(request: Request, db: Db, user: CurrentUser, agent: str,
+               audit_before: AuditBefore = None) -> Response:
     """An agent's shift, calls, flags and goals (audited)."""
     require_role(user, "admin", "supervisor")
-    ctx = _agent_context(db, user, agent, self_view=False)
+    ctx = _agent_context(db, user, agent, self_view=False, audit_before=audit_before)
     access.audit(db, user, "view_agent", agent)
     return render(request, "agent.html", ctx)
 
 
 @router.get("/me")
-def me_page(request: Request, db: Db, user: CurrentUser) -> Response:
+def me_page(request: Request, db: Db, user: CurrentUser,
+            audit_before: AuditBefore = None) -> Response:
     """The agent's own view: what supervisors see, who looked, the private switch."""
     require_role(user, "agent")
-    context = _agent_context(db, user, user.agent or "", True)
+    context = _agent_context(db, user, user.agent or "", True, audit_before)
     context["private_unsent"] = request.query_params.get("sent") == "0"
     return render(request, "agent.html", context)
 
 
 @router.post("/agents/{agent}/flags")
 def flag_form(request: Request, db: Db, user: CurrentUser, agent: str,
-              ts: Annotated[float, Form()], note: Annotated[str, Form(max_length=2000)] = "",
+              ts: Annotated[float, Form(**api.TS_BOUNDS)],
+              note: Annotated[str, Form(max_length=2000)] = "",
               shared: Annotated[str, Form(max_length=4)] = "") -> Response:
     """Flag a moment from the agent page."""
     api.add_flag(db, user, agent, api.FlagIn(ts=ts, note=note, shared=bool(shared)))
@@ -95,7 +104,7 @@ def goal_form(request: Request, db: Db, user: CurrentUser, agent: str,
 
 
 @router.post("/calls/{call_id}/outcome")
-def outcome_form(request: Request, db: Db, user: CurrentUser, call_id: int,
+def outcome_form(request: Request, db: Db, user: CurrentUser, call_id: api.RowId,
                  outcome: Annotated[str, Form(max_length=16)],
                  next: Annotated[str, Form(max_length=512)] = "/") -> Response:
     """Tag a call's outcome from a page."""
@@ -204,11 +213,11 @@ def assign_form(request: Request, db: Db, user: CurrentUser, campaign: str,
                 agent: Annotated[str, Form(max_length=64)],
                 variant: Annotated[str, Form(max_length=12)] = "") -> Response:
     """Put an agent on the campaign and a variant."""
-    try:
-        chosen = int(variant) if variant.strip() else None
+    try:  # a ValidationError is a ValueError: an id out of range is a 422 too
+        body = api.AssignIn(agent=agent, variant=int(variant) if variant.strip() else None)
     except ValueError:
         raise HTTPException(status_code=422, detail="variant must be an id") from None
-    api.assign_agent(db, user, campaign, api.AssignIn(agent=agent, variant=chosen))
+    api.assign_agent(db, user, campaign, body)
     return RedirectResponse(f"/campaigns/{campaign}", status_code=303)
 
 

@@ -40,12 +40,25 @@ def _scope(db_path: Any, username: str, token: str | None, idle_s: float) -> set
         db.conn.close()
 
 
-def _snapshot(db_path: Any, site: str, allowed: set[str] | None) -> dict[str, Any]:
+def _agents(db_path: Any, username: str) -> list[str] | None:
+    """The agents whose rows ``username`` may see (None means all)."""
+    db = store.open_db(db_path)
+    try:
+        return access.visible_agents(db, access.load_user(db, username))
+    finally:
+        db.conn.close()
+
+
+def _snapshot(db_path: Any, site: str, allowed: set[str] | None,
+              agents: list[str] | None) -> dict[str, Any]:
+    """The boxes of ``allowed``, each with its latest metrics and talk-state history from the
+    rows of ``agents`` only (a seat's previous agent may be out of the reader's scope)."""
     db = store.open_db(db_path)
     try:
         boxes = [b for b in store.boxes_with_latest(db) if allowed is None or b["box"] in allowed]
+        access.hide_foreign_latest(db, agents, boxes)
         for box in boxes:
-            box["history"] = store.recent_talk_states(db, box["box"], HISTORY)
+            box["history"] = access.talk_history(db, agents, box["box"], HISTORY)
         return {"site": site, "now": time.time(), "boxes": boxes}
     finally:
         db.conn.close()
@@ -106,7 +119,8 @@ async def stream(request: Request) -> StreamingResponse:
         except HTTPException:
             return
         scoped_at = time.monotonic()
-        snap = await run_in_threadpool(_snapshot, settings.db_path, settings.site, allowed)
+        agents = await run_in_threadpool(_agents, settings.db_path, username)
+        snap = await run_in_threadpool(_snapshot, settings.db_path, settings.site, allowed, agents)
         yield f"retry: {RETRY_MS}\n\n"
         yield sse("snapshot", snap)
         while not await request.is_disconnected():

@@ -15,8 +15,8 @@
   const COLOURS = ["#2f6fdb", "#1f9d6b", "#e0702a", "#7a4cc2", "#b3261e", "#1f3a5f"];
 
   for (const tm of document.querySelectorAll("time[data-ts]")) {
-    const ts = parseFloat(tm.dataset.ts);
-    if (!isNaN(ts)) tm.textContent = new Date(ts * 1000).toLocaleString(T.lang === "en" ? "en-GB" : "fr-FR");
+    const when = new Date(parseFloat(tm.dataset.ts) * 1000);  // "?" from the server stays
+    if (!isNaN(when.getTime())) tm.textContent = when.toLocaleString(T.lang === "en" ? "en-GB" : "fr-FR");
   }
 
   function pick(ts) {
@@ -41,6 +41,13 @@
       charts.appendChild(p);
       body.dataset.chartsReady = "1";
       return;
+    }
+    if (data.truncated) {  // more rows than the API answers: the oldest are left out
+      const p = document.createElement("p");
+      p.className = "muted";
+      p.id = "charts-truncated";
+      p.textContent = t("agent.truncated") + " " + MiroirCharts.fmtTime(rows[0].ts);
+      charts.appendChild(p);
     }
     const t0 = rows[0].ts, t1 = rows[rows.length - 1].ts;
     const onPick = flagTs ? pick : null;

@@ -1,0 +1,495 @@
+"""Dashboard JSON API: whose data a read is audited on, live views after a seat changes hands,
+input bounds, streamed exports, campaign writes, the agent's audit view, aggregates."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from dashboard import db as store
+from dashboard import schema
+from dashboard.app import create_app
+from dashboard.settings import DashboardSettings
+from tests._fixtures_dashboard import (
+    ADMIN_PASSWORD,
+    USER_PASSWORD,
+    client_login,
+    csrf_of,
+    make_settings,
+    seed_org,
+)
+
+
+@pytest.fixture
+def org(tmp_path: Path) -> tuple[DashboardSettings, dict[str, Any]]:
+    settings = make_settings(tmp_path)
+    return settings, seed_org(settings)
+
+
+def client(settings: DashboardSettings, **kw: Any) -> TestClient:
+    return TestClient(create_app(settings, start_ingest=False), base_url="https://testserver",
+                      follow_redirects=False, **kw)
+
+
+def login_as(c: TestClient, user: str, org_data: dict[str, Any]) -> None:
+    password = ADMIN_PASSWORD if user == "admin" else USER_PASSWORD
+    r = client_login(c, user, password, org_data["secrets"].get(user))
+    assert r.status_code == 303 and r.headers["location"] == "/", r.text
+
+
+def csrf_header(c: TestClient) -> dict[str, str]:
+    page = c.get("/", follow_redirects=True)
+    return {"x-csrf-token": csrf_of(page.text)}
+
+
+def query(settings: DashboardSettings, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    db = store.open_db(settings.db_path)
+    try:
+        return list(db.conn.execute(sql, args).fetchall())
+    finally:
+        db.conn.close()
+
+
+def reseat(settings: DashboardSettings, box: str, agent: str, team: str | None = None) -> None:
+    db = store.open_db(settings.db_path)
+    try:
+        if team is None:
+            with db.conn:
+                schema.assign_seat(db, box, agent)
+        else:
+            schema.import_inventory(db, [{"box": box, "agent": agent, "team": team}],
+                                    site=settings.site)
+    finally:
+        db.conn.close()
+
+
+# ------------------------------------------------------------- box reads after re-seating
+def test_a_box_read_is_audited_on_the_agents_whose_rows_were_read(org: Any) -> None:
+    """box-a1 goes to agent-a2: the 240 rows sup-a reads there are agent-a1's, and the read is
+    in agent-a1's audit view, not agent-a2's."""
+    settings, data = org
+    reseat(settings, "box-a1", "agent-a2")
+    with client(settings) as c:
+        login_as(c, "sup-a", data)
+        rows = c.get("/api/boxes/box-a1/metrics", params={"limit": 5000}).json()["metrics"]
+        assert len(rows) == 240
+    entries = query(settings, "SELECT agent, detail FROM audit_log "
+                              "WHERE action = 'read_box_metrics'")
+    assert [(a, json.loads(d)["rows"]) for a, d in entries] == [("agent-a1", 240)]
+    with client(settings) as c:
+        login_as(c, "amina", data)
+        seen = c.get("/api/agents/agent-a1/audit").json()["entries"]
+        assert [(e["actor"], e["action"]) for e in seen] == [("sup-a", "read_box_metrics")]
+
+
+def test_the_live_views_hide_the_previous_agents_rows_after_a_seat_changes_hands(
+        org: Any) -> None:
+    """box-b1 (team B's agent-b1) goes to agent-a3 of team A: sup-a sees the seat but neither
+    agent-b1's latest metrics in /api/boxes nor their talk states in the stream's snapshot, as
+    /api/boxes/box-b1/metrics gives no row; the admin still sees them."""
+    from dashboard import access
+    from dashboard.routes import stream
+
+    settings, data = org
+    reseat(settings, "box-b1", "agent-a3", team="team-a")
+    with client(settings) as c:
+        login_as(c, "sup-a", data)
+        boxes = {b["box"]: b for b in c.get("/api/boxes").json()["boxes"]}
+        assert boxes["box-b1"]["metrics"] is None
+        assert boxes["box-a1"]["metrics"]["seq"] == 240  # the team's own seats are untouched
+        assert c.get("/api/boxes/box-b1/metrics").json()["metrics"] == []
+    with client(settings) as c:
+        login_as(c, "admin", data)
+        boxes = {b["box"]: b for b in c.get("/api/boxes").json()["boxes"]}
+        assert boxes["box-b1"]["metrics"]["seq"] == 240
+    db = store.open_db(settings.db_path)
+    try:
+        user = access.load_user(db, "sup-a")
+        allowed, agents = access.visible_boxes(db, user), access.visible_agents(db, user)
+    finally:
+        db.conn.close()
+    snap = {b["box"]: b for b in stream._snapshot(settings.db_path, settings.site, allowed,
+                                                    agents)["boxes"]}
+    assert snap["box-b1"]["metrics"] is None and snap["box-b1"]["history"] == []
+    assert len(snap["box-a1"]["history"]) == stream.HISTORY
+    full = stream._snapshot(settings.db_path, settings.site, None, None)["boxes"]
+    assert len(next(b for b in full if b["box"] == "box-b1")["history"]) == stream.HISTORY
+
+
+# ------------------------------------------------------------------------- timestamps
+def test_flag_and_call_timestamps_must_be_finite_and_between_2020_and_2100(org: Any) -> None:
+    """NaN, Infinity, 1e300 or 1.0 as a flag's or a call's time is a 422 (the stored value broke
+    the agent's pages with a 500); values already stored show "?" on the pages."""
+    settings, data = org
+    with client(settings, raise_server_exceptions=False) as c:
+        login_as(c, "sup-a", data)
+        hdr = csrf_header(c)
+        as_json = {**hdr, "content-type": "application/json"}
+        for raw in (b"NaN", b"Infinity", b"-Infinity", b"1e300", b"1.0", b"4102444801"):
+            r = c.post("/api/agents/agent-a1/flags", headers=as_json,
+                       content=b'{"ts": ' + raw + b', "note": "x"}')
+            assert r.status_code == 422, (raw, r.status_code, r.text)
+            assert r.json()["detail"][0]["loc"] == ["body", "ts"]
+            r = c.post("/api/calls", headers=as_json,
+                       content=b'{"agent": "agent-a2", "start_ts": ' + raw + b'}')
+            assert r.status_code == 422, (raw, r.status_code, r.text)
+            r = c.post("/api/calls", headers=as_json, content=(
+                b'{"agent": "agent-a2", "start_ts": 1800000000, "end_ts": ' + raw + b'}'))
+            assert r.status_code == 422, (raw, r.status_code, r.text)
+        for raw_ts in ("nan", "inf", "1e300"):
+            r = c.post("/agents/agent-a1/flags", data={"ts": raw_ts, "csrf": hdr["x-csrf-token"]})
+            assert r.status_code == 422, raw_ts
+        now = time.time()
+        assert c.post("/api/agents/agent-a1/flags", json={"ts": now}, headers=hdr
+                      ).status_code == 201
+        assert c.post("/api/calls", json={"agent": "agent-a2", "start_ts": now, "end_ts": now},
+                      headers=hdr).status_code == 201
+        assert not query(settings, "SELECT id FROM flags WHERE ts > 4102444800 OR ts < 1577836800")
+
+        db = store.open_db(settings.db_path)  # a database written before the bounds
+        with db.conn:
+            for bad in (1e300, float("inf"), float("-inf")):
+                db.conn.execute("INSERT INTO flags (agent, box, ts, note, author, created_ts, "
+                                "shared) VALUES ('agent-a1', 'box-a1', ?, 'x', 'sup-a', ?, 1)",
+                                (bad, bad))
+                db.conn.execute("INSERT INTO calls (agent, box, start_ts, end_ts) VALUES "
+                                "('agent-a2', 'box-a2', ?, ?)", (bad, bad))
+        db.conn.close()
+        for path in ("/agents/agent-a1", "/agents/agent-a2", "/teams/team-a"):
+            r = c.get(path)
+            assert r.status_code == 200, path
+        assert ">?<" in c.get("/agents/agent-a2").text.replace(" ", "")
+    with client(settings, raise_server_exceptions=False) as c:
+        login_as(c, "amina", data)
+        assert c.get("/me").status_code == 200
+
+
+# ---------------------------------------------------------------------------- exports
+def _fill_metrics(settings: DashboardSettings, agent: str, box: str, rows: int) -> None:
+    """``rows`` more per-second rows of ``agent`` at ``box``, before those it has."""
+    from dashboard import analytics
+
+    db = store.open_db(settings.db_path)
+    try:
+        names = analytics.metric_names(db)
+        first, seq = db.conn.execute("SELECT min(ts), max(seq) FROM metrics WHERE box = ?",
+                                     (box,)).fetchone()
+        start = first - 1 - rows
+        with db.conn:
+            db.conn.execute("UPDATE seat_history SET from_ts = ? WHERE agent = ?",
+                            (start - 1, agent))
+            db.conn.executemany(
+                f"INSERT INTO metrics (box, seq, ts, ingested_ts, talk_state, {', '.join(names)}) "
+                f"VALUES (?, ?, ?, ?, 'agent', {', '.join('?' for _ in names)})",
+                ((box, seq + 1 + i, start + i, start + i, *[0.123456 + i % 7 for _ in names])
+                 for i in range(rows)))
+    finally:
+        db.conn.close()
+
+
+def _export_peak(settings: DashboardSettings) -> tuple[int, int]:
+    """Bytes of agent-a1's JSON export and the peak of Python memory while draining it."""
+    import tracemalloc
+
+    from dashboard import retention
+
+    total = 0
+    tracemalloc.start()
+    try:
+        for chunk in retention.stream_export(
+                settings.db_path, lambda d: retention.agent_export_chunks(d, "agent-a1")):
+            total += len(chunk)
+        return total, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_exports_are_streamed_from_sqlite_in_pages_with_flat_memory(
+        org: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CSV and JSON exports come as a stream (no content-length: the body is written as it
+    is read, EXPORT_BATCH_ROWS at a time) with the in-memory export's content; draining 4 times
+    more rows does not take more memory."""
+    import pydantic_core
+
+    from dashboard import retention
+
+    settings, data = org
+    monkeypatch.setattr(retention, "EXPORT_BATCH_ROWS", 100)
+    _fill_metrics(settings, "agent-a1", "box-a1", 1000)
+    db = store.open_db(settings.db_path)
+    try:
+        expected = json.loads(pydantic_core.to_json(retention.agent_export(db, "agent-a1"),
+                                                    inf_nan_mode="null"))
+        expected_csv = retention.metrics_csv(db, ["agent-a1"])
+    finally:
+        db.conn.close()
+    with client(settings) as c:
+        login_as(c, "amina", data)
+        r = c.get("/api/agents/agent-a1/export.json")
+        assert r.status_code == 200 and "content-length" not in r.headers
+        assert r.headers["content-type"] == "application/json"
+        assert json.loads(r.content) == expected and len(expected["metrics"]) == 1240
+        r = c.get("/api/agents/agent-a1/export.csv")
+        assert r.status_code == 200 and "content-length" not in r.headers
+        assert r.text == expected_csv and len(expected_csv.splitlines()) == 1241
+    with client(settings) as c:
+        login_as(c, "sup-a", data)
+        r = c.get("/api/teams/team-a/export.csv")
+        assert r.status_code == 200 and "content-length" not in r.headers
+        assert len(r.text.splitlines()) == 1 + 1240 + 240
+
+    monkeypatch.setattr(retention, "EXPORT_BATCH_ROWS", 500)
+    _fill_metrics(settings, "agent-a1", "box-a1", 4000)
+    small, small_peak = _export_peak(settings)
+    _fill_metrics(settings, "agent-a1", "box-a1", 16_000)
+    large, large_peak = _export_peak(settings)
+    assert large > 3.5 * small and large > 10_000_000
+    assert large_peak < 1.5 * small_peak, (small, small_peak, large, large_peak)
+
+
+# -------------------------------------------------------------------------- campaigns
+def test_calls_go_only_into_campaigns_the_user_may_change_and_every_write_is_audited(
+        org: Any) -> None:
+    """sup-a may see but not change the admin's team-less camp-all: a call into it, by campaign
+    or by variant, is a 404 (20 such 'meeting' calls used to move its comparison); the agent's
+    current camp-all is left off sup-a's calls. Recording a call, re-tagging it, its outcome and
+    a new variant are in the audit log with their author, in new created_by columns."""
+    settings, data = org
+    with client(settings) as admin:
+        login_as(admin, "admin", data)
+        ha = csrf_header(admin)
+        r = admin.post("/api/campaigns", headers=ha, json={
+            "campaign": "camp-all", "name": "Site-wide", "variants": [{"name": "A"},
+                                                                      {"name": "B"}]})
+        assert r.status_code == 201
+        vb = r.json()["variants"][1]["id"]
+        assert admin.post("/api/campaigns/camp-all/assign", headers=ha,
+                          json={"agent": "agent-a2", "variant": vb}).status_code == 200
+    now = time.time()
+    with client(settings) as sup:
+        login_as(sup, "sup-a", data)
+        hs = csrf_header(sup)
+        calls_before = query(settings, "SELECT count(*) FROM calls")[0][0]
+        for body in ({"campaign": "camp-all", "variant": vb}, {"campaign": "camp-all"},
+                     {"variant": vb}):
+            r = sup.post("/api/calls", headers=hs,
+                         json={"agent": "agent-a1", "start_ts": now, **body})
+            assert r.status_code == 404, body
+        assert query(settings, "SELECT count(*) FROM calls")[0][0] == calls_before
+        # agent-a2 is on camp-all: sup-a's call for them is recorded, without the campaign
+        r = sup.post("/api/calls", headers=hs, json={"agent": "agent-a2", "start_ts": now})
+        assert r.status_code == 201
+        assert query(settings, "SELECT campaign, variant, created_by FROM calls WHERE id = ?",
+                     r.json()["id"]) == [(None, None, "sup-a")]
+
+        r = sup.post("/api/calls", headers=hs, json={"agent": "agent-a1", "start_ts": now,
+                                                     "campaign": "camp-a", "variant": 1})
+        assert r.status_code == 201
+        call = r.json()["id"]
+        assert sup.post(f"/api/calls/{call}/variant", headers=hs,
+                        json={"variant": 2}).status_code == 200
+        assert sup.post(f"/api/calls/{call}/outcome", headers=hs,
+                        json={"outcome": "meeting"}).status_code == 200
+        r = sup.post("/api/campaigns/camp-a/variants", headers=hs, json={"name": "Nouveau"})
+        assert r.status_code == 201
+        variant = r.json()["id"]
+    assert query(settings, "SELECT created_by FROM calls WHERE id = ?", call) == [("sup-a",)]
+    assert query(settings, "SELECT created_by FROM variants WHERE id = ?", variant) == [("sup-a",)]
+    entries = [(actor, agent, action, json.loads(detail)) for actor, agent, action, detail in query(
+        settings, "SELECT actor, agent, action, detail FROM audit_log WHERE actor = 'sup-a' "
+                  "AND action IN ('call_create', 'call_variant', 'call_outcome', "
+                  "'variant_create') ORDER BY id")]
+    assert [(e[1], e[2]) for e in entries] == [
+        ("agent-a2", "call_create"), ("agent-a1", "call_create"), ("agent-a1", "call_variant"),
+        ("agent-a1", "call_outcome"), (None, "variant_create")]
+    assert entries[1][3] == {"call": call, "campaign": "camp-a", "variant": 1}
+    assert entries[2][3]["variant"] == 2 and entries[2][3]["was"]["variant"] == 1
+    assert entries[4][3] == {"campaign": "camp-a", "variant": variant, "name": "Nouveau"}
+    with client(settings) as c:  # the agent sees who recorded and re-tagged their calls
+        login_as(c, "amina", data)
+        page = c.get("/me").text
+        assert "a enregistré un appel" in page and "a changé la variante d&#39;un appel" in page
+
+
+def test_a_database_without_the_author_columns_gets_them(org: Any) -> None:
+    settings, _ = org
+    db = store.open_db(settings.db_path)
+    try:
+        for table in ("calls", "variants"):
+            db.conn.execute(f"ALTER TABLE {table} DROP COLUMN created_by")
+        calls = db.conn.execute("SELECT count(*) FROM calls").fetchone()[0]
+        schema.ensure_schema(db)
+        schema.ensure_schema(db)
+        for table in ("calls", "variants"):
+            assert "created_by" in db.table(table).columns_dict
+        assert db.conn.execute("SELECT count(*) FROM calls").fetchone()[0] == calls
+    finally:
+        db.conn.close()
+
+
+# ------------------------------------------------------------------ the agent's audit view
+def test_a_flood_of_reads_cannot_hide_an_export_from_the_agent(org: Any) -> None:
+    """sup-a exports agent-a1's metrics, then reads the goals 250 times: the agent's view (API
+    and /me) counts each kind of access in a summary where the export stays, says how many
+    entries there are, and pages back to the export."""
+    settings, data = org
+    with client(settings) as sup:
+        login_as(sup, "sup-a", data)
+        assert sup.get("/api/agents/agent-a1/export.csv").status_code == 200
+        for _ in range(250):
+            assert sup.get("/api/agents/agent-a1/goals").status_code == 200
+    with client(settings) as c:
+        login_as(c, "amina", data)
+        page = c.get("/api/agents/agent-a1/audit").json()
+        assert len(page["entries"]) == 200 and page["total"] == 251 and page["more"]
+        summary = {(s["actor"], s["action"]): s["count"] for s in page["summary"]}
+        assert summary == {("sup-a", "export_csv"): 1, ("sup-a", "read_goals"): 250}
+        seen, before = [], None
+        while True:
+            params = {"limit": 100} | ({"before": before} if before else {})
+            page = c.get("/api/agents/agent-a1/audit", params=params).json()
+            seen += page["entries"]
+            if not page["more"]:
+                break
+            before = page["next_before"]
+        assert len(seen) == 251 and len({e["id"] for e in seen}) == 251
+        assert seen[-1]["action"] == "export_csv"
+        assert c.get("/api/agents/agent-a1/audit", params={"before": 2**64}).status_code == 422
+
+        html = c.get("/me").text
+        assert html.count('class="audit-entry"') == 100 and "(100 / 251)" in html
+        assert "a exporté les mesures" in html  # in the summary
+        older = html.split('id="audit-older" href="')[1].split('"')[0].replace("&amp;", "&")
+        while older:
+            html = c.get("/me" + older.split("#")[0]).text
+            older = (html.split('id="audit-older" href="')[1].split('"')[0]
+                     if 'id="audit-older"' in html else "")
+        assert html.count('class="audit-entry"') == 51
+        assert html.split('id="audit-list"')[1].count("a exporté les mesures") == 1
+
+
+# ---------------------------------------------------------------------- agent metrics
+def test_an_agent_window_with_too_many_rows_keeps_the_newest_and_says_so(
+        org: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With more rows than the API answers (20,000; 100 here), the answer has the newest ones,
+    oldest first, and ``truncated``; the agent page has the sentence that says it."""
+    from dashboard import analytics
+
+    settings, data = org
+    with client(settings) as c:
+        login_as(c, "sup-a", data)
+        full = c.get("/api/agents/agent-a1/metrics").json()
+        assert len(full["rows"]) == 240 and full["truncated"] is False
+        monkeypatch.setattr(analytics, "MAX_METRIC_ROWS", 100)
+        cut = c.get("/api/agents/agent-a1/metrics").json()
+        assert cut["truncated"] is True and len(cut["rows"]) == 100
+        assert [r["seq"] for r in cut["rows"]] == [r["seq"] for r in full["rows"][-100:]]
+        assert "Trop de mesures pour les montrer toutes" in c.get("/agents/agent-a1").text
+
+
+# ------------------------------------------------------------------------- aggregates
+def test_a_team_aggregate_of_fewer_than_three_agents_is_withheld(org: Any) -> None:
+    """team-b has one agent: its 'aggregate' was agent-b1's own mean. Means of fewer than
+    MIN_GROUP_AGENTS agents are withheld; a team of three gets its mean."""
+    from dashboard.routes import api
+
+    settings, data = org
+    with client(settings) as c:
+        login_as(c, "auditrice", data)
+        agg = {(a["team"], a["metric"]): a for a in c.get("/api/aggregates").json()["aggregates"]}
+        for team, agents in (("team-a", 2), ("team-b", 1)):
+            a = agg[(team, "near_speech_ratio")]
+            assert a["mean"] is None and a["withheld"] == "too few agents"
+            assert a["agents"] == agents
+        assert "trop peu d&#39;agents" in c.get("/audit").text
+    assert api.MIN_GROUP_AGENTS == 3
+    reseat(settings, "box-b1", "agent-a3", team="team-a")  # a third agent of team A, seated
+    db = store.open_db(settings.db_path)
+    try:
+        with db.conn:  # rows of box-b1 from now on are agent-a3's
+            now = time.time()
+            db.conn.execute("INSERT INTO metrics (box, seq, ts, ingested_ts, near_speech_ratio) "
+                            "VALUES ('box-b1', 5000, ?, ?, 0.5)", (now, now))
+    finally:
+        db.conn.close()
+    with client(settings) as c:
+        login_as(c, "auditrice", data)
+        agg = {(a["team"], a["metric"]): a for a in c.get("/api/aggregates").json()["aggregates"]}
+        a = agg[("team-a", "near_speech_ratio")]
+        assert a["agents"] == 3 and a["withheld"] is None and 0 < a["mean"] < 1
+
+
+# ------------------------------------------------------------------------ hostile input
+def test_ids_beyond_sqlite_integers_are_a_4xx_not_a_500(org: Any) -> None:
+    """2**64 as a call, flag or goal id in a path or as a variant in a body was an
+    OverflowError (500) when bound to SQLite: now a 422; in range but unknown stays a 404."""
+    settings, data = org
+    big = 2**64
+    with client(settings, raise_server_exceptions=False) as c:
+        login_as(c, "sup-a", data)
+        hdr = csrf_header(c)
+        token = hdr["x-csrf-token"]
+        answers = {
+            "call": c.get(f"/api/calls/{big}").status_code,
+            "flag": c.get(f"/api/flags/{big}").status_code,
+            "goal": c.get(f"/api/goals/{big}").status_code,
+            "outcome": c.post(f"/api/calls/{big}/outcome", headers=hdr,
+                              json={"outcome": "meeting"}).status_code,
+            "retag": c.post(f"/api/calls/{big}/variant", headers=hdr,
+                            json={"variant": 1}).status_code,
+            "retag body": c.post("/api/calls/1/variant", headers=hdr,
+                                 json={"variant": big}).status_code,
+            "call body": c.post("/api/calls", headers=hdr, json={
+                "agent": "agent-a1", "start_ts": time.time(), "variant": big}).status_code,
+            "assign body": c.post("/api/campaigns/camp-a/assign", headers=hdr,
+                                  json={"agent": "agent-a1", "variant": big}).status_code,
+            "outcome form": c.post(f"/calls/{big}/outcome",
+                                   data={"outcome": "meeting", "csrf": token}).status_code,
+            "assign form": c.post("/campaigns/camp-a/assign", data={
+                "agent": "agent-a1", "variant": "-1", "csrf": token}).status_code,
+            # finite times only (a NaN was written into the audit entry's JSON)
+            "moment nan": c.get("/api/agents/agent-a1/moment?ts=nan").status_code,
+            "metrics inf": c.get("/api/agents/agent-a1/metrics?since_ts=inf").status_code,
+            "metrics until": c.get("/api/agents/agent-a1/metrics?until_ts=-inf").status_code,
+        }
+        assert {k: v for k, v in answers.items() if v != 422} == {}
+        assert c.get(f"/api/calls/{2**63 - 1}").status_code == 404
+        assert c.get("/api/flags/999999").status_code == 404
+
+
+# ------------------------------------------------------------------------- filenames
+def test_export_filenames_follow_rfc_6266_whatever_the_ids(org: Any) -> None:
+    """A team 'Équipe Θ' made its export a 500 (not Latin-1) and an agent id with a quote added
+    its own parameters to Content-Disposition: now an ASCII fallback and filename*=UTF-8''."""
+    from urllib.parse import quote, unquote
+
+    settings, data = org
+    evil = 'agent-c2"; filename=evil.html; x="'
+    db = store.open_db(settings.db_path)
+    try:
+        schema.import_inventory(db, [{"box": "box-c1", "agent": "agent-c1", "team": "Équipe Θ"},
+                                     {"box": "box-c2", "agent": evil, "team": "team-a"}],
+                                site=settings.site)
+    finally:
+        db.conn.close()
+    with client(settings) as c:
+        login_as(c, "admin", data)
+        for path, name in (("/api/teams/" + quote("Équipe Θ") + "/export.csv", "Équipe Θ.csv"),
+                           ("/api/agents/" + quote(evil) + "/export.csv", evil + ".csv"),
+                           ("/api/agents/agent-a1/export.csv", "agent-a1.csv")):
+            r = c.get(path)
+            assert r.status_code == 200, path
+            header = r.headers["content-disposition"]
+            assert header.isascii()
+            kind, plain, star = header.split("; ")
+            assert kind == "attachment" and plain.startswith('filename="')
+            assert plain.count('"') == 2 and ";" not in plain
+            assert star.startswith("filename*=UTF-8''")
+            assert unquote(star.removeprefix("filename*=UTF-8''")) == name
+        assert c.get("/api/agents/agent-a1/export.csv").headers["content-disposition"] == (
+            "attachment; filename=\"agent-a1.csv\"; filename*=UTF-8''agent-a1.csv")
