@@ -83,6 +83,7 @@ class Box:
                               settings.vad_min_speech_ms, settings.vad_min_silence_ms)
             affect = None
             blocked = None
+            self.affect_state = "on" if settings.affect_enabled else "off"
             if settings.affect_enabled and settings.capture_device is not None:
                 # the line must be the line: swapped channels would read the agent's emotions
                 from edge.installcheck import verified
@@ -91,11 +92,9 @@ class Box:
                                    settings.capture_far_device)
                 if blocked is not None:
                     log.error("the prospect affect model stays off: %s", blocked)
+                    self.affect_state = "blocked"
             if settings.affect_enabled and blocked is None:  # the campaign discloses it: far only
-                from edge.affect import AffectConfig, AffectModel, AffectStage
-
-                config = AffectConfig(enabled=True, backend=settings.model_backend)
-                affect = AffectStage(AffectModel(config.backend), config)
+                affect = self._affect_stage(settings)
             campaign = None
             if settings.campaign_file is not None:
                 from edge.campaign import load as load_campaign
@@ -110,6 +109,7 @@ class Box:
                                 agent_baseline=saved.agent, fatigue_baseline=saved.fatigue)
         else:
             self._learned_ts = None
+            self.affect_state = "off"
         self._expired = False
         self._expired_shift = 0
         self.pipeline: Callable[[Any], Iterable[_Message]] = pipeline
@@ -157,6 +157,20 @@ class Box:
             log.info("private mode was on when the box stopped: it stays on")
             self._apply({"action": "private_on"})
 
+    def _affect_stage(self, settings: EdgeSettings) -> Any:
+        """The prospect affect stage, or None (``affect_state`` "failed") if its model will not
+        load: an optional stage never stops the box's other metrics."""
+        from edge.affect import AffectConfig, AffectModel, AffectStage
+        from models.build import ModelError
+
+        config = AffectConfig(enabled=True, backend=settings.model_backend)
+        try:
+            return AffectStage(AffectModel(config.backend), config)
+        except (ModelError, OSError, ValueError, RuntimeError) as exc:
+            log.error("the prospect affect model stays off: %s", exc)
+            self.affect_state = "failed"
+            return None
+
     @property
     def identifying(self) -> bool:
         """True for :data:`IDENTIFY_S` after an ``identify`` command (blink the LED)."""
@@ -172,7 +186,7 @@ class Box:
                 "outbox_depth": self.outbox.depth(), "dropped": self.outbox.dropped,
                 "private": self.private, "call_state": self._shown_call_state,
                 "cmd_refused": self.cmd_refused, "reload_refused": self.reload_refused,
-                "pipeline_errors": self.pipeline_errors,
+                "pipeline_errors": self.pipeline_errors, "affect_state": self.affect_state,
                 **getattr(self.pipeline, "input_counts", dict)(), **self.source_status()}
 
     def submit(self, messages: Iterable[_Message]) -> int:

@@ -43,6 +43,9 @@ CUE_UNITS = ("ratio", "s", "db", "index", "answers")
 STATUS_STATES = ("online", "offline")
 CMD_ACTIONS = ("private_on", "private_off", "identify", "reload", "resend", "call_state")
 CALL_STATES = ("idle", "active", "hold")
+AFFECT_STATES = ("off", "on", "blocked", "failed")
+"""The prospect affect stage: not enabled, running, kept off by the install check (the channels
+may be swapped), or its model would not load."""
 CHANNELS = ("near", "far")
 
 _num = (int, float)
@@ -128,6 +131,7 @@ ALLOWED_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
         "cmd_refused": (int,),
         "reload_refused": (int,),
         "pipeline_errors": (int,),
+        "affect_state": (str,),
         # Fleet health for site IT (edge/health.py).
         "cert_days_left": _num,
         "cpu_temp_c": _num,
@@ -205,6 +209,7 @@ _ENUMS: dict[str, tuple[str, ...]] = {
     "state": STATUS_STATES,
     "action": CMD_ACTIONS,
     "call_state": CALL_STATES,
+    "affect_state": AFFECT_STATES,
     "cue": CUE_IDS,
     "severity": CUE_SEVERITIES,
     "evidence_unit": CUE_UNITS,

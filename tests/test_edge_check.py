@@ -87,7 +87,7 @@ def test_the_affect_model_runs_only_on_channels_a_check_verified(
     settings = EdgeSettings(site="site-a", box="box-a", broker_port=9, state_dir=state,
                             capture_device="miroir_headset", affect_enabled=True)
     box = Box(settings, load_vad_model(), version="test")
-    assert box.pipeline.affect is None  # no check yet
+    assert box.pipeline.affect is None and box.affect_state == "blocked"  # no check yet
     box.outbox.close()
     agent, line = recording(ami_pair)
     raw = write_raw(tmp_path / "headset.raw", *((line, agent) if swap else (agent, line)))
@@ -103,9 +103,38 @@ def test_the_affect_model_runs_only_on_channels_a_check_verified(
     assert verdict["swapped"] is swap and verdict["device"] == "miroir_headset"
     box = Box(settings, load_vad_model(), version="test")
     assert (box.pipeline.affect is not None) is not swap
+    assert box.affect_state == ("blocked" if swap else "on")
     box.outbox.close()
     other = Box(EdgeSettings(site="site-a", box="box-a", broker_port=9, state_dir=state,
                              capture_device="another_headset", affect_enabled=True),
                 load_vad_model(), version="test")
     assert other.pipeline.affect is None  # a check of other devices says nothing of these
     other.outbox.close()
+
+
+def test_an_affect_model_that_will_not_load_leaves_the_box_running(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A damaged affect model file (its checksum no longer the manifest's): the box starts
+    without the optional stage and says so in its status (it exited, and systemd gave up on it
+    after ten restarts: no metrics at all)."""
+    from edge.box import Box
+    from edge.settings import EdgeSettings
+    from miroir import wire
+    from models import build
+
+    real = build.manifest()
+    damaged = {**real, "affect_int8_tflite": {**real["affect_int8_tflite"], "sha256": "0" * 64}}
+    monkeypatch.setattr(build, "manifest", lambda: damaged)
+    settings = EdgeSettings(site="site-a", box="box-a", broker_port=9, state_dir=tmp_path / "s",
+                            affect_enabled=True)
+    box = Box(settings, load_vad_model(), version="test")
+    try:
+        assert box.pipeline.affect is None and box.affect_state == "failed"
+        status = wire.status_message("site-a", "box-a", "online", 1.0, **box.status_fields())
+        assert status["affect_state"] == "failed"
+    finally:
+        box.outbox.close()
+    monkeypatch.setattr(build, "manifest", lambda: real)
+    box = Box(settings, load_vad_model(), version="test")
+    assert box.pipeline.affect is not None and box.affect_state == "on"
+    box.outbox.close()
