@@ -27,6 +27,10 @@ from miroir.files import atomic_write
 log = logging.getLogger(__name__)
 
 THERMAL_ZONE = Path("/sys/class/thermal/thermal_zone0/temp")
+THROTTLED_FILE = Path("/sys/devices/platform/soc/soc:firmware/get_throttled")
+"""The Pi firmware's throttling flags in hex (Raspberry Pi kernels): readable in the service's
+sandbox, where ``vcgencmd`` cannot reach ``/dev/vcio``."""
+TIMESYNC_DIR = Path("/run/systemd/timesync")
 HEARTBEAT_FILE = "heartbeat.json"
 _TIME_ERROR = 5
 _STA_NANO = 0x2000
@@ -52,14 +56,20 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
-def clock_facts() -> dict[str, Any]:
-    """``clock_synced`` and ``clock_offset_ms`` from the kernel's NTP state (read only)."""
+def clock_facts(timesync_dir: Path = TIMESYNC_DIR) -> dict[str, Any]:
+    """``clock_synced`` and ``clock_offset_ms`` from the kernel's NTP state (read only).
+
+    The box's service may not call ``adjtimex`` (``ProtectClock=yes`` forbids the whole call,
+    even reading): then ``clock_synced`` comes from systemd-timesyncd's flag file, with no offset.
+    """
     try:
         tx = _Timex()  # modes = 0: read only
         state = _libc().adjtimex(ctypes.byref(tx))
     except (OSError, AttributeError):
-        return {}
+        state = -1
     if state < 0:
+        if timesync_dir.is_dir():  # timesyncd runs: it touches the file once it has synchronized
+            return {"clock_synced": (timesync_dir / "synchronized").exists()}
         return {}
     scale = 1e6 if tx.status & _STA_NANO else 1e3
     return {"clock_synced": state != _TIME_ERROR, "clock_offset_ms": round(tx.offset / scale, 3)}
@@ -73,8 +83,13 @@ def cpu_temp_c(path: Path = THERMAL_ZONE) -> float | None:
         return None
 
 
-def throttled() -> bool | None:
-    """True if the Pi is under-volted or throttled right now (``vcgencmd get_throttled``)."""
+def throttled(flags_file: Path = THROTTLED_FILE) -> bool | None:
+    """True if the Pi is under-volted or throttled right now (the firmware's flags, from sysfs or
+    ``vcgencmd get_throttled``); None where neither is there."""
+    try:
+        return bool(int(flags_file.read_text().strip(), 16) & _THROTTLED_NOW_MASK)
+    except (OSError, ValueError):
+        pass
     exe = shutil.which("vcgencmd")
     if exe is None:
         return None

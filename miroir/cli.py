@@ -104,7 +104,11 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     from edge.campaign import CampaignError
     from edge.outbox import await_clock
+    from edge.watchdog import Notifier
 
+    if cfg.clock_wait_s > 0:  # systemd's start timeout must not kill the wait (nor loop on it)
+        Notifier().notify(f"EXTEND_TIMEOUT_USEC={int((cfg.clock_wait_s + 60.0) * 1e6)}",
+                          "STATUS=waiting for NTP before numbering messages from the clock")
     await_clock(cfg.state_dir / "outbox.sqlite", cfg.clock_wait_s)
     try:
         box = Box(cfg, load_vad_model(cfg.model_backend), version=__version__)

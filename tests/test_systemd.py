@@ -94,3 +94,14 @@ def test_box_unit_has_the_promised_settings() -> None:
     allowed = [line for line in text.splitlines() if line.startswith("IPAddressAllow=")]
     # loopback only (paho's wake-up socket pair); the broker's address is per box, in a drop-in
     assert allowed == ["IPAddressAllow=127.0.0.1"], allowed
+
+
+def test_the_panel_works_in_a_writable_directory_of_its_sandbox() -> None:
+    """gpiozero's lgpio backend makes a pipe in its working directory (LG_WD): under
+    ProtectSystem=strict the default, /, is read-only and the panel failed at start (gpiozero
+    issues 1106 and 1130). Its directory is the service's private /tmp, and every GPIO chip is
+    allowed (a Pi 5's header is not always gpiochip0)."""
+    lines = (SYSTEMD / "miroir-panel.service").read_text().splitlines()
+    assert "ProtectSystem=strict" in lines and "PrivateTmp=yes" in lines
+    assert "WorkingDirectory=/tmp" in lines and "Environment=LG_WD=/tmp" in lines
+    assert "DeviceAllow=char-gpiochip rw" in lines

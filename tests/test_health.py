@@ -1,0 +1,87 @@
+"""Box health facts as the box's sandboxed service reads them: the clock's sync state where the
+service may not call ``adjtimex`` (a real process under strace's fault injection, as
+``ProtectClock=yes`` denies it), the Pi's throttling flags from sysfs, and the start timeout
+extended while a new box waits for NTP (a real ``miroir edge run`` and a notify socket)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import numpy as np
+
+from edge import health
+
+REPO = Path(__file__).resolve().parents[1]
+DENIED = ["strace", "-f", "-qq", "-o", os.devnull, "-e", "trace=adjtimex,clock_adjtime",
+          "-e", "inject=adjtimex,clock_adjtime:error=EPERM"]
+"""Run a command with adjtimex and clock_adjtime failing as the unit's seccomp filter makes them."""
+
+
+def _facts_denied(timesync_dir: Path) -> dict:
+    code = ("import json; from pathlib import Path; from edge.health import clock_facts; "
+            f"print(json.dumps(clock_facts(Path({str(timesync_dir)!r}))))")
+    out = subprocess.run([*DENIED, sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+    return json.loads(out.stdout)
+
+
+def test_the_clock_state_comes_from_timesyncd_where_adjtimex_is_denied(tmp_path: Path) -> None:
+    """The box's unit forbids adjtimex even to read (ProtectClock=yes): the clock never read as
+    synchronized, so a new box waited its whole clock_wait_s at every start, and the IT page's
+    clock alert could never fire. timesyncd's flag file says it instead."""
+    timesync = tmp_path / "timesync"
+    assert _facts_denied(tmp_path / "none") == {}  # no timesyncd either: nothing known
+    timesync.mkdir()
+    assert _facts_denied(timesync) == {"clock_synced": False}
+    (timesync / "synchronized").touch()
+    assert _facts_denied(timesync) == {"clock_synced": True}
+    # allowed (outside the sandbox), the kernel's own answer and its offset
+    assert set(health.clock_facts(timesync)) == {"clock_synced", "clock_offset_ms"}
+
+
+def test_throttling_is_read_from_the_firmware_flags_in_sysfs(tmp_path: Path) -> None:
+    """vcgencmd needs /dev/vcio, which the unit's device policy closes: the sysfs file is read."""
+    flags = tmp_path / "get_throttled"
+    flags.write_text("50005\n")  # under-voltage and throttled now (and since boot)
+    assert health.throttled(flags) is True
+    flags.write_text("50000\n")  # only since boot: not now
+    assert health.throttled(flags) is False
+
+
+def test_a_new_box_extends_its_start_timeout_while_it_waits_for_ntp(tmp_path: Path) -> None:
+    """A new box waits up to clock_wait_s (the image says 120 s) for NTP before it is ready: the
+    unit's 60 s start timeout killed it first, at every start, for ever. It asks systemd for the
+    wait plus a minute first."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify"))
+    sock.settimeout(0.2)
+    wav = tmp_path / "call.wav"
+    with wave.open(str(wav), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(np.zeros(16000, "<i2").tobytes())
+    config = tmp_path / "box.toml"
+    config.write_text(f'site = "s1"\nbox = "b1"\nstate_dir = "{tmp_path / "state"}"\n'
+                      'broker_port = 9\nclock_wait_s = 2.0\n')
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NOTIFY_SOCKET": str(tmp_path / "notify")}
+    proc = subprocess.run([*DENIED, sys.executable, "-m", "miroir", "edge", "run", "--config",
+                           str(config), "--replay", str(wav), str(wav), "--fast"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    got = []
+    with contextlib.suppress(TimeoutError):
+        while True:
+            got.append(sock.recv(4096).decode())
+    sock.close()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert got and got[0].startswith("EXTEND_TIMEOUT_USEC=62000000\n"), got[:3]
+    ready = next(i for i, m in enumerate(got) if m.startswith("READY=1"))
+    assert ready > 0
+    assert "numbering from it anyway" in proc.stderr  # it did wait (adjtimex denied, no timesyncd)
