@@ -107,6 +107,8 @@ class Box:
             pipeline = Pipeline(model, gate=gate, window_s=settings.window_s, affect=affect,
                                 conversation=calls, campaign=campaign,
                                 agent_baseline=saved.agent, fatigue_baseline=saved.fatigue)
+            if affect is not None and pipeline.affect is None:
+                self.affect_state = "undisclosed"  # the campaign's script does not tell the prospect
         else:
             self._learned_ts = None
             self.affect_state = "off"

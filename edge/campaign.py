@@ -185,6 +185,15 @@ class TenseCue:
 
 
 @dataclass(frozen=True)
+class AffectDisclosure:
+    """The prospect affect model (arousal and tension), on boxes whose settings enable it."""
+
+    disclosed: bool = False
+    """The campaign's call script tells the prospect that an automated system estimates the tone
+    of their voice (EU AI Act Art. 50(3)): the model runs only then."""
+
+
+@dataclass(frozen=True)
 class FatigueConfig:
     """Fatigue and vocal load: drift of the agent's voice against the agent's shift baseline."""
 
@@ -224,6 +233,7 @@ class CampaignConfig:
     low_energy: LowEnergyCue = field(default_factory=LowEnergyCue)
     prospect_hesitating: HesitatingCue = field(default_factory=HesitatingCue)
     prospect_tense: TenseCue = field(default_factory=TenseCue)
+    affect: AffectDisclosure = field(default_factory=AffectDisclosure)
     fatigue: FatigueConfig = field(default_factory=FatigueConfig)
 
     def __post_init__(self) -> None:

@@ -13,13 +13,13 @@ import logging
 import math
 import time
 from collections import defaultdict, deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from edge.affect import AffectConfig, AffectStage
-from edge.campaign import CampaignConfig
+from edge.campaign import AffectDisclosure, CampaignConfig
 from edge.conversation import AGENT, PROSPECT, Conversation, ConversationConfig, MetricsWindow
 from edge.farend import FarEnd
 from edge.fatigue import Fatigue, FatigueBaseline
@@ -194,6 +194,10 @@ class Pipeline:
         self.conversation = Conversation(conversation or ConversationConfig())
         self.prosody_window_s = prosody_window_s
         self.campaign = campaign or CampaignConfig()
+        if affect is not None and not self.campaign.affect.disclosed:
+            log.warning("the prospect affect model stays off: the campaign does not disclose it "
+                        "([affect] disclosed = true)")
+            affect = None
         self.rate_window_s = self.campaign.too_fast.window_s
         self.slow_window_s = self.campaign.too_slow.window_s
         self.prosody = Prosody(history_s=max(prosody_window_s, self.rate_window_s, self.slow_window_s) + 2.0)
@@ -680,6 +684,8 @@ def analyze(audio: np.ndarray, model: Model, *, window_s: float = 1.0,
         from edge.affect import AffectModel, AffectStage
 
         stage = AffectStage(AffectModel(affect.backend), affect)
+        # asking for it is the engineer's statement that the recording's call disclosed it
+        campaign = replace(campaign or CampaignConfig(), affect=AffectDisclosure(disclosed=True))
     pipe = Pipeline(model, window_s=window_s, trace=True, campaign=campaign, affect=stage,
                     conversation=ConversationConfig(keep_history=True))
     messages: list[Message] = []

@@ -43,9 +43,10 @@ CUE_UNITS = ("ratio", "s", "db", "index", "answers")
 STATUS_STATES = ("online", "offline")
 CMD_ACTIONS = ("private_on", "private_off", "identify", "reload", "resend", "call_state")
 CALL_STATES = ("idle", "active", "hold")
-AFFECT_STATES = ("off", "on", "blocked", "failed")
-"""The prospect affect stage: not enabled, running, kept off by the install check (the channels
-may be swapped), or its model would not load."""
+AFFECT_STATES = ("off", "on", "undisclosed", "blocked", "failed")
+"""The prospect affect stage: not enabled in the box's settings, running, off because the campaign
+does not disclose it to prospects, kept off by the install check (the channels may be swapped), or
+its model would not load."""
 CHANNELS = ("near", "far")
 
 _num = (int, float)

@@ -3,6 +3,7 @@ captured through PyAudio from an ALSA file PCM (no audio kept)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -72,6 +73,13 @@ def test_edge_check_names_a_missing_device(alsa_home: AlsaHome, tmp_path: Path,
     assert "'miroir_headset' not found" in err and "miroir_other" in err, err
 
 
+def disclosed(folder: Path) -> Path:
+    """A campaign file whose call script tells prospects about the affect model."""
+    path = folder / "campaign.toml"
+    path.write_text("[affect]\ndisclosed = true\n")
+    return path
+
+
 @pytest.mark.parametrize("swap", [False, True])
 def test_the_affect_model_runs_only_on_channels_a_check_verified(
         alsa_home: AlsaHome, tmp_path: Path, swap: bool,
@@ -85,7 +93,8 @@ def test_the_affect_model_runs_only_on_channels_a_check_verified(
 
     state = tmp_path / "state"
     settings = EdgeSettings(site="site-a", box="box-a", broker_port=9, state_dir=state,
-                            capture_device="miroir_headset", affect_enabled=True)
+                            capture_device="miroir_headset", affect_enabled=True,
+                            campaign_file=disclosed(tmp_path))
     box = Box(settings, load_vad_model(), version="test")
     assert box.pipeline.affect is None and box.affect_state == "blocked"  # no check yet
     box.outbox.close()
@@ -106,7 +115,8 @@ def test_the_affect_model_runs_only_on_channels_a_check_verified(
     assert box.affect_state == ("blocked" if swap else "on")
     box.outbox.close()
     other = Box(EdgeSettings(site="site-a", box="box-a", broker_port=9, state_dir=state,
-                             capture_device="another_headset", affect_enabled=True),
+                             capture_device="another_headset", affect_enabled=True,
+                             campaign_file=disclosed(tmp_path)),
                 load_vad_model(), version="test")
     assert other.pipeline.affect is None  # a check of other devices says nothing of these
     other.outbox.close()
@@ -126,7 +136,7 @@ def test_an_affect_model_that_will_not_load_leaves_the_box_running(
     damaged = {**real, "affect_int8_tflite": {**real["affect_int8_tflite"], "sha256": "0" * 64}}
     monkeypatch.setattr(build, "manifest", lambda: damaged)
     settings = EdgeSettings(site="site-a", box="box-a", broker_port=9, state_dir=tmp_path / "s",
-                            affect_enabled=True)
+                            affect_enabled=True, campaign_file=disclosed(tmp_path))
     box = Box(settings, load_vad_model(), version="test")
     try:
         assert box.pipeline.affect is None and box.affect_state == "failed"
@@ -137,4 +147,8 @@ def test_an_affect_model_that_will_not_load_leaves_the_box_running(
     monkeypatch.setattr(build, "manifest", lambda: real)
     box = Box(settings, load_vad_model(), version="test")
     assert box.pipeline.affect is not None and box.affect_state == "on"
+    box.outbox.close()
+    # the campaign's script does not tell prospects: no model, and the status says why
+    box = Box(dataclasses.replace(settings, campaign_file=None), load_vad_model(), version="test")
+    assert box.pipeline.affect is None and box.affect_state == "undisclosed"
     box.outbox.close()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from edge.affect import AffectConfig, AffectModel, AffectStage
+from edge.campaign import CampaignError, from_mapping
 from edge.pipeline import Pipeline, load_vad_model
 from edge.source import read_wav
 
@@ -34,12 +35,16 @@ def _prospect_call(letter: str, speaker: str = "16") -> np.ndarray:
     return np.stack([near, far]) + noise
 
 
+DISCLOSED = from_mapping({"affect": {"disclosed": True}})
+"""A campaign whose call script tells the prospect about the affect model."""
+
+
 def _cues(audio: np.ndarray, affect: bool) -> tuple[list[str], list[float]]:
     stage = None
     if affect:
         config = AffectConfig(enabled=True)
         stage = AffectStage(AffectModel(config.backend), config)
-    pipe = Pipeline(load_vad_model(), affect=stage)
+    pipe = Pipeline(load_vad_model(), affect=stage, campaign=DISCLOSED)
     cues, tension = [], []
     for i in range(0, audio.shape[1], 1024):
         for msg in pipe(audio[:, i:i + 1024]):
@@ -85,7 +90,7 @@ def test_no_affect_before_a_person_answers_nor_with_the_agent_channel_dead() -> 
     near = (rng.standard_normal(len(greeting)) * 1e-4).astype(np.float32)  # the agent listens
     config = AffectConfig(enabled=True)
     stage = AffectStage(AffectModel(config.backend), config)
-    pipe = Pipeline(load_vad_model(), affect=stage)
+    pipe = Pipeline(load_vad_model(), affect=stage, campaign=DISCLOSED)
     audio = np.stack([near, greeting])
     for i in range(0, audio.shape[1], 1024):
         pipe(audio[:, i:i + 1024])
@@ -97,8 +102,24 @@ def test_no_affect_before_a_person_answers_nor_with_the_agent_channel_dead() -> 
     call = np.concatenate([call, call[:, -30 * RATE_HZ:]], axis=1)
     call[0] = 0.0
     stage = AffectStage(AffectModel(config.backend), config)
-    pipe = Pipeline(load_vad_model(), affect=stage)
+    pipe = Pipeline(load_vad_model(), affect=stage, campaign=DISCLOSED)
     for i in range(0, call.shape[1], 1024):
         pipe(call[:, i:i + 1024])
     assert pipe.conversation.live_call and stage.stats.skipped_agent_speaking > 0
     assert stage.model is not None and stage.model.invocations == 0
+
+
+def test_the_affect_model_runs_only_where_the_campaign_discloses_it() -> None:
+    """A box whose settings enable the affect model, at a seat whose campaign's script does not
+    tell the prospect (the default): the model never runs and nothing of it is published (it ran,
+    and published the prospect's tension, whatever the campaign said)."""
+    config = AffectConfig(enabled=True)
+    stage = AffectStage(AffectModel(config.backend), config)
+    pipe = Pipeline(load_vad_model(), affect=stage, campaign=from_mapping({}))
+    audio = _prospect_call("W")
+    published = [k for i in range(0, audio.shape[1], 1024) for m in pipe(audio[:, i:i + 1024])
+                 for k in m.body if k.startswith(("prospect_arousal", "prospect_tension"))]
+    assert pipe.affect is None and published == []
+    assert stage.model is not None and stage.model.invocations == 0
+    with pytest.raises(CampaignError, match=r"affect\.disclosed: expected true or false"):
+        from_mapping({"affect": {"disclosed": "yes"}})
