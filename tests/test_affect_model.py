@@ -99,3 +99,33 @@ def test_retraining_reproduces_the_float_model() -> None:
     got, want = net.predict_proba(x), committed.predict_proba(x)
     assert np.abs(got - want).max() <= 0.02, np.abs(got - want).max(axis=0)
     assert ((got > 0.5) == (want > 0.5)).mean(axis=0).min() >= 0.99
+
+
+def test_the_choice_of_candidate_is_held_out_with_its_speaker() -> None:
+    """``choice_held_out`` chooses each fold's candidate on the other speakers only: turning the
+    held-out speaker's labels upside down changes no fold's choice of candidate for that speaker
+    (``train`` chose by the outer figures, which read them). Three speakers, for time."""
+    from threadpoolctl import threadpool_limits
+
+    from models.affect import data
+    from models.affect.data import EmoDb
+    from models.affect.train import choice_held_out
+
+    with threadpool_limits(1):
+        full = data.load(EMODB)
+        keep = np.isin(full.speakers, np.unique(full.speakers)[:3])
+
+        def subset(arousal: np.ndarray, tension: np.ndarray) -> EmoDb:
+            return EmoDb([n for n, k in zip(full.names, keep, strict=True) if k],
+                         full.speakers[keep], full.emotions[keep], arousal[keep], tension[keep],
+                         full.features[keep])
+
+        honest = choice_held_out(subset(full.arousal, full.tension))
+        held = str(np.unique(full.speakers)[0])
+        flip = full.speakers == held
+        arousal = np.where(flip & (full.arousal >= 0), 1 - full.arousal, full.arousal)
+        tension = np.where(flip & (full.tension >= 0), 1 - full.tension, full.tension)
+        flipped = choice_held_out(subset(arousal, tension))
+    assert set(honest["chosen"]) == set(flipped["chosen"]) and len(honest["chosen"]) == 3
+    assert flipped["chosen"][held] == honest["chosen"][held]
+    assert 0.5 < honest["arousal_uar"] <= 1.0 and flipped["arousal_uar"] < honest["arousal_uar"]

@@ -75,14 +75,20 @@ def evaluate(recompute: bool = False, data_dir: Path | None = None) -> dict[str,
         from threadpoolctl import threadpool_limits
 
         from models.affect import data
-        from models.affect.train import CANDIDATES, evaluate_candidate
+        from models.affect.train import CANDIDATES, choice_held_out, evaluate_candidate
 
         spec = json.loads(model_path("affect_features").read_text())
         with threadpool_limits(1):
             db = data.load(data_dir)
             res = {c.name: evaluate_candidate(db, c) for c in CANDIDATES}
+            procedure = choice_held_out(db)
         s, a = res[spec["candidate"]], res["a"]
         report: dict[str, Any] = {
+            # the whole procedure held out, the choice of candidate included (see choice_held_out)
+            "arousal_uar_choice_held_out": procedure["arousal_uar"],
+            "arousal_uar_choice_held_out_ci95": procedure["arousal_uar_ci95"],
+            "tension_uar_choice_held_out": procedure["tension_uar"],
+            "candidate_chosen_per_fold": procedure["chosen"],
             "arousal_uar": s["arousal_uar"], "arousal_uar_ci95": s["arousal_uar_ci95"],
             "tension_uar": s["tension_uar"], "tension_uar_ci95": s["tension_uar_ci95"],
             "arousal_uar_int8": s["arousal_uar_int8"], "tension_uar_int8": s["tension_uar_int8"],
