@@ -43,9 +43,11 @@ ln -sfn /opt/miroir/current/bin/miroir "${ROOTFS_DIR}/usr/local/bin/miroir"
 install -D -m 0644 "${MIROIR_RELEASE_KEY}" "${ROOTFS_DIR}/usr/share/miroir/release-key.pem"
 install -D -m 0755 "${MIROIR_SRC}/edge/update.py" "${ROOTFS_DIR}/usr/lib/miroir/update.py"
 
-# Units (hardened agent, first boot, update recovery, data partition, LED and button).
+# Units (hardened agent, first boot, update recovery, data partition layout, LED and button).
+# /data itself is the fstab line's (systemd-fstab-generator's data.mount, fsck'd before mounting):
+# a data.mount in /etc/systemd/system would shadow it, and the partition would never be checked.
 for unit in miroir-box.service miroir-firstboot.service miroir-update-recover.service \
-	data.mount miroir-data-layout.service miroir-broker-allow.service miroir-panel.service; do
+	miroir-data-layout.service miroir-broker-allow.service miroir-panel.service; do
 	install -m 0644 "${SYSTEMD_UNITS}/${unit}" "${ROOTFS_DIR}/etc/systemd/system/${unit}"
 done
 install -m 0755 "${FILES}/miroir-firstboot" "${ROOTFS_DIR}/usr/lib/miroir/miroir-firstboot"
@@ -72,7 +74,7 @@ on_chroot <<CHROOT
 set -e
 # The agent and the front panel share the control socket through this group (see the units).
 getent group miroir-control >/dev/null || groupadd --system miroir-control
-systemctl enable data.mount miroir-data-layout.service miroir-firstboot.service \
+systemctl enable miroir-data-layout.service miroir-firstboot.service \
 	miroir-update-recover.service miroir-broker-allow.service miroir-box.service \
 	miroir-panel.service systemd-timesyncd.service
 systemctl disable dphys-swapfile.service apt-daily.timer apt-daily-upgrade.timer man-db.timer || true
