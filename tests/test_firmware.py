@@ -208,3 +208,26 @@ def test_no_unit_of_the_image_shadows_a_mount_of_its_fstab(tmp_path: Path) -> No
     data = (out / "data.mount").read_text()
     assert "Requires=systemd-fsck@dev-disk-by\\x2dlabel-MIROIR\\x2dDATA.service" in data, data
     assert "Options=defaults,noatime,nodev,nosuid,commit=5" in data, data
+
+
+def test_the_site_ntp_server_is_the_first_choice_only_when_the_guide_sets_it(
+        tmp_path: Path) -> None:
+    """timesyncd.conf said the site server was the first choice but set no NTP= at all. Built as
+    the guide shows, the box uses Debian's pool (FallbackNTP, no NTP=); with the guide's optional
+    MIROIR_NTP line enabled, its server is the image's NTP=."""
+    import configparser
+
+    def time_section(root: Path) -> configparser.SectionProxy:
+        conf = configparser.ConfigParser(interpolation=None)
+        conf.read(root / "etc/systemd/timesyncd.conf.d/miroir.conf")
+        return conf["Time"]
+
+    run, root = pigen_build(tmp_path / "default")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "NTP" not in time_section(root) and "pool.ntp.org" in time_section(root)["FallbackNTP"]
+    example = re.search(r"^# export MIROIR_NTP=(\S+)", guide_build_block(), re.M)
+    assert example, "the guide no longer shows MIROIR_NTP"
+    run, root = pigen_build(tmp_path / "site",
+                            lambda text: text.replace("# export MIROIR_NTP=", "export MIROIR_NTP="))
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert time_section(root)["NTP"] == example.group(1)

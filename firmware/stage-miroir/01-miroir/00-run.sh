@@ -6,7 +6,8 @@
 # into pi-gen, so no path relative to this script reaches the checkout), MIROIR_WHEELHOUSE = folder
 # of the box's wheels (miroir + the "box" extra, built for aarch64 by the release pipeline),
 # MIROIR_VERSION, MIROIR_RELEASE_KEY = Ed25519 public key, MIROIR_MODELS = folder of the built
-# model files (`miroir models build`, checksummed).
+# model files (`miroir models build`, checksummed); optional: MIROIR_NTP = the site's NTP server(s)
+# (space-separated), else the box uses Debian's pool.
 : "${MIROIR_SRC:?export MIROIR_SRC=/path/to/miroir (the checkout) in the pi-gen config}"
 : "${MIROIR_WHEELHOUSE:?export MIROIR_WHEELHOUSE in the pi-gen config}"
 : "${MIROIR_MODELS:?export MIROIR_MODELS in the pi-gen config (miroir models build, then models/files)}"
@@ -61,6 +62,10 @@ install -m 0644 "${FILES}/asound.conf" "${ROOTFS_DIR}/etc/asound.conf"
 # Hardware watchdog driven by systemd; time synchronisation.
 install -D -m 0644 "${FILES}/watchdog.conf" "${ROOTFS_DIR}/etc/systemd/system.conf.d/miroir-watchdog.conf"
 install -D -m 0644 "${FILES}/timesyncd.conf" "${ROOTFS_DIR}/etc/systemd/timesyncd.conf.d/miroir.conf"
+# The site's NTP server, when given (MIROIR_NTP, optional), replaces Debian's pool (FallbackNTP).
+if [ -n "${MIROIR_NTP:-}" ]; then
+	printf 'NTP=%s\n' "${MIROIR_NTP}" >>"${ROOTFS_DIR}/etc/systemd/timesyncd.conf.d/miroir.conf"
+fi
 # Read-only root, writable data partition, RAM /tmp and /var/log.
 install -d "${ROOTFS_DIR}/data"
 # DynamicUser's StateDirectory=miroir is /var/lib/private/miroir (on /data) behind a /var/lib/miroir
