@@ -104,8 +104,74 @@ def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
     return tuple(parts)
 
 
+INSTALL_ROOTS = ("/data/miroir-releases", "/opt/miroir")
+"""Where a box keeps its releases (``/opt/miroir`` is a link to the first)."""
+
+
+def _shebang_interpreter(script: Path) -> str | None:
+    """The interpreter a script names: its ``#!`` line, or the one pip writes behind ``#!/bin/sh``
+    when the path is too long for a ``#!`` line (an ``exec`` of ``/path/python "$0" "$@"``)."""
+    try:
+        with open(script, "rb") as fh:
+            head = fh.read(4096).decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    if not head or not head[0].startswith("#!") or not head[0][2:].split():
+        return None
+    interpreter = head[0][2:].split()[0]
+    if interpreter == "/bin/sh" and len(head) > 1 and head[1].startswith("'''exec' "):
+        interpreter = head[1].split()[1]
+    return interpreter
+
+
+def check_release_tree(tree: Path, version: str) -> None:
+    """Refuse a release tree that could not work once installed as ``releases/<version>``.
+
+    * A venv's entry points (``bin/miroir``...) name their interpreter by absolute path, the
+      path the venv was built at: the release runs only if that is where the box installs it,
+      ``/data/miroir-releases/releases/<version>`` (or the same through ``/opt/miroir``).
+    * The box's health check waits for a heartbeat of the signed version, and the agent reports
+      its ``miroir.__version__``: if they differ, the update is always rolled back.
+
+    Raises:
+        UpdateError: naming the script or the version at fault.
+    """
+    tree = Path(tree)
+    for cfg in sorted(tree.rglob("pyvenv.cfg")):
+        venv = cfg.parent
+        inside = PurePosixPath(venv.relative_to(tree).as_posix())
+        homes = {PurePosixPath(root) / RELEASES / version / inside for root in INSTALL_ROOTS}
+        bindir = venv / "bin"
+        for script in sorted(bindir.iterdir()) if bindir.is_dir() else []:
+            if script.is_symlink() or not script.is_file():
+                continue
+            interpreter = _shebang_interpreter(script)
+            if interpreter is None or not interpreter.startswith("/"):
+                continue
+            path = PurePosixPath(interpreter)
+            if (path.name.startswith("python") and path.parent.name == "bin"
+                    and path.parent.parent not in homes):
+                raise UpdateError(
+                    f"{script.relative_to(tree)} runs {interpreter}: a venv's scripts name the "
+                    "interpreter of the place the venv was built, and the box installs this "
+                    f"release at {PurePosixPath(INSTALL_ROOTS[0]) / RELEASES / version / inside}"
+                    ": build the venv at that path")
+    for init in sorted(tree.glob("**/site-packages/miroir/__init__.py")):
+        text = init.read_text(encoding="utf-8", errors="replace")
+        found = next((line.split("=", 1)[1].strip().strip("\"'") for line in text.splitlines()
+                      if line.startswith("__version__")), None)
+        if found is not None and found != version:
+            raise UpdateError(
+                f"the release is signed as {version} but holds miroir {found} "
+                f"({init.relative_to(tree)}): the box's health check waits for a heartbeat of "
+                f"version {version} and would roll the update back; sign it as {found}")
+
+
 def build_release(tree: Path, version: str, private_key_pem: bytes, out: Path) -> Path:
     """Pack ``tree`` as release ``version`` and sign it (vendor side, release pipeline).
+
+    The tree is checked first (:func:`check_release_tree`): a venv built elsewhere than the box's
+    ``releases/<version>``, or a ``miroir.__version__`` other than ``version``, is refused.
 
     Args:
         tree: Folder holding the release (venv, units, ``bin/miroir``...).
@@ -116,6 +182,7 @@ def build_release(tree: Path, version: str, private_key_pem: bytes, out: Path) -
     Returns:
         ``out``.
     """
+    check_release_tree(tree, _check_version(version))
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         tar.add(tree, arcname=".")

@@ -58,3 +58,45 @@ def test_readme_lists_the_campaign_defaults_as_the_code_has_them() -> None:
     from edge.campaign import defaults_toml
 
     assert "```toml\n" + defaults_toml().rstrip("\n") + "\n```" in README
+
+
+def test_the_it_guide_adds_a_dashboard_user_the_way_that_works(tmp_path: Path) -> None:
+    """The IT guide's command to add an IT user, run against the real CLI with the dashboard.env
+    that `miroir provision site-init` writes (database moved into tmp). The bare
+    `miroir dashboard user add tech --role it` the guide gave stops: no MIROIR_DASH_* settings."""
+    import os
+    import re
+    import shlex
+    import shutil
+
+    from provisioning.broker import new_site_dir
+    from provisioning.site import init_site
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "it-guide.md").read_text()
+    line = next(ln for ln in guide.splitlines() if "dashboard user add tech --role it" in ln)
+    assert line.startswith("sudo sh -c "), line
+    root = new_site_dir("miroir-guide-")  # (the broker's user must reach a site folder)
+    try:
+        init_site(root / "site", "paris-1", broker_host="127.0.0.1", port=18883, bind="127.0.0.1")
+        env_file = tmp_path / "dashboard.env"
+        shutil.copy(root / "site" / "dashboard.env", env_file)
+    finally:
+        shutil.rmtree(root)
+    db = tmp_path / "dashboard.sqlite"
+    env_file.write_text(re.sub(r"^MIROIR_DASH_DB_PATH=.*$", f"MIROIR_DASH_DB_PATH={db}",
+                               env_file.read_text(), flags=re.M))
+    password = tmp_path / "password"
+    password.write_text("a long enough password\n")
+    script = shlex.split(line)[3]  # sudo sh -c SCRIPT
+    script = script.replace("/var/lib/miroir-site/dashboard.env", str(env_file))
+    script = script.replace("exec miroir ", f"exec {shlex.quote(sys.executable)} -m miroir ")
+    script += f" --password-file {shlex.quote(str(password))}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIROIR_DASH_")}
+    bare = subprocess.run([sys.executable, "-m", "miroir", "dashboard", "user", "add", "tech",
+                           "--role", "it", "--password-file", str(password)], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert bare.returncode != 0 and "Field required" in bare.stderr, bare.stderr
+    done = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "added it tech" in done.stdout

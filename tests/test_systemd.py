@@ -46,7 +46,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_there_are_units() -> None:
-    assert {"miroir-box.service", "miroir-dashboard.service", "data.mount"} <= set(UNITS)
+    assert {"miroir-box.service", "miroir-dashboard.service", "miroir-data-layout.service"} <= set(UNITS)
     assert (SYSTEMD / "mosquitto.service.d" / "miroir.conf").is_file()
 
 

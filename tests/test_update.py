@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -346,3 +347,58 @@ def test_deletions_leave_no_half_release_and_one_install_at_a_time(
         assert not done.wait(0.5), "a recovery ran while an install held the root"
     waiter.join(10)
     assert done.is_set()
+
+
+def _venv_with_entry_point(tree: Path, shebang_python: str, long_form: bool = False) -> None:
+    """A venv at ``tree`` (the release is the venv, as the image's) with a pip-style entry point."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tree)], check=True)
+    script = tree / "bin" / "miroir"
+    head = (f"#!/bin/sh\n'''exec' {shebang_python} \"$0\" \"$@\"\n' '''\n" if long_form
+            else f"#!{shebang_python}\n")
+    script.write_text(head + "import sys\nprint('miroir', sys.prefix)\n")
+    script.chmod(0o755)
+
+
+def test_a_release_venv_built_elsewhere_than_its_install_path_is_refused(
+        tmp_path: Path, keys: tuple[bytes, bytes]) -> None:
+    """A venv's entry points name the interpreter of the path it was built at (moved, the venv's
+    `bin/miroir` does not start: shown first). build_release packed such a venv without a word;
+    it now refuses one not built at the box's releases/<version>, in both of pip's shebang forms,
+    and packs one that is."""
+    priv, pub = keys
+    built = tmp_path / "built"
+    _venv_with_entry_point(built, f"{built}/bin/python")
+    moved = tmp_path / "moved"
+    built.rename(moved)
+    assert (moved / "bin" / "miroir").is_file()
+    with pytest.raises(FileNotFoundError):  # exec: its interpreter is gone with the old path
+        subprocess.run([str(moved / "bin" / "miroir")], capture_output=True, check=False)
+    with pytest.raises(UpdateError, match=re.escape(
+            "installs this release at /data/miroir-releases/releases/2.0: build the venv at that "
+            "path")):
+        build_release(moved, "2.0", priv, tmp_path / "moved.release")
+    long_form = tmp_path / "long"
+    _venv_with_entry_point(long_form, f"{long_form}/{'x' * 120}/bin/python", long_form=True)
+    with pytest.raises(UpdateError, match="build the venv at that path"):
+        build_release(long_form, "2.0", priv, tmp_path / "long.release")
+    for i, home in enumerate(("/data/miroir-releases/releases/2.0", "/opt/miroir/releases/2.0")):
+        good = tmp_path / f"good{i}"
+        _venv_with_entry_point(good, f"{home}/bin/python3")
+        assert verify_release(build_release(good, "2.0", priv, tmp_path / f"g{i}.release"),
+                              pub).version == "2.0"
+
+
+def test_a_release_signed_with_another_version_than_its_miroir_is_refused(
+        tmp_path: Path, keys: tuple[bytes, bytes]) -> None:
+    """The box's health check waits for a heartbeat carrying the signed version, and the agent
+    sends miroir.__version__: a release signed 2.0 holding miroir 1.9 was packed, then always
+    rolled back on the box. build_release now refuses it, saying which version to sign."""
+    priv, pub = keys
+    tree = tmp_path / "tree"
+    pkg = tree / "lib" / "python3.11" / "site-packages" / "miroir"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text('"""Miroir."""\n\n__version__ = "1.9"\n')
+    with pytest.raises(UpdateError, match=r"signed as 2\.0 but holds miroir 1\.9.*sign it as 1\.9"):
+        build_release(tree, "2.0", priv, tmp_path / "bad.release")
+    assert verify_release(build_release(tree, "1.9", priv, tmp_path / "ok.release"),
+                          pub).version == "1.9"

@@ -136,7 +136,7 @@ done
 # pi-gen's on_chroot: run a script (stdin) in the image's root, with a clean environment.
 on_chroot() { chroot "$ROOTFS_DIR" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root /bin/bash -e "$@"; }
 export -f on_chroot
-ROOTFS_DIR=$ROOT MIROIR_WHEELHOUSE=$WORK/wheelhouse MIROIR_VERSION=$VERSION MIROIR_MODELS=$(dirname "$MODEL") \
+ROOTFS_DIR=$ROOT MIROIR_SRC=$REPO MIROIR_WHEELHOUSE=$WORK/wheelhouse MIROIR_VERSION=$VERSION MIROIR_MODELS=$(dirname "$MODEL") \
 	MIROIR_RELEASE_KEY=$WORK/keys/release.pem \
 	bash -e "$RECIPE"
 grep -q 'defaults,ro' "$ROOT/etc/fstab" || die "the recipe did not make the root read-only"

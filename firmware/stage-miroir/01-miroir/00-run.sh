@@ -1,14 +1,24 @@
 #!/bin/bash -e
 # pi-gen step: install the Miroir box agent, its units and the system configuration.
-# Inputs (pi-gen config): MIROIR_WHEELHOUSE = folder of the box's wheels (miroir + the "box" extra,
-# built for aarch64 by the release pipeline), MIROIR_VERSION, MIROIR_RELEASE_KEY = Ed25519 public key,
-# MIROIR_MODELS = folder of the built model files (`miroir models build`, checksummed).
-: "${MIROIR_WHEELHOUSE:?set MIROIR_WHEELHOUSE in the pi-gen config}"
-: "${MIROIR_MODELS:?set MIROIR_MODELS in the pi-gen config (miroir models build, then models/files)}"
-: "${MIROIR_VERSION:?set MIROIR_VERSION in the pi-gen config}"
-: "${MIROIR_RELEASE_KEY:?set MIROIR_RELEASE_KEY in the pi-gen config}"
+# Inputs, from the pi-gen config as `export NAME=value` lines (pi-gen's build.sh sources the config
+# without exporting it: a plain assignment never reaches this script): MIROIR_SRC = the Miroir
+# checkout (units from its systemd/, the update recovery script from its edge/; the stage is copied
+# into pi-gen, so no path relative to this script reaches the checkout), MIROIR_WHEELHOUSE = folder
+# of the box's wheels (miroir + the "box" extra, built for aarch64 by the release pipeline),
+# MIROIR_VERSION, MIROIR_RELEASE_KEY = Ed25519 public key, MIROIR_MODELS = folder of the built
+# model files (`miroir models build`, checksummed); optional: MIROIR_NTP = the site's NTP server(s)
+# (space-separated), else the box uses Debian's pool.
+: "${MIROIR_SRC:?export MIROIR_SRC=/path/to/miroir (the checkout) in the pi-gen config}"
+: "${MIROIR_WHEELHOUSE:?export MIROIR_WHEELHOUSE in the pi-gen config}"
+: "${MIROIR_MODELS:?export MIROIR_MODELS in the pi-gen config (miroir models build, then models/files)}"
+: "${MIROIR_VERSION:?export MIROIR_VERSION in the pi-gen config}"
+: "${MIROIR_RELEASE_KEY:?export MIROIR_RELEASE_KEY in the pi-gen config}"
+if [ ! -f "${MIROIR_SRC}/systemd/miroir-box.service" ] || [ ! -f "${MIROIR_SRC}/edge/update.py" ]; then
+	echo "MIROIR_SRC=${MIROIR_SRC} is not a Miroir checkout (no systemd/miroir-box.service, edge/update.py)" >&2
+	exit 1
+fi
 FILES="$(dirname "$0")/files"
-SYSTEMD_UNITS="$(dirname "$0")/../../../systemd"
+SYSTEMD_UNITS="${MIROIR_SRC}/systemd"
 
 # The first release lives on the data partition's seed (copied at first boot); /opt/miroir links to it.
 install -d "${ROOTFS_DIR}/usr/lib/miroir/seed/releases/${MIROIR_VERSION}"
@@ -32,11 +42,13 @@ ln -sfn /data/miroir-releases "${ROOTFS_DIR}/opt/miroir"
 install -d "${ROOTFS_DIR}/usr/local/bin"
 ln -sfn /opt/miroir/current/bin/miroir "${ROOTFS_DIR}/usr/local/bin/miroir"
 install -D -m 0644 "${MIROIR_RELEASE_KEY}" "${ROOTFS_DIR}/usr/share/miroir/release-key.pem"
-install -D -m 0755 "$(dirname "$0")/../../../edge/update.py" "${ROOTFS_DIR}/usr/lib/miroir/update.py"
+install -D -m 0755 "${MIROIR_SRC}/edge/update.py" "${ROOTFS_DIR}/usr/lib/miroir/update.py"
 
-# Units (hardened agent, first boot, update recovery, data partition, LED and button).
+# Units (hardened agent, first boot, update recovery, data partition layout, LED and button).
+# /data itself is the fstab line's (systemd-fstab-generator's data.mount, fsck'd before mounting):
+# a data.mount in /etc/systemd/system would shadow it, and the partition would never be checked.
 for unit in miroir-box.service miroir-firstboot.service miroir-update-recover.service \
-	data.mount miroir-data-layout.service miroir-broker-allow.service miroir-panel.service; do
+	miroir-data-layout.service miroir-broker-allow.service miroir-panel.service; do
 	install -m 0644 "${SYSTEMD_UNITS}/${unit}" "${ROOTFS_DIR}/etc/systemd/system/${unit}"
 done
 install -m 0755 "${FILES}/miroir-firstboot" "${ROOTFS_DIR}/usr/lib/miroir/miroir-firstboot"
@@ -50,6 +62,10 @@ install -m 0644 "${FILES}/asound.conf" "${ROOTFS_DIR}/etc/asound.conf"
 # Hardware watchdog driven by systemd; time synchronisation.
 install -D -m 0644 "${FILES}/watchdog.conf" "${ROOTFS_DIR}/etc/systemd/system.conf.d/miroir-watchdog.conf"
 install -D -m 0644 "${FILES}/timesyncd.conf" "${ROOTFS_DIR}/etc/systemd/timesyncd.conf.d/miroir.conf"
+# The site's NTP server, when given (MIROIR_NTP, optional), replaces Debian's pool (FallbackNTP).
+if [ -n "${MIROIR_NTP:-}" ]; then
+	printf 'NTP=%s\n' "${MIROIR_NTP}" >>"${ROOTFS_DIR}/etc/systemd/timesyncd.conf.d/miroir.conf"
+fi
 # Read-only root, writable data partition, RAM /tmp and /var/log.
 install -d "${ROOTFS_DIR}/data"
 # DynamicUser's StateDirectory=miroir is /var/lib/private/miroir (on /data) behind a /var/lib/miroir
@@ -63,7 +79,7 @@ on_chroot <<CHROOT
 set -e
 # The agent and the front panel share the control socket through this group (see the units).
 getent group miroir-control >/dev/null || groupadd --system miroir-control
-systemctl enable data.mount miroir-data-layout.service miroir-firstboot.service \
+systemctl enable miroir-data-layout.service miroir-firstboot.service \
 	miroir-update-recover.service miroir-broker-allow.service miroir-box.service \
 	miroir-panel.service systemd-timesyncd.service
 systemctl disable dphys-swapfile.service apt-daily.timer apt-daily-upgrade.timer man-db.timer || true
