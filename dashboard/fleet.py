@@ -105,8 +105,8 @@ def problems(box: dict[str, Any], now: float, fleet_version: str | None) -> list
         out.append(Problem("cert_expiring", f"{days:.0f}"))
     if box.get("capture_ok") is not None and not box["capture_ok"]:
         out.append(Problem("capture", box.get("capture_error") or ""))
-    if box.get("affect_state") in ("blocked", "failed"):
-        out.append(Problem("affect", box["affect_state"]))
+    if box.get("prospect_affect_state") in ("blocked", "failed"):
+        out.append(Problem("affect", box["prospect_affect_state"]))
     if (box.get("outbox_depth") or 0) > OUTBOX_HIGH:
         out.append(Problem("outbox", str(box["outbox_depth"])))
     if (box.get("dropped") or 0) > 0:
@@ -130,7 +130,7 @@ def problems(box: dict[str, Any], now: float, fleet_version: str | None) -> list
 
 _FLEET_COLUMNS = ("box", "site", "state", "last_status_ts", "last_seen_ts", "version",
                   "outbox_depth", "dropped", "overruns", "overruns_rise_ts", "capture_ok",
-                  "capture_reopens", "capture_error", "affect_state", "cert_days_left",
+                  "capture_reopens", "capture_error", "prospect_affect_state", "cert_days_left",
                   "cpu_temp_c", "throttled", "clock_synced", "clock_offset_ms")
 
 

@@ -405,10 +405,17 @@ def affect_for_analysis(audio: np.ndarray, segments: dict[str, list[list[float]]
     last = stage.finish()
     if last is not None:
         windows.append(last)
-    s = stage.stats
+    return analysis_section(windows, stage)
+
+
+def analysis_section(windows: list[AffectWindow], stage: AffectStage) -> dict[str, Any]:
+    """The ``affect`` section of ``miroir analyze --json``: the windows a stage evaluated, their
+    summary, what it skipped and its model."""
+    s, model = stage.stats, stage.model
+    assert model is not None
     return {"enabled": True,
             "far": {"windows": [w.as_dict() for w in windows], "summary": summarize(windows)},
             "skipped": {"no_prospect": s.skipped_no_prospect, "agent_speaking": s.skipped_agent_speaking,
                         "echo": s.skipped_echo},
-            "model": {"backend": config.backend, "file": model.path.name,
+            "model": {"backend": stage.config.backend, "file": model.path.name,
                       "invocations": model.invocations}}

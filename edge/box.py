@@ -160,8 +160,8 @@ class Box:
             self._apply({"action": "private_on"})
 
     def _affect_stage(self, settings: EdgeSettings) -> Any:
-        """The prospect affect stage, or None (``affect_state`` "failed") if its model will not
-        load: an optional stage never stops the box's other metrics."""
+        """The prospect affect stage, or None (``affect_state`` "failed") if its model will not load:
+        an optional stage never stops the box's other metrics."""
         from edge.affect import AffectConfig, AffectModel, AffectStage
         from models.build import ModelError
 
@@ -188,7 +188,8 @@ class Box:
                 "outbox_depth": self.outbox.depth(), "dropped": self.outbox.dropped,
                 "private": self.private, "call_state": self._shown_call_state,
                 "cmd_refused": self.cmd_refused, "reload_refused": self.reload_refused,
-                "pipeline_errors": self.pipeline_errors, "affect_state": self.affect_state,
+                "pipeline_errors": self.pipeline_errors,
+                "prospect_affect_state": self.affect_state,
                 **getattr(self.pipeline, "input_counts", dict)(), **self.source_status()}
 
     def submit(self, messages: Iterable[_Message]) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.affect import AffectConfig, AffectStage
+from edge.affect import AffectConfig, AffectStage, AffectWindow
 from edge.campaign import AffectDisclosure, CampaignConfig
 from edge.conversation import AGENT, PROSPECT, Conversation, ConversationConfig, MetricsWindow
 from edge.farend import FarEnd
@@ -52,6 +52,8 @@ class Trace:
     voice: dict[str, list[bool]] = field(default_factory=lambda: {c: [] for c in CHANNELS})
     """Per frame: whether the channel's prosody stage got the frame's samples (else silence)."""
     segments: dict[str, list[list[float]]] = field(default_factory=lambda: {c: [] for c in CHANNELS})
+    affect: list[AffectWindow] = field(default_factory=list)
+    """The prospect affect windows the pipeline's affect stage evaluated."""
 
 
 VAD_MODELS = {"litert": "silero_vad_tflite", "onnx": "silero_vad"}
@@ -526,6 +528,8 @@ class Pipeline:
                     if found is not None:
                         self._affect_last = {"prospect_arousal": round(found.arousal, 3),
                                              "prospect_tension": round(found.tension, 3)}
+                        if self.trace is not None:
+                            self.trace.affect.append(found)
                     self._affect_fed = True
                 elif self._affect_fed:
                     self.affect.reset()
@@ -719,9 +723,8 @@ def analyze(audio: np.ndarray, model: Model, *, window_s: float = 1.0,
     prosody = {c: _prosody_summary(analyze_clip(voice_only(i, c), RATE_HZ))
                for i, c in enumerate(CHANNELS) if signal[c] != "none"}
     history = pipe.conversation.history
-    from edge.affect import affect_for_analysis
+    from edge.affect import analysis_section
 
-    segments = {c: pipe.trace.segments[c] for c in CHANNELS}
     return {
         "duration_s": round(duration_s, 3),
         "frame_s": FRAME_S,
@@ -736,7 +739,8 @@ def analyze(audio: np.ndarray, model: Model, *, window_s: float = 1.0,
             "calls": [asdict(call) for call in history.calls] if history else [],
         },
         "prosody": prosody,
-        "affect": affect_for_analysis(audio, segments, affect or AffectConfig()),
+        # what the box's own stage evaluated, behind the box's gates (a live call, the agent heard)
+        "affect": analysis_section(pipe.trace.affect, stage) if stage else {"enabled": False},
         "cues": cue_episodes([m.body for m in messages if m.kind == "event"]),
         "fatigue": {"fatigue_index": None, "break_suggested": False,
                     **next((_fatigue_fields(m.body) for m in reversed(messages)

@@ -132,7 +132,7 @@ ALLOWED_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
         "cmd_refused": (int,),
         "reload_refused": (int,),
         "pipeline_errors": (int,),
-        "affect_state": (str,),
+        "prospect_affect_state": (str,),
         # Fleet health for site IT (edge/health.py).
         "cert_days_left": _num,
         "cpu_temp_c": _num,
@@ -210,7 +210,7 @@ _ENUMS: dict[str, tuple[str, ...]] = {
     "state": STATUS_STATES,
     "action": CMD_ACTIONS,
     "call_state": CALL_STATES,
-    "affect_state": AFFECT_STATES,
+    "prospect_affect_state": AFFECT_STATES,
     "cue": CUE_IDS,
     "severity": CUE_SEVERITIES,
     "evidence_unit": CUE_UNITS,

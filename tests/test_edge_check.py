@@ -141,7 +141,7 @@ def test_an_affect_model_that_will_not_load_leaves_the_box_running(
     try:
         assert box.pipeline.affect is None and box.affect_state == "failed"
         status = wire.status_message("site-a", "box-a", "online", 1.0, **box.status_fields())
-        assert status["affect_state"] == "failed"
+        assert status["prospect_affect_state"] == "failed"
     finally:
         box.outbox.close()
     monkeypatch.setattr(build, "manifest", lambda: real)

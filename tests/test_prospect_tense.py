@@ -78,6 +78,15 @@ def test_analyze_with_affect_raises_what_the_box_raises() -> None:
     assert "prospect_tense" in [c["cue"] for c in result["cues"]]
     assert [s["call_cue_prospect_tense_n"] for s in result["call_summaries"]] == [1]
     assert result["affect"]["enabled"] and result["affect"]["far"]["windows"]
+    # the JSON's affect windows are the ones behind the box's gates: the same number of values
+    assert len(result["affect"]["far"]["windows"]) >= sum("prospect_tension" in m
+                                                           for m in result["metrics"])  # the last of a second
+    # the agent's channel dead: the box evaluates nothing, nor does analyze (it read 11 windows)
+    dead = _prospect_call("W")
+    dead[0] = 0.0
+    result = analyze(dead, load_vad_model(), affect=AffectConfig(enabled=True))
+    assert result["affect"]["far"]["windows"] == []
+    assert not [m for m in result["metrics"] if "prospect_tension" in m]
 
 
 def test_no_affect_before_a_person_answers_nor_with_the_agent_channel_dead() -> None:
