@@ -100,22 +100,43 @@ CHECK_FILE = "install-check.json"
 """The last install check's verdict, in the box's state directory (numbers and names only)."""
 
 
+PROC_ASOUND = Path("/proc/asound")
+
+
+def usb_audio_adapters(proc_asound: Path = PROC_ASOUND) -> list[str]:
+    """The USB audio adapters plugged in, as ``vendor:product``, sorted.
+
+    The box's udev rule names any USB adapter ``miroirheadset``: a check's verdict holds for the
+    adapters it was made with, not for another model that may be wired the other way round.
+    """
+    ids = []
+    for card in proc_asound.glob("card[0-9]*"):
+        try:
+            ids.append((card / "usbid").read_text().strip())
+        except OSError:
+            continue  # not a USB card
+    return sorted(ids)
+
+
 def save_verdict(state_dir: Path, device: str, far_device: str | None, report: dict[str, Any],
-                 now: float | None = None) -> Path:
+                 now: float | None = None, proc_asound: Path = PROC_ASOUND) -> Path:
     """Keep the verdict of a check of these devices (what the prospect affect model relies on:
     the line is the line, not the agent)."""
     path = Path(state_dir) / CHECK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     verdict = {"device": device, "far_device": far_device, "swapped": bool(report["swapped"]),
                "agent_heard": bool(report["agent_heard"]),
+               "adapters": usb_audio_adapters(proc_asound),
                "checked_ts": round(time.time() if now is None else now, 3)}
     atomic_write(path, json.dumps(verdict) + "\n")
     return path
 
 
-def verified(state_dir: Path, device: str | None, far_device: str | None) -> str | None:
+def verified(state_dir: Path, device: str | None, far_device: str | None,
+             proc_asound: Path = PROC_ASOUND) -> str | None:
     """Why the channels of these devices are not known to be the right way round (None if they are:
-    a saved check of the same devices heard the agent on the agent's channel)."""
+    a saved check of the same devices, with the same USB adapters plugged in, heard the agent on
+    the agent's channel)."""
     path = Path(state_dir) / CHECK_FILE
     try:
         verdict = json.loads(path.read_text())
@@ -128,4 +149,8 @@ def verified(state_dir: Path, device: str | None, far_device: str | None) -> str
         return "the saved install check is of other devices: run it again"
     if verdict.get("swapped") is not False or verdict.get("agent_heard") is not True:
         return "the saved install check did not hear the agent on the agent's channel"
+    now = usb_audio_adapters(proc_asound)
+    if verdict.get("adapters") != now:
+        return (f"the USB audio adapters changed since the install check ({verdict.get('adapters')} "
+                f"then, {now} now): run it again")
     return None

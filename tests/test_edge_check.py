@@ -152,3 +152,25 @@ def test_an_affect_model_that_will_not_load_leaves_the_box_running(
     box = Box(dataclasses.replace(settings, campaign_file=None), load_vad_model(), version="test")
     assert box.pipeline.affect is None and box.affect_state == "undisclosed"
     box.outbox.close()
+
+
+def test_a_check_holds_only_for_the_usb_adapters_it_was_made_with(tmp_path: Path) -> None:
+    """The box names any USB adapter the same (udev): a verdict made with one adapter said nothing
+    of another model, which may carry agent and line the other way round, yet the affect model ran
+    on it (a reviewer fed it the agent's voice). /proc/asound as the kernel lays it out."""
+    from edge.installcheck import save_verdict, verified
+
+    proc = tmp_path / "asound"
+    (proc / "card0").mkdir(parents=True)  # the Pi's own audio: no usbid
+    (proc / "card1").mkdir()
+    (proc / "card1" / "usbid").write_text("0d8c:0014\n")
+    state = tmp_path / "state"
+    report = {"swapped": False, "agent_heard": True}
+    save_verdict(state, "miroir_headset", None, report, proc_asound=proc)
+    assert json.loads((state / "install-check.json").read_text())["adapters"] == ["0d8c:0014"]
+    assert verified(state, "miroir_headset", None, proc_asound=proc) is None
+    (proc / "card1" / "usbid").write_text("1b3f:2008\n")  # another model, same card name
+    why = verified(state, "miroir_headset", None, proc_asound=proc)
+    assert why is not None and "1b3f:2008" in why and "run it again" in why
+    save_verdict(state, "miroir_headset", None, report, proc_asound=proc)  # checked again
+    assert verified(state, "miroir_headset", None, proc_asound=proc) is None
