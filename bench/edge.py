@@ -100,10 +100,27 @@ def reference(model: Any, audio: TwoPartyAudio, block: int) -> float:
     return spent
 
 
-def run(seconds: float = 600.0, repeats: int = 3, block: int = 1024) -> dict[str, Any]:
-    """Measure the pipeline and the reference; return the JSON-ready figures."""
+def _pipeline(model: Any, affect: bool) -> Any:
+    """The box's pipeline, profiled; with ``affect``, the prospect affect stage on (a campaign
+    that discloses it, as a box whose settings enable it)."""
+    from edge.pipeline import Pipeline
+
+    if not affect:
+        return Pipeline(model, profile=True)
+    from edge.affect import AffectConfig, AffectModel, AffectStage
+    from edge.campaign import from_mapping
+
+    config = AffectConfig(enabled=True)
+    return Pipeline(model, profile=True, affect=AffectStage(AffectModel(config.backend), config),
+                    campaign=from_mapping({"affect": {"disclosed": True}}))
+
+
+def run(seconds: float = 600.0, repeats: int = 3, block: int = 1024,
+        affect: bool = False) -> dict[str, Any]:
+    """Measure the pipeline (with the prospect affect stage if ``affect``) and the reference;
+    return the JSON-ready figures."""
     single_thread_env()
-    from edge.pipeline import Pipeline, load_vad_model
+    from edge.pipeline import load_vad_model
 
     model = load_vad_model()  # the box's default runtime
     fp32 = load_vad_model("onnx")  # the reference: the published file on ONNX Runtime
@@ -119,7 +136,7 @@ def run(seconds: float = 600.0, repeats: int = 3, block: int = 1024) -> dict[str
     pipe_s, ref_s, stages = [], [], []
     for _ in range(repeats):
         ref_s.append(reference(fp32, audio, block))
-        pipe = Pipeline(model, profile=True)
+        pipe = _pipeline(model, affect)
         spent = 0.0
         for chunk in audio.blocks(block):
             t0 = time.process_time()
@@ -135,6 +152,7 @@ def run(seconds: float = 600.0, repeats: int = 3, block: int = 1024) -> dict[str
     return {
         "audio_s": audio_s,
         "repeats": repeats,
+        "affect": affect,
         "near_speech_ratio": speech["near_speech_ratio"],
         "far_speech_ratio": speech["far_speech_ratio"],
         "rtf_pipeline": round(rtf_pipeline, 5),

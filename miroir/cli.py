@@ -210,7 +210,7 @@ def cmd_bench_edge(args: argparse.Namespace) -> int:
     """Whole edge pipeline vs fp32 Silero VAD alone on real two-party audio (one thread)."""
     from bench.edge import run
 
-    print(json.dumps(run(seconds=args.seconds, repeats=args.repeats),
+    print(json.dumps(run(seconds=args.seconds, repeats=args.repeats, affect=args.affect),
                      indent=None if args.json else 2))
     return 0
 
@@ -310,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
                              description=cmd_bench_edge.__doc__)
     p.add_argument("--seconds", type=float, default=600.0, help="audio length (default 600)")
     p.add_argument("--repeats", type=int, default=3, help="runs of each side (median)")
+    p.add_argument("--affect", action="store_true",
+                   help="with the prospect affect stage on (as a campaign that discloses it)")
     p.add_argument("--json", action="store_true", help="one line of JSON")
     p.set_defaults(func=cmd_bench_edge)
     p = bench_sub.add_parser("accuracy", help="accuracy figures on real speech with ground truth",
