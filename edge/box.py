@@ -81,25 +81,12 @@ class Box:
 
             gate = GateConfig(settings.vad_on_threshold, settings.vad_off_threshold,
                               settings.vad_min_speech_ms, settings.vad_min_silence_ms)
-            affect = None
-            blocked = None
-            self.affect_state = "on" if settings.affect_enabled else "off"
-            if settings.affect_enabled and settings.capture_device is not None:
-                # the line must be the line: swapped channels would read the agent's emotions
-                from edge.installcheck import verified
-
-                blocked = verified(settings.state_dir, settings.capture_device,
-                                   settings.capture_far_device)
-                if blocked is not None:
-                    log.error("the prospect affect model stays off: %s", blocked)
-                    self.affect_state = "blocked"
-            if settings.affect_enabled and blocked is None:  # the campaign discloses it: far only
-                affect = self._affect_stage(settings)
             campaign = None
             if settings.campaign_file is not None:
                 from edge.campaign import load as load_campaign
 
                 campaign = load_campaign(settings.campaign_file)
+            affect = self._affect_stage(settings, campaign is not None and campaign.affect.disclosed)
             saved = baselines.load(settings.state_dir, settings.baseline_max_age_h)
             self._learned_ts = saved.learned_ts
             calls = ConversationConfig(call_start_on_speech=settings.call_start_on_speech,
@@ -107,8 +94,6 @@ class Box:
             pipeline = Pipeline(model, gate=gate, window_s=settings.window_s, affect=affect,
                                 conversation=calls, campaign=campaign,
                                 agent_baseline=saved.agent, fatigue_baseline=saved.fatigue)
-            if affect is not None and pipeline.affect is None:
-                self.affect_state = "undisclosed"  # the campaign's script does not tell the prospect
         else:
             self._learned_ts = None
             self.affect_state = "off"
@@ -159,19 +144,40 @@ class Box:
             log.info("private mode was on when the box stopped: it stays on")
             self._apply({"action": "private_on"})
 
-    def _affect_stage(self, settings: EdgeSettings) -> Any:
-        """The prospect affect stage, or None (``affect_state`` "failed") if its model will not load:
-        an optional stage never stops the box's other metrics."""
+    def _affect_stage(self, settings: EdgeSettings, disclosed: bool) -> Any:
+        """The prospect affect stage, or None, with why in ``affect_state``: not enabled, not
+        disclosed by the campaign, blocked by the install check (the line must be the line:
+        swapped channels would read the agent), or its model will not load (an optional stage
+        never stops the box's other metrics)."""
+        self.affect_state = "off"
+        if not settings.affect_enabled:
+            return None
+        self.affect_state = "undisclosed"
+        if not disclosed:
+            log.warning("the prospect affect model stays off: the campaign does not disclose it "
+                        "([affect] disclosed = true)")
+            return None
+        if settings.capture_device is not None:
+            from edge.installcheck import verified
+
+            blocked = verified(settings.state_dir, settings.capture_device,
+                               settings.capture_far_device)
+            if blocked is not None:
+                log.error("the prospect affect model stays off: %s", blocked)
+                self.affect_state = "blocked"
+                return None
         from edge.affect import AffectConfig, AffectModel, AffectStage
         from models.build import ModelError
 
         config = AffectConfig(enabled=True, backend=settings.model_backend)
         try:
-            return AffectStage(AffectModel(config.backend), config)
+            stage = AffectStage(AffectModel(config.backend), config)
         except (ModelError, OSError, ValueError, RuntimeError) as exc:
             log.error("the prospect affect model stays off: %s", exc)
             self.affect_state = "failed"
             return None
+        self.affect_state = "on"
+        return stage
 
     @property
     def identifying(self) -> bool:

@@ -1,8 +1,9 @@
 """Fleet health facts for site IT, as scalar ``status`` fields (see :mod:`miroir.wire`).
 
-Software version, days until the box certificate expires, CPU temperature and throttling (from
-``/sys`` and ``vcgencmd`` when present), clock synchronisation and offset (the kernel's
-``adjtimex``, which NTP daemons such as systemd-timesyncd steer), plus the outbox depth and audio
+Software version, days until the box certificate expires, CPU temperature and throttling (the
+firmware's flags in ``/sys``, else ``vcgencmd``), clock synchronisation and offset (the kernel's
+``adjtimex``, which NTP daemons such as systemd-timesyncd steer; where the service's sandbox denies
+it, systemd-timesyncd's flag file and no offset), plus the outbox depth and audio
 overruns the loop already counts. Each probe that is unavailable is simply left out. Also the
 heartbeat file the update health check reads.
 """

@@ -99,7 +99,7 @@ def register_cli(groups: dict[str, argparse._SubParsersAction]) -> None:
     train = models.add_parser("train", help="train a model from the shared data sets",
                               description="Train a model; it writes the committed files and manifest.")
     train_sub = train.add_subparsers(dest="train_model", metavar="MODEL", required=True)
-    p = train_sub.add_parser("affect", help="the prospect affect model (EmoDB, about 10 minutes)",
+    p = train_sub.add_parser("affect", help="the prospect affect model (EmoDB, about 2 minutes)",
                              description=cmd_train_affect.__doc__)
     p.add_argument("--out", type=Path, default=None,
                    help="write the files here instead of models/affect (the manifest is then left as is)")

@@ -98,6 +98,11 @@ def test_the_affect_model_runs_only_on_channels_a_check_verified(
     box = Box(settings, load_vad_model(), version="test")
     assert box.pipeline.affect is None and box.affect_state == "blocked"  # no check yet
     box.outbox.close()
+    # a campaign that does not disclose it: that is why it is off, whatever the check (no problem
+    # for IT, the campaign's choice), and the model is not even loaded
+    box = Box(dataclasses.replace(settings, campaign_file=None), load_vad_model(), version="test")
+    assert box.pipeline.affect is None and box.affect_state == "undisclosed"
+    box.outbox.close()
     agent, line = recording(ami_pair)
     raw = write_raw(tmp_path / "headset.raw", *((line, agent) if swap else (agent, line)))
     alsa_home.define("miroir_headset", raw)
