@@ -100,3 +100,27 @@ def test_the_it_guide_adds_a_dashboard_user_the_way_that_works(tmp_path: Path) -
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert "added it tech" in done.stdout
+
+
+def test_every_command_line_in_the_readme_parses() -> None:
+    """Each `miroir ...` line of the README's command table, placeholders filled in and optional
+    parts kept, is accepted by the real parser: a required option missing from the README (restore
+    without --site-dir, site-init without --site) or a command that no longer exists fails."""
+    import contextlib
+    import io
+    import re
+
+    lines = [c for row in re.findall(r"^\| (`miroir [^|]*?)\|", README, re.M)
+             for c in re.findall(r"`(miroir [^`]*)`", row)]
+    assert len(lines) >= 25
+    values = {"ROLE": "it"}  # a placeholder whose option takes only some values
+    for line in lines:
+        words = line.replace("[", " ").replace("]", " ").split()[1:]
+        args = [values.get(w, "x") if not w.startswith("-") and (w.isupper() or "." in w) else w
+                for w in words]
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err):
+                build_parser().parse_args(args)
+        except SystemExit:
+            raise AssertionError(f"README's `{line}`: {err.getvalue().strip()}") from None
