@@ -407,6 +407,11 @@ def test_a_team_aggregate_of_fewer_than_three_agents_is_withheld(org: Any) -> No
             assert a["mean"] is None and a["withheld"] == "too few agents"
             assert a["agents"] == agents
         assert "trop peu d&#39;agents" in c.get("/audit").text
+    with client(settings) as c:  # an admin sees each agent anyway: nothing to withhold
+        login_as(c, "admin", data)
+        agg = {(a["team"], a["metric"]): a for a in c.get("/api/aggregates").json()["aggregates"]}
+        assert agg[("team-b", "near_speech_ratio")]["withheld"] is None
+        assert 0 < agg[("team-b", "near_speech_ratio")]["mean"] < 1
     assert api.MIN_GROUP_AGENTS == 3
     reseat(settings, "box-b1", "agent-a3", team="team-a")  # a third agent of team A, seated
     db = store.open_db(settings.db_path)

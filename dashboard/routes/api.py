@@ -448,18 +448,22 @@ def team_board(db: Any, user: User, team: str, days: int = 14) -> dict[str, Any]
 
 
 MIN_GROUP_AGENTS = 3
-"""Fewest agents behind a team aggregate: a smaller group's mean is withheld ("too few
-agents"), since the mean of one or two agents is their own data (an auditor sees aggregates,
-never one agent's data)."""
+"""Fewest agents behind a team aggregate for a reader who may not see each of them (an auditor
+sees aggregates, never one agent's data): a smaller group's mean is withheld ("too few
+agents"), since the mean of one or two agents is their own data."""
 
 
 def aggregates(db: Any, user: User) -> list[dict[str, Any]]:
     """Per team and metric, the mean over agents and days (no per-agent values); ``mean`` is
     None and ``withheld`` says why when fewer than :data:`MIN_GROUP_AGENTS` agents are behind
-    it."""
+    it and the reader may not see each of the team's agents anyway (an admin, a team's own
+    supervisor get every mean)."""
     teams = [t["team"] for t in access.visible_teams(db, user)]
+    visible = access.visible_agents(db, user)
     out = []
     for team in teams:
+        sees_each = visible is None or {r[0] for r in db.conn.execute(
+            "SELECT agent FROM agents WHERE team = ?", (team,))} <= set(visible)
         for name in analytics.metric_names(db):
             row = db.conn.execute(
                 "SELECT avg(d.mean), count(DISTINCT d.agent), count(DISTINCT d.day) FROM "
@@ -473,7 +477,7 @@ def aggregates(db: Any, user: User) -> list[dict[str, Any]]:
             mean, agents = (row[0], row[1]) if row[0] is not None else (live[0], live[1])
             agents = int(agents or 0)
             withheld = "too few agents" if mean is not None and agents < MIN_GROUP_AGENTS \
-                else None
+                and not sees_each else None
             out.append({"team": team, "metric": name, "mean": None if withheld else mean,
                         "agents": agents, "withheld": withheld})
     return out
