@@ -171,7 +171,10 @@ def _status_row(db: sqlite_utils.Database, msg: dict[str, Any], ingested_ts: flo
     """Apply one status to the box's row (caller's transaction); note a rise in overruns."""
     fields = {k: msg[k] for k in STATUS_FIELDS if k in msg}
     _touch_box(db, msg["site"], msg["box"], ingested_ts)
-    sets = ", ".join(f"{k} = ?" for k in ("state", "last_status_ts", *fields))
+    # a Last Will carries the time its box connected (it is set then), maybe days ago: it must
+    # not move the time of the box's last report back (the certificate's days left age from it)
+    sets = ", ".join(["state = ?", "last_status_ts = max(coalesce(last_status_ts, 0), ?)",
+                      *(f"{k} = ?" for k in fields)])
     args: list[Any] = [msg["state"], float(msg["ts"]), *fields.values()]
     if "overruns" in fields:  # SET expressions read the old row: compare before it changes
         sets += ", overruns_rise_ts = CASE WHEN ? > coalesce(overruns, 0) THEN ? " \

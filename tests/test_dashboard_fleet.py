@@ -358,3 +358,19 @@ def test_served_over_tls_directly_and_plain_http_is_refused(tmp_path: Path) -> N
         plain = server.url.replace("https://", "http://")
         with pytest.raises(httpx.TransportError):
             httpx.get(plain + "/healthz", timeout=5.0)
+
+
+def test_a_last_will_does_not_age_the_certificate_by_the_connection(tmp_path: Path) -> None:
+    """A box's Last Will is made when it connects and carries that time: a box up 30 days that
+    dies read its certificate as 30 days older (20 days left showed as expired 10 days ago)."""
+    db = store.open_db(tmp_path / "dash.db")
+    schema.ensure_schema(db)
+    now = time.time()
+    connected = now - 30 * 86400
+    store.apply_status(db, wire.status_message(SITE, "box-a", "online", now - 10,
+                                               cert_days_left=20.0), now - 10)
+    store.apply_status(db, wire.status_message(SITE, "box-a", "offline", connected), now)
+    box = next(b for b in fleet.fleet(db, now)["boxes"] if b["box"] == "box-a")
+    assert box["state"] == "offline" and box["offline"]
+    assert box["cert_days_now"] == pytest.approx(20.0, abs=0.01)
+    assert "cert_expired" not in [p["code"] for p in box["problems"]]
