@@ -293,3 +293,34 @@ def http_login(c: Any, user: str = ADMIN_USER, password: str = ADMIN_PASSWORD,
     assert r.status_code == 303 and r.headers["location"] == "/", r.text
     c.cookies.clear()
     return str(r.cookies["__Host-miroir"])
+
+
+# ------------------------------------------------------------------ an org behind the app itself
+@pytest.fixture
+def org(tmp_path: Path) -> tuple[DashboardSettings, dict[str, Any]]:
+    """Settings of a fresh dashboard and its seeded org (:func:`seed_org`)."""
+    settings = make_settings(tmp_path)
+    return settings, seed_org(settings)
+
+
+def client(settings: DashboardSettings, **kw: Any) -> Any:
+    """A TestClient on the app (no ingest), over https, redirects not followed."""
+    from fastapi.testclient import TestClient
+
+    from dashboard.app import create_app
+
+    return TestClient(create_app(settings, start_ingest=False), base_url="https://testserver",
+                      follow_redirects=False, **kw)
+
+
+def login_as(c: Any, user: str, org_data: dict[str, Any]) -> None:
+    """Log ``user`` of the seeded org in (with its TOTP secret if it has one)."""
+    password = ADMIN_PASSWORD if user == ADMIN_USER else USER_PASSWORD
+    r = client_login(c, user, password, org_data["secrets"].get(user))
+    assert r.status_code == 303 and r.headers["location"] == "/", r.text
+
+
+def csrf_header(c: Any) -> dict[str, str]:
+    """The CSRF header of the logged-in session."""
+    page = c.get("/", follow_redirects=True)
+    return {"x-csrf-token": csrf_of(page.text)}

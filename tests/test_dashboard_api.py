@@ -5,46 +5,18 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 
 from dashboard import db as store
 from dashboard import schema
-from dashboard.app import create_app
 from dashboard.settings import DashboardSettings
 from tests._fixtures_dashboard import (
-    ADMIN_PASSWORD,
-    USER_PASSWORD,
-    client_login,
-    csrf_of,
-    make_settings,
-    seed_org,
+    client,
+    csrf_header,
+    login_as,
 )
-
-
-@pytest.fixture
-def org(tmp_path: Path) -> tuple[DashboardSettings, dict[str, Any]]:
-    settings = make_settings(tmp_path)
-    return settings, seed_org(settings)
-
-
-def client(settings: DashboardSettings, **kw: Any) -> TestClient:
-    return TestClient(create_app(settings, start_ingest=False), base_url="https://testserver",
-                      follow_redirects=False, **kw)
-
-
-def login_as(c: TestClient, user: str, org_data: dict[str, Any]) -> None:
-    password = ADMIN_PASSWORD if user == "admin" else USER_PASSWORD
-    r = client_login(c, user, password, org_data["secrets"].get(user))
-    assert r.status_code == 303 and r.headers["location"] == "/", r.text
-
-
-def csrf_header(c: TestClient) -> dict[str, str]:
-    page = c.get("/", follow_redirects=True)
-    return {"x-csrf-token": csrf_of(page.text)}
 
 
 def query(settings: DashboardSettings, sql: str, *args: Any) -> list[tuple[Any, ...]]:

@@ -19,32 +19,13 @@ from dashboard.settings import DashboardSettings
 from miroir import wire
 from tests._fixtures_dashboard import (
     USER_PASSWORD,
-    client_login,
+    client,
+    csrf_header,
     csrf_of,
+    login_as,
     make_settings,
     seed_org,
 )
-
-
-@pytest.fixture
-def org(tmp_path: Path) -> tuple[DashboardSettings, dict[str, Any]]:
-    settings = make_settings(tmp_path)
-    return settings, seed_org(settings)
-
-
-def client(settings: DashboardSettings, **kw: Any) -> TestClient:
-    return TestClient(create_app(settings, start_ingest=False), base_url="https://testserver",
-                      follow_redirects=False, **kw)
-
-
-def login_as(c: TestClient, user: str, org_data: dict[str, Any]) -> None:
-    r = client_login(c, user, USER_PASSWORD, org_data["secrets"].get(user))
-    assert r.status_code == 303 and r.headers["location"] == "/", r.text
-
-
-def csrf_header(c: TestClient) -> dict[str, str]:
-    page = c.get("/", follow_redirects=True)
-    return {"x-csrf-token": csrf_of(page.text)}
 
 
 # ------------------------------------------------------------------------------ TOTP
