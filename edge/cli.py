@@ -9,7 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_RELEASES = Path("/data/miroir-releases")
+from edge.update import INSTALL_ROOTS
+
+DEFAULT_RELEASES = Path(INSTALL_ROOTS[0])
 DEFAULT_RELEASE_KEY = Path("/usr/share/miroir/release-key.pem")
 DEFAULT_STATE = Path("/var/lib/miroir")
 
