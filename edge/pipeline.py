@@ -488,11 +488,7 @@ class Pipeline:
                 self._idle_s = 0.0
             else:
                 self._idle_s += duration_s
-            for ch, change, at_s in transitions:
-                name = "speech_start" if change == "start" else "speech_end"
-                body = {"name": name, "channel": ch, "t_audio_s": round(at_s, 3)}
-                self.signals.event(body, start_s)
-                out.append(Message("event", body))
+            out += [self._speech_event(ch, change, at_s, start_s) for ch, change, at_s in transitions]
             t = self._lap("gates", t)
             out += self._call_events(self.conversation(start_s, duration_s, near, far, transitions),
                                      start_s)
@@ -648,10 +644,16 @@ class Pipeline:
         for ch in CHANNELS:
             if self._open[ch] is not None:
                 self._segment(ch, "end", self.audio_s)
-                body = {"name": "speech_end", "channel": ch, "t_audio_s": round(self.audio_s, 3)}
-                self.signals.event(body, self.audio_s)
-                out.append(Message("event", body))
+                out.append(self._speech_event(ch, "end", self.audio_s, self.audio_s))
         return out + self._call_events(self.conversation.finish(), self.audio_s)
+
+    def _speech_event(self, ch: str, change: str, at_s: float, now_s: float) -> Message:
+        """The ``speech_start`` or ``speech_end`` event of a gate's ``change`` at ``at_s``, told
+        to the cue stage as of ``now_s`` (seconds)."""
+        name = "speech_start" if change == "start" else "speech_end"
+        body = {"name": name, "channel": ch, "t_audio_s": round(at_s, 3)}
+        self.signals.event(body, now_s)
+        return Message("event", body)
 
     def _call_events(self, events: list[dict[str, Any]], now_s: float) -> list[Message]:
         """The conversation's events, each after the cues it raised; a call's summary says how
