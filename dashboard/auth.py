@@ -358,21 +358,6 @@ def cancel_attempt(db: sqlite_utils.Database, attempt: int) -> None:
         db.conn.execute("DELETE FROM login_attempts WHERE id = ?", (attempt,))
 
 
-def record_login_attempt(db: sqlite_utils.Database, username: str, addr: str, ok: bool,
-                         now: float | None = None, clear: bool = True,
-                         kind: str = "password") -> None:
-    """Remember one login attempt (a complete success clears the account's failure count; a right
-    password before a one-time code, ``clear=False``, does not: the codes would be unlimited)."""
-    now = time.time() if now is None else now
-    with db.conn:
-        if ok and clear:
-            db.conn.execute("DELETE FROM login_attempts WHERE username = ? AND ok = 0",
-                            (username[:64],))
-        db.conn.execute("INSERT INTO login_attempts (ts, username, addr, ok, kind) "
-                        "VALUES (?, ?, ?, ?, ?)",
-                        (now, username[:64], throttle_key(addr), int(ok), kind))
-
-
 def device_tokens(cookie: str | None) -> list[str]:
     """The tokens a device cookie holds, one per account the browser logged in to, newest first."""
     if not cookie or len(cookie) > 80 * DEVICE_TOKENS_MAX:

@@ -324,3 +324,15 @@ def csrf_header(c: Any) -> dict[str, str]:
     """The CSRF header of the logged-in session."""
     page = c.get("/", follow_redirects=True)
     return {"x-csrf-token": csrf_of(page.text)}
+
+
+def failed_login(db: Any, username: str, addr: str, now: float | None = None,
+                 kind: str = "password") -> None:
+    """Record one failed login attempt as the login routes do (:func:`dashboard.auth.reserve_attempt`,
+    checked and wrong), whatever the throttle says: to fill the throttle's counts."""
+    from dashboard import auth
+
+    with db.conn:
+        db.conn.execute("INSERT INTO login_attempts (ts, username, addr, ok, kind) "
+                        "VALUES (?, ?, ?, 0, ?)", (time.time() if now is None else now,
+                                                   username[:64], auth.throttle_key(addr), kind))

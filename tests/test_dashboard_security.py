@@ -22,6 +22,7 @@ from tests._fixtures_dashboard import (
     client,
     csrf_header,
     csrf_of,
+    failed_login,
     login_as,
     make_settings,
     seed_org,
@@ -145,7 +146,7 @@ def test_ten_failed_logins_are_throttled_per_account_and_per_address(tmp_path: P
     assert not auth.login_throttled(db, "amina", "198.51.100.7", **limits)
     # Per address: many accounts from one address.
     for i in range(20):
-        auth.record_login_attempt(db, f"user-{i}", "203.0.113.9", False)
+        failed_login(db, f"user-{i}", "203.0.113.9")
     assert auth.login_throttled(db, "bilal", "203.0.113.9", **limits)
     assert not auth.login_throttled(db, "bilal", "203.0.113.10", **limits)
     # X-Forwarded-For is believed only from a trusted proxy, walked from the right.
@@ -187,13 +188,13 @@ def test_a_stranger_cannot_lock_a_supervisor_out(tmp_path: Path) -> None:
     # a stranger: 5 wrong passwords from each of 4 addresses, then 10 from each of 5 more
     for i in range(4):
         for _ in range(5):
-            auth.record_login_attempt(db, "amina", f"198.51.100.{i}", False)
+            failed_login(db, "amina", f"198.51.100.{i}")
     with client(settings) as fresh:
         assert log_in(fresh) == 303  # 20 failures from elsewhere: the owner logs in as usual
     for i in range(4, 9):  # (the owner's login cleared the first 20)
         for _ in range(10):
-            auth.record_login_attempt(db, "amina", f"198.51.100.{i}", False)
-            auth.record_login_attempt(db, "sup-b", f"198.51.100.{i}", False)
+            failed_login(db, "amina", f"198.51.100.{i}")
+            failed_login(db, "sup-b", f"198.51.100.{i}")
     with client(settings) as fresh:  # 50 failures on the account since its last login
         r = fresh.post("/login", data={"username": "amina", "password": USER_PASSWORD,
                                        "csrf": csrf_of(fresh.get("/login").text)})
@@ -217,7 +218,7 @@ def test_a_stranger_cannot_lock_a_supervisor_out(tmp_path: Path) -> None:
     # one-time codes: 5 wrong ones on the account, whatever the addresses, throttle its code step
     # (only someone with the password gets there, so the owner's browser is not spared)
     for i in range(5):
-        auth.record_login_attempt(db, "sup-a", f"203.0.113.{i}", False, kind="code")
+        failed_login(db, "sup-a", f"203.0.113.{i}", kind="code")
     secret = data["secrets"]["sup-a"]
     with client(settings) as c:
         assert log_in(c, "sup-a") == 303
@@ -241,9 +242,9 @@ def test_a_dashboard_that_ran_migration_3_gets_migration_4(tmp_path: Path) -> No
     assert schema.ensure_schema(db) == len(schema.MIGRATIONS) == 4
     assert auth.known_device(db, "chef", token) == token
     assert db.conn.execute("SELECT kind FROM login_attempts").fetchone()[0] == "password"
-    auth.record_login_attempt(db, "chef", "198.51.100.1", False, kind="code")
+    failed_login(db, "chef", "198.51.100.1", kind="code")
     assert not auth.codes_throttled(db, "chef", window_s=900, max_codes=2)
-    auth.record_login_attempt(db, "chef", "198.51.100.2", False, kind="code")
+    failed_login(db, "chef", "198.51.100.2", kind="code")
     assert auth.codes_throttled(db, "chef", window_s=900, max_codes=2)
     db.conn.close()
 
@@ -427,7 +428,7 @@ def test_retention_purge_with_a_controlled_clock(org: Any) -> None:
                             (now - days * 86400,))
             db.conn.execute("INSERT INTO flags (agent, ts, author, created_ts) VALUES "
                             "('agent-a1', ?, 'sup-a', ?)", (now - days * 86400, now))
-            auth.record_login_attempt(db, "amina", "192.0.2.1", False, now=now - days * 86400)
+            failed_login(db, "amina", "192.0.2.1", now=now - days * 86400)
     before = db["metrics"].count
     # The clock moves 31 days on: every per-second row of the seed is now past 30 days.
     later = now + 31 * 86400
