@@ -14,7 +14,8 @@ sees the agent's channel as model input. It runs a window through the model only
 The near channel is read only for those two gating decisions (energy envelope and VAD state), never
 as features. Features (:func:`window_features`) are gain-invariant log-mel functionals up to 4 kHz
 (telephone band) and the prosody stage's functionals; the model (``models/affect``, int8 ONNX or
-TFLite) turns them into two probabilities. :func:`affect_for_analysis` runs it offline.
+TFLite) turns them into two probabilities. ``miroir analyze --affect`` shows what it evaluated
+(:func:`analysis_section`).
 """
 
 from __future__ import annotations
@@ -348,15 +349,6 @@ class AffectStage:
         return corr > self.config.echo_corr
 
 
-def _speaking_flags(segments: list[list[float]], n_frames: int, frame_s: float) -> np.ndarray:
-    """Per-frame speech flags (frame centre inside a segment) from ``[[start_s, end_s], ...]``."""
-    centres = (np.arange(n_frames) + 0.5) * frame_s
-    flags = np.zeros(n_frames, dtype=bool)
-    for start, end in segments:
-        flags |= (centres >= start) & (centres < end)
-    return flags
-
-
 def summarize(windows: list[AffectWindow]) -> dict[str, Any]:
     """Summary of a call's prospect affect (feeds the prospect-tense cue)."""
     if not windows:
@@ -367,45 +359,6 @@ def summarize(windows: list[AffectWindow]) -> dict[str, Any]:
     return {"windows": len(windows), "arousal_mean": round(float(a.mean()), 4),
             "tension_mean": round(float(t.mean()), 4), "tension_max": round(float(t.max()), 4),
             "tense_share": round(float(np.mean(t > 0.5)), 4)}
-
-
-def affect_for_analysis(audio: np.ndarray, segments: dict[str, list[list[float]]],
-                        config: AffectConfig = AffectConfig(),
-                        model: AffectModel | None = None) -> dict[str, Any]:
-    """Prospect affect of a whole two-channel recording, for ``miroir analyze --json``.
-
-    Args:
-        audio: (2, n) float32 at 16 kHz, near (agent) first.
-        segments: the VAD's speech segments per channel, ``{"near": [[s, e], ...], "far": [...]}``.
-        config: affect settings; nothing runs (and no model loads) unless ``config.enabled``.
-        model: a loaded model (default: the manifest's model for ``config.backend``).
-
-    Returns:
-        ``{"enabled": bool, "far": {"windows": [...], "summary": {...}}, "skipped": {...}}``.
-    """
-    if not config.enabled:
-        return {"enabled": False}
-    from edge.frames import FRAME_SAMPLES, Framer
-
-    model = model or AffectModel(config.backend)
-    stage = AffectStage(model, config)
-    framer = Framer()
-    frame_s = FRAME_SAMPLES / RATE_HZ
-    n_frames = audio.shape[1] // FRAME_SAMPLES
-    near = _speaking_flags(segments.get("near", []), n_frames, frame_s)
-    far = _speaking_flags(segments.get("far", []), n_frames, frame_s)
-    windows = []
-    i = 0
-    for start in range(0, audio.shape[1], RATE_HZ):  # a second at a time: no copy of it all
-        for frame in framer(np.asarray(audio[:, start:start + RATE_HZ], dtype=np.float32)):
-            w = stage(frame, bool(near[i]), bool(far[i]))
-            i += 1
-            if w is not None:
-                windows.append(w)
-    last = stage.finish()
-    if last is not None:
-        windows.append(last)
-    return analysis_section(windows, stage)
 
 
 def analysis_section(windows: list[AffectWindow], stage: AffectStage) -> dict[str, Any]:

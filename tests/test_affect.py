@@ -9,17 +9,66 @@ from __future__ import annotations
 import shutil
 import wave
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from edge.affect import AffectConfig, AffectModel, AffectStage, affect_for_analysis
+from edge.affect import AffectConfig, AffectModel, AffectStage, analysis_section
+from edge.frames import FRAME_SAMPLES, RATE_HZ, Framer
 from edge.pipeline import analyze, load_vad_model
 from miroir import wire
 
 EMODB = Path(__file__).resolve().parents[2] / "shared" / "data" / "emodb" / "wav"
 RATE = 16000
 ON = AffectConfig(enabled=True)
+
+
+def _speaking_flags(segments: list[list[float]], n_frames: int, frame_s: float) -> np.ndarray:
+    """Per-frame speech flags (frame centre inside a segment) from ``[[start_s, end_s], ...]``."""
+    centres = (np.arange(n_frames) + 0.5) * frame_s
+    flags = np.zeros(n_frames, dtype=bool)
+    for start, end in segments:
+        flags |= (centres >= start) & (centres < end)
+    return flags
+
+
+def affect_for_analysis(audio: np.ndarray, segments: dict[str, list[list[float]]],
+                        config: AffectConfig | None = None,
+                        model: AffectModel | None = None) -> dict[str, Any]:
+    """Prospect affect of a whole two-channel recording, its stage driven by given VAD segments.
+
+    Args:
+        audio: (2, n) float32 at 16 kHz, near (agent) first.
+        segments: the VAD's speech segments per channel, ``{"near": [[s, e], ...], "far": [...]}``.
+        config: affect settings; nothing runs (and no model loads) unless ``config.enabled``.
+        model: a loaded model (default: the manifest's model for ``config.backend``).
+
+    Returns:
+        ``{"enabled": bool, "far": {"windows": [...], "summary": {...}}, "skipped": {...}}``.
+    """
+    config = config or AffectConfig()
+    if not config.enabled:
+        return {"enabled": False}
+    model = model or AffectModel(config.backend)
+    stage = AffectStage(model, config)
+    framer = Framer()
+    frame_s = FRAME_SAMPLES / RATE_HZ
+    n_frames = audio.shape[1] // FRAME_SAMPLES
+    near = _speaking_flags(segments.get("near", []), n_frames, frame_s)
+    far = _speaking_flags(segments.get("far", []), n_frames, frame_s)
+    windows = []
+    i = 0
+    for start in range(0, audio.shape[1], RATE_HZ):  # a second at a time: no copy of it all
+        for frame in framer(np.asarray(audio[:, start:start + RATE_HZ], dtype=np.float32)):
+            w = stage(frame, bool(near[i]), bool(far[i]))
+            i += 1
+            if w is not None:
+                windows.append(w)
+    last = stage.finish()
+    if last is not None:
+        windows.append(last)
+    return analysis_section(windows, stage)
 
 
 def _clip(name: str) -> np.ndarray:
