@@ -13,7 +13,8 @@ socket (:mod:`edge.control`: the front panel's button, a softphone/CTI connector
 
 ``reload`` re-reads the settings and campaign files: a bad file is refused (logged, counted in
 ``reload_refused``) and the box goes on as it was; good files end the loop once no call is in
-progress, with :data:`EXIT_RELOAD`, and systemd starts the service again with them.
+progress, with :data:`EXIT_RELOAD`, and systemd starts the service again with them (read once more
+then: files gone bad meanwhile are refused, and the box goes on).
 """
 
 from __future__ import annotations
@@ -395,8 +396,17 @@ class Box:
         """Read and validate the settings and campaign files again; return True if they are good.
 
         A bad file is refused (logged, counted in ``reload_refused``): the box goes on with what it
-        runs. Good files end the loop at the next block outside a call (:data:`EXIT_RELOAD`).
+        runs, and a reload still pending from good files is dropped. Good files end the loop at the
+        next block outside a call (:data:`EXIT_RELOAD`), once :meth:`_files_ok` finds them good still.
         """
+        if not self._files_ok():
+            return False
+        self.reload_pending = True
+        log.info("reload: the files are valid; restarting once no call is in progress")
+        return True
+
+    def _files_ok(self) -> bool:
+        """Validate the files a restart would start with; refuse (and forget the reload) if bad."""
         try:
             if self.on_reload is not None:
                 self.on_reload()
@@ -406,11 +416,10 @@ class Box:
                 load_campaign(self.settings.campaign_file)
         except (ValueError, OSError) as exc:
             self.reload_refused += 1
+            self.reload_pending = False
             self._status_due = True
             log.error("reload refused, the box goes on with its running settings: %s", exc)
             return False
-        self.reload_pending = True
-        log.info("reload: the files are valid; restarting once no call is in progress")
         return True
 
     def _in_call(self) -> bool:
@@ -451,7 +460,7 @@ class Box:
                     log.exception("the pipeline could not start its stages again")
         self.submit(messages)
         self.pump()
-        if self.reload_pending and not self.private and not self._in_call():
+        if self.reload_pending and not self.private and not self._in_call() and self._files_ok():
             self.exit_code = EXIT_RELOAD
             self.stop_event.set()
 

@@ -316,3 +316,45 @@ def test_a_long_break_with_the_headset_unplugged_starts_a_new_shift(
         box.step(audio[:, i:i + 1024])
     assert box.pipeline.shifts == 1
     box.outbox.close()
+
+
+def test_a_reload_pending_never_restarts_the_box_into_a_file_it_refuses(
+        ami_pair, tmp_path: Path) -> None:
+    """A good ``reload`` during a call waits for the call's end; if the file goes bad meanwhile
+    (the operator's next edit, refused by a second ``reload`` or not), the box must not exit into
+    it: systemd would start it again on a file that stops it at start, again and again."""
+    import time
+
+    near, far = ami_pair(12)
+    audio = np.stack([near, far]).astype(np.float32) / 32768.0
+    for second_reload in (True, False):
+        campaign = tmp_path / f"campaign-{second_reload}.toml"
+        campaign.write_text("[monologue]\non_s = 30.0\n")
+        box = Box(EdgeSettings(site="site-a", box="box-a", broker_port=9,
+                               state_dir=tmp_path / f"state-{second_reload}",
+                               campaign_file=campaign), load_vad_model(), version="test")
+
+        def send(action: str, box: Box = box) -> str:
+            msg = wire.cmd_message("site-a", "box-a", action, time.time())
+            return box.handle_command(box.publisher.cmd_topic, wire.encode("cmd", msg))
+
+        def run(x: np.ndarray, box: Box = box) -> None:
+            for i in range(0, x.shape[1], 1024):
+                box.step(x[:, i:i + 1024])
+                if box.stop_event.is_set():
+                    return
+
+        run(audio[:, : 8 * 16000])
+        assert box.pipeline.conversation.in_call
+        campaign.write_text("[monologue]\non_s = 45.0\n")
+        assert send("reload") == "reload" and box.reload_pending
+        campaign.write_text("[monologue]\non_s = 3.0\n")  # out of range: the box cannot start on it
+        if second_reload:
+            assert send("reload") == "reload" and box.reload_refused == 1
+        run(audio[:, 8 * 16000:])
+        run(np.zeros((2, 40 * 16000), dtype=np.float32))  # the call ends
+        assert not box.pipeline.conversation.in_call
+        assert not box.stop_event.is_set() and box.exit_code == 0, second_reload
+        assert box.status_fields()["reload_refused"] == 1 and not box.reload_pending
+        assert box.pipeline.campaign.monologue.on_s == 30.0  # the box goes on as it was
+        box.outbox.close()
