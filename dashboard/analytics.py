@@ -102,7 +102,9 @@ def roll_up(db: sqlite_utils.Database, before_ts: float) -> int:
     """Store daily per-agent means of every metric for rows older than ``before_ts``.
 
     Called by the purge before per-second rows are deleted, so day-level trends (goals, team
-    board) outlive them. Returns the number of (day, agent, metric) rows written.
+    board) outlive them. A day already rolled up in part (the purge runs hourly) gets the new
+    rows added to its mean, weighted by their counts. Returns the number of (day, agent, metric)
+    rows written.
     """
     names = metric_names(db)
     written = 0
@@ -114,7 +116,8 @@ def roll_up(db: sqlite_utils.Database, before_ts: float) -> int:
         for day, agent, mean, n in cur.fetchall():
             db.conn.execute(
                 "INSERT INTO daily_aggregates (day, agent, metric, mean, n) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT(day, agent, metric) DO UPDATE SET mean = excluded.mean, n = excluded.n",
+                "ON CONFLICT(day, agent, metric) DO UPDATE SET n = n + excluded.n, mean = "
+                "(mean * n + excluded.mean * excluded.n) / (n + excluded.n)",
                 (day, agent, name, mean, n))
             written += 1
     return written

@@ -1,0 +1,54 @@
+"""Analytics against a hand computation from the SQLite rows: daily means across the purge."""
+
+from __future__ import annotations
+
+import calendar
+
+import pytest
+
+from dashboard import analytics, retention, schema
+from dashboard import db as store
+from dashboard.settings import DashboardSettings
+from miroir import wire
+
+DAY0 = calendar.timegm((2026, 3, 2, 0, 0, 0))
+"""A UTC midnight: the day whose rows the tests spread over two hours."""
+
+
+def _day_of_two_stretches(settings: DashboardSettings) -> store.sqlite_utils.Database:
+    """One agent's day: 30 s at 09:00 UTC speaking 20 % of the time, 30 s at 10:00 at 80 %."""
+    db = store.open_db(settings.db_path)
+    schema.ensure_schema(db)
+    schema.import_inventory(db, [{"box": "box-a1", "seat": "A1", "agent": "agent-a1",
+                                  "team": "team-a"}], site=settings.site, now=DAY0 - 3600)
+    seq = 0
+    for hour, ratio in ((9, 0.2), (10, 0.8)):
+        for k in range(30):
+            seq += 1
+            body = {"v": wire.SCHEMA_VERSION, "site": settings.site, "box": "box-a1", "seq": seq,
+                    "ts": DAY0 + hour * 3600 + k, "window_s": 1.0, "near_speech_ratio": ratio,
+                    "talk_state": "agent"}
+            store.insert_metrics(db, wire.decode("metrics", wire.encode("metrics", body)),
+                                 body["ts"])
+    return db
+
+
+def _purge_at(db: store.sqlite_utils.Database, hour: float) -> None:
+    """The hourly purge, 30 days after DAY0, at ``hour`` UTC."""
+    retention.purge(db, metrics_days=30, aggregates_days=365, audit_days=365,
+                    now=DAY0 + 30 * 86400 + hour * 3600)
+
+
+def test_the_hourly_purge_keeps_the_whole_days_mean(dash_settings: DashboardSettings) -> None:
+    """Each hourly purge rolls up the rows it deletes; the day's stored mean is every row's."""
+    db = _day_of_two_stretches(dash_settings)
+    hand = db.conn.execute("SELECT avg(near_speech_ratio), count(*) FROM metrics").fetchone()
+    assert hand == (pytest.approx(0.5), 60)
+    _purge_at(db, 9.5)   # rolls up and deletes the 09:00 stretch
+    _purge_at(db, 10.5)  # then the 10:00 one
+    assert db["metrics"].count == 0
+    mean, n = db.conn.execute("SELECT mean, n FROM daily_aggregates WHERE agent = 'agent-a1' "
+                              "AND metric = 'near_speech_ratio'").fetchone()
+    assert (mean, n) == (pytest.approx(0.5), 60)
+    assert analytics.daily_means(db, "agent-a1", "near_speech_ratio", 60,
+                                 now=DAY0 + 31 * 86400) == [("2026-03-02", pytest.approx(0.5))]
