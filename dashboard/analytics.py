@@ -125,22 +125,24 @@ def roll_up(db: sqlite_utils.Database, before_ts: float) -> int:
 
 def daily_means(db: sqlite_utils.Database, agent: str, metric: str,
                 days: int = 30, now: float | None = None) -> list[tuple[str, float]]:
-    """Daily mean of ``metric`` for ``agent`` over the last ``days`` days, oldest first."""
+    """Daily mean of ``metric`` for ``agent`` over the last ``days`` days, oldest first: a day
+    the purge rolled up in part is its rolled-up mean and its remaining rows, weighted by count."""
     if metric not in metric_names(db):
         return []
     now = time.time() if now is None else now
     since = now - days * DAY_S
-    out: dict[str, float] = {}
-    for day, mean in db.conn.execute(
-            "SELECT day, mean FROM daily_aggregates WHERE agent = ? AND metric = ? AND day >= ?",
-            (agent, metric, _day(since))).fetchall():
-        out[day] = mean
-    for day, mean in db.conn.execute(
-            f"SELECT date(m.ts, 'unixepoch') AS day, avg(m.{metric}) FROM metrics m "
-            f"{_windows_sql()} WHERE h.agent = ? AND m.ts >= ? AND m.{metric} IS NOT NULL "
-            f"GROUP BY day", (agent, since)).fetchall():
-        out[day] = mean
-    return sorted(out.items())
+    sums: dict[str, tuple[float, int]] = {}  # day: (sum, count)
+    for day, mean, n in db.conn.execute(
+            "SELECT day, mean, n FROM daily_aggregates WHERE agent = ? AND metric = ? AND day >= ? "
+            "AND mean IS NOT NULL", (agent, metric, _day(since))).fetchall():
+        sums[day] = (mean * (n or 1), n or 1)
+    for day, total, n in db.conn.execute(
+            f"SELECT date(m.ts, 'unixepoch') AS day, sum(m.{metric}), count(m.{metric}) "
+            f"FROM metrics m {_windows_sql()} WHERE h.agent = ? AND m.ts >= ? "
+            f"AND m.{metric} IS NOT NULL GROUP BY day", (agent, since)).fetchall():
+        before, count = sums.get(day, (0.0, 0))
+        sums[day] = (before + total, count + n)
+    return sorted((day, total / n) for day, (total, n) in sums.items())
 
 
 def progress(series: list[tuple[str, float]], better: str) -> float | None:

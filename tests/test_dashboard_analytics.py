@@ -52,3 +52,14 @@ def test_the_hourly_purge_keeps_the_whole_days_mean(dash_settings: DashboardSett
     assert (mean, n) == (pytest.approx(0.5), 60)
     assert analytics.daily_means(db, "agent-a1", "near_speech_ratio", 60,
                                  now=DAY0 + 31 * 86400) == [("2026-03-02", pytest.approx(0.5))]
+
+
+def test_a_day_purged_in_part_reads_all_its_rows(dash_settings: DashboardSettings) -> None:
+    """Between two purges a day lies half in its rolled-up mean, half in per-second rows: the
+    day's mean (goals, team board) is both halves', weighted by their rows."""
+    db = _day_of_two_stretches(dash_settings)
+    _purge_at(db, 9.5)
+    assert db["metrics"].count == 30
+    assert analytics.daily_means(db, "agent-a1", "near_speech_ratio", 60,
+                                 now=DAY0 + 30 * 86400 + 9.5 * 3600) == \
+        [("2026-03-02", pytest.approx(0.5))]
