@@ -174,7 +174,8 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float, float
 
 def variant_comparison(db: sqlite_utils.Database, campaign: str,
                        agents: list[str] | None) -> list[dict[str, Any]]:
-    """Per variant: calls tagged, outcome counts, meeting rate with its Wilson interval."""
+    """Per variant: calls tagged, outcome counts, meeting rate with its Wilson interval (None
+    for all three while no call of the variant has an outcome: nothing is known of its rate)."""
     variants = list(db.query("SELECT id, name, text FROM variants WHERE campaign = ? ORDER BY id",
                              [campaign]))
     out = []
@@ -189,7 +190,7 @@ def variant_comparison(db: sqlite_utils.Database, campaign: str,
         for outcome, n in db.conn.execute(sql + " GROUP BY outcome", args).fetchall():
             counts[outcome] = n
         n = sum(counts.values())
-        rate, lo, hi = wilson(counts[SUCCESS_OUTCOME], n)
+        rate, lo, hi = wilson(counts[SUCCESS_OUTCOME], n) if n else (None, None, None)
         out.append({"variant": v["id"], "name": v["name"], "text": v["text"], "calls": n,
                     "outcomes": counts, "rate": rate, "ci_low": lo, "ci_high": hi})
     return out

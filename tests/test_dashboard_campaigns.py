@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -164,3 +165,33 @@ def test_campaign_forms_need_csrf_and_agents_and_auditors_cannot_create(org: Any
                           ).status_code == 404, user
             if user == "auditrice":  # sees campaigns (aggregates), never the creation form
                 assert 'id="new-campaign"' not in c.get("/campaigns").text
+
+
+def test_a_variant_without_calls_has_no_rate_nor_interval(org: Any) -> None:
+    """A variant no call has an outcome for yet says nothing about its meeting rate: no 0 %, no
+    zero-width 95 % interval (a single refusal's interval is 0 to 79 %), no dot on the chart."""
+    settings, data = org
+    body = {"campaign": "energie-2026", "name": "Énergie 2026", "team": "team-a",
+            "variants": [{"name": "Question"}, {"name": "Chiffre"}]}
+    with _client(settings) as c:
+        hdr = _login(c, "sup-a", data)
+        made = c.post("/api/campaigns", json=body, headers=hdr).json()
+        asked = made["variants"][0]["id"]
+        call = c.post("/api/calls", json={"agent": "agent-a1", "start_ts": time.time() - 60,
+                                          "campaign": "energie-2026", "variant": asked},
+                      headers=hdr).json()["id"]
+        assert c.post(f"/api/calls/{call}/outcome", json={"outcome": "refusal"},
+                      headers=hdr).status_code == 200
+        comp = {v["name"]: v for v in c.get("/api/campaigns/energie-2026/comparison"
+                                             ).json()["variants"]}
+        assert (comp["Question"]["calls"], comp["Question"]["rate"]) == (1, 0.0)
+        assert comp["Question"]["ci_high"] == pytest.approx(0.793, abs=1e-3)
+        assert comp["Chiffre"]["calls"] == 0
+        assert (comp["Chiffre"]["rate"], comp["Chiffre"]["ci_low"], comp["Chiffre"]["ci_high"]) \
+            == (None, None, None)
+        page = c.get("/campaigns/energie-2026").text
+    rows = {m[0]: m[1] for m in re.findall(
+        r'<tr class="variant"[^>]*><td><strong>([^<]+)</strong>(.*?)</tr>', page, re.S)}
+    assert "0.0 – 79.3 %" in rows["Question"]
+    assert "0.0 %" not in rows["Chiffre"] and "—" in rows["Chiffre"]
+    assert page.count("<circle") == 1  # the dot of the variant with a call only
