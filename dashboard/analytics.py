@@ -145,6 +145,25 @@ def daily_means(db: sqlite_utils.Database, agent: str, metric: str,
     return sorted((day, total / n) for day, (total, n) in sums.items())
 
 
+def team_mean(db: sqlite_utils.Database, team: str, metric: str) -> tuple[float | None, int]:
+    """Mean of ``metric`` over the team's agent-days, and how many agents are behind it: each
+    agent-day is its rolled-up mean and its rows still stored, weighted by count (as
+    :func:`daily_means`), so the days past the purge and the recent ones both count."""
+    if metric not in metric_names(db):
+        return None, 0
+    mean, agents = db.conn.execute(
+        f"SELECT avg(total / n), count(DISTINCT agent) FROM ("
+        f"SELECT agent, day, sum(total) AS total, sum(n) AS n FROM ("
+        f"SELECT d.agent, d.day, d.mean * coalesce(d.n, 1) AS total, coalesce(d.n, 1) AS n "
+        f"FROM daily_aggregates d JOIN agents a ON a.agent = d.agent WHERE a.team = ? "
+        f"AND d.metric = ? AND d.mean IS NOT NULL UNION ALL "
+        f"SELECT h.agent, date(m.ts, 'unixepoch'), sum(m.{metric}), count(m.{metric}) "
+        f"FROM metrics m {_windows_sql()} JOIN agents a ON a.agent = h.agent WHERE a.team = ? "
+        f"AND m.{metric} IS NOT NULL GROUP BY h.agent, 2) GROUP BY agent, day)",
+        (team, metric, team)).fetchone()
+    return mean, int(agents or 0)
+
+
 def progress(series: list[tuple[str, float]], better: str) -> float | None:
     """Improvement of the latest day against the agent's own baseline (mean of earlier days).
 

@@ -63,3 +63,25 @@ def test_a_day_purged_in_part_reads_all_its_rows(dash_settings: DashboardSetting
     assert analytics.daily_means(db, "agent-a1", "near_speech_ratio", 60,
                                  now=DAY0 + 30 * 86400 + 9.5 * 3600) == \
         [("2026-03-02", pytest.approx(0.5))]
+
+
+def test_the_team_aggregate_keeps_the_recent_days_once_old_ones_are_rolled_up(
+        dash_settings: DashboardSettings) -> None:
+    """The per-team mean over agents and days (the audit page, /api/aggregates) reads the
+    rolled-up days and the days still stored per second alike, before and after a purge."""
+    from dashboard import access
+    from dashboard.routes import api
+
+    db = _day_of_two_stretches(dash_settings)  # 2026-03-02: 0.2 at 09:00, 0.8 at 10:00
+    with db.conn:  # the day after: 0.8 all along
+        db.conn.execute("UPDATE metrics SET ts = ts + 86400 WHERE near_speech_ratio > 0.5")
+    admin = access.User("admin", "admin", None, frozenset())
+
+    def team_mean() -> float:
+        return next(a["mean"] for a in api.aggregates(db, admin)
+                    if (a["team"], a["metric"]) == ("team-a", "near_speech_ratio"))
+
+    assert team_mean() == pytest.approx(0.5)  # the two days' means, 0.2 and 0.8
+    _purge_at(db, 12)  # the first day is rolled up, the second still stored per second
+    assert db["metrics"].count == 30
+    assert team_mean() == pytest.approx(0.5)

@@ -454,7 +454,8 @@ agents"), since the mean of one or two agents is their own data."""
 
 
 def aggregates(db: Any, user: User) -> list[dict[str, Any]]:
-    """Per team and metric, the mean over agents and days (no per-agent values); ``mean`` is
+    """Per team and metric, the mean over agent-days (:func:`analytics.team_mean`: rolled-up
+    and recent days alike; no per-agent values); ``mean`` is
     None and ``withheld`` says why when fewer than :data:`MIN_GROUP_AGENTS` agents are behind
     it and the reader may not see each of the team's agents anyway (an admin, a team's own
     supervisor get every mean)."""
@@ -465,17 +466,7 @@ def aggregates(db: Any, user: User) -> list[dict[str, Any]]:
         sees_each = visible is None or {r[0] for r in db.conn.execute(
             "SELECT agent FROM agents WHERE team = ?", (team,))} <= set(visible)
         for name in analytics.metric_names(db):
-            row = db.conn.execute(
-                "SELECT avg(d.mean), count(DISTINCT d.agent), count(DISTINCT d.day) FROM "
-                "daily_aggregates d JOIN agents a ON a.agent = d.agent WHERE a.team = ? "
-                "AND d.metric = ?", (team, name)).fetchone()
-            live = db.conn.execute(
-                f"SELECT avg(m.{name}), count(DISTINCT h.agent) FROM metrics m "
-                f"{analytics._windows_sql()} JOIN agents a ON a.agent = h.agent WHERE a.team = ?",
-                (team,)).fetchone()
-            # the agents behind the mean shown: the daily means' when there are any
-            mean, agents = (row[0], row[1]) if row[0] is not None else (live[0], live[1])
-            agents = int(agents or 0)
+            mean, agents = analytics.team_mean(db, team, name)
             withheld = "too few agents" if mean is not None and agents < MIN_GROUP_AGENTS \
                 and not sees_each else None
             out.append({"team": team, "metric": name, "mean": None if withheld else mean,
