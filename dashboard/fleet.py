@@ -36,7 +36,8 @@ DAY_S = 86400.0
 
 SEVERITY = {
     "offline": 100, "never_seen": 95, "cert_expired": 90, "capture": 70, "cert_expiring": 60,
-    "outbox": 50, "dropped": 45, "overruns": 40, "clock": 35, "thermal": 30, "affect": 20, "version": 10,
+    "settings": 55, "outbox": 50, "dropped": 45, "overruns": 40, "clock": 35, "thermal": 30,
+    "affect": 20, "version": 10,
 }
 """Problem codes from the most to the least urgent."""
 
@@ -105,6 +106,8 @@ def problems(box: dict[str, Any], now: float, fleet_version: str | None) -> list
         out.append(Problem("cert_expiring", f"{days:.0f}"))
     if box.get("capture_ok") is not None and not box["capture_ok"]:
         out.append(Problem("capture", box.get("capture_error") or ""))
+    if box.get("settings_error"):
+        out.append(Problem("settings", box["settings_error"]))
     if box.get("prospect_affect_state") in ("blocked", "failed"):
         out.append(Problem("affect", box["prospect_affect_state"]))
     if (box.get("outbox_depth") or 0) > OUTBOX_HIGH:
@@ -130,8 +133,8 @@ def problems(box: dict[str, Any], now: float, fleet_version: str | None) -> list
 
 _FLEET_COLUMNS = ("box", "site", "state", "last_status_ts", "last_seen_ts", "version",
                   "outbox_depth", "dropped", "overruns", "overruns_rise_ts", "capture_ok",
-                  "capture_reopens", "capture_error", "prospect_affect_state", "cert_days_left",
-                  "cpu_temp_c", "throttled", "clock_synced", "clock_offset_ms")
+                  "capture_reopens", "capture_error", "settings_error", "prospect_affect_state",
+                  "cert_days_left", "cpu_temp_c", "throttled", "clock_synced", "clock_offset_ms")
 
 
 def fleet(db: sqlite_utils.Database, now: float | None = None) -> dict[str, Any]:

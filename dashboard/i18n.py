@@ -221,6 +221,8 @@ STRINGS: dict[str, tuple[str, str]] = {
     "problem.clock": ("Horloge non synchronisée", "Clock not synchronised"),
     "problem.thermal": ("Surchauffe / bridage CPU", "CPU hot / throttled"),
     "problem.version": ("Ancienne version", "Old software version"),
+    "problem.settings": ("Fichier de réglages refusé (ancienne version en service)",
+                         "Settings file refused (the last good one runs)"),
     "problem.affect": ("Modèle d'affect du prospect arrêté", "Prospect affect model off"),
     "action.campaign_create": ("a créé une campagne", "created a campaign"),
     "action.campaign_close": ("a clôturé une campagne", "closed a campaign"),

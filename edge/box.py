@@ -14,7 +14,10 @@ socket (:mod:`edge.control`: the front panel's button, a softphone/CTI connector
 ``reload`` re-reads the settings and campaign files: a bad file is refused (logged, counted in
 ``reload_refused``) and the box goes on as it was; good files end the loop once no call is in
 progress, with :data:`EXIT_RELOAD`, and systemd starts the service again with them (read once more
-then: files gone bad meanwhile are refused, and the box goes on).
+then: files gone bad meanwhile are refused, and the box goes on). SIGHUP (``systemctl reload``) asks
+the same. A campaign file found bad at start-up (edited, never reloaded, then a reboot) is replaced
+by the last one the box started with (:data:`LAST_GOOD_CAMPAIGN`); ``settings_error`` in the status
+says why, as it does after a refused reload.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from edge.publisher import Publisher
 from edge.settings import EdgeSettings
 from edge.watchdog import Notifier
 from miroir import wire
+from miroir.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,8 @@ PANEL_EVERY_S = 2.0
 """Period of the front panel's state file when nothing changes, in seconds."""
 EXIT_RELOAD = 75
 """Exit status after a ``reload`` with valid files (``RestartForceExitStatus`` in the unit)."""
+LAST_GOOD_CAMPAIGN = "campaign.last-good.toml"
+"""The campaign file the box last started with, a copy kept in its state directory."""
 
 
 class _Message(Protocol):
@@ -82,11 +88,7 @@ class Box:
 
             gate = GateConfig(settings.vad_on_threshold, settings.vad_off_threshold,
                               settings.vad_min_speech_ms, settings.vad_min_silence_ms)
-            campaign = None
-            if settings.campaign_file is not None:
-                from edge.campaign import load as load_campaign
-
-                campaign = load_campaign(settings.campaign_file)
+            campaign, self.settings_error = start_campaign(settings)
             affect = self._affect_stage(settings, campaign is not None and campaign.affect.disclosed)
             saved = baselines.load(settings.state_dir, settings.baseline_max_age_h)
             self._learned_ts = saved.learned_ts
@@ -98,6 +100,7 @@ class Box:
         else:
             self._learned_ts = None
             self.affect_state = "off"
+            self.settings_error = ""
         self._expired = False
         self._expired_shift = 0
         self.pipeline: Callable[[Any], Iterable[_Message]] = pipeline
@@ -116,6 +119,8 @@ class Box:
         self.reload_pending = False
         """Valid files were reloaded: the loop ends once no call is in progress."""
         self.reload_refused = 0
+        self.reload_asked = False
+        """SIGHUP asked for a reload (done by the loop, at its next block)."""
         self.exit_code = 0
         """What the service should exit with: :data:`EXIT_RELOAD` after a reload, else 0."""
         self.private = False
@@ -195,6 +200,7 @@ class Box:
                 "outbox_depth": self.outbox.depth(), "dropped": self.outbox.dropped,
                 "private": self.private, "call_state": self._shown_call_state,
                 "cmd_refused": self.cmd_refused, "reload_refused": self.reload_refused,
+                "settings_error": self.settings_error,
                 "pipeline_errors": self.pipeline_errors,
                 "prospect_affect_state": self.affect_state,
                 **getattr(self.pipeline, "input_counts", dict)(), **self.source_status()}
@@ -417,9 +423,13 @@ class Box:
         except (ValueError, OSError) as exc:
             self.reload_refused += 1
             self.reload_pending = False
+            self.settings_error = str(exc)[:wire.MAX_TEXT_CHARS]
             self._status_due = True
             log.error("reload refused, the box goes on with its running settings: %s", exc)
             return False
+        if self.settings_error:
+            self.settings_error = ""
+            self._status_due = True
         return True
 
     def _in_call(self) -> bool:
@@ -460,6 +470,9 @@ class Box:
                     log.exception("the pipeline could not start its stages again")
         self.submit(messages)
         self.pump()
+        if self.reload_asked:
+            self.reload_asked = False
+            self.reload()
         if self.reload_pending and not self.private and not self._in_call() and self._files_ok():
             self.exit_code = EXIT_RELOAD
             self.stop_event.set()
@@ -498,9 +511,43 @@ class Box:
             self.outbox.close()
 
     def install_signal_handlers(self) -> None:
-        """Make SIGTERM and SIGINT end the loop cleanly."""
+        """Make SIGTERM and SIGINT end the loop cleanly, and SIGHUP ask for a ``reload``."""
         def handler(signum: int, frame: Any) -> None:
             log.info("signal %d: stopping", signum)
             self.stop_event.set()
+
+        def hangup(signum: int, frame: Any) -> None:
+            self.reload_asked = True
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGHUP, hangup)
+
+
+def start_campaign(settings: EdgeSettings) -> tuple[Any, str]:
+    """The campaign a box starts with, and what to say in the status's ``settings_error``.
+
+    A good campaign file is used and copied to :data:`LAST_GOOD_CAMPAIGN` in the state directory.
+    A bad one is replaced by that copy (logged; the error is returned); with no copy, its
+    ``CampaignError`` is raised (a box never started: site IT is at hand).
+
+    Returns:
+        (the ``CampaignConfig``, or None for the defaults; the file's error, "" if none).
+    """
+    if settings.campaign_file is None:
+        return None, ""
+    from edge.campaign import CampaignError, load, load_text
+
+    kept = Path(settings.state_dir) / LAST_GOOD_CAMPAIGN
+    try:
+        campaign, raw = load_text(settings.campaign_file)
+    except CampaignError as exc:
+        if not kept.is_file():
+            raise
+        log.error("%s; the box runs the campaign it last started with (%s)", exc, kept)
+        return load(kept), str(exc)[:wire.MAX_TEXT_CHARS]
+    try:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(kept, raw, mode=0o600)
+    except OSError as exc:
+        log.error("cannot keep the campaign in %s: %s", kept, exc)
+    return campaign, ""

@@ -324,8 +324,14 @@ def from_mapping(data: dict[str, Any], default: CampaignConfig | None = None) ->
 
 def load(path: Path) -> CampaignConfig:
     """Load and validate a campaign TOML file."""
+    return load_text(path)[0]
+
+
+def load_text(path: Path) -> tuple[CampaignConfig, bytes]:
+    """Load and validate a campaign TOML file; return it with the bytes it was read from."""
     try:
-        data = tomllib.loads(Path(path).read_text())
+        raw = Path(path).read_bytes()
+        data = tomllib.loads(raw.decode("utf-8-sig"))  # a BOM (Windows editors) is no error
     except FileNotFoundError:
         raise CampaignError(f"{path}: no such campaign file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -333,7 +339,7 @@ def load(path: Path) -> CampaignConfig:
     except OSError as exc:  # a directory, no permission
         raise CampaignError(f"{path}: cannot read the campaign file ({exc.strerror})") from None
     try:
-        return from_mapping(data)
+        return from_mapping(data), raw
     except CampaignError as exc:
         raise CampaignError(f"{path}: {exc}") from None
 

@@ -30,7 +30,8 @@ STREAM_KINDS = ("metrics", "event")
 CMD_KIND = "cmd"
 MAX_PAYLOAD_BYTES = 4096
 MAX_TEXT_CHARS = 200
-"""Longest free-text field (``status.capture_error`` and ``version``): text for site IT, never speech."""
+"""Longest free-text field (``status.capture_error``, ``status.settings_error`` and ``version``): text
+for site IT, never speech."""
 
 TALK_STATES = ("silence", "agent", "prospect", "overlap")
 EVENT_NAMES = ("speech_start", "speech_end", "call_start", "call_end", "overlap_start", "overlap_end",
@@ -131,6 +132,7 @@ ALLOWED_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
         "call_state": (str,),
         "cmd_refused": (int,),
         "reload_refused": (int,),
+        "settings_error": (str,),
         "pipeline_errors": (int,),
         "prospect_affect_state": (str,),
         # Fleet health for site IT (edge/health.py).
@@ -215,7 +217,7 @@ _ENUMS: dict[str, tuple[str, ...]] = {
     "severity": CUE_SEVERITIES,
     "evidence_unit": CUE_UNITS,
 }
-_TEXTS = ("capture_error", "version")
+_TEXTS = ("capture_error", "settings_error", "version")
 _RATIOS = ("near_speech_ratio", "far_speech_ratio", "near_voiced_ratio", "far_voiced_ratio",
            "prospect_arousal", "prospect_tension",
            *(f for f in (*_CONVERSATION_METRICS, *_CALL_SUMMARY)

@@ -358,3 +358,69 @@ def test_a_reload_pending_never_restarts_the_box_into_a_file_it_refuses(
         assert box.status_fields()["reload_refused"] == 1 and not box.reload_pending
         assert box.pipeline.campaign.monologue.on_s == 30.0  # the box goes on as it was
         box.outbox.close()
+
+
+def test_a_campaign_edited_bad_and_never_reloaded_starts_as_the_last_good_one(tmp_path: Path) -> None:
+    """A campaign file edited bad and never reloaded, then a reboot: the box starts on the campaign
+    it last started with (a copy in its state directory), and its status says why, key and range;
+    a refused ``reload`` says the same until a good file is reloaded. A box that never started
+    with a campaign has no copy and does not start (site IT is at hand)."""
+    import pytest
+
+    from edge.campaign import CampaignError
+
+    campaign = tmp_path / "campaign.toml"
+    campaign.write_bytes("\ufeff[monologue]\non_s = 45.0\n".encode())  # a Windows editor's BOM
+    first = _offline_box(tmp_path / "state", campaign_file=campaign)
+    assert first.pipeline.campaign.monologue.on_s == 45.0
+    assert first.status_fields()["settings_error"] == ""
+    first.outbox.close()
+    campaign.write_text("[monologue]\non_s = 3.0\n")
+    again = _offline_box(tmp_path / "state", campaign_file=campaign)
+    assert again.pipeline.campaign.monologue.on_s == 45.0
+    error = again.status_fields()["settings_error"]
+    assert "monologue.on_s" in error and "5..600" in error, error
+    wire.encode("status", wire.status_message("site-a", "box-a", "online", 1.8e9,
+                                              **{"settings_error": error}))  # within the contract
+    campaign.write_text("[monologue]\non_s = 50.0\n")
+    assert again.reload() and again.status_fields()["settings_error"] == ""
+    campaign.write_text("[monologue]\non_s = 3.0\n")
+    assert not again.reload() and "monologue.on_s" in again.status_fields()["settings_error"]
+    again.outbox.close()
+    with pytest.raises(CampaignError, match=r"monologue\.on_s"):
+        _offline_box(tmp_path / "fresh-state", campaign_file=campaign)
+
+
+def test_systemctl_reload_sighup_checks_the_files_of_a_running_box(tmp_path: Path) -> None:
+    """``systemctl reload miroir-box`` sends SIGHUP (``ExecReload``): the real ``miroir edge run``
+    checks its campaign file then, refuses a bad one (the journal names the key) and runs on."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    campaign = tmp_path / "campaign.toml"
+    campaign.write_text("[monologue]\non_s = 45.0\n")
+    config = tmp_path / "box.toml"
+    config.write_text(f'site = "site-a"\nbox = "box-a"\nbroker_port = 9\nstate_dir = "{tmp_path / "state"}"\n'
+                      f'campaign_file = "{campaign}"\n')
+    log = tmp_path / "journal.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "miroir", "edge", "run", "--config", str(config), "--replay",
+             str(shared / "ami-headsets" / "source0.wav"), str(shared / "ami-headsets" / "source1.wav")],
+            stdout=subprocess.DEVNULL, stderr=err, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        wait_until(lambda: "replaying" in log.read_text(), "the box to start")
+        campaign.write_text("[monologue]\non_s = 3.0\n")
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reload refused" in log.read_text(), "the reload to be refused")
+        assert "monologue.on_s = 3.0 is outside the allowed range 5..600" in log.read_text()
+        time.sleep(0.5)
+        assert proc.poll() is None  # it runs on
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    assert code == 0, log.read_text()[-2000:]

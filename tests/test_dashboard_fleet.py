@@ -69,6 +69,9 @@ def test_problems_rank_every_fleet_rule_and_age_the_certificate() -> None:
     # the box says why its capture failed: IT reads it beside the problem
     lost = {**healthy, "capture_ok": False, "capture_error": "capture device 'hw:1' not found"}
     assert fleet.problems(lost, now, None)[0].detail == "capture device 'hw:1' not found"
+    # a refused settings file: the box runs the last good one, IT reads the key and its range
+    why = "campaign.toml: monologue.on_s = 3.0 is outside the allowed range 5..600"
+    assert fleet.problems({**healthy, "settings_error": why}, now, None) == [fleet.Problem("settings", why)]
     # Boundaries: exactly at the threshold is no problem.
     edge = {**healthy, "outbox_depth": 1000, "cpu_temp_c": 80.0, "clock_offset_ms": 500.0,
             "cert_days_left": 30.0, "last_status_ts": now}
@@ -265,7 +268,8 @@ def test_box_health_through_the_real_broker_and_an_offline_alert_from_the_last_w
                   _status("box-a", site=site.site, version="0.2.0", cert_days_left=5.0,
                           outbox_depth=1500, dropped=3, overruns=9, capture_ok=False,
                           cpu_temp_c=83.0, throttled=True, clock_synced=True,
-                          clock_offset_ms=20.0), retain=True)
+                          clock_offset_ms=20.0, settings_error="campaign.toml: budget_per_hour"),
+                  retain=True)
     # box-b as a real box does it: its Last Will is "offline", retained.
     b_topic = wire.topic(site.site, "box-b", "status")
     box_b = Peer(site.box("box-b"), site.ca_cert, "box-b", broker.port)
@@ -282,6 +286,8 @@ def test_box_health_through_the_real_broker_and_an_offline_alert_from_the_last_w
         row_a = page[page.index('data-box="box-a"'):]
         row_a = html.unescape(row_a[:row_a.index("</tr>")])
         assert "Certificat bientôt expiré (j) <span class=\"detail\">5</span>" in row_a
+        assert 'Fichier de réglages refusé (ancienne version en service) <span class="detail">' \
+            'campaign.toml: budget_per_hour</span>' in row_a
         for label in ("Casque débranché", "File d'envoi chargée", "Messages perdus",
                       "Débordements audio en hausse", "Surchauffe", "Ancienne version"):
             assert label in row_a, label

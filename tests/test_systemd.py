@@ -89,7 +89,7 @@ def test_box_unit_has_the_promised_settings() -> None:
     for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "DynamicUser=yes",
                  "StateDirectory=miroir", "DeviceAllow=char-alsa rw", "ProtectSystem=strict",
                  "PrivateTmp=yes", "NoNewPrivileges=yes", "RestrictAddressFamilies=",
-                 "IPAddressDeny=any", "LoadCredential=box.key:"):
+                 "IPAddressDeny=any", "LoadCredential=box.key:", "ExecReload=/bin/kill -HUP $MAINPID"):
         assert line in text, line
     allowed = [line for line in text.splitlines() if line.startswith("IPAddressAllow=")]
     # loopback only (paho's wake-up socket pair); the broker's address is per box, in a drop-in
