@@ -712,15 +712,18 @@ def analyze(audio: np.ndarray, model: Model, *, window_s: float = 1.0,
         alive = [s for s in seen if s != "none"]
         signal[c] = max(alive, key=_SEVERITY.__getitem__) if 2 * len(alive) >= len(seen) else "none"
     # the samples the live prosody stages read (each side's voice, silence elsewhere: no tone,
-    # music or leak reads as a pitch), with the quality stage's repair of non-finite samples
+    # music or leak reads as a pitch), as the quality stage repaired them (non-finite samples
+    # zeroed, a DC offset removed: a recorder's offset is no louder or clearer a voice)
     def voice_only(i: int, c: str) -> np.ndarray:
         assert pipe.trace is not None
         x = np.zeros(audio.shape[1], dtype=np.float32)  # one copy: a long recording is large
-        voice = np.concatenate([[False], np.asarray(pipe.trace.voice[c], dtype=bool), [False]])
-        edges = np.flatnonzero(voice[1:] != voice[:-1]) * FRAME_SAMPLES  # runs of voiced frames
-        for a, b in zip(edges[::2], edges[1::2], strict=True):
-            x[a:b] = audio[i, a:b]
-        return np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        quality = SignalQuality(channels=1)
+        for k, voiced in enumerate(pipe.trace.voice[c]):
+            a = k * FRAME_SAMPLES
+            repaired = quality(audio[i:i + 1, a:a + FRAME_SAMPLES])
+            if voiced:
+                x[a:a + FRAME_SAMPLES] = repaired[0]
+        return x
 
     prosody = {c: _prosody_summary(analyze_clip(voice_only(i, c), RATE_HZ))
                for i, c in enumerate(CHANNELS) if signal[c] != "none"}
