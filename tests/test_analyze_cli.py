@@ -80,12 +80,12 @@ def test_other_rates_resampled_with_a_notice(tmp_path, rate_hz):
 @pytest.mark.parametrize("case,message", [
     ("stereo", "2 channels, expected mono"),
     ("not_wav", "not a readable PCM WAV"),
-    ("float", "float or extensible-format samples"),
+    ("float", "float samples"),
     ("40bit", "40-bit samples, expected 8-, 16-, 24- or 32-bit PCM"),
     ("rate", "sample rate 4000 Hz"),
     ("empty", "holds no audio"),
     ("zero_bytes", "empty, or cut short in its header"),
-    ("extensible", "float or extensible-format samples; convert them first"),
+    ("extensible_float", "float samples; convert them first"),
     ("missing", "no such file"),
     ("through_a_file", "cannot read (Not a directory)"),
 ])
@@ -117,10 +117,10 @@ def test_bad_input_one_line_error(tmp_path, case, message):
         _write_wav(path, np.zeros(0, dtype="<i2"), 16000)
     elif case == "zero_bytes":
         path.write_bytes(b"")
-    elif case == "extensible":  # WAVE_FORMAT_EXTENSIBLE (0xFFFE) 16-bit mono, as some recorders write
-        fmt = (struct.pack("<HHIIHH", 0xFFFE, 1, 16000, 32000, 2, 16) + struct.pack("<HHI", 22, 16, 4)
-               + bytes.fromhex("0100000000001000800000aa00389b71"))
-        data = one_s.tobytes()
+    elif case == "extensible_float":  # WAVE_FORMAT_EXTENSIBLE (0xFFFE), float subformat (3)
+        fmt = (struct.pack("<HHIIHH", 0xFFFE, 1, 16000, 64000, 4, 32) + struct.pack("<HHI", 22, 32, 4)
+               + bytes.fromhex("0300000000001000800000aa00389b71"))
+        data = np.zeros(16000, dtype="<f4").tobytes()
         body = (b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
                 + b"data" + struct.pack("<I", len(data)) + data)
         path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
@@ -129,6 +129,26 @@ def test_bad_input_one_line_error(tmp_path, case, message):
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("miroir: error:") and message in lines[0], lines
+
+
+def test_24_and_32_bit_pcm_as_sox_writes_it_is_read(tmp_path):
+    """sox (and ffmpeg) write 24- and 32-bit PCM in the extensible format (0xFFFE, PCM subformat):
+    read as the same samples as the 16-bit file, and analysed alike (they were refused as
+    "float or extensible-format samples")."""
+    from edge.source import read_wav
+
+    src = SHARED / "ami-headsets" / "source0.wav"
+    want = read_wav(src, notice=False).samples
+    for bits in (24, 32):
+        out = tmp_path / f"w{bits}.wav"
+        subprocess.run(["sox", str(src), "-b", str(bits), "-e", "signed-integer", str(out)],
+                       check=True, timeout=60)
+        assert out.read_bytes()[20:22] == b"\xfe\xff", bits  # WAVE_FORMAT_EXTENSIBLE
+        assert np.array_equal(read_wav(out, notice=False).samples, want), bits
+    proc = miroir("analyze", str(tmp_path / "w24.wav"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    ref = json.loads(miroir("analyze", str(src), "--json").stdout)
+    assert json.loads(proc.stdout)["call"] == ref["call"]
 
 
 def test_other_sample_widths_and_a_file_cut_short_are_read(tmp_path):
