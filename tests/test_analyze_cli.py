@@ -213,6 +213,24 @@ def test_dead_channel_short_file_and_campaign_through_the_cli(tmp_path):
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_the_text_output_says_how_long_a_channel_had_no_signal(tmp_path):
+    """A headset unplugged for the last 24 s of a minute: under half the recording, so the channel
+    is not "no signal" as a whole, but its line says how long it had none (it printed only a
+    speech share that counted the dead stretch as silence)."""
+    from edge.source import read_wav
+
+    x = read_wav(SHARED / "ami-headsets" / "source0.wav", notice=False).samples.copy()
+    x[36 * 16000:] = 0.0
+    near = _write_wav(tmp_path / "unplugged.wav", np.round(x * 32767).astype("<i2"), 16000)
+    far = SHARED / "ami-headsets" / "source1.wav"
+    proc = miroir("analyze", str(near), "--far", str(far))
+    assert proc.returncode == 0, proc.stderr
+    (agent,) = [line for line in proc.stdout.splitlines() if line.startswith("agent (near)")]
+    assert agent.startswith("agent (near): speech") and "no signal for 23 s" in agent, agent
+    (line,) = [line for line in proc.stdout.splitlines() if line.startswith("line (far)")]
+    assert "no signal" not in line, line
+
+
 def test_a_reader_that_stops_early_is_no_error():
     """`miroir analyze --json | head`: the reader closes the pipe; the command stops quietly
     (status 141, as a shell tool does), with no traceback."""
