@@ -228,3 +228,19 @@ def test_a_dc_offset_does_not_change_the_recordings_prosody_in_analyze(model, sp
     assert abs(b["hnr_db"] - a["hnr_db"]) < 2.0, (a["hnr_db"], b["hnr_db"])
     assert abs(b["voiced_ratio"] - a["voiced_ratio"]) < 0.02, (a["voiced_ratio"], b["voiced_ratio"])
     assert abs(b["pauses"] - a["pauses"]) <= 1, (a["pauses"], b["pauses"])
+
+
+def test_analyze_says_how_far_it_has_got_on_a_long_recording(model, speech, caplog):
+    """A long recording takes minutes (a 30-minute pair, 40 s here, said nothing until its
+    result): the analysis logs how far it has got at each step of audio, and nothing past the
+    end."""
+    import logging
+
+    from edge.pipeline import analyze
+
+    audio = np.stack([speech, speech[::-1]])  # 20 s
+    with caplog.at_level(logging.INFO, logger="edge.pipeline"):
+        analyze(audio, model, progress_every_s=6.0)
+    said = [r.getMessage() for r in caplog.records if r.name == "edge.pipeline"]
+    assert said == ["analysed 0.1 of 0.3 min of audio", "analysed 0.2 of 0.3 min of audio",
+                    "analysed 0.3 of 0.3 min of audio"], said
