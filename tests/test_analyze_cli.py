@@ -231,6 +231,27 @@ def test_the_text_output_says_how_long_a_channel_had_no_signal(tmp_path):
     assert "no signal" not in line, line
 
 
+@pytest.mark.parametrize("rate_hz", [16000, 8000])
+def test_a_dead_channel_converted_with_sox_is_still_no_signal(tmp_path, rate_hz):
+    """A float recording of a dead headset, converted as the float error says (`sox IN.wav -b 16
+    -e signed OUT.wav`): sox dithers its digital silence to +-1 LSB, which is still no signal
+    (it read as a silent agent: "speech 0.0 %", and the prospect "waiting" for 8 s)."""
+    silent = _write_wav(tmp_path / "zero.wav", np.zeros(60 * 16000, dtype="<i2"), 16000)
+    as_float = tmp_path / "float.wav"
+    dithered = tmp_path / "dithered.wav"
+    subprocess.run(["sox", str(silent), "-e", "float", "-b", "32", str(as_float)], check=True,
+                   timeout=60)
+    subprocess.run(["sox", str(as_float), "-r", str(rate_hz), "-b", "16", "-e", "signed",
+                    str(dithered)], check=True, timeout=60)
+    with wave.open(str(dithered)) as wf:
+        assert np.frombuffer(wf.readframes(wf.getnframes()), dtype="<i2").any()  # dithered
+    far = SHARED / "ami-headsets" / "source1.wav"
+    proc = miroir("analyze", str(dithered), "--far", str(far))
+    assert proc.returncode == 0, proc.stderr
+    assert "agent (near): no signal" in proc.stdout, proc.stdout
+    assert "cue slow_response" not in proc.stdout, proc.stdout
+
+
 def test_a_reader_that_stops_early_is_no_error():
     """`miroir analyze --json | head`: the reader closes the pipe; the command stops quietly
     (status 141, as a shell tool does), with no traceback."""
