@@ -667,9 +667,15 @@ class Pipeline:
         return out
 
 
+PROGRESS_EVERY_S = 600.0
+""":func:`analyze` logs how far it has got every this many seconds of audio (about 10 s of work
+here: an hour's recording takes over a minute)."""
+
+
 def analyze(audio: np.ndarray, model: Model, *, window_s: float = 1.0,
             affect: AffectConfig | None = None,
-            campaign: CampaignConfig | None = None) -> dict[str, Any]:
+            campaign: CampaignConfig | None = None,
+            progress_every_s: float = PROGRESS_EVERY_S) -> dict[str, Any]:
     """Run the pipeline over a whole two-channel recording and summarise it.
 
     Args:
@@ -678,6 +684,7 @@ def analyze(audio: np.ndarray, model: Model, *, window_s: float = 1.0,
         window_s: metrics window, seconds.
         affect: the prospect affect settings (off unless enabled).
         campaign: cue and fatigue settings (defaults if None).
+        progress_every_s: log the progress every this many seconds of audio.
 
     Returns:
         A JSON-ready dict: per-call metrics, conversation (calls and their summaries), the agent's
@@ -695,8 +702,13 @@ def analyze(audio: np.ndarray, model: Model, *, window_s: float = 1.0,
     pipe = Pipeline(model, window_s=window_s, trace=True, campaign=campaign, affect=stage,
                     conversation=ConversationConfig(keep_history=True))
     messages: list[Message] = []
+    total_min = audio.shape[1] / RATE_HZ / 60.0
+    step = max(1, round(progress_every_s))  # in seconds of audio
     for i in range(0, audio.shape[1], RATE_HZ):  # a second at a time: no copy of the recording
         messages += pipe(audio[:, i:i + RATE_HZ])
+        done_s = i // RATE_HZ + 1
+        if done_s % step == 0 and done_s * RATE_HZ < audio.shape[1]:
+            log.info("analysed %.1f of %.1f min of audio", done_s / 60.0, total_min)
     messages += pipe.finish()
     assert pipe.trace is not None
     duration_s = audio.shape[1] / RATE_HZ
@@ -712,15 +724,18 @@ def analyze(audio: np.ndarray, model: Model, *, window_s: float = 1.0,
         alive = [s for s in seen if s != "none"]
         signal[c] = max(alive, key=_SEVERITY.__getitem__) if 2 * len(alive) >= len(seen) else "none"
     # the samples the live prosody stages read (each side's voice, silence elsewhere: no tone,
-    # music or leak reads as a pitch), with the quality stage's repair of non-finite samples
+    # music or leak reads as a pitch), as the quality stage repaired them (non-finite samples
+    # zeroed, a DC offset removed: a recorder's offset is no louder or clearer a voice)
     def voice_only(i: int, c: str) -> np.ndarray:
         assert pipe.trace is not None
         x = np.zeros(audio.shape[1], dtype=np.float32)  # one copy: a long recording is large
-        voice = np.concatenate([[False], np.asarray(pipe.trace.voice[c], dtype=bool), [False]])
-        edges = np.flatnonzero(voice[1:] != voice[:-1]) * FRAME_SAMPLES  # runs of voiced frames
-        for a, b in zip(edges[::2], edges[1::2], strict=True):
-            x[a:b] = audio[i, a:b]
-        return np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        quality = SignalQuality(channels=1)
+        for k, voiced in enumerate(pipe.trace.voice[c]):
+            a = k * FRAME_SAMPLES
+            repaired = quality(audio[i:i + 1, a:a + FRAME_SAMPLES])
+            if voiced:
+                x[a:a + FRAME_SAMPLES] = repaired[0]
+        return x
 
     prosody = {c: _prosody_summary(analyze_clip(voice_only(i, c), RATE_HZ))
                for i, c in enumerate(CHANNELS) if signal[c] != "none"}

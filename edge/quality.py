@@ -22,8 +22,11 @@ class QualityConfig:
 
     dead_after_s: float = 2.0
     """A channel flat for this long has no signal."""
-    flat_below: float = 2.0 / 32768
-    """Peak-to-peak amplitude under which a frame counts as flat (digital silence or a constant)."""
+    flat_below: float = 4.0 / 32768
+    """Peak-to-peak amplitude under which a frame counts as flat (digital silence or a constant):
+    4 LSB of 16-bit audio, so that digital silence dithered to +-1 LSB (sox does it by default
+    when it converts to 16 bits; up to 3.7 LSB once resampled from 8 kHz) is still flat. A live
+    microphone or line has far more noise than that (-80 dBFS RMS is over 20 LSB peak-to-peak)."""
     clip_level: float = 0.999
     """Absolute sample value counted as clipped."""
     clip_ratio: float = 0.01

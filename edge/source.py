@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import struct
 import time
 import wave
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -68,8 +70,40 @@ def _pcm(raw: bytes, width: int) -> np.ndarray:
     return x / np.float32(_PCM_SCALE[width])
 
 
+_EXTENSIBLE = 0xFFFE
+_SUBFORMAT_TAIL = bytes.fromhex("000000001000800000aa00389b71")
+"""The GUID of an extensible WAV's subformat after its first two bytes (the format tag)."""
+
+
+class _WaveReader(wave.Wave_read):
+    """Python's WAV reader, also for PCM in the extensible format (sox and ffmpeg write 24- and
+    32-bit PCM that way; Python's own reader takes it only from 3.12)."""
+
+    def _read_fmt_chunk(self, chunk: Any) -> None:
+        fmt = chunk.read(40)
+        if len(fmt) < 16:
+            raise EOFError
+        tag, self._nchannels, self._framerate, _, _, bits = struct.unpack_from("<HHLLHH", fmt)
+        if tag == _EXTENSIBLE:
+            if len(fmt) < 40:
+                raise EOFError
+            if fmt[26:40] == _SUBFORMAT_TAIL:
+                tag = int.from_bytes(fmt[24:26], "little")  # the subformat: 1 is PCM, 3 float
+        if tag != wave.WAVE_FORMAT_PCM:
+            raise wave.Error(f"unknown format: {tag}")
+        self._sampwidth = (bits + 7) // 8
+        if not self._sampwidth:
+            raise wave.Error("bad sample width")
+        if not self._nchannels:
+            raise wave.Error("bad # of channels")
+        self._framesize = self._nchannels * self._sampwidth
+        self._comptype = "NONE"
+        self._compname = "not compressed"
+
+
 def read_wav(path: Path, *, notice: bool = True) -> Recording:
-    """Read a mono 8-, 16-, 24- or 32-bit PCM WAV file into memory, resampled to 16 kHz.
+    """Read a mono 8-, 16-, 24- or 32-bit PCM WAV file (plain or extensible format) into memory,
+    resampled to 16 kHz.
 
     A file cut short (an interrupted recorder, a streaming header) is read as far as it goes, with
     a warning.
@@ -78,7 +112,7 @@ def read_wav(path: Path, *, notice: bool = True) -> Recording:
         AudioInputError: not a readable WAV file, not mono, float samples, or empty.
     """
     try:
-        with wave.open(str(path), "rb") as wf:
+        with _WaveReader(str(path)) as wf:
             channels, width, rate_hz = wf.getnchannels(), wf.getsampwidth(), wf.getframerate()
             n = wf.getnframes()
             raw = wf.readframes(n)
@@ -88,9 +122,8 @@ def read_wav(path: Path, *, notice: bool = True) -> Recording:
         raise AudioInputError(f"{path}: is a directory, not a WAV file") from None
     except (wave.Error, EOFError) as exc:
         why = str(exc) or "empty, or cut short in its header"
-        if "65534" in why or "format: 3" in why:  # extensible or float: the wave module cannot
-            why = ("float or extensible-format samples; convert them first, e.g. "
-                   "`sox IN.wav -b 16 -e signed OUT.wav`")
+        if why.endswith("format: 3"):  # float samples (plain or extensible)
+            why = "float samples; convert them first, e.g. `sox IN.wav -b 16 -e signed OUT.wav`"
         raise AudioInputError(f"{path}: not a readable PCM WAV file ({why})") from None
     except OSError as exc:  # no permission, a path through a file
         raise AudioInputError(f"{path}: cannot read ({exc.strerror or exc})") from None

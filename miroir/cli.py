@@ -79,6 +79,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             print(f"{label}: no signal (a dead or disconnected channel)")
             continue
         flag = "" if call[f"{ch}_signal"] == "ok" else f"; signal: {call[f'{ch}_signal']}"
+        if call[f"{ch}_no_signal_s"] > 0:  # a stretch with none: its share counts it as silence
+            flag += f"; no signal for {call[f'{ch}_no_signal_s']:.0f} s"
         print(f"{label}: speech {100 * call[f'{ch}_speech_ratio']:.1f} % in {len(segs)} segments{flag}")
     for ep in result["cues"]:
         end = "open" if ep["end_s"] is None else f"{ep['end_s']:.1f} s"

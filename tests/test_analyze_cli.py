@@ -80,12 +80,12 @@ def test_other_rates_resampled_with_a_notice(tmp_path, rate_hz):
 @pytest.mark.parametrize("case,message", [
     ("stereo", "2 channels, expected mono"),
     ("not_wav", "not a readable PCM WAV"),
-    ("float", "float or extensible-format samples"),
+    ("float", "float samples"),
     ("40bit", "40-bit samples, expected 8-, 16-, 24- or 32-bit PCM"),
     ("rate", "sample rate 4000 Hz"),
     ("empty", "holds no audio"),
     ("zero_bytes", "empty, or cut short in its header"),
-    ("extensible", "float or extensible-format samples; convert them first"),
+    ("extensible_float", "float samples; convert them first"),
     ("missing", "no such file"),
     ("through_a_file", "cannot read (Not a directory)"),
 ])
@@ -117,10 +117,10 @@ def test_bad_input_one_line_error(tmp_path, case, message):
         _write_wav(path, np.zeros(0, dtype="<i2"), 16000)
     elif case == "zero_bytes":
         path.write_bytes(b"")
-    elif case == "extensible":  # WAVE_FORMAT_EXTENSIBLE (0xFFFE) 16-bit mono, as some recorders write
-        fmt = (struct.pack("<HHIIHH", 0xFFFE, 1, 16000, 32000, 2, 16) + struct.pack("<HHI", 22, 16, 4)
-               + bytes.fromhex("0100000000001000800000aa00389b71"))
-        data = one_s.tobytes()
+    elif case == "extensible_float":  # WAVE_FORMAT_EXTENSIBLE (0xFFFE), float subformat (3)
+        fmt = (struct.pack("<HHIIHH", 0xFFFE, 1, 16000, 64000, 4, 32) + struct.pack("<HHI", 22, 32, 4)
+               + bytes.fromhex("0300000000001000800000aa00389b71"))
+        data = np.zeros(16000, dtype="<f4").tobytes()
         body = (b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
                 + b"data" + struct.pack("<I", len(data)) + data)
         path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
@@ -129,6 +129,26 @@ def test_bad_input_one_line_error(tmp_path, case, message):
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("miroir: error:") and message in lines[0], lines
+
+
+def test_24_and_32_bit_pcm_as_sox_writes_it_is_read(tmp_path):
+    """sox (and ffmpeg) write 24- and 32-bit PCM in the extensible format (0xFFFE, PCM subformat):
+    read as the same samples as the 16-bit file, and analysed alike (they were refused as
+    "float or extensible-format samples")."""
+    from edge.source import read_wav
+
+    src = SHARED / "ami-headsets" / "source0.wav"
+    want = read_wav(src, notice=False).samples
+    for bits in (24, 32):
+        out = tmp_path / f"w{bits}.wav"
+        subprocess.run(["sox", str(src), "-b", str(bits), "-e", "signed-integer", str(out)],
+                       check=True, timeout=60)
+        assert out.read_bytes()[20:22] == b"\xfe\xff", bits  # WAVE_FORMAT_EXTENSIBLE
+        assert np.array_equal(read_wav(out, notice=False).samples, want), bits
+    proc = miroir("analyze", str(tmp_path / "w24.wav"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    ref = json.loads(miroir("analyze", str(src), "--json").stdout)
+    assert json.loads(proc.stdout)["call"] == ref["call"]
 
 
 def test_other_sample_widths_and_a_file_cut_short_are_read(tmp_path):
@@ -191,6 +211,45 @@ def test_dead_channel_short_file_and_campaign_through_the_cli(tmp_path):
     proc = miroir("analyze", str(near), "--campaign", str(quick))
     assert proc.returncode == 2 and "slow_response.on_s" in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_the_text_output_says_how_long_a_channel_had_no_signal(tmp_path):
+    """A headset unplugged for the last 24 s of a minute: under half the recording, so the channel
+    is not "no signal" as a whole, but its line says how long it had none (it printed only a
+    speech share that counted the dead stretch as silence)."""
+    from edge.source import read_wav
+
+    x = read_wav(SHARED / "ami-headsets" / "source0.wav", notice=False).samples.copy()
+    x[36 * 16000:] = 0.0
+    near = _write_wav(tmp_path / "unplugged.wav", np.round(x * 32767).astype("<i2"), 16000)
+    far = SHARED / "ami-headsets" / "source1.wav"
+    proc = miroir("analyze", str(near), "--far", str(far))
+    assert proc.returncode == 0, proc.stderr
+    (agent,) = [line for line in proc.stdout.splitlines() if line.startswith("agent (near)")]
+    assert agent.startswith("agent (near): speech") and "no signal for 23 s" in agent, agent
+    (line,) = [line for line in proc.stdout.splitlines() if line.startswith("line (far)")]
+    assert "no signal" not in line, line
+
+
+@pytest.mark.parametrize("rate_hz", [16000, 8000])
+def test_a_dead_channel_converted_with_sox_is_still_no_signal(tmp_path, rate_hz):
+    """A float recording of a dead headset, converted as the float error says (`sox IN.wav -b 16
+    -e signed OUT.wav`): sox dithers its digital silence to +-1 LSB, which is still no signal
+    (it read as a silent agent: "speech 0.0 %", and the prospect "waiting" for 8 s)."""
+    silent = _write_wav(tmp_path / "zero.wav", np.zeros(60 * 16000, dtype="<i2"), 16000)
+    as_float = tmp_path / "float.wav"
+    dithered = tmp_path / "dithered.wav"
+    subprocess.run(["sox", str(silent), "-e", "float", "-b", "32", str(as_float)], check=True,
+                   timeout=60)
+    subprocess.run(["sox", str(as_float), "-r", str(rate_hz), "-b", "16", "-e", "signed",
+                    str(dithered)], check=True, timeout=60)
+    with wave.open(str(dithered)) as wf:
+        assert np.frombuffer(wf.readframes(wf.getnframes()), dtype="<i2").any()  # dithered
+    far = SHARED / "ami-headsets" / "source1.wav"
+    proc = miroir("analyze", str(dithered), "--far", str(far))
+    assert proc.returncode == 0, proc.stderr
+    assert "agent (near): no signal" in proc.stdout, proc.stdout
+    assert "cue slow_response" not in proc.stdout, proc.stdout
 
 
 def test_a_reader_that_stops_early_is_no_error():
