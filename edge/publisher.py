@@ -225,8 +225,14 @@ class Publisher:
 
     def in_flight(self) -> set[int]:
         """Sequence numbers sent and not yet acknowledged (those older than
-        :data:`INFLIGHT_EXPIRE_S` are forgotten: the outbox sends them again)."""
+        :data:`INFLIGHT_EXPIRE_S` while connected are forgotten: the outbox sends them again).
+
+        Nothing expires while disconnected: paho holds them and sends them again at the
+        reconnection, whose time :meth:`_on_connect` gives them.
+        """
         with self._lock:
+            if not self.connected.is_set():
+                return {seq for seq, _ in self._inflight.values()}
             cutoff = time.monotonic() - INFLIGHT_EXPIRE_S
             for mid in [m for m, (_, t) in self._inflight.items() if t < cutoff]:
                 del self._inflight[mid]
