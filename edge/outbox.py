@@ -46,8 +46,9 @@ from miroir.files import atomic_write
 
 ROW_OVERHEAD_BYTES = 64
 """Bytes counted per row on top of its payload (SQLite record, index entry, timestamps)."""
-DEFAULT_MAX_BYTES = 64 * 1024 * 1024
-"""Default byte bound: about 2 days of one metrics message per second."""
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+"""Default byte bound: about 38 h of a box in calls (1.95 kB a second on a real two-party call),
+so the 24 h of acknowledged rows kept for resends fit, with room for a backlog."""
 WAL_LIMIT_BYTES = 4 * 1024 * 1024
 """The write-ahead log is truncated back to this size after each checkpoint."""
 CLOCK_STEP_S = 60.0

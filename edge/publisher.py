@@ -24,6 +24,7 @@ import selectors
 import ssl
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from miroir import wire
@@ -41,6 +42,10 @@ INFLIGHT_EXPIRE_S = 30.0
 again from the outbox."""
 REFUSED_MAX = 5
 """A message the broker refuses this many times (not authorised, too large) is given up."""
+
+
+class PublisherError(RuntimeError):
+    """The box's TLS files cannot be used (missing, unreadable, or not a matching set)."""
 
 
 def _paho() -> Any:
@@ -87,10 +92,7 @@ class Publisher:
                                   client_id=f"box-{settings.site}-{settings.box}",
                                   protocol=mqtt.MQTTv5)
         if settings.ca_file is not None:
-            self.client.tls_set(ca_certs=str(settings.ca_file),
-                                certfile=str(settings.cert_file) if settings.cert_file else None,
-                                keyfile=str(settings.key_file) if settings.key_file else None,
-                                cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+            self._tls(settings)
         self.client.max_inflight_messages_set(MAX_INFLIGHT)
         self.client.reconnect_delay_set(min_delay=RECONNECT_MIN_S, max_delay=RECONNECT_MAX_S)
         self.status_topic = wire.topic(settings.site, settings.box, "status")
@@ -104,6 +106,28 @@ class Publisher:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
         self.client.on_message = self._on_message
+
+    def _tls(self, settings: Any) -> None:
+        """Load the site CA, the box's certificate and key; raise :class:`PublisherError` naming
+        the file that is missing or unreadable, or all three when they do not load together."""
+        files = {"ca_file": settings.ca_file, "cert_file": settings.cert_file,
+                 "key_file": settings.key_file}
+        for name, path in files.items():
+            if path is None:
+                continue
+            try:
+                Path(path).open("rb").close()
+            except OSError as exc:
+                raise PublisherError(f"{name} {path}: {exc.strerror or exc}") from None
+        try:
+            self.client.tls_set(ca_certs=str(settings.ca_file),
+                                certfile=str(settings.cert_file) if settings.cert_file else None,
+                                keyfile=str(settings.key_file) if settings.key_file else None,
+                                cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            named = ", ".join(f"{name} {path}" for name, path in files.items() if path is not None)
+            raise PublisherError(f"the box's TLS files do not load together ({named}): {exc}") \
+                from None
 
     def start(self) -> None:
         """Connect in the background (retrying with backoff) and start paho's network thread."""
@@ -225,8 +249,14 @@ class Publisher:
 
     def in_flight(self) -> set[int]:
         """Sequence numbers sent and not yet acknowledged (those older than
-        :data:`INFLIGHT_EXPIRE_S` are forgotten: the outbox sends them again)."""
+        :data:`INFLIGHT_EXPIRE_S` while connected are forgotten: the outbox sends them again).
+
+        Nothing expires while disconnected: paho holds them and sends them again at the
+        reconnection, whose time :meth:`_on_connect` gives them.
+        """
         with self._lock:
+            if not self.connected.is_set():
+                return {seq for seq, _ in self._inflight.values()}
             cutoff = time.monotonic() - INFLIGHT_EXPIRE_S
             for mid in [m for m, (_, t) in self._inflight.items() if t < cutoff]:
                 del self._inflight[mid]

@@ -106,6 +106,7 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     from edge.campaign import CampaignError
     from edge.outbox import await_clock
+    from edge.publisher import PublisherError
     from edge.watchdog import Notifier
 
     if cfg.clock_wait_s > 0:  # systemd's start timeout must not kill the wait (nor loop on it)
@@ -114,7 +115,7 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
     await_clock(cfg.state_dir / "outbox.sqlite", cfg.clock_wait_s)
     try:
         box = Box(cfg, load_vad_model(cfg.model_backend), version=__version__)
-    except CampaignError as exc:
+    except (CampaignError, PublisherError) as exc:
         raise CliError(str(exc)) from None
 
     def check_files() -> None:  # a `reload` command: the files the service would start with

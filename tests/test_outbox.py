@@ -258,3 +258,33 @@ def test_overflow_drops_acked_first_then_oldest_unsent(tmp_path):
     assert [s for s, _, _ in box.pending()] == [o + 5, o + 6, o + 7, o + 8, o + 9]
     box.close()
     assert Outbox(tmp_path / "o.sqlite", "s", "b").dropped == 3
+
+
+def test_the_default_bound_holds_the_resend_window_of_a_box_in_calls(tmp_path):
+    """Acknowledged messages are kept 24 h for resends (docs/wire.md: a dashboard outage loses
+    nothing within it): the default byte bound must hold 24 h of what a box stores while its agent
+    is in calls. Measured on a real two-party call (AMI headsets, 60 s) through the real pipeline
+    into a real outbox: 1.95 kB a second, so 64 MiB held 9.6 h."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from edge.outbox import DEFAULT_MAX_BYTES
+    from edge.pipeline import Pipeline, load_vad_model
+    from edge.source import read_wav
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "ami-headsets"
+    near = read_wav(shared / "source0.wav", notice=False).samples
+    far = read_wav(shared / "source1.wav", notice=False).samples
+    audio = np.stack([near, far])[:, : 60 * 16_000]
+    pipe = Pipeline(load_vad_model())
+    box = Outbox(tmp_path / "o.sqlite", "paris-1", "seat-07")
+    for i in range(0, audio.shape[1], 1024):
+        for msg in pipe(audio[:, i:i + 1024]):
+            box.put(msg.kind, msg.body)
+    bytes_per_s = box.size_bytes() / (audio.shape[1] / 16_000)
+    held_h = DEFAULT_MAX_BYTES / bytes_per_s / 3600
+    print(f"{bytes_per_s:.0f} bytes a second in a call: the default bound holds {held_h:.1f} h")
+    assert box.depth_total() > 100  # metrics and events of a real call
+    assert held_h >= box.retention_s / 3600, held_h
+    box.close()

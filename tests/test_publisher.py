@@ -80,3 +80,29 @@ def test_a_message_the_broker_keeps_refusing_is_given_up_and_counted(pub: Publis
     outbox.give_up([seq])  # refused again: one message lost, counted once
     assert outbox.depth() == 0 and outbox.dropped == 1
     outbox.close()
+
+
+@pytest.mark.parametrize("bad", ["missing key", "another box's key"])
+def test_edge_run_with_unusable_tls_files_names_them_in_one_line(site, tmp_path: Any,
+                                                                  bad: str) -> None:
+    """`miroir edge run` with a key file that is not there, or not the certificate's: a one-line
+    error naming the files (it was a traceback ending in a bare "[Errno 2] No such file or
+    directory"), exit status 2."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cert = site.box("box-a")
+    key = tmp_path / "gone.key" if bad == "missing key" else site.box("box-b").key
+    config = tmp_path / "box.toml"
+    config.write_text(f'site = "{site.site}"\nbox = "box-a"\nca_file = "{site.ca_cert}"\n'
+                      f'cert_file = "{cert.cert}"\nkey_file = "{key}"\n'
+                      f'state_dir = "{tmp_path / "state"}"\n')
+    wav = Path(__file__).resolve().parents[2] / "shared" / "data" / "ami-headsets"
+    proc = subprocess.run([sys.executable, "-m", "miroir", "edge", "run", "--config", str(config),
+                           "--replay", str(wav / "source0.wav"), str(wav / "source1.wav"), "--fast"],
+                          capture_output=True, text=True, timeout=120)
+    lines = [ln for ln in proc.stderr.splitlines() if "XNNPACK" not in ln]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith("miroir: error: ") and str(key) in lines[0], lines[0]

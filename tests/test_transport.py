@@ -366,6 +366,51 @@ def test_frozen_box_reads_offline_within_one_and_a_half_keepalive_plus_2s(
         box.stop()
 
 
+def test_an_outage_longer_than_the_inflight_expiry_sends_nothing_twice(
+        site: SiteFiles, broker: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Messages in flight when the broker goes away are sent again by paho at the reconnection;
+    the outbox sends them again only if they are still unacknowledged INFLIGHT_EXPIRE_S after it,
+    however long the outage (they were sent a second time after any outage past the expiry)."""
+    from edge import publisher as pub_mod
+
+    monkeypatch.setattr(pub_mod, "INFLIGHT_EXPIRE_S", 4.0)  # the outage below is longer
+    db = tmp_path / "dash.sqlite"
+    ing = ingest_for(SITE_ID, db, broker.port, site.ca_cert, site.dashboard)
+    box = Box(box_settings(site, "box-a", broker.port, tmp_path / "state"),
+              pipeline=SyntheticPipeline())
+
+    def run(seconds: float, emit: bool) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if emit:
+                box.submit(box.pipeline(None))
+            box.pump()
+            time.sleep(0.05)
+
+    box.publisher.start()
+    try:
+        wait_until(lambda: pumped(box, box.publisher.connected.is_set), "connected")
+        run(3.0, emit=True)
+        # quiet past the broker's autosave (5 s): the ingest's session and acknowledgements
+        # outlive the crash below, so the broker itself delivers nothing twice
+        run(6.0, emit=False)
+        broker.pause()        # nothing read: what the box sends now stays in flight, undelivered
+        run(1.5, emit=True)
+        in_flight = len(box.publisher.in_flight())
+        broker.kill()
+        run(6.0, emit=False)  # longer than the expiry
+        broker.start()
+        total = box.outbox.last_seq - box.outbox.origin + 1
+        wait_for(lambda: pumped(box, lambda: count_rows(db)) == total, 60, "every message")
+        run(1.0, emit=False)
+        assert in_flight > 5, in_flight
+        assert ing.stats()["duplicates"] == 0, (ing.stats()["duplicates"], in_flight)
+    finally:
+        box.publisher.stop(box.status_fields())
+        box.outbox.close()
+        ing.close()
+
+
 def test_reconnect_backs_off_from_1_s_doubling_up_to_120_s(site: SiteFiles,
                                                            tmp_path: Path) -> None:
     port = free_port()  # nothing listens there
