@@ -94,6 +94,14 @@ NEAR_LEAK_DB = 30.0
 """A near frame this many dB or more below the same frame of the line is the line leaking into the
 agent's microphone, not the agent (a real overlap has both within about 10 dB)."""
 _LEAK_RATIO = 10.0 ** (NEAR_LEAK_DB / 10.0)
+REPLAY_FRAMES = 64
+"""How far back the line's frames are kept for :meth:`SileroVad.replay` (2 s)."""
+REPLAY_ONSET_FRAMES = 16
+"""How far before the far-end stage's start of a new sound its onset may be (0.5 s)."""
+REPLAY_QUIET_RATIO = 1e-3
+"""Frames 30 dB under the loudest of the kept ones are quiet (the music has ended)."""
+TONES_AND_MUSIC = frozenset({"ringback", "busy", "beep", "music"})
+"""Far-end classes after which the far channel's VAD starts afresh."""
 LEAK_WINDOW_FRAMES = 16
 """The line's loudest frame over this many frames (0.5 s) is the leak reference."""
 _SEVERITY = {state: i for i, state in enumerate(SIGNAL_STATES)}
@@ -223,6 +231,8 @@ class Pipeline:
         """Where the far end's current busy tone began (audio seconds), until it hangs the call up."""
         self._far_energy: deque[float] = deque([0.0], maxlen=LEAK_WINDOW_FRAMES)
         """The line's frame energies over the last half second."""
+        self._far_rows: deque[np.ndarray] = deque(maxlen=REPLAY_FRAMES)
+        """The line's last frames, for the VAD to hear again once a tone or music has ended."""
         self._near_flat_s = 0.0
         self._dead: dict[str, list[list[float]]] = {c: [] for c in CHANNELS}
         """Per channel, the runs of no signal, [start_s, end_s]: during a call all of them, out of
@@ -270,6 +280,7 @@ class Pipeline:
         self.quality.reset()
         self._far_energy.clear()
         self._far_energy.append(0.0)
+        self._far_rows.clear()
         self._busy_since_s = None
         self.vad.reset()
         self.far_kind.reset()
@@ -433,8 +444,11 @@ class Pipeline:
             near_prob, far_prob = self.vad(frame).tolist()
             t = self._lap("vad", t)
             kind = far_kind.label
+            self._far_rows.append(repaired[1].copy())
             if far_kind(repaired[1]) != kind:
                 since_s = self._stages_t0_s + far_kind.since_frame * FRAME_S
+                if kind in TONES_AND_MUSIC and far_kind.label not in TONES_AND_MUSIC:
+                    far_prob = self._hear_line_afresh(round((start_s - since_s) / FRAME_S) + 1)
                 out.append(Message("event", {"name": "far_kind", "channel": "far",
                                              "kind": far_kind.label, "t_audio_s": round(since_s, 3)}))
                 self._busy_since_s = since_s if far_kind.label == "busy" else None
@@ -543,6 +557,26 @@ class Pipeline:
                 t = self._lap("signals", t)
             self.audio_s = start_s + FRAME_S
         return out
+
+    def _hear_line_afresh(self, frames: int) -> float:
+        """The line's VAD started afresh and run again over its last ``frames`` frames and the
+        quiet stretch just before them, if any (the music ended, then a voice began: the model
+        hears an onset best after silence); returns the line's speech probability now.
+
+        After seconds of hold music or a tone, the state the model built on it hears the next
+        voice late or not at all (see :meth:`SileroVad.replay`)."""
+        rows = list(self._far_rows)
+        energy = [float(np.dot(r, r)) for r in rows]
+        quiet = max(energy) * REPLAY_QUIET_RATIO
+        first = max(0, len(rows) - frames)
+        # the new sound is confirmed a little after it began: look back for the quiet before it
+        last_quiet = next((i for i in range(first - 1, max(first - REPLAY_ONSET_FRAMES, 0) - 1, -1)
+                           if energy[i] < quiet), None)
+        if last_quiet is not None:
+            first = last_quiet
+            while first > 0 and energy[first - 1] < quiet:
+                first -= 1
+        return self.vad.replay(1, rows[first:])
 
     def _prosody_window(self, seconds: float) -> ProsodyWindow | None:
         """The agent's prosody over the last ``seconds``; None before the first analysed hop
