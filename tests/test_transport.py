@@ -63,8 +63,9 @@ def pumped(box: Box, value: Any) -> Any:
     return value()
 
 
-def assert_exactly_once_in_order(result: dict[str, Any]) -> None:
-    """Every expected seq stored once; per box, first arrivals in seq order."""
+def assert_every_seq_stored(result: dict[str, Any]) -> None:
+    """Every expected seq of every box is in the dashboard's database, and nothing else (its unique
+    (box, seq) index keeps a second delivery out: duplicates on the wire are tested on their own)."""
     for box, (first, last) in result["expected"].items():
         seqs = result["stored"].get(box, [])
         assert len(seqs) == len(set(seqs)) == last - first + 1, (box, len(seqs), first, last)
@@ -451,11 +452,11 @@ def test_bridge_and_central_acl_are_generated(site: SiteFiles, tmp_path: Path) -
 
 
 # ------------------------------------------------------------------------ 60-s outages
-def test_broker_stopped_60s_single_box_exactly_once_in_order(outages: Any) -> None:
+def test_broker_stopped_60s_single_box_stores_every_seq_once(outages: Any) -> None:
     result = outages("broker_stopped")
     first, last = result["expected"]["box-a"]
     assert last - first + 1 > OUTAGE_S                     # it kept publishing meanwhile
-    assert_exactly_once_in_order(result)
+    assert_every_seq_stored(result)
     assert result["stats"]["quarantined"] == 0
 
 
@@ -469,10 +470,10 @@ def test_broker_sigkilled_under_200_boxes_exactly_once(outages: Any) -> None:
     assert result["stats"]["lost"] == 0
 
 
-def test_ingest_down_60s_under_200_boxes_exactly_once_in_order(outages: Any) -> None:
+def test_ingest_down_60s_under_200_boxes_stores_every_seq_once(outages: Any) -> None:
     result = outages("ingest_down")
     assert len(result["expected"]) == 200
-    assert_exactly_once_in_order(result)
+    assert_every_seq_stored(result)
     assert result["stats"]["connects"] >= 1 and result["stats"]["lost"] == 0
 
 
