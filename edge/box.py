@@ -57,6 +57,11 @@ PANEL_EVERY_S = 2.0
 """Period of the front panel's state file when nothing changes, in seconds."""
 EXIT_RELOAD = 75
 """Exit status after a ``reload`` with valid files (``RestartForceExitStatus`` in the unit)."""
+CMD_MAX_AGE_S = 60.0
+"""A command that sets the seat's state, sent longer ago than this (by the two NTP clocks), is
+refused: a ``private_off`` resent after a broken connection must not end a private call the agent
+started since."""
+STATEFUL_ACTIONS = frozenset({"private_on", "private_off", "call_state"})
 LAST_GOOD_CAMPAIGN = "campaign.last-good.toml"
 """The campaign file the box last started with, a copy kept in its state directory."""
 
@@ -237,6 +242,9 @@ class Box:
             msg = wire.decode(wire.CMD_KIND, payload)
             if (msg["site"], msg["box"]) != (self.settings.site, self.settings.box):
                 raise wire.WireError(f"command for {msg['site']}/{msg['box']}")
+            age_s = time.time() - float(msg["ts"])
+            if msg["action"] in STATEFUL_ACTIONS and abs(age_s) > CMD_MAX_AGE_S:
+                raise wire.WireError(f"{msg['action']} sent {age_s:.0f} s ago: too old to apply")
         except wire.WireError as exc:
             self.cmd_refused += 1
             log.warning("command refused: %s", exc)

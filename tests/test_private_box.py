@@ -189,3 +189,23 @@ def test_private_mode_ends_open_cues_and_keeps_the_call_state_for_later() -> Non
     assert pipe.signals.suppressed(tick) == "hold"
     pipe.call_state("active")
     assert pipe.signals.suppressed(tick) == ""
+
+
+def test_a_stale_private_off_does_not_end_the_private_call_the_agent_started_since(tmp_path) -> None:
+    """A state command resent long after it was sent (the dashboard's connection broke before the
+    broker acknowledged it) is refused and counted: it must not undo what the agent did since."""
+    box = Box(EdgeSettings(site="site-a", box="box-a", broker_port=9, state_dir=tmp_path / "state"),
+              load_vad_model(), version="test")
+
+    def send(action: str, age_s: float, **extra: object) -> str:
+        msg = wire.cmd_message("site-a", "box-a", action, time.time() - age_s, **extra)
+        return box.handle_command(box.publisher.cmd_topic, wire.encode("cmd", msg))
+
+    assert box.handle_local("private on") == "private_on" and box.private
+    assert send("private_off", 300.0) == "refused" and box.private
+    assert send("call_state", 90.0, call_state="hold") == "refused" and box.call_state == "idle"
+    assert send("private_off", -300.0) == "refused" and box.private  # a clock far ahead
+    assert box.status_fields()["cmd_refused"] == 3
+    assert send("identify", 300.0) == "identify"  # harmless when late: blinks the LED
+    assert send("private_off", 2.0) == "private_off" and not box.private
+    box.outbox.close()
