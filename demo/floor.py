@@ -1,8 +1,8 @@
 """The live demo floor: a real Mosquitto, the dashboard and N boxes replaying French calls.
 
 Every part is a real process started here: the broker with the project's generated TLS and ACL
-configuration, ``miroir dashboard serve``, and one ``miroir edge run --replay`` per box. Ctrl-C (or
-``--seconds``) stops them all, boxes first so that their outboxes drain.
+configuration, ``miroir dashboard serve``, and one ``miroir edge run --replay`` per box. Ctrl-C,
+SIGTERM or ``--seconds`` stops them all, boxes first so that their outboxes drain.
 """
 
 from __future__ import annotations
@@ -52,6 +52,11 @@ def _box_config(path: Path, box: str, site: Any, state_dir: Path) -> Path:
         f'state_dir = "{state_dir}"\n'
     )
     return path
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM handler: stop the demo as Ctrl-C does (its processes stopped, its files removed)."""
+    raise KeyboardInterrupt
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
@@ -166,6 +171,7 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
         # Ctrl-C stops the demo even when it was started in the background of a script, where the
         # shell hands it SIGINT ignored (the boxes and the dashboard set their own handlers)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         broker.start()
         say(f"broker: mosquitto on 127.0.0.1:{site.port} (TLS, client certificates, ACL)")

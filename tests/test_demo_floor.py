@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -130,3 +131,51 @@ def test_demo_floor_speech_ratios_match_the_calls(browser_page):
     orphans = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     shutil.rmtree(workdir, ignore_errors=True)
     assert not orphans, f"processes left behind: {[p.cmdline() for p in orphans]}"
+
+
+def _start_demo(*args: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """Start `miroir demo` in a session of its own; return it once it printed the password."""
+    proc = subprocess.Popen([sys.executable, "-m", "miroir", "demo", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                            start_new_session=True)
+    output: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        output.append(line)
+        if "password:" in line:
+            return proc, output
+    proc.wait(timeout=60)
+    raise AssertionError("the demo never printed its password:\n" + "".join(output))
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_sigterm_stops_every_demo_process_and_removes_its_files():
+    """`kill PID` (systemd, `timeout`, a container stop) stops the demo like Ctrl-C does."""
+    port = free_port()
+    proc, output = _start_demo("--boxes", "2", "--port", str(port))
+    try:
+        site_dir = Path(next(ln for ln in output if ln.startswith("site files in ")).split()[-1])
+        children = _descendants_alive(proc.pid)
+        assert len(children) == 4, [c.cmdline() for c in children]  # broker, dashboard, 2 boxes
+        assert _port_open(port)
+        proc.send_signal(signal.SIGTERM)  # to the demo alone, not its process group
+        assert proc.stdout is not None
+        output += proc.stdout.readlines()
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    time.sleep(0.5)
+    orphans = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    for p in orphans:
+        p.kill()
+    left = site_dir.exists()
+    shutil.rmtree(site_dir, ignore_errors=True)
+    assert not orphans, f"processes left behind: {[p.cmdline() for p in orphans]}"
+    assert rc == 0, "".join(output)
+    assert not _port_open(port)
+    assert not left, f"{site_dir} left behind"
