@@ -7,12 +7,14 @@ SIGTERM or ``--seconds`` stops them all, boxes first so that their outboxes drai
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import secrets
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -52,6 +54,21 @@ def _box_config(path: Path, box: str, site: Any, state_dir: Path) -> Path:
         f'state_dir = "{state_dir}"\n'
     )
     return path
+
+
+def _check_port(port: int, host: str = "127.0.0.1") -> None:
+    """Raise :class:`DemoError` unless ``port`` is a TCP port free on ``host`` (the dashboard's)."""
+    if not 1 <= port <= 65535:
+        raise DemoError(f"--port {port} is not a TCP port (1..65535)")
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds it
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise DemoError(f"cannot use port {port} on {host}: {exc.strerror}") from None
+            raise DemoError(f"port {port} on {host} is already in use: stop what uses it or "
+                            "choose another with --port") from None
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -147,6 +164,7 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
         raise DemoError("--boxes must be between 1 and 200")
     if as_json and seconds is None:
         raise DemoError("--json needs --seconds")
+    _check_port(http_port)
     say = (lambda msg: print(msg, file=sys.stderr)) if as_json else print
     calls = build_calls(CALLS_DIR, progress=lambda m: say(f"  {m}"))
     box_ids = [f"seat-{i + 1:02d}" for i in range(boxes)]

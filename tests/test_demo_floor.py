@@ -179,3 +179,39 @@ def test_sigterm_stops_every_demo_process_and_removes_its_files():
     assert rc == 0, "".join(output)
     assert not _port_open(port)
     assert not left, f"{site_dir} left behind"
+
+
+def _demo_error(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run `miroir demo` with options that must be refused before anything starts."""
+    tmp = new_site_dir("miroir-demo-test-")  # where its site files would go (the broker reads them)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "miroir", "demo", *args], capture_output=True,
+                              text=True, timeout=120, check=False, cwd=REPO,
+                              env=dict(os.environ, TMPDIR=str(tmp)))
+        left = list(tmp.iterdir())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "password" not in proc.stdout
+    assert left == [], "site files left behind"
+    return proc
+
+
+def test_a_dashboard_port_in_use_is_named_before_anything_starts():
+    """Another program on --port: one line naming the port, no URL and password of a dashboard
+    that never started (its health check was answered by the other program)."""
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        proc = _demo_error("--boxes", "1", "--port", str(port))
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"miroir: error: port {port} on 127.0.0.1 is already in use: stop what uses it or "
+        "choose another with --port")
+
+
+def test_a_port_that_is_not_a_tcp_port_is_refused_at_once():
+    for port in ("70000", "0", "-1"):
+        proc = _demo_error("--boxes", "1", "--port", port)
+        assert proc.stderr.strip().splitlines()[-1] == (
+            f"miroir: error: --port {port} is not a TCP port (1..65535)")
