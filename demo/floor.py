@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -164,6 +165,8 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
         raise DemoError("--boxes must be between 1 and 200")
     if as_json and seconds is None:
         raise DemoError("--json needs --seconds")
+    if seconds is not None and not 0 < seconds < math.inf:
+        raise DemoError(f"--seconds {seconds} is not a positive number of seconds")
     _check_port(http_port)
     say = (lambda msg: print(msg, file=sys.stderr)) if as_json else print
     calls = build_calls(CALLS_DIR, progress=lambda m: say(f"  {m}"))
