@@ -223,3 +223,17 @@ def test_seconds_that_are_not_a_positive_duration_are_refused_at_once():
                            "--port", str(free_port()))
         assert proc.stderr.strip().splitlines()[-1] == (
             f"miroir: error: --seconds {float(seconds)} is not a positive number of seconds")
+
+
+def test_missing_espeak_is_one_line_naming_the_package(tmp_path):
+    """`miroir demo` run outside `./run` on a machine without espeak-ng: no traceback."""
+    (tmp_path / "sox").symlink_to(shutil.which("sox") or "/usr/bin/sox")
+    proc = subprocess.run(
+        [sys.executable, "-m", "miroir", "demo", "--boxes", "1", "--port", str(free_port())],
+        capture_output=True, text=True, timeout=60, check=False, cwd=REPO,
+        env=dict(os.environ, PATH=str(tmp_path)))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "miroir: error: demo calls need espeak-ng on PATH: install the Debian package(s) with "
+        "`apt-get install espeak-ng`"]
