@@ -72,6 +72,16 @@ def _check_port(port: int, host: str = "127.0.0.1") -> None:
                             "choose another with --port") from None
 
 
+def _admin_password(path: Path) -> str:
+    """The password of the admin an earlier run in this workdir created, else a new one saved."""
+    if path.is_file() and (kept := path.read_text().strip()):
+        return kept
+    password = secrets.token_urlsafe(12)
+    path.write_text(password + "\n")
+    path.chmod(0o600)
+    return password
+
+
 def _interrupt(signum: int, frame: object) -> None:
     """SIGTERM handler: stop the demo as Ctrl-C does (its processes stopped, its files removed)."""
     raise KeyboardInterrupt
@@ -179,10 +189,8 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
     broker = site.broker()
     procs: list[subprocess.Popen[bytes]] = []
     box_procs: list[subprocess.Popen[bytes]] = []
-    password = secrets.token_urlsafe(12)
     pw_file = root / "admin-password"
-    pw_file.write_text(password + "\n")
-    pw_file.chmod(0o600)
+    password = _admin_password(pw_file)
     db_path = root / "dashboard.sqlite"
     logs = root / "logs"
     logs.mkdir(exist_ok=True)

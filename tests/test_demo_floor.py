@@ -237,3 +237,26 @@ def test_missing_espeak_is_one_line_naming_the_package(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "miroir: error: demo calls need espeak-ng on PATH: install the Debian package(s) with "
         "`apt-get install espeak-ng`"]
+
+
+def test_a_second_run_in_the_same_workdir_prints_a_password_that_logs_in():
+    """The dashboard's database keeps the first run's admin: the password printed must be it."""
+    workdir = new_site_dir("miroir-demo-test-")
+    port = free_port()
+    try:
+        first = subprocess.run(
+            [sys.executable, "-m", "miroir", "demo", "--boxes", "1", "--port", str(port),
+             "--seconds", "3", "--json", "--workdir", str(workdir)],
+            capture_output=True, text=True, timeout=120, check=False, cwd=REPO)
+        assert first.returncode == 0, first.stderr[-3000:]
+        proc, output = _start_demo("--boxes", "1", "--port", str(port), "--workdir", str(workdir))
+        try:
+            password = re.search(r"password: (\S+)", output[-1])
+            assert password, "".join(output)
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+                _login(client, password.group(1))
+        finally:
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.wait(timeout=60)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
