@@ -168,7 +168,7 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
     Returns:
         The process exit code.
     """
-    from demo.calls import build_calls
+    from demo.calls import build_calls, replay_files
     from provisioning.broker import free_port, make_site, new_site_dir
 
     if not 1 <= boxes <= 200:
@@ -202,6 +202,7 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, _interrupt)
     try:
+        replays = [replay_files(call, root / "calls") for call in calls[:boxes]]
         broker.start()
         say(f"broker: mosquitto on 127.0.0.1:{site.port} (TLS, client certificates, ACL)")
         dash_env = dict(env, MIROIR_DASH_SITE=SITE, MIROIR_DASH_DB_PATH=str(db_path),
@@ -226,10 +227,11 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
             state.mkdir(parents=True, exist_ok=True)
             config = _box_config(state / "box.toml", box, site, state)
             outboxes[box] = state / "outbox.sqlite"
+            near, far = replays[i % len(calls)]
             with (logs / f"{box}.log").open("wb") as out:
                 proc = subprocess.Popen(
                     [*miroir, "edge", "run", "--config", str(config), "--loop",
-                     "--replay", str(call.near), str(call.far)],
+                     "--replay", str(near), str(far)],
                     env=env, stdout=out, stderr=subprocess.STDOUT)
             box_procs.append(proc)
             say(f"box {box}: replaying call '{call.name}'")

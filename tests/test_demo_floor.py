@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from demo.calls import build_calls, load_truth, speech_ratio_truth
+from demo.calls import BETWEEN_CALLS_S, build_calls, load_truth, speech_ratio_truth
 from demo.floor import CALLS_DIR
 from provisioning.broker import free_port, new_site_dir
 from tests._fixtures_dashboard import browser_login, csrf_of
@@ -104,18 +104,18 @@ def test_demo_floor_speech_ratios_match_the_calls(browser_page):
         assert {b["box"] for b in listing["boxes"]} >= {"seat-01", "seat-02"}
         for i, box in enumerate(("seat-01", "seat-02")):
             truth = load_truth(calls[i])
-            duration_s = truth["duration_s"]
+            period_s = truth["duration_s"] + BETWEEN_CALLS_S  # the call, then the pause
             assert len(rows[box]) >= 40, f"{box}: only {len(rows[box])} metrics rows"
             for ch in ("near", "far"):
                 measured, expected = [], []
                 for row in rows[box]:
-                    start = row["t_start"] % duration_s
+                    start = row["t_start"] % period_s
                     end = start + row["window_s"]
-                    share = speech_ratio_truth(truth[ch], start, min(end, duration_s))
-                    if end > duration_s:  # the replay looped inside this window
-                        share = (share * (duration_s - start)
-                                 + speech_ratio_truth(truth[ch], 0.0, end - duration_s)
-                                 * (end - duration_s)) / row["window_s"]
+                    share = speech_ratio_truth(truth[ch], start, min(end, period_s))
+                    if end > period_s:  # the replay looped inside this window
+                        share = (share * (period_s - start)
+                                 + speech_ratio_truth(truth[ch], 0.0, end - period_s)
+                                 * (end - period_s)) / row["window_s"]
                     measured.append(row[f"{ch}_speech_ratio"])
                     expected.append(share)
                 got = sum(measured) / len(measured)
