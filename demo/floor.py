@@ -1,8 +1,9 @@
 """The live demo floor: a real Mosquitto, the dashboard and N boxes replaying French calls.
 
 Every part is a real process started here: the broker with the project's generated TLS and ACL
-configuration, ``miroir dashboard serve``, and one ``miroir edge run --replay`` per box. Ctrl-C,
-SIGTERM or ``--seconds`` stops them all, boxes first so that their outboxes drain.
+configuration, ``miroir dashboard serve``, and one ``miroir edge run --replay`` per box. A box that
+exits is started again (as systemd does on a box). Ctrl-C, SIGTERM or ``--seconds`` stops them all,
+boxes first so that their outboxes drain.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import sys
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +36,44 @@ REPO = Path(__file__).resolve().parent.parent
 CALLS_DIR = REPO / ".cache" / "demo-calls"
 
 
+BOX_QUICK_EXIT_S = 10.0
+"""A box that exits sooner than this after its start failed to start..."""
+BOX_QUICK_EXITS = 3
+"""...and this many such exits in a row end the demo (a box's systemd start limit does the same)."""
+
+
 class DemoError(RuntimeError):
     """The demo could not start or did not complete."""
+
+
+@dataclass
+class _Box:
+    """One simulated box's process, started again when it exits, as systemd does on a box."""
+
+    name: str
+    cmd: list[str]
+    log: Path
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    started_s: float = 0.0
+    quick_exits: int = 0
+
+    def start(self) -> None:
+        """Start the box's process, its output appended to its log."""
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=out,
+                                         stderr=subprocess.STDOUT)
+        self.started_s = time.monotonic()
+
+    def restart(self, code: int) -> None:
+        """Start the box again after it exited with ``code``, unless it keeps failing to start."""
+        quick = time.monotonic() - self.started_s < BOX_QUICK_EXIT_S
+        self.quick_exits = self.quick_exits + 1 if quick else 0
+        if self.quick_exits >= BOX_QUICK_EXITS:
+            raise DemoError(f"box {self.name} exited {self.quick_exits} times in a row within "
+                            f"{BOX_QUICK_EXIT_S:.0f} s of its start (code {code}); see {self.log}")
+        log.warning("box %s exited (code %s); starting it again", self.name, code)
+        self.start()
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -80,6 +118,16 @@ def _admin_password(path: Path) -> str:
     path.write_text(password + "\n")
     path.chmod(0o600)
     return password
+
+
+def _exit_code(proc: subprocess.Popen[bytes]) -> int | None:
+    """The process's exit code (None while it runs), once a Ctrl-C that stopped it reached us."""
+    code = proc.poll()
+    if code in (0, 130, -signal.SIGINT):
+        # Ctrl-C reaches the whole process group and a child may stop (cleanly) before our own
+        # KeyboardInterrupt arrives: give it a moment to interrupt this sleep
+        time.sleep(2.0)
+    return code
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -188,7 +236,7 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
     site = make_site(root / "site", SITE, box_ids, port=free_port())
     broker = site.broker()
     procs: list[subprocess.Popen[bytes]] = []
-    box_procs: list[subprocess.Popen[bytes]] = []
+    demo_boxes: list[_Box] = []
     pw_file = root / "admin-password"
     password = _admin_password(pw_file)
     db_path = root / "dashboard.sqlite"
@@ -228,33 +276,29 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
             config = _box_config(state / "box.toml", box, site, state)
             outboxes[box] = state / "outbox.sqlite"
             near, far = replays[i % len(calls)]
-            with (logs / f"{box}.log").open("wb") as out:
-                proc = subprocess.Popen(
-                    [*miroir, "edge", "run", "--config", str(config), "--loop",
-                     "--replay", str(near), str(far)],
-                    env=env, stdout=out, stderr=subprocess.STDOUT)
-            box_procs.append(proc)
+            demo_boxes.append(_Box(box, [*miroir, "edge", "run", "--config", str(config), "--loop",
+                                         "--replay", str(near), str(far)],
+                                   logs / f"{box}.log", env))
+            demo_boxes[-1].start()
             say(f"box {box}: replaying call '{call.name}'")
         if not as_json:
             print(f"\nDashboard: {url}\nLog in as 'admin' with password: {password}\n"
                   f"(also in {pw_file}). Press Ctrl-C to stop.\n", flush=True)
         deadline = None if seconds is None else time.monotonic() + seconds
         while deadline is None or time.monotonic() < deadline:
-            for proc in [*procs, *box_procs]:
-                code = proc.poll()
-                if code in (0, 130, -signal.SIGINT):
-                    # Ctrl-C reaches the whole process group and a child may stop (cleanly) before
-                    # our own KeyboardInterrupt arrives: give it a moment to interrupt this sleep
-                    time.sleep(2.0)
-                if code is not None:
+            for proc in procs:
+                if (code := _exit_code(proc)) is not None:
                     raise DemoError(f"a demo process exited early (code {code}); "
                                     f"see the logs in {logs}")
+            for seat in demo_boxes:
+                if seat.proc is not None and (code := _exit_code(seat.proc)) is not None:
+                    seat.restart(code)
             time.sleep(0.5)
     except KeyboardInterrupt:
         say("stopping")
         seconds = None
     finally:
-        _stop(box_procs)
+        _stop([seat.proc for seat in demo_boxes if seat.proc is not None])
         time.sleep(1.0)  # let the dashboard ingest the boxes' last messages
         _stop(procs)
         broker.stop()

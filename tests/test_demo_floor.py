@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -15,9 +17,10 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 
 from demo.calls import BETWEEN_CALLS_S, build_calls, load_truth, speech_ratio_truth
-from demo.floor import CALLS_DIR
+from demo.floor import BOX_QUICK_EXITS, CALLS_DIR, DemoError, _Box
 from provisioning.broker import free_port, new_site_dir
 from tests._fixtures_dashboard import browser_login, csrf_of
 
@@ -260,3 +263,54 @@ def test_a_second_run_in_the_same_workdir_prints_a_password_that_logs_in():
             proc.wait(timeout=60)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_a_box_that_dies_is_started_again_and_the_floor_goes_on():
+    """A box killed mid-demo: the demo starts it again (as systemd does a box's service) and the
+    dashboard gets its metrics again; the other processes run on."""
+    port = free_port()
+    proc, output = _start_demo("--boxes", "2", "--port", str(port))
+    site_dir = Path(next(ln for ln in output if ln.startswith("site files in ")).split()[-1])
+    try:
+        def seat_01() -> list[psutil.Process]:
+            return [p for p in _descendants_alive(proc.pid)
+                    if "seat-01" in " ".join(p.cmdline()) and p.status() != psutil.STATUS_ZOMBIE]
+
+        others = [p for p in _descendants_alive(proc.pid) if p not in seat_01()]
+        time.sleep(3)
+        [box] = seat_01()
+        box.kill()
+        killed_at = time.time()
+        deadline = time.monotonic() + 30
+        rows = 0
+        while time.monotonic() < deadline and not rows:
+            time.sleep(1)
+            assert proc.poll() is None, "the demo stopped when a box died"
+            with sqlite3.connect(site_dir / "dashboard.sqlite") as db:
+                rows = db.execute("SELECT count(*) FROM metrics WHERE box = 'seat-01' AND ts > ?",
+                                  (killed_at + 1,)).fetchone()[0]
+        assert rows, "no metrics from seat-01 after it was killed"
+        assert [p.pid for p in seat_01()] != [box.pid]
+        assert all(p.is_running() for p in others)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # gone already if it stopped
+            os.killpg(proc.pid, signal.SIGINT)
+        assert proc.stdout is not None
+        output += proc.stdout.readlines()
+        rc = proc.wait(timeout=60)
+        shutil.rmtree(site_dir, ignore_errors=True)
+    assert rc in (0, 130), "".join(output)
+
+
+def test_a_box_that_keeps_failing_to_start_ends_the_demo_naming_its_log(tmp_path):
+    """Started again after each exit, but not for ever: the third quick exit in a row is an error."""
+    box = _Box("seat-01", [sys.executable, "-c", "import sys; print('broken'); sys.exit(3)"],
+               tmp_path / "seat-01.log", dict(os.environ))
+    box.start()
+    for _ in range(BOX_QUICK_EXITS - 1):
+        assert box.proc is not None and box.proc.wait(timeout=30) == 3
+        box.restart(3)
+    assert box.proc is not None and box.proc.wait(timeout=30) == 3
+    with pytest.raises(DemoError, match=rf"box seat-01 exited 3 times in a row .* see {tmp_path}"):
+        box.restart(3)
+    assert (tmp_path / "seat-01.log").read_text() == "broken\n" * BOX_QUICK_EXITS
