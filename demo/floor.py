@@ -2,8 +2,8 @@
 
 Every part is a real process started here: the broker with the project's generated TLS and ACL
 configuration, ``miroir dashboard serve``, and one ``miroir edge run --replay`` per box. A box that
-exits is started again (as systemd does on a box). Ctrl-C, SIGTERM or ``--seconds`` stops them all,
-boxes first so that their outboxes drain.
+exits is started again (as systemd does on a box), and so is the broker. Ctrl-C, SIGTERM or
+``--seconds`` stops them all, boxes first so that their outboxes drain.
 """
 
 from __future__ import annotations
@@ -290,6 +290,9 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
                 if (code := _exit_code(proc)) is not None:
                     raise DemoError(f"a demo process exited early (code {code}); "
                                     f"see the logs in {logs}")
+            if not broker.running:  # the boxes and the dashboard reconnect by themselves
+                log.warning("the broker exited; starting it again on port %d", site.port)
+                broker.start()
             for seat in demo_boxes:
                 if seat.proc is not None and (code := _exit_code(seat.proc)) is not None:
                     seat.restart(code)

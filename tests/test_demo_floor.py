@@ -314,3 +314,32 @@ def test_a_box_that_keeps_failing_to_start_ends_the_demo_naming_its_log(tmp_path
     with pytest.raises(DemoError, match=rf"box seat-01 exited 3 times in a row .* see {tmp_path}"):
         box.restart(3)
     assert (tmp_path / "seat-01.log").read_text() == "broken\n" * BOX_QUICK_EXITS
+
+
+def test_a_broker_that_dies_is_started_again_and_the_boxes_report_again():
+    """Mosquitto killed mid-demo: the demo starts it again on its port, the boxes and the
+    dashboard reconnect and metrics flow again (the floor was left silently dead)."""
+    proc, output = _start_demo("--boxes", "2", "--port", str(free_port()))
+    site_dir = Path(next(ln for ln in output if ln.startswith("site files in ")).split()[-1])
+    try:
+        [broker] = [p for p in _descendants_alive(proc.pid) if p.name() == "mosquitto"]
+        time.sleep(3)
+        broker.kill()
+        killed_at = time.time()
+        deadline = time.monotonic() + 45
+        boxes: set[str] = set()
+        while time.monotonic() < deadline and len(boxes) < 2:
+            time.sleep(1)
+            assert proc.poll() is None, "the demo stopped when its broker died"
+            with sqlite3.connect(site_dir / "dashboard.sqlite") as db:
+                boxes = {r[0] for r in db.execute(
+                    "SELECT DISTINCT box FROM metrics WHERE ingested_ts > ?", (killed_at + 1,))}
+        assert boxes == {"seat-01", "seat-02"}, "no metrics after the broker was killed"
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # gone already if it stopped
+            os.killpg(proc.pid, signal.SIGINT)
+        assert proc.stdout is not None
+        output += proc.stdout.readlines()
+        rc = proc.wait(timeout=60)
+        shutil.rmtree(site_dir, ignore_errors=True)
+    assert rc in (0, 130), "".join(output)
