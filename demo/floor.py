@@ -110,6 +110,19 @@ def _check_port(port: int, host: str = "127.0.0.1") -> None:
                             "choose another with --port") from None
 
 
+def _check_workdir(path: Path) -> None:
+    """Create ``path``; raise :class:`DemoError` if the broker's user could not reach files in it."""
+    from provisioning.broker import BrokerError, check_reachable
+
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        check_reachable(path)
+    except BrokerError as exc:
+        reason = str(exc).partition(";")[0]  # not the hint meant for a developer
+        raise DemoError(f"--workdir {path}: the broker's {reason}; choose a folder every user may "
+                        "traverse, such as one under /tmp") from None
+
+
 def _admin_password(path: Path) -> str:
     """The password of the admin an earlier run in this workdir created, else a new one saved."""
     if path.is_file() and (kept := path.read_text().strip()):
@@ -226,6 +239,8 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
     if seconds is not None and not 0 < seconds < math.inf:
         raise DemoError(f"--seconds {seconds} is not a positive number of seconds")
     _check_port(http_port)
+    if workdir is not None:
+        _check_workdir(workdir)
     say = (lambda msg: print(msg, file=sys.stderr)) if as_json else print
     calls = build_calls(CALLS_DIR, progress=lambda m: say(f"  {m}"))
     box_ids = [f"seat-{i + 1:02d}" for i in range(boxes)]

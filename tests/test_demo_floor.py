@@ -12,6 +12,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -343,3 +344,27 @@ def test_a_broker_that_dies_is_started_again_and_the_boxes_report_again():
         rc = proc.wait(timeout=60)
         shutil.rmtree(site_dir, ignore_errors=True)
     assert rc in (0, 130), "".join(output)
+
+
+def test_a_workdir_the_broker_cannot_reach_is_one_line():
+    """As root, Mosquitto drops to the mosquitto user: a --workdir in a private folder (as root's
+    home is) cannot hold its files. One line naming the folder, not a traceback."""
+    private = Path(tempfile.mkdtemp(prefix="miroir-demo-test-"))  # mode 0700, as /root is
+    try:
+        if os.geteuid() != 0:  # the broker keeps the user's own identity: nothing to refuse
+            from demo.floor import _check_workdir
+
+            _check_workdir(private / "demo")
+            assert (private / "demo").is_dir()
+            return
+        proc = subprocess.run(
+            [sys.executable, "-m", "miroir", "demo", "--boxes", "1", "--port", str(free_port()),
+             "--workdir", str(private / "demo")],
+            capture_output=True, text=True, timeout=60, check=False, cwd=REPO)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines() == [
+        f"miroir: error: --workdir {private / 'demo'}: the broker's user 'mosquitto' cannot "
+        f"traverse {private} (mode 700); choose a folder every user may traverse, such as one "
+        "under /tmp"]
