@@ -259,7 +259,8 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
     logs.mkdir(exist_ok=True)
     miroir = [sys.executable, "-m", "miroir"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if threading.current_thread() is threading.main_thread():
+    on_main = threading.current_thread() is threading.main_thread()
+    if on_main:
         # Ctrl-C stops the demo even when it was started in the background of a script, where the
         # shell hands it SIGINT ignored (the boxes and the dashboard set their own handlers)
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -316,6 +317,9 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
         say("stopping")
         seconds = None
     finally:
+        if on_main:  # the stop is bounded: a second Ctrl-C must not leave the site files behind
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         _stop([seat.proc for seat in demo_boxes if seat.proc is not None])
         time.sleep(1.0)  # let the dashboard ingest the boxes' last messages
         _stop(procs)

@@ -368,3 +368,28 @@ def test_a_workdir_the_broker_cannot_reach_is_one_line():
         f"miroir: error: --workdir {private / 'demo'}: the broker's user 'mosquitto' cannot "
         f"traverse {private} (mode 700); choose a folder every user may traverse, such as one "
         "under /tmp"]
+
+
+def test_a_second_ctrl_c_while_stopping_still_removes_the_demo_files():
+    """Stopping takes seconds (the boxes drain their outboxes): an impatient second Ctrl-C must not
+    leave the site files (the CA key, the admin password, the database) in the temp folder."""
+    proc, output = _start_demo("--boxes", "2", "--port", str(free_port()))
+    site_dir = Path(next(ln for ln in output if ln.startswith("site files in ")).split()[-1])
+    children = _descendants_alive(proc.pid)
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(1.0)
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.stdout is not None
+        output += proc.stdout.readlines()
+        rc = proc.wait(timeout=60)
+        time.sleep(0.5)
+        orphans = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        left = site_dir.exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        shutil.rmtree(site_dir, ignore_errors=True)
+    assert not orphans, f"processes left behind: {[p.cmdline() for p in orphans]}"
+    assert not left, f"{site_dir} left behind:\n" + "".join(output)
+    assert rc == 0, "".join(output)
