@@ -250,21 +250,21 @@ def test_missing_espeak_names_the_apt_package(
 
 def test_a_box_looping_a_demo_call_sees_each_replay_end(demo_calls: list[DemoCall],
                                                       tmp_path: Path) -> None:
-    """What a demo box loops over, twice through the real pipeline: each replay is a call that the
-    prospect's hang-up (the busy tone) ends, with no cue after it (looping the bare call made one
-    call that never ended)."""
-    model = load_vad_model()
+    """What demo boxes loop over, the eight replays one after another through the real pipeline:
+    each is a call that the prospect's hang-up (the busy tone) ends, with no cue after it (looping
+    the bare call made one call that never ended)."""
+    replays = []
     for call in demo_calls:
         near, far = replay_files(call, tmp_path)
-        n = round((call.duration_s + BETWEEN_CALLS_S) * RATE_HZ)
-        assert _read(near).size == _read(far).size == n
+        assert _read(near).size == _read(far).size == round((call.duration_s + BETWEEN_CALLS_S)
+                                                            * RATE_HZ)
         assert np.array_equal(_read(far)[: round(call.duration_s * RATE_HZ)], _read(call.far))
-        audio = pair(read_wav(near), read_wav(far))
-        result = analyze(np.concatenate([audio, audio], axis=1), model)
-        ends = [(s["call_end_reason"], s["call_duration_s"]) for s in result["call_summaries"]]
-        assert [reason for reason, _ in ends] == ["hangup", "hangup"], (call.name, ends)
-        assert all(d < call.duration_s for _, d in ends), (call.name, ends)
-        hung_up_s = [e["t_audio_s"] for e in result["events"] if e["name"] == "call_end"]
-        late = [c for c in result["cues"]
-                if any(0 <= c["start_s"] - t < BETWEEN_CALLS_S for t in hung_up_s)]
-        assert late == [], (call.name, late)
+        replays.append(pair(read_wav(near), read_wav(far)))
+    result = analyze(np.concatenate(replays, axis=1), load_vad_model())
+    ends = [(s["call_end_reason"], s["call_duration_s"]) for s in result["call_summaries"]]
+    assert [reason for reason, _ in ends] == ["hangup"] * len(demo_calls), ends
+    assert all(d < c.duration_s for (_, d), c in zip(ends, demo_calls, strict=True)), ends
+    hung_up_s = [e["t_audio_s"] for e in result["events"] if e["name"] == "call_end"]
+    late = [c for c in result["cues"] if any(0 <= c["start_s"] - t < BETWEEN_CALLS_S
+                                             for t in hung_up_s)]
+    assert late == [], late
