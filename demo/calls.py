@@ -1,7 +1,8 @@
 """Render the demo floor's two-channel French calls with espeak-ng, with exact speech truth.
 
 Demo-only generator: the box never writes audio; these files are the demo's *input* (each
-simulated box replays one call in a loop through the real edge pipeline).
+simulated box replays one call in a loop through the real edge pipeline, a pause between two calls,
+see :func:`replay_files`).
 
 Each utterance is rendered by espeak-ng (22050 Hz), resampled by sox to 16 kHz float, trimmed of
 its leading and trailing silence, then placed on the agent (near) or prospect (far) timeline. The
@@ -58,6 +59,17 @@ FAR_PEAK_DBFS = -9.0
 NOISE_DBFS = -65.0
 PHONE_BAND_HZ = (300.0, 3400.0)
 PHONE_ROLLOFF_HZ = 100.0
+
+BETWEEN_CALLS_S = 10.0
+"""Line time a demo box replays after each call before the call starts again: the prospect hangs up
+(the busy tone below), then the noise floor until the next dial."""
+BUSY_HZ = 440.0
+BUSY_CADENCE_S = (0.5, 0.5)
+"""The French busy tone: 440 Hz, 0.5 s on, 0.5 s off."""
+BUSY_S = 4.0
+"""How long the busy tone plays: a box takes 3 s of it as the prospect's hang-up and ends the call
+where it began."""
+BUSY_DBFS = -20.0
 
 CACHE_KEY_FILE = "cache_key.txt"
 MANIFEST_FILE = "manifest.json"
@@ -374,6 +386,35 @@ def build_calls(
     (out_dir / CACHE_KEY_FILE).write_text(key + "\n")
     log.info("rendered %d demo calls into %s", len(calls), out_dir)
     return calls
+
+
+def _busy_tone(n: int) -> FloatArray:
+    """``n`` samples of the French busy tone from its start, then silence."""
+    import numpy as np
+
+    t = np.arange(n) / RATE_HZ
+    on_s, off_s = BUSY_CADENCE_S
+    gate = (t < BUSY_S) & (t % (on_s + off_s) < on_s)
+    out: FloatArray = 10 ** (BUSY_DBFS / 20) * np.sin(2 * np.pi * BUSY_HZ * t) * gate
+    return out
+
+
+def replay_files(call: DemoCall, out_dir: Path,
+                 pause_s: float = BETWEEN_CALLS_S) -> tuple[Path, Path]:
+    """Write the call then ``pause_s`` of line (a hang-up, then the noise floor): a box's loop."""
+    import numpy as np
+
+    rng = np.random.default_rng(zlib.crc32(f"{call.name} pause".encode()))
+    out = Path(out_dir) / call.name
+    out.mkdir(parents=True, exist_ok=True)
+    n = round(pause_s * RATE_HZ)
+    tones = {"near": np.zeros(n), "far": _busy_tone(n)}
+    for chan, src in (("near", call.near), ("far", call.far)):
+        with wave.open(str(src), "rb") as w:
+            pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+        pause = tones[chan] + rng.normal(0.0, 10 ** (NOISE_DBFS / 20), n)
+        _write_wav(out / src.name, np.concatenate([pcm / 32767.0, pause]))
+    return out / call.near.name, out / call.far.name
 
 
 def load_truth(call: DemoCall) -> dict[str, Any]:

@@ -1,24 +1,29 @@
 """The live demo floor: a real Mosquitto, the dashboard and N boxes replaying French calls.
 
 Every part is a real process started here: the broker with the project's generated TLS and ACL
-configuration, ``miroir dashboard serve``, and one ``miroir edge run --replay`` per box. Ctrl-C (or
-``--seconds``) stops them all, boxes first so that their outboxes drain.
+configuration, ``miroir dashboard serve``, and one ``miroir edge run --replay`` per box. A box that
+exits is started again (as systemd does on a box), and so is the broker. Ctrl-C, SIGTERM or
+``--seconds`` stops them all, boxes first so that their outboxes drain.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import math
 import os
 import secrets
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +36,44 @@ REPO = Path(__file__).resolve().parent.parent
 CALLS_DIR = REPO / ".cache" / "demo-calls"
 
 
+BOX_QUICK_EXIT_S = 10.0
+"""A box that exits sooner than this after its start failed to start..."""
+BOX_QUICK_EXITS = 3
+"""...and this many such exits in a row end the demo (a box's systemd start limit does the same)."""
+
+
 class DemoError(RuntimeError):
     """The demo could not start or did not complete."""
+
+
+@dataclass
+class _Box:
+    """One simulated box's process, started again when it exits, as systemd does on a box."""
+
+    name: str
+    cmd: list[str]
+    log: Path
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    started_s: float = 0.0
+    quick_exits: int = 0
+
+    def start(self) -> None:
+        """Start the box's process, its output appended to its log."""
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=out,
+                                         stderr=subprocess.STDOUT)
+        self.started_s = time.monotonic()
+
+    def restart(self, code: int) -> None:
+        """Start the box again after it exited with ``code``, unless it keeps failing to start."""
+        quick = time.monotonic() - self.started_s < BOX_QUICK_EXIT_S
+        self.quick_exits = self.quick_exits + 1 if quick else 0
+        if self.quick_exits >= BOX_QUICK_EXITS:
+            raise DemoError(f"box {self.name} exited {self.quick_exits} times in a row within "
+                            f"{BOX_QUICK_EXIT_S:.0f} s of its start (code {code}); see {self.log}")
+        log.warning("box %s exited (code %s); starting it again", self.name, code)
+        self.start()
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -52,6 +93,59 @@ def _box_config(path: Path, box: str, site: Any, state_dir: Path) -> Path:
         f'state_dir = "{state_dir}"\n'
     )
     return path
+
+
+def _check_port(port: int, host: str = "127.0.0.1") -> None:
+    """Raise :class:`DemoError` unless ``port`` is a TCP port free on ``host`` (the dashboard's)."""
+    if not 1 <= port <= 65535:
+        raise DemoError(f"--port {port} is not a TCP port (1..65535)")
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds it
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise DemoError(f"cannot use port {port} on {host}: {exc.strerror}") from None
+            raise DemoError(f"port {port} on {host} is already in use: stop what uses it or "
+                            "choose another with --port") from None
+
+
+def _check_workdir(path: Path) -> None:
+    """Create ``path``; raise :class:`DemoError` if the broker's user could not reach files in it."""
+    from provisioning.broker import BrokerError, check_reachable
+
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        check_reachable(path)
+    except BrokerError as exc:
+        reason = str(exc).partition(";")[0]  # not the hint meant for a developer
+        raise DemoError(f"--workdir {path}: the broker's {reason}; choose a folder every user may "
+                        "traverse, such as one under /tmp") from None
+
+
+def _admin_password(path: Path) -> str:
+    """The password of the admin an earlier run in this workdir created, else a new one saved."""
+    if path.is_file() and (kept := path.read_text().strip()):
+        return kept
+    password = secrets.token_urlsafe(12)
+    path.write_text(password + "\n")
+    path.chmod(0o600)
+    return password
+
+
+def _exit_code(proc: subprocess.Popen[bytes]) -> int | None:
+    """The process's exit code (None while it runs), once a Ctrl-C that stopped it reached us."""
+    code = proc.poll()
+    if code in (0, 130, -signal.SIGINT):
+        # Ctrl-C reaches the whole process group and a child may stop (cleanly) before our own
+        # KeyboardInterrupt arrives: give it a moment to interrupt this sleep
+        time.sleep(2.0)
+    return code
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM handler: stop the demo as Ctrl-C does (its processes stopped, its files removed)."""
+    raise KeyboardInterrupt
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
@@ -135,13 +229,18 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
     Returns:
         The process exit code.
     """
-    from demo.calls import build_calls
+    from demo.calls import build_calls, replay_files
     from provisioning.broker import free_port, make_site, new_site_dir
 
     if not 1 <= boxes <= 200:
         raise DemoError("--boxes must be between 1 and 200")
     if as_json and seconds is None:
         raise DemoError("--json needs --seconds")
+    if seconds is not None and not 0 < seconds < math.inf:
+        raise DemoError(f"--seconds {seconds} is not a positive number of seconds")
+    _check_port(http_port)
+    if workdir is not None:
+        _check_workdir(workdir)
     say = (lambda msg: print(msg, file=sys.stderr)) if as_json else print
     calls = build_calls(CALLS_DIR, progress=lambda m: say(f"  {m}"))
     box_ids = [f"seat-{i + 1:02d}" for i in range(boxes)]
@@ -152,21 +251,22 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
     site = make_site(root / "site", SITE, box_ids, port=free_port())
     broker = site.broker()
     procs: list[subprocess.Popen[bytes]] = []
-    box_procs: list[subprocess.Popen[bytes]] = []
-    password = secrets.token_urlsafe(12)
+    demo_boxes: list[_Box] = []
     pw_file = root / "admin-password"
-    pw_file.write_text(password + "\n")
-    pw_file.chmod(0o600)
+    password = _admin_password(pw_file)
     db_path = root / "dashboard.sqlite"
     logs = root / "logs"
     logs.mkdir(exist_ok=True)
     miroir = [sys.executable, "-m", "miroir"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if threading.current_thread() is threading.main_thread():
+    on_main = threading.current_thread() is threading.main_thread()
+    if on_main:
         # Ctrl-C stops the demo even when it was started in the background of a script, where the
         # shell hands it SIGINT ignored (the boxes and the dashboard set their own handlers)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
+        replays = [replay_files(call, root / "calls") for call in calls[:boxes]]
         broker.start()
         say(f"broker: mosquitto on 127.0.0.1:{site.port} (TLS, client certificates, ACL)")
         dash_env = dict(env, MIROIR_DASH_SITE=SITE, MIROIR_DASH_DB_PATH=str(db_path),
@@ -191,33 +291,36 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
             state.mkdir(parents=True, exist_ok=True)
             config = _box_config(state / "box.toml", box, site, state)
             outboxes[box] = state / "outbox.sqlite"
-            with (logs / f"{box}.log").open("wb") as out:
-                proc = subprocess.Popen(
-                    [*miroir, "edge", "run", "--config", str(config), "--loop",
-                     "--replay", str(call.near), str(call.far)],
-                    env=env, stdout=out, stderr=subprocess.STDOUT)
-            box_procs.append(proc)
+            near, far = replays[i % len(calls)]
+            demo_boxes.append(_Box(box, [*miroir, "edge", "run", "--config", str(config), "--loop",
+                                         "--replay", str(near), str(far)],
+                                   logs / f"{box}.log", env))
+            demo_boxes[-1].start()
             say(f"box {box}: replaying call '{call.name}'")
         if not as_json:
             print(f"\nDashboard: {url}\nLog in as 'admin' with password: {password}\n"
                   f"(also in {pw_file}). Press Ctrl-C to stop.\n", flush=True)
         deadline = None if seconds is None else time.monotonic() + seconds
         while deadline is None or time.monotonic() < deadline:
-            for proc in [*procs, *box_procs]:
-                code = proc.poll()
-                if code in (0, 130, -signal.SIGINT):
-                    # Ctrl-C reaches the whole process group and a child may stop (cleanly) before
-                    # our own KeyboardInterrupt arrives: give it a moment to interrupt this sleep
-                    time.sleep(2.0)
-                if code is not None:
+            for proc in procs:
+                if (code := _exit_code(proc)) is not None:
                     raise DemoError(f"a demo process exited early (code {code}); "
                                     f"see the logs in {logs}")
+            if not broker.running:  # the boxes and the dashboard reconnect by themselves
+                log.warning("the broker exited; starting it again on port %d", site.port)
+                broker.start()
+            for seat in demo_boxes:
+                if seat.proc is not None and (code := _exit_code(seat.proc)) is not None:
+                    seat.restart(code)
             time.sleep(0.5)
     except KeyboardInterrupt:
         say("stopping")
         seconds = None
     finally:
-        _stop(box_procs)
+        if on_main:  # the stop is bounded: a second Ctrl-C must not leave the site files behind
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _stop([seat.proc for seat in demo_boxes if seat.proc is not None])
         time.sleep(1.0)  # let the dashboard ingest the boxes' last messages
         _stop(procs)
         broker.stop()

@@ -200,12 +200,13 @@ def cmd_models_build(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run a live demo floor: broker, dashboard and simulated boxes replaying French calls."""
+    from demo.calls import DemoToolError
     from demo.floor import DemoError, run_demo
 
     try:
         return run_demo(boxes=args.boxes, seconds=args.seconds, as_json=args.json,
                         http_port=args.port, workdir=args.workdir)
-    except DemoError as exc:
+    except (DemoError, DemoToolError) as exc:
         raise CliError(str(exc)) from None
 
 

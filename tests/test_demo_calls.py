@@ -12,15 +12,19 @@ import numpy as np
 import pytest
 
 from demo.calls import (
+    BETWEEN_CALLS_S,
     RATE_HZ,
     DemoCall,
     DemoToolError,
     build_calls,
     load_truth,
     per_second_truth,
+    replay_files,
     speech_ratio_truth,
 )
 from demo.scripts import SCRIPTS
+from edge.pipeline import analyze, load_vad_model
+from edge.source import pair, read_wav
 
 EDGE_MARGIN_S = 0.02
 
@@ -242,3 +246,25 @@ def test_missing_espeak_names_the_apt_package(
     with pytest.raises(DemoToolError, match=r"apt-get install espeak-ng sox"):
         build_calls(tmp_path / "out", progress=None)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_box_looping_a_demo_call_sees_each_replay_end(demo_calls: list[DemoCall],
+                                                      tmp_path: Path) -> None:
+    """What demo boxes loop over, the eight replays one after another through the real pipeline:
+    each is a call that the prospect's hang-up (the busy tone) ends, with no cue after it (looping
+    the bare call made one call that never ended)."""
+    replays = []
+    for call in demo_calls:
+        near, far = replay_files(call, tmp_path)
+        assert _read(near).size == _read(far).size == round((call.duration_s + BETWEEN_CALLS_S)
+                                                            * RATE_HZ)
+        assert np.array_equal(_read(far)[: round(call.duration_s * RATE_HZ)], _read(call.far))
+        replays.append(pair(read_wav(near), read_wav(far)))
+    result = analyze(np.concatenate(replays, axis=1), load_vad_model())
+    ends = [(s["call_end_reason"], s["call_duration_s"]) for s in result["call_summaries"]]
+    assert [reason for reason, _ in ends] == ["hangup"] * len(demo_calls), ends
+    assert all(d < c.duration_s for (_, d), c in zip(ends, demo_calls, strict=True)), ends
+    hung_up_s = [e["t_audio_s"] for e in result["events"] if e["name"] == "call_end"]
+    late = [c for c in result["cues"] if any(0 <= c["start_s"] - t < BETWEEN_CALLS_S
+                                             for t in hung_up_s)]
+    assert late == [], late

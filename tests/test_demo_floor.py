@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import signal
+import socket
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 
-from demo.calls import build_calls, load_truth, speech_ratio_truth
-from demo.floor import CALLS_DIR
+from demo.calls import BETWEEN_CALLS_S, build_calls, load_truth, speech_ratio_truth
+from demo.floor import BOX_QUICK_EXITS, CALLS_DIR, DemoError, _Box
 from provisioning.broker import free_port, new_site_dir
 from tests._fixtures_dashboard import browser_login, csrf_of
 
@@ -103,18 +108,18 @@ def test_demo_floor_speech_ratios_match_the_calls(browser_page):
         assert {b["box"] for b in listing["boxes"]} >= {"seat-01", "seat-02"}
         for i, box in enumerate(("seat-01", "seat-02")):
             truth = load_truth(calls[i])
-            duration_s = truth["duration_s"]
+            period_s = truth["duration_s"] + BETWEEN_CALLS_S  # the call, then the pause
             assert len(rows[box]) >= 40, f"{box}: only {len(rows[box])} metrics rows"
             for ch in ("near", "far"):
                 measured, expected = [], []
                 for row in rows[box]:
-                    start = row["t_start"] % duration_s
+                    start = row["t_start"] % period_s
                     end = start + row["window_s"]
-                    share = speech_ratio_truth(truth[ch], start, min(end, duration_s))
-                    if end > duration_s:  # the replay looped inside this window
-                        share = (share * (duration_s - start)
-                                 + speech_ratio_truth(truth[ch], 0.0, end - duration_s)
-                                 * (end - duration_s)) / row["window_s"]
+                    share = speech_ratio_truth(truth[ch], start, min(end, period_s))
+                    if end > period_s:  # the replay looped inside this window
+                        share = (share * (period_s - start)
+                                 + speech_ratio_truth(truth[ch], 0.0, end - period_s)
+                                 * (end - period_s)) / row["window_s"]
                     measured.append(row[f"{ch}_speech_ratio"])
                     expected.append(share)
                 got = sum(measured) / len(measured)
@@ -130,3 +135,261 @@ def test_demo_floor_speech_ratios_match_the_calls(browser_page):
     orphans = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     shutil.rmtree(workdir, ignore_errors=True)
     assert not orphans, f"processes left behind: {[p.cmdline() for p in orphans]}"
+
+
+def _start_demo(*args: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """Start `miroir demo` in a session of its own; return it once it printed the password."""
+    proc = subprocess.Popen([sys.executable, "-m", "miroir", "demo", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                            start_new_session=True)
+    output: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        output.append(line)
+        if "password:" in line:
+            return proc, output
+    proc.wait(timeout=60)
+    raise AssertionError("the demo never printed its password:\n" + "".join(output))
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_sigterm_stops_every_demo_process_and_removes_its_files():
+    """`kill PID` (systemd, `timeout`, a container stop) stops the demo like Ctrl-C does."""
+    port = free_port()
+    proc, output = _start_demo("--boxes", "2", "--port", str(port))
+    try:
+        site_dir = Path(next(ln for ln in output if ln.startswith("site files in ")).split()[-1])
+        children = _descendants_alive(proc.pid)
+        assert len(children) == 4, [c.cmdline() for c in children]  # broker, dashboard, 2 boxes
+        assert _port_open(port)
+        proc.send_signal(signal.SIGTERM)  # to the demo alone, not its process group
+        assert proc.stdout is not None
+        output += proc.stdout.readlines()
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    time.sleep(0.5)
+    orphans = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    for p in orphans:
+        p.kill()
+    left = site_dir.exists()
+    shutil.rmtree(site_dir, ignore_errors=True)
+    assert not orphans, f"processes left behind: {[p.cmdline() for p in orphans]}"
+    assert rc == 0, "".join(output)
+    assert not _port_open(port)
+    assert not left, f"{site_dir} left behind"
+
+
+def _demo_error(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run `miroir demo` with options that must be refused before anything starts."""
+    tmp = new_site_dir("miroir-demo-test-")  # where its site files would go (the broker reads them)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "miroir", "demo", *args], capture_output=True,
+                              text=True, timeout=120, check=False, cwd=REPO,
+                              env=dict(os.environ, TMPDIR=str(tmp)))
+        left = list(tmp.iterdir())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "password" not in proc.stdout
+    assert left == [], "site files left behind"
+    return proc
+
+
+def test_a_dashboard_port_in_use_is_named_before_anything_starts():
+    """Another program on --port: one line naming the port, no URL and password of a dashboard
+    that never started (its health check was answered by the other program)."""
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        proc = _demo_error("--boxes", "1", "--port", str(port))
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"miroir: error: port {port} on 127.0.0.1 is already in use: stop what uses it or "
+        "choose another with --port")
+
+
+def test_a_port_that_is_not_a_tcp_port_is_refused_at_once():
+    for port in ("70000", "0", "-1"):
+        proc = _demo_error("--boxes", "1", "--port", port)
+        assert proc.stderr.strip().splitlines()[-1] == (
+            f"miroir: error: --port {port} is not a TCP port (1..65535)")
+
+
+def test_seconds_that_are_not_a_positive_duration_are_refused_at_once():
+    for seconds in ("0", "-5", "nan"):
+        proc = _demo_error("--boxes", "1", "--seconds", seconds, "--json",
+                           "--port", str(free_port()))
+        assert proc.stderr.strip().splitlines()[-1] == (
+            f"miroir: error: --seconds {float(seconds)} is not a positive number of seconds")
+
+
+def test_missing_espeak_is_one_line_naming_the_package(tmp_path):
+    """`miroir demo` run outside `./run` on a machine without espeak-ng: no traceback."""
+    (tmp_path / "sox").symlink_to(shutil.which("sox") or "/usr/bin/sox")
+    proc = subprocess.run(
+        [sys.executable, "-m", "miroir", "demo", "--boxes", "1", "--port", str(free_port())],
+        capture_output=True, text=True, timeout=60, check=False, cwd=REPO,
+        env=dict(os.environ, PATH=str(tmp_path)))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "miroir: error: demo calls need espeak-ng on PATH: install the Debian package(s) with "
+        "`apt-get install espeak-ng`"]
+
+
+def test_a_second_run_in_the_same_workdir_prints_a_password_that_logs_in():
+    """The dashboard's database keeps the first run's admin: the password printed must be it."""
+    workdir = new_site_dir("miroir-demo-test-")
+    port = free_port()
+    try:
+        first = subprocess.run(
+            [sys.executable, "-m", "miroir", "demo", "--boxes", "1", "--port", str(port),
+             "--seconds", "3", "--json", "--workdir", str(workdir)],
+            capture_output=True, text=True, timeout=120, check=False, cwd=REPO)
+        assert first.returncode == 0, first.stderr[-3000:]
+        proc, output = _start_demo("--boxes", "1", "--port", str(port), "--workdir", str(workdir))
+        try:
+            password = re.search(r"password: (\S+)", output[-1])
+            assert password, "".join(output)
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+                _login(client, password.group(1))
+        finally:
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.wait(timeout=60)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_a_box_that_dies_is_started_again_and_the_floor_goes_on():
+    """A box killed mid-demo: the demo starts it again (as systemd does a box's service) and the
+    dashboard gets its metrics again; the other processes run on."""
+    port = free_port()
+    proc, output = _start_demo("--boxes", "2", "--port", str(port))
+    site_dir = Path(next(ln for ln in output if ln.startswith("site files in ")).split()[-1])
+    try:
+        def seat_01() -> list[psutil.Process]:
+            return [p for p in _descendants_alive(proc.pid)
+                    if "seat-01" in " ".join(p.cmdline()) and p.status() != psutil.STATUS_ZOMBIE]
+
+        others = [p for p in _descendants_alive(proc.pid) if p not in seat_01()]
+        time.sleep(3)
+        [box] = seat_01()
+        box.kill()
+        killed_at = time.time()
+        deadline = time.monotonic() + 30
+        rows = 0
+        while time.monotonic() < deadline and not rows:
+            time.sleep(1)
+            assert proc.poll() is None, "the demo stopped when a box died"
+            with sqlite3.connect(site_dir / "dashboard.sqlite") as db:
+                rows = db.execute("SELECT count(*) FROM metrics WHERE box = 'seat-01' AND ts > ?",
+                                  (killed_at + 1,)).fetchone()[0]
+        assert rows, "no metrics from seat-01 after it was killed"
+        assert [p.pid for p in seat_01()] != [box.pid]
+        assert all(p.is_running() for p in others)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # gone already if it stopped
+            os.killpg(proc.pid, signal.SIGINT)
+        assert proc.stdout is not None
+        output += proc.stdout.readlines()
+        rc = proc.wait(timeout=60)
+        shutil.rmtree(site_dir, ignore_errors=True)
+    assert rc in (0, 130), "".join(output)
+
+
+def test_a_box_that_keeps_failing_to_start_ends_the_demo_naming_its_log(tmp_path):
+    """Started again after each exit, but not for ever: the third quick exit in a row is an error."""
+    box = _Box("seat-01", [sys.executable, "-c", "import sys; print('broken'); sys.exit(3)"],
+               tmp_path / "seat-01.log", dict(os.environ))
+    box.start()
+    for _ in range(BOX_QUICK_EXITS - 1):
+        assert box.proc is not None and box.proc.wait(timeout=30) == 3
+        box.restart(3)
+    assert box.proc is not None and box.proc.wait(timeout=30) == 3
+    with pytest.raises(DemoError, match=rf"box seat-01 exited 3 times in a row .* see {tmp_path}"):
+        box.restart(3)
+    assert (tmp_path / "seat-01.log").read_text() == "broken\n" * BOX_QUICK_EXITS
+
+
+def test_a_broker_that_dies_is_started_again_and_the_boxes_report_again():
+    """Mosquitto killed mid-demo: the demo starts it again on its port, the boxes and the
+    dashboard reconnect and metrics flow again (the floor was left silently dead)."""
+    proc, output = _start_demo("--boxes", "2", "--port", str(free_port()))
+    site_dir = Path(next(ln for ln in output if ln.startswith("site files in ")).split()[-1])
+    try:
+        [broker] = [p for p in _descendants_alive(proc.pid) if p.name() == "mosquitto"]
+        time.sleep(3)
+        broker.kill()
+        killed_at = time.time()
+        deadline = time.monotonic() + 45
+        boxes: set[str] = set()
+        while time.monotonic() < deadline and len(boxes) < 2:
+            time.sleep(1)
+            assert proc.poll() is None, "the demo stopped when its broker died"
+            with sqlite3.connect(site_dir / "dashboard.sqlite") as db:
+                boxes = {r[0] for r in db.execute(
+                    "SELECT DISTINCT box FROM metrics WHERE ingested_ts > ?", (killed_at + 1,))}
+        assert boxes == {"seat-01", "seat-02"}, "no metrics after the broker was killed"
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # gone already if it stopped
+            os.killpg(proc.pid, signal.SIGINT)
+        assert proc.stdout is not None
+        output += proc.stdout.readlines()
+        rc = proc.wait(timeout=60)
+        shutil.rmtree(site_dir, ignore_errors=True)
+    assert rc in (0, 130), "".join(output)
+
+
+def test_a_workdir_the_broker_cannot_reach_is_one_line():
+    """As root, Mosquitto drops to the mosquitto user: a --workdir in a private folder (as root's
+    home is) cannot hold its files. One line naming the folder, not a traceback."""
+    private = Path(tempfile.mkdtemp(prefix="miroir-demo-test-"))  # mode 0700, as /root is
+    try:
+        if os.geteuid() != 0:  # the broker keeps the user's own identity: nothing to refuse
+            from demo.floor import _check_workdir
+
+            _check_workdir(private / "demo")
+            assert (private / "demo").is_dir()
+            return
+        proc = subprocess.run(
+            [sys.executable, "-m", "miroir", "demo", "--boxes", "1", "--port", str(free_port()),
+             "--workdir", str(private / "demo")],
+            capture_output=True, text=True, timeout=60, check=False, cwd=REPO)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines() == [
+        f"miroir: error: --workdir {private / 'demo'}: the broker's user 'mosquitto' cannot "
+        f"traverse {private} (mode 700); choose a folder every user may traverse, such as one "
+        "under /tmp"]
+
+
+def test_a_second_ctrl_c_while_stopping_still_removes_the_demo_files():
+    """Stopping takes seconds (the boxes drain their outboxes): an impatient second Ctrl-C must not
+    leave the site files (the CA key, the admin password, the database) in the temp folder."""
+    proc, output = _start_demo("--boxes", "2", "--port", str(free_port()))
+    site_dir = Path(next(ln for ln in output if ln.startswith("site files in ")).split()[-1])
+    children = _descendants_alive(proc.pid)
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(1.0)
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.stdout is not None
+        output += proc.stdout.readlines()
+        rc = proc.wait(timeout=60)
+        time.sleep(0.5)
+        orphans = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        left = site_dir.exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        shutil.rmtree(site_dir, ignore_errors=True)
+    assert not orphans, f"processes left behind: {[p.cmdline() for p in orphans]}"
+    assert not left, f"{site_dir} left behind:\n" + "".join(output)
+    assert rc == 0, "".join(output)
