@@ -45,3 +45,18 @@ def test_latency_bench_boxes_run_side_by_side_as_separate_boxes(tmp_path: Path) 
     for k in range(len(talks)):
         assert together[f"seat-{k}"] == alone[f"alone-{k}"], k
         assert alone[f"alone-{k}"][-1] == 0 and len(alone[f"alone-{k}"]) > 2
+
+
+def test_far_end_cost_baseline_is_the_published_fp32_file_on_onnx_runtime() -> None:
+    """``bench.farend`` scales its ratio by 0.0045, the cost of the published fp32 Silero file on
+    ONNX Runtime per channel: its baseline gives that file's probabilities exactly on a real
+    talker (the box's LiteRT file, which it used to time, is 2.4 times faster and differs)."""
+    from bench.farend import reference_vad
+    from bench.vad import per_channel
+    from edge.runtime import OnnxModel
+    from models.build import model_path
+
+    talk = headset_pair(seconds=10.0)[:1]
+    published = per_channel(OnnxModel(model_path("silero_vad")), talk)
+    assert published.max() > 0.9
+    assert np.array_equal(per_channel(reference_vad(), talk), published)
