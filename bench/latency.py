@@ -2,8 +2,8 @@
 page, and a box's publish to the page.
 
 Everything is real: Mosquitto with the site's TLS and ACL, the dashboard (ingest, SQLite, SSE), the
-floor page in Debian's chromium, and ``boxes`` box agents (each its own MQTT client and
-certificate) whose audio alternates silence and a real EmoDB utterance, paced like a sound card
+floor page in Debian's chromium, and ``boxes`` box agents (each its own MQTT client, certificate
+and VAD model) whose audio alternates silence and a real EmoDB utterance, paced like a sound card
 (a block is delivered when its last sample has been captured). The onset's wall time is known
 from the pacing; the page records, with the same clock, when each seat turns to "agent speaking"
 and when each server-sent update arrives. The first cycle of each box is a warm-up (TLS
@@ -93,14 +93,22 @@ def _pct(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 1) if values else None
 
 
+def box_agent(settings: Any) -> Any:
+    """One box agent with a VAD model of its own, as every box has: a LiteRT interpreter serves
+    one thread only (shared by the bench's box threads, blocks failed and boxes read each other's
+    audio)."""
+    from edge.box import Box
+    from edge.pipeline import load_vad_model
+
+    return Box(settings, load_vad_model(), version="bench")
+
+
 def run(samples: int = 200, boxes: int = 8) -> dict[str, Any]:
     """Run the whole chain; return p50/p95 of both latencies in milliseconds."""
     from playwright.sync_api import sync_playwright
 
     from dashboard.app import DashboardServer
     from dashboard.settings import DashboardSettings
-    from edge.box import Box
-    from edge.pipeline import load_vad_model
     from edge.settings import EdgeSettings
     from provisioning.broker import free_port, make_site, new_site_dir
 
@@ -118,7 +126,6 @@ def run(samples: int = 200, boxes: int = 8) -> dict[str, Any]:
     server = DashboardServer(settings)
     url = server.start()
     cycles = -(-samples // boxes) + 1  # the first cycle is a warm-up (TLS connection, subscribe)
-    model = load_vad_model()
     sources = {b: PacedCalls(cycles) for b in ids}
     try:
         with sync_playwright() as pw:
@@ -138,7 +145,7 @@ def run(samples: int = 200, boxes: int = 8) -> dict[str, Any]:
                 cfg = EdgeSettings(site=SITE, box=b, broker_port=site.port, ca_file=site.ca_cert,
                                    cert_file=cert.cert, key_file=cert.key,
                                    state_dir=root / "boxes" / b)
-                Box(cfg, model, version="bench").run(sources[b].blocks())
+                box_agent(cfg).run(sources[b].blocks())
 
             threads = [threading.Thread(target=run_box, args=(b,), daemon=True) for b in ids]
             for th in threads:

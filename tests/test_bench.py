@@ -1,0 +1,62 @@
+"""The benchmarks measure what they say: their boxes, baselines and timings (bench/)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from bench.vad import headset_pair
+from edge.settings import EdgeSettings
+
+
+def test_latency_bench_boxes_run_side_by_side_as_separate_boxes(tmp_path: Path) -> None:
+    """``bench.latency`` runs its boxes as threads of one process: each box's pipeline, run at the
+    same time as the others on two real talkers, fails on no block and reads what it reads alone
+    (with one LiteRT interpreter shared between the threads, blocks failed and the boxes read each
+    other's audio)."""
+    from bench.latency import box_agent
+
+    audio = headset_pair(seconds=4.0)
+    talks = [audio, audio[::-1].copy(), audio * 0.5, audio[::-1] * 0.5]
+
+    def speech(box_id: str, talk: np.ndarray, out: dict[str, list]) -> None:
+        box = box_agent(EdgeSettings(site="bench", box=box_id, broker_port=9,
+                                     state_dir=tmp_path / box_id))
+        got, failed = out.setdefault(box_id, []), 0
+        for i in range(0, talk.shape[1], 1024):
+            try:
+                got += [m.body for m in box.pipeline(talk[:, i:i + 1024]) if m.kind == "event"]
+            except Exception:  # what Box.step counts as a failed block
+                failed += 1
+        got.append(failed)
+
+    alone: dict[str, list] = {}
+    for k, talk in enumerate(talks):
+        speech(f"alone-{k}", talk, alone)
+    together: dict[str, list] = {}
+    threads = [threading.Thread(target=speech, args=(f"seat-{k}", talk, together))
+               for k, talk in enumerate(talks)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for k in range(len(talks)):
+        assert together[f"seat-{k}"] == alone[f"alone-{k}"], k
+        assert alone[f"alone-{k}"][-1] == 0 and len(alone[f"alone-{k}"]) > 2
+
+
+def test_far_end_cost_baseline_is_the_published_fp32_file_on_onnx_runtime() -> None:
+    """``bench.farend`` scales its ratio by 0.0045, the cost of the published fp32 Silero file on
+    ONNX Runtime per channel: its baseline gives that file's probabilities exactly on a real
+    talker (the box's LiteRT file, which it used to time, is 2.4 times faster and differs)."""
+    from bench.farend import reference_vad
+    from bench.vad import per_channel
+    from edge.runtime import OnnxModel
+    from models.build import model_path
+
+    talk = headset_pair(seconds=10.0)[:1]
+    published = per_channel(OnnxModel(model_path("silero_vad")), talk)
+    assert published.max() > 0.9
+    assert np.array_equal(per_channel(reference_vad(), talk), published)
