@@ -180,8 +180,7 @@ class Pipeline:
         prosody_window_s: the agent's prosody is summarised over this many seconds.
         affect: the prospect's affect stage (far channel only), when the campaign enables it.
         trace: keep per-frame probabilities and segments (offline analysis only).
-        profile: accumulate each stage's time in :attr:`stage_s` (benchmarks): wall-clock time,
-            which another busy process on the machine inflates.
+        profile: accumulate each stage's CPU time in :attr:`stage_s` (benchmarks).
         campaign: the campaign's cue and fatigue settings (:mod:`edge.campaign`; defaults if None).
         agent_baseline: the agent's cue baseline from a previous shift (learned if None).
         fatigue_baseline: the agent's fatigue baseline from previous shifts (learned if None).
@@ -409,15 +408,16 @@ class Pipeline:
         return out
 
     def _lap(self, stage: str, t0: float) -> float:
-        now = time.perf_counter()
-        if self.stage_s is not None:
-            self.stage_s[stage] += now - t0
+        if self.stage_s is None:
+            return t0
+        now = time.process_time()
+        self.stage_s[stage] += now - t0
         return now
 
     def __call__(self, block: np.ndarray) -> list[Message]:
         """Process a (2, n) float32 block at 16 kHz; return the messages it produced."""
         out: list[Message] = []
-        t = time.perf_counter()
+        t = time.process_time() if self.stage_s is not None else 0.0
         self._received_s += block.shape[-1] / RATE_HZ
         quality, far_kind, gates = self.quality, self.far_kind, self.gates
         near_gate, far_gate = gates["near"], gates["far"]
