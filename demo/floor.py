@@ -36,6 +36,29 @@ REPO = Path(__file__).resolve().parent.parent
 CALLS_DIR = REPO / ".cache" / "demo-calls"
 
 
+AGENT_NAMES = ("Inès", "Karim", "Léa", "Youssef", "Chloé", "Mamadou", "Sarah", "Hugo")
+"""The demo floor's agents, seated in order; two teams, ``equipe-a`` and ``equipe-b``."""
+
+
+def seat_agents(db_path: Path, box_ids: list[str]) -> None:
+    """Seat a demo agent at each box, half the floor in each of two teams, as ``miroir dashboard
+    import`` does from a site's inventory: the agent pages and team boards have someone to show."""
+    from dashboard import db as store
+    from dashboard import schema
+
+    rows = [{"box": box, "seat": box, "agent": f"agent-{i + 1:02d}",
+             "agent_name": AGENT_NAMES[i % len(AGENT_NAMES)] + (f" {i // len(AGENT_NAMES) + 1}"
+                                                               if i >= len(AGENT_NAMES) else ""),
+             "team": "equipe-a" if i < (len(box_ids) + 1) // 2 else "equipe-b"}
+            for i, box in enumerate(box_ids)]
+    db = store.open_db(db_path)
+    try:
+        schema.ensure_schema(db)
+        schema.import_inventory(db, rows, site=SITE)
+    finally:
+        db.conn.close()
+
+
 BOX_QUICK_EXIT_S = 10.0
 """A box that exits sooner than this after its start failed to start..."""
 BOX_QUICK_EXITS = 3
@@ -267,6 +290,7 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
         signal.signal(signal.SIGTERM, _interrupt)
     try:
         replays = [replay_files(call, root / "calls") for call in calls[:boxes]]
+        seat_agents(db_path, box_ids)
         broker.start()
         say(f"broker: mosquitto on 127.0.0.1:{site.port} (TLS, client certificates, ACL)")
         dash_env = dict(env, MIROIR_DASH_SITE=SITE, MIROIR_DASH_DB_PATH=str(db_path),

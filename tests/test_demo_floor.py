@@ -101,6 +101,12 @@ def test_demo_floor_speech_ratios_match_the_calls(browser_page):
         for box in ("seat-01", "seat-02"):
             browser_page.wait_for_selector(f".seat[data-box='{box}'][data-online='online']",
                                            timeout=10_000)
+        # each seat has its demo agent, in two teams: agent pages and team boards have data
+        names = {box: browser_page.locator(f".seat[data-box='{box}'] .agent-name").inner_text()
+                 for box in ("seat-01", "seat-02")}
+        assert names == {"seat-01": "Inès", "seat-02": "Karim"}, names
+        teams = browser_page.eval_on_selector_all(".seat", "els => els.map(e => e.dataset.team)")
+        assert sorted(teams) == ["equipe-a", "equipe-b"], teams
         shots = os.environ.get("MIROIR_SCREENSHOT_DIR")
         if shots:
             browser_page.wait_for_timeout(3000)  # let the seats' timelines fill
