@@ -313,8 +313,12 @@
       .then((r) => (r.ok ? r.json() : null)).then((f) => {
         if (!f) return;
         seats = new Map(f.seats.map((s) => [s.box, s]));
-        layoutCols = f.layout_cols;
-        if (layoutCols) floorEl.style.gridTemplateColumns = "repeat(" + layoutCols + ", minmax(200px, 1fr))";
+        // the site's seat map (its columns) only where seats have a place on it: otherwise the
+        // seats flow to the screen's width (six fixed columns overflowed a 1280 px screen)
+        const placed = f.seats.some((s) => s.row && s.col);
+        layoutCols = placed ? f.layout_cols : null;
+        floorEl.style.gridTemplateColumns = layoutCols
+          ? "repeat(" + layoutCols + ", minmax(200px, 1fr))" : "";
         fillSelect(teamSel, f.teams);
         fillSelect(campSel, f.campaigns);
         document.body.dataset.pseudo = f.pseudonymous ? "1" : "0";
