@@ -496,3 +496,67 @@ def test_a_filled_pause_before_any_answer_is_no_crash():
     tick = _tick(2.0, near_talking=False, near_speech_ratio=0.0)
     tick.far_filled_pauses_s = ((0.5, 0.9),)
     assert sig(tick) == []
+
+
+def _paced(base_syl_s: float, paces: list[float]) -> list[dict]:
+    """Rate cue events of an agent with a ``base_syl_s`` baseline, one second at each pace."""
+    from edge.rate import RateWindow
+
+    sig = Signals()
+    _ready(sig, pace=base_syl_s)
+    out = []
+    for k, pace in enumerate(paces):
+        tick = _tick(float(k))
+        tick.short = tick.slow = RateWindow(0.8, 20, pace, pace, 1)
+        out += [e for e in sig(tick) if e["cue"] in ("too_fast", "too_slow")]
+    return out
+
+
+def test_a_rate_cue_holds_while_past_the_band_and_escalates_without_repeating():
+    """Past the campaign's band (8.5 syl/s) the cue holds even within the agent's own habit (8.0:
+    ratio 1.075, under ratio_off); a high cue calming to medium sends nothing new; it ends under
+    ratio_off once the pace is back in the band."""
+    out = _paced(8.0, [8.6] * 30 + [7.0] * 6)
+    assert [(e["name"], e["t_audio_s"]) for e in out] == [("cue_on", 0.0), ("cue_off", 33.0)]
+    out = _paced(7.0, [10.5] * 5 + [9.5] * 5)
+    assert [(e["name"], e["severity"]) for e in out] == [("cue_on", "high")]
+
+
+def test_monotone_ends_only_over_ratio_off():
+    """A monotone cue raised at a third of the agent's pitch range holds at 0.6 of it (between
+    ratio_on 0.5 and ratio_off 0.7), and ends after min_off_s at 0.8."""
+    sig = Signals()
+    _ready(sig)
+    out = []
+    for k, rng in enumerate([2.0] * 12 + [3.6] * 20 + [4.8] * 8):
+        tick = _tick(float(k))
+        tick.long = _window(pitch_range_st=rng)
+        out += [(e["name"], e["t_audio_s"]) for e in sig(tick) if e["cue"] == "monotone"]
+    assert out == [("cue_on", 9.0), ("cue_off", 36.0)]
+
+
+def test_the_cue_budget_is_per_rolling_hour():
+    """One cue an hour: the second monologue is refused, the one an hour after the first is raised."""
+    cfg = campaign.from_mapping({"alerts": {"budget_per_hour": 1}, "monologue": {"cooldown_s": 0}})
+    sig = Signals(cfg)
+    raised = []
+    for start in (0.0, 1000.0, 3700.0):
+        for k in range(46):
+            raised += [e["t_audio_s"] for e in sig(_tick(start + k, monologue_s_current=float(k)))
+                       if e["name"] == "cue_on"]
+        sig(_tick(start + 46, monologue_s_current=0.0))
+    assert raised == [30.0, 3730.0] and sig.suppressed_by_budget == 1
+
+
+def test_the_prospect_talking_over_the_agent_is_not_the_agent_talking_over():
+    """'Don't talk over the prospect' reads the agent's overlaps only: the prospect starting over
+    the agent for 1.5 s raises nothing; the agent doing the same raises it."""
+    for starter, expected in (("far", []), ("near", ["talking_over"])):
+        sig = Signals()
+        first = "near" if starter == "far" else "far"
+        for name, ch, t, extra in (("call_start", "far", 0.0, {}), ("speech_start", first, 1.0, {}),
+                                   ("speech_start", starter, 3.0, {}), ("overlap_start", starter, 3.0, {}),
+                                   ("speech_end", starter, 4.5, {}),
+                                   ("overlap_end", starter, 4.5, {"duration_s": 1.5})):
+            sig.event({"name": name, "channel": ch, "t_audio_s": t, **extra}, t)
+        assert [e["cue"] for e in sig(_tick(5.0)) if e["name"] == "cue_on"] == expected
