@@ -560,3 +560,58 @@ def test_the_prospect_talking_over_the_agent_is_not_the_agent_talking_over():
                                    ("overlap_end", starter, 4.5, {"duration_s": 1.5})):
             sig.event({"name": name, "channel": ch, "t_audio_s": t, **extra}, t)
         assert [e["cue"] for e in sig(_tick(5.0)) if e["name"] == "cue_on"] == expected
+
+
+def test_no_pause_needs_the_agent_speaking_most_of_the_run():
+    """No pause in the short window for 25 s, but the agent speaking only 60 % of each second (the
+    gaps longer than a pause): no 'pause and breathe'; at 90 % it is raised at 20 s."""
+    from edge.rate import RateWindow
+
+    for share, expected in ((0.6, []), (0.9, [19.0])):
+        sig = Signals()
+        raised = []
+        for k in range(25):
+            tick = _tick(float(k), near_speech_ratio=share)
+            tick.short = RateWindow(0.8, 20, 5.0, 5.0, 0)
+            raised += [e["t_audio_s"] for e in sig(tick) if e["cue"] == "no_pause" and e["name"] == "cue_on"]
+        assert raised == expected, share
+
+
+def test_a_quiet_line_while_the_agent_talks_is_no_hold():
+    """The agent talks on for 35 s over a quiet line (the prospect listens): that is no hold (a
+    quiet line counts only while the agent is quiet too), so the monologue cue still comes."""
+    sig = Signals()
+    raised = []
+    for k in range(35):
+        raised += [e["cue"] for e in sig(_tick(float(k), far_kind="silence", monologue_s_current=float(k)))
+                   if e["name"] == "cue_on"]
+    assert raised == ["monologue"]
+
+
+def test_a_cue_raised_after_the_call_end_is_not_in_its_summary():
+    """A call's end is known late: a cue raised after the time the call ended is not the call's
+    (it counted one monologue of -5 s)."""
+    sig = Signals()
+    sig.event({"name": "call_start", "channel": "far", "t_audio_s": 0.0}, 0.0)
+    for k in range(31):
+        sig(_tick(float(k), monologue_s_current=float(k)))
+    end = {"name": "call_end", "channel": "far", "t_audio_s": 25.0}
+    sig.event(end, 31.0)
+    assert end["call_cue_monologue_n"] == 0 and end["call_cue_monologue_s"] == 0.0 and end["call_cues"] == 0
+
+
+def test_the_baseline_pace_reads_no_window_reaching_before_the_call():
+    """The call starts at 100 s: the 3 s rate windows that still hold speech from before it (a
+    colleague, the last call) are not the agent's pace; from 103 s they are."""
+    import dataclasses
+
+    from edge.rate import RateWindow
+
+    sig = Signals()
+    sig.event({"name": "call_start", "channel": "far", "t_audio_s": 100.0}, 100.0)
+    for t in range(101, 110):
+        tick = _tick(float(t))
+        tick.long = dataclasses.replace(_window(), start_s=t - 10.0, end_s=float(t))
+        tick.short = RateWindow(0.8, 20, 9.0 if t < 103 else 6.0, 9.0 if t < 103 else 6.0, 1)
+        sig(tick)
+    assert sig.baseline.pace_syl_s == [6.0] * 7
