@@ -108,7 +108,8 @@ def run_shift(shift: Shift) -> ShiftResult:
     audio = np.zeros((2, len(shift.audio)), dtype=np.float32)
     audio[0] = shift.audio
     pipe = Pipeline(load_vad_model())
-    metrics, events = [], []
+    metrics: list[dict] = []
+    events: list[dict] = []
     for i in range(0, audio.shape[1], 160000):
         for m in pipe(audio[:, i:i + 160000]):
             (metrics if m.kind == "metrics" else events).append(m.body)
@@ -120,8 +121,8 @@ def run_shift(shift: Shift) -> ShiftResult:
         if vals:
             index[k] = np.mean(vals)
     header = {"v": wire.SCHEMA_VERSION, "site": "s1", "box": "b1", "ts": 1.0, "seq": 1}
-    for m in metrics[-5:]:
-        wire.validate("metrics", {**header, **m})
+    for body in metrics[-5:]:
+        wire.validate("metrics", {**header, **body})
     return index, shift.drift, metrics + events
 
 

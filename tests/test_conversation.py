@@ -545,3 +545,80 @@ def test_a_hang_up_is_back_dated_and_a_turn_under_way_counts() -> None:
     events += conv.finish()
     ends = [e for e in events if e["name"] == "call_end"]
     assert [e["call_end_reason"] for e in ends] == ["signal"] and ends[0]["call_turns_prospect"] == 1
+
+
+def test_dead_air_is_no_answer_and_a_turn_begun_over_the_other_side_is_none_either() -> None:
+    """The prospect stops at 5 s and the agent speaks 12 s later, the call still open: dead air,
+    not a 12 s answer. The agent starting while the prospect speaks (their second segment, after
+    a short pause) is an overlap, not an answer timed from the prospect's first segment."""
+    conv, events, _ = drive([(17.0, 18.0)], [(1.0, 5.0)], 40.0)
+    assert conv.history is not None and conv.history.responses == []
+    assert events[-1]["call_responses_agent"] == 0 and "call_latency_agent_ms_median" not in events[-1]
+    conv, _, _ = drive([(5.0, 7.0)], [(1.0, 3.0), (3.5, 6.0)], 30.0)
+    assert conv.history is not None
+    assert conv.history.responses == [] and [o.starter for o in conv.history.overlaps] == ["near"]
+
+
+def test_a_late_yield_is_no_interruption() -> None:
+    """The agent cuts into the prospect's held turn and the prospect stops 2.5 s later (over
+    ``interrupt_yield_s``): an overlap, not an interruption; stopping within 2 s is one."""
+    for stop_s, interrupted in ((5.5, False), (4.5, True)):
+        conv, events, _ = drive([(3.0, 8.0)], [(1.0, stop_s)], 30.0)
+        assert conv.history is not None
+        assert [(o.starter, o.interruption) for o in conv.history.overlaps] == [("near", interrupted)]
+        assert events[-1]["call_interruptions_agent"] == int(interrupted)
+
+
+def test_overlap_shares_and_counts_read_the_overlap_once() -> None:
+    """The dialogue of the first test: the call's overlap ratio is the 0.5 s both spoke (not all
+    speech), the rolling silence ratio counts that half second once, the agent's words before the
+    call are no turn of it, and a simultaneous start is neither side's overlap in the windows."""
+    cfg = ConversationConfig(keep_history=True, reorder_s=0.0)
+    _, events, metrics = drive([(1.0, 3.0), (5.8, 8.0)], [(3.5, 5.0), (7.5, 9.0)], 40.0, cfg)
+    end = events[-1]
+    assert end["call_overlap_ratio"] == pytest.approx(0.5 / 5.5, abs=1e-3)
+    assert end["call_turns_agent"] == 1 and end["call_turns_prospect"] == 2
+    # at 10 s: the window starts at the call (3.5 s); 4.7 s of it had speech, 1.8 s none
+    assert metrics[9]["silence_ratio_30s"] == pytest.approx(1.8 / 6.5, abs=5e-3)
+    _, _, metrics = drive([(1.0, 3.0)], [(1.05, 2.0)], 10.0, cfg)
+    assert metrics[4]["overlaps_agent_30s"] == 0 and metrics[4]["overlaps_prospect_30s"] == 0
+
+
+def test_an_answer_after_hold_music_is_timed_from_the_music_end_only() -> None:
+    """The prospect stops at 4 s, hold music plays from 4.5 s, the agent speaks 0.3 s after it
+    ends: the music was no answer time (music to 12 s read as an 8.3 s answer), and music longer
+    than the 20 s silence end keeps the call open; the prospect's next answer counts."""
+    for music_end_s in (12.0, 26.0):
+        conv = Conversation(ConversationConfig(keep_history=True, reorder_s=0.0))
+        t0 = music_end_s
+        spans = {"near": [(t0 + 0.3, t0 + 1.0)], "far": [(1.0, 4.0), (t0 + 1.4, t0 + 3.0)]}
+        events = []
+        for k in range(int((t0 + 6.0) / FRAME_S)):
+            t = k * FRAME_S
+            if k == round(4.5 / FRAME_S):
+                conv.line_hold(True, t)
+            if k == round(music_end_s / FRAME_S):
+                conv.line_hold(False, t)
+            state = {ch: any(s <= t < e for s, e in v) for ch, v in spans.items()}
+            trans = [(ch, "start" if s <= t < s + FRAME_S else "end", t) for ch, v in spans.items()
+                     for s, e in v if s <= t < s + FRAME_S or e <= t < e + FRAME_S]
+            events += conv(t, FRAME_S, state["near"], state["far"], trans)
+        events += conv.finish()
+        assert [e["call_end_reason"] for e in events if e["name"] == "call_end"] == ["end_of_stream"]
+        assert conv.history is not None
+        assert [(r.channel, round(r.latency_s, 1)) for r in conv.history.responses] == [("far", 0.4)]
+
+
+def test_a_beep_after_the_agent_has_spoken_is_no_voicemail() -> None:
+    """A beep 10 s into a call in which the agent has spoken 5 s ends nothing (a voicemail's
+    greeting is not answered at length)."""
+    conv = Conversation(ConversationConfig(reorder_s=0.0))
+    events = []
+    for k in range(int(14.0 / FRAME_S)):
+        t = k * FRAME_S
+        if k == int(10.0 / FRAME_S):
+            conv.voicemail(t)
+        near, far = 3.0 <= t < 8.0, 1.0 <= t < 2.5
+        events += conv(t, FRAME_S, near, far)
+    events += conv.finish()
+    assert [e["call_end_reason"] for e in events if e["name"] == "call_end"] == ["end_of_stream"]

@@ -367,3 +367,18 @@ def test_the_prospect_is_heard_when_the_hold_music_ends() -> None:
     recall = {gap_s: round(heard[gap_s] / truth[gap_s], 3) for gap_s in heard}
     # measured: 0.10 before, 0.65 now; the same sentences after silence instead of music: 0.73
     assert min(recall.values()) >= 0.55, recall
+
+
+def test_hold_music_that_stops_ends_on_a_quiet_line_and_a_steady_tone_is_a_beep() -> None:
+    """Hold music, then the line falls quiet (a real pink-noise floor at -65 dBFS): after
+    ``music_pause_s`` the label is silence again, so the call's hold ends (music kept the call
+    open for good, the line being quiet). A progress-band tone held past ``steady_tone_s`` is a
+    steady tone (``beep``), not a ringback, over its whole length."""
+    quiet = scale_to(read_wav(DATA / "noise" / "pink_noise.wav")[: 8 * RATE], -65.0)
+    x = np.concatenate([melody(10.0, seed=7), np.zeros(8 * RATE, np.float32)])
+    x[10 * RATE:] += quiet
+    labels = frame_labels(x, RATE)
+    assert _share(labels, MUSIC, 0.5, 10.0) >= 0.95
+    assert _share(labels, MUSIC, 13.5, 18.0) == 0.0 and _share(labels, SILENCE, 13.5, 18.0) == 1.0
+    steady = frame_labels(tone((425.0,), 4.0), RATE)
+    assert steady.count(BEEP) >= 0.95 * len(steady) and RINGBACK not in steady

@@ -155,3 +155,113 @@ def test_the_index_reads_seconds_of_speech_whatever_the_window_length():
     print(f"mean index by window length: {means}")
     assert max(means.values()) - min(means.values()) <= 5.0 and min(means.values()) >= 30.0
     assert index(2.0, FatigueConfig(track_speech_s=30.0, dose_full_min=1440.0), 0) > 0.0
+
+
+def _voice(pitch_st: float = 0.0, level_db: float = 0.0, voiced: float = 0.6):
+    """One prosody window of the agent: pitch (semitones) and level (dB) off a fixed voice."""
+    from edge.prosody import ProsodyWindow
+
+    return ProsodyWindow(
+        start_s=0, end_s=10, voiced_ratio=voiced, level_dbfs=-25.0 + level_db,
+        f0_median_hz=100 * 2 ** ((12 + pitch_st) / 12), pitch_range_st=6.0,
+        pitch_movement_st_per_s=None, hnr_db=12.0, jitter_local=0.01, shimmer_local=0.05,
+        syllables=20, articulation_rate_syl_s=5.0, pace_syl_s=5.0, speaking_rate_syl_s=4.0,
+        pauses=2, pauses_per_min=10, breaths=0, pause_s_mean=0.4)
+
+
+def _wander(seconds: float, rng: np.random.Generator) -> np.ndarray:
+    """A slowly wandering unit-spread series, one value a second (the 10 s prosody window)."""
+    n = int(seconds)
+    return np.convolve(rng.normal(0, 1, n + 10), np.ones(10) / 10 ** 0.5, mode="valid")[:n]
+
+
+def test_a_voice_drifting_away_from_fatigue_is_not_fatigue():
+    """Over the shift the agent's voice gets lower and louder (rested, not worn out): the index
+    stays 0; the same drift the other way raises it. Only drift towards fatigue counts."""
+    from edge.campaign import FatigueConfig
+    from edge.fatigue import Fatigue
+
+    def index(sign: float) -> float:
+        rng = np.random.default_rng(4)
+        stage = Fatigue(FatigueConfig(dose_full_min=1440.0))  # the vocal dose out of the picture
+        pitch = np.concatenate([_wander(300, rng), _wander(600, rng) + sign * 1.0])
+        level = np.concatenate([2.0 * _wander(300, rng), 2.0 * _wander(600, rng) - sign * 3.0])
+        for p, lv in zip(pitch, level, strict=True):
+            state = stage(_voice(float(p), float(lv)), 1.0)
+        assert state.index is not None
+        return state.index
+
+    rested, tired = index(-1.0), index(+1.0)
+    print(f"index rested {rested:.1f}, tired {tired:.1f}")
+    assert rested == 0.0 and tired >= 50.0
+
+
+def test_a_steady_voice_reads_as_measurement_noise():
+    """24 steady shifts (no drift, the voice wandering as real prosody windows do): the
+    baseline is itself an estimate, and the drift's standard error counts it, so the mean index
+    stays low: 4.7 (a standard error that left out the baseline's own read 10.9)."""
+    from edge.campaign import FatigueConfig
+    from edge.fatigue import Fatigue
+
+    def index(seed: int) -> float:
+        rng = np.random.default_rng(seed)
+        stage = Fatigue(FatigueConfig(dose_full_min=1440.0))
+        for p, lv in zip(_wander(900, rng), 2.0 * _wander(900, rng), strict=True):
+            state = stage(_voice(float(p), float(lv)), 1.0)
+        return float(state.index or 0.0)
+
+    indices = [index(seed) for seed in range(24)]
+    print(f"steady shifts: {np.round(indices, 1).tolist()}")
+    assert np.mean(indices) < 7.5
+
+
+def test_the_vocal_dose_counts_seconds_of_voice_whatever_the_window_length():
+    """Ten minutes of the same voice (60 % voiced) read as 6 phonation minutes with 0.5, 1 or 2 s
+    windows (half-second windows counted each window as a second: 12 minutes)."""
+    from edge.fatigue import Fatigue
+
+    for window_s in (0.5, 1.0, 2.0):
+        stage = Fatigue()
+        for _ in range(int(600 / window_s)):
+            state = stage(_voice(), window_s)
+        assert abs(state.phonation_min - 6.0) < 1e-6, (window_s, state.phonation_min)
+
+
+def test_a_break_waits_its_hold_time_and_is_withdrawn_only_under_break_off():
+    """The index (here driven by the agent's answer latency against a learned 0.5 s baseline) at
+    67 for 100 s suggests nothing (break_min_s is 120 s); after a dip to 46 the hold time starts
+    over; 120 s at 67 then suggest a break, which stays at 46 (over break_off, 40) and is
+    withdrawn at 26."""
+    from edge.fatigue import Fatigue, FatigueBaseline
+
+    stage = Fatigue(baseline=FatigueBaseline({"latency": 0.5}, {"latency": 0.1}, 100))
+
+    def run(latency_s: float, seconds: int) -> list[tuple[float, bool]]:
+        out = []
+        for k in range(seconds):  # twenty answers of that latency, then one a second
+            state = stage(None, 1.0, [latency_s] * (20 if k == 0 else 1))
+            assert state.index is not None
+            out.append((round(state.index), state.break_suggested))
+        return out
+
+    first = run(0.9, 100)
+    assert {i for i, _ in first} == {67} and not any(b for _, b in first)
+    assert not any(b for _, b in run(0.8, 30))  # index 46: under break_on
+    again = run(0.9, 130)
+    assert [b for _, b in again].index(True) == 119  # 120 s at 67 from the dip, not 100 + 20
+    held = run(0.8, 30)
+    assert {i for i, _ in held} == {46} and all(b for _, b in held)
+    assert not any(b for _, b in run(0.7, 5))
+
+
+def test_one_slow_answer_is_not_a_drift():
+    """After the latency baseline, four answers of 3 s (the agent looking something up) do not
+    move the index: the latency drift needs five answers, then reads them."""
+    from edge.fatigue import Fatigue, FatigueBaseline
+
+    stage = Fatigue(baseline=FatigueBaseline({"latency": 0.5}, {"latency": 0.1}, 100))
+    for _ in range(4):
+        state = stage(None, 1.0, [3.0])
+        assert "latency" not in state.z and state.index == 0.0
+    state = stage(None, 1.0, [3.0])
+    assert state.z["latency"] > 8.0 and state.index == 100.0

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from edge.outbox import ORIGIN_FLOOR, ORIGIN_JITTER, Outbox, await_clock, clock_origin
+from edge.outbox import ORIGIN_FLOOR, ORIGIN_JITTER, ROW_OVERHEAD_BYTES, Outbox, await_clock, clock_origin
 
 BODY = {"near_speech_ratio": 0.25, "far_speech_ratio": 0.5, "talk_state": "silence"}
 
@@ -288,3 +288,41 @@ def test_the_default_bound_holds_the_resend_window_of_a_box_in_calls(tmp_path):
     assert box.depth_total() > 100  # metrics and events of a real call
     assert held_h >= box.retention_s / 3600, held_h
     box.close()
+
+
+def test_the_byte_bound_keeps_exactly_what_fits_also_after_a_restart(tmp_path):
+    """Bounded in bytes only: the outbox keeps the newest ten rows that fit, evicts and counts one
+    row per new one (not more), and a restart counts the same bytes as the running outbox did
+    (each row's overhead included), so the bound holds the same afterwards."""
+    path = tmp_path / "o.sqlite"
+    box = Outbox(path, "s", "b")
+    row_bytes = len(box.put("metrics", BODY, ts=1000.0)[1]) + ROW_OVERHEAD_BYTES  # all the same size
+    box.max_bytes = 10 * row_bytes
+    for _ in range(29):
+        box.put("metrics", BODY, ts=1000.0)
+    assert (box.depth_total(), box.dropped, box.size_bytes()) == (10, 20, 10 * row_bytes)
+    assert [s for s, _, _ in box.pending()] == list(range(box.origin + 20, box.origin + 30))
+    box.close()
+    box = Outbox(path, "s", "b", max_bytes=10 * row_bytes)
+    assert box.size_bytes() == 10 * row_bytes
+    box.put("metrics", BODY, ts=1000.0)
+    assert (box.depth_total(), box.dropped, box.first_seq()) == (10, 21, box.origin + 21)
+    box.close()
+
+
+def test_a_resend_without_an_end_reaches_the_newest_and_a_refused_message_counts_once(tmp_path):
+    """The dashboard may ask for a resend from a number on (no ``to_seq``): the newest message is
+    sent again too. A message the broker keeps refusing is counted in ``dropped`` once, however
+    often a resend tries it again."""
+    box = Outbox(tmp_path / "o.sqlite", "s", "b")
+    seqs = [box.put("metrics", BODY)[0] for _ in range(5)]
+    box.ack(seqs)
+    assert box.resend(seqs[2]) == 3
+    assert [s for s, _, _ in box.pending()] == seqs[2:]
+    box.give_up(seqs[2:])
+    assert box.dropped == 3 and box.pending() == []
+    assert box.resend(seqs[2]) == 3
+    box.give_up(seqs[2:])
+    assert box.dropped == 3
+    box.close()
+    assert Outbox(tmp_path / "o.sqlite", "s", "b").dropped == 3

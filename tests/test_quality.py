@@ -98,7 +98,8 @@ def test_a_line_stuck_on_nan_or_dc_keeps_its_flag_and_is_no_prospect(model, spee
     """A driver that sends only NaN, or a line stuck at a constant: flagged as such, and, like a
     dead line, nothing that would read it as a silent prospect."""
     metrics = run(model, speech[: 3 * 16000], np.full(3 * 16000, stuck, dtype=np.float32))
-    assert metrics[0]["far_signal"] == flag and {m["far_signal"] for m in metrics} <= {flag, "none"}
+    # the flag until the line has been flat for dead_after_s (2 s), then no signal (docs/wire.md)
+    assert len(metrics) >= 2 and [m["far_signal"] for m in metrics] == [flag] + ["none"] * (len(metrics) - 1)
     reads_far = [k for m in metrics for k in m
                  if k.startswith(("far_", "prospect_", *BOTH_SIDES)) and k not in ("far_signal", "far_kind")]
     assert not reads_far
@@ -244,3 +245,37 @@ def test_analyze_says_how_far_it_has_got_on_a_long_recording(model, speech, capl
     said = [r.getMessage() for r in caplog.records if r.name == "edge.pipeline"]
     assert said == ["analysed 0.1 of 0.3 min of audio", "analysed 0.2 of 0.3 min of audio",
                     "analysed 0.3 of 0.3 min of audio"], said
+
+
+def test_a_headset_driver_sending_only_nan_is_no_signal_not_a_silent_agent(model, speech):
+    """A broken headset driver sends NaN for the whole call: once the zeroed line has been flat
+    for ``dead_after_s`` it is no signal (the most severe state), so the call's summary counts it
+    as such and nothing reads a silent agent; it must not stay a mere ``nan`` flag."""
+    calls: list[dict] = []
+    near = np.full(len(speech), np.nan, dtype=np.float32)
+    metrics = run(model, near, speech, calls)
+    late = metrics[3:]
+    assert all(m["near_signal"] == "none" for m in late), [m["near_signal"] for m in metrics]
+    assert not [k for m in late for k in m if k.startswith(("agent_", "monologue_", *BOTH_SIDES))]
+    (end,) = [e for e in calls if e["name"] == "call_end"]
+    assert end["call_near_no_signal_s"] >= end["call_duration_s"] - 3.0 > 10.0
+
+
+def test_faults_at_the_negative_rail_are_flagged_as_at_the_positive(speech):
+    """Real speech clipping only at -1 (a biased preamp), and a -0.2 DC offset: flagged ``clipped``
+    and ``dc`` like their positive twins; one full-scale click in a frame is not clipping."""
+    frames = speech[: len(speech) // 512 * 512].reshape(-1, 512)
+    click = SignalQuality(channels=1)
+    frame = frames[100].copy()
+    frame[7] = -1.0
+    click(frame[None, :])
+    assert click.states == ["ok"] and click.clipped_frames.tolist() == [0]
+    for fault, flag in ((np.clip(frames * 200, -1.0, 0.9), "clipped"), (frames - 0.2, "dc")):
+        q = SignalQuality(channels=1)
+        seen, repaired = [], []
+        for f in fault:
+            repaired.append(q(f[None, :].astype(np.float32)))
+            seen.append(q.states[0])
+        assert seen.count(flag) >= 20, (flag, seen.count(flag))
+        if flag == "dc":  # the offset is also removed, as a positive one is
+            assert abs(float(np.mean(repaired[-50:]))) < 0.02

@@ -496,3 +496,122 @@ def test_a_filled_pause_before_any_answer_is_no_crash():
     tick = _tick(2.0, near_talking=False, near_speech_ratio=0.0)
     tick.far_filled_pauses_s = ((0.5, 0.9),)
     assert sig(tick) == []
+
+
+def _paced(base_syl_s: float, paces: list[float]) -> list[dict]:
+    """Rate cue events of an agent with a ``base_syl_s`` baseline, one second at each pace."""
+    from edge.rate import RateWindow
+
+    sig = Signals()
+    _ready(sig, pace=base_syl_s)
+    out = []
+    for k, pace in enumerate(paces):
+        tick = _tick(float(k))
+        tick.short = tick.slow = RateWindow(0.8, 20, pace, pace, 1)
+        out += [e for e in sig(tick) if e["cue"] in ("too_fast", "too_slow")]
+    return out
+
+
+def test_a_rate_cue_holds_while_past_the_band_and_escalates_without_repeating():
+    """Past the campaign's band (8.5 syl/s) the cue holds even within the agent's own habit (8.0:
+    ratio 1.075, under ratio_off); a high cue calming to medium sends nothing new; it ends under
+    ratio_off once the pace is back in the band."""
+    out = _paced(8.0, [8.6] * 30 + [7.0] * 6)
+    assert [(e["name"], e["t_audio_s"]) for e in out] == [("cue_on", 0.0), ("cue_off", 33.0)]
+    out = _paced(7.0, [10.5] * 5 + [9.5] * 5)
+    assert [(e["name"], e["severity"]) for e in out] == [("cue_on", "high")]
+
+
+def test_monotone_ends_only_over_ratio_off():
+    """A monotone cue raised at a third of the agent's pitch range holds at 0.6 of it (between
+    ratio_on 0.5 and ratio_off 0.7), and ends after min_off_s at 0.8."""
+    sig = Signals()
+    _ready(sig)
+    out = []
+    for k, rng in enumerate([2.0] * 12 + [3.6] * 20 + [4.8] * 8):
+        tick = _tick(float(k))
+        tick.long = _window(pitch_range_st=rng)
+        out += [(e["name"], e["t_audio_s"]) for e in sig(tick) if e["cue"] == "monotone"]
+    assert out == [("cue_on", 9.0), ("cue_off", 36.0)]
+
+
+def test_the_cue_budget_is_per_rolling_hour():
+    """One cue an hour: the second monologue is refused, the one an hour after the first is raised."""
+    cfg = campaign.from_mapping({"alerts": {"budget_per_hour": 1}, "monologue": {"cooldown_s": 0}})
+    sig = Signals(cfg)
+    raised = []
+    for start in (0.0, 1000.0, 3700.0):
+        for k in range(46):
+            raised += [e["t_audio_s"] for e in sig(_tick(start + k, monologue_s_current=float(k)))
+                       if e["name"] == "cue_on"]
+        sig(_tick(start + 46, monologue_s_current=0.0))
+    assert raised == [30.0, 3730.0] and sig.suppressed_by_budget == 1
+
+
+def test_the_prospect_talking_over_the_agent_is_not_the_agent_talking_over():
+    """'Don't talk over the prospect' reads the agent's overlaps only: the prospect starting over
+    the agent for 1.5 s raises nothing; the agent doing the same raises it."""
+    for starter, expected in (("far", []), ("near", ["talking_over"])):
+        sig = Signals()
+        first = "near" if starter == "far" else "far"
+        for name, ch, t, extra in (("call_start", "far", 0.0, {}), ("speech_start", first, 1.0, {}),
+                                   ("speech_start", starter, 3.0, {}), ("overlap_start", starter, 3.0, {}),
+                                   ("speech_end", starter, 4.5, {}),
+                                   ("overlap_end", starter, 4.5, {"duration_s": 1.5})):
+            sig.event({"name": name, "channel": ch, "t_audio_s": t, **extra}, t)
+        assert [e["cue"] for e in sig(_tick(5.0)) if e["name"] == "cue_on"] == expected
+
+
+def test_no_pause_needs_the_agent_speaking_most_of_the_run():
+    """No pause in the short window for 25 s, but the agent speaking only 60 % of each second (the
+    gaps longer than a pause): no 'pause and breathe'; at 90 % it is raised at 20 s."""
+    from edge.rate import RateWindow
+
+    for share, expected in ((0.6, []), (0.9, [19.0])):
+        sig = Signals()
+        raised = []
+        for k in range(25):
+            tick = _tick(float(k), near_speech_ratio=share)
+            tick.short = RateWindow(0.8, 20, 5.0, 5.0, 0)
+            raised += [e["t_audio_s"] for e in sig(tick) if e["cue"] == "no_pause" and e["name"] == "cue_on"]
+        assert raised == expected, share
+
+
+def test_a_quiet_line_while_the_agent_talks_is_no_hold():
+    """The agent talks on for 35 s over a quiet line (the prospect listens): that is no hold (a
+    quiet line counts only while the agent is quiet too), so the monologue cue still comes."""
+    sig = Signals()
+    raised = []
+    for k in range(35):
+        raised += [e["cue"] for e in sig(_tick(float(k), far_kind="silence", monologue_s_current=float(k)))
+                   if e["name"] == "cue_on"]
+    assert raised == ["monologue"]
+
+
+def test_a_cue_raised_after_the_call_end_is_not_in_its_summary():
+    """A call's end is known late: a cue raised after the time the call ended is not the call's
+    (it counted one monologue of -5 s)."""
+    sig = Signals()
+    sig.event({"name": "call_start", "channel": "far", "t_audio_s": 0.0}, 0.0)
+    for k in range(31):
+        sig(_tick(float(k), monologue_s_current=float(k)))
+    end = {"name": "call_end", "channel": "far", "t_audio_s": 25.0}
+    sig.event(end, 31.0)
+    assert end["call_cue_monologue_n"] == 0 and end["call_cue_monologue_s"] == 0.0 and end["call_cues"] == 0
+
+
+def test_the_baseline_pace_reads_no_window_reaching_before_the_call():
+    """The call starts at 100 s: the 3 s rate windows that still hold speech from before it (a
+    colleague, the last call) are not the agent's pace; from 103 s they are."""
+    import dataclasses
+
+    from edge.rate import RateWindow
+
+    sig = Signals()
+    sig.event({"name": "call_start", "channel": "far", "t_audio_s": 100.0}, 100.0)
+    for t in range(101, 110):
+        tick = _tick(float(t))
+        tick.long = dataclasses.replace(_window(), start_s=t - 10.0, end_s=float(t))
+        tick.short = RateWindow(0.8, 20, 9.0 if t < 103 else 6.0, 9.0 if t < 103 else 6.0, 1)
+        sig(tick)
+    assert sig.baseline.pace_syl_s == [6.0] * 7
