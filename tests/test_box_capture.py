@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 import numpy as np
@@ -169,8 +170,6 @@ def test_reload_refuses_a_bad_campaign_and_restarts_on_a_good_one_after_the_call
     """``reload`` re-reads the files: a bad campaign is refused (counted, the box goes on as it
     was); a good one ends the loop once the call in progress has ended (its call_end is kept),
     with the exit status systemd restarts on. A malformed or failing command never stops the box."""
-    import time
-
     from edge.box import EXIT_RELOAD
 
     near, far = ami_pair(12)
@@ -180,21 +179,10 @@ def test_reload_refuses_a_bad_campaign_and_restarts_on_a_good_one_after_the_call
     box = Box(EdgeSettings(site="site-a", box="box-a", broker_port=9, state_dir=tmp_path / "state",
                            campaign_file=campaign), load_vad_model(), version="test")
     topic = box.publisher.cmd_topic
-
-    def send(action: str, **extra: object) -> str:
-        msg = wire.cmd_message("site-a", "box-a", action, time.time(), **extra)
-        return box.handle_command(topic, wire.encode("cmd", msg))
-
-    def run(x: np.ndarray) -> None:
-        for i in range(0, x.shape[1], 1024):
-            box.step(x[:, i:i + 1024])
-            if box.stop_event.is_set():
-                return
-
-    run(audio[:, : 8 * 16000])
+    _run(box, audio[:, : 8 * 16000])
     assert box.pipeline.conversation.in_call
     campaign.write_text("[monologue]\non_s = 3.0\n")  # out of range
-    assert send("reload") == "reload"
+    assert _send(box, "reload") == "reload"
     assert box.reload_refused == 1 and box.status_fields()["reload_refused"] == 1
     assert not box.reload_pending and box.pipeline.campaign.monologue.on_s == 30.0
     # malformed or failing commands: refused and counted, the loop goes on
@@ -204,16 +192,15 @@ def test_reload_refuses_a_bad_campaign_and_restarts_on_a_good_one_after_the_call
         "site-a", "box-a", "resend", time.time(), from_seq=1))[:-1] + b',"to_seq":9223372036854775808}') \
         == "refused"
     box.outbox.resend = None  # type: ignore[assignment,method-assign]  # any failure inside
-    assert send("resend", from_seq=1) == "refused"
+    assert _send(box, "resend", from_seq=1) == "refused"
     assert box.cmd_refused == refused + 3
     campaign.write_text("[monologue]\non_s = 45.0\n")
-    assert send("reload") == "reload" and box.reload_pending
-    run(audio[:, 8 * 16000:])
+    assert _send(box, "reload") == "reload" and box.reload_pending
+    _run(box, audio[:, 8 * 16000:])
     assert not box.stop_event.is_set() and box.exit_code == 0  # the call goes on
-    run(np.zeros((2, 40 * 16000), dtype=np.float32))  # the line falls silent: the call ends
+    _run(box, np.zeros((2, 40 * 16000), dtype=np.float32))  # the line falls silent: the call ends
     assert box.stop_event.is_set() and box.exit_code == EXIT_RELOAD
-    events = [json.loads(p) for _, kind, p in box.outbox.pending(limit=100_000) if kind == "event"]
-    assert [e["name"] for e in events if e["name"] in ("call_start", "call_end")] == \
+    assert [e["name"] for e in _events(box) if e["name"] in ("call_start", "call_end")] == \
         ["call_start", "call_end"]
     box.outbox.close()
 
@@ -227,24 +214,31 @@ def _events(box: Box) -> list[dict]:
     return [json.loads(p) for _, kind, p in box.outbox.pending(limit=100_000) if kind == "event"]
 
 
+def _send(box: Box, action: str, **extra: object) -> str:
+    """A ``cmd`` from the dashboard, sent now, handled by ``box``; returns its outcome."""
+    msg = wire.cmd_message(box.settings.site, box.settings.box, action, time.time(), **extra)
+    return box.handle_command(box.publisher.cmd_topic, wire.encode("cmd", msg))
+
+
+def _run(box: Box, x: np.ndarray) -> None:
+    """Step ``box`` through ``x`` in 1024-sample blocks until it stops."""
+    for i in range(0, x.shape[1], 1024):
+        box.step(x[:, i:i + 1024])
+        if box.stop_event.is_set():
+            return
+
+
 def test_private_mode_outlives_a_restart_and_holds_a_reload(ami_pair, tmp_path: Path) -> None:
     """Private mode is kept in the state directory: a restart (an update, a reload) does not end
     it, and a pending reload waits for it to end (private mode drops the call, so 'no call in
     progress' alone would restart the box in the middle of the agent's private call)."""
-    import time
-
     near, far = ami_pair(20)
     audio = np.stack([near, far]).astype(np.float32) / 32768.0
     box = _offline_box(tmp_path)
-    topic = box.publisher.cmd_topic
-
-    def send(b: Box, action: str) -> str:
-        return b.handle_command(topic, wire.encode("cmd", wire.cmd_message(
-            "site-a", "box-a", action, time.time())))
 
     for i in range(0, 5 * 16000, 1024):
         box.step(audio[:, i:i + 1024])
-    assert send(box, "private_on") == "private_on" and send(box, "reload") == "reload"
+    assert _send(box, "private_on") == "private_on" and _send(box, "reload") == "reload"
     for i in range(5 * 16000, 10 * 16000, 1024):
         box.step(audio[:, i:i + 1024])
     assert box.private and not box.stop_event.is_set()  # the reload waits
@@ -255,7 +249,7 @@ def test_private_mode_outlives_a_restart_and_holds_a_reload(ami_pair, tmp_path: 
     for i in range(10 * 16000, 15 * 16000, 1024):
         again.step(audio[:, i:i + 1024])
     assert len(again.outbox.pending(limit=100_000)) == stored  # nothing about the private call
-    assert send(again, "private_off") == "private_off" and not (tmp_path / "private").exists()
+    assert _send(again, "private_off") == "private_off" and not (tmp_path / "private").exists()
     again.outbox.close()
 
 
@@ -323,8 +317,6 @@ def test_a_reload_pending_never_restarts_the_box_into_a_file_it_refuses(
     """A good ``reload`` during a call waits for the call's end; if the file goes bad meanwhile
     (the operator's next edit, refused by a second ``reload`` or not), the box must not exit into
     it: systemd would start it again on a file that stops it at start, again and again."""
-    import time
-
     near, far = ami_pair(12)
     audio = np.stack([near, far]).astype(np.float32) / 32768.0
     for second_reload in (True, False):
@@ -333,26 +325,15 @@ def test_a_reload_pending_never_restarts_the_box_into_a_file_it_refuses(
         box = Box(EdgeSettings(site="site-a", box="box-a", broker_port=9,
                                state_dir=tmp_path / f"state-{second_reload}",
                                campaign_file=campaign), load_vad_model(), version="test")
-
-        def send(action: str, box: Box = box) -> str:
-            msg = wire.cmd_message("site-a", "box-a", action, time.time())
-            return box.handle_command(box.publisher.cmd_topic, wire.encode("cmd", msg))
-
-        def run(x: np.ndarray, box: Box = box) -> None:
-            for i in range(0, x.shape[1], 1024):
-                box.step(x[:, i:i + 1024])
-                if box.stop_event.is_set():
-                    return
-
-        run(audio[:, : 8 * 16000])
+        _run(box, audio[:, : 8 * 16000])
         assert box.pipeline.conversation.in_call
         campaign.write_text("[monologue]\non_s = 45.0\n")
-        assert send("reload") == "reload" and box.reload_pending
+        assert _send(box, "reload") == "reload" and box.reload_pending
         campaign.write_text("[monologue]\non_s = 3.0\n")  # out of range: the box cannot start on it
         if second_reload:
-            assert send("reload") == "reload" and box.reload_refused == 1
-        run(audio[:, 8 * 16000:])
-        run(np.zeros((2, 40 * 16000), dtype=np.float32))  # the call ends
+            assert _send(box, "reload") == "reload" and box.reload_refused == 1
+        _run(box, audio[:, 8 * 16000:])
+        _run(box, np.zeros((2, 40 * 16000), dtype=np.float32))  # the call ends
         assert not box.pipeline.conversation.in_call
         assert not box.stop_event.is_set() and box.exit_code == 0, second_reload
         assert box.status_fields()["reload_refused"] == 1 and not box.reload_pending
@@ -398,7 +379,6 @@ def test_systemctl_reload_sighup_checks_the_files_of_a_running_box(tmp_path: Pat
     import signal
     import subprocess
     import sys
-    import time
 
     shared = Path(__file__).resolve().parents[2] / "shared" / "data"
     campaign = tmp_path / "campaign.toml"

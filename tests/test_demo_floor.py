@@ -166,6 +166,18 @@ def _start_demo(*args: str) -> tuple[subprocess.Popen[str], list[str]]:
     raise AssertionError("the demo never printed its password:\n" + "".join(output))
 
 
+def _interrupt_demo(proc: subprocess.Popen[str], output: list[str], site_dir: Path) -> int:
+    """Ctrl-C the demo (if it still runs), collect the rest of its output, remove its files;
+    return its exit code."""
+    with contextlib.suppress(ProcessLookupError):  # gone already if it stopped
+        os.killpg(proc.pid, signal.SIGINT)
+    assert proc.stdout is not None
+    output += proc.stdout.readlines()
+    rc = proc.wait(timeout=60)
+    shutil.rmtree(site_dir, ignore_errors=True)
+    return rc
+
+
 def _port_open(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
@@ -308,12 +320,7 @@ def test_a_box_that_dies_is_started_again_and_the_floor_goes_on():
         assert [p.pid for p in seat_01()] != [box.pid]
         assert all(p.is_running() for p in others)
     finally:
-        with contextlib.suppress(ProcessLookupError):  # gone already if it stopped
-            os.killpg(proc.pid, signal.SIGINT)
-        assert proc.stdout is not None
-        output += proc.stdout.readlines()
-        rc = proc.wait(timeout=60)
-        shutil.rmtree(site_dir, ignore_errors=True)
+        rc = _interrupt_demo(proc, output, site_dir)
     assert rc in (0, 130), "".join(output)
 
 
@@ -351,12 +358,7 @@ def test_a_broker_that_dies_is_started_again_and_the_boxes_report_again():
                     "SELECT DISTINCT box FROM metrics WHERE ingested_ts > ?", (killed_at + 1,))}
         assert boxes == {"seat-01", "seat-02"}, "no metrics after the broker was killed"
     finally:
-        with contextlib.suppress(ProcessLookupError):  # gone already if it stopped
-            os.killpg(proc.pid, signal.SIGINT)
-        assert proc.stdout is not None
-        output += proc.stdout.readlines()
-        rc = proc.wait(timeout=60)
-        shutil.rmtree(site_dir, ignore_errors=True)
+        rc = _interrupt_demo(proc, output, site_dir)
     assert rc in (0, 130), "".join(output)
 
 
