@@ -81,6 +81,8 @@ class Publisher:
         self._connect_called = False
         self._acked: collections.deque[int] = collections.deque()
         self._commands: collections.deque[tuple[str, bytes]] = collections.deque(maxlen=1000)
+        self.cmd_dropped = 0
+        """Commands dropped, the oldest first, while 1000 were waiting for the box's loop."""
         self._lock = threading.RLock()
         self._inflight: dict[int, tuple[int, float]] = {}  # paho mid -> (outbox seq, sent at)
         self._early: dict[int, tuple[bool, float]] = {}
@@ -205,6 +207,9 @@ class Publisher:
         self._poke()
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        if len(self._commands) == self._commands.maxlen:  # the box's loop is stuck
+            self.cmd_dropped += 1
+            log.warning("command dropped: %d are waiting for the box's loop", len(self._commands))
         self._commands.append((str(message.topic), bytes(message.payload)))
         self._poke()
 

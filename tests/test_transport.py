@@ -275,6 +275,30 @@ def test_box_commands_private_identify_reload_call_resend_and_refusals(
         box.outbox.close()
 
 
+def test_commands_past_the_box_queue_are_counted_when_the_loop_is_stuck(
+        site: SiteFiles, broker: Any, peer: Any, tmp_path: Path) -> None:
+    """1005 commands arrive while the box's loop does not run (paho's thread takes them): the box
+    keeps the newest 1000, counts the 5 it dropped in ``cmd_refused``, and serves the rest."""
+    box = Box(box_settings(site, "box-a", broker.port, tmp_path / "state"),
+              pipeline=SyntheticPipeline())
+    dash = peer(site.dashboard, "dashboard")
+    cmd_topic = wire.topic(SITE_ID, "box-a", "cmd")
+    box.publisher.start()
+    try:
+        wait_until(lambda: box.publisher.connected.is_set(), "the box connected")
+        time.sleep(0.5)  # its subscription answered
+        for _ in range(1005):
+            msg = wire.cmd_message(SITE_ID, "box-a", "identify", time.time())
+            assert dash.publish(cmd_topic, wire.encode("cmd", msg)).value == 0
+        wait_until(lambda: box.publisher.cmd_dropped == 5, "the queue overflowing")
+        box.pump()
+        assert box.cmd_done == 1000
+        assert box.status_fields()["cmd_refused"] == 5
+    finally:
+        box.publisher.stop(box.status_fields())
+        box.outbox.close()
+
+
 # --------------------------------------------------------------------------- ingest: gaps
 def test_ingest_asks_a_resend_for_a_lasting_gap(site: SiteFiles, broker: Any, peer: Any,
                                                 tmp_path: Path) -> None:
