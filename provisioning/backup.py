@@ -24,6 +24,8 @@ NONCE_BYTES = 12
 SCRYPT_N = 2**15
 EXCLUDED = ("persist", LOG_FILE, f"{LOG_FILE}.stderr")
 MIN_PASSPHRASE = 12
+TAG_BYTES = 16
+HEADER_BYTES = len(MAGIC) + SALT_BYTES + NONCE_BYTES
 
 
 class BackupError(RuntimeError):
@@ -119,12 +121,13 @@ def restore(backup_file: Path, dest: Path, passphrase: str) -> Path:
     data = Path(backup_file).read_bytes()
     if not data.startswith(MAGIC):
         raise BackupError(f"{backup_file} is not a Miroir site backup")
+    if len(data) < HEADER_BYTES + TAG_BYTES:
+        raise BackupError(f"{backup_file} is damaged: cut short at {len(data)} bytes")
     head = len(MAGIC)
     salt = data[head:head + SALT_BYTES]
-    nonce = data[head + SALT_BYTES:head + SALT_BYTES + NONCE_BYTES]
+    nonce = data[head + SALT_BYTES:HEADER_BYTES]
     try:
-        plain = AESGCM(_key(passphrase, salt)).decrypt(
-            nonce, data[head + SALT_BYTES + NONCE_BYTES:], MAGIC)
+        plain = AESGCM(_key(passphrase, salt)).decrypt(nonce, data[HEADER_BYTES:], MAGIC)
     except InvalidTag:
         raise BackupError("wrong passphrase, or the backup file is damaged") from None
     dest.parent.mkdir(parents=True, exist_ok=True)

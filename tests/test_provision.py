@@ -360,3 +360,26 @@ def test_two_enrolments_at_once_lose_no_box(site_dir: Path) -> None:
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     boxes = set(Site(site_dir).inventory().boxes)
     assert boxes == {f"{side}-{i}" for side in ("north", "south") for i in range(8)}
+
+
+def test_a_backup_cut_short_is_a_one_line_error(
+        site_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A copy of the backup interrupted early (a USB stick pulled out) stopped inside the header:
+    the restore ended in a traceback ("Nonce must be between 8 and 128 bytes") instead of
+    saying the file is damaged."""
+    pw = tmp_path / "pw"
+    pw.write_text("correct horse battery staple\n")
+    out = tmp_path / "site.bak"
+    assert main(["provision", "backup", "--site-dir", str(site_dir), str(out),
+                 "--passphrase-file", str(pw)]) == 0
+    whole = out.read_bytes()
+    dest = tmp_path / "restored"
+    for size in (10, 20, 36, 52, len(whole) // 2):
+        cut = tmp_path / f"cut-{size}.bak"
+        cut.write_bytes(whole[:size])
+        capsys.readouterr()
+        assert main(["provision", "restore", str(cut), "--site-dir", str(dest),
+                     "--passphrase-file", str(pw)]) == 2, size
+        err = capsys.readouterr().err
+        assert err.startswith("miroir: error: ") and "damaged" in err, (size, err)
+        assert not dest.exists()
