@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from provisioning.broker import BROKER_USER, CONFIG_FILE, LOG_FILE
+from provisioning.site import site_lock
 
 MAGIC = b"MIROIRBK1"
 SALT_BYTES = 16
@@ -95,8 +96,8 @@ def backup(site_dir: Path, out: Path, passphrase: str) -> Path:
     if not (site_dir / "site.json").exists():
         raise BackupError(f"{site_dir} is not a site directory")
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        tar.add(site_dir, arcname="site", filter=_filter)
+    with site_lock(site_dir), tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(site_dir, arcname="site", filter=_filter)  # no enrolment or revocation half done
     salt, nonce = os.urandom(SALT_BYTES), os.urandom(NONCE_BYTES)
     sealed = AESGCM(_key(passphrase, salt)).encrypt(nonce, buf.getvalue(), MAGIC)
     out = Path(out)

@@ -41,7 +41,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -87,13 +87,20 @@ T = TypeVar("T")
 LOCK_FILE = ".lock"
 
 
+@contextlib.contextmanager
+def site_lock(site_dir: Path) -> Iterator[None]:
+    """Hold the site directory's lock (waited for) until the block ends."""
+    with open(Path(site_dir) / LOCK_FILE, "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        yield
+
+
 def _exclusive(method: Callable[..., T]) -> Callable[..., T]:
     """One site operation at a time (two enrolments at once could each save the inventory
     without the other's box): a lock on the site directory, waited for."""
     @functools.wraps(method)
     def run(self: Site, *args: Any, **kwargs: Any) -> T:
-        with open(self.dir / LOCK_FILE, "a") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        with site_lock(self.dir):
             return method(self, *args, **kwargs)
     return run
 
@@ -554,4 +561,4 @@ def init_site(dir: Path, site: str, *, broker_host: str, port: int = DEFAULT_POR
 
 
 __all__ = ["RevokeResult", "Site", "SiteError", "admin_identity", "init_site",
-           "signal_reload", "systemctl_reload"]
+           "signal_reload", "site_lock", "systemctl_reload"]

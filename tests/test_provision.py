@@ -383,3 +383,50 @@ def test_a_backup_cut_short_is_a_one_line_error(
         err = capsys.readouterr().err
         assert err.startswith("miroir: error: ") and "damaged" in err, (size, err)
         assert not dest.exists()
+
+
+def test_a_backup_waits_for_an_enrolment_in_progress(
+        site_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backup taken while another script enrolled boxes read the boxes' folder before their
+    files landed and the inventory after it was saved: restored, the site listed boxes it held no
+    certificate of, and `revoke` of such a box failed ("No such file"; 10 of 21 backups taken
+    during a 300-box enrolment). A backup now takes the site's lock, as every site command does."""
+    import threading
+
+    from provisioning.inventory import Inventory
+
+    inside, release = threading.Event(), threading.Event()
+    real_save = Inventory.save
+
+    def slow_save(self: Inventory, d: Path) -> Path:
+        if threading.current_thread().name == "enrol":
+            inside.set()  # the box's files are in place, its inventory record not yet
+            release.wait(30)
+        return real_save(self, d)
+
+    monkeypatch.setattr(Inventory, "save", slow_save)
+    site = Site(site_dir)
+    enrol = threading.Thread(name="enrol", target=site.enroll,
+                             args=([site_mod.Enrolment(box="box-1", seat="A1")],))
+    enrol.start()
+    assert inside.wait(30)
+    pw = tmp_path / "pw"
+    pw.write_text("correct horse battery staple\n")
+    out = tmp_path / "site.bak"
+    taken: list[int] = []
+    backup = threading.Thread(target=lambda: taken.append(main([
+        "provision", "backup", "--site-dir", str(site_dir), str(out),
+        "--passphrase-file", str(pw)])))
+    backup.start()
+    backup.join(5)  # before the fix the backup was done by now, with half an enrolment
+    release.set()
+    enrol.join(30)
+    backup.join(30)
+    assert taken == [0]
+    dest = tmp_path / "restored"
+    assert main(["provision", "restore", str(out), "--site-dir", str(dest),
+                 "--passphrase-file", str(pw)]) == 0
+    back = Site(dest)
+    assert set(back.inventory().boxes) == {"box-1"}
+    assert sorted(p.name for p in (dest / "boxes").iterdir()) == ["box-1"]
+    assert back.box_pair("box-1").cert.exists() and back.bundle_path("box-1").exists()
