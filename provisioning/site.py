@@ -296,9 +296,12 @@ class Site:
         for item in items:
             where = f"line {item.line}" if item.line else f"box {item.box}"
             problems += check_enrolment(item, where)
-            if item.box in inv.boxes:
-                problems.append(f"{where}: box {item.box!r} is already enrolled "
-                                f"({inv.boxes[item.box].state}); use rotate for a new certificate")
+            if item.box in inv.boxes and inv.boxes[item.box].state == REVOKED:
+                problems.append(f"{where}: box {item.box!r} was revoked and its id is not used "
+                                "again; enrol the box under a new box id")
+            elif item.box in inv.boxes:
+                problems.append(f"{where}: box {item.box!r} is already enrolled; use rotate for "
+                                "a new certificate")
             if item.seat in seats and seats[item.seat] != item.box:
                 problems.append(f"{where}: seat {item.seat!r} is already taken by box "
                                 f"{seats[item.seat]!r}")

@@ -430,3 +430,17 @@ def test_a_backup_waits_for_an_enrolment_in_progress(
     assert set(back.inventory().boxes) == {"box-1"}
     assert sorted(p.name for p in (dest / "boxes").iterdir()) == ["box-1"]
     assert back.box_pair("box-1").cert.exists() and back.bundle_path("box-1").exists()
+
+
+def test_a_revoked_box_id_is_not_sent_to_rotate(
+        site_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Enrolling a revoked box's id again said "use rotate", and rotate then said "enrol a new box
+    id instead": site IT went round in circles. Enrol now names the way out: a new id."""
+    site = Site(site_dir)
+    site.enroll([site_mod.Enrolment(box="box-1", seat="A1")])
+    site.revoke("box-1", lambda: None, kick=False)
+    capsys.readouterr()
+    assert main(["provision", "enroll", "--site-dir", str(site_dir), "box-1", "--seat", "A1"]) == 2
+    out = capsys.readouterr().out
+    assert "revoked" in out and "new box id" in out and "rotate" not in out, out
+    assert main(["provision", "enroll", "--site-dir", str(site_dir), "box-2", "--seat", "A1"]) == 0
