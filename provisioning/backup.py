@@ -1,5 +1,8 @@
 """Encrypted backup and restore of a site directory (its CA, identities and inventory).
 
+The dashboard's database is not in it (it lives elsewhere, and grows with the floor's history):
+``miroir dashboard backup`` copies it, consistently, while the dashboard runs.
+
 Format: ``MIROIRBK1`` magic, 16-byte salt, 12-byte nonce, then AES-256-GCM over a gzip'd tar of
 the site directory (without the broker's persistence and logs). The key comes from the passphrase
 through scrypt (n=2**15, r=8, p=1). A wrong passphrase or a single changed byte fails the GCM tag:
@@ -77,6 +80,19 @@ def _relocate_config(site: Path, dest: Path) -> None:
         conf.write_text(text.replace(f"{old}/", f"{dest.absolute()}/"))
 
 
+def dashboard_db(site_dir: Path) -> str:
+    """The dashboard's database as the site's ``dashboard.env`` names it ("" if it does not)."""
+    try:
+        lines = (Path(site_dir) / "dashboard.env").read_text().splitlines()
+    except OSError:
+        return ""
+    for line in lines:
+        key, _, value = line.partition("=")
+        if key.strip() == "MIROIR_DASH_DB_PATH":
+            return value.strip().strip("'\"")
+    return ""
+
+
 def backup(site_dir: Path, out: Path, passphrase: str) -> Path:
     """Write an encrypted backup of ``site_dir`` to ``out`` (mode 0600).
 
@@ -148,4 +164,4 @@ def restore(backup_file: Path, dest: Path, passphrase: str) -> Path:
     return dest
 
 
-__all__ = ["BackupError", "backup", "restore"]
+__all__ = ["BackupError", "backup", "dashboard_db", "restore"]

@@ -139,14 +139,18 @@ def cmd_renew(args: argparse.Namespace) -> int:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
-    """Write an encrypted backup (AES-256-GCM, scrypt passphrase) of the site CA and inventory."""
-    from provisioning.backup import BackupError, backup
+    """Write an encrypted backup (AES-256-GCM, scrypt passphrase) of the site folder: CA, keys,
+    broker configuration, inventory (not the dashboard's database: `miroir dashboard backup`)."""
+    from provisioning.backup import BackupError, backup, dashboard_db
 
     try:
         out = backup(args.site_dir, args.out, _passphrase(args, confirm=True))
     except BackupError as exc:
         raise _err(str(exc)) from None
     print(f"backup written to {out}; keep it and its passphrase apart, off this server")
+    print(f"not in it: the dashboard's database ({dashboard_db(args.site_dir) or 'see dashboard.env'}"
+          "; users, audit log, history): back it up with `miroir dashboard backup DEST` "
+          "(safe while the dashboard runs)")
     return 0
 
 
@@ -159,6 +163,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
     except BackupError as exc:
         raise _err(str(exc)) from None
     print(f"site restored into {dest}")
+    print("not in it: the dashboard's database; on a new server, restore it with `miroir dashboard "
+          "restore SOURCE` (IT guide, \"Backups\"): on an empty database the dashboard starts only "
+          "with a first admin password in admin-password")
     return 0
 
 
@@ -252,7 +259,7 @@ def register_cli(groups: dict[str, argparse._SubParsersAction]) -> None:
     _reload_opts(p)
     p.set_defaults(func=cmd_renew)
 
-    p = sub.add_parser("backup", help="encrypted backup of the site CA and inventory",
+    p = sub.add_parser("backup", help="encrypted backup of the site folder (CA, keys, inventory)",
                        description=cmd_backup.__doc__)
     _site_dir(p)
     p.add_argument("out", type=Path, help="backup file to write")

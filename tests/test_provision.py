@@ -444,3 +444,23 @@ def test_a_revoked_box_id_is_not_sent_to_rotate(
     out = capsys.readouterr().out
     assert "revoked" in out and "new box id" in out and "rotate" not in out, out
     assert main(["provision", "enroll", "--site-dir", str(site_dir), "box-2", "--seat", "A1"]) == 0
+
+
+def test_backup_and_restore_say_the_dashboard_database_is_not_in_the_backup(
+        site_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The site backup holds the site folder only: the dashboard's users, audit log and history
+    live in its own database. Nothing said so, and a site rebuilt from the backup alone had an
+    empty dashboard that refused to start (its admin-password emptied, as the IT guide asks)."""
+    pw = tmp_path / "pw"
+    pw.write_text("correct horse battery staple\n")
+    out = tmp_path / "site.bak"
+    capsys.readouterr()
+    assert main(["provision", "backup", "--site-dir", str(site_dir), str(out),
+                 "--passphrase-file", str(pw)]) == 0
+    said = capsys.readouterr().out
+    assert "/var/lib/miroir-dashboard/dashboard.sqlite" in said, said
+    assert "miroir dashboard backup" in said, said
+    assert main(["provision", "restore", str(out), "--site-dir", str(tmp_path / "r"),
+                 "--passphrase-file", str(pw)]) == 0
+    said = capsys.readouterr().out
+    assert "miroir dashboard restore" in said, said
