@@ -19,6 +19,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from miroir.files import atomic_write
 from provisioning.broker import BROKER_USER, CONFIG_FILE, LOG_FILE
 from provisioning.site import site_lock
 
@@ -117,9 +118,8 @@ def backup(site_dir: Path, out: Path, passphrase: str) -> Path:
     salt, nonce = os.urandom(SALT_BYTES), os.urandom(NONCE_BYTES)
     sealed = AESGCM(_key(passphrase, salt)).encrypt(nonce, buf.getvalue(), MAGIC)
     out = Path(out)
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(MAGIC + salt + nonce + sealed)
+    # 0600 even over an older file, which stays whole until this one is written
+    atomic_write(out, MAGIC + salt + nonce + sealed, mode=0o600)
     return out
 
 

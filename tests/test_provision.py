@@ -464,3 +464,18 @@ def test_backup_and_restore_say_the_dashboard_database_is_not_in_the_backup(
                  "--passphrase-file", str(pw)]) == 0
     said = capsys.readouterr().out
     assert "miroir dashboard restore" in said, said
+
+
+def test_a_backup_written_over_an_old_one_is_private(site_dir: Path, tmp_path: Path) -> None:
+    """A backup written over an existing file kept that file's mode: over a copy left readable
+    by everyone (0644), the site's encrypted keys were readable by every local user."""
+    pw = tmp_path / "pw"
+    pw.write_text("correct horse battery staple\n")
+    out = tmp_path / "site.bak"
+    out.write_bytes(b"an older backup, copied back from a USB stick")
+    out.chmod(0o644)
+    assert main(["provision", "backup", "--site-dir", str(site_dir), str(out),
+                 "--passphrase-file", str(pw)]) == 0
+    assert mode(out) == 0o600
+    assert main(["provision", "restore", str(out), "--site-dir", str(tmp_path / "r"),
+                 "--passphrase-file", str(pw)]) == 0
