@@ -95,9 +95,10 @@ def cmd_enroll_csv(args: argparse.Namespace) -> int:
     try:
         items = parse_csv(args.file)
     except InventoryError as exc:
-        for problem in exc.problems:
+        problems = exc.problems + _site(args).check(exc.sound)  # and the clashes with the site
+        for problem in problems:
             print(f"error: {problem}", flush=True)
-        raise _err(f"{len(exc.problems)} bad row(s) in {args.file}; nothing was written") from None
+        raise _err(f"{len(problems)} problem(s) in {args.file}; nothing was written") from None
     return _enroll(args, items)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,9 +32,11 @@ REVOKED = "revoked"
 class InventoryError(ValueError):
     """A bad enrolment request or CSV file; ``problems`` lists every one, with line numbers."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], sound: Sequence[Enrolment] = ()) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
+        self.sound = list(sound)
+        """The CSV rows with no problem of their own (still to check against the site)."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,7 @@ def parse_csv(path: Path) -> list[Enrolment]:
     problems: list[str] = []
     header: list[str] | None = None
     items: list[Enrolment] = []
+    sound: list[Enrolment] = []
     seen: dict[str, int] = {}
     for row in reader:
         line = reader.line_num
@@ -127,15 +130,18 @@ def parse_csv(path: Path) -> list[Enrolment]:
         values = dict(zip(header, cells, strict=True))
         item = Enrolment(box=values["box"], seat=values["seat"], agent=values.get("agent", ""),
                          team=values.get("team", ""), line=line)
-        problems += check_enrolment(item, where)
+        own = check_enrolment(item, where)
         if item.box in seen:
-            problems.append(f"{where}: box {item.box!r} already on line {seen[item.box]}")
+            own.append(f"{where}: box {item.box!r} already on line {seen[item.box]}")
         seen.setdefault(item.box, line)
+        problems += own
         items.append(item)
+        if not own:
+            sound.append(item)
     if header is None:
         problems.append(f"{path}: empty (a header line box,seat,agent,team is needed)")
     if problems:
-        raise InventoryError(problems)
+        raise InventoryError(problems, sound)
     return items
 
 

@@ -277,18 +277,9 @@ class Site:
 
     # -- operations ----------------------------------------------------------------------
 
-    @_exclusive
-    def enroll(self, items: Sequence[Enrolment], *, days: int = BOX_CERT_DAYS) -> list[Path]:
-        """Enrol boxes: key, certificate, settings and first-boot bundle each; all or nothing.
-
-        Every request is checked first (ids, labels, duplicates, boxes already enrolled, seats
-        already taken); any problem raises :class:`InventoryError` listing them all and nothing is
-        written. Files are then made in a staging folder and moved into place; the inventory,
-        written last and atomically, is the commit.
-
-        Returns:
-            The bundle paths, in request order.
-        """
+    def check(self, items: Sequence[Enrolment]) -> list[str]:
+        """The problems of enrolling ``items`` now (ids, labels, duplicates, boxes already
+        enrolled, seats already taken), each naming its line or box; empty when there are none."""
         inv = self.inventory()
         problems: list[str] = []
         seats = {b.seat: b.box for b in inv.boxes.values() if b.state == ACTIVE}
@@ -309,8 +300,24 @@ class Site:
                 problems.append(f"{where}: box {item.box!r} appears twice")
             seen.add(item.box)
             seats.setdefault(item.seat, item.box)
+        return problems
+
+    @_exclusive
+    def enroll(self, items: Sequence[Enrolment], *, days: int = BOX_CERT_DAYS) -> list[Path]:
+        """Enrol boxes: key, certificate, settings and first-boot bundle each; all or nothing.
+
+        Every request is checked first (ids, labels, duplicates, boxes already enrolled, seats
+        already taken); any problem raises :class:`InventoryError` listing them all and nothing is
+        written. Files are then made in a staging folder and moved into place; the inventory,
+        written last and atomically, is the commit.
+
+        Returns:
+            The bundle paths, in request order.
+        """
+        problems = self.check(items)
         if problems:
             raise InventoryError(problems)
+        inv = self.inventory()
         stage = Path(tempfile.mkdtemp(prefix=".enroll-", dir=self.dir))
         moved: list[Path] = []
         try:
