@@ -155,6 +155,21 @@ def cmd_backup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn_unreachable(site_dir: Path) -> None:
+    """Warn if the broker, once it drops to its user, cannot reach the restored site's files."""
+    from provisioning.broker import BROKER_USER, BrokerError, check_reachable
+
+    path = Path(site_dir).absolute()
+    for folder in (*reversed(path.parents), path):
+        try:
+            check_reachable(folder)
+        except BrokerError:
+            print(f"warning: the broker's user ({BROKER_USER}) cannot traverse {folder}: Mosquitto "
+                  f"cannot run the site from {path}; move it where it can ({DEFAULT_SITE_DIR}, "
+                  "as site-init would)")
+            return
+
+
 def cmd_restore(args: argparse.Namespace) -> int:
     """Restore a site directory from an encrypted backup (nothing is written on a wrong passphrase)."""
     from provisioning.backup import BackupError, restore
@@ -164,6 +179,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     except BackupError as exc:
         raise _err(str(exc)) from None
     print(f"site restored into {dest}")
+    _warn_unreachable(dest)
     print("not in it: the dashboard's database; on a new server, restore it with `miroir dashboard "
           "restore SOURCE` (IT guide, \"Backups\"): on an empty database the dashboard starts only "
           "with a first admin password in admin-password")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import stat
 from collections.abc import Iterator
@@ -505,3 +506,33 @@ def test_a_csv_lists_every_wrong_row_at_once(
                    out.splitlines() if what in row), (line, out)
     assert "line 2" not in out and "floor.csv:2:" not in out
     assert snapshot(site_dir) == before
+
+
+def test_a_site_restored_where_the_broker_cannot_reach_says_so(
+        site_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Restored as root under a folder the broker's user cannot traverse (pytest's 0700 tmp, or
+    /root), the site was "restored" without a word and Mosquitto then failed to open its ACL and
+    log; site-init refuses such a folder. Restore now warns, naming the folder."""
+    pw = tmp_path / "pw"
+    pw.write_text("correct horse battery staple\n")
+    out = tmp_path / "site.bak"
+    assert main(["provision", "backup", "--site-dir", str(site_dir), str(out),
+                 "--passphrase-file", str(pw)]) == 0
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o700)
+    capsys.readouterr()
+    assert main(["provision", "restore", str(out), "--site-dir", str(locked / "site"),
+                 "--passphrase-file", str(pw)]) == 0
+    said = capsys.readouterr().out
+    if os.geteuid() == 0:  # Mosquitto started as root drops to the mosquitto user
+        assert "warning: the broker's user (mosquitto) cannot traverse" in said, said
+        assert f"cannot run the site from {locked / 'site'}" in said, said
+    else:  # it runs as this user: nothing to warn of
+        assert "warning" not in said
+    root = new_site_dir("miroir-restored-")
+    try:
+        assert main(["provision", "restore", str(out), "--site-dir", str(root / "site"),
+                     "--passphrase-file", str(pw)]) == 0
+        assert "warning" not in capsys.readouterr().out
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
