@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import csv
 import getpass
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
         path = retention.backup(_settings().db_path, Path(args.dest))
     except FileExistsError as exc:
         raise _error(str(exc)) from None
+    except (OSError, sqlite3.Error) as exc:
+        raise _error(f"cannot write the backup {args.dest}: {exc}") from None
     print(f"backup written to {path}")
     return 0
 
@@ -114,10 +117,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     if not Path(args.source).is_file():
         raise _error(f"{args.source}: no such backup")
+    db_path = _settings().db_path
     try:
-        retention.restore(Path(args.source), _settings().db_path)
+        retention.restore(Path(args.source), db_path)
     except ValueError as exc:
         raise _error(str(exc)) from None
+    except (OSError, sqlite3.Error) as exc:
+        raise _error(f"cannot restore into {db_path}: {exc}") from None
     print(f"restored {args.source}")
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -209,9 +210,11 @@ def erase_agent(db: sqlite_utils.Database, agent: str) -> dict[str, int]:
 def backup(db_path: Path, dest: Path) -> Path:
     """Consistent online copy of the database (SQLite backup API, safe while serving)."""
     dest = Path(dest)
-    if dest.exists():
-        raise FileExistsError(f"{dest} exists; refusing to overwrite a backup")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    try:  # made private before a byte of personal data is in it; SQLite fills the empty file
+        os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        raise FileExistsError(f"{dest} exists; refusing to overwrite a backup") from None
     src = store.open_db(db_path)
     try:
         out = sqlite3.connect(str(dest))
@@ -219,23 +222,43 @@ def backup(db_path: Path, dest: Path) -> Path:
             src.conn.backup(out)
         finally:
             out.close()
+    except BaseException:
+        dest.unlink(missing_ok=True)  # no half copy left to be taken for a backup
+        raise
     finally:
         src.conn.close()
-    dest.chmod(0o600)
     return dest
+
+
+BACKUP_TABLES = ("users", "boxes", "metrics", "audit_log")
+"""Tables every dashboard database has: a file without them is not a dashboard backup."""
+
+
+def check_backup(path: Path) -> None:
+    """Raise ValueError unless ``path`` is a whole SQLite file holding a dashboard database."""
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            ok = con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise ValueError(f"{path} is not a dashboard backup ({exc})") from None
+    if not ok:
+        raise ValueError(f"{path} is not a dashboard backup (it fails SQLite's integrity check)")
+    missing = [t for t in BACKUP_TABLES if t not in tables]
+    if missing:
+        raise ValueError(f"{path} is not a dashboard backup (no {', '.join(missing)} table)")
 
 
 def restore(backup_path: Path, db_path: Path) -> None:
     """Replace the database with a backup (stop the dashboard first); the schema is then upgraded."""
     from . import schema
 
-    backup_path = Path(backup_path)
-    check = sqlite3.connect(str(backup_path))
-    try:
-        if check.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
-            raise ValueError(f"{backup_path} fails SQLite's integrity check")
-    finally:
-        check.close()
+    backup_path, db_path = Path(backup_path), Path(db_path)
+    check_backup(backup_path)
+    db_path.parent.mkdir(parents=True, exist_ok=True)  # a new server: the dashboard never ran
     src = sqlite3.connect(str(backup_path))
     try:
         dst = sqlite3.connect(str(db_path))

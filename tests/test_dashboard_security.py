@@ -639,6 +639,64 @@ def test_dashboard_cli_user_import_purge_backup_restore(tmp_path: Path) -> None:
         "t1",)
 
 
+def test_dashboard_restore_of_a_bad_file_or_onto_a_new_server_is_one_line(tmp_path: Path) -> None:
+    """``miroir dashboard restore`` of a file that is no database, of a backup cut short, of another
+    program's SQLite file: one line, exit 2, the current database untouched. Onto a new server,
+    before the dashboard ever ran (its folder not made yet), the restore makes the folder. The
+    backup is private (0600) from its first byte, whatever the umask."""
+    import os
+    import stat
+    import subprocess
+    import sys
+
+    settings = make_settings(tmp_path)
+    env = dict(os.environ, MIROIR_DASH_SITE="site-1", MIROIR_DASH_DB_PATH=str(settings.db_path))
+
+    def run(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "miroir", "dashboard", *args],
+                              env={**env, **extra}, capture_output=True, text=True, timeout=60,
+                              check=False)
+
+    pw = tmp_path / "pw"
+    pw.write_text("a long password here\n")
+    assert run("user", "add", "chef", "--role", "admin", "--password-file", str(pw)).returncode == 0
+    good = tmp_path / "b.db"
+    assert run("backup", str(good)).returncode == 0
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(bytes(range(256)) * 20)
+    cut = tmp_path / "cut.db"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE notes (t TEXT)").connection.commit()
+    before = settings.db_path.read_bytes()
+    for bad, says in ((junk, "not a dashboard backup"), (cut, "not a dashboard backup"),
+                      (other, "not a dashboard backup")):
+        r = run("restore", str(bad))
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert says in r.stderr and str(bad) in r.stderr, r.stderr
+        assert settings.db_path.read_bytes() == before
+    fresh = tmp_path / "new-server" / "var" / "dashboard.sqlite"
+    r = run("restore", str(good), MIROIR_DASH_DB_PATH=str(fresh))
+    assert r.returncode == 0, r.stderr
+    assert sqlite3.connect(fresh).execute("SELECT count(*) FROM users WHERE username = 'chef'"
+                                          ).fetchone() == (1,)
+    r = run("restore", str(good), MIROIR_DASH_DB_PATH=str(tmp_path))  # a folder, not a file
+    assert r.returncode == 2 and "Traceback" not in r.stderr and str(tmp_path) in r.stderr, r.stderr
+    # private from the first byte: SQLite writes into the file the backup made with mode 0600
+    r = subprocess.run([sys.executable, "-c",
+                        "import os, sys; os.umask(0o022); from dashboard import retention\n"
+                        "import sqlite3, stat; real = sqlite3.connect\n"
+                        "def spy(path, *a, **k):\n"
+                        "    if str(path).endswith('c.db'):\n"
+                        "        print(oct(stat.S_IMODE(os.stat(path).st_mode)))\n"
+                        "    return real(path, *a, **k)\n"
+                        "sqlite3.connect = spy\n"
+                        f"retention.backup({str(settings.db_path)!r}, {str(tmp_path / 'c.db')!r})"],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0 and r.stdout.split() == ["0o600"], (r.stdout, r.stderr)
+    assert stat.S_IMODE((tmp_path / "c.db").stat().st_mode) == 0o600
+
+
 def test_a_box_read_returns_only_the_rows_of_agents_the_reader_may_see(org: Any) -> None:
     """A seat changes hands: agent-a1 (team A) moves to box-b1, where agent-b1 (team B) sat.
     Reading box-b1 gives neither the agent nor team A's supervisor agent-b1's rows, and a
