@@ -1,0 +1,94 @@
+"""The pages a supervisor, an agent, an auditor and site IT read, in Debian's chromium: what each
+shows of the box's metrics, at what scale, in whose time zone and language, on what screen."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from dashboard import auth, registry, schema
+from dashboard import db as store
+from dashboard.app import DashboardServer
+from miroir import wire
+from tests._fixtures_dashboard import browser_login, make_settings
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e]
+
+
+@contextmanager
+def _served(settings: Any) -> Iterator[DashboardServer]:
+    server = DashboardServer(settings, start_ingest=False)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _box_metrics(near: np.ndarray, far: np.ndarray) -> list[dict[str, Any]]:
+    """The metrics messages of the box's real pipeline over ``near`` and ``far`` (int16)."""
+    from edge.pipeline import Pipeline, load_vad_model
+
+    audio = np.stack([near, far]).astype(np.float32) / 32768.0
+    pipe = Pipeline(load_vad_model())
+    out = []
+    for i in range(0, audio.shape[1], 16_000):
+        out += [m.body for m in pipe(audio[:, i:i + 16_000]) if m.kind == "metrics"]
+    return out
+
+
+# ------------------------------------------------------------------ the agent page's charts
+BOX_METRICS_CHARTED = ("near_rate_syl_s", "near_pitch_movement_st_s", "near_jitter", "near_shimmer",
+                       "agent_share_60s", "monologue_s_current", "latency_agent_ms_median_60s",
+                       "overlaps_agent_60s",
+                       "interruptions_agent_60s", "fatigue_phonation_min")
+"""What a supervisor listens for (pace, melody, voice quality, who talks, monologues, answers,
+talking over, vocal load), as the box names it."""
+
+
+def test_every_metric_name_the_dashboard_knows_is_one_the_box_publishes() -> None:
+    """A registry name the wire does not carry is a chart that never appears (the box's own name
+    for the same measure goes uncharted)."""
+    fields = set(wire.ALLOWED_FIELDS["metrics"])
+    for base in registry.METRICS:
+        assert base in fields or {f"near_{base}", f"far_{base}"} <= fields, base
+
+
+def test_the_agent_page_charts_what_the_box_measures(
+        browser_page: Any, tmp_path: Path, ami_pair: Any) -> None:
+    """A minute of two real headsets through the box's pipeline: the agent page has a chart, with
+    a line, for the speaking rate, the melody, the answer times, the overlaps and the rest."""
+    settings = make_settings(tmp_path)
+    msgs = _box_metrics(*ami_pair(60))
+    now = time.time()
+    db = store.open_db(settings.db_path)
+    try:
+        schema.ensure_schema(db)
+        auth.ensure_admin(db, settings.admin_user, settings.admin_password_file)
+        schema.import_inventory(db, [{"box": "box-a", "seat": "A", "agent": "agent-a",
+                                      "team": "team-a"}], site=settings.site, now=now - 3600)
+        for k, body in enumerate(msgs):
+            store.insert_metrics(db, {"v": wire.SCHEMA_VERSION, "site": settings.site,
+                                      "box": "box-a", "ts": now - len(msgs) + k, "seq": k + 1,
+                                      **body}, now)
+    finally:
+        db.conn.close()
+    published = {k for m in msgs for k, v in m.items() if v is not None}
+    assert set(BOX_METRICS_CHARTED) <= published  # the box did measure each of them
+    page = browser_page
+    with _served(settings) as server:
+        browser_login(page, server.url)
+        page.goto(server.url + "/agents/agent-a")
+        page.wait_for_selector("body[data-charts-ready='1']")
+        drawn = {f.locator("figcaption").inner_text(): f.locator("path.series").count()
+                 for f in page.locator("#charts figure").all()}
+    for name in BOX_METRICS_CHARTED:
+        info = registry.describe(name, "fr")
+        caption = info["label"] + (f" ({info['unit']})" if info["unit"] else "")
+        assert drawn.get(caption) == 1, (name, caption, sorted(drawn))
