@@ -92,3 +92,30 @@ def test_the_agent_page_charts_what_the_box_measures(
         info = registry.describe(name, "fr")
         caption = info["label"] + (f" ({info['unit']})" if info["unit"] else "")
         assert drawn.get(caption) == 1, (name, caption, sorted(drawn))
+
+
+# ------------------------------------------------------------------ the audit page
+def _team_mean(settings: Any, team: str, metric: str) -> float | None:
+    from dashboard import analytics
+
+    db = store.open_db(settings.db_path)
+    try:
+        return analytics.team_mean(db, team, metric)[0]
+    finally:
+        db.conn.close()
+
+
+def test_the_audit_page_shows_a_share_in_percent_and_a_missing_mean_as_unknown(
+        browser_page: Any, org_server: Any) -> None:
+    """The team's mean speech share is 0..1 on the wire: the page says "48.2 %", as the agent's
+    chart does, never "0.482 %"; a metric nobody has a value for reads "—", without a unit."""
+    server, _ = org_server
+    page = browser_page
+    browser_login(page, server.url)
+    page.goto(server.url + "/audit")
+    cells = {tuple(r.locator("td").all_inner_texts()[:2]): r.locator("td").nth(2).inner_text()
+             for r in page.locator("#aggregates tr").all() if r.locator("td").count()}
+    share = _team_mean(server.settings, "team-a", "near_speech_ratio")
+    assert share is not None and 0.2 < share < 0.8
+    assert cells[("team-a", "Agent — Temps de parole")] == f"{share * 100:.3g} %"
+    assert cells[("team-a", "Agent — Débit")] == "—"
