@@ -119,3 +119,38 @@ def test_the_audit_page_shows_a_share_in_percent_and_a_missing_mean_as_unknown(
     assert share is not None and 0.2 < share < 0.8
     assert cells[("team-a", "Agent — Temps de parole")] == f"{share * 100:.3g} %"
     assert cells[("team-a", "Agent — Débit")] == "—"
+
+
+# ------------------------------------------------------------------ times in the viewer's zone
+def test_audit_team_and_it_pages_give_times_in_the_viewers_time_zone(
+        chromium: Any, org_server: Any) -> None:
+    """A supervisor in Kolkata (UTC+5:30) reads every date of the audit log, the team board and
+    the IT page in Kolkata time, as on the agent page, not in UTC."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    server, _ = org_server
+    db = store.open_db(server.settings.db_path)
+    try:
+        with db.conn:  # a remarkable call of team A, on its board
+            db.conn.execute("INSERT INTO flags (agent, box, ts, note, author, created_ts, shared) "
+                            "VALUES ('agent-a1', 'box-a1', ?, 'bel accueil', 'sup-a', ?, 1)",
+                            (time.time() - 50, time.time()))
+    finally:
+        db.conn.close()
+    context = chromium.new_context(viewport={"width": 1280, "height": 720}, locale="fr-FR",
+                                   timezone_id="Asia/Kolkata")
+    page = context.new_page()
+    try:
+        browser_login(page, server.url)
+        for path in ("/audit", "/teams/team-a", "/it"):
+            page.goto(server.url + path)
+            page.wait_for_load_state("load")
+            times = page.locator("main time[data-ts]").all()
+            assert times, path
+            for tm in times[:5]:
+                when = datetime.fromtimestamp(float(tm.get_attribute("data-ts") or "nan"),
+                                              ZoneInfo("Asia/Kolkata"))
+                assert tm.inner_text() == when.strftime("%d/%m/%Y %H:%M:%S"), path
+    finally:
+        context.close()

@@ -14,11 +14,6 @@
   const SHIFT_S = 12 * 3600;
   const COLOURS = ["#2f6fdb", "#1f9d6b", "#e0702a", "#7a4cc2", "#b3261e", "#1f3a5f"];
 
-  for (const tm of document.querySelectorAll("time[data-ts]")) {
-    const when = new Date(parseFloat(tm.dataset.ts) * 1000);  // "?" from the server stays
-    if (!isNaN(when.getTime())) tm.textContent = when.toLocaleString(T.lang === "en" ? "en-GB" : "fr-FR");
-  }
-
   function pick(ts) {
     if (!flagTs) return;
     flagTs.value = ts.toFixed(1);
