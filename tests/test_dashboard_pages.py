@@ -154,3 +154,40 @@ def test_audit_team_and_it_pages_give_times_in_the_viewers_time_zone(
                 assert tm.inner_text() == when.strftime("%d/%m/%Y %H:%M:%S"), path
     finally:
         context.close()
+
+
+# ------------------------------------------------------------------ French and English
+def test_roles_are_named_in_the_pages_language(chromium: Any, org_server: Any) -> None:
+    """A French page says "Superviseur", not the role's id "supervisor": in the audit log and in
+    the agent's own "who looked at my data"; an English page says "Supervisor"."""
+    from tests._fixtures_dashboard import USER_PASSWORD
+
+    server, data = org_server
+    url = server.url
+    sup = chromium.new_context(locale="fr-FR")
+    try:
+        page = sup.new_page()
+        browser_login(page, url, "sup-a", USER_PASSWORD, data["secrets"]["sup-a"])
+        page.goto(url + "/agents/agent-a1")
+    finally:
+        sup.close()
+    agent = chromium.new_context(locale="fr-FR")
+    try:
+        page = agent.new_page()
+        browser_login(page, url, "amina", USER_PASSWORD, landing="/me")
+        assert "sup-a (Superviseur)" in page.locator("#audit-list .audit-entry").first.inner_text()
+        page.click("#lang-switch")
+        page.wait_for_url("**/me")
+        assert "sup-a (Supervisor)" in page.locator("#audit-list .audit-entry").first.inner_text()
+    finally:
+        agent.close()
+    admin = chromium.new_context(locale="fr-FR")
+    try:
+        page = admin.new_page()
+        browser_login(page, url)
+        page.goto(url + "/audit")
+        roles = {r.locator("td").nth(1).inner_text(): r.locator("td").nth(2).inner_text()
+                 for r in page.locator("#audit-log tr.audit-entry").all()}
+        assert roles["sup-a"] == "Superviseur" and roles["admin"] == "Administrateur"
+    finally:
+        admin.close()
