@@ -191,3 +191,34 @@ def test_roles_are_named_in_the_pages_language(chromium: Any, org_server: Any) -
         assert roles["sup-a"] == "Superviseur" and roles["admin"] == "Administrateur"
     finally:
         admin.close()
+
+
+# ------------------------------------------------------------------ moment replay
+def test_a_replayed_moment_shows_only_the_cues_and_flags_of_its_minute(
+        browser_page: Any, org_server: Any) -> None:
+    """Replaying the "slow down" cue (the first of three, a minute apart) shows the minute around
+    it: its cue marker and badge only, not the cues raised a minute and two minutes later, nor a
+    moment flagged two minutes later."""
+    server, _ = org_server
+    db = store.open_db(server.settings.db_path)
+    try:
+        with db.conn:
+            db.conn.execute("INSERT INTO flags (agent, box, ts, note, author, created_ts) VALUES "
+                            "('agent-a1', 'box-a1', ?, 'plus tard', 'sup-a', ?)",
+                            (time.time() - 80, time.time()))
+    finally:
+        db.conn.close()
+    page = browser_page
+    browser_login(page, server.url)
+    page.goto(server.url + "/agents/agent-a1")
+    page.wait_for_selector("body[data-charts-ready='1']")
+    badges = page.locator("#cue-list .cue-badge")
+    assert badges.count() == 3
+    page.evaluate("document.body.dataset.chartsReady = '0'")
+    badges.first.click()
+    page.wait_for_selector("body[data-charts-ready='1']")
+    assert page.locator("#charts h3").inner_text().startswith("Rejouer")
+    labels = [b.split(" · ", 1)[1] for b in badges.all_inner_texts()]
+    assert labels == ["Ralentissez"]
+    assert page.locator("#charts svg").first.locator(".cue-marker").count() == 1
+    assert page.locator("#charts svg").first.locator(".flag-marker").count() == 0
