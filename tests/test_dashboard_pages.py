@@ -222,3 +222,59 @@ def test_a_replayed_moment_shows_only_the_cues_and_flags_of_its_minute(
     assert labels == ["Ralentissez"]
     assert page.locator("#charts svg").first.locator(".cue-marker").count() == 1
     assert page.locator("#charts svg").first.locator(".flag-marker").count() == 0
+
+
+# ------------------------------------------------------------------ the agent's live strip
+def test_the_agents_live_strip_says_private_or_offline_never_the_last_talk_state(
+        browser_page: Any, dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
+    """The agent's own page, fed by the box through the real broker: once the box says private
+    (its button) or goes offline, the strip says so, live and on a fresh page, instead of the
+    talk state the box last measured before."""
+    from tests._fixtures_dashboard import USER_PASSWORD
+
+    db = store.open_db(dashboard_server.settings.db_path)
+    try:
+        schema.import_inventory(db, [{"box": "box-a", "seat": "A", "agent": "agent-a"}],
+                                site=site.site)
+        auth.create_user(db, "ines", USER_PASSWORD, "agent", agent="agent-a")
+    finally:
+        db.conn.close()
+    box = peer(site.box("box-a"), "box-a")
+    seq = [0]
+
+    def status(state: str = "online", **extra: Any) -> None:
+        msg = wire.status_message(site.site, "box-a", state, time.time(), **extra)
+        box.publish(wire.topic(site.site, "box-a", "status"), wire.encode("status", msg),
+                    retain=True)
+
+    def metrics(talk_state: str) -> None:
+        seq[0] += 1
+        box.publish(wire.topic(site.site, "box-a", "metrics"), wire.encode("metrics", {
+            "v": wire.SCHEMA_VERSION, "site": site.site, "box": "box-a", "ts": time.time(),
+            "seq": seq[0], "t_start": float(seq[0]), "window_s": 1.0, "talk_state": talk_state,
+            "near_talking": talk_state == "agent", "far_talking": talk_state == "prospect"}))
+
+    page = browser_page
+    strip = page.locator("#live-state")
+
+    def shows(text: str) -> None:
+        page.locator("#live-state", has_text=text).wait_for(timeout=2000)
+
+    status(private=False)
+    metrics("agent")
+    browser_login(page, dashboard_server.url, "ines", USER_PASSWORD, landing="/me")
+    page.wait_for_selector("body[data-stream-ready='1']")
+    shows("Agent parle")
+    status(private=True)  # the box's private button
+    shows("Appel privé")
+    page.reload()
+    page.wait_for_selector("body[data-stream-ready='1']")
+    assert strip.inner_text() == "Appel privé"
+    status(private=False)
+    metrics("prospect")
+    shows("Prospect parle")
+    status("offline")
+    shows("Hors ligne")
+    page.reload()
+    page.wait_for_selector("body[data-stream-ready='1']")
+    assert strip.inner_text() == "Hors ligne"
