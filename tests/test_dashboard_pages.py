@@ -278,3 +278,37 @@ def test_the_agents_live_strip_says_private_or_offline_never_the_last_talk_state
     page.reload()
     page.wait_for_selector("body[data-stream-ready='1']")
     assert strip.inner_text() == "Hors ligne"
+
+
+# ------------------------------------------------------------------ screens
+PAGE_WIDTH = "() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+
+
+@pytest.mark.parametrize("width,height", [(1280, 720), (390, 844)])
+def test_the_pages_fit_the_screen_without_scrolling_sideways(
+        chromium: Any, org_server: Any, width: int, height: int) -> None:
+    """A laptop (1280x720) and a phone (390 px): the agent page, the team board, the audit log,
+    the IT page and the agent's own page are no wider than the screen (a wide table scrolls
+    inside its panel)."""
+    from tests._fixtures_dashboard import USER_PASSWORD
+
+    server, _ = org_server
+    size = {"width": width, "height": height}
+    admin = chromium.new_context(viewport=size, locale="fr-FR")
+    agent = chromium.new_context(viewport=size, locale="fr-FR")
+    try:
+        page = admin.new_page()
+        browser_login(page, server.url)
+        widths = {}
+        for path in ("/agents/agent-a1", "/teams/team-a", "/audit", "/it"):
+            page.goto(server.url + path)
+            page.wait_for_load_state("networkidle")
+            widths[path] = page.evaluate(PAGE_WIDTH)
+        page = agent.new_page()
+        browser_login(page, server.url, "amina", USER_PASSWORD, landing="/me")
+        page.wait_for_selector("body[data-charts-ready='1']")
+        widths["/me"] = page.evaluate(PAGE_WIDTH)
+    finally:
+        admin.close()
+        agent.close()
+    assert {p: w for p, (w, client) in widths.items() if w > client} == {}
