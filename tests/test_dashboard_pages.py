@@ -312,3 +312,32 @@ def test_the_pages_fit_the_screen_without_scrolling_sideways(
         admin.close()
         agent.close()
     assert {p: w for p, (w, client) in widths.items() if w > client} == {}
+
+
+# ------------------------------------------------------------------ the calls table
+def test_a_call_without_an_outcome_reads_unknown_not_meeting_booked(
+        browser_page: Any, org_server: Any) -> None:
+    """agent-b1's call has no outcome yet: its row says "—" and saving it untouched tags nothing,
+    where it read "Rendez-vous" (the list's first choice) as if a meeting had been booked."""
+    server, data = org_server
+    call = data["team_b"]["calls"][0]
+    page = browser_page
+    browser_login(page, server.url)
+    page.goto(server.url + "/agents/agent-b1")
+    row = page.locator(f"tr.call[data-call='{call}']")
+    select = row.locator("select[name=outcome]")
+    assert select.evaluate("s => s.options[s.selectedIndex].text") == "—"
+    row.locator("button[type=submit]").click()  # refused by the form: nothing chosen
+    page.wait_for_timeout(300)
+    assert page.url.endswith("/agents/agent-b1")
+    db = store.open_db(server.settings.db_path)
+    try:
+        assert db.conn.execute("SELECT outcome FROM calls WHERE id = ?",
+                               (call,)).fetchone() == (None,)
+    finally:
+        db.conn.close()
+    select.select_option("callback")
+    row.locator("button[type=submit]").click()
+    page.wait_for_url("**/agents/agent-b1")
+    assert page.locator(f"tr.call[data-call='{call}'] select[name=outcome]").evaluate(
+        "s => s.options[s.selectedIndex].text") == "À rappeler"
