@@ -94,6 +94,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "agent.goal_label": ("Objectif", "Goal"),
     "agent.goal_down": ("baisser", "lower"),
     "agent.goal_up": ("augmenter", "raise"),
+    "agent.days": ("j", "d"),
     "agent.goal_add": ("Fixer l'objectif", "Set the goal"),
     "agent.audit": ("Qui a consulté mes données", "Who looked at my data"),
     "agent.audit_admin": ("Consultations de ces données", "Reads of this data"),

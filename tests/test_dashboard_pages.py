@@ -341,3 +341,30 @@ def test_a_call_without_an_outcome_reads_unknown_not_meeting_booked(
     page.wait_for_url("**/agents/agent-b1")
     assert page.locator(f"tr.call[data-call='{call}'] select[name=outcome]").evaluate(
         "s => s.options[s.selectedIndex].text") == "À rappeler"
+
+
+def test_an_english_goal_without_a_trend_counts_its_days_in_english(
+        chromium: Any, org_server: Any) -> None:
+    """A goal whose metric has no day of data yet: "0 j" on a French page, "0 d" on an English
+    one, not the French abbreviation."""
+    server, _ = org_server
+    db = store.open_db(server.settings.db_path)
+    try:
+        with db.conn:
+            db.conn.execute("INSERT INTO goals (agent, metric, label, direction, author, "
+                            "created_ts) VALUES ('agent-a1', 'near_rate_syl_s', 'ralentir', "
+                            "'down', 'sup-a', ?)", (time.time(),))
+    finally:
+        db.conn.close()
+    context = chromium.new_context(locale="fr-FR")
+    try:
+        page = context.new_page()
+        browser_login(page, server.url)
+        page.goto(server.url + "/agents/agent-a1")
+        goal = page.locator("#goals .goal", has_text="ralentir")
+        assert goal.inner_text().endswith("0 j")
+        page.click("#lang-switch")
+        page.wait_for_url("**/agents/agent-a1")
+        assert goal.inner_text().endswith("0 d")
+    finally:
+        context.close()
