@@ -368,3 +368,45 @@ def test_an_english_goal_without_a_trend_counts_its_days_in_english(
         assert goal.inner_text().endswith("0 d")
     finally:
         context.close()
+
+
+# ------------------------------------------------------------------ ids as the inventory gives them
+def test_an_agent_whose_id_holds_a_hash_can_be_opened_coached_and_exported(
+        browser_page: Any, org_server: Any) -> None:
+    """Inventory ids are free text: agent "agent #7" (Nadia) is reached from the team board,
+    flagged, has a call tagged and the language switched on her page, and exported, each time on
+    her own page, where "#" cut the link to "/agents/agent " (agent not found)."""
+    server, _ = org_server
+    now = time.time()
+    db = store.open_db(server.settings.db_path)
+    try:
+        schema.import_inventory(db, [{"box": "box-a3", "seat": "A3", "agent": "agent #7",
+                                      "team": "team-a", "agent_name": "Nadia"}],
+                                site=server.settings.site, now=now - 600)
+        with db.conn:
+            db.conn.execute("INSERT INTO calls (agent, box, start_ts, end_ts) VALUES "
+                            "('agent #7', 'box-a3', ?, ?)", (now - 300, now - 200))
+    finally:
+        db.conn.close()
+    page = browser_page
+    browser_login(page, server.url)
+    page.goto(server.url + "/teams/team-a")
+    page.click("#board a:has-text('Nadia')")
+    page.wait_for_selector("#agent-name")
+    assert page.locator("#agent-name").inner_text() == "Nadia"
+    page.fill("#flag-note", "bonne reformulation")
+    page.click("#flag-submit")
+    page.wait_for_url("**#flags")
+    assert page.locator("#flag-list .flag-note").first.inner_text() == "bonne reformulation"
+    page.locator("tr.call select[name=outcome]").select_option("callback")
+    page.locator("tr.call button[type=submit]").click()
+    page.wait_for_load_state()
+    assert page.locator("#agent-name").inner_text() == "Nadia"
+    page.click("#lang-switch")
+    page.wait_for_load_state()
+    assert page.locator("#flags h2").inner_text() == "Flagged moments"
+    assert page.locator("#agent-name").inner_text() == "Nadia"
+    export = page.request.get(server.url + (page.locator("#export-csv").get_attribute("href")
+                                             or ""))
+    assert export.status == 200
+    assert "filename*=UTF-8''agent%20%237.csv" in export.headers["content-disposition"]
