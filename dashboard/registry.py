@@ -25,36 +25,41 @@ class MetricInfo:
 
 METRICS: dict[str, MetricInfo] = {
     "speech_ratio": MetricInfo("Temps de parole", "Speech share", "%"),
-    "speaking_rate_syl_s": MetricInfo("Débit", "Speaking rate", "syll/s", "down"),
+    "rate_syl_s": MetricInfo("Débit", "Speaking rate", "syll/s", "down"),
     "articulation_rate_syl_s": MetricInfo("Débit articulatoire", "Articulation rate", "syll/s",
                                           "down"),
     "pitch_range_st": MetricInfo("Étendue de la voix", "Pitch range", "st", "up"),
-    "pitch_movement_st_per_s": MetricInfo("Mélodie", "Pitch movement", "st/s", "up"),
+    "pitch_movement_st_s": MetricInfo("Mélodie", "Pitch movement", "st/s", "up"),
     "f0_median_hz": MetricInfo("Hauteur médiane", "Median pitch", "Hz"),
     "level_dbfs": MetricInfo("Volume", "Loudness", "dBFS"),
-    "loudness_db": MetricInfo("Volume", "Loudness", "dB"),
     "hnr_db": MetricInfo("Clarté de la voix", "Voice clarity (HNR)", "dB"),
+    "jitter": MetricInfo("Instabilité de la hauteur (jitter)", "Pitch instability (jitter)", "%"),
+    "shimmer": MetricInfo("Instabilité du volume (shimmer)", "Loudness instability (shimmer)",
+                          "%"),
     "voiced_ratio": MetricInfo("Part voisée", "Voiced share", "%"),
     "pauses_per_min": MetricInfo("Pauses", "Pauses", "/min", "up"),
     "breaths_per_min": MetricInfo("Respirations", "Breaths", "/min", "up"),
     "hesitations_per_min": MetricInfo("Hésitations (« euh »)", "Hesitations (\"um\")", "/min",
                                       "down"),
-    "pause_s_mean": MetricInfo("Pause moyenne", "Mean pause", "s"),
-    "talk_ratio": MetricInfo("Ratio parole/écoute", "Talk-to-listen ratio", "", "down"),
-    "talk_listen_ratio": MetricInfo("Ratio parole/écoute", "Talk-to-listen ratio", "", "down"),
-    "overlap_s": MetricInfo("Chevauchements", "Overlaps", "s", "down"),
-    "overlaps": MetricInfo("Chevauchements", "Overlaps", "", "down"),
-    "interruptions": MetricInfo("Interruptions", "Interruptions", "", "down"),
-    "response_latency_s": MetricInfo("Délai de réponse", "Response latency", "s"),
-    "longest_monologue_s": MetricInfo("Plus long monologue", "Longest monologue", "s", "down"),
-    "hesitation": MetricInfo("Hésitation", "Hesitation", ""),
-    "arousal": MetricInfo("Tension", "Arousal", ""),
-    "fatigue": MetricInfo("Fatigue", "Fatigue", "", "down"),
-    "fatigue_score": MetricInfo("Fatigue", "Fatigue", "", "down"),
+    "agent_share_60s": MetricInfo("Part de parole de l'agent (60 s)",
+                                  "Agent's share of the talk (60 s)", "%", "down"),
+    "monologue_s_current": MetricInfo("Monologue en cours", "Current monologue", "s", "down"),
+    "latency_agent_ms_median_60s": MetricInfo("Délai de réponse de l'agent (60 s)",
+                                              "Agent's response time (60 s)", "ms"),
+    "latency_prospect_ms_median_60s": MetricInfo("Délai de réponse du prospect (60 s)",
+                                                 "Prospect's response time (60 s)", "ms"),
+    "overlaps_agent_60s": MetricInfo("Chevauchements lancés par l'agent (60 s)",
+                                     "Overlaps the agent started (60 s)", "", "down"),
+    "interruptions_agent_60s": MetricInfo("Interruptions par l'agent (60 s)",
+                                          "Interruptions by the agent (60 s)", "", "down"),
+    "prospect_tension": MetricInfo("Prospect — tension", "Prospect — tension", "%"),
+    "prospect_arousal": MetricInfo("Prospect — activation", "Prospect — arousal", "%"),
     "fatigue_index": MetricInfo("Fatigue", "Fatigue", "", "down"),
-    "vocal_load": MetricInfo("Charge vocale", "Vocal load", "", "down"),
-    "phonation_s": MetricInfo("Temps de phonation", "Phonation time", "s"),
+    "fatigue_phonation_min": MetricInfo("Temps de phonation", "Phonation time", "min", "down"),
 }
+"""Every metric the pages chart, by the box's own field name (``miroir.wire``, with ``near_`` or
+``far_`` for a per-side one; a test keeps them equal): label, unit, better direction. A ``%``
+metric is a 0..1 share on the wire, shown times 100."""
 CHANNELS = {"near": ("Agent", "Agent"), "far": ("Prospect", "Prospect")}
 
 CUES: dict[str, tuple[str, str]] = {
@@ -75,7 +80,7 @@ own labels (``edge.signals.CUES``, kept equal by a test)."""
 
 
 def split(name: str) -> tuple[str | None, str]:
-    """``near_speaking_rate_syl_s`` -> (``near``, ``speaking_rate_syl_s``)."""
+    """``near_rate_syl_s`` -> (``near``, ``rate_syl_s``)."""
     for ch in CHANNELS:
         if name.startswith(ch + "_"):
             return ch, name[len(ch) + 1:]

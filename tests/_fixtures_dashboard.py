@@ -336,3 +336,16 @@ def failed_login(db: Any, username: str, addr: str, now: float | None = None,
         db.conn.execute("INSERT INTO login_attempts (ts, username, addr, ok, kind) "
                         "VALUES (?, ?, ?, 0, ?)", (time.time() if now is None else now,
                                                    username[:64], auth.throttle_key(addr), kind))
+
+
+@pytest.fixture
+def org_server(tmp_path: Path) -> Iterator[tuple[DashboardServer, dict[str, Any]]]:
+    """The seeded org (:func:`seed_org`) served over HTTP on a free port, without an ingest."""
+    settings = make_settings(tmp_path)
+    data = seed_org(settings)
+    server = DashboardServer(settings, start_ingest=False)
+    server.start()
+    try:
+        yield server, data
+    finally:
+        server.stop()

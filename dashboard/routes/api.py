@@ -331,11 +331,13 @@ def _call_campaign(db: Any, user: User, body: CallIn) -> tuple[str | None, int |
 
 def agent_metrics_payload(db: Any, user: User, agent: str, since_ts: float,
                           until_ts: float | None) -> dict[str, Any]:
-    """Metric descriptions, rows, cue markers and flags of one agent; ``truncated`` when the
-    window holds more than ``analytics.MAX_METRIC_ROWS`` rows (the newest are kept)."""
+    """Metric descriptions, rows, cue markers and flags of one agent from ``since_ts`` to
+    ``until_ts`` (open-ended when None); ``truncated`` when the window holds more than
+    ``analytics.MAX_METRIC_ROWS`` rows (the newest are kept)."""
     names = analytics.metric_names(db)
+    until = MAX_TS if until_ts is None else until_ts
     flags = list(db.query("SELECT id, ts, note, author FROM flags WHERE agent = ? AND ts >= ? "
-                          "ORDER BY ts", [agent, since_ts]))
+                          "AND ts <= ? ORDER BY ts", [agent, since_ts, until]))
     rows = analytics.agent_metrics(db, agent, since_ts, until_ts,
                                    limit=analytics.MAX_METRIC_ROWS + 1)
     truncated = len(rows) > analytics.MAX_METRIC_ROWS
@@ -344,7 +346,7 @@ def agent_metrics_payload(db: Any, user: User, agent: str, since_ts: float,
             "rows": rows[1:] if truncated else rows,
             "truncated": truncated,
             "cues": [{**c, "label": registry.cue_label(c["name"], user.lang)}
-                     for c in analytics.agent_events(db, agent, since_ts)],
+                     for c in analytics.agent_events(db, agent, since_ts) if c["ts"] <= until],
             "flags": flags}
 
 

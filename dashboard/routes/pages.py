@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import RedirectResponse, Response
@@ -90,7 +91,7 @@ def flag_form(request: Request, db: Db, user: CurrentUser, agent: str,
               shared: Annotated[str, Form(max_length=4)] = "") -> Response:
     """Flag a moment from the agent page."""
     api.add_flag(db, user, agent, api.FlagIn(ts=ts, note=note, shared=bool(shared)))
-    return RedirectResponse(f"/agents/{agent}#flags", status_code=303)
+    return RedirectResponse(f"/agents/{quote(agent, safe='')}#flags", status_code=303)
 
 
 @router.post("/agents/{agent}/goals")
@@ -100,7 +101,7 @@ def goal_form(request: Request, db: Db, user: CurrentUser, agent: str,
               direction: Annotated[str, Form(max_length=4)] = "down") -> Response:
     """Set a focus goal from the agent page."""
     api.add_goal(db, user, agent, api.GoalIn(metric=metric, label=label, direction=direction))
-    return RedirectResponse(f"/agents/{agent}#goals", status_code=303)
+    return RedirectResponse(f"/agents/{quote(agent, safe='')}#goals", status_code=303)
 
 
 @router.post("/calls/{call_id}/outcome")

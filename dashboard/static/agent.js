@@ -14,11 +14,6 @@
   const SHIFT_S = 12 * 3600;
   const COLOURS = ["#2f6fdb", "#1f9d6b", "#e0702a", "#7a4cc2", "#b3261e", "#1f3a5f"];
 
-  for (const tm of document.querySelectorAll("time[data-ts]")) {
-    const when = new Date(parseFloat(tm.dataset.ts) * 1000);  // "?" from the server stays
-    if (!isNaN(when.getTime())) tm.textContent = when.toLocaleString(T.lang === "en" ? "en-GB" : "fr-FR");
-  }
-
   function pick(ts) {
     if (!flagTs) return;
     flagTs.value = ts.toFixed(1);
@@ -94,6 +89,22 @@
     if (b) replay(parseFloat(b.dataset.ts));
   });
 
+  // The box's word on the seat: offline or private (its status) comes before any talk state, and
+  // the talk state measured before either is over (nothing of a private stretch is shown).
+  const seat = { state: null, priv: false, talk: null };
+
+  function showSeat(el) {
+    const key = seat.state === "offline" ? "offline" : seat.priv ? "private" : seat.talk;
+    el.textContent = key ? t("state." + key) : "—";
+    el.dataset.state = key || "unknown";
+  }
+
+  function applyStatus(state, priv) {
+    if (state) seat.state = state;
+    if (typeof priv === "boolean") seat.priv = priv;
+    if (seat.priv || seat.state === "offline") seat.talk = null;
+  }
+
   function live() {
     const state = document.getElementById("live-state");
     const cues = document.getElementById("live-cue-list");
@@ -101,13 +112,22 @@
     const es = new EventSource("/api/stream");
     es.addEventListener("snapshot", (e) => {
       const snap = JSON.parse(e.data);
-      for (const b of snap.boxes) if (b.metrics) state.textContent = t("state." + b.metrics.talk_state);
+      for (const b of snap.boxes) {
+        seat.talk = b.metrics ? b.metrics.talk_state : null;
+        applyStatus(b.state, b.private);
+      }
+      showSeat(state);
       body.dataset.streamReady = "1";
     });
     es.addEventListener("update", (e) => {
       const u = JSON.parse(e.data);
-      if (u.kind === "metrics") state.textContent = t("state." + u.talk_state);
-      else if (u.kind === "event" && u.name === "cue_on" && u.cue) {
+      if (u.kind === "metrics") {
+        seat.talk = u.talk_state;
+        showSeat(state);
+      } else if (u.kind === "status") {
+        applyStatus(u.state, u.private);
+        showSeat(state);
+      } else if (u.kind === "event" && u.name === "cue_on" && u.cue) {
         const s = document.createElement("span");
         s.className = "cue-badge";
         s.dataset.cue = u.cue;

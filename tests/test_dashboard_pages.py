@@ -1,0 +1,412 @@
+"""The pages a supervisor, an agent, an auditor and site IT read, in Debian's chromium: what each
+shows of the box's metrics, at what scale, in whose time zone and language, on what screen."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from dashboard import auth, registry, schema
+from dashboard import db as store
+from dashboard.app import DashboardServer
+from miroir import wire
+from tests._fixtures_dashboard import browser_login, make_settings
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e]
+
+
+@contextmanager
+def _served(settings: Any) -> Iterator[DashboardServer]:
+    server = DashboardServer(settings, start_ingest=False)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _box_metrics(near: np.ndarray, far: np.ndarray) -> list[dict[str, Any]]:
+    """The metrics messages of the box's real pipeline over ``near`` and ``far`` (int16)."""
+    from edge.pipeline import Pipeline, load_vad_model
+
+    audio = np.stack([near, far]).astype(np.float32) / 32768.0
+    pipe = Pipeline(load_vad_model())
+    out = []
+    for i in range(0, audio.shape[1], 16_000):
+        out += [m.body for m in pipe(audio[:, i:i + 16_000]) if m.kind == "metrics"]
+    return out
+
+
+# ------------------------------------------------------------------ the agent page's charts
+BOX_METRICS_CHARTED = ("near_rate_syl_s", "near_pitch_movement_st_s", "near_jitter", "near_shimmer",
+                       "agent_share_60s", "monologue_s_current", "latency_agent_ms_median_60s",
+                       "overlaps_agent_60s",
+                       "interruptions_agent_60s", "fatigue_phonation_min")
+"""What a supervisor listens for (pace, melody, voice quality, who talks, monologues, answers,
+talking over, vocal load), as the box names it."""
+
+
+def test_every_metric_name_the_dashboard_knows_is_one_the_box_publishes() -> None:
+    """A registry name the wire does not carry is a chart that never appears (the box's own name
+    for the same measure goes uncharted)."""
+    fields = set(wire.ALLOWED_FIELDS["metrics"])
+    for base in registry.METRICS:
+        assert base in fields or {f"near_{base}", f"far_{base}"} <= fields, base
+
+
+def test_the_agent_page_charts_what_the_box_measures(
+        browser_page: Any, tmp_path: Path, ami_pair: Any) -> None:
+    """A minute of two real headsets through the box's pipeline: the agent page has a chart, with
+    a line, for the speaking rate, the melody, the answer times, the overlaps and the rest."""
+    settings = make_settings(tmp_path)
+    msgs = _box_metrics(*ami_pair(60))
+    now = time.time()
+    db = store.open_db(settings.db_path)
+    try:
+        schema.ensure_schema(db)
+        auth.ensure_admin(db, settings.admin_user, settings.admin_password_file)
+        schema.import_inventory(db, [{"box": "box-a", "seat": "A", "agent": "agent-a",
+                                      "team": "team-a"}], site=settings.site, now=now - 3600)
+        for k, body in enumerate(msgs):
+            store.insert_metrics(db, {"v": wire.SCHEMA_VERSION, "site": settings.site,
+                                      "box": "box-a", "ts": now - len(msgs) + k, "seq": k + 1,
+                                      **body}, now)
+    finally:
+        db.conn.close()
+    published = {k for m in msgs for k, v in m.items() if v is not None}
+    assert set(BOX_METRICS_CHARTED) <= published  # the box did measure each of them
+    page = browser_page
+    with _served(settings) as server:
+        browser_login(page, server.url)
+        page.goto(server.url + "/agents/agent-a")
+        page.wait_for_selector("body[data-charts-ready='1']")
+        drawn = {f.locator("figcaption").inner_text(): f.locator("path.series").count()
+                 for f in page.locator("#charts figure").all()}
+    for name in BOX_METRICS_CHARTED:
+        info = registry.describe(name, "fr")
+        caption = info["label"] + (f" ({info['unit']})" if info["unit"] else "")
+        assert drawn.get(caption) == 1, (name, caption, sorted(drawn))
+
+
+# ------------------------------------------------------------------ the audit page
+def _team_mean(settings: Any, team: str, metric: str) -> float | None:
+    from dashboard import analytics
+
+    db = store.open_db(settings.db_path)
+    try:
+        return analytics.team_mean(db, team, metric)[0]
+    finally:
+        db.conn.close()
+
+
+def test_the_audit_page_shows_a_share_in_percent_and_a_missing_mean_as_unknown(
+        browser_page: Any, org_server: Any) -> None:
+    """The team's mean speech share is 0..1 on the wire: the page says "48.2 %", as the agent's
+    chart does, never "0.482 %"; a metric nobody has a value for reads "—", without a unit."""
+    server, _ = org_server
+    page = browser_page
+    browser_login(page, server.url)
+    page.goto(server.url + "/audit")
+    cells = {tuple(r.locator("td").all_inner_texts()[:2]): r.locator("td").nth(2).inner_text()
+             for r in page.locator("#aggregates tr").all() if r.locator("td").count()}
+    share = _team_mean(server.settings, "team-a", "near_speech_ratio")
+    assert share is not None and 0.2 < share < 0.8
+    assert cells[("team-a", "Agent — Temps de parole")] == f"{share * 100:.3g} %"
+    assert cells[("team-a", "Agent — Débit")] == "—"
+
+
+# ------------------------------------------------------------------ times in the viewer's zone
+def test_audit_team_and_it_pages_give_times_in_the_viewers_time_zone(
+        chromium: Any, org_server: Any) -> None:
+    """A supervisor in Kolkata (UTC+5:30) reads every date of the audit log, the team board and
+    the IT page in Kolkata time, as on the agent page, not in UTC."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    server, _ = org_server
+    db = store.open_db(server.settings.db_path)
+    try:
+        with db.conn:  # a remarkable call of team A, on its board
+            db.conn.execute("INSERT INTO flags (agent, box, ts, note, author, created_ts, shared) "
+                            "VALUES ('agent-a1', 'box-a1', ?, 'bel accueil', 'sup-a', ?, 1)",
+                            (time.time() - 50, time.time()))
+    finally:
+        db.conn.close()
+    context = chromium.new_context(viewport={"width": 1280, "height": 720}, locale="fr-FR",
+                                   timezone_id="Asia/Kolkata")
+    page = context.new_page()
+    try:
+        browser_login(page, server.url)
+        for path in ("/audit", "/teams/team-a", "/it"):
+            page.goto(server.url + path)
+            page.wait_for_load_state("load")
+            times = page.locator("main time[data-ts]").all()
+            assert times, path
+            for tm in times[:5]:
+                when = datetime.fromtimestamp(float(tm.get_attribute("data-ts") or "nan"),
+                                              ZoneInfo("Asia/Kolkata"))
+                assert tm.inner_text() == when.strftime("%d/%m/%Y %H:%M:%S"), path
+    finally:
+        context.close()
+
+
+# ------------------------------------------------------------------ French and English
+def test_roles_are_named_in_the_pages_language(chromium: Any, org_server: Any) -> None:
+    """A French page says "Superviseur", not the role's id "supervisor": in the audit log and in
+    the agent's own "who looked at my data"; an English page says "Supervisor"."""
+    from tests._fixtures_dashboard import USER_PASSWORD
+
+    server, data = org_server
+    url = server.url
+    sup = chromium.new_context(locale="fr-FR")
+    try:
+        page = sup.new_page()
+        browser_login(page, url, "sup-a", USER_PASSWORD, data["secrets"]["sup-a"])
+        page.goto(url + "/agents/agent-a1")
+    finally:
+        sup.close()
+    agent = chromium.new_context(locale="fr-FR")
+    try:
+        page = agent.new_page()
+        browser_login(page, url, "amina", USER_PASSWORD, landing="/me")
+        assert "sup-a (Superviseur)" in page.locator("#audit-list .audit-entry").first.inner_text()
+        page.click("#lang-switch")
+        page.wait_for_url("**/me")
+        assert "sup-a (Supervisor)" in page.locator("#audit-list .audit-entry").first.inner_text()
+    finally:
+        agent.close()
+    admin = chromium.new_context(locale="fr-FR")
+    try:
+        page = admin.new_page()
+        browser_login(page, url)
+        page.goto(url + "/audit")
+        roles = {r.locator("td").nth(1).inner_text(): r.locator("td").nth(2).inner_text()
+                 for r in page.locator("#audit-log tr.audit-entry").all()}
+        assert roles["sup-a"] == "Superviseur" and roles["admin"] == "Administrateur"
+    finally:
+        admin.close()
+
+
+# ------------------------------------------------------------------ moment replay
+def test_a_replayed_moment_shows_only_the_cues_and_flags_of_its_minute(
+        browser_page: Any, org_server: Any) -> None:
+    """Replaying the "slow down" cue (the first of three, a minute apart) shows the minute around
+    it: its cue marker and badge only, not the cues raised a minute and two minutes later, nor a
+    moment flagged two minutes later."""
+    server, _ = org_server
+    db = store.open_db(server.settings.db_path)
+    try:
+        with db.conn:
+            db.conn.execute("INSERT INTO flags (agent, box, ts, note, author, created_ts) VALUES "
+                            "('agent-a1', 'box-a1', ?, 'plus tard', 'sup-a', ?)",
+                            (time.time() - 80, time.time()))
+    finally:
+        db.conn.close()
+    page = browser_page
+    browser_login(page, server.url)
+    page.goto(server.url + "/agents/agent-a1")
+    page.wait_for_selector("body[data-charts-ready='1']")
+    badges = page.locator("#cue-list .cue-badge")
+    assert badges.count() == 3
+    page.evaluate("document.body.dataset.chartsReady = '0'")
+    badges.first.click()
+    page.wait_for_selector("body[data-charts-ready='1']")
+    assert page.locator("#charts h3").inner_text().startswith("Rejouer")
+    labels = [b.split(" · ", 1)[1] for b in badges.all_inner_texts()]
+    assert labels == ["Ralentissez"]
+    assert page.locator("#charts svg").first.locator(".cue-marker").count() == 1
+    assert page.locator("#charts svg").first.locator(".flag-marker").count() == 0
+
+
+# ------------------------------------------------------------------ the agent's live strip
+def test_the_agents_live_strip_says_private_or_offline_never_the_last_talk_state(
+        browser_page: Any, dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
+    """The agent's own page, fed by the box through the real broker: once the box says private
+    (its button) or goes offline, the strip says so, live and on a fresh page, instead of the
+    talk state the box last measured before."""
+    from tests._fixtures_dashboard import USER_PASSWORD
+
+    db = store.open_db(dashboard_server.settings.db_path)
+    try:
+        schema.import_inventory(db, [{"box": "box-a", "seat": "A", "agent": "agent-a"}],
+                                site=site.site)
+        auth.create_user(db, "ines", USER_PASSWORD, "agent", agent="agent-a")
+    finally:
+        db.conn.close()
+    box = peer(site.box("box-a"), "box-a")
+    seq = [0]
+
+    def status(state: str = "online", **extra: Any) -> None:
+        msg = wire.status_message(site.site, "box-a", state, time.time(), **extra)
+        box.publish(wire.topic(site.site, "box-a", "status"), wire.encode("status", msg),
+                    retain=True)
+
+    def metrics(talk_state: str) -> None:
+        seq[0] += 1
+        box.publish(wire.topic(site.site, "box-a", "metrics"), wire.encode("metrics", {
+            "v": wire.SCHEMA_VERSION, "site": site.site, "box": "box-a", "ts": time.time(),
+            "seq": seq[0], "t_start": float(seq[0]), "window_s": 1.0, "talk_state": talk_state,
+            "near_talking": talk_state == "agent", "far_talking": talk_state == "prospect"}))
+
+    page = browser_page
+    strip = page.locator("#live-state")
+
+    def shows(text: str) -> None:
+        page.locator("#live-state", has_text=text).wait_for(timeout=2000)
+
+    status(private=False)
+    metrics("agent")
+    browser_login(page, dashboard_server.url, "ines", USER_PASSWORD, landing="/me")
+    page.wait_for_selector("body[data-stream-ready='1']")
+    shows("Agent parle")
+    status(private=True)  # the box's private button
+    shows("Appel privé")
+    page.reload()
+    page.wait_for_selector("body[data-stream-ready='1']")
+    assert strip.inner_text() == "Appel privé"
+    status(private=False)
+    metrics("prospect")
+    shows("Prospect parle")
+    status("offline")
+    shows("Hors ligne")
+    page.reload()
+    page.wait_for_selector("body[data-stream-ready='1']")
+    assert strip.inner_text() == "Hors ligne"
+
+
+# ------------------------------------------------------------------ screens
+PAGE_WIDTH = "() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+
+
+@pytest.mark.parametrize("width,height", [(1280, 720), (390, 844)])
+def test_the_pages_fit_the_screen_without_scrolling_sideways(
+        chromium: Any, org_server: Any, width: int, height: int) -> None:
+    """A laptop (1280x720) and a phone (390 px): the agent page, the team board, the audit log,
+    the IT page and the agent's own page are no wider than the screen (a wide table scrolls
+    inside its panel)."""
+    from tests._fixtures_dashboard import USER_PASSWORD
+
+    server, _ = org_server
+    size = {"width": width, "height": height}
+    admin = chromium.new_context(viewport=size, locale="fr-FR")
+    agent = chromium.new_context(viewport=size, locale="fr-FR")
+    try:
+        page = admin.new_page()
+        browser_login(page, server.url)
+        widths = {}
+        for path in ("/agents/agent-a1", "/teams/team-a", "/audit", "/it"):
+            page.goto(server.url + path)
+            page.wait_for_load_state("networkidle")
+            widths[path] = page.evaluate(PAGE_WIDTH)
+        page = agent.new_page()
+        browser_login(page, server.url, "amina", USER_PASSWORD, landing="/me")
+        page.wait_for_selector("body[data-charts-ready='1']")
+        widths["/me"] = page.evaluate(PAGE_WIDTH)
+    finally:
+        admin.close()
+        agent.close()
+    assert {p: w for p, (w, client) in widths.items() if w > client} == {}
+
+
+# ------------------------------------------------------------------ the calls table
+def test_a_call_without_an_outcome_reads_unknown_not_meeting_booked(
+        browser_page: Any, org_server: Any) -> None:
+    """agent-b1's call has no outcome yet: its row says "—" and saving it untouched tags nothing,
+    where it read "Rendez-vous" (the list's first choice) as if a meeting had been booked."""
+    server, data = org_server
+    call = data["team_b"]["calls"][0]
+    page = browser_page
+    browser_login(page, server.url)
+    page.goto(server.url + "/agents/agent-b1")
+    row = page.locator(f"tr.call[data-call='{call}']")
+    select = row.locator("select[name=outcome]")
+    assert select.evaluate("s => s.options[s.selectedIndex].text") == "—"
+    row.locator("button[type=submit]").click()  # refused by the form: nothing chosen
+    page.wait_for_timeout(300)
+    assert page.url.endswith("/agents/agent-b1")
+    db = store.open_db(server.settings.db_path)
+    try:
+        assert db.conn.execute("SELECT outcome FROM calls WHERE id = ?",
+                               (call,)).fetchone() == (None,)
+    finally:
+        db.conn.close()
+    select.select_option("callback")
+    row.locator("button[type=submit]").click()
+    page.wait_for_url("**/agents/agent-b1")
+    assert page.locator(f"tr.call[data-call='{call}'] select[name=outcome]").evaluate(
+        "s => s.options[s.selectedIndex].text") == "À rappeler"
+
+
+def test_an_english_goal_without_a_trend_counts_its_days_in_english(
+        chromium: Any, org_server: Any) -> None:
+    """A goal whose metric has no day of data yet: "0 j" on a French page, "0 d" on an English
+    one, not the French abbreviation."""
+    server, _ = org_server
+    db = store.open_db(server.settings.db_path)
+    try:
+        with db.conn:
+            db.conn.execute("INSERT INTO goals (agent, metric, label, direction, author, "
+                            "created_ts) VALUES ('agent-a1', 'near_rate_syl_s', 'ralentir', "
+                            "'down', 'sup-a', ?)", (time.time(),))
+    finally:
+        db.conn.close()
+    context = chromium.new_context(locale="fr-FR")
+    try:
+        page = context.new_page()
+        browser_login(page, server.url)
+        page.goto(server.url + "/agents/agent-a1")
+        goal = page.locator("#goals .goal", has_text="ralentir")
+        assert goal.inner_text().endswith("0 j")
+        page.click("#lang-switch")
+        page.wait_for_url("**/agents/agent-a1")
+        assert goal.inner_text().endswith("0 d")
+    finally:
+        context.close()
+
+
+# ------------------------------------------------------------------ ids as the inventory gives them
+def test_an_agent_whose_id_holds_a_hash_can_be_opened_coached_and_exported(
+        browser_page: Any, org_server: Any) -> None:
+    """Inventory ids are free text: agent "agent #7" (Nadia) is reached from the team board,
+    flagged, has a call tagged and the language switched on her page, and exported, each time on
+    her own page, where "#" cut the link to "/agents/agent " (agent not found)."""
+    server, _ = org_server
+    now = time.time()
+    db = store.open_db(server.settings.db_path)
+    try:
+        schema.import_inventory(db, [{"box": "box-a3", "seat": "A3", "agent": "agent #7",
+                                      "team": "team-a", "agent_name": "Nadia"}],
+                                site=server.settings.site, now=now - 600)
+        with db.conn:
+            db.conn.execute("INSERT INTO calls (agent, box, start_ts, end_ts) VALUES "
+                            "('agent #7', 'box-a3', ?, ?)", (now - 300, now - 200))
+    finally:
+        db.conn.close()
+    page = browser_page
+    browser_login(page, server.url)
+    page.goto(server.url + "/teams/team-a")
+    page.click("#board a:has-text('Nadia')")
+    page.wait_for_selector("#agent-name")
+    assert page.locator("#agent-name").inner_text() == "Nadia"
+    page.fill("#flag-note", "bonne reformulation")
+    page.click("#flag-submit")
+    page.wait_for_url("**#flags")
+    assert page.locator("#flag-list .flag-note").first.inner_text() == "bonne reformulation"
+    page.locator("tr.call select[name=outcome]").select_option("callback")
+    page.locator("tr.call button[type=submit]").click()
+    page.wait_for_load_state()
+    assert page.locator("#agent-name").inner_text() == "Nadia"
+    page.click("#lang-switch")
+    page.wait_for_load_state()
+    assert page.locator("#flags h2").inner_text() == "Flagged moments"
+    assert page.locator("#agent-name").inner_text() == "Nadia"
+    export = page.request.get(server.url + (page.locator("#export-csv").get_attribute("href")
+                                             or ""))
+    assert export.status == 200
+    assert "filename*=UTF-8''agent%20%237.csv" in export.headers["content-disposition"]
