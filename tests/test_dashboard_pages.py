@@ -270,9 +270,16 @@ def test_the_agents_live_strip_says_private_or_offline_never_the_last_talk_state
     page.reload()
     page.wait_for_selector("body[data-stream-ready='1']")
     assert strip.inner_text() == "Appel privé"
-    status(private=False)
+    # the private switch says what the box says, whoever turned it on: it offers to end it
+    assert page.locator("#private-state").is_visible()
+    assert page.locator("#private-toggle").inner_text() == "Fin de l'appel privé"
+    status(private=False)  # and the box's button turned it off again
     metrics("prospect")
     shows("Prospect parle")
+    page.reload()
+    page.wait_for_selector("body[data-stream-ready='1']")
+    assert page.locator("#private-state").count() == 0
+    assert page.locator("#private-toggle").inner_text() == "Passer en appel privé"
     status("offline")
     shows("Hors ligne")
     page.reload()

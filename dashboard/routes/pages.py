@@ -43,6 +43,10 @@ def _agent_context(db: Db, user: User, agent: str, self_view: bool,
                    audit_before: int | None = None) -> dict[str, Any]:
     row = access.require_agent(db, user, agent)
     seat = db.conn.execute("SELECT box, label FROM seats WHERE agent = ?", (agent,)).fetchone()
+    box_private = db.conn.execute("SELECT private FROM boxes WHERE box = ?",
+                                  (seat[0] if seat else "",)).fetchone()
+    if box_private is not None and box_private[0] is not None:
+        row["private"] = box_private[0]  # the box's own word: its button may have turned it on
     flags = list(db.query("SELECT * FROM flags WHERE agent = ? ORDER BY ts DESC LIMIT 100",
                           [agent]))
     goals = list(db.query("SELECT * FROM goals WHERE agent = ? AND active = 1 "
@@ -80,7 +84,10 @@ def me_page(request: Request, db: Db, user: CurrentUser,
     """The agent's own view: what supervisors see, who looked, the private switch."""
     require_role(user, "agent")
     context = _agent_context(db, user, user.agent or "", True, audit_before)
-    context["private_unsent"] = request.query_params.get("sent") == "0"
+    sent = request.query_params.get("sent")
+    context["private_unsent"] = sent == "0"
+    if sent in ("on", "off"):  # just switched here: the box's status confirms it within a second
+        context["agent"]["private"] = sent == "on"
     return render(request, "agent.html", context)
 
 
@@ -117,8 +124,10 @@ def outcome_form(request: Request, db: Db, user: CurrentUser, call_id: api.RowId
 def private_form(request: Request, db: Db, user: CurrentUser,
                  private: Annotated[str, Form(max_length=4)] = "0") -> Response:
     """The agent's private-call switch."""
-    sent = api.set_private(request, db, user, private == "1")
-    return RedirectResponse("/me" if sent else "/me?sent=0#private", status_code=303)
+    on = private == "1"
+    sent = api.set_private(request, db, user, on)
+    return RedirectResponse(f"/me?sent={'on' if on else 'off'}#private" if sent else "/me?sent=0#private",
+                            status_code=303)
 
 
 @router.get("/teams/{team}")
