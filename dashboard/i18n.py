@@ -77,6 +77,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "agent.team": ("Équipe", "Team"),
     "agent.shift": ("Le poste de travail en courbes", "The shift as charts"),
     "agent.no_data": ("Pas encore de mesures.", "No measurements yet."),
+    "agent.no_values": ("Sans mesure sur cette période :", "Not measured in this period:"),
     "agent.truncated": ("Trop de mesures pour les montrer toutes : les courbes commencent à",
                         "Too many measurements to show them all: the charts start at"),
     "agent.cues": ("Signaux", "Cues"),

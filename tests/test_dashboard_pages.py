@@ -88,10 +88,17 @@ def test_the_agent_page_charts_what_the_box_measures(
         page.wait_for_selector("body[data-charts-ready='1']")
         drawn = {f.locator("figcaption").inner_text(): f.locator("path.series").count()
                  for f in page.locator("#charts figure").all()}
+        without = page.locator("#charts-without-data").inner_text()
     for name in BOX_METRICS_CHARTED:
         info = registry.describe(name, "fr")
         caption = info["label"] + (f" ({info['unit']})" if info["unit"] else "")
         assert drawn.get(caption) == 1, (name, caption, sorted(drawn))
+    # what the box did not measure here (no affect model on this box) is named once, not drawn
+    # as an empty frame among the others
+    tension = registry.describe("prospect_tension", "fr")["label"]
+    assert "prospect_tension" not in published
+    assert tension in without and not any(c.startswith(tension) for c in drawn), (without, drawn)
+    assert all(n >= 1 for c, n in drawn.items() if c != "Tours de parole"), drawn  # lines only
 
 
 # ------------------------------------------------------------------ the audit page

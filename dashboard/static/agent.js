@@ -48,12 +48,24 @@
     const onPick = flagTs ? pick : null;
     const common = { t0, t1, cues: data.cues, flags: data.flags, onPick };
     MiroirCharts.states(charts, Object.assign({ title: t("chart.turns"), rows }, common));
+    const empty = [];  // measured by nobody in this window: named once, not drawn as empty frames
     data.metrics.forEach((m, i) => {
+      if (!rows.some((r) => r[m.name] !== null && r[m.name] !== undefined)) {
+        empty.push(m.label);
+        return;
+      }
       const pts = rows.map((r) => [r.ts, r[m.name] === null ? null :
         (m.unit === "%" ? r[m.name] * 100 : r[m.name])]);
       MiroirCharts.line(charts, Object.assign({ title: m.label, unit: m.unit, points: pts,
                                                 colour: COLOURS[i % COLOURS.length] }, common));
     });
+    if (empty.length) {
+      const p = document.createElement("p");
+      p.className = "muted";
+      p.id = "charts-without-data";
+      p.textContent = t("agent.no_values") + " " + empty.join(", ");
+      charts.appendChild(p);
+    }
     const list = document.getElementById("cue-list");
     if (list) {
       list.textContent = "";
