@@ -159,7 +159,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "team.progress": ("Progrès", "Progress"),
     "team.no_baseline": ("référence en cours", "baseline pending"),
     "team.shared": ("Appels remarquables", "Remarkable calls"),
-    "team.debrief": ("Débrief du jour", "Daily debrief"),
+    "team.debrief": ("Débrief des dernières 24 h", "Debrief of the last 24 h"),
     "team.calls": ("appels", "calls"),
     "team.meetings": ("rendez-vous", "meetings"),
     "team.flags": ("moments signalés", "flagged moments"),
