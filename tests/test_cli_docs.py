@@ -171,3 +171,56 @@ def test_the_lan_https_certificate_command_of_the_tls_guide_works(tmp_path: Path
         assert (site / "dashboard" / "cert.pem").read_bytes() == identity
     finally:
         shutil.rmtree(root)
+
+
+def test_the_it_guide_gives_the_enrolled_floor_to_the_dashboard(tmp_path: Path) -> None:
+    """IT guide §2, followed as written: the floor CSV enrolled, then imported into the dashboard
+    by the guide's command (dashboard.env from site-init, database into tmp); a supervisor of the
+    team then has the two seats on the floor. The guide had no such step: the dashboard learns
+    seats only from an import, and the supervisor's floor stayed empty while the boxes published."""
+    import os
+    import re
+    import shlex
+    import shutil
+
+    from dashboard import access, auth, schema
+    from dashboard import db as store
+    from dashboard.routes.api import floor_data
+    from provisioning.broker import new_site_dir
+    from provisioning.inventory import parse_csv
+    from provisioning.site import init_site
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "it-guide.md").read_text()
+    csv_text = guide.split("```csv\n", 1)[1].split("```", 1)[0]
+    floor_csv = tmp_path / "floor.csv"
+    floor_csv.write_text(csv_text)
+    root = new_site_dir("miroir-guide-")
+    try:
+        site = init_site(root / "site", "paris-1", broker_host="127.0.0.1", port=18883,
+                         bind="127.0.0.1")
+        site.enroll(parse_csv(floor_csv))
+        env_file = tmp_path / "dashboard.env"
+        shutil.copy(root / "site" / "dashboard.env", env_file)
+    finally:
+        shutil.rmtree(root)
+    db_path = tmp_path / "dashboard.sqlite"
+    env_file.write_text(re.sub(r"^MIROIR_DASH_DB_PATH=.*$", f"MIROIR_DASH_DB_PATH={db_path}",
+                               env_file.read_text(), flags=re.M))
+    db = store.open_db(db_path)
+    schema.ensure_schema(db)
+    auth.create_user(db, "claire", "a long enough password", "supervisor", teams=["north"])
+    claire = access.load_user(db, "claire")
+    assert floor_data(db, claire, "paris-1", False)["seats"] == []
+
+    script = shlex.split(_doc_block("it-guide.md", "miroir dashboard import").strip())
+    assert script[:3] == ["sudo", "sh", "-c"], script
+    line = script[3].replace("/var/lib/miroir-site/dashboard.env", str(env_file))
+    line = line.replace("exec miroir ", f"exec {shlex.quote(sys.executable)} -m miroir ")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIROIR_DASH_")}
+    done = subprocess.run(["sh", "-c", line], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    seats = floor_data(db, claire, "paris-1", False)["seats"]
+    assert {(s["box"], s["label"], s["agent"], s["team"]) for s in seats} == {
+        ("box-001", "A-01", "Priya", "north"), ("box-002", "A-02", "Rahul", "north")}
+    db.conn.close()
