@@ -224,3 +224,19 @@ def test_the_it_guide_gives_the_enrolled_floor_to_the_dashboard(tmp_path: Path) 
     assert {(s["box"], s["label"], s["agent"], s["team"]) for s in seats} == {
         ("box-001", "A-01", "Priya", "north"), ("box-002", "A-02", "Rahul", "north")}
     db.conn.close()
+
+
+def test_the_proxy_settings_of_the_tls_guide_read_the_same_through_sh(tmp_path: Path) -> None:
+    """docs/dashboard-tls.md (a)'s dashboard.env lines, read as the IT guide's commands read that
+    file (`sh -c 'set -a; . dashboard.env; ...'`): no error, and the dashboard's settings get both
+    trusted proxies. Unquoted, sh cut the list at its space: "::1/128]: not found", and no
+    trusted proxies."""
+    lines = _doc_block("dashboard-tls.md", "MIROIR_DASH_TRUSTED_PROXIES")
+    env_file = tmp_path / "dashboard.env"
+    env_file.write_text(f"MIROIR_DASH_SITE=paris-1\nMIROIR_DASH_DB_PATH={tmp_path / 'db'}\n{lines}")
+    code = ("from dashboard.settings import DashboardSettings; s = DashboardSettings(); "
+            "print(s.http_port, s.trusted_proxies)")
+    done = subprocess.run(["sh", "-c", f'set -a; . "{env_file}"; exec "$0" -c "$1"',
+                           sys.executable, code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.stdout.strip() == "8000 ['127.0.0.1/32', '::1/128']"
