@@ -588,3 +588,30 @@ def test_a_new_bundle_still_decides_the_boxs_identity_and_broker(tmp_path: Path)
     assert (data["box"], data["broker_host"], data["keepalive_s"]) == ("box-2", "broker.lan", 30)
     assert bundle_mod.merge_settings(bundle_toml, "keepalive_s = 30\nkeepalive_s = 31\n") \
         == bundle_toml  # a box file that is no TOML: the bundle's settings alone
+
+
+@pytest.mark.parametrize("damaged", ["inventory.json", "site.json"])
+def test_a_damaged_site_is_not_backed_up_over_the_good_backup(
+        site_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], damaged: str) -> None:
+    """The IT guide: a damaged site.json or inventory.json stops every command ("restore the site
+    from its backup"). `backup` went on: written over the USB key's good backup (the guide's same
+    FILE each time), it left only the damaged site to restore."""
+    site = Site(site_dir)
+    site.enroll([site_mod.Enrolment(box="box-1", seat="A1", agent="Ana")])
+    pw = tmp_path / "pw"
+    pw.write_text("correct horse battery staple\n")
+    out = tmp_path / "paris-1.bak"
+    args = ["provision", "backup", "--site-dir", str(site_dir), str(out), "--passphrase-file",
+            str(pw)]
+    assert main(args) == 0
+    good = out.read_bytes()
+    capsys.readouterr()
+    (site_dir / damaged).write_text("{broken")
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{damaged} is damaged" in err and "no backup" in err
+    assert out.read_bytes() == good
+    dest = tmp_path / "restored"
+    assert main(["provision", "restore", str(out), "--site-dir", str(dest),
+                 "--passphrase-file", str(pw)]) == 0
+    assert Site(dest).inventory().get("box-1").agent == "Ana"
