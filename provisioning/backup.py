@@ -21,7 +21,8 @@ from pathlib import Path
 
 from miroir.files import atomic_write
 from provisioning.broker import BROKER_USER, CONFIG_FILE, LOG_FILE
-from provisioning.site import site_lock
+from provisioning.inventory import InventoryError
+from provisioning.site import Site, SiteError, site_lock
 
 MAGIC = b"MIROIRBK1"
 SALT_BYTES = 16
@@ -112,6 +113,10 @@ def backup(site_dir: Path, out: Path, passphrase: str) -> Path:
     site_dir = Path(site_dir)
     if not (site_dir / "site.json").exists():
         raise BackupError(f"{site_dir} is not a site directory")
+    try:  # a damaged site written over the good backup would leave nothing to restore
+        Site(site_dir).inventory()
+    except (SiteError, InventoryError) as exc:
+        raise BackupError(f"{exc}; no backup written") from None
     buf = io.BytesIO()
     with site_lock(site_dir), tarfile.open(fileobj=buf, mode="w:gz") as tar:
         tar.add(site_dir, arcname="site", filter=_filter)  # no enrolment or revocation half done

@@ -15,10 +15,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,12 @@ CREDENTIALS_DIR = "/run/credentials/miroir-box.service"
 """Where systemd's LoadCredential= exposes the box's PEM files to the agent."""
 BOX_FILES = {"ca.pem": 0o644, "box.pem": 0o644, "box.key": 0o600}
 SETTINGS_NAME = "box.toml"
+IDENTITY_KEYS = frozenset({"site", "box", "broker_host", "broker_port", "ca_file", "cert_file",
+                           "key_file"})
+"""The settings a bundle decides; a box's other settings are the site's edits, kept by a new one."""
+_KEY_LINE = re.compile(r"\s*([A-Za-z0-9_]+)\s*=")
+
+log = logging.getLogger(__name__)
 
 
 class BundleError(ValueError):
@@ -113,11 +122,49 @@ def read_bundle(path: Path) -> Bundle:
                   settings_toml=data["settings_toml"], files=dict(files))
 
 
+def _setting_key(line: str) -> str | None:
+    match = _KEY_LINE.match(line)
+    return match.group(1) if match else None
+
+
+def merge_settings(bundle_toml: str, box_toml: str) -> str:
+    """The bundle's settings with the box's own lines for every key but its identity kept over
+    them (a new certificate must not undo the site's edits: campaign file, affect, device)."""
+    try:
+        tomllib.loads(box_toml)
+    except tomllib.TOMLDecodeError as exc:
+        log.warning("the box's settings are not TOML (%s): the bundle's are installed", exc)
+        return bundle_toml
+    own = {key: ln for ln in box_toml.splitlines()
+           if (key := _setting_key(ln)) is not None and key not in IDENTITY_KEYS}
+    lines = [own.pop(key, ln) if (key := _setting_key(ln)) else ln
+             for ln in bundle_toml.splitlines()]
+    if own:
+        lines += ["# Kept from this box's settings when a new bundle was installed.", *own.values()]
+    return "\n".join(lines) + "\n"
+
+
+def _keep_box_files(dest: Path, stage: Path) -> None:
+    """Carry the box's own files in ``dest`` (its settings' edits, a campaign file) into ``stage``."""
+    for entry in dest.iterdir():
+        if entry.name == SETTINGS_NAME:
+            old = entry.read_text(encoding="utf-8", errors="replace")
+            new = (stage / SETTINGS_NAME).read_text()
+            (stage / SETTINGS_NAME).write_text(merge_settings(new, old))
+        elif entry.name != "credentials":
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.copytree(entry, stage / entry.name, symlinks=True)
+            else:
+                shutil.copy2(entry, stage / entry.name, follow_symlinks=False)
+
+
 def install_bundle(path: Path, dest: Path) -> Bundle:
     """Verify a bundle and install its files into ``dest`` as a whole (staged, then renamed).
 
     ``dest`` receives ``box.toml`` and ``credentials/{ca.pem,box.pem,box.key}`` (key 0600,
-    credentials folder 0700). An existing ``dest`` is replaced only once the new one is complete.
+    credentials folder 0700). An existing ``dest`` is replaced only once the new one is complete,
+    and keeps its other files and every setting of its ``box.toml`` but the bundle's identity
+    (:data:`IDENTITY_KEYS`): a rotated certificate does not undo the site's edits.
 
     Args:
         path: The bundle file.
@@ -141,6 +188,8 @@ def install_bundle(path: Path, dest: Path) -> Bundle:
                 fh.flush()
                 os.fsync(fh.fileno())
         stage.chmod(0o755)
+        if dest.is_dir():
+            _keep_box_files(dest, stage)
         old = None
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old")

@@ -124,3 +124,119 @@ def test_every_command_line_in_the_readme_parses() -> None:
                 build_parser().parse_args(args)
         except SystemExit:
             raise AssertionError(f"README's `{line}`: {err.getvalue().strip()}") from None
+
+
+def _doc_block(doc: str, needle: str) -> str:
+    """The fenced ``sh`` block of ``docs/<doc>`` that holds ``needle`` (the command as written)."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / doc).read_text()
+    blocks = [b.split("\n", 1)[1] for b in text.split("```")[1::2] if b.startswith("sh\n")]
+    found = [b for b in blocks if needle in b]
+    assert found, f"docs/{doc} has no sh block with {needle!r}"
+    return found[0]
+
+
+def test_the_lan_https_certificate_command_of_the_tls_guide_works(tmp_path: Path) -> None:
+    """docs/dashboard-tls.md's command for a LAN certificate from the site CA, run as written
+    (paths into tmp): a server certificate for the given address, signed by the site CA, and the
+    dashboard's identity at the broker left alone. The guide gave a Python call with undefined
+    names (`provisioning.pki.issue(ca, dir, ...)`: NameError)."""
+    import shutil
+
+    from cryptography import x509
+
+    from provisioning.broker import new_site_dir
+    from provisioning.pki import load_cert
+    from provisioning.site import init_site
+
+    root = new_site_dir("miroir-guide-")
+    try:
+        site = root / "site"
+        init_site(site, "paris-1", broker_host="127.0.0.1", port=18883, bind="127.0.0.1")
+        identity = (site / "dashboard" / "cert.pem").read_bytes()
+        script = _doc_block("dashboard-tls.md", "pki.issue").strip()
+        assert script.startswith("sudo /opt/miroir/current/bin/python "), script
+        script = script.removeprefix("sudo /opt/miroir/current/bin/python ")
+        script = script.replace("/var/lib/miroir-site", str(site))
+        done = subprocess.run(f"{sys.executable} {script}", shell=True, capture_output=True,
+                              text=True, timeout=60, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        cert = load_cert(site / "https" / "cert.pem")
+        ca = load_cert(site / "ca" / "cert.pem")
+        assert cert.issuer == ca.subject
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert "192.168.10.5" in {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        assert x509.oid.ExtendedKeyUsageOID.SERVER_AUTH in eku
+        assert (site / "https" / "key.pem").stat().st_mode & 0o077 == 0
+        assert (site / "dashboard" / "cert.pem").read_bytes() == identity
+    finally:
+        shutil.rmtree(root)
+
+
+def test_the_it_guide_gives_the_enrolled_floor_to_the_dashboard(tmp_path: Path) -> None:
+    """IT guide §2, followed as written: the floor CSV enrolled, then imported into the dashboard
+    by the guide's command (dashboard.env from site-init, database into tmp); a supervisor of the
+    team then has the two seats on the floor. The guide had no such step: the dashboard learns
+    seats only from an import, and the supervisor's floor stayed empty while the boxes published."""
+    import os
+    import re
+    import shlex
+    import shutil
+
+    from dashboard import access, auth, schema
+    from dashboard import db as store
+    from dashboard.routes.api import floor_data
+    from provisioning.broker import new_site_dir
+    from provisioning.inventory import parse_csv
+    from provisioning.site import init_site
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "it-guide.md").read_text()
+    csv_text = guide.split("```csv\n", 1)[1].split("```", 1)[0]
+    floor_csv = tmp_path / "floor.csv"
+    floor_csv.write_text(csv_text)
+    root = new_site_dir("miroir-guide-")
+    try:
+        site = init_site(root / "site", "paris-1", broker_host="127.0.0.1", port=18883,
+                         bind="127.0.0.1")
+        site.enroll(parse_csv(floor_csv))
+        env_file = tmp_path / "dashboard.env"
+        shutil.copy(root / "site" / "dashboard.env", env_file)
+    finally:
+        shutil.rmtree(root)
+    db_path = tmp_path / "dashboard.sqlite"
+    env_file.write_text(re.sub(r"^MIROIR_DASH_DB_PATH=.*$", f"MIROIR_DASH_DB_PATH={db_path}",
+                               env_file.read_text(), flags=re.M))
+    db = store.open_db(db_path)
+    schema.ensure_schema(db)
+    auth.create_user(db, "claire", "a long enough password", "supervisor", teams=["north"])
+    claire = access.load_user(db, "claire")
+    assert floor_data(db, claire, "paris-1", False)["seats"] == []
+
+    script = shlex.split(_doc_block("it-guide.md", "miroir dashboard import").strip())
+    assert script[:3] == ["sudo", "sh", "-c"], script
+    line = script[3].replace("/var/lib/miroir-site/dashboard.env", str(env_file))
+    line = line.replace("exec miroir ", f"exec {shlex.quote(sys.executable)} -m miroir ")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIROIR_DASH_")}
+    done = subprocess.run(["sh", "-c", line], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    seats = floor_data(db, claire, "paris-1", False)["seats"]
+    assert {(s["box"], s["label"], s["agent"], s["team"]) for s in seats} == {
+        ("box-001", "A-01", "Priya", "north"), ("box-002", "A-02", "Rahul", "north")}
+    db.conn.close()
+
+
+def test_the_proxy_settings_of_the_tls_guide_read_the_same_through_sh(tmp_path: Path) -> None:
+    """docs/dashboard-tls.md (a)'s dashboard.env lines, read as the IT guide's commands read that
+    file (`sh -c 'set -a; . dashboard.env; ...'`): no error, and the dashboard's settings get both
+    trusted proxies. Unquoted, sh cut the list at its space: "::1/128]: not found", and no
+    trusted proxies."""
+    lines = _doc_block("dashboard-tls.md", "MIROIR_DASH_TRUSTED_PROXIES")
+    env_file = tmp_path / "dashboard.env"
+    env_file.write_text(f"MIROIR_DASH_SITE=paris-1\nMIROIR_DASH_DB_PATH={tmp_path / 'db'}\n{lines}")
+    code = ("from dashboard.settings import DashboardSettings; s = DashboardSettings(); "
+            "print(s.http_port, s.trusted_proxies)")
+    done = subprocess.run(["sh", "-c", f'set -a; . "{env_file}"; exec "$0" -c "$1"',
+                           sys.executable, code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.stdout.strip() == "8000 ['127.0.0.1/32', '::1/128']"

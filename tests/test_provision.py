@@ -536,3 +536,82 @@ def test_a_site_restored_where_the_broker_cannot_reach_says_so(
         assert "warning" not in capsys.readouterr().out
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_rotated_bundle_keeps_the_boxs_own_settings_and_files(
+        site_dir: Path, tmp_path: Path) -> None:
+    """IT guide §5, rotate: the new bundle is installed on the box as first boot does (`python -m
+    provisioning.bundle install`) over the folder the first one made and site IT then edited
+    (§4: affect_enabled, campaign_file; the README: capture_device). The new certificate and key
+    are in, and the edits and the campaign file are kept: before, the whole folder was replaced
+    and the box ran on the defaults, its campaign file gone."""
+    import subprocess
+    import sys
+
+    from edge import settings as edge_settings
+
+    assert main(["provision", "enroll", "--site-dir", str(site_dir), "box-1", "--seat", "A1"]) == 0
+    site = Site(site_dir)
+    dest = tmp_path / "data" / "miroir"
+    bundle_mod.install_bundle(site.bundle_path("box-1"), dest)
+    campaign = dest / "campaign.toml"
+    campaign.write_text("[affect]\ndisclosed = true\n")
+    box_toml = dest / "box.toml"
+    box_toml.write_text(box_toml.read_text().replace('"miroir_headset"', '"hw:CARD=USB,DEV=0"')
+                        + f'affect_enabled = true\ncampaign_file = "{campaign}"\n')
+    old_key = (dest / "credentials" / "box.key").read_text()
+
+    site.rotate("box-1")
+    done = subprocess.run([sys.executable, "-m", "provisioning.bundle", "install",
+                           str(site.bundle_path("box-1")), str(dest)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    key = (dest / "credentials" / "box.key").read_text()
+    assert key != old_key and key == site.box_pair("box-1").key.read_text()
+    assert mode(dest / "credentials" / "box.key") == 0o600
+    assert campaign.read_text() == "[affect]\ndisclosed = true\n"
+    s = edge_settings.load(box_toml)
+    assert (s.box, s.broker_host, s.broker_port) == ("box-1", "broker.lan", 18883)
+    assert s.affect_enabled is True and s.campaign_file == campaign
+    assert s.capture_device == "hw:CARD=USB,DEV=0"
+    assert not list(tmp_path.joinpath("data").glob(".miroir*"))  # no stage or old copy left
+
+
+def test_a_new_bundle_still_decides_the_boxs_identity_and_broker(tmp_path: Path) -> None:
+    """The box's own lines are kept for every key but those the bundle decides: a box.toml edited
+    to another broker or box id gets the bundle's back."""
+    bundle_toml = bundle_mod.box_settings_toml(SITE, "box-2", "broker.lan", 8883)
+    edited = bundle_toml.replace('"broker.lan"', '"elsewhere.lan"').replace('"box-2"', '"box-9"')
+    merged = bundle_mod.merge_settings(bundle_toml, edited + "keepalive_s = 30\n")
+    import tomllib
+    data = tomllib.loads(merged)
+    assert (data["box"], data["broker_host"], data["keepalive_s"]) == ("box-2", "broker.lan", 30)
+    assert bundle_mod.merge_settings(bundle_toml, "keepalive_s = 30\nkeepalive_s = 31\n") \
+        == bundle_toml  # a box file that is no TOML: the bundle's settings alone
+
+
+@pytest.mark.parametrize("damaged", ["inventory.json", "site.json"])
+def test_a_damaged_site_is_not_backed_up_over_the_good_backup(
+        site_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], damaged: str) -> None:
+    """The IT guide: a damaged site.json or inventory.json stops every command ("restore the site
+    from its backup"). `backup` went on: written over the USB key's good backup (the guide's same
+    FILE each time), it left only the damaged site to restore."""
+    site = Site(site_dir)
+    site.enroll([site_mod.Enrolment(box="box-1", seat="A1", agent="Ana")])
+    pw = tmp_path / "pw"
+    pw.write_text("correct horse battery staple\n")
+    out = tmp_path / "paris-1.bak"
+    args = ["provision", "backup", "--site-dir", str(site_dir), str(out), "--passphrase-file",
+            str(pw)]
+    assert main(args) == 0
+    good = out.read_bytes()
+    capsys.readouterr()
+    (site_dir / damaged).write_text("{broken")
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{damaged} is damaged" in err and "no backup" in err
+    assert out.read_bytes() == good
+    dest = tmp_path / "restored"
+    assert main(["provision", "restore", str(out), "--site-dir", str(dest),
+                 "--passphrase-file", str(pw)]) == 0
+    assert Site(dest).inventory().get("box-1").agent == "Ana"
