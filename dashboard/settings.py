@@ -34,7 +34,7 @@ class DashboardSettings(BaseSettings):
         True, description="Secure cookies with the __Host- prefix (off only for plain http)."
     )
     totp_required: bool = Field(
-        True, description="Admins and supervisors must enrol and enter a TOTP code at login."
+        True, description="Admins, supervisors and IT users must enrol and enter a TOTP code at login."
     )
     trusted_proxies: list[str] = Field(
         default_factory=list,
