@@ -402,3 +402,21 @@ def test_a_release_signed_with_another_version_than_its_miroir_is_refused(
         build_release(tree, "2.0", priv, tmp_path / "bad.release")
     assert verify_release(build_release(tree, "1.9", priv, tmp_path / "ok.release"),
                           pub).version == "1.9"
+
+
+def test_the_it_guides_release_key_commands_make_a_key_pair_updates_accept(tmp_path: Path) -> None:
+    """The two openssl lines of docs/it-guide.md, run as written: a release signed with the private
+    half verifies with the public half (the one the image holds), and not with another key."""
+    guide = (REPO / "docs" / "it-guide.md").read_text()
+    lines = re.findall(r"^openssl .*?(?=\s+#|$)", guide, flags=re.M)
+    assert len(lines) == 2 and "genpkey -algorithm ed25519" in lines[0], lines
+    for line in lines:
+        subprocess.run(line, shell=True, cwd=tmp_path, check=True, capture_output=True)
+    private = (tmp_path / "release-key.private.pem").read_bytes()
+    public = (tmp_path / "release-key.pem").read_bytes()
+    bundle = sign_release(b"payload", "0.2.0", private, tmp_path / "miroir-0.2.0.release")
+    assert verify_release(bundle, public).version == "0.2.0"
+    other = Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    with pytest.raises(UpdateError):
+        verify_release(bundle, other)
