@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
-from .. import access, auth
+from .. import access, auth, fleet
 from .. import db as store
 from ..live import Hub, Subscription
 
@@ -52,14 +52,16 @@ def _agents(db_path: Any, username: str) -> list[str] | None:
 def _snapshot(db_path: Any, site: str, allowed: set[str] | None,
               agents: list[str] | None) -> dict[str, Any]:
     """The boxes of ``allowed``, each with its latest metrics and talk-state history from the
-    rows of ``agents`` only (a seat's previous agent may be out of the reader's scope)."""
+    rows of ``agents`` only (a seat's previous agent may be out of the reader's scope), and the
+    silence after which a box is offline (the IT page's, :data:`dashboard.fleet.SILENT_AFTER_S`)."""
     db = store.open_db(db_path)
     try:
         boxes = [b for b in store.boxes_with_latest(db) if allowed is None or b["box"] in allowed]
         access.hide_foreign_latest(db, agents, boxes)
         for box in boxes:
             box["history"] = access.talk_history(db, agents, box["box"], HISTORY)
-        return {"site": site, "now": time.time(), "boxes": boxes}
+        return {"site": site, "now": time.time(), "silent_after_s": fleet.SILENT_AFTER_S,
+                "boxes": boxes}
     finally:
         db.conn.close()
 
