@@ -308,3 +308,42 @@ def test_a_box_the_it_page_calls_silent_is_offline_on_the_floor_live_and_on_a_fr
     b.metrics("agent")
     _seat(fresh, "box-b", "agent")
     _online_count(fresh, 2)
+
+
+def test_a_retired_box_leaves_an_open_floor_and_a_fresh_one(
+        browser_page: Any, dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
+    """`miroir dashboard retire box-b` (a revoked box): the floor open at the time takes its seat
+    away within the stream's scope refresh, and a fresh page never shows it."""
+    from dashboard.routes.stream import SCOPE_REFRESH_S
+
+    db = store.open_db(dashboard_server.settings.db_path)
+    try:
+        schema.import_inventory(db, [{"box": "box-a", "seat": "A"}, {"box": "box-b", "seat": "B"}],
+                                site=site.site)
+    finally:
+        db.conn.close()
+    page = browser_page
+    browser_login(page, dashboard_server.url)
+    a, b = Box(site, peer, "box-a"), Box(site, peer, "box-b")
+    a.status()
+    b.status()
+    a.metrics("agent")
+    b.metrics("prospect")
+    _seat(page, "box-b", "prospect")
+    _online_count(page, 2)
+    db = store.open_db(dashboard_server.settings.db_path)
+    try:
+        assert schema.retire_box(db, "box-b", "it-tech")["retired"]
+    finally:
+        db.conn.close()
+    deadline = time.monotonic() + SCOPE_REFRESH_S + 5
+    while page.locator(".seat[data-box='box-b']").count():
+        assert time.monotonic() < deadline, "the retired box's seat stayed on the open floor"
+        a.metrics("agent")  # the floor is live: the stream re-checks its scope as it goes
+        page.wait_for_timeout(500)
+    assert page.locator("#count-total").inner_text() == "1"
+    _online_count(page, 1)
+    page.reload()
+    page.wait_for_selector("body[data-stream-ready='1']")
+    assert page.locator(".seat").count() == 1 and _seat(page, "box-a").count() == 1
+    assert page.locator("#count-total").inner_text() == "1"

@@ -284,6 +284,15 @@
     refreshCounters();
   }
 
+  // A box retired by site IT (miroir dashboard retire) leaves the floor: its seat and its count.
+  function retire(id) {
+    const b = boxes.get(id);
+    if (b && b.el) b.el.remove();
+    boxes.delete(id);
+    seats.delete(id);
+    refreshCounters();
+  }
+
   function refreshCounters() {
     let online = 0, inCall = 0;
     for (const b of boxes.values()) {
@@ -351,6 +360,7 @@
       document.body.dataset.streamReady = "1";
     });
     es.addEventListener("update", (e) => applyUpdate(JSON.parse(e.data)));
+    es.addEventListener("retired", (e) => retire(JSON.parse(e.data).box));
     es.addEventListener("error", () => {
       setConn(false);
       if (es.readyState === EventSource.CLOSED) {
