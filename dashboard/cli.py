@@ -1,4 +1,5 @@
-"""``miroir dashboard`` commands: users, inventory import, retention purge, backup and restore.
+"""``miroir dashboard`` commands: users, inventory import, retiring a box, retention purge, backup
+and restore.
 
 Only the standard library is imported at module level (``miroir --help`` stays fast).
 """
@@ -80,6 +81,40 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _actor() -> str:
+    """Who runs the command: the user behind sudo, else the login user."""
+    import os
+
+    return os.environ.get("SUDO_USER") or getpass.getuser()
+
+
+def cmd_retire(args: argparse.Namespace) -> int:
+    """Take a box off the dashboard for good (after `miroir provision revoke`): off the floor, the IT
+    page, /metrics and the alerts, its seat freed, anything it still publishes refused; its history
+    is kept for the retention period. Audited."""
+    import time
+
+    from dashboard import schema
+
+    settings = _settings()
+    db = _db(settings)
+    try:
+        out = schema.retire_box(db, args.box, actor=_actor())
+    except ValueError as exc:
+        raise _error(str(exc)) from None
+    finally:
+        db.conn.close()
+    if not out["retired"]:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(out["retired_ts"]))
+        print(f"box {out['box']} was already retired ({when})")
+        return 0
+    seat = f"seat {out['seat']} freed" if out["seat"] else "it had no seat"
+    print(f"box {out['box']} retired: off the floor, the IT page, /metrics and the alerts "
+          f"({out['alerts_closed']} open alert(s) closed); {seat}; what it still publishes is "
+          "refused; its history stays until the retention purge")
+    return 0
+
+
 def cmd_purge(args: argparse.Namespace) -> int:
     """Run the retention purge now (it also runs automatically while serving)."""
     import json
@@ -150,6 +185,10 @@ def register_cli(groups: dict[str, Any]) -> None:
                         description=cmd_import.__doc__)
     p.add_argument("csv", help="CSV file with columns box, seat, agent, team")
     p.set_defaults(func=cmd_import)
+    p = dash.add_parser("retire", help="take a revoked box off the dashboard (keeps its history)",
+                        description=cmd_retire.__doc__)
+    p.add_argument("box", help="box id (revoked with `miroir provision revoke`)")
+    p.set_defaults(func=cmd_retire)
     p = dash.add_parser("purge", help="run the retention purge now", description=cmd_purge.__doc__)
     p.set_defaults(func=cmd_purge)
     p = dash.add_parser("backup", help="back up the database", description=cmd_backup.__doc__)

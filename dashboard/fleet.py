@@ -131,6 +131,8 @@ def problems(box: dict[str, Any], now: float, fleet_version: str | None) -> list
     return sorted(out, key=lambda p: -p.severity)
 
 
+_NOT_RETIRED = "b.box NOT IN (SELECT box FROM retired_boxes)"
+"""Condition on a ``boxes`` row ``b``: the box is not retired (``miroir dashboard retire``)."""
 _FLEET_COLUMNS = ("box", "site", "state", "last_status_ts", "last_seen_ts", "version",
                   "outbox_depth", "dropped", "overruns", "overruns_rise_ts", "capture_ok",
                   "capture_reopens", "capture_error", "settings_error", "prospect_affect_state",
@@ -138,7 +140,7 @@ _FLEET_COLUMNS = ("box", "site", "state", "last_status_ts", "last_seen_ts", "ver
 
 
 def fleet(db: sqlite_utils.Database, now: float | None = None) -> dict[str, Any]:
-    """Every box (seen or only provisioned) with its seat and problems, worst first.
+    """Every box (seen or only provisioned, not retired) with its seat and problems, worst first.
 
     Returns:
         ``{"now", "common_version", "boxes": [...], "counts": {code: n}}``; each box has
@@ -149,7 +151,7 @@ def fleet(db: sqlite_utils.Database, now: float | None = None) -> dict[str, Any]
     now = time.time() if now is None else now
     cols = ", ".join(f"b.{c}" for c in _FLEET_COLUMNS)
     cur = db.conn.execute(f"SELECT {cols}, s.label FROM boxes b LEFT JOIN seats s "
-                          f"ON s.box = b.box")
+                          f"ON s.box = b.box WHERE {_NOT_RETIRED}")
     rows = [{**dict(zip(_FLEET_COLUMNS, r[:-1], strict=True)), "seat": r[-1]}
             for r in cur.fetchall()]
     seen = {r["box"] for r in rows}
@@ -182,8 +184,9 @@ def evaluate_alerts(db: sqlite_utils.Database, now: float | None = None
     """Raise an offline alert for each box gone offline, clear those back; return both lists.
 
     Only boxes that have been seen can go offline (a provisioned box never seen is listed on
-    the IT page, not alerted). The history is kept in the ``alerts`` table: a row per
-    episode, ``cleared_ts`` set once when the box comes back.
+    the IT page, not alerted); a retired box raises none (its open alert was closed then). The
+    history is kept in the ``alerts`` table: a row per episode, ``cleared_ts`` set once when
+    the box comes back (or is retired).
 
     Args:
         db: The open database (schema ensured).
@@ -193,8 +196,8 @@ def evaluate_alerts(db: sqlite_utils.Database, now: float | None = None
         (boxes whose alert was raised now, boxes whose alert was cleared now).
     """
     now = time.time() if now is None else now
-    rows = db.conn.execute("SELECT box, state, last_seen_ts FROM boxes "
-                           "WHERE last_seen_ts IS NOT NULL").fetchall()
+    rows = db.conn.execute("SELECT box, state, last_seen_ts FROM boxes b "
+                           f"WHERE last_seen_ts IS NOT NULL AND {_NOT_RETIRED}").fetchall()
     offline: dict[str, tuple[str, float]] = {}
     for box, state, seen in rows:
         if state == "offline":  # its Last Will (or a clean stop): seen when it arrived

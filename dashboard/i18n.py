@@ -239,6 +239,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "action.call_variant": ("a changé la variante d'un appel", "changed a call's variant"),
     "action.call_outcome": ("a indiqué l'issue d'un appel", "set a call's outcome"),
     "action.read_box_metrics": ("a consulté les mesures du poste", "read the seat's metrics"),
+    "action.retire_box": ("a retiré un boîtier", "retired a box"),
     "chart.cue": ("signal", "cue"),
     "chart.turns": ("Tours de parole", "Turn-taking"),
     "chart.flag": ("moment signalé", "flagged moment"),

@@ -29,6 +29,7 @@ from typing import Any
 from miroir import wire
 
 from . import db as store
+from . import schema
 from .settings import DashboardSettings
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ class Ingest:
         self._clock = clock
         self._lock = threading.Lock()
         self._db = store.open_db(settings.db_path)
-        store.ensure_schema(self._db)
+        schema.ensure_schema(self._db)
         self._client: Any = None
         self.connected = threading.Event()
         self.received = 0
@@ -176,8 +177,11 @@ class Ingest:
         self.connects = 0
         self.resend_requests = 0
         self.lost = 0
+        self.retired_refused = 0
+        """Messages refused because their box was retired (``miroir dashboard retire``)."""
         self._lags_ms: deque[float] = deque(maxlen=LAG_WINDOW)
         self._boxes_seen: set[str] = set()
+        self._retired_logged: set[str] = set()
         self._db_lock = threading.Lock()
         self._tracks: dict[str, SeqTrack] = {}
         for box, (contig, lost, above, acked) in store.load_seq_state(self._db).items():
@@ -239,6 +243,7 @@ class Ingest:
                 outcomes[i] = self._quarantine(topic, str(exc), payload, now)
         try:
             with self._db_lock:
+                valid = self._drop_retired(valid, outcomes)
                 fresh = store.store_batch(self._db, [(t.kind, m) for _, t, m in valid], now)
         except sqlite3.OperationalError as exc:
             if _unavailable(exc):
@@ -273,6 +278,33 @@ class Ingest:
         for update in updates:
             self._notify(update)
         return outcomes
+
+    def _drop_retired(self, valid: list[tuple[int, wire.Topic, dict[str, Any]]],
+                      outcomes: list[str]) -> list[tuple[int, wire.Topic, dict[str, Any]]]:
+        """The messages of ``valid`` whose box is not retired; the others are refused and
+        counted (outcome ``retired``). The caller holds the database lock."""
+        retired = schema.retired_boxes(self._db)
+        kept = []
+        for i, t, msg in valid:
+            if t.box in retired:
+                outcomes[i] = self._refuse_retired(t.box, counted=False)
+            else:
+                kept.append((i, t, msg))
+        return kept
+
+    def _refuse_retired(self, box: str, counted: bool) -> str:
+        """Count one message of a retired box, refused (logged once per box), and as received
+        unless ``counted`` already; return its outcome."""
+        with self._lock:
+            if not counted:
+                self.received += 1
+            self.retired_refused += 1
+            first = box not in self._retired_logged
+            self._retired_logged.add(box)
+            self._tracks.pop(box, None)
+        if first:
+            log.warning("box %s is retired: its messages are refused", box)
+        return "retired"
 
     def _notify(self, update: dict[str, Any]) -> None:
         """Pass one stored message to the live push; a failing listener is counted, never raised."""
@@ -309,6 +341,10 @@ class Ingest:
 
     def _store(self, topic: str, payload: bytes, now: float) -> tuple[str, dict[str, Any] | None]:
         t, msg = self._parse(topic, payload)
+        with self._db_lock:
+            retired = t.box in schema.retired_boxes(self._db)
+        if retired:
+            return self._refuse_retired(t.box, counted=True), None
         update: dict[str, Any] = {"kind": t.kind, **msg, "ingested_ts": now}
         if t.kind == "status":
             with self._db_lock:
@@ -355,7 +391,15 @@ class Ingest:
         now = time.monotonic() if now is None else now
         asks: list[tuple[str, int, int]] = []
         dirty: list[tuple[str, int, int]] = []
+        try:
+            with self._db_lock:
+                retired = schema.retired_boxes(self._db)
+        except sqlite3.Error:
+            log.exception("could not read the retired boxes")
+            retired = set()
         with self._lock:
+            for box in retired:  # a retired box is asked for nothing again
+                self._tracks.pop(box, None)
             for box, track in self._tracks.items():
                 if track.dirty:
                     track.dirty = False
@@ -573,6 +617,7 @@ class Ingest:
                 "boxes_seen": len(self._boxes_seen),
                 "resend_requests": self.resend_requests,
                 "lost": self.lost,
+                "retired_refused": self.retired_refused,
                 "gaps": sum(1 for t in self._tracks.values() if t.gap() is not None),
             }
         out["lag_ms_p50"] = percentile(lags, 50)

@@ -38,6 +38,8 @@ INGEST_COUNTERS = (
      "Batches retried because the database was busy or failing (held unacknowledged)."),
     ("resend_requests", "miroir_ingest_resend_requests", "Resend commands sent for seq gaps."),
     ("lost", "miroir_ingest_seq_lost", "Sequence numbers the boxes no longer held (lost)."),
+    ("retired_refused", "miroir_ingest_retired_refused",
+     "Messages from retired boxes, refused (miroir dashboard retire)."),
 )
 
 

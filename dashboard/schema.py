@@ -9,6 +9,7 @@ applies only the migrations the database has not seen, so no data is lost across
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -131,8 +132,17 @@ def _m4_code_attempts_and_device_renewal(db: sqlite_utils.Database) -> None:
         db.conn.execute("ALTER TABLE known_devices RENAME COLUMN created_ts TO last_login_ts")
 
 
+def _m5_retired_boxes(db: sqlite_utils.Database) -> None:
+    """Boxes taken off the site (``miroir dashboard retire``): their history stays, they do not."""
+    db.conn.executescript("""
+    CREATE TABLE IF NOT EXISTS retired_boxes (
+        box TEXT PRIMARY KEY, retired_ts REAL NOT NULL, retired_by TEXT NOT NULL);
+    """)
+
+
 MIGRATIONS: list[Migration] = [_m1_inventory_roles_audit, _m2_campaign_life_and_alerts,
-                               _m3_known_devices, _m4_code_attempts_and_device_renewal]
+                               _m3_known_devices, _m4_code_attempts_and_device_renewal,
+                               _m5_retired_boxes]
 """Ordered migrations; migration ``i`` (1-based) brings the schema to version ``i``."""
 
 
@@ -221,14 +231,21 @@ def import_inventory(db: sqlite_utils.Database, rows: Iterable[dict[str, Any]],
 
     Returns:
         The number of rows imported. Re-importing the same rows changes nothing.
+
+    Raises:
+        ValueError: a row names a retired box (:func:`retire_box`); nothing is imported.
     """
     from miroir import wire
 
     now = time.time() if now is None else now
     count = 0
+    retired = retired_boxes(db)
     with db.conn:
         for r in rows:
             box = wire.check_id(str(r["box"]).strip(), "box")
+            if box in retired:
+                raise ValueError(f"box {box} was retired (`miroir dashboard retire`): its id is "
+                                 "not used again; remove its row")
             row_site = r.get("site") or site
             team = (r.get("team") or "").strip() or None
             agent = (r.get("agent") or "").strip() or None
@@ -263,3 +280,60 @@ def _int_or_none(v: Any) -> int | None:
     if v is None or v == "":
         return None
     return int(v)
+
+
+# ------------------------------------------------------------------------- retirement
+def retired_boxes(db: sqlite_utils.Database) -> set[str]:
+    """The boxes retired from this site (their messages are refused, their history kept)."""
+    return {str(r[0]) for r in db.conn.execute("SELECT box FROM retired_boxes").fetchall()}
+
+
+def retire_box(db: sqlite_utils.Database, box: str, actor: str,
+               now: float | None = None) -> dict[str, Any]:
+    """Take a box off the site for good (revoked, lost, replaced), keeping its history.
+
+    The box leaves the floor, the IT page, the Prometheus series and the alerts (its open alert
+    is closed), its seat is freed (the seat history keeps who sat there, for the retention
+    period), the ingest refuses what it still publishes (a retained status comes back at every
+    restart), and the act is audited.
+
+    Args:
+        db: The open database (schema ensured).
+        box: The box id.
+        actor: Who retired it (the command line's user), for the audit log.
+        now: Wall-clock seconds since the epoch.
+
+    Returns:
+        ``{"box", "retired": False}`` if it was retired already (``retired_ts`` then), else
+        ``{"box", "retired": True, "seat", "agent", "alerts_closed"}``.
+
+    Raises:
+        ValueError: ``box`` is no box id, or this dashboard never knew it.
+    """
+    from miroir import wire
+
+    box = wire.check_id(box, "box")
+    now = time.time() if now is None else now
+    with db.conn:
+        row = db.conn.execute("SELECT retired_ts FROM retired_boxes WHERE box = ?",
+                              (box,)).fetchone()
+        if row is not None:
+            return {"box": box, "retired": False, "retired_ts": float(row[0])}
+        seat = db.conn.execute("SELECT label, agent FROM seats WHERE box = ?", (box,)).fetchone()
+        seen = db.conn.execute("SELECT 1 FROM boxes WHERE box = ?", (box,)).fetchone()
+        if seat is None and seen is None:
+            raise ValueError(f"box {box} is not known to this dashboard (no seat, never heard)")
+        label, agent = (seat[0], seat[1]) if seat else (None, None)
+        db.conn.execute("INSERT INTO retired_boxes (box, retired_ts, retired_by) VALUES (?, ?, ?)",
+                        (box, now, actor))
+        assign_seat(db, box, None, now)  # closes its seat history
+        db.conn.execute("DELETE FROM seats WHERE box = ?", (box,))
+        closed = db.conn.execute("UPDATE alerts SET cleared_ts = ? WHERE box = ? AND "
+                                 "cleared_ts IS NULL", (now, box)).rowcount
+        detail = {"box": box, "seat": label, "alerts_closed": closed}
+        db.conn.execute(
+            "INSERT INTO audit_log (ts, actor, actor_role, agent, action, detail) "
+            "VALUES (?, ?, 'it', ?, 'retire_box', ?)",
+            (now, actor, agent, json.dumps(detail, separators=(",", ":"), sort_keys=True)))
+    log.info("retired box %s (seat %s, %d alert(s) closed) by %s", box, label, closed, actor)
+    return {"box": box, "retired": True, "seat": label, "agent": agent, "alerts_closed": closed}

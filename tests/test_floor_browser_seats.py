@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from dashboard import db as store
-from dashboard import i18n, schema
+from dashboard import fleet, i18n, schema
 from dashboard.app import DashboardServer
 from miroir import wire
 from tests._fixtures_broker import wait_until
@@ -247,3 +247,103 @@ def test_the_box_status_decides_whether_a_seat_is_private(
     _seat(page, "box-b", "prospect")
     a.status(private=True)
     _seat(page, "box-a", "private")
+
+
+def _online_count(page: Any, count: int) -> None:
+    page.locator("#count-online").filter(has_text=re.compile(rf"^{count}$")).wait_for(
+        timeout=LIVE_WAIT_MS)
+
+
+def test_a_box_the_it_page_calls_silent_is_offline_on_the_floor_live_and_on_a_fresh_page(
+        browser_page: Any, dashboard_server: DashboardServer, site: Any, peer: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A box whose status still says online (a revoked box's Last Will is refused by the broker;
+    its retained status comes back when the dashboard restarts) but that sent nothing for
+    fleet.SILENT_AFTER_S is offline on the IT page: the floor said "En ligne" and counted it
+    online, with only its age in red. It now says offline, by the IT page's own threshold (made
+    short here, 4 s instead of 30 s, so that the test waits for it in real time)."""
+    silent_s = 4.0
+    monkeypatch.setattr(fleet, "SILENT_AFTER_S", silent_s)
+    page = browser_page
+    browser_login(page, dashboard_server.url)
+    a, b = Box(site, peer, "box-a"), Box(site, peer, "box-b")
+    a.status()
+    b.status()
+    a.metrics("agent")
+    b.metrics("prospect")
+    _seat(page, "box-a", "agent")
+    _seat(page, "box-b", "prospect")
+    _online_count(page, 2)
+    # box-b falls silent, its status still "online"; box-a goes on publishing
+    db = store.open_db(dashboard_server.settings.db_path)
+    try:
+        heard = db["boxes"].get("box-b")["last_seen_ts"]
+        while time.time() < heard + silent_s - 1.5:
+            a.metrics("agent")
+            time.sleep(0.5)
+        assert _seat(page, "box-b").get_attribute("data-state") == "prospect"  # not silent yet
+        assert not [x for x in fleet.fleet(db)["boxes"] if x["offline"]]
+        _online_count(page, 2)
+        while time.time() < heard + silent_s + 1.0:
+            a.metrics("agent")
+            time.sleep(0.5)
+        # the IT page calls box-b offline now; box-a is online
+        assert {x["box"]: x["offline"] for x in fleet.fleet(db)["boxes"]} == {
+            "box-a": False, "box-b": True}
+        seat = _seat(page, "box-b", "offline")
+        assert seat.locator(".online").inner_text() == "Hors ligne"
+        assert seat.locator(".talk-state").inner_text() == "Hors ligne"
+        _online_count(page, 1)
+        assert _seat(page, "box-a").get_attribute("data-state") == "agent"
+    finally:
+        db.conn.close()
+    fresh = page.context.new_page()  # a fresh page (same session), box-b still silent
+    fresh.goto(dashboard_server.url + "/")
+    fresh.wait_for_selector("body[data-stream-ready='1']")
+    assert _seat(fresh, "box-b").get_attribute("data-state") == "offline"
+    assert fresh.locator(".seat[data-box='box-b'] .online").inner_text() == "Hors ligne"
+    assert fresh.locator("#count-online").inner_text() in ("0", "1")  # box-a, if heard lately
+    # box-b is heard again: online at once
+    a.metrics("silence")
+    b.metrics("agent")
+    _seat(fresh, "box-b", "agent")
+    _online_count(fresh, 2)
+
+
+def test_a_retired_box_leaves_an_open_floor_and_a_fresh_one(
+        browser_page: Any, dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
+    """`miroir dashboard retire box-b` (a revoked box): the floor open at the time takes its seat
+    away within the stream's scope refresh, and a fresh page never shows it."""
+    from dashboard.routes.stream import SCOPE_REFRESH_S
+
+    db = store.open_db(dashboard_server.settings.db_path)
+    try:
+        schema.import_inventory(db, [{"box": "box-a", "seat": "A"}, {"box": "box-b", "seat": "B"}],
+                                site=site.site)
+    finally:
+        db.conn.close()
+    page = browser_page
+    browser_login(page, dashboard_server.url)
+    a, b = Box(site, peer, "box-a"), Box(site, peer, "box-b")
+    a.status()
+    b.status()
+    a.metrics("agent")
+    b.metrics("prospect")
+    _seat(page, "box-b", "prospect")
+    _online_count(page, 2)
+    db = store.open_db(dashboard_server.settings.db_path)
+    try:
+        assert schema.retire_box(db, "box-b", "it-tech")["retired"]
+    finally:
+        db.conn.close()
+    deadline = time.monotonic() + SCOPE_REFRESH_S + 5
+    while page.locator(".seat[data-box='box-b']").count():
+        assert time.monotonic() < deadline, "the retired box's seat stayed on the open floor"
+        a.metrics("agent")  # the floor is live: the stream re-checks its scope as it goes
+        page.wait_for_timeout(500)
+    assert page.locator("#count-total").inner_text() == "1"
+    _online_count(page, 1)
+    page.reload()
+    page.wait_for_selector("body[data-stream-ready='1']")
+    assert page.locator(".seat").count() == 1 and _seat(page, "box-a").count() == 1
+    assert page.locator("#count-total").inner_text() == "1"

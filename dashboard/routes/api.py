@@ -133,11 +133,12 @@ def floor_data(db: Any, user: User, site: str, pseudonymous: bool | None) -> dic
         "SELECT s.box, s.label, s.row, s.col, s.agent, a.name, a.team, a.campaign, a.private "
         "FROM seats s LEFT JOIN agents a ON a.agent = s.agent ORDER BY s.box"))
     known = {r["box"] for r in rows}
-    if boxes is None:  # admin: boxes seen but not yet in the inventory too
+    if boxes is None:  # admin: boxes seen but not yet in the inventory too (not retired ones)
+        retired = schema.retired_boxes(db)
         rows += [{"box": b, "label": b, "row": None, "col": None, "agent": None, "name": None,
                   "team": None, "campaign": None, "private": 0}
                  for (b,) in db.conn.execute("SELECT box FROM boxes ORDER BY box").fetchall()
-                 if b not in known]
+                 if b not in known and b not in retired]
     else:
         rows = [r for r in rows if r["box"] in boxes]
     for r in rows:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Path, Query
 
 from miroir import wire
 
-from .. import access
+from .. import access, schema
 from .. import db as store
 from .deps import CurrentUser, Db, Settings, require_role
 
@@ -21,10 +21,12 @@ BoxId = Annotated[str, Path(pattern=wire.ID_PATTERN.pattern)]
 
 @router.get("")
 def list_boxes(db: Db, settings: Settings, user: CurrentUser) -> dict[str, Any]:
-    """The boxes the user may see, with their state and latest metrics."""
+    """The boxes the user may see (not the retired ones), with their state and latest metrics."""
     require_role(user, "admin", "supervisor", "agent")
     allowed = access.visible_boxes(db, user)
-    boxes = [b for b in store.boxes_with_latest(db) if allowed is None or b["box"] in allowed]
+    retired = schema.retired_boxes(db)
+    boxes = [b for b in store.boxes_with_latest(db)
+             if (allowed is None or b["box"] in allowed) and b["box"] not in retired]
     access.hide_foreign_latest(db, access.visible_agents(db, user), boxes)
     return {"site": settings.site, "now": time.time(), "boxes": boxes}
 

@@ -30,8 +30,9 @@ def ingest_stats(request: Request, db: Db, user: CurrentUser) -> dict[str, Any]:
         stats = {"connected": False, "received": 0, "inserted": 0, "duplicates": 0,
                  "quarantined": 0, "lag_ms_p50": None, "lag_ms_p95": None,
                  "boxes_seen": 0}
-    stats["boxes_known"] = db["boxes"].count
+    live = "box NOT IN (SELECT box FROM retired_boxes)"
+    stats["boxes_known"] = db.conn.execute(f"SELECT count(*) FROM boxes WHERE {live}").fetchone()[0]
     stats["boxes_online"] = db.conn.execute(
-        "SELECT count(*) FROM boxes WHERE state = 'online'").fetchone()[0]
+        f"SELECT count(*) FROM boxes WHERE state = 'online' AND {live}").fetchone()[0]
     stats["live"] = request.app.state.hub.stats()
     return stats

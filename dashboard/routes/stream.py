@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
-from .. import access, auth
+from .. import access, auth, fleet, schema
 from .. import db as store
 from ..live import Hub, Subscription
 
@@ -49,17 +49,31 @@ def _agents(db_path: Any, username: str) -> list[str] | None:
         db.conn.close()
 
 
-def _snapshot(db_path: Any, site: str, allowed: set[str] | None,
-              agents: list[str] | None) -> dict[str, Any]:
-    """The boxes of ``allowed``, each with its latest metrics and talk-state history from the
-    rows of ``agents`` only (a seat's previous agent may be out of the reader's scope)."""
+def _retired(db_path: Any) -> set[str]:
+    """The boxes retired from the site (``miroir dashboard retire``)."""
     db = store.open_db(db_path)
     try:
-        boxes = [b for b in store.boxes_with_latest(db) if allowed is None or b["box"] in allowed]
+        return schema.retired_boxes(db)
+    finally:
+        db.conn.close()
+
+
+def _snapshot(db_path: Any, site: str, allowed: set[str] | None,
+              agents: list[str] | None) -> dict[str, Any]:
+    """The boxes of ``allowed`` but the retired ones, each with its latest metrics and talk-state
+    history from the rows of ``agents`` only (a seat's previous agent may be out of the reader's
+    scope), and the silence after which a box is offline (the IT page's,
+    :data:`dashboard.fleet.SILENT_AFTER_S`)."""
+    db = store.open_db(db_path)
+    try:
+        retired = schema.retired_boxes(db)
+        boxes = [b for b in store.boxes_with_latest(db)
+                 if (allowed is None or b["box"] in allowed) and b["box"] not in retired]
         access.hide_foreign_latest(db, agents, boxes)
         for box in boxes:
             box["history"] = access.talk_history(db, agents, box["box"], HISTORY)
-        return {"site": site, "now": time.time(), "boxes": boxes}
+        return {"site": site, "now": time.time(), "silent_after_s": fleet.SILENT_AFTER_S,
+                "boxes": boxes}
     finally:
         db.conn.close()
 
@@ -97,7 +111,8 @@ def _box_of(text: str) -> str | None:
 
 @router.get("/stream")
 async def stream(request: Request) -> StreamingResponse:
-    """``snapshot`` event first, then ``update`` events for the boxes in the user's scope."""
+    """``snapshot`` event first, then ``update`` events for the boxes in the user's scope, and a
+    ``retired`` event (``{"box": ...}``) for a box retired meanwhile (``miroir dashboard retire``)."""
     hub: Hub = request.app.state.hub
     settings = request.app.state.settings
     username = request.state.user
@@ -119,6 +134,7 @@ async def stream(request: Request) -> StreamingResponse:
         except HTTPException:
             return
         scoped_at = time.monotonic()
+        retired = await run_in_threadpool(_retired, settings.db_path)
         agents = await run_in_threadpool(_agents, settings.db_path, username)
         snap = await run_in_threadpool(_snapshot, settings.db_path, settings.site, allowed, agents)
         yield f"retry: {RETRY_MS}\n\n"
@@ -126,12 +142,18 @@ async def stream(request: Request) -> StreamingResponse:
         while not await request.is_disconnected():
             text = await sub.get(timeout_s=KEEPALIVE_S)
             if time.monotonic() - scoped_at > SCOPE_REFRESH_S:
+                shown = allowed
                 try:  # a logout, a disabled user or an expired session ends the stream
                     allowed = await run_in_threadpool(_scope, settings.db_path, username, token,
                                                       settings.session_idle_s)
                 except HTTPException:
                     return
                 scoped_at = time.monotonic()
+                now_retired = await run_in_threadpool(_retired, settings.db_path)
+                for box in sorted(now_retired - retired):  # the page takes its seat away
+                    if shown is None or box in shown:
+                        yield sse("retired", {"box": box})
+                retired = now_retired
             if text is None:
                 yield ": keepalive\n\n"
             elif allowed is None or _box_of(text) in allowed:

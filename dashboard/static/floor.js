@@ -26,6 +26,7 @@
   let layoutCols = null;
   let messages = 0;
   let clockSkewS = 0;      // server clock minus browser clock, from the snapshot
+  let silentAfterS = null; // a box silent this long is offline: the IT page's rule, from the snapshot
 
   function nowS() { return Date.now() / 1000 + clockSkewS; }
 
@@ -93,8 +94,17 @@
     return !!(s && s.private);
   }
 
+  // Offline as the IT page says it (dashboard/fleet.py is_offline): its status says so (its Last
+  // Will), or the dashboard has heard nothing from it for silentAfterS, whatever its status said.
+  function isOffline(b) {
+    return b.state === "offline"
+      || (silentAfterS !== null && !!b.lastTs && nowS() - b.lastTs > silentAfterS);
+  }
+
+  function onlineState(b) { return isOffline(b) ? "offline" : (b.state || "unknown"); }
+
   function displayState(b) {
-    if (b.state === "offline") return "offline";
+    if (isOffline(b)) return "offline";
     if (isPrivate(b)) return "private";
     if (!b.captureOk) return "no_capture";
     return b.talk || "unknown";
@@ -129,7 +139,7 @@
   // Counted in call: a seat whose box says so and is heard from (online, not stale, its capture
   // working). A private seat sends nothing about its call: whether it is in one is not known.
   function countsInCall(b) {
-    return b.inCall && b.state !== "offline" && !isPrivate(b) && b.captureOk && !isStale(b);
+    return b.inCall && !isOffline(b) && !isPrivate(b) && b.captureOk && !isStale(b);
   }
 
   function pct(x) { return (x === null || x === undefined) ? "—" : Math.round(x * 100) + " %"; }
@@ -147,11 +157,12 @@
     const st = displayState(b);
     el.className = "seat st-" + st + (el.classList.contains("stale") ? " stale" : "");
     el.dataset.state = st;
-    el.dataset.online = b.state || "unknown";
+    const online = onlineState(b);
+    el.dataset.online = online;
     el.querySelector(".talk-state").textContent = t("state." + st);
     const on = el.querySelector(".online");
-    on.textContent = t("online." + (b.state || "unknown"));
-    on.className = "online " + (b.state || "unknown");
+    on.textContent = t("online." + online);
+    on.className = "online " + online;
     const m = b.metrics || {};
     const near = m.near_speech_ratio, far = m.far_speech_ratio;
     el.querySelector(".fill-agent").style.width = ((near || 0) * 100) + "%";
@@ -255,6 +266,7 @@
 
   function applySnapshot(snap) {
     clockSkewS = snap.now - Date.now() / 1000;
+    if (typeof snap.silent_after_s === "number") silentAfterS = snap.silent_after_s;
     for (const row of snap.boxes) {
       const b = getBox(row.box);
       b.state = row.state;
@@ -272,10 +284,19 @@
     refreshCounters();
   }
 
+  // A box retired by site IT (miroir dashboard retire) leaves the floor: its seat and its count.
+  function retire(id) {
+    const b = boxes.get(id);
+    if (b && b.el) b.el.remove();
+    boxes.delete(id);
+    seats.delete(id);
+    refreshCounters();
+  }
+
   function refreshCounters() {
     let online = 0, inCall = 0;
     for (const b of boxes.values()) {
-      if (b.state === "online") online += 1;
+      if (onlineState(b) === "online") online += 1;
       if (countsInCall(b)) inCall += 1;
     }
     setText("count-online", online);
@@ -339,6 +360,7 @@
       document.body.dataset.streamReady = "1";
     });
     es.addEventListener("update", (e) => applyUpdate(JSON.parse(e.data)));
+    es.addEventListener("retired", (e) => retire(JSON.parse(e.data).box));
     es.addEventListener("error", () => {
       setConn(false);
       if (es.readyState === EventSource.CLOSED) {
@@ -375,7 +397,10 @@
   pollStats();
   setInterval(pollStats, STATS_EVERY_MS);
   setInterval(() => {
-    for (const b of boxes.values()) { renderAge(b); renderCues(b); }
-    refreshCounters();  // a seat gone stale is no longer counted in call
+    for (const b of boxes.values()) {
+      if (b.el && b.el.dataset.online !== onlineState(b)) render(b);  // gone silent: offline
+      else { renderAge(b); renderCues(b); }
+    }
+    refreshCounters();  // a seat gone stale is no longer counted in call, one gone silent online
   }, 1000);
 })();
