@@ -232,6 +232,37 @@ def test_a_replayed_moment_shows_only_the_cues_and_flags_of_its_minute(
 
 
 # ------------------------------------------------------------------ the agent's live strip
+class _AgentsBox:
+    """Agent ``ines`` (password USER_PASSWORD) at seat A, and box-a publishing through the real
+    broker with its own certificate: ``status()`` (retained) and ``metrics(talk_state)``."""
+
+    def __init__(self, dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
+        from tests._fixtures_dashboard import USER_PASSWORD
+
+        db = store.open_db(dashboard_server.settings.db_path)
+        try:
+            schema.import_inventory(db, [{"box": "box-a", "seat": "A", "agent": "agent-a"}],
+                                    site=site.site)
+            auth.create_user(db, "ines", USER_PASSWORD, "agent", agent="agent-a")
+        finally:
+            db.conn.close()
+        self.site = site.site
+        self.box = peer(site.box("box-a"), "box-a")
+        self.seq = 0
+
+    def status(self, state: str = "online", **extra: Any) -> None:
+        msg = wire.status_message(self.site, "box-a", state, time.time(), **extra)
+        self.box.publish(wire.topic(self.site, "box-a", "status"), wire.encode("status", msg),
+                         retain=True)
+
+    def metrics(self, talk_state: str) -> None:
+        self.seq += 1
+        self.box.publish(wire.topic(self.site, "box-a", "metrics"), wire.encode("metrics", {
+            "v": wire.SCHEMA_VERSION, "site": self.site, "box": "box-a", "ts": time.time(),
+            "seq": self.seq, "t_start": float(self.seq), "window_s": 1.0, "talk_state": talk_state,
+            "near_talking": talk_state == "agent", "far_talking": talk_state == "prospect"}))
+
+
 def test_the_agents_live_strip_says_private_or_offline_never_the_last_talk_state(
         browser_page: Any, dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
     """The agent's own page, fed by the box through the real broker: once the box says private
@@ -239,27 +270,8 @@ def test_the_agents_live_strip_says_private_or_offline_never_the_last_talk_state
     talk state the box last measured before."""
     from tests._fixtures_dashboard import USER_PASSWORD
 
-    db = store.open_db(dashboard_server.settings.db_path)
-    try:
-        schema.import_inventory(db, [{"box": "box-a", "seat": "A", "agent": "agent-a"}],
-                                site=site.site)
-        auth.create_user(db, "ines", USER_PASSWORD, "agent", agent="agent-a")
-    finally:
-        db.conn.close()
-    box = peer(site.box("box-a"), "box-a")
-    seq = [0]
-
-    def status(state: str = "online", **extra: Any) -> None:
-        msg = wire.status_message(site.site, "box-a", state, time.time(), **extra)
-        box.publish(wire.topic(site.site, "box-a", "status"), wire.encode("status", msg),
-                    retain=True)
-
-    def metrics(talk_state: str) -> None:
-        seq[0] += 1
-        box.publish(wire.topic(site.site, "box-a", "metrics"), wire.encode("metrics", {
-            "v": wire.SCHEMA_VERSION, "site": site.site, "box": "box-a", "ts": time.time(),
-            "seq": seq[0], "t_start": float(seq[0]), "window_s": 1.0, "talk_state": talk_state,
-            "near_talking": talk_state == "agent", "far_talking": talk_state == "prospect"}))
+    seat = _AgentsBox(dashboard_server, site, peer)
+    status, metrics = seat.status, seat.metrics
 
     page = browser_page
     strip = page.locator("#live-state")
@@ -292,6 +304,28 @@ def test_the_agents_live_strip_says_private_or_offline_never_the_last_talk_state
     page.reload()
     page.wait_for_selector("body[data-stream-ready='1']")
     assert strip.inner_text() == "Hors ligne"
+
+
+def test_the_agents_live_strip_says_offline_when_the_box_falls_silent(
+        browser_page: Any, dashboard_server: DashboardServer, site: Any, peer: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A box whose status still says online but that has sent nothing for the IT page's silence
+    threshold (made 4 s here) is offline on the agent's own strip too, as on the floor; its next
+    message brings the talk state back."""
+    from dashboard import fleet
+    from tests._fixtures_dashboard import USER_PASSWORD
+
+    monkeypatch.setattr(fleet, "SILENT_AFTER_S", 4.0)
+    seat = _AgentsBox(dashboard_server, site, peer)
+    seat.status(private=False)
+    seat.metrics("agent")
+    page = browser_page
+    browser_login(page, dashboard_server.url, "ines", USER_PASSWORD, landing="/me")
+    page.wait_for_selector("body[data-stream-ready='1']")
+    page.locator("#live-state", has_text="Agent parle").wait_for(timeout=2000)
+    page.locator("#live-state", has_text="Hors ligne").wait_for(timeout=8000)  # silent for 4 s
+    seat.metrics("prospect")
+    page.locator("#live-state", has_text="Prospect parle").wait_for(timeout=3000)
 
 
 # ------------------------------------------------------------------ screens

@@ -103,10 +103,20 @@
 
   // The box's word on the seat: offline or private (its status) comes before any talk state, and
   // the talk state measured before either is over (nothing of a private stretch is shown).
-  const seat = { state: null, priv: false, talk: null };
+  // A box the dashboard has not heard for the IT page's silence threshold is offline too, whatever
+  // its last status said (a revoked box's Last Will never comes), as on the floor.
+  const seat = { state: null, priv: false, talk: null, heardS: null };
+  let silentAfterS = null, clockSkewS = 0;
+
+  function silent() {
+    return silentAfterS !== null && seat.heardS !== null
+      && Date.now() / 1000 + clockSkewS - seat.heardS > silentAfterS;
+  }
+
+  function heard(ts) { if (ts && (seat.heardS === null || ts > seat.heardS)) seat.heardS = ts; }
 
   function showSeat(el) {
-    const key = seat.state === "offline" ? "offline" : seat.priv ? "private" : seat.talk;
+    const key = seat.state === "offline" || silent() ? "offline" : seat.priv ? "private" : seat.talk;
     el.textContent = key ? t("state." + key) : "—";
     el.dataset.state = key || "unknown";
   }
@@ -124,8 +134,11 @@
     const es = new EventSource("/api/stream");
     es.addEventListener("snapshot", (e) => {
       const snap = JSON.parse(e.data);
+      if (typeof snap.silent_after_s === "number") silentAfterS = snap.silent_after_s;
+      if (typeof snap.now === "number") clockSkewS = snap.now - Date.now() / 1000;
       for (const b of snap.boxes) {
         seat.talk = b.metrics ? b.metrics.talk_state : null;
+        heard(b.last_seen_ts || b.last_status_ts);
         applyStatus(b.state, b.private);
       }
       showSeat(state);
@@ -133,6 +146,9 @@
     });
     es.addEventListener("update", (e) => {
       const u = JSON.parse(e.data);
+      if (u.kind === "metrics" || u.kind === "status") {
+        heard(typeof u.ingested_ts === "number" ? u.ingested_ts : u.ts);
+      }
       if (u.kind === "metrics") {
         seat.talk = u.talk_state;
         showSeat(state);
@@ -160,5 +176,11 @@
   }
 
   load();
-  if (selfView) live();
+  if (selfView) {
+    live();
+    setInterval(() => {  // a box gone silent turns offline without a message to say so
+      const el = document.getElementById("live-state");
+      if (el) showSeat(el);
+    }, 1000);
+  }
 })();
