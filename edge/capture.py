@@ -267,7 +267,8 @@ class _Input:
             # block got in (a file PCM delivers far faster than the wall clock: nothing to restore);
             # capture times may run ahead of it after a late callback, never by an hour
             slack_s = ADC_SLACK_S if self._overflow_lost else 0.0
-            lost = min(self._lost_frames, round((now - self._put_t + slack_s) * self.rate_hz))
+            # (never below none: the opener may have set _put_t after this callback read the clock)
+            lost = max(0, min(self._lost_frames, round((now - self._put_t + slack_s) * self.rate_hz)))
             self.queue.put_nowait((lost, data))
             self._lost_frames = 0
             self._overflow_lost = False
@@ -372,11 +373,12 @@ class CaptureSource:
             for inp in self._inputs:  # opening is slow: open both, then start them back to back,
                 self._open_stream(inp)  # so that two mono devices start together
             for inp in self._inputs:
+                # before the start: the callback thread may run before start_stream() returns
+                inp.last_data = inp._put_t = time.monotonic()
                 try:
                     inp.stream.start_stream()
                 except OSError as exc:
                     raise CaptureError(f"capture device {inp.name!r} failed to start: {exc}") from None
-                inp.last_data = inp._put_t = time.monotonic()
         except BaseException:
             self.close()
             raise

@@ -467,6 +467,31 @@ def test_a_capture_clock_that_jumps_an_hour_adds_no_hour_of_silence(
     assert got.shape[1] <= 2048 + (0.128 + ADC_SLACK_S) * RATE_HZ
 
 
+def test_a_first_block_read_before_the_opener_noted_the_start_is_no_negative_silence(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """PortAudio's callback thread runs as soon as the stream starts: it may read the clock just
+    before the opening thread notes the start time. That block has nothing lost before it; it was
+    queued with a negative count of lost frames, and reading it raised "negative count" (seen under
+    load, in `miroir edge check` through ALSA)."""
+    import edge.capture
+    from edge.capture import _drain, _Input
+
+    src = CaptureSource(CaptureConfig("any", queue_blocks=8, block_ms=64.0))
+    inp = _Input(src, {"name": "any", "index": 0}, 1, RATE_HZ, None)
+    inp._put_t = 1000.0
+
+    def clock() -> float:  # the callback reads 1000.0; the opener then notes its start, 10 ms on
+        inp._put_t = 1000.01
+        return 1000.0
+
+    monkeypatch.setattr(edge.capture.time, "monotonic", clock)
+    block = np.full(1024, 9, dtype="<i2").tobytes()
+    inp.callback(block, 1024, None, 0)
+    got = inp.convert(_drain(inp.queue, 0.0))
+    assert got.shape == (1, 1024)
+    assert np.all(np.round(got * 32768) == 9)
+
+
 def test_another_threads_log_line_is_not_diverted_while_portaudio_probes() -> None:
     """PortAudio's probing noise is diverted from descriptor 2 for a moment; an error the MQTT
     thread logs meanwhile still reaches the journal (the command's log has its own descriptor)."""
