@@ -122,8 +122,12 @@ def read_wav(path: Path, *, notice: bool = True) -> Recording:
         raise AudioInputError(f"{path}: is a directory, not a WAV file") from None
     except (wave.Error, EOFError) as exc:
         why = str(exc) or "empty, or cut short in its header"
+        convert = "convert them first, e.g. `sox IN.wav -b 16 -e signed OUT.wav`"
         if why.endswith("format: 3"):  # float samples (plain or extensible)
-            why = "float samples; convert them first, e.g. `sox IN.wav -b 16 -e signed OUT.wav`"
+            why = f"float samples; {convert}"
+        elif why.endswith(("format: 6", "format: 7")):  # G.711, as phone systems record calls
+            law = "A-law" if why.endswith("6") else "mu-law"
+            why = f"{law} samples (G.711, a phone system's recording); {convert}"
         raise AudioInputError(f"{path}: not a readable PCM WAV file ({why})") from None
     except OSError as exc:  # no permission, a path through a file
         raise AudioInputError(f"{path}: cannot read ({exc.strerror or exc})") from None

@@ -86,6 +86,8 @@ def test_other_rates_resampled_with_a_notice(tmp_path, rate_hz):
     ("empty", "holds no audio"),
     ("zero_bytes", "empty, or cut short in its header"),
     ("extensible_float", "float samples; convert them first"),
+    ("alaw", "A-law samples (G.711, a phone system's recording); convert them first"),
+    ("mulaw", "mu-law samples (G.711, a phone system's recording); convert them first"),
     ("missing", "no such file"),
     ("through_a_file", "cannot read (Not a directory)"),
 ])
@@ -117,6 +119,9 @@ def test_bad_input_one_line_error(tmp_path, case, message):
         _write_wav(path, np.zeros(0, dtype="<i2"), 16000)
     elif case == "zero_bytes":
         path.write_bytes(b"")
+    elif case in ("alaw", "mulaw"):  # as a PBX records calls, written by sox
+        subprocess.run(["sox", str(SHARED / "emodb" / "wav" / "03a01Fa.wav"), "-r", "8000",
+                        "-e", "a-law" if case == "alaw" else "mu-law", str(path)], check=True)
     elif case == "extensible_float":  # WAVE_FORMAT_EXTENSIBLE (0xFFFE), float subformat (3)
         fmt = (struct.pack("<HHIIHH", 0xFFFE, 1, 16000, 64000, 4, 32) + struct.pack("<HHI", 22, 32, 4)
                + bytes.fromhex("0300000000001000800000aa00389b71"))
