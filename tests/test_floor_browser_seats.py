@@ -249,6 +249,17 @@ def test_the_box_status_decides_whether_a_seat_is_private(
     _seat(page, "box-a", "private")
 
 
+def _two_boxes_talking(page: Any, url: str, site: Any, peer: Any) -> tuple[Box, Box]:
+    """Log in to the floor; box-a online with the agent talking, box-b with the prospect."""
+    browser_login(page, url)
+    a, b = Box(site, peer, "box-a"), Box(site, peer, "box-b")
+    a.status()
+    b.status()
+    a.metrics("agent")
+    b.metrics("prospect")
+    return a, b
+
+
 def _online_count(page: Any, count: int) -> None:
     page.locator("#count-online").filter(has_text=re.compile(rf"^{count}$")).wait_for(
         timeout=LIVE_WAIT_MS)
@@ -265,12 +276,7 @@ def test_a_box_the_it_page_calls_silent_is_offline_on_the_floor_live_and_on_a_fr
     silent_s = 4.0
     monkeypatch.setattr(fleet, "SILENT_AFTER_S", silent_s)
     page = browser_page
-    browser_login(page, dashboard_server.url)
-    a, b = Box(site, peer, "box-a"), Box(site, peer, "box-b")
-    a.status()
-    b.status()
-    a.metrics("agent")
-    b.metrics("prospect")
+    a, b = _two_boxes_talking(page, dashboard_server.url, site, peer)
     _seat(page, "box-a", "agent")
     _seat(page, "box-b", "prospect")
     _online_count(page, 2)
@@ -323,12 +329,7 @@ def test_a_retired_box_leaves_an_open_floor_and_a_fresh_one(
     finally:
         db.conn.close()
     page = browser_page
-    browser_login(page, dashboard_server.url)
-    a, b = Box(site, peer, "box-a"), Box(site, peer, "box-b")
-    a.status()
-    b.status()
-    a.metrics("agent")
-    b.metrics("prospect")
+    a, _ = _two_boxes_talking(page, dashboard_server.url, site, peer)
     _seat(page, "box-b", "prospect")
     _online_count(page, 2)
     db = store.open_db(dashboard_server.settings.db_path)
