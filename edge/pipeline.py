@@ -659,6 +659,8 @@ class Pipeline:
     def _apply_call_state(self) -> None:
         self.conversation.call_state(self._call_state)
         self.signals.hold(self._call_state == "hold")
+        if self._call_state == "idle":
+            self.signals.ended()
 
     def _segment(self, ch: str, change: str, t_s: float) -> None:
         if change == "start":

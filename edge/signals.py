@@ -236,6 +236,8 @@ class Signals:
         self._far_silent_s = 0.0
         self._far_tone_s = 0.0
         self._in_call = False
+        self._ended = False
+        """The call-state input ended the call, whose ``call_end`` has not come yet."""
         self._why = "idle"
         self._live_since_s = math.inf
         """Start of the current stretch in which cues may be raised (no hold, mute, idle)."""
@@ -296,6 +298,11 @@ class Signals:
         """Explicit hold from the call-state input (softphone or CTI connector)."""
         self._hold_explicit = on
 
+    def ended(self) -> None:
+        """The softphone or CTI connector ended the call: no cue from now (its ``call_end``
+        reaches :meth:`event` a few frames later, when the conversation stage has caught up)."""
+        self._ended = True
+
     # ------------------------------------------------------------------------------ events
     def event(self, body: dict[str, Any], t_s: float) -> list[dict[str, Any]]:
         """Take one conversation or gate event as it is produced; return cue events to emit first.
@@ -330,7 +337,7 @@ class Signals:
         elif name == "interruption" and ch == "near":  # the prospect yielded: any length counts
             self._talking_over(float(body.get("duration_s", 0.0)), interruption=True)
         elif name == "call_start":
-            self._in_call = True
+            self._in_call, self._ended = True, False
             self._answers_from_s = t
             self._new_call()
             self._reset_summary(t)
@@ -338,9 +345,23 @@ class Signals:
             self._in_call = False
             self._answers_from_s = math.inf  # (an ended call's answers are handed over late)
             out += self.close(t_s)
+            self._give_back(t)
             body.update(self.summary(t))  # a call's end is known late: what came after is not its
             self._new_call()
         return out
+
+    def _give_back(self, end_s: float) -> None:
+        """Cues raised after the call's end (a quiet line is known to be a hang-up only 20 s
+        late) were not about a call: give them back to the hourly budget and the cooldowns."""
+        for cue, start_s, _ in self._episodes:
+            if start_s >= end_s:
+                if start_s in self._raised:
+                    self._raised.remove(start_s)
+                ended = [off for c, s, off in self._episodes if c == cue and s < end_s]
+                if ended and ended[-1] is not None:
+                    self._last_off[cue] = ended[-1]
+                else:
+                    self._last_off.pop(cue, None)
 
     def _talking_over(self, value_s: float, interruption: bool = False) -> None:
         """Raise 'talking over' at the next tick: the evidence is the overlap's length, against
@@ -451,7 +472,7 @@ class Signals:
             return "hold"
         if tick.near_flat_s >= a.mute_after_s or m.get("near_signal") == "none":
             return "muted"
-        if not m.get("in_call", self._in_call):
+        if not m.get("in_call", self._in_call) or self._ended:
             return "idle"
         if a.budget_per_hour == 0:
             return "budget"
@@ -632,7 +653,8 @@ class Signals:
             A ``cue_on`` body, or nothing.
         """
         sr = self.campaign.slow_response
-        if (not sr.enabled or self._why or self._hold_explicit or self._far_tone_s
+        if (not sr.enabled or self._why or self._ended
+                or self._hold_explicit or self._far_tone_s
                 or "slow_response" in self.active or near_flat_s >= self.campaign.alerts.mute_after_s
                 or far_kind in FAR_HOLD_KINDS or far_kind in FAR_TONE_KINDS):
             return []

@@ -591,3 +591,37 @@ def test_every_ami_headset_pairing_runs_through_the_pipeline(model):
         n = min(len(heads[a]), len(heads[b]))
         report = analyze(np.stack([heads[a][:n], heads[b][:n]]), model)
         assert report["duration_s"] > 50 and report["call"]["near_speech_ratio"] > 0, (a, b)
+
+
+def test_a_hang_up_after_the_prospect_spoke_costs_no_budget_nor_cooldown(model):
+    """Budget two cues an hour. Two calls end on the prospect's last words and a quiet line (no
+    busy tone, no softphone signal): "the prospect is waiting" is raised 2 s after each, before
+    anything can tell the call has ended. The call end, found 20 s into the silence, gives those
+    cues back to the budget and the cooldown: the next call's real wait, 4.5 s after it starts
+    and 19.5 s after the last late cue ended, is cued (the hour's budget and the 20 s cooldown
+    had both refused it)."""
+    ended = _timeline(40.0, [(1, "03", 1.0, 5.0), (0, "08", 5.6, 12.0), (1, "03", 12.6, 15.0)])
+    waits = _timeline(12.0, [(1, "03", 0.5, 2.5), (0, "08", 6.5, 9.0)])
+    pipe = Pipeline(model, campaign=from_mapping({"alerts": {"budget_per_hour": 2}}))
+    events = _feed(pipe, np.concatenate([ended, ended, waits], axis=1))
+    ends = [e["t_audio_s"] for e in events if e["name"] == "call_end"]
+    cues = [(e["name"], e["cue"], e["t_audio_s"]) for e in events if e["name"].startswith("cue_")]
+    assert len(ends) == 3 and [c[:2] for c in cues[:4]] == [("cue_on", "slow_response"),
+                                                            ("cue_off", "slow_response")] * 2
+    assert ends[0] < cues[0][2] < 40.0 < ends[1] < cues[2][2]  # raised after each call's end
+    assert cues[4:5] == [("cue_on", "slow_response", cues[4][2])] and 84.0 < cues[4][2] < 85.5
+    assert cues[4][2] - cues[3][2] < 20.0 and pipe.signals.suppressed_by_budget == 0
+
+
+def test_no_one_is_waiting_once_the_softphone_ended_the_call(model):
+    """The prospect's last words, then the softphone sets the call idle 1.9 s later: no "the
+    prospect is waiting" (it was raised 64 ms after the call's end, between two windows)."""
+    from edge.conversation import ConversationConfig
+
+    audio = _timeline(24.0, [(1, "03", 1.0, 5.0), (0, "08", 5.6, 12.0), (1, "03", 12.6, 15.0)])
+    for idle_s in (15.5, 16.9):
+        pipe = Pipeline(model, conversation=ConversationConfig(call_start_on_speech=False))
+        events = _feed(pipe, audio, {0.5: "active", idle_s: "idle"})
+        end = next(e["t_audio_s"] for e in events if e["name"] == "call_end")
+        assert abs(end - idle_s) < 0.1
+        assert not [e for e in events if e["name"] == "cue_on"], (idle_s, events)
