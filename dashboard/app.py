@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from miroir import wire
 
@@ -90,7 +91,8 @@ def create_app(settings: DashboardSettings, *, start_ingest: bool = True) -> Fas
     app.state.password_checks = auth.CheckGate(settings.login_max_concurrent_checks)
     for module in (session, pages, api, boxes, stream, health, fleet_routes):
         app.include_router(module.router)
-    app.add_exception_handler(RequestValidationError, deps.validation_error)
+    app.add_exception_handler(RequestValidationError, deps.page_error)
+    app.add_exception_handler(StarletteHTTPException, deps.page_error)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     # Added last = outermost: headers go on every response, including the auth redirects.
     app.add_middleware(auth.AuthMiddleware, db_path=settings.db_path,

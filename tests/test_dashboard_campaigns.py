@@ -59,6 +59,18 @@ def test_supervisor_creates_runs_and_closes_a_campaign_within_their_teams(org: A
         assert (made["team"], made["closed_ts"]) == ("team-a", None)
         v1, v2 = (v["id"] for v in made["variants"])
         assert c.post("/api/campaigns", json=body, headers=hdr).status_code == 409
+        # A browser's failed form gets a page; the API, even asked for HTML, its JSON answer.
+        page = {"accept": "text/html"}
+        r = c.post("/campaigns/salon-nantes/variants", headers=page,
+                   data={"csrf": hdr["x-csrf-token"], "name": "Preuve sociale"})
+        assert r.status_code == 409 and r.headers["content-type"].startswith("text/html")
+        assert 'id="error-back" href="/campaigns/salon-nantes"' in r.text
+        r = c.post("/campaigns/salon-nantes/variants", headers=page, data={"csrf": hdr["x-csrf-token"]})
+        assert r.status_code == 422 and '<code id="error-detail">name</code>' in r.text
+        r = c.post("/api/campaigns/salon-nantes/variants", json={"name": "Preuve sociale"},
+                   headers={**hdr, **page})
+        assert (r.status_code, r.json()) == (409, {"detail": "a variant has that name already"})
+        assert c.get("/agents/nobody", headers=page).text.count('href="/"') >= 1
         r = c.post("/api/campaigns/salon-nantes/variants",
                    json={"name": "Bénéfice chiffré", "text": "…"}, headers=hdr)
         assert r.status_code == 201

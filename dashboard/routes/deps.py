@@ -11,9 +11,12 @@ from typing import Annotated, Any
 import sqlite_utils
 from fastapi import Depends, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from .. import db as store
 from .. import i18n
@@ -55,6 +58,48 @@ async def validation_error(request: Request, exc: Exception) -> Response:
     ``Infinity``: JSON has none) written as text instead of failing the answer with a 500."""
     errors = exc.errors() if isinstance(exc, RequestValidationError) else []
     return JSONResponse(status_code=422, content={"detail": _finite(jsonable_encoder(errors))})
+
+
+ERROR_KEYS = {400: "error.bad", 403: "error.forbidden", 404: "error.not_found",
+              405: "error.bad", 409: "error.conflict", 413: "error.too_large", 422: "error.invalid"}
+"""The translated sentence of each error status a page can meet (``error.other`` otherwise)."""
+
+
+def _wants_page(request: Request) -> bool:
+    """A browser asking for a page or sending a page's form, not a client of the JSON API."""
+    return not request.url.path.startswith("/api/") \
+        and "text/html" in request.headers.get("accept", "")
+
+
+def _way_back(request: Request) -> str:
+    """The page a failed form was on (its action's parent, if that is a page), else home."""
+    parent = request.url.path.rstrip("/").rsplit("/", 1)[0]
+    if request.method != "GET" and parent:
+        scope = {"type": "http", "path": parent, "method": "GET"}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.routes):
+            return parent
+    return "/"
+
+
+async def page_error(request: Request, exc: Exception) -> Response:
+    """An error as a page in the user's language with a way back for a browser (forms and pages
+    answered raw JSON), as JSON for the API."""
+    if isinstance(exc, RequestValidationError):
+        if not _wants_page(request):
+            return await validation_error(request, exc)
+        status, headers = 422, None
+        detail = ", ".join(sorted({str(e["loc"][-1]) for e in exc.errors() if e.get("loc")}))
+    else:
+        assert isinstance(exc, StarletteHTTPException)
+        if not _wants_page(request) or exc.status_code < 400:
+            return await http_exception_handler(request, exc)
+        status, headers = exc.status_code, exc.headers
+        detail = exc.detail if isinstance(exc.detail, str) else ""
+    response = render(request, "error.html", {"status": status, "detail": detail,
+                                              "message": ERROR_KEYS.get(status, "error.other"),
+                                              "back": _way_back(request)}, status)
+    response.headers.update(headers or {})
+    return response
 
 
 def get_settings(request: Request) -> DashboardSettings:
