@@ -209,3 +209,31 @@ def test_a_stale_private_off_does_not_end_the_private_call_the_agent_started_sin
     assert send("identify", 300.0) == "identify"  # harmless when late: blinks the LED
     assert send("private_off", 2.0) == "private_off" and not box.private
     box.outbox.close()
+
+
+def test_an_oversized_local_command_is_refused_as_too_long(tmp_path, caplog) -> None:
+    """A CTI connector that sends a long datagram (several commands in one, a JSON document) reads
+    in the box's journal that it was too long, not that it sent an empty command ''."""
+    import logging
+    import socket
+
+    from edge.control import ControlSocket
+
+    box = Box(EdgeSettings(site="site-a", box="box-a", broker_port=9, state_dir=tmp_path / "state"),
+              load_vad_model(), version="test")
+    control = ControlSocket(tmp_path / "run" / "control")
+    padded = b"call hold" + "\x85".encode() * 200  # NEL: whitespace to str.split()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        for datagram in (b"call active\n" * 30, padded, b"\xff" * 200, b"call hold"):
+            sock.sendto(datagram, str(control.path))
+    with caplog.at_level(logging.WARNING, logger="edge.box"):
+        done = [box.handle_local(text) for text in control.take()]
+    control.close()
+    box.outbox.close()
+    assert done == ["refused", "refused", "refused", "call_state"]
+    assert box.call_state == "hold" and box.cmd_refused == 3
+    refusals = [r.getMessage() for r in caplog.records]
+    assert len(refusals) == 3
+    assert "over 256 bytes" in refusals[0] and "over 256 bytes" in refusals[1], refusals
+    assert "unknown local command '\\udcff" in refusals[2], refusals  # 200 bytes: not too long
+    assert not [r for r in refusals if "command ''" in r], refusals
