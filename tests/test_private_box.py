@@ -237,3 +237,34 @@ def test_an_oversized_local_command_is_refused_as_too_long(tmp_path, caplog) -> 
     assert "over 256 bytes" in refusals[0] and "over 256 bytes" in refusals[1], refusals
     assert "unknown local command '\\udcff" in refusals[2], refusals  # 200 bytes: not too long
     assert not [r for r in refusals if "command ''" in r], refusals
+
+
+def test_the_cti_example_of_docs_wire_md_runs_on_the_box_image(tmp_path) -> None:
+    """docs/wire.md's shell example for a CTI connector, run as written (the socket's path aside)
+    and using only what the box image installs: it sets the call state through the real socket."""
+    import re
+    import shlex
+    import subprocess
+
+    from edge.control import ControlSocket
+
+    repo = Path(__file__).resolve().parents[1]
+    text = " ".join((repo / "docs" / "wire.md").read_text().split())
+    example = re.search(r"A CTI connector in a shell[^:]*:\s*`([^`]+)`", text)
+    assert example, "docs/wire.md has no CTI connector example"
+    packages = set()
+    for listing in (repo / "firmware" / "stage-miroir" / "00-packages").iterdir():
+        packages |= {w for line in listing.read_text().splitlines()
+                     if not line.startswith("#") for w in line.split()}
+    programs = [shlex.split(part)[0] for part in example.group(1).split("|")]
+    missing = [p for p in programs if p not in packages | {"printf", "echo"}]  # shell builtins
+    assert not missing, f"the example needs {missing}, which the box image does not install"
+    box = Box(EdgeSettings(site="site-a", box="box-a", broker_port=9, state_dir=tmp_path / "state"),
+              load_vad_model(), version="test")
+    control = ControlSocket(tmp_path / "control")
+    command = example.group(1).replace("/run/miroir/control", str(control.path))
+    subprocess.run(["bash", "-c", command], check=True, timeout=30)
+    assert [box.handle_local(t) for t in control.take()] == ["call_state"]
+    assert box.call_state == "hold"
+    control.close()
+    box.outbox.close()
