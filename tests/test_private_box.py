@@ -268,3 +268,69 @@ def test_the_cti_example_of_docs_wire_md_runs_on_the_box_image(tmp_path) -> None
     assert box.call_state == "hold"
     control.close()
     box.outbox.close()
+
+
+def test_a_cti_connector_restores_the_call_state_after_the_box_restarts(site, broker, peer,
+                                                                        tmp_path) -> None:
+    """docs/wire.md's advice to a CTI connector, on the real box and broker: the agent restarts
+    in the middle of a held call and comes back idle; a socket connected before the restart fails;
+    the state sent again (twice) holds the call once more, with one call start and one status."""
+    import socket
+
+    control = tmp_path / "run" / "control"
+    audio, dash, first = _call_and_box(site, broker, peer, tmp_path, 6.0, control_socket=control,
+                                       control_group=None, call_start_on_speech=False)
+    connected = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+
+    def send(text: bytes) -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(text, str(control))
+
+    def blocks(plan: dict[float, list[bytes]]):
+        for i in range(0, audio.shape[1], BLOCK):
+            for at_s in [at_s for at_s in plan if i / RATE_HZ >= at_s]:
+                for text in plan.pop(at_s):
+                    send(text)
+            yield audio[:, i:i + BLOCK]
+            time.sleep(0.002)  # paho's thread gets its turn
+
+    def on_socket():
+        for k, block in enumerate(blocks({1.0: [b"call active"], 2.0: [b"call hold"]})):
+            if k == 1:  # the socket is bound once the box runs
+                connected.connect(str(control))
+            yield block
+
+    first.run(on_socket())
+    assert first.call_state == "hold"
+    _, _, again = _call_and_box(site, broker, peer, tmp_path, 6.0, observe=False,
+                                control_socket=control, control_group=None,
+                                call_start_on_speech=False)
+    assert again.call_state == "idle"  # no call state across a restart (private mode is kept)
+
+    def offline() -> int:
+        return sum(t.endswith("/status") and json.loads(p)["state"] == "offline"
+                   for t, p in dash.messages)
+
+    wait_until(lambda: offline() == 1, "the first run's final status")
+    seen = len(dash.messages)
+    failed: list[str] = []
+
+    def resent():
+        for k, block in enumerate(blocks({1.0: [b"call hold"], 3.0: [b"call hold"]})):
+            if k == 2:
+                try:
+                    connected.send(b"call hold")
+                except OSError as exc:
+                    failed.append(type(exc).__name__)
+            yield block
+
+    again.run(resent())
+    connected.close()
+    assert failed, "a socket connected to the agent before its restart still sends"
+    assert again.call_state == "hold" and again.cmd_refused == 0
+    wait_until(lambda: offline() == 2, "the restarted box's final status")
+    got = [(t.rsplit("/", 1)[1], json.loads(p)) for t, p in dash.messages[seen:]]
+    starts = [m for kind, m in got if kind == "event" and m["name"] == "call_start"]
+    held = [m for kind, m in got if kind == "status" and m.get("call_state") == "hold"]
+    assert len(starts) == 1, starts
+    assert len(held) == 2, held  # the change, then the last status at the stop: none for the repeat
