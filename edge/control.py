@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 MAX_DATAGRAM = 256
 """Longer datagrams are refused (a command is a few words)."""
 PANEL_FILE = "panel.json"
+USAGE = f"'private on|off|toggle', 'call {'|'.join(wire.CALL_STATES)}' or 'identify'"
+"""The documented local commands, as the refusals name them."""
 
 
 class ControlError(ValueError):
@@ -48,6 +50,9 @@ def parse(text: str, private_now: bool) -> dict[str, Any]:
     Raises:
         ControlError: the text is not a documented command (the message says which ones are).
     """
+    if len(text.encode("utf-8", errors="surrogateescape")) > MAX_DATAGRAM:
+        raise ControlError(f"local command of over {MAX_DATAGRAM} bytes refused: send one command "
+                           f"per datagram, {USAGE}")
     words = text.strip().lower().split()
     if words == ["identify"]:
         return {"action": "identify"}
@@ -56,8 +61,7 @@ def parse(text: str, private_now: bool) -> dict[str, Any]:
         return {"action": "private_on" if on else "private_off"}
     if len(words) == 2 and words[0] == "call" and words[1] in wire.CALL_STATES:
         return {"action": "call_state", "call_state": words[1]}
-    raise ControlError(f"unknown local command {text.strip()[:40]!r}: use 'private on|off|toggle', "
-                       f"'call {'|'.join(wire.CALL_STATES)}' or 'identify'")
+    raise ControlError(f"unknown local command {text.strip()[:40]!r}: use {USAGE}")
 
 
 class ControlSocket:
@@ -93,17 +97,16 @@ class ControlSocket:
         """Failed writes of the panel's state file (logged once; the agent goes on)."""
 
     def take(self) -> list[str]:
-        """Every datagram waiting now, decoded (undecodable ones as ``""``, refused later)."""
+        """Every datagram waiting now, decoded byte for byte (``surrogateescape``: undecodable
+        bytes kept as such); one over :data:`MAX_DATAGRAM` bytes comes cut at one byte more, for
+        :func:`parse` to refuse as too long."""
         out: list[str] = []
         while True:
             try:
                 data = self._sock.recv(MAX_DATAGRAM + 1)
             except (BlockingIOError, InterruptedError):
                 return out
-            if len(data) > MAX_DATAGRAM:
-                out.append("")
-                continue
-            out.append(data.decode("utf-8", errors="replace"))
+            out.append(data.decode("utf-8", errors="surrogateescape"))
 
     def write_panel(self, **state: bool) -> None:
         """Write the front panel's view (booleans only) next to the socket, atomically.

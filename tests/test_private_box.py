@@ -209,3 +209,128 @@ def test_a_stale_private_off_does_not_end_the_private_call_the_agent_started_sin
     assert send("identify", 300.0) == "identify"  # harmless when late: blinks the LED
     assert send("private_off", 2.0) == "private_off" and not box.private
     box.outbox.close()
+
+
+def test_an_oversized_local_command_is_refused_as_too_long(tmp_path, caplog) -> None:
+    """A CTI connector that sends a long datagram (several commands in one, a JSON document) reads
+    in the box's journal that it was too long, not that it sent an empty command ''."""
+    import logging
+    import socket
+
+    from edge.control import ControlSocket
+
+    box = Box(EdgeSettings(site="site-a", box="box-a", broker_port=9, state_dir=tmp_path / "state"),
+              load_vad_model(), version="test")
+    control = ControlSocket(tmp_path / "run" / "control")
+    padded = b"call hold" + "\x85".encode() * 200  # NEL: whitespace to str.split()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        for datagram in (b"call active\n" * 30, padded, b"\xff" * 200, b"call hold"):
+            sock.sendto(datagram, str(control.path))
+    with caplog.at_level(logging.WARNING, logger="edge.box"):
+        done = [box.handle_local(text) for text in control.take()]
+    control.close()
+    box.outbox.close()
+    assert done == ["refused", "refused", "refused", "call_state"]
+    assert box.call_state == "hold" and box.cmd_refused == 3
+    refusals = [r.getMessage() for r in caplog.records]
+    assert len(refusals) == 3
+    assert "over 256 bytes" in refusals[0] and "over 256 bytes" in refusals[1], refusals
+    assert "unknown local command '\\udcff" in refusals[2], refusals  # 200 bytes: not too long
+    assert not [r for r in refusals if "command ''" in r], refusals
+
+
+def test_the_cti_example_of_docs_wire_md_runs_on_the_box_image(tmp_path) -> None:
+    """docs/wire.md's shell example for a CTI connector, run as written (the socket's path aside)
+    and using only what the box image installs: it sets the call state through the real socket."""
+    import re
+    import shlex
+    import subprocess
+
+    from edge.control import ControlSocket
+
+    repo = Path(__file__).resolve().parents[1]
+    text = " ".join((repo / "docs" / "wire.md").read_text().split())
+    example = re.search(r"A CTI connector in a shell[^:]*:\s*`([^`]+)`", text)
+    assert example, "docs/wire.md has no CTI connector example"
+    packages = set()
+    for listing in (repo / "firmware" / "stage-miroir" / "00-packages").iterdir():
+        packages |= {w for line in listing.read_text().splitlines()
+                     if not line.startswith("#") for w in line.split()}
+    programs = [shlex.split(part)[0] for part in example.group(1).split("|")]
+    missing = [p for p in programs if p not in packages | {"printf", "echo"}]  # shell builtins
+    assert not missing, f"the example needs {missing}, which the box image does not install"
+    box = Box(EdgeSettings(site="site-a", box="box-a", broker_port=9, state_dir=tmp_path / "state"),
+              load_vad_model(), version="test")
+    control = ControlSocket(tmp_path / "control")
+    command = example.group(1).replace("/run/miroir/control", str(control.path))
+    subprocess.run(["bash", "-c", command], check=True, timeout=30)
+    assert [box.handle_local(t) for t in control.take()] == ["call_state"]
+    assert box.call_state == "hold"
+    control.close()
+    box.outbox.close()
+
+
+def test_a_cti_connector_restores_the_call_state_after_the_box_restarts(site, broker, peer,
+                                                                        tmp_path) -> None:
+    """docs/wire.md's advice to a CTI connector, on the real box and broker: the agent restarts
+    in the middle of a held call and comes back idle; a socket connected before the restart fails;
+    the state sent again (twice) holds the call once more, with one call start and one status."""
+    import socket
+
+    control = tmp_path / "run" / "control"
+    audio, dash, first = _call_and_box(site, broker, peer, tmp_path, 6.0, control_socket=control,
+                                       control_group=None, call_start_on_speech=False)
+    connected = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+
+    def send(text: bytes) -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(text, str(control))
+
+    def blocks(plan: dict[float, list[bytes]]):
+        for i in range(0, audio.shape[1], BLOCK):
+            for at_s in [at_s for at_s in plan if i / RATE_HZ >= at_s]:
+                for text in plan.pop(at_s):
+                    send(text)
+            yield audio[:, i:i + BLOCK]
+            time.sleep(0.002)  # paho's thread gets its turn
+
+    def on_socket():
+        for k, block in enumerate(blocks({1.0: [b"call active"], 2.0: [b"call hold"]})):
+            if k == 1:  # the socket is bound once the box runs
+                connected.connect(str(control))
+            yield block
+
+    first.run(on_socket())
+    assert first.call_state == "hold"
+    _, _, again = _call_and_box(site, broker, peer, tmp_path, 6.0, observe=False,
+                                control_socket=control, control_group=None,
+                                call_start_on_speech=False)
+    assert again.call_state == "idle"  # no call state across a restart (private mode is kept)
+
+    def offline() -> int:
+        return sum(t.endswith("/status") and json.loads(p)["state"] == "offline"
+                   for t, p in dash.messages)
+
+    wait_until(lambda: offline() == 1, "the first run's final status")
+    seen = len(dash.messages)
+    failed: list[str] = []
+
+    def resent():
+        for k, block in enumerate(blocks({1.0: [b"call hold"], 3.0: [b"call hold"]})):
+            if k == 2:
+                try:
+                    connected.send(b"call hold")
+                except OSError as exc:
+                    failed.append(type(exc).__name__)
+            yield block
+
+    again.run(resent())
+    connected.close()
+    assert failed, "a socket connected to the agent before its restart still sends"
+    assert again.call_state == "hold" and again.cmd_refused == 0
+    wait_until(lambda: offline() == 2, "the restarted box's final status")
+    got = [(t.rsplit("/", 1)[1], json.loads(p)) for t, p in dash.messages[seen:]]
+    starts = [m for kind, m in got if kind == "event" and m["name"] == "call_start"]
+    held = [m for kind, m in got if kind == "status" and m.get("call_state") == "hold"]
+    assert len(starts) == 1, starts
+    assert len(held) == 2, held  # the change, then the last status at the stop: none for the repeat
