@@ -24,7 +24,7 @@ from . import auth, fleet, prom, retention, schema
 from . import db as store
 from .ingest import Ingest
 from .live import Hub
-from .routes import api, boxes, deps, health, pages, session, stream
+from .routes import api, boxes, cti, deps, health, pages, session, stream
 from .routes import fleet as fleet_routes
 from .settings import DashboardSettings
 
@@ -54,6 +54,7 @@ def create_app(settings: DashboardSettings, *, start_ingest: bool = True) -> Fas
     if start_ingest and None in (settings.mqtt_ca, settings.mqtt_cert, settings.mqtt_key):
         raise ValueError("mqtt_ca, mqtt_cert and mqtt_key are required to start the ingest")
     metrics_token = prom.read_token(settings.metrics_token_file)
+    cti_token = prom.read_token(settings.cti_token_file, "CTI")
     db = store.open_db(settings.db_path)
     try:
         schema.ensure_schema(db)
@@ -88,8 +89,9 @@ def create_app(settings: DashboardSettings, *, start_ingest: bool = True) -> Fas
     app.state.hub = hub
     app.state.ingest = None
     app.state.metrics_token = metrics_token
+    app.state.cti_token = cti_token
     app.state.password_checks = auth.CheckGate(settings.login_max_concurrent_checks)
-    for module in (session, pages, api, boxes, stream, health, fleet_routes):
+    for module in (session, pages, api, boxes, stream, health, fleet_routes, cti):
         app.include_router(module.router)
     app.add_exception_handler(RequestValidationError, deps.page_error)
     app.add_exception_handler(StarletteHTTPException, deps.page_error)

@@ -34,8 +34,9 @@ DEVICE_TOKENS_MAX = 4
 """Accounts one browser can be known to (one token each in its device cookie)."""
 DEVICES_PER_USER_MAX = 20
 """Browsers one account can be known from (the ones with the latest logins are kept)."""
-PUBLIC_PATHS = frozenset({"/login", "/healthz", "/metrics"})
-"""Served without a session (``/metrics`` checks its own bearer token, see dashboard.prom)."""
+PUBLIC_PATHS = frozenset({"/login", "/healthz", "/metrics", "/api/cti/call-state"})
+"""Served without a session (``/metrics`` and the CTI call state check their own bearer tokens,
+see dashboard.prom and dashboard.routes.cti)."""
 STAGE_PATHS = {"totp": "/login/totp", "enroll": "/totp/setup"}
 """Where a half-logged-in session (password right, TOTP pending) is sent."""
 ROLES = ("admin", "supervisor", "agent", "auditor", "it")

@@ -43,13 +43,14 @@ INGEST_COUNTERS = (
 )
 
 
-def read_token(path: Path | None) -> bytes | None:
-    """The scrape token from its file (None when unset); refuse a short or empty one."""
+def read_token(path: Path | None, what: str = "metrics") -> bytes | None:
+    """A bearer token (``what``: metrics or CTI) from its file (None when unset); refuse a short
+    or empty one."""
     if path is None:
         return None
     token = Path(path).read_text(encoding="utf-8").strip()
     if len(token) < MIN_TOKEN_CHARS:
-        raise ValueError(f"metrics token in {path} is shorter than {MIN_TOKEN_CHARS} characters")
+        raise ValueError(f"{what} token in {path} is shorter than {MIN_TOKEN_CHARS} characters")
     return token.encode()
 
 

@@ -80,6 +80,10 @@ class DashboardSettings(BaseSettings):
         None, description="File holding the bearer token Prometheus must send to /metrics "
         "(a systemd credential in production); unset, /metrics refuses every scrape."
     )
+    cti_token_file: Path | None = Field(
+        None, description="File holding the bearer token a CTI server must send to "
+        "/api/cti/call-state (a systemd credential in production); unset, every call state is refused."
+    )
     tls_cert_file: Path | None = Field(
         None, description="PEM certificate (chain) to serve HTTPS directly; unset behind a "
         "TLS-terminating reverse proxy."

@@ -602,6 +602,28 @@ def test_send_command_uses_the_ingest_publish_cmd(org: Any) -> None:
     assert sent == [("box-a1", "private_on"), ("box-a1", "private_off"), ("box-a1", "private_on")]
 
 
+def test_the_cti_call_state_needs_its_own_token_and_a_broker(tmp_path: Path) -> None:
+    """Without a configured CTI token every call state is refused, whoever sends it (a session
+    is no way in either); with one, a broker out of reach is a 503 the server can retry, and a
+    token too short to be safe stops the dashboard at start."""
+    bearer = {"authorization": "Bearer " + "c" * 32}
+    body = {"box": "box-a1", "state": "hold"}
+    settings = make_settings(tmp_path)
+    data = seed_org(settings, seconds=30)
+    with client(settings) as c:
+        assert c.post("/api/cti/call-state", json=body, headers=bearer).status_code == 401
+        login_as(c, "sup-a", data)  # a session, CSRF token and all
+        assert c.post("/api/cti/call-state", json=body, headers=csrf_header(c)).status_code == 401
+    (tmp_path / "cti").write_text("c" * 32)
+    settings = make_settings(tmp_path, cti_token_file=tmp_path / "cti")
+    with TestClient(create_app(settings, start_ingest=False), base_url="https://testserver") as c:
+        r = c.post("/api/cti/call-state", json=body, headers=bearer)
+        assert r.status_code == 503 and "send it again" in r.json()["detail"]
+    (tmp_path / "cti").write_text("short")
+    with pytest.raises(ValueError, match=r"CTI token in .* is shorter than 16 characters"):
+        create_app(settings, start_ingest=False)
+
+
 def test_dashboard_cli_user_import_purge_backup_restore(tmp_path: Path) -> None:
     import os
     import subprocess

@@ -275,6 +275,69 @@ def test_box_commands_private_identify_reload_call_resend_and_refusals(
         box.outbox.close()
 
 
+def test_a_cti_server_sets_a_box_call_state_through_the_dashboard(
+        site: SiteFiles, broker: Any, tmp_path: Path) -> None:
+    """A CTI server off the boxes (the broker admits only the dashboard on ``cmd``) posts the call
+    state with its bearer token, naming the agent or the box: the box, on the real broker, takes
+    it and says so in its status. No token, a wrong one, a bad body, an unknown or retired box:
+    refused, nothing sent."""
+    import httpx
+
+    from dashboard import db as store
+    from dashboard import schema
+    from dashboard.app import DashboardServer
+    from tests._fixtures_dashboard import make_settings
+
+    token = "0123456789abcdef0123456789abcdef"
+    (tmp_path / "cti-token").write_text(token + "\n")
+    settings = make_settings(
+        tmp_path, site=site.site, mqtt_host="localhost", mqtt_port=broker.port,
+        mqtt_ca=site.ca_cert, mqtt_cert=site.dashboard.cert, mqtt_key=site.dashboard.key,
+        cti_token_file=tmp_path / "cti-token")
+    db = store.open_db(settings.db_path)
+    schema.ensure_schema(db)
+    schema.import_inventory(db, [{"box": "box-a", "seat": "A1", "agent": "agent-a", "team": "t"},
+                                 {"box": "box-b", "seat": "B1", "agent": "agent-b", "team": "t"}],
+                            site=site.site)
+    schema.retire_box(db, "box-b", "test")
+    db.conn.close()
+    box = Box(box_settings(site, "box-a", broker.port, tmp_path / "state"),
+              pipeline=SyntheticPipeline())
+    server = DashboardServer(settings)
+    server.start()
+    box.publisher.start()
+    try:
+        assert server.ingest is not None and server.ingest.wait_connected(10.0)
+        wait_until(lambda: pumped(box, box.publisher.connected.is_set), "the box online")
+        time.sleep(0.5)  # its cmd subscription answered
+        url = server.url + "/api/cti/call-state"
+        bearer = {"authorization": f"Bearer {token}"}
+        with httpx.Client() as http:
+            assert http.post(url, json={"agent": "agent-a", "state": "hold"}).status_code == 401
+            assert http.post(url, json={"agent": "agent-a", "state": "hold"},
+                             headers={"authorization": "Bearer " + "0" * 32}).status_code == 401
+            for bad in ({"agent": "agent-a", "state": "ringing"}, {"state": "hold"},
+                        {"agent": "agent-a", "box": "box-a", "state": "hold"},
+                        {"box": "box-a", "state": "hold", "extra": 1}):
+                assert http.post(url, json=bad, headers=bearer).status_code == 422, bad
+            for gone in ({"agent": "agent-b", "state": "hold"}, {"box": "box-b", "state": "hold"},
+                         {"box": "box-z", "state": "hold"}):
+                assert http.post(url, json=gone, headers=bearer).status_code == 404, gone
+            for _ in range(20):
+                box.pump()
+            assert box.call_state == "idle" and box.cmd_refused == 0  # nothing was sent
+            r = http.post(url, json={"agent": "agent-a", "state": "hold"}, headers=bearer)
+            assert (r.status_code, r.json()) == (202, {"box": "box-a", "state": "hold"})
+            wait_until(lambda: pumped(box, lambda: box.call_state == "hold"), "the box on hold")
+            r = http.post(url, json={"box": "box-a", "state": "active"}, headers=bearer)
+            assert r.status_code == 202
+            wait_until(lambda: pumped(box, lambda: box.call_state == "active"), "active again")
+    finally:
+        box.publisher.stop(box.status_fields())
+        box.outbox.close()
+        server.stop()
+
+
 def test_commands_past_the_box_queue_are_counted_when_the_loop_is_stuck(
         site: SiteFiles, broker: Any, peer: Any, tmp_path: Path) -> None:
     """1005 commands arrive while the box's loop does not run (paho's thread takes them): the box

@@ -1,0 +1,65 @@
+"""The call state from a CTI server off the boxes: relayed to a box's ``cmd`` topic.
+
+A softphone or CTI connector on the box itself uses the box's control socket (docs/wire.md). A
+CTI server elsewhere cannot publish on ``cmd`` (the broker admits only the dashboard there), so it
+posts here with the bearer token of ``cti_token_file``, as Prometheus does for ``/metrics``; without
+a configured token every request is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from miroir import wire
+
+from .. import commands, prom, schema
+from .deps import Db
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["cti"])
+PATH = "/api/cti/call-state"
+
+
+class CallStateIn(BaseModel):
+    """A call state for one seat, named by its box or by the agent sitting there."""
+
+    model_config = ConfigDict(extra="forbid")
+    state: Literal["idle", "active", "hold"] = Field(description="The softphone's call state.")
+    box: str | None = Field(None, pattern=wire.ID_PATTERN.pattern, description="Box id.")
+    agent: str | None = Field(None, max_length=64, description="Agent id (the seat they sit at).")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> CallStateIn:
+        if (self.box is None) == (self.agent is None):
+            raise ValueError("give exactly one of box and agent")
+        return self
+
+
+def _box_of(db: Any, body: CallStateIn) -> str:
+    """The box the request names, if it is one of this site's and not retired (else 404)."""
+    if body.agent is not None:
+        row = db.conn.execute("SELECT box FROM seats WHERE agent = ?", (body.agent,)).fetchone()
+    else:
+        row = db.conn.execute("SELECT box FROM seats WHERE box = ? UNION SELECT box FROM boxes "
+                              "WHERE box = ?", (body.box, body.box)).fetchone()
+    if row is None or row[0] in schema.retired_boxes(db):
+        raise HTTPException(status_code=404, detail="no such box or seated agent")
+    return str(row[0])
+
+
+@router.post(PATH, status_code=202)
+def call_state(request: Request, db: Db, body: CallStateIn) -> dict[str, Any]:
+    """Send the call state to the box (``Authorization: Bearer <CTI token>``); 503 when the
+    broker cannot take it now (send it again: a state sent twice changes nothing)."""
+    if not prom.authorized(request.app.state.cti_token, request.headers.get("authorization")):
+        raise HTTPException(status_code=401, detail="unauthorized",
+                            headers={"www-authenticate": 'Bearer realm="miroir-cti"'})
+    box = _box_of(db, body)
+    if not commands.send_command(request.app, box, "call_state", call_state=body.state):
+        raise HTTPException(status_code=503, detail="the broker is not reachable: send it again")
+    log.debug("call state %s sent to box %s", body.state, box)
+    return {"box": box, "state": body.state}
