@@ -56,7 +56,7 @@ def praat_reference(name: str) -> dict[str, Any]:
 
     x = read_wav(EMODB / "wav" / name)
     snd = parselmouth.Sound(x.astype(np.float64), sampling_frequency=16000)
-    pitch = snd.to_pitch_ac(time_step=0.01, pitch_floor=60, pitch_ceiling=400)
+    pitch = snd.to_pitch_ac(time_step=0.01, pitch_floor=60, pitch_ceiling=600)  # 400 halved raised women
     harm = snd.to_harmonicity_ac(time_step=0.01, minimum_pitch=60, silence_threshold=0.1,
                                  periods_per_window=4.5)
     pp = call([snd, pitch], "To PointProcess (cc)")
