@@ -30,21 +30,11 @@ HOP_S = 0.01
 """Analysis hop: one pitch/loudness value every 10 ms; hop ``k`` is centred at ``(k + 0.5) * HOP_S``."""
 HOP_16 = 160
 F0_MIN_HZ = 60.0
-F0_MAX_HZ = 600.0
-"""Highest pitch tracked. At 400 Hz, a high voice raised (EmoDB's women angry or happy: 14.5 % of
-their voiced hops above 400 Hz for Praat) was read an octave low: 11.6 % gross error against
-Praat with a 800 Hz ceiling, a median of 241 Hz for a clip at 422 Hz; 1.5 % at 600 Hz."""
-LEGACY_F0_MAX_HZ = 400.0
-"""The ceiling of the tracker the committed affect model's features were made with."""
-
-HIGH_F0_HZ = 400.0
-"""A hop above this pitch and still more than an octave above the local mean pitch after the octave
-fix is no voice: the noise at the end of a fading vowel dips there (a man's "uh" at 85 Hz ended on
-hops at 618 Hz, which split the hesitation sound)."""
+F0_MAX_HZ = 400.0
 
 _SR8 = 8_000
 _HOP8 = 80
-_TAU_MIN = int(_SR8 / F0_MAX_HZ)  # 13
+_TAU_MIN = int(_SR8 / F0_MAX_HZ)  # 20
 _TAU_MAX = int(np.ceil(_SR8 / F0_MIN_HZ)) + 1  # 135
 _WIN8 = 240  # 30 ms integration window
 _SEG8 = _WIN8 + _TAU_MAX + 2
@@ -115,11 +105,10 @@ _HOP_FIELDS = tuple(f.name for f in fields(HopTrack))
 
 
 def _yin_hops(
-    seg: np.ndarray, tau_min: int = _TAU_MIN, range_checks: bool = True,
+    seg: np.ndarray, hum_check: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Run the difference-function search on a (n, _SEG8) block of segments, periods from
-    ``tau_min`` to ``_TAU_MAX`` samples at 8 kHz (a dip at either end, still falling beyond it,
-    is no period unless ``range_checks`` is off).
+    """Run the difference-function search on a (n, _SEG8) block of segments (with ``hum_check``,
+    a dip at the longest lag searched, still falling beyond it, is no period).
 
     Returns:
         (tau in 8 kHz samples, aperiodicity, normalized correlation at tau, cmnd rows,
@@ -152,18 +141,16 @@ def _yin_hops(
     cs = np.cumsum(d[:, 1:], axis=1)
     dn = np.ones_like(d)
     dn[:, 1:] = d[:, 1:] * taus[1:] / np.maximum(cs, 1e-12)
-    sub = dn[:, tau_min:_TAU_MAX + 1]
+    sub = dn[:, _TAU_MIN:_TAU_MAX + 1]
     cand = sub < _YIN_THRESHOLD
     cand[:, :-1] &= sub[:, :-1] <= sub[:, 1:]
     has = cand.any(axis=1)
-    idx = np.where(has, np.argmax(cand, axis=1), np.argmin(sub, axis=1)) + tau_min
+    idx = np.where(has, np.argmax(cand, axis=1), np.argmin(sub, axis=1)) + _TAU_MIN
     rows = np.arange(n)
     tau, aper = _parabola(dn, rows, _clip(idx, 1, _TAU_MAX))
-    # a dip at either end of the searched lags, still falling beyond it, is a period outside the
-    # range (mains hum at 50 Hz read 58.8 Hz, voiced; a fading vowel's noise read 618 Hz): none
-    edge = ((idx >= _TAU_MAX) & (dn[rows, _TAU_MAX + 1] < dn[rows, _TAU_MAX])) | \
-        ((idx <= tau_min) & (dn[rows, tau_min - 1] < dn[rows, tau_min]))
-    aper = np.where(edge & range_checks, 1.0, aper)
+    if hum_check:  # a period longer than any voice's: 50 Hz mains hum read 58.8 Hz, voiced
+        beyond = (idx >= _TAU_MAX) & (dn[rows, _TAU_MAX + 1] < dn[rows, _TAU_MAX])
+        aper = np.where(beyond, 1.0, aper)
     i0 = _clip(np.rint(tau).astype(int), 1, _TAU_MAX)
     ncc = r[rows, i0] / np.sqrt(np.maximum(e0[:, 0] * e_tau[rows, i0], 1e-20))
     return tau, aper, ncc, dn, syl_db, shape_db
@@ -218,9 +205,8 @@ def _clip(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 
 def _octave_fix(tau: np.ndarray, aper: np.ndarray, dn: np.ndarray, voiced: np.ndarray,
-                context: np.ndarray, tau_min: int = _TAU_MIN, range_checks: bool = True) -> None:
-    """Move octave jumps back towards the local mean pitch, in place, when the other lag also fits;
-    unvoice a stray hop above ``HIGH_F0_HZ`` left more than an octave above it.
+                context: np.ndarray) -> None:
+    """Move octave jumps back towards the local mean pitch, in place, when the other lag also fits.
 
     Args:
         tau: periods (8 kHz samples) of the hops of this block; corrected in place.
@@ -228,8 +214,6 @@ def _octave_fix(tau: np.ndarray, aper: np.ndarray, dn: np.ndarray, voiced: np.nd
         dn: normalized difference rows of the block.
         voiced: voicing flags of the block.
         context: log2 f0 of the preceding hops (NaN where unvoiced), for the running mean.
-        tau_min: the shortest period searched (8 kHz samples).
-        range_checks: unvoice the stray high hops (off: as the affect model's features were made).
     """
     lf = np.where(voiced, np.log2(_SR8 / tau), np.nan)
     h = _OCTAVE_HALF
@@ -250,7 +234,7 @@ def _octave_fix(tau: np.ndarray, aper: np.ndarray, dn: np.ndarray, voiced: np.nd
         target = tau[ii] * factor
         lo = np.floor(target * 0.85).astype(int)
         hi = np.ceil(target * 1.15).astype(int)
-        ok = (lo >= tau_min) & (hi <= _TAU_MAX)
+        ok = (lo >= _TAU_MIN) & (hi <= _TAU_MAX)
         ii, lo, hi = ii[ok], lo[ok], hi[ok]
         if not len(ii):
             continue
@@ -262,9 +246,6 @@ def _octave_fix(tau: np.ndarray, aper: np.ndarray, dn: np.ndarray, voiced: np.nd
         good = a2 < aper[ii] + _OCTAVE_ACCEPT
         tau[ii[good]] = t2[good]
         aper[ii[good]] = a2[good]
-    with np.errstate(invalid="ignore"):
-        stray = voiced & (np.log2(_SR8 / tau) - ref > 1.0) & (tau < _SR8 / HIGH_F0_HZ)
-    aper[stray & range_checks] = 1.0  # a high stray hop the fix could not bring back (see HIGH_F0_HZ)
 
 
 def _cycles(x16: np.ndarray, f0_hz: np.ndarray, runs: np.ndarray) -> list[tuple[np.ndarray, ...]]:
@@ -416,14 +397,13 @@ class Prosody:
 
     Args:
         history_s: how much per-hop history to keep for :meth:`window`, seconds.
-        legacy_tracker: track pitch as the committed affect model's features were made, until it
-            is retrained: up to 400 Hz, without the out-of-range checks (hum, stray high hops).
+        hum_check: refuse a pitch period longer than the tracker's range (50 Hz mains hum);
+            off only where the committed affect model's features were made without it.
     """
 
-    def __init__(self, history_s: float = 60.0, legacy_tracker: bool = False) -> None:
+    def __init__(self, history_s: float = 60.0, hum_check: bool = True) -> None:
         self.history_s = history_s
-        self._tau_min = int(_SR8 / (LEGACY_F0_MAX_HZ if legacy_tracker else F0_MAX_HZ))
-        self._range_checks = not legacy_tracker
+        self.hum_check = hum_check
         self.reset()
 
     def reset(self) -> None:
@@ -526,10 +506,10 @@ class Prosody:
                                                        dtype=np.float32)])
         ii = np.nonzero(loud)[0]
         if len(ii):
-            t_i, a_i, c_i, dn, s_i, shape_i = _yin_hops(seg[ii], self._tau_min, self._range_checks)
+            t_i, a_i, c_i, dn, s_i, shape_i = _yin_hops(seg[ii], self.hum_check)
             v_i = a_i < VOICING_APERIODICITY
             # the octave fix runs on the loud hops only, in order, after the previous blocks' hops
-            _octave_fix(t_i, a_i, dn, v_i, self._lf_context, self._tau_min, self._range_checks)
+            _octave_fix(t_i, a_i, dn, v_i, self._lf_context)
             tau[ii], aper[ii], ncc[ii], syl[ii] = t_i, a_i, c_i, s_i
             shapes[_CHANGE_LAG + ii] = shape_i
         change = np.add.reduce(np.abs(shapes[_CHANGE_LAG:] - shapes[:-_CHANGE_LAG]), axis=1) / shapes.shape[1]
