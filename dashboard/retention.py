@@ -123,12 +123,20 @@ def _agent_export_parts(db: sqlite_utils.Database,
             for r in batch:
                 yield dict(zip(keys, r, strict=True))
 
+    users = "SELECT username FROM users WHERE agent = ?"
     return [
         ("agent", rows("SELECT * FROM agents WHERE agent = ?", agent)),
+        ("account", rows("SELECT username, role, lang, created_ts, disabled, "
+                         "totp_secret IS NOT NULL AS totp_enrolled FROM users WHERE agent = ?",
+                         agent)),
+        ("login_attempts", rows(f"SELECT * FROM login_attempts WHERE username IN ({users}) "
+                                "ORDER BY id", agent)),
         ("seat_history", rows("SELECT * FROM seat_history WHERE agent = ?", agent)),
-        ("metrics", analytics.iter_agent_metrics(db, agent, batch=EXPORT_BATCH_ROWS)),
-        ("events", analytics.iter_agent_events(db, agent, cues_only=False,
-                                               batch=EXPORT_BATCH_ROWS)),
+        # every stored column, as received (the charts' CSV keeps the charted metrics only)
+        ("metrics", rows(f"SELECT m.* FROM metrics m {analytics._windows_sql('m')} "
+                         "WHERE h.agent = ? ORDER BY m.ts", agent)),
+        ("events", rows(f"SELECT e.* FROM events e {analytics._windows_sql('e')} "
+                        "WHERE h.agent = ? ORDER BY e.ts", agent)),
         ("daily_aggregates", rows("SELECT * FROM daily_aggregates WHERE agent = ?", agent)),
         ("calls", rows("SELECT * FROM calls WHERE agent = ?", agent)),
         ("flags", rows("SELECT * FROM flags WHERE agent = ?", agent)),
@@ -138,7 +146,9 @@ def _agent_export_parts(db: sqlite_utils.Database,
 
 
 def agent_export(db: sqlite_utils.Database, agent: str) -> dict[str, Any]:
-    """Everything stored about one agent (the right of access), as JSON-ready data."""
+    """Everything stored about one agent (the right of access), as JSON-ready data: every
+    column of their metrics and events (call summaries, cue evidence), their account (no
+    password hash, no TOTP secret) and its login attempts."""
     return {name: list(it) for name, it in _agent_export_parts(db, agent)}
 
 
