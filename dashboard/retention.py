@@ -190,10 +190,13 @@ def stream_export(db_path: Path, chunks: Callable[[sqlite_utils.Database], Itera
 
 
 def erase_agent(db: sqlite_utils.Database, agent: str) -> dict[str, int]:
-    """Erase an agent who left: metrics of their seat windows, coaching, calls, account.
+    """Erase an agent who left: metrics and events of their seat windows, daily means,
+    coaching, calls, seats, account with its sessions, known browsers and login attempts.
 
     The audit log entries about them are kept (they record who accessed the data and are
-    themselves purged by retention).
+    themselves purged by retention); backups taken before, and what their box still holds
+    (its outbox's sent messages, its learned baselines), are out of this function's reach
+    (docs/privacy.md).
     """
     out: dict[str, int] = {}
     with db.conn:
@@ -206,7 +209,10 @@ def erase_agent(db: sqlite_utils.Database, agent: str) -> dict[str, int]:
                                          (agent,)).rowcount
         users = [r[0] for r in db.conn.execute("SELECT username FROM users WHERE agent = ?",
                                                (agent,)).fetchall()]
+        out["login_attempts"] = 0
         for u in users:
+            out["login_attempts"] += db.conn.execute(
+                "DELETE FROM login_attempts WHERE username = ?", (u,)).rowcount
             db.conn.execute("DELETE FROM sessions WHERE username = ?", (u,))
             db.conn.execute("DELETE FROM user_teams WHERE username = ?", (u,))
             db.conn.execute("DELETE FROM known_devices WHERE username = ?", (u,))

@@ -475,6 +475,39 @@ def test_agent_export_and_erasure(org: Any) -> None:
     assert db.conn.execute("SELECT count(*) FROM calls WHERE agent = 'agent-a1'").fetchone()[0] == 0
 
 
+def test_erasure_leaves_nothing_that_names_the_agent_but_the_audit_log(org: Any) -> None:
+    """amina logs in, someone tries her password from 10.0.0.7, a supervisor reads and flags
+    her, then the admin erases her through the API: no table but the audit log (kept, as
+    docs/privacy.md says) still holds her agent id or username. Her login attempts, each with
+    its time and address, stayed for the audit retention (365 days) before."""
+    settings, data = org
+    with client(settings) as c:
+        login_as(c, "amina", data)
+    with client(settings) as c:
+        login_as(c, "sup-a", data)
+        assert c.get("/api/agents/agent-a1/metrics").status_code == 200
+        assert c.post("/api/agents/agent-a1/flags", headers=csrf_header(c),
+                      json={"ts": time.time() - 30, "note": "rythme"}).status_code == 201
+    db = store.open_db(settings.db_path)
+    failed_login(db, "amina", "10.0.0.7")
+    db.conn.close()
+    with client(settings) as c:
+        login_as(c, "admin", data)
+        r = c.post("/api/agents/agent-a1/erase", headers=csrf_header(c))
+        assert r.status_code == 200 and r.json()["deleted"]["login_attempts"] == 2
+    db = store.open_db(settings.db_path)
+    left = {}
+    for (table,) in db.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
+        cols = [r[1] for r in db.conn.execute(f"PRAGMA table_info({table})")]
+        where = " OR ".join(f"CAST({c} AS TEXT) IN ('agent-a1', 'amina')" for c in cols)
+        n = db.conn.execute(f"SELECT count(*) FROM {table} WHERE {where}").fetchone()[0]
+        if n:
+            left[table] = n
+    assert db.conn.execute("SELECT count(*) FROM metrics WHERE box = 'box-a1'").fetchone()[0] == 0
+    db.conn.close()
+    assert left == {"audit_log": 2}  # sup-a's read of her metrics, and the erasure itself
+
+
 def test_migrations_keep_data_and_run_once(tmp_path: Path) -> None:
     db = store.open_db(tmp_path / "old.db")
     store.ensure_schema(db)  # a database from before the versioned migrations
