@@ -292,6 +292,32 @@ def test_the_agent_s_export_holds_every_stored_field_and_nothing_of_another_agen
     assert "agent-a2" not in text and "box-a2" not in text
 
 
+def test_a_team_board_read_is_in_each_shown_agent_s_audit_log(org: Any) -> None:
+    """sup-a sets agent-a1 a goal, then opens the team board (page and API), which shows her
+    goal's daily progress: amina's audit log (API and /me) lists the board, as it lists every
+    supervisor read of her data. It was logged once for the team, with no agent: she never saw
+    it."""
+    settings, data = org
+    with client(settings) as c:
+        login_as(c, "sup-a", data)
+        assert c.post("/api/agents/agent-a1/goals", headers=csrf_header(c), json={
+            "metric": "near_speech_ratio", "label": "laisser parler"}).status_code == 201
+        board = c.get("/api/teams/team-a/board").json()
+        assert [g["label"] for a in board["agents"] if a["agent"] == "agent-a1"
+                for g in a["goals"]] == ["laisser parler"]
+        assert c.get("/teams/team-a").status_code == 200
+    with client(settings) as c:
+        login_as(c, "amina", data)
+        audit = c.get("/api/agents/agent-a1/audit").json()
+        html = c.get("/me").text
+    boards = [e for e in audit["entries"] if e["action"] == "team_board"]
+    assert [(e["actor"], json.loads(e["detail"])) for e in boards] == \
+        [("sup-a", {"team": "team-a"})] * 2
+    assert "a ouvert le tableau d" in html.split('id="audit-list"')[1]
+    assert query(settings, "SELECT count(*) FROM audit_log WHERE action = 'team_board' AND "
+                           "agent = 'agent-b1'")[0][0] == 0
+
+
 # -------------------------------------------------------------------------- campaigns
 def test_calls_go_only_into_campaigns_the_user_may_change_and_every_write_is_audited(
         org: Any) -> None:

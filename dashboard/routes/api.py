@@ -450,6 +450,14 @@ def team_board(db: Any, user: User, team: str, days: int = 14) -> dict[str, Any]
             "metrics": names}
 
 
+def audit_board(db: Any, user: User, board: dict[str, Any]) -> None:
+    """Log a team board read in the audit log of each agent it shows (their goals' progress,
+    their shared moments), as a read of their data; once for the team if it has no agent."""
+    agents = [a["agent"] for a in board["agents"]] or [None]
+    for agent in agents:
+        access.audit(db, user, "team_board", agent, {"team": board["team"]})
+
+
 MIN_GROUP_AGENTS = 3
 """Fewest agents behind a team aggregate for a reader who may not see each of them (an auditor
 sees aggregates, never one agent's data): a smaller group's mean is withheld ("too few
@@ -738,7 +746,7 @@ def get_team_board(db: Db, user: CurrentUser, team: TeamId) -> dict[str, Any]:
     """Progress of each agent against their own baseline, shared moments, daily debrief."""
     require_role(user, "admin", "supervisor")
     board = team_board(db, user, team)
-    access.audit(db, user, "team_board", None, {"team": team})
+    audit_board(db, user, board)
     return board
 
 
