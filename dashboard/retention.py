@@ -15,7 +15,7 @@ from typing import Any
 import pydantic_core
 import sqlite_utils
 
-from . import analytics
+from . import analytics, auth
 from . import db as store
 
 log = logging.getLogger(__name__)
@@ -24,13 +24,16 @@ DAY_S = 86400.0
 
 
 def purge(db: sqlite_utils.Database, *, metrics_days: float, aggregates_days: float,
-          audit_days: float, now: float | None = None) -> dict[str, int]:
+          audit_days: float, now: float | None = None,
+          session_idle_s: float | None = None) -> dict[str, int]:
     """Delete everything older than its retention limit; return the rows deleted per table.
 
     Per-second metrics and events are first rolled up into daily per-agent means, which are
     kept for ``aggregates_days`` with calls, flags and goals. The audit log, login attempts
     and cleared fleet alerts are kept ``audit_days`` (the audit log's delete trigger allows
-    only rows below the floor this function sets).
+    only rows below the floor this function sets). Browser marks past
+    :data:`dashboard.auth.DEVICE_MAX_AGE_S` and sessions that can no longer be used go too,
+    whether or not anyone logs in.
 
     Args:
         db: The open database (schema ensured).
@@ -38,6 +41,7 @@ def purge(db: sqlite_utils.Database, *, metrics_days: float, aggregates_days: fl
         aggregates_days: Retention of daily aggregates, calls, flags and goals, days.
         audit_days: Retention of the audit log and login attempts, days.
         now: Wall-clock seconds (a controlled clock in tests).
+        session_idle_s: Idle expiry of a session, seconds (None: only their maximum age).
     """
     now = time.time() if now is None else now
     m_cut = now - metrics_days * DAY_S
@@ -69,6 +73,13 @@ def purge(db: sqlite_utils.Database, *, metrics_days: float, aggregates_days: fl
         out["alerts"] = db.conn.execute(
             "DELETE FROM alerts WHERE cleared_ts IS NOT NULL AND cleared_ts < ?",
             (au_cut,)).rowcount
+        out["known_devices"] = db.conn.execute(
+            "DELETE FROM known_devices WHERE last_login_ts < ?",
+            (now - auth.DEVICE_MAX_AGE_S,)).rowcount
+        idle_cut = now - (auth.SESSION_MAX_AGE_S if session_idle_s is None else session_idle_s)
+        out["sessions"] = db.conn.execute(
+            "DELETE FROM sessions WHERE created_ts < ? OR last_seen_ts < ?",
+            (now - auth.SESSION_MAX_AGE_S, idle_cut)).rowcount
     log.info("retention purge: %s", out)
     return out
 
@@ -77,7 +88,8 @@ def purge_with(db: sqlite_utils.Database, settings: Any, now: float | None = Non
     """:func:`purge` with the limits of the dashboard's settings."""
     return purge(db, metrics_days=settings.retention_metrics_days,
                  aggregates_days=settings.retention_aggregates_days,
-                 audit_days=settings.retention_audit_days, now=now)
+                 audit_days=settings.retention_audit_days, now=now,
+                 session_idle_s=settings.session_idle_s)
 
 
 # ------------------------------------------------------------------------- CSV export

@@ -452,6 +452,44 @@ def test_retention_purge_with_a_controlled_clock(org: Any) -> None:
 
 
 # ---------------------------------------------------------------- export, erasure, more
+def test_the_purge_forgets_old_browser_marks_and_sessions_without_waiting_for_a_login(
+        org: Any) -> None:
+    """A browser last used to log in 100 days ago (a mark lasts 90, the README says) and a
+    session from 400 days ago, then nobody logs in: the real ``miroir dashboard purge`` deletes
+    both. They were deleted only when someone completed a login or opened a session, so a
+    quiet dashboard kept them (the username and when) however long; a recent mark and a live
+    session stay."""
+    import os
+    import subprocess
+    import sys
+
+    settings, _ = org
+    now = time.time()
+    db = store.open_db(settings.db_path)
+    with db.conn:
+        for token, days in (("old", 100.0), ("recent", 10.0)):
+            db.conn.execute("INSERT INTO known_devices (token_hash, username, last_login_ts) "
+                            "VALUES (?, 'amina', ?)", (token, now - days * 86400))
+        for token, age_s in (("old", 400 * 86400.0), ("live", 60.0)):
+            db.conn.execute("INSERT INTO sessions (token_hash, username, csrf, created_ts, "
+                            "last_seen_ts) VALUES (?, 'amina', 'c', ?, ?)",
+                            (token, now - age_s, now - age_s))
+    db.conn.close()
+    env = {**os.environ, "MIROIR_DASH_SITE": settings.site,
+           "MIROIR_DASH_DB_PATH": str(settings.db_path),
+           "MIROIR_DASH_ADMIN_PASSWORD_FILE": str(settings.admin_password_file)}
+    r = subprocess.run([sys.executable, "-m", "miroir.cli", "dashboard", "purge"], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    db = store.open_db(settings.db_path)
+    try:
+        marks = [t for (t,) in db.conn.execute("SELECT token_hash FROM known_devices")]
+        sessions = [t for (t,) in db.conn.execute("SELECT token_hash FROM sessions")]
+    finally:
+        db.conn.close()
+    assert marks == ["recent"] and sessions == ["live"]
+
+
 def test_agent_export_and_erasure(org: Any) -> None:
     settings, data = org
     with client(settings) as c:
