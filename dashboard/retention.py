@@ -15,7 +15,7 @@ from typing import Any
 import pydantic_core
 import sqlite_utils
 
-from . import analytics
+from . import analytics, auth
 from . import db as store
 
 log = logging.getLogger(__name__)
@@ -24,13 +24,16 @@ DAY_S = 86400.0
 
 
 def purge(db: sqlite_utils.Database, *, metrics_days: float, aggregates_days: float,
-          audit_days: float, now: float | None = None) -> dict[str, int]:
+          audit_days: float, now: float | None = None,
+          session_idle_s: float | None = None) -> dict[str, int]:
     """Delete everything older than its retention limit; return the rows deleted per table.
 
     Per-second metrics and events are first rolled up into daily per-agent means, which are
     kept for ``aggregates_days`` with calls, flags and goals. The audit log, login attempts
     and cleared fleet alerts are kept ``audit_days`` (the audit log's delete trigger allows
-    only rows below the floor this function sets).
+    only rows below the floor this function sets). Browser marks past
+    :data:`dashboard.auth.DEVICE_MAX_AGE_S` and sessions that can no longer be used go too,
+    whether or not anyone logs in.
 
     Args:
         db: The open database (schema ensured).
@@ -38,6 +41,7 @@ def purge(db: sqlite_utils.Database, *, metrics_days: float, aggregates_days: fl
         aggregates_days: Retention of daily aggregates, calls, flags and goals, days.
         audit_days: Retention of the audit log and login attempts, days.
         now: Wall-clock seconds (a controlled clock in tests).
+        session_idle_s: Idle expiry of a session, seconds (None: only their maximum age).
     """
     now = time.time() if now is None else now
     m_cut = now - metrics_days * DAY_S
@@ -69,6 +73,13 @@ def purge(db: sqlite_utils.Database, *, metrics_days: float, aggregates_days: fl
         out["alerts"] = db.conn.execute(
             "DELETE FROM alerts WHERE cleared_ts IS NOT NULL AND cleared_ts < ?",
             (au_cut,)).rowcount
+        out["known_devices"] = db.conn.execute(
+            "DELETE FROM known_devices WHERE last_login_ts < ?",
+            (now - auth.DEVICE_MAX_AGE_S,)).rowcount
+        idle_cut = now - (auth.SESSION_MAX_AGE_S if session_idle_s is None else session_idle_s)
+        out["sessions"] = db.conn.execute(
+            "DELETE FROM sessions WHERE created_ts < ? OR last_seen_ts < ?",
+            (now - auth.SESSION_MAX_AGE_S, idle_cut)).rowcount
     log.info("retention purge: %s", out)
     return out
 
@@ -77,7 +88,8 @@ def purge_with(db: sqlite_utils.Database, settings: Any, now: float | None = Non
     """:func:`purge` with the limits of the dashboard's settings."""
     return purge(db, metrics_days=settings.retention_metrics_days,
                  aggregates_days=settings.retention_aggregates_days,
-                 audit_days=settings.retention_audit_days, now=now)
+                 audit_days=settings.retention_audit_days, now=now,
+                 session_idle_s=settings.session_idle_s)
 
 
 # ------------------------------------------------------------------------- CSV export
@@ -123,12 +135,20 @@ def _agent_export_parts(db: sqlite_utils.Database,
             for r in batch:
                 yield dict(zip(keys, r, strict=True))
 
+    users = "SELECT username FROM users WHERE agent = ?"
     return [
         ("agent", rows("SELECT * FROM agents WHERE agent = ?", agent)),
+        ("account", rows("SELECT username, role, lang, created_ts, disabled, "
+                         "totp_secret IS NOT NULL AS totp_enrolled FROM users WHERE agent = ?",
+                         agent)),
+        ("login_attempts", rows(f"SELECT * FROM login_attempts WHERE username IN ({users}) "
+                                "ORDER BY id", agent)),
         ("seat_history", rows("SELECT * FROM seat_history WHERE agent = ?", agent)),
-        ("metrics", analytics.iter_agent_metrics(db, agent, batch=EXPORT_BATCH_ROWS)),
-        ("events", analytics.iter_agent_events(db, agent, cues_only=False,
-                                               batch=EXPORT_BATCH_ROWS)),
+        # every stored column, as received (the charts' CSV keeps the charted metrics only)
+        ("metrics", rows(f"SELECT m.* FROM metrics m {analytics._windows_sql('m')} "
+                         "WHERE h.agent = ? ORDER BY m.ts", agent)),
+        ("events", rows(f"SELECT e.* FROM events e {analytics._windows_sql('e')} "
+                        "WHERE h.agent = ? ORDER BY e.ts", agent)),
         ("daily_aggregates", rows("SELECT * FROM daily_aggregates WHERE agent = ?", agent)),
         ("calls", rows("SELECT * FROM calls WHERE agent = ?", agent)),
         ("flags", rows("SELECT * FROM flags WHERE agent = ?", agent)),
@@ -138,7 +158,9 @@ def _agent_export_parts(db: sqlite_utils.Database,
 
 
 def agent_export(db: sqlite_utils.Database, agent: str) -> dict[str, Any]:
-    """Everything stored about one agent (the right of access), as JSON-ready data."""
+    """Everything stored about one agent (the right of access), as JSON-ready data: every
+    column of their metrics and events (call summaries, cue evidence), their account (no
+    password hash, no TOTP secret) and its login attempts."""
     return {name: list(it) for name, it in _agent_export_parts(db, agent)}
 
 
@@ -180,10 +202,13 @@ def stream_export(db_path: Path, chunks: Callable[[sqlite_utils.Database], Itera
 
 
 def erase_agent(db: sqlite_utils.Database, agent: str) -> dict[str, int]:
-    """Erase an agent who left: metrics of their seat windows, coaching, calls, account.
+    """Erase an agent who left: metrics and events of their seat windows, daily means,
+    coaching, calls, seats, account with its sessions, known browsers and login attempts.
 
     The audit log entries about them are kept (they record who accessed the data and are
-    themselves purged by retention).
+    themselves purged by retention); backups taken before, and what their box still holds
+    (its outbox's sent messages, its learned baselines), are out of this function's reach
+    (docs/privacy.md).
     """
     out: dict[str, int] = {}
     with db.conn:
@@ -196,7 +221,10 @@ def erase_agent(db: sqlite_utils.Database, agent: str) -> dict[str, int]:
                                          (agent,)).rowcount
         users = [r[0] for r in db.conn.execute("SELECT username FROM users WHERE agent = ?",
                                                (agent,)).fetchall()]
+        out["login_attempts"] = 0
         for u in users:
+            out["login_attempts"] += db.conn.execute(
+                "DELETE FROM login_attempts WHERE username = ?", (u,)).rowcount
             db.conn.execute("DELETE FROM sessions WHERE username = ?", (u,))
             db.conn.execute("DELETE FROM user_teams WHERE username = ?", (u,))
             db.conn.execute("DELETE FROM known_devices WHERE username = ?", (u,))

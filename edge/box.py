@@ -17,7 +17,8 @@ progress, with :data:`EXIT_RELOAD`, and systemd starts the service again with th
 then: files gone bad meanwhile are refused, and the box goes on). SIGHUP (``systemctl reload``) asks
 the same. A campaign file found bad at start-up (edited, never reloaded, then a reboot) is replaced
 by the last one the box started with (:data:`LAST_GOOD_CAMPAIGN`); ``settings_error`` in the status
-says why, as it does after a refused reload.
+says why, as it does after a refused reload. Either way the prospect affect model stays off: the
+bad file may be a new campaign whose call script does not disclose it.
 """
 
 from __future__ import annotations
@@ -433,6 +434,7 @@ class Box:
             self.reload_refused += 1
             self.reload_pending = False
             self.settings_error = str(exc)[:wire.MAX_TEXT_CHARS]
+            self._withdraw_affect()
             self._status_due = True
             log.error("reload refused, the box goes on with its running settings: %s", exc)
             return False
@@ -440,6 +442,14 @@ class Box:
             self.settings_error = ""
             self._status_due = True
         return True
+
+    def _withdraw_affect(self) -> None:
+        """Stop the prospect affect model: the campaign file now in place is bad, and may be a new
+        campaign whose call script does not disclose it (a good file restarts the box anyway)."""
+        if getattr(self.pipeline, "affect", None) is not None:
+            self.pipeline.affect = None  # type: ignore[attr-defined]
+            self.affect_state = "undisclosed"
+            log.warning("the prospect affect model stops: the campaign file is refused")
 
     def _in_call(self) -> bool:
         conversation = getattr(self.pipeline, "conversation", None)
@@ -536,8 +546,10 @@ def start_campaign(settings: EdgeSettings) -> tuple[Any, str]:
     """The campaign a box starts with, and what to say in the status's ``settings_error``.
 
     A good campaign file is used and copied to :data:`LAST_GOOD_CAMPAIGN` in the state directory.
-    A bad one is replaced by that copy (logged; the error is returned); with no copy, its
-    ``CampaignError`` is raised (a box never started: site IT is at hand).
+    A bad one is replaced by that copy (logged; the error is returned), without its prospect
+    affect disclosure: the copy's call script is not known to be the one the seat now follows,
+    so the affect model stays off (``undisclosed``) until a good file says otherwise. With no
+    copy, its ``CampaignError`` is raised (a box never started: site IT is at hand).
 
     Returns:
         (the ``CampaignConfig``, or None for the defaults; the file's error, "" if none).
@@ -552,11 +564,21 @@ def start_campaign(settings: EdgeSettings) -> tuple[Any, str]:
     except CampaignError as exc:
         if not kept.is_file():
             raise
-        log.error("%s; the box runs the campaign it last started with (%s)", exc, kept)
-        return load(kept), str(exc)[:wire.MAX_TEXT_CHARS]
+        log.error("%s; the box runs the campaign it last started with (%s), without the prospect "
+                  "affect model", exc, kept)
+        return undisclosed(load(kept)), str(exc)[:wire.MAX_TEXT_CHARS]
     try:
         kept.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(kept, raw, mode=0o600)
     except OSError as exc:
         log.error("cannot keep the campaign in %s: %s", kept, exc)
     return campaign, ""
+
+
+def undisclosed(campaign: Any) -> Any:
+    """``campaign`` with its prospect affect disclosure withdrawn (the model stays off)."""
+    import dataclasses
+
+    from edge.campaign import AffectDisclosure
+
+    return dataclasses.replace(campaign, affect=AffectDisclosure(disclosed=False))

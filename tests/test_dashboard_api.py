@@ -193,15 +193,15 @@ def test_exports_are_streamed_from_sqlite_in_pages_with_flat_memory(
     settings, data = org
     monkeypatch.setattr(retention, "EXPORT_BATCH_ROWS", 100)
     _fill_metrics(settings, "agent-a1", "box-a1", 1000)
-    db = store.open_db(settings.db_path)
-    try:
-        expected = json.loads(pydantic_core.to_json(retention.agent_export(db, "agent-a1"),
-                                                    inf_nan_mode="null"))
-        expected_csv = retention.metrics_csv(db, ["agent-a1"])
-    finally:
-        db.conn.close()
     with client(settings) as c:
-        login_as(c, "amina", data)
+        login_as(c, "amina", data)  # before the expected export: it holds her login
+        db = store.open_db(settings.db_path)
+        try:
+            expected = json.loads(pydantic_core.to_json(retention.agent_export(db, "agent-a1"),
+                                                        inf_nan_mode="null"))
+            expected_csv = retention.metrics_csv(db, ["agent-a1"])
+        finally:
+            db.conn.close()
         r = c.get("/api/agents/agent-a1/export.json")
         assert r.status_code == 200 and "content-length" not in r.headers
         assert r.headers["content-type"] == "application/json"
@@ -222,6 +222,100 @@ def test_exports_are_streamed_from_sqlite_in_pages_with_flat_memory(
     large, large_peak = _export_peak(settings)
     assert large > 3.5 * small and large > 10_000_000
     assert large_peak < 1.5 * small_peak, (small, small_peak, large, large_peak)
+
+
+def _store_call(settings: DashboardSettings, box: str, start_ts: float) -> None:
+    """One real call through the edge pipeline (an EmoDB prospect, 30 s), its messages stored by
+    the ingest's own inserts as if ``box`` had published them from ``start_ts`` on."""
+    from edge.pipeline import Pipeline, load_vad_model
+    from miroir import wire
+    from tests.test_prospect_tense import _prospect_call
+
+    audio = _prospect_call("N")[:, : 16000 * 30]
+    pipe = Pipeline(load_vad_model())
+    messages = [m for i in range(0, audio.shape[1], 1024) for m in pipe(audio[:, i:i + 1024])]
+    db = store.open_db(settings.db_path)
+    try:
+        for seq, m in enumerate([*messages, *pipe.stop()], start=50_000):
+            body = {"v": wire.SCHEMA_VERSION, "site": settings.site, "box": box, "seq": seq,
+                    "ts": start_ts + (seq - 50_000) * 0.01, **m.body}
+            msg = wire.decode(m.kind, wire.encode(m.kind, body))
+            (store.insert_metrics if m.kind == "metrics" else store.insert_event)(db, msg, start_ts)
+    finally:
+        db.conn.close()
+
+
+def _filled(settings: DashboardSettings, table: str, box: str) -> set[str]:
+    """The columns of ``table`` that hold a value in a row of ``box`` from :func:`_store_call`."""
+    cols = [r[1] for r in query(settings, f"PRAGMA table_info({table})")]
+    return {c for c in cols if query(settings, f"SELECT count(*) FROM {table} WHERE box = ? AND "
+                                               f"seq >= 50000 AND {c} IS NOT NULL", box)[0][0]}
+
+
+def test_the_agent_s_export_holds_every_stored_field_and_nothing_of_another_agent(
+        org: Any) -> None:
+    """A real call of agent-a1 and one of agent-a2, as their boxes published them: amina's
+    export.json holds every field stored of her rows (it held 39 of the 75 metrics columns
+    holding a value, and 5 of the 54 of her events: no call summary, no cue evidence), her
+    account and its login attempts (with their address), and nothing of agent-a2's."""
+    from dashboard import db as dstore
+    from tests._fixtures_dashboard import failed_login
+
+    settings, data = org
+    now = time.time()
+    _store_call(settings, "box-a1", now - 40)
+    _store_call(settings, "box-a2", now - 40)
+    with client(settings) as c:
+        login_as(c, "amina", data)
+        db = dstore.open_db(settings.db_path)  # then someone tries her password elsewhere
+        failed_login(db, "amina", "10.0.0.7")
+        failed_login(db, "sup-a", "10.0.0.8")
+        db.conn.close()
+        full = c.get("/api/agents/agent-a1/export.json").json()
+    mine = [r for r in full["metrics"] if r["seq"] >= 50_000]
+    events = [r for r in full["events"] if r["seq"] >= 50_000]
+    assert mine and any(e["name"] == "call_end" for e in events)
+    for rows, table in ((mine, "metrics"), (events, "events")):
+        stored = _filled(settings, table, "box-a1")
+        exported = {k for r in rows for k, v in r.items() if v is not None}
+        assert stored - exported == set(), table
+        assert {r["box"] for r in rows} == {"box-a1"}
+    end = next(e for e in events if e["name"] == "call_end")
+    assert end["call_duration_s"] == query(
+        settings, "SELECT call_duration_s FROM events WHERE box = 'box-a1' AND name = 'call_end'"
+        " AND seq >= 50000")[0][0]
+    assert [a["username"] for a in full["account"]] == ["amina"]
+    assert "password_hash" not in full["account"][0] and "totp_secret" not in full["account"][0]
+    assert {(a["username"], a["addr"]) for a in full["login_attempts"]} >= {("amina", "10.0.0.7")}
+    assert {a["username"] for a in full["login_attempts"]} == {"amina"}
+    text = json.dumps(full)
+    assert "agent-a2" not in text and "box-a2" not in text
+
+
+def test_a_team_board_read_is_in_each_shown_agent_s_audit_log(org: Any) -> None:
+    """sup-a sets agent-a1 a goal, then opens the team board (page and API), which shows her
+    goal's daily progress: amina's audit log (API and /me) lists the board, as it lists every
+    supervisor read of her data. It was logged once for the team, with no agent: she never saw
+    it."""
+    settings, data = org
+    with client(settings) as c:
+        login_as(c, "sup-a", data)
+        assert c.post("/api/agents/agent-a1/goals", headers=csrf_header(c), json={
+            "metric": "near_speech_ratio", "label": "laisser parler"}).status_code == 201
+        board = c.get("/api/teams/team-a/board").json()
+        assert [g["label"] for a in board["agents"] if a["agent"] == "agent-a1"
+                for g in a["goals"]] == ["laisser parler"]
+        assert c.get("/teams/team-a").status_code == 200
+    with client(settings) as c:
+        login_as(c, "amina", data)
+        audit = c.get("/api/agents/agent-a1/audit").json()
+        html = c.get("/me").text
+    boards = [e for e in audit["entries"] if e["action"] == "team_board"]
+    assert [(e["actor"], json.loads(e["detail"])) for e in boards] == \
+        [("sup-a", {"team": "team-a"})] * 2
+    assert "a ouvert le tableau d" in html.split('id="audit-list"')[1]
+    assert query(settings, "SELECT count(*) FROM audit_log WHERE action = 'team_board' AND "
+                           "agent = 'agent-b1'")[0][0] == 0
 
 
 # -------------------------------------------------------------------------- campaigns

@@ -452,6 +452,44 @@ def test_retention_purge_with_a_controlled_clock(org: Any) -> None:
 
 
 # ---------------------------------------------------------------- export, erasure, more
+def test_the_purge_forgets_old_browser_marks_and_sessions_without_waiting_for_a_login(
+        org: Any) -> None:
+    """A browser last used to log in 100 days ago (a mark lasts 90, the README says) and a
+    session from 400 days ago, then nobody logs in: the real ``miroir dashboard purge`` deletes
+    both. They were deleted only when someone completed a login or opened a session, so a
+    quiet dashboard kept them (the username and when) however long; a recent mark and a live
+    session stay."""
+    import os
+    import subprocess
+    import sys
+
+    settings, _ = org
+    now = time.time()
+    db = store.open_db(settings.db_path)
+    with db.conn:
+        for token, days in (("old", 100.0), ("recent", 10.0)):
+            db.conn.execute("INSERT INTO known_devices (token_hash, username, last_login_ts) "
+                            "VALUES (?, 'amina', ?)", (token, now - days * 86400))
+        for token, age_s in (("old", 400 * 86400.0), ("live", 60.0)):
+            db.conn.execute("INSERT INTO sessions (token_hash, username, csrf, created_ts, "
+                            "last_seen_ts) VALUES (?, 'amina', 'c', ?, ?)",
+                            (token, now - age_s, now - age_s))
+    db.conn.close()
+    env = {**os.environ, "MIROIR_DASH_SITE": settings.site,
+           "MIROIR_DASH_DB_PATH": str(settings.db_path),
+           "MIROIR_DASH_ADMIN_PASSWORD_FILE": str(settings.admin_password_file)}
+    r = subprocess.run([sys.executable, "-m", "miroir.cli", "dashboard", "purge"], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    db = store.open_db(settings.db_path)
+    try:
+        marks = [t for (t,) in db.conn.execute("SELECT token_hash FROM known_devices")]
+        sessions = [t for (t,) in db.conn.execute("SELECT token_hash FROM sessions")]
+    finally:
+        db.conn.close()
+    assert marks == ["recent"] and sessions == ["live"]
+
+
 def test_agent_export_and_erasure(org: Any) -> None:
     settings, data = org
     with client(settings) as c:
@@ -473,6 +511,39 @@ def test_agent_export_and_erasure(org: Any) -> None:
     assert db.conn.execute("SELECT count(*) FROM metrics WHERE box = 'box-a2'").fetchone()[0] == 240
     assert db.conn.execute("SELECT count(*) FROM users WHERE username = 'amina'").fetchone()[0] == 0
     assert db.conn.execute("SELECT count(*) FROM calls WHERE agent = 'agent-a1'").fetchone()[0] == 0
+
+
+def test_erasure_leaves_nothing_that_names_the_agent_but_the_audit_log(org: Any) -> None:
+    """amina logs in, someone tries her password from 10.0.0.7, a supervisor reads and flags
+    her, then the admin erases her through the API: no table but the audit log (kept, as
+    docs/privacy.md says) still holds her agent id or username. Her login attempts, each with
+    its time and address, stayed for the audit retention (365 days) before."""
+    settings, data = org
+    with client(settings) as c:
+        login_as(c, "amina", data)
+    with client(settings) as c:
+        login_as(c, "sup-a", data)
+        assert c.get("/api/agents/agent-a1/metrics").status_code == 200
+        assert c.post("/api/agents/agent-a1/flags", headers=csrf_header(c),
+                      json={"ts": time.time() - 30, "note": "rythme"}).status_code == 201
+    db = store.open_db(settings.db_path)
+    failed_login(db, "amina", "10.0.0.7")
+    db.conn.close()
+    with client(settings) as c:
+        login_as(c, "admin", data)
+        r = c.post("/api/agents/agent-a1/erase", headers=csrf_header(c))
+        assert r.status_code == 200 and r.json()["deleted"]["login_attempts"] == 2
+    db = store.open_db(settings.db_path)
+    left = {}
+    for (table,) in db.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
+        cols = [r[1] for r in db.conn.execute(f"PRAGMA table_info({table})")]
+        where = " OR ".join(f"CAST({c} AS TEXT) IN ('agent-a1', 'amina')" for c in cols)
+        n = db.conn.execute(f"SELECT count(*) FROM {table} WHERE {where}").fetchone()[0]
+        if n:
+            left[table] = n
+    assert db.conn.execute("SELECT count(*) FROM metrics WHERE box = 'box-a1'").fetchone()[0] == 0
+    db.conn.close()
+    assert left == {"audit_log": 2}  # sup-a's read of her metrics, and the erasure itself
 
 
 def test_migrations_keep_data_and_run_once(tmp_path: Path) -> None:

@@ -132,3 +132,46 @@ def test_the_affect_model_runs_only_where_the_campaign_discloses_it() -> None:
     assert stage.model is not None and stage.model.invocations == 0
     with pytest.raises(CampaignError, match=r"affect\.disclosed: expected true or false"):
         from_mapping({"affect": {"disclosed": "yes"}})
+
+
+def test_a_bad_campaign_file_does_not_bring_back_the_last_one_s_disclosure(tmp_path: Path) -> None:
+    """A seat on a campaign that disclosed the affect model moves to one whose script does not
+    (``disclosed = false``) with a typo elsewhere in the file, then the box restarts: it runs the
+    last good campaign's cues, but not its disclosure, which says nothing of the calls it now
+    makes. Before, the model ran on the prospect (48 windows of this call) and published their
+    tension, with the status saying ``prospect_affect_state = on``; a running box that refused
+    the file at a ``reload`` went on running the model too."""
+    import json
+
+    from edge.box import Box
+    from edge.settings import EdgeSettings
+
+    campaign = tmp_path / "campaign.toml"
+    campaign.write_text("[affect]\ndisclosed = true\n[monologue]\non_s = 45.0\n")
+    settings = EdgeSettings(site="site-a", box="box-a", broker_port=9, state_dir=tmp_path / "state",
+                            affect_enabled=True, campaign_file=campaign)
+    first = Box(settings, load_vad_model(), version="test")
+    assert first.affect_state == "on"
+    first.outbox.close()
+    campaign.write_text("[affect]\ndisclosed = false\n[monologue]\non_s = 3.0\n")  # out of range
+    box = Box(settings, load_vad_model(), version="test")
+    status = box.status_fields()
+    assert "monologue.on_s" in status["settings_error"]
+    assert box.pipeline.campaign.monologue.on_s == 45.0  # the last good campaign's cues
+    assert status["prospect_affect_state"] == "undisclosed" and box.pipeline.affect is None
+    audio = _prospect_call("W")
+    for i in range(0, audio.shape[1], 1024):
+        box.submit(box.pipeline(audio[:, i:i + 1024]))
+    published = [k for _, kind, p in box.outbox.pending(limit=100_000) if kind == "metrics"
+                 for k in json.loads(p) if k in ("prospect_arousal", "prospect_tension")]
+    box.outbox.close()
+    assert published == []
+    # the same edit refused by a ``reload`` of a running box: the model stops there
+    campaign.write_text("[affect]\ndisclosed = true\n[monologue]\non_s = 45.0\n")
+    running = Box(settings, load_vad_model(), version="test")
+    assert running.affect_state == "on"
+    campaign.write_text("[affect]\ndisclosed = false\n[monologue]\non_s = 3.0\n")
+    assert not running.reload()
+    status = running.status_fields()
+    running.outbox.close()
+    assert status["prospect_affect_state"] == "undisclosed" and running.pipeline.affect is None

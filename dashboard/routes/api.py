@@ -450,6 +450,14 @@ def team_board(db: Any, user: User, team: str, days: int = 14) -> dict[str, Any]
             "metrics": names}
 
 
+def audit_board(db: Any, user: User, board: dict[str, Any]) -> None:
+    """Log a team board read in the audit log of each agent it shows (their goals' progress,
+    their shared moments), as a read of their data; once for the team if it has no agent."""
+    agents = [a["agent"] for a in board["agents"]] or [None]
+    for agent in agents:
+        access.audit(db, user, "team_board", agent, {"team": board["team"]})
+
+
 MIN_GROUP_AGENTS = 3
 """Fewest agents behind a team aggregate for a reader who may not see each of them (an auditor
 sees aggregates, never one agent's data): a smaller group's mean is withheld ("too few
@@ -702,7 +710,8 @@ def export_agent_csv(db: Db, user: CurrentUser, settings: Settings, agent: Agent
 def export_agent_json(db: Db, user: CurrentUser, settings: Settings,
                       agent: AgentId) -> Response:
     """Everything stored about the agent (right of access; the agent or an admin), streamed:
-    agent, seat_history, metrics, events, daily_aggregates, calls, flags, goals, audit_log."""
+    agent, account, login_attempts, seat_history, metrics, events (every stored field),
+    daily_aggregates, calls, flags, goals, audit_log."""
     access.require_agent(db, user, agent)
     require_role(user, "admin", "agent")
     access.audit(db, user, "export_all", agent)
@@ -737,7 +746,7 @@ def get_team_board(db: Db, user: CurrentUser, team: TeamId) -> dict[str, Any]:
     """Progress of each agent against their own baseline, shared moments, daily debrief."""
     require_role(user, "admin", "supervisor")
     board = team_board(db, user, team)
-    access.audit(db, user, "team_board", None, {"team": team})
+    audit_board(db, user, board)
     return board
 
 

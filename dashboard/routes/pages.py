@@ -135,7 +135,7 @@ def team_page(request: Request, db: Db, user: CurrentUser, team: str) -> Respons
     """The team board: progress against each agent's own baseline, shared moments, debrief."""
     require_role(user, "admin", "supervisor")
     board = api.team_board(db, user, team)
-    access.audit(db, user, "team_board", None, {"team": team})
+    api.audit_board(db, user, board)
     return render(request, "team.html", {"board": board})
 
 
