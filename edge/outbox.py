@@ -33,6 +33,7 @@ messages are not sent again) and written with the next one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import secrets
@@ -52,6 +53,9 @@ DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 so the 24 h of acknowledged rows kept for resends fit, with room for a backlog."""
 WAL_LIMIT_BYTES = 4 * 1024 * 1024
 """The write-ahead log is truncated back to this size after each checkpoint."""
+DELETE_BATCH_ROWS = 1_000
+"""Acknowledged rows deleted per transaction: the write-ahead log a deletion needs grows with it
+(a whole shift in one transaction needed an 85 MB log, more than a nearly full card had)."""
 CLOCK_STEP_S = 60.0
 """A wall clock that moved this much further than the monotonic clock was set, not drifting."""
 SEQ_RESERVE = 1_000
@@ -317,12 +321,27 @@ class Outbox:
 
     def _free_acked(self) -> int:
         """Delete every acknowledged row (a full disk); return how many."""
+        before = self._rows
+        with contextlib.suppress(sqlite3.OperationalError):  # the batches deleted before stay so
+            self._delete_acked()
+        return before - self._rows
+
+    def _delete_acked(self, before_ts: float = math.inf) -> int:
+        """Delete the rows acknowledged before ``before_ts``, oldest first, one transaction per
+        :data:`DELETE_BATCH_ROWS` (the log each needs fits a nearly full card); return how many."""
+        n = 0
         try:
-            n = int(self._db.execute("DELETE FROM outbox WHERE acked_ts IS NOT NULL").rowcount)
-        except sqlite3.OperationalError:
-            return 0
-        self._recount()
-        return n
+            while True:
+                k = int(self._db.execute(
+                    "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE acked_ts IS NOT "
+                    "NULL AND acked_ts < ? ORDER BY seq LIMIT ?)",
+                    (before_ts, DELETE_BATCH_ROWS)).rowcount)
+                n += k
+                if k < DELETE_BATCH_ROWS:
+                    return n
+        finally:
+            if n:
+                self._recount()
 
     def _recount(self) -> None:
         rows, size = self._db.execute(
@@ -443,11 +462,7 @@ class Outbox:
             self._follow_clock()
         cutoff = (time.time() if now is None else now) - self.retention_s
         # counted from the acknowledgement, on a clock whose jumps the rows follow
-        n = int(self._db.execute("DELETE FROM outbox WHERE acked_ts IS NOT NULL "
-                                 "AND acked_ts < ?", (cutoff,)).rowcount)
-        if n:
-            self._recount()
-        return n
+        return self._delete_acked(cutoff)
 
     def first_seq(self) -> int:
         """Oldest sequence number still held (``last_seq + 1`` when empty)."""

@@ -7,7 +7,15 @@ import time
 
 import pytest
 
-from edge.outbox import ORIGIN_FLOOR, ORIGIN_JITTER, ROW_OVERHEAD_BYTES, Outbox, await_clock, clock_origin
+from edge.outbox import (
+    ORIGIN_FLOOR,
+    ORIGIN_JITTER,
+    ROW_OVERHEAD_BYTES,
+    WAL_LIMIT_BYTES,
+    Outbox,
+    await_clock,
+    clock_origin,
+)
 
 BODY = {"near_speech_ratio": 0.25, "far_speech_ratio": 0.5, "talk_state": "silence"}
 
@@ -382,3 +390,31 @@ def test_a_full_disk_that_refuses_the_acknowledgements_sends_each_message_once(
     finally:
         box.publisher.stop()
         box.outbox.close()
+
+
+@pytest.mark.parametrize("how", ["purge", "full disk"])
+def test_deleting_a_whole_shift_of_acknowledged_rows_needs_a_small_log(tmp_path, how):
+    """Monday's first purge deletes Friday's shift (77,040 rows, 84 MB); a full disk frees every
+    acknowledged row. In one transaction the write-ahead log grew to the size of what was deleted
+    (85 MB): on a card with 20 MB left the purge failed every minute, and once the disk was full
+    every message was lost (200 of 200) beside 77,040 rows kept only for resends. Deleted a batch
+    per transaction, the log stays near its limit and the deletion goes through on a full card."""
+    path = tmp_path / "o.sqlite"
+    Outbox(path, "s", "b").close()
+    payload = json.dumps({"v": 1, "site": "s", "box": "b", "ts": 1.0, "seq": 1, **BODY,
+                          "near_pitch_hz": 123.4, "pad": "x" * 900}).encode()
+    db = sqlite3.connect(path)
+    rows = 20_000  # about 22 MB: a quarter of a shift
+    db.executemany("INSERT INTO outbox(seq, kind, payload, created_ts, acked_ts) "
+                   "VALUES (?, 'metrics', ?, ?, ?)",
+                   [(1000 + i, payload, 1000.0 + i / 2, 1000.05 + i / 2) for i in range(rows)])
+    db.execute("INSERT OR REPLACE INTO meta VALUES ('last_seq', ?)", (1000 + rows - 1,))
+    db.commit()
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    box = Outbox(path, "s", "b")
+    deleted = box.purge(now=1000.0 + 3 * 86400) if how == "purge" else box._free_acked()
+    wal_bytes = (tmp_path / "o.sqlite-wal").stat().st_size
+    assert deleted == rows and box.depth_total() == 0 and box.size_bytes() == 0
+    assert wal_bytes <= 2 * WAL_LIMIT_BYTES, f"the log grew to {wal_bytes / 1e6:.1f} MB"
+    box.close()
