@@ -337,7 +337,7 @@ class Box:
                           len(given_up), ", ".join(map(str, given_up[:10])))
                 self.outbox.give_up(given_up)
                 self._status_due = True
-        except sqlite3.Error as exc:  # a full or failing disk: those rows are sent again later
+        except sqlite3.Error as exc:  # a full disk: kept in memory, written with the next acks
             log.error("outbox: cannot record acknowledgements: %s", exc)
         self.watchdog.ping()
         if acked and time.monotonic() - self._last_heartbeat > HEARTBEAT_EVERY_S:

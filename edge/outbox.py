@@ -27,11 +27,13 @@ small file beside it (:data:`SEQ_RESERVE`), so a new or replaced database starts
 number already used, and says so in its ``seq_origin``: the numbers in between are never taken for
 duplicates.
 A full disk loses the message being stored (counted in ``dropped``) after acknowledged rows were
-deleted to make room; the box goes on.
+deleted to make room; the box goes on. Acknowledgements it cannot write are kept in memory (those
+messages are not sent again) and written with the next one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import secrets
@@ -51,6 +53,9 @@ DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 so the 24 h of acknowledged rows kept for resends fit, with room for a backlog."""
 WAL_LIMIT_BYTES = 4 * 1024 * 1024
 """The write-ahead log is truncated back to this size after each checkpoint."""
+DELETE_BATCH_ROWS = 1_000
+"""Acknowledged rows deleted per transaction: the write-ahead log a deletion needs grows with it
+(a whole shift in one transaction needed an 85 MB log, more than a nearly full card had)."""
 CLOCK_STEP_S = 60.0
 """A wall clock that moved this much further than the monotonic clock was set, not drifting."""
 SEQ_RESERVE = 1_000
@@ -186,6 +191,9 @@ class Outbox:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._clock_offset_s = time.time() - time.monotonic()
         """Wall clock minus monotonic clock when last looked at (a jump shows as a change)."""
+        self._acked_unwritten: dict[int, float] = {}
+        """Acknowledged rows whose acknowledgement the disk refused (full), with its time: never
+        sent again, written with the next acknowledgement."""
         # beside the database, not named after it: whoever deletes "outbox.sqlite*" keeps it
         self._seq_file = None if str(path) == ":memory:" else reserve_file(self.path)
         try:
@@ -313,12 +321,27 @@ class Outbox:
 
     def _free_acked(self) -> int:
         """Delete every acknowledged row (a full disk); return how many."""
+        before = self._rows
+        with contextlib.suppress(sqlite3.OperationalError):  # the batches deleted before stay so
+            self._delete_acked()
+        return before - self._rows
+
+    def _delete_acked(self, before_ts: float = math.inf) -> int:
+        """Delete the rows acknowledged before ``before_ts``, oldest first, one transaction per
+        :data:`DELETE_BATCH_ROWS` (the log each needs fits a nearly full card); return how many."""
+        n = 0
         try:
-            n = int(self._db.execute("DELETE FROM outbox WHERE acked_ts IS NOT NULL").rowcount)
-        except sqlite3.OperationalError:
-            return 0
-        self._recount()
-        return n
+            while True:
+                k = int(self._db.execute(
+                    "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE acked_ts IS NOT "
+                    "NULL AND acked_ts < ? ORDER BY seq LIMIT ?)",
+                    (before_ts, DELETE_BATCH_ROWS)).rowcount)
+                n += k
+                if k < DELETE_BATCH_ROWS:
+                    return n
+        finally:
+            if n:
+                self._recount()
 
     def _recount(self) -> None:
         rows, size = self._db.execute(
@@ -359,22 +382,33 @@ class Outbox:
 
     def pending(self, after_seq: int = 0, limit: int = 100) -> list[tuple[int, str, bytes]]:
         """Unacknowledged messages after ``after_seq``, oldest first."""
+        unwritten = self._acked_unwritten
         rows = self._db.execute(
             "SELECT seq, kind, payload FROM outbox WHERE acked_ts IS NULL AND seq > ? "
-            "ORDER BY seq LIMIT ?", (after_seq, limit)).fetchall()
-        return [(int(s), str(k), bytes(p)) for s, k, p in rows]
+            "ORDER BY seq LIMIT ?", (after_seq, limit + len(unwritten))).fetchall()
+        return [(int(s), str(k), bytes(p)) for s, k, p in rows if s not in unwritten][:limit]
 
     def ack(self, seqs: list[int], ts: float | None = None) -> None:
-        """Mark messages as acknowledged by the broker."""
+        """Mark messages as acknowledged by the broker.
+
+        On a full disk the error is raised, and the acknowledgements are kept in memory: those
+        messages are not sent again, and are written with the next acknowledgement.
+        """
         if not seqs:
             return
-        if ts is None:
-            self._follow_clock()  # the rows acknowledged before a jump move before these come
-        now = time.time() if ts is None else ts
-        self._db.execute("BEGIN IMMEDIATE")
-        self._db.executemany("UPDATE outbox SET acked_ts = ? WHERE seq = ?",
-                             [(now, s) for s in seqs])
-        self._db.execute("COMMIT")
+        self._acked_unwritten.update(dict.fromkeys(seqs, time.time() if ts is None else ts))
+        try:
+            if ts is None:
+                self._follow_clock()  # the rows acknowledged before a jump move before these come
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("UPDATE outbox SET acked_ts = ? WHERE seq = ?",
+                                 [(t, s) for s, t in self._acked_unwritten.items()])
+            self._db.execute("COMMIT")
+        except sqlite3.Error:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+        self._acked_unwritten.clear()
 
     def give_up(self, seqs: list[int], ts: float | None = None) -> None:
         """Stop sending messages the broker keeps refusing: count them in ``dropped``, once each;
@@ -404,7 +438,10 @@ class Outbox:
             How many rows will be sent again (rows purged or dropped cannot be).
         """
         last = self.last_seq if to_seq is None else to_seq
-        return int(self._db.execute(
+        again = [s for s in self._acked_unwritten if from_seq <= s <= last]
+        for s in again:  # acknowledged, not written yet: unsent again in memory
+            del self._acked_unwritten[s]
+        return len(again) + int(self._db.execute(
             "UPDATE outbox SET acked_ts = NULL WHERE seq BETWEEN ? AND ? "
             "AND acked_ts IS NOT NULL", (from_seq, last)).rowcount)
 
@@ -425,11 +462,7 @@ class Outbox:
             self._follow_clock()
         cutoff = (time.time() if now is None else now) - self.retention_s
         # counted from the acknowledgement, on a clock whose jumps the rows follow
-        n = int(self._db.execute("DELETE FROM outbox WHERE acked_ts IS NOT NULL "
-                                 "AND acked_ts < ?", (cutoff,)).rowcount)
-        if n:
-            self._recount()
-        return n
+        return self._delete_acked(cutoff)
 
     def first_seq(self) -> int:
         """Oldest sequence number still held (``last_seq + 1`` when empty)."""
@@ -438,8 +471,8 @@ class Outbox:
 
     def depth(self) -> int:
         """Messages not yet acknowledged."""
-        return int(self._db.execute("SELECT COUNT(*) FROM outbox WHERE acked_ts IS NULL")
-                   .fetchone()[0])
+        n = int(self._db.execute("SELECT COUNT(*) FROM outbox WHERE acked_ts IS NULL").fetchone()[0])
+        return max(0, n - len(self._acked_unwritten))
 
     def depth_total(self) -> int:
         """Rows kept, acknowledged or not."""
