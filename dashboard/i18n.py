@@ -99,7 +99,14 @@ STRINGS: dict[str, tuple[str, str]] = {
     "agent.goal_add": ("Fixer l'objectif", "Set the goal"),
     "agent.audit": ("Qui a consulté mes données", "Who looked at my data"),
     "agent.audit_admin": ("Consultations de ces données", "Reads of this data"),
-    "agent.no_audit": ("Personne n'a consulté ces données.", "Nobody has looked at this data."),
+    "agent.no_audit": ("Personne n'a consulté ces données en détail.",
+                       "Nobody has looked at this data in detail."),
+    "agent.audit_scope": ("Sont journalisés : votre page, ses graphiques, ses exports et le tableau "
+                          "d'équipe. Le plan de salle en direct, qui montre l'état de votre poste "
+                          "(parle, écoute, privé) et vos alertes, ne l'est pas.",
+                          "Logged here: your page, its charts, its exports and the team board. The "
+                          "live floor, which shows your seat's state (talking, listening, private) "
+                          "and your cues, is not."),
     "agent.audit_summary": ("Qui, quoi, combien de fois", "Who, what, how many times"),
     "agent.audit_times": ("Fois", "Times"),
     "agent.audit_last": ("Dernière fois", "Last time"),

@@ -25,7 +25,8 @@ class MetricInfo:
 
 METRICS: dict[str, MetricInfo] = {
     "speech_ratio": MetricInfo("Temps de parole", "Speech share", "%"),
-    "rate_syl_s": MetricInfo("Débit", "Speaking rate", "syll/s", "down"),
+    "rate_syl_s": MetricInfo("Débit, écoute comprise", "Speech rate, listening included",
+                             "syll/s", "down"),
     "articulation_rate_syl_s": MetricInfo("Débit articulatoire", "Articulation rate", "syll/s",
                                           "down"),
     "pitch_range_st": MetricInfo("Étendue de la voix", "Pitch range", "st", "up"),

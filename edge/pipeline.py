@@ -150,6 +150,7 @@ def prosody_fields(window: ProsodyWindow, channel: str = "near") -> dict[str, fl
     # and no rate per minute from the second or so after a start (one pause would read 60 a minute)
     span_s = window.end_s - window.start_s
     minutes = span_s / 60 if window.voiced_ratio > 0 and span_s >= PER_MINUTE_MIN_S else 0.0
+    heard = minutes if window.pauses_per_min is not None else 0.0  # no pause audible over the noise
     values = {
         "voiced_ratio": window.voiced_ratio,
         "level_dbfs": window.level_dbfs,
@@ -161,8 +162,8 @@ def prosody_fields(window: ProsodyWindow, channel: str = "near") -> dict[str, fl
         "shimmer": window.shimmer_local,
         "rate_syl_s": window.speaking_rate_syl_s,
         "articulation_rate_syl_s": window.articulation_rate_syl_s,
-        "pauses_per_min": window.pauses_per_min if minutes > 0 else None,
-        "breaths_per_min": window.breaths / minutes if minutes > 0 else None,
+        "pauses_per_min": window.pauses_per_min if heard > 0 else None,
+        "breaths_per_min": window.breaths / heard if heard > 0 else None,
         "hesitations_per_min": window.hesitations / minutes if minutes > 0 else None,
     }
     return {f"{channel}_{k}": round(float(v), 4) for k, v in values.items()

@@ -376,7 +376,9 @@ class ProsodyWindow:
     """Syllables per second of the window."""
     pauses: int
     """Silent gaps of 200 ms to 2 s between voiced stretches."""
-    pauses_per_min: float
+    pauses_per_min: float | None
+    """None when no pause could be heard over the window's noise (:func:`edge.rate.pauses_audible`);
+    ``breaths`` is then 0 for the same reason."""
     breaths: int
     """Pauses that hold an audible unvoiced breath noise."""
     pause_s_mean: float | None
@@ -651,7 +653,8 @@ def functionals(tr: HopTrack, cycles: list[tuple[float, np.ndarray, np.ndarray, 
         pitch_movement_st_per_s=movement, hnr_db=hnr, jitter_local=jitter, shimmer_local=shimmer,
         syllables=len(syl), articulation_rate_syl_s=art, pace_syl_s=rate_mod.pace(syl),
         speaking_rate_syl_s=(len(syl) / dur_s) if dur_s > 0 and enough else None,
-        pauses=n_p, pauses_per_min=(60.0 * n_p / dur_s) if dur_s > 0 else 0.0,
+        pauses=n_p, pauses_per_min=((60.0 * n_p / dur_s) if dur_s > 0 else 0.0)
+        if rate_mod.pauses_audible(tr.level_dbfs, v) else None,
         breaths=sum(1 for p in pauses if p.breath),
         pause_s_mean=float(np.mean([p.end_s - p.start_s for p in pauses])) if n_p else None,
         hesitations=len(hes),

@@ -88,6 +88,26 @@ class RateWindow:
     """See :func:`pace`."""
     pauses: int
     """Silent gaps of 200 ms to 2 s between voiced stretches."""
+    pauses_audible: bool = True
+    """Whether a pause could be heard at all (see :func:`pauses_audible`): if not, 0 pauses is
+    no measurement."""
+
+
+def pauses_audible(level_dbfs: np.ndarray, voiced: np.ndarray) -> bool:
+    """Whether a pause can be told from the voice in these hops: at least 30 ms of live hops (not
+    fed silence) lie :data:`SILENCE_BELOW_SPEECH_DB` under the loud voiced level, as the closures
+    between words do in a quiet room. Over a noise floor closer to the voice than that, no gap is
+    quiet enough to be a pause, and counting none would publish a rate of 0 that nobody measured.
+
+    Args:
+        level_dbfs: hop levels, dBFS.
+        voiced: hop voicing flags.
+    """
+    if voiced.sum() < 3:
+        return False
+    ref = percentile(level_dbfs[voiced], 95)
+    quiet = (level_dbfs > DIGITAL_SILENCE_DBFS) & (level_dbfs < ref - SILENCE_BELOW_SPEECH_DB)
+    return int(quiet.sum()) >= 3
 
 
 def rate_window(t_s: np.ndarray, level_dbfs: np.ndarray, syllabic_db: np.ndarray,
@@ -97,7 +117,8 @@ def rate_window(t_s: np.ndarray, level_dbfs: np.ndarray, syllabic_db: np.ndarray
     nuclei = syllable_nuclei(t_s, syllabic_db, voiced)
     return RateWindow(voiced_ratio=float(voiced.mean()) if len(voiced) else 0.0, syllables=len(nuclei),
                       articulation_rate_syl_s=articulation_rate(nuclei, t_s, voiced),
-                      pace_syl_s=pace(nuclei), pauses=len(pause_spans(t_s, level_dbfs, voiced)))
+                      pace_syl_s=pace(nuclei), pauses=len(pause_spans(t_s, level_dbfs, voiced)),
+                      pauses_audible=pauses_audible(level_dbfs, voiced))
 
 
 def percentile(x: np.ndarray, q: float) -> float:

@@ -558,7 +558,7 @@ class Signals:
         # no pause or breath: consecutive seconds of speech whose short window holds no pause
         if c.no_pause.enabled:
             speech = float(m.get("near_speech_ratio", 0.0))
-            if short is not None and short.pauses == 0 and speech >= 0.5:
+            if short is not None and short.pauses == 0 and short.pauses_audible and speech >= 0.5:
                 self._run_s += dt
                 self._run_speech_s += speech * dt
             else:

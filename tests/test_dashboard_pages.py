@@ -183,6 +183,8 @@ def test_roles_are_named_in_the_pages_language(chromium: Any, org_server: Any) -
         page = agent.new_page()
         browser_login(page, url, "amina", USER_PASSWORD, landing="/me")
         assert "sup-a (Superviseur)" in page.locator("#audit-list .audit-entry").first.inner_text()
+        # the agent is told what the log leaves out: the live floor shows the seat unlogged
+        assert "plan de salle en direct" in page.locator("#audit-scope").inner_text()
         page.click("#lang-switch")
         page.wait_for_url("**/me")
         assert "sup-a (Supervisor)" in page.locator("#audit-list .audit-entry").first.inner_text()

@@ -192,6 +192,40 @@ def test_no_pause_cue_for_unbroken_speech_not_for_paused_speech(model):
     assert found[0.4] == []
 
 
+def test_pauses_nobody_can_hear_over_the_noise_are_not_counted_as_none(model):
+    """The agent's sentences with 0.4 s pauses under the shared real noise at 0 dB SNR: no gap is
+    25 dB under the voice, so no pause can be heard. The pause and breath rates are left out (they
+    read 0 a minute, every window) and "pause and breathe" is not raised (it was, the pauses
+    unheard taken for none); in the quiet the rates are there."""
+    from bench.accuracy_prosody import mix_noise
+
+    campaign = from_mapping({"no_pause": {"speech_ratio": 0.5}})
+    b = Builder(seed=7)
+    b.agent = [trim(x, -35.0) for x in b.agent]
+    b.say(1, 1)
+    b.pause(0.6)
+    start = b.t
+    while b.t - start < 35.0:
+        b.say(0, 1)
+        b.pause(0.4)
+    call = b.build()
+    noisy = call.audio.copy()
+    noisy[0] = mix_noise(noisy[0], 2, 0.0)
+    for audio, heard in ((call.audio, True), (noisy, False)):
+        msgs = _run(Pipeline(model, campaign=campaign), audio)
+        rates = [m.body.get("near_pauses_per_min") for m in msgs if m.kind == "metrics"
+                 and start + 12.0 <= m.body["t_start"] <= start + 34.0]
+        breaths = [m.body.get("near_breaths_per_min") for m in msgs if m.kind == "metrics"
+                   and start + 12.0 <= m.body["t_start"] <= start + 34.0]
+        cues = [m.body["cue"] for m in msgs if m.kind == "event" and m.body["name"] == "cue_on"]
+        assert len(rates) >= 20
+        if heard:
+            assert all(r is not None and r > 0 for r in rates), rates
+        else:
+            assert rates == [None] * len(rates) and breaths == [None] * len(breaths), (rates, breaths)
+            assert "no_pause" not in cues, cues
+
+
 def _stretch_cue(model, seed: int, cue: str, inject) -> tuple[list[float], float, list[str]]:
     """A call with the agent's baseline learned (14 exchanges), ``inject(builder)``, 3 exchanges:
     the delays of the ``cue`` episodes from the stretch's onset, its length, every cue raised."""
