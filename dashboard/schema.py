@@ -148,9 +148,15 @@ def _m6_stream_rows_by_box_and_time(db: sqlite_utils.Database) -> None:
     db.conn.execute("CREATE INDEX IF NOT EXISTS events_box_ts ON events(box, ts)")
 
 
+def _m7_calls_by_campaign_variant(db: sqlite_utils.Database) -> None:
+    """Calls by campaign, variant and outcome: the variant comparison counts outcomes by them."""
+    db.conn.execute("CREATE INDEX IF NOT EXISTS calls_campaign ON calls(campaign, variant, outcome)")
+
+
 MIGRATIONS: list[Migration] = [_m1_inventory_roles_audit, _m2_campaign_life_and_alerts,
                                _m3_known_devices, _m4_code_attempts_and_device_renewal,
-                               _m5_retired_boxes, _m6_stream_rows_by_box_and_time]
+                               _m5_retired_boxes, _m6_stream_rows_by_box_and_time,
+                               _m7_calls_by_campaign_variant]
 """Ordered migrations; migration ``i`` (1-based) brings the schema to version ``i``."""
 
 
