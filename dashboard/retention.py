@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 import os
 import sqlite3
 import time
@@ -29,11 +30,13 @@ def purge(db: sqlite_utils.Database, *, metrics_days: float, aggregates_days: fl
     """Delete everything older than its retention limit; return the rows deleted per table.
 
     Per-second metrics and events are first rolled up into daily per-agent means, which are
-    kept for ``aggregates_days`` with calls, flags and goals. The audit log, login attempts
-    and cleared fleet alerts are kept ``audit_days`` (the audit log's delete trigger allows
-    only rows below the floor this function sets). Browser marks past
-    :data:`dashboard.auth.DEVICE_MAX_AGE_S` and sessions that can no longer be used go too,
-    whether or not anyone logs in.
+    kept for ``aggregates_days`` with calls, flags and goals; they are rolled up and deleted
+    :data:`PURGE_BATCH_ROWS` rows per transaction, so the ingest and the pages are never kept
+    waiting for the whole purge (a busy writer gives up after 5 s: pages answered 500). The
+    audit log, login attempts and cleared fleet alerts are kept ``audit_days`` (the audit
+    log's delete trigger allows only rows below the floor this function sets). Browser marks
+    past :data:`dashboard.auth.DEVICE_MAX_AGE_S` and sessions that can no longer be used go
+    too, whether or not anyone logs in.
 
     Args:
         db: The open database (schema ensured).
@@ -47,11 +50,9 @@ def purge(db: sqlite_utils.Database, *, metrics_days: float, aggregates_days: fl
     m_cut = now - metrics_days * DAY_S
     a_cut = now - aggregates_days * DAY_S
     au_cut = now - audit_days * DAY_S
-    out: dict[str, int] = {}
+    out = _purge_stream_rows(db, m_cut)
     with db.conn:
-        analytics.roll_up(db, m_cut)
-        out["metrics"] = db.conn.execute("DELETE FROM metrics WHERE ts < ?", (m_cut,)).rowcount
-        out["events"] = db.conn.execute("DELETE FROM events WHERE ts < ?", (m_cut,)).rowcount
+        out["events"] += db.conn.execute("DELETE FROM events WHERE ts < ?", (m_cut,)).rowcount
         out["quarantine"] = db.conn.execute("DELETE FROM quarantine WHERE received_ts < ?",
                                             (m_cut,)).rowcount
         day = time.strftime("%Y-%m-%d", time.gmtime(a_cut))
@@ -82,6 +83,41 @@ def purge(db: sqlite_utils.Database, *, metrics_days: float, aggregates_days: fl
             (now - auth.SESSION_MAX_AGE_S, idle_cut)).rowcount
     log.info("retention purge: %s", out)
     return out
+
+
+PURGE_BATCH_ROWS = 2000
+"""Metrics rows the purge rolls up and deletes per transaction: the ingest and the pages, which
+write too (sessions, audit log), wait for one batch at most, not for the whole purge."""
+PURGE_PAUSE_S = 0.02
+"""Pause between two batches of the purge, so that a waiting writer takes the lock."""
+
+
+def _purge_stream_rows(db: sqlite_utils.Database, cut_ts: float) -> dict[str, int]:
+    """Roll up and delete the metrics (and the events of the same seconds) older than
+    ``cut_ts``, :data:`PURGE_BATCH_ROWS` metrics rows per transaction, oldest first."""
+    out = {"metrics": 0, "events": 0}
+    while True:
+        end_ts = _batch_end(db, cut_ts, PURGE_BATCH_ROWS)
+        with db.conn:
+            analytics.roll_up(db, end_ts)
+            deleted = db.conn.execute("DELETE FROM metrics WHERE ts < ?", (end_ts,)).rowcount
+            out["metrics"] += deleted
+            out["events"] += db.conn.execute("DELETE FROM events WHERE ts < ?",
+                                             (end_ts,)).rowcount
+        if end_ts >= cut_ts:
+            return out
+        time.sleep(PURGE_PAUSE_S)
+
+
+def _batch_end(db: sqlite_utils.Database, cut_ts: float, rows: int) -> float:
+    """The time below which lie the next ``rows`` metrics rows to purge (``cut_ts`` at most;
+    more rows when the oldest second holds more)."""
+    row = db.conn.execute("SELECT ts FROM metrics WHERE ts < ? ORDER BY ts LIMIT 1 OFFSET ?",
+                          (cut_ts, rows)).fetchone()
+    if row is None:
+        return cut_ts
+    first = db.conn.execute("SELECT min(ts) FROM metrics").fetchone()[0]
+    return float(row[0]) if row[0] > first else math.nextafter(float(first), math.inf)
 
 
 def purge_with(db: sqlite_utils.Database, settings: Any, now: float | None = None) -> dict[str, int]:

@@ -140,9 +140,23 @@ def _m5_retired_boxes(db: sqlite_utils.Database) -> None:
     """)
 
 
+def _m6_stream_rows_by_box_and_time(db: sqlite_utils.Database) -> None:
+    """Metrics and events by box and time: an agent's rows are read by seat window."""
+    # The primary key (box, seq) finds a box's rows but not a time range in them: every read of
+    # an agent's rows (pages, goals, exports, the purge's roll-up) went through all of the box's.
+    db.conn.execute("CREATE INDEX IF NOT EXISTS metrics_box_ts ON metrics(box, ts)")
+    db.conn.execute("CREATE INDEX IF NOT EXISTS events_box_ts ON events(box, ts)")
+
+
+def _m7_calls_by_campaign_variant(db: sqlite_utils.Database) -> None:
+    """Calls by campaign, variant and outcome: the variant comparison counts outcomes by them."""
+    db.conn.execute("CREATE INDEX IF NOT EXISTS calls_campaign ON calls(campaign, variant, outcome)")
+
+
 MIGRATIONS: list[Migration] = [_m1_inventory_roles_audit, _m2_campaign_life_and_alerts,
                                _m3_known_devices, _m4_code_attempts_and_device_renewal,
-                               _m5_retired_boxes]
+                               _m5_retired_boxes, _m6_stream_rows_by_box_and_time,
+                               _m7_calls_by_campaign_variant]
 """Ordered migrations; migration ``i`` (1-based) brings the schema to version ``i``."""
 
 

@@ -465,7 +465,7 @@ agents"), since the mean of one or two agents is their own data."""
 
 
 def aggregates(db: Any, user: User) -> list[dict[str, Any]]:
-    """Per team and metric, the mean over agent-days (:func:`analytics.team_mean`: rolled-up
+    """Per team and metric, the mean over agent-days (:func:`analytics.team_means`: rolled-up
     and recent days alike; no per-agent values); ``mean`` is
     None and ``withheld`` says why when fewer than :data:`MIN_GROUP_AGENTS` agents are behind
     it and the reader may not see each of the team's agents anyway (an admin, a team's own
@@ -476,8 +476,7 @@ def aggregates(db: Any, user: User) -> list[dict[str, Any]]:
     for team in teams:
         sees_each = visible is None or {r[0] for r in db.conn.execute(
             "SELECT agent FROM agents WHERE team = ?", (team,))} <= set(visible)
-        for name in analytics.metric_names(db):
-            mean, agents = analytics.team_mean(db, team, name)
+        for name, (mean, agents) in analytics.team_means(db, team).items():
             withheld = "too few agents" if mean is not None and agents < MIN_GROUP_AGENTS \
                 and not sees_each else None
             out.append({"team": team, "metric": name, "mean": None if withheld else mean,
