@@ -227,27 +227,33 @@ class Ingest:
 
         Raises:
             StoreUnavailable: the database is busy (another writer held it past the busy timeout)
-                or failing (I/O, full disk): no valid message was stored; try those again (its
-                ``valid``: their indices in ``items``; the invalid ones are quarantined already).
+                or failing (I/O, full disk): the messages to try again (its ``valid``: their
+                indices in ``items``) were not stored: valid ones, and refused ones whose
+                quarantine row could not be written.
         """
         now = self._clock()
         outcomes: list[str] = [""] * len(items)
         valid: list[tuple[int, wire.Topic, dict[str, Any]]] = []
+        held: list[int] = []  # refused, their quarantine row not written: they wait as well
         for i, (topic, payload) in enumerate(items):
             try:
                 t, msg = self._parse(topic, payload)
                 valid.append((i, t, msg))
             except wire.WireError as exc:
+                try:
+                    outcomes[i] = self._quarantine(topic, str(exc), payload, now, hold_busy=True)
+                except sqlite3.OperationalError:
+                    held.append(i)
+                    continue
                 with self._lock:
                     self.received += 1
-                outcomes[i] = self._quarantine(topic, str(exc), payload, now)
         try:
             with self._db_lock:
                 valid = self._drop_retired(valid, outcomes)
                 fresh = store.store_batch(self._db, [(t.kind, m) for _, t, m in valid], now)
         except sqlite3.OperationalError as exc:
             if _unavailable(exc):
-                raise StoreUnavailable(str(exc), [i for i, _, _ in valid]) from exc
+                raise StoreUnavailable(str(exc), sorted(held + [i for i, _, _ in valid])) from exc
             log.exception("batch store failed; storing one by one")
             for i, _t, _ in valid:
                 outcomes[i] = self.handle(*items[i])
@@ -277,6 +283,8 @@ class Ingest:
                 updates.append({"kind": t.kind, **msg, "ingested_ts": now})
         for update in updates:
             self._notify(update)
+        if held:
+            raise StoreUnavailable("database busy: quarantine rows not written", held)
         return outcomes
 
     def _drop_retired(self, valid: list[tuple[int, wire.Topic, dict[str, Any]]],
@@ -366,16 +374,28 @@ class Ingest:
             self._lags_ms.append((now - float(msg["ts"])) * 1000.0)
         return "inserted", update
 
-    def _quarantine(self, topic: str, reason: str, payload: Any, now: float) -> str:
-        with self._lock:
-            self.quarantined += 1
-        log.warning("quarantined message on %r: %s", topic, reason)
+    def _quarantine(self, topic: str, reason: str, payload: Any, now: float,
+                    hold_busy: bool = False) -> str:
+        """Keep a refused message in the quarantine table, counted and logged.
+
+        Raises:
+            sqlite3.OperationalError: with ``hold_busy``, when the database is busy or failing:
+                nothing was counted, the message is to be tried again (a busy database acknowledged
+                it with its quarantine row lost).
+        """
         try:
             data = payload if isinstance(payload, bytes | bytearray) else repr(payload).encode()
             with self._db_lock:
                 store.quarantine(self._db, str(topic), reason, data, now)
+        except sqlite3.OperationalError as exc:
+            if hold_busy and _unavailable(exc):
+                raise
+            log.exception("could not store a quarantined message")
         except Exception:
             log.exception("could not store a quarantined message")
+        with self._lock:
+            self.quarantined += 1
+        log.warning("quarantined message on %r: %s", topic, reason)
         return "quarantined"
 
     # ------------------------------------------------------------------- gap detection

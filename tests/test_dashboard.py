@@ -502,6 +502,38 @@ def test_a_busy_database_holds_messages_unacknowledged_until_it_frees(
     assert [m["seq"] for m in db["metrics"].rows] == [1, 2] and db["quarantine"].count == 1
 
 
+def test_a_refused_message_waits_with_the_others_while_the_database_is_busy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A malformed message in the same batch as valid ones while another writer holds the
+    database: its quarantine row cannot be written either, so it waits, unacknowledged, with
+    them, and is kept once the database frees (it was counted, acknowledged and its row lost:
+    the busy-database test above failed whenever the three messages came in one batch)."""
+    import sqlite3
+
+    from dashboard.ingest import StoreUnavailable
+
+    monkeypatch.setattr(store, "BUSY_TIMEOUT_MS", 200)
+    settings = make_settings(tmp_path)
+    ing = Ingest(settings)
+    t = wire.topic(settings.site, "box-a", "metrics")
+    batch = [(t, payload(metrics("box-a", 1))), (t, b"not json"), (t, payload(metrics("box-a", 2)))]
+    other = sqlite3.connect(settings.db_path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StoreUnavailable) as held:
+            ing.handle_batch(batch)
+        assert held.value.valid == [0, 1, 2]
+        assert ing.stats()["quarantined"] == 0 and ing.stats()["received"] == 0
+        other.execute("COMMIT")
+        assert ing.handle_batch(batch) == ["inserted", "quarantined", "inserted"]
+    finally:
+        other.close()
+        ing.close()
+    db = store.open_db(settings.db_path)
+    assert [m["seq"] for m in db["metrics"].rows] == [1, 2] and db["quarantine"].count == 1
+    assert ing.stats()["quarantined"] == 1 and ing.stats()["received"] == 3
+
+
 def test_stream_pushes_a_snapshot_then_broker_updates(
         dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
     import httpx
