@@ -421,7 +421,14 @@ def test_hub_fans_out_from_threads_and_drops_oldest_for_slow_clients() -> None:
         assert hub.stats()["subscribers"] == 0
         return got_fast, got_slow, stats
 
-    got_fast, got_slow, stats = asyncio.run(run())
+    # in a thread of its own: a session's chromium (Playwright's sync API) keeps an event loop
+    # running in this worker's main thread, where asyncio.run() refuses to start
+    out: list[tuple[list[Any], list[Any], dict[str, int]]] = []
+    runner = threading.Thread(target=lambda: out.append(asyncio.run(run())))
+    runner.start()
+    runner.join(30.0)
+    assert out, "the hub's run did not finish"
+    got_fast, got_slow, stats = out[0]
     assert [m["i"] for m in got_fast] == [0, 1, 2, 3, 4]
     assert [m["i"] for m in got_slow] == [2, 3, 4]  # the two oldest were dropped
     assert stats == {"subscribers": 2, "published": 5, "dropped": 2, "unbound": 0}

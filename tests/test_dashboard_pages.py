@@ -125,7 +125,7 @@ def test_the_audit_page_shows_a_share_in_percent_and_a_missing_mean_as_unknown(
     share = _team_mean(server.settings, "team-a", "near_speech_ratio")
     assert share is not None and 0.2 < share < 0.8
     assert cells[("team-a", "Agent — Temps de parole")] == f"{share * 100:.3g} %"
-    assert cells[("team-a", "Agent — Débit")] == "—"
+    assert cells[("team-a", "Agent — Débit, écoute comprise")] == "—"
 
 
 # ------------------------------------------------------------------ times in the viewer's zone
