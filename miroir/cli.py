@@ -53,6 +53,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             campaign = load_campaign(args.campaign)
         except CampaignError as exc:
             raise CliError(str(exc)) from None
+        if args.affect and not campaign.affect.disclosed:
+            raise CliError(f"--affect: the campaign {args.campaign} does not disclose emotion "
+                           "recognition to the prospect ([affect] disclosed = true), so a box "
+                           "keeps the model off for its calls")
     audio = pair(near, far)
     del near, far  # one copy of a long recording is enough
     result = analyze(audio, load_vad_model(), affect=AffectConfig(enabled=args.affect),

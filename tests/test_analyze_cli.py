@@ -212,6 +212,10 @@ def test_dead_channel_short_file_and_campaign_through_the_cli(tmp_path):
     assert slow and all(c["evidence_threshold"] == 1.0 for c in slow)
     first_default = next(c["start_s"] for c in default if c["cue"] == "slow_response")
     assert slow[0]["start_s"] < first_default - 0.5  # raised 1 s into the gap instead of 2 s
+    # the affect model, as on a box, only for a campaign that discloses it (it ran regardless)
+    proc = miroir("analyze", str(near), "--far", str(far), "--campaign", str(quick), "--affect")
+    assert proc.returncode == 2 and "[affect] disclosed = true" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     quick.write_text("[slow_response]\non_s = -1\n")
     proc = miroir("analyze", str(near), "--campaign", str(quick))
     assert proc.returncode == 2 and "slow_response.on_s" in proc.stderr
