@@ -105,9 +105,13 @@ def pauses_audible(level_dbfs: np.ndarray, voiced: np.ndarray) -> bool:
     """
     if voiced.sum() < 3:
         return False
-    ref = percentile(level_dbfs[voiced], 95)
-    quiet = (level_dbfs > DIGITAL_SILENCE_DBFS) & (level_dbfs < ref - SILENCE_BELOW_SPEECH_DB)
-    return int(quiet.sum()) >= 3
+    return int((_quiet_hops(level_dbfs, voiced) & (level_dbfs > DIGITAL_SILENCE_DBFS)).sum()) >= 3
+
+
+def _quiet_hops(level_dbfs: np.ndarray, voiced: np.ndarray) -> np.ndarray:
+    """Hops :data:`SILENCE_BELOW_SPEECH_DB` under the loud voiced level (95th percentile), where a
+    pause can lie (``voiced`` must hold a voiced hop)."""
+    return level_dbfs < percentile(level_dbfs[voiced], 95) - SILENCE_BELOW_SPEECH_DB
 
 
 def rate_window(t_s: np.ndarray, level_dbfs: np.ndarray, syllabic_db: np.ndarray,
@@ -243,8 +247,7 @@ def pause_spans(t_s: np.ndarray, level_dbfs: np.ndarray, voiced: np.ndarray) -> 
     """
     if len(t_s) < 3 or voiced.sum() < 3:
         return np.zeros((0, 2), dtype=int)
-    ref = percentile(level_dbfs[voiced], 95)
-    quiet = level_dbfs < ref - SILENCE_BELOW_SPEECH_DB
+    quiet = _quiet_hops(level_dbfs, voiced)
     stretches = runs(voiced)
     gap_from = stretches[:-1, 1]  # a voiced stretch ends here...
     gap_to = stretches[1:, 0]  # ...and the next one starts here
