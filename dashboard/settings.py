@@ -8,6 +8,9 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+MIN_AUDIT_DAYS = 180.0
+"""Shortest audit-log retention the dashboard accepts, days."""
+
 
 class DashboardSettings(BaseSettings):
     """Everything one site dashboard needs; secrets are files, never values."""
@@ -71,7 +74,9 @@ class DashboardSettings(BaseSettings):
         365.0, gt=0, description="Days daily aggregates, calls, flags and goals are kept."
     )
     retention_audit_days: float = Field(
-        365.0, gt=0, description="Days audit-log entries and login attempts are kept."
+        365.0, ge=MIN_AUDIT_DAYS, description="Days audit-log entries and login attempts are kept "
+        f"(at least {MIN_AUDIT_DAYS:g}: the CNIL asks six months to a year for access logs, and a "
+        "slip such as 36 for 365 would purge the record of who read whose data within the hour)."
     )
     purge_interval_s: float = Field(
         3600.0, gt=0, description="Seconds between two automatic retention purges."

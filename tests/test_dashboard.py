@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -74,6 +77,21 @@ def test_settings_read_prefixed_env_and_forbid_unknown_fields(
         DashboardSettings(site="x", db_path=tmp_path / "d.db", admin_password="hunter2")  # type: ignore[call-arg]
     for name, field in DashboardSettings.model_fields.items():
         assert field.description, f"{name} has no description"
+
+
+def test_an_audit_retention_under_six_months_refuses_to_start(tmp_path: Path) -> None:
+    """A slip such as 36 for 365 would purge the record of who read whose data within the hour:
+    ``miroir dashboard serve`` stops with the variable's name and the floor, before any purge."""
+    db_path = tmp_path / "d.db"
+    env = {**os.environ, "MIROIR_DASH_SITE": SITE, "MIROIR_DASH_DB_PATH": str(db_path),
+           "MIROIR_DASH_RETENTION_AUDIT_DAYS": "36"}
+    done = subprocess.run([sys.executable, "-m", "miroir", "dashboard", "serve"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "retention_audit_days" in done.stderr and "180" in done.stderr, done.stderr
+    assert not db_path.exists()  # nothing opened, nothing purged
+    assert DashboardSettings(site=SITE, db_path=db_path,
+                             retention_audit_days=180).retention_audit_days == 180
 
 
 # ---------------------------------------------------------------------------- storage
