@@ -8,8 +8,8 @@ sees the agent's channel as model input. It runs a window through the model only
 * the far channel (the prospect) spoke for at least ``min_far_speech_s`` of the window;
 * the near channel (the agent) did not speak in the window at all;
 * the far channel does not follow the near channel (headset sidetone and line echo put the agent's
-  voice on the far channel: when the far energy envelope correlates with the near one, or the near
-  channel carries voice-level energy, the window is skipped).
+  voice on the far channel: when the far energy envelope correlates with the near one and the near
+  channel is about as loud as the far one or louder, the window is skipped).
 
 The near channel is read only for those two gating decisions (energy envelope and VAD state), never
 as features. Features (:func:`window_features`) are gain-invariant log-mel functionals up to 4 kHz

@@ -5,10 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import spearmanr
 
-from tests._fixtures_fatigue import shift_results  # noqa: F401  (session fixture)
 
-
-def test_drifting_shift_raises_the_index_and_suggests_a_break(shift_results):  # noqa: F811
+def test_drifting_shift_raises_the_index_and_suggests_a_break(shift_results):
     """+1 semitone and -2 dB over 60 minutes: Spearman >= 0.8 with the drift, and a break."""
     index, drift, msgs = shift_results["drift"]
     ok = ~np.isnan(index)
@@ -23,7 +21,7 @@ def test_drifting_shift_raises_the_index_and_suggests_a_break(shift_results):  #
     assert not any("emotion" in k for m in msgs for k in m)
 
 
-def test_steady_shift_suggests_no_break(shift_results):  # noqa: F811
+def test_steady_shift_suggests_no_break(shift_results):
     index, _, msgs = shift_results["steady"]
     print(f"steady shift: index per minute {np.round(index).tolist()}")
     assert not any(m.get("break_suggested") for m in msgs)
