@@ -259,6 +259,8 @@ STRINGS: dict[str, tuple[str, str]] = {
     "action.call_create": ("a enregistré un appel", "recorded a call"),
     "action.call_variant": ("a changé la variante d'un appel", "changed a call's variant"),
     "action.call_outcome": ("a indiqué l'issue d'un appel", "set a call's outcome"),
+    "action.flag_create": ("a signalé un moment", "flagged a moment"),
+    "action.goal_set": ("a fixé un objectif", "set a goal"),
     "action.read_box_metrics": ("a consulté les mesures du poste", "read the seat's metrics"),
     "action.retire_box": ("a retiré un boîtier", "retired a box"),
     "chart.cue": ("signal", "cue"),

@@ -318,6 +318,37 @@ def test_a_team_board_read_is_in_each_shown_agent_s_audit_log(org: Any) -> None:
                            "agent = 'agent-b1'")[0][0] == 0
 
 
+def test_a_flag_or_a_goal_about_an_agent_is_in_their_audit_log(org: Any) -> None:
+    """sup-a flags a moment of agent-a1 and sets her a goal, through the API and the agent page's
+    forms: amina's audit log (API and /me) names who wrote about her and when; the flag's note
+    stays in the flag (the entry holds its id). Neither was logged before."""
+    settings, data = org
+    with client(settings) as c:
+        login_as(c, "sup-a", data)
+        flag = c.post("/api/agents/agent-a1/flags", headers=csrf_header(c),
+                      json={"ts": time.time() - 60, "note": "coupe la parole"}).json()["id"]
+        goal = c.post("/api/agents/agent-a1/goals", headers=csrf_header(c), json={
+            "metric": "near_speech_ratio", "label": "laisser parler"}).json()["id"]
+        token = csrf_header(c)["x-csrf-token"]
+        assert c.post("/agents/agent-a1/flags", data={"ts": str(time.time() - 30), "note": "bien",
+                                                       "shared": "on", "csrf": token},
+                      follow_redirects=False).status_code == 303
+    rows = query(settings, "SELECT actor, agent, action, detail FROM audit_log "
+                           "WHERE action IN ('flag_create', 'goal_set') ORDER BY id")
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        ("sup-a", "agent-a1", "flag_create"), ("sup-a", "agent-a1", "goal_set"),
+        ("sup-a", "agent-a1", "flag_create")]
+    assert json.loads(rows[0][3]) == {"flag": flag, "shared": False}
+    assert json.loads(rows[1][3]) == {"goal": goal, "metric": "near_speech_ratio", "retired": []}
+    assert "coupe" not in rows[0][3]
+    with client(settings) as c:
+        login_as(c, "amina", data)
+        actions = [e["action"] for e in c.get("/api/agents/agent-a1/audit").json()["entries"]]
+        mine = c.get("/me").text.split('id="audit-list"')[1]
+    assert actions.count("flag_create") == 2 and actions.count("goal_set") == 1
+    assert "a signalé un moment" in mine and "a fixé un objectif" in mine
+
+
 # -------------------------------------------------------------------------- campaigns
 def test_calls_go_only_into_campaigns_the_user_may_change_and_every_write_is_audited(
         org: Any) -> None:

@@ -352,7 +352,7 @@ def agent_metrics_payload(db: Any, user: User, agent: str, since_ts: float,
 
 
 def add_flag(db: Any, user: User, agent: str, body: FlagIn) -> int:
-    """Store a flagged moment (supervisors and admins only); return its id."""
+    """Store a flagged moment (supervisors and admins only; audited); return its id."""
     require_role(user, "admin", "supervisor")
     access.require_agent(db, user, agent)
     box = db.conn.execute(
@@ -365,11 +365,13 @@ def add_flag(db: Any, user: User, agent: str, body: FlagIn) -> int:
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (agent, box[0] if box else None, body.ts, body.note.strip(), user.username,
              time.time(), int(body.shared)))
-    return int(cur.lastrowid or 0)
+    flag_id = int(cur.lastrowid or 0)
+    access.audit(db, user, "flag_create", agent, {"flag": flag_id, "shared": body.shared})
+    return flag_id
 
 
 def add_goal(db: Any, user: User, agent: str, body: GoalIn) -> int:
-    """Set a focus goal (at most two active per agent; the oldest is retired)."""
+    """Set a focus goal (at most two active per agent; the oldest is retired; audited)."""
     require_role(user, "admin", "supervisor")
     access.require_agent(db, user, agent)
     if body.metric not in analytics.metric_names(db):
@@ -384,7 +386,10 @@ def add_goal(db: Any, user: User, agent: str, body: GoalIn) -> int:
             "INSERT INTO goals (agent, metric, label, direction, author, created_ts) "
             "VALUES (?, ?, ?, ?, ?, ?)",
             (agent, body.metric, body.label.strip(), body.direction, user.username, time.time()))
-    return int(cur.lastrowid or 0)
+    goal_id = int(cur.lastrowid or 0)
+    access.audit(db, user, "goal_set", agent,
+                 {"goal": goal_id, "metric": body.metric, "retired": active[:max(0, len(active) - 1)]})
+    return goal_id
 
 
 def set_outcome(db: Any, user: User, call_id: int, outcome: str) -> None:
