@@ -31,11 +31,12 @@ def _settings() -> Any:
 
 
 def _db(settings: Any) -> Any:
+    from dashboard import analytics, schema
     from dashboard import db as store
-    from dashboard import schema
 
     db = store.open_db(settings.db_path)
     schema.ensure_schema(db)
+    analytics.store_day_start(db, settings.day_start_utc_h)  # `purge` rolls days up
     return db
 
 
