@@ -94,8 +94,28 @@ def iter_agent_events(db: sqlite_utils.Database, agent: str, since_ts: float = 0
         yield r
 
 
-def _day(ts: float) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(ts))
+DAY_START_KEY = "day_start_utc_h"
+"""``app_settings`` key of :attr:`DashboardSettings.day_start_utc_h`, stored by the app at start
+(:func:`store_day_start`), so that the purge and the pages cut days at the same hour."""
+
+
+def store_day_start(db: sqlite_utils.Database, hours_utc: float) -> None:
+    """Record the hour (UTC) at which a day of the daily means begins."""
+    with db.conn:
+        db.conn.execute("INSERT INTO app_settings (key, value) VALUES (?, ?) ON CONFLICT(key) "
+                        "DO UPDATE SET value = excluded.value", (DAY_START_KEY, repr(hours_utc)))
+
+
+def day_start_s(db: sqlite_utils.Database) -> float:
+    """Seconds after midnight UTC at which a day of the daily means begins (0 until stored)."""
+    row = db.conn.execute("SELECT value FROM app_settings WHERE key = ?",
+                          (DAY_START_KEY,)).fetchone()
+    return 3600.0 * float(row[0]) if row else 0.0
+
+
+def _day(ts: float, start_s: float = 0.0) -> str:
+    """The day ``ts`` belongs to: the UTC date of ``ts`` less the day's start."""
+    return time.strftime("%Y-%m-%d", time.gmtime(ts - start_s))
 
 
 def roll_up(db: sqlite_utils.Database, before_ts: float) -> int:
@@ -107,12 +127,13 @@ def roll_up(db: sqlite_utils.Database, before_ts: float) -> int:
     rows written.
     """
     names = metric_names(db)
+    start = day_start_s(db)
     written = 0
     for name in names:
         cur = db.conn.execute(
-            f"SELECT date(m.ts, 'unixepoch') AS day, h.agent, avg(m.{name}), count(m.{name}) "
+            f"SELECT date(m.ts - ?, 'unixepoch') AS day, h.agent, avg(m.{name}), count(m.{name}) "
             f"FROM metrics m {_windows_sql()} WHERE m.ts < ? AND m.{name} IS NOT NULL "
-            f"GROUP BY day, h.agent", (before_ts,))
+            f"GROUP BY day, h.agent", (start, before_ts))
         for day, agent, mean, n in cur.fetchall():
             db.conn.execute(
                 "INSERT INTO daily_aggregates (day, agent, metric, mean, n) VALUES (?, ?, ?, ?, ?) "
@@ -131,15 +152,16 @@ def daily_means(db: sqlite_utils.Database, agent: str, metric: str,
         return []
     now = time.time() if now is None else now
     since = now - days * DAY_S
+    start = day_start_s(db)
     sums: dict[str, tuple[float, int]] = {}  # day: (sum, count)
     for day, mean, n in db.conn.execute(
             "SELECT day, mean, n FROM daily_aggregates WHERE agent = ? AND metric = ? AND day >= ? "
-            "AND mean IS NOT NULL", (agent, metric, _day(since))).fetchall():
+            "AND mean IS NOT NULL", (agent, metric, _day(since, start))).fetchall():
         sums[day] = (mean * (n or 1), n or 1)
     for day, total, n in db.conn.execute(
-            f"SELECT date(m.ts, 'unixepoch') AS day, sum(m.{metric}), count(m.{metric}) "
+            f"SELECT date(m.ts - ?, 'unixepoch') AS day, sum(m.{metric}), count(m.{metric}) "
             f"FROM metrics m {_windows_sql()} WHERE h.agent = ? AND m.ts >= ? "
-            f"AND m.{metric} IS NOT NULL GROUP BY day", (agent, since)).fetchall():
+            f"AND m.{metric} IS NOT NULL GROUP BY day", (start, agent, since)).fetchall():
         before, count = sums.get(day, (0.0, 0))
         sums[day] = (before + total, count + n)
     return sorted((day, total / n) for day, (total, n) in sums.items())
@@ -166,9 +188,9 @@ def team_means(db: sqlite_utils.Database, team: str) -> dict[str, tuple[float | 
     if names:
         sums = ", ".join(f"sum(m.{n}), count(m.{n})" for n in names)
         for agent, day, *values in db.conn.execute(
-                f"SELECT h.agent, date(m.ts, 'unixepoch'), {sums} FROM metrics m {_windows_sql()} "
-                f"JOIN agents a ON a.agent = h.agent WHERE a.team = ? GROUP BY h.agent, 2",
-                (team,)):
+                f"SELECT h.agent, date(m.ts - ?, 'unixepoch'), {sums} FROM metrics m "
+                f"{_windows_sql()} JOIN agents a ON a.agent = h.agent WHERE a.team = ? "
+                f"GROUP BY h.agent, 2", (day_start_s(db), team)):
             for name, total, n in zip(names, values[::2], values[1::2], strict=True):
                 if n:
                     _add_to_day(days[name], (agent, day), total, n)

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from miroir import wire
 
-from . import auth, fleet, prom, retention, schema
+from . import analytics, auth, fleet, prom, retention, schema
 from . import db as store
 from .ingest import Ingest
 from .live import Hub
@@ -59,6 +59,7 @@ def create_app(settings: DashboardSettings, *, start_ingest: bool = True) -> Fas
     try:
         schema.ensure_schema(db)
         auth.ensure_admin(db, settings.admin_user, settings.admin_password_file)
+        analytics.store_day_start(db, settings.day_start_utc_h)
     finally:
         db.conn.close()
 

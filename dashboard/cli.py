@@ -31,11 +31,12 @@ def _settings() -> Any:
 
 
 def _db(settings: Any) -> Any:
+    from dashboard import analytics, schema
     from dashboard import db as store
-    from dashboard import schema
 
     db = store.open_db(settings.db_path)
     schema.ensure_schema(db)
+    analytics.store_day_start(db, settings.day_start_utc_h)  # `purge` rolls days up
     return db
 
 
@@ -92,7 +93,7 @@ def cmd_retire(args: argparse.Namespace) -> int:
     """Take a box off the dashboard for good (after `miroir provision revoke`): off the floor, the IT
     page, /metrics and the alerts, its seat freed, anything it still publishes refused; its history
     is kept for the retention period. Audited."""
-    import time
+    from datetime import datetime
 
     from dashboard import schema
 
@@ -105,7 +106,8 @@ def cmd_retire(args: argparse.Namespace) -> int:
     finally:
         db.conn.close()
     if not out["retired"]:
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(out["retired_ts"]))
+        when = datetime.fromtimestamp(out["retired_ts"]).astimezone().isoformat(
+            sep=" ", timespec="minutes")  # the server's zone, with its offset
         print(f"box {out['box']} was already retired ({when})")
         return 0
     seat = f"seat {out['seat']} freed" if out["seat"] else "it had no seat"

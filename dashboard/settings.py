@@ -78,6 +78,13 @@ class DashboardSettings(BaseSettings):
         f"(at least {MIN_AUDIT_DAYS:g}: the CNIL asks six months to a year for access logs, and a "
         "slip such as 36 for 365 would purge the record of who read whose data within the hour)."
     )
+    day_start_utc_h: float = Field(
+        0.0, ge=0, lt=24, description="Hour, UTC, at which a day of the daily means begins (an "
+        "agent's goals, the team board's progress, the audit page's team means): 0 is midnight "
+        "UTC (01:00 in Morocco, 03:00 in Madagascar, 04:00 in Mauritius). Set an hour no shift "
+        "works through, e.g. 5 (06:00 in Morocco) where a shift runs past 01:00: a shift then "
+        "counts as one day, not two. Applies to the days rolled up and read from then on."
+    )
     purge_interval_s: float = Field(
         3600.0, gt=0, description="Seconds between two automatic retention purges."
     )

@@ -158,9 +158,54 @@ def test_audit_team_and_it_pages_give_times_in_the_viewers_time_zone(
             for tm in times[:5]:
                 when = datetime.fromtimestamp(float(tm.get_attribute("data-ts") or "nan"),
                                               ZoneInfo("Asia/Kolkata"))
-                assert tm.inner_text() == when.strftime("%d/%m/%Y %H:%M:%S"), path
+                assert tm.inner_text() == when.strftime("%d/%m/%Y %H:%M:%S UTC+5:30"), path
     finally:
         context.close()
+
+
+def test_a_supervisor_in_paris_and_the_agent_in_mauritius_read_each_time_with_its_zone(
+        chromium: Any, org_server: Any) -> None:
+    """The same flagged moment, chart and cue read three hours apart in Paris (UTC+1 in November)
+    and in Mauritius (UTC+4): each time says its zone, so "the call at 13:05" is not looked for
+    at 13:05 on the other side (before, both read bare hours: 13:37:08 and 16:37:08)."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from tests._fixtures_dashboard import USER_PASSWORD
+
+    server, data = org_server
+    flag_ts = 1795866000.0  # 2026-11-28 11:00:00 UTC
+    db = store.open_db(server.settings.db_path)
+    try:
+        with db.conn:
+            db.conn.execute("INSERT INTO flags (agent, box, ts, note, author, created_ts, shared) "
+                            "VALUES ('agent-a1', 'box-a1', ?, 'coupe le prospect', 'sup-a', ?, 1)",
+                            (flag_ts, time.time()))
+    finally:
+        db.conn.close()
+    seen = {}
+    for zone, user, secret, landing, path in (
+            ("Europe/Paris", "sup-a", data["secrets"]["sup-a"], "/", "/agents/agent-a1"),
+            ("Indian/Mauritius", "amina", None, "/me", "/me")):
+        context = chromium.new_context(locale="fr-FR", timezone_id=zone)
+        try:
+            page = context.new_page()
+            browser_login(page, server.url, user, USER_PASSWORD, secret, landing=landing)
+            page.goto(server.url + path)
+            page.wait_for_selector("body[data-charts-ready='1']")
+            flag = page.locator(f"#flag-list .flag[data-ts='{flag_ts}'] time").inner_text()
+            axis = [t.text_content() or "" for t in
+                    page.locator("#charts figure").first.locator("svg text").all()][:2]
+            cue = page.locator("#cue-list button").first.inner_text()
+            seen[zone] = (flag, axis, cue)
+        finally:
+            context.close()
+    for zone, name in (("Europe/Paris", "UTC+1"), ("Indian/Mauritius", "UTC+4")):
+        flag, axis, cue = seen[zone]
+        when = datetime.fromtimestamp(flag_ts, ZoneInfo(zone))
+        assert flag == when.strftime(f"%d/%m/%Y %H:%M:%S {name}"), (zone, flag)
+        assert all(a.endswith(f" {name}") for a in axis), (zone, axis)
+        assert f" {name} · " in cue, (zone, cue)
 
 
 # ------------------------------------------------------------------ French and English

@@ -243,3 +243,35 @@ def test_a_revoked_box_retired_leaves_the_dashboard_and_keeps_its_history(
     unknown = _guide_retire("box-999", site, settings, tmp_path)
     assert unknown.returncode == 2 and "not known to this dashboard" in unknown.stderr
     assert "Traceback" not in unknown.stderr
+
+
+def test_retiring_a_box_twice_says_when_with_the_servers_offset(tmp_path: Path) -> None:
+    """`miroir dashboard retire` on a box already retired says since when, in the server's
+    zone with its offset: site IT on a server set to Mauritius read "16:44" where the audit
+    page said 13:44 to a reader in Paris and the retirement was at 12:44 UTC, with no zone."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    db_path = tmp_path / "db.sqlite"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MIROIR_DASH_")},
+           "MIROIR_DASH_SITE": SITE, "MIROIR_DASH_DB_PATH": str(db_path), "TZ": "Indian/Mauritius"}
+    db = store.open_db(db_path)
+    try:
+        schema.ensure_schema(db)
+        schema.import_inventory(db, [{"box": "box-a", "seat": "A"}], site=SITE)
+    finally:
+        db.conn.close()
+    cmd = [sys.executable, "-m", "miroir", "dashboard", "retire", "box-a"]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0 and "retired" in first.stdout, first.stderr
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    db = store.open_db(db_path)
+    try:
+        retired_ts = db.conn.execute("SELECT retired_ts FROM retired_boxes WHERE box = 'box-a'"
+                                     ).fetchone()[0]
+    finally:
+        db.conn.close()
+    when = datetime.fromtimestamp(retired_ts, ZoneInfo("Indian/Mauritius"))
+    assert f"already retired ({when.isoformat(sep=' ', timespec='minutes')})" in again.stdout, \
+        again.stdout
+    assert again.stdout.rstrip().endswith("+04:00)"), again.stdout

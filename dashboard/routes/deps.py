@@ -27,7 +27,7 @@ TEMPLATES = Jinja2Templates(directory=str(Path(__file__).resolve().parent.parent
 
 
 def _datetime(ts: float | None) -> str:
-    """UTC date and time of a Unix timestamp (pages localise it client-side when they can).
+    """UTC date and time of a Unix timestamp, named so (pages localise it client-side when they can).
 
     A stored value no calendar date can show (infinite, out of range: a database written before
     the API bounded timestamps) reads "?" rather than failing the whole page.
@@ -35,7 +35,7 @@ def _datetime(ts: float | None) -> str:
     if ts is None:
         return "—"
     try:
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
+        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
     except (OverflowError, OSError, ValueError, TypeError):
         return "?"
 

@@ -15,9 +15,10 @@ window.MiroirCharts = (function () {
     return e;
   }
 
+  // In the viewer's time zone, named: the agent and a supervisor abroad read different hours.
   function fmtTime(ts) {
     return new Date(ts * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit",
-                                                        second: "2-digit" });
+                                                        second: "2-digit", timeZoneName: "short" });
   }
 
   function frame(container, title, t0, t1, onPick) {

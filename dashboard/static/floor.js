@@ -202,7 +202,8 @@
     const u = b.el.querySelector(".updated");
     if (!b.lastTs) { u.textContent = t("seat.never"); return; }
     const age = Math.max(0, nowS() - b.lastTs);
-    const tm = new Date(b.lastTs * 1000).toLocaleTimeString(T.lang === "en" ? "en-GB" : "fr-FR");
+    const tm = new Date(b.lastTs * 1000).toLocaleTimeString(T.lang === "en" ? "en-GB" : "fr-FR",
+                                                        { timeZoneName: "short" });
     u.textContent = t("seat.updated") + " " + tm + (age >= 2 ? " (" + fmtAge(age) + ")" : "");
     b.el.classList.toggle("stale", isStale(b));
   }
