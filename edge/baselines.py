@@ -75,6 +75,17 @@ def load(state_dir: Path, max_age_h: float) -> Baselines:
     return Baselines(agent, fatigue, learned_ts)
 
 
+def clock_behind(state_dir: Path) -> bool:
+    """Whether the box's clock reads before the saved baselines were learned (by more than
+    :data:`FUTURE_SLACK_S`): a Pi booted at its image's time, before NTP set its clock."""
+    try:
+        data = json.loads((Path(state_dir) / FILE).read_text())
+        learned_ts = float(data.get("learned_ts", data["saved_ts"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    return math.isfinite(learned_ts) and learned_ts > time.time() + FUTURE_SLACK_S
+
+
 def save(state_dir: Path, agent: dict[str, Any] | None, fatigue: dict[str, Any] | None,
          learned_ts: float | None = None) -> bool:
     """Write the learned baselines atomically; return False when there is nothing to save.

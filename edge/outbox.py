@@ -125,36 +125,50 @@ def numbers_used(path: Path) -> tuple[int, int]:
     return first, int(meta.get("last_seq", first - 1))
 
 
-def await_clock(path: Path, wait_s: float, *, synced: Callable[[], bool] | None = None,
+def await_clock(path: Path, wait_s: float, *, behind: bool = False,
+                synced: Callable[[], bool] | None = None,
                 sleep: Callable[[float], None] = time.sleep, poll_s: float = 1.0) -> bool:
-    """Before a box with no numbers on record starts numbering from its clock, wait for NTP.
+    """Before a box with no numbers on record starts numbering from its clock, or on a clock
+    known to be stale, wait for NTP.
 
     A Pi has no real-time clock and boots at a stale time (the image's), which can lie before
-    numbers the box used in an earlier life: wait up to ``wait_s`` for the kernel to report the
-    clock synchronized (``edge.health.clock_facts``).
+    numbers the box used in an earlier life, or before the agent's baselines were learned (they
+    would be refused as learned in the future, and learned afresh): wait up to ``wait_s`` for the
+    kernel to report the clock synchronized (``edge.health.clock_facts``).
 
     Args:
         path: the outbox file (its reserve file beside it also counts as numbers on record).
         wait_s: longest wait, seconds; 0 does not wait.
+        behind: the clock reads before something the box wrote in an earlier life (its
+            baselines' learned time): wait even with an outbox on record.
         synced: whether the clock is synchronized (the kernel's NTP state by default).
         sleep: how to wait ``poll_s`` seconds between checks.
         poll_s: seconds between checks.
 
     Returns:
-        False when the outbox is new and the clock still unsynchronized after ``wait_s``.
+        False when the box waited (a new outbox, or ``behind``) and the clock is still
+        unsynchronized after ``wait_s``.
     """
-    if wait_s <= 0 or path.exists() or reserve_file(path).exists():
-        return True  # an outbox that exists keeps its origin (see Outbox), even if it numbered nothing
+    new = not (path.exists() or reserve_file(path).exists())
+    # an outbox that exists keeps its origin (see Outbox), even if it numbered nothing
+    if wait_s <= 0 or not (new or behind):
+        return True
     check = synced or _ntp_synced
     if check():
         return True
-    log.info("new outbox: waiting up to %.0f s for NTP before numbering from the clock", wait_s)
+    why = "new outbox" if new else "the clock reads before the agent's baselines were learned"
+    log.info("%s: waiting up to %.0f s for NTP", why, wait_s)
     for _ in range(math.ceil(wait_s / poll_s)):
         sleep(poll_s)
         if check():
             return True
-    log.warning("the clock is still not synchronized after %.0f s: numbering from it anyway "
-                "(a stale clock can number below this box's earlier life, see docs/wire.md)", wait_s)
+    if new:
+        log.warning("the clock is still not synchronized after %.0f s: numbering from it anyway "
+                    "(a stale clock can number below this box's earlier life, see docs/wire.md)",
+                    wait_s)
+    else:
+        log.warning("the clock is still not synchronized after %.0f s: the agent's baselines "
+                    "will be learned afresh", wait_s)
     return False
 
 

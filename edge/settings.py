@@ -83,8 +83,9 @@ class EdgeSettings:
     afresh every start."""
     clock_wait_s: float = 0.0
     """A box with no message numbers on record (new, or its state wiped) numbers from its clock:
-    wait up to this long (seconds) for NTP to set the clock first; 0 does not wait. The image's
-    settings say 120: a Pi has no real-time clock, and boots at a stale time."""
+    wait up to this long (seconds) for NTP to set the clock first, and likewise when the clock reads
+    before the saved baselines were learned (else they are learned afresh); 0 does not wait. The
+    image's settings say 120: a Pi has no real-time clock, and boots at a stale time."""
     affect_enabled: bool = False
     """Run the prospect affect model (far channel only). Only for a campaign whose call script
     tells the prospect about emotion recognition (EU AI Act Art. 50(3)); off by default."""

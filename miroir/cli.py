@@ -99,6 +99,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def cmd_edge_run(args: argparse.Namespace) -> int:
     """Run the box agent: capture (or replay), analyse, publish metrics."""
+    from edge import baselines
     from edge import settings as edge_settings
     from edge.box import Box
     from edge.pipeline import load_vad_model
@@ -116,7 +117,8 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
     if cfg.clock_wait_s > 0:  # systemd's start timeout must not kill the wait (nor loop on it)
         Notifier().notify(f"EXTEND_TIMEOUT_USEC={int((cfg.clock_wait_s + 60.0) * 1e6)}",
                           "STATUS=waiting for NTP before numbering messages from the clock")
-    await_clock(cfg.state_dir / "outbox.sqlite", cfg.clock_wait_s)
+    behind = cfg.baseline_max_age_h > 0 and baselines.clock_behind(cfg.state_dir)
+    await_clock(cfg.state_dir / "outbox.sqlite", cfg.clock_wait_s, behind=behind)
     try:
         box = Box(cfg, load_vad_model(cfg.model_backend), version=__version__)
     except (CampaignError, PublisherError) as exc:

@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import wave
 from pathlib import Path
 
@@ -30,6 +31,23 @@ def _facts_denied(timesync_dir: Path) -> dict:
     out = subprocess.run([*DENIED, sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
     return json.loads(out.stdout)
+
+
+def _run_box(tmp_path: Path, clock_wait_s: float, **env: str) -> subprocess.CompletedProcess[str]:
+    """``miroir edge run`` over 1 s of silence, adjtimex denied and no timesyncd: never synced."""
+    wav = tmp_path / "call.wav"
+    with wave.open(str(wav), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(np.zeros(16000, "<i2").tobytes())
+    config = tmp_path / "box.toml"
+    config.write_text(f'site = "s1"\nbox = "b1"\nstate_dir = "{tmp_path / "state"}"\n'
+                      f'broker_port = 9\nclock_wait_s = {clock_wait_s}\n')
+    return subprocess.run([*DENIED, sys.executable, "-m", "miroir", "edge", "run", "--config",
+                           str(config), "--replay", str(wav), str(wav), "--fast"],
+                          env={**os.environ, "PYTHONPATH": str(REPO), **env}, capture_output=True,
+                          text=True, timeout=120)
 
 
 def test_the_clock_state_comes_from_timesyncd_where_adjtimex_is_denied(tmp_path: Path) -> None:
@@ -62,19 +80,7 @@ def test_a_new_box_extends_its_start_timeout_while_it_waits_for_ntp(tmp_path: Pa
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(tmp_path / "notify"))
     sock.settimeout(0.2)
-    wav = tmp_path / "call.wav"
-    with wave.open(str(wav), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes(np.zeros(16000, "<i2").tobytes())
-    config = tmp_path / "box.toml"
-    config.write_text(f'site = "s1"\nbox = "b1"\nstate_dir = "{tmp_path / "state"}"\n'
-                      'broker_port = 9\nclock_wait_s = 2.0\n')
-    env = {**os.environ, "PYTHONPATH": str(REPO), "NOTIFY_SOCKET": str(tmp_path / "notify")}
-    proc = subprocess.run([*DENIED, sys.executable, "-m", "miroir", "edge", "run", "--config",
-                           str(config), "--replay", str(wav), str(wav), "--fast"],
-                          env=env, capture_output=True, text=True, timeout=120)
+    proc = _run_box(tmp_path, 2.0, NOTIFY_SOCKET=str(tmp_path / "notify"))
     got = []
     with contextlib.suppress(TimeoutError):
         while True:
@@ -85,3 +91,45 @@ def test_a_new_box_extends_its_start_timeout_while_it_waits_for_ntp(tmp_path: Pa
     ready = next(i for i, m in enumerate(got) if m.startswith("READY=1"))
     assert ready > 0
     assert "numbering from it anyway" in proc.stderr  # it did wait (adjtimex denied, no timesyncd)
+
+
+def test_a_box_whose_clock_reads_before_its_baselines_waits_for_ntp(tmp_path: Path) -> None:
+    """A Pi boots at its image's time: its clock reads before the baselines it learned yesterday,
+    which were refused as learned in the future and learned afresh, since a box with an outbox on
+    record never waited for NTP. It now waits (clock_wait_s) for NTP first, and says why."""
+    from edge import baselines
+
+    first = _run_box(tmp_path, 0.0)  # the box's earlier life: its outbox is on record
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert (tmp_path / "state" / "outbox.sqlite").exists()
+    state = tmp_path / "state"
+    assert baselines.clock_behind(state) is False  # no baselines yet
+    baselines.save(state, {"f0_median_hz": 180.0}, None, learned_ts=time.time() + 86400.0)
+    assert baselines.clock_behind(state) is True
+    late = _run_box(tmp_path, 2.0)
+    assert late.returncode == 0, late.stderr[-2000:]
+    assert "the clock reads before the agent's baselines were learned: waiting up to 2 s" \
+        in late.stderr
+    assert "baselines will be learned afresh" in late.stderr
+    baselines.save(state, {"f0_median_hz": 180.0}, None, learned_ts=time.time() - 3600.0)
+    assert baselines.clock_behind(state) is False
+    on_time = _run_box(tmp_path, 2.0)  # a clock past them: no wait (the outbox is on record)
+    assert on_time.returncode == 0 and "waiting up to" not in on_time.stderr
+
+
+def test_the_wait_for_a_stale_clock_ends_when_ntp_sets_it(tmp_path: Path) -> None:
+    """With an outbox on record, ``await_clock`` waits only when told the clock is behind, and
+    stops at the first poll that finds the clock synchronized."""
+    from edge.outbox import await_clock
+
+    outbox = tmp_path / "outbox.sqlite"
+    outbox.write_bytes(b"")
+    polls: list[float] = []
+    answers = iter([False, False, False, True])
+    assert await_clock(outbox, 10.0, behind=True, synced=lambda: next(answers),
+                       sleep=polls.append) is True
+    assert polls == [1.0, 1.0, 1.0]
+    assert await_clock(outbox, 10.0, synced=lambda: False, sleep=polls.append) is True
+    assert len(polls) == 3  # not behind: no wait
+    assert await_clock(outbox, 3.0, behind=True, synced=lambda: False, sleep=polls.append) is False
+    assert len(polls) == 6
