@@ -525,7 +525,10 @@ class Box:
             if self.control is not None:
                 self.control.close()
                 self.control = None
-            self.outbox.purge()
+            try:
+                self.outbox.purge()
+            except sqlite3.Error as exc:  # a failing card must not cost the clean goodbye
+                log.error("outbox: purge failed: %s", exc)
             self.publisher.stop(self.status_fields())
             self.outbox.close()
 

@@ -5,6 +5,7 @@ import shutil
 import sqlite3
 import time
 
+import numpy as np
 import pytest
 
 from edge.outbox import (
@@ -336,17 +337,12 @@ def test_a_resend_without_an_end_reaches_the_newest_and_a_refused_message_counts
     assert Outbox(tmp_path / "o.sqlite", "s", "b").dropped == 3
 
 
-def test_a_full_disk_that_refuses_the_acknowledgements_sends_each_message_once(
-        site, broker, peer, tmp_path):
-    """The broker is back with a backlog waiting and the disk is full: the broker's
-    acknowledgements cannot be written. Each message still goes out once (the box sent every
-    acknowledged one again at each pass of its loop, hundreds a second, as long as the disk
-    stayed full: 3640 sends of 549 messages in four minutes measured on a full tmpfs); once room
-    returns, the acknowledgements are recorded and nothing is sent again."""
+def _box_on_broker(site, broker, peer, tmp_path):
+    """A Box with no pipeline on the real broker, and the dashboard's client hearing the site."""
     from edge.box import Box
     from edge.settings import EdgeSettings
     from miroir import wire
-    from tests._fixtures_broker import SITE_ID, wait_until
+    from tests._fixtures_broker import SITE_ID
 
     dash = peer(site.dashboard, "dashboard")
     for f in wire.site_filters(SITE_ID):
@@ -355,7 +351,19 @@ def test_a_full_disk_that_refuses_the_acknowledgements_sends_each_message_once(
     settings = EdgeSettings(site=SITE_ID, box="box-a", broker_host="127.0.0.1",
                             broker_port=broker.port, ca_file=site.ca_cert, cert_file=pair.cert,
                             key_file=pair.key, state_dir=tmp_path)
-    box = Box(settings, pipeline=lambda block: [], version="test")
+    return Box(settings, pipeline=lambda block: [], version="test"), dash
+
+
+def test_a_full_disk_that_refuses_the_acknowledgements_sends_each_message_once(
+        site, broker, peer, tmp_path):
+    """The broker is back with a backlog waiting and the disk is full: the broker's
+    acknowledgements cannot be written. Each message still goes out once (the box sent every
+    acknowledged one again at each pass of its loop, hundreds a second, as long as the disk
+    stayed full: 3640 sends of 549 messages in four minutes measured on a full tmpfs); once room
+    returns, the acknowledgements are recorded and nothing is sent again."""
+    from tests._fixtures_broker import wait_until
+
+    box, dash = _box_on_broker(site, broker, peer, tmp_path)
     db = box.outbox._db
     db.execute(f"PRAGMA max_page_count={db.execute('PRAGMA page_count').fetchone()[0] + 20}")
     backlog = []
@@ -418,3 +426,29 @@ def test_deleting_a_whole_shift_of_acknowledged_rows_needs_a_small_log(tmp_path,
     assert deleted == rows and box.depth_total() == 0 and box.size_bytes() == 0
     assert wal_bytes <= 2 * WAL_LIMIT_BYTES, f"the log grew to {wal_bytes / 1e6:.1f} MB"
     box.close()
+
+
+def test_a_purge_that_fails_at_stop_still_says_goodbye(site, broker, peer, tmp_path, monkeypatch):
+    """The card fails as the box stops (an I/O error in the last purge): the box still sends its
+    offline status with its last counters and stops cleanly (the error escaped the loop before:
+    no final status, only the Last Will without counters, and a traceback for systemd)."""
+    from tests._fixtures_broker import wait_until
+
+    box, dash = _box_on_broker(site, broker, peer, tmp_path)
+
+    def failing_purge(*args, **kwargs):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(box.outbox, "purge", failing_purge)
+    def blocks():  # one block once the box is on line (a box stopped before it connects says nothing)
+        wait_until(box.publisher.connected.is_set, "the box connected")
+        yield np.zeros((2, 1024), np.float32)
+
+    box.run(blocks(), drain_s=0.5)  # returns: no exception
+
+    def statuses() -> list[dict]:
+        return [json.loads(p) for t, p in dash.messages if t.endswith("/status")]
+
+    wait_until(lambda: any(s["state"] == "offline" for s in statuses()), "the offline status")
+    last = [s for s in statuses() if s["state"] == "offline"][-1]
+    assert "seq_last" in last and "outbox_depth" in last  # the box's own goodbye, not the Will
