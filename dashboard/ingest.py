@@ -52,6 +52,10 @@ STORE_RETRY_S = 1.0
 broker holds the messages meanwhile (nothing is acknowledged before it is stored)."""
 GAP_CHECK_EVERY_S = 0.5
 """Period of the gap checker thread, in seconds."""
+MAX_FUTURE_S = 86400.0
+"""A message whose ``ts`` is further ahead of the dashboard's clock than this is refused: the
+retention purge goes by ``ts``, so it would be kept for ever (and the lag figures read
+negative); the pages read an agent's rows up to a day ahead."""
 
 Notify = Callable[[dict[str, Any]], None]
 
@@ -237,7 +241,7 @@ class Ingest:
         held: list[int] = []  # refused, their quarantine row not written: they wait as well
         for i, (topic, payload) in enumerate(items):
             try:
-                t, msg = self._parse(topic, payload)
+                t, msg = self._parse(topic, payload, now)
                 valid.append((i, t, msg))
             except wire.WireError as exc:
                 try:
@@ -325,7 +329,8 @@ class Ingest:
             with self._lock:
                 self.notify_errors += 1
 
-    def _parse(self, topic: str, payload: bytes) -> tuple[wire.Topic, dict[str, Any]]:
+    def _parse(self, topic: str, payload: bytes,
+               now: float) -> tuple[wire.Topic, dict[str, Any]]:
         t = wire.parse_topic(topic)
         if t.site != self.site:
             raise wire.WireError(f"topic site {t.site!r} is not this dashboard's {self.site!r}")
@@ -333,6 +338,9 @@ class Ingest:
         if msg["site"] != t.site or msg["box"] != t.box:
             raise wire.WireError(
                 f"payload site/box {msg['site']}/{msg['box']} differ from topic {t.site}/{t.box}")
+        if msg["ts"] > now + MAX_FUTURE_S:
+            raise wire.WireError(f"{t.kind}.ts: {msg['ts']} is more than {MAX_FUTURE_S:.0f} s "
+                                 "ahead of the dashboard's clock")
         return t, msg
 
     def _track_status(self, box: str, msg: dict[str, Any]) -> None:
@@ -348,7 +356,7 @@ class Ingest:
             self.lost += track.forget_below(int(msg["seq_first"]))
 
     def _store(self, topic: str, payload: bytes, now: float) -> tuple[str, dict[str, Any] | None]:
-        t, msg = self._parse(topic, payload)
+        t, msg = self._parse(topic, payload, now)
         with self._db_lock:
             retired = t.box in schema.retired_boxes(self._db)
         if retired:

@@ -102,7 +102,7 @@ def test_common_version_prefers_the_most_common_then_the_newest() -> None:
 # ------------------------------------------------------------------ ingest and alerts
 def test_overrun_rises_are_tracked_and_alerts_keep_an_append_only_history(
         dash_settings: DashboardSettings) -> None:
-    clock = [1_700_000_000.0]
+    clock = [time.time()]  # the statuses carry the real time: years ahead are refused
     db = store.open_db(dash_settings.db_path)
     schema.ensure_schema(db)
     schema.import_inventory(db, [{"box": "box-a", "seat": "A1"}], site=SITE)
