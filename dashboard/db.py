@@ -39,8 +39,9 @@ METRIC_FLAGS = tuple(k for k, types in wire.ALLOWED_FIELDS["metrics"].items() if
 SEQ_COLUMNS = ("seq_contig", "seq_lost")
 """Per-box gap tracking: every seq up to ``seq_contig`` is stored or known lost (``seq_lost``
 counts those the box no longer holds)."""
-HEALTH_COLUMNS: dict[str, type] = {"overruns_rise_ts": float}
-"""Derived fleet-health columns: when the box's audio overrun count last went up (epoch s)."""
+HEALTH_COLUMNS: dict[str, type] = {"overruns_rise_ts": float, "msgs_per_min": int}
+"""Derived fleet-health columns: when the box's audio overrun count last went up (epoch s), and
+the messages the ingest received from it per minute over its last counting window."""
 
 
 def open_db(path: str | Path) -> sqlite_utils.Database:
@@ -242,6 +243,16 @@ def save_seq_state(db: sqlite_utils.Database, box: str, contig: int, lost: int) 
     """Record a box's contiguous sequence watermark and lost count (caller's transaction)."""
     db.conn.execute("UPDATE boxes SET seq_contig = ?, seq_lost = ? WHERE box = ?",
                     (contig, lost, box))
+
+
+def save_message_rates(db: sqlite_utils.Database, site: str, per_min: dict[str, int]) -> None:
+    """Record each box's messages per minute (caller's transaction); the others' become 0."""
+    db.conn.execute("UPDATE boxes SET msgs_per_min = 0 WHERE msgs_per_min > 0")
+    for box, n in per_min.items():
+        db.conn.execute(
+            "INSERT INTO boxes (box, site, msgs_per_min) VALUES (?, ?, ?) "
+            "ON CONFLICT(box) DO UPDATE SET msgs_per_min = excluded.msgs_per_min",
+            (box, site, n))
 
 
 def describe_payload(payload: bytes | bytearray) -> str:

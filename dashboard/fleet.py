@@ -28,6 +28,9 @@ CERT_WARN_DAYS = 30.0
 OUTBOX_HIGH = 1000
 CPU_HOT_C = 80.0
 CLOCK_OFFSET_MAX_MS = 500.0
+MSGS_PER_MIN_HIGH = 1200
+"""More messages than this in a minute from one box is a flood (a box sends about 60 metrics
+and some tens of events a minute): it delays every other box's messages."""
 OVERRUNS_RISING_S = 600.0
 """Audio overruns count as rising if the box's counter went up within this window (s)."""
 ALERT_CHECK_S = 2.0
@@ -35,7 +38,7 @@ ALERT_CHECK_S = 2.0
 DAY_S = 86400.0
 
 SEVERITY = {
-    "offline": 100, "never_seen": 95, "cert_expired": 90, "capture": 70, "cert_expiring": 60,
+    "offline": 100, "never_seen": 95, "cert_expired": 90, "flood": 80, "capture": 70, "cert_expiring": 60,
     "settings": 55, "outbox": 50, "dropped": 45, "overruns": 40, "clock": 35, "thermal": 30,
     "affect": 20, "version": 10,
 }
@@ -104,6 +107,8 @@ def problems(box: dict[str, Any], now: float, fleet_version: str | None) -> list
         out.append(Problem("cert_expired", f"{days:.0f}"))
     elif days is not None and days < CERT_WARN_DAYS:
         out.append(Problem("cert_expiring", f"{days:.0f}"))
+    if (box.get("msgs_per_min") or 0) > MSGS_PER_MIN_HIGH:
+        out.append(Problem("flood", str(box["msgs_per_min"])))
     if box.get("capture_ok") is not None and not box["capture_ok"]:
         out.append(Problem("capture", box.get("capture_error") or ""))
     if box.get("settings_error"):
@@ -136,7 +141,8 @@ _NOT_RETIRED = "b.box NOT IN (SELECT box FROM retired_boxes)"
 _FLEET_COLUMNS = ("box", "site", "state", "last_status_ts", "last_seen_ts", "version",
                   "outbox_depth", "dropped", "overruns", "overruns_rise_ts", "capture_ok",
                   "capture_reopens", "capture_error", "settings_error", "prospect_affect_state",
-                  "cert_days_left", "cpu_temp_c", "throttled", "clock_synced", "clock_offset_ms")
+                  "cert_days_left", "cpu_temp_c", "throttled", "clock_synced", "clock_offset_ms",
+                  "msgs_per_min")
 
 
 def fleet(db: sqlite_utils.Database, now: float | None = None) -> dict[str, Any]:

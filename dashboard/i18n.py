@@ -242,6 +242,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "problem.never_seen": ("Jamais vu", "Never seen"),
     "problem.cert_expired": ("Certificat expiré", "Certificate expired"),
     "problem.cert_expiring": ("Certificat bientôt expiré (j)", "Certificate expiring (days)"),
+    "problem.flood": ("Trop de messages (par min)", "Message flood (per min)"),
     "problem.capture": ("Casque débranché / capture en échec", "Headset unplugged / capture failing"),
     "problem.outbox": ("File d'envoi chargée", "Outbox backlog"),
     "problem.dropped": ("Messages perdus", "Messages dropped"),

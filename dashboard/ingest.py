@@ -21,7 +21,7 @@ import sqlite3
 import ssl
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +52,14 @@ STORE_RETRY_S = 1.0
 broker holds the messages meanwhile (nothing is acknowledged before it is stored)."""
 GAP_CHECK_EVERY_S = 0.5
 """Period of the gap checker thread, in seconds."""
+RATE_WINDOW_S = 60.0
+"""Each box's messages are counted over windows this long; the last full one is kept in the
+box's row as messages per minute (``msgs_per_min``), which the IT page shows: one box flooding
+the broker delays every other box's messages, and nothing else names it."""
+MAX_FUTURE_S = 86400.0
+"""A message whose ``ts`` is further ahead of the dashboard's clock than this is refused: the
+retention purge goes by ``ts``, so it would be kept for ever (and the lag figures read
+negative); the pages read an agent's rows up to a day ahead."""
 
 Notify = Callable[[dict[str, Any]], None]
 
@@ -195,6 +203,8 @@ class Ingest:
         self._stop_checker = threading.Event()
         self._checker: threading.Thread | None = None
         self._queue: queue.Queue[tuple[Any, str, bytes, int, int]] = queue.Queue()
+        self._box_counts: Counter[str] = Counter()
+        self._window_start = time.monotonic()
         self._stop_writer = threading.Event()
         self._writer: threading.Thread | None = None
 
@@ -237,7 +247,7 @@ class Ingest:
         held: list[int] = []  # refused, their quarantine row not written: they wait as well
         for i, (topic, payload) in enumerate(items):
             try:
-                t, msg = self._parse(topic, payload)
+                t, msg = self._parse(topic, payload, now)
                 valid.append((i, t, msg))
             except wire.WireError as exc:
                 try:
@@ -325,7 +335,8 @@ class Ingest:
             with self._lock:
                 self.notify_errors += 1
 
-    def _parse(self, topic: str, payload: bytes) -> tuple[wire.Topic, dict[str, Any]]:
+    def _parse(self, topic: str, payload: bytes,
+               now: float) -> tuple[wire.Topic, dict[str, Any]]:
         t = wire.parse_topic(topic)
         if t.site != self.site:
             raise wire.WireError(f"topic site {t.site!r} is not this dashboard's {self.site!r}")
@@ -333,6 +344,9 @@ class Ingest:
         if msg["site"] != t.site or msg["box"] != t.box:
             raise wire.WireError(
                 f"payload site/box {msg['site']}/{msg['box']} differ from topic {t.site}/{t.box}")
+        if msg["ts"] > now + MAX_FUTURE_S:
+            raise wire.WireError(f"{t.kind}.ts: {msg['ts']} is more than {MAX_FUTURE_S:.0f} s "
+                                 "ahead of the dashboard's clock")
         return t, msg
 
     def _track_status(self, box: str, msg: dict[str, Any]) -> None:
@@ -348,7 +362,7 @@ class Ingest:
             self.lost += track.forget_below(int(msg["seq_first"]))
 
     def _store(self, topic: str, payload: bytes, now: float) -> tuple[str, dict[str, Any] | None]:
-        t, msg = self._parse(topic, payload)
+        t, msg = self._parse(topic, payload, now)
         with self._db_lock:
             retired = t.box in schema.retired_boxes(self._db)
         if retired:
@@ -486,6 +500,10 @@ class Ingest:
                 self.check_gaps()
             except Exception:
                 log.exception("gap check failed")
+            try:
+                self.roll_counts()
+            except Exception:
+                log.exception("could not store the boxes' message rates")
 
     def gaps(self) -> dict[str, tuple[int, int]]:
         """Boxes whose sequence has a hole now, with the first hole (from_seq, to_seq)."""
@@ -509,7 +527,34 @@ class Ingest:
         self.connected.clear()
         log.info("disconnected from broker: %s", reason_code)
 
+    def _count(self, topic: str) -> None:
+        """Count one message of the box its topic names (the broker's ACL makes it that box's)."""
+        parts = topic.split("/")
+        if len(parts) == 5 and parts[2] == self.site and wire.ID_PATTERN.fullmatch(parts[3]):
+            with self._lock:
+                self._box_counts[parts[3]] += 1
+
+    def roll_counts(self, now: float | None = None) -> dict[str, int] | None:
+        """Once :data:`RATE_WINDOW_S` has passed, store each box's messages per minute over the
+        window (the boxes that sent nothing: 0) and start a new one; return them, else None.
+
+        Args:
+            now: Monotonic time in seconds; now by default.
+        """
+        now = time.monotonic() if now is None else now
+        elapsed_s = now - self._window_start
+        if elapsed_s < RATE_WINDOW_S:
+            return None
+        with self._lock:
+            counts, self._box_counts = self._box_counts, Counter()
+            self._window_start = now
+        per_min = {box: round(n * 60.0 / elapsed_s) for box, n in counts.items()}
+        with self._db_lock, self._db.conn:
+            store.save_message_rates(self._db, self.site, per_min)
+        return per_min
+
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        self._count(str(message.topic))
         if self._writer is None:  # not started (tests): handle at once
             try:
                 self.handle(message.topic, message.payload)

@@ -28,6 +28,8 @@ PER_BOX = (
     ("overruns", "miroir_box_overruns", "Audio capture overruns of the box since it started."),
     ("cert_days_now", "miroir_box_cert_days_left", "Days before the box's certificate expires."),
     ("cpu_temp_c", "miroir_box_cpu_temp_celsius", "CPU temperature of the box."),
+    ("msgs_per_min", "miroir_box_messages_per_minute",
+     "Messages the ingest received from the box per minute (its last full minute)."),
 )
 INGEST_COUNTERS = (
     ("received", "miroir_ingest_received", "MQTT messages received by the ingest."),

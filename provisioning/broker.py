@@ -42,6 +42,10 @@ SERVER_HOSTS = ("localhost", "127.0.0.1")
 AUTOSAVE_INTERVAL_S = 5
 MAX_QUEUED_MESSAGES = 100_000
 MAX_INFLIGHT = 1000
+MAX_PACKET_BYTES = 2 * wire.MAX_PAYLOAD_BYTES
+"""Largest MQTT packet the broker takes from any client (a payload of the wire contract's
+4096 bytes at most, its topic and headers): past it the client is disconnected, so a box cannot
+fill the broker's memory, its disk (a retained message) or the dashboard's with one message."""
 CONFIG_FILE = "mosquitto.conf"
 ACL_FILE = "acl"
 LOG_FILE = "mosquitto.log"
@@ -257,6 +261,9 @@ def write_config(
          "max_queued_bytes 0"),
         ("QoS 1 messages in flight to one client (default 20 caps the dashboard's ingest "
          "rate at one window per round trip).", f"max_inflight_messages {MAX_INFLIGHT}"),
+        (f"Disconnect a client that sends a packet over {MAX_PACKET_BYTES} bytes (payloads "
+         f"are {wire.MAX_PAYLOAD_BYTES} bytes at most; the default is no limit).",
+         f"max_packet_size {MAX_PACKET_BYTES}"),
         ("Send small messages at once (latency over throughput).",
          "set_tcp_nodelay true"),
         ("Log to a file in the site directory; no other destination (so not stderr).",

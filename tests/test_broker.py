@@ -185,6 +185,38 @@ def test_box_cannot_read_other_boxes(site: SiteFiles, peer: Callable[..., Peer])
     assert set(box_a.topics()) == {mine}
 
 
+def test_a_box_cannot_push_a_huge_message_through_the_broker(
+    site: SiteFiles, peer: Callable[..., Peer]
+) -> None:
+    """A box (a stolen certificate, a buggy firmware) that publishes far past the contract's 4096
+    bytes is disconnected by the broker and the message goes nowhere. Before, the broker took
+    five 64 MiB messages (its memory from 10 to 262 MB, the dashboard's from 87 to 305 MB) and
+    kept a retained 32 MiB status on disk, sent again at every dashboard reconnect."""
+    dash = peer(site.dashboard, "dashboard")
+    dash.subscribe(f"miroir/v1/{SITE_ID}/+/+")
+    rogue = peer(site.box("box-a"), "box-a")
+    big = b'{"v":1,"x":"' + b"A" * (1 << 20) + b'"}'
+    status = wire.topic(SITE_ID, "box-a", "status")
+    rogue.client.publish(status, big, qos=1, retain=True)
+    rogue.wait_for(lambda: rogue.disconnected, "the broker to disconnect the rogue box")
+    rogue.close()
+    # Barrier: a message of the contract's largest size still goes through, after the big one.
+    box_b = peer(site.box("box-b"), "box-b")
+    own = wire.topic(SITE_ID, "box-b", "metrics")
+    small = metrics("box-b", 1)
+    largest = small[:-1] + b" " * (wire.MAX_PAYLOAD_BYTES - len(small)) + b"}"
+    assert len(largest) == wire.MAX_PAYLOAD_BYTES
+    assert box_b.publish(own, largest).value == 0
+    dash.expect(own)
+    assert status not in dash.topics()
+    dash.close()  # nothing was retained either: a dashboard subscribing now gets none of it
+    late = peer(site.dashboard, "dashboard")
+    late.subscribe(f"miroir/v1/{SITE_ID}/+/status")
+    assert box_b.publish(wire.topic(SITE_ID, "box-b", "status"), b"{}").value == 0
+    late.expect(wire.topic(SITE_ID, "box-b", "status"))  # retained ones come before it
+    assert status not in late.topics()
+
+
 def test_dashboard_cannot_publish_box_data(site: SiteFiles, peer: Callable[..., Peer]) -> None:
     dash = peer(site.dashboard, "dashboard")
     site_root = f"{wire.TOPIC_ROOT}/{SITE_ID}"

@@ -491,6 +491,43 @@ def test_ingest_through_the_real_broker_survives_bad_input_and_restarts(
     assert db["quarantine"].count == 2
 
 
+def test_a_message_dated_far_ahead_is_refused_and_cannot_outlive_the_retention(
+        site: Any, broker: Any, peer: Any, tmp_path: Path) -> None:
+    """A box whose clock (or firmware) dates its messages years ahead: the purge goes by the
+    message's time, so such rows were kept for ever (3 of 5 left 60 days on, 30 days' retention),
+    and the site's ingest lag median read -315359999983 ms. Now they are
+    refused (quarantined); a clock a few hours ahead is still taken."""
+    from dashboard import retention
+    from tests._fixtures_broker import wait_until
+
+    settings = make_settings(
+        tmp_path, site=site.site, mqtt_host="localhost", mqtt_port=broker.port,
+        mqtt_ca=site.ca_cert, mqtt_cert=site.dashboard.cert, mqtt_key=site.dashboard.key)
+    ing = Ingest(settings)
+    ing.start()
+    now = time.time()
+    try:
+        assert ing.wait_connected(10.0)
+        box = peer(site.box("box-a"), "box-a")
+        t = wire.topic(site.site, "box-a", "metrics")
+        for seq, ts in ((1, now), (2, now + 10 * 365 * 86400.0), (3, 1e15), (4, now + 3 * 3600.0)):
+            box.publish(t, payload(metrics("box-a", seq, ts=ts)))
+        status = wire.status_message(site.site, "box-a", "online", now + 10 * 365 * 86400.0)
+        box.publish(wire.topic(site.site, "box-a", "status"), payload(status))
+        wait_until(lambda: ing.stats()["received"] >= 5, "5 messages ingested")
+        st = ing.stats()
+        assert (st["inserted"], st["quarantined"]) == (2, 3)
+        assert st["lag_ms_p50"] is not None and st["lag_ms_p50"] > -4 * 3600 * 1000.0
+    finally:
+        ing.close()
+    db = store.open_db(settings.db_path)
+    assert [m["seq"] for m in db["metrics"].rows] == [1, 4]
+    assert db.conn.execute("SELECT last_status_ts FROM boxes").fetchone()[0] is None
+    retention.purge(db, metrics_days=30, aggregates_days=365, audit_days=365,
+                    now=now + 60 * 86400.0)
+    assert db["metrics"].count == 0
+
+
 def test_a_busy_database_holds_messages_unacknowledged_until_it_frees(
         site: Any, broker: Any, peer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Another writer holds the database past the busy timeout (a purge, a backup): the valid

@@ -102,7 +102,7 @@ def test_common_version_prefers_the_most_common_then_the_newest() -> None:
 # ------------------------------------------------------------------ ingest and alerts
 def test_overrun_rises_are_tracked_and_alerts_keep_an_append_only_history(
         dash_settings: DashboardSettings) -> None:
-    clock = [1_700_000_000.0]
+    clock = [time.time()]  # the statuses carry the real time: years ahead are refused
     db = store.open_db(dash_settings.db_path)
     schema.ensure_schema(db)
     schema.import_inventory(db, [{"box": "box-a", "seat": "A1"}], site=SITE)
@@ -335,6 +335,47 @@ def test_box_health_through_the_real_broker_and_an_offline_alert_from_the_last_w
         [episode] = c.get("/api/alerts", headers=cookie).json()["alerts"]
         assert episode["box"] == "box-b" and episode["reason"] == "status"
         assert episode["cleared_ts"] > episode["raised_ts"]
+
+
+@pytest.mark.e2e
+def test_a_box_flooding_the_broker_is_named_on_the_it_page_and_in_prometheus(
+        fleet_server: DashboardServer, site: Any, peer: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One box (a stolen certificate, a firmware bug) sending thousands of valid messages a
+    second delays every other box's (4,400 a second for 40 s: the others' messages arrived up to
+    35.7 s late, and the database grew 41 MB), and nothing named it: the ingest counted the
+    site's messages only. Now each box's messages per minute are kept, shown on the IT page
+    past 1,200 a minute, and exposed per box to Prometheus."""
+    from dashboard import ingest as ingest_module
+
+    monkeypatch.setattr(ingest_module, "RATE_WINDOW_S", 2.0, raising=False)  # minutes are long
+    rogue = peer(site.box("box-a"), "box-a")
+    honest = peer(site.box("box-b"), "box-b")
+    honest.publish(wire.topic(site.site, "box-b", "status"), _status("box-b", site=site.site))
+    topic = wire.topic(site.site, "box-a", "metrics")
+    for seq in range(1, 3001):
+        msg = {"v": wire.SCHEMA_VERSION, "site": site.site, "box": "box-a", "ts": time.time(),
+               "seq": seq, "talk_state": "agent"}
+        rogue.client.publish(topic, wire.encode("metrics", msg), qos=0)
+    with httpx.Client(base_url=fleet_server.url, timeout=10.0) as c:
+        cookie = {"cookie": f"__Host-miroir={http_login(c)}"}
+
+        def flood_of(box: str) -> str | None:
+            rows = c.get("/api/fleet", headers=cookie).json()["boxes"]
+            return next((p["detail"] for b in rows if b["box"] == box for p in b["problems"]
+                         if p["code"] == "flood"), None)
+
+        detail = _wait(lambda: flood_of("box-a"), "box-a's flood on the IT page", 20.0)
+        assert int(detail) > fleet.MSGS_PER_MIN_HIGH
+        assert flood_of("box-b") is None
+        row_a = c.get("/it", headers=cookie).text
+        row_a = html.unescape(row_a[row_a.index('data-box="box-a"'):])
+        assert "Trop de messages (par min)" in row_a[:row_a.index("</tr>")]
+        got = _samples(c.get("/metrics", headers={"authorization": f"Bearer {TOKEN}"}).text)
+        assert got[("miroir_box_messages_per_minute", "box-a")] > fleet.MSGS_PER_MIN_HIGH
+        assert got[("miroir_box_messages_per_minute", "box-b")] < fleet.MSGS_PER_MIN_HIGH
+        # The flood over, the next window clears it.
+        _wait(lambda: flood_of("box-a") is None, "box-a's flood to clear", 20.0)
 
 
 # ------------------------------------------------------------------------ direct TLS
