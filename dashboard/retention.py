@@ -86,22 +86,26 @@ def purge(db: sqlite_utils.Database, *, metrics_days: float, aggregates_days: fl
 
 
 PURGE_BATCH_ROWS = 2000
-"""Metrics rows the purge rolls up and deletes per transaction: the ingest and the pages, which
-write too (sessions, audit log), wait for one batch at most, not for the whole purge."""
+"""Metrics rows the purge deletes per transaction: the ingest and the pages, which write too
+(sessions, audit log), wait for one batch at most, not for the whole purge."""
 PURGE_PAUSE_S = 0.02
 """Pause between two batches of the purge, so that a waiting writer takes the lock."""
 
 
 def _purge_stream_rows(db: sqlite_utils.Database, cut_ts: float) -> dict[str, int]:
-    """Roll up and delete the metrics (and the events of the same seconds) older than
-    ``cut_ts``, :data:`PURGE_BATCH_ROWS` metrics rows per transaction, oldest first."""
+    """Roll up every row ingested until a minute ago (:func:`dashboard.analytics.roll_up`),
+    then delete the metrics (and the events of the same seconds) older than ``cut_ts``,
+    :data:`PURGE_BATCH_ROWS` metrics rows per transaction, oldest first, each batch's rows
+    that arrived since the roll-up added to the daily means first."""
+    analytics.roll_up(db, time.time() - analytics.ROLL_UP_SETTLE_S)
     out = {"metrics": 0, "events": 0}
     while True:
         end_ts = _batch_end(db, cut_ts, PURGE_BATCH_ROWS)
         with db.conn:
-            analytics.roll_up(db, end_ts)
-            deleted = db.conn.execute("DELETE FROM metrics WHERE ts < ?", (end_ts,)).rowcount
-            out["metrics"] += deleted
+            db.conn.execute("BEGIN IMMEDIATE")
+            analytics.roll_up_past_marks(db, end_ts)
+            out["metrics"] += db.conn.execute("DELETE FROM metrics WHERE ts < ?",
+                                              (end_ts,)).rowcount
             out["events"] += db.conn.execute("DELETE FROM events WHERE ts < ?",
                                              (end_ts,)).rowcount
         if end_ts >= cut_ts:
