@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sqlite3
 import time
@@ -118,82 +119,173 @@ def _day(ts: float, start_s: float = 0.0) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(ts - start_s))
 
 
-def roll_up(db: sqlite_utils.Database, before_ts: float) -> int:
-    """Store daily per-agent means of every metric for rows older than ``before_ts``.
+ROLL_UP_BATCH_ROWS = 2000
+"""Metrics rows of one box the roll-up adds to the daily means per transaction: the ingest and
+the pages wait for one batch at most."""
+ROLL_UP_PAUSE_S = 0.02
+"""Pause between two batches of the roll-up, so that a waiting writer takes the lock."""
+ROLL_UP_SETTLE_S = 60.0
+"""How far behind the clock the purge's roll-up stops: a row is stamped with its arrival time
+before the ingest's transaction commits it (after up to the 5 s busy timeout), and a row stamped
+before a box's mark but committed after it would be in no mean."""
 
-    Called by the purge before per-second rows are deleted, so day-level trends (goals, team
-    board) outlive them. A day already rolled up in part (the purge runs hourly) gets the new
-    rows added to its mean, weighted by their counts. Returns the number of (day, agent, metric)
-    rows written.
+
+def _unrolled_sql(alias: str = "m") -> str:
+    """Join, after ``seat_history h``, of the rows of its windows that no roll-up has added to
+    the daily means yet: those ingested since their box's mark (``rolled_up``)."""
+    return (f"LEFT JOIN rolled_up r ON r.box = h.box JOIN metrics {alias} ON {alias}.box = h.box "
+            f"AND {alias}.ingested_ts >= coalesce(r.before_ts, 0) AND +{alias}.ts >= h.from_ts "
+            f"AND (h.to_ts IS NULL OR +{alias}.ts < h.to_ts)")
+
+
+def roll_up(db: sqlite_utils.Database, before_ts: float) -> int:
+    """Add every metrics row ingested before ``before_ts`` to its day's per-agent means.
+
+    Each box's mark (``rolled_up``) says up to which ingestion time its rows are in
+    ``daily_aggregates``; the means and counts of later rows are added to the day's, weighted
+    by count, :data:`ROLL_UP_BATCH_ROWS` rows of a box per transaction. A row keeps its
+    per-second form until the retention purge; a row that arrives late (a box's outbox sent
+    after an outage) is added to its own day by the next roll-up. Pages read the stored means
+    and only the rows since the mark (:func:`daily_means`, :func:`team_means`). The retention
+    purge runs it every hour. Returns the number of rows added.
     """
+    boxes = [r[0] for r in db.conn.execute(
+        "SELECT box FROM boxes UNION SELECT box FROM seat_history").fetchall()]
+    added = 0
+    for box in boxes:
+        while True:
+            with db.conn:
+                db.conn.execute("BEGIN IMMEDIATE")  # the mark read and moved in one transaction
+                n, end_ts = _roll_up_batch(db, box, before_ts)
+            added += n
+            if end_ts >= before_ts:
+                break
+            time.sleep(ROLL_UP_PAUSE_S)
+    return added
+
+
+def _roll_up_batch(db: sqlite_utils.Database, box: str, before_ts: float) -> tuple[int, float]:
+    """Add the next batch of ``box``'s rows past its mark to the daily means and move the mark
+    past them; return the rows added and the new mark."""
+    row = db.conn.execute("SELECT before_ts FROM rolled_up WHERE box = ?", (box,)).fetchone()
+    start_ts = float(row[0]) if row else 0.0
+    if start_ts >= before_ts:
+        return 0, start_ts
+    nth = db.conn.execute(
+        "SELECT ingested_ts FROM metrics WHERE box = ? AND ingested_ts >= ? AND ingested_ts < ? "
+        "ORDER BY ingested_ts LIMIT 1 OFFSET ?", (box, start_ts, before_ts, ROLL_UP_BATCH_ROWS)
+    ).fetchone()
+    end_ts = before_ts if nth is None else float(nth[0])
+    if end_ts <= start_ts:  # more rows than a batch arrived at one instant: take them all
+        end_ts = math.nextafter(start_ts, math.inf)
+    n_rows = _add_to_means(db, "m.box = ? AND m.ingested_ts >= ? AND m.ingested_ts < ?",
+                           (box, start_ts, end_ts))
+    db.conn.execute("INSERT INTO rolled_up (box, before_ts) VALUES (?, ?) ON CONFLICT(box) "
+                    "DO UPDATE SET before_ts = excluded.before_ts", (box, end_ts))
+    return n_rows, end_ts
+
+
+def roll_up_past_marks(db: sqlite_utils.Database, before_ts: float) -> int:
+    """Add the rows older than ``before_ts`` that no roll-up has reached (ingested since their
+    box's mark) to the daily means: the purge calls it, in the transaction that deletes them.
+    Returns the number of rows added."""
+    return _add_to_means(db, "m.ts < ? AND m.ingested_ts >= coalesce((SELECT r.before_ts FROM "
+                         "rolled_up r WHERE r.box = m.box), 0)", (before_ts,))
+
+
+def _add_to_means(db: sqlite_utils.Database, where: str, args: tuple[Any, ...]) -> int:
+    """Add the metrics rows ``m`` that match ``where`` to their agent's daily means; return
+    how many rows were in a seat window."""
     names = metric_names(db)
-    start = day_start_s(db)
-    written = 0
-    for name in names:
-        cur = db.conn.execute(
-            f"SELECT date(m.ts - ?, 'unixepoch') AS day, h.agent, avg(m.{name}), count(m.{name}) "
-            f"FROM metrics m {_windows_sql()} WHERE m.ts < ? AND m.{name} IS NOT NULL "
-            f"GROUP BY day, h.agent", (start, before_ts))
-        for day, agent, mean, n in cur.fetchall():
-            db.conn.execute(
-                "INSERT INTO daily_aggregates (day, agent, metric, mean, n) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT(day, agent, metric) DO UPDATE SET n = n + excluded.n, mean = "
-                "(mean * n + excluded.mean * excluded.n) / (n + excluded.n)",
-                (day, agent, name, mean, n))
-            written += 1
-    return written
+    sums = ", ".join(f"sum(m.{n}), count(m.{n})" for n in names)
+    n_rows = 0
+    for day, agent, rows, *values in db.conn.execute(
+            f"SELECT date(m.ts - ?, 'unixepoch'), h.agent, count(*), {sums} FROM metrics m "
+            f"{_windows_sql()} WHERE {where} GROUP BY 1, 2", (day_start_s(db), *args)).fetchall():
+        n_rows += rows
+        for name, total, n in zip(names, values[::2], values[1::2], strict=True):
+            if n:
+                _add_to_aggregate(db, day, agent, name, total / n, n)
+    return n_rows
+
+
+def _add_to_aggregate(db: sqlite_utils.Database, day: str, agent: str, metric: str,
+                      mean: float, n: int) -> None:
+    """Merge ``n`` rows of mean ``mean`` into the day's stored mean, weighted by count."""
+    db.conn.execute(
+        "INSERT INTO daily_aggregates (day, agent, metric, mean, n) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT(day, agent, metric) DO UPDATE SET n = n + excluded.n, mean = "
+        "(mean * n + excluded.mean * excluded.n) / (n + excluded.n)",
+        (day, agent, metric, mean, n))
+
+
+@contextlib.contextmanager
+def _snapshot(db: sqlite_utils.Database) -> Iterator[None]:
+    """One read transaction: the stored means and the rows past the marks read at one instant
+    (a roll-up committed between the two reads would count its rows twice, or not at all)."""
+    if db.conn.in_transaction:
+        yield
+        return
+    db.conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        db.conn.rollback()
 
 
 def daily_means(db: sqlite_utils.Database, agent: str, metric: str,
                 days: int = 30, now: float | None = None) -> list[tuple[str, float]]:
-    """Daily mean of ``metric`` for ``agent`` over the last ``days`` days, oldest first: a day
-    the purge rolled up in part is its rolled-up mean and its remaining rows, weighted by count."""
+    """Daily mean of ``metric`` for ``agent`` over the last ``days`` days, oldest first: each
+    day's stored mean (:func:`roll_up`) and the rows ingested since, weighted by count."""
     if metric not in metric_names(db):
         return []
     now = time.time() if now is None else now
     since = now - days * DAY_S
     start = day_start_s(db)
     sums: dict[str, tuple[float, int]] = {}  # day: (sum, count)
-    for day, mean, n in db.conn.execute(
-            "SELECT day, mean, n FROM daily_aggregates WHERE agent = ? AND metric = ? AND day >= ? "
-            "AND mean IS NOT NULL", (agent, metric, _day(since, start))).fetchall():
-        sums[day] = (mean * (n or 1), n or 1)
-    for day, total, n in db.conn.execute(
-            f"SELECT date(m.ts - ?, 'unixepoch') AS day, sum(m.{metric}), count(m.{metric}) "
-            f"FROM metrics m {_windows_sql()} WHERE h.agent = ? AND m.ts >= ? "
-            f"AND m.{metric} IS NOT NULL GROUP BY day", (start, agent, since)).fetchall():
-        before, count = sums.get(day, (0.0, 0))
-        sums[day] = (before + total, count + n)
+    with _snapshot(db):
+        for day, mean, n in db.conn.execute(
+                "SELECT day, mean, n FROM daily_aggregates WHERE agent = ? AND metric = ? "
+                "AND day >= ? AND mean IS NOT NULL", (agent, metric, _day(since, start))).fetchall():
+            sums[day] = (mean * (n or 1), n or 1)
+        for day, total, n in db.conn.execute(
+                f"SELECT date(m.ts - ?, 'unixepoch') AS day, sum(m.{metric}), count(m.{metric}) "
+                f"FROM seat_history h {_unrolled_sql()} WHERE h.agent = ? AND +m.ts >= ? "
+                f"AND m.{metric} IS NOT NULL GROUP BY day", (start, agent, since)).fetchall():
+            before, count = sums.get(day, (0.0, 0))
+            sums[day] = (before + total, count + n)
     return sorted((day, total / n) for day, (total, n) in sums.items())
 
 
 def team_mean(db: sqlite_utils.Database, team: str, metric: str) -> tuple[float | None, int]:
     """Mean of ``metric`` over the team's agent-days, and how many agents are behind it: each
-    agent-day is its rolled-up mean and its rows still stored, weighted by count (as
+    agent-day is its stored mean and its rows ingested since, weighted by count (as
     :func:`daily_means`), so the days past the purge and the recent ones both count."""
     return team_means(db, team).get(metric, (None, 0))
 
 
 def team_means(db: sqlite_utils.Database, team: str) -> dict[str, tuple[float | None, int]]:
-    """:func:`team_mean` of every metric, from one read of the team's rows (not one a metric:
-    each read goes through every row the team's boxes sent in the retention period)."""
+    """:func:`team_mean` of every metric: the team's stored daily means (:func:`roll_up`) and,
+    in one read, the rows ingested since each box's mark (the last hour's), never the per-second
+    rows of the whole retention period."""
     names = metric_names(db)
     days: dict[str, dict[tuple[str, str], tuple[float, int]]] = {n: {} for n in names}
-    for agent, day, metric, total, n in db.conn.execute(
-            "SELECT d.agent, d.day, d.metric, d.mean * coalesce(d.n, 1), coalesce(d.n, 1) "
-            "FROM daily_aggregates d JOIN agents a ON a.agent = d.agent WHERE a.team = ? "
-            "AND d.mean IS NOT NULL", (team,)):
-        if metric in days:
-            _add_to_day(days[metric], (agent, day), total, n)
-    if names:
-        sums = ", ".join(f"sum(m.{n}), count(m.{n})" for n in names)
-        for agent, day, *values in db.conn.execute(
-                f"SELECT h.agent, date(m.ts - ?, 'unixepoch'), {sums} FROM metrics m "
-                f"{_windows_sql()} JOIN agents a ON a.agent = h.agent WHERE a.team = ? "
-                f"GROUP BY h.agent, 2", (day_start_s(db), team)):
-            for name, total, n in zip(names, values[::2], values[1::2], strict=True):
-                if n:
-                    _add_to_day(days[name], (agent, day), total, n)
+    with _snapshot(db):
+        for agent, day, metric, total, n in db.conn.execute(
+                "SELECT d.agent, d.day, d.metric, d.mean * coalesce(d.n, 1), coalesce(d.n, 1) "
+                "FROM agents a JOIN daily_aggregates d ON d.agent = a.agent WHERE a.team = ? "
+                "AND d.mean IS NOT NULL", (team,)):
+            if metric in days:
+                _add_to_day(days[metric], (agent, day), total, n)
+        if names:
+            sums = ", ".join(f"sum(m.{n}), count(m.{n})" for n in names)
+            for agent, day, *values in db.conn.execute(
+                    f"SELECT h.agent, date(m.ts - ?, 'unixepoch'), {sums} FROM agents a "
+                    f"JOIN seat_history h ON h.agent = a.agent {_unrolled_sql()} "
+                    f"WHERE a.team = ? GROUP BY h.agent, 2", (day_start_s(db), team)):
+                for name, total, n in zip(names, values[::2], values[1::2], strict=True):
+                    if n:
+                        _add_to_day(days[name], (agent, day), total, n)
     out: dict[str, tuple[float | None, int]] = {}
     for name, groups in days.items():
         means = [total / n for total, n in groups.values()]

@@ -29,8 +29,10 @@ def purge(db: sqlite_utils.Database, *, metrics_days: float, aggregates_days: fl
           session_idle_s: float | None = None) -> dict[str, int]:
     """Delete everything older than its retention limit; return the rows deleted per table.
 
-    Per-second metrics and events are first rolled up into daily per-agent means, which are
-    kept for ``aggregates_days`` with calls, flags and goals; they are rolled up and deleted
+    An erasure a stopped server left under way is finished first (:func:`finish_erasures`).
+    Per-second metrics are rolled up into daily per-agent means (every row that arrived until
+    a minute before, :func:`dashboard.analytics.roll_up`), which are kept for
+    ``aggregates_days`` with calls, flags and goals; they are rolled up and deleted
     :data:`PURGE_BATCH_ROWS` rows per transaction, so the ingest and the pages are never kept
     waiting for the whole purge (a busy writer gives up after 5 s: pages answered 500). The
     audit log, login attempts and cleared fleet alerts are kept ``audit_days`` (the audit
@@ -50,6 +52,9 @@ def purge(db: sqlite_utils.Database, *, metrics_days: float, aggregates_days: fl
     m_cut = now - metrics_days * DAY_S
     a_cut = now - aggregates_days * DAY_S
     au_cut = now - audit_days * DAY_S
+    erased = finish_erasures(db)
+    if any(erased.values()):
+        log.info("finished an erasure a stopped server left under way: %s", erased)
     out = _purge_stream_rows(db, m_cut)
     with db.conn:
         out["events"] += db.conn.execute("DELETE FROM events WHERE ts < ?", (m_cut,)).rowcount
@@ -86,22 +91,26 @@ def purge(db: sqlite_utils.Database, *, metrics_days: float, aggregates_days: fl
 
 
 PURGE_BATCH_ROWS = 2000
-"""Metrics rows the purge rolls up and deletes per transaction: the ingest and the pages, which
-write too (sessions, audit log), wait for one batch at most, not for the whole purge."""
+"""Metrics rows the purge deletes per transaction: the ingest and the pages, which write too
+(sessions, audit log), wait for one batch at most, not for the whole purge."""
 PURGE_PAUSE_S = 0.02
 """Pause between two batches of the purge, so that a waiting writer takes the lock."""
 
 
 def _purge_stream_rows(db: sqlite_utils.Database, cut_ts: float) -> dict[str, int]:
-    """Roll up and delete the metrics (and the events of the same seconds) older than
-    ``cut_ts``, :data:`PURGE_BATCH_ROWS` metrics rows per transaction, oldest first."""
+    """Roll up every row ingested until a minute ago (:func:`dashboard.analytics.roll_up`),
+    then delete the metrics (and the events of the same seconds) older than ``cut_ts``,
+    :data:`PURGE_BATCH_ROWS` metrics rows per transaction, oldest first, each batch's rows
+    that arrived since the roll-up added to the daily means first."""
+    analytics.roll_up(db, time.time() - analytics.ROLL_UP_SETTLE_S)
     out = {"metrics": 0, "events": 0}
     while True:
         end_ts = _batch_end(db, cut_ts, PURGE_BATCH_ROWS)
         with db.conn:
-            analytics.roll_up(db, end_ts)
-            deleted = db.conn.execute("DELETE FROM metrics WHERE ts < ?", (end_ts,)).rowcount
-            out["metrics"] += deleted
+            db.conn.execute("BEGIN IMMEDIATE")
+            analytics.roll_up_past_marks(db, end_ts)
+            out["metrics"] += db.conn.execute("DELETE FROM metrics WHERE ts < ?",
+                                              (end_ts,)).rowcount
             out["events"] += db.conn.execute("DELETE FROM events WHERE ts < ?",
                                              (end_ts,)).rowcount
         if end_ts >= cut_ts:
@@ -237,21 +246,28 @@ def stream_export(db_path: Path, chunks: Callable[[sqlite_utils.Database], Itera
         db.conn.close()
 
 
-def erase_agent(db: sqlite_utils.Database, agent: str) -> dict[str, int]:
+def erase_agent(db: sqlite_utils.Database, agent: str, now: float | None = None) -> dict[str, int]:
     """Erase an agent who left: metrics and events of their seat windows, daily means,
     coaching, calls, seats, account with its sessions, known browsers and login attempts.
+
+    One transaction deletes everything but the per-second rows and notes the agent's seat
+    windows (``erasures``, no name in it): from then on no page reaches those rows, which are
+    read through the agent's seat history. :func:`finish_erasures` then deletes them
+    :data:`PURGE_BATCH_ROWS` rows per transaction, so that the ingest and the pages wait for
+    one batch at most (a month of one agent, a million rows, held the database 28 s in one
+    transaction: the boxes' rows waited, pages answered 500). A server stopped before the
+    end finishes at its next start (the retention purge).
 
     The audit log entries about them are kept (they record who accessed the data and are
     themselves purged by retention); backups taken before, and what their box still holds
     (its outbox's sent messages, its learned baselines), are out of this function's reach
     (docs/privacy.md).
     """
-    out: dict[str, int] = {}
+    now = time.time() if now is None else now
+    out: dict[str, int] = {"metrics": 0, "events": 0}
     with db.conn:
-        for table, alias in (("metrics", "m"), ("events", "e")):
-            out[table] = db.conn.execute(
-                f"DELETE FROM {table} WHERE rowid IN (SELECT {alias}.rowid FROM {table} {alias} "
-                f"{analytics._windows_sql(alias)} WHERE h.agent = ?)", (agent,)).rowcount
+        db.conn.execute("BEGIN IMMEDIATE")
+        _note_erased_windows(db, agent, now)
         for table in ("daily_aggregates", "calls", "flags", "goals", "seat_history"):
             out[table] = db.conn.execute(f"DELETE FROM {table} WHERE agent = ?",
                                          (agent,)).rowcount
@@ -267,7 +283,50 @@ def erase_agent(db: sqlite_utils.Database, agent: str) -> dict[str, int]:
         out["users"] = db.conn.execute("DELETE FROM users WHERE agent = ?", (agent,)).rowcount
         db.conn.execute("UPDATE seats SET agent = NULL WHERE agent = ?", (agent,))
         out["agents"] = db.conn.execute("DELETE FROM agents WHERE agent = ?", (agent,)).rowcount
+    out.update(finish_erasures(db))
     return out
+
+
+def _note_erased_windows(db: sqlite_utils.Database, agent: str, now: float) -> None:
+    """Copy the agent's seat windows to ``erasures``; an open one ends after the newest row its
+    box has sent (a box's clock may run ahead of the server's)."""
+    for box, from_ts, to_ts in db.conn.execute(
+            "SELECT box, from_ts, to_ts FROM seat_history WHERE agent = ?", (agent,)).fetchall():
+        if to_ts is None:
+            newest = [db.conn.execute(f"SELECT max(ts) FROM {t} WHERE box = ?", (box,)).fetchone()[0]
+                      for t in ("metrics", "events")]
+            to_ts = math.nextafter(max([now, *(t for t in newest if t is not None)]), math.inf)
+        db.conn.execute("INSERT INTO erasures (box, from_ts, to_ts) VALUES (?, ?, ?)",
+                        (box, from_ts, to_ts))
+
+
+def finish_erasures(db: sqlite_utils.Database) -> dict[str, int]:
+    """Delete the metrics and events of the seat windows of erasures under way
+    (:func:`erase_agent`), :data:`PURGE_BATCH_ROWS` rows per transaction, and each window once
+    empty; return the rows deleted per table. Safe to run again, and at the same time."""
+    out = {"metrics": 0, "events": 0}
+    for window, box, from_ts, to_ts in db.conn.execute(
+            "SELECT id, box, from_ts, to_ts FROM erasures ORDER BY id").fetchall():
+        for table in out:
+            out[table] += _delete_window_rows(db, table, box, from_ts, to_ts)
+        with db.conn:
+            db.conn.execute("DELETE FROM erasures WHERE id = ?", (window,))
+    return out
+
+
+def _delete_window_rows(db: sqlite_utils.Database, table: str, box: str, from_ts: float,
+                        to_ts: float) -> int:
+    """Delete ``box``'s rows of ``table`` from ``from_ts`` to ``to_ts``, a batch at a time."""
+    deleted = 0
+    while True:
+        with db.conn:
+            n = db.conn.execute(
+                f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE box = ? "
+                "AND ts >= ? AND ts < ? LIMIT ?)", (box, from_ts, to_ts, PURGE_BATCH_ROWS)).rowcount
+        deleted += n
+        if n < PURGE_BATCH_ROWS:
+            return deleted
+        time.sleep(PURGE_PAUSE_S)
 
 
 # --------------------------------------------------------------------- backup/restore

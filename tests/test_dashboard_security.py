@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import sqlite3
 import time
@@ -239,7 +240,7 @@ def test_a_dashboard_that_ran_migration_3_gets_migration_4(tmp_path: Path) -> No
                         (auth._token_hash(token), "chef", time.time()))
         db.conn.execute("INSERT INTO login_attempts (ts, username, addr, ok) VALUES (?, ?, ?, 0)",
                         (time.time(), "chef", "198.51.100.1"))
-    assert schema.ensure_schema(db) == len(schema.MIGRATIONS) == 7
+    assert schema.ensure_schema(db) == len(schema.MIGRATIONS) == 9
     assert auth.known_device(db, "chef", token) == token
     assert db.conn.execute("SELECT kind FROM login_attempts").fetchone()[0] == "password"
     failed_login(db, "chef", "198.51.100.1", kind="code")
@@ -545,6 +546,96 @@ def test_erasure_leaves_nothing_that_names_the_agent_but_the_audit_log(org: Any)
     db.conn.close()
     # sup-a's read of her metrics, sup-a's flag about her, and the erasure itself
     assert left == {"audit_log": 3}
+
+
+def test_an_erasure_deletes_the_agents_rows_in_batches_each_its_own_transaction(
+        org: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Erasing an agent deleted a month of their per-second rows in one transaction: on a copy
+    of a month of 6 boxes (633,600 metrics and 411,840 events of one agent) it held the database
+    28.6 s while 60 boxes published, their rows waited up to 26 s and an agent page answered 500
+    "database is locked". Now one transaction deletes everything else and notes the agent's
+    seat windows, then their rows go a batch per transaction. Fails before the fix: one DELETE
+    of all 240 rows, in the transaction that deleted the agent."""
+    settings, _ = org
+    monkeypatch.setattr(retention, "PURGE_BATCH_ROWS", 25)
+    monkeypatch.setattr(retention, "PURGE_PAUSE_S", 0.0)
+    db = store.open_db(settings.db_path)
+    statements: list[str] = []
+    db.conn.set_trace_callback(statements.append)
+    try:
+        out = retention.erase_agent(db, "agent-a1")
+    finally:
+        db.conn.set_trace_callback(None)
+    assert (out["metrics"], out["events"], out["agents"]) == (240, 3, 1)
+    deletes = [i for i, s in enumerate(statements) if s.startswith("DELETE FROM metrics")]
+    commits = [i for i, s in enumerate(statements) if s == "COMMIT"]
+    assert len(deletes) == 240 // 25 + 1, len(deletes)
+    agent_row = next(i for i, s in enumerate(statements) if s.startswith("DELETE FROM agents"))
+    assert any(agent_row < c < deletes[0] for c in commits)  # the agent went first, alone
+    assert all(any(a < c < b for c in commits) for a, b in itertools.pairwise(deletes))
+    counts = dict(db.conn.execute("SELECT box, count(*) FROM metrics GROUP BY box").fetchall())
+    assert "box-a1" not in counts and counts["box-a2"] == 240
+    assert db.conn.execute("SELECT count(*) FROM erasures").fetchone()[0] == 0
+
+
+def test_an_erasure_stopped_half_way_is_unreachable_and_finished_by_the_next_purge(
+        org: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server stops between two batches of an erasure (here: the pause between them
+    raises): the erasure is audited, nothing of the agent can be read any more, and the next
+    retention purge (at the next start, here the real `miroir dashboard purge`) deletes the
+    rest of their rows and only theirs: the row the box sent for the agent seated after them
+    stays. Fails before the fix: the erasure had no batches to stop between."""
+    import os
+    import subprocess
+    import sys
+    import types
+
+    def stop(_s: float) -> None:
+        raise RuntimeError("the server stopped")
+
+    settings, data = org
+    monkeypatch.setattr(retention, "PURGE_BATCH_ROWS", 25)
+    monkeypatch.setattr(retention, "time", types.SimpleNamespace(
+        time=time.time, gmtime=time.gmtime, strftime=time.strftime, sleep=stop))
+    with client(settings, raise_server_exceptions=False) as c:
+        login_as(c, "admin", data)
+        assert c.post("/api/agents/agent-a1/erase", headers=csrf_header(c)).status_code == 500
+        for url in ("/api/agents/agent-a1/metrics", "/api/agents/agent-a1/export.json",
+                    "/agents/agent-a1"):
+            assert c.get(url).status_code == 404, url
+        board = c.get("/api/teams/team-a/board").json()
+        assert [a["agent"] for a in board["agents"]] == ["agent-a2"]
+    monkeypatch.undo()
+    db = store.open_db(settings.db_path)
+    assert db.conn.execute("SELECT count(*) FROM audit_log WHERE action = 'erase' "
+                           "AND agent = 'agent-a1'").fetchone()[0] == 1
+    left = "SELECT count(*) FROM metrics WHERE box = 'box-a1'"
+    assert db.conn.execute(left).fetchone()[0] == 240 - 25
+    assert db.conn.execute("SELECT count(*) FROM erasures").fetchone()[0] == 1
+    after = time.time() + 1
+    schema.import_inventory(db, [{"box": "box-a1", "agent": "agent-a9", "team": "team-a"}],
+                            site=settings.site, now=after)
+    store.insert_metrics(db, {"v": wire.SCHEMA_VERSION, "site": settings.site, "box": "box-a1",
+                              "seq": 5000, "ts": after + 1, "window_s": 1.0,
+                              "talk_state": "agent"}, after + 1)
+    db.conn.close()
+    env = {**os.environ, "MIROIR_DASH_SITE": settings.site,
+           "MIROIR_DASH_DB_PATH": str(settings.db_path),
+           "MIROIR_DASH_ADMIN_PASSWORD_FILE": str(settings.admin_password_file)}
+    r = subprocess.run([sys.executable, "-m", "miroir.cli", "dashboard", "purge"], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    db = store.open_db(settings.db_path)
+    try:
+        assert db.conn.execute("SELECT seq FROM metrics WHERE box = 'box-a1'").fetchall() == \
+            [(5000,)]
+        assert db.conn.execute("SELECT count(*) FROM events WHERE box = 'box-a1'"
+                               ).fetchone()[0] == 0
+        assert db.conn.execute("SELECT count(*) FROM erasures").fetchone()[0] == 0
+        assert db.conn.execute("SELECT count(*) FROM metrics WHERE box = 'box-a2'"
+                               ).fetchone()[0] == 240
+    finally:
+        db.conn.close()
 
 
 def test_migrations_keep_data_and_run_once(tmp_path: Path) -> None:
