@@ -103,3 +103,31 @@ def test_a_seat_given_to_another_agent_while_its_box_is_off_reaches_the_box(site
     assert [(role, agent, json.loads(d)) for role, agent, d in audit] == [
         ("it", "agent-a", {"box": "box-a", "seat": "P1"}),
         ("it", "agent-b", {"box": "box-a", "seat": "P1"})]
+
+
+def test_an_erased_agents_baselines_leave_the_box_at_their_seat(site, broker, tmp_path) -> None:
+    """Erasing an agent who left frees their seat: the box there deletes their learned baselines
+    (they stayed in baselines.json for up to 72 h before, docs/privacy.md)."""
+    from dashboard import retention
+
+    settings = make_settings(tmp_path, site=SITE_ID, mqtt_host="localhost", mqtt_port=broker.port,
+                             mqtt_ca=site.ca_cert, mqtt_cert=site.dashboard.cert,
+                             mqtt_key=site.dashboard.key)
+    state = tmp_path / "state"
+    state.mkdir()
+    _import(settings, tmp_path, "agent-a")
+    assert baselines.save(state, A_BASELINE, None)
+    with TestClient(create_app(settings), base_url="https://testserver") as client:
+        ingest = client.app.state.ingest  # type: ignore[attr-defined]
+        assert ingest.wait_connected(20)
+        box = _box(site, broker, state)
+        _online(box)
+        db = store.open_db(settings.db_path)
+        retention.erase_agent(db, "agent-a")  # what POST /api/agents/agent-a/erase runs
+        wait_until(lambda: (box.pump(), not (state / baselines.FILE).exists())[1],
+                   "the erased agent's baselines deleted on the box")
+        box.step(np.zeros((2, 1600), dtype=np.float32))
+        assert box.pipeline.learned_baselines() == (None, None)  # type: ignore[attr-defined]
+        box.run(iter(()), drain_s=0.0)
+        db.conn.close()
+    assert ingest.forget_requests >= 1 and box.cmd_refused == 0
