@@ -73,7 +73,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     settings = _settings()
     db = _db(settings)
     try:
-        n = schema.import_inventory(db, rows, site=settings.site)
+        n = schema.import_inventory(db, rows, site=settings.site, actor=_actor())
     except (KeyError, ValueError) as exc:
         raise _error(f"{args.csv}: {exc}") from None
     finally:

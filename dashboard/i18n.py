@@ -264,6 +264,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "action.goal_set": ("a fixé un objectif", "set a goal"),
     "action.read_box_metrics": ("a consulté les mesures du poste", "read the seat's metrics"),
     "action.retire_box": ("a retiré un boîtier", "retired a box"),
+    "action.assign_seat": ("a attribué le poste", "gave the seat"),
     "chart.cue": ("signal", "cue"),
     "chart.turns": ("Tours de parole", "Turn-taking"),
     "chart.flag": ("moment signalé", "flagged moment"),

@@ -10,6 +10,11 @@ says which sequence numbers it no longer holds (``seq_first``): those are counte
 no longer asked for. It also says where its numbering starts (``seq_origin``): a new box, or one
 whose state was wiped, numbers from the clock, and the numbers between its earlier messages and
 that origin were never used (neither lost nor asked for).
+
+A seat that changed hands (``seats.changed_ts``, set by the inventory import) while its box
+reports baselines learned before then (``status.baselines_ts``) gets a ``forget_baselines`` command
+for that time, repeated every :data:`RESEND_RETRY_S` while the box is online and still says so:
+the box's session is clean, so a box offline at the change hears of it when it is back.
 """
 
 from __future__ import annotations
@@ -200,6 +205,9 @@ class Ingest:
             self._tracks[box] = track
         self.requests: deque[tuple[str, int, int]] = deque(maxlen=1000)
         """Recent resend requests (box, from_seq, to_seq), newest last."""
+        self.forget_requests = 0
+        """``forget_baselines`` commands sent (a seat changed hands)."""
+        self._forget_asked: dict[str, float] = {}
         self._stop_checker = threading.Event()
         self._checker: threading.Thread | None = None
         self._queue: queue.Queue[tuple[Any, str, bytes, int, int]] = queue.Queue()
@@ -471,6 +479,39 @@ class Ingest:
                 log.error("box %s: no resend of seq %d..%d: %s", box, first, last, exc)
         return asks
 
+    def check_seats(self, now: float | None = None) -> list[tuple[str, float]]:
+        """Tell each online box whose seat changed hands after its baselines were learned to
+        forget them; return the (box, changed_ts) sent now.
+
+        Args:
+            now: Monotonic time in seconds; now by default.
+        """
+        now = time.monotonic() if now is None else now
+        try:
+            with self._db_lock:
+                stale = self._db.conn.execute(
+                    "SELECT s.box, s.changed_ts FROM seats s JOIN boxes b ON b.box = s.box "
+                    "WHERE b.state = 'online' AND s.changed_ts > b.baselines_ts").fetchall()
+        except sqlite3.Error:
+            log.exception("could not read the seat changes")
+            return []
+        client = self._client
+        sent = []
+        for box, changed_ts in stale:
+            if client is None or now - self._forget_asked.get(box, -math.inf) < RESEND_RETRY_S:
+                continue
+            self._forget_asked[box] = now
+            try:
+                msg = wire.cmd_message(self.site, box, "forget_baselines", float(changed_ts))
+            except wire.WireError as exc:
+                log.error("box %s: no forget_baselines: %s", box, exc)
+                continue
+            log.info("box %s: its seat changed hands; asking it to forget its baselines", box)
+            self._send_cmd(client, msg)
+            sent.append((box, float(changed_ts)))
+        self.forget_requests += len(sent)
+        return sent
+
     def _send_cmd(self, client: Any, msg: dict[str, Any]) -> bool:
         info = client.publish(wire.topic(self.site, msg["box"], wire.CMD_KIND),
                               wire.encode(wire.CMD_KIND, msg), qos=1)
@@ -498,6 +539,7 @@ class Ingest:
         while not self._stop_checker.wait(GAP_CHECK_EVERY_S):
             try:
                 self.check_gaps()
+                self.check_seats()
             except Exception:
                 log.exception("gap check failed")
             try:

@@ -260,8 +260,8 @@ def erase_agent(db: sqlite_utils.Database, agent: str, now: float | None = None)
 
     The audit log entries about them are kept (they record who accessed the data and are
     themselves purged by retention); backups taken before, and what their box still holds
-    (its outbox's sent messages, its learned baselines), are out of this function's reach
-    (docs/privacy.md).
+    (its outbox's sent messages), are out of this function's reach (docs/privacy.md). Their
+    seat is freed: its box forgets their learned baselines once online (``forget_baselines``).
     """
     now = time.time() if now is None else now
     out: dict[str, int] = {"metrics": 0, "events": 0}
@@ -281,7 +281,8 @@ def erase_agent(db: sqlite_utils.Database, agent: str, now: float | None = None)
             db.conn.execute("DELETE FROM user_teams WHERE username = ?", (u,))
             db.conn.execute("DELETE FROM known_devices WHERE username = ?", (u,))
         out["users"] = db.conn.execute("DELETE FROM users WHERE agent = ?", (agent,)).rowcount
-        db.conn.execute("UPDATE seats SET agent = NULL WHERE agent = ?", (agent,))
+        db.conn.execute("UPDATE seats SET agent = NULL, changed_ts = ? WHERE agent = ?",
+                        (time.time(), agent))  # the box forgets the agent's baselines
         out["agents"] = db.conn.execute("DELETE FROM agents WHERE agent = ?", (agent,)).rowcount
     out.update(finish_erasures(db))
     return out

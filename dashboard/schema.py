@@ -171,11 +171,16 @@ def _m9_erasures_under_way(db: sqlite_utils.Database) -> None:
                     "box TEXT NOT NULL, from_ts REAL NOT NULL, to_ts REAL NOT NULL)")
 
 
+def _m10_seat_changes(db: sqlite_utils.Database) -> None:
+    """When each seat last changed hands: its box forgets the baselines learned before then."""
+    _add_column(db, "seats", "changed_ts", "REAL")
+
+
 MIGRATIONS: list[Migration] = [_m1_inventory_roles_audit, _m2_campaign_life_and_alerts,
                                _m3_known_devices, _m4_code_attempts_and_device_renewal,
                                _m5_retired_boxes, _m6_stream_rows_by_box_and_time,
                                _m7_calls_by_campaign_variant, _m8_daily_means_kept_up_to_date,
-                               _m9_erasures_under_way]
+                               _m9_erasures_under_way, _m10_seat_changes]
 """Ordered migrations; migration ``i`` (1-based) brings the schema to version ``i``."""
 
 
@@ -233,26 +238,30 @@ def set_setting(db: sqlite_utils.Database, key: str, value: str) -> None:
 
 # --------------------------------------------------------------------------- inventory
 def assign_seat(db: sqlite_utils.Database, box: str, agent: str | None,
-                now: float | None = None) -> None:
-    """Seat ``agent`` at ``box`` (None frees the seat), keeping the seat history."""
+                now: float | None = None) -> bool:
+    """Seat ``agent`` at ``box`` (None frees the seat), keeping the seat history; return whether
+    the seat changed hands (``seats.changed_ts``: the box then forgets the agent baselines)."""
     now = time.time() if now is None else now
     row = db.conn.execute("SELECT agent FROM seats WHERE box = ?", (box,)).fetchone()
     current = row[0] if row else None
     if current == agent:
-        return
+        return False
     db.conn.execute("UPDATE seat_history SET to_ts = ? WHERE box = ? AND to_ts IS NULL",
                     (now, box))
     if agent is not None:
         db.conn.execute("UPDATE seat_history SET to_ts = ? WHERE agent = ? AND to_ts IS NULL",
                         (now, agent))
-        db.conn.execute("UPDATE seats SET agent = NULL WHERE agent = ? AND box != ?", (agent, box))
+        db.conn.execute("UPDATE seats SET agent = NULL, changed_ts = ? WHERE agent = ? AND "
+                        "box != ?", (now, agent, box))
         db.conn.execute("INSERT INTO seat_history (box, agent, from_ts) VALUES (?, ?, ?)",
                         (box, agent, now))
-    db.conn.execute("UPDATE seats SET agent = ? WHERE box = ?", (agent, box))
+    db.conn.execute("UPDATE seats SET agent = ?, changed_ts = ? WHERE box = ?", (agent, now, box))
+    return True
 
 
 def import_inventory(db: sqlite_utils.Database, rows: Iterable[dict[str, Any]],
-                     site: str | None = None, now: float | None = None) -> int:
+                     site: str | None = None, now: float | None = None,
+                     actor: str | None = None) -> int:
     """Record boxes, seats, agents and teams from the provisioning inventory.
 
     Args:
@@ -261,6 +270,8 @@ def import_inventory(db: sqlite_utils.Database, rows: Iterable[dict[str, Any]],
             ``agent``, ``team``, ``agent_name``, ``row``, ``col``, ``site``.
         site: Default site of the rows.
         now: Wall-clock seconds used for the seat history (defaults to the current time).
+        actor: Who imports (the command line's user); when given, each seat given to another
+            agent is audited (``assign_seat``, on the agent seated).
 
     Returns:
         The number of rows imported. Re-importing the same rows changes nothing.
@@ -303,8 +314,12 @@ def import_inventory(db: sqlite_utils.Database, rows: Iterable[dict[str, Any]],
                 "label = excluded.label, row = coalesce(excluded.row, row), "
                 "col = coalesce(excluded.col, col)",
                 (box, row_site, label, _int_or_none(r.get("row")), _int_or_none(r.get("col"))))
-            if agent:
-                assign_seat(db, box, agent, now)
+            if agent and assign_seat(db, box, agent, now) and actor is not None:
+                detail = {"box": box, "seat": label}
+                db.conn.execute(
+                    "INSERT INTO audit_log (ts, actor, actor_role, agent, action, detail) "
+                    "VALUES (?, ?, 'it', ?, 'assign_seat', ?)",
+                    (now, actor, agent, json.dumps(detail, separators=(",", ":"), sort_keys=True)))
             count += 1
     return count
 

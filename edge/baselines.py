@@ -104,3 +104,13 @@ def save(state_dir: Path, agent: dict[str, Any] | None, fatigue: dict[str, Any] 
                                    "learned_ts": now if learned_ts is None else learned_ts,
                                    "agent": agent or None, "fatigue": fatigue or None}))
     return True
+
+
+def forget(state_dir: Path) -> bool:
+    """Delete the saved baselines (another agent took the seat); return whether a file was there."""
+    path = Path(state_dir) / FILE
+    existed = path.exists()
+    path.unlink(missing_ok=True)
+    if existed:
+        log.info("deleted %s: the seat changed hands", path)
+    return existed

@@ -98,6 +98,7 @@ class Box:
             affect = self._affect_stage(settings, campaign is not None and campaign.affect.disclosed)
             saved = baselines.load(settings.state_dir, settings.baseline_max_age_h)
             self._learned_ts = saved.learned_ts
+            self.baselines_ts = time.time() if saved.learned_ts is None else saved.learned_ts
             calls = ConversationConfig(call_start_on_speech=settings.call_start_on_speech,
                                        call_end_silence_s=settings.call_end_silence_s or None)
             pipeline = Pipeline(model, gate=gate, window_s=settings.window_s, affect=affect,
@@ -105,10 +106,15 @@ class Box:
                                 agent_baseline=saved.agent, fatigue_baseline=saved.fatigue)
         else:
             self._learned_ts = None
+            self.baselines_ts = time.time()
             self.affect_state = "off"
             self.settings_error = ""
+        # self.baselines_ts: when the agent baselines the box holds were learned (or began to be):
+        # a ``forget_baselines`` for a seat change after this time applies, one before it is stale
         self._expired = False
         self._expired_shift = 0
+        self.relearn_pending = False
+        """A seat change: the baselines are learned afresh once no call is in progress."""
         self.pipeline: Callable[[Any], Iterable[_Message]] = pipeline
         self.outbox = outbox or Outbox(settings.state_dir / "outbox.sqlite", settings.site,
                                        settings.box)
@@ -210,6 +216,7 @@ class Box:
                 "settings_error": self.settings_error,
                 "pipeline_errors": self.pipeline_errors,
                 "prospect_affect_state": self.affect_state,
+                "baselines_ts": round(self.baselines_ts, 3),
                 **getattr(self.pipeline, "input_counts", dict)(), **self.source_status()}
 
     def submit(self, messages: Iterable[_Message]) -> int:
@@ -247,6 +254,8 @@ class Box:
             age_s = time.time() - float(msg["ts"])
             if msg["action"] in STATEFUL_ACTIONS and abs(age_s) > CMD_MAX_AGE_S:
                 raise wire.WireError(f"{msg['action']} sent {age_s:.0f} s ago: too old to apply")
+            if msg["action"] == "forget_baselines" and age_s < -CMD_MAX_AGE_S:
+                raise wire.WireError(f"forget_baselines for a seat change {-age_s:.0f} s ahead")
         except wire.WireError as exc:
             self.cmd_refused += 1
             log.warning("command refused: %s", exc)
@@ -312,6 +321,8 @@ class Box:
             log.info("resend from %d: %d message(s)", msg["from_seq"], n)
             if int(msg["from_seq"]) < self.outbox.first_seq():
                 self._status_due = True  # tell the dashboard what is gone for good
+        elif action == "forget_baselines":
+            self.forget_baselines(float(msg["ts"]))
         elif action == "call_state" and msg["call_state"] != self.call_state:
             self.call_state = str(msg["call_state"])
             if not self.private:
@@ -322,6 +333,24 @@ class Box:
                 call_state(self.call_state)
         self.cmd_done += 1
         return action
+
+    def forget_baselines(self, changed_ts: float) -> bool:
+        """The seat changed hands at ``changed_ts``: forget the baselines learned before then
+        (the file now, the pipeline's once no call is in progress); return False if stale."""
+        if changed_ts <= self.baselines_ts:
+            log.info("forget_baselines for a seat change at %.0f: the baselines were learned "
+                     "since (%.0f), kept", changed_ts, self.baselines_ts)
+            return False
+        try:
+            baselines.forget(self.settings.state_dir)
+        except OSError as exc:  # the pipeline still relearns; the file is not saved over
+            log.error("could not delete the baselines: %s", exc)
+        self.baselines_ts = max(time.time(), changed_ts)
+        self._learned_ts, self._expired = None, False
+        self.relearn_pending = hasattr(self.pipeline, "relearn_baselines")
+        self._status_due = True
+        log.info("the seat changed hands: the agent baselines are learned afresh")
+        return True
 
     def pump(self) -> None:
         """Record acknowledgements, apply commands, send what is stored and not in flight."""
@@ -384,18 +413,19 @@ class Box:
         """Keep the agent's learned baselines in the state directory for the next start (with the
         time they were learned); past ``baseline_max_age_h``, have the next shift learn them afresh."""
         learned = getattr(self.pipeline, "learned_baselines", None)
-        if learned is None:
+        if learned is None or self.relearn_pending:  # the previous agent's: never saved again
             return
         shifts = getattr(self.pipeline, "shifts", 0)
         if self._expired and shifts != self._expired_shift:  # a new shift relearns them
             self._learned_ts, self._expired = None, False
+            self.baselines_ts = time.time()
         agent, fatigue = learned()
         if not agent and not fatigue:
             self._learned_ts = None
             return
         now = time.time()
-        if self._learned_ts is None:
-            self._learned_ts = now
+        if self._learned_ts is None:  # never before the seat change they follow
+            self._learned_ts = max(now, self.baselines_ts)
         if now - self._learned_ts > self.settings.baseline_max_age_h * 3600:
             if not self._expired:
                 log.info("the agent's baselines are over %.0f h old: the next shift learns them "
@@ -488,6 +518,9 @@ class Box:
                 except Exception:
                     log.exception("the pipeline could not start its stages again")
         self.submit(messages)
+        if self.relearn_pending and not self._in_call():
+            self.relearn_pending = False
+            self.submit(self.pipeline.relearn_baselines())  # type: ignore[attr-defined]
         self.pump()
         if self.reload_asked:
             self.reload_asked = False

@@ -332,6 +332,13 @@ class Pipeline:
         """Learn the agent's baselines afresh from the next shift on (they are too old)."""
         self._relearn = True
 
+    def relearn_baselines(self) -> list[Message]:
+        """Another agent took the seat: a new shift starts now and learns the baselines afresh
+        (call it outside a call); return the ``cue_off`` events of the previous agent's cues."""
+        out = [Message("event", e) for e in self.signals.close(self.audio_s)]
+        self._relearn = True
+        return out + self._new_shift(self.audio_s)
+
     def _resume(self) -> None:
         """Restart the per-call stages at the audio received so far (after private mode or a lost
         device); a call state set meanwhile (a hold, a hang-up) holds from now on."""

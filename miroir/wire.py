@@ -42,7 +42,10 @@ CUE_IDS = ("too_fast", "too_slow", "monologue", "no_pause", "monotone", "talking
 CUE_SEVERITIES = ("low", "medium", "high")
 CUE_UNITS = ("ratio", "s", "db", "index", "answers")
 STATUS_STATES = ("online", "offline")
-CMD_ACTIONS = ("private_on", "private_off", "identify", "reload", "resend", "call_state")
+CMD_ACTIONS = ("private_on", "private_off", "identify", "reload", "resend", "call_state",
+               "forget_baselines")
+"""``forget_baselines``: the seat changed hands at the command's ``ts``; the box forgets the agent
+baselines it learned before then (``status.baselines_ts`` says since when its own were learned)."""
 CALL_STATES = ("idle", "active", "hold")
 AFFECT_STATES = ("off", "on", "undisclosed", "blocked", "failed")
 """The prospect affect stage: not enabled in the box's settings, running, off because the campaign
@@ -135,6 +138,7 @@ ALLOWED_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
         "settings_error": (str,),
         "pipeline_errors": (int,),
         "prospect_affect_state": (str,),
+        "baselines_ts": _num,
         # Fleet health for site IT (edge/health.py).
         "cert_days_left": _num,
         "cpu_temp_c": _num,

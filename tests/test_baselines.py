@@ -154,3 +154,70 @@ def test_a_running_box_stops_keeping_baselines_past_their_age(tmp_path: Path, ca
     assert "learns them afresh" in caplog.text
     assert json.loads((tmp_path / baselines.FILE).read_text())["saved_ts"] == saved_ts
     assert box.pipeline._relearn  # type: ignore[attr-defined]
+
+
+def _shift(agent: str, emotions: str, seed: int, turns: int) -> np.ndarray:
+    """A call of ``turns`` exchanges: EmoDB speaker ``agent`` at the headset, speaker 03 on the line."""
+    from tests._fixtures_signals import Builder, clips
+
+    b = Builder(seed)
+    b.agent = clips(agent, emotions)
+    b.opening(turns)
+    return b.build().audio
+
+
+def _work(box: Box, audio: np.ndarray) -> tuple[list[tuple[str, float]], list[float | None]]:
+    """Run the box over ``audio``; return its cues (name, audio s) and per-second fatigue index."""
+    import sqlite3
+
+    before = box.outbox.last_seq
+    box.run(iter([audio[:, i:i + BLOCK] for i in range(0, audio.shape[1], BLOCK)]), drain_s=0.0)
+    with sqlite3.connect(box.settings.state_dir / "outbox.sqlite") as db:
+        rows = [json.loads(p) for (p,) in db.execute(
+            "SELECT payload FROM outbox WHERE seq > ? ORDER BY seq", (before,))]
+    cues = [(r["cue"], r["t_audio_s"]) for r in rows if r.get("name") == "cue_on"]
+    return cues, [r.get("fatigue_index") for r in rows if "talk_state" in r]
+
+
+def _forget(box: Box, changed_ts: float) -> str:
+    """The dashboard's ``forget_baselines`` for a seat change at ``changed_ts``, as the box gets it."""
+    from miroir import wire
+
+    cmd = wire.cmd_message("site-a", "box-a", "forget_baselines", changed_ts)
+    return box.handle_command(box.publisher.cmd_topic, wire.encode(wire.CMD_KIND, cmd))
+
+
+def test_a_seat_given_to_another_agent_forgets_the_previous_agents_baselines(tmp_path: Path) -> None:
+    """Agent A (EmoDB speaker 03, male) works a shift; the box keeps A's baselines. The seat goes to
+    agent B (speaker 08, female): without the dashboard's ``forget_baselines`` B was judged against
+    A's voice from B's first second (fatigue index 55 median, a break suggested after 8 minutes,
+    two too_fast cues missed, on 8 minutes of B). With it, B's cues, fatigue and saved baselines
+    are a fresh box's; the command sent again later (a resend) leaves B's own baselines alone."""
+    model = load_vad_model()
+    seat, fresh = tmp_path / "seat", tmp_path / "fresh"
+    _work(Box(_settings(seat), model, version="test"), _shift("03", "", 7, 80))
+    a_saved = json.loads((seat / baselines.FILE).read_text())
+    assert a_saved["agent"] and a_saved["fatigue"], "A's shift taught both baselines"
+    b_audio = _shift("08", "N", 9, 40)
+
+    changed_ts = time.time()  # the seat goes to B, after A's baselines were learned
+    box = Box(_settings(seat), model, version="test")  # the next morning: A's baselines loaded
+    assert box.pipeline.learned_baselines()[0] == a_saved["agent"]  # type: ignore[attr-defined]
+    assert _forget(box, changed_ts) == "forget_baselines" and box.cmd_refused == 0
+    assert not (seat / baselines.FILE).exists(), "A's baselines leave the box at once"
+    assert box.status_fields()["baselines_ts"] >= changed_ts
+    b_cues, b_fatigue = _work(box, b_audio)
+    fresh_cues, fresh_fatigue = _work(Box(_settings(fresh), model, version="test"), b_audio)
+    print(f"B after the seat change: cues {b_cues}; at a fresh box: {fresh_cues}")
+    assert b_cues == fresh_cues and b_fatigue == fresh_fatigue
+    assert b_fatigue[0] is None, "no fatigue index before B's own baseline is learned"
+    b_saved = json.loads((seat / baselines.FILE).read_text())
+    assert b_saved["agent"] == json.loads((fresh / baselines.FILE).read_text())["agent"]
+    assert b_saved["learned_ts"] >= changed_ts
+
+    again = Box(_settings(seat), model, version="test")  # restarted; the command comes again
+    assert _forget(again, changed_ts) == "forget_baselines"
+    assert json.loads((seat / baselines.FILE).read_text()) == b_saved, "B's own baselines are kept"
+    assert not again.relearn_pending and again.pipeline.learned_baselines()[0] == b_saved["agent"]  # type: ignore[attr-defined]
+    assert _forget(again, time.time() + 3600) == "refused", "a seat change an hour ahead"
+    again.outbox.close()
