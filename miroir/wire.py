@@ -138,6 +138,7 @@ ALLOWED_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
         "reload_refused": (int,),
         "settings_error": (str,),
         "pipeline_errors": (int,),
+        "fields_dropped": (int,),
         "prospect_affect_state": (str,),
         # Fleet health for site IT (edge/health.py).
         "cert_days_left": _num,

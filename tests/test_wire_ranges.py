@@ -204,3 +204,36 @@ def test_every_number_has_a_range_and_a_value_outside_it_is_named() -> None:
         wire.status_message("s", "b", "online", 5e9)
     assert wire.out_of_range({**base, "near_level_dbfs": float("nan"), "near_hnr_db": 12.0,
                               "far_jitter": 50.0}) == ["near_level_dbfs", "far_jitter"]
+
+
+# --------------------------------------------- the box's own value out of range (a stage's bug)
+def test_a_number_out_of_range_from_the_box_itself_drops_that_field_not_the_message(
+        tmp_path: Path) -> None:
+    """A stage's bug puts a number outside its range (or not finite) in a message: the box lost
+    the whole message (counted in dropped), and a status counter out of range would have been
+    refused by the contract at every status. Now the box leaves that field out, logs it and
+    counts it in the status's ``fields_dropped``; the rest of the message is stored and sent."""
+    from edge.box import Box
+    from edge.pipeline import Message
+    from edge.settings import EdgeSettings
+
+    good = {"near_speech_ratio": 0.5, "far_speech_ratio": 0.0, "talk_state": "agent"}
+    box = Box(EdgeSettings(site="site-a", box="box-a", broker_port=9, state_dir=tmp_path),
+              pipeline=lambda block: [
+                  Message("metrics", {**good, "near_level_dbfs": 1e9, "near_hnr_db": 12.0}),
+                  Message("metrics", {**good, "near_f0_median_hz": float("nan")}),
+                  Message("event", {"name": "speech_start", "channel": "near", "t_audio_s": -3.0})],
+              version="test")
+    box.source_status = lambda: {"capture_ok": True, "overruns": -1}  # type: ignore[method-assign]
+    box.step(np.zeros((2, 512), dtype=np.float32))
+    stored = [(kind, json.loads(p)) for _, kind, p in box.outbox.pending(limit=10)]
+    assert [kind for kind, _ in stored] == ["metrics", "metrics", "event"]
+    first, second, event = (m for _, m in stored)
+    assert "near_level_dbfs" not in first and first["near_hnr_db"] == 12.0
+    assert "near_f0_median_hz" not in second and second["talk_state"] == "agent"
+    assert "t_audio_s" not in event and event["name"] == "speech_start"
+    fields = box.status_fields()
+    assert "overruns" not in fields and fields["dropped"] == 0
+    assert fields["fields_dropped"] == 4
+    wire.status_message("site-a", "box-a", "online", time.time(), version="test", **fields)
+    box.outbox.close()
