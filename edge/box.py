@@ -150,6 +150,9 @@ class Box:
         self.cmd_refused = 0
         self.pipeline_errors = 0
         """Blocks on which a stage raised (a bug: logged, the stages started again)."""
+        self.fields_dropped = 0
+        """Numbers left out of the box's own messages and statuses: outside their range in the
+        wire contract, or not finite (a bug: logged; the rest of the message goes)."""
         self.cmd_done = 0
         self.resent = 0
         self.suppressed = 0
@@ -206,18 +209,30 @@ class Box:
         """Allow-listed counters for the retained status (the source's too)."""
         health = health_facts(self.version, self.settings.cert_file)
         health.pop("version")  # the publisher puts it in every status
-        return {**health,
-                "seq_last": self.outbox.last_seq, "seq_first": self.outbox.first_seq(),
-                "seq_origin": self.outbox.origin,
-                "outbox_depth": self.outbox.depth(), "dropped": self.outbox.dropped,
-                "private": self.private, "call_state": self._shown_call_state,
-                "cmd_refused": self.cmd_refused + self.publisher.cmd_dropped,
-                "reload_refused": self.reload_refused,
-                "settings_error": self.settings_error,
-                "pipeline_errors": self.pipeline_errors,
-                "prospect_affect_state": self.affect_state,
-                "baselines_ts": round(self.baselines_ts, 3),
-                **getattr(self.pipeline, "input_counts", dict)(), **self.source_status()}
+        raw = {**health,
+               "seq_last": self.outbox.last_seq, "seq_first": self.outbox.first_seq(),
+               "seq_origin": self.outbox.origin,
+               "outbox_depth": self.outbox.depth(), "dropped": self.outbox.dropped,
+               "private": self.private, "call_state": self._shown_call_state,
+               "cmd_refused": self.cmd_refused + self.publisher.cmd_dropped,
+               "reload_refused": self.reload_refused,
+               "settings_error": self.settings_error,
+               "pipeline_errors": self.pipeline_errors,
+               "prospect_affect_state": self.affect_state,
+               "baselines_ts": round(self.baselines_ts, 3),
+               **getattr(self.pipeline, "input_counts", dict)(), **self.source_status()}
+        fields = self._in_range("status", raw)
+        return {**fields, "fields_dropped": self.fields_dropped}
+
+    def _in_range(self, kind: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """``fields`` without the numbers outside their range on the wire (logged, counted)."""
+        bad = wire.out_of_range(fields)
+        if not bad:
+            return fields
+        self.fields_dropped += len(bad)
+        log.error("%s: field(s) outside the wire contract's range left out: %s", kind,
+                  ", ".join(f"{name}={fields[name]!r}" for name in bad))
+        return {k: v for k, v in fields.items() if k not in bad}
 
     def submit(self, messages: Iterable[_Message]) -> int:
         """Store the pipeline's messages in the outbox (none while private); return how many."""
@@ -232,7 +247,7 @@ class Box:
     def _store(self, kind: str, body: dict[str, Any]) -> int:
         """Put one message in the outbox; 0 if the disk refused it (counted there as dropped)."""
         try:
-            self.outbox.put(kind, body)
+            self.outbox.put(kind, self._in_range(kind, body))
         except sqlite3.Error:
             self._status_due = True  # logged by the outbox; the loop goes on
             return 0

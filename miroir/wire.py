@@ -54,8 +54,12 @@ its model would not load."""
 CHANNELS = ("near", "far")
 
 _num = (int, float)
-MAX_SEQ = 2**63 - 1
-"""Largest sequence number, and of any integer field (SQLite's INTEGER)."""
+MAX_INT = 2**63 - 1
+"""Largest integer of any field (SQLite's INTEGER); each field's own range (:data:`RANGES`) is
+narrower."""
+MAX_SEQ = 10**13
+"""Largest sequence number: a new box numbers from its clock in milliseconds (4.1e12 in 2100) and
+sends a few messages a second; under JavaScript's exact integers (2**53), which the pages read."""
 
 # Conversation dynamics (edge.conversation.Conversation.metrics): rolling windows of 30 s and 60 s.
 _CONVERSATION_METRICS: dict[str, tuple[type, ...]] = {
@@ -137,6 +141,7 @@ ALLOWED_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
         "reload_refused": (int,),
         "settings_error": (str,),
         "pipeline_errors": (int,),
+        "fields_dropped": (int,),
         "prospect_affect_state": (str,),
         "baselines_ts": _num,
         # Fleet health for site IT (edge/health.py).
@@ -222,10 +227,89 @@ _ENUMS: dict[str, tuple[str, ...]] = {
     "evidence_unit": CUE_UNITS,
 }
 _TEXTS = ("capture_error", "settings_error", "version")
-_RATIOS = ("near_speech_ratio", "far_speech_ratio", "near_voiced_ratio", "far_voiced_ratio",
-           "prospect_arousal", "prospect_tension",
-           *(f for f in (*_CONVERSATION_METRICS, *_CALL_SUMMARY)
-             if ("_ratio" in f or "_share" in f) and f != "call_talk_ratio"))
+DAY_S = 86400.0
+MAX_TS = 4102444800.0
+"""Latest ``ts``: 2100-01-01 (the dashboard also refuses more than a day ahead of its clock). No
+earliest but the epoch: a Pi has no real-time clock, and a box whose NTP never answered dates its
+messages from a stale clock."""
+MAX_AUDIO_S = 1e9
+"""Latest time of the box's audio clock (``t_start``, ``t_audio_s``): 31 years since its
+pipeline started."""
+MAX_SPAN_S = 30 * DAY_S
+"""Longest span a box measures (a call, a monologue, a cue episode, a silence): a call that the
+softphone's signal alone ends can stay open for days, not for a month."""
+MAX_COUNT = 10**12
+"""Largest counter (messages, frames, commands, turns of a call): 32 ms frames of two channels
+for 500 years."""
+MAX_WINDOW_COUNT = 2000
+"""Largest count over a rolling window (``*_30s``, ``*_60s``): at most one per 32 ms frame, 1875
+in 60 s."""
+
+_UNIT = re.compile(r"_(syl_s|st_s|per_min|dbfs|db|hz|st|ms|s|min|z|ratio|share)(?:_|$)")
+"""The unit a field's name carries: the first of these words in it (``call_rate_syl_s_median``
+is in ``syl_s``, ``monologue_s_longest_30s`` in ``s``)."""
+_UNIT_RANGES: dict[str, tuple[float, float]] = {
+    "ratio": (0.0, 1.0),  # a share of time or of the talk
+    "share": (0.0, 1.0),
+    "dbfs": (-120.0, 10.0),  # a level: the mean square floored at 1e-12; full scale is 0 dBFS,
+    # a DC offset taken out of a clipped signal can pass it a little
+    "db": (-100.0, 100.0),  # HNR of a correlation kept within 1e-6..1 - 1e-6: +-60 dB
+    "hz": (20.0, 2000.0),  # a voice's pitch (the box's tracker reads 60 to 400 Hz)
+    "st": (0.0, 80.0),  # a pitch range within 20..2000 Hz: 12 * log2(100)
+    "st_s": (0.0, 8000.0),  # pitch movement: at most 80 st in each 10 ms hop
+    "syl_s": (0.0, 50.0),  # syllable nuclei at least 70 ms apart: 29 a second over 2 of them
+    "per_min": (0.0, 600.0),  # pauses of 200 ms or more, hesitations of 300 ms: 300 a minute
+    "ms": (0.0, 60_000.0),  # a response time: 10 s at most, later it is a new exchange
+    "s": (0.0, MAX_SPAN_S),
+    "min": (0.0, MAX_AUDIO_S / 60.0),  # phonation time of a shift
+    "z": (-1e5, 1e5),  # drift in standard errors: a feature's range over its floor, 4000 at most
+}
+_SEQS = ("seq", "seq_last", "seq_first", "seq_origin", "from_seq", "to_seq")
+_RANGE_EXCEPTIONS: dict[str, tuple[float, float]] = {
+    "v": (0, 2**31 - 1),  # then it must be SCHEMA_VERSION
+    "ts": (0.0, MAX_TS),
+    "baselines_ts": (0.0, MAX_TS),  # when the box's agent baselines were learned (0: none yet)
+    **{name: (0, MAX_SEQ) for name in _SEQS},
+    "t_start": (0.0, MAX_AUDIO_S),
+    "t_audio_s": (0.0, MAX_AUDIO_S),
+    "window_s": (0.0, 60.0),  # 1 s by default, 0.5 to 10 s in the box's settings
+    "call_talk_ratio": (0.0, 1e8),  # the agent's speech over the prospect's: a 30-day call over
+    # one 32 ms frame of the prospect's is 8.1e7
+    "prospect_arousal": (0.0, 1.0),
+    "prospect_tension": (0.0, 1.0),
+    "fatigue_index": (0.0, 100.0),
+    **{f"{channel}_{name}": (0.0, 10.0) for channel in ("near", "far")
+       for name in ("jitter", "shimmer")},  # relative differences of consecutive cycles
+    "evidence_value": (-1e6, 1e6),  # in its evidence_unit (ratio, s, db, index, answers)
+    "evidence_threshold": (-1e6, 1e6),
+    "cert_days_left": (-36525.0, 36525.0),  # negative once expired; certificates last 825 days
+    "cpu_temp_c": (-100.0, 200.0),  # a SoC sensor (a Pi's reads -40 to 125 degrees C)
+    "clock_offset_ms": (-3_600_000.0, 3_600_000.0),  # the kernel slews at most 0.5 s
+}
+
+
+def _range_of(name: str, types: tuple[type, ...]) -> tuple[float, float] | None:
+    """A numeric field's plausible range: an exception, else by type and unit; None if not a
+    number (a text, a flag)."""
+    if name in _RANGE_EXCEPTIONS:
+        return _RANGE_EXCEPTIONS[name]
+    if types == (int,):
+        return (0, MAX_WINDOW_COUNT) if name.endswith(("_30s", "_60s")) else (0, MAX_COUNT)
+    if float not in types:
+        return None
+    unit = _UNIT.search(name)
+    if unit is None:
+        raise RuntimeError(f"wire field {name!r} has no range: name its unit or add an exception")
+    return _UNIT_RANGES[unit.group(1)]
+
+
+RANGES: dict[str, tuple[float, float]] = {
+    name: rng for fields in ALLOWED_FIELDS.values() for name, types in fields.items()
+    if (rng := _range_of(name, types)) is not None}
+"""Every number's plausible range (inclusive), from its unit and meaning: a box's honest output
+keeps within it (``tests/test_wire_ranges.py`` runs the pipeline over every kind of test audio),
+and a value outside is refused (the dashboard quarantines the message; the box drops the field,
+see :func:`out_of_range`)."""
 
 
 class WireError(ValueError):
@@ -303,7 +387,7 @@ def validate(kind: str, msg: dict[str, Any]) -> dict[str, Any]:
             raise WireError(f"{kind}.{name}: expected {types[0].__name__}, got {type(value).__name__}")
         if isinstance(value, float) and not math.isfinite(value):
             raise WireError(f"{kind}.{name}: not a finite number")
-        if isinstance(value, int) and not -MAX_SEQ - 1 <= value <= MAX_SEQ:  # SQLite's INTEGER
+        if isinstance(value, int) and not -MAX_INT - 1 <= value <= MAX_INT:  # SQLite's INTEGER
             raise WireError(f"{kind}.{name}: integer out of range")
         if isinstance(value, str) and name in _TEXTS and len(value) > MAX_TEXT_CHARS:
             raise WireError(f"{kind}.{name}: longer than {MAX_TEXT_CHARS} characters")
@@ -315,14 +399,21 @@ def validate(kind: str, msg: dict[str, Any]) -> dict[str, Any]:
     check_id(msg["box"], "box")
     if "seq" in msg and msg["seq"] < 1:
         raise WireError(f"{kind}.seq: must be >= 1")
-    if "fatigue_index" in msg and not 0.0 <= msg["fatigue_index"] <= 100.0:
-        raise WireError(f"{kind}.fatigue_index: {msg['fatigue_index']} outside 0..100")
-    for name in _RATIOS:
-        if name in msg and not 0.0 <= msg[name] <= 1.0:
-            raise WireError(f"{kind}.{name}: {msg[name]} outside 0..1")
+    for name in out_of_range(msg):
+        lo, hi = RANGES[name]
+        raise WireError(f"{kind}.{name}: {msg[name]!r} outside {lo:g}..{hi:g}")
     if kind == CMD_KIND:
         _check_cmd(msg)
     return msg
+
+
+def out_of_range(msg: dict[str, Any]) -> list[str]:
+    """The numeric fields of ``msg`` outside their range (:data:`RANGES`), not finite included.
+
+    The box drops these from its own messages, rather than lose the message (a stage's bug)."""
+    return [name for name, value in msg.items()
+            if name in RANGES and isinstance(value, int | float) and not isinstance(value, bool)
+            and not RANGES[name][0] <= value <= RANGES[name][1]]
 
 
 def _check_cmd(msg: dict[str, Any]) -> None:
