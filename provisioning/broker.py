@@ -16,6 +16,7 @@ import grp
 import logging
 import os
 import pwd
+import random
 import signal
 import socket
 import subprocess
@@ -307,9 +308,29 @@ def write_config(
     return path
 
 
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port that is free on ``host`` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """Return a TCP port that is free on ``host`` right now, below the kernel's ephemeral range.
+
+    Outgoing connections take their local port from that range: a broker stopped and started
+    again on a port from it (an outage drill) could find it taken by any client's connection in
+    between ("Address already in use"). Ports just below it are never handed out that way.
+    """
+    try:
+        low = int(EPHEMERAL_RANGE_FILE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default
+    candidates = range(max(1024, low - 12000), low)
+    for port in random.sample(candidates, min(64, len(candidates))):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # all taken: any free port
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 

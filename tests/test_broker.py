@@ -347,11 +347,17 @@ def test_revoke_extends_existing_crl(site: SiteFiles) -> None:
     assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == 2
 
 
-def test_free_port_is_bindable() -> None:
-    port = free_port()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", port))
-    assert 0 < port < 65536
+def test_free_port_is_bindable_and_never_one_a_client_connection_can_take() -> None:
+    """A broker restarted on its port after an outage drill found it taken ("Address already in
+    use", CI under load): the port came from the range outgoing connections take theirs from."""
+    from provisioning.broker import EPHEMERAL_RANGE_FILE
+
+    low = int(EPHEMERAL_RANGE_FILE.read_text().split()[0])
+    for _ in range(20):
+        port = free_port()
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
+        assert 1024 <= port < low
 
 
 def test_site_dir_unreachable_by_broker_user_is_refused(tmp_path: Path) -> None:
