@@ -39,7 +39,7 @@ DAY_S = 86400.0
 
 SEVERITY = {
     "offline": 100, "never_seen": 95, "cert_expired": 90, "flood": 80, "capture": 70, "cert_expiring": 60,
-    "settings": 55, "outbox": 50, "dropped": 45, "overruns": 40, "clock": 35, "thermal": 30,
+    "settings": 55, "outbox": 50, "dropped": 45, "fields": 42, "overruns": 40, "clock": 35, "thermal": 30,
     "affect": 20, "version": 10,
 }
 """Problem codes from the most to the least urgent."""
@@ -119,6 +119,8 @@ def problems(box: dict[str, Any], now: float, fleet_version: str | None) -> list
         out.append(Problem("outbox", str(box["outbox_depth"])))
     if (box.get("dropped") or 0) > 0:
         out.append(Problem("dropped", str(box["dropped"])))
+    if (box.get("fields_dropped") or 0) > 0:  # a bug on the box: numbers out of their range
+        out.append(Problem("fields", str(box["fields_dropped"])))
     rise = box.get("overruns_rise_ts")
     if rise is not None and now - float(rise) <= OVERRUNS_RISING_S and (box.get("overruns") or 0):
         out.append(Problem("overruns", str(box["overruns"])))
@@ -142,7 +144,7 @@ _FLEET_COLUMNS = ("box", "site", "state", "last_status_ts", "last_seen_ts", "ver
                   "outbox_depth", "dropped", "overruns", "overruns_rise_ts", "capture_ok",
                   "capture_reopens", "capture_error", "settings_error", "prospect_affect_state",
                   "cert_days_left", "cpu_temp_c", "throttled", "clock_synced", "clock_offset_ms",
-                  "msgs_per_min")
+                  "msgs_per_min", "fields_dropped")
 
 
 def fleet(db: sqlite_utils.Database, now: float | None = None) -> dict[str, Any]:

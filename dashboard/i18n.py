@@ -246,6 +246,8 @@ STRINGS: dict[str, tuple[str, str]] = {
     "problem.capture": ("Casque débranché / capture en échec", "Headset unplugged / capture failing"),
     "problem.outbox": ("File d'envoi chargée", "Outbox backlog"),
     "problem.dropped": ("Messages perdus", "Messages dropped"),
+    "problem.fields": ("Valeurs hors plage écartées (bogue du boîtier)",
+                       "Out-of-range values left out (a box bug)"),
     "problem.overruns": ("Débordements audio en hausse", "Audio overruns rising"),
     "problem.clock": ("Horloge non synchronisée", "Clock not synchronised"),
     "problem.thermal": ("Surchauffe / bridage CPU", "CPU hot / throttled"),

@@ -72,6 +72,8 @@ def test_problems_rank_every_fleet_rule_and_age_the_certificate() -> None:
     # a refused settings file: the box runs the last good one, IT reads the key and its range
     why = "campaign.toml: monologue.on_s = 3.0 is outside the allowed range 5..600"
     assert fleet.problems({**healthy, "settings_error": why}, now, None) == [fleet.Problem("settings", why)]
+    # numbers the box left out of its messages (out of their range on the wire: a bug to report)
+    assert fleet.problems({**healthy, "fields_dropped": 3}, now, None) == [fleet.Problem("fields", "3")]
     # Boundaries: exactly at the threshold is no problem.
     edge = {**healthy, "outbox_depth": 1000, "cpu_temp_c": 80.0, "clock_offset_ms": 500.0,
             "cert_days_left": 30.0, "last_status_ts": now}
@@ -100,6 +102,26 @@ def test_common_version_prefers_the_most_common_then_the_newest() -> None:
 
 
 # ------------------------------------------------------------------ ingest and alerts
+def test_a_box_leaving_numbers_out_of_its_messages_shows_on_the_it_page(
+        dash_settings: DashboardSettings) -> None:
+    """The box leaves out a number outside its range on the wire (a bug) and counts it in its
+    status (``fields_dropped``): the count reached the database and no page showed it."""
+    db = store.open_db(dash_settings.db_path)
+    schema.ensure_schema(db)
+    schema.import_inventory(db, [{"box": "box-a", "seat": "A1"}], site=SITE)
+    ing = Ingest(dash_settings)
+    topic = wire.topic(SITE, "box-a", "status")
+    try:
+        ing.handle(topic, _status("box-a", fields_dropped=2))
+        [box] = fleet.fleet(db)["boxes"]
+        assert [(p["code"], p["detail"]) for p in box["problems"]] == [("fields", "2")]
+        ing.handle(topic, _status("box-a", fields_dropped=0))
+        assert fleet.fleet(db)["boxes"][0]["problems"] == []
+    finally:
+        ing.close()
+        db.conn.close()
+
+
 def test_overrun_rises_are_tracked_and_alerts_keep_an_append_only_history(
         dash_settings: DashboardSettings) -> None:
     clock = [time.time()]  # the statuses carry the real time: years ahead are refused
