@@ -35,11 +35,11 @@ class CliError(Exception):
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Run the edge pipeline offline over recordings and print the call's metrics."""
     from edge.pipeline import analyze, load_vad_model
-    from edge.source import AudioInputError, pair, read_wav
+    from edge.source import AudioInputError, WavStream, pair_blocks
 
-    try:
-        near = read_wav(args.near)
-        far = read_wav(args.far) if args.far else None
+    try:  # each file's header and first second, so that a bad file fails at once
+        near = WavStream(args.near)
+        far = WavStream(args.far) if args.far else None
     except AudioInputError as exc:
         raise CliError(str(exc)) from None
     from edge.affect import AffectConfig
@@ -57,10 +57,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             raise CliError(f"--affect: the campaign {args.campaign} does not disclose emotion "
                            "recognition to the prospect ([affect] disclosed = true), so a box "
                            "keeps the model off for its calls")
-    audio = pair(near, far)
-    del near, far  # one copy of a long recording is enough
-    result = analyze(audio, load_vad_model(), affect=AffectConfig(enabled=args.affect),
-                     campaign=campaign)
+    expected_s = max(near.expected_s, far.expected_s if far else 0.0)
+    try:  # the files are read a second at a time, never whole
+        result = analyze(pair_blocks(near, far), load_vad_model(),
+                         affect=AffectConfig(enabled=args.affect), campaign=campaign,
+                         expected_s=expected_s)
+    except AudioInputError as exc:  # a read that failed midway
+        raise CliError(str(exc)) from None
     result["files"] = {"near": str(args.near), "far": str(args.far) if args.far else None}
     from edge.quality import QualityConfig
 
