@@ -710,6 +710,14 @@ PROGRESS_EVERY_S = 600.0
 here: an hour's recording takes over a minute)."""
 
 
+ANALYZE_MB_PER_HOUR = 150.0
+"""Memory :func:`analyze` keeps per hour of two-channel audio (the per-second metrics, the VAD
+traces, each side's per-hop prosody features): 149 and 151 MB measured by ``python -m
+bench.analyze`` at 16 and 8 kHz."""
+ANALYZE_BASE_MB = 64.0
+"""Memory the VAD model and its runtime take when :func:`load_vad_model` loads them."""
+
+
 class VoiceProsody:
     """Each side's prosody over a whole recording, fed block by block alongside the pipeline: the
     samples its live prosody stages read (each side's voice, silence elsewhere: no tone, music or

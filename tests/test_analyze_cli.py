@@ -327,3 +327,32 @@ def test_a_long_recording_is_analysed_without_holding_its_audio(tmp_path, capsys
     in_memory = analyze(pair(read_wav(near), read_wav(far)), load_vad_model())
     streamed.pop("files")
     assert json.dumps(streamed) == json.dumps(in_memory)
+
+
+def test_a_recording_too_long_for_the_memory_is_refused_at_once(tmp_path):
+    """A WAV as long as the format allows (37 h at 16 kHz, a sparse file) on a machine with 1.5 GB
+    to give (an address-space limit): a one-line error that says what it needs and how to split the
+    file, before any work (it died with a MemoryError traceback; read block by block, it would
+    have worked for hours before running out)."""
+    import resource
+
+    data_bytes = 0xFFFFFFFF - 46
+    fmt = struct.pack("<HHIIHH", 1, 1, 16000, 32000, 2, 16)
+    head = (b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVE" + b"fmt " + struct.pack("<I", 16)
+            + fmt + b"data" + struct.pack("<I", data_bytes))
+    path = tmp_path / "day.wav"
+    with path.open("wb") as f:
+        f.write(head)
+        f.truncate(len(head) + data_bytes)  # sparse: no disk used
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1536 << 20, 1536 << 20))
+
+    proc = subprocess.run([sys.executable, "-m", "miroir", "analyze", str(path), "--json"],
+                          capture_output=True, text=True, timeout=60, check=False,
+                          preexec_fn=limit)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, lines
+    assert lines[0].startswith("miroir: error: 37.3 h of audio needs about 56"), lines
+    assert "trim 0 " in lines[0] and proc.stdout == ""
