@@ -13,6 +13,7 @@ import logging
 import math
 import time
 from collections import defaultdict, deque
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -716,19 +717,73 @@ PROGRESS_EVERY_S = 600.0
 here: an hour's recording takes over a minute)."""
 
 
-def analyze(audio: np.ndarray, model: Model, *, window_s: float = 1.0,
+ANALYZE_MB_PER_HOUR = 150.0
+"""Memory :func:`analyze` keeps per hour of two-channel audio (the per-second metrics, the VAD
+traces, each side's per-hop prosody features): 149 and 151 MB measured by ``python -m
+bench.analyze`` at 16 and 8 kHz."""
+ANALYZE_BASE_MB = 64.0
+"""Memory the VAD model and its runtime take when :func:`load_vad_model` loads them."""
+
+
+class VoiceProsody:
+    """Each side's prosody over a whole recording, fed block by block alongside the pipeline: the
+    samples its live prosody stages read (each side's voice, silence elsewhere: no tone, music or
+    leak reads as a pitch), as a quality stage of its own repaired them (non-finite samples zeroed,
+    a DC offset removed: a recorder's offset is no louder or clearer a voice). Holds per-hop
+    features, never the recording."""
+
+    def __init__(self) -> None:
+        self.quality = {c: SignalQuality(channels=1) for c in CHANNELS}
+        self.prosody = {c: Prosody(history_s=math.inf) for c in CHANNELS}
+        self._held = np.zeros((len(CHANNELS), 0), dtype=np.float32)
+        self._silence = np.zeros(FRAME_SAMPLES, dtype=np.float32)
+
+    def __call__(self, block: np.ndarray, voice: dict[str, list[bool]]) -> None:
+        """Take a (2, n) block the pipeline has just read, and its frames' voice flags so far
+        (consumed: the lists are emptied)."""
+        held = np.concatenate([self._held, block], axis=1) if self._held.shape[1] else block
+        frames = len(voice[CHANNELS[0]])
+        for i, c in enumerate(CHANNELS):
+            quality, prosody, voiced = self.quality[c], self.prosody[c], voice[c]
+            for k in range(frames):
+                a = k * FRAME_SAMPLES
+                repaired = quality(held[i:i + 1, a:a + FRAME_SAMPLES])
+                prosody(repaired[0] if voiced[k] else self._silence)
+            voiced.clear()
+        self._held = held[:, frames * FRAME_SAMPLES:]
+
+    def summary(self, channels: list[str], duration_s: float) -> dict[str, dict[str, Any]]:
+        """The scalar functionals of each of ``channels`` over the whole recording (the samples
+        past the last whole frame read as silence)."""
+        from edge.prosody import HOP_S
+
+        out = {}
+        for c in channels:
+            prosody = self.prosody[c]
+            if self._held.shape[1]:
+                prosody(np.zeros(self._held.shape[1], dtype=np.float32))
+            clip = prosody.window(duration_s + 1.0, flush=True).as_dict()
+            clip["hop_s"] = HOP_S
+            out[c] = _prosody_summary(clip)
+        return out
+
+
+def analyze(audio: np.ndarray | Iterable[np.ndarray], model: Model, *, window_s: float = 1.0,
             affect: AffectConfig | None = None,
             campaign: CampaignConfig | None = None,
-            progress_every_s: float = PROGRESS_EVERY_S) -> dict[str, Any]:
+            progress_every_s: float = PROGRESS_EVERY_S,
+            expected_s: float | None = None) -> dict[str, Any]:
     """Run the pipeline over a whole two-channel recording and summarise it.
 
     Args:
-        audio: (2, n) float32 samples at 16 kHz, near first.
+        audio: (2, n) float32 samples at 16 kHz, near first; or such blocks, in order (a long
+            recording read block by block is never held in memory).
         model: the Silero VAD model.
         window_s: metrics window, seconds.
         affect: the prospect affect settings (off unless enabled).
         campaign: cue and fatigue settings (defaults if None).
         progress_every_s: log the progress every this many seconds of audio.
+        expected_s: the recording's length for the progress lines, when ``audio`` is blocks.
 
     Returns:
         A JSON-ready dict: per-call metrics, conversation (calls and their summaries), the agent's
@@ -736,6 +791,10 @@ def analyze(audio: np.ndarray, model: Model, *, window_s: float = 1.0,
         figures, each call's published summary (``call_end`` fields), VAD probabilities at 32 ms
         steps and speech segments.
     """
+    if isinstance(audio, np.ndarray):  # a second at a time: no copy of the recording
+        expected_s = audio.shape[1] / RATE_HZ
+        whole = audio
+        audio = (whole[:, i:i + RATE_HZ] for i in range(0, whole.shape[1], RATE_HZ))
     stage = None
     if affect is not None and affect.enabled:  # as on a box: the prospect_tense cue reads it
         from edge.affect import AffectModel, AffectStage
@@ -745,19 +804,23 @@ def analyze(audio: np.ndarray, model: Model, *, window_s: float = 1.0,
         campaign = replace(campaign or CampaignConfig(), affect=AffectDisclosure(disclosed=True))
     pipe = Pipeline(model, window_s=window_s, trace=True, campaign=campaign, affect=stage,
                     conversation=ConversationConfig(keep_history=True))
-    messages: list[Message] = []
-    total_min = audio.shape[1] / RATE_HZ / 60.0
-    step = max(1, round(progress_every_s))  # in seconds of audio
-    for i in range(0, audio.shape[1], RATE_HZ):  # a second at a time: no copy of the recording
-        messages += pipe(audio[:, i:i + RATE_HZ])
-        done_s = i // RATE_HZ + 1
-        if done_s % step == 0 and done_s * RATE_HZ < audio.shape[1]:
-            log.info("analysed %.1f of %.1f min of audio", done_s / 60.0, total_min)
-    messages += pipe.finish()
     assert pipe.trace is not None
-    duration_s = audio.shape[1] / RATE_HZ
+    voice = VoiceProsody()
+    messages: list[Message] = []
+    step = max(1, round(progress_every_s)) * RATE_HZ  # in samples
+    samples, next_log = 0, step
+    for block in audio:
+        messages += pipe(block)
+        voice(block, pipe.trace.voice)
+        samples += block.shape[1]
+        while samples >= next_log:
+            if expected_s is None or samples < expected_s * RATE_HZ:  # not at the very end
+                total = "" if expected_s is None else f" of {expected_s / 60.0:.1f}"
+                log.info("analysed %.1f%s min of audio", next_log / RATE_HZ / 60.0, total)
+            next_log += step
+    messages += pipe.finish()
+    duration_s = samples / RATE_HZ
     speech_s = {c: sum(e - s for s, e in pipe.trace.segments[c]) for c in CHANNELS}
-    from edge.prosody import analyze_clip
 
     metrics = [m.body for m in messages if m.kind == "metrics"]
     # over the whole recording, not its last frame: a channel with no signal in most windows is
@@ -767,22 +830,7 @@ def analyze(audio: np.ndarray, model: Model, *, window_s: float = 1.0,
         seen = [m[f"{c}_signal"] for m in metrics] or [pipe.quality.states[i]]
         alive = [s for s in seen if s != "none"]
         signal[c] = max(alive, key=_SEVERITY.__getitem__) if 2 * len(alive) >= len(seen) else "none"
-    # the samples the live prosody stages read (each side's voice, silence elsewhere: no tone,
-    # music or leak reads as a pitch), as the quality stage repaired them (non-finite samples
-    # zeroed, a DC offset removed: a recorder's offset is no louder or clearer a voice)
-    def voice_only(i: int, c: str) -> np.ndarray:
-        assert pipe.trace is not None
-        x = np.zeros(audio.shape[1], dtype=np.float32)  # one copy: a long recording is large
-        quality = SignalQuality(channels=1)
-        for k, voiced in enumerate(pipe.trace.voice[c]):
-            a = k * FRAME_SAMPLES
-            repaired = quality(audio[i:i + 1, a:a + FRAME_SAMPLES])
-            if voiced:
-                x[a:a + FRAME_SAMPLES] = repaired[0]
-        return x
-
-    prosody = {c: _prosody_summary(analyze_clip(voice_only(i, c), RATE_HZ))
-               for i, c in enumerate(CHANNELS) if signal[c] != "none"}
+    prosody = voice.summary([c for c in CHANNELS if signal[c] != "none"], duration_s)
     history = pipe.conversation.history
     from edge.affect import analysis_section
 

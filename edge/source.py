@@ -1,4 +1,5 @@
-"""Audio sources: WAV files read into memory (analysis and replay). No audio is ever written."""
+"""Audio sources: WAV files read block by block or into memory (analysis and replay). No audio is
+ever written."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import logging
 import struct
 import time
 import wave
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,21 +102,106 @@ class _WaveReader(wave.Wave_read):
         self._compname = "not compressed"
 
 
-def read_wav(path: Path, *, notice: bool = True) -> Recording:
-    """Read a mono 8-, 16-, 24- or 32-bit PCM WAV file (plain or extensible format) into memory,
-    resampled to 16 kHz.
+BLOCK_S = 1.0
+"""Seconds of the file read at a time (a second at the file's own rate)."""
 
-    A file cut short (an interrupted recorder, a streaming header) is read as far as it goes, with
-    a warning.
+
+class WavStream:
+    """A mono 8-, 16-, 24- or 32-bit PCM WAV file (plain or extensible format), read block by
+    block and resampled to 16 kHz as it goes: a long recording is never held in memory.
+
+    Opening it checks the header and reads the first block, so that every one-line error
+    (:class:`AudioInputError`) comes before any analysis. A file cut short (an interrupted
+    recorder, a streaming header) is read as far as it goes, with a warning at its end.
 
     Raises:
         AudioInputError: not a readable WAV file, not mono, float samples, or empty.
     """
+
+    def __init__(self, path: Path, *, notice: bool = True) -> None:
+        self.path = path
+        self._wf = _open_wav(path)
+        try:
+            self._check_header(notice)
+            self._first = self._read(self._block_frames)
+            if not len(self._first):
+                self._warn_cut_short(0)
+                raise AudioInputError(f"{path}: holds no audio")
+        except BaseException:
+            self._wf.close()
+            raise
+
+    def _check_header(self, notice: bool) -> None:
+        wf, path = self._wf, self.path
+        channels, width = wf.getnchannels(), wf.getsampwidth()
+        self.source_rate_hz: int = wf.getframerate()
+        """The file's own sample rate (resampled if different)."""
+        self._header_frames = wf.getnframes()
+        if channels != 1:
+            raise AudioInputError(f"{path}: has {channels} channels, expected mono "
+                                  "(give the agent and the line as two files: NEAR --far FAR)")
+        if width not in _PCM_SCALE:
+            raise AudioInputError(f"{path}: {8 * width}-bit samples, expected 8-, 16-, 24- or "
+                                  "32-bit PCM (`sox IN.wav -b 16 -e signed OUT.wav` converts)")
+        if not MIN_RATE_HZ <= self.source_rate_hz <= MAX_RATE_HZ:
+            raise AudioInputError(f"{path}: sample rate {self.source_rate_hz} Hz is outside "
+                                  f"{MIN_RATE_HZ}..{MAX_RATE_HZ} Hz")
+        self._width = width
+        self._block_frames = max(1, round(BLOCK_S * self.source_rate_hz))
+        self._held = 0
+        self._resampler: Any = None
+        if self.source_rate_hz != RATE_HZ:
+            if notice:
+                log.warning("%s: resampling from %d Hz to %d Hz", path, self.source_rate_hz, RATE_HZ)
+            self._resampler = _resample_stream(self.source_rate_hz)
+
+    @property
+    def expected_s(self) -> float:
+        """The recording's length as its header says (at most what the file can hold), seconds."""
+        try:
+            fits = self.path.stat().st_size // self._width
+        except OSError:
+            fits = self._header_frames
+        return min(self._header_frames, fits) / self.source_rate_hz
+
+    def _read(self, frames: int) -> np.ndarray:
+        """Up to ``frames`` samples at the file's rate (fewer at its end)."""
+        try:
+            raw = self._wf.readframes(frames)
+        except (wave.Error, EOFError, OSError) as exc:
+            raise AudioInputError(f"{self.path}: cannot read ({exc})") from None
+        whole = len(raw) // self._width  # a sample cut in two at the end is dropped
+        self._held += whole
+        return _pcm(raw[: whole * self._width], self._width)
+
+    def _warn_cut_short(self, held: int) -> None:
+        if held < self._header_frames:
+            log.warning("%s: cut short: its header says %d samples, it holds %d; reading those",
+                        self.path, self._header_frames, held)
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        """Yield the recording's float32 samples at 16 kHz, full scale +-1.0, block by block."""
+        try:
+            block = self._first
+            self._first = np.zeros(0, dtype=np.float32)
+            while len(block):
+                yield block if self._resampler is None else self._resampler.resample_chunk(block)
+                block = self._read(self._block_frames)
+            self._warn_cut_short(self._held)
+            if self._resampler is not None:  # the resampler's last samples
+                yield self._resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+        finally:
+            self._wf.close()
+
+    def close(self) -> None:
+        """Close the file (reading it to its end closes it too)."""
+        self._wf.close()
+
+
+def _open_wav(path: Path) -> _WaveReader:
+    """Open a WAV file's header, with a one-line :class:`AudioInputError` for what cannot be read."""
     try:
-        with _WaveReader(str(path)) as wf:
-            channels, width, rate_hz = wf.getnchannels(), wf.getsampwidth(), wf.getframerate()
-            n = wf.getnframes()
-            raw = wf.readframes(n)
+        return _WaveReader(str(path))
     except FileNotFoundError:
         raise AudioInputError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -131,27 +217,59 @@ def read_wav(path: Path, *, notice: bool = True) -> Recording:
         raise AudioInputError(f"{path}: not a readable PCM WAV file ({why})") from None
     except OSError as exc:  # no permission, a path through a file
         raise AudioInputError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if channels != 1:
-        raise AudioInputError(f"{path}: has {channels} channels, expected mono "
-                              "(give the agent and the line as two files: NEAR --far FAR)")
-    if width not in _PCM_SCALE:
-        raise AudioInputError(f"{path}: {8 * width}-bit samples, expected 8-, 16-, 24- or 32-bit "
-                              "PCM (`sox IN.wav -b 16 -e signed OUT.wav` converts)")
-    held = len(raw) // width
-    if held < n:
-        log.warning("%s: cut short: its header says %d samples, it holds %d; reading those",
-                    path, n, held)
-    if held == 0:
-        raise AudioInputError(f"{path}: holds no audio")
-    if not MIN_RATE_HZ <= rate_hz <= MAX_RATE_HZ:
-        raise AudioInputError(f"{path}: sample rate {rate_hz} Hz is outside "
-                              f"{MIN_RATE_HZ}..{MAX_RATE_HZ} Hz")
-    samples = _pcm(raw[: held * width], width)
-    if rate_hz != RATE_HZ:
-        if notice:
-            log.warning("%s: resampling from %d Hz to %d Hz", path, rate_hz, RATE_HZ)
-        samples = resample(samples, rate_hz)
-    return Recording(samples, RATE_HZ, rate_hz)
+
+
+def _resample_stream(from_hz: int, to_hz: int = RATE_HZ) -> Any:
+    """A soxr resampler fed block by block (the same samples as :func:`resample` of the whole)."""
+    try:
+        import soxr
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise RuntimeError("soxr is not installed: `pip install 'miroir[box]'`") from exc
+    return soxr.ResampleStream(from_hz, to_hz, 1, dtype="float32", quality="HQ")
+
+
+def read_wav(path: Path, *, notice: bool = True) -> Recording:
+    """Read a whole mono PCM WAV file (see :class:`WavStream`) into memory, resampled to 16 kHz.
+
+    Raises:
+        AudioInputError: not a readable WAV file, not mono, float samples, or empty.
+    """
+    stream = WavStream(path, notice=notice)
+    return Recording(np.concatenate(list(stream.blocks())), RATE_HZ, stream.source_rate_hz)
+
+
+def rebuffer(blocks: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    """Re-cut 1-d blocks into blocks of exactly ``size`` samples (the last one may be shorter)."""
+    held: list[np.ndarray] = []
+    n = 0
+    for block in blocks:
+        held.append(block)
+        n += len(block)
+        if n >= size:
+            joined = np.concatenate(held)
+            whole = n // size * size
+            yield from (joined[i:i + size] for i in range(0, whole, size))
+            held, n = [joined[whole:]], n - whole
+    if n:
+        yield np.concatenate(held)
+
+
+def pair_blocks(near: WavStream, far: WavStream | None,
+                block_samples: int = RATE_HZ) -> Iterator[np.ndarray]:
+    """Near and far as (2, block_samples) float32 blocks (the last one may be shorter), as
+    :func:`pair` stacks them: a missing or shorter far (or near) channel is digital silence."""
+    empty = np.zeros(0, dtype=np.float32)
+    sides = [rebuffer(near.blocks(), block_samples),
+             rebuffer(far.blocks() if far is not None else iter(()), block_samples)]
+    while True:
+        got = [next(side, empty) for side in sides]
+        n = max(len(g) for g in got)
+        if n == 0:
+            return
+        out = np.zeros((2, n), dtype=np.float32)
+        for i, g in enumerate(got):
+            out[i, : len(g)] = g
+        yield out
 
 
 def pair(near: Recording, far: Recording | None) -> np.ndarray:

@@ -32,14 +32,45 @@ class CliError(Exception):
     """An error to print as one line, with a non-zero exit."""
 
 
+def _split_hint(free_mb: float | None, seconds: float) -> str:
+    """How to cut a recording of ``seconds`` into parts that fit in ``free_mb`` (MB; if None,
+    halves)."""
+    from edge.pipeline import ANALYZE_BASE_MB, ANALYZE_MB_PER_HOUR
+
+    fits_min = int(seconds / 120) if free_mb is None else \
+        int(0.8 * (free_mb - ANALYZE_BASE_MB) / ANALYZE_MB_PER_HOUR * 60)
+    fits_min = max(10, fits_min // 10 * 10)
+    return (f"analyse it in parts of {fits_min} min at most, e.g. `sox IN.wav PART1.wav trim 0 "
+            f"{fits_min * 60}` (its first {fits_min} min)")
+
+
+def _memory_free_mb() -> float | None:
+    """Memory this process may still take, MB: the system's available memory and free swap, and
+    under an address-space limit (`ulimit -v`) what the limit leaves; None if unknown."""
+    import resource
+
+    free: list[float] = []
+    try:
+        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        free.append((int(info["MemAvailable"].split()[0]) + int(info["SwapFree"].split()[0])) / 1024)
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if limit != resource.RLIM_INFINITY:
+            status = dict(line.split(":", 1)
+                          for line in Path("/proc/self/status").read_text().splitlines())
+            free.append((limit / 1024 - int(status["VmSize"].split()[0])) / 1024)
+    except (OSError, KeyError, ValueError):  # not Linux
+        pass
+    return min(free) if free else None
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Run the edge pipeline offline over recordings and print the call's metrics."""
-    from edge.pipeline import analyze, load_vad_model
-    from edge.source import AudioInputError, pair, read_wav
+    from edge.pipeline import ANALYZE_BASE_MB, ANALYZE_MB_PER_HOUR, analyze, load_vad_model
+    from edge.source import AudioInputError, WavStream, pair_blocks
 
-    try:
-        near = read_wav(args.near)
-        far = read_wav(args.far) if args.far else None
+    try:  # each file's header and first second, so that a bad file fails at once
+        near = WavStream(args.near)
+        far = WavStream(args.far) if args.far else None
     except AudioInputError as exc:
         raise CliError(str(exc)) from None
     from edge.affect import AffectConfig
@@ -57,10 +88,21 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             raise CliError(f"--affect: the campaign {args.campaign} does not disclose emotion "
                            "recognition to the prospect ([affect] disclosed = true), so a box "
                            "keeps the model off for its calls")
-    audio = pair(near, far)
-    del near, far  # one copy of a long recording is enough
-    result = analyze(audio, load_vad_model(), affect=AffectConfig(enabled=args.affect),
-                     campaign=campaign)
+    expected_s = max(near.expected_s, far.expected_s if far else 0.0)
+    need_mb = ANALYZE_BASE_MB + ANALYZE_MB_PER_HOUR * expected_s / 3600.0
+    free_mb = _memory_free_mb()
+    if free_mb is not None and need_mb > free_mb:  # refused at once, not after hours of work
+        raise CliError(f"{expected_s / 3600.0:.1f} h of audio needs about {need_mb:.0f} MB to "
+                       f"analyse and {free_mb:.0f} MB is free; {_split_hint(free_mb, expected_s)}")
+    try:  # the files are read a second at a time, never whole
+        result = analyze(pair_blocks(near, far), load_vad_model(),
+                         affect=AffectConfig(enabled=args.affect), campaign=campaign,
+                         expected_s=expected_s)
+    except AudioInputError as exc:  # a read that failed midway
+        raise CliError(str(exc)) from None
+    except MemoryError:
+        raise CliError(f"out of memory analysing {expected_s / 3600.0:.1f} h of audio (about "
+                       f"{ANALYZE_MB_PER_HOUR:.0f} MB per hour); {_split_hint(None, expected_s)}") from None
     result["files"] = {"near": str(args.near), "far": str(args.far) if args.far else None}
     from edge.quality import QualityConfig
 
