@@ -208,6 +208,29 @@ def test_a_supervisor_in_paris_and_the_agent_in_mauritius_read_each_time_with_it
         assert f" {name} · " in cue, (zone, cue)
 
 
+def test_chart_times_follow_the_page_s_language_not_the_browser_s(
+        chromium: Any, org_server: Any) -> None:
+    """A French supervisor whose browser is set to American English: the charts' times read
+    13:37:08 UTC+1 like every other time on her French page (they read 01:37:08 PM GMT+1)."""
+    import re
+
+    from tests._fixtures_dashboard import USER_PASSWORD
+
+    server, data = org_server
+    context = chromium.new_context(locale="en-US", timezone_id="Europe/Paris")
+    try:
+        page = context.new_page()
+        browser_login(page, server.url, "sup-a", USER_PASSWORD, data["secrets"]["sup-a"])
+        page.goto(server.url + "/agents/agent-a1")
+        page.wait_for_selector("body[data-charts-ready='1']")
+        assert page.evaluate("document.documentElement.lang") == "fr"
+        axis = [t.text_content() or "" for t in
+                page.locator("#charts figure").first.locator("svg text").all()][:2]
+    finally:
+        context.close()
+    assert len(axis) == 2 and all(re.fullmatch(r"\d\d:\d\d:\d\d UTC\+1", a) for a in axis), axis
+
+
 # ------------------------------------------------------------------ French and English
 def test_roles_are_named_in_the_pages_language(chromium: Any, org_server: Any) -> None:
     """A French page says "Superviseur", not the role's id "supervisor": in the audit log and in

@@ -15,10 +15,12 @@ window.MiroirCharts = (function () {
     return e;
   }
 
-  // In the viewer's time zone, named: the agent and a supervisor abroad read different hours.
+  // In the viewer's time zone, named: the agent and a supervisor abroad read different hours;
+  // in the page's language (as time.js), not the browser's: a French page says 13:37, never 01:37 PM.
+  const LOCALE = document.documentElement.lang === "en" ? "en-GB" : "fr-FR";
   function fmtTime(ts) {
-    return new Date(ts * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit",
-                                                        second: "2-digit", timeZoneName: "short" });
+    return new Date(ts * 1000).toLocaleTimeString(LOCALE, { hour: "2-digit", minute: "2-digit",
+                                                            second: "2-digit", timeZoneName: "short" });
   }
 
   function frame(container, title, t0, t1, onPick) {
