@@ -26,6 +26,8 @@ PER_BOX = (
     ("outbox_depth", "miroir_box_outbox_depth", "Messages waiting in the box's outbox."),
     ("dropped", "miroir_box_dropped", "Messages the box dropped (outbox full), since it started."),
     ("overruns", "miroir_box_overruns", "Audio capture overruns of the box since it started."),
+    ("fields_dropped", "miroir_box_fields_dropped",
+     "Numbers the box left out of its messages (outside their range on the wire: a bug)."),
     ("cert_days_now", "miroir_box_cert_days_left", "Days before the box's certificate expires."),
     ("cpu_temp_c", "miroir_box_cpu_temp_celsius", "CPU temperature of the box."),
     ("msgs_per_min", "miroir_box_messages_per_minute",

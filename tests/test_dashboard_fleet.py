@@ -288,7 +288,8 @@ def test_box_health_through_the_real_broker_and_an_offline_alert_from_the_last_w
     box_a = peer(site.box("box-a"), "box-a")
     box_a.publish(wire.topic(site.site, "box-a", "status"),
                   _status("box-a", site=site.site, version="0.2.0", cert_days_left=5.0,
-                          outbox_depth=1500, dropped=3, overruns=9, capture_ok=False,
+                          outbox_depth=1500, dropped=3, overruns=9, fields_dropped=4,
+                          capture_ok=False,
                           cpu_temp_c=83.0, throttled=True, clock_synced=True,
                           clock_offset_ms=20.0, settings_error="campaign.toml: budget_per_hour"),
                   retain=True)
@@ -345,6 +346,7 @@ def test_box_health_through_the_real_broker_and_an_offline_alert_from_the_last_w
         assert (got[("miroir_box_outbox_depth", "box-a")], got[("miroir_box_dropped", "box-a")],
                 got[("miroir_box_overruns", "box-a")]) == (1500, 3, 9)
         assert got[("miroir_box_cpu_temp_celsius", "box-a")] == 83.0
+        assert got[("miroir_box_fields_dropped", "box-a")] == 4
         assert got[("miroir_ingest_received_total", None)] >= 3
         assert got[("miroir_ingest_quarantined_total", None)] == 0
         assert got[("miroir_boxes_with_problem", "cert_expiring")] == 1
