@@ -349,3 +349,18 @@ def org_server(tmp_path: Path) -> Iterator[tuple[DashboardServer, dict[str, Any]
         yield server, data
     finally:
         server.stop()
+
+
+def query_plans(db: Any, run: Any, reads: tuple[str, ...] = (" metrics m ", " events e ")
+                ) -> dict[str, list[str]]:
+    """Each SELECT ``run`` executes that names one of ``reads`` (a table and its alias), with its
+    query plan (EXPLAIN QUERY PLAN's detail column)."""
+    statements: list[str] = []
+    db.conn.set_trace_callback(statements.append)
+    try:
+        run()
+    finally:
+        db.conn.set_trace_callback(None)
+    return {sql: [r[3] for r in db.conn.execute("EXPLAIN QUERY PLAN " + sql).fetchall()]
+            for sql in statements
+            if sql.lstrip().upper().startswith("SELECT") and any(t in sql for t in reads)}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import calendar
 import time
-from typing import Any
 
 import pytest
 
@@ -12,6 +11,7 @@ from dashboard import analytics, retention, schema
 from dashboard import db as store
 from dashboard.settings import DashboardSettings
 from miroir import wire
+from tests._fixtures_dashboard import query_plans
 
 DAY0 = calendar.timegm((2026, 3, 2, 0, 0, 0))
 """A UTC midnight: the day whose rows the tests spread over two hours."""
@@ -163,7 +163,7 @@ def test_the_team_means_and_goals_read_the_stored_daily_means_not_months_of_rows
     assert db["metrics"].count == 3 * 2 * 3 * 60  # kept: the roll-up deletes nothing
     assert means() == {m: (pytest.approx(v, rel=1e-12), n) for m, (v, n) in before.items()}
     assert series() == [(d, pytest.approx(v, rel=1e-12)) for d, v in series_before]
-    plans = _plans(db, lambda: (means(), series()))
+    plans = query_plans(db, lambda: (means(), series()), (" metrics m ",))
     assert len(plans) == 2
     for plan in plans.values():
         rows = [p for p in plan if p.startswith(("SEARCH m ", "SCAN m"))]
@@ -184,14 +184,3 @@ def test_the_team_means_and_goals_read_the_stored_daily_means_not_months_of_rows
                            ).fetchone() == (121,)
 
 
-def _plans(db: store.sqlite_utils.Database, run: Any) -> dict[str, list[str]]:
-    """Each statement ``run`` executes that reads per-second metrics, with its query plan."""
-    statements: list[str] = []
-    db.conn.set_trace_callback(statements.append)
-    try:
-        run()
-    finally:
-        db.conn.set_trace_callback(None)
-    return {sql: [r[3] for r in db.conn.execute("EXPLAIN QUERY PLAN " + sql).fetchall()]
-            for sql in statements if sql.lstrip().upper().startswith("SELECT")
-            and " metrics m " in sql}

@@ -7,7 +7,6 @@ not read every row of a box to find one window of them.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from itertools import pairwise
 
 import pytest
@@ -16,6 +15,7 @@ from dashboard import analytics, retention, schema
 from dashboard import db as store
 from dashboard.settings import DashboardSettings
 from miroir import wire
+from tests._fixtures_dashboard import query_plans
 
 DAY_S = 86400.0
 
@@ -43,22 +43,6 @@ def _two_days_of_one_box(settings: DashboardSettings) -> store.sqlite_utils.Data
     return db
 
 
-def _plans(db: store.sqlite_utils.Database, run: Callable[[], object]) -> dict[str, list[str]]:
-    """Each statement ``run`` executes that reads metrics or events, with its query plan."""
-    statements: list[str] = []
-    db.conn.set_trace_callback(statements.append)
-    try:
-        run()
-    finally:
-        db.conn.set_trace_callback(None)
-    out = {}
-    for sql in statements:
-        if sql.lstrip().upper().startswith("SELECT") and (" metrics m " in sql
-                                                          or " events e " in sql):
-            out[sql] = [r[3] for r in db.conn.execute("EXPLAIN QUERY PLAN " + sql).fetchall()]
-    return out
-
-
 def test_an_agents_window_of_rows_is_found_by_box_and_time_not_by_reading_the_box(
         dash_settings: DashboardSettings) -> None:
     """The agent page's charts, cues and goals, the exports and the purge's roll-up read the
@@ -78,7 +62,7 @@ def test_an_agents_window_of_rows_is_found_by_box_and_time_not_by_reading_the_bo
                                                                     cues_only=False)),
     }
     for what, run in reads.items():
-        plans = _plans(db, run)
+        plans = query_plans(db, run)
         assert plans, f"{what}: no read of metrics or events seen"
         for sql, plan in plans.items():
             table = [p for p in plan if p.startswith(("SEARCH m ", "SCAN m", "SEARCH e ",

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -47,6 +50,16 @@ def test_totp_matches_rfc6238_and_refuses_replays() -> None:
     assert totp.verify(secret, totp.totp(secret, 1111111109 + 30), 0, now_s=1111111109)
     assert totp.verify(secret, totp.totp(secret, 1111111109 + 90), 0, now_s=1111111109) is None
     assert totp.provisioning_uri(secret, "sup a").startswith("otpauth://totp/Miroir:sup%20a?")
+
+
+def _purge_cli(settings: DashboardSettings) -> None:
+    """Run the real ``miroir dashboard purge`` on ``settings``' database; it must succeed."""
+    env = {**os.environ, "MIROIR_DASH_SITE": settings.site,
+           "MIROIR_DASH_DB_PATH": str(settings.db_path),
+           "MIROIR_DASH_ADMIN_PASSWORD_FILE": str(settings.admin_password_file)}
+    r = subprocess.run([sys.executable, "-m", "miroir.cli", "dashboard", "purge"], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
 
 
 def test_supervisor_needs_the_totp_code_and_the_session_rotates(org: Any) -> None:
@@ -460,9 +473,6 @@ def test_the_purge_forgets_old_browser_marks_and_sessions_without_waiting_for_a_
     both. They were deleted only when someone completed a login or opened a session, so a
     quiet dashboard kept them (the username and when) however long; a recent mark and a live
     session stay."""
-    import os
-    import subprocess
-    import sys
 
     settings, _ = org
     now = time.time()
@@ -476,12 +486,7 @@ def test_the_purge_forgets_old_browser_marks_and_sessions_without_waiting_for_a_
                             "last_seen_ts) VALUES (?, 'amina', 'c', ?, ?)",
                             (token, now - age_s, now - age_s))
     db.conn.close()
-    env = {**os.environ, "MIROIR_DASH_SITE": settings.site,
-           "MIROIR_DASH_DB_PATH": str(settings.db_path),
-           "MIROIR_DASH_ADMIN_PASSWORD_FILE": str(settings.admin_password_file)}
-    r = subprocess.run([sys.executable, "-m", "miroir.cli", "dashboard", "purge"], env=env,
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
+    _purge_cli(settings)
     db = store.open_db(settings.db_path)
     try:
         marks = [t for (t,) in db.conn.execute("SELECT token_hash FROM known_devices")]
@@ -585,9 +590,6 @@ def test_an_erasure_stopped_half_way_is_unreachable_and_finished_by_the_next_pur
     retention purge (at the next start, here the real `miroir dashboard purge`) deletes the
     rest of their rows and only theirs: the row the box sent for the agent seated after them
     stays. Fails before the fix: the erasure had no batches to stop between."""
-    import os
-    import subprocess
-    import sys
     import types
 
     def stop(_s: float) -> None:
@@ -619,12 +621,7 @@ def test_an_erasure_stopped_half_way_is_unreachable_and_finished_by_the_next_pur
                               "seq": 5000, "ts": after + 1, "window_s": 1.0,
                               "talk_state": "agent"}, after + 1)
     db.conn.close()
-    env = {**os.environ, "MIROIR_DASH_SITE": settings.site,
-           "MIROIR_DASH_DB_PATH": str(settings.db_path),
-           "MIROIR_DASH_ADMIN_PASSWORD_FILE": str(settings.admin_password_file)}
-    r = subprocess.run([sys.executable, "-m", "miroir.cli", "dashboard", "purge"], env=env,
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
+    _purge_cli(settings)
     db = store.open_db(settings.db_path)
     try:
         assert db.conn.execute("SELECT seq FROM metrics WHERE box = 'box-a1'").fetchall() == \
