@@ -235,15 +235,19 @@ class CallSummary:
     hung up (a busy tone), a voicemail's beep (its far speech was a greeting), or the recording
     ended."""
     duration_s: float
+    hold_s: float
+    """Time on hold (the call-state input's ``hold``, or hold music on the line), seconds. Speech on
+    hold (the agent asking a colleague) is nobody's in this call: the ratios, turns and monologue
+    read the call's time off hold."""
     agent_speech_ratio: float | None
-    """Share of the call in which the agent spoke, 0..1 (this and the next three: None for a call
-    of no length, a call signal with nobody speaking)."""
+    """Share of the call off hold in which the agent spoke, 0..1 (this and the next three: None for
+    a call of no length, a call signal with nobody speaking)."""
     prospect_speech_ratio: float | None
-    """Share of the call in which the prospect spoke, 0..1."""
+    """Share of the call off hold in which the prospect spoke, 0..1."""
     silence_ratio: float | None
-    """Share of the call in which nobody spoke, 0..1."""
+    """Share of the call off hold in which nobody spoke, 0..1."""
     overlap_ratio: float | None
-    """Share of the call in which both spoke, 0..1."""
+    """Share of the call off hold in which both spoke, 0..1."""
     agent_share: float | None
     """Agent speech / (agent + prospect speech), 0..1; None without speech."""
     talk_ratio: float | None
@@ -263,7 +267,7 @@ class CallSummary:
     latency_prospect_ms_median: float | None
     latency_prospect_ms_mean: float | None
     monologue_s_longest: float
-    """Longest agent turn in the call, seconds."""
+    """Longest agent turn in the call (its part off hold), seconds."""
     turns_agent: int
     turns_prospect: int
 
@@ -287,6 +291,23 @@ class _Call:
     monologue_s: float = 0.0
     hold: bool = False
     resumed_s: float = -math.inf
+    hold_s: float = 0.0
+    holds: list[list[float]] = field(default_factory=list)
+    """[start_s, end_s] of each hold, in order; the last one's end is infinite while it lasts."""
+
+    @property
+    def on_hold(self) -> bool:
+        return bool(self.holds) and self.holds[-1][1] == math.inf
+
+    def off_hold_s(self, start_s: float, end_s: float) -> float:
+        """The longest part of ``start_s``..``end_s`` (seconds) inside the call and off hold."""
+        best, t = 0.0, max(start_s, self.start_s)
+        for h0, h1 in self.holds:
+            if h0 >= end_s:
+                break
+            if h1 > t:
+                best, t = max(best, h0 - t), h1
+        return max(best, end_s - t)
 
 
 @dataclass
@@ -513,10 +534,12 @@ class Conversation:
                 if self._call.hold and kind == _CALL_START:
                     self._call.resumed_s = t
                 self._call.hold = kind == _CALL_HOLD
+                self._hold_changed(t)
             elif kind == _LINE_HOLD:
                 self._line_hold = ch == "on"
                 if self._call is not None and not self._line_hold:
                     self._call.resumed_s = max(self._call.resumed_s, t)
+                self._hold_changed(t)
             elif self._call is not None and ch == _VOICEMAIL:
                 cfg, call = self.config, self._call
                 t_end = max(tone_s, call.start_s)
@@ -581,7 +604,9 @@ class Conversation:
         if dt <= 0:
             return
         call = self._call
-        if call is not None:
+        if call is not None and call.on_hold:
+            call.hold_s += dt
+        elif call is not None:
             near, far = self._speaking[AGENT], self._speaking[PROSPECT]
             call.agent_s += dt * near
             call.prospect_s += dt * far
@@ -667,25 +692,35 @@ class Conversation:
         if self.history is not None:
             self.history.turns.append(turn)
         call = self._call
-        if call is not None and end > call.start_s and not self._turn_counted[ch]:
+        if call is not None and not self._turn_counted[ch] and call.off_hold_s(start, end) > 0:
             call.turns[ch] += 1
             if ch == AGENT:
-                call.monologue_s = max(call.monologue_s, end - max(start, call.start_s))
+                call.monologue_s = max(call.monologue_s, call.off_hold_s(start, end))
 
     def _current_monologue_s(self, now_s: float) -> float:
         start = self._turn_start[AGENT]
         if start is None:
             return 0.0
-        if self._call is not None:
-            start = max(start, self._call.start_s)
-        return max(0.0, min(self._open_turn_end(AGENT, now_s), now_s) - start)
+        end = min(self._open_turn_end(AGENT, now_s), now_s)
+        return self._call.off_hold_s(start, end) if self._call is not None else max(0.0, end - start)
 
     def _open_turn_end(self, ch: str, now_s: float) -> float:
         """Where ``ch``'s open turn ends so far: now while it speaks, else its last speech end."""
         return now_s if self._speaking[ch] else (self._last_end[ch] or now_s)
 
+    def _hold_changed(self, t: float) -> None:
+        """Open or close the call's hold at ``t`` (seconds) after the hold signal or music changed."""
+        call = self._call
+        if call is None or (call.hold or self._line_hold) == call.on_hold:
+            return
+        if call.on_hold:
+            call.holds[-1][1] = t
+        else:
+            call.holds.append([t, math.inf])
+
     def _begin_call(self, t: float) -> None:
         self._call = _Call(start_s=t)
+        self._hold_changed(t)  # hold music already playing
         # a turn under way (counted by the call before, if it ended in it) is one of this call's
         self._turn_counted = {AGENT: False, PROSPECT: False}
         self._emit("call_start", PROSPECT, t)
@@ -696,21 +731,23 @@ class Conversation:
         call.monologue_s = max(call.monologue_s, self._current_monologue_s(t_end))
         for ch in (AGENT, PROSPECT):  # a turn under way when the call ends is one of its turns
             start = self._turn_start[ch]
-            if start is not None and start < t_end and not self._turn_counted[ch]:
+            if (start is not None and start < t_end and not self._turn_counted[ch]
+                    and call.off_hold_s(start, t_end) > 0):
                 call.turns[ch] += 1
                 self._turn_counted[ch] = True
         duration = max(0.0, t_end - call.start_s)
+        live = max(0.0, duration - call.hold_s)  # the ratios' time: the call off hold
         speech = call.agent_s + call.prospect_s
 
         def ratio(x: float) -> float | None:
-            return round(min(1.0, max(0.0, x / duration)), 4) if duration > 0 else None
+            return round(min(1.0, max(0.0, x / live)), 4) if live > 0 else None
 
         lat = call.latencies_s
         summary = CallSummary(
             start_s=round(call.start_s, 3), end_s=round(t_end, 3), end_reason=reason,
-            duration_s=round(duration, 3),
+            duration_s=round(duration, 3), hold_s=round(min(call.hold_s, duration), 3),
             agent_speech_ratio=ratio(call.agent_s), prospect_speech_ratio=ratio(call.prospect_s),
-            silence_ratio=ratio(duration - min(call.speech_s, duration)),
+            silence_ratio=ratio(live - min(call.speech_s, live)),
             overlap_ratio=ratio(call.overlap_s),
             agent_share=round(call.agent_s / speech, 4) if speech > 0 else None,
             talk_ratio=round(call.agent_s / call.prospect_s, 3) if call.prospect_s > 0 else None,

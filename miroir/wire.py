@@ -96,7 +96,7 @@ FAR_KINDS = ("speech", "ringback", "busy", "beep", "music", "silence", "dead")
 _CALL_SUMMARY: dict[str, tuple[type, ...]] = {
     "call_end_reason": (str,),
     **{f"call_{name}": _num for name in (
-        "duration_s", "agent_speech_ratio", "prospect_speech_ratio", "silence_ratio",
+        "duration_s", "hold_s", "agent_speech_ratio", "prospect_speech_ratio", "silence_ratio",
         "overlap_ratio", "agent_share", "talk_ratio", "latency_agent_ms_median",
         "latency_agent_ms_mean", "latency_prospect_ms_median", "latency_prospect_ms_mean",
         "monologue_s_longest", "rate_syl_s_median", "rate_syl_s_p10", "rate_syl_s_p90",

@@ -291,6 +291,28 @@ def test_no_response_latency_across_a_hold() -> None:
     assert {m.get("latency_agent_ms_last") for m in metrics[12:17]} == {None}
 
 
+def test_speech_on_hold_is_nobody_s_in_the_call_summary() -> None:
+    """The agent says "one moment", puts the prospect on hold at 8 s and asks a colleague for 18 s
+    before resuming at 32 s: the summary read a 25.5 s monologue and a talk ratio of 4.5 (the
+    prospect spoke 6 s, the agent 7 s off hold); the hold is its own figure."""
+    _, events, _ = drive([(4.5, 10.0), (12.0, 30.0), (36.5, 40.0)], [(1.0, 4.0), (33.0, 36.0)],
+                         45.0, signals=((0.5, "active"), (8.0, "hold"), (32.0, "active"),
+                                        (41.0, "idle")))
+    (end,) = [e for e in events if e["name"] == "call_end"]
+    assert end["call_duration_s"] == pytest.approx(40.5) and end["call_hold_s"] == pytest.approx(24.0)
+    assert end["call_monologue_s_longest"] == pytest.approx(3.5)
+    assert end["call_talk_ratio"] == pytest.approx(7.0 / 6.0, abs=0.01)
+    assert end["call_agent_speech_ratio"] == pytest.approx(7.0 / 16.5, abs=0.01)
+    assert end["call_silence_ratio"] == pytest.approx(3.5 / 16.5, abs=0.01)
+    assert (end["call_turns_agent"], end["call_turns_prospect"]) == (2, 2)
+    # hold music already on the line when the call starts holds the call from its start
+    _, events, _ = drive([(2.0, 9.0), (21.0, 24.0)], [(20.0, 20.5)], 30.0,
+                         signals=((1.0, "hold"), (15.0, "active"), (25.0, "idle")))
+    (end,) = [e for e in events if e["name"] == "call_end"]
+    assert end["call_hold_s"] == pytest.approx(14.0) and end["call_monologue_s_longest"] == pytest.approx(3.0)
+    assert end["call_agent_speech_ratio"] == pytest.approx(0.3, abs=0.01)
+
+
 def test_end_of_stream_closes_the_call() -> None:
     _, events, _ = drive([(3.0, 6.0)], [(1.0, 2.5)], 5.0)
     assert names(events) == ["call_start", "call_end"]

@@ -293,8 +293,10 @@ def test_a_muted_headset_is_not_a_slow_answer(model):
 
 def test_hold_music_is_nobody_talking(model):
     """The agent puts the prospect on hold (40 s of a tonal melody on the line) and talks to a
-    colleague for 36 s over it: the line is on hold, so no "let the prospect speak", and the line's
-    speech share stays near zero. The same 36 s over a silent live line raise the monologue cue."""
+    colleague for 36 s over it: the line is on hold, so no "let the prospect speak", the line's
+    speech share stays near zero, and the call's summary counts the hold as such, not as the
+    agent's talk (it read a 35 s monologue and a talk ratio of 3.07 against 1.54 for the call with
+    no talk on hold). The same 36 s over a silent live line raise the monologue cue."""
     from bench.farend import band_limit, melody
 
     found = {}
@@ -319,6 +321,9 @@ def test_hold_music_is_nobody_talking(model):
             inside = [m for m in result["metrics"] if hold + 1 <= m["t_start"] <= hold + 39]
             assert sum(m["far_speech_ratio"] for m in inside) <= 0.05 * len(inside)
             assert any(e["name"] == "far_kind" and e["kind"] == "music" for e in result["events"])
+            (end,) = [e for e in result["events"] if e["name"] == "call_end"]
+            assert 38.0 <= end["call_hold_s"] <= 42.0
+            assert end["call_monologue_s_longest"] < 10.0 and end["call_talk_ratio"] < 2.0
     assert found[False] == ["monologue"]
     assert found[True] == []
 
