@@ -63,6 +63,10 @@ def _memory_free_mb() -> float | None:
     return min(free) if free else None
 
 
+UNEVEN_FILES_S = 1.0
+"""Agent and line files whose lengths differ by this much are warned of (one is padded)."""
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Run the edge pipeline offline over recordings and print the call's metrics."""
     from edge.pipeline import ANALYZE_BASE_MB, ANALYZE_MB_PER_HOUR, analyze, load_vad_model
@@ -89,6 +93,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                            "recognition to the prospect ([affect] disclosed = true), so a box "
                            "keeps the model off for its calls")
     expected_s = max(near.expected_s, far.expected_s if far else 0.0)
+    if far is not None and abs(near.expected_s - far.expected_s) >= UNEVEN_FILES_S:
+        short = "agent" if near.expected_s < far.expected_s else "line"
+        log.warning("the agent file lasts %.1f s and the line file %.1f s: past its end the %s "
+                    "channel is read as digital silence, that is as no signal (give both channels "
+                    "of the same call, from the same start)", near.expected_s, far.expected_s, short)
     need_mb = ANALYZE_BASE_MB + ANALYZE_MB_PER_HOUR * expected_s / 3600.0
     free_mb = _memory_free_mb()
     if free_mb is not None and need_mb > free_mb:  # refused at once, not after hours of work

@@ -32,6 +32,11 @@ def _write_wav(path: Path, samples: np.ndarray, rate_hz: int, channels: int = 1,
     return path
 
 
+def _read_pcm(path: Path) -> np.ndarray:
+    with wave.open(str(path)) as wf:
+        return np.frombuffer(wf.readframes(wf.getnframes()), dtype="<i2")
+
+
 def test_vad_auc_on_ami_through_the_cli():
     """Frame-level ROC-AUC of vad.near.prob against the union of AMI speaker turns >= 0.95."""
     turns = ami_turns()
@@ -202,6 +207,15 @@ def test_dead_channel_short_file_and_campaign_through_the_cli(tmp_path):
     assert proc.returncode == 0 and json.loads(proc.stdout)["duration_s"] == 0.005, proc.stderr
     assert "a dead channel is not told from silence" in proc.stderr  # its "ok" is no verdict
     assert "not told from silence" not in miroir("analyze", str(dead), "--json").stderr
+    # an agent file shorter than the line's read as a dead headset, with no word of why
+    short = _write_wav(tmp_path / "short.wav", _read_pcm(SHARED / "ami-headsets" / "source0.wav")[:4 * 16000],
+                       16000)
+    proc = miroir("analyze", str(short), "--far", str(far))
+    assert proc.returncode == 0, proc.stderr
+    assert "the agent file lasts 4.0 s and the line file 60.0 s" in proc.stderr
+    assert "past its end the agent channel is read as digital silence" in proc.stderr
+    assert "lasts" not in miroir("analyze", str(SHARED / "ami-headsets" / "source0.wav"), "--far",
+                                 str(far)).stderr
     near = SHARED / "ami-headsets" / "source0.wav"
     quick = tmp_path / "quick.toml"
     quick.write_text("[slow_response]\non_s = 1.0\n")
