@@ -68,15 +68,17 @@ def _enroll(args: argparse.Namespace, items: list[Enrolment]) -> int:
 
     site = _site(args)
     try:
-        paths = site.enroll(items)
+        done = site.enroll(items)
     except InventoryError as exc:
         for problem in exc.problems:
             print(f"error: {problem}", flush=True)
         raise _err(f"{len(exc.problems)} problem(s); nothing was written") from None
-    for path in paths:
+    for path in done.bundles:
         print(f"bundle {path}")
-    print(f"{len(paths)} box(es) enrolled; copy each bundle to its box's boot partition "
-          "as miroir-bundle.json")
+    for note in done.already:
+        print(note)
+    print(f"{len(done.bundles)} box(es) enrolled, {len(done.already)} already enrolled; copy each "
+          "new bundle to its box's boot partition as miroir-bundle.json")
     return 0
 
 
@@ -89,7 +91,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def cmd_enroll_csv(args: argparse.Namespace) -> int:
-    """Enrol every box of a CSV file (box,seat,agent,team); any bad row and nothing is written."""
+    """Enrol every box of a CSV file (box,seat,agent,team); any bad row and nothing is written.
+    Rows already enrolled at their seat are skipped, so the same file can be run again."""
     from provisioning.inventory import InventoryError, parse_csv
 
     try:

@@ -49,6 +49,13 @@ class Enrolment:
     team: str = ""
     line: int = 0
     """Line number in the CSV file it came from (0 when given on the command line)."""
+    source: str = ""
+    """The CSV file it came from ("" when given on the command line)."""
+
+    @property
+    def where(self) -> str:
+        """Where the request came from, for messages: ``floor.csv:3`` or ``box box-001``."""
+        return f"{self.source}:{self.line}" if self.line else f"box {self.box}"
 
 
 @dataclass
@@ -129,7 +136,7 @@ def parse_csv(path: Path) -> list[Enrolment]:
             continue
         values = dict(zip(header, cells, strict=True))
         item = Enrolment(box=values["box"], seat=values["seat"], agent=values.get("agent", ""),
-                         team=values.get("team", ""), line=line)
+                         team=values.get("team", ""), line=line, source=str(path))
         own = check_enrolment(item, where)
         if item.box in seen:
             own.append(f"{where}: box {item.box!r} already on line {seen[item.box]}")

@@ -161,6 +161,15 @@ def _not_after(cert_path: Path) -> str:
 
 
 @dataclass(frozen=True)
+class Enrolled:
+    """What :meth:`Site.enroll` did: the new boxes' bundles, and the boxes already enrolled."""
+
+    bundles: list[Path]
+    already: list[str]
+    """One line per request skipped because its box is already enrolled at that seat."""
+
+
+@dataclass(frozen=True)
 class RevokeResult:
     """What :meth:`Site.revoke` did, with its timings in seconds."""
 
@@ -278,21 +287,26 @@ class Site:
     # -- operations ----------------------------------------------------------------------
 
     def check(self, items: Sequence[Enrolment]) -> list[str]:
-        """The problems of enrolling ``items`` now (ids, labels, duplicates, boxes already
-        enrolled, seats already taken), each naming its line or box; empty when there are none."""
+        """The problems of enrolling ``items`` now (ids, labels, duplicates, revoked ids, boxes
+        enrolled at another seat, seats already taken), each naming its line or box; empty when
+        there are none. A box already enrolled at the same seat is no problem (:meth:`enroll`
+        skips it), so a file can be run again."""
         inv = self.inventory()
         problems: list[str] = []
         seats = {b.seat: b.box for b in inv.boxes.values() if b.state == ACTIVE}
         seen: set[str] = set()
         for item in items:
-            where = f"line {item.line}" if item.line else f"box {item.box}"
+            where = item.where
             problems += check_enrolment(item, where)
-            if item.box in inv.boxes and inv.boxes[item.box].state == REVOKED:
+            rec = inv.boxes.get(item.box)
+            if rec is not None and rec.state == REVOKED:
                 problems.append(f"{where}: box {item.box!r} was revoked and its id is not used "
                                 "again; enrol the box under a new box id")
-            elif item.box in inv.boxes:
-                problems.append(f"{where}: box {item.box!r} is already enrolled; use rotate for "
-                                "a new certificate")
+            elif rec is not None and rec.seat != item.seat:
+                problems.append(f"{where}: box {item.box!r} is already enrolled at seat "
+                                f"{rec.seat!r}, not {item.seat!r}; fix the row (a box moved to "
+                                "another seat keeps its enrolment: tell the dashboard with "
+                                "`miroir dashboard import`)")
             if item.seat in seats and seats[item.seat] != item.box:
                 problems.append(f"{where}: seat {item.seat!r} is already taken by box "
                                 f"{seats[item.seat]!r}")
@@ -302,22 +316,41 @@ class Site:
             seats.setdefault(item.seat, item.box)
         return problems
 
+    @staticmethod
+    def already_enrolled(item: Enrolment, inv: Inventory) -> str | None:
+        """How ``item`` is already enrolled at its seat in ``inv``, for the operator; None if it
+        is not."""
+        rec = inv.boxes.get(item.box)
+        if rec is None or rec.state != ACTIVE or rec.seat != item.seat:
+            return None
+        note = f"{item.where}: box {item.box!r} is already enrolled at seat {rec.seat!r}; skipped"
+        differ = [f"{name} {getattr(rec, name)!r}" for name in ("agent", "team")
+                  if getattr(item, name) and getattr(item, name) != getattr(rec, name)]
+        if differ:
+            note += (f" (the site's inventory keeps {' and '.join(differ)}; the dashboard takes "
+                     "agents and teams from `miroir dashboard import`)")
+        return note
+
     @_exclusive
-    def enroll(self, items: Sequence[Enrolment], *, days: int = BOX_CERT_DAYS) -> list[Path]:
+    def enroll(self, items: Sequence[Enrolment], *, days: int = BOX_CERT_DAYS) -> Enrolled:
         """Enrol boxes: key, certificate, settings and first-boot bundle each; all or nothing.
 
-        Every request is checked first (ids, labels, duplicates, boxes already enrolled, seats
-        already taken); any problem raises :class:`InventoryError` listing them all and nothing is
-        written. Files are then made in a staging folder and moved into place; the inventory,
-        written last and atomically, is the commit.
+        Every request is checked first (:meth:`check`); any problem raises
+        :class:`InventoryError` listing them all and nothing is written. A box already enrolled at
+        the same seat is skipped (its key and bundle stay). Files are then made in a staging
+        folder and moved into place; the inventory, written last and atomically, is the commit.
 
         Returns:
-            The bundle paths, in request order.
+            The new bundles' paths in request order, and a note for each box skipped.
         """
         problems = self.check(items)
         if problems:
             raise InventoryError(problems)
         inv = self.inventory()
+        notes = {item.box: note for item in items if (note := self.already_enrolled(item, inv))}
+        items = [item for item in items if item.box not in notes]
+        if not items:
+            return Enrolled([], list(notes.values()))
         stage = Path(tempfile.mkdtemp(prefix=".enroll-", dir=self.dir))
         moved: list[Path] = []
         try:
@@ -352,8 +385,9 @@ class Site:
             raise
         finally:
             shutil.rmtree(stage, ignore_errors=True)
-        log.info("enrolled %d box(es) in site %s", len(items), self.site)
-        return [self.bundle_path(item.box) for item in items]
+        log.info("enrolled %d box(es) in site %s (%d already were)", len(items), self.site,
+                 len(notes))
+        return Enrolled([self.bundle_path(item.box) for item in items], list(notes.values()))
 
     def _bundle(self, path: Path, box: str, seat: str, pair: CertPair) -> Path:
         return bundle_mod.write_bundle(
@@ -570,5 +604,5 @@ def init_site(dir: Path, site: str, *, broker_host: str, port: int = DEFAULT_POR
     return s
 
 
-__all__ = ["RevokeResult", "Site", "SiteError", "admin_identity", "init_site",
+__all__ = ["Enrolled", "RevokeResult", "Site", "SiteError", "admin_identity", "init_site",
            "signal_reload", "site_lock", "systemctl_reload"]

@@ -1,0 +1,80 @@
+"""`miroir provision` as site IT's scripts run it: the real CLI in a subprocess, on real files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from provisioning.broker import new_site_dir
+from provisioning.site import Site
+
+SITE = "paris-1"
+
+
+def cli(*args: str, umask: int = 0o022) -> subprocess.CompletedProcess[str]:
+    """Run ``miroir provision ARGS`` in a subprocess with ``umask``, as a script would."""
+    return subprocess.run([sys.executable, "-m", "miroir", "provision", *args],
+                          capture_output=True, text=True, timeout=120, check=False,
+                          preexec_fn=lambda: os.umask(umask) and None)
+
+
+@pytest.fixture
+def site_dir() -> Iterator[Path]:
+    """A site made by the real ``site-init``."""
+    root = new_site_dir("miroir-scripts-")
+    d = root / "site"
+    done = cli("site-init", "--site-dir", str(d), "--site", SITE, "--broker-host", "broker.lan",
+               "--port", "18883")
+    assert done.returncode == 0, done.stderr
+    try:
+        yield d
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_csv_run_again_enrols_only_its_new_rows(site_dir: Path, tmp_path: Path) -> None:
+    """IT reruns the same file after adding rows (or after a partial failure): the rows already
+    enrolled as they stand are reported and skipped, the new ones enrolled, exit 0."""
+    floor = tmp_path / "floor.csv"
+    floor.write_text("box,seat,agent,team\nbox-001,A-01,Priya,north\nbox-002,A-02,Rahul,north\n")
+    first = cli("enroll-csv", "--site-dir", str(site_dir), str(floor))
+    assert first.returncode == 0, first.stderr
+    bundle_1 = Site(site_dir).bundle_path("box-001").read_bytes()
+    with floor.open("a") as fh:
+        fh.write("box-003,A-03,Sara,south\n")
+    again = cli("enroll-csv", "--site-dir", str(site_dir), str(floor))
+    assert again.returncode == 0, again.stdout + again.stderr
+    out = again.stdout
+    assert "bundles/box-003.json" in out and "bundles/box-001.json" not in out.split("already")[0]
+    for line, box in ((2, "box-001"), (3, "box-002")):
+        assert any(f"floor.csv:{line}" in row and box in row and "already enrolled" in row
+                   for row in out.splitlines()), out
+    assert "1 box(es) enrolled, 2 already enrolled" in out
+    inv = Site(site_dir).inventory()
+    assert sorted(inv.boxes) == ["box-001", "box-002", "box-003"]
+    assert Site(site_dir).bundle_path("box-001").read_bytes() == bundle_1, "its key must not change"
+    # the same single box again is also fine
+    one = cli("enroll", "--site-dir", str(site_dir), "box-003", "--seat", "A-03")
+    assert one.returncode == 0 and "box-003" in one.stdout and "already enrolled" in one.stdout
+
+
+def test_a_csv_run_again_with_a_box_at_another_seat_is_refused(site_dir: Path,
+                                                               tmp_path: Path) -> None:
+    """Same box id, another seat: a real conflict, named by its line; nothing is written."""
+    floor = tmp_path / "floor.csv"
+    floor.write_text("box,seat\nbox-001,A-01\n")
+    assert cli("enroll-csv", "--site-dir", str(site_dir), str(floor)).returncode == 0
+    before = (site_dir / "inventory.json").read_bytes()
+    floor.write_text("box,seat\nbox-004,A-04\nbox-001,A-09\n")
+    done = cli("enroll-csv", "--site-dir", str(site_dir), str(floor))
+    assert done.returncode == 2
+    assert any("floor.csv:3" in row and "box-001" in row and "'A-01'" in row and "'A-09'" in row
+               for row in done.stdout.splitlines()), done.stdout
+    assert (site_dir / "inventory.json").read_bytes() == before
+    assert not Site(site_dir).bundle_path("box-004").exists()
