@@ -20,6 +20,8 @@ from miroir.files import atomic_write
 from miroir.wire import ID_PATTERN
 
 INVENTORY_FILE = "inventory.json"
+INVENTORY_MODE = 0o600
+"""Root's only: it names the agents and holds every certificate's serial."""
 CSV_COLUMNS = ("box", "seat", "agent", "team")
 REQUIRED_COLUMNS = ("box", "seat")
 _LABEL = re.compile(r"^[\w .@'-]{1,64}$")
@@ -178,7 +180,7 @@ class Inventory:
         data: dict[str, Any] = {"site": self.site,
                                 "boxes": [asdict(b) for b in sorted(self.boxes.values(),
                                                                     key=lambda b: b.box)]}
-        atomic_write(path, (json.dumps(data, indent=1) + "\n").encode(), mode=0o644)
+        atomic_write(path, (json.dumps(data, indent=1) + "\n").encode(), mode=INVENTORY_MODE)
         return path
 
     def get(self, box: str) -> BoxRecord:
@@ -193,5 +195,5 @@ class Inventory:
         return sorted(b.box for b in self.boxes.values() if b.state == REVOKED)
 
 
-__all__ = ["ACTIVE", "REVOKED", "BoxRecord", "Enrolment", "Inventory", "InventoryError",
-           "check_enrolment", "parse_csv"]
+__all__ = ["ACTIVE", "INVENTORY_FILE", "INVENTORY_MODE", "REVOKED", "BoxRecord", "Enrolment",
+           "Inventory", "InventoryError", "check_enrolment", "parse_csv"]

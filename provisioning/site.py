@@ -8,6 +8,7 @@ Layout of a site directory (everything written with safe permissions: private ke
     broker/              Mosquitto's server certificate (SAN: the broker host, localhost)
     dashboard/           the dashboard's MQTT identity (CN dash_<site>)
     boxes/<box>/         each box's certificate and key (old/ keeps rotated-out certificates)
+                         (boxes/, bundles/, dashboard/: 0700; inventory.json: 0600)
     bundles/<box>.json   each box's first-boot bundle (+ .sha256)
     acl, crl.pem, mosquitto.conf, persist/, mosquitto.log
     dashboard.env        MIROIR_DASH_* settings for the dashboard's unit
@@ -64,6 +65,8 @@ from provisioning.broker import (
 )
 from provisioning.inventory import (
     ACTIVE,
+    INVENTORY_FILE,
+    INVENTORY_MODE,
     REVOKED,
     BoxRecord,
     Enrolment,
@@ -85,6 +88,29 @@ BOX_CERT_DAYS = 825
 Reload = Callable[[], None]
 T = TypeVar("T")
 LOCK_FILE = ".lock"
+
+
+PRIVATE_DIRS = ("boxes", "bundles", "dashboard")
+"""Folders of keys and bundles: root's only (0700). ``ca`` and ``broker`` stay 0755: the broker,
+once it drops to its user, reads the certificates in them (their keys are 0600 and 0640)."""
+
+
+def private_dir(path: Path) -> Path:
+    """Make ``path`` (if missing) and leave it root's only, 0700, whatever the umask."""
+    path.mkdir(mode=0o700, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def make_private(site_dir: Path) -> None:
+    """Close the folders of keys and bundles (0700) and the inventory (0600) of a site folder, as
+    written by an older version or restored from its backup."""
+    for sub in PRIVATE_DIRS:
+        if (Path(site_dir) / sub).is_dir():
+            private_dir(Path(site_dir) / sub)
+    inventory = Path(site_dir) / INVENTORY_FILE
+    if inventory.exists():
+        inventory.chmod(INVENTORY_MODE)
 
 
 @contextlib.contextmanager
@@ -363,7 +389,7 @@ class Site:
                                          team=item.team, serial=_hex_serial(pair.cert),
                                          not_after=_not_after(pair.cert), enrolled_ts=time.time()))
             for sub in ("boxes", "bundles"):
-                (self.dir / sub).mkdir(exist_ok=True)
+                private_dir(self.dir / sub)
             for item in items:
                 for src, dst in (
                     (stage / "boxes" / item.box, self.dir / "boxes" / item.box),
@@ -454,7 +480,7 @@ class Site:
             pair = pki.issue(self.ca, stage / "new", box, days=days)
             new_bundle = self._bundle(stage / "bundle.json", box, rec.seat, pair)
             old_dir = current.cert.parent / "old"
-            old_dir.mkdir(exist_ok=True)
+            private_dir(old_dir)
             shutil.copy2(current.cert, old_dir / f"{rec.serial}.pem")
             os.replace(pair.key, current.key)
             os.replace(pair.cert, current.cert)
@@ -472,7 +498,8 @@ class Site:
     @_exclusive
     def renew(self, reload: Reload, *, days: int = BOX_CERT_DAYS) -> dict[str, str]:
         """New keys and certificates for the broker and the dashboard (same names), the CRL signed
-        again until the CA expires, and the broker's configuration written as this version does;
+        again until the CA expires, the private folders and inventory closed (:func:`make_private`)
+        and the broker's configuration written as this version does;
         the broker reloads (SIGHUP takes the new certificate; open connections carry on). The
         dashboard uses its new identity once restarted.
 
@@ -495,6 +522,7 @@ class Site:
         finally:
             shutil.rmtree(stage, ignore_errors=True)
         pki.revoke(self.ca, self.crl, [])
+        make_private(self.dir)  # a site made by an older version left them readable
         # and the broker's configuration as this version writes it (a site made earlier gets its
         # hardening, e.g. client ids bound to certificates)
         write_config(self.dir, port=self.port, ca=self.ca, server=self.server, acl=self.acl,
@@ -574,8 +602,9 @@ def init_site(dir: Path, site: str, *, broker_host: str, port: int = DEFAULT_POR
     files = make_site(dir, site, [], port=port, hosts=hosts, bind=bind)
     (dir / "ca").chmod(0o755)  # the CA key inside is 0600; the broker reads the certificate
     crl = pki.revoke(files.ca, dir / CRL_FILE, [])
-    (dir / "boxes").mkdir(exist_ok=True)
-    (dir / "bundles").mkdir(mode=0o700, exist_ok=True)
+    make_private(dir)
+    for sub in ("boxes", "bundles"):
+        private_dir(dir / sub)
     meta = {"site": site, "broker_host": broker_host, "port": port, "bind": bind,
             "admin_host": admin_host, "hosts": hosts,
             "created": dt.datetime.now(dt.UTC).isoformat()}
@@ -605,4 +634,5 @@ def init_site(dir: Path, site: str, *, broker_host: str, port: int = DEFAULT_POR
 
 
 __all__ = ["Enrolled", "RevokeResult", "Site", "SiteError", "admin_identity", "init_site",
+           "make_private", "private_dir",
            "signal_reload", "site_lock", "systemctl_reload"]

@@ -78,3 +78,55 @@ def test_a_csv_run_again_with_a_box_at_another_seat_is_refused(site_dir: Path,
                for row in done.stdout.splitlines()), done.stdout
     assert (site_dir / "inventory.json").read_bytes() == before
     assert not Site(site_dir).bundle_path("box-004").exists()
+
+
+PUBLIC = {".", "ca", "ca/cert.pem", "broker", "broker/cert.pem", "acl", "crl.pem",
+          "mosquitto.conf", "site.json", "dashboard.env"}
+"""What others may read in a site folder: the broker's certificates and configuration (the broker
+drops to its own user), nothing private."""
+
+
+def _world_access(site_dir: Path) -> dict[str, str]:
+    """Each file and folder under ``site_dir`` that others can reach and read or write (through
+    folders they may traverse), with its mode in octal."""
+    found = {}
+    todo = [site_dir]
+    while todo:
+        path = todo.pop()
+        mode = path.lstat().st_mode & 0o777
+        if mode & 0o006:
+            found[str(path.relative_to(site_dir))] = f"{mode:o}"
+        if path.is_dir() and not path.is_symlink() and mode & 0o001:
+            todo += path.iterdir()
+    return found
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+def test_keys_serials_and_the_inventory_are_private_whatever_the_umask(
+        tmp_path: Path, umask: int) -> None:
+    """The inventory (agents' names, certificate serials) and every key's folder are for root
+    only, after enrolment, rotation and a restore, even from a script with a loose umask."""
+    root = new_site_dir("miroir-modes-")
+    site_dir, restored = root / "site", root / "restored"
+    d = str(site_dir)
+    floor = tmp_path / "floor.csv"
+    floor.write_text("box,seat,agent\nbox-001,A-01,Priya\nbox-002,A-02,Rahul\n")
+    passphrase = tmp_path / "pass"
+    passphrase.write_text("correct horse\n")
+    backup = str(tmp_path / "site.bak")
+    try:
+        for args in (("site-init", "--site-dir", d, "--site", SITE, "--broker-host", "broker.lan"),
+                     ("enroll-csv", "--site-dir", d, str(floor)),
+                     ("rotate", "--site-dir", d, "box-001"),
+                     ("backup", "--site-dir", d, "--passphrase-file", str(passphrase), backup),
+                     ("restore", "--site-dir", str(restored), "--passphrase-file",
+                      str(passphrase), backup)):
+            done = cli(*args, umask=umask)
+            assert done.returncode == 0, (args, done.stderr)
+        for where in (site_dir, restored):
+            exposed = {path: mode for path, mode in _world_access(where).items()
+                       if path not in PUBLIC or int(mode, 8) & 0o002}
+            assert not exposed, (where, exposed)
+            assert (where / "inventory.json").stat().st_mode & 0o777 == 0o600
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
