@@ -142,6 +142,24 @@ def cmd_renew(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_expiry(args: argparse.Namespace) -> int:
+    """List the site's certificates (CA, broker, dashboard, boxes) and its revocation list that
+    end within --days, soonest first, with the command that renews each; exit 1 if any."""
+    from provisioning.expiry import site_expiries
+
+    site = _site(args)
+    ends = site_expiries(site)
+    due = [e for e in ends if e.days_left < args.days]
+    print(f"{len(due)} of {len(ends)} certificate(s) of site {site.site} end within "
+          f"{args.days} days")
+    for e in ends if args.all else due:
+        state = "EXPIRED" if e.days_left <= 0 else "expires" if e.days_left < args.days else "ok"
+        label = f"box {e.name}" if e.what == "box" else e.what
+        print(f"{state:8} {e.days_left:7.1f} days  {label:36} {e.not_after:%Y-%m-%d %H:%M} UTC  "
+              f"{e.action}")
+    return 1 if due else 0
+
+
 def cmd_backup(args: argparse.Namespace) -> int:
     """Write an encrypted backup (AES-256-GCM, scrypt passphrase) of the site folder: CA, keys,
     broker configuration, inventory (not the dashboard's database: `miroir dashboard backup`)."""
@@ -278,6 +296,14 @@ def register_cli(groups: dict[str, argparse._SubParsersAction]) -> None:
     _site_dir(p)
     _reload_opts(p)
     p.set_defaults(func=cmd_renew)
+
+    p = sub.add_parser("expiry", help="certificates ending within N days (exit 1 if any)",
+                       description=cmd_expiry.__doc__)
+    _site_dir(p)
+    p.add_argument("--days", type=int, default=30,
+                   help="warn about what ends within this many days (default 30)")
+    p.add_argument("--all", action="store_true", help="list every certificate, not only those")
+    p.set_defaults(func=cmd_expiry)
 
     p = sub.add_parser("backup", help="encrypted backup of the site folder (CA, keys, inventory)",
                        description=cmd_backup.__doc__)

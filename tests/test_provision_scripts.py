@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from provisioning import pki
 from provisioning.broker import new_site_dir
 from provisioning.site import Site
 
@@ -130,3 +132,31 @@ def test_keys_serials_and_the_inventory_are_private_whatever_the_umask(
             assert (where / "inventory.json").stat().st_mode & 0o777 == 0o600
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_certificates_ending_soon_are_listed_with_what_renews_them(site_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    """A box's certificate 10 days from its end, one ended yesterday and the broker's 20 days from
+    its end are listed (soonest first, with the command for each); exit 1 for a cron job."""
+    floor = tmp_path / "floor.csv"
+    floor.write_text("box,seat\nbox-001,A-01\nbox-002,A-02\nbox-003,A-03\n")
+    assert cli("enroll-csv", "--site-dir", str(site_dir), str(floor)).returncode == 0
+    site = Site(site_dir)
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
+    pki.issue(site.ca, site.box_pair("box-002").cert.parent, "box-002", days=10)
+    pki.issue(site.ca, site.box_pair("box-003").cert.parent, "box-003", days=29,
+              not_before=past)
+    pki.issue(site.ca, site.server.cert.parent, "broker.lan", server=True, hosts=["broker.lan"],
+              days=20)
+    done = cli("expiry", "--site-dir", str(site_dir), "--days", "30")
+    assert done.returncode == 1, done.stdout + done.stderr
+    rows = done.stdout.splitlines()
+    assert rows[0].startswith("3 of 7 certificate(s) of site paris-1 end within 30 days")
+    assert rows[1].split()[:4] == ["EXPIRED", "-1.0", "days", "box"] and "box-003" in rows[1]
+    assert "rotate box-003" in rows[1]
+    assert rows[2].split()[:5] == ["expires", "10.0", "days", "box", "box-002"]
+    assert rows[3].split()[:4] == ["expires", "20.0", "days", "broker"]
+    assert "miroir provision renew" in rows[3] and len(rows) == 4
+    everything = cli("expiry", "--site-dir", str(site_dir), "--days", "5", "--all")
+    assert everything.returncode == 1 and len(everything.stdout.splitlines()) == 8
+    assert cli("expiry", "--site-dir", str(site_dir), "--days", "-2").returncode == 0
