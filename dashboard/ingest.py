@@ -159,6 +159,12 @@ class StoreUnavailable(RuntimeError):
         self.valid = valid
 
 
+def _cleared_status(topic: str, payload: bytes) -> bool:
+    """True for an empty message on a box's status topic: its retained status removed from the
+    broker (``miroir provision revoke`` does it), nothing to store and nothing wrong."""
+    return not payload and topic.endswith("/status")
+
+
 def _unavailable(exc: sqlite3.OperationalError) -> bool:
     """True for a database that is busy or failing, not for a statement that is wrong."""
     name = getattr(exc, "sqlite_errorname", "") or ""
@@ -218,13 +224,16 @@ class Ingest:
 
     # ----------------------------------------------------------------- message handling
     def handle(self, topic: str, payload: bytes) -> str:
-        """Process one message; return its outcome (inserted, duplicate, status, quarantined).
+        """Process one message; return its outcome (inserted, duplicate, status, cleared: a
+        retained status removed, quarantined).
 
         Never raises: anything unexpected ends in the quarantine table.
         """
         now = self._clock()
         with self._lock:
             self.received += 1
+        if _cleared_status(topic, payload):
+            return "cleared"
         try:
             outcome, update = self._store(topic, payload, now)
         except wire.WireError as exc:
@@ -254,6 +263,11 @@ class Ingest:
         valid: list[tuple[int, wire.Topic, dict[str, Any]]] = []
         held: list[int] = []  # refused, their quarantine row not written: they wait as well
         for i, (topic, payload) in enumerate(items):
+            if _cleared_status(topic, payload):
+                with self._lock:
+                    self.received += 1
+                outcomes[i] = "cleared"
+                continue
             try:
                 t, msg = self._parse(topic, payload, now)
                 valid.append((i, t, msg))

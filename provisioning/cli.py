@@ -111,8 +111,9 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     result = site.revoke(args.box, _reload(args), kick=not args.no_kick)
     live = "cut" if result.kicked else "left (--no-kick)" if args.no_kick else \
         "not cut (broker unreachable?)"
+    status = "cleared" if result.status_cleared else "left (not cut)"
     print(f"box {result.box} revoked (serials {', '.join(result.serials)}); broker reloaded; "
-          f"live connection {live} in {result.duration_s:.2f} s")
+          f"live connection {live}, retained status {status}, in {result.duration_s:.2f} s")
     return 0
 
 

@@ -178,6 +178,15 @@ def signal_reload(pid: int) -> Reload:
     return reload
 
 
+def _acknowledged(sent: Any, timeout_s: float) -> bool:
+    """True if the broker acknowledged a QoS 1 publish (paho ``MQTTMessageInfo``) in time."""
+    try:
+        sent.wait_for_publish(timeout_s)
+    except (RuntimeError, ValueError):  # not queued (connection lost)
+        return False
+    return bool(sent.is_published())
+
+
 def _hex_serial(cert_path: Path) -> str:
     return format(pki.load_cert(cert_path).serial_number, "x")
 
@@ -204,6 +213,8 @@ class RevokeResult:
     reloaded: bool
     kicked: bool
     duration_s: float
+    status_cleared: bool = False
+    """The box's retained status was removed from the broker (subscribers no longer get it)."""
 
 
 class Site:
@@ -274,15 +285,26 @@ class Site:
     def kick(self, box: str, timeout_s: float = KICK_TIMEOUT_S) -> bool:
         """Close a box's live MQTT connection: connect once as the box, with a certificate issued
         for its CN now (the broker names the client after it, so the box's session is taken over),
-        then revoke that certificate. Call after the box is denied every topic (:meth:`revoke`).
+        then revoke that certificate. Call once the box's own certificates are revoked.
 
         Returns:
             True if the broker accepted the takeover (any box connection is then closed).
+        """
+        return self._take_over(box, timeout_s, clear_status=False)[0]
+
+    def _take_over(self, box: str, timeout_s: float = KICK_TIMEOUT_S, *,
+                   clear_status: bool) -> tuple[bool, bool]:
+        """:meth:`kick`, and with ``clear_status`` remove the box's retained status from the
+        broker as the box itself (an empty retained message), while its ACL still lets it.
+
+        Returns:
+            Whether the takeover was accepted, and whether the broker acknowledged the clearing.
         """
         import threading
 
         done = threading.Event()
         ok: list[bool] = []
+        cleared = False
 
         def on_connect(client: object, userdata: object, flags: object, reason: object,
                        props: object) -> None:
@@ -302,13 +324,17 @@ class Site:
                 client.loop_start()
                 try:
                     done.wait(timeout_s)
+                    if clear_status and ok and ok[0]:
+                        sent = client.publish(wire.topic(self.site, box, "status"), b"", qos=1,
+                                              retain=True)
+                        cleared = _acknowledged(sent, timeout_s)
                 finally:
                     client.disconnect()
                     client.loop_stop()
             pki.revoke(self.ca, self.crl, [pair.cert])  # read at the broker's next reload
         finally:
             shutil.rmtree(stage, ignore_errors=True)
-        return bool(ok and ok[0])
+        return bool(ok and ok[0]), cleared
 
     # -- operations ----------------------------------------------------------------------
 
@@ -446,16 +472,20 @@ class Site:
         pki.revoke(self.ca, self.crl, certs)
         rec.state = REVOKED
         rec.revoked_ts = time.time()
-        self.write_acl(inv.revoked())
         inv.save(self.dir)
         bundle = self.bundle_path(box)
         for path in (bundle, Path(f"{bundle}.sha256")):
             path.unlink(missing_ok=True)  # the key inside is now worthless; do not hand it out
-        reload()
-        kicked = self.kick(box) if kick else False
+        kicked = cleared = False
+        if kick:
+            reload()  # the CRL: the box can no longer connect; its ACL still lets it write
+            kicked, cleared = self._take_over(box, clear_status=True)
+        self.write_acl(inv.revoked())
+        reload()  # the ACL: denied every topic (a Last Will too)
         serials = [_hex_serial(c) for c in certs]
-        log.info("revoked box %s (serials %s); kicked: %s", box, ", ".join(serials), kicked)
-        return RevokeResult(box, serials, True, kicked, time.monotonic() - start)
+        log.info("revoked box %s (serials %s); kicked: %s; retained status cleared: %s", box,
+                 ", ".join(serials), kicked, cleared)
+        return RevokeResult(box, serials, True, kicked, time.monotonic() - start, cleared)
 
     @_exclusive
     def rotate(self, box: str, *, days: int = BOX_CERT_DAYS) -> Path:

@@ -7,14 +7,18 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from miroir import wire
 from provisioning import pki
-from provisioning.broker import new_site_dir
-from provisioning.site import Site
+from provisioning.broker import Mosquitto, dashboard_identity, free_port, new_site_dir
+from provisioning.inventory import Enrolment
+from provisioning.site import Site, init_site
+from tests._fixtures_broker import Peer, box_publisher
 
 SITE = "paris-1"
 
@@ -160,3 +164,40 @@ def test_certificates_ending_soon_are_listed_with_what_renews_them(site_dir: Pat
     everything = cli("expiry", "--site-dir", str(site_dir), "--days", "5", "--all")
     assert everything.returncode == 1 and len(everything.stdout.splitlines()) == 8
     assert cli("expiry", "--site-dir", str(site_dir), "--days", "-2").returncode == 0
+
+
+def test_a_revoked_box_leaves_no_retained_status_on_the_broker(tmp_path: Path) -> None:
+    """A revoked box's retained status stayed on the broker for good ("online": its Last Will is
+    denied once it is revoked), so every subscriber, the dashboard after each restart, was told
+    it was online. `revoke` clears it, as the box itself (the dashboard gets no new right)."""
+    root = new_site_dir("miroir-revoke-")
+    try:
+        site = init_site(root / "site", SITE, broker_host="localhost", port=free_port(),
+                         bind="127.0.0.1")
+        site.enroll([Enrolment(box="box-001", seat="A-01"), Enrolment(box="box-002", seat="A-02")])
+        broker = Mosquitto(site.config, site.port, site.log).start()
+        pubs = []
+        try:
+            for box in ("box-001", "box-002"):
+                pubs.append(box_publisher(site, box, tmp_path / box))
+                pubs[-1].publish_status("online").wait_for_publish(5.0)
+            done = cli("revoke", "box-001", "--site-dir", str(site.dir),
+                       "--broker-pid", str(broker.pid))
+            assert done.returncode == 0 and "revoked" in done.stdout, done.stderr
+            dash = Peer(site.dashboard, site.ca.cert, dashboard_identity(SITE), site.port)
+            assert not dash.connect().is_failure
+            status = wire.topic(SITE, "box-002", "status").replace("box-002", "+")
+            assert dash.subscribe(status) == 1
+            dash.expect(wire.topic(SITE, "box-002", "status"))  # the retained burst has come
+            time.sleep(0.5)
+            retained = {t: p for t, p in dash.messages}
+            dash.close()
+            assert list(retained) == [wire.topic(SITE, "box-002", "status")], retained
+            # and the box is refused as before: its connection cut, its reconnections refused
+            assert not pubs[0].connected.is_set()
+        finally:
+            for pub in pubs:
+                pub.stop()
+            broker.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
