@@ -33,8 +33,8 @@ from typing import Any
 
 from miroir import wire
 
+from . import certs, schema
 from . import db as store
-from . import schema
 from .settings import DashboardSettings
 
 log = logging.getLogger(__name__)
@@ -186,6 +186,8 @@ class Ingest:
         schema.ensure_schema(self._db)
         self._client: Any = None
         self.connected = threading.Event()
+        self.broker_cert_not_after_ts: float | None = None
+        """End of the broker's certificate, as it showed it at the last connection."""
         self.received = 0
         self.inserted = 0
         self.duplicates = 0
@@ -575,6 +577,10 @@ class Ingest:
         with self._lock:
             self.connects += 1
         log.info("connected to broker (session present: %s)", flags.session_present)
+        try:
+            self.broker_cert_not_after_ts = certs.peer_not_after_ts(client.socket())
+        except ValueError as exc:
+            log.warning("cannot read the broker's certificate: %s", exc)
         client.subscribe([(f, 1) for f in wire.site_filters(self.site)])
         self.connected.set()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import socket
 import sqlite3
 import ssl
@@ -445,3 +446,55 @@ def test_a_last_will_does_not_age_the_certificate_by_the_connection(tmp_path: Pa
     assert box["state"] == "offline" and box["offline"]
     assert box["cert_days_now"] == pytest.approx(20.0, abs=0.01)
     assert "cert_expired" not in [p["code"] for p in box["problems"]]
+
+
+def _reissue(site: Any, folder: str, cn: str, days: float, server: bool = False) -> None:
+    """A certificate and key for ``folder`` ending in ``days``, owned and moded as before."""
+    import os
+
+    from provisioning import pki
+
+    key = site.dir / folder / "key.pem"
+    was = key.stat()
+    pki.issue(site.ca, site.dir / folder, cn, server=server, hosts=["localhost", "127.0.0.1"],
+              days=days)
+    os.chown(key, was.st_uid, was.st_gid)  # the broker's group reads its key
+    key.chmod(was.st_mode & 0o777)
+
+
+@pytest.mark.e2e
+def test_the_site_certificates_ending_soon_show_on_the_it_page_and_in_prometheus(
+        site: Any, tmp_path: Path) -> None:
+    """The broker's certificate 20 days from its end (then every box is refused) and the
+    dashboard's 10 days from its end were nowhere on the IT page nor in /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from provisioning.broker import dashboard_identity
+
+    _reissue(site, "broker", "localhost", 20, server=True)
+    _reissue(site, "dashboard", dashboard_identity(site.site), 10)
+    token_file = tmp_path / "metrics-token"
+    token_file.write_text(TOKEN)
+    with site.broker() as broker:
+        settings = make_settings(
+            tmp_path, site=site.site, mqtt_host="localhost", mqtt_port=broker.port,
+            mqtt_ca=site.ca_cert, mqtt_cert=site.dashboard.cert, mqtt_key=site.dashboard.key,
+            metrics_token_file=token_file)
+        server = DashboardServer(settings)
+        server.start()
+        try:
+            assert server.ingest is not None and server.ingest.wait_connected(10.0)
+            with httpx.Client(base_url=server.url, timeout=10.0) as c:
+                text = c.get("/metrics", headers={"authorization": f"Bearer {TOKEN}"}).text
+                page = c.get("/it", headers={"cookie": f"__Host-miroir={http_login(c)}"}).text
+        finally:
+            server.stop()
+    days = {s.labels["cert"]: s.value for f in text_string_to_metric_families(text)
+            for s in f.samples if s.name == "miroir_cert_days_left"}
+    assert set(days) == {"ca", "broker", "dashboard"}, text
+    assert 19.9 < days["broker"] <= 20 and 9.9 < days["dashboard"] <= 10 and days["ca"] > 3000
+    rows = {cert: state for cert, state in
+            re.findall(r'class="site-cert" data-cert="(\w+)" data-state="(\w+)"', page)}
+    assert rows == {"dashboard": "expiring", "broker": "expiring", "ca": "ok"}, rows
+    assert page.index('data-cert="dashboard"') < page.index('data-cert="broker"')  # soonest first
+    assert "miroir provision expiry" in page
