@@ -1,5 +1,6 @@
-"""The site's certificates the dashboard can see: the site CA, its own MQTT identity and the
-broker's (as served at the ingest's last connection), with the days left on each.
+"""The site's certificates the dashboard can see: the site CA, its own MQTT identity, the
+broker's (as served at the ingest's last connection) and the one it serves HTTPS with, if any,
+with the days left on each.
 
 Once the broker's certificate ends, every box is refused; once the dashboard's ends, the dashboard
 hears nothing; the CA ends the site. ``miroir provision expiry`` lists the same on the server, with
@@ -26,7 +27,7 @@ class SiteCert:
     """One certificate of the site and the days left on it."""
 
     name: str
-    """``ca``, ``dashboard`` or ``broker``."""
+    """``ca``, ``dashboard``, ``broker`` or ``https`` (the page's own, when it serves TLS)."""
     not_after_ts: float
     days_left: float
 
@@ -58,10 +59,12 @@ def _file_not_after_ts(path: Path | None) -> float | None:
 
 def site_certs(settings: DashboardSettings, broker_not_after_ts: float | None,
                now: float | None = None) -> list[SiteCert]:
-    """The CA's, the dashboard's and the broker's certificates known now, soonest end first."""
+    """The CA's, the dashboard's, the broker's and the HTTPS certificates known now, soonest
+    end first."""
     now = time.time() if now is None else now
     ends = {"ca": _file_not_after_ts(settings.mqtt_ca),
-            "dashboard": _file_not_after_ts(settings.mqtt_cert), "broker": broker_not_after_ts}
+            "dashboard": _file_not_after_ts(settings.mqtt_cert), "broker": broker_not_after_ts,
+            "https": _file_not_after_ts(settings.tls_cert_file)}
     certs = [SiteCert(name, end, (end - now) / DAY_S) for name, end in ends.items()
              if end is not None]
     return sorted(certs, key=lambda c: c.days_left)

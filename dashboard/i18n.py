@@ -245,6 +245,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "it.cert.ca": ("Autorité du site (CA)", "Site authority (CA)"),
     "it.cert.broker": ("Broker (serveur MQTT)", "Broker (MQTT server)"),
     "it.cert.dashboard": ("Tableau de bord (identité MQTT)", "Dashboard (MQTT identity)"),
+    "it.cert.https": ("Tableau de bord (HTTPS)", "Dashboard (HTTPS)"),
     "it.cert_renew": ("à renouveler : miroir provision expiry", "renew: miroir provision expiry"),
     "problem.offline": ("Hors ligne", "Offline"),
     "problem.never_seen": ("Jamais vu", "Never seen"),

@@ -94,7 +94,7 @@ class DashboardCollector:
         yield GaugeMetricFamily("miroir_ingest_connected", "1 if the ingest is connected to "
                                 "the broker.", value=1.0 if stats.get("connected") else 0.0)
         ends = GaugeMetricFamily("miroir_cert_days_left", "Days before the site's certificate "
-                                 "expires (ca, dashboard, broker as last served).", labels=["cert"])
+                                 "expires (ca, dashboard, broker as last served, https).", labels=["cert"])
         for cert in site_certs(self.settings, getattr(ingest, "broker_cert_not_after_ts", None)):
             ends.add_metric([cert.name], round(cert.days_left, 2))
         yield ends

@@ -16,6 +16,8 @@ from provisioning.site import Site
 WARN_DAYS = 30
 """Default warning horizon: as the dashboard's IT page (``dashboard.fleet.CERT_WARN_DAYS``)."""
 DAY_S = 86400.0
+HTTPS_CERT = "https/cert.pem"
+"""Where docs/dashboard-tls.md makes the dashboard's HTTPS certificate from the site CA."""
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,7 @@ class Expiry:
     """One certificate (or the revocation list) of the site and when it ends."""
 
     what: str
-    """``ca``, ``broker``, ``dashboard``, ``crl`` or ``box``."""
+    """``ca``, ``broker``, ``dashboard``, ``crl``, ``https`` or ``box``."""
     name: str
     """The box id for a box, else the same as ``what``."""
     not_after: dt.datetime
@@ -35,6 +37,9 @@ class Expiry:
 def _action(what: str, name: str) -> str:
     if what == "box":
         return f"miroir provision rotate {name}, then rotate {name} --finish"
+    if what == "https":
+        return ("make it again as docs/dashboard-tls.md says, then restart the dashboard "
+                "(renew does not)")
     if what == "ca":
         return "cannot be renewed in place: plan a new site (site-init) and enrol the boxes again"
     return "miroir provision renew"
@@ -47,6 +52,9 @@ def site_expiries(site: Site, now: dt.datetime | None = None) -> list[Expiry]:
         (what, what, pki.load_cert(path).not_valid_after_utc)
         for what, path in (("ca", site.ca.cert), ("broker", site.server.cert),
                            ("dashboard", site.dashboard.cert))]
+    https = site.dir / HTTPS_CERT
+    if https.exists():  # the dashboard's own HTTPS certificate from the site CA (dashboard-tls.md)
+        ends.append(("https", "https", pki.load_cert(https).not_valid_after_utc))
     crl = x509.load_pem_x509_crl(site.crl.read_bytes())
     if crl.next_update_utc is not None:
         ends.append(("crl", "crl", crl.next_update_utc))

@@ -409,10 +409,12 @@ def test_served_over_tls_directly_and_plain_http_is_refused(tmp_path: Path) -> N
 
     ca = pki.create_ca(tmp_path / "ca", "site-1")
     cert = pki.issue(ca, tmp_path / "https", "dashboard.local", server=True,
-                     hosts=["127.0.0.1", "localhost"])
+                     hosts=["127.0.0.1", "localhost"], days=15)
     with pytest.raises(ValueError, match="go together"):
         make_settings(tmp_path, tls_cert_file=cert.cert)
-    settings = make_settings(tmp_path, tls_cert_file=cert.cert, tls_key_file=cert.key)
+    (tmp_path / "metrics-token").write_text(TOKEN)
+    settings = make_settings(tmp_path, tls_cert_file=cert.cert, tls_key_file=cert.key,
+                             mqtt_ca=ca.cert, metrics_token_file=tmp_path / "metrics-token")
     with DashboardServer(settings, start_ingest=False) as server:
         assert server.url.startswith("https://127.0.0.1:")
         trust = ssl.create_default_context(cafile=str(ca.cert))
@@ -425,6 +427,9 @@ def test_served_over_tls_directly_and_plain_http_is_refused(tmp_path: Path) -> N
                           if h.startswith("__Host-miroir-csrf="))
             assert "secure" in cookie.lower()
             assert c.get("/healthz").json()["ok"] is True
+            # the certificate it serves, 15 days from its end, is in /metrics for an alert rule
+            text = c.get("/metrics", headers={"authorization": f"Bearer {TOKEN}"}).text
+            assert re.search(r'^miroir_cert_days_left\{cert="https"\} 1[45]\.\d+$', text, re.M), text
         with pytest.raises(httpx.ConnectError):  # an unknown CA is refused by the client
             httpx.get(server.url + "/healthz", timeout=5.0)
         plain = server.url.replace("https://", "http://")

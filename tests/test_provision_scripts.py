@@ -140,8 +140,9 @@ def test_keys_serials_and_the_inventory_are_private_whatever_the_umask(
 
 def test_certificates_ending_soon_are_listed_with_what_renews_them(site_dir: Path,
                                                                   tmp_path: Path) -> None:
-    """A box's certificate 10 days from its end, one ended yesterday and the broker's 20 days from
-    its end are listed (soonest first, with the command for each); exit 1 for a cron job."""
+    """A box's certificate 10 days from its end, one ended yesterday, the broker's 20 days and the
+    dashboard's HTTPS one 25 days from their end are listed (soonest first, with the command for
+    each); exit 1 for a cron job."""
     floor = tmp_path / "floor.csv"
     floor.write_text("box,seat\nbox-001,A-01\nbox-002,A-02\nbox-003,A-03\n")
     assert cli("enroll-csv", "--site-dir", str(site_dir), str(floor)).returncode == 0
@@ -152,17 +153,21 @@ def test_certificates_ending_soon_are_listed_with_what_renews_them(site_dir: Pat
               not_before=past)
     pki.issue(site.ca, site.server.cert.parent, "broker.lan", server=True, hosts=["broker.lan"],
               days=20)
+    pki.issue(site.ca, site_dir / "https", "dashboard", server=True, hosts=["192.0.2.5"],
+              days=25)  # as docs/dashboard-tls.md makes it
     done = cli("expiry", "--site-dir", str(site_dir), "--days", "30")
     assert done.returncode == 1, done.stdout + done.stderr
     rows = done.stdout.splitlines()
-    assert rows[0].startswith("3 of 7 certificate(s) of site paris-1 end within 30 days")
+    assert rows[0].startswith("4 of 8 certificate(s) of site paris-1 end within 30 days")
     assert rows[1].split()[:4] == ["EXPIRED", "-1.0", "days", "box"] and "box-003" in rows[1]
     assert "rotate box-003" in rows[1]
     assert rows[2].split()[:5] == ["expires", "10.0", "days", "box", "box-002"]
     assert rows[3].split()[:4] == ["expires", "20.0", "days", "broker"]
-    assert "miroir provision renew" in rows[3] and len(rows) == 4
+    assert "miroir provision renew" in rows[3]
+    assert rows[4].split()[:4] == ["expires", "25.0", "days", "https"] and "dashboard-tls" in rows[4]
+    assert len(rows) == 5
     everything = cli("expiry", "--site-dir", str(site_dir), "--days", "5", "--all")
-    assert everything.returncode == 1 and len(everything.stdout.splitlines()) == 8
+    assert everything.returncode == 1 and len(everything.stdout.splitlines()) == 9
     assert cli("expiry", "--site-dir", str(site_dir), "--days", "-2").returncode == 0
 
 
