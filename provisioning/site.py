@@ -477,10 +477,12 @@ class Site:
         for path in (bundle, Path(f"{bundle}.sha256")):
             path.unlink(missing_ok=True)  # the key inside is now worthless; do not hand it out
         kicked = cleared = False
-        if kick:
-            reload()  # the CRL: the box can no longer connect; its ACL still lets it write
-            kicked, cleared = self._take_over(box, clear_status=True)
-        self.write_acl(inv.revoked())
+        try:
+            if kick:
+                reload()  # the CRL: the box can no longer connect; its ACL still lets it write
+                kicked, cleared = self._take_over(box, clear_status=True)
+        finally:
+            self.write_acl(inv.revoked())  # (even if that reload failed)
         reload()  # the ACL: denied every topic (a Last Will too)
         serials = [_hex_serial(c) for c in certs]
         log.info("revoked box %s (serials %s); kicked: %s; retained status cleared: %s", box,

@@ -206,3 +206,15 @@ def test_a_revoked_box_leaves_no_retained_status_on_the_broker(tmp_path: Path) -
             broker.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_revocation_whose_broker_reload_fails_still_denies_the_box(site_dir: Path) -> None:
+    """The broker cannot be reloaded (wrong pid): revoke fails, saying so, but the box is in the
+    CRL and denied every topic in the ACL, which the broker's next start or reload reads."""
+    assert cli("enroll", "--site-dir", str(site_dir), "box-001", "--seat", "A-01").returncode == 0
+    dead = subprocess.Popen(["true"])  # a pid that no longer runs
+    dead.wait()
+    done = cli("revoke", "box-001", "--site-dir", str(site_dir), "--broker-pid", str(dead.pid))
+    assert done.returncode == 2 and f"no broker process with pid {dead.pid}" in done.stderr
+    assert "user box-001\ntopic deny #" in Site(site_dir).acl.read_text()
+    assert Site(site_dir).inventory().get("box-001").state == "revoked"
