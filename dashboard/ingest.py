@@ -33,8 +33,8 @@ from typing import Any
 
 from miroir import wire
 
+from . import certs, schema
 from . import db as store
-from . import schema
 from .settings import DashboardSettings
 
 log = logging.getLogger(__name__)
@@ -159,6 +159,12 @@ class StoreUnavailable(RuntimeError):
         self.valid = valid
 
 
+def _cleared_status(topic: str, payload: bytes) -> bool:
+    """True for an empty message on a box's status topic: its retained status removed from the
+    broker (``miroir provision revoke`` does it), nothing to store and nothing wrong."""
+    return not payload and topic.endswith("/status")
+
+
 def _unavailable(exc: sqlite3.OperationalError) -> bool:
     """True for a database that is busy or failing, not for a statement that is wrong."""
     name = getattr(exc, "sqlite_errorname", "") or ""
@@ -180,6 +186,8 @@ class Ingest:
         schema.ensure_schema(self._db)
         self._client: Any = None
         self.connected = threading.Event()
+        self.broker_cert_not_after_ts: float | None = None
+        """End of the broker's certificate, as it showed it at the last connection."""
         self.received = 0
         self.inserted = 0
         self.duplicates = 0
@@ -218,13 +226,16 @@ class Ingest:
 
     # ----------------------------------------------------------------- message handling
     def handle(self, topic: str, payload: bytes) -> str:
-        """Process one message; return its outcome (inserted, duplicate, status, quarantined).
+        """Process one message; return its outcome (inserted, duplicate, status, cleared: a
+        retained status removed, quarantined).
 
         Never raises: anything unexpected ends in the quarantine table.
         """
         now = self._clock()
         with self._lock:
             self.received += 1
+        if _cleared_status(topic, payload):
+            return "cleared"
         try:
             outcome, update = self._store(topic, payload, now)
         except wire.WireError as exc:
@@ -254,6 +265,11 @@ class Ingest:
         valid: list[tuple[int, wire.Topic, dict[str, Any]]] = []
         held: list[int] = []  # refused, their quarantine row not written: they wait as well
         for i, (topic, payload) in enumerate(items):
+            if _cleared_status(topic, payload):
+                with self._lock:
+                    self.received += 1
+                outcomes[i] = "cleared"
+                continue
             try:
                 t, msg = self._parse(topic, payload, now)
                 valid.append((i, t, msg))
@@ -561,6 +577,10 @@ class Ingest:
         with self._lock:
             self.connects += 1
         log.info("connected to broker (session present: %s)", flags.session_present)
+        try:
+            self.broker_cert_not_after_ts = certs.peer_not_after_ts(client.socket())
+        except ValueError as exc:
+            log.warning("cannot read the broker's certificate: %s", exc)
         client.subscribe([(f, 1) for f in wire.site_filters(self.site)])
         self.connected.set()
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from . import db as store
 from . import fleet
+from .certs import site_certs
 from .settings import DashboardSettings
 
 MAX_BOX_SERIES = 5000
@@ -92,6 +93,11 @@ class DashboardCollector:
         yield lag
         yield GaugeMetricFamily("miroir_ingest_connected", "1 if the ingest is connected to "
                                 "the broker.", value=1.0 if stats.get("connected") else 0.0)
+        ends = GaugeMetricFamily("miroir_cert_days_left", "Days before the site's certificate "
+                                 "expires (ca, dashboard, broker as last served, https).", labels=["cert"])
+        for cert in site_certs(self.settings, getattr(ingest, "broker_cert_not_after_ts", None)):
+            ends.add_metric([cert.name], round(cert.days_left, 2))
+        yield ends
         now = time.time()
         db = store.open_db(self.settings.db_path)
         try:

@@ -22,7 +22,7 @@ from pathlib import Path
 from miroir.files import atomic_write
 from provisioning.broker import BROKER_USER, CONFIG_FILE, LOG_FILE
 from provisioning.inventory import InventoryError
-from provisioning.site import Site, SiteError, site_lock
+from provisioning.site import Site, SiteError, make_private, site_lock
 
 MAGIC = b"MIROIRBK1"
 SALT_BYTES = 16
@@ -56,7 +56,9 @@ def _broker_access(site: Path) -> None:
     files back (the archive does not keep owners)."""
     log_file = site / LOG_FILE
     log_file.touch(mode=0o640, exist_ok=True)  # the broker refuses to start without it
-    (site / "bundles").chmod(0o700)
+    make_private(site)  # (a backup of an older version may hold them open)
+    for folder in (site, site / "ca", site / "broker"):
+        folder.chmod(0o755)  # the broker reads certificates there; tar made them by the umask
     if os.geteuid() != 0:
         return
     try:

@@ -68,15 +68,17 @@ def _enroll(args: argparse.Namespace, items: list[Enrolment]) -> int:
 
     site = _site(args)
     try:
-        paths = site.enroll(items)
+        done = site.enroll(items)
     except InventoryError as exc:
         for problem in exc.problems:
             print(f"error: {problem}", flush=True)
         raise _err(f"{len(exc.problems)} problem(s); nothing was written") from None
-    for path in paths:
+    for path in done.bundles:
         print(f"bundle {path}")
-    print(f"{len(paths)} box(es) enrolled; copy each bundle to its box's boot partition "
-          "as miroir-bundle.json")
+    for note in done.already:
+        print(note)
+    print(f"{len(done.bundles)} box(es) enrolled, {len(done.already)} already enrolled; copy each "
+          "new bundle to its box's boot partition as miroir-bundle.json")
     return 0
 
 
@@ -89,7 +91,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def cmd_enroll_csv(args: argparse.Namespace) -> int:
-    """Enrol every box of a CSV file (box,seat,agent,team); any bad row and nothing is written."""
+    """Enrol every box of a CSV file (box,seat,agent,team); any bad row and nothing is written.
+    Rows already enrolled at their seat are skipped, so the same file can be run again."""
     from provisioning.inventory import InventoryError, parse_csv
 
     try:
@@ -108,8 +111,9 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     result = site.revoke(args.box, _reload(args), kick=not args.no_kick)
     live = "cut" if result.kicked else "left (--no-kick)" if args.no_kick else \
         "not cut (broker unreachable?)"
+    status = "cleared" if result.status_cleared else "left (not cut)"
     print(f"box {result.box} revoked (serials {', '.join(result.serials)}); broker reloaded; "
-          f"live connection {live} in {result.duration_s:.2f} s")
+          f"live connection {live}, retained status {status}, in {result.duration_s:.2f} s")
     return 0
 
 
@@ -137,6 +141,24 @@ def cmd_renew(args: argparse.Namespace) -> int:
     print(f"broker configuration rewritten ({site.config}): after an update of this server, restart "
           "the broker for all of it to apply (`systemctl restart mosquitto`)")
     return 0
+
+
+def cmd_expiry(args: argparse.Namespace) -> int:
+    """List the site's certificates (CA, broker, dashboard, boxes) and its revocation list that
+    end within --days, soonest first, with the command that renews each; exit 1 if any."""
+    from provisioning.expiry import site_expiries
+
+    site = _site(args)
+    ends = site_expiries(site)
+    due = [e for e in ends if e.days_left < args.days]
+    print(f"{len(due)} of {len(ends)} certificate(s) of site {site.site} end within "
+          f"{args.days} days")
+    for e in ends if args.all else due:
+        state = "EXPIRED" if e.days_left <= 0 else "expires" if e.days_left < args.days else "ok"
+        label = f"box {e.name}" if e.what == "box" else e.what
+        print(f"{state:8} {e.days_left:7.1f} days  {label:36} {e.not_after:%Y-%m-%d %H:%M} UTC  "
+              f"{e.action}")
+    return 1 if due else 0
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
@@ -275,6 +297,14 @@ def register_cli(groups: dict[str, argparse._SubParsersAction]) -> None:
     _site_dir(p)
     _reload_opts(p)
     p.set_defaults(func=cmd_renew)
+
+    p = sub.add_parser("expiry", help="certificates ending within N days (exit 1 if any)",
+                       description=cmd_expiry.__doc__)
+    _site_dir(p)
+    p.add_argument("--days", type=int, default=30,
+                   help="warn about what ends within this many days (default 30)")
+    p.add_argument("--all", action="store_true", help="list every certificate, not only those")
+    p.set_defaults(func=cmd_expiry)
 
     p = sub.add_parser("backup", help="encrypted backup of the site folder (CA, keys, inventory)",
                        description=cmd_backup.__doc__)

@@ -20,6 +20,8 @@ from miroir.files import atomic_write
 from miroir.wire import ID_PATTERN
 
 INVENTORY_FILE = "inventory.json"
+INVENTORY_MODE = 0o600
+"""Root's only: it names the agents and holds every certificate's serial."""
 CSV_COLUMNS = ("box", "seat", "agent", "team")
 REQUIRED_COLUMNS = ("box", "seat")
 _LABEL = re.compile(r"^[\w .@'-]{1,64}$")
@@ -49,6 +51,13 @@ class Enrolment:
     team: str = ""
     line: int = 0
     """Line number in the CSV file it came from (0 when given on the command line)."""
+    source: str = ""
+    """The CSV file it came from ("" when given on the command line)."""
+
+    @property
+    def where(self) -> str:
+        """Where the request came from, for messages: ``floor.csv:3`` or ``box box-001``."""
+        return f"{self.source}:{self.line}" if self.line else f"box {self.box}"
 
 
 @dataclass
@@ -129,7 +138,7 @@ def parse_csv(path: Path) -> list[Enrolment]:
             continue
         values = dict(zip(header, cells, strict=True))
         item = Enrolment(box=values["box"], seat=values["seat"], agent=values.get("agent", ""),
-                         team=values.get("team", ""), line=line)
+                         team=values.get("team", ""), line=line, source=str(path))
         own = check_enrolment(item, where)
         if item.box in seen:
             own.append(f"{where}: box {item.box!r} already on line {seen[item.box]}")
@@ -171,7 +180,7 @@ class Inventory:
         data: dict[str, Any] = {"site": self.site,
                                 "boxes": [asdict(b) for b in sorted(self.boxes.values(),
                                                                     key=lambda b: b.box)]}
-        atomic_write(path, (json.dumps(data, indent=1) + "\n").encode(), mode=0o644)
+        atomic_write(path, (json.dumps(data, indent=1) + "\n").encode(), mode=INVENTORY_MODE)
         return path
 
     def get(self, box: str) -> BoxRecord:
@@ -186,5 +195,5 @@ class Inventory:
         return sorted(b.box for b in self.boxes.values() if b.state == REVOKED)
 
 
-__all__ = ["ACTIVE", "REVOKED", "BoxRecord", "Enrolment", "Inventory", "InventoryError",
-           "check_enrolment", "parse_csv"]
+__all__ = ["ACTIVE", "INVENTORY_FILE", "INVENTORY_MODE", "REVOKED", "BoxRecord", "Enrolment",
+           "Inventory", "InventoryError", "check_enrolment", "parse_csv"]

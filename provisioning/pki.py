@@ -2,7 +2,7 @@
 
 Keys are EC P-256, signatures SHA-256. Every file is PEM. Private keys are written 0600 (the
 broker's own key is later opened to the ``mosquitto`` group by :mod:`provisioning.broker`),
-certificates 0644. A pair lives in a directory as ``cert.pem`` and ``key.pem``.
+certificates 0644, in folders made 0700. A pair lives in a directory as ``cert.pem`` and ``key.pem``.
 """
 
 from __future__ import annotations
@@ -47,8 +47,11 @@ def _now() -> dt.datetime:
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` with ``mode``, never exposing it with wider permissions."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``data`` to ``path`` with ``mode``, never exposing it with wider permissions (a folder
+    it makes is root's only, 0700, whatever the umask: callers open up what the broker reads)."""
+    if not path.parent.is_dir():
+        path.parent.mkdir(mode=0o700, parents=True)
+        path.parent.chmod(0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         os.fchmod(fd, mode)  # the file may have existed with other permissions

@@ -8,6 +8,7 @@ Layout of a site directory (everything written with safe permissions: private ke
     broker/              Mosquitto's server certificate (SAN: the broker host, localhost)
     dashboard/           the dashboard's MQTT identity (CN dash_<site>)
     boxes/<box>/         each box's certificate and key (old/ keeps rotated-out certificates)
+                         (boxes/, bundles/, dashboard/: 0700; inventory.json: 0600)
     bundles/<box>.json   each box's first-boot bundle (+ .sha256)
     acl, crl.pem, mosquitto.conf, persist/, mosquitto.log
     dashboard.env        MIROIR_DASH_* settings for the dashboard's unit
@@ -64,6 +65,8 @@ from provisioning.broker import (
 )
 from provisioning.inventory import (
     ACTIVE,
+    INVENTORY_FILE,
+    INVENTORY_MODE,
     REVOKED,
     BoxRecord,
     Enrolment,
@@ -85,6 +88,29 @@ BOX_CERT_DAYS = 825
 Reload = Callable[[], None]
 T = TypeVar("T")
 LOCK_FILE = ".lock"
+
+
+PRIVATE_DIRS = ("boxes", "bundles", "dashboard")
+"""Folders of keys and bundles: root's only (0700). ``ca`` and ``broker`` stay 0755: the broker,
+once it drops to its user, reads the certificates in them (their keys are 0600 and 0640)."""
+
+
+def private_dir(path: Path) -> Path:
+    """Make ``path`` (if missing) and leave it root's only, 0700, whatever the umask."""
+    path.mkdir(mode=0o700, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def make_private(site_dir: Path) -> None:
+    """Close the folders of keys and bundles (0700) and the inventory (0600) of a site folder, as
+    written by an older version or restored from its backup."""
+    for sub in PRIVATE_DIRS:
+        if (Path(site_dir) / sub).is_dir():
+            private_dir(Path(site_dir) / sub)
+    inventory = Path(site_dir) / INVENTORY_FILE
+    if inventory.exists():
+        inventory.chmod(INVENTORY_MODE)
 
 
 @contextlib.contextmanager
@@ -152,12 +178,30 @@ def signal_reload(pid: int) -> Reload:
     return reload
 
 
+def _acknowledged(sent: Any, timeout_s: float) -> bool:
+    """True if the broker acknowledged a QoS 1 publish (paho ``MQTTMessageInfo``) in time."""
+    try:
+        sent.wait_for_publish(timeout_s)
+    except (RuntimeError, ValueError):  # not queued (connection lost)
+        return False
+    return bool(sent.is_published())
+
+
 def _hex_serial(cert_path: Path) -> str:
     return format(pki.load_cert(cert_path).serial_number, "x")
 
 
 def _not_after(cert_path: Path) -> str:
     return pki.load_cert(cert_path).not_valid_after_utc.isoformat()
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    """What :meth:`Site.enroll` did: the new boxes' bundles, and the boxes already enrolled."""
+
+    bundles: list[Path]
+    already: list[str]
+    """One line per request skipped because its box is already enrolled at that seat."""
 
 
 @dataclass(frozen=True)
@@ -169,6 +213,8 @@ class RevokeResult:
     reloaded: bool
     kicked: bool
     duration_s: float
+    status_cleared: bool = False
+    """The box's retained status was removed from the broker (subscribers no longer get it)."""
 
 
 class Site:
@@ -239,15 +285,26 @@ class Site:
     def kick(self, box: str, timeout_s: float = KICK_TIMEOUT_S) -> bool:
         """Close a box's live MQTT connection: connect once as the box, with a certificate issued
         for its CN now (the broker names the client after it, so the box's session is taken over),
-        then revoke that certificate. Call after the box is denied every topic (:meth:`revoke`).
+        then revoke that certificate. Call once the box's own certificates are revoked.
 
         Returns:
             True if the broker accepted the takeover (any box connection is then closed).
+        """
+        return self._take_over(box, timeout_s, clear_status=False)[0]
+
+    def _take_over(self, box: str, timeout_s: float = KICK_TIMEOUT_S, *,
+                   clear_status: bool) -> tuple[bool, bool]:
+        """:meth:`kick`, and with ``clear_status`` remove the box's retained status from the
+        broker as the box itself (an empty retained message), while its ACL still lets it.
+
+        Returns:
+            Whether the takeover was accepted, and whether the broker acknowledged the clearing.
         """
         import threading
 
         done = threading.Event()
         ok: list[bool] = []
+        cleared = False
 
         def on_connect(client: object, userdata: object, flags: object, reason: object,
                        props: object) -> None:
@@ -267,32 +324,41 @@ class Site:
                 client.loop_start()
                 try:
                     done.wait(timeout_s)
+                    if clear_status and ok and ok[0]:
+                        sent = client.publish(wire.topic(self.site, box, "status"), b"", qos=1,
+                                              retain=True)
+                        cleared = _acknowledged(sent, timeout_s)
                 finally:
                     client.disconnect()
                     client.loop_stop()
             pki.revoke(self.ca, self.crl, [pair.cert])  # read at the broker's next reload
         finally:
             shutil.rmtree(stage, ignore_errors=True)
-        return bool(ok and ok[0])
+        return bool(ok and ok[0]), cleared
 
     # -- operations ----------------------------------------------------------------------
 
     def check(self, items: Sequence[Enrolment]) -> list[str]:
-        """The problems of enrolling ``items`` now (ids, labels, duplicates, boxes already
-        enrolled, seats already taken), each naming its line or box; empty when there are none."""
+        """The problems of enrolling ``items`` now (ids, labels, duplicates, revoked ids, boxes
+        enrolled at another seat, seats already taken), each naming its line or box; empty when
+        there are none. A box already enrolled at the same seat is no problem (:meth:`enroll`
+        skips it), so a file can be run again."""
         inv = self.inventory()
         problems: list[str] = []
         seats = {b.seat: b.box for b in inv.boxes.values() if b.state == ACTIVE}
         seen: set[str] = set()
         for item in items:
-            where = f"line {item.line}" if item.line else f"box {item.box}"
+            where = item.where
             problems += check_enrolment(item, where)
-            if item.box in inv.boxes and inv.boxes[item.box].state == REVOKED:
+            rec = inv.boxes.get(item.box)
+            if rec is not None and rec.state == REVOKED:
                 problems.append(f"{where}: box {item.box!r} was revoked and its id is not used "
                                 "again; enrol the box under a new box id")
-            elif item.box in inv.boxes:
-                problems.append(f"{where}: box {item.box!r} is already enrolled; use rotate for "
-                                "a new certificate")
+            elif rec is not None and rec.seat != item.seat:
+                problems.append(f"{where}: box {item.box!r} is already enrolled at seat "
+                                f"{rec.seat!r}, not {item.seat!r}; fix the row (a box moved to "
+                                "another seat keeps its enrolment: tell the dashboard with "
+                                "`miroir dashboard import`)")
             if item.seat in seats and seats[item.seat] != item.box:
                 problems.append(f"{where}: seat {item.seat!r} is already taken by box "
                                 f"{seats[item.seat]!r}")
@@ -302,22 +368,41 @@ class Site:
             seats.setdefault(item.seat, item.box)
         return problems
 
+    @staticmethod
+    def already_enrolled(item: Enrolment, inv: Inventory) -> str | None:
+        """How ``item`` is already enrolled at its seat in ``inv``, for the operator; None if it
+        is not."""
+        rec = inv.boxes.get(item.box)
+        if rec is None or rec.state != ACTIVE or rec.seat != item.seat:
+            return None
+        note = f"{item.where}: box {item.box!r} is already enrolled at seat {rec.seat!r}; skipped"
+        differ = [f"{name} {getattr(rec, name)!r}" for name in ("agent", "team")
+                  if getattr(item, name) and getattr(item, name) != getattr(rec, name)]
+        if differ:
+            note += (f" (the site's inventory keeps {' and '.join(differ)}; the dashboard takes "
+                     "agents and teams from `miroir dashboard import`)")
+        return note
+
     @_exclusive
-    def enroll(self, items: Sequence[Enrolment], *, days: int = BOX_CERT_DAYS) -> list[Path]:
+    def enroll(self, items: Sequence[Enrolment], *, days: int = BOX_CERT_DAYS) -> Enrolled:
         """Enrol boxes: key, certificate, settings and first-boot bundle each; all or nothing.
 
-        Every request is checked first (ids, labels, duplicates, boxes already enrolled, seats
-        already taken); any problem raises :class:`InventoryError` listing them all and nothing is
-        written. Files are then made in a staging folder and moved into place; the inventory,
-        written last and atomically, is the commit.
+        Every request is checked first (:meth:`check`); any problem raises
+        :class:`InventoryError` listing them all and nothing is written. A box already enrolled at
+        the same seat is skipped (its key and bundle stay). Files are then made in a staging
+        folder and moved into place; the inventory, written last and atomically, is the commit.
 
         Returns:
-            The bundle paths, in request order.
+            The new bundles' paths in request order, and a note for each box skipped.
         """
         problems = self.check(items)
         if problems:
             raise InventoryError(problems)
         inv = self.inventory()
+        notes = {item.box: note for item in items if (note := self.already_enrolled(item, inv))}
+        items = [item for item in items if item.box not in notes]
+        if not items:
+            return Enrolled([], list(notes.values()))
         stage = Path(tempfile.mkdtemp(prefix=".enroll-", dir=self.dir))
         moved: list[Path] = []
         try:
@@ -330,7 +415,7 @@ class Site:
                                          team=item.team, serial=_hex_serial(pair.cert),
                                          not_after=_not_after(pair.cert), enrolled_ts=time.time()))
             for sub in ("boxes", "bundles"):
-                (self.dir / sub).mkdir(exist_ok=True)
+                private_dir(self.dir / sub)
             for item in items:
                 for src, dst in (
                     (stage / "boxes" / item.box, self.dir / "boxes" / item.box),
@@ -352,8 +437,9 @@ class Site:
             raise
         finally:
             shutil.rmtree(stage, ignore_errors=True)
-        log.info("enrolled %d box(es) in site %s", len(items), self.site)
-        return [self.bundle_path(item.box) for item in items]
+        log.info("enrolled %d box(es) in site %s (%d already were)", len(items), self.site,
+                 len(notes))
+        return Enrolled([self.bundle_path(item.box) for item in items], list(notes.values()))
 
     def _bundle(self, path: Path, box: str, seat: str, pair: CertPair) -> Path:
         return bundle_mod.write_bundle(
@@ -386,16 +472,22 @@ class Site:
         pki.revoke(self.ca, self.crl, certs)
         rec.state = REVOKED
         rec.revoked_ts = time.time()
-        self.write_acl(inv.revoked())
         inv.save(self.dir)
         bundle = self.bundle_path(box)
         for path in (bundle, Path(f"{bundle}.sha256")):
             path.unlink(missing_ok=True)  # the key inside is now worthless; do not hand it out
-        reload()
-        kicked = self.kick(box) if kick else False
+        kicked = cleared = False
+        try:
+            if kick:
+                reload()  # the CRL: the box can no longer connect; its ACL still lets it write
+                kicked, cleared = self._take_over(box, clear_status=True)
+        finally:
+            self.write_acl(inv.revoked())  # (even if that reload failed)
+        reload()  # the ACL: denied every topic (a Last Will too)
         serials = [_hex_serial(c) for c in certs]
-        log.info("revoked box %s (serials %s); kicked: %s", box, ", ".join(serials), kicked)
-        return RevokeResult(box, serials, True, kicked, time.monotonic() - start)
+        log.info("revoked box %s (serials %s); kicked: %s; retained status cleared: %s", box,
+                 ", ".join(serials), kicked, cleared)
+        return RevokeResult(box, serials, True, kicked, time.monotonic() - start, cleared)
 
     @_exclusive
     def rotate(self, box: str, *, days: int = BOX_CERT_DAYS) -> Path:
@@ -420,7 +512,7 @@ class Site:
             pair = pki.issue(self.ca, stage / "new", box, days=days)
             new_bundle = self._bundle(stage / "bundle.json", box, rec.seat, pair)
             old_dir = current.cert.parent / "old"
-            old_dir.mkdir(exist_ok=True)
+            private_dir(old_dir)
             shutil.copy2(current.cert, old_dir / f"{rec.serial}.pem")
             os.replace(pair.key, current.key)
             os.replace(pair.cert, current.cert)
@@ -438,7 +530,8 @@ class Site:
     @_exclusive
     def renew(self, reload: Reload, *, days: int = BOX_CERT_DAYS) -> dict[str, str]:
         """New keys and certificates for the broker and the dashboard (same names), the CRL signed
-        again until the CA expires, and the broker's configuration written as this version does;
+        again until the CA expires, the private folders and inventory closed (:func:`make_private`)
+        and the broker's configuration written as this version does;
         the broker reloads (SIGHUP takes the new certificate; open connections carry on). The
         dashboard uses its new identity once restarted.
 
@@ -461,6 +554,7 @@ class Site:
         finally:
             shutil.rmtree(stage, ignore_errors=True)
         pki.revoke(self.ca, self.crl, [])
+        make_private(self.dir)  # a site made by an older version left them readable
         # and the broker's configuration as this version writes it (a site made earlier gets its
         # hardening, e.g. client ids bound to certificates)
         write_config(self.dir, port=self.port, ca=self.ca, server=self.server, acl=self.acl,
@@ -540,8 +634,9 @@ def init_site(dir: Path, site: str, *, broker_host: str, port: int = DEFAULT_POR
     files = make_site(dir, site, [], port=port, hosts=hosts, bind=bind)
     (dir / "ca").chmod(0o755)  # the CA key inside is 0600; the broker reads the certificate
     crl = pki.revoke(files.ca, dir / CRL_FILE, [])
-    (dir / "boxes").mkdir(exist_ok=True)
-    (dir / "bundles").mkdir(mode=0o700, exist_ok=True)
+    make_private(dir)
+    for sub in ("boxes", "bundles"):
+        private_dir(dir / sub)
     meta = {"site": site, "broker_host": broker_host, "port": port, "bind": bind,
             "admin_host": admin_host, "hosts": hosts,
             "created": dt.datetime.now(dt.UTC).isoformat()}
@@ -570,5 +665,6 @@ def init_site(dir: Path, site: str, *, broker_host: str, port: int = DEFAULT_POR
     return s
 
 
-__all__ = ["RevokeResult", "Site", "SiteError", "admin_identity", "init_site",
+__all__ = ["Enrolled", "RevokeResult", "Site", "SiteError", "admin_identity", "init_site",
+           "make_private", "private_dir",
            "signal_reload", "site_lock", "systemctl_reload"]

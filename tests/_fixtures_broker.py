@@ -8,12 +8,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from provisioning.broker import Mosquitto, SiteFiles, make_site, new_site_dir, tls_client
 from provisioning.pki import CertPair
+
+if TYPE_CHECKING:
+    from edge.publisher import Publisher
+    from provisioning.site import Site
 
 SITE_ID = "site-1"
 BOXES = ("box-a", "box-b")
@@ -159,3 +163,21 @@ def wait_until(predicate: Callable[[], bool], what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {WAIT_S} s waiting for {what}")
         time.sleep(0.02)
+
+
+def box_publisher(site: Site, box: str, where: Path) -> Publisher:
+    """The box's own publisher from its first-boot bundle (retained status, Last Will), started
+    and connected."""
+    from edge import settings as edge_settings
+    from edge.publisher import Publisher
+    from provisioning.bundle import install_bundle
+
+    install_bundle(site.bundle_path(box), where)
+    creds = where / "credentials"
+    cfg = edge_settings.load(where / "box.toml", ca_file=str(creds / "ca.pem"),
+                             cert_file=str(creds / "box.pem"), key_file=str(creds / "box.key"),
+                             state_dir=str(where), keepalive_s=5)
+    pub = Publisher(cfg, version="0.1.0")
+    pub.start()
+    wait_until(pub.connected.is_set, f"{box} connected")
+    return pub

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import socket
 import sqlite3
 import ssl
@@ -408,10 +409,12 @@ def test_served_over_tls_directly_and_plain_http_is_refused(tmp_path: Path) -> N
 
     ca = pki.create_ca(tmp_path / "ca", "site-1")
     cert = pki.issue(ca, tmp_path / "https", "dashboard.local", server=True,
-                     hosts=["127.0.0.1", "localhost"])
+                     hosts=["127.0.0.1", "localhost"], days=15)
     with pytest.raises(ValueError, match="go together"):
         make_settings(tmp_path, tls_cert_file=cert.cert)
-    settings = make_settings(tmp_path, tls_cert_file=cert.cert, tls_key_file=cert.key)
+    (tmp_path / "metrics-token").write_text(TOKEN)
+    settings = make_settings(tmp_path, tls_cert_file=cert.cert, tls_key_file=cert.key,
+                             mqtt_ca=ca.cert, metrics_token_file=tmp_path / "metrics-token")
     with DashboardServer(settings, start_ingest=False) as server:
         assert server.url.startswith("https://127.0.0.1:")
         trust = ssl.create_default_context(cafile=str(ca.cert))
@@ -424,6 +427,9 @@ def test_served_over_tls_directly_and_plain_http_is_refused(tmp_path: Path) -> N
                           if h.startswith("__Host-miroir-csrf="))
             assert "secure" in cookie.lower()
             assert c.get("/healthz").json()["ok"] is True
+            # the certificate it serves, 15 days from its end, is in /metrics for an alert rule
+            text = c.get("/metrics", headers={"authorization": f"Bearer {TOKEN}"}).text
+            assert re.search(r'^miroir_cert_days_left\{cert="https"\} 1[45]\.\d+$', text, re.M), text
         with pytest.raises(httpx.ConnectError):  # an unknown CA is refused by the client
             httpx.get(server.url + "/healthz", timeout=5.0)
         plain = server.url.replace("https://", "http://")
@@ -445,3 +451,55 @@ def test_a_last_will_does_not_age_the_certificate_by_the_connection(tmp_path: Pa
     assert box["state"] == "offline" and box["offline"]
     assert box["cert_days_now"] == pytest.approx(20.0, abs=0.01)
     assert "cert_expired" not in [p["code"] for p in box["problems"]]
+
+
+def _reissue(site: Any, folder: str, cn: str, days: float, server: bool = False) -> None:
+    """A certificate and key for ``folder`` ending in ``days``, owned and moded as before."""
+    import os
+
+    from provisioning import pki
+
+    key = site.dir / folder / "key.pem"
+    was = key.stat()
+    pki.issue(site.ca, site.dir / folder, cn, server=server, hosts=["localhost", "127.0.0.1"],
+              days=days)
+    os.chown(key, was.st_uid, was.st_gid)  # the broker's group reads its key
+    key.chmod(was.st_mode & 0o777)
+
+
+@pytest.mark.e2e
+def test_the_site_certificates_ending_soon_show_on_the_it_page_and_in_prometheus(
+        site: Any, tmp_path: Path) -> None:
+    """The broker's certificate 20 days from its end (then every box is refused) and the
+    dashboard's 10 days from its end were nowhere on the IT page nor in /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from provisioning.broker import dashboard_identity
+
+    _reissue(site, "broker", "localhost", 20, server=True)
+    _reissue(site, "dashboard", dashboard_identity(site.site), 10)
+    token_file = tmp_path / "metrics-token"
+    token_file.write_text(TOKEN)
+    with site.broker() as broker:
+        settings = make_settings(
+            tmp_path, site=site.site, mqtt_host="localhost", mqtt_port=broker.port,
+            mqtt_ca=site.ca_cert, mqtt_cert=site.dashboard.cert, mqtt_key=site.dashboard.key,
+            metrics_token_file=token_file)
+        server = DashboardServer(settings)
+        server.start()
+        try:
+            assert server.ingest is not None and server.ingest.wait_connected(10.0)
+            with httpx.Client(base_url=server.url, timeout=10.0) as c:
+                text = c.get("/metrics", headers={"authorization": f"Bearer {TOKEN}"}).text
+                page = c.get("/it", headers={"cookie": f"__Host-miroir={http_login(c)}"}).text
+        finally:
+            server.stop()
+    days = {s.labels["cert"]: s.value for f in text_string_to_metric_families(text)
+            for s in f.samples if s.name == "miroir_cert_days_left"}
+    assert set(days) == {"ca", "broker", "dashboard"}, text
+    assert 19.9 < days["broker"] <= 20 and 9.9 < days["dashboard"] <= 10 and days["ca"] > 3000
+    rows = {cert: state for cert, state in
+            re.findall(r'class="site-cert" data-cert="(\w+)" data-state="(\w+)"', page)}
+    assert rows == {"dashboard": "expiring", "broker": "expiring", "ca": "ok"}, rows
+    assert page.index('data-cert="dashboard"') < page.index('data-cert="broker"')  # soonest first
+    assert "miroir provision expiry" in page

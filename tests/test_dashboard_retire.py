@@ -21,14 +21,12 @@ from dashboard import db as store
 from dashboard import fleet, schema
 from dashboard.app import DashboardServer
 from dashboard.settings import DashboardSettings
-from edge import settings as edge_settings
 from edge.publisher import Publisher
 from miroir import wire
 from provisioning.broker import Mosquitto, free_port, new_site_dir
-from provisioning.bundle import install_bundle
 from provisioning.inventory import parse_csv
 from provisioning.site import Site, init_site
-from tests._fixtures_broker import wait_until
+from tests._fixtures_broker import box_publisher, wait_until
 from tests._fixtures_dashboard import http_login, make_settings
 
 pytestmark = pytest.mark.e2e
@@ -67,19 +65,6 @@ def floor(tmp_path: Path) -> Iterator[tuple[Site, Mosquitto, DashboardSettings]]
             broker.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
-
-
-def _box(site: Site, box: str, where: Path) -> Publisher:
-    """The box's own publisher, from its first-boot bundle: retained status, Last Will."""
-    install_bundle(site.bundle_path(box), where)
-    creds = where / "credentials"
-    cfg = edge_settings.load(where / "box.toml", ca_file=str(creds / "ca.pem"),
-                             cert_file=str(creds / "box.pem"), key_file=str(creds / "box.key"),
-                             state_dir=str(where), keepalive_s=5)
-    pub = Publisher(cfg, version="0.1.0")
-    pub.start()
-    wait_until(pub.connected.is_set, f"{box} connected")
-    return pub
 
 
 def _publish(pub: Publisher, seq: int) -> None:
@@ -142,6 +127,7 @@ class View:
                 "boxes": [b["box"] for b in boxes_json["boxes"]],
                 "up": {box: v for (name, box), v in samples.items() if name == "miroir_box_up"},
                 "refused": samples.get(("miroir_ingest_retired_refused_total", None)),
+                "quarantined": samples.get(("miroir_ingest_quarantined_total", None)),
                 "alerts_active": samples[("miroir_alerts_active", None)]}
 
 
@@ -154,7 +140,8 @@ def test_a_revoked_box_retired_leaves_the_dashboard_and_keeps_its_history(
     restart its retained "online" status even brought it back online for 30 s. Now
     `miroir dashboard retire box-002` takes it off the floor, the IT page, /metrics and the
     alerts, frees its seat, refuses (and counts) what it still publishes, keeps its history and
-    is audited: the IT guide's command for it, run as written."""
+    is audited: the IT guide's command for it, run as written. The revocation also removes its
+    retained status from the broker, so a restarted dashboard is not told it is online."""
     monkeypatch.setattr(fleet, "SILENT_AFTER_S", SILENT_S)
     site, broker, settings = floor
     view = View()
@@ -163,7 +150,7 @@ def test_a_revoked_box_retired_leaves_the_dashboard_and_keeps_its_history(
     pubs: list[Publisher] = []
     try:
         assert server.ingest is not None and server.ingest.wait_connected(10.0)
-        pubs = [_box(site, r["box"], tmp_path / r["box"]) for r in FLOOR]
+        pubs = [box_publisher(site, r["box"], tmp_path / r["box"]) for r in FLOOR]
         for pub in pubs:
             _publish(pub, 1)
         wait_until(lambda: server.ingest is not None and server.ingest.stats()["inserted"] >= 2,
@@ -183,6 +170,7 @@ def test_a_revoked_box_retired_leaves_the_dashboard_and_keeps_its_history(
             time.sleep(0.5)
         seen = view.read(server)
         assert seen["up"]["box-002"] == 0.0 and seen["alerts_active"] == 1
+        assert seen["quarantined"] == 0  # its retained status cleared: not a bad message
 
         done = _guide_retire("box-002", site, settings, tmp_path)
         assert done.returncode == 0, done.stderr
@@ -199,22 +187,25 @@ def test_a_revoked_box_retired_leaves_the_dashboard_and_keeps_its_history(
     finally:
         server.stop()
 
-    # the dashboard restarts: box-002's retained "online" status is delivered again, refused
+    # the dashboard restarts: the broker holds no status of box-002 any more (revoke cleared its
+    # retained "online"); what a retired box still sends is refused and counted
     server = DashboardServer(settings)
     server.start()
     try:
         ingest = server.ingest
         assert ingest is not None and ingest.wait_connected(10.0)
-        wait_until(lambda: ingest.stats()["retired_refused"] >= 1,
-                   "box-002's retained status refused")
+        wait_until(lambda: ingest.stats()["received"] >= 1, "box-001's retained status")
         until = time.monotonic() + SILENT_S + 2 * fleet.ALERT_CHECK_S  # box-002 would be offline
         while time.monotonic() < until:
             pubs[0].publish_status("online").wait_for_publish(5.0)
             time.sleep(0.5)
+        assert ingest.stats()["retired_refused"] == 0 and ingest.stats()["quarantined"] == 0
+        status = wire.status_message(SITE, "box-002", "online", time.time())
+        assert ingest.handle(wire.topic(SITE, "box-002", "status"),
+                             wire.encode("status", status)) == "retired"
         seen = view.read(server)
         assert seen["fleet"] == ["box-001"] and "box-002" not in seen["alerts"]
-        assert list(seen["up"]) == ["box-001"] and seen["refused"] is not None \
-            and seen["refused"] >= 1
+        assert list(seen["up"]) == ["box-001"] and seen["refused"] == 1
         assert [a["box"] for a in seen["history"]].count("box-002") == 1  # no new episode
     finally:
         server.stop()

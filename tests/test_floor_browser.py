@@ -234,12 +234,17 @@ def test_supervisor_flags_a_moment_and_the_agent_sees_it_and_the_audit(
 
 def test_supervisor_creates_a_campaign_and_it_sees_the_fleet(chromium: Any,
                                                               tmp_path: Path) -> None:
-    """Campaign creation through the real forms, then the IT page, in chromium."""
+    """Campaign creation through the real forms, then the IT page, in chromium (with the site's
+    certificates: the dashboard's 20 days from its end)."""
     from dashboard import db as store
     from dashboard import schema
+    from provisioning import pki
     from tests._fixtures_dashboard import make_settings
 
-    settings = make_settings(tmp_path)
+    ca = pki.create_ca(tmp_path / "ca", "site-1")
+    identity = pki.issue(ca, tmp_path / "dashboard", "dash_site-1", days=20)
+    settings = make_settings(tmp_path, mqtt_ca=ca.cert, mqtt_cert=identity.cert,
+                             mqtt_key=identity.key)
     org = seed_org(settings, seconds=30)
     db = store.open_db(settings.db_path)
     now = time.time()
@@ -303,6 +308,12 @@ def test_supervisor_creates_a_campaign_and_it_sees_the_fleet(chromium: Any,
                                 ).inner_text() == "Certificat bientôt expiré (j) 12"
             assert "version" in (page.locator("#fleet tr[data-box='box-b1']")
                                  .get_attribute("data-problems") or "")
+            certs = page.locator("#site-certs tr.site-cert")
+            assert [certs.nth(i).get_attribute("data-cert") for i in range(certs.count())] == [
+                "dashboard", "ca"]
+            assert certs.first.locator(".badge").inner_text() == (
+                "20 · à renouveler : miroir provision expiry")
+            assert certs.nth(1).inner_text().startswith("Autorité du site (CA)")
             _shot(page, "it-fleet.png")
         finally:
             ctx.close()

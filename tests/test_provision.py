@@ -208,6 +208,8 @@ def test_renew_gives_the_broker_and_the_dashboard_new_certificates_live(tmp_path
         conf = site.config.read_text()  # a site made before client ids were bound to certificates
         site.config.write_text(conf.replace("use_username_as_clientid true\n", ""))
         key_mode = mode(site.server.key), site.server.key.stat().st_gid
+        (site.dir / INVENTORY_FILE).chmod(0o644)  # and its private files as earlier versions left them
+        (site.dir / "boxes").chmod(0o755)
 
         def served_serial() -> int:
             ctx = ssl.create_default_context(cafile=str(site.ca.cert))
@@ -233,6 +235,7 @@ def test_renew_gives_the_broker_and_the_dashboard_new_certificates_live(tmp_path
             assert not dash.connect().is_failure
             assert not box.disconnected
             assert site.config.read_text() == conf  # the configuration brought up to date
+            assert (mode(site.dir / INVENTORY_FILE), mode(site.dir / "boxes")) == (0o600, 0o700)
             dash.close()
             box.close()
         finally:

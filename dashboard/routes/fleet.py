@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from .. import fleet, prom
+from .. import certs, fleet, prom
 from .deps import CurrentUser, Db, render, require_role
 
 router = APIRouter(tags=["fleet"])
@@ -43,9 +43,14 @@ def api_alerts(db: Db, user: CurrentUser,
 
 @router.get("/it", include_in_schema=False)
 def it_page(request: Request, db: Db, user: CurrentUser) -> Response:
-    """The IT page: boxes by problem (offline since, certificate, outbox, audio, clock...)."""
+    """The IT page: the site's certificates, boxes by problem (offline since, certificate,
+    outbox, audio, clock...)."""
     require_role(user, *IT_ROLES)
+    ingest = request.app.state.ingest
+    site_certs = certs.site_certs(request.app.state.settings,
+                                  getattr(ingest, "broker_cert_not_after_ts", None))
     return render(request, "it.html", {**fleet_payload(db), "refresh_s": PAGE_REFRESH_S,
+                                       "site_certs": site_certs,
                                        "thresholds": {"cert_days": fleet.CERT_WARN_DAYS,
                                                       "outbox": fleet.OUTBOX_HIGH,
                                                       "cpu_c": fleet.CPU_HOT_C,

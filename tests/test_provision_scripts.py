@@ -1,0 +1,220 @@
+"""`miroir provision` as site IT's scripts run it: the real CLI in a subprocess, on real files."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from miroir import wire
+from provisioning import pki
+from provisioning.broker import Mosquitto, dashboard_identity, free_port, new_site_dir
+from provisioning.inventory import Enrolment
+from provisioning.site import Site, init_site
+from tests._fixtures_broker import Peer, box_publisher
+
+SITE = "paris-1"
+
+
+def cli(*args: str, umask: int = 0o022) -> subprocess.CompletedProcess[str]:
+    """Run ``miroir provision ARGS`` in a subprocess with ``umask``, as a script would."""
+    return subprocess.run([sys.executable, "-m", "miroir", "provision", *args],
+                          capture_output=True, text=True, timeout=120, check=False,
+                          preexec_fn=lambda: os.umask(umask) and None)
+
+
+@pytest.fixture
+def site_dir() -> Iterator[Path]:
+    """A site made by the real ``site-init``."""
+    root = new_site_dir("miroir-scripts-")
+    d = root / "site"
+    done = cli("site-init", "--site-dir", str(d), "--site", SITE, "--broker-host", "broker.lan",
+               "--port", "18883")
+    assert done.returncode == 0, done.stderr
+    try:
+        yield d
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_csv_run_again_enrols_only_its_new_rows(site_dir: Path, tmp_path: Path) -> None:
+    """IT reruns the same file after adding rows (or after a partial failure): the rows already
+    enrolled as they stand are reported and skipped, the new ones enrolled, exit 0."""
+    floor = tmp_path / "floor.csv"
+    floor.write_text("box,seat,agent,team\nbox-001,A-01,Priya,north\nbox-002,A-02,Rahul,north\n")
+    first = cli("enroll-csv", "--site-dir", str(site_dir), str(floor))
+    assert first.returncode == 0, first.stderr
+    bundle_1 = Site(site_dir).bundle_path("box-001").read_bytes()
+    with floor.open("a") as fh:
+        fh.write("box-003,A-03,Sara,south\n")
+    again = cli("enroll-csv", "--site-dir", str(site_dir), str(floor))
+    assert again.returncode == 0, again.stdout + again.stderr
+    out = again.stdout
+    assert "bundles/box-003.json" in out and "bundles/box-001.json" not in out.split("already")[0]
+    for line, box in ((2, "box-001"), (3, "box-002")):
+        assert any(f"floor.csv:{line}" in row and box in row and "already enrolled" in row
+                   for row in out.splitlines()), out
+    assert "1 box(es) enrolled, 2 already enrolled" in out
+    inv = Site(site_dir).inventory()
+    assert sorted(inv.boxes) == ["box-001", "box-002", "box-003"]
+    assert Site(site_dir).bundle_path("box-001").read_bytes() == bundle_1, "its key must not change"
+    # the same single box again is also fine
+    one = cli("enroll", "--site-dir", str(site_dir), "box-003", "--seat", "A-03")
+    assert one.returncode == 0 and "box-003" in one.stdout and "already enrolled" in one.stdout
+
+
+def test_a_csv_run_again_with_a_box_at_another_seat_is_refused(site_dir: Path,
+                                                               tmp_path: Path) -> None:
+    """Same box id, another seat: a real conflict, named by its line; nothing is written."""
+    floor = tmp_path / "floor.csv"
+    floor.write_text("box,seat\nbox-001,A-01\n")
+    assert cli("enroll-csv", "--site-dir", str(site_dir), str(floor)).returncode == 0
+    before = (site_dir / "inventory.json").read_bytes()
+    floor.write_text("box,seat\nbox-004,A-04\nbox-001,A-09\n")
+    done = cli("enroll-csv", "--site-dir", str(site_dir), str(floor))
+    assert done.returncode == 2
+    assert any("floor.csv:3" in row and "box-001" in row and "'A-01'" in row and "'A-09'" in row
+               for row in done.stdout.splitlines()), done.stdout
+    assert (site_dir / "inventory.json").read_bytes() == before
+    assert not Site(site_dir).bundle_path("box-004").exists()
+
+
+PUBLIC = {".", "ca", "ca/cert.pem", "broker", "broker/cert.pem", "acl", "crl.pem",
+          "mosquitto.conf", "site.json", "dashboard.env"}
+"""What others may read in a site folder: the broker's certificates and configuration (the broker
+drops to its own user), nothing private."""
+
+
+def _world_access(site_dir: Path) -> dict[str, str]:
+    """Each file and folder under ``site_dir`` that others can reach and read or write (through
+    folders they may traverse), with its mode in octal."""
+    found = {}
+    todo = [site_dir]
+    while todo:
+        path = todo.pop()
+        mode = path.lstat().st_mode & 0o777
+        if mode & 0o006:
+            found[str(path.relative_to(site_dir))] = f"{mode:o}"
+        if path.is_dir() and not path.is_symlink() and mode & 0o001:
+            todo += path.iterdir()
+    return found
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+def test_keys_serials_and_the_inventory_are_private_whatever_the_umask(
+        tmp_path: Path, umask: int) -> None:
+    """The inventory (agents' names, certificate serials) and every key's folder are for root
+    only, after enrolment, rotation and a restore, even from a script with a loose umask."""
+    root = new_site_dir("miroir-modes-")
+    site_dir, restored = root / "site", root / "restored"
+    d = str(site_dir)
+    floor = tmp_path / "floor.csv"
+    floor.write_text("box,seat,agent\nbox-001,A-01,Priya\nbox-002,A-02,Rahul\n")
+    passphrase = tmp_path / "pass"
+    passphrase.write_text("correct horse\n")
+    backup = str(tmp_path / "site.bak")
+    try:
+        for args in (("site-init", "--site-dir", d, "--site", SITE, "--broker-host", "broker.lan"),
+                     ("enroll-csv", "--site-dir", d, str(floor)),
+                     ("rotate", "--site-dir", d, "box-001"),
+                     ("backup", "--site-dir", d, "--passphrase-file", str(passphrase), backup),
+                     ("restore", "--site-dir", str(restored), "--passphrase-file",
+                      str(passphrase), backup)):
+            done = cli(*args, umask=umask)
+            assert done.returncode == 0, (args, done.stderr)
+        for where in (site_dir, restored):
+            exposed = {path: mode for path, mode in _world_access(where).items()
+                       if path not in PUBLIC or int(mode, 8) & 0o002}
+            assert not exposed, (where, exposed)
+            assert (where / "inventory.json").stat().st_mode & 0o777 == 0o600
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_certificates_ending_soon_are_listed_with_what_renews_them(site_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    """A box's certificate 10 days from its end, one ended yesterday, the broker's 20 days and the
+    dashboard's HTTPS one 25 days from their end are listed (soonest first, with the command for
+    each); exit 1 for a cron job."""
+    floor = tmp_path / "floor.csv"
+    floor.write_text("box,seat\nbox-001,A-01\nbox-002,A-02\nbox-003,A-03\n")
+    assert cli("enroll-csv", "--site-dir", str(site_dir), str(floor)).returncode == 0
+    site = Site(site_dir)
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
+    pki.issue(site.ca, site.box_pair("box-002").cert.parent, "box-002", days=10)
+    pki.issue(site.ca, site.box_pair("box-003").cert.parent, "box-003", days=29,
+              not_before=past)
+    pki.issue(site.ca, site.server.cert.parent, "broker.lan", server=True, hosts=["broker.lan"],
+              days=20)
+    pki.issue(site.ca, site_dir / "https", "dashboard", server=True, hosts=["192.0.2.5"],
+              days=25)  # as docs/dashboard-tls.md makes it
+    done = cli("expiry", "--site-dir", str(site_dir), "--days", "30")
+    assert done.returncode == 1, done.stdout + done.stderr
+    rows = done.stdout.splitlines()
+    assert rows[0].startswith("4 of 8 certificate(s) of site paris-1 end within 30 days")
+    assert rows[1].split()[:4] == ["EXPIRED", "-1.0", "days", "box"] and "box-003" in rows[1]
+    assert "rotate box-003" in rows[1]
+    assert rows[2].split()[:5] == ["expires", "10.0", "days", "box", "box-002"]
+    assert rows[3].split()[:4] == ["expires", "20.0", "days", "broker"]
+    assert "miroir provision renew" in rows[3]
+    assert rows[4].split()[:4] == ["expires", "25.0", "days", "https"] and "dashboard-tls" in rows[4]
+    assert len(rows) == 5
+    everything = cli("expiry", "--site-dir", str(site_dir), "--days", "5", "--all")
+    assert everything.returncode == 1 and len(everything.stdout.splitlines()) == 9
+    assert cli("expiry", "--site-dir", str(site_dir), "--days", "-2").returncode == 0
+
+
+def test_a_revoked_box_leaves_no_retained_status_on_the_broker(tmp_path: Path) -> None:
+    """A revoked box's retained status stayed on the broker for good ("online": its Last Will is
+    denied once it is revoked), so every subscriber, the dashboard after each restart, was told
+    it was online. `revoke` clears it, as the box itself (the dashboard gets no new right)."""
+    root = new_site_dir("miroir-revoke-")
+    try:
+        site = init_site(root / "site", SITE, broker_host="localhost", port=free_port(),
+                         bind="127.0.0.1")
+        site.enroll([Enrolment(box="box-001", seat="A-01"), Enrolment(box="box-002", seat="A-02")])
+        broker = Mosquitto(site.config, site.port, site.log).start()
+        pubs = []
+        try:
+            for box in ("box-001", "box-002"):
+                pubs.append(box_publisher(site, box, tmp_path / box))
+                pubs[-1].publish_status("online").wait_for_publish(5.0)
+            done = cli("revoke", "box-001", "--site-dir", str(site.dir),
+                       "--broker-pid", str(broker.pid))
+            assert done.returncode == 0 and "revoked" in done.stdout, done.stderr
+            dash = Peer(site.dashboard, site.ca.cert, dashboard_identity(SITE), site.port)
+            assert not dash.connect().is_failure
+            status = wire.topic(SITE, "box-002", "status").replace("box-002", "+")
+            assert dash.subscribe(status) == 1
+            dash.expect(wire.topic(SITE, "box-002", "status"))  # the retained burst has come
+            time.sleep(0.5)
+            retained = {t: p for t, p in dash.messages}
+            dash.close()
+            assert list(retained) == [wire.topic(SITE, "box-002", "status")], retained
+            # and the box is refused as before: its connection cut, its reconnections refused
+            assert not pubs[0].connected.is_set()
+        finally:
+            for pub in pubs:
+                pub.stop()
+            broker.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_revocation_whose_broker_reload_fails_still_denies_the_box(site_dir: Path) -> None:
+    """The broker cannot be reloaded (wrong pid): revoke fails, saying so, but the box is in the
+    CRL and denied every topic in the ACL, which the broker's next start or reload reads."""
+    assert cli("enroll", "--site-dir", str(site_dir), "box-001", "--seat", "A-01").returncode == 0
+    dead = subprocess.Popen(["true"])  # a pid that no longer runs
+    dead.wait()
+    done = cli("revoke", "box-001", "--site-dir", str(site_dir), "--broker-pid", str(dead.pid))
+    assert done.returncode == 2 and f"no broker process with pid {dead.pid}" in done.stderr
+    assert "user box-001\ntopic deny #" in Site(site_dir).acl.read_text()
+    assert Site(site_dir).inventory().get("box-001").state == "revoked"
