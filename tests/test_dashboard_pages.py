@@ -399,37 +399,47 @@ def test_the_agents_live_strip_says_offline_when_the_box_falls_silent(
 
 
 # ------------------------------------------------------------------ screens
-PAGE_WIDTH = "() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+PAGE_WIDTH = "() => [document.documentElement.scrollWidth, window.innerWidth]"
+READY = {"/": "body[data-stream-ready='1'] .seat", "/agents/agent-a1": "body[data-charts-ready='1']",
+         "/me": "body[data-charts-ready='1']"}
+"""What each page draws once its scripts have run (the floor's seats, the agent's charts)."""
 
 
 @pytest.mark.parametrize("width,height", [(1280, 720), (390, 844)])
 def test_the_pages_fit_the_screen_without_scrolling_sideways(
         chromium: Any, org_server: Any, width: int, height: int) -> None:
-    """A laptop (1280x720) and a phone (390 px): the agent page, the team board, the audit log,
-    the IT page and the agent's own page are no wider than the screen (a wide table scrolls
-    inside its panel)."""
+    """A laptop (1280x720) and a phone (390 px, where supervisors check the floor): the login
+    form, the floor on its site's seat map, the agent page, the team board, the campaigns, the
+    audit log, the IT page, an error page and the agent's own page are no wider than the screen
+    (a wide table scrolls inside its panel). The floor was 434 px wide on the phone: its seat
+    map's two columns of at least 200 px."""
     from tests._fixtures_dashboard import USER_PASSWORD
 
     server, _ = org_server
     size = {"width": width, "height": height}
     admin = chromium.new_context(viewport=size, locale="fr-FR")
     agent = chromium.new_context(viewport=size, locale="fr-FR")
+    widths = {}
     try:
         page = admin.new_page()
+        page.goto(server.url + "/login")
+        widths["/login"] = page.evaluate(PAGE_WIDTH)
         browser_login(page, server.url)
-        widths = {}
-        for path in ("/agents/agent-a1", "/teams/team-a", "/audit", "/it"):
+        for path in ("/", "/agents/agent-a1", "/teams/team-a", "/campaigns", "/campaigns/camp-a",
+                     "/audit", "/it", "/agents/nobody"):
             page.goto(server.url + path)
-            page.wait_for_load_state("networkidle")
+            page.wait_for_selector(READY.get(path, "body"))
             widths[path] = page.evaluate(PAGE_WIDTH)
+        assert page.locator("#error-message").count() == 1
         page = agent.new_page()
         browser_login(page, server.url, "amina", USER_PASSWORD, landing="/me")
-        page.wait_for_selector("body[data-charts-ready='1']")
+        page.wait_for_selector(READY["/me"])
         widths["/me"] = page.evaluate(PAGE_WIDTH)
     finally:
         admin.close()
         agent.close()
-    assert {p: w for p, (w, client) in widths.items() if w > client} == {}
+    assert len(widths) == 10
+    assert {p: w for p, (w, inner) in widths.items() if w > inner} == {}
 
 
 # ------------------------------------------------------------------ the calls table
@@ -528,3 +538,4 @@ def test_an_agent_whose_id_holds_a_hash_can_be_opened_coached_and_exported(
                                              or ""))
     assert export.status == 200
     assert "filename*=UTF-8''agent%20%237.csv" in export.headers["content-disposition"]
+
