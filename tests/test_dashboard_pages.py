@@ -539,3 +539,54 @@ def test_an_agent_whose_id_holds_a_hash_can_be_opened_coached_and_exported(
     assert export.status == 200
     assert "filename*=UTF-8''agent%20%237.csv" in export.headers["content-disposition"]
 
+
+# ------------------------------------------------------------------ error pages
+def _raised_details() -> list[str]:
+    """The ``detail`` of every HTTPException the dashboard raises, each ``{...}`` of an f-string
+    given as ``x``, and each noun ``access.not_found`` is called with, as its detail."""
+    import ast
+
+    details, nouns = [], []
+    for path in Path("dashboard").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "id", getattr(node.func, "attr", ""))
+            if name == "not_found" and node.args and isinstance(node.args[0], ast.Constant):
+                nouns.append(f"{node.args[0].value} not found")
+            for kw in node.keywords if name == "HTTPException" else []:
+                if kw.arg == "detail" and isinstance(kw.value, ast.Constant):
+                    details.append(str(kw.value.value))
+                elif kw.arg == "detail" and isinstance(kw.value, ast.JoinedStr):
+                    details.append("".join(str(v.value) if isinstance(v, ast.Constant) else "x"
+                                           for v in kw.value.values))
+    return details + nouns
+
+
+def test_every_error_detail_the_dashboard_gives_has_its_french() -> None:
+    """A French page showed the API's English detail ("agent not found") under its French
+    sentence: each detail the dashboard raises reads in French, and stays as it is in English."""
+    from dashboard import i18n
+
+    details = _raised_details()
+    assert len(details) >= 25
+    assert {d: i18n.detail("fr", d) for d in details if i18n.detail("fr", d) == d} == {}
+    assert all(i18n.detail("en", d) == d for d in details)
+    assert i18n.detail("fr", "team not found") == "équipe introuvable"
+
+
+def test_an_error_page_gives_its_detail_in_the_page_s_language(
+        browser_page: Any, org_server: Any) -> None:
+    """An agent out of reach on a French page reads "404 · agent introuvable", where it read the
+    API's "agent not found"; the same page in English keeps the API's words; the status stays."""
+    server, _ = org_server
+    page = browser_page
+    browser_login(page, server.url)
+    page.goto(server.url + "/agents/nobody")
+    assert page.locator("html").get_attribute("lang") == "fr"
+    assert page.locator("#error-detail").inner_text() == "agent introuvable"
+    assert "· 404 ·" in page.locator(".error-page").inner_text()
+    page.click("#lang-switch")
+    page.wait_for_url("**/agents/nobody")
+    assert page.locator("html").get_attribute("lang") == "en"
+    assert page.locator("#error-detail").inner_text() == "agent not found"
