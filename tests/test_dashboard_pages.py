@@ -400,6 +400,13 @@ def test_the_agents_live_strip_says_offline_when_the_box_falls_silent(
 
 # ------------------------------------------------------------------ screens
 PAGE_WIDTH = "() => [document.documentElement.scrollWidth, window.innerWidth]"
+CUT_FORMS = """() => [...document.querySelectorAll('.panel form')].filter((f) => {
+    const panel = f.closest('.panel').getBoundingClientRect();
+    return [...f.elements].some((e) => e.type !== 'hidden'
+                                && e.getBoundingClientRect().right > panel.right + 0.5);
+  }).map((f) => f.getAttribute('action'))"""
+"""The forms of a page's panels with a field or button past the panel's edge (out of sight,
+behind the panel's own scroll bar)."""
 READY = {"/": "body[data-stream-ready='1'] .seat", "/agents/agent-a1": "body[data-charts-ready='1']",
          "/me": "body[data-charts-ready='1']"}
 """What each page draws once its scripts have run (the floor's seats, the agent's charts)."""
@@ -419,7 +426,7 @@ def test_the_pages_fit_the_screen_without_scrolling_sideways(
     size = {"width": width, "height": height}
     admin = chromium.new_context(viewport=size, locale="fr-FR")
     agent = chromium.new_context(viewport=size, locale="fr-FR")
-    widths = {}
+    widths, cut = {}, {}
     try:
         page = admin.new_page()
         page.goto(server.url + "/login")
@@ -430,16 +437,19 @@ def test_the_pages_fit_the_screen_without_scrolling_sideways(
             page.goto(server.url + path)
             page.wait_for_selector(READY.get(path, "body"))
             widths[path] = page.evaluate(PAGE_WIDTH)
+            cut[path] = page.evaluate(CUT_FORMS)
         assert page.locator("#error-message").count() == 1
         page = agent.new_page()
         browser_login(page, server.url, "amina", USER_PASSWORD, landing="/me")
         page.wait_for_selector(READY["/me"])
         widths["/me"] = page.evaluate(PAGE_WIDTH)
+        cut["/me"] = page.evaluate(CUT_FORMS)
     finally:
         admin.close()
         agent.close()
     assert len(widths) == 10
     assert {p: w for p, (w, inner) in widths.items() if w > inner} == {}
+    assert {p: forms for p, forms in cut.items() if forms} == {}
 
 
 # ------------------------------------------------------------------ the calls table
