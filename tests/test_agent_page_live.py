@@ -43,8 +43,9 @@ def test_the_agent_page_follows_the_call_live_with_one_audit_entry(
         browser_page: Any, dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
     """Supervisor A opens Amina's page; her box publishes five seconds of a call through the
     real broker: the charts grow by five rows and gain the speech-rate chart without a reload,
-    and the audit log Amina reads gains nothing for them (the page drew 240 rows and kept them,
-    however long the call went on)."""
+    the seat's state above them follows the box (then private), and the audit log Amina reads
+    gains nothing for them (the page drew 240 rows and kept them, however long the call went
+    on)."""
     org = seed_org(dashboard_server.settings)
     site.add_box("box-a1")
     page = browser_page
@@ -66,6 +67,11 @@ def test_the_agent_page_follows_the_call_live_with_one_audit_entry(
     rate.wait_for(timeout=LIVE_WAIT_MS)
     assert rate.locator("text").all_text_contents()[2:4] == ["8", "4"]  # its axis: 4 to 8
     assert page.locator("#charts .state-overlap").count() >= 5
+    # the seat's state above the charts: the box's last talk state, then its private switch
+    assert page.locator("#live-state").inner_text() == "Chevauchement"
+    box.publish(wire.topic(site.site, "box-a1", "status"), wire.encode("status", wire.status_message(
+        site.site, "box-a1", "online", time.time(), private=True)))
+    page.locator("#live-state", has_text="Appel privé").wait_for(timeout=LIVE_WAIT_MS)
     assert _audit_of(dashboard_server, "agent-a1") == opened
 
 

@@ -1,6 +1,6 @@
 // Miroir agent view: the shift as charts with cue and flag markers that follow the call live
 // (the agent's stream, /api/stream?agent=..., audited once when it opens), moment replay, and
-// (in the agent's own view) a live cue strip fed by the same stream.
+// a live strip (the seat's state, its latest cues) fed by the same stream.
 "use strict";
 
 (function () {
@@ -8,7 +8,6 @@
   const t = (k) => (k in T ? T[k] : k);
   const body = document.body;
   const agent = body.dataset.agent;
-  const selfView = body.dataset.self === "1";
   const charts = document.getElementById("charts");
   const flagTs = document.getElementById("flag-ts");
   const flagTime = document.getElementById("flag-time");
@@ -186,7 +185,7 @@
   }
 
   function live() {
-    const state = document.getElementById("live-state");  // the agent's own view only
+    const state = document.getElementById("live-state");
     const cues = document.getElementById("live-cue-list");
     const es = new EventSource("/api/stream?agent=" + encodeURIComponent(agent));
     es.addEventListener("snapshot", (e) => {
@@ -236,10 +235,8 @@
 
   load();
   live();
-  if (selfView) {
-    setInterval(() => {  // a box gone silent turns offline without a message to say so
-      const el = document.getElementById("live-state");
-      if (el) showSeat(el);
-    }, 1000);
-  }
+  setInterval(() => {  // a box gone silent turns offline without a message to say so
+    const el = document.getElementById("live-state");
+    if (el) showSeat(el);
+  }, 1000);
 })();
