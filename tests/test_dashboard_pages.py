@@ -407,6 +407,9 @@ CUT_FORMS = """() => [...document.querySelectorAll('.panel form')].filter((f) =>
   }).map((f) => f.getAttribute('action'))"""
 """The forms of a page's panels with a field or button past the panel's edge (out of sight,
 behind the panel's own scroll bar)."""
+CHART_LABEL_PX = """() => Math.min(...[...document.querySelectorAll('#charts svg text')]
+    .map((t) => t.getBoundingClientRect().height))"""
+"""The height on screen of a chart's smallest label (its times, its scale)."""
 READY = {"/": "body[data-stream-ready='1'] .seat", "/agents/agent-a1": "body[data-charts-ready='1']",
          "/me": "body[data-charts-ready='1']"}
 """What each page draws once its scripts have run (the floor's seats, the agent's charts)."""
@@ -418,8 +421,9 @@ def test_the_pages_fit_the_screen_without_scrolling_sideways(
     """A laptop (1280x720) and a phone (390 px, where supervisors check the floor): the login
     form, the floor on its site's seat map, the agent page, the team board, the campaigns, the
     audit log, the IT page, an error page and the agent's own page are no wider than the screen
-    (a wide table scrolls inside its panel). The floor was 434 px wide on the phone: its seat
-    map's two columns of at least 200 px."""
+    (a wide table scrolls inside its panel), no form of theirs has a field past its panel's edge,
+    and the agent page's charts write their times and scales as on a laptop. The floor was
+    434 px wide on the phone: its seat map's two columns of at least 200 px."""
     from tests._fixtures_dashboard import USER_PASSWORD
 
     server, _ = org_server
@@ -438,6 +442,8 @@ def test_the_pages_fit_the_screen_without_scrolling_sideways(
             page.wait_for_selector(READY.get(path, "body"))
             widths[path] = page.evaluate(PAGE_WIDTH)
             cut[path] = page.evaluate(CUT_FORMS)
+            if path == "/agents/agent-a1":
+                label_px = page.evaluate(CHART_LABEL_PX)
         assert page.locator("#error-message").count() == 1
         page = agent.new_page()
         browser_login(page, server.url, "amina", USER_PASSWORD, landing="/me")
@@ -450,6 +456,7 @@ def test_the_pages_fit_the_screen_without_scrolling_sideways(
     assert len(widths) == 10
     assert {p: w for p, (w, inner) in widths.items() if w > inner} == {}
     assert {p: forms for p, forms in cut.items() if forms} == {}
+    assert label_px >= 9.0  # 5 px on the phone when its charts were 760 wide shrunk to 310
 
 
 # ------------------------------------------------------------------ the calls table
