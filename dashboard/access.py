@@ -128,6 +128,19 @@ def visible_boxes(db: sqlite_utils.Database, user: User) -> set[str] | None:
         f"SELECT box FROM seats WHERE agent IN ({marks})", agents).fetchall()}
 
 
+def agent_boxes(db: sqlite_utils.Database, agent: str) -> set[str]:
+    """The box ``agent`` sits at now (none if unseated)."""
+    return {r[0] for r in db.conn.execute("SELECT box FROM seats WHERE agent = ?",
+                                          (agent,)).fetchall()}
+
+
+def seated_at(db: sqlite_utils.Database, agent: str, box: str, ts: float) -> bool:
+    """True if ``agent`` sat at ``box`` at ``ts`` (the seat history's rule for their rows)."""
+    return db.conn.execute(
+        "SELECT 1 FROM seat_history WHERE box = ? AND agent = ? AND from_ts <= ? "
+        "AND (to_ts IS NULL OR ? < to_ts)", (box, agent, ts, ts)).fetchone() is not None
+
+
 def _seated_sql(agents: list[str]) -> str:
     """Condition on a metrics row ``m``: recorded while one of ``agents`` sat at its box."""
     return ("EXISTS (SELECT 1 FROM seat_history h WHERE h.box = m.box AND m.ts >= h.from_ts "

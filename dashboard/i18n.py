@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 
 from . import registry
@@ -123,6 +124,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "agent.live": ("Mes signaux en direct", "My live cues"),
     "agent.export": ("Exporter (CSV)", "Export (CSV)"),
     "agent.export_all": ("Toutes mes données (JSON)", "All my data (JSON)"),
+    "agent.back_live": ("Retour au direct", "Back to live"),
     "agent.replay": ("Rejouer", "Replay"),
     "agent.outcome": ("Issue", "Outcome"),
     "agent.tag": ("Enregistrer", "Save"),
@@ -150,6 +152,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "audit.withheld": ("non montrée : trop peu d'agents", "withheld: too few agents"),
     "action.view_agent": ("a ouvert la vue agent", "opened the agent view"),
     "action.read_metrics": ("a consulté les mesures", "read the metrics"),
+    "action.live_view": ("a suivi les mesures en direct", "followed the metrics live"),
     "action.moment_replay": ("a rejoué un moment", "replayed a moment"),
     "action.read_flags": ("a consulté les moments signalés", "read the flagged moments"),
     "action.read_goals": ("a consulté les objectifs", "read the goals"),
@@ -294,6 +297,50 @@ def translate(lang: str, key: str) -> str:
     if pair is None:
         return key
     return pair[1] if lang == "en" else pair[0]
+
+
+NOUNS_FR = {"agent": "agent", "box": "boîtier", "call": "appel", "campaign": "campagne",
+            "flag": "moment signalé", "goal": "objectif", "object": "élément", "team": "équipe",
+            "variant": "variante"}
+"""What ``access.not_found(what)`` names, in French."""
+
+DETAILS_FR: list[tuple[re.Pattern[str], str]] = [(re.compile(pattern), fr) for pattern, fr in (
+    (r"not found", "introuvable"),
+    (r"(?P<what>\w+) not found", "{what} introuvable"),
+    (r"not authenticated", "session terminée : reconnectez-vous"),
+    (r"campaign is closed", "la campagne est clôturée"),
+    (r"campaign id already used", "cet identifiant de campagne est déjà pris"),
+    (r"a supervisor's campaign needs a team", "la campagne d'un superviseur doit avoir une équipe"),
+    (r"variant names must be distinct", "les variantes doivent avoir des noms différents"),
+    (r"a variant has that name already", "une variante porte déjà ce nom"),
+    (r"at most (?P<n>.+) variants", "{n} variantes au plus"),
+    (r"variant must be an id", "la variante doit être un identifiant"),
+    (r"variant is not one of (this|the) campaign's", "cette variante n'est pas de la campagne"),
+    (r"unknown metric (?P<name>.+)", "mesure inconnue : {name}"),
+    (r"unknown box (?P<box>.+)", "boîtier inconnu : {box}"),
+    (r"outcome must be one of (?P<names>.+)", "l'issue doit être l'une de {names}"),
+    (r"no such box or seated agent", "aucun boîtier ni agent à ce poste"),
+    (r"unauthorized", "non autorisé"),
+    (r"the broker is not reachable: send it again",
+     "le broker MQTT est injoignable : renvoyez la demande"),
+    (r"at most (?P<n>.+) live streams per user", "{n} flux en direct au plus par utilisateur"),
+    (r"too many live streams open", "trop de flux en direct ouverts"),
+)]
+"""The French of each error detail the API gives (in English, for its clients), by pattern."""
+
+
+def detail(lang: str, text: str) -> str:
+    """An API error's ``detail`` (English) as a user of ``lang`` reads it; as is if unknown."""
+    if lang == "en":
+        return text
+    for pattern, fr in DETAILS_FR:
+        m = pattern.fullmatch(text)
+        if m:
+            values = m.groupdict()
+            if "what" in values:
+                values["what"] = NOUNS_FR.get(values["what"], values["what"])
+            return fr.format(**values)
+    return text
 
 
 def translator(lang: str) -> Callable[[str], str]:

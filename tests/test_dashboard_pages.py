@@ -399,37 +399,64 @@ def test_the_agents_live_strip_says_offline_when_the_box_falls_silent(
 
 
 # ------------------------------------------------------------------ screens
-PAGE_WIDTH = "() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+PAGE_WIDTH = "() => [document.documentElement.scrollWidth, window.innerWidth]"
+CUT_FORMS = """() => [...document.querySelectorAll('.panel form')].filter((f) => {
+    const panel = f.closest('.panel').getBoundingClientRect();
+    return [...f.elements].some((e) => e.type !== 'hidden'
+                                && e.getBoundingClientRect().right > panel.right + 0.5);
+  }).map((f) => f.getAttribute('action'))"""
+"""The forms of a page's panels with a field or button past the panel's edge (out of sight,
+behind the panel's own scroll bar)."""
+CHART_LABEL_PX = """() => Math.min(...[...document.querySelectorAll('#charts svg text')]
+    .map((t) => t.getBoundingClientRect().height))"""
+"""The height on screen of a chart's smallest label (its times, its scale)."""
+READY = {"/": "body[data-stream-ready='1'] .seat", "/agents/agent-a1": "body[data-charts-ready='1']",
+         "/me": "body[data-charts-ready='1']"}
+"""What each page draws once its scripts have run (the floor's seats, the agent's charts)."""
 
 
 @pytest.mark.parametrize("width,height", [(1280, 720), (390, 844)])
 def test_the_pages_fit_the_screen_without_scrolling_sideways(
         chromium: Any, org_server: Any, width: int, height: int) -> None:
-    """A laptop (1280x720) and a phone (390 px): the agent page, the team board, the audit log,
-    the IT page and the agent's own page are no wider than the screen (a wide table scrolls
-    inside its panel)."""
+    """A laptop (1280x720) and a phone (390 px, where supervisors check the floor): the login
+    form, the floor on its site's seat map, the agent page, the team board, the campaigns, the
+    audit log, the IT page, an error page and the agent's own page are no wider than the screen
+    (a wide table scrolls inside its panel), no form of theirs has a field past its panel's edge,
+    and the agent page's charts write their times and scales as on a laptop. The floor was
+    434 px wide on the phone: its seat map's two columns of at least 200 px."""
     from tests._fixtures_dashboard import USER_PASSWORD
 
     server, _ = org_server
     size = {"width": width, "height": height}
     admin = chromium.new_context(viewport=size, locale="fr-FR")
     agent = chromium.new_context(viewport=size, locale="fr-FR")
+    widths, cut = {}, {}
     try:
         page = admin.new_page()
+        page.goto(server.url + "/login")
+        widths["/login"] = page.evaluate(PAGE_WIDTH)
         browser_login(page, server.url)
-        widths = {}
-        for path in ("/agents/agent-a1", "/teams/team-a", "/audit", "/it"):
+        for path in ("/", "/agents/agent-a1", "/teams/team-a", "/campaigns", "/campaigns/camp-a",
+                     "/audit", "/it", "/agents/nobody"):
             page.goto(server.url + path)
-            page.wait_for_load_state("networkidle")
+            page.wait_for_selector(READY.get(path, "body"))
             widths[path] = page.evaluate(PAGE_WIDTH)
+            cut[path] = page.evaluate(CUT_FORMS)
+            if path == "/agents/agent-a1":
+                label_px = page.evaluate(CHART_LABEL_PX)
+        assert page.locator("#error-message").count() == 1
         page = agent.new_page()
         browser_login(page, server.url, "amina", USER_PASSWORD, landing="/me")
-        page.wait_for_selector("body[data-charts-ready='1']")
+        page.wait_for_selector(READY["/me"])
         widths["/me"] = page.evaluate(PAGE_WIDTH)
+        cut["/me"] = page.evaluate(CUT_FORMS)
     finally:
         admin.close()
         agent.close()
-    assert {p: w for p, (w, client) in widths.items() if w > client} == {}
+    assert len(widths) == 10
+    assert {p: w for p, (w, inner) in widths.items() if w > inner} == {}
+    assert {p: forms for p, forms in cut.items() if forms} == {}
+    assert label_px >= 9.0  # 5 px on the phone when its charts were 760 wide shrunk to 310
 
 
 # ------------------------------------------------------------------ the calls table
@@ -528,3 +555,55 @@ def test_an_agent_whose_id_holds_a_hash_can_be_opened_coached_and_exported(
                                              or ""))
     assert export.status == 200
     assert "filename*=UTF-8''agent%20%237.csv" in export.headers["content-disposition"]
+
+
+# ------------------------------------------------------------------ error pages
+def _raised_details() -> list[str]:
+    """The ``detail`` of every HTTPException the dashboard raises, each ``{...}`` of an f-string
+    given as ``x``, and each noun ``access.not_found`` is called with, as its detail."""
+    import ast
+
+    details, nouns = [], []
+    for path in Path("dashboard").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "id", getattr(node.func, "attr", ""))
+            if name == "not_found" and node.args and isinstance(node.args[0], ast.Constant):
+                nouns.append(f"{node.args[0].value} not found")
+            for kw in node.keywords if name == "HTTPException" else []:
+                if kw.arg == "detail" and isinstance(kw.value, ast.Constant):
+                    details.append(str(kw.value.value))
+                elif kw.arg == "detail" and isinstance(kw.value, ast.JoinedStr):
+                    details.append("".join(str(v.value) if isinstance(v, ast.Constant) else "x"
+                                           for v in kw.value.values))
+    return details + nouns
+
+
+def test_every_error_detail_the_dashboard_gives_has_its_french() -> None:
+    """A French page showed the API's English detail ("agent not found") under its French
+    sentence: each detail the dashboard raises reads in French, and stays as it is in English."""
+    from dashboard import i18n
+
+    details = _raised_details()
+    assert len(details) >= 25
+    assert {d: i18n.detail("fr", d) for d in details if i18n.detail("fr", d) == d} == {}
+    assert all(i18n.detail("en", d) == d for d in details)
+    assert i18n.detail("fr", "team not found") == "équipe introuvable"
+
+
+def test_an_error_page_gives_its_detail_in_the_page_s_language(
+        browser_page: Any, org_server: Any) -> None:
+    """An agent out of reach on a French page reads "404 · agent introuvable", where it read the
+    API's "agent not found"; the same page in English keeps the API's words; the status stays."""
+    server, _ = org_server
+    page = browser_page
+    browser_login(page, server.url)
+    page.goto(server.url + "/agents/nobody")
+    assert page.locator("html").get_attribute("lang") == "fr"
+    assert page.locator("#error-detail").inner_text() == "agent introuvable"
+    assert "· 404 ·" in page.locator(".error-page").inner_text()
+    page.click("#lang-switch")
+    page.wait_for_url("**/agents/nobody")
+    assert page.locator("html").get_attribute("lang") == "en"
+    assert page.locator("#error-detail").inner_text() == "agent not found"

@@ -278,7 +278,7 @@ def test_supervisor_creates_a_campaign_and_it_sees_the_fleet(chromium: Any,
             page.click("#add-variant button")
             page.wait_for_url("**/campaigns/salon-lille/variants")
             assert page.locator("#error-message").inner_text().startswith("Impossible dans l'état")
-            assert page.locator("#error-detail").inner_text() == "a variant has that name already"
+            assert page.locator("#error-detail").inner_text() == "une variante porte déjà ce nom"
             assert page.locator("#nav-campaigns").count() == 1  # the pages' own frame
             page.click("#error-back")
             page.wait_for_url("**/campaigns/salon-lille")

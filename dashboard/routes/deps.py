@@ -95,7 +95,9 @@ async def page_error(request: Request, exc: Exception) -> Response:
             return await http_exception_handler(request, exc)
         status, headers = exc.status_code, exc.headers
         detail = exc.detail if isinstance(exc.detail, str) else ""
-    response = render(request, "error.html", {"status": status, "detail": detail,
+    lang = getattr(request.state, "lang", "fr") or "fr"
+    response = render(request, "error.html", {"status": status,
+                                              "detail": i18n.detail(lang, detail),
                                               "message": ERROR_KEYS.get(status, "error.other"),
                                               "back": _way_back(request)}, status)
     response.headers.update(headers or {})

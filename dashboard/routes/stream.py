@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
@@ -29,22 +29,55 @@ MAX_STREAMS = 256
 """Live streams the dashboard holds open in all; more are refused with 503."""
 
 
-def _scope(db_path: Any, username: str, token: str | None, idle_s: float) -> set[str] | None:
-    """The boxes ``username`` may see; raises 401 once the session of ``token`` is over."""
+def _scope(db_path: Any, username: str, token: str | None, idle_s: float,
+           agent: str | None = None) -> set[str] | None:
+    """The boxes ``username`` may see, or with ``agent`` the box that agent sits at; raises 401
+    once the session of ``token`` is over, 404 once ``agent`` is out of the user's scope (another
+    team, erased)."""
     db = store.open_db(db_path)
     try:
         if auth.lookup_session(db, token, idle_s) is None:
             raise HTTPException(status_code=401, detail="not authenticated")
-        return access.visible_boxes(db, access.load_user(db, username))
+        user = access.load_user(db, username)
+        if agent is None:
+            return access.visible_boxes(db, user)
+        access.require_agent(db, user, agent)
+        return access.agent_boxes(db, agent)
     finally:
         db.conn.close()
 
 
-def _agents(db_path: Any, username: str) -> list[str] | None:
-    """The agents whose rows ``username`` may see (None means all)."""
+def _agents(db_path: Any, username: str, agent: str | None = None) -> list[str] | None:
+    """The agents whose rows ``username`` may see (None means all), or just ``agent``."""
+    if agent is not None:
+        return [agent]
     db = store.open_db(db_path)
     try:
         return access.visible_agents(db, access.load_user(db, username))
+    finally:
+        db.conn.close()
+
+
+def _open_agent(db_path: Any, username: str, agent: str) -> None:
+    """404 unless ``username`` may see ``agent``; else the one audit entry of the live view."""
+    db = store.open_db(db_path)
+    try:
+        user = access.load_user(db, username)
+        access.require_agent(db, user, agent)
+        access.audit(db, user, "live_view", agent)
+    finally:
+        db.conn.close()
+
+
+def _seated(db_path: Any, agent: str, text: str) -> bool:
+    """Whether the hub message ``text`` is ``agent``'s: a box status, or a row measured while
+    they sat at its box (a seat that changed hands since carries the next agent's rows)."""
+    message = json.loads(text)
+    if message.get("kind") == "status":
+        return True
+    db = store.open_db(db_path)
+    try:
+        return access.seated_at(db, agent, str(message.get("box")), float(message.get("ts", 0)))
     finally:
         db.conn.close()
 
@@ -110,9 +143,15 @@ def _box_of(text: str) -> str | None:
 
 
 @router.get("/stream")
-async def stream(request: Request) -> StreamingResponse:
+async def stream(request: Request,
+                 agent: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+                 ) -> StreamingResponse:
     """``snapshot`` event first, then ``update`` events for the boxes in the user's scope, and a
-    ``retired`` event (``{"box": ...}``) for a box retired meanwhile (``miroir dashboard retire``)."""
+    ``retired`` event (``{"box": ...}``) for a box retired meanwhile (``miroir dashboard retire``).
+
+    With ``agent``: that agent's box only, and of its rows those measured while the agent sat
+    there (the agent page's live charts); 404 out of the user's scope, and one audit entry for
+    the whole live view, however many updates follow."""
     hub: Hub = request.app.state.hub
     settings = request.app.state.settings
     username = request.state.user
@@ -126,16 +165,22 @@ async def stream(request: Request) -> StreamingResponse:
     if hub.open_streams() >= MAX_STREAMS:
         raise HTTPException(status_code=503, headers=retry, detail="too many live streams open")
     sub = hub.open(username)
+    if agent is not None:
+        try:
+            await run_in_threadpool(_open_agent, settings.db_path, username, agent)
+        except HTTPException:
+            hub.close(sub)
+            raise
 
     async def events() -> AsyncIterator[str]:
         try:
             allowed = await run_in_threadpool(_scope, settings.db_path, username, token,
-                                              settings.session_idle_s)
+                                              settings.session_idle_s, agent)
         except HTTPException:
             return
         scoped_at = time.monotonic()
         retired = await run_in_threadpool(_retired, settings.db_path)
-        agents = await run_in_threadpool(_agents, settings.db_path, username)
+        agents = await run_in_threadpool(_agents, settings.db_path, username, agent)
         snap = await run_in_threadpool(_snapshot, settings.db_path, settings.site, allowed, agents)
         yield f"retry: {RETRY_MS}\n\n"
         yield sse("snapshot", snap)
@@ -145,7 +190,7 @@ async def stream(request: Request) -> StreamingResponse:
                 shown = allowed
                 try:  # a logout, a disabled user or an expired session ends the stream
                     allowed = await run_in_threadpool(_scope, settings.db_path, username, token,
-                                                      settings.session_idle_s)
+                                                      settings.session_idle_s, agent)
                 except HTTPException:
                     return
                 scoped_at = time.monotonic()
@@ -156,7 +201,9 @@ async def stream(request: Request) -> StreamingResponse:
                 retired = now_retired
             if text is None:
                 yield ": keepalive\n\n"
-            elif allowed is None or _box_of(text) in allowed:
+            elif (allowed is None or _box_of(text) in allowed) and (
+                    agent is None
+                    or await run_in_threadpool(_seated, settings.db_path, agent, text)):
                 yield sse("update", text)
 
     return _HeldStream(events(), hub, sub)

@@ -1,5 +1,6 @@
-// Miroir agent view: the shift as charts with cue and flag markers, moment replay, and (in the
-// agent's own view) a live cue strip fed by /api/stream.
+// Miroir agent view: the shift as charts with cue and flag markers that follow the call live
+// (the agent's stream, /api/stream?agent=..., audited once when it opens), moment replay, and
+// a live strip (the seat's state, its latest cues) fed by the same stream.
 "use strict";
 
 (function () {
@@ -7,11 +8,12 @@
   const t = (k) => (k in T ? T[k] : k);
   const body = document.body;
   const agent = body.dataset.agent;
-  const selfView = body.dataset.self === "1";
   const charts = document.getElementById("charts");
   const flagTs = document.getElementById("flag-ts");
   const flagTime = document.getElementById("flag-time");
   const SHIFT_S = 12 * 3600;
+  const MAX_ROWS = 20000;  // as many as the API answers (analytics.MAX_METRIC_ROWS)
+  const REDRAW_MS = 1000;  // live rows redraw the charts at most once a second
   const COLOURS = ["#2f6fdb", "#1f9d6b", "#e0702a", "#7a4cc2", "#b3261e", "#1f3a5f"];
 
   function pick(ts) {
@@ -23,9 +25,17 @@
 
   function draw(data, title) {
     charts.textContent = "";
+    replaying = !!title;
     if (title) {
       const h = document.createElement("h3");
-      h.textContent = title;
+      h.textContent = title + " ";
+      const back = document.createElement("button");
+      back.type = "button";
+      back.className = "ghost";
+      back.id = "back-live";
+      back.textContent = t("agent.back_live");
+      back.addEventListener("click", () => { if (shift) draw(shift, null); });
+      h.appendChild(back);
       charts.appendChild(h);
     }
     const rows = data.rows;
@@ -81,11 +91,58 @@
     body.dataset.chartsReady = "1";
   }
 
+  // The shift as loaded, then grown by the stream's rows and cues (those that came before the
+  // load wait in `early`); a replayed moment stays on screen until "back to live".
+  let shift = null, replaying = false, early = [], lastDrawMs = 0, redrawTimer = null;
+
+  function redraw() {
+    redrawTimer = null;
+    if (!shift || replaying) return;
+    lastDrawMs = Date.now();
+    draw(shift, null);
+  }
+
+  function schedule() {
+    if (redrawTimer === null) {
+      redrawTimer = setTimeout(redraw, Math.max(0, lastDrawMs + REDRAW_MS - Date.now()));
+    }
+  }
+
+  function addLive(u) {
+    if (!shift) { early.push(u); return; }
+    if (u.kind === "metrics") {
+      const rows = shift.rows;
+      if (rows.some((r) => r.box === u.box && r.seq === u.seq)) return;
+      const row = { box: u.box, seq: u.seq, ts: u.ts, talk_state: u.talk_state };
+      for (const m of shift.metrics) row[m.name] = u[m.name] === undefined ? null : u[m.name];
+      let i = rows.length;
+      while (i > 0 && rows[i - 1].ts > row.ts) i--;
+      rows.splice(i, 0, row);
+      const oldest = Date.now() / 1000 - SHIFT_S;
+      while (rows.length > MAX_ROWS || (rows.length && rows[0].ts < oldest)) rows.shift();
+    } else if (u.kind === "event" && u.name === "cue_on" && u.cue) {
+      if (shift.cues.some((c) => c.box === u.box && c.seq === u.seq)) return;
+      shift.cues.push({ box: u.box, seq: u.seq, ts: u.ts, name: u.cue, channel: u.channel,
+                        label: T["cue." + u.cue] || u.cue.replace(/_/g, " ") });
+    } else {
+      return;
+    }
+    schedule();
+  }
+
   function load() {
     const since = Date.now() / 1000 - SHIFT_S;
     return fetch("/api/agents/" + encodeURIComponent(agent) + "/metrics?since_ts=" + since,
                  { credentials: "same-origin" })
-      .then((r) => (r.ok ? r.json() : null)).then((d) => { if (d) draw(d, null); });
+      .then((r) => (r.ok ? r.json() : null)).then((d) => {
+        if (!d) return;
+        shift = d;
+        lastDrawMs = Date.now();
+        draw(d, null);
+        const waiting = early;
+        early = [];
+        waiting.forEach(addLive);
+      });
   }
 
   function replay(ts) {
@@ -130,8 +187,7 @@
   function live() {
     const state = document.getElementById("live-state");
     const cues = document.getElementById("live-cue-list");
-    if (!state) return;
-    const es = new EventSource("/api/stream");
+    const es = new EventSource("/api/stream?agent=" + encodeURIComponent(agent));
     es.addEventListener("snapshot", (e) => {
       const snap = JSON.parse(e.data);
       if (typeof snap.silent_after_s === "number") silentAfterS = snap.silent_after_s;
@@ -141,11 +197,13 @@
         heard(b.last_seen_ts || b.last_status_ts);
         applyStatus(b.state, b.private);
       }
-      showSeat(state);
+      if (state) showSeat(state);
       body.dataset.streamReady = "1";
     });
     es.addEventListener("update", (e) => {
       const u = JSON.parse(e.data);
+      addLive(u);
+      if (!state) return;
       if (u.kind === "metrics" || u.kind === "status") {
         heard(typeof u.ingested_ts === "number" ? u.ingested_ts : u.ts);
       }
@@ -176,11 +234,9 @@
   }
 
   load();
-  if (selfView) {
-    live();
-    setInterval(() => {  // a box gone silent turns offline without a message to say so
-      const el = document.getElementById("live-state");
-      if (el) showSeat(el);
-    }, 1000);
-  }
+  live();
+  setInterval(() => {  // a box gone silent turns offline without a message to say so
+    const el = document.getElementById("live-state");
+    if (el) showSeat(el);
+  }, 1000);
 })();

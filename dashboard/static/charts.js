@@ -5,6 +5,7 @@
 window.MiroirCharts = (function () {
   const NS = "http://www.w3.org/2000/svg";
   const W = 760, H = 130, PAD_L = 46, PAD_R = 10, PAD_T = 8, PAD_B = 20;
+  const MIN_W = 240;  // a phone's chart is drawn at its own width: its labels keep 10 px
   const STATE_COLOURS = { agent: "#2f6fdb", prospect: "#1f9d6b", overlap: "#e0702a",
                           silence: "#d3d9e1" };
 
@@ -29,24 +30,27 @@ window.MiroirCharts = (function () {
     const cap = document.createElement("figcaption");
     cap.textContent = title;
     fig.appendChild(cap);
-    const svg = el("svg", { viewBox: "0 0 " + W + " " + H, width: "100%", role: "img",
+    // as wide as drawn where narrower than W (a 760-wide drawing shrunk to a phone's 310 px
+    // wrote its labels 5 px high)
+    const w = Math.max(MIN_W, Math.min(W, Math.floor(container.clientWidth) || W));
+    const svg = el("svg", { viewBox: "0 0 " + w + " " + H, width: "100%", role: "img",
                             "aria-label": title });
     fig.appendChild(svg);
     container.appendChild(fig);
     const span = Math.max(1, t1 - t0);
-    const x = (ts) => PAD_L + (ts - t0) / span * (W - PAD_L - PAD_R);
-    el("line", { x1: PAD_L, y1: H - PAD_B, x2: W - PAD_R, y2: H - PAD_B, stroke: "#dde3ea" }, svg);
+    const x = (ts) => PAD_L + (ts - t0) / span * (w - PAD_L - PAD_R);
+    el("line", { x1: PAD_L, y1: H - PAD_B, x2: w - PAD_R, y2: H - PAD_B, stroke: "#dde3ea" }, svg);
     const l = el("text", { x: PAD_L, y: H - 5, "font-size": 10, fill: "#6b7685" }, svg);
     l.textContent = fmtTime(t0);
-    const r = el("text", { x: W - PAD_R, y: H - 5, "font-size": 10, fill: "#6b7685",
+    const r = el("text", { x: w - PAD_R, y: H - 5, "font-size": 10, fill: "#6b7685",
                            "text-anchor": "end" }, svg);
     r.textContent = fmtTime(t1);
     if (onPick) {
       svg.classList.add("pickable");
       svg.addEventListener("click", (ev) => {
         const box = svg.getBoundingClientRect();
-        const px = (ev.clientX - box.left) / box.width * W;
-        onPick(t0 + (px - PAD_L) / (W - PAD_L - PAD_R) * span);
+        const px = (ev.clientX - box.left) / box.width * w;
+        onPick(t0 + (px - PAD_L) / (w - PAD_L - PAD_R) * span);
       });
     }
     return { svg, x };

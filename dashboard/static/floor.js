@@ -75,7 +75,10 @@
     el.querySelector(".agent-name").textContent = s.name || "";
     el.dataset.team = s.team || "";
     el.dataset.campaign = s.campaign || "";
-    if (s.row && s.col) { el.style.gridRowStart = s.row; el.style.gridColumnStart = s.col; }
+    if (s.row && s.col) {  // its place on the site's seat map (style.css: where it fits)
+      el.style.setProperty("--row", s.row);
+      el.style.setProperty("--col", s.col);
+    }
     applyFilter(el);
   }
 
@@ -339,8 +342,8 @@
         // seats flow to the screen's width (six fixed columns overflowed a 1280 px screen)
         const placed = f.seats.some((s) => s.row && s.col);
         layoutCols = placed ? f.layout_cols : null;
-        floorEl.style.gridTemplateColumns = layoutCols
-          ? "repeat(" + layoutCols + ", minmax(200px, 1fr))" : "";
+        floorEl.classList.toggle("mapped", !!layoutCols);
+        if (layoutCols) floorEl.style.setProperty("--cols", layoutCols);
         fillSelect(teamSel, f.teams);
         fillSelect(campSel, f.campaigns);
         document.body.dataset.pseudo = f.pseudonymous ? "1" : "0";
