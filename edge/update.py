@@ -16,11 +16,13 @@ The manifest names the version and the payload's SHA-256 and length. Installing:
 5. **commit** (``state.json`` cleared) or **roll back** (``current`` back to the previous release).
 
 A power cut or kill at any point leaves ``current`` pointing to a complete release. At boot,
-:func:`recover` (``miroir-update-recover.service``, before the agent) removes staging leftovers
-and rolls an unconfirmed switch back. An install refuses a version not newer than the one
-running (a replayed old bundle) unless told otherwise, unpacks only plain files, folders and
-symbolic links that stay inside the release (its own check, not tarfile's filters), within size
-caps, and holds a lock on the root: one install or recovery at a time. Releases are deleted by
+:func:`recover` (``miroir-update-recover.service``, and again before every start of the agent:
+``miroir-box.service``'s ``ExecStartPre``) removes staging leftovers and rolls back a switch
+that no live install is checking (one killed after its switch: the kernel dropped its lock).
+An install refuses a version not newer than the one running (a replayed old bundle) unless
+told otherwise, unpacks only plain files, folders and symbolic links that stay inside the
+release (its own check, not tarfile's filters), within size caps, and holds a lock on the
+root: one install or recovery at a time. Releases are deleted by
 renaming them away first, so a half-deleted one is never taken for complete. Verification needs
 ``cryptography``; recovery needs only the standard library (the image runs this file with the
 system Python).
@@ -295,13 +297,19 @@ class Updater:
         _fsync_dir(self.root)
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold the root's lock: one install or recovery at a time (a second one waits)."""
+    def locked(self, wait: bool = True) -> Iterator[bool]:
+        """Hold the root's lock: one install or recovery at a time; yields False, without the
+        lock, when another process holds it and ``wait`` is False (the kernel drops the lock of
+        a killed process: a held lock is a live install)."""
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / LOCK_FILE, "a") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
             try:
-                yield
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
@@ -428,8 +436,12 @@ class Updater:
         return self.current_version()
 
     def recover(self) -> str | None:
-        """At boot: drop staging and deletion leftovers and roll back an unconfirmed switch."""
-        with self.locked():
+        """At boot and before each start of the agent: drop staging and deletion leftovers and
+        roll back an unconfirmed switch, unless a live install holds the root (left to finish)."""
+        with self.locked(wait=False) as held:
+            if not held:
+                log.info("an install is in progress: its release is left to its health check")
+                return self.current_version()
             return self._recover()
 
     def _recover(self) -> str | None:

@@ -331,22 +331,19 @@ def test_deletions_leave_no_half_release_and_one_install_at_a_time(
         tmp_path: Path, keys: tuple[bytes, bytes]) -> None:
     """A release is renamed away before it is deleted (a power cut in the middle left a folder
     still marked complete, later installed as is); recovery sweeps what a cut left. While one
-    install holds the root, a recovery waits for it (it rolled back an install in progress)."""
-    import threading
-
+    install holds the root, a recovery leaves its switch alone (it rolled back an install in
+    progress), at once (the agent's start runs it during an install's restart)."""
     priv, pub = keys
     up = installed(tmp_path, priv, pub)
     leftover = up.releases / ".trash-2.0-1-1"
     (leftover / "bin").mkdir(parents=True)
     (leftover / COMPLETE_MARK).write_text("2.0\n")
     assert up.recover() == "1.0" and not leftover.exists()
-    done = threading.Event()
-    with up.locked():
-        waiter = threading.Thread(target=lambda: (Updater(up.root).recover(), done.set()))
-        waiter.start()
-        assert not done.wait(0.5), "a recovery ran while an install held the root"
-    waiter.join(10)
-    assert done.is_set()
+    with up.locked():  # an install in its health check
+        up._write_state({"pending": "1.0", "previous": None})
+        started_s = time.monotonic()
+        assert Updater(up.root).recover() == "1.0"
+        assert time.monotonic() - started_s < 5 and up._state()["pending"] == "1.0"
 
 
 def _venv_with_entry_point(tree: Path, shebang_python: str, long_form: bool = False) -> None:
@@ -420,3 +417,56 @@ def test_the_it_guides_release_key_commands_make_a_key_pair_updates_accept(tmp_p
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     with pytest.raises(UpdateError):
         verify_release(bundle, other)
+
+
+def _agent_prestart(root: Path, tmp: Path) -> list[list[str]]:
+    """The ExecStartPre= commands of miroir-box.service, run as on the box: the image's copy of
+    update.py on the system Python (standard library only), on this test's releases root."""
+    alone = tmp / "usr-lib-miroir" / "update.py"
+    alone.parent.mkdir(exist_ok=True)
+    alone.write_bytes((REPO / "edge" / "update.py").read_bytes())
+    unit = (REPO / "systemd" / "miroir-box.service").read_text()
+    mapped = {"/usr/bin/python3": [sys.executable, "-I", "-S"], "/usr/lib/miroir/update.py": [str(alone)],
+              "/data/miroir-releases": [str(root)]}
+    return [[part for word in line.split("=", 1)[1].lstrip("+-!@:").split()
+             for part in mapped.get(word, [word])]
+            for line in unit.splitlines() if line.startswith("ExecStartPre=")]
+
+
+def test_an_install_killed_after_the_switch_is_undone_when_the_agent_next_starts(
+        tmp_path: Path, keys: tuple[bytes, bytes]) -> None:
+    """An install SIGKILLed between the switch and its health check (a script's `timeout -s KILL`,
+    the OOM killer) left the box on the unchecked release until a reboot: a release whose agent
+    does not start failed all 10 starts systemd allows (the floor down), a good one ran for weeks
+    until a reboot took it back. The agent's unit now rolls it back before it starts; an install
+    still alive (it holds the lock) is left to finish."""
+    priv, pub = keys
+    up = installed(tmp_path, priv, pub)
+    pub_file = tmp_path / "release.pub"
+    pub_file.write_bytes(pub)
+    tree = tmp_path / "tree-bad"
+    (tree / "bin").mkdir(parents=True)
+    (tree / "bin" / "miroir").write_text("#!/bin/sh\necho miroir 2.0 does not start >&2\nexit 1\n")
+    (tree / "bin" / "miroir").chmod(0o755)
+    bad = build_release(tree, "2.0", priv, tmp_path / "bad-2.0.release")
+    assert run_install(up.root, bad, pub_file, crash_at="after-switch") == -signal.SIGKILL
+    assert up.current_version() == "2.0"
+    prestart = _agent_prestart(up.root, tmp_path)
+    assert prestart, "miroir-box.service runs nothing before the agent"
+    for cmd in prestart:  # the agent restarts (a crash, the watchdog): no reboot
+        subprocess.run(cmd, check=True, timeout=30, capture_output=True)
+    assert running(up.root) == "miroir 1.0" and up._state() == {}
+    assert not (up.releases / "2.0").exists()
+
+    # During a live install's health check the agent's start leaves the new release alone.
+    started: list[str] = []
+
+    def health(version: str) -> bool:
+        for cmd in prestart:
+            subprocess.run(cmd, check=True, timeout=30, capture_output=True)
+        started.append(running(up.root))
+        return True
+
+    assert up.install(release(tmp_path, "2.1", priv), pub, restart=lambda: None,
+                      health=health) == "2.1"
+    assert started == ["miroir 2.1"] and running(up.root) == "miroir 2.1"
