@@ -104,7 +104,7 @@ def cmd_edge_update(args: argparse.Namespace) -> int:
     """Install a signed release side by side, switch atomically, health-check, commit or roll back."""
     import subprocess
 
-    from edge.health import read_heartbeat
+    from edge.health import wait_healthy
     from edge.update import UpdateError, Updater
 
     updater = Updater(args.root)
@@ -127,14 +127,8 @@ def cmd_edge_update(args: argparse.Namespace) -> int:
             raise UpdateError(f"{args.unit} did not restart within 90 s") from None
 
     def health(version: str) -> bool:
-        since = time.time()
-        deadline = time.monotonic() + args.health_timeout_s
-        while time.monotonic() < deadline:
-            beat = read_heartbeat(args.state_dir)
-            if beat.get("version") == version and float(beat.get("acked_ts", 0)) >= since:
-                return True
-            time.sleep(1.0)
-        return False
+        return wait_healthy(args.state_dir, version, time.time(), args.health_timeout_s,
+                            args.soak_s)
 
     def interrupted(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # a closed SSH session or a stop: roll back, never stay unconfirmed
@@ -183,6 +177,9 @@ def register_cli(groups: dict[str, argparse._SubParsersAction]) -> None:
                    help=f"the agent's state folder holding heartbeat.json (default {DEFAULT_STATE})")
     p.add_argument("--health-timeout-s", type=float, default=90.0,
                    help="seconds the new release has to publish (default 90)")
+    p.add_argument("--soak-s", type=float, default=120.0,
+                   help="seconds the new release must then run without a restart before it is "
+                        "kept (default 120)")
     p.add_argument("--allow-downgrade", action="store_true",
                    help="install a release older than the running one (refused by default: a "
                         "replayed old bundle)")

@@ -12,7 +12,8 @@ The manifest names the version and the payload's SHA-256 and length. Installing:
 2. **unpack** into ``<root>/releases/.staging-<version>`` and rename it to ``releases/<version>``;
 3. **switch**: record ``state.json`` ``{"pending": new, "previous": old}`` (atomic rename), then
    swap the ``current`` symlink atomically (a new link renamed over the old one);
-4. **health-check** (the agent restarted on the new release reaches the broker and publishes);
+4. **health-check** (the agent restarted on the new release reaches the broker, publishes, and
+   runs a while without a restart: ``edge.health.wait_healthy``);
 5. **commit** (``state.json`` cleared) or **roll back** (``current`` back to the previous release).
 
 A power cut or kill at any point leaves ``current`` pointing to a complete release. At boot,

@@ -3,6 +3,7 @@ kill at any point of an install (a real process killed with SIGKILL) leaves a wo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -470,3 +471,69 @@ def test_an_install_killed_after_the_switch_is_undone_when_the_agent_next_starts
     assert up.install(release(tmp_path, "2.1", priv), pub, restart=lambda: None,
                       health=health) == "2.1"
     assert started == ["miroir 2.1"] and running(up.root) == "miroir 2.1"
+
+
+AGENT = """#!/bin/sh
+# an agent whose every acknowledged message is a heartbeat, once a second; {crash}
+n=0
+while :; do
+  printf '{{"version": "{version}", "acked_ts": %s, "pid": %s}}' "$(date +%s.%N)" $$ > "{state}/hb"
+  mv "{state}/hb" "{state}/heartbeat.json"
+  n=$((n+1))
+  {exit}
+  sleep 1
+done
+"""
+
+
+def _agent_release(tmp: Path, version: str, state: Path, priv: bytes,
+                   crash_after_s: int | None = None) -> Path:
+    """A release whose bin/miroir publishes heartbeats as the box does, and may crash."""
+    tree = tmp / f"tree-{version}-{crash_after_s}"
+    (tree / "bin").mkdir(parents=True)
+    script = tree / "bin" / "miroir"
+    crash = f"crashes after {crash_after_s} s" if crash_after_s else "runs"
+    stop = f'[ $n -ge {crash_after_s} ] && exit 1' if crash_after_s else ":"
+    script.write_text(AGENT.format(version=version, state=state, crash=crash, exit=stop))
+    script.chmod(0o755)
+    return build_release(tree, version, priv, tmp / f"miroir-{version}-{crash_after_s}.release")
+
+
+def test_a_release_that_crashes_after_its_first_message_is_rolled_back(
+        tmp_path: Path, keys: tuple[bytes, bytes]) -> None:
+    """`miroir edge update` kept a release whose agent published, then crashed 5 s later and
+    again after each restart (3 crashes in the next 15 s): it now watches the agent run
+    --soak-s without a restart (same process, alive) before keeping the release."""
+    priv, pub = keys
+    state = tmp_path / "state"
+    state.mkdir()
+    (tmp_path / "release.pub").write_bytes(pub)
+    up = Updater(tmp_path / "root")
+    up.install(_agent_release(tmp_path, "1.0", state, priv), pub, restart=lambda: None,
+               health=lambda v: True)
+    # systemctl restart as systemd does it with Restart=on-failure: a loop restarting the agent
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "systemctl").write_text(
+        f"#!/bin/sh\n[ -f {tmp_path}/sup.pid ] && kill -- -$(cat {tmp_path}/sup.pid)\n"
+        f"setsid sh -c 'echo $$ > {tmp_path}/sup.pid; while :; do {up.current}/bin/miroir; "
+        f"echo . >> {tmp_path}/restarts; sleep 0.3; done' >/dev/null 2>&1 &\nsleep 0.3\n")
+    (fake / "systemctl").chmod(0o755)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{fake}:{os.environ['PATH']}"}
+
+    def update(bundle: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "miroir", "edge", "update", str(bundle), "--root", str(up.root),
+             "--key", str(tmp_path / "release.pub"), "--state-dir", str(state),
+             "--health-timeout-s", "10", "--soak-s", "4"],
+            env=env, capture_output=True, text=True, timeout=60)
+
+    try:
+        done = update(_agent_release(tmp_path, "2.0", state, priv, crash_after_s=2))
+        assert done.returncode != 0 and "rolled back to 1.0" in done.stderr, done.stderr
+        assert up.current_version() == "1.0" and "restarted" in done.stderr
+        done = update(_agent_release(tmp_path, "2.1", state, priv))
+        assert done.returncode == 0 and up.current_version() == "2.1", done.stderr
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            os.killpg(int((tmp_path / "sup.pid").read_text()), signal.SIGKILL)
