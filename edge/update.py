@@ -486,6 +486,8 @@ def _extract(tar: tarfile.TarFile, dest: Path) -> None:
             raise UpdateError(f"{m.name!r} lies under a symbolic link of the release")
         if not rel.parts and m.isdir():
             continue  # the tree's own root
+        if rel == PurePosixPath(COMPLETE_MARK):  # (a link there: the mark written through it)
+            raise UpdateError(f"{m.name!r} is the installer's own mark of a complete release")
         if rel in seen:
             raise UpdateError(f"{m.name!r} appears twice in the release")
         seen.add(rel)

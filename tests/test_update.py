@@ -284,6 +284,10 @@ def _member(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"x", link: 
     ([_member("lib", tarfile.SYMTYPE, link="/tmp"), _member("lib/escaped.txt")], "under a symbolic link"),
     ([_member("bin/miroir"), _member("hard", tarfile.LNKTYPE, link="bin/miroir")], "only files"),
     ([_member("dev", tarfile.CHRTYPE)], "only files"),
+    # the installer's own mark as a link: written through it, out of the release, as root
+    ([_member("bin/miroir"), _member(".complete", tarfile.SYMTYPE, link="../../../escaped.txt")],
+     "the installer's own"),
+    ([_member("bin/miroir"), _member("./.complete", data=b"2.0\n")], "the installer's own"),
 ])
 def test_an_unsafe_signed_archive_is_refused_and_leaves_nothing(
         tmp_path: Path, keys: tuple[bytes, bytes], members: list, why: str) -> None:
