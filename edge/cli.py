@@ -16,10 +16,16 @@ DEFAULT_RELEASE_KEY = Path("/usr/share/miroir/release-key.pem")
 DEFAULT_STATE = Path("/var/lib/miroir")
 
 
-def _err(msg: str) -> Exception:
+EXIT_REFUSED = 3
+"""``edge update``: the release was refused; nothing changed on the box."""
+EXIT_ROLLED_BACK = 4
+"""``edge update``: the release was switched to, failed, and was rolled back."""
+
+
+def _err(msg: str, exit_code: int = 2) -> Exception:
     from miroir.cli import CliError
 
-    return CliError(msg)
+    return CliError(msg, exit_code)
 
 
 def cmd_edge_check(args: argparse.Namespace) -> int:
@@ -105,7 +111,7 @@ def cmd_edge_update(args: argparse.Namespace) -> int:
     import subprocess
 
     from edge.health import wait_healthy
-    from edge.update import UpdateError, Updater
+    from edge.update import RolledBack, UpdateError, Updater
 
     updater = Updater(args.root)
     if args.recover:
@@ -138,10 +144,12 @@ def cmd_edge_update(args: argparse.Namespace) -> int:
     try:
         version = updater.install(args.bundle, key, restart=restart, health=health,
                                   allow_downgrade=args.allow_downgrade)
+    except RolledBack as exc:
+        raise _err(str(exc), EXIT_ROLLED_BACK) from None
     except UpdateError as exc:
-        raise _err(str(exc)) from None
+        raise _err(str(exc), EXIT_REFUSED) from None
     except OSError as exc:
-        raise _err(f"release bundle {args.bundle}: {exc.strerror or exc}") from None
+        raise _err(f"release bundle {args.bundle}: {exc.strerror or exc}", EXIT_REFUSED) from None
     print(f"running release {version}")
     return 0
 

@@ -77,6 +77,10 @@ class UpdateError(RuntimeError):
     """An update refused (bad signature, wrong payload, unsafe archive) or that failed."""
 
 
+class RolledBack(UpdateError):
+    """A release switched to, then rolled back (failed health check, interrupted)."""
+
+
 @dataclass(frozen=True)
 class Manifest:
     """What a release bundle claims, once its signature is verified."""
@@ -376,7 +380,7 @@ class Updater:
             The version running afterwards.
 
         Raises:
-            UpdateError: refused (nothing written) or rolled back (message says which).
+            UpdateError: refused (nothing switched; :class:`RolledBack` when rolled back).
         """
         manifest = verify_release(bundle, public_key_pem)  # before anything is written
         with self.locked():
@@ -406,8 +410,8 @@ class Updater:
                 with contextlib.suppress(Exception):
                     restart()
                 log.error("update to %s interrupted: rolled back to %s", manifest.version, back)
-                if isinstance(exc, UpdateError):
-                    raise UpdateError(f"{exc}; rolled back to {back}") from None
+                if isinstance(exc, Exception):  # (a missing systemctl: OSError)
+                    raise RolledBack(f"{exc}; rolled back to {back}") from None
                 raise
             if ok:
                 self._write_state({})
@@ -416,7 +420,7 @@ class Updater:
                 return manifest.version
             back = self.rollback()
             restart()
-        raise UpdateError(f"release {manifest.version} failed its health check; "
+        raise RolledBack(f"release {manifest.version} failed its health check; "
                           + (f"rolled back to {back}" if back != manifest.version else
                              "no previous release to roll back to: it keeps running"))
 

@@ -503,6 +503,16 @@ def _agent_release(tmp: Path, version: str, state: Path, priv: bytes,
     return build_release(tree, version, priv, tmp / f"miroir-{version}-{crash_after_s}.release")
 
 
+def _cli_update(root: Path, bundle: Path, pub: Path, state: Path, fake_bin: Path,
+                *options: str) -> subprocess.CompletedProcess[str]:
+    """The real `miroir edge update`, with `systemctl` from ``fake_bin`` (no systemd here)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{fake_bin}:{os.environ['PATH']}"}
+    return subprocess.run(
+        [sys.executable, "-m", "miroir", "edge", "update", str(bundle), "--root", str(root),
+         "--key", str(pub), "--state-dir", str(state), *options],
+        env=env, capture_output=True, text=True, timeout=60)
+
+
 def test_a_release_that_crashes_after_its_first_message_is_rolled_back(
         tmp_path: Path, keys: tuple[bytes, bytes]) -> None:
     """`miroir edge update` kept a release whose agent published, then crashed 5 s later and
@@ -523,14 +533,10 @@ def test_a_release_that_crashes_after_its_first_message_is_rolled_back(
         f"setsid sh -c 'echo $$ > {tmp_path}/sup.pid; while :; do {up.current}/bin/miroir; "
         f"echo . >> {tmp_path}/restarts; sleep 0.3; done' >/dev/null 2>&1 &\nsleep 0.3\n")
     (fake / "systemctl").chmod(0o755)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{fake}:{os.environ['PATH']}"}
 
     def update(bundle: Path) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "miroir", "edge", "update", str(bundle), "--root", str(up.root),
-             "--key", str(tmp_path / "release.pub"), "--state-dir", str(state),
-             "--health-timeout-s", "10", "--soak-s", "4"],
-            env=env, capture_output=True, text=True, timeout=60)
+        return _cli_update(up.root, bundle, tmp_path / "release.pub", state, fake,
+                           "--health-timeout-s", "10", "--soak-s", "4")
 
     try:
         done = update(_agent_release(tmp_path, "2.0", state, priv, crash_after_s=2))
@@ -541,3 +547,27 @@ def test_a_release_that_crashes_after_its_first_message_is_rolled_back(
     finally:
         with contextlib.suppress(OSError, ValueError):
             os.killpg(int((tmp_path / "sup.pid").read_text()), signal.SIGKILL)
+
+
+def test_update_exit_codes_tell_a_refusal_from_a_rollback(
+        tmp_path: Path, keys: tuple[bytes, bytes]) -> None:
+    """Site IT scripts the update: a tampered bundle, a replayed older one (nothing changed) and a
+    release rolled back after its switch all exited 2, as a mistyped option does. Now: 3 refused,
+    nothing changed; 4 switched to, then rolled back."""
+    priv, pub = keys
+    up = installed(tmp_path, priv, pub)
+    (tmp_path / "release.pub").write_bytes(pub)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "systemctl").write_text("#!/bin/sh\nexit 0\n")
+    (fake / "systemctl").chmod(0o755)
+    (tmp_path / "old").mkdir()
+    older = release(tmp_path / "old", "0.9", priv)
+    good = release(tmp_path, "2.0", priv)
+    tampered = tmp_path / "tampered.release"
+    tampered.write_bytes(good.read_bytes()[:-10] + b"0123456789")
+    codes = {name: _cli_update(up.root, bundle, tmp_path / "release.pub", tmp_path, fake,
+                               "--health-timeout-s", "1", "--soak-s", "0").returncode
+             for name, bundle in [("tampered", tampered), ("older", older), ("no heartbeat", good)]}
+    assert codes == {"tampered": 3, "older": 3, "no heartbeat": 4}
+    assert running(up.root) == "miroir 1.0"
