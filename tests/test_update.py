@@ -25,6 +25,7 @@ from edge.update import (
     build_release,
     sign_release,
     verify_release,
+    version_key,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -571,3 +572,23 @@ def test_update_exit_codes_tell_a_refusal_from_a_rollback(
              for name, bundle in [("tampered", tampered), ("older", older), ("no heartbeat", good)]}
     assert codes == {"tampered": 3, "older": 3, "no heartbeat": 4}
     assert running(up.root) == "miroir 1.0"
+
+
+@pytest.mark.parametrize("older, newer", [
+    ("0.2.0rc1", "0.2.0"), ("1.0rc1", "1.0"), ("0.2.0-rc.1", "0.2.0"), ("0.2.0.dev3", "0.2.0"),
+    ("0.2.0a1", "0.2.0b1"), ("0.2.0rc2", "0.2.0rc10"), ("1.0rc1", "1.0.0"), ("1.9", "1.10"),
+    ("1.0", "1.0.post1"), ("1.0.post1", "1.0.1"),
+])
+def test_versions_order_a_release_candidate_before_its_release(older: str, newer: str) -> None:
+    assert version_key(older) < version_key(newer)
+
+
+def test_a_box_on_a_release_candidate_takes_the_release(
+        tmp_path: Path, keys: tuple[bytes, bytes]) -> None:
+    """A pilot box on 0.2.0rc1 refused 0.2.0 as "not newer" (the rc sorted after its release)."""
+    priv, pub = keys
+    up = Updater(tmp_path / "root")
+    up.install(release(tmp_path, "0.2.0rc1", priv), pub, restart=lambda: None, health=lambda v: True)
+    assert up.install(release(tmp_path, "0.2.0", priv), pub, restart=lambda: None,
+                      health=lambda v: True) == "0.2.0"
+    assert running(up.root) == "miroir 0.2.0"
