@@ -231,11 +231,14 @@ def verify_release(bundle: Path, public_key_pem: bytes) -> Manifest:
     with open(bundle, "rb") as fh:
         if fh.read(len(MAGIC)) != MAGIC:
             raise UpdateError(f"{bundle}: not a Miroir release bundle")
-        (length,) = struct.unpack(">I", fh.read(4).rjust(4, b"\0"))
-        if not 0 < length <= MAX_MANIFEST_BYTES:
+        head = fh.read(4)
+        (length,) = struct.unpack(">I", head.rjust(4, b"\0"))
+        if len(head) == 4 and not 0 < length <= MAX_MANIFEST_BYTES:
             raise UpdateError(f"{bundle}: bad manifest length {length}")
         manifest_bytes = fh.read(length)
         signature = fh.read(SIG_BYTES)
+        if len(head) < 4 or len(manifest_bytes) < length or len(signature) < SIG_BYTES:
+            raise UpdateError(f"{bundle}: truncated ({fh.tell()} of its bytes): copy it again")
         try:
             key.verify(signature, MAGIC + manifest_bytes)
         except InvalidSignature:
@@ -255,6 +258,9 @@ def verify_release(bundle: Path, public_key_pem: bytes) -> Manifest:
         while chunk := fh.read(CHUNK):
             digest.update(chunk)
             size += len(chunk)
+    if size < info["payload_bytes"]:
+        raise UpdateError(f"{bundle}: truncated ({offset + size} of its "
+                          f"{offset + info['payload_bytes']} bytes): copy it again")
     if size != info["payload_bytes"] or digest.hexdigest() != info["payload_sha256"]:
         raise UpdateError(f"{bundle}: payload does not match its signed manifest (tampered "
                           "or truncated)")

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.update import (
     COMPLETE_MARK,
+    MAGIC,
     UpdateError,
     Updater,
     build_release,
@@ -120,7 +121,7 @@ def test_tampered_bundle_rejected_with_nothing_written(
         bundle.write_bytes(bytes(data))
     before = snapshot(up.root)
     called: list[int] = []
-    with pytest.raises(UpdateError, match=r"signature|payload"):
+    with pytest.raises(UpdateError, match=r"signature|payload|truncated"):
         up.install(bundle, pub, restart=lambda: called.append(1), health=lambda v: True)
     assert snapshot(up.root) == before and not called
     assert running(up.root) == "miroir 1.0"
@@ -592,3 +593,21 @@ def test_a_box_on_a_release_candidate_takes_the_release(
     assert up.install(release(tmp_path, "0.2.0", priv), pub, restart=lambda: None,
                       health=lambda v: True) == "0.2.0"
     assert running(up.root) == "miroir 0.2.0"
+
+
+@pytest.mark.parametrize("keep", ["length", "manifest", "signature", "payload"])
+def test_a_bundle_cut_short_says_so(tmp_path: Path, keys: tuple[bytes, bytes], keep: str) -> None:
+    """A copy cut in its manifest or signature (an interrupted scp) was reported as "bad
+    signature (not signed by the release key...)", sending IT after the key."""
+    import struct
+
+    priv, pub = keys
+    data = release(tmp_path, "2.0", priv).read_bytes()
+    (length,) = struct.unpack(">I", data[len(MAGIC):len(MAGIC) + 4])
+    cut = {"length": len(MAGIC) + 2, "manifest": len(MAGIC) + 4 + length // 2,
+           "signature": len(MAGIC) + 4 + length + 20, "payload": len(data) - 100}[keep]
+    short = tmp_path / "short.release"
+    short.write_bytes(data[:cut])
+    with pytest.raises(UpdateError, match=rf"truncated \({cut} of its( {len(data)})? bytes\)") as err:
+        verify_release(short, pub)
+    assert "signature" not in str(err.value)
