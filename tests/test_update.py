@@ -204,10 +204,15 @@ def test_kills_at_random_moments(tmp_path: Path, keys: tuple[bytes, bytes]) -> N
     pub_file = tmp_path / "release.pub"
     pub_file.write_bytes(pub)
     bundle = release(tmp_path, "2.0", priv, filler_bytes=4_000_000)
+    started_s = time.monotonic()  # a whole install, to kill within it (a fixed 0.05-0.6 s
+    assert run_install(up.root, bundle, pub_file) == 0  # window often missed an install of 0.1 s)
+    whole_s = time.monotonic() - started_s
+    up._write_state({"pending": "2.0", "previous": "1.0"})
+    up.rollback()
     rng = random.Random(7)
     outcomes = []
     for _ in range(6):
-        rc = run_install(up.root, bundle, pub_file, kill_after_s=rng.uniform(0.05, 0.6))
+        rc = run_install(up.root, bundle, pub_file, kill_after_s=rng.uniform(0.1, 0.95) * whole_s)
         assert running(up.root) in ("miroir 1.0", "miroir 2.0")
         up.recover()
         outcomes.append((rc, running(up.root)))
