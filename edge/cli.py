@@ -117,10 +117,10 @@ def cmd_edge_update(args: argparse.Namespace) -> int:
     if args.recover:
         print(f"running release: {updater.recover()}")
         return 0
-    if args.bundle is None:
-        raise _err("give a release bundle, or --recover")
+    if (args.bundle is None) == (not args.previous):
+        raise _err("give a release bundle, or --previous, or --recover")
     try:
-        key = args.key.read_bytes()
+        key = b"" if args.previous else args.key.read_bytes()
     except OSError as exc:
         raise _err(f"release key {args.key}: {exc.strerror}") from None
 
@@ -142,8 +142,11 @@ def cmd_edge_update(args: argparse.Namespace) -> int:
     for sig in (signal.SIGHUP, signal.SIGTERM):
         signal.signal(sig, interrupted)
     try:
-        version = updater.install(args.bundle, key, restart=restart, health=health,
-                                  allow_downgrade=args.allow_downgrade)
+        if args.previous:
+            version = updater.go_back(restart=restart, health=health)
+        else:
+            version = updater.install(args.bundle, key, restart=restart, health=health,
+                                      allow_downgrade=args.allow_downgrade)
     except RolledBack as exc:
         raise _err(str(exc), EXIT_ROLLED_BACK) from None
     except UpdateError as exc:
@@ -175,6 +178,9 @@ def register_cli(groups: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("bundle", type=Path, nargs="?", default=None, help="the release bundle file")
     p.add_argument("--recover", action="store_true",
                    help="roll back an unconfirmed update (run at boot)")
+    p.add_argument("--previous", action="store_true",
+                   help="go back to the release kept before the running one (no bundle needed), "
+                        "health-checked like an update; both releases stay")
     p.add_argument("--root", type=Path, default=DEFAULT_RELEASES,
                    help=f"releases folder (default {DEFAULT_RELEASES})")
     p.add_argument("--key", type=Path, default=DEFAULT_RELEASE_KEY,

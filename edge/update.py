@@ -407,39 +407,68 @@ class Updater:
                                   f"{old} (a replayed old bundle?); --allow-downgrade to install "
                                   "it anyway")
             self.unpack(bundle, manifest)
-            self._write_state({"pending": manifest.version, "previous": old, "ts": time.time()})
-            self._crash("before-switch")
-            self._switch(manifest.version)
-            self._crash("after-switch")
-            ok = False
-            try:
-                restart()
-                try:
-                    ok = health(manifest.version)
-                except Exception as exc:  # a crashing check is a failed check
-                    log.warning("health check of %s raised: %s", manifest.version, exc)
-            except BaseException as exc:  # interrupted, a hung restart: never stay unconfirmed
-                back = self.rollback()
-                with contextlib.suppress(Exception):
-                    restart()
-                log.error("update to %s interrupted: rolled back to %s", manifest.version, back)
-                if isinstance(exc, Exception):  # (a missing systemctl: OSError)
-                    raise RolledBack(f"{exc}; rolled back to {back}") from None
-                raise
-            if ok:
-                self._write_state({})
-                self.prune(keep={manifest.version, *([old] if old else [])})
-                log.info("update %s -> %s committed", old, manifest.version)
-                return manifest.version
-            back = self.rollback()
+            return self._switch_and_check(manifest.version, old, restart, health)
+
+    def previous_version(self) -> str | None:
+        """The newest complete release kept besides the running one, or None."""
+        running = self.current_version()
+        kept = [path.name for path in self.releases.glob("[!.]*")
+                if path.name != running and (path / COMPLETE_MARK).exists()]
+        return max(kept, key=version_key, default=None)
+
+    def go_back(self, *, restart: Restart, health: HealthCheck) -> str:
+        """Switch to the kept previous release, health-check it, then commit or roll back;
+        both releases stay on disk either way.
+
+        Raises:
+            UpdateError: no previous release kept (:class:`RolledBack`: it failed its check).
+        """
+        with self.locked():
+            self._recover()
+            target = self.previous_version()
+            if target is None:
+                raise UpdateError("no previous release kept on this box to go back to")
+            return self._switch_and_check(target, self.current_version(), restart, health,
+                                          keep_on_failure=True)
+
+    def _switch_and_check(self, version: str, old: str | None, restart: Restart,
+                          health: HealthCheck, keep_on_failure: bool = False) -> str:
+        """Steps 3 to 5 (module docstring), the lock held; ``version`` is unpacked."""
+        self._write_state({"pending": version, "previous": old, "ts": time.time(),
+                           "keep": keep_on_failure})
+        self._crash("before-switch")
+        self._switch(version)
+        self._crash("after-switch")
+        ok = False
+        try:
             restart()
-        raise RolledBack(f"release {manifest.version} failed its health check; "
-                          + (f"rolled back to {back}" if back != manifest.version else
-                             "no previous release to roll back to: it keeps running"))
+            try:
+                ok = health(version)
+            except Exception as exc:  # a crashing check is a failed check
+                log.warning("health check of %s raised: %s", version, exc)
+        except BaseException as exc:  # interrupted, a hung restart: never stay unconfirmed
+            back = self.rollback()
+            with contextlib.suppress(Exception):
+                restart()
+            log.error("update to %s interrupted: rolled back to %s", version, back)
+            if isinstance(exc, Exception):  # (a missing systemctl: OSError)
+                raise RolledBack(f"{exc}; rolled back to {back}") from None
+            raise
+        if ok:
+            self._write_state({})
+            self.prune(keep={version, *([old] if old else [])})
+            log.info("update %s -> %s committed", old, version)
+            return version
+        back = self.rollback()
+        restart()
+        raise RolledBack(f"release {version} failed its health check; "
+                         + (f"rolled back to {back}" if back != version else
+                            "no previous release to roll back to: it keeps running"))
 
     def rollback(self) -> str | None:
         """Point ``current`` back to the recorded previous release and clear the state; the failed
-        release is deleted unless ``current`` still points to it (no complete previous one)."""
+        release is deleted unless ``current`` still points to it (no complete previous one) or it
+        was a kept one gone back to."""
         state = self._state()
         previous = state.get("previous")
         if previous and (self.releases / previous / COMPLETE_MARK).exists():
@@ -449,7 +478,7 @@ class Updater:
                       self.current_version())
         bad = state.get("pending")
         self._write_state({})
-        if bad and bad != self.current_version():
+        if bad and bad != self.current_version() and not state.get("keep"):
             self._remove(self.releases / bad)
         return self.current_version()
 

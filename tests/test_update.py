@@ -510,12 +510,13 @@ def _agent_release(tmp: Path, version: str, state: Path, priv: bytes,
     return build_release(tree, version, priv, tmp / f"miroir-{version}-{crash_after_s}.release")
 
 
-def _cli_update(root: Path, bundle: Path, pub: Path, state: Path, fake_bin: Path,
+def _cli_update(root: Path, bundle: Path | None, pub: Path, state: Path, fake_bin: Path,
                 *options: str) -> subprocess.CompletedProcess[str]:
     """The real `miroir edge update`, with `systemctl` from ``fake_bin`` (no systemd here)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{fake_bin}:{os.environ['PATH']}"}
     return subprocess.run(
-        [sys.executable, "-m", "miroir", "edge", "update", str(bundle), "--root", str(root),
+        [sys.executable, "-m", "miroir", "edge", "update", *([str(bundle)] if bundle else []),
+         "--root", str(root),
          "--key", str(pub), "--state-dir", str(state), *options],
         env=env, capture_output=True, text=True, timeout=60)
 
@@ -616,3 +617,36 @@ def test_a_bundle_cut_short_says_so(tmp_path: Path, keys: tuple[bytes, bytes], k
     with pytest.raises(UpdateError, match=rf"truncated \({cut} of its( {len(data)})? bytes\)") as err:
         verify_release(short, pub)
     assert "signature" not in str(err.value)
+
+
+def test_the_kept_previous_release_can_be_gone_back_to(
+        tmp_path: Path, keys: tuple[bytes, bytes]) -> None:
+    """A release that went bad after it was kept (it passed its check, then failed in a busy
+    hour): the previous release stays on disk for that, yet only its old bundle and
+    --allow-downgrade took the box back to it. `edge update --previous` does, health-checked,
+    and keeps both releases whatever happens (a failed go-back deleted nothing)."""
+    priv, pub = keys
+    up = installed(tmp_path, priv, pub)
+    up.install(release(tmp_path, "2.0", priv), pub, restart=lambda: None, health=lambda v: True)
+    (tmp_path / "release.pub").write_bytes(pub)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "systemctl").write_text("#!/bin/sh\nexit 0\n")
+    (fake / "systemctl").chmod(0o755)
+    # no heartbeat from 1.0 (say the broker is down): back on 2.0, exit 4, nothing deleted
+    failed = _cli_update(up.root, None, tmp_path / "release.pub", tmp_path, fake,
+                         "--previous", "--health-timeout-s", "1", "--soak-s", "0")
+    assert failed.returncode == 4 and "rolled back to 2.0" in failed.stderr, failed.stderr
+    assert running(up.root) == "miroir 2.0"
+    assert sorted(p.name for p in up.releases.iterdir()) == ["1.0", "2.0"]
+    seen: list[str] = []
+    assert up.go_back(restart=lambda: seen.append(running(up.root)), health=lambda v: True) == "1.0"
+    assert seen == ["miroir 1.0"] and running(up.root) == "miroir 1.0"
+    assert sorted(p.name for p in up.releases.iterdir()) == ["1.0", "2.0"]
+    assert up.go_back(restart=lambda: None, health=lambda v: True) == "2.0"  # and forth again
+    (tmp_path / "lone").mkdir()
+    lone = Updater(tmp_path / "lone" / "root")
+    lone.install(release(tmp_path / "lone", "1.0", priv), pub, restart=lambda: None,
+                 health=lambda v: True)
+    refused = _cli_update(lone.root, None, tmp_path / "release.pub", tmp_path, fake, "--previous")
+    assert refused.returncode == 3 and "no previous release" in refused.stderr, refused.stderr
