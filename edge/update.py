@@ -351,7 +351,7 @@ class Updater:
         """
         self.releases.mkdir(parents=True, exist_ok=True)
         final = self.releases / manifest.version
-        if (final / COMPLETE_MARK).exists():
+        if self.built_from(manifest.version) == manifest.payload_sha256:
             return final
         stage = self.releases / f".staging-{manifest.version}"
         shutil.rmtree(stage, ignore_errors=True)
@@ -365,7 +365,7 @@ class Updater:
             with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
                 _extract(tar, stage)
                 self._crash("unpack")
-            (stage / COMPLETE_MARK).write_text(manifest.version + "\n")
+            (stage / COMPLETE_MARK).write_text(f"{manifest.version}\n{manifest.payload_sha256}\n")
             _fsync_tree(stage)
         except (OSError, tarfile.TarError, EOFError, zlib.error, UpdateError) as exc:
             shutil.rmtree(stage, ignore_errors=True)
@@ -376,6 +376,15 @@ class Updater:
         os.replace(stage, final)
         _fsync_dir(self.releases)
         return final
+
+    def built_from(self, version: str) -> str | None:
+        """SHA-256 of the payload a complete release was unpacked from (None: not complete, or
+        marked by a version of this file that did not record it)."""
+        try:
+            lines = (self.releases / version / COMPLETE_MARK).read_text().split()
+        except OSError:
+            return None
+        return lines[1] if len(lines) > 1 else None
 
     def install(self, bundle: Path, public_key_pem: bytes, *, restart: Restart,
                 health: HealthCheck, allow_downgrade: bool = False) -> str:
@@ -400,6 +409,9 @@ class Updater:
             self._recover()
             old = self.current_version()
             if old == manifest.version:
+                if self.built_from(old) not in (None, manifest.payload_sha256):
+                    raise UpdateError(f"release {old} is already running from another build: a "
+                                      "changed release needs a new version (nothing changed)")
                 return old
             if old is not None and not allow_downgrade and \
                     version_key(manifest.version) <= version_key(old):

@@ -13,6 +13,7 @@ import sys
 import tarfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -152,6 +153,7 @@ def test_failed_health_check_rolls_back(tmp_path: Path, keys: tuple[bytes, bytes
 INSTALL = """
 import sys
 from pathlib import Path
+from typing import Any
 from edge.update import Updater
 Updater(Path(sys.argv[1])).install(Path(sys.argv[2]), Path(sys.argv[3]).read_bytes(),
                                    restart=lambda: None, health=lambda v: True)
@@ -650,3 +652,22 @@ def test_the_kept_previous_release_can_be_gone_back_to(
                  health=lambda v: True)
     refused = _cli_update(lone.root, None, tmp_path / "release.pub", tmp_path, fake, "--previous")
     assert refused.returncode == 3 and "no previous release" in refused.stderr, refused.stderr
+
+
+def test_a_rebuilt_release_under_the_same_version_is_never_taken_for_the_first(
+        tmp_path: Path, keys: tuple[bytes, bytes]) -> None:
+    """A release rebuilt and signed again under the same version (a fix) was taken for the one
+    already on the box: running it, "running release 2.1" and nothing changed; kept (after
+    --previous), the old build was switched to. Now the kept one is replaced by the signed build,
+    and a different build of the running version is refused, saying so."""
+    priv, pub = keys
+    ok: dict[str, Any] = {"restart": lambda: None, "health": lambda v: True}
+    up = installed(tmp_path, priv, pub)
+    up.install(release(tmp_path, "2.1", priv), pub, **ok)
+    (tmp_path / "fixed").mkdir()
+    fixed = release(tmp_path / "fixed", "2.1", priv, filler_bytes=1000)
+    with pytest.raises(UpdateError, match="already running from another build"):
+        up.install(fixed, pub, **ok)
+    assert up.install(tmp_path / "miroir-2.1.release", pub, **ok) == "2.1"  # the same: a no-op
+    assert up.go_back(**ok) == "1.0"
+    assert up.install(fixed, pub, **ok) == "2.1" and (up.current / "lib.bin").is_file()
