@@ -288,9 +288,14 @@ class Updater:
 
     def _state(self) -> dict[str, Any]:
         try:
-            return dict(json.loads(self.state_path.read_text()))
+            state = json.loads(self.state_path.read_text())
         except FileNotFoundError:
             return {}
+        except (OSError, ValueError) as exc:  # (a damaged card: current is still complete)
+            log.error("%s is unreadable (%s): keeping release %s", self.state_path, exc,
+                      self.current_version())
+            return {}
+        return state if isinstance(state, dict) else {}
 
     def _write_state(self, state: dict[str, Any]) -> None:
         # (the standard library only: the image runs this file on its own, at boot, see above)

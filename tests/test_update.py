@@ -671,3 +671,25 @@ def test_a_rebuilt_release_under_the_same_version_is_never_taken_for_the_first(
     assert up.install(tmp_path / "miroir-2.1.release", pub, **ok) == "2.1"  # the same: a no-op
     assert up.go_back(**ok) == "1.0"
     assert up.install(fixed, pub, **ok) == "2.1" and (up.current / "lib.bin").is_file()
+
+
+@pytest.mark.parametrize("content", [b"", b'{"pending": "2.0", "prev', b"\x00" * 64, b"[]"])
+def test_an_unreadable_state_file_stops_neither_the_agent_nor_updates(
+        tmp_path: Path, keys: tuple[bytes, bytes], content: bytes) -> None:
+    """A damaged state.json (an SD card's zeroed block) made every recovery and every install
+    end in a JSONDecodeError traceback (exit 1); run before the agent, that would keep it from
+    starting. The recovery keeps the release current points to (always a complete one), the unit
+    ignores a failed recovery, and the next install goes through."""
+    priv, pub = keys
+    up = installed(tmp_path, priv, pub)
+    (up.root / "state.json").write_bytes(content)
+    unit = (REPO / "systemd" / "miroir-box.service").read_text()
+    prefixes = [line.split("=", 1)[1][:3] for line in unit.splitlines()
+                if line.startswith("ExecStartPre=")]
+    assert prefixes and all("-" in p for p in prefixes), "a failed recovery would stop the agent"
+    for cmd in _agent_prestart(up.root, tmp_path):
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+    assert running(up.root) == "miroir 1.0"
+    assert up.install(release(tmp_path, "2.0", priv), pub, restart=lambda: None,
+                      health=lambda v: True) == "2.0"
