@@ -451,10 +451,21 @@ class Updater:
     def _switch_and_check(self, version: str, old: str | None, restart: Restart,
                           health: HealthCheck, keep_on_failure: bool = False) -> str:
         """Steps 3 to 5 (module docstring), the lock held; ``version`` is unpacked."""
-        self._write_state({"pending": version, "previous": old, "ts": time.time(),
-                           "keep": keep_on_failure})
-        self._crash("before-switch")
-        self._switch(version)
+        try:
+            self._write_state({"pending": version, "previous": old, "ts": time.time(),
+                               "keep": keep_on_failure})
+            self._crash("before-switch")
+            self._switch(version)
+        except OSError as exc:  # a full disk: the switch is not recorded, or not made
+            if self.current_version() == version:
+                self.rollback()
+            else:
+                with contextlib.suppress(OSError):
+                    self._write_state({})
+                if not keep_on_failure:
+                    self._remove(self.releases / version)
+            raise UpdateError(f"cannot switch to release {version}: {exc.strerror or exc} "
+                              "(nothing changed)") from None
         self._crash("after-switch")
         ok = False
         try:

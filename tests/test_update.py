@@ -693,3 +693,22 @@ def test_an_unreadable_state_file_stops_neither_the_agent_nor_updates(
     assert running(up.root) == "miroir 1.0"
     assert up.install(release(tmp_path, "2.0", priv), pub, restart=lambda: None,
                       health=lambda v: True) == "2.0"
+
+
+def test_a_switch_that_cannot_be_recorded_changes_nothing_and_leaves_nothing(
+        tmp_path: Path, keys: tuple[bytes, bytes]) -> None:
+    """The disk filling up (another writer) between the unpack and the recorded switch ended
+    the update with "release bundle ...: No space left on device" (the bundle blamed, exit 3)
+    and left the 120 MB unpacked release on the full disk, swept by nothing. Here the state's
+    write fails on a real file system (a folder where its temporary file goes)."""
+    priv, pub = keys
+    up = installed(tmp_path, priv, pub)
+    (up.root / ".state.json.tmp").mkdir()
+    with pytest.raises(UpdateError, match=r"cannot switch to release 2\.0.*nothing changed"):
+        up.install(release(tmp_path, "2.0", priv), pub, restart=lambda: None,
+                   health=lambda v: True)
+    assert sorted(p.name for p in up.releases.iterdir()) == ["1.0"]
+    assert running(up.root) == "miroir 1.0"
+    (up.root / ".state.json.tmp").rmdir()
+    assert up.install(tmp_path / "miroir-2.0.release", pub, restart=lambda: None,
+                      health=lambda v: True) == "2.0"
