@@ -16,10 +16,16 @@ DEFAULT_RELEASE_KEY = Path("/usr/share/miroir/release-key.pem")
 DEFAULT_STATE = Path("/var/lib/miroir")
 
 
-def _err(msg: str) -> Exception:
+EXIT_REFUSED = 3
+"""``edge update``: the release was refused; nothing changed on the box."""
+EXIT_ROLLED_BACK = 4
+"""``edge update``: the release was switched to, failed, and was rolled back."""
+
+
+def _err(msg: str, exit_code: int = 2) -> Exception:
     from miroir.cli import CliError
 
-    return CliError(msg)
+    return CliError(msg, exit_code)
 
 
 def cmd_edge_check(args: argparse.Namespace) -> int:
@@ -104,17 +110,17 @@ def cmd_edge_update(args: argparse.Namespace) -> int:
     """Install a signed release side by side, switch atomically, health-check, commit or roll back."""
     import subprocess
 
-    from edge.health import read_heartbeat
-    from edge.update import UpdateError, Updater
+    from edge.health import wait_healthy
+    from edge.update import RolledBack, UpdateError, Updater
 
     updater = Updater(args.root)
     if args.recover:
         print(f"running release: {updater.recover()}")
         return 0
-    if args.bundle is None:
-        raise _err("give a release bundle, or --recover")
+    if (args.bundle is None) == (not args.previous):
+        raise _err("give a release bundle, or --previous, or --recover")
     try:
-        key = args.key.read_bytes()
+        key = b"" if args.previous else args.key.read_bytes()
     except OSError as exc:
         raise _err(f"release key {args.key}: {exc.strerror}") from None
 
@@ -127,14 +133,8 @@ def cmd_edge_update(args: argparse.Namespace) -> int:
             raise UpdateError(f"{args.unit} did not restart within 90 s") from None
 
     def health(version: str) -> bool:
-        since = time.time()
-        deadline = time.monotonic() + args.health_timeout_s
-        while time.monotonic() < deadline:
-            beat = read_heartbeat(args.state_dir)
-            if beat.get("version") == version and float(beat.get("acked_ts", 0)) >= since:
-                return True
-            time.sleep(1.0)
-        return False
+        return wait_healthy(args.state_dir, version, time.time(), args.health_timeout_s,
+                            args.soak_s)
 
     def interrupted(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # a closed SSH session or a stop: roll back, never stay unconfirmed
@@ -142,12 +142,17 @@ def cmd_edge_update(args: argparse.Namespace) -> int:
     for sig in (signal.SIGHUP, signal.SIGTERM):
         signal.signal(sig, interrupted)
     try:
-        version = updater.install(args.bundle, key, restart=restart, health=health,
-                                  allow_downgrade=args.allow_downgrade)
+        if args.previous:
+            version = updater.go_back(restart=restart, health=health)
+        else:
+            version = updater.install(args.bundle, key, restart=restart, health=health,
+                                      allow_downgrade=args.allow_downgrade)
+    except RolledBack as exc:
+        raise _err(str(exc), EXIT_ROLLED_BACK) from None
     except UpdateError as exc:
-        raise _err(str(exc)) from None
+        raise _err(str(exc), EXIT_REFUSED) from None
     except OSError as exc:
-        raise _err(f"release bundle {args.bundle}: {exc.strerror or exc}") from None
+        raise _err(f"release bundle {args.bundle}: {exc.strerror or exc}", EXIT_REFUSED) from None
     print(f"running release {version}")
     return 0
 
@@ -173,6 +178,9 @@ def register_cli(groups: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("bundle", type=Path, nargs="?", default=None, help="the release bundle file")
     p.add_argument("--recover", action="store_true",
                    help="roll back an unconfirmed update (run at boot)")
+    p.add_argument("--previous", action="store_true",
+                   help="go back to the release kept before the running one (no bundle needed), "
+                        "health-checked like an update; both releases stay")
     p.add_argument("--root", type=Path, default=DEFAULT_RELEASES,
                    help=f"releases folder (default {DEFAULT_RELEASES})")
     p.add_argument("--key", type=Path, default=DEFAULT_RELEASE_KEY,
@@ -183,6 +191,9 @@ def register_cli(groups: dict[str, argparse._SubParsersAction]) -> None:
                    help=f"the agent's state folder holding heartbeat.json (default {DEFAULT_STATE})")
     p.add_argument("--health-timeout-s", type=float, default=90.0,
                    help="seconds the new release has to publish (default 90)")
+    p.add_argument("--soak-s", type=float, default=120.0,
+                   help="seconds the new release must then run without a restart before it is "
+                        "kept (default 120)")
     p.add_argument("--allow-downgrade", action="store_true",
                    help="install a release older than the running one (refused by default: a "
                         "replayed old bundle)")

@@ -145,9 +145,10 @@ def health_facts(version: str, cert_file: Path | None = None, *, outbox_depth: i
 
 
 def write_heartbeat(state_dir: Path, version: str, acked_ts: float | None = None) -> None:
-    """Record that this version just had a message acknowledged by the broker (for updates)."""
+    """Record that this version (this process) just had a message acknowledged by the broker."""
     atomic_write(Path(state_dir) / HEARTBEAT_FILE,
-                 json.dumps({"version": version, "acked_ts": acked_ts or time.time()}), sync=False)
+                 json.dumps({"version": version, "acked_ts": acked_ts or time.time(),
+                             "pid": os.getpid()}), sync=False)
 
 
 def read_heartbeat(state_dir: Path) -> dict[str, Any]:
@@ -158,5 +159,48 @@ def read_heartbeat(state_dir: Path) -> dict[str, Any]:
         return {}
 
 
+def _alive(pid: object) -> bool:
+    """False only for a process known to be gone (a heartbeat without a pid proves nothing)."""
+    if not isinstance(pid, int):
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def wait_healthy(state_dir: Path, version: str, since_ts: float, timeout_s: float,
+                 soak_s: float, poll_s: float = 1.0) -> bool:
+    """True when ``version``'s agent publishes within ``timeout_s`` (a heartbeat acknowledged
+    after ``since_ts``), then runs ``soak_s`` more seconds without a restart: the same process,
+    alive (a release that crashes a minute after its first message passed the check)."""
+    deadline = time.monotonic() + timeout_s
+    first: dict[str, Any] = {}
+    while not first and time.monotonic() < deadline:
+        beat = read_heartbeat(state_dir)
+        if beat.get("version") == version and float(beat.get("acked_ts", 0)) >= since_ts:
+            first = beat
+        else:
+            time.sleep(poll_s)
+    if not first:
+        log.warning("release %s did not publish within %.0f s", version, timeout_s)
+        return False
+    published = time.monotonic()
+    soak_end = published + soak_s
+    while True:
+        beat = read_heartbeat(state_dir) or first  # (an unreadable file: no news)
+        if beat.get("version") != version or beat.get("pid") != first.get("pid") \
+                or not _alive(first.get("pid")):
+            log.warning("release %s restarted %.0f s after it first published",
+                        version, time.monotonic() - published)
+            return False
+        if time.monotonic() >= soak_end:
+            return True
+        time.sleep(poll_s)
+
+
 __all__ = ["cert_days_left", "clock_facts", "cpu_temp_c", "health_facts", "read_heartbeat",
-           "throttled", "write_heartbeat"]
+           "throttled", "wait_healthy", "write_heartbeat"]

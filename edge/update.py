@@ -12,15 +12,18 @@ The manifest names the version and the payload's SHA-256 and length. Installing:
 2. **unpack** into ``<root>/releases/.staging-<version>`` and rename it to ``releases/<version>``;
 3. **switch**: record ``state.json`` ``{"pending": new, "previous": old}`` (atomic rename), then
    swap the ``current`` symlink atomically (a new link renamed over the old one);
-4. **health-check** (the agent restarted on the new release reaches the broker and publishes);
+4. **health-check** (the agent restarted on the new release reaches the broker, publishes, and
+   runs a while without a restart: ``edge.health.wait_healthy``);
 5. **commit** (``state.json`` cleared) or **roll back** (``current`` back to the previous release).
 
 A power cut or kill at any point leaves ``current`` pointing to a complete release. At boot,
-:func:`recover` (``miroir-update-recover.service``, before the agent) removes staging leftovers
-and rolls an unconfirmed switch back. An install refuses a version not newer than the one
-running (a replayed old bundle) unless told otherwise, unpacks only plain files, folders and
-symbolic links that stay inside the release (its own check, not tarfile's filters), within size
-caps, and holds a lock on the root: one install or recovery at a time. Releases are deleted by
+:func:`recover` (``miroir-update-recover.service``, and again before every start of the agent:
+``miroir-box.service``'s ``ExecStartPre``) removes staging leftovers and rolls back a switch
+that no live install is checking (one killed after its switch: the kernel dropped its lock).
+An install refuses a version not newer than the one running (a replayed old bundle) unless
+told otherwise, unpacks only plain files, folders and symbolic links that stay inside the
+release (its own check, not tarfile's filters), within size caps, and holds a lock on the
+root: one install or recovery at a time. Releases are deleted by
 renaming them away first, so a half-deleted one is never taken for complete. Verification needs
 ``cryptography``; recovery needs only the standard library (the image runs this file with the
 system Python).
@@ -36,6 +39,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import struct
 import sys
@@ -74,6 +78,10 @@ class UpdateError(RuntimeError):
     """An update refused (bad signature, wrong payload, unsafe archive) or that failed."""
 
 
+class RolledBack(UpdateError):
+    """A release switched to, then rolled back (failed health check, interrupted)."""
+
+
 @dataclass(frozen=True)
 class Manifest:
     """What a release bundle claims, once its signature is verified."""
@@ -91,17 +99,23 @@ def _check_version(version: object) -> str:
     return version
 
 
+PRE_RELEASE = ("dev", "a", "alpha", "b", "beta", "c", "pre", "preview", "rc")
+"""Words that mark a version before its release (``0.2.0rc1`` before ``0.2.0``), in order."""
+
+
 def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
-    """Sort key of a release version: dotted numbers compare as numbers (``0.10`` after
-    ``0.9``), other parts as text, numbers after text (``1.0rc1`` before ``1.0.0``)."""
+    """Sort key of a release version: numbers compare as numbers (``0.10`` after ``0.9``), a
+    pre-release word before the end of the version (``0.2.0rc1``, ``0.2.0.dev3`` before
+    ``0.2.0``), other words after it (``1.0.post1`` after ``1.0``, before ``1.0.1``)."""
     parts: list[tuple[int, int | str]] = []
-    for piece in version.replace("-", ".").replace("+", ".").replace("_", ".").split("."):
-        digits = piece[: len(piece) - len(piece.lstrip("0123456789"))]
-        if digits:
-            parts.append((1, int(digits)))
-        if piece[len(digits):]:
-            parts.append((0, piece[len(digits):]))
-    return tuple(parts)
+    for token in re.findall(r"\d+|[^\W\d_]+", version):
+        if token.isdigit():
+            parts.append((3, int(token)))
+        elif token.lower() in PRE_RELEASE:
+            parts.append((0, PRE_RELEASE.index(token.lower())))
+        else:
+            parts.append((2, token))
+    return (*parts, (1, 0))
 
 
 INSTALL_ROOTS = ("/data/miroir-releases", "/opt/miroir")
@@ -217,11 +231,14 @@ def verify_release(bundle: Path, public_key_pem: bytes) -> Manifest:
     with open(bundle, "rb") as fh:
         if fh.read(len(MAGIC)) != MAGIC:
             raise UpdateError(f"{bundle}: not a Miroir release bundle")
-        (length,) = struct.unpack(">I", fh.read(4).rjust(4, b"\0"))
-        if not 0 < length <= MAX_MANIFEST_BYTES:
+        head = fh.read(4)
+        (length,) = struct.unpack(">I", head.rjust(4, b"\0"))
+        if len(head) == 4 and not 0 < length <= MAX_MANIFEST_BYTES:
             raise UpdateError(f"{bundle}: bad manifest length {length}")
         manifest_bytes = fh.read(length)
         signature = fh.read(SIG_BYTES)
+        if len(head) < 4 or len(manifest_bytes) < length or len(signature) < SIG_BYTES:
+            raise UpdateError(f"{bundle}: truncated ({fh.tell()} of its bytes): copy it again")
         try:
             key.verify(signature, MAGIC + manifest_bytes)
         except InvalidSignature:
@@ -241,6 +258,9 @@ def verify_release(bundle: Path, public_key_pem: bytes) -> Manifest:
         while chunk := fh.read(CHUNK):
             digest.update(chunk)
             size += len(chunk)
+    if size < info["payload_bytes"]:
+        raise UpdateError(f"{bundle}: truncated ({offset + size} of its "
+                          f"{offset + info['payload_bytes']} bytes): copy it again")
     if size != info["payload_bytes"] or digest.hexdigest() != info["payload_sha256"]:
         raise UpdateError(f"{bundle}: payload does not match its signed manifest (tampered "
                           "or truncated)")
@@ -268,9 +288,14 @@ class Updater:
 
     def _state(self) -> dict[str, Any]:
         try:
-            return dict(json.loads(self.state_path.read_text()))
+            state = json.loads(self.state_path.read_text())
         except FileNotFoundError:
             return {}
+        except (OSError, ValueError) as exc:  # (a damaged card: current is still complete)
+            log.error("%s is unreadable (%s): keeping release %s", self.state_path, exc,
+                      self.current_version())
+            return {}
+        return state if isinstance(state, dict) else {}
 
     def _write_state(self, state: dict[str, Any]) -> None:
         # (the standard library only: the image runs this file on its own, at boot, see above)
@@ -295,13 +320,19 @@ class Updater:
         _fsync_dir(self.root)
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold the root's lock: one install or recovery at a time (a second one waits)."""
+    def locked(self, wait: bool = True) -> Iterator[bool]:
+        """Hold the root's lock: one install or recovery at a time; yields False, without the
+        lock, when another process holds it and ``wait`` is False (the kernel drops the lock of
+        a killed process: a held lock is a live install)."""
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / LOCK_FILE, "a") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
             try:
-                yield
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
@@ -325,7 +356,7 @@ class Updater:
         """
         self.releases.mkdir(parents=True, exist_ok=True)
         final = self.releases / manifest.version
-        if (final / COMPLETE_MARK).exists():
+        if self.built_from(manifest.version) == manifest.payload_sha256:
             return final
         stage = self.releases / f".staging-{manifest.version}"
         shutil.rmtree(stage, ignore_errors=True)
@@ -339,7 +370,7 @@ class Updater:
             with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
                 _extract(tar, stage)
                 self._crash("unpack")
-            (stage / COMPLETE_MARK).write_text(manifest.version + "\n")
+            (stage / COMPLETE_MARK).write_text(f"{manifest.version}\n{manifest.payload_sha256}\n")
             _fsync_tree(stage)
         except (OSError, tarfile.TarError, EOFError, zlib.error, UpdateError) as exc:
             shutil.rmtree(stage, ignore_errors=True)
@@ -350,6 +381,15 @@ class Updater:
         os.replace(stage, final)
         _fsync_dir(self.releases)
         return final
+
+    def built_from(self, version: str) -> str | None:
+        """SHA-256 of the payload a complete release was unpacked from (None: not complete, or
+        marked by a version of this file that did not record it)."""
+        try:
+            lines = (self.releases / version / COMPLETE_MARK).read_text().split()
+        except OSError:
+            return None
+        return lines[1] if len(lines) > 1 else None
 
     def install(self, bundle: Path, public_key_pem: bytes, *, restart: Restart,
                 health: HealthCheck, allow_downgrade: bool = False) -> str:
@@ -367,13 +407,16 @@ class Updater:
             The version running afterwards.
 
         Raises:
-            UpdateError: refused (nothing written) or rolled back (message says which).
+            UpdateError: refused (nothing switched; :class:`RolledBack` when rolled back).
         """
         manifest = verify_release(bundle, public_key_pem)  # before anything is written
         with self.locked():
             self._recover()
             old = self.current_version()
             if old == manifest.version:
+                if self.built_from(old) not in (None, manifest.payload_sha256):
+                    raise UpdateError(f"release {old} is already running from another build: a "
+                                      "changed release needs a new version (nothing changed)")
                 return old
             if old is not None and not allow_downgrade and \
                     version_key(manifest.version) <= version_key(old):
@@ -381,39 +424,79 @@ class Updater:
                                   f"{old} (a replayed old bundle?); --allow-downgrade to install "
                                   "it anyway")
             self.unpack(bundle, manifest)
-            self._write_state({"pending": manifest.version, "previous": old, "ts": time.time()})
+            return self._switch_and_check(manifest.version, old, restart, health)
+
+    def previous_version(self) -> str | None:
+        """The newest complete release kept besides the running one, or None."""
+        running = self.current_version()
+        kept = [path.name for path in self.releases.glob("[!.]*")
+                if path.name != running and (path / COMPLETE_MARK).exists()]
+        return max(kept, key=version_key, default=None)
+
+    def go_back(self, *, restart: Restart, health: HealthCheck) -> str:
+        """Switch to the kept previous release, health-check it, then commit or roll back;
+        both releases stay on disk either way.
+
+        Raises:
+            UpdateError: no previous release kept (:class:`RolledBack`: it failed its check).
+        """
+        with self.locked():
+            self._recover()
+            target = self.previous_version()
+            if target is None:
+                raise UpdateError("no previous release kept on this box to go back to")
+            return self._switch_and_check(target, self.current_version(), restart, health,
+                                          keep_on_failure=True)
+
+    def _switch_and_check(self, version: str, old: str | None, restart: Restart,
+                          health: HealthCheck, keep_on_failure: bool = False) -> str:
+        """Steps 3 to 5 (module docstring), the lock held; ``version`` is unpacked."""
+        try:
+            self._write_state({"pending": version, "previous": old, "ts": time.time(),
+                               "keep": keep_on_failure})
             self._crash("before-switch")
-            self._switch(manifest.version)
-            self._crash("after-switch")
-            ok = False
-            try:
-                restart()
-                try:
-                    ok = health(manifest.version)
-                except Exception as exc:  # a crashing check is a failed check
-                    log.warning("health check of %s raised: %s", manifest.version, exc)
-            except BaseException as exc:  # interrupted, a hung restart: never stay unconfirmed
-                back = self.rollback()
-                with contextlib.suppress(Exception):
-                    restart()
-                log.error("update to %s interrupted: rolled back to %s", manifest.version, back)
-                if isinstance(exc, UpdateError):
-                    raise UpdateError(f"{exc}; rolled back to {back}") from None
-                raise
-            if ok:
-                self._write_state({})
-                self.prune(keep={manifest.version, *([old] if old else [])})
-                log.info("update %s -> %s committed", old, manifest.version)
-                return manifest.version
-            back = self.rollback()
+            self._switch(version)
+        except OSError as exc:  # a full disk: the switch is not recorded, or not made
+            if self.current_version() == version:
+                self.rollback()
+            else:
+                with contextlib.suppress(OSError):
+                    self._write_state({})
+                if not keep_on_failure:
+                    self._remove(self.releases / version)
+            raise UpdateError(f"cannot switch to release {version}: {exc.strerror or exc} "
+                              "(nothing changed)") from None
+        self._crash("after-switch")
+        ok = False
+        try:
             restart()
-        raise UpdateError(f"release {manifest.version} failed its health check; "
-                          + (f"rolled back to {back}" if back != manifest.version else
-                             "no previous release to roll back to: it keeps running"))
+            try:
+                ok = health(version)
+            except Exception as exc:  # a crashing check is a failed check
+                log.warning("health check of %s raised: %s", version, exc)
+        except BaseException as exc:  # interrupted, a hung restart: never stay unconfirmed
+            back = self.rollback()
+            with contextlib.suppress(Exception):
+                restart()
+            log.error("update to %s interrupted: rolled back to %s", version, back)
+            if isinstance(exc, Exception):  # (a missing systemctl: OSError)
+                raise RolledBack(f"{exc}; rolled back to {back}") from None
+            raise
+        if ok:
+            self._write_state({})
+            self.prune(keep={version, *([old] if old else [])})
+            log.info("update %s -> %s committed", old, version)
+            return version
+        back = self.rollback()
+        restart()
+        raise RolledBack(f"release {version} failed its health check; "
+                         + (f"rolled back to {back}" if back != version else
+                            "no previous release to roll back to: it keeps running"))
 
     def rollback(self) -> str | None:
         """Point ``current`` back to the recorded previous release and clear the state; the failed
-        release is deleted unless ``current`` still points to it (no complete previous one)."""
+        release is deleted unless ``current`` still points to it (no complete previous one) or it
+        was a kept one gone back to."""
         state = self._state()
         previous = state.get("previous")
         if previous and (self.releases / previous / COMPLETE_MARK).exists():
@@ -423,13 +506,17 @@ class Updater:
                       self.current_version())
         bad = state.get("pending")
         self._write_state({})
-        if bad and bad != self.current_version():
+        if bad and bad != self.current_version() and not state.get("keep"):
             self._remove(self.releases / bad)
         return self.current_version()
 
     def recover(self) -> str | None:
-        """At boot: drop staging and deletion leftovers and roll back an unconfirmed switch."""
-        with self.locked():
+        """At boot and before each start of the agent: drop staging and deletion leftovers and
+        roll back an unconfirmed switch, unless a live install holds the root (left to finish)."""
+        with self.locked(wait=False) as held:
+            if not held:
+                log.info("an install is in progress: its release is left to its health check")
+                return self.current_version()
             return self._recover()
 
     def _recover(self) -> str | None:
@@ -473,6 +560,8 @@ def _extract(tar: tarfile.TarFile, dest: Path) -> None:
             raise UpdateError(f"{m.name!r} lies under a symbolic link of the release")
         if not rel.parts and m.isdir():
             continue  # the tree's own root
+        if rel == PurePosixPath(COMPLETE_MARK):  # (a link there: the mark written through it)
+            raise UpdateError(f"{m.name!r} is the installer's own mark of a complete release")
         if rel in seen:
             raise UpdateError(f"{m.name!r} appears twice in the release")
         seen.add(rel)

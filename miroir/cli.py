@@ -29,7 +29,11 @@ They import only the standard library at module level, so ``--help`` stays fast.
 
 
 class CliError(Exception):
-    """An error to print as one line, with a non-zero exit."""
+    """An error to print as one line, with a non-zero exit (2 unless ``exit_code`` says)."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def _split_hint(free_mb: float | None, seconds: float) -> str:
@@ -420,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         return handler(args)
     except CliError as exc:
         print(f"miroir: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `miroir analyze --json | head`: the reader has what it wanted

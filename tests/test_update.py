@@ -3,6 +3,7 @@ kill at any point of an install (a real process killed with SIGKILL) leaves a wo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -12,6 +13,7 @@ import sys
 import tarfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -19,11 +21,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.update import (
     COMPLETE_MARK,
+    MAGIC,
     UpdateError,
     Updater,
     build_release,
     sign_release,
     verify_release,
+    version_key,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,7 +122,7 @@ def test_tampered_bundle_rejected_with_nothing_written(
         bundle.write_bytes(bytes(data))
     before = snapshot(up.root)
     called: list[int] = []
-    with pytest.raises(UpdateError, match=r"signature|payload"):
+    with pytest.raises(UpdateError, match=r"signature|payload|truncated"):
         up.install(bundle, pub, restart=lambda: called.append(1), health=lambda v: True)
     assert snapshot(up.root) == before and not called
     assert running(up.root) == "miroir 1.0"
@@ -149,6 +153,7 @@ def test_failed_health_check_rolls_back(tmp_path: Path, keys: tuple[bytes, bytes
 INSTALL = """
 import sys
 from pathlib import Path
+from typing import Any
 from edge.update import Updater
 Updater(Path(sys.argv[1])).install(Path(sys.argv[2]), Path(sys.argv[3]).read_bytes(),
                                    restart=lambda: None, health=lambda v: True)
@@ -201,10 +206,15 @@ def test_kills_at_random_moments(tmp_path: Path, keys: tuple[bytes, bytes]) -> N
     pub_file = tmp_path / "release.pub"
     pub_file.write_bytes(pub)
     bundle = release(tmp_path, "2.0", priv, filler_bytes=4_000_000)
+    started_s = time.monotonic()  # a whole install, to kill within it (a fixed 0.05-0.6 s
+    assert run_install(up.root, bundle, pub_file) == 0  # window often missed an install of 0.1 s)
+    whole_s = time.monotonic() - started_s
+    up._write_state({"pending": "2.0", "previous": "1.0"})
+    up.rollback()
     rng = random.Random(7)
     outcomes = []
     for _ in range(6):
-        rc = run_install(up.root, bundle, pub_file, kill_after_s=rng.uniform(0.05, 0.6))
+        rc = run_install(up.root, bundle, pub_file, kill_after_s=rng.uniform(0.1, 0.95) * whole_s)
         assert running(up.root) in ("miroir 1.0", "miroir 2.0")
         up.recover()
         outcomes.append((rc, running(up.root)))
@@ -283,6 +293,10 @@ def _member(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"x", link: 
     ([_member("lib", tarfile.SYMTYPE, link="/tmp"), _member("lib/escaped.txt")], "under a symbolic link"),
     ([_member("bin/miroir"), _member("hard", tarfile.LNKTYPE, link="bin/miroir")], "only files"),
     ([_member("dev", tarfile.CHRTYPE)], "only files"),
+    # the installer's own mark as a link: written through it, out of the release, as root
+    ([_member("bin/miroir"), _member(".complete", tarfile.SYMTYPE, link="../../../escaped.txt")],
+     "the installer's own"),
+    ([_member("bin/miroir"), _member("./.complete", data=b"2.0\n")], "the installer's own"),
 ])
 def test_an_unsafe_signed_archive_is_refused_and_leaves_nothing(
         tmp_path: Path, keys: tuple[bytes, bytes], members: list, why: str) -> None:
@@ -331,22 +345,19 @@ def test_deletions_leave_no_half_release_and_one_install_at_a_time(
         tmp_path: Path, keys: tuple[bytes, bytes]) -> None:
     """A release is renamed away before it is deleted (a power cut in the middle left a folder
     still marked complete, later installed as is); recovery sweeps what a cut left. While one
-    install holds the root, a recovery waits for it (it rolled back an install in progress)."""
-    import threading
-
+    install holds the root, a recovery leaves its switch alone (it rolled back an install in
+    progress), at once (the agent's start runs it during an install's restart)."""
     priv, pub = keys
     up = installed(tmp_path, priv, pub)
     leftover = up.releases / ".trash-2.0-1-1"
     (leftover / "bin").mkdir(parents=True)
     (leftover / COMPLETE_MARK).write_text("2.0\n")
     assert up.recover() == "1.0" and not leftover.exists()
-    done = threading.Event()
-    with up.locked():
-        waiter = threading.Thread(target=lambda: (Updater(up.root).recover(), done.set()))
-        waiter.start()
-        assert not done.wait(0.5), "a recovery ran while an install held the root"
-    waiter.join(10)
-    assert done.is_set()
+    with up.locked():  # an install in its health check
+        up._write_state({"pending": "1.0", "previous": None})
+        started_s = time.monotonic()
+        assert Updater(up.root).recover() == "1.0"
+        assert time.monotonic() - started_s < 5 and up._state()["pending"] == "1.0"
 
 
 def _venv_with_entry_point(tree: Path, shebang_python: str, long_form: bool = False) -> None:
@@ -420,3 +431,284 @@ def test_the_it_guides_release_key_commands_make_a_key_pair_updates_accept(tmp_p
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     with pytest.raises(UpdateError):
         verify_release(bundle, other)
+
+
+def _agent_prestart(root: Path, tmp: Path) -> list[list[str]]:
+    """The ExecStartPre= commands of miroir-box.service, run as on the box: the image's copy of
+    update.py on the system Python (standard library only), on this test's releases root."""
+    alone = tmp / "usr-lib-miroir" / "update.py"
+    alone.parent.mkdir(exist_ok=True)
+    alone.write_bytes((REPO / "edge" / "update.py").read_bytes())
+    unit = (REPO / "systemd" / "miroir-box.service").read_text()
+    mapped = {"/usr/bin/python3": [sys.executable, "-I", "-S"], "/usr/lib/miroir/update.py": [str(alone)],
+              "/data/miroir-releases": [str(root)]}
+    return [[part for word in line.split("=", 1)[1].lstrip("+-!@:").split()
+             for part in mapped.get(word, [word])]
+            for line in unit.splitlines() if line.startswith("ExecStartPre=")]
+
+
+def test_an_install_killed_after_the_switch_is_undone_when_the_agent_next_starts(
+        tmp_path: Path, keys: tuple[bytes, bytes]) -> None:
+    """An install SIGKILLed between the switch and its health check (a script's `timeout -s KILL`,
+    the OOM killer) left the box on the unchecked release until a reboot: a release whose agent
+    does not start failed all 10 starts systemd allows (the floor down), a good one ran for weeks
+    until a reboot took it back. The agent's unit now rolls it back before it starts; an install
+    still alive (it holds the lock) is left to finish."""
+    priv, pub = keys
+    up = installed(tmp_path, priv, pub)
+    pub_file = tmp_path / "release.pub"
+    pub_file.write_bytes(pub)
+    tree = tmp_path / "tree-bad"
+    (tree / "bin").mkdir(parents=True)
+    (tree / "bin" / "miroir").write_text("#!/bin/sh\necho miroir 2.0 does not start >&2\nexit 1\n")
+    (tree / "bin" / "miroir").chmod(0o755)
+    bad = build_release(tree, "2.0", priv, tmp_path / "bad-2.0.release")
+    assert run_install(up.root, bad, pub_file, crash_at="after-switch") == -signal.SIGKILL
+    assert up.current_version() == "2.0"
+    prestart = _agent_prestart(up.root, tmp_path)
+    assert prestart, "miroir-box.service runs nothing before the agent"
+    for cmd in prestart:  # the agent restarts (a crash, the watchdog): no reboot
+        subprocess.run(cmd, check=True, timeout=30, capture_output=True)
+    assert running(up.root) == "miroir 1.0" and up._state() == {}
+    assert not (up.releases / "2.0").exists()
+
+    # During a live install's health check the agent's start leaves the new release alone.
+    started: list[str] = []
+
+    def health(version: str) -> bool:
+        for cmd in prestart:
+            subprocess.run(cmd, check=True, timeout=30, capture_output=True)
+        started.append(running(up.root))
+        return True
+
+    assert up.install(release(tmp_path, "2.1", priv), pub, restart=lambda: None,
+                      health=health) == "2.1"
+    assert started == ["miroir 2.1"] and running(up.root) == "miroir 2.1"
+
+
+AGENT = """#!/bin/sh
+# an agent whose every acknowledged message is a heartbeat, once a second; {crash}
+n=0
+while :; do
+  printf '{{"version": "{version}", "acked_ts": %s, "pid": %s}}' "$(date +%s.%N)" $$ > "{state}/hb"
+  mv "{state}/hb" "{state}/heartbeat.json"
+  n=$((n+1))
+  {exit}
+  sleep 1
+done
+"""
+
+
+def _agent_release(tmp: Path, version: str, state: Path, priv: bytes,
+                   crash_after_s: int | None = None) -> Path:
+    """A release whose bin/miroir publishes heartbeats as the box does, and may crash."""
+    tree = tmp / f"tree-{version}-{crash_after_s}"
+    (tree / "bin").mkdir(parents=True)
+    script = tree / "bin" / "miroir"
+    crash = f"crashes after {crash_after_s} s" if crash_after_s else "runs"
+    stop = f'[ $n -ge {crash_after_s} ] && exit 1' if crash_after_s else ":"
+    script.write_text(AGENT.format(version=version, state=state, crash=crash, exit=stop))
+    script.chmod(0o755)
+    return build_release(tree, version, priv, tmp / f"miroir-{version}-{crash_after_s}.release")
+
+
+def _cli_update(root: Path, bundle: Path | None, pub: Path, state: Path, fake_bin: Path,
+                *options: str) -> subprocess.CompletedProcess[str]:
+    """The real `miroir edge update`, with `systemctl` from ``fake_bin`` (no systemd here)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{fake_bin}:{os.environ['PATH']}"}
+    return subprocess.run(
+        [sys.executable, "-m", "miroir", "edge", "update", *([str(bundle)] if bundle else []),
+         "--root", str(root),
+         "--key", str(pub), "--state-dir", str(state), *options],
+        env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_a_release_that_crashes_after_its_first_message_is_rolled_back(
+        tmp_path: Path, keys: tuple[bytes, bytes]) -> None:
+    """`miroir edge update` kept a release whose agent published, then crashed 5 s later and
+    again after each restart (3 crashes in the next 15 s): it now watches the agent run
+    --soak-s without a restart (same process, alive) before keeping the release."""
+    priv, pub = keys
+    state = tmp_path / "state"
+    state.mkdir()
+    (tmp_path / "release.pub").write_bytes(pub)
+    up = Updater(tmp_path / "root")
+    up.install(_agent_release(tmp_path, "1.0", state, priv), pub, restart=lambda: None,
+               health=lambda v: True)
+    # systemctl restart as systemd does it with Restart=on-failure: a loop restarting the agent
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "systemctl").write_text(
+        f"#!/bin/sh\n[ -f {tmp_path}/sup.pid ] && kill -- -$(cat {tmp_path}/sup.pid)\n"
+        f"setsid sh -c 'echo $$ > {tmp_path}/sup.pid; while :; do {up.current}/bin/miroir; "
+        f"echo . >> {tmp_path}/restarts; sleep 0.3; done' >/dev/null 2>&1 &\nsleep 0.3\n")
+    (fake / "systemctl").chmod(0o755)
+
+    def update(bundle: Path) -> subprocess.CompletedProcess[str]:
+        return _cli_update(up.root, bundle, tmp_path / "release.pub", state, fake,
+                           "--health-timeout-s", "10", "--soak-s", "4")
+
+    try:
+        done = update(_agent_release(tmp_path, "2.0", state, priv, crash_after_s=2))
+        assert done.returncode != 0 and "rolled back to 1.0" in done.stderr, done.stderr
+        assert up.current_version() == "1.0" and "restarted" in done.stderr
+        done = update(_agent_release(tmp_path, "2.1", state, priv))
+        assert done.returncode == 0 and up.current_version() == "2.1", done.stderr
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            os.killpg(int((tmp_path / "sup.pid").read_text()), signal.SIGKILL)
+
+
+def test_update_exit_codes_tell_a_refusal_from_a_rollback(
+        tmp_path: Path, keys: tuple[bytes, bytes]) -> None:
+    """Site IT scripts the update: a tampered bundle, a replayed older one (nothing changed) and a
+    release rolled back after its switch all exited 2, as a mistyped option does. Now: 3 refused,
+    nothing changed; 4 switched to, then rolled back."""
+    priv, pub = keys
+    up = installed(tmp_path, priv, pub)
+    (tmp_path / "release.pub").write_bytes(pub)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "systemctl").write_text("#!/bin/sh\nexit 0\n")
+    (fake / "systemctl").chmod(0o755)
+    (tmp_path / "old").mkdir()
+    older = release(tmp_path / "old", "0.9", priv)
+    good = release(tmp_path, "2.0", priv)
+    tampered = tmp_path / "tampered.release"
+    tampered.write_bytes(good.read_bytes()[:-10] + b"0123456789")
+    codes = {name: _cli_update(up.root, bundle, tmp_path / "release.pub", tmp_path, fake,
+                               "--health-timeout-s", "1", "--soak-s", "0").returncode
+             for name, bundle in [("tampered", tampered), ("older", older), ("no heartbeat", good)]}
+    assert codes == {"tampered": 3, "older": 3, "no heartbeat": 4}
+    assert running(up.root) == "miroir 1.0"
+
+
+@pytest.mark.parametrize("older, newer", [
+    ("0.2.0rc1", "0.2.0"), ("1.0rc1", "1.0"), ("0.2.0-rc.1", "0.2.0"), ("0.2.0.dev3", "0.2.0"),
+    ("0.2.0a1", "0.2.0b1"), ("0.2.0rc2", "0.2.0rc10"), ("1.0rc1", "1.0.0"), ("1.9", "1.10"),
+    ("1.0", "1.0.post1"), ("1.0.post1", "1.0.1"),
+])
+def test_versions_order_a_release_candidate_before_its_release(older: str, newer: str) -> None:
+    assert version_key(older) < version_key(newer)
+
+
+def test_a_box_on_a_release_candidate_takes_the_release(
+        tmp_path: Path, keys: tuple[bytes, bytes]) -> None:
+    """A pilot box on 0.2.0rc1 refused 0.2.0 as "not newer" (the rc sorted after its release)."""
+    priv, pub = keys
+    up = Updater(tmp_path / "root")
+    up.install(release(tmp_path, "0.2.0rc1", priv), pub, restart=lambda: None, health=lambda v: True)
+    assert up.install(release(tmp_path, "0.2.0", priv), pub, restart=lambda: None,
+                      health=lambda v: True) == "0.2.0"
+    assert running(up.root) == "miroir 0.2.0"
+
+
+@pytest.mark.parametrize("keep", ["length", "manifest", "signature", "payload"])
+def test_a_bundle_cut_short_says_so(tmp_path: Path, keys: tuple[bytes, bytes], keep: str) -> None:
+    """A copy cut in its manifest or signature (an interrupted scp) was reported as "bad
+    signature (not signed by the release key...)", sending IT after the key."""
+    import struct
+
+    priv, pub = keys
+    data = release(tmp_path, "2.0", priv).read_bytes()
+    (length,) = struct.unpack(">I", data[len(MAGIC):len(MAGIC) + 4])
+    cut = {"length": len(MAGIC) + 2, "manifest": len(MAGIC) + 4 + length // 2,
+           "signature": len(MAGIC) + 4 + length + 20, "payload": len(data) - 100}[keep]
+    short = tmp_path / "short.release"
+    short.write_bytes(data[:cut])
+    with pytest.raises(UpdateError, match=rf"truncated \({cut} of its( {len(data)})? bytes\)") as err:
+        verify_release(short, pub)
+    assert "signature" not in str(err.value)
+
+
+def test_the_kept_previous_release_can_be_gone_back_to(
+        tmp_path: Path, keys: tuple[bytes, bytes]) -> None:
+    """A release that went bad after it was kept (it passed its check, then failed in a busy
+    hour): the previous release stays on disk for that, yet only its old bundle and
+    --allow-downgrade took the box back to it. `edge update --previous` does, health-checked,
+    and keeps both releases whatever happens (a failed go-back deleted nothing)."""
+    priv, pub = keys
+    up = installed(tmp_path, priv, pub)
+    up.install(release(tmp_path, "2.0", priv), pub, restart=lambda: None, health=lambda v: True)
+    (tmp_path / "release.pub").write_bytes(pub)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "systemctl").write_text("#!/bin/sh\nexit 0\n")
+    (fake / "systemctl").chmod(0o755)
+    # no heartbeat from 1.0 (say the broker is down): back on 2.0, exit 4, nothing deleted
+    failed = _cli_update(up.root, None, tmp_path / "release.pub", tmp_path, fake,
+                         "--previous", "--health-timeout-s", "1", "--soak-s", "0")
+    assert failed.returncode == 4 and "rolled back to 2.0" in failed.stderr, failed.stderr
+    assert running(up.root) == "miroir 2.0"
+    assert sorted(p.name for p in up.releases.iterdir()) == ["1.0", "2.0"]
+    seen: list[str] = []
+    assert up.go_back(restart=lambda: seen.append(running(up.root)), health=lambda v: True) == "1.0"
+    assert seen == ["miroir 1.0"] and running(up.root) == "miroir 1.0"
+    assert sorted(p.name for p in up.releases.iterdir()) == ["1.0", "2.0"]
+    assert up.go_back(restart=lambda: None, health=lambda v: True) == "2.0"  # and forth again
+    (tmp_path / "lone").mkdir()
+    lone = Updater(tmp_path / "lone" / "root")
+    lone.install(release(tmp_path / "lone", "1.0", priv), pub, restart=lambda: None,
+                 health=lambda v: True)
+    refused = _cli_update(lone.root, None, tmp_path / "release.pub", tmp_path, fake, "--previous")
+    assert refused.returncode == 3 and "no previous release" in refused.stderr, refused.stderr
+
+
+def test_a_rebuilt_release_under_the_same_version_is_never_taken_for_the_first(
+        tmp_path: Path, keys: tuple[bytes, bytes]) -> None:
+    """A release rebuilt and signed again under the same version (a fix) was taken for the one
+    already on the box: running it, "running release 2.1" and nothing changed; kept (after
+    --previous), the old build was switched to. Now the kept one is replaced by the signed build,
+    and a different build of the running version is refused, saying so."""
+    priv, pub = keys
+    ok: dict[str, Any] = {"restart": lambda: None, "health": lambda v: True}
+    up = installed(tmp_path, priv, pub)
+    up.install(release(tmp_path, "2.1", priv), pub, **ok)
+    (tmp_path / "fixed").mkdir()
+    fixed = release(tmp_path / "fixed", "2.1", priv, filler_bytes=1000)
+    with pytest.raises(UpdateError, match="already running from another build"):
+        up.install(fixed, pub, **ok)
+    assert up.install(tmp_path / "miroir-2.1.release", pub, **ok) == "2.1"  # the same: a no-op
+    assert up.go_back(**ok) == "1.0"
+    assert up.install(fixed, pub, **ok) == "2.1" and (up.current / "lib.bin").is_file()
+
+
+@pytest.mark.parametrize("content", [b"", b'{"pending": "2.0", "prev', b"\x00" * 64, b"[]"])
+def test_an_unreadable_state_file_stops_neither_the_agent_nor_updates(
+        tmp_path: Path, keys: tuple[bytes, bytes], content: bytes) -> None:
+    """A damaged state.json (an SD card's zeroed block) made every recovery and every install
+    end in a JSONDecodeError traceback (exit 1); run before the agent, that would keep it from
+    starting. The recovery keeps the release current points to (always a complete one), the unit
+    ignores a failed recovery, and the next install goes through."""
+    priv, pub = keys
+    up = installed(tmp_path, priv, pub)
+    (up.root / "state.json").write_bytes(content)
+    unit = (REPO / "systemd" / "miroir-box.service").read_text()
+    prefixes = [line.split("=", 1)[1][:3] for line in unit.splitlines()
+                if line.startswith("ExecStartPre=")]
+    assert prefixes and all("-" in p for p in prefixes), "a failed recovery would stop the agent"
+    for cmd in _agent_prestart(up.root, tmp_path):
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+    assert running(up.root) == "miroir 1.0"
+    assert up.install(release(tmp_path, "2.0", priv), pub, restart=lambda: None,
+                      health=lambda v: True) == "2.0"
+
+
+def test_a_switch_that_cannot_be_recorded_changes_nothing_and_leaves_nothing(
+        tmp_path: Path, keys: tuple[bytes, bytes]) -> None:
+    """The disk filling up (another writer) between the unpack and the recorded switch ended
+    the update with "release bundle ...: No space left on device" (the bundle blamed, exit 3)
+    and left the 120 MB unpacked release on the full disk, swept by nothing. Here the state's
+    write fails on a real file system (a folder where its temporary file goes)."""
+    priv, pub = keys
+    up = installed(tmp_path, priv, pub)
+    (up.root / ".state.json.tmp").mkdir()
+    with pytest.raises(UpdateError, match=r"cannot switch to release 2\.0.*nothing changed"):
+        up.install(release(tmp_path, "2.0", priv), pub, restart=lambda: None,
+                   health=lambda v: True)
+    assert sorted(p.name for p in up.releases.iterdir()) == ["1.0"]
+    assert running(up.root) == "miroir 1.0"
+    (up.root / ".state.json.tmp").rmdir()
+    assert up.install(tmp_path / "miroir-2.0.release", pub, restart=lambda: None,
+                      health=lambda v: True) == "2.0"
