@@ -10,13 +10,14 @@ broker when the connection drops) or when nothing came from it for :data:`SILENT
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 import sqlite_utils
+
+from edge.update import version_key  # the order the boxes' updates use (standard library only)
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +57,6 @@ class Problem:
     def severity(self) -> int:
         """Rank of the problem (higher is more urgent)."""
         return SEVERITY[self.code]
-
-
-def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
-    """Sort key of a dotted version ("0.10.2" > "0.9.7"); text parts sort after numbers."""
-    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[.+-]", version))
 
 
 def common_version(versions: list[str]) -> str | None:

@@ -100,6 +100,8 @@ def test_common_version_prefers_the_most_common_then_the_newest() -> None:
     assert fleet.common_version(["0.9.0", "0.10.0"]) == "0.10.0"  # numeric, not text, order
     assert fleet.common_version([]) is None
     assert fleet.version_key("1.10.0") > fleet.version_key("1.9.3")
+    # a release after its candidate, as the boxes' updates order them (it read rc1 as newer)
+    assert fleet.common_version(["0.2.0rc1", "0.2.0"]) == "0.2.0"
 
 
 # ------------------------------------------------------------------ ingest and alerts
