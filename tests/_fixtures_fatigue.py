@@ -97,6 +97,20 @@ def build_shift(drift: bool, seed: int, minutes: int = SHIFT_MIN) -> Shift:
     return Shift(y.astype(np.float32), frac)
 
 
+def channel_change(shift: Shift, at_min: float, gain_db: float, mic_away_db: float = 0.0) -> Shift:
+    """The same shift with the headset's channel changed from ``at_min`` on: its gain (voice and
+    noise floor) by ``gain_db``, or the microphone moved away from the mouth (the voice, not the
+    room's floor, ``mic_away_db`` quieter and duller: a 3 kHz low-pass)."""
+    floor = noise_floor(len(shift.audio), seed=11)
+    voice = shift.audio - floor  # as built by build_shift(seed=11)
+    at = int(at_min * 60 * RATE_HZ)
+    if mic_away_db:
+        voice[at:] = sox(voice[at:], "lowpass", "3000", "vol", f"{mic_away_db}dB")[: len(voice) - at]
+    y = voice + floor
+    y[at:] *= 10 ** (gain_db / 20)
+    return Shift(y.astype(np.float32), shift.drift)
+
+
 ShiftResult = tuple[np.ndarray, np.ndarray, list[dict]]
 
 

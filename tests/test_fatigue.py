@@ -263,3 +263,20 @@ def test_one_slow_answer_is_not_a_drift():
         assert "latency" not in state.z and state.index == 0.0
     state = stage(None, 1.0, [3.0])
     assert state.z["latency"] > 8.0 and state.index == 100.0
+
+
+def test_a_channel_level_step_is_not_fatigue():
+    """A steady 24-minute shift whose headset changes at minute 10: the gain knob turned 6 dB down
+    (voice and noise floor), or the microphone moved away from the mouth (the voice 8 dB quieter and
+    duller, the room as loud). Neither is the voice tiring: no break (the level drift read 25 and 33
+    standard errors, index 100 and a break 4 minutes after the change)."""
+    from tests._fixtures_fatigue import build_shift, channel_change, run_shift
+
+    steady = build_shift(False, seed=11, minutes=24)
+    for name, shift in (("gain", channel_change(steady, 10.0, -6.0)),
+                        ("mic away", channel_change(steady, 10.0, 0.0, mic_away_db=-8.0))):
+        index, _, msgs = run_shift(shift)
+        print(f"{name}: index per minute {np.round(index).tolist()}")
+        assert not any(e.get("name") == "cue_on" and e.get("cue") == "take_break" for e in msgs), name
+        assert np.nanmax(index) < 20.0, name
+        assert all(abs(m["fatigue_level_z"]) < 3.0 for m in msgs if "fatigue_level_z" in m), name
