@@ -280,3 +280,17 @@ def test_a_channel_level_step_is_not_fatigue():
         assert not any(e.get("name") == "cue_on" and e.get("cue") == "take_break" for e in msgs), name
         assert np.nanmax(index) < 20.0, name
         assert all(abs(m["fatigue_level_z"]) < 3.0 for m in msgs if "fatigue_level_z" in m), name
+
+
+def test_a_noisier_room_is_not_a_breathier_voice():
+    """A steady 24-minute shift; from minute 8 the room is noisy (the shared dishes noise 15 dB
+    under the voice). The harmonics-to-noise ratio, jitter and shimmer read the noise: they count
+    only windows heard about as far over the noise floor as the baseline was. No break (HNR drift
+    read 9.5 standard errors, index 87 and a break)."""
+    from tests._fixtures_fatigue import build_shift, noisier, run_shift
+
+    index, _, msgs = run_shift(noisier(build_shift(False, seed=11, minutes=24), 8.0, 15.0))
+    print(f"noisy room: index per minute {np.round(index).tolist()}")
+    assert not any(e.get("name") == "cue_on" and e.get("cue") == "take_break" for e in msgs)
+    assert np.nanmax(index) < 20.0
+    assert all(m.get("fatigue_hnr_z", 0.0) < 3.0 for m in msgs)
