@@ -16,7 +16,9 @@ when it falls under ``break_off``.
 The level is also the channel's: a gain knob turned, the microphone moved further from the mouth or
 another headset change it at once, by several dB, where fatigue moves it by about 2 dB an hour. A
 change of :data:`STEP_DB` or more between two minutes of voice (:class:`LevelSteps`) is taken as
-the channel's: the level's baseline follows it, and the drift before it is kept. Harmonics-to-noise
+the channel's: the level's baseline follows it, and the drift before it is kept. So does the
+first minute of a shift against a baseline loaded from the previous one (another headset, the knob
+turned overnight). Harmonics-to-noise
 ratio, jitter and shimmer read the room's noise as much as the voice: a window heard
 :data:`SNR_DROP_DB` or more closer to the channel's noise floor than the baseline was
 (``ProsodyWindow.floor_dbfs``) does not count towards them.
@@ -87,6 +89,12 @@ class LevelSteps:
         self._levels: deque[float] = deque(maxlen=2 * self.block + self.gap)
         self._before_db: float | None = None
         self._after: list[float] = []
+
+    def expect(self, before_db: float) -> None:
+        """Measure a step from ``before_db`` (the level a previous shift learned) to the next
+        minute of voice: the headset may have changed since."""
+        self._before_db, self._after = before_db, []
+        self._levels.clear()
 
     @property
     def pending(self) -> bool:
@@ -285,6 +293,8 @@ class Fatigue:
         measured, then the level's baseline (or the baseline being learned) moves by its size."""
         if self._steps is None:
             self._steps = LevelSteps(dt_s)
+            if self.ready and "level" in self.baseline.mean:  # loaded from a previous shift
+                self._steps.expect(self.baseline.mean["level"])
         seen, step_db = self._steps(feats["level"])
         if seen:  # the windows since the minute before the step mix both channels
             n = self._steps.block + self._steps.gap

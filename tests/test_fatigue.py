@@ -294,3 +294,28 @@ def test_a_noisier_room_is_not_a_breathier_voice():
     assert not any(e.get("name") == "cue_on" and e.get("cue") == "take_break" for e in msgs)
     assert np.nanmax(index) < 20.0
     assert all(m.get("fatigue_hnr_z", 0.0) < 3.0 for m in msgs)
+
+
+def test_a_baseline_from_the_previous_shift_follows_another_headset():
+    """The agent's baseline is learned on a 10-minute shift, saved, and loaded for the next shift,
+    heard through a headset 6 dB quieter: the first minute's level is the channel's, not the voice
+    tiring overnight. No break (index 100 from the second minute, a break at 2.5 minutes)."""
+    from edge.fatigue import FatigueBaseline
+    from edge.pipeline import Pipeline, load_vad_model
+    from tests._fixtures_fatigue import build_shift
+
+    def run(audio: np.ndarray, baseline: FatigueBaseline | None) -> tuple[Pipeline, list[dict]]:
+        stereo = np.zeros((2, len(audio)), dtype=np.float32)
+        stereo[0] = audio
+        pipe = Pipeline(load_vad_model(), fatigue_baseline=baseline)
+        return pipe, [m.body for i in range(0, len(audio), 160000) for m in pipe(stereo[:, i:i + 160000])]
+
+    previous, _ = run(build_shift(False, seed=11, minutes=10).audio, None)
+    saved = previous.learned_baselines()[1]
+    assert saved is not None
+    _, msgs = run(build_shift(False, seed=12, minutes=12).audio * 10 ** (-6 / 20),
+                  FatigueBaseline.from_dict(saved))
+    index = [m["fatigue_index"] for m in msgs if "fatigue_index" in m]
+    print(f"index every minute on the other headset: {index[::60]}")
+    assert not any(m.get("name") == "cue_on" and m.get("cue") == "take_break" for m in msgs)
+    assert max(index) < 30.0
