@@ -276,6 +276,11 @@ class Fatigue:
                     self._freeze()
             else:
                 keep = max(1, int(cfg.track_speech_s / dt_s))
+                if snr_db is not None and "snr" not in self.baseline.mean:
+                    # a baseline saved without it (the release before): this shift's first minutes
+                    self._snr_base.append(snr_db)
+                    if len(self._snr_base) * dt_s >= cfg.baseline_speech_s:
+                        self._freeze_snr()
                 if snr_db is not None and self.baseline.mean.get("snr", snr_db) - snr_db >= SNR_DROP_DB:
                     for k in QUALITY:  # the noise, not the voice
                         del feats[k]
@@ -334,9 +339,13 @@ class Fatigue:
             b.mean[k] = float(np.mean(values))
             b.sd[k] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
         self._base = {k: [] for k in FEATURES}
-        if self._snr_base:  # the voice over the channel's noise floor, dB
-            b.mean["snr"] = float(np.mean(self._snr_base))
-            b.sd["snr"] = float(np.std(self._snr_base))
+        self._freeze_snr()
+
+    def _freeze_snr(self) -> None:
+        """The voice's level over the channel's noise floor, dB, in the baseline."""
+        if self._snr_base:
+            self.baseline.mean["snr"] = float(np.mean(self._snr_base))
+            self.baseline.sd["snr"] = float(np.std(self._snr_base))
             self._snr_base = []
 
     def _evaluate(self, dt_s: float) -> FatigueState:
