@@ -385,6 +385,9 @@ class ProsodyWindow:
     hesitations: int = 0
     """Hesitation sounds ("euh", "um", a drawn-out syllable) found in the window (see
     :func:`edge.rate.hesitations`)."""
+    floor_dbfs: float | None = None
+    """The channel's noise floor under the voice: the 5th percentile of the window's live hop
+    levels (fed silence left out), dBFS; None with fewer than :data:`FLOOR_MIN_HOPS` live hops."""
     filled_pauses_s: tuple[tuple[float, float], ...] = ()
     """(start, end) of the hesitation sounds the voice went on after (:func:`edge.rate.filled_pauses`),
     seconds of the stage's own time."""
@@ -613,6 +616,16 @@ class Prosody:
         return functionals(tr, cycles, amps)
 
 
+FLOOR_MIN_HOPS = 100
+"""Live hops (1 s) a window needs for a noise floor."""
+
+
+def _floor_dbfs(level_dbfs: np.ndarray) -> float | None:
+    """The 5th percentile of the live hop levels (see :attr:`ProsodyWindow.floor_dbfs`)."""
+    live = level_dbfs[level_dbfs > rate_mod.DIGITAL_SILENCE_DBFS]
+    return rate_mod.percentile(live, 5) if len(live) >= FLOOR_MIN_HOPS else None
+
+
 def functionals(tr: HopTrack, cycles: list[tuple[float, np.ndarray, np.ndarray, np.ndarray]],
                 amps: list[np.ndarray]) -> ProsodyWindow:
     """Summarise a per-hop track and its glottal cycles into a :class:`ProsodyWindow`."""
@@ -657,7 +670,7 @@ def functionals(tr: HopTrack, cycles: list[tuple[float, np.ndarray, np.ndarray, 
         if rate_mod.pauses_audible(tr.level_dbfs, v) else None,
         breaths=sum(1 for p in pauses if p.breath),
         pause_s_mean=float(np.mean([p.end_s - p.start_s for p in pauses])) if n_p else None,
-        hesitations=len(hes),
+        hesitations=len(hes), floor_dbfs=_floor_dbfs(tr.level_dbfs),
         filled_pauses_s=tuple((round(a, 3), round(b, 3)) for a, b in rate_mod.filled_pauses(hes, tr.t_s, v)),
     )
 

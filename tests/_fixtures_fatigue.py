@@ -97,6 +97,33 @@ def build_shift(drift: bool, seed: int, minutes: int = SHIFT_MIN) -> Shift:
     return Shift(y.astype(np.float32), frac)
 
 
+def channel_change(shift: Shift, at_min: float, gain_db: float, mic_away_db: float = 0.0) -> Shift:
+    """The same shift with the headset's channel changed from ``at_min`` on: its gain (voice and
+    noise floor) by ``gain_db``, or the microphone moved away from the mouth (the voice, not the
+    room's floor, ``mic_away_db`` quieter and duller: a 3 kHz low-pass)."""
+    floor = noise_floor(len(shift.audio), seed=11)
+    voice = shift.audio - floor  # as built by build_shift(seed=11)
+    at = int(at_min * 60 * RATE_HZ)
+    if mic_away_db:
+        voice[at:] = sox(voice[at:], "lowpass", "3000", "vol", f"{mic_away_db}dB")[: len(voice) - at]
+    y = voice + floor
+    y[at:] *= 10 ** (gain_db / 20)
+    return Shift(y.astype(np.float32), shift.drift)
+
+
+def noisier(shift: Shift, at_min: float, snr_db: float, name: str = "doing_the_dishes.wav") -> Shift:
+    """The same shift with a real noise (``../shared/data/noise``) from ``at_min`` on, ``snr_db``
+    under the voice (its RMS over the frames within 30 dB of its loudest)."""
+    x = shift.audio
+    frames = x[: len(x) // 512 * 512].reshape(-1, 512)
+    power = np.mean(frames ** 2, axis=1)
+    voice_db = 10 * np.log10(np.mean(power[power > power.max() * 1e-3]))
+    noise = np.resize(read_wav(SHARED / "noise" / name), len(x))
+    noise *= 10 ** ((voice_db - snr_db) / 20) / np.sqrt(np.mean(noise ** 2))
+    noise[: int(at_min * 60 * RATE_HZ)] = 0.0
+    return Shift((x + noise).astype(np.float32), shift.drift)
+
+
 ShiftResult = tuple[np.ndarray, np.ndarray, list[dict]]
 
 

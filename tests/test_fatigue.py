@@ -263,3 +263,88 @@ def test_one_slow_answer_is_not_a_drift():
         assert "latency" not in state.z and state.index == 0.0
     state = stage(None, 1.0, [3.0])
     assert state.z["latency"] > 8.0 and state.index == 100.0
+
+
+def test_a_channel_level_step_is_not_fatigue():
+    """A steady 24-minute shift whose headset changes at minute 10: the gain knob turned 6 dB down
+    (voice and noise floor), or the microphone moved away from the mouth (the voice 8 dB quieter and
+    duller, the room as loud). Neither is the voice tiring: no break (the level drift read 25 and 33
+    standard errors, index 100 and a break 4 minutes after the change)."""
+    from tests._fixtures_fatigue import build_shift, channel_change, run_shift
+
+    steady = build_shift(False, seed=11, minutes=24)
+    for name, shift in (("gain", channel_change(steady, 10.0, -6.0)),
+                        ("mic away", channel_change(steady, 10.0, 0.0, mic_away_db=-8.0))):
+        index, _, msgs = run_shift(shift)
+        print(f"{name}: index per minute {np.round(index).tolist()}")
+        assert not any(e.get("name") == "cue_on" and e.get("cue") == "take_break" for e in msgs), name
+        assert np.nanmax(index) < 20.0, name
+        assert all(abs(m["fatigue_level_z"]) < 3.0 for m in msgs if "fatigue_level_z" in m), name
+
+
+def test_a_noisier_room_is_not_a_breathier_voice():
+    """A steady 24-minute shift; from minute 8 the room is noisy (the shared dishes noise 15 dB
+    under the voice). The harmonics-to-noise ratio, jitter and shimmer read the noise: they count
+    only windows heard about as far over the noise floor as the baseline was. No break (HNR drift
+    read 9.5 standard errors, index 87 and a break)."""
+    from tests._fixtures_fatigue import build_shift, noisier, run_shift
+
+    index, _, msgs = run_shift(noisier(build_shift(False, seed=11, minutes=24), 8.0, 15.0))
+    print(f"noisy room: index per minute {np.round(index).tolist()}")
+    assert not any(e.get("name") == "cue_on" and e.get("cue") == "take_break" for e in msgs)
+    assert np.nanmax(index) < 20.0
+    assert all(m.get("fatigue_hnr_z", 0.0) < 3.0 for m in msgs)
+
+
+def _run(audio: np.ndarray, baseline=None) -> tuple:
+    """The pipeline over the agent's channel (a silent line), from ``baseline`` if given: the
+    pipeline and its messages' bodies."""
+    from edge.pipeline import Pipeline, load_vad_model
+
+    stereo = np.zeros((2, len(audio)), dtype=np.float32)
+    stereo[0] = audio
+    pipe = Pipeline(load_vad_model(), fatigue_baseline=baseline)
+    return pipe, [m.body for i in range(0, len(audio), 160000) for m in pipe(stereo[:, i:i + 160000])]
+
+
+def _saved_baseline() -> dict:
+    """The fatigue baseline a 10-minute steady shift of speaker 03 saves for the next one."""
+    from tests._fixtures_fatigue import build_shift
+
+    saved = _run(build_shift(False, seed=11, minutes=10).audio)[0].learned_baselines()[1]
+    assert saved is not None
+    return saved
+
+
+def test_a_baseline_from_the_previous_shift_follows_another_headset():
+    """The agent's baseline is learned on a 10-minute shift, saved, and loaded for the next shift,
+    heard through a headset 6 dB quieter: the first minute's level is the channel's, not the voice
+    tiring overnight. No break (index 100 from the second minute, a break at 2.5 minutes)."""
+    from edge.fatigue import FatigueBaseline
+    from tests._fixtures_fatigue import build_shift
+
+    _, msgs = _run(build_shift(False, seed=12, minutes=12).audio * 10 ** (-6 / 20),
+                   FatigueBaseline.from_dict(_saved_baseline()))
+    index = [m["fatigue_index"] for m in msgs if "fatigue_index" in m]
+    print(f"index every minute on the other headset: {index[::60]}")
+    assert not any(m.get("name") == "cue_on" and m.get("cue") == "take_break" for m in msgs)
+    assert max(index) < 30.0
+
+
+def test_a_baseline_saved_by_the_release_before_learns_the_noise_floor():
+    """A baseline saved before the voice's level over the noise floor was kept (no ``snr``) is
+    loaded; from minute 8 the room is noisy (the dishes 15 dB under the voice): the shift's own
+    first minutes give the reference, and the noise is not read as a breathier voice (HNR drift
+    9.6 standard errors, index 88 and a break at 18 minutes)."""
+    from edge.fatigue import FatigueBaseline
+    from tests._fixtures_fatigue import build_shift, noisier
+
+    saved = _saved_baseline()
+    older = {"mean": {k: v for k, v in saved["mean"].items() if k != "snr"},
+             "sd": {k: v for k, v in saved["sd"].items() if k != "snr"}, "n": saved["n"]}
+    _, msgs = _run(noisier(build_shift(False, seed=12, minutes=24), 8.0, 15.0).audio,
+                   FatigueBaseline.from_dict(older))
+    index = [m["fatigue_index"] for m in msgs if "fatigue_index" in m]
+    print(f"index every minute: {np.round(index[::60]).tolist()}")
+    assert not any(m.get("name") == "cue_on" and m.get("cue") == "take_break" for m in msgs)
+    assert max(index) < 20.0 and all(m.get("fatigue_hnr_z", 0.0) < 3.0 for m in msgs)
