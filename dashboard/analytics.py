@@ -24,6 +24,12 @@ def metric_names(db: sqlite_utils.Database) -> list[str]:
     return registry.metric_columns(cols)
 
 
+def factor_names(db: sqlite_utils.Database) -> list[str]:
+    """The fatigue factors (``registry.FATIGUE_FACTORS``) whose columns the ``metrics`` table has."""
+    cols = {r[1] for r in db.conn.execute("PRAGMA table_info(metrics)").fetchall()}
+    return [f for f in registry.FATIGUE_FACTORS if registry.factor_column(f) in cols]
+
+
 def _windows_sql(alias: str = "m") -> str:
     return (f"JOIN seat_history h ON {alias}.box = h.box AND {alias}.ts >= h.from_ts "
             f"AND (h.to_ts IS NULL OR {alias}.ts < h.to_ts)")
@@ -37,8 +43,9 @@ def agent_metrics(db: sqlite_utils.Database, agent: str, since_ts: float = 0.0,
                   until_ts: float | None = None,
                   limit: int = MAX_METRIC_ROWS) -> list[dict[str, Any]]:
     """The agent's newest ``limit`` metrics rows in the window (the boxes they sat at, while
-    they sat there), oldest first: a window with more rows loses its oldest, never its newest."""
-    names = metric_names(db)
+    they sat there), oldest first: a window with more rows loses its oldest, never its newest.
+    Each row holds the charted metrics and the fatigue factors."""
+    names = metric_names(db) + [registry.factor_column(f) for f in factor_names(db)]
     cols = ", ".join(["m.box", "m.seq", "m.ts", "m.talk_state",
                       *(f"m.{n}" for n in names)])
     until = time.time() + DAY_S if until_ts is None else until_ts

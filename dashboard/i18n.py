@@ -78,6 +78,11 @@ STRINGS: dict[str, tuple[str, str]] = {
     "agent.team": ("Équipe", "Team"),
     "agent.shift": ("Le poste de travail en courbes", "The shift as charts"),
     "agent.no_data": ("Pas encore de mesures.", "No measurements yet."),
+    "agent.fatigue_factors": ("Ce qui fait monter la fatigue (écart à sa propre voix de début de "
+                              "poste, en erreurs types) :",
+                              "What drives the fatigue up (drift from the agent's own voice at the "
+                              "start of the shift, in standard errors):"),
+    "agent.no_factor": ("rien au-delà du bruit de mesure", "nothing beyond measurement noise"),
     "agent.no_values": ("Sans mesure sur cette période :", "Not measured in this period:"),
     "agent.truncated": ("Trop de mesures pour les montrer toutes : les courbes commencent à",
                         "Too many measurements to show them all: the charts start at"),

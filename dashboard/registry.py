@@ -63,6 +63,23 @@ METRICS: dict[str, MetricInfo] = {
 metric is a 0..1 share on the wire, shown times 100."""
 CHANNELS = {"near": ("Agent", "Agent"), "far": ("Prospect", "Prospect")}
 
+FATIGUE_FACTORS: dict[str, tuple[str, str]] = {
+    "pitch": ("voix plus aiguë", "higher pitch"),
+    "pitch_range": ("voix moins modulée", "narrower pitch range"),
+    "level": ("voix plus faible", "quieter voice"),
+    "rate": ("débit plus lent", "slower speech"),
+    "hnr": ("voix plus voilée", "breathier voice"),
+    "jitter": ("hauteur moins régulière", "less regular pitch"),
+    "shimmer": ("volume moins régulier", "less regular loudness"),
+    "latency": ("réponses plus lentes", "slower answers"),
+}
+"""(French, English) of each factor of the fatigue index, named by the way the voice moved towards
+fatigue: the box publishes each as ``fatigue_<factor>_z``, its drift from the agent's own baseline
+in standard errors, positive towards fatigue (``edge.fatigue``; a test keeps the names equal)."""
+FACTOR_NOISE_Z = 1.0
+"""Drifts under this many standard errors are measurement noise (``fatigue.drift_zero``'s
+default): the page names only the factors above it."""
+
 CUES: dict[str, tuple[str, str]] = {
     "too_fast": ("Ralentissez", "Slow down"),
     "too_slow": ("Accélérez un peu", "Pick up the pace"),
@@ -103,6 +120,17 @@ def describe(name: str, lang: str = "fr") -> dict[str, Any]:
         label = f"{who} — {label}"
     return {"name": name, "label": label, "unit": info.unit, "better": info.better,
             "channel": ch}
+
+
+def factor_column(factor: str) -> str:
+    """The metrics column of a fatigue factor (``pitch`` -> ``fatigue_pitch_z``)."""
+    return f"fatigue_{factor}_z"
+
+
+def describe_factor(factor: str, lang: str = "fr") -> dict[str, Any]:
+    """Column and label of a fatigue factor for the interface."""
+    fr, en = FATIGUE_FACTORS[factor]
+    return {"name": factor_column(factor), "label": en if lang == "en" else fr}
 
 
 def metric_columns(columns: list[str]) -> list[str]:

@@ -101,6 +101,53 @@ def test_the_agent_page_charts_what_the_box_measures(
     assert all(n >= 1 for c, n in drawn.items() if c != "Tours de parole"), drawn  # lines only
 
 
+def test_every_fatigue_factor_the_dashboard_names_is_one_the_box_publishes() -> None:
+    """The page names each factor of the fatigue index: the box's own list, on the wire."""
+    from edge.fatigue import FEATURES
+
+    assert set(registry.FATIGUE_FACTORS) == {*FEATURES, "latency"}
+    fields = set(wire.ALLOWED_FIELDS["metrics"])
+    assert {registry.factor_column(f) for f in registry.FATIGUE_FACTORS} <= fields
+
+
+def test_the_agent_page_says_what_drives_the_fatigue_index(
+        browser_page: Any, tmp_path: Path) -> None:
+    """The box publishes the fatigue index with its factors (drifts in standard errors, positive
+    towards fatigue), but the page charted the index alone: a supervisor saw 72 and not why. The
+    factors of the latest index above measurement noise are now named under its chart, largest
+    first."""
+    settings = make_settings(tmp_path)
+    now = time.time()
+    z = {"pitch": 3.14, "level": 2.4, "rate": 0.6, "hnr": -1.5, "latency": 1.2}
+    db = store.open_db(settings.db_path)
+    try:
+        schema.ensure_schema(db)
+        auth.ensure_admin(db, settings.admin_user, settings.admin_password_file)
+        schema.import_inventory(db, [{"box": "box-a", "seat": "A", "agent": "agent-a",
+                                      "team": "team-a"}], site=settings.site, now=now - 3600)
+        for k in range(3):  # an earlier row's factors are not the latest index's
+            factors = {f"fatigue_{f}_z": (v if k == 2 else 5.0) for f, v in z.items()}
+            store.insert_metrics(db, {"v": wire.SCHEMA_VERSION, "site": settings.site,
+                                      "box": "box-a", "ts": now - 10 + k, "seq": k + 1,
+                                      "fatigue_index": 60.0 + k, "fatigue_phonation_min": 40.0,
+                                      **factors}, now)
+    finally:
+        db.conn.close()
+    page = browser_page
+    with _served(settings) as server:
+        browser_login(page, server.url)
+        page.goto(server.url + "/agents/agent-a")
+        page.wait_for_selector("body[data-charts-ready='1']")
+        text = page.locator("#fatigue-factors").inner_text()
+        # right under the fatigue chart
+        follows = page.evaluate("document.getElementById('fatigue-factors')"
+                                ".previousElementSibling.querySelector('figcaption').textContent")
+    assert follows == registry.describe("fatigue_index", "fr")["label"]
+    named = text.split(":", 1)[1].strip()
+    assert named.replace("\u202f", " ") == \
+        "voix plus aiguë (+3,1), voix plus faible (+2,4), réponses plus lentes (+1,2)", text
+
+
 # ------------------------------------------------------------------ the audit page
 def _team_mean(settings: Any, team: str, metric: str) -> float | None:
     from dashboard import analytics

@@ -344,6 +344,8 @@ def agent_metrics_payload(db: Any, user: User, agent: str, since_ts: float,
     truncated = len(rows) > analytics.MAX_METRIC_ROWS
     return {"agent": agent,
             "metrics": [registry.describe(n, user.lang) for n in names],
+            "factors": [registry.describe_factor(f, user.lang) for f in analytics.factor_names(db)],
+            "factor_noise_z": registry.FACTOR_NOISE_Z,
             "rows": rows[1:] if truncated else rows,
             "truncated": truncated,
             "cues": [{**c, "label": registry.cue_label(c["name"], user.lang)}

@@ -68,6 +68,7 @@
         (m.unit === "%" ? r[m.name] * 100 : r[m.name])]);
       MiroirCharts.line(charts, Object.assign({ title: m.label, unit: m.unit, points: pts,
                                                 colour: COLOURS[i % COLOURS.length] }, common));
+      if (m.name === "fatigue_index") charts.appendChild(factors(rows, data));
     });
     if (empty.length) {
       const p = document.createElement("p");
@@ -89,6 +90,29 @@
       }
     }
     body.dataset.chartsReady = "1";
+  }
+
+  // Under the fatigue chart: the factors of its latest value above measurement noise, largest
+  // first (the box's fatigue_<factor>_z, signed towards fatigue), so that a supervisor sees why.
+  function factors(rows, data) {
+    let last = null;
+    for (let i = rows.length - 1; i >= 0 && !last; i--) {
+      if (typeof rows[i].fatigue_index === "number") last = rows[i];
+    }
+    const up = (data.factors || [])
+      .map((f) => [f.label, last ? last[f.name] : null])
+      .filter(([, z]) => typeof z === "number" && z >= data.factor_noise_z)
+      .sort((a, b) => b[1] - a[1]);
+    const fmt = new Intl.NumberFormat(T.lang === "en" ? "en-GB" : "fr-FR",
+                                      { minimumFractionDigits: 1, maximumFractionDigits: 1,
+                                        signDisplay: "always" });
+    const p = document.createElement("p");
+    p.className = "muted small";
+    p.id = "fatigue-factors";
+    p.textContent = t("agent.fatigue_factors") + " " + (up.length
+      ? up.map(([label, z]) => label + " (" + fmt.format(z) + ")").join(", ")
+      : t("agent.no_factor"));
+    return p;
   }
 
   // The shift as loaded, then grown by the stream's rows and cues (those that came before the
@@ -114,7 +138,9 @@
       const rows = shift.rows;
       if (rows.some((r) => r.box === u.box && r.seq === u.seq)) return;
       const row = { box: u.box, seq: u.seq, ts: u.ts, talk_state: u.talk_state };
-      for (const m of shift.metrics) row[m.name] = u[m.name] === undefined ? null : u[m.name];
+      for (const m of shift.metrics.concat(shift.factors || [])) {
+        row[m.name] = u[m.name] === undefined ? null : u[m.name];
+      }
       let i = rows.length;
       while (i > 0 && rows[i - 1].ts > row.ts) i--;
       rows.splice(i, 0, row);
