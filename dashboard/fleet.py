@@ -40,8 +40,8 @@ DAY_S = 86400.0
 
 SEVERITY = {
     "offline": 100, "never_seen": 95, "cert_expired": 90, "flood": 80, "capture": 70, "cert_expiring": 60,
-    "settings": 55, "outbox": 50, "dropped": 45, "fields": 42, "overruns": 40, "clock": 35, "thermal": 30,
-    "affect": 20, "version": 10,
+    "update": 58, "settings": 55, "outbox": 50, "dropped": 45, "fields": 42, "overruns": 40,
+    "clock": 35, "thermal": 30, "affect": 20, "version": 10,
 }
 """Problem codes from the most to the least urgent."""
 
@@ -107,6 +107,8 @@ def problems(box: dict[str, Any], now: float, fleet_version: str | None) -> list
         out.append(Problem("flood", str(box["msgs_per_min"])))
     if box.get("capture_ok") is not None and not box["capture_ok"]:
         out.append(Problem("capture", box.get("capture_error") or ""))
+    if box.get("update_rolled_back"):  # the release named failed its check: the previous runs
+        out.append(Problem("update", box["update_rolled_back"]))
     if box.get("settings_error"):
         out.append(Problem("settings", box["settings_error"]))
     if box.get("prospect_affect_state") in ("blocked", "failed"):
@@ -140,7 +142,7 @@ _FLEET_COLUMNS = ("box", "site", "state", "last_status_ts", "last_seen_ts", "ver
                   "outbox_depth", "dropped", "overruns", "overruns_rise_ts", "capture_ok",
                   "capture_reopens", "capture_error", "settings_error", "prospect_affect_state",
                   "cert_days_left", "cpu_temp_c", "throttled", "clock_synced", "clock_offset_ms",
-                  "msgs_per_min", "fields_dropped")
+                  "msgs_per_min", "fields_dropped", "update_rolled_back")
 
 
 def fleet(db: sqlite_utils.Database, now: float | None = None) -> dict[str, Any]:

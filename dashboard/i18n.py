@@ -269,6 +269,8 @@ STRINGS: dict[str, tuple[str, str]] = {
     "problem.clock": ("Horloge non synchronisée", "Clock not synchronised"),
     "problem.thermal": ("Surchauffe / bridage CPU", "CPU hot / throttled"),
     "problem.version": ("Ancienne version", "Old software version"),
+    "problem.update": ("Mise à jour annulée, version précédente en service",
+                       "Update rolled back, previous version running"),
     "problem.settings": ("Fichier de réglages refusé (ancienne version en service)",
                          "Settings file refused (the last good one runs)"),
     "problem.affect": ("Modèle d'affect du prospect arrêté", "Prospect affect model off"),

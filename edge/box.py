@@ -207,7 +207,8 @@ class Box:
 
     def status_fields(self) -> dict[str, Any]:
         """Allow-listed counters for the retained status (the source's too)."""
-        health = health_facts(self.version, self.settings.cert_file)
+        health = health_facts(self.version, self.settings.cert_file,
+                              releases_root=self.settings.releases_root)
         health.pop("version")  # the publisher puts it in every status
         raw = {**health,
                "seq_last": self.outbox.last_seq, "seq_first": self.outbox.first_seq(),

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edge.update import rolled_back
 from miroir.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def _not_after(path: str, mtime_ns: int) -> dt.datetime:
 
 
 def health_facts(version: str, cert_file: Path | None = None, *, outbox_depth: int | None = None,
-                 overruns: int | None = None) -> dict[str, Any]:
+                 overruns: int | None = None, releases_root: Path | None = None) -> dict[str, Any]:
     """All health facts available on this machine, as allow-listed ``status`` fields.
 
     Args:
@@ -132,6 +133,9 @@ def health_facts(version: str, cert_file: Path | None = None, *, outbox_depth: i
         cert_file: The box's client certificate.
         outbox_depth: Messages waiting in the outbox.
         overruns: Audio blocks lost by the capture.
+        releases_root: Where updates keep releases: the last one rolled back, if any, is
+            reported (``update_rolled_back``, ``update_rolled_back_ts``) until an update holds
+            (then ``update_rolled_back`` is empty).
 
     Returns:
         Scalar fields; probes not available here are left out.
@@ -141,6 +145,11 @@ def health_facts(version: str, cert_file: Path | None = None, *, outbox_depth: i
                 "throttled": throttled(), "outbox_depth": outbox_depth, "overruns": overruns}
     facts.update({k: v for k, v in optional.items() if v is not None})
     facts.update(clock_facts())
+    if releases_root is not None:  # "" once an update holds: a status replaces only what it says
+        back = rolled_back(releases_root)
+        facts["update_rolled_back"] = back["version"] if back else ""
+        if back:
+            facts["update_rolled_back_ts"] = float(back["ts"])
     return facts
 
 

@@ -42,6 +42,9 @@ class EdgeSettings:
     """This box's private key (a systemd credential on a real box)."""
     state_dir: Path = Path("/var/lib/miroir")
     """Writable directory for the outbox (metrics only, never audio)."""
+    releases_root: Path | None = Path("/data/miroir-releases")
+    """Where updates keep the releases (``miroir edge update --root``): the status reports the
+    last release rolled back there until an update holds; None reports nothing."""
     capture_device: str | None = None
     """ALSA/PortAudio name of the headset adapter: stereo (left agent, right line), or the agent's
     mono device when ``capture_far_device`` is set."""

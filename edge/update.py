@@ -58,6 +58,9 @@ SIG_BYTES = 64
 MAX_MANIFEST_BYTES = 64 * 1024
 CHUNK = 1 << 20
 STATE_FILE = "state.json"
+ROLLED_BACK_FILE = "rolled-back.json"
+"""The last release rolled back (``{"version", "ts", "running"}``), kept until an update is
+committed: the box's status carries it to the IT page (:func:`rolled_back`)."""
 CURRENT = "current"
 RELEASES = "releases"
 COMPLETE_MARK = ".complete"
@@ -116,6 +119,18 @@ def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
         else:
             parts.append((2, token))
     return (*parts, (1, 0))
+
+
+def rolled_back(root: Path) -> dict[str, Any] | None:
+    """The last release rolled back under ``root`` (``version``, ``ts``: seconds since the epoch,
+    ``running``), None when the last update held or none was rolled back."""
+    try:
+        data = json.loads((Path(root) / ROLLED_BACK_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(data, dict) and isinstance(data.get("version"), str) \
+        and isinstance(data.get("ts"), int | float)
+    return data if ok else None
 
 
 INSTALL_ROOTS = ("/data/miroir-releases", "/opt/miroir")
@@ -484,6 +499,7 @@ class Updater:
             raise
         if ok:
             self._write_state({})
+            (self.root / ROLLED_BACK_FILE).unlink(missing_ok=True)
             self.prune(keep={version, *([old] if old else [])})
             log.info("update %s -> %s committed", old, version)
             return version
@@ -506,9 +522,22 @@ class Updater:
                       self.current_version())
         bad = state.get("pending")
         self._write_state({})
-        if bad and bad != self.current_version() and not state.get("keep"):
-            self._remove(self.releases / bad)
+        if bad and bad != self.current_version():
+            self._note_rollback(bad)
+            if not state.get("keep"):
+                self._remove(self.releases / bad)
         return self.current_version()
+
+    def _note_rollback(self, version: str) -> None:
+        """Record ``version`` as rolled back (:data:`ROLLED_BACK_FILE`); a full card only loses
+        the record."""
+        tmp = self.root / f".{ROLLED_BACK_FILE}.tmp"
+        try:
+            tmp.write_text(json.dumps({"version": version, "ts": time.time(),
+                                       "running": self.current_version()}))
+            os.replace(tmp, self.root / ROLLED_BACK_FILE)
+        except OSError as exc:
+            log.warning("cannot record the rollback of %s: %s", version, exc)
 
     def recover(self) -> str | None:
         """At boot and before each start of the agent: drop staging and deletion leftovers and

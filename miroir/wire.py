@@ -144,6 +144,8 @@ ALLOWED_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
         "fields_dropped": (int,),
         "prospect_affect_state": (str,),
         "baselines_ts": _num,
+        "update_rolled_back": (str,),
+        "update_rolled_back_ts": _num,
         # Fleet health for site IT (edge/health.py).
         "cert_days_left": _num,
         "cpu_temp_c": _num,
@@ -226,7 +228,7 @@ _ENUMS: dict[str, tuple[str, ...]] = {
     "severity": CUE_SEVERITIES,
     "evidence_unit": CUE_UNITS,
 }
-_TEXTS = ("capture_error", "settings_error", "version")
+_TEXTS = ("capture_error", "settings_error", "version", "update_rolled_back")
 DAY_S = 86400.0
 MAX_TS = 4102444800.0
 """Latest ``ts``: 2100-01-01 (the dashboard also refuses more than a day ahead of its clock). No
@@ -269,6 +271,7 @@ _RANGE_EXCEPTIONS: dict[str, tuple[float, float]] = {
     "v": (0, 2**31 - 1),  # then it must be SCHEMA_VERSION
     "ts": (0.0, MAX_TS),
     "baselines_ts": (0.0, MAX_TS),  # when the box's agent baselines were learned (0: none yet)
+    "update_rolled_back_ts": (0.0, MAX_TS),  # when the box's last update was rolled back
     **{name: (0, MAX_SEQ) for name in _SEQS},
     "t_start": (0.0, MAX_AUDIO_S),
     "t_audio_s": (0.0, MAX_AUDIO_S),

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from dashboard import auth, fleet, prom, schema
+from dashboard import auth, fleet, i18n, prom, schema
 from dashboard import db as store
 from dashboard.app import DashboardServer, create_app
 from dashboard.ingest import Ingest
@@ -109,20 +109,40 @@ def test_a_box_leaving_numbers_out_of_its_messages_shows_on_the_it_page(
         dash_settings: DashboardSettings) -> None:
     """The box leaves out a number outside its range on the wire (a bug) and counts it in its
     status (``fields_dropped``): the count reached the database and no page showed it."""
-    db = store.open_db(dash_settings.db_path)
+    assert _problems_after(dash_settings, [{"fields_dropped": 2}, {"fields_dropped": 0}]) == [
+        [("fields", "2")], []]
+
+
+def test_a_box_whose_update_was_rolled_back_shows_it_on_the_it_page(
+        dash_settings: DashboardSettings) -> None:
+    """A box back on its previous release after a failed update read only as "old version"
+    (and not even that while the fleet had not moved on): its status names the release rolled
+    back, and the IT page says so until an update holds."""
+    statuses = [{"version": "1.0", "update_rolled_back": "2.0",
+                 "update_rolled_back_ts": time.time() - 60},
+                {"version": "2.1", "update_rolled_back": ""}]
+    assert _problems_after(dash_settings, statuses) == [[("update", "2.0")], []]
+    assert i18n.translate("fr", "problem.update").startswith("Mise à jour annulée")
+
+
+def _problems_after(settings: DashboardSettings, statuses: list[dict[str, Any]]
+                    ) -> list[list[tuple[str, str]]]:
+    """The IT page's (code, detail) problems of one box after each of its ``statuses``, through
+    the real ingest and database."""
+    db = store.open_db(settings.db_path)
     schema.ensure_schema(db)
     schema.import_inventory(db, [{"box": "box-a", "seat": "A1"}], site=SITE)
-    ing = Ingest(dash_settings)
-    topic = wire.topic(SITE, "box-a", "status")
+    ing = Ingest(settings)
+    out = []
     try:
-        ing.handle(topic, _status("box-a", fields_dropped=2))
-        [box] = fleet.fleet(db)["boxes"]
-        assert [(p["code"], p["detail"]) for p in box["problems"]] == [("fields", "2")]
-        ing.handle(topic, _status("box-a", fields_dropped=0))
-        assert fleet.fleet(db)["boxes"][0]["problems"] == []
+        for extra in statuses:
+            ing.handle(wire.topic(SITE, "box-a", "status"), _status("box-a", **extra))
+            [box] = fleet.fleet(db)["boxes"]
+            out.append([(p["code"], p["detail"]) for p in box["problems"]])
     finally:
         ing.close()
         db.conn.close()
+    return out
 
 
 def test_overrun_rises_are_tracked_and_alerts_keep_an_append_only_history(

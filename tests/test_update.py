@@ -150,6 +150,31 @@ def test_failed_health_check_rolls_back(tmp_path: Path, keys: tuple[bytes, bytes
     assert running(up.root) == "miroir 1.0"
 
 
+def test_a_rolled_back_update_is_in_the_box_status_until_an_update_holds(
+        tmp_path: Path, keys: tuple[bytes, bytes]) -> None:
+    """A release that failed its check was rolled back and the box said nothing of it: the IT
+    page showed the old version as merely old. The status now names the release rolled back, and
+    when, until an update is committed."""
+    from edge.health import health_facts
+    from miroir import wire
+
+    priv, pub = keys
+    up = installed(tmp_path, priv, pub)
+    assert health_facts("1.0", releases_root=up.root)["update_rolled_back"] == ""
+    t0 = time.time()
+    with pytest.raises(UpdateError, match="rolled back"):
+        up.install(release(tmp_path, "2.0", priv), pub, restart=lambda: None, health=lambda v: False)
+    facts = health_facts("1.0", releases_root=up.root)
+    assert facts["update_rolled_back"] == "2.0" and facts["update_rolled_back_ts"] >= t0
+    facts.pop("version")
+    wire.validate("status", wire.status_message("s1", "b1", "online", time.time(), **facts))
+    (tmp_path / "b").mkdir()
+    up.install(release(tmp_path / "b", "2.1", priv), pub, restart=lambda: None,
+               health=lambda v: True)
+    facts = health_facts("2.1", releases_root=up.root)
+    assert facts["update_rolled_back"] == "" and "update_rolled_back_ts" not in facts
+
+
 INSTALL = """
 import sys
 from pathlib import Path
