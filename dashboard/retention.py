@@ -374,6 +374,24 @@ def check_backup(path: Path) -> None:
     missing = [t for t in BACKUP_TABLES if t not in tables]
     if missing:
         raise ValueError(f"{path} is not a dashboard backup (no {', '.join(missing)} table)")
+    _check_not_newer(path, tables)
+
+
+def _check_not_newer(path: Path, tables: set[str]) -> None:
+    """Raise ValueError if ``path`` was made by a dashboard whose schema this one does not know."""
+    from . import schema
+
+    if "schema_version" not in tables:
+        return
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        version = int(con.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0)
+    finally:
+        con.close()
+    known = len(schema.MIGRATIONS)
+    if version > known:
+        raise ValueError(f"{path} was made by a newer Miroir (dashboard schema {version}; this one "
+                         f"knows up to {known}): install that version or a later one, then restore")
 
 
 def restore(backup_path: Path, db_path: Path) -> None:

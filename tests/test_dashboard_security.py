@@ -880,6 +880,40 @@ def test_dashboard_restore_of_a_bad_file_or_onto_a_new_server_is_one_line(tmp_pa
     assert stat.S_IMODE((tmp_path / "c.db").stat().st_mode) == 0o600
 
 
+def test_a_backup_of_a_newer_dashboard_is_refused_and_an_older_one_upgraded(
+        tmp_path: Path) -> None:
+    """A site rebuilt with the Miroir of the install medium, older than the dashboard that made
+    the backup: `miroir dashboard restore` said "restored" (exit 0) and left this dashboard on a
+    schema it does not know (11 of its 10 migrations). It now refuses, in one line, the database
+    untouched; a backup of an older dashboard is upgraded."""
+    def made_with(path: Path, steps: list[Any]) -> Path:
+        db = store.open_db(path)
+        schema.ensure_schema(db, steps)
+        db.conn.close()
+        return path
+
+    def newer(d: Any) -> None:
+        """A later Miroir's table."""
+        d.conn.execute("CREATE TABLE agent_consents (agent TEXT PRIMARY KEY, signed_ts REAL)")
+
+    live = made_with(tmp_path / "live.sqlite", schema.MIGRATIONS)
+    env = dict(os.environ, MIROIR_DASH_SITE="site-1", MIROIR_DASH_DB_PATH=str(live))
+
+    def restore(source: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "miroir", "dashboard", "restore", str(source)],
+                              env=env, capture_output=True, text=True, timeout=60, check=False)
+
+    before = live.read_bytes()
+    r = restore(made_with(tmp_path / "newer.sqlite", [*schema.MIGRATIONS, newer]))
+    known = len(schema.MIGRATIONS)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"schema {known + 1}" in r.stderr and f"up to {known}" in r.stderr, r.stderr
+    assert live.read_bytes() == before
+    r = restore(made_with(tmp_path / "older.sqlite", schema.MIGRATIONS[:5]))
+    assert r.returncode == 0, r.stderr
+    assert schema.schema_version(store.open_db(live)) == known
+
+
 def test_a_box_read_returns_only_the_rows_of_agents_the_reader_may_see(org: Any) -> None:
     """A seat changes hands: agent-a1 (team A) moves to box-b1, where agent-b1 (team B) sat.
     Reading box-b1 gives neither the agent nor team A's supervisor agent-b1's rows, and a
