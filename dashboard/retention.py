@@ -331,31 +331,56 @@ def _delete_window_rows(db: sqlite_utils.Database, table: str, box: str, from_ts
 
 
 # --------------------------------------------------------------------- backup/restore
+BACKUP_TABLES = ("users", "boxes", "metrics", "audit_log")
+"""Tables every dashboard database has: a file without them is not a dashboard backup."""
+
+
+def _missing_tables(con: sqlite3.Connection) -> list[str]:
+    """The :data:`BACKUP_TABLES` that the database of ``con`` lacks."""
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return [t for t in BACKUP_TABLES if t not in tables]
+
+
 def backup(db_path: Path, dest: Path) -> Path:
-    """Consistent online copy of the database (SQLite backup API, safe while serving)."""
+    """Consistent online copy of the database (SQLite backup API, safe while serving).
+
+    Raises:
+        ValueError: no dashboard database at ``db_path`` (nothing is written, nor made there).
+    """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:  # made private before a byte of personal data is in it; SQLite fills the empty file
-        os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        raise FileExistsError(f"{dest} exists; refusing to overwrite a backup") from None
+    if not Path(db_path).is_file():  # SQLite would make an empty one, and back that up
+        raise ValueError(f"no dashboard database at {db_path} (MIROIR_DASH_DB_PATH): "
+                         "nothing backed up")
+    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)  # (another file left as it is)
+    try:
+        missing = _missing_tables(con)
+    except sqlite3.DatabaseError as exc:
+        raise ValueError(f"{db_path} is not a dashboard database ({exc}): nothing backed up"
+                         ) from None
+    finally:
+        con.close()
+    if missing:
+        raise ValueError(f"{db_path} is not a dashboard database (no {', '.join(missing)} table): "
+                         "nothing backed up")
     src = store.open_db(db_path)
     try:
-        out = sqlite3.connect(str(dest))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:  # made private before a byte of personal data is in it; SQLite fills the empty file
+            os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            raise FileExistsError(f"{dest} exists; refusing to overwrite a backup") from None
         try:
-            src.conn.backup(out)
-        finally:
-            out.close()
-    except BaseException:
-        dest.unlink(missing_ok=True)  # no half copy left to be taken for a backup
-        raise
+            out = sqlite3.connect(str(dest))
+            try:
+                src.conn.backup(out)
+            finally:
+                out.close()
+        except BaseException:
+            dest.unlink(missing_ok=True)  # no half copy left to be taken for a backup
+            raise
     finally:
         src.conn.close()
     return dest
-
-
-BACKUP_TABLES = ("users", "boxes", "metrics", "audit_log")
-"""Tables every dashboard database has: a file without them is not a dashboard backup."""
 
 
 def check_backup(path: Path) -> None:
@@ -364,28 +389,27 @@ def check_backup(path: Path) -> None:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
             ok = con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            missing = _missing_tables(con)
         finally:
             con.close()
     except sqlite3.Error as exc:
         raise ValueError(f"{path} is not a dashboard backup ({exc})") from None
     if not ok:
         raise ValueError(f"{path} is not a dashboard backup (it fails SQLite's integrity check)")
-    missing = [t for t in BACKUP_TABLES if t not in tables]
     if missing:
         raise ValueError(f"{path} is not a dashboard backup (no {', '.join(missing)} table)")
-    _check_not_newer(path, tables)
+    _check_not_newer(path)
 
 
-def _check_not_newer(path: Path, tables: set[str]) -> None:
+def _check_not_newer(path: Path) -> None:
     """Raise ValueError if ``path`` was made by a dashboard whose schema this one does not know."""
     from . import schema
 
-    if "schema_version" not in tables:
-        return
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         version = int(con.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0)
+    except sqlite3.OperationalError:  # no schema_version table: made before migrations
+        version = 0
     finally:
         con.close()
     known = len(schema.MIGRATIONS)

@@ -880,6 +880,32 @@ def test_dashboard_restore_of_a_bad_file_or_onto_a_new_server_is_one_line(tmp_pa
     assert stat.S_IMODE((tmp_path / "c.db").stat().st_mode) == 0o600
 
 
+def test_a_backup_of_no_database_is_refused_not_written_empty(tmp_path: Path) -> None:
+    """`miroir dashboard backup` with MIROIR_DASH_DB_PATH naming no database (a typo, a moved
+    database, a server whose dashboard never ran) made an empty database there and wrote a 4 KB
+    "backup" of it (exit 0, "backup written"): every nightly backup empty, found out only when the
+    restore refused it. It now says there is no database, and writes nothing anywhere."""
+    settings = make_settings(tmp_path)
+    missing = tmp_path / "dashbaord.sqlite"
+    dest = tmp_path / "b.sqlite"
+    r = subprocess.run([sys.executable, "-m", "miroir", "dashboard", "backup", str(dest)],
+                       env=dict(os.environ, MIROIR_DASH_SITE="site-1",
+                                MIROIR_DASH_DB_PATH=str(missing)),
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert str(missing) in r.stderr and "no dashboard database" in r.stderr, r.stderr
+    assert not dest.exists() and not missing.exists()
+    other = tmp_path / "other.sqlite"  # another program's database: not backed up either
+    sqlite3.connect(other).execute("CREATE TABLE notes (t TEXT)").connection.commit()
+    with pytest.raises(ValueError, match="not a dashboard database"):
+        retention.backup(other, dest)
+    assert not dest.exists()
+    db = store.open_db(settings.db_path)
+    schema.ensure_schema(db)
+    db.conn.close()
+    assert retention.backup(settings.db_path, dest) == dest
+
+
 def test_a_backup_of_a_newer_dashboard_is_refused_and_an_older_one_upgraded(
         tmp_path: Path) -> None:
     """A site rebuilt with the Miroir of the install medium, older than the dashboard that made
