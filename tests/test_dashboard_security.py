@@ -880,6 +880,34 @@ def test_dashboard_restore_of_a_bad_file_or_onto_a_new_server_is_one_line(tmp_pa
     assert stat.S_IMODE((tmp_path / "c.db").stat().st_mode) == 0o600
 
 
+def test_the_it_guides_backup_cron_line_backs_up_and_keeps_a_week(tmp_path: Path) -> None:
+    """The IT guide kept the dashboard's backups on the server whose death they are for, said
+    neither how often to take them nor how to test one: it now gives a cron line. Run as cron
+    runs it (``\\%`` read as ``%``, by sh), it writes a backup and deletes those past a week."""
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "it-guide.md").read_text()
+    line = next(ln for ln in guide.splitlines() if ln.startswith("0 */6 * * * root "))
+    settings = make_settings(tmp_path)
+    db = store.open_db(settings.db_path)
+    schema.ensure_schema(db)
+    db.conn.close()
+    env_file, kept = tmp_path / "dashboard.env", tmp_path / "backups"
+    env_file.write_text(f"MIROIR_DASH_SITE=site-1\nMIROIR_DASH_DB_PATH={settings.db_path}\n")
+    kept.mkdir()
+    old = kept / "dashboard-2026-11-01-00.sqlite"
+    old.write_bytes(b"")
+    os.utime(old, (time.time() - 8 * 86400,) * 2)
+    command = (line.split(" root ", 1)[1].replace("\\%", "%")
+               .replace("/var/lib/miroir-site/dashboard.env", str(env_file))
+               .replace("/var/backups/miroir", str(kept))
+               .replace("exec miroir", f"exec {sys.executable} -m miroir"))
+    r = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=60,
+                       check=False)
+    assert r.returncode == 0, r.stderr
+    made = [p.name for p in kept.iterdir()]
+    assert made == [time.strftime("dashboard-%Y-%m-%d-%H.sqlite")], made
+    retention.check_backup(kept / made[0])
+
+
 def test_a_backup_of_no_database_is_refused_not_written_empty(tmp_path: Path) -> None:
     """`miroir dashboard backup` with MIROIR_DASH_DB_PATH naming no database (a typo, a moved
     database, a server whose dashboard never ran) made an empty database there and wrote a 4 KB
