@@ -418,22 +418,41 @@ def _check_not_newer(path: Path) -> None:
                          f"knows up to {known}): install that version or a later one, then restore")
 
 
+def _exclusive(db_path: Path) -> sqlite3.Connection:
+    """A connection holding ``db_path`` for itself; ValueError if another process has it open."""
+    dst = sqlite3.connect(str(db_path), timeout=0)
+    try:
+        dst.execute("PRAGMA locking_mode=EXCLUSIVE")  # kept until closed, past the commit
+        dst.execute("BEGIN EXCLUSIVE")
+        dst.execute("COMMIT")
+    except sqlite3.OperationalError as exc:
+        dst.close()
+        if "locked" not in str(exc) and "busy" not in str(exc):
+            raise
+        raise ValueError(f"{db_path} is in use: stop the dashboard first "
+                         "(systemctl stop miroir-dashboard); nothing restored") from None
+    return dst
+
+
 def restore(backup_path: Path, db_path: Path) -> None:
-    """Replace the database with a backup (stop the dashboard first); the schema is then upgraded."""
+    """Replace the database with a backup (refused while the dashboard runs); the schema is then
+    upgraded."""
     from . import schema
 
     backup_path, db_path = Path(backup_path), Path(db_path)
     check_backup(backup_path)
     db_path.parent.mkdir(parents=True, exist_ok=True)  # a new server: the dashboard never ran
-    src = sqlite3.connect(str(backup_path))
+    # a running dashboard would go on from the sequence numbers it had, never asking the boxes
+    # for what the backup lacks
+    dst = _exclusive(db_path)
     try:
-        dst = sqlite3.connect(str(db_path))
+        src = sqlite3.connect(str(backup_path))
         try:
             src.backup(dst)
         finally:
-            dst.close()
+            src.close()
     finally:
-        src.close()
+        dst.close()
     db = store.open_db(db_path)
     try:
         schema.ensure_schema(db)
