@@ -9,6 +9,7 @@ import math
 import os
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -373,6 +374,8 @@ def backup(db_path: Path, dest: Path) -> Path:
             out = sqlite3.connect(str(dest))
             try:
                 src.conn.backup(out)
+                # one plain file, readable where nothing can be written beside it (read-only media)
+                out.execute("PRAGMA journal_mode=DELETE")
             finally:
                 out.close()
         except BaseException:
@@ -383,10 +386,17 @@ def backup(db_path: Path, dest: Path) -> Path:
     return dest
 
 
+def _read_backup(path: Path) -> sqlite3.Connection:
+    """Open a backup read-only, writing nothing beside it (a backup of an earlier version is in
+    WAL mode, which SQLite otherwise opens only where it can write its shared-memory file)."""
+    uri = f"file:{urllib.parse.quote(str(Path(path).absolute()))}?mode=ro&immutable=1"
+    return sqlite3.connect(uri, uri=True)
+
+
 def check_backup(path: Path) -> None:
     """Raise ValueError unless ``path`` is a whole SQLite file holding a dashboard database."""
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        con = _read_backup(path)
         try:
             ok = con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
             missing = _missing_tables(con)
@@ -405,7 +415,7 @@ def _check_not_newer(path: Path) -> None:
     """Raise ValueError if ``path`` was made by a dashboard whose schema this one does not know."""
     from . import schema
 
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    con = _read_backup(path)
     try:
         version = int(con.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0)
     except sqlite3.OperationalError:  # no schema_version table: made before migrations
@@ -446,7 +456,7 @@ def restore(backup_path: Path, db_path: Path) -> None:
     # for what the backup lacks
     dst = _exclusive(db_path)
     try:
-        src = sqlite3.connect(str(backup_path))
+        src = _read_backup(backup_path)
         try:
             src.backup(dst)
         finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -9,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -878,6 +880,52 @@ def test_dashboard_restore_of_a_bad_file_or_onto_a_new_server_is_one_line(tmp_pa
                        capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 0 and r.stdout.split() == ["0o600"], (r.stdout, r.stderr)
     assert stat.S_IMODE((tmp_path / "c.db").stat().st_mode) == 0o600
+
+
+@contextlib.contextmanager
+def read_only(folder: Path) -> Iterator[None]:
+    """``folder`` read-only while the block runs: a read-only bind mount as root (who ignores
+    modes), mode 0555 otherwise."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    subprocess.run(["mount", "--bind", str(folder), str(folder)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], check=True)
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_backup_on_a_read_only_medium_is_restored(tmp_path: Path) -> None:
+    """A dashboard backup kept on read-only media (a USB key mounted read-only, a snapshot, a
+    backup server's read-only export) was refused as "not a dashboard backup (unable to open
+    database file)": the copy was a WAL-mode database, which SQLite cannot read without writing
+    its shared-memory file beside it. Backups are now written as one plain file, and the restore
+    reads any backup, older ones too, without writing next to it."""
+    live = tmp_path / "live.sqlite"
+    db = store.open_db(live)
+    schema.ensure_schema(db)
+    db.conn.close()
+    media = tmp_path / "usb"
+    media.mkdir()
+    made = retention.backup(live, media / "new.sqlite")
+    older = media / "older.sqlite"  # as the backups of earlier versions were: WAL mode
+    older.write_bytes(made.read_bytes())
+    sqlite3.connect(older).execute("PRAGMA journal_mode=WAL").connection.close()
+    with read_only(media):
+        for backup in (made, older):
+            r = subprocess.run([sys.executable, "-m", "miroir", "dashboard", "restore",
+                                str(backup)],
+                               env=dict(os.environ, MIROIR_DASH_SITE="site-1",
+                                        MIROIR_DASH_DB_PATH=str(tmp_path / f"{backup.stem}.db")),
+                               capture_output=True, text=True, timeout=60, check=False)
+            assert r.returncode == 0, (backup.name, r.stderr)
+    assert sorted(p.name for p in media.iterdir()) == ["new.sqlite", "older.sqlite"]
 
 
 def test_a_restore_while_the_dashboard_runs_is_refused(dashboard_server: Any,
