@@ -73,6 +73,14 @@ def _broker_access(site: Path) -> None:
     os.chown(log_file, user.pw_uid, user.pw_gid)
 
 
+def _folder_modes(tar: tarfile.TarFile, stage: Path) -> None:
+    """Give the extracted folders their archived modes (the "data" filter leaves folders to the
+    umask: a box's key folder came back 0755), never writable by group or others."""
+    for member in tar.getmembers():
+        if member.isdir():
+            (stage / member.name).chmod(member.mode & 0o755)
+
+
 def _relocate_config(site: Path, dest: Path) -> None:
     """Point the broker's config at ``dest`` when the site is restored somewhere else (its paths
     are absolute: the CA, keys, ACL, CRL, persistence and log of the old location)."""
@@ -159,6 +167,7 @@ def restore(backup_file: Path, dest: Path, passphrase: str) -> Path:
     try:
         with tarfile.open(fileobj=io.BytesIO(plain), mode="r:gz") as tar:
             tar.extractall(stage, filter="data")
+            _folder_modes(tar, stage)
         site = stage / "site"
         (site / "persist").mkdir(mode=0o700, exist_ok=True)
         _broker_access(site)
