@@ -11,6 +11,7 @@ nothing is restored then.
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import os
 import pwd
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from miroir.files import atomic_write
 from provisioning.broker import BROKER_USER, CONFIG_FILE, LOG_FILE
-from provisioning.inventory import InventoryError
+from provisioning.inventory import INVENTORY_FILE, InventoryError
 from provisioning.site import Site, SiteError, make_private, site_lock
 
 MAGIC = b"MIROIRBK1"
@@ -105,6 +106,11 @@ def dashboard_db(site_dir: Path) -> str:
     return ""
 
 
+def site_changed(site_dir: Path) -> dt.datetime:
+    """When the site's boxes last changed (an enrolment, a revocation): its inventory's time."""
+    return dt.datetime.fromtimestamp((Path(site_dir) / INVENTORY_FILE).stat().st_mtime, dt.UTC)
+
+
 def backup(site_dir: Path, out: Path, passphrase: str) -> Path:
     """Write an encrypted backup of ``site_dir`` to ``out`` (mode 0600).
 
@@ -180,4 +186,4 @@ def restore(backup_file: Path, dest: Path, passphrase: str) -> Path:
     return dest
 
 
-__all__ = ["BackupError", "backup", "dashboard_db", "restore"]
+__all__ = ["BackupError", "backup", "dashboard_db", "restore", "site_changed"]
