@@ -140,7 +140,11 @@ def backup(site_dir: Path, out: Path, passphrase: str) -> Path:
     sealed = AESGCM(_key(passphrase, salt)).encrypt(nonce, buf.getvalue(), MAGIC)
     out = Path(out)
     # 0600 even over an older file, which stays whole until this one is written
-    atomic_write(out, MAGIC + salt + nonce + sealed, mode=0o600)
+    try:
+        atomic_write(out, MAGIC + salt + nonce + sealed, mode=0o600)
+    except OSError as exc:  # a full or read-only USB key, a wrong path
+        raise BackupError(f"cannot write the backup {out}: {exc.strerror or exc}; nothing "
+                          "written (a backup already there is kept)") from None
     return out
 
 

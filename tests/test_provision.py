@@ -511,6 +511,24 @@ def test_a_restored_site_keeps_every_mode(site_dir: Path, tmp_path: Path) -> Non
     assert mode(dest / "boxes" / "box-1") == 0o700
 
 
+def test_a_backup_that_cannot_be_written_says_which_and_keeps_the_old_one(
+        site_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A site backup onto a full USB key said only "error: [Errno 28] No space left on device"
+    (measured on a full tmpfs), naming no file and not saying whether the backup already there
+    survived; onto a path through a file, it named that file's temporary copy. It now names the
+    backup and says nothing was written, the older backup kept."""
+    pw = tmp_path / "pw"
+    pw.write_text("correct horse battery staple\n")
+    blocker = tmp_path / "usb"
+    blocker.write_text("a file where a folder was expected")
+    out = blocker / "site.bak"
+    assert main(["provision", "backup", "--site-dir", str(site_dir), str(out),
+                 "--passphrase-file", str(pw)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write the backup {out}" in err and "nothing written" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+
+
 def test_a_csv_lists_every_wrong_row_at_once(
         site_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Rows that clash with the site (a box already enrolled, a seat taken) were reported only once
