@@ -140,7 +140,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
     try:
         path = retention.backup(_settings().db_path, Path(args.dest))
-    except FileExistsError as exc:
+    except (FileExistsError, ValueError) as exc:
         raise _error(str(exc)) from None
     except (OSError, sqlite3.Error) as exc:
         raise _error(f"cannot write the backup {args.dest}: {exc}") from None

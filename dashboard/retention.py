@@ -9,6 +9,7 @@ import math
 import os
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -331,67 +332,137 @@ def _delete_window_rows(db: sqlite_utils.Database, table: str, box: str, from_ts
 
 
 # --------------------------------------------------------------------- backup/restore
+BACKUP_TABLES = ("users", "boxes", "metrics", "audit_log")
+"""Tables every dashboard database has: a file without them is not a dashboard backup."""
+
+
+def _missing_tables(con: sqlite3.Connection) -> list[str]:
+    """The :data:`BACKUP_TABLES` that the database of ``con`` lacks."""
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return [t for t in BACKUP_TABLES if t not in tables]
+
+
 def backup(db_path: Path, dest: Path) -> Path:
-    """Consistent online copy of the database (SQLite backup API, safe while serving)."""
+    """Consistent online copy of the database (SQLite backup API, safe while serving).
+
+    Raises:
+        ValueError: no dashboard database at ``db_path`` (nothing is written, nor made there).
+    """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:  # made private before a byte of personal data is in it; SQLite fills the empty file
-        os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        raise FileExistsError(f"{dest} exists; refusing to overwrite a backup") from None
+    if not Path(db_path).is_file():  # SQLite would make an empty one, and back that up
+        raise ValueError(f"no dashboard database at {db_path} (MIROIR_DASH_DB_PATH): "
+                         "nothing backed up")
+    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)  # (another file left as it is)
+    try:
+        missing = _missing_tables(con)
+    except sqlite3.DatabaseError as exc:
+        raise ValueError(f"{db_path} is not a dashboard database ({exc}): nothing backed up"
+                         ) from None
+    finally:
+        con.close()
+    if missing:
+        raise ValueError(f"{db_path} is not a dashboard database (no {', '.join(missing)} table): "
+                         "nothing backed up")
     src = store.open_db(db_path)
     try:
-        out = sqlite3.connect(str(dest))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:  # made private before a byte of personal data is in it; SQLite fills the empty file
+            os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            raise FileExistsError(f"{dest} exists; refusing to overwrite a backup") from None
         try:
-            src.conn.backup(out)
-        finally:
-            out.close()
-    except BaseException:
-        dest.unlink(missing_ok=True)  # no half copy left to be taken for a backup
-        raise
+            out = sqlite3.connect(str(dest))
+            try:
+                src.conn.backup(out)
+                # one plain file, readable where nothing can be written beside it (read-only media)
+                out.execute("PRAGMA journal_mode=DELETE")
+            finally:
+                out.close()
+        except BaseException:
+            dest.unlink(missing_ok=True)  # no half copy left to be taken for a backup
+            raise
     finally:
         src.conn.close()
     return dest
 
 
-BACKUP_TABLES = ("users", "boxes", "metrics", "audit_log")
-"""Tables every dashboard database has: a file without them is not a dashboard backup."""
+def _read_backup(path: Path) -> sqlite3.Connection:
+    """Open a backup read-only, writing nothing beside it (a backup of an earlier version is in
+    WAL mode, which SQLite otherwise opens only where it can write its shared-memory file)."""
+    uri = f"file:{urllib.parse.quote(str(Path(path).absolute()))}?mode=ro&immutable=1"
+    return sqlite3.connect(uri, uri=True)
 
 
 def check_backup(path: Path) -> None:
     """Raise ValueError unless ``path`` is a whole SQLite file holding a dashboard database."""
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        con = _read_backup(path)
         try:
             ok = con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            missing = _missing_tables(con)
         finally:
             con.close()
     except sqlite3.Error as exc:
         raise ValueError(f"{path} is not a dashboard backup ({exc})") from None
     if not ok:
         raise ValueError(f"{path} is not a dashboard backup (it fails SQLite's integrity check)")
-    missing = [t for t in BACKUP_TABLES if t not in tables]
     if missing:
         raise ValueError(f"{path} is not a dashboard backup (no {', '.join(missing)} table)")
+    _check_not_newer(path)
+
+
+def _check_not_newer(path: Path) -> None:
+    """Raise ValueError if ``path`` was made by a dashboard whose schema this one does not know."""
+    from . import schema
+
+    con = _read_backup(path)
+    try:
+        version = int(con.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0)
+    except sqlite3.OperationalError:  # no schema_version table: made before migrations
+        version = 0
+    finally:
+        con.close()
+    known = len(schema.MIGRATIONS)
+    if version > known:
+        raise ValueError(f"{path} was made by a newer Miroir (dashboard schema {version}; this one "
+                         f"knows up to {known}): install that version or a later one, then restore")
+
+
+def _exclusive(db_path: Path) -> sqlite3.Connection:
+    """A connection holding ``db_path`` for itself; ValueError if another process has it open."""
+    dst = sqlite3.connect(str(db_path), timeout=0)
+    try:
+        dst.execute("PRAGMA locking_mode=EXCLUSIVE")  # kept until closed, past the commit
+        dst.execute("BEGIN EXCLUSIVE")
+        dst.execute("COMMIT")
+    except sqlite3.OperationalError as exc:
+        dst.close()
+        if "locked" not in str(exc) and "busy" not in str(exc):
+            raise
+        raise ValueError(f"{db_path} is in use: stop the dashboard first "
+                         "(systemctl stop miroir-dashboard); nothing restored") from None
+    return dst
 
 
 def restore(backup_path: Path, db_path: Path) -> None:
-    """Replace the database with a backup (stop the dashboard first); the schema is then upgraded."""
+    """Replace the database with a backup (refused while the dashboard runs); the schema is then
+    upgraded."""
     from . import schema
 
     backup_path, db_path = Path(backup_path), Path(db_path)
     check_backup(backup_path)
     db_path.parent.mkdir(parents=True, exist_ok=True)  # a new server: the dashboard never ran
-    src = sqlite3.connect(str(backup_path))
+    # a running dashboard would go on from the sequence numbers it had, never asking the boxes
+    # for what the backup lacks
+    dst = _exclusive(db_path)
     try:
-        dst = sqlite3.connect(str(db_path))
+        src = _read_backup(backup_path)
         try:
             src.backup(dst)
         finally:
-            dst.close()
+            src.close()
     finally:
-        src.close()
+        dst.close()
     db = store.open_db(db_path)
     try:
         schema.ensure_schema(db)

@@ -11,6 +11,7 @@ nothing is restored then.
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import os
 import pwd
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from miroir.files import atomic_write
 from provisioning.broker import BROKER_USER, CONFIG_FILE, LOG_FILE
-from provisioning.inventory import InventoryError
+from provisioning.inventory import INVENTORY_FILE, InventoryError
 from provisioning.site import Site, SiteError, make_private, site_lock
 
 MAGIC = b"MIROIRBK1"
@@ -73,6 +74,14 @@ def _broker_access(site: Path) -> None:
     os.chown(log_file, user.pw_uid, user.pw_gid)
 
 
+def _folder_modes(tar: tarfile.TarFile, stage: Path) -> None:
+    """Give the extracted folders their archived modes (the "data" filter leaves folders to the
+    umask: a box's key folder came back 0755), never writable by group or others."""
+    for member in tar.getmembers():
+        if member.isdir():
+            (stage / member.name).chmod(member.mode & 0o755)
+
+
 def _relocate_config(site: Path, dest: Path) -> None:
     """Point the broker's config at ``dest`` when the site is restored somewhere else (its paths
     are absolute: the CA, keys, ACL, CRL, persistence and log of the old location)."""
@@ -95,6 +104,11 @@ def dashboard_db(site_dir: Path) -> str:
         if key.strip() == "MIROIR_DASH_DB_PATH":
             return value.strip().strip("'\"")
     return ""
+
+
+def site_changed(site_dir: Path) -> dt.datetime:
+    """When the site's boxes last changed (an enrolment, a revocation): its inventory's time."""
+    return dt.datetime.fromtimestamp((Path(site_dir) / INVENTORY_FILE).stat().st_mtime, dt.UTC)
 
 
 def backup(site_dir: Path, out: Path, passphrase: str) -> Path:
@@ -126,7 +140,11 @@ def backup(site_dir: Path, out: Path, passphrase: str) -> Path:
     sealed = AESGCM(_key(passphrase, salt)).encrypt(nonce, buf.getvalue(), MAGIC)
     out = Path(out)
     # 0600 even over an older file, which stays whole until this one is written
-    atomic_write(out, MAGIC + salt + nonce + sealed, mode=0o600)
+    try:
+        atomic_write(out, MAGIC + salt + nonce + sealed, mode=0o600)
+    except OSError as exc:  # a full or read-only USB key, a wrong path
+        raise BackupError(f"cannot write the backup {out}: {exc.strerror or exc}; nothing "
+                          "written (a backup already there is kept)") from None
     return out
 
 
@@ -159,6 +177,7 @@ def restore(backup_file: Path, dest: Path, passphrase: str) -> Path:
     try:
         with tarfile.open(fileobj=io.BytesIO(plain), mode="r:gz") as tar:
             tar.extractall(stage, filter="data")
+            _folder_modes(tar, stage)
         site = stage / "site"
         (site / "persist").mkdir(mode=0o700, exist_ok=True)
         _broker_access(site)
@@ -171,4 +190,4 @@ def restore(backup_file: Path, dest: Path, passphrase: str) -> Path:
     return dest
 
 
-__all__ = ["BackupError", "backup", "dashboard_db", "restore"]
+__all__ = ["BackupError", "backup", "dashboard_db", "restore", "site_changed"]

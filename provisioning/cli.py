@@ -114,6 +114,8 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     status = "cleared" if result.status_cleared else "left (not cut)"
     print(f"box {result.box} revoked (serials {', '.join(result.serials)}); broker reloaded; "
           f"live connection {live}, retained status {status}, in {result.duration_s:.2f} s")
+    print(f"next: back up the site again (`miroir provision backup FILE`): a site restored from an "
+          f"older backup lets {result.box} in again")
     return 0
 
 
@@ -194,13 +196,15 @@ def _warn_unreachable(site_dir: Path) -> None:
 
 def cmd_restore(args: argparse.Namespace) -> int:
     """Restore a site directory from an encrypted backup (nothing is written on a wrong passphrase)."""
-    from provisioning.backup import BackupError, restore
+    from provisioning.backup import BackupError, restore, site_changed
 
     try:
         dest = restore(args.file, args.site_dir, _passphrase(args, confirm=False))
     except BackupError as exc:
         raise _err(str(exc)) from None
-    print(f"site restored into {dest}")
+    print(f"site restored into {dest}, as it was on {site_changed(dest):%Y-%m-%d %H:%M} UTC: "
+          "revoke again (`miroir provision revoke BOX`) every box revoked since, which it lets "
+          "in; a box enrolled since connects but cannot be revoked here")
     _warn_unreachable(dest)
     print("not in it: the dashboard's database; on a new server, restore it with `miroir dashboard "
           "restore SOURCE` (IT guide, \"Backups\"): on an empty database the dashboard starts only "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -9,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -878,6 +880,166 @@ def test_dashboard_restore_of_a_bad_file_or_onto_a_new_server_is_one_line(tmp_pa
                        capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 0 and r.stdout.split() == ["0o600"], (r.stdout, r.stderr)
     assert stat.S_IMODE((tmp_path / "c.db").stat().st_mode) == 0o600
+
+
+@contextlib.contextmanager
+def read_only(folder: Path) -> Iterator[None]:
+    """``folder`` read-only while the block runs: a read-only bind mount as root (who ignores
+    modes), mode 0555 otherwise."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    subprocess.run(["mount", "--bind", str(folder), str(folder)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], check=True)
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_backup_on_a_read_only_medium_is_restored(tmp_path: Path) -> None:
+    """A dashboard backup kept on read-only media (a USB key mounted read-only, a snapshot, a
+    backup server's read-only export) was refused as "not a dashboard backup (unable to open
+    database file)": the copy was a WAL-mode database, which SQLite cannot read without writing
+    its shared-memory file beside it. Backups are now written as one plain file, and the restore
+    reads any backup, older ones too, without writing next to it."""
+    live = tmp_path / "live.sqlite"
+    db = store.open_db(live)
+    schema.ensure_schema(db)
+    db.conn.close()
+    media = tmp_path / "usb"
+    media.mkdir()
+    made = retention.backup(live, media / "new.sqlite")
+    older = media / "older.sqlite"  # as the backups of earlier versions were: WAL mode
+    older.write_bytes(made.read_bytes())
+    sqlite3.connect(older).execute("PRAGMA journal_mode=WAL").connection.close()
+    with read_only(media):
+        for backup in (made, older):
+            r = subprocess.run([sys.executable, "-m", "miroir", "dashboard", "restore",
+                                str(backup)],
+                               env=dict(os.environ, MIROIR_DASH_SITE="site-1",
+                                        MIROIR_DASH_DB_PATH=str(tmp_path / f"{backup.stem}.db")),
+                               capture_output=True, text=True, timeout=60, check=False)
+            assert r.returncode == 0, (backup.name, r.stderr)
+    assert sorted(p.name for p in media.iterdir()) == ["new.sqlite", "older.sqlite"]
+
+
+def test_a_restore_while_the_dashboard_runs_is_refused(dashboard_server: Any,
+                                                       tmp_path: Path) -> None:
+    """`miroir dashboard restore` run while the dashboard served (the guide says to stop it; the
+    command did not check) said "restored": its ingest, going on with the sequence numbers it
+    had, never asked the boxes for what the backup lacked (20 of 60 messages lost, 0 resend
+    requests, still lost after a restart). It now refuses while the database is open elsewhere,
+    saying to stop the dashboard, and changes nothing."""
+    settings = dashboard_server.settings
+    env = dict(os.environ, MIROIR_DASH_SITE=settings.site,
+               MIROIR_DASH_DB_PATH=str(settings.db_path))
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "miroir", "dashboard", *args], env=env,
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    assert run("backup", str(tmp_path / "b.sqlite")).returncode == 0
+    pw = tmp_path / "pw"
+    pw.write_text("a long password here\n")
+    assert run("user", "add", "later", "--role", "it", "--password-file", str(pw)).returncode == 0
+    r = run("restore", str(tmp_path / "b.sqlite"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "stop the dashboard" in r.stderr and str(settings.db_path) in r.stderr, r.stderr
+    with sqlite3.connect(settings.db_path) as con:
+        assert con.execute("SELECT count(*) FROM users WHERE username = 'later'").fetchone() == (1,)
+
+
+def test_the_it_guides_backup_cron_line_backs_up_and_keeps_the_newest(tmp_path: Path) -> None:
+    """The IT guide kept the dashboard's backups on the server whose death they are for, said
+    neither how often to take them nor how to test one: it now gives a cron line. Run as cron
+    runs it (``\\%`` read as ``%``, by sh), it writes a backup and deletes the older ones."""
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "it-guide.md").read_text()
+    line = next(ln for ln in guide.splitlines() if ln.startswith("0 */6 * * * root "))
+    settings = make_settings(tmp_path)
+    db = store.open_db(settings.db_path)
+    schema.ensure_schema(db)
+    db.conn.close()
+    env_file, kept = tmp_path / "dashboard.env", tmp_path / "backups"
+    env_file.write_text(f"MIROIR_DASH_SITE=site-1\nMIROIR_DASH_DB_PATH={settings.db_path}\n")
+    kept.mkdir()
+    old = kept / "dashboard-2026-11-01-00.sqlite"
+    old.write_bytes(b"")
+    os.utime(old, (time.time() - 6 * 3600,) * 2)  # the one before
+    command = (line.split(" root ", 1)[1].replace("\\%", "%")
+               .replace("/var/lib/miroir-site/dashboard.env", str(env_file))
+               .replace("/var/backups/miroir", str(kept))
+               .replace("exec miroir", f"exec {sys.executable} -m miroir"))
+    r = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=60,
+                       check=False)
+    assert r.returncode == 0, r.stderr
+    made = [p.name for p in kept.iterdir()]
+    assert made == [time.strftime("dashboard-%Y-%m-%d-%H.sqlite")], made
+    retention.check_backup(kept / made[0])
+
+
+def test_a_backup_of_no_database_is_refused_not_written_empty(tmp_path: Path) -> None:
+    """`miroir dashboard backup` with MIROIR_DASH_DB_PATH naming no database (a typo, a moved
+    database, a server whose dashboard never ran) made an empty database there and wrote a 4 KB
+    "backup" of it (exit 0, "backup written"): every nightly backup empty, found out only when the
+    restore refused it. It now says there is no database, and writes nothing anywhere."""
+    settings = make_settings(tmp_path)
+    missing = tmp_path / "dashbaord.sqlite"
+    dest = tmp_path / "b.sqlite"
+    r = subprocess.run([sys.executable, "-m", "miroir", "dashboard", "backup", str(dest)],
+                       env=dict(os.environ, MIROIR_DASH_SITE="site-1",
+                                MIROIR_DASH_DB_PATH=str(missing)),
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert str(missing) in r.stderr and "no dashboard database" in r.stderr, r.stderr
+    assert not dest.exists() and not missing.exists()
+    other = tmp_path / "other.sqlite"  # another program's database: not backed up either
+    sqlite3.connect(other).execute("CREATE TABLE notes (t TEXT)").connection.commit()
+    with pytest.raises(ValueError, match="not a dashboard database"):
+        retention.backup(other, dest)
+    assert not dest.exists()
+    db = store.open_db(settings.db_path)
+    schema.ensure_schema(db)
+    db.conn.close()
+    assert retention.backup(settings.db_path, dest) == dest
+
+
+def test_a_backup_of_a_newer_dashboard_is_refused_and_an_older_one_upgraded(
+        tmp_path: Path) -> None:
+    """A site rebuilt with the Miroir of the install medium, older than the dashboard that made
+    the backup: `miroir dashboard restore` said "restored" (exit 0) and left this dashboard on a
+    schema it does not know (11 of its 10 migrations). It now refuses, in one line, the database
+    untouched; a backup of an older dashboard is upgraded."""
+    def made_with(path: Path, steps: list[Any]) -> Path:
+        db = store.open_db(path)
+        schema.ensure_schema(db, steps)
+        db.conn.close()
+        return path
+
+    def newer(d: Any) -> None:
+        """A later Miroir's table."""
+        d.conn.execute("CREATE TABLE agent_consents (agent TEXT PRIMARY KEY, signed_ts REAL)")
+
+    live = made_with(tmp_path / "live.sqlite", schema.MIGRATIONS)
+    env = dict(os.environ, MIROIR_DASH_SITE="site-1", MIROIR_DASH_DB_PATH=str(live))
+
+    def restore(source: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "miroir", "dashboard", "restore", str(source)],
+                              env=env, capture_output=True, text=True, timeout=60, check=False)
+
+    before = live.read_bytes()
+    r = restore(made_with(tmp_path / "newer.sqlite", [*schema.MIGRATIONS, newer]))
+    known = len(schema.MIGRATIONS)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"schema {known + 1}" in r.stderr and f"up to {known}" in r.stderr, r.stderr
+    assert live.read_bytes() == before
+    r = restore(made_with(tmp_path / "older.sqlite", schema.MIGRATIONS[:5]))
+    assert r.returncode == 0, r.stderr
+    assert schema.schema_version(store.open_db(live)) == known
 
 
 def test_a_box_read_returns_only_the_rows_of_agents_the_reader_may_see(org: Any) -> None:

@@ -485,6 +485,50 @@ def test_a_backup_written_over_an_old_one_is_private(site_dir: Path, tmp_path: P
                  "--passphrase-file", str(pw)]) == 0
 
 
+def test_a_restored_site_keeps_every_mode(site_dir: Path, tmp_path: Path) -> None:
+    """Restored under the usual umask (022), each box's key folder (boxes/box-1: its key and
+    certificate) came back 0755 where the site made it 0700, as the IT guide promises for the
+    folders of keys: the archive's folder modes were left to the umask. Every file and folder
+    now has the mode the site gave it."""
+    Site(site_dir).enroll([site_mod.Enrolment(box="box-1", seat="A1")])
+    pw = tmp_path / "pw"
+    pw.write_text("correct horse battery staple\n")
+    assert main(["provision", "backup", "--site-dir", str(site_dir), str(tmp_path / "b"),
+                 "--passphrase-file", str(pw)]) == 0
+    dest = tmp_path / "restored"
+    umask = os.umask(0o022)
+    try:
+        assert main(["provision", "restore", str(tmp_path / "b"), "--site-dir", str(dest),
+                     "--passphrase-file", str(pw)]) == 0
+    finally:
+        os.umask(umask)
+    skip = {"persist", ".lock"}  # the broker's own (made afresh) and the lock
+    before = {p.relative_to(site_dir): mode(p) for p in site_dir.rglob("*")
+              if p.relative_to(site_dir).parts[0] not in skip}
+    after = {p.relative_to(dest): mode(p) for p in dest.rglob("*")
+             if p.relative_to(dest).parts[0] not in skip}
+    assert {str(k): oct(v) for k, v in after.items() if before.get(k) != v} == {}
+    assert mode(dest / "boxes" / "box-1") == 0o700
+
+
+def test_a_backup_that_cannot_be_written_says_which_and_keeps_the_old_one(
+        site_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A site backup onto a full USB key said only "error: [Errno 28] No space left on device"
+    (measured on a full tmpfs), naming no file and not saying whether the backup already there
+    survived; onto a path through a file, it named that file's temporary copy. It now names the
+    backup and says nothing was written, the older backup kept."""
+    pw = tmp_path / "pw"
+    pw.write_text("correct horse battery staple\n")
+    blocker = tmp_path / "usb"
+    blocker.write_text("a file where a folder was expected")
+    out = blocker / "site.bak"
+    assert main(["provision", "backup", "--site-dir", str(site_dir), str(out),
+                 "--passphrase-file", str(pw)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write the backup {out}" in err and "nothing written" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+
+
 def test_a_csv_lists_every_wrong_row_at_once(
         site_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Rows that clash with the site (a box already enrolled, a seat taken) were reported only once

@@ -208,6 +208,56 @@ def test_a_revoked_box_leaves_no_retained_status_on_the_broker(tmp_path: Path) -
         shutil.rmtree(root, ignore_errors=True)
 
 
+def test_a_box_revoked_after_the_backup_is_revoked_again_after_the_restore(
+        tmp_path: Path) -> None:
+    """A stolen box revoked after the last site backup got in again on the site restored from it
+    (CONNACK Success, where the old site refused it), and neither `revoke` nor `restore` said so.
+    `revoke` now says to back up again; `restore` says when the restored site was last changed
+    and to revoke again every box revoked since, which shuts the box out again."""
+    root = new_site_dir("miroir-revoked-")
+    try:
+        site = init_site(root / "old", SITE, broker_host="localhost", port=free_port(),
+                         bind="127.0.0.1")
+        site.enroll([Enrolment(box="box-001", seat="A-01")])
+        stolen = pki.CertPair(tmp_path / "cert.pem", tmp_path / "key.pem")
+        shutil.copy(site.box_pair("box-001").cert, stolen.cert)
+        shutil.copy(site.box_pair("box-001").key, stolen.key)
+        pw = tmp_path / "pw"
+        pw.write_text("correct horse battery staple\n")
+        backup = tmp_path / "site.bak"
+        assert cli("backup", "--site-dir", str(site.dir), str(backup), "--passphrase-file",
+                   str(pw)).returncode == 0
+        as_of = dt.datetime.fromtimestamp((site.dir / "inventory.json").stat().st_mtime, dt.UTC)
+        broker = Mosquitto(site.config, site.port, site.log).start()
+        try:
+            done = cli("revoke", "box-001", "--site-dir", str(site.dir),
+                       "--broker-pid", str(broker.pid))
+        finally:
+            broker.stop()
+        assert done.returncode == 0 and "miroir provision backup" in done.stdout, done.stdout
+        shutil.rmtree(site.dir)  # the server dies
+        done = cli("restore", str(backup), "--site-dir", str(root / "new"), "--passphrase-file",
+                   str(pw))
+        assert done.returncode == 0, done.stderr
+        assert f"{as_of:%Y-%m-%d %H:%M} UTC" in done.stdout and "revoke again" in done.stdout, \
+            done.stdout
+        restored = Site(root / "new")
+        broker = Mosquitto(restored.config, restored.port, restored.log).start()
+        try:
+            peer = Peer(stolen, restored.ca.cert, "box-001", restored.port)
+            assert not peer.connect().is_failure  # in again, as the restore warns
+            peer.close()
+            assert cli("revoke", "box-001", "--site-dir", str(restored.dir), "--broker-pid",
+                       str(broker.pid)).returncode == 0
+            peer = Peer(stolen, restored.ca.cert, "box-001", restored.port)
+            assert peer.connect() is None  # refused again
+            peer.close()
+        finally:
+            broker.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def test_a_revocation_whose_broker_reload_fails_still_denies_the_box(site_dir: Path) -> None:
     """The broker cannot be reloaded (wrong pid): revoke fails, saying so, but the box is in the
     CRL and denied every topic in the ACL, which the broker's next start or reload reads."""
