@@ -72,4 +72,7 @@ def leak_figures() -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__).parse_args()  # no options: --help says what it does
     print(json.dumps(leak_figures()))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from bench.vad import headset_pair
 from edge.settings import EdgeSettings
@@ -60,3 +63,17 @@ def test_far_end_cost_baseline_is_the_published_fp32_file_on_onnx_runtime() -> N
     published = per_channel(OnnxModel(model_path("silero_vad")), talk)
     assert published.max() > 0.9
     assert np.array_equal(per_channel(reference_vad(), talk), published)
+
+
+@pytest.mark.parametrize("module", ["edge", "latency", "vad", "leak"])
+def test_a_bench_run_as_a_module_takes_its_options_or_refuses_them(module: str) -> None:
+    """`python -m bench.edge --affect` ran the bench without the affect stage (and `--help` ran
+    the whole bench): the options were ignored. They are now the CLI's (`miroir bench edge`)."""
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", f"bench.{module}", *args], capture_output=True,
+                              text=True, timeout=60, check=False)
+
+    shown = run("--help")
+    assert shown.returncode == 0 and shown.stdout.startswith("usage:"), shown.stderr
+    bad = run("--no-such-option")
+    assert bad.returncode == 2 and "unrecognized arguments: --no-such-option" in bad.stderr
