@@ -423,6 +423,31 @@ def test_the_agents_live_strip_says_private_or_offline_never_the_last_talk_state
     assert strip.inner_text() == "Hors ligne"
 
 
+def test_the_private_switch_never_says_on_when_the_box_is_offline(
+        browser_page: Any, dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
+    """The agent presses "private" while their box is offline (the broker is up): the box, whose
+    session is clean, never gets the command, so the page must say so and tell them to use the
+    box's button, never "Mode privé actif"; once the box is back, the same switch works."""
+    from tests._fixtures_dashboard import USER_PASSWORD
+
+    seat = _AgentsBox(dashboard_server, site, peer)
+    seat.status("offline")
+    page = browser_page
+    browser_login(page, dashboard_server.url, "ines", USER_PASSWORD, landing="/me")
+    page.locator("#live-state", has_text="Hors ligne").wait_for(timeout=2000)
+    page.click("#private-toggle")
+    page.wait_for_selector("body[data-stream-ready='1']")
+    assert page.locator("#private-state").count() == 0, page.inner_text("#private")
+    assert page.locator("#private-unsent").is_visible()
+    assert page.locator("#private-toggle").inner_text() == "Passer en appel privé"
+    seat.status(private=False)  # the box is back
+    page.locator("#live-state", has_text="—").wait_for(timeout=2000)
+    page.click("#private-toggle")
+    page.wait_for_selector("body[data-stream-ready='1']")
+    assert page.locator("#private-state").is_visible()
+    assert page.locator("#private-unsent").count() == 0
+
+
 def test_the_agents_live_strip_says_offline_when_the_box_falls_silent(
         browser_page: Any, dashboard_server: DashboardServer, site: Any, peer: Any,
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,6 +7,7 @@ Objects out of the caller's scope answer 404, like objects that do not exist.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -19,9 +20,11 @@ from pydantic import BaseModel, Field, StringConstraints
 
 from miroir import wire
 
-from .. import access, analytics, commands, registry, retention, schema
+from .. import access, analytics, commands, fleet, registry, retention, schema
 from ..access import User
 from .deps import CurrentUser, Db, Settings, require_role
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api", tags=["api"])
 
@@ -414,8 +417,13 @@ def set_private(request: Request, db: Any, user: User, private: bool) -> bool:
     agent = user.agent or ""
     access.require_agent(db, user, agent)
     row = db.conn.execute("SELECT box FROM seats WHERE agent = ?", (agent,)).fetchone()
-    if row is None or not commands.send_command(request.app, row[0],
-                                                "private_on" if private else "private_off"):
+    box = row and db.conn.execute("SELECT state, last_seen_ts FROM boxes WHERE box = ?",
+                                  (row[0],)).fetchone()
+    if not box or fleet.is_offline({"state": box[0], "last_seen_ts": box[1]}, time.time()):
+        # its MQTT session is clean: a command sent while it is away never reaches it
+        log.info("box of agent %s offline: private switch not sent", agent)
+        return False
+    if not commands.send_command(request.app, row[0], "private_on" if private else "private_off"):
         return False  # the seat shows what the box was told, never a privacy it does not have
     with db.conn:
         db.conn.execute("UPDATE agents SET private = ? WHERE agent = ?", (int(private), agent))
