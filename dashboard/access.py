@@ -234,6 +234,31 @@ def audit_page(db: sqlite_utils.Database, agent: str, limit: int,
             "summary": audit_summary(db, agent)}
 
 
+VISIT_S = 10.0
+"""A page's own reads (its charts' metrics, its live stream) within this many seconds of its
+opening by the same person are one visit of the agent's audit list."""
+VISIT_PARTS = ("read_metrics", "live_view")
+
+
+def group_visits(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``entries`` (newest first), each ``view_agent`` with the reads its page made by itself
+    (:data:`VISIT_PARTS`, within :data:`VISIT_S`) folded into its ``parts``: one line a visit."""
+    out: list[dict[str, Any]] = []
+    visits: dict[str, dict[str, Any]] = {}
+    for e in reversed(entries):  # oldest first: a page's reads follow its opening
+        visit = visits.get(e["actor"])
+        if (e["action"] in VISIT_PARTS and visit is not None
+                and e["ts"] - visit["ts"] <= VISIT_S and e["action"] not in visit["parts"]):
+            visit["parts"].append(e["action"])
+            continue
+        out.append({**e, "parts": []})
+        if e["action"] == "view_agent":
+            visits[e["actor"]] = out[-1]
+    for e in out:
+        e["parts"].sort(key=VISIT_PARTS.index)
+    return out[::-1]
+
+
 def audit_summary(db: sqlite_utils.Database, agent: str) -> list[dict[str, Any]]:
     """Every (actor, action) pair about ``agent`` in the audit log, with how many times and
     when first and last, the latest first: one line per kind of access, however often."""

@@ -679,3 +679,32 @@ def test_an_error_page_gives_its_detail_in_the_page_s_language(
     page.wait_for_url("**/agents/nobody")
     assert page.locator("html").get_attribute("lang") == "en"
     assert page.locator("#error-detail").inner_text() == "agent not found"
+
+
+def test_one_supervisor_visit_is_one_line_of_the_agents_audit_list(
+        org_server: tuple[DashboardServer, dict[str, Any]], chromium: Any) -> None:
+    """A supervisor opening the agent's page once writes three entries (the page, its charts'
+    metrics, its live stream): the agent reads them as one visit, with what it loaded, not as
+    three separate reads; the summary still counts each kind."""
+    from tests._fixtures_dashboard import USER_PASSWORD
+
+    server, data = org_server
+    sup = chromium.new_context(locale="fr-FR")
+    try:
+        page = sup.new_page()
+        browser_login(page, server.url, "sup-a", USER_PASSWORD, data["secrets"]["sup-a"])
+        page.goto(server.url + "/agents/agent-a1")
+        page.wait_for_selector("body[data-charts-ready='1'][data-stream-ready='1']")
+    finally:
+        sup.close()
+    agent = chromium.new_context(locale="fr-FR")
+    try:
+        page = agent.new_page()
+        browser_login(page, server.url, "amina", USER_PASSWORD, landing="/me")
+        entries = page.locator("#audit-list .audit-entry")
+        assert entries.count() == 1, page.inner_text("#audit-list")
+        assert entries.first.inner_text().endswith(
+            "sup-a (Superviseur) a ouvert la vue agent, avec ses graphiques et son suivi en direct")
+        assert page.locator("#audit-summary .audit-summary-row").count() == 3
+    finally:
+        agent.close()

@@ -58,13 +58,15 @@ def _agent_context(db: Db, user: User, agent: str, self_view: bool,
     calls = list(db.query("SELECT * FROM calls WHERE agent = ? ORDER BY start_ts DESC LIMIT 50",
                           [agent]))
     show_audit = self_view or user.role == "admin"
+    audit = access.audit_page(db, agent, AUDIT_PAGE, audit_before) if show_audit else None
     return {
         "agent": row, "seat": {"box": seat[0], "label": seat[1]} if seat else None,
         "flags": flags, "goals": goals, "calls": calls, "self_view": self_view,
         "can_coach": user.supervises and not self_view,
         "metrics": [registry.describe(n, user.lang) for n in analytics.metric_names(db)],
         "outcomes": analytics.OUTCOMES, "now_ts": time.time(),
-        "audit": access.audit_page(db, agent, AUDIT_PAGE, audit_before) if show_audit else None,
+        "audit": audit,
+        "visits": access.group_visits(audit["entries"]) if audit else [],
     }
 
 
