@@ -127,6 +127,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "agent.private_unsent": ("Votre boîtier n'a pas pu être joint : utilisez son bouton.",
                              "Your box could not be reached: use its button."),
     "agent.live": ("Mes signaux en direct", "My live cues"),
+    "agent.live_seat": ("Au poste, en direct :", "At the seat, live:"),
     "agent.export": ("Exporter (CSV)", "Export (CSV)"),
     "agent.export_all": ("Toutes mes données (JSON)", "All my data (JSON)"),
     "agent.back_live": ("Retour au direct", "Back to live"),

@@ -69,6 +69,7 @@ def test_the_agent_page_follows_the_call_live_with_one_audit_entry(
     assert page.locator("#charts .state-overlap").count() >= 5
     # the seat's state above the charts: the box's last talk state, then its private switch
     assert page.locator("#live-state").inner_text() == "Chevauchement"
+    assert page.locator("#live-label").inner_text() == "Au poste, en direct :"  # not a bare word
     box.publish(wire.topic(site.site, "box-a1", "status"), wire.encode("status", wire.status_message(
         site.site, "box-a1", "online", time.time(), private=True)))
     page.locator("#live-state", has_text="Appel privé").wait_for(timeout=LIVE_WAIT_MS)
