@@ -155,8 +155,7 @@ def metrics_csv_chunks(db: sqlite_utils.Database, agents: list[str],
     count = 0
     for agent in agents:
         for r in analytics.iter_agent_metrics(db, agent, since_ts, EXPORT_BATCH_ROWS):
-            w.writerow([agent, r["box"], r["seq"],
-                        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r["ts"])), r["ts"],
+            w.writerow([agent, r["box"], r["seq"], utc_iso(r["ts"]), r["ts"],
                         r["talk_state"], *(r[n] for n in names)])
             count += 1
             if count % EXPORT_BATCH_ROWS == 0:
@@ -171,6 +170,23 @@ def metrics_csv(db: sqlite_utils.Database, agents: list[str], since_ts: float = 
     return "".join(metrics_csv_chunks(db, agents, since_ts))
 
 
+def utc_iso(ts: float) -> str:
+    """Seconds since the epoch as an ISO 8601 UTC time, to the second (``2026-11-28T15:12:59Z``)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _with_utc(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with a readable UTC time beside each time field in seconds since the epoch
+    (``ts`` -> ``time_utc``, ``from_ts`` -> ``from_utc``), as the CSV export has."""
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        out[key] = value
+        if (key == "ts" or key.endswith("_ts")) and isinstance(value, int | float) \
+                and not isinstance(value, bool) and math.isfinite(value):
+            out["time_utc" if key == "ts" else f"{key[:-3]}_utc"] = utc_iso(value)
+    return out
+
+
 def _agent_export_parts(db: sqlite_utils.Database,
                         agent: str) -> list[tuple[str, Iterator[dict[str, Any]]]]:
     """The sections of an agent's export, in order, each an iterator over its rows."""
@@ -179,7 +195,7 @@ def _agent_export_parts(db: sqlite_utils.Database,
         keys = [c[0] for c in cur.description]
         while batch := cur.fetchmany(EXPORT_BATCH_ROWS):
             for r in batch:
-                yield dict(zip(keys, r, strict=True))
+                yield _with_utc(dict(zip(keys, r, strict=True)))
 
     users = "SELECT username FROM users WHERE agent = ?"
     return [
@@ -206,7 +222,7 @@ def _agent_export_parts(db: sqlite_utils.Database,
 def agent_export(db: sqlite_utils.Database, agent: str) -> dict[str, Any]:
     """Everything stored about one agent (the right of access), as JSON-ready data: every
     column of their metrics and events (call summaries, cue evidence), their account (no
-    password hash, no TOTP secret) and its login attempts."""
+    password hash, no TOTP secret) and its login attempts; each time also as ISO UTC."""
     return {name: list(it) for name, it in _agent_export_parts(db, agent)}
 
 

@@ -290,6 +290,11 @@ def test_the_agent_s_export_holds_every_stored_field_and_nothing_of_another_agen
     assert {a["username"] for a in full["login_attempts"]} == {"amina"}
     text = json.dumps(full)
     assert "agent-a2" not in text and "box-a2" not in text
+    # every time also readable (it was epoch seconds only: 1795885707.95)
+    row = mine[0]
+    assert row["time_utc"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row["ts"]))
+    assert all("time_utc" in r for part in ("metrics", "events", "audit_log") for r in full[part])
+    assert all(r["from_utc"].endswith("Z") for r in full["seat_history"])
 
 
 def test_a_team_board_read_is_in_each_shown_agent_s_audit_log(org: Any) -> None:
