@@ -544,6 +544,9 @@ def test_a_call_without_an_outcome_reads_unknown_not_meeting_booked(
     row = page.locator(f"tr.call[data-call='{call}']")
     select = row.locator("select[name=outcome]")
     assert select.evaluate("s => s.options[s.selectedIndex].text") == "—"
+    # its columns are named, and its campaign by its name, not its id ('camp-b')
+    assert page.locator("#calls th").all_inner_texts() == ["Début", "Campagne", "Durée", "Issue"]
+    assert row.locator("td").nth(1).inner_text() == "Mutuelle"
     row.locator("button[type=submit]").click()  # refused by the form: nothing chosen
     page.wait_for_timeout(300)
     assert page.url.endswith("/agents/agent-b1")

@@ -55,8 +55,9 @@ def _agent_context(db: Db, user: User, agent: str, self_view: bool,
         g["series"] = analytics.daily_means(db, agent, g["metric"])
         g["label_metric"] = (registry.describe(g["metric"], user.lang)["label"]
                              if registry.known(g["metric"]) else g["metric"])
-    calls = list(db.query("SELECT * FROM calls WHERE agent = ? ORDER BY start_ts DESC LIMIT 50",
-                          [agent]))
+    calls = list(db.query("SELECT c.*, k.name AS campaign_name FROM calls c LEFT JOIN campaigns k "
+                          "ON k.campaign = c.campaign WHERE c.agent = ? ORDER BY c.start_ts DESC "
+                          "LIMIT 50", [agent]))
     show_audit = self_view or user.role == "admin"
     audit = access.audit_page(db, agent, AUDIT_PAGE, audit_before) if show_audit else None
     return {
