@@ -128,6 +128,12 @@ STRINGS: dict[str, tuple[str, str]] = {
     "agent.private_off": ("Fin de l'appel privé", "End private call"),
     "agent.private_is_on": ("Mode privé actif : rien n'est mesuré.",
                             "Private mode on: nothing is measured."),
+    "agent.private_help": ("Dès que vous passez en appel privé, votre boîtier ne mesure et "
+                           "n'envoie plus rien de l'appel : votre responsable voit seulement que "
+                           "le poste est en privé. Le bouton du boîtier fait de même.",
+                           "From the moment you switch to a private call, your box measures and "
+                           "sends nothing more of the call: your supervisor only sees that the "
+                           "seat is private. The box's button does the same."),
     "agent.private_unsent": ("Votre boîtier n'a pas pu être joint : utilisez son bouton.",
                              "Your box could not be reached: use its button."),
     "agent.live": ("Mes signaux en direct", "My live cues"),

@@ -435,6 +435,9 @@ def test_the_private_switch_never_says_on_when_the_box_is_offline(
     page = browser_page
     browser_login(page, dashboard_server.url, "ines", USER_PASSWORD, landing="/me")
     page.locator("#live-state", has_text="Hors ligne").wait_for(timeout=2000)
+    # what the switch does is said before it is pressed (it was said only once it was on)
+    assert page.locator("#private-help").inner_text().startswith(
+        "Dès que vous passez en appel privé, votre boîtier ne mesure et n'envoie plus rien")
     page.click("#private-toggle")
     page.wait_for_selector("body[data-stream-ready='1']")
     assert page.locator("#private-state").count() == 0, page.inner_text("#private")
