@@ -18,15 +18,18 @@ OUTCOMES = ("meeting", "callback", "refusal", "no_answer")
 SUCCESS_OUTCOME = "meeting"
 
 
+def _metrics_columns(db: sqlite_utils.Database) -> list[str]:
+    return [r[1] for r in db.conn.execute("PRAGMA table_info(metrics)").fetchall()]
+
+
 def metric_names(db: sqlite_utils.Database) -> list[str]:
     """Known metric columns present in the ``metrics`` table (what the boxes publish)."""
-    cols = [r[1] for r in db.conn.execute("PRAGMA table_info(metrics)").fetchall()]
-    return registry.metric_columns(cols)
+    return registry.metric_columns(_metrics_columns(db))
 
 
 def factor_names(db: sqlite_utils.Database) -> list[str]:
     """The fatigue factors (``registry.FATIGUE_FACTORS``) whose columns the ``metrics`` table has."""
-    cols = {r[1] for r in db.conn.execute("PRAGMA table_info(metrics)").fetchall()}
+    cols = set(_metrics_columns(db))
     return [f for f in registry.FATIGUE_FACTORS if registry.factor_column(f) in cols]
 
 

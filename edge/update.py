@@ -313,13 +313,17 @@ class Updater:
         return state if isinstance(state, dict) else {}
 
     def _write_state(self, state: dict[str, Any]) -> None:
+        self._write_json(STATE_FILE, state)
+
+    def _write_json(self, name: str, data: dict[str, Any]) -> None:
+        """Write ``data`` to ``root/name`` atomically, synced (a power cut leaves the old or the new)."""
         # (the standard library only: the image runs this file on its own, at boot, see above)
-        tmp = self.root / f".{STATE_FILE}.tmp"
+        tmp = self.root / f".{name}.tmp"
         with open(tmp, "w") as fh:
-            json.dump(state, fh)
+            json.dump(data, fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, self.state_path)
+        os.replace(tmp, self.root / name)
         _fsync_dir(self.root)
 
     def _crash(self, point: str) -> None:
@@ -531,11 +535,9 @@ class Updater:
     def _note_rollback(self, version: str) -> None:
         """Record ``version`` as rolled back (:data:`ROLLED_BACK_FILE`); a full card only loses
         the record."""
-        tmp = self.root / f".{ROLLED_BACK_FILE}.tmp"
         try:
-            tmp.write_text(json.dumps({"version": version, "ts": time.time(),
-                                       "running": self.current_version()}))
-            os.replace(tmp, self.root / ROLLED_BACK_FILE)
+            self._write_json(ROLLED_BACK_FILE, {"version": version, "ts": time.time(),
+                                                "running": self.current_version()})
         except OSError as exc:
             log.warning("cannot record the rollback of %s: %s", version, exc)
 

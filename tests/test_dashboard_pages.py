@@ -44,6 +44,24 @@ def _box_metrics(near: np.ndarray, far: np.ndarray) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------ the agent page's charts
+def _agent_a_with_metrics(settings: Any, bodies: list[dict[str, Any]], first_ts: float,
+                          now: float) -> None:
+    """A dashboard database with its admin, agent-a seated at box-a for the last hour, and
+    ``bodies`` as box-a's metrics messages, one a second from ``first_ts``."""
+    db = store.open_db(settings.db_path)
+    try:
+        schema.ensure_schema(db)
+        auth.ensure_admin(db, settings.admin_user, settings.admin_password_file)
+        schema.import_inventory(db, [{"box": "box-a", "seat": "A", "agent": "agent-a",
+                                      "team": "team-a"}], site=settings.site, now=now - 3600)
+        for k, body in enumerate(bodies):
+            store.insert_metrics(db, {"v": wire.SCHEMA_VERSION, "site": settings.site,
+                                      "box": "box-a", "ts": first_ts + k, "seq": k + 1, **body},
+                                 now)
+    finally:
+        db.conn.close()
+
+
 BOX_METRICS_CHARTED = ("near_rate_syl_s", "near_pitch_movement_st_s", "near_jitter", "near_shimmer",
                        "agent_share_60s", "monologue_s_current", "latency_agent_ms_median_60s",
                        "overlaps_agent_60s",
@@ -67,18 +85,7 @@ def test_the_agent_page_charts_what_the_box_measures(
     settings = make_settings(tmp_path)
     msgs = _box_metrics(*ami_pair(60))
     now = time.time()
-    db = store.open_db(settings.db_path)
-    try:
-        schema.ensure_schema(db)
-        auth.ensure_admin(db, settings.admin_user, settings.admin_password_file)
-        schema.import_inventory(db, [{"box": "box-a", "seat": "A", "agent": "agent-a",
-                                      "team": "team-a"}], site=settings.site, now=now - 3600)
-        for k, body in enumerate(msgs):
-            store.insert_metrics(db, {"v": wire.SCHEMA_VERSION, "site": settings.site,
-                                      "box": "box-a", "ts": now - len(msgs) + k, "seq": k + 1,
-                                      **body}, now)
-    finally:
-        db.conn.close()
+    _agent_a_with_metrics(settings, msgs, now - len(msgs), now)
     published = {k for m in msgs for k, v in m.items() if v is not None}
     assert set(BOX_METRICS_CHARTED) <= published  # the box did measure each of them
     page = browser_page
@@ -119,20 +126,10 @@ def test_the_agent_page_says_what_drives_the_fatigue_index(
     settings = make_settings(tmp_path)
     now = time.time()
     z = {"pitch": 3.14, "level": 2.4, "rate": 0.6, "hnr": -1.5, "latency": 1.2}
-    db = store.open_db(settings.db_path)
-    try:
-        schema.ensure_schema(db)
-        auth.ensure_admin(db, settings.admin_user, settings.admin_password_file)
-        schema.import_inventory(db, [{"box": "box-a", "seat": "A", "agent": "agent-a",
-                                      "team": "team-a"}], site=settings.site, now=now - 3600)
-        for k in range(3):  # an earlier row's factors are not the latest index's
-            factors = {f"fatigue_{f}_z": (v if k == 2 else 5.0) for f, v in z.items()}
-            store.insert_metrics(db, {"v": wire.SCHEMA_VERSION, "site": settings.site,
-                                      "box": "box-a", "ts": now - 10 + k, "seq": k + 1,
-                                      "fatigue_index": 60.0 + k, "fatigue_phonation_min": 40.0,
-                                      **factors}, now)
-    finally:
-        db.conn.close()
+    # an earlier row's factors are not the latest index's
+    rows = [{"fatigue_index": 60.0 + k, "fatigue_phonation_min": 40.0,
+             **{f"fatigue_{f}_z": (v if k == 2 else 5.0) for f, v in z.items()}} for k in range(3)]
+    _agent_a_with_metrics(settings, rows, now - 10, now)
     page = browser_page
     with _served(settings) as server:
         browser_login(page, server.url)
