@@ -688,7 +688,8 @@ def test_one_supervisor_visit_is_one_line_of_the_agents_audit_list(
         org_server: tuple[DashboardServer, dict[str, Any]], chromium: Any) -> None:
     """A supervisor opening the agent's page once writes three entries (the page, its charts'
     metrics, its live stream): the agent reads them as one visit, with what it loaded, not as
-    three separate reads; the summary still counts each kind."""
+    three separate reads; the summary still counts each kind. The agent reads it as their page
+    ("votre page"), an admin as the agent's page: never the jargon "la vue agent"."""
     from tests._fixtures_dashboard import USER_PASSWORD
 
     server, data = org_server
@@ -707,7 +708,21 @@ def test_one_supervisor_visit_is_one_line_of_the_agents_audit_list(
         entries = page.locator("#audit-list .audit-entry")
         assert entries.count() == 1, page.inner_text("#audit-list")
         assert entries.first.inner_text().endswith(
-            "sup-a (Superviseur) a ouvert la vue agent, avec ses graphiques et son suivi en direct")
+            "sup-a (Superviseur) a ouvert votre page, avec vos graphiques et votre suivi en direct")
         assert page.locator("#audit-summary .audit-summary-row").count() == 3
+        assert "vue agent" not in page.inner_text("body")
     finally:
         agent.close()
+    admin = chromium.new_context(locale="fr-FR")
+    try:  # an admin reading the same log on the agent's page: the agent's page, not "la vue"
+        page = admin.new_page()
+        browser_login(page, server.url)
+        page.goto(server.url + "/agents/agent-a1")
+        assert page.locator("#audit-list .audit-entry").first.inner_text().endswith(
+            "sup-a (Superviseur) a ouvert la page de l'agent, avec ses graphiques et son suivi "
+            "en direct")
+        page.goto(server.url + "/audit")
+        assert "vue agent" not in page.inner_text("body")
+        assert page.locator(".audit-entry", has_text="a ouvert la page de l'agent").count() >= 1
+    finally:
+        admin.close()

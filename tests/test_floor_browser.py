@@ -217,7 +217,7 @@ def test_supervisor_flags_a_moment_and_the_agent_sees_it_and_the_audit(
         entries = page.locator("#audit-list .audit-entry")
         assert entries.count() >= 2
         assert "sup-a" in entries.first.inner_text()
-        assert "a ouvert la vue agent" in page.locator("#audit-list").inner_text()
+        assert "a ouvert votre page" in page.locator("#audit-list").inner_text()
         assert page.locator("#flag-form").count() == 0  # agents do not flag themselves
         page.wait_for_selector("body[data-stream-ready='1']")
         # Switch to English: the interface follows, and stays English on the next page.
@@ -225,7 +225,7 @@ def test_supervisor_flags_a_moment_and_the_agent_sees_it_and_the_audit(
         page.wait_for_url("**/me")
         assert page.locator("html").get_attribute("lang") == "en"
         assert page.locator("#audit h2").inner_text() == "Who looked at my data"
-        assert "opened the agent view" in page.locator("#audit-list").inner_text()
+        assert "opened your page" in page.locator("#audit-list").inner_text()
         page.reload()
         assert page.locator("#flags h2").inner_text() == "Flagged moments"
     finally:
