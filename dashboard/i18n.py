@@ -138,6 +138,9 @@ STRINGS: dict[str, tuple[str, str]] = {
                              "Your box could not be reached: use its button."),
     "agent.live": ("Mes signaux en direct", "My live cues"),
     "agent.live_seat": ("Au poste, en direct :", "At the seat, live:"),
+    "agent.gone": ("Cet agent a été retiré ou n'est plus dans votre périmètre : cette page ne "
+                   "se met plus à jour.", "This agent was removed or is no longer in your scope: "
+                   "this page no longer updates."),
     "agent.export": ("Exporter (CSV)", "Export (CSV)"),
     "agent.export_all": ("Toutes mes données (JSON)", "All my data (JSON)"),
     "agent.back_live": ("Retour au direct", "Back to live"),

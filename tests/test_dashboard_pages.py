@@ -726,3 +726,42 @@ def test_one_supervisor_visit_is_one_line_of_the_agents_audit_list(
         assert page.locator(".audit-entry", has_text="a ouvert la page de l'agent").count() >= 1
     finally:
         admin.close()
+
+
+def test_an_agent_page_whose_agent_is_gone_says_so_and_stops_retrying(
+        browser_page: Any, org_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Yanis's page stays open on the supervisor's screen while an admin erases him: the page's
+    stream is refused from then on (404). The page kept showing his last live state and asked the
+    stream again every 5 s, for ever, without a word; it now says he is gone, shows no live state
+    and stops asking."""
+    from dashboard import retention
+    from dashboard.routes import stream
+    from tests._fixtures_dashboard import USER_PASSWORD
+
+    monkeypatch.setattr(stream, "KEEPALIVE_S", 0.2)  # the open stream checks its scope at once
+    monkeypatch.setattr(stream, "SCOPE_REFRESH_S", 0.0)
+    server, data = org_server
+    page = browser_page
+    browser_login(page, server.url, "sup-a", USER_PASSWORD, data["secrets"]["sup-a"])
+    page.clock.install()  # the page's own timers run on a clock the test can move
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url) if "/api/stream?agent=" in r.url else None)
+    page.goto(server.url + "/agents/agent-a2")
+    page.wait_for_selector("body[data-charts-ready='1'][data-stream-ready='1']")
+    assert page.locator("#agent-gone").count() == 0
+    db = store.open_db(server.settings.db_path)
+    try:
+        retention.erase_agent(db, "agent-a2")
+    finally:
+        db.conn.close()
+    gone = page.locator("#agent-gone")
+    gone.wait_for(timeout=10_000)
+    assert gone.inner_text() == ("Cet agent a été retiré ou n'est plus dans votre périmètre : "
+                                 "cette page ne se met plus à jour.")
+    assert gone.get_attribute("role") == "alert"
+    assert page.locator("#live-state").inner_text() == "—"
+    before = len(asked)
+    page.clock.run_for(60_000)  # a minute of the page's timers: no stream asked again
+    page.evaluate("fetch('/api/me').then((r) => r.status)")
+    assert len(asked) == before
+    assert page.locator("#live-state").inner_text() == "—"

@@ -189,7 +189,22 @@
   // A box the dashboard has not heard for the IT page's silence threshold is offline too, whatever
   // its last status said (a revoked box's Last Will never comes), as on the floor.
   const seat = { state: null, priv: false, talk: null, heardS: null };
-  let silentAfterS = null, clockSkewS = 0;
+  let silentAfterS = null, clockSkewS = 0, gone = false;
+
+  // The agent is no longer the reader's to see (erased, moved to another team): the page says so
+  // once, shows no live state and stops asking for a stream that is refused (404) for good.
+  function goneForGood() {
+    gone = true;
+    const el = document.getElementById("live-state");
+    if (el) { el.textContent = "—"; el.dataset.state = "gone"; }
+    const p = document.createElement("p");
+    p.className = "error";
+    p.id = "agent-gone";
+    p.setAttribute("role", "alert");
+    p.textContent = t("agent.gone");
+    const main = document.querySelector("main");
+    main.insertBefore(p, main.firstChild);
+  }
 
   function silent() {
     return silentAfterS !== null && seat.heardS !== null
@@ -199,6 +214,7 @@
   function heard(ts) { if (ts && (seat.heardS === null || ts > seat.heardS)) seat.heardS = ts; }
 
   function showSeat(el) {
+    if (gone) return;
     const key = seat.state === "offline" || silent() ? "offline" : seat.priv ? "private" : seat.talk;
     el.textContent = key ? t("state." + key) : "—";
     el.dataset.state = key || "unknown";
@@ -250,11 +266,15 @@
     });
     es.addEventListener("error", () => {
       // the browser gives up on a refused stream (too many tabs, a restart): try again later,
-      // or log in again if the session is over
+      // log in again if the session is over, or stop if the agent is no longer there to see
       if (es.readyState !== EventSource.CLOSED) return;
-      fetch("/api/me", { credentials: "same-origin" }).then((r) => {
-        if (r.status === 401) window.location.assign("/login");
-        else setTimeout(live, 5000);
+      fetch("/api/agents", { credentials: "same-origin" }).then((r) => {
+        if (r.status === 401) { window.location.assign("/login"); return null; }
+        return r.ok ? r.json() : { agents: [{ agent }] };
+      }).then((d) => {
+        if (!d) return;
+        if (d.agents.some((a) => a.agent === agent)) setTimeout(live, 5000);
+        else goneForGood();
       }, () => setTimeout(live, 5000));
     });
   }
