@@ -711,6 +711,10 @@ def test_one_supervisor_visit_is_one_line_of_the_agents_audit_list(
             "sup-a (Superviseur) a ouvert votre page, avec vos graphiques et votre suivi en direct")
         assert page.locator("#audit-summary .audit-summary-row").count() == 3
         assert "vue agent" not in page.inner_text("body")
+        # the counts say what they count: not a bare "(3 / 3)" over a list of one line
+        assert page.locator("#audit-count").inner_text() == \
+            "(3 entrées du journal, regroupées par visite en 1 ligne)"
+        assert page.locator("#audit-summary th").nth(2).inner_text() == "Nombre de fois"
     finally:
         agent.close()
     admin = chromium.new_context(locale="fr-FR")
