@@ -47,9 +47,10 @@ def agent_metrics(db: sqlite_utils.Database, agent: str, since_ts: float = 0.0,
                   limit: int = MAX_METRIC_ROWS) -> list[dict[str, Any]]:
     """The agent's newest ``limit`` metrics rows in the window (the boxes they sat at, while
     they sat there), oldest first: a window with more rows loses its oldest, never its newest.
-    Each row holds the charted metrics and the fatigue factors."""
+    Each row holds the charted metrics, the fatigue factors and each channel's signal state
+    (``near_signal``, ``far_signal``: why a channel's metrics are missing)."""
     names = metric_names(db) + [registry.factor_column(f) for f in factor_names(db)]
-    cols = ", ".join(["m.box", "m.seq", "m.ts", "m.talk_state",
+    cols = ", ".join(["m.box", "m.seq", "m.ts", "m.talk_state", "m.near_signal", "m.far_signal",
                       *(f"m.{n}" for n in names)])
     until = time.time() + DAY_S if until_ts is None else until_ts
     cur = db.conn.execute(

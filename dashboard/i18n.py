@@ -84,6 +84,26 @@ STRINGS: dict[str, tuple[str, str]] = {
                               "start of the shift, in standard errors):"),
     "agent.no_factor": ("rien au-delà du bruit de mesure", "nothing beyond measurement noise"),
     "agent.no_values": ("Sans mesure sur cette période :", "Not measured in this period:"),
+    "agent.why_no_signal_near": ("Casque sans signal (débranché, coupé ou en panne)",
+                                 "No signal from the headset (unplugged, muted or broken)"),
+    "agent.why_no_signal_far": ("Ligne sans signal (adaptateur débranché ou en panne)",
+                                "No signal from the line (adapter unplugged or broken)"),
+    "agent.why_little_speech": ("Trop peu de parole sur cette période pour les calculer",
+                                "Too little speech in this period to compute them"),
+    "agent.why_fatigue_baseline": ("Calculée une fois apprise la voix de l'agent en début de "
+                                   "poste (5 minutes de voix par défaut)",
+                                   "Computed once the agent's voice at the start of the shift is "
+                                   "learned (5 minutes of voice by default)"),
+    "agent.why_affect_off": ("Analyse du prospect non activée sur ce boîtier",
+                             "Prospect analysis not enabled on this box"),
+    "agent.why_affect_undisclosed": ("Analyse du prospect arrêtée : la campagne ne l'annonce pas "
+                                     "au prospect", "Prospect analysis off: the campaign does "
+                                     "not disclose it to the prospect"),
+    "agent.why_affect_blocked": ("Analyse du prospect bloquée : le contrôle d'installation n'a "
+                                 "pas confirmé le canal de l'agent", "Prospect analysis blocked: "
+                                 "the install check did not confirm the agent's channel"),
+    "agent.why_affect_failed": ("Analyse du prospect arrêtée : son modèle n'a pas pu être chargé",
+                                "Prospect analysis off: its model could not be loaded"),
     "agent.truncated": ("Trop de mesures pour les montrer toutes : les courbes commencent à",
                         "Too many measurements to show them all: the charts start at"),
     "agent.cues": ("Signaux", "Cues"),

@@ -63,6 +63,16 @@ METRICS: dict[str, MetricInfo] = {
 metric is a 0..1 share on the wire, shown times 100."""
 CHANNELS = {"near": ("Agent", "Agent"), "far": ("Prospect", "Prospect")}
 
+READS: dict[str, tuple[str, ...]] = {
+    "agent_share_60s": ("near", "far"), "monologue_s_current": ("near",),
+    "latency_agent_ms_median_60s": ("near", "far"), "latency_prospect_ms_median_60s": ("near", "far"),
+    "overlaps_agent_60s": ("near", "far"), "interruptions_agent_60s": ("near", "far"),
+    "prospect_tension": ("far",), "prospect_arousal": ("far",), "fatigue_index": ("near",),
+    "fatigue_phonation_min": ("near",),
+}
+"""The channels a metric without a ``near_``/``far_`` prefix reads (the box leaves it out while
+one of them has no signal: docs/wire.md)."""
+
 FATIGUE_FACTORS: dict[str, tuple[str, str]] = {
     "pitch": ("voix plus aiguë", "higher pitch"),
     "pitch_range": ("voix moins modulée", "narrower pitch range"),
@@ -119,7 +129,7 @@ def describe(name: str, lang: str = "fr") -> dict[str, Any]:
         who = CHANNELS[ch][1 if lang == "en" else 0]
         label = f"{who} — {label}"
     return {"name": name, "label": label, "unit": info.unit, "better": info.better,
-            "channel": ch}
+            "channel": ch, "reads": [ch] if ch is not None else list(READS.get(base, ()))}
 
 
 def factor_column(factor: str) -> str:

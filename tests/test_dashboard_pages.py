@@ -108,6 +108,74 @@ def test_the_agent_page_charts_what_the_box_measures(
     assert all(n >= 1 for c, n in drawn.items() if c != "Tours de parole"), drawn  # lines only
 
 
+def _emodb_voice(speaker: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` samples of one EmoDB speaker's utterances end to end (a quarter second apart) over a
+    live microphone's hiss, int16."""
+    from tests._fixtures_signals import clips
+
+    voice = np.concatenate([np.concatenate([c, np.zeros(4000)]) for c in clips(speaker)])[:n]
+    return np.clip(16384 * voice + rng.normal(0, 20, n), -32768, 32767).astype(np.int16)
+
+
+def _without_data(page: Any) -> dict[str, str]:
+    """The agent page's metrics without a measurement, by the reason it gives for them."""
+    return {li.get_attribute("data-reason"): li.inner_text()
+            for li in page.locator("#charts-without-data li").all()}
+
+
+def test_the_agent_page_says_why_a_metric_has_no_measurement(
+        browser_page: Any, tmp_path: Path) -> None:
+    """A minute of real EmoDB speech through the box's pipeline. The agent page listed 22 (or 17)
+    metrics under "Sans mesure sur cette période" with no word of why; it now says why where the
+    box's data does: the line had no signal (its own metrics and those that need both sides), the
+    agent's microphone heard too little speech, the fatigue index waits for the agent's
+    baseline, the box's prospect analysis is off."""
+    rng = np.random.default_rng(7)
+    n = 16_000 * 60
+    page = browser_page
+    for case, near, far in (("dead line", _emodb_voice("03", n, rng), np.zeros(n, np.int16)),
+                            ("quiet agent", rng.normal(0, 20, n).astype(np.int16),
+                             _emodb_voice("08", n, rng))):
+        (tmp_path / case.replace(" ", "-")).mkdir()
+        settings = make_settings(tmp_path / case.replace(" ", "-"))
+        msgs = _box_metrics(near, far)
+        now = time.time()
+        _agent_a_with_metrics(settings, msgs, now - len(msgs), now)
+        db = store.open_db(settings.db_path)
+        try:
+            store.apply_status(db, wire.decode("status", wire.encode("status", wire.status_message(
+                settings.site, "box-a", "online", now, prospect_affect_state="off"))), now)
+        finally:
+            db.conn.close()
+        with _served(settings) as server:
+            browser_login(page, server.url)
+            page.goto(server.url + "/agents/agent-a")
+            page.wait_for_selector("body[data-charts-ready='1']")
+            why = _without_data(page)
+            page.context.clear_cookies()
+        label = {name: registry.describe(name, "fr")["label"] for name in (
+            "far_rate_syl_s", "agent_share_60s", "near_rate_syl_s", "near_pitch_range_st",
+            "latency_agent_ms_median_60s")}
+        assert why["affect_off"] == ("Analyse du prospect non activée sur ce boîtier : "
+                                     "Prospect — tension, Prospect — activation"), (case, why)
+        assert why["fatigue_baseline"] == (
+            "Calculée une fois apprise la voix de l'agent en début de poste (5 minutes de voix par "
+            "défaut) : Fatigue"), (case, why)
+        if case == "dead line":
+            assert {m["far_signal"] for m in msgs} == {"none"}
+            line = why["no_signal_far"]
+            assert line.startswith("Ligne sans signal (adaptateur débranché ou en panne) : ")
+            assert label["far_rate_syl_s"] in line and label["agent_share_60s"] in line, why
+            assert set(why) == {"no_signal_far", "affect_off", "fatigue_baseline"}, why
+        else:
+            assert {m["near_signal"] for m in msgs} == {"ok"}
+            little = why["little_speech"]
+            assert little.startswith("Trop peu de parole sur cette période pour les calculer : ")
+            assert label["near_rate_syl_s"] in little and label["near_pitch_range_st"] in little
+            assert label["latency_agent_ms_median_60s"] in little, why
+            assert set(why) == {"little_speech", "affect_off", "fatigue_baseline"}, why
+
+
 def test_every_fatigue_factor_the_dashboard_names_is_one_the_box_publishes() -> None:
     """The page names each factor of the fatigue index: the box's own list, on the wire."""
     from edge.fatigue import FEATURES

@@ -337,7 +337,8 @@ def agent_metrics_payload(db: Any, user: User, agent: str, since_ts: float,
                           until_ts: float | None) -> dict[str, Any]:
     """Metric descriptions, rows, cue markers and flags of one agent from ``since_ts`` to
     ``until_ts`` (open-ended when None); ``truncated`` when the window holds more than
-    ``analytics.MAX_METRIC_ROWS`` rows (the newest are kept)."""
+    ``analytics.MAX_METRIC_ROWS`` rows (the newest are kept); ``affect_state``, the prospect
+    affect stage of the box at the agent's seat now (``off``, ``on``... or None)."""
     names = analytics.metric_names(db)
     until = MAX_TS if until_ts is None else until_ts
     flags = list(db.query("SELECT id, ts, note, author FROM flags WHERE agent = ? AND ts >= ? "
@@ -345,7 +346,10 @@ def agent_metrics_payload(db: Any, user: User, agent: str, since_ts: float,
     rows = analytics.agent_metrics(db, agent, since_ts, until_ts,
                                    limit=analytics.MAX_METRIC_ROWS + 1)
     truncated = len(rows) > analytics.MAX_METRIC_ROWS
+    affect = db.conn.execute("SELECT b.prospect_affect_state FROM seats s JOIN boxes b "
+                             "ON b.box = s.box WHERE s.agent = ?", (agent,)).fetchone()
     return {"agent": agent,
+            "affect_state": affect[0] if affect else None,
             "metrics": [registry.describe(n, user.lang) for n in names],
             "factors": [registry.describe_factor(f, user.lang) for f in analytics.factor_names(db)],
             "factor_noise_z": registry.FACTOR_NOISE_Z,

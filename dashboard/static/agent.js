@@ -61,7 +61,7 @@
     const empty = [];  // measured by nobody in this window: named once, not drawn as empty frames
     data.metrics.forEach((m, i) => {
       if (!rows.some((r) => r[m.name] !== null && r[m.name] !== undefined)) {
-        empty.push(m.label);
+        empty.push(m);
         return;
       }
       const pts = rows.map((r) => [r.ts, r[m.name] === null ? null :
@@ -70,13 +70,7 @@
                                                 colour: COLOURS[i % COLOURS.length] }, common));
       if (m.name === "fatigue_index") charts.appendChild(factors(rows, data));
     });
-    if (empty.length) {
-      const p = document.createElement("p");
-      p.className = "muted";
-      p.id = "charts-without-data";
-      p.textContent = t("agent.no_values") + " " + empty.join(", ");
-      charts.appendChild(p);
-    }
+    if (empty.length) charts.appendChild(withoutData(empty, rows, data));
     const list = document.getElementById("cue-list");
     if (list) {
       list.textContent = "";
@@ -90,6 +84,52 @@
       }
     }
     body.dataset.chartsReady = "1";
+  }
+
+  // Why a metric has no value in the window, where the box's data says so: its prospect analysis
+  // is not running (the box's status), a channel it reads had no signal in any row (near_signal,
+  // far_signal), the fatigue index waits for the agent's baseline, or the box heard its channels
+  // and too little speech; null when the rows do not say (a box that sent no signal state).
+  const DEAD = new Set(["none", "nan", "dc"]);
+  function why(m, rows, data) {
+    const reads = m.reads || [];
+    if (m.name.startsWith("prospect_") && data.affect_state && data.affect_state !== "on") {
+      return "affect_" + data.affect_state;
+    }
+    for (const c of reads) {
+      if (rows.every((r) => DEAD.has(r[c + "_signal"]))) return "no_signal_" + c;
+    }
+    if (m.name === "fatigue_index") return "fatigue_baseline";
+    if (reads.length && rows.every((r) => reads.every((c) => typeof r[c + "_signal"] === "string"))) {
+      return "little_speech";
+    }
+    return null;
+  }
+
+  // The metrics without a value in the window, named once (not drawn as empty frames), a line
+  // per reason.
+  function withoutData(empty, rows, data) {
+    const groups = new Map();
+    for (const m of empty) {
+      const key = why(m, rows, data);
+      if (!groups.has(key)) groups.set(key, []);
+      groups.get(key).push(m.label);
+    }
+    const box = document.createElement("div");
+    box.className = "muted";
+    box.id = "charts-without-data";
+    const p = document.createElement("p");
+    p.textContent = t("agent.no_values");
+    const ul = document.createElement("ul");
+    for (const [key, labels] of groups) {
+      const li = document.createElement("li");
+      li.dataset.reason = key || "unknown";
+      const text = key ? T["agent.why_" + key] : null;
+      li.textContent = (text ? text + (T.lang === "en" ? ": " : " : ") : "") + labels.join(", ");
+      ul.appendChild(li);
+    }
+    box.append(p, ul);
+    return box;
   }
 
   // Under the fatigue chart: the factors of its latest value above measurement noise, largest
@@ -137,7 +177,8 @@
     if (u.kind === "metrics") {
       const rows = shift.rows;
       if (rows.some((r) => r.box === u.box && r.seq === u.seq)) return;
-      const row = { box: u.box, seq: u.seq, ts: u.ts, talk_state: u.talk_state };
+      const row = { box: u.box, seq: u.seq, ts: u.ts, talk_state: u.talk_state,
+                    near_signal: u.near_signal || null, far_signal: u.far_signal || null };
       for (const m of shift.metrics.concat(shift.factors || [])) {
         row[m.name] = u[m.name] === undefined ? null : u[m.name];
       }
