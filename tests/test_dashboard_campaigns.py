@@ -159,7 +159,7 @@ def test_campaign_forms_need_csrf_and_agents_and_auditors_cannot_create(org: Any
         assert [(v["name"], v["text"]) for v in variants] == [
             ("Standard", "Bonjour…"), ("Direct", "Vous payez trop")]
         r = c.post("/campaigns", data={**form, "csrf": token})
-        assert r.status_code == 409 and "existe déjà" in r.text
+        assert r.status_code == 409 and "identifiant de campagne est déjà pris" in r.text
         r = c.post("/campaigns", data={**form, "campaign": "BAD ID", "csrf": token})
         assert r.status_code == 422 and "invalide" in r.text
         r = c.post("/campaigns/mutuelle-2/assign",

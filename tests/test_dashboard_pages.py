@@ -837,3 +837,36 @@ def test_an_agent_page_whose_agent_is_gone_says_so_and_stops_retrying(
     page.evaluate("fetch('/api/me').then((r) => r.status)")
     assert len(asked) == before
     assert page.locator("#live-state").inner_text() == "—"
+
+
+def test_a_refused_campaign_form_keeps_what_was_typed_and_says_why_beside_it(
+        browser_page: Any, org_server: Any) -> None:
+    """Supervisor A types a campaign whose two variants share a name, then one whose id is taken.
+    The first landed on the generic error page ("Formulaire incomplet ou invalide"), whose
+    "Retour" gave an empty form; the second came back with every field emptied. Both now come
+    back to the form, filled as typed, with the reason above it."""
+    from tests._fixtures_dashboard import USER_PASSWORD
+
+    server, data = org_server
+    page = browser_page
+    browser_login(page, server.url, "sup-a", USER_PASSWORD, data["secrets"]["sup-a"])
+    variants = "Question | Comment gérez-vous vos salons ?\nQuestion | Et vos stands ?"
+    for campaign, why in (
+            ("salon-lille", "Campagne non créée : les variantes doivent avoir des noms "
+                            "différents."),
+            ("camp-a", "Campagne non créée : cet identifiant de campagne est déjà pris.")):
+        page.goto(server.url + "/campaigns")
+        page.fill("#campaign-id", campaign)
+        page.fill("#campaign-name", "Salon de Lille")
+        page.fill("#campaign-variants", variants)
+        page.click("#campaign-submit")
+        page.wait_for_load_state()
+        assert page.url == server.url + "/campaigns"
+        error = page.locator("#new-campaign #campaign-error")
+        assert error.inner_text() == why
+        assert error.get_attribute("role") == "alert"
+        assert page.input_value("#campaign-id") == campaign
+        assert page.input_value("#campaign-name") == "Salon de Lille"
+        assert page.input_value("#campaign-variants") == variants
+        assert page.input_value("#campaign-team") == "team-a"
+        variants = "Question | Comment gérez-vous vos salons ?\nBénéfice | Nous faisons gagner ..."

@@ -143,7 +143,8 @@ def team_page(request: Request, db: Db, user: CurrentUser, team: str) -> Respons
 
 
 def _campaigns_context(db: Db, user: User, comparison: dict[str, Any] | None,
-                       error: str | None = None) -> dict[str, Any]:
+                       error: str | None = None,
+                       form: dict[str, str] | None = None) -> dict[str, Any]:
     editable = user.role in ("admin", "supervisor")
     teams = access.visible_teams(db, user) if editable else []
     agents: list[dict[str, Any]] = []
@@ -157,7 +158,7 @@ def _campaigns_context(db: Db, user: User, comparison: dict[str, Any] | None,
     return {"campaigns": api.list_campaigns(db, user)["campaigns"], "comparison": comparison,
             "can_create": editable, "teams": teams, "agents": agents,
             "can_edit": can_edit and comparison is not None and not comparison.get("closed_ts"),
-            "error": error}
+            "error": error, "form": form or {}}
 
 
 @router.get("/campaigns")
@@ -184,23 +185,25 @@ def campaign_create_form(request: Request, db: Db, user: CurrentUser,
                          name: Annotated[str, Form(max_length=120)],
                          team: Annotated[str, Form(max_length=64)] = "",
                          variants: Annotated[str, Form(max_length=20000)] = "") -> Response:
-    """Create a campaign from the form (variants one per line, ``Name | text``)."""
+    """Create a campaign from the form (variants one per line, ``Name | text``); refused, the
+    form comes back as typed with the reason above it."""
     require_role(user, "admin", "supervisor")
+    form = {"campaign": campaign, "name": name, "team": team, "variants": variants}
+    tr = i18n.translator(user.lang)
     try:
         body = api.CampaignIn(campaign=campaign.strip(), name=name, team=team or None,
                               variants=_parse_variants(variants))
     except ValidationError:
-        tr = i18n.translator(user.lang)
         return render(request, "campaigns.html",
-                      _campaigns_context(db, user, None, tr("campaign.invalid")), 422)
+                      _campaigns_context(db, user, None, tr("campaign.invalid"), form), 422)
     try:
         api.create_campaign(db, user, body)
     except HTTPException as exc:
-        if exc.status_code != 409:
+        if exc.status_code not in (404, 409, 422) or not isinstance(exc.detail, str):
             raise
-        tr = i18n.translator(user.lang)
+        why = f"{tr('campaign.refused')} {i18n.detail(user.lang, exc.detail)}."
         return render(request, "campaigns.html",
-                      _campaigns_context(db, user, None, tr("campaign.exists")), 409)
+                      _campaigns_context(db, user, None, why, form), exc.status_code)
     return RedirectResponse(f"/campaigns/{body.campaign}", status_code=303)
 
 
