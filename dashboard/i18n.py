@@ -256,6 +256,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "campaign.invalid": ("Campagne invalide : vérifiez l'identifiant, le nom et les variantes.",
                          "Invalid campaign: check the id, the name and the variants."),
     "campaign.refused": ("Campagne non créée :", "Campaign not created:"),
+    "campaign.variant_refused": ("Variante non ajoutée :", "Variant not added:"),
     "error.title": ("La demande n'a pas abouti", "The request did not go through"),
     "error.bad": ("La demande est mal formée.", "The request is malformed."),
     "error.forbidden": ("Accès refusé : rechargez la page et réessayez.",

@@ -64,7 +64,9 @@ def test_supervisor_creates_runs_and_closes_a_campaign_within_their_teams(org: A
         r = c.post("/campaigns/salon-nantes/variants", headers=page,
                    data={"csrf": hdr["x-csrf-token"], "name": "Preuve sociale"})
         assert r.status_code == 409 and r.headers["content-type"].startswith("text/html")
-        assert 'id="error-back" href="/campaigns/salon-nantes"' in r.text
+        assert '<p class="error" id="variant-error" role="alert">Variante non ajoutée : une ' \
+            'variante porte déjà ce nom.</p>' in r.text  # the campaign again, the form as typed
+        assert 'name="name" required maxlength="80" value="Preuve sociale"' in r.text
         r = c.post("/campaigns/salon-nantes/variants", headers=page, data={"csrf": hdr["x-csrf-token"]})
         assert r.status_code == 422 and '<code id="error-detail">name</code>' in r.text
         r = c.post("/api/campaigns/salon-nantes/variants", json={"name": "Preuve sociale"},

@@ -870,3 +870,31 @@ def test_a_refused_campaign_form_keeps_what_was_typed_and_says_why_beside_it(
         assert page.input_value("#campaign-variants") == variants
         assert page.input_value("#campaign-team") == "team-a"
         variants = "Question | Comment gérez-vous vos salons ?\nBénéfice | Nous faisons gagner ..."
+
+
+def test_a_refused_variant_keeps_what_was_typed_and_says_why_beside_it(
+        browser_page: Any, org_server: Any) -> None:
+    """A variant named as one the campaign has already went to the generic error page, whose
+    "Retour" gave the campaign with the variant's text lost: it now comes back to the campaign,
+    the form filled as typed and the reason above it."""
+    from tests._fixtures_dashboard import USER_PASSWORD
+
+    server, data = org_server
+    page = browser_page
+    browser_login(page, server.url, "sup-a", USER_PASSWORD, data["secrets"]["sup-a"])
+    page.goto(server.url + "/campaigns/camp-a")
+    page.fill("#add-variant input[name=name]", "Question ouverte")
+    page.fill("#add-variant input[name=text]", "Comment choisissez-vous vos salons ?")
+    page.click("#add-variant button")
+    page.wait_for_load_state()
+    error = page.locator("#campaign-actions #variant-error")
+    assert error.inner_text() == "Variante non ajoutée : une variante porte déjà ce nom."
+    assert error.get_attribute("role") == "alert"
+    assert page.input_value("#add-variant input[name=name]") == "Question ouverte"
+    assert page.input_value("#add-variant input[name=text]") == \
+        "Comment choisissez-vous vos salons ?"
+    assert page.locator("#variants tr.variant").count() == 2  # the campaign, as it stands
+    page.fill("#add-variant input[name=name]", "Salon voisin")
+    page.click("#add-variant button")
+    page.wait_for_url("**/campaigns/camp-a")
+    assert page.locator("#variants tr.variant").count() == 3

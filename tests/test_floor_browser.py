@@ -272,16 +272,14 @@ def test_supervisor_creates_a_campaign_and_it_sees_the_fleet(chromium: Any,
             page.wait_for_url("**/campaigns/salon-lille")
             assert page.locator("#variants tr.variant").count() == 2
             assert page.locator("#campaign-state").inner_text() == "En cours"
-            # a variant name already used: a page that says so in French, and a way back
-            # (the browser showed the API's raw JSON, {"detail": ...})
+            # a variant name already used: the campaign again, the reason in French beside the
+            # form (the browser showed the API's raw JSON, {"detail": ...}, then an error page)
             page.fill("#add-variant input[name=name]", "Chiffre choc")
             page.click("#add-variant button")
             page.wait_for_url("**/campaigns/salon-lille/variants")
-            assert page.locator("#error-message").inner_text().startswith("Impossible dans l'état")
-            assert page.locator("#error-detail").inner_text() == "une variante porte déjà ce nom"
+            assert page.locator("#variant-error").inner_text() == \
+                "Variante non ajoutée : une variante porte déjà ce nom."
             assert page.locator("#nav-campaigns").count() == 1  # the pages' own frame
-            page.click("#error-back")
-            page.wait_for_url("**/campaigns/salon-lille")
             assert page.locator("#variants tr.variant").count() == 2
             page.select_option("#assign-agent select[name=agent]", "agent-a1")
             page.select_option("#assign-agent select[name=variant]", label="Chiffre choc")

@@ -219,8 +219,20 @@ def campaign_page(request: Request, db: Db, user: CurrentUser, campaign: str) ->
 def variant_form(request: Request, db: Db, user: CurrentUser, campaign: str,
                  name: Annotated[str, Form(min_length=1, max_length=80)],
                  text: Annotated[str, Form(max_length=2000)] = "") -> Response:
-    """Add a variant to an open campaign."""
-    api.add_variant(db, user, campaign, api.VariantIn(name=name, text=text))
+    """Add a variant to an open campaign; refused (a name it has, too many), the campaign comes
+    back with the form as typed and the reason above it."""
+    try:
+        api.add_variant(db, user, campaign, api.VariantIn(name=name, text=text))
+    except HTTPException as exc:
+        if exc.status_code != 409 or not isinstance(exc.detail, str):
+            raise
+        context = _campaigns_context(db, user, api.get_comparison(db, user, campaign),
+                                     form={"name": name, "text": text})
+        if not context["can_edit"]:  # closed meanwhile: no form to come back to
+            raise
+        tr = i18n.translator(user.lang)
+        context["error"] = f"{tr('campaign.variant_refused')} {i18n.detail(user.lang, exc.detail)}."
+        return render(request, "campaigns.html", context, exc.status_code)
     return RedirectResponse(f"/campaigns/{campaign}", status_code=303)
 
 
