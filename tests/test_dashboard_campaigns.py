@@ -113,7 +113,7 @@ def test_supervisor_creates_runs_and_closes_a_campaign_within_their_teams(org: A
         assert comp["Question ouverte"]["rate"] == pytest.approx(0.6)
         assert comp["Question ouverte"]["ci_low"] > comp["Preuve sociale"]["rate"]
         page = c.get("/campaigns/salon-nantes").text
-        assert "Preuve sociale" in page and "60.0 %" in page and 'id="close-campaign"' in page
+        assert "Preuve sociale" in page and "60,0 %" in page and 'id="close-campaign"' in page
         # Team B's supervisor cannot see it, nor change it.
     with _client(settings) as c:
         hdr_b = _login(c, "sup-b", data)
@@ -206,6 +206,6 @@ def test_a_variant_without_calls_has_no_rate_nor_interval(org: Any) -> None:
         page = c.get("/campaigns/energie-2026").text
     rows = {m[0]: m[1] for m in re.findall(
         r'<tr class="variant"[^>]*><td><strong>([^<]+)</strong>(.*?)</tr>', page, re.S)}
-    assert "0.0 – 79.3 %" in rows["Question"]
-    assert "0.0 %" not in rows["Chiffre"] and "—" in rows["Chiffre"]
+    assert "0,0 – 79,3 %" in rows["Question"]
+    assert "0,0 %" not in rows["Chiffre"] and "—" in rows["Chiffre"]
     assert page.count("<circle") == 1  # the dot of the variant with a call only

@@ -898,3 +898,24 @@ def test_a_refused_variant_keeps_what_was_typed_and_says_why_beside_it(
     page.click("#add-variant button")
     page.wait_for_url("**/campaigns/camp-a")
     assert page.locator("#variants tr.variant").count() == 3
+
+
+def test_french_pages_write_decimals_with_a_comma(browser_page: Any, org_server: Any) -> None:
+    """A French page wrote a call's length "3.0 min" and a variant's meeting rate "30.0 %" with
+    the English decimal point: they read "3,0 min" and "30,0 %", "3.0 min" in English."""
+    from tests._fixtures_dashboard import USER_PASSWORD
+
+    server, data = org_server
+    page = browser_page
+    browser_login(page, server.url, "sup-a", USER_PASSWORD, data["secrets"]["sup-a"])
+    page.goto(server.url + "/agents/agent-a1")
+    assert page.locator("#calls tr.call td").nth(2).inner_text() == "3,0 min"
+    page.goto(server.url + "/campaigns/camp-a")
+    row = page.locator("#variants tr.variant").first
+    assert row.locator("td.rate").inner_text() == "30,0 %"
+    assert row.locator("td").nth(3).inner_text() == "16,7 – 47,9 %"
+    page.click("#lang-switch")
+    page.wait_for_url("**/campaigns/camp-a")
+    assert page.locator("#variants tr.variant td.rate").first.inner_text() == "30.0 %"
+    page.goto(server.url + "/agents/agent-a1")
+    assert page.locator("#calls tr.call td").nth(2).inner_text() == "3.0 min"

@@ -712,7 +712,7 @@ def test_wilson_interval_and_variant_comparison(org: Any) -> None:
         assert by["Question ouverte"]["outcomes"]["meeting"] == 9
         assert by["Bénéfice direct"]["rate"] == pytest.approx(0.1)
         page = c.get("/campaigns/camp-a").text
-        assert "Question ouverte" in page and "30,0" not in page and "30.0 %" in page
+        assert "Question ouverte" in page and "30.0" not in page and "30,0 %" in page
 
 
 def test_openapi_describes_the_json_api(org: Any) -> None:

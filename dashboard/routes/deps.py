@@ -15,6 +15,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.templating import Jinja2Templates
+from jinja2 import pass_context
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -41,6 +42,16 @@ def _datetime(ts: float | None) -> str:
 
 
 TEMPLATES.env.filters["datetime"] = _datetime
+
+
+@pass_context
+def _decimal(context: Any, value: float, fmt: str = "%.1f") -> str:
+    """``value`` written by ``fmt`` with the page language's decimal mark (a comma in French)."""
+    text = fmt % value
+    return text if context.get("lang") == "en" else text.replace(".", ",")
+
+
+TEMPLATES.env.filters["decimal"] = _decimal
 
 
 def _finite(value: Any) -> Any:
