@@ -20,6 +20,9 @@ EXIT_REFUSED = 3
 """``edge update``: the release was refused; nothing changed on the box."""
 EXIT_ROLLED_BACK = 4
 """``edge update``: the release was switched to, failed, and was rolled back."""
+EXIT_BROKER_UNREACHABLE = 5
+"""``edge update``: the box does not reach the broker, so the release could not be checked; the
+running release is the one before (nothing changed, or switched back): run it again later."""
 
 
 def _err(msg: str, exit_code: int = 2) -> Exception:
@@ -110,8 +113,8 @@ def cmd_edge_update(args: argparse.Namespace) -> int:
     """Install a signed release side by side, switch atomically, health-check, commit or roll back."""
     import subprocess
 
-    from edge.health import wait_healthy
-    from edge.update import RolledBack, UpdateError, Updater
+    from edge.health import wait_healthy, wait_published
+    from edge.update import BrokerUnreachable, RolledBack, UpdateError, Updater
 
     updater = Updater(args.root)
     if args.recover:
@@ -136,6 +139,10 @@ def cmd_edge_update(args: argparse.Namespace) -> int:
         return wait_healthy(args.state_dir, version, time.time(), args.health_timeout_s,
                             args.soak_s)
 
+    def reaches_broker(since_ts: float) -> bool:
+        # (the agent running now; one just restarted may first wait out its reconnect backoff)
+        return bool(wait_published(args.state_dir, since_ts, args.health_timeout_s))
+
     def interrupted(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # a closed SSH session or a stop: roll back, never stay unconfirmed
 
@@ -143,10 +150,14 @@ def cmd_edge_update(args: argparse.Namespace) -> int:
         signal.signal(sig, interrupted)
     try:
         if args.previous:
-            version = updater.go_back(restart=restart, health=health)
+            version = updater.go_back(restart=restart, health=health, broker=reaches_broker,
+                                      even_if_offline=args.even_if_offline)
         else:
             version = updater.install(args.bundle, key, restart=restart, health=health,
-                                      allow_downgrade=args.allow_downgrade)
+                                      allow_downgrade=args.allow_downgrade,
+                                      broker=reaches_broker, even_if_offline=args.even_if_offline)
+    except BrokerUnreachable as exc:
+        raise _err(str(exc), EXIT_BROKER_UNREACHABLE) from None
     except RolledBack as exc:
         raise _err(str(exc), EXIT_ROLLED_BACK) from None
     except UpdateError as exc:
@@ -197,4 +208,9 @@ def register_cli(groups: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("--allow-downgrade", action="store_true",
                    help="install a release older than the running one (refused by default: a "
                         "replayed old bundle)")
+    p.add_argument("--even-if-offline", action="store_true",
+                   help="install although the running release does not reach the broker now "
+                        "(refused by default, exit 5: the new one could not be checked); for a "
+                        "running agent that is the one failing. The new release must still "
+                        "publish to be kept")
     p.set_defaults(func=cmd_edge_update)
