@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import signal
 import sys
@@ -29,6 +30,15 @@ def _err(msg: str, exit_code: int = 2) -> Exception:
     from miroir.cli import CliError
 
     return CliError(msg, exit_code)
+
+
+def _os_error(exc: OSError, bundle: Path | None) -> str:
+    """One line for a file error of ``edge update``: the file at fault (the bundle, or the
+    releases' own files), and sudo when the command was run without root."""
+    where = f"release bundle {bundle}" if exc.filename in (None, str(bundle)) else exc.filename
+    hint = (": updates need root, run it with sudo"
+            if exc.errno in (errno.EACCES, errno.EPERM) else "")
+    return f"{where}: {exc.strerror or exc}{hint}"
 
 
 def cmd_edge_check(args: argparse.Namespace) -> int:
@@ -118,7 +128,10 @@ def cmd_edge_update(args: argparse.Namespace) -> int:
 
     updater = Updater(args.root)
     if args.recover:
-        print(f"running release: {updater.recover()}")
+        try:
+            print(f"running release: {updater.recover()}")
+        except OSError as exc:
+            raise _err(_os_error(exc, None), EXIT_REFUSED) from None
         return 0
     if (args.bundle is None) == (not args.previous):
         raise _err("give a release bundle, or --previous, or --recover")
@@ -163,7 +176,7 @@ def cmd_edge_update(args: argparse.Namespace) -> int:
     except UpdateError as exc:
         raise _err(str(exc), EXIT_REFUSED) from None
     except OSError as exc:
-        raise _err(f"release bundle {args.bundle}: {exc.strerror or exc}", EXIT_REFUSED) from None
+        raise _err(_os_error(exc, args.bundle), EXIT_REFUSED) from None
     print(f"running release {version}")
     return 0
 

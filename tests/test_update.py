@@ -758,3 +758,29 @@ def test_a_switch_that_cannot_be_recorded_changes_nothing_and_leaves_nothing(
     (up.root / ".state.json.tmp").rmdir()
     assert up.install(tmp_path / "miroir-2.0.release", pub, restart=lambda: None,
                       health=lambda v: True) == "2.0"
+
+
+def test_an_update_run_without_root_names_the_file_and_sudo(
+        tmp_path: Path, keys: tuple[bytes, bytes]) -> None:
+    """`miroir edge update` run without sudo (the releases' lock is root's) said "release bundle
+    miroir-2.0.release: Permission denied" (a readable bundle blamed; "release bundle None" for
+    --previous) and --recover ended in a traceback: each names the file refused and sudo now,
+    exit 3 with nothing changed. (Run as root here, the command runs without its capabilities.)"""
+    priv, pub = keys
+    up = installed(tmp_path, priv, pub)
+    (tmp_path / "release.pub").write_bytes(pub)
+    bundle = release(tmp_path, "2.0", priv)
+    (up.root / ".lock").chmod(0o444)
+    unprivileged = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--"] \
+        if os.geteuid() == 0 else []
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for options in ([str(bundle)], ["--previous"], ["--recover"]):
+        done = subprocess.run(
+            [*unprivileged, sys.executable, "-m", "miroir", "edge", "update", *options,
+             "--root", str(up.root), "--key", str(tmp_path / "release.pub"),
+             "--state-dir", str(tmp_path)], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 3, (options, done.stderr)
+        assert done.stderr.strip() == (f"miroir: error: {up.root / '.lock'}: Permission denied: "
+                                       "updates need root, run it with sudo"), done.stderr
+    assert running(up.root) == "miroir 1.0" and sorted(p.name for p in up.releases.iterdir()) \
+        == ["1.0"]
