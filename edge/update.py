@@ -359,10 +359,14 @@ class Updater:
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / LOCK_FILE, "a") as fh:
             try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                yield False
-                return
+                if not wait:
+                    yield False
+                    return
+                log.warning("another update is in progress on this box (%s): waiting for it to "
+                            "end (Ctrl-C gives up, nothing changed yet)", self.root)
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
             try:
                 yield True
             finally:

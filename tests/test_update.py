@@ -7,6 +7,7 @@ import contextlib
 import os
 import random
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -784,3 +785,38 @@ def test_an_update_run_without_root_names_the_file_and_sudo(
                                        "updates need root, run it with sudo"), done.stderr
     assert running(up.root) == "miroir 1.0" and sorted(p.name for p in up.releases.iterdir()) \
         == ["1.0"]
+
+
+def test_a_second_update_while_one_runs_says_it_waits(
+        tmp_path: Path, keys: tuple[bytes, bytes]) -> None:
+    """A second `miroir edge update` started while one is in its check (a script run twice, two
+    people) waited for the first's lock, minutes with a 2-minute soak, without a word: it now
+    says that another update is in progress and that it waits, then installs."""
+    priv, pub = keys
+    state = tmp_path / "state"
+    state.mkdir()
+    up = Updater(tmp_path / "root")
+    up.install(_agent_release(tmp_path, "1.0", state, priv), pub, restart=lambda: None,
+               health=lambda v: True)
+    (tmp_path / "release.pub").write_bytes(pub)
+    bundle = _agent_release(tmp_path, "2.0", state, priv)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with _supervised(tmp_path, up.root, state) as fake:
+        env["PATH"] = f"{fake}:{os.environ['PATH']}"
+        second = subprocess.Popen(
+            [sys.executable, "-m", "miroir", "edge", "update", str(bundle), "--root",
+             str(up.root), "--key", str(tmp_path / "release.pub"), "--state-dir", str(state),
+             "--health-timeout-s", "10", "--soak-s", "0"],
+            env=env, stderr=subprocess.PIPE, text=True)
+        try:
+            with up.locked():  # the first update, in its health check
+                assert second.stderr is not None
+                said = second.stderr.readline() if select.select(
+                    [second.stderr], [], [], 30)[0] else "(nothing in 30 s)"  # (a liveness bound)
+                assert "another update is in progress on this box" in said, said
+                assert second.poll() is None and up.current_version() == "1.0"
+            rest = second.communicate(timeout=60)[1]
+        finally:
+            second.kill()
+            second.wait()
+    assert second.returncode == 0 and up.current_version() == "2.0", rest
