@@ -283,7 +283,7 @@ def run_box(spec: dict[str, Any]) -> None:
 
     settings = _settings(spec, spec["boxes"][0])
     pipe = _GatedPipeline(quiet_file=settings.state_dir / "quiet")
-    box = Box(settings, version="sim", pipeline=pipe)
+    box = Box(settings, version=str(spec.get("version", "sim")), pipeline=pipe)
     pipe.box = box
     pipe.n = box.outbox.last_seq - box.outbox.origin + 1  # messages made before a restart
     box.install_signal_handlers()

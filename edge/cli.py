@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import signal
 import sys
@@ -20,12 +21,24 @@ EXIT_REFUSED = 3
 """``edge update``: the release was refused; nothing changed on the box."""
 EXIT_ROLLED_BACK = 4
 """``edge update``: the release was switched to, failed, and was rolled back."""
+EXIT_BROKER_UNREACHABLE = 5
+"""``edge update``: the box does not reach the broker, so the release could not be checked; the
+running release is the one before (nothing changed, or switched back): run it again later."""
 
 
 def _err(msg: str, exit_code: int = 2) -> Exception:
     from miroir.cli import CliError
 
     return CliError(msg, exit_code)
+
+
+def _os_error(exc: OSError, bundle: Path | None) -> str:
+    """One line for a file error of ``edge update``: the file at fault (the bundle, or the
+    releases' own files), and sudo when the command was run without root."""
+    where = f"release bundle {bundle}" if exc.filename in (None, str(bundle)) else exc.filename
+    hint = (": updates need root, run it with sudo"
+            if exc.errno in (errno.EACCES, errno.EPERM) else "")
+    return f"{where}: {exc.strerror or exc}{hint}"
 
 
 def cmd_edge_check(args: argparse.Namespace) -> int:
@@ -110,12 +123,15 @@ def cmd_edge_update(args: argparse.Namespace) -> int:
     """Install a signed release side by side, switch atomically, health-check, commit or roll back."""
     import subprocess
 
-    from edge.health import wait_healthy
-    from edge.update import RolledBack, UpdateError, Updater
+    from edge.health import wait_healthy, wait_published
+    from edge.update import BrokerUnreachable, RolledBack, UpdateError, Updater
 
     updater = Updater(args.root)
     if args.recover:
-        print(f"running release: {updater.recover()}")
+        try:
+            print(f"running release: {updater.recover()}")
+        except OSError as exc:
+            raise _err(_os_error(exc, None), EXIT_REFUSED) from None
         return 0
     if (args.bundle is None) == (not args.previous):
         raise _err("give a release bundle, or --previous, or --recover")
@@ -136,6 +152,10 @@ def cmd_edge_update(args: argparse.Namespace) -> int:
         return wait_healthy(args.state_dir, version, time.time(), args.health_timeout_s,
                             args.soak_s)
 
+    def reaches_broker(since_ts: float) -> bool:
+        # (the agent running now; one just restarted may first wait out its reconnect backoff)
+        return bool(wait_published(args.state_dir, since_ts, args.health_timeout_s))
+
     def interrupted(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # a closed SSH session or a stop: roll back, never stay unconfirmed
 
@@ -143,16 +163,20 @@ def cmd_edge_update(args: argparse.Namespace) -> int:
         signal.signal(sig, interrupted)
     try:
         if args.previous:
-            version = updater.go_back(restart=restart, health=health)
+            version = updater.go_back(restart=restart, health=health, broker=reaches_broker,
+                                      even_if_offline=args.even_if_offline)
         else:
             version = updater.install(args.bundle, key, restart=restart, health=health,
-                                      allow_downgrade=args.allow_downgrade)
+                                      allow_downgrade=args.allow_downgrade,
+                                      broker=reaches_broker, even_if_offline=args.even_if_offline)
+    except BrokerUnreachable as exc:
+        raise _err(str(exc), EXIT_BROKER_UNREACHABLE) from None
     except RolledBack as exc:
         raise _err(str(exc), EXIT_ROLLED_BACK) from None
     except UpdateError as exc:
         raise _err(str(exc), EXIT_REFUSED) from None
     except OSError as exc:
-        raise _err(f"release bundle {args.bundle}: {exc.strerror or exc}", EXIT_REFUSED) from None
+        raise _err(_os_error(exc, args.bundle), EXIT_REFUSED) from None
     print(f"running release {version}")
     return 0
 
@@ -197,4 +221,9 @@ def register_cli(groups: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("--allow-downgrade", action="store_true",
                    help="install a release older than the running one (refused by default: a "
                         "replayed old bundle)")
+    p.add_argument("--even-if-offline", action="store_true",
+                   help="install although the running release does not reach the broker now "
+                        "(refused by default, exit 5: the new one could not be checked); for a "
+                        "running agent that is the one failing. The new release must still "
+                        "publish to be kept")
     p.set_defaults(func=cmd_edge_update)

@@ -181,19 +181,26 @@ def _alive(pid: object) -> bool:
     return True
 
 
+def wait_published(state_dir: Path, since_ts: float, timeout_s: float, version: str | None = None,
+                   poll_s: float = 1.0) -> dict[str, Any]:
+    """The first heartbeat acknowledged after ``since_ts`` (of ``version``, if given) within
+    ``timeout_s``, or an empty dict: the agent running now reaches the broker and publishes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        beat = read_heartbeat(state_dir)
+        if version in (None, beat.get("version")) and float(beat.get("acked_ts", 0)) >= since_ts:
+            return beat
+        if time.monotonic() >= deadline:
+            return {}
+        time.sleep(poll_s)
+
+
 def wait_healthy(state_dir: Path, version: str, since_ts: float, timeout_s: float,
                  soak_s: float, poll_s: float = 1.0) -> bool:
     """True when ``version``'s agent publishes within ``timeout_s`` (a heartbeat acknowledged
     after ``since_ts``), then runs ``soak_s`` more seconds without a restart: the same process,
     alive (a release that crashes a minute after its first message passed the check)."""
-    deadline = time.monotonic() + timeout_s
-    first: dict[str, Any] = {}
-    while not first and time.monotonic() < deadline:
-        beat = read_heartbeat(state_dir)
-        if beat.get("version") == version and float(beat.get("acked_ts", 0)) >= since_ts:
-            first = beat
-        else:
-            time.sleep(poll_s)
+    first = wait_published(state_dir, since_ts, timeout_s, version, poll_s)
     if not first:
         log.warning("release %s did not publish within %.0f s", version, timeout_s)
         return False
@@ -212,4 +219,4 @@ def wait_healthy(state_dir: Path, version: str, since_ts: float, timeout_s: floa
 
 
 __all__ = ["cert_days_left", "clock_facts", "cpu_temp_c", "health_facts", "read_heartbeat",
-           "throttled", "wait_healthy", "write_heartbeat"]
+           "throttled", "wait_healthy", "wait_published", "write_heartbeat"]

@@ -9,12 +9,17 @@ The manifest names the version and the payload's SHA-256 and length. Installing:
 
 1. **verify** the signature with the vendor's public key and hash the payload, reading only:
    a tampered bundle is rejected before anything is written;
-2. **unpack** into ``<root>/releases/.staging-<version>`` and rename it to ``releases/<version>``;
+2. **unpack** into ``<root>/releases/.staging-<version>`` and rename it to ``releases/<version>``,
+   once the running release shows it reaches the broker (a message acknowledged after the install
+   began): without the broker no release can pass step 4, so nothing is written rather than a
+   good release rolled back as a bad one;
 3. **switch**: record ``state.json`` ``{"pending": new, "previous": old}`` (atomic rename), then
    swap the ``current`` symlink atomically (a new link renamed over the old one);
 4. **health-check** (the agent restarted on the new release reaches the broker, publishes, and
    runs a while without a restart: ``edge.health.wait_healthy``);
-5. **commit** (``state.json`` cleared) or **roll back** (``current`` back to the previous release).
+5. **commit** (``state.json`` cleared) or **roll back** (``current`` back to the previous release);
+   a rollback is recorded as the release's failure only if the release put back reaches the
+   broker (else the broker went away during the check: :class:`BrokerUnreachable`).
 
 A power cut or kill at any point leaves ``current`` pointing to a complete release. At boot,
 :func:`recover` (``miroir-update-recover.service``, and again before every start of the agent:
@@ -75,6 +80,9 @@ FREE_MARGIN_BYTES = 256 * 1024 * 1024
 HealthCheck = Callable[[str], bool]
 """Called with the new version after the switch; True when the agent runs well on it."""
 Restart = Callable[[], None]
+BrokerCheck = Callable[[float], bool]
+"""Called with a time (seconds since the epoch); True when the agent running now has a message
+acknowledged by the broker after it, waiting a bounded time for one."""
 
 
 class UpdateError(RuntimeError):
@@ -83,6 +91,11 @@ class UpdateError(RuntimeError):
 
 class RolledBack(UpdateError):
     """A release switched to, then rolled back (failed health check, interrupted)."""
+
+
+class BrokerUnreachable(UpdateError):
+    """The release could not be checked because the box does not reach the broker: refused with
+    nothing changed, or switched to and back when the previous release cannot reach it either."""
 
 
 @dataclass(frozen=True)
@@ -346,10 +359,14 @@ class Updater:
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / LOCK_FILE, "a") as fh:
             try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                yield False
-                return
+                if not wait:
+                    yield False
+                    return
+                log.warning("another update is in progress on this box (%s): waiting for it to "
+                            "end (Ctrl-C gives up, nothing changed yet)", self.root)
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
             try:
                 yield True
             finally:
@@ -411,7 +428,8 @@ class Updater:
         return lines[1] if len(lines) > 1 else None
 
     def install(self, bundle: Path, public_key_pem: bytes, *, restart: Restart,
-                health: HealthCheck, allow_downgrade: bool = False) -> str:
+                health: HealthCheck, allow_downgrade: bool = False,
+                broker: BrokerCheck | None = None, even_if_offline: bool = False) -> str:
         """Verify, unpack, switch, health-check, then commit or roll back.
 
         Args:
@@ -421,12 +439,18 @@ class Updater:
             health: Health check of the new version.
             allow_downgrade: Install a version older than the running one (a deliberate
                 return to a release; refused by default, as a replayed old bundle would be).
+            broker: Whether the agent running now reaches the broker. Given, the running release
+                must show it does before anything is written (unless ``even_if_offline``), and
+                a failed check is blamed on the release only if the release put back does.
+            even_if_offline: Switch even though the running release does not reach the broker
+                (its agent is the one failing); the new one must still publish to be kept.
 
         Returns:
             The version running afterwards.
 
         Raises:
-            UpdateError: refused (nothing switched; :class:`RolledBack` when rolled back).
+            UpdateError: refused (nothing switched; :class:`RolledBack` when rolled back,
+                :class:`BrokerUnreachable` when the broker kept it from being checked).
         """
         manifest = verify_release(bundle, public_key_pem)  # before anything is written
         with self.locked():
@@ -442,8 +466,10 @@ class Updater:
                 raise UpdateError(f"release {manifest.version} is not newer than the running "
                                   f"{old} (a replayed old bundle?); --allow-downgrade to install "
                                   "it anyway")
+            if broker is not None and not even_if_offline:
+                self._check_broker_first(broker, old, manifest.version)
             self.unpack(bundle, manifest)
-            return self._switch_and_check(manifest.version, old, restart, health)
+            return self._switch_and_check(manifest.version, old, restart, health, broker)
 
     def previous_version(self) -> str | None:
         """The newest complete release kept besides the running one, or None."""
@@ -452,23 +478,43 @@ class Updater:
                 if path.name != running and (path / COMPLETE_MARK).exists()]
         return max(kept, key=version_key, default=None)
 
-    def go_back(self, *, restart: Restart, health: HealthCheck) -> str:
+    def go_back(self, *, restart: Restart, health: HealthCheck, broker: BrokerCheck | None = None,
+                even_if_offline: bool = False) -> str:
         """Switch to the kept previous release, health-check it, then commit or roll back;
-        both releases stay on disk either way.
+        both releases stay on disk either way (``broker``, ``even_if_offline``: as
+        :meth:`install`).
 
         Raises:
-            UpdateError: no previous release kept (:class:`RolledBack`: it failed its check).
+            UpdateError: no previous release kept (:class:`RolledBack`: it failed its check,
+                :class:`BrokerUnreachable`: the broker kept it from being checked).
         """
         with self.locked():
             self._recover()
             target = self.previous_version()
             if target is None:
                 raise UpdateError("no previous release kept on this box to go back to")
-            return self._switch_and_check(target, self.current_version(), restart, health,
+            old = self.current_version()
+            if broker is not None and not even_if_offline:
+                self._check_broker_first(broker, old, target)
+            return self._switch_and_check(target, old, restart, health, broker,
                                           keep_on_failure=True)
 
+    @staticmethod
+    def _check_broker_first(broker: BrokerCheck, old: str | None, version: str) -> None:
+        """Refuse, before anything is written, when the running release does not reach the
+        broker now: the new one could not show it does (its check would fail, whatever it is)."""
+        if old is None or broker(time.time()):
+            return
+        raise BrokerUnreachable(
+            f"the box cannot reach the broker now (release {old}, running, had no message "
+            f"acknowledged by it), so release {version} could not be checked: nothing changed; "
+            "run it again when the broker is back (the agent reconnects within 2 minutes of its "
+            "return); if the broker is up, the running agent is the one failing: "
+            "--even-if-offline installs anyway")
+
     def _switch_and_check(self, version: str, old: str | None, restart: Restart,
-                          health: HealthCheck, keep_on_failure: bool = False) -> str:
+                          health: HealthCheck, broker: BrokerCheck | None = None,
+                          keep_on_failure: bool = False) -> str:
         """Steps 3 to 5 (module docstring), the lock held; ``version`` is unpacked."""
         try:
             self._write_state({"pending": version, "previous": old, "ts": time.time(),
@@ -507,16 +553,28 @@ class Updater:
             self.prune(keep={version, *([old] if old else [])})
             log.info("update %s -> %s committed", old, version)
             return version
-        back = self.rollback()
+        judged = broker is not None and old is not None
+        back = self.rollback(note=not judged)
+        restarted_ts = time.time()
         restart()
+        if judged and back != version:
+            assert broker is not None
+            if not broker(restarted_ts):  # the release put back is silent too: the broker is
+                log.warning("release %s could not be checked: %s does not reach the broker "
+                            "either", version, back)
+                raise BrokerUnreachable(
+                    f"release {version} could not be checked: the broker went out of reach "
+                    f"during its check (release {back}, put back, cannot reach it either); "
+                    f"rolled back to {back}: run it again when the broker is back")
+            self._note_rollback(version)
         raise RolledBack(f"release {version} failed its health check; "
                          + (f"rolled back to {back}" if back != version else
                             "no previous release to roll back to: it keeps running"))
 
-    def rollback(self) -> str | None:
+    def rollback(self, note: bool = True) -> str | None:
         """Point ``current`` back to the recorded previous release and clear the state; the failed
         release is deleted unless ``current`` still points to it (no complete previous one) or it
-        was a kept one gone back to."""
+        was a kept one gone back to. ``note``: record it as rolled back (:func:`rolled_back`)."""
         state = self._state()
         previous = state.get("previous")
         if previous and (self.releases / previous / COMPLETE_MARK).exists():
@@ -527,7 +585,8 @@ class Updater:
         bad = state.get("pending")
         self._write_state({})
         if bad and bad != self.current_version():
-            self._note_rollback(bad)
+            if note:
+                self._note_rollback(bad)
             if not state.get("keep"):
                 self._remove(self.releases / bad)
         return self.current_version()

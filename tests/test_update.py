@@ -7,11 +7,13 @@ import contextlib
 import os
 import random
 import re
+import select
 import signal
 import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edge.health import wait_published
 from edge.update import (
     COMPLETE_MARK,
     MAGIC,
@@ -537,6 +540,29 @@ def _agent_release(tmp: Path, version: str, state: Path, priv: bytes,
     return build_release(tree, version, priv, tmp / f"miroir-{version}-{crash_after_s}.release")
 
 
+@contextlib.contextmanager
+def _supervised(tmp: Path, root: Path, state: Path) -> Iterator[Path]:
+    """A fake ``systemctl`` (yielded: its folder) whose restart runs current/bin/miroir in a loop
+    as systemd does with Restart=on-failure; the running release started, and stopped at the end.
+    """
+    fake = tmp / "bin"
+    fake.mkdir()
+    (fake / "systemctl").write_text(
+        f"#!/bin/sh\n[ -f {tmp}/sup.pid ] && kill -- -$(cat {tmp}/sup.pid)\n"
+        f"setsid sh -c 'echo $$ > {tmp}/sup.pid; while :; do {root}/current/bin/miroir; "
+        f"echo . >> {tmp}/restarts; sleep 0.3; done' >/dev/null 2>&1 &\nsleep 0.3\n")
+    (fake / "systemctl").chmod(0o755)
+    started_ts = time.time()
+    subprocess.run([str(fake / "systemctl")], check=True, timeout=30)
+    try:
+        version = Updater(root).current_version()
+        assert version and wait_published(state, started_ts, 30, version), "the agent is silent"
+        yield fake
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            os.killpg(int((tmp / "sup.pid").read_text()), signal.SIGKILL)
+
+
 def _cli_update(root: Path, bundle: Path | None, pub: Path, state: Path, fake_bin: Path,
                 *options: str) -> subprocess.CompletedProcess[str]:
     """The real `miroir edge update`, with `systemctl` from ``fake_bin`` (no systemd here)."""
@@ -560,52 +586,46 @@ def test_a_release_that_crashes_after_its_first_message_is_rolled_back(
     up = Updater(tmp_path / "root")
     up.install(_agent_release(tmp_path, "1.0", state, priv), pub, restart=lambda: None,
                health=lambda v: True)
-    # systemctl restart as systemd does it with Restart=on-failure: a loop restarting the agent
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "systemctl").write_text(
-        f"#!/bin/sh\n[ -f {tmp_path}/sup.pid ] && kill -- -$(cat {tmp_path}/sup.pid)\n"
-        f"setsid sh -c 'echo $$ > {tmp_path}/sup.pid; while :; do {up.current}/bin/miroir; "
-        f"echo . >> {tmp_path}/restarts; sleep 0.3; done' >/dev/null 2>&1 &\nsleep 0.3\n")
-    (fake / "systemctl").chmod(0o755)
+    with _supervised(tmp_path, up.root, state) as fake:
+        def update(bundle: Path) -> subprocess.CompletedProcess[str]:
+            return _cli_update(up.root, bundle, tmp_path / "release.pub", state, fake,
+                               "--health-timeout-s", "10", "--soak-s", "4")
 
-    def update(bundle: Path) -> subprocess.CompletedProcess[str]:
-        return _cli_update(up.root, bundle, tmp_path / "release.pub", state, fake,
-                           "--health-timeout-s", "10", "--soak-s", "4")
-
-    try:
         done = update(_agent_release(tmp_path, "2.0", state, priv, crash_after_s=2))
-        assert done.returncode != 0 and "rolled back to 1.0" in done.stderr, done.stderr
+        assert done.returncode == 4 and "rolled back to 1.0" in done.stderr, done.stderr
         assert up.current_version() == "1.0" and "restarted" in done.stderr
         done = update(_agent_release(tmp_path, "2.1", state, priv))
         assert done.returncode == 0 and up.current_version() == "2.1", done.stderr
-    finally:
-        with contextlib.suppress(OSError, ValueError):
-            os.killpg(int((tmp_path / "sup.pid").read_text()), signal.SIGKILL)
 
 
 def test_update_exit_codes_tell_a_refusal_from_a_rollback(
         tmp_path: Path, keys: tuple[bytes, bytes]) -> None:
     """Site IT scripts the update: a tampered bundle, a replayed older one (nothing changed) and a
     release rolled back after its switch all exited 2, as a mistyped option does. Now: 3 refused,
-    nothing changed; 4 switched to, then rolled back."""
+    nothing changed; 4 switched to, then rolled back; 5 not checked, the box not reaching the
+    broker (its running release silent too: nothing changed)."""
     priv, pub = keys
-    up = installed(tmp_path, priv, pub)
+    state = tmp_path / "state"
+    state.mkdir()
+    up = Updater(tmp_path / "root")
+    up.install(_agent_release(tmp_path, "1.0", state, priv), pub, restart=lambda: None,
+               health=lambda v: True)
     (tmp_path / "release.pub").write_bytes(pub)
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "systemctl").write_text("#!/bin/sh\nexit 0\n")
-    (fake / "systemctl").chmod(0o755)
     (tmp_path / "old").mkdir()
     older = release(tmp_path / "old", "0.9", priv)
-    good = release(tmp_path, "2.0", priv)
+    good = release(tmp_path, "2.0", priv)  # (its bin/miroir publishes nothing)
     tampered = tmp_path / "tampered.release"
     tampered.write_bytes(good.read_bytes()[:-10] + b"0123456789")
-    codes = {name: _cli_update(up.root, bundle, tmp_path / "release.pub", tmp_path, fake,
-                               "--health-timeout-s", "1", "--soak-s", "0").returncode
-             for name, bundle in [("tampered", tampered), ("older", older), ("no heartbeat", good)]}
-    assert codes == {"tampered": 3, "older": 3, "no heartbeat": 4}
-    assert running(up.root) == "miroir 1.0"
+    with _supervised(tmp_path, up.root, state) as fake:
+        codes = {name: _cli_update(up.root, bundle, tmp_path / "release.pub", state, fake,
+                                   "--health-timeout-s", "5", "--soak-s", "0").returncode
+                 for name, bundle in [("tampered", tampered), ("older", older),
+                                      ("no heartbeat", good)]}
+    silent = _cli_update(up.root, good, tmp_path / "release.pub", state, fake,
+                         "--health-timeout-s", "1", "--soak-s", "0")  # (no agent runs)
+    codes["running release silent"] = silent.returncode
+    assert codes == {"tampered": 3, "older": 3, "no heartbeat": 4, "running release silent": 5}
+    assert up.current_version() == "1.0"
 
 
 @pytest.mark.parametrize("older, newer", [
@@ -653,24 +673,26 @@ def test_the_kept_previous_release_can_be_gone_back_to(
     --allow-downgrade took the box back to it. `edge update --previous` does, health-checked,
     and keeps both releases whatever happens (a failed go-back deleted nothing)."""
     priv, pub = keys
+    state = tmp_path / "state"
+    state.mkdir()
     up = installed(tmp_path, priv, pub)
-    up.install(release(tmp_path, "2.0", priv), pub, restart=lambda: None, health=lambda v: True)
+    up.install(_agent_release(tmp_path, "2.0", state, priv), pub, restart=lambda: None,
+               health=lambda v: True)
     (tmp_path / "release.pub").write_bytes(pub)
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "systemctl").write_text("#!/bin/sh\nexit 0\n")
-    (fake / "systemctl").chmod(0o755)
-    # no heartbeat from 1.0 (say the broker is down): back on 2.0, exit 4, nothing deleted
-    failed = _cli_update(up.root, None, tmp_path / "release.pub", tmp_path, fake,
-                         "--previous", "--health-timeout-s", "1", "--soak-s", "0")
+    # 2.0 publishes, 1.0 does not (its bin/miroir only prints): back on 2.0, exit 4, nothing
+    # deleted
+    with _supervised(tmp_path, up.root, state) as fake:
+        failed = _cli_update(up.root, None, tmp_path / "release.pub", state, fake,
+                             "--previous", "--health-timeout-s", "5", "--soak-s", "0")
     assert failed.returncode == 4 and "rolled back to 2.0" in failed.stderr, failed.stderr
-    assert running(up.root) == "miroir 2.0"
+    assert up.current_version() == "2.0"
     assert sorted(p.name for p in up.releases.iterdir()) == ["1.0", "2.0"]
     seen: list[str] = []
     assert up.go_back(restart=lambda: seen.append(running(up.root)), health=lambda v: True) == "1.0"
     assert seen == ["miroir 1.0"] and running(up.root) == "miroir 1.0"
     assert sorted(p.name for p in up.releases.iterdir()) == ["1.0", "2.0"]
     assert up.go_back(restart=lambda: None, health=lambda v: True) == "2.0"  # and forth again
+    assert up.current_version() == "2.0"
     (tmp_path / "lone").mkdir()
     lone = Updater(tmp_path / "lone" / "root")
     lone.install(release(tmp_path / "lone", "1.0", priv), pub, restart=lambda: None,
@@ -737,3 +759,64 @@ def test_a_switch_that_cannot_be_recorded_changes_nothing_and_leaves_nothing(
     (up.root / ".state.json.tmp").rmdir()
     assert up.install(tmp_path / "miroir-2.0.release", pub, restart=lambda: None,
                       health=lambda v: True) == "2.0"
+
+
+def test_an_update_run_without_root_names_the_file_and_sudo(
+        tmp_path: Path, keys: tuple[bytes, bytes]) -> None:
+    """`miroir edge update` run without sudo (the releases' lock is root's) said "release bundle
+    miroir-2.0.release: Permission denied" (a readable bundle blamed; "release bundle None" for
+    --previous) and --recover ended in a traceback: each names the file refused and sudo now,
+    exit 3 with nothing changed. (Run as root here, the command runs without its capabilities.)"""
+    priv, pub = keys
+    up = installed(tmp_path, priv, pub)
+    (tmp_path / "release.pub").write_bytes(pub)
+    bundle = release(tmp_path, "2.0", priv)
+    (up.root / ".lock").chmod(0o444)
+    unprivileged = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--"] \
+        if os.geteuid() == 0 else []
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for options in ([str(bundle)], ["--previous"], ["--recover"]):
+        done = subprocess.run(
+            [*unprivileged, sys.executable, "-m", "miroir", "edge", "update", *options,
+             "--root", str(up.root), "--key", str(tmp_path / "release.pub"),
+             "--state-dir", str(tmp_path)], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 3, (options, done.stderr)
+        assert done.stderr.strip() == (f"miroir: error: {up.root / '.lock'}: Permission denied: "
+                                       "updates need root, run it with sudo"), done.stderr
+    assert running(up.root) == "miroir 1.0" and sorted(p.name for p in up.releases.iterdir()) \
+        == ["1.0"]
+
+
+def test_a_second_update_while_one_runs_says_it_waits(
+        tmp_path: Path, keys: tuple[bytes, bytes]) -> None:
+    """A second `miroir edge update` started while one is in its check (a script run twice, two
+    people) waited for the first's lock, minutes with a 2-minute soak, without a word: it now
+    says that another update is in progress and that it waits, then installs."""
+    priv, pub = keys
+    state = tmp_path / "state"
+    state.mkdir()
+    up = Updater(tmp_path / "root")
+    up.install(_agent_release(tmp_path, "1.0", state, priv), pub, restart=lambda: None,
+               health=lambda v: True)
+    (tmp_path / "release.pub").write_bytes(pub)
+    bundle = _agent_release(tmp_path, "2.0", state, priv)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with _supervised(tmp_path, up.root, state) as fake:
+        env["PATH"] = f"{fake}:{os.environ['PATH']}"
+        second = subprocess.Popen(
+            [sys.executable, "-m", "miroir", "edge", "update", str(bundle), "--root",
+             str(up.root), "--key", str(tmp_path / "release.pub"), "--state-dir", str(state),
+             "--health-timeout-s", "10", "--soak-s", "0"],
+            env=env, stderr=subprocess.PIPE, text=True)
+        try:
+            with up.locked():  # the first update, in its health check
+                assert second.stderr is not None
+                said = second.stderr.readline() if select.select(
+                    [second.stderr], [], [], 30)[0] else "(nothing in 30 s)"  # (a liveness bound)
+                assert "another update is in progress on this box" in said, said
+                assert second.poll() is None and up.current_version() == "1.0"
+            rest = second.communicate(timeout=60)[1]
+        finally:
+            second.kill()
+            second.wait()
+    assert second.returncode == 0 and up.current_version() == "2.0", rest
