@@ -127,6 +127,9 @@ def cmd_edge_update(args: argparse.Namespace) -> int:
     from edge.update import BrokerUnreachable, RolledBack, UpdateError, Updater
 
     updater = Updater(args.root)
+    if updater.current_version() is None:  # a mistyped --root: never start a second releases folder
+        raise _err(f"{args.root} holds no running release (no {updater.current}): check --root "
+                   f"(a box keeps its releases in {DEFAULT_RELEASES}); nothing changed", EXIT_REFUSED)
     if args.recover:
         try:
             print(f"running release: {updater.recover()}")

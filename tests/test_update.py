@@ -820,3 +820,26 @@ def test_a_second_update_while_one_runs_says_it_waits(
             second.kill()
             second.wait()
     assert second.returncode == 0 and up.current_version() == "2.0", rest
+
+
+def test_an_update_with_a_mistyped_root_changes_nothing(
+        tmp_path: Path, keys: tuple[bytes, bytes]) -> None:
+    """`miroir edge update --root` with a typo (a folder holding no running release) made a second
+    releases folder, installed the bundle there as a first release, restarted the real agent (which
+    still ran the real one), failed its check and left the stray folder: it now refuses at once,
+    exit 3, naming the folder, and creates nothing; nor does --previous or --recover."""
+    priv, pub = keys
+    up = installed(tmp_path, priv, pub)
+    (tmp_path / "release.pub").write_bytes(pub)
+    bundle = release(tmp_path, "2.0", priv)
+    typo = tmp_path / "roto"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{tmp_path / 'no-bin'}:{os.environ['PATH']}"}
+    for options in ([str(bundle)], ["--previous"], ["--recover"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "miroir", "edge", "update", *options, "--root", str(typo),
+             "--key", str(tmp_path / "release.pub"), "--state-dir", str(tmp_path)],
+            env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 3, (options, done.stderr)
+        assert f"{typo} holds no running release" in done.stderr and "check --root" in done.stderr
+        assert not typo.exists()
+    assert running(up.root) == "miroir 1.0"
