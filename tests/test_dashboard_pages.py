@@ -919,3 +919,44 @@ def test_french_pages_write_decimals_with_a_comma(browser_page: Any, org_server:
     assert page.locator("#variants tr.variant td.rate").first.inner_text() == "30.0 %"
     page.goto(server.url + "/agents/agent-a1")
     assert page.locator("#calls tr.call td").nth(2).inner_text() == "3.0 min"
+
+
+# ------------------------------------------------------------------ the coaching forms
+def test_a_goal_named_only_with_spaces_is_refused_beside_its_labelled_form(
+        browser_page: Any, org_server: Any) -> None:
+    """Supervisor A names a goal with three spaces: the browser's "required" lets it through and
+    it was saved as a goal without a name (an empty bold line on the agent's page). It now comes
+    back to the agent's page, the form as typed and the reason above it; its fields are named by
+    visible labels, not only by a placeholder that disappears once typed in."""
+    from tests._fixtures_dashboard import USER_PASSWORD
+
+    server, data = org_server
+    page = browser_page
+    browser_login(page, server.url, "sup-a", USER_PASSWORD, data["secrets"]["sup-a"])
+    page.goto(server.url + "/agents/agent-a1")
+    form = page.locator("#goal-form")
+    name = form.get_by_label("Nom de l'objectif")
+    metric = form.get_by_label("Mesure")
+    assert name.get_attribute("name") == "label" and metric.get_attribute("name") == "metric"
+    name.fill("   ")
+    metric.select_option("near_speech_ratio")
+    form.get_by_label("Sens").select_option("up")
+    form.locator("button[type=submit]").click()
+    page.wait_for_load_state()
+    error = page.locator("#goals #goal-error")
+    assert error.inner_text() == "Objectif non fixé : donnez-lui un nom."
+    assert error.get_attribute("role") == "alert"
+    assert page.locator("#goal-form select[name=metric]").input_value() == "near_speech_ratio"
+    assert page.locator("#goal-form select[name=direction]").input_value() == "up"
+    assert page.locator("#goal-form input[name=label]").input_value() == "   "
+    db = store.open_db(server.settings.db_path)
+    try:
+        assert db.conn.execute("SELECT count(*) FROM goals WHERE agent = 'agent-a1'"
+                               ).fetchone() == (0,)
+    finally:
+        db.conn.close()
+    page.locator("#goal-form input[name=label]").fill("laisser parler")
+    page.locator("#goal-form button[type=submit]").click()
+    page.wait_for_url("**/agents/agent-a1#goals")
+    assert page.locator("#goals .goal strong").all_inner_texts() == ["laisser parler"]
+    assert page.locator("#goal-error").count() == 0

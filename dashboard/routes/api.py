@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, Field, StringConstraints, field_validator
 
 from miroir import wire
 
@@ -58,8 +58,16 @@ class GoalIn(BaseModel):
     """A focus goal set for an agent."""
 
     metric: str = Field(description="Metric name (see /api/metrics/registry).")
-    label: str = Field(max_length=120, description="Goal in words, e.g. « ralentir ».")
+    label: str = Field(max_length=120, description="Goal in words, e.g. « ralentir » (not blank).")
     direction: str = Field("down", pattern="^(up|down)$", description="Desired direction.")
+
+    @field_validator("label")
+    @classmethod
+    def _named(cls, label: str) -> str:
+        """A goal needs a name: one made only of spaces would be saved as an empty goal."""
+        if not label.strip():
+            raise ValueError("a goal needs a name")
+        return label.strip()
 
 
 class OutcomeIn(BaseModel):
