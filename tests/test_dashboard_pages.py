@@ -603,7 +603,8 @@ def test_the_pages_fit_the_screen_without_scrolling_sideways(
 def test_a_call_without_an_outcome_reads_unknown_not_meeting_booked(
         browser_page: Any, org_server: Any) -> None:
     """agent-b1's call has no outcome yet: its row says "—" and saving it untouched tags nothing,
-    where it read "Rendez-vous" (the list's first choice) as if a meeting had been booked."""
+    where it read "Rendez-vous" (the list's first choice) as if a meeting had been booked. A call
+    tagged by mistake goes back to "—" the same way."""
     server, data = org_server
     call = data["team_b"]["calls"][0]
     page = browser_page
@@ -615,20 +616,33 @@ def test_a_call_without_an_outcome_reads_unknown_not_meeting_booked(
     # its columns are named, and its campaign by its name, not its id ('camp-b')
     assert page.locator("#calls th").all_inner_texts() == ["Début", "Campagne", "Durée", "Issue"]
     assert row.locator("td").nth(1).inner_text() == "Mutuelle"
-    row.locator("button[type=submit]").click()  # refused by the form: nothing chosen
-    page.wait_for_timeout(300)
-    assert page.url.endswith("/agents/agent-b1")
-    db = store.open_db(server.settings.db_path)
-    try:
-        assert db.conn.execute("SELECT outcome FROM calls WHERE id = ?",
-                               (call,)).fetchone() == (None,)
-    finally:
-        db.conn.close()
+    row.locator("button[type=submit]").click()  # "—" saved on an untagged call: nothing to do
+    page.wait_for_url("**/agents/agent-b1")
+    assert _outcome_and_audits(server, call) == (None, 0)
     select.select_option("callback")
     row.locator("button[type=submit]").click()
     page.wait_for_url("**/agents/agent-b1")
-    assert page.locator(f"tr.call[data-call='{call}'] select[name=outcome]").evaluate(
-        "s => s.options[s.selectedIndex].text") == "À rappeler"
+    assert select.evaluate("s => s.options[s.selectedIndex].text") == "À rappeler"
+    assert _outcome_and_audits(server, call) == ("callback", 1)
+    # tagged by mistake: "—" takes the tag back off (the browser's own "Sélectionnez un élément
+    # dans la liste" stopped it before), audited as any change of outcome
+    select.select_option(label="—")
+    row.locator("button[type=submit]").click()
+    page.wait_for_url("**/agents/agent-b1")
+    assert select.evaluate("s => s.options[s.selectedIndex].text") == "—"
+    assert _outcome_and_audits(server, call) == (None, 2)
+
+
+def _outcome_and_audits(server: Any, call: int) -> tuple[str | None, int]:
+    """The call's outcome and how many changes of outcome the audit log records of it."""
+    db = store.open_db(server.settings.db_path)
+    try:
+        outcome = db.conn.execute("SELECT outcome FROM calls WHERE id = ?", (call,)).fetchone()[0]
+        n = db.conn.execute("SELECT count(*) FROM audit_log WHERE action = 'call_outcome' AND "
+                            "json_extract(detail, '$.call') = ?", (call,)).fetchone()[0]
+    finally:
+        db.conn.close()
+    return outcome, n
 
 
 def test_an_english_goal_without_a_trend_counts_its_days_in_english(

@@ -128,10 +128,10 @@ def goal_form(request: Request, db: Db, user: CurrentUser, agent: str,
 
 @router.post("/calls/{call_id}/outcome")
 def outcome_form(request: Request, db: Db, user: CurrentUser, call_id: api.RowId,
-                 outcome: Annotated[str, Form(max_length=16)],
+                 outcome: Annotated[str, Form(max_length=16)] = "",
                  next: Annotated[str, Form(max_length=512)] = "/") -> Response:
-    """Tag a call's outcome from a page."""
-    api.set_outcome(db, user, call_id, outcome)
+    """Tag a call's outcome from a page ("—", sent empty, takes a tag back off)."""
+    api.set_outcome(db, user, call_id, outcome or None)
     return RedirectResponse(safe_next(next), status_code=303)
 
 
