@@ -974,3 +974,41 @@ def test_a_goal_named_only_with_spaces_is_refused_beside_its_labelled_form(
     page.wait_for_url("**/agents/agent-a1#goals")
     assert page.locator("#goals .goal strong").all_inner_texts() == ["laisser parler"]
     assert page.locator("#goal-error").count() == 0
+
+
+def test_a_moment_flagged_without_a_note_reads_as_such_not_as_an_empty_line(
+        chromium: Any, org_server: Any) -> None:
+    """A supervisor may mark a moment to come back to without writing anything: it is kept, and
+    the agent (their page, its chart's marker) and the team board say it has no note, where they
+    read "14:03 —  par sup-a" and "agent-a1 : " with nothing after."""
+    from tests._fixtures_dashboard import USER_PASSWORD
+
+    server, data = org_server
+    sup = chromium.new_context(locale="fr-FR")
+    try:
+        page = sup.new_page()
+        browser_login(page, server.url, "sup-a", USER_PASSWORD, data["secrets"]["sup-a"])
+        page.goto(server.url + "/agents/agent-a1")
+        page.wait_for_selector("body[data-charts-ready='1']")
+        assert page.locator("#flag-form").get_by_label("Note (facultative)").input_value() == ""
+        page.check("#flag-form input[name=shared]")
+        page.click("#flag-submit")
+        page.wait_for_url("**/agents/agent-a1#flags")
+        assert page.locator("#flag-list .flag").count() == 1
+        page.goto(server.url + "/teams/team-a")
+        shared = page.locator("section:has(h2:text-is('Appels remarquables')) li").first
+        assert shared.inner_text().endswith("agent-a1 : (sans note)"), shared.inner_text()
+    finally:
+        sup.close()
+    agent = chromium.new_context(locale="fr-FR")
+    try:
+        page = agent.new_page()
+        browser_login(page, server.url, "amina", USER_PASSWORD, landing="/me")
+        page.wait_for_selector("body[data-charts-ready='1']")
+        flag = page.locator("#flag-list .flag").first
+        assert flag.locator(".flag-note").inner_text() == "(sans note)"
+        assert " —  " not in flag.inner_text()
+        assert page.locator("#charts .flag-marker title").first.text_content() == \
+            "moment signalé (sans note)"
+    finally:
+        agent.close()

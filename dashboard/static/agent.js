@@ -56,7 +56,9 @@
     }
     const t0 = rows[0].ts, t1 = rows[rows.length - 1].ts;
     const onPick = flagTs ? pick : null;
-    const common = { t0, t1, cues: data.cues, flags: data.flags, onPick };
+    const flags = data.flags.map((f) => (f.note ? f : Object.assign({}, f, {
+      note: t("chart.flag") + " " + t("agent.flag_no_note") })));  // a moment marked, no words
+    const common = { t0, t1, cues: data.cues, flags, onPick };
     MiroirCharts.states(charts, Object.assign({ title: t("chart.turns"), rows }, common));
     const empty = [];  // measured by nobody in this window: named once, not drawn as empty frames
     data.metrics.forEach((m, i) => {
