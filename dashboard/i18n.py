@@ -63,6 +63,11 @@ STRINGS: dict[str, tuple[str, str]] = {
     "state.private": ("Appel privé", "Private call"),
     "state.no_capture": ("Pas de casque / capture perdue", "No headset / capture lost"),
     "state.unknown": ("—", "—"),
+    "me.state.agent": ("Vous parlez", "You are speaking"),
+    "me.state.prospect": ("Le prospect parle", "The prospect is speaking"),
+    "me.state.overlap": ("Vous parlez en même temps", "You are both speaking"),
+    "me.state.offline": ("Votre boîtier est hors ligne", "Your box is offline"),
+    "me.state.no_capture": ("Votre casque n'est pas capté", "Your headset is not picked up"),
     "online.online": ("En ligne", "Online"),
     "online.offline": ("Hors ligne", "Offline"),
     "online.unknown": ("État inconnu", "Unknown state"),
@@ -349,7 +354,7 @@ STRINGS: dict[str, tuple[str, str]] = {
 
 # Strings the page scripts need (passed as a JSON data block, never as inline script).
 CLIENT_KEYS = [k for k in STRINGS if k.split(".")[0] in
-               ("state", "online", "live", "seat", "chart", "agent")]
+               ("state", "online", "live", "seat", "chart", "agent") or k.startswith("me.state.")]
 
 
 def translate(lang: str, key: str) -> str:

@@ -445,11 +445,20 @@ class _AgentsBox:
             "near_talking": talk_state == "agent", "far_talking": talk_state == "prospect"}))
 
 
+def _shows(page: Any, text: str, timeout_ms: int = 2000) -> None:
+    """Wait until the page's live strip reads exactly ``text``."""
+    page.wait_for_function("(t) => document.getElementById('live-state').textContent === t",
+                           arg=text, timeout=timeout_ms)
+
+
 def test_the_agents_live_strip_says_private_or_offline_never_the_last_talk_state(
-        browser_page: Any, dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
+        browser_page: Any, chromium: Any, dashboard_server: DashboardServer, site: Any,
+        peer: Any) -> None:
     """The agent's own page, fed by the box through the real broker: once the box says private
     (its button) or goes offline, the strip says so, live and on a fresh page, instead of the
-    talk state the box last measured before."""
+    talk state the box last measured before. It speaks to the agent ("Vous parlez", "Le prospect
+    parle"), where it read them the floor's "Agent parle"; the supervisor's page keeps the
+    floor's words."""
     from tests._fixtures_dashboard import USER_PASSWORD
 
     seat = _AgentsBox(dashboard_server, site, peer)
@@ -459,13 +468,22 @@ def test_the_agents_live_strip_says_private_or_offline_never_the_last_talk_state
     strip = page.locator("#live-state")
 
     def shows(text: str) -> None:
-        page.locator("#live-state", has_text=text).wait_for(timeout=2000)
+        _shows(page, text)
 
     status(private=False)
     metrics("agent")
+    admin = chromium.new_context(locale="fr-FR")
+    try:
+        sup = admin.new_page()
+        browser_login(sup, dashboard_server.url)
+        sup.goto(dashboard_server.url + "/agents/agent-a")
+        sup.wait_for_selector("body[data-stream-ready='1']")
+        _shows(sup, "Agent parle")
+    finally:
+        admin.close()
     browser_login(page, dashboard_server.url, "ines", USER_PASSWORD, landing="/me")
     page.wait_for_selector("body[data-stream-ready='1']")
-    shows("Agent parle")
+    shows("Vous parlez")
     status(private=True)  # the box's private button
     shows("Appel privé")
     page.reload()
@@ -476,16 +494,16 @@ def test_the_agents_live_strip_says_private_or_offline_never_the_last_talk_state
     assert page.locator("#private-toggle").inner_text() == "Fin de l'appel privé"
     status(private=False)  # and the box's button turned it off again
     metrics("prospect")
-    shows("Prospect parle")
+    shows("Le prospect parle")
     page.reload()
     page.wait_for_selector("body[data-stream-ready='1']")
     assert page.locator("#private-state").count() == 0
     assert page.locator("#private-toggle").inner_text() == "Passer en appel privé"
     status("offline")
-    shows("Hors ligne")
+    shows("Votre boîtier est hors ligne")
     page.reload()
     page.wait_for_selector("body[data-stream-ready='1']")
-    assert strip.inner_text() == "Hors ligne"
+    assert strip.inner_text() == "Votre boîtier est hors ligne"
 
 
 def test_the_private_switch_never_says_on_when_the_box_is_offline(
@@ -532,10 +550,10 @@ def test_the_agents_live_strip_says_offline_when_the_box_falls_silent(
     page = browser_page
     browser_login(page, dashboard_server.url, "ines", USER_PASSWORD, landing="/me")
     page.wait_for_selector("body[data-stream-ready='1']")
-    page.locator("#live-state", has_text="Agent parle").wait_for(timeout=2000)
-    page.locator("#live-state", has_text="Hors ligne").wait_for(timeout=8000)  # silent for 4 s
+    _shows(page, "Vous parlez")
+    _shows(page, "Votre boîtier est hors ligne", 8000)  # silent for 4 s
     seat.metrics("prospect")
-    page.locator("#live-state", has_text="Prospect parle").wait_for(timeout=3000)
+    _shows(page, "Le prospect parle", 3000)
 
 
 # ------------------------------------------------------------------ screens

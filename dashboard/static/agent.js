@@ -8,6 +8,11 @@
   const t = (k) => (k in T ? T[k] : k);
   const body = document.body;
   const agent = body.dataset.agent;
+  const selfView = body.dataset.self === "1";
+  // the seat's state as its reader is told it: to the agent on their own page ("Vous parlez",
+  // "Le prospect parle"), in the floor's words ("Agent parle") to a supervisor
+  const stateText = (key) => (selfView && ("me.state." + key) in T ? T["me.state." + key]
+                                                                  : t("state." + key));
   const charts = document.getElementById("charts");
   const flagTs = document.getElementById("flag-ts");
   const flagTime = document.getElementById("flag-time");
@@ -259,7 +264,7 @@
   function showSeat(el) {
     if (gone) return;
     const key = seat.state === "offline" || silent() ? "offline" : seat.priv ? "private" : seat.talk;
-    el.textContent = key ? t("state." + key) : "—";
+    el.textContent = key ? stateText(key) : "—";
     el.dataset.state = key || "unknown";
   }
 
