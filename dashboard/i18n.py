@@ -83,6 +83,10 @@ STRINGS: dict[str, tuple[str, str]] = {
     "agent.team": ("Équipe", "Team"),
     "agent.shift": ("Le poste de travail en courbes", "The shift as charts"),
     "agent.no_data": ("Pas encore de mesures.", "No measurements yet."),
+    "agent.no_data_private": ("Appel privé : rien n'est mesuré pendant ce temps.",
+                              "Private call: nothing is measured meanwhile."),
+    "agent.no_data_offline": ("Boîtier hors ligne.", "Box offline."),
+    "agent.no_data_offline_since": ("Boîtier hors ligne depuis {time}.", "Box offline since {time}."),
     "agent.fatigue_factors": ("Ce qui fait monter la fatigue (écart à sa propre voix de début de "
                               "poste, en erreurs types) :",
                               "What drives the fatigue up (drift from the agent's own voice at the "

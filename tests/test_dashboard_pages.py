@@ -556,6 +556,46 @@ def test_the_agents_live_strip_says_offline_when_the_box_falls_silent(
     _shows(page, "Le prospect parle", 3000)
 
 
+def test_an_agent_without_rows_is_told_why_when_private_or_offline(
+        chromium: Any, dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
+    """Ines's box is in private mode, then offline, with no row in her shift: her charts said
+    only "Pas encore de mesures." each time, as for a box that had just started. They now say
+    what the seat's live state knows: the private call measures nothing, the box is offline
+    since it was last heard (in the reader's zone); back online, the bare sentence returns."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from tests._fixtures_dashboard import USER_PASSWORD
+
+    seat = _AgentsBox(dashboard_server, site, peer)
+    seat.status(private=True)
+    context = chromium.new_context(locale="fr-FR", timezone_id="Indian/Mauritius")
+    try:
+        page = context.new_page()
+        browser_login(page, dashboard_server.url, "ines", USER_PASSWORD, landing="/me")
+        page.wait_for_selector("body[data-charts-ready='1'][data-stream-ready='1']")
+        empty = page.locator("#charts #charts-empty")
+        assert empty.inner_text() == "Appel privé : rien n'est mesuré pendant ce temps."
+        seat.status("offline", private=False)
+        _shows(page, "Votre boîtier est hors ligne")
+        db = store.open_db(dashboard_server.settings.db_path)
+        try:
+            heard = db.conn.execute("SELECT last_seen_ts FROM boxes WHERE box = 'box-a'"
+                                    ).fetchone()[0]
+        finally:
+            db.conn.close()
+        since = datetime.fromtimestamp(heard, ZoneInfo("Indian/Mauritius")).strftime("%H:%M")
+        assert empty.inner_text() == f"Boîtier hors ligne depuis {since} UTC+4."
+        page.reload()  # a fresh page knows it from the stream's snapshot
+        page.wait_for_selector("body[data-charts-ready='1'][data-stream-ready='1']")
+        assert empty.inner_text() == f"Boîtier hors ligne depuis {since} UTC+4."
+        seat.status(private=False)
+        _shows(page, "—")
+        assert empty.inner_text() == "Pas encore de mesures."
+    finally:
+        context.close()
+
+
 # ------------------------------------------------------------------ screens
 PAGE_WIDTH = "() => [document.documentElement.scrollWidth, window.innerWidth]"
 CUT_FORMS = """() => [...document.querySelectorAll('.panel form')].filter((f) => {

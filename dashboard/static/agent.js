@@ -47,8 +47,9 @@
     if (!rows.length) {
       const p = document.createElement("p");
       p.className = "muted";
-      p.textContent = t("agent.no_data");
+      p.id = "charts-empty";
       charts.appendChild(p);
+      showEmpty();
       body.dataset.chartsReady = "1";
       return;
     }
@@ -261,7 +262,33 @@
 
   function heard(ts) { if (ts && (seat.heardS === null || ts > seat.heardS)) seat.heardS = ts; }
 
+  // Why the shift has no row, when the seat's live state knows: a private call measures nothing,
+  // a box offline (its status, or silent) since it was last heard; else the bare sentence.
+  function showEmpty() {
+    const p = document.getElementById("charts-empty");
+    if (!p) return;
+    let text = t("agent.no_data");
+    if (seat.priv) {
+      text = t("agent.no_data_private");
+    } else if (seat.state === "offline" || silent()) {
+      text = seat.heardS === null ? t("agent.no_data_offline")
+        : t("agent.no_data_offline_since").replace("{time}", since(seat.heardS));
+    }
+    if (p.textContent !== text) p.textContent = text;
+  }
+
+  // HH:MM in the reader's zone, named; with the day when it is not today.
+  function since(ts) {
+    const when = new Date(ts * 1000);
+    const opts = { hour: "2-digit", minute: "2-digit", timeZoneName: "short" };
+    if (when.toDateString() !== new Date().toDateString()) {
+      Object.assign(opts, { day: "numeric", month: "short" });
+    }
+    return when.toLocaleString(T.lang === "en" ? "en-GB" : "fr-FR", opts);
+  }
+
   function showSeat(el) {
+    showEmpty();
     if (gone) return;
     const key = seat.state === "offline" || silent() ? "offline" : seat.priv ? "private" : seat.talk;
     el.textContent = key ? stateText(key) : "—";
