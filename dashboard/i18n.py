@@ -25,6 +25,10 @@ STRINGS: dict[str, tuple[str, str]] = {
     "login.submit": ("Se connecter", "Log in"),
     "login.expired": ("Session expirée, veuillez réessayer.", "Session expired, please retry."),
     "login.wrong": ("Identifiant ou mot de passe incorrect.", "Wrong username or password."),
+    "login.ended": ("Votre session a pris fin : reconnectez-vous. Si votre identifiant est refusé, "
+                    "votre compte a pu être retiré ou désactivé : adressez-vous à votre "
+                    "responsable.", "Your session ended: log in again. If your username is "
+                    "refused, your account may have been removed or disabled: ask your manager."),
     "login.throttled": ("Trop de tentatives. Réessayez plus tard.",
                         "Too many attempts. Try again later."),
     "login.busy": ("Trop de connexions en même temps. Réessayez dans un instant.",

@@ -911,6 +911,46 @@ def test_an_agent_page_whose_agent_is_gone_says_so_and_stops_retrying(
     assert page.locator("#live-state").inner_text() == "—"
 
 
+def test_an_agents_page_left_open_when_they_are_erased_lands_on_a_login_page_that_says_why(
+        browser_page: Any, org_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Amina's own page stays open while an admin erases her: her session goes with her account,
+    and the page sent her to the login form, which said nothing of why she was there. The login
+    page now says the session ended, and that the account may have been removed; a fresh visit
+    to it, or a login refused after it, does not say so."""
+    from dashboard import retention
+    from dashboard.routes import stream
+    from tests._fixtures_dashboard import USER_PASSWORD
+
+    monkeypatch.setattr(stream, "KEEPALIVE_S", 0.2)  # the open stream checks its session at once
+    monkeypatch.setattr(stream, "SCOPE_REFRESH_S", 0.0)
+    server, _ = org_server
+    page = browser_page
+    browser_login(page, server.url, "amina", USER_PASSWORD, landing="/me")
+    page.wait_for_selector("body[data-charts-ready='1'][data-stream-ready='1']")
+    db = store.open_db(server.settings.db_path)
+    try:
+        retention.erase_agent(db, "agent-a1")
+    finally:
+        db.conn.close()
+    page.wait_for_url("**/login*", timeout=10_000)
+    ended = ("Votre session a pris fin : reconnectez-vous. Si votre identifiant est refusé, "
+             "votre compte a pu être retiré ou désactivé : adressez-vous à votre responsable.")
+    assert page.locator("#login-ended").inner_text() == ended
+    assert page.locator("#login-ended").get_attribute("role") == "status"
+    page.goto(server.url + "/me")  # a page asked with the ended session's cookie: the same
+    page.wait_for_url("**/login*")
+    assert page.locator("#login-ended").inner_text() == ended
+    page.fill("#username", "amina")
+    page.fill("#password", USER_PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_load_state()
+    assert page.locator(".error").inner_text() == "Identifiant ou mot de passe incorrect."
+    assert page.locator("#login-ended").count() == 0
+    page.context.clear_cookies()
+    page.goto(server.url + "/login")
+    assert page.locator("#login-ended").count() == 0
+
+
 def test_a_refused_campaign_form_keeps_what_was_typed_and_says_why_beside_it(
         browser_page: Any, org_server: Any) -> None:
     """Supervisor A types a campaign whose two variants share a name, then one whose id is taken.

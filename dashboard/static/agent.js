@@ -344,7 +344,7 @@
       // log in again if the session is over, or stop if the agent is no longer there to see
       if (es.readyState !== EventSource.CLOSED) return;
       fetch("/api/agents", { credentials: "same-origin" }).then((r) => {
-        if (r.status === 401) { window.location.assign("/login"); return null; }
+        if (r.status === 401) { window.location.assign("/login?ended=1"); return null; }
         return r.ok ? r.json() : { agents: [{ agent }] };
       }).then((d) => {
         if (!d) return;
