@@ -126,6 +126,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "agent.call_duration": ("Durée", "Duration"),
     "agent.call_outcome": ("Issue", "Outcome"),
     "agent.no_calls": ("Aucun appel enregistré.", "No call recorded."),
+    "agent.calls_older": ("Appels plus anciens ({n})", "Older calls ({n})"),
     "agent.flags": ("Moments signalés", "Flagged moments"),
     "agent.no_flags": ("Aucun moment signalé.", "No flagged moment."),
     "agent.flag": ("Signaler ce moment", "Flag this moment"),

@@ -675,18 +675,18 @@ def test_a_call_without_an_outcome_reads_unknown_not_meeting_booked(
     assert page.locator("#calls th").all_inner_texts() == ["Début", "Campagne", "Durée", "Issue"]
     assert row.locator("td").nth(1).inner_text() == "Mutuelle"
     row.locator("button[type=submit]").click()  # "—" saved on an untagged call: nothing to do
-    page.wait_for_url("**/agents/agent-b1")
+    page.wait_for_url(f"**/agents/agent-b1#call-{call}")
     assert _outcome_and_audits(server, call) == (None, 0)
     select.select_option("callback")
     row.locator("button[type=submit]").click()
-    page.wait_for_url("**/agents/agent-b1")
+    page.wait_for_url(f"**/agents/agent-b1#call-{call}")
     assert select.evaluate("s => s.options[s.selectedIndex].text") == "À rappeler"
     assert _outcome_and_audits(server, call) == ("callback", 1)
     # tagged by mistake: "—" takes the tag back off (the browser's own "Sélectionnez un élément
     # dans la liste" stopped it before), audited as any change of outcome
     select.select_option(label="—")
     row.locator("button[type=submit]").click()
-    page.wait_for_url("**/agents/agent-b1")
+    page.wait_for_url(f"**/agents/agent-b1#call-{call}")
     assert select.evaluate("s => s.options[s.selectedIndex].text") == "—"
     assert _outcome_and_audits(server, call) == (None, 2)
 
@@ -701,6 +701,44 @@ def _outcome_and_audits(server: Any, call: int) -> tuple[str | None, int]:
     finally:
         db.conn.close()
     return outcome, n
+
+
+def test_on_a_phone_the_calls_list_does_not_bury_the_page_and_a_tag_comes_back_to_its_call(
+        chromium: Any, org_server: Any) -> None:
+    """Amina's 30 calls took 2,930 px of a 390 px wide phone, her page 5,126 px in all for a
+    supervisor, and saving an outcome brought the page back to its top, thousands of pixels
+    above the call. The latest calls are listed, the older ones a tap
+    away, and a saved outcome comes back to its call, in sight."""
+    server, _ = org_server
+    context = chromium.new_context(viewport={"width": 390, "height": 844}, locale="fr-FR")
+    try:
+        page = context.new_page()
+        browser_login(page, server.url)
+        page.goto(server.url + "/agents/agent-a1")
+        page.wait_for_selector("body[data-charts-ready='1']")
+        assert page.locator("tr.call").count() == 30
+        calls_px = page.evaluate("document.getElementById('calls').offsetHeight")
+        assert calls_px < 1400, calls_px
+        assert page.evaluate("document.documentElement.scrollHeight") < 3500
+        shown = page.locator("tr.call:visible")
+        assert shown.count() == 10
+        older = page.locator("#calls-older summary")
+        assert older.inner_text() == "Appels plus anciens (20)"
+        older.click()
+        assert shown.count() == 30
+        last = page.locator("tr.call").last
+        call = last.get_attribute("data-call")
+        last.locator("select[name=outcome]").select_option("no_answer")
+        last.locator("button[type=submit]").click()
+        page.wait_for_url(f"**/agents/agent-a1#call-{call}")
+        row = page.locator(f"tr.call[data-call='{call}']")
+        assert row.locator("select[name=outcome]").input_value() == "no_answer"
+        assert row.is_visible()
+        top, bottom = row.evaluate("r => [r.getBoundingClientRect().top, "
+                                   "r.getBoundingClientRect().bottom]")
+        assert top >= 0 and bottom <= 844, (top, bottom)
+    finally:
+        context.close()
 
 
 def test_an_english_goal_without_a_trend_counts_its_days_in_english(

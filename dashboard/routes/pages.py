@@ -34,6 +34,8 @@ def home(request: Request, db: Db, user: CurrentUser, settings: Settings) -> Res
         "is_admin": user.role == "admin"})
 
 
+CALLS_SHOWN = 10
+"""Calls listed at once on the agent page, the latest; the older ones a tap away (a phone)."""
 AUDIT_PAGE = 100
 """Audit entries listed per page of the agent view (older ones a link away)."""
 AuditBefore = Annotated[int | None, Query(ge=1, le=api.MAX_ID)]
@@ -66,7 +68,7 @@ def _agent_context(db: Db, user: User, agent: str, self_view: bool,
         "flags": flags, "goals": goals, "calls": calls, "self_view": self_view,
         "can_coach": user.supervises and not self_view,
         "metrics": [registry.describe(n, user.lang) for n in analytics.metric_names(db)],
-        "outcomes": analytics.OUTCOMES, "now_ts": time.time(),
+        "outcomes": analytics.OUTCOMES, "now_ts": time.time(), "calls_shown": CALLS_SHOWN,
         "audit": audit,
         "visits": access.group_visits(audit["entries"]) if audit else [],
         "goal_error": goal_error, "goal_form": goal_form or {},
