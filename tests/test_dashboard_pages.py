@@ -241,10 +241,15 @@ def test_the_audit_page_shows_a_share_in_percent_and_a_missing_mean_as_unknown(
 
 
 # ------------------------------------------------------------------ times in the viewer's zone
+MORNING_TS = 1795836300.0
+"""2026-11-28 03:25:00 UTC, 08:55 in Kolkata: an hour written with one digit by default."""
+
+
 def test_audit_team_and_it_pages_give_times_in_the_viewers_time_zone(
         chromium: Any, org_server: Any) -> None:
     """A supervisor in Kolkata (UTC+5:30) reads every date of the audit log, the team board and
-    the IT page in Kolkata time, as on the agent page, not in UTC."""
+    the IT page in Kolkata time, as on the agent page, not in UTC; an hour before ten with its
+    two digits ("08:55:00", as the charts write it), where it read "8:55:00"."""
     from datetime import datetime
     from zoneinfo import ZoneInfo
 
@@ -255,6 +260,9 @@ def test_audit_team_and_it_pages_give_times_in_the_viewers_time_zone(
             db.conn.execute("INSERT INTO flags (agent, box, ts, note, author, created_ts, shared) "
                             "VALUES ('agent-a1', 'box-a1', ?, 'bel accueil', 'sup-a', ?, 1)",
                             (time.time() - 50, time.time()))
+            db.conn.execute("INSERT INTO flags (agent, box, ts, note, author, created_ts, shared) "
+                            "VALUES ('agent-a1', 'box-a1', ?, 'bonne relance', 'sup-a', ?, 1)",
+                            (MORNING_TS, time.time()))
     finally:
         db.conn.close()
     context = chromium.new_context(viewport={"width": 1280, "height": 720}, locale="fr-FR",
@@ -271,6 +279,9 @@ def test_audit_team_and_it_pages_give_times_in_the_viewers_time_zone(
                 when = datetime.fromtimestamp(float(tm.get_attribute("data-ts") or "nan"),
                                               ZoneInfo("Asia/Kolkata"))
                 assert tm.inner_text() == when.strftime("%d/%m/%Y %H:%M:%S UTC+5:30"), path
+            if path == "/teams/team-a":
+                assert page.locator(f"main time[data-ts='{MORNING_TS}']").inner_text() == \
+                    "28/11/2026 08:55:00 UTC+5:30"
     finally:
         context.close()
 
