@@ -514,7 +514,9 @@ def _replay(body: bytes) -> Receive:
 class AuthMiddleware:
     """Deny by default, then CSRF on every state change.
 
-    Without a session, pages redirect (303) to /login and /api answers 401. A session whose
+    Without a session, pages redirect (303) to /login (``/login?ended=1`` when the browser sent a
+    session cookie that no longer opens one: the login page says the session ended) and /api
+    answers 401. A session whose
     second factor is pending reaches only its TOTP page. Every POST, PUT, PATCH or DELETE must
     carry the session's CSRF token, in an ``X-CSRF-Token`` header or a ``csrf`` form field.
     """
@@ -546,7 +548,8 @@ class AuthMiddleware:
             if is_api:
                 response = JSONResponse({"detail": "not authenticated"}, status_code=401)
             else:
-                response = RedirectResponse("/login", status_code=303)
+                response = RedirectResponse("/login?ended=1" if token else "/login",
+                                            status_code=303)
             await response(scope, receive, send)
             return
         if session.stage != "ok" and path not in (STAGE_PATHS.get(session.stage), "/logout"):

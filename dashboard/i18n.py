@@ -25,6 +25,10 @@ STRINGS: dict[str, tuple[str, str]] = {
     "login.submit": ("Se connecter", "Log in"),
     "login.expired": ("Session expirée, veuillez réessayer.", "Session expired, please retry."),
     "login.wrong": ("Identifiant ou mot de passe incorrect.", "Wrong username or password."),
+    "login.ended": ("Votre session a pris fin : reconnectez-vous. Si votre identifiant est refusé, "
+                    "votre compte a pu être retiré ou désactivé : adressez-vous à votre "
+                    "responsable.", "Your session ended: log in again. If your username is "
+                    "refused, your account may have been removed or disabled: ask your manager."),
     "login.throttled": ("Trop de tentatives. Réessayez plus tard.",
                         "Too many attempts. Try again later."),
     "login.busy": ("Trop de connexions en même temps. Réessayez dans un instant.",
@@ -63,6 +67,11 @@ STRINGS: dict[str, tuple[str, str]] = {
     "state.private": ("Appel privé", "Private call"),
     "state.no_capture": ("Pas de casque / capture perdue", "No headset / capture lost"),
     "state.unknown": ("—", "—"),
+    "me.state.agent": ("Vous parlez", "You are speaking"),
+    "me.state.prospect": ("Le prospect parle", "The prospect is speaking"),
+    "me.state.overlap": ("Vous parlez en même temps", "You are both speaking"),
+    "me.state.offline": ("Votre boîtier est hors ligne", "Your box is offline"),
+    "me.state.no_capture": ("Votre casque n'est pas capté", "Your headset is not picked up"),
     "online.online": ("En ligne", "Online"),
     "online.offline": ("Hors ligne", "Offline"),
     "online.unknown": ("État inconnu", "Unknown state"),
@@ -78,6 +87,10 @@ STRINGS: dict[str, tuple[str, str]] = {
     "agent.team": ("Équipe", "Team"),
     "agent.shift": ("Le poste de travail en courbes", "The shift as charts"),
     "agent.no_data": ("Pas encore de mesures.", "No measurements yet."),
+    "agent.no_data_private": ("Appel privé : rien n'est mesuré pendant ce temps.",
+                              "Private call: nothing is measured meanwhile."),
+    "agent.no_data_offline": ("Boîtier hors ligne.", "Box offline."),
+    "agent.no_data_offline_since": ("Boîtier hors ligne depuis {time}.", "Box offline since {time}."),
     "agent.fatigue_factors": ("Ce qui fait monter la fatigue (écart à sa propre voix de début de "
                               "poste, en erreurs types) :",
                               "What drives the fatigue up (drift from the agent's own voice at the "
@@ -113,16 +126,22 @@ STRINGS: dict[str, tuple[str, str]] = {
     "agent.call_duration": ("Durée", "Duration"),
     "agent.call_outcome": ("Issue", "Outcome"),
     "agent.no_calls": ("Aucun appel enregistré.", "No call recorded."),
+    "agent.calls_older": ("Appels plus anciens ({n})", "Older calls ({n})"),
     "agent.flags": ("Moments signalés", "Flagged moments"),
     "agent.no_flags": ("Aucun moment signalé.", "No flagged moment."),
     "agent.flag": ("Signaler ce moment", "Flag this moment"),
     "agent.moment": ("Moment", "Moment"),
-    "agent.note": ("Note", "Note"),
+    "agent.note": ("Note (facultative)", "Note (optional)"),
+    "agent.flag_no_note": ("(sans note)", "(no note)"),
     "agent.share": ("Partager avec l'équipe", "Share with the team"),
     "agent.goals": ("Objectifs", "Goals"),
     "agent.no_goals": ("Aucun objectif.", "No goal."),
     "agent.goal_metric": ("Mesure", "Metric"),
-    "agent.goal_label": ("Objectif", "Goal"),
+    "agent.goal_label": ("Nom de l'objectif", "Goal's name"),
+    "agent.goal_placeholder": ("ex. : ralentir le débit", "e.g. slow down"),
+    "agent.goal_direction": ("Sens", "Direction"),
+    "agent.goal_unnamed": ("Objectif non fixé : donnez-lui un nom.",
+                           "Goal not set: give it a name."),
     "agent.goal_down": ("baisser", "lower"),
     "agent.goal_up": ("augmenter", "raise"),
     "agent.days": ("j", "d"),
@@ -344,7 +363,7 @@ STRINGS: dict[str, tuple[str, str]] = {
 
 # Strings the page scripts need (passed as a JSON data block, never as inline script).
 CLIENT_KEYS = [k for k in STRINGS if k.split(".")[0] in
-               ("state", "online", "live", "seat", "chart", "agent")]
+               ("state", "online", "live", "seat", "chart", "agent") or k.startswith("me.state.")]
 
 
 def translate(lang: str, key: str) -> str:

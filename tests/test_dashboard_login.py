@@ -236,7 +236,7 @@ def test_an_enrolment_confirms_only_an_account_not_yet_enrolled(org: Any) -> Non
     # (a code of the next step: the server refuses steps up to the last one it accepted)
     next_code = totp.hotp(s_int, totp.step_of(time.time()) + 1)
     r = intruder.post("/totp/setup", data={"code": next_code, "csrf": csrf_int})
-    assert r.status_code == 303 and r.headers["location"] == "/login"  # its session is gone
+    assert r.status_code == 303 and r.headers["location"] == "/login?ended=1"  # session gone
     assert intruder.get("/api/me").status_code == 401
     assert _stored_secret(settings, "sup-new") == s_own
     # an enrolment session that outlives the enrolment (opened as it completed)

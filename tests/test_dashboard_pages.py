@@ -241,10 +241,15 @@ def test_the_audit_page_shows_a_share_in_percent_and_a_missing_mean_as_unknown(
 
 
 # ------------------------------------------------------------------ times in the viewer's zone
+MORNING_TS = 1795836300.0
+"""2026-11-28 03:25:00 UTC, 08:55 in Kolkata: an hour written with one digit by default."""
+
+
 def test_audit_team_and_it_pages_give_times_in_the_viewers_time_zone(
         chromium: Any, org_server: Any) -> None:
     """A supervisor in Kolkata (UTC+5:30) reads every date of the audit log, the team board and
-    the IT page in Kolkata time, as on the agent page, not in UTC."""
+    the IT page in Kolkata time, as on the agent page, not in UTC; an hour before ten with its
+    two digits ("08:55:00", as the charts write it), where it read "8:55:00"."""
     from datetime import datetime
     from zoneinfo import ZoneInfo
 
@@ -255,6 +260,9 @@ def test_audit_team_and_it_pages_give_times_in_the_viewers_time_zone(
             db.conn.execute("INSERT INTO flags (agent, box, ts, note, author, created_ts, shared) "
                             "VALUES ('agent-a1', 'box-a1', ?, 'bel accueil', 'sup-a', ?, 1)",
                             (time.time() - 50, time.time()))
+            db.conn.execute("INSERT INTO flags (agent, box, ts, note, author, created_ts, shared) "
+                            "VALUES ('agent-a1', 'box-a1', ?, 'bonne relance', 'sup-a', ?, 1)",
+                            (MORNING_TS, time.time()))
     finally:
         db.conn.close()
     context = chromium.new_context(viewport={"width": 1280, "height": 720}, locale="fr-FR",
@@ -271,6 +279,9 @@ def test_audit_team_and_it_pages_give_times_in_the_viewers_time_zone(
                 when = datetime.fromtimestamp(float(tm.get_attribute("data-ts") or "nan"),
                                               ZoneInfo("Asia/Kolkata"))
                 assert tm.inner_text() == when.strftime("%d/%m/%Y %H:%M:%S UTC+5:30"), path
+            if path == "/teams/team-a":
+                assert page.locator(f"main time[data-ts='{MORNING_TS}']").inner_text() == \
+                    "28/11/2026 08:55:00 UTC+5:30"
     finally:
         context.close()
 
@@ -445,11 +456,20 @@ class _AgentsBox:
             "near_talking": talk_state == "agent", "far_talking": talk_state == "prospect"}))
 
 
+def _shows(page: Any, text: str, timeout_ms: int = 2000) -> None:
+    """Wait until the page's live strip reads exactly ``text``."""
+    page.wait_for_function("(t) => document.getElementById('live-state').textContent === t",
+                           arg=text, timeout=timeout_ms)
+
+
 def test_the_agents_live_strip_says_private_or_offline_never_the_last_talk_state(
-        browser_page: Any, dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
+        browser_page: Any, chromium: Any, dashboard_server: DashboardServer, site: Any,
+        peer: Any) -> None:
     """The agent's own page, fed by the box through the real broker: once the box says private
     (its button) or goes offline, the strip says so, live and on a fresh page, instead of the
-    talk state the box last measured before."""
+    talk state the box last measured before. It speaks to the agent ("Vous parlez", "Le prospect
+    parle"), where it read them the floor's "Agent parle"; the supervisor's page keeps the
+    floor's words."""
     from tests._fixtures_dashboard import USER_PASSWORD
 
     seat = _AgentsBox(dashboard_server, site, peer)
@@ -459,13 +479,22 @@ def test_the_agents_live_strip_says_private_or_offline_never_the_last_talk_state
     strip = page.locator("#live-state")
 
     def shows(text: str) -> None:
-        page.locator("#live-state", has_text=text).wait_for(timeout=2000)
+        _shows(page, text)
 
     status(private=False)
     metrics("agent")
+    admin = chromium.new_context(locale="fr-FR")
+    try:
+        sup = admin.new_page()
+        browser_login(sup, dashboard_server.url)
+        sup.goto(dashboard_server.url + "/agents/agent-a")
+        sup.wait_for_selector("body[data-stream-ready='1']")
+        _shows(sup, "Agent parle")
+    finally:
+        admin.close()
     browser_login(page, dashboard_server.url, "ines", USER_PASSWORD, landing="/me")
     page.wait_for_selector("body[data-stream-ready='1']")
-    shows("Agent parle")
+    shows("Vous parlez")
     status(private=True)  # the box's private button
     shows("Appel privé")
     page.reload()
@@ -476,16 +505,16 @@ def test_the_agents_live_strip_says_private_or_offline_never_the_last_talk_state
     assert page.locator("#private-toggle").inner_text() == "Fin de l'appel privé"
     status(private=False)  # and the box's button turned it off again
     metrics("prospect")
-    shows("Prospect parle")
+    shows("Le prospect parle")
     page.reload()
     page.wait_for_selector("body[data-stream-ready='1']")
     assert page.locator("#private-state").count() == 0
     assert page.locator("#private-toggle").inner_text() == "Passer en appel privé"
     status("offline")
-    shows("Hors ligne")
+    shows("Votre boîtier est hors ligne")
     page.reload()
     page.wait_for_selector("body[data-stream-ready='1']")
-    assert strip.inner_text() == "Hors ligne"
+    assert strip.inner_text() == "Votre boîtier est hors ligne"
 
 
 def test_the_private_switch_never_says_on_when_the_box_is_offline(
@@ -532,10 +561,50 @@ def test_the_agents_live_strip_says_offline_when_the_box_falls_silent(
     page = browser_page
     browser_login(page, dashboard_server.url, "ines", USER_PASSWORD, landing="/me")
     page.wait_for_selector("body[data-stream-ready='1']")
-    page.locator("#live-state", has_text="Agent parle").wait_for(timeout=2000)
-    page.locator("#live-state", has_text="Hors ligne").wait_for(timeout=8000)  # silent for 4 s
+    _shows(page, "Vous parlez")
+    _shows(page, "Votre boîtier est hors ligne", 8000)  # silent for 4 s
     seat.metrics("prospect")
-    page.locator("#live-state", has_text="Prospect parle").wait_for(timeout=3000)
+    _shows(page, "Le prospect parle", 3000)
+
+
+def test_an_agent_without_rows_is_told_why_when_private_or_offline(
+        chromium: Any, dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
+    """Ines's box is in private mode, then offline, with no row in her shift: her charts said
+    only "Pas encore de mesures." each time, as for a box that had just started. They now say
+    what the seat's live state knows: the private call measures nothing, the box is offline
+    since it was last heard (in the reader's zone); back online, the bare sentence returns."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from tests._fixtures_dashboard import USER_PASSWORD
+
+    seat = _AgentsBox(dashboard_server, site, peer)
+    seat.status(private=True)
+    context = chromium.new_context(locale="fr-FR", timezone_id="Indian/Mauritius")
+    try:
+        page = context.new_page()
+        browser_login(page, dashboard_server.url, "ines", USER_PASSWORD, landing="/me")
+        page.wait_for_selector("body[data-charts-ready='1'][data-stream-ready='1']")
+        empty = page.locator("#charts #charts-empty")
+        assert empty.inner_text() == "Appel privé : rien n'est mesuré pendant ce temps."
+        seat.status("offline", private=False)
+        _shows(page, "Votre boîtier est hors ligne")
+        db = store.open_db(dashboard_server.settings.db_path)
+        try:
+            heard = db.conn.execute("SELECT last_seen_ts FROM boxes WHERE box = 'box-a'"
+                                    ).fetchone()[0]
+        finally:
+            db.conn.close()
+        since = datetime.fromtimestamp(heard, ZoneInfo("Indian/Mauritius")).strftime("%H:%M")
+        assert empty.inner_text() == f"Boîtier hors ligne depuis {since} UTC+4."
+        page.reload()  # a fresh page knows it from the stream's snapshot
+        page.wait_for_selector("body[data-charts-ready='1'][data-stream-ready='1']")
+        assert empty.inner_text() == f"Boîtier hors ligne depuis {since} UTC+4."
+        seat.status(private=False)
+        _shows(page, "—")
+        assert empty.inner_text() == "Pas encore de mesures."
+    finally:
+        context.close()
 
 
 # ------------------------------------------------------------------ screens
@@ -603,7 +672,8 @@ def test_the_pages_fit_the_screen_without_scrolling_sideways(
 def test_a_call_without_an_outcome_reads_unknown_not_meeting_booked(
         browser_page: Any, org_server: Any) -> None:
     """agent-b1's call has no outcome yet: its row says "—" and saving it untouched tags nothing,
-    where it read "Rendez-vous" (the list's first choice) as if a meeting had been booked."""
+    where it read "Rendez-vous" (the list's first choice) as if a meeting had been booked. A call
+    tagged by mistake goes back to "—" the same way."""
     server, data = org_server
     call = data["team_b"]["calls"][0]
     page = browser_page
@@ -615,20 +685,71 @@ def test_a_call_without_an_outcome_reads_unknown_not_meeting_booked(
     # its columns are named, and its campaign by its name, not its id ('camp-b')
     assert page.locator("#calls th").all_inner_texts() == ["Début", "Campagne", "Durée", "Issue"]
     assert row.locator("td").nth(1).inner_text() == "Mutuelle"
-    row.locator("button[type=submit]").click()  # refused by the form: nothing chosen
-    page.wait_for_timeout(300)
-    assert page.url.endswith("/agents/agent-b1")
-    db = store.open_db(server.settings.db_path)
-    try:
-        assert db.conn.execute("SELECT outcome FROM calls WHERE id = ?",
-                               (call,)).fetchone() == (None,)
-    finally:
-        db.conn.close()
+    row.locator("button[type=submit]").click()  # "—" saved on an untagged call: nothing to do
+    page.wait_for_url(f"**/agents/agent-b1#call-{call}")
+    assert _outcome_and_audits(server, call) == (None, 0)
     select.select_option("callback")
     row.locator("button[type=submit]").click()
-    page.wait_for_url("**/agents/agent-b1")
-    assert page.locator(f"tr.call[data-call='{call}'] select[name=outcome]").evaluate(
-        "s => s.options[s.selectedIndex].text") == "À rappeler"
+    page.wait_for_url(f"**/agents/agent-b1#call-{call}")
+    assert select.evaluate("s => s.options[s.selectedIndex].text") == "À rappeler"
+    assert _outcome_and_audits(server, call) == ("callback", 1)
+    # tagged by mistake: "—" takes the tag back off (the browser's own "Sélectionnez un élément
+    # dans la liste" stopped it before), audited as any change of outcome
+    select.select_option(label="—")
+    row.locator("button[type=submit]").click()
+    page.wait_for_url(f"**/agents/agent-b1#call-{call}")
+    assert select.evaluate("s => s.options[s.selectedIndex].text") == "—"
+    assert _outcome_and_audits(server, call) == (None, 2)
+
+
+def _outcome_and_audits(server: Any, call: int) -> tuple[str | None, int]:
+    """The call's outcome and how many changes of outcome the audit log records of it."""
+    db = store.open_db(server.settings.db_path)
+    try:
+        outcome = db.conn.execute("SELECT outcome FROM calls WHERE id = ?", (call,)).fetchone()[0]
+        n = db.conn.execute("SELECT count(*) FROM audit_log WHERE action = 'call_outcome' AND "
+                            "json_extract(detail, '$.call') = ?", (call,)).fetchone()[0]
+    finally:
+        db.conn.close()
+    return outcome, n
+
+
+def test_on_a_phone_the_calls_list_does_not_bury_the_page_and_a_tag_comes_back_to_its_call(
+        chromium: Any, org_server: Any) -> None:
+    """Amina's 30 calls took 2,930 px of a 390 px wide phone, her page 5,126 px in all for a
+    supervisor, and saving an outcome brought the page back to its top, thousands of pixels
+    above the call. The latest calls are listed, the older ones a tap
+    away, and a saved outcome comes back to its call, in sight."""
+    server, _ = org_server
+    context = chromium.new_context(viewport={"width": 390, "height": 844}, locale="fr-FR")
+    try:
+        page = context.new_page()
+        browser_login(page, server.url)
+        page.goto(server.url + "/agents/agent-a1")
+        page.wait_for_selector("body[data-charts-ready='1']")
+        assert page.locator("tr.call").count() == 30
+        calls_px = page.evaluate("document.getElementById('calls').offsetHeight")
+        assert calls_px < 1400, calls_px
+        assert page.evaluate("document.documentElement.scrollHeight") < 3500
+        shown = page.locator("tr.call:visible")
+        assert shown.count() == 10
+        older = page.locator("#calls-older summary")
+        assert older.inner_text() == "Appels plus anciens (20)"
+        older.click()
+        assert shown.count() == 30
+        last = page.locator("tr.call").last
+        call = last.get_attribute("data-call")
+        last.locator("select[name=outcome]").select_option("no_answer")
+        last.locator("button[type=submit]").click()
+        page.wait_for_url(f"**/agents/agent-a1#call-{call}")
+        row = page.locator(f"tr.call[data-call='{call}']")
+        assert row.locator("select[name=outcome]").input_value() == "no_answer"
+        assert row.is_visible()
+        top, bottom = row.evaluate("r => [r.getBoundingClientRect().top, "
+                                   "r.getBoundingClientRect().bottom]")
+        assert top >= 0 and bottom <= 844, (top, bottom)
+    finally:
+        context.close()
 
 
 def test_an_english_goal_without_a_trend_counts_its_days_in_english(
@@ -839,6 +960,46 @@ def test_an_agent_page_whose_agent_is_gone_says_so_and_stops_retrying(
     assert page.locator("#live-state").inner_text() == "—"
 
 
+def test_an_agents_page_left_open_when_they_are_erased_lands_on_a_login_page_that_says_why(
+        browser_page: Any, org_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Amina's own page stays open while an admin erases her: her session goes with her account,
+    and the page sent her to the login form, which said nothing of why she was there. The login
+    page now says the session ended, and that the account may have been removed; a fresh visit
+    to it, or a login refused after it, does not say so."""
+    from dashboard import retention
+    from dashboard.routes import stream
+    from tests._fixtures_dashboard import USER_PASSWORD
+
+    monkeypatch.setattr(stream, "KEEPALIVE_S", 0.2)  # the open stream checks its session at once
+    monkeypatch.setattr(stream, "SCOPE_REFRESH_S", 0.0)
+    server, _ = org_server
+    page = browser_page
+    browser_login(page, server.url, "amina", USER_PASSWORD, landing="/me")
+    page.wait_for_selector("body[data-charts-ready='1'][data-stream-ready='1']")
+    db = store.open_db(server.settings.db_path)
+    try:
+        retention.erase_agent(db, "agent-a1")
+    finally:
+        db.conn.close()
+    page.wait_for_url("**/login*", timeout=10_000)
+    ended = ("Votre session a pris fin : reconnectez-vous. Si votre identifiant est refusé, "
+             "votre compte a pu être retiré ou désactivé : adressez-vous à votre responsable.")
+    assert page.locator("#login-ended").inner_text() == ended
+    assert page.locator("#login-ended").get_attribute("role") == "status"
+    page.goto(server.url + "/me")  # a page asked with the ended session's cookie: the same
+    page.wait_for_url("**/login*")
+    assert page.locator("#login-ended").inner_text() == ended
+    page.fill("#username", "amina")
+    page.fill("#password", USER_PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_load_state()
+    assert page.locator(".error").inner_text() == "Identifiant ou mot de passe incorrect."
+    assert page.locator("#login-ended").count() == 0
+    page.context.clear_cookies()
+    page.goto(server.url + "/login")
+    assert page.locator("#login-ended").count() == 0
+
+
 def test_a_refused_campaign_form_keeps_what_was_typed_and_says_why_beside_it(
         browser_page: Any, org_server: Any) -> None:
     """Supervisor A types a campaign whose two variants share a name, then one whose id is taken.
@@ -919,3 +1080,82 @@ def test_french_pages_write_decimals_with_a_comma(browser_page: Any, org_server:
     assert page.locator("#variants tr.variant td.rate").first.inner_text() == "30.0 %"
     page.goto(server.url + "/agents/agent-a1")
     assert page.locator("#calls tr.call td").nth(2).inner_text() == "3.0 min"
+
+
+# ------------------------------------------------------------------ the coaching forms
+def test_a_goal_named_only_with_spaces_is_refused_beside_its_labelled_form(
+        browser_page: Any, org_server: Any) -> None:
+    """Supervisor A names a goal with three spaces: the browser's "required" lets it through and
+    it was saved as a goal without a name (an empty bold line on the agent's page). It now comes
+    back to the agent's page, the form as typed and the reason above it; its fields are named by
+    visible labels, not only by a placeholder that disappears once typed in."""
+    from tests._fixtures_dashboard import USER_PASSWORD
+
+    server, data = org_server
+    page = browser_page
+    browser_login(page, server.url, "sup-a", USER_PASSWORD, data["secrets"]["sup-a"])
+    page.goto(server.url + "/agents/agent-a1")
+    form = page.locator("#goal-form")
+    name = form.get_by_label("Nom de l'objectif")
+    metric = form.get_by_label("Mesure")
+    assert name.get_attribute("name") == "label" and metric.get_attribute("name") == "metric"
+    name.fill("   ")
+    metric.select_option("near_speech_ratio")
+    form.get_by_label("Sens").select_option("up")
+    form.locator("button[type=submit]").click()
+    page.wait_for_load_state()
+    error = page.locator("#goals #goal-error")
+    assert error.inner_text() == "Objectif non fixé : donnez-lui un nom."
+    assert error.get_attribute("role") == "alert"
+    assert page.locator("#goal-form select[name=metric]").input_value() == "near_speech_ratio"
+    assert page.locator("#goal-form select[name=direction]").input_value() == "up"
+    assert page.locator("#goal-form input[name=label]").input_value() == "   "
+    db = store.open_db(server.settings.db_path)
+    try:
+        assert db.conn.execute("SELECT count(*) FROM goals WHERE agent = 'agent-a1'"
+                               ).fetchone() == (0,)
+    finally:
+        db.conn.close()
+    page.locator("#goal-form input[name=label]").fill("laisser parler")
+    page.locator("#goal-form button[type=submit]").click()
+    page.wait_for_url("**/agents/agent-a1#goals")
+    assert page.locator("#goals .goal strong").all_inner_texts() == ["laisser parler"]
+    assert page.locator("#goal-error").count() == 0
+
+
+def test_a_moment_flagged_without_a_note_reads_as_such_not_as_an_empty_line(
+        chromium: Any, org_server: Any) -> None:
+    """A supervisor may mark a moment to come back to without writing anything: it is kept, and
+    the agent (their page, its chart's marker) and the team board say it has no note, where they
+    read "14:03 —  par sup-a" and "agent-a1 : " with nothing after."""
+    from tests._fixtures_dashboard import USER_PASSWORD
+
+    server, data = org_server
+    sup = chromium.new_context(locale="fr-FR")
+    try:
+        page = sup.new_page()
+        browser_login(page, server.url, "sup-a", USER_PASSWORD, data["secrets"]["sup-a"])
+        page.goto(server.url + "/agents/agent-a1")
+        page.wait_for_selector("body[data-charts-ready='1']")
+        assert page.locator("#flag-form").get_by_label("Note (facultative)").input_value() == ""
+        page.check("#flag-form input[name=shared]")
+        page.click("#flag-submit")
+        page.wait_for_url("**/agents/agent-a1#flags")
+        assert page.locator("#flag-list .flag").count() == 1
+        page.goto(server.url + "/teams/team-a")
+        shared = page.locator("section:has(h2:text-is('Appels remarquables')) li").first
+        assert shared.inner_text().endswith("agent-a1 : (sans note)"), shared.inner_text()
+    finally:
+        sup.close()
+    agent = chromium.new_context(locale="fr-FR")
+    try:
+        page = agent.new_page()
+        browser_login(page, server.url, "amina", USER_PASSWORD, landing="/me")
+        page.wait_for_selector("body[data-charts-ready='1']")
+        flag = page.locator("#flag-list .flag").first
+        assert flag.locator(".flag-note").inner_text() == "(sans note)"
+        assert " —  " not in flag.inner_text()
+        assert page.locator("#charts .flag-marker title").first.text_content() == \
+            "moment signalé (sans note)"
+    finally:
+        agent.close()

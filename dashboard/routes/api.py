@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, Field, StringConstraints, field_validator
 
 from miroir import wire
 
@@ -58,14 +58,23 @@ class GoalIn(BaseModel):
     """A focus goal set for an agent."""
 
     metric: str = Field(description="Metric name (see /api/metrics/registry).")
-    label: str = Field(max_length=120, description="Goal in words, e.g. « ralentir ».")
+    label: str = Field(max_length=120, description="Goal in words, e.g. « ralentir » (not blank).")
     direction: str = Field("down", pattern="^(up|down)$", description="Desired direction.")
+
+    @field_validator("label")
+    @classmethod
+    def _named(cls, label: str) -> str:
+        """A goal needs a name: one made only of spaces would be saved as an empty goal."""
+        if not label.strip():
+            raise ValueError("a goal needs a name")
+        return label.strip()
 
 
 class OutcomeIn(BaseModel):
     """The outcome of a call."""
 
-    outcome: str = Field(description="meeting, callback, refusal or no_answer.")
+    outcome: str | None = Field(description="meeting, callback, refusal or no_answer; null takes "
+                                            "a tag set by mistake back off.")
 
 
 class CallIn(BaseModel):
@@ -401,12 +410,15 @@ def add_goal(db: Any, user: User, agent: str, body: GoalIn) -> int:
     return goal_id
 
 
-def set_outcome(db: Any, user: User, call_id: int, outcome: str) -> None:
-    """Tag a call's outcome (the agent themself, their supervisors, admins)."""
+def set_outcome(db: Any, user: User, call_id: int, outcome: str | None) -> None:
+    """Tag a call's outcome, or take it off with None (the agent themself, their supervisors,
+    admins; audited when it changes)."""
     call = _require_call(db, user, call_id)
     require_role(user, "admin", "supervisor", "agent")
-    if outcome not in analytics.OUTCOMES:
+    if outcome is not None and outcome not in analytics.OUTCOMES:
         raise HTTPException(status_code=422, detail=f"outcome must be one of {analytics.OUTCOMES}")
+    if outcome is None and call["outcome"] is None:
+        return  # nothing was tagged: nothing to take back
     with db.conn:
         db.conn.execute("UPDATE calls SET outcome = ?, outcome_by = ?, outcome_ts = ? WHERE id = ?",
                         (outcome, user.username, time.time(), call_id))
@@ -681,7 +693,7 @@ def get_call(db: Db, user: CurrentUser, call_id: RowId) -> dict[str, Any]:
 
 @router.post("/calls/{call_id}/outcome")
 def post_outcome(db: Db, user: CurrentUser, call_id: RowId, body: OutcomeIn) -> dict[str, Any]:
-    """Tag a call's outcome."""
+    """Tag a call's outcome (null takes a tag back off)."""
     set_outcome(db, user, call_id, body.outcome)
     return {"id": call_id, "outcome": body.outcome}
 

@@ -34,13 +34,16 @@ def home(request: Request, db: Db, user: CurrentUser, settings: Settings) -> Res
         "is_admin": user.role == "admin"})
 
 
+CALLS_SHOWN = 10
+"""Calls listed at once on the agent page, the latest; the older ones a tap away (a phone)."""
 AUDIT_PAGE = 100
 """Audit entries listed per page of the agent view (older ones a link away)."""
 AuditBefore = Annotated[int | None, Query(ge=1, le=api.MAX_ID)]
 
 
 def _agent_context(db: Db, user: User, agent: str, self_view: bool,
-                   audit_before: int | None = None) -> dict[str, Any]:
+                   audit_before: int | None = None, goal_error: str | None = None,
+                   goal_form: dict[str, str] | None = None) -> dict[str, Any]:
     row = access.require_agent(db, user, agent)
     seat = db.conn.execute("SELECT box, label FROM seats WHERE agent = ?", (agent,)).fetchone()
     box_private = seat and db.conn.execute("SELECT private FROM boxes WHERE box = ?",
@@ -65,9 +68,10 @@ def _agent_context(db: Db, user: User, agent: str, self_view: bool,
         "flags": flags, "goals": goals, "calls": calls, "self_view": self_view,
         "can_coach": user.supervises and not self_view,
         "metrics": [registry.describe(n, user.lang) for n in analytics.metric_names(db)],
-        "outcomes": analytics.OUTCOMES, "now_ts": time.time(),
+        "outcomes": analytics.OUTCOMES, "now_ts": time.time(), "calls_shown": CALLS_SHOWN,
         "audit": audit,
         "visits": access.group_visits(audit["entries"]) if audit else [],
+        "goal_error": goal_error, "goal_form": goal_form or {},
     }
 
 
@@ -108,18 +112,28 @@ def flag_form(request: Request, db: Db, user: CurrentUser, agent: str,
 def goal_form(request: Request, db: Db, user: CurrentUser, agent: str,
               metric: Annotated[str, Form(max_length=64)],
               label: Annotated[str, Form(max_length=120)],
-              direction: Annotated[str, Form(max_length=4)] = "down") -> Response:
-    """Set a focus goal from the agent page."""
-    api.add_goal(db, user, agent, api.GoalIn(metric=metric, label=label, direction=direction))
+              direction: Annotated[str, Form(pattern="^(up|down)$")] = "down") -> Response:
+    """Set a focus goal from the agent page; refused (a name of spaces only), the agent's page
+    comes back with the form as typed and the reason above it."""
+    try:
+        body = api.GoalIn(metric=metric, label=label, direction=direction)
+    except ValidationError:
+        require_role(user, "admin", "supervisor")
+        ctx = _agent_context(db, user, agent, self_view=False,
+                             goal_error=i18n.translate(user.lang, "agent.goal_unnamed"),
+                             goal_form={"label": label, "metric": metric, "direction": direction})
+        access.audit(db, user, "view_agent", agent)  # the page shows the agent's data again
+        return render(request, "agent.html", ctx, 422)
+    api.add_goal(db, user, agent, body)
     return RedirectResponse(f"/agents/{quote(agent, safe='')}#goals", status_code=303)
 
 
 @router.post("/calls/{call_id}/outcome")
 def outcome_form(request: Request, db: Db, user: CurrentUser, call_id: api.RowId,
-                 outcome: Annotated[str, Form(max_length=16)],
+                 outcome: Annotated[str, Form(max_length=16)] = "",
                  next: Annotated[str, Form(max_length=512)] = "/") -> Response:
-    """Tag a call's outcome from a page."""
-    api.set_outcome(db, user, call_id, outcome)
+    """Tag a call's outcome from a page ("—", sent empty, takes a tag back off)."""
+    api.set_outcome(db, user, call_id, outcome or None)
     return RedirectResponse(safe_next(next), status_code=303)
 
 

@@ -14,10 +14,12 @@ from .deps import Db, Settings, render
 router = APIRouter(tags=["session"])
 
 
-def _login_page(request: Request, secure: bool, error: str | None, status: int) -> Response:
+def _login_page(request: Request, secure: bool, error: str | None, status: int,
+                ended: bool = False) -> Response:
     csrf = secrets.token_urlsafe(32)
     request.state.csrf = csrf
-    response = render(request, "login.html", {"error": error, "bare": True}, status)
+    response = render(request, "login.html", {"error": error, "ended": ended, "bare": True},
+                      status)
     auth.set_cookie(response, auth.csrf_cookie_name(secure), csrf, secure)
     return response
 
@@ -58,8 +60,10 @@ def _start(response: Response, request: Request, db: Db, settings: Settings, use
 
 @router.get("/login", include_in_schema=False)
 def login_form(request: Request, settings: Settings) -> Response:
-    """The login form, with a fresh double-submit CSRF token."""
-    return _login_page(request, settings.secure_cookies, None, 200)
+    """The login form, with a fresh double-submit CSRF token; with ``?ended=1`` (a page or a
+    script of the dashboard found its session over) it says the session ended."""
+    return _login_page(request, settings.secure_cookies, None, 200,
+                       ended=request.query_params.get("ended") == "1")
 
 
 @router.post("/login", include_in_schema=False)

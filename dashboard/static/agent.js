@@ -8,6 +8,11 @@
   const t = (k) => (k in T ? T[k] : k);
   const body = document.body;
   const agent = body.dataset.agent;
+  const selfView = body.dataset.self === "1";
+  // the seat's state as its reader is told it: to the agent on their own page ("Vous parlez",
+  // "Le prospect parle"), in the floor's words ("Agent parle") to a supervisor
+  const stateText = (key) => (selfView && ("me.state." + key) in T ? T["me.state." + key]
+                                                                  : t("state." + key));
   const charts = document.getElementById("charts");
   const flagTs = document.getElementById("flag-ts");
   const flagTime = document.getElementById("flag-time");
@@ -42,8 +47,9 @@
     if (!rows.length) {
       const p = document.createElement("p");
       p.className = "muted";
-      p.textContent = t("agent.no_data");
+      p.id = "charts-empty";
       charts.appendChild(p);
+      showEmpty();
       body.dataset.chartsReady = "1";
       return;
     }
@@ -56,7 +62,9 @@
     }
     const t0 = rows[0].ts, t1 = rows[rows.length - 1].ts;
     const onPick = flagTs ? pick : null;
-    const common = { t0, t1, cues: data.cues, flags: data.flags, onPick };
+    const flags = data.flags.map((f) => (f.note ? f : Object.assign({}, f, {
+      note: t("chart.flag") + " " + t("agent.flag_no_note") })));  // a moment marked, no words
+    const common = { t0, t1, cues: data.cues, flags, onPick };
     MiroirCharts.states(charts, Object.assign({ title: t("chart.turns"), rows }, common));
     const empty = [];  // measured by nobody in this window: named once, not drawn as empty frames
     data.metrics.forEach((m, i) => {
@@ -254,10 +262,36 @@
 
   function heard(ts) { if (ts && (seat.heardS === null || ts > seat.heardS)) seat.heardS = ts; }
 
+  // Why the shift has no row, when the seat's live state knows: a private call measures nothing,
+  // a box offline (its status, or silent) since it was last heard; else the bare sentence.
+  function showEmpty() {
+    const p = document.getElementById("charts-empty");
+    if (!p) return;
+    let text = t("agent.no_data");
+    if (seat.priv) {
+      text = t("agent.no_data_private");
+    } else if (seat.state === "offline" || silent()) {
+      text = seat.heardS === null ? t("agent.no_data_offline")
+        : t("agent.no_data_offline_since").replace("{time}", since(seat.heardS));
+    }
+    if (p.textContent !== text) p.textContent = text;
+  }
+
+  // HH:MM in the reader's zone, named; with the day when it is not today.
+  function since(ts) {
+    const when = new Date(ts * 1000);
+    const opts = { hour: "2-digit", minute: "2-digit", timeZoneName: "short" };
+    if (when.toDateString() !== new Date().toDateString()) {
+      Object.assign(opts, { day: "numeric", month: "short" });
+    }
+    return when.toLocaleString(T.lang === "en" ? "en-GB" : "fr-FR", opts);
+  }
+
   function showSeat(el) {
+    showEmpty();
     if (gone) return;
     const key = seat.state === "offline" || silent() ? "offline" : seat.priv ? "private" : seat.talk;
-    el.textContent = key ? t("state." + key) : "—";
+    el.textContent = key ? stateText(key) : "—";
     el.dataset.state = key || "unknown";
   }
 
@@ -310,7 +344,7 @@
       // log in again if the session is over, or stop if the agent is no longer there to see
       if (es.readyState !== EventSource.CLOSED) return;
       fetch("/api/agents", { credentials: "same-origin" }).then((r) => {
-        if (r.status === 401) { window.location.assign("/login"); return null; }
+        if (r.status === 401) { window.location.assign("/login?ended=1"); return null; }
         return r.ok ? r.json() : { agents: [{ agent }] };
       }).then((d) => {
         if (!d) return;

@@ -369,7 +369,7 @@
       setConn(false);
       if (es.readyState === EventSource.CLOSED) {
         fetch("/api/ingest/stats", { credentials: "same-origin" }).then((r) => {
-          if (r.status === 401) window.location.assign("/login");
+          if (r.status === 401) window.location.assign("/login?ended=1");
           else setTimeout(connect, 2000);
         }, () => setTimeout(connect, 2000));
       }
@@ -378,7 +378,7 @@
 
   function pollStats() {
     fetch("/api/ingest/stats", { credentials: "same-origin" }).then((r) => {
-      if (r.status === 401) { window.location.assign("/login"); return null; }
+      if (r.status === 401) { window.location.assign("/login?ended=1"); return null; }
       return r.ok ? r.json() : null;
     }).then((s) => {
       if (!s) return;

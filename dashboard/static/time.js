@@ -5,8 +5,11 @@
 
 (function () {
   const locale = document.documentElement.lang === "en" ? "en-GB" : "fr-FR";
+  // every field of two digits: French's default wrote an hour before ten with one ("8:55:00")
+  const opts = { day: "2-digit", month: "2-digit", year: "numeric", hour: "2-digit",
+                 minute: "2-digit", second: "2-digit", timeZoneName: "short" };
   for (const tm of document.querySelectorAll("time[data-ts]")) {
     const when = new Date(parseFloat(tm.dataset.ts) * 1000);
-    if (!isNaN(when.getTime())) tm.textContent = when.toLocaleString(locale, { timeZoneName: "short" });
+    if (!isNaN(when.getTime())) tm.textContent = when.toLocaleString(locale, opts);
   }
 })();
