@@ -395,15 +395,14 @@ class Updater:
         if self.built_from(manifest.version) == manifest.payload_sha256:
             return final
         stage = self.releases / f".staging-{manifest.version}"
-        shutil.rmtree(stage, ignore_errors=True)
+        copy_dir = self.releases / f".staging-{manifest.version}.payload"
+        for d in (stage, copy_dir):
+            shutil.rmtree(d, ignore_errors=True)
         stage.mkdir()
         try:
-            with open(bundle, "rb") as fh:
-                fh.seek(manifest.payload_offset)
-                data = fh.read(manifest.payload_bytes + 1)
-            if hashlib.sha256(data).hexdigest() != manifest.payload_sha256:
-                raise UpdateError("payload changed after verification")
-            with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            copy_dir.mkdir(mode=0o700)
+            payload = _copy_payload(bundle, manifest, copy_dir / "payload.tar.gz")
+            with tarfile.open(payload, mode="r:gz") as tar:
                 _extract(tar, stage)
                 self._crash("unpack")
             (stage / COMPLETE_MARK).write_text(f"{manifest.version}\n{manifest.payload_sha256}\n")
@@ -413,6 +412,8 @@ class Updater:
             if isinstance(exc, UpdateError):
                 raise
             raise UpdateError(f"cannot unpack release {manifest.version}: {exc}") from None
+        finally:
+            shutil.rmtree(copy_dir, ignore_errors=True)
         self._remove(final)
         os.replace(stage, final)
         _fsync_dir(self.releases)
@@ -625,6 +626,27 @@ class Updater:
         for path in list(self.releases.iterdir()):
             if not path.name.startswith(".") and path.name not in keep:
                 self._remove(path)
+
+
+def _copy_payload(bundle: Path, manifest: Manifest, dest: Path) -> Path:
+    """Copy the bundle's verified payload to ``dest`` (in a folder only root can write), hashing it
+    again on the way, a megabyte at a time: what is unpacked is what was verified (the bundle may
+    change after its check) and memory stays flat whatever the release's size.
+
+    Raises:
+        UpdateError: the payload read now is not the one verified.
+    """
+    digest = hashlib.sha256()
+    left = manifest.payload_bytes + 1  # one byte more: a payload grown since shows as changed
+    with open(bundle, "rb") as src, open(dest, "wb") as out:
+        src.seek(manifest.payload_offset)
+        while left and (chunk := src.read(min(CHUNK, left))):
+            digest.update(chunk)
+            out.write(chunk)
+            left -= len(chunk)
+    if digest.hexdigest() != manifest.payload_sha256:
+        raise UpdateError("payload changed after verification")
+    return dest
 
 
 def _extract(tar: tarfile.TarFile, dest: Path) -> None:

@@ -843,3 +843,32 @@ def test_an_update_with_a_mistyped_root_changes_nothing(
         assert f"{typo} holds no running release" in done.stderr and "check --root" in done.stderr
         assert not typo.exists()
     assert running(up.root) == "miroir 1.0"
+
+
+def test_unpacking_a_large_release_keeps_memory_flat(
+        tmp_path: Path, keys: tuple[bytes, bytes]) -> None:
+    """Unpacking read the whole payload into memory (up to MAX_PAYLOAD_BYTES, 512 MB) while the
+    agent runs beside it on a Pi: a 48 MB release raised the install's peak memory by 50 MB.
+    The verified payload is now copied a megabyte at a time and unpacked from that copy: the peak
+    grows by a few megabytes, and the copy is gone afterwards."""
+    priv, pub = keys
+    (tmp_path / "release.pub").write_bytes(pub)
+    small = release(tmp_path / "s", "1.0", priv)
+    large = release(tmp_path / "l", "2.0", priv, filler_bytes=48_000_000)
+    probe = ("import re, sys; from pathlib import Path; from edge.update import Updater; "
+             "up = Updater(Path(sys.argv[1])); "
+             "up.install(Path(sys.argv[2]), Path(sys.argv[3]).read_bytes(), restart=lambda: None, "
+             "health=lambda v: True); "  # VmHWM: this process's own peak (ru_maxrss keeps pytest's)
+             "print(re.search(r'VmHWM:\\s+(\\d+)', Path('/proc/self/status').read_text())[1])")
+
+    def peak_kb(root: Path, bundle: Path) -> int:
+        done = subprocess.run([sys.executable, "-c", probe, str(root), str(bundle),
+                               str(tmp_path / "release.pub")], env={**os.environ, "PYTHONPATH": str(REPO)},
+                              capture_output=True, text=True, timeout=120, check=True)
+        return int(done.stdout.strip())
+
+    base = peak_kb(tmp_path / "root-s", small)
+    grown = peak_kb(tmp_path / "root-l", large) - base
+    assert grown < 16_000, f"installing a 48 MB release grew the peak memory by {grown} kB"
+    assert (tmp_path / "root-l" / "releases" / "2.0" / "lib.bin").stat().st_size == 48_000_000
+    assert not list((tmp_path / "root-l" / "releases").glob(".staging-*"))
