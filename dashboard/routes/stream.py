@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -82,6 +83,35 @@ def _seated(db_path: Any, agent: str, text: str) -> bool:
         db.conn.close()
 
 
+def _windows(db_path: Any, agents: list[str]) -> dict[str, list[tuple[float, float]]]:
+    """Per box, the spans of time (from, to; infinite while open) one of ``agents`` sat there:
+    the rows of the floor's stream measured outside them are another agent's (a box's backlog
+    sent after its seat changed hands)."""
+    if not agents:
+        return {}
+    db = store.open_db(db_path)
+    try:
+        rows = db.conn.execute(
+            f"SELECT box, from_ts, to_ts FROM seat_history WHERE agent IN "
+            f"({','.join('?' for _ in agents)})", agents).fetchall()
+    finally:
+        db.conn.close()
+    out: dict[str, list[tuple[float, float]]] = {}
+    for box, from_ts, to_ts in rows:
+        out.setdefault(str(box), []).append((float(from_ts),
+                                             math.inf if to_ts is None else float(to_ts)))
+    return out
+
+
+def _measured_in(windows: dict[str, list[tuple[float, float]]], text: str) -> bool:
+    """Whether the hub message ``text`` is a box status, or a row measured within ``windows``."""
+    message = json.loads(text)
+    if message.get("kind") == "status":
+        return True
+    ts = float(message.get("ts", 0))
+    return any(start <= ts < end for start, end in windows.get(str(message.get("box")), ()))
+
+
 def _retired(db_path: Any) -> set[str]:
     """The boxes retired from the site (``miroir dashboard retire``)."""
     db = store.open_db(db_path)
@@ -148,6 +178,9 @@ async def stream(request: Request,
                  ) -> StreamingResponse:
     """``snapshot`` event first, then ``update`` events for the boxes in the user's scope, and a
     ``retired`` event (``{"box": ...}``) for a box retired meanwhile (``miroir dashboard retire``).
+    Of a box's rows, only those measured while one of the user's agents sat there (all for an
+    admin), as in the snapshot: a backlog a box sends after its seat changed hands is the
+    previous agent's.
 
     With ``agent``: that agent's box only, and of its rows those measured while the agent sat
     there (the agent page's live charts); 404 out of the user's scope, and one audit entry for
@@ -181,6 +214,9 @@ async def stream(request: Request,
         scoped_at = time.monotonic()
         retired = await run_in_threadpool(_retired, settings.db_path)
         agents = await run_in_threadpool(_agents, settings.db_path, username, agent)
+        # the floor (no agent): only rows measured while an agent of the user's sat at the box
+        windows = None if agent is not None or agents is None else \
+            await run_in_threadpool(_windows, settings.db_path, agents)
         snap = await run_in_threadpool(_snapshot, settings.db_path, settings.site, allowed, agents)
         yield f"retry: {RETRY_MS}\n\n"
         yield sse("snapshot", snap)
@@ -193,6 +229,10 @@ async def stream(request: Request,
                                                       settings.session_idle_s, agent)
                 except HTTPException:
                     return
+                if agent is None:  # the user's agents may have changed too
+                    agents = await run_in_threadpool(_agents, settings.db_path, username)
+                    windows = None if agents is None else \
+                        await run_in_threadpool(_windows, settings.db_path, agents)
                 scoped_at = time.monotonic()
                 now_retired = await run_in_threadpool(_retired, settings.db_path)
                 for box in sorted(now_retired - retired):  # the page takes its seat away
@@ -202,8 +242,9 @@ async def stream(request: Request,
             if text is None:
                 yield ": keepalive\n\n"
             elif (allowed is None or _box_of(text) in allowed) and (
-                    agent is None
-                    or await run_in_threadpool(_seated, settings.db_path, agent, text)):
+                    (agent is None and (windows is None or _measured_in(windows, text)))
+                    or (agent is not None
+                        and await run_in_threadpool(_seated, settings.db_path, agent, text))):
                 yield sse("update", text)
 
     return _HeldStream(events(), hub, sub)
