@@ -1144,7 +1144,7 @@ def test_a_moment_flagged_without_a_note_reads_as_such_not_as_an_empty_line(
         assert page.locator("#flag-list .flag").count() == 1
         page.goto(server.url + "/teams/team-a")
         shared = page.locator("section:has(h2:text-is('Appels remarquables')) li").first
-        assert shared.inner_text().endswith("agent-a1 : (sans note)"), shared.inner_text()
+        assert shared.inner_text().endswith("Amina Diallo : (sans note)"), shared.inner_text()
     finally:
         sup.close()
     agent = chromium.new_context(locale="fr-FR")
@@ -1159,3 +1159,30 @@ def test_a_moment_flagged_without_a_note_reads_as_such_not_as_an_empty_line(
             "moment signalé (sans note)"
     finally:
         agent.close()
+
+
+def test_the_team_board_names_the_agent_of_a_remarkable_call(
+        browser_page: Any, org_server: Any) -> None:
+    """"Appels remarquables" named the agent by id ("agent-a1 : bel accueil") where the board's
+    progress table above, the floor and the agent page name her (Amina Diallo); an agent without
+    a name is still named by id. The link still opens her flags."""
+    server, _ = org_server
+    db = store.open_db(server.settings.db_path)
+    try:
+        schema.import_inventory(db, [{"box": "box-a3", "seat": "A3", "agent": "agent-a3",
+                                      "team": "team-a"}], site=server.settings.site)
+        with db.conn:
+            for agent, note, ago_s in (("agent-a1", "bel accueil", 50), ("agent-a3", "relance", 40)):
+                db.conn.execute("INSERT INTO flags (agent, box, ts, note, author, created_ts, "
+                                "shared) VALUES (?, 'box-a1', ?, ?, 'sup-a', ?, 1)",
+                                (agent, time.time() - ago_s, note, time.time()))
+    finally:
+        db.conn.close()
+    page = browser_page
+    browser_login(page, server.url)
+    page.goto(server.url + "/teams/team-a")
+    shared = page.locator("section:has(h2:text-is('Appels remarquables')) li")
+    texts = [t.split(" — ", 1)[1] for t in shared.all_inner_texts()]
+    assert texts == ["agent-a3 : relance", "Amina Diallo : bel accueil"]
+    link = shared.nth(1).locator("a")
+    assert link.get_attribute("href") == "/agents/agent-a1#flags"
