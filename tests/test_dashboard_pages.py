@@ -1186,3 +1186,47 @@ def test_the_team_board_names_the_agent_of_a_remarkable_call(
     assert texts == ["agent-a3 : relance", "Amina Diallo : bel accueil"]
     link = shared.nth(1).locator("a")
     assert link.get_attribute("href") == "/agents/agent-a1#flags"
+
+
+def test_the_agent_page_pages_through_calls_older_than_its_fifty(
+        browser_page: Any, org_server: Any) -> None:
+    """Amina has 70 calls: her page listed the latest 50 and said nothing of the other 20 (only
+    the CSV export had them), so a supervisor could neither see nor tag them. The page says
+    which of how many it lists and pages back through the older ones; an outcome tagged there
+    comes back to its call on that page."""
+    server, _ = org_server
+    db = store.open_db(server.settings.db_path)
+    try:
+        with db.conn:
+            first = time.time() - 40 * 86400
+            for k in range(40):  # 40 calls before the seeded 30, a day apart
+                db.conn.execute("INSERT INTO calls (agent, box, start_ts, end_ts, campaign) "
+                                "VALUES ('agent-a1', 'box-a1', ?, ?, 'camp-a')",
+                                (first + k * 86400, first + k * 86400 + 120))
+        oldest = db.conn.execute("SELECT id FROM calls WHERE agent = 'agent-a1' "
+                                 "ORDER BY start_ts LIMIT 1").fetchone()[0]
+    finally:
+        db.conn.close()
+    page = browser_page
+    browser_login(page, server.url)
+    page.goto(server.url + "/agents/agent-a1")
+    assert page.locator("tr.call").count() == 50
+    assert page.locator("#calls-range").inner_text() == \
+        "Appels 1 à 50 sur 70 (tous dans l'export CSV)"
+    assert page.locator(f"tr.call[data-call='{oldest}']").count() == 0
+    page.click("#calls-next")
+    page.wait_for_url("**/agents/agent-a1?calls_before=*#calls")
+    assert page.locator("tr.call").count() == 20
+    assert page.locator("#calls-range").inner_text() == \
+        "Appels 51 à 70 sur 70 (tous dans l'export CSV)"
+    assert page.locator("#calls-next").count() == 0
+    page.click("#calls-older summary")  # the page's latest 10 shown, its other 10 a tap away
+    row = page.locator(f"tr.call[data-call='{oldest}']")
+    row.locator("select[name=outcome]").select_option("meeting")
+    row.locator("button[type=submit]").click()
+    page.wait_for_url(f"**/agents/agent-a1?calls_before=*#call-{oldest}")
+    assert row.locator("select[name=outcome]").input_value() == "meeting"
+    assert row.is_visible()
+    page.click("#calls-latest")
+    page.wait_for_url("**/agents/agent-a1#calls")
+    assert page.locator("#calls-range").inner_text().startswith("Appels 1 à 50 sur 70")
