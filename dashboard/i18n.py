@@ -96,7 +96,7 @@ STRINGS: dict[str, tuple[str, str]] = {
                               "What drives the fatigue up (drift from the agent's own voice at the "
                               "start of the shift, in standard errors):"),
     "agent.no_factor": ("rien au-delà du bruit de mesure", "nothing beyond measurement noise"),
-    "agent.no_values": ("Sans mesure sur cette période :", "Not measured in this period:"),
+    "agent.no_values": ("Sans mesure sur cette période", "Not measured in this period"),
     "agent.why_no_signal_near": ("Casque sans signal (débranché, coupé ou en panne)",
                                  "No signal from the headset (unplugged, muted or broken)"),
     "agent.why_no_signal_far": ("Ligne sans signal (adaptateur débranché ou en panne)",

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from dashboard import auth, registry, schema
+from dashboard import analytics, auth, registry, schema
 from dashboard import db as store
 from dashboard.app import DashboardServer
 from miroir import wire
@@ -1230,3 +1230,51 @@ def test_the_agent_page_pages_through_calls_older_than_its_fifty(
     page.click("#calls-latest")
     page.wait_for_url("**/agents/agent-a1#calls")
     assert page.locator("#calls-range").inner_text().startswith("Appels 1 à 50 sur 70")
+
+
+def test_on_a_phone_the_metrics_without_a_measurement_are_folded_under_their_count(
+        chromium: Any, org_server: Any) -> None:
+    """On a 390 px phone "Sans mesure sur cette période" listed every metric the box did not
+    measure, 570 px of a 1,256 px shift panel, between the charts and the cues. It is folded,
+    its count in its title; opened, each reason and its metrics wrap within the panel, and stay
+    open once the charts are drawn again (a replayed moment, back to live). On a laptop it is
+    open from the start."""
+    server, _ = org_server
+    db = store.open_db(server.settings.db_path)
+    try:
+        unmeasured = len(analytics.metric_names(db)) - 2  # the seeded rows: both speech ratios
+    finally:
+        db.conn.close()
+    context = chromium.new_context(viewport={"width": 390, "height": 844}, locale="fr-FR")
+    try:
+        page = context.new_page()
+        browser_login(page, server.url)
+        page.goto(server.url + "/agents/agent-a1")
+        page.wait_for_selector("body[data-charts-ready='1']")
+        without = page.locator("#charts-without-data")
+        assert without.evaluate("d => d.tagName") == "DETAILS"
+        assert without.evaluate("d => d.open") is False
+        height_px = without.evaluate("d => d.offsetHeight")
+        assert height_px < 40, height_px
+        summary = without.locator("summary")
+        assert summary.inner_text() == f"Sans mesure sur cette période ({unmeasured})"
+        assert without.locator(".metric").count() == unmeasured
+        summary.click()
+        reasons = without.locator("li")
+        assert reasons.first.is_visible()
+        assert reasons.first.inner_text().startswith("Agent — ")
+        assert without.evaluate("d => d.scrollWidth <= d.clientWidth")
+        assert reasons.first.evaluate("li => parseFloat(getComputedStyle(li).fontSize)") >= 12
+        page.evaluate("document.body.dataset.chartsReady = '0'")
+        page.locator("#cue-list .cue-badge").first.click()  # a replayed moment
+        page.wait_for_selector("body[data-charts-ready='1']")
+        page.evaluate("document.body.dataset.chartsReady = '0'")
+        page.click("#back-live")
+        page.wait_for_selector("body[data-charts-ready='1']")
+        assert page.locator("#charts-without-data").evaluate("d => d.open") is True
+        page.set_viewport_size({"width": 1280, "height": 800})
+        page.reload()
+        page.wait_for_selector("body[data-charts-ready='1']")
+        assert page.locator("#charts-without-data").evaluate("d => d.open") is True
+    finally:
+        context.close()
