@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from dashboard import auth, registry, schema
+from dashboard import analytics, auth, registry, schema
 from dashboard import db as store
 from dashboard.app import DashboardServer
 from miroir import wire
@@ -1144,7 +1144,7 @@ def test_a_moment_flagged_without_a_note_reads_as_such_not_as_an_empty_line(
         assert page.locator("#flag-list .flag").count() == 1
         page.goto(server.url + "/teams/team-a")
         shared = page.locator("section:has(h2:text-is('Appels remarquables')) li").first
-        assert shared.inner_text().endswith("agent-a1 : (sans note)"), shared.inner_text()
+        assert shared.inner_text().endswith("Amina Diallo : (sans note)"), shared.inner_text()
     finally:
         sup.close()
     agent = chromium.new_context(locale="fr-FR")
@@ -1159,3 +1159,122 @@ def test_a_moment_flagged_without_a_note_reads_as_such_not_as_an_empty_line(
             "moment signalé (sans note)"
     finally:
         agent.close()
+
+
+def test_the_team_board_names_the_agent_of_a_remarkable_call(
+        browser_page: Any, org_server: Any) -> None:
+    """"Appels remarquables" named the agent by id ("agent-a1 : bel accueil") where the board's
+    progress table above, the floor and the agent page name her (Amina Diallo); an agent without
+    a name is still named by id. The link still opens her flags."""
+    server, _ = org_server
+    db = store.open_db(server.settings.db_path)
+    try:
+        schema.import_inventory(db, [{"box": "box-a3", "seat": "A3", "agent": "agent-a3",
+                                      "team": "team-a"}], site=server.settings.site)
+        with db.conn:
+            for agent, note, ago_s in (("agent-a1", "bel accueil", 50), ("agent-a3", "relance", 40)):
+                db.conn.execute("INSERT INTO flags (agent, box, ts, note, author, created_ts, "
+                                "shared) VALUES (?, 'box-a1', ?, ?, 'sup-a', ?, 1)",
+                                (agent, time.time() - ago_s, note, time.time()))
+    finally:
+        db.conn.close()
+    page = browser_page
+    browser_login(page, server.url)
+    page.goto(server.url + "/teams/team-a")
+    shared = page.locator("section:has(h2:text-is('Appels remarquables')) li")
+    texts = [t.split(" — ", 1)[1] for t in shared.all_inner_texts()]
+    assert texts == ["agent-a3 : relance", "Amina Diallo : bel accueil"]
+    link = shared.nth(1).locator("a")
+    assert link.get_attribute("href") == "/agents/agent-a1#flags"
+
+
+def test_the_agent_page_pages_through_calls_older_than_its_fifty(
+        browser_page: Any, org_server: Any) -> None:
+    """Amina has 70 calls: her page listed the latest 50 and said nothing of the other 20 (only
+    the CSV export had them), so a supervisor could neither see nor tag them. The page says
+    which of how many it lists and pages back through the older ones; an outcome tagged there
+    comes back to its call on that page."""
+    server, _ = org_server
+    db = store.open_db(server.settings.db_path)
+    try:
+        with db.conn:
+            first = time.time() - 40 * 86400
+            for k in range(40):  # 40 calls before the seeded 30, a day apart
+                db.conn.execute("INSERT INTO calls (agent, box, start_ts, end_ts, campaign) "
+                                "VALUES ('agent-a1', 'box-a1', ?, ?, 'camp-a')",
+                                (first + k * 86400, first + k * 86400 + 120))
+        oldest = db.conn.execute("SELECT id FROM calls WHERE agent = 'agent-a1' "
+                                 "ORDER BY start_ts LIMIT 1").fetchone()[0]
+    finally:
+        db.conn.close()
+    page = browser_page
+    browser_login(page, server.url)
+    page.goto(server.url + "/agents/agent-a1")
+    assert page.locator("tr.call").count() == 50
+    assert page.locator("#calls-range").inner_text() == \
+        "Appels 1 à 50 sur 70 (tous dans l'export CSV)"
+    assert page.locator(f"tr.call[data-call='{oldest}']").count() == 0
+    page.click("#calls-next")
+    page.wait_for_url("**/agents/agent-a1?calls_before=*#calls")
+    assert page.locator("tr.call").count() == 20
+    assert page.locator("#calls-range").inner_text() == \
+        "Appels 51 à 70 sur 70 (tous dans l'export CSV)"
+    assert page.locator("#calls-next").count() == 0
+    page.click("#calls-older summary")  # the page's latest 10 shown, its other 10 a tap away
+    row = page.locator(f"tr.call[data-call='{oldest}']")
+    row.locator("select[name=outcome]").select_option("meeting")
+    row.locator("button[type=submit]").click()
+    page.wait_for_url(f"**/agents/agent-a1?calls_before=*#call-{oldest}")
+    assert row.locator("select[name=outcome]").input_value() == "meeting"
+    assert row.is_visible()
+    page.click("#calls-latest")
+    page.wait_for_url("**/agents/agent-a1#calls")
+    assert page.locator("#calls-range").inner_text().startswith("Appels 1 à 50 sur 70")
+
+
+def test_on_a_phone_the_metrics_without_a_measurement_are_folded_under_their_count(
+        chromium: Any, org_server: Any) -> None:
+    """On a 390 px phone "Sans mesure sur cette période" listed every metric the box did not
+    measure, 570 px of a 1,256 px shift panel, between the charts and the cues. It is folded,
+    its count in its title; opened, each reason and its metrics wrap within the panel, and stay
+    open once the charts are drawn again (a replayed moment, back to live). On a laptop it is
+    open from the start."""
+    server, _ = org_server
+    db = store.open_db(server.settings.db_path)
+    try:
+        unmeasured = len(analytics.metric_names(db)) - 2  # the seeded rows: both speech ratios
+    finally:
+        db.conn.close()
+    context = chromium.new_context(viewport={"width": 390, "height": 844}, locale="fr-FR")
+    try:
+        page = context.new_page()
+        browser_login(page, server.url)
+        page.goto(server.url + "/agents/agent-a1")
+        page.wait_for_selector("body[data-charts-ready='1']")
+        without = page.locator("#charts-without-data")
+        assert without.evaluate("d => d.tagName") == "DETAILS"
+        assert without.evaluate("d => d.open") is False
+        height_px = without.evaluate("d => d.offsetHeight")
+        assert height_px < 40, height_px
+        summary = without.locator("summary")
+        assert summary.inner_text() == f"Sans mesure sur cette période ({unmeasured})"
+        assert without.locator(".metric").count() == unmeasured
+        summary.click()
+        reasons = without.locator("li")
+        assert reasons.first.is_visible()
+        assert reasons.first.inner_text().startswith("Agent — ")
+        assert without.evaluate("d => d.scrollWidth <= d.clientWidth")
+        assert reasons.first.evaluate("li => parseFloat(getComputedStyle(li).fontSize)") >= 12
+        page.evaluate("document.body.dataset.chartsReady = '0'")
+        page.locator("#cue-list .cue-badge").first.click()  # a replayed moment
+        page.wait_for_selector("body[data-charts-ready='1']")
+        page.evaluate("document.body.dataset.chartsReady = '0'")
+        page.click("#back-live")
+        page.wait_for_selector("body[data-charts-ready='1']")
+        assert page.locator("#charts-without-data").evaluate("d => d.open") is True
+        page.set_viewport_size({"width": 1280, "height": 800})
+        page.reload()
+        page.wait_for_selector("body[data-charts-ready='1']")
+        assert page.locator("#charts-without-data").evaluate("d => d.open") is True
+    finally:
+        context.close()

@@ -142,14 +142,15 @@ def test_floor_screenshot(browser_page: Any, dashboard_server: DashboardServer,
     assert data == ["box-a", "box-b", "box-c", "box-d", "box-e"]
 
 
-def _shot(page: Any, name: str) -> None:
+def _shot(page: Any, name: str, full_page: bool = False) -> None:
+    """The page as shown (or whole, ``full_page``) into ``$MIROIR_SCREENSHOT_DIR/name``, if set."""
     out_dir = os.environ.get("MIROIR_SCREENSHOT_DIR")
     if out_dir:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         path = Path(out_dir) / name
         page.wait_for_timeout(300)
         page.evaluate("window.scrollTo(0, 0)")
-        page.screenshot(path=str(path))
+        page.screenshot(path=str(path), full_page=full_page)
         assert path.stat().st_size > 10_000
 
 
@@ -199,7 +200,7 @@ def test_supervisor_flags_a_moment_and_the_agent_sees_it_and_the_audit(
         page.wait_for_url("**/agents/agent-a1#flags")
         assert page.locator("#flag-list .flag-note").first.inner_text() == \
             "Laisser respirer le prospect ici"
-        _shot(page, "agent-view.png")
+        _shot(page, "agent-view.png", full_page=True)  # its flags, goals and calls too
         # Variant comparison with confidence intervals.
         page.goto(dashboard_server.url + "/campaigns/camp-a")
         assert page.locator("#variants tr.variant").count() == 2

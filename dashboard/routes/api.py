@@ -463,7 +463,7 @@ def team_board(db: Any, user: User, team: str, days: int = 14) -> dict[str, Any]
                           "days": len(series)})
         out.append({**a, "goals": items})
     shared = list(db.query(
-        "SELECT f.id, f.agent, f.ts, f.note, f.author FROM flags f JOIN agents a ON "
+        "SELECT f.id, f.agent, a.name, f.ts, f.note, f.author FROM flags f JOIN agents a ON "
         "a.agent = f.agent WHERE a.team = ? AND f.shared = 1 ORDER BY f.ts DESC LIMIT 20",
         [team]))
     since = time.time() - 86400

@@ -34,16 +34,42 @@ def home(request: Request, db: Db, user: CurrentUser, settings: Settings) -> Res
         "is_admin": user.role == "admin"})
 
 
+CALLS_PAGE = 50
+"""Calls per page of the agent view, newest first (older ones a link away, all in the CSV)."""
 CALLS_SHOWN = 10
-"""Calls listed at once on the agent page, the latest; the older ones a tap away (a phone)."""
+"""Calls of a page listed at once, its latest; the rest of the page a tap away (a phone)."""
 AUDIT_PAGE = 100
 """Audit entries listed per page of the agent view (older ones a link away)."""
 AuditBefore = Annotated[int | None, Query(ge=1, le=api.MAX_ID)]
+CallsBefore = Annotated[int | None, Query(ge=1, le=api.MAX_ID)]
+
+
+def _calls_page(db: Db, agent: str, before: int | None) -> dict[str, Any]:
+    """One page of the agent's calls, newest first: those after the call ``before`` in that
+    order (the first page when it is None or not the agent's), with where the page sits among
+    them all (``first``, ``last``, ``total``) and the ``before`` of the next page, if any."""
+    pivot = before is not None and db.conn.execute(
+        "SELECT start_ts, id FROM calls WHERE id = ? AND agent = ?", (before, agent)).fetchone()
+    where, args = "c.agent = ?", [agent]
+    if pivot:
+        where += " AND (c.start_ts, c.id) < (?, ?)"
+        args += [pivot[0], pivot[1]]
+    rows = list(db.query("SELECT c.*, k.name AS campaign_name FROM calls c LEFT JOIN campaigns k "
+                         f"ON k.campaign = c.campaign WHERE {where} "
+                         "ORDER BY c.start_ts DESC, c.id DESC LIMIT ?", [*args, CALLS_PAGE + 1]))
+    total = db.conn.execute("SELECT count(*) FROM calls WHERE agent = ?", (agent,)).fetchone()[0]
+    older = db.conn.execute(f"SELECT count(*) FROM calls c WHERE {where}", args).fetchone()[0]
+    calls = rows[:CALLS_PAGE]
+    first = total - older + 1
+    return {"calls": calls, "before": pivot[1] if pivot else None, "first": first,
+            "last": first + len(calls) - 1, "total": total,
+            "next_before": calls[-1]["id"] if len(rows) > CALLS_PAGE else None}
 
 
 def _agent_context(db: Db, user: User, agent: str, self_view: bool,
                    audit_before: int | None = None, goal_error: str | None = None,
-                   goal_form: dict[str, str] | None = None) -> dict[str, Any]:
+                   goal_form: dict[str, str] | None = None,
+                   calls_before: int | None = None) -> dict[str, Any]:
     row = access.require_agent(db, user, agent)
     seat = db.conn.execute("SELECT box, label FROM seats WHERE agent = ?", (agent,)).fetchone()
     box_private = seat and db.conn.execute("SELECT private FROM boxes WHERE box = ?",
@@ -58,14 +84,13 @@ def _agent_context(db: Db, user: User, agent: str, self_view: bool,
         g["series"] = analytics.daily_means(db, agent, g["metric"])
         g["label_metric"] = (registry.describe(g["metric"], user.lang)["label"]
                              if registry.known(g["metric"]) else g["metric"])
-    calls = list(db.query("SELECT c.*, k.name AS campaign_name FROM calls c LEFT JOIN campaigns k "
-                          "ON k.campaign = c.campaign WHERE c.agent = ? ORDER BY c.start_ts DESC "
-                          "LIMIT 50", [agent]))
+    calls = _calls_page(db, agent, calls_before)
     show_audit = self_view or user.role == "admin"
     audit = access.audit_page(db, agent, AUDIT_PAGE, audit_before) if show_audit else None
     return {
         "agent": row, "seat": {"box": seat[0], "label": seat[1]} if seat else None,
-        "flags": flags, "goals": goals, "calls": calls, "self_view": self_view,
+        "flags": flags, "goals": goals, "calls": calls["calls"], "calls_page": calls,
+        "self_view": self_view,
         "can_coach": user.supervises and not self_view,
         "metrics": [registry.describe(n, user.lang) for n in analytics.metric_names(db)],
         "outcomes": analytics.OUTCOMES, "now_ts": time.time(), "calls_shown": CALLS_SHOWN,
@@ -77,20 +102,22 @@ def _agent_context(db: Db, user: User, agent: str, self_view: bool,
 
 @router.get("/agents/{agent}")
 def agent_page(request: Request, db: Db, user: CurrentUser, agent: str,
-               audit_before: AuditBefore = None) -> Response:
+               audit_before: AuditBefore = None, calls_before: CallsBefore = None) -> Response:
     """An agent's shift, calls, flags and goals (audited)."""
     require_role(user, "admin", "supervisor")
-    ctx = _agent_context(db, user, agent, self_view=False, audit_before=audit_before)
+    ctx = _agent_context(db, user, agent, self_view=False, audit_before=audit_before,
+                         calls_before=calls_before)
     access.audit(db, user, "view_agent", agent)
     return render(request, "agent.html", ctx)
 
 
 @router.get("/me")
 def me_page(request: Request, db: Db, user: CurrentUser,
-            audit_before: AuditBefore = None) -> Response:
+            audit_before: AuditBefore = None, calls_before: CallsBefore = None) -> Response:
     """The agent's own view: what supervisors see, who looked, the private switch."""
     require_role(user, "agent")
-    context = _agent_context(db, user, user.agent or "", True, audit_before)
+    context = _agent_context(db, user, user.agent or "", True, audit_before,
+                             calls_before=calls_before)
     sent = request.query_params.get("sent")
     context["private_unsent"] = sent == "0"
     if sent in ("on", "off"):  # just switched here: the box's status confirms it within a second

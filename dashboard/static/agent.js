@@ -115,7 +115,10 @@
   }
 
   // The metrics without a value in the window, named once (not drawn as empty frames), a line
-  // per reason.
+  // per reason, under their count: folded on a phone (they took 570 px of its shift panel), open
+  // on a wider screen; opened or closed by the reader, they stay so as the charts are redrawn.
+  const NARROW = window.matchMedia("(max-width: 600px)");
+  let withoutOpen = null;
   function withoutData(empty, rows, data) {
     const groups = new Map();
     for (const m of empty) {
@@ -123,20 +126,28 @@
       if (!groups.has(key)) groups.set(key, []);
       groups.get(key).push(m.label);
     }
-    const box = document.createElement("div");
-    box.className = "muted";
+    const box = document.createElement("details");
+    box.className = "muted without-data";
     box.id = "charts-without-data";
-    const p = document.createElement("p");
-    p.textContent = t("agent.no_values");
+    box.open = withoutOpen === null ? !NARROW.matches : withoutOpen;
+    box.addEventListener("toggle", () => { withoutOpen = box.open; });
+    const summary = document.createElement("summary");
+    summary.textContent = t("agent.no_values") + " (" + empty.length + ")";
     const ul = document.createElement("ul");
     for (const [key, labels] of groups) {
       const li = document.createElement("li");
       li.dataset.reason = key || "unknown";
       const text = key ? T["agent.why_" + key] : null;
-      li.textContent = (text ? text + (T.lang === "en" ? ": " : " : ") : "") + labels.join(", ");
+      if (text) li.append(text + (T.lang === "en" ? ": " : " : "));
+      labels.forEach((label, i) => {
+        const span = document.createElement("span");
+        span.className = "metric";
+        span.textContent = label;
+        li.append(...(i ? [", ", span] : [span]));
+      });
       ul.appendChild(li);
     }
-    box.append(p, ul);
+    box.append(summary, ul);
     return box;
   }
 
