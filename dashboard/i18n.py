@@ -81,6 +81,8 @@ STRINGS: dict[str, tuple[str, str]] = {
     "seat.ago": ("il y a", ""),
     "seat.never": ("jamais vu", "never seen"),
     "seat.fatigue": ("Fatigue", "Fatigue"),
+    "seat.bars_30s": ("Parole, 30 dernières s", "Speech, last 30 s"),
+    "seat.bars_1s": ("Parole, dernière seconde", "Speech, last second"),
     "seat.open": ("Ouvrir", "Open"),
     "agent.title": ("Agent", "Agent"),
     "agent.seat": ("Poste", "Seat"),

@@ -50,6 +50,8 @@ def test_floor_page_shows_a_box_live(browser_page: Any, dashboard_server: Dashbo
     assert seat.locator(".online").inner_text() == "En ligne"
     assert seat.locator(".pct-agent").inner_text().replace("\u202f", " ") == "72 %"
 
+    assert seat.locator(".bars-caption").inner_text() == "Parole, dernière seconde"
+
     box.publish(topic, _metrics(site.site, "box-a", 2, "overlap", 0.5, 0.5))
     page.locator(".seat[data-box='box-a'][data-state='overlap']").wait_for(timeout=LIVE_WAIT_MS)
     assert seat.locator(".talk-state").inner_text() == "Chevauchement"
@@ -316,3 +318,26 @@ def test_supervisor_creates_a_campaign_and_it_sees_the_fleet(chromium: Any,
             _shot(page, "it-fleet.png")
         finally:
             ctx.close()
+
+
+def test_a_seats_bars_read_the_last_30_s_not_the_last_second(
+        browser_page: Any, dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
+    """A seat's Agent and Prospect bars read the last 1 s metrics window, flipping between 0 and
+    100 % as the turns went (the demo floor: 7 of 8 seats at 'Prospect 0 %' under a timeline with
+    prospect turns, one reading 'Prospect parle' beside 'Prospect 0 %'): they now read the box's
+    rolling 30 s shares, the span of the timeline under them, and say so."""
+    page = browser_page
+    browser_login(page, dashboard_server.url)
+    box = peer(site.box("box-a"), "box-a")
+    status = wire.status_message(site.site, "box-a", "online", time.time(), version="0.1.0")
+    box.publish(wire.topic(site.site, "box-a", "status"), wire.encode("status", status),
+                retain=True)
+    message = json.loads(_metrics(site.site, "box-a", 1, "agent", 1.0, 0.0))
+    message.update({"in_call": True, "agent_speech_ratio_30s": 0.46,
+                    "prospect_speech_ratio_30s": 0.38, "silence_ratio_30s": 0.2})
+    box.publish(wire.topic(site.site, "box-a", "metrics"), wire.encode("metrics", message))
+    seat = page.locator(".seat[data-box='box-a']")
+    seat.and_(page.locator("[data-state='agent']")).wait_for(timeout=LIVE_WAIT_MS)
+    assert seat.locator(".pct-agent").inner_text().replace("\u202f", " ") == "46 %"
+    assert seat.locator(".pct-prospect").inner_text().replace("\u202f", " ") == "38 %"
+    assert seat.locator(".bars-caption").inner_text() == "Parole, 30 dernières s"

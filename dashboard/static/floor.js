@@ -167,7 +167,12 @@
     on.textContent = t("online." + online);
     on.className = "online " + online;
     const m = b.metrics || {};
-    const near = m.near_speech_ratio, far = m.far_speech_ratio;
+    // the shares of the last 30 s (what the timeline below shows), the last second's from a box
+    // that sends no rolling window: a 1 s share flips between 0 and 100 % as the turns go
+    const rolling = m.agent_speech_ratio_30s !== undefined;
+    const near = rolling ? m.agent_speech_ratio_30s : m.near_speech_ratio;
+    const far = rolling ? m.prospect_speech_ratio_30s : m.far_speech_ratio;
+    el.querySelector(".bars-caption").textContent = t(rolling ? "seat.bars_30s" : "seat.bars_1s");
     el.querySelector(".fill-agent").style.width = ((near || 0) * 100) + "%";
     el.querySelector(".fill-prospect").style.width = ((far || 0) * 100) + "%";
     el.querySelector(".pct-agent").textContent = pct(near);
