@@ -290,6 +290,10 @@ STRINGS: dict[str, tuple[str, str]] = {
     "error.other": ("Une erreur s'est produite.", "Something went wrong."),
     "error.detail": ("Détail technique", "Technical detail"),
     "error.back": ("Retour", "Back"),
+    "campaign.withheld": ("Non montrée : moins de {n} agents derrière cette variante, ses "
+                          "chiffres seraient ceux d'agents identifiables.",
+                          "Withheld: fewer than {n} agents behind this variant, its figures "
+                          "would be identifiable agents' own."),
     "campaign.agents": ("Agents sur cette campagne", "Agents on this campaign"),
     "nav.it": ("Parc des boîtiers", "Box fleet"),
     "it.title": ("Santé du parc", "Fleet health"),

@@ -489,10 +489,9 @@ def audit_board(db: Any, user: User, board: dict[str, Any]) -> None:
         access.audit(db, user, "team_board", agent, {"team": board["team"]})
 
 
-MIN_GROUP_AGENTS = 3
-"""Fewest agents behind a team aggregate for a reader who may not see each of them (an auditor
-sees aggregates, never one agent's data): a smaller group's mean is withheld ("too few
-agents"), since the mean of one or two agents is their own data."""
+MIN_GROUP_AGENTS = analytics.MIN_GROUP_AGENTS
+"""Fewest agents behind a team aggregate for a reader who may not see each of them (see
+:data:`analytics.MIN_GROUP_AGENTS`)."""
 
 
 def aggregates(db: Any, user: User) -> list[dict[str, Any]]:
@@ -846,10 +845,13 @@ def post_close(db: Db, user: CurrentUser, campaign: str) -> dict[str, Any]:
 
 @router.get("/campaigns/{campaign}/comparison")
 def get_comparison(db: Db, user: CurrentUser, campaign: str) -> dict[str, Any]:
-    """Variants by meeting rate with 95 % Wilson intervals (the user's agents only)."""
+    """Variants by meeting rate with 95 % Wilson intervals (the user's agents only); a variant
+    whose calls come from fewer than :data:`MIN_GROUP_AGENTS` agents is withheld from a user who
+    may not see each of them (an auditor): ``withheld`` "too few agents", no count, no rate."""
     c = require_campaign(db, user, campaign)
-    scope = access.visible_agents(db, user) if user.role == "supervisor" else None
-    return {**c, "variants": analytics.variant_comparison(db, campaign, scope)}
+    visible = access.visible_agents(db, user)
+    scope = visible if user.role == "supervisor" else None
+    return {**c, "variants": analytics.variant_comparison(db, campaign, scope, visible)}
 
 
 @router.get("/audit")

@@ -172,7 +172,7 @@ def _campaigns_context(db: Db, user: User, comparison: dict[str, Any] | None,
     return {"campaigns": api.list_campaigns(db, user)["campaigns"], "comparison": comparison,
             "can_create": editable, "teams": teams, "agents": agents,
             "can_edit": can_edit and comparison is not None and not comparison.get("closed_ts"),
-            "error": error, "form": form or {}}
+            "error": error, "form": form or {}, "min_agents": analytics.MIN_GROUP_AGENTS}
 
 
 @router.get("/campaigns")
