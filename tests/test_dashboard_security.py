@@ -320,7 +320,7 @@ def _team_b_urls(ids: dict[str, Any]) -> list[tuple[str, str]]:
               "box": ids["boxes"]}
     urls = []
     for route in [*api.router.routes, *pages.router.routes, *boxes.router.routes]:
-        params = re.findall(r"{(\w+)}", getattr(route, "path", ""))
+        params = re.findall(r"{(\w+)(?::\w+)?}", getattr(route, "path", ""))
         if not params or not set(params) <= set(values):
             continue
         for method in sorted(route.methods or ()):
@@ -328,7 +328,7 @@ def _team_b_urls(ids: dict[str, Any]) -> list[tuple[str, str]]:
                 continue
             [param] = params
             for v in values[param]:
-                url = route.path.replace("{" + param + "}", str(v))
+                url = re.sub("{" + param + r"(?::\w+)?}", str(v), route.path)
                 urls.append((method, url + (f"?ts={time.time()}" if url.endswith("/moment")
                                             else "")))
     return urls
