@@ -166,6 +166,36 @@ def test_security_headers_are_on_too_large_and_server_error_answers(org_server: 
         assert {k: r.headers.get(k) for k in expected} == expected
 
 
+def test_no_answer_to_a_logged_in_request_may_be_cached(org_server: Any) -> None:
+    """The JSON API's answers and the CSV and JSON exports carried no Cache-Control (the pages
+    did: no-store): an agent's metrics, calls and whole export could stay in a shared proxy's
+    cache or the browser's disk cache. Every answer to a logged-in request, errors included, is
+    now no-store, over the real server; the public static files stay cacheable."""
+    import httpx
+
+    server, data = org_server
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        admin = {"cookie": f"__Host-miroir={http_login(c)}"}
+        sup = {"cookie": "__Host-miroir="
+                         f"{http_login(c, 'sup-a', USER_PASSWORD, data['secrets']['sup-a'])}"}
+        answers = {}
+        for who, paths in ((admin, ("/api/me", "/api/agents", "/api/agents/agent-a1",
+                                    "/api/agents/agent-a1/metrics", "/api/agents/agent-a1/calls",
+                                    "/api/agents/agent-a1/audit", "/api/agents/agent-a1/export.csv",
+                                    "/api/agents/agent-a1/export.json", "/api/audit",
+                                    "/api/aggregates", "/api/campaigns/camp-a/comparison",
+                                    "/api/agents/nobody", "/agents/agent-a1", "/audit")),
+                           (sup, ("/api/teams/team-a/board", "/api/teams/team-a/export.csv",
+                                  "/api/floor", "/api/boxes", "/api/ingest/stats"))):
+            for path in paths:
+                r = c.get(path, headers=who)
+                answers[path] = (r.status_code, r.headers.get("cache-control"))
+        assert {p: a for p, a in answers.items() if a[1] != "no-store"} == {}
+        assert answers["/api/agents/nobody"][0] == 404
+        assert answers["/api/agents/agent-a1/export.json"][0] == 200
+        assert c.get("/static/style.css").headers.get("cache-control") is None
+
+
 # ------------------------------------------------------------------------ throttling
 def test_ten_failed_logins_are_throttled_per_account_and_per_address(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, trusted_proxies=["10.0.0.0/8"])
