@@ -561,6 +561,12 @@ class AuthMiddleware:
                                             status_code=303)
             await response(scope, receive, send)
             return
+        state = scope.setdefault("state", {})  # before the body is read: a 413 page's language
+        state["user"] = session.username
+        state["csrf"] = session.csrf
+        state["role"] = session.role
+        state["lang"] = session.lang
+        state["session"] = session
         if scope["type"] == "http" and scope["method"] not in SAFE_METHODS:
             sent = conn.headers.get("x-csrf-token")
             ctype = conn.headers.get("content-type", "")
@@ -577,12 +583,6 @@ class AuthMiddleware:
                                      media_type="text/plain"))
                 await response(scope, receive, send)
                 return
-        state = scope.setdefault("state", {})
-        state["user"] = session.username
-        state["csrf"] = session.csrf
-        state["role"] = session.role
-        state["lang"] = session.lang
-        state["session"] = session
         await self.app(scope, receive, _no_store(send))
 
 

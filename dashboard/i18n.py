@@ -404,6 +404,7 @@ DETAILS_FR: list[tuple[re.Pattern[str], str]] = [(re.compile(pattern), fr) for p
      "le broker MQTT est injoignable : renvoyez la demande"),
     (r"at most (?P<n>.+) live streams per user", "{n} flux en direct au plus par utilisateur"),
     (r"too many live streams open", "trop de flux en direct ouverts"),
+    (r"Content Too Large", "contenu trop volumineux"),
 )]
 """The French of each error detail the API gives (in English, for its clients), by pattern."""
 

@@ -166,6 +166,50 @@ def test_security_headers_are_on_too_large_and_server_error_answers(org_server: 
         assert {k: r.headers.get(k) for k in expected} == expected
 
 
+def test_a_browser_posting_a_form_over_the_limit_gets_the_error_page_in_its_language(
+        org_server: Any) -> None:
+    """A form over the body limit got Starlette's plain English "Content Too Large" although the
+    French sentence exists: a browser (Accept: text/html) now gets the error page in the user's
+    language, with a way back, whether the body says its length or comes in chunks; a client of
+    the JSON API gets JSON; the protective headers stay on both."""
+    import httpx
+
+    from dashboard.app import MAX_BODY_BYTES
+
+    server, _ = org_server
+    db = store.open_db(server.settings.db_path)
+    with db.conn:
+        db.conn.execute("UPDATE users SET lang = 'en' WHERE username = 'amina'")
+    db.conn.close()
+    browser = {"accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+               "content-type": "application/x-www-form-urlencoded"}
+    form = b"pseudonymous_default=1&note=" + b"a" * MAX_BODY_BYTES
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        admin = {"cookie": f"__Host-miroir={http_login(c)}"}
+        amina = {"cookie": f"__Host-miroir={http_login(c, 'amina', USER_PASSWORD)}"}
+        for body in (form, iter([form[:100_000], form[100_000:]])):
+            r = c.post("/admin/settings", content=body, headers={**admin, **browser})
+            assert (r.status_code, r.headers["content-type"]) == (413, "text/html; charset=utf-8")
+            assert '<html lang="fr"' in r.text
+            assert "La demande est trop volumineuse." in r.text, r.text[:200]
+            assert "contenu trop volumineux" in r.text and 'id="error-back" href="/"' in r.text
+            assert r.headers["content-security-policy"] == auth.SECURITY_HEADERS[
+                "content-security-policy"]
+        r = c.post("/me/private", content=form, headers={**amina, **browser})
+        assert r.status_code == 413 and '<html lang="en"' in r.text
+        assert "The request is too large." in r.text and 'id="error-back" href="/me"' in r.text
+        r = c.post("/api/agents/agent-a1/flags", content=b'{"note": "' + form + b'"}',
+                   headers={**admin, "content-type": "application/json"})
+        assert (r.status_code, r.json()) == (413, {"detail": "Content Too Large"})
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert c.get("/api/me", headers=admin).json()["role"] == "admin"  # still serving
+    db = store.open_db(server.settings.db_path)
+    try:  # nothing was changed by the refused forms
+        assert schema.get_setting(db, "pseudonymous_default", "0") == "0"
+    finally:
+        db.conn.close()
+
+
 def test_no_answer_to_a_logged_in_request_may_be_cached(org_server: Any) -> None:
     """The JSON API's answers and the CSV and JSON exports carried no Cache-Control (the pages
     did: no-store): an agent's metrics, calls and whole export could stay in a shared proxy's
