@@ -337,25 +337,45 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float, float
     return p, max(0.0, centre - half), min(1.0, centre + half)
 
 
-def variant_comparison(db: sqlite_utils.Database, campaign: str,
-                       agents: list[str] | None) -> list[dict[str, Any]]:
+MIN_GROUP_AGENTS = 3
+"""Fewest agents behind a figure (a team's mean, a variant's meeting rate) for a reader who may
+not see each of them (an auditor sees aggregates, never one agent's data): a smaller group's
+figure is withheld ("too few agents"), since the figure of one or two agents is their own data."""
+
+
+def variant_comparison(db: sqlite_utils.Database, campaign: str, agents: list[str] | None,
+                       sees: list[str] | None = None) -> list[dict[str, Any]]:
     """Per variant: calls tagged, outcome counts, meeting rate with its Wilson interval (None
-    for all three while no call of the variant has an outcome: nothing is known of its rate)."""
+    for all three while no call of the variant has an outcome: nothing is known of its rate),
+    and how many agents made those calls.
+
+    Only the calls of ``agents`` count (all without it). A variant whose calls come from fewer
+    than :data:`MIN_GROUP_AGENTS` agents, not all of whom the reader may see one by one
+    (``sees``; None: all), has its counts and rate withheld (None) and ``withheld`` says why.
+    """
     variants = list(db.query("SELECT id, name, text FROM variants WHERE campaign = ? ORDER BY id",
                              [campaign]))
     out = []
     for v in variants:
-        sql = "SELECT outcome, count(*) FROM calls WHERE campaign = ? AND variant = ? " \
+        sql = "SELECT outcome, agent, count(*) FROM calls WHERE campaign = ? AND variant = ? " \
               "AND outcome IS NOT NULL"
         args: list[Any] = [campaign, v["id"]]
         if agents is not None:
             sql += f" AND agent IN ({','.join('?' for _ in agents)})"
             args += agents
         counts = dict.fromkeys(OUTCOMES, 0)
-        for outcome, n in db.conn.execute(sql + " GROUP BY outcome", args).fetchall():
-            counts[outcome] = n
+        behind: set[str] = set()
+        for outcome, agent, n in db.conn.execute(sql + " GROUP BY outcome, agent", args):
+            counts[outcome] += n
+            behind.add(agent)
         n = sum(counts.values())
+        if n and len(behind) < MIN_GROUP_AGENTS and sees is not None and not behind <= set(sees):
+            out.append({"variant": v["id"], "name": v["name"], "text": v["text"], "calls": None,
+                        "outcomes": None, "rate": None, "ci_low": None, "ci_high": None,
+                        "agents": len(behind), "withheld": "too few agents"})
+            continue
         rate, lo, hi = wilson(counts[SUCCESS_OUTCOME], n) if n else (None, None, None)
         out.append({"variant": v["id"], "name": v["name"], "text": v["text"], "calls": n,
-                    "outcomes": counts, "rate": rate, "ci_low": lo, "ci_high": hi})
+                    "outcomes": counts, "rate": rate, "ci_low": lo, "ci_high": hi,
+                    "agents": len(behind), "withheld": None})
     return out

@@ -17,7 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from miroir import wire
 
@@ -44,8 +45,50 @@ class _Dashboard(FastAPI):
     server error answer (500) outside every middleware added with ``add_middleware``."""
 
     def build_middleware_stack(self) -> ASGIApp:
-        """The stack FastAPI builds, wrapped in :class:`auth.SecurityHeadersMiddleware`."""
-        return auth.SecurityHeadersMiddleware(super().build_middleware_stack())
+        """The stack FastAPI builds, its body limit's answer as :class:`_TooLargeAnswer` gives
+        it, wrapped in :class:`auth.SecurityHeadersMiddleware`."""
+        return auth.SecurityHeadersMiddleware(_TooLargeAnswer(super().build_middleware_stack()))
+
+
+class _TooLargeAnswer:
+    """The body limit's 413 answered as every other error: Starlette's limiter, outside the
+    app's exception handlers, sends a plain English "Content Too Large"; a browser gets the
+    error page in the user's language instead, a client of the JSON API a JSON ``detail``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        replaced = False
+
+        async def send_answer(message: Message) -> None:
+            nonlocal replaced
+            if replaced:
+                return  # the rest of the limiter's plain answer
+            if message["type"] == "http.response.start" and message["status"] == 413 \
+                    and _plain_text(message):
+                replaced = True
+                exc = StarletteHTTPException(status_code=413, detail=TOO_LARGE)
+                response = await deps.page_error(Request(scope), exc)
+                await response(scope, receive, send)
+                return
+            await send(message)
+
+        await self.app(scope, receive, send_answer)
+
+
+TOO_LARGE = "Content Too Large"
+"""The ``detail`` of a 413 (the body limit's own words)."""
+
+
+def _plain_text(message: Message) -> bool:
+    """True for a response start whose body is plain text (the body limiter's, never a page's
+    nor the API's)."""
+    return any(k.lower() == b"content-type" and v.startswith(b"text/plain")
+               for k, v in message.get("headers", []))
 
 
 def create_app(settings: DashboardSettings, *, start_ingest: bool = True) -> FastAPI:

@@ -518,7 +518,8 @@ class AuthMiddleware:
     session cookie that no longer opens one: the login page says the session ended) and /api
     answers 401. A session whose
     second factor is pending reaches only its TOTP page. Every POST, PUT, PATCH or DELETE must
-    carry the session's CSRF token, in an ``X-CSRF-Token`` header or a ``csrf`` form field.
+    carry the session's CSRF token, in an ``X-CSRF-Token`` header or a ``csrf`` form field. Every
+    answer to a logged-in request is ``Cache-Control: no-store`` (:data:`NO_STORE`).
     """
 
     def __init__(self, app: ASGIApp, db_path: Path, idle_s: float, secure: bool) -> None:
@@ -560,6 +561,12 @@ class AuthMiddleware:
                                             status_code=303)
             await response(scope, receive, send)
             return
+        state = scope.setdefault("state", {})  # before the body is read: a 413 page's language
+        state["user"] = session.username
+        state["csrf"] = session.csrf
+        state["role"] = session.role
+        state["lang"] = session.lang
+        state["session"] = session
         if scope["type"] == "http" and scope["method"] not in SAFE_METHODS:
             sent = conn.headers.get("x-csrf-token")
             ctype = conn.headers.get("content-type", "")
@@ -576,13 +583,24 @@ class AuthMiddleware:
                                      media_type="text/plain"))
                 await response(scope, receive, send)
                 return
-        state = scope.setdefault("state", {})
-        state["user"] = session.username
-        state["csrf"] = session.csrf
-        state["role"] = session.role
-        state["lang"] = session.lang
-        state["session"] = session
-        await self.app(scope, receive, send)
+        await self.app(scope, receive, _no_store(send))
+
+
+NO_STORE = (b"cache-control", b"no-store")
+"""On every answer to a logged-in request (pages, JSON, exports, errors): it holds personal data
+that no shared proxy cache nor the browser's disk cache may keep."""
+
+
+def _no_store(send: Send) -> Send:
+    """``send`` with ``Cache-Control: no-store`` on a response that sets no Cache-Control."""
+    async def send_no_store(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", []))
+            if not any(k.lower() == b"cache-control" for k, _ in headers):
+                message = {**message, "headers": [*headers, NO_STORE]}
+        await send(message)
+
+    return send_no_store
 
 
 class SecurityHeadersMiddleware:

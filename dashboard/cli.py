@@ -69,7 +69,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     from dashboard import schema
 
     with open(args.csv, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        rows = [{**row, "line": reader.line_num} for row in reader]
     settings = _settings()
     db = _db(settings)
     try:

@@ -296,6 +296,10 @@ STRINGS: dict[str, tuple[str, str]] = {
     "error.other": ("Une erreur s'est produite.", "Something went wrong."),
     "error.detail": ("Détail technique", "Technical detail"),
     "error.back": ("Retour", "Back"),
+    "campaign.withheld": ("Non montrée : moins de {n} agents derrière cette variante, ses "
+                          "chiffres seraient ceux d'agents identifiables.",
+                          "Withheld: fewer than {n} agents behind this variant, its figures "
+                          "would be identifiable agents' own."),
     "campaign.agents": ("Agents sur cette campagne", "Agents on this campaign"),
     "nav.it": ("Parc des boîtiers", "Box fleet"),
     "it.title": ("Santé du parc", "Fleet health"),
@@ -406,6 +410,7 @@ DETAILS_FR: list[tuple[re.Pattern[str], str]] = [(re.compile(pattern), fr) for p
      "le broker MQTT est injoignable : renvoyez la demande"),
     (r"at most (?P<n>.+) live streams per user", "{n} flux en direct au plus par utilisateur"),
     (r"too many live streams open", "trop de flux en direct ouverts"),
+    (r"Content Too Large", "contenu trop volumineux"),
 )]
 """The French of each error detail the API gives (in English, for its clients), by pattern."""
 

@@ -267,7 +267,8 @@ def import_inventory(db: sqlite_utils.Database, rows: Iterable[dict[str, Any]],
     Args:
         db: The open database (schema ensured).
         rows: Dicts with ``box`` (required), and optionally ``seat`` (its label on the map),
-            ``agent``, ``team``, ``agent_name``, ``row``, ``col``, ``site``.
+            ``agent``, ``team``, ``agent_name``, ``row``, ``col``, ``site``, and ``line`` (the
+            CSV line it came from, for messages).
         site: Default site of the rows.
         now: Wall-clock seconds used for the seat history (defaults to the current time).
         actor: Who imports (the command line's user); when given, each seat given to another
@@ -277,12 +278,16 @@ def import_inventory(db: sqlite_utils.Database, rows: Iterable[dict[str, Any]],
         The number of rows imported. Re-importing the same rows changes nothing.
 
     Raises:
-        ValueError: a row names a retired box (:func:`retire_box`); nothing is imported.
+        ValueError: a row names a retired box (:func:`retire_box`), or an agent or team id
+            outside the inventory's rule (:data:`miroir.labels.LABEL_PATTERN`: every such row
+            is named); nothing is imported.
     """
     from miroir import wire
 
     now = time.time() if now is None else now
     count = 0
+    rows = list(rows)
+    _check_labels(rows)
     retired = retired_boxes(db)
     with db.conn:
         for r in rows:
@@ -322,6 +327,24 @@ def import_inventory(db: sqlite_utils.Database, rows: Iterable[dict[str, Any]],
                     (now, actor, agent, json.dumps(detail, separators=(",", ":"), sort_keys=True)))
             count += 1
     return count
+
+
+def _check_labels(rows: list[dict[str, Any]]) -> None:
+    """Refuse agent and team ids outside the inventory's rule (the one ``miroir provision``
+    applies): an id is a segment of the dashboard's paths, and one with a ``/`` made the agent's
+    page, exports and erasure unreachable. Every bad row is named."""
+    from miroir.labels import LABEL_RULE, is_label
+
+    problems = []
+    for i, r in enumerate(rows, start=1):
+        where = f"line {r['line']}" if r.get("line") else f"row {i}"
+        for name in ("agent", "team"):
+            value = str(r.get(name) or "").strip()
+            if value and not is_label(value):
+                problems.append(f"{where} (box {str(r.get('box', '')).strip()}): {name} "
+                                f"{value!r} must be {LABEL_RULE}")
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 def _int_or_none(v: Any) -> int | None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from miroir.files import atomic_write
+from miroir.labels import LABEL_RULE, is_label
 from miroir.wire import ID_PATTERN
 
 INVENTORY_FILE = "inventory.json"
@@ -24,8 +24,6 @@ INVENTORY_MODE = 0o600
 """Root's only: it names the agents and holds every certificate's serial."""
 CSV_COLUMNS = ("box", "seat", "agent", "team")
 REQUIRED_COLUMNS = ("box", "seat")
-_LABEL = re.compile(r"^[\w .@'-]{1,64}$")
-"""Seats, agents and teams: letters (any script), digits, space and ``_ . @ ' -``, 1 to 64."""
 
 ACTIVE = "active"
 REVOKED = "revoked"
@@ -88,9 +86,8 @@ def check_enrolment(item: Enrolment, where: str) -> list[str]:
         problems.append(f"{where}: seat is empty")
     for name in ("seat", "agent", "team"):
         value = getattr(item, name)
-        if value and not _LABEL.fullmatch(value):
-            problems.append(f"{where}: {name} {value!r} must be 1 to 64 letters, digits, "
-                            "spaces or _ . @ ' -")
+        if value and not is_label(value):
+            problems.append(f"{where}: {name} {value!r} must be {LABEL_RULE}")
     return problems
 
 

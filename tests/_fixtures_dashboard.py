@@ -266,6 +266,23 @@ def seed_org(settings: DashboardSettings, now: float | None = None,
             "secrets": secrets}
 
 
+def seat_unchecked(db: Any, box: str, agent: str, team: str, now: float | None = None,
+                   name: str | None = None, seat: str | None = None) -> None:
+    """Seat ``agent`` (named ``name``) of ``team`` at ``box`` (seat ``seat``) as an import before
+    the id rule did (an id with a ``/``, a ``#``, a quote, a formula): the rows the import
+    writes, without its check."""
+    from dashboard import schema
+
+    now = time.time() if now is None else now
+    with db.conn:
+        db.conn.execute("INSERT OR IGNORE INTO teams (team, name) VALUES (?, ?)", (team, team))
+        db.conn.execute("INSERT INTO agents (agent, name, team, created_ts) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT(agent) DO NOTHING", (agent, name or agent, team, now))
+        db.conn.execute("INSERT OR IGNORE INTO seats (box, label) VALUES (?, ?)",
+                        (box, seat or box))
+        schema.assign_seat(db, box, agent, now)
+
+
 def http_login(c: Any, user: str = ADMIN_USER, password: str = ADMIN_PASSWORD,
                secret: str | None = None) -> str:
     """Log an ``httpx.Client`` in over plain http; return the session cookie's value.

@@ -4,7 +4,11 @@ input bounds, streamed exports, campaign writes, the agent's audit view, aggrega
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,9 +17,12 @@ from dashboard import db as store
 from dashboard import schema
 from dashboard.settings import DashboardSettings
 from tests._fixtures_dashboard import (
+    ADMIN_USER,
     client,
     csrf_header,
     login_as,
+    make_settings,
+    seat_unchecked,
 )
 
 
@@ -645,16 +652,17 @@ def test_ids_beyond_sqlite_integers_are_a_4xx_not_a_500(org: Any) -> None:
 # ------------------------------------------------------------------------- filenames
 def test_export_filenames_follow_rfc_6266_whatever_the_ids(org: Any) -> None:
     """A team 'Équipe Θ' made its export a 500 (not Latin-1) and an agent id with a quote added
-    its own parameters to Content-Disposition: now an ASCII fallback and filename*=UTF-8''."""
+    its own parameters to Content-Disposition: now an ASCII fallback and filename*=UTF-8''.
+    The import refuses such an id now: it is in the database as an older import left it."""
     from urllib.parse import quote, unquote
 
     settings, data = org
     evil = 'agent-c2"; filename=evil.html; x="'
     db = store.open_db(settings.db_path)
     try:
-        schema.import_inventory(db, [{"box": "box-c1", "agent": "agent-c1", "team": "Équipe Θ"},
-                                     {"box": "box-c2", "agent": evil, "team": "team-a"}],
+        schema.import_inventory(db, [{"box": "box-c1", "agent": "agent-c1", "team": "Équipe Θ"}],
                                 site=settings.site)
+        seat_unchecked(db, "box-c2", evil, "team-a")
     finally:
         db.conn.close()
     with client(settings) as c:
@@ -675,10 +683,88 @@ def test_export_filenames_follow_rfc_6266_whatever_the_ids(org: Any) -> None:
             "attachment; filename=\"agent-a1.csv\"; filename*=UTF-8''agent-a1.csv")
 
 
+def test_the_import_refuses_an_agent_or_team_id_the_dashboard_could_not_reach(
+        tmp_path: Path) -> None:
+    """`miroir dashboard import` took 'north/priya' (then listed by /api/agents, while its page,
+    exports and erasure answered 404): it now refuses an agent or team id outside the
+    inventory's rule (provisioning's), naming each bad line and the characters allowed, and
+    imports nothing from that file."""
+    from miroir.labels import LABEL_RULE
+
+    settings = make_settings(tmp_path)
+    env = dict(os.environ, MIROIR_DASH_SITE="site-1", MIROIR_DASH_DB_PATH=str(settings.db_path))
+    inv = tmp_path / "floor.csv"
+    inv.write_text("box,seat,agent,team\nbox-1,P1,ag-1,north\nbox-2,P2,north/priya,north\n"
+                   "box-3,P3,Zoé O'Neil,nord?x\n")
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "miroir", "dashboard", "import", str(inv)],
+                              env=env, capture_output=True, text=True, timeout=60, check=False)
+
+    r = run()
+    assert r.returncode == 2, r.stdout
+    error = r.stderr.strip().splitlines()[-1]  # one line, after the schema's log lines
+    assert f"line 3 (box box-2): agent 'north/priya' must be {LABEL_RULE}" in error
+    assert f"line 4 (box box-3): team 'nord?x' must be {LABEL_RULE}" in error
+    assert "line 2" not in error
+    assert query(settings, "SELECT agent FROM agents") == []
+    assert query(settings, "SELECT box FROM seats") == []
+    inv.write_text("box,seat,agent,team\nbox-1,P1,ag-1,north\nbox-3,P3,Zoé O'Neil,Équipe Θ\n")
+    r = run()
+    assert (r.returncode, r.stdout.strip()) == (0, "imported 2 seats"), r.stderr
+    assert query(settings, "SELECT agent, team FROM agents ORDER BY agent") == [
+        ("Zoé O'Neil", "Équipe Θ"), ("ag-1", "north")]
+
+
+def test_an_agent_id_an_older_import_let_in_can_still_be_exported_and_erased(org: Any) -> None:
+    """An agent 'north/priya' in the database (an import before the id rule) was listed by
+    /api/agents but their page, export.json and erasure answered 404, the path cut at the '/':
+    a data subject whose data could be neither handed over nor erased. Every agent route now
+    takes the id whole, written with its '/' (the pages' links) or as %2F (the pages' scripts)."""
+    from miroir import wire
+
+    settings, data = org
+    agent = "north/priya"
+    now = time.time()
+    db = store.open_db(settings.db_path)
+    try:
+        seat_unchecked(db, "box-c1", agent, "team-a", now=now - 100)
+        store.insert_metrics(db, wire.decode("metrics", wire.encode("metrics", {
+            "v": wire.SCHEMA_VERSION, "site": settings.site, "box": "box-c1", "ts": now - 50,
+            "seq": 1, "t_start": 1.0, "window_s": 1.0, "near_speech_ratio": 0.5,
+            "far_speech_ratio": 0.1, "near_talking": True, "far_talking": False,
+            "talk_state": "agent"})), now)
+    finally:
+        db.conn.close()
+    encoded = "/api/agents/north%2Fpriya"
+    with client(settings) as c:
+        login_as(c, "sup-a", data)
+        assert agent in [a["agent"] for a in c.get("/api/agents").json()["agents"]]
+        assert len(c.get(encoded + "/metrics").json()["rows"]) == 1
+        assert c.get("/api/agents/north/priya").json()["agent"] == agent
+        page = c.get("/agents/north/priya")
+        assert page.status_code == 200 and 'href="/api/agents/north/priya/export.csv"' in page.text
+        csv_text = c.get("/api/agents/north/priya/export.csv").text
+        assert len(csv_text.strip().splitlines()) == 2 and agent in csv_text
+        assert c.get("/api/agents/agent-a1/metrics").json()["agent"] == "agent-a1"
+    with client(settings) as c:
+        login_as(c, ADMIN_USER, data)
+        full = c.get(encoded + "/export.json")
+        assert full.status_code == 200
+        assert [a["agent"] for a in full.json()["agent"]] == [agent]
+        assert len(full.json()["metrics"]) == 1
+        assert c.get(encoded + "/audit").json()["total"] >= 1
+        erased = c.post(encoded + "/erase", headers=csrf_header(c))
+        assert erased.status_code == 200, erased.text
+        assert agent not in [a["agent"] for a in c.get("/api/agents").json()["agents"]]
+    assert query(settings, "SELECT count(*) FROM metrics WHERE box = 'box-c1'") == [(0,)]
+
+
 def test_a_csv_export_cannot_carry_a_spreadsheet_formula(org: Any) -> None:
     """Agent ids are free text from the site's inventory: one that starts with =, +, - or @ went
     into the CSV exports as is, a formula that a spreadsheet opening the file runs. Such a cell
-    now starts with an apostrophe (read as text); numbers are untouched."""
+    now starts with an apostrophe (read as text); numbers are untouched. The import now refuses
+    most of these ids ('-2' and '@SUM' it allows): they are written as an older import did."""
     import csv
     import io
     from urllib.parse import quote
@@ -692,8 +778,7 @@ def test_a_csv_export_cannot_carry_a_spreadsheet_formula(org: Any) -> None:
     db = store.open_db(settings.db_path)
     try:
         for k, agent in enumerate(hostile):
-            schema.import_inventory(db, [{"box": "box-a2", "agent": agent, "team": "team-a"}],
-                                    site=settings.site, now=start + 10 * k)
+            seat_unchecked(db, "box-a2", agent, "team-a", now=start + 10 * k)  # an older import
             store.insert_metrics(db, wire.decode("metrics", wire.encode("metrics", {
                 "v": wire.SCHEMA_VERSION, "site": settings.site, "box": "box-a2",
                 "ts": start + 10 * k + 5, "seq": 1000 + k, "t_start": 1.0, "window_s": 1.0,

@@ -13,7 +13,15 @@ from fastapi.testclient import TestClient
 from dashboard import db as store
 from dashboard.app import create_app
 from dashboard.settings import DashboardSettings
-from tests._fixtures_dashboard import USER_PASSWORD, client_login, csrf_of, make_settings, seed_org
+from tests._fixtures_dashboard import (
+    ADMIN_PASSWORD,
+    ADMIN_USER,
+    USER_PASSWORD,
+    client_login,
+    csrf_of,
+    make_settings,
+    seed_org,
+)
 
 
 @pytest.fixture
@@ -209,3 +217,58 @@ def test_a_variant_without_calls_has_no_rate_nor_interval(org: Any) -> None:
     assert "0,0 – 79,3 %" in rows["Question"]
     assert "0,0 %" not in rows["Chiffre"] and "—" in rows["Chiffre"]
     assert page.count("<circle") == 1  # the dot of the variant with a call only
+
+
+def test_an_auditor_never_sees_the_results_of_one_or_two_agents_through_a_comparison(
+        org: Any) -> None:
+    """agent-b1 alone made camp-b's calls: its comparison showed an auditor their own results
+    (1 call, 1 meeting, 100 %) while /api/aggregates withholds means of fewer than 3 agents.
+    A variant behind fewer than 3 agents is now withheld from a reader who may not see each of
+    them (API and page); a third agent's calls bring the figures back; supervisors and admins,
+    who see each agent anyway, get every figure."""
+    from dashboard import schema
+
+    settings, data = org
+    call = data["team_b"]["calls"][0]
+    with _client(settings) as c:
+        hdr = _login(c, "sup-b", data)
+        assert c.post(f"/api/calls/{call}/outcome", json={"outcome": "meeting"},
+                      headers=hdr).status_code == 200
+        own = c.get("/api/campaigns/camp-b/comparison").json()["variants"]
+        assert [(v["calls"], v["rate"], v.get("withheld")) for v in own] == [(1, 1.0, None)]
+    with _client(settings) as c:
+        _login(c, "auditrice", data)
+        (v,) = c.get("/api/campaigns/camp-b/comparison").json()["variants"]
+        assert (v["calls"], v["outcomes"], v["rate"], v["ci_low"], v["ci_high"],
+                v.get("agents"), v.get("withheld")) == \
+            (None, None, None, None, None, 1, "too few agents")
+        camp_a = c.get("/api/campaigns/camp-a/comparison").json()["variants"]
+        assert [(v["agents"], v["rate"], v["withheld"]) for v in camp_a] == \
+            [(2, None, "too few agents")] * 2  # agent-a1 and agent-a2: two people's results
+        page = c.get("/campaigns/camp-b").text
+    row = re.search(r'<tr class="variant"[^>]*>(.*?)</tr>', page, re.S)
+    assert row and "Non montrée : moins de 3 agents derrière cette variante" in row.group(1)
+    assert "100,0 %" not in page and "<circle" not in page
+    now = time.time()
+    db = store.open_db(settings.db_path)
+    try:  # a third agent of camp-a's team makes calls with both variants
+        schema.import_inventory(db, [{"box": "box-a3", "agent": "agent-a3", "team": "team-a"}],
+                                site=settings.site)
+        with db.conn:
+            for variant in (1, 2):
+                db.conn.execute(
+                    "INSERT INTO calls (agent, box, start_ts, end_ts, campaign, variant, outcome) "
+                    "VALUES ('agent-a3', 'box-a3', ?, ?, 'camp-a', ?, 'meeting')",
+                    (now - 100, now - 10, variant))
+    finally:
+        db.conn.close()
+    with _client(settings) as c:
+        _login(c, "auditrice", data)
+        camp_a = c.get("/api/campaigns/camp-a/comparison").json()["variants"]
+        assert [(v["agents"], v["calls"], v["withheld"]) for v in camp_a] == \
+            [(3, 31, None)] * 2
+        assert "Non montrée" not in c.get("/campaigns/camp-a").text
+    with _client(settings) as c:
+        assert client_login(c, ADMIN_USER, ADMIN_PASSWORD).status_code == 303
+        (v,) = c.get("/api/campaigns/camp-b/comparison").json()["variants"]
+        assert (v["calls"], v["rate"], v["withheld"]) == (1, 1.0, None)

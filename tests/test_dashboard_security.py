@@ -166,6 +166,80 @@ def test_security_headers_are_on_too_large_and_server_error_answers(org_server: 
         assert {k: r.headers.get(k) for k in expected} == expected
 
 
+def test_a_browser_posting_a_form_over_the_limit_gets_the_error_page_in_its_language(
+        org_server: Any) -> None:
+    """A form over the body limit got Starlette's plain English "Content Too Large" although the
+    French sentence exists: a browser (Accept: text/html) now gets the error page in the user's
+    language, with a way back, whether the body says its length or comes in chunks; a client of
+    the JSON API gets JSON; the protective headers stay on both."""
+    import httpx
+
+    from dashboard.app import MAX_BODY_BYTES
+
+    server, _ = org_server
+    db = store.open_db(server.settings.db_path)
+    with db.conn:
+        db.conn.execute("UPDATE users SET lang = 'en' WHERE username = 'amina'")
+    db.conn.close()
+    browser = {"accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+               "content-type": "application/x-www-form-urlencoded"}
+    form = b"pseudonymous_default=1&note=" + b"a" * MAX_BODY_BYTES
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        admin = {"cookie": f"__Host-miroir={http_login(c)}"}
+        amina = {"cookie": f"__Host-miroir={http_login(c, 'amina', USER_PASSWORD)}"}
+        for body in (form, iter([form[:100_000], form[100_000:]])):
+            r = c.post("/admin/settings", content=body, headers={**admin, **browser})
+            assert (r.status_code, r.headers["content-type"]) == (413, "text/html; charset=utf-8")
+            assert '<html lang="fr"' in r.text
+            assert "La demande est trop volumineuse." in r.text, r.text[:200]
+            assert "contenu trop volumineux" in r.text and 'id="error-back" href="/"' in r.text
+            assert r.headers["content-security-policy"] == auth.SECURITY_HEADERS[
+                "content-security-policy"]
+        r = c.post("/me/private", content=form, headers={**amina, **browser})
+        assert r.status_code == 413 and '<html lang="en"' in r.text
+        assert "The request is too large." in r.text and 'id="error-back" href="/me"' in r.text
+        r = c.post("/api/agents/agent-a1/flags", content=b'{"note": "' + form + b'"}',
+                   headers={**admin, "content-type": "application/json"})
+        assert (r.status_code, r.json()) == (413, {"detail": "Content Too Large"})
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert c.get("/api/me", headers=admin).json()["role"] == "admin"  # still serving
+    db = store.open_db(server.settings.db_path)
+    try:  # nothing was changed by the refused forms
+        assert schema.get_setting(db, "pseudonymous_default", "0") == "0"
+    finally:
+        db.conn.close()
+
+
+def test_no_answer_to_a_logged_in_request_may_be_cached(org_server: Any) -> None:
+    """The JSON API's answers and the CSV and JSON exports carried no Cache-Control (the pages
+    did: no-store): an agent's metrics, calls and whole export could stay in a shared proxy's
+    cache or the browser's disk cache. Every answer to a logged-in request, errors included, is
+    now no-store, over the real server; the public static files stay cacheable."""
+    import httpx
+
+    server, data = org_server
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        admin = {"cookie": f"__Host-miroir={http_login(c)}"}
+        sup = {"cookie": "__Host-miroir="
+                         f"{http_login(c, 'sup-a', USER_PASSWORD, data['secrets']['sup-a'])}"}
+        answers = {}
+        for who, paths in ((admin, ("/api/me", "/api/agents", "/api/agents/agent-a1",
+                                    "/api/agents/agent-a1/metrics", "/api/agents/agent-a1/calls",
+                                    "/api/agents/agent-a1/audit", "/api/agents/agent-a1/export.csv",
+                                    "/api/agents/agent-a1/export.json", "/api/audit",
+                                    "/api/aggregates", "/api/campaigns/camp-a/comparison",
+                                    "/api/agents/nobody", "/agents/agent-a1", "/audit")),
+                           (sup, ("/api/teams/team-a/board", "/api/teams/team-a/export.csv",
+                                  "/api/floor", "/api/boxes", "/api/ingest/stats"))):
+            for path in paths:
+                r = c.get(path, headers=who)
+                answers[path] = (r.status_code, r.headers.get("cache-control"))
+        assert {p: a for p, a in answers.items() if a[1] != "no-store"} == {}
+        assert answers["/api/agents/nobody"][0] == 404
+        assert answers["/api/agents/agent-a1/export.json"][0] == 200
+        assert c.get("/static/style.css").headers.get("cache-control") is None
+
+
 # ------------------------------------------------------------------------ throttling
 def test_ten_failed_logins_are_throttled_per_account_and_per_address(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, trusted_proxies=["10.0.0.0/8"])
@@ -320,7 +394,7 @@ def _team_b_urls(ids: dict[str, Any]) -> list[tuple[str, str]]:
               "box": ids["boxes"]}
     urls = []
     for route in [*api.router.routes, *pages.router.routes, *boxes.router.routes]:
-        params = re.findall(r"{(\w+)}", getattr(route, "path", ""))
+        params = re.findall(r"{(\w+)(?::\w+)?}", getattr(route, "path", ""))
         if not params or not set(params) <= set(values):
             continue
         for method in sorted(route.methods or ()):
@@ -328,7 +402,7 @@ def _team_b_urls(ids: dict[str, Any]) -> list[tuple[str, str]]:
                 continue
             [param] = params
             for v in values[param]:
-                url = route.path.replace("{" + param + "}", str(v))
+                url = re.sub("{" + param + r"(?::\w+)?}", str(v), route.path)
                 urls.append((method, url + (f"?ts={time.time()}" if url.endswith("/moment")
                                             else "")))
     return urls

@@ -489,10 +489,9 @@ def audit_board(db: Any, user: User, board: dict[str, Any]) -> None:
         access.audit(db, user, "team_board", agent, {"team": board["team"]})
 
 
-MIN_GROUP_AGENTS = 3
-"""Fewest agents behind a team aggregate for a reader who may not see each of them (an auditor
-sees aggregates, never one agent's data): a smaller group's mean is withheld ("too few
-agents"), since the mean of one or two agents is their own data."""
+MIN_GROUP_AGENTS = analytics.MIN_GROUP_AGENTS
+"""Fewest agents behind a team aggregate for a reader who may not see each of them (see
+:data:`analytics.MIN_GROUP_AGENTS`)."""
 
 
 def aggregates(db: Any, user: User) -> list[dict[str, Any]]:
@@ -569,16 +568,7 @@ def list_agents(db: Db, user: CurrentUser) -> dict[str, Any]:
     return {"agents": rows}
 
 
-@router.get("/agents/{agent}")
-def get_agent(db: Db, user: CurrentUser, agent: AgentId) -> dict[str, Any]:
-    """One agent (audited)."""
-    row = access.require_agent(db, user, agent)
-    access.audit(db, user, "view_agent", agent)
-    row["private"] = bool(row["private"])
-    return row
-
-
-@router.get("/agents/{agent}/metrics")
+@router.get("/agents/{agent:path}/metrics")
 def get_agent_metrics(db: Db, user: CurrentUser, agent: AgentId,
                       since_ts: Annotated[float, Query(ge=0, allow_inf_nan=False)] = 0.0,
                       until_ts: Annotated[float | None, Query(allow_inf_nan=False)] = None
@@ -589,7 +579,7 @@ def get_agent_metrics(db: Db, user: CurrentUser, agent: AgentId,
     return agent_metrics_payload(db, user, agent, since_ts, until_ts)
 
 
-@router.get("/agents/{agent}/moment")
+@router.get("/agents/{agent:path}/moment")
 def get_moment(db: Db, user: CurrentUser, agent: AgentId,
                ts: Annotated[float, Query(allow_inf_nan=False)],
                span_s: Annotated[float, Query(gt=0, le=300)] = 30.0) -> dict[str, Any]:
@@ -599,7 +589,7 @@ def get_moment(db: Db, user: CurrentUser, agent: AgentId,
     return agent_metrics_payload(db, user, agent, ts - span_s, ts + span_s)
 
 
-@router.get("/agents/{agent}/flags")
+@router.get("/agents/{agent:path}/flags")
 def get_flags(db: Db, user: CurrentUser, agent: AgentId) -> dict[str, Any]:
     """The agent's flagged moments."""
     access.require_agent(db, user, agent)
@@ -608,7 +598,7 @@ def get_flags(db: Db, user: CurrentUser, agent: AgentId) -> dict[str, Any]:
                                    [agent]))}
 
 
-@router.post("/agents/{agent}/flags", status_code=201)
+@router.post("/agents/{agent:path}/flags", status_code=201)
 def post_flag(db: Db, user: CurrentUser, agent: AgentId, body: FlagIn) -> dict[str, Any]:
     """Flag a moment with a note (supervisors, admins)."""
     return {"id": add_flag(db, user, agent, body)}
@@ -622,7 +612,7 @@ def get_flag(db: Db, user: CurrentUser, flag_id: RowId) -> dict[str, Any]:
     return flag
 
 
-@router.get("/agents/{agent}/goals")
+@router.get("/agents/{agent:path}/goals")
 def get_goals(db: Db, user: CurrentUser, agent: AgentId) -> dict[str, Any]:
     """The agent's focus goals with each goal's daily series."""
     access.require_agent(db, user, agent)
@@ -633,7 +623,7 @@ def get_goals(db: Db, user: CurrentUser, agent: AgentId) -> dict[str, Any]:
     return {"goals": goals}
 
 
-@router.post("/agents/{agent}/goals", status_code=201)
+@router.post("/agents/{agent:path}/goals", status_code=201)
 def post_goal(db: Db, user: CurrentUser, agent: AgentId, body: GoalIn) -> dict[str, Any]:
     """Set a focus goal (at most two active)."""
     return {"id": add_goal(db, user, agent, body)}
@@ -648,7 +638,7 @@ def get_goal(db: Db, user: CurrentUser, goal_id: RowId) -> dict[str, Any]:
     return goal
 
 
-@router.get("/agents/{agent}/calls")
+@router.get("/agents/{agent:path}/calls")
 def get_calls(db: Db, user: CurrentUser, agent: AgentId) -> dict[str, Any]:
     """The agent's calls with their summaries and outcomes."""
     access.require_agent(db, user, agent)
@@ -706,7 +696,7 @@ def post_call_variant(db: Db, user: CurrentUser, call_id: RowId,
     return {"id": call_id, "campaign": campaign, "variant": body.variant}
 
 
-@router.get("/agents/{agent}/audit")
+@router.get("/agents/{agent:path}/audit")
 def get_agent_audit(db: Db, user: CurrentUser, agent: AgentId,
                     before: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
                     limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> dict[str, Any]:
@@ -726,7 +716,7 @@ def get_agent_audit(db: Db, user: CurrentUser, agent: AgentId,
     return access.audit_page(db, agent, limit, before)
 
 
-@router.get("/agents/{agent}/export.csv")
+@router.get("/agents/{agent:path}/export.csv")
 def export_agent_csv(db: Db, user: CurrentUser, settings: Settings, agent: AgentId) -> Response:
     """The agent's per-second metrics as CSV (audited)."""
     access.require_agent(db, user, agent)
@@ -736,7 +726,7 @@ def export_agent_csv(db: Db, user: CurrentUser, settings: Settings, agent: Agent
                      {"content-disposition": attachment(f"{agent}.csv")})
 
 
-@router.get("/agents/{agent}/export.json")
+@router.get("/agents/{agent:path}/export.json")
 def export_agent_json(db: Db, user: CurrentUser, settings: Settings,
                       agent: AgentId) -> Response:
     """Everything stored about the agent (right of access; the agent or an admin), streamed:
@@ -749,13 +739,24 @@ def export_agent_json(db: Db, user: CurrentUser, settings: Settings,
                      "application/json")
 
 
-@router.post("/agents/{agent}/erase")
+@router.post("/agents/{agent:path}/erase")
 def erase_agent(db: Db, user: CurrentUser, agent: AgentId) -> dict[str, Any]:
     """Erase an agent who left (admins only)."""
     require_role(user, "admin")
     access.require_agent(db, user, agent)
     access.audit(db, user, "erase", agent)
     return {"deleted": retention.erase_agent(db, agent)}
+
+
+# Last of the agent routes: its path takes the rest of the URL. An agent id is one path segment
+# (miroir.labels), but one an older import let in with a "/" still reaches every route above.
+@router.get("/agents/{agent:path}")
+def get_agent(db: Db, user: CurrentUser, agent: AgentId) -> dict[str, Any]:
+    """One agent (audited)."""
+    row = access.require_agent(db, user, agent)
+    access.audit(db, user, "view_agent", agent)
+    row["private"] = bool(row["private"])
+    return row
 
 
 @router.post("/me/private")
@@ -771,7 +772,7 @@ def list_teams(db: Db, user: CurrentUser) -> dict[str, Any]:
     return {"teams": access.visible_teams(db, user)}
 
 
-@router.get("/teams/{team}/board")
+@router.get("/teams/{team:path}/board")
 def get_team_board(db: Db, user: CurrentUser, team: TeamId) -> dict[str, Any]:
     """Progress of each agent against their own baseline, shared moments, daily debrief."""
     require_role(user, "admin", "supervisor")
@@ -780,7 +781,7 @@ def get_team_board(db: Db, user: CurrentUser, team: TeamId) -> dict[str, Any]:
     return board
 
 
-@router.get("/teams/{team}/export.csv")
+@router.get("/teams/{team:path}/export.csv")
 def export_team_csv(db: Db, user: CurrentUser, settings: Settings, team: TeamId) -> Response:
     """The team's per-second metrics as CSV (audited per agent)."""
     require_role(user, "admin", "supervisor")
@@ -846,10 +847,13 @@ def post_close(db: Db, user: CurrentUser, campaign: str) -> dict[str, Any]:
 
 @router.get("/campaigns/{campaign}/comparison")
 def get_comparison(db: Db, user: CurrentUser, campaign: str) -> dict[str, Any]:
-    """Variants by meeting rate with 95 % Wilson intervals (the user's agents only)."""
+    """Variants by meeting rate with 95 % Wilson intervals (the user's agents only); a variant
+    whose calls come from fewer than :data:`MIN_GROUP_AGENTS` agents is withheld from a user who
+    may not see each of them (an auditor): ``withheld`` "too few agents", no count, no rate."""
     c = require_campaign(db, user, campaign)
-    scope = access.visible_agents(db, user) if user.role == "supervisor" else None
-    return {**c, "variants": analytics.variant_comparison(db, campaign, scope)}
+    visible = access.visible_agents(db, user)
+    scope = visible if user.role == "supervisor" else None
+    return {**c, "variants": analytics.variant_comparison(db, campaign, scope, visible)}
 
 
 @router.get("/audit")

@@ -100,7 +100,7 @@ def _agent_context(db: Db, user: User, agent: str, self_view: bool,
     }
 
 
-@router.get("/agents/{agent}")
+@router.get("/agents/{agent:path}")
 def agent_page(request: Request, db: Db, user: CurrentUser, agent: str,
                audit_before: AuditBefore = None, calls_before: CallsBefore = None) -> Response:
     """An agent's shift, calls, flags and goals (audited)."""
@@ -125,7 +125,7 @@ def me_page(request: Request, db: Db, user: CurrentUser,
     return render(request, "agent.html", context)
 
 
-@router.post("/agents/{agent}/flags")
+@router.post("/agents/{agent:path}/flags")
 def flag_form(request: Request, db: Db, user: CurrentUser, agent: str,
               ts: Annotated[float, Form(**api.TS_BOUNDS)],
               note: Annotated[str, Form(max_length=2000)] = "",
@@ -135,7 +135,7 @@ def flag_form(request: Request, db: Db, user: CurrentUser, agent: str,
     return RedirectResponse(f"/agents/{quote(agent, safe='')}#flags", status_code=303)
 
 
-@router.post("/agents/{agent}/goals")
+@router.post("/agents/{agent:path}/goals")
 def goal_form(request: Request, db: Db, user: CurrentUser, agent: str,
               metric: Annotated[str, Form(max_length=64)],
               label: Annotated[str, Form(max_length=120)],
@@ -174,7 +174,7 @@ def private_form(request: Request, db: Db, user: CurrentUser,
                             status_code=303)
 
 
-@router.get("/teams/{team}")
+@router.get("/teams/{team:path}")
 def team_page(request: Request, db: Db, user: CurrentUser, team: str) -> Response:
     """The team board: progress against each agent's own baseline, shared moments, debrief."""
     require_role(user, "admin", "supervisor")
@@ -199,7 +199,7 @@ def _campaigns_context(db: Db, user: User, comparison: dict[str, Any] | None,
     return {"campaigns": api.list_campaigns(db, user)["campaigns"], "comparison": comparison,
             "can_create": editable, "teams": teams, "agents": agents,
             "can_edit": can_edit and comparison is not None and not comparison.get("closed_ts"),
-            "error": error, "form": form or {}}
+            "error": error, "form": form or {}, "min_agents": analytics.MIN_GROUP_AGENTS}
 
 
 @router.get("/campaigns")
