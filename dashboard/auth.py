@@ -18,7 +18,8 @@ from urllib.parse import parse_qs
 
 import sqlite_utils
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import HTTPConnection
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -577,14 +578,20 @@ class AuthMiddleware:
                     sent = values[0] if values else None
                     receive = _replay(body)
             if not tokens_match(sent, session.csrf):
-                response = (JSONResponse({"detail": "CSRF token missing or wrong"},
-                                         status_code=403) if is_api else
-                            Response("CSRF token missing or wrong", status_code=403,
-                                     media_type="text/plain"))
+                if is_api:
+                    response = JSONResponse({"detail": CSRF_REFUSED}, status_code=403)
+                else:  # a form from before the session was renewed: the error page, with a way back
+                    from .routes.deps import page_error  # (the routes import this module)
+
+                    response = await page_error(Request(scope, receive),
+                                                StarletteHTTPException(403, CSRF_REFUSED))
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, _no_store(send))
 
+
+CSRF_REFUSED = "CSRF token missing or wrong"
+"""The ``detail`` of a state-changing request without its session's CSRF token."""
 
 NO_STORE = (b"cache-control", b"no-store")
 """On every answer to a logged-in request (pages, JSON, exports, errors): it holds personal data

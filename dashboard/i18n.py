@@ -393,6 +393,8 @@ DETAILS_FR: list[tuple[re.Pattern[str], str]] = [(re.compile(pattern), fr) for p
     (r"not found", "introuvable"),
     (r"(?P<what>\w+) not found", "{what} introuvable"),
     (r"not authenticated", "session terminée : reconnectez-vous"),
+    (r"CSRF token missing or wrong", "ce formulaire ne vaut plus pour votre session (renouvelée "
+     "depuis, par exemple par une connexion dans un autre onglet)"),
     (r"campaign is closed", "la campagne est clôturée"),
     (r"campaign id already used", "cet identifiant de campagne est déjà pris"),
     (r"a supervisor's campaign needs a team", "la campagne d'un superviseur doit avoir une équipe"),

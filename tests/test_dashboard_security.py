@@ -122,6 +122,28 @@ def test_every_state_change_needs_the_csrf_token(org: Any) -> None:
         assert c.get("/api/agents").status_code == 401  # the last form was the logout
 
 
+
+def test_a_stale_form_in_a_browser_gets_the_error_page_in_its_language(org: Any) -> None:
+    """A form sent with a token from before the session was renewed (a login in another tab) got
+    a bare English "CSRF token missing or wrong" as text/plain, with no way back: a browser now
+    gets the error page in the user's language saying why, with a link back; nothing is stored,
+    and the API's answer stays JSON."""
+    settings, data = org
+    with client(settings) as c:
+        login_as(c, "sup-a", data)
+        html = {"accept": "text/html,application/xhtml+xml"}
+        r = c.post("/agents/agent-a1/flags", data={"ts": str(time.time()), "note": "x",
+                                                   "csrf": "stale"}, headers=html)
+        assert r.status_code == 403 and r.headers["content-type"].startswith("text/html")
+        assert "Accès refusé : rechargez la page et réessayez." in r.text
+        assert "ce formulaire ne vaut plus pour votre session" in r.text
+        assert 'href="/agents/agent-a1"' in r.text
+        api = c.post("/api/agents/agent-a1/flags", json={"ts": time.time(), "note": "x"})
+        assert api.status_code == 403 and api.json() == {"detail": "CSRF token missing or wrong"}
+        db = store.open_db(settings.db_path)
+        assert db.conn.execute("SELECT count(*) FROM flags WHERE author = 'sup-a'"
+                               ).fetchone()[0] == 0
+
 def test_security_headers_and_cookie_flags(org: Any) -> None:
     settings, _ = org
     with client(settings) as c:
