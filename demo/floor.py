@@ -82,10 +82,11 @@ class _Box:
     quick_exits: int = 0
 
     def start(self) -> None:
-        """Start the box's process, its output appended to its log."""
+        """Start the box's process, its output appended to its log, in a process group of its
+        own: a terminal's Ctrl-C reaches the demo alone, which stops the boxes first."""
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=out,
-                                         stderr=subprocess.STDOUT)
+                                         stderr=subprocess.STDOUT, process_group=0)
         self.started_s = time.monotonic()
 
     def restart(self, code: int) -> None:
@@ -154,16 +155,6 @@ def _admin_password(path: Path) -> str:
     path.write_text(password + "\n")
     path.chmod(0o600)
     return password
-
-
-def _exit_code(proc: subprocess.Popen[bytes]) -> int | None:
-    """The process's exit code (None while it runs), once a Ctrl-C that stopped it reached us."""
-    code = proc.poll()
-    if code in (0, 130, -signal.SIGINT):
-        # Ctrl-C reaches the whole process group and a child may stop (cleanly) before our own
-        # KeyboardInterrupt arrives: give it a moment to interrupt this sleep
-        time.sleep(2.0)
-    return code
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -253,7 +244,7 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
         The process exit code.
     """
     from demo.calls import build_calls, replay_files
-    from provisioning.broker import free_port, make_site, new_site_dir
+    from provisioning.broker import Mosquitto, free_port, make_site, new_site_dir
 
     if not 1 <= boxes <= 200:
         raise DemoError("--boxes must be between 1 and 200")
@@ -272,7 +263,10 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
     root.mkdir(parents=True, exist_ok=True)
     say(f"site files in {root}")
     site = make_site(root / "site", SITE, box_ids, port=free_port())
-    broker = site.broker()
+    # each process in a group of its own, as each box below: a terminal's Ctrl-C, which signals
+    # its whole foreground group, reaches the demo alone, and the demo stops the boxes first
+    # (their outboxes drain) while the broker and the dashboard still run
+    broker = Mosquitto(site.config, site.port, site.log, own_group=True)
     procs: list[subprocess.Popen[bytes]] = []
     demo_boxes: list[_Box] = []
     pw_file = root / "admin-password"
@@ -304,7 +298,7 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
                         MIROIR_DASH_TOTP_REQUIRED="false")
         with (logs / "dashboard.log").open("wb") as out:
             dash = subprocess.Popen([*miroir, "dashboard", "serve"], env=dash_env,
-                                    stdout=out, stderr=subprocess.STDOUT)
+                                    stdout=out, stderr=subprocess.STDOUT, process_group=0)
         procs.append(dash)
         url = f"http://127.0.0.1:{http_port}/"
         _wait_http(url + "healthz", dash)
@@ -327,14 +321,14 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
         deadline = None if seconds is None else time.monotonic() + seconds
         while deadline is None or time.monotonic() < deadline:
             for proc in procs:
-                if (code := _exit_code(proc)) is not None:
+                if (code := proc.poll()) is not None:
                     raise DemoError(f"a demo process exited early (code {code}); "
                                     f"see the logs in {logs}")
             if not broker.running:  # the boxes and the dashboard reconnect by themselves
                 log.warning("the broker exited; starting it again on port %d", site.port)
                 broker.start()
             for seat in demo_boxes:
-                if seat.proc is not None and (code := _exit_code(seat.proc)) is not None:
+                if seat.proc is not None and (code := seat.proc.poll()) is not None:
                     seat.restart(code)
             time.sleep(0.5)
     except KeyboardInterrupt:

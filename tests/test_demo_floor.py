@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from demo.calls import BETWEEN_CALLS_S, build_calls, load_truth, speech_ratio_truth
-from demo.floor import BOX_QUICK_EXITS, CALLS_DIR, DemoError, _Box
+from demo.floor import BOX_QUICK_EXITS, CALLS_DIR, DemoError, _Box, summarize
 from provisioning.broker import free_port, new_site_dir
 from tests._fixtures_dashboard import browser_login, csrf_of
 
@@ -411,3 +411,41 @@ def test_a_second_ctrl_c_while_stopping_still_removes_the_demo_files():
     assert not orphans, f"processes left behind: {[p.cmdline() for p in orphans]}"
     assert not left, f"{site_dir} left behind:\n" + "".join(output)
     assert rc == 0, "".join(output)
+
+
+def _wait_for_rows(db_path: Path, boxes: set[str], timeout_s: float = 90.0) -> None:
+    """Wait until the dashboard's database holds metrics from every one of ``boxes``."""
+    deadline = time.monotonic() + timeout_s
+    seen: set[str] = set()
+    while time.monotonic() < deadline:
+        if db_path.exists():
+            with contextlib.suppress(sqlite3.OperationalError), sqlite3.connect(db_path) as db:
+                seen = {r[0] for r in db.execute("SELECT DISTINCT box FROM metrics")}
+            if seen >= boxes:
+                return
+        time.sleep(0.5)
+    raise AssertionError(f"only {sorted(seen)} reported within {timeout_s:.0f} s")
+
+
+def test_ctrl_c_stops_the_boxes_before_the_broker_so_their_last_messages_arrive():
+    """Ctrl-C in a terminal signals the whole foreground process group: the broker and the
+    dashboard stopped with the demo, before the boxes, whose last messages (the call's end)
+    could then never arrive, each box waiting out its 5-s drain first. Only the demo must get
+    it, and stop the boxes first."""
+    workdir = new_site_dir("miroir-demo-test-")
+    try:
+        proc, output = _start_demo("--boxes", "2", "--port", str(free_port()),
+                                   "--workdir", str(workdir))
+        try:
+            _wait_for_rows(workdir / "dashboard.sqlite", {"seat-01", "seat-02"})
+        finally:
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+            assert proc.stdout is not None
+            output += proc.stdout.readlines()
+            rc = proc.wait(timeout=60)
+        assert rc in (0, 130), "".join(output)
+        outboxes = {box: workdir / "boxes" / box / "outbox.sqlite" for box in ("seat-01", "seat-02")}
+        summary = summarize(workdir / "dashboard.sqlite", outboxes)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    assert summary["messages_lost"] == 0, summary  # 3 or 4 of 12 were lost
