@@ -2,12 +2,14 @@
 
 Every part is a real process started here: the broker with the project's generated TLS and ACL
 configuration, ``miroir dashboard serve``, and one ``miroir edge run --replay`` per box. A box that
-exits is started again (as systemd does on a box), and so is the broker. Ctrl-C, SIGTERM or
-``--seconds`` stops them all, boxes first so that their outboxes drain.
+exits is started again (as systemd does on a box), and so is the broker. Ctrl-C, SIGTERM, the
+terminal's hang-up (SIGHUP, unless ignored as ``nohup`` does) or ``--seconds`` stops them all, boxes
+first so that their outboxes drain.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -158,7 +160,8 @@ def _admin_password(path: Path) -> str:
 
 
 def _interrupt(signum: int, frame: object) -> None:
-    """SIGTERM handler: stop the demo as Ctrl-C does (its processes stopped, its files removed)."""
+    """SIGTERM and SIGHUP handler: stop the demo as Ctrl-C does (its processes stopped, its files
+    removed)."""
     raise KeyboardInterrupt
 
 
@@ -282,6 +285,10 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
         # shell hands it SIGINT ignored (the boxes and the dashboard set their own handlers)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, _interrupt)
+        # the terminal closed (its shell hangs up the demo alone, the others being in groups of
+        # their own), unless started with nohup to outlive it
+        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+            signal.signal(signal.SIGHUP, _interrupt)
     try:
         replays = [replay_files(call, root / "calls") for call in calls[:boxes]]
         seat_agents(db_path, box_ids)
@@ -332,12 +339,13 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
                     seat.restart(code)
             time.sleep(0.5)
     except KeyboardInterrupt:
-        say("stopping")
         seconds = None
+        with contextlib.suppress(OSError):  # a terminal that hung up cannot be written to
+            say("stopping")
     finally:
         if on_main:  # the stop is bounded: a second Ctrl-C must not leave the site files behind
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)
         _stop([seat.proc for seat in demo_boxes if seat.proc is not None])
         time.sleep(1.0)  # let the dashboard ingest the boxes' last messages
         _stop(procs)

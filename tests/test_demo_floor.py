@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pty
 import re
+import select
 import shutil
 import signal
 import socket
@@ -449,3 +451,45 @@ def test_ctrl_c_stops_the_boxes_before_the_broker_so_their_last_messages_arrive(
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     assert summary["messages_lost"] == 0, summary  # 3 or 4 of 12 were lost
+
+
+def test_closing_the_terminal_stops_every_demo_process_and_removes_its_files():
+    """The terminal window closed (or the SSH session dropped): its shell sends SIGHUP to the
+    demo's process group, whose terminal is gone. The demo died at once, leaving Mosquitto and the
+    boxes running (both take SIGHUP as a reload) and its site files, the CA key and the admin
+    password among them, in the temporary folder."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "miroir", "demo", "--boxes", "2",
+                             "--port", str(free_port())],
+                            stdin=slave, stdout=slave, stderr=slave, cwd=REPO,
+                            start_new_session=True)
+    os.close(slave)
+    text = ""
+    try:
+        while "password:" not in text:
+            ready, _, _ = select.select([master], [], [], 60)
+            assert ready, "the demo never printed its password:\n" + text
+            text += os.read(master, 4096).decode(errors="replace")
+        site_dir = Path(re.search(r"site files in (\S+)", text).group(1))  # type: ignore[union-attr]
+        children = psutil.Process(proc.pid).children()  # the broker, the dashboard, the boxes
+        commands = {}
+        for p in children:  # (a box's passing helper, such as ldconfig, may be gone already)
+            with contextlib.suppress(psutil.NoSuchProcess):
+                commands[p.pid] = " ".join(p.cmdline())
+        os.close(master)  # the terminal is gone: writing to it fails from now on
+        os.killpg(proc.pid, signal.SIGHUP)  # what its shell does when it hangs up
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    time.sleep(0.5)
+    orphans = []
+    for p in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if p.status() != psutil.STATUS_ZOMBIE:
+                orphans.append(commands.get(p.pid, str(p.pid)))
+                p.kill()
+    left = site_dir.exists()
+    shutil.rmtree(site_dir, ignore_errors=True)
+    assert not orphans, f"processes left behind: {orphans}"
+    assert not left, f"{site_dir} left behind"
