@@ -493,3 +493,21 @@ def test_closing_the_terminal_stops_every_demo_process_and_removes_its_files():
     shutil.rmtree(site_dir, ignore_errors=True)
     assert not orphans, f"processes left behind: {orphans}"
     assert not left, f"{site_dir} left behind"
+
+
+LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ")
+
+
+def test_the_terminal_shows_the_demos_own_lines_not_log_records():
+    """A newcomer's terminal: the demo's own lines (calls, broker, boxes, URL and password), not
+    the modules' timestamped INFO records, one per box certificate and per database migration
+    (23 of them between the calls and the URL for 8 boxes, 115 for 100)."""
+    proc, output = _start_demo("--boxes", "2", "--port", str(free_port()))
+    site_dir = Path(next(ln for ln in output if ln.startswith("site files in ")).split()[-1])
+    rc = _interrupt_demo(proc, output, site_dir)
+    assert rc == 0, "".join(output)
+    records = [ln for ln in output if LOG_RECORD.match(ln)]
+    assert records == [], "".join(records)
+    assert [ln.split(":")[0] for ln in output if ln.startswith(("box ", "broker", "Dashboard"))] \
+        == ["broker", "box seat-01", "box seat-02", "Dashboard"], "".join(output)
+    assert output[-1] == "stopping\n", "".join(output)
