@@ -192,12 +192,15 @@ def _stop(procs: list[subprocess.Popen[bytes]], timeout_s: float = 15.0) -> None
             proc.wait()
 
 
-def summarize(db_path: Path, outboxes: dict[str, Path]) -> dict[str, Any]:
+def summarize(db_path: Path, outboxes: dict[str, Path],
+              numbered_before: dict[str, int] | None = None) -> dict[str, Any]:
     """Compare what each box stored with what the dashboard holds.
 
     Args:
         db_path: the dashboard's SQLite database.
         outboxes: box id -> that box's outbox file.
+        numbered_before: box id -> the last sequence number its outbox had used before this run
+            (a ``--workdir`` used before): only the messages numbered since are counted.
 
     Returns:
         ``boxes_seen``, ``messages_sent``, ``messages_ingested``, ``messages_lost``,
@@ -211,10 +214,11 @@ def summarize(db_path: Path, outboxes: dict[str, Path]) -> dict[str, Any]:
     with sqlite3.connect(db_path) as db:
         for box, outbox in outboxes.items():
             first_seq, last_seq = numbers_used(outbox)
+            first_seq = max(first_seq, (numbered_before or {}).get(box, 0) + 1)
             seqs: set[int] = set()
             for table in ("metrics", "events"):
-                rows = db.execute(f"SELECT seq, ts, ingested_ts FROM {table} WHERE box = ?",
-                                  (box,)).fetchall()
+                rows = db.execute(f"SELECT seq, ts, ingested_ts FROM {table} WHERE box = ? "
+                                  "AND seq BETWEEN ? AND ?", (box, first_seq, last_seq)).fetchall()
                 seqs.update(int(r[0]) for r in rows)
                 if table == "metrics":
                     lags_ms.extend(1000 * (r[2] - r[1]) for r in rows)
@@ -310,12 +314,14 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
         url = f"http://127.0.0.1:{http_port}/"
         _wait_http(url + "healthz", dash)
         outboxes: dict[str, Path] = {}
+        numbered_before: dict[str, int] = {}
         for i, box in enumerate(box_ids):
             call = calls[i % len(calls)]
             state = root / "boxes" / box
             state.mkdir(parents=True, exist_ok=True)
             config = _box_config(state / "box.toml", box, site, state)
             outboxes[box] = state / "outbox.sqlite"
+            numbered_before[box] = numbers_used(outboxes[box])[1]  # a kept workdir's earlier runs
             near, far = replays[i % len(calls)]
             demo_boxes.append(_Box(box, [*miroir, "edge", "run", "--config", str(config), "--loop",
                                          "--replay", str(near), str(far)],
@@ -350,7 +356,7 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
         time.sleep(1.0)  # let the dashboard ingest the boxes' last messages
         _stop(procs)
         broker.stop()
-    result: dict[str, Any] = (summarize(db_path, outboxes) if db_path.exists()
+    result: dict[str, Any] = (summarize(db_path, outboxes, numbered_before) if db_path.exists()
                               else {"boxes_seen": 0})
     result["boxes"] = boxes
     result["seconds"] = seconds

@@ -511,3 +511,32 @@ def test_the_terminal_shows_the_demos_own_lines_not_log_records():
     assert [ln.split(":")[0] for ln in output if ln.startswith(("box ", "broker", "Dashboard"))] \
         == ["broker", "box seat-01", "box seat-02", "Dashboard"], "".join(output)
     assert output[-1] == "stopping\n", "".join(output)
+
+
+def _rows(db_path: Path) -> int:
+    with sqlite3.connect(db_path) as db:
+        return sum(db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                   for t in ("metrics", "events"))
+
+
+def test_a_run_in_a_kept_workdir_reports_its_own_messages_not_every_runs():
+    """`--seconds S --json` with a --workdir used before: the figures (and the exit code's 'every
+    box reported') were those of every run the folder had seen, a second 20-s run of 2 boxes
+    reporting 162 messages; they are the run's own."""
+    workdir = new_site_dir("miroir-demo-test-")
+    args = ["--boxes", "2", "--seconds", "10", "--json", "--port", str(free_port()),
+            "--workdir", str(workdir)]
+    try:
+        runs = []
+        for _ in range(2):
+            before = _rows(workdir / "dashboard.sqlite") if runs else 0
+            proc = subprocess.run([sys.executable, "-m", "miroir", "demo", *args],
+                                  capture_output=True, text=True, timeout=120, check=False,
+                                  cwd=REPO)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            runs.append((json.loads(proc.stdout), _rows(workdir / "dashboard.sqlite") - before))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    for summary, new_rows in runs:
+        assert summary["messages_lost"] == 0, summary
+        assert summary["messages_ingested"] == summary["messages_sent"] == new_rows, summary
