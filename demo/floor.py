@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,10 +160,32 @@ def _admin_password(path: Path) -> str:
     return password
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    """SIGTERM and SIGHUP handler: stop the demo as Ctrl-C does (its processes stopped, its files
-    removed)."""
-    raise KeyboardInterrupt
+class _Interrupts:
+    """Ctrl-C, SIGTERM and the terminal's SIGHUP as :class:`KeyboardInterrupt` (the demo's
+    processes stopped, its files removed), held while a process is started: one that arrived in
+    the middle left that process running, unknown to the stop."""
+
+    def __init__(self) -> None:
+        self.held = False
+        self.pending = False
+
+    def handler(self, signum: int, frame: object) -> None:
+        """The signal handler: interrupt now, or once the process being started is known."""
+        if self.held:
+            self.pending = True
+            return
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Hold the interrupts while the block starts a process and records it."""
+        self.held = True
+        try:
+            yield
+        finally:
+            self.held = False
+        if self.pending:
+            raise KeyboardInterrupt
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
@@ -283,20 +306,24 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
     logs.mkdir(exist_ok=True)
     miroir = [sys.executable, "-m", "miroir"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    outboxes: dict[str, Path] = {}
+    numbered_before: dict[str, int] = {}
+    interrupts = _Interrupts()
     on_main = threading.current_thread() is threading.main_thread()
     if on_main:
         # Ctrl-C stops the demo even when it was started in the background of a script, where the
         # shell hands it SIGINT ignored (the boxes and the dashboard set their own handlers)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, interrupts.handler)
+        signal.signal(signal.SIGTERM, interrupts.handler)
         # the terminal closed (its shell hangs up the demo alone, the others being in groups of
         # their own), unless started with nohup to outlive it
         if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
-            signal.signal(signal.SIGHUP, _interrupt)
+            signal.signal(signal.SIGHUP, interrupts.handler)
     try:
         replays = [replay_files(call, root / "calls") for call in calls[:boxes]]
         seat_agents(db_path, box_ids)
-        broker.start()
+        with interrupts.hold():
+            broker.start()
         say(f"broker: mosquitto on 127.0.0.1:{site.port} (TLS, client certificates, ACL)")
         dash_env = dict(env, MIROIR_DASH_SITE=SITE, MIROIR_DASH_DB_PATH=str(db_path),
                         MIROIR_DASH_MQTT_PORT=str(site.port),
@@ -307,14 +334,12 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
                         MIROIR_DASH_ADMIN_PASSWORD_FILE=str(pw_file),
                         # a loopback demo with a printed password: no one-time codes
                         MIROIR_DASH_TOTP_REQUIRED="false")
-        with (logs / "dashboard.log").open("wb") as out:
+        with interrupts.hold(), (logs / "dashboard.log").open("wb") as out:
             dash = subprocess.Popen([*miroir, "dashboard", "serve"], env=dash_env,
                                     stdout=out, stderr=subprocess.STDOUT, process_group=0)
-        procs.append(dash)
+            procs.append(dash)
         url = f"http://127.0.0.1:{http_port}/"
         _wait_http(url + "healthz", dash)
-        outboxes: dict[str, Path] = {}
-        numbered_before: dict[str, int] = {}
         for i, box in enumerate(box_ids):
             call = calls[i % len(calls)]
             state = root / "boxes" / box
@@ -326,7 +351,8 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
             demo_boxes.append(_Box(box, [*miroir, "edge", "run", "--config", str(config), "--loop",
                                          "--replay", str(near), str(far)],
                                    logs / f"{box}.log", env))
-            demo_boxes[-1].start()
+            with interrupts.hold():
+                demo_boxes[-1].start()
             say(f"box {box}: replaying call '{call.name}'")
         if not as_json:
             print(f"\nDashboard: {url}\nLog in as 'admin' with password: {password}\n"
@@ -339,10 +365,12 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
                                     f"see the logs in {logs}")
             if not broker.running:  # the boxes and the dashboard reconnect by themselves
                 log.warning("the broker exited; starting it again on port %d", site.port)
-                broker.start()
+                with interrupts.hold():
+                    broker.start()
             for seat in demo_boxes:
                 if seat.proc is not None and (code := seat.proc.poll()) is not None:
-                    seat.restart(code)
+                    with interrupts.hold():
+                        seat.restart(code)
             time.sleep(0.5)
     except KeyboardInterrupt:
         seconds = None

@@ -540,3 +540,35 @@ def test_a_run_in_a_kept_workdir_reports_its_own_messages_not_every_runs():
     for summary, new_rows in runs:
         assert summary["messages_lost"] == 0, summary
         assert summary["messages_ingested"] == summary["messages_sent"] == new_rows, summary
+
+
+def test_ctrl_c_while_the_demo_starts_stops_it_cleanly():
+    """Ctrl-C while the dashboard starts (seconds, on a slow machine): a traceback
+    (UnboundLocalError: 'outboxes'), exit 1, and the site files left in the temporary folder."""
+    proc = subprocess.Popen([sys.executable, "-m", "miroir", "demo", "--boxes", "2",
+                             "--port", str(free_port())],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                            start_new_session=True)
+    output: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            output.append(line)
+            if line.startswith("broker:"):  # the dashboard is starting now
+                children = _descendants_alive(proc.pid)
+                os.killpg(proc.pid, signal.SIGINT)
+                break
+        output += proc.stdout.readlines()
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    site_dir = Path(next(ln for ln in output if ln.startswith("site files in ")).split()[-1])
+    left = site_dir.exists()
+    shutil.rmtree(site_dir, ignore_errors=True)
+    time.sleep(0.5)
+    orphans = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not orphans, f"processes left behind: {[p.cmdline() for p in orphans]}"
+    assert "Traceback" not in "".join(output), "".join(output)
+    assert rc == 0, "".join(output)
+    assert not left, f"{site_dir} left behind"
