@@ -2,12 +2,14 @@
 
 Every part is a real process started here: the broker with the project's generated TLS and ACL
 configuration, ``miroir dashboard serve``, and one ``miroir edge run --replay`` per box. A box that
-exits is started again (as systemd does on a box), and so is the broker. Ctrl-C, SIGTERM or
-``--seconds`` stops them all, boxes first so that their outboxes drain.
+exits is started again (as systemd does on a box), and so is the broker. Ctrl-C, SIGTERM, the
+terminal's hang-up (SIGHUP, unless ignored as ``nohup`` does) or ``--seconds`` stops them all, boxes
+first so that their outboxes drain.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -23,6 +25,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,10 +85,11 @@ class _Box:
     quick_exits: int = 0
 
     def start(self) -> None:
-        """Start the box's process, its output appended to its log."""
+        """Start the box's process, its output appended to its log, in a process group of its
+        own: a terminal's Ctrl-C reaches the demo alone, which stops the boxes first."""
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=out,
-                                         stderr=subprocess.STDOUT)
+                                         stderr=subprocess.STDOUT, process_group=0)
         self.started_s = time.monotonic()
 
     def restart(self, code: int) -> None:
@@ -156,19 +160,32 @@ def _admin_password(path: Path) -> str:
     return password
 
 
-def _exit_code(proc: subprocess.Popen[bytes]) -> int | None:
-    """The process's exit code (None while it runs), once a Ctrl-C that stopped it reached us."""
-    code = proc.poll()
-    if code in (0, 130, -signal.SIGINT):
-        # Ctrl-C reaches the whole process group and a child may stop (cleanly) before our own
-        # KeyboardInterrupt arrives: give it a moment to interrupt this sleep
-        time.sleep(2.0)
-    return code
+class _Interrupts:
+    """Ctrl-C, SIGTERM and the terminal's SIGHUP as :class:`KeyboardInterrupt` (the demo's
+    processes stopped, its files removed), held while a process is started: one that arrived in
+    the middle left that process running, unknown to the stop."""
 
+    def __init__(self) -> None:
+        self.held = False
+        self.pending = False
 
-def _interrupt(signum: int, frame: object) -> None:
-    """SIGTERM handler: stop the demo as Ctrl-C does (its processes stopped, its files removed)."""
-    raise KeyboardInterrupt
+    def handler(self, signum: int, frame: object) -> None:
+        """The signal handler: interrupt now, or once the process being started is known."""
+        if self.held:
+            self.pending = True
+            return
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Hold the interrupts while the block starts a process and records it."""
+        self.held = True
+        try:
+            yield
+        finally:
+            self.held = False
+        if self.pending:
+            raise KeyboardInterrupt
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
@@ -198,12 +215,15 @@ def _stop(procs: list[subprocess.Popen[bytes]], timeout_s: float = 15.0) -> None
             proc.wait()
 
 
-def summarize(db_path: Path, outboxes: dict[str, Path]) -> dict[str, Any]:
+def summarize(db_path: Path, outboxes: dict[str, Path],
+              numbered_before: dict[str, int] | None = None) -> dict[str, Any]:
     """Compare what each box stored with what the dashboard holds.
 
     Args:
         db_path: the dashboard's SQLite database.
         outboxes: box id -> that box's outbox file.
+        numbered_before: box id -> the last sequence number its outbox had used before this run
+            (a ``--workdir`` used before): only the messages numbered since are counted.
 
     Returns:
         ``boxes_seen``, ``messages_sent``, ``messages_ingested``, ``messages_lost``,
@@ -217,10 +237,11 @@ def summarize(db_path: Path, outboxes: dict[str, Path]) -> dict[str, Any]:
     with sqlite3.connect(db_path) as db:
         for box, outbox in outboxes.items():
             first_seq, last_seq = numbers_used(outbox)
+            first_seq = max(first_seq, (numbered_before or {}).get(box, 0) + 1)
             seqs: set[int] = set()
             for table in ("metrics", "events"):
-                rows = db.execute(f"SELECT seq, ts, ingested_ts FROM {table} WHERE box = ?",
-                                  (box,)).fetchall()
+                rows = db.execute(f"SELECT seq, ts, ingested_ts FROM {table} WHERE box = ? "
+                                  "AND seq BETWEEN ? AND ?", (box, first_seq, last_seq)).fetchall()
                 seqs.update(int(r[0]) for r in rows)
                 if table == "metrics":
                     lags_ms.extend(1000 * (r[2] - r[1]) for r in rows)
@@ -253,7 +274,7 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
         The process exit code.
     """
     from demo.calls import build_calls, replay_files
-    from provisioning.broker import free_port, make_site, new_site_dir
+    from provisioning.broker import Mosquitto, free_port, make_site, new_site_dir
 
     if not 1 <= boxes <= 200:
         raise DemoError("--boxes must be between 1 and 200")
@@ -272,7 +293,10 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
     root.mkdir(parents=True, exist_ok=True)
     say(f"site files in {root}")
     site = make_site(root / "site", SITE, box_ids, port=free_port())
-    broker = site.broker()
+    # each process in a group of its own, as each box below: a terminal's Ctrl-C, which signals
+    # its whole foreground group, reaches the demo alone, and the demo stops the boxes first
+    # (their outboxes drain) while the broker and the dashboard still run
+    broker = Mosquitto(site.config, site.port, site.log, own_group=True)
     procs: list[subprocess.Popen[bytes]] = []
     demo_boxes: list[_Box] = []
     pw_file = root / "admin-password"
@@ -282,16 +306,24 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
     logs.mkdir(exist_ok=True)
     miroir = [sys.executable, "-m", "miroir"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    outboxes: dict[str, Path] = {}
+    numbered_before: dict[str, int] = {}
+    interrupts = _Interrupts()
     on_main = threading.current_thread() is threading.main_thread()
     if on_main:
         # Ctrl-C stops the demo even when it was started in the background of a script, where the
         # shell hands it SIGINT ignored (the boxes and the dashboard set their own handlers)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, interrupts.handler)
+        signal.signal(signal.SIGTERM, interrupts.handler)
+        # the terminal closed (its shell hangs up the demo alone, the others being in groups of
+        # their own), unless started with nohup to outlive it
+        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+            signal.signal(signal.SIGHUP, interrupts.handler)
     try:
         replays = [replay_files(call, root / "calls") for call in calls[:boxes]]
         seat_agents(db_path, box_ids)
-        broker.start()
+        with interrupts.hold():
+            broker.start()
         say(f"broker: mosquitto on 127.0.0.1:{site.port} (TLS, client certificates, ACL)")
         dash_env = dict(env, MIROIR_DASH_SITE=SITE, MIROIR_DASH_DB_PATH=str(db_path),
                         MIROIR_DASH_MQTT_PORT=str(site.port),
@@ -302,24 +334,25 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
                         MIROIR_DASH_ADMIN_PASSWORD_FILE=str(pw_file),
                         # a loopback demo with a printed password: no one-time codes
                         MIROIR_DASH_TOTP_REQUIRED="false")
-        with (logs / "dashboard.log").open("wb") as out:
+        with interrupts.hold(), (logs / "dashboard.log").open("wb") as out:
             dash = subprocess.Popen([*miroir, "dashboard", "serve"], env=dash_env,
-                                    stdout=out, stderr=subprocess.STDOUT)
-        procs.append(dash)
+                                    stdout=out, stderr=subprocess.STDOUT, process_group=0)
+            procs.append(dash)
         url = f"http://127.0.0.1:{http_port}/"
         _wait_http(url + "healthz", dash)
-        outboxes: dict[str, Path] = {}
         for i, box in enumerate(box_ids):
             call = calls[i % len(calls)]
             state = root / "boxes" / box
             state.mkdir(parents=True, exist_ok=True)
             config = _box_config(state / "box.toml", box, site, state)
             outboxes[box] = state / "outbox.sqlite"
+            numbered_before[box] = numbers_used(outboxes[box])[1]  # a kept workdir's earlier runs
             near, far = replays[i % len(calls)]
             demo_boxes.append(_Box(box, [*miroir, "edge", "run", "--config", str(config), "--loop",
                                          "--replay", str(near), str(far)],
                                    logs / f"{box}.log", env))
-            demo_boxes[-1].start()
+            with interrupts.hold():
+                demo_boxes[-1].start()
             say(f"box {box}: replaying call '{call.name}'")
         if not as_json:
             print(f"\nDashboard: {url}\nLog in as 'admin' with password: {password}\n"
@@ -327,28 +360,31 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
         deadline = None if seconds is None else time.monotonic() + seconds
         while deadline is None or time.monotonic() < deadline:
             for proc in procs:
-                if (code := _exit_code(proc)) is not None:
+                if (code := proc.poll()) is not None:
                     raise DemoError(f"a demo process exited early (code {code}); "
                                     f"see the logs in {logs}")
             if not broker.running:  # the boxes and the dashboard reconnect by themselves
                 log.warning("the broker exited; starting it again on port %d", site.port)
-                broker.start()
+                with interrupts.hold():
+                    broker.start()
             for seat in demo_boxes:
-                if seat.proc is not None and (code := _exit_code(seat.proc)) is not None:
-                    seat.restart(code)
+                if seat.proc is not None and (code := seat.proc.poll()) is not None:
+                    with interrupts.hold():
+                        seat.restart(code)
             time.sleep(0.5)
     except KeyboardInterrupt:
-        say("stopping")
         seconds = None
+        with contextlib.suppress(OSError):  # a terminal that hung up cannot be written to
+            say("stopping")
     finally:
         if on_main:  # the stop is bounded: a second Ctrl-C must not leave the site files behind
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)
         _stop([seat.proc for seat in demo_boxes if seat.proc is not None])
         time.sleep(1.0)  # let the dashboard ingest the boxes' last messages
         _stop(procs)
         broker.stop()
-    result: dict[str, Any] = (summarize(db_path, outboxes) if db_path.exists()
+    result: dict[str, Any] = (summarize(db_path, outboxes, numbered_before) if db_path.exists()
                               else {"boxes_seen": 0})
     result["boxes"] = boxes
     result["seconds"] = seconds

@@ -264,6 +264,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from demo.calls import DemoToolError
     from demo.floor import DemoError, run_demo
 
+    if not args.verbose:
+        # the demo says what it does in lines of its own: the modules' routine records (a
+        # certificate per box, each database migration) stay out of the terminal; warnings show
+        logging.getLogger().setLevel(logging.WARNING)
     try:
         return run_demo(boxes=args.boxes, seconds=args.seconds, as_json=args.json,
                         http_port=args.port, workdir=args.workdir)

@@ -371,11 +371,13 @@ def _kill_all() -> None:
 class Mosquitto:
     """A Mosquitto process running a generated config; a context manager that always cleans up."""
 
-    def __init__(self, config: Path, port: int, log: Path, *, host: str = "127.0.0.1") -> None:
+    def __init__(self, config: Path, port: int, log: Path, *, host: str = "127.0.0.1",
+                 own_group: bool = False) -> None:
         self.config = Path(config)
         self.port = port
         self.log = Path(log)
         self.host = host
+        self.own_group = own_group  # a process group of its own: a terminal's Ctrl-C misses it
         self._proc: subprocess.Popen[bytes] | None = None
         self._paused = False
 
@@ -414,6 +416,7 @@ class Mosquitto:
                 stdout=subprocess.DEVNULL,
                 stderr=err,
                 preexec_fn=_raise_fd_limit,
+                process_group=0 if self.own_group else None,
             )
         self._paused = False
         _LIVE.add(self)

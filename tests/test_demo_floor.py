@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pty
 import re
+import select
 import shutil
 import signal
 import socket
@@ -21,7 +23,7 @@ import psutil
 import pytest
 
 from demo.calls import BETWEEN_CALLS_S, build_calls, load_truth, speech_ratio_truth
-from demo.floor import BOX_QUICK_EXITS, CALLS_DIR, DemoError, _Box
+from demo.floor import BOX_QUICK_EXITS, CALLS_DIR, DemoError, _Box, summarize
 from provisioning.broker import free_port, new_site_dir
 from tests._fixtures_dashboard import browser_login, csrf_of
 
@@ -411,3 +413,162 @@ def test_a_second_ctrl_c_while_stopping_still_removes_the_demo_files():
     assert not orphans, f"processes left behind: {[p.cmdline() for p in orphans]}"
     assert not left, f"{site_dir} left behind:\n" + "".join(output)
     assert rc == 0, "".join(output)
+
+
+def _wait_for_rows(db_path: Path, boxes: set[str], timeout_s: float = 90.0) -> None:
+    """Wait until the dashboard's database holds metrics from every one of ``boxes``."""
+    deadline = time.monotonic() + timeout_s
+    seen: set[str] = set()
+    while time.monotonic() < deadline:
+        if db_path.exists():
+            with contextlib.suppress(sqlite3.OperationalError), sqlite3.connect(db_path) as db:
+                seen = {r[0] for r in db.execute("SELECT DISTINCT box FROM metrics")}
+            if seen >= boxes:
+                return
+        time.sleep(0.5)
+    raise AssertionError(f"only {sorted(seen)} reported within {timeout_s:.0f} s")
+
+
+def test_ctrl_c_stops_the_boxes_before_the_broker_so_their_last_messages_arrive():
+    """Ctrl-C in a terminal signals the whole foreground process group: the broker and the
+    dashboard stopped with the demo, before the boxes, whose last messages (the call's end)
+    could then never arrive, each box waiting out its 5-s drain first. Only the demo must get
+    it, and stop the boxes first."""
+    workdir = new_site_dir("miroir-demo-test-")
+    try:
+        proc, output = _start_demo("--boxes", "2", "--port", str(free_port()),
+                                   "--workdir", str(workdir))
+        try:
+            _wait_for_rows(workdir / "dashboard.sqlite", {"seat-01", "seat-02"})
+        finally:
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+            assert proc.stdout is not None
+            output += proc.stdout.readlines()
+            rc = proc.wait(timeout=60)
+        assert rc in (0, 130), "".join(output)
+        outboxes = {box: workdir / "boxes" / box / "outbox.sqlite" for box in ("seat-01", "seat-02")}
+        summary = summarize(workdir / "dashboard.sqlite", outboxes)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    assert summary["messages_lost"] == 0, summary  # 3 or 4 of 12 were lost
+
+
+def test_closing_the_terminal_stops_every_demo_process_and_removes_its_files():
+    """The terminal window closed (or the SSH session dropped): its shell sends SIGHUP to the
+    demo's process group, whose terminal is gone. The demo died at once, leaving Mosquitto and the
+    boxes running (both take SIGHUP as a reload) and its site files, the CA key and the admin
+    password among them, in the temporary folder."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "miroir", "demo", "--boxes", "2",
+                             "--port", str(free_port())],
+                            stdin=slave, stdout=slave, stderr=slave, cwd=REPO,
+                            start_new_session=True)
+    os.close(slave)
+    text = ""
+    try:
+        while "password:" not in text:
+            ready, _, _ = select.select([master], [], [], 60)
+            assert ready, "the demo never printed its password:\n" + text
+            text += os.read(master, 4096).decode(errors="replace")
+        site_dir = Path(re.search(r"site files in (\S+)", text).group(1))  # type: ignore[union-attr]
+        children = psutil.Process(proc.pid).children()  # the broker, the dashboard, the boxes
+        commands = {}
+        for p in children:  # (a box's passing helper, such as ldconfig, may be gone already)
+            with contextlib.suppress(psutil.NoSuchProcess):
+                commands[p.pid] = " ".join(p.cmdline())
+        os.close(master)  # the terminal is gone: writing to it fails from now on
+        os.killpg(proc.pid, signal.SIGHUP)  # what its shell does when it hangs up
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    time.sleep(0.5)
+    orphans = []
+    for p in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if p.status() != psutil.STATUS_ZOMBIE:
+                orphans.append(commands.get(p.pid, str(p.pid)))
+                p.kill()
+    left = site_dir.exists()
+    shutil.rmtree(site_dir, ignore_errors=True)
+    assert not orphans, f"processes left behind: {orphans}"
+    assert not left, f"{site_dir} left behind"
+
+
+LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ")
+
+
+def test_the_terminal_shows_the_demos_own_lines_not_log_records():
+    """A newcomer's terminal: the demo's own lines (calls, broker, boxes, URL and password), not
+    the modules' timestamped INFO records, one per box certificate and per database migration
+    (23 of them between the calls and the URL for 8 boxes, 115 for 100)."""
+    proc, output = _start_demo("--boxes", "2", "--port", str(free_port()))
+    site_dir = Path(next(ln for ln in output if ln.startswith("site files in ")).split()[-1])
+    rc = _interrupt_demo(proc, output, site_dir)
+    assert rc == 0, "".join(output)
+    records = [ln for ln in output if LOG_RECORD.match(ln)]
+    assert records == [], "".join(records)
+    assert [ln.split(":")[0] for ln in output if ln.startswith(("box ", "broker", "Dashboard"))] \
+        == ["broker", "box seat-01", "box seat-02", "Dashboard"], "".join(output)
+    assert output[-1] == "stopping\n", "".join(output)
+
+
+def _rows(db_path: Path) -> int:
+    with sqlite3.connect(db_path) as db:
+        return sum(db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                   for t in ("metrics", "events"))
+
+
+def test_a_run_in_a_kept_workdir_reports_its_own_messages_not_every_runs():
+    """`--seconds S --json` with a --workdir used before: the figures (and the exit code's 'every
+    box reported') were those of every run the folder had seen, a second 20-s run of 2 boxes
+    reporting 162 messages; they are the run's own."""
+    workdir = new_site_dir("miroir-demo-test-")
+    args = ["--boxes", "2", "--seconds", "10", "--json", "--port", str(free_port()),
+            "--workdir", str(workdir)]
+    try:
+        runs = []
+        for _ in range(2):
+            before = _rows(workdir / "dashboard.sqlite") if runs else 0
+            proc = subprocess.run([sys.executable, "-m", "miroir", "demo", *args],
+                                  capture_output=True, text=True, timeout=120, check=False,
+                                  cwd=REPO)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            runs.append((json.loads(proc.stdout), _rows(workdir / "dashboard.sqlite") - before))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    for summary, new_rows in runs:
+        assert summary["messages_lost"] == 0, summary
+        assert summary["messages_ingested"] == summary["messages_sent"] == new_rows, summary
+
+
+def test_ctrl_c_while_the_demo_starts_stops_it_cleanly():
+    """Ctrl-C while the dashboard starts (seconds, on a slow machine): a traceback
+    (UnboundLocalError: 'outboxes'), exit 1, and the site files left in the temporary folder."""
+    proc = subprocess.Popen([sys.executable, "-m", "miroir", "demo", "--boxes", "2",
+                             "--port", str(free_port())],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                            start_new_session=True)
+    output: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            output.append(line)
+            if line.startswith("broker:"):  # the dashboard is starting now
+                children = _descendants_alive(proc.pid)
+                os.killpg(proc.pid, signal.SIGINT)
+                break
+        output += proc.stdout.readlines()
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    site_dir = Path(next(ln for ln in output if ln.startswith("site files in ")).split()[-1])
+    left = site_dir.exists()
+    shutil.rmtree(site_dir, ignore_errors=True)
+    time.sleep(0.5)
+    orphans = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not orphans, f"processes left behind: {[p.cmdline() for p in orphans]}"
+    assert "Traceback" not in "".join(output), "".join(output)
+    assert rc == 0, "".join(output)
+    assert not left, f"{site_dir} left behind"
