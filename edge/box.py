@@ -142,6 +142,8 @@ class Box:
         self._shown_call_state = "idle"
         """The call state the status shows: frozen while private (it would tell when the call was
         held or ended)."""
+        self._idle_call: int | None = None
+        """The pipeline's call count when an ``idle`` was last taken (one hang-up ends one call)."""
         self.identify_until = 0.0
         self.control: ControlSocket | None = None
         """The local control socket, open while :meth:`run` runs (``control_socket``)."""
@@ -339,16 +341,29 @@ class Box:
                 self._status_due = True  # tell the dashboard what is gone for good
         elif action == "forget_baselines":
             self.forget_baselines(float(msg["ts"]))
-        elif action == "call_state" and msg["call_state"] != self.call_state:
-            self.call_state = str(msg["call_state"])
-            if not self.private:
-                self._shown_call_state = self.call_state
-                self._status_due = True
-            call_state = getattr(self.pipeline, "call_state", None)
-            if call_state is not None:  # while private, the pipeline keeps it for later
-                call_state(self.call_state)
+        elif action == "call_state":
+            self._set_call_state(str(msg["call_state"]))
         self.cmd_done += 1
         return action
+
+    def _set_call_state(self, state: str) -> None:
+        """Take the softphone's call state; the same state again changes nothing, except that an
+        ``idle`` ends a call that the prospect's speech started since the last ``idle`` (the box's
+        state was ``idle`` already: its start, or the last hang-up), once per call."""
+        begun = getattr(getattr(self.pipeline, "conversation", None), "calls_begun", None)
+        if state == self.call_state and (state != "idle" or self.private or not self._in_call()
+                                         or begun == self._idle_call):
+            return
+        if state == "idle":
+            self._idle_call = begun
+        if state != self.call_state:
+            self.call_state = state
+            if not self.private:
+                self._shown_call_state = state
+                self._status_due = True
+        call_state = getattr(self.pipeline, "call_state", None)
+        if call_state is not None:  # while private, the pipeline keeps it for later
+            call_state(state)
 
     def forget_baselines(self, changed_ts: float) -> bool:
         """The seat changed hands at ``changed_ts``: forget the baselines learned before then

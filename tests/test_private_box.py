@@ -334,3 +334,38 @@ def test_a_cti_connector_restores_the_call_state_after_the_box_restarts(site, br
     held = [m for kind, m in got if kind == "status" and m.get("call_state") == "hold"]
     assert len(starts) == 1, starts
     assert len(held) == 2, held  # the change, then the last status at the stop: none for the repeat
+
+
+def test_a_softphone_s_idle_ends_a_call_the_prospect_s_speech_started(ami_pair, tmp_path) -> None:
+    """docs/cues.md: a connector that sets the call state to idle at the hang-up ends the call
+    there. On a site where speech starts calls, the box's call state is already ``idle`` (its
+    start, or the last hang-up): the idle sent through the real socket at 15 s must end the call
+    then, once, even when a second connector (the dashboard's ``cmd``) relays the same hang-up;
+    sent again with no call in progress, it changes nothing."""
+    import socket
+
+    from edge.control import ControlSocket
+
+    near, far = ami_pair(30)
+    audio = np.stack([near, far]).astype(np.float32) / 32768.0
+    box = Box(EdgeSettings(site="site-a", box="box-a", broker_port=9, state_dir=tmp_path / "state"),
+              load_vad_model(), version="test")
+    box.control = ControlSocket(tmp_path / "run" / "control")
+    hang_up_s = 15.0
+    done: list[str] = []
+    for i in range(0, audio.shape[1], BLOCK):
+        if i / RATE_HZ >= hang_up_s and not done:
+            assert box.pipeline.conversation.in_call  # the prospect's speech started it at 0 s
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.sendto(b"call idle", str(box.control.path))
+            box.pump()  # the socket's idle
+            msg = wire.cmd_message("site-a", "box-a", "call_state", time.time(), call_state="idle")
+            done.append(box.handle_command(box.publisher.cmd_topic, wire.encode("cmd", msg)))
+        box.step(audio[:, i:i + BLOCK])
+    box.control.close()
+    events = [json.loads(p) for _, kind, p in box.outbox.pending(limit=100_000) if kind == "event"]
+    box.outbox.close()
+    ends = [(round(e["t_audio_s"], 1), e["call_end_reason"]) for e in events
+            if e["name"] == "call_end" and e["call_end_reason"] != "end_of_stream"]
+    assert ends == [(hang_up_s, "signal")], ends
+    assert done == ["call_state"] and box.cmd_refused == 0
