@@ -62,6 +62,10 @@ CMD_MAX_AGE_S = 60.0
 """A command that sets the seat's state, sent longer ago than this (by the two NTP clocks), is
 refused: a ``private_off`` resent after a broken connection must not end a private call the agent
 started since."""
+REFUSALS_LOGGED = 5
+"""Refused local commands written to the journal one by one per :data:`REFUSALS_EVERY_S`; past
+them a connector gone wrong is counted (``cmd_refused``), and the total written when it ends."""
+REFUSALS_EVERY_S = 60.0
 STATEFUL_ACTIONS = frozenset({"private_on", "private_off", "call_state"})
 LAST_GOOD_CAMPAIGN = "campaign.last-good.toml"
 """The campaign file the box last started with, a copy kept in its state directory."""
@@ -150,6 +154,10 @@ class Box:
         self._panel: tuple[bool, ...] = ()
         self._panel_at = 0.0
         self.cmd_refused = 0
+        self._refusals_since = -REFUSALS_EVERY_S
+        """When (monotonic seconds) the local refusals now counted began."""
+        self._refusals = 0
+        """Local commands refused since then (the first :data:`REFUSALS_LOGGED` written)."""
         self.pipeline_errors = 0
         """Blocks on which a stage raised (a bug: logged, the stages started again)."""
         self.fields_dropped = 0
@@ -286,9 +294,33 @@ class Box:
             msg = parse(text, self.private)
         except ControlError as exc:
             self.cmd_refused += 1
-            log.warning("local command refused: %s", exc)
+            self._log_refusal(str(exc))
             return "refused"
         return self._apply_safely(msg)
+
+    def _log_refusal(self, why: str) -> None:
+        """Write a refused local command to the journal, the first :data:`REFUSALS_LOGGED` of
+        each :data:`REFUSALS_EVERY_S` only (a flood would drown the agent's own lines)."""
+        if time.monotonic() - self._refusals_since >= REFUSALS_EVERY_S:
+            self._log_refusals()
+            self._refusals_since = time.monotonic()
+        self._refusals += 1
+        if self._refusals <= REFUSALS_LOGGED:
+            log.warning("local command refused: %s", why)
+        if self._refusals == REFUSALS_LOGGED:
+            log.warning("further refused local commands are counted in cmd_refused; their number "
+                        "is written within %.0f s", REFUSALS_EVERY_S)
+
+    def _log_refusals(self, force: bool = False) -> None:
+        """Write how many local commands were refused since the count began, once
+        :data:`REFUSALS_EVERY_S` have passed (or now, if ``force``), when some went unwritten."""
+        elapsed_s = time.monotonic() - self._refusals_since
+        if not force and elapsed_s < REFUSALS_EVERY_S:
+            return
+        if self._refusals > REFUSALS_LOGGED:
+            log.warning("%d local command(s) refused in %.0f s (%d not written one by one)",
+                        self._refusals, elapsed_s, self._refusals - REFUSALS_LOGGED)
+        self._refusals = 0
 
     @property
     def _private_file(self) -> Path:
@@ -414,6 +446,8 @@ class Box:
         if self.control is not None:
             for text in self.control.take():
                 self.handle_local(text)
+            if self._refusals:
+                self._log_refusals()
             panel = (connected, self.private, self.identifying)
             if panel != self._panel or now - self._panel_at > PANEL_EVERY_S:
                 self._panel, self._panel_at = panel, now
@@ -587,6 +621,7 @@ class Box:
             self.watchdog.stopping()
             self.save_baselines()
             if self.control is not None:
+                self._log_refusals(force=True)
                 self.control.close()
                 self.control = None
             try:

@@ -369,3 +369,50 @@ def test_a_softphone_s_idle_ends_a_call_the_prospect_s_speech_started(ami_pair, 
             if e["name"] == "call_end" and e["call_end_reason"] != "end_of_stream"]
     assert ends == [(hang_up_s, "signal")], ends
     assert done == ["call_state"] and box.cmd_refused == 0
+
+
+def test_a_flood_of_bad_local_commands_is_counted_not_written_line_by_line(tmp_path) -> None:
+    """A connector gone wrong sends thousands of bad commands to the real agent (``miroir edge
+    run``, replaying real speech): every one is refused and counted, the agent runs on and ends
+    cleanly, and its journal holds a few of them and their total, not a line for each (journald
+    would drop the agent's own lines past its rate limit, and the card would take every one)."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    control = tmp_path / "run" / "control"
+    config = tmp_path / "box.toml"
+    config.write_text(f'site = "site-a"\nbox = "box-a"\nbroker_port = 9\n'
+                      f'state_dir = "{tmp_path / "state"}"\ncontrol_socket = "{control}"\n'
+                      f'control_group = "no-such-group-here"\n')
+    journal = tmp_path / "journal.log"
+    with journal.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "miroir", "edge", "run", "--config", str(config), "--replay",
+             str(SHARED / "ami-headsets" / "source0.wav"),
+             str(SHARED / "ami-headsets" / "source1.wav"), "--fast", "--loop"],
+            stdout=subprocess.DEVNULL, stderr=err, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    sent = 3000
+    try:
+        wait_until(control.is_socket, "the agent's control socket")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(30.0)  # a full queue waits for the agent to drain it
+            for k in range(sent):
+                sock.sendto(b"call ringing %d" % k, str(control))
+            sock.sendto(b"identify", str(control))
+        wait_until(lambda: not (control.parent / "panel.json").exists()
+                   or json.loads((control.parent / "panel.json").read_text())["identifying"],
+                   "the identify after the flood")
+        assert proc.poll() is None, "the agent stopped"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    text = journal.read_text()
+    assert code == 0, text[-2000:]
+    lines = [line for line in text.splitlines() if "local command" in line]
+    print(f"{len(lines)} journal line(s) for {sent} bad local commands")
+    assert len(lines) <= 10, [*lines[:3], "...", *lines[-3:]]
+    assert "unknown local command 'call ringing 0'" in lines[0], lines[0]
+    assert f"{sent} local command(s) refused" in text, lines[-3:]
