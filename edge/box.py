@@ -290,13 +290,23 @@ class Box:
 
     def handle_local(self, text: str) -> str:
         """Apply one command from the control socket; return its action, or ``refused``."""
+        return self.answer_local(text)[0]
+
+    def answer_local(self, text: str) -> tuple[str, str]:
+        """Apply one command from the control socket; return its action (or ``refused``) and the
+        answer for its sender: ``ok <command>`` (a toggle says where it went) or ``refused: <why>``."""
         try:
             msg = parse(text, self.private)
         except ControlError as exc:
             self.cmd_refused += 1
             self._log_refusal(str(exc))
-            return "refused"
-        return self._apply_safely(msg)
+            return "refused", f"refused: {exc}"
+        action = self._apply_safely(msg)
+        if action == "refused":
+            return action, "refused: the command failed (see the box's journal)"
+        if action == "call_state":
+            return action, f"ok call {msg['call_state']}"
+        return action, "ok " + action.replace("_", " ")
 
     def _log_refusal(self, why: str) -> None:
         """Write a refused local command to the journal, the first :data:`REFUSALS_LOGGED` of
@@ -444,8 +454,8 @@ class Box:
         connected = self.publisher.connected.is_set()
         now = time.monotonic()
         if self.control is not None:
-            for text in self.control.take():
-                self.handle_local(text)
+            for text, sender in self.control.take():
+                self.control.answer(sender, self.answer_local(text)[1])
             if self._refusals:
                 self._log_refusals()
             panel = (connected, self.private, self.identifying)
