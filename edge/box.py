@@ -62,6 +62,10 @@ CMD_MAX_AGE_S = 60.0
 """A command that sets the seat's state, sent longer ago than this (by the two NTP clocks), is
 refused: a ``private_off`` resent after a broken connection must not end a private call the agent
 started since."""
+REFUSALS_LOGGED = 5
+"""Refused local commands written to the journal one by one per :data:`REFUSALS_EVERY_S`; past
+them a connector gone wrong is counted (``cmd_refused``), and the total written when it ends."""
+REFUSALS_EVERY_S = 60.0
 STATEFUL_ACTIONS = frozenset({"private_on", "private_off", "call_state"})
 LAST_GOOD_CAMPAIGN = "campaign.last-good.toml"
 """The campaign file the box last started with, a copy kept in its state directory."""
@@ -142,12 +146,18 @@ class Box:
         self._shown_call_state = "idle"
         """The call state the status shows: frozen while private (it would tell when the call was
         held or ended)."""
+        self._idle_call: int | None = None
+        """The pipeline's call count when an ``idle`` was last taken (one hang-up ends one call)."""
         self.identify_until = 0.0
         self.control: ControlSocket | None = None
         """The local control socket, open while :meth:`run` runs (``control_socket``)."""
         self._panel: tuple[bool, ...] = ()
         self._panel_at = 0.0
         self.cmd_refused = 0
+        self._refusals_since = -REFUSALS_EVERY_S
+        """When (monotonic seconds) the local refusals now counted began."""
+        self._refusals = 0
+        """Local commands refused since then (the first :data:`REFUSALS_LOGGED` written)."""
         self.pipeline_errors = 0
         """Blocks on which a stage raised (a bug: logged, the stages started again)."""
         self.fields_dropped = 0
@@ -280,13 +290,47 @@ class Box:
 
     def handle_local(self, text: str) -> str:
         """Apply one command from the control socket; return its action, or ``refused``."""
+        return self.answer_local(text)[0]
+
+    def answer_local(self, text: str) -> tuple[str, str]:
+        """Apply one command from the control socket; return its action (or ``refused``) and the
+        answer for its sender: ``ok <command>`` (a toggle says where it went) or ``refused: <why>``."""
         try:
             msg = parse(text, self.private)
         except ControlError as exc:
             self.cmd_refused += 1
-            log.warning("local command refused: %s", exc)
-            return "refused"
-        return self._apply_safely(msg)
+            self._log_refusal(str(exc))
+            return "refused", f"refused: {exc}"
+        action = self._apply_safely(msg)
+        if action == "refused":
+            return action, "refused: the command failed (see the box's journal)"
+        if action == "call_state":
+            return action, f"ok call {msg['call_state']}"
+        return action, "ok " + action.replace("_", " ")
+
+    def _log_refusal(self, why: str) -> None:
+        """Write a refused local command to the journal, the first :data:`REFUSALS_LOGGED` of
+        each :data:`REFUSALS_EVERY_S` only (a flood would drown the agent's own lines)."""
+        if time.monotonic() - self._refusals_since >= REFUSALS_EVERY_S:
+            self._log_refusals()
+            self._refusals_since = time.monotonic()
+        self._refusals += 1
+        if self._refusals <= REFUSALS_LOGGED:
+            log.warning("local command refused: %s", why)
+        if self._refusals == REFUSALS_LOGGED:
+            log.warning("further refused local commands are counted in cmd_refused; their number "
+                        "is written within %.0f s", REFUSALS_EVERY_S)
+
+    def _log_refusals(self, force: bool = False) -> None:
+        """Write how many local commands were refused since the count began, once
+        :data:`REFUSALS_EVERY_S` have passed (or now, if ``force``), when some went unwritten."""
+        elapsed_s = time.monotonic() - self._refusals_since
+        if not force and elapsed_s < REFUSALS_EVERY_S:
+            return
+        if self._refusals > REFUSALS_LOGGED:
+            log.warning("%d local command(s) refused in %.0f s (%d not written one by one)",
+                        self._refusals, elapsed_s, self._refusals - REFUSALS_LOGGED)
+        self._refusals = 0
 
     @property
     def _private_file(self) -> Path:
@@ -339,16 +383,29 @@ class Box:
                 self._status_due = True  # tell the dashboard what is gone for good
         elif action == "forget_baselines":
             self.forget_baselines(float(msg["ts"]))
-        elif action == "call_state" and msg["call_state"] != self.call_state:
-            self.call_state = str(msg["call_state"])
-            if not self.private:
-                self._shown_call_state = self.call_state
-                self._status_due = True
-            call_state = getattr(self.pipeline, "call_state", None)
-            if call_state is not None:  # while private, the pipeline keeps it for later
-                call_state(self.call_state)
+        elif action == "call_state":
+            self._set_call_state(str(msg["call_state"]))
         self.cmd_done += 1
         return action
+
+    def _set_call_state(self, state: str) -> None:
+        """Take the softphone's call state; the same state again changes nothing, except that an
+        ``idle`` ends a call that the prospect's speech started since the last ``idle`` (the box's
+        state was ``idle`` already: its start, or the last hang-up), once per call."""
+        begun = getattr(getattr(self.pipeline, "conversation", None), "calls_begun", None)
+        if state == self.call_state and (state != "idle" or self.private or not self._in_call()
+                                         or begun == self._idle_call):
+            return
+        if state == "idle":
+            self._idle_call = begun
+        if state != self.call_state:
+            self.call_state = state
+            if not self.private:
+                self._shown_call_state = state
+                self._status_due = True
+        call_state = getattr(self.pipeline, "call_state", None)
+        if call_state is not None:  # while private, the pipeline keeps it for later
+            call_state(state)
 
     def forget_baselines(self, changed_ts: float) -> bool:
         """The seat changed hands at ``changed_ts``: forget the baselines learned before then
@@ -397,8 +454,10 @@ class Box:
         connected = self.publisher.connected.is_set()
         now = time.monotonic()
         if self.control is not None:
-            for text in self.control.take():
-                self.handle_local(text)
+            for text, sender in self.control.take():
+                self.control.answer(sender, self.answer_local(text)[1])
+            if self._refusals:
+                self._log_refusals()
             panel = (connected, self.private, self.identifying)
             if panel != self._panel or now - self._panel_at > PANEL_EVERY_S:
                 self._panel, self._panel_at = panel, now
@@ -572,6 +631,7 @@ class Box:
             self.watchdog.stopping()
             self.save_baselines()
             if self.control is not None:
+                self._log_refusals(force=True)
                 self.control.close()
                 self.control = None
             try:

@@ -7,7 +7,10 @@ text, the same set as the ``cmd`` topic's local ones:
     call idle | call active | call hold
     identify
 
-The agent's main loop drains it without blocking (no thread). The socket file is mode 0660 and
+The agent answers each datagram whose sender has an address (a client socket bound to a path,
+or to an autobound abstract one, ``bind("")``) with ``ok <command>`` or ``refused: <why>``, without
+waiting: a sender gone or not reading loses its answer. The agent's main loop drains it without
+blocking (no thread). The socket file is mode 0660 and
 belongs to ``control_group`` when that group exists (the image makes ``miroir-control`` for the
 front panel), 0600 otherwise. The agent also writes ``panel.json`` beside it (online, private,
 identifying) for the status LED: no audio, no metric, readable by the panel.
@@ -31,6 +34,8 @@ log = logging.getLogger(__name__)
 
 MAX_DATAGRAM = 256
 """Longer datagrams are refused (a command is a few words)."""
+MAX_ANSWER = 512
+"""Longest answer sent back, in bytes."""
 PANEL_FILE = "panel.json"
 USAGE = f"'private on|off|toggle', 'call {'|'.join(wire.CALL_STATES)}' or 'identify'"
 """The documented local commands, as the refusals name them."""
@@ -96,17 +101,31 @@ class ControlSocket:
         self.panel_errors = 0
         """Failed writes of the panel's state file (logged once; the agent goes on)."""
 
-    def take(self) -> list[str]:
-        """Every datagram waiting now, decoded byte for byte (``surrogateescape``: undecodable
-        bytes kept as such); one over :data:`MAX_DATAGRAM` bytes comes cut at one byte more, for
-        :func:`parse` to refuse as too long."""
-        out: list[str] = []
+    def take(self) -> list[tuple[str, Any]]:
+        """Every datagram waiting now with its sender's address (None for an unbound sender),
+        decoded byte for byte (``surrogateescape``: undecodable bytes kept as such); one over
+        :data:`MAX_DATAGRAM` bytes comes cut at one byte more, for :func:`parse` to refuse as too
+        long."""
+        out: list[tuple[str, Any]] = []
         while True:
             try:
-                data = self._sock.recv(MAX_DATAGRAM + 1)
+                data, sender = self._sock.recvfrom(MAX_DATAGRAM + 1)
             except (BlockingIOError, InterruptedError):
                 return out
-            out.append(data.decode("utf-8", errors="surrogateescape"))
+            out.append((data.decode("utf-8", errors="surrogateescape"), sender or None))
+
+    def answer(self, sender: Any, text: str) -> bool:
+        """Send ``text`` back to ``sender`` without waiting; return False if it could not go (the
+        sender is gone, is not reading, or may not be written to: its loss, never the agent's)."""
+        if sender is None:
+            return False
+        data = text.encode("utf-8", errors="backslashreplace")[:MAX_ANSWER]
+        try:
+            self._sock.sendto(data, sender)
+        except OSError as exc:
+            log.debug("no answer to %r: %s", sender, exc)
+            return False
+        return True
 
     def write_panel(self, **state: bool) -> None:
         """Write the front panel's view (booleans only) next to the socket, atomically.

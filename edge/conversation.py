@@ -366,6 +366,8 @@ class Conversation:
 
     def __init__(self, config: ConversationConfig = ConversationConfig()) -> None:
         self.config = config
+        self.calls_begun = 0
+        """Calls begun since the stage was made (a :meth:`reset` does not set it back)."""
         self.reset()
 
     def reset(self) -> None:
@@ -720,6 +722,7 @@ class Conversation:
 
     def _begin_call(self, t: float) -> None:
         self._call = _Call(start_s=t)
+        self.calls_begun += 1
         self._hold_changed(t)  # hold music already playing
         # a turn under way (counted by the call before, if it ended in it) is one of this call's
         self._turn_counted = {AGENT: False, PROSPECT: False}

@@ -227,7 +227,7 @@ def test_an_oversized_local_command_is_refused_as_too_long(tmp_path, caplog) -> 
         for datagram in (b"call active\n" * 30, padded, b"\xff" * 200, b"call hold"):
             sock.sendto(datagram, str(control.path))
     with caplog.at_level(logging.WARNING, logger="edge.box"):
-        done = [box.handle_local(text) for text in control.take()]
+        done = [box.handle_local(text) for text, _ in control.take()]
     control.close()
     box.outbox.close()
     assert done == ["refused", "refused", "refused", "call_state"]
@@ -241,7 +241,8 @@ def test_an_oversized_local_command_is_refused_as_too_long(tmp_path, caplog) -> 
 
 def test_the_cti_example_of_docs_wire_md_runs_on_the_box_image(tmp_path) -> None:
     """docs/wire.md's shell example for a CTI connector, run as written (the socket's path aside)
-    and using only what the box image installs: it sets the call state through the real socket."""
+    and using only what the box image installs: it sets the call state through the real socket
+    and prints the agent's answer."""
     import re
     import shlex
     import subprocess
@@ -261,12 +262,16 @@ def test_the_cti_example_of_docs_wire_md_runs_on_the_box_image(tmp_path) -> None
     assert not missing, f"the example needs {missing}, which the box image does not install"
     box = Box(EdgeSettings(site="site-a", box="box-a", broker_port=9, state_dir=tmp_path / "state"),
               load_vad_model(), version="test")
-    control = ControlSocket(tmp_path / "control")
-    command = example.group(1).replace("/run/miroir/control", str(control.path))
-    subprocess.run(["bash", "-c", command], check=True, timeout=30)
-    assert [box.handle_local(t) for t in control.take()] == ["call_state"]
+    box.control = ControlSocket(tmp_path / "control")
+    command = example.group(1).replace("/run/miroir/control", str(box.control.path))
+    proc = subprocess.Popen(["bash", "-c", command], stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while proc.poll() is None and time.monotonic() < deadline:
+        box.pump()  # the agent's loop: takes the command, answers it
+    out, _ = proc.communicate(timeout=5)
+    assert proc.returncode == 0 and out == "ok call hold\n", out
     assert box.call_state == "hold"
-    control.close()
+    box.control.close()
     box.outbox.close()
 
 
@@ -334,3 +339,132 @@ def test_a_cti_connector_restores_the_call_state_after_the_box_restarts(site, br
     held = [m for kind, m in got if kind == "status" and m.get("call_state") == "hold"]
     assert len(starts) == 1, starts
     assert len(held) == 2, held  # the change, then the last status at the stop: none for the repeat
+
+
+def test_a_softphone_s_idle_ends_a_call_the_prospect_s_speech_started(ami_pair, tmp_path) -> None:
+    """docs/cues.md: a connector that sets the call state to idle at the hang-up ends the call
+    there. On a site where speech starts calls, the box's call state is already ``idle`` (its
+    start, or the last hang-up): the idle sent through the real socket at 15 s must end the call
+    then, once, even when a second connector (the dashboard's ``cmd``) relays the same hang-up;
+    sent again with no call in progress, it changes nothing."""
+    import socket
+
+    from edge.control import ControlSocket
+
+    near, far = ami_pair(30)
+    audio = np.stack([near, far]).astype(np.float32) / 32768.0
+    box = Box(EdgeSettings(site="site-a", box="box-a", broker_port=9, state_dir=tmp_path / "state"),
+              load_vad_model(), version="test")
+    box.control = ControlSocket(tmp_path / "run" / "control")
+    hang_up_s = 15.0
+    done: list[str] = []
+    for i in range(0, audio.shape[1], BLOCK):
+        if i / RATE_HZ >= hang_up_s and not done:
+            assert box.pipeline.conversation.in_call  # the prospect's speech started it at 0 s
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.sendto(b"call idle", str(box.control.path))
+            box.pump()  # the socket's idle
+            msg = wire.cmd_message("site-a", "box-a", "call_state", time.time(), call_state="idle")
+            done.append(box.handle_command(box.publisher.cmd_topic, wire.encode("cmd", msg)))
+        box.step(audio[:, i:i + BLOCK])
+    box.control.close()
+    events = [json.loads(p) for _, kind, p in box.outbox.pending(limit=100_000) if kind == "event"]
+    box.outbox.close()
+    ends = [(round(e["t_audio_s"], 1), e["call_end_reason"]) for e in events
+            if e["name"] == "call_end" and e["call_end_reason"] != "end_of_stream"]
+    assert ends == [(hang_up_s, "signal")], ends
+    assert done == ["call_state"] and box.cmd_refused == 0
+
+
+def test_a_flood_of_bad_local_commands_is_counted_not_written_line_by_line(tmp_path) -> None:
+    """A connector gone wrong sends thousands of bad commands to the real agent (``miroir edge
+    run``, replaying real speech): every one is refused and counted, the agent runs on and ends
+    cleanly, and its journal holds a few of them and their total, not a line for each (journald
+    would drop the agent's own lines past its rate limit, and the card would take every one)."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    control = tmp_path / "run" / "control"
+    config = tmp_path / "box.toml"
+    config.write_text(f'site = "site-a"\nbox = "box-a"\nbroker_port = 9\n'
+                      f'state_dir = "{tmp_path / "state"}"\ncontrol_socket = "{control}"\n'
+                      f'control_group = "no-such-group-here"\n')
+    journal = tmp_path / "journal.log"
+    with journal.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "miroir", "edge", "run", "--config", str(config), "--replay",
+             str(SHARED / "ami-headsets" / "source0.wav"),
+             str(SHARED / "ami-headsets" / "source1.wav"), "--fast", "--loop"],
+            stdout=subprocess.DEVNULL, stderr=err, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    sent = 3000
+    try:
+        wait_until(control.is_socket, "the agent's control socket")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(30.0)  # a full queue waits for the agent to drain it
+            for k in range(sent):
+                sock.sendto(b"call ringing %d" % k, str(control))
+            sock.sendto(b"identify", str(control))
+        wait_until(lambda: not (control.parent / "panel.json").exists()
+                   or json.loads((control.parent / "panel.json").read_text())["identifying"],
+                   "the identify after the flood")
+        assert proc.poll() is None, "the agent stopped"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    text = journal.read_text()
+    assert code == 0, text[-2000:]
+    lines = [line for line in text.splitlines() if "local command" in line]
+    print(f"{len(lines)} journal line(s) for {sent} bad local commands")
+    assert len(lines) <= 10, [*lines[:3], "...", *lines[-3:]]
+    assert "unknown local command 'call ringing 0'" in lines[0], lines[0]
+    assert f"{sent} local command(s) refused" in text, lines[-3:]
+
+
+def test_a_connector_that_binds_its_socket_reads_the_agent_s_answer(tmp_path) -> None:
+    """A CTI connector must know whether the agent took its command: one that binds its own socket
+    (an autobound abstract address, ``bind("")``) reads the real agent's answer to each datagram,
+    ``ok ...`` or ``refused: <why>``; one that went away before the answer costs the agent nothing."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    control = tmp_path / "run" / "control"
+    config = tmp_path / "box.toml"
+    config.write_text(f'site = "site-a"\nbox = "box-a"\nbroker_port = 9\n'
+                      f'state_dir = "{tmp_path / "state"}"\ncontrol_socket = "{control}"\n'
+                      f'control_group = "no-such-group-here"\n')
+    journal = tmp_path / "journal.log"
+    with journal.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "miroir", "edge", "run", "--config", str(config), "--replay",
+             str(SHARED / "ami-headsets" / "source0.wav"),
+             str(SHARED / "ami-headsets" / "source1.wav"), "--fast", "--loop"],
+            stdout=subprocess.DEVNULL, stderr=err, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    answers: dict[bytes, str] = {}
+    try:
+        wait_until(control.is_socket, "the agent's control socket")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as gone:
+            gone.bind("")
+            gone.sendto(b"call ringing", str(control))  # closed before the answer
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind("")
+            sock.settimeout(10.0)
+            for text in (b"call hold", b"call hold", b"private toggle", b"call ringing",
+                         b"\xff\xfe", b"private toggle"):
+                sock.sendto(text, str(control))
+                answers[text] = answers.get(text, "") + sock.recv(1024).decode() + "|"
+        assert proc.poll() is None, "the agent stopped"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    assert code == 0, journal.read_text()[-2000:]
+    assert answers[b"call hold"] == "ok call hold|ok call hold|", answers
+    assert answers[b"private toggle"] == "ok private on|ok private off|", answers
+    assert answers[b"call ringing"].startswith("refused: unknown local command 'call ringing': "
+                                               "use 'private on|off|toggle'"), answers
+    assert answers[b"\xff\xfe"].startswith("refused: unknown local command '\\udcff\\udcfe'"), answers
