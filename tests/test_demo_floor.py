@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import os
 import pty
@@ -572,3 +573,37 @@ def test_ctrl_c_while_the_demo_starts_stops_it_cleanly():
     assert "Traceback" not in "".join(output), "".join(output)
     assert rc == 0, "".join(output)
     assert not left, f"{site_dir} left behind"
+
+
+def test_the_it_page_of_the_demo_names_the_servers_clock_not_a_problem_of_each_box():
+    """On a server without NTP the demo's IT page gave all its boxes "avec problème", each with
+    "Horloge non synchronisée +0 ms": the simulated boxes run on the server and read its clock,
+    which says nothing of a box's. They now say so (``clock_shared``): no clock problem, the
+    clock named as the server's, its state given; the empty alert history says "Aucune"."""
+    from edge.health import clock_facts
+
+    server_synced = clock_facts().get("clock_synced")
+    workdir = new_site_dir("miroir-demo-test-")
+    port = free_port()
+    proc, output = _start_demo("--boxes", "2", "--port", str(port), "--workdir", str(workdir))
+    try:
+        password = re.search(r"password: (\S+)", output[-1])
+        assert password, "".join(output)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            _login(client, password.group(1))
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:  # until both boxes have sent their status
+                boxes = client.get("/api/fleet").json()["boxes"]
+                if len([b for b in boxes if b["version"]]) == 2:
+                    break
+                time.sleep(1)
+            page = html.unescape(client.get("/it").text)
+    finally:
+        _interrupt_demo(proc, output, workdir)
+    assert len([b for b in boxes if b["version"]]) == 2, boxes
+    assert all(b["clock_shared"] is True for b in boxes), boxes
+    assert [p for b in boxes for p in b["problems"] if p["code"] == "clock"] == [], boxes
+    assert '<strong id="count-problems">0</strong>' in page
+    state = "synchronisée" if server_synced else "non synchronisée"
+    assert page.count(f"Horloge du serveur (boîtier simulé), {state}") == 2, page
+    assert "Aucune alerte pour l'instant." in page.split("Historique des alertes")[1], page
