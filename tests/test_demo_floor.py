@@ -607,3 +607,38 @@ def test_the_it_page_of_the_demo_names_the_servers_clock_not_a_problem_of_each_b
     state = "synchronisée" if server_synced else "non synchronisée"
     assert page.count(f"Horloge du serveur (boîtier simulé), {state}") == 2, page
     assert "Aucune alerte pour l'instant." in page.split("Historique des alertes")[1], page
+
+
+def test_the_team_board_counts_the_calls_the_boxes_heard_when_no_phone_system_sends_them():
+    """The floor showed its calls in progress while the team board said "0 appels": it counted
+    only the calls a phone system (CTI) posts, and a site without one (the demo) has none. With
+    no call from it, the board now says so and gives the calls the team's boxes detected."""
+    workdir = new_site_dir("miroir-demo-test-")
+    port = free_port()
+    proc, output = _start_demo("--boxes", "2", "--port", str(port), "--workdir", str(workdir))
+    try:
+        password = re.search(r"password: (\S+)", output[-1])
+        assert password, "".join(output)
+        db_path = workdir / "dashboard.sqlite"
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:  # until a box's first call has started
+            with contextlib.closing(sqlite3.connect(db_path)) as conn:
+                if conn.execute("SELECT count(*) FROM events WHERE name = 'call_start'"
+                                ).fetchone()[0]:
+                    break
+            time.sleep(1)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            _login(client, password.group(1))
+            page = html.unescape(client.get("/teams/equipe-a").text)
+        with contextlib.closing(sqlite3.connect(db_path)) as conn:
+            heard = conn.execute(
+                "SELECT count(*) FROM events e JOIN seat_history h ON h.box = e.box "
+                "JOIN agents a ON a.agent = h.agent WHERE e.name = 'call_start' "
+                "AND a.team = 'equipe-a'").fetchone()[0]
+    finally:
+        _interrupt_demo(proc, output, workdir)
+    assert heard >= 1
+    debrief = page.split('id="debrief"')[1].split("</section>")[0]
+    assert "<strong>0</strong> appels" in debrief, debrief  # none from a phone system
+    assert "Aucun appel reçu du système téléphonique" in debrief, debrief
+    assert f"les boîtiers de l'équipe en ont détecté <strong>{heard}</strong>" in debrief, debrief
