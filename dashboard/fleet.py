@@ -123,7 +123,9 @@ def problems(box: dict[str, Any], now: float, fleet_version: str | None) -> list
     if rise is not None and now - float(rise) <= OVERRUNS_RISING_S and (box.get("overruns") or 0):
         out.append(Problem("overruns", str(box["overruns"])))
     offset = box.get("clock_offset_ms")
-    if box.get("clock_synced") is not None and not box["clock_synced"]:
+    if box.get("clock_shared"):  # the server's own clock (a demo box): named, not the box's
+        pass
+    elif box.get("clock_synced") is not None and not box["clock_synced"]:
         out.append(Problem("clock", "" if offset is None else f"{offset:+.0f} ms"))
     elif offset is not None and abs(float(offset)) > CLOCK_OFFSET_MAX_MS:
         out.append(Problem("clock", f"{offset:+.0f} ms"))
@@ -142,7 +144,7 @@ _FLEET_COLUMNS = ("box", "site", "state", "last_status_ts", "last_seen_ts", "ver
                   "outbox_depth", "dropped", "overruns", "overruns_rise_ts", "capture_ok",
                   "capture_reopens", "capture_error", "settings_error", "prospect_affect_state",
                   "cert_days_left", "cpu_temp_c", "throttled", "clock_synced", "clock_offset_ms",
-                  "msgs_per_min", "fields_dropped", "update_rolled_back")
+                  "clock_shared", "msgs_per_min", "fields_dropped", "update_rolled_back")
 
 
 def fleet(db: sqlite_utils.Database, now: float | None = None) -> dict[str, Any]:
@@ -169,7 +171,7 @@ def fleet(db: sqlite_utils.Database, now: float | None = None) -> dict[str, Any]
     version = common_version([r["version"] for r in rows if r["version"]])
     counts: Counter[str] = Counter()
     for r in rows:
-        for flag in ("capture_ok", "throttled", "clock_synced"):
+        for flag in ("capture_ok", "throttled", "clock_synced", "clock_shared"):
             if r[flag] is not None:
                 r[flag] = bool(r[flag])
         found = problems(r, now, version)

@@ -250,6 +250,11 @@ STRINGS: dict[str, tuple[str, str]] = {
     "team.shared": ("Appels remarquables", "Remarkable calls"),
     "team.debrief": ("Débrief des dernières 24 h", "Debrief of the last 24 h"),
     "team.calls": ("appels", "calls"),
+    "team.no_cti_calls": ("Aucun appel reçu du système téléphonique (CTI), qui compte les appels et "
+                          "leurs rendez-vous ; les boîtiers de l'équipe en ont détecté",
+                          "No call received from the phone system (CTI), which counts the calls "
+                          "and their meetings; the team's boxes detected"),
+    "team.no_cti_calls_end": (" depuis 24 h.", " in the last 24 h."),
     "team.meetings": ("rendez-vous", "meetings"),
     "team.flags": ("moments signalés", "flagged moments"),
     "team.export": ("Exporter l'équipe (CSV)", "Export the team (CSV)"),
@@ -319,6 +324,10 @@ STRINGS: dict[str, tuple[str, str]] = {
     "it.raised": ("Début", "Raised"),
     "it.cleared": ("Fin", "Cleared"),
     "it.still_open": ("en cours", "open"),
+    "it.no_history": ("Aucune alerte pour l'instant.", "No alert so far."),
+    "it.clock_shared": ("Horloge du serveur (boîtier simulé)", "The server's clock (simulated box)"),
+    "it.clock_shared_synced": ("synchronisée", "synchronised"),
+    "it.clock_shared_unsynced": ("non synchronisée", "not synchronised"),
     "it.reason": ("Cause", "Cause"),
     "it.reason.status": ("déconnexion signalée (Last Will)", "disconnection reported (Last Will)"),
     "it.reason.silent": ("aucun message depuis plus de 30 s", "no message for over 30 s"),

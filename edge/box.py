@@ -220,6 +220,8 @@ class Box:
         health = health_facts(self.version, self.settings.cert_file,
                               releases_root=self.settings.releases_root)
         health.pop("version")  # the publisher puts it in every status
+        if self.settings.clock_shared:  # only then: a dashboard older than the field refuses it
+            health["clock_shared"] = True
         raw = {**health,
                "seq_last": self.outbox.last_seq, "seq_first": self.outbox.first_seq(),
                "seq_origin": self.outbox.origin,

@@ -89,6 +89,10 @@ class EdgeSettings:
     wait up to this long (seconds) for NTP to set the clock first, and likewise when the clock reads
     before the saved baselines were learned (else they are learned afresh); 0 does not wait. The
     image's settings say 120: a Pi has no real-time clock, and boots at a stale time."""
+    clock_shared: bool = False
+    """The box runs on the dashboard's own server and reads its clock (``miroir demo``'s
+    simulated boxes): its status says so, and the IT page names the clock as the server's rather
+    than as the box's. Never set on a real box: its own clock is what IT must see."""
     affect_enabled: bool = False
     """Run the prospect affect model (far channel only). Only for a campaign whose call script
     tells the prospect about emotion recognition (EU AI Act Art. 50(3)); off by default."""

@@ -12,9 +12,9 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from miroir import __version__
 
@@ -308,13 +308,36 @@ def cmd_bench_vad(args: argparse.Namespace) -> int:
     return 0
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser: takes ``-v`` after the command too, and names its own usage when an
+    option is unknown (argparse left that to the top parser: ``miroir demo --bxoes 3`` printed
+    ``usage: miroir [-h] [--version] [-v] COMMAND ...``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # SUPPRESS: absent after the command, it leaves the value given before the command
+        self.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                          help="log debug messages (as `miroir -v COMMAND`)")
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        """Parse as argparse does, but an argument left over is this command's usage error."""
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)} "
+                       f"(`{self.prog} --help` lists its options)")
+        return parsed, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command (also used by the README test)."""
     parser = argparse.ArgumentParser(
         prog="miroir", description="Miroir: audio-free vocal posture metrics for call-centre floors.")
     parser.add_argument("--version", action="version", version=f"miroir {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                parser_class=_CommandParser)
 
     p = sub.add_parser("demo", help="run a live demo floor (broker, dashboard, simulated boxes)",
                        description=cmd_demo.__doc__)

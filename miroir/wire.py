@@ -152,6 +152,7 @@ ALLOWED_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
         "throttled": (bool,),
         "clock_synced": (bool,),
         "clock_offset_ms": _num,
+        "clock_shared": (bool,),
     },
     "metrics": {
         **_HEADER,

@@ -240,3 +240,23 @@ def test_the_proxy_settings_of_the_tls_guide_read_the_same_through_sh(tmp_path: 
                            sys.executable, code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stderr == "", done.stderr
     assert done.stdout.strip() == "8000 ['127.0.0.1/32', '::1/128']"
+
+
+def test_a_commands_mistyped_option_names_the_commands_usage_and_v_goes_after_it_too() -> None:
+    """`miroir demo --bxoes 3` printed the top-level usage (`usage: miroir [-h] [--version] [-v]
+    COMMAND ...`), not the demo's, and `miroir demo -v` was refused (-v only before the command).
+    The command's own usage and a pointer to its --help now come, and -v is taken after it."""
+    proc = subprocess.run([sys.executable, "-m", "miroir", "demo", "--bxoes", "3"],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("usage: miroir demo [-h] [-v] [--boxes BOXES]"), proc.stderr
+    assert "miroir demo: error: unrecognized arguments: --bxoes 3 (`miroir demo --help` lists " \
+           "its options)" in proc.stderr, proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "miroir", "edge", "run", "--config", "x.toml",
+                           "--lop"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("usage: miroir edge run "), proc.stderr
+    parser = build_parser()
+    assert parser.parse_args(["demo", "-v", "--boxes", "3"]).verbose is True
+    assert parser.parse_args(["-v", "demo"]).verbose is True
+    assert parser.parse_args(["demo", "--boxes", "3"]).verbose is False
+    assert parser.parse_args(["provision", "expiry", "--verbose"]).verbose is True

@@ -81,6 +81,12 @@ def test_problems_rank_every_fleet_rule_and_age_the_certificate() -> None:
     assert fleet.problems(edge, now, "1.2.0") == []
     assert [p.code for p in fleet.problems({**healthy, "clock_synced": False}, now, None)] == [
         "clock"]
+    # the demo's boxes read the server's clock (clock_shared): not a problem of theirs; a real
+    # box (the field absent, or false) keeps its unsynchronised clock on the page
+    shared = {**healthy, "clock_synced": False, "clock_offset_ms": 900.0}
+    assert fleet.problems({**shared, "clock_shared": True}, now, None) == []
+    assert [p.code for p in fleet.problems({**shared, "clock_shared": False}, now, None)] == [
+        "clock"]
     assert [p.code for p in fleet.problems({**healthy, "throttled": True}, now, None)] == [
         "thermal"]
     # Offline by status (Last Will) or by silence longer than 3 status periods (30 s).

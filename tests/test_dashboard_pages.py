@@ -1278,3 +1278,43 @@ def test_on_a_phone_the_metrics_without_a_measurement_are_folded_under_their_cou
         assert page.locator("#charts-without-data").evaluate("d => d.open") is True
     finally:
         context.close()
+
+
+def _axis(page: Any, caption: str) -> tuple[str, str]:
+    """The (top, bottom) value labels of the agent page's chart captioned ``caption``."""
+    texts = page.locator("#charts figure", has=page.locator("figcaption", has_text=caption))
+    labels = [t.text_content() or "" for t in texts.locator("svg text").all()]
+    return labels[2], labels[3]  # after the two times of the time axis
+
+
+def test_chart_axes_never_count_below_zero_and_write_decimals_in_the_pages_language(
+        chromium: Any, tmp_path: Path) -> None:
+    """A minute in which the box counted no breath: its flat zero line was labelled 1 and -1
+    ("Respirations -1 /min"), and a speaking rate's axis read "4.7" on a French page. A flat zero
+    now spans 0 to 1, a flat negative level keeps its sign, and the numbers follow the page."""
+    settings = make_settings(tmp_path)
+    now = time.time()
+    bodies = [{"window_s": 1.0, "t_start": float(k), "talk_state": "agent",
+               "near_talking": True, "far_talking": False, "near_speech_ratio": 0.6,
+               "near_breaths_per_min": 0.0, "near_rate_syl_s": 4.2 + 0.5 * (k % 2),
+               "near_level_dbfs": -30.0} for k in range(60)]
+    _agent_a_with_metrics(settings, bodies, now - 60, now)
+    breaths = registry.describe("near_breaths_per_min", "fr")["label"]
+    rate = registry.describe("near_rate_syl_s", "fr")["label"]
+    level = registry.describe("near_level_dbfs", "fr")["label"]
+    context = chromium.new_context(locale="en-US")  # the page's language counts, not the browser's
+    try:
+        page = context.new_page()
+        with _served(settings) as server:
+            browser_login(page, server.url)
+            page.goto(server.url + "/agents/agent-a")
+            page.wait_for_selector("body[data-charts-ready='1']")
+            french = (_axis(page, breaths), _axis(page, rate), _axis(page, level))
+            page.click("#lang-switch")
+            page.wait_for_url("**/agents/agent-a")
+            page.wait_for_selector("body[data-charts-ready='1']")
+            english = _axis(page, "Agent — Speech rate")
+    finally:
+        context.close()
+    assert french == (("1", "0"), ("4,7", "4,2"), ("-27", "-33")), french
+    assert english == ("4.7", "4.2"), english

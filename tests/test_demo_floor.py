@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import os
 import pty
@@ -572,3 +573,72 @@ def test_ctrl_c_while_the_demo_starts_stops_it_cleanly():
     assert "Traceback" not in "".join(output), "".join(output)
     assert rc == 0, "".join(output)
     assert not left, f"{site_dir} left behind"
+
+
+def test_the_it_page_of_the_demo_names_the_servers_clock_not_a_problem_of_each_box():
+    """On a server without NTP the demo's IT page gave all its boxes "avec problème", each with
+    "Horloge non synchronisée +0 ms": the simulated boxes run on the server and read its clock,
+    which says nothing of a box's. They now say so (``clock_shared``): no clock problem, the
+    clock named as the server's, its state given; the empty alert history says "Aucune"."""
+    from edge.health import clock_facts
+
+    server_synced = clock_facts().get("clock_synced")
+    workdir = new_site_dir("miroir-demo-test-")
+    port = free_port()
+    proc, output = _start_demo("--boxes", "2", "--port", str(port), "--workdir", str(workdir))
+    try:
+        password = re.search(r"password: (\S+)", output[-1])
+        assert password, "".join(output)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            _login(client, password.group(1))
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:  # until both boxes have sent their status
+                boxes = client.get("/api/fleet").json()["boxes"]
+                if len([b for b in boxes if b["version"]]) == 2:
+                    break
+                time.sleep(1)
+            page = html.unescape(client.get("/it").text)
+    finally:
+        _interrupt_demo(proc, output, workdir)
+    assert len([b for b in boxes if b["version"]]) == 2, boxes
+    assert all(b["clock_shared"] is True for b in boxes), boxes
+    assert [p for b in boxes for p in b["problems"] if p["code"] == "clock"] == [], boxes
+    assert '<strong id="count-problems">0</strong>' in page
+    state = "synchronisée" if server_synced else "non synchronisée"
+    assert page.count(f"Horloge du serveur (boîtier simulé), {state}") == 2, page
+    assert "Aucune alerte pour l'instant." in page.split("Historique des alertes")[1], page
+
+
+def test_the_team_board_counts_the_calls_the_boxes_heard_when_no_phone_system_sends_them():
+    """The floor showed its calls in progress while the team board said "0 appels": it counted
+    only the calls a phone system (CTI) posts, and a site without one (the demo) has none. With
+    no call from it, the board now says so and gives the calls the team's boxes detected."""
+    workdir = new_site_dir("miroir-demo-test-")
+    port = free_port()
+    proc, output = _start_demo("--boxes", "2", "--port", str(port), "--workdir", str(workdir))
+    try:
+        password = re.search(r"password: (\S+)", output[-1])
+        assert password, "".join(output)
+        db_path = workdir / "dashboard.sqlite"
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:  # until a box's first call has started
+            with contextlib.closing(sqlite3.connect(db_path)) as conn:
+                if conn.execute("SELECT count(*) FROM events WHERE name = 'call_start'"
+                                ).fetchone()[0]:
+                    break
+            time.sleep(1)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            _login(client, password.group(1))
+            page = html.unescape(client.get("/teams/equipe-a").text)
+        with contextlib.closing(sqlite3.connect(db_path)) as conn:
+            heard = conn.execute(
+                "SELECT count(*) FROM events e JOIN seat_history h ON h.box = e.box "
+                "JOIN agents a ON a.agent = h.agent WHERE e.name = 'call_start' "
+                "AND a.team = 'equipe-a'").fetchone()[0]
+    finally:
+        _interrupt_demo(proc, output, workdir)
+    assert heard >= 1
+    debrief = page.split('id="debrief"')[1].split("</section>")[0]
+    assert "<strong>0</strong> appels" in debrief, debrief  # none from a phone system
+    assert "Aucun appel reçu du système téléphonique" in debrief, debrief
+    assert f"les boîtiers de l'équipe en ont détecté <strong>{heard}</strong>" in debrief, debrief

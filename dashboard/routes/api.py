@@ -476,6 +476,12 @@ def team_board(db: Any, user: User, team: str, days: int = 14) -> dict[str, Any]
         "flags": db.conn.execute("SELECT count(*) FROM flags f JOIN agents a ON a.agent = f.agent "
                                  "WHERE a.team = ? AND f.created_ts >= ?",
                                  (team, since)).fetchone()[0],
+        # the calls the team's boxes heard start (their call_start events), at the seats of the
+        # team's agents then: a site without a phone system feed (CTI) has no other count
+        "calls_heard": db.conn.execute(
+            "SELECT count(*) FROM events e JOIN seat_history h ON e.box = h.box AND e.ts >= h.from_ts "
+            "AND (h.to_ts IS NULL OR e.ts < h.to_ts) JOIN agents a ON a.agent = h.agent "
+            "WHERE a.team = ? AND e.ts >= ? AND e.name = 'call_start'", (team, since)).fetchone()[0],
     }
     return {"team": team, "agents": out, "shared": shared, "debrief": debrief,
             "metrics": names}

@@ -24,6 +24,11 @@ window.MiroirCharts = (function () {
                                                             second: "2-digit", timeZoneName: "short" });
   }
 
+  // three significant digits, in the page's language as the rest of it: "4,7" on a French page
+  function fmtNumber(v) {
+    return (+v.toPrecision(3)).toLocaleString(LOCALE, { maximumSignificantDigits: 3 });
+  }
+
   function frame(container, title, t0, t1, onPick) {
     const fig = document.createElement("figure");
     fig.className = "chart";
@@ -79,14 +84,21 @@ window.MiroirCharts = (function () {
     if (!pts.length) return svg;
     let lo = Infinity, hi = -Infinity;
     for (const p of pts) { lo = Math.min(lo, p[1]); hi = Math.max(hi, p[1]); }
-    if (hi === lo) { hi += 1; lo -= 1; }
+    if (hi === lo) {  // a flat series: a span around it, never ±1 around a zero count
+      const pad = Math.max(1, Math.abs(lo) * 0.1);
+      hi += pad;
+      lo -= pad;
+    }
+    // a quantity measured never negative (a count, a share, a time) is never given a negative
+    // axis: "Respirations -1 /min" read as a negative count of breaths
+    if (lo < 0 && pts.every((p) => p[1] >= 0)) lo = 0;
     const y = (v) => H - PAD_B - (v - lo) / (hi - lo) * (H - PAD_T - PAD_B);
     const top = el("text", { x: PAD_L - 4, y: PAD_T + 8, "font-size": 10, fill: "#6b7685",
                              "text-anchor": "end" }, svg);
-    top.textContent = +hi.toPrecision(3);
+    top.textContent = fmtNumber(hi);
     const bot = el("text", { x: PAD_L - 4, y: H - PAD_B, "font-size": 10, fill: "#6b7685",
                              "text-anchor": "end" }, svg);
-    bot.textContent = +lo.toPrecision(3);
+    bot.textContent = fmtNumber(lo);
     let d = "";
     let prev = null;
     for (const p of pts) {
