@@ -531,3 +531,30 @@ def test_the_site_certificates_ending_soon_show_on_the_it_page_and_in_prometheus
     assert rows == {"dashboard": "expiring", "broker": "expiring", "ca": "ok"}, rows
     assert page.index('data-cert="dashboard"') < page.index('data-cert="broker"')  # soonest first
     assert "miroir provision expiry" in page
+
+
+def test_every_series_of_metrics_is_named_in_the_it_guide(tmp_path: Path) -> None:
+    """Each series `/metrics` exposes (a scrape of the real app with a box, an alert rule's
+    material) is named in the IT guide's list. The list lacked `miroir_ingest_store_retries_total`
+    (database busy or failing: batches held unacknowledged) and `miroir_box_series_truncated`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "it-guide.md").read_text()
+    listed = set(re.findall(r"\bmiroir_[a-z_]+\b", guide))
+    for head, words, tail in re.findall(r"\b(miroir_[a-z_]*)\{([a-z_,]+)\}([a-z_]*)", guide):
+        listed |= {f"{head}{word}{tail}" for word in words.split(",")}
+    token_file = tmp_path / "metrics-token"
+    token_file.write_text(TOKEN)
+    settings = make_settings(tmp_path, metrics_token_file=token_file)
+    db = store.open_db(settings.db_path)
+    schema.ensure_schema(db)
+    now = time.time()
+    store.apply_status(db, wire.status_message(SITE, "box-a", "online", now, outbox_depth=7,
+                                               cpu_temp_c=61.5, cert_days_left=3.0), now)
+    with _org_client(settings) as c:
+        text = c.get("/metrics", headers={"authorization": f"Bearer {TOKEN}"}).text
+    exposed = {s.name.removesuffix("_total")
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert len(exposed) >= 15
+    listed_bare = {name.removesuffix("_total") for name in listed}
+    assert exposed - listed_bare == set(), "in /metrics, not in docs/it-guide.md"
