@@ -356,7 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("near", type=Path, help="the agent's channel, a mono WAV file")
     p.add_argument("--far", type=Path, default=None, help="the line's channel, a mono WAV file")
     p.add_argument("--json", action="store_true",
-                   help="print JSON with per-frame VAD probabilities and speech segments")
+                   help="print the whole result as JSON (conversation, prosody, call summaries, "
+                        "per-second metrics and events, per-frame VAD probabilities and speech "
+                        "segments); without it, a summary")
     p.add_argument("--affect", action="store_true",
                    help="run the prospect affect model on the far channel (only for calls whose "
                         "script discloses emotion recognition to the prospect)")

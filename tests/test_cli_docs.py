@@ -260,3 +260,30 @@ def test_a_commands_mistyped_option_names_the_commands_usage_and_v_goes_after_it
     assert parser.parse_args(["-v", "demo"]).verbose is True
     assert parser.parse_args(["demo", "--boxes", "3"]).verbose is False
     assert parser.parse_args(["provision", "expiry", "--verbose"]).verbose is True
+
+
+def test_the_readme_says_what_analyze_prints_in_text_and_in_json() -> None:
+    """`miroir analyze` on a real headset pair: each part of its JSON is named in the README's row,
+    and the text output is what the row says it is, a summary. The row said the command printed
+    "call metrics, conversation (calls, overlaps, latency), prosody, ... the call summary", with
+    `--json` adding only the VAD; the text printed none of the conversation, prosody or summary."""
+    import json
+    import re
+
+    row = next(line for line in README.splitlines() if line.startswith("| `miroir analyze "))
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "ami-headsets"
+    args = [sys.executable, "-m", "miroir", "analyze", str(shared / "source0.wav"), "--far",
+            str(shared / "source1.wav")]
+    done = subprocess.run([*args, "--json"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    named = set(re.findall(r"`([a-z_.]+)`", row))
+    assert set(json.loads(done.stdout)) - named == set(), "JSON parts the README does not name"
+    text = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert text.returncode == 0, text.stderr
+    kinds = {"cue" if line.startswith("cue ") else re.sub(r"[:(].*", "", line).strip()
+             for line in text.stdout.splitlines()}
+    assert {"duration", "agent", "line", "cue"} <= kinds <= {"duration", "agent", "line", "cue",
+                                                             "fatigue index"}, text.stdout
+    summary = row.split("with `--json`", 1)[0]
+    for said in ("length", "speech share", "cues raised", "fatigue index"):
+        assert said in summary, said
