@@ -287,3 +287,15 @@ def test_the_readme_says_what_analyze_prints_in_text_and_in_json() -> None:
     summary = row.split("with `--json`", 1)[0]
     for said in ("length", "speech share", "cues raised", "fatigue index"):
         assert said in summary, said
+
+
+def test_the_readme_names_every_module_of_the_box_and_of_provisioning() -> None:
+    """The README's "Where each part lives" names each module of `edge/` and `provisioning/`: it
+    left out 8 of edge's 26 (the cues, `signals.py`, and fatigue, `fatigue.py`, among them) and
+    `provisioning/expiry.py`."""
+    root = Path(__file__).resolve().parents[1]
+    for folder in ("edge", "provisioning"):
+        row = next(line for line in README.splitlines() if line.startswith(f"| `{folder}/` |"))
+        modules = {p.name for p in (root / folder).glob("*.py")} - {"__init__.py"}
+        missing = {name for name in modules if f"`{name}`" not in row}
+        assert not missing, f"README's {folder}/ row lacks {sorted(missing)}"
