@@ -1,0 +1,136 @@
+"""The dashboard for a supervisor or an agent who reads it with a screen reader, the keyboard
+only, or eyes that tell colours apart poorly, in Debian's chromium: contrast, names, live
+regions, focus."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dashboard import db as store
+from dashboard.app import DashboardServer
+from miroir import wire
+from tests._fixtures_dashboard import (
+    INVENTORY,
+    USER_PASSWORD,
+    _metric_row,
+    browser_login,
+    make_settings,
+    seed_org,
+)
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e]
+
+PAGES = ("/", "/agents/agent-a1", "/teams/team-a", "/campaigns", "/campaigns/camp-a", "/audit",
+         "/it")
+READY = {"/": "body[data-stream-ready='1'] .seat[data-state='offline']",
+         "/agents/agent-a1": "body[data-charts-ready='1']", "/me": "body[data-charts-ready='1']"}
+"""What each page draws once its scripts have run (the floor's seats, the agent's charts)."""
+
+
+@pytest.fixture
+def floor_server(tmp_path: Path) -> Iterator[tuple[DashboardServer, dict[str, Any]]]:
+    """The seeded org served without an ingest, its seats in every talk state the floor colours:
+    box-a1's agent speaks, box-a2's prospect, box-b1's box is offline."""
+    settings = make_settings(tmp_path)
+    data = seed_org(settings)
+    now = time.time()
+    db = store.open_db(settings.db_path)
+    try:
+        for row, state in zip(INVENTORY, ("agent", "prospect", "overlap"), strict=True):
+            body = _metric_row(settings.site, str(row["box"]), 1000, now)
+            body.update(talk_state=state, near_talking=state in ("agent", "overlap"),
+                        far_talking=state in ("prospect", "overlap"))
+            store.insert_metrics(db, body, now)
+        offline = wire.status_message(settings.site, "box-b1", "offline", now)
+        store.apply_status(db, wire.decode("status", wire.encode("status", offline)), now)
+    finally:
+        db.conn.close()
+    server = DashboardServer(settings, start_ingest=False)
+    server.start()
+    try:
+        yield server, data
+    finally:
+        server.stop()
+
+
+LOW_CONTRAST = """() => {
+  const rgba = (s) => (s.match(/[\\d.]+/g) || []).map(Number);
+  const lin = (c) => { c /= 255; return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4; };
+  const lum = (c) => 0.2126 * lin(c[0]) + 0.7152 * lin(c[1]) + 0.0722 * lin(c[2]);
+  const over = (top, under) => {  // a colour of alpha top[3] laid on an opaque one
+    const a = top.length > 3 ? top[3] : 1;
+    return [0, 1, 2].map((i) => top[i] * a + under[i] * (1 - a));
+  };
+  const faded = (el) => { for (let e = el; e; e = e.parentElement) {
+    if (+getComputedStyle(e).opacity < 1) return true; } return false; };
+  const background = (el) => {
+    const layers = [];
+    for (let e = el; e; e = e.parentElement) {
+      const c = rgba(getComputedStyle(e).backgroundColor);
+      if (c.length > 3 && c[3] === 0) continue;
+      layers.push(c);
+      if (c.length < 4 || c[3] === 1) break;
+    }
+    let bg = [255, 255, 255];
+    for (const c of layers.reverse()) bg = over(c, bg);
+    return bg;
+  };
+  const out = [];
+  const walk = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let n = walk.nextNode(); n; n = walk.nextNode()) {
+    const el = n.parentElement;
+    if (!n.textContent.trim() || !el || el.closest("[hidden], template, option, script")) continue;
+    const box = el.getBoundingClientRect();
+    if (!box.width || !box.height || faded(el)) continue;  // faded: a seat's stale figures
+    const st = getComputedStyle(el);
+    const bg = background(el);
+    const fg = over(rgba(el instanceof SVGElement ? st.fill : st.color), bg);
+    const [hi, lo] = [lum(fg), lum(bg)].sort((a, b) => b - a);
+    const ratio = (hi + 0.05) / (lo + 0.05);
+    const px = parseFloat(st.fontSize), bold = +st.fontWeight >= 700;
+    const need = px >= 24 || (bold && px >= 18.66) ? 3 : 4.5;
+    const cls = el.className.baseVal === undefined ? el.className : el.className.baseVal;
+    const text = n.textContent.trim().slice(0, 30);
+    if (ratio < need) out.push(`${el.tagName.toLowerCase()}.${cls} "${text}" ${ratio.toFixed(2)}`);
+  }
+  return [...new Set(out)];
+}"""
+"""Each visible text whose colour on its background is below WCAG AA's contrast (4.5:1, 3:1
+for large text), as 'tag.class "text" ratio'."""
+
+
+def test_every_text_reads_at_aa_contrast_on_its_background(chromium: Any,
+                                                           floor_server: Any) -> None:
+    """The floor's legend wrote "Prospect parle" white on green at 3.45:1, "Chevauchement" on
+    orange at 3.22:1 and "Silence" on grey at 2.50:1, the seats said so in the same green and
+    orange on white, and the muted grey of help texts read 4.22:1 on the page's background and
+    4.00:1 on an offline seat: every text of every page now reads at 4.5:1 at least."""
+    server, _ = floor_server
+    low: dict[str, list[str]] = {}
+    context = chromium.new_context(locale="fr-FR", viewport={"width": 1280, "height": 800})
+    try:
+        page = context.new_page()
+        page.goto(server.url + "/login")
+        low["/login"] = page.evaluate(LOW_CONTRAST)
+        browser_login(page, server.url)
+        for path in PAGES:
+            page.goto(server.url + path)
+            page.wait_for_selector(READY.get(path, "main"))
+            low[path] = page.evaluate(LOW_CONTRAST)
+    finally:
+        context.close()
+    agent = chromium.new_context(locale="fr-FR")
+    try:
+        page = agent.new_page()
+        browser_login(page, server.url, "amina", USER_PASSWORD, landing="/me")
+        page.wait_for_selector(READY["/me"])
+        low["/me"] = page.evaluate(LOW_CONTRAST)
+    finally:
+        agent.close()
+    bad = {p: texts for p, texts in low.items() if texts}
+    assert bad == {}, "\n".join(f"{p}: {t}" for p, texts in bad.items() for t in texts)
