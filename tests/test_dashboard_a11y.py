@@ -134,3 +134,56 @@ def test_every_text_reads_at_aa_contrast_on_its_background(chromium: Any,
         agent.close()
     bad = {p: texts for p, texts in low.items() if texts}
     assert bad == {}, "\n".join(f"{p}: {t}" for p, texts in bad.items() for t in texts)
+
+
+def _metrics(site: str, box: str, seq: int, talk_state: str, in_call: bool = True) -> bytes:
+    return wire.encode("metrics", {
+        "v": wire.SCHEMA_VERSION, "site": site, "box": box, "ts": time.time(), "seq": seq,
+        "t_start": float(seq), "window_s": 1.0, "near_speech_ratio": 0.6,
+        "far_speech_ratio": 0.1, "near_talking": talk_state in ("agent", "overlap"),
+        "far_talking": talk_state in ("prospect", "overlap"), "talk_state": talk_state,
+        "in_call": in_call})
+
+
+SPOKEN = """() => {
+  window.spoken = [];
+  new MutationObserver((records) => {
+    for (const r of records) {
+      const node = r.target.nodeType === Node.ELEMENT_NODE ? r.target : r.target.parentElement;
+      const region = node && node.closest("[aria-live]");
+      if (region && region.getAttribute("aria-live") !== "off") {
+        window.spoken.push(region.textContent.replace(/\\s+/g, " ").trim());
+      }
+    }
+  }).observe(document.body, { subtree: true, childList: true, characterData: true });
+}"""
+"""Record, as a screen reader is told it, each change inside a live region (the region's text)."""
+
+
+def test_the_floor_announces_seats_and_calls_not_every_message(
+        browser_page: Any, dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
+    """The floor's counters were one polite live region with the count of messages received and
+    the ingest's latency in it: a box in a call sends a message a second, so a screen reader was
+    read the whole bar again at every one (ten messages, ten announcements) and never stopped.
+    Only the seats online, the seats and the seats in a call are announced now, when they
+    change: ten messages of a call already counted announce nothing."""
+    page = browser_page
+    browser_login(page, dashboard_server.url)
+    box = peer(site.box("box-a"), "box-a")
+    status = wire.status_message(site.site, "box-a", "online", time.time(), version="0.1.0")
+    box.publish(wire.topic(site.site, "box-a", "status"), wire.encode("status", status),
+                retain=True)
+    topic = wire.topic(site.site, "box-a", "metrics")
+    box.publish(topic, _metrics(site.site, "box-a", 1, "agent"))
+    page.wait_for_function("() => document.getElementById('count-in-call').textContent === '1'")
+    page.evaluate(SPOKEN)
+    for seq in range(2, 12):
+        box.publish(topic, _metrics(site.site, "box-a", seq, "agent" if seq % 2 else "prospect"))
+    page.locator(".seat[data-box='box-a'] .timeline span:not([class=''])").nth(10).wait_for(
+        state="attached")
+    assert int(page.locator("#count-messages").inner_text()) >= 11
+    assert page.evaluate("window.spoken") == []
+    # a seat leaving its call is announced, once, in words
+    box.publish(topic, _metrics(site.site, "box-a", 12, "silence", in_call=False))
+    page.wait_for_function("() => document.getElementById('count-in-call').textContent === '0'")
+    assert page.evaluate("window.spoken") == ["0 en appel"]
