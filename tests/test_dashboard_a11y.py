@@ -187,3 +187,47 @@ def test_the_floor_announces_seats_and_calls_not_every_message(
     box.publish(topic, _metrics(site.site, "box-a", 12, "silence", in_call=False))
     page.wait_for_function("() => document.getElementById('count-in-call').textContent === '0'")
     assert page.evaluate("window.spoken") == ["0 en appel"]
+
+
+STATE_RECTS = "() => document.querySelectorAll('#charts svg')[0].querySelectorAll('rect').length"
+
+
+def test_the_agent_s_live_page_announces_a_new_cue_and_keeps_the_keyboard_s_place(
+        browser_page: Any, dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
+    """Amina, with a screen reader and the keyboard, tabs to a cue of her shift on /me while her
+    box sends a call: the charts' redraw (once a second while the call goes on) rebuilt the cue
+    buttons and her focus fell back to the page's top (document.body), and the cue her box then
+    raised appeared in the live strip unannounced. Her focus now stays on the cue she chose, and
+    the new cue ("Ralentissez") is announced, once; the talk state (a change a second) is not."""
+    seed_org(dashboard_server.settings)
+    site.add_box("box-a1")
+    page = browser_page
+    browser_login(page, dashboard_server.url, "amina", USER_PASSWORD, landing="/me")
+    page.wait_for_selector("body[data-charts-ready='1'][data-stream-ready='1']")
+    page.evaluate(SPOKEN)
+    chosen = page.locator("#cue-list button").nth(1)
+    ts = chosen.get_attribute("data-ts")
+    chosen.focus()
+    rows_before = page.evaluate(STATE_RECTS)
+    box = peer(site.box("box-a1"), "box-a1")
+    for seq in range(5000, 5004):
+        box.publish(wire.topic(site.site, "box-a1", "metrics"),
+                    _metrics(site.site, "box-a1", seq, ("agent", "prospect")[seq % 2]))
+    box.publish(wire.topic(site.site, "box-a1", "event"), wire.encode("event", {
+        "v": wire.SCHEMA_VERSION, "site": site.site, "box": "box-a1", "channel": "near",
+        "ts": time.time(), "seq": 6000, "name": "cue_on", "t_audio_s": 3.5, "cue": "too_fast",
+        "severity": "medium", "evidence_value": 1.41, "evidence_threshold": 1.3,
+        "evidence_unit": "ratio"}))
+    page.wait_for_function(f"() => ({STATE_RECTS})() === {rows_before + 4}")
+    page.wait_for_function("() => document.querySelectorAll('#cue-list button').length === 4")
+    assert page.evaluate("() => [document.activeElement.closest('#cue-list') !== null,"
+                         " document.activeElement.dataset.ts]") == [True, ts]
+    assert page.evaluate("window.spoken") == ["Ralentissez"]
+    # Enter replays the cue's minute: the keyboard is still on that cue
+    page.keyboard.press("Enter")
+    page.locator("#back-live").wait_for()
+    assert page.evaluate("document.activeElement.dataset.ts") == ts
+    page.focus("#back-live")
+    page.keyboard.press("Enter")  # its button gone with the replay: the charts, not the top
+    page.locator("#back-live").wait_for(state="detached")
+    assert page.evaluate("document.activeElement.id") == "charts"
