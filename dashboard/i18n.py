@@ -376,6 +376,9 @@ STRINGS: dict[str, tuple[str, str]] = {
     "chart.cue": ("signal", "cue"),
     "chart.turns": ("Tours de parole", "Turn-taking"),
     "chart.flag": ("moment signalé", "flagged moment"),
+    "chart.latest": ("dernière valeur", "latest value"),
+    "chart.latest_state": ("dernier état", "latest state"),
+    "chart.at": ("à", "at"),
     "chart.click": ("Cliquez sur une courbe pour choisir le moment.",
                     "Click a chart to pick the moment."),
 }

@@ -231,3 +231,54 @@ def test_the_agent_s_live_page_announces_a_new_cue_and_keeps_the_keyboard_s_plac
     page.keyboard.press("Enter")  # its button gone with the replay: the charts, not the top
     page.locator("#back-live").wait_for(state="detached")
     assert page.evaluate("document.activeElement.id") == "charts"
+
+
+def test_each_chart_says_its_latest_value_and_the_turns_chart_its_states_in_words(
+        chromium: Any, org_server: Any) -> None:
+    """The agent page's charts were images named by their title only ("Agent — Temps de parole
+    (%)"): a screen reader heard no value, and the turn-taking chart told the agent's, the
+    prospect's, overlapping and silent stretches apart by colour alone, with no legend (green
+    and orange, which a red-green colour-blind supervisor does not tell apart). Each line chart
+    now says its latest value and when, and the turns chart says, in words beside it and to a
+    screen reader, each state's share of the shift and the latest state."""
+    import math
+
+    server, _ = org_server
+    context = chromium.new_context(locale="fr-FR")
+    try:
+        page = context.new_page()
+        browser_login(page, server.url)
+        page.goto(server.url + "/agents/agent-a1")
+        page.wait_for_selector("body[data-charts-ready='1']")
+        labels = page.eval_on_selector_all(
+            "#charts figure", "(fs) => fs.map((f) => [f.querySelector('figcaption').textContent,"
+            " f.querySelector('svg').getAttribute('aria-label'),"
+            " (f.querySelector('.chart-legend') || {}).textContent])")
+    finally:
+        context.close()
+    context = chromium.new_context(locale="fr-FR")
+    try:
+        page = context.new_page()
+        browser_login(page, server.url, "amina", USER_PASSWORD, landing="/me")
+        page.wait_for_selector("body[data-charts-ready='1']")
+        own = page.evaluate("(document.querySelector('#charts .chart-legend') || {}).textContent")
+    finally:
+        context.close()
+    by_title = {title: (label, legend) for title, label, legend in labels}
+    # the seeded shift: 240 one-second rows, twenty turns of 12 (6 agent, 3 prospect, 1 overlap,
+    # 2 silence); the last, seq 240, is the agent's
+    turns = "Agent parle 50 % · Prospect parle 25 % · Chevauchement 8 % · Silence 17 %"
+    label, legend = by_title["Tours de parole"]
+    assert legend == turns
+    assert label.startswith("Tours de parole : " + turns.replace(" · ", ", "))
+    assert "dernier état : Agent parle, à " in label and label.endswith(" UTC"), label
+    assert own == turns.replace("Agent parle", "Vous parlez").replace(
+        "Prospect parle", "Le prospect parle").replace("Chevauchement", "Vous parlez en même temps")
+    near = round(0.35 + 0.3 * math.sin(240 / 9.0) ** 2, 3) * 100
+    label, legend = by_title["Agent — Temps de parole (%)"]
+    expected = f"{near:.3g}".replace(".", ",")
+    assert label.startswith(f"Agent — Temps de parole (%) : dernière valeur {expected} %, à "), \
+        label
+    assert legend is None
+    assert all("dernière valeur" in lab for t, (lab, _) in by_title.items()
+               if t != "Tours de parole"), by_title

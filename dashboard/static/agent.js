@@ -98,7 +98,9 @@
     const onPick = flagTs ? pick : null;
     const flags = data.flags.map((f) => (f.note ? f : Object.assign({}, f, {
       note: t("chart.flag") + " " + t("agent.flag_no_note") })));  // a moment marked, no words
-    const common = { t0, t1, cues: data.cues, flags, onPick };
+    const common = { t0, t1, cues: data.cues, flags, onPick, stateLabel: stateText,
+                     latestLabel: t("chart.latest"), latestStateLabel: t("chart.latest_state"),
+                     atLabel: t("chart.at") };
     MiroirCharts.states(charts, Object.assign({ title: t("chart.turns"), rows }, common));
     const empty = [];  // measured by nobody in this window: named once, not drawn as empty frames
     data.metrics.forEach((m, i) => {
