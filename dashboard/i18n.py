@@ -151,6 +151,8 @@ STRINGS: dict[str, tuple[str, str]] = {
     "agent.goal_down": ("baisser", "lower"),
     "agent.goal_up": ("augmenter", "raise"),
     "agent.days": ("j", "d"),
+    "agent.goal_trend": ("{metric}, {days} jours : de {first} à {last}",
+                         "{metric}, {days} days: from {first} to {last}"),
     "agent.goal_add": ("Fixer l'objectif", "Set the goal"),
     "agent.audit": ("Qui a consulté mes données", "Who looked at my data"),
     "agent.audit_admin": ("Consultations de ces données", "Reads of this data"),

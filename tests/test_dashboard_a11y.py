@@ -4,6 +4,7 @@ regions, focus."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +36,8 @@ READY = {"/": "body[data-stream-ready='1'] .seat[data-state='offline']",
 @pytest.fixture
 def floor_server(tmp_path: Path) -> Iterator[tuple[DashboardServer, dict[str, Any]]]:
     """The seeded org served without an ingest, its seats in every talk state the floor colours:
-    box-a1's agent speaks, box-a2's prospect, box-b1's box is offline."""
+    box-a1's agent speaks (with a fatigue index), box-a2's prospect, box-b1's box is offline;
+    agent-a1 has a goal with three days of values."""
     settings = make_settings(tmp_path)
     data = seed_org(settings)
     now = time.time()
@@ -45,7 +47,18 @@ def floor_server(tmp_path: Path) -> Iterator[tuple[DashboardServer, dict[str, An
             body = _metric_row(settings.site, str(row["box"]), 1000, now)
             body.update(talk_state=state, near_talking=state in ("agent", "overlap"),
                         far_talking=state in ("prospect", "overlap"))
+            if state == "agent":
+                body["fatigue_index"] = 62.0
             store.insert_metrics(db, body, now)
+        with db.conn:
+            db.conn.execute("INSERT INTO goals (agent, metric, label, direction, author, "
+                            "created_ts) VALUES ('agent-a1', 'near_speech_ratio', 'laisser "
+                            "parler', 'down', 'sup-a', ?)", (now,))
+            for days_ago, mean in ((2, 0.61), (1, 0.55)):
+                day = time.strftime("%Y-%m-%d", time.gmtime(now - days_ago * 86400))
+                db.conn.execute("INSERT INTO daily_aggregates (day, agent, metric, mean, n) "
+                                "VALUES (?, 'agent-a1', 'near_speech_ratio', ?, 600)",
+                                (day, mean))
         offline = wire.status_message(settings.site, "box-b1", "offline", now)
         store.apply_status(db, wire.decode("status", wire.encode("status", offline)), now)
     finally:
@@ -282,3 +295,72 @@ def test_each_chart_says_its_latest_value_and_the_turns_chart_its_states_in_word
     assert legend is None
     assert all("dernière valeur" in lab for t, (lab, _) in by_title.items()
                if t != "Tours de parole"), by_title
+
+
+NAMED_ROLES = {"button", "link", "textbox", "combobox", "checkbox", "radio", "spinbutton",
+               "slider", "meter", "progressbar", "image", "img", "listbox", "searchbox"}
+
+
+def _unnamed(page: Any) -> list[str]:
+    """The controls and images of the page that chromium's accessibility tree leaves unnamed
+    (what a screen reader says of them: their role only), as their HTML's first 80 characters."""
+    cdp = page.context.new_cdp_session(page)
+    try:
+        out = []
+        for node in cdp.send("Accessibility.getFullAXTree")["nodes"]:
+            role = node.get("role", {}).get("value")
+            name = str(node.get("name", {}).get("value", "")).strip()
+            if node.get("ignored") or role not in NAMED_ROLES or name:
+                continue
+            obj = cdp.send("DOM.resolveNode", {"backendNodeId": node["backendDOMNodeId"]})
+            html = cdp.send("Runtime.callFunctionOn", {
+                "objectId": obj["object"]["objectId"], "returnByValue": True,
+                "functionDeclaration": "function () { return this.outerHTML.slice(0, 80); }"})
+            out.append(f"{role}: {html['result']['value']}")
+        return out
+    finally:
+        cdp.detach()
+
+
+def test_every_control_and_image_of_every_page_has_a_name(chromium: Any,
+                                                         floor_server: Any) -> None:
+    """A screen reader said "image" and nothing more of a goal's trend on the agent page (its
+    sparkline had role="img" and no name), and "meter" of a seat's fatigue on the floor (its
+    label a sibling, not tied to it). Every form control, link, button, meter and image of the
+    login, floor, agent, team, campaigns, audit, IT and /me pages now has a name: the trend says
+    its days and its first and last values, the meter is the seat's fatigue."""
+    server, _ = floor_server
+    unnamed: dict[str, list[str]] = {}
+    context = chromium.new_context(locale="fr-FR")
+    try:
+        page = context.new_page()
+        page.goto(server.url + "/login")
+        unnamed["/login"] = _unnamed(page)
+        browser_login(page, server.url)
+        for path in PAGES:
+            page.goto(server.url + path)
+            page.wait_for_selector(READY.get(path, "main"))
+            unnamed[path] = _unnamed(page)
+            if path == "/":
+                meter = page.locator(".seat[data-box='box-a1'] .fatigue meter")
+                assert meter.is_visible()
+                fatigue = meter.get_attribute("value")
+            if path == "/agents/agent-a1":
+                trend = page.evaluate("document.querySelector('#goals .goal svg')"
+                                      ".getAttribute('aria-label')")
+    finally:
+        context.close()
+    context = chromium.new_context(locale="fr-FR")
+    try:
+        page = context.new_page()
+        browser_login(page, server.url, "amina", USER_PASSWORD, landing="/me")
+        page.wait_for_selector(READY["/me"])
+        unnamed["/me"] = _unnamed(page)
+    finally:
+        context.close()
+    bad = {p: found for p, found in unnamed.items() if found}
+    assert bad == {}, "\n".join(f"{p}: {f}" for p, found in bad.items() for f in found)
+    assert fatigue == "0.62"
+    # two stored days (61 %, 55 %) and today's rows (their mean)
+    assert re.fullmatch(r"Agent — Temps de parole, 3 jours : de 61 % à \d\d,\d %", trend or ""), \
+        trend
