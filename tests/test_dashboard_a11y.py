@@ -364,3 +364,44 @@ def test_every_control_and_image_of_every_page_has_a_name(chromium: Any,
     # two stored days (61 %, 55 %) and today's rows (their mean)
     assert re.fullmatch(r"Agent — Temps de parole, 3 jours : de 61 % à \d\d,\d %", trend or ""), \
         trend
+
+
+def test_each_page_has_its_own_title_and_the_language_it_is_written_in(
+        chromium: Any, org_server: Any) -> None:
+    """A screen reader announces a page by its title, and a tab is found by it: a campaign's
+    comparison was titled "Campagnes — Miroir" as the list of campaigns, and the agent's own
+    page "Amina Diallo — Miroir" as her supervisor's page about her. Every page's title is its
+    own now, and <html lang> follows the language the reader chose (its voice reads French as
+    French), as the title does."""
+    server, _ = org_server
+    titles: dict[str, str] = {}
+    langs: dict[str, str] = {}
+    context = chromium.new_context(locale="fr-FR")
+    try:
+        page = context.new_page()
+        page.goto(server.url + "/login")
+        titles["/login"] = page.title()
+        browser_login(page, server.url)
+        for path in (*PAGES, "/agents/nobody"):
+            page.goto(server.url + path)
+            titles[path] = page.title()
+            langs[path] = page.evaluate("document.documentElement.lang")
+        page.goto(server.url + "/campaigns/camp-a")
+        page.click("#lang-switch")
+        page.wait_for_url("**/campaigns/camp-a")
+        english = (page.title(), page.evaluate("document.documentElement.lang"))
+    finally:
+        context.close()
+    context = chromium.new_context(locale="fr-FR")
+    try:
+        page = context.new_page()
+        browser_login(page, server.url, "amina", USER_PASSWORD, landing="/me")
+        titles["/me"] = page.title()
+        langs["/me"] = page.evaluate("document.documentElement.lang")
+    finally:
+        context.close()
+    assert set(langs.values()) == {"fr"}, langs
+    assert len(set(titles.values())) == len(titles), titles
+    assert titles["/campaigns/camp-a"] == "Salon Lyon · Campagnes — Miroir"
+    assert titles["/me"] == "Mon espace — Miroir"
+    assert english == ("Salon Lyon · Campaigns — Miroir", "en")
