@@ -405,3 +405,49 @@ def test_each_page_has_its_own_title_and_the_language_it_is_written_in(
     assert titles["/campaigns/camp-a"] == "Salon Lyon · Campagnes — Miroir"
     assert titles["/me"] == "Mon espace — Miroir"
     assert english == ("Salon Lyon · Campaigns — Miroir", "en")
+
+
+def _names(page: Any, roles: set[str]) -> list[str]:
+    """The accessible names of the page's elements of ``roles``, as chromium computes them."""
+    cdp = page.context.new_cdp_session(page)
+    try:
+        return [str(n.get("name", {}).get("value", "")).strip()
+                for n in cdp.send("Accessibility.getFullAXTree")["nodes"]
+                if not n.get("ignored") and n.get("role", {}).get("value") in roles]
+    finally:
+        cdp.detach()
+
+
+def test_each_call_s_and_each_moment_s_buttons_say_which_they_act_on(
+        chromium: Any, org_server: Any) -> None:
+    """A screen reader listing the agent page's buttons and fields read "Issue, Enregistrer"
+    once per call (one of each for each of agent-a1's calls) and "Rejouer" once per flagged
+    moment, not which call or moment each one acts on. Each now names its call or moment by its
+    time, as the page shows it: "Enregistrer 27/11/2026 21:55:59 UTC", "Rejouer …"."""
+    server, _ = org_server
+    now = time.time()
+    db = store.open_db(server.settings.db_path)
+    try:
+        with db.conn:
+            for k, note in enumerate(("débit élevé", "bonne reformulation")):
+                db.conn.execute("INSERT INTO flags (agent, box, ts, note, author, created_ts) "
+                                "VALUES ('agent-a1', 'box-a1', ?, ?, 'admin', ?)",
+                                (now - 100 + k * 30, note, now))
+    finally:
+        db.conn.close()
+    context = chromium.new_context(locale="fr-FR")
+    try:
+        page = context.new_page()
+        browser_login(page, server.url)
+        page.goto(server.url + "/agents/agent-a1")
+        page.wait_for_selector("body[data-charts-ready='1']")
+        page.click("#calls-older summary")  # the older calls too
+        names = _names(page, {"button", "combobox"})
+        first_call = page.locator("#calls tr.call").first
+        shown = first_call.locator("time").inner_text()
+    finally:
+        context.close()
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    assert repeated == []
+    assert f"Enregistrer {shown}" in names and f"Issue {shown}" in names
+    assert sum(n.startswith("Rejouer ") for n in names) == 2
