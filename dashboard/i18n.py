@@ -310,8 +310,12 @@ STRINGS: dict[str, tuple[str, str]] = {
     "campaign.agents": ("Agents sur cette campagne", "Agents on this campaign"),
     "nav.it": ("Parc des boîtiers", "Box fleet"),
     "it.title": ("Santé du parc", "Fleet health"),
-    "it.help": ("Boîtiers classés par gravité des problèmes ; la page se met à jour toute seule.",
-                "Boxes ranked by how serious their problems are; the page refreshes itself."),
+    "it.help": ("Boîtiers classés par gravité des problèmes ; la page se met à jour toute seule, "
+                "jamais pendant que vous la parcourez au clavier.",
+                "Boxes ranked by how serious their problems are; the page refreshes itself, never "
+                "while you move through it with the keyboard."),
+    "it.auto_refresh": ("Mise à jour automatique (toutes les {s} s)",
+                        "Automatic update (every {s} s)"),
     "it.box": ("Boîtier", "Box"),
     "it.seat": ("Poste", "Seat"),
     "it.problems": ("Problèmes", "Problems"),

@@ -451,3 +451,39 @@ def test_each_call_s_and_each_moment_s_buttons_say_which_they_act_on(
     assert repeated == []
     assert f"Enregistrer {shown}" in names and f"Issue {shown}" in names
     assert sum(n.startswith("Rejouer ") for n in names) == 2
+
+
+def test_the_it_page_does_not_reload_under_a_keyboard_user_and_its_refresh_can_be_stopped(
+        chromium: Any, org_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The IT page reloaded itself every 15 s (<meta http-equiv="refresh">) whatever its reader
+    did: a keyboard user's focus went back to the page's top and a screen reader started the
+    page over, four times a minute, with no way to stop it. It still updates itself while nobody
+    is on it, never while something of it has the keyboard's focus, and a labelled switch stops
+    it (kept while the tab is open)."""
+    from dashboard.routes import fleet
+
+    monkeypatch.setattr(fleet, "PAGE_REFRESH_S", 1)
+    server, _ = org_server
+    context = chromium.new_context(locale="fr-FR")
+    try:
+        page = context.new_page()
+        browser_login(page, server.url)
+        page.goto(server.url + "/it")
+        page.evaluate("window.here = 1")  # gone with a reload
+        page.wait_for_function("() => window.here === undefined", timeout=5000)  # nobody on it
+        page.evaluate("window.here = 1")
+        page.keyboard.press("Tab")  # the keyboard user's first step: the navigation
+        focused = page.evaluate("document.activeElement.id")
+        page.wait_for_function("() => window.here === undefined"
+                               " || +document.body.dataset.refreshSkipped >= 2", timeout=5000)
+        assert page.evaluate("[window.here, document.activeElement.id]") == [1, focused]
+        switch = page.get_by_role("checkbox", name="Mise à jour automatique (toutes les 1 s)")
+        switch.uncheck()
+        page.evaluate("document.activeElement.blur(); window.here = 1")
+        page.wait_for_function("() => +document.body.dataset.refreshSkipped >= 4", timeout=5000)
+        assert page.evaluate("window.here") == 1
+        page.reload()  # the choice holds for the tab
+        assert not page.get_by_role("checkbox", name="Mise à jour automatique (toutes les 1 s)"
+                                    ).is_checked()
+    finally:
+        context.close()
