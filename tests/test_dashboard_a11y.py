@@ -372,7 +372,8 @@ def test_each_page_has_its_own_title_and_the_language_it_is_written_in(
     comparison was titled "Campagnes — Miroir" as the list of campaigns, and the agent's own
     page "Amina Diallo — Miroir" as her supervisor's page about her. Every page's title is its
     own now, and <html lang> follows the language the reader chose (its voice reads French as
-    French), as the title does."""
+    French), as the title does; the language switch, "English" on a French page, is marked
+    lang="en" (a French voice read it with French sounds)."""
     server, _ = org_server
     titles: dict[str, str] = {}
     langs: dict[str, str] = {}
@@ -387,9 +388,15 @@ def test_each_page_has_its_own_title_and_the_language_it_is_written_in(
             titles[path] = page.title()
             langs[path] = page.evaluate("document.documentElement.lang")
         page.goto(server.url + "/campaigns/camp-a")
+        # the switch is named in the language it leads to, and marked so: a French voice read
+        # "English" with French sounds
+        switch_fr = page.evaluate("[...document.querySelectorAll('body [lang]')].map((e) =>"
+                                  " [e.tagName, e.lang, e.textContent.trim()])")
         page.click("#lang-switch")
         page.wait_for_url("**/campaigns/camp-a")
         english = (page.title(), page.evaluate("document.documentElement.lang"))
+        switch_en = page.evaluate("[document.getElementById('lang-switch').lang,"
+                                  " document.getElementById('lang-switch').textContent.trim()]")
     finally:
         context.close()
     context = chromium.new_context(locale="fr-FR")
@@ -405,6 +412,8 @@ def test_each_page_has_its_own_title_and_the_language_it_is_written_in(
     assert titles["/campaigns/camp-a"] == "Salon Lyon · Campagnes — Miroir"
     assert titles["/me"] == "Mon espace — Miroir"
     assert english == ("Salon Lyon · Campaigns — Miroir", "en")
+    assert switch_fr == [["BUTTON", "en", "English"]]  # the only part in another language
+    assert switch_en == ["fr", "Français"]
 
 
 def _names(page: Any, roles: set[str]) -> list[str]:
