@@ -151,6 +151,8 @@ STRINGS: dict[str, tuple[str, str]] = {
     "agent.goal_down": ("baisser", "lower"),
     "agent.goal_up": ("augmenter", "raise"),
     "agent.days": ("j", "d"),
+    "agent.goal_trend": ("{metric}, {days} jours : de {first} à {last}",
+                         "{metric}, {days} days: from {first} to {last}"),
     "agent.goal_add": ("Fixer l'objectif", "Set the goal"),
     "agent.audit": ("Qui a consulté mes données", "Who looked at my data"),
     "agent.audit_admin": ("Consultations de ces données", "Reads of this data"),
@@ -308,8 +310,12 @@ STRINGS: dict[str, tuple[str, str]] = {
     "campaign.agents": ("Agents sur cette campagne", "Agents on this campaign"),
     "nav.it": ("Parc des boîtiers", "Box fleet"),
     "it.title": ("Santé du parc", "Fleet health"),
-    "it.help": ("Boîtiers classés par gravité des problèmes ; la page se met à jour toute seule.",
-                "Boxes ranked by how serious their problems are; the page refreshes itself."),
+    "it.help": ("Boîtiers classés par gravité des problèmes ; la page se met à jour toute seule, "
+                "jamais pendant que vous la parcourez au clavier.",
+                "Boxes ranked by how serious their problems are; the page refreshes itself, never "
+                "while you move through it with the keyboard."),
+    "it.auto_refresh": ("Mise à jour automatique (toutes les {s} s)",
+                        "Automatic update (every {s} s)"),
     "it.box": ("Boîtier", "Box"),
     "it.seat": ("Poste", "Seat"),
     "it.problems": ("Problèmes", "Problems"),
@@ -376,6 +382,9 @@ STRINGS: dict[str, tuple[str, str]] = {
     "chart.cue": ("signal", "cue"),
     "chart.turns": ("Tours de parole", "Turn-taking"),
     "chart.flag": ("moment signalé", "flagged moment"),
+    "chart.latest": ("dernière valeur", "latest value"),
+    "chart.latest_state": ("dernier état", "latest state"),
+    "chart.at": ("à", "at"),
     "chart.click": ("Cliquez sur une courbe pour choisir le moment.",
                     "Click a chart to pick the moment."),
 }

@@ -84,6 +84,8 @@ def _agent_context(db: Db, user: User, agent: str, self_view: bool,
         g["series"] = analytics.daily_means(db, agent, g["metric"])
         g["label_metric"] = (registry.describe(g["metric"], user.lang)["label"]
                              if registry.known(g["metric"]) else g["metric"])
+        g["unit_metric"] = (registry.describe(g["metric"], user.lang)["unit"]
+                            if registry.known(g["metric"]) else "")
     calls = _calls_page(db, agent, calls_before)
     show_audit = self_view or user.role == "admin"
     audit = access.audit_page(db, agent, AUDIT_PAGE, audit_before) if show_audit else None

@@ -28,7 +28,41 @@
   }
   if (flagTs) pick(parseFloat(flagTs.value));
 
+  // What of the charts and cue buttons had the keyboard's focus: draw() rebuilds them (once a
+  // second while a call goes on), and the reader's place must not fall back to the page's top.
+  function focused() {
+    const a = document.activeElement;
+    if (!a || a === body) return null;
+    if (a.closest("#cue-list") && a.dataset.ts) return { cue: a.dataset.ts };
+    if (a.id === "back-live") return { id: "back-live" };
+    if (a.tagName === "SUMMARY" && a.closest("#charts-without-data")) return { summary: true };
+    return null;
+  }
+
+  function refocus(was) {
+    if (!was) return;
+    let target = null;
+    if (was.cue) {
+      target = [...document.querySelectorAll("#cue-list .replay")]
+        .find((b) => b.dataset.ts === was.cue) || null;
+    } else if (was.id) {
+      target = document.getElementById(was.id);
+    } else if (was.summary) {
+      target = document.querySelector("#charts-without-data summary");
+    }
+    (target || charts).focus({ preventScroll: true });  // gone ("back to live"): the charts
+  }
+
   function draw(data, title) {
+    const was = focused();
+    try {
+      drawCharts(data, title);
+    } finally {
+      refocus(was);
+    }
+  }
+
+  function drawCharts(data, title) {
     charts.textContent = "";
     replaying = !!title;
     if (title) {
@@ -64,7 +98,9 @@
     const onPick = flagTs ? pick : null;
     const flags = data.flags.map((f) => (f.note ? f : Object.assign({}, f, {
       note: t("chart.flag") + " " + t("agent.flag_no_note") })));  // a moment marked, no words
-    const common = { t0, t1, cues: data.cues, flags, onPick };
+    const common = { t0, t1, cues: data.cues, flags, onPick, stateLabel: stateText,
+                     latestLabel: t("chart.latest"), latestStateLabel: t("chart.latest_state"),
+                     atLabel: t("chart.at") };
     MiroirCharts.states(charts, Object.assign({ title: t("chart.turns"), rows }, common));
     const empty = [];  // measured by nobody in this window: named once, not drawn as empty frames
     data.metrics.forEach((m, i) => {

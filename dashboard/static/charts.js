@@ -6,7 +6,7 @@ window.MiroirCharts = (function () {
   const NS = "http://www.w3.org/2000/svg";
   const W = 760, H = 130, PAD_L = 46, PAD_R = 10, PAD_T = 8, PAD_B = 20;
   const MIN_W = 240;  // a phone's chart is drawn at its own width: its labels keep 10 px
-  const STATE_COLOURS = { agent: "#2f6fdb", prospect: "#1f9d6b", overlap: "#e0702a",
+  const STATE_COLOURS = { agent: "#2f6fdb", prospect: "#167a55", overlap: "#b4530f",  // style.css
                           silence: "#d3d9e1" };
 
   function el(name, attrs, parent) {
@@ -27,6 +27,11 @@ window.MiroirCharts = (function () {
   // three significant digits, in the page's language as the rest of it: "4,7" on a French page
   function fmtNumber(v) {
     return (+v.toPrecision(3)).toLocaleString(LOCALE, { maximumSignificantDigits: 3 });
+  }
+
+  // The value of a point as its chart's reader is told it: three digits and the unit.
+  function fmtValue(v, unit) {
+    return fmtNumber(v) + (unit ? (unit === "%" ? " %" : " " + unit) : "");
   }
 
   function frame(container, title, t0, t1, onPick) {
@@ -82,6 +87,13 @@ window.MiroirCharts = (function () {
     const { svg, x } = frame(container, opts.title + (opts.unit ? " (" + opts.unit + ")" : ""),
                              opts.t0, opts.t1, opts.onPick);
     if (!pts.length) return svg;
+    // a screen reader is told the chart's latest value and when (the image alone says nothing)
+    const last = pts[pts.length - 1];
+    if (opts.latestLabel) {
+      svg.setAttribute("aria-label", svg.getAttribute("aria-label") + " : " + opts.latestLabel +
+                       " " + fmtValue(last[1], opts.unit) + ", " + opts.atLabel + " " +
+                       fmtTime(last[0]));
+    }
     let lo = Infinity, hi = -Infinity;
     for (const p of pts) { lo = Math.min(lo, p[1]); hi = Math.max(hi, p[1]); }
     if (hi === lo) {  // a flat series: a span around it, never ±1 around a zero count
@@ -123,7 +135,48 @@ window.MiroirCharts = (function () {
                    class: "state-" + r.talk_state }, svg);
     }
     markers(svg, x, opts.cues, opts.flags);
+    legend(svg, rows, opts);
     return svg;
+  }
+
+  // The turns in words, not by colour alone: each state's share of the window beside the chart
+  // (its colour's swatch before its name) and, to a screen reader, with the latest state.
+  function legend(svg, rows, opts) {
+    if (!opts.stateLabel || !rows.length) return;
+    const spent = {};
+    let total = 0;
+    for (let i = 0; i < rows.length; i++) {
+      const r = rows[i];
+      if (!(r.talk_state in STATE_COLOURS)) continue;
+      const next = i + 1 < rows.length ? Math.min(rows[i + 1].ts, r.ts + 5) : r.ts + 1;
+      spent[r.talk_state] = (spent[r.talk_state] || 0) + (next - r.ts);
+      total += next - r.ts;
+    }
+    if (!total) return;
+    const p = document.createElement("p");
+    p.className = "chart-legend small";
+    const parts = [];
+    for (const state of Object.keys(STATE_COLOURS)) {
+      if (!spent[state]) continue;
+      const text = opts.stateLabel(state) + " " + Math.round(spent[state] / total * 100) + " %";
+      const item = document.createElement("span");
+      item.className = "legend-item";
+      const swatch = document.createElement("span");
+      swatch.className = "swatch state-" + state;
+      swatch.setAttribute("aria-hidden", "true");
+      item.append(swatch, text);
+      if (parts.length) p.append(" · ");
+      p.appendChild(item);
+      parts.push(text);
+    }
+    svg.after(p);
+    let latest = null;
+    for (let i = rows.length - 1; i >= 0 && !latest; i--) {
+      if (rows[i].talk_state in STATE_COLOURS) latest = rows[i];
+    }
+    svg.setAttribute("aria-label", svg.getAttribute("aria-label") + " : " + parts.join(", ") +
+                     " ; " + opts.latestStateLabel + " : " + opts.stateLabel(latest.talk_state) +
+                     ", " + opts.atLabel + " " + fmtTime(latest.ts));
   }
 
   return { line, states, fmtTime };

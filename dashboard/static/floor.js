@@ -315,7 +315,7 @@
     emptyEl.hidden = boxes.size > 0;
   }
 
-  // The counters are aria-live and refreshed every second: only a change is written (announced).
+  // The seat counts are aria-live and refreshed every second: only a change is written (announced).
   function setText(id, value) {
     const el = document.getElementById(id);
     const text = String(value);
