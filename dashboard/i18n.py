@@ -283,6 +283,10 @@ STRINGS: dict[str, tuple[str, str]] = {
     "campaign.assign_submit": ("Affecter", "Assign"),
     "campaign.no_variant": ("sans variante", "no variant"),
     "campaign.close": ("Clôturer la campagne", "Close the campaign"),
+    "campaign.close_confirm": ("Je confirme : une campagne clôturée ne peut pas être rouverte, "
+                               "et ses agents la quittent",
+                               "I confirm: a closed campaign cannot be reopened, and its agents "
+                               "leave it"),
     "campaign.closed": ("Clôturée", "Closed"),
     "campaign.open": ("En cours", "Running"),
     "campaign.invalid": ("Campagne invalide : vérifiez l'identifiant, le nom et les variantes.",
@@ -414,6 +418,8 @@ DETAILS_FR: list[tuple[re.Pattern[str], str]] = [(re.compile(pattern), fr) for p
     (r"CSRF token missing or wrong", "ce formulaire ne vaut plus pour votre session (renouvelée "
      "depuis, par exemple par une connexion dans un autre onglet)"),
     (r"campaign is closed", "la campagne est clôturée"),
+    (r"closing a campaign needs its confirmation box ticked",
+     "cochez la case de confirmation pour clôturer la campagne"),
     (r"campaign id already used", "cet identifiant de campagne est déjà pris"),
     (r"a supervisor's campaign needs a team", "la campagne d'un superviseur doit avoir une équipe"),
     (r"variant names must be distinct", "les variantes doivent avoir des noms différents"),

@@ -176,7 +176,12 @@ def test_campaign_forms_need_csrf_and_agents_and_auditors_cannot_create(org: Any
                    data={"agent": "agent-a2", "variant": str(variants[1]["id"]), "csrf": token})
         assert r.status_code == 303
         assert 'data-agent="agent-a2"' in c.get("/campaigns/mutuelle-2").text
-        assert c.post("/campaigns/mutuelle-2/close", data={"csrf": token}).status_code == 303
+        r = c.post("/campaigns/mutuelle-2/close", data={"csrf": token},
+                   headers={"accept": "text/html"})
+        assert r.status_code == 422 and "cochez la case de confirmation" in r.text
+        assert "En cours" in c.get("/campaigns/mutuelle-2").text  # not closed by a slip
+        assert c.post("/campaigns/mutuelle-2/close",
+                      data={"csrf": token, "confirm": "1"}).status_code == 303
     for user in ("amina", "auditrice"):
         with _client(settings) as c:
             client_login(c, user, USER_PASSWORD)

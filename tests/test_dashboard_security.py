@@ -442,7 +442,8 @@ def test_supervisor_of_team_a_gets_404_for_every_object_of_team_b(org: Any) -> N
               "outcome": {"outcome": "meeting"},
               "/variants": {"name": "Nouvelle accroche", "text": "x"},
               "/variant": {"variant": 3},
-              "/assign": {"agent": "agent-b1", "variant": 3}}
+              "/assign": {"agent": "agent-b1", "variant": 3},
+              "/close": {"confirm": "1"}}
     got: dict[str, dict[tuple[str, str], int]] = {}
     for user in ("sup-a", "sup-b"):
         with TestClient(app, base_url="https://testserver", follow_redirects=False) as c:

@@ -290,6 +290,9 @@ def test_supervisor_creates_a_campaign_and_it_sees_the_fleet(chromium: Any,
             page.wait_for_url("**/campaigns/salon-lille")
             assert "Chiffre choc" in page.locator("#campaign-agents li[data-agent='agent-a1']"
                                                   ).inner_text()
+            page.click("#close-campaign button")  # the box unticked: the browser keeps the form
+            assert page.locator("#campaign-state").inner_text() == "En cours"
+            page.check("#close-campaign input[name=confirm]")
             page.click("#close-campaign button")
             page.wait_for_url("**/campaigns/salon-lille")
             assert page.locator("#campaign-state").inner_text() == "Clôturée"

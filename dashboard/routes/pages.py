@@ -292,9 +292,17 @@ def assign_form(request: Request, db: Db, user: CurrentUser, campaign: str,
     return RedirectResponse(f"/campaigns/{campaign}", status_code=303)
 
 
+CLOSE_UNCONFIRMED = "closing a campaign needs its confirmation box ticked"
+"""A closed campaign cannot be reopened and its agents leave it: the page asks first."""
+
+
 @router.post("/campaigns/{campaign}/close")
-def close_form(request: Request, db: Db, user: CurrentUser, campaign: str) -> Response:
-    """Close the campaign."""
+def close_form(request: Request, db: Db, user: CurrentUser, campaign: str,
+               confirm: Annotated[str, Form(max_length=4)] = "") -> Response:
+    """Close the campaign, once the form's box says that it cannot be reopened."""
+    api._writable_campaign(db, user, campaign, open_only=False)  # 404 before anything else
+    if confirm != "1":
+        raise HTTPException(status_code=422, detail=CLOSE_UNCONFIRMED)
     api.close_campaign(db, user, campaign)
     return RedirectResponse(f"/campaigns/{campaign}", status_code=303)
 
