@@ -18,6 +18,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "nav.campaigns": ("Campagnes", "Campaigns"),
     "nav.audit": ("Journal d'audit", "Audit log"),
     "nav.logout": ("Déconnexion", "Log out"),
+    "nav.skip": ("Aller au contenu", "Skip to content"),
     "lang.other": ("English", "Français"),
     "login.title": ("Connexion", "Log in"),
     "login.user": ("Identifiant", "Username"),

@@ -496,3 +496,27 @@ def test_the_it_page_does_not_reload_under_a_keyboard_user_and_its_refresh_can_b
                                     ).is_checked()
     finally:
         context.close()
+
+
+def test_the_first_tab_of_every_page_offers_to_skip_to_its_content(
+        chromium: Any, org_server: Any) -> None:
+    """A keyboard user went through the header's links, the language switch and the logout (and
+    on the floor the filters) on every page before its content, with no way past: the first Tab
+    now lands on "Aller au contenu", whose Enter puts the focus on the page's main content."""
+    server, _ = org_server
+    context = chromium.new_context(locale="fr-FR")
+    landed: dict[str, tuple[str, str, str]] = {}
+    try:
+        page = context.new_page()
+        browser_login(page, server.url)
+        for path in PAGES:
+            page.goto(server.url + path)
+            page.keyboard.press("Tab")
+            first = page.evaluate("[document.activeElement.className,"
+                                  " document.activeElement.textContent.trim()]")
+            assert first == ["skip-link", "Aller au contenu"], (path, first)
+            page.keyboard.press("Enter")  # (an in-page link: the focus moves at once)
+            landed[path] = (first[0], first[1], page.evaluate("document.activeElement.id"))
+    finally:
+        context.close()
+    assert set(landed.values()) == {("skip-link", "Aller au contenu", "main")}, landed
