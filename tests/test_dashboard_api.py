@@ -760,6 +760,45 @@ def test_an_agent_id_an_older_import_let_in_can_still_be_exported_and_erased(org
     assert query(settings, "SELECT count(*) FROM metrics WHERE box = 'box-c1'") == [(0,)]
 
 
+def test_an_agent_id_ending_in_a_route_word_reaches_that_agent_not_the_one_before_it(
+        org_server: Any) -> None:
+    """Agents 'agent-a1/export.json', 'agent-a1/flags', 'agent-a1/metrics' (an older import) beside
+    'agent-a1': GET /api/agents/agent-a1%2Fexport.json, as the pages' scripts write the id, answered
+    agent-a1's whole export and audited an export_all of agent-a1 (the server decodes %2F before
+    routing, and the export route took 'agent-a1'); each of the 7 route words did the same. An id
+    written with %2F is now one segment; written with a bare '/' it still reaches the others."""
+    import httpx
+
+    from tests._fixtures_dashboard import http_login
+
+    server, _ = org_server
+    settings = server.settings
+    words = ("export.json", "export.csv", "metrics", "flags", "goals", "calls", "audit")
+    db = store.open_db(settings.db_path)
+    try:
+        for i, word in enumerate(words):
+            seat_unchecked(db, f"box-w{i}", f"agent-a1/{word}", "team-a")
+    finally:
+        db.conn.close()
+    with httpx.Client(base_url=server.url, follow_redirects=False) as c:
+        cookie = {"cookie": f"__Host-miroir={http_login(c)}"}
+        for word in words:
+            agent = f"agent-a1/{word}"
+            r = c.get(f"/api/agents/agent-a1%2F{word}", headers=cookie)
+            assert r.status_code == 200, (word, r.text[:200])
+            assert r.headers["content-type"].startswith("application/json"), word
+            assert r.json()["agent"] == agent, (word, r.text[:200])
+            full = c.get(f"/api/agents/agent-a1%2F{word}/export.json", headers=cookie).json()
+            assert [a["agent"] for a in full["agent"]] == [agent]
+        # the id written as is: the longest agent route still wins, as before
+        assert c.get("/api/agents/agent-a1/flags", headers=cookie).json().keys() == {"flags"}
+    reads = query(settings, "SELECT agent, action FROM audit_log WHERE actor = ? "
+                  "AND agent LIKE 'agent-a1%' ORDER BY id", ADMIN_USER)
+    assert ("agent-a1", "export_all") not in reads
+    assert [a for a, action in reads if action == "view_agent"] == \
+        [f"agent-a1/{w}" for w in words]
+
+
 def test_a_csv_export_cannot_carry_a_spreadsheet_formula(org: Any) -> None:
     """Agent ids are free text from the site's inventory: one that starts with =, +, - or @ went
     into the CSV exports as is, a formula that a spreadsheet opening the file runs. Such a cell
