@@ -716,6 +716,31 @@ def test_the_import_refuses_an_agent_or_team_id_the_dashboard_could_not_reach(
         ("Zoé O'Neil", "Équipe Θ"), ("ag-1", "north")]
 
 
+def test_the_import_refuses_an_agent_or_team_id_that_is_a_dot_segment(tmp_path: Path) -> None:
+    """`miroir dashboard import` took the agent '..' and the team '.' (dots are allowed in an id):
+    exit 0, "imported 2 seats". Their addresses are dot segments, which browsers and HTTP clients
+    resolve before sending: the pages' link /agents/.. is sent as /, /api/agents/../export.json
+    as /api/export.json (404), so that agent's page, export and erasure could not be reached.
+    The import now refuses '.' and '..' as an id, naming the line, and imports nothing."""
+    import httpx
+
+    from miroir.labels import LABEL_RULE
+
+    assert httpx.URL("https://d/api/agents/../export.json").path == "/api/export.json"
+    settings = make_settings(tmp_path)
+    env = dict(os.environ, MIROIR_DASH_SITE="site-1", MIROIR_DASH_DB_PATH=str(settings.db_path))
+    inv = tmp_path / "floor.csv"
+    inv.write_text("box,seat,agent,team\nbox-1,P1,..,north\nbox-2,P2,ag-2,.\nbox-3,P3,a.b,n..\n")
+    r = subprocess.run([sys.executable, "-m", "miroir", "dashboard", "import", str(inv)],
+                       env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 2, r.stdout
+    error = r.stderr.strip().splitlines()[-1]
+    assert f"line 2 (box box-1): agent '..' must be {LABEL_RULE}" in error
+    assert f"line 3 (box box-2): team '.' must be {LABEL_RULE}" in error
+    assert "line 4" not in error  # dots within an id are fine
+    assert query(settings, "SELECT agent FROM agents") == []
+
+
 def test_an_agent_id_an_older_import_let_in_can_still_be_exported_and_erased(org: Any) -> None:
     """An agent 'north/priya' in the database (an import before the id rule) was listed by
     /api/agents but their page, export.json and erasure answered 404, the path cut at the '/':
