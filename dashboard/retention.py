@@ -88,7 +88,30 @@ def purge(db: sqlite_utils.Database, *, metrics_days: float, aggregates_days: fl
             "DELETE FROM sessions WHERE created_ts < ? OR last_seen_ts < ?",
             (now - auth.SESSION_MAX_AGE_S, idle_cut)).rowcount
     log.info("retention purge: %s", out)
+    flush_deleted(db)
     return out
+
+
+FLUSH_WAIT_MS = 250
+"""How long :func:`flush_deleted` waits for the database's other users (the ingest's writes,
+an export's read) before leaving the log for the next purge; writers wait that long at most."""
+
+
+def flush_deleted(db: sqlite_utils.Database) -> bool:
+    """Copy every change in the write-ahead log into the database file and empty the log, so
+    that deleted rows are no longer readable in either (deleted content is zeroed:
+    ``secure_delete``, :func:`dashboard.db.open_db`); they stayed in the log, and in the file,
+    until SQLite's next automatic checkpoint. Return False when another connection's read or
+    write kept it from finishing (the next purge, within the hour, tries again)."""
+    db.conn.execute(f"PRAGMA busy_timeout={FLUSH_WAIT_MS}")
+    try:
+        busy, log_pages, done_pages = db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    finally:
+        db.conn.execute(f"PRAGMA busy_timeout={store.BUSY_TIMEOUT_MS}")
+    if busy:
+        log.info("deleted rows left in the write-ahead log (%s of %s pages copied): another "
+                 "connection is using it; the next purge tries again", done_pages, log_pages)
+    return not busy
 
 
 PURGE_BATCH_ROWS = 2000
@@ -317,6 +340,7 @@ def erase_agent(db: sqlite_utils.Database, agent: str, now: float | None = None)
                         (time.time(), agent))  # the box forgets the agent's baselines
         out["agents"] = db.conn.execute("DELETE FROM agents WHERE agent = ?", (agent,)).rowcount
     out.update(finish_erasures(db))
+    flush_deleted(db)
     return out
 
 
