@@ -243,6 +243,11 @@ def _agent_export_parts(db: sqlite_utils.Database,
                          agent)),
         ("login_attempts", rows(f"SELECT * FROM login_attempts WHERE username IN ({users}) "
                                 "ORDER BY id", agent)),
+        # when they logged in and were last active; never a token (the hash would still be one)
+        ("sessions", rows(f"SELECT created_ts, last_seen_ts, stage FROM sessions "
+                          f"WHERE username IN ({users}) ORDER BY created_ts", agent)),
+        ("known_browsers", rows(f"SELECT last_login_ts FROM known_devices "
+                                f"WHERE username IN ({users}) ORDER BY last_login_ts", agent)),
         ("seat_history", rows("SELECT * FROM seat_history WHERE agent = ?", agent)),
         # every stored column, as received (the charts' CSV keeps the charted metrics only)
         ("metrics", rows(f"SELECT m.* FROM metrics m {analytics._windows_sql('m')} "
@@ -260,7 +265,8 @@ def _agent_export_parts(db: sqlite_utils.Database,
 def agent_export(db: sqlite_utils.Database, agent: str) -> dict[str, Any]:
     """Everything stored about one agent (the right of access), as JSON-ready data: every
     column of their metrics and events (call summaries, cue evidence), their account (no
-    password hash, no TOTP secret) and its login attempts; each time also as ISO UTC."""
+    password hash, no TOTP secret), its login attempts, sessions and known browsers (their
+    times, no token); each time also as ISO UTC."""
     return {name: list(it) for name, it in _agent_export_parts(db, agent)}
 
 

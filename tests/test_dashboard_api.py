@@ -284,7 +284,11 @@ def test_exports_are_streamed_from_sqlite_in_pages_with_flat_memory(
         r = c.get("/api/agents/agent-a1/export.json")
         assert r.status_code == 200 and "content-length" not in r.headers
         assert r.headers["content-type"] == "application/json"
-        assert json.loads(r.content) == expected and len(expected["metrics"]) == 1240
+        got = json.loads(r.content)
+        for export in (got, expected):  # the request itself moves her session's last activity
+            export["sessions"] = [{k: v for k, v in row.items() if not k.startswith("last_seen")}
+                                  for row in export["sessions"]]
+        assert got == expected and len(expected["metrics"]) == 1240
         r = c.get("/api/agents/agent-a1/export.csv")
         assert r.status_code == 200 and "content-length" not in r.headers
         assert r.text == expected_csv and len(expected_csv.splitlines()) == 1241
@@ -374,6 +378,38 @@ def test_the_agent_s_export_holds_every_stored_field_and_nothing_of_another_agen
     assert row["time_utc"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row["ts"]))
     assert all("time_utc" in r for part in ("metrics", "events", "audit_log") for r in full[part])
     assert all(r["from_utc"].endswith("Z") for r in full["seat_history"])
+
+
+def test_the_agent_s_export_holds_every_table_that_names_her(org: Any) -> None:
+    """amina logs in (a session, a known browser), a supervisor flags her, she asks for all her
+    data: of the 10 tables naming her id or username, her export.json left out 2, her open
+    sessions and her known browser (when she logged in and was last active: the dashboard keeps
+    a browser 90 days). Both are now in it, their times only (never a token)."""
+    settings, data = org
+    with client(settings) as c:
+        login_as(c, "sup-a", data)
+        assert c.post("/api/agents/agent-a1/flags", headers=csrf_header(c),
+                      json={"ts": time.time() - 30, "note": "rythme"}).status_code == 201
+    with client(settings) as c:
+        login_as(c, "amina", data)
+        full = c.get("/api/agents/agent-a1/export.json").json()
+    sections = {"agents": "agent", "users": "account", "login_attempts": "login_attempts",
+                "seats": "seat_history", "seat_history": "seat_history",
+                "daily_aggregates": "daily_aggregates", "calls": "calls", "flags": "flags",
+                "goals": "goals", "audit_log": "audit_log", "known_devices": "known_browsers",
+                "sessions": "sessions"}
+    naming = set()
+    for (table,) in query(settings, "SELECT name FROM sqlite_master WHERE type = 'table'"):
+        cols = [r[1] for r in query(settings, f"PRAGMA table_info({table})")]
+        where = " OR ".join(f"CAST({c} AS TEXT) IN ('agent-a1', 'amina')" for c in cols)
+        if query(settings, f"SELECT count(*) FROM {table} WHERE {where}")[0][0]:
+            naming.add(table)
+    assert naming - set(sections) == set()
+    assert [t for t in sorted(naming) if not full.get(sections[t])] == []
+    assert len(full["sessions"]) == 1 and len(full["known_browsers"]) == 1
+    assert set(full["sessions"][0]) == {"created_ts", "created_utc", "last_seen_ts",
+                                        "last_seen_utc", "stage"}
+    assert set(full["known_browsers"][0]) == {"last_login_ts", "last_login_utc"}
 
 
 def test_a_team_board_read_is_in_each_shown_agent_s_audit_log(org: Any) -> None:

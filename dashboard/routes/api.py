@@ -736,8 +736,8 @@ def export_agent_csv(db: Db, user: CurrentUser, settings: Settings, agent: Agent
 def export_agent_json(db: Db, user: CurrentUser, settings: Settings,
                       agent: AgentId) -> Response:
     """Everything stored about the agent (right of access; the agent or an admin), streamed:
-    agent, account, login_attempts, seat_history, metrics, events (every stored field),
-    daily_aggregates, calls, flags, goals, audit_log."""
+    agent, account, login_attempts, sessions, known_browsers, seat_history, metrics, events
+    (every stored field), daily_aggregates, calls, flags, goals, audit_log."""
     access.require_agent(db, user, agent)
     require_role(user, "admin", "agent")
     access.audit(db, user, "export_all", agent)
