@@ -119,15 +119,21 @@ PURGE_BATCH_ROWS = 2000
 (sessions, audit log), wait for one batch at most, not for the whole purge."""
 PURGE_PAUSE_S = 0.02
 """Pause between two batches of the purge, so that a waiting writer takes the lock."""
+PURGE_PROGRESS_S = 10.0
+"""A purge that takes longer logs how far it has gone this often (a large backlog takes hours)."""
 
 
 def _purge_stream_rows(db: sqlite_utils.Database, cut_ts: float) -> dict[str, int]:
     """Roll up every row ingested until a minute ago (:func:`dashboard.analytics.roll_up`),
     then delete the metrics (and the events of the same seconds) older than ``cut_ts``,
     :data:`PURGE_BATCH_ROWS` metrics rows per transaction, oldest first, each batch's rows
-    that arrived since the roll-up added to the daily means first."""
+    that arrived since the roll-up added to the daily means first; every
+    :data:`PURGE_PROGRESS_S`, a log line says how far it has gone."""
+    log.info("retention purge: daily means brought up to date, then metrics and events before "
+             "%s deleted", utc_iso(cut_ts))
     analytics.roll_up(db, time.time() - analytics.ROLL_UP_SETTLE_S)
     out = {"metrics": 0, "events": 0}
+    said_ts = time.time()
     while True:
         end_ts = _batch_end(db, cut_ts, PURGE_BATCH_ROWS)
         with db.conn:
@@ -139,6 +145,10 @@ def _purge_stream_rows(db: sqlite_utils.Database, cut_ts: float) -> dict[str, in
                                              (end_ts,)).rowcount
         if end_ts >= cut_ts:
             return out
+        if time.time() - said_ts >= PURGE_PROGRESS_S:
+            said_ts = time.time()
+            log.info("retention purge under way: %d metrics rows and %d events deleted, up to "
+                     "%s of %s", out["metrics"], out["events"], utc_iso(end_ts), utc_iso(cut_ts))
         time.sleep(PURGE_PAUSE_S)
 
 
