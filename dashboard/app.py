@@ -26,7 +26,7 @@ from . import analytics, auth, fleet, prom, retention, schema
 from . import db as store
 from .ingest import Ingest
 from .live import Hub
-from .routes import api, boxes, cti, deps, health, pages, session, stream
+from .routes import api, boxes, cti, deps, health, ids, pages, session, stream
 from .routes import fleet as fleet_routes
 from .settings import DashboardSettings
 
@@ -150,6 +150,7 @@ def create_app(settings: DashboardSettings, *, start_ingest: bool = True) -> Fas
     app.add_exception_handler(RequestValidationError, deps.page_error)
     app.add_exception_handler(StarletteHTTPException, deps.page_error)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
+    app.add_middleware(ids.IdPaths)  # innermost: routing reads an id's %2F as part of it
     # The protective headers go on every response (auth redirects, 413, 500): see _Dashboard.
     app.add_middleware(auth.AuthMiddleware, db_path=settings.db_path,
                        idle_s=settings.session_idle_s, secure=settings.secure_cookies)

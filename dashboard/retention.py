@@ -88,7 +88,30 @@ def purge(db: sqlite_utils.Database, *, metrics_days: float, aggregates_days: fl
             "DELETE FROM sessions WHERE created_ts < ? OR last_seen_ts < ?",
             (now - auth.SESSION_MAX_AGE_S, idle_cut)).rowcount
     log.info("retention purge: %s", out)
+    flush_deleted(db)
     return out
+
+
+FLUSH_WAIT_MS = 250
+"""How long :func:`flush_deleted` waits for the database's other users (the ingest's writes,
+an export's read) before leaving the log for the next purge; writers wait that long at most."""
+
+
+def flush_deleted(db: sqlite_utils.Database) -> bool:
+    """Copy every change in the write-ahead log into the database file and empty the log, so
+    that deleted rows are no longer readable in either (deleted content is zeroed:
+    ``secure_delete``, :func:`dashboard.db.open_db`); they stayed in the log, and in the file,
+    until SQLite's next automatic checkpoint. Return False when another connection's read or
+    write kept it from finishing (the next purge, within the hour, tries again)."""
+    db.conn.execute(f"PRAGMA busy_timeout={FLUSH_WAIT_MS}")
+    try:
+        busy, log_pages, done_pages = db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    finally:
+        db.conn.execute(f"PRAGMA busy_timeout={store.BUSY_TIMEOUT_MS}")
+    if busy:
+        log.info("deleted rows left in the write-ahead log (%s of %s pages copied): another "
+                 "connection is using it; the next purge tries again", done_pages, log_pages)
+    return not busy
 
 
 PURGE_BATCH_ROWS = 2000
@@ -96,15 +119,21 @@ PURGE_BATCH_ROWS = 2000
 (sessions, audit log), wait for one batch at most, not for the whole purge."""
 PURGE_PAUSE_S = 0.02
 """Pause between two batches of the purge, so that a waiting writer takes the lock."""
+PURGE_PROGRESS_S = 10.0
+"""A purge that takes longer logs how far it has gone this often (a large backlog takes hours)."""
 
 
 def _purge_stream_rows(db: sqlite_utils.Database, cut_ts: float) -> dict[str, int]:
     """Roll up every row ingested until a minute ago (:func:`dashboard.analytics.roll_up`),
     then delete the metrics (and the events of the same seconds) older than ``cut_ts``,
     :data:`PURGE_BATCH_ROWS` metrics rows per transaction, oldest first, each batch's rows
-    that arrived since the roll-up added to the daily means first."""
+    that arrived since the roll-up added to the daily means first; every
+    :data:`PURGE_PROGRESS_S`, a log line says how far it has gone."""
+    log.info("retention purge: daily means brought up to date, then metrics and events before "
+             "%s deleted", utc_iso(cut_ts))
     analytics.roll_up(db, time.time() - analytics.ROLL_UP_SETTLE_S)
     out = {"metrics": 0, "events": 0}
+    said_ts = time.time()
     while True:
         end_ts = _batch_end(db, cut_ts, PURGE_BATCH_ROWS)
         with db.conn:
@@ -116,6 +145,10 @@ def _purge_stream_rows(db: sqlite_utils.Database, cut_ts: float) -> dict[str, in
                                              (end_ts,)).rowcount
         if end_ts >= cut_ts:
             return out
+        if time.time() - said_ts >= PURGE_PROGRESS_S:
+            said_ts = time.time()
+            log.info("retention purge under way: %d metrics rows and %d events deleted, up to "
+                     "%s of %s", out["metrics"], out["events"], utc_iso(end_ts), utc_iso(cut_ts))
         time.sleep(PURGE_PAUSE_S)
 
 
@@ -220,6 +253,11 @@ def _agent_export_parts(db: sqlite_utils.Database,
                          agent)),
         ("login_attempts", rows(f"SELECT * FROM login_attempts WHERE username IN ({users}) "
                                 "ORDER BY id", agent)),
+        # when they logged in and were last active; never a token (the hash would still be one)
+        ("sessions", rows(f"SELECT created_ts, last_seen_ts, stage FROM sessions "
+                          f"WHERE username IN ({users}) ORDER BY created_ts", agent)),
+        ("known_browsers", rows(f"SELECT last_login_ts FROM known_devices "
+                                f"WHERE username IN ({users}) ORDER BY last_login_ts", agent)),
         ("seat_history", rows("SELECT * FROM seat_history WHERE agent = ?", agent)),
         # every stored column, as received (the charts' CSV keeps the charted metrics only)
         ("metrics", rows(f"SELECT m.* FROM metrics m {analytics._windows_sql('m')} "
@@ -237,7 +275,8 @@ def _agent_export_parts(db: sqlite_utils.Database,
 def agent_export(db: sqlite_utils.Database, agent: str) -> dict[str, Any]:
     """Everything stored about one agent (the right of access), as JSON-ready data: every
     column of their metrics and events (call summaries, cue evidence), their account (no
-    password hash, no TOTP secret) and its login attempts; each time also as ISO UTC."""
+    password hash, no TOTP secret), its login attempts, sessions and known browsers (their
+    times, no token); each time also as ISO UTC."""
     return {name: list(it) for name, it in _agent_export_parts(db, agent)}
 
 
@@ -317,6 +356,7 @@ def erase_agent(db: sqlite_utils.Database, agent: str, now: float | None = None)
                         (time.time(), agent))  # the box forgets the agent's baselines
         out["agents"] = db.conn.execute("DELETE FROM agents WHERE agent = ?", (agent,)).rowcount
     out.update(finish_erasures(db))
+    flush_deleted(db)
     return out
 
 

@@ -284,7 +284,11 @@ def test_exports_are_streamed_from_sqlite_in_pages_with_flat_memory(
         r = c.get("/api/agents/agent-a1/export.json")
         assert r.status_code == 200 and "content-length" not in r.headers
         assert r.headers["content-type"] == "application/json"
-        assert json.loads(r.content) == expected and len(expected["metrics"]) == 1240
+        got = json.loads(r.content)
+        for export in (got, expected):  # the request itself moves her session's last activity
+            export["sessions"] = [{k: v for k, v in row.items() if not k.startswith("last_seen")}
+                                  for row in export["sessions"]]
+        assert got == expected and len(expected["metrics"]) == 1240
         r = c.get("/api/agents/agent-a1/export.csv")
         assert r.status_code == 200 and "content-length" not in r.headers
         assert r.text == expected_csv and len(expected_csv.splitlines()) == 1241
@@ -374,6 +378,38 @@ def test_the_agent_s_export_holds_every_stored_field_and_nothing_of_another_agen
     assert row["time_utc"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row["ts"]))
     assert all("time_utc" in r for part in ("metrics", "events", "audit_log") for r in full[part])
     assert all(r["from_utc"].endswith("Z") for r in full["seat_history"])
+
+
+def test_the_agent_s_export_holds_every_table_that_names_her(org: Any) -> None:
+    """amina logs in (a session, a known browser), a supervisor flags her, she asks for all her
+    data: of the 10 tables naming her id or username, her export.json left out 2, her open
+    sessions and her known browser (when she logged in and was last active: the dashboard keeps
+    a browser 90 days). Both are now in it, their times only (never a token)."""
+    settings, data = org
+    with client(settings) as c:
+        login_as(c, "sup-a", data)
+        assert c.post("/api/agents/agent-a1/flags", headers=csrf_header(c),
+                      json={"ts": time.time() - 30, "note": "rythme"}).status_code == 201
+    with client(settings) as c:
+        login_as(c, "amina", data)
+        full = c.get("/api/agents/agent-a1/export.json").json()
+    sections = {"agents": "agent", "users": "account", "login_attempts": "login_attempts",
+                "seats": "seat_history", "seat_history": "seat_history",
+                "daily_aggregates": "daily_aggregates", "calls": "calls", "flags": "flags",
+                "goals": "goals", "audit_log": "audit_log", "known_devices": "known_browsers",
+                "sessions": "sessions"}
+    naming = set()
+    for (table,) in query(settings, "SELECT name FROM sqlite_master WHERE type = 'table'"):
+        cols = [r[1] for r in query(settings, f"PRAGMA table_info({table})")]
+        where = " OR ".join(f"CAST({c} AS TEXT) IN ('agent-a1', 'amina')" for c in cols)
+        if query(settings, f"SELECT count(*) FROM {table} WHERE {where}")[0][0]:
+            naming.add(table)
+    assert naming - set(sections) == set()
+    assert [t for t in sorted(naming) if not full.get(sections[t])] == []
+    assert len(full["sessions"]) == 1 and len(full["known_browsers"]) == 1
+    assert set(full["sessions"][0]) == {"created_ts", "created_utc", "last_seen_ts",
+                                        "last_seen_utc", "stage"}
+    assert set(full["known_browsers"][0]) == {"last_login_ts", "last_login_utc"}
 
 
 def test_a_team_board_read_is_in_each_shown_agent_s_audit_log(org: Any) -> None:
@@ -716,6 +752,31 @@ def test_the_import_refuses_an_agent_or_team_id_the_dashboard_could_not_reach(
         ("Zoé O'Neil", "Équipe Θ"), ("ag-1", "north")]
 
 
+def test_the_import_refuses_an_agent_or_team_id_that_is_a_dot_segment(tmp_path: Path) -> None:
+    """`miroir dashboard import` took the agent '..' and the team '.' (dots are allowed in an id):
+    exit 0, "imported 2 seats". Their addresses are dot segments, which browsers and HTTP clients
+    resolve before sending: the pages' link /agents/.. is sent as /, /api/agents/../export.json
+    as /api/export.json (404), so that agent's page, export and erasure could not be reached.
+    The import now refuses '.' and '..' as an id, naming the line, and imports nothing."""
+    import httpx
+
+    from miroir.labels import LABEL_RULE
+
+    assert httpx.URL("https://d/api/agents/../export.json").path == "/api/export.json"
+    settings = make_settings(tmp_path)
+    env = dict(os.environ, MIROIR_DASH_SITE="site-1", MIROIR_DASH_DB_PATH=str(settings.db_path))
+    inv = tmp_path / "floor.csv"
+    inv.write_text("box,seat,agent,team\nbox-1,P1,..,north\nbox-2,P2,ag-2,.\nbox-3,P3,a.b,n..\n")
+    r = subprocess.run([sys.executable, "-m", "miroir", "dashboard", "import", str(inv)],
+                       env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 2, r.stdout
+    error = r.stderr.strip().splitlines()[-1]
+    assert f"line 2 (box box-1): agent '..' must be {LABEL_RULE}" in error
+    assert f"line 3 (box box-2): team '.' must be {LABEL_RULE}" in error
+    assert "line 4" not in error  # dots within an id are fine
+    assert query(settings, "SELECT agent FROM agents") == []
+
+
 def test_an_agent_id_an_older_import_let_in_can_still_be_exported_and_erased(org: Any) -> None:
     """An agent 'north/priya' in the database (an import before the id rule) was listed by
     /api/agents but their page, export.json and erasure answered 404, the path cut at the '/':
@@ -758,6 +819,45 @@ def test_an_agent_id_an_older_import_let_in_can_still_be_exported_and_erased(org
         assert erased.status_code == 200, erased.text
         assert agent not in [a["agent"] for a in c.get("/api/agents").json()["agents"]]
     assert query(settings, "SELECT count(*) FROM metrics WHERE box = 'box-c1'") == [(0,)]
+
+
+def test_an_agent_id_ending_in_a_route_word_reaches_that_agent_not_the_one_before_it(
+        org_server: Any) -> None:
+    """Agents 'agent-a1/export.json', 'agent-a1/flags', 'agent-a1/metrics' (an older import) beside
+    'agent-a1': GET /api/agents/agent-a1%2Fexport.json, as the pages' scripts write the id, answered
+    agent-a1's whole export and audited an export_all of agent-a1 (the server decodes %2F before
+    routing, and the export route took 'agent-a1'); each of the 7 route words did the same. An id
+    written with %2F is now one segment; written with a bare '/' it still reaches the others."""
+    import httpx
+
+    from tests._fixtures_dashboard import http_login
+
+    server, _ = org_server
+    settings = server.settings
+    words = ("export.json", "export.csv", "metrics", "flags", "goals", "calls", "audit")
+    db = store.open_db(settings.db_path)
+    try:
+        for i, word in enumerate(words):
+            seat_unchecked(db, f"box-w{i}", f"agent-a1/{word}", "team-a")
+    finally:
+        db.conn.close()
+    with httpx.Client(base_url=server.url, follow_redirects=False) as c:
+        cookie = {"cookie": f"__Host-miroir={http_login(c)}"}
+        for word in words:
+            agent = f"agent-a1/{word}"
+            r = c.get(f"/api/agents/agent-a1%2F{word}", headers=cookie)
+            assert r.status_code == 200, (word, r.text[:200])
+            assert r.headers["content-type"].startswith("application/json"), word
+            assert r.json()["agent"] == agent, (word, r.text[:200])
+            full = c.get(f"/api/agents/agent-a1%2F{word}/export.json", headers=cookie).json()
+            assert [a["agent"] for a in full["agent"]] == [agent]
+        # the id written as is: the longest agent route still wins, as before
+        assert c.get("/api/agents/agent-a1/flags", headers=cookie).json().keys() == {"flags"}
+    reads = query(settings, "SELECT agent, action FROM audit_log WHERE actor = ? "
+                  "AND agent LIKE 'agent-a1%' ORDER BY id", ADMIN_USER)
+    assert ("agent-a1", "export_all") not in reads
+    assert [a for a, action in reads if action == "view_agent"] == \
+        [f"agent-a1/{w}" for w in words]
 
 
 def test_a_csv_export_cannot_carry_a_spreadsheet_formula(org: Any) -> None:

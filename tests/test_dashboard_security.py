@@ -678,6 +678,44 @@ def test_erasure_leaves_nothing_that_names_the_agent_but_the_audit_log(org: Any)
     assert left == {"audit_log": 3}
 
 
+def test_erased_and_purged_rows_are_not_left_readable_in_the_database_files(org: Any) -> None:
+    """While the dashboard runs (a connection stays open, as the ingest's does), an erasure
+    deleted amina's rows in the write-ahead log only: her name was still in dashboard.db, her
+    flag's note in dashboard.db-wal, both readable with a text editor until a checkpoint
+    (1,000 pages of later writes). The same held for rows the retention purge deleted. Now the
+    erasure and the purge copy the deletion into the file (deleted content zeroed: secure_delete)
+    and empty the log; the audit log's entries about her stay (docs/privacy.md)."""
+    settings, data = org
+    files = [settings.db_path, Path(f"{settings.db_path}-wal")]
+
+    def readable(text: str) -> int:
+        return sum(f.read_bytes().count(text.encode()) for f in files if f.exists())
+
+    now = time.time()
+    ingest = store.open_db(settings.db_path)  # the running dashboard's own connection
+    try:
+        def flag(agent: str, note: str, ts: float) -> None:
+            with ingest.conn:
+                ingest.conn.execute("INSERT INTO flags (agent, ts, note, author, created_ts) "
+                                    "VALUES (?, ?, ?, 'sup-a', ?)", (agent, ts, note, ts))
+
+        flag("agent-a1", "note-zebra-quartz", now)
+        assert readable("Amina Diallo") and readable("note-zebra-quartz")
+        with client(settings) as c:
+            login_as(c, "admin", data)
+            r = c.post("/api/agents/agent-a1/erase", headers=csrf_header(c))
+            assert r.status_code == 200, r.text
+        assert (readable("Amina Diallo"), readable("note-zebra-quartz")) == (0, 0)
+        flag("agent-b1", "note-old-walrus", now - 400 * 86400)  # past every retention
+        assert readable("note-old-walrus") == 1
+        _purge_cli(settings)
+        assert readable("note-old-walrus") == 0
+        assert ingest.conn.execute("SELECT count(*) FROM audit_log WHERE agent = 'agent-a1' "
+                                   "AND action = 'erase'").fetchone()[0] == 1
+    finally:
+        ingest.conn.close()
+
+
 def test_an_erasure_deletes_the_agents_rows_in_batches_each_its_own_transaction(
         org: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Erasing an agent deleted a month of their per-second rows in one transaction: on a copy

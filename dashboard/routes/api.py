@@ -574,7 +574,7 @@ def list_agents(db: Db, user: CurrentUser) -> dict[str, Any]:
     return {"agents": rows}
 
 
-@router.get("/agents/{agent:path}/metrics")
+@router.get("/agents/{agent:id}/metrics")
 def get_agent_metrics(db: Db, user: CurrentUser, agent: AgentId,
                       since_ts: Annotated[float, Query(ge=0, allow_inf_nan=False)] = 0.0,
                       until_ts: Annotated[float | None, Query(allow_inf_nan=False)] = None
@@ -585,7 +585,7 @@ def get_agent_metrics(db: Db, user: CurrentUser, agent: AgentId,
     return agent_metrics_payload(db, user, agent, since_ts, until_ts)
 
 
-@router.get("/agents/{agent:path}/moment")
+@router.get("/agents/{agent:id}/moment")
 def get_moment(db: Db, user: CurrentUser, agent: AgentId,
                ts: Annotated[float, Query(allow_inf_nan=False)],
                span_s: Annotated[float, Query(gt=0, le=300)] = 30.0) -> dict[str, Any]:
@@ -595,7 +595,7 @@ def get_moment(db: Db, user: CurrentUser, agent: AgentId,
     return agent_metrics_payload(db, user, agent, ts - span_s, ts + span_s)
 
 
-@router.get("/agents/{agent:path}/flags")
+@router.get("/agents/{agent:id}/flags")
 def get_flags(db: Db, user: CurrentUser, agent: AgentId) -> dict[str, Any]:
     """The agent's flagged moments."""
     access.require_agent(db, user, agent)
@@ -604,7 +604,7 @@ def get_flags(db: Db, user: CurrentUser, agent: AgentId) -> dict[str, Any]:
                                    [agent]))}
 
 
-@router.post("/agents/{agent:path}/flags", status_code=201)
+@router.post("/agents/{agent:id}/flags", status_code=201)
 def post_flag(db: Db, user: CurrentUser, agent: AgentId, body: FlagIn) -> dict[str, Any]:
     """Flag a moment with a note (supervisors, admins)."""
     return {"id": add_flag(db, user, agent, body)}
@@ -618,7 +618,7 @@ def get_flag(db: Db, user: CurrentUser, flag_id: RowId) -> dict[str, Any]:
     return flag
 
 
-@router.get("/agents/{agent:path}/goals")
+@router.get("/agents/{agent:id}/goals")
 def get_goals(db: Db, user: CurrentUser, agent: AgentId) -> dict[str, Any]:
     """The agent's focus goals with each goal's daily series."""
     access.require_agent(db, user, agent)
@@ -629,7 +629,7 @@ def get_goals(db: Db, user: CurrentUser, agent: AgentId) -> dict[str, Any]:
     return {"goals": goals}
 
 
-@router.post("/agents/{agent:path}/goals", status_code=201)
+@router.post("/agents/{agent:id}/goals", status_code=201)
 def post_goal(db: Db, user: CurrentUser, agent: AgentId, body: GoalIn) -> dict[str, Any]:
     """Set a focus goal (at most two active)."""
     return {"id": add_goal(db, user, agent, body)}
@@ -644,7 +644,7 @@ def get_goal(db: Db, user: CurrentUser, goal_id: RowId) -> dict[str, Any]:
     return goal
 
 
-@router.get("/agents/{agent:path}/calls")
+@router.get("/agents/{agent:id}/calls")
 def get_calls(db: Db, user: CurrentUser, agent: AgentId) -> dict[str, Any]:
     """The agent's calls with their summaries and outcomes."""
     access.require_agent(db, user, agent)
@@ -702,7 +702,7 @@ def post_call_variant(db: Db, user: CurrentUser, call_id: RowId,
     return {"id": call_id, "campaign": campaign, "variant": body.variant}
 
 
-@router.get("/agents/{agent:path}/audit")
+@router.get("/agents/{agent:id}/audit")
 def get_agent_audit(db: Db, user: CurrentUser, agent: AgentId,
                     before: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
                     limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> dict[str, Any]:
@@ -722,7 +722,7 @@ def get_agent_audit(db: Db, user: CurrentUser, agent: AgentId,
     return access.audit_page(db, agent, limit, before)
 
 
-@router.get("/agents/{agent:path}/export.csv")
+@router.get("/agents/{agent:id}/export.csv")
 def export_agent_csv(db: Db, user: CurrentUser, settings: Settings, agent: AgentId) -> Response:
     """The agent's per-second metrics as CSV (audited)."""
     access.require_agent(db, user, agent)
@@ -732,12 +732,12 @@ def export_agent_csv(db: Db, user: CurrentUser, settings: Settings, agent: Agent
                      {"content-disposition": attachment(f"{agent}.csv")})
 
 
-@router.get("/agents/{agent:path}/export.json")
+@router.get("/agents/{agent:id}/export.json")
 def export_agent_json(db: Db, user: CurrentUser, settings: Settings,
                       agent: AgentId) -> Response:
     """Everything stored about the agent (right of access; the agent or an admin), streamed:
-    agent, account, login_attempts, seat_history, metrics, events (every stored field),
-    daily_aggregates, calls, flags, goals, audit_log."""
+    agent, account, login_attempts, sessions, known_browsers, seat_history, metrics, events
+    (every stored field), daily_aggregates, calls, flags, goals, audit_log."""
     access.require_agent(db, user, agent)
     require_role(user, "admin", "agent")
     access.audit(db, user, "export_all", agent)
@@ -745,7 +745,7 @@ def export_agent_json(db: Db, user: CurrentUser, settings: Settings,
                      "application/json")
 
 
-@router.post("/agents/{agent:path}/erase")
+@router.post("/agents/{agent:id}/erase")
 def erase_agent(db: Db, user: CurrentUser, agent: AgentId) -> dict[str, Any]:
     """Erase an agent who left (admins only)."""
     require_role(user, "admin")
@@ -755,8 +755,9 @@ def erase_agent(db: Db, user: CurrentUser, agent: AgentId) -> dict[str, Any]:
 
 
 # Last of the agent routes: its path takes the rest of the URL. An agent id is one path segment
-# (miroir.labels), but one an older import let in with a "/" still reaches every route above.
-@router.get("/agents/{agent:path}")
+# (miroir.labels), but one an older import let in with a "/" still reaches every route above,
+# and written with %2F reaches this one even when it ends like one of them (routes/ids.py).
+@router.get("/agents/{agent:id}")
 def get_agent(db: Db, user: CurrentUser, agent: AgentId) -> dict[str, Any]:
     """One agent (audited)."""
     row = access.require_agent(db, user, agent)
@@ -778,7 +779,7 @@ def list_teams(db: Db, user: CurrentUser) -> dict[str, Any]:
     return {"teams": access.visible_teams(db, user)}
 
 
-@router.get("/teams/{team:path}/board")
+@router.get("/teams/{team:id}/board")
 def get_team_board(db: Db, user: CurrentUser, team: TeamId) -> dict[str, Any]:
     """Progress of each agent against their own baseline, shared moments, daily debrief."""
     require_role(user, "admin", "supervisor")
@@ -787,7 +788,7 @@ def get_team_board(db: Db, user: CurrentUser, team: TeamId) -> dict[str, Any]:
     return board
 
 
-@router.get("/teams/{team:path}/export.csv")
+@router.get("/teams/{team:id}/export.csv")
 def export_team_csv(db: Db, user: CurrentUser, settings: Settings, team: TeamId) -> Response:
     """The team's per-second metrics as CSV (audited per agent)."""
     require_role(user, "admin", "supervisor")

@@ -102,7 +102,7 @@ def _agent_context(db: Db, user: User, agent: str, self_view: bool,
     }
 
 
-@router.get("/agents/{agent:path}")
+@router.get("/agents/{agent:id}")
 def agent_page(request: Request, db: Db, user: CurrentUser, agent: str,
                audit_before: AuditBefore = None, calls_before: CallsBefore = None) -> Response:
     """An agent's shift, calls, flags and goals (audited)."""
@@ -127,7 +127,7 @@ def me_page(request: Request, db: Db, user: CurrentUser,
     return render(request, "agent.html", context)
 
 
-@router.post("/agents/{agent:path}/flags")
+@router.post("/agents/{agent:id}/flags")
 def flag_form(request: Request, db: Db, user: CurrentUser, agent: str,
               ts: Annotated[float, Form(**api.TS_BOUNDS)],
               note: Annotated[str, Form(max_length=2000)] = "",
@@ -137,7 +137,7 @@ def flag_form(request: Request, db: Db, user: CurrentUser, agent: str,
     return RedirectResponse(f"/agents/{quote(agent, safe='')}#flags", status_code=303)
 
 
-@router.post("/agents/{agent:path}/goals")
+@router.post("/agents/{agent:id}/goals")
 def goal_form(request: Request, db: Db, user: CurrentUser, agent: str,
               metric: Annotated[str, Form(max_length=64)],
               label: Annotated[str, Form(max_length=120)],
@@ -176,7 +176,7 @@ def private_form(request: Request, db: Db, user: CurrentUser,
                             status_code=303)
 
 
-@router.get("/teams/{team:path}")
+@router.get("/teams/{team:id}")
 def team_page(request: Request, db: Db, user: CurrentUser, team: str) -> Response:
     """The team board: progress against each agent's own baseline, shared moments, debrief."""
     require_role(user, "admin", "supervisor")
