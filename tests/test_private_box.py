@@ -4,6 +4,9 @@ call within 1 s; only the fact that the seat is private leaves the box."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -376,17 +379,9 @@ def test_a_softphone_s_idle_ends_a_call_the_prospect_s_speech_started(ami_pair, 
     assert done == ["call_state"] and box.cmd_refused == 0
 
 
-def test_a_flood_of_bad_local_commands_is_counted_not_written_line_by_line(tmp_path) -> None:
-    """A connector gone wrong sends thousands of bad commands to the real agent (``miroir edge
-    run``, replaying real speech): every one is refused and counted, the agent runs on and ends
-    cleanly, and its journal holds a few of them and their total, not a line for each (journald
-    would drop the agent's own lines past its rate limit, and the card would take every one)."""
-    import os
-    import signal
-    import socket
-    import subprocess
-    import sys
-
+def _replaying_agent(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    """The real `miroir edge run`, replaying an AMI headset pair in a loop with no broker: the
+    process, its control socket's path and the file its stderr (the journal) goes to."""
     control = tmp_path / "run" / "control"
     config = tmp_path / "box.toml"
     config.write_text(f'site = "site-a"\nbox = "box-a"\nbroker_port = 9\n'
@@ -399,6 +394,18 @@ def test_a_flood_of_bad_local_commands_is_counted_not_written_line_by_line(tmp_p
              str(SHARED / "ami-headsets" / "source0.wav"),
              str(SHARED / "ami-headsets" / "source1.wav"), "--fast", "--loop"],
             stdout=subprocess.DEVNULL, stderr=err, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    return proc, control, journal
+
+
+def test_a_flood_of_bad_local_commands_is_counted_not_written_line_by_line(tmp_path) -> None:
+    """A connector gone wrong sends thousands of bad commands to the real agent (``miroir edge
+    run``, replaying real speech): every one is refused and counted, the agent runs on and ends
+    cleanly, and its journal holds a few of them and their total, not a line for each (journald
+    would drop the agent's own lines past its rate limit, and the card would take every one)."""
+    import signal
+    import socket
+
+    proc, control, journal = _replaying_agent(tmp_path)
     sent = 3000
     try:
         wait_until(control.is_socket, "the agent's control socket")
@@ -427,24 +434,10 @@ def test_a_connector_that_binds_its_socket_reads_the_agent_s_answer(tmp_path) ->
     """A CTI connector must know whether the agent took its command: one that binds its own socket
     (an autobound abstract address, ``bind("")``) reads the real agent's answer to each datagram,
     ``ok ...`` or ``refused: <why>``; one that went away before the answer costs the agent nothing."""
-    import os
     import signal
     import socket
-    import subprocess
-    import sys
 
-    control = tmp_path / "run" / "control"
-    config = tmp_path / "box.toml"
-    config.write_text(f'site = "site-a"\nbox = "box-a"\nbroker_port = 9\n'
-                      f'state_dir = "{tmp_path / "state"}"\ncontrol_socket = "{control}"\n'
-                      f'control_group = "no-such-group-here"\n')
-    journal = tmp_path / "journal.log"
-    with journal.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "miroir", "edge", "run", "--config", str(config), "--replay",
-             str(SHARED / "ami-headsets" / "source0.wav"),
-             str(SHARED / "ami-headsets" / "source1.wav"), "--fast", "--loop"],
-            stdout=subprocess.DEVNULL, stderr=err, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    proc, control, journal = _replaying_agent(tmp_path)
     answers: dict[bytes, str] = {}
     try:
         wait_until(control.is_socket, "the agent's control socket")
