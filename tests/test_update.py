@@ -540,6 +540,18 @@ def _agent_release(tmp: Path, version: str, state: Path, priv: bytes,
     return build_release(tree, version, priv, tmp / f"miroir-{version}-{crash_after_s}.release")
 
 
+def _publishing_1_0(tmp_path: Path, priv: bytes, pub: bytes) -> tuple[Updater, Path]:
+    """A box on release 1.0 whose agent publishes (:func:`_agent_release`), its key in
+    ``release.pub``: the updater and the agent's state folder."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (tmp_path / "release.pub").write_bytes(pub)
+    up = Updater(tmp_path / "root")
+    up.install(_agent_release(tmp_path, "1.0", state, priv), pub, restart=lambda: None,
+               health=lambda v: True)
+    return up, state
+
+
 @contextlib.contextmanager
 def _supervised(tmp: Path, root: Path, state: Path) -> Iterator[Path]:
     """A fake ``systemctl`` (yielded: its folder) whose restart runs current/bin/miroir in a loop
@@ -580,12 +592,7 @@ def test_a_release_that_crashes_after_its_first_message_is_rolled_back(
     again after each restart (3 crashes in the next 15 s): it now watches the agent run
     --soak-s without a restart (same process, alive) before keeping the release."""
     priv, pub = keys
-    state = tmp_path / "state"
-    state.mkdir()
-    (tmp_path / "release.pub").write_bytes(pub)
-    up = Updater(tmp_path / "root")
-    up.install(_agent_release(tmp_path, "1.0", state, priv), pub, restart=lambda: None,
-               health=lambda v: True)
+    up, state = _publishing_1_0(tmp_path, priv, pub)
     with _supervised(tmp_path, up.root, state) as fake:
         def update(bundle: Path) -> subprocess.CompletedProcess[str]:
             return _cli_update(up.root, bundle, tmp_path / "release.pub", state, fake,
@@ -605,12 +612,7 @@ def test_update_exit_codes_tell_a_refusal_from_a_rollback(
     nothing changed; 4 switched to, then rolled back; 5 not checked, the box not reaching the
     broker (its running release silent too: nothing changed)."""
     priv, pub = keys
-    state = tmp_path / "state"
-    state.mkdir()
-    up = Updater(tmp_path / "root")
-    up.install(_agent_release(tmp_path, "1.0", state, priv), pub, restart=lambda: None,
-               health=lambda v: True)
-    (tmp_path / "release.pub").write_bytes(pub)
+    up, state = _publishing_1_0(tmp_path, priv, pub)
     (tmp_path / "old").mkdir()
     older = release(tmp_path / "old", "0.9", priv)
     good = release(tmp_path, "2.0", priv)  # (its bin/miroir publishes nothing)
@@ -793,12 +795,7 @@ def test_a_second_update_while_one_runs_says_it_waits(
     people) waited for the first's lock, minutes with a 2-minute soak, without a word: it now
     says that another update is in progress and that it waits, then installs."""
     priv, pub = keys
-    state = tmp_path / "state"
-    state.mkdir()
-    up = Updater(tmp_path / "root")
-    up.install(_agent_release(tmp_path, "1.0", state, priv), pub, restart=lambda: None,
-               health=lambda v: True)
-    (tmp_path / "release.pub").write_bytes(pub)
+    up, state = _publishing_1_0(tmp_path, priv, pub)
     bundle = _agent_release(tmp_path, "2.0", state, priv)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with _supervised(tmp_path, up.root, state) as fake:
