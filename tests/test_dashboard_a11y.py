@@ -4,6 +4,7 @@ regions, focus."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Iterator
@@ -117,6 +118,18 @@ LOW_CONTRAST = """() => {
 for large text), as 'tag.class "text" ratio'."""
 
 
+@contextlib.contextmanager
+def _as_agent(chromium: Any, server: DashboardServer) -> Iterator[Any]:
+    """A French browser page logged in as the agent Amina, on her own page (/me)."""
+    context = chromium.new_context(locale="fr-FR")
+    try:
+        page = context.new_page()
+        browser_login(page, server.url, "amina", USER_PASSWORD, landing="/me")
+        yield page
+    finally:
+        context.close()
+
+
 def test_every_text_reads_at_aa_contrast_on_its_background(chromium: Any,
                                                            floor_server: Any) -> None:
     """The floor's legend wrote "Prospect parle" white on green at 3.45:1, "Chevauchement" on
@@ -137,14 +150,9 @@ def test_every_text_reads_at_aa_contrast_on_its_background(chromium: Any,
             low[path] = page.evaluate(LOW_CONTRAST)
     finally:
         context.close()
-    agent = chromium.new_context(locale="fr-FR")
-    try:
-        page = agent.new_page()
-        browser_login(page, server.url, "amina", USER_PASSWORD, landing="/me")
+    with _as_agent(chromium, server) as page:
         page.wait_for_selector(READY["/me"])
         low["/me"] = page.evaluate(LOW_CONTRAST)
-    finally:
-        agent.close()
     bad = {p: texts for p, texts in low.items() if texts}
     assert bad == {}, "\n".join(f"{p}: {t}" for p, texts in bad.items() for t in texts)
 
@@ -269,14 +277,9 @@ def test_each_chart_says_its_latest_value_and_the_turns_chart_its_states_in_word
             " (f.querySelector('.chart-legend') || {}).textContent])")
     finally:
         context.close()
-    context = chromium.new_context(locale="fr-FR")
-    try:
-        page = context.new_page()
-        browser_login(page, server.url, "amina", USER_PASSWORD, landing="/me")
+    with _as_agent(chromium, server) as page:
         page.wait_for_selector("body[data-charts-ready='1']")
         own = page.evaluate("(document.querySelector('#charts .chart-legend') || {}).textContent")
-    finally:
-        context.close()
     by_title = {title: (label, legend) for title, label, legend in labels}
     # the seeded shift: 240 one-second rows, twenty turns of 12 (6 agent, 3 prospect, 1 overlap,
     # 2 silence); the last, seq 240, is the agent's
@@ -350,14 +353,9 @@ def test_every_control_and_image_of_every_page_has_a_name(chromium: Any,
                                       ".getAttribute('aria-label')")
     finally:
         context.close()
-    context = chromium.new_context(locale="fr-FR")
-    try:
-        page = context.new_page()
-        browser_login(page, server.url, "amina", USER_PASSWORD, landing="/me")
+    with _as_agent(chromium, server) as page:
         page.wait_for_selector(READY["/me"])
         unnamed["/me"] = _unnamed(page)
-    finally:
-        context.close()
     bad = {p: found for p, found in unnamed.items() if found}
     assert bad == {}, "\n".join(f"{p}: {f}" for p, found in bad.items() for f in found)
     assert fatigue == "0.62"
@@ -399,14 +397,9 @@ def test_each_page_has_its_own_title_and_the_language_it_is_written_in(
                                   " document.getElementById('lang-switch').textContent.trim()]")
     finally:
         context.close()
-    context = chromium.new_context(locale="fr-FR")
-    try:
-        page = context.new_page()
-        browser_login(page, server.url, "amina", USER_PASSWORD, landing="/me")
+    with _as_agent(chromium, server) as page:
         titles["/me"] = page.title()
         langs["/me"] = page.evaluate("document.documentElement.lang")
-    finally:
-        context.close()
     assert set(langs.values()) == {"fr"}, langs
     assert len(set(titles.values())) == len(titles), titles
     assert titles["/campaigns/camp-a"] == "Salon Lyon · Campagnes — Miroir"
