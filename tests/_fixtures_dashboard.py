@@ -360,12 +360,8 @@ def org_server(tmp_path: Path) -> Iterator[tuple[DashboardServer, dict[str, Any]
     """The seeded org (:func:`seed_org`) served over HTTP on a free port, without an ingest."""
     settings = make_settings(tmp_path)
     data = seed_org(settings)
-    server = DashboardServer(settings, start_ingest=False)
-    server.start()
-    try:
+    with DashboardServer(settings, start_ingest=False) as server:
         yield server, data
-    finally:
-        server.stop()
 
 
 def query_plans(db: Any, run: Any, reads: tuple[str, ...] = (" metrics m ", " events e ")

@@ -64,12 +64,8 @@ def floor_server(tmp_path: Path) -> Iterator[tuple[DashboardServer, dict[str, An
         store.apply_status(db, wire.decode("status", wire.encode("status", offline)), now)
     finally:
         db.conn.close()
-    server = DashboardServer(settings, start_ingest=False)
-    server.start()
-    try:
+    with DashboardServer(settings, start_ingest=False) as server:
         yield server, data
-    finally:
-        server.stop()
 
 
 LOW_CONTRAST = """() => {

@@ -4,8 +4,6 @@ shows of the box's metrics, at what scale, in whose time zone and language, on w
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +17,6 @@ from miroir import wire
 from tests._fixtures_dashboard import browser_login, make_settings, seat_unchecked
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
-
-
-@contextmanager
-def _served(settings: Any) -> Iterator[DashboardServer]:
-    server = DashboardServer(settings, start_ingest=False)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _box_metrics(near: np.ndarray, far: np.ndarray) -> list[dict[str, Any]]:
@@ -89,7 +77,7 @@ def test_the_agent_page_charts_what_the_box_measures(
     published = {k for m in msgs for k, v in m.items() if v is not None}
     assert set(BOX_METRICS_CHARTED) <= published  # the box did measure each of them
     page = browser_page
-    with _served(settings) as server:
+    with DashboardServer(settings, start_ingest=False) as server:
         browser_login(page, server.url)
         page.goto(server.url + "/agents/agent-a")
         page.wait_for_selector("body[data-charts-ready='1']")
@@ -147,7 +135,7 @@ def test_the_agent_page_says_why_a_metric_has_no_measurement(
                 settings.site, "box-a", "online", now, prospect_affect_state="off"))), now)
         finally:
             db.conn.close()
-        with _served(settings) as server:
+        with DashboardServer(settings, start_ingest=False) as server:
             browser_login(page, server.url)
             page.goto(server.url + "/agents/agent-a")
             page.wait_for_selector("body[data-charts-ready='1']")
@@ -199,7 +187,7 @@ def test_the_agent_page_says_what_drives_the_fatigue_index(
              **{f"fatigue_{f}_z": (v if k == 2 else 5.0) for f, v in z.items()}} for k in range(3)]
     _agent_a_with_metrics(settings, rows, now - 10, now)
     page = browser_page
-    with _served(settings) as server:
+    with DashboardServer(settings, start_ingest=False) as server:
         browser_login(page, server.url)
         page.goto(server.url + "/agents/agent-a")
         page.wait_for_selector("body[data-charts-ready='1']")
@@ -1305,7 +1293,7 @@ def test_chart_axes_never_count_below_zero_and_write_decimals_in_the_pages_langu
     context = chromium.new_context(locale="en-US")  # the page's language counts, not the browser's
     try:
         page = context.new_page()
-        with _served(settings) as server:
+        with DashboardServer(settings, start_ingest=False) as server:
             browser_login(page, server.url)
             page.goto(server.url + "/agents/agent-a")
             page.wait_for_selector("body[data-charts-ready='1']")
