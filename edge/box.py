@@ -290,10 +290,6 @@ class Box:
             return "refused"
         return self._apply_safely(msg)
 
-    def handle_local(self, text: str) -> str:
-        """Apply one command from the control socket; return its action, or ``refused``."""
-        return self.answer_local(text)[0]
-
     def answer_local(self, text: str) -> tuple[str, str]:
         """Apply one command from the control socket; return its action (or ``refused``) and the
         answer for its sender: ``ok <command>`` (a toggle says where it went) or ``refused: <why>``."""

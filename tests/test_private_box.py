@@ -204,7 +204,7 @@ def test_a_stale_private_off_does_not_end_the_private_call_the_agent_started_sin
         msg = wire.cmd_message("site-a", "box-a", action, time.time() - age_s, **extra)
         return box.handle_command(box.publisher.cmd_topic, wire.encode("cmd", msg))
 
-    assert box.handle_local("private on") == "private_on" and box.private
+    assert box.answer_local("private on")[0] == "private_on" and box.private
     assert send("private_off", 300.0) == "refused" and box.private
     assert send("call_state", 90.0, call_state="hold") == "refused" and box.call_state == "idle"
     assert send("private_off", -300.0) == "refused" and box.private  # a clock far ahead
@@ -230,7 +230,7 @@ def test_an_oversized_local_command_is_refused_as_too_long(tmp_path, caplog) -> 
         for datagram in (b"call active\n" * 30, padded, b"\xff" * 200, b"call hold"):
             sock.sendto(datagram, str(control.path))
     with caplog.at_level(logging.WARNING, logger="edge.box"):
-        done = [box.handle_local(text) for text, _ in control.take()]
+        done = [box.answer_local(text)[0] for text, _ in control.take()]
     control.close()
     box.outbox.close()
     assert done == ["refused", "refused", "refused", "call_state"]
