@@ -162,7 +162,7 @@ def logged_in_page(browser_page: Any, dashboard_server: DashboardServer) -> Any:
 
 # ------------------------------------------------------------------ an organised site
 USER_PASSWORD = "a long password for tests"
-INVENTORY = [
+INVENTORY: list[dict[str, Any]] = [
     {"box": "box-a1", "seat": "A1", "agent": "agent-a1", "team": "team-a", "row": 1, "col": 1,
      "agent_name": "Amina Diallo"},
     {"box": "box-a2", "seat": "A2", "agent": "agent-a2", "team": "team-a", "row": 1, "col": 2,
@@ -172,7 +172,8 @@ INVENTORY = [
 ]
 
 
-def _metric_row(site: str, box: str, seq: int, ts: float) -> dict[str, Any]:
+def metric_row(site: str, box: str, seq: int, ts: float) -> dict[str, Any]:
+    """One second of ``box``'s metrics message at ``ts``, its talk state cycling with ``seq``."""
     import math
 
     from miroir import wire
@@ -215,7 +216,7 @@ def seed_org(settings: DashboardSettings, now: float | None = None,
                              totp_secret=secret)
         for i, row in enumerate(INVENTORY):
             for k in range(seconds):
-                store.insert_metrics(db, _metric_row(settings.site, row["box"], k + 1,
+                store.insert_metrics(db, metric_row(settings.site, row["box"], k + 1,
                                                      now - seconds + k), now)
             for j, cue in enumerate(("too_fast", "monotone", "talking_over")):
                 ts = now - seconds + 40 + 60 * j + i

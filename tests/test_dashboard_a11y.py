@@ -19,9 +19,9 @@ from miroir import wire
 from tests._fixtures_dashboard import (
     INVENTORY,
     USER_PASSWORD,
-    _metric_row,
     browser_login,
     make_settings,
+    metric_row,
     seed_org,
 )
 
@@ -45,7 +45,7 @@ def floor_server(tmp_path: Path) -> Iterator[tuple[DashboardServer, dict[str, An
     db = store.open_db(settings.db_path)
     try:
         for row, state in zip(INVENTORY, ("agent", "prospect", "overlap"), strict=True):
-            body = _metric_row(settings.site, str(row["box"]), 1000, now)
+            body = metric_row(settings.site, row["box"], 1000, now)
             body.update(talk_state=state, near_talking=state in ("agent", "overlap"),
                         far_talking=state in ("prospect", "overlap"))
             if state == "agent":
