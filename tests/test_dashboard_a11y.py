@@ -509,3 +509,32 @@ def test_the_first_tab_of_every_page_offers_to_skip_to_its_content(
     finally:
         context.close()
     assert set(landed.values()) == {("skip-link", "Aller au contenu", "main")}, landed
+
+
+def test_the_floor_s_skip_link_lands_before_its_filters(chromium: Any, floor_server: Any) -> None:
+    """The floor's filters (team, campaign, pseudonymous names) and its legend sat between the
+    header and <main>: "Aller au contenu" skipped them, and a keyboard user had to Tab through
+    every seat's link and back round the header to reach them. They are the top of the floor's
+    main content now: after the skip link, the next Tab is the team filter."""
+    server, _ = floor_server
+    context = chromium.new_context(locale="fr-FR")
+    try:
+        page = context.new_page()
+        browser_login(page, server.url)
+        page.wait_for_selector(READY["/"])
+        page.keyboard.press("Tab")
+        page.keyboard.press("Enter")
+        assert page.evaluate("document.activeElement.id") == "main"
+        page.keyboard.press("Tab")
+        after_skip = page.evaluate("[document.activeElement.id,"
+                                   " document.activeElement.getAttribute('aria-label')]")
+        order = []
+        for _ in range(3):
+            page.keyboard.press("Tab")
+            order.append(page.evaluate("document.activeElement.id"))
+        legend_in_main = page.evaluate("!!document.querySelector('main .legend')")
+    finally:
+        context.close()
+    assert after_skip == ["filter-team", "Équipes"], after_skip
+    assert order == ["filter-campaign", "pseudo", order[2]] and order[2] != "filter-team", order
+    assert legend_in_main
