@@ -516,6 +516,35 @@ def test_an_agent_gets_only_their_own_data_and_the_auditor_only_aggregates(org: 
         assert c.get("/api/agents").json()["agents"] == []
 
 
+def test_a_supervisor_typing_agents_or_teams_is_sent_to_the_page_that_lists_them(
+        org: Any) -> None:
+    """/agents and /teams, which a supervisor may type (the agent pages live under /agents/…,
+    the boards under /teams/…), answered 404. A supervisor of one team goes to its board (its
+    agents listed), an admin to the floor (every seat, a link to each team's board); an
+    agent and the auditor still get the 404 of a page that is not theirs, and the answer is
+    only a redirect: nothing read, nothing audited."""
+    settings, data = org
+    for user, to in (("sup-a", "/teams/team-a"), ("admin", "/")):
+        with client(settings) as c:
+            login_as(c, user, data)
+            for path in ("/agents", "/teams"):
+                r = c.get(path)
+                assert (r.status_code, r.headers.get("location")) == (303, to), (user, path)
+            assert c.get(to).status_code == 200
+    for user in ("amina", "auditrice"):
+        with client(settings) as c:
+            login_as(c, user, data)
+            for path in ("/agents", "/teams"):
+                assert c.get(path).status_code == 404, (user, path)
+    db = store.open_db(settings.db_path)
+    try:
+        audited = db.conn.execute("SELECT actor, count(*) FROM audit_log WHERE action = "
+                                  "'team_board' GROUP BY actor").fetchall()
+    finally:
+        db.conn.close()
+    assert audited == [("sup-a", 2)]  # the board opened (its two agents), not the redirects
+
+
 def test_password_hashes_are_argon2id(org: Any) -> None:
     settings, _ = org
     db = store.open_db(settings.db_path)

@@ -102,6 +102,18 @@ def _agent_context(db: Db, user: User, agent: str, self_view: bool,
     }
 
 
+@router.get("/agents")
+@router.get("/teams")
+def lists_page(db: Db, user: CurrentUser) -> Response:
+    """What a supervisor types for the list of agents or teams: the board of their one team (its
+    agents listed), else the floor (each seat's agent, each team's board a link away)."""
+    require_role(user, "admin", "supervisor")
+    teams = access.visible_teams(db, user)
+    if user.role == "supervisor" and len(teams) == 1:
+        return RedirectResponse(f"/teams/{quote(teams[0]['team'], safe='')}", status_code=303)
+    return RedirectResponse("/", status_code=303)
+
+
 @router.get("/agents/{agent:id}")
 def agent_page(request: Request, db: Db, user: CurrentUser, agent: str,
                audit_before: AuditBefore = None, calls_before: CallsBefore = None) -> Response:
