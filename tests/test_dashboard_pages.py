@@ -1306,3 +1306,50 @@ def test_chart_axes_never_count_below_zero_and_write_decimals_in_the_pages_langu
         context.close()
     assert french == (("1", "0"), ("4,7", "4,2"), ("-27", "-33")), french
     assert english == ("4.7", "4.2"), english
+
+
+def _a_long_history(server: Any) -> tuple[int, int]:
+    """Amina with 150 calls (120 a day apart before the seeded 30) and 150 entries of sup-a's
+    reads in her audit log: the ids of the 50th newest call and of the 100th newest entry, the
+    ``calls_before`` and ``audit_before`` of each list's second page."""
+    db = store.open_db(server.settings.db_path)
+    try:
+        with db.conn:
+            first = time.time() - 130 * 86400
+            for k in range(120):
+                db.conn.execute("INSERT INTO calls (agent, box, start_ts, end_ts, campaign) "
+                                "VALUES ('agent-a1', 'box-a1', ?, ?, 'camp-a')",
+                                (first + k * 86400, first + k * 86400 + 120))
+            for k in range(150):
+                db.conn.execute("INSERT INTO audit_log (ts, actor, actor_role, agent, action, "
+                                "detail) VALUES (?, 'sup-a', 'supervisor', 'agent-a1', "
+                                "'read_goals', '{}')", (first + k * 60,))
+        calls = db.conn.execute("SELECT id FROM calls WHERE agent = 'agent-a1' "
+                                "ORDER BY start_ts DESC, id DESC LIMIT 1 OFFSET 49").fetchone()[0]
+        entry = db.conn.execute("SELECT id FROM audit_log WHERE agent = 'agent-a1' "
+                                "ORDER BY id DESC LIMIT 1 OFFSET 99").fetchone()[0]
+    finally:
+        db.conn.close()
+    return int(calls), int(entry)
+
+
+def test_the_language_switch_keeps_the_page_of_calls_and_of_the_audit_log_being_read(
+        browser_page: Any, org_server: Any) -> None:
+    """An admin reading Amina's calls 51 to 100 and the second page of her audit log switched to
+    English and was back on the first page of each (the switch went back to the bare path). It
+    keeps the pagings' places, and only them: any other parameter of the address is dropped."""
+    server, _ = org_server
+    calls_before, audit_before = _a_long_history(server)
+    page = browser_page
+    browser_login(page, server.url)
+    page.goto(f"{server.url}/agents/agent-a1?calls_before={calls_before}"
+              f"&audit_before={audit_before}&next=//example.com&lang=en")
+    assert page.locator("#calls-range").inner_text() == \
+        "Appels 51 à 100 sur 150 (tous dans l'export CSV)"
+    shown = page.locator(".audit-entry time").first.get_attribute("data-ts")
+    page.click("#lang-switch")
+    page.wait_for_load_state()
+    assert page.url == (f"{server.url}/agents/agent-a1?calls_before={calls_before}"
+                        f"&audit_before={audit_before}")
+    assert page.locator("#calls-range").inner_text() == "Calls 51 to 100 of 150 (all in the CSV export)"
+    assert page.locator(".audit-entry time").first.get_attribute("data-ts") == shown

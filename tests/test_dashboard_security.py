@@ -123,6 +123,24 @@ def test_every_state_change_needs_the_csrf_token(org: Any) -> None:
 
 
 
+def test_the_language_switch_goes_back_to_a_local_page_with_its_pagings_only(org: Any) -> None:
+    """The switch's way back (its form's ``next``) keeps a page's pagings (``calls_before``,
+    ``audit_before``, whole numbers) and nothing else of an address: never another origin, and no
+    other parameter a forged form would carry along."""
+    settings, data = org
+    with client(settings) as c:
+        login_as(c, "admin", data)
+        token = csrf_header(c)["x-csrf-token"]
+        for sent, back in (
+                ("//example.com/x", "/"), ("https://example.com/", "/"),
+                ("/agents/agent-a1?calls_before=5&next=//example.com&audit_before=7&x=1",
+                 "/agents/agent-a1?calls_before=5&audit_before=7"),
+                ("/me?calls_before=5e3&audit_before=-1&calls_before=6", "/me?calls_before=6"),
+                ("/audit?audit_before=12", "/audit?audit_before=12")):
+            r = c.post("/lang", data={"lang": "en", "next": sent, "csrf": token})
+            assert (r.status_code, r.headers["location"]) == (303, back), sent
+
+
 def test_a_stale_form_in_a_browser_gets_the_error_page_in_its_language(org: Any) -> None:
     """A form sent with a token from before the session was renewed (a login in another tab) got
     a bare English "CSRF token missing or wrong" as text/plain, with no way back: a browser now

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import parse_qsl, urlencode
 
 import sqlite_utils
 from fastapi import Depends, HTTPException, Request
@@ -148,12 +150,29 @@ def require_role(user: User, *roles: str) -> None:
         raise HTTPException(status_code=404, detail="not found")
 
 
+PAGE_PARAMS = ("calls_before", "audit_before")
+"""What of a page's address its language switch keeps: where its pagings are (whole numbers)."""
+_WHOLE = re.compile(r"[0-9]{1,19}")
+
+
+def page_address(path: str, query: str) -> str:
+    """``path`` with the first whole-number value of each of :data:`PAGE_PARAMS` in ``query``,
+    nothing else of it."""
+    kept: dict[str, str] = {}
+    for key, value in parse_qsl(query):
+        if key in PAGE_PARAMS and key not in kept and _WHOLE.fullmatch(value):
+            kept[key] = value
+    ordered = [(k, kept[k]) for k in PAGE_PARAMS if k in kept]
+    return path + ("?" + urlencode(ordered) if ordered else "")
+
+
 def render(request: Request, template: str, context: dict[str, Any], status: int = 200) -> Response:
     """Render a page with the user's language, CSRF token and navigation."""
     lang = getattr(request.state, "lang", "fr") or "fr"
     ctx = {"lang": lang, "t": i18n.translator(lang), "csrf": getattr(request.state, "csrf", ""),
            "user": getattr(request.state, "user", None),
            "role": getattr(request.state, "role", None), "path": request.url.path,
+           "here": page_address(request.url.path, request.url.query),
            "i18n_json": i18n.client_json(lang), **context}
     response = TEMPLATES.TemplateResponse(request, template, ctx, status_code=status)
     response.headers["cache-control"] = "no-store"

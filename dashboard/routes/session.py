@@ -9,7 +9,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
 from .. import auth, i18n, totp
-from .deps import Db, Settings, render
+from .deps import Db, Settings, page_address, render
 
 router = APIRouter(tags=["session"])
 
@@ -208,9 +208,10 @@ def safe_next(target: str | None, default: str = "/") -> str:
 @router.post("/lang", include_in_schema=False)
 def set_lang(request: Request, db: Db, lang: Annotated[str, Form(max_length=4)],
              next: Annotated[str, Form(max_length=512)] = "/") -> Response:
-    """Switch the user's interface language (fr or en)."""
+    """Switch the user's interface language (fr or en), back to the page with its pagings."""
     if lang in i18n.LANGS:
         with db.conn:
             db.conn.execute("UPDATE users SET lang = ? WHERE username = ?",
                             (lang, request.state.user))
-    return RedirectResponse(safe_next(next), status_code=303)
+    path, _, query = safe_next(next).partition("?")
+    return RedirectResponse(page_address(path, query.partition("#")[0]), status_code=303)
