@@ -221,7 +221,8 @@ def audit_entries(db: sqlite_utils.Database, agent: str | None = None,
 def audit_page(db: sqlite_utils.Database, agent: str, limit: int,
                before: int | None = None) -> dict[str, Any]:
     """One page of the entries about ``agent`` (newest first, older than ``before``), with how
-    many there are in all, whether older ones follow and the ``before`` that reads them, and
+    many there are in all, whether older ones follow and the ``before`` that reads them, the
+    ``before`` of the page before this one (``newer_before``, None for the first page), and
     :func:`audit_summary`: a flood of cheap reads pages an entry out of the list, never out of
     the summary."""
     entries = audit_entries(db, agent, limit + 1, before)
@@ -229,8 +230,12 @@ def audit_page(db: sqlite_utils.Database, agent: str, limit: int,
     entries = entries[:limit]
     total = db.conn.execute("SELECT count(*) FROM audit_log WHERE agent = ?",
                             (agent,)).fetchone()[0]
-    return {"entries": entries, "total": int(total), "more": more,
+    newer = before is not None and db.conn.execute(
+        "SELECT id FROM audit_log WHERE agent = ? AND id > ? ORDER BY id LIMIT 1 OFFSET ?",
+        (agent, before, limit - 1)).fetchone()
+    return {"entries": entries, "total": int(total), "more": more, "before": before,
             "next_before": entries[-1]["id"] if more else None,
+            "newer_before": newer[0] if newer else None,
             "summary": audit_summary(db, agent)}
 
 

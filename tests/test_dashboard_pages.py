@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
@@ -1215,7 +1216,7 @@ def test_the_agent_page_pages_through_calls_older_than_its_fifty(
     page.wait_for_url(f"**/agents/agent-a1?calls_before=*#call-{oldest}")
     assert row.locator("select[name=outcome]").input_value() == "meeting"
     assert row.is_visible()
-    page.click("#calls-latest")
+    page.click("#calls-newer")
     page.wait_for_url("**/agents/agent-a1#calls")
     assert page.locator("#calls-range").inner_text().startswith("Appels 1 à 50 sur 70")
 
@@ -1353,3 +1354,61 @@ def test_the_language_switch_keeps_the_page_of_calls_and_of_the_audit_log_being_
                         f"&audit_before={audit_before}")
     assert page.locator("#calls-range").inner_text() == "Calls 51 to 100 of 150 (all in the CSV export)"
     assert page.locator(".audit-entry time").first.get_attribute("data-ts") == shown
+
+
+def test_the_calls_and_the_audit_log_page_back_one_page_and_keep_each_other_s_place(
+        browser_page: Any, org_server: Any) -> None:
+    """Amina's 150 calls and 150 audit entries, read by an admin: "Plus anciennes" of the audit
+    log went back to calls 1 to 50, "Plus anciens" of the calls to the audit log's first page, an
+    outcome tagged there did too, and from calls 101 to 150 the only way back was "← Les plus
+    récents", to calls 1 to 50. Each paging now keeps the other's place, and each steps back
+    one page ("← Plus récents"), its first page a link away once it is two or more back."""
+    server, _ = org_server
+    calls_2, audit_2 = _a_long_history(server)
+    page = browser_page
+    browser_login(page, server.url)
+    page.goto(server.url + "/agents/agent-a1")
+
+    def place() -> tuple[str, str, str]:
+        """The calls listed, the address's query and the audit log's first entry shown."""
+        query = urlsplit(page.url).query
+        first = page.locator(".audit-entry time").first.get_attribute("data-ts") or ""
+        return page.locator("#calls-range").inner_text().split(" (")[0], query, first
+
+    newest_entry = place()[2]
+    page.click("#audit-older")
+    page.wait_for_url(f"**?audit_before={audit_2}#audit")
+    older_entry = place()[2]
+    assert older_entry != newest_entry
+    page.click("#calls-next")
+    page.click("#calls-next")
+    page.wait_for_url("**#calls")
+    calls_3 = int(parse_qs(urlsplit(page.url).query)["calls_before"][0])
+    assert place() == ("Appels 101 à 150 sur 150",
+                       f"calls_before={calls_3}&audit_before={audit_2}", older_entry)
+    assert page.locator("#calls-next").count() == 0
+    form_next = page.locator("tr.call input[name=next]").first.input_value()
+    assert form_next.startswith(f"/agents/agent-a1?calls_before={calls_3}&audit_before={audit_2}#")
+    page.click("#calls-newer")
+    page.wait_for_url(f"**?calls_before={calls_2}&audit_before={audit_2}#calls")
+    assert place()[0] == "Appels 51 à 100 sur 150"
+    assert page.locator("#calls-latest").count() == 0  # one back is the first page
+    page.click("#calls-newer")
+    page.wait_for_url(f"**/agents/agent-a1?audit_before={audit_2}#calls")
+    assert place() == ("Appels 1 à 50 sur 150", f"audit_before={audit_2}", older_entry)
+    assert page.locator("#calls-newer").count() == 0
+    page.goto(f"{server.url}/agents/agent-a1?calls_before={calls_3}")
+    page.click("#calls-latest")  # from the third page, straight to the first
+    page.wait_for_url("**/agents/agent-a1#calls")
+    assert place()[0] == "Appels 1 à 50 sur 150"
+    page.goto(f"{server.url}/agents/agent-a1?calls_before={calls_2}&audit_before={audit_2}")
+    page.click("#audit-newer")  # the page that ends at the entry this one starts after
+    page.wait_for_url("**#audit")
+    assert place()[0] == "Appels 51 à 100 sur 150"
+    assert parse_qs(urlsplit(page.url).query)["calls_before"] == [str(calls_2)]
+    db = store.open_db(server.settings.db_path)
+    try:
+        ts = db.conn.execute("SELECT ts FROM audit_log WHERE id = ?", (audit_2,)).fetchone()[0]
+    finally:
+        db.conn.close()
+    assert float(page.locator(".audit-entry time").last.get_attribute("data-ts") or 0) == ts

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from typing import Annotated, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import RedirectResponse, Response
@@ -61,9 +61,43 @@ def _calls_page(db: Db, agent: str, before: int | None) -> dict[str, Any]:
     older = db.conn.execute(f"SELECT count(*) FROM calls c WHERE {where}", args).fetchone()[0]
     calls = rows[:CALLS_PAGE]
     first = total - older + 1
+    # the page before this one ends at its pivot: the pivot and the CALLS_PAGE - 1 calls after it
+    # (None: that page is the first)
+    newer = pivot and db.conn.execute(
+        "SELECT id FROM calls WHERE agent = ? AND (start_ts, id) > (?, ?) "
+        "ORDER BY start_ts, id LIMIT 1 OFFSET ?", (agent, pivot[0], pivot[1], CALLS_PAGE - 1)
+    ).fetchone()
     return {"calls": calls, "before": pivot[1] if pivot else None, "first": first,
             "last": first + len(calls) - 1, "total": total,
-            "next_before": calls[-1]["id"] if len(rows) > CALLS_PAGE else None}
+            "next_before": calls[-1]["id"] if len(rows) > CALLS_PAGE else None,
+            "newer_before": newer[0] if newer else None}
+
+
+def _paging(calls: dict[str, Any], audit: dict[str, Any] | None) -> dict[str, str | None]:
+    """The query of each link of the agent view's two pagings, each keeping the other's place:
+    ``here`` (this page), the calls' ``calls_next`` (older), ``calls_newer`` (one page back) and
+    ``calls_latest`` (the first page, once two or more back), the audit log's likewise; None
+    where there is no such page."""
+    at_audit = audit["before"] if audit else None
+
+    def at(calls_before: int | None, audit_before: int | None) -> str:
+        kept = [("calls_before", calls_before), ("audit_before", audit_before)]
+        query = urlencode([(k, v) for k, v in kept if v is not None])
+        return "?" + query if query else ""
+
+    links: dict[str, str | None] = {
+        "here": at(calls["before"], at_audit),
+        "calls_next": at(calls["next_before"], at_audit) if calls["next_before"] else None,
+        "calls_newer": at(calls["newer_before"], at_audit) if calls["before"] else None,
+        "calls_latest": at(None, at_audit) if calls["newer_before"] else None,
+        "audit_older": None, "audit_newer": None, "audit_latest": None}
+    if audit:
+        at_calls = calls["before"]
+        links.update(
+            audit_older=at(at_calls, audit["next_before"]) if audit["more"] else None,
+            audit_newer=at(at_calls, audit["newer_before"]) if audit["before"] else None,
+            audit_latest=at(at_calls, None) if audit["newer_before"] else None)
+    return links
 
 
 def _agent_context(db: Db, user: User, agent: str, self_view: bool,
@@ -96,7 +130,7 @@ def _agent_context(db: Db, user: User, agent: str, self_view: bool,
         "can_coach": user.supervises and not self_view,
         "metrics": [registry.describe(n, user.lang) for n in analytics.metric_names(db)],
         "outcomes": analytics.OUTCOMES, "now_ts": time.time(), "calls_shown": CALLS_SHOWN,
-        "audit": audit,
+        "audit": audit, "paging": _paging(calls, audit),
         "visits": access.group_visits(audit["entries"]) if audit else [],
         "goal_error": goal_error, "goal_form": goal_form or {},
     }
