@@ -139,6 +139,10 @@ STRINGS: dict[str, tuple[str, str]] = {
     "agent.no_flags": ("Aucun moment signalé.", "No flagged moment."),
     "agent.flag": ("Signaler ce moment", "Flag this moment"),
     "agent.moment": ("Moment", "Moment"),
+    "agent.moment_hint": ("(hh:mm:ss, à votre heure)", "(hh:mm:ss, your time)"),
+    "agent.moment_invalid": ("Heure du moment illisible : écrivez-la hh:mm:ss (par exemple "
+                             "14:05:30).", "The moment's time cannot be read: write it hh:mm:ss "
+                             "(for example 14:05:30)."),
     "agent.note": ("Note (facultative)", "Note (optional)"),
     "agent.flag_no_note": ("(sans note)", "(no note)"),
     "agent.share": ("Partager avec l'équipe", "Share with the team"),
@@ -393,8 +397,9 @@ STRINGS: dict[str, tuple[str, str]] = {
     "chart.latest": ("dernière valeur", "latest value"),
     "chart.latest_state": ("dernier état", "latest state"),
     "chart.at": ("à", "at"),
-    "chart.click": ("Cliquez sur une courbe pour choisir le moment.",
-                    "Click a chart to pick the moment."),
+    "chart.click": ("Cliquez sur une courbe, ou saisissez l'heure dans « Moment », pour choisir "
+                    "le moment.", "Click a chart, or type the time in \"Moment\", to pick the "
+                    "moment."),
 }
 
 # Strings the page scripts need (passed as a JSON data block, never as inline script).

@@ -5,6 +5,7 @@ regions, focus."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import re
 import time
 from collections.abc import Iterator
@@ -538,3 +539,62 @@ def test_the_floor_s_skip_link_lands_before_its_filters(chromium: Any, floor_ser
     assert after_skip == ["filter-team", "Équipes"], after_skip
     assert order == ["filter-campaign", "pseudo", order[2]] and order[2] != "filter-team", order
     assert legend_in_main
+
+
+def test_a_moment_is_flagged_at_a_time_chosen_with_the_keyboard_only(
+        chromium: Any, org_server: Any) -> None:
+    """The moment to flag was chosen by a click on a chart (mouse only) or a cue's replay
+    button: a keyboard user could flag only the page's opening time or a cue's. The flag form
+    has a time field, labelled "Moment" and described by the moment in full (its zone): typed
+    hh:mm:ss in the reader's own zone, it is the latest such time, and the flag is stored at it;
+    a time it cannot read is said so (an alert, the field invalid and focused again), never sent
+    as the last moment picked."""
+    from zoneinfo import ZoneInfo
+
+    server, _ = org_server
+    target = float(int(time.time()) - 90)
+    clock = datetime.datetime.fromtimestamp(target, ZoneInfo("Europe/Paris"))
+    context = chromium.new_context(locale="fr-FR", timezone_id="Europe/Paris")
+    try:
+        page = context.new_page()
+        browser_login(page, server.url)
+        page.goto(server.url + "/agents/agent-a1")
+        page.wait_for_selector("body[data-charts-ready='1']")
+
+        def tab_to(target_id: str) -> bool:
+            """Tab (at most 300 times) until ``target_id`` has the focus."""
+            for _ in range(300):
+                page.keyboard.press("Tab")
+                if page.evaluate("document.activeElement.id") == target_id:
+                    return True
+            return False
+
+        assert tab_to("flag-at"), "no time field for the moment on the keyboard's way"
+        field = page.get_by_label("Moment", exact=True)
+        assert field.evaluate("e => e === document.activeElement")
+        page.keyboard.press("Control+A")
+        page.keyboard.type("25:61")
+        assert tab_to("flag-submit")
+        page.keyboard.press("Enter")
+        alert = page.get_by_role("alert")
+        assert alert.inner_text().startswith("Heure du moment illisible"), alert.inner_text()
+        assert field.evaluate("e => e === document.activeElement && e.ariaInvalid === 'true'")
+        page.keyboard.press("Control+A")
+        page.keyboard.type(clock.strftime("%H:%M:%S"))
+        told = " ".join(page.locator("#" + ref).inner_text()
+                        for ref in (field.get_attribute("aria-describedby") or "").split())
+        assert tab_to("flag-note")
+        page.keyboard.type("relance trop rapide")
+        assert tab_to("flag-submit")
+        page.keyboard.press("Enter")
+        page.wait_for_url("**/agents/agent-a1#flags")
+    finally:
+        context.close()
+    assert clock.strftime("%H:%M:%S") in told and ("UTC+1" in told or "UTC+2" in told), told
+    db = store.open_db(server.settings.db_path)
+    try:
+        flags = db.conn.execute("SELECT ts, note FROM flags WHERE agent = 'agent-a1' "
+                                "AND author = 'admin'").fetchall()
+    finally:
+        db.conn.close()
+    assert flags == [(target, "relance trop rapide")]

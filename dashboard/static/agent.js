@@ -16,17 +16,59 @@
   const charts = document.getElementById("charts");
   const flagTs = document.getElementById("flag-ts");
   const flagTime = document.getElementById("flag-time");
+  const flagAt = document.getElementById("flag-at");
   const SHIFT_S = 12 * 3600;
   const MAX_ROWS = 20000;  // as many as the API answers (analytics.MAX_METRIC_ROWS)
   const REDRAW_MS = 1000;  // live rows redraw the charts at most once a second
   const COLOURS = ["#2f6fdb", "#1f9d6b", "#e0702a", "#7a4cc2", "#b3261e", "#1f3a5f"];
 
-  function pick(ts) {
+  const two = (n) => String(n).padStart(2, "0");
+
+  // The moment to flag: its time field (hh:mm:ss in the reader's zone) and, beside it, the
+  // moment in full with its zone named (the field's description).
+  function pick(ts, fromField) {
     if (!flagTs) return;
     flagTs.value = ts.toFixed(1);
     flagTime.textContent = MiroirCharts.fmtTime(ts);
+    if (!fromField && flagAt) {
+      const d = new Date(ts * 1000);
+      flagAt.value = two(d.getHours()) + ":" + two(d.getMinutes()) + ":" + two(d.getSeconds());
+      invalid(false);
+    }
   }
+
+  function invalid(on) {
+    flagAt.setAttribute("aria-invalid", on ? "true" : "false");
+    document.getElementById("flag-at-error").hidden = !on;
+  }
+
+  // A time typed in the field ("14:05:30", "14:05", "14h05"): the latest moment at that time of
+  // day, today's or, if still to come, yesterday's (a shift that began before midnight); null
+  // when it cannot be read.
+  function typed() {
+    const m = /^\s*(\d{1,2})\s*[:hH.]\s*(\d{2})(?:\s*[:mM.]\s*(\d{2}))?\s*s?\s*$/.exec(flagAt.value);
+    if (!m || +m[1] > 23 || +m[2] > 59 || +(m[3] || 0) > 59) return null;
+    const d = new Date();
+    d.setHours(+m[1], +m[2], +(m[3] || 0), 0);
+    if (d.getTime() > Date.now() + 1000) d.setDate(d.getDate() - 1);
+    return d.getTime() / 1000;
+  }
+
   if (flagTs) pick(parseFloat(flagTs.value));
+  if (flagAt) {
+    flagAt.addEventListener("input", () => {
+      const ts = typed();
+      if (ts !== null) { pick(ts, true); invalid(false); }
+    });
+    // a time that cannot be read is said so, the field in error, rather than the last moment
+    // picked sent in its place (a readable one is the moment already: each input picks it)
+    document.getElementById("flag-form").addEventListener("submit", (ev) => {
+      if (typed() !== null) return;
+      ev.preventDefault();
+      invalid(true);
+      flagAt.focus();
+    });
+  }
 
   // What of the charts and cue buttons had the keyboard's focus: draw() rebuilds them (once a
   // second while a call goes on), and the reader's place must not fall back to the page's top.
