@@ -243,3 +243,26 @@ def test_the_purge_lets_a_writer_in_between_batches_of_the_audit_log_and_quarant
     assert db.conn.execute("SELECT count(*) FROM quarantine").fetchone()[0] == len(seen)
     assert schema.get_setting(db, "audit_purge_before_ts") == "0"
     writer.conn.close()
+
+
+def test_each_batch_of_the_purge_finds_its_old_rows_by_time_not_by_reading_the_table(
+        dash_settings: DashboardSettings) -> None:
+    """A batch of the purge looks up its next old rows under the write lock: without an index
+    on their time, it read the audit log by agent (or the whole quarantine, or every call) to
+    find them, and a write waited 0.11 s a batch on 1,000,000 audit entries of 100 agents
+    (0.056 s with the index)."""
+    db = store.open_db(dash_settings.db_path)
+    schema.ensure_schema(db)
+    now = time.time()
+    statements: list[str] = []
+    db.conn.set_trace_callback(statements.append)
+    try:
+        retention.purge(db, metrics_days=30, aggregates_days=365, audit_days=365, now=now)
+    finally:
+        db.conn.set_trace_callback(None)
+    for table in ("audit_log", "quarantine", "calls"):
+        deletes = [s for s in statements if s.startswith(f"DELETE FROM {table} ")]
+        assert deletes, table
+        for sql in deletes:
+            plan = [r[3] for r in db.conn.execute("EXPLAIN QUERY PLAN " + sql).fetchall()]
+            assert not [p for p in plan if p.startswith("SCAN")], (table, plan)
