@@ -83,7 +83,7 @@ def purge(db: sqlite_utils.Database, *, metrics_days: float, aggregates_days: fl
 
 FLUSH_WAIT_MS = 250
 """How long :func:`flush_deleted` waits for the database's other users (the ingest's writes,
-an export's read) before leaving the log for the next purge; writers wait that long at most."""
+a page's read) to empty the log once every change is copied; writers wait that long at most."""
 
 
 def flush_deleted(db: sqlite_utils.Database) -> bool:
@@ -91,7 +91,18 @@ def flush_deleted(db: sqlite_utils.Database) -> bool:
     that deleted rows are no longer readable in either (deleted content is zeroed:
     ``secure_delete``, :func:`dashboard.db.open_db`); they stayed in the log, and in the file,
     until SQLite's next automatic checkpoint. Return False when another connection's read or
-    write kept it from finishing (the next purge, within the hour, tries again)."""
+    write kept it from finishing (the next purge, within the hour, tries again).
+
+    The copy is a PASSIVE checkpoint, which never holds writers; only when it copied the whole
+    log is the log emptied (TRUNCATE, which holds them until the readers let go, at most
+    :data:`FLUSH_WAIT_MS`). A read that still sees the deleted rows (an export begun before)
+    keeps the copy from finishing, and the log cannot be emptied under it: it is left at once,
+    where the TRUNCATE held every write :data:`FLUSH_WAIT_MS` for nothing."""
+    _, log_pages, done_pages = db.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    if done_pages < log_pages:
+        log.info("deleted rows left in the write-ahead log (%s of %s pages copied): another "
+                 "connection still reads them; the next purge tries again", done_pages, log_pages)
+        return False
     db.conn.execute(f"PRAGMA busy_timeout={FLUSH_WAIT_MS}")
     try:
         busy, log_pages, done_pages = db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
