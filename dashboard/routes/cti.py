@@ -3,20 +3,23 @@
 A softphone or CTI connector on the box itself uses the box's control socket (docs/wire.md). A
 CTI server elsewhere cannot publish on ``cmd`` (the broker admits only the dashboard there), so it
 posts here with the bearer token of ``cti_token_file``, as Prometheus does for ``/metrics``; without
-a configured token every request is refused.
+a configured token every request is refused. Each request is a database read and an MQTT command
+to a box: a client (its address, as the login throttle counts it) gets ``cti_burst`` of them at
+once, then ``cti_rate_per_s`` a second, and 429 with Retry-After beyond (nothing sent).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+import math
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from miroir import wire
 
-from .. import commands, prom, schema
+from .. import auth, commands, prom, schema
 from .deps import Db
 
 log = logging.getLogger(__name__)
@@ -51,8 +54,24 @@ def _box_of(db: Any, body: CallStateIn) -> str:
     return str(row[0])
 
 
+def _within_rate(request: Request) -> None:
+    """Spend one of the client's call states (:class:`dashboard.auth.RateLimit`); 429 with
+    Retry-After once they are spent, before the database is opened or the token checked."""
+    settings = request.app.state.settings
+    addr = auth.client_address(request.client.host if request.client else None,
+                               request.headers.get("x-forwarded-for"), settings.trusted_proxies)
+    wait_s = request.app.state.cti_rate.take(auth.throttle_key(addr))
+    if wait_s > 0:
+        log.warning("call states from %s refused: more than %d at once or %g a second",
+                    addr, settings.cti_burst, settings.cti_rate_per_s)
+        raise HTTPException(status_code=429, headers={"retry-after": str(max(1, math.ceil(wait_s)))},
+                            detail=f"too many call states: at most {settings.cti_burst} at once, "
+                            f"then {settings.cti_rate_per_s:g} a second")
+
+
 @router.post(PATH, status_code=202)
-def call_state(request: Request, db: Db, body: CallStateIn) -> dict[str, Any]:
+def call_state(request: Request, _: Annotated[None, Depends(_within_rate)], db: Db,
+               body: CallStateIn) -> dict[str, Any]:
     """Send the call state to the box (``Authorization: Bearer <CTI token>``); 503 when the
     broker cannot take it now (send it again: a state sent twice changes nothing)."""
     if not prom.authorized(request.app.state.cti_token, request.headers.get("authorization")):
