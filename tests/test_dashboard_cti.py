@@ -19,6 +19,7 @@ from tests._fixtures_dashboard import make_settings
 
 TOKEN = "c" * 32
 BEARER = {"authorization": f"Bearer {TOKEN}"}
+METRICS_TOKEN = "m" * 32
 BURST = 40
 RATE_PER_S = 0.01
 """A burst and rate small enough that a test's posts spend them (defaults: 200, then 10 a second)."""
@@ -29,10 +30,12 @@ def cti_server(site: Any, broker: Any, tmp_path: Path) -> Iterator[DashboardServ
     """The dashboard served with a CTI token, its ingest on the site's broker; box-a seats
     agent-a."""
     (tmp_path / "cti").write_text(TOKEN)
+    (tmp_path / "metrics").write_text(METRICS_TOKEN)
     settings = make_settings(
         tmp_path, site=site.site, mqtt_host="localhost", mqtt_port=broker.port,
         mqtt_ca=site.ca_cert, mqtt_cert=site.dashboard.cert, mqtt_key=site.dashboard.key,
-        cti_token_file=tmp_path / "cti", trusted_proxies=["127.0.0.1"],
+        cti_token_file=tmp_path / "cti", metrics_token_file=tmp_path / "metrics",
+        trusted_proxies=["127.0.0.1"],
         cti_burst=BURST, cti_rate_per_s=RATE_PER_S)
     db = store.open_db(settings.db_path)
     schema.ensure_schema(db)
@@ -73,3 +76,37 @@ def test_a_cti_client_that_floods_is_answered_429_and_the_box_gets_no_more_than_
     box.wait_for(lambda: len(box.messages) >= accepted + 1, "the accepted commands")
     assert len(box.messages) == accepted + 1
     assert [json.loads(p)["call_state"] for _, p in box.messages][-1] == "idle"
+
+
+def test_the_relayed_and_refused_call_states_are_counted_on_the_metrics_page(
+        cti_server: DashboardServer, site: Any, peer: Any) -> None:
+    """A relayed call state left nothing but a debug line: nobody could tell how many states a
+    CTI server sent, nor how many were refused and why (a wrong token, a seat unknown, too many,
+    the broker out of reach), short of the boxes' statuses. Each is now counted on /metrics,
+    by state and by reason. Not in the audit log: it records who read or changed whose data
+    and each agent sees their entries; a CTI server's states are a machine's feed, three or
+    four a call, about 20,000 a day on a 60-seat floor, which would bury those entries (and
+    7 million rows a year for the purge)."""
+    box = peer(site.box("box-a"), "box-a")
+    assert box.subscribe(f"miroir/v1/{site.site}/box-a/cmd") == 1
+    with httpx.Client(base_url=cti_server.url) as c:
+        for headers, body, code in (
+                (BEARER, {"agent": "agent-a", "state": "active"}, 202),
+                (BEARER, {"box": "box-a", "state": "hold"}, 202),
+                (BEARER, {"box": "box-a", "state": "active"}, 202),
+                ({"authorization": "Bearer " + "x" * 32}, {"box": "box-a", "state": "hold"}, 401),
+                (BEARER, {"agent": "nobody", "state": "hold"}, 404)):
+            assert c.post(cti.PATH, headers=headers, json=body).status_code == code, body
+        page = c.get("/metrics", headers={"authorization": f"Bearer {METRICS_TOKEN}"}).text
+    series = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+              for line in page.splitlines() if line.startswith("miroir_cti_")}
+    assert series == {
+        'miroir_cti_call_states_relayed_total{state="active"}': 2.0,
+        'miroir_cti_call_states_relayed_total{state="hold"}': 1.0,
+        'miroir_cti_call_states_relayed_total{state="idle"}': 0.0,
+        'miroir_cti_call_states_refused_total{reason="unauthorized"}': 1.0,
+        'miroir_cti_call_states_refused_total{reason="no_seat"}': 1.0,
+        'miroir_cti_call_states_refused_total{reason="too_many"}': 0.0,
+        'miroir_cti_call_states_refused_total{reason="broker"}': 0.0,
+    }, series
+    box.wait_for(lambda: len(box.messages) >= 3, "the relayed states")
