@@ -144,6 +144,8 @@ def create_app(settings: DashboardSettings, *, start_ingest: bool = True) -> Fas
     app.state.ingest = None
     app.state.metrics_token = metrics_token
     app.state.cti_token = cti_token
+    app.state.cti_rate = auth.RateLimit(settings.cti_rate_per_s, settings.cti_burst)
+    app.state.cti_counts = cti.CallStateCounts()
     app.state.password_checks = auth.CheckGate(settings.login_max_concurrent_checks)
     for module in (session, pages, api, boxes, stream, health, fleet_routes, cti):
         app.include_router(module.router)

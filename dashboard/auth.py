@@ -198,6 +198,32 @@ class CheckGate:
                 self._slots.release()
 
 
+class RateLimit:
+    """A token bucket per client key: ``burst`` requests at once, then ``rate_per_s`` a second.
+    At most :attr:`MAX_KEYS` clients are remembered (the least recently seen are forgotten)."""
+
+    MAX_KEYS = 4096
+
+    def __init__(self, rate_per_s: float, burst: int) -> None:
+        self.rate_per_s = rate_per_s
+        self.burst = float(burst)
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, monotonic s)
+        self._lock = threading.Lock()
+
+    def take(self, key: str) -> float:
+        """Spend one request of ``key``'s allowance: 0.0 if it may go, else the seconds until
+        it may (nothing spent)."""
+        with self._lock:
+            now = time.monotonic()
+            tokens, then = self._buckets.pop(key, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - then) * self.rate_per_s)
+            wait_s = 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate_per_s
+            self._buckets[key] = (tokens - 1.0 if wait_s == 0.0 else tokens, now)
+            while len(self._buckets) > self.MAX_KEYS:  # oldest first: insertion order
+                del self._buckets[next(iter(self._buckets))]
+            return wait_s
+
+
 def authenticate(db: sqlite_utils.Database, username: str, password: str) -> str | None:
     """Return the user's role if the credentials are right, else None (constant-ish time)."""
     row = db.conn.execute("SELECT password_hash, role, disabled FROM users WHERE username = ?",

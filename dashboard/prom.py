@@ -72,9 +72,11 @@ def authorized(expected: bytes | None, header: str | None) -> bool:
 class DashboardCollector:
     """A prometheus-client collector reading the ingest's counters and the boxes table."""
 
-    def __init__(self, settings: DashboardSettings, ingest: Callable[[], Any]) -> None:
+    def __init__(self, settings: DashboardSettings, ingest: Callable[[], Any],
+                 cti_counts: Any = None) -> None:
         self.settings = settings
         self._ingest = ingest
+        self._cti_counts = cti_counts
 
     def collect(self) -> Iterator[Any]:
         """Yield the metric families of one scrape."""
@@ -91,6 +93,19 @@ class DashboardCollector:
             if stats.get(key) is not None:
                 lag.add_metric([q], float(stats[key]) / 1000.0)
         yield lag
+        if self._cti_counts is not None:
+            relayed, refused = self._cti_counts.snapshot()
+            sent = CounterMetricFamily("miroir_cti_call_states_relayed", "Call states a CTI "
+                                       "server posted that were sent to the box.", labels=["state"])
+            for state, n in relayed.items():
+                sent.add_metric([state], float(n))
+            yield sent
+            kept = CounterMetricFamily("miroir_cti_call_states_refused", "Call states a CTI "
+                                       "server posted that were not sent (unauthorized, no_seat, "
+                                       "too_many, broker).", labels=["reason"])
+            for reason, n in refused.items():
+                kept.add_metric([reason], float(n))
+            yield kept
         yield GaugeMetricFamily("miroir_ingest_connected", "1 if the ingest is connected to "
                                 "the broker.", value=1.0 if stats.get("connected") else 0.0)
         ends = GaugeMetricFamily("miroir_cert_days_left", "Days before the site's certificate "
@@ -140,10 +155,12 @@ class DashboardCollector:
             yield family
 
 
-def exposition(settings: DashboardSettings, ingest: Callable[[], Any]) -> tuple[bytes, str]:
-    """One scrape in the Prometheus text format; returns (body, content type)."""
+def exposition(settings: DashboardSettings, ingest: Callable[[], Any],
+               cti_counts: Any = None) -> tuple[bytes, str]:
+    """One scrape in the Prometheus text format (with the CTI call states' counts,
+    :class:`dashboard.routes.cti.CallStateCounts`, when given); returns (body, content type)."""
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DashboardCollector(settings, ingest))
+    registry.register(DashboardCollector(settings, ingest, cti_counts))
     return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -39,7 +39,8 @@ def purge(db: sqlite_utils.Database, *, metrics_days: float, aggregates_days: fl
     audit log, login attempts and cleared fleet alerts are kept ``audit_days`` (the audit
     log's delete trigger allows only rows below the floor this function sets). Browser marks
     past :data:`dashboard.auth.DEVICE_MAX_AGE_S` and sessions that can no longer be used go
-    too, whether or not anyone logs in.
+    too, whether or not anyone logs in. Every table is purged the same way, a batch of
+    :data:`PURGE_BATCH_ROWS` rows per transaction (:func:`_delete_rows`).
 
     Args:
         db: The open database (schema ensured).
@@ -57,36 +58,24 @@ def purge(db: sqlite_utils.Database, *, metrics_days: float, aggregates_days: fl
     if any(erased.values()):
         log.info("finished an erasure a stopped server left under way: %s", erased)
     out = _purge_stream_rows(db, m_cut)
-    with db.conn:
-        out["events"] += db.conn.execute("DELETE FROM events WHERE ts < ?", (m_cut,)).rowcount
-        out["quarantine"] = db.conn.execute("DELETE FROM quarantine WHERE received_ts < ?",
-                                            (m_cut,)).rowcount
-        day = time.strftime("%Y-%m-%d", time.gmtime(a_cut))
-        out["daily_aggregates"] = db.conn.execute(
-            "DELETE FROM daily_aggregates WHERE day < ?", (day,)).rowcount
-        out["calls"] = db.conn.execute("DELETE FROM calls WHERE start_ts < ?", (a_cut,)).rowcount
-        out["flags"] = db.conn.execute("DELETE FROM flags WHERE ts < ?", (a_cut,)).rowcount
-        out["goals"] = db.conn.execute(
-            "DELETE FROM goals WHERE active = 0 AND created_ts < ?", (a_cut,)).rowcount
-        out["seat_history"] = db.conn.execute(
-            "DELETE FROM seat_history WHERE to_ts IS NOT NULL AND to_ts < ?", (a_cut,)).rowcount
-        db.conn.execute("INSERT INTO app_settings (key, value) VALUES ('audit_purge_before_ts', ?) "
-                        "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (repr(au_cut),))
-        out["audit_log"] = db.conn.execute("DELETE FROM audit_log WHERE ts < ?",
-                                           (au_cut,)).rowcount
-        db.conn.execute("UPDATE app_settings SET value = '0' WHERE key = 'audit_purge_before_ts'")
-        out["login_attempts"] = db.conn.execute("DELETE FROM login_attempts WHERE ts < ?",
-                                                (au_cut,)).rowcount
-        out["alerts"] = db.conn.execute(
-            "DELETE FROM alerts WHERE cleared_ts IS NOT NULL AND cleared_ts < ?",
-            (au_cut,)).rowcount
-        out["known_devices"] = db.conn.execute(
-            "DELETE FROM known_devices WHERE last_login_ts < ?",
-            (now - auth.DEVICE_MAX_AGE_S,)).rowcount
-        idle_cut = now - (auth.SESSION_MAX_AGE_S if session_idle_s is None else session_idle_s)
-        out["sessions"] = db.conn.execute(
-            "DELETE FROM sessions WHERE created_ts < ? OR last_seen_ts < ?",
-            (now - auth.SESSION_MAX_AGE_S, idle_cut)).rowcount
+    day = time.strftime("%Y-%m-%d", time.gmtime(a_cut))
+    idle_cut = now - (auth.SESSION_MAX_AGE_S if session_idle_s is None else session_idle_s)
+    out["events"] += _delete_rows(db, "events", "ts < ?", (m_cut,))
+    for table, where, args in (
+            ("quarantine", "received_ts < ?", (m_cut,)),
+            ("daily_aggregates", "day < ?", (day,)),
+            ("calls", "start_ts < ?", (a_cut,)),
+            ("flags", "ts < ?", (a_cut,)),
+            ("goals", "active = 0 AND created_ts < ?", (a_cut,)),
+            ("seat_history", "to_ts IS NOT NULL AND to_ts < ?", (a_cut,)),
+            ("audit_log", "ts < ?", (au_cut,)),
+            ("login_attempts", "ts < ?", (au_cut,)),
+            ("alerts", "cleared_ts IS NOT NULL AND cleared_ts < ?", (au_cut,)),
+            ("known_devices", "last_login_ts < ?", (now - auth.DEVICE_MAX_AGE_S,)),
+            ("sessions", "created_ts < ? OR last_seen_ts < ?",
+             (now - auth.SESSION_MAX_AGE_S, idle_cut))):
+        out[table] = _delete_rows(db, table, where, args,
+                                  audit_floor_ts=au_cut if table == "audit_log" else None)
     log.info("retention purge: %s", out)
     flush_deleted(db)
     return out
@@ -94,7 +83,7 @@ def purge(db: sqlite_utils.Database, *, metrics_days: float, aggregates_days: fl
 
 FLUSH_WAIT_MS = 250
 """How long :func:`flush_deleted` waits for the database's other users (the ingest's writes,
-an export's read) before leaving the log for the next purge; writers wait that long at most."""
+a page's read) to empty the log once every change is copied; writers wait that long at most."""
 
 
 def flush_deleted(db: sqlite_utils.Database) -> bool:
@@ -102,7 +91,18 @@ def flush_deleted(db: sqlite_utils.Database) -> bool:
     that deleted rows are no longer readable in either (deleted content is zeroed:
     ``secure_delete``, :func:`dashboard.db.open_db`); they stayed in the log, and in the file,
     until SQLite's next automatic checkpoint. Return False when another connection's read or
-    write kept it from finishing (the next purge, within the hour, tries again)."""
+    write kept it from finishing (the next purge, within the hour, tries again).
+
+    The copy is a PASSIVE checkpoint, which never holds writers; only when it copied the whole
+    log is the log emptied (TRUNCATE, which holds them until the readers let go, at most
+    :data:`FLUSH_WAIT_MS`). A read that still sees the deleted rows (an export begun before)
+    keeps the copy from finishing, and the log cannot be emptied under it: it is left at once,
+    where the TRUNCATE held every write :data:`FLUSH_WAIT_MS` for nothing."""
+    _, log_pages, done_pages = db.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    if done_pages < log_pages:
+        log.info("deleted rows left in the write-ahead log (%s of %s pages copied): another "
+                 "connection still reads them; the next purge tries again", done_pages, log_pages)
+        return False
     db.conn.execute(f"PRAGMA busy_timeout={FLUSH_WAIT_MS}")
     try:
         busy, log_pages, done_pages = db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
@@ -115,8 +115,9 @@ def flush_deleted(db: sqlite_utils.Database) -> bool:
 
 
 PURGE_BATCH_ROWS = 2000
-"""Metrics rows the purge deletes per transaction: the ingest and the pages, which write too
-(sessions, audit log), wait for one batch at most, not for the whole purge."""
+"""Rows the purge deletes per transaction (of metrics, of the audit log, ...): the ingest and
+the pages, which write too (sessions, audit log), wait for one batch at most, not for the whole
+purge."""
 PURGE_PAUSE_S = 0.02
 """Pause between two batches of the purge, so that a waiting writer takes the lock."""
 PURGE_PROGRESS_S = 10.0
@@ -390,12 +391,31 @@ def finish_erasures(db: sqlite_utils.Database) -> dict[str, int]:
 def _delete_window_rows(db: sqlite_utils.Database, table: str, box: str, from_ts: float,
                         to_ts: float) -> int:
     """Delete ``box``'s rows of ``table`` from ``from_ts`` to ``to_ts``, a batch at a time."""
+    return _delete_rows(db, table, "box = ? AND ts >= ? AND ts < ?", (box, from_ts, to_ts))
+
+
+def _delete_rows(db: sqlite_utils.Database, table: str, where: str, args: tuple[Any, ...],
+                 audit_floor_ts: float | None = None) -> int:
+    """Delete the rows of ``table`` that match ``where``, :data:`PURGE_BATCH_ROWS` per
+    transaction with a pause between two, so that a waiting writer gets in; return how many.
+
+    With ``audit_floor_ts`` (the audit log), each batch's transaction opens the audit log's delete
+    trigger below that time and closes it again before it commits: no other connection ever
+    sees it open."""
     deleted = 0
     while True:
         with db.conn:
+            db.conn.execute("BEGIN IMMEDIATE")
+            if audit_floor_ts is not None:
+                db.conn.execute("INSERT INTO app_settings (key, value) VALUES "
+                                "('audit_purge_before_ts', ?) ON CONFLICT(key) DO UPDATE SET "
+                                "value = excluded.value", (repr(audit_floor_ts),))
             n = db.conn.execute(
-                f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE box = ? "
-                "AND ts >= ? AND ts < ? LIMIT ?)", (box, from_ts, to_ts, PURGE_BATCH_ROWS)).rowcount
+                f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {where} "
+                "LIMIT ?)", (*args, PURGE_BATCH_ROWS)).rowcount
+            if audit_floor_ts is not None:
+                db.conn.execute("UPDATE app_settings SET value = '0' "
+                                "WHERE key = 'audit_purge_before_ts'")
         deleted += n
         if n < PURGE_BATCH_ROWS:
             return deleted

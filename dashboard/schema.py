@@ -176,11 +176,21 @@ def _m10_seat_changes(db: sqlite_utils.Database) -> None:
     _add_column(db, "seats", "changed_ts", "REAL")
 
 
+def _m11_purged_rows_by_time(db: sqlite_utils.Database) -> None:
+    """The audit log, quarantine and calls by time: each batch of the purge finds its rows."""
+    # Without them a batch read the audit log by agent (or the whole quarantine) to find the
+    # next 2,000 old rows, under the write lock: a write waited 0.11 s a batch on 1,000,000
+    # entries of 100 agents, and a little more with every million.
+    db.conn.execute("CREATE INDEX IF NOT EXISTS audit_log_ts ON audit_log(ts)")
+    db.conn.execute("CREATE INDEX IF NOT EXISTS quarantine_received ON quarantine(received_ts)")
+    db.conn.execute("CREATE INDEX IF NOT EXISTS calls_start ON calls(start_ts)")
+
+
 MIGRATIONS: list[Migration] = [_m1_inventory_roles_audit, _m2_campaign_life_and_alerts,
                                _m3_known_devices, _m4_code_attempts_and_device_renewal,
                                _m5_retired_boxes, _m6_stream_rows_by_box_and_time,
                                _m7_calls_by_campaign_variant, _m8_daily_means_kept_up_to_date,
-                               _m9_erasures_under_way, _m10_seat_changes]
+                               _m9_erasures_under_way, _m10_seat_changes, _m11_purged_rows_by_time]
 """Ordered migrations; migration ``i`` (1-based) brings the schema to version ``i``."""
 
 

@@ -96,6 +96,14 @@ class DashboardSettings(BaseSettings):
         None, description="File holding the bearer token a CTI server must send to "
         "/api/cti/call-state (a systemd credential in production); unset, every call state is refused."
     )
+    cti_rate_per_s: float = Field(
+        10.0, gt=0, description="Call states a second one CTI client (its address, as the login "
+        "throttle counts it) may post once its burst is spent; beyond, 429 with Retry-After."
+    )
+    cti_burst: int = Field(
+        200, ge=1, description="Call states one CTI client may post at once (a resend of every "
+        "seat's state after the CTI server restarts) before cti_rate_per_s applies."
+    )
     tls_cert_file: Path | None = Field(
         None, description="PEM certificate (chain) to serve HTTPS directly; unset behind a "
         "TLS-terminating reverse proxy."

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -461,3 +462,60 @@ def test_a_connector_that_binds_its_socket_reads_the_agent_s_answer(tmp_path) ->
     assert answers[b"call ringing"].startswith("refused: unknown local command 'call ringing': "
                                                "use 'private on|off|toggle'"), answers
     assert answers[b"\xff\xfe"].startswith("refused: unknown local command '\\udcff\\udcfe'"), answers
+
+
+def test_a_cti_that_flips_hold_and_active_keeps_the_calls_hold_list_bounded(site, broker, peer,
+                                                                           tmp_path) -> None:
+    """A CTI connector that flips hold and active (a softphone's every media event) without
+    ever ending the call, on the real box and broker: each flip kept the call open and added a
+    hold to its list, never trimmed until the call ended (150 flips: 75 holds; at one flip a
+    64 ms block, 7.1 h: 200,000 holds, 25.6 MB, and each second's metrics 38.5 ms on a PC
+    while the agent's turn is open). Past MAX_HOLDS, the holds no question can reach any more
+    (ended before every open turn) go, then the two closest together merge; the call's hold
+    time, summed as it passes, stays exact."""
+    from edge.conversation import MAX_HOLDS
+
+    audio, dash, box = _call_and_box(site, broker, peer, tmp_path, 30.0,
+                                     call_start_on_speech=False)
+    box.publisher.start()
+    wait_until(box.publisher.connected.is_set, "the box connected")
+    conversation = box.pipeline.conversation
+    blocks = (audio[:, i:i + BLOCK] for i in range(0, audio.shape[1], BLOCK))
+    applied_s: list[tuple[str, float]] = []
+    most = [0]  # the longest the call's hold list was
+
+    def send(state: str) -> None:
+        """Publish the state as the dashboard does, then run audio until the box took it."""
+        for k in range(200):
+            if k % 25 == 0:  # again if the box's subscription was not in place yet
+                msg = wire.cmd_message(SITE_ID, "box-a", "call_state", time.time(),
+                                       call_state=state)
+                dash.publish(box.publisher.cmd_topic, wire.encode("cmd", msg))
+            box.step(next(blocks))
+            call = conversation._call
+            most[0] = max(most[0], len(call.holds) if call is not None else 0)
+            if box.call_state == state:
+                applied_s.append((state, conversation._clock_s))
+                return
+        raise AssertionError(f"the box did not take {state}")
+
+    flips = 3 * MAX_HOLDS
+    for k in range(flips):
+        send(("hold", "active")[k % 2])
+    send("idle")
+    for block in blocks:  # the call's end is final reorder_s later
+        box.step(block)
+    assert most[0] <= MAX_HOLDS, most[0]
+    held_s = sum(b - a for (s, a), (_, b) in pairwise(applied_s)
+                 if s == "hold")
+
+    def ends() -> list[dict]:
+        return [m for t, p in list(dash.messages) if t.endswith("/event")
+                and (m := json.loads(p))["name"] == "call_end"]
+
+    wait_until(lambda: (box.pump(), ends())[1], "the call's end at the dashboard")
+    (end,) = ends()
+    assert end["call_hold_s"] == round(held_s, 3), (end["call_hold_s"], held_s)
+    assert held_s > 0.064 * MAX_HOLDS
+    box.publisher.stop(box.status_fields())
+    box.outbox.close()

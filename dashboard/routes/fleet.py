@@ -67,5 +67,5 @@ async def metrics(request: Request) -> Response:
                         headers={"www-authenticate": 'Bearer realm="miroir-metrics"'})
     app = request.app
     body, ctype = await run_in_threadpool(prom.exposition, app.state.settings,
-                                          lambda: app.state.ingest)
+                                          lambda: app.state.ingest, app.state.cti_counts)
     return Response(body, media_type=ctype, headers={"cache-control": "no-store"})
