@@ -510,7 +510,7 @@ class Updater:
         raise BrokerUnreachable(
             f"the box cannot reach the broker now (release {old}, running, had no message "
             f"acknowledged by it), so release {version} could not be checked: nothing changed; "
-            "run it again when the broker is back (the agent reconnects within 2 minutes of its "
+            "run it again when the broker is back (the agent reconnects within 30 s of its "
             "return); if the broker is up, the running agent is the one failing: "
             "--even-if-offline installs anyway")
 

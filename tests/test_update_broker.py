@@ -8,6 +8,8 @@ import contextlib
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -110,7 +112,7 @@ class Box:
             hb = read_heartbeat(self.state)
             return hb.get("version") == version and float(hb.get("acked_ts", 0)) >= since_ts
 
-        wait_for(beat, 90, f"a heartbeat of {version}")  # (reconnecting: a backoff up to 64 s)
+        wait_for(beat, 90, f"a heartbeat of {version}")  # (reconnecting: a backoff up to 30 s)
 
 
 @pytest.fixture
@@ -187,3 +189,42 @@ def test_the_broker_lost_during_the_check_is_not_taken_for_a_bad_release(box: Bo
     assert done.returncode == 4 and "failed its health check" in done.stderr, done.stderr
     assert Updater(box.root).current_version() == "1.0"
     assert json.loads((box.root / ROLLED_BACK_FILE).read_text())["version"] == "2.1"
+
+
+def _attempts_until_backoff_of(port: int, gap_s: float, within_s: float) -> list[float]:
+    """Stand in for the broker on ``port`` (accept, then reset: a broker that is not there) and
+    return the times of the agent's connection attempts, up to the first one that came ``gap_s``
+    or more after the one before (its back-off grown that long)."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(8)
+    listener.settimeout(1.0)
+    seen: list[float] = []
+    deadline = time.monotonic() + within_s
+    try:
+        while len(seen) < 2 or seen[-1] - seen[-2] < gap_s:
+            assert time.monotonic() < deadline, f"agent's attempts: {seen}"
+            with contextlib.suppress(TimeoutError):
+                conn, _ = listener.accept()
+                seen.append(time.monotonic())
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()
+    finally:
+        listener.close()
+    return seen
+
+
+def test_an_update_right_after_a_broker_outage_is_not_refused_for_the_agents_backoff(
+        box: Box) -> None:
+    """After an outage of a minute the running agent waited 64 s before its next attempt (its
+    reconnection back-off doubles 1, 2, 4... s up to 120 s: 120 s after two minutes), longer
+    than the update's check that it reaches the broker (45 s here, 90 s on a box): an update
+    started as the broker came back said it "cannot reach the broker" (exit 5), though the same
+    command a minute later worked. The back-off now stops at 30 s, well within the check."""
+    box.broker.stop()
+    attempts = _attempts_until_backoff_of(box.broker.port, 25.0, 150.0)
+    box.broker.start()
+    done = box.update(box.release("2.0"), "--health-timeout-s", "45")
+    assert done.returncode == 0, (done.stderr, attempts)
+    assert Updater(box.root).current_version() == "2.0"
