@@ -5,16 +5,25 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from edge.publisher import RECONNECT_MAX_S
 from edge.update import INSTALL_ROOTS
+
+log = logging.getLogger(__name__)
 
 DEFAULT_RELEASES = Path(INSTALL_ROOTS[0])
 DEFAULT_RELEASE_KEY = Path("/usr/share/miroir/release-key.pem")
 DEFAULT_STATE = Path("/var/lib/miroir")
+DEFAULT_CONFIG = Path("/data/miroir/box.toml")
+BROKER_SETTLE_S = RECONNECT_MAX_S + 10.0
+"""How long after the broker's port opens again a new release that has not published yet is
+still waited for: the agent's longest reconnection back-off, and time to publish."""
 
 
 EXIT_REFUSED = 3
@@ -119,6 +128,20 @@ def cmd_edge_check(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
+def _broker_port(config: Path) -> Callable[[], bool] | None:
+    """Whether the broker's port (the box's settings) takes a connection now, as a callable; None
+    when the settings cannot be read (the health check then does without)."""
+    from edge.health import broker_open
+    from edge.settings import SettingsError, load
+
+    try:
+        settings = load(config)
+    except SettingsError as exc:
+        log.info("the broker's port is not watched during the check: %s", exc)
+        return None
+    return lambda: broker_open(settings.broker_host, settings.broker_port)
+
+
 def cmd_edge_update(args: argparse.Namespace) -> int:
     """Install a signed release side by side, switch atomically, health-check, commit or roll back."""
     import subprocess
@@ -152,8 +175,11 @@ def cmd_edge_update(args: argparse.Namespace) -> int:
             raise UpdateError(f"{args.unit} did not restart within 90 s") from None
 
     def health(version: str) -> bool:
+        # (an agent that found the broker gone backs off up to RECONNECT_MAX_S between attempts:
+        # after the broker's return it is given that and a margin, never judged before)
         return wait_healthy(args.state_dir, version, time.time(), args.health_timeout_s,
-                            args.soak_s)
+                            args.soak_s, broker_up=_broker_port(args.config),
+                            settle_s=BROKER_SETTLE_S)
 
     def reaches_broker(since_ts: float) -> bool:
         # (the agent running now; one just restarted may first wait out its reconnect backoff)
@@ -216,6 +242,10 @@ def register_cli(groups: dict[str, argparse._SubParsersAction]) -> None:
                    help="the agent's unit to restart (default miroir-box.service)")
     p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE,
                    help=f"the agent's state folder holding heartbeat.json (default {DEFAULT_STATE})")
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                   help="the box's settings file, for the broker's address: a new release that "
+                        "has not published yet while the broker's port is closed is given "
+                        f"{BROKER_SETTLE_S:.0f} s after it opens (default {DEFAULT_CONFIG})")
     p.add_argument("--health-timeout-s", type=float, default=90.0,
                    help="seconds the new release has to publish (default 90)")
     p.add_argument("--soak-s", type=float, default=120.0,

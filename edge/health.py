@@ -18,8 +18,10 @@ import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -181,26 +183,54 @@ def _alive(pid: object) -> bool:
     return True
 
 
+def broker_open(host: str, port: int, timeout_s: float = 2.0) -> bool:
+    """True when the broker's TCP port takes a connection (closed at once, nothing sent): the
+    broker is there; False when it is refused or out of reach."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
 def wait_published(state_dir: Path, since_ts: float, timeout_s: float, version: str | None = None,
-                   poll_s: float = 1.0) -> dict[str, Any]:
+                   poll_s: float = 1.0, broker_up: Callable[[], bool] | None = None,
+                   settle_s: float = 0.0) -> dict[str, Any]:
     """The first heartbeat acknowledged after ``since_ts`` (of ``version``, if given) within
-    ``timeout_s``, or an empty dict: the agent running now reaches the broker and publishes."""
+    ``timeout_s``, or an empty dict: the agent running now reaches the broker and publishes.
+
+    With ``broker_up`` (the broker's port, :func:`broker_open`), watched over the last
+    ``settle_s`` seconds of the wait: while it was found closed in that span, the wait goes on
+    until ``settle_s`` after (at most ``settle_s`` past ``timeout_s``), so that an agent waiting
+    out its reconnection back-off when the broker came back has the time to reach it.
+    """
     deadline = time.monotonic() + timeout_s
+    down_at: float | None = None
     while True:
         beat = read_heartbeat(state_dir)
         if version in (None, beat.get("version")) and float(beat.get("acked_ts", 0)) >= since_ts:
             return beat
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if broker_up is not None and now >= deadline - settle_s and not broker_up():
+            if down_at is None:
+                log.warning("the broker's port is closed: waiting until %.0f s after it opens "
+                            "again (at most %.0f s more)", settle_s, settle_s)
+            down_at = time.monotonic()
+        end = deadline if down_at is None else min(deadline + settle_s,
+                                                   max(deadline, down_at + settle_s))
+        if now >= end:
             return {}
         time.sleep(poll_s)
 
 
 def wait_healthy(state_dir: Path, version: str, since_ts: float, timeout_s: float,
-                 soak_s: float, poll_s: float = 1.0) -> bool:
+                 soak_s: float, poll_s: float = 1.0, broker_up: Callable[[], bool] | None = None,
+                 settle_s: float = 0.0) -> bool:
     """True when ``version``'s agent publishes within ``timeout_s`` (a heartbeat acknowledged
-    after ``since_ts``), then runs ``soak_s`` more seconds without a restart: the same process,
-    alive (a release that crashes a minute after its first message passed the check)."""
-    first = wait_published(state_dir, since_ts, timeout_s, version, poll_s)
+    after ``since_ts``; ``broker_up``, ``settle_s``: :func:`wait_published`), then runs ``soak_s``
+    more seconds without a restart: the same process, alive (a release that crashes a minute
+    after its first message passed the check)."""
+    first = wait_published(state_dir, since_ts, timeout_s, version, poll_s, broker_up, settle_s)
     if not first:
         log.warning("release %s did not publish within %.0f s", version, timeout_s)
         return False
@@ -218,5 +248,5 @@ def wait_healthy(state_dir: Path, version: str, since_ts: float, timeout_s: floa
         time.sleep(poll_s)
 
 
-__all__ = ["cert_days_left", "clock_facts", "cpu_temp_c", "health_facts", "read_heartbeat",
-           "throttled", "wait_healthy", "wait_published", "write_heartbeat"]
+__all__ = ["broker_open", "cert_days_left", "clock_facts", "cpu_temp_c", "health_facts",
+           "read_heartbeat", "throttled", "wait_healthy", "wait_published", "write_heartbeat"]

@@ -33,8 +33,13 @@ log = logging.getLogger(__name__)
 
 RECONNECT_MIN_S = 1
 """First reconnection delay, in seconds."""
-RECONNECT_MAX_S = 120
-"""Longest reconnection delay, in seconds (the delay doubles up to this)."""
+RECONNECT_MAX_S = 30
+"""Longest reconnection delay, in seconds (the delay doubles up to this). Well under the 90 s an
+update waits for the running agent to show it reaches the broker: at 120 s, an agent back-off
+after an outage of a minute or more outlasted that check and the update was refused. The boxes of
+a floor that lost the broker together (paho adds no jitter) then try together once every 30 s at
+most: a refused connection each while it is down, one TLS handshake each once it is back, as after
+any restart of the broker."""
 MAX_INFLIGHT = 100
 """QoS 1 messages sent and not yet acknowledged, at most."""
 INFLIGHT_EXPIRE_S = 30.0

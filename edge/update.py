@@ -17,9 +17,10 @@ The manifest names the version and the payload's SHA-256 and length. Installing:
    swap the ``current`` symlink atomically (a new link renamed over the old one);
 4. **health-check** (the agent restarted on the new release reaches the broker, publishes, and
    runs a while without a restart: ``edge.health.wait_healthy``);
-5. **commit** (``state.json`` cleared) or **roll back** (``current`` back to the previous release);
-   a rollback is recorded as the release's failure only if the release put back reaches the
-   broker (else the broker went away during the check: :class:`BrokerUnreachable`).
+5. **commit** (``state.json`` cleared) or **roll back** (``current`` back to the previous release,
+   recorded as the release's failure before the state is cleared); the record is taken back if
+   the release put back does not reach the broker either (the broker went away during the check:
+   :class:`BrokerUnreachable`), so an update killed while that is checked still leaves it.
 
 A power cut or kill at any point leaves ``current`` pointing to a complete release. At boot,
 :func:`recover` (``miroir-update-recover.service``, and again before every start of the agent:
@@ -509,7 +510,7 @@ class Updater:
         raise BrokerUnreachable(
             f"the box cannot reach the broker now (release {old}, running, had no message "
             f"acknowledged by it), so release {version} could not be checked: nothing changed; "
-            "run it again when the broker is back (the agent reconnects within 2 minutes of its "
+            "run it again when the broker is back (the agent reconnects within 30 s of its "
             "return); if the broker is up, the running agent is the one failing: "
             "--even-if-offline installs anyway")
 
@@ -554,28 +555,30 @@ class Updater:
             self.prune(keep={version, *([old] if old else [])})
             log.info("update %s -> %s committed", old, version)
             return version
-        judged = broker is not None and old is not None
-        back = self.rollback(note=not judged)
+        # recorded with the rollback (a kill while the release put back is checked keeps it),
+        # taken back if the broker proves out of reach
+        earlier = rolled_back(self.root)
+        back = self.rollback()
         restarted_ts = time.time()
         restart()
-        if judged and back != version:
-            assert broker is not None
-            if not broker(restarted_ts):  # the release put back is silent too: the broker is
-                log.warning("release %s could not be checked: %s does not reach the broker "
-                            "either", version, back)
-                raise BrokerUnreachable(
-                    f"release {version} could not be checked: the broker went out of reach "
-                    f"during its check (release {back}, put back, cannot reach it either); "
-                    f"rolled back to {back}: run it again when the broker is back")
-            self._note_rollback(version)
+        if broker is not None and old is not None and back != version \
+                and not broker(restarted_ts):  # the release put back is silent too: the broker
+            log.warning("release %s could not be checked: %s does not reach the broker either",
+                        version, back)
+            self._unnote_rollback(earlier)
+            raise BrokerUnreachable(
+                f"release {version} could not be checked: the broker went out of reach "
+                f"during its check (release {back}, put back, cannot reach it either); "
+                f"rolled back to {back}: run it again when the broker is back")
         raise RolledBack(f"release {version} failed its health check; "
                          + (f"rolled back to {back}" if back != version else
                             "no previous release to roll back to: it keeps running"))
 
-    def rollback(self, note: bool = True) -> str | None:
-        """Point ``current`` back to the recorded previous release and clear the state; the failed
-        release is deleted unless ``current`` still points to it (no complete previous one) or it
-        was a kept one gone back to. ``note``: record it as rolled back (:func:`rolled_back`)."""
+    def rollback(self) -> str | None:
+        """Point ``current`` back to the recorded previous release, record the failed one as rolled
+        back (:func:`rolled_back`), then clear the state (a kill in between: :meth:`recover` does
+        it again); the failed release is deleted unless ``current`` still points to it (no
+        complete previous one) or it was a kept one gone back to."""
         state = self._state()
         previous = state.get("previous")
         if previous and (self.releases / previous / COMPLETE_MARK).exists():
@@ -584,12 +587,12 @@ class Updater:
             log.error("no complete previous release to roll back to: staying on %s",
                       self.current_version())
         bad = state.get("pending")
+        failed = bad if isinstance(bad, str) and bad != self.current_version() else None
+        if failed:
+            self._note_rollback(failed)
         self._write_state({})
-        if bad and bad != self.current_version():
-            if note:
-                self._note_rollback(bad)
-            if not state.get("keep"):
-                self._remove(self.releases / bad)
+        if failed and not state.get("keep"):
+            self._remove(self.releases / failed)
         return self.current_version()
 
     def _note_rollback(self, version: str) -> None:
@@ -600,6 +603,17 @@ class Updater:
                                                 "running": self.current_version()})
         except OSError as exc:
             log.warning("cannot record the rollback of %s: %s", version, exc)
+
+    def _unnote_rollback(self, earlier: dict[str, Any] | None) -> None:
+        """Put back the record of rollbacks as it was before (``earlier``, None: no record): the
+        release just rolled back could not be checked, it did not fail."""
+        try:
+            if earlier is None:
+                (self.root / ROLLED_BACK_FILE).unlink(missing_ok=True)
+            else:
+                self._write_json(ROLLED_BACK_FILE, earlier)
+        except OSError as exc:
+            log.warning("cannot take back the record of a rollback: %s", exc)
 
     def recover(self) -> str | None:
         """At boot and before each start of the agent: drop staging and deletion leftovers and

@@ -501,8 +501,8 @@ def test_an_outage_longer_than_the_inflight_expiry_sends_nothing_twice(
         ing.close()
 
 
-def test_reconnect_backs_off_from_1_s_doubling_up_to_120_s(site: SiteFiles,
-                                                           tmp_path: Path) -> None:
+def test_reconnect_backs_off_from_1_s_doubling_up_to_30_s(site: SiteFiles,
+                                                          tmp_path: Path) -> None:
     port = free_port()  # nothing listens there
     pub = Publisher(box_settings(site, "box-a", port, tmp_path))
     loop = SharedLoop()
@@ -516,7 +516,7 @@ def test_reconnect_backs_off_from_1_s_doubling_up_to_120_s(site: SiteFiles,
         loop._retry_at.clear()
         loop._schedule(pub)
     assert loop._delay_s[id(pub)] == RECONNECT_MAX_S
-    assert pub.client._reconnect_min_delay == 1 and pub.client._reconnect_max_delay == 120
+    assert pub.client._reconnect_min_delay == 1 and pub.client._reconnect_max_delay == 30
 
 
 # --------------------------------------------------------------------------------- bridge

@@ -25,9 +25,11 @@ from edge.health import wait_published
 from edge.update import (
     COMPLETE_MARK,
     MAGIC,
+    BrokerUnreachable,
     UpdateError,
     Updater,
     build_release,
+    rolled_back,
     sign_release,
     verify_release,
     version_key,
@@ -200,6 +202,53 @@ def run_install(root: Path, bundle: Path, pub: Path, crash_at: str | None = None
         time.sleep(kill_after_s)
         proc.send_signal(signal.SIGKILL)
     return proc.wait(timeout=60)
+
+
+KILLED_IN_THE_PUT_BACK_CHECK = """
+import os, sys
+from pathlib import Path
+from edge.update import Updater
+calls = []
+
+def broker(since_ts: float) -> bool:  # the running release reaches it; killed (-9) on the second
+    calls.append(since_ts)            # call: while the release put back is checked
+    if len(calls) > 1:
+        os.kill(os.getpid(), 9)
+    return True
+
+Updater(Path(sys.argv[1])).install(Path(sys.argv[2]), Path(sys.argv[3]).read_bytes(),
+                                   restart=lambda: None, health=lambda v: False, broker=broker)
+"""
+
+
+def test_a_rollback_killed_while_the_release_put_back_is_checked_is_still_recorded(
+        tmp_path: Path, keys: tuple[bytes, bytes]) -> None:
+    """A release failed its check and was rolled back; the rollback was recorded only once the
+    release put back had shown it reaches the broker (up to 90 s later): an update killed then
+    (kill -9, a power cut; Ctrl-C or a closed SSH session too) left the old release running and
+    the IT page never learned of the rollback. It is now recorded with the rollback, and taken
+    back (the record before it restored) only when the broker proves out of reach."""
+    priv, pub = keys
+    up = installed(tmp_path, priv, pub)
+    pub_file = tmp_path / "release.pub"
+    pub_file.write_bytes(pub)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("MIROIR_UPDATE_CRASH_AT", None)
+    killed = subprocess.run([sys.executable, "-c", KILLED_IN_THE_PUT_BACK_CHECK, str(up.root),
+                             str(release(tmp_path, "2.0", priv)), str(pub_file)],
+                            env=env, timeout=60, check=False)
+    assert killed.returncode == -signal.SIGKILL
+    up.recover()
+    assert running(up.root) == "miroir 1.0"
+    assert (rolled_back(up.root) or {}).get("version") == "2.0"
+
+    answers = iter([True, False])  # reaches the broker first, then the release put back does not
+    (tmp_path / "b").mkdir()
+    with pytest.raises(BrokerUnreachable):
+        up.install(release(tmp_path / "b", "2.1", priv), pub, restart=lambda: None,
+                   health=lambda v: False, broker=lambda ts: next(answers))
+    assert running(up.root) == "miroir 1.0"
+    assert (rolled_back(up.root) or {}).get("version") == "2.0"
 
 
 @pytest.mark.parametrize("point", ["unpack", "before-switch", "after-switch"])
