@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests._fixtures_fatigue",
     "tests._fixtures_signals",
     "tests._fixtures_transport",
+    "tests._fixtures_update",
 ]
