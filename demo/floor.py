@@ -4,7 +4,8 @@ Every part is a real process started here: the broker with the project's generat
 configuration, ``miroir dashboard serve``, and one ``miroir edge run --replay`` per box. A box that
 exits is started again (as systemd does on a box), and so is the broker. Ctrl-C, SIGTERM, the
 terminal's hang-up (SIGHUP, unless ignored as ``nohup`` does) or ``--seconds`` stops them all, boxes
-first so that their outboxes drain.
+first so that their outboxes drain. Killed with SIGKILL, the demo cannot stop them: its guard
+(``demo/guard.py``, a process of its own told of each process started) then does.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ class _Box:
     proc: subprocess.Popen[bytes] | None = None
     started_s: float = 0.0
     quick_exits: int = 0
+    guard: _Guard | None = None
 
     def start(self) -> None:
         """Start the box's process, its output appended to its log, in a process group of its
@@ -90,6 +92,8 @@ class _Box:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=out,
                                          stderr=subprocess.STDOUT, process_group=0)
+        if self.guard is not None:
+            self.guard.watch(_Guard.BOXES, self.proc.pid)
         self.started_s = time.monotonic()
 
     def restart(self, code: int) -> None:
@@ -188,6 +192,51 @@ class _Interrupts:
             self.held = False
         if self.pending:
             raise KeyboardInterrupt
+
+
+class _Guard:
+    """The guard process (``demo/guard.py``): told of each process the demo starts, it stops them
+    if the demo dies without doing so (SIGKILL), the boxes first, and removes the demo's
+    temporary folder."""
+
+    BOXES = 0
+    """The phase stopped first: the boxes, whose outboxes drain while the broker runs."""
+    SERVERS = 1
+    """Then the dashboard and the broker."""
+
+    def __init__(self) -> None:
+        # a group of its own: a terminal's Ctrl-C or hang-up is the demo's to act on, not its
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("guard.py"))],
+                                     stdin=subprocess.PIPE, process_group=0)
+
+    def watch(self, phase: int, pid: int | None) -> None:
+        """Have the guard stop process ``pid`` in ``phase`` if the demo dies first."""
+        if pid is None or self.proc.stdin is None:
+            return
+        try:
+            self.proc.stdin.write(f"{phase} {pid}\n".encode())
+            self.proc.stdin.flush()
+        except OSError:  # the guard is gone: the demo's own stop still works
+            log.warning("the demo's guard exited (code %s)", self.proc.poll())
+
+    def remove_after(self, folder: Path) -> None:
+        """Have the guard remove ``folder`` once it stopped the processes, if the demo dies first."""
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.write(f"remove {folder}\n".encode())
+                self.proc.stdin.flush()
+
+    def close(self) -> None:
+        """The demo stopped its processes itself: end the guard without it stopping anything."""
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.write(b"done\n")
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(5.0)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
@@ -311,6 +360,9 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
     outboxes: dict[str, Path] = {}
     numbered_before: dict[str, int] = {}
     interrupts = _Interrupts()
+    guard = _Guard()
+    if own_dir:
+        guard.remove_after(root)
     on_main = threading.current_thread() is threading.main_thread()
     if on_main:
         # Ctrl-C stops the demo even when it was started in the background of a script, where the
@@ -326,6 +378,7 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
         seat_agents(db_path, box_ids)
         with interrupts.hold():
             broker.start()
+            guard.watch(_Guard.SERVERS, broker.pid)
         say(f"broker: mosquitto on 127.0.0.1:{site.port} (TLS, client certificates, ACL)")
         dash_env = dict(env, MIROIR_DASH_SITE=SITE, MIROIR_DASH_DB_PATH=str(db_path),
                         MIROIR_DASH_MQTT_PORT=str(site.port),
@@ -340,6 +393,7 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
             dash = subprocess.Popen([*miroir, "dashboard", "serve"], env=dash_env,
                                     stdout=out, stderr=subprocess.STDOUT, process_group=0)
             procs.append(dash)
+            guard.watch(_Guard.SERVERS, dash.pid)
         url = f"http://127.0.0.1:{http_port}/"
         _wait_http(url + "healthz", dash)
         for i, box in enumerate(box_ids):
@@ -352,7 +406,7 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
             near, far = replays[i % len(calls)]
             demo_boxes.append(_Box(box, [*miroir, "edge", "run", "--config", str(config), "--loop",
                                          "--replay", str(near), str(far)],
-                                   logs / f"{box}.log", env))
+                                   logs / f"{box}.log", env, guard=guard))
             with interrupts.hold():
                 demo_boxes[-1].start()
             say(f"box {box}: replaying call '{call.name}'")
@@ -369,6 +423,7 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
                 log.warning("the broker exited; starting it again on port %d", site.port)
                 with interrupts.hold():
                     broker.start()
+                    guard.watch(_Guard.SERVERS, broker.pid)
             for seat in demo_boxes:
                 if seat.proc is not None and (code := seat.proc.poll()) is not None:
                     with interrupts.hold():
@@ -386,6 +441,7 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
         time.sleep(1.0)  # let the dashboard ingest the boxes' last messages
         _stop(procs)
         broker.stop()
+        guard.close()
     result: dict[str, Any] = (summarize(db_path, outboxes, numbered_before) if db_path.exists()
                               else {"boxes_seen": 0})
     result["boxes"] = boxes

@@ -193,7 +193,8 @@ def test_sigterm_stops_every_demo_process_and_removes_its_files():
     try:
         site_dir = Path(next(ln for ln in output if ln.startswith("site files in ")).split()[-1])
         children = _descendants_alive(proc.pid)
-        assert len(children) == 4, [c.cmdline() for c in children]  # broker, dashboard, 2 boxes
+        # broker, dashboard, 2 boxes and the guard that stops them should the demo be killed
+        assert len(children) == 5, [c.cmdline() for c in children]
         assert _port_open(port)
         proc.send_signal(signal.SIGTERM)  # to the demo alone, not its process group
         assert proc.stdout is not None
@@ -210,6 +211,45 @@ def test_sigterm_stops_every_demo_process_and_removes_its_files():
     shutil.rmtree(site_dir, ignore_errors=True)
     assert not orphans, f"processes left behind: {[p.cmdline() for p in orphans]}"
     assert rc == 0, "".join(output)
+    assert not _port_open(port)
+    assert not left, f"{site_dir} left behind"
+
+
+def _left_running(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """Those of ``procs`` still running (not zombies) once ``timeout_s`` has passed or all ended."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        alive = []
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(p)
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.2)
+
+
+def test_a_killed_demo_takes_its_processes_with_it():
+    """`kill -9` of the demo (from another terminal, the OOM killer, a dead session): its broker,
+    dashboard and boxes ran on as orphans, the dashboard holding --port, so the next start was
+    refused ("port ... is already in use"), and the site files (the CA key, the admin password)
+    stayed in the temporary folder. They now stop too, the boxes first, and the files go."""
+    port = free_port()
+    proc, output = _start_demo("--boxes", "1", "--port", str(port))
+    site_dir = Path(next(ln for ln in output if ln.startswith("site files in ")).split()[-1])
+    children = _descendants_alive(proc.pid)
+    commands = {p.pid: " ".join(p.cmdline()) for p in children}
+    try:
+        assert any("mosquitto" in c for c in commands.values()), commands
+        proc.kill()  # SIGKILL to the demo alone: nothing of it runs to stop the others
+        proc.wait(timeout=10)
+        orphans = _left_running(children, timeout_s=40.0)
+    finally:
+        for p in _left_running(children, timeout_s=0.0):
+            p.kill()
+        left = site_dir.exists()
+        shutil.rmtree(site_dir, ignore_errors=True)
+    assert not orphans, f"processes left behind: {[commands[p.pid] for p in orphans]}"
     assert not _port_open(port)
     assert not left, f"{site_dir} left behind"
 
