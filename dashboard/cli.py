@@ -188,7 +188,8 @@ def register_cli(groups: dict[str, Any]) -> None:
     p.add_argument("--team", action="append",
                    help="a team the supervisor supervises (repeat for several)")
     p.add_argument("--agent", default=None, help="for an agent user, the agent id it is")
-    p.add_argument("--lang", default="fr", choices=("fr", "en"), help="interface language")
+    p.add_argument("--lang", default="fr", choices=("fr", "en"),
+                   help="interface language (default fr)")
     p.add_argument("--password-file", default=None,
                    help="file holding the password (default: ask on the terminal)")
     p.set_defaults(func=cmd_user_add)

@@ -403,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench_sub.add_parser("edge", help="edge pipeline cost against Silero alone (RTF, RSS)",
                              description=cmd_bench_edge.__doc__)
     p.add_argument("--seconds", type=float, default=600.0, help="audio length (default 600)")
-    p.add_argument("--repeats", type=int, default=3, help="runs of each side (median)")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each side, their median kept (default 3)")
     p.add_argument("--affect", action="store_true",
                    help="with the prospect affect stage on (as a campaign that discloses it)")
     p.add_argument("--json", action="store_true", help="one line of JSON")
@@ -420,7 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench_latency)
     p = bench_sub.add_parser("vad", help="Silero VAD variants side by side",
                              description=cmd_bench_vad.__doc__)
-    p.add_argument("--repeats", type=int, default=5, help="runs of each variant (median)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="runs of each variant, their median kept (default 5)")
     p.add_argument("--json", action="store_true", help="one line of JSON")
     p.set_defaults(func=cmd_bench_vad)
     groups = {"root": sub, "edge": edge_sub, "dashboard": dash_sub, "models": models_sub,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,37 @@ def test_every_command_has_help_and_is_in_the_readme():
             if action.dest != "help" and not isinstance(action, argparse._SubParsersAction):
                 assert action.help, f"`miroir {name}` option {action.dest} has no help text"
         assert f"miroir {name}" in README, f"`miroir {name}` is not in the README"
+
+
+def _parsers(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()):
+    """``(command path, parser)`` for the top parser and every command under it."""
+    yield prefix, parser
+    for path, _, sub in _commands(parser, prefix):
+        if len(path) == len(prefix) + 1:
+            yield from _parsers(sub, path)
+
+
+def _default_text(value: object) -> str:
+    """A default as a help text writes it: 600.0 as 600."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def test_every_option_with_a_default_gives_it_in_its_help():
+    """`miroir bench edge --help` said "--repeats REPEATS  runs of each side (median)": how many
+    runs when it is left out, the help did not say (3), nor for `bench vad --repeats` (5) or
+    `dashboard user add --lang` (fr). Every option that has a default names it in its help."""
+    missing = []
+    for path, parser in _parsers(build_parser()):
+        for action in parser._actions:
+            if (action.required or action.default in (None, argparse.SUPPRESS, False)
+                    or isinstance(action, (argparse._HelpAction, argparse._VersionAction,
+                                           argparse._SubParsersAction))):
+                continue
+            text = action.help or ""
+            if not re.search(r"\bdefault\b", text) or _default_text(action.default) not in text:
+                missing.append(f"miroir {' '.join(path)} {'/'.join(action.option_strings)} "
+                               f"(default {_default_text(action.default)}): {text!r}")
+    assert not missing, "\n".join(missing)
 
 
 def test_help_runs_for_every_command():
