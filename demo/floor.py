@@ -162,6 +162,33 @@ def _box_config(path: Path, box: str, site: Any, state_dir: Path) -> Path:
     return path
 
 
+def _listener(port: int) -> str | None:
+    """The process listening on TCP ``port`` as ``pid N (command)``; None if there is none this
+    user may see, or not on Linux."""
+    sockets = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:  # local address, remote address, state (0A: listening), ..., inode
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:
+                sockets.add(f"socket:[{fields[9]}]")
+    if not sockets:
+        return None
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in sockets for fd in (proc / "fd").iterdir()):
+                command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").strip()
+                return f"pid {proc.name} ({command.decode(errors='replace')})"
+        except OSError:  # gone, or another user's
+            continue
+    return None
+
+
 def _check_port(port: int, host: str = "127.0.0.1") -> None:
     """Raise :class:`DemoError` unless ``port`` is a TCP port free on ``host`` (the dashboard's)."""
     if not 1 <= port <= 65535:
@@ -173,7 +200,11 @@ def _check_port(port: int, host: str = "127.0.0.1") -> None:
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise DemoError(f"cannot use port {port} on {host}: {exc.strerror}") from None
-            raise DemoError(f"port {port} on {host} is already in use: stop what uses it or "
+            owner = _listener(port)
+            if owner is None:
+                raise DemoError(f"port {port} on {host} is already in use: stop what uses it or "
+                                "choose another with --port") from None
+            raise DemoError(f"port {port} on {host} is already in use by {owner}: stop it or "
                             "choose another with --port") from None
 
 

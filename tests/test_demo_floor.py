@@ -271,16 +271,24 @@ def _demo_error(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_dashboard_port_in_use_is_named_before_anything_starts():
-    """Another program on --port: one line naming the port, no URL and password of a dashboard
-    that never started (its health check was answered by the other program)."""
-    with socket.socket() as other:
-        other.bind(("127.0.0.1", 0))
-        other.listen()
-        port = other.getsockname()[1]
+    """Another program on --port: one line naming the port and the program (its pid and
+    command: "already in use" alone left a newcomer to hunt for it, such as a dashboard an earlier
+    demo left running), no URL and password of a dashboard that never started (its health check
+    was answered by the other program)."""
+    code = ("import socket, sys; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); "
+            "print(s.getsockname()[1], flush=True); sys.stdin.read()")
+    other = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout is not None
+        port = int(other.stdout.readline())
         proc = _demo_error("--boxes", "1", "--port", str(port))
+    finally:
+        other.kill()
+        other.wait()
     assert proc.stderr.strip().splitlines()[-1] == (
-        f"miroir: error: port {port} on 127.0.0.1 is already in use: stop what uses it or "
-        "choose another with --port")
+        f"miroir: error: port {port} on 127.0.0.1 is already in use by pid {other.pid} "
+        f"({sys.executable} -c {code}): stop it or choose another with --port")
 
 
 def test_a_port_that_is_not_a_tcp_port_is_refused_at_once():
