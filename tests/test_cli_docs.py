@@ -423,3 +423,31 @@ def test_every_command_and_option_quoted_in_the_docs_exists() -> None:
                 problems.append(f"{doc.name}: `{span}` is no option of a command")
     assert quoted >= 100
     assert not problems, "\n".join(problems)
+
+
+def test_a_count_or_duration_that_is_not_positive_is_a_usage_error() -> None:
+    """`miroir bench vad --repeats 0` ran the models, then gave a traceback ("no median for empty
+    data"), exit 1; so did `bench affect --repeats 0`, `bench edge --seconds 0` (division by
+    zero) and `bench latency --samples 0` (after starting a broker and a dashboard), and `bench
+    edge --seconds 5` (a RuntimeError on its audio). They are refused as usage errors naming the
+    option, the first at once."""
+    cases = [("bench", "edge", "--repeats"), ("bench", "edge", "--seconds"),
+             ("bench", "vad", "--repeats"), ("bench", "affect", "--repeats"),
+             ("bench", "latency", "--samples"), ("bench", "latency", "--boxes")]
+    for *command, option in cases:
+        for value in ("0", "-2"):
+            proc = subprocess.run([sys.executable, "-m", "miroir", *command, option, value],
+                                  capture_output=True, text=True, timeout=60, check=False)
+            assert proc.returncode == 2, (command, option, value, proc.stderr[-2000:])
+            assert proc.stderr.splitlines()[-1] == (
+                f"miroir {' '.join(command)}: error: argument {option}: {value} is not a "
+                "positive number"), proc.stderr
+    # too short for the bench's two-party audio (each channel at least half speech): one line
+    proc = subprocess.run([sys.executable, "-m", "miroir", "bench", "edge", "--seconds", "5",
+                           "--repeats", "1"], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith(
+        "miroir: error: --seconds 5: the bench's audio is not at least half speech on each "
+        "channel over its first 5 s"), proc.stderr
