@@ -390,6 +390,7 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
         The process exit code.
     """
     from demo.calls import build_calls, replay_files
+    from provisioning import broker as broker_files
     from provisioning.broker import Mosquitto, free_port, make_site, new_site_dir
 
     if not 1 <= boxes <= 200:
@@ -399,6 +400,9 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
     if seconds is not None and not 0 < seconds < math.inf:
         raise DemoError(f"--seconds {seconds} is not a positive number of seconds")
     _check_port(http_port)
+    if not os.access(broker_files.MOSQUITTO, os.X_OK):
+        raise DemoError(f"the demo's broker needs Mosquitto ({broker_files.MOSQUITTO} is missing): "
+                        "install the Debian package with `apt-get install mosquitto`")
     if workdir is not None:
         _check_workdir(workdir)
     say = (lambda msg: print(msg, file=sys.stderr)) if as_json else print

@@ -254,13 +254,20 @@ def test_a_killed_demo_takes_its_processes_with_it():
     assert not left, f"{site_dir} left behind"
 
 
-def _demo_error(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run `miroir demo` with options that must be refused before anything starts."""
+def _demo_error(*args: str, env: dict[str, str] | None = None,
+                mosquitto: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `miroir demo` with options (``env`` added to the environment; the broker's program at
+    ``mosquitto``, as on a machine without it) that must make it fail, leaving nothing behind."""
     tmp = new_site_dir("miroir-demo-test-")  # where its site files would go (the broker reads them)
+    command = [sys.executable, "-m", "miroir"]
+    if mosquitto is not None:
+        command = [sys.executable, "-c", "import sys; import provisioning.broker as b; "
+                   f"b.MOSQUITTO = {mosquitto!r}; from miroir.cli import main; "
+                   "sys.exit(main(sys.argv[1:]))"]
     try:
-        proc = subprocess.run([sys.executable, "-m", "miroir", "demo", *args], capture_output=True,
+        proc = subprocess.run([*command, "demo", *args], capture_output=True,
                               text=True, timeout=120, check=False, cwd=REPO,
-                              env=dict(os.environ, TMPDIR=str(tmp)))
+                              env=dict(os.environ, TMPDIR=str(tmp), **(env or {})))
         left = list(tmp.iterdir())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -289,6 +296,18 @@ def test_a_dashboard_port_in_use_is_named_before_anything_starts():
     assert proc.stderr.strip().splitlines()[-1] == (
         f"miroir: error: port {port} on 127.0.0.1 is already in use by pid {other.pid} "
         f"({sys.executable} -c {code}): stop it or choose another with --port")
+
+
+def test_a_machine_without_mosquitto_is_told_which_package_to_install(tmp_path):
+    """`miroir demo` outside `./run` on a machine without Mosquitto: a FileNotFoundError
+    traceback, and the site files (the CA key, the admin password) left in the temporary folder.
+    One line naming the package, as for espeak-ng, before anything is made."""
+    proc = _demo_error("--boxes", "1", "--port", str(free_port()),
+                       mosquitto=str(tmp_path / "mosquitto"))
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"miroir: error: the demo's broker needs Mosquitto ({tmp_path / 'mosquitto'} is missing): "
+        "install the Debian package with `apt-get install mosquitto`")
 
 
 def test_a_port_that_is_not_a_tcp_port_is_refused_at_once():
