@@ -26,12 +26,15 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge.outbox import numbers_used
+
+if TYPE_CHECKING:
+    from demo.calls import DemoCall
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +139,20 @@ class _Box:
         self.quick_exits = self.quick_exits + 1 if quick else 0
         if self.quick_exits >= BOX_QUICK_EXITS:
             raise DemoError(f"box {self.name} exited {self.quick_exits} times in a row within "
-                            f"{BOX_QUICK_EXIT_S:.0f} s of its start (code {code}); see {self.log}")
+                            f"{BOX_QUICK_EXIT_S:.0f} s of its start (code {code}); its log ends: "
+                            f"{_log_end(self.log)}")
         log.warning("box %s exited (code %s); starting it again", self.name, code)
         self.start()
+
+
+def _log_end(path: Path) -> str:
+    """The last line of a process's log, for an error that outlives the log (a temporary folder
+    is removed when the demo stops)."""
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        lines = []
+    return lines[-1].strip()[:300] if lines else "(empty)"
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -304,11 +318,13 @@ class _Guard:
             self.proc.wait()
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+def _wait_http(url: str, proc: subprocess.Popen[bytes], log_path: Path,
+               timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise DemoError(f"the dashboard exited with code {proc.returncode}")
+            raise DemoError(f"the dashboard exited with code {proc.returncode}; its log ends: "
+                            f"{_log_end(log_path)}")
         try:
             with urllib.request.urlopen(url, timeout=1) as resp:
                 if resp.status == 200:
@@ -389,9 +405,9 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
     Returns:
         The process exit code.
     """
-    from demo.calls import build_calls, replay_files
+    from demo.calls import build_calls
     from provisioning import broker as broker_files
-    from provisioning.broker import Mosquitto, free_port, make_site, new_site_dir
+    from provisioning.broker import BrokerError, new_site_dir
 
     if not 1 <= boxes <= 200:
         raise DemoError("--boxes must be between 1 and 200")
@@ -412,6 +428,29 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
     root = new_site_dir("miroir-demo-") if workdir is None else workdir
     root.mkdir(parents=True, exist_ok=True)
     say(f"site files in {root}")
+    guard = _Guard()
+    if own_dir:
+        guard.remove_after(root)
+    try:
+        return _run_floor(root, box_ids, calls, guard, say, seconds=seconds, as_json=as_json,
+                          http_port=http_port)
+    except BrokerError as exc:
+        raise DemoError(f"the demo's broker did not start: {exc}") from None
+    finally:
+        if own_dir:  # after an error too: the site files hold the CA key and the admin password
+            shutil.rmtree(root, ignore_errors=True)
+        guard.close()
+
+
+def _run_floor(root: Path, box_ids: list[str], calls: list[DemoCall], guard: _Guard,
+               say: Callable[[str], None], *, seconds: float | None, as_json: bool,
+               http_port: int) -> int:
+    """Run the floor from its site files in ``root`` (see :func:`run_demo`); return the exit
+    code. Every process it starts is stopped when it returns, and told to ``guard`` first."""
+    from demo.calls import replay_files
+    from provisioning.broker import Mosquitto, free_port, make_site
+
+    boxes = len(box_ids)
     site = make_site(root / "site", SITE, box_ids, port=free_port())
     # each process in a group of its own, as each box below: a terminal's Ctrl-C, which signals
     # its whole foreground group, reaches the demo alone, and the demo stops the boxes first
@@ -429,9 +468,6 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
     outboxes: dict[str, Path] = {}
     numbered_before: dict[str, int] = {}
     interrupts = _Interrupts()
-    guard = _Guard()
-    if own_dir:
-        guard.remove_after(root)
     on_main = threading.current_thread() is threading.main_thread()
     if on_main:
         # Ctrl-C stops the demo even when it was started in the background of a script, where the
@@ -464,7 +500,7 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
             procs.append(dash)
             guard.watch(_Guard.SERVERS, dash.pid)
         url = f"http://127.0.0.1:{http_port}/"
-        _wait_http(url + "healthz", dash)
+        _wait_http(url + "healthz", dash, logs / "dashboard.log")
         for i, box in enumerate(box_ids):
             call = calls[i % len(calls)]
             state = root / "boxes" / box
@@ -489,8 +525,8 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
         while deadline is None or time.monotonic() < deadline:
             for proc in procs:
                 if (code := proc.poll()) is not None:
-                    raise DemoError(f"a demo process exited early (code {code}); "
-                                    f"see the logs in {logs}")
+                    raise DemoError(f"the dashboard exited early (code {code}); its log ends: "
+                                    f"{_log_end(logs / 'dashboard.log')}")
             if not broker.running:  # the boxes and the dashboard reconnect by themselves
                 log.warning("the broker exited; starting it again on port %d", site.port)
                 with interrupts.hold():
@@ -519,7 +555,6 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
         time.sleep(1.0)  # let the dashboard ingest the boxes' last messages
         _stop(procs)
         broker.stop()
-        guard.close()
     result: dict[str, Any] = (summarize(db_path, outboxes, numbered_before) if db_path.exists()
                               else {"boxes_seen": 0})
     result["boxes"] = boxes
@@ -530,8 +565,6 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
         say(json.dumps(result, indent=2))
     if seconds is not None and (warning := lag_warning(result.get("latency_ms_p95"), boxes)):
         print(warning, file=sys.stderr)  # the exit code says only what the README promises
-    if own_dir:
-        shutil.rmtree(root, ignore_errors=True)
     ok = result.get("boxes_seen") == boxes and result.get("messages_lost") == 0
     return 0 if ok or seconds is None else 1
 

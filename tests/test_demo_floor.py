@@ -310,6 +310,20 @@ def test_a_machine_without_mosquitto_is_told_which_package_to_install(tmp_path):
         "install the Debian package with `apt-get install mosquitto`")
 
 
+def test_a_broker_that_fails_to_start_is_an_error_that_leaves_nothing_behind(tmp_path):
+    """Mosquitto that exits at once (a broken install): a BrokerError traceback, and the site
+    files, the CA key and the admin password among them, left in the temporary folder. One error,
+    the broker's, and the folder removed, as for every error once it exists."""
+    broken = tmp_path / "mosquitto"
+    broken.write_text("#!/bin/sh\necho 'mosquitto: broken install' >&2\nexit 3\n")
+    broken.chmod(0o755)
+    proc = _demo_error("--boxes", "1", "--port", str(free_port()), mosquitto=str(broken))
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "miroir: error: the demo's broker did not start: mosquitto exited with code 3" \
+        in proc.stderr, proc.stderr
+    assert "mosquitto: broken install" in proc.stderr, proc.stderr
+
+
 def test_a_port_that_is_not_a_tcp_port_is_refused_at_once():
     for port in ("70000", "0", "-1"):
         proc = _demo_error("--boxes", "1", "--port", port)
@@ -405,7 +419,8 @@ def test_a_box_that_keeps_failing_to_start_ends_the_demo_naming_its_log(tmp_path
         assert box.proc is not None and box.proc.wait(timeout=30) == 3
         box.restart(3)
     assert box.proc is not None and box.proc.wait(timeout=30) == 3
-    with pytest.raises(DemoError, match=rf"box seat-01 exited 3 times in a row .* see {tmp_path}"):
+    with pytest.raises(DemoError, match=r"box seat-01 exited 3 times in a row .*; its log ends: "
+                                         r"broken$"):
         box.restart(3)
     assert (tmp_path / "seat-01.log").read_text() == "broken\n" * BOX_QUICK_EXITS
 
