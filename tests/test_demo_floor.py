@@ -324,6 +324,36 @@ def test_a_broker_that_fails_to_start_is_an_error_that_leaves_nothing_behind(tmp
     assert "mosquitto: broken install" in proc.stderr, proc.stderr
 
 
+def test_the_shells_dashboard_settings_do_not_reach_the_demos_dashboard():
+    """A newcomer's shell that read a site's dashboard.env (the IT guide's `set -a; .
+    dashboard.env`) passed its MIROIR_DASH_* settings to the demo's dashboard: one it refused
+    stopped the demo ("the dashboard exited with code 2", its site files left behind), and
+    MIROIR_DASH_HTTP_HOST=0.0.0.0 would have served the demo, its password printed, to the whole
+    network. The demo's dashboard takes the demo's settings alone."""
+    port = free_port()
+    env = dict(os.environ, MIROIR_DASH_SESSION_IDLE_S="soon", MIROIR_DASH_HTTP_HOST="0.0.0.0")
+    proc = subprocess.Popen([sys.executable, "-m", "miroir", "demo", "--boxes", "1",
+                             "--port", str(port)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=REPO, start_new_session=True)
+    output: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        output.append(line)
+        if "password:" in line:
+            break
+    site_dir = Path(next(ln for ln in output if ln.startswith("site files in ")).split()[-1])
+    try:
+        assert any("password:" in ln for ln in output), "".join(output)
+        [dashboard] = [p for p in _descendants_alive(proc.pid)
+                       if "dashboard serve" in " ".join(p.cmdline())]
+        listening = {(c.laddr.ip, c.laddr.port) for c in dashboard.net_connections("tcp")
+                     if c.status == psutil.CONN_LISTEN}
+    finally:
+        rc = _interrupt_demo(proc, output, site_dir)
+    assert listening == {("127.0.0.1", port)}, listening
+    assert rc == 0, "".join(output)
+
+
 def test_a_port_that_is_not_a_tcp_port_is_refused_at_once():
     for port in ("70000", "0", "-1"):
         proc = _demo_error("--boxes", "1", "--port", port)
