@@ -58,6 +58,10 @@ def _busy_channel(samples: np.ndarray, model: Any) -> np.ndarray:
     return np.concatenate(pieces)
 
 
+class ShortAudioError(ValueError):
+    """The bench's audio is too short to be at least half speech on each channel."""
+
+
 class TwoPartyAudio:
     """Near = headset 0, far = headset 1, each busy, looped: blocks made on demand (no 10-minute
     array in memory)."""
@@ -130,7 +134,8 @@ def _timed(pipe: Any, audio: TwoPartyAudio, block: int) -> float:
 def run(seconds: float = 600.0, repeats: int = 3, block: int = 1024,
         affect: bool = False) -> dict[str, Any]:
     """Measure the pipeline (with the prospect affect stage if ``affect``) and the reference;
-    return the JSON-ready figures."""
+    return the JSON-ready figures. Raises :class:`ShortAudioError` if ``seconds`` is too short for the audio
+    to be at least half speech on each channel."""
     single_thread_env()
     from edge.pipeline import load_vad_model
 
@@ -144,7 +149,8 @@ def run(seconds: float = 600.0, repeats: int = 3, block: int = 1024,
     speech = {f"{ch}_speech_ratio": round(sum(e - s for s, e in segs) / check_s, 4)
               for ch, segs in segments.items()}
     if min(speech.values()) < 0.5:
-        raise RuntimeError(f"each channel must be at least half speech: {speech}")
+        raise ShortAudioError(f"the bench's audio is not at least half speech on each channel over its "
+                              f"first {check_s:g} s ({speech}): give more seconds (15 or more)")
     pipe_s, ref_s, stages = [], [], []
     for _ in range(repeats):
         ref_s.append(reference(fp32, audio, block))

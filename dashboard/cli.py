@@ -14,11 +14,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+UNKNOWN_BOX_EXIT = 3
+"""``retire``'s exit code when the dashboard never knew the box (nothing changed): not 2, the code
+of a usage error, so that a script retiring a list tells a typo from a wrong command."""
 
-def _error(message: str) -> Exception:
+
+def _error(message: str, exit_code: int = 2) -> Exception:
     from miroir.cli import CliError
 
-    return CliError(message)
+    return CliError(message, exit_code)
 
 
 def _settings() -> Any:
@@ -93,17 +97,21 @@ def _actor() -> str:
 def cmd_retire(args: argparse.Namespace) -> int:
     """Take a box off the dashboard for good (after `miroir provision revoke`): off the floor, the IT
     page, /metrics and the alerts, its seat freed, anything it still publishes refused; its history
-    is kept for the retention period. Audited."""
+    is kept for the retention period. Audited. Exits 0 when retired (or retired already), 3 when
+    the dashboard never knew the box (nothing changed), 2 on a usage error."""
     from datetime import datetime
 
     from dashboard import schema
+    from miroir.wire import WireError
 
     settings = _settings()
     db = _db(settings)
     try:
         out = schema.retire_box(db, args.box, actor=_actor())
-    except ValueError as exc:
+    except WireError as exc:  # not a box id at all: a usage error
         raise _error(str(exc)) from None
+    except ValueError as exc:  # a box id this dashboard never knew
+        raise _error(f"{exc}; nothing changed", UNKNOWN_BOX_EXIT) from None
     finally:
         db.conn.close()
     if not out["retired"]:
@@ -180,7 +188,8 @@ def register_cli(groups: dict[str, Any]) -> None:
     p.add_argument("--team", action="append",
                    help="a team the supervisor supervises (repeat for several)")
     p.add_argument("--agent", default=None, help="for an agent user, the agent id it is")
-    p.add_argument("--lang", default="fr", choices=("fr", "en"), help="interface language")
+    p.add_argument("--lang", default="fr", choices=("fr", "en"),
+                   help="interface language (default fr)")
     p.add_argument("--password-file", default=None,
                    help="file holding the password (default: ask on the terminal)")
     p.set_defaults(func=cmd_user_add)

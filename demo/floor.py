@@ -4,7 +4,8 @@ Every part is a real process started here: the broker with the project's generat
 configuration, ``miroir dashboard serve``, and one ``miroir edge run --replay`` per box. A box that
 exits is started again (as systemd does on a box), and so is the broker. Ctrl-C, SIGTERM, the
 terminal's hang-up (SIGHUP, unless ignored as ``nohup`` does) or ``--seconds`` stops them all, boxes
-first so that their outboxes drain.
+first so that their outboxes drain. Killed with SIGKILL, the demo cannot stop them: its guard
+(``demo/guard.py``, a process of its own told of each process started) then does.
 """
 
 from __future__ import annotations
@@ -25,12 +26,15 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge.outbox import numbers_used
+
+if TYPE_CHECKING:
+    from demo.calls import DemoCall
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,45 @@ BOX_QUICK_EXITS = 3
 """...and this many such exits in a row end the demo (a box's systemd start limit does the same)."""
 
 
+LAG_WARN_MS = 1000.0
+"""A p95 from a box's publish to the dashboard's database row above this (the README's budget for
+speech onset to the supervisor's page) means this machine cannot keep up with the demo's boxes."""
+LAG_CHECK_S = 10.0
+"""While the demo runs, the lag is measured over each such window (the first one, as the boxes
+start, left out), and a warning given the first time it is over ``LAG_WARN_MS``."""
+
+LAG_SCAN_S = 600.0
+"""How long before a window a metrics row it stored may have been sent, for the index on ``ts``."""
+
+
+def lag_warning(p95_ms: float | None, boxes: int) -> str | None:
+    """The warning line for a publish-to-row p95 of ``p95_ms`` with ``boxes`` boxes, None if the
+    machine keeps up."""
+    if p95_ms is None or p95_ms <= LAG_WARN_MS:
+        return None
+    hint = (f"run fewer boxes, e.g. --boxes {boxes // 2}" if boxes > 1
+            else "close what else keeps the processor busy")
+    return (f"warning: the dashboard gets the boxes' metrics {p95_ms / 1000:.1f} s after they are "
+            f"sent (p95; {LAG_WARN_MS / 1000:g} s at most when the machine keeps up): this machine "
+            f"cannot keep up with {boxes} box{'es' if boxes > 1 else ''}, the floor shows them late; "
+            f"{hint}")
+
+
+def _lag_p95_ms(db_path: Path, since_ts: float) -> float | None:
+    """p95 of publish to database row (ms) of the metrics the dashboard stored since ``since_ts``
+    (epoch seconds); None if none or the database cannot be read now."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True,
+                                                timeout=1.0)) as db:
+            # through the index on ts (a kept --workdir holds days of rows): a row stored since
+            # was sent at most LAG_SCAN_S before, or an earlier window has warned already
+            rows = db.execute("SELECT ingested_ts - ts FROM metrics WHERE ts > ? AND ingested_ts > ?",
+                              (since_ts - LAG_SCAN_S, since_ts)).fetchall()
+    except sqlite3.Error:
+        return None
+    return _percentile([1000 * r[0] for r in rows], 95)
+
+
 class DemoError(RuntimeError):
     """The demo could not start or did not complete."""
 
@@ -83,6 +126,7 @@ class _Box:
     proc: subprocess.Popen[bytes] | None = None
     started_s: float = 0.0
     quick_exits: int = 0
+    guard: _Guard | None = None
 
     def start(self) -> None:
         """Start the box's process, its output appended to its log, in a process group of its
@@ -90,6 +134,8 @@ class _Box:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=out,
                                          stderr=subprocess.STDOUT, process_group=0)
+        if self.guard is not None:
+            self.guard.watch(_Guard.BOXES, self.proc.pid)
         self.started_s = time.monotonic()
 
     def restart(self, code: int) -> None:
@@ -98,9 +144,20 @@ class _Box:
         self.quick_exits = self.quick_exits + 1 if quick else 0
         if self.quick_exits >= BOX_QUICK_EXITS:
             raise DemoError(f"box {self.name} exited {self.quick_exits} times in a row within "
-                            f"{BOX_QUICK_EXIT_S:.0f} s of its start (code {code}); see {self.log}")
+                            f"{BOX_QUICK_EXIT_S:.0f} s of its start (code {code}); its log ends: "
+                            f"{_log_end(self.log)}")
         log.warning("box %s exited (code %s); starting it again", self.name, code)
         self.start()
+
+
+def _log_end(path: Path) -> str:
+    """The last line of a process's log, for an error that outlives the log (a temporary folder
+    is removed when the demo stops)."""
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        lines = []
+    return lines[-1].strip()[:300] if lines else "(empty)"
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -124,6 +181,33 @@ def _box_config(path: Path, box: str, site: Any, state_dir: Path) -> Path:
     return path
 
 
+def _listener(port: int) -> str | None:
+    """The process listening on TCP ``port`` as ``pid N (command)``; None if there is none this
+    user may see, or not on Linux."""
+    sockets = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:  # local address, remote address, state (0A: listening), ..., inode
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:
+                sockets.add(f"socket:[{fields[9]}]")
+    if not sockets:
+        return None
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in sockets for fd in (proc / "fd").iterdir()):
+                command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").strip()
+                return f"pid {proc.name} ({command.decode(errors='replace')})"
+        except OSError:  # gone, or another user's
+            continue
+    return None
+
+
 def _check_port(port: int, host: str = "127.0.0.1") -> None:
     """Raise :class:`DemoError` unless ``port`` is a TCP port free on ``host`` (the dashboard's)."""
     if not 1 <= port <= 65535:
@@ -135,7 +219,11 @@ def _check_port(port: int, host: str = "127.0.0.1") -> None:
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise DemoError(f"cannot use port {port} on {host}: {exc.strerror}") from None
-            raise DemoError(f"port {port} on {host} is already in use: stop what uses it or "
+            owner = _listener(port)
+            if owner is None:
+                raise DemoError(f"port {port} on {host} is already in use: stop what uses it or "
+                                "choose another with --port") from None
+            raise DemoError(f"port {port} on {host} is already in use by {owner}: stop it or "
                             "choose another with --port") from None
 
 
@@ -190,11 +278,58 @@ class _Interrupts:
             raise KeyboardInterrupt
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+class _Guard:
+    """The guard process (``demo/guard.py``): told of each process the demo starts, it stops them
+    if the demo dies without doing so (SIGKILL), the boxes first, and removes the demo's
+    temporary folder."""
+
+    BOXES = 0
+    """The phase stopped first: the boxes, whose outboxes drain while the broker runs."""
+    SERVERS = 1
+    """Then the dashboard and the broker."""
+
+    def __init__(self) -> None:
+        # a group of its own: a terminal's Ctrl-C or hang-up is the demo's to act on, not its
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("guard.py"))],
+                                     stdin=subprocess.PIPE, process_group=0)
+
+    def watch(self, phase: int, pid: int | None) -> None:
+        """Have the guard stop process ``pid`` in ``phase`` if the demo dies first."""
+        if pid is None or self.proc.stdin is None:
+            return
+        try:
+            self.proc.stdin.write(f"{phase} {pid}\n".encode())
+            self.proc.stdin.flush()
+        except OSError:  # the guard is gone: the demo's own stop still works
+            log.warning("the demo's guard exited (code %s)", self.proc.poll())
+
+    def remove_after(self, folder: Path) -> None:
+        """Have the guard remove ``folder`` once it stopped the processes, if the demo dies first."""
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.write(f"remove {folder}\n".encode())
+                self.proc.stdin.flush()
+
+    def close(self) -> None:
+        """The demo stopped its processes itself: end the guard without it stopping anything."""
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.write(b"done\n")
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(5.0)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], log_path: Path,
+               timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise DemoError(f"the dashboard exited with code {proc.returncode}")
+            raise DemoError(f"the dashboard exited with code {proc.returncode}; its log ends: "
+                            f"{_log_end(log_path)}")
         try:
             with urllib.request.urlopen(url, timeout=1) as resp:
                 if resp.status == 200:
@@ -275,8 +410,9 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
     Returns:
         The process exit code.
     """
-    from demo.calls import build_calls, replay_files
-    from provisioning.broker import Mosquitto, free_port, make_site, new_site_dir
+    from demo.calls import build_calls
+    from provisioning import broker as broker_files
+    from provisioning.broker import BrokerError, new_site_dir
 
     if not 1 <= boxes <= 200:
         raise DemoError("--boxes must be between 1 and 200")
@@ -285,6 +421,9 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
     if seconds is not None and not 0 < seconds < math.inf:
         raise DemoError(f"--seconds {seconds} is not a positive number of seconds")
     _check_port(http_port)
+    if not os.access(broker_files.MOSQUITTO, os.X_OK):
+        raise DemoError(f"the demo's broker needs Mosquitto ({broker_files.MOSQUITTO} is missing): "
+                        "install the Debian package with `apt-get install mosquitto`")
     if workdir is not None:
         _check_workdir(workdir)
     say = (lambda msg: print(msg, file=sys.stderr)) if as_json else print
@@ -294,6 +433,29 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
     root = new_site_dir("miroir-demo-") if workdir is None else workdir
     root.mkdir(parents=True, exist_ok=True)
     say(f"site files in {root}")
+    guard = _Guard()
+    if own_dir:
+        guard.remove_after(root)
+    try:
+        return _run_floor(root, box_ids, calls, guard, say, seconds=seconds, as_json=as_json,
+                          http_port=http_port)
+    except BrokerError as exc:
+        raise DemoError(f"the demo's broker did not start: {exc}") from None
+    finally:
+        if own_dir:  # after an error too: the site files hold the CA key and the admin password
+            shutil.rmtree(root, ignore_errors=True)
+        guard.close()
+
+
+def _run_floor(root: Path, box_ids: list[str], calls: list[DemoCall], guard: _Guard,
+               say: Callable[[str], None], *, seconds: float | None, as_json: bool,
+               http_port: int) -> int:
+    """Run the floor from its site files in ``root`` (see :func:`run_demo`); return the exit
+    code. Every process it starts is stopped when it returns, and told to ``guard`` first."""
+    from demo.calls import replay_files
+    from provisioning.broker import Mosquitto, free_port, make_site
+
+    boxes = len(box_ids)
     site = make_site(root / "site", SITE, box_ids, port=free_port())
     # each process in a group of its own, as each box below: a terminal's Ctrl-C, which signals
     # its whole foreground group, reaches the demo alone, and the demo stops the boxes first
@@ -326,8 +488,12 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
         seat_agents(db_path, box_ids)
         with interrupts.hold():
             broker.start()
+            guard.watch(_Guard.SERVERS, broker.pid)
         say(f"broker: mosquitto on 127.0.0.1:{site.port} (TLS, client certificates, ACL)")
-        dash_env = dict(env, MIROIR_DASH_SITE=SITE, MIROIR_DASH_DB_PATH=str(db_path),
+        # the demo's settings alone: a shell that read a site's dashboard.env must not stop the
+        # demo's dashboard (a setting it refuses) nor serve it to the network (its HTTP host)
+        dash_env = dict({k: v for k, v in env.items() if not k.startswith("MIROIR_DASH_")},
+                        MIROIR_DASH_SITE=SITE, MIROIR_DASH_DB_PATH=str(db_path),
                         MIROIR_DASH_MQTT_PORT=str(site.port),
                         MIROIR_DASH_MQTT_CA=str(site.ca_cert),
                         MIROIR_DASH_MQTT_CERT=str(site.dashboard.cert),
@@ -340,8 +506,9 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
             dash = subprocess.Popen([*miroir, "dashboard", "serve"], env=dash_env,
                                     stdout=out, stderr=subprocess.STDOUT, process_group=0)
             procs.append(dash)
+            guard.watch(_Guard.SERVERS, dash.pid)
         url = f"http://127.0.0.1:{http_port}/"
-        _wait_http(url + "healthz", dash)
+        _wait_http(url + "healthz", dash, logs / "dashboard.log")
         for i, box in enumerate(box_ids):
             call = calls[i % len(calls)]
             state = root / "boxes" / box
@@ -352,7 +519,7 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
             near, far = replays[i % len(calls)]
             demo_boxes.append(_Box(box, [*miroir, "edge", "run", "--config", str(config), "--loop",
                                          "--replay", str(near), str(far)],
-                                   logs / f"{box}.log", env))
+                                   logs / f"{box}.log", env, guard=guard))
             with interrupts.hold():
                 demo_boxes[-1].start()
             say(f"box {box}: replaying call '{call.name}'")
@@ -360,19 +527,29 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
             print(f"\nDashboard: {url}\nLog in as 'admin' with password: {password}\n"
                   f"(also in {pw_file}). Press Ctrl-C to stop.\n", flush=True)
         deadline = None if seconds is None else time.monotonic() + seconds
+        lag_since_ts = time.time() + LAG_CHECK_S  # the boxes' start left out
+        lag_check = time.monotonic() + 2 * LAG_CHECK_S
+        lag_warned = False
         while deadline is None or time.monotonic() < deadline:
             for proc in procs:
                 if (code := proc.poll()) is not None:
-                    raise DemoError(f"a demo process exited early (code {code}); "
-                                    f"see the logs in {logs}")
+                    raise DemoError(f"the dashboard exited early (code {code}); its log ends: "
+                                    f"{_log_end(logs / 'dashboard.log')}")
             if not broker.running:  # the boxes and the dashboard reconnect by themselves
                 log.warning("the broker exited; starting it again on port %d", site.port)
                 with interrupts.hold():
                     broker.start()
+                    guard.watch(_Guard.SERVERS, broker.pid)
             for seat in demo_boxes:
                 if seat.proc is not None and (code := seat.proc.poll()) is not None:
                     with interrupts.hold():
                         seat.restart(code)
+            if not lag_warned and time.monotonic() >= lag_check:
+                warning = lag_warning(_lag_p95_ms(db_path, lag_since_ts), boxes)
+                lag_since_ts, lag_check = time.time(), time.monotonic() + LAG_CHECK_S
+                if warning is not None:
+                    print(warning, file=sys.stderr, flush=True)
+                    lag_warned = True
             time.sleep(0.5)
     except KeyboardInterrupt:
         seconds = None
@@ -394,8 +571,8 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
         print(json.dumps(result))
     elif seconds is not None:
         say(json.dumps(result, indent=2))
-    if own_dir:
-        shutil.rmtree(root, ignore_errors=True)
+    if seconds is not None and (warning := lag_warning(result.get("latency_ms_p95"), boxes)):
+        print(warning, file=sys.stderr)  # the exit code says only what the README promises
     ok = result.get("boxes_seen") == boxes and result.get("messages_lost") == 0
     return 0 if ok or seconds is None else 1
 

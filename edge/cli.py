@@ -56,8 +56,13 @@ def cmd_edge_check(args: argparse.Namespace) -> int:
 
     from edge.capture import CaptureConfig, CaptureError, CaptureSource
     from edge.frames import RATE_HZ
-    from edge.installcheck import check
+    from edge.installcheck import PART_MIN_S, check
 
+    if not PART_MIN_S <= args.cue_s <= args.seconds - PART_MIN_S:
+        raise _err(f"--cue-s {args.cue_s:g} with --seconds {args.seconds:g}: the agent must be "
+                   f"quiet for {PART_MIN_S:g} s before the cue and speak for {PART_MIN_S:g} s "
+                   f"after it; give a --cue-s from {PART_MIN_S:g} to "
+                   f"{args.seconds - PART_MIN_S:g}")
     device, far_device = args.device, args.far_device
     state_dir = None
     if args.config is not None:
@@ -212,6 +217,8 @@ def cmd_edge_update(args: argparse.Namespace) -> int:
 
 def register_cli(groups: dict[str, argparse._SubParsersAction]) -> None:
     """Add ``check`` and ``update`` to the ``edge`` command group."""
+    from miroir.cli import positive_float
+
     edge = groups["edge"]
     p = edge.add_parser("check", help="install check: levels, noise, clipping, swapped channels",
                         description=cmd_edge_check.__doc__)
@@ -220,9 +227,11 @@ def register_cli(groups: dict[str, argparse._SubParsersAction]) -> None:
                         "state_dir, which the prospect affect model requires")
     p.add_argument("--device", default=None, help="capture device name (overrides --config)")
     p.add_argument("--far-device", default=None, help="the line's mono device, if separate")
-    p.add_argument("--seconds", type=float, default=6.0, help="seconds to record (default 6)")
+    p.add_argument("--seconds", type=positive_float, default=6.0,
+                   help="seconds to record (default 6)")
     p.add_argument("--cue-s", type=float, default=2.0,
-                   help="second at which the agent is told to speak (default 2)")
+                   help="second at which the agent is told to speak, 1 s at least after the start "
+                        "and before the end (default 2)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_edge_check)
 

@@ -24,6 +24,9 @@ SPEECH_RISE_DB = 10.0
 """The agent's channel must rise this much after the cue for the agent to count as heard."""
 SWAP_MARGIN_DB = 6.0
 MAX_CLIPPED_RATIO = 0.001
+PART_MIN_S = 1.0
+"""Each part of the recording, quiet before the cue and speaking after it, lasts this at least:
+with none before it, room noise alone rose from nothing and counted as the agent heard."""
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,28 @@ def _memory_free_mb() -> float | None:
     return min(free) if free else None
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a count, a whole number of at least 1 (0 runs nothing and has no median)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a duration or a rate, a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
 UNEVEN_FILES_S = 1.0
 """Agent and line files whose lengths differ by this much are warned of (one is padded)."""
 
@@ -277,10 +299,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_bench_edge(args: argparse.Namespace) -> int:
     """Whole edge pipeline vs fp32 Silero VAD alone on real two-party audio (one thread)."""
-    from bench.edge import run
+    from bench.edge import ShortAudioError, run
 
-    print(json.dumps(run(seconds=args.seconds, repeats=args.repeats, affect=args.affect),
-                     indent=None if args.json else 2))
+    try:
+        result = run(seconds=args.seconds, repeats=args.repeats, affect=args.affect)
+    except ShortAudioError as exc:
+        raise CliError(f"--seconds {args.seconds:g}: {exc}") from None
+    print(json.dumps(result, indent=None if args.json else 2))
     return 0
 
 
@@ -402,8 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      required=True)
     p = bench_sub.add_parser("edge", help="edge pipeline cost against Silero alone (RTF, RSS)",
                              description=cmd_bench_edge.__doc__)
-    p.add_argument("--seconds", type=float, default=600.0, help="audio length (default 600)")
-    p.add_argument("--repeats", type=int, default=3, help="runs of each side (median)")
+    p.add_argument("--seconds", type=positive_float, default=600.0,
+                   help="audio length (default 600)")
+    p.add_argument("--repeats", type=positive_int, default=3,
+                   help="runs of each side, their median kept (default 3)")
     p.add_argument("--affect", action="store_true",
                    help="with the prospect affect stage on (as a campaign that discloses it)")
     p.add_argument("--json", action="store_true", help="one line of JSON")
@@ -414,13 +441,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench_accuracy)
     p = bench_sub.add_parser("latency", help="speech onset to the supervisor's page (chromium)",
                              description=cmd_bench_latency.__doc__)
-    p.add_argument("--samples", type=int, default=200, help="speech onsets measured (default 200)")
-    p.add_argument("--boxes", type=int, default=8, help="boxes speaking in parallel (default 8)")
+    p.add_argument("--samples", type=positive_int, default=200,
+                   help="speech onsets measured (default 200)")
+    p.add_argument("--boxes", type=positive_int, default=8,
+                   help="boxes speaking in parallel (default 8)")
     p.add_argument("--json", action="store_true", help="one line of JSON")
     p.set_defaults(func=cmd_bench_latency)
     p = bench_sub.add_parser("vad", help="Silero VAD variants side by side",
                              description=cmd_bench_vad.__doc__)
-    p.add_argument("--repeats", type=int, default=5, help="runs of each variant (median)")
+    p.add_argument("--repeats", type=positive_int, default=5,
+                   help="runs of each variant, their median kept (default 5)")
     p.add_argument("--json", action="store_true", help="one line of JSON")
     p.set_defaults(func=cmd_bench_vad)
     groups = {"root": sub, "edge": edge_sub, "dashboard": dash_sub, "models": models_sub,

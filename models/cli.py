@@ -95,6 +95,8 @@ def cmd_bench_affect(args: argparse.Namespace) -> int:
 def register_cli(groups: dict[str, argparse._SubParsersAction]) -> None:
     """Add ``models train affect``, ``models evaluate affect``, ``models convert vad`` and
     ``bench affect``."""
+    from miroir.cli import positive_int
+
     models = groups["models"]
     train = models.add_parser("train", help="train a model from the shared data sets",
                               description="Train a model; it writes the committed files and manifest.")
@@ -132,5 +134,6 @@ def register_cli(groups: dict[str, argparse._SubParsersAction]) -> None:
     p = groups["bench"].add_parser("affect", help="affect model inference time per window",
                                    description=cmd_bench_affect.__doc__)
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--repeats", type=int, default=2000, help="inferences per runtime (default 2000)")
+    p.add_argument("--repeats", type=positive_int, default=2000,
+                   help="inferences per runtime (default 2000)")
     p.set_defaults(func=cmd_bench_affect)

@@ -256,7 +256,8 @@ def register_cli(groups: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("--broker-host", required=True,
                    help="name or address the boxes use to reach the broker")
     p.add_argument("--port", type=int, default=8883, help="broker TLS port (default 8883)")
-    p.add_argument("--bind", default="0.0.0.0", help="address the broker listens on (default all)")
+    p.add_argument("--bind", default="0.0.0.0",
+                   help="address the broker listens on (default 0.0.0.0: every address)")
     p.add_argument("--extra-host", action="append",
                    help="another name or address of the broker (repeatable)")
     p.add_argument("--admin-user", default="admin",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,37 @@ def test_every_command_has_help_and_is_in_the_readme():
             if action.dest != "help" and not isinstance(action, argparse._SubParsersAction):
                 assert action.help, f"`miroir {name}` option {action.dest} has no help text"
         assert f"miroir {name}" in README, f"`miroir {name}` is not in the README"
+
+
+def _parsers(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()):
+    """``(command path, parser)`` for the top parser and every command under it."""
+    yield prefix, parser
+    for path, _, sub in _commands(parser, prefix):
+        if len(path) == len(prefix) + 1:
+            yield from _parsers(sub, path)
+
+
+def _default_text(value: object) -> str:
+    """A default as a help text writes it: 600.0 as 600."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def test_every_option_with_a_default_gives_it_in_its_help():
+    """`miroir bench edge --help` said "--repeats REPEATS  runs of each side (median)": how many
+    runs when it is left out, the help did not say (3), nor for `bench vad --repeats` (5) or
+    `dashboard user add --lang` (fr). Every option that has a default names it in its help."""
+    missing = []
+    for path, parser in _parsers(build_parser()):
+        for action in parser._actions:
+            if (action.required or action.default in (None, argparse.SUPPRESS, False)
+                    or isinstance(action, (argparse._HelpAction, argparse._VersionAction,
+                                           argparse._SubParsersAction))):
+                continue
+            text = action.help or ""
+            if not re.search(r"\bdefault\b", text) or _default_text(action.default) not in text:
+                missing.append(f"miroir {' '.join(path)} {'/'.join(action.option_strings)} "
+                               f"(default {_default_text(action.default)}): {text!r}")
+    assert not missing, "\n".join(missing)
 
 
 def test_help_runs_for_every_command():
@@ -299,3 +331,123 @@ def test_the_readme_names_every_module_of_the_box_and_of_provisioning() -> None:
         modules = {p.name for p in (root / folder).glob("*.py")} - {"__init__.py"}
         missing = {name for name in modules if f"`{name}`" not in row}
         assert not missing, f"README's {folder}/ row lacks {sorted(missing)}"
+
+
+def _code_spans(text: str) -> list[str]:
+    """The code of a markdown text: each fenced block (its lines continued by ``\\`` joined) and
+    each inline span."""
+    spans = []
+    for i, part in enumerate(text.split("```")):
+        if i % 2:  # a fenced block, after its language tag
+            spans.append(part.partition("\n")[2].replace("\\\n", " "))
+        else:
+            spans += re.findall(r"`([^`\n]+)`", part)
+    return spans
+
+
+_SHELL_STOP = re.compile(r"^(?:;|\||&&|>|<|#|\\\|)")
+"""A word that ends a command in a shell line (a markdown table writes a pipe as ``\\|``)."""
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _quoted_command_problems(text: str, parser: argparse.ArgumentParser) -> list[str]:
+    """Each `miroir` command (also `./run demo` and `.../bin/miroir`) quoted in ``text``'s code
+    whose command path or one of whose options the real ``parser`` lacks (nothing is run)."""
+    problems = []
+    for span in _code_spans(text):
+        for line in span.splitlines():
+            line = line.replace("./run demo", "miroir demo")
+            for m in re.finditer(r"(?:(?<![\w/.$-])|(?<=/bin/))miroir\s+(.*)", line):
+                words = m.group(1).replace("`", " ").split()
+                if not words or not re.fullmatch(r"-.*|[a-z][a-z-]*", words[0].strip("'\"")):
+                    continue  # prose, such as `mail -s miroir it@example.fr`
+                current, path, positional = parser, ["miroir"], False
+                for word in words:
+                    if _SHELL_STOP.match(word):
+                        break
+                    word_end = word.endswith(("'", ";"))  # the end of `sh -c '...'`
+                    word = word.strip("'\";")
+                    if word.startswith("--") or re.fullmatch(r"-[a-zA-Z]", word):
+                        if word.split("=")[0] not in current._option_string_actions:
+                            problems.append(f"`{' '.join(path)}` has no option "
+                                            f"{word.split('=')[0]}: {line.strip()}")
+                    elif not positional and word in _subcommands(current):
+                        current = _subcommands(current)[word]
+                        path.append(word)
+                    else:
+                        if _subcommands(current) and not positional:
+                            problems.append(f"`{' '.join(path)}` has no command {word!r}: "
+                                            f"{line.strip()}")
+                        positional = True
+                    if word_end:
+                        break
+    return problems
+
+
+def test_every_command_and_option_quoted_in_the_docs_exists() -> None:
+    """The commands quoted in README.md and docs/*.md were checked by hand, but for the README's
+    table: a renamed command or option left a guide telling site IT to type one that fails. Every
+    `miroir` command path and `--option` quoted in their code now exists in the real parser."""
+    root = Path(__file__).resolve().parents[1]
+    parser = build_parser()
+    # the check itself bites: a mistyped command, a missing option, one after `sh -c '...`
+    assert _quoted_command_problems(
+        "`miroir dashbaord serve` and\n```sh\nsudo miroir demo --bxoes 3 | tee log\n"
+        "sudo sh -c 'set -a; . env; exec miroir edge update --prevous'\n```", parser) == [
+        "`miroir` has no command 'dashbaord': miroir dashbaord serve",
+        "`miroir demo` has no option --bxoes: sudo miroir demo --bxoes 3 | tee log",
+        "`miroir edge update` has no option --prevous: sudo sh -c 'set -a; . env; exec miroir "
+        "edge update --prevous'"]
+    options: set[str] = set()
+    for _, sub in _parsers(parser):
+        options.update(sub._option_string_actions)
+    quoted = 0
+    problems = []
+    for doc in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        text = doc.read_text()
+        spans = _code_spans(text)
+        quoted += sum(len(re.findall(r"miroir\s+[a-z-]", s)) for s in spans)
+        problems += [f"{doc.name}: {p}" for p in _quoted_command_problems(text, parser)]
+        # an option quoted alone (`--days N`) is one of a miroir command's, or one the same
+        # document quotes with the script it belongs to (`python -m bench.cues --seeds 4`)
+        scripts = " ".join(s for s in spans if s.startswith("python -m "))
+        for span in spans:
+            m = re.fullmatch(r"(--[a-z][a-z0-9-]*)(?:[ =].*)?", span)
+            if m and m.group(1) not in options and not re.search(rf"{m.group(1)}\b", scripts):
+                problems.append(f"{doc.name}: `{span}` is no option of a command")
+    assert quoted >= 100
+    assert not problems, "\n".join(problems)
+
+
+def test_a_count_or_duration_that_is_not_positive_is_a_usage_error() -> None:
+    """`miroir bench vad --repeats 0` ran the models, then gave a traceback ("no median for empty
+    data"), exit 1; so did `bench affect --repeats 0`, `bench edge --seconds 0` (division by
+    zero) and `bench latency --samples 0` (after starting a broker and a dashboard), and `bench
+    edge --seconds 5` (a RuntimeError on its audio). They are refused as usage errors naming the
+    option, the first at once."""
+    cases = [("bench", "edge", "--repeats"), ("bench", "edge", "--seconds"),
+             ("bench", "vad", "--repeats"), ("bench", "affect", "--repeats"),
+             ("bench", "latency", "--samples"), ("bench", "latency", "--boxes")]
+    for *command, option in cases:
+        for value in ("0", "-2"):
+            proc = subprocess.run([sys.executable, "-m", "miroir", *command, option, value],
+                                  capture_output=True, text=True, timeout=60, check=False)
+            assert proc.returncode == 2, (command, option, value, proc.stderr[-2000:])
+            assert proc.stderr.splitlines()[-1] == (
+                f"miroir {' '.join(command)}: error: argument {option}: {value} is not a "
+                "positive number"), proc.stderr
+    # too short for the bench's two-party audio (each channel at least half speech): one line
+    proc = subprocess.run([sys.executable, "-m", "miroir", "bench", "edge", "--seconds", "5",
+                           "--repeats", "1"], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith(
+        "miroir: error: --seconds 5: the bench's audio is not at least half speech on each "
+        "channel over its first 5 s"), proc.stderr

@@ -232,7 +232,7 @@ def test_a_revoked_box_retired_leaves_the_dashboard_and_keeps_its_history(
     again = _guide_retire("box-002", site, settings, tmp_path)
     assert again.returncode == 0 and "already retired" in again.stdout, again.stderr
     unknown = _guide_retire("box-999", site, settings, tmp_path)
-    assert unknown.returncode == 2 and "not known to this dashboard" in unknown.stderr
+    assert unknown.returncode == 3 and "not known to this dashboard" in unknown.stderr
     assert "Traceback" not in unknown.stderr
 
 
@@ -266,3 +266,34 @@ def test_retiring_a_box_twice_says_when_with_the_servers_offset(tmp_path: Path) 
     assert f"already retired ({when.isoformat(sep=' ', timespec='minutes')})" in again.stdout, \
         again.stdout
     assert again.stdout.rstrip().endswith("+04:00)"), again.stdout
+
+
+def test_retiring_a_box_the_dashboard_never_knew_has_an_exit_code_of_its_own(
+        tmp_path: Path) -> None:
+    """A box id the dashboard never knew (a typo, a box never enrolled) exited 2, argparse's code
+    for a usage error, the same as a missing argument or bad settings: a script retiring a list
+    could not tell them apart. It exits 3 (nothing changed), as the README says; a malformed id
+    is still a usage error."""
+    db_path = tmp_path / "db.sqlite"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MIROIR_DASH_")},
+           "MIROIR_DASH_SITE": SITE, "MIROIR_DASH_DB_PATH": str(db_path)}
+    db = store.open_db(db_path)
+    try:
+        schema.ensure_schema(db)
+        schema.import_inventory(db, [{"box": "box-a", "seat": "A"}], site=SITE)
+    finally:
+        db.conn.close()
+
+    def retire(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "miroir", "dashboard", "retire", *args],
+                              env=env, capture_output=True, text=True, timeout=60)
+
+    unknown = retire("box-b")
+    assert (unknown.returncode, unknown.stderr) == (
+        3, "miroir: error: box box-b is not known to this dashboard (no seat, never heard); "
+           "nothing changed\n")
+    assert retire("Box B!").returncode == 2  # not a box id at all
+    assert retire().returncode == 2  # argparse: the box is missing
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    row = next(ln for ln in readme.splitlines() if ln.startswith("| `miroir dashboard retire"))
+    assert "3 when the dashboard never knew the box" in row, row

@@ -179,3 +179,36 @@ def test_a_check_holds_only_for_the_usb_adapters_it_was_made_with(tmp_path: Path
     assert why is not None and "1b3f:2008" in why and "run it again" in why
     save_verdict(state, "miroir_headset", None, report, proc_asound=proc)  # checked again
     assert verified(state, "miroir_headset", None, proc_asound=proc) is None
+
+
+@pytest.mark.parametrize("cue_s", [0.0, 5.0])
+def test_a_cue_that_leaves_no_quiet_or_no_speech_is_refused_before_recording(
+        alsa_home: AlsaHome, tmp_path: Path, cue_s: float,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`--cue-s 0`: nothing before the cue to compare with, so room noise alone counted as the
+    agent heard: a muted microphone passed the check, and its verdict unlocked the affect model.
+    `--cue-s 5` in a 4-s recording: the agent never told to speak, and blamed ("not heard:
+    check the headset microphone"), the failed verdict kept. Both are refused before anything is
+    recorded or kept, naming the range; so is a --seconds of 0 (a traceback)."""
+    rng = np.random.default_rng(2)
+    n = int(SECONDS * 16_000)
+    muted = rng.normal(0, 20, n).astype(np.int16)  # the agent's microphone: room noise alone
+    idle = rng.normal(0, 5, n).astype(np.int16)  # no call on the line
+    alsa_home.define("miroir_headset", write_raw(tmp_path / "headset.raw", muted, idle))
+    state = tmp_path / "state"
+    config = tmp_path / "box.toml"
+    config.write_text(f'site = "site-a"\nbox = "box-a"\nstate_dir = "{state}"\n'
+                      'capture_device = "miroir_headset"\n')
+    rc = main(["edge", "check", "--config", str(config), "--seconds", str(SECONDS),
+               "--cue-s", str(cue_s), "--json"])
+    out, err = capsys.readouterr()
+    assert (rc, out) == (2, ""), (rc, out)
+    assert err.splitlines()[-1] == (
+        f"miroir: error: --cue-s {cue_s:g} with --seconds {SECONDS:g}: the agent must be quiet "
+        "for 1 s before the cue and speak for 1 s after it; give a --cue-s from 1 to "
+        f"{SECONDS - 1:g}"), err
+    assert not (state / "install-check.json").exists()
+    with pytest.raises(SystemExit) as usage:
+        main(["edge", "check", "--config", str(config), "--seconds", "0"])
+    assert usage.value.code == 2
+    assert "argument --seconds: 0 is not a positive number" in capsys.readouterr().err
