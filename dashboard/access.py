@@ -29,11 +29,6 @@ class User:
     lang: str = "fr"
 
     @property
-    def sees_everything(self) -> bool:
-        """Admins see every agent."""
-        return self.role == "admin"
-
-    @property
     def supervises(self) -> bool:
         """Admins and supervisors coach agents (flags, goals)."""
         return self.role in ("admin", "supervisor")
