@@ -47,7 +47,6 @@ BIN_HZ = RATE_HZ / FRAME_SAMPLES
 
 SPEECH, RINGBACK, BUSY, BEEP, MUSIC, SILENCE, DEAD = (
     "speech", "ringback", "busy", "beep", "music", "silence", "dead")
-CLASSES = (SPEECH, RINGBACK, BUSY, BEEP, MUSIC, SILENCE, DEAD)
 VETO_CLASSES = frozenset({RINGBACK, BUSY, BEEP, MUSIC, DEAD})
 """Classes that must never count as prospect speech (silence is left to the VAD)."""
 
@@ -191,7 +190,7 @@ class FarEnd:
     def reset(self) -> None:
         """Forget everything: back to ``silence`` at frame 0."""
         self.label = SILENCE
-        """Current class (one of :data:`CLASSES`)."""
+        """Current class (one of the seven above, the wire's ``FAR_KINDS``)."""
         self.since_frame = 0
         """Frame index (from 0) where the current label starts, back-dated when confirmed late."""
         self.revised: list[tuple[int, str]] = []

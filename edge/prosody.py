@@ -90,8 +90,6 @@ class HopTrack:
     """RMS level over the 30 ms analysis window (0 dBFS = full-scale square wave)."""
     hnr_db: np.ndarray
     """Harmonics-to-noise ratio from the normalized correlation at the period; NaN where unvoiced."""
-    periodicity: np.ndarray
-    """1 - aperiodicity at the period (0 on quiet hops)."""
     syllabic_db: np.ndarray
     """Mean amplitude of 11 bands from 250 to 3600 Hz over the centred 30 ms window, dB; the full
     level on quiet hops. Syllable nuclei are its peaks (see :mod:`edge.rate`)."""
@@ -414,7 +412,6 @@ class Prosody:
     def reset(self) -> None:
         """Forget all audio and history."""
         self._dz = np.zeros(15, dtype=np.float32)  # decimator input, left-padded with 15 zeros
-        self._dz_base = 0  # index in the padded stream of self._dz[0] (always even)
         self._x8 = np.zeros(_LEFT8, dtype=np.float32)  # 8 kHz samples, self._x8[0] is sample _x8_base
         self._x8_base = -_LEFT8
         self._x16 = np.zeros(0, dtype=np.float32)  # 16 kHz samples kept for cycle picking
@@ -470,7 +467,6 @@ class Prosody:
             self._x8 = np.concatenate([self._x8, _decimate(self._dz, m)])
             used = 2 * m
             self._dz = self._dz[used:]
-            self._dz_base += used
 
     def _ready_hops(self) -> int:
         end8 = self._x8_base + len(self._x8)
@@ -526,7 +522,7 @@ class Prosody:
         self._lf_context = np.concatenate(
             [self._lf_context, np.where(voiced[loud], np.log2(np.where(f0 > 0, f0, 1.0))[loud], np.nan)]
         )[-_OCTAVE_HALF:]
-        track = HopTrack(t_s, f0, voiced, level, hnr, np.where(loud, 1.0 - aper, 0.0), syl, change)
+        track = HopTrack(t_s, f0, voiced, level, hnr, syl, change)
         self._tracks.append(track)
         self._cycles_from(track, k0)
         self._next_hop = k0 + n
@@ -575,7 +571,7 @@ class Prosody:
         arrays are read-only views (callers copy before changing them)."""
         if not self._tracks:
             z = np.zeros(0)
-            return HopTrack(z, z, np.zeros(0, dtype=bool), z, z, z, z, z)
+            return HopTrack(z, z, np.zeros(0, dtype=bool), z, z, z, z)
         if self._joined_n < len(self._tracks):
             parts = self._tracks[self._joined_n:]
             if self._joined is not None:
