@@ -210,7 +210,6 @@ class RevokeResult:
 
     box: str
     serials: list[str]
-    reloaded: bool
     kicked: bool
     duration_s: float
     status_cleared: bool = False
@@ -487,7 +486,7 @@ class Site:
         serials = [_hex_serial(c) for c in certs]
         log.info("revoked box %s (serials %s); kicked: %s; retained status cleared: %s", box,
                  ", ".join(serials), kicked, cleared)
-        return RevokeResult(box, serials, True, kicked, time.monotonic() - start, cleared)
+        return RevokeResult(box, serials, kicked, time.monotonic() - start, cleared)
 
     @_exclusive
     def rotate(self, box: str, *, days: int = BOX_CERT_DAYS) -> Path:
