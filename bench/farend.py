@@ -23,6 +23,7 @@ import numpy as np
 from edge.farend import (
     BEEP,
     BUSY,
+    DEAD,
     FRAME_S,
     FRAME_SAMPLES,
     MUSIC,
@@ -37,8 +38,6 @@ from edge.farend import (
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 RATE = 16_000
 IGNORE = "ignore"
-DEAD = "dead"
-TONES = (RINGBACK, BUSY, BEEP)
 NON_SPEECH = (RINGBACK, BUSY, BEEP, MUSIC)
 NOISES = ("doing_the_dishes", "running_tap", "exercise_bike", "dude_miaowing", "pink_noise",
           "white_noise")
