@@ -14,15 +14,12 @@ over the last seconds); :func:`analyze_clip` runs it over a whole recording.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
 
 from edge import rate as rate_mod
-
-log = logging.getLogger(__name__)
 
 RATE_HZ = 16_000
 """Input sample rate."""
