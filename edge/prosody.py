@@ -58,9 +58,9 @@ _BATCH_SAMPLES = 16384
 _PULSE_BOX = 21
 """Cycle peaks are picked on the waveform smoothed twice by this moving average (a 2.5 ms triangle)."""
 _MATCH_LAGS = 8
+"""Waveform matching searches the next cycle within this many samples of the picked peak."""
 _NMS_PERIODS = 0.5
 """A cycle mark is the highest waveform maximum within this many periods on each side."""
-"""Waveform matching searches the next cycle within this many samples of the picked peak."""
 _SYL_EDGES = (np.array([250, 400, 550, 700, 900, 1100, 1350, 1650, 2000, 2500, 3000, 3600]) * _NFFT
               / _SR8).astype(int)
 """Bin edges of the 11 bands (250-3600 Hz, roughly critical-band wide) of the syllabic envelope."""
