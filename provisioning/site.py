@@ -153,8 +153,8 @@ def check_host(value: str, what: str = "host") -> str:
 
 
 def admin_identity(site: str) -> str:
-    """CN of the identity sites made before 0.2 gave the provisioning tool (denied every topic in
-    the ACL; no longer issued)."""
+    """CN of the standing identity that site-init gave the provisioning tool before revocation cut
+    a box with a one-time certificate (no longer issued; still denied every topic in the ACL)."""
     return f"admin_{wire.check_id(site, 'site')}"
 
 
