@@ -45,7 +45,7 @@ def load_user(db: sqlite_utils.Database, username: str) -> User:
     return User(username, str(row[0]), row[1], teams, row[2] or "fr")
 
 
-def not_found(what: str = "object") -> HTTPException:
+def not_found(what: str) -> HTTPException:
     """The single answer for "does not exist" and "not yours"."""
     return HTTPException(status_code=404, detail=f"{what} not found")
 

@@ -410,8 +410,7 @@ def translate(lang: str, key: str) -> str:
 
 
 NOUNS_FR = {"agent": "agent", "box": "boîtier", "call": "appel", "campaign": "campagne",
-            "flag": "moment signalé", "goal": "objectif", "object": "élément", "team": "équipe",
-            "variant": "variante"}
+            "flag": "moment signalé", "goal": "objectif", "team": "équipe", "variant": "variante"}
 """What ``access.not_found(what)`` names, in French."""
 
 DETAILS_FR: list[tuple[re.Pattern[str], str]] = [(re.compile(pattern), fr) for pattern, fr in (
