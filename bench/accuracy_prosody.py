@@ -409,7 +409,7 @@ def rate_cv_figures(step: int = 1) -> dict[str, Any]:
                 setattr(rate_mod, k, v)
             for c, tr in enumerate(tracks):
                 nuclei = rate_mod.syllable_nuclei(tr.t_s, tr.syllabic_db, tr.voiced)
-                est[p, c] = rate_mod.articulation_rate(nuclei, tr.t_s, tr.voiced) or 0.0
+                est[p, c] = rate_mod.articulation_rate(nuclei, tr.t_s) or 0.0
     finally:
         for k, v in zip(keys, shipped, strict=True):
             setattr(rate_mod, k, v)

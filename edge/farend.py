@@ -321,7 +321,7 @@ class FarEnd:
                 return
             if self._dead_run >= cfg.dead_frames and self.label != DEAD:
                 self._reset_context()
-                self._set(DEAD, max(i - self._dead_run + 1, self._cadence_end(i)))
+                self._set(DEAD, max(i - self._dead_run + 1, self._cadence_end()))
             return
         self._dead_run = 0
         quiet = level < cfg.silence_dbfs
@@ -370,7 +370,7 @@ class FarEnd:
             self._cadence = None
             self._set(SPEECH, self._active_start)
 
-    def _cadence_end(self, i: int) -> int:
+    def _cadence_end(self) -> int:
         """First frame after the off period of the current ringback or busy label."""
         if self.label not in (RINGBACK, BUSY):
             return 0
@@ -380,7 +380,7 @@ class FarEnd:
 
     def _in_cadence(self, i: int) -> bool:
         """True while frame ``i`` is within the off period of a ringback or busy cadence."""
-        return self.label in (RINGBACK, BUSY) and i < self._cadence_end(i)
+        return self.label in (RINGBACK, BUSY) and i < self._cadence_end()
 
     def _reset_context(self) -> None:
         self._cadence = None

@@ -648,7 +648,7 @@ def functionals(tr: HopTrack, cycles: list[tuple[float, np.ndarray, np.ndarray, 
     jitter = float(dp.mean() / per.mean()) if len(dp) >= 5 and len(per) else None
     shimmer = float(da.mean() / np.abs(am).mean()) if len(da) >= 5 and len(am) else None
     syl = rate_mod.syllable_nuclei(tr.t_s, tr.syllabic_db, v)
-    art = rate_mod.articulation_rate(syl, tr.t_s, v)
+    art = rate_mod.articulation_rate(syl, tr.t_s)
     pauses = rate_mod.pauses(tr.t_s, tr.level_dbfs, v)
     n_p = len(pauses)
     hes = rate_mod.hesitations(tr.t_s, tr.f0_hz, v, tr.spectral_change_db)
