@@ -18,13 +18,13 @@ import functools
 import json
 import re
 import statistics
-import wave
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bench.common import SHARED as DATA
+from bench.common import read_wav
 from edge.conversation import (
     AGENT,
     PROSPECT,
@@ -36,7 +36,6 @@ from edge.conversation import (
     Response,
 )
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 EMODB = DATA / "emodb"
 NOISE = DATA / "noise"
 NOISY_LINE_DBFS = -45.0
@@ -75,13 +74,6 @@ def speech_span(name: str) -> tuple[float, float] | None:
     if not phones or not ends or phones[0][1] in (".", "("):
         return None
     return phones[0][0], ends[-1]
-
-
-def read_wav(path: Path) -> np.ndarray:
-    """Mono 16-bit WAV as float32 in +-1.0."""
-    with wave.open(str(path)) as w:
-        raw = w.readframes(w.getnframes())
-    return np.frombuffer(raw, dtype=np.int16).astype(np.float32) / 32768.0
 
 
 def _rms_db(x: np.ndarray) -> float:

@@ -21,26 +21,18 @@ from typing import Any
 
 import numpy as np
 
+from bench.common import SHARED as DATA
+from bench.common import read_wav
 from edge.prosody import HOP_S, HopTrack, Prosody, analyze_clip
 
 log = logging.getLogger(__name__)
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 EMODB = DATA / "emodb"
 NOISE = DATA / "noise"
 CLIP_S = 2.0
 GPE_TOLERANCE = 0.2
 NOISE_SNR_DB = 10.0
 TEMPO_FACTORS = (0.8, 1.25)
-
-
-def read_wav(path: Path) -> np.ndarray:
-    """Mono 16-bit WAV as float32 in +-1.0."""
-    with wave.open(str(path)) as w:
-        raw = w.readframes(w.getnframes())
-        ch = w.getnchannels()
-    x = np.frombuffer(raw, dtype=np.int16).astype(np.float32) / 32768.0
-    return x.reshape(-1, ch)[:, 0] if ch > 1 else x
 
 
 def clip_names(step: int = 1) -> list[str]:
@@ -417,7 +409,7 @@ def rate_cv_figures(step: int = 1) -> dict[str, Any]:
                 setattr(rate_mod, k, v)
             for c, tr in enumerate(tracks):
                 nuclei = rate_mod.syllable_nuclei(tr.t_s, tr.syllabic_db, tr.voiced)
-                est[p, c] = rate_mod.articulation_rate(nuclei, tr.t_s, tr.voiced) or 0.0
+                est[p, c] = rate_mod.articulation_rate(nuclei, tr.t_s) or 0.0
     finally:
         for k, v in zip(keys, shipped, strict=True):
             setattr(rate_mod, k, v)

@@ -1,9 +1,11 @@
-"""Shared helpers for benchmarks and accuracy reports: data paths, AMI labels, AUC, medians."""
+"""Shared helpers for benchmarks and accuracy reports: data paths, WAV reading, AMI labels, AUC,
+medians."""
 
 from __future__ import annotations
 
 import statistics
 import time
+import wave
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,15 @@ SHARED = REPO.parent / "shared" / "data"
 AMI = SHARED / "ami"
 HEADSETS = SHARED / "ami-headsets"
 FRAME_S = 0.032
+
+
+def read_wav(path: Path) -> np.ndarray:
+    """A 16-bit WAV's first channel as float32 in +-1.0."""
+    with wave.open(str(path)) as w:
+        raw = w.readframes(w.getnframes())
+        ch = w.getnchannels()
+    x = np.frombuffer(raw, dtype=np.int16).astype(np.float32) / 32768.0
+    return x.reshape(-1, ch)[:, 0] if ch > 1 else x
 
 
 def ami_turns() -> dict[str, list[tuple[float, float]]]:

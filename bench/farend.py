@@ -13,16 +13,17 @@ import functools
 import json
 import statistics
 import time
-import wave
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bench.common import SHARED as DATA
+from bench.common import read_wav
 from edge.farend import (
     BEEP,
     BUSY,
+    DEAD,
     FRAME_S,
     FRAME_SAMPLES,
     MUSIC,
@@ -34,25 +35,11 @@ from edge.farend import (
     frame_labels,
 )
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 RATE = 16_000
 IGNORE = "ignore"
-DEAD = "dead"
-TONES = (RINGBACK, BUSY, BEEP)
 NON_SPEECH = (RINGBACK, BUSY, BEEP, MUSIC)
 NOISES = ("doing_the_dishes", "running_tap", "exercise_bike", "dude_miaowing", "pink_noise",
           "white_noise")
-
-
-def read_wav(path: Path) -> np.ndarray:
-    """Mono 16-bit WAV as float32 in +-1.0."""
-    with wave.open(str(path)) as w:
-        raw = w.readframes(w.getnframes())
-    return np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
-
-
-def _rms_db(x: np.ndarray) -> float:
-    return float(10 * np.log10(np.mean(x.astype(np.float64) ** 2) + 1e-20))
 
 
 def scale_to(x: np.ndarray, dbfs: float) -> np.ndarray:

@@ -29,11 +29,6 @@ class User:
     lang: str = "fr"
 
     @property
-    def sees_everything(self) -> bool:
-        """Admins see every agent."""
-        return self.role == "admin"
-
-    @property
     def supervises(self) -> bool:
         """Admins and supervisors coach agents (flags, goals)."""
         return self.role in ("admin", "supervisor")
@@ -50,7 +45,7 @@ def load_user(db: sqlite_utils.Database, username: str) -> User:
     return User(username, str(row[0]), row[1], teams, row[2] or "fr")
 
 
-def not_found(what: str = "object") -> HTTPException:
+def not_found(what: str) -> HTTPException:
     """The single answer for "does not exist" and "not yours"."""
     return HTTPException(status_code=404, detail=f"{what} not found")
 

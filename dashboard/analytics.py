@@ -268,17 +268,12 @@ def daily_means(db: sqlite_utils.Database, agent: str, metric: str,
     return sorted((day, total / n) for day, (total, n) in sums.items())
 
 
-def team_mean(db: sqlite_utils.Database, team: str, metric: str) -> tuple[float | None, int]:
-    """Mean of ``metric`` over the team's agent-days, and how many agents are behind it: each
-    agent-day is its stored mean and its rows ingested since, weighted by count (as
-    :func:`daily_means`), so the days past the purge and the recent ones both count."""
-    return team_means(db, team).get(metric, (None, 0))
-
-
 def team_means(db: sqlite_utils.Database, team: str) -> dict[str, tuple[float | None, int]]:
-    """:func:`team_mean` of every metric: the team's stored daily means (:func:`roll_up`) and,
-    in one read, the rows ingested since each box's mark (the last hour's), never the per-second
-    rows of the whole retention period."""
+    """Each metric's mean over the team's agent-days, and how many agents are behind it: each
+    agent-day is its stored mean (:func:`roll_up`) and, in one read, its rows ingested since its
+    box's mark (the last hour's), weighted by count (as :func:`daily_means`), so the days past the
+    purge and the recent ones both count, never the per-second rows of the whole retention
+    period."""
     names = metric_names(db)
     days: dict[str, dict[tuple[str, str], tuple[float, int]]] = {n: {} for n in names}
     with _snapshot(db):

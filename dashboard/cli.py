@@ -14,15 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from miroir.cli import CliError
+
 UNKNOWN_BOX_EXIT = 3
 """``retire``'s exit code when the dashboard never knew the box (nothing changed): not 2, the code
 of a usage error, so that a script retiring a list tells a typo from a wrong command."""
-
-
-def _error(message: str, exit_code: int = 2) -> Exception:
-    from miroir.cli import CliError
-
-    return CliError(message, exit_code)
 
 
 def _settings() -> Any:
@@ -31,7 +27,7 @@ def _settings() -> Any:
     try:
         return DashboardSettings()
     except ValueError as exc:
-        raise _error(f"dashboard settings (MIROIR_DASH_*): {exc}") from None
+        raise CliError(f"dashboard settings (MIROIR_DASH_*): {exc}") from None
 
 
 def _db(settings: Any) -> Any:
@@ -53,15 +49,15 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     else:
         password = getpass.getpass(f"password for {args.username}: ")
     if len(password) < 12:
-        raise _error("the password must be at least 12 characters")
+        raise CliError("the password must be at least 12 characters")
     db = _db(_settings())
     try:
         auth.create_user(db, args.username, password, args.role, agent=args.agent,
                          teams=args.team or [], lang=args.lang)
     except ValueError as exc:
-        raise _error(str(exc)) from None
+        raise CliError(str(exc)) from None
     except Exception as exc:  # sqlite IntegrityError: the name exists
-        raise _error(f"could not add {args.username!r}: {exc}") from None
+        raise CliError(f"could not add {args.username!r}: {exc}") from None
     finally:
         db.conn.close()
     print(f"added {args.role} {args.username}")
@@ -80,7 +76,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     try:
         n = schema.import_inventory(db, rows, site=settings.site, actor=_actor())
     except (KeyError, ValueError) as exc:
-        raise _error(f"{args.csv}: {exc}") from None
+        raise CliError(f"{args.csv}: {exc}") from None
     finally:
         db.conn.close()
     print(f"imported {n} seats")
@@ -109,9 +105,9 @@ def cmd_retire(args: argparse.Namespace) -> int:
     try:
         out = schema.retire_box(db, args.box, actor=_actor())
     except WireError as exc:  # not a box id at all: a usage error
-        raise _error(str(exc)) from None
+        raise CliError(str(exc)) from None
     except ValueError as exc:  # a box id this dashboard never knew
-        raise _error(f"{exc}; nothing changed", UNKNOWN_BOX_EXIT) from None
+        raise CliError(f"{exc}; nothing changed", UNKNOWN_BOX_EXIT) from None
     finally:
         db.conn.close()
     if not out["retired"]:
@@ -150,9 +146,9 @@ def cmd_backup(args: argparse.Namespace) -> int:
     try:
         path = retention.backup(_settings().db_path, Path(args.dest))
     except (FileExistsError, ValueError) as exc:
-        raise _error(str(exc)) from None
+        raise CliError(str(exc)) from None
     except (OSError, sqlite3.Error) as exc:
-        raise _error(f"cannot write the backup {args.dest}: {exc}") from None
+        raise CliError(f"cannot write the backup {args.dest}: {exc}") from None
     print(f"backup written to {path}")
     return 0
 
@@ -162,14 +158,14 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from dashboard import retention
 
     if not Path(args.source).is_file():
-        raise _error(f"{args.source}: no such backup")
+        raise CliError(f"{args.source}: no such backup")
     db_path = _settings().db_path
     try:
         retention.restore(Path(args.source), db_path)
     except ValueError as exc:
-        raise _error(str(exc)) from None
+        raise CliError(str(exc)) from None
     except (OSError, sqlite3.Error) as exc:
-        raise _error(f"cannot restore into {db_path}: {exc}") from None
+        raise CliError(f"cannot restore into {db_path}: {exc}") from None
     print(f"restored {args.source}")
     return 0
 

@@ -79,12 +79,10 @@ STRINGS: dict[str, tuple[str, str]] = {
     "live.up": ("En direct", "Live"),
     "live.down": ("Déconnecté", "Disconnected"),
     "seat.updated": ("Mis à jour", "Updated"),
-    "seat.ago": ("il y a", ""),
     "seat.never": ("jamais vu", "never seen"),
     "seat.fatigue": ("Fatigue", "Fatigue"),
     "seat.bars_30s": ("Parole, 30 dernières s", "Speech, last 30 s"),
     "seat.bars_1s": ("Parole, dernière seconde", "Speech, last second"),
-    "seat.open": ("Ouvrir", "Open"),
     "agent.title": ("Agent", "Agent"),
     "agent.seat": ("Poste", "Seat"),
     "agent.team": ("Équipe", "Team"),
@@ -122,7 +120,6 @@ STRINGS: dict[str, tuple[str, str]] = {
                                 "Prospect analysis off: its model could not be loaded"),
     "agent.truncated": ("Trop de mesures pour les montrer toutes : les courbes commencent à",
                         "Too many measurements to show them all: the charts start at"),
-    "agent.cues": ("Signaux", "Cues"),
     "agent.calls": ("Appels", "Calls"),
     "agent.call_start": ("Début", "Start"),
     "agent.call_campaign": ("Campagne", "Campaign"),
@@ -207,7 +204,6 @@ STRINGS: dict[str, tuple[str, str]] = {
     "agent.export_all": ("Toutes mes données (JSON)", "All my data (JSON)"),
     "agent.back_live": ("Retour au direct", "Back to live"),
     "agent.replay": ("Rejouer", "Replay"),
-    "agent.outcome": ("Issue", "Outcome"),
     "agent.tag": ("Enregistrer", "Save"),
     "agent.by": ("par", "by"),
     "outcome.meeting": ("Rendez-vous", "Meeting booked"),
@@ -283,7 +279,6 @@ STRINGS: dict[str, tuple[str, str]] = {
     "campaign.variants": ("Variantes, une par ligne : Nom | texte",
                           "Variants, one per line: Name | text"),
     "campaign.submit": ("Créer la campagne", "Create the campaign"),
-    "campaign.add_variant": ("Ajouter une variante", "Add a variant"),
     "campaign.variant_name": ("Nom de la variante", "Variant name"),
     "campaign.variant_text": ("Accroche ou argumentaire", "Opener or pitch"),
     "campaign.add": ("Ajouter", "Add"),
@@ -391,7 +386,6 @@ STRINGS: dict[str, tuple[str, str]] = {
     "action.read_box_metrics": ("a consulté les mesures du poste", "read the seat's metrics"),
     "action.retire_box": ("a retiré un boîtier", "retired a box"),
     "action.assign_seat": ("a attribué le poste", "gave the seat"),
-    "chart.cue": ("signal", "cue"),
     "chart.turns": ("Tours de parole", "Turn-taking"),
     "chart.flag": ("moment signalé", "flagged moment"),
     "chart.latest": ("dernière valeur", "latest value"),
@@ -416,8 +410,7 @@ def translate(lang: str, key: str) -> str:
 
 
 NOUNS_FR = {"agent": "agent", "box": "boîtier", "call": "appel", "campaign": "campagne",
-            "flag": "moment signalé", "goal": "objectif", "object": "élément", "team": "équipe",
-            "variant": "variante"}
+            "flag": "moment signalé", "goal": "objectif", "team": "équipe", "variant": "variante"}
 """What ``access.not_found(what)`` names, in French."""
 
 DETAILS_FR: list[tuple[re.Pattern[str], str]] = [(re.compile(pattern), fr) for pattern, fr in (

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 DEFAULT_QUEUE_SIZE = 512
 

@@ -214,11 +214,6 @@ def metrics_csv_chunks(db: sqlite_utils.Database, agents: list[str],
     yield buf.getvalue()
 
 
-def metrics_csv(db: sqlite_utils.Database, agents: list[str], since_ts: float = 0.0) -> str:
-    """:func:`metrics_csv_chunks` as one string (small exports, tests)."""
-    return "".join(metrics_csv_chunks(db, agents, since_ts))
-
-
 def utc_iso(ts: float) -> str:
     """Seconds since the epoch as an ISO 8601 UTC time, to the second (``2026-11-28T15:12:59Z``)."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

@@ -4,8 +4,7 @@ from demo.calls import (
     DemoCall,
     DemoToolError,
     build_calls,
-    per_second_truth,
     speech_ratio_truth,
 )
 
-__all__ = ["DemoCall", "DemoToolError", "build_calls", "per_second_truth", "speech_ratio_truth"]
+__all__ = ["DemoCall", "DemoToolError", "build_calls", "speech_ratio_truth"]

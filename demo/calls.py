@@ -438,17 +438,3 @@ def speech_ratio_truth(segments: Sequence[Sequence[float]], start_s: float, end_
         return 0.0
     covered = sum(max(0.0, min(e, end_s) - max(s, start_s)) for s, e in segments)
     return min(1.0, covered / (end_s - start_s))
-
-
-def per_second_truth(segments: Sequence[Sequence[float]], duration_s: float) -> list[float]:
-    """Speech fraction of each whole second ``[k, k+1)`` of a call.
-
-    Args:
-        segments: ``[start_s, end_s]`` pairs in seconds, non-overlapping.
-        duration_s: Call duration in seconds (a trailing partial second is included).
-
-    Returns:
-        One fraction in [0, 1] per second.
-    """
-    n = int(duration_s) + (1 if duration_s > int(duration_s) else 0)
-    return [speech_ratio_truth(segments, k, min(k + 1.0, duration_s)) for k in range(n)]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from edge.publisher import RECONNECT_MAX_S
 from edge.update import INSTALL_ROOTS
+from miroir.cli import CliError
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +36,6 @@ EXIT_BROKER_UNREACHABLE = 5
 running release is the one before (nothing changed, or switched back): run it again later."""
 
 
-def _err(msg: str, exit_code: int = 2) -> Exception:
-    from miroir.cli import CliError
-
-    return CliError(msg, exit_code)
-
-
 def _os_error(exc: OSError, bundle: Path | None) -> str:
     """One line for a file error of ``edge update``: the file at fault (the bundle, or the
     releases' own files), and sudo when the command was run without root."""
@@ -59,10 +54,10 @@ def cmd_edge_check(args: argparse.Namespace) -> int:
     from edge.installcheck import PART_MIN_S, check
 
     if not PART_MIN_S <= args.cue_s <= args.seconds - PART_MIN_S:
-        raise _err(f"--cue-s {args.cue_s:g} with --seconds {args.seconds:g}: the agent must be "
-                   f"quiet for {PART_MIN_S:g} s before the cue and speak for {PART_MIN_S:g} s "
-                   f"after it; give a --cue-s from {PART_MIN_S:g} to "
-                   f"{args.seconds - PART_MIN_S:g}")
+        raise CliError(f"--cue-s {args.cue_s:g} with --seconds {args.seconds:g}: the agent must be "
+                       f"quiet for {PART_MIN_S:g} s before the cue and speak for {PART_MIN_S:g} s "
+                       f"after it; give a --cue-s from {PART_MIN_S:g} to "
+                       f"{args.seconds - PART_MIN_S:g}")
     device, far_device = args.device, args.far_device
     state_dir = None
     if args.config is not None:
@@ -71,18 +66,18 @@ def cmd_edge_check(args: argparse.Namespace) -> int:
         try:
             cfg = edge_settings.load(args.config)
         except edge_settings.SettingsError as exc:
-            raise _err(str(exc)) from None
+            raise CliError(str(exc)) from None
         if device is None:
             device, far_device = cfg.capture_device, cfg.capture_far_device
         state_dir = cfg.state_dir
     if device is None:
-        raise _err("give --device (see `miroir edge devices`) or --config with capture_device")
+        raise CliError("give --device (see `miroir edge devices`) or --config with capture_device")
     source = CaptureSource(CaptureConfig(device=device, far_device=far_device,
                                          max_seconds=args.seconds))
     try:
         source.open()  # a missing device is said now, with the devices there are, not in 12 s
     except CaptureError as exc:
-        raise _err(str(exc)) from None
+        raise CliError(str(exc)) from None
     print(f"recording {args.seconds:.0f} s: stay quiet, and speak when told "
           f"(at {args.cue_s:.0f} s)", file=sys.stderr)
     blocks = []
@@ -99,12 +94,12 @@ def cmd_edge_check(args: argparse.Namespace) -> int:
             if got >= args.seconds * RATE_HZ or time.monotonic() - start > args.seconds + 10:
                 break
     except CaptureError as exc:
-        raise _err(str(exc)) from None
+        raise CliError(str(exc)) from None
     finally:
         source.close()
     if got < args.seconds * RATE_HZ * 0.9:
         why = f": {source.last_error}" if source.last_error else ""
-        raise _err(f"only {got / RATE_HZ:.1f} s of audio came from {device}{why}")
+        raise CliError(f"only {got / RATE_HZ:.1f} s of audio came from {device}{why}")
     audio = np.concatenate(blocks, axis=1)
     del blocks
     report = check(audio[0], audio[1], args.cue_s)
@@ -156,20 +151,20 @@ def cmd_edge_update(args: argparse.Namespace) -> int:
 
     updater = Updater(args.root)
     if updater.current_version() is None:  # a mistyped --root: never start a second releases folder
-        raise _err(f"{args.root} holds no running release (no {updater.current}): check --root "
+        raise CliError(f"{args.root} holds no running release (no {updater.current}): check --root "
                    f"(a box keeps its releases in {DEFAULT_RELEASES}); nothing changed", EXIT_REFUSED)
     if args.recover:
         try:
             print(f"running release: {updater.recover()}")
         except OSError as exc:
-            raise _err(_os_error(exc, None), EXIT_REFUSED) from None
+            raise CliError(_os_error(exc, None), EXIT_REFUSED) from None
         return 0
     if (args.bundle is None) == (not args.previous):
-        raise _err("give a release bundle, or --previous, or --recover")
+        raise CliError("give a release bundle, or --previous, or --recover")
     try:
         key = b"" if args.previous else args.key.read_bytes()
     except OSError as exc:
-        raise _err(f"release key {args.key}: {exc.strerror}") from None
+        raise CliError(f"release key {args.key}: {exc.strerror}") from None
 
     def restart() -> None:
         # (the unit's own start timeout is 60 s: a new agent that never gets ready times out
@@ -204,13 +199,13 @@ def cmd_edge_update(args: argparse.Namespace) -> int:
                                       allow_downgrade=args.allow_downgrade,
                                       broker=reaches_broker, even_if_offline=args.even_if_offline)
     except BrokerUnreachable as exc:
-        raise _err(str(exc), EXIT_BROKER_UNREACHABLE) from None
+        raise CliError(str(exc), EXIT_BROKER_UNREACHABLE) from None
     except RolledBack as exc:
-        raise _err(str(exc), EXIT_ROLLED_BACK) from None
+        raise CliError(str(exc), EXIT_ROLLED_BACK) from None
     except UpdateError as exc:
-        raise _err(str(exc), EXIT_REFUSED) from None
+        raise CliError(str(exc), EXIT_REFUSED) from None
     except OSError as exc:
-        raise _err(_os_error(exc, args.bundle), EXIT_REFUSED) from None
+        raise CliError(_os_error(exc, args.bundle), EXIT_REFUSED) from None
     print(f"running release {version}")
     return 0
 

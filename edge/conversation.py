@@ -122,7 +122,6 @@ PROSPECT = "far"
 ROLE = {AGENT: "agent", PROSPECT: "prospect"}
 BOTH = "both"
 """Starter of an overlap in which both sides started speaking together."""
-CALL_END_REASONS = ("silence", "signal", "hangup", "voicemail", "end_of_stream")
 MAX_HOLDS = 64
 """Most holds a call keeps one by one (:meth:`Conversation._trim_holds`): a call-state input that
 flips hold and active without ending the call (a softphone's every media event) added one per
@@ -235,9 +234,9 @@ class CallSummary:
     start_s: float
     end_s: float
     end_reason: str
-    """One of :data:`CALL_END_REASONS`: the line fell silent, a call-state signal, the prospect
-    hung up (a busy tone), a voicemail's beep (its far speech was a greeting), or the recording
-    ended."""
+    """``silence``, ``signal``, ``hangup``, ``voicemail`` or ``end_of_stream`` (the wire's
+    ``call_end_reason``): the line fell silent, a call-state signal, the prospect hung up (a busy
+    tone), a voicemail's beep (its far speech was a greeting), or the recording ended."""
     duration_s: float
     hold_s: float
     """Time on hold (the call-state input's ``hold``, or hold music on the line), seconds. Speech on

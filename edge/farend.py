@@ -47,7 +47,6 @@ BIN_HZ = RATE_HZ / FRAME_SAMPLES
 
 SPEECH, RINGBACK, BUSY, BEEP, MUSIC, SILENCE, DEAD = (
     "speech", "ringback", "busy", "beep", "music", "silence", "dead")
-CLASSES = (SPEECH, RINGBACK, BUSY, BEEP, MUSIC, SILENCE, DEAD)
 VETO_CLASSES = frozenset({RINGBACK, BUSY, BEEP, MUSIC, DEAD})
 """Classes that must never count as prospect speech (silence is left to the VAD)."""
 
@@ -191,7 +190,7 @@ class FarEnd:
     def reset(self) -> None:
         """Forget everything: back to ``silence`` at frame 0."""
         self.label = SILENCE
-        """Current class (one of :data:`CLASSES`)."""
+        """Current class (one of the seven above, the wire's ``FAR_KINDS``)."""
         self.since_frame = 0
         """Frame index (from 0) where the current label starts, back-dated when confirmed late."""
         self.revised: list[tuple[int, str]] = []
@@ -322,7 +321,7 @@ class FarEnd:
                 return
             if self._dead_run >= cfg.dead_frames and self.label != DEAD:
                 self._reset_context()
-                self._set(DEAD, max(i - self._dead_run + 1, self._cadence_end(i)))
+                self._set(DEAD, max(i - self._dead_run + 1, self._cadence_end()))
             return
         self._dead_run = 0
         quiet = level < cfg.silence_dbfs
@@ -371,7 +370,7 @@ class FarEnd:
             self._cadence = None
             self._set(SPEECH, self._active_start)
 
-    def _cadence_end(self, i: int) -> int:
+    def _cadence_end(self) -> int:
         """First frame after the off period of the current ringback or busy label."""
         if self.label not in (RINGBACK, BUSY):
             return 0
@@ -381,7 +380,7 @@ class FarEnd:
 
     def _in_cadence(self, i: int) -> bool:
         """True while frame ``i`` is within the off period of a ringback or busy cadence."""
-        return self.label in (RINGBACK, BUSY) and i < self._cadence_end(i)
+        return self.label in (RINGBACK, BUSY) and i < self._cadence_end()
 
     def _reset_context(self) -> None:
         self._cadence = None

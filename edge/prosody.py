@@ -14,15 +14,12 @@ over the last seconds); :func:`analyze_clip` runs it over a whole recording.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
 
 from edge import rate as rate_mod
-
-log = logging.getLogger(__name__)
 
 RATE_HZ = 16_000
 """Input sample rate."""
@@ -61,9 +58,9 @@ _BATCH_SAMPLES = 16384
 _PULSE_BOX = 21
 """Cycle peaks are picked on the waveform smoothed twice by this moving average (a 2.5 ms triangle)."""
 _MATCH_LAGS = 8
+"""Waveform matching searches the next cycle within this many samples of the picked peak."""
 _NMS_PERIODS = 0.5
 """A cycle mark is the highest waveform maximum within this many periods on each side."""
-"""Waveform matching searches the next cycle within this many samples of the picked peak."""
 _SYL_EDGES = (np.array([250, 400, 550, 700, 900, 1100, 1350, 1650, 2000, 2500, 3000, 3600]) * _NFFT
               / _SR8).astype(int)
 """Bin edges of the 11 bands (250-3600 Hz, roughly critical-band wide) of the syllabic envelope."""
@@ -90,8 +87,6 @@ class HopTrack:
     """RMS level over the 30 ms analysis window (0 dBFS = full-scale square wave)."""
     hnr_db: np.ndarray
     """Harmonics-to-noise ratio from the normalized correlation at the period; NaN where unvoiced."""
-    periodicity: np.ndarray
-    """1 - aperiodicity at the period (0 on quiet hops)."""
     syllabic_db: np.ndarray
     """Mean amplitude of 11 bands from 250 to 3600 Hz over the centred 30 ms window, dB; the full
     level on quiet hops. Syllable nuclei are its peaks (see :mod:`edge.rate`)."""
@@ -414,7 +409,6 @@ class Prosody:
     def reset(self) -> None:
         """Forget all audio and history."""
         self._dz = np.zeros(15, dtype=np.float32)  # decimator input, left-padded with 15 zeros
-        self._dz_base = 0  # index in the padded stream of self._dz[0] (always even)
         self._x8 = np.zeros(_LEFT8, dtype=np.float32)  # 8 kHz samples, self._x8[0] is sample _x8_base
         self._x8_base = -_LEFT8
         self._x16 = np.zeros(0, dtype=np.float32)  # 16 kHz samples kept for cycle picking
@@ -470,7 +464,6 @@ class Prosody:
             self._x8 = np.concatenate([self._x8, _decimate(self._dz, m)])
             used = 2 * m
             self._dz = self._dz[used:]
-            self._dz_base += used
 
     def _ready_hops(self) -> int:
         end8 = self._x8_base + len(self._x8)
@@ -526,7 +519,7 @@ class Prosody:
         self._lf_context = np.concatenate(
             [self._lf_context, np.where(voiced[loud], np.log2(np.where(f0 > 0, f0, 1.0))[loud], np.nan)]
         )[-_OCTAVE_HALF:]
-        track = HopTrack(t_s, f0, voiced, level, hnr, np.where(loud, 1.0 - aper, 0.0), syl, change)
+        track = HopTrack(t_s, f0, voiced, level, hnr, syl, change)
         self._tracks.append(track)
         self._cycles_from(track, k0)
         self._next_hop = k0 + n
@@ -575,7 +568,7 @@ class Prosody:
         arrays are read-only views (callers copy before changing them)."""
         if not self._tracks:
             z = np.zeros(0)
-            return HopTrack(z, z, np.zeros(0, dtype=bool), z, z, z, z, z)
+            return HopTrack(z, z, np.zeros(0, dtype=bool), z, z, z, z)
         if self._joined_n < len(self._tracks):
             parts = self._tracks[self._joined_n:]
             if self._joined is not None:
@@ -655,7 +648,7 @@ def functionals(tr: HopTrack, cycles: list[tuple[float, np.ndarray, np.ndarray, 
     jitter = float(dp.mean() / per.mean()) if len(dp) >= 5 and len(per) else None
     shimmer = float(da.mean() / np.abs(am).mean()) if len(da) >= 5 and len(am) else None
     syl = rate_mod.syllable_nuclei(tr.t_s, tr.syllabic_db, v)
-    art = rate_mod.articulation_rate(syl, tr.t_s, v)
+    art = rate_mod.articulation_rate(syl, tr.t_s)
     pauses = rate_mod.pauses(tr.t_s, tr.level_dbfs, v)
     n_p = len(pauses)
     hes = rate_mod.hesitations(tr.t_s, tr.f0_hz, v, tr.spectral_change_db)

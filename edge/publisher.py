@@ -330,11 +330,6 @@ class SharedLoop:
         self._retry_at[id(pub)] = 0.0
         self._delay_s[id(pub)] = RECONNECT_MIN_S
 
-    @property
-    def publishers(self) -> list[Publisher]:
-        """The publishers driven by this loop."""
-        return list(self._pubs)
-
     def _schedule(self, pub: Publisher) -> None:
         key = id(pub)
         if key in self._retry_at:

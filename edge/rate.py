@@ -120,7 +120,7 @@ def rate_window(t_s: np.ndarray, level_dbfs: np.ndarray, syllabic_db: np.ndarray
     :func:`pauses`)."""
     nuclei = syllable_nuclei(t_s, syllabic_db, voiced)
     return RateWindow(voiced_ratio=float(voiced.mean()) if len(voiced) else 0.0, syllables=len(nuclei),
-                      articulation_rate_syl_s=articulation_rate(nuclei, t_s, voiced),
+                      articulation_rate_syl_s=articulation_rate(nuclei, t_s),
                       pace_syl_s=pace(nuclei), pauses=len(pause_spans(t_s, level_dbfs, voiced)),
                       pauses_audible=pauses_audible(level_dbfs, voiced))
 
@@ -189,13 +189,12 @@ def syllable_nuclei(t_s: np.ndarray, level_dbfs: np.ndarray, voiced: np.ndarray)
     return t_s[np.asarray(out, dtype=int)] if out else np.zeros(0)
 
 
-def articulation_rate(nuclei_s: np.ndarray, t_s: np.ndarray, voiced: np.ndarray) -> float | None:
+def articulation_rate(nuclei_s: np.ndarray, t_s: np.ndarray) -> float | None:
     """Syllables per second from the first to the last nucleus (plus the last syllable's length).
 
     Args:
         nuclei_s: nucleus times, seconds.
         t_s: hop centre times of the window, seconds.
-        voiced: hop voicing flags.
 
     Returns:
         The rate in syllables per second, or ``None`` with fewer than two nuclei.

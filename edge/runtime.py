@@ -57,18 +57,15 @@ class OnnxModel:
 def _import_litert() -> Any:
     try:
         from ai_edge_litert import interpreter
-    except ImportError:
-        try:
-            from tflite_runtime import interpreter  # older boxes
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise RuntimeError(
-                "no TFLite runtime: install the LiteRT extra, `pip install 'miroir[litert]'`"
-            ) from exc
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise RuntimeError(
+            "no TFLite runtime: install the LiteRT extra, `pip install 'miroir[litert]'`"
+        ) from exc
     return interpreter
 
 
 class LiteRtModel:
-    """A TFLite model on LiteRT (``ai-edge-litert``), falling back to ``tflite_runtime``.
+    """A TFLite model on LiteRT (``ai-edge-litert``).
 
     Inputs and outputs go by their signature's names when the file has one (else by tensor
     name); an input whose shape changes (another batch size) resizes the model first.

@@ -17,7 +17,6 @@ Labels in French and English are in :data:`CUES`; defaults are justified in ``do
 
 from __future__ import annotations
 
-import logging
 import math
 import statistics
 from collections import deque
@@ -29,8 +28,6 @@ import numpy as np
 from edge.campaign import CampaignConfig
 from edge.prosody import ProsodyWindow
 from edge.rate import RateWindow
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,6 @@ class SileroVad:
         self._floor_rise = 10 ** (FLOOR_RISE_DB_S * FRAME_SAMPLES / RATE_HZ / 10)
         # the published ONNX file takes the sample rate; the converted TFLite file is 16 kHz only
         self._sr = {"sr": np.array(RATE_HZ, dtype=np.int64)} if "sr" in model.input_names else {}
-        self.inferences = 0
         self.gated = 0
         self.reset()
 
@@ -136,7 +135,6 @@ class SileroVad:
         """Run the whole batch; only the ``loud`` rows (all when None) take the new state and
         probability (LiteRT reallocates its tensors for every new batch size)."""
         out = self.model.run({"input": x, "state": self._state, **self._sr})
-        self.inferences += 1
         prob = np.asarray(out["output"][:, 0], dtype=np.float32)
         if loud is None:
             self._state, self._last = out["stateN"], prob

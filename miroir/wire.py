@@ -26,7 +26,6 @@ SCHEMA_VERSION = 1
 TOPIC_ROOT = "miroir/v1"
 ID_PATTERN = re.compile(r"^[a-z0-9-]{1,32}$")
 UP_KINDS = ("status", "metrics", "event")
-STREAM_KINDS = ("metrics", "event")
 CMD_KIND = "cmd"
 MAX_PAYLOAD_BYTES = 4096
 MAX_TEXT_CHARS = 200
@@ -88,9 +87,9 @@ _PROSODY_METRICS: dict[str, tuple[type, ...]] = {
         "breaths_per_min", "hesitations_per_min")
 }
 SIGNAL_STATES = ("ok", "dc", "clipped", "nan", "none")
+"""Signal quality of a channel (edge.quality); ``none`` is a dead channel: no speech metrics."""
 FAR_KINDS = ("speech", "ringback", "busy", "beep", "music", "silence", "dead")
 """What the far channel carries (edge.farend); only ``speech`` may count as the prospect."""
-"""Signal quality of a channel (edge.quality); ``none`` is a dead channel: no speech metrics."""
 
 # Per-call summary, flat on the ``call_end`` event (edge.conversation.CallSummary.fields).
 _CALL_SUMMARY: dict[str, tuple[type, ...]] = {

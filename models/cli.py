@@ -12,13 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from miroir.cli import CliError
+
 EVAL_KEYS = ("arousal_uar", "arousal_uar_ci95", "tension_uar", "arousal_uar_int8", "baseline_arousal_uar")
-
-
-def _error(msg: str) -> Exception:
-    from miroir.cli import CliError
-
-    return CliError(msg)
 
 
 def cmd_train_affect(args: argparse.Namespace) -> int:
@@ -29,7 +25,7 @@ def cmd_train_affect(args: argparse.Namespace) -> int:
     try:
         report = train(out_dir=out, data_dir=args.data, write_manifest=args.out is None)
     except (FileNotFoundError, RuntimeError) as exc:
-        raise _error(str(exc)) from None
+        raise CliError(str(exc)) from None
     summary = {k: report[k] for k in (*EVAL_KEYS, "tension_uar_int8", "arousal_uar_int8_tflite",
                                       "shipped_candidate", "train_seconds")}
     summary["files"] = {k: v["sha256"] for k, v in report["final"]["files"].items()}
@@ -45,7 +41,7 @@ def cmd_evaluate_affect(args: argparse.Namespace) -> int:
     try:
         result: dict[str, Any] = evaluate(recompute=args.recompute, data_dir=args.data)
     except (FileNotFoundError, RuntimeError, ValueError) as exc:
-        raise _error(str(exc)) from None
+        raise CliError(str(exc)) from None
     if args.json:
         json.dump(result, sys.stdout, separators=(",", ":"))
         sys.stdout.write("\n")
@@ -67,7 +63,7 @@ def cmd_convert_vad(args: argparse.Namespace) -> int:
     try:
         result = convert(out=args.out or OUT, write_manifest=args.out is None)
     except (ModelError, RuntimeError, ValueError) as exc:
-        raise _error(str(exc)) from None
+        raise CliError(str(exc)) from None
     print(f"ok {result['file']} ({result['bytes']} bytes, SHA-256 {result['sha256']})")
     return 0
 
@@ -80,7 +76,7 @@ def cmd_bench_affect(args: argparse.Namespace) -> int:
     try:
         result = run(repeats=args.repeats)
     except ModelError as exc:
-        raise _error(str(exc)) from None
+        raise CliError(str(exc)) from None
     if args.json:
         json.dump(result, sys.stdout, separators=(",", ":"))
         sys.stdout.write("\n")

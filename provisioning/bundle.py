@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 FORMAT = "miroir-bundle/1"
-BUNDLE_NAME = "miroir-bundle.json"
 CREDENTIALS_DIR = "/run/credentials/miroir-box.service"
 """Where systemd's LoadCredential= exposes the box's PEM files to the agent."""
 BOX_FILES = {"ca.pem": 0o644, "box.pem": 0o644, "box.key": 0o600}

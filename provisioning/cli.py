@@ -10,17 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from miroir.cli import CliError
+
 if TYPE_CHECKING:
     from provisioning.inventory import Enrolment
     from provisioning.site import Reload, Site
 
 DEFAULT_SITE_DIR = Path(os.environ.get("MIROIR_SITE_DIR", "/var/lib/miroir-site"))
-
-
-def _err(msg: str) -> Exception:
-    from miroir.cli import CliError
-
-    return CliError(msg)
 
 
 def _site(args: argparse.Namespace) -> Site:
@@ -40,7 +36,7 @@ def _passphrase(args: argparse.Namespace, confirm: bool) -> str:
         return Path(args.passphrase_file).read_text(encoding="utf-8").rstrip("\r\n")
     first = getpass.getpass("backup passphrase: ")
     if confirm and getpass.getpass("again: ") != first:
-        raise _err("the two passphrases differ")
+        raise CliError("the two passphrases differ")
     return first
 
 
@@ -53,7 +49,7 @@ def cmd_site_init(args: argparse.Namespace) -> int:
                          bind=args.bind, extra_hosts=args.extra_host or (),
                          admin_user=args.admin_user)
     except (SiteError, ValueError) as exc:
-        raise _err(str(exc)) from None
+        raise CliError(str(exc)) from None
     print(f"site {site.site} created in {site.dir}")
     print(f"broker config: {site.config} (TLS port {site.port}, boxes reach it as "
           f"{site.broker_host})")
@@ -72,7 +68,7 @@ def _enroll(args: argparse.Namespace, items: list[Enrolment]) -> int:
     except InventoryError as exc:
         for problem in exc.problems:
             print(f"error: {problem}", flush=True)
-        raise _err(f"{len(exc.problems)} problem(s); nothing was written") from None
+        raise CliError(f"{len(exc.problems)} problem(s); nothing was written") from None
     for path in done.bundles:
         print(f"bundle {path}")
     for note in done.already:
@@ -101,7 +97,7 @@ def cmd_enroll_csv(args: argparse.Namespace) -> int:
         problems = exc.problems + _site(args).check(exc.sound)  # and the clashes with the site
         for problem in problems:
             print(f"error: {problem}", flush=True)
-        raise _err(f"{len(problems)} problem(s) in {args.file}; nothing was written") from None
+        raise CliError(f"{len(problems)} problem(s) in {args.file}; nothing was written") from None
     return _enroll(args, items)
 
 
@@ -171,7 +167,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     try:
         out = backup(args.site_dir, args.out, _passphrase(args, confirm=True))
     except BackupError as exc:
-        raise _err(str(exc)) from None
+        raise CliError(str(exc)) from None
     print(f"backup written to {out}; keep it and its passphrase apart, off this server")
     print(f"not in it: the dashboard's database ({dashboard_db(args.site_dir) or 'see dashboard.env'}"
           "; users, audit log, history): back it up with `miroir dashboard backup DEST` "
@@ -201,7 +197,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     try:
         dest = restore(args.file, args.site_dir, _passphrase(args, confirm=False))
     except BackupError as exc:
-        raise _err(str(exc)) from None
+        raise CliError(str(exc)) from None
     print(f"site restored into {dest}, as it was on {site_changed(dest):%Y-%m-%d %H:%M} UTC: "
           "revoke again (`miroir provision revoke BOX`) every box revoked since, which it lets "
           "in; a box enrolled since connects but cannot be revoked here")
@@ -238,7 +234,7 @@ def _plain_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[[arg
         except BrokenPipeError:
             raise
         except (SiteError, InventoryError, BrokerError, OSError) as exc:
-            raise _err(str(exc)) from None
+            raise CliError(str(exc)) from None
     return run
 
 

@@ -153,8 +153,8 @@ def check_host(value: str, what: str = "host") -> str:
 
 
 def admin_identity(site: str) -> str:
-    """CN of the identity sites made before 0.2 gave the provisioning tool (denied every topic in
-    the ACL; no longer issued)."""
+    """CN of the standing identity that site-init gave the provisioning tool before revocation cut
+    a box with a one-time certificate (no longer issued; still denied every topic in the ACL)."""
     return f"admin_{wire.check_id(site, 'site')}"
 
 
@@ -210,7 +210,6 @@ class RevokeResult:
 
     box: str
     serials: list[str]
-    reloaded: bool
     kicked: bool
     duration_s: float
     status_cleared: bool = False
@@ -487,7 +486,7 @@ class Site:
         serials = [_hex_serial(c) for c in certs]
         log.info("revoked box %s (serials %s); kicked: %s; retained status cleared: %s", box,
                  ", ".join(serials), kicked, cleared)
-        return RevokeResult(box, serials, True, kicked, time.monotonic() - start, cleared)
+        return RevokeResult(box, serials, kicked, time.monotonic() - start, cleared)
 
     @_exclusive
     def rotate(self, box: str, *, days: int = BOX_CERT_DAYS) -> Path:

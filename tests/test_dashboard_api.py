@@ -278,7 +278,7 @@ def test_exports_are_streamed_from_sqlite_in_pages_with_flat_memory(
         try:
             expected = json.loads(pydantic_core.to_json(retention.agent_export(db, "agent-a1"),
                                                         inf_nan_mode="null"))
-            expected_csv = retention.metrics_csv(db, ["agent-a1"])
+            expected_csv = "".join(retention.metrics_csv_chunks(db, ["agent-a1"]))
         finally:
             db.conn.close()
         r = c.get("/api/agents/agent-a1/export.json")

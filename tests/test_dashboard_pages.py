@@ -208,7 +208,7 @@ def _team_mean(settings: Any, team: str, metric: str) -> float | None:
 
     db = store.open_db(settings.db_path)
     try:
-        return analytics.team_mean(db, team, metric)[0]
+        return analytics.team_means(db, team).get(metric, (None, 0))[0]
     finally:
         db.conn.close()
 

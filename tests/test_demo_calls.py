@@ -18,7 +18,6 @@ from demo.calls import (
     DemoToolError,
     build_calls,
     load_truth,
-    per_second_truth,
     replay_files,
     speech_ratio_truth,
 )
@@ -201,7 +200,6 @@ def test_speech_ratio_truth_helpers() -> None:
     assert speech_ratio_truth(segs, 1.0, 2.0) == 1.0
     assert speech_ratio_truth(segs, 1.5, 3.0) == pytest.approx(0.5 / 1.5 + 0.5 / 1.5)
     assert speech_ratio_truth(segs, 3.0, 3.0) == 0.0
-    assert per_second_truth(segs, 4.5) == pytest.approx([0.0, 1.0, 0.5, 1.0, 0.0])
 
 
 def test_second_build_is_a_cache_hit(demo_calls: list[DemoCall], demo_calls_dir: Path) -> None:

@@ -876,8 +876,3 @@ def get_aggregates(db: Db, user: CurrentUser) -> dict[str, Any]:
     """Per-team means of every metric, no per-agent value (auditors, admins, supervisors)."""
     require_role(user, "admin", "auditor", "supervisor")
     return {"aggregates": aggregates(db, user)}
-
-
-def box_id_ok(box: str) -> bool:
-    """True for a valid box id."""
-    return bool(wire.ID_PATTERN.fullmatch(box))

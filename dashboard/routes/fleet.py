@@ -51,11 +51,7 @@ def it_page(request: Request, db: Db, user: CurrentUser) -> Response:
                                   getattr(ingest, "broker_cert_not_after_ts", None))
     return render(request, "it.html", {**fleet_payload(db), "refresh_s": PAGE_REFRESH_S,
                                        "site_certs": site_certs,
-                                       "thresholds": {"cert_days": fleet.CERT_WARN_DAYS,
-                                                      "outbox": fleet.OUTBOX_HIGH,
-                                                      "cpu_c": fleet.CPU_HOT_C,
-                                                      "clock_ms": fleet.CLOCK_OFFSET_MAX_MS,
-                                                      "silent_s": fleet.SILENT_AFTER_S}})
+                                       "thresholds": {"cert_days": fleet.CERT_WARN_DAYS}})
 
 
 @router.get("/metrics", include_in_schema=False)

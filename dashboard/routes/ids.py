@@ -10,13 +10,10 @@ An id written with a bare ``/`` is matched as before (the longest agent route fi
 
 from __future__ import annotations
 
-import logging
 from urllib.parse import quote, unquote
 
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.types import ASGIApp, Receive, Scope, Send
-
-log = logging.getLogger(__name__)
 
 ID_PREFIXES = ("/api/agents/", "/agents/", "/api/teams/", "/teams/")
 """The paths whose next part is an agent or team id."""

@@ -18,7 +18,6 @@ import numpy as np
 REPORT = Path(__file__).with_name("report.json")
 TOLERANCE = 0.05
 """Largest allowed absolute difference between an int8 model's probability and the float model's."""
-MAX_BYTES = 200 * 1024
 AFFECT_FILES = ("affect_features", "affect_float", "affect_int8_onnx", "affect_int8_tflite")
 
 

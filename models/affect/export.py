@@ -8,7 +8,6 @@ probabilities (``probs``, float32 (n, 2): arousal, tension). The standardization
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,8 +15,6 @@ from typing import Any
 import numpy as np
 
 from models.affect.net import Net
-
-log = logging.getLogger(__name__)
 
 INPUT = "features"
 OUTPUT = "probs"
