@@ -438,6 +438,8 @@ DETAILS_FR: list[tuple[re.Pattern[str], str]] = [(re.compile(pattern), fr) for p
      "le broker MQTT est injoignable : renvoyez la demande"),
     (r"at most (?P<n>.+) live streams per user", "{n} flux en direct au plus par utilisateur"),
     (r"too many live streams open", "trop de flux en direct ouverts"),
+    (r"too many call states: at most (?P<n>.+) at once, then (?P<r>.+) a second",
+     "trop d'états d'appel : {n} d'un coup au plus, puis {r} par seconde"),
     (r"Content Too Large", "contenu trop volumineux"),
 )]
 """The French of each error detail the API gives (in English, for its clients), by pattern."""
