@@ -25,13 +25,14 @@ def _error(message: str, exit_code: int = 2) -> Exception:
     return CliError(message, exit_code)
 
 
-def _settings() -> Any:
-    from dashboard.settings import DashboardSettings
+def load_settings() -> Any:
+    """The dashboard's settings, or a usage error (exit 2) with one line per bad variable."""
+    from dashboard.settings import SettingsError, load
 
     try:
-        return DashboardSettings()
-    except ValueError as exc:
-        raise _error(f"dashboard settings (MIROIR_DASH_*): {exc}") from None
+        return load()
+    except SettingsError as exc:
+        raise _error("\nmiroir: error: ".join(exc.lines)) from None
 
 
 def _db(settings: Any) -> Any:
@@ -54,7 +55,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
         password = getpass.getpass(f"password for {args.username}: ")
     if len(password) < 12:
         raise _error("the password must be at least 12 characters")
-    db = _db(_settings())
+    db = _db(load_settings())
     try:
         auth.create_user(db, args.username, password, args.role, agent=args.agent,
                          teams=args.team or [], lang=args.lang)
@@ -75,7 +76,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     with open(args.csv, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         rows = [{**row, "line": reader.line_num} for row in reader]
-    settings = _settings()
+    settings = load_settings()
     db = _db(settings)
     try:
         n = schema.import_inventory(db, rows, site=settings.site, actor=_actor())
@@ -104,7 +105,7 @@ def cmd_retire(args: argparse.Namespace) -> int:
     from dashboard import schema
     from miroir.wire import WireError
 
-    settings = _settings()
+    settings = load_settings()
     db = _db(settings)
     try:
         out = schema.retire_box(db, args.box, actor=_actor())
@@ -132,7 +133,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
     from dashboard import retention
 
-    settings = _settings()
+    settings = load_settings()
     db = _db(settings)
     try:
         out = retention.purge_with(db, settings)
@@ -148,7 +149,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from dashboard import retention
 
     try:
-        path = retention.backup(_settings().db_path, Path(args.dest))
+        path = retention.backup(load_settings().db_path, Path(args.dest))
     except (FileExistsError, ValueError) as exc:
         raise _error(str(exc)) from None
     except (OSError, sqlite3.Error) as exc:
@@ -163,7 +164,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     if not Path(args.source).is_file():
         raise _error(f"{args.source}: no such backup")
-    db_path = _settings().db_path
+    db_path = load_settings().db_path
     try:
         retention.restore(Path(args.source), db_path)
     except ValueError as exc:

@@ -259,10 +259,10 @@ def cmd_edge_devices(args: argparse.Namespace) -> int:
 def cmd_dashboard_serve(args: argparse.Namespace) -> int:
     """Serve the supervisor dashboard (settings from MIROIR_DASH_* environment variables)."""
     from dashboard.app import serve
-    from dashboard.settings import DashboardSettings
+    from dashboard.cli import load_settings
 
+    settings = load_settings()
     try:
-        settings = DashboardSettings()
         serve(settings)
     except (ValueError, OSError) as exc:
         raise CliError(f"dashboard: {exc}") from None
