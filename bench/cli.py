@@ -11,10 +11,6 @@ from typing import Any
 
 def cmd_bench_ingest(args: argparse.Namespace) -> int:
     """Many simulated boxes through a real Mosquitto into the dashboard ingest; print figures."""
-    from miroir.cli import CliError
-
-    if args.boxes < 1 or args.duration < 1 or args.rate <= 0 or args.per_process < 1:
-        raise CliError("--boxes, --duration, --per-process must be >= 1 and --rate > 0")
     from bench.ingest import CACHE_DIR, bench_ingest
 
     result = bench_ingest(boxes=args.boxes, duration_s=args.duration, rate_hz=args.rate,
@@ -31,6 +27,8 @@ def cmd_bench_ingest(args: argparse.Namespace) -> int:
 
 def register_cli(groups: dict[str, Any]) -> None:
     """Add the benchmark commands to ``miroir bench``."""
+    from miroir.cli import float_at_least, int_between, positive_float, span_text
+
     bench = groups["bench"]
     p = bench.add_parser(
         "ingest", help="dashboard ingest under N simulated boxes (real Mosquitto, TLS)",
@@ -38,13 +36,14 @@ def register_cli(groups: dict[str, Any]) -> None:
                     "simulated boxes (each its own MQTT client with its own TLS certificate, the "
                     "box's publisher) spread over several processes; publish for --duration "
                     "seconds and report throughput, loss, duplicates, ingest lag and CPU.")
-    p.add_argument("--boxes", type=int, default=2000, help="simulated boxes (default 2000)")
-    p.add_argument("--duration", type=float, default=60.0,
-                   help="measured publishing window in seconds (default 60)")
-    p.add_argument("--rate", type=float, default=1.0,
-                   help="messages per second per box (default 1)")
-    p.add_argument("--per-process", type=int, default=500,
-                   help="boxes per generator process (default 500)")
+    p.add_argument("--boxes", type=int_between(1), default=2000,
+                   help=f"simulated boxes, {span_text(1)} (default 2000)")
+    p.add_argument("--duration", type=float_at_least(1.0), default=60.0,
+                   help=f"measured publishing window in seconds, {span_text(1)} (default 60)")
+    p.add_argument("--rate", type=positive_float, default=1.0,
+                   help="messages per second per box, a positive number (default 1)")
+    p.add_argument("--per-process", type=int_between(1), default=500,
+                   help=f"boxes per generator process, {span_text(1)} (default 500)")
     p.add_argument("--sim", choices=("lean", "box"), default="lean",
                    help="simulated boxes: lean (publisher and a RAM queue; measures the broker and "
                         "dashboard) or box (the whole box path: outbox, status, heartbeat); "

@@ -21,13 +21,14 @@ UNKNOWN_BOX_EXIT = 3
 of a usage error, so that a script retiring a list tells a typo from a wrong command."""
 
 
-def _settings() -> Any:
-    from dashboard.settings import DashboardSettings
+def load_settings() -> Any:
+    """The dashboard's settings, or a usage error (exit 2) with one line per bad variable."""
+    from dashboard.settings import SettingsError, load
 
     try:
-        return DashboardSettings()
-    except ValueError as exc:
-        raise CliError(f"dashboard settings (MIROIR_DASH_*): {exc}") from None
+        return load()
+    except SettingsError as exc:
+        raise CliError("\nmiroir: error: ".join(exc.lines)) from None
 
 
 def _db(settings: Any) -> Any:
@@ -50,7 +51,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
         password = getpass.getpass(f"password for {args.username}: ")
     if len(password) < 12:
         raise CliError("the password must be at least 12 characters")
-    db = _db(_settings())
+    db = _db(load_settings())
     try:
         auth.create_user(db, args.username, password, args.role, agent=args.agent,
                          teams=args.team or [], lang=args.lang)
@@ -71,7 +72,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     with open(args.csv, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         rows = [{**row, "line": reader.line_num} for row in reader]
-    settings = _settings()
+    settings = load_settings()
     db = _db(settings)
     try:
         n = schema.import_inventory(db, rows, site=settings.site, actor=_actor())
@@ -100,7 +101,7 @@ def cmd_retire(args: argparse.Namespace) -> int:
     from dashboard import schema
     from miroir.wire import WireError
 
-    settings = _settings()
+    settings = load_settings()
     db = _db(settings)
     try:
         out = schema.retire_box(db, args.box, actor=_actor())
@@ -128,7 +129,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
     from dashboard import retention
 
-    settings = _settings()
+    settings = load_settings()
     db = _db(settings)
     try:
         out = retention.purge_with(db, settings)
@@ -144,7 +145,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from dashboard import retention
 
     try:
-        path = retention.backup(_settings().db_path, Path(args.dest))
+        path = retention.backup(load_settings().db_path, Path(args.dest))
     except (FileExistsError, ValueError) as exc:
         raise CliError(str(exc)) from None
     except (OSError, sqlite3.Error) as exc:
@@ -159,7 +160,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     if not Path(args.source).is_file():
         raise CliError(f"{args.source}: no such backup")
-    db_path = _settings().db_path
+    db_path = load_settings().db_path
     try:
         retention.restore(Path(args.source), db_path)
     except ValueError as exc:

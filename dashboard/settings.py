@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import json
+import os
+import types
+import typing
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import annotated_types
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "MIROIR_DASH_"
+"""Prefix of the environment variables (``dashboard.env``) that hold the settings."""
 
 MIN_AUDIT_DAYS = 180.0
 """Shortest audit-log retention the dashboard accepts, days."""
@@ -15,7 +25,7 @@ MIN_AUDIT_DAYS = 180.0
 class DashboardSettings(BaseSettings):
     """Everything one site dashboard needs; secrets are files, never values."""
 
-    model_config = SettingsConfigDict(env_prefix="MIROIR_DASH_", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
 
     site: str = Field(description="Site id ([a-z0-9-]) whose boxes this dashboard shows.")
     db_path: Path = Field(description="SQLite database file (created if missing, WAL mode).")
@@ -115,7 +125,8 @@ class DashboardSettings(BaseSettings):
     @model_validator(mode="after")
     def _tls_pair(self) -> DashboardSettings:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
-            raise ValueError("tls_cert_file and tls_key_file go together")
+            raise ValueError(f"{ENV_PREFIX}TLS_CERT_FILE and {ENV_PREFIX}TLS_KEY_FILE go together: "
+                             "set both (HTTPS served directly) or neither (behind a reverse proxy)")
         return self
 
     @field_validator("trusted_proxies")
@@ -125,5 +136,115 @@ class DashboardSettings(BaseSettings):
             try:
                 ipaddress.ip_network(item, strict=False)
             except ValueError:
-                raise ValueError(f"trusted_proxies: {item!r} is not an address or CIDR") from None
+                raise ValueError(f"{item!r} is not an address or CIDR") from None
         return value
+
+
+class SettingsError(ValueError):
+    """Dashboard settings that cannot be used: ``lines`` holds one line per bad variable."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a setting, as site IT types it (``MIROIR_DASH_MQTT_PORT``)."""
+    return ENV_PREFIX + field.upper()
+
+
+_KINDS: dict[Any, str] = {int: "a whole number", float: "a number", bool: "true or false",
+                          str: "text", Path: "a file path"}
+
+
+def bounds(field: str) -> str:
+    """A setting's bounds in words ("at least 0 and below 24"), empty if it has none."""
+    words = []
+    for item in DashboardSettings.model_fields[field].metadata:
+        if isinstance(item, annotated_types.Ge):
+            words.append(f"at least {item.ge:g}")
+        elif isinstance(item, annotated_types.Gt):
+            words.append(f"above {item.gt:g}")
+        elif isinstance(item, annotated_types.Lt):
+            words.append(f"below {item.lt:g}")
+        elif isinstance(item, annotated_types.Le):
+            words.append(f"at most {item.le:g}")
+    return " and ".join(words)
+
+
+def allowed(field: str) -> str:
+    """What a setting accepts, in words: its kind and its bounds."""
+    hint = DashboardSettings.model_fields[field].annotation
+    kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if typing.get_origin(hint) is list:
+        text = 'a JSON list of addresses or CIDRs, e.g. ["127.0.0.1/32", "::1/128"]'
+    else:
+        text = " or ".join(_KINDS.get(k, str(k)) for k in kinds if k is not type(None))
+    if bounds(field):
+        text += ", " + bounds(field)
+    if type(None) in kinds:
+        text += ", or unset"
+    return text
+
+
+def _line(field: str, value: Any, error: Any) -> str:
+    """One refused variable, worded as a campaign file's keys are (its name as typed, its value,
+    what it accepts)."""
+    name, kind = env_name(field), str(error["type"])
+    if kind == "missing":
+        return f"{name} is not set: expected {allowed(field)}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return f"{name} = {value!r} is outside the allowed range: {bounds(field)}"
+    if kind.endswith(("_parsing", "_type")):
+        return f"{name}: expected {allowed(field)}, got {value!r}"
+    reason = str(error["msg"]).removeprefix("Value error, ")
+    return f"{name} = {value!r}: {reason}; expected {allowed(field)}"
+
+
+class _FromValues(DashboardSettings):
+    """The settings from the values given only (not the environment), to check each of them."""
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                   init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only the values passed in."""
+        return (init_settings,)
+
+
+def load() -> DashboardSettings:
+    """The settings from the ``MIROIR_DASH_*`` environment variables; bad ones raise
+    :class:`SettingsError`, whose every line names one variable, its value and what it accepts."""
+    given = {k[len(ENV_PREFIX):].lower(): v for k, v in os.environ.items()
+             if k.upper().startswith(ENV_PREFIX)}  # read in any case, as pydantic-settings does
+    known = DashboardSettings.model_fields
+    lines: list[str] = []
+    for name in sorted(set(given) - set(known)):  # a typo would otherwise go unnoticed
+        near = difflib.get_close_matches(name, list(known), n=1)
+        hint = f" (did you mean {env_name(near[0])}?)" if near else ""
+        lines.append(f"{env_name(name)}: no such setting{hint}")
+    values: dict[str, Any] = {k: v for k, v in given.items() if k in known}
+    for name, info in known.items():  # a list is read as JSON, which fails before validation
+        if name in values and typing.get_origin(info.annotation) is list:
+            try:
+                values[name] = json.loads(given[name])
+            except ValueError:
+                lines.append(f"{env_name(name)}: expected {allowed(name)}, got {given[name]!r}")
+                del values[name]  # the other variables are still checked
+    settings: DashboardSettings | None = None
+    try:
+        _FromValues(**values)  # every variable checked, whatever the others hold
+        settings = DashboardSettings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else ""
+            if field not in known:  # a rule across settings: its message names their variables
+                lines.append(str(error["msg"]).removeprefix("Value error, "))
+            else:
+                lines.append(_line(field, given.get(field, error.get("input")), error))
+    if lines or settings is None:
+        raise SettingsError(lines)
+    return settings

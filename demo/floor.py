@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge.outbox import numbers_used
+from miroir.cli import DEMO_MAX_BOXES
 
 if TYPE_CHECKING:
     from demo.calls import DemoCall
@@ -414,8 +415,8 @@ def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False
     from provisioning import broker as broker_files
     from provisioning.broker import BrokerError, new_site_dir
 
-    if not 1 <= boxes <= 200:
-        raise DemoError("--boxes must be between 1 and 200")
+    if not 1 <= boxes <= DEMO_MAX_BOXES:
+        raise DemoError(f"--boxes must be between 1 and {DEMO_MAX_BOXES}")
     if as_json and seconds is None:
         raise DemoError("--json needs --seconds")
     if seconds is not None and not 0 < seconds < math.inf:

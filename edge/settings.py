@@ -143,7 +143,8 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
         if typ in (int, str, bool) and type(value) is typ:
             return value
     names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed if t is not type(None))
-    raise SettingsError(f"setting {name!r}: expected {names}, got {value!r}")
+    span = f" (allowed range {_RANGES[name][0]:g}..{_RANGES[name][1]:g})" if name in _RANGES else ""
+    raise SettingsError(f"setting {name!r}: expected {names}, got {value!r}{span}")
 
 
 def from_mapping(data: dict[str, Any]) -> EdgeSettings:
@@ -171,4 +172,7 @@ def load(path: Path, **overrides: Any) -> EdgeSettings:
     except OSError as exc:  # a directory, no permission
         raise SettingsError(f"{path}: cannot read the settings file ({exc.strerror})") from None
     data.update({k: v for k, v in overrides.items() if v is not None})
-    return from_mapping(data)
+    try:
+        return from_mapping(data)
+    except SettingsError as exc:  # named by its file, as a campaign file's errors are
+        raise SettingsError(f"{path}: {exc}") from None

@@ -89,6 +89,44 @@ def positive_float(text: str) -> float:
     return value
 
 
+def span_text(lo: float, hi: float | None = None) -> str:
+    """A range as the help and the error both say it: "1 to 200", or "1 or more"."""
+    return f"{lo:g} or more" if hi is None else f"{lo:g} to {hi:g}"
+
+
+def int_between(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``lo`` to ``hi`` (None: no upper bound), refused with
+    the range the option's help gives (:func:`span_text`)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text} is not a whole number") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"{text} is outside {span_text(lo, hi)}")
+        return value
+
+    return parse
+
+
+def float_at_least(lo: float) -> Callable[[str], float]:
+    """An argparse type: a finite number of at least ``lo``, refused with the range the help
+    gives (:func:`span_text`)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text} is not a number") from None
+        if not lo <= value < float("inf"):
+            raise argparse.ArgumentTypeError(f"{text} is outside {span_text(lo)}")
+        return value
+
+    return parse
+
+
+DEMO_MAX_BOXES = 200
+"""Most boxes ``miroir demo`` runs (as :func:`demo.floor.run_demo` allows)."""
+
 UNEVEN_FILES_S = 1.0
 """Agent and line files whose lengths differ by this much are warned of (one is padded)."""
 
@@ -259,10 +297,10 @@ def cmd_edge_devices(args: argparse.Namespace) -> int:
 def cmd_dashboard_serve(args: argparse.Namespace) -> int:
     """Serve the supervisor dashboard (settings from MIROIR_DASH_* environment variables)."""
     from dashboard.app import serve
-    from dashboard.settings import DashboardSettings
+    from dashboard.cli import load_settings
 
+    settings = load_settings()
     try:
-        settings = DashboardSettings()
         serve(settings)
     except (ValueError, OSError) as exc:
         raise CliError(f"dashboard: {exc}") from None
@@ -366,12 +404,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run a live demo floor (broker, dashboard, simulated boxes)",
                        description=cmd_demo.__doc__)
-    p.add_argument("--boxes", type=int, default=8, help="number of simulated boxes (default 8)")
-    p.add_argument("--seconds", type=float, default=None,
-                   help="stop after this many seconds (default: run until Ctrl-C)")
+    p.add_argument("--boxes", type=int_between(1, DEMO_MAX_BOXES), default=8,
+                   help=f"number of simulated boxes, {span_text(1, DEMO_MAX_BOXES)} (default 8)")
+    p.add_argument("--seconds", type=positive_float, default=None,
+                   help="stop after this many seconds, a positive number (default: run until "
+                        "Ctrl-C)")
     p.add_argument("--json", action="store_true",
                    help="headless: print one JSON summary at the end (needs --seconds)")
-    p.add_argument("--port", type=int, default=8000, help="dashboard HTTP port (default 8000)")
+    p.add_argument("--port", type=int_between(1, 65535), default=8000,
+                   help=f"dashboard HTTP port, {span_text(1, 65535)} (default 8000)")
     p.add_argument("--workdir", type=Path, default=None,
                    help="where the demo keeps its site files (default: a fresh temporary folder)")
     p.set_defaults(func=cmd_demo)

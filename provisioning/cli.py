@@ -240,6 +240,8 @@ def _plain_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[[arg
 
 def register_cli(groups: dict[str, argparse._SubParsersAction]) -> None:
     """Add the ``provision`` command group to the root of the CLI."""
+    from miroir.cli import int_between, span_text
+
     root = groups["root"]
     prov = root.add_parser("provision", help="site IT: site CA, box enrolment, revocation, backup",
                            description="Provision a site and its boxes (run on the site server).")
@@ -251,7 +253,8 @@ def register_cli(groups: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("--site", required=True, help="site id ([a-z0-9-], 1 to 32 characters)")
     p.add_argument("--broker-host", required=True,
                    help="name or address the boxes use to reach the broker")
-    p.add_argument("--port", type=int, default=8883, help="broker TLS port (default 8883)")
+    p.add_argument("--port", type=int_between(1, 65535), default=8883,
+                   help=f"broker TLS port, {span_text(1, 65535)} (default 8883)")
     p.add_argument("--bind", default="0.0.0.0",
                    help="address the broker listens on (default 0.0.0.0: every address)")
     p.add_argument("--extra-host", action="append",

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from miroir.cli import build_parser
 
@@ -127,7 +131,7 @@ def test_the_it_guide_adds_a_dashboard_user_the_way_that_works(tmp_path: Path) -
     bare = subprocess.run([sys.executable, "-m", "miroir", "dashboard", "user", "add", "tech",
                            "--role", "it", "--password-file", str(password)], env=env,
                           capture_output=True, text=True, timeout=60)
-    assert bare.returncode != 0 and "Field required" in bare.stderr, bare.stderr
+    assert bare.returncode == 2 and "MIROIR_DASH_SITE is not set" in bare.stderr, bare.stderr
     done = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr
@@ -451,3 +455,30 @@ def test_a_count_or_duration_that_is_not_positive_is_a_usage_error() -> None:
     assert proc.stderr.splitlines()[-1].startswith(
         "miroir: error: --seconds 5: the bench's audio is not at least half speech on each "
         "channel over its first 5 s"), proc.stderr
+
+
+def test_every_range_the_cli_enforces_is_in_its_help() -> None:
+    """`miroir demo --help` said "--boxes BOXES  number of simulated boxes (default 8)", and
+    `--boxes 201` was refused ("between 1 and 200") only once run; so were a demo or site-init
+    `--port` outside 1..65535 and the bench ingest's floors. Each such option gives its range in
+    its help, and a value outside it is a usage error of that command naming the option."""
+    site_init = ("--site", "s", "--broker-host", "h")
+    cases = [(("demo",), (), "--boxes", "1 to 200", "201"),
+             (("demo",), (), "--port", "1 to 65535", "70000"),
+             (("demo",), (), "--seconds", "positive", "0"),
+             (("provision", "site-init"), site_init, "--port", "1 to 65535", "0"),
+             (("bench", "ingest"), (), "--boxes", "1 or more", "0"),
+             (("bench", "ingest"), (), "--duration", "1 or more", "0.5"),
+             (("bench", "ingest"), (), "--rate", "positive", "0"),
+             (("bench", "ingest"), (), "--per-process", "1 or more", "0")]
+    parsers = dict(_parsers(build_parser()))
+    for path, extra, option, words, bad in cases:
+        action = next(a for a in parsers[path]._actions if option in a.option_strings)
+        assert words in (action.help or ""), (path, option, action.help)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as stop:
+            build_parser().parse_args([*path, *extra, option, bad])
+        assert stop.value.code == 2, (path, option)
+        last = err.getvalue().splitlines()[-1]
+        assert last.startswith(f"miroir {' '.join(path)}: error: argument {option}: {bad} "), last
+        assert words in last, last

@@ -87,8 +87,8 @@ def test_an_audit_retention_under_six_months_refuses_to_start(tmp_path: Path) ->
            "MIROIR_DASH_RETENTION_AUDIT_DAYS": "36"}
     done = subprocess.run([sys.executable, "-m", "miroir", "dashboard", "serve"], env=env,
                           capture_output=True, text=True, timeout=60)
-    assert done.returncode != 0
-    assert "retention_audit_days" in done.stderr and "180" in done.stderr, done.stderr
+    assert done.returncode == 2
+    assert "MIROIR_DASH_RETENTION_AUDIT_DAYS" in done.stderr and "180" in done.stderr, done.stderr
     assert not db_path.exists()  # nothing opened, nothing purged
     assert DashboardSettings(site=SITE, db_path=db_path,
                              retention_audit_days=180).retention_audit_days == 180

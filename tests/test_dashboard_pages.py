@@ -1412,3 +1412,57 @@ def test_the_calls_and_the_audit_log_page_back_one_page_and_keep_each_other_s_pl
     finally:
         db.conn.close()
     assert float(page.locator(".audit-entry time").last.get_attribute("data-ts") or 0) == ts
+
+
+def test_the_coaching_forms_and_their_error_pages_keep_both_pagings_and_switch_language(
+        browser_page: Any, org_server: Any) -> None:
+    """An admin on Amina's calls 51 to 100 and her audit log's second page flagged a moment, set a
+    goal or had one refused: each came back to the first page of both lists (the redirect went to
+    the bare path); the refused goal's page linked its pagings, and its language switch went, to
+    the form's POST-only address (an error page, 404), as did an error page's after a failed form.
+    Each now comes back to the page with both places kept, and so do its links and switch."""
+    server, _ = org_server
+    calls_2, audit_2 = _a_long_history(server)
+    here = f"/agents/agent-a1?calls_before={calls_2}&audit_before={audit_2}"
+    page = browser_page
+    browser_login(page, server.url)
+
+    def on_page_two(fragment: str) -> None:
+        """At ``here`` + ``fragment``, calls 51 to 100 and the audit log's second page."""
+        assert page.url == server.url + here + fragment
+        assert page.locator("#calls-range").inner_text().startswith("Appels 51 à 100 sur 150")
+        assert page.locator("#audit-newer").count() == 1
+
+    page.goto(server.url + here)
+    page.fill("#flag-note", "écoute")
+    page.click("#flag-submit")
+    page.wait_for_url("**#flags")
+    on_page_two("#flags")
+    page.locator("#goal-form input[name=label]").fill("laisser parler")
+    page.locator("#goal-form button[type=submit]").click()
+    page.wait_for_url("**#goals")
+    on_page_two("#goals")
+    page.locator("#goal-form input[name=label]").fill("   ")  # refused: its page comes back
+    page.locator("#goal-form button[type=submit]").click()
+    page.wait_for_load_state()
+    assert page.locator("#goal-error").count() == 1
+    assert page.locator("#calls-range").inner_text().startswith("Appels 51 à 100 sur 150")
+    assert page.locator("#calls-next").get_attribute("href", timeout=0).startswith(
+        "/agents/agent-a1?calls_before=")
+    assert page.locator("#audit-newer").get_attribute("href", timeout=0).startswith(
+        "/agents/agent-a1?")
+    page.click("#lang-switch")
+    page.wait_for_load_state()
+    assert page.url == server.url + here
+    assert page.locator("#calls-range").inner_text().startswith("Calls 51 to 100 of 150")
+    page.click("#lang-switch")  # back to French
+    page.wait_for_load_state()
+    page.locator("#flag-ts").evaluate("e => { e.value = '1'; }")  # a failed form: 422
+    with page.expect_navigation():
+        page.evaluate("document.getElementById('flag-form').submit()")
+    assert page.locator("#error-message").count() == 1
+    assert page.locator("#error-back").get_attribute("href", timeout=0) == here
+    page.click("#lang-switch")
+    page.wait_for_load_state()
+    assert page.url == server.url + here
+    assert page.locator("#calls-range").inner_text().startswith("Calls 51 to 100 of 150")

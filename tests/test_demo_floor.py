@@ -358,7 +358,7 @@ def test_a_port_that_is_not_a_tcp_port_is_refused_at_once():
     for port in ("70000", "0", "-1"):
         proc = _demo_error("--boxes", "1", "--port", port)
         assert proc.stderr.strip().splitlines()[-1] == (
-            f"miroir: error: --port {port} is not a TCP port (1..65535)")
+            f"miroir demo: error: argument --port: {port} is outside 1 to 65535")
 
 
 def test_seconds_that_are_not_a_positive_duration_are_refused_at_once():
@@ -366,7 +366,7 @@ def test_seconds_that_are_not_a_positive_duration_are_refused_at_once():
         proc = _demo_error("--boxes", "1", "--seconds", seconds, "--json",
                            "--port", str(free_port()))
         assert proc.stderr.strip().splitlines()[-1] == (
-            f"miroir: error: --seconds {float(seconds)} is not a positive number of seconds")
+            f"miroir demo: error: argument --seconds: {seconds} is not a positive number")
 
 
 def test_missing_espeak_is_one_line_naming_the_package(tmp_path):

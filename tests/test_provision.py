@@ -183,8 +183,12 @@ def test_damaged_files_and_bad_arguments_are_one_line_errors(
     new = str(tmp_path / "new")
     assert "neither an IP address nor a DNS name" in error(
         "site-init", "--site-dir", new, "--site", "x", "--broker-host", 'srv"01')
-    assert "outside 1..65535" in error("site-init", "--site-dir", new, "--site", "x",
-                                        "--broker-host", "srv01", "--port", "99999")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:  # a usage error of the command, its range named
+        main(["provision", "site-init", "--site-dir", new, "--site", "x", "--broker-host",
+              "srv01", "--port", "99999"])
+    assert stop.value.code == 2
+    assert "argument --port: 99999 is outside 1 to 65535" in capsys.readouterr().err
     assert not Path(new).exists()
 
 

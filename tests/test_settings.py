@@ -48,3 +48,23 @@ def test_missing_file(tmp_path):
 def test_an_unreadable_path_is_a_clear_error(tmp_path):
     with pytest.raises(SettingsError, match="cannot read the settings file"):
         load(tmp_path)  # a directory
+
+
+def test_the_box_names_its_settings_file_and_the_range_as_the_campaign_file_does(tmp_path):
+    """`miroir edge run --config box.toml` said "broker_port 70000 is not a TCP port (1..65535)"
+    and "setting 'keepalive_s': expected int, got 'x'": which file, and for a wrong type what the
+    key accepts, it did not say, where a campaign file's error starts with its path. Both do."""
+    import os
+    import subprocess
+    import sys
+
+    cases = [("broker_port = 70000", "broker_port 70000 is not a TCP port (1..65535)"),
+             ('keepalive_s = "x"', "setting 'keepalive_s': expected int, got 'x' (allowed range "
+                                   "1..3600)")]
+    for line, message in cases:
+        path = _write(tmp_path, f'site = "s"\nbox = "b"\n{line}\n')
+        done = subprocess.run([sys.executable, "-m", "miroir", "edge", "run", "--config",
+                               str(path)], capture_output=True, text=True, timeout=60,
+                              env={**os.environ})
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.splitlines() == [f"miroir: error: {path}: {message}"], done.stderr

@@ -94,6 +94,12 @@ def _way_back(request: Request) -> str:
     return "/"
 
 
+def _back(request: Request) -> str:
+    """The way back of an error page: :func:`_way_back`, with the pagings of the form's address
+    (the agent page's forms carry them)."""
+    return page_address(_way_back(request), request.url.query)
+
+
 async def page_error(request: Request, exc: Exception) -> Response:
     """An error as a page in the user's language with a way back for a browser (forms and pages
     answered raw JSON), as JSON for the API."""
@@ -112,7 +118,7 @@ async def page_error(request: Request, exc: Exception) -> Response:
     response = render(request, "error.html", {"status": status,
                                               "detail": i18n.detail(lang, detail),
                                               "message": ERROR_KEYS.get(status, "error.other"),
-                                              "back": _way_back(request)}, status)
+                                              "back": _back(request)}, status)
     response.headers.update(headers or {})
     return response
 
@@ -169,10 +175,13 @@ def page_address(path: str, query: str) -> str:
 def render(request: Request, template: str, context: dict[str, Any], status: int = 200) -> Response:
     """Render a page with the user's language, CSRF token and navigation."""
     lang = getattr(request.state, "lang", "fr") or "fr"
+    # a form's answer (a refused form, an error page) stands for the page the form was on: its
+    # links and its language switch go there, never to the form's POST-only address
+    path = request.url.path if request.method == "GET" else _way_back(request)
     ctx = {"lang": lang, "t": i18n.translator(lang), "csrf": getattr(request.state, "csrf", ""),
            "user": getattr(request.state, "user", None),
-           "role": getattr(request.state, "role", None), "path": request.url.path,
-           "here": page_address(request.url.path, request.url.query),
+           "role": getattr(request.state, "role", None), "path": path,
+           "here": page_address(path, request.url.query),
            "i18n_json": i18n.client_json(lang), **context}
     response = TEMPLATES.TemplateResponse(request, template, ctx, status_code=status)
     response.headers["cache-control"] = "no-store"

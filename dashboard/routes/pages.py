@@ -100,6 +100,13 @@ def _paging(calls: dict[str, Any], audit: dict[str, Any] | None) -> dict[str, st
     return links
 
 
+def _agent_address(agent: str, calls_before: int | None, audit_before: int | None) -> str:
+    """The agent page at these places of its two pagings (None: the first page)."""
+    kept = [("calls_before", calls_before), ("audit_before", audit_before)]
+    query = urlencode([(k, v) for k, v in kept if v is not None])
+    return f"/agents/{quote(agent, safe='')}" + ("?" + query if query else "")
+
+
 def _agent_context(db: Db, user: User, agent: str, self_view: bool,
                    audit_before: int | None = None, goal_error: str | None = None,
                    goal_form: dict[str, str] | None = None,
@@ -177,30 +184,36 @@ def me_page(request: Request, db: Db, user: CurrentUser,
 def flag_form(request: Request, db: Db, user: CurrentUser, agent: str,
               ts: Annotated[float, Form(**api.TS_BOUNDS)],
               note: Annotated[str, Form(max_length=2000)] = "",
-              shared: Annotated[str, Form(max_length=4)] = "") -> Response:
-    """Flag a moment from the agent page."""
+              shared: Annotated[str, Form(max_length=4)] = "",
+              calls_before: CallsBefore = None, audit_before: AuditBefore = None) -> Response:
+    """Flag a moment from the agent page; back to it, both its pagings where they were."""
     api.add_flag(db, user, agent, api.FlagIn(ts=ts, note=note, shared=bool(shared)))
-    return RedirectResponse(f"/agents/{quote(agent, safe='')}#flags", status_code=303)
+    return RedirectResponse(_agent_address(agent, calls_before, audit_before) + "#flags",
+                            status_code=303)
 
 
 @router.post("/agents/{agent:id}/goals")
 def goal_form(request: Request, db: Db, user: CurrentUser, agent: str,
               metric: Annotated[str, Form(max_length=64)],
               label: Annotated[str, Form(max_length=120)],
-              direction: Annotated[str, Form(pattern="^(up|down)$")] = "down") -> Response:
-    """Set a focus goal from the agent page; refused (a name of spaces only), the agent's page
-    comes back with the form as typed and the reason above it."""
+              direction: Annotated[str, Form(pattern="^(up|down)$")] = "down",
+              calls_before: CallsBefore = None, audit_before: AuditBefore = None) -> Response:
+    """Set a focus goal from the agent page, back to it with both its pagings where they were;
+    refused (a name of spaces only), the agent's page comes back, at the same places, with the
+    form as typed and the reason above it."""
     try:
         body = api.GoalIn(metric=metric, label=label, direction=direction)
     except ValidationError:
         require_role(user, "admin", "supervisor")
-        ctx = _agent_context(db, user, agent, self_view=False,
+        ctx = _agent_context(db, user, agent, self_view=False, audit_before=audit_before,
                              goal_error=i18n.translate(user.lang, "agent.goal_unnamed"),
-                             goal_form={"label": label, "metric": metric, "direction": direction})
+                             goal_form={"label": label, "metric": metric, "direction": direction},
+                             calls_before=calls_before)
         access.audit(db, user, "view_agent", agent)  # the page shows the agent's data again
         return render(request, "agent.html", ctx, 422)
     api.add_goal(db, user, agent, body)
-    return RedirectResponse(f"/agents/{quote(agent, safe='')}#goals", status_code=303)
+    return RedirectResponse(_agent_address(agent, calls_before, audit_before) + "#goals",
+                            status_code=303)
 
 
 @router.post("/calls/{call_id}/outcome")

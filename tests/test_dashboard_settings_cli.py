@@ -1,0 +1,80 @@
+"""Bad ``MIROIR_DASH_*`` settings, as site IT types them in ``dashboard.env``: every ``miroir
+dashboard`` command, run as a real process, says one line per bad variable and exits 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BAD = {
+    "MIROIR_DASH_MQTT_PORT": "88x3",
+    "MIROIR_DASH_RETENTION_AUDIT_DAYS": "36",
+    "MIROIR_DASH_TRUSTED_PROXIES": "10.0.0.1",
+    "MIROIR_DASH_SECURE_COOKIES": "maybe",
+    "MIROIR_DASH_TOTP_REQUIRE": "false",
+}
+"""A non-number, a value out of range, a list not in JSON, a yes/no, a mistyped variable name."""
+
+EXPECTED = [
+    "MIROIR_DASH_TOTP_REQUIRE: no such setting (did you mean MIROIR_DASH_TOTP_REQUIRED?)",
+    "MIROIR_DASH_TRUSTED_PROXIES: expected a JSON list of addresses or CIDRs, e.g. "
+    '["127.0.0.1/32", "::1/128"], got \'10.0.0.1\'',
+    "MIROIR_DASH_MQTT_PORT: expected a whole number, got '88x3'",
+    "MIROIR_DASH_SECURE_COOKIES: expected true or false, got 'maybe'",
+    "MIROIR_DASH_RETENTION_AUDIT_DAYS = '36' is outside the allowed range: at least 180",
+]
+"""Worded as a campaign file's errors are: the name as typed, the value, what it accepts."""
+
+COMMANDS = [
+    ["serve"],
+    ["user", "add", "tech", "--role", "it", "--password-file", "{tmp}/password"],
+    ["import", "{tmp}/floor.csv"],
+    ["retire", "box-001"],
+    ["purge"],
+    ["backup", "{tmp}/copy.sqlite"],
+    ["restore", "{tmp}/floor.csv"],
+]
+
+
+def _run(args: list[str], env: dict[str, str], tmp: Path) -> subprocess.CompletedProcess[str]:
+    """``miroir dashboard ARGS`` in its own process, with exactly these MIROIR_DASH_* variables."""
+    base = {k: v for k, v in os.environ.items() if not k.upper().startswith("MIROIR_DASH_")}
+    return subprocess.run([sys.executable, "-m", "miroir", "dashboard",
+                           *(a.format(tmp=tmp) for a in args)], env={**base, **env},
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=lambda a: a[0])
+def test_every_dashboard_command_names_each_bad_variable_on_one_line(args: list[str],
+                                                                      tmp_path: Path) -> None:
+    """Each bad variable is one line: its name as typed, its value and what it accepts; exit 2
+    (a usage error, as the README gives); no traceback, no pydantic report, nothing written."""
+    (tmp_path / "password").write_text("a long enough password\n")
+    (tmp_path / "floor.csv").write_text("box,seat,agent,team\nbox-001,A-01,Priya,north\n")
+    db = tmp_path / "dashboard.sqlite"
+    env = {"MIROIR_DASH_SITE": "paris-1", "MIROIR_DASH_DB_PATH": str(db), **BAD}
+    done = _run(args, env, tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [f"miroir: error: {line}" for line in EXPECTED], done.stderr
+    assert not db.exists() and not (tmp_path / "copy.sqlite").exists()
+
+
+def test_missing_and_paired_settings_are_named_by_their_variables(tmp_path: Path) -> None:
+    """Without dashboard.env's lines each required variable is named; a TLS certificate without
+    its key names both variables."""
+    bare = _run(["purge"], {}, tmp_path)
+    assert bare.returncode == 2
+    assert bare.stderr.splitlines() == [
+        "miroir: error: MIROIR_DASH_SITE is not set: expected text",
+        "miroir: error: MIROIR_DASH_DB_PATH is not set: expected a file path"], bare.stderr
+    half = _run(["serve"], {"MIROIR_DASH_SITE": "paris-1",
+                            "MIROIR_DASH_DB_PATH": str(tmp_path / "d.sqlite"),
+                            "MIROIR_DASH_TLS_CERT_FILE": str(tmp_path / "https.pem")}, tmp_path)
+    assert half.returncode == 2
+    assert half.stderr.splitlines() == [
+        "miroir: error: MIROIR_DASH_TLS_CERT_FILE and MIROIR_DASH_TLS_KEY_FILE go together: set "
+        "both (HTTPS served directly) or neither (behind a reverse proxy)"], half.stderr
