@@ -161,3 +161,28 @@ def test_a_reload_restart_alerts_only_if_the_box_does_not_come_back_and_a_stop_a
     assert _row(db)["restart"] is None
     assert fleet.evaluate_alerts(db) == ([BOX], [])
     assert [a["reason"] for a in fleet.alert_history(db)] == ["status", "restart"]
+
+
+def test_a_stale_or_bad_restart_note_is_dropped_and_a_bad_reason_is_quarantined(
+        tmp_path: Path) -> None:
+    """A note the update left while no agent ran (older than the restart can take) must not make
+    a later stop for good look planned; a reason outside the contract breaks it."""
+    import json
+    import time
+
+    from edge.health import RESTART_NOTE_MAX_AGE_S, note_restart, take_restart_note
+    from miroir import wire
+
+    note_restart(tmp_path, "update")
+    assert (tmp_path / RESTART_FILE).stat().st_mode & 0o777 == 0o644  # the agent's user reads it
+    assert take_restart_note(tmp_path) == "update" and not (tmp_path / RESTART_FILE).exists()
+    assert take_restart_note(tmp_path) is None
+    note_restart(tmp_path, "update")
+    assert take_restart_note(tmp_path, now=time.time() + RESTART_NOTE_MAX_AGE_S + 1) is None
+    assert not (tmp_path / RESTART_FILE).exists()
+    for bad in (json.dumps({"reason": "shutdown", "ts": time.time()}), "not json", '{"ts": 1}'):
+        (tmp_path / RESTART_FILE).write_text(bad)
+        assert take_restart_note(tmp_path) is None and not (tmp_path / RESTART_FILE).exists()
+    with pytest.raises(wire.WireError, match="restart"):
+        wire.decode("status", json.dumps(wire.status_message(SITE_ID, BOX, "online", time.time())
+                                         | {"restart": "shutdown"}).encode())
