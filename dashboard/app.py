@@ -180,7 +180,9 @@ async def _every(settings: DashboardSettings, period_s: float, job: Callable[[An
 
 async def _alert_loop(settings: DashboardSettings) -> None:
     """Raise and clear the fleet's offline alerts every ``fleet.ALERT_CHECK_S``."""
-    await _every(settings, fleet.ALERT_CHECK_S, fleet.evaluate_alerts, "fleet alert evaluation")
+    await _every(settings, fleet.ALERT_CHECK_S,
+                 lambda db: fleet.evaluate_alerts(db, restart_grace_s=settings.restart_grace_s),
+                 "fleet alert evaluation")
 
 
 async def _purge_loop(settings: DashboardSettings) -> None:

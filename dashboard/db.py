@@ -174,6 +174,7 @@ def apply_status(db: sqlite_utils.Database, msg: dict[str, Any], ingested_ts: fl
 def _status_row(db: sqlite_utils.Database, msg: dict[str, Any], ingested_ts: float) -> None:
     """Apply one status to the box's row (caller's transaction); note a rise in overruns."""
     fields = {k: msg[k] for k in STATUS_FIELDS if k in msg}
+    fields["restart"] = msg.get("restart")  # only the stop of a planned restart says it
     _touch_box(db, msg["site"], msg["box"], ingested_ts)
     # a Last Will carries the time its box connected (it is set then), maybe days ago: it must
     # not move the time of the box's last report back (the certificate's days left age from it)

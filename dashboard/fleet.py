@@ -4,7 +4,10 @@ Every box reports its health in its retained ``status`` (software version, certi
 outbox depth, dropped messages, audio overruns, capture state, CPU temperature and throttling,
 clock synchronisation). This module turns the stored status into problems and keeps a history
 of offline alerts: a box is offline when its status says so (its Last Will, published by the
-broker when the connection drops) or when nothing came from it for :data:`SILENT_AFTER_S`.
+broker when the connection drops) or when nothing came from it for :data:`SILENT_AFTER_S`. A box
+whose clean stop said it restarts (``restart``: an update, a settings reload) is *restarting*, not
+offline, for a grace period (``restart_grace_s``, :data:`RESTART_GRACE_S` by default): a planned
+restart raises no alert unless the box is not back by then (the alert is then dated from its stop).
 """
 
 from __future__ import annotations
@@ -36,12 +39,14 @@ OVERRUNS_RISING_S = 600.0
 """Audio overruns count as rising if the box's counter went up within this window (s)."""
 ALERT_CHECK_S = 2.0
 """Period of the offline-alert evaluation in the running dashboard (s)."""
+RESTART_GRACE_S = 120.0
+"""Default time a box that said it restarts has to come back before it is alerted (s)."""
 DAY_S = 86400.0
 
 SEVERITY = {
     "offline": 100, "never_seen": 95, "cert_expired": 90, "flood": 80, "capture": 70, "cert_expiring": 60,
     "update": 58, "settings": 55, "outbox": 50, "dropped": 45, "fields": 42, "overruns": 40,
-    "clock": 35, "thermal": 30, "affect": 20, "version": 10,
+    "clock": 35, "thermal": 30, "affect": 20, "restarting": 15, "version": 10,
 }
 """Problem codes from the most to the least urgent."""
 
@@ -73,6 +78,13 @@ def is_offline(box: dict[str, Any], now: float) -> bool:
     return box.get("state") == "offline" or seen is None or now - float(seen) > SILENT_AFTER_S
 
 
+def is_restarting(box: dict[str, Any], now: float, grace_s: float = RESTART_GRACE_S) -> bool:
+    """True if the box's last status is the stop of a planned restart, at most ``grace_s`` ago."""
+    seen = box.get("last_seen_ts")
+    return (box.get("state") == "offline" and bool(box.get("restart")) and seen is not None
+            and now - float(seen) <= grace_s)
+
+
 def cert_days_now(box: dict[str, Any], now: float) -> float | None:
     """Days left on the box's certificate now (its last report aged by the time since)."""
     days = box.get("cert_days_left")
@@ -82,13 +94,15 @@ def cert_days_now(box: dict[str, Any], now: float) -> float | None:
     return float(days) - max(0.0, now - float(reported)) / DAY_S
 
 
-def problems(box: dict[str, Any], now: float, fleet_version: str | None) -> list[Problem]:
+def problems(box: dict[str, Any], now: float, fleet_version: str | None,
+             restart_grace_s: float = RESTART_GRACE_S) -> list[Problem]:
     """The problems of one box row, most urgent first.
 
     Args:
         box: A ``boxes`` row (``last_seen_ts`` None for a provisioned box never seen).
         now: Wall-clock seconds since the epoch.
         fleet_version: The fleet's most common software version.
+        restart_grace_s: How long a box that said it restarts is shown restarting, not offline.
 
     Returns:
         The problems, sorted by decreasing severity.
@@ -96,6 +110,8 @@ def problems(box: dict[str, Any], now: float, fleet_version: str | None) -> list
     out: list[Problem] = []
     if box.get("last_seen_ts") is None:
         out.append(Problem("never_seen"))
+    elif is_restarting(box, now, restart_grace_s):
+        out.append(Problem("restarting", str(box["restart"])))
     elif is_offline(box, now):
         out.append(Problem("offline"))
     days = cert_days_now(box, now)
@@ -144,17 +160,20 @@ _FLEET_COLUMNS = ("box", "site", "state", "last_status_ts", "last_seen_ts", "ver
                   "outbox_depth", "dropped", "overruns", "overruns_rise_ts", "capture_ok",
                   "capture_reopens", "capture_error", "settings_error", "prospect_affect_state",
                   "cert_days_left", "cpu_temp_c", "throttled", "clock_synced", "clock_offset_ms",
-                  "clock_shared", "msgs_per_min", "fields_dropped", "update_rolled_back")
+                  "clock_shared", "msgs_per_min", "fields_dropped", "update_rolled_back",
+                  "restart")
 
 
-def fleet(db: sqlite_utils.Database, now: float | None = None) -> dict[str, Any]:
+def fleet(db: sqlite_utils.Database, now: float | None = None,
+          restart_grace_s: float = RESTART_GRACE_S) -> dict[str, Any]:
     """Every box (seen or only provisioned, not retired) with its seat and problems, worst first.
 
     Returns:
         ``{"now", "common_version", "boxes": [...], "counts": {code: n}}``; each box has
-        ``box``, ``seat``, ``state``, ``offline``, ``last_seen_ts``, ``since_ts`` (when the
-        open offline alert started), the health fields and ``problems`` (dicts with
-        ``code``, ``detail``, ``severity``).
+        ``box``, ``seat``, ``state``, ``offline``, ``restarting`` (a planned restart within
+        ``restart_grace_s``: not offline), ``last_seen_ts``, ``since_ts`` (when the open
+        offline alert started, or when the restart began), the health fields and ``problems``
+        (dicts with ``code``, ``detail``, ``severity``).
     """
     now = time.time() if now is None else now
     cols = ", ".join(f"b.{c}" for c in _FLEET_COLUMNS)
@@ -174,11 +193,13 @@ def fleet(db: sqlite_utils.Database, now: float | None = None) -> dict[str, Any]
         for flag in ("capture_ok", "throttled", "clock_synced", "clock_shared"):
             if r[flag] is not None:
                 r[flag] = bool(r[flag])
-        found = problems(r, now, version)
+        found = problems(r, now, version, restart_grace_s)
         r["problems"] = [{"code": p.code, "detail": p.detail, "severity": p.severity}
                          for p in found]
-        r["offline"] = r["last_seen_ts"] is None or is_offline(r, now)
-        r["since_ts"] = (since.get(r["box"]) or r["last_seen_ts"]) if r["offline"] else None
+        r["restarting"] = is_restarting(r, now, restart_grace_s)
+        r["offline"] = r["last_seen_ts"] is None or (is_offline(r, now) and not r["restarting"])
+        r["since_ts"] = (since.get(r["box"]) or r["last_seen_ts"]) if r["offline"] else \
+            r["last_seen_ts"] if r["restarting"] else None
         r["cert_days_now"] = cert_days_now(r, now)
         counts.update(p.code for p in found)
     rows.sort(key=lambda r: (-max((p["severity"] for p in r["problems"]), default=0),
@@ -187,28 +208,33 @@ def fleet(db: sqlite_utils.Database, now: float | None = None) -> dict[str, Any]
 
 
 # ------------------------------------------------------------------------------ alerts
-def evaluate_alerts(db: sqlite_utils.Database, now: float | None = None
-                    ) -> tuple[list[str], list[str]]:
+def evaluate_alerts(db: sqlite_utils.Database, now: float | None = None,
+                    restart_grace_s: float = RESTART_GRACE_S) -> tuple[list[str], list[str]]:
     """Raise an offline alert for each box gone offline, clear those back; return both lists.
 
     Only boxes that have been seen can go offline (a provisioned box never seen is listed on
-    the IT page, not alerted); a retired box raises none (its open alert was closed then). The
-    history is kept in the ``alerts`` table: a row per episode, ``cleared_ts`` set once when
-    the box comes back (or is retired).
+    the IT page, not alerted); a retired box raises none (its open alert was closed then). A
+    box whose stop said it restarts is alerted only once ``restart_grace_s`` has passed without
+    it back (reason ``restart``, since its stop). The history is kept in the ``alerts`` table:
+    a row per episode, ``cleared_ts`` set once when the box comes back (or is retired).
 
     Args:
         db: The open database (schema ensured).
         now: Wall-clock seconds since the epoch.
+        restart_grace_s: Time a box that said it restarts has to come back.
 
     Returns:
         (boxes whose alert was raised now, boxes whose alert was cleared now).
     """
     now = time.time() if now is None else now
-    rows = db.conn.execute("SELECT box, state, last_seen_ts FROM boxes b "
+    rows = db.conn.execute("SELECT box, state, last_seen_ts, restart FROM boxes b "
                            f"WHERE last_seen_ts IS NOT NULL AND {_NOT_RETIRED}").fetchall()
     offline: dict[str, tuple[str, float]] = {}
-    for box, state, seen in rows:
-        if state == "offline":  # its Last Will (or a clean stop): seen when it arrived
+    for box, state, seen, restart in rows:
+        if state == "offline" and restart:  # a planned restart: only if it is not back in time
+            if now - float(seen) > restart_grace_s:
+                offline[box] = ("restart", float(seen))
+        elif state == "offline":  # its Last Will (or a clean stop): seen when it arrived
             offline[box] = ("status", float(seen))
         elif now - float(seen) > SILENT_AFTER_S:
             offline[box] = ("silent", float(seen))

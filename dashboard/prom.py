@@ -116,18 +116,22 @@ class DashboardCollector:
         now = time.time()
         db = store.open_db(self.settings.db_path)
         try:
-            view = fleet.fleet(db, now)
+            view = fleet.fleet(db, now, self.settings.restart_grace_s)
             active, total = fleet.alert_counts(db)
         finally:
             db.conn.close()
         seen = [b for b in view["boxes"] if b["last_seen_ts"] is not None]
         offline = sum(1 for b in seen if b["offline"])
+        restarting = sum(1 for b in seen if b["restarting"])
         yield GaugeMetricFamily("miroir_boxes_known", "Boxes seen or provisioned.",
                                 value=float(len(view["boxes"])))
         yield GaugeMetricFamily("miroir_boxes_online", "Boxes online now.",
-                                value=float(len(seen) - offline))
-        yield GaugeMetricFamily("miroir_boxes_offline", "Boxes seen once and offline now.",
-                                value=float(offline))
+                                value=float(len(seen) - offline - restarting))
+        yield GaugeMetricFamily("miroir_boxes_offline", "Boxes seen once and offline now "
+                                "(not those restarting).", value=float(offline))
+        yield GaugeMetricFamily("miroir_boxes_restarting", "Boxes that said they restart (an "
+                                "update, a reload), within the grace period.",
+                                value=float(restarting))
         yield GaugeMetricFamily("miroir_alerts_active", "Open fleet alerts (boxes offline).",
                                 value=float(active))
         yield CounterMetricFamily("miroir_alerts_raised", "Fleet alerts raised (kept history).",
@@ -145,7 +149,7 @@ class DashboardCollector:
             return
         up = GaugeMetricFamily("miroir_box_up", "1 if the box is online.", labels=["box"])
         for b in boxes:
-            up.add_metric([b["box"]], 0.0 if b["offline"] else 1.0)
+            up.add_metric([b["box"]], 0.0 if b["offline"] or b["restarting"] else 1.0)
         yield up
         for key, name, doc in PER_BOX:
             family = GaugeMetricFamily(name, doc, labels=["box"])

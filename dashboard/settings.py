@@ -98,6 +98,11 @@ class DashboardSettings(BaseSettings):
     purge_interval_s: float = Field(
         3600.0, gt=0, description="Seconds between two automatic retention purges."
     )
+    restart_grace_s: float = Field(
+        120.0, ge=0, description="Seconds a box that said it restarts (an update, a settings "
+        "reload) has to come back before the offline alert: meanwhile the IT page shows it "
+        "restarting. 0 alerts at once, as for a stop."
+    )
     metrics_token_file: Path | None = Field(
         None, description="File holding the bearer token Prometheus must send to /metrics "
         "(a systemd credential in production); unset, /metrics refuses every scrape."

@@ -2,7 +2,10 @@
 
 One loop runs the stages and owns the outbox; paho's network thread (or a shared loop) does the
 MQTT I/O. SIGTERM or SIGINT ends the loop cleanly: the outbox is drained for up to ``drain_s``
-seconds and the retained status says ``offline``.
+seconds and the retained status says ``offline``, with ``restart`` when the stop is a planned
+restart: a good ``reload`` (below), or an update (``miroir edge update`` leaves a note in the state
+folder first, :func:`edge.health.note_restart`). A stop for good (``systemctl stop``, a shutdown)
+carries none: systemd's SIGTERM is the same for a stop and a restart.
 
 Commands arrive on the box's own ``cmd`` topic (see ``docs/wire.md``); anything on another topic,
 malformed or addressed to another box is refused and counted in ``cmd_refused``, never raised.
@@ -37,7 +40,7 @@ import numpy as np
 from edge import baselines
 from edge.control import ControlError, ControlSocket, parse
 from edge.conversation import ConversationConfig
-from edge.health import health_facts, write_heartbeat
+from edge.health import health_facts, take_restart_note, write_heartbeat
 from edge.outbox import Outbox
 from edge.publisher import Publisher
 from edge.settings import EdgeSettings
@@ -604,6 +607,8 @@ class Box:
 
     def run(self, blocks: Iterable[np.ndarray] | Iterable[Any], drain_s: float = 5.0) -> None:
         """Process blocks until they end or :attr:`stop_event` is set, then shut down cleanly."""
+        if take_restart_note(self.settings.state_dir) is not None:  # left by a restart of no agent
+            log.info("an update's restart note was left from before this start: removed")
         self.publisher.start()
         if self.settings.control_socket is not None:
             try:
@@ -636,8 +641,17 @@ class Box:
                 self.outbox.purge()
             except sqlite3.Error as exc:  # a failing card must not cost the clean goodbye
                 log.error("outbox: purge failed: %s", exc)
-            self.publisher.stop(self.status_fields())
+            self.publisher.stop({**self.status_fields(), **self._restart_field()})
             self.outbox.close()
+
+    def _restart_field(self) -> dict[str, str]:
+        """``restart`` for the ``offline`` status of a planned restart (a good ``reload``, or an
+        update's note), so that the dashboard waits for the agent back before it alerts."""
+        noted = take_restart_note(self.settings.state_dir)  # taken either way: it is this stop's
+        reason = "reload" if self.exit_code == EXIT_RELOAD else noted
+        if reason:
+            log.info("stopping for a restart (%s)", reason)
+        return {"restart": reason} if reason else {}
 
     def install_signal_handlers(self) -> None:
         """Make SIGTERM and SIGINT end the loop cleanly, and SIGHUP ask for a ``reload``."""

@@ -146,7 +146,7 @@ def cmd_edge_update(args: argparse.Namespace) -> int:
     """Install a signed release side by side, switch atomically, health-check, commit or roll back."""
     import subprocess
 
-    from edge.health import wait_healthy, wait_published
+    from edge.health import note_restart, wait_healthy, wait_published
     from edge.update import BrokerUnreachable, RolledBack, UpdateError, Updater
 
     updater = Updater(args.root)
@@ -169,6 +169,10 @@ def cmd_edge_update(args: argparse.Namespace) -> int:
     def restart() -> None:
         # (the unit's own start timeout is 60 s: a new agent that never gets ready times out
         # here too, and the install rolls back)
+        try:  # the agent's offline status then says "restart": the dashboard waits before alerting
+            note_restart(args.state_dir, "update")
+        except OSError as exc:  # the update matters more: the restart then alerts as a stop
+            log.warning("no restart note in %s: %s", args.state_dir, exc)
         try:
             subprocess.run(["systemctl", "restart", args.unit], check=False, timeout=90)
         except subprocess.TimeoutExpired:

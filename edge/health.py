@@ -10,6 +10,7 @@ heartbeat file the update health check reads.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import datetime as dt
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.update import rolled_back
+from miroir import wire
 from miroir.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,11 @@ THROTTLED_FILE = Path("/sys/devices/platform/soc/soc:firmware/get_throttled")
 sandbox, where ``vcgencmd`` cannot reach ``/dev/vcio``."""
 TIMESYNC_DIR = Path("/run/systemd/timesync")
 HEARTBEAT_FILE = "heartbeat.json"
+RESTART_FILE = "restarting.json"
+"""Note left in the agent's state folder by ``miroir edge update`` just before it restarts the
+agent: the agent that stops then says so in its ``offline`` status (``restart``)."""
+RESTART_NOTE_MAX_AGE_S = 120.0
+"""A note older than this is not the stop's (the update's ``systemctl restart`` waits 90 s)."""
 _TIME_ERROR = 5
 _STA_NANO = 0x2000
 _THROTTLED_NOW_MASK = 0xF  # under-voltage, frequency capped, throttled, soft temperature limit
@@ -160,6 +167,40 @@ def write_heartbeat(state_dir: Path, version: str, acked_ts: float | None = None
     atomic_write(Path(state_dir) / HEARTBEAT_FILE,
                  json.dumps({"version": version, "acked_ts": acked_ts or time.time(),
                              "pid": os.getpid()}), sync=False)
+
+
+def note_restart(state_dir: Path, reason: str) -> None:
+    """Tell the agent that its next stop is a restart (``reason``: ``wire.RESTART_REASONS``).
+
+    Written by root, read (and removed) by the agent's own user: readable by all, it holds no
+    secret. Raises OSError when the folder cannot be written.
+    """
+    atomic_write(Path(state_dir) / RESTART_FILE, json.dumps({"reason": reason, "ts": time.time()}),
+                 mode=0o644, sync=False)
+
+
+def take_restart_note(state_dir: Path, now: float | None = None) -> str | None:
+    """Remove the restart note; return its reason if it is fresh (:data:`RESTART_NOTE_MAX_AGE_S`)."""
+    path = Path(state_dir) / RESTART_FILE
+    try:
+        note = json.loads(path.read_text())
+        path.unlink()
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("restart note %s unreadable: %s", path, exc)
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return None
+    now = time.time() if now is None else now
+    try:
+        reason, ts = str(note["reason"]), float(note["ts"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if reason not in wire.RESTART_REASONS or not 0 <= now - ts <= RESTART_NOTE_MAX_AGE_S:
+        log.info("restart note of %s ignored (%.0f s old)", reason, now - ts)
+        return None
+    return reason
 
 
 def read_heartbeat(state_dir: Path) -> dict[str, Any]:

@@ -41,6 +41,9 @@ CUE_IDS = ("too_fast", "too_slow", "monologue", "no_pause", "monotone", "talking
 CUE_SEVERITIES = ("low", "medium", "high")
 CUE_UNITS = ("ratio", "s", "db", "index", "answers")
 STATUS_STATES = ("online", "offline")
+RESTART_REASONS = ("update", "reload")
+"""``status.restart``, on the ``offline`` status of a clean stop that is a planned restart: the
+update's (``miroir edge update``) or a good settings ``reload``'s (the agent's exit 75)."""
 CMD_ACTIONS = ("private_on", "private_off", "identify", "reload", "resend", "call_state",
                "forget_baselines")
 """``forget_baselines``: the seat changed hands at the command's ``ts``; the box forgets the agent
@@ -145,6 +148,7 @@ ALLOWED_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
         "baselines_ts": _num,
         "update_rolled_back": (str,),
         "update_rolled_back_ts": _num,
+        "restart": (str,),
         # Fleet health for site IT (edge/health.py).
         "cert_days_left": _num,
         "cpu_temp_c": _num,
@@ -221,6 +225,7 @@ _ENUMS: dict[str, tuple[str, ...]] = {
     "channel": (*CHANNELS, "both"),
     "call_end_reason": ("silence", "signal", "hangup", "voicemail", "end_of_stream"),
     "state": STATUS_STATES,
+    "restart": RESTART_REASONS,
     "action": CMD_ACTIONS,
     "call_state": CALL_STATES,
     "prospect_affect_state": AFFECT_STATES,

@@ -9,7 +9,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from .. import certs, fleet, prom
-from .deps import CurrentUser, Db, render, require_role
+from .deps import CurrentUser, Db, Settings, render, require_role
 
 router = APIRouter(tags=["fleet"])
 
@@ -17,19 +17,19 @@ IT_ROLES = ("admin", "it")
 PAGE_REFRESH_S = 15
 
 
-def fleet_payload(db: Any) -> dict[str, Any]:
+def fleet_payload(db: Any, restart_grace_s: float) -> dict[str, Any]:
     """Boxes by problem, open alerts and the recent alert history."""
-    view = fleet.fleet(db)
+    view = fleet.fleet(db, restart_grace_s=restart_grace_s)
     active, total = fleet.alert_counts(db)
     return {**view, "alerts": fleet.active_alerts(db), "history": fleet.alert_history(db, 50),
             "alerts_active": active, "alerts_total": total}
 
 
 @router.get("/api/fleet")
-def api_fleet(db: Db, user: CurrentUser) -> dict[str, Any]:
+def api_fleet(db: Db, user: CurrentUser, settings: Settings) -> dict[str, Any]:
     """Every box with its problems, worst first, and the offline alerts (admins and IT)."""
     require_role(user, *IT_ROLES)
-    return fleet_payload(db)
+    return fleet_payload(db, settings.restart_grace_s)
 
 
 @router.get("/api/alerts")
@@ -47,9 +47,10 @@ def it_page(request: Request, db: Db, user: CurrentUser) -> Response:
     outbox, audio, clock...)."""
     require_role(user, *IT_ROLES)
     ingest = request.app.state.ingest
-    site_certs = certs.site_certs(request.app.state.settings,
-                                  getattr(ingest, "broker_cert_not_after_ts", None))
-    return render(request, "it.html", {**fleet_payload(db), "refresh_s": PAGE_REFRESH_S,
+    settings = request.app.state.settings
+    site_certs = certs.site_certs(settings, getattr(ingest, "broker_cert_not_after_ts", None))
+    return render(request, "it.html", {**fleet_payload(db, settings.restart_grace_s),
+                                       "refresh_s": PAGE_REFRESH_S,
                                        "site_certs": site_certs,
                                        "thresholds": {"cert_days": fleet.CERT_WARN_DAYS}})
 
