@@ -290,9 +290,12 @@ class _Guard:
     """Then the dashboard and the broker."""
 
     def __init__(self) -> None:
-        # a group of its own: a terminal's Ctrl-C or hang-up is the demo's to act on, not its
+        # a group of its own: a terminal's Ctrl-C or hang-up is the demo's to act on, not its;
+        # none of the demo's output: a reader of it (`miroir demo --json | jq`) sees its end when
+        # the demo ends, not when the guard does
         self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("guard.py"))],
-                                     stdin=subprocess.PIPE, process_group=0)
+                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, process_group=0)
 
     def watch(self, phase: int, pid: int | None) -> None:
         """Have the guard stop process ``pid`` in ``phase`` if the demo dies first."""
