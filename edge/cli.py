@@ -216,7 +216,7 @@ def cmd_edge_update(args: argparse.Namespace) -> int:
 
 def register_cli(groups: dict[str, argparse._SubParsersAction]) -> None:
     """Add ``check`` and ``update`` to the ``edge`` command group."""
-    from miroir.cli import positive_float
+    from miroir.cli import float_at_least, positive_float
 
     edge = groups["edge"]
     p = edge.add_parser("check", help="install check: levels, noise, clipping, swapped channels",
@@ -254,11 +254,11 @@ def register_cli(groups: dict[str, argparse._SubParsersAction]) -> None:
                    help="the box's settings file, for the broker's address: a new release that "
                         "has not published yet while the broker's port is closed is given "
                         f"{BROKER_SETTLE_S:.0f} s after it opens (default {DEFAULT_CONFIG})")
-    p.add_argument("--health-timeout-s", type=float, default=90.0,
-                   help="seconds the new release has to publish (default 90)")
-    p.add_argument("--soak-s", type=float, default=120.0,
+    p.add_argument("--health-timeout-s", type=positive_float, default=90.0,
+                   help="seconds the new release has to publish, a positive number (default 90)")
+    p.add_argument("--soak-s", type=float_at_least(0.0), default=120.0,
                    help="seconds the new release must then run without a restart before it is "
-                        "kept (default 120)")
+                        "kept, 0 or more (default 120)")
     p.add_argument("--allow-downgrade", action="store_true",
                    help="install a release older than the running one (refused by default: a "
                         "replayed old bundle)")

@@ -460,7 +460,8 @@ def test_a_count_or_duration_that_is_not_positive_is_a_usage_error() -> None:
 def test_every_range_the_cli_enforces_is_in_its_help() -> None:
     """`miroir demo --help` said "--boxes BOXES  number of simulated boxes (default 8)", and
     `--boxes 201` was refused ("between 1 and 200") only once run; so were a demo or site-init
-    `--port` outside 1..65535 and the bench ingest's floors. Each such option gives its range in
+    `--port` outside 1..65535 and the bench ingest's floors; `edge update --health-timeout-s 0` or
+    `--soak-s -1` were taken as given. Each such option gives its range in
     its help, and a value outside it is a usage error of that command naming the option."""
     site_init = ("--site", "s", "--broker-host", "h")
     cases = [(("demo",), (), "--boxes", "1 to 200", "201"),
@@ -470,7 +471,9 @@ def test_every_range_the_cli_enforces_is_in_its_help() -> None:
              (("bench", "ingest"), (), "--boxes", "1 or more", "0"),
              (("bench", "ingest"), (), "--duration", "1 or more", "0.5"),
              (("bench", "ingest"), (), "--rate", "positive", "0"),
-             (("bench", "ingest"), (), "--per-process", "1 or more", "0")]
+             (("bench", "ingest"), (), "--per-process", "1 or more", "0"),
+             (("edge", "update"), (), "--health-timeout-s", "positive", "0"),
+             (("edge", "update"), (), "--soak-s", "0 or more", "-1")]
     parsers = dict(_parsers(build_parser()))
     for path, extra, option, words, bad in cases:
         action = next(a for a in parsers[path]._actions if option in a.option_strings)
