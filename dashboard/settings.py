@@ -27,15 +27,17 @@ class DashboardSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
 
-    site: str = Field(description="Site id ([a-z0-9-]) whose boxes this dashboard shows.")
+    site: str = Field(pattern=r"^[a-z0-9-]{1,32}$",
+                      description="Site id ([a-z0-9-], 1 to 32) whose boxes this dashboard shows.")
     db_path: Path = Field(description="SQLite database file (created if missing, WAL mode).")
     mqtt_host: str = Field("127.0.0.1", description="Host of the site's MQTT broker.")
-    mqtt_port: int = Field(8883, description="TLS port of the site's MQTT broker.")
+    mqtt_port: int = Field(8883, ge=1, le=65535, description="TLS port of the site's MQTT broker.")
     mqtt_ca: Path | None = Field(None, description="PEM file of the site CA that signs the broker.")
     mqtt_cert: Path | None = Field(None, description="PEM client certificate of the dashboard.")
     mqtt_key: Path | None = Field(None, description="PEM private key of the dashboard certificate.")
     http_host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
-    http_port: int = Field(8000, description="Port the HTTP server binds to (0 picks a free one).")
+    http_port: int = Field(8000, ge=0, le=65535,
+                           description="Port the HTTP server binds to (0 picks a free one).")
     admin_user: str = Field("admin", description="Name of the admin created on an empty database.")
     admin_password_file: Path | None = Field(
         None, description="File holding the initial admin password (used once, on an empty db)."
@@ -200,6 +202,8 @@ def _line(field: str, value: Any, error: Any) -> str:
         return f"{name} is not set: expected {allowed(field)}"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         return f"{name} = {value!r} is outside the allowed range: {bounds(field)}"
+    if kind == "string_pattern_mismatch":  # the site id, the one setting with a pattern
+        return f"{name} = {value!r} is not 1 to 32 characters of a-z, 0-9 and - (as box ids are)"
     if kind.endswith(("_parsing", "_type")):
         return f"{name}: expected {allowed(field)}, got {value!r}"
     reason = str(error["msg"]).removeprefix("Value error, ")

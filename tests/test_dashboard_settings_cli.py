@@ -23,7 +23,7 @@ EXPECTED = [
     "MIROIR_DASH_TOTP_REQUIRE: no such setting (did you mean MIROIR_DASH_TOTP_REQUIRED?)",
     "MIROIR_DASH_TRUSTED_PROXIES: expected a JSON list of addresses or CIDRs, e.g. "
     '["127.0.0.1/32", "::1/128"], got \'10.0.0.1\'',
-    "MIROIR_DASH_MQTT_PORT: expected a whole number, got '88x3'",
+    "MIROIR_DASH_MQTT_PORT: expected a whole number, at least 1 and at most 65535, got '88x3'",
     "MIROIR_DASH_SECURE_COOKIES: expected true or false, got 'maybe'",
     "MIROIR_DASH_RETENTION_AUDIT_DAYS = '36' is outside the allowed range: at least 180",
 ]
@@ -78,3 +78,21 @@ def test_missing_and_paired_settings_are_named_by_their_variables(tmp_path: Path
     assert half.stderr.splitlines() == [
         "miroir: error: MIROIR_DASH_TLS_CERT_FILE and MIROIR_DASH_TLS_KEY_FILE go together: set "
         "both (HTTPS served directly) or neither (behind a reverse proxy)"], half.stderr
+
+
+def test_ports_and_the_site_id_are_checked_before_anything_starts(tmp_path: Path) -> None:
+    """`MIROIR_DASH_MQTT_PORT=70000` and `MIROIR_DASH_SITE=Paris_1` passed the settings: the ingest
+    then failed to connect (or subscribed to topics no box can publish on, box and site ids being
+    `[a-z0-9-]`). Both are refused with the rest, one line each."""
+    db = tmp_path / "dashboard.sqlite"
+    done = _run(["purge"], {"MIROIR_DASH_SITE": "Paris_1", "MIROIR_DASH_DB_PATH": str(db),
+                            "MIROIR_DASH_MQTT_PORT": "70000", "MIROIR_DASH_HTTP_PORT": "-1"}, tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        "miroir: error: MIROIR_DASH_SITE = 'Paris_1' is not 1 to 32 characters of a-z, 0-9 and - "
+        "(as box ids are)",
+        "miroir: error: MIROIR_DASH_MQTT_PORT = '70000' is outside the allowed range: at least 1 "
+        "and at most 65535",
+        "miroir: error: MIROIR_DASH_HTTP_PORT = '-1' is outside the allowed range: at least 0 and "
+        "at most 65535"], done.stderr
+    assert not db.exists()
