@@ -496,7 +496,7 @@ def _run_floor(root: Path, box_ids: list[str], calls: list[DemoCall], guard: _Gu
         say(f"broker: mosquitto on 127.0.0.1:{site.port} (TLS, client certificates, ACL)")
         # the demo's settings alone: a shell that read a site's dashboard.env must not stop the
         # demo's dashboard (a setting it refuses) nor serve it to the network (its HTTP host)
-        dash_env = dict({k: v for k, v in env.items() if not k.startswith("MIROIR_DASH_")},
+        dash_env = dict({k: v for k, v in env.items() if not k.upper().startswith("MIROIR_DASH_")},
                         MIROIR_DASH_SITE=SITE, MIROIR_DASH_DB_PATH=str(db_path),
                         MIROIR_DASH_MQTT_PORT=str(site.port),
                         MIROIR_DASH_MQTT_CA=str(site.ca_cert),

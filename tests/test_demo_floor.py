@@ -329,9 +329,11 @@ def test_the_shells_dashboard_settings_do_not_reach_the_demos_dashboard():
     dashboard.env`) passed its MIROIR_DASH_* settings to the demo's dashboard: one it refused
     stopped the demo ("the dashboard exited with code 2", its site files left behind), and
     MIROIR_DASH_HTTP_HOST=0.0.0.0 would have served the demo, its password printed, to the whole
-    network. The demo's dashboard takes the demo's settings alone."""
+    network. The demo's dashboard takes the demo's settings alone, also those a shell spelt in
+    lower case (the dashboard reads its variables in any case)."""
     port = free_port()
-    env = dict(os.environ, MIROIR_DASH_SESSION_IDLE_S="soon", MIROIR_DASH_HTTP_HOST="0.0.0.0")
+    env = dict(os.environ, MIROIR_DASH_SESSION_IDLE_S="soon", MIROIR_DASH_HTTP_HOST="0.0.0.0",
+               miroir_dash_login_window_s="never")
     proc = subprocess.Popen([sys.executable, "-m", "miroir", "demo", "--boxes", "1",
                              "--port", str(port)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, cwd=REPO, start_new_session=True)
