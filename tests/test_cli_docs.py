@@ -485,3 +485,22 @@ def test_every_range_the_cli_enforces_is_in_its_help() -> None:
         last = err.getvalue().splitlines()[-1]
         assert last.startswith(f"miroir {' '.join(path)}: error: argument {option}: {bad} "), last
         assert words in last, last
+
+
+def test_the_it_guide_lists_every_dashboard_setting_with_its_default() -> None:
+    """Some `MIROIR_DASH_*` settings (the MQTT ones, the admin's name, the session's idle time,
+    the purge's interval) were named in no document: site IT could learn them only from the
+    code. The IT guide's table gives each variable, its default and what it accepts."""
+    from dashboard.settings import DashboardSettings, allowed, env_name
+
+    guide = Path("docs/it-guide.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`"): [c.strip() for c in line.split("|")[2:4]]
+            for line in guide.split("## 7. Every dashboard setting")[1].splitlines()
+            if line.startswith("| `MIROIR_DASH_")}
+    assert set(rows) == {env_name(name) for name in DashboardSettings.model_fields}
+    for name, field in DashboardSettings.model_fields.items():
+        default, accepts = rows[env_name(name)]
+        assert accepts == allowed(name), name
+        if isinstance(field.default, (int, float)) and not isinstance(field.default, bool):
+            assert float(default) == field.default, name
+        assert (default == "(required)") == field.is_required(), name
