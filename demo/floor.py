@@ -344,6 +344,9 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], log_path: Path,
 
 
 def _stop(procs: list[subprocess.Popen[bytes]], timeout_s: float = 15.0) -> None:
+    """SIGTERM to each of ``procs``, SIGKILL to those still running ``timeout_s`` later; bounded
+    even if a Popen's wait lock was left held (an interrupt between its acquire and its release
+    once left the demo waiting for ever on a dashboard already gone)."""
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -353,7 +356,8 @@ def _stop(procs: list[subprocess.Popen[bytes]], timeout_s: float = 15.0) -> None
             proc.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5.0)
 
 
 def summarize(db_path: Path, outboxes: dict[str, Path],
@@ -535,25 +539,26 @@ def _run_floor(root: Path, box_ids: list[str], calls: list[DemoCall], guard: _Gu
         lag_check = time.monotonic() + 2 * LAG_CHECK_S
         lag_warned = False
         while deadline is None or time.monotonic() < deadline:
-            for proc in procs:
-                if (code := proc.poll()) is not None:
-                    raise DemoError(f"the dashboard exited early (code {code}); its log ends: "
-                                    f"{_log_end(logs / 'dashboard.log')}")
-            if not broker.running:  # the boxes and the dashboard reconnect by themselves
-                log.warning("the broker exited; starting it again on port %d", site.port)
-                with interrupts.hold():
+            # one Ctrl-C lands in the sleep below or at this block's end, never inside a Popen's
+            # poll: one between its lock's acquire and release left the stop waiting for ever
+            with interrupts.hold():
+                for proc in procs:
+                    if (code := proc.poll()) is not None:
+                        raise DemoError(f"the dashboard exited early (code {code}); its log ends: "
+                                        f"{_log_end(logs / 'dashboard.log')}")
+                if not broker.running:  # the boxes and the dashboard reconnect by themselves
+                    log.warning("the broker exited; starting it again on port %d", site.port)
                     broker.start()
                     guard.watch(_Guard.SERVERS, broker.pid)
-            for seat in demo_boxes:
-                if seat.proc is not None and (code := seat.proc.poll()) is not None:
-                    with interrupts.hold():
+                for seat in demo_boxes:
+                    if seat.proc is not None and (code := seat.proc.poll()) is not None:
                         seat.restart(code)
-            if not lag_warned and time.monotonic() >= lag_check:
-                warning = lag_warning(_lag_p95_ms(db_path, lag_since_ts), boxes)
-                lag_since_ts, lag_check = time.time(), time.monotonic() + LAG_CHECK_S
-                if warning is not None:
-                    print(warning, file=sys.stderr, flush=True)
-                    lag_warned = True
+                if not lag_warned and time.monotonic() >= lag_check:
+                    warning = lag_warning(_lag_p95_ms(db_path, lag_since_ts), boxes)
+                    lag_since_ts, lag_check = time.time(), time.monotonic() + LAG_CHECK_S
+                    if warning is not None:
+                        print(warning, file=sys.stderr, flush=True)
+                        lag_warned = True
             time.sleep(0.5)
     except KeyboardInterrupt:
         seconds = None

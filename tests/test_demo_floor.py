@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -821,3 +822,25 @@ def test_a_floor_the_machine_cannot_keep_up_with_is_warned_of_with_its_lag():
     assert (lag_warning(11400.0, 100) or "").startswith(
         "warning: the dashboard gets the boxes' metrics 11.4 s after they are sent")
     assert (lag_warning(11400.0, 100) or "").endswith("run fewer boxes, e.g. --boxes 50")
+
+
+def test_the_stop_is_bounded_even_if_an_interrupt_left_a_wait_lock_held():
+    """Under load, a Ctrl-C once landed inside the main loop's poll of the dashboard, between the
+    Popen's wait lock being taken and released: the stop then killed the dashboard and waited for
+    it for ever on that lock (the demo, its broker and its guard found running an hour later,
+    ignoring SIGTERM). The stop gives up on such a process after its grace instead."""
+    from demo.floor import _stop
+
+    proc = subprocess.Popen(["sleep", "60"])
+    assert proc._waitpid_lock.acquire(False)  # type: ignore[attr-defined]  # as the interrupt left it
+    stopper = threading.Thread(target=_stop, args=([proc], 0.5), daemon=True)
+    try:
+        stopper.start()
+        stopper.join(timeout=15)
+        bounded = not stopper.is_alive()
+    finally:
+        proc._waitpid_lock.release()  # type: ignore[attr-defined]
+        proc.kill()
+        proc.wait()
+        stopper.join(timeout=5)
+    assert bounded, "the stop still waits on the lock"
