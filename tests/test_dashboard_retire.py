@@ -235,6 +235,21 @@ def test_a_revoked_box_retired_leaves_the_dashboard_and_keeps_its_history(
     assert unknown.returncode == 3 and "not known to this dashboard" in unknown.stderr
     assert "Traceback" not in unknown.stderr
 
+def _site_with_box_a(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A dashboard database knowing box-a at seat A, and the environment of a `miroir dashboard`
+    command reading it (the shell's own MIROIR_DASH_* left out)."""
+    db_path = tmp_path / "db.sqlite"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MIROIR_DASH_")},
+           "MIROIR_DASH_SITE": SITE, "MIROIR_DASH_DB_PATH": str(db_path)}
+    db = store.open_db(db_path)
+    try:
+        schema.ensure_schema(db)
+        schema.import_inventory(db, [{"box": "box-a", "seat": "A"}], site=SITE)
+    finally:
+        db.conn.close()
+    return db_path, env
+
+
 
 def test_retiring_a_box_twice_says_when_with_the_servers_offset(tmp_path: Path) -> None:
     """`miroir dashboard retire` on a box already retired says since when, in the server's
@@ -243,15 +258,8 @@ def test_retiring_a_box_twice_says_when_with_the_servers_offset(tmp_path: Path) 
     from datetime import datetime
     from zoneinfo import ZoneInfo
 
-    db_path = tmp_path / "db.sqlite"
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MIROIR_DASH_")},
-           "MIROIR_DASH_SITE": SITE, "MIROIR_DASH_DB_PATH": str(db_path), "TZ": "Indian/Mauritius"}
-    db = store.open_db(db_path)
-    try:
-        schema.ensure_schema(db)
-        schema.import_inventory(db, [{"box": "box-a", "seat": "A"}], site=SITE)
-    finally:
-        db.conn.close()
+    db_path, env = _site_with_box_a(tmp_path)
+    env["TZ"] = "Indian/Mauritius"
     cmd = [sys.executable, "-m", "miroir", "dashboard", "retire", "box-a"]
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert first.returncode == 0 and "retired" in first.stdout, first.stderr
@@ -274,15 +282,7 @@ def test_retiring_a_box_the_dashboard_never_knew_has_an_exit_code_of_its_own(
     for a usage error, the same as a missing argument or bad settings: a script retiring a list
     could not tell them apart. It exits 3 (nothing changed), as the README says; a malformed id
     is still a usage error."""
-    db_path = tmp_path / "db.sqlite"
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MIROIR_DASH_")},
-           "MIROIR_DASH_SITE": SITE, "MIROIR_DASH_DB_PATH": str(db_path)}
-    db = store.open_db(db_path)
-    try:
-        schema.ensure_schema(db)
-        schema.import_inventory(db, [{"box": "box-a", "seat": "A"}], site=SITE)
-    finally:
-        db.conn.close()
+    _, env = _site_with_box_a(tmp_path)
 
     def retire(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "miroir", "dashboard", "retire", *args],
