@@ -145,20 +145,23 @@ class _Box:
         self.quick_exits = self.quick_exits + 1 if quick else 0
         if self.quick_exits >= BOX_QUICK_EXITS:
             raise DemoError(f"box {self.name} exited {self.quick_exits} times in a row within "
-                            f"{BOX_QUICK_EXIT_S:.0f} s of its start (code {code}); its log ends: "
+                            f"{BOX_QUICK_EXIT_S:.0f} s of its start (code {code}); its log says: "
                             f"{_log_end(self.log)}")
         log.warning("box %s exited (code %s); starting it again", self.name, code)
         self.start()
 
 
 def _log_end(path: Path) -> str:
-    """The last line of a process's log, for an error that outlives the log (a temporary folder
-    is removed when the demo stops)."""
+    """A process's log's last error line, else its last line, for an error that outlives the log
+    (a temporary folder is removed when the demo stops): uvicorn's bind error, for one, is
+    followed by its shutdown lines."""
     try:
-        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:
         lines = []
-    return lines[-1].strip()[:300] if lines else "(empty)"
+    errors = [ln for ln in lines if ln.startswith(("ERROR", "CRITICAL", "Traceback"))
+              or "Error" in ln]
+    return (errors or lines or ["(empty)"])[-1][:300]
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -327,13 +330,18 @@ class _Guard:
             self.proc.wait()
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes], log_path: Path,
+def _wait_http(url: str, proc: subprocess.Popen[bytes], log_path: Path, port: int,
                timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise DemoError(f"the dashboard exited with code {proc.returncode}; its log ends: "
-                            f"{_log_end(log_path)}")
+            said = _log_end(log_path)
+            if "address already in use" in said:  # taken since _check_port found it free
+                owner = _listener(port)
+                raise DemoError(f"port {port} was taken{f' by {owner}' if owner else ''} while the "
+                                "demo started: run it again, or choose another with --port")
+            raise DemoError(f"the dashboard exited with code {proc.returncode}; its log says: "
+                            f"{said}")
         try:
             with urllib.request.urlopen(url, timeout=1) as resp:
                 if resp.status == 200:
@@ -464,7 +472,7 @@ def _run_floor(root: Path, box_ids: list[str], calls: list[DemoCall], guard: _Gu
     from provisioning.broker import Mosquitto, free_port, make_site
 
     boxes = len(box_ids)
-    site = make_site(root / "site", SITE, box_ids, port=free_port())
+    site = make_site(root / "site", SITE, box_ids, port=free_port(avoid={http_port}))
     # each process in a group of its own, as each box below: a terminal's Ctrl-C, which signals
     # its whole foreground group, reaches the demo alone, and the demo stops the boxes first
     # (their outboxes drain) while the broker and the dashboard still run
@@ -516,7 +524,7 @@ def _run_floor(root: Path, box_ids: list[str], calls: list[DemoCall], guard: _Gu
             procs.append(dash)
             guard.watch(_Guard.SERVERS, dash.pid)
         url = f"http://127.0.0.1:{http_port}/"
-        _wait_http(url + "healthz", dash, logs / "dashboard.log")
+        _wait_http(url + "healthz", dash, logs / "dashboard.log", http_port)
         for i, box in enumerate(box_ids):
             call = calls[i % len(calls)]
             state = root / "boxes" / box
@@ -544,7 +552,7 @@ def _run_floor(root: Path, box_ids: list[str], calls: list[DemoCall], guard: _Gu
             with interrupts.hold():
                 for proc in procs:
                     if (code := proc.poll()) is not None:
-                        raise DemoError(f"the dashboard exited early (code {code}); its log ends: "
+                        raise DemoError(f"the dashboard exited early (code {code}); its log says: "
                                         f"{_log_end(logs / 'dashboard.log')}")
                 if not broker.running:  # the boxes and the dashboard reconnect by themselves
                     log.warning("the broker exited; starting it again on port %d", site.port)

@@ -22,7 +22,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -311,12 +311,13 @@ def write_config(
 EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port(host: str = "127.0.0.1", avoid: Collection[int] = ()) -> int:
     """Return a TCP port that is free on ``host`` right now, below the kernel's ephemeral range.
 
     Outgoing connections take their local port from that range: a broker stopped and started
     again on a port from it (an outage drill) could find it taken by any client's connection in
     between ("Address already in use"). Ports just below it are never handed out that way.
+    ``avoid``: ports promised to something not listening yet (a dashboard about to start).
     """
     try:
         low = int(EPHEMERAL_RANGE_FILE.read_text().split()[0])
@@ -324,15 +325,20 @@ def free_port(host: str = "127.0.0.1") -> int:
         low = 32768  # Linux's default
     candidates = range(max(1024, low - 12000), low)
     for port in random.sample(candidates, min(64, len(candidates))):
+        if port in avoid:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind((host, port))
             except OSError:
                 continue
             return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # all taken: any free port
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    for _ in range(64):  # all taken: any free port
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            if (port := int(sock.getsockname()[1])) not in avoid:
+                return port
+    raise OSError(f"no free TCP port on {host}")
 
 
 def _port_open(host: str, port: int, timeout_s: float = 0.2) -> bool:

@@ -25,8 +25,8 @@ import psutil
 import pytest
 
 from demo.calls import BETWEEN_CALLS_S, build_calls, load_truth, speech_ratio_truth
-from demo.floor import BOX_QUICK_EXITS, CALLS_DIR, DemoError, _Box, summarize
-from provisioning.broker import free_port, new_site_dir
+from demo.floor import BOX_QUICK_EXITS, CALLS_DIR, DemoError, _Box, _wait_http, summarize
+from provisioning.broker import free_port, make_site, new_site_dir
 from tests._fixtures_dashboard import browser_login, csrf_of
 
 REPO = Path(__file__).resolve().parents[1]
@@ -357,6 +357,47 @@ def test_the_shells_dashboard_settings_do_not_reach_the_demos_dashboard():
     assert rc == 0, "".join(output)
 
 
+def test_a_dashboard_port_taken_after_the_check_is_named_not_the_logs_last_line(tmp_path):
+    """The real dashboard on a port something took since the demo checked it: uvicorn logs the
+    bind error then its shutdown lines, and exits 3; the demo said only "its log ends:
+    Application shutdown complete." (a CI run). It names the port and who holds it."""
+    port = free_port()
+    site_dir = new_site_dir("miroir-demo-test-")
+    site = make_site(site_dir / "site", "demo-site", ["seat-01"], port=free_port(avoid={port}))
+    log_path = tmp_path / "dashboard.log"
+    (tmp_path / "admin-password").write_text("a long enough demo password\n")
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("MIROIR_DASH_")}
+    env.update(MIROIR_DASH_SITE="demo-site", MIROIR_DASH_DB_PATH=str(tmp_path / "d.sqlite"),
+               MIROIR_DASH_ADMIN_PASSWORD_FILE=str(tmp_path / "admin-password"),
+               MIROIR_DASH_HTTP_PORT=str(port), MIROIR_DASH_MQTT_PORT=str(site.port),
+               MIROIR_DASH_MQTT_CA=str(site.ca_cert), MIROIR_DASH_MQTT_CERT=str(site.dashboard.cert),
+               MIROIR_DASH_MQTT_KEY=str(site.dashboard.key))
+    with socket.socket() as holder, log_path.open("wb") as out:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        dash = subprocess.Popen([sys.executable, "-m", "miroir", "dashboard", "serve"], env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+        try:
+            with pytest.raises(DemoError) as caught:
+                _wait_http(f"http://127.0.0.1:{port}/healthz", dash, log_path, port, timeout_s=60)
+        finally:
+            dash.kill()
+            dash.wait()
+            shutil.rmtree(site_dir)
+    assert dash.returncode == 3, log_path.read_text()
+    assert str(caught.value).startswith(f"port {port} was taken by pid {os.getpid()} "), caught.value
+    assert "choose another with --port" in str(caught.value)
+
+
+def test_a_broker_port_is_never_the_one_promised_to_the_dashboard(monkeypatch):
+    """The demo checks the dashboard's port free, then picks the broker's among free ports: the
+    dashboard's, still free, could be picked (and the dashboard then fail to bind)."""
+    promised, other = free_port(), free_port()
+    monkeypatch.setattr("provisioning.broker.random.sample", lambda seq, k: [promised, other])
+    assert free_port() == promised  # free, and drawn first
+    assert free_port(avoid={promised}) == other
+
+
 def test_a_port_that_is_not_a_tcp_port_is_refused_at_once():
     for port in ("70000", "0", "-1"):
         proc = _demo_error("--boxes", "1", "--port", port)
@@ -452,7 +493,7 @@ def test_a_box_that_keeps_failing_to_start_ends_the_demo_naming_its_log(tmp_path
         assert box.proc is not None and box.proc.wait(timeout=30) == 3
         box.restart(3)
     assert box.proc is not None and box.proc.wait(timeout=30) == 3
-    with pytest.raises(DemoError, match=r"box seat-01 exited 3 times in a row .*; its log ends: "
+    with pytest.raises(DemoError, match=r"box seat-01 exited 3 times in a row .*; its log says: "
                                          r"broken$"):
         box.restart(3)
     assert (tmp_path / "seat-01.log").read_text() == "broken\n" * BOX_QUICK_EXITS
