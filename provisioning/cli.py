@@ -305,8 +305,8 @@ def register_cli(groups: dict[str, argparse._SubParsersAction]) -> None:
     p = sub.add_parser("expiry", help="certificates ending within N days (exit 1 if any)",
                        description=cmd_expiry.__doc__)
     _site_dir(p)
-    p.add_argument("--days", type=int, default=30,
-                   help="warn about what ends within this many days (default 30)")
+    p.add_argument("--days", type=int_between(1), default=30,
+                   help=f"warn about what ends within this many days, {span_text(1)} (default 30)")
     p.add_argument("--all", action="store_true", help="list every certificate, not only those")
     p.set_defaults(func=cmd_expiry)
 

@@ -146,6 +146,9 @@ def test_certificates_ending_soon_are_listed_with_what_renews_them(site_dir: Pat
     floor = tmp_path / "floor.csv"
     floor.write_text("box,seat\nbox-001,A-01\nbox-002,A-02\nbox-003,A-03\n")
     assert cli("enroll-csv", "--site-dir", str(site_dir), str(floor)).returncode == 0
+    nothing = cli("expiry", "--site-dir", str(site_dir), "--days", "30")
+    assert nothing.returncode == 0, nothing.stdout + nothing.stderr
+    assert nothing.stdout.splitlines() == ["0 of 7 certificate(s) of site paris-1 end within 30 days"]
     site = Site(site_dir)
     past = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
     pki.issue(site.ca, site.box_pair("box-002").cert.parent, "box-002", days=10)
@@ -168,7 +171,22 @@ def test_certificates_ending_soon_are_listed_with_what_renews_them(site_dir: Pat
     assert len(rows) == 5
     everything = cli("expiry", "--site-dir", str(site_dir), "--days", "5", "--all")
     assert everything.returncode == 1 and len(everything.stdout.splitlines()) == 9
-    assert cli("expiry", "--site-dir", str(site_dir), "--days", "-2").returncode == 0
+    ended = cli("expiry", "--site-dir", str(site_dir), "--days", "1")
+    assert ended.returncode == 1 and len(ended.stdout.splitlines()) == 2
+    assert ended.stdout.splitlines()[1].startswith("EXPIRED")
+
+
+@pytest.mark.parametrize("days", ["-2", "0"])
+def test_a_window_of_no_days_is_refused_not_an_expired_certificate_hidden(site_dir: Path,
+                                                                          days: str) -> None:
+    """`expiry --days -2` (or 0) was accepted and exited 0 with a box's certificate ended the day
+    before (it ended -1 days from now, not within -2): a window is 1 day or more, refused as the
+    CLI's other ranges (exit 2), so an ended certificate always exits 1."""
+    done = cli("expiry", "--site-dir", str(site_dir), "--days", days)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout == ""
+    assert done.stderr.splitlines()[-1] == (
+        f"miroir provision expiry: error: argument --days: {days} is outside 1 or more")
 
 
 def test_a_revoked_box_leaves_no_retained_status_on_the_broker(tmp_path: Path) -> None:
