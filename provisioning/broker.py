@@ -47,6 +47,9 @@ MAX_PACKET_BYTES = 2 * wire.MAX_PAYLOAD_BYTES
 """Largest MQTT packet the broker takes from any client (a payload of the wire contract's
 4096 bytes at most, its topic and headers): past it the client is disconnected, so a box cannot
 fill the broker's memory, its disk (a retained message) or the dashboard's with one message."""
+KILL_WAIT_S = 5.0
+"""How long stop() and kill() wait for the process after SIGKILL (as the demo's stop) before
+giving up on it with a warning: one in uninterruptible sleep (a hung disk) outlives SIGKILL."""
 CONFIG_FILE = "mosquitto.conf"
 ACL_FILE = "acl"
 LOG_FILE = "mosquitto.log"
@@ -461,17 +464,25 @@ class Mosquitto:
             proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
             log.warning("mosquitto pid %d ignored SIGTERM; killing it", proc.pid)
-            proc.kill()
-            proc.wait()
+            self._kill(proc)
         self._forget()
 
     def kill(self) -> None:
         """Kill with SIGKILL (a crash: nothing is saved since the last autosave)."""
         proc = self._proc
         if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            self._kill(proc)
         self._forget()
+
+    @staticmethod
+    def _kill(proc: subprocess.Popen[bytes]) -> None:
+        """SIGKILL ``proc`` and wait for it, giving up after ``KILL_WAIT_S`` with a warning."""
+        proc.kill()
+        try:
+            proc.wait(KILL_WAIT_S)
+        except subprocess.TimeoutExpired:
+            log.warning("mosquitto pid %d still there %.0f s after SIGKILL (uninterruptible "
+                        "sleep?); giving up on it", proc.pid, KILL_WAIT_S)
 
     def pause(self) -> None:
         """Freeze the process with SIGSTOP (the port stays open but nothing is answered)."""

@@ -11,6 +11,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -301,6 +302,32 @@ def test_runner_signals_and_cleanup(site: SiteFiles) -> None:
         assert second is not None and second != first
     assert not broker.running
     wait_until(lambda: not Path(f"/proc/{second}").exists(), "mosquitto to be reaped")
+
+
+@pytest.mark.parametrize("end", ["stop", "kill"])
+def test_stop_and_kill_give_up_on_a_broker_that_outlives_sigkill(
+        site: SiteFiles, end: str, caplog: pytest.LogCaptureFixture) -> None:
+    """After SIGKILL, stop() and kill() waited for the process with no bound: a Mosquitto in
+    uninterruptible sleep (frozen by the cgroup freezer: still waited for 30 s later) hung the
+    test teardown or the demo's stop. They give up KILL_WAIT_S later with a warning. Here the
+    Popen's wait lock is held, so its wait blocks as on such a process."""
+    broker = site.broker().start()
+    proc = broker._proc
+    assert proc is not None and proc._waitpid_lock.acquire(False)  # type: ignore[attr-defined]
+    ender = threading.Thread(target=(lambda: broker.stop(timeout_s=0.5)) if end == "stop"
+                             else broker.kill, daemon=True)
+    try:
+        ender.start()
+        ender.join(timeout=20)
+        bounded = not ender.is_alive()
+    finally:
+        proc._waitpid_lock.release()  # type: ignore[attr-defined]
+        proc.kill()
+        proc.wait()
+        ender.join(timeout=5)
+    assert bounded, f"{end}() still waits for the killed broker"
+    assert f"mosquitto pid {proc.pid} still there 5 s after SIGKILL" in caplog.text
+    assert not Path(f"/proc/{proc.pid}").exists()
 
 
 def proc_state(pid: int) -> str:
