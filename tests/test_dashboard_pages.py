@@ -1466,3 +1466,32 @@ def test_the_coaching_forms_and_their_error_pages_keep_both_pagings_and_switch_l
     page.wait_for_load_state()
     assert page.url == server.url + here
     assert page.locator("#calls-range").inner_text().startswith("Calls 51 to 100 of 150")
+
+
+def test_an_agent_or_team_address_with_a_trailing_slash_opens_its_page(
+        browser_page: Any, org_server: Any) -> None:
+    """`/agents/agent-a1/` typed by a supervisor answered 404 "Introuvable : cet élément n'existe
+    pas ou n'est pas de votre périmètre" (the id took the slash: agent "agent-a1/"), and a form
+    posted to `/agents/agent-a1/flags/` answered 405, while `/campaigns/` and the other pages
+    redirect to their address without the slash. These do too, the form's CSRF token checked."""
+    from tests._fixtures_dashboard import USER_PASSWORD
+
+    server, data = org_server
+    page = browser_page
+    browser_login(page, server.url, "sup-a", USER_PASSWORD, data["secrets"]["sup-a"])
+    for typed in ("/agents/agent-a1/", "/teams/team-a/", "/campaigns/"):
+        answer = page.goto(server.url + typed)
+        assert answer is not None and answer.status == 200, (typed, page.title())
+        assert page.url == server.url + typed.rstrip("/")
+    page.goto(server.url + "/agents/agent-a1")
+    for csrf, note, shown in ((False, "sans jeton", "La demande n'a pas abouti"),
+                              (True, "relance le prix", "relance le prix")):
+        page.fill("#flag-note", note)
+        page.evaluate("""([csrf]) => { const form = document.getElementById('flag-form');
+            form.action = form.action.replace('/flags', '/flags/');
+            if (!csrf) form.querySelector('input[name=csrf]').remove(); }""", [csrf])
+        with page.expect_navigation():
+            page.click("#flag-submit")
+        assert shown in page.locator("main").inner_text()
+        page.goto(server.url + "/agents/agent-a1")
+    assert page.locator("#flag-list .flag-note").all_inner_texts() == ["relance le prix"]

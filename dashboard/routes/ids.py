@@ -22,9 +22,11 @@ _SENT_AS_IS = "!$&'()*+,/:;=@%~"
 
 
 class IdConvertor(Convertor[str]):
-    """``{agent:id}``: the rest of the path as sent, decoded once it is matched."""
+    """``{agent:id}``: the rest of the path as sent, decoded once it is matched. Not ending in a
+    bare ``/``: routing sends such an address to the one without it, as for every page (an id
+    ending in ``/`` is reached written with ``%2F``, as the pages write it)."""
 
-    regex = ".+"
+    regex = ".*[^/]"
 
     def convert(self, value: str) -> str:
         """The id, percent-decoded (UTF-8)."""
