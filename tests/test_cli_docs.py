@@ -504,3 +504,20 @@ def test_the_it_guide_lists_every_dashboard_setting_with_its_default() -> None:
         if isinstance(field.default, (int, float)) and not isinstance(field.default, bool):
             assert float(default) == field.default, name
         assert (default == "(required)") == field.is_required(), name
+
+
+def test_the_it_guide_says_how_long_an_update_waits_before_it_exits_5() -> None:
+    """The guide said an update whose broker goes away during the check exits 5, not that it
+    then waits up to 90 s and 40 s for the new release and 90 s more for the release put back
+    (measured with the broker lost at the switch: exit 5 after 224 s, 90 s with it down from the
+    start): a command still waiting at two minutes looked hung. The figures follow the code."""
+    from edge.cli import BROKER_SETTLE_S
+
+    args = build_parser().parse_args(["edge", "update", "x.release"])
+    check_s, settle_s = args.health_timeout_s, BROKER_SETTLE_S
+    row = next(line for line in Path("docs/it-guide.md").read_text().splitlines()
+               if line.startswith("| update a box |"))
+    assert (f"says so after those {check_s:.0f} s (exit 5" in row)
+    assert (f"rolled back as not checked (exit 5) after up to {2 * check_s + settle_s:.0f} s: "
+            f"{check_s:.0f} s and {settle_s:.0f} s for the new release, then {check_s:.0f} s for "
+            "the one put back") in row
