@@ -364,8 +364,10 @@ def _stop(procs: list[subprocess.Popen[bytes]], timeout_s: float = 15.0) -> None
             proc.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
+            try:
                 proc.wait(5.0)
+            except subprocess.TimeoutExpired:
+                log.warning("pid %d still runs 5 s after SIGKILL; not waiting for it", proc.pid)
 
 
 def summarize(db_path: Path, outboxes: dict[str, Path],

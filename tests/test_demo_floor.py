@@ -865,7 +865,7 @@ def test_a_floor_the_machine_cannot_keep_up_with_is_warned_of_with_its_lag():
     assert (lag_warning(11400.0, 100) or "").endswith("run fewer boxes, e.g. --boxes 50")
 
 
-def test_the_stop_is_bounded_even_if_an_interrupt_left_a_wait_lock_held():
+def test_the_stop_is_bounded_even_if_an_interrupt_left_a_wait_lock_held(caplog):
     """Under load, a Ctrl-C once landed inside the main loop's poll of the dashboard, between the
     Popen's wait lock being taken and released: the stop then killed the dashboard and waited for
     it for ever on that lock (the demo, its broker and its guard found running an hour later,
@@ -885,3 +885,4 @@ def test_the_stop_is_bounded_even_if_an_interrupt_left_a_wait_lock_held():
         proc.wait()
         stopper.join(timeout=5)
     assert bounded, "the stop still waits on the lock"
+    assert f"pid {proc.pid} still runs 5 s after SIGKILL" in caplog.text  # not given up silently
