@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edge import health
+from provisioning.broker import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 DENIED = ["strace", "-f", "-qq", "-o", os.devnull, "-e", "trace=adjtimex,clock_adjtime",
@@ -133,3 +134,13 @@ def test_the_wait_for_a_stale_clock_ends_when_ntp_sets_it(tmp_path: Path) -> Non
     assert len(polls) == 3  # not behind: no wait
     assert await_clock(outbox, 3.0, behind=True, synced=lambda: False, sleep=polls.append) is False
     assert len(polls) == 6
+
+
+def test_a_release_silent_past_its_timeout_is_logged_with_the_time_it_was_given(
+        tmp_path: Path, caplog) -> None:
+    """With the broker's port closed in its last seconds the check waits past ``timeout_s``; the
+    warning gave ``timeout_s`` (an update's log said 90 s after a 130 s wait)."""
+    closed = health.broker_open("127.0.0.1", free_port())  # nothing listens there: False
+    assert health.wait_healthy(tmp_path, "9.9.9", time.time(), timeout_s=1.0, soak_s=0.0,
+                               poll_s=0.05, broker_up=lambda: closed, settle_s=2.0) is False
+    assert "release 9.9.9 did not publish within 3 s" in caplog.text, caplog.text
