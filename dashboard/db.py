@@ -288,7 +288,7 @@ def quarantine(db: sqlite_utils.Database, topic: str, reason: str, payload: byte
 
 _BOX_COLUMNS = ("b.box, b.site, b.state, b.last_status_ts, b.last_seen_ts, b.version, "
                 "b.seq_last, b.outbox_depth, b.dropped, b.overruns, b.last_metrics_seq, "
-                "b.capture_ok, b.private")
+                "b.capture_ok, b.private, b.restart")
 _METRIC_COLUMNS = ", ".join(f"m.{c}" for c in ("seq", "ts", "ingested_ts", *METRIC_FIELDS))
 
 

@@ -78,11 +78,19 @@ def is_offline(box: dict[str, Any], now: float) -> bool:
     return box.get("state") == "offline" or seen is None or now - float(seen) > SILENT_AFTER_S
 
 
+def restarting_until(box: dict[str, Any], grace_s: float = RESTART_GRACE_S) -> float | None:
+    """Until when (the dashboard's clock, s) the box is restarting, not offline: ``grace_s`` after
+    its last status if that is the stop of a planned restart, else None."""
+    seen = box.get("last_seen_ts")
+    if box.get("state") != "offline" or not box.get("restart") or seen is None:
+        return None
+    return float(seen) + grace_s
+
+
 def is_restarting(box: dict[str, Any], now: float, grace_s: float = RESTART_GRACE_S) -> bool:
     """True if the box's last status is the stop of a planned restart, at most ``grace_s`` ago."""
-    seen = box.get("last_seen_ts")
-    return (box.get("state") == "offline" and bool(box.get("restart")) and seen is not None
-            and now - float(seen) <= grace_s)
+    until = restarting_until(box, grace_s)
+    return until is not None and now <= until
 
 
 def cert_days_now(box: dict[str, Any], now: float) -> float | None:

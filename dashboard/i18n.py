@@ -65,6 +65,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "state.overlap": ("Chevauchement", "Overlap"),
     "state.silence": ("Silence", "Silence"),
     "state.offline": ("Hors ligne", "Offline"),
+    "state.restarting": ("Redémarrage", "Restarting"),
     "state.private": ("Appel privé", "Private call"),
     "state.no_capture": ("Pas de casque / capture perdue", "No headset / capture lost"),
     "state.unknown": ("—", "—"),
@@ -72,9 +73,11 @@ STRINGS: dict[str, tuple[str, str]] = {
     "me.state.prospect": ("Le prospect parle", "The prospect is speaking"),
     "me.state.overlap": ("Vous parlez en même temps", "You are both speaking"),
     "me.state.offline": ("Votre boîtier est hors ligne", "Your box is offline"),
+    "me.state.restarting": ("Votre boîtier redémarre", "Your box is restarting"),
     "me.state.no_capture": ("Votre casque n'est pas capté", "Your headset is not picked up"),
     "online.online": ("En ligne", "Online"),
     "online.offline": ("Hors ligne", "Offline"),
+    "online.restarting": ("Redémarrage", "Restarting"),
     "online.unknown": ("État inconnu", "Unknown state"),
     "live.up": ("En direct", "Live"),
     "live.down": ("Déconnecté", "Disconnected"),
@@ -92,6 +95,8 @@ STRINGS: dict[str, tuple[str, str]] = {
                               "Private call: nothing is measured meanwhile."),
     "agent.no_data_offline": ("Boîtier hors ligne.", "Box offline."),
     "agent.no_data_offline_since": ("Boîtier hors ligne depuis {time}.", "Box offline since {time}."),
+    "agent.no_data_restarting": ("Boîtier en redémarrage (mise à jour ou réglages) depuis {time}.",
+                                 "Box restarting (an update or new settings) since {time}."),
     "agent.fatigue_factors": ("Ce qui fait monter la fatigue (écart à sa propre voix de début de "
                               "poste, en erreurs types) :",
                               "What drives the fatigue up (drift from the agent's own voice at the "

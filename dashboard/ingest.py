@@ -33,7 +33,7 @@ from typing import Any
 
 from miroir import wire
 
-from . import certs, schema
+from . import certs, fleet, schema
 from . import db as store
 from .settings import DashboardSettings
 
@@ -314,7 +314,7 @@ class Ingest:
                     self.inserted += 1
                     self._lags_ms.append((now - float(msg["ts"])) * 1000.0)
                     outcomes[i] = "inserted"
-                updates.append({"kind": t.kind, **msg, "ingested_ts": now})
+                updates.append(self._update(t.kind, msg, now))
         for update in updates:
             self._notify(update)
         if held:
@@ -347,6 +347,16 @@ class Ingest:
         if first:
             log.warning("box %s is retired: its messages are refused", box)
         return "retired"
+
+    def _update(self, kind: str, msg: dict[str, Any], now: float) -> dict[str, Any]:
+        """The live push of one message received at ``now``; a status's also says until when its
+        box is shown restarting (``restarting_until_ts``, by the IT page's rule and grace:
+        :func:`dashboard.fleet.restarting_until`), null unless it is the stop of a planned restart."""
+        update: dict[str, Any] = {"kind": kind, **msg, "ingested_ts": now}
+        if kind == "status":
+            update["restarting_until_ts"] = fleet.restarting_until(
+                {**msg, "last_seen_ts": now}, self.settings.restart_grace_s)
+        return update
 
     def _notify(self, update: dict[str, Any]) -> None:
         """Pass one stored message to the live push; a failing listener is counted, never raised."""
@@ -391,7 +401,7 @@ class Ingest:
             retired = t.box in schema.retired_boxes(self._db)
         if retired:
             return self._refuse_retired(t.box, counted=True), None
-        update: dict[str, Any] = {"kind": t.kind, **msg, "ingested_ts": now}
+        update = self._update(t.kind, msg, now)
         if t.kind == "status":
             with self._db_lock:
                 store.apply_status(self._db, msg, now)

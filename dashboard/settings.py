@@ -102,8 +102,8 @@ class DashboardSettings(BaseSettings):
     )
     restart_grace_s: float = Field(
         120.0, ge=0, description="Seconds a box that said it restarts (an update, a settings "
-        "reload) has to come back before the offline alert: meanwhile the IT page shows it "
-        "restarting. 0 alerts at once, as for a stop."
+        "reload) has to come back before the offline alert: meanwhile the IT page, the floor and "
+        "the agent pages show it restarting, not offline. 0 alerts at once, as for a stop."
     )
     metrics_token_file: Path | None = Field(
         None, description="File holding the bearer token Prometheus must send to /metrics "

@@ -83,12 +83,29 @@ def dash_settings(tmp_path: Path) -> DashboardSettings:
     return make_settings(tmp_path)
 
 
+RESTART_GRACE_S = 45.0
+"""The planned restart's grace of :func:`restart_server` (not the default 120 s: the pages must
+show the dashboard's own setting)."""
+
+
 @pytest.fixture
 def dashboard_server(site: Any, broker: Any, tmp_path: Path) -> Iterator[DashboardServer]:
     """The dashboard served on a free port, its ingest subscribed to the real site broker."""
+    yield from _served(site, broker, tmp_path)
+
+
+@pytest.fixture
+def restart_server(site: Any, broker: Any, tmp_path: Path) -> Iterator[DashboardServer]:
+    """:func:`dashboard_server` whose ``MIROIR_DASH_RESTART_GRACE_S`` is :data:`RESTART_GRACE_S`."""
+    yield from _served(site, broker, tmp_path, restart_grace_s=RESTART_GRACE_S)
+
+
+def _served(site: Any, broker: Any, tmp_path: Path, **overrides: Any) -> Iterator[DashboardServer]:
+    """The dashboard with ``overrides`` to its settings, served and connected to ``broker``."""
     settings = make_settings(
         tmp_path, site=site.site, mqtt_host="localhost", mqtt_port=broker.port,
-        mqtt_ca=site.ca_cert, mqtt_cert=site.dashboard.cert, mqtt_key=site.dashboard.key)
+        mqtt_ca=site.ca_cert, mqtt_cert=site.dashboard.cert, mqtt_key=site.dashboard.key,
+        **overrides)
     server = DashboardServer(settings)
     server.start()
     try:

@@ -556,6 +556,55 @@ def test_the_agents_live_strip_says_offline_when_the_box_falls_silent(
     _shows(page, "Le prospect parle", 3000)
 
 
+def test_the_agents_live_strip_says_restarting_during_a_planned_restart_then_offline(
+        browser_page: Any, chromium: Any, restart_server: DashboardServer, site: Any,
+        peer: Any) -> None:
+    """Ines's box stops for an update (its offline status says ``restart``): the IT page shows
+    it restarting for the dashboard's grace (45 s here), but her strip and her supervisor's said
+    "hors ligne" at once, and her empty charts "Boîtier hors ligne depuis". They now say it
+    restarts, live and on a fresh page, for that grace; then offline if it is not back; back, its
+    state at once. A stop for good says offline at once, as before."""
+    from tests._fixtures_dashboard import RESTART_GRACE_S, USER_PASSWORD
+
+    seat = _AgentsBox(restart_server, site, peer)
+    seat.status(private=False)
+    admin = chromium.new_context(locale="fr-FR")
+    try:
+        sup = admin.new_page()
+        browser_login(sup, restart_server.url)
+        sup.goto(restart_server.url + "/agents/agent-a")
+        sup.wait_for_selector("body[data-stream-ready='1']")
+        _shows(sup, "—")
+        seat.status("offline", restart="update")  # the agent's stop before an update's restart
+        _shows(sup, "Redémarrage")
+    finally:
+        admin.close()
+    page = browser_page
+    page.clock.install()  # the grace fast-forwarded below instead of waited for
+    browser_login(page, restart_server.url, "ines", USER_PASSWORD, landing="/me")
+    page.wait_for_selector("body[data-charts-ready='1'][data-stream-ready='1']")
+    _shows(page, "Votre boîtier redémarre")  # from the stream's snapshot
+    empty = page.locator("#charts #charts-empty")
+    restarting = "Boîtier en redémarrage (mise à jour ou réglages) depuis "
+    assert empty.inner_text().startswith(restarting)
+    seat.status(private=False)  # back: its state at once
+    _shows(page, "—")
+    assert empty.inner_text() == "Pas encore de mesures."
+    seat.status("offline")  # a stop for good: offline at once
+    _shows(page, "Votre boîtier est hors ligne")
+    assert empty.inner_text().startswith("Boîtier hors ligne depuis ")
+    seat.status(private=False)
+    _shows(page, "—")
+    seat.status("offline", restart="reload")  # good settings: the agent ends to restart
+    _shows(page, "Votre boîtier redémarre")
+    assert empty.inner_text().startswith(restarting)
+    page.clock.fast_forward(int((RESTART_GRACE_S - 10) * 1000))  # silent past SILENT_AFTER_S
+    _shows(page, "Votre boîtier redémarre")  # still within its grace
+    page.clock.fast_forward(15_000)  # past the grace, not back: offline
+    _shows(page, "Votre boîtier est hors ligne")
+    assert empty.inner_text().startswith("Boîtier hors ligne depuis ")
+
+
 def test_an_agent_without_rows_is_told_why_when_private_or_offline(
         chromium: Any, dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
     """Ines's box is in private mode, then offline, with no row in her shift: her charts said

@@ -1,9 +1,11 @@
 """What a floor seat says about its box, in Debian's chromium, fed through the real site broker:
-the fatigue meter, freshness, a lost headset, the "in call" counter and private mode."""
+the fatigue meter, freshness, a lost headset, the "in call" counter, private mode and a planned
+restart."""
 
 from __future__ import annotations
 
 import re
+import socket
 import time
 from typing import Any
 
@@ -348,3 +350,101 @@ def test_a_retired_box_leaves_an_open_floor_and_a_fresh_one(
     page.wait_for_selector("body[data-stream-ready='1']")
     assert page.locator(".seat").count() == 1 and _seat(page, "box-a").count() == 1
     assert page.locator("#count-total").inner_text() == "1"
+
+
+def _restarting(page: Any, box: str) -> None:
+    """Wait until ``box``'s seat shows a planned restart, in words and in its online badge."""
+    seat = _seat(page, box, "restarting")
+    assert seat.locator(".talk-state").inner_text() == "Redémarrage"
+    assert seat.locator(".online").inner_text() == "Redémarrage"
+    assert seat.get_attribute("data-online") == "restarting"
+
+
+def _offline(page: Any, box: str) -> None:
+    """Wait until ``box``'s seat shows offline, in words and in its online badge."""
+    seat = _seat(page, box, "offline")
+    assert seat.locator(".talk-state").inner_text() == "Hors ligne"
+    assert seat.locator(".online").inner_text() == "Hors ligne"
+
+
+def test_a_planned_restart_shows_the_seat_restarting_for_the_it_pages_grace_then_offline(
+        browser_page: Any, restart_server: DashboardServer, site: Any, broker: Any,
+        peer: Any) -> None:
+    """A box stopped by `miroir edge update` (or a settings reload) says so in its offline status
+    (``restart``): the IT page shows it "Redémarrage" and raises no alert for the dashboard's
+    grace (MIROIR_DASH_RESTART_GRACE_S, 45 s here), but the floor said "Hors ligne" at once, as
+    for a box gone for good. It now shows the seat restarting for that grace, live and on a fresh
+    page, then offline if the box is not back; back, its state at once. A stop for good and a
+    Last Will are offline at once, as before."""
+    from tests._fixtures_broker import Peer
+    from tests._fixtures_dashboard import RESTART_GRACE_S
+
+    settings = restart_server.settings
+    db = store.open_db(settings.db_path)
+    try:  # box-d stopped for an update longer ago than the grace, box-e within it
+        for box, ago_s in (("box-d", RESTART_GRACE_S + 5), ("box-e", RESTART_GRACE_S - 15)):
+            store.apply_status(db, wire.status_message(site.site, box, "offline",
+                                                       time.time() - ago_s, restart="update"),
+                               time.time() - ago_s)
+    finally:
+        db.conn.close()
+    page = browser_page
+    page.clock.install()  # the grace fast-forwarded below instead of waited for
+    browser_login(page, restart_server.url)
+    _offline(page, "box-d")  # from the stream's snapshot: its grace is over
+    _restarting(page, "box-e")
+    a, b = Box(site, peer, "box-a"), Box(site, peer, "box-b")  # an update, a stop for good
+    site.add_box("box-c")  # its connection drops: the broker publishes its Last Will
+    c_topic = wire.topic(site.site, "box-c", "status")
+    c = Peer(site.box("box-c"), site.ca_cert, "box-c", broker.port)
+    c.client.will_set(c_topic, wire.encode("status", wire.status_message(
+        site.site, "box-c", "offline", time.time())), qos=1, retain=True)
+    assert not c.connect().is_failure
+    c.publish(c_topic, wire.encode("status", wire.status_message(
+        site.site, "box-c", "online", time.time())), retain=True)
+    for box in (a, b):
+        box.status()
+        box.metrics("agent")
+    _seat(page, "box-a", "agent")
+    _seat(page, "box-b", "agent")
+    _seat(page, "box-c", "unknown")
+    _online_count(page, 3)
+
+    a.status("offline", restart="update")  # the agent's clean stop before an update's restart
+    b.status("offline")  # `systemctl stop`: no restart said
+    c.client.loop_stop()
+    c.client.socket().shutdown(socket.SHUT_RDWR)
+    c.client.socket().close()
+    _restarting(page, "box-a")
+    _offline(page, "box-b")
+    _offline(page, "box-c")
+    _online_count(page, 0)
+    assert page.locator(".legend .chip.st-restarting").inner_text() == "Redémarrage"
+    db = store.open_db(settings.db_path)
+    try:  # the IT page's own word on each, by the same setting
+        view = fleet.fleet(db, restart_grace_s=settings.restart_grace_s)["boxes"]
+        assert {x["box"]: (x["restarting"], x["offline"]) for x in view} == {
+            "box-a": (True, False), "box-b": (False, True), "box-c": (False, True),
+            "box-d": (False, True), "box-e": (True, False)}
+    finally:
+        db.conn.close()
+    fresh = page.context.new_page()  # a fresh page (same session) knows it from the snapshot
+    fresh.goto(restart_server.url + "/")
+    fresh.wait_for_selector("body[data-stream-ready='1']")
+    _restarting(fresh, "box-a")
+    _offline(fresh, "box-b")
+    _offline(fresh, "box-c")
+    fresh.close()
+
+    a.status()  # back: its state at once
+    a.metrics("prospect")
+    assert _seat(page, "box-a", "prospect").locator(".online").inner_text() == "En ligne"
+    _online_count(page, 1)
+    a.status("offline", restart="reload")  # good settings: the agent ends for systemd to restart
+    _restarting(page, "box-a")
+    _online_count(page, 0)
+    page.clock.fast_forward(int((RESTART_GRACE_S - 20) * 1000))  # silent past SILENT_AFTER_S
+    _restarting(page, "box-a")  # still within its grace
+    page.clock.fast_forward(25_000)  # past the grace, not back: offline
+    _offline(page, "box-a")
+    _offline(page, "box-e")

@@ -122,11 +122,14 @@ def _retired(db_path: Any) -> set[str]:
 
 
 def _snapshot(db_path: Any, site: str, allowed: set[str] | None,
-              agents: list[str] | None) -> dict[str, Any]:
+              agents: list[str] | None,
+              restart_grace_s: float = fleet.RESTART_GRACE_S) -> dict[str, Any]:
     """The boxes of ``allowed`` but the retired ones, each with its latest metrics and talk-state
     history from the rows of ``agents`` only (a seat's previous agent may be out of the reader's
-    scope), and the silence after which a box is offline (the IT page's,
-    :data:`dashboard.fleet.SILENT_AFTER_S`)."""
+    scope) and, when its last status is the stop of a planned restart, until when it is shown
+    restarting (``restarting_until_ts``, by the IT page's rule and grace:
+    :func:`dashboard.fleet.restarting_until`), and the silence after which a box is offline (the
+    IT page's, :data:`dashboard.fleet.SILENT_AFTER_S`)."""
     db = store.open_db(db_path)
     try:
         retired = schema.retired_boxes(db)
@@ -135,6 +138,7 @@ def _snapshot(db_path: Any, site: str, allowed: set[str] | None,
         access.hide_foreign_latest(db, agents, boxes)
         for box in boxes:
             box["history"] = access.talk_history(db, agents, box["box"], HISTORY)
+            box["restarting_until_ts"] = fleet.restarting_until(box, restart_grace_s)
         return {"site": site, "now": time.time(), "silent_after_s": fleet.SILENT_AFTER_S,
                 "boxes": boxes}
     finally:
@@ -217,7 +221,8 @@ async def stream(request: Request,
         # the floor (no agent): only rows measured while an agent of the user's sat at the box
         windows = None if agent is not None or agents is None else \
             await run_in_threadpool(_windows, settings.db_path, agents)
-        snap = await run_in_threadpool(_snapshot, settings.db_path, settings.site, allowed, agents)
+        snap = await run_in_threadpool(_snapshot, settings.db_path, settings.site, allowed, agents,
+                                       settings.restart_grace_s)
         yield f"retry: {RETRY_MS}\n\n"
         yield sse("snapshot", snap)
         while not await request.is_disconnected():

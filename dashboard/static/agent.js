@@ -325,8 +325,10 @@
   // The box's word on the seat: offline or private (its status) comes before any talk state, and
   // the talk state measured before either is over (nothing of a private stretch is shown).
   // A box the dashboard has not heard for the IT page's silence threshold is offline too, whatever
-  // its last status said (a revoked box's Last Will never comes), as on the floor.
-  const seat = { state: null, priv: false, talk: null, heardS: null };
+  // its last status said (a revoked box's Last Will never comes), as on the floor. A box whose
+  // last status is the stop of a planned restart (an update, a settings reload) is restarting,
+  // not offline, until the time the server said (restartUntil: the IT page's rule and grace).
+  const seat = { state: null, priv: false, talk: null, heardS: null, restartUntil: null };
   let silentAfterS = null, clockSkewS = 0, gone = false;
 
   // The agent is no longer the reader's to see (erased, moved to another team): the page says so
@@ -349,6 +351,10 @@
       && Date.now() / 1000 + clockSkewS - seat.heardS > silentAfterS;
   }
 
+  function restarting() {
+    return seat.restartUntil !== null && Date.now() / 1000 + clockSkewS <= seat.restartUntil;
+  }
+
   function heard(ts) { if (ts && (seat.heardS === null || ts > seat.heardS)) seat.heardS = ts; }
 
   // Why the shift has no row, when the seat's live state knows: a private call measures nothing,
@@ -359,6 +365,8 @@
     let text = t("agent.no_data");
     if (seat.priv) {
       text = t("agent.no_data_private");
+    } else if (restarting()) {
+      text = t("agent.no_data_restarting").replace("{time}", since(seat.heardS));
     } else if (seat.state === "offline" || silent()) {
       text = seat.heardS === null ? t("agent.no_data_offline")
         : t("agent.no_data_offline_since").replace("{time}", since(seat.heardS));
@@ -379,13 +387,15 @@
   function showSeat(el) {
     showEmpty();
     if (gone) return;
-    const key = seat.state === "offline" || silent() ? "offline" : seat.priv ? "private" : seat.talk;
+    const key = restarting() ? "restarting" : seat.state === "offline" || silent() ? "offline"
+      : seat.priv ? "private" : seat.talk;
     el.textContent = key ? stateText(key) : "—";
     el.dataset.state = key || "unknown";
   }
 
-  function applyStatus(state, priv) {
+  function applyStatus(state, priv, restartUntil) {
     if (state) seat.state = state;
+    seat.restartUntil = typeof restartUntil === "number" ? restartUntil : null;
     if (typeof priv === "boolean") seat.priv = priv;
     if (seat.priv || seat.state === "offline") seat.talk = null;
   }
@@ -401,7 +411,7 @@
       for (const b of snap.boxes) {
         seat.talk = b.metrics ? b.metrics.talk_state : null;
         heard(b.last_seen_ts || b.last_status_ts);
-        applyStatus(b.state, b.private);
+        applyStatus(b.state, b.private, b.restarting_until_ts);
       }
       if (state) showSeat(state);
       body.dataset.streamReady = "1";
@@ -417,7 +427,7 @@
         seat.talk = u.talk_state;
         showSeat(state);
       } else if (u.kind === "status") {
-        applyStatus(u.state, u.private);
+        applyStatus(u.state, u.private, u.restarting_until_ts);
         showSeat(state);
       } else if (u.kind === "event" && u.name === "cue_on" && u.cue) {
         const s = document.createElement("span");

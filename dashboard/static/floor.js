@@ -40,7 +40,8 @@
   function getBox(id) {
     let b = boxes.get(id);
     if (!b) {
-      b = { box: id, state: null, lastTs: null, metrics: null, talk: null, boxPriv: null,
+      b = { box: id, state: null, lastTs: null, restartUntil: null, metrics: null, talk: null,
+            boxPriv: null,
             captureOk: true, inCall: false, callTs: 0, near: false, far: false, talkTs: 0,
             history: [], cues: [], el: null };
       boxes.set(id, b);
@@ -104,9 +105,18 @@
       || (silentAfterS !== null && !!b.lastTs && nowS() - b.lastTs > silentAfterS);
   }
 
-  function onlineState(b) { return isOffline(b) ? "offline" : (b.state || "unknown"); }
+  // Restarting, not offline, as the IT page says it (dashboard/fleet.py is_restarting): the box's
+  // last status is the stop of a planned restart (an update, a settings reload), and the server
+  // said until when (restartUntil, by the server's clock as nowS() is: its grace, from its settings).
+  function isRestarting(b) { return b.restartUntil !== null && nowS() <= b.restartUntil; }
+
+  function onlineState(b) {
+    if (isRestarting(b)) return "restarting";
+    return isOffline(b) ? "offline" : (b.state || "unknown");
+  }
 
   function displayState(b) {
+    if (isRestarting(b)) return "restarting";
     if (isOffline(b)) return "offline";
     if (isPrivate(b)) return "private";
     if (!b.captureOk) return "no_capture";
@@ -250,6 +260,7 @@
       if (!applyMetrics(b, u)) return;
     } else if (u.kind === "status") {
       b.state = u.state;
+      b.restartUntil = typeof u.restarting_until_ts === "number" ? u.restarting_until_ts : null;
       if (typeof u.private === "boolean") b.boxPriv = u.private;
       if (u.capture_ok !== undefined) setCapture(b, u.capture_ok !== false, u.ts);
       touch(b, heardTs(u));
@@ -279,6 +290,7 @@
     for (const row of snap.boxes) {
       const b = getBox(row.box);
       b.state = row.state;
+      b.restartUntil = typeof row.restarting_until_ts === "number" ? row.restarting_until_ts : null;
       if (typeof row.private === "boolean") b.boxPriv = row.private;
       // last_seen_ts: when the dashboard last heard the box (last_status_ts is the box's clock)
       touch(b, row.last_seen_ts || row.last_status_ts);
@@ -407,7 +419,8 @@
   setInterval(pollStats, STATS_EVERY_MS);
   setInterval(() => {
     for (const b of boxes.values()) {
-      if (b.el && b.el.dataset.online !== onlineState(b)) render(b);  // gone silent: offline
+      // gone silent, or a restart's grace over: offline
+      if (b.el && b.el.dataset.online !== onlineState(b)) render(b);
       else { renderAge(b); renderCues(b); }
     }
     refreshCounters();  // a seat gone stale is no longer counted in call, one gone silent online
