@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+from collections.abc import Container
 from pathlib import Path
 from typing import Any
 
@@ -165,17 +166,55 @@ def insert_event(db: sqlite_utils.Database, msg: dict[str, Any], ingested_ts: fl
     return new
 
 
-def apply_status(db: sqlite_utils.Database, msg: dict[str, Any], ingested_ts: float) -> None:
-    """Record a validated ``status`` message as the box's current state (latest arrival wins)."""
+def apply_status(db: sqlite_utils.Database, msg: dict[str, Any], ingested_ts: float,
+                 retained: bool = False) -> float | None:
+    """Record a validated ``status`` message as the box's current state (latest arrival wins).
+
+    Args:
+        db: The open database.
+        msg: A message accepted by ``wire.validate("status", ...)``.
+        ingested_ts: Wall-clock time of reception, in seconds since the epoch.
+        retained: The broker delivered it as the topic's retained message (on a (re)subscription:
+            the dashboard's start or reconnection), not as the box sent it: see
+            :func:`status_seen_ts`.
+
+    Returns:
+        The box's last-seen time it gave, None for a retained copy of what is stored (nothing
+        written).
+    """
     with db.conn:
-        _status_row(db, msg, ingested_ts)
+        return _status_row(db, msg, ingested_ts, retained)
 
 
-def _status_row(db: sqlite_utils.Database, msg: dict[str, Any], ingested_ts: float) -> None:
-    """Apply one status to the box's row (caller's transaction); note a rise in overruns."""
+def status_seen_ts(db: sqlite_utils.Database, msg: dict[str, Any], ingested_ts: float,
+                   retained: bool) -> float | None:
+    """When a status says its box was last seen: its reception, unless the broker delivered it
+    retained; then None if it says nothing newer than the stored row (same state and restart, not
+    newer by the box's clock), else the box's own ``ts`` bounded by the reception, never earlier
+    than the stored last-seen time (a Last Will's ``ts`` is when its box connected)."""
+    if not retained:
+        return ingested_ts
+    row = db.conn.execute("SELECT state, restart, last_status_ts, last_seen_ts FROM boxes "
+                          "WHERE box = ?", (msg["box"],)).fetchone()
+    if row is None or row[3] is None:
+        return min(float(msg["ts"]), ingested_ts)
+    state, restart, status_ts, seen_ts = row
+    if (state, restart) == (msg["state"], msg.get("restart")) and \
+            float(msg["ts"]) <= float(status_ts or 0.0):
+        return None
+    return max(float(seen_ts), min(float(msg["ts"]), ingested_ts))
+
+
+def _status_row(db: sqlite_utils.Database, msg: dict[str, Any], ingested_ts: float,
+                retained: bool = False) -> float | None:
+    """Apply one status to the box's row (caller's transaction); note a rise in overruns. Return
+    the box's last-seen time it gave, None when nothing was written (:func:`status_seen_ts`)."""
+    seen_ts = status_seen_ts(db, msg, ingested_ts, retained)
+    if seen_ts is None:
+        return None
     fields = {k: msg[k] for k in STATUS_FIELDS if k in msg}
     fields["restart"] = msg.get("restart")  # only the stop of a planned restart says it
-    _touch_box(db, msg["site"], msg["box"], ingested_ts)
+    _touch_box(db, msg["site"], msg["box"], seen_ts)
     # a Last Will carries the time its box connected (it is set then), maybe days ago: it must
     # not move the time of the box's last report back (the certificate's days left age from it)
     sets = ", ".join(["state = ?", "last_status_ts = max(coalesce(last_status_ts, 0), ?)",
@@ -184,28 +223,32 @@ def _status_row(db: sqlite_utils.Database, msg: dict[str, Any], ingested_ts: flo
     if "overruns" in fields:  # SET expressions read the old row: compare before it changes
         sets += ", overruns_rise_ts = CASE WHEN ? > coalesce(overruns, 0) THEN ? " \
                 "ELSE overruns_rise_ts END"
-        args += [fields["overruns"], ingested_ts]
+        args += [fields["overruns"], seen_ts]
     db.conn.execute(f"UPDATE boxes SET {sets} WHERE box = ?", (*args, msg["box"]))
+    return seen_ts
 
 
 def store_batch(db: sqlite_utils.Database, items: list[tuple[str, dict[str, Any]]],
-                ingested_ts: float) -> list[bool]:
-    """Store validated messages in one transaction; per item, True if new (stream) or applied.
+                ingested_ts: float, retained: Container[int] = ()) -> list[float | None]:
+    """Store validated messages in one transaction; per item, the box's last-seen time it gave
+    (``ingested_ts`` for a new stream message), None for a duplicate or for a retained copy of
+    the stored status (nothing written).
 
     Args:
         db: The open database.
         items: (kind, message) pairs, kinds ``metrics``, ``event`` or ``status``, in arrival
             order (a later status wins).
         ingested_ts: Wall-clock time of reception, in seconds since the epoch.
+        retained: Indices in ``items`` of statuses the broker delivered retained
+            (:func:`apply_status`).
     """
-    out: list[bool] = []
+    out: list[float | None] = []
     tops: dict[tuple[str, str], tuple[str, int]] = {}
     conn = db.conn
     with conn:
-        for kind, msg in items:
+        for i, (kind, msg) in enumerate(items):
             if kind == "status":
-                _status_row(db, msg, ingested_ts)
-                out.append(True)
+                out.append(_status_row(db, msg, ingested_ts, i in retained))
                 continue
             table, names = ("metrics", METRIC_FIELDS) if kind == "metrics" else \
                 ("events", EVENT_FIELDS)
@@ -215,7 +258,7 @@ def store_batch(db: sqlite_utils.Database, items: list[tuple[str, dict[str, Any]
             # NULLs per row is most of the insert's cost
             row.update({k: msg[k] for k in names if msg.get(k) is not None})
             new = _insert_or_ignore(db, table, row)
-            out.append(new)
+            out.append(ingested_ts if new else None)
             if new:
                 key = (msg["box"], table)
                 seq = max(int(msg["seq"]), tops.get(key, ("", 0))[1])

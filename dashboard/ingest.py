@@ -27,7 +27,7 @@ import ssl
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -218,16 +218,22 @@ class Ingest:
         self._forget_asked: dict[str, float] = {}
         self._stop_checker = threading.Event()
         self._checker: threading.Thread | None = None
-        self._queue: queue.Queue[tuple[Any, str, bytes, int, int]] = queue.Queue()
+        self._queue: queue.Queue[tuple[Any, str, bytes, int, int, bool]] = queue.Queue()
         self._box_counts: Counter[str] = Counter()
         self._window_start = time.monotonic()
         self._stop_writer = threading.Event()
         self._writer: threading.Thread | None = None
 
     # ----------------------------------------------------------------- message handling
-    def handle(self, topic: str, payload: bytes) -> str:
-        """Process one message; return its outcome (inserted, duplicate, status, cleared: a
-        retained status removed, quarantined).
+    def handle(self, topic: str, payload: bytes, retained: bool = False) -> str:
+        """Process one message; return its outcome (inserted, duplicate, status, unchanged: a
+        retained status the broker delivered again, already stored, cleared: a retained status
+        removed, quarantined).
+
+        ``retained``: the broker delivered it as its topic's retained message (paho's
+        ``message.retain``: on a subscription, the dashboard's start or reconnection; a message
+        the box publishes while the dashboard is subscribed is not flagged): not news, see
+        :func:`dashboard.db.apply_status`.
 
         Never raises: anything unexpected ends in the quarantine table.
         """
@@ -237,7 +243,7 @@ class Ingest:
         if _cleared_status(topic, payload):
             return "cleared"
         try:
-            outcome, update = self._store(topic, payload, now)
+            outcome, update = self._store(topic, payload, now, retained)
         except wire.WireError as exc:
             return self._quarantine(topic, str(exc), payload, now)
         except Exception as exc:  # a bug or a db error must not kill paho's thread
@@ -248,11 +254,13 @@ class Ingest:
             self._notify(update)
         return outcome
 
-    def handle_batch(self, items: list[tuple[str, bytes]]) -> list[str]:
+    def handle_batch(self, items: list[tuple[str, bytes]],
+                     retained: Container[int] = ()) -> list[str]:
         """Process messages in one database transaction; return each one's outcome.
 
         Invalid messages are quarantined; if the transaction fails on one message, each is retried
-        alone through :meth:`handle`.
+        alone through :meth:`handle`. ``retained``: the indices in ``items`` of messages the
+        broker delivered retained (:meth:`handle`).
 
         Raises:
             StoreUnavailable: the database is busy (another writer held it past the busy timeout)
@@ -284,37 +292,42 @@ class Ingest:
         try:
             with self._db_lock:
                 valid = self._drop_retired(valid, outcomes)
-                fresh = store.store_batch(self._db, [(t.kind, m) for _, t, m in valid], now)
+                fresh = store.store_batch(self._db, [(t.kind, m) for _, t, m in valid], now,
+                                          {j for j, (i, _, _) in enumerate(valid)
+                                           if i in retained} if retained else ())
         except sqlite3.OperationalError as exc:
             if _unavailable(exc):
                 raise StoreUnavailable(str(exc), sorted(held + [i for i, _, _ in valid])) from exc
             log.exception("batch store failed; storing one by one")
             for i, _t, _ in valid:
-                outcomes[i] = self.handle(*items[i])
+                outcomes[i] = self.handle(*items[i], retained=i in retained)
             return outcomes
         except Exception:
             log.exception("batch store failed; storing one by one")
             for i, _t, _ in valid:
-                outcomes[i] = self.handle(*items[i])
+                outcomes[i] = self.handle(*items[i], retained=i in retained)
             return outcomes
         updates = []
         with self._lock:
             self.received += len(valid)
-            for (i, t, msg), new in zip(valid, fresh, strict=True):
+            for (i, t, msg), seen_ts in zip(valid, fresh, strict=True):
                 self._boxes_seen.add(t.box)
                 if t.kind == "status":
+                    if seen_ts is None:  # a retained copy of what is stored: not news
+                        outcomes[i] = "unchanged"
+                        continue
                     self._track_status(t.box, msg)
                     outcomes[i] = "status"
                 else:
                     self._tracks.setdefault(t.box, SeqTrack()).mark(int(msg["seq"]))
-                    if not new:
+                    if seen_ts is None:
                         self.duplicates += 1
                         outcomes[i] = "duplicate"
                         continue
                     self.inserted += 1
                     self._lags_ms.append((now - float(msg["ts"])) * 1000.0)
                     outcomes[i] = "inserted"
-                updates.append(self._update(t.kind, msg, now))
+                updates.append(self._update(t.kind, msg, now if seen_ts is None else seen_ts))
         for update in updates:
             self._notify(update)
         if held:
@@ -349,7 +362,8 @@ class Ingest:
         return "retired"
 
     def _update(self, kind: str, msg: dict[str, Any], now: float) -> dict[str, Any]:
-        """The live push of one message received at ``now``; a status's also says until when its
+        """The live push of one message received at ``now`` (for a status, the box's last-seen
+        time it gave: a retained one's may be earlier); a status's also says until when its
         box is shown restarting (``restarting_until_ts``, by the IT page's rule and grace:
         :func:`dashboard.fleet.restarting_until`), null unless it is the stop of a planned restart."""
         update: dict[str, Any] = {"kind": kind, **msg, "ingested_ts": now}
@@ -395,20 +409,23 @@ class Ingest:
         if "seq_first" in msg:
             self.lost += track.forget_below(int(msg["seq_first"]))
 
-    def _store(self, topic: str, payload: bytes, now: float) -> tuple[str, dict[str, Any] | None]:
+    def _store(self, topic: str, payload: bytes, now: float,
+               retained: bool = False) -> tuple[str, dict[str, Any] | None]:
         t, msg = self._parse(topic, payload, now)
         with self._db_lock:
             retired = t.box in schema.retired_boxes(self._db)
         if retired:
             return self._refuse_retired(t.box, counted=True), None
-        update = self._update(t.kind, msg, now)
         if t.kind == "status":
             with self._db_lock:
-                store.apply_status(self._db, msg, now)
+                seen_ts = store.apply_status(self._db, msg, now, retained)
             with self._lock:
                 self._boxes_seen.add(t.box)
+                if seen_ts is None:  # a retained copy of what is stored: not news
+                    return "unchanged", None
                 self._track_status(t.box, msg)
-            return "status", update
+            return "status", self._update(t.kind, msg, seen_ts)
+        update = self._update(t.kind, msg, now)
         insert = store.insert_metrics if t.kind == "metrics" else store.insert_event
         with self._db_lock:
             new = insert(self._db, msg, now)
@@ -629,12 +646,12 @@ class Ingest:
         self._count(str(message.topic))
         if self._writer is None:  # not started (tests): handle at once
             try:
-                self.handle(message.topic, message.payload)
+                self.handle(message.topic, message.payload, bool(message.retain))
             except Exception:  # handle() never raises; belt and braces for paho's thread
                 log.exception("unexpected error in on_message")
             return
         self._queue.put((client, str(message.topic), bytes(message.payload), message.mid,
-                         message.qos))
+                         message.qos, bool(message.retain)))
 
     def _write_loop(self) -> None:
         """Commit what arrived in batches, then acknowledge it (PUBACK after the commit)."""
@@ -651,13 +668,15 @@ class Ingest:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            todo = [(topic, payload) for _, topic, payload, _, _ in batch]
+            todo = [(topic, payload) for _, topic, payload, _, _, _ in batch]
+            flags = [retain for *_, retain in batch]
             while todo:
                 try:
-                    self.handle_batch(todo)
+                    self.handle_batch(todo, {i for i, retain in enumerate(flags) if retain})
                 except StoreUnavailable as exc:  # valid messages: keep them, acknowledge nothing
                     self.store_retries += 1
                     todo = [todo[i] for i in exc.valid]
+                    flags = [flags[i] for i in exc.valid]
                     log.warning("database unavailable (%s): %d message(s) wait, unacknowledged",
                                 exc, len(todo))
                     if self._stop_writer.wait(STORE_RETRY_S):
@@ -666,7 +685,7 @@ class Ingest:
                 except Exception:  # keep the writer alive regardless
                     log.exception("unexpected error in the ingest writer")
                 break
-            for client, _, _, mid, qos in batch:
+            for client, _, _, mid, qos, _ in batch:
                 if qos > 0:
                     client.ack(mid, qos)
 

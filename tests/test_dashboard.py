@@ -164,6 +164,7 @@ def test_on_message_never_raises_even_on_internal_errors(ingest: Ingest) -> None
     class Msg:
         topic = wire.topic(SITE, "box-a", "metrics")
         payload = None  # not bytes: decode() fails with a TypeError, not a WireError
+        retain = False  # paho's flag: a message the box published while subscribed
 
     ingest._on_message(None, None, Msg())
     assert ingest.stats()["quarantined"] == 1

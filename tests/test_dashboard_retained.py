@@ -1,0 +1,110 @@
+"""A dashboard restart on a real Mosquitto (the site's TLS and ACL): the broker delivers every
+box's retained status again to the new ingest, flagged retained. A copy of what is stored is not
+news (last seen, alerts and the live push unchanged); one that differs is stored, its box last seen
+when the message says (its ``ts``, bounded by now), never at the dashboard's restart."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from dashboard import db as store
+from dashboard import fleet, schema
+from dashboard.ingest import Ingest
+from dashboard.settings import DashboardSettings
+from miroir import wire
+from tests._fixtures_broker import wait_until
+from tests._fixtures_dashboard import make_settings
+
+GRACE_S = 3.0
+
+
+def _settings(site: Any, broker: Any, tmp_path: Path) -> DashboardSettings:
+    return make_settings(tmp_path, site=site.site, mqtt_host="localhost", mqtt_port=broker.port,
+                         mqtt_ca=site.ca_cert, mqtt_cert=site.dashboard.cert,
+                         mqtt_key=site.dashboard.key, restart_grace_s=GRACE_S)
+
+
+def _publish_status(peer: Any, site: Any, state: str, ts: float, box: str = "box-a",
+                    **extra: Any) -> None:
+    """A box's retained status, as its publisher sends it."""
+    peer.publish(wire.topic(site.site, box, "status"), wire.encode(
+        "status", wire.status_message(site.site, box, state, ts, **extra)), retain=True)
+
+
+def _start(settings: DashboardSettings, pushed: list[dict[str, Any]]) -> Ingest:
+    """A dashboard's ingest, started and subscribed (the dashboard's start)."""
+    ing = Ingest(settings, notify=pushed.append)
+    ing.start()
+    assert ing.wait_connected(10)
+    return ing
+
+
+def test_a_dashboard_restart_does_not_make_a_retained_status_news(
+        site: Any, broker: Any, peer: Any, tmp_path: Path) -> None:
+    settings = _settings(site, broker, tmp_path)
+    db = store.open_db(settings.db_path)
+    schema.ensure_schema(db)
+    pushed: list[dict[str, Any]] = []
+    ing = _start(settings, pushed)
+    try:
+        box = peer(site.box("box-a"), "box-a")
+        _publish_status(box, site, "offline", time.time(), restart="update")
+        wait_until(lambda: db["boxes"].count == 1 and db["boxes"].get("box-a")["state"] ==
+                   "offline", "the stop stored")
+        seen_ts = db["boxes"].get("box-a")["last_seen_ts"]
+        assert len(pushed) == 1
+        # the box never came back: past the grace, its alert is raised, dated from its stop
+        assert fleet.evaluate_alerts(db, seen_ts + GRACE_S + 1, GRACE_S) == (["box-a"], [])
+        ing.close()
+        ing = _start(settings, pushed)  # the dashboard restarted: the retained stop again
+        wait_until(lambda: ing.stats()["received"] == 1, "the retained status handled")
+        row = db["boxes"].get("box-a")
+        assert row["last_seen_ts"] == seen_ts  # moved by 4.2 s to the restart before
+        assert not fleet.is_restarting(row, seen_ts + GRACE_S + 2, GRACE_S)
+        # the open alert is neither cleared nor raised again with a new since-time
+        assert fleet.evaluate_alerts(db, seen_ts + GRACE_S + 2, GRACE_S) == ([], [])
+        [alert] = fleet.active_alerts(db)
+        assert alert["since_ts"] == seen_ts and alert["cleared_ts"] is None
+        assert len(pushed) == 1  # nothing new to push to the pages
+    finally:
+        ing.close()
+        db.conn.close()
+
+
+def test_a_status_changed_while_the_dashboard_was_away_keeps_the_time_it_says(
+        site: Any, broker: Any, peer: Any, tmp_path: Path) -> None:
+    """A dashboard away past its broker session (or on a restored database): its boxes changed
+    state meanwhile, their retained statuses are all it gets. A Last Will (its ``ts`` is when the
+    box connected) keeps the time the dashboard last heard the box; a stop is dated by its ``ts``."""
+    settings = _settings(site, broker, tmp_path)
+    db = store.open_db(settings.db_path)
+    schema.ensure_schema(db)
+    now = time.time()
+    heard_ts = now - 2 * 86400.0  # the dashboard last heard box-a two days ago
+    stop_ts = now - 60.0  # box-b stopped for an update a minute ago, never back
+    for box, ts in (("box-a", heard_ts), ("box-b", stop_ts - 30.0)):
+        store.apply_status(db, wire.status_message(site.site, box, "online", ts - 1), ts)
+    _publish_status(peer(site.box("box-a"), "box-a"), site, "offline", now - 3 * 86400.0)
+    _publish_status(peer(site.box("box-b"), "box-b"), site, "offline", stop_ts, restart="update",
+                    box="box-b")
+    pushed: list[dict[str, Any]] = []
+    ing = _start(settings, pushed)
+    try:
+        wait_until(lambda: [r["state"] for r in db["boxes"].rows] == ["offline", "offline"],
+                   "both statuses stored")
+        start_ts = time.time()
+        rows = {r["box"]: r for r in db["boxes"].rows}
+        # the dashboard's start before: offline "since" now, restarting for the grace again
+        assert rows["box-a"]["last_seen_ts"] == heard_ts
+        assert rows["box-b"]["last_seen_ts"] == stop_ts
+        assert fleet.restarting_until(rows["box-b"], GRACE_S) == stop_ts + GRACE_S
+        assert fleet.evaluate_alerts(db, start_ts, GRACE_S) == (["box-a", "box-b"], [])
+        view = {b["box"]: b for b in fleet.fleet(db, start_ts, GRACE_S)["boxes"]}
+        assert view["box-a"]["since_ts"] == heard_ts and view["box-b"]["since_ts"] == stop_ts
+        assert sorted((u["box"], u["ingested_ts"], u["restarting_until_ts"]) for u in pushed) == [
+            ("box-a", heard_ts, None), ("box-b", stop_ts, stop_ts + GRACE_S)]
+    finally:
+        ing.close()
+        db.conn.close()
