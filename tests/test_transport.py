@@ -26,6 +26,7 @@ from edge.publisher import RECONNECT_MAX_S, Publisher, SharedLoop
 from edge.settings import EdgeSettings
 from miroir import wire
 from provisioning.broker import (
+    PERSIST_DIR,
     SiteFiles,
     bridge_identity,
     free_port,
@@ -483,9 +484,17 @@ def test_an_outage_longer_than_the_inflight_expiry_sends_nothing_twice(
     try:
         wait_until(lambda: pumped(box, box.publisher.connected.is_set), "connected")
         run(3.0, emit=True)
-        # quiet past the broker's autosave (5 s): the ingest's session and acknowledgements
-        # outlive the crash below, so the broker itself delivers nothing twice
-        run(6.0, emit=False)
+        # quiet until the broker saved the ingest's session and acknowledgements of all of it:
+        # they outlive the crash below, so the broker itself delivers nothing twice. (A fixed
+        # 6 s of quiet: Mosquitto saves once 5 whole seconds have passed, 6 s apart, so a save
+        # came 5.85 to 5.96 s into the 6 s when the quiet began just after one.)
+        emitted = box.outbox.last_seq - box.outbox.origin + 1
+        wait_for(lambda: pumped(box, lambda: count_rows(db)) == emitted, 60, "the messages stored")
+        stored_s = time.time()
+        saved = site.dir / PERSIST_DIR / "mosquitto.db"  # (none before the first save)
+        wait_for(lambda: pumped(box, lambda: saved.exists()
+                                and saved.stat().st_mtime > stored_s + 1.0), 60,
+                 "a save of the broker's state a second after they were stored")
         broker.pause()        # nothing read: what the box sends now stays in flight, undelivered
         run(1.5, emit=True)
         in_flight = len(box.publisher.in_flight())
