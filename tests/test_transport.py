@@ -8,7 +8,9 @@ certificate), the dashboard's ingest on SQLite. The 60-s outage scenarios run co
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import signal
 import sqlite3
 import time
@@ -24,6 +26,7 @@ from edge.publisher import RECONNECT_MAX_S, Publisher, SharedLoop
 from edge.settings import EdgeSettings
 from miroir import wire
 from provisioning.broker import (
+    PERSIST_DIR,
     SiteFiles,
     bridge_identity,
     free_port,
@@ -481,9 +484,17 @@ def test_an_outage_longer_than_the_inflight_expiry_sends_nothing_twice(
     try:
         wait_until(lambda: pumped(box, box.publisher.connected.is_set), "connected")
         run(3.0, emit=True)
-        # quiet past the broker's autosave (5 s): the ingest's session and acknowledgements
-        # outlive the crash below, so the broker itself delivers nothing twice
-        run(6.0, emit=False)
+        # quiet until the broker saved the ingest's session and acknowledgements of all of it:
+        # they outlive the crash below, so the broker itself delivers nothing twice. (A fixed
+        # 6 s of quiet: Mosquitto saves once 5 whole seconds have passed, 6 s apart, so a save
+        # came 5.85 to 5.96 s into the 6 s when the quiet began just after one.)
+        emitted = box.outbox.last_seq - box.outbox.origin + 1
+        wait_for(lambda: pumped(box, lambda: count_rows(db)) == emitted, 60, "the messages stored")
+        stored_s = time.time()
+        saved = site.dir / PERSIST_DIR / "mosquitto.db"  # (none before the first save)
+        wait_for(lambda: pumped(box, lambda: saved.exists()
+                                and saved.stat().st_mtime > stored_s + 1.0), 60,
+                 "a save of the broker's state a second after they were stored")
         broker.pause()        # nothing read: what the box sends now stays in flight, undelivered
         run(1.5, emit=True)
         in_flight = len(box.publisher.in_flight())
@@ -503,14 +514,30 @@ def test_an_outage_longer_than_the_inflight_expiry_sends_nothing_twice(
 
 def test_reconnect_backs_off_from_1_s_doubling_up_to_30_s(site: SiteFiles,
                                                           tmp_path: Path) -> None:
+    """Attempts at 0, 1 and 3 s: each made as soon as it is due, none sooner, whatever the
+    machine's load (three attempts in a fixed 3.5 s window missed the third on a stalled one)."""
     port = free_port()  # nothing listens there
     pub = Publisher(box_settings(site, "box-a", port, tmp_path))
     loop = SharedLoop()
     loop.add(pub)
-    start = time.monotonic()
-    while time.monotonic() - start < 3.5:   # attempts at 0, 1 and 3 s
+    attempts_s: list[float] = []
+    connect_now = pub.connect_now
+
+    def attempt() -> None:
+        attempts_s.append(time.monotonic())
+        connect_now()
+
+    pub.connect_now = attempt  # type: ignore[method-assign]
+    deadline = time.monotonic() + 60.0  # a liveness bound, not a timing
+    while loop.connect_failures < 3:
+        assert time.monotonic() < deadline, attempts_s
+        due = loop._retry_at.get(id(pub), math.inf) <= time.monotonic()
+        made = len(attempts_s)
         loop.run_once(0.05)
-    assert loop.connect_failures == 3
+        assert not due or len(attempts_s) == made + 1, "an attempt due was not made at once"
+    gaps_s = [b - a for a, b in itertools.pairwise(attempts_s)]
+    assert len(attempts_s) == 3 and gaps_s[0] >= 1.0 and gaps_s[1] >= 2.0, gaps_s
+    assert loop._retry_at[id(pub)] - attempts_s[-1] >= 4.0  # the next one 4 s on
     assert loop._delay_s[id(pub)] == 8
     for _ in range(10):
         loop._retry_at.clear()
