@@ -44,14 +44,15 @@ from tests._fixtures_transport import (
     wait_for,
 )
 
-MOSQUITTO_LATE_S = 5.0
-"""How late Debian's Mosquitto 2.0.11 is past the issue's bound (1.5 x keepalive + 2 s, from the
-freeze), as measured: with keepalive 4 s and a box publishing every second, its log says "exceeded
-timeout" 9 to 9.5 s after the box's last packet (1.5 x 4 = 6 s: it keeps times in whole seconds
-and checks them once a second), and the retained status reads offline 10.4 to 10.8 s after the
-freeze on the machine of 2026-11-26, 11.0 to 12.0 s on that of 2026-11-28 (8 runs, the same on
-the code of both days: 12.01 s failed a fresh clone's run against the 12 s this allowed then). The
-box cannot make the broker notice sooner; the transport report says so."""
+MOSQUITTO_LATE_S = 6.0
+"""How late Debian's Mosquitto 2.0.11 can be past the issue's bound (1.5 x keepalive + 2 s, from the
+freeze). With keepalive 4 s it drops a client once more than 6 whole seconds have passed since its
+last packet, but it looks only at intervals: its "exceeded timeout" lines came 7 to 12 s after the
+box's last packet, and never less than 12 s apart however often it saved its state. Measured from
+the freeze to the retained offline: 6.0 to 11.8 s over 30 freezes (2026-11-29), 11.0 to 12.0 s in 8
+runs the day before (12.01 s failed a fresh clone's run against the 12 s this allowed then, 12.8 s is
+possible): 6 s late covers the broker's worst case with 2 s left for the Will's delivery and this
+test's polling. The box cannot make the broker notice sooner; the transport report says so."""
 
 
 def box_settings(site: SiteFiles, box: str, port: int, state: Path, **kw: Any) -> EdgeSettings:
