@@ -284,17 +284,19 @@ def _assemble(
 
 
 def _write_wav(path: Path, x: FloatArray) -> None:
-    """Write a mono 16 kHz PCM16 WAV atomically."""
+    """Write a mono 16 kHz PCM16 WAV atomically (a temporary file of its own: two builds of the
+    same folder at once, a demo and a test, each replace the file whole)."""
     import numpy as np
 
     pcm = np.clip(np.round(x * 32767.0), -32768, 32767).astype("<i2")
-    tmp = path.with_suffix(".tmp")
-    with wave.open(str(tmp), "wb") as w:
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as out, \
+            wave.open(out, "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(RATE_HZ)
         w.writeframes(pcm.tobytes())
-    os.replace(tmp, path)
+    os.chmod(out.name, 0o644)  # as a file written in place (the temporary file's is 0600)
+    os.replace(out.name, path)
 
 
 def _call_paths(out_dir: Path, name: str, duration_s: float) -> DemoCall:
@@ -374,9 +376,11 @@ def build_calls(
             "far": segments["far"],
             "description": script.description,
         }
-        tmp_truth = call.truth.with_suffix(".tmp")
-        tmp_truth.write_text(json.dumps(truth, ensure_ascii=False, indent=1))
-        os.replace(tmp_truth, call.truth)
+        with tempfile.NamedTemporaryFile("w", dir=call.truth.parent, suffix=".tmp",
+                                         delete=False) as out:
+            out.write(json.dumps(truth, ensure_ascii=False, indent=1))
+        os.chmod(out.name, 0o644)
+        os.replace(out.name, call.truth)
         calls.append(call)
         say(f"demo call {script.name}: {duration_s:.1f} s, agent "
             f"{speech_ratio_truth(segments['near'], 0, duration_s):.0%} speech, prospect "

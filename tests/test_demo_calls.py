@@ -266,3 +266,32 @@ def test_a_box_looping_a_demo_call_sees_each_replay_end(demo_calls: list[DemoCal
     late = [c for c in result["cues"] if any(0 <= c["start_s"] - t < BETWEEN_CALLS_S
                                              for t in hung_up_s)]
     assert late == [], late
+
+
+def test_two_builds_writing_the_same_call_at_once_each_replace_it_whole(tmp_path: Path) -> None:
+    """A demo and a test building the same folder at once wrote through one temporary name
+    (``near.tmp``): one's replace took the other's file away (FileNotFoundError)."""
+    import threading
+
+    from demo.calls import _write_wav
+
+    path = tmp_path / "near.wav"
+    errors: list[BaseException] = []
+
+    def write(level: float) -> None:
+        try:
+            for _ in range(200):
+                _write_wav(path, np.full(1600, level))
+        except BaseException as exc:  # the test reports it below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(level,)) for level in (0.25, 0.5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors[0]
+    with wave.open(str(path)) as w:  # one build's whole file, whichever came last
+        assert w.getnframes() == 1600 and w.getframerate() == RATE_HZ
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["near.wav"]  # no temporary left
+    assert path.stat().st_mode & 0o777 == 0o644
