@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -18,6 +19,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
+from starlette.responses import RedirectResponse
+from starlette.routing import Match, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from miroir import wire
@@ -91,6 +94,44 @@ def _plain_text(message: Message) -> bool:
                for k, v in message.get("headers", []))
 
 
+class _SlashRedirect:
+    """The router's answer to a path no route takes: a 307 to the same path with its trailing
+    slash taken off (or one added) when a route takes that, else the 404.
+
+    Starlette's own (``redirect_slashes``) writes an absolute Location from the request as
+    uvicorn saw it: behind the reverse proxy that is ``http://`` (uvicorn does not believe
+    X-Forwarded-Proto) and whatever Host the client sent. This one writes the path and query
+    only (:func:`local_location`), which the browser resolves on the address it asked."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        if scope["type"] == "http" and path != "/":
+            moved = {**scope, "path": path.rstrip("/") if path.endswith("/") else path + "/"}
+            if any(route.matches(moved)[0] is not Match.NONE for route in self.router.routes):
+                location = local_location(moved["path"], scope.get("query_string", b""))
+                await RedirectResponse(location, status_code=307)(scope, receive, send)
+                return
+        await self.router.not_found(scope, receive, send)
+
+
+def local_location(path: str, query_string: bytes) -> str:
+    """``path`` and query as a Location on this site: never ``//host`` nor ``/\\host``, which a
+    browser would take for another site (:class:`starlette.responses.RedirectResponse` then
+    escapes what is not allowed in a URL, spaces and control characters included)."""
+    location = path.replace("\\", "%5C").replace("?", "%3F").replace("#", "%23")
+    if location.startswith("//"):
+        location = "/%2F" + location[2:]
+    query = quote(query_string, safe=QUERY_AS_IS)  # raw bytes escaped one by one, as sent
+    return f"{location}?{query}" if query else location
+
+
+QUERY_AS_IS = ":/?=@[]!$&'()*+,;%"
+"""What :func:`local_location` keeps of a query as it was sent: its ``%`` escapes stay escapes."""
+
+
 def create_app(settings: DashboardSettings, *, start_ingest: bool = True) -> FastAPI:
     """Build the dashboard app: schema, initial admin, routes, and (optionally) the ingest.
 
@@ -138,7 +179,8 @@ def create_app(settings: DashboardSettings, *, start_ingest: bool = True) -> Fas
                 await run_in_threadpool(ingest.close)
 
     app = _Dashboard(title="Miroir dashboard", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url="/api/openapi.json", max_body_size=MAX_BODY_BYTES)
+                  openapi_url="/api/openapi.json", max_body_size=MAX_BODY_BYTES,
+                  redirect_slashes=False)
     app.state.settings = settings
     app.state.hub = hub
     app.state.ingest = None
@@ -152,6 +194,7 @@ def create_app(settings: DashboardSettings, *, start_ingest: bool = True) -> Fas
     app.add_exception_handler(RequestValidationError, deps.page_error)
     app.add_exception_handler(StarletteHTTPException, deps.page_error)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
+    app.router.default = _SlashRedirect(app.router)  # in place of Starlette's redirect_slashes
     app.add_middleware(ids.IdPaths)  # innermost: routing reads an id's %2F as part of it
     # The protective headers go on every response (auth redirects, 413, 500): see _Dashboard.
     app.add_middleware(auth.AuthMiddleware, db_path=settings.db_path,

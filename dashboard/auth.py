@@ -505,8 +505,9 @@ def delete_session(db: sqlite_utils.Database, token: str | None) -> None:
 
 # ------------------------------------------------------------------------- middleware
 def is_public(path: str) -> bool:
-    """True for the few paths served without a session."""
-    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+    """True for the few paths served without a session, and for them with trailing slashes
+    (no route takes those: the router redirects them to the path without, see dashboard.app)."""
+    return path.rstrip("/") in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
