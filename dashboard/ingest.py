@@ -313,10 +313,10 @@ class Ingest:
             for (i, t, msg), seen_ts in zip(valid, fresh, strict=True):
                 self._boxes_seen.add(t.box)
                 if t.kind == "status":
+                    self._track_status(t.box, msg)  # what a restarted ingest knows of its seqs
                     if seen_ts is None:  # a retained copy of what is stored: not news
                         outcomes[i] = "unchanged"
                         continue
-                    self._track_status(t.box, msg)
                     outcomes[i] = "status"
                 else:
                     self._tracks.setdefault(t.box, SeqTrack()).mark(int(msg["seq"]))
@@ -421,9 +421,9 @@ class Ingest:
                 seen_ts = store.apply_status(self._db, msg, now, retained)
             with self._lock:
                 self._boxes_seen.add(t.box)
+                self._track_status(t.box, msg)  # what a restarted ingest knows of its seqs
                 if seen_ts is None:  # a retained copy of what is stored: not news
                     return "unchanged", None
-                self._track_status(t.box, msg)
             return "status", self._update(t.kind, msg, seen_ts)
         update = self._update(t.kind, msg, now)
         insert = store.insert_metrics if t.kind == "metrics" else store.insert_event

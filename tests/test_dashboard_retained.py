@@ -108,3 +108,38 @@ def test_a_status_changed_while_the_dashboard_was_away_keeps_the_time_it_says(
     finally:
         ing.close()
         db.conn.close()
+
+
+def test_a_gap_the_box_status_told_of_is_still_known_after_a_dashboard_restart(
+        site: Any, broker: Any, peer: Any, tmp_path: Path) -> None:
+    """The retained status is not news, but it is all a restarted ingest learns of what the broker
+    acknowledged to a quiet box: the hole below it is still asked for (and counted a gap)."""
+    settings = _settings(site, broker, tmp_path)
+    db = store.open_db(settings.db_path)
+    schema.ensure_schema(db)
+    pushed: list[dict[str, Any]] = []
+    ing = _start(settings, pushed)
+    try:
+        box = peer(site.box("box-a"), "box-a")
+        _publish_status(box, site, "online", time.time(), seq_last=10, outbox_depth=0)
+        wait_until(lambda: ing.stats()["received"] == 1, "the status handled")
+        assert ing.gaps() == {"box-a": (1, 10)}  # acknowledged to the box, never stored here
+        ing.close()
+        ing = _start(settings, pushed)  # the dashboard restarted: the retained status again
+        wait_until(lambda: ing.stats()["received"] == 1, "the retained status handled")
+        assert len(pushed) == 1  # still not news
+        assert ing.gaps() == {"box-a": (1, 10)}  # forgotten before: {}
+    finally:
+        ing.close()
+        db.conn.close()
+    # one message at a time (the writer's fallback when a batch fails): the same
+    topic = wire.topic(site.site, "box-a", "status")
+    payload = wire.encode("status", wire.status_message(site.site, "box-a", "online", time.time(),
+                                                        seq_last=20, outbox_depth=0))
+    for retained, outcome in ((False, "status"), (True, "unchanged")):
+        alone = Ingest(settings)
+        try:
+            assert alone.handle(topic, payload, retained=retained) == outcome
+            assert alone.gaps() == {"box-a": (1, 20)}
+        finally:
+            alone.close()
