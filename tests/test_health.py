@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -143,4 +144,5 @@ def test_a_release_silent_past_its_timeout_is_logged_with_the_time_it_was_given(
     closed = health.broker_open("127.0.0.1", free_port())  # nothing listens there: False
     assert health.wait_healthy(tmp_path, "9.9.9", time.time(), timeout_s=1.0, soak_s=0.0,
                                poll_s=0.05, broker_up=lambda: closed, settle_s=2.0) is False
-    assert "release 9.9.9 did not publish within 3 s" in caplog.text, caplog.text
+    waited = re.search(r"release 9\.9\.9 did not publish within (\d+) s", caplog.text)
+    assert waited and int(waited[1]) >= 3, caplog.text  # 1 s + 2 s settle, more if the test stalled
