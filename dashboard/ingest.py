@@ -327,7 +327,7 @@ class Ingest:
                     self.inserted += 1
                     self._lags_ms.append((now - float(msg["ts"])) * 1000.0)
                     outcomes[i] = "inserted"
-                updates.append(self._update(t.kind, msg, now if seen_ts is None else seen_ts))
+                updates.append(self._update(t.kind, msg, seen_ts))
         for update in updates:
             self._notify(update)
         if held:

@@ -355,6 +355,8 @@ def _stop(procs: list[subprocess.Popen[bytes]], timeout_s: float = 15.0) -> None
     """SIGTERM to each of ``procs``, SIGKILL to those still running ``timeout_s`` later; bounded
     even if a Popen's wait lock was left held (an interrupt between its acquire and its release
     once left the demo waiting for ever on a dashboard already gone)."""
+    from provisioning.broker import KILL_WAIT_S
+
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -365,9 +367,10 @@ def _stop(procs: list[subprocess.Popen[bytes]], timeout_s: float = 15.0) -> None
         except subprocess.TimeoutExpired:
             proc.kill()
             try:
-                proc.wait(5.0)
+                proc.wait(KILL_WAIT_S)
             except subprocess.TimeoutExpired:
-                log.warning("pid %d still runs 5 s after SIGKILL; not waiting for it", proc.pid)
+                log.warning("pid %d still runs %.0f s after SIGKILL; not waiting for it", proc.pid,
+                            KILL_WAIT_S)
 
 
 def summarize(db_path: Path, outboxes: dict[str, Path],

@@ -48,7 +48,7 @@ MAX_PACKET_BYTES = 2 * wire.MAX_PAYLOAD_BYTES
 4096 bytes at most, its topic and headers): past it the client is disconnected, so a box cannot
 fill the broker's memory, its disk (a retained message) or the dashboard's with one message."""
 KILL_WAIT_S = 5.0
-"""How long stop() and kill() wait for the process after SIGKILL (as the demo's stop) before
+"""How long stop() and kill() (and the demo's stop) wait for a process after SIGKILL before
 giving up on it with a warning: one in uninterruptible sleep (a hung disk) outlives SIGKILL."""
 CONFIG_FILE = "mosquitto.conf"
 ACL_FILE = "acl"
