@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -181,3 +182,21 @@ def box_publisher(site: Site, box: str, where: Path) -> Publisher:
     pub.start()
     wait_until(pub.connected.is_set, f"{box} connected")
     return pub
+
+
+def ends_with_wait_lock_held(proc: subprocess.Popen[Any], end: Callable[[], object],
+                             timeout_s: float) -> bool:
+    """Run ``end`` while ``proc``'s Popen wait lock is held, so that waiting for ``proc`` blocks
+    (as on a process that outlives SIGKILL, or an interrupt left the lock taken); True if ``end``
+    returned within ``timeout_s``. ``proc`` is killed and reaped after, whatever happened."""
+    assert proc._waitpid_lock.acquire(False)  # type: ignore[attr-defined]
+    ender = threading.Thread(target=end, daemon=True)
+    try:
+        ender.start()
+        ender.join(timeout=timeout_s)
+        return not ender.is_alive()
+    finally:
+        proc._waitpid_lock.release()  # type: ignore[attr-defined]
+        proc.kill()
+        proc.wait()
+        ender.join(timeout=5)

@@ -11,7 +11,6 @@ import shutil
 import socket
 import stat
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +32,7 @@ from provisioning.broker import (
     new_site_dir,
     write_config,
 )
-from tests._fixtures_broker import SITE_ID, Peer, refused, wait_until
+from tests._fixtures_broker import SITE_ID, Peer, ends_with_wait_lock_held, refused, wait_until
 
 NOT_AUTHORIZED = 135
 
@@ -313,18 +312,9 @@ def test_stop_and_kill_give_up_on_a_broker_that_outlives_sigkill(
     Popen's wait lock is held, so its wait blocks as on such a process."""
     broker = site.broker().start()
     proc = broker._proc
-    assert proc is not None and proc._waitpid_lock.acquire(False)  # type: ignore[attr-defined]
-    ender = threading.Thread(target=(lambda: broker.stop(timeout_s=0.5)) if end == "stop"
-                             else broker.kill, daemon=True)
-    try:
-        ender.start()
-        ender.join(timeout=20)
-        bounded = not ender.is_alive()
-    finally:
-        proc._waitpid_lock.release()  # type: ignore[attr-defined]
-        proc.kill()
-        proc.wait()
-        ender.join(timeout=5)
+    assert proc is not None
+    bounded = ends_with_wait_lock_held(
+        proc, (lambda: broker.stop(timeout_s=0.5)) if end == "stop" else broker.kill, 20)
     assert bounded, f"{end}() still waits for the killed broker"
     assert f"mosquitto pid {proc.pid} still there 5 s after SIGKILL" in caplog.text
     assert not Path(f"/proc/{proc.pid}").exists()

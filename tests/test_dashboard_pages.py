@@ -3,7 +3,9 @@ shows of the box's metrics, at what scale, in whose time zone and language, on w
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -445,6 +447,20 @@ class _AgentsBox:
             "near_talking": talk_state == "agent", "far_talking": talk_state == "prospect"}))
 
 
+@contextlib.contextmanager
+def _supervisor_on_agent_a(chromium: Any, server: DashboardServer) -> Iterator[Any]:
+    """A French browser page of the admin on agent-a's page, its live stream open."""
+    context = chromium.new_context(locale="fr-FR")
+    try:
+        page = context.new_page()
+        browser_login(page, server.url)
+        page.goto(server.url + "/agents/agent-a")
+        page.wait_for_selector("body[data-stream-ready='1']")
+        yield page
+    finally:
+        context.close()
+
+
 def _shows(page: Any, text: str, timeout_ms: int = 2000) -> None:
     """Wait until the page's live strip reads exactly ``text``."""
     page.wait_for_function("(t) => document.getElementById('live-state').textContent === t",
@@ -472,15 +488,8 @@ def test_the_agents_live_strip_says_private_or_offline_never_the_last_talk_state
 
     status(private=False)
     metrics("agent")
-    admin = chromium.new_context(locale="fr-FR")
-    try:
-        sup = admin.new_page()
-        browser_login(sup, dashboard_server.url)
-        sup.goto(dashboard_server.url + "/agents/agent-a")
-        sup.wait_for_selector("body[data-stream-ready='1']")
+    with _supervisor_on_agent_a(chromium, dashboard_server) as sup:
         _shows(sup, "Agent parle")
-    finally:
-        admin.close()
     browser_login(page, dashboard_server.url, "ines", USER_PASSWORD, landing="/me")
     page.wait_for_selector("body[data-stream-ready='1']")
     shows("Vous parlez")
@@ -568,17 +577,10 @@ def test_the_agents_live_strip_says_restarting_during_a_planned_restart_then_off
 
     seat = _AgentsBox(restart_server, site, peer)
     seat.status(private=False)
-    admin = chromium.new_context(locale="fr-FR")
-    try:
-        sup = admin.new_page()
-        browser_login(sup, restart_server.url)
-        sup.goto(restart_server.url + "/agents/agent-a")
-        sup.wait_for_selector("body[data-stream-ready='1']")
+    with _supervisor_on_agent_a(chromium, restart_server) as sup:
         _shows(sup, "—")
         seat.status("offline", restart="update")  # the agent's stop before an update's restart
         _shows(sup, "Redémarrage")
-    finally:
-        admin.close()
     page = browser_page
     page.clock.install()  # the grace fast-forwarded below instead of waited for
     browser_login(page, restart_server.url, "ines", USER_PASSWORD, landing="/me")

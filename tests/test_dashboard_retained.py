@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import sqlite_utils
+
 from dashboard import db as store
 from dashboard import fleet, schema
 from dashboard.ingest import Ingest
@@ -20,10 +22,16 @@ from tests._fixtures_dashboard import make_settings
 GRACE_S = 3.0
 
 
-def _settings(site: Any, broker: Any, tmp_path: Path) -> DashboardSettings:
-    return make_settings(tmp_path, site=site.site, mqtt_host="localhost", mqtt_port=broker.port,
-                         mqtt_ca=site.ca_cert, mqtt_cert=site.dashboard.cert,
-                         mqtt_key=site.dashboard.key, restart_grace_s=GRACE_S)
+def _dashboard(site: Any, broker: Any,
+               tmp_path: Path) -> tuple[DashboardSettings, sqlite_utils.Database]:
+    """The dashboard's settings on the site's broker and its database, schema applied."""
+    settings = make_settings(tmp_path, site=site.site, mqtt_host="localhost",
+                             mqtt_port=broker.port, mqtt_ca=site.ca_cert,
+                             mqtt_cert=site.dashboard.cert, mqtt_key=site.dashboard.key,
+                             restart_grace_s=GRACE_S)
+    db = store.open_db(settings.db_path)
+    schema.ensure_schema(db)
+    return settings, db
 
 
 def _publish_status(peer: Any, site: Any, state: str, ts: float, box: str = "box-a",
@@ -43,9 +51,7 @@ def _start(settings: DashboardSettings, pushed: list[dict[str, Any]]) -> Ingest:
 
 def test_a_dashboard_restart_does_not_make_a_retained_status_news(
         site: Any, broker: Any, peer: Any, tmp_path: Path) -> None:
-    settings = _settings(site, broker, tmp_path)
-    db = store.open_db(settings.db_path)
-    schema.ensure_schema(db)
+    settings, db = _dashboard(site, broker, tmp_path)
     pushed: list[dict[str, Any]] = []
     ing = _start(settings, pushed)
     try:
@@ -78,9 +84,7 @@ def test_a_status_changed_while_the_dashboard_was_away_keeps_the_time_it_says(
     """A dashboard away past its broker session (or on a restored database): its boxes changed
     state meanwhile, their retained statuses are all it gets. A Last Will (its ``ts`` is when the
     box connected) keeps the time the dashboard last heard the box; a stop is dated by its ``ts``."""
-    settings = _settings(site, broker, tmp_path)
-    db = store.open_db(settings.db_path)
-    schema.ensure_schema(db)
+    settings, db = _dashboard(site, broker, tmp_path)
     now = time.time()
     heard_ts = now - 2 * 86400.0  # the dashboard last heard box-a two days ago
     stop_ts = now - 60.0  # box-b stopped for an update a minute ago, never back
@@ -114,9 +118,7 @@ def test_a_gap_the_box_status_told_of_is_still_known_after_a_dashboard_restart(
         site: Any, broker: Any, peer: Any, tmp_path: Path) -> None:
     """The retained status is not news, but it is all a restarted ingest learns of what the broker
     acknowledged to a quiet box: the hole below it is still asked for (and counted a gap)."""
-    settings = _settings(site, broker, tmp_path)
-    db = store.open_db(settings.db_path)
-    schema.ensure_schema(db)
+    settings, db = _dashboard(site, broker, tmp_path)
     pushed: list[dict[str, Any]] = []
     ing = _start(settings, pushed)
     try:

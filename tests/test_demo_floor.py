@@ -16,7 +16,6 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import pytest
 from demo.calls import BETWEEN_CALLS_S, build_calls, load_truth, speech_ratio_truth
 from demo.floor import BOX_QUICK_EXITS, CALLS_DIR, DemoError, _Box, _wait_http, summarize
 from provisioning.broker import free_port, make_site, new_site_dir
+from tests._fixtures_broker import ends_with_wait_lock_held
 from tests._fixtures_dashboard import browser_login, csrf_of
 
 REPO = Path(__file__).resolve().parents[1]
@@ -873,16 +873,6 @@ def test_the_stop_is_bounded_even_if_an_interrupt_left_a_wait_lock_held(caplog):
     from demo.floor import _stop
 
     proc = subprocess.Popen(["sleep", "60"])
-    assert proc._waitpid_lock.acquire(False)  # type: ignore[attr-defined]  # as the interrupt left it
-    stopper = threading.Thread(target=_stop, args=([proc], 0.5), daemon=True)
-    try:
-        stopper.start()
-        stopper.join(timeout=15)
-        bounded = not stopper.is_alive()
-    finally:
-        proc._waitpid_lock.release()  # type: ignore[attr-defined]
-        proc.kill()
-        proc.wait()
-        stopper.join(timeout=5)
+    bounded = ends_with_wait_lock_held(proc, lambda: _stop([proc], 0.5), 15)  # as the interrupt left it
     assert bounded, "the stop still waits on the lock"
     assert f"pid {proc.pid} still runs 5 s after SIGKILL" in caplog.text  # not given up silently
