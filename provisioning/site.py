@@ -478,7 +478,10 @@ class Site:
         kicked = cleared = False
         try:
             if kick:
-                reload()  # the CRL: the box can no longer connect; its ACL still lets it write
+                # its ACL still lets it write, even when a run cut short by a failed reload has
+                # denied it already: the status is cleared as the box, before the deny below
+                self.write_acl([b for b in inv.revoked() if b != box])
+                reload()  # the CRL: the box can no longer connect
                 kicked, cleared = self._take_over(box, clear_status=True)
         finally:
             self.write_acl(inv.revoked())  # (even if that reload failed)

@@ -286,3 +286,47 @@ def test_a_revocation_whose_broker_reload_fails_still_denies_the_box(site_dir: P
     assert done.returncode == 2 and f"no broker process with pid {dead.pid}" in done.stderr
     assert "user box-001\ntopic deny #" in Site(site_dir).acl.read_text()
     assert Site(site_dir).inventory().get("box-001").state == "revoked"
+
+
+def test_a_revocation_run_again_after_its_reload_failed_clears_the_retained_status(
+        tmp_path: Path) -> None:
+    """IT types the broker's pid wrong, revoke fails saying so, IT runs it again with the right
+    one: the second run said "retained status cleared" while the box's "online" status stayed on
+    the broker (the first run had already written the box's deny into the ACL, which the second
+    run's first reload loaded before it cleared the status as the box, so the broker dropped it).
+    The run again clears it as a first run does."""
+    root = new_site_dir("miroir-revoke-again-")
+    try:
+        site = init_site(root / "site", SITE, broker_host="localhost", port=free_port(),
+                         bind="127.0.0.1")
+        site.enroll([Enrolment(box="box-001", seat="A-01"), Enrolment(box="box-002", seat="A-02")])
+        broker = Mosquitto(site.config, site.port, site.log).start()
+        pubs = []
+        try:
+            for box in ("box-001", "box-002"):
+                pubs.append(box_publisher(site, box, tmp_path / box))
+                pubs[-1].publish_status("online").wait_for_publish(5.0)
+            dead = subprocess.Popen(["true"])  # a pid that no longer runs: a typo
+            dead.wait()
+            failed = cli("revoke", "box-001", "--site-dir", str(site.dir),
+                         "--broker-pid", str(dead.pid))
+            assert failed.returncode == 2, failed.stdout + failed.stderr
+            done = cli("revoke", "box-001", "--site-dir", str(site.dir),
+                       "--broker-pid", str(broker.pid))
+            assert done.returncode == 0 and "retained status cleared" in done.stdout, done.stderr
+            pubs[0].stop()
+            dash = Peer(site.dashboard, site.ca.cert, dashboard_identity(SITE), site.port)
+            assert not dash.connect().is_failure
+            # box-001's retained status, if any, comes before the second subscription's
+            assert dash.subscribe(wire.topic(SITE, "box-001", "status")) == 1
+            assert dash.subscribe(wire.topic(SITE, "box-002", "status")) == 1
+            dash.expect(wire.topic(SITE, "box-002", "status"))
+            topics = dash.topics()
+            dash.close()
+            assert topics == [wire.topic(SITE, "box-002", "status")], topics
+        finally:
+            for pub in pubs:
+                pub.stop()
+            broker.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
