@@ -227,13 +227,14 @@ def _plain_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[[arg
     def run(args: argparse.Namespace) -> int:
         from provisioning.broker import BrokerError
         from provisioning.inventory import InventoryError
+        from provisioning.pki import PemError
         from provisioning.site import SiteError
 
         try:
             return handler(args)
         except BrokenPipeError:
             raise
-        except (SiteError, InventoryError, BrokerError, OSError) as exc:
+        except (SiteError, InventoryError, BrokerError, PemError, OSError) as exc:
             raise CliError(str(exc)) from None
     return run
 

@@ -7,8 +7,6 @@ import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-
 from provisioning import pki
 from provisioning.inventory import ACTIVE
 from provisioning.site import Site
@@ -55,7 +53,7 @@ def site_expiries(site: Site, now: dt.datetime | None = None) -> list[Expiry]:
     https = site.dir / HTTPS_CERT
     if https.exists():  # the dashboard's own HTTPS certificate from the site CA (dashboard-tls.md)
         ends.append(("https", "https", pki.load_cert(https).not_valid_after_utc))
-    crl = x509.load_pem_x509_crl(site.crl.read_bytes())
+    crl = pki.load_crl(site.crl)
     if crl.next_update_utc is not None:
         ends.append(("crl", "crl", crl.next_update_utc))
     for rec in site.inventory().boxes.values():

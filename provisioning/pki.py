@@ -12,9 +12,10 @@ import datetime as dt
 import ipaddress
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -22,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CERT_FILE = "cert.pem"
 KEY_FILE = "key.pem"
@@ -73,15 +75,43 @@ def _write_cert(path: Path, cert: x509.Certificate) -> None:
     _write(path, cert.public_bytes(serialization.Encoding.PEM), CERT_MODE)
 
 
+class PemError(ValueError):
+    """A site's PEM file that is missing or cannot be read as what it should hold (one line,
+    naming the file and what to do)."""
+
+
+RESTORE = "restore the site from its backup (`miroir provision restore`)"
+
+
+def _read_pem(path: Path, what: str, load: Callable[[bytes], T]) -> T:
+    """Load ``path`` with ``load``, or raise :class:`PemError` naming it when it is missing or
+    damaged (a full disk, a bad copy)."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise PemError(f"{path} is missing ({what}); {RESTORE}") from None
+    try:
+        return load(data)
+    except ValueError as exc:
+        raise PemError(f"{path} is damaged, not a PEM {what} ({str(exc).split('. ')[0]}); "
+                       f"{RESTORE}") from None
+
+
 def load_cert(path: Path) -> x509.Certificate:
-    """Load a PEM certificate."""
-    return x509.load_pem_x509_certificate(Path(path).read_bytes())
+    """Load a PEM certificate (:class:`PemError` when it is missing or damaged)."""
+    return _read_pem(path, "certificate", x509.load_pem_x509_certificate)
+
+
+def load_crl(path: Path) -> x509.CertificateRevocationList:
+    """Load a PEM revocation list (:class:`PemError` when it is missing or damaged)."""
+    return _read_pem(path, "revocation list", x509.load_pem_x509_crl)
 
 
 def _load_key(path: Path) -> ec.EllipticCurvePrivateKey:
-    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    key = _read_pem(path, "private key",
+                    lambda data: serialization.load_pem_private_key(data, password=None))
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise ValueError(f"{path}: not an EC private key")
+        raise PemError(f"{path} is not an EC private key; {RESTORE}")
     return key
 
 
@@ -250,9 +280,9 @@ def revoke(ca: CertPair, crl_path: Path, certs: Sequence[Path], *, days: float |
     revoked: dict[int, dt.datetime] = {}
     number = 1
     if crl_path.exists():
-        old = x509.load_pem_x509_crl(crl_path.read_bytes())
+        old = load_crl(crl_path)
         if not old.is_signature_valid(ca_key.public_key()):
-            raise ValueError(f"{crl_path} was not signed by this CA")
+            raise PemError(f"{crl_path} is not this site's: not signed by its CA; {RESTORE}")
         for entry in old:
             revoked[entry.serial_number] = entry.revocation_date_utc
         with contextlib.suppress(x509.ExtensionNotFound):
@@ -260,7 +290,7 @@ def revoke(ca: CertPair, crl_path: Path, certs: Sequence[Path], *, days: float |
     for path in certs:
         cert = load_cert(path)
         if cert.issuer != ca_cert.subject:
-            raise ValueError(f"{path} was not issued by this CA")
+            raise PemError(f"{path} was not issued by this site's CA; {RESTORE}")
         revoked.setdefault(cert.serial_number, now)
     builder = (
         x509.CertificateRevocationListBuilder()
@@ -283,4 +313,4 @@ def revoke(ca: CertPair, crl_path: Path, certs: Sequence[Path], *, days: float |
     return crl_path
 
 
-__all__ = ["CertPair", "create_ca", "issue", "load_cert", "revoke"]
+__all__ = ["CertPair", "PemError", "create_ca", "issue", "load_cert", "load_crl", "revoke"]

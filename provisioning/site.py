@@ -47,8 +47,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cryptography import x509
-
 from miroir import wire
 from miroir.files import atomic_write
 from provisioning import bundle as bundle_mod
@@ -562,7 +560,7 @@ class Site:
         write_config(self.dir, port=self.port, ca=self.ca, server=self.server, acl=self.acl,
                      host=self.bind, crl=self.crl)
         reload()
-        crl = x509.load_pem_x509_crl(self.crl.read_bytes())
+        crl = pki.load_crl(self.crl)
         out = {"broker": _not_after(self.server.cert), "dashboard": _not_after(self.dashboard.cert),
                "crl": crl.next_update_utc.isoformat() if crl.next_update_utc else ""}
         log.info("renewed the broker's and the dashboard's certificates and the CRL: %s", out)

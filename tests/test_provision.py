@@ -666,3 +666,38 @@ def test_a_damaged_site_is_not_backed_up_over_the_good_backup(
     assert main(["provision", "restore", str(out), "--site-dir", str(dest),
                  "--passphrase-file", str(pw)]) == 0
     assert Site(dest).inventory().get("box-1").agent == "Ana"
+
+
+ENROL = ("enroll", "box-002", "--seat", "A-02")
+REVOKE = ("revoke", "box-001", "--broker-pid", "1")
+EXPIRY = ("expiry",)
+
+
+@pytest.mark.parametrize(("damaged", "how", "commands"), [
+    ("ca/key.pem", "garbage", (ENROL, REVOKE)), ("ca/key.pem", "missing", (ENROL, REVOKE)),
+    ("ca/cert.pem", "cut", (ENROL, REVOKE, EXPIRY)), ("crl.pem", "cut", (REVOKE, EXPIRY)),
+    ("boxes/box-001/cert.pem", "empty", (REVOKE, EXPIRY))])
+def test_a_damaged_or_missing_pem_file_is_a_one_line_error_naming_it(
+        site_dir: Path, capsys: pytest.CaptureFixture[str], damaged: str, how: str,
+        commands: tuple[tuple[str, ...], ...]) -> None:
+    """A site's CA key, CA certificate, revocation list or box certificate damaged (a full disk,
+    a bad copy) or gone stopped enrol, revoke and expiry with a Python traceback (exit 1) or a
+    bare "[Errno 2]": each is one line naming the file and saying to restore the site from its
+    backup, exit 2, and nothing in the site changes."""
+    assert main(["provision", "enroll", "--site-dir", str(site_dir), "box-001",
+                 "--seat", "A-01"]) == 0
+    path = site_dir / damaged
+    if how == "missing":
+        path.unlink()
+    else:
+        path.write_bytes({"garbage": b"not a key\n", "empty": b"",
+                          "cut": path.read_bytes()[:120]}[how])
+    before = snapshot(site_dir)
+    for argv in commands:
+        capsys.readouterr()
+        assert main(["provision", *argv, "--site-dir", str(site_dir)]) == 2, argv
+        out, err = capsys.readouterr()
+        assert "Traceback" not in out + err and err.count("\n") == 1, (argv, err)
+        assert err.startswith(f"miroir: error: {path} is ") and "miroir provision restore" in err, \
+            (argv, err)
+        assert snapshot(site_dir) == before, argv
