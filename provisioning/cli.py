@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import functools
 import getpass
 import os
@@ -108,7 +109,12 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     live = "cut" if result.kicked else "left (--no-kick)" if args.no_kick else \
         "not cut (broker unreachable?)"
     status = "cleared" if result.status_cleared else "left (not cut)"
-    print(f"box {result.box} revoked (serials {', '.join(result.serials)}); broker reloaded; "
+    if result.revoked_before_ts is None:
+        what = "revoked"
+    else:
+        when = dt.datetime.fromtimestamp(result.revoked_before_ts, dt.UTC)
+        what = f"was already revoked on {when:%Y-%m-%d %H:%M} UTC, revoked again"
+    print(f"box {result.box} {what} (serials {', '.join(result.serials)}); broker reloaded; "
           f"live connection {live}, retained status {status}, in {result.duration_s:.2f} s")
     print(f"next: back up the site again (`miroir provision backup FILE`): a site restored from an "
           f"older backup lets {result.box} in again")

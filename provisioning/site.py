@@ -212,6 +212,8 @@ class RevokeResult:
     duration_s: float
     status_cleared: bool = False
     """The box's retained status was removed from the broker (subscribers no longer get it)."""
+    revoked_before_ts: float | None = None
+    """When an earlier run revoked the box (its record keeps that time), else None."""
 
 
 class Site:
@@ -466,10 +468,12 @@ class Site:
             raise SiteError(str(exc.args[0])) from None
         pair = self.box_pair(box)
         certs = [pair.cert, *sorted((pair.cert.parent / "old").glob("*.pem"))]
+        before = rec.revoked_ts if rec.state == REVOKED else None
         pki.revoke(self.ca, self.crl, certs)
-        rec.state = REVOKED
-        rec.revoked_ts = time.time()
-        inv.save(self.dir)
+        if before is None:  # a run again (its reload failed, say) keeps when it was revoked
+            rec.state = REVOKED
+            rec.revoked_ts = time.time()
+            inv.save(self.dir)
         bundle = self.bundle_path(box)
         for path in (bundle, Path(f"{bundle}.sha256")):
             path.unlink(missing_ok=True)  # the key inside is now worthless; do not hand it out
@@ -487,7 +491,7 @@ class Site:
         serials = [_hex_serial(c) for c in certs]
         log.info("revoked box %s (serials %s); kicked: %s; retained status cleared: %s", box,
                  ", ".join(serials), kicked, cleared)
-        return RevokeResult(box, serials, kicked, time.monotonic() - start, cleared)
+        return RevokeResult(box, serials, kicked, time.monotonic() - start, cleared, before)
 
     @_exclusive
     def rotate(self, box: str, *, days: int = BOX_CERT_DAYS) -> Path:

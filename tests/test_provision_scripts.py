@@ -330,3 +330,35 @@ def test_a_revocation_run_again_after_its_reload_failed_clears_the_retained_stat
             broker.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_box_revoked_twice_keeps_when_it_was_revoked_and_says_so() -> None:
+    """Revoking a box already revoked (a second look at a stolen box, a run again after a failed
+    reload) said "box box-001 revoked" as if new and wrote the time of the second run over the
+    revocation's in the inventory: it says when the box was revoked and keeps that time (it
+    still reloads the broker and cuts the box, which a failed first run may not have done)."""
+    root = new_site_dir("miroir-revoke-twice-")
+    try:
+        site = init_site(root / "site", SITE, broker_host="localhost", port=free_port(),
+                         bind="127.0.0.1")
+        site.enroll([Enrolment(box="box-001", seat="A-01")])
+        broker = Mosquitto(site.config, site.port, site.log).start()
+        try:
+            first = cli("revoke", "box-001", "--site-dir", str(site.dir), "--broker-pid",
+                        str(broker.pid))
+            assert first.returncode == 0, first.stderr
+            when = site.inventory().get("box-001").revoked_ts
+            assert when is not None
+            again = cli("revoke", "box-001", "--site-dir", str(site.dir), "--broker-pid",
+                        str(broker.pid))
+        finally:
+            broker.stop()
+        assert again.returncode == 0, again.stderr
+        day = dt.datetime.fromtimestamp(when, dt.UTC)
+        assert again.stdout.startswith(
+            f"box box-001 was already revoked on {day:%Y-%m-%d %H:%M} UTC, revoked again "
+            "(serials "), again.stdout
+        assert "live connection cut, retained status cleared" in again.stdout, again.stdout
+        assert site.inventory().get("box-001").revoked_ts == when
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
