@@ -176,6 +176,17 @@ def signal_reload(pid: int) -> Reload:
     return reload
 
 
+def _reload_for(reload: Reload, done: str, again: str) -> None:
+    """Reload the broker; when it fails, say what is ``done`` in the site's files and the
+    command to run ``again`` (one line, :class:`SiteError`)."""
+    try:
+        reload()
+    except SiteError as exc:
+        raise SiteError(f"{exc}: {done} in the site's files, but the running broker has not read "
+                        f"them; run `{again}` again with the broker's --broker-pid or "
+                        "--broker-unit") from None
+
+
 def _acknowledged(sent: Any, timeout_s: float) -> bool:
     """True if the broker acknowledged a QoS 1 publish (paho ``MQTTMessageInfo``) in time."""
     try:
@@ -478,16 +489,18 @@ class Site:
         for path in (bundle, Path(f"{bundle}.sha256")):
             path.unlink(missing_ok=True)  # the key inside is now worthless; do not hand it out
         kicked = cleared = False
+        reload_now = functools.partial(_reload_for, reload, f"box {box} is revoked",
+                                       f"miroir provision revoke {box}")
         try:
             if kick:
                 # its ACL still lets it write, even when a run cut short by a failed reload has
                 # denied it already: the status is cleared as the box, before the deny below
                 self.write_acl([b for b in inv.revoked() if b != box])
-                reload()  # the CRL: the box can no longer connect
+                reload_now()  # the CRL: the box can no longer connect
                 kicked, cleared = self._take_over(box, clear_status=True)
         finally:
             self.write_acl(inv.revoked())  # (even if that reload failed)
-        reload()  # the ACL: denied every topic (a Last Will too)
+        reload_now()  # the ACL: denied every topic (a Last Will too)
         serials = [_hex_serial(c) for c in certs]
         log.info("revoked box %s (serials %s); kicked: %s; retained status cleared: %s", box,
                  ", ".join(serials), kicked, cleared)
@@ -590,7 +603,8 @@ class Site:
         serials = [_hex_serial(p) for p in old]
         rec.previous_serials = []
         inv.save(self.dir)
-        reload()
+        _reload_for(reload, f"box {box}'s old certificate(s) are revoked",
+                    f"miroir provision rotate {box} --finish")
         if kick:
             self.kick(box)
         return serials

@@ -284,6 +284,11 @@ def test_a_revocation_whose_broker_reload_fails_still_denies_the_box(site_dir: P
     dead.wait()
     done = cli("revoke", "box-001", "--site-dir", str(site_dir), "--broker-pid", str(dead.pid))
     assert done.returncode == 2 and f"no broker process with pid {dead.pid}" in done.stderr
+    # one line saying what is done and what to run (the pid mistyped: it said only the first part)
+    assert done.stderr.splitlines()[-1] == (
+        f"miroir: error: no broker process with pid {dead.pid}: box box-001 is revoked in the "
+        "site's files, but the running broker has not read them; run `miroir provision revoke "
+        "box-001` again with the broker's --broker-pid or --broker-unit")
     assert "user box-001\ntopic deny #" in Site(site_dir).acl.read_text()
     assert Site(site_dir).inventory().get("box-001").state == "revoked"
 
@@ -362,3 +367,21 @@ def test_a_box_revoked_twice_keeps_when_it_was_revoked_and_says_so() -> None:
         assert site.inventory().get("box-001").revoked_ts == when
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_rotation_finish_whose_broker_reload_fails_says_what_to_run(site_dir: Path) -> None:
+    """`rotate --finish` whose reload fails (a wrong pid) said only "no broker process with pid
+    N": it says the old certificate is revoked in the site's files, not yet by the broker, and to
+    run the same command again (which revokes, reloads and cuts again)."""
+    assert cli("enroll", "--site-dir", str(site_dir), "box-001", "--seat", "A-01").returncode == 0
+    assert cli("rotate", "--site-dir", str(site_dir), "box-001").returncode == 0
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    done = cli("rotate", "box-001", "--finish", "--site-dir", str(site_dir),
+               "--broker-pid", str(dead.pid))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        f"miroir: error: no broker process with pid {dead.pid}: box box-001's old certificate(s) "
+        "are revoked in the site's files, but the running broker has not read them; run "
+        "`miroir provision rotate box-001 --finish` again with the broker's --broker-pid or "
+        "--broker-unit")
