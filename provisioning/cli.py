@@ -128,7 +128,7 @@ def cmd_rotate(args: argparse.Namespace) -> int:
         serials = site.finish_rotation(args.box, _reload(args))
         print(f"box {args.box}: retired {len(serials)} old certificate(s)")
     else:
-        path = site.rotate(args.box)
+        path = site.rotate(args.box, again=args.again)
         print(f"box {args.box}: new bundle {path}; the old certificate stays valid until "
               f"`miroir provision rotate {args.box} --finish`")
     return 0
@@ -300,6 +300,9 @@ def register_cli(groups: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("box", help="box id")
     p.add_argument("--finish", action="store_true",
                    help="revoke the box's old certificate(s) once it runs with the new one")
+    p.add_argument("--again", action="store_true",
+                   help="make another new certificate while one waits for --finish (its bundle "
+                        "then no longer works once finished)")
     _reload_opts(p)
     p.set_defaults(func=cmd_rotate)
 

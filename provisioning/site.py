@@ -507,11 +507,13 @@ class Site:
         return RevokeResult(box, serials, kicked, time.monotonic() - start, cleared, before)
 
     @_exclusive
-    def rotate(self, box: str, *, days: int = BOX_CERT_DAYS) -> Path:
+    def rotate(self, box: str, *, days: int = BOX_CERT_DAYS, again: bool = False) -> Path:
         """Give a box a new key and certificate and a new bundle; the old one stays valid.
 
         The old certificate is kept in ``boxes/<box>/old/`` and keeps working until
-        :meth:`finish_rotation`, so the box never loses the broker while it switches.
+        :meth:`finish_rotation`, so the box never loses the broker while it switches. While a
+        rotation waits for its finish, another is refused (:class:`SiteError`, nothing written)
+        unless ``again``: its bundle may be on the box already, and the finish would revoke it.
 
         Returns:
             The new bundle's path.
@@ -523,6 +525,12 @@ class Site:
             raise SiteError(str(exc.args[0])) from None
         if rec.state != ACTIVE:
             raise SiteError(f"box {box} is {rec.state}; enrol a new box id instead")
+        if rec.previous_serials and not again:
+            raise SiteError(
+                f"box {box} already has a new certificate waiting, in {self.bundle_path(box)}: "
+                f"put that bundle on the box, then run `miroir provision rotate {box} --finish` "
+                "(nothing changed); --again makes another one, and the box must then get the "
+                "newest bundle before the finish, which cuts off the ones before")
         current = self.box_pair(box)
         stage = Path(tempfile.mkdtemp(prefix=".rotate-", dir=self.dir))
         try:

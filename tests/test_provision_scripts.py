@@ -385,3 +385,52 @@ def test_a_rotation_finish_whose_broker_reload_fails_says_what_to_run(site_dir: 
         "are revoked in the site's files, but the running broker has not read them; run "
         "`miroir provision rotate box-001 --finish` again with the broker's --broker-pid or "
         "--broker-unit")
+
+
+def _files(d: Path) -> dict[str, bytes]:
+    """Every file under ``d`` (but the lock) with its content, to show nothing changed."""
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+def test_a_rotation_run_again_before_its_finish_does_not_cut_off_the_box(tmp_path: Path) -> None:
+    """IT rotates box-001, puts the new bundle on the box, then runs `rotate box-001` again (a
+    step run twice): it made a third certificate, and `--finish` revoked the one the box had just
+    been given, so the box could no longer connect at all (CONNACK never came) until someone took
+    it the newest bundle. The second `rotate` is refused, saying what to run, and nothing changes;
+    the finish then leaves the box its bundle; `--again` makes another on purpose."""
+    from provisioning.bundle import install_bundle
+
+    root = new_site_dir("miroir-rotate-again-")
+    try:
+        site = init_site(root / "site", SITE, broker_host="localhost", port=free_port(),
+                         bind="127.0.0.1")
+        site.enroll([Enrolment(box="box-001", seat="A-01")])
+        assert cli("rotate", "box-001", "--site-dir", str(site.dir)).returncode == 0
+        install_bundle(site.bundle_path("box-001"), tmp_path / "box")  # on the box now
+        creds = tmp_path / "box" / "credentials"
+        given = pki.CertPair(creds / "box.pem", creds / "box.key")
+        before = _files(site.dir)
+        again = cli("rotate", "box-001", "--site-dir", str(site.dir))
+        assert again.returncode == 2, again.stdout + again.stderr
+        assert again.stderr.splitlines()[-1].startswith(
+            f"miroir: error: box box-001 already has a new certificate waiting, in "
+            f"{site.bundle_path('box-001')}: put that bundle on the box, then run "
+            "`miroir provision rotate box-001 --finish` (nothing changed)"), again.stderr
+        assert _files(site.dir) == before
+        broker = Mosquitto(site.config, site.port, site.log).start()
+        try:
+            done = cli("rotate", "box-001", "--finish", "--site-dir", str(site.dir),
+                       "--broker-pid", str(broker.pid))
+            assert done.returncode == 0 and "retired 1 old certificate" in done.stdout, done.stderr
+            peer = Peer(given, site.ca.cert, "box-001", site.port)
+            assert not peer.connect().is_failure  # the box keeps the bundle it was given
+            peer.close()
+        finally:
+            broker.stop()
+        assert cli("rotate", "box-001", "--site-dir", str(site.dir)).returncode == 0
+        on_purpose = cli("rotate", "box-001", "--again", "--site-dir", str(site.dir))
+        assert on_purpose.returncode == 0, on_purpose.stderr
+        assert len(site.inventory().get("box-001").previous_serials) == 2
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
