@@ -65,13 +65,36 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_floor_csv(path: Path) -> list[dict[str, Any]]:
+    """The rows of a floor CSV file read as `miroir provision enroll-csv` reads it (a byte order
+    mark, capitals and spaces around the header's names allowed), each with its ``line``; a
+    missing, non-UTF-8 or header-less file is a one-line :class:`CliError`."""
+    import io
+
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # Excel's "CSV UTF-8" begins with a BOM
+    except FileNotFoundError:
+        raise CliError(f"{path}: no such file; nothing imported") from None
+    except UnicodeDecodeError as exc:
+        raise CliError(f"{path}: not UTF-8 text ({exc.reason}): save it as CSV UTF-8; nothing "
+                       "imported") from None
+    except OSError as exc:
+        raise CliError(f"{path}: {exc.strerror or exc}; nothing imported") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    names = [(name or "").strip().lower() for name in reader.fieldnames or ()]
+    if "box" not in names:
+        raise CliError(f"{path}: its first line names no box column (got {', '.join(names)}): a "
+                       "header line box,seat,agent,team, comma-separated, is needed; nothing "
+                       "imported")
+    reader.fieldnames = names
+    return [{**row, "line": reader.line_num} for row in reader]
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     """Import the site inventory (CSV with columns box, seat, agent, team)."""
     from dashboard import schema
 
-    with open(args.csv, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        rows = [{**row, "line": reader.line_num} for row in reader]
+    rows = read_floor_csv(Path(args.csv))
     settings = load_settings()
     db = _db(settings)
     try:

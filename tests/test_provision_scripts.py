@@ -434,3 +434,33 @@ def test_a_rotation_run_again_before_its_finish_does_not_cut_off_the_box(tmp_pat
         assert len(site.inventory().get("box-001").previous_serials) == 2
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize(("name", "text"), [
+    ("excel-utf8", "\ufeffbox,seat,agent,team\r\nbox-001,A-01,Priya,north\r\nbox-002,A-02,Rahul,"
+                   "north\r\n"),
+    ("capitals", "Box,Seat,Agent,Team\nbox-001,A-01,Priya,north\nbox-002,A-02,Rahul,north\n"),
+    ("spaces", "box, seat, agent, team\nbox-001, A-01, Priya, north\nbox-002, A-02, Rahul, north\n")],
+    ids=["excel-utf8", "capitals", "spaces"])
+def test_the_dashboard_imports_the_floor_file_enrolment_took(
+        site_dir: Path, tmp_path: Path, name: str, text: str) -> None:
+    """Section 2: enrol a floor from a CSV file, then give the dashboard "the same file". A file
+    saved by Excel as "CSV UTF-8" (a byte order mark first), with capitals in its header or a
+    space after each comma, was enrolled, then refused by `miroir dashboard import` ("floor.csv:
+    'box'"), or, with the spaces, "imported 2 seats" with every seat label, agent and team left
+    out. The dashboard now reads the file as the enrolment does."""
+    import sqlite3
+
+    floor = tmp_path / "floor.csv"
+    floor.write_bytes(text.encode("utf-8"))
+    assert cli("enroll-csv", "--site-dir", str(site_dir), str(floor)).returncode == 0
+    env = {**os.environ, "MIROIR_DASH_SITE": SITE,
+           "MIROIR_DASH_DB_PATH": str(tmp_path / "dashboard.sqlite")}
+    done = subprocess.run([sys.executable, "-m", "miroir", "dashboard", "import", str(floor)],
+                          capture_output=True, text=True, timeout=120, check=False, env=env)
+    assert done.returncode == 0 and "imported 2 seats" in done.stdout, done.stdout + done.stderr
+    with sqlite3.connect(tmp_path / "dashboard.sqlite") as db:
+        seats = db.execute("SELECT box, label, agent FROM seats ORDER BY box").fetchall()
+        teams = db.execute("SELECT agent, team FROM agents ORDER BY agent").fetchall()
+    assert seats == [("box-001", "A-01", "Priya"), ("box-002", "A-02", "Rahul")]
+    assert teams == [("Priya", "north"), ("Rahul", "north")]
