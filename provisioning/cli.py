@@ -267,7 +267,8 @@ def register_cli(groups: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("--extra-host", action="append",
                    help="another name or address of the broker (repeatable)")
     p.add_argument("--admin-user", default="admin",
-                   help="name of the dashboard's first admin account (default admin)")
+                   help="name of the dashboard's first admin account, 1 to 64 letters, digits "
+                        "or _ . @ - (default admin)")
     p.set_defaults(func=cmd_site_init)
 
     p = sub.add_parser("enroll", help="enrol one box and write its first-boot bundle",

@@ -150,6 +150,20 @@ def check_host(value: str, what: str = "host") -> str:
     return value
 
 
+_ADMIN_USER = re.compile(r"[\w.@-]{1,64}")
+"""The first admin's name: it goes unquoted into dashboard.env, which the IT guide's commands
+read with ``sh`` (a space, a quote or a ``$`` would break the file there, or run)."""
+
+
+def check_admin_user(name: str) -> str:
+    """Return ``name`` if it is 1 to 64 letters, digits or ``_ . @ -``, else raise
+    :class:`SiteError` saying so."""
+    if not _ADMIN_USER.fullmatch(name):
+        raise SiteError(f"admin user {name!r:.70} must be 1 to 64 letters, digits or _ . @ - "
+                        "(dashboard.env is read by the shell), e.g. jean.dupont")
+    return name
+
+
 def admin_identity(site: str) -> str:
     """CN of the standing identity that site-init gave the provisioning tool before revocation cut
     a box with a one-time certificate (no longer issued; still denied every topic in the ACL)."""
@@ -641,6 +655,7 @@ def init_site(dir: Path, site: str, *, broker_host: str, port: int = DEFAULT_POR
         The new site.
     """
     wire.check_id(site, "site")
+    check_admin_user(admin_user)
     for what, host in (("broker host", broker_host), ("bind address", bind),
                        *(("extra host", h) for h in extra_hosts),
                        *((("admin host", admin_host),) if admin_host else ())):
@@ -691,6 +706,7 @@ def init_site(dir: Path, site: str, *, broker_host: str, port: int = DEFAULT_POR
     return s
 
 
-__all__ = ["Enrolled", "RevokeResult", "Site", "SiteError", "admin_identity", "init_site",
+__all__ = ["Enrolled", "RevokeResult", "Site", "SiteError", "admin_identity", "check_admin_user",
+           "init_site",
            "make_private", "private_dir",
            "signal_reload", "site_lock", "systemctl_reload"]

@@ -701,3 +701,31 @@ def test_a_damaged_or_missing_pem_file_is_a_one_line_error_naming_it(
         assert err.startswith(f"miroir: error: {path} is ") and "miroir provision restore" in err, \
             (argv, err)
         assert snapshot(site_dir) == before, argv
+
+
+@pytest.mark.parametrize("name", ["Jean Dupont", "o'brien", "x$(id)", ""])
+def test_an_admin_name_the_shell_cannot_read_back_is_refused(
+        capsys: pytest.CaptureFixture[str], name: str) -> None:
+    """`site-init --admin-user "Jean Dupont"` wrote `MIROIR_DASH_ADMIN_USER=Jean Dupont` into
+    dashboard.env, which every `miroir dashboard` command of the IT guide reads with `sh` (`set -a;
+    . dashboard.env`): "Dupont: not found"; an apostrophe stopped the file there, and `$(...)`
+    ran as root. Such a name is refused in one line, and nothing is written."""
+    import subprocess
+
+    root = new_site_dir("miroir-admin-")
+    new = root / "site"
+    try:
+        assert main(["provision", "site-init", "--site-dir", str(new), "--site", SITE,
+                     "--broker-host", "srv01", "--admin-user", name]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"miroir: error: admin user {name!r} must be 1 to 64 letters, "
+                              "digits or _ . @ -") and err.count("\n") == 1, err
+        assert not new.exists()
+        assert main(["provision", "site-init", "--site-dir", str(new), "--site", SITE,
+                     "--broker-host", "srv01", "--admin-user", "jean.dupont"]) == 0
+        read = subprocess.run(["sh", "-c", f'set -a; . "{new}/dashboard.env"; '
+                               'printf %s "$MIROIR_DASH_ADMIN_USER"'],
+                              capture_output=True, text=True, check=True)
+        assert (read.stdout, read.stderr) == ("jean.dupont", "")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
