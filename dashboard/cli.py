@@ -82,6 +82,9 @@ def read_floor_csv(path: Path) -> list[dict[str, Any]]:
         raise CliError(f"{path}: {exc.strerror or exc}; nothing imported") from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
     names = [(name or "").strip().lower() for name in reader.fieldnames or ()]
+    if len(names) == 1 and ";" in names[0]:  # the words of provisioning.inventory.SEMICOLONS
+        raise CliError(f"{path}: the columns are separated by ';', not ',': save the file from "
+                       "Excel as \"CSV UTF-8 (délimité par des virgules)\"; nothing imported")
     if "box" not in names:
         raise CliError(f"{path}: its first line names no box column (got {', '.join(names)}): a "
                        "header line box,seat,agent,team, comma-separated, is needed; nothing "

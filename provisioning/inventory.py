@@ -25,6 +25,10 @@ INVENTORY_MODE = 0o600
 CSV_COLUMNS = ("box", "seat", "agent", "team")
 REQUIRED_COLUMNS = ("box", "seat")
 
+SEMICOLONS = ("the columns are separated by ';', not ',': save the file from Excel as "
+              "\"CSV UTF-8 (délimité par des virgules)\", then run the command again")
+"""Excel's French "CSV" separates with semicolons; both readers of a floor file say so."""
+
 ACTIVE = "active"
 REVOKED = "revoked"
 
@@ -121,6 +125,8 @@ def parse_csv(path: Path) -> list[Enrolment]:
             continue
         cells = [cell.strip() for cell in row]
         if header is None:
+            if len(cells) == 1 and ";" in cells[0]:
+                raise InventoryError([f"{path}:{line}: {SEMICOLONS}"])
             header = [c.lower() for c in cells]
             unknown = [c for c in header if c not in CSV_COLUMNS]
             missing = [c for c in REQUIRED_COLUMNS if c not in header]

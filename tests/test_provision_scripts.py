@@ -464,3 +464,28 @@ def test_the_dashboard_imports_the_floor_file_enrolment_took(
         teams = db.execute("SELECT agent, team FROM agents ORDER BY agent").fetchall()
     assert seats == [("box-001", "A-01", "Priya"), ("box-002", "A-02", "Rahul")]
     assert teams == [("Priya", "north"), ("Rahul", "north")]
+
+
+def test_a_floor_file_separated_by_semicolons_says_how_to_save_it(site_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    """French Excel's plain "CSV" separates with ';': enroll-csv answered "header must name the
+    columns box, seat, agent, team ...; got box;seat;agent;team", which named no way out. Both
+    readers of the floor file (enrolment, the dashboard's import) now say what it is and how to
+    save it, and nothing is written."""
+    floor = tmp_path / "floor.csv"
+    floor.write_text("box;seat;agent;team\nbox-001;A-01;Léa;nord\n", encoding="utf-8")
+    before = (site_dir / "inventory.json").read_bytes()
+    done = cli("enroll-csv", "--site-dir", str(site_dir), str(floor))
+    assert done.returncode == 2
+    assert done.stdout == (f"error: {floor}:1: the columns are separated by ';', not ',': save "
+                           "the file from Excel as \"CSV UTF-8 (délimité par des virgules)\", then "
+                           "run the command again\n"), done.stdout
+    assert (site_dir / "inventory.json").read_bytes() == before
+    env = {**os.environ, "MIROIR_DASH_SITE": SITE,
+           "MIROIR_DASH_DB_PATH": str(tmp_path / "dashboard.sqlite")}
+    imported = subprocess.run([sys.executable, "-m", "miroir", "dashboard", "import", str(floor)],
+                              capture_output=True, text=True, timeout=120, check=False, env=env)
+    assert imported.returncode == 2
+    assert imported.stderr.splitlines()[-1] == (
+        f"miroir: error: {floor}: the columns are separated by ';', not ',': save the file from "
+        "Excel as \"CSV UTF-8 (délimité par des virgules)\"; nothing imported")
