@@ -598,7 +598,8 @@ class Site:
         # hardening, e.g. client ids bound to certificates)
         write_config(self.dir, port=self.port, ca=self.ca, server=self.server, acl=self.acl,
                      host=self.bind, crl=self.crl)
-        reload()
+        _reload_for(reload, "the broker's and the dashboard's new certificates are",
+                    "miroir provision renew")
         crl = pki.load_crl(self.crl)
         out = {"broker": _not_after(self.server.cert), "dashboard": _not_after(self.dashboard.cert),
                "crl": crl.next_update_utc.isoformat() if crl.next_update_utc else ""}

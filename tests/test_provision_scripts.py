@@ -489,3 +489,16 @@ def test_a_floor_file_separated_by_semicolons_says_how_to_save_it(site_dir: Path
     assert imported.stderr.splitlines()[-1] == (
         f"miroir: error: {floor}: the columns are separated by ';', not ',': save the file from "
         "Excel as \"CSV UTF-8 (délimité par des virgules)\"; nothing imported")
+
+
+def test_a_renewal_whose_broker_reload_fails_says_what_to_run(site_dir: Path) -> None:
+    """`renew` whose reload fails (a wrong pid) said only "no broker process with pid N", while
+    the new certificates were already in place on disk: it says so and what to run."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    done = cli("renew", "--site-dir", str(site_dir), "--broker-pid", str(dead.pid))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        f"miroir: error: no broker process with pid {dead.pid}: the broker's and the dashboard's "
+        "new certificates are in the site's files, but the running broker has not read them; run "
+        "`miroir provision renew` again with the broker's --broker-pid or --broker-unit")
