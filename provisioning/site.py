@@ -175,8 +175,9 @@ def systemctl_reload(unit: str = "mosquitto.service") -> Reload:
     def reload() -> None:
         result = subprocess.run(["systemctl", "reload", unit], capture_output=True, text=True,
                                 check=False)
-        if result.returncode != 0:
-            raise SiteError(f"systemctl reload {unit} failed: {result.stderr.strip()}")
+        if result.returncode != 0:  # its lines joined: the error stays one line
+            said = "; ".join(line.strip() for line in result.stderr.splitlines() if line.strip())
+            raise SiteError(f"systemctl reload {unit} failed: {said}")
     return reload
 
 

@@ -502,3 +502,18 @@ def test_a_renewal_whose_broker_reload_fails_says_what_to_run(site_dir: Path) ->
         f"miroir: error: no broker process with pid {dead.pid}: the broker's and the dashboard's "
         "new certificates are in the site's files, but the running broker has not read them; run "
         "`miroir provision renew` again with the broker's --broker-pid or --broker-unit")
+
+
+def test_a_revocation_whose_systemctl_reload_fails_is_one_line(site_dir: Path) -> None:
+    """`systemctl reload` failing with two lines of its own (here: "System has not been booted
+    with systemd ...", "Failed to connect to bus ...") made revoke's error two lines, the second
+    starting with systemctl's words: the error is one line, systemctl's joined by "; "."""
+    assert cli("enroll", "--site-dir", str(site_dir), "box-001", "--seat", "A-01").returncode == 0
+    done = cli("revoke", "box-001", "--site-dir", str(site_dir), "--broker-unit",
+               "miroir-no-such-unit.service")
+    assert done.returncode == 2, done.stdout + done.stderr
+    errors = [line for line in done.stderr.splitlines() if " INFO " not in line]
+    assert len(errors) == 1 and errors[0].startswith(
+        "miroir: error: systemctl reload miroir-no-such-unit.service failed: "), errors
+    assert errors[0].endswith("run `miroir provision revoke box-001` again with the broker's "
+                              "--broker-pid or --broker-unit"), errors
