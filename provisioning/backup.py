@@ -129,6 +129,9 @@ def backup(site_dir: Path, out: Path, passphrase: str) -> Path:
     site_dir = Path(site_dir)
     if not (site_dir / "site.json").exists():
         raise BackupError(f"{site_dir} is not a site directory")
+    if Path(out).resolve().is_relative_to(site_dir.resolve()):  # the next backup would hold it
+        raise BackupError(f"the backup file {out} is inside the site folder {site_dir}; write it "
+                          "off this server (a USB key, /media/usb/...); nothing written")
     try:  # a damaged site written over the good backup would leave nothing to restore
         Site(site_dir).inventory()
     except (SiteError, InventoryError) as exc:

@@ -517,3 +517,25 @@ def test_a_revocation_whose_systemctl_reload_fails_is_one_line(site_dir: Path) -
         "miroir: error: systemctl reload miroir-no-such-unit.service failed: "), errors
     assert errors[0].endswith("run `miroir provision revoke box-001` again with the broker's "
                               "--broker-pid or --broker-unit"), errors
+
+
+def test_a_backup_written_into_the_site_folder_is_refused(site_dir: Path, tmp_path: Path) -> None:
+    """`miroir provision backup paris-1-$(date +%F).bak` typed in /var/lib/miroir-site wrote the
+    backup into the site folder, and the next backup held it: with a dated name each one held all
+    the ones before (87, 174, 349 kB on three days, doubling). Such a backup file is refused in
+    one line saying where to write it, and nothing is written."""
+    pw = tmp_path / "pw"
+    pw.write_text("correct horse battery staple\n")
+    for out, cwd in ((str(site_dir / "paris-1.bak"), None), ("paris-1.bak", site_dir),
+                     ("../site/bundles/x.bak", site_dir)):
+        done = subprocess.run([sys.executable, "-m", "miroir", "provision", "backup",
+                               "--site-dir", str(site_dir), out, "--passphrase-file", str(pw)],
+                              capture_output=True, text=True, timeout=120, check=False, cwd=cwd,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        assert done.returncode == 2, (out, done.stdout, done.stderr)
+        assert done.stderr.splitlines()[-1].startswith("miroir: error: the backup file "), \
+            done.stderr
+        assert "is inside the site folder" in done.stderr and "off this server" in done.stderr
+        assert not list(site_dir.rglob("*.bak"))
+    assert cli("backup", "--site-dir", str(site_dir), str(tmp_path / "paris-1.bak"),
+               "--passphrase-file", str(pw)).returncode == 0
