@@ -336,6 +336,8 @@ def load_text(path: Path) -> tuple[CampaignConfig, bytes]:
         raise CampaignError(f"{path}: no such campaign file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise CampaignError(f"{path}: not valid TOML ({exc})") from None
+    except RecursionError:  # tomllib recurses into nested arrays and tables
+        raise CampaignError(f"{path}: not valid TOML (nested too deep)") from None
     except OSError as exc:  # a directory, no permission
         raise CampaignError(f"{path}: cannot read the campaign file ({exc.strerror})") from None
     try:

@@ -169,6 +169,8 @@ def load(path: Path, **overrides: Any) -> EdgeSettings:
         raise SettingsError(f"{path}: no such settings file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise SettingsError(f"{path}: not valid TOML ({exc})") from None
+    except RecursionError:  # tomllib recurses into nested arrays and tables
+        raise SettingsError(f"{path}: not valid TOML (nested too deep)") from None
     except OSError as exc:  # a directory, no permission
         raise SettingsError(f"{path}: cannot read the settings file ({exc.strerror})") from None
     data.update({k: v for k, v in overrides.items() if v is not None})

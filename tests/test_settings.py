@@ -34,6 +34,11 @@ def test_load_good(tmp_path):
     ('site = "s"\nbox = "b"\nvad_min_silence_ms = inf\n', "vad_min_silence_ms"),
     ('site = "s"\nbox = "b"\ncapture_rate_hz = -16000\n', "capture_rate_hz .* 8000..192000"),
     ('site = "s"\nbox = "b"\nbaseline_max_age_h = nan\n', "baseline_max_age_h"),
+    ('site = "s"\nbox = "b"\nbox = "c"\n', "TOML"),
+    # 2000 nested arrays: TOML's parser recursed past Python's limit, a RecursionError and a
+    # 2000-line traceback at `miroir edge run`, not the file's name
+    ('site = "s"\nbox = "b"\nkeepalive_s = ' + "[" * 2000 + "]" * 2000 + "\n",
+     "box.toml: not valid TOML \\(nested too deep\\)"),
 ])
 def test_bad_files_refused_with_the_key(tmp_path, text, match):
     with pytest.raises(SettingsError, match=match):
