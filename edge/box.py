@@ -634,7 +634,7 @@ class Box:
             try:
                 self.control = ControlSocket(self.settings.control_socket,
                                              self.settings.control_group)
-            except OSError as exc:  # the metrics matter more than the button: go on without it
+            except (OSError, ControlError) as exc:  # the metrics matter more than the button
                 log.error("no control socket at %s: %s", self.settings.control_socket, exc)
         self.watchdog.ready()
         try:

@@ -603,3 +603,29 @@ def test_a_replayed_command_never_undoes_what_the_agent_did_since(site, broker, 
     box.control.close()
     box.publisher.stop(box.status_fields())
     box.outbox.close()
+
+
+def test_a_control_socket_path_that_names_a_file_never_deletes_it(tmp_path) -> None:
+    """``control_socket`` set to a file's path (a typo: the outbox, the settings file): the real
+    agent deleted the file to bind its socket there ("an old socket file is replaced"), measured
+    on ``miroir edge run``: the file was gone. Only a socket is replaced now; anything else stays,
+    the journal names the setting and the file, and the agent runs on without the socket."""
+    import signal
+
+    kept = tmp_path / "run" / "control"
+    kept.parent.mkdir()
+    kept.write_text("the operator's notes\n")
+    proc, control, journal = _replaying_agent(tmp_path)
+    assert control == kept
+    try:
+        wait_until(lambda: "no control socket" in journal.read_text() or proc.poll() is not None,
+                   "the agent's word on its control socket")
+        assert proc.poll() is None, journal.read_text()[-2000:]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    text = journal.read_text()
+    assert code == 0, text[-2000:]
+    assert kept.read_text() == "the operator's notes\n"
+    assert f"no control socket at {kept}: control_socket {kept} is not a socket: " \
+           "left as it is" in text, text[-2000:]
