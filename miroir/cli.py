@@ -224,6 +224,14 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
         cfg = edge_settings.load(args.config, state_dir=args.state_dir)
     except edge_settings.SettingsError as exc:
         raise CliError(str(exc)) from None
+    state = cfg.state_dir  # the outbox lives there: said now, by its setting, not in a traceback
+    named = "--state-dir" if args.state_dir is not None else f"{args.config}: state_dir"
+    if state.exists() and not state.is_dir():
+        raise CliError(f"{named} {state}: not a directory")
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"{named} {state}: cannot be made ({exc.strerror})") from None
     from edge.campaign import CampaignError
     from edge.outbox import await_clock
     from edge.publisher import PublisherError

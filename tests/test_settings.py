@@ -66,6 +66,13 @@ def test_the_box_names_its_settings_file_and_the_range_as_the_campaign_file_does
     cases = [("broker_port = 70000", "broker_port 70000 is not a TCP port (1..65535)"),
              ('keepalive_s = "x"', "setting 'keepalive_s': expected int, got 'x' (allowed range "
                                    "1..3600)")]
+    taken = tmp_path / "a-file"
+    taken.write_text("")
+    # state_dir unusable: a 30-line traceback from the outbox's mkdir, naming neither the setting
+    # nor the settings file
+    cases += [(f'state_dir = "{taken}"', f"state_dir {taken}: not a directory"),
+              (f'state_dir = "{taken}/state"', f"state_dir {taken}/state: cannot be made (Not a "
+                                                "directory)")]
     for line, message in cases:
         path = _write(tmp_path, f'site = "s"\nbox = "b"\n{line}\n')
         done = subprocess.run([sys.executable, "-m", "miroir", "edge", "run", "--config",
