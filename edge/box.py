@@ -286,11 +286,20 @@ class Box:
             return 0
         return 1
 
-    def handle_command(self, topic: str, payload: bytes) -> str:
-        """Apply one command; return its action, or ``refused`` (counted, never raised)."""
+    def handle_command(self, topic: str, payload: bytes, retained: bool = False) -> str:
+        """Apply one command; return its action, or ``refused`` (counted, never raised).
+
+        A ``retained`` one (published with the retain flag, kept by the broker and handed over
+        again at every connection of the box) is refused: a retained ``reload`` would restart the
+        box at each of its starts.
+        """
         try:
             if topic != self.publisher.cmd_topic:
                 raise wire.WireError(f"command on {topic!r}, not on {self.publisher.cmd_topic}")
+            if retained:
+                raise wire.WireError(f"a retained command on {topic} (the broker hands it over at "
+                                     f"every connection): {payload[:80]!r}; clear it with an empty "
+                                     "retained message")
             msg = wire.decode(wire.CMD_KIND, payload)
             if (msg["site"], msg["box"]) != (self.settings.site, self.settings.box):
                 raise wire.WireError(f"command for {msg['site']}/{msg['box']}")
@@ -470,8 +479,8 @@ class Box:
                 write_heartbeat(self.settings.state_dir, self.version)
             except OSError as exc:  # the update check will say so; the metrics go on
                 log.warning("cannot write the heartbeat in %s: %s", self.settings.state_dir, exc)
-        for topic, payload in self.publisher.take_commands():
-            self.handle_command(topic, payload)
+        for topic, payload, retained in self.publisher.take_commands():
+            self.handle_command(topic, payload, retained)
         connected = self.publisher.connected.is_set()
         now = time.monotonic()
         if self.control is not None:

@@ -65,7 +65,8 @@ class Publisher:
     """Connects to the site broker, keeps the retained status, publishes QoS 1 messages.
 
     Subscribes to the box's own ``cmd`` topic on every connection; commands received are kept
-    for the box's loop (:meth:`take_commands`), with the topic they came on.
+    for the box's loop (:meth:`take_commands`), with the topic they came on and whether the
+    broker handed over a retained copy.
 
     Args:
         settings: the box's :class:`edge.settings.EdgeSettings`.
@@ -85,7 +86,7 @@ class Publisher:
         """Optional ``callable(publisher)`` run (in the network thread) after every event."""
         self._connect_called = False
         self._acked: collections.deque[int] = collections.deque()
-        self._commands: collections.deque[tuple[str, bytes]] = collections.deque(maxlen=1000)
+        self._commands: collections.deque[tuple[str, bytes, bool]] = collections.deque(maxlen=1000)
         self.cmd_dropped = 0
         """Commands dropped, the oldest first, while 1000 were waiting for the box's loop."""
         self._lock = threading.RLock()
@@ -215,7 +216,8 @@ class Publisher:
         if len(self._commands) == self._commands.maxlen:  # the box's loop is stuck
             self.cmd_dropped += 1
             log.warning("command dropped: %d are waiting for the box's loop", len(self._commands))
-        self._commands.append((str(message.topic), bytes(message.payload)))
+        # retained: a copy the broker kept and hands over at each subscription, not news
+        self._commands.append((str(message.topic), bytes(message.payload), bool(message.retain)))
         self._poke()
 
     def publish_status(self, state: str, **extra: Any) -> Any:
@@ -286,8 +288,8 @@ class Publisher:
             out.append(self._acked.popleft())
         return out
 
-    def take_commands(self) -> list[tuple[str, bytes]]:
-        """Commands received since the last call, as (topic, payload)."""
+    def take_commands(self) -> list[tuple[str, bytes, bool]]:
+        """Commands received since the last call, as (topic, payload, retained)."""
         out = []
         while self._commands:
             out.append(self._commands.popleft())
