@@ -39,6 +39,11 @@ def test_load_good(tmp_path):
     # 2000-line traceback at `miroir edge run`, not the file's name
     ('site = "s"\nbox = "b"\nkeepalive_s = ' + "[" * 2000 + "]" * 2000 + "\n",
      "box.toml: not valid TOML \\(nested too deep\\)"),
+    # a NUL in a path: `miroir edge run` died with "ValueError: embedded null byte" and a traceback
+    ('site = "s"\nbox = "b"\nca_file = "/etc/miroir/ca.pem\\u0000"\n',
+     "box.toml: setting 'ca_file': a NUL character .*'/etc/miroir/ca.pem\\\\x00'"),
+    ('site = "s"\nbox = "b"\nstate_dir = "/var/lib/\\u0000miroir"\n', "setting 'state_dir': a NUL"),
+    ('site = "s"\nbox = "b"\ncontrol_group = "miroir-control\\u0000"\n', "'control_group': a NUL"),
 ])
 def test_bad_files_refused_with_the_key(tmp_path, text, match):
     with pytest.raises(SettingsError, match=match):
