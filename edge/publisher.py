@@ -61,6 +61,32 @@ def _paho() -> Any:
     return mqtt
 
 
+def check_tls_files(settings: Any) -> dict[str, Path]:
+    """Check that the TLS files of ``settings`` load together, as :class:`Publisher` will; return
+    them by setting (those set). Raises :class:`PublisherError` naming the setting and the file
+    that is missing or unreadable, or all of them when they do not load together."""
+    files = {name: Path(path) for name in ("ca_file", "cert_file", "key_file")
+             if (path := getattr(settings, name)) is not None}
+    for name, path in files.items():
+        try:
+            path.open("rb").close()
+        except OSError as exc:
+            raise PublisherError(f"{name} {path}: {exc.strerror or exc}") from None
+    if "ca_file" not in files:
+        return files
+    try:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(cafile=str(files["ca_file"]))
+        if "cert_file" in files:
+            key = files.get("key_file")
+            context.load_cert_chain(str(files["cert_file"]), str(key) if key else None)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        named = ", ".join(f"{name} {path}" for name, path in files.items())
+        raise PublisherError(f"the box's TLS files do not load together ({named}): {exc}") \
+            from None
+    return files
+
+
 class Publisher:
     """Connects to the site broker, keeps the retained status, publishes QoS 1 messages.
 
@@ -118,22 +144,14 @@ class Publisher:
     def _tls(self, settings: Any) -> None:
         """Load the site CA, the box's certificate and key; raise :class:`PublisherError` naming
         the file that is missing or unreadable, or all three when they do not load together."""
-        files = {"ca_file": settings.ca_file, "cert_file": settings.cert_file,
-                 "key_file": settings.key_file}
-        for name, path in files.items():
-            if path is None:
-                continue
-            try:
-                Path(path).open("rb").close()
-            except OSError as exc:
-                raise PublisherError(f"{name} {path}: {exc.strerror or exc}") from None
+        files = check_tls_files(settings)
         try:
             self.client.tls_set(ca_certs=str(settings.ca_file),
                                 certfile=str(settings.cert_file) if settings.cert_file else None,
                                 keyfile=str(settings.key_file) if settings.key_file else None,
                                 cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-            named = ", ".join(f"{name} {path}" for name, path in files.items() if path is not None)
+            named = ", ".join(f"{name} {path}" for name, path in files.items())
             raise PublisherError(f"the box's TLS files do not load together ({named}): {exc}") \
                 from None
 

@@ -249,8 +249,13 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
 
     def check_files() -> None:  # a `reload` command: the files the service would start with
         from edge.campaign import load as load_campaign
+        from edge.publisher import check_tls_files
 
         fresh = edge_settings.load(args.config, state_dir=args.state_dir)
+        try:  # the start would stop on them: refused now, the box runs on
+            check_tls_files(fresh)
+        except PublisherError as exc:
+            raise edge_settings.SettingsError(f"{args.config}: {exc}") from None
         if fresh.campaign_file is not None:
             load_campaign(fresh.campaign_file)
 

@@ -447,3 +447,43 @@ def test_a_campaign_file_nested_too_deep_is_refused_not_the_end_of_the_box(tmp_p
     assert again.pipeline.campaign.monologue.on_s == 45.0
     assert "nested too deep" in again.status_fields()["settings_error"]
     again.outbox.close()
+
+
+def test_a_reload_refuses_settings_whose_tls_files_would_not_load(tmp_path: Path) -> None:
+    """The settings file edited while the box runs, its ``cert_file`` now a path with no file (a
+    typo): the reload checked only that the file parsed, so the real ``miroir edge run`` took it,
+    exited 75 for systemd to start it again, and the start failed ('cert_file ...: No such file
+    or directory', exit 2): a box down after 10 tries, where a bad file must leave it running on
+    its last good settings. The reload now checks the TLS files as the start would, refuses, and
+    names the key and the file."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    config = tmp_path / "box.toml"
+    good = (f'site = "site-a"\nbox = "box-a"\nbroker_port = 9\nstate_dir = "{tmp_path / "state"}"\n'
+            "call_start_on_speech = false\n")  # no call in progress: a good reload exits at once
+    config.write_text(good)
+    log = tmp_path / "journal.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "miroir", "edge", "run", "--config", str(config), "--replay",
+             str(shared / "ami-headsets" / "source0.wav"),
+             str(shared / "ami-headsets" / "source1.wav"), "--loop"],
+            stdout=subprocess.DEVNULL, stderr=err, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    missing = tmp_path / "credentials" / "box.pem"
+    try:
+        wait_until(lambda: "replaying" in log.read_text(), "the box to start")
+        config.write_text(good + f'ca_file = "{tmp_path}"\ncert_file = "{missing}"\n')
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reload refused" in log.read_text() or proc.poll() is not None,
+                   "the reload to be refused")
+        assert proc.poll() is None, f"exit {proc.poll()}: {log.read_text()[-600:]}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    text = log.read_text()
+    assert code == 0, text[-600:]
+    assert f"{config}: ca_file {tmp_path}: Is a directory" in text, text[-600:]
