@@ -163,6 +163,18 @@ def from_mapping(data: dict[str, Any]) -> EdgeSettings:
     return EdgeSettings(**{k: _coerce(k, hints[k], v) for k, v in data.items()})
 
 
+def state_dir_problem(state_dir: Path) -> str | None:
+    """Why the box cannot keep its state (the outbox) in ``state_dir``, made if missing; None if
+    it can."""
+    if state_dir.exists() and not state_dir.is_dir():
+        return "not a directory"
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot be made ({exc.strerror})"
+    return None
+
+
 def load(path: Path, **overrides: Any) -> EdgeSettings:
     """Load a TOML settings file; ``overrides`` (not None) win over the file."""
     try:

@@ -224,14 +224,10 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
         cfg = edge_settings.load(args.config, state_dir=args.state_dir)
     except edge_settings.SettingsError as exc:
         raise CliError(str(exc)) from None
-    state = cfg.state_dir  # the outbox lives there: said now, by its setting, not in a traceback
     named = "--state-dir" if args.state_dir is not None else f"{args.config}: state_dir"
-    if state.exists() and not state.is_dir():
-        raise CliError(f"{named} {state}: not a directory")
-    try:
-        state.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CliError(f"{named} {state}: cannot be made ({exc.strerror})") from None
+    problem = edge_settings.state_dir_problem(cfg.state_dir)  # said now, not in a traceback
+    if problem is not None:
+        raise CliError(f"{named} {cfg.state_dir}: {problem}")
     from edge.campaign import CampaignError
     from edge.outbox import await_clock
     from edge.publisher import PublisherError
@@ -252,7 +248,11 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
         from edge.publisher import check_tls_files
 
         fresh = edge_settings.load(args.config, state_dir=args.state_dir)
-        try:  # the start would stop on them: refused now, the box runs on
+        # what the start would stop on: refused now, the box runs on
+        problem = edge_settings.state_dir_problem(fresh.state_dir)
+        if problem is not None:
+            raise edge_settings.SettingsError(f"{named} {fresh.state_dir}: {problem}")
+        try:
             check_tls_files(fresh)
         except PublisherError as exc:
             raise edge_settings.SettingsError(f"{args.config}: {exc}") from None

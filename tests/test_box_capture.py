@@ -481,9 +481,16 @@ def test_a_reload_refuses_settings_whose_tls_files_would_not_load(tmp_path: Path
         wait_until(lambda: "reload refused" in log.read_text() or proc.poll() is not None,
                    "the reload to be refused")
         assert proc.poll() is None, f"exit {proc.poll()}: {log.read_text()[-600:]}"
+        # the same for a state_dir the start cannot use (a file: the outbox goes nowhere)
+        config.write_text(good.replace(str(tmp_path / "state"), str(config)))
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: log.read_text().count("reload refused") == 2 or proc.poll() is not None,
+                   "the second reload to be refused")
+        assert proc.poll() is None, f"exit {proc.poll()}: {log.read_text()[-600:]}"
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)
     text = log.read_text()
     assert code == 0, text[-600:]
     assert f"{config}: ca_file {tmp_path}: Is a directory" in text, text[-600:]
+    assert f"{config}: state_dir {config}: not a directory" in text, text[-600:]
