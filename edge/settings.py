@@ -105,6 +105,9 @@ class EdgeSettings:
             raise SettingsError(str(exc)) from None
         if not 0.0 < self.vad_off_threshold <= self.vad_on_threshold < 1.0:
             raise SettingsError("vad_off_threshold must be > 0 and <= vad_on_threshold < 1")
+        if not self.broker_host.strip():  # paho would raise at the connection, in a traceback
+            raise SettingsError(f"broker_host {self.broker_host!r} is empty: give the site "
+                                "broker's host name or address")
         if not 1 <= self.broker_port <= 65535:
             raise SettingsError(f"broker_port {self.broker_port} is not a TCP port (1..65535)")
         for name, (lo, hi) in _RANGES.items():

@@ -44,6 +44,9 @@ def test_load_good(tmp_path):
      "box.toml: setting 'ca_file': a NUL character .*'/etc/miroir/ca.pem\\\\x00'"),
     ('site = "s"\nbox = "b"\nstate_dir = "/var/lib/\\u0000miroir"\n', "setting 'state_dir': a NUL"),
     ('site = "s"\nbox = "b"\ncontrol_group = "miroir-control\\u0000"\n', "'control_group': a NUL"),
+    # an empty broker_host: `miroir edge run` died in paho's connect with "ValueError: Invalid host."
+    ('site = "s"\nbox = "b"\nbroker_host = ""\n', "box.toml: broker_host '' is empty"),
+    ('site = "s"\nbox = "b"\nbroker_host = " "\n', "broker_host ' ' is empty"),
 ])
 def test_bad_files_refused_with_the_key(tmp_path, text, match):
     with pytest.raises(SettingsError, match=match):
