@@ -8,7 +8,9 @@ folder first, :func:`edge.health.note_restart`). A stop for good (``systemctl st
 carries none: systemd's SIGTERM is the same for a stop and a restart.
 
 Commands arrive on the box's own ``cmd`` topic (see ``docs/wire.md``); anything on another topic,
-malformed or addressed to another box is refused and counted in ``cmd_refused``, never raised.
+malformed, retained or addressed to another box is refused and counted in ``cmd_refused``, never
+raised, and so is a private-mode or call-state command sent no later than that state last changed
+(a resend must not undo what the agent did since).
 Private mode (``private_on``) keeps every metric and event out of the outbox until
 ``private_off``; the retained status carries ``private`` and is republished at once on a change.
 The same local commands (private mode, call state, identify) also come from the box's control
