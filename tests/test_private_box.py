@@ -629,3 +629,13 @@ def test_a_control_socket_path_that_names_a_file_never_deletes_it(tmp_path) -> N
     assert kept.read_text() == "the operator's notes\n"
     assert f"no control socket at {kept}: control_socket {kept} is not a socket: " \
            "left as it is" in text, text[-2000:]
+    import socket
+
+    from edge.control import ControlSocket
+
+    kept.unlink()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as stale:  # a killed agent's socket
+        stale.bind(str(kept))
+    control_socket = ControlSocket(kept)  # is replaced, as before
+    assert kept.is_socket()
+    control_socket.close()
