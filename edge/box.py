@@ -8,7 +8,9 @@ folder first, :func:`edge.health.note_restart`). A stop for good (``systemctl st
 carries none: systemd's SIGTERM is the same for a stop and a restart.
 
 Commands arrive on the box's own ``cmd`` topic (see ``docs/wire.md``); anything on another topic,
-malformed or addressed to another box is refused and counted in ``cmd_refused``, never raised.
+malformed, retained or addressed to another box is refused and counted in ``cmd_refused``, never
+raised, and so is a private-mode or call-state command sent no later than that state last changed
+(a resend must not undo what the agent did since).
 Private mode (``private_on``) keeps every metric and event out of the outbox until
 ``private_off``; the retained status carries ``private`` and is republished at once on a change.
 The same local commands (private mode, call state, identify) also come from the box's control
@@ -70,6 +72,10 @@ REFUSALS_LOGGED = 5
 them a connector gone wrong is counted (``cmd_refused``), and the total written when it ends."""
 REFUSALS_EVERY_S = 60.0
 STATEFUL_ACTIONS = frozenset({"private_on", "private_off", "call_state"})
+_STATE_OF = {"private_on": "private mode", "private_off": "private mode",
+             "call_state": "call state"}
+"""The seat's state each stateful action sets: a command for it sent no later than its last
+change (from the ``cmd`` topic or the control socket) is refused, resent or overtaken."""
 LAST_GOOD_CAMPAIGN = "campaign.last-good.toml"
 """The campaign file the box last started with, a copy kept in its state directory."""
 
@@ -152,6 +158,10 @@ class Box:
         self._idle_call: int | None = None
         """The pipeline's call count when an ``idle`` was last taken (one hang-up ends one call)."""
         self.identify_until = 0.0
+        self._state_ts: dict[str, float] = {}
+        """When (wall clock, seconds) private mode and the call state were last set, by whom
+        ever: a ``cmd`` sent earlier (paho resends a command its broken connection left
+        unacknowledged, same bytes) must not undo it."""
         self.control: ControlSocket | None = None
         """The local control socket, open while :meth:`run` runs (``control_socket``)."""
         self._panel: tuple[bool, ...] = ()
@@ -176,7 +186,11 @@ class Box:
         self._lost_at: float | None = None
         if self._private_file.exists():  # private when the box stopped (a restart, an update)
             log.info("private mode was on when the box stopped: it stays on")
-            self._apply({"action": "private_on"})
+            try:  # set then: an older private_off resent after the restart is refused
+                since = self._private_file.stat().st_mtime
+            except OSError:
+                since = time.time()
+            self._apply({"action": "private_on", "ts": since})
 
     def _affect_stage(self, settings: EdgeSettings, disclosed: bool) -> Any:
         """The prospect affect stage, or None, with why in ``affect_state``: not enabled, not
@@ -274,11 +288,20 @@ class Box:
             return 0
         return 1
 
-    def handle_command(self, topic: str, payload: bytes) -> str:
-        """Apply one command; return its action, or ``refused`` (counted, never raised)."""
+    def handle_command(self, topic: str, payload: bytes, retained: bool = False) -> str:
+        """Apply one command; return its action, or ``refused`` (counted, never raised).
+
+        A ``retained`` one (published with the retain flag, kept by the broker and handed over
+        again at every connection of the box) is refused: a retained ``reload`` would restart the
+        box at each of its starts.
+        """
         try:
             if topic != self.publisher.cmd_topic:
                 raise wire.WireError(f"command on {topic!r}, not on {self.publisher.cmd_topic}")
+            if retained:
+                raise wire.WireError(f"a retained command on {topic} (the broker hands it over at "
+                                     f"every connection): {payload[:80]!r}; clear it with an empty "
+                                     "retained message")
             msg = wire.decode(wire.CMD_KIND, payload)
             if (msg["site"], msg["box"]) != (self.settings.site, self.settings.box):
                 raise wire.WireError(f"command for {msg['site']}/{msg['box']}")
@@ -287,6 +310,11 @@ class Box:
                 raise wire.WireError(f"{msg['action']} sent {age_s:.0f} s ago: too old to apply")
             if msg["action"] == "forget_baselines" and age_s < -CMD_MAX_AGE_S:
                 raise wire.WireError(f"forget_baselines for a seat change {-age_s:.0f} s ahead")
+            state = _STATE_OF.get(msg["action"])
+            if state is not None and float(msg["ts"]) <= self._state_ts.get(state, -1.0):
+                raise wire.WireError(f"{msg['action']} sent at {float(msg['ts']):.3f}, not after "
+                                     f"the last change of the {state} (at "
+                                     f"{self._state_ts[state]:.3f}): a resent or stale command")
         except wire.WireError as exc:
             self.cmd_refused += 1
             log.warning("command refused: %s", exc)
@@ -297,7 +325,7 @@ class Box:
         """Apply one command from the control socket; return its action (or ``refused``) and the
         answer for its sender: ``ok <command>`` (a toggle says where it went) or ``refused: <why>``."""
         try:
-            msg = parse(text, self.private)
+            msg = {**parse(text, self.private), "ts": time.time()}
         except ControlError as exc:
             self.cmd_refused += 1
             self._log_refusal(str(exc))
@@ -359,6 +387,9 @@ class Box:
 
     def _apply(self, msg: dict[str, Any]) -> str:
         action = str(msg["action"])
+        state = _STATE_OF.get(action)
+        if state is not None and "ts" in msg:
+            self._state_ts[state] = max(self._state_ts.get(state, -1.0), float(msg["ts"]))
         if action in ("private_on", "private_off"):
             private = action == "private_on"
             if private != self.private:
@@ -450,8 +481,8 @@ class Box:
                 write_heartbeat(self.settings.state_dir, self.version)
             except OSError as exc:  # the update check will say so; the metrics go on
                 log.warning("cannot write the heartbeat in %s: %s", self.settings.state_dir, exc)
-        for topic, payload in self.publisher.take_commands():
-            self.handle_command(topic, payload)
+        for topic, payload, retained in self.publisher.take_commands():
+            self.handle_command(topic, payload, retained)
         connected = self.publisher.connected.is_set()
         now = time.monotonic()
         if self.control is not None:
@@ -614,7 +645,7 @@ class Box:
             try:
                 self.control = ControlSocket(self.settings.control_socket,
                                              self.settings.control_group)
-            except OSError as exc:  # the metrics matter more than the button: go on without it
+            except (OSError, ControlError) as exc:  # the metrics matter more than the button
                 log.error("no control socket at %s: %s", self.settings.control_socket, exc)
         self.watchdog.ready()
         try:

@@ -336,8 +336,13 @@ def load_text(path: Path) -> tuple[CampaignConfig, bytes]:
         raise CampaignError(f"{path}: no such campaign file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise CampaignError(f"{path}: not valid TOML ({exc})") from None
+    except RecursionError:  # tomllib recurses into nested arrays and tables
+        raise CampaignError(f"{path}: not valid TOML (nested too deep)") from None
     except OSError as exc:  # a directory, no permission
         raise CampaignError(f"{path}: cannot read the campaign file ({exc.strerror})") from None
+    if not raw.decode("utf-8-sig").strip():  # comments alone are a choice; nothing at all is not
+        raise CampaignError(f"{path}: the campaign file is empty: give its sections, or remove "
+                            "campaign_file from the box's settings to run the defaults")
     try:
         return from_mapping(data), raw
     except CampaignError as exc:

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import socket
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,8 @@ USAGE = f"'private on|off|toggle', 'call {'|'.join(wire.CALL_STATES)}' or 'ident
 
 
 class ControlError(ValueError):
-    """A local command that is not one of the documented ones."""
+    """A local command that is not one of the documented ones, or a control socket path that
+    holds something else than a socket."""
 
 
 def parse(text: str, private_now: bool) -> dict[str, Any]:
@@ -75,14 +77,24 @@ class ControlSocket:
     Args:
         path: Where to bind (an old socket file there is replaced).
         group: Group allowed to send (mode 0660), if it exists; else mode 0600.
+
+    Raises:
+        ControlError: something else than a socket is at ``path`` (kept: a typo in the settings
+            must not delete the file it names).
+        OSError: the socket cannot be made there.
     """
 
     def __init__(self, path: Path, group: str | None = None) -> None:
         self.path = Path(path)
         if not self.path.parent.is_dir():  # systemd makes it (RuntimeDirectory=) on a box
             self.path.parent.mkdir(parents=True)
-        with contextlib.suppress(FileNotFoundError):
+        try:  # an old socket (the agent's last run) is replaced; anything else stays
+            if not stat.S_ISSOCK(self.path.lstat().st_mode):
+                raise ControlError(f"control_socket {self.path} is not a socket: left as it is "
+                                   "(set control_socket to a free path, e.g. /run/miroir/control)")
             self.path.unlink()
+        except FileNotFoundError:
+            pass
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.setblocking(False)
         self._sock.bind(str(self.path))

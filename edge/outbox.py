@@ -54,8 +54,9 @@ so the 24 h of acknowledged rows kept for resends fit, with room for a backlog."
 WAL_LIMIT_BYTES = 4 * 1024 * 1024
 """The write-ahead log is truncated back to this size after each checkpoint."""
 DELETE_BATCH_ROWS = 1_000
-"""Acknowledged rows deleted per transaction: the write-ahead log a deletion needs grows with it
-(a whole shift in one transaction needed an 85 MB log, more than a nearly full card had)."""
+"""Acknowledged rows deleted (or put back for a resend) per transaction: the write-ahead log
+each needs grows with it (a whole shift in one transaction needed an 85 MB log, more than a
+nearly full card had)."""
 CLOCK_STEP_S = 60.0
 """A wall clock that moved this much further than the monotonic clock was set, not drifting."""
 SEQ_RESERVE = 1_000
@@ -450,14 +451,23 @@ class Outbox:
 
         Returns:
             How many rows will be sent again (rows purged or dropped cannot be).
+
+        One transaction per :data:`DELETE_BATCH_ROWS` rows, oldest first: a day's rows in one
+        would need a write-ahead log of their size (73 MB), more than a nearly full card has.
         """
         last = self.last_seq if to_seq is None else to_seq
         again = [s for s in self._acked_unwritten if from_seq <= s <= last]
         for s in again:  # acknowledged, not written yet: unsent again in memory
             del self._acked_unwritten[s]
-        return len(again) + int(self._db.execute(
-            "UPDATE outbox SET acked_ts = NULL WHERE seq BETWEEN ? AND ? "
-            "AND acked_ts IS NOT NULL", (from_seq, last)).rowcount)
+        n = len(again)
+        while True:
+            k = int(self._db.execute(
+                "UPDATE outbox SET acked_ts = NULL WHERE seq IN (SELECT seq FROM outbox WHERE seq "
+                "BETWEEN ? AND ? AND acked_ts IS NOT NULL ORDER BY seq LIMIT ?)",
+                (from_seq, last, DELETE_BATCH_ROWS)).rowcount)
+            n += k
+            if k < DELETE_BATCH_ROWS:
+                return n
 
     def _follow_clock(self) -> None:
         """The wall clock jumped ahead (NTP setting a box that booted without a real-time clock):

@@ -61,11 +61,38 @@ def _paho() -> Any:
     return mqtt
 
 
+def check_tls_files(settings: Any) -> dict[str, Path]:
+    """Check that the TLS files of ``settings`` load together, as :class:`Publisher` will; return
+    them by setting (those set). Raises :class:`PublisherError` naming the setting and the file
+    that is missing or unreadable, or all of them when they do not load together."""
+    files = {name: Path(path) for name in ("ca_file", "cert_file", "key_file")
+             if (path := getattr(settings, name)) is not None}
+    for name, path in files.items():
+        try:
+            path.open("rb").close()
+        except OSError as exc:
+            raise PublisherError(f"{name} {path}: {exc.strerror or exc}") from None
+    if "ca_file" not in files:
+        return files
+    try:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(cafile=str(files["ca_file"]))
+        if "cert_file" in files:
+            key = files.get("key_file")
+            context.load_cert_chain(str(files["cert_file"]), str(key) if key else None)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        named = ", ".join(f"{name} {path}" for name, path in files.items())
+        raise PublisherError(f"the box's TLS files do not load together ({named}): {exc}") \
+            from None
+    return files
+
+
 class Publisher:
     """Connects to the site broker, keeps the retained status, publishes QoS 1 messages.
 
     Subscribes to the box's own ``cmd`` topic on every connection; commands received are kept
-    for the box's loop (:meth:`take_commands`), with the topic they came on.
+    for the box's loop (:meth:`take_commands`), with the topic they came on and whether the
+    broker handed over a retained copy.
 
     Args:
         settings: the box's :class:`edge.settings.EdgeSettings`.
@@ -85,7 +112,7 @@ class Publisher:
         """Optional ``callable(publisher)`` run (in the network thread) after every event."""
         self._connect_called = False
         self._acked: collections.deque[int] = collections.deque()
-        self._commands: collections.deque[tuple[str, bytes]] = collections.deque(maxlen=1000)
+        self._commands: collections.deque[tuple[str, bytes, bool]] = collections.deque(maxlen=1000)
         self.cmd_dropped = 0
         """Commands dropped, the oldest first, while 1000 were waiting for the box's loop."""
         self._lock = threading.RLock()
@@ -117,22 +144,14 @@ class Publisher:
     def _tls(self, settings: Any) -> None:
         """Load the site CA, the box's certificate and key; raise :class:`PublisherError` naming
         the file that is missing or unreadable, or all three when they do not load together."""
-        files = {"ca_file": settings.ca_file, "cert_file": settings.cert_file,
-                 "key_file": settings.key_file}
-        for name, path in files.items():
-            if path is None:
-                continue
-            try:
-                Path(path).open("rb").close()
-            except OSError as exc:
-                raise PublisherError(f"{name} {path}: {exc.strerror or exc}") from None
+        files = check_tls_files(settings)
         try:
             self.client.tls_set(ca_certs=str(settings.ca_file),
                                 certfile=str(settings.cert_file) if settings.cert_file else None,
                                 keyfile=str(settings.key_file) if settings.key_file else None,
                                 cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-            named = ", ".join(f"{name} {path}" for name, path in files.items() if path is not None)
+            named = ", ".join(f"{name} {path}" for name, path in files.items())
             raise PublisherError(f"the box's TLS files do not load together ({named}): {exc}") \
                 from None
 
@@ -215,7 +234,8 @@ class Publisher:
         if len(self._commands) == self._commands.maxlen:  # the box's loop is stuck
             self.cmd_dropped += 1
             log.warning("command dropped: %d are waiting for the box's loop", len(self._commands))
-        self._commands.append((str(message.topic), bytes(message.payload)))
+        # retained: a copy the broker kept and hands over at each subscription, not news
+        self._commands.append((str(message.topic), bytes(message.payload), bool(message.retain)))
         self._poke()
 
     def publish_status(self, state: str, **extra: Any) -> Any:
@@ -286,8 +306,8 @@ class Publisher:
             out.append(self._acked.popleft())
         return out
 
-    def take_commands(self) -> list[tuple[str, bytes]]:
-        """Commands received since the last call, as (topic, payload)."""
+    def take_commands(self) -> list[tuple[str, bytes, bool]]:
+        """Commands received since the last call, as (topic, payload, retained)."""
         out = []
         while self._commands:
             out.append(self._commands.popleft())

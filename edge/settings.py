@@ -105,6 +105,9 @@ class EdgeSettings:
             raise SettingsError(str(exc)) from None
         if not 0.0 < self.vad_off_threshold <= self.vad_on_threshold < 1.0:
             raise SettingsError("vad_off_threshold must be > 0 and <= vad_on_threshold < 1")
+        if not self.broker_host.strip():  # paho would raise at the connection, in a traceback
+            raise SettingsError(f"broker_host {self.broker_host!r} is empty: give the site "
+                                "broker's host name or address")
         if not 1 <= self.broker_port <= 65535:
             raise SettingsError(f"broker_port {self.broker_port} is not a TCP port (1..65535)")
         for name, (lo, hi) in _RANGES.items():
@@ -135,6 +138,8 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if value is None and type(None) in allowed:
         return None
+    if isinstance(value, str) and "\0" in value:  # no path, device or group name holds one
+        raise SettingsError(f"setting {name!r}: a NUL character in {value!r}")
     for typ in allowed:
         if typ is Path and isinstance(value, str):
             return Path(value)
@@ -161,6 +166,18 @@ def from_mapping(data: dict[str, Any]) -> EdgeSettings:
     return EdgeSettings(**{k: _coerce(k, hints[k], v) for k, v in data.items()})
 
 
+def state_dir_problem(state_dir: Path) -> str | None:
+    """Why the box cannot keep its state (the outbox) in ``state_dir``, made if missing; None if
+    it can."""
+    if state_dir.exists() and not state_dir.is_dir():
+        return "not a directory"
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot be made ({exc.strerror})"
+    return None
+
+
 def load(path: Path, **overrides: Any) -> EdgeSettings:
     """Load a TOML settings file; ``overrides`` (not None) win over the file."""
     try:
@@ -169,6 +186,8 @@ def load(path: Path, **overrides: Any) -> EdgeSettings:
         raise SettingsError(f"{path}: no such settings file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise SettingsError(f"{path}: not valid TOML ({exc})") from None
+    except RecursionError:  # tomllib recurses into nested arrays and tables
+        raise SettingsError(f"{path}: not valid TOML (nested too deep)") from None
     except OSError as exc:  # a directory, no permission
         raise SettingsError(f"{path}: cannot read the settings file ({exc.strerror})") from None
     data.update({k: v for k, v in overrides.items() if v is not None})

@@ -224,6 +224,10 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
         cfg = edge_settings.load(args.config, state_dir=args.state_dir)
     except edge_settings.SettingsError as exc:
         raise CliError(str(exc)) from None
+    named = "--state-dir" if args.state_dir is not None else f"{args.config}: state_dir"
+    problem = edge_settings.state_dir_problem(cfg.state_dir)  # said now, not in a traceback
+    if problem is not None:
+        raise CliError(f"{named} {cfg.state_dir}: {problem}")
     from edge.campaign import CampaignError
     from edge.outbox import await_clock
     from edge.publisher import PublisherError
@@ -241,8 +245,17 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
 
     def check_files() -> None:  # a `reload` command: the files the service would start with
         from edge.campaign import load as load_campaign
+        from edge.publisher import check_tls_files
 
         fresh = edge_settings.load(args.config, state_dir=args.state_dir)
+        # what the start would stop on: refused now, the box runs on
+        problem = edge_settings.state_dir_problem(fresh.state_dir)
+        if problem is not None:
+            raise edge_settings.SettingsError(f"{named} {fresh.state_dir}: {problem}")
+        try:
+            check_tls_files(fresh)
+        except PublisherError as exc:
+            raise edge_settings.SettingsError(f"{args.config}: {exc}") from None
         if fresh.campaign_file is not None:
             load_campaign(fresh.campaign_file)
 

@@ -404,3 +404,93 @@ def test_systemctl_reload_sighup_checks_the_files_of_a_running_box(tmp_path: Pat
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)
     assert code == 0, log.read_text()[-2000:]
+
+
+def test_a_campaign_file_nested_too_deep_is_refused_not_the_end_of_the_box(tmp_path: Path) -> None:
+    """A campaign file of 2000 nested arrays (a corrupt or hostile edit): TOML's parser recursed
+    past Python's limit and its RecursionError went through the loader's net, so the real ``miroir
+    edge run`` died on ``systemctl reload`` (SIGHUP, exit 1 with a 2000-line traceback) and a box
+    restarted on it never reached its last good campaign. Now it is a refused file, named, like any
+    other: the running box goes on, a restart starts on the last good campaign."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    nested = "[monologue]\non_s = " + "[" * 2000 + "]" * 2000 + "\n"
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    campaign = tmp_path / "campaign.toml"
+    campaign.write_text("[monologue]\non_s = 45.0\n")
+    config = tmp_path / "box.toml"
+    config.write_text(f'site = "site-a"\nbox = "box-a"\nbroker_port = 9\n'
+                      f'state_dir = "{tmp_path / "state"}"\ncampaign_file = "{campaign}"\n')
+    log = tmp_path / "journal.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "miroir", "edge", "run", "--config", str(config), "--replay",
+             str(shared / "ami-headsets" / "source0.wav"),
+             str(shared / "ami-headsets" / "source1.wav"), "--loop"],
+            stdout=subprocess.DEVNULL, stderr=err, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        wait_until(lambda: "replaying" in log.read_text(), "the box to start")
+        campaign.write_text(nested)
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reload refused" in log.read_text() or proc.poll() is not None,
+                   "the reload to be refused")
+        assert proc.poll() is None, log.read_text()[-600:]
+        assert f"{campaign}: not valid TOML (nested too deep)" in log.read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    assert code == 0, log.read_text()[-600:]
+    again = _offline_box(tmp_path / "state", campaign_file=campaign)  # a reboot on the bad file
+    assert again.pipeline.campaign.monologue.on_s == 45.0
+    assert "nested too deep" in again.status_fields()["settings_error"]
+    again.outbox.close()
+
+
+def test_a_reload_refuses_settings_whose_tls_files_would_not_load(tmp_path: Path) -> None:
+    """The settings file edited while the box runs, its ``cert_file`` now a path with no file (a
+    typo): the reload checked only that the file parsed, so the real ``miroir edge run`` took it,
+    exited 75 for systemd to start it again, and the start failed ('cert_file ...: No such file
+    or directory', exit 2): a box down after 10 tries, where a bad file must leave it running on
+    its last good settings. The reload now checks the TLS files as the start would, refuses, and
+    names the key and the file."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    config = tmp_path / "box.toml"
+    good = (f'site = "site-a"\nbox = "box-a"\nbroker_port = 9\nstate_dir = "{tmp_path / "state"}"\n'
+            "call_start_on_speech = false\n")  # no call in progress: a good reload exits at once
+    config.write_text(good)
+    log = tmp_path / "journal.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "miroir", "edge", "run", "--config", str(config), "--replay",
+             str(shared / "ami-headsets" / "source0.wav"),
+             str(shared / "ami-headsets" / "source1.wav"), "--loop"],
+            stdout=subprocess.DEVNULL, stderr=err, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    missing = tmp_path / "credentials" / "box.pem"
+    try:
+        wait_until(lambda: "replaying" in log.read_text(), "the box to start")
+        config.write_text(good + f'ca_file = "{tmp_path}"\ncert_file = "{missing}"\n')
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reload refused" in log.read_text() or proc.poll() is not None,
+                   "the reload to be refused")
+        assert proc.poll() is None, f"exit {proc.poll()}: {log.read_text()[-600:]}"
+        # the same for a state_dir the start cannot use (a file: the outbox goes nowhere)
+        config.write_text(good.replace(str(tmp_path / "state"), str(config)))
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: log.read_text().count("reload refused") == 2 or proc.poll() is not None,
+                   "the second reload to be refused")
+        assert proc.poll() is None, f"exit {proc.poll()}: {log.read_text()[-600:]}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    text = log.read_text()
+    assert code == 0, text[-600:]
+    assert f"{config}: ca_file {tmp_path}: Is a directory" in text, text[-600:]
+    assert f"{config}: state_dir {config}: not a directory" in text, text[-600:]

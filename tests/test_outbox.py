@@ -428,6 +428,35 @@ def test_deleting_a_whole_shift_of_acknowledged_rows_needs_a_small_log(tmp_path,
     box.close()
 
 
+def test_a_resend_of_a_whole_shift_needs_a_small_log(tmp_path):
+    """A ``resend`` from the dashboard for a hole of hours (a broker restarted without its
+    store: every message acknowledged, none delivered) put every row back in one UPDATE: the
+    write-ahead log grew past the size of the rows (27.7 MB for 20,000, 73 MB for a day of
+    86,400), where a purge's is kept near its limit; on a nearly full card the resend failed, asked
+    again every 5 s. A batch per transaction keeps the log small; the same rows go again."""
+    path = tmp_path / "o.sqlite"
+    Outbox(path, "s", "b").close()
+    payload = json.dumps({"v": 1, "site": "s", "box": "b", "ts": 1.0, "seq": 1, **BODY,
+                          "near_pitch_hz": 123.4, "pad": "x" * 900}).encode()
+    db = sqlite3.connect(path)
+    rows = 20_000  # about 22 MB: a quarter of a shift
+    db.executemany("INSERT INTO outbox(seq, kind, payload, created_ts, acked_ts) "
+                   "VALUES (?, 'metrics', ?, ?, ?)",
+                   [(1000 + i, payload, time.time(), time.time()) for i in range(rows)])
+    db.execute("INSERT OR REPLACE INTO meta VALUES ('last_seq', ?)", (1000 + rows - 1,))
+    db.commit()
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    box = Outbox(path, "s", "b")
+    assert box.depth() == 0
+    assert box.resend(1000 + 10, 1000 + rows + 5) == rows - 10
+    wal_bytes = (tmp_path / "o.sqlite-wal").stat().st_size
+    assert box.depth() == rows - 10
+    assert [seq for seq, _, _ in box.pending(limit=3)] == [1010, 1011, 1012]
+    assert wal_bytes <= 2 * WAL_LIMIT_BYTES, f"the log grew to {wal_bytes / 1e6:.1f} MB"
+    box.close()
+
+
 def test_a_purge_that_fails_at_stop_still_says_goodbye(site, broker, peer, tmp_path, monkeypatch):
     """The card fails as the box stops (an I/O error in the last purge): the box still sends its
     offline status with its last counters and stops cleanly (the error escaped the loop before:

@@ -213,7 +213,14 @@ def test_a_stale_private_off_does_not_end_the_private_call_the_agent_started_sin
     assert send("private_off", -300.0) == "refused" and box.private  # a clock far ahead
     assert box.status_fields()["cmd_refused"] == 3
     assert send("identify", 300.0) == "identify"  # harmless when late: blinks the LED
-    assert send("private_off", 2.0) == "private_off" and not box.private
+    assert send("private_off", 2.0) == "refused" and box.private  # sent before the agent's button
+    assert send("private_off", 0.0) == "private_off" and not box.private
+    assert box.answer_local("private on")[0] == "private_on"
+    box.outbox.close()
+    box = Box(EdgeSettings(site="site-a", box="box-a", broker_port=9, state_dir=tmp_path / "state"),
+              load_vad_model(), version="test")  # a restart: private, since the button
+    assert box.private and send("private_off", 2.0) == "refused" and box.private
+    assert send("private_off", 0.0) == "private_off" and not box.private
     box.outbox.close()
 
 
@@ -521,3 +528,114 @@ def test_a_cti_that_flips_hold_and_active_keeps_the_calls_hold_list_bounded(site
     assert held_s > 0.064 * MAX_HOLDS
     box.publisher.stop(box.status_fields())
     box.outbox.close()
+
+
+def test_a_replayed_command_never_undoes_what_the_agent_did_since(site, broker, peer,
+                                                                  tmp_path) -> None:
+    """The dashboard's MQTT session outlives a broken connection (clean_start off): paho sends a
+    command the broker had not acknowledged again, the same bytes, once it is back, seconds later.
+    On the real broker and box: the supervisor's ``private_off`` (taken), the agent's own button
+    (private on), then that ``private_off`` again 2 s later. The box ended the agent's private call
+    and stored its metrics (within the 60 s of CMD_MAX_AGE_S); the same for a CTI ``call_state``
+    replayed over the softphone's later hold. A state command older than the state's last change
+    is refused and counted now, whoever made that change."""
+    import socket
+
+    from edge.control import ControlSocket
+
+    control = tmp_path / "run" / "control"
+    audio, dash, box = _call_and_box(site, broker, peer, tmp_path, 40.0, control_socket=control,
+                                     control_group=None)
+    blocks = (audio[:, i:i + BLOCK] for i in range(0, audio.shape[1], BLOCK))
+    box.publisher.start()
+    box.control = ControlSocket(control)
+    wait_until(box.publisher.connected.is_set, "the box connected")
+
+    def publish(action: str, **extra: object) -> bytes:
+        payload = wire.encode("cmd", wire.cmd_message(SITE_ID, "box-a", action, time.time(),
+                                                      **extra))
+        dash.publish(box.publisher.cmd_topic, payload)
+        return payload
+
+    def local(text: bytes) -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(text, str(control))
+
+    def run_until(done, what: str) -> None:
+        for _ in range(100):  # 6.4 s of audio at most
+            box.step(next(blocks))
+            if done():
+                return
+            time.sleep(0.01)  # paho's thread gets its turn
+        raise AssertionError(f"the box did not take {what}")
+
+    for _ in range(10):  # again until the box's subscription is in place
+        publish("private_on")
+        if any(box.step(next(blocks)) or box.private for _ in range(16)):
+            break
+    assert box.private
+    resent_off = publish("private_off")
+    run_until(lambda: not box.private, "private_off")
+    local(b"private on")  # the agent's button
+    run_until(lambda: box.private, "the agent's private on")
+    stored = box.outbox.last_seq
+    refused = box.cmd_refused
+    dash.publish(box.publisher.cmd_topic, resent_off)  # paho's resend, 2 s later at most
+    run_until(lambda: box.cmd_refused > refused or not box.private, "the resent private_off")
+    for _ in range(16):  # a second of audio
+        box.step(next(blocks))
+    assert box.private, "a resent private_off ended the agent's private call"
+    assert box.outbox.last_seq == stored, "metrics of the private call entered the outbox"
+    local(b"private off")
+    run_until(lambda: not box.private, "the agent's private off")
+    resent_active = publish("call_state", call_state="active")
+    run_until(lambda: box.call_state == "active", "call_state active")
+    local(b"call hold")  # the softphone, locally
+    run_until(lambda: box.call_state == "hold", "the local hold")
+    refused = box.cmd_refused
+    dash.publish(box.publisher.cmd_topic, resent_active)
+    run_until(lambda: box.cmd_refused > refused or box.call_state != "hold",
+              "the resent call_state")
+    assert box.call_state == "hold" and box.cmd_refused == refused + 1
+    publish("call_state", call_state="active")  # a new command is taken, as ever
+    run_until(lambda: box.call_state == "active", "a new call_state active")
+    assert box.status_fields()["cmd_refused"] == 2
+    box.control.close()
+    box.publisher.stop(box.status_fields())
+    box.outbox.close()
+
+
+def test_a_control_socket_path_that_names_a_file_never_deletes_it(tmp_path) -> None:
+    """``control_socket`` set to a file's path (a typo: the outbox, the settings file): the real
+    agent deleted the file to bind its socket there ("an old socket file is replaced"), measured
+    on ``miroir edge run``: the file was gone. Only a socket is replaced now; anything else stays,
+    the journal names the setting and the file, and the agent runs on without the socket."""
+    import signal
+
+    kept = tmp_path / "run" / "control"
+    kept.parent.mkdir()
+    kept.write_text("the operator's notes\n")
+    proc, control, journal = _replaying_agent(tmp_path)
+    assert control == kept
+    try:
+        wait_until(lambda: "no control socket" in journal.read_text() or proc.poll() is not None,
+                   "the agent's word on its control socket")
+        assert proc.poll() is None, journal.read_text()[-2000:]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    text = journal.read_text()
+    assert code == 0, text[-2000:]
+    assert kept.read_text() == "the operator's notes\n"
+    assert f"no control socket at {kept}: control_socket {kept} is not a socket: " \
+           "left as it is" in text, text[-2000:]
+    import socket
+
+    from edge.control import ControlSocket
+
+    kept.unlink()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as stale:  # a killed agent's socket
+        stale.bind(str(kept))
+    control_socket = ControlSocket(kept)  # is replaced, as before
+    assert kept.is_socket()
+    control_socket.close()

@@ -34,6 +34,19 @@ def test_load_good(tmp_path):
     ('site = "s"\nbox = "b"\nvad_min_silence_ms = inf\n', "vad_min_silence_ms"),
     ('site = "s"\nbox = "b"\ncapture_rate_hz = -16000\n', "capture_rate_hz .* 8000..192000"),
     ('site = "s"\nbox = "b"\nbaseline_max_age_h = nan\n', "baseline_max_age_h"),
+    ('site = "s"\nbox = "b"\nbox = "c"\n', "TOML"),
+    # 2000 nested arrays: TOML's parser recursed past Python's limit, a RecursionError and a
+    # 2000-line traceback at `miroir edge run`, not the file's name
+    ('site = "s"\nbox = "b"\nkeepalive_s = ' + "[" * 2000 + "]" * 2000 + "\n",
+     "box.toml: not valid TOML \\(nested too deep\\)"),
+    # a NUL in a path: `miroir edge run` died with "ValueError: embedded null byte" and a traceback
+    ('site = "s"\nbox = "b"\nca_file = "/etc/miroir/ca.pem\\u0000"\n',
+     "box.toml: setting 'ca_file': a NUL character .*'/etc/miroir/ca.pem\\\\x00'"),
+    ('site = "s"\nbox = "b"\nstate_dir = "/var/lib/\\u0000miroir"\n', "setting 'state_dir': a NUL"),
+    ('site = "s"\nbox = "b"\ncontrol_group = "miroir-control\\u0000"\n', "'control_group': a NUL"),
+    # an empty broker_host: `miroir edge run` died in paho's connect with "ValueError: Invalid host."
+    ('site = "s"\nbox = "b"\nbroker_host = ""\n', "box.toml: broker_host '' is empty"),
+    ('site = "s"\nbox = "b"\nbroker_host = " "\n', "broker_host ' ' is empty"),
 ])
 def test_bad_files_refused_with_the_key(tmp_path, text, match):
     with pytest.raises(SettingsError, match=match):
@@ -61,6 +74,13 @@ def test_the_box_names_its_settings_file_and_the_range_as_the_campaign_file_does
     cases = [("broker_port = 70000", "broker_port 70000 is not a TCP port (1..65535)"),
              ('keepalive_s = "x"', "setting 'keepalive_s': expected int, got 'x' (allowed range "
                                    "1..3600)")]
+    taken = tmp_path / "a-file"
+    taken.write_text("")
+    # state_dir unusable: a 30-line traceback from the outbox's mkdir, naming neither the setting
+    # nor the settings file
+    cases += [(f'state_dir = "{taken}"', f"state_dir {taken}: not a directory"),
+              (f'state_dir = "{taken}/state"', f"state_dir {taken}/state: cannot be made (Not a "
+                                                "directory)")]
     for line, message in cases:
         path = _write(tmp_path, f'site = "s"\nbox = "b"\n{line}\n')
         done = subprocess.run([sys.executable, "-m", "miroir", "edge", "run", "--config",

@@ -40,6 +40,10 @@ def test_defaults_and_a_valid_file(tmp_path):
     ("[alerts]\nhold_silence_s = 2\n", "slow_response.on_s (2.0) must be < alerts.hold_silence_s (2.0)"),
     ("[prospect_hesitating]\nlatency_on_s = 12\n",
      "prospect_hesitating.latency_on_s = 12.0 is outside the allowed range 0.3..10"),
+    # a file emptied by accident (an editor on a full disk, `> campaign.toml`) read as every
+    # default: a reload took it, restarted the box on it and kept it as the last good campaign
+    ("", "bad.toml: the campaign file is empty"),
+    ("\ufeff \n\t\n", "bad.toml: the campaign file is empty"),
 ])
 def test_bad_files_name_the_key_and_range(tmp_path, text, message):
     path = tmp_path / "bad.toml"

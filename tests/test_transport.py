@@ -281,6 +281,44 @@ def test_box_commands_private_identify_reload_call_resend_and_refusals(
         box.outbox.close()
 
 
+def test_a_retained_command_is_refused_not_taken_at_every_connection(
+        site: SiteFiles, broker: Any, peer: Any, tmp_path: Path) -> None:
+    """A command published retained (``mosquitto_pub -r`` with the dashboard's certificate while
+    debugging, a buggy tool) is kept by the broker and handed to the box again at every
+    subscription: on the real broker a retained ``reload`` was taken at the box's connection, so
+    it restarted (exit 75), connected again, took it again: a restart loop; a retained ``resend``
+    sent the same rows again at every connection. A retained copy says nothing new: refused and
+    counted, twice over two connections; a live command still goes."""
+    settings = box_settings(site, "box-a", broker.port, tmp_path / "state")
+    dash = peer(site.dashboard, "dashboard")
+    cmd_topic = wire.topic(SITE_ID, "box-a", "cmd")
+    reload = wire.encode("cmd", wire.cmd_message(SITE_ID, "box-a", "reload", time.time()))
+    assert not dash.publish(cmd_topic, reload, retain=True).is_failure  # (no subscriber yet)
+
+    def connect() -> None:
+        """One start of the box: its connection, the retained copy, a live command."""
+        box = Box(settings, pipeline=SyntheticPipeline())
+        reloads: list[int] = []
+        box.on_reload = lambda: reloads.append(1)
+        box.publisher.start()
+        try:
+            wait_until(lambda: pumped(box, lambda: box.cmd_refused or reloads), "the retained copy")
+            assert box.cmd_refused == 1 and not reloads and not box.reload_pending
+            dash.publish(cmd_topic, wire.encode("cmd", wire.cmd_message(
+                SITE_ID, "box-a", "identify", time.time())))
+            wait_until(lambda: pumped(box, lambda: box.identifying), "a live command")
+            assert box.cmd_refused == 1 and box.cmd_done == 1
+        finally:
+            box.publisher.stop(box.status_fields())
+            box.outbox.close()
+
+    try:
+        connect()
+        connect()  # a restart: the broker hands the retained copy over again
+    finally:
+        dash.publish(cmd_topic, b"", retain=True)  # the broker forgets it
+
+
 def test_a_cti_server_sets_a_box_call_state_through_the_dashboard(
         site: SiteFiles, broker: Any, tmp_path: Path) -> None:
     """A CTI server off the boxes (the broker admits only the dashboard on ``cmd``) posts the call
