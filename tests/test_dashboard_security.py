@@ -250,6 +250,42 @@ def test_a_browser_posting_a_form_over_the_limit_gets_the_error_page_in_its_lang
         db.conn.close()
 
 
+JSON_POSTS = ("/api/agents/agent-a1/flags", "/api/agents/agent-a1/goals", "/api/calls",
+              "/api/calls/1/outcome", "/api/calls/1/variant", "/api/campaigns",
+              "/api/campaigns/camp-a/variants", "/api/campaigns/camp-a/assign", "/api/me/private")
+"""The JSON API's routes that read a body (each takes a JSON object, never a form)."""
+
+
+def test_a_form_in_latin_1_posted_to_the_json_api_is_a_422_not_a_500(org_server: Any) -> None:
+    """A form whose bytes are not UTF-8 (a Latin-1 client's ``note=caf\\xe9``) posted to a route
+    of the JSON API answered 500 on all 9 of them: the 422 echoes the body it could not read,
+    and the bytes failed the answer. It is a 422 with the body as text (the byte unreadable made
+    U+FFFD), over the real server; nothing is stored."""
+    import httpx
+
+    server, data = org_server
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        cookie = {"cookie": "__Host-miroir="
+                            f"{http_login(c, 'sup-a', USER_PASSWORD, data['secrets']['sup-a'])}"}
+        token = csrf_of(c.get("/", headers=cookie).text)
+        sent = b"csrf=" + token.encode() + b"&ts=1800000000&note=caf\xe9&agent=agent-a1"
+        answers = {}
+        for path in JSON_POSTS:
+            r = c.post(path, content=sent, headers={**cookie, **form, "x-csrf-token": token})
+            answers[path] = r.status_code
+            if r.status_code == 422:
+                assert r.json()["detail"][0]["input"] == sent.decode("utf-8", "replace"), path
+        assert answers == dict.fromkeys(JSON_POSTS, 422)
+        assert c.get("/api/me", headers=cookie).json()["username"] == "sup-a"  # still serving
+    db = store.open_db(server.settings.db_path)
+    try:
+        assert db.conn.execute("SELECT count(*) FROM flags WHERE author = 'sup-a'"
+                               ).fetchone()[0] == 0
+    finally:
+        db.conn.close()
+
+
 def test_no_answer_to_a_logged_in_request_may_be_cached(org_server: Any) -> None:
     """The JSON API's answers and the CSV and JSON exports carried no Cache-Control (the pages
     did: no-store): an agent's metrics, calls and whole export could stay in a shared proxy's
