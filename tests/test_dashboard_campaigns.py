@@ -194,6 +194,45 @@ def test_campaign_forms_need_csrf_and_agents_and_auditors_cannot_create(org: Any
                 assert 'id="new-campaign"' not in c.get("/campaigns").text
 
 
+def test_a_campaign_named_with_spaces_only_is_refused_not_saved_without_a_name(
+        org_server: Any) -> None:
+    """A campaign name of spaces only (typed "   ", or a tab from the API) passed the form's and
+    the API's check (at least one character) and was saved stripped, empty: the campaigns
+    page's list showed it as a link without text, out of reach. It is refused now, as a goal's
+    name is: the form comes back as typed with the reason (422), the API answers 422, nothing is
+    saved, over the real server; a campaign saved so before shows its id."""
+    import httpx
+
+    from tests._fixtures_dashboard import http_login
+
+    server, data = org_server
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        cookie = {"cookie": "__Host-miroir="
+                            f"{http_login(c, 'sup-a', USER_PASSWORD, data['secrets']['sup-a'])}"}
+        token = csrf_of(c.get("/campaigns", headers=cookie).text)
+        r = c.post("/campaigns", headers=cookie, data={
+            "csrf": token, "campaign": "salon-blanc", "name": "   ", "team": "team-a",
+            "variants": "Question | Comment ?"})
+        assert r.status_code == 422, (r.status_code, r.headers.get("location"))
+        assert "le nom et les variantes" in r.text
+        assert 'value="salon-blanc"' in r.text
+        r = c.post("/api/campaigns", headers={**cookie, "x-csrf-token": token},
+                   json={"campaign": "salon-tab", "name": "\t \n", "team": "team-a"})
+        assert r.status_code == 422, r.text
+        db = store.open_db(server.settings.db_path)
+        try:
+            assert db.conn.execute("SELECT campaign FROM campaigns WHERE campaign LIKE 'salon-%'"
+                                   ).fetchall() == []
+            with db.conn:  # saved so before the check
+                db.conn.execute("INSERT INTO campaigns (campaign, name, team, created_ts) "
+                                "VALUES ('ancienne', '', 'team-a', ?)", (time.time(),))
+        finally:
+            db.conn.close()
+        page = c.get("/campaigns", headers=cookie).text
+        links = re.findall(r'<a class="chip-link[^"]*" href="/campaigns/([^"]+)">([^<]*)<', page)
+        assert links == [("ancienne", "ancienne"), ("camp-a", "Salon Lyon")]
+
+
 def test_a_variant_without_calls_has_no_rate_nor_interval(org: Any) -> None:
     """A variant no call has an outcome for yet says nothing about its meeting rate: no 0 %, no
     zero-width 95 % interval (a single refusal's interval is 0 to 79 %), no dot on the chart."""

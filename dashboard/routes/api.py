@@ -111,6 +111,14 @@ class CampaignIn(BaseModel):
     variants: list[VariantIn] = Field(default_factory=list, max_length=MAX_VARIANTS,
                                       description="Variants to compare.")
 
+    @field_validator("name")
+    @classmethod
+    def _named(cls, name: str) -> str:
+        """A campaign needs a name: one of spaces only was saved empty, a link without text."""
+        if not name.strip():
+            raise ValueError("a campaign needs a name")
+        return name.strip()
+
 
 class AssignIn(BaseModel):
     """Put an agent on a campaign, optionally with the variant they use."""
@@ -239,7 +247,7 @@ def create_campaign(db: Any, user: User, body: CampaignIn) -> None:
             raise HTTPException(status_code=409, detail="campaign id already used")
         db.conn.execute("INSERT INTO campaigns (campaign, name, team, created_ts, created_by) "
                         "VALUES (?, ?, ?, ?, ?)",
-                        (body.campaign, body.name.strip(), team, time.time(), user.username))
+                        (body.campaign, body.name, team, time.time(), user.username))
         for v in body.variants:
             db.conn.execute("INSERT INTO variants (campaign, name, text, created_by) "
                             "VALUES (?, ?, ?, ?)",
