@@ -708,6 +708,57 @@ def test_the_pages_fit_the_screen_without_scrolling_sideways(
     assert label_px >= 9.0  # 5 px on the phone when its charts were 760 wide shrunk to 310
 
 
+PAST_PANEL = """() => [...document.querySelectorAll(
+    '.flag-note, li.goal > strong, .list li, .chip-link, .panel h2')].filter((e) => {
+    const box = (e.closest('.panel') || document.querySelector('main')).getBoundingClientRect();
+    return e.getBoundingClientRect().right > box.right + 0.5;
+  }).map((e) => e.id || e.className || e.tagName)"""
+"""What a user wrote (a flag's note, a goal, a campaign's name) past the edge of its panel."""
+PASTED = "https://crm.example.com/fiche?prospect=" + "7" * 80
+"""A link pasted as is: no space where a line could break."""
+
+
+@pytest.mark.parametrize("width,height", [(1280, 720), (390, 844)])
+def test_a_pasted_link_in_a_note_a_goal_or_a_campaign_name_wraps_within_its_panel(
+        chromium: Any, org_server: Any, width: int, height: int) -> None:
+    """A supervisor pastes a link (no space in it) as a flag's note, a goal's name and a
+    campaign's name, each at its longest: on a 390 px phone the campaigns page was 1,178 px wide
+    (the campaign's link in its list of campaigns), and the note ran 1,047 px past the agent
+    page's flags panel, the goal past the goals panel and the team board's shared moments past
+    theirs, to be read by scrolling each panel sideways. They now wrap within their panel, on
+    the phone and on a laptop."""
+    import httpx
+
+    from tests._fixtures_dashboard import USER_PASSWORD, csrf_of, http_login
+
+    server, data = org_server
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        cookie = {"cookie": "__Host-miroir="
+                            f"{http_login(c, 'sup-a', USER_PASSWORD, data['secrets']['sup-a'])}"}
+        hdr = {**cookie, "x-csrf-token": csrf_of(c.get("/", headers=cookie).text)}
+        for path, body in (
+                ("/api/agents/agent-a1/flags",
+                 {"ts": time.time() - 60, "note": PASTED * 16, "shared": True}),
+                ("/api/agents/agent-a1/goals",
+                 {"metric": "near_speech_ratio", "label": PASTED[:120]}),
+                ("/api/campaigns", {"campaign": "relance", "name": PASTED[:120], "team": "team-a"})):
+            assert c.post(path, json=body, headers=hdr).status_code == 201, path
+    widths, past = {}, {}
+    context = chromium.new_context(viewport={"width": width, "height": height}, locale="fr-FR")
+    try:
+        page = context.new_page()
+        browser_login(page, server.url)
+        for path in ("/agents/agent-a1", "/teams/team-a", "/campaigns", "/campaigns/relance"):
+            page.goto(server.url + path)
+            page.wait_for_selector(READY.get(path, "body"))
+            widths[path] = page.evaluate(PAGE_WIDTH)
+            past[path] = page.evaluate(PAST_PANEL)
+    finally:
+        context.close()
+    assert {k: w for k, (w, inner) in widths.items() if w > inner} == {}
+    assert {k: p for k, p in past.items() if p} == {}
+
+
 # ------------------------------------------------------------------ the calls table
 def test_a_call_without_an_outcome_reads_unknown_not_meeting_booked(
         browser_page: Any, org_server: Any) -> None:
