@@ -543,6 +543,39 @@ def test_the_private_switch_never_says_on_when_the_box_is_offline(
     assert page.locator("#private-unsent").count() == 0
 
 
+def test_a_reload_of_the_private_switchs_answer_shows_what_the_box_says_since(
+        browser_page: Any, dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
+    """Ines turns private mode on (her page's address becomes /me?sent=on#private), her box
+    says so, then its own button turns it off. Reloaded at that address, her page said "Mode
+    privé actif : rien n'est mesuré" and offered to end the private call while the box measured
+    again: the address's "sent" stood for the box's word however old. It now stands only until
+    the box's next status, for 10 s at most: the reloaded page says what the box said last; and
+    a made-up address (?sent=on, or an "at" in the future) claims nothing."""
+    from tests._fixtures_dashboard import USER_PASSWORD
+
+    seat = _AgentsBox(dashboard_server, site, peer)
+    seat.status(private=False)
+    page = browser_page
+    browser_login(page, dashboard_server.url, "ines", USER_PASSWORD, landing="/me")
+    page.wait_for_selector("body[data-stream-ready='1']")
+    _shows(page, "—")
+    page.click("#private-toggle")
+    page.wait_for_selector("body[data-stream-ready='1']")
+    assert "/me?sent=on" in page.url
+    assert page.locator("#private-state").is_visible()  # sent: said at once
+    seat.status(private=True)  # the box confirms
+    _shows(page, "Appel privé")
+    seat.status(private=False)  # then its own button ends the private call
+    _shows(page, "—")
+    page.reload()
+    page.wait_for_selector("body[data-stream-ready='1']")
+    assert page.locator("#private-state").count() == 0, page.inner_text("#private")
+    assert page.locator("#private-toggle").inner_text() == "Passer en appel privé"
+    for made_up in ("/me?sent=on", f"/me?sent=on&at={time.time() + 3600:.0f}"):
+        page.goto(dashboard_server.url + made_up)
+        assert page.locator("#private-state").count() == 0, made_up
+
+
 def test_the_agents_live_strip_says_offline_when_the_box_falls_silent(
         browser_page: Any, dashboard_server: DashboardServer, site: Any, peer: Any,
         monkeypatch: pytest.MonkeyPatch) -> None:
