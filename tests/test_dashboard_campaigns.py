@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -152,7 +153,8 @@ def test_supervisor_creates_runs_and_closes_a_campaign_within_their_teams(org: A
     db = store.open_db(settings.db_path)
     actions = [r[0] for r in db.conn.execute(
         "SELECT action FROM audit_log WHERE action LIKE 'campaign_%' ORDER BY id").fetchall()]
-    assert actions == ["campaign_create", "campaign_assign", "campaign_assign", "campaign_close"]
+    assert actions == ["campaign_create", "campaign_assign", "campaign_assign", "campaign_close",
+                       "campaign_close"]  # one about each agent it took off
 
 
 def test_campaign_forms_need_csrf_and_agents_and_auditors_cannot_create(org: Any) -> None:
@@ -231,6 +233,40 @@ def test_a_campaign_named_with_spaces_only_is_refused_not_saved_without_a_name(
         page = c.get("/campaigns", headers=cookie).text
         links = re.findall(r'<a class="chip-link[^"]*" href="/campaigns/([^"]+)">([^<]*)<', page)
         assert links == [("ancienne", "ancienne"), ("camp-a", "Salon Lyon")]
+
+
+def test_closing_a_campaign_is_in_the_audit_log_of_each_agent_it_takes_off(
+        org_server: Any) -> None:
+    """Closing camp-a took agent-a1 and agent-a2 off it (their next calls carry no campaign),
+    but the audit log had one entry naming no agent: neither agent's log (their page, the API)
+    said who took them off nor when, where putting them on a campaign is in it. The closing is
+    now an entry about each agent it takes off, with the campaign, over the real server; a
+    campaign that no agent is on still leaves one entry."""
+    import httpx
+
+    from tests._fixtures_dashboard import http_login
+
+    server, data = org_server
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        sup = {"cookie": "__Host-miroir="
+                         f"{http_login(c, 'sup-a', USER_PASSWORD, data['secrets']['sup-a'])}"}
+        hdr = {**sup, "x-csrf-token": csrf_of(c.get("/campaigns", headers=sup).text)}
+        assert c.post("/api/campaigns", json={"campaign": "vide", "name": "Vide",
+                                              "team": "team-a"}, headers=hdr).status_code == 201
+        for campaign in ("camp-a", "vide"):
+            assert c.post(f"/api/campaigns/{campaign}/close", headers=hdr).status_code == 200
+        amina = {"cookie": f"__Host-miroir={http_login(c, 'amina', USER_PASSWORD)}"}
+        own = c.get("/api/agents/agent-a1/audit", headers=amina).json()["entries"]
+    assert [(e["actor"], e["action"], json.loads(e["detail"])) for e in own
+            if e["action"] == "campaign_close"] == [("sup-a", "campaign_close",
+                                                      {"campaign": "camp-a"})]
+    db = store.open_db(server.settings.db_path)
+    try:
+        closes = db.conn.execute("SELECT agent, json_extract(detail, '$.campaign') FROM audit_log "
+                                 "WHERE action = 'campaign_close' ORDER BY agent").fetchall()
+    finally:
+        db.conn.close()
+    assert closes == [(None, "vide"), ("agent-a1", "camp-a"), ("agent-a2", "camp-a")]
 
 
 def test_a_variant_without_calls_has_no_rate_nor_interval(org: Any) -> None:

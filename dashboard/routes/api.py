@@ -286,9 +286,13 @@ def close_campaign(db: Any, user: User, campaign: str) -> float:
     with db.conn:
         db.conn.execute("UPDATE campaigns SET closed_ts = ?, closed_by = ? WHERE campaign = ?",
                         (now, user.username, campaign))
+        taken_off = [r[0] for r in db.conn.execute(
+            "SELECT agent FROM agents WHERE campaign = ? ORDER BY agent", (campaign,)).fetchall()]
         db.conn.execute("UPDATE agents SET campaign = NULL, variant = NULL WHERE campaign = ?",
                         (campaign,))
-    access.audit(db, user, "campaign_close", None, {"campaign": campaign})
+    # about each agent it takes off the campaign, as putting them on it is; once if none was
+    for agent in taken_off or [None]:
+        access.audit(db, user, "campaign_close", agent, {"campaign": campaign})
     return now
 
 
