@@ -286,6 +286,34 @@ def test_a_form_in_latin_1_posted_to_the_json_api_is_a_422_not_a_500(org_server:
         db.conn.close()
 
 
+def test_a_flag_form_shares_the_moment_with_the_team_only_when_its_box_is_ticked(
+        org_server: Any) -> None:
+    """The agent page's flag form sends ``shared=1`` when "share with the team" is ticked and
+    nothing otherwise; any other value ("0", "off", "no": a script, a form of another tool)
+    shared the agent's moment on the team board as well, as "1" does. Only "1" shares it now,
+    as only "1" turns private mode or the floor's pseudonyms on; over the real server."""
+    import httpx
+
+    server, data = org_server
+    sent = ("1", "0", "off", "no", "")
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        cookie = {"cookie": "__Host-miroir="
+                            f"{http_login(c, 'sup-a', USER_PASSWORD, data['secrets']['sup-a'])}"}
+        token = csrf_of(c.get("/", headers=cookie).text)
+        for k, shared in enumerate(sent):
+            r = c.post("/agents/agent-a1/flags", headers=cookie, data={
+                "csrf": token, "ts": str(time.time() - 60), "note": f"moment {k}",
+                "shared": shared})
+            assert r.status_code == 303, r.text
+    db = store.open_db(server.settings.db_path)
+    try:
+        stored = dict(db.conn.execute("SELECT note, shared FROM flags WHERE author = 'sup-a'"
+                                      ).fetchall())
+    finally:
+        db.conn.close()
+    assert stored == {f"moment {k}": int(shared == "1") for k, shared in enumerate(sent)}
+
+
 def test_no_answer_to_a_logged_in_request_may_be_cached(org_server: Any) -> None:
     """The JSON API's answers and the CSV and JSON exports carried no Cache-Control (the pages
     did: no-store): an agent's metrics, calls and whole export could stay in a shared proxy's

@@ -209,7 +209,7 @@ def flag_form(request: Request, db: Db, user: CurrentUser, agent: str,
               shared: Annotated[str, Form(max_length=4)] = "",
               calls_before: CallsBefore = None, audit_before: AuditBefore = None) -> Response:
     """Flag a moment from the agent page; back to it, both its pagings where they were."""
-    api.add_flag(db, user, agent, api.FlagIn(ts=ts, note=note, shared=bool(shared)))
+    api.add_flag(db, user, agent, api.FlagIn(ts=ts, note=note, shared=shared == "1"))  # ticked
     return RedirectResponse(_agent_address(agent, calls_before, audit_before) + "#flags",
                             status_code=303)
 
