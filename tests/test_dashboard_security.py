@@ -559,6 +559,38 @@ def test_supervisor_of_team_a_gets_404_for_every_object_of_team_b(org: Any) -> N
             "agent-a1", "agent-a2"]
 
 
+def test_a_variant_of_another_teams_campaign_answers_as_one_that_does_not_exist(
+        org_server: Any) -> None:
+    """Team B's variant 3 named on a call of team A's supervisor answered "campaign not found"
+    (404) where a variant that does not exist answered "variant not found", and as a new call's
+    variant 404 where one that does not exist answered 422: team A's supervisor could tell
+    which variant ids team B's campaigns hold. Both now answer alike, over the real server;
+    nothing is written."""
+    import httpx
+
+    server, data = org_server
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        cookie = {"cookie": "__Host-miroir="
+                            f"{http_login(c, 'sup-a', USER_PASSWORD, data['secrets']['sup-a'])}"}
+        hdr = {**cookie, "x-csrf-token": csrf_of(c.get("/", headers=cookie).text)}
+        answers = {}
+        for variant in (3, 999_999):  # team B's, and none
+            r = c.post("/api/calls/1/variant", json={"variant": variant}, headers=hdr)
+            answers["tag", variant] = (r.status_code, r.json()["detail"])
+            r = c.post("/api/calls", json={"agent": "agent-a1", "start_ts": time.time(),
+                                           "variant": variant}, headers=hdr)
+            answers["call", variant] = (r.status_code, r.json()["detail"])
+    assert answers["tag", 3] == answers["tag", 999_999], answers
+    assert answers["call", 3] == answers["call", 999_999], answers
+    assert answers["tag", 3][0] == 404 and answers["call", 3][0] == 422
+    db = store.open_db(server.settings.db_path)
+    try:
+        assert db.conn.execute("SELECT count(*) FROM calls WHERE variant = 3 AND agent != "
+                               "'agent-b1' OR created_by = 'sup-a'").fetchone()[0] == 0
+    finally:
+        db.conn.close()
+
+
 def test_an_agent_gets_only_their_own_data_and_the_auditor_only_aggregates(org: Any) -> None:
     settings, data = org
     with client(settings) as c:

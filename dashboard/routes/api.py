@@ -314,8 +314,8 @@ def set_call_variant(db: Any, user: User, call_id: int, variant: int) -> str:
     require_role(user, "admin", "supervisor")
     call = _require_call(db, user, call_id)
     campaign = _variant_campaign(db, variant)
-    if campaign is None:
-        raise access.not_found("variant")
+    if campaign is None or not _may_see(db, user, campaign):
+        raise access.not_found("variant")  # another team's answers as one that does not exist
     _writable_campaign(db, user, campaign)
     with db.conn:
         db.conn.execute("UPDATE calls SET campaign = ?, variant = ? WHERE id = ?",
@@ -343,15 +343,28 @@ def _call_campaign(db: Any, user: User, body: CallIn) -> tuple[str | None, int |
             return None, None
         return row[0], row[1]
     campaign = body.campaign
+    if campaign is not None:
+        _writable_campaign(db, user, campaign)  # 404 out of scope or none, 409 closed
     if body.variant is not None:
         owner = _variant_campaign(db, body.variant)
+        if owner is not None and campaign is None and not _may_see(db, user, owner):
+            owner = None  # another team's variant answers as one that does not exist
         if owner is None or (campaign is not None and owner != campaign):
             raise HTTPException(status_code=422, detail="variant is not one of the campaign's")
-        campaign = owner
-    if campaign is None:
-        return None, None
-    _writable_campaign(db, user, campaign)
+        if campaign is None:
+            _writable_campaign(db, user, owner)
+            campaign = owner
     return campaign, body.variant
+
+
+def _may_see(db: Any, user: User, campaign: str) -> bool:
+    """True if the user may see ``campaign`` (:func:`require_campaign`): the ids of its variants
+    are on its page."""
+    try:
+        require_campaign(db, user, campaign)
+    except HTTPException:
+        return False
+    return True
 
 
 def agent_metrics_payload(db: Any, user: User, agent: str, since_ts: float,
