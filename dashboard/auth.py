@@ -323,22 +323,6 @@ def codes_throttled(db: sqlite_utils.Database, username: str, *, window_s: float
     return bool(wrong >= max_codes)
 
 
-@contextmanager
-def _write_transaction(db: sqlite_utils.Database) -> Iterator[None]:
-    """A transaction that holds SQLite's write lock from its first statement (BEGIN IMMEDIATE), so
-    what it reads cannot change before it writes, whichever connection or process writes."""
-    conn = db.conn
-    if conn.in_transaction:
-        conn.commit()
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.rollback()
-        raise
-    conn.commit()
-
-
 def reserve_attempt(db: sqlite_utils.Database, username: str, addr: str, *, window_s: float,
                     max_account: int, max_addr: int, max_account_total: int,
                     known_device: bool = False, max_codes: int | None = None,
@@ -352,7 +336,7 @@ def reserve_attempt(db: sqlite_utils.Database, username: str, addr: str, *, wind
     (reading the count, checking, then recording let every request of a burst through).
     """
     now = time.time() if now is None else now
-    with _write_transaction(db):
+    with store.write_transaction(db):
         if login_throttled(db, username, addr, window_s=window_s, max_account=max_account,
                            max_addr=max_addr, max_account_total=max_account_total,
                            known_device=known_device, now=now):

@@ -269,6 +269,52 @@ def test_closing_a_campaign_is_in_the_audit_log_of_each_agent_it_takes_off(
     assert closes == [(None, "vide"), ("agent-a1", "camp-a"), ("agent-a2", "camp-a")]
 
 
+def test_a_campaign_created_twice_at_once_is_one_campaign_and_conflicts_not_500s(
+        org_server: Any) -> None:
+    """A double click on "Créer la campagne" (or two supervisors at once): each request checked
+    that the id was free, then both wrote it, and all but the first answered 500 (a UNIQUE
+    constraint failed) in 3 of 10 bursts of 6. The check and the write are now one write
+    transaction: of each burst of 8 over the real server, one creates the campaign and the
+    others answer 409 as a second request after it does."""
+    import threading
+
+    import httpx
+
+    from tests._fixtures_dashboard import http_login
+
+    server, data = org_server
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        cookie = {"cookie": "__Host-miroir="
+                            f"{http_login(c, 'sup-a', USER_PASSWORD, data['secrets']['sup-a'])}"}
+        hdr = {**cookie, "x-csrf-token": csrf_of(c.get("/campaigns", headers=cookie).text)}
+    bursts = []
+    for k in range(20):
+        answers: list[int] = []
+        start = threading.Barrier(8)
+
+        def create(k: int = k, answers: list[int] = answers,
+                   start: threading.Barrier = start) -> None:
+            with httpx.Client(base_url=server.url, timeout=30.0) as c:
+                start.wait()
+                answers.append(c.post("/api/campaigns", headers=hdr, json={
+                    "campaign": f"double-{k}", "name": "Double", "team": "team-a",
+                    "variants": [{"name": "A"}, {"name": "B"}]}).status_code)
+
+        threads = [threading.Thread(target=create) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        bursts.append(sorted(answers))
+    assert [b for b in bursts if b != [201] + [409] * 7] == []
+    db = store.open_db(server.settings.db_path)
+    try:
+        assert db.conn.execute("SELECT count(*) FROM variants WHERE campaign LIKE 'double-%'"
+                               ).fetchone()[0] == 40
+    finally:
+        db.conn.close()
+
+
 def test_a_variant_without_calls_has_no_rate_nor_interval(org: Any) -> None:
     """A variant no call has an outcome for yet says nothing about its meeting rate: no 0 %, no
     zero-width 95 % interval (a single refusal's interval is 0 to 79 %), no dot on the chart."""

@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field, StringConstraints, field_validator
 from miroir import wire
 
 from .. import access, analytics, commands, fleet, registry, retention, schema
+from .. import db as store
 from ..access import User
 from .deps import CurrentUser, Db, Settings, require_role
 
@@ -241,7 +242,7 @@ def create_campaign(db: Any, user: User, body: CampaignIn) -> None:
     names = [v.name.strip() for v in body.variants]
     if len(set(names)) != len(names) or not all(names):
         raise HTTPException(status_code=422, detail="variant names must be distinct")
-    with db.conn:
+    with store.write_transaction(db):  # the id checked free is still free when written
         if db.conn.execute("SELECT 1 FROM campaigns WHERE campaign = ?",
                            (body.campaign,)).fetchone():
             raise HTTPException(status_code=409, detail="campaign id already used")
@@ -260,7 +261,7 @@ def add_variant(db: Any, user: User, campaign: str, body: VariantIn) -> int:
     """Add a variant to an open campaign; return its id."""
     _writable_campaign(db, user, campaign)
     name = body.name.strip()
-    with db.conn:
+    with store.write_transaction(db):  # what is counted is what is there when written
         count, same = db.conn.execute(
             "SELECT count(*), coalesce(sum(name = ?), 0) FROM variants WHERE campaign = ?",
             (name, campaign)).fetchone()
