@@ -908,3 +908,42 @@ def _number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def test_goals_set_at_once_leave_two_active_as_any_goals_do(org_server: Any) -> None:
+    """At most two goals are active per agent, the oldest retired as a new one comes: goals set
+    at once (a double click on "Fixer l'objectif", two supervisors) each read the active ones,
+    then each wrote its own, and 6 (then 3) were left active in 8 bursts of 6 over the real
+    server. The read and the writes are now one write transaction: 2 active after every burst."""
+    import threading
+
+    import httpx
+
+    from tests._fixtures_dashboard import USER_PASSWORD, csrf_of, http_login
+
+    server, data = org_server
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        cookie = {"cookie": "__Host-miroir="
+                            f"{http_login(c, 'sup-a', USER_PASSWORD, data['secrets']['sup-a'])}"}
+        hdr = {**cookie, "x-csrf-token": csrf_of(c.get("/", headers=cookie).text)}
+    active = []
+    for k in range(10):
+        answers: list[int] = []
+        start = threading.Barrier(6)
+
+        def set_goal(n: int, k: int = k, answers: list[int] = answers,
+                     start: threading.Barrier = start) -> None:
+            with httpx.Client(base_url=server.url, timeout=30.0) as c:
+                start.wait()
+                answers.append(c.post("/api/agents/agent-a1/goals", headers=hdr, json={
+                    "metric": "near_speech_ratio", "label": f"objectif {k}.{n}"}).status_code)
+
+        threads = [threading.Thread(target=set_goal, args=(n,)) for n in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert answers == [201] * 6
+        active.append(query(server.settings, "SELECT count(*) FROM goals WHERE agent = 'agent-a1' "
+                                             "AND active = 1")[0][0])
+    assert active == [2] * 10
