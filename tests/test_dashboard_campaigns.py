@@ -315,6 +315,57 @@ def test_a_campaign_created_twice_at_once_is_one_campaign_and_conflicts_not_500s
         db.conn.close()
 
 
+def test_a_campaign_closed_twice_at_once_is_closed_once(org_server: Any) -> None:
+    """Closing is idempotent (a second close answers the first's time): closed twice at once
+    (a double click on "Clôturer"), both requests found the campaign open, each wrote its own
+    closing time and its audit entry, and the answers disagreed (in 1 of 5 bursts of 4). The
+    check and the writes are now one write transaction: of each burst of 4 over the real server,
+    every answer gives the one stored closing time, with one entry in the audit log."""
+    import threading
+
+    import httpx
+
+    from tests._fixtures_dashboard import http_login
+
+    server, data = org_server
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        cookie = {"cookie": "__Host-miroir="
+                            f"{http_login(c, 'sup-a', USER_PASSWORD, data['secrets']['sup-a'])}"}
+        hdr = {**cookie, "x-csrf-token": csrf_of(c.get("/campaigns", headers=cookie).text)}
+        for k in range(15):
+            assert c.post("/api/campaigns", headers=hdr, json={
+                "campaign": f"close-{k}", "name": "Close", "team": "team-a"}).status_code == 201
+    times = {}
+    for k in range(15):
+        answers: list[float] = []
+        start = threading.Barrier(4)
+
+        def close(k: int = k, answers: list[float] = answers,
+                  start: threading.Barrier = start) -> None:
+            with httpx.Client(base_url=server.url, timeout=30.0) as c:
+                start.wait()
+                answers.append(c.post(f"/api/campaigns/close-{k}/close", headers=hdr
+                                      ).json()["closed_ts"])
+
+        threads = [threading.Thread(target=close) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        times[f"close-{k}"] = set(answers)
+    db = store.open_db(server.settings.db_path)
+    try:
+        stored = {c: {ts} for c, ts in db.conn.execute(
+            "SELECT campaign, closed_ts FROM campaigns WHERE campaign LIKE 'close-%'")}
+        entries = dict(db.conn.execute(
+            "SELECT json_extract(detail, '$.campaign'), count(*) FROM audit_log WHERE "
+            "action = 'campaign_close' GROUP BY 1").fetchall())
+    finally:
+        db.conn.close()
+    assert times == stored
+    assert entries == {f"close-{k}": 1 for k in range(15)}
+
+
 def test_a_variant_without_calls_has_no_rate_nor_interval(org: Any) -> None:
     """A variant no call has an outcome for yet says nothing about its meeting rate: no 0 %, no
     zero-width 95 % interval (a single refusal's interval is 0 to 79 %), no dot on the chart."""

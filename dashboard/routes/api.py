@@ -280,11 +280,13 @@ def add_variant(db: Any, user: User, campaign: str, body: VariantIn) -> int:
 
 def close_campaign(db: Any, user: User, campaign: str) -> float:
     """Close a campaign (no new variant, assignment or tag); return when it was closed."""
-    c = _writable_campaign(db, user, campaign, open_only=False)
-    if c["closed_ts"] is not None:
-        return float(c["closed_ts"])
+    _writable_campaign(db, user, campaign, open_only=False)
     now = time.time()
-    with db.conn:
+    with store.write_transaction(db):  # closed once, whoever closes it at the same time
+        closed = db.conn.execute("SELECT closed_ts FROM campaigns WHERE campaign = ?",
+                                 (campaign,)).fetchone()[0]
+        if closed is not None:
+            return float(closed)
         db.conn.execute("UPDATE campaigns SET closed_ts = ?, closed_by = ? WHERE campaign = ?",
                         (now, user.username, campaign))
         taken_off = [r[0] for r in db.conn.execute(
