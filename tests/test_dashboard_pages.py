@@ -792,6 +792,39 @@ def test_a_pasted_link_in_a_note_a_goal_or_a_campaign_name_wraps_within_its_pane
     assert {k: p for k, p in past.items() if p} == {}
 
 
+def test_a_long_variant_name_stays_left_of_the_comparison_chart(
+        browser_page: Any, org_server: Any) -> None:
+    """A variant named in a sentence ("Question ouverte sur la logistique du stand", 43 of the
+    80 characters allowed) was written across the comparison chart: its label ran to x = 281
+    where the bars begin at 170, under its own confidence interval (drawn from 245). A label
+    longer than its column is now cut after a word with "…", the whole name in its tooltip (and in the table
+    under the chart); a short name is as it was."""
+    import httpx
+
+    from tests._fixtures_dashboard import USER_PASSWORD, csrf_of, http_login
+
+    server, data = org_server
+    name = "Question ouverte sur la logistique du stand"
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        cookie = {"cookie": "__Host-miroir="
+                            f"{http_login(c, 'sup-a', USER_PASSWORD, data['secrets']['sup-a'])}"}
+        hdr = {**cookie, "x-csrf-token": csrf_of(c.get("/campaigns", headers=cookie).text)}
+        assert c.post("/api/campaigns/camp-a/variants", headers=hdr,
+                      json={"name": name}).status_code == 201
+    page = browser_page
+    browser_login(page, server.url)
+    page.goto(server.url + "/campaigns/camp-a")
+    labels = page.evaluate("""() => [...document.querySelectorAll('svg.ci-chart g.variant-name')]
+        .map((g) => { const t = g.querySelector('text'), box = t.getBBox();
+                      return [t.textContent, g.querySelector('title').textContent,
+                              Math.round(box.x + box.width)]; })""")
+    assert [(shown, full) for shown, full, _ in labels] == [
+        ("Question ouverte", "Question ouverte"), ("Bénéfice direct", "Bénéfice direct"),
+        ("Question ouverte sur…", name)]
+    assert max(right for _, _, right in labels) <= 160, labels
+    assert page.locator("tr.variant strong").all_inner_texts()[-1] == name
+
+
 # ------------------------------------------------------------------ the calls table
 def test_a_call_without_an_outcome_reads_unknown_not_meeting_booked(
         browser_page: Any, org_server: Any) -> None:
