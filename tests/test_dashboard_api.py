@@ -947,3 +947,37 @@ def test_goals_set_at_once_leave_two_active_as_any_goals_do(org_server: Any) -> 
         active.append(query(server.settings, "SELECT count(*) FROM goals WHERE agent = 'agent-a1' "
                                              "AND active = 1")[0][0])
     assert active == [2] * 10
+
+
+def test_a_call_cannot_end_before_it_starts(org_server: Any) -> None:
+    """A call whose end came before its start (a connector's clocks swapped, a typing slip) was
+    stored, and the agent's page gave its length as "-1666,7 min". Such a call is a 422 now,
+    nothing stored, over the real server; a call stored so before shows no length."""
+    import re
+
+    import httpx
+
+    from tests._fixtures_dashboard import USER_PASSWORD, csrf_of, http_login
+
+    server, data = org_server
+    start = 1_800_000_000.0
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        cookie = {"cookie": "__Host-miroir="
+                            f"{http_login(c, 'sup-a', USER_PASSWORD, data['secrets']['sup-a'])}"}
+        hdr = {**cookie, "x-csrf-token": csrf_of(c.get("/", headers=cookie).text)}
+        r = c.post("/api/calls", headers=hdr, json={"agent": "agent-a1", "start_ts": start,
+                                                    "end_ts": start - 100_000})
+        assert r.status_code == 422, r.text
+        assert query(server.settings, "SELECT count(*) FROM calls WHERE start_ts = ?",
+                     start) == [(0,)]
+        r = c.post("/api/calls", headers=hdr, json={"agent": "agent-a1", "start_ts": start,
+                                                    "end_ts": start + 90})
+        assert r.status_code == 201
+        db = store.open_db(server.settings.db_path)
+        with db.conn:  # stored before the check
+            db.conn.execute("INSERT INTO calls (agent, start_ts, end_ts) VALUES "
+                            "('agent-a1', ?, ?)", (start + 10, start - 100_000))
+        db.conn.close()
+        page = c.get("/agents/agent-a1", headers=cookie).text
+    assert "1,5 min" in page
+    assert not re.search(r"-[0-9][0-9 ,]* min", page)

@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, Field, StringConstraints, field_validator
+from pydantic import BaseModel, Field, StringConstraints, field_validator, model_validator
 
 from miroir import wire
 
@@ -92,6 +92,13 @@ class CallIn(BaseModel):
     summary: dict[Annotated[str, StringConstraints(max_length=64)],
                   float | int | Annotated[str, StringConstraints(max_length=256)] | bool | None] \
         | None = Field(None, max_length=64)
+
+    @model_validator(mode="after")
+    def _ends_after_start(self) -> CallIn:
+        """A call ends when or after it starts (else its length reads negative)."""
+        if self.end_ts is not None and self.end_ts < self.start_ts:
+            raise ValueError("a call cannot end before it starts")
+        return self
 
 
 class VariantIn(BaseModel):
