@@ -123,6 +123,99 @@ def test_every_state_change_needs_the_csrf_token(org: Any) -> None:
 
 
 
+SESSIONLESS_WRITES = {"/login", "/api/cti/call-state"}
+"""State changes served without a session (the login form's own CSRF; the CTI's bearer token)."""
+STAGE_WRITES = {"/login/totp", "/totp/setup"}
+"""State changes of a half-logged-in session only (its second factor)."""
+
+
+def _writes_of_the_app(app: Any) -> list[tuple[str, str]]:
+    """Every (method, path) of the app that changes state (POST, PUT, PATCH, DELETE)."""
+    def walk(routes: Any) -> Iterator[tuple[str, str]]:
+        for route in routes:
+            inner = getattr(route, "original_router", None)  # an included router
+            if inner is not None:
+                yield from walk(inner.routes)
+            for method in sorted(getattr(route, "methods", None) or ()):
+                if method not in auth.SAFE_METHODS:
+                    yield method, route.path
+    return sorted(set(walk(app.routes)))
+
+
+def _tables(path: Path) -> dict[str, list[Any]]:
+    """Every row of every table but the ones a request's session lookup itself writes."""
+    conn = sqlite3.connect(path)
+    try:
+        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {n: conn.execute(f'SELECT * FROM "{n}"').fetchall() for n in names
+                if n not in ("sessions", "login_attempts", "known_devices")}
+    finally:
+        conn.close()
+
+
+def test_every_write_of_the_app_is_refused_without_a_session_or_its_own_csrf_token(
+        org_server: Any) -> None:
+    """Every state-changing route the app has (walked from ``app.routes``, not listed by hand:
+    a new route is in it), over the real server, with a body that its user's token would get
+    through: without a session it is a 401 or the login page; with team A's supervisor's
+    session but no token, a wrong one, or team B's supervisor's (another session's) it is a 403;
+    never a 500, and nothing in the database changes."""
+    import httpx
+
+    server, data = org_server
+    writes = _writes_of_the_app(server.app)
+    assert len(writes) >= 20 and ("POST", "/api/agents/{agent:id}/erase") in writes
+    ids = {"{agent:id}": "agent-a1", "{call_id}": "1", "{campaign}": "camp-a", "{team:id}": "team-a"}
+    body = {"ts": time.time() - 60, "note": "x", "metric": "near_speech_ratio", "label": "x",
+            "outcome": "meeting", "variant": 2, "agent": "agent-a1", "start_ts": time.time() - 60,
+            "campaign": "nouvelle", "name": "Nouvelle", "team": "team-a", "private": True,
+            "confirm": "1", "lang": "en", "pseudonymous_default": "1"}
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        sup_a = {"cookie": "__Host-miroir="
+                           f"{http_login(c, 'sup-a', USER_PASSWORD, data['secrets']['sup-a'])}"}
+        sup_b = {"cookie": "__Host-miroir="
+                           f"{http_login(c, 'sup-b', USER_PASSWORD, data['secrets']['sup-b'])}"}
+        token_b = csrf_of(c.get("/", headers=sup_b).text)
+        before = _tables(server.settings.db_path)
+        answers: dict[tuple[str, str, str], int] = {}
+        for method, route in writes:
+            if route in SESSIONLESS_WRITES | STAGE_WRITES:
+                continue
+            path = route
+            for param, value in ids.items():
+                path = path.replace(param, value)
+            for who, headers in (("none", {}), ("no token", sup_a),
+                                 ("wrong token", {**sup_a, "x-csrf-token": "forged"}),
+                                 ("other's token", {**sup_a, "x-csrf-token": token_b})):
+                if path.startswith("/api/"):
+                    r = c.request(method, path, json=body, headers=headers)
+                else:
+                    form = {k: str(v) for k, v in body.items()}
+                    if who == "other's token":
+                        form["csrf"] = token_b
+                    r = c.request(method, path, data=form, headers=headers)
+                answers[method, route, who] = r.status_code
+        assert _tables(server.settings.db_path) == before
+        token_a = csrf_of(c.get("/", headers=sup_a).text)
+        own: dict[str, int] = {}  # the bodies do get through with the session's own token
+        for method, route in sorted(answers and {(m, r) for m, r, _ in answers},
+                                    key=lambda mr: mr[1] == "/logout"):  # the logout last
+            path = route
+            for param, value in ids.items():
+                path = path.replace(param, value)
+            r = c.request(method, path, headers={**sup_a, "x-csrf-token": token_a},
+                          **({"json": body} if path.startswith("/api/") else
+                             {"data": {k: str(v) for k, v in body.items()}}))
+            own[route] = r.status_code
+    expected = {(m, r, who): (401 if r.startswith("/api/") else 303) if who == "none" else 403
+                for m, r, who in answers}
+    assert answers == expected
+    # past the token to the route itself: done, or refused by the route (a 404 for a role's
+    # route, a 409 for a campaign closed or created by an earlier write), never the token's 403
+    assert {r: s for r, s in own.items() if s == 403 or s >= 500} == {}, own
+    assert own["/agents/{agent:id}/flags"] == 303 and own["/api/agents/{agent:id}/flags"] == 201
+
+
 def test_the_language_switch_goes_back_to_a_local_page_with_its_pagings_only(org: Any) -> None:
     """The switch's way back (its form's ``next``) keeps a page's pagings (``calls_before``,
     ``audit_before``, whole numbers) and nothing else of an address: never another origin, and no
