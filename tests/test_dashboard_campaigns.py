@@ -366,6 +366,39 @@ def test_a_campaign_closed_twice_at_once_is_closed_once(org_server: Any) -> None
     assert entries == {f"close-{k}": 1 for k in range(15)}
 
 
+def test_a_closed_campaigns_comparison_stays_when_its_calls_are_tagged_again(
+        org_server: Any) -> None:
+    """A closed campaign's comparison stays (nothing new is tagged with it), but a call of it
+    could still be tagged with a variant of an open campaign: the call left the closed
+    campaign, whose comparison lost it (30 calls of "Question ouverte" became 29). Tagging a
+    call of a closed campaign again is refused now (409, as any tag with a closed campaign),
+    over the real server; its comparison and the call are unchanged."""
+    import httpx
+
+    from tests._fixtures_dashboard import http_login
+
+    server, data = org_server
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        cookie = {"cookie": "__Host-miroir="
+                            f"{http_login(c, 'sup-a', USER_PASSWORD, data['secrets']['sup-a'])}"}
+        hdr = {**cookie, "x-csrf-token": csrf_of(c.get("/campaigns", headers=cookie).text)}
+        r = c.post("/api/campaigns", headers=hdr, json={
+            "campaign": "suite", "name": "Suite", "team": "team-a", "variants": [{"name": "A"}]})
+        assert r.status_code == 201
+        new_variant = r.json()["variants"][0]["id"]
+
+        def calls() -> dict[str, int]:
+            return {v["name"]: v["calls"] for v in c.get(
+                "/api/campaigns/camp-a/comparison", headers=cookie).json()["variants"]}
+
+        before = calls()
+        assert c.post("/api/campaigns/camp-a/close", headers=hdr).status_code == 200
+        r = c.post("/api/calls/1/variant", headers=hdr, json={"variant": new_variant})
+        assert (r.status_code, r.json()["detail"]) == (409, "campaign is closed")
+        assert calls() == before == {"Question ouverte": 30, "Bénéfice direct": 30}
+        assert c.get("/api/calls/1", headers=cookie).json()["campaign"] == "camp-a"
+
+
 def test_a_variant_without_calls_has_no_rate_nor_interval(org: Any) -> None:
     """A variant no call has an outcome for yet says nothing about its meeting rate: no 0 %, no
     zero-width 95 % interval (a single refusal's interval is 0 to 79 %), no dot on the chart."""

@@ -327,6 +327,10 @@ def set_call_variant(db: Any, user: User, call_id: int, variant: int) -> str:
     if campaign is None or not _may_see(db, user, campaign):
         raise access.not_found("variant")  # another team's answers as one that does not exist
     _writable_campaign(db, user, campaign)
+    was = db.conn.execute("SELECT closed_ts FROM campaigns WHERE campaign = ?",
+                          (call["campaign"],)).fetchone()
+    if was is not None and was[0] is not None:  # a closed campaign's comparison stays as closed
+        raise HTTPException(status_code=409, detail="campaign is closed")
     with db.conn:
         db.conn.execute("UPDATE calls SET campaign = ?, variant = ? WHERE id = ?",
                         (campaign, variant, call_id))
