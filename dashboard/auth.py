@@ -129,6 +129,10 @@ def tokens_match(a: str | None, b: str | None) -> bool:
 
 
 # ------------------------------------------------------------------------------ users
+USERNAME_MAX_CHARS = 64
+"""Longest user name the login form takes."""
+
+
 def create_user(db: sqlite_utils.Database, username: str, password: str,
                 role: str = "admin", *, agent: str | None = None, teams: Iterable[str] = (),
                 lang: str = "fr", totp_secret: str | None = None) -> None:
@@ -146,6 +150,9 @@ def create_user(db: sqlite_utils.Database, username: str, password: str,
     """
     if not username or not password:
         raise ValueError("username and password must be non-empty")
+    if len(username) > USERNAME_MAX_CHARS or username != username.strip():
+        raise ValueError(f"a user name is 1 to {USERNAME_MAX_CHARS} characters, with no space at "
+                         "either end (the login form takes no other)")
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
     if role == "agent" and not agent:

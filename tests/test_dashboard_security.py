@@ -1222,6 +1222,52 @@ def test_dashboard_cli_user_import_purge_backup_restore(tmp_path: Path) -> None:
         "t1",)
 
 
+def test_a_user_is_added_only_with_a_name_the_login_form_takes(tmp_path: Path) -> None:
+    """`miroir dashboard user add` took a name of 65 characters or one with a space at its end
+    ("chef "), and printed "added": the login form takes 64 characters at most (a 422 page
+    instead), and a name typed without its space is someone else, so that user could never log
+    in. Such a name is refused now, with why (exit 2, as any refused command; nothing added);
+    a name of 64 characters logs in over the real server."""
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    settings = make_settings(tmp_path)
+    db = store.open_db(settings.db_path)
+    try:
+        schema.ensure_schema(db)
+        auth.ensure_admin(db, settings.admin_user, settings.admin_password_file)
+    finally:
+        db.conn.close()
+    env = dict(os.environ, MIROIR_DASH_SITE="site-1", MIROIR_DASH_DB_PATH=str(settings.db_path))
+    pw = tmp_path / "pw"
+    pw.write_text(USER_PASSWORD + "\n")
+    longest = "a" * 64
+
+    def add(name: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "miroir", "dashboard", "user", "add", name,
+                               "--role", "auditor", "--password-file", str(pw)], env=env,
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    refused = {name: add(name) for name in ("a" * 65, "chef ", " chef")}
+    assert {n: r.returncode for n, r in refused.items()} == dict.fromkeys(refused, 2)
+    assert all("64 characters" in r.stderr for r in refused.values()), refused
+    assert add(longest).returncode == 0
+    db = store.open_db(settings.db_path)
+    try:
+        assert [r[0] for r in db.conn.execute("SELECT username FROM users ORDER BY username")
+                ] == [longest, "admin"]
+    finally:
+        db.conn.close()
+    from dashboard.app import DashboardServer
+
+    with DashboardServer(settings, start_ingest=False) as server, \
+            httpx.Client(base_url=server.url, timeout=10.0) as c:
+        assert http_login(c, longest, USER_PASSWORD)
+
+
 def test_dashboard_restore_of_a_bad_file_or_onto_a_new_server_is_one_line(tmp_path: Path) -> None:
     """``miroir dashboard restore`` of a file that is no database, of a backup cut short, of another
     program's SQLite file: one line, exit 2, the current database untouched. Onto a new server,
