@@ -129,6 +129,10 @@ def tokens_match(a: str | None, b: str | None) -> bool:
 
 
 # ------------------------------------------------------------------------------ users
+USERNAME_MAX_CHARS = 64
+"""Longest user name the login form takes."""
+
+
 def create_user(db: sqlite_utils.Database, username: str, password: str,
                 role: str = "admin", *, agent: str | None = None, teams: Iterable[str] = (),
                 lang: str = "fr", totp_secret: str | None = None) -> None:
@@ -146,6 +150,9 @@ def create_user(db: sqlite_utils.Database, username: str, password: str,
     """
     if not username or not password:
         raise ValueError("username and password must be non-empty")
+    if len(username) > USERNAME_MAX_CHARS or username != username.strip():
+        raise ValueError(f"a user name is 1 to {USERNAME_MAX_CHARS} characters, with no space at "
+                         "either end (the login form takes no other)")
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
     if role == "agent" and not agent:
@@ -323,22 +330,6 @@ def codes_throttled(db: sqlite_utils.Database, username: str, *, window_s: float
     return bool(wrong >= max_codes)
 
 
-@contextmanager
-def _write_transaction(db: sqlite_utils.Database) -> Iterator[None]:
-    """A transaction that holds SQLite's write lock from its first statement (BEGIN IMMEDIATE), so
-    what it reads cannot change before it writes, whichever connection or process writes."""
-    conn = db.conn
-    if conn.in_transaction:
-        conn.commit()
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.rollback()
-        raise
-    conn.commit()
-
-
 def reserve_attempt(db: sqlite_utils.Database, username: str, addr: str, *, window_s: float,
                     max_account: int, max_addr: int, max_account_total: int,
                     known_device: bool = False, max_codes: int | None = None,
@@ -352,7 +343,7 @@ def reserve_attempt(db: sqlite_utils.Database, username: str, addr: str, *, wind
     (reading the count, checking, then recording let every request of a burst through).
     """
     now = time.time() if now is None else now
-    with _write_transaction(db):
+    with store.write_transaction(db):
         if login_throttled(db, username, addr, window_s=window_s, max_account=max_account,
                            max_addr=max_addr, max_account_total=max_account_total,
                            known_device=known_device, now=now):

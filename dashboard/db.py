@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Container
+from collections.abc import Container, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,22 @@ def open_db(path: str | Path) -> sqlite_utils.Database:
     # set here rather than left to how SQLite was built
     conn.execute("PRAGMA secure_delete=ON")
     return sqlite_utils.Database(conn)
+
+
+@contextmanager
+def write_transaction(db: sqlite_utils.Database) -> Iterator[None]:
+    """A transaction that holds SQLite's write lock from its first statement (BEGIN IMMEDIATE), so
+    what it reads cannot change before it writes, whichever connection or process writes."""
+    conn = db.conn
+    if conn.in_transaction:
+        conn.commit()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.rollback()
+        raise
+    conn.commit()
 
 
 def ensure_schema(db: sqlite_utils.Database) -> None:

@@ -908,3 +908,76 @@ def _number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def test_goals_set_at_once_leave_two_active_as_any_goals_do(org_server: Any) -> None:
+    """At most two goals are active per agent, the oldest retired as a new one comes: goals set
+    at once (a double click on "Fixer l'objectif", two supervisors) each read the active ones,
+    then each wrote its own, and 6 (then 3) were left active in 8 bursts of 6 over the real
+    server. The read and the writes are now one write transaction: 2 active after every burst."""
+    import threading
+
+    import httpx
+
+    from tests._fixtures_dashboard import USER_PASSWORD, csrf_of, http_login
+
+    server, data = org_server
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        cookie = {"cookie": "__Host-miroir="
+                            f"{http_login(c, 'sup-a', USER_PASSWORD, data['secrets']['sup-a'])}"}
+        hdr = {**cookie, "x-csrf-token": csrf_of(c.get("/", headers=cookie).text)}
+    active = []
+    for k in range(10):
+        answers: list[int] = []
+        start = threading.Barrier(6)
+
+        def set_goal(n: int, k: int = k, answers: list[int] = answers,
+                     start: threading.Barrier = start) -> None:
+            with httpx.Client(base_url=server.url, timeout=30.0) as c:
+                start.wait()
+                answers.append(c.post("/api/agents/agent-a1/goals", headers=hdr, json={
+                    "metric": "near_speech_ratio", "label": f"objectif {k}.{n}"}).status_code)
+
+        threads = [threading.Thread(target=set_goal, args=(n,)) for n in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert answers == [201] * 6
+        active.append(query(server.settings, "SELECT count(*) FROM goals WHERE agent = 'agent-a1' "
+                                             "AND active = 1")[0][0])
+    assert active == [2] * 10
+
+
+def test_a_call_cannot_end_before_it_starts(org_server: Any) -> None:
+    """A call whose end came before its start (a connector's clocks swapped, a typing slip) was
+    stored, and the agent's page gave its length as "-1666,7 min". Such a call is a 422 now,
+    nothing stored, over the real server; a call stored so before shows no length."""
+    import re
+
+    import httpx
+
+    from tests._fixtures_dashboard import USER_PASSWORD, csrf_of, http_login
+
+    server, data = org_server
+    start = 1_800_000_000.0
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        cookie = {"cookie": "__Host-miroir="
+                            f"{http_login(c, 'sup-a', USER_PASSWORD, data['secrets']['sup-a'])}"}
+        hdr = {**cookie, "x-csrf-token": csrf_of(c.get("/", headers=cookie).text)}
+        r = c.post("/api/calls", headers=hdr, json={"agent": "agent-a1", "start_ts": start,
+                                                    "end_ts": start - 100_000})
+        assert r.status_code == 422, r.text
+        assert query(server.settings, "SELECT count(*) FROM calls WHERE start_ts = ?",
+                     start) == [(0,)]
+        r = c.post("/api/calls", headers=hdr, json={"agent": "agent-a1", "start_ts": start,
+                                                    "end_ts": start + 90})
+        assert r.status_code == 201
+        db = store.open_db(server.settings.db_path)
+        with db.conn:  # stored before the check
+            db.conn.execute("INSERT INTO calls (agent, start_ts, end_ts) VALUES "
+                            "('agent-a1', ?, ?)", (start + 10, start - 100_000))
+        db.conn.close()
+        page = c.get("/agents/agent-a1", headers=cookie).text
+    assert "1,5 min" in page
+    assert not re.search(r"-[0-9][0-9 ,]* min", page)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -152,7 +153,8 @@ def test_supervisor_creates_runs_and_closes_a_campaign_within_their_teams(org: A
     db = store.open_db(settings.db_path)
     actions = [r[0] for r in db.conn.execute(
         "SELECT action FROM audit_log WHERE action LIKE 'campaign_%' ORDER BY id").fetchall()]
-    assert actions == ["campaign_create", "campaign_assign", "campaign_assign", "campaign_close"]
+    assert actions == ["campaign_create", "campaign_assign", "campaign_assign", "campaign_close",
+                       "campaign_close"]  # one about each agent it took off
 
 
 def test_campaign_forms_need_csrf_and_agents_and_auditors_cannot_create(org: Any) -> None:
@@ -192,6 +194,209 @@ def test_campaign_forms_need_csrf_and_agents_and_auditors_cannot_create(org: Any
                           ).status_code == 404, user
             if user == "auditrice":  # sees campaigns (aggregates), never the creation form
                 assert 'id="new-campaign"' not in c.get("/campaigns").text
+
+
+def test_a_campaign_named_with_spaces_only_is_refused_not_saved_without_a_name(
+        org_server: Any) -> None:
+    """A campaign name of spaces only (typed "   ", or a tab from the API) passed the form's and
+    the API's check (at least one character) and was saved stripped, empty: the campaigns
+    page's list showed it as a link without text, out of reach. It is refused now, as a goal's
+    name is: the form comes back as typed with the reason (422), the API answers 422, nothing is
+    saved, over the real server; a campaign saved so before shows its id."""
+    import httpx
+
+    from tests._fixtures_dashboard import http_login
+
+    server, data = org_server
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        cookie = {"cookie": "__Host-miroir="
+                            f"{http_login(c, 'sup-a', USER_PASSWORD, data['secrets']['sup-a'])}"}
+        token = csrf_of(c.get("/campaigns", headers=cookie).text)
+        r = c.post("/campaigns", headers=cookie, data={
+            "csrf": token, "campaign": "salon-blanc", "name": "   ", "team": "team-a",
+            "variants": "Question | Comment ?"})
+        assert r.status_code == 422, (r.status_code, r.headers.get("location"))
+        assert "le nom et les variantes" in r.text
+        assert 'value="salon-blanc"' in r.text
+        r = c.post("/api/campaigns", headers={**cookie, "x-csrf-token": token},
+                   json={"campaign": "salon-tab", "name": "\t \n", "team": "team-a"})
+        assert r.status_code == 422, r.text
+        db = store.open_db(server.settings.db_path)
+        try:
+            assert db.conn.execute("SELECT campaign FROM campaigns WHERE campaign LIKE 'salon-%'"
+                                   ).fetchall() == []
+            with db.conn:  # saved so before the check
+                db.conn.execute("INSERT INTO campaigns (campaign, name, team, created_ts) "
+                                "VALUES ('ancienne', '', 'team-a', ?)", (time.time(),))
+        finally:
+            db.conn.close()
+        page = c.get("/campaigns", headers=cookie).text
+        links = re.findall(r'<a class="chip-link[^"]*" href="/campaigns/([^"]+)">([^<]*)<', page)
+        assert links == [("ancienne", "ancienne"), ("camp-a", "Salon Lyon")]
+
+
+def test_closing_a_campaign_is_in_the_audit_log_of_each_agent_it_takes_off(
+        org_server: Any) -> None:
+    """Closing camp-a took agent-a1 and agent-a2 off it (their next calls carry no campaign),
+    but the audit log had one entry naming no agent: neither agent's log (their page, the API)
+    said who took them off nor when, where putting them on a campaign is in it. The closing is
+    now an entry about each agent it takes off, with the campaign, over the real server; a
+    campaign that no agent is on still leaves one entry."""
+    import httpx
+
+    from tests._fixtures_dashboard import http_login
+
+    server, data = org_server
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        sup = {"cookie": "__Host-miroir="
+                         f"{http_login(c, 'sup-a', USER_PASSWORD, data['secrets']['sup-a'])}"}
+        hdr = {**sup, "x-csrf-token": csrf_of(c.get("/campaigns", headers=sup).text)}
+        assert c.post("/api/campaigns", json={"campaign": "vide", "name": "Vide",
+                                              "team": "team-a"}, headers=hdr).status_code == 201
+        for campaign in ("camp-a", "vide"):
+            assert c.post(f"/api/campaigns/{campaign}/close", headers=hdr).status_code == 200
+        amina = {"cookie": f"__Host-miroir={http_login(c, 'amina', USER_PASSWORD)}"}
+        own = c.get("/api/agents/agent-a1/audit", headers=amina).json()["entries"]
+    assert [(e["actor"], e["action"], json.loads(e["detail"])) for e in own
+            if e["action"] == "campaign_close"] == [("sup-a", "campaign_close",
+                                                      {"campaign": "camp-a"})]
+    db = store.open_db(server.settings.db_path)
+    try:
+        closes = db.conn.execute("SELECT agent, json_extract(detail, '$.campaign') FROM audit_log "
+                                 "WHERE action = 'campaign_close' ORDER BY agent").fetchall()
+    finally:
+        db.conn.close()
+    assert closes == [(None, "vide"), ("agent-a1", "camp-a"), ("agent-a2", "camp-a")]
+
+
+def test_a_campaign_created_twice_at_once_is_one_campaign_and_conflicts_not_500s(
+        org_server: Any) -> None:
+    """A double click on "Créer la campagne" (or two supervisors at once): each request checked
+    that the id was free, then both wrote it, and all but the first answered 500 (a UNIQUE
+    constraint failed) in 3 of 10 bursts of 6. The check and the write are now one write
+    transaction: of each burst of 8 over the real server, one creates the campaign and the
+    others answer 409 as a second request after it does."""
+    import threading
+
+    import httpx
+
+    from tests._fixtures_dashboard import http_login
+
+    server, data = org_server
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        cookie = {"cookie": "__Host-miroir="
+                            f"{http_login(c, 'sup-a', USER_PASSWORD, data['secrets']['sup-a'])}"}
+        hdr = {**cookie, "x-csrf-token": csrf_of(c.get("/campaigns", headers=cookie).text)}
+    bursts = []
+    for k in range(20):
+        answers: list[int] = []
+        start = threading.Barrier(8)
+
+        def create(k: int = k, answers: list[int] = answers,
+                   start: threading.Barrier = start) -> None:
+            with httpx.Client(base_url=server.url, timeout=30.0) as c:
+                start.wait()
+                answers.append(c.post("/api/campaigns", headers=hdr, json={
+                    "campaign": f"double-{k}", "name": "Double", "team": "team-a",
+                    "variants": [{"name": "A"}, {"name": "B"}]}).status_code)
+
+        threads = [threading.Thread(target=create) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        bursts.append(sorted(answers))
+    assert [b for b in bursts if b != [201] + [409] * 7] == []
+    db = store.open_db(server.settings.db_path)
+    try:
+        assert db.conn.execute("SELECT count(*) FROM variants WHERE campaign LIKE 'double-%'"
+                               ).fetchone()[0] == 40
+    finally:
+        db.conn.close()
+
+
+def test_a_campaign_closed_twice_at_once_is_closed_once(org_server: Any) -> None:
+    """Closing is idempotent (a second close answers the first's time): closed twice at once
+    (a double click on "Clôturer"), both requests found the campaign open, each wrote its own
+    closing time and its audit entry, and the answers disagreed (in 1 of 5 bursts of 4). The
+    check and the writes are now one write transaction: of each burst of 4 over the real server,
+    every answer gives the one stored closing time, with one entry in the audit log."""
+    import threading
+
+    import httpx
+
+    from tests._fixtures_dashboard import http_login
+
+    server, data = org_server
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        cookie = {"cookie": "__Host-miroir="
+                            f"{http_login(c, 'sup-a', USER_PASSWORD, data['secrets']['sup-a'])}"}
+        hdr = {**cookie, "x-csrf-token": csrf_of(c.get("/campaigns", headers=cookie).text)}
+        for k in range(15):
+            assert c.post("/api/campaigns", headers=hdr, json={
+                "campaign": f"close-{k}", "name": "Close", "team": "team-a"}).status_code == 201
+    times = {}
+    for k in range(15):
+        answers: list[float] = []
+        start = threading.Barrier(4)
+
+        def close(k: int = k, answers: list[float] = answers,
+                  start: threading.Barrier = start) -> None:
+            with httpx.Client(base_url=server.url, timeout=30.0) as c:
+                start.wait()
+                answers.append(c.post(f"/api/campaigns/close-{k}/close", headers=hdr
+                                      ).json()["closed_ts"])
+
+        threads = [threading.Thread(target=close) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        times[f"close-{k}"] = set(answers)
+    db = store.open_db(server.settings.db_path)
+    try:
+        stored = {c: {ts} for c, ts in db.conn.execute(
+            "SELECT campaign, closed_ts FROM campaigns WHERE campaign LIKE 'close-%'")}
+        entries = dict(db.conn.execute(
+            "SELECT json_extract(detail, '$.campaign'), count(*) FROM audit_log WHERE "
+            "action = 'campaign_close' GROUP BY 1").fetchall())
+    finally:
+        db.conn.close()
+    assert times == stored
+    assert entries == {f"close-{k}": 1 for k in range(15)}
+
+
+def test_a_closed_campaigns_comparison_stays_when_its_calls_are_tagged_again(
+        org_server: Any) -> None:
+    """A closed campaign's comparison stays (nothing new is tagged with it), but a call of it
+    could still be tagged with a variant of an open campaign: the call left the closed
+    campaign, whose comparison lost it (30 calls of "Question ouverte" became 29). Tagging a
+    call of a closed campaign again is refused now (409, as any tag with a closed campaign),
+    over the real server; its comparison and the call are unchanged."""
+    import httpx
+
+    from tests._fixtures_dashboard import http_login
+
+    server, data = org_server
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        cookie = {"cookie": "__Host-miroir="
+                            f"{http_login(c, 'sup-a', USER_PASSWORD, data['secrets']['sup-a'])}"}
+        hdr = {**cookie, "x-csrf-token": csrf_of(c.get("/campaigns", headers=cookie).text)}
+        r = c.post("/api/campaigns", headers=hdr, json={
+            "campaign": "suite", "name": "Suite", "team": "team-a", "variants": [{"name": "A"}]})
+        assert r.status_code == 201
+        new_variant = r.json()["variants"][0]["id"]
+
+        def calls() -> dict[str, int]:
+            return {v["name"]: v["calls"] for v in c.get(
+                "/api/campaigns/camp-a/comparison", headers=cookie).json()["variants"]}
+
+        before = calls()
+        assert c.post("/api/campaigns/camp-a/close", headers=hdr).status_code == 200
+        r = c.post("/api/calls/1/variant", headers=hdr, json={"variant": new_variant})
+        assert (r.status_code, r.json()["detail"]) == (409, "campaign is closed")
+        assert calls() == before == {"Question ouverte": 30, "Bénéfice direct": 30}
+        assert c.get("/api/calls/1", headers=cookie).json()["campaign"] == "camp-a"
 
 
 def test_a_variant_without_calls_has_no_rate_nor_interval(org: Any) -> None:

@@ -543,6 +543,39 @@ def test_the_private_switch_never_says_on_when_the_box_is_offline(
     assert page.locator("#private-unsent").count() == 0
 
 
+def test_a_reload_of_the_private_switchs_answer_shows_what_the_box_says_since(
+        browser_page: Any, dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
+    """Ines turns private mode on (her page's address becomes /me?sent=on#private), her box
+    says so, then its own button turns it off. Reloaded at that address, her page said "Mode
+    privé actif : rien n'est mesuré" and offered to end the private call while the box measured
+    again: the address's "sent" stood for the box's word however old. It now stands only until
+    the box's next status, for 10 s at most: the reloaded page says what the box said last; and
+    a made-up address (?sent=on, or an "at" in the future) claims nothing."""
+    from tests._fixtures_dashboard import USER_PASSWORD
+
+    seat = _AgentsBox(dashboard_server, site, peer)
+    seat.status(private=False)
+    page = browser_page
+    browser_login(page, dashboard_server.url, "ines", USER_PASSWORD, landing="/me")
+    page.wait_for_selector("body[data-stream-ready='1']")
+    _shows(page, "—")
+    page.click("#private-toggle")
+    page.wait_for_selector("body[data-stream-ready='1']")
+    assert "/me?sent=on" in page.url
+    assert page.locator("#private-state").is_visible()  # sent: said at once
+    seat.status(private=True)  # the box confirms
+    _shows(page, "Appel privé")
+    seat.status(private=False)  # then its own button ends the private call
+    _shows(page, "—")
+    page.reload()
+    page.wait_for_selector("body[data-stream-ready='1']")
+    assert page.locator("#private-state").count() == 0, page.inner_text("#private")
+    assert page.locator("#private-toggle").inner_text() == "Passer en appel privé"
+    for made_up in ("/me?sent=on", f"/me?sent=on&at={time.time() + 3600:.0f}"):
+        page.goto(dashboard_server.url + made_up)
+        assert page.locator("#private-state").count() == 0, made_up
+
+
 def test_the_agents_live_strip_says_offline_when_the_box_falls_silent(
         browser_page: Any, dashboard_server: DashboardServer, site: Any, peer: Any,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -706,6 +739,90 @@ def test_the_pages_fit_the_screen_without_scrolling_sideways(
     assert {p: w for p, (w, inner) in widths.items() if w > inner} == {}
     assert {p: forms for p, forms in cut.items() if forms} == {}
     assert label_px >= 9.0  # 5 px on the phone when its charts were 760 wide shrunk to 310
+
+
+PAST_PANEL = """() => [...document.querySelectorAll(
+    '.flag-note, li.goal > strong, .list li, .chip-link, .panel h2')].filter((e) => {
+    const box = (e.closest('.panel') || document.querySelector('main')).getBoundingClientRect();
+    return e.getBoundingClientRect().right > box.right + 0.5;
+  }).map((e) => e.id || e.className || e.tagName)"""
+"""What a user wrote (a flag's note, a goal, a campaign's name) past the edge of its panel."""
+PASTED = "https://crm.example.com/fiche?prospect=" + "7" * 80
+"""A link pasted as is: no space where a line could break."""
+
+
+@pytest.mark.parametrize("width,height", [(1280, 720), (390, 844)])
+def test_a_pasted_link_in_a_note_a_goal_or_a_campaign_name_wraps_within_its_panel(
+        chromium: Any, org_server: Any, width: int, height: int) -> None:
+    """A supervisor pastes a link (no space in it) as a flag's note, a goal's name and a
+    campaign's name, each at its longest: on a 390 px phone the campaigns page was 1,178 px wide
+    (the campaign's link in its list of campaigns), and the note ran 1,047 px past the agent
+    page's flags panel, the goal past the goals panel and the team board's shared moments past
+    theirs, to be read by scrolling each panel sideways. They now wrap within their panel, on
+    the phone and on a laptop."""
+    import httpx
+
+    from tests._fixtures_dashboard import USER_PASSWORD, csrf_of, http_login
+
+    server, data = org_server
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        cookie = {"cookie": "__Host-miroir="
+                            f"{http_login(c, 'sup-a', USER_PASSWORD, data['secrets']['sup-a'])}"}
+        hdr = {**cookie, "x-csrf-token": csrf_of(c.get("/", headers=cookie).text)}
+        for path, body in (
+                ("/api/agents/agent-a1/flags",
+                 {"ts": time.time() - 60, "note": PASTED * 16, "shared": True}),
+                ("/api/agents/agent-a1/goals",
+                 {"metric": "near_speech_ratio", "label": PASTED[:120]}),
+                ("/api/campaigns", {"campaign": "relance", "name": PASTED[:120], "team": "team-a"})):
+            assert c.post(path, json=body, headers=hdr).status_code == 201, path
+    widths, past = {}, {}
+    context = chromium.new_context(viewport={"width": width, "height": height}, locale="fr-FR")
+    try:
+        page = context.new_page()
+        browser_login(page, server.url)
+        for path in ("/agents/agent-a1", "/teams/team-a", "/campaigns", "/campaigns/relance"):
+            page.goto(server.url + path)
+            page.wait_for_selector(READY.get(path, "body"))
+            widths[path] = page.evaluate(PAGE_WIDTH)
+            past[path] = page.evaluate(PAST_PANEL)
+    finally:
+        context.close()
+    assert {k: w for k, (w, inner) in widths.items() if w > inner} == {}
+    assert {k: p for k, p in past.items() if p} == {}
+
+
+def test_a_long_variant_name_stays_left_of_the_comparison_chart(
+        browser_page: Any, org_server: Any) -> None:
+    """A variant named in a sentence ("Question ouverte sur la logistique du stand", 43 of the
+    80 characters allowed) was written across the comparison chart: its label ran to x = 281
+    where the bars begin at 170, under its own confidence interval (drawn from 245). A label
+    longer than its column is now cut after a word with "…", the whole name in its tooltip (and in the table
+    under the chart); a short name is as it was."""
+    import httpx
+
+    from tests._fixtures_dashboard import USER_PASSWORD, csrf_of, http_login
+
+    server, data = org_server
+    name = "Question ouverte sur la logistique du stand"
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        cookie = {"cookie": "__Host-miroir="
+                            f"{http_login(c, 'sup-a', USER_PASSWORD, data['secrets']['sup-a'])}"}
+        hdr = {**cookie, "x-csrf-token": csrf_of(c.get("/campaigns", headers=cookie).text)}
+        assert c.post("/api/campaigns/camp-a/variants", headers=hdr,
+                      json={"name": name}).status_code == 201
+    page = browser_page
+    browser_login(page, server.url)
+    page.goto(server.url + "/campaigns/camp-a")
+    labels = page.evaluate("""() => [...document.querySelectorAll('svg.ci-chart g.variant-name')]
+        .map((g) => { const t = g.querySelector('text'), box = t.getBBox();
+                      return [t.textContent, g.querySelector('title').textContent,
+                              Math.round(box.x + box.width)]; })""")
+    assert [(shown, full) for shown, full, _ in labels] == [
+        ("Question ouverte", "Question ouverte"), ("Bénéfice direct", "Bénéfice direct"),
+        ("Question ouverte sur…", name)]
+    assert max(right for _, _, right in labels) <= 160, labels
+    assert page.locator("tr.variant strong").all_inner_texts()[-1] == name
 
 
 # ------------------------------------------------------------------ the calls table

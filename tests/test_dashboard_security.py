@@ -123,6 +123,99 @@ def test_every_state_change_needs_the_csrf_token(org: Any) -> None:
 
 
 
+SESSIONLESS_WRITES = {"/login", "/api/cti/call-state"}
+"""State changes served without a session (the login form's own CSRF; the CTI's bearer token)."""
+STAGE_WRITES = {"/login/totp", "/totp/setup"}
+"""State changes of a half-logged-in session only (its second factor)."""
+
+
+def _writes_of_the_app(app: Any) -> list[tuple[str, str]]:
+    """Every (method, path) of the app that changes state (POST, PUT, PATCH, DELETE)."""
+    def walk(routes: Any) -> Iterator[tuple[str, str]]:
+        for route in routes:
+            inner = getattr(route, "original_router", None)  # an included router
+            if inner is not None:
+                yield from walk(inner.routes)
+            for method in sorted(getattr(route, "methods", None) or ()):
+                if method not in auth.SAFE_METHODS:
+                    yield method, route.path
+    return sorted(set(walk(app.routes)))
+
+
+def _tables(path: Path) -> dict[str, list[Any]]:
+    """Every row of every table but the ones a request's session lookup itself writes."""
+    conn = sqlite3.connect(path)
+    try:
+        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {n: conn.execute(f'SELECT * FROM "{n}"').fetchall() for n in names
+                if n not in ("sessions", "login_attempts", "known_devices")}
+    finally:
+        conn.close()
+
+
+def test_every_write_of_the_app_is_refused_without_a_session_or_its_own_csrf_token(
+        org_server: Any) -> None:
+    """Every state-changing route the app has (walked from ``app.routes``, not listed by hand:
+    a new route is in it), over the real server, with a body that its user's token would get
+    through: without a session it is a 401 or the login page; with team A's supervisor's
+    session but no token, a wrong one, or team B's supervisor's (another session's) it is a 403;
+    never a 500, and nothing in the database changes."""
+    import httpx
+
+    server, data = org_server
+    writes = _writes_of_the_app(server.app)
+    assert len(writes) >= 20 and ("POST", "/api/agents/{agent:id}/erase") in writes
+    ids = {"{agent:id}": "agent-a1", "{call_id}": "1", "{campaign}": "camp-a", "{team:id}": "team-a"}
+    body = {"ts": time.time() - 60, "note": "x", "metric": "near_speech_ratio", "label": "x",
+            "outcome": "meeting", "variant": 2, "agent": "agent-a1", "start_ts": time.time() - 60,
+            "campaign": "nouvelle", "name": "Nouvelle", "team": "team-a", "private": True,
+            "confirm": "1", "lang": "en", "pseudonymous_default": "1"}
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        sup_a = {"cookie": "__Host-miroir="
+                           f"{http_login(c, 'sup-a', USER_PASSWORD, data['secrets']['sup-a'])}"}
+        sup_b = {"cookie": "__Host-miroir="
+                           f"{http_login(c, 'sup-b', USER_PASSWORD, data['secrets']['sup-b'])}"}
+        token_b = csrf_of(c.get("/", headers=sup_b).text)
+        before = _tables(server.settings.db_path)
+        answers: dict[tuple[str, str, str], int] = {}
+        for method, route in writes:
+            if route in SESSIONLESS_WRITES | STAGE_WRITES:
+                continue
+            path = route
+            for param, value in ids.items():
+                path = path.replace(param, value)
+            for who, headers in (("none", {}), ("no token", sup_a),
+                                 ("wrong token", {**sup_a, "x-csrf-token": "forged"}),
+                                 ("other's token", {**sup_a, "x-csrf-token": token_b})):
+                if path.startswith("/api/"):
+                    r = c.request(method, path, json=body, headers=headers)
+                else:
+                    form = {k: str(v) for k, v in body.items()}
+                    if who == "other's token":
+                        form["csrf"] = token_b
+                    r = c.request(method, path, data=form, headers=headers)
+                answers[method, route, who] = r.status_code
+        assert _tables(server.settings.db_path) == before
+        token_a = csrf_of(c.get("/", headers=sup_a).text)
+        own: dict[str, int] = {}  # the bodies do get through with the session's own token
+        for method, route in sorted(answers and {(m, r) for m, r, _ in answers},
+                                    key=lambda mr: mr[1] == "/logout"):  # the logout last
+            path = route
+            for param, value in ids.items():
+                path = path.replace(param, value)
+            r = c.request(method, path, headers={**sup_a, "x-csrf-token": token_a},
+                          **({"json": body} if path.startswith("/api/") else
+                             {"data": {k: str(v) for k, v in body.items()}}))
+            own[route] = r.status_code
+    expected = {(m, r, who): (401 if r.startswith("/api/") else 303) if who == "none" else 403
+                for m, r, who in answers}
+    assert answers == expected
+    # past the token to the route itself: done, or refused by the route (a 404 for a role's
+    # route, a 409 for a campaign closed or created by an earlier write), never the token's 403
+    assert {r: s for r, s in own.items() if s == 403 or s >= 500} == {}, own
+    assert own["/agents/{agent:id}/flags"] == 303 and own["/api/agents/{agent:id}/flags"] == 201
+
+
 def test_the_language_switch_goes_back_to_a_local_page_with_its_pagings_only(org: Any) -> None:
     """The switch's way back (its form's ``next``) keeps a page's pagings (``calls_before``,
     ``audit_before``, whole numbers) and nothing else of an address: never another origin, and no
@@ -248,6 +341,70 @@ def test_a_browser_posting_a_form_over_the_limit_gets_the_error_page_in_its_lang
         assert schema.get_setting(db, "pseudonymous_default", "0") == "0"
     finally:
         db.conn.close()
+
+
+JSON_POSTS = ("/api/agents/agent-a1/flags", "/api/agents/agent-a1/goals", "/api/calls",
+              "/api/calls/1/outcome", "/api/calls/1/variant", "/api/campaigns",
+              "/api/campaigns/camp-a/variants", "/api/campaigns/camp-a/assign", "/api/me/private")
+"""The JSON API's routes that read a body (each takes a JSON object, never a form)."""
+
+
+def test_a_form_in_latin_1_posted_to_the_json_api_is_a_422_not_a_500(org_server: Any) -> None:
+    """A form whose bytes are not UTF-8 (a Latin-1 client's ``note=caf\\xe9``) posted to a route
+    of the JSON API answered 500 on all 9 of them: the 422 echoes the body it could not read,
+    and the bytes failed the answer. It is a 422 with the body as text (the byte unreadable made
+    U+FFFD), over the real server; nothing is stored."""
+    import httpx
+
+    server, data = org_server
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        cookie = {"cookie": "__Host-miroir="
+                            f"{http_login(c, 'sup-a', USER_PASSWORD, data['secrets']['sup-a'])}"}
+        token = csrf_of(c.get("/", headers=cookie).text)
+        sent = b"csrf=" + token.encode() + b"&ts=1800000000&note=caf\xe9&agent=agent-a1"
+        answers = {}
+        for path in JSON_POSTS:
+            r = c.post(path, content=sent, headers={**cookie, **form, "x-csrf-token": token})
+            answers[path] = r.status_code
+            if r.status_code == 422:
+                assert r.json()["detail"][0]["input"] == sent.decode("utf-8", "replace"), path
+        assert answers == dict.fromkeys(JSON_POSTS, 422)
+        assert c.get("/api/me", headers=cookie).json()["username"] == "sup-a"  # still serving
+    db = store.open_db(server.settings.db_path)
+    try:
+        assert db.conn.execute("SELECT count(*) FROM flags WHERE author = 'sup-a'"
+                               ).fetchone()[0] == 0
+    finally:
+        db.conn.close()
+
+
+def test_a_flag_form_shares_the_moment_with_the_team_only_when_its_box_is_ticked(
+        org_server: Any) -> None:
+    """The agent page's flag form sends ``shared=1`` when "share with the team" is ticked and
+    nothing otherwise; any other value ("0", "off", "no": a script, a form of another tool)
+    shared the agent's moment on the team board as well, as "1" does. Only "1" shares it now,
+    as only "1" turns private mode or the floor's pseudonyms on; over the real server."""
+    import httpx
+
+    server, data = org_server
+    sent = ("1", "0", "off", "no", "")
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        cookie = {"cookie": "__Host-miroir="
+                            f"{http_login(c, 'sup-a', USER_PASSWORD, data['secrets']['sup-a'])}"}
+        token = csrf_of(c.get("/", headers=cookie).text)
+        for k, shared in enumerate(sent):
+            r = c.post("/agents/agent-a1/flags", headers=cookie, data={
+                "csrf": token, "ts": str(time.time() - 60), "note": f"moment {k}",
+                "shared": shared})
+            assert r.status_code == 303, r.text
+    db = store.open_db(server.settings.db_path)
+    try:
+        stored = dict(db.conn.execute("SELECT note, shared FROM flags WHERE author = 'sup-a'"
+                                      ).fetchall())
+    finally:
+        db.conn.close()
+    assert stored == {f"moment {k}": int(shared == "1") for k, shared in enumerate(sent)}
 
 
 def test_no_answer_to_a_logged_in_request_may_be_cached(org_server: Any) -> None:
@@ -493,6 +650,38 @@ def test_supervisor_of_team_a_gets_404_for_every_object_of_team_b(org: Any) -> N
         assert sorted(seats) == ["box-a1", "box-a2"]
         assert [a["agent"] for a in c.get("/api/agents").json()["agents"]] == [
             "agent-a1", "agent-a2"]
+
+
+def test_a_variant_of_another_teams_campaign_answers_as_one_that_does_not_exist(
+        org_server: Any) -> None:
+    """Team B's variant 3 named on a call of team A's supervisor answered "campaign not found"
+    (404) where a variant that does not exist answered "variant not found", and as a new call's
+    variant 404 where one that does not exist answered 422: team A's supervisor could tell
+    which variant ids team B's campaigns hold. Both now answer alike, over the real server;
+    nothing is written."""
+    import httpx
+
+    server, data = org_server
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        cookie = {"cookie": "__Host-miroir="
+                            f"{http_login(c, 'sup-a', USER_PASSWORD, data['secrets']['sup-a'])}"}
+        hdr = {**cookie, "x-csrf-token": csrf_of(c.get("/", headers=cookie).text)}
+        answers = {}
+        for variant in (3, 999_999):  # team B's, and none
+            r = c.post("/api/calls/1/variant", json={"variant": variant}, headers=hdr)
+            answers["tag", variant] = (r.status_code, r.json()["detail"])
+            r = c.post("/api/calls", json={"agent": "agent-a1", "start_ts": time.time(),
+                                           "variant": variant}, headers=hdr)
+            answers["call", variant] = (r.status_code, r.json()["detail"])
+    assert answers["tag", 3] == answers["tag", 999_999], answers
+    assert answers["call", 3] == answers["call", 999_999], answers
+    assert answers["tag", 3][0] == 404 and answers["call", 3][0] == 422
+    db = store.open_db(server.settings.db_path)
+    try:
+        assert db.conn.execute("SELECT count(*) FROM calls WHERE variant = 3 AND agent != "
+                               "'agent-b1' OR created_by = 'sup-a'").fetchone()[0] == 0
+    finally:
+        db.conn.close()
 
 
 def test_an_agent_gets_only_their_own_data_and_the_auditor_only_aggregates(org: Any) -> None:
@@ -962,8 +1151,9 @@ def test_send_command_uses_the_ingest_publish_cmd(org: Any) -> None:
         assert seats[0] == 1
         assert 'id="private-state"' in c.get("/me").text
         r = c.post("/me/private", data={"private": "0", "csrf": csrf_of(c.get("/me").text)})
-        assert r.status_code == 303 and r.headers["location"] == "/me?sent=off#private"
-        assert 'id="private-state"' not in c.get("/me?sent=off").text
+        assert r.status_code == 303
+        assert re.fullmatch(r"/me\?sent=off&at=[0-9.]+#private", r.headers["location"])
+        assert 'id="private-state"' not in c.get(r.headers["location"]).text
         reachable[0] = False  # the box cannot be reached: the page must not claim privacy
         r = c.post("/me/private", data={"private": "1", "csrf": csrf_of(c.get("/me").text)})
         assert r.status_code == 303 and r.headers["location"] == "/me?sent=0#private"
@@ -1030,6 +1220,52 @@ def test_dashboard_cli_user_import_purge_backup_restore(tmp_path: Path) -> None:
         "ag-1", "ag-2"]
     assert db.conn.execute("SELECT team FROM user_teams WHERE username = 'chef'").fetchone() == (
         "t1",)
+
+
+def test_a_user_is_added_only_with_a_name_the_login_form_takes(tmp_path: Path) -> None:
+    """`miroir dashboard user add` took a name of 65 characters or one with a space at its end
+    ("chef "), and printed "added": the login form takes 64 characters at most (a 422 page
+    instead), and a name typed without its space is someone else, so that user could never log
+    in. Such a name is refused now, with why (exit 2, as any refused command; nothing added);
+    a name of 64 characters logs in over the real server."""
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    settings = make_settings(tmp_path)
+    db = store.open_db(settings.db_path)
+    try:
+        schema.ensure_schema(db)
+        auth.ensure_admin(db, settings.admin_user, settings.admin_password_file)
+    finally:
+        db.conn.close()
+    env = dict(os.environ, MIROIR_DASH_SITE="site-1", MIROIR_DASH_DB_PATH=str(settings.db_path))
+    pw = tmp_path / "pw"
+    pw.write_text(USER_PASSWORD + "\n")
+    longest = "a" * 64
+
+    def add(name: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "miroir", "dashboard", "user", "add", name,
+                               "--role", "auditor", "--password-file", str(pw)], env=env,
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    refused = {name: add(name) for name in ("a" * 65, "chef ", " chef")}
+    assert {n: r.returncode for n, r in refused.items()} == dict.fromkeys(refused, 2)
+    assert all("64 characters" in r.stderr for r in refused.values()), refused
+    assert add(longest).returncode == 0
+    db = store.open_db(settings.db_path)
+    try:
+        assert [r[0] for r in db.conn.execute("SELECT username FROM users ORDER BY username")
+                ] == [longest, "admin"]
+    finally:
+        db.conn.close()
+    from dashboard.app import DashboardServer
+
+    with DashboardServer(settings, start_ingest=False) as server, \
+            httpx.Client(base_url=server.url, timeout=10.0) as c:
+        assert http_login(c, longest, USER_PASSWORD)
 
 
 def test_dashboard_restore_of_a_bad_file_or_onto_a_new_server_is_one_line(tmp_path: Path) -> None:

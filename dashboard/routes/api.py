@@ -16,11 +16,12 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, Field, StringConstraints, field_validator
+from pydantic import BaseModel, Field, StringConstraints, field_validator, model_validator
 
 from miroir import wire
 
 from .. import access, analytics, commands, fleet, registry, retention, schema
+from .. import db as store
 from ..access import User
 from .deps import CurrentUser, Db, Settings, require_role
 
@@ -92,6 +93,13 @@ class CallIn(BaseModel):
                   float | int | Annotated[str, StringConstraints(max_length=256)] | bool | None] \
         | None = Field(None, max_length=64)
 
+    @model_validator(mode="after")
+    def _ends_after_start(self) -> CallIn:
+        """A call ends when or after it starts (else its length reads negative)."""
+        if self.end_ts is not None and self.end_ts < self.start_ts:
+            raise ValueError("a call cannot end before it starts")
+        return self
+
 
 class VariantIn(BaseModel):
     """A pitch or opener variant of a campaign."""
@@ -110,6 +118,14 @@ class CampaignIn(BaseModel):
                              description="Team running it (required for a supervisor).")
     variants: list[VariantIn] = Field(default_factory=list, max_length=MAX_VARIANTS,
                                       description="Variants to compare.")
+
+    @field_validator("name")
+    @classmethod
+    def _named(cls, name: str) -> str:
+        """A campaign needs a name: one of spaces only was saved empty, a link without text."""
+        if not name.strip():
+            raise ValueError("a campaign needs a name")
+        return name.strip()
 
 
 class AssignIn(BaseModel):
@@ -233,13 +249,13 @@ def create_campaign(db: Any, user: User, body: CampaignIn) -> None:
     names = [v.name.strip() for v in body.variants]
     if len(set(names)) != len(names) or not all(names):
         raise HTTPException(status_code=422, detail="variant names must be distinct")
-    with db.conn:
+    with store.write_transaction(db):  # the id checked free is still free when written
         if db.conn.execute("SELECT 1 FROM campaigns WHERE campaign = ?",
                            (body.campaign,)).fetchone():
             raise HTTPException(status_code=409, detail="campaign id already used")
         db.conn.execute("INSERT INTO campaigns (campaign, name, team, created_ts, created_by) "
                         "VALUES (?, ?, ?, ?, ?)",
-                        (body.campaign, body.name.strip(), team, time.time(), user.username))
+                        (body.campaign, body.name, team, time.time(), user.username))
         for v in body.variants:
             db.conn.execute("INSERT INTO variants (campaign, name, text, created_by) "
                             "VALUES (?, ?, ?, ?)",
@@ -252,7 +268,7 @@ def add_variant(db: Any, user: User, campaign: str, body: VariantIn) -> int:
     """Add a variant to an open campaign; return its id."""
     _writable_campaign(db, user, campaign)
     name = body.name.strip()
-    with db.conn:
+    with store.write_transaction(db):  # what is counted is what is there when written
         count, same = db.conn.execute(
             "SELECT count(*), coalesce(sum(name = ?), 0) FROM variants WHERE campaign = ?",
             (name, campaign)).fetchone()
@@ -271,16 +287,22 @@ def add_variant(db: Any, user: User, campaign: str, body: VariantIn) -> int:
 
 def close_campaign(db: Any, user: User, campaign: str) -> float:
     """Close a campaign (no new variant, assignment or tag); return when it was closed."""
-    c = _writable_campaign(db, user, campaign, open_only=False)
-    if c["closed_ts"] is not None:
-        return float(c["closed_ts"])
+    _writable_campaign(db, user, campaign, open_only=False)
     now = time.time()
-    with db.conn:
+    with store.write_transaction(db):  # closed once, whoever closes it at the same time
+        closed = db.conn.execute("SELECT closed_ts FROM campaigns WHERE campaign = ?",
+                                 (campaign,)).fetchone()[0]
+        if closed is not None:
+            return float(closed)
         db.conn.execute("UPDATE campaigns SET closed_ts = ?, closed_by = ? WHERE campaign = ?",
                         (now, user.username, campaign))
+        taken_off = [r[0] for r in db.conn.execute(
+            "SELECT agent FROM agents WHERE campaign = ? ORDER BY agent", (campaign,)).fetchall()]
         db.conn.execute("UPDATE agents SET campaign = NULL, variant = NULL WHERE campaign = ?",
                         (campaign,))
-    access.audit(db, user, "campaign_close", None, {"campaign": campaign})
+    # about each agent it takes off the campaign, as putting them on it is; once if none was
+    for agent in taken_off or [None]:
+        access.audit(db, user, "campaign_close", agent, {"campaign": campaign})
     return now
 
 
@@ -302,9 +324,13 @@ def set_call_variant(db: Any, user: User, call_id: int, variant: int) -> str:
     require_role(user, "admin", "supervisor")
     call = _require_call(db, user, call_id)
     campaign = _variant_campaign(db, variant)
-    if campaign is None:
-        raise access.not_found("variant")
+    if campaign is None or not _may_see(db, user, campaign):
+        raise access.not_found("variant")  # another team's answers as one that does not exist
     _writable_campaign(db, user, campaign)
+    was = db.conn.execute("SELECT closed_ts FROM campaigns WHERE campaign = ?",
+                          (call["campaign"],)).fetchone()
+    if was is not None and was[0] is not None:  # a closed campaign's comparison stays as closed
+        raise HTTPException(status_code=409, detail="campaign is closed")
     with db.conn:
         db.conn.execute("UPDATE calls SET campaign = ?, variant = ? WHERE id = ?",
                         (campaign, variant, call_id))
@@ -331,15 +357,28 @@ def _call_campaign(db: Any, user: User, body: CallIn) -> tuple[str | None, int |
             return None, None
         return row[0], row[1]
     campaign = body.campaign
+    if campaign is not None:
+        _writable_campaign(db, user, campaign)  # 404 out of scope or none, 409 closed
     if body.variant is not None:
         owner = _variant_campaign(db, body.variant)
+        if owner is not None and campaign is None and not _may_see(db, user, owner):
+            owner = None  # another team's variant answers as one that does not exist
         if owner is None or (campaign is not None and owner != campaign):
             raise HTTPException(status_code=422, detail="variant is not one of the campaign's")
-        campaign = owner
-    if campaign is None:
-        return None, None
-    _writable_campaign(db, user, campaign)
+        if campaign is None:
+            _writable_campaign(db, user, owner)
+            campaign = owner
     return campaign, body.variant
+
+
+def _may_see(db: Any, user: User, campaign: str) -> bool:
+    """True if the user may see ``campaign`` (:func:`require_campaign`): the ids of its variants
+    are on its page."""
+    try:
+        require_campaign(db, user, campaign)
+    except HTTPException:
+        return False
+    return True
 
 
 def agent_metrics_payload(db: Any, user: User, agent: str, since_ts: float,
@@ -394,7 +433,7 @@ def add_goal(db: Any, user: User, agent: str, body: GoalIn) -> int:
     access.require_agent(db, user, agent)
     if body.metric not in analytics.metric_names(db):
         raise HTTPException(status_code=422, detail=f"unknown metric {body.metric!r}")
-    with db.conn:
+    with store.write_transaction(db):  # the goals read active are still the active ones
         active = [r[0] for r in db.conn.execute(
             "SELECT id FROM goals WHERE agent = ? AND active = 1 ORDER BY created_ts",
             (agent,)).fetchall()]

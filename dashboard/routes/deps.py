@@ -66,11 +66,18 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def _text(raw: bytes) -> str:
+    """A body echoed in a 422 as text, a byte that is not UTF-8 as U+FFFD."""
+    return raw.decode("utf-8", "replace")
+
+
 async def validation_error(request: Request, exc: Exception) -> Response:
     """FastAPI's 422 answer, with a non-finite number echoed from the request (``NaN``,
-    ``Infinity``: JSON has none) written as text instead of failing the answer with a 500."""
+    ``Infinity``: JSON has none) and a body that is not UTF-8 (a Latin-1 form sent to the JSON
+    API) written as text instead of failing the answer with a 500."""
     errors = exc.errors() if isinstance(exc, RequestValidationError) else []
-    return JSONResponse(status_code=422, content={"detail": _finite(jsonable_encoder(errors))})
+    encoded = jsonable_encoder(errors, custom_encoder={bytes: _text})
+    return JSONResponse(status_code=422, content={"detail": _finite(encoded)})
 
 
 ERROR_KEYS = {400: "error.bad", 403: "error.forbidden", 404: "error.not_found",

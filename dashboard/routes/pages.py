@@ -175,9 +175,31 @@ def me_page(request: Request, db: Db, user: CurrentUser,
                              calls_before=calls_before)
     sent = request.query_params.get("sent")
     context["private_unsent"] = sent == "0"
-    if sent in ("on", "off"):  # just switched here: the box's status confirms it within a second
-        context["agent"]["private"] = sent == "on"
+    if sent in ("on", "off") and _unconfirmed(db, user.agent or "", request.query_params.get("at")):
+        context["agent"]["private"] = sent == "on"  # just switched here: the box confirms it soon
     return render(request, "agent.html", context)
+
+
+PRIVATE_CONFIRM_S = 10.0
+"""How long after the private switch was sent the agent's page says it is done, its box's status
+not yet in (a box answers within a second); after that, or once the box spoke, the box's word."""
+
+
+def _unconfirmed(db: Db, agent: str, at: str | None) -> bool:
+    """True while the private switch sent at ``at`` (server time, Unix seconds, as the switch's
+    answer wrote it) awaits its box's status: under :data:`PRIVATE_CONFIRM_S` ago, and the box
+    at the agent's seat said nothing since. False for a missing, malformed or future ``at`` (a
+    reload of the address later, a made-up link)."""
+    try:
+        sent_ts = float(at or "")
+    except ValueError:
+        return False
+    now = time.time()
+    if not now - PRIVATE_CONFIRM_S <= sent_ts <= now:  # NaN too
+        return False
+    row = db.conn.execute("SELECT b.last_status_ts FROM seats s JOIN boxes b ON b.box = s.box "
+                          "WHERE s.agent = ?", (agent,)).fetchone()
+    return row is None or row[0] is None or float(row[0]) < sent_ts
 
 
 @router.post("/agents/{agent:id}/flags")
@@ -187,7 +209,7 @@ def flag_form(request: Request, db: Db, user: CurrentUser, agent: str,
               shared: Annotated[str, Form(max_length=4)] = "",
               calls_before: CallsBefore = None, audit_before: AuditBefore = None) -> Response:
     """Flag a moment from the agent page; back to it, both its pagings where they were."""
-    api.add_flag(db, user, agent, api.FlagIn(ts=ts, note=note, shared=bool(shared)))
+    api.add_flag(db, user, agent, api.FlagIn(ts=ts, note=note, shared=shared == "1"))  # ticked
     return RedirectResponse(_agent_address(agent, calls_before, audit_before) + "#flags",
                             status_code=303)
 
@@ -231,8 +253,8 @@ def private_form(request: Request, db: Db, user: CurrentUser,
     """The agent's private-call switch."""
     on = private == "1"
     sent = api.set_private(request, db, user, on)
-    return RedirectResponse(f"/me?sent={'on' if on else 'off'}#private" if sent else "/me?sent=0#private",
-                            status_code=303)
+    answer = f"/me?sent={'on' if on else 'off'}&at={time.time():.3f}" if sent else "/me?sent=0"
+    return RedirectResponse(answer + "#private", status_code=303)
 
 
 @router.get("/teams/{team:id}")

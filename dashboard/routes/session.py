@@ -71,7 +71,7 @@ def login(
     request: Request,
     settings: Settings,
     db: Db,
-    username: Annotated[str, Form(max_length=64)],
+    username: Annotated[str, Form(max_length=auth.USERNAME_MAX_CHARS)],
     password: Annotated[str, Form(max_length=1024)],
     csrf: Annotated[str, Form(max_length=128)] = "",
 ) -> Response:
