@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import json
 import logging
 import secrets
 import threading
@@ -183,6 +184,106 @@ def ensure_admin(db: sqlite_utils.Database, username: str, password_file: Path |
     create_user(db, username, password, role="admin")
     log.info("created the initial admin user %r", username)
     return True
+
+
+def _audit_it(db: sqlite_utils.Database, actor: str, action: str, detail: dict[str, Any],
+              now: float) -> None:
+    """One audit entry of site IT's command line (inside the caller's transaction)."""
+    db.conn.execute("INSERT INTO audit_log (ts, actor, actor_role, agent, action, detail) "
+                    "VALUES (?, ?, 'it', NULL, ?, ?)",
+                    (now, actor, action, json.dumps(detail, separators=(",", ":"), sort_keys=True)))
+
+
+def _role_of(db: sqlite_utils.Database, username: str) -> tuple[str, int]:
+    """The role and disabled flag of ``username``; KeyError when there is no such user."""
+    row = db.conn.execute("SELECT role, disabled FROM users WHERE username = ?",
+                          (username,)).fetchone()
+    if row is None:
+        raise KeyError(username)
+    return str(row[0]), int(row[1])
+
+
+def _cut_off(db: sqlite_utils.Database, username: str) -> int:
+    """End every session of ``username`` and forget its browsers; return the sessions ended."""
+    ended = db.conn.execute("DELETE FROM sessions WHERE username = ?", (username,)).rowcount
+    db.conn.execute("DELETE FROM known_devices WHERE username = ?", (username,))
+    return int(ended)
+
+
+def set_disabled(db: sqlite_utils.Database, username: str, disabled: bool, actor: str,
+                 now: float | None = None) -> dict[str, Any]:
+    """Disable a user (their sessions end at once, their browsers are forgotten, their login is
+    refused) or enable them again; audited when it changes anything.
+
+    Args:
+        db: The open database (schema ensured).
+        username: The user.
+        disabled: True to disable, False to enable.
+        actor: Who runs the command (site IT's login name).
+        now: Wall-clock seconds (defaults to the current time).
+
+    Returns:
+        ``changed`` (False when the user already was so), ``role`` and ``sessions_ended``.
+
+    Raises:
+        KeyError: no such user.
+    """
+    now = time.time() if now is None else now
+    with db.conn:
+        role, was = _role_of(db, username)
+        ended = _cut_off(db, username) if disabled else 0
+        if bool(was) == disabled:
+            return {"changed": False, "role": role, "sessions_ended": ended}
+        db.conn.execute("UPDATE users SET disabled = ? WHERE username = ?",
+                        (int(disabled), username))
+        _audit_it(db, actor, "user_disable" if disabled else "user_enable",
+                  {"user": username, "role": role, "sessions_ended": ended}, now)
+    log.info("user %s %s by %s", username, "disabled" if disabled else "enabled", actor)
+    return {"changed": True, "role": role, "sessions_ended": ended}
+
+
+def reset_credentials(db: sqlite_utils.Database, username: str, password: str, actor: str,
+                      now: float | None = None) -> dict[str, Any]:
+    """Give a user a new password and take away their authenticator (a lost phone, a leak): the
+    second factor is enrolled again at the next login, every session ends; audited.
+
+    Args:
+        db: The open database (schema ensured).
+        username: The user.
+        password: The new clear password (only its argon2id hash is stored).
+        actor: Who runs the command (site IT's login name).
+        now: Wall-clock seconds (defaults to the current time).
+
+    Returns:
+        ``role``, ``disabled`` (a reset does not enable a disabled user) and ``sessions_ended``.
+
+    Raises:
+        KeyError: no such user.
+    """
+    now = time.time() if now is None else now
+    hashed = hash_password(password)  # 0.1 s of argon2id: outside the write lock
+    with db.conn:
+        role, disabled = _role_of(db, username)
+        db.conn.execute("UPDATE users SET password_hash = ?, totp_secret = NULL, totp_last_step = 0 "
+                        "WHERE username = ?", (hashed, username))
+        ended = _cut_off(db, username)
+        _audit_it(db, actor, "user_reset", {"user": username, "role": role,
+                                            "sessions_ended": ended}, now)
+    log.info("user %s: password and authenticator reset by %s", username, actor)
+    return {"role": role, "disabled": bool(disabled), "sessions_ended": ended}
+
+
+def list_users(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+    """Every user: name, role, agent, teams, whether disabled and whether a second factor is
+    enrolled, by name."""
+    rows = db.conn.execute(
+        "SELECT u.username, u.role, u.agent, u.disabled, u.totp_secret IS NOT NULL, "
+        "(SELECT group_concat(team, ',') FROM (SELECT team FROM user_teams t "
+        " WHERE t.username = u.username ORDER BY team)) FROM users u ORDER BY u.username"
+    ).fetchall()
+    return [{"username": r[0], "role": r[1], "agent": r[2], "disabled": bool(r[3]),
+             "totp_enrolled": bool(r[4]), "teams": r[5].split(",") if r[5] else []}
+            for r in rows]
 
 
 class CheckGate:

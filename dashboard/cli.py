@@ -17,8 +17,9 @@ from typing import Any
 from miroir.cli import CliError
 
 UNKNOWN_BOX_EXIT = 3
-"""``retire``'s exit code when the dashboard never knew the box (nothing changed): not 2, the code
-of a usage error, so that a script retiring a list tells a typo from a wrong command."""
+"""``retire``'s exit code when the dashboard never knew the box, and the ``user`` commands' when
+there is no such user (nothing changed): not 2, the code of a usage error, so that a script
+working through a list tells a typo from a wrong command."""
 
 
 def load_settings() -> Any:
@@ -41,16 +42,23 @@ def _db(settings: Any) -> Any:
     return db
 
 
-def cmd_user_add(args: argparse.Namespace) -> int:
-    """Add a dashboard user (password read from a file or asked on the terminal)."""
-    from dashboard import auth
-
+def _read_password(args: argparse.Namespace) -> str:
+    """The new password of ``args.username``, from ``--password-file`` or asked on the terminal;
+    a usage error when shorter than 12 characters."""
     if args.password_file:
         password = Path(args.password_file).read_text(encoding="utf-8").rstrip("\r\n")
     else:
         password = getpass.getpass(f"password for {args.username}: ")
     if len(password) < 12:
         raise CliError("the password must be at least 12 characters")
+    return password
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    """Add a dashboard user (password read from a file or asked on the terminal)."""
+    from dashboard import auth
+
+    password = _read_password(args)
     db = _db(load_settings())
     try:
         auth.create_user(db, args.username, password, args.role, agent=args.agent,
@@ -62,6 +70,87 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     finally:
         db.conn.close()
     print(f"added {args.role} {args.username}")
+    return 0
+
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    """List the dashboard's users: name, role, the agent or teams they see, whether disabled and
+    whether their second factor (TOTP) is enrolled."""
+    from dashboard import auth
+
+    db = _db(load_settings())
+    try:
+        users = auth.list_users(db)
+    finally:
+        db.conn.close()
+    rows = [("USER", "ROLE", "SEES", "STATE", "TOTP")]
+    for u in users:
+        sees = u["agent"] or ",".join(u["teams"]) or ("-" if u["role"] == "supervisor" else "all")
+        rows.append((u["username"], u["role"], sees, "disabled" if u["disabled"] else "active",
+                     "enrolled" if u["totp_enrolled"] else "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return 0
+
+
+def _unknown_user(name: str) -> CliError:
+    return CliError(f"no dashboard user {name!r} (`miroir dashboard user list` names them); "
+                    "nothing changed", UNKNOWN_BOX_EXIT)
+
+
+def cmd_user_disable(args: argparse.Namespace) -> int:
+    """Disable a user (someone who left, a stolen laptop): their open pages are logged out at once
+    and their password no longer logs in; their history and the audit log stay. Audited. Exits 0,
+    3 when there is no such user (nothing changed)."""
+    from dashboard import auth
+
+    db = _db(load_settings())
+    try:
+        out = auth.set_disabled(db, args.username, True, actor=_actor())
+    except KeyError:
+        raise _unknown_user(args.username) from None
+    finally:
+        db.conn.close()
+    state = "disabled" if out["changed"] else "was already disabled"
+    print(f"{out['role']} {args.username} {state}; {out['sessions_ended']} open session(s) ended")
+    return 0
+
+
+def cmd_user_enable(args: argparse.Namespace) -> int:
+    """Enable a disabled user again (with the password they had: `user reset` gives a new one).
+    Audited. Exits 0, 3 when there is no such user (nothing changed)."""
+    from dashboard import auth
+
+    db = _db(load_settings())
+    try:
+        out = auth.set_disabled(db, args.username, False, actor=_actor())
+    except KeyError:
+        raise _unknown_user(args.username) from None
+    finally:
+        db.conn.close()
+    print(f"{out['role']} {args.username} {'enabled' if out['changed'] else 'was not disabled'}")
+    return 0
+
+
+def cmd_user_reset(args: argparse.Namespace) -> int:
+    """Give a user a new password (read from a file or asked on the terminal) and take away their
+    authenticator (a forgotten password, a lost phone): every open session of theirs ends, and
+    the next login enrols the second factor again. A disabled user stays disabled. Audited.
+    Exits 0, 3 when there is no such user (nothing changed)."""
+    from dashboard import auth
+
+    password = _read_password(args)
+    db = _db(load_settings())
+    try:
+        out = auth.reset_credentials(db, args.username, password, actor=_actor())
+    except KeyError:
+        raise _unknown_user(args.username) from None
+    finally:
+        db.conn.close()
+    still = "; still disabled (`miroir dashboard user enable`)" if out["disabled"] else ""
+    print(f"{out['role']} {args.username}: new password, authenticator to enrol at the next "
+          f"login; {out['sessions_ended']} open session(s) ended{still}")
     return 0
 
 
@@ -216,6 +305,23 @@ def register_cli(groups: dict[str, Any]) -> None:
     p.add_argument("--password-file", default=None,
                    help="file holding the password (default: ask on the terminal)")
     p.set_defaults(func=cmd_user_add)
+    p = sub.add_parser("list", help="list the users, their roles and whether disabled",
+                       description=cmd_user_list.__doc__)
+    p.set_defaults(func=cmd_user_list)
+    p = sub.add_parser("disable", help="disable a user: logged out at once, login refused",
+                       description=cmd_user_disable.__doc__)
+    p.add_argument("username", help="login name")
+    p.set_defaults(func=cmd_user_disable)
+    p = sub.add_parser("enable", help="enable a disabled user again",
+                       description=cmd_user_enable.__doc__)
+    p.add_argument("username", help="login name")
+    p.set_defaults(func=cmd_user_enable)
+    p = sub.add_parser("reset", help="a new password, the authenticator enrolled again",
+                       description=cmd_user_reset.__doc__)
+    p.add_argument("username", help="login name")
+    p.add_argument("--password-file", default=None,
+                   help="file holding the new password (default: ask on the terminal)")
+    p.set_defaults(func=cmd_user_reset)
     p = dash.add_parser("import", help="import the site inventory (boxes, seats, agents, teams)",
                         description=cmd_import.__doc__)
     p.add_argument("csv", help="CSV file with columns box, seat, agent, team")

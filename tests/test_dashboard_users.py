@@ -1,0 +1,118 @@
+"""Site IT's user commands (`miroir dashboard user list/disable/enable/reset`) against the real
+server: someone who leaves is cut off at once, a lost authenticator is enrolled again."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from dashboard import db as store
+from dashboard.app import DashboardServer
+from tests._fixtures_dashboard import USER_PASSWORD, csrf_of, http_login, make_settings, seed_org
+
+NEW_PASSWORD = "un autre mot de passe"
+
+
+def _cli(settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, MIROIR_DASH_SITE=settings.site,
+               MIROIR_DASH_DB_PATH=str(settings.db_path))
+    return subprocess.run([sys.executable, "-m", "miroir", "dashboard", "user", *args], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def _logs_in(c: httpx.Client, user: str, password: str) -> bool:
+    """Whether the password step of the login form takes ``user``'s ``password``."""
+    page = c.get("/login")
+    token = csrf_of(page.text)
+    r = c.post("/login", data={"username": user, "password": password, "csrf": token},
+               headers={"cookie": f"__Host-miroir-csrf={token}"})
+    c.cookies.clear()
+    return r.status_code == 303 and not r.headers["location"].startswith("/login?")
+
+
+def _signed_in(c: httpx.Client, session: str) -> bool:
+    r = c.get("/api/me", headers={"cookie": f"__Host-miroir={session}"})
+    c.cookies.clear()
+    return r.status_code == 200
+
+
+def _audit(settings) -> list[tuple[str, str, str]]:
+    db = store.open_db(settings.db_path)
+    try:
+        return [(r[0], r[1], r[2]) for r in db.conn.execute(
+            "SELECT actor, action, detail FROM audit_log WHERE action LIKE 'user_%' ORDER BY id")]
+    finally:
+        db.conn.close()
+
+
+def test_a_disabled_user_is_cut_off_at_once_and_a_reset_enrols_the_authenticator_again(
+        tmp_path: Path) -> None:
+    """There was no way to take a supervisor who left off the dashboard, nor to give a new
+    password or authenticator (a `disabled` column that nothing set): site IT had to edit SQLite.
+    Now `disable` ends the user's open sessions and refuses their login, `enable` gives it back,
+    `reset` sets a new password and drops the TOTP secret (enrolled again at the next login, the
+    old sessions ended); each is audited with who ran it; an unknown name exits 3, nothing
+    changed."""
+    settings = make_settings(tmp_path)
+    org = seed_org(settings)
+    pw = tmp_path / "new-password"
+    pw.write_text(NEW_PASSWORD + "\n")
+    me = os.environ.get("SUDO_USER") or getpass.getuser()
+    with DashboardServer(settings, start_ingest=False) as server, \
+            httpx.Client(base_url=server.url, timeout=10.0) as c:
+        session = http_login(c, "sup-a", USER_PASSWORD, org["secrets"]["sup-a"])
+        other = http_login(c, "sup-b", USER_PASSWORD, org["secrets"]["sup-b"])
+        assert _signed_in(c, session) and _signed_in(c, other)
+
+        out = _cli(settings, "disable", "sup-a")
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "supervisor sup-a disabled; 1 open session(s) ended"
+        assert not _signed_in(c, session), "the disabled user's open session still works"
+        assert not _logs_in(c, "sup-a", USER_PASSWORD), "the disabled user's password logs in"
+        assert _signed_in(c, other), "another user's session was ended"
+        again = _cli(settings, "disable", "sup-a")
+        assert again.returncode == 0 and "was already disabled" in again.stdout
+
+        listing = _cli(settings, "list")
+        assert listing.returncode == 0, listing.stderr
+        lines = {ln.split()[0]: ln.split() for ln in listing.stdout.splitlines()[1:]}
+        assert lines["sup-a"] == ["sup-a", "supervisor", "team-a", "disabled", "enrolled"]
+        assert lines["amina"] == ["amina", "agent", "agent-a1", "active", "-"]
+        assert lines["sup-b"][3] == "active"
+
+        out = _cli(settings, "enable", "sup-a")
+        assert out.returncode == 0 and out.stdout.strip() == "supervisor sup-a enabled"
+        assert _logs_in(c, "sup-a", USER_PASSWORD)
+        session = http_login(c, "sup-a", USER_PASSWORD, org["secrets"]["sup-a"])
+
+        out = _cli(settings, "reset", "sup-a", "--password-file", str(pw))
+        assert out.returncode == 0, out.stderr
+        # the full session, and the one _logs_in left waiting for its code
+        assert "2 open session(s) ended" in out.stdout and "authenticator" in out.stdout
+        assert not _signed_in(c, session)
+        assert not _logs_in(c, "sup-a", USER_PASSWORD), "the old password still logs in"
+        page = c.get("/login")
+        token = csrf_of(page.text)
+        r = c.post("/login", data={"username": "sup-a", "password": NEW_PASSWORD, "csrf": token},
+                   headers={"cookie": f"__Host-miroir-csrf={token}"})
+        c.cookies.clear()
+        assert r.status_code == 303 and r.headers["location"] == "/totp/setup", (
+            "the old authenticator was kept")
+        assert _signed_in(c, http_login(c, "sup-a", NEW_PASSWORD))  # enrols a new secret
+
+        before = _audit(settings)
+        for args in (("disable", "sup-z"), ("enable", "sup-z"),
+                     ("reset", "sup-z", "--password-file", str(pw))):
+            out = _cli(settings, *args)
+            assert out.returncode == 3, (args, out.stderr)
+            assert "no dashboard user 'sup-z'" in out.stderr and "nothing changed" in out.stderr
+            assert len(out.stderr.strip().splitlines()) == 1
+        assert _audit(settings) == before
+    assert [(a, action) for a, action, _ in before] == [
+        (me, "user_disable"), (me, "user_enable"), (me, "user_reset")]
+    assert '"user":"sup-a"' in before[0][2] and '"sessions_ended":1' in before[0][2]
