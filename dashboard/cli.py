@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from miroir.cli import CliError
+from miroir.cli import CliError, ask_secret, read_text_file
 
 UNKNOWN_BOX_EXIT = 3
 """``retire``'s exit code when the dashboard never knew the box (nothing changed): not 2, the code
@@ -46,9 +46,9 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     from dashboard import auth
 
     if args.password_file:
-        password = Path(args.password_file).read_text(encoding="utf-8").rstrip("\r\n")
+        password = read_text_file(args.password_file, "--password-file").rstrip("\r\n")
     else:
-        password = getpass.getpass(f"password for {args.username}: ")
+        password = ask_secret(f"password for {args.username}: ", "password", "--password-file")
     if len(password) < 12:
         raise CliError("the password must be at least 12 characters")
     db = _db(load_settings())
@@ -69,9 +69,11 @@ def cmd_import(args: argparse.Namespace) -> int:
     """Import the site inventory (CSV with columns box, seat, agent, team)."""
     from dashboard import schema
 
-    with open(args.csv, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        rows = [{**row, "line": reader.line_num} for row in reader]
+    reader = csv.DictReader(read_text_file(args.csv).splitlines())  # as enroll-csv reads it
+    rows = [{**row, "line": reader.line_num} for row in reader]
+    if "box" not in (reader.fieldnames or ()):
+        raise CliError(f"{args.csv}: no box column (its first line names the columns: box, "
+                       "seat, agent, team)")
     settings = load_settings()
     db = _db(settings)
     try:

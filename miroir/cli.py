@@ -36,6 +36,44 @@ class CliError(Exception):
         self.exit_code = exit_code
 
 
+def read_text_file(path: str | os.PathLike[str], option: str | None = None) -> str:
+    """A text file the command line names, UTF-8 (a spreadsheet's byte-order mark dropped), or a
+    one-line :class:`CliError` saying why it cannot be read (``option`` names it: "--password-file")."""
+    where = f"{option} {path}" if option else str(path)
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise CliError(f"{where}: no such file") from None
+    except IsADirectoryError:
+        raise CliError(f"{where}: is a directory, not a file") from None
+    except UnicodeDecodeError as exc:
+        raise CliError(f"{where}: not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:  # no permission, a path through a file
+        raise CliError(f"{where}: cannot read ({exc.strerror or exc})") from None
+
+
+def ask_secret(prompt: str, what: str, option: str) -> str:
+    """A secret typed on the terminal (not echoed); with no terminal (a cron job, ssh without
+    -t), the first line piped in; a one-line :class:`CliError` naming ``option`` when there is
+    neither."""
+    import getpass
+
+    try:
+        with open("/dev/tty"):  # where getpass asks
+            pass
+    except OSError:  # none: getpass would warn of echo, prompt, then fail on an empty input
+        line = sys.stdin.readline() if sys.stdin is not None else ""
+        if line.rstrip("\r\n"):
+            return line.rstrip("\r\n")
+    else:
+        try:
+            return getpass.getpass(prompt)
+        except EOFError:  # Ctrl-D
+            pass
+    raise CliError(f"no {what} given (no terminal to ask on, nor one piped in): give it in a "
+                   f"file, {option} FILE")
+
+
 def _split_hint(free_mb: float | None, seconds: float) -> str:
     """How to cut a recording of ``seconds`` into parts that fit in ``free_mb`` (MB; if None,
     halves)."""

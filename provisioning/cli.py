@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import functools
-import getpass
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from miroir.cli import CliError
+from miroir.cli import CliError, ask_secret, read_text_file
 
 if TYPE_CHECKING:
     from provisioning.inventory import Enrolment
@@ -33,9 +32,9 @@ def _reload(args: argparse.Namespace) -> Reload:
 
 def _passphrase(args: argparse.Namespace, confirm: bool) -> str:
     if args.passphrase_file:
-        return Path(args.passphrase_file).read_text(encoding="utf-8").rstrip("\r\n")
-    first = getpass.getpass("backup passphrase: ")
-    if confirm and getpass.getpass("again: ") != first:
+        return read_text_file(args.passphrase_file, "--passphrase-file").rstrip("\r\n")
+    first = ask_secret("backup passphrase: ", "passphrase", "--passphrase-file")
+    if confirm and ask_secret("again: ", "passphrase", "--passphrase-file") != first:
         raise CliError("the two passphrases differ")
     return first
 

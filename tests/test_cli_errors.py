@@ -1,0 +1,96 @@
+"""Files and secrets the commands read, as site IT gives them: a missing or unreadable file, a
+spreadsheet's CSV, no terminal to type a password on. Real processes: one line, exit 2, no
+traceback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from provisioning.broker import new_site_dir
+
+
+def _miroir(args: list[str], tmp: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """``miroir ARGS`` in its own session (no terminal to ask on, as under cron), stdin empty."""
+    base = {k: v for k, v in os.environ.items() if not k.upper().startswith("MIROIR_DASH_")}
+    dash = {"MIROIR_DASH_SITE": "paris-1", "MIROIR_DASH_DB_PATH": str(tmp / "dashboard.sqlite")}
+    return subprocess.run([sys.executable, "-m", "miroir", *args], env={**base, **dash, **env},
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+                          start_new_session=True, check=False)
+
+
+def _one_line_error(done: subprocess.CompletedProcess[str], *said: str) -> None:
+    """Exit 2 and one `miroir: error:` line on stderr after the log, holding each of ``said``."""
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    *before, last = done.stderr.strip().splitlines()
+    assert last.startswith("miroir: error: "), done.stderr[-3000:]
+    assert not any("error" in line for line in before), done.stderr[-3000:]
+    for text in said:
+        assert text in last, (text, last)
+
+
+def test_the_dashboard_imports_the_csv_a_spreadsheet_writes_and_names_a_bad_file(
+        tmp_path: Path) -> None:
+    """`miroir dashboard import` of a missing file, a folder or a file not in UTF-8 gave a
+    traceback (FileNotFoundError, IsADirectoryError, UnicodeDecodeError; exit 1), and the same
+    floor saved by a spreadsheet as "CSV UTF-8" (a byte-order mark first), which `miroir provision
+    enroll-csv` takes, was refused as "floor.csv: 'box'". The file is read as enroll-csv reads it;
+    a bad one is one line naming it, as enroll-csv's are."""
+    floor = tmp_path / "floor.csv"
+    floor.write_bytes("\ufeffbox,seat,agent,team\r\nbox-001,A-01,priya,north\r\n".encode())
+    done = _miroir(["dashboard", "import", str(floor)], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "imported 1 seats"
+    latin = tmp_path / "latin1.csv"
+    latin.write_bytes("box,seat,agent,team\nbox-002,Sévigné,,\n".encode("latin-1"))
+    nobox = tmp_path / "nobox.csv"
+    nobox.write_text("seat,agent,team\nA-01,priya,north\n")
+    for path, said in ((tmp_path / "missing.csv", "no such file"),
+                       (tmp_path, "is a directory"),
+                       (latin, "not UTF-8 text"),
+                       (nobox, "no box column")):
+        _one_line_error(_miroir(["dashboard", "import", str(path)], tmp_path), str(path), said)
+
+
+def test_a_password_or_passphrase_file_missing_or_no_terminal_to_ask_on_is_one_line(
+        tmp_path: Path) -> None:
+    """`dashboard user add --password-file` of a missing file gave a FileNotFoundError traceback,
+    exit 1; with no file and no terminal (a cron job, a script's ssh without -t), `dashboard user
+    add`, `provision backup` and `provision restore` gave an EOFError traceback from getpass, exit
+    1; a missing `--passphrase-file` read "[Errno 2] No such file or directory: '...'". Each is now
+    one line naming what to give; exit 2."""
+    site = new_site_dir()  # one the broker's user can reach, as site-init wants
+    try:
+        done = _miroir(["provision", "site-init", "--site-dir", str(site), "--site", "paris-1",
+                        "--broker-host", "localhost"], tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        _no_secret_no_traceback(site, tmp_path)
+    finally:
+        shutil.rmtree(site)
+
+
+def _no_secret_no_traceback(site: Path, tmp_path: Path) -> None:
+    """Each way of giving no usable password or passphrase, on the real commands."""
+    missing = tmp_path / "nothing-here"
+    backup = tmp_path / "site.bak"
+    cases = [
+        (["dashboard", "user", "add", "tech", "--role", "it", "--password-file", str(missing)],
+         [f"--password-file {missing}: no such file"]),
+        (["dashboard", "user", "add", "tech", "--role", "it", "--password-file", str(tmp_path)],
+         [f"--password-file {tmp_path}: is a directory"]),
+        (["dashboard", "user", "add", "tech", "--role", "it"],
+         ["no password", "--password-file FILE"]),
+        (["provision", "backup", str(backup), "--site-dir", str(site), "--passphrase-file",
+          str(missing)], [f"--passphrase-file {missing}: no such file"]),
+        (["provision", "backup", str(backup), "--site-dir", str(site)],
+         ["no passphrase", "--passphrase-file FILE"]),
+        (["provision", "restore", str(backup), "--site-dir", str(tmp_path / "new")],
+         ["no passphrase", "--passphrase-file FILE"]),
+    ]
+    for args, said in cases:
+        _one_line_error(_miroir(args, tmp_path), *said)
+    assert not backup.exists() and not (tmp_path / "new").exists()
