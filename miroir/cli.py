@@ -6,6 +6,7 @@ Heavy modules are imported inside each command, so ``miroir --help`` works on an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -563,7 +564,9 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         print(f"miroir: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or a command's own stop (SIGTERM, a closed terminal)
+        with contextlib.suppress(OSError):  # a terminal that hung up cannot be written to
+            print("miroir: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `miroir analyze --json | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -370,3 +370,37 @@ def test_a_recording_too_long_for_the_memory_is_refused_at_once(tmp_path):
     assert len(lines) == 1 and "Traceback" not in proc.stderr, lines
     assert lines[0].startswith("miroir: error: 37.3 h of audio needs about 56"), lines
     assert "trim 0 " in lines[0] and proc.stdout == ""
+
+
+def test_ctrl_c_during_a_long_analysis_stops_it_at_once_and_says_so(tmp_path):
+    """Ctrl-C once the analysis of 20 minutes of two headsets has reported its first 10: it
+    stopped within 0.05 s with status 130 but said nothing at all, the last line on the terminal
+    being the progress report ("analysed 10.0 of 20.0 min of audio"), as if the analysis had
+    finished without output. It says it was interrupted; no traceback, no result, no file left."""
+    import os
+    import signal
+
+    near, far = _looped_pair(tmp_path, 20)
+    before = sorted(tmp_path.iterdir())
+    proc = subprocess.Popen([sys.executable, "-m", "miroir", "analyze", str(near), "--far",
+                             str(far)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True,  # its own group, as a terminal's job
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert proc.stderr is not None
+    try:
+        lines = []
+        for line in proc.stderr:  # the analysis is under way, half done
+            lines.append(line)
+            if "analysed 10.0 of 20.0 min of audio" in line:
+                break
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        out, rest = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = "".join(lines) + rest
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1] == "miroir: interrupted", err[-2000:]
+    assert out == "" and sorted(tmp_path.iterdir()) == before
