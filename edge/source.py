@@ -4,7 +4,9 @@ ever written."""
 from __future__ import annotations
 
 import logging
+import stat
 import struct
+import threading
 import time
 import wave
 from collections.abc import Iterable, Iterator
@@ -198,8 +200,29 @@ class WavStream:
         self._wf.close()
 
 
+PIPE_NOTICE_S = 1.0
+"""A named pipe nothing writes to yet is said to be waited on after this many seconds."""
+
+
+def _waiting_notice(path: Path) -> threading.Timer | None:
+    """For a named pipe (opening it waits for a writer), a started timer that says so unless
+    cancelled first; None for anything else."""
+    try:
+        if not stat.S_ISFIFO(path.stat().st_mode):
+            return None
+    except OSError:  # missing: the open below says so
+        return None
+    timer = threading.Timer(PIPE_NOTICE_S, log.warning, (
+        "%s: a named pipe that nothing writes to yet: waiting for a writer (Ctrl-C stops)", path))
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 def _open_wav(path: Path) -> _WaveReader:
-    """Open a WAV file's header, with a one-line :class:`AudioInputError` for what cannot be read."""
+    """Open a WAV file's header, with a one-line :class:`AudioInputError` for what cannot be read
+    (a named pipe is waited on, with a notice when no writer comes within :data:`PIPE_NOTICE_S`)."""
+    notice = _waiting_notice(path)
     try:
         return _WaveReader(str(path))
     except FileNotFoundError:
@@ -217,6 +240,9 @@ def _open_wav(path: Path) -> _WaveReader:
         raise AudioInputError(f"{path}: not a readable PCM WAV file ({why})") from None
     except OSError as exc:  # no permission, a path through a file
         raise AudioInputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    finally:
+        if notice is not None:
+            notice.cancel()
 
 
 def _resample_stream(from_hz: int, to_hz: int = RATE_HZ) -> Any:

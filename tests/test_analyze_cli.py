@@ -404,3 +404,46 @@ def test_ctrl_c_during_a_long_analysis_stops_it_at_once_and_says_so(tmp_path):
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
     assert err.strip().splitlines()[-1] == "miroir: interrupted", err[-2000:]
     assert out == "" and sorted(tmp_path.iterdir()) == before
+
+
+def test_a_named_pipe_is_waited_on_with_a_notice_and_read_when_written(tmp_path):
+    """`miroir analyze p.wav` of a named pipe nothing wrote to yet sat silent for ever (its open
+    waits for a writer: a mistyped path into a FIFO, or the writer not started). It says it waits;
+    what a writer then sends is analysed (`sox call.wav -t wav p.wav`), and Ctrl-C stops a wait
+    that nothing ends."""
+    import os
+    import select
+    import signal
+
+    clip = SHARED / "emodb" / "wav" / "03a01Fa.wav"
+    pipe = tmp_path / "p.wav"
+    os.mkfifo(pipe)
+    for write in (True, False):
+        proc = subprocess.Popen([sys.executable, "-m", "miroir", "analyze", str(pipe)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        assert proc.stderr is not None
+        try:
+            # the notice, before anything is written (it came never: 30 s is a stuck command)
+            assert select.select([proc.stderr], [], [], 30)[0], "no notice within 30 s"
+            first = proc.stderr.readline()
+            assert first.rstrip().endswith(f"WARNING edge.source: {pipe}: a named pipe that "
+                                           "nothing writes to yet: waiting for a writer (Ctrl-C "
+                                           "stops)"), first
+            if write:
+                pipe.write_bytes(clip.read_bytes())
+            else:
+                os.killpg(proc.pid, signal.SIGINT)
+            out, rest = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if write:
+            assert proc.returncode == 0, rest
+            assert out.startswith("duration: 2.0 s\nagent (near): speech "), out
+        else:
+            assert proc.returncode == 130, rest
+            assert rest.strip().splitlines()[-1] == "miroir: interrupted", rest
+        assert "Traceback" not in rest, rest
