@@ -78,9 +78,20 @@ _SUBFORMAT_TAIL = bytes.fromhex("000000001000800000aa00389b71")
 """The GUID of an extensible WAV's subformat after its first two bytes (the format tag)."""
 
 
+STREAMED_DATA_BYTES = (0xFFFFFFFF, 0x7FFFF000)
+"""Data chunk sizes that a writer which cannot go back to its header leaves there, not a length:
+the largest (ffmpeg and most streaming writers) and sox's, writing to a pipe."""
+
+
 class _WaveReader(wave.Wave_read):
     """Python's WAV reader, also for PCM in the extensible format (sox and ffmpeg write 24- and
     32-bit PCM that way; Python's own reader takes it only from 3.12)."""
+
+    @property
+    def length_unset(self) -> bool:
+        """The header's data size is a streaming writer's placeholder (the file is read to its
+        end), not a length the file may fall short of."""
+        return int(self._data_chunk.chunksize) in STREAMED_DATA_BYTES  # type: ignore[attr-defined]
 
     def _read_fmt_chunk(self, chunk: Any) -> None:
         fmt = chunk.read(40)
@@ -177,7 +188,7 @@ class WavStream:
         return _pcm(raw[: whole * self._width], self._width)
 
     def _warn_cut_short(self, held: int) -> None:
-        if held < self._header_frames:
+        if held < self._header_frames and (held == 0 or not self._wf.length_unset):
             log.warning("%s: cut short: its header says %d samples, it holds %d; reading those",
                         self.path, self._header_frames, held)
 

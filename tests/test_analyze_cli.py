@@ -447,3 +447,31 @@ def test_a_named_pipe_is_waited_on_with_a_notice_and_read_when_written(tmp_path)
             assert proc.returncode == 130, rest
             assert rest.strip().splitlines()[-1] == "miroir: interrupted", rest
         assert "Traceback" not in rest, rest
+
+
+def test_a_wav_written_through_a_pipe_is_whole_not_cut_short(tmp_path):
+    """A WAV whose writer could not go back to its header (`sox clip.wav -t wav - trim 0 2 |
+    cat > f.wav` leaves 0x7FFFF000 as its data size, ffmpeg and most streaming writers 0xFFFFFFFF) was
+    read whole, but warned "cut short: its header says 1073739776 samples, it holds 32000"
+    (2147483647 for 0xFFFFFFFF): a complete recording reported as damaged. Read the same, without
+    the warning; a header that gives a real length the file falls short of is still warned of."""
+    clip = SHARED / "emodb" / "wav" / "03a01Fa.wav"
+    piped = tmp_path / "piped.wav"
+    piped.write_bytes(subprocess.run(["sox", str(clip), "-t", "wav", "-", "trim", "0", "2"],
+                                     capture_output=True, check=True, timeout=60).stdout)
+    raw = clip.read_bytes()
+    at = raw.index(b"data")
+    assert struct.unpack_from("<I", piped.read_bytes(), at + 4)[0] == 0x7FFFF000
+    streamed = tmp_path / "streamed.wav"  # RIFF and data sizes both left at 0xFFFFFFFF
+    streamed.write_bytes(raw[:4] + b"\xff" * 4 + raw[8:at + 4] + b"\xff" * 4 + raw[at + 8:])
+    longer = tmp_path / "longer.wav"  # a real length, ten times what the file holds
+    longer.write_bytes(raw[:at + 4] + struct.pack("<I", 10 * (len(raw) - at - 8)) + raw[at + 8:])
+    ref = miroir("analyze", str(clip), "--json")
+    assert ref.returncode == 0, ref.stderr
+    want = json.loads(ref.stdout)
+    for path, warned in ((piped, False), (streamed, False), (longer, True)):
+        proc = miroir("analyze", str(path), "--json")
+        assert proc.returncode == 0, proc.stderr
+        assert ("cut short" in proc.stderr) is warned, (path.name, proc.stderr)
+        got = json.loads(proc.stdout)
+        assert got["duration_s"] == 2.0 and got["call"] == want["call"], path.name
