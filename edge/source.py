@@ -138,8 +138,9 @@ class WavStream:
             self._check_header(notice)
             self._first = self._read(self._block_frames)
             if not len(self._first):
-                self._warn_cut_short(0)
-                raise AudioInputError(f"{path}: holds no audio")
+                said = f" (its header says {self._header_frames} samples: cut short)" \
+                    if self._header_frames and not self._wf.length_unset else ""
+                raise AudioInputError(f"{path}: holds no audio{said}")
         except BaseException:
             self._wf.close()
             raise

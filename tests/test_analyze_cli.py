@@ -89,6 +89,8 @@ def test_other_rates_resampled_with_a_notice(tmp_path, rate_hz):
     ("40bit", "40-bit samples, expected 8-, 16-, 24- or 32-bit PCM"),
     ("rate", "sample rate 4000 Hz"),
     ("empty", "holds no audio"),
+    # its header says 1 s of audio, none follows: the error said so after a warning line
+    ("header_only", "holds no audio (its header says 16000 samples: cut short)"),
     ("zero_bytes", "empty, or cut short in its header"),
     ("extensible_float", "float samples; convert them first"),
     ("alaw", "A-law samples (G.711, a phone system's recording); convert them first"),
@@ -122,6 +124,8 @@ def test_bad_input_one_line_error(tmp_path, case, message):
         _write_wav(path, one_s, 4000)
     elif case == "empty":
         _write_wav(path, np.zeros(0, dtype="<i2"), 16000)
+    elif case == "header_only":
+        path.write_bytes(_write_wav(tmp_path / "one_s.wav", one_s, 16000).read_bytes()[:44])
     elif case == "zero_bytes":
         path.write_bytes(b"")
     elif case in ("alaw", "mulaw"):  # as a PBX records calls, written by sox
