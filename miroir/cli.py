@@ -552,6 +552,13 @@ def _log_stream() -> TextIO:
         return sys.stderr
 
 
+def _is_model_error(exc: BaseException) -> bool:
+    """A model file missing or damaged (:class:`models.build.ModelError`, which says how to build
+    it), from whichever command loaded it; the module is not imported for the check."""
+    build = sys.modules.get("models.build")
+    return build is not None and isinstance(exc, build.ModelError)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``miroir`` command."""
     args = build_parser().parse_args(argv)
@@ -571,6 +578,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `miroir analyze --json | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except Exception as exc:  # (after BrokenPipeError, which is one)
+        if not _is_model_error(exc):
+            raise
+        print(f"miroir: error: {exc}", file=sys.stderr)  # it says which command builds it
+        return 2
 
 
 if __name__ == "__main__":

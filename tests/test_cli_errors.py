@@ -94,3 +94,18 @@ def _no_secret_no_traceback(site: Path, tmp_path: Path) -> None:
     for args, said in cases:
         _one_line_error(_miroir(args, tmp_path), *said)
     assert not backup.exists() and not (tmp_path / "new").exists()
+
+
+def test_a_model_file_not_built_is_one_line_naming_the_command_that_builds_it(
+        tmp_path: Path) -> None:
+    """With the model files not built (an install without `miroir models build`), `miroir bench
+    edge`, `bench vad` and `bench accuracy` ended in a traceback, exit 1, whose last line held
+    the advice ("models.build.ModelError: model file .../silero_vad.onnx is missing: run `miroir
+    models build --force`"). That advice is now the one line, exit 2."""
+    empty = tmp_path / "models"
+    empty.mkdir()
+    for args in (["bench", "edge", "--seconds", "5", "--repeats", "1"],
+                 ["bench", "vad", "--repeats", "1"], ["bench", "accuracy"]):
+        _one_line_error(_miroir(args, tmp_path, MIROIR_MODELS_DIR=str(empty)),
+                        f"model file {empty / 'silero_vad.onnx'} is missing: run `miroir models "
+                        "build --force`")
