@@ -53,6 +53,14 @@ def read_text_file(path: str | os.PathLike[str], option: str | None = None) -> s
         raise CliError(f"{where}: cannot read ({exc.strerror or exc})") from None
 
 
+def os_error_text(exc: OSError) -> str:
+    """A system error as one line: the path (both, for a rename) and the reason, without the
+    errno Python puts first ("[Errno 17] File exists: 'x'" reads "x: File exists")."""
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    reason = exc.strerror or str(exc)
+    return f"{' -> '.join(paths)}: {reason}" if paths else reason
+
+
 def ask_secret(prompt: str, what: str, option: str) -> str:
     """A secret typed on the terminal (not echoed); with no terminal (a cron job, ssh without
     -t), the first line piped in; a one-line :class:`CliError` naming ``option`` when there is
@@ -578,6 +586,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `miroir analyze --json | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as exc:  # a path that is no folder, no room, no permission: not a bug
+        log.debug("%s in full", type(exc).__name__, exc_info=True)
+        print(f"miroir: error: {os_error_text(exc)}", file=sys.stderr)
+        return 2
     except Exception as exc:  # (after BrokenPipeError, which is one)
         if not _is_model_error(exc):
             raise

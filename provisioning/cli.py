@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from miroir.cli import CliError, ask_secret, read_text_file
+from miroir.cli import CliError, ask_secret, os_error_text, read_text_file
 
 if TYPE_CHECKING:
     from provisioning.inventory import Enrolment
@@ -232,8 +232,10 @@ def _plain_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[[arg
             return handler(args)
         except BrokenPipeError:
             raise
-        except (SiteError, InventoryError, BrokerError, OSError) as exc:
+        except (SiteError, InventoryError, BrokerError) as exc:
             raise CliError(str(exc)) from None
+        except OSError as exc:
+            raise CliError(os_error_text(exc)) from None
     return run
 
 

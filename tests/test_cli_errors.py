@@ -109,3 +109,22 @@ def test_a_model_file_not_built_is_one_line_naming_the_command_that_builds_it(
         _one_line_error(_miroir(args, tmp_path, MIROIR_MODELS_DIR=str(empty)),
                         f"model file {empty / 'silero_vad.onnx'} is missing: run `miroir models "
                         "build --force`")
+
+
+def test_a_folder_option_given_a_file_is_one_line(tmp_path: Path) -> None:
+    """A folder option given the path of a file (`demo --workdir`, `bench ingest --pki-dir`,
+    `models train affect --out`, the last after 25 s of training) ended in a FileExistsError
+    traceback from mkdir, exit 1, and
+    `provision enroll-csv` of a folder said "[Errno 21] Is a directory: 'x'". A system error
+    that reaches the command line is one line naming the path and the reason, exit 2 (the
+    traceback is still logged with -v); the training's folder is checked before it trains."""
+    taken = tmp_path / "a-file"
+    taken.write_text("not a folder\n")
+    for args in (["demo", "--workdir", str(taken), "--seconds", "1", "--json"],
+                 ["bench", "ingest", "--pki-dir", str(taken), "--boxes", "1", "--duration", "1"],
+                 ["models", "train", "affect", "--out", str(taken)]):
+        _one_line_error(_miroir(args, tmp_path), f"{taken}: File exists")
+    _one_line_error(_miroir(["provision", "enroll-csv", str(tmp_path), "--site-dir",
+                             str(tmp_path)], tmp_path), f"{tmp_path}: Is a directory")
+    verbose = _miroir(["-v", "models", "train", "affect", "--out", str(taken)], tmp_path)
+    assert verbose.returncode == 2 and "FileExistsError" in verbose.stderr, verbose.stderr[-3000:]
