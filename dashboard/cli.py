@@ -31,12 +31,27 @@ def load_settings() -> Any:
         raise CliError("\nmiroir: error: ".join(exc.lines)) from None
 
 
+def db_error(path: str | Path, exc: sqlite3.Error) -> CliError:
+    """The dashboard's database that SQLite cannot open, as one line naming the setting."""
+    path = Path(path)
+    if not path.parent.is_dir():  # SQLite says "unable to open database file" for these two
+        why = f"no folder {path.parent}"
+    elif path.is_dir():
+        why = "a folder, not a file"
+    else:
+        why = str(exc)
+    return CliError(f"MIROIR_DASH_DB_PATH: cannot open {path} as the dashboard's database ({why})")
+
+
 def _db(settings: Any) -> Any:
     from dashboard import analytics, schema
     from dashboard import db as store
 
-    db = store.open_db(settings.db_path)
-    schema.ensure_schema(db)
+    try:
+        db = store.open_db(settings.db_path)
+        schema.ensure_schema(db)
+    except sqlite3.Error as exc:
+        raise db_error(settings.db_path, exc) from None
     analytics.store_day_start(db, settings.day_start_utc_h)  # `purge` rolls days up
     return db
 

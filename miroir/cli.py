@@ -343,14 +343,18 @@ def cmd_edge_devices(args: argparse.Namespace) -> int:
 
 def cmd_dashboard_serve(args: argparse.Namespace) -> int:
     """Serve the supervisor dashboard (settings from MIROIR_DASH_* environment variables)."""
+    import sqlite3
+
     from dashboard.app import serve
-    from dashboard.cli import load_settings
+    from dashboard.cli import db_error, load_settings
 
     settings = load_settings()
     try:
         serve(settings)
     except (ValueError, OSError) as exc:
         raise CliError(f"dashboard: {exc}") from None
+    except sqlite3.Error as exc:  # opened before anything is served
+        raise db_error(settings.db_path, exc) from None
     return 0
 
 

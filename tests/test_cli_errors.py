@@ -128,3 +128,39 @@ def test_a_folder_option_given_a_file_is_one_line(tmp_path: Path) -> None:
                              str(tmp_path)], tmp_path), f"{tmp_path}: Is a directory")
     verbose = _miroir(["-v", "models", "train", "affect", "--out", str(taken)], tmp_path)
     assert verbose.returncode == 2 and "FileExistsError" in verbose.stderr, verbose.stderr[-3000:]
+
+
+def test_a_dashboard_database_path_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
+    """`MIROIR_DASH_DB_PATH` in a folder that does not exist (a typo in dashboard.env), naming a
+    folder, or naming a file that is no database: `dashboard serve`, `user add`, `import`,
+    `retire` and `purge` each ended in a sqlite3 traceback ("unable to open database file",
+    "file is not a database"), exit 1. One line naming the variable, the path and why; exit 2;
+    nothing created."""
+    site = new_site_dir()
+    try:
+        done = _miroir(["provision", "site-init", "--site-dir", str(site), "--site", "paris-1",
+                        "--broker-host", "localhost"], tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        mqtt = {"MIROIR_DASH_MQTT_CA": str(site / "ca" / "cert.pem"),
+                "MIROIR_DASH_MQTT_CERT": str(site / "dashboard" / "cert.pem"),
+                "MIROIR_DASH_MQTT_KEY": str(site / "dashboard" / "key.pem")}
+        (tmp_path / "password").write_text("a long enough password\n")
+        (tmp_path / "floor.csv").write_text("box,seat,agent,team\nbox-001,A-01,priya,north\n")
+        not_db = tmp_path / "notes.txt"
+        not_db.write_text("these are not the droids\n" * 100)
+        commands = [["dashboard", "serve"],
+                    ["dashboard", "user", "add", "tech", "--role", "it", "--password-file",
+                     str(tmp_path / "password")],
+                    ["dashboard", "import", str(tmp_path / "floor.csv")],
+                    ["dashboard", "retire", "box-001"], ["dashboard", "purge"]]
+        for path, why in ((tmp_path / "typo" / "dashboard.sqlite", f"no folder {tmp_path / 'typo'}"),
+                          (tmp_path, "a folder, not a file"),
+                          (not_db, "file is not a database")):
+            for args in commands:
+                _one_line_error(_miroir(args, tmp_path, MIROIR_DASH_DB_PATH=str(path), **mqtt),
+                                f"MIROIR_DASH_DB_PATH: cannot open {path} as the dashboard's "
+                                f"database ({why})")
+        assert not (tmp_path / "typo").exists()
+        assert not_db.read_text() == "these are not the droids\n" * 100
+    finally:
+        shutil.rmtree(site)
