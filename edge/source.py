@@ -4,6 +4,7 @@ ever written."""
 from __future__ import annotations
 
 import logging
+import os
 import stat
 import struct
 import threading
@@ -170,13 +171,18 @@ class WavStream:
             self._resampler = _resample_stream(self.source_rate_hz)
 
     @property
-    def expected_s(self) -> float:
-        """The recording's length as its header says (at most what the file can hold), seconds."""
+    def expected_s(self) -> float | None:
+        """The recording's length as its header says (at most what a file on disk holds),
+        seconds; None when nothing says it (a pipe whose writer left no length in the header)."""
         try:
-            fits = self.path.stat().st_size // self._width
+            info: os.stat_result | None = self.path.stat()
         except OSError:
-            fits = self._header_frames
-        return min(self._header_frames, fits) / self.source_rate_hz
+            info = None
+        if info is not None and stat.S_ISREG(info.st_mode):
+            return min(self._header_frames, info.st_size // self._width) / self.source_rate_hz
+        if self._wf.length_unset:  # a pipe or a device has no size to bound it
+            return None
+        return self._header_frames / self.source_rate_hz
 
     def _read(self, frames: int) -> np.ndarray:
         """Up to ``frames`` samples at the file's rate (fewer at its end)."""

@@ -203,15 +203,18 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             raise CliError(f"--affect: the campaign {args.campaign} does not disclose emotion "
                            "recognition to the prospect ([affect] disclosed = true), so a box "
                            "keeps the model off for its calls")
-    expected_s = max(near.expected_s, far.expected_s if far else 0.0)
-    if far is not None and abs(near.expected_s - far.expected_s) >= UNEVEN_FILES_S:
-        short = "agent" if near.expected_s < far.expected_s else "line"
+    near_s, far_s = near.expected_s, far.expected_s if far else 0.0
+    # None: a pipe's writer left no length (the progress then gives no total)
+    expected_s = None if near_s is None or far_s is None else max(near_s, far_s)
+    if far is not None and near_s is not None and far_s is not None \
+            and abs(near_s - far_s) >= UNEVEN_FILES_S:
+        short = "agent" if near_s < far_s else "line"
         log.warning("the agent file lasts %.1f s and the line file %.1f s: past its end the %s "
                     "channel is read as digital silence, that is as no signal (give both channels "
-                    "of the same call, from the same start)", near.expected_s, far.expected_s, short)
-    need_mb = ANALYZE_BASE_MB + ANALYZE_MB_PER_HOUR * expected_s / 3600.0
+                    "of the same call, from the same start)", near_s, far_s, short)
+    need_mb = ANALYZE_BASE_MB + ANALYZE_MB_PER_HOUR * (expected_s or 0.0) / 3600.0
     free_mb = _memory_free_mb()
-    if free_mb is not None and need_mb > free_mb:  # refused at once, not after hours of work
+    if expected_s is not None and free_mb is not None and need_mb > free_mb:  # at once, not hours on
         raise CliError(f"{expected_s / 3600.0:.1f} h of audio needs about {need_mb:.0f} MB to "
                        f"analyse and {free_mb:.0f} MB is free; {_split_hint(free_mb, expected_s)}")
     try:  # the files are read a second at a time, never whole
@@ -221,8 +224,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     except AudioInputError as exc:  # a read that failed midway
         raise CliError(str(exc)) from None
     except MemoryError:
-        raise CliError(f"out of memory analysing {expected_s / 3600.0:.1f} h of audio (about "
-                       f"{ANALYZE_MB_PER_HOUR:.0f} MB per hour); {_split_hint(None, expected_s)}") from None
+        length = "a recording" if expected_s is None else f"{expected_s / 3600.0:.1f} h of audio"
+        raise CliError(f"out of memory analysing {length} (about {ANALYZE_MB_PER_HOUR:.0f} MB per "
+                       f"hour); {_split_hint(None, expected_s or 7200.0)}") from None
     result["files"] = {"near": str(args.near), "far": str(args.far) if args.far else None}
     from edge.quality import QualityConfig
 

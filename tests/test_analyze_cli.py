@@ -479,3 +479,44 @@ def test_a_wav_written_through_a_pipe_is_whole_not_cut_short(tmp_path):
         assert ("cut short" in proc.stderr) is warned, (path.name, proc.stderr)
         got = json.loads(proc.stdout)
         assert got["duration_s"] == 2.0 and got["call"] == want["call"], path.name
+
+
+def _through_a_pipe(path: Path, *effect: str) -> subprocess.Popen[bytes]:
+    """sox writing ``path`` as WAV into a pipe, as `<(sox path -t wav -)` gives it to a command
+    (with an effect, sox cannot know the length: its header then gives none)."""
+    return subprocess.Popen(["sox", str(path), "-t", "wav", "-", *effect],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+
+def test_a_recording_given_through_a_pipe_has_its_length_and_its_progress(tmp_path):
+    """`miroir analyze <(sox near.wav -t wav -) --far far.wav`, a minute of two headsets, warned
+    "the agent file lasts 0.0 s and the line file 60.0 s" (a pipe has no size on disk, and the
+    length was capped by it), and 11 minutes through a pipe never said how far they had got (the
+    10-minute report compared with that 0 s). The header's length is taken for a pipe, none when
+    the writer left none, and the progress is reported either way."""
+    headsets = SHARED / "ami-headsets"
+    sox = _through_a_pipe(headsets / "source0.wav")
+    assert sox.stdout is not None
+    fd = sox.stdout.fileno()
+    proc = subprocess.run([sys.executable, "-m", "miroir", "analyze", f"/dev/fd/{fd}", "--far",
+                           str(headsets / "source1.wav"), "--json"], pass_fds=(fd,),
+                          capture_output=True, text=True, timeout=120, check=False)
+    sox.stdout.close()
+    sox.wait(timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "lasts" not in proc.stderr, proc.stderr
+    assert json.loads(proc.stdout)["duration_s"] == 60.0
+    near, _ = _looped_pair(tmp_path, 11)
+    for effect, total in (((), " of 11.0"), (("trim", "0"), "")):  # a length given, and none
+        sox = _through_a_pipe(near, *effect)
+        assert sox.stdout is not None
+        fd = sox.stdout.fileno()
+        proc = subprocess.run([sys.executable, "-m", "miroir", "analyze", f"/dev/fd/{fd}"],
+                              pass_fds=(fd,), capture_output=True, text=True, timeout=300,
+                              check=False)
+        sox.stdout.close()
+        sox.wait(timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert f"INFO edge.pipeline: analysed 10.0{total} min of audio\n" in proc.stderr, \
+            (effect, proc.stderr)
+        assert "cut short" not in proc.stderr and proc.stdout.startswith("duration: 660.0 s\n")
