@@ -60,13 +60,14 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     """Add a dashboard user (password read from a file or asked on the terminal)."""
     from dashboard import auth
 
+    settings = load_settings()  # before the password is typed: nothing to add it to else
     if args.password_file:
         password = read_text_file(args.password_file, "--password-file").rstrip("\r\n")
     else:
         password = ask_secret(f"password for {args.username}: ", "password", "--password-file")
     if len(password) < 12:
         raise CliError("the password must be at least 12 characters")
-    db = _db(load_settings())
+    db = _db(settings)
     try:
         auth.create_user(db, args.username, password, args.role, agent=args.agent,
                          teams=args.team or [], lang=args.lang)

@@ -164,7 +164,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from provisioning.backup import BackupError, backup, dashboard_db
 
     try:
-        out = backup(args.site_dir, args.out, _passphrase(args, confirm=True))
+        out = backup(args.site_dir, args.out, lambda: _passphrase(args, confirm=True))
     except BackupError as exc:
         raise CliError(str(exc)) from None
     print(f"backup written to {out}; keep it and its passphrase apart, off this server")
@@ -194,7 +194,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from provisioning.backup import BackupError, restore, site_changed
 
     try:
-        dest = restore(args.file, args.site_dir, _passphrase(args, confirm=False))
+        dest = restore(args.file, args.site_dir, lambda: _passphrase(args, confirm=False))
     except BackupError as exc:
         raise CliError(str(exc)) from None
     print(f"site restored into {dest}, as it was on {site_changed(dest):%Y-%m-%d %H:%M} UTC: "

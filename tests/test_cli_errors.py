@@ -13,10 +13,13 @@ from pathlib import Path
 from provisioning.broker import new_site_dir
 
 
-def _miroir(args: list[str], tmp: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    """``miroir ARGS`` in its own session (no terminal to ask on, as under cron), stdin empty."""
+def _miroir(args: list[str], tmp: Path, dash_settings: bool = True,
+            **env: str) -> subprocess.CompletedProcess[str]:
+    """``miroir ARGS`` in its own session (no terminal to ask on, as under cron), stdin empty;
+    the dashboard's two required settings given unless ``dash_settings`` is False."""
     base = {k: v for k, v in os.environ.items() if not k.upper().startswith("MIROIR_DASH_")}
     dash = {"MIROIR_DASH_SITE": "paris-1", "MIROIR_DASH_DB_PATH": str(tmp / "dashboard.sqlite")}
+    dash = dash if dash_settings else {}
     return subprocess.run([sys.executable, "-m", "miroir", *args], env={**base, **dash, **env},
                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
                           start_new_session=True, check=False)
@@ -77,6 +80,11 @@ def _no_secret_no_traceback(site: Path, tmp_path: Path) -> None:
     """Each way of giving no usable password or passphrase, on the real commands."""
     missing = tmp_path / "nothing-here"
     backup = tmp_path / "site.bak"
+    good = tmp_path / "good.bak"  # a backup to restore
+    (tmp_path / "passphrase").write_text("a long enough passphrase\n")
+    done = _miroir(["provision", "backup", str(good), "--site-dir", str(site), "--passphrase-file",
+                    str(tmp_path / "passphrase")], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
     cases = [
         (["dashboard", "user", "add", "tech", "--role", "it", "--password-file", str(missing)],
          [f"--password-file {missing}: no such file"]),
@@ -88,7 +96,7 @@ def _no_secret_no_traceback(site: Path, tmp_path: Path) -> None:
           str(missing)], [f"--passphrase-file {missing}: no such file"]),
         (["provision", "backup", str(backup), "--site-dir", str(site)],
          ["no passphrase", "--passphrase-file FILE"]),
-        (["provision", "restore", str(backup), "--site-dir", str(tmp_path / "new")],
+        (["provision", "restore", str(good), "--site-dir", str(tmp_path / "new")],
          ["no passphrase", "--passphrase-file FILE"]),
     ]
     for args, said in cases:
@@ -162,5 +170,45 @@ def test_a_dashboard_database_path_that_cannot_be_opened_is_one_line(tmp_path: P
                                 f"database ({why})")
         assert not (tmp_path / "typo").exists()
         assert not_db.read_text() == "these are not the droids\n" * 100
+    finally:
+        shutil.rmtree(site)
+
+
+def test_what_can_be_checked_is_checked_before_a_secret_is_asked(tmp_path: Path) -> None:
+    """`provision backup` of a folder that is no site asked the passphrase twice, then said "is
+    not a site directory"; `provision restore` of a missing file or into a folder already used
+    asked it, then refused; `dashboard user add` asked the password, then said the dashboard's
+    settings were missing. Run as a script would (no terminal), each said "no passphrase given"
+    or "no password given" instead of the real problem. The secret is asked last."""
+    site = new_site_dir()
+    try:
+        done = _miroir(["provision", "site-init", "--site-dir", str(site), "--site", "paris-1",
+                        "--broker-host", "localhost"], tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        passphrase = tmp_path / "passphrase"
+        passphrase.write_text("a long enough passphrase\n")
+        backup = tmp_path / "site.bak"
+        done = _miroir(["provision", "backup", str(backup), "--site-dir", str(site),
+                        "--passphrase-file", str(passphrase)], tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        used = tmp_path / "used"
+        (used / "something").mkdir(parents=True)
+        cases = [
+            (["provision", "backup", str(tmp_path / "b.bak"), "--site-dir", str(tmp_path)],
+             f"{tmp_path} is not a site directory"),
+            (["provision", "restore", str(tmp_path / "missing.bak"), "--site-dir",
+              str(tmp_path / "new")], f"{tmp_path / 'missing.bak'}: No such file or directory"),
+            (["provision", "restore", str(backup), "--site-dir", str(used)],
+             f"{used} exists and is not empty"),
+        ]
+        for args, said in cases:
+            _one_line_error(_miroir(args, tmp_path), said)
+        done = _miroir(["dashboard", "user", "add", "tech", "--role", "it"], tmp_path,
+                       dash_settings=False)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.splitlines() == [
+            "miroir: error: MIROIR_DASH_SITE is not set: expected text",
+            "miroir: error: MIROIR_DASH_DB_PATH is not set: expected a file path"], done.stderr
+        assert not (tmp_path / "b.bak").exists() and not (tmp_path / "new").exists()
     finally:
         shutil.rmtree(site)
