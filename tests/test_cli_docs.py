@@ -571,3 +571,24 @@ def test_every_option_of_every_command_is_named_in_the_docs() -> None:
                 wrong.append(f"miroir {' '.join(path)} {option}: README {value}, "
                              f"default {actions[option].default}")
     assert checked >= 10 and not wrong, "\n".join(wrong)
+
+
+def test_every_exit_code_of_its_own_is_in_the_commands_readme_row() -> None:
+    """The README says every command exits 0, 2, 130 or 141, "and the codes a command's row
+    gives of its own"; `miroir edge run` also exits 75 after a `reload` command (for systemd to
+    start it again) and `miroir demo --seconds` 1 when a box did not report or a message was lost,
+    and their rows named neither. Each code a command has of its own is in its row."""
+    from dashboard.cli import UNKNOWN_BOX_EXIT
+    from edge.box import EXIT_RELOAD
+    from edge.cli import EXIT_BROKER_UNREACHABLE, EXIT_REFUSED, EXIT_ROLLED_BACK
+
+    own = {"demo": [1], "edge run": [EXIT_RELOAD], "edge check": [1], "provision expiry": [1],
+           "edge update": [EXIT_REFUSED, EXIT_ROLLED_BACK, EXIT_BROKER_UNREACHABLE],
+           "dashboard retire": [UNKNOWN_BOX_EXIT]}
+    missing = []
+    for command, codes in own.items():
+        row = next(line for line in README.splitlines() if line.startswith(f"| `miroir {command}"))
+        said = " ".join(re.findall(r"\bexits? ([^;|]*)", row))  # each clause giving codes
+        missing += [f"miroir {command}: {code}" for code in codes
+                    if not re.search(rf"(?<![\d.]){code}(?![\d.]| s\b| to\b| or more)", said)]
+    assert not missing, "\n".join(missing)
