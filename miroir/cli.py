@@ -355,8 +355,10 @@ def cmd_dashboard_serve(args: argparse.Namespace) -> int:
     settings = load_settings()
     try:
         serve(settings)
-    except (ValueError, OSError) as exc:
+    except ValueError as exc:
         raise CliError(f"dashboard: {exc}") from None
+    except OSError as exc:
+        raise CliError(f"dashboard: {os_error_text(exc)}") from None
     except sqlite3.Error as exc:  # opened before anything is served
         raise db_error(settings.db_path, exc) from None
     return 0

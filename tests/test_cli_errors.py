@@ -212,3 +212,35 @@ def test_what_can_be_checked_is_checked_before_a_secret_is_asked(tmp_path: Path)
         assert not (tmp_path / "b.bak").exists() and not (tmp_path / "new").exists()
     finally:
         shutil.rmtree(site)
+
+
+def test_a_dashboard_port_already_taken_is_one_line_before_anything_starts(
+        tmp_path: Path) -> None:
+    """`miroir dashboard serve` whose HTTP port another process holds (a second dashboard, a
+    proxy on the same port) migrated the database, created the admin, ran the retention purge,
+    then uvicorn logged "ERROR: [Errno 98] error while attempting to bind ..." and exited 3, a
+    code the README gives no meaning to, with no `miroir: error:` line. The port is bound
+    first: one line naming the address and the variables, exit 2, no database written."""
+    import socket
+
+    site = new_site_dir()
+    holder = socket.socket()
+    try:
+        done = _miroir(["provision", "site-init", "--site-dir", str(site), "--site", "paris-1",
+                        "--broker-host", "localhost"], tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        done = _miroir(["dashboard", "serve"], tmp_path,
+                       MIROIR_DASH_HTTP_HOST="127.0.0.1", MIROIR_DASH_HTTP_PORT=str(port),
+                       MIROIR_DASH_MQTT_CA=str(site / "ca" / "cert.pem"),
+                       MIROIR_DASH_MQTT_CERT=str(site / "dashboard" / "cert.pem"),
+                       MIROIR_DASH_MQTT_KEY=str(site / "dashboard" / "key.pem"),
+                       MIROIR_DASH_ADMIN_PASSWORD_FILE=str(site / "admin-password"))
+        _one_line_error(done, f"cannot listen on 127.0.0.1:{port} (MIROIR_DASH_HTTP_HOST, "
+                              "MIROIR_DASH_HTTP_PORT): Address already in use")
+        assert not (tmp_path / "dashboard.sqlite").exists()
+    finally:
+        holder.close()
+        shutil.rmtree(site)
