@@ -247,12 +247,35 @@ def _uvicorn_config(app: FastAPI, settings: DashboardSettings) -> Any:
                           timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, **tls)
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """The dashboard's HTTP socket, bound before anything else starts.
+
+    Raises:
+        OSError: the address cannot be had (a port another process holds), naming it and its
+            settings; uvicorn, left to bind it, logged its own line and exited 3 after the
+            database, the admin and the purge had run.
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds it
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {host}:{port} (MIROIR_DASH_HTTP_HOST, "
+                                 f"MIROIR_DASH_HTTP_PORT): {exc.strerror}") from None
+    return sock
+
+
 def serve(settings: DashboardSettings) -> None:
     """Run the dashboard (HTTP server and ingest) in this process until interrupted."""
     import uvicorn
 
-    server = uvicorn.Server(_uvicorn_config(create_app(settings), settings))
-    server.run()
+    sock = _listen(settings.http_host, settings.http_port)
+    try:
+        server = uvicorn.Server(_uvicorn_config(create_app(settings), settings))
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
 
 
 class DashboardServer:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from miroir.cli import CliError
+from miroir.cli import CliError, ask_secret, read_text_file
 
 UNKNOWN_BOX_EXIT = 3
 """``retire``'s exit code when the dashboard never knew the box, and the ``user`` commands' when
@@ -32,23 +32,38 @@ def load_settings() -> Any:
         raise CliError("\nmiroir: error: ".join(exc.lines)) from None
 
 
+def db_error(path: str | Path, exc: sqlite3.Error) -> CliError:
+    """The dashboard's database that SQLite cannot open, as one line naming the setting."""
+    path = Path(path)
+    if not path.parent.is_dir():  # SQLite says "unable to open database file" for these two
+        why = f"no folder {path.parent}"
+    elif path.is_dir():
+        why = "a folder, not a file"
+    else:
+        why = str(exc)
+    return CliError(f"MIROIR_DASH_DB_PATH: cannot open {path} as the dashboard's database ({why})")
+
+
 def _db(settings: Any) -> Any:
     from dashboard import analytics, schema
     from dashboard import db as store
 
-    db = store.open_db(settings.db_path)
-    schema.ensure_schema(db)
+    try:
+        db = store.open_db(settings.db_path)
+        schema.ensure_schema(db)
+    except sqlite3.Error as exc:
+        raise db_error(settings.db_path, exc) from None
     analytics.store_day_start(db, settings.day_start_utc_h)  # `purge` rolls days up
     return db
 
 
 def _read_password(args: argparse.Namespace) -> str:
-    """The new password of ``args.username``, from ``--password-file`` or asked on the terminal;
-    a usage error when shorter than 12 characters."""
+    """The new password of ``args.username``, from ``--password-file`` or asked on the terminal
+    (with none, the first line piped in); a usage error when shorter than 12 characters."""
     if args.password_file:
-        password = Path(args.password_file).read_text(encoding="utf-8").rstrip("\r\n")
+        password = read_text_file(args.password_file, "--password-file").rstrip("\r\n")
     else:
-        password = getpass.getpass(f"password for {args.username}: ")
+        password = ask_secret(f"password for {args.username}: ", "password", "--password-file")
     if len(password) < 12:
         raise CliError("the password must be at least 12 characters")
     return password
@@ -58,8 +73,9 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     """Add a dashboard user (password read from a file or asked on the terminal)."""
     from dashboard import auth
 
+    settings = load_settings()  # before the password is typed: nothing to add it to else
     password = _read_password(args)
-    db = _db(load_settings())
+    db = _db(settings)
     try:
         auth.create_user(db, args.username, password, args.role, agent=args.agent,
                          teams=args.team or [], lang=args.lang)
@@ -140,9 +156,12 @@ def cmd_user_reset(args: argparse.Namespace) -> int:
     Exits 0, 3 when there is no such user (nothing changed)."""
     from dashboard import auth
 
-    password = _read_password(args)
     db = _db(load_settings())
     try:
+        if db.conn.execute("SELECT 1 FROM users WHERE username = ?",
+                           (args.username,)).fetchone() is None:
+            raise _unknown_user(args.username)  # before a password is typed for nobody
+        password = _read_password(args)
         out = auth.reset_credentials(db, args.username, password, actor=_actor())
     except KeyError:
         raise _unknown_user(args.username) from None

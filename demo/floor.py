@@ -159,7 +159,7 @@ def _log_end(path: Path) -> str:
         lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:
         lines = []
-    errors = [ln for ln in lines if ln.startswith(("ERROR", "CRITICAL", "Traceback"))
+    errors = [ln for ln in lines if ln.startswith(("ERROR", "CRITICAL", "Traceback", "miroir: error:"))
               or "Error" in ln]
     return (errors or lines or ["(empty)"])[-1][:300]
 
@@ -336,7 +336,7 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], log_path: Path, port: in
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             said = _log_end(log_path)
-            if "address already in use" in said:  # taken since _check_port found it free
+            if "address already in use" in said.lower():  # taken since _check_port found it free
                 owner = _listener(port)
                 raise DemoError(f"port {port} was taken{f' by {owner}' if owner else ''} while the "
                                 "demo started: run it again, or choose another with --port")

@@ -4,7 +4,10 @@ ever written."""
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import struct
+import threading
 import time
 import wave
 from collections.abc import Iterable, Iterator
@@ -76,9 +79,20 @@ _SUBFORMAT_TAIL = bytes.fromhex("000000001000800000aa00389b71")
 """The GUID of an extensible WAV's subformat after its first two bytes (the format tag)."""
 
 
+STREAMED_DATA_BYTES = (0xFFFFFFFF, 0x7FFFF000)
+"""Data chunk sizes that a writer which cannot go back to its header leaves there, not a length:
+the largest (ffmpeg and most streaming writers) and sox's, writing to a pipe."""
+
+
 class _WaveReader(wave.Wave_read):
     """Python's WAV reader, also for PCM in the extensible format (sox and ffmpeg write 24- and
     32-bit PCM that way; Python's own reader takes it only from 3.12)."""
+
+    @property
+    def length_unset(self) -> bool:
+        """The header's data size is a streaming writer's placeholder (the file is read to its
+        end), not a length the file may fall short of."""
+        return int(self._data_chunk.chunksize) in STREAMED_DATA_BYTES  # type: ignore[attr-defined]
 
     def _read_fmt_chunk(self, chunk: Any) -> None:
         fmt = chunk.read(40)
@@ -125,8 +139,9 @@ class WavStream:
             self._check_header(notice)
             self._first = self._read(self._block_frames)
             if not len(self._first):
-                self._warn_cut_short(0)
-                raise AudioInputError(f"{path}: holds no audio")
+                said = f" (its header says {self._header_frames} samples: cut short)" \
+                    if self._header_frames and not self._wf.length_unset else ""
+                raise AudioInputError(f"{path}: holds no audio{said}")
         except BaseException:
             self._wf.close()
             raise
@@ -156,13 +171,18 @@ class WavStream:
             self._resampler = _resample_stream(self.source_rate_hz)
 
     @property
-    def expected_s(self) -> float:
-        """The recording's length as its header says (at most what the file can hold), seconds."""
+    def expected_s(self) -> float | None:
+        """The recording's length as its header says (at most what a file on disk holds),
+        seconds; None when nothing says it (a pipe whose writer left no length in the header)."""
         try:
-            fits = self.path.stat().st_size // self._width
+            info: os.stat_result | None = self.path.stat()
         except OSError:
-            fits = self._header_frames
-        return min(self._header_frames, fits) / self.source_rate_hz
+            info = None
+        if info is not None and stat.S_ISREG(info.st_mode):
+            return min(self._header_frames, info.st_size // self._width) / self.source_rate_hz
+        if self._wf.length_unset:  # a pipe or a device has no size to bound it
+            return None
+        return self._header_frames / self.source_rate_hz
 
     def _read(self, frames: int) -> np.ndarray:
         """Up to ``frames`` samples at the file's rate (fewer at its end)."""
@@ -175,7 +195,7 @@ class WavStream:
         return _pcm(raw[: whole * self._width], self._width)
 
     def _warn_cut_short(self, held: int) -> None:
-        if held < self._header_frames:
+        if held < self._header_frames and (held == 0 or not self._wf.length_unset):
             log.warning("%s: cut short: its header says %d samples, it holds %d; reading those",
                         self.path, self._header_frames, held)
 
@@ -198,8 +218,29 @@ class WavStream:
         self._wf.close()
 
 
+PIPE_NOTICE_S = 1.0
+"""A named pipe nothing writes to yet is said to be waited on after this many seconds."""
+
+
+def _waiting_notice(path: Path) -> threading.Timer | None:
+    """For a named pipe (opening it waits for a writer), a started timer that says so unless
+    cancelled first; None for anything else."""
+    try:
+        if not stat.S_ISFIFO(path.stat().st_mode):
+            return None
+    except OSError:  # missing: the open below says so
+        return None
+    timer = threading.Timer(PIPE_NOTICE_S, log.warning, (
+        "%s: a named pipe that nothing writes to yet: waiting for a writer (Ctrl-C stops)", path))
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 def _open_wav(path: Path) -> _WaveReader:
-    """Open a WAV file's header, with a one-line :class:`AudioInputError` for what cannot be read."""
+    """Open a WAV file's header, with a one-line :class:`AudioInputError` for what cannot be read
+    (a named pipe is waited on, with a notice when no writer comes within :data:`PIPE_NOTICE_S`)."""
+    notice = _waiting_notice(path)
     try:
         return _WaveReader(str(path))
     except FileNotFoundError:
@@ -217,6 +258,9 @@ def _open_wav(path: Path) -> _WaveReader:
         raise AudioInputError(f"{path}: not a readable PCM WAV file ({why})") from None
     except OSError as exc:  # no permission, a path through a file
         raise AudioInputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    finally:
+        if notice is not None:
+            notice.cancel()
 
 
 def _resample_stream(from_hz: int, to_hz: int = RATE_HZ) -> Any:

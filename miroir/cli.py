@@ -6,6 +6,7 @@ Heavy modules are imported inside each command, so ``miroir --help`` works on an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -34,6 +35,52 @@ class CliError(Exception):
     def __init__(self, message: str, exit_code: int = 2) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def read_text_file(path: str | os.PathLike[str], option: str | None = None) -> str:
+    """A text file the command line names, UTF-8 (a spreadsheet's byte-order mark dropped), or a
+    one-line :class:`CliError` saying why it cannot be read (``option`` names it: "--password-file")."""
+    where = f"{option} {path}" if option else str(path)
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise CliError(f"{where}: no such file") from None
+    except IsADirectoryError:
+        raise CliError(f"{where}: is a directory, not a file") from None
+    except UnicodeDecodeError as exc:
+        raise CliError(f"{where}: not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:  # no permission, a path through a file
+        raise CliError(f"{where}: cannot read ({exc.strerror or exc})") from None
+
+
+def os_error_text(exc: OSError) -> str:
+    """A system error as one line: the path (both, for a rename) and the reason, without the
+    errno Python puts first ("[Errno 17] File exists: 'x'" reads "x: File exists")."""
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    reason = exc.strerror or str(exc)
+    return f"{' -> '.join(paths)}: {reason}" if paths else reason
+
+
+def ask_secret(prompt: str, what: str, option: str) -> str:
+    """A secret typed on the terminal (not echoed); with no terminal (a cron job, ssh without
+    -t), the first line piped in; a one-line :class:`CliError` naming ``option`` when there is
+    neither."""
+    import getpass
+
+    try:
+        with open("/dev/tty"):  # where getpass asks
+            pass
+    except OSError:  # none: getpass would warn of echo, prompt, then fail on an empty input
+        line = sys.stdin.readline() if sys.stdin is not None else ""
+        if line.rstrip("\r\n"):
+            return line.rstrip("\r\n")
+    else:
+        try:
+            return getpass.getpass(prompt)
+        except EOFError:  # Ctrl-D
+            pass
+    raise CliError(f"no {what} given (no terminal to ask on, nor one piped in): give it in a "
+                   f"file, {option} FILE")
 
 
 def _split_hint(free_mb: float | None, seconds: float) -> str:
@@ -156,15 +203,18 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             raise CliError(f"--affect: the campaign {args.campaign} does not disclose emotion "
                            "recognition to the prospect ([affect] disclosed = true), so a box "
                            "keeps the model off for its calls")
-    expected_s = max(near.expected_s, far.expected_s if far else 0.0)
-    if far is not None and abs(near.expected_s - far.expected_s) >= UNEVEN_FILES_S:
-        short = "agent" if near.expected_s < far.expected_s else "line"
+    near_s, far_s = near.expected_s, far.expected_s if far else 0.0
+    # None: a pipe's writer left no length (the progress then gives no total)
+    expected_s = None if near_s is None or far_s is None else max(near_s, far_s)
+    if far is not None and near_s is not None and far_s is not None \
+            and abs(near_s - far_s) >= UNEVEN_FILES_S:
+        short = "agent" if near_s < far_s else "line"
         log.warning("the agent file lasts %.1f s and the line file %.1f s: past its end the %s "
                     "channel is read as digital silence, that is as no signal (give both channels "
-                    "of the same call, from the same start)", near.expected_s, far.expected_s, short)
-    need_mb = ANALYZE_BASE_MB + ANALYZE_MB_PER_HOUR * expected_s / 3600.0
+                    "of the same call, from the same start)", near_s, far_s, short)
+    need_mb = ANALYZE_BASE_MB + ANALYZE_MB_PER_HOUR * (expected_s or 0.0) / 3600.0
     free_mb = _memory_free_mb()
-    if free_mb is not None and need_mb > free_mb:  # refused at once, not after hours of work
+    if expected_s is not None and free_mb is not None and need_mb > free_mb:  # at once, not hours on
         raise CliError(f"{expected_s / 3600.0:.1f} h of audio needs about {need_mb:.0f} MB to "
                        f"analyse and {free_mb:.0f} MB is free; {_split_hint(free_mb, expected_s)}")
     try:  # the files are read a second at a time, never whole
@@ -174,8 +224,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     except AudioInputError as exc:  # a read that failed midway
         raise CliError(str(exc)) from None
     except MemoryError:
-        raise CliError(f"out of memory analysing {expected_s / 3600.0:.1f} h of audio (about "
-                       f"{ANALYZE_MB_PER_HOUR:.0f} MB per hour); {_split_hint(None, expected_s)}") from None
+        length = "a recording" if expected_s is None else f"{expected_s / 3600.0:.1f} h of audio"
+        raise CliError(f"out of memory analysing {length} (about {ANALYZE_MB_PER_HOUR:.0f} MB per "
+                       f"hour); {_split_hint(None, expected_s or 7200.0)}") from None
     result["files"] = {"near": str(args.near), "far": str(args.far) if args.far else None}
     from edge.quality import QualityConfig
 
@@ -309,14 +360,20 @@ def cmd_edge_devices(args: argparse.Namespace) -> int:
 
 def cmd_dashboard_serve(args: argparse.Namespace) -> int:
     """Serve the supervisor dashboard (settings from MIROIR_DASH_* environment variables)."""
+    import sqlite3
+
     from dashboard.app import serve
-    from dashboard.cli import load_settings
+    from dashboard.cli import db_error, load_settings
 
     settings = load_settings()
     try:
         serve(settings)
-    except (ValueError, OSError) as exc:
+    except ValueError as exc:
         raise CliError(f"dashboard: {exc}") from None
+    except OSError as exc:
+        raise CliError(f"dashboard: {os_error_text(exc)}") from None
+    except sqlite3.Error as exc:  # opened before anything is served
+        raise db_error(settings.db_path, exc) from None
     return 0
 
 
@@ -526,6 +583,13 @@ def _log_stream() -> TextIO:
         return sys.stderr
 
 
+def _is_model_error(exc: BaseException) -> bool:
+    """A model file missing or damaged (:class:`models.build.ModelError`, which says how to build
+    it), from whichever command loaded it; the module is not imported for the check."""
+    build = sys.modules.get("models.build")
+    return build is not None and isinstance(exc, build.ModelError)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``miroir`` command."""
     args = build_parser().parse_args(argv)
@@ -538,11 +602,22 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         print(f"miroir: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or a command's own stop (SIGTERM, a closed terminal)
+        with contextlib.suppress(OSError):  # a terminal that hung up cannot be written to
+            print("miroir: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `miroir analyze --json | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as exc:  # a path that is no folder, no room, no permission: not a bug
+        log.debug("%s in full", type(exc).__name__, exc_info=True)
+        print(f"miroir: error: {os_error_text(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # (after BrokenPipeError, which is one)
+        if not _is_model_error(exc):
+            raise
+        print(f"miroir: error: {exc}", file=sys.stderr)  # it says which command builds it
+        return 2
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ def cmd_train_affect(args: argparse.Namespace) -> int:
     from models.affect.train import OUT_DIR, train
 
     out = args.out or OUT_DIR
+    out.mkdir(parents=True, exist_ok=True)  # a path that cannot be the folder fails now, not trained
     try:
         report = train(out_dir=out, data_dir=args.data, write_manifest=args.out is None)
     except (FileNotFoundError, RuntimeError) as exc:

@@ -18,6 +18,7 @@ import pwd
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from miroir.files import atomic_write
@@ -111,21 +112,25 @@ def site_changed(site_dir: Path) -> dt.datetime:
     return dt.datetime.fromtimestamp((Path(site_dir) / INVENTORY_FILE).stat().st_mtime, dt.UTC)
 
 
-def backup(site_dir: Path, out: Path, passphrase: str) -> Path:
+def _secret(passphrase: str | Callable[[], str]) -> str:
+    """The passphrase, asked now if it is a function (once the rest has been checked)."""
+    return passphrase() if callable(passphrase) else passphrase
+
+
+def backup(site_dir: Path, out: Path, passphrase: str | Callable[[], str]) -> Path:
     """Write an encrypted backup of ``site_dir`` to ``out`` (mode 0600).
 
     Args:
         site_dir: The site directory.
         out: Backup file to write.
-        passphrase: At least 12 characters.
+        passphrase: At least 12 characters, or a function that asks it (called once the site
+            has been checked, so that nobody types it for a backup that cannot be made).
 
     Returns:
         ``out``.
     """
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    if len(passphrase) < MIN_PASSPHRASE:
-        raise BackupError(f"the passphrase must have at least {MIN_PASSPHRASE} characters")
     site_dir = Path(site_dir)
     if not (site_dir / "site.json").exists():
         raise BackupError(f"{site_dir} is not a site directory")
@@ -136,6 +141,9 @@ def backup(site_dir: Path, out: Path, passphrase: str) -> Path:
         Site(site_dir).inventory()
     except (SiteError, InventoryError) as exc:
         raise BackupError(f"{exc}; no backup written") from None
+    passphrase = _secret(passphrase)
+    if len(passphrase) < MIN_PASSPHRASE:
+        raise BackupError(f"the passphrase must have at least {MIN_PASSPHRASE} characters")
     buf = io.BytesIO()
     with site_lock(site_dir), tarfile.open(fileobj=buf, mode="w:gz") as tar:
         tar.add(site_dir, arcname="site", filter=_filter)  # no enrolment or revocation half done
@@ -151,8 +159,9 @@ def backup(site_dir: Path, out: Path, passphrase: str) -> Path:
     return out
 
 
-def restore(backup_file: Path, dest: Path, passphrase: str) -> Path:
+def restore(backup_file: Path, dest: Path, passphrase: str | Callable[[], str]) -> Path:
     """Decrypt a backup into ``dest`` (must not exist yet); nothing is written on failure.
+    ``passphrase`` may be a function that asks it, called once the file and ``dest`` are checked.
 
     Returns:
         ``dest``, a site directory again (the broker's persistence starts empty).
@@ -172,7 +181,7 @@ def restore(backup_file: Path, dest: Path, passphrase: str) -> Path:
     salt = data[head:head + SALT_BYTES]
     nonce = data[head + SALT_BYTES:HEADER_BYTES]
     try:
-        plain = AESGCM(_key(passphrase, salt)).decrypt(nonce, data[HEADER_BYTES:], MAGIC)
+        plain = AESGCM(_key(_secret(passphrase), salt)).decrypt(nonce, data[HEADER_BYTES:], MAGIC)
     except InvalidTag:
         raise BackupError("wrong passphrase, or the backup file is damaged") from None
     dest.parent.mkdir(parents=True, exist_ok=True)

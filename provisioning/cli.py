@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import functools
-import getpass
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from miroir.cli import CliError
+from miroir.cli import CliError, ask_secret, os_error_text, read_text_file
 
 if TYPE_CHECKING:
     from provisioning.inventory import Enrolment
@@ -34,9 +33,9 @@ def _reload(args: argparse.Namespace) -> Reload:
 
 def _passphrase(args: argparse.Namespace, confirm: bool) -> str:
     if args.passphrase_file:
-        return Path(args.passphrase_file).read_text(encoding="utf-8").rstrip("\r\n")
-    first = getpass.getpass("backup passphrase: ")
-    if confirm and getpass.getpass("again: ") != first:
+        return read_text_file(args.passphrase_file, "--passphrase-file").rstrip("\r\n")
+    first = ask_secret("backup passphrase: ", "passphrase", "--passphrase-file")
+    if confirm and ask_secret("again: ", "passphrase", "--passphrase-file") != first:
         raise CliError("the two passphrases differ")
     return first
 
@@ -171,7 +170,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from provisioning.backup import BackupError, backup, dashboard_db
 
     try:
-        out = backup(args.site_dir, args.out, _passphrase(args, confirm=True))
+        out = backup(args.site_dir, args.out, lambda: _passphrase(args, confirm=True))
     except BackupError as exc:
         raise CliError(str(exc)) from None
     print(f"backup written to {out}; keep it and its passphrase apart, off this server")
@@ -201,7 +200,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from provisioning.backup import BackupError, restore, site_changed
 
     try:
-        dest = restore(args.file, args.site_dir, _passphrase(args, confirm=False))
+        dest = restore(args.file, args.site_dir, lambda: _passphrase(args, confirm=False))
     except BackupError as exc:
         raise CliError(str(exc)) from None
     print(f"site restored into {dest}, as it was on {site_changed(dest):%Y-%m-%d %H:%M} UTC: "
@@ -240,8 +239,10 @@ def _plain_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[[arg
             return handler(args)
         except BrokenPipeError:
             raise
-        except (SiteError, InventoryError, BrokerError, PemError, OSError) as exc:
+        except (SiteError, InventoryError, BrokerError, PemError) as exc:
             raise CliError(str(exc)) from None
+        except OSError as exc:
+            raise CliError(os_error_text(exc)) from None
     return run
 
 

@@ -89,6 +89,8 @@ def test_other_rates_resampled_with_a_notice(tmp_path, rate_hz):
     ("40bit", "40-bit samples, expected 8-, 16-, 24- or 32-bit PCM"),
     ("rate", "sample rate 4000 Hz"),
     ("empty", "holds no audio"),
+    # its header says 1 s of audio, none follows: the error said so after a warning line
+    ("header_only", "holds no audio (its header says 16000 samples: cut short)"),
     ("zero_bytes", "empty, or cut short in its header"),
     ("extensible_float", "float samples; convert them first"),
     ("alaw", "A-law samples (G.711, a phone system's recording); convert them first"),
@@ -122,6 +124,8 @@ def test_bad_input_one_line_error(tmp_path, case, message):
         _write_wav(path, one_s, 4000)
     elif case == "empty":
         _write_wav(path, np.zeros(0, dtype="<i2"), 16000)
+    elif case == "header_only":
+        path.write_bytes(_write_wav(tmp_path / "one_s.wav", one_s, 16000).read_bytes()[:44])
     elif case == "zero_bytes":
         path.write_bytes(b"")
     elif case in ("alaw", "mulaw"):  # as a PBX records calls, written by sox
@@ -370,3 +374,149 @@ def test_a_recording_too_long_for_the_memory_is_refused_at_once(tmp_path):
     assert len(lines) == 1 and "Traceback" not in proc.stderr, lines
     assert lines[0].startswith("miroir: error: 37.3 h of audio needs about 56"), lines
     assert "trim 0 " in lines[0] and proc.stdout == ""
+
+
+def test_ctrl_c_during_a_long_analysis_stops_it_at_once_and_says_so(tmp_path):
+    """Ctrl-C once the analysis of 20 minutes of two headsets has reported its first 10: it
+    stopped within 0.05 s with status 130 but said nothing at all, the last line on the terminal
+    being the progress report ("analysed 10.0 of 20.0 min of audio"), as if the analysis had
+    finished without output. It says it was interrupted; no traceback, no result, no file left."""
+    import os
+    import signal
+
+    near, far = _looped_pair(tmp_path, 20)
+    before = sorted(tmp_path.iterdir())
+    proc = subprocess.Popen([sys.executable, "-m", "miroir", "analyze", str(near), "--far",
+                             str(far)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True,  # its own group, as a terminal's job
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert proc.stderr is not None
+    try:
+        lines = []
+        for line in proc.stderr:  # the analysis is under way, half done
+            lines.append(line)
+            if "analysed 10.0 of 20.0 min of audio" in line:
+                break
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        out, rest = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = "".join(lines) + rest
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1] == "miroir: interrupted", err[-2000:]
+    assert out == "" and sorted(tmp_path.iterdir()) == before
+
+
+def test_a_named_pipe_is_waited_on_with_a_notice_and_read_when_written(tmp_path):
+    """`miroir analyze p.wav` of a named pipe nothing wrote to yet sat silent for ever (its open
+    waits for a writer: a mistyped path into a FIFO, or the writer not started). It says it waits;
+    what a writer then sends is analysed (`sox call.wav -t wav p.wav`), and Ctrl-C stops a wait
+    that nothing ends."""
+    import os
+    import select
+    import signal
+
+    clip = SHARED / "emodb" / "wav" / "03a01Fa.wav"
+    pipe = tmp_path / "p.wav"
+    os.mkfifo(pipe)
+    for write in (True, False):
+        proc = subprocess.Popen([sys.executable, "-m", "miroir", "analyze", str(pipe)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        assert proc.stderr is not None
+        try:
+            # the notice, before anything is written (it came never: 30 s is a stuck command)
+            assert select.select([proc.stderr], [], [], 30)[0], "no notice within 30 s"
+            first = proc.stderr.readline()
+            assert first.rstrip().endswith(f"WARNING edge.source: {pipe}: a named pipe that "
+                                           "nothing writes to yet: waiting for a writer (Ctrl-C "
+                                           "stops)"), first
+            if write:
+                pipe.write_bytes(clip.read_bytes())
+            else:
+                os.killpg(proc.pid, signal.SIGINT)
+            out, rest = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if write:
+            assert proc.returncode == 0, rest
+            assert out.startswith("duration: 2.0 s\nagent (near): speech "), out
+        else:
+            assert proc.returncode == 130, rest
+            assert rest.strip().splitlines()[-1] == "miroir: interrupted", rest
+        assert "Traceback" not in rest, rest
+
+
+def test_a_wav_written_through_a_pipe_is_whole_not_cut_short(tmp_path):
+    """A WAV whose writer could not go back to its header (`sox clip.wav -t wav - trim 0 2 |
+    cat > f.wav` leaves 0x7FFFF000 as its data size, ffmpeg and most streaming writers 0xFFFFFFFF) was
+    read whole, but warned "cut short: its header says 1073739776 samples, it holds 32000"
+    (2147483647 for 0xFFFFFFFF): a complete recording reported as damaged. Read the same, without
+    the warning; a header that gives a real length the file falls short of is still warned of."""
+    clip = SHARED / "emodb" / "wav" / "03a01Fa.wav"
+    piped = tmp_path / "piped.wav"
+    piped.write_bytes(subprocess.run(["sox", str(clip), "-t", "wav", "-", "trim", "0", "2"],
+                                     capture_output=True, check=True, timeout=60).stdout)
+    raw = clip.read_bytes()
+    at = raw.index(b"data")
+    assert struct.unpack_from("<I", piped.read_bytes(), at + 4)[0] == 0x7FFFF000
+    streamed = tmp_path / "streamed.wav"  # RIFF and data sizes both left at 0xFFFFFFFF
+    streamed.write_bytes(raw[:4] + b"\xff" * 4 + raw[8:at + 4] + b"\xff" * 4 + raw[at + 8:])
+    longer = tmp_path / "longer.wav"  # a real length, ten times what the file holds
+    longer.write_bytes(raw[:at + 4] + struct.pack("<I", 10 * (len(raw) - at - 8)) + raw[at + 8:])
+    ref = miroir("analyze", str(clip), "--json")
+    assert ref.returncode == 0, ref.stderr
+    want = json.loads(ref.stdout)
+    for path, warned in ((piped, False), (streamed, False), (longer, True)):
+        proc = miroir("analyze", str(path), "--json")
+        assert proc.returncode == 0, proc.stderr
+        assert ("cut short" in proc.stderr) is warned, (path.name, proc.stderr)
+        got = json.loads(proc.stdout)
+        assert got["duration_s"] == 2.0 and got["call"] == want["call"], path.name
+
+
+def _through_a_pipe(path: Path, *effect: str) -> subprocess.Popen[bytes]:
+    """sox writing ``path`` as WAV into a pipe, as `<(sox path -t wav -)` gives it to a command
+    (with an effect, sox cannot know the length: its header then gives none)."""
+    return subprocess.Popen(["sox", str(path), "-t", "wav", "-", *effect],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+
+def test_a_recording_given_through_a_pipe_has_its_length_and_its_progress(tmp_path):
+    """`miroir analyze <(sox near.wav -t wav -) --far far.wav`, a minute of two headsets, warned
+    "the agent file lasts 0.0 s and the line file 60.0 s" (a pipe has no size on disk, and the
+    length was capped by it), and 11 minutes through a pipe never said how far they had got (the
+    10-minute report compared with that 0 s). The header's length is taken for a pipe, none when
+    the writer left none, and the progress is reported either way."""
+    headsets = SHARED / "ami-headsets"
+    sox = _through_a_pipe(headsets / "source0.wav")
+    assert sox.stdout is not None
+    fd = sox.stdout.fileno()
+    proc = subprocess.run([sys.executable, "-m", "miroir", "analyze", f"/dev/fd/{fd}", "--far",
+                           str(headsets / "source1.wav"), "--json"], pass_fds=(fd,),
+                          capture_output=True, text=True, timeout=120, check=False)
+    sox.stdout.close()
+    sox.wait(timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "lasts" not in proc.stderr, proc.stderr
+    assert json.loads(proc.stdout)["duration_s"] == 60.0
+    near, _ = _looped_pair(tmp_path, 11)
+    for effect, total in (((), " of 11.0"), (("trim", "0"), "")):  # a length given, and none
+        sox = _through_a_pipe(near, *effect)
+        assert sox.stdout is not None
+        fd = sox.stdout.fileno()
+        proc = subprocess.run([sys.executable, "-m", "miroir", "analyze", f"/dev/fd/{fd}"],
+                              pass_fds=(fd,), capture_output=True, text=True, timeout=300,
+                              check=False)
+        sox.stdout.close()
+        sox.wait(timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert f"INFO edge.pipeline: analysed 10.0{total} min of audio\n" in proc.stderr, \
+            (effect, proc.stderr)
+        assert "cut short" not in proc.stderr and proc.stdout.startswith("duration: 660.0 s\n")

@@ -70,6 +70,22 @@ def test_every_option_with_a_default_gives_it_in_its_help():
                 missing.append(f"miroir {' '.join(path)} {'/'.join(action.option_strings)} "
                                f"(default {_default_text(action.default)}): {text!r}")
     assert not missing, "\n".join(missing)
+    # and a number the README's table gives an option of the row's command is its default
+    parsers = dict(_parsers(build_parser()))
+    wrong, checked = [], 0
+    for line in README.splitlines():
+        head = re.match(r"\| `miroir ([a-z][a-z -]*)", line)
+        words = tuple(head.group(1).split()) if head else ()
+        path = next((words[:n] for n in range(len(words), 0, -1) if words[:n] in parsers), ())
+        if not path:
+            continue
+        actions = {o: a for a in parsers[path]._actions for o in a.option_strings}
+        for option, value in re.findall(r"\[?(--[a-z][a-z-]*) (\d+(?:\.\d+)?)\b", line):
+            checked += option in actions
+            if option in actions and float(value) != float(actions[option].default):
+                wrong.append(f"miroir {' '.join(path)} {option}: README {value}, "
+                             f"default {actions[option].default}")
+    assert checked >= 10 and not wrong, "\n".join(wrong)
 
 
 def test_help_runs_for_every_command():
@@ -521,3 +537,58 @@ def test_the_it_guide_says_how_long_an_update_waits_before_it_exits_5() -> None:
     assert (f"rolled back as not checked (exit 5) after up to {2 * check_s + settle_s:.0f} s: "
             f"{check_s:.0f} s and {settle_s:.0f} s for the new release, then {check_s:.0f} s for "
             "the one put back") in row
+
+
+def test_every_option_of_every_command_is_named_in_the_docs() -> None:
+    """30 options were in `--help` and in no document: among them the backup's
+    `--passphrase-file` (a backup from cron cannot be asked for one), `site-init --extra-host`
+    and `--admin-user`, `revoke --no-kick` and the broker's reload (`--broker-pid`,
+    `--broker-unit`), `edge check --device`, `edge update --recover` and its box paths, the
+    dashboard user's `--lang`, and the benches' and models' own. Each is named in README.md or
+    docs/*.md, where site IT and developers look before they look at `--help`."""
+    root = Path(__file__).resolve().parents[1]
+    docs = "".join(p.read_text() for p in [root / "README.md", *sorted((root / "docs").glob("*.md"))])
+    missing = sorted({f"miroir {' '.join(path)} {option}"
+                      for path, parser in _parsers(build_parser())
+                      for action in parser._actions for option in action.option_strings
+                      if option.startswith("--") and option not in ("--help", "--version",
+                                                                    "--verbose")
+                      and not re.search(rf"{re.escape(option)}\b", docs)})
+    assert not missing, "\n".join(missing)
+    # and a number the README's table gives an option of the row's command is its default
+    parsers = dict(_parsers(build_parser()))
+    wrong, checked = [], 0
+    for line in README.splitlines():
+        head = re.match(r"\| `miroir ([a-z][a-z -]*)", line)
+        words = tuple(head.group(1).split()) if head else ()
+        path = next((words[:n] for n in range(len(words), 0, -1) if words[:n] in parsers), ())
+        if not path:
+            continue
+        actions = {o: a for a in parsers[path]._actions for o in a.option_strings}
+        for option, value in re.findall(r"\[?(--[a-z][a-z-]*) (\d+(?:\.\d+)?)\b", line):
+            checked += option in actions
+            if option in actions and float(value) != float(actions[option].default):
+                wrong.append(f"miroir {' '.join(path)} {option}: README {value}, "
+                             f"default {actions[option].default}")
+    assert checked >= 10 and not wrong, "\n".join(wrong)
+
+
+def test_every_exit_code_of_its_own_is_in_the_commands_readme_row() -> None:
+    """The README says every command exits 0, 2, 130 or 141, "and the codes a command's row
+    gives of its own"; `miroir edge run` also exits 75 after a `reload` command (for systemd to
+    start it again) and `miroir demo --seconds` 1 when a box did not report or a message was lost,
+    and their rows named neither. Each code a command has of its own is in its row."""
+    from dashboard.cli import UNKNOWN_BOX_EXIT
+    from edge.box import EXIT_RELOAD
+    from edge.cli import EXIT_BROKER_UNREACHABLE, EXIT_REFUSED, EXIT_ROLLED_BACK
+
+    own = {"demo": [1], "edge run": [EXIT_RELOAD], "edge check": [1], "provision expiry": [1],
+           "edge update": [EXIT_REFUSED, EXIT_ROLLED_BACK, EXIT_BROKER_UNREACHABLE],
+           "dashboard retire": [UNKNOWN_BOX_EXIT]}
+    missing = []
+    for command, codes in own.items():
+        row = next(line for line in README.splitlines() if line.startswith(f"| `miroir {command}"))
+        said = " ".join(re.findall(r"\bexits? ([^;|]*)", row))  # each clause giving codes
+        missing += [f"miroir {command}: {code}" for code in codes
+                    if not re.search(rf"(?<![\d.]){code}(?![\d.]| s\b| to\b| or more)", said)]
+    assert not missing, "\n".join(missing)

@@ -178,7 +178,7 @@ def test_damaged_files_and_bad_arguments_are_one_line_errors(
     assert "site.json is damaged" in error("enroll", "--site-dir", str(site_dir), "box-1",
                                             "--seat", "A1")
     site_json.write_text(good)
-    assert "No such file" in error("backup", "--site-dir", str(site_dir), str(tmp_path / "b"),
+    assert "missing: no such file" in error("backup", "--site-dir", str(site_dir), str(tmp_path / "b"),
                                    "--passphrase-file", str(tmp_path / "missing"))
     new = str(tmp_path / "new")
     assert "neither an IP address nor a DNS name" in error(
