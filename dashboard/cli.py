@@ -183,6 +183,8 @@ def read_floor_csv(path: Path) -> list[dict[str, Any]]:
         text = path.read_text(encoding="utf-8-sig")  # Excel's "CSV UTF-8" begins with a BOM
     except FileNotFoundError:
         raise CliError(f"{path}: no such file; nothing imported") from None
+    except IsADirectoryError:
+        raise CliError(f"{path}: is a directory, not a file; nothing imported") from None
     except UnicodeDecodeError as exc:
         raise CliError(f"{path}: not UTF-8 text ({exc.reason}): save it as CSV UTF-8; nothing "
                        "imported") from None
