@@ -50,7 +50,30 @@ class _Dashboard(FastAPI):
     def build_middleware_stack(self) -> ASGIApp:
         """The stack FastAPI builds, its body limit's answer as :class:`_TooLargeAnswer` gives
         it, wrapped in :class:`auth.SecurityHeadersMiddleware`."""
-        return auth.SecurityHeadersMiddleware(_TooLargeAnswer(super().build_middleware_stack()))
+        return auth.SecurityHeadersMiddleware(
+            _HeadAsGet(_TooLargeAnswer(super().build_middleware_stack())))
+
+
+class _HeadAsGet:
+    """A HEAD request answered as its GET, without the body: FastAPI's routes take only the
+    methods they name, so HEAD (uptime monitors, ``curl -I``) got 405 everywhere."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, send_headers_only)
 
 
 class _TooLargeAnswer:

@@ -158,3 +158,26 @@ def test_no_address_is_redirected_off_the_site(proxied: Any) -> None:
 
     assert local_location("//evil.example", b"a=1") == "/%2Fevil.example?a=1"
     assert local_location("/\\evil.example", b"") == "/%5Cevil.example"
+
+
+def test_head_is_answered_as_get_without_its_body(proxied: Any) -> None:
+    """Uptime monitors and `curl -I` send HEAD: `/healthz`, `/login`, `/metrics` and every page a
+    GET reaches answered 405 (FastAPI's routes take only the methods they name), so the site read
+    as down. A HEAD now gets the headers its GET would get, without the body; a route that takes
+    no GET still answers 405."""
+    server, session = proxied
+    cookie = {"cookie": session["cookie"]}
+    scrape = {"authorization": f"Bearer {METRICS_TOKEN}"}
+    with httpx.Client(base_url=server.url, headers=NGINX, timeout=10.0) as c:
+        for path, headers in (("/healthz", {}), ("/login", {}), ("/metrics", scrape),
+                              ("/agents/agent-a1", cookie), ("/api/floor", cookie)):
+            got, head = c.get(path, headers=headers), c.head(path, headers=headers)
+            assert (head.status_code, got.status_code) == (200, 200), path
+            assert head.content == b"" and got.content != b"", path
+            assert head.headers["content-type"] == got.headers["content-type"], path
+        healthz = c.head("/healthz")
+        assert int(healthz.headers["content-length"]) == len(c.get("/healthz").content)
+        assert c.head("/metrics").status_code == 401  # the token is still checked
+        assert c.head("/", headers={}).status_code == 303  # and the login
+        logout = c.head("/logout", headers=cookie)
+        assert (logout.status_code, logout.headers["allow"]) == (405, "POST")
