@@ -110,3 +110,27 @@ def test_the_relayed_and_refused_call_states_are_counted_on_the_metrics_page(
         'miroir_cti_call_states_refused_total{reason="broker"}': 0.0,
     }, series
     box.wait_for(lambda: len(box.messages) >= 3, "the relayed states")
+
+
+def test_the_token_is_checked_before_the_body(tmp_path: Path) -> None:
+    """A post without the CTI token whose body was malformed answered 422 with the schema's
+    complaints (`state`: "Input should be 'idle', 'active' or 'hold'"): deny by default, but a
+    client with no token learnt the body's fields and values. The token is now checked first:
+    401 and nothing more; with the token, the same bodies are answered 422 as before."""
+    (tmp_path / "cti").write_text(TOKEN)
+    settings = make_settings(tmp_path, cti_token_file=tmp_path / "cti")
+    bodies = (b"{not json", b"", b'{"box": "box-a"}', b'{"box": "box-a", "state": "ringing"}',
+              b'{"box": "box-a", "agent": "agent-a", "state": "idle"}',
+              b'{"box": "box-a", "state": "idle", "extra": 1}')
+    with DashboardServer(settings, start_ingest=False) as server, \
+            httpx.Client(base_url=server.url) as c:
+        for body in bodies:
+            for headers in ({}, {"authorization": "Bearer " + "x" * 32}):
+                r = c.post(cti.PATH, content=body,
+                           headers={**headers, "content-type": "application/json"})
+                assert (r.status_code, r.json()) == (401, {"detail": "unauthorized"}), body
+            r = c.post(cti.PATH, content=body,
+                       headers={**BEARER, "content-type": "application/json"})
+            assert r.status_code == 422 and r.json()["detail"][0]["type"], (body, r.text)
+        ringing = c.post(cti.PATH, json={"box": "box-a", "state": "ringing"}, headers=BEARER)
+        assert ringing.json()["detail"][0]["loc"] == ["body", "state"]

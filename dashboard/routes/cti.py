@@ -21,7 +21,8 @@ import threading
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from miroir import wire
 
@@ -100,16 +101,28 @@ def _within_rate(request: Request) -> None:
                             f"then {settings.cti_rate_per_s:g} a second")
 
 
-@router.post(PATH, status_code=202)
-def call_state(request: Request, _: Annotated[None, Depends(_within_rate)], db: Db,
-               body: CallStateIn) -> dict[str, Any]:
-    """Send the call state to the box (``Authorization: Bearer <CTI token>``); 503 when the
-    broker cannot take it now (send it again: a state sent twice changes nothing)."""
-    counts: CallStateCounts = request.app.state.cti_counts
+async def _authorized_body(request: Request) -> CallStateIn:
+    """The call state posted, read once the CTI token is checked: 401 for a client without it
+    whatever its body (the body's schema is none of its business), 422 for a malformed one."""
     if not prom.authorized(request.app.state.cti_token, request.headers.get("authorization")):
+        counts: CallStateCounts = request.app.state.cti_counts
         counts.count(counts.refused, "unauthorized")
         raise HTTPException(status_code=401, detail="unauthorized",
                             headers={"www-authenticate": 'Bearer realm="miroir-cti"'})
+    try:
+        return CallStateIn.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])}
+                                      for e in exc.errors(include_url=False)]) from None
+
+
+@router.post(PATH, status_code=202, openapi_extra={"requestBody": {
+    "required": True, "content": {"application/json": {"schema": CallStateIn.model_json_schema()}}}})
+def call_state(request: Request, _: Annotated[None, Depends(_within_rate)],
+               body: Annotated[CallStateIn, Depends(_authorized_body)], db: Db) -> dict[str, Any]:
+    """Send the call state to the box (``Authorization: Bearer <CTI token>``); 503 when the
+    broker cannot take it now (send it again: a state sent twice changes nothing)."""
+    counts: CallStateCounts = request.app.state.cti_counts
     try:
         box = _box_of(db, body)
     except HTTPException:
