@@ -444,10 +444,12 @@ def cmd_bench_vad(args: argparse.Namespace) -> int:
 class _CommandParser(argparse.ArgumentParser):
     """A command's parser: takes ``-v`` after the command too, and names its own usage when an
     option is unknown (argparse left that to the top parser: ``miroir demo --bxoes 3`` printed
-    ``usage: miroir [-h] [--version] [-v] COMMAND ...``)."""
+    ``usage: miroir [-h] [--version] [-v] COMMAND ...``), a prefix of an option included
+    (argparse took ``--rol`` for ``--role``; a prefix that means one option today means another
+    once an option is added)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **{**kwargs, "allow_abbrev": False})
         # SUPPRESS: absent after the command, it leaves the value given before the command
         self.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                           help="log debug messages (as `miroir -v COMMAND`)")
@@ -466,7 +468,8 @@ class _CommandParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command (also used by the README test)."""
     parser = argparse.ArgumentParser(
-        prog="miroir", description="Miroir: audio-free vocal posture metrics for call-centre floors.")
+        prog="miroir", description="Miroir: audio-free vocal posture metrics for call-centre floors.",
+        allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"miroir {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,

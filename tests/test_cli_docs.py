@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import re
 import subprocess
 import sys
@@ -312,6 +313,40 @@ def test_a_commands_mistyped_option_names_the_commands_usage_and_v_goes_after_it
     assert parser.parse_args(["-v", "demo"]).verbose is True
     assert parser.parse_args(["demo", "--boxes", "3"]).verbose is False
     assert parser.parse_args(["provision", "expiry", "--verbose"]).verbose is True
+
+
+
+def test_a_prefix_of_an_option_is_refused_as_a_mistyped_option(tmp_path: Path) -> None:
+    """argparse took a prefix of an option for the option: `miroir dashboard user add x --rol it`
+    added an `it` user, `miroir demo --second 5` ran a 5-s demo, `miroir --verb ...` logged in
+    debug, while the README says a mistyped option prints the command's usage (and a prefix that
+    names one option today names another once an option is added). Every parser of the CLI, the
+    command groups' included, refuses a prefix: exit 2, the command's usage; full names work."""
+    parser = build_parser()
+    assert [path for path, sub in _parsers(parser) if sub.allow_abbrev] == []
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIROIR_DASH_")}
+    env |= {"MIROIR_DASH_SITE": "paris-1", "MIROIR_DASH_DB_PATH": str(tmp_path / "d.sqlite")}
+    unknown = "error: unrecognized arguments: "
+    for args, usage, said in (
+            (["dashboard", "user", "add", "x", "--rol", "it"], "miroir dashboard user add",
+             "error: the following arguments are required: --role"),
+            (["dashboard", "user", "add", "x", "--role", "it", "--lan", "en"],
+             "miroir dashboard user add", unknown + "--lan"),
+            (["demo", "--second", "0.1", "--json"], "miroir demo", unknown + "--second"),
+            (["provision", "expiry", "--site-dir", str(tmp_path), "--day", "3"],
+             "miroir provision expiry", unknown + "--day"),
+            (["--verb", "provision", "expiry", "--site-dir", str(tmp_path)], "miroir",
+             unknown + "--verb")):
+        proc = subprocess.run([sys.executable, "-m", "miroir", *args], capture_output=True,
+                              text=True, check=False, timeout=60, env=env,
+                              stdin=subprocess.DEVNULL)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert proc.stderr.startswith(f"usage: {usage} [-h]"), (args, proc.stderr)
+        assert said in proc.stderr, (args, proc.stderr)
+    assert parser.parse_args(["dashboard", "user", "add", "x", "--role", "it"]).role == "it"
+    assert parser.parse_args(["demo", "--seconds", "0.1", "--json"]).seconds == 0.1
+    assert parser.parse_args(["provision", "expiry", "--days", "3"]).days == 3
+    assert parser.parse_args(["--verbose", "provision", "expiry"]).verbose is True
 
 
 def test_the_readme_says_what_analyze_prints_in_text_and_in_json() -> None:
