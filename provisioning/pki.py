@@ -11,7 +11,6 @@ import contextlib
 import datetime as dt
 import ipaddress
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from miroir.files import atomic_write
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -49,17 +50,14 @@ def _now() -> dt.datetime:
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` with ``mode``, never exposing it with wider permissions (a folder
-    it makes is root's only, 0700, whatever the umask: callers open up what the broker reads)."""
+    """Replace ``path`` with ``data`` atomically (a full disk leaves the old file whole: the CRL
+    rewritten in place was left cut short, which the broker refuses to start with), with
+    ``mode``, never exposing it with wider permissions (a folder it makes is root's only, 0700,
+    whatever the umask: callers open up what the broker reads)."""
     if not path.parent.is_dir():
         path.parent.mkdir(mode=0o700, parents=True)
         path.parent.chmod(0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)  # the file may have existed with other permissions
-        os.write(fd, data)
-    finally:
-        os.close(fd)
+    atomic_write(path, data, mode=mode)
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:

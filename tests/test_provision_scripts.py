@@ -293,6 +293,49 @@ def test_a_revocation_whose_broker_reload_fails_still_denies_the_box(site_dir: P
     assert Site(site_dir).inventory().get("box-001").state == "revoked"
 
 
+
+def test_a_revocation_list_cut_short_by_a_full_disk_leaves_the_old_one(tmp_path: Path) -> None:
+    """The CRL was rewritten in place (opened with O_TRUNC, one unchecked write): `revoke` on a
+    disk that took only the old CRL's 398 bytes left a CRL of 398 bytes, cut mid-PEM, which the
+    broker refused at its next start (mosquitto exited with code 1), so every box was locked out.
+    It is now written to a temporary file beside it and renamed over it: the write fails, the
+    command says so (exit 2), the old CRL stays whole and the broker starts with it."""
+    import resource
+
+    root = new_site_dir("miroir-crl-")
+    try:
+        site = init_site(root / "site", SITE, broker_host="localhost", port=free_port(),
+                         bind="127.0.0.1")
+        site.enroll([Enrolment(box="box-001", seat="A-01")])
+        before = site.crl.read_bytes()
+        mode = site.crl.stat().st_mode & 0o777
+
+        def disk_full() -> None:  # the files this process writes grow no larger than the old CRL
+            resource.setrlimit(resource.RLIMIT_FSIZE, (len(before), len(before)))
+
+        done = subprocess.run([sys.executable, "-m", "miroir", "provision", "revoke", "box-001",
+                               "--site-dir", str(site.dir), "--no-kick", "--broker-pid", "1"],
+                              capture_output=True, text=True, timeout=120, check=False,
+                              preexec_fn=disk_full)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert done.stderr.splitlines()[-1] == "miroir: error: File too large", done.stderr
+        assert site.crl.read_bytes() == before
+        assert sorted(p.name for p in site.dir.iterdir() if p.name.startswith(".")) == \
+            [".lock"], "a temporary file was left"
+        broker = Mosquitto(site.config, site.port, site.log).start()  # it reads the CRL whole
+        try:
+            done = cli("revoke", "box-001", "--site-dir", str(site.dir), "--no-kick",
+                       "--broker-pid", str(broker.pid))
+            assert done.returncode == 0, done.stderr
+        finally:
+            broker.stop()
+        serial = pki.load_cert(site.box_pair("box-001").cert).serial_number
+        assert [e.serial_number for e in pki.load_crl(site.crl)] == [serial]
+        assert site.crl.stat().st_mode & 0o777 == mode == 0o644  # the broker's user reads it
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def test_a_revocation_run_again_after_its_reload_failed_clears_the_retained_status(
         tmp_path: Path) -> None:
     """IT types the broker's pid wrong, revoke fails saying so, IT runs it again with the right
