@@ -82,8 +82,10 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     """Enrol one box: key, certificate, settings and a first-boot bundle; record it in the inventory."""
     from provisioning.inventory import Enrolment
 
-    return _enroll(args, [Enrolment(box=args.box, seat=args.seat, agent=args.agent or "",
-                                    team=args.team or "")])
+    # spaces at the ends dropped as a CSV's cells are (a newline, a script's slip, is refused)
+    return _enroll(args, [Enrolment(box=args.box.strip(" "), seat=args.seat.strip(" "),
+                                    agent=(args.agent or "").strip(" "),
+                                    team=(args.team or "").strip(" "))])
 
 
 def cmd_enroll_csv(args: argparse.Namespace) -> int:

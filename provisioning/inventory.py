@@ -127,6 +127,8 @@ def parse_csv(path: Path) -> list[Enrolment]:
         if header is None:
             if len(cells) == 1 and ";" in cells[0]:
                 raise InventoryError([f"{path}:{line}: {SEMICOLONS}"])
+            while not cells[-1]:  # the commas of columns deleted in Excel: box,seat,agent,team,,
+                cells.pop()
             header = [c.lower() for c in cells]
             unknown = [c for c in header if c not in CSV_COLUMNS]
             missing = [c for c in REQUIRED_COLUMNS if c not in header]
@@ -136,6 +138,8 @@ def parse_csv(path: Path) -> list[Enrolment]:
                     f"(box and seat required, each once); got {', '.join(cells)}"])
             continue
         where = f"{path}:{line}"
+        if not any(cells[len(header):]):  # empty cells under the header's empty names
+            cells = cells[:len(header)]
         if len(cells) != len(header):
             problems.append(f"{where}: {len(cells)} fields, expected {len(header)}")
             continue

@@ -483,15 +483,20 @@ def test_a_rotation_run_again_before_its_finish_does_not_cut_off_the_box(tmp_pat
     ("excel-utf8", "\ufeffbox,seat,agent,team\r\nbox-001,A-01,Priya,north\r\nbox-002,A-02,Rahul,"
                    "north\r\n"),
     ("capitals", "Box,Seat,Agent,Team\nbox-001,A-01,Priya,north\nbox-002,A-02,Rahul,north\n"),
-    ("spaces", "box, seat, agent, team\nbox-001, A-01, Priya, north\nbox-002, A-02, Rahul, north\n")],
-    ids=["excel-utf8", "capitals", "spaces"])
+    ("spaces", "box, seat, agent, team\nbox-001, A-01, Priya, north\nbox-002, A-02, Rahul, north\n"),
+    ("deleted-columns", "box,seat,agent,team,,\r\nbox-001,A-01,Priya,north,,\r\nbox-002,A-02,Rahul,"
+                        "north,,\r\n")],
+    ids=["excel-utf8", "capitals", "spaces", "deleted-columns"])
 def test_the_dashboard_imports_the_floor_file_enrolment_took(
         site_dir: Path, tmp_path: Path, name: str, text: str) -> None:
     """Section 2: enrol a floor from a CSV file, then give the dashboard "the same file". A file
     saved by Excel as "CSV UTF-8" (a byte order mark first), with capitals in its header or a
     space after each comma, was enrolled, then refused by `miroir dashboard import` ("floor.csv:
     'box'"), or, with the spaces, "imported 2 seats" with every seat label, agent and team left
-    out. The dashboard now reads the file as the enrolment does."""
+    out. The dashboard now reads the file as the enrolment does. And the other way: Excel writes
+    the commas of deleted columns (`box,seat,agent,team,,`), which the dashboard imported and
+    enroll-csv refused ("header must name the columns ..."): empty names at the end of the
+    header, over empty cells, are taken by both."""
     import sqlite3
 
     floor = tmp_path / "floor.csv"
@@ -507,6 +512,28 @@ def test_the_dashboard_imports_the_floor_file_enrolment_took(
         teams = db.execute("SELECT agent, team FROM agents ORDER BY agent").fetchall()
     assert seats == [("box-001", "A-01", "Priya"), ("box-002", "A-02", "Rahul")]
     assert teams == [("Priya", "north"), ("Rahul", "north")]
+
+
+
+def test_a_seat_typed_with_spaces_is_the_seat_the_floor_file_names(site_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    """`enroll box-001 --seat " A-01"` kept the spaces, which enroll-csv strips from each cell:
+    the CSV's box-002 at "A-01" was then enrolled too, two boxes at one seat. The command line's
+    values are stripped as the file's are, so the seat is taken; a value under an unnamed column,
+    or a name missing inside the header, is still refused."""
+    done = cli("enroll", "--site-dir", str(site_dir), "box-001", "--seat", " A-01",
+               "--agent", "Priya ", "--team", " north")
+    assert done.returncode == 0, done.stderr
+    rec = Site(site_dir).inventory().get("box-001")
+    assert (rec.seat, rec.agent, rec.team) == ("A-01", "Priya", "north")
+    floor = tmp_path / "floor.csv"
+    for text, said in (("box,seat\nbox-002,A-01\n", "seat 'A-01' is already taken by box 'box-001'"),
+                       ("box,seat,,\nbox-002,A-02,x,\n", "4 fields, expected 2"),
+                       ("box,,seat\nbox-002,,A-02\n", "header must name the columns")):
+        floor.write_text(text)
+        done = cli("enroll-csv", "--site-dir", str(site_dir), str(floor))
+        assert done.returncode == 2 and said in done.stdout, (text, done.stdout)
+    assert sorted(Site(site_dir).inventory().boxes) == ["box-001"]
 
 
 def test_a_floor_file_separated_by_semicolons_says_how_to_save_it(site_dir: Path,
