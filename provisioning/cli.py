@@ -6,6 +6,7 @@ import argparse
 import datetime as dt
 import functools
 import os
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -55,7 +56,10 @@ def cmd_site_init(args: argparse.Namespace) -> int:
           f"{site.broker_host})")
     print(f"dashboard settings: {site.dir / 'dashboard.env'}; first admin password in "
           f"{site.dir / 'admin-password'}")
-    print("next: back up the CA now (`miroir provision backup`), then enrol boxes")
+    backup = f"miroir provision backup --site-dir {shlex.quote(str(site.dir.absolute()))} " \
+        f"~/{site.site}.bak"
+    print(f"next: back up the CA now (`{backup}`, then keep the file off this server), then "
+          "enrol boxes")
     return 0
 
 

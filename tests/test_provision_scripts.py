@@ -44,6 +44,33 @@ def site_dir() -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+
+def test_the_backup_site_init_asks_for_is_a_command_that_works_as_typed(tmp_path: Path) -> None:
+    """`site-init` ended "next: back up the CA now (`miroir provision backup`)", which typed as
+    it stands stops at "the following arguments are required: out" (exit 2). Its hint is now a
+    whole command, run here as IT would type it in a shell (passphrase piped, no terminal)."""
+    import re
+    import shlex
+
+    root = new_site_dir("miroir-hint-")
+    try:
+        done = cli("site-init", "--site-dir", str(root / "site"), "--site", SITE,
+                   "--broker-host", "broker.lan")
+        assert done.returncode == 0, done.stderr
+        hint = done.stdout.splitlines()[-1]
+        assert hint.startswith("next: back up the CA now"), done.stdout
+        [typed] = re.findall(r"`(miroir provision backup[^`]*)`", hint)
+        script = typed.replace("miroir ", f"{shlex.quote(sys.executable)} -m miroir ", 1)
+        run = subprocess.run(["sh", "-c", script], input="correct horse\ncorrect horse\n",
+                             capture_output=True, text=True, timeout=120, check=False,
+                             start_new_session=True, cwd=root / "site",
+                             env={**os.environ, "HOME": str(tmp_path)})
+        assert run.returncode == 0, (typed, run.stderr)
+        assert run.stdout.startswith(f"backup written to {tmp_path / (SITE + '.bak')}"), run.stdout
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def test_a_csv_run_again_enrols_only_its_new_rows(site_dir: Path, tmp_path: Path) -> None:
     """IT reruns the same file after adding rows (or after a partial failure): the rows already
     enrolled as they stand are reported and skipped, the new ones enrolled, exit 0."""
