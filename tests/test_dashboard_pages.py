@@ -576,6 +576,58 @@ def test_a_reload_of_the_private_switchs_answer_shows_what_the_box_says_since(
         assert page.locator("#private-state").count() == 0, made_up
 
 
+def _private_panel(page: Any, on: bool, timeout_ms: int = 2000) -> None:
+    """Wait until the private switch's panel says private mode is ``on`` (or off), its button
+    offering the other, and check that the button sends that other."""
+    wanted = "Fin de l'appel privé" if on else "Passer en appel privé"
+    page.wait_for_function(
+        "([on, label]) => !!document.getElementById('private-state') === on"
+        " && document.getElementById('private-toggle').textContent === label",
+        arg=[on, wanted], timeout=timeout_ms)
+    assert page.locator("#private-state").is_visible() is on, page.inner_text("#private")
+    assert page.locator("#private-help").is_visible() is not on
+    assert page.locator("#private input[name=private]").input_value() == ("0" if on else "1")
+
+
+def test_an_open_agent_page_says_what_the_box_says_of_private_mode_without_a_reload(
+        browser_page: Any, dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
+    """Ines has her page open in two tabs. She turns private mode on in the first; the box says
+    so: the second, opened before, still offered "Passer en appel privé" with the help of a seat
+    that measures. Then the box's own button ends the private call: the first tab still said
+    "Mode privé actif : rien n'est mesuré." (and offered to end it) while its live strip, above
+    nothing else, showed the box measuring again; only a reload told the truth. Each open page's
+    switch now follows what the box says (its status on the stream), once the box has spoken
+    since the switch was sent; the second tab's button then sends what it offers."""
+    from tests._fixtures_dashboard import USER_PASSWORD
+
+    seat = _AgentsBox(dashboard_server, site, peer)
+    seat.status(private=False)
+    first = browser_page
+    browser_login(first, dashboard_server.url, "ines", USER_PASSWORD, landing="/me")
+    first.wait_for_selector("body[data-stream-ready='1']")
+    second = first.context.new_page()
+    second.goto(dashboard_server.url + "/me")
+    second.wait_for_selector("body[data-stream-ready='1']")
+    _private_panel(second, False)
+    first.click("#private-toggle")
+    first.wait_for_selector("body[data-stream-ready='1']")
+    assert "/me?sent=on" in first.url
+    _private_panel(first, True)  # sent: said at once, the box's older status notwithstanding
+    seat.status(private=True)  # the box confirms
+    _shows(second, "Appel privé")
+    _private_panel(second, True)
+    seat.status(private=False)  # the box's own button ends the private call
+    _shows(first, "—")
+    _private_panel(first, False)
+    _private_panel(second, False)
+    seat.status(private=True)  # on again by the box's button; the second tab ends it
+    _private_panel(second, True)
+    second.click("#private-toggle")
+    second.wait_for_selector("body[data-stream-ready='1']")
+    assert "/me?sent=off" in second.url
+    _private_panel(second, False)
+
+
 def test_the_agents_live_strip_says_offline_when_the_box_falls_silent(
         browser_page: Any, dashboard_server: DashboardServer, site: Any, peer: Any,
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -175,8 +175,12 @@ def me_page(request: Request, db: Db, user: CurrentUser,
                              calls_before=calls_before)
     sent = request.query_params.get("sent")
     context["private_unsent"] = sent == "0"
-    if sent in ("on", "off") and _unconfirmed(db, user.agent or "", request.query_params.get("at")):
+    at = request.query_params.get("at")
+    if sent in ("on", "off") and _unconfirmed(db, user.agent or "", at):
         context["agent"]["private"] = sent == "on"  # just switched here: the box confirms it soon
+        # the page's script keeps saying so until the box speaks since, or the time is up
+        context["private_sent_at"] = float(at or "")
+        context["private_confirm_s"] = PRIVATE_CONFIRM_S
     return render(request, "agent.html", context)
 
 
