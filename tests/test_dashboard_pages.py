@@ -628,6 +628,57 @@ def test_an_open_agent_page_says_what_the_box_says_of_private_mode_without_a_rel
     _private_panel(second, False)
 
 
+def test_the_api_says_what_the_box_says_of_private_mode_as_the_pages_do(
+        dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
+    """Ines turns private mode on with her box's button: her page and the floor said "Appel
+    privé", but GET /api/agents/agent-a (to her and to the admin) and the floor's seat list
+    (GET /api/floor) said "private": false, the dashboard switch's last word; once she ended it
+    with the same button after turning it on from her page, they said true while the box
+    measured. Each now says what the box says, the dashboard's switch standing in only for a box
+    that never said."""
+    import httpx
+
+    from tests._fixtures_broker import wait_until
+    from tests._fixtures_dashboard import USER_PASSWORD, csrf_of, http_login
+
+    seat = _AgentsBox(dashboard_server, site, peer)
+
+    def box_said(private: bool) -> bool:
+        db = store.open_db(dashboard_server.settings.db_path)
+        try:
+            row = db.conn.execute("SELECT private FROM boxes WHERE box = 'box-a'").fetchone()
+            return row is not None and row[0] == int(private)
+        finally:
+            db.conn.close()
+
+    with httpx.Client(base_url=dashboard_server.url, timeout=10.0) as c:
+        ines = {"cookie": f"__Host-miroir={http_login(c, 'ines', USER_PASSWORD)}"}
+        admin = {"cookie": f"__Host-miroir={http_login(c)}"}
+
+        def said() -> list[bool]:
+            seats = c.get("/api/floor", headers=admin).json()["seats"]
+            return [c.get("/api/agents/agent-a", headers=ines).json()["private"],
+                    c.get("/api/agents/agent-a", headers=admin).json()["private"],
+                    *(s["private"] for s in seats if s["box"] == "box-a")]
+
+        assert said() == [False, False, False]  # a box that never said: the switch's word
+        seat.status(private=True)  # the box's button
+        wait_until(lambda: box_said(True), "the box's private status")
+        assert said() == [True, True, True]
+        r = c.post("/me/private", headers=ines,
+                   data={"private": "0", "csrf": csrf_of(c.get("/me", headers=ines).text)})
+        assert r.status_code == 303 and "sent=off" in r.headers["location"]
+        r = c.post("/me/private", headers=ines,
+                   data={"private": "1", "csrf": csrf_of(c.get("/me", headers=ines).text)})
+        assert r.status_code == 303 and "sent=on" in r.headers["location"]
+        seat.status(private=False)  # the box's button ends the call the page made private
+        wait_until(lambda: box_said(False), "the box's status")
+        assert said() == [False, False, False]
+        seat.status(private=True)  # on again by its button, after the page's switch said off
+        wait_until(lambda: box_said(True), "the box's private status")
+        assert said() == [True, True, True]
+
+
 def test_the_agents_live_strip_says_offline_when_the_box_falls_silent(
         browser_page: Any, dashboard_server: DashboardServer, site: Any, peer: Any,
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -113,10 +113,7 @@ def _agent_context(db: Db, user: User, agent: str, self_view: bool,
                    calls_before: int | None = None) -> dict[str, Any]:
     row = access.require_agent(db, user, agent)
     seat = db.conn.execute("SELECT box, label FROM seats WHERE agent = ?", (agent,)).fetchone()
-    box_private = seat and db.conn.execute("SELECT private FROM boxes WHERE box = ?",
-                                           (seat[0],)).fetchone()
-    if box_private and box_private[0] is not None:
-        row["private"] = box_private[0]  # the box's own word: its button may have turned it on
+    row["private"] = access.private_mode(db, agent, row)  # its button may have turned it on
     flags = list(db.query("SELECT * FROM flags WHERE agent = ? ORDER BY ts DESC LIMIT 100",
                           [agent]))
     goals = list(db.query("SELECT * FROM goals WHERE agent = ? AND active = 1 "
