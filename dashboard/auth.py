@@ -187,11 +187,23 @@ def ensure_admin(db: sqlite_utils.Database, username: str, password_file: Path |
 
 
 def _audit_it(db: sqlite_utils.Database, actor: str, action: str, detail: dict[str, Any],
-              now: float) -> None:
-    """One audit entry of site IT's command line (inside the caller's transaction)."""
+              now: float, agent: str | None = None) -> None:
+    """One audit entry of site IT's command line (inside the caller's transaction), about
+    ``agent`` when it is an act on that agent's own account."""
     db.conn.execute("INSERT INTO audit_log (ts, actor, actor_role, agent, action, detail) "
-                    "VALUES (?, ?, 'it', NULL, ?, ?)",
-                    (now, actor, action, json.dumps(detail, separators=(",", ":"), sort_keys=True)))
+                    "VALUES (?, ?, 'it', ?, ?, ?)",
+                    (now, actor, agent, action,
+                     json.dumps(detail, separators=(",", ":"), sort_keys=True)))
+
+
+def _account_agent(db: sqlite_utils.Database, username: str, role: str) -> str | None:
+    """The agent whose own account ``username`` is (None for any other role): site IT's acts on
+    it are entries about that agent, which they read on their page. Whoever had a reset
+    password would read the agent's page as the agent, which nothing else logs."""
+    if role != "agent":
+        return None
+    row = db.conn.execute("SELECT agent FROM users WHERE username = ?", (username,)).fetchone()
+    return None if row is None or row[0] is None else str(row[0])
 
 
 def _role_of(db: sqlite_utils.Database, username: str) -> tuple[str, int]:
@@ -237,7 +249,8 @@ def set_disabled(db: sqlite_utils.Database, username: str, disabled: bool, actor
         db.conn.execute("UPDATE users SET disabled = ? WHERE username = ?",
                         (int(disabled), username))
         _audit_it(db, actor, "user_disable" if disabled else "user_enable",
-                  {"user": username, "role": role, "sessions_ended": ended}, now)
+                  {"user": username, "role": role, "sessions_ended": ended}, now,
+                  _account_agent(db, username, role))
     log.info("user %s %s by %s", username, "disabled" if disabled else "enabled", actor)
     return {"changed": True, "role": role, "sessions_ended": ended}
 
@@ -268,7 +281,8 @@ def reset_credentials(db: sqlite_utils.Database, username: str, password: str, a
                         "WHERE username = ?", (hashed, username))
         ended = _cut_off(db, username)
         _audit_it(db, actor, "user_reset", {"user": username, "role": role,
-                                            "sessions_ended": ended}, now)
+                                            "sessions_ended": ended}, now,
+                  _account_agent(db, username, role))
     log.info("user %s: password and authenticator reset by %s", username, actor)
     return {"role": role, "disabled": bool(disabled), "sessions_ended": ended}
 

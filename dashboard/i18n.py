@@ -400,6 +400,11 @@ STRINGS: dict[str, tuple[str, str]] = {
     "action.user_reset": ("a réinitialisé un mot de passe et l'authentificateur",
                           "reset a password and the authenticator"),
     "action.assign_seat": ("a attribué le poste", "gave the seat"),
+    # site IT's acts on an agent's own account, as the agent reads them on their page
+    "me.action.user_disable": ("a désactivé votre compte", "disabled your account"),
+    "me.action.user_enable": ("a réactivé votre compte", "enabled your account again"),
+    "me.action.user_reset": ("a réinitialisé votre mot de passe et votre authentificateur",
+                             "reset your password and your authenticator"),
     "chart.turns": ("Tours de parole", "Turn-taking"),
     "chart.flag": ("moment signalé", "flagged moment"),
     "chart.latest": ("dernière valeur", "latest value"),
