@@ -628,6 +628,28 @@ def test_an_open_agent_page_says_what_the_box_says_of_private_mode_without_a_rel
     _private_panel(second, False)
 
 
+def test_a_private_switch_the_box_never_confirms_is_said_done_for_10_s_only(
+        browser_page: Any, dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
+    """Ines turns private mode on; her box, online a moment ago, never answers (it stopped
+    before the command reached it): the open page said "Mode privé actif" for as long as it
+    stayed open. It now says so for 10 s (docs/privacy.md), then what the box said last."""
+    from tests._fixtures_dashboard import USER_PASSWORD
+
+    seat = _AgentsBox(dashboard_server, site, peer)
+    seat.status(private=False)
+    page = browser_page
+    page.clock.install()  # the 10 s fast-forwarded below instead of waited for
+    browser_login(page, dashboard_server.url, "ines", USER_PASSWORD, landing="/me")
+    page.wait_for_selector("body[data-stream-ready='1']")
+    page.click("#private-toggle")
+    page.wait_for_selector("body[data-stream-ready='1']")
+    assert "/me?sent=on" in page.url
+    page.clock.fast_forward(8_000)
+    _private_panel(page, True)  # still within its 10 s
+    page.clock.fast_forward(3_000)
+    _private_panel(page, False)
+
+
 def test_the_api_says_what_the_box_says_of_private_mode_as_the_pages_do(
         dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
     """Ines turns private mode on with her box's button: her page and the floor said "Appel
