@@ -1034,6 +1034,47 @@ def test_on_a_phone_the_calls_list_does_not_bury_the_page_and_a_tag_comes_back_t
         context.close()
 
 
+@pytest.mark.parametrize("width", [360, 390])
+def test_on_a_phone_the_agent_reads_who_looked_and_when_without_scrolling_sideways(
+        chromium: Any, org_server: Any, width: int) -> None:
+    """Amina reads "Qui a consulté mes données" on her phone: the summary's table was 370 px
+    wide in a panel of 320 px (360 px phone) or 350 px (390 px), so its "Dernière fois" column,
+    when each supervisor last looked, was cut off at the panel's edge, to be found by scrolling
+    the panel sideways. On a phone each line of the summary now keeps within the panel, its count
+    and last time named."""
+    import httpx
+
+    from tests._fixtures_dashboard import USER_PASSWORD, http_login
+
+    server, org = org_server
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        sup = {"cookie": "__Host-miroir="
+                         f"{http_login(c, 'sup-a', USER_PASSWORD, org['secrets']['sup-a'])}",
+               "accept": "text/html"}
+        for path in ("/agents/agent-a1", "/teams/team-a", "/api/agents/agent-a1/export.csv"):
+            assert c.get(path, headers=sup).status_code == 200
+    context = chromium.new_context(viewport={"width": width, "height": 800}, locale="fr-FR")
+    try:
+        page = context.new_page()
+        browser_login(page, server.url, "amina", USER_PASSWORD, landing="/me")
+        rows = page.locator("#audit-summary .audit-summary-row")
+        assert rows.count() == 3
+        panel = page.evaluate("() => { const p = document.getElementById('audit'); "
+                              "const r = p.getBoundingClientRect(); "
+                              "return [p.scrollWidth, p.clientWidth, r.right]; }")
+        assert panel[0] <= panel[1], f"the panel scrolls sideways: {panel}"
+        for i in range(3):
+            cells = rows.nth(i).evaluate(
+                "r => [...r.cells].map(c => [getComputedStyle(c, '::before').content, "
+                "c.getBoundingClientRect().right])")
+            assert all(right <= panel[2] for _, right in cells), cells
+            assert [label for label, _ in cells[2:]] == ['"Nombre de fois : "',
+                                                         '"Dernière fois : "'], cells
+            assert rows.nth(i).locator("time").is_visible()
+    finally:
+        context.close()
+
+
 def test_an_english_goal_without_a_trend_counts_its_days_in_english(
         chromium: Any, org_server: Any) -> None:
     """A goal whose metric has no day of data yet: "0 j" on a French page, "0 d" on an English
