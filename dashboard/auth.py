@@ -136,8 +136,10 @@ USERNAME_MAX_CHARS = 64
 
 def create_user(db: sqlite_utils.Database, username: str, password: str,
                 role: str = "admin", *, agent: str | None = None, teams: Iterable[str] = (),
-                lang: str = "fr", totp_secret: str | None = None) -> None:
-    """Add a user with an argon2id password hash (fails if the name exists).
+                lang: str = "fr", totp_secret: str | None = None,
+                actor: str | None = None) -> None:
+    """Add a user with an argon2id password hash (fails if the name exists, or for an agent
+    who has an account: a second one would read the agent's data as the agent, unlogged).
 
     Args:
         db: The open database (schema ensured).
@@ -148,6 +150,8 @@ def create_user(db: sqlite_utils.Database, username: str, password: str,
         teams: For a supervisor, the teams it supervises.
         lang: Interface language, ``fr`` or ``en``.
         totp_secret: A base32 TOTP secret already enrolled (else enrolment at first login).
+        actor: Who adds it (site IT's command line): audited, about the agent for an agent's
+            account. None adds it unaudited (set-up, tests).
     """
     if not username or not password:
         raise ValueError("username and password must be non-empty")
@@ -158,11 +162,23 @@ def create_user(db: sqlite_utils.Database, username: str, password: str,
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
     if role == "agent" and not agent:
         raise ValueError("an agent user needs the agent id it belongs to")
+    hashed = hash_password(password)  # 0.1 s of argon2id: outside the write lock
+    now = time.time()
     with db.conn:
+        db.conn.execute("BEGIN IMMEDIATE")  # the check and the insert as one
+        if role == "agent":
+            owner = db.conn.execute("SELECT username FROM users WHERE role = 'agent' AND "
+                                    "agent = ?", (agent,)).fetchone()
+            if owner is not None:
+                raise ValueError(f"agent {agent} has a dashboard account already ({owner[0]}): "
+                                 "one account per agent")
         db.conn.execute(
             "INSERT INTO users (username, password_hash, role, created_ts, agent, lang, "
             "totp_secret) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (username, hash_password(password), role, time.time(), agent, lang, totp_secret))
+            (username, hashed, role, now, agent, lang, totp_secret))
+        if actor is not None:
+            _audit_it(db, actor, "user_add", {"user": username, "role": role}, now,
+                      agent if role == "agent" else None)
         for team in teams:
             db.conn.execute("INSERT OR IGNORE INTO user_teams (username, team) VALUES (?, ?)",
                             (username, team))

@@ -149,3 +149,34 @@ def test_an_agents_own_log_says_who_reset_or_disabled_their_account(tmp_path: Pa
     assert page.count("a réinitialisé votre mot de passe et votre authentificateur") == 2
     assert "a désactivé votre compte" in page and "a réactivé votre compte" in page
     assert '"user":"sup-a"' not in str(log)  # a supervisor's reset is no entry about her
+
+
+def test_a_second_account_for_an_agent_is_refused_and_an_agents_account_is_in_their_log(
+        tmp_path: Path) -> None:
+    """`miroir dashboard user add snoop --role agent --agent agent-a1` gave a second account on
+    Amina's data: every read through it counted as Amina's own (none logged), and its making
+    was logged nowhere, so her page said nobody had looked while someone read it all. An
+    agent id now has one account (a second is refused, exit 2, nothing added), and site IT's
+    making of an agent's account is an entry about that agent."""
+    settings = make_settings(tmp_path)
+    seed_org(settings)
+    pw = tmp_path / "password"
+    pw.write_text(NEW_PASSWORD + "\n")
+    me = os.environ.get("SUDO_USER") or getpass.getuser()
+    out = _cli(settings, "add", "snoop", "--role", "agent", "--agent", "agent-a1",
+               "--password-file", str(pw))
+    assert out.returncode == 2, out.stdout
+    assert out.stderr.strip() == ("miroir: error: agent agent-a1 has a dashboard account "
+                                  "already (amina): one account per agent"), out.stderr
+    out = _cli(settings, "add", "yanis", "--role", "agent", "--agent", "agent-a2",
+               "--password-file", str(pw))
+    assert out.returncode == 0, out.stderr
+    with DashboardServer(settings, start_ingest=False) as server, \
+            httpx.Client(base_url=server.url, timeout=10.0) as c:
+        assert not _logs_in(c, "snoop", NEW_PASSWORD)
+        yanis = {"cookie": f"__Host-miroir={http_login(c, 'yanis', NEW_PASSWORD)}"}
+        log = c.get("/api/agents/agent-a2/audit", headers=yanis).json()
+        page = c.get("/me", headers=yanis).text
+    assert [(e["actor"], e["actor_role"], e["action"]) for e in log["entries"]] == [
+        (me, "it", "user_add")]
+    assert "a créé votre compte" in page
