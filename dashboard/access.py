@@ -87,6 +87,15 @@ def require_agent(db: sqlite_utils.Database, user: User, agent: str) -> dict[str
     return dict(zip(names, cur.fetchone(), strict=True))
 
 
+def private_mode(db: sqlite_utils.Database, agent: str, row: dict[str, Any]) -> bool:
+    """Whether ``agent`` (their ``agents`` ``row``) is in private mode: what the box at their
+    seat last said (its button, its control socket and the dashboard's switch all end there),
+    the dashboard's switch (``row["private"]``) standing in for a box that never said."""
+    said = db.conn.execute("SELECT b.private FROM seats s JOIN boxes b ON b.box = s.box "
+                           "WHERE s.agent = ?", (agent,)).fetchone()
+    return bool(row["private"] if said is None or said[0] is None else said[0])
+
+
 def require_team(db: sqlite_utils.Database, user: User, team: str) -> dict[str, Any]:
     """The team's row if the user may see it (admin, its supervisors, auditors), else 404."""
     cur = db.conn.execute("SELECT * FROM teams WHERE team = ?", (team,))

@@ -136,8 +136,10 @@ USERNAME_MAX_CHARS = 64
 
 def create_user(db: sqlite_utils.Database, username: str, password: str,
                 role: str = "admin", *, agent: str | None = None, teams: Iterable[str] = (),
-                lang: str = "fr", totp_secret: str | None = None) -> None:
-    """Add a user with an argon2id password hash (fails if the name exists).
+                lang: str = "fr", totp_secret: str | None = None,
+                actor: str | None = None) -> None:
+    """Add a user with an argon2id password hash (fails if the name exists, or for an agent
+    who has an account: a second one would read the agent's data as the agent, unlogged).
 
     Args:
         db: The open database (schema ensured).
@@ -148,6 +150,8 @@ def create_user(db: sqlite_utils.Database, username: str, password: str,
         teams: For a supervisor, the teams it supervises.
         lang: Interface language, ``fr`` or ``en``.
         totp_secret: A base32 TOTP secret already enrolled (else enrolment at first login).
+        actor: Who adds it (site IT's command line): audited, about the agent for an agent's
+            account. None adds it unaudited (set-up, tests).
     """
     if not username or not password:
         raise ValueError("username and password must be non-empty")
@@ -158,11 +162,23 @@ def create_user(db: sqlite_utils.Database, username: str, password: str,
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
     if role == "agent" and not agent:
         raise ValueError("an agent user needs the agent id it belongs to")
+    hashed = hash_password(password)  # 0.1 s of argon2id: outside the write lock
+    now = time.time()
     with db.conn:
+        db.conn.execute("BEGIN IMMEDIATE")  # the check and the insert as one
+        if role == "agent":
+            owner = db.conn.execute("SELECT username FROM users WHERE role = 'agent' AND "
+                                    "agent = ?", (agent,)).fetchone()
+            if owner is not None:
+                raise ValueError(f"agent {agent} has a dashboard account already ({owner[0]}): "
+                                 "one account per agent")
         db.conn.execute(
             "INSERT INTO users (username, password_hash, role, created_ts, agent, lang, "
             "totp_secret) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (username, hash_password(password), role, time.time(), agent, lang, totp_secret))
+            (username, hashed, role, now, agent, lang, totp_secret))
+        if actor is not None:
+            _audit_it(db, actor, "user_add", {"user": username, "role": role}, now,
+                      agent if role == "agent" else None)
         for team in teams:
             db.conn.execute("INSERT OR IGNORE INTO user_teams (username, team) VALUES (?, ?)",
                             (username, team))
@@ -187,11 +203,23 @@ def ensure_admin(db: sqlite_utils.Database, username: str, password_file: Path |
 
 
 def _audit_it(db: sqlite_utils.Database, actor: str, action: str, detail: dict[str, Any],
-              now: float) -> None:
-    """One audit entry of site IT's command line (inside the caller's transaction)."""
+              now: float, agent: str | None = None) -> None:
+    """One audit entry of site IT's command line (inside the caller's transaction), about
+    ``agent`` when it is an act on that agent's own account."""
     db.conn.execute("INSERT INTO audit_log (ts, actor, actor_role, agent, action, detail) "
-                    "VALUES (?, ?, 'it', NULL, ?, ?)",
-                    (now, actor, action, json.dumps(detail, separators=(",", ":"), sort_keys=True)))
+                    "VALUES (?, ?, 'it', ?, ?, ?)",
+                    (now, actor, agent, action,
+                     json.dumps(detail, separators=(",", ":"), sort_keys=True)))
+
+
+def _account_agent(db: sqlite_utils.Database, username: str, role: str) -> str | None:
+    """The agent whose own account ``username`` is (None for any other role): site IT's acts on
+    it are entries about that agent, which they read on their page. Whoever had a reset
+    password would read the agent's page as the agent, which nothing else logs."""
+    if role != "agent":
+        return None
+    row = db.conn.execute("SELECT agent FROM users WHERE username = ?", (username,)).fetchone()
+    return None if row is None or row[0] is None else str(row[0])
 
 
 def _role_of(db: sqlite_utils.Database, username: str) -> tuple[str, int]:
@@ -237,7 +265,8 @@ def set_disabled(db: sqlite_utils.Database, username: str, disabled: bool, actor
         db.conn.execute("UPDATE users SET disabled = ? WHERE username = ?",
                         (int(disabled), username))
         _audit_it(db, actor, "user_disable" if disabled else "user_enable",
-                  {"user": username, "role": role, "sessions_ended": ended}, now)
+                  {"user": username, "role": role, "sessions_ended": ended}, now,
+                  _account_agent(db, username, role))
     log.info("user %s %s by %s", username, "disabled" if disabled else "enabled", actor)
     return {"changed": True, "role": role, "sessions_ended": ended}
 
@@ -268,7 +297,8 @@ def reset_credentials(db: sqlite_utils.Database, username: str, password: str, a
                         "WHERE username = ?", (hashed, username))
         ended = _cut_off(db, username)
         _audit_it(db, actor, "user_reset", {"user": username, "role": role,
-                                            "sessions_ended": ended}, now)
+                                            "sessions_ended": ended}, now,
+                  _account_agent(db, username, role))
     log.info("user %s: password and authenticator reset by %s", username, actor)
     return {"role": role, "disabled": bool(disabled), "sessions_ended": ended}
 

@@ -78,7 +78,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     db = _db(settings)
     try:
         auth.create_user(db, args.username, password, args.role, agent=args.agent,
-                         teams=args.team or [], lang=args.lang)
+                         teams=args.team or [], lang=args.lang, actor=_actor())
     except ValueError as exc:
         raise CliError(str(exc)) from None
     except Exception as exc:  # sqlite IntegrityError: the name exists

@@ -627,3 +627,34 @@ def test_every_exit_code_of_its_own_is_in_the_commands_readme_row() -> None:
         missing += [f"miroir {command}: {code}" for code in codes
                     if not re.search(rf"(?<![\d.]){code}(?![\d.]| s\b| to\b| or more)", said)]
     assert not missing, "\n".join(missing)
+
+
+AGENT_MEASURES = {
+    "voiced_ratio": "voiced share", "level_dbfs": "loudness", "f0_median_hz": "pitch",
+    "pitch_range_st": "pitch", "pitch_movement_st_s": "pitch", "hnr_db": "HNR",
+    "jitter": "jitter", "shimmer": "shimmer", "rate_syl_s": "speech rate",
+    "articulation_rate_syl_s": "articulation rate", "pauses_per_min": "pauses",
+    "breaths_per_min": "breaths", "hesitations_per_min": "filled pauses",
+}
+"""Each measure of a channel's voice the box publishes (``near_<name>``, ``far_<name>``) and the
+words docs/privacy.md names it by."""
+
+
+def test_the_privacy_page_names_every_measure_of_the_agents_voice_the_box_publishes() -> None:
+    """docs/privacy.md, for the data-protection officer, said the agent's channel gave "pitch,
+    loudness, rate, pauses, overlaps, latencies": the box also publishes the agent's voice
+    quality (HNR, jitter, shimmer), breaths and filled pauses, the fatigue index with the drift
+    of each of them and a break suggestion, and posture cues (miroir/wire.py). Its table now
+    names each, and a measure added to the wire must be named there too."""
+    from miroir import wire
+
+    privacy = (Path(__file__).resolve().parents[1] / "docs" / "privacy.md").read_text()
+    row = next(line for line in privacy.splitlines() if line.startswith("| agent prosody"))
+    near = {name[len("near_"):] for name in wire.ALLOWED_FIELDS["metrics"]
+            if name.startswith("near_") and name not in ("near_speech_ratio", "near_talking",
+                                                          "near_signal")}
+    assert near == set(AGENT_MEASURES)
+    missing = sorted({w for w in AGENT_MEASURES.values() if w.lower() not in row.lower()})
+    assert not missing, f"the agent's row of docs/privacy.md does not name: {missing}"
+    for words in ("fatigue", "break suggestion", "posture cues", "overlaps", "latencies"):
+        assert words in row, words

@@ -576,6 +576,131 @@ def test_a_reload_of_the_private_switchs_answer_shows_what_the_box_says_since(
         assert page.locator("#private-state").count() == 0, made_up
 
 
+def _private_panel(page: Any, on: bool, timeout_ms: int = 2000) -> None:
+    """Wait until the private switch's panel says private mode is ``on`` (or off), its button
+    offering the other, and check that the button sends that other."""
+    wanted = "Fin de l'appel privé" if on else "Passer en appel privé"
+    page.wait_for_function(
+        "([on, label]) => !!document.getElementById('private-state') === on"
+        " && document.getElementById('private-toggle').textContent === label",
+        arg=[on, wanted], timeout=timeout_ms)
+    assert page.locator("#private-state").is_visible() is on, page.inner_text("#private")
+    assert page.locator("#private-help").is_visible() is not on
+    assert page.locator("#private input[name=private]").input_value() == ("0" if on else "1")
+
+
+def test_an_open_agent_page_says_what_the_box_says_of_private_mode_without_a_reload(
+        browser_page: Any, dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
+    """Ines has her page open in two tabs. She turns private mode on in the first; the box says
+    so: the second, opened before, still offered "Passer en appel privé" with the help of a seat
+    that measures. Then the box's own button ends the private call: the first tab still said
+    "Mode privé actif : rien n'est mesuré." (and offered to end it) while its live strip, above
+    nothing else, showed the box measuring again; only a reload told the truth. Each open page's
+    switch now follows what the box says (its status on the stream), once the box has spoken
+    since the switch was sent; the second tab's button then sends what it offers."""
+    from tests._fixtures_dashboard import USER_PASSWORD
+
+    seat = _AgentsBox(dashboard_server, site, peer)
+    seat.status(private=False)
+    first = browser_page
+    browser_login(first, dashboard_server.url, "ines", USER_PASSWORD, landing="/me")
+    first.wait_for_selector("body[data-stream-ready='1']")
+    second = first.context.new_page()
+    second.goto(dashboard_server.url + "/me")
+    second.wait_for_selector("body[data-stream-ready='1']")
+    _private_panel(second, False)
+    first.click("#private-toggle")
+    first.wait_for_selector("body[data-stream-ready='1']")
+    assert "/me?sent=on" in first.url
+    _private_panel(first, True)  # sent: said at once, the box's older status notwithstanding
+    seat.status(private=True)  # the box confirms
+    _shows(second, "Appel privé")
+    _private_panel(second, True)
+    seat.status(private=False)  # the box's own button ends the private call
+    _shows(first, "—")
+    _private_panel(first, False)
+    _private_panel(second, False)
+    seat.status(private=True)  # on again by the box's button; the second tab ends it
+    _private_panel(second, True)
+    second.click("#private-toggle")
+    second.wait_for_selector("body[data-stream-ready='1']")
+    assert "/me?sent=off" in second.url
+    _private_panel(second, False)
+
+
+def test_a_private_switch_the_box_never_confirms_is_said_done_for_10_s_only(
+        browser_page: Any, dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
+    """Ines turns private mode on; her box, online a moment ago, never answers (it stopped
+    before the command reached it): the open page said "Mode privé actif" for as long as it
+    stayed open. It now says so for 10 s (docs/privacy.md), then what the box said last."""
+    from tests._fixtures_dashboard import USER_PASSWORD
+
+    seat = _AgentsBox(dashboard_server, site, peer)
+    seat.status(private=False)
+    page = browser_page
+    page.clock.install()  # the 10 s fast-forwarded below instead of waited for
+    browser_login(page, dashboard_server.url, "ines", USER_PASSWORD, landing="/me")
+    page.wait_for_selector("body[data-stream-ready='1']")
+    page.click("#private-toggle")
+    page.wait_for_selector("body[data-stream-ready='1']")
+    assert "/me?sent=on" in page.url
+    page.clock.fast_forward(8_000)
+    _private_panel(page, True)  # still within its 10 s
+    page.clock.fast_forward(3_000)
+    _private_panel(page, False)
+
+
+def test_the_api_says_what_the_box_says_of_private_mode_as_the_pages_do(
+        dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
+    """Ines turns private mode on with her box's button: her page and the floor said "Appel
+    privé", but GET /api/agents/agent-a (to her and to the admin) and the floor's seat list
+    (GET /api/floor) said "private": false, the dashboard switch's last word; once she ended it
+    with the same button after turning it on from her page, they said true while the box
+    measured. Each now says what the box says, the dashboard's switch standing in only for a box
+    that never said."""
+    import httpx
+
+    from tests._fixtures_broker import wait_until
+    from tests._fixtures_dashboard import USER_PASSWORD, csrf_of, http_login
+
+    seat = _AgentsBox(dashboard_server, site, peer)
+
+    def box_said(private: bool) -> bool:
+        db = store.open_db(dashboard_server.settings.db_path)
+        try:
+            row = db.conn.execute("SELECT private FROM boxes WHERE box = 'box-a'").fetchone()
+            return row is not None and row[0] == int(private)
+        finally:
+            db.conn.close()
+
+    with httpx.Client(base_url=dashboard_server.url, timeout=10.0) as c:
+        ines = {"cookie": f"__Host-miroir={http_login(c, 'ines', USER_PASSWORD)}"}
+        admin = {"cookie": f"__Host-miroir={http_login(c)}"}
+
+        def said() -> list[bool]:
+            seats = c.get("/api/floor", headers=admin).json()["seats"]
+            return [c.get("/api/agents/agent-a", headers=ines).json()["private"],
+                    c.get("/api/agents/agent-a", headers=admin).json()["private"],
+                    *(s["private"] for s in seats if s["box"] == "box-a")]
+
+        assert said() == [False, False, False]  # a box that never said: the switch's word
+        seat.status(private=True)  # the box's button
+        wait_until(lambda: box_said(True), "the box's private status")
+        assert said() == [True, True, True]
+        r = c.post("/me/private", headers=ines,
+                   data={"private": "0", "csrf": csrf_of(c.get("/me", headers=ines).text)})
+        assert r.status_code == 303 and "sent=off" in r.headers["location"]
+        r = c.post("/me/private", headers=ines,
+                   data={"private": "1", "csrf": csrf_of(c.get("/me", headers=ines).text)})
+        assert r.status_code == 303 and "sent=on" in r.headers["location"]
+        seat.status(private=False)  # the box's button ends the call the page made private
+        wait_until(lambda: box_said(False), "the box's status")
+        assert said() == [False, False, False]
+        seat.status(private=True)  # on again by its button, after the page's switch said off
+        wait_until(lambda: box_said(True), "the box's private status")
+        assert said() == [True, True, True]
+
+
 def test_the_agents_live_strip_says_offline_when_the_box_falls_silent(
         browser_page: Any, dashboard_server: DashboardServer, site: Any, peer: Any,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -905,6 +1030,47 @@ def test_on_a_phone_the_calls_list_does_not_bury_the_page_and_a_tag_comes_back_t
         top, bottom = row.evaluate("r => [r.getBoundingClientRect().top, "
                                    "r.getBoundingClientRect().bottom]")
         assert top >= 0 and bottom <= 844, (top, bottom)
+    finally:
+        context.close()
+
+
+@pytest.mark.parametrize("width", [360, 390])
+def test_on_a_phone_the_agent_reads_who_looked_and_when_without_scrolling_sideways(
+        chromium: Any, org_server: Any, width: int) -> None:
+    """Amina reads "Qui a consulté mes données" on her phone: the summary's table was 370 px
+    wide in a panel of 320 px (360 px phone) or 350 px (390 px), so its "Dernière fois" column,
+    when each supervisor last looked, was cut off at the panel's edge, to be found by scrolling
+    the panel sideways. On a phone each line of the summary now keeps within the panel, its count
+    and last time named."""
+    import httpx
+
+    from tests._fixtures_dashboard import USER_PASSWORD, http_login
+
+    server, org = org_server
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        sup = {"cookie": "__Host-miroir="
+                         f"{http_login(c, 'sup-a', USER_PASSWORD, org['secrets']['sup-a'])}",
+               "accept": "text/html"}
+        for path in ("/agents/agent-a1", "/teams/team-a", "/api/agents/agent-a1/export.csv"):
+            assert c.get(path, headers=sup).status_code == 200
+    context = chromium.new_context(viewport={"width": width, "height": 800}, locale="fr-FR")
+    try:
+        page = context.new_page()
+        browser_login(page, server.url, "amina", USER_PASSWORD, landing="/me")
+        rows = page.locator("#audit-summary .audit-summary-row")
+        assert rows.count() == 3
+        panel = page.evaluate("() => { const p = document.getElementById('audit'); "
+                              "const r = p.getBoundingClientRect(); "
+                              "return [p.scrollWidth, p.clientWidth, r.right]; }")
+        assert panel[0] <= panel[1], f"the panel scrolls sideways: {panel}"
+        for i in range(3):
+            cells = rows.nth(i).evaluate(
+                "r => [...r.cells].map(c => [getComputedStyle(c, '::before').content, "
+                "c.getBoundingClientRect().right])")
+            assert all(right <= panel[2] for _, right in cells), cells
+            assert [label for label, _ in cells[2:]] == ['"Nombre de fois : "',
+                                                         '"Dernière fois : "'], cells
+            assert rows.nth(i).locator("time").is_visible()
     finally:
         context.close()
 

@@ -116,3 +116,67 @@ def test_a_disabled_user_is_cut_off_at_once_and_a_reset_enrols_the_authenticator
     assert [(a, action) for a, action, _ in before] == [
         (me, "user_disable"), (me, "user_enable"), (me, "user_reset")]
     assert '"user":"sup-a"' in before[0][2] and '"sessions_ended":1' in before[0][2]
+
+
+def test_an_agents_own_log_says_who_reset_or_disabled_their_account(tmp_path: Path) -> None:
+    """Site IT resets Amina's password (`miroir dashboard user reset amina`): whoever has the new
+    one logs in as Amina and reads her page, her charts and her export, and none of it is logged
+    (an agent reading their own data is not a supervision act); the reset itself was an entry
+    about no agent, which her page and GET /api/agents/agent-a1/audit never showed (0 of 3 of
+    IT's acts on her account). Now each of IT's acts on an agent's account (reset, disable,
+    enable) is an entry about that agent, in their list, their summary and their export."""
+    settings = make_settings(tmp_path)
+    seed_org(settings)
+    pw = tmp_path / "new-password"
+    pw.write_text(NEW_PASSWORD + "\n")
+    me = os.environ.get("SUDO_USER") or getpass.getuser()
+    for args in (("reset", "amina", "--password-file", str(pw)), ("disable", "amina"),
+                 ("enable", "amina"), ("reset", "sup-a", "--password-file", str(pw))):
+        out = _cli(settings, *args)
+        assert out.returncode == 0, (args, out.stderr)
+    with DashboardServer(settings, start_ingest=False) as server, \
+            httpx.Client(base_url=server.url, timeout=10.0) as c:
+        amina = {"cookie": f"__Host-miroir={http_login(c, 'amina', NEW_PASSWORD)}"}
+        log = c.get("/api/agents/agent-a1/audit", headers=amina).json()
+        page = c.get("/me", headers=amina).text
+        export = c.get("/api/agents/agent-a1/export.json", headers=amina).json()
+    assert [(e["actor"], e["actor_role"], e["action"]) for e in reversed(log["entries"])] == [
+        (me, "it", "user_reset"), (me, "it", "user_disable"), (me, "it", "user_enable")]
+    assert sorted(s["action"] for s in log["summary"]) == [
+        "user_disable", "user_enable", "user_reset"]
+    assert [e["action"] for e in export["audit_log"]] == [
+        "user_reset", "user_disable", "user_enable"]
+    assert page.count("a réinitialisé votre mot de passe et votre authentificateur") == 2
+    assert "a désactivé votre compte" in page and "a réactivé votre compte" in page
+    assert '"user":"sup-a"' not in str(log)  # a supervisor's reset is no entry about her
+
+
+def test_a_second_account_for_an_agent_is_refused_and_an_agents_account_is_in_their_log(
+        tmp_path: Path) -> None:
+    """`miroir dashboard user add snoop --role agent --agent agent-a1` gave a second account on
+    Amina's data: every read through it counted as Amina's own (none logged), and its making
+    was logged nowhere, so her page said nobody had looked while someone read it all. An
+    agent id now has one account (a second is refused, exit 2, nothing added), and site IT's
+    making of an agent's account is an entry about that agent."""
+    settings = make_settings(tmp_path)
+    seed_org(settings)
+    pw = tmp_path / "password"
+    pw.write_text(NEW_PASSWORD + "\n")
+    me = os.environ.get("SUDO_USER") or getpass.getuser()
+    out = _cli(settings, "add", "snoop", "--role", "agent", "--agent", "agent-a1",
+               "--password-file", str(pw))
+    assert out.returncode == 2, out.stdout
+    assert out.stderr.strip() == ("miroir: error: agent agent-a1 has a dashboard account "
+                                  "already (amina): one account per agent"), out.stderr
+    out = _cli(settings, "add", "yanis", "--role", "agent", "--agent", "agent-a2",
+               "--password-file", str(pw))
+    assert out.returncode == 0, out.stderr
+    with DashboardServer(settings, start_ingest=False) as server, \
+            httpx.Client(base_url=server.url, timeout=10.0) as c:
+        assert not _logs_in(c, "snoop", NEW_PASSWORD)
+        yanis = {"cookie": f"__Host-miroir={http_login(c, 'yanis', NEW_PASSWORD)}"}
+        log = c.get("/api/agents/agent-a2/audit", headers=yanis).json()
+        page = c.get("/me", headers=yanis).text
+    assert [(e["actor"], e["actor_role"], e["action"]) for e in log["entries"]] == [
+        (me, "it", "user_add")]
+    assert "a créé votre compte" in page

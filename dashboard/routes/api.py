@@ -157,15 +157,20 @@ def floor_data(db: Any, user: User, site: str, pseudonymous: bool | None) -> dic
     """Seats the user may see, with layout, names (unless pseudonymous), team and campaign."""
     pseudo = _pseudonymous_default(db) if pseudonymous is None else pseudonymous
     boxes = access.visible_boxes(db, user)
+    # private mode is the box's (its button, its socket, the dashboard's switch all end there):
+    # what its status says, the dashboard's switch standing in for a box that never said
     rows = list(db.query(
-        "SELECT s.box, s.label, s.row, s.col, s.agent, a.name, a.team, a.campaign, a.private "
-        "FROM seats s LEFT JOIN agents a ON a.agent = s.agent ORDER BY s.box"))
+        "SELECT s.box, s.label, s.row, s.col, s.agent, a.name, a.team, a.campaign, "
+        "coalesce(b.private, a.private, 0) AS private FROM seats s "
+        "LEFT JOIN agents a ON a.agent = s.agent LEFT JOIN boxes b ON b.box = s.box "
+        "ORDER BY s.box"))
     known = {r["box"] for r in rows}
     if boxes is None:  # admin: boxes seen but not yet in the inventory too (not retired ones)
         retired = schema.retired_boxes(db)
         rows += [{"box": b, "label": b, "row": None, "col": None, "agent": None, "name": None,
-                  "team": None, "campaign": None, "private": 0}
-                 for (b,) in db.conn.execute("SELECT box FROM boxes ORDER BY box").fetchall()
+                  "team": None, "campaign": None, "private": private or 0}
+                 for b, private in db.conn.execute(
+                     "SELECT box, private FROM boxes ORDER BY box").fetchall()
                  if b not in known and b not in retired]
     else:
         rows = [r for r in rows if r["box"] in boxes]
@@ -801,7 +806,7 @@ def get_agent(db: Db, user: CurrentUser, agent: AgentId) -> dict[str, Any]:
     """One agent (audited)."""
     row = access.require_agent(db, user, agent)
     access.audit(db, user, "view_agent", agent)
-    row["private"] = bool(row["private"])
+    row["private"] = access.private_mode(db, agent, row)
     return row
 
 

@@ -113,10 +113,7 @@ def _agent_context(db: Db, user: User, agent: str, self_view: bool,
                    calls_before: int | None = None) -> dict[str, Any]:
     row = access.require_agent(db, user, agent)
     seat = db.conn.execute("SELECT box, label FROM seats WHERE agent = ?", (agent,)).fetchone()
-    box_private = seat and db.conn.execute("SELECT private FROM boxes WHERE box = ?",
-                                           (seat[0],)).fetchone()
-    if box_private and box_private[0] is not None:
-        row["private"] = box_private[0]  # the box's own word: its button may have turned it on
+    row["private"] = access.private_mode(db, agent, row)  # its button may have turned it on
     flags = list(db.query("SELECT * FROM flags WHERE agent = ? ORDER BY ts DESC LIMIT 100",
                           [agent]))
     goals = list(db.query("SELECT * FROM goals WHERE agent = ? AND active = 1 "
@@ -175,8 +172,12 @@ def me_page(request: Request, db: Db, user: CurrentUser,
                              calls_before=calls_before)
     sent = request.query_params.get("sent")
     context["private_unsent"] = sent == "0"
-    if sent in ("on", "off") and _unconfirmed(db, user.agent or "", request.query_params.get("at")):
+    at = request.query_params.get("at")
+    if sent in ("on", "off") and _unconfirmed(db, user.agent or "", at):
         context["agent"]["private"] = sent == "on"  # just switched here: the box confirms it soon
+        # the page's script keeps saying so until the box speaks since, or the time is up
+        context["private_sent_at"] = float(at or "")
+        context["private_confirm_s"] = PRIVATE_CONFIRM_S
     return render(request, "agent.html", context)
 
 

@@ -400,6 +400,46 @@
     if (seat.priv || seat.state === "offline") seat.talk = null;
   }
 
+  // The private switch of the agent's own page says what the box says (its status on the stream,
+  // whoever changed it: this page, another tab, the box's button), as a reload would: once sent
+  // from this page (the answer's server time, data-sent-at), what it sent until the box speaks
+  // since, for data-confirm-s at most.
+  const privatePanel = document.getElementById("private");
+  let sentAt = privatePanel && privatePanel.dataset.sentAt
+    ? parseFloat(privatePanel.dataset.sentAt) : null;
+  let boxPrivate = null;  // the box's last word, null until it said one
+
+  function showPrivate(on) {
+    const toggle = document.getElementById("private-toggle");
+    if (!privatePanel || !toggle) return;
+    const said = document.getElementById("private-state") || document.getElementById("private-help");
+    if (said && (said.id === "private-state") !== on) {
+      const p = document.createElement("p");
+      p.id = on ? "private-state" : "private-help";
+      p.className = on ? "private-on" : "muted small";
+      p.textContent = t(on ? "agent.private_is_on" : "agent.private_help");
+      said.replaceWith(p);
+    }
+    toggle.form.elements.namedItem("private").value = on ? "0" : "1";
+    toggle.textContent = t(on ? "agent.private_off" : "agent.private_on");
+    toggle.className = on ? "" : "warn";
+  }
+
+  // ``priv`` said by the box at ``ts`` (its clock), or the time sent from this page is up
+  function boxSaysPrivate(priv, ts) {
+    if (typeof priv === "boolean") {
+      boxPrivate = priv;
+      if (sentAt !== null && typeof ts === "number" && ts >= sentAt) sentAt = null;
+    }
+    if (sentAt === null && boxPrivate !== null) showPrivate(boxPrivate);
+  }
+
+  function awaitConfirmation() {
+    if (sentAt === null) return;
+    const leftS = sentAt + parseFloat(privatePanel.dataset.confirmS) - (Date.now() / 1000 + clockSkewS);
+    setTimeout(() => { sentAt = null; boxSaysPrivate(null, null); }, Math.max(0, leftS * 1000));
+  }
+
   function live() {
     const state = document.getElementById("live-state");
     const cues = document.getElementById("live-cue-list");
@@ -412,7 +452,9 @@
         seat.talk = b.metrics ? b.metrics.talk_state : null;
         heard(b.last_seen_ts || b.last_status_ts);
         applyStatus(b.state, b.private, b.restarting_until_ts);
+        boxSaysPrivate(b.private, b.last_status_ts);
       }
+      awaitConfirmation();
       if (state) showSeat(state);
       body.dataset.streamReady = "1";
     });
@@ -428,6 +470,7 @@
         showSeat(state);
       } else if (u.kind === "status") {
         applyStatus(u.state, u.private, u.restarting_until_ts);
+        boxSaysPrivate(u.private, u.ts);
         showSeat(state);
       } else if (u.kind === "event" && u.name === "cue_on" && u.cue) {
         const s = document.createElement("span");
