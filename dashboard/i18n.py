@@ -167,11 +167,24 @@ STRINGS: dict[str, tuple[str, str]] = {
     "agent.no_audit": ("Personne n'a consulté ces données en détail.",
                        "Nobody has looked at this data in detail."),
     "agent.audit_scope": ("Sont journalisés : votre page, ses graphiques, ses exports et le tableau "
-                          "d'équipe. Le plan de salle en direct, qui montre l'état de votre poste "
-                          "(parle, écoute, privé) et vos alertes, ne l'est pas.",
-                          "Logged here: your page, its charts, its exports and the team board. The "
-                          "live floor, which shows your seat's state (talking, listening, private) "
-                          "and your cues, is not."),
+                          "d'équipe, et ce qui est fait de vos données et de votre compte "
+                          "(moments signalés, objectifs, campagnes, poste, compte). Le plan de "
+                          "salle en direct, qui montre l'état de votre poste (parle, écoute, "
+                          "privé) et vos alertes, ne l'est pas.",
+                          "Logged here: your page, its charts, its exports and the team board, and "
+                          "what is done with your data and your account (flagged moments, goals, "
+                          "campaigns, seat, account). The live floor, which shows your seat's "
+                          "state (talking, listening, private) and your cues, is not."),
+    "agent.audit_scope_admin": ("Sont journalisés : la page de l'agent, ses graphiques, ses exports "
+                                "et le tableau d'équipe, et ce qui est fait de ses données et de "
+                                "son compte (moments signalés, objectifs, campagnes, poste, "
+                                "compte). Le plan de salle en direct, qui montre l'état de son "
+                                "poste (parle, écoute, privé) et ses alertes, ne l'est pas.",
+                                "Logged here: the agent's page, its charts, its exports and the "
+                                "team board, and what is done with the agent's data and account "
+                                "(flagged moments, goals, campaigns, seat, account). The live "
+                                "floor, which shows the seat's state (talking, listening, "
+                                "private) and the agent's cues, is not."),
     "agent.audit_summary": ("Qui, quoi, combien de fois", "Who, what, how many times"),
     "agent.audit_times": ("Nombre de fois", "How many times"),
     "agent.audit_count": ("{n} entrées du journal", "{n} log entries"),

@@ -1829,3 +1829,30 @@ def test_an_agent_or_team_address_with_a_trailing_slash_opens_its_page(
         assert shown in page.locator("main").inner_text()
         page.goto(server.url + "/agents/agent-a1")
     assert page.locator("#flag-list .flag-note").all_inner_texts() == ["relance le prix"]
+
+
+def test_the_audit_scope_speaks_to_whoever_reads_it(org: Any) -> None:
+    """The sentence over an agent's audit list said "votre page" to the admin reading that agent's
+    page, and named only the reads (page, charts, exports, board) while the list also holds what
+    was done with the agent's data and account (flags, goals, campaigns, seat, account changes).
+    The agent reads "votre page ... votre compte"; the admin "la page de l'agent ... son compte"."""
+    import html as html_text
+    import re
+
+    from tests._fixtures_dashboard import client, login_as
+
+    settings, data = org
+
+    def scope(user: str, path: str) -> str:
+        with client(settings) as c:
+            login_as(c, user, data)
+            html = c.get(path).text
+        found = re.search(r'<p class="muted small" id="audit-scope">([^<]*)</p>', html)
+        assert found, f"no audit scope on {path} for {user}"
+        return html_text.unescape(found.group(1))
+
+    own = scope("amina", "/me")
+    assert "votre page" in own and "votre compte" in own and "moments signalés" in own
+    admin = scope("admin", "/agents/agent-a1")
+    assert "votre" not in admin
+    assert "la page de l'agent" in admin and "son compte" in admin
