@@ -12,6 +12,7 @@ connection, subscription) and is not counted.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 import threading
@@ -125,6 +126,7 @@ def run(samples: int = 200, boxes: int = 8) -> dict[str, Any]:
         http_port=0, admin_password_file=root / "pw", totp_required=False)
     server = DashboardServer(settings)
     url = server.start()
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)  # stdout: the figures alone
     cycles = -(-samples // boxes) + 1  # the first cycle is a warm-up (TLS connection, subscribe)
     sources = {b: PacedCalls(cycles) for b in ids}
     try:

@@ -77,3 +77,18 @@ def test_a_bench_run_as_a_module_takes_its_options_or_refuses_them(module: str) 
     assert shown.returncode == 0 and shown.stdout.startswith("usage:"), shown.stderr
     bad = run("--no-such-option")
     assert bad.returncode == 2 and "unrecognized arguments: --no-such-option" in bad.stderr
+
+
+def test_the_latency_bench_prints_one_line_of_json_and_nothing_else() -> None:
+    """`miroir bench latency --json` printed the dashboard's access log (uvicorn's, on stdout)
+    before its JSON line: `| jq` failed on it. Stdout holds the JSON line alone."""
+    import json
+
+    out = subprocess.run([sys.executable, "-m", "miroir", "bench", "latency", "--json",
+                          "--samples", "2", "--boxes", "1"], capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert len(lines) == 1, lines[:5]
+    figures = json.loads(lines[0])
+    assert figures["onsets"] >= 2 and figures["latency_ms_p50"] > 0, figures
