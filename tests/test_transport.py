@@ -587,9 +587,9 @@ def test_reconnect_backs_off_from_1_s_doubling_up_to_30_s(site: SiteFiles,
 
 # --------------------------------------------------------------------------------- bridge
 def test_bridge_and_central_acl_are_generated(site: SiteFiles, tmp_path: Path) -> None:
-    from provisioning.broker import add_bridge, new_site_dir
+    from provisioning.broker import add_bridge
 
-    central = make_central(new_site_dir(), [SITE_ID])
+    central = make_central(site.dir / "central", [SITE_ID])  # removed with the site's folder
     conf = add_bridge(site, central).read_text()
     directives = [ln for ln in conf.splitlines() if ln and not ln.startswith("#")]
     root = f"miroir/v1/{SITE_ID}"
