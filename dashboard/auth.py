@@ -212,23 +212,17 @@ def _audit_it(db: sqlite_utils.Database, actor: str, action: str, detail: dict[s
                      json.dumps(detail, separators=(",", ":"), sort_keys=True)))
 
 
-def _account_agent(db: sqlite_utils.Database, username: str, role: str) -> str | None:
-    """The agent whose own account ``username`` is (None for any other role): site IT's acts on
-    it are entries about that agent, which they read on their page. Whoever had a reset
-    password would read the agent's page as the agent, which nothing else logs."""
-    if role != "agent":
-        return None
-    row = db.conn.execute("SELECT agent FROM users WHERE username = ?", (username,)).fetchone()
-    return None if row is None or row[0] is None else str(row[0])
-
-
-def _role_of(db: sqlite_utils.Database, username: str) -> tuple[str, int]:
-    """The role and disabled flag of ``username``; KeyError when there is no such user."""
-    row = db.conn.execute("SELECT role, disabled FROM users WHERE username = ?",
+def _account(db: sqlite_utils.Database, username: str) -> tuple[str, int, str | None]:
+    """The role and disabled flag of ``username``, and the agent whose own account it is (None for
+    any other role: site IT's acts on an agent's account are entries about that agent, read on
+    their page; whoever had a reset password would read it as the agent, which nothing else
+    logs); KeyError when there is no such user."""
+    row = db.conn.execute("SELECT role, disabled, agent FROM users WHERE username = ?",
                           (username,)).fetchone()
     if row is None:
         raise KeyError(username)
-    return str(row[0]), int(row[1])
+    agent = str(row[2]) if row[0] == "agent" and row[2] is not None else None
+    return str(row[0]), int(row[1]), agent
 
 
 def _cut_off(db: sqlite_utils.Database, username: str) -> int:
@@ -258,15 +252,14 @@ def set_disabled(db: sqlite_utils.Database, username: str, disabled: bool, actor
     """
     now = time.time() if now is None else now
     with db.conn:
-        role, was = _role_of(db, username)
+        role, was, agent = _account(db, username)
         ended = _cut_off(db, username) if disabled else 0
         if bool(was) == disabled:
             return {"changed": False, "role": role, "sessions_ended": ended}
         db.conn.execute("UPDATE users SET disabled = ? WHERE username = ?",
                         (int(disabled), username))
         _audit_it(db, actor, "user_disable" if disabled else "user_enable",
-                  {"user": username, "role": role, "sessions_ended": ended}, now,
-                  _account_agent(db, username, role))
+                  {"user": username, "role": role, "sessions_ended": ended}, now, agent)
     log.info("user %s %s by %s", username, "disabled" if disabled else "enabled", actor)
     return {"changed": True, "role": role, "sessions_ended": ended}
 
@@ -292,13 +285,12 @@ def reset_credentials(db: sqlite_utils.Database, username: str, password: str, a
     now = time.time() if now is None else now
     hashed = hash_password(password)  # 0.1 s of argon2id: outside the write lock
     with db.conn:
-        role, disabled = _role_of(db, username)
+        role, disabled, agent = _account(db, username)
         db.conn.execute("UPDATE users SET password_hash = ?, totp_secret = NULL, totp_last_step = 0 "
                         "WHERE username = ?", (hashed, username))
         ended = _cut_off(db, username)
         _audit_it(db, actor, "user_reset", {"user": username, "role": role,
-                                            "sessions_ended": ended}, now,
-                  _account_agent(db, username, role))
+                                            "sessions_ended": ended}, now, agent)
     log.info("user %s: password and authenticator reset by %s", username, actor)
     return {"role": role, "disabled": bool(disabled), "sessions_ended": ended}
 

@@ -119,33 +119,31 @@ def cmd_user_disable(args: argparse.Namespace) -> int:
     """Disable a user (someone who left, a stolen laptop): their open pages are logged out at once
     and their password no longer logs in; their history and the audit log stay. Audited. Exits 0,
     3 when there is no such user (nothing changed)."""
-    from dashboard import auth
-
-    db = _db(load_settings())
-    try:
-        out = auth.set_disabled(db, args.username, True, actor=_actor())
-    except KeyError:
-        raise _unknown_user(args.username) from None
-    finally:
-        db.conn.close()
-    state = "disabled" if out["changed"] else "was already disabled"
-    print(f"{out['role']} {args.username} {state}; {out['sessions_ended']} open session(s) ended")
-    return 0
+    return _switch_user(args.username, disabled=True)
 
 
 def cmd_user_enable(args: argparse.Namespace) -> int:
     """Enable a disabled user again (with the password they had: `user reset` gives a new one).
     Audited. Exits 0, 3 when there is no such user (nothing changed)."""
+    return _switch_user(args.username, disabled=False)
+
+
+def _switch_user(username: str, disabled: bool) -> int:
+    """Disable or enable ``username`` (:func:`dashboard.auth.set_disabled`) and say what it did."""
     from dashboard import auth
 
     db = _db(load_settings())
     try:
-        out = auth.set_disabled(db, args.username, False, actor=_actor())
+        out = auth.set_disabled(db, username, disabled, actor=_actor())
     except KeyError:
-        raise _unknown_user(args.username) from None
+        raise _unknown_user(username) from None
     finally:
         db.conn.close()
-    print(f"{out['role']} {args.username} {'enabled' if out['changed'] else 'was not disabled'}")
+    if not disabled:
+        print(f"{out['role']} {username} {'enabled' if out['changed'] else 'was not disabled'}")
+    else:
+        state = "disabled" if out["changed"] else "was already disabled"
+        print(f"{out['role']} {username} {state}; {out['sessions_ended']} open session(s) ended")
     return 0
 
 
