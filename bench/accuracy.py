@@ -48,7 +48,7 @@ def run(prosody_step: int = 1) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the figures (JSON with ``--json``, else one per line)."""
-    parser = argparse.ArgumentParser(prog="python -m bench.accuracy", description=__doc__)
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m bench.accuracy", description=__doc__)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--step", type=int, default=1, help="use every n-th EmoDB clip")
     args = parser.parse_args(argv)

@@ -389,7 +389,8 @@ def noisy_line_figures(seeds: tuple[int, ...] = SEEDS) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the conversation accuracy figures as JSON."""
-    parser = argparse.ArgumentParser(description="Conversation-metric accuracy on calls built from "
+    parser = argparse.ArgumentParser(allow_abbrev=False,
+                                     description="Conversation-metric accuracy on calls built from "
                                                  "EmoDB utterances, truth from the phone labels.")
     parser.add_argument("--detail", action="store_true", help="also print per-call scores")
     args = parser.parse_args(argv)

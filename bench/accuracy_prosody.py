@@ -434,7 +434,7 @@ def rate_cv_figures(step: int = 1) -> dict[str, Any]:
 
 def main() -> None:
     """Print the figures as one JSON object."""
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     ap.add_argument("--step", type=int, default=1, help="use every N-th EmoDB clip")
     args = ap.parse_args()
     figs = prosody_figures(args.step)

@@ -58,7 +58,7 @@ def run_case(minutes: int, rate_hz: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Print one JSON object: each case's figures, and the memory per hour of audio."""
-    parser = argparse.ArgumentParser(prog="python -m bench.analyze", description=__doc__)
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m bench.analyze", description=__doc__)
     parser.add_argument("--minutes", type=int, nargs="+", default=[1, 10],
                         help="recording lengths in minutes (default 1 10)")
     parser.add_argument("--rate", type=int, nargs="+", default=[16000],

@@ -69,7 +69,7 @@ def run(pairs: tuple[tuple[str, str], ...] = PAIRS, seeds: tuple[tuple[int, int]
 
 def main() -> None:
     """Print the figures as one JSON object."""
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     ap.add_argument("--seeds", type=int, default=2, choices=range(1, len(SEEDS) + 1),
                     help="how many seed pairs per agent (each a clean, a slow and a steady call; 4: "
                          "32 calls of each kind, about 20 minutes)")

@@ -425,7 +425,7 @@ def cost_figures(seconds: float = 60.0, repeats: int = 5, with_vad: bool = True
 
 def main(argv: list[str] | None = None) -> int:
     """Print the far-end figures as JSON."""
-    p = argparse.ArgumentParser(prog="python -m bench.farend", description=__doc__)
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="python -m bench.farend", description=__doc__)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("--cost-only", action="store_true", help="only the cost figures")
     args = p.parse_args(argv)

@@ -550,7 +550,7 @@ def _round(x: float | None) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the child processes (``fleet``, ``box``, ``dashboard``)."""
-    parser = argparse.ArgumentParser(prog="python -m bench.ingest",
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m bench.ingest",
                                      description="Child processes of the ingest benchmark.")
     parser.add_argument("kind", choices=("fleet", "box", "dashboard"), help="what to run")
     parser.add_argument("spec", type=Path, help="JSON spec file")

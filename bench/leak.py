@@ -74,5 +74,6 @@ def leak_figures() -> dict[str, Any]:
 if __name__ == "__main__":
     import argparse
 
-    argparse.ArgumentParser(description=__doc__).parse_args()  # no options: --help says what it does
+    # no options: --help says what it does
+    argparse.ArgumentParser(allow_abbrev=False, description=__doc__).parse_args()
     print(json.dumps(leak_figures()))

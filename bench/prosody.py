@@ -84,7 +84,7 @@ def prosody_cost(seconds: float = 60.0, repeats: int = 5) -> dict[str, Any]:
 
 def main() -> None:
     """Print the cost figures as JSON."""
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     ap.add_argument("--seconds", type=float, default=60.0, help="seconds of speech to run")
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported)")
     ap.add_argument("--json", action="store_true", help="print JSON (the default output)")

@@ -218,7 +218,7 @@ def _rounded(value: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the telephone figures as JSON."""
-    p = argparse.ArgumentParser(prog="python -m bench.telephone", description=__doc__)
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="python -m bench.telephone", description=__doc__)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("--step", type=int, default=3, help="use every N-th EmoDB clip (3: 137 clips)")
     args = p.parse_args(argv)

@@ -731,7 +731,7 @@ def _fsync_tree(path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python update.py recover --root DIR``: the boot-time recovery, standard library only."""
-    parser = argparse.ArgumentParser(description="Miroir update recovery")
+    parser = argparse.ArgumentParser(allow_abbrev=False, description="Miroir update recovery")
     parser.add_argument("action", choices=["recover"], help="what to do")
     parser.add_argument("--root", type=Path, required=True, help="the releases root")
     args = parser.parse_args(argv)

@@ -205,7 +205,7 @@ def install_bundle(path: Path, dest: Path) -> Bundle:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m provisioning.bundle install BUNDLE DEST`` (used by the box's first boot)."""
-    parser = argparse.ArgumentParser(prog="python -m provisioning.bundle",
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m provisioning.bundle",
                                      description="Verify and install a Miroir first-boot bundle.")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("install", help="verify a bundle and install its files")

@@ -333,6 +333,28 @@ def test_a_prefix_of_an_option_is_refused_as_a_mistyped_option(tmp_path: Path) -
     assert parser.parse_args(["--verbose", "provision", "expiry"]).verbose is True
 
 
+
+def test_every_parser_in_the_repository_refuses_option_prefixes() -> None:
+    """The scripts outside the CLI (``python -m provisioning.bundle``, the benches, the update
+    recovery, the firmware proofs) took `--out` for `--output` too: every ``ArgumentParser(...)``
+    written in the repository passes ``allow_abbrev=False``."""
+    import ast
+
+    taking: list[str] = []
+    found = 0
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted(root.rglob("*.py")):
+        if ".venv" in path.parts or "build" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "ArgumentParser":
+                found += 1
+                if not any(k.arg == "allow_abbrev" and isinstance(k.value, ast.Constant)
+                           and k.value.value is False for k in node.keywords):
+                    taking.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert found >= 15
+    assert taking == [], f"parsers taking option prefixes: {taking}"
+
 def test_the_readme_says_what_analyze_prints_in_text_and_in_json() -> None:
     """`miroir analyze` on a real headset pair: each part of its JSON is named in the README's row,
     and the text output is what the row says it is, a summary. The row said the command printed

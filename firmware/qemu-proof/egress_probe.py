@@ -92,7 +92,7 @@ def probe(label: str, settings: Path, targets: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: ``listen ADDR...`` or ``probe --label L --settings FILE TARGET...``."""
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("listen", help="accept TCP connections on host:port addresses")
     p.add_argument("addresses", nargs="+", help="host:port, IPv6 as [::1]:port")

@@ -303,7 +303,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line; everything after ``--`` is the qemu command."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     parser.add_argument("--site-dir", type=Path, required=True, help="the site made by run.sh")
     parser.add_argument("--box", required=True, help="the guest's box id")
     parser.add_argument("--console", type=Path, required=True, help="qemu's serial console file")
