@@ -150,6 +150,42 @@ def check_host(value: str, what: str = "host") -> str:
     return value
 
 
+def _loopback(host: str) -> bool:
+    """True if ``host`` names this machine's loopback (127.0.0.0/8, ::1, localhost)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.lower() == "localhost" or host.lower().endswith(".localhost")
+
+
+def _family(host: str) -> int | None:
+    """4 or 6 for an IP address, None for a name (resolved by each client)."""
+    try:
+        return ipaddress.ip_address(host).version
+    except ValueError:
+        return None
+
+
+def check_reachable(bind: str, host: str, option: str) -> None:
+    """Raise :class:`SiteError` if a broker listening on ``bind`` can never be reached at ``host``
+    (``option`` names the host's command-line option): a loopback listener from a box, a listener
+    on a LAN address at this server's loopback, or an address of the other IP version (Mosquitto
+    binds ``::`` to IPv6 only, measured on 2.0.11)."""
+    why = None
+    bind_ip = ipaddress.ip_address(bind) if _family(bind) else None
+    if _loopback(bind) and not _loopback(host):
+        why = "this server's loopback only"
+    elif _loopback(host) and bind_ip is not None and not bind_ip.is_unspecified \
+            and not bind_ip.is_loopback:
+        why = f"{bind} only, not on this server's loopback"
+    elif bind_ip is not None and _family(host) not in (None, bind_ip.version):
+        why = f"IPv{bind_ip.version} only, and {host} is an IPv{_family(host)} address"
+    if why:
+        raise SiteError(f"the broker cannot be reached at {option} {host}: --bind {bind} makes it "
+                        f"listen on {why} (--bind 0.0.0.0 listens on every IPv4 address, :: on "
+                        "every IPv6 one)")
+
+
 _ADMIN_USER = re.compile(r"[\w.@-]{1,64}")
 """The first admin's name: it goes unquoted into dashboard.env, which the IT guide's commands
 read with ``sh`` (a space, a quote or a ``$`` would break the file there, or run)."""
@@ -664,6 +700,8 @@ def init_site(dir: Path, site: str, *, broker_host: str, port: int = DEFAULT_POR
         check_host(host, what)
     if not 1 <= port <= 65535:
         raise SiteError(f"port {port} is outside 1..65535")
+    for option, host in (("--broker-host", broker_host), *(("--extra-host", h) for h in extra_hosts)):
+        check_reachable(bind, host, option)
     dir = Path(dir)
     if (dir / SITE_FILE).exists():
         raise SiteError(f"{dir} already holds a site ({SITE_FILE}); refusing to overwrite its CA")

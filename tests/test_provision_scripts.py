@@ -71,6 +71,46 @@ def test_the_backup_site_init_asks_for_is_a_command_that_works_as_typed(tmp_path
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.parametrize(("bind", "option", "host"), [
+    ("127.0.0.1", "--broker-host", "192.168.10.5"),  # loopback only: no box reaches it
+    ("::1", "--broker-host", "broker.lan"),
+    ("127.0.0.1", "--extra-host", "broker.lan"),
+    ("192.168.10.5", "--broker-host", "localhost"),  # one LAN address: not on loopback
+    ("0.0.0.0", "--broker-host", "fd00::5"),  # IPv4 only
+    ("::", "--broker-host", "192.168.10.5"),  # IPv6 only (Mosquitto binds :: so)
+])
+def test_a_broker_address_its_listener_never_answers_is_refused(
+        tmp_path: Path, bind: str, option: str, host: str) -> None:
+    """`site-init --bind 127.0.0.1 --broker-host 192.168.10.5` was accepted (exit 0, the listener
+    on loopback): no box could ever connect. It is refused in one line naming both options, exit
+    2, nothing written; so is each other address a listener so bound never answers at."""
+    first = ["--broker-host", "localhost" if bind.startswith(("127.", "::1")) else "broker.lan"]
+    hosts = ["--broker-host", host] if option == "--broker-host" else [*first, option, host]
+    done = cli("site-init", "--site-dir", str(tmp_path / "site"), "--site", SITE, "--bind", bind,
+               *hosts)
+    assert done.returncode == 2, done.stdout
+    [line] = [x for x in done.stderr.splitlines() if "INFO" not in x]
+    assert f"--bind {bind}" in line and f"{option} {host}" in line, line
+    assert not (tmp_path / "site").exists()
+
+
+def test_mosquitto_bound_to_the_ipv6_any_address_does_not_answer_on_ipv4() -> None:
+    """Why `--bind ::` with an IPv4 --broker-host is refused: measured on the real broker, a
+    listener on :: answers on ::1 and not on 127.0.0.1 (Mosquitto sets IPV6_V6ONLY)."""
+    import socket
+
+    root = new_site_dir("miroir-v6-")
+    try:
+        port = free_port()
+        site = init_site(root / "site", SITE, broker_host="localhost", port=port, bind="::")
+        with Mosquitto(site.config, port, root / "m.log", host="::1"):
+            socket.create_connection(("::1", port), timeout=5).close()
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", port), timeout=5)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def test_a_csv_run_again_enrols_only_its_new_rows(site_dir: Path, tmp_path: Path) -> None:
     """IT reruns the same file after adding rows (or after a partial failure): the rows already
     enrolled as they stand are reported and skipped, the new ones enrolled, exit 0."""
