@@ -68,8 +68,9 @@ CMD_MAX_AGE_S = 60.0
 refused: a ``private_off`` resent after a broken connection must not end a private call the agent
 started since."""
 REFUSALS_LOGGED = 5
-"""Refused local commands written to the journal one by one per :data:`REFUSALS_EVERY_S`; past
-them a connector gone wrong is counted (``cmd_refused``), and the total written when it ends."""
+"""Refused commands of one source (the ``cmd`` topic, the control socket) written to the journal
+one by one per :data:`REFUSALS_EVERY_S`; past them a sender gone wrong is counted
+(``cmd_refused``), and the total written when it ends."""
 REFUSALS_EVERY_S = 60.0
 STATEFUL_ACTIONS = frozenset({"private_on", "private_off", "call_state"})
 _STATE_OF = {"private_on": "private mode", "private_off": "private mode",
@@ -78,6 +79,42 @@ _STATE_OF = {"private_on": "private mode", "private_off": "private mode",
 change (from the ``cmd`` topic or the control socket) is refused, resent or overtaken."""
 LAST_GOOD_CAMPAIGN = "campaign.last-good.toml"
 """The campaign file the box last started with, a copy kept in its state directory."""
+
+
+class _Refusals:
+    """The journal's account of the commands refused from one source (``what``): the first
+    :data:`REFUSALS_LOGGED` of each :data:`REFUSALS_EVERY_S` one by one, then their number (a
+    flood would drown the agent's own lines, past journald's rate limit, and fill the card)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.since = -REFUSALS_EVERY_S
+        """When (monotonic seconds) the refusals now counted began."""
+        self.count = 0
+        """Commands refused since then (the first :data:`REFUSALS_LOGGED` written)."""
+
+    def refused(self, why: str) -> None:
+        """Write one refused command, or only count it past the first of the period."""
+        if time.monotonic() - self.since >= REFUSALS_EVERY_S:
+            self.flush()
+            self.since = time.monotonic()
+        self.count += 1
+        if self.count <= REFUSALS_LOGGED:
+            log.warning("%s refused: %s", self.what, why)
+        if self.count == REFUSALS_LOGGED:
+            log.warning("further refused %ss are counted in cmd_refused; their number is written "
+                        "within %.0f s", self.what, REFUSALS_EVERY_S)
+
+    def flush(self, force: bool = False) -> None:
+        """Write how many were refused since the count began, once :data:`REFUSALS_EVERY_S` have
+        passed (or now, if ``force``), when some went unwritten."""
+        elapsed_s = time.monotonic() - self.since
+        if not self.count or (not force and elapsed_s < REFUSALS_EVERY_S):
+            return
+        if self.count > REFUSALS_LOGGED:
+            log.warning("%d %s(s) refused in %.0f s (%d not written one by one)", self.count,
+                        self.what, elapsed_s, self.count - REFUSALS_LOGGED)
+        self.count = 0
 
 
 class _Message(Protocol):
@@ -167,10 +204,8 @@ class Box:
         self._panel: tuple[bool, ...] = ()
         self._panel_at = 0.0
         self.cmd_refused = 0
-        self._refusals_since = -REFUSALS_EVERY_S
-        """When (monotonic seconds) the local refusals now counted began."""
-        self._refusals = 0
-        """Local commands refused since then (the first :data:`REFUSALS_LOGGED` written)."""
+        self._refusals = {"cmd": _Refusals("MQTT command"), "local": _Refusals("local command")}
+        """The journal's account of refused commands, per source."""
         self.pipeline_errors = 0
         """Blocks on which a stage raised (a bug: logged, the stages started again)."""
         self.fields_dropped = 0
@@ -317,7 +352,7 @@ class Box:
                                      f"{self._state_ts[state]:.3f}): a resent or stale command")
         except wire.WireError as exc:
             self.cmd_refused += 1
-            log.warning("command refused: %s", exc)
+            self._refusals["cmd"].refused(str(exc))
             return "refused"
         return self._apply_safely(msg)
 
@@ -328,7 +363,7 @@ class Box:
             msg = {**parse(text, self.private), "ts": time.time()}
         except ControlError as exc:
             self.cmd_refused += 1
-            self._log_refusal(str(exc))
+            self._refusals["local"].refused(str(exc))
             return "refused", f"refused: {exc}"
         action = self._apply_safely(msg)
         if action == "refused":
@@ -336,30 +371,6 @@ class Box:
         if action == "call_state":
             return action, f"ok call {msg['call_state']}"
         return action, "ok " + action.replace("_", " ")
-
-    def _log_refusal(self, why: str) -> None:
-        """Write a refused local command to the journal, the first :data:`REFUSALS_LOGGED` of
-        each :data:`REFUSALS_EVERY_S` only (a flood would drown the agent's own lines)."""
-        if time.monotonic() - self._refusals_since >= REFUSALS_EVERY_S:
-            self._log_refusals()
-            self._refusals_since = time.monotonic()
-        self._refusals += 1
-        if self._refusals <= REFUSALS_LOGGED:
-            log.warning("local command refused: %s", why)
-        if self._refusals == REFUSALS_LOGGED:
-            log.warning("further refused local commands are counted in cmd_refused; their number "
-                        "is written within %.0f s", REFUSALS_EVERY_S)
-
-    def _log_refusals(self, force: bool = False) -> None:
-        """Write how many local commands were refused since the count began, once
-        :data:`REFUSALS_EVERY_S` have passed (or now, if ``force``), when some went unwritten."""
-        elapsed_s = time.monotonic() - self._refusals_since
-        if not force and elapsed_s < REFUSALS_EVERY_S:
-            return
-        if self._refusals > REFUSALS_LOGGED:
-            log.warning("%d local command(s) refused in %.0f s (%d not written one by one)",
-                        self._refusals, elapsed_s, self._refusals - REFUSALS_LOGGED)
-        self._refusals = 0
 
     @property
     def _private_file(self) -> Path:
@@ -483,13 +494,13 @@ class Box:
                 log.warning("cannot write the heartbeat in %s: %s", self.settings.state_dir, exc)
         for topic, payload, retained in self.publisher.take_commands():
             self.handle_command(topic, payload, retained)
+        for refusals in self._refusals.values():
+            refusals.flush()
         connected = self.publisher.connected.is_set()
         now = time.monotonic()
         if self.control is not None:
             for text, sender in self.control.take():
                 self.control.answer(sender, self.answer_local(text)[1])
-            if self._refusals:
-                self._log_refusals()
             panel = (connected, self.private, self.identifying)
             if panel != self._panel or now - self._panel_at > PANEL_EVERY_S:
                 self._panel, self._panel_at = panel, now
@@ -664,8 +675,9 @@ class Box:
         finally:
             self.watchdog.stopping()
             self.save_baselines()
+            for refusals in self._refusals.values():
+                refusals.flush(force=True)
             if self.control is not None:
-                self._log_refusals(force=True)
                 self.control.close()
                 self.control = None
             try:
