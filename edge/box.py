@@ -29,6 +29,7 @@ bad file may be a new campaign whose call script does not disclose it.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import sqlite3
 import threading
@@ -79,6 +80,9 @@ _STATE_OF = {"private_on": "private mode", "private_off": "private mode",
 change (from the ``cmd`` topic or the control socket) is refused, resent or overtaken."""
 LAST_GOOD_CAMPAIGN = "campaign.last-good.toml"
 """The campaign file the box last started with, a copy kept in its state directory."""
+LAST_RELOAD = "last-reload"
+"""When (the sender's ``ts``) the last ``reload`` the box applied was sent, kept in its state
+directory: the same command again after the restart it made (a QoS 1 resend) is refused."""
 
 
 class _Refusals:
@@ -211,6 +215,8 @@ class Box:
         self.fields_dropped = 0
         """Numbers left out of the box's own messages and statuses: outside their range in the
         wire contract, or not finite (a bug: logged; the rest of the message goes)."""
+        self._reload_ts = self._last_reload()
+        """When the last ``reload`` applied was sent (its ``ts``; -1 for none)."""
         self.cmd_done = 0
         self.resent = 0
         self.suppressed = 0
@@ -345,6 +351,10 @@ class Box:
                 raise wire.WireError(f"{msg['action']} sent {age_s:.0f} s ago: too old to apply")
             if msg["action"] == "forget_baselines" and age_s < -CMD_MAX_AGE_S:
                 raise wire.WireError(f"forget_baselines for a seat change {-age_s:.0f} s ahead")
+            if msg["action"] == "reload" and float(msg["ts"]) <= self._reload_ts:
+                raise wire.WireError(f"reload sent at {float(msg['ts']):.3f}, not after the last "
+                                     f"reload applied (sent at {self._reload_ts:.3f}): a resent "
+                                     "or stale command")
             state = _STATE_OF.get(msg["action"])
             if state is not None and float(msg["ts"]) <= self._state_ts.get(state, -1.0):
                 raise wire.WireError(f"{msg['action']} sent at {float(msg['ts']):.3f}, not after "
@@ -387,6 +397,29 @@ class Box:
         except OSError as exc:
             log.error("cannot keep private mode in %s: %s", self.settings.state_dir, exc)
 
+    def _last_reload(self) -> float:
+        """The ``ts`` of the last ``reload`` applied, from the state directory (-1 for none)."""
+        path = Path(self.settings.state_dir) / LAST_RELOAD
+        try:
+            ts = float(path.read_text())
+            if not math.isfinite(ts):
+                raise ValueError(f"{ts} is not a time")
+            return ts
+        except FileNotFoundError:
+            return -1.0
+        except (OSError, ValueError) as exc:
+            log.warning("%s is unreadable (%s): any reload is taken", path, exc)
+            return -1.0
+
+    def _remember_reload(self, ts: float) -> None:
+        """Keep when the reload now applied was sent, for after the restart it makes."""
+        self._reload_ts = max(self._reload_ts, ts)
+        try:
+            atomic_write(Path(self.settings.state_dir) / LAST_RELOAD,
+                         f"{self._reload_ts!r}\n".encode())
+        except OSError as exc:
+            log.error("cannot keep the reload's time in %s: %s", self.settings.state_dir, exc)
+
     def _apply_safely(self, msg: dict[str, Any]) -> str:
         """:meth:`_apply`, counting a command that fails as refused: the loop must go on."""
         try:
@@ -417,7 +450,8 @@ class Box:
         elif action == "identify":
             self.identify_until = time.monotonic() + IDENTIFY_S
         elif action == "reload":
-            self.reload()
+            if self.reload() and "ts" in msg:
+                self._remember_reload(float(msg["ts"]))
         elif action == "resend":
             n = self.outbox.resend(int(msg["from_seq"]), msg.get("to_seq"))
             self.resent += n
