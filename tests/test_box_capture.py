@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from edge.box import Box
 from edge.capture import CaptureConfig, CaptureSource
@@ -404,6 +405,56 @@ def test_systemctl_reload_sighup_checks_the_files_of_a_running_box(tmp_path: Pat
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)
     assert code == 0, log.read_text()[-2000:]
+
+
+@pytest.mark.parametrize("which", ["campaign_file", "settings", "ca_file"])
+def test_a_file_that_is_a_fifo_is_refused_at_a_reload_not_waited_on(tmp_path: Path,
+                                                                    which: str) -> None:
+    """A campaign file, the settings file or a TLS file that is a FIFO (no writer) at a reload
+    (SIGHUP, as `systemctl reload` sends): the real agent's loop waited in open() for good, past
+    SIGTERM, until the watchdog killed it. The file is refused in one line naming it (not a
+    regular file), and the box runs on and stops on SIGTERM."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    campaign = tmp_path / "campaign.toml"
+    campaign.write_text("[monologue]\non_s = 45.0\n")
+    config = tmp_path / "box.toml"
+    settings = (f'site = "site-a"\nbox = "box-a"\nbroker_port = 9\n'
+                f'state_dir = "{tmp_path / "state"}"\ncampaign_file = "{campaign}"\n')
+    config.write_text(settings)
+    log = tmp_path / "journal.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "miroir", "edge", "run", "--config", str(config), "--replay",
+             str(shared / "ami-headsets" / "source0.wav"),
+             str(shared / "ami-headsets" / "source1.wav"), "--loop"],
+            stdout=subprocess.DEVNULL, stderr=err, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        wait_until(lambda: "replaying" in log.read_text(), "the box to start")
+        fifo = {"campaign_file": campaign, "settings": config, "ca_file": tmp_path / "ca.pem"}[which]
+        fifo.unlink(missing_ok=True)
+        os.mkfifo(fifo)
+        if which == "ca_file":
+            config.write_text(settings + f'ca_file = "{fifo}"\n')
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reload refused" in log.read_text() or proc.poll() is not None,
+                   "the reload to be refused")
+        assert proc.poll() is None, log.read_text()[-600:]
+        [line] = [x for x in log.read_text().splitlines() if "reload refused" in x]
+        assert str(fifo) in line and "a FIFO, not a regular file" in line, line
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+    assert code == 0, log.read_text()[-600:]
 
 
 def test_a_campaign_file_nested_too_deep_is_refused_not_the_end_of_the_box(tmp_path: Path) -> None:
