@@ -7,12 +7,24 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 _KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """The JSON document in ``path``. One nested deeper than Python's parser recurses (a corrupt
+    file) raises ``ValueError`` as any bad JSON does, never ``RecursionError``."""
+    text = Path(path).read_text()
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("not valid JSON (nested too deep)") from None
 
 
 def read_regular(path: str | os.PathLike[str]) -> bytes:

@@ -457,6 +457,56 @@ def test_a_file_that_is_a_fifo_is_refused_at_a_reload_not_waited_on(tmp_path: Pa
     assert code == 0, log.read_text()[-600:]
 
 
+@pytest.mark.parametrize("name", ["baselines.json", "install-check.json", "restarting.json",
+                                  "releases/rolled-back.json"])
+def test_a_state_file_nested_too_deep_is_a_bad_file_not_the_end_of_the_agent(tmp_path: Path,
+                                                                             name: str) -> None:
+    """A file of the box's state folder (the agent's baselines, the install check's verdict, an
+    update's restart note; the updater's note of a release rolled back, which the status reports)
+    holding 5000 nested arrays (a corrupt card): JSON's parser recursed past
+    Python's limit and the real ``miroir edge run`` died at its start (exit 1, a RecursionError
+    traceback). It is now a bad file like any other, ignored (or the affect model kept off, as for
+    an unreadable check) and named in one line, and the agent runs."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    state = tmp_path / "state"
+    (state / "releases").mkdir(parents=True)
+    deep = "[" * 5000 + "]" * 5000
+    (state / name).write_text('{"format": 2, "learned_ts": 1, "agent": ' + deep + "}"
+                              if name == "baselines.json" else deep)
+    campaign = tmp_path / "campaign.toml"
+    campaign.write_text("[affect]\ndisclosed = true\n")
+    config = tmp_path / "box.toml"
+    config.write_text(f'site = "site-a"\nbox = "box-a"\nbroker_port = 9\nstate_dir = "{state}"\n'
+                      f'campaign_file = "{campaign}"\naffect_enabled = true\n'
+                      f'capture_device = "hw:9"\nreleases_root = "{state / "releases"}"\n')
+    log = tmp_path / "journal.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "miroir", "edge", "run", "--config", str(config), "--replay",
+             str(shared / "ami-headsets" / "source0.wav"),
+             str(shared / "ami-headsets" / "source1.wav"), "--loop"],
+            stdout=subprocess.DEVNULL, stderr=err, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        wait_until(lambda: "replaying" in log.read_text() or proc.poll() is not None,
+                   "the box to start")
+        assert proc.poll() is None, log.read_text()[-600:]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    text = log.read_text()
+    assert code == 0 and "Traceback" not in text, text[-600:]
+    if name == "releases/rolled-back.json":  # no release rolled back, as for a note unreadable
+        return
+    named = [line for line in text.splitlines() if str(state / name) in line
+             or (name == "install-check.json" and "install check is unreadable" in line)]
+    assert len(named) == 1 and "nested too deep" in named[0], named
+
+
 def test_a_campaign_file_nested_too_deep_is_refused_not_the_end_of_the_box(tmp_path: Path) -> None:
     """A campaign file of 2000 nested arrays (a corrupt or hostile edit): TOML's parser recursed
     past Python's limit and its RecursionError went through the loader's net, so the real ``miroir
