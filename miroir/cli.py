@@ -12,6 +12,7 @@ import importlib.util
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -263,6 +264,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    """A stop signal as Ctrl-C: :func:`main` ends the command, "interrupted" (exit 130)."""
+    raise KeyboardInterrupt
+
+
 def cmd_edge_run(args: argparse.Namespace) -> int:
     """Run the box agent: capture (or replay), analyse, publish metrics."""
     from edge import baselines
@@ -313,10 +319,16 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
     box.on_reload = check_files
     box.install_signal_handlers()
     if args.replay:
+        # the box's handlers only ask its loop to stop: until it runs, SIGTERM and Ctrl-C end the
+        # command (a FIFO no one writes to yet waits in open(), which a handler that returns
+        # does not end)
+        handlers = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             audio = pair(read_wav(args.replay[0]), read_wav(args.replay[1]))
         except AudioInputError as exc:
             raise CliError(str(exc)) from None
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
         replay = ReplaySource(audio, realtime=not args.fast, loop=args.loop)
         log.info("box %s/%s replaying %s and %s", cfg.site, cfg.box, *args.replay)
         box.run(replay.blocks())

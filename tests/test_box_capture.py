@@ -507,6 +507,43 @@ def test_a_state_file_nested_too_deep_is_a_bad_file_not_the_end_of_the_agent(tmp
     assert len(named) == 1 and "nested too deep" in named[0], named
 
 
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT"])
+def test_a_replay_waiting_on_a_fifo_with_no_writer_stops_on_sigterm_and_ctrl_c(
+        tmp_path: Path, stop: str) -> None:
+    """`miroir edge run --replay NEAR FAR` where NEAR is a FIFO no one writes to yet waits in
+    open(); the agent's own SIGTERM and SIGINT handlers (installed before) only asked the loop,
+    not yet running, to stop, and open() went on waiting: SIGTERM or Ctrl-C did not stop it (30 s
+    measured). They now stop it there: "miroir: interrupted", exit 130."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    near = tmp_path / "near.wav"
+    os.mkfifo(near)
+    config = tmp_path / "box.toml"
+    config.write_text(f'site = "site-a"\nbox = "box-a"\nbroker_port = 9\n'
+                      f'state_dir = "{tmp_path / "state"}"\n')
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "miroir", "edge", "run", "--config", str(config), "--replay",
+         str(near), str(shared / "ami-headsets" / "source1.wav")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wchan = Path(f"/proc/{proc.pid}/wchan")
+        wait_until(lambda: proc.poll() is not None or wchan.read_text() == "wait_for_partner",
+                   "the agent to wait for the FIFO's writer")
+        assert proc.poll() is None
+        proc.send_signal(getattr(signal, stop))
+        code = proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+    assert code == 130, proc.stderr.read() if proc.stderr else ""
+    assert proc.stderr is not None and "miroir: interrupted" in proc.stderr.read()
+
+
 def test_a_campaign_file_nested_too_deep_is_refused_not_the_end_of_the_box(tmp_path: Path) -> None:
     """A campaign file of 2000 nested arrays (a corrupt or hostile edit): TOML's parser recursed
     past Python's limit and its RecursionError went through the loader's net, so the real ``miroir
