@@ -12,6 +12,7 @@ import importlib.util
 import json
 import logging
 import os
+import shlex
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -182,11 +183,12 @@ UNEVEN_FILES_S = 1.0
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Run the edge pipeline offline over recordings and print the call's metrics."""
     from edge.pipeline import ANALYZE_BASE_MB, ANALYZE_MB_PER_HOUR, analyze, load_vad_model
-    from edge.source import AudioInputError, WavStream, pair_blocks
+    from edge.source import TWO_FILES, AudioInputError, WavStream, pair_blocks
 
+    two_files = f"{TWO_FILES}: `miroir analyze NEAR --far FAR`"
     try:  # each file's header and first second, so that a bad file fails at once
-        near = WavStream(args.near)
-        far = WavStream(args.far) if args.far else None
+        near = WavStream(args.near, two_files=two_files)
+        far = WavStream(args.far, two_files=two_files) if args.far else None
     except AudioInputError as exc:
         raise CliError(str(exc)) from None
     from edge.affect import AffectConfig
@@ -275,7 +277,7 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
     from edge import settings as edge_settings
     from edge.box import Box
     from edge.pipeline import load_vad_model
-    from edge.source import AudioInputError, ReplaySource, pair, read_wav
+    from edge.source import TWO_FILES, AudioInputError, ReplaySource, pair, read_wav
 
     try:
         cfg = edge_settings.load(args.config, state_dir=args.state_dir)
@@ -324,7 +326,10 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
         # does not end)
         handlers = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            audio = pair(read_wav(args.replay[0]), read_wav(args.replay[1]))
+            two_files = f"{TWO_FILES}: `miroir edge run --config " \
+                f"{shlex.quote(str(args.config))} --replay NEAR FAR`"
+            audio = pair(read_wav(args.replay[0], two_files=two_files),
+                         read_wav(args.replay[1], two_files=two_files))
         except AudioInputError as exc:
             raise CliError(str(exc)) from None
         for sig, handler in handlers.items():
