@@ -291,6 +291,7 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
     from edge.outbox import await_clock
     from edge.publisher import PublisherError
     from edge.watchdog import Notifier
+    from models.build import ModelError
 
     if cfg.clock_wait_s > 0:  # systemd's start timeout must not kill the wait (nor loop on it)
         Notifier().notify(f"EXTEND_TIMEOUT_USEC={int((cfg.clock_wait_s + 60.0) * 1e6)}",
@@ -315,6 +316,11 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
             check_tls_files(fresh)
         except PublisherError as exc:
             raise edge_settings.SettingsError(f"{args.config}: {exc}") from None
+        try:  # its runtime installed, its model file whole: as the start will load it
+            load_vad_model(fresh.model_backend)
+        except (ModelError, RuntimeError, ValueError, OSError) as exc:
+            raise edge_settings.SettingsError(
+                f"{args.config}: model_backend {fresh.model_backend}: {exc}") from None
         if fresh.campaign_file is not None:
             load_campaign(fresh.campaign_file)
 

@@ -632,3 +632,48 @@ def test_a_reload_refuses_settings_whose_tls_files_would_not_load(tmp_path: Path
     assert code == 0, text[-600:]
     assert f"{config}: ca_file {tmp_path}: Is a directory" in text, text[-600:]
     assert f"{config}: state_dir {config}: not a directory" in text, text[-600:]
+
+
+def test_a_reload_refuses_a_model_backend_whose_runtime_is_not_installed(tmp_path: Path) -> None:
+    """The settings edited while the box runs on LiteRT to ``model_backend = "onnx"`` on a box
+    without ONNX Runtime (here hidden from the real ``miroir edge run`` by a package of that name
+    that fails to import, as a missing one does): the reload took it, the agent exited 75, and its
+    start then stopped on "onnxruntime is not installed" (a box down after 10 tries). The reload now loads the
+    VAD model as the start would, refuses it naming the key, and the box runs on."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    hidden = tmp_path / "hidden" / "onnxruntime"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text(
+        'raise ModuleNotFoundError("No module named \'onnxruntime\'", name="onnxruntime")\n')
+    config = tmp_path / "box.toml"
+    good = (f'site = "site-a"\nbox = "box-a"\nbroker_port = 9\nstate_dir = "{tmp_path / "state"}"\n'
+            'call_start_on_speech = false\nmodel_backend = "litert"\n')  # a reload exits at once
+    config.write_text(good)
+    log = tmp_path / "journal.log"
+    path = os.pathsep.join([str(hidden.parent), os.environ.get("PYTHONPATH", "")])
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "miroir", "edge", "run", "--config", str(config), "--replay",
+             str(shared / "ami-headsets" / "source0.wav"),
+             str(shared / "ami-headsets" / "source1.wav"), "--loop"],
+            stdout=subprocess.DEVNULL, stderr=err,
+            env=dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path))
+    try:
+        wait_until(lambda: "replaying" in log.read_text(), "the box to start")
+        config.write_text(good.replace('"litert"', '"onnx"'))
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reload refused" in log.read_text() or proc.poll() is not None,
+                   "the reload to be refused")
+        assert proc.poll() is None, f"exit {proc.poll()}: {log.read_text()[-600:]}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    text = log.read_text()
+    assert code == 0, text[-600:]
+    [line] = [x for x in text.splitlines() if "reload refused" in x]
+    assert f"{config}: model_backend onnx: onnxruntime is not installed" in line, line
