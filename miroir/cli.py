@@ -298,8 +298,12 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
                           "STATUS=waiting for NTP before numbering messages from the clock")
     behind = cfg.baseline_max_age_h > 0 and baselines.clock_behind(cfg.state_dir)
     await_clock(cfg.state_dir / "outbox.sqlite", cfg.clock_wait_s, behind=behind)
+    try:  # its runtime missing (a model file missing or damaged too): one line, the key named
+        vad = load_vad_model(cfg.model_backend)
+    except RuntimeError as exc:
+        raise CliError(f"{args.config}: model_backend {cfg.model_backend}: {exc}") from None
     try:
-        box = Box(cfg, load_vad_model(cfg.model_backend), version=__version__)
+        box = Box(cfg, vad, version=__version__)
     except (CampaignError, PublisherError) as exc:
         raise CliError(str(exc)) from None
 

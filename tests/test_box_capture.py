@@ -677,3 +677,31 @@ def test_a_reload_refuses_a_model_backend_whose_runtime_is_not_installed(tmp_pat
     assert code == 0, text[-600:]
     [line] = [x for x in text.splitlines() if "reload refused" in x]
     assert f"{config}: model_backend onnx: onnxruntime is not installed" in line, line
+
+
+def test_a_start_on_a_model_backend_whose_runtime_is_missing_is_one_line(tmp_path: Path) -> None:
+    """`miroir edge run` with ``model_backend = "onnx"`` on a box without ONNX Runtime (hidden
+    as in the test above) ended in a RuntimeError traceback (exit 1) in the journal: it is one
+    line naming the settings file and the key, exit 2, as a missing model file is."""
+    import os
+    import subprocess
+    import sys
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    hidden = tmp_path / "hidden" / "onnxruntime"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text(
+        'raise ModuleNotFoundError("No module named \'onnxruntime\'", name="onnxruntime")\n')
+    config = tmp_path / "box.toml"
+    config.write_text(f'site = "site-a"\nbox = "box-a"\nbroker_port = 9\n'
+                      f'state_dir = "{tmp_path / "state"}"\nmodel_backend = "onnx"\n')
+    path = os.pathsep.join([str(hidden.parent), os.environ.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-m", "miroir", "edge", "run", "--config", str(config), "--replay",
+         str(shared / "ami-headsets" / "source0.wav"), str(shared / "ami-headsets" / "source1.wav")],
+        capture_output=True, text=True, timeout=120, check=False,
+        env=dict(os.environ, PYTHONPATH=path))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-600:]
+    assert done.stderr.splitlines()[-1] == (
+        f"miroir: error: {config}: model_backend onnx: onnxruntime is not installed: install the "
+        "box extra, `pip install 'miroir[box]'`"), done.stderr[-600:]
