@@ -18,7 +18,7 @@ from typing import Any
 
 from edge.fatigue import FatigueBaseline
 from edge.signals import AgentBaseline
-from miroir.files import atomic_write
+from miroir.files import atomic_write, read_json
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def load(state_dir: Path, max_age_h: float) -> Baselines:
     if max_age_h <= 0 or not path.exists():
         return Baselines()
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path)
         if type(data.get("format")) is not int or data["format"] not in (1, FORMAT):
             raise ValueError(f"format {data.get('format')!r}, expected {FORMAT}")
         if data["format"] == 1 and data.get("agent"):
@@ -79,7 +79,7 @@ def clock_behind(state_dir: Path) -> bool:
     """Whether the box's clock reads before the saved baselines were learned (by more than
     :data:`FUTURE_SLACK_S`): a Pi booted at its image's time, before NTP set its clock."""
     try:
-        data = json.loads((Path(state_dir) / FILE).read_text())
+        data = read_json(Path(state_dir) / FILE)
         learned_ts = float(data.get("learned_ts", data["saved_ts"]))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False

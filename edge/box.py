@@ -29,6 +29,7 @@ bad file may be a new campaign whose call script does not disclose it.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import sqlite3
 import threading
@@ -68,8 +69,9 @@ CMD_MAX_AGE_S = 60.0
 refused: a ``private_off`` resent after a broken connection must not end a private call the agent
 started since."""
 REFUSALS_LOGGED = 5
-"""Refused local commands written to the journal one by one per :data:`REFUSALS_EVERY_S`; past
-them a connector gone wrong is counted (``cmd_refused``), and the total written when it ends."""
+"""Refused commands of one source (the ``cmd`` topic, the control socket) written to the journal
+one by one per :data:`REFUSALS_EVERY_S`; past them a sender gone wrong is counted
+(``cmd_refused``), and the total written when it ends."""
 REFUSALS_EVERY_S = 60.0
 STATEFUL_ACTIONS = frozenset({"private_on", "private_off", "call_state"})
 _STATE_OF = {"private_on": "private mode", "private_off": "private mode",
@@ -78,6 +80,45 @@ _STATE_OF = {"private_on": "private mode", "private_off": "private mode",
 change (from the ``cmd`` topic or the control socket) is refused, resent or overtaken."""
 LAST_GOOD_CAMPAIGN = "campaign.last-good.toml"
 """The campaign file the box last started with, a copy kept in its state directory."""
+LAST_RELOAD = "last-reload"
+"""When (the sender's ``ts``) the last ``reload`` the box applied was sent, kept in its state
+directory: the same command again after the restart it made (a QoS 1 resend) is refused."""
+
+
+class _Refusals:
+    """The journal's account of the commands refused from one source (``what``): the first
+    :data:`REFUSALS_LOGGED` of each :data:`REFUSALS_EVERY_S` one by one, then their number (a
+    flood would drown the agent's own lines, past journald's rate limit, and fill the card)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.since = -REFUSALS_EVERY_S
+        """When (monotonic seconds) the refusals now counted began."""
+        self.count = 0
+        """Commands refused since then (the first :data:`REFUSALS_LOGGED` written)."""
+
+    def refused(self, why: str) -> None:
+        """Write one refused command, or only count it past the first of the period."""
+        if time.monotonic() - self.since >= REFUSALS_EVERY_S:
+            self.flush()
+            self.since = time.monotonic()
+        self.count += 1
+        if self.count <= REFUSALS_LOGGED:
+            log.warning("%s refused: %s", self.what, why)
+        if self.count == REFUSALS_LOGGED:
+            log.warning("further refused %ss are counted in cmd_refused; their number is written "
+                        "within %.0f s", self.what, REFUSALS_EVERY_S)
+
+    def flush(self, force: bool = False) -> None:
+        """Write how many were refused since the count began, once :data:`REFUSALS_EVERY_S` have
+        passed (or now, if ``force``), when some went unwritten."""
+        elapsed_s = time.monotonic() - self.since
+        if not self.count or (not force and elapsed_s < REFUSALS_EVERY_S):
+            return
+        if self.count > REFUSALS_LOGGED:
+            log.warning("%d %s(s) refused in %.0f s (%d not written one by one)", self.count,
+                        self.what, elapsed_s, self.count - REFUSALS_LOGGED)
+        self.count = 0
 
 
 class _Message(Protocol):
@@ -167,15 +208,15 @@ class Box:
         self._panel: tuple[bool, ...] = ()
         self._panel_at = 0.0
         self.cmd_refused = 0
-        self._refusals_since = -REFUSALS_EVERY_S
-        """When (monotonic seconds) the local refusals now counted began."""
-        self._refusals = 0
-        """Local commands refused since then (the first :data:`REFUSALS_LOGGED` written)."""
+        self._refusals = {"cmd": _Refusals("MQTT command"), "local": _Refusals("local command")}
+        """The journal's account of refused commands, per source."""
         self.pipeline_errors = 0
         """Blocks on which a stage raised (a bug: logged, the stages started again)."""
         self.fields_dropped = 0
         """Numbers left out of the box's own messages and statuses: outside their range in the
         wire contract, or not finite (a bug: logged; the rest of the message goes)."""
+        self._reload_ts = self._last_reload()
+        """When the last ``reload`` applied was sent (its ``ts``; -1 for none)."""
         self.cmd_done = 0
         self.resent = 0
         self.suppressed = 0
@@ -310,6 +351,10 @@ class Box:
                 raise wire.WireError(f"{msg['action']} sent {age_s:.0f} s ago: too old to apply")
             if msg["action"] == "forget_baselines" and age_s < -CMD_MAX_AGE_S:
                 raise wire.WireError(f"forget_baselines for a seat change {-age_s:.0f} s ahead")
+            if msg["action"] == "reload" and float(msg["ts"]) <= self._reload_ts:
+                raise wire.WireError(f"reload sent at {float(msg['ts']):.3f}, not after the last "
+                                     f"reload applied (sent at {self._reload_ts:.3f}): a resent "
+                                     "or stale command")
             state = _STATE_OF.get(msg["action"])
             if state is not None and float(msg["ts"]) <= self._state_ts.get(state, -1.0):
                 raise wire.WireError(f"{msg['action']} sent at {float(msg['ts']):.3f}, not after "
@@ -317,7 +362,7 @@ class Box:
                                      f"{self._state_ts[state]:.3f}): a resent or stale command")
         except wire.WireError as exc:
             self.cmd_refused += 1
-            log.warning("command refused: %s", exc)
+            self._refusals["cmd"].refused(str(exc))
             return "refused"
         return self._apply_safely(msg)
 
@@ -328,7 +373,7 @@ class Box:
             msg = {**parse(text, self.private), "ts": time.time()}
         except ControlError as exc:
             self.cmd_refused += 1
-            self._log_refusal(str(exc))
+            self._refusals["local"].refused(str(exc))
             return "refused", f"refused: {exc}"
         action = self._apply_safely(msg)
         if action == "refused":
@@ -336,30 +381,6 @@ class Box:
         if action == "call_state":
             return action, f"ok call {msg['call_state']}"
         return action, "ok " + action.replace("_", " ")
-
-    def _log_refusal(self, why: str) -> None:
-        """Write a refused local command to the journal, the first :data:`REFUSALS_LOGGED` of
-        each :data:`REFUSALS_EVERY_S` only (a flood would drown the agent's own lines)."""
-        if time.monotonic() - self._refusals_since >= REFUSALS_EVERY_S:
-            self._log_refusals()
-            self._refusals_since = time.monotonic()
-        self._refusals += 1
-        if self._refusals <= REFUSALS_LOGGED:
-            log.warning("local command refused: %s", why)
-        if self._refusals == REFUSALS_LOGGED:
-            log.warning("further refused local commands are counted in cmd_refused; their number "
-                        "is written within %.0f s", REFUSALS_EVERY_S)
-
-    def _log_refusals(self, force: bool = False) -> None:
-        """Write how many local commands were refused since the count began, once
-        :data:`REFUSALS_EVERY_S` have passed (or now, if ``force``), when some went unwritten."""
-        elapsed_s = time.monotonic() - self._refusals_since
-        if not force and elapsed_s < REFUSALS_EVERY_S:
-            return
-        if self._refusals > REFUSALS_LOGGED:
-            log.warning("%d local command(s) refused in %.0f s (%d not written one by one)",
-                        self._refusals, elapsed_s, self._refusals - REFUSALS_LOGGED)
-        self._refusals = 0
 
     @property
     def _private_file(self) -> Path:
@@ -375,6 +396,29 @@ class Box:
                 self._private_file.unlink(missing_ok=True)
         except OSError as exc:
             log.error("cannot keep private mode in %s: %s", self.settings.state_dir, exc)
+
+    def _last_reload(self) -> float:
+        """The ``ts`` of the last ``reload`` applied, from the state directory (-1 for none)."""
+        path = Path(self.settings.state_dir) / LAST_RELOAD
+        try:
+            ts = float(path.read_text())
+            if not math.isfinite(ts):
+                raise ValueError(f"{ts} is not a time")
+            return ts
+        except FileNotFoundError:
+            return -1.0
+        except (OSError, ValueError) as exc:
+            log.warning("%s is unreadable (%s): any reload is taken", path, exc)
+            return -1.0
+
+    def _remember_reload(self, ts: float) -> None:
+        """Keep when the reload now applied was sent, for after the restart it makes."""
+        self._reload_ts = max(self._reload_ts, ts)
+        try:
+            atomic_write(Path(self.settings.state_dir) / LAST_RELOAD,
+                         f"{self._reload_ts!r}\n".encode())
+        except OSError as exc:
+            log.error("cannot keep the reload's time in %s: %s", self.settings.state_dir, exc)
 
     def _apply_safely(self, msg: dict[str, Any]) -> str:
         """:meth:`_apply`, counting a command that fails as refused: the loop must go on."""
@@ -406,7 +450,8 @@ class Box:
         elif action == "identify":
             self.identify_until = time.monotonic() + IDENTIFY_S
         elif action == "reload":
-            self.reload()
+            if self.reload() and "ts" in msg:
+                self._remember_reload(float(msg["ts"]))
         elif action == "resend":
             n = self.outbox.resend(int(msg["from_seq"]), msg.get("to_seq"))
             self.resent += n
@@ -483,13 +528,13 @@ class Box:
                 log.warning("cannot write the heartbeat in %s: %s", self.settings.state_dir, exc)
         for topic, payload, retained in self.publisher.take_commands():
             self.handle_command(topic, payload, retained)
+        for refusals in self._refusals.values():
+            refusals.flush()
         connected = self.publisher.connected.is_set()
         now = time.monotonic()
         if self.control is not None:
             for text, sender in self.control.take():
                 self.control.answer(sender, self.answer_local(text)[1])
-            if self._refusals:
-                self._log_refusals()
             panel = (connected, self.private, self.identifying)
             if panel != self._panel or now - self._panel_at > PANEL_EVERY_S:
                 self._panel, self._panel_at = panel, now
@@ -664,8 +709,9 @@ class Box:
         finally:
             self.watchdog.stopping()
             self.save_baselines()
+            for refusals in self._refusals.values():
+                refusals.flush(force=True)
             if self.control is not None:
-                self._log_refusals(force=True)
                 self.control.close()
                 self.control = None
             try:

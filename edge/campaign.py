@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from miroir.files import read_regular
+
 
 class CampaignError(ValueError):
     """A campaign file that cannot be used; the message names the key."""
@@ -330,7 +332,7 @@ def load(path: Path) -> CampaignConfig:
 def load_text(path: Path) -> tuple[CampaignConfig, bytes]:
     """Load and validate a campaign TOML file; return it with the bytes it was read from."""
     try:
-        raw = Path(path).read_bytes()
+        raw = read_regular(path)
         data = tomllib.loads(raw.decode("utf-8-sig"))  # a BOM (Windows editors) is no error
     except FileNotFoundError:
         raise CampaignError(f"{path}: no such campaign file") from None

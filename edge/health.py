@@ -28,7 +28,7 @@ from typing import Any
 
 from edge.update import rolled_back
 from miroir import wire
-from miroir.files import atomic_write
+from miroir.files import atomic_write, read_json
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def take_restart_note(state_dir: Path, now: float | None = None) -> str | None:
     """Remove the restart note; return its reason if it is fresh (:data:`RESTART_NOTE_MAX_AGE_S`)."""
     path = Path(state_dir) / RESTART_FILE
     try:
-        note = json.loads(path.read_text())
+        note = read_json(path)
         path.unlink()
     except FileNotFoundError:
         return None
@@ -206,7 +206,7 @@ def take_restart_note(state_dir: Path, now: float | None = None) -> str | None:
 def read_heartbeat(state_dir: Path) -> dict[str, Any]:
     """The last heartbeat, or an empty dict."""
     try:
-        return dict(json.loads((Path(state_dir) / HEARTBEAT_FILE).read_text()))
+        return dict(read_json(Path(state_dir) / HEARTBEAT_FILE))
     except (OSError, ValueError):
         return {}
 

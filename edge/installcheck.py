@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from edge.frames import RATE_HZ
-from miroir.files import atomic_write
+from miroir.files import atomic_write, read_json
 
 FRAME = 512
 CLIP_LEVEL = 0.99
@@ -142,7 +142,7 @@ def verified(state_dir: Path, device: str | None, far_device: str | None,
     the agent's channel)."""
     path = Path(state_dir) / CHECK_FILE
     try:
-        verdict = json.loads(path.read_text())
+        verdict = read_json(path)
     except FileNotFoundError:
         return "no install check saved (run `miroir edge check --config` with the agent speaking)"
     except (OSError, ValueError) as exc:

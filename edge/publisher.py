@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from miroir import wire
+from miroir.files import read_regular
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def check_tls_files(settings: Any) -> dict[str, Path]:
              if (path := getattr(settings, name)) is not None}
     for name, path in files.items():
         try:
-            path.open("rb").close()
+            read_regular(path)  # a FIFO would hold the open, and the box's loop, for good
         except OSError as exc:
             raise PublisherError(f"{name} {path}: {exc.strerror or exc}") from None
     if "ca_file" not in files:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from miroir.files import read_regular
 from miroir.wire import WireError, check_id
 
 
@@ -181,7 +182,7 @@ def state_dir_problem(state_dir: Path) -> str | None:
 def load(path: Path, **overrides: Any) -> EdgeSettings:
     """Load a TOML settings file; ``overrides`` (not None) win over the file."""
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(read_regular(path).decode())
     except FileNotFoundError:
         raise SettingsError(f"{path}: no such settings file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

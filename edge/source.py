@@ -120,6 +120,10 @@ BLOCK_S = 1.0
 """Seconds of the file read at a time (a second at the file's own rate)."""
 
 
+TWO_FILES = "give the agent and the line as two mono files"
+"""What a stereo file's error says to do (a command adds its own syntax)."""
+
+
 class WavStream:
     """A mono 8-, 16-, 24- or 32-bit PCM WAV file (plain or extensible format), read block by
     block and resampled to 16 kHz as it goes: a long recording is never held in memory.
@@ -132,8 +136,11 @@ class WavStream:
         AudioInputError: not a readable WAV file, not mono, float samples, or empty.
     """
 
-    def __init__(self, path: Path, *, notice: bool = True) -> None:
+    def __init__(self, path: Path, *, notice: bool = True,
+                 two_files: str = TWO_FILES) -> None:
         self.path = path
+        self._two_files = two_files
+        """What a stereo file's error says to do instead (each command its own syntax)."""
         self._wf = _open_wav(path)
         try:
             self._check_header(notice)
@@ -154,7 +161,7 @@ class WavStream:
         self._header_frames = wf.getnframes()
         if channels != 1:
             raise AudioInputError(f"{path}: has {channels} channels, expected mono "
-                                  "(give the agent and the line as two files: NEAR --far FAR)")
+                                  f"({self._two_files})")
         if width not in _PCM_SCALE:
             raise AudioInputError(f"{path}: {8 * width}-bit samples, expected 8-, 16-, 24- or "
                                   "32-bit PCM (`sox IN.wav -b 16 -e signed OUT.wav` converts)")
@@ -272,13 +279,13 @@ def _resample_stream(from_hz: int, to_hz: int = RATE_HZ) -> Any:
     return soxr.ResampleStream(from_hz, to_hz, 1, dtype="float32", quality="HQ")
 
 
-def read_wav(path: Path, *, notice: bool = True) -> Recording:
+def read_wav(path: Path, *, notice: bool = True, two_files: str = TWO_FILES) -> Recording:
     """Read a whole mono PCM WAV file (see :class:`WavStream`) into memory, resampled to 16 kHz.
 
     Raises:
         AudioInputError: not a readable WAV file, not mono, float samples, or empty.
     """
-    stream = WavStream(path, notice=notice)
+    stream = WavStream(path, notice=notice, two_files=two_files)
     return Recording(np.concatenate(list(stream.blocks())), RATE_HZ, stream.source_rate_hz)
 
 

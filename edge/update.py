@@ -140,7 +140,7 @@ def rolled_back(root: Path) -> dict[str, Any] | None:
     ``running``), None when the last update held or none was rolled back."""
     try:
         data = json.loads((Path(root) / ROLLED_BACK_FILE).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # (nested too deep: a corrupt card)
         return None
     ok = isinstance(data, dict) and isinstance(data.get("version"), str) \
         and isinstance(data.get("ts"), int | float)
@@ -320,7 +320,8 @@ class Updater:
             state = json.loads(self.state_path.read_text())
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError) as exc:  # (a damaged card: current is still complete)
+        except (OSError, ValueError, RecursionError) as exc:  # (a damaged card, nested too deep
+            # included: current is still complete)
             log.error("%s is unreadable (%s): keeping release %s", self.state_path, exc,
                       self.current_version())
             return {}

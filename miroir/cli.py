@@ -12,6 +12,8 @@ import importlib.util
 import json
 import logging
 import os
+import shlex
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -181,11 +183,12 @@ UNEVEN_FILES_S = 1.0
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Run the edge pipeline offline over recordings and print the call's metrics."""
     from edge.pipeline import ANALYZE_BASE_MB, ANALYZE_MB_PER_HOUR, analyze, load_vad_model
-    from edge.source import AudioInputError, WavStream, pair_blocks
+    from edge.source import TWO_FILES, AudioInputError, WavStream, pair_blocks
 
+    two_files = f"{TWO_FILES}: `miroir analyze NEAR --far FAR`"
     try:  # each file's header and first second, so that a bad file fails at once
-        near = WavStream(args.near)
-        far = WavStream(args.far) if args.far else None
+        near = WavStream(args.near, two_files=two_files)
+        far = WavStream(args.far, two_files=two_files) if args.far else None
     except AudioInputError as exc:
         raise CliError(str(exc)) from None
     from edge.affect import AffectConfig
@@ -263,13 +266,18 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    """A stop signal as Ctrl-C: :func:`main` ends the command, "interrupted" (exit 130)."""
+    raise KeyboardInterrupt
+
+
 def cmd_edge_run(args: argparse.Namespace) -> int:
     """Run the box agent: capture (or replay), analyse, publish metrics."""
     from edge import baselines
     from edge import settings as edge_settings
     from edge.box import Box
     from edge.pipeline import load_vad_model
-    from edge.source import AudioInputError, ReplaySource, pair, read_wav
+    from edge.source import TWO_FILES, AudioInputError, ReplaySource, pair, read_wav
 
     try:
         cfg = edge_settings.load(args.config, state_dir=args.state_dir)
@@ -283,14 +291,19 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
     from edge.outbox import await_clock
     from edge.publisher import PublisherError
     from edge.watchdog import Notifier
+    from models.build import ModelError
 
     if cfg.clock_wait_s > 0:  # systemd's start timeout must not kill the wait (nor loop on it)
         Notifier().notify(f"EXTEND_TIMEOUT_USEC={int((cfg.clock_wait_s + 60.0) * 1e6)}",
                           "STATUS=waiting for NTP before numbering messages from the clock")
     behind = cfg.baseline_max_age_h > 0 and baselines.clock_behind(cfg.state_dir)
     await_clock(cfg.state_dir / "outbox.sqlite", cfg.clock_wait_s, behind=behind)
+    try:  # its runtime missing (a model file missing or damaged too): one line, the key named
+        vad = load_vad_model(cfg.model_backend)
+    except RuntimeError as exc:
+        raise CliError(f"{args.config}: model_backend {cfg.model_backend}: {exc}") from None
     try:
-        box = Box(cfg, load_vad_model(cfg.model_backend), version=__version__)
+        box = Box(cfg, vad, version=__version__)
     except (CampaignError, PublisherError) as exc:
         raise CliError(str(exc)) from None
 
@@ -307,16 +320,30 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
             check_tls_files(fresh)
         except PublisherError as exc:
             raise edge_settings.SettingsError(f"{args.config}: {exc}") from None
+        try:  # its runtime installed, its model file whole: as the start will load it
+            load_vad_model(fresh.model_backend)
+        except (ModelError, RuntimeError, ValueError, OSError) as exc:
+            raise edge_settings.SettingsError(
+                f"{args.config}: model_backend {fresh.model_backend}: {exc}") from None
         if fresh.campaign_file is not None:
             load_campaign(fresh.campaign_file)
 
     box.on_reload = check_files
     box.install_signal_handlers()
     if args.replay:
+        # the box's handlers only ask its loop to stop: until it runs, SIGTERM and Ctrl-C end the
+        # command (a FIFO no one writes to yet waits in open(), which a handler that returns
+        # does not end)
+        handlers = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            audio = pair(read_wav(args.replay[0]), read_wav(args.replay[1]))
+            two_files = f"{TWO_FILES}: `miroir edge run --config " \
+                f"{shlex.quote(str(args.config))} --replay NEAR FAR`"
+            audio = pair(read_wav(args.replay[0], two_files=two_files),
+                         read_wav(args.replay[1], two_files=two_files))
         except AudioInputError as exc:
             raise CliError(str(exc)) from None
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
         replay = ReplaySource(audio, realtime=not args.fast, loop=args.loop)
         log.info("box %s/%s replaying %s and %s", cfg.site, cfg.box, *args.replay)
         box.run(replay.blocks())

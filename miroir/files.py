@@ -5,9 +5,44 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import json
 import os
+import stat
 from pathlib import Path
+from typing import Any
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """The JSON document in ``path``. One nested deeper than Python's parser recurses (a corrupt
+    file) raises ``ValueError`` as any bad JSON does, never ``RecursionError``."""
+    text = Path(path).read_text()
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("not valid JSON (nested too deep)") from None
+
+
+def read_regular(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of ``path``, a regular file. A FIFO, a device or a socket raises ``OSError``
+    ("a FIFO, not a regular file"), never opened for a read that would wait for a writer or
+    never end; a folder raises ``IsADirectoryError``, a missing file ``FileNotFoundError``."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO's open waits, else
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _KINDS if test(mode)), "something else")
+            raise OSError(errno.EINVAL, f"{kind}, not a regular file", str(path))
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            return fh.read()
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes | str, mode: int | None = None,

@@ -6,7 +6,6 @@ import argparse
 import datetime as dt
 import functools
 import os
-import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,8 +55,7 @@ def cmd_site_init(args: argparse.Namespace) -> int:
           f"{site.broker_host})")
     print(f"dashboard settings: {site.dir / 'dashboard.env'}; first admin password in "
           f"{site.dir / 'admin-password'}")
-    backup = f"miroir provision backup --site-dir {shlex.quote(str(site.dir.absolute()))} " \
-        f"~/{site.site}.bak"
+    backup = site.command("backup", f"~/{site.site}.bak")
     print(f"next: back up the CA now (`{backup}`, then keep the file off this server), then "
           "enrol boxes")
     return 0
@@ -121,8 +119,8 @@ def cmd_revoke(args: argparse.Namespace) -> int:
         what = f"was already revoked on {when:%Y-%m-%d %H:%M} UTC, revoked again"
     print(f"box {result.box} {what} (serials {', '.join(result.serials)}); broker reloaded; "
           f"live connection {live}, retained status {status}, in {result.duration_s:.2f} s")
-    print(f"next: back up the site again (`miroir provision backup FILE`): a site restored from an "
-          f"older backup lets {result.box} in again")
+    print(f"next: back up the site again (`{site.command('backup', f'~/{site.site}.bak')}`): a "
+          f"site restored from an older backup lets {result.box} in again")
     return 0
 
 
@@ -135,7 +133,7 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     else:
         path = site.rotate(args.box, again=args.again)
         print(f"box {args.box}: new bundle {path}; the old certificate stays valid until "
-              f"`miroir provision rotate {args.box} --finish`")
+              f"`{site.command('rotate', args.box, '--finish')}`")
     return 0
 
 
@@ -204,13 +202,15 @@ def _warn_unreachable(site_dir: Path) -> None:
 def cmd_restore(args: argparse.Namespace) -> int:
     """Restore a site directory from an encrypted backup (nothing is written on a wrong passphrase)."""
     from provisioning.backup import BackupError, restore, site_changed
+    from provisioning.site import Site
 
     try:
         dest = restore(args.file, args.site_dir, lambda: _passphrase(args, confirm=False))
     except BackupError as exc:
         raise CliError(str(exc)) from None
     print(f"site restored into {dest}, as it was on {site_changed(dest):%Y-%m-%d %H:%M} UTC: "
-          "revoke again (`miroir provision revoke BOX`) every box revoked since, which it lets "
+          f"revoke again (`{Site(dest).command('revoke', 'BOX')}`) every box revoked since, "
+          "which it lets "
           "in; a box enrolled since connects but cannot be revoked here")
     _warn_unreachable(dest)
     print("not in it: the dashboard's database; on a new server, restore it with `miroir dashboard "

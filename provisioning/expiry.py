@@ -32,15 +32,15 @@ class Expiry:
     """The command that renews it (or what to do when none does)."""
 
 
-def _action(what: str, name: str) -> str:
+def _action(site: Site, what: str, name: str) -> str:
     if what == "box":
-        return f"miroir provision rotate {name}, then rotate {name} --finish"
+        return f"{site.command('rotate', name)}, then {site.command('rotate', name, '--finish')}"
     if what == "https":
         return ("make it again as docs/dashboard-tls.md says, then restart the dashboard "
                 "(renew does not)")
     if what == "ca":
         return "cannot be renewed in place: plan a new site (site-init) and enrol the boxes again"
-    return "miroir provision renew"
+    return site.command("renew")
 
 
 def site_expiries(site: Site, now: dt.datetime | None = None) -> list[Expiry]:
@@ -60,7 +60,8 @@ def site_expiries(site: Site, now: dt.datetime | None = None) -> list[Expiry]:
         cert = site.box_pair(rec.box).cert
         if rec.state == ACTIVE and Path(cert).exists():
             ends.append(("box", rec.box, pki.load_cert(cert).not_valid_after_utc))
-    out = [Expiry(what, name, end, (end - now).total_seconds() / DAY_S, _action(what, name))
+    out = [Expiry(what, name, end, (end - now).total_seconds() / DAY_S,
+                  _action(site, what, name))
            for what, name, end in ends]
     return sorted(out, key=lambda e: (e.days_left, e.name))
 

@@ -18,6 +18,7 @@ from typing import Any
 from miroir.files import atomic_write
 from miroir.labels import LABEL_RULE, is_label
 from miroir.wire import ID_PATTERN
+from provisioning.pki import RESTORE
 
 INVENTORY_FILE = "inventory.json"
 INVENTORY_MODE = 0o600
@@ -178,8 +179,8 @@ class Inventory:
             data = json.loads(path.read_text())
             return cls(data["site"], [BoxRecord(**b) for b in data["boxes"]])
         except (ValueError, KeyError, TypeError) as exc:
-            raise InventoryError([f"{path} is damaged ({type(exc).__name__}: {exc}); restore "
-                                  "the site from its backup (`miroir provision restore`)"]) from None
+            raise InventoryError([f"{path} is damaged ({type(exc).__name__}: {exc}); "
+                                  f"{RESTORE}"]) from None
 
     def save(self, site_dir: Path) -> Path:
         """Write ``inventory.json`` atomically and return its path."""

@@ -78,7 +78,8 @@ class PemError(ValueError):
     naming the file and what to do)."""
 
 
-RESTORE = "restore the site from its backup (`miroir provision restore`)"
+RESTORE = ("restore the site from its backup into a new folder (`miroir provision restore BACKUP "
+           "--site-dir NEW-FOLDER`)")
 
 
 def _read_pem(path: Path, what: str, load: Callable[[bytes], T]) -> T:

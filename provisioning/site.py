@@ -37,6 +37,7 @@ import logging
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -150,6 +151,42 @@ def check_host(value: str, what: str = "host") -> str:
     return value
 
 
+def _loopback(host: str) -> bool:
+    """True if ``host`` names this machine's loopback (127.0.0.0/8, ::1, localhost)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.lower() == "localhost" or host.lower().endswith(".localhost")
+
+
+def _family(host: str) -> int | None:
+    """4 or 6 for an IP address, None for a name (resolved by each client)."""
+    try:
+        return ipaddress.ip_address(host).version
+    except ValueError:
+        return None
+
+
+def check_reachable(bind: str, host: str, option: str) -> None:
+    """Raise :class:`SiteError` if a broker listening on ``bind`` can never be reached at ``host``
+    (``option`` names the host's command-line option): a loopback listener from a box, a listener
+    on a LAN address at this server's loopback, or an address of the other IP version (Mosquitto
+    binds ``::`` to IPv6 only, measured on 2.0.11)."""
+    why = None
+    bind_ip = ipaddress.ip_address(bind) if _family(bind) else None
+    if _loopback(bind) and not _loopback(host):
+        why = "this server's loopback only"
+    elif _loopback(host) and bind_ip is not None and not bind_ip.is_unspecified \
+            and not bind_ip.is_loopback:
+        why = f"{bind} only, not on this server's loopback"
+    elif bind_ip is not None and _family(host) not in (None, bind_ip.version):
+        why = f"IPv{bind_ip.version} only, and {host} is an IPv{_family(host)} address"
+    if why:
+        raise SiteError(f"the broker cannot be reached at {option} {host}: --bind {bind} makes it "
+                        f"listen on {why} (--bind 0.0.0.0 listens on every IPv4 address, :: on "
+                        "every IPv6 one)")
+
+
 _ADMIN_USER = re.compile(r"[\w.@-]{1,64}")
 """The first admin's name: it goes unquoted into dashboard.env, which the IT guide's commands
 read with ``sh`` (a space, a quote or a ``$`` would break the file there, or run)."""
@@ -250,7 +287,9 @@ class Site:
         path = self.dir / SITE_FILE
         if not path.exists():
             raise SiteError(f"{self.dir} is not a site directory (no {SITE_FILE}; "
-                            "run `miroir provision site-init` first)")
+                            "run `miroir provision site-init --site-dir "
+                            f"{shlex.quote(str(self.dir.absolute()))} --site ID --broker-host "
+                            "HOST` first)")
         try:
             data = json.loads(path.read_text())
             self.site: str = wire.check_id(data["site"], "site")
@@ -260,8 +299,8 @@ class Site:
             self.admin_host: str = data.get("admin_host", "localhost")
             self.hosts: list[str] = list(data.get("hosts") or [self.broker_host, *SERVER_HOSTS])
         except (ValueError, KeyError, TypeError) as exc:
-            raise SiteError(f"{path} is damaged ({type(exc).__name__}: {exc}); restore the site "
-                            "from its backup (`miroir provision restore`)") from None
+            raise SiteError(f"{path} is damaged ({type(exc).__name__}: {exc}); "
+                            f"{pki.RESTORE}") from None
         self.ca = CertPair(self.dir / "ca" / pki.CERT_FILE, self.dir / "ca" / pki.KEY_FILE)
         self.server = CertPair(self.dir / "broker" / pki.CERT_FILE, self.dir / "broker" / pki.KEY_FILE)
         self.dashboard = CertPair(self.dir / "dashboard" / pki.CERT_FILE,
@@ -277,6 +316,12 @@ class Site:
         """The current certificate and key of a box."""
         d = self.dir / "boxes" / box
         return CertPair(d / pki.CERT_FILE, d / pki.KEY_FILE)
+
+    def command(self, name: str, *args: str) -> str:
+        """The command line ``miroir provision NAME`` on this site, as typed in a shell from any
+        folder (``args`` as they are: box ids, placeholders, a ``~`` for the shell)."""
+        return " ".join(["miroir provision", name, "--site-dir",
+                         shlex.quote(str(self.dir.absolute())), *args])
 
     def bundle_path(self, box: str) -> Path:
         """The first-boot bundle of a box."""
@@ -383,7 +428,7 @@ class Site:
                 problems.append(f"{where}: box {item.box!r} is already enrolled at seat "
                                 f"{rec.seat!r}, not {item.seat!r}; fix the row (a box moved to "
                                 "another seat keeps its enrolment: tell the dashboard with "
-                                "`miroir dashboard import`)")
+                                "`miroir dashboard import CSV`)")
             if item.seat in seats and seats[item.seat] != item.box:
                 problems.append(f"{where}: seat {item.seat!r} is already taken by box "
                                 f"{seats[item.seat]!r}")
@@ -405,7 +450,7 @@ class Site:
                   if getattr(item, name) and getattr(item, name) != getattr(rec, name)]
         if differ:
             note += (f" (the site's inventory keeps {' and '.join(differ)}; the dashboard takes "
-                     "agents and teams from `miroir dashboard import`)")
+                     "agents and teams from `miroir dashboard import CSV`)")
         return note
 
     @_exclusive
@@ -505,7 +550,7 @@ class Site:
             path.unlink(missing_ok=True)  # the key inside is now worthless; do not hand it out
         kicked = cleared = False
         reload_now = functools.partial(_reload_for, reload, f"box {box} is revoked",
-                                       f"miroir provision revoke {box}")
+                                       self.command("revoke", box))
         try:
             if kick:
                 # its ACL still lets it write, even when a run cut short by a failed reload has
@@ -543,7 +588,7 @@ class Site:
         if rec.previous_serials and not again:
             raise SiteError(
                 f"box {box} already has a new certificate waiting, in {self.bundle_path(box)}: "
-                f"put that bundle on the box, then run `miroir provision rotate {box} --finish` "
+                f"put that bundle on the box, then run `{self.command('rotate', box, '--finish')}` "
                 "(nothing changed); --again makes another one, and the box must then get the "
                 "newest bundle before the finish, which cuts off the ones before")
         current = self.box_pair(box)
@@ -600,7 +645,7 @@ class Site:
         write_config(self.dir, port=self.port, ca=self.ca, server=self.server, acl=self.acl,
                      host=self.bind, crl=self.crl)
         _reload_for(reload, "the broker's and the dashboard's new certificates are",
-                    "miroir provision renew")
+                    self.command("renew"))
         crl = pki.load_crl(self.crl)
         out = {"broker": _not_after(self.server.cert), "dashboard": _not_after(self.dashboard.cert),
                "crl": crl.next_update_utc.isoformat() if crl.next_update_utc else ""}
@@ -628,7 +673,7 @@ class Site:
         rec.previous_serials = []
         inv.save(self.dir)
         _reload_for(reload, f"box {box}'s old certificate(s) are revoked",
-                    f"miroir provision rotate {box} --finish")
+                    self.command("rotate", box, "--finish"))
         if kick:
             self.kick(box)
         return serials
@@ -664,6 +709,8 @@ def init_site(dir: Path, site: str, *, broker_host: str, port: int = DEFAULT_POR
         check_host(host, what)
     if not 1 <= port <= 65535:
         raise SiteError(f"port {port} is outside 1..65535")
+    for option, host in (("--broker-host", broker_host), *(("--extra-host", h) for h in extra_hosts)):
+        check_reachable(bind, host, option)
     dir = Path(dir)
     if (dir / SITE_FILE).exists():
         raise SiteError(f"{dir} already holds a site ({SITE_FILE}); refusing to overwrite its CA")

@@ -520,3 +520,29 @@ def test_a_recording_given_through_a_pipe_has_its_length_and_its_progress(tmp_pa
         assert f"INFO edge.pipeline: analysed 10.0{total} min of audio\n" in proc.stderr, \
             (effect, proc.stderr)
         assert "cut short" not in proc.stderr and proc.stdout.startswith("duration: 660.0 s\n")
+
+
+@pytest.mark.parametrize("command", ["analyze", "edge run"])
+def test_a_stereo_file_s_error_gives_the_syntax_of_the_command_that_read_it(tmp_path, command):
+    """A stereo file's error said "give the agent and the line as two files: NEAR --far FAR",
+    analyze's syntax, under `edge run --replay` too, where --far does not exist. Each command's
+    error now gives its own command line, which its parser takes as it stands."""
+    import re
+    import shlex
+
+    from miroir.cli import build_parser
+
+    stereo = _write_wav(tmp_path / "stereo.wav", np.zeros(32000, dtype="<i2"), 16000, channels=2)
+    mono = _write_wav(tmp_path / "mono.wav", np.zeros(16000, dtype="<i2"), 16000)
+    if command == "analyze":
+        proc = miroir("analyze", str(stereo), "--json")
+    else:
+        config = tmp_path / "box.toml"
+        config.write_text(f'site = "site-a"\nbox = "box-a"\nbroker_port = 9\n'
+                          f'state_dir = "{tmp_path / "state"}"\n')
+        proc = miroir("edge", "run", "--config", str(config), "--replay", str(stereo), str(mono))
+    assert proc.returncode == 2, proc.stderr
+    [line] = [x for x in proc.stderr.splitlines() if "channels, expected mono" in x]
+    [typed] = re.findall(r"`(miroir [^`]*)`", line) or [""]
+    assert typed.startswith(f"miroir {command} "), line
+    build_parser().parse_args(shlex.split(typed)[1:])  # exits 2 if its parser refuses it

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from edge.box import Box
 from edge.capture import CaptureConfig, CaptureSource
@@ -406,6 +407,143 @@ def test_systemctl_reload_sighup_checks_the_files_of_a_running_box(tmp_path: Pat
     assert code == 0, log.read_text()[-2000:]
 
 
+@pytest.mark.parametrize("which", ["campaign_file", "settings", "ca_file"])
+def test_a_file_that_is_a_fifo_is_refused_at_a_reload_not_waited_on(tmp_path: Path,
+                                                                    which: str) -> None:
+    """A campaign file, the settings file or a TLS file that is a FIFO (no writer) at a reload
+    (SIGHUP, as `systemctl reload` sends): the real agent's loop waited in open() for good, past
+    SIGTERM, until the watchdog killed it. The file is refused in one line naming it (not a
+    regular file), and the box runs on and stops on SIGTERM."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    campaign = tmp_path / "campaign.toml"
+    campaign.write_text("[monologue]\non_s = 45.0\n")
+    config = tmp_path / "box.toml"
+    settings = (f'site = "site-a"\nbox = "box-a"\nbroker_port = 9\n'
+                f'state_dir = "{tmp_path / "state"}"\ncampaign_file = "{campaign}"\n')
+    config.write_text(settings)
+    log = tmp_path / "journal.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "miroir", "edge", "run", "--config", str(config), "--replay",
+             str(shared / "ami-headsets" / "source0.wav"),
+             str(shared / "ami-headsets" / "source1.wav"), "--loop"],
+            stdout=subprocess.DEVNULL, stderr=err, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        wait_until(lambda: "replaying" in log.read_text(), "the box to start")
+        fifo = {"campaign_file": campaign, "settings": config, "ca_file": tmp_path / "ca.pem"}[which]
+        fifo.unlink(missing_ok=True)
+        os.mkfifo(fifo)
+        if which == "ca_file":
+            config.write_text(settings + f'ca_file = "{fifo}"\n')
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reload refused" in log.read_text() or proc.poll() is not None,
+                   "the reload to be refused")
+        assert proc.poll() is None, log.read_text()[-600:]
+        [line] = [x for x in log.read_text().splitlines() if "reload refused" in x]
+        assert str(fifo) in line and "a FIFO, not a regular file" in line, line
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+    assert code == 0, log.read_text()[-600:]
+
+
+@pytest.mark.parametrize("name", ["baselines.json", "install-check.json", "restarting.json",
+                                  "releases/rolled-back.json"])
+def test_a_state_file_nested_too_deep_is_a_bad_file_not_the_end_of_the_agent(tmp_path: Path,
+                                                                             name: str) -> None:
+    """A file of the box's state folder (the agent's baselines, the install check's verdict, an
+    update's restart note; the updater's note of a release rolled back, which the status reports)
+    holding 5000 nested arrays (a corrupt card): JSON's parser recursed past
+    Python's limit and the real ``miroir edge run`` died at its start (exit 1, a RecursionError
+    traceback). It is now a bad file like any other, ignored (or the affect model kept off, as for
+    an unreadable check) and named in one line, and the agent runs."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    state = tmp_path / "state"
+    (state / "releases").mkdir(parents=True)
+    deep = "[" * 5000 + "]" * 5000
+    (state / name).write_text('{"format": 2, "learned_ts": 1, "agent": ' + deep + "}"
+                              if name == "baselines.json" else deep)
+    campaign = tmp_path / "campaign.toml"
+    campaign.write_text("[affect]\ndisclosed = true\n")
+    config = tmp_path / "box.toml"
+    config.write_text(f'site = "site-a"\nbox = "box-a"\nbroker_port = 9\nstate_dir = "{state}"\n'
+                      f'campaign_file = "{campaign}"\naffect_enabled = true\n'
+                      f'capture_device = "hw:9"\nreleases_root = "{state / "releases"}"\n')
+    log = tmp_path / "journal.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "miroir", "edge", "run", "--config", str(config), "--replay",
+             str(shared / "ami-headsets" / "source0.wav"),
+             str(shared / "ami-headsets" / "source1.wav"), "--loop"],
+            stdout=subprocess.DEVNULL, stderr=err, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        wait_until(lambda: "replaying" in log.read_text() or proc.poll() is not None,
+                   "the box to start")
+        assert proc.poll() is None, log.read_text()[-600:]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    text = log.read_text()
+    assert code == 0 and "Traceback" not in text, text[-600:]
+    if name == "releases/rolled-back.json":  # no release rolled back, as for a note unreadable
+        return
+    named = [line for line in text.splitlines() if str(state / name) in line
+             or (name == "install-check.json" and "install check is unreadable" in line)]
+    assert len(named) == 1 and "nested too deep" in named[0], named
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT"])
+def test_a_replay_waiting_on_a_fifo_with_no_writer_stops_on_sigterm_and_ctrl_c(
+        tmp_path: Path, stop: str) -> None:
+    """`miroir edge run --replay NEAR FAR` where NEAR is a FIFO no one writes to yet waits in
+    open(); the agent's own SIGTERM and SIGINT handlers (installed before) only asked the loop,
+    not yet running, to stop, and open() went on waiting: SIGTERM or Ctrl-C did not stop it (30 s
+    measured). They now stop it there: "miroir: interrupted", exit 130."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    near = tmp_path / "near.wav"
+    os.mkfifo(near)
+    config = tmp_path / "box.toml"
+    config.write_text(f'site = "site-a"\nbox = "box-a"\nbroker_port = 9\n'
+                      f'state_dir = "{tmp_path / "state"}"\n')
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "miroir", "edge", "run", "--config", str(config), "--replay",
+         str(near), str(shared / "ami-headsets" / "source1.wav")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wchan = Path(f"/proc/{proc.pid}/wchan")
+        wait_until(lambda: proc.poll() is not None or wchan.read_text() == "wait_for_partner",
+                   "the agent to wait for the FIFO's writer")
+        assert proc.poll() is None
+        proc.send_signal(getattr(signal, stop))
+        code = proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+    assert code == 130, proc.stderr.read() if proc.stderr else ""
+    assert proc.stderr is not None and "miroir: interrupted" in proc.stderr.read()
+
+
 def test_a_campaign_file_nested_too_deep_is_refused_not_the_end_of_the_box(tmp_path: Path) -> None:
     """A campaign file of 2000 nested arrays (a corrupt or hostile edit): TOML's parser recursed
     past Python's limit and its RecursionError went through the loader's net, so the real ``miroir
@@ -494,3 +632,76 @@ def test_a_reload_refuses_settings_whose_tls_files_would_not_load(tmp_path: Path
     assert code == 0, text[-600:]
     assert f"{config}: ca_file {tmp_path}: Is a directory" in text, text[-600:]
     assert f"{config}: state_dir {config}: not a directory" in text, text[-600:]
+
+
+def test_a_reload_refuses_a_model_backend_whose_runtime_is_not_installed(tmp_path: Path) -> None:
+    """The settings edited while the box runs on LiteRT to ``model_backend = "onnx"`` on a box
+    without ONNX Runtime (here hidden from the real ``miroir edge run`` by a package of that name
+    that fails to import, as a missing one does): the reload took it, the agent exited 75, and its
+    start then stopped on "onnxruntime is not installed" (a box down after 10 tries). The reload now loads the
+    VAD model as the start would, refuses it naming the key, and the box runs on."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    hidden = tmp_path / "hidden" / "onnxruntime"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text(
+        'raise ModuleNotFoundError("No module named \'onnxruntime\'", name="onnxruntime")\n')
+    config = tmp_path / "box.toml"
+    good = (f'site = "site-a"\nbox = "box-a"\nbroker_port = 9\nstate_dir = "{tmp_path / "state"}"\n'
+            'call_start_on_speech = false\nmodel_backend = "litert"\n')  # a reload exits at once
+    config.write_text(good)
+    log = tmp_path / "journal.log"
+    path = os.pathsep.join([str(hidden.parent), os.environ.get("PYTHONPATH", "")])
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "miroir", "edge", "run", "--config", str(config), "--replay",
+             str(shared / "ami-headsets" / "source0.wav"),
+             str(shared / "ami-headsets" / "source1.wav"), "--loop"],
+            stdout=subprocess.DEVNULL, stderr=err,
+            env=dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path))
+    try:
+        wait_until(lambda: "replaying" in log.read_text(), "the box to start")
+        config.write_text(good.replace('"litert"', '"onnx"'))
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reload refused" in log.read_text() or proc.poll() is not None,
+                   "the reload to be refused")
+        assert proc.poll() is None, f"exit {proc.poll()}: {log.read_text()[-600:]}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    text = log.read_text()
+    assert code == 0, text[-600:]
+    [line] = [x for x in text.splitlines() if "reload refused" in x]
+    assert f"{config}: model_backend onnx: onnxruntime is not installed" in line, line
+
+
+def test_a_start_on_a_model_backend_whose_runtime_is_missing_is_one_line(tmp_path: Path) -> None:
+    """`miroir edge run` with ``model_backend = "onnx"`` on a box without ONNX Runtime (hidden
+    as in the test above) ended in a RuntimeError traceback (exit 1) in the journal: it is one
+    line naming the settings file and the key, exit 2, as a missing model file is."""
+    import os
+    import subprocess
+    import sys
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    hidden = tmp_path / "hidden" / "onnxruntime"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text(
+        'raise ModuleNotFoundError("No module named \'onnxruntime\'", name="onnxruntime")\n')
+    config = tmp_path / "box.toml"
+    config.write_text(f'site = "site-a"\nbox = "box-a"\nbroker_port = 9\n'
+                      f'state_dir = "{tmp_path / "state"}"\nmodel_backend = "onnx"\n')
+    path = os.pathsep.join([str(hidden.parent), os.environ.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-m", "miroir", "edge", "run", "--config", str(config), "--replay",
+         str(shared / "ami-headsets" / "source0.wav"), str(shared / "ami-headsets" / "source1.wav")],
+        capture_output=True, text=True, timeout=120, check=False,
+        env=dict(os.environ, PYTHONPATH=path))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-600:]
+    assert done.stderr.splitlines()[-1] == (
+        f"miroir: error: {config}: model_backend onnx: onnxruntime is not installed: install the "
+        "box extra, `pip install 'miroir[box]'`"), done.stderr[-600:]

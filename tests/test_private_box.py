@@ -639,3 +639,133 @@ def test_a_control_socket_path_that_names_a_file_never_deletes_it(tmp_path) -> N
     control_socket = ControlSocket(kept)  # is replaced, as before
     assert kept.is_socket()
     control_socket.close()
+
+
+def _agent_on_broker(site, broker, tmp_path: Path, extra: str = "",
+                     journal_name: str = "journal.log") -> tuple[subprocess.Popen[bytes], Path]:
+    """The real `miroir edge run` as box-a on the site's broker (its certificate, the ACL),
+    replaying an AMI headset pair in a loop (``extra``: more settings lines): the process and the
+    file its stderr goes to."""
+    cert = site.box("box-a")
+    config = tmp_path / "box.toml"
+    config.write_text(
+        f'site = "{SITE_ID}"\nbox = "box-a"\nbroker_host = "127.0.0.1"\n'
+        f'broker_port = {broker.port}\nca_file = "{site.ca_cert}"\ncert_file = "{cert.cert}"\n'
+        f'key_file = "{cert.key}"\nstate_dir = "{tmp_path / "state"}"\n{extra}')
+    journal = tmp_path / journal_name
+    with journal.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "miroir", "edge", "run", "--config", str(config), "--replay",
+             str(SHARED / "ami-headsets" / "source0.wav"),
+             str(SHARED / "ami-headsets" / "source1.wav"), "--fast", "--loop"],
+            stdout=subprocess.DEVNULL, stderr=err, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    return proc, journal
+
+
+def test_a_flood_of_bad_mqtt_commands_is_counted_not_written_line_by_line(
+        site, broker, peer, tmp_path) -> None:
+    """A dashboard gone wrong sends thousands of commands the box refuses (here: addressed to
+    another box) on box-a's cmd topic, through the real broker: the real agent refuses and counts
+    every one (cmd_refused in its status), runs on, and its journal holds a few of them and their
+    total, not a line for each, as for the control socket's (3000 lines before)."""
+    import signal
+
+    dash = peer(site.dashboard, "dashboard")
+    status_topic = wire.topic(SITE_ID, "box-a", "status")
+    assert dash.subscribe(status_topic) == 1
+    proc, journal = _agent_on_broker(site, broker, tmp_path)
+    sent = 3000
+    cmd = wire.topic(SITE_ID, "box-a", "cmd")
+    try:
+        dash.wait_for(lambda: any(t == status_topic and b'"online"' in p
+                                  for t, p in dash.messages), "box-a online")
+        for k in range(sent):
+            bad = wire.cmd_message(SITE_ID, "box-b", "identify", time.time() + k * 1e-6)
+            dash.client.publish(cmd, wire.encode("cmd", bad), qos=1)
+        # then one it takes: the status it publishes at once counts what came before
+        dash.publish(cmd, wire.encode("cmd", wire.cmd_message(SITE_ID, "box-a", "private_on",
+                                                             time.time())))
+
+        def refused_then_private() -> int | None:
+            for t, p in dash.messages:
+                status = json.loads(p) if t == status_topic else {}
+                if status.get("private"):
+                    return int(status["cmd_refused"])
+            return None
+        counted = dash.wait_for(refused_then_private, "the status after the private_on")
+        assert proc.poll() is None, "the agent stopped"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    text = journal.read_text()
+    assert code == 0, text[-2000:]
+    assert counted == sent
+    lines = [line for line in text.splitlines() if "command" in line and "refused" in line]
+    print(f"{len(lines)} journal line(s) for {sent} refused MQTT commands")
+    assert len(lines) <= 10, [*lines[:3], "...", *lines[-3:]]
+    assert f"command for {SITE_ID}/box-b" in lines[0], lines[0]
+    assert f"{sent} MQTT command(s) refused" in text, lines[-3:]
+
+
+def test_a_reload_sent_again_does_not_restart_the_box_again(site, broker, peer, tmp_path) -> None:
+    """The same `reload` again (paho's QoS 1 resend after a broken connection, the same bytes;
+    or the message published twice) restarted the real agent once more (exit 75 both times):
+    the box keeps the time of the last reload it applied in its state folder, across the
+    restart, and refuses one sent no later (counted in cmd_refused, logged); a newer one
+    restarts it."""
+    import signal
+
+    dash = peer(site.dashboard, "dashboard")
+    status_topic = wire.topic(SITE_ID, "box-a", "status")
+    assert dash.subscribe(status_topic) == 1
+    cmd = wire.topic(SITE_ID, "box-a", "cmd")
+
+    def send(action: str, ts: float | None = None) -> bytes:
+        payload = wire.encode("cmd", wire.cmd_message(SITE_ID, "box-a", action,
+                                                      time.time() if ts is None else ts))
+        dash.publish(cmd, payload)
+        return payload
+
+    def statuses() -> list[dict]:
+        return [json.loads(p) for t, p in list(dash.messages) if t == status_topic and p]
+
+    def started(n: int) -> None:  # the n-th online status since the test began
+        dash.wait_for(lambda: len(_onlines(statuses())) >= n, f"start {n} online")
+
+    no_call = "call_start_on_speech = false\n"  # no call in progress: a reload restarts at once
+    proc, journal = _agent_on_broker(site, broker, tmp_path, no_call)
+    try:
+        started(1)
+        reload = send("reload")
+        assert proc.wait(timeout=60) == 75, journal.read_text()[-2000:]
+        # systemd starts it again (RestartForceExitStatus=75); the same reload comes again
+        proc, journal = _agent_on_broker(site, broker, tmp_path, no_call, "journal-2.log")
+        started(2)
+        seen = len(statuses())
+        dash.publish(cmd, reload)
+        send("forget_baselines")  # its status, published at once, counts what came before
+
+        def next_status() -> dict | None:
+            return next((s for s in statuses()[seen:]
+                         if s["state"] == "offline" or s["cmd_refused"]), None)
+        after = dash.wait_for(next_status, "a status after the reload sent again")
+        assert after["state"] == "online", f"the box restarted again: {after}"
+        assert after["cmd_refused"] == 1 and proc.poll() is None
+        text = journal.read_text()
+        assert "reload sent at" in text and "not after the last reload" in text, text[-2000:]
+        send("reload")  # a newer one is applied
+        assert proc.wait(timeout=60) == 75, journal.read_text()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+
+
+def _onlines(statuses: list[dict]) -> list[dict]:
+    """The first online status after each offline one (one per start of the agent)."""
+    out, offline = [], True
+    for status in statuses:
+        if status["state"] == "online" and offline:
+            out.append(status)
+        offline = status["state"] == "offline"
+    return out

@@ -143,13 +143,13 @@ def test_a_broker_bound_to_one_address_is_reached_there_by_the_dashboard(tmp_pat
     root = new_site_dir("miroir-prov-")
     try:
         assert main(["provision", "site-init", "--site-dir", str(root / "s"), "--site", SITE,
-                     "--broker-host", "broker.lan", "--bind", "127.0.0.2"]) == 0
+                     "--broker-host", "192.168.10.5", "--bind", "192.168.10.5"]) == 0
         site = Site(root / "s")
-        assert site.admin_host == "127.0.0.2"
-        assert "MIROIR_DASH_MQTT_HOST=127.0.0.2\n" in (root / "s" / "dashboard.env").read_text()
+        assert site.admin_host == "192.168.10.5"
+        assert "MIROIR_DASH_MQTT_HOST=192.168.10.5\n" in (root / "s" / "dashboard.env").read_text()
         san = pki.load_cert(site.server.cert).extensions.get_extension_for_class(
             pki.x509.SubjectAlternativeName).value
-        assert "127.0.0.2" in [str(a) for a in san.get_values_for_type(pki.x509.IPAddress)]
+        assert "192.168.10.5" in [str(a) for a in san.get_values_for_type(pki.x509.IPAddress)]
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

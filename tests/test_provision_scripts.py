@@ -71,6 +71,137 @@ def test_the_backup_site_init_asks_for_is_a_command_that_works_as_typed(tmp_path
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.parametrize(("bind", "option", "host"), [
+    ("127.0.0.1", "--broker-host", "192.168.10.5"),  # loopback only: no box reaches it
+    ("::1", "--broker-host", "broker.lan"),
+    ("127.0.0.1", "--extra-host", "broker.lan"),
+    ("192.168.10.5", "--broker-host", "localhost"),  # one LAN address: not on loopback
+    ("0.0.0.0", "--broker-host", "fd00::5"),  # IPv4 only
+    ("::", "--broker-host", "192.168.10.5"),  # IPv6 only (Mosquitto binds :: so)
+])
+def test_a_broker_address_its_listener_never_answers_is_refused(
+        tmp_path: Path, bind: str, option: str, host: str) -> None:
+    """`site-init --bind 127.0.0.1 --broker-host 192.168.10.5` was accepted (exit 0, the listener
+    on loopback): no box could ever connect. It is refused in one line naming both options, exit
+    2, nothing written; so is each other address a listener so bound never answers at."""
+    first = ["--broker-host", "localhost" if bind.startswith(("127.", "::1")) else "broker.lan"]
+    hosts = ["--broker-host", host] if option == "--broker-host" else [*first, option, host]
+    done = cli("site-init", "--site-dir", str(tmp_path / "site"), "--site", SITE, "--bind", bind,
+               *hosts)
+    assert done.returncode == 2, done.stdout
+    [line] = [x for x in done.stderr.splitlines() if "INFO" not in x]
+    assert f"--bind {bind}" in line and f"{option} {host}" in line, line
+    assert not (tmp_path / "site").exists()
+
+
+def test_mosquitto_bound_to_the_ipv6_any_address_does_not_answer_on_ipv4() -> None:
+    """Why `--bind ::` with an IPv4 --broker-host is refused: measured on the real broker, a
+    listener on :: answers on ::1 and not on 127.0.0.1 (Mosquitto sets IPV6_V6ONLY)."""
+    import socket
+
+    root = new_site_dir("miroir-v6-")
+    try:
+        port = free_port()
+        site = init_site(root / "site", SITE, broker_host="localhost", port=port, bind="::")
+        with Mosquitto(site.config, port, root / "m.log", host="::1"):
+            socket.create_connection(("::1", port), timeout=5).close()
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", port), timeout=5)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _hints(text: str) -> list[str]:
+    """Every command line a provisioning command printed (between backquotes, or an expiry
+    row's action)."""
+    import re
+
+    found = re.findall(r"`(miroir [^`]*)`", text)
+    for row in text.splitlines():
+        if " UTC  miroir " in row:
+            found += row.split(" UTC  ", 1)[1].split(", then ")
+    return found
+
+
+def test_every_command_the_provisioning_commands_print_runs_on_their_site(tmp_path: Path) -> None:
+    """`revoke` said "back up the site again (`miroir provision backup FILE`)": run on a site
+    outside the default folder, as typed that backs up /var/lib/miroir-site, another site or
+    none ("is not a site directory"); so did rotate's `--finish`, restore's `revoke BOX`, expiry's
+    and the failed reloads' commands, and `miroir provision restore` or `miroir dashboard import`
+    (no file) stopped at their parser (exit 2). Every command they print now parses as the real
+    CLI's parser takes it, and names the site folder the command was run on."""
+    import shlex
+
+    from miroir.cli import build_parser
+
+    root = new_site_dir("miroir-hints-")
+    site_dir, restored = root / "site", root / "restored"
+    runs: list[tuple[Path, subprocess.CompletedProcess[str]]] = []
+
+    def run(where: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        done = cli(*args)
+        runs.append((where, done))
+        return done
+
+    try:
+        port = free_port()
+        assert run(site_dir, "site-init", "--site-dir", str(site_dir), "--site", SITE,
+                   "--broker-host", "localhost", "--bind", "127.0.0.1",
+                   "--port", str(port)).returncode == 0
+        for box, seat in (("box-001", "A-01"), ("box-002", "A-02")):
+            assert run(site_dir, "enroll", "--site-dir", str(site_dir), box, "--seat",
+                       seat).returncode == 0
+        floor = tmp_path / "floor.csv"
+        floor.write_text("box,seat,agent\nbox-002,A-02,Zoe\n")  # its agent differs: skipped
+        assert run(site_dir, "enroll-csv", "--site-dir", str(site_dir), str(floor)).returncode == 0
+        floor.write_text("box,seat\nbox-002,A-09\n")  # at another seat: refused
+        assert run(site_dir, "enroll-csv", "--site-dir", str(site_dir), str(floor)).returncode == 2
+        assert run(site_dir, "rotate", "--site-dir", str(site_dir), "box-001").returncode == 0
+        assert run(site_dir, "rotate", "--site-dir", str(site_dir), "box-001").returncode == 2
+        run(site_dir, "expiry", "--site-dir", str(site_dir), "--all")
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        for args in (("rotate", "box-001", "--finish"), ("renew",), ("revoke", "box-001")):
+            assert run(site_dir, *args, "--site-dir", str(site_dir), "--broker-pid",
+                       str(dead.pid)).returncode == 2
+        site = Site(site_dir)
+        with Mosquitto(site.config, site.port, site.log) as broker:
+            assert run(site_dir, "revoke", "box-002", "--site-dir", str(site_dir),
+                       "--broker-pid", str(broker.pid)).returncode == 0
+        secret = tmp_path / "passphrase"
+        secret.write_text("correct horse\n")
+        backup = tmp_path / "site.bak"
+        assert run(site_dir, "backup", "--site-dir", str(site_dir), str(backup),
+                   "--passphrase-file", str(secret)).returncode == 0
+        assert run(restored, "restore", str(backup), "--site-dir", str(restored),
+                   "--passphrase-file", str(secret)).returncode == 0
+        assert run(root / "none", "expiry", "--site-dir", str(root / "none")).returncode == 2
+        for damaged in ("site.json", "inventory.json", "crl.pem"):
+            (restored / damaged).write_text("{")
+            assert run(restored, "expiry", "--site-dir", str(restored)).returncode == 2
+            shutil.rmtree(restored)
+            assert run(restored, "restore", str(backup), "--site-dir", str(restored),
+                       "--passphrase-file", str(secret)).returncode == 0
+        parser = build_parser()
+        seen = set()
+        for where, done in runs:
+            for hint in _hints(done.stdout + done.stderr):
+                words = shlex.split(hint)
+                try:
+                    parsed = parser.parse_args(words[1:])
+                except SystemExit:
+                    pytest.fail(f"{' '.join(done.args[3:])} printed `{hint}`, which its parser "
+                                "refuses")
+                if words[1] == "provision" and words[2] != "restore":
+                    assert parsed.site_dir == where, (done.args[3:], hint)
+                seen.add(" ".join(words[1:3]))
+        assert seen == {"provision backup", "provision rotate", "provision revoke",
+                        "provision renew", "provision restore", "provision site-init",
+                        "dashboard backup", "dashboard restore", "dashboard import"}, seen
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def test_a_csv_run_again_enrols_only_its_new_rows(site_dir: Path, tmp_path: Path) -> None:
     """IT reruns the same file after adding rows (or after a partial failure): the rows already
     enrolled as they stand are reported and skipped, the new ones enrolled, exit 0."""
@@ -190,10 +321,10 @@ def test_certificates_ending_soon_are_listed_with_what_renews_them(site_dir: Pat
     rows = done.stdout.splitlines()
     assert rows[0].startswith("4 of 8 certificate(s) of site paris-1 end within 30 days")
     assert rows[1].split()[:4] == ["EXPIRED", "-1.0", "days", "box"] and "box-003" in rows[1]
-    assert "rotate box-003" in rows[1]
+    assert f"miroir provision rotate --site-dir {site_dir} box-003" in rows[1]
     assert rows[2].split()[:5] == ["expires", "10.0", "days", "box", "box-002"]
     assert rows[3].split()[:4] == ["expires", "20.0", "days", "broker"]
-    assert "miroir provision renew" in rows[3]
+    assert f"miroir provision renew --site-dir {site_dir}" in rows[3]
     assert rows[4].split()[:4] == ["expires", "25.0", "days", "https"] and "dashboard-tls" in rows[4]
     assert len(rows) == 5
     everything = cli("expiry", "--site-dir", str(site_dir), "--days", "5", "--all")
@@ -315,7 +446,7 @@ def test_a_revocation_whose_broker_reload_fails_still_denies_the_box(site_dir: P
     assert done.stderr.splitlines()[-1] == (
         f"miroir: error: no broker process with pid {dead.pid}: box box-001 is revoked in the "
         "site's files, but the running broker has not read them; run `miroir provision revoke "
-        "box-001` again with the broker's --broker-pid or --broker-unit")
+        f"--site-dir {site_dir} box-001` again with the broker's --broker-pid or --broker-unit")
     assert "user box-001\ntopic deny #" in Site(site_dir).acl.read_text()
     assert Site(site_dir).inventory().get("box-001").state == "revoked"
 
@@ -453,8 +584,8 @@ def test_a_rotation_finish_whose_broker_reload_fails_says_what_to_run(site_dir: 
     assert done.stderr.splitlines()[-1] == (
         f"miroir: error: no broker process with pid {dead.pid}: box box-001's old certificate(s) "
         "are revoked in the site's files, but the running broker has not read them; run "
-        "`miroir provision rotate box-001 --finish` again with the broker's --broker-pid or "
-        "--broker-unit")
+        f"`miroir provision rotate --site-dir {site_dir} box-001 --finish` again with the broker's "
+        "--broker-pid or --broker-unit")
 
 
 def _files(d: Path) -> dict[str, bytes]:
@@ -486,7 +617,8 @@ def test_a_rotation_run_again_before_its_finish_does_not_cut_off_the_box(tmp_pat
         assert again.stderr.splitlines()[-1].startswith(
             f"miroir: error: box box-001 already has a new certificate waiting, in "
             f"{site.bundle_path('box-001')}: put that bundle on the box, then run "
-            "`miroir provision rotate box-001 --finish` (nothing changed)"), again.stderr
+            f"`miroir provision rotate --site-dir {site.dir} box-001 --finish` (nothing changed)"
+        ), again.stderr
         assert _files(site.dir) == before
         broker = Mosquitto(site.config, site.port, site.log).start()
         try:
@@ -598,7 +730,8 @@ def test_a_renewal_whose_broker_reload_fails_says_what_to_run(site_dir: Path) ->
     assert done.stderr.splitlines()[-1] == (
         f"miroir: error: no broker process with pid {dead.pid}: the broker's and the dashboard's "
         "new certificates are in the site's files, but the running broker has not read them; run "
-        "`miroir provision renew` again with the broker's --broker-pid or --broker-unit")
+        f"`miroir provision renew --site-dir {site_dir}` again with the broker's --broker-pid or "
+        "--broker-unit")
 
 
 def test_a_revocation_whose_systemctl_reload_fails_is_one_line(site_dir: Path) -> None:
@@ -612,8 +745,8 @@ def test_a_revocation_whose_systemctl_reload_fails_is_one_line(site_dir: Path) -
     errors = [line for line in done.stderr.splitlines() if " INFO " not in line]
     assert len(errors) == 1 and errors[0].startswith(
         "miroir: error: systemctl reload miroir-no-such-unit.service failed: "), errors
-    assert errors[0].endswith("run `miroir provision revoke box-001` again with the broker's "
-                              "--broker-pid or --broker-unit"), errors
+    assert errors[0].endswith(f"run `miroir provision revoke --site-dir {site_dir} box-001` again "
+                              "with the broker's --broker-pid or --broker-unit"), errors
 
 
 def test_a_backup_written_into_the_site_folder_is_refused(site_dir: Path, tmp_path: Path) -> None:
