@@ -37,7 +37,7 @@ def _scope(db_path: Any, username: str, token: str | None, idle_s: float,
     team, erased)."""
     db = store.open_db(db_path)
     try:
-        if auth.lookup_session(db, token, idle_s) is None:
+        if auth.lookup_session(db, token, idle_s, touch=False) is None:  # not the user's act
             raise HTTPException(status_code=401, detail="not authenticated")
         user = access.load_user(db, username)
         if agent is None:
