@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import unicodedata
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -269,6 +270,30 @@ def assign_seat(db: sqlite_utils.Database, box: str, agent: str | None,
     return True
 
 
+_FILLERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+"""Letters and symbols that draw nothing: the Hangul fillers, the blank Braille pattern."""
+
+
+def _invisible(ch: str) -> bool:
+    """A space, or a character that shows nothing (zero-width, control, format, filler)."""
+    return ch.isspace() or ch in _FILLERS or unicodedata.category(ch) in (
+        "Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp")
+
+
+def visible_name(text: str) -> str:
+    """``text`` without the spaces and invisible characters (U+200B, U+2060, U+FEFF...) at its
+    ends, or "" when nothing of it shows: a free-text name (a campaign's, a variant's, a goal's,
+    an agent's, a seat's) so made is blank, as one of spaces only."""
+    start, end = 0, len(text)
+    while start < end and _invisible(text[start]):
+        start += 1
+    while end > start and _invisible(text[end - 1]):
+        end -= 1
+    name = text[start:end]
+    shown = any(not _invisible(ch) and not unicodedata.category(ch).startswith("M") for ch in name)
+    return name if shown else ""
+
+
 def import_inventory(db: sqlite_utils.Database, rows: Iterable[dict[str, Any]],
                      site: str | None = None, now: float | None = None,
                      actor: str | None = None) -> int:
@@ -315,14 +340,14 @@ def import_inventory(db: sqlite_utils.Database, rows: Iterable[dict[str, Any]],
                 db.conn.execute("INSERT OR IGNORE INTO teams (team, name, site) VALUES (?, ?, ?)",
                                 (team, team, row_site))
             if agent:
-                name = (r.get("agent_name") or "").strip() or agent
+                name = visible_name(str(r.get("agent_name") or "")) or agent
                 db.conn.execute(
                     "INSERT INTO agents (agent, name, team, created_ts) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT(agent) DO UPDATE SET team = coalesce(excluded.team, team), "
                     "name = CASE WHEN excluded.name != excluded.agent THEN excluded.name "
                     "ELSE name END, active = 1, left_ts = NULL",
                     (agent, name, team, now))
-            label = (str(r.get("seat") or "").strip()) or box
+            label = visible_name(str(r.get("seat") or "")) or box
             db.conn.execute(
                 "INSERT INTO seats (box, site, label, row, col) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT(box) DO UPDATE SET site = coalesce(excluded.site, site), "

@@ -66,9 +66,10 @@ class GoalIn(BaseModel):
     @classmethod
     def _named(cls, label: str) -> str:
         """A goal needs a name: one made only of spaces would be saved as an empty goal."""
-        if not label.strip():
+        label = schema.visible_name(label)
+        if not label:  # spaces only, or characters that show nothing (U+200B...)
             raise ValueError("a goal needs a name")
-        return label.strip()
+        return label
 
 
 class OutcomeIn(BaseModel):
@@ -123,9 +124,10 @@ class CampaignIn(BaseModel):
     @classmethod
     def _named(cls, name: str) -> str:
         """A campaign needs a name: one of spaces only was saved empty, a link without text."""
-        if not name.strip():
+        name = schema.visible_name(name)
+        if not name:  # spaces only, or characters that show nothing (U+200B...)
             raise ValueError("a campaign needs a name")
-        return name.strip()
+        return name
 
 
 class AssignIn(BaseModel):
@@ -251,7 +253,7 @@ def create_campaign(db: Any, user: User, body: CampaignIn) -> None:
     elif team is not None and not db.conn.execute("SELECT 1 FROM teams WHERE team = ?",
                                                   (team,)).fetchone():
         raise access.not_found("team")
-    names = [v.name.strip() for v in body.variants]
+    names = [schema.visible_name(v.name) for v in body.variants]
     if len(set(names)) != len(names) or not all(names):
         raise HTTPException(status_code=422, detail="variant names must be distinct")
     with store.write_transaction(db):  # the id checked free is still free when written
@@ -261,10 +263,10 @@ def create_campaign(db: Any, user: User, body: CampaignIn) -> None:
         db.conn.execute("INSERT INTO campaigns (campaign, name, team, created_ts, created_by) "
                         "VALUES (?, ?, ?, ?, ?)",
                         (body.campaign, body.name, team, time.time(), user.username))
-        for v in body.variants:
+        for v, name in zip(body.variants, names, strict=True):
             db.conn.execute("INSERT INTO variants (campaign, name, text, created_by) "
                             "VALUES (?, ?, ?, ?)",
-                            (body.campaign, v.name.strip(), v.text.strip(), user.username))
+                            (body.campaign, name, v.text.strip(), user.username))
     access.audit(db, user, "campaign_create", None,
                  {"campaign": body.campaign, "variants": len(body.variants)})
 
@@ -272,7 +274,7 @@ def create_campaign(db: Any, user: User, body: CampaignIn) -> None:
 def add_variant(db: Any, user: User, campaign: str, body: VariantIn) -> int:
     """Add a variant to an open campaign; return its id."""
     _writable_campaign(db, user, campaign)
-    name = body.name.strip()
+    name = schema.visible_name(body.name)
     with store.write_transaction(db):  # what is counted is what is there when written
         count, same = db.conn.execute(
             "SELECT count(*), coalesce(sum(name = ?), 0) FROM variants WHERE campaign = ?",
