@@ -23,6 +23,7 @@ from miroir import wire
 from .. import access, analytics, commands, fleet, registry, retention, schema
 from .. import db as store
 from ..access import User
+from ..ingest import MAX_FUTURE_S
 from .deps import CurrentUser, Db, Settings, require_role
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,8 @@ TS_BOUNDS: dict[str, Any] = {"ge": MIN_TS, "le": MAX_TS, "allow_inf_nan": False}
 class FlagIn(BaseModel):
     """A moment flagged by a supervisor."""
 
-    ts: float = Field(description="Moment flagged, Unix seconds (2020 to 2100).", **TS_BOUNDS)
+    ts: float = Field(description="Moment flagged, Unix seconds (2020 on, at most a day ahead of "
+                                  "the dashboard's clock).", **TS_BOUNDS)
     note: str = Field("", max_length=MAX_NOTE, description="Coaching note.")
     shared: bool = Field(False, description="Share the moment with the team as a remarkable call.")
 
@@ -83,9 +85,10 @@ class CallIn(BaseModel):
     """A call recorded by a softphone/CTI connector or a supervisor."""
 
     agent: str = Field(max_length=64)
-    start_ts: float = Field(description="Start of the call, Unix seconds (2020 to 2100).",
-                            **TS_BOUNDS)
-    end_ts: float | None = Field(None, description="End of the call, Unix seconds (2020 to 2100).",
+    start_ts: float = Field(description="Start of the call, Unix seconds (2020 on, at most a day "
+                                        "ahead of the dashboard's clock).", **TS_BOUNDS)
+    end_ts: float | None = Field(None, description="End of the call, Unix seconds (2020 on, at most "
+                                                   "a day ahead of the dashboard's clock).",
                                  **TS_BOUNDS)
     campaign: str | None = Field(None, max_length=80)
     variant: int | None = Field(None, ge=1, le=MAX_ID)
@@ -415,10 +418,20 @@ def agent_metrics_payload(db: Any, user: User, agent: str, since_ts: float,
             "flags": flags}
 
 
+def _not_ahead(what: str, *moments: float | None) -> None:
+    """422 when one of ``moments`` is more than a day ahead of the dashboard's clock (the boxes'
+    messages' rule, :data:`dashboard.ingest.MAX_FUTURE_S`): the retention purge goes by it, so a
+    row dated 2099 was kept for ever (and a call sorted first on the agent's pages)."""
+    if any(ts is not None and ts > time.time() + MAX_FUTURE_S for ts in moments):
+        raise HTTPException(status_code=422,
+                            detail=f"{what} more than a day ahead of the dashboard's clock")
+
+
 def add_flag(db: Any, user: User, agent: str, body: FlagIn) -> int:
     """Store a flagged moment (supervisors and admins only; audited); return its id."""
     require_role(user, "admin", "supervisor")
     access.require_agent(db, user, agent)
+    _not_ahead("a moment flagged", body.ts)
     box = db.conn.execute(
         "SELECT box FROM seat_history WHERE agent = ? AND from_ts <= ? AND "
         "(to_ts IS NULL OR to_ts > ?) ORDER BY from_ts DESC LIMIT 1",
@@ -713,6 +726,7 @@ def post_call(db: Db, user: CurrentUser, body: CallIn) -> dict[str, Any]:
     """
     require_role(user, "admin", "supervisor")
     access.require_agent(db, user, body.agent)
+    _not_ahead("a call dated", body.start_ts, body.end_ts)
     campaign, variant = _call_campaign(db, user, body)
     with db.conn:
         cur = db.conn.execute(
