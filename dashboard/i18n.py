@@ -213,6 +213,11 @@ STRINGS: dict[str, tuple[str, str]] = {
                            "seat is private. The box's button does the same."),
     "agent.private_unsent": ("Votre boîtier n'a pas pu être joint : utilisez son bouton.",
                              "Your box could not be reached: use its button."),
+    "agent.private_no_seat": ("Aucun poste ne vous est attribué : il n'y a pas de boîtier à "
+                              "passer en appel privé. Les postes sont attribués par le service "
+                              "informatique.",
+                              "No seat is assigned to you: there is no box to switch to a private "
+                              "call. Site IT assigns the seats."),
     "agent.live": ("Mes signaux en direct", "My live cues"),
     "agent.live_seat": ("Au poste, en direct :", "At the seat, live:"),
     "agent.gone": ("Cet agent a été retiré ou n'est plus dans votre périmètre : cette page ne "

@@ -485,24 +485,33 @@ def set_outcome(db: Any, user: User, call_id: int, outcome: str | None) -> None:
                  {"call": call_id, "outcome": outcome, "was": call["outcome"]})
 
 
-def set_private(request: Request, db: Any, user: User, private: bool) -> bool:
-    """The agent's private switch: tell the agent's box, and store it once sent; return True if
-    sent."""
+NO_SEAT = "no_seat"
+"""Why the private switch was not sent: the agent sits at no seat, so there is no box to tell."""
+UNREACHABLE = "unreachable"
+"""Why the private switch was not sent: the agent's box is offline or out of the broker's reach."""
+
+
+def set_private(request: Request, db: Any, user: User, private: bool) -> str | None:
+    """The agent's private switch: tell the agent's box, and store it once sent; return None if
+    sent, else why not (:data:`NO_SEAT`, :data:`UNREACHABLE`)."""
     require_role(user, "agent")
     agent = user.agent or ""
     access.require_agent(db, user, agent)
     row = db.conn.execute("SELECT box FROM seats WHERE agent = ?", (agent,)).fetchone()
-    box = row and db.conn.execute("SELECT state, last_seen_ts FROM boxes WHERE box = ?",
-                                  (row[0],)).fetchone()
+    if row is None:
+        log.info("agent %s has no seat: private switch not sent", agent)
+        return NO_SEAT
+    box = db.conn.execute("SELECT state, last_seen_ts FROM boxes WHERE box = ?",
+                          (row[0],)).fetchone()
     if not box or fleet.is_offline({"state": box[0], "last_seen_ts": box[1]}, time.time()):
         # its MQTT session is clean: a command sent while it is away never reaches it
         log.info("box of agent %s offline: private switch not sent", agent)
-        return False
+        return UNREACHABLE
     if not commands.send_command(request.app, row[0], "private_on" if private else "private_off"):
-        return False  # the seat shows what the box was told, never a privacy it does not have
+        return UNREACHABLE  # the seat shows what the box was told, never a privacy it lacks
     with db.conn:
         db.conn.execute("UPDATE agents SET private = ? WHERE agent = ?", (int(private), agent))
-    return True
+    return None
 
 
 def team_board(db: Any, user: User, team: str, days: int = 14) -> dict[str, Any]:
@@ -828,9 +837,11 @@ def get_agent(db: Db, user: CurrentUser, agent: AgentId) -> dict[str, Any]:
 
 @router.post("/me/private")
 def post_private(request: Request, db: Db, user: CurrentUser, body: PrivateIn) -> dict[str, Any]:
-    """The agent's private-call switch; the box is told on its ``cmd`` topic."""
-    sent = set_private(request, db, user, body.private)
-    return {"private": body.private, "sent": sent}
+    """The agent's private-call switch; the box is told on its ``cmd`` topic. ``sent`` False says
+    why in ``unsent``: ``no_seat`` (the agent sits at no seat) or ``unreachable`` (the box is
+    offline: its own button works)."""
+    unsent = set_private(request, db, user, body.private)
+    return {"private": body.private, "sent": unsent is None, "unsent": unsent}
 
 
 @router.get("/teams")

@@ -172,6 +172,7 @@ def me_page(request: Request, db: Db, user: CurrentUser,
                              calls_before=calls_before)
     sent = request.query_params.get("sent")
     context["private_unsent"] = sent == "0"
+    context["private_no_seat"] = sent == "noseat"
     at = request.query_params.get("at")
     if sent in ("on", "off") and _unconfirmed(db, user.agent or "", at):
         context["agent"]["private"] = sent == "on"  # just switched here: the box confirms it soon
@@ -253,8 +254,9 @@ def private_form(request: Request, db: Db, user: CurrentUser,
                  private: Annotated[str, Form(max_length=4)] = "0") -> Response:
     """The agent's private-call switch."""
     on = private == "1"
-    sent = api.set_private(request, db, user, on)
-    answer = f"/me?sent={'on' if on else 'off'}&at={time.time():.3f}" if sent else "/me?sent=0"
+    unsent = api.set_private(request, db, user, on)
+    answer = (f"/me?sent={'on' if on else 'off'}&at={time.time():.3f}" if unsent is None
+              else "/me?sent=noseat" if unsent == api.NO_SEAT else "/me?sent=0")
     return RedirectResponse(answer + "#private", status_code=303)
 
 
