@@ -419,7 +419,16 @@ STRINGS: dict[str, tuple[str, str]] = {
     "action.user_reset": ("a réinitialisé un mot de passe et l'authentificateur",
                           "reset a password and the authenticator"),
     "action.assign_seat": ("a attribué le poste", "gave the seat"),
+    "action.seat_taken": ("a donné le poste de l'agent à un autre agent (son boîtier y oublie "
+                          "les références apprises de sa voix)",
+                          "gave the agent's seat to another agent (its box forgets the baselines "
+                          "it learned of the agent's voice)"),
     # site IT's acts on an agent's own account, as the agent reads them on their page
+    "me.action.assign_seat": ("vous a attribué le poste", "gave you the seat"),
+    "me.action.seat_taken": ("a donné votre poste à un autre agent (son boîtier y oublie les "
+                             "références apprises de votre voix)",
+                             "gave your seat to another agent (its box forgets the baselines it "
+                             "learned of your voice)"),
     "me.action.user_add": ("a créé votre compte", "added your account"),
     "me.action.user_disable": ("a désactivé votre compte", "disabled your account"),
     "me.action.user_enable": ("a réactivé votre compte", "enabled your account again"),

@@ -307,7 +307,8 @@ def import_inventory(db: sqlite_utils.Database, rows: Iterable[dict[str, Any]],
         site: Default site of the rows.
         now: Wall-clock seconds used for the seat history (defaults to the current time).
         actor: Who imports (the command line's user); when given, each seat given to another
-            agent is audited (``assign_seat``, on the agent seated).
+            agent is audited: ``assign_seat`` on the agent seated, ``seat_taken`` on the agent
+            who sat there (whose baselines the box then forgets).
 
     Returns:
         The number of rows imported. Re-importing the same rows changes nothing.
@@ -354,12 +355,17 @@ def import_inventory(db: sqlite_utils.Database, rows: Iterable[dict[str, Any]],
                 "label = excluded.label, row = coalesce(excluded.row, row), "
                 "col = coalesce(excluded.col, col)",
                 (box, row_site, label, _int_or_none(r.get("row")), _int_or_none(r.get("col"))))
+            before = db.conn.execute("SELECT agent FROM seats WHERE box = ?", (box,)).fetchone()
             if agent and assign_seat(db, box, agent, now) and actor is not None:
-                detail = {"box": box, "seat": label}
+                detail = json.dumps({"box": box, "seat": label}, separators=(",", ":"),
+                                    sort_keys=True)
                 db.conn.execute(
                     "INSERT INTO audit_log (ts, actor, actor_role, agent, action, detail) "
-                    "VALUES (?, ?, 'it', ?, 'assign_seat', ?)",
-                    (now, actor, agent, json.dumps(detail, separators=(",", ":"), sort_keys=True)))
+                    "VALUES (?, ?, 'it', ?, 'assign_seat', ?)", (now, actor, agent, detail))
+                if before is not None and before[0] is not None:  # and its box forgets them
+                    db.conn.execute(
+                        "INSERT INTO audit_log (ts, actor, actor_role, agent, action, detail) "
+                        "VALUES (?, ?, 'it', ?, 'seat_taken', ?)", (now, actor, before[0], detail))
             count += 1
     return count
 
