@@ -519,7 +519,8 @@ def test_the_private_switch_never_says_on_when_the_box_is_offline(
         browser_page: Any, dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
     """The agent presses "private" while their box is offline (the broker is up): the box, whose
     session is clean, never gets the command, so the page must say so and tell them to use the
-    box's button, never "Mode privé actif"; once the box is back, the same switch works."""
+    box's button, never "Mode privé actif"; once the box is back, its word takes the warning
+    away and the same switch works."""
     from tests._fixtures_dashboard import USER_PASSWORD
 
     seat = _AgentsBox(dashboard_server, site, peer)
@@ -537,6 +538,8 @@ def test_the_private_switch_never_says_on_when_the_box_is_offline(
     assert page.locator("#private-toggle").inner_text() == "Passer en appel privé"
     seat.status(private=False)  # the box is back
     page.locator("#live-state", has_text="—").wait_for(timeout=2000)
+    # its word takes the warning away (it stayed, the box reachable again, until a reload)
+    assert page.locator("#private-unsent").count() == 0
     page.click("#private-toggle")
     page.wait_for_selector("body[data-stream-ready='1']")
     assert page.locator("#private-state").is_visible()
@@ -567,6 +570,7 @@ def test_the_private_panel_s_changes_are_announced(
     page.locator("#live-state", has_text="Appel privé").wait_for(timeout=2000)
     assert live.locator("#private-state").inner_text() == "Mode privé actif : rien n'est mesuré."
     assert "Mode privé actif : rien n'est mesuré." in page.evaluate("window.spoken")
+    assert page.locator("#private-unsent").count() == 0  # the box spoke: it was reached
     assert page.locator("#private-toggle").inner_text() == "Fin de l'appel privé"
 
 
