@@ -489,9 +489,9 @@ DETAILS_FR: list[tuple[re.Pattern[str], str]] = [(re.compile(pattern), fr) for p
     (r"too many call states: at most (?P<n>.+) at once, then (?P<r>.+) a second",
      "trop d'états d'appel : {n} d'un coup au plus, puis {r} par seconde"),
     (r"Content Too Large", "contenu trop volumineux"),
-    (r"a moment flagged more than a day ahead of the dashboard's clock",
+    (r"a flagged moment cannot be more than a day ahead of the dashboard's clock",
      "un moment signalé ne peut être plus d'un jour après l'heure du tableau de bord"),
-    (r"a call dated more than a day ahead of the dashboard's clock",
+    (r"a call cannot start or end more than a day ahead of the dashboard's clock",
      "un appel ne peut commencer ni finir plus d'un jour après l'heure du tableau de bord"),
 )]
 """The French of each error detail the API gives (in English, for its clients), by pattern."""

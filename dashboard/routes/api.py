@@ -418,20 +418,21 @@ def agent_metrics_payload(db: Any, user: User, agent: str, since_ts: float,
             "flags": flags}
 
 
-def _not_ahead(what: str, *moments: float | None) -> None:
-    """422 when one of ``moments`` is more than a day ahead of the dashboard's clock (the boxes'
-    messages' rule, :data:`dashboard.ingest.MAX_FUTURE_S`): the retention purge goes by it, so a
-    row dated 2099 was kept for ever (and a call sorted first on the agent's pages)."""
-    if any(ts is not None and ts > time.time() + MAX_FUTURE_S for ts in moments):
-        raise HTTPException(status_code=422,
-                            detail=f"{what} more than a day ahead of the dashboard's clock")
+def _ahead(*moments: float | None) -> bool:
+    """Whether one of ``moments`` is more than a day ahead of the dashboard's clock (the boxes'
+    messages' rule, :data:`dashboard.ingest.MAX_FUTURE_S`), refused (422): the retention purge
+    goes by it, so a row dated 2099 was kept for ever (and a call sorted first on the agent's
+    pages)."""
+    return any(ts is not None and ts > time.time() + MAX_FUTURE_S for ts in moments)
 
 
 def add_flag(db: Any, user: User, agent: str, body: FlagIn) -> int:
     """Store a flagged moment (supervisors and admins only; audited); return its id."""
     require_role(user, "admin", "supervisor")
     access.require_agent(db, user, agent)
-    _not_ahead("a moment flagged", body.ts)
+    if _ahead(body.ts):
+        raise HTTPException(status_code=422, detail="a flagged moment cannot be more than a day "
+                                                    "ahead of the dashboard's clock")
     box = db.conn.execute(
         "SELECT box FROM seat_history WHERE agent = ? AND from_ts <= ? AND "
         "(to_ts IS NULL OR to_ts > ?) ORDER BY from_ts DESC LIMIT 1",
@@ -735,7 +736,9 @@ def post_call(db: Db, user: CurrentUser, body: CallIn) -> dict[str, Any]:
     """
     require_role(user, "admin", "supervisor")
     access.require_agent(db, user, body.agent)
-    _not_ahead("a call dated", body.start_ts, body.end_ts)
+    if _ahead(body.start_ts, body.end_ts):
+        raise HTTPException(status_code=422, detail="a call cannot start or end more than a day "
+                                                    "ahead of the dashboard's clock")
     campaign, variant = _call_campaign(db, user, body)
     with db.conn:
         cur = db.conn.execute(
