@@ -474,6 +474,7 @@ DETAILS_FR: list[tuple[re.Pattern[str], str]] = [(re.compile(pattern), fr) for p
     (r"a supervisor's campaign needs a team", "la campagne d'un superviseur doit avoir une équipe"),
     (r"variant names must be distinct", "les variantes doivent avoir des noms différents"),
     (r"a variant has that name already", "une variante porte déjà ce nom"),
+    (r"a variant needs a name", "une variante doit avoir un nom"),
     (r"at most (?P<n>.+) variants", "{n} variantes au plus"),
     (r"variant must be an id", "la variante doit être un identifiant"),
     (r"variant is not one of (this|the) campaign's", "cette variante n'est pas de la campagne"),

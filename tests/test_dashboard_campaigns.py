@@ -20,7 +20,9 @@ from tests._fixtures_dashboard import (
     ADMIN_USER,
     USER_PASSWORD,
     client_login,
+    csrf_header,
     csrf_of,
+    login_as,
     make_settings,
     seed_org,
 )
@@ -495,7 +497,7 @@ def test_a_name_of_invisible_characters_only_is_refused_as_spaces_only_are(
     """A name made only of zero-width or other invisible characters (U+200B, U+2060, U+FEFF...)
     passed the "not blank" check that spaces fail: a campaign, a variant (at creation or added)
     or a goal so named was saved and listed as a link or a badge without text. Each is refused
-    now as a name of spaces is (422, or the variant's 409), over the real server; nothing saved."""
+    now as a name of spaces is (422), over the real server; nothing saved."""
     import httpx
 
     from tests._fixtures_dashboard import http_login
@@ -519,7 +521,7 @@ def test_a_name_of_invisible_characters_only_is_refused_as_spaces_only_are(
                 "variants": "Question | Comment ?"})
             assert r.status_code == 422 and "le nom et les variantes" in r.text, name
             r = c.post("/api/campaigns/camp-a/variants", headers=api, json={"name": name})
-            assert r.status_code in (409, 422), (name, r.text)
+            assert r.status_code == 422, (name, r.text)
             r = c.post("/api/agents/agent-a1/goals", headers=api,
                        json={"metric": "near_speech_ratio", "label": name})
             assert r.status_code == 422, (name, r.text)
@@ -544,3 +546,27 @@ def test_a_name_of_invisible_characters_only_is_refused_as_spaces_only_are(
     # what does show is kept as typed, invisible characters at its ends taken off
     assert schema.visible_name("\u200b Salon été\u0301 \ufeff") == "Salon été\u0301"
     assert schema.visible_name("\u0301") == ""  # a lone combining mark sits on nothing
+
+
+def test_a_variant_without_a_name_is_told_so_not_that_its_name_is_taken(
+        org: tuple[DashboardSettings, dict[str, Any]]) -> None:
+    """A variant named with spaces (or characters that show nothing) only was refused as "une
+    variante porte déjà ce nom" when added, and as "les variantes doivent avoir des noms
+    différents" in a new campaign: neither was the reason. Both now say a variant needs a name
+    (422), the form coming back as typed."""
+    settings, data = org
+    with _client(settings) as c:
+        login_as(c, "sup-a", data)
+        hdr = csrf_header(c)
+        for name in ("   ", "\u200b"):
+            r = c.post("/api/campaigns/camp-a/variants", json={"name": name}, headers=hdr)
+            assert (r.status_code, r.json()) == (422, {"detail": "a variant needs a name"}), name
+            r = c.post("/api/campaigns", headers=hdr, json={
+                "campaign": "salon-x", "name": "Salon", "team": "team-a",
+                "variants": [{"name": "Question"}, {"name": name}]})
+            assert (r.status_code, r.json()) == (422, {"detail": "a variant needs a name"}), name
+            r = c.post("/campaigns/camp-a/variants", headers={"accept": "text/html"},
+                       data={"csrf": hdr["x-csrf-token"], "name": name})
+            assert r.status_code == 422, name
+            assert '<p class="error" id="variant-error" role="alert">Variante non ajoutée : une ' \
+                'variante doit avoir un nom.</p>' in r.text

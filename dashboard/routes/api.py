@@ -257,7 +257,9 @@ def create_campaign(db: Any, user: User, body: CampaignIn) -> None:
                                                   (team,)).fetchone():
         raise access.not_found("team")
     names = [schema.visible_name(v.name) for v in body.variants]
-    if len(set(names)) != len(names) or not all(names):
+    if not all(names):  # spaces, or characters that show nothing, only
+        raise HTTPException(status_code=422, detail="a variant needs a name")
+    if len(set(names)) != len(names):
         raise HTTPException(status_code=422, detail="variant names must be distinct")
     with store.write_transaction(db):  # the id checked free is still free when written
         if db.conn.execute("SELECT 1 FROM campaigns WHERE campaign = ?",
@@ -278,13 +280,15 @@ def add_variant(db: Any, user: User, campaign: str, body: VariantIn) -> int:
     """Add a variant to an open campaign; return its id."""
     _writable_campaign(db, user, campaign)
     name = schema.visible_name(body.name)
+    if not name:  # spaces, or characters that show nothing, only
+        raise HTTPException(status_code=422, detail="a variant needs a name")
     with store.write_transaction(db):  # what is counted is what is there when written
         count, same = db.conn.execute(
             "SELECT count(*), coalesce(sum(name = ?), 0) FROM variants WHERE campaign = ?",
             (name, campaign)).fetchone()
         if count >= MAX_VARIANTS:
             raise HTTPException(status_code=409, detail=f"at most {MAX_VARIANTS} variants")
-        if same or not name:
+        if same:
             raise HTTPException(status_code=409, detail="a variant has that name already")
         cur = db.conn.execute("INSERT INTO variants (campaign, name, text, created_by) "
                               "VALUES (?, ?, ?, ?)",

@@ -346,12 +346,12 @@ def campaign_page(request: Request, db: Db, user: CurrentUser, campaign: str) ->
 def variant_form(request: Request, db: Db, user: CurrentUser, campaign: str,
                  name: Annotated[str, Form(min_length=1, max_length=80)],
                  text: Annotated[str, Form(max_length=2000)] = "") -> Response:
-    """Add a variant to an open campaign; refused (a name it has, too many), the campaign comes
-    back with the form as typed and the reason above it."""
+    """Add a variant to an open campaign; refused (no name, a name it has, too many), the
+    campaign comes back with the form as typed and the reason above it."""
     try:
         api.add_variant(db, user, campaign, api.VariantIn(name=name, text=text))
     except HTTPException as exc:
-        if exc.status_code != 409 or not isinstance(exc.detail, str):
+        if exc.status_code not in (409, 422) or not isinstance(exc.detail, str):
             raise
         context = _campaigns_context(db, user, api.get_comparison(db, user, campaign),
                                      form={"name": name, "text": text})
