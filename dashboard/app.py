@@ -54,9 +54,16 @@ class _Dashboard(FastAPI):
             _HeadAsGet(_TooLargeAnswer(super().build_middleware_stack())))
 
 
+class _HeadAnswered(Exception):
+    """Raised into the GET a HEAD runs as once the HEAD's answer is complete (its headers): the
+    rest of a long body (the live stream, which never ends) is not made."""
+
+
 class _HeadAsGet:
     """A HEAD request answered as its GET, without the body: FastAPI's routes take only the
-    methods they name, so HEAD (uptime monitors, ``curl -I``) got 405 everywhere."""
+    methods they name, so HEAD (uptime monitors, ``curl -I``) got 405 everywhere. The answer ends
+    at the first part of the body: a stream's HEAD (``/api/stream``) held its request open, and a
+    place of the user's live streams, until the client hung up."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -67,13 +74,17 @@ class _HeadAsGet:
             return
 
         async def send_headers_only(message: Message) -> None:
-            if message["type"] == "http.response.body":
-                if message.get("more_body", False):
-                    return
-                message = {"type": "http.response.body", "body": b""}
-            await send(message)
+            if message["type"] != "http.response.body":
+                await send(message)
+                return
+            await send({"type": "http.response.body", "body": b""})
+            if message.get("more_body", False):
+                raise _HeadAnswered
 
-        await self.app({**scope, "method": "GET"}, receive, send_headers_only)
+        try:
+            await self.app({**scope, "method": "GET"}, receive, send_headers_only)
+        except _HeadAnswered:
+            log.debug("HEAD %s answered before its body ended", scope["path"])
 
 
 class _TooLargeAnswer:

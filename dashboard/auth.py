@@ -589,8 +589,9 @@ def create_session(db: sqlite_utils.Database, username: str, idle_s: float,
 
 
 def lookup_session(db: sqlite_utils.Database, token: str | None, idle_s: float,
-                   now: float | None = None) -> Session | None:
-    """Return the live session of ``token`` and refresh its idle timer, or None."""
+                   now: float | None = None, *, touch: bool = True) -> Session | None:
+    """Return the live session of ``token``, or None; with ``touch`` (an act of its user, see
+    :func:`is_activity`) its idle timer starts again."""
     if not token:
         return None
     now = time.time() if now is None else now
@@ -606,8 +607,35 @@ def lookup_session(db: sqlite_utils.Database, token: str | None, idle_s: float,
         if disabled or last_seen_ts < now - idle_s or created_ts < now - SESSION_MAX_AGE_S:
             db.conn.execute("DELETE FROM sessions WHERE token_hash = ?", (th,))
             return None
-        db.conn.execute("UPDATE sessions SET last_seen_ts = ? WHERE token_hash = ?", (now, th))
+        if touch:
+            db.conn.execute("UPDATE sessions SET last_seen_ts = ? WHERE token_hash = ?", (now, th))
     return Session(username, csrf, stage or "ok", role, lang or "fr", pending)
+
+
+def session_end_ts(db: sqlite_utils.Database, token: str | None, idle_s: float) -> float | None:
+    """When the session of ``token`` ends if its user does nothing more (its idle timeout, or its
+    absolute lifetime if sooner), or None without such a session."""
+    if not token:
+        return None
+    row = db.conn.execute("SELECT created_ts, last_seen_ts FROM sessions WHERE token_hash = ?",
+                          (_token_hash(token),)).fetchone()
+    if row is None:
+        return None
+    return min(float(row[1]) + idle_s, float(row[0]) + SESSION_MAX_AGE_S)
+
+
+def is_activity(method: str, path: str, fetch_mode: str | None, fetch_user: str | None) -> bool:
+    """Whether a request is its user's act, which starts the session's idle timer again: a
+    state change (a form, a switch, the activity a page reports on a key or a click), or a page
+    navigated to. Not the pages' background traffic: reads of ``/api`` (the live stream, the
+    periodic fetches) nor a reload a page makes by itself (the browser then says
+    ``Sec-Fetch-Mode: navigate`` without ``Sec-Fetch-User: ?1``): an unattended screen locks at the
+    idle timeout, not at the 12 h cap."""
+    if method not in SAFE_METHODS:
+        return True
+    if path.startswith("/api/") or path == "/api":
+        return False
+    return not (fetch_mode == "navigate" and fetch_user != "?1")
 
 
 def delete_session(db: sqlite_utils.Database, token: str | None) -> None:
@@ -654,7 +682,8 @@ def _replay(body: bytes) -> Receive:
 
 
 class AuthMiddleware:
-    """Deny by default, then CSRF on every state change.
+    """Deny by default, then CSRF on every state change; only a user's acts
+    (:func:`is_activity`) start a session's idle timer again.
 
     Without a session, pages redirect (303) to /login (``/login?ended=1`` when the browser sent a
     session cookie that no longer opens one: the login page says the session ended) and /api
@@ -670,10 +699,10 @@ class AuthMiddleware:
         self.idle_s = idle_s
         self.cookie = session_cookie_name(secure)
 
-    def _lookup(self, token: str | None) -> Session | None:
+    def _lookup(self, token: str | None, touch: bool) -> Session | None:
         db = store.open_db(self.db_path)
         try:
-            return lookup_session(db, token, self.idle_s)
+            return lookup_session(db, token, self.idle_s, touch=touch)
         finally:
             db.conn.close()
 
@@ -685,7 +714,10 @@ class AuthMiddleware:
         path = scope["path"]
         is_api = path.startswith("/api/") or path == "/api"
         token = conn.cookies.get(self.cookie)
-        session = await run_in_threadpool(self._lookup, token) if token else None
+        touch = scope["type"] == "http" and is_activity(
+            scope["method"], path, conn.headers.get("sec-fetch-mode"),
+            conn.headers.get("sec-fetch-user"))
+        session = await run_in_threadpool(self._lookup, token, touch) if token else None
         response: Response
         if session is None:
             if is_api:

@@ -213,6 +213,11 @@ STRINGS: dict[str, tuple[str, str]] = {
                            "seat is private. The box's button does the same."),
     "agent.private_unsent": ("Votre boîtier n'a pas pu être joint : utilisez son bouton.",
                              "Your box could not be reached: use its button."),
+    "agent.private_no_seat": ("Aucun poste ne vous est attribué : il n'y a pas de boîtier à "
+                              "passer en appel privé. Les postes sont attribués par le service "
+                              "informatique.",
+                              "No seat is assigned to you: there is no box to switch to a private "
+                              "call. Site IT assigns the seats."),
     "agent.live": ("Mes signaux en direct", "My live cues"),
     "agent.live_seat": ("Au poste, en direct :", "At the seat, live:"),
     "agent.gone": ("Cet agent a été retiré ou n'est plus dans votre périmètre : cette page ne "
@@ -414,7 +419,16 @@ STRINGS: dict[str, tuple[str, str]] = {
     "action.user_reset": ("a réinitialisé un mot de passe et l'authentificateur",
                           "reset a password and the authenticator"),
     "action.assign_seat": ("a attribué le poste", "gave the seat"),
+    "action.seat_taken": ("a donné le poste de l'agent à un autre agent (son boîtier y oublie "
+                          "les références apprises de sa voix)",
+                          "gave the agent's seat to another agent (its box forgets the baselines "
+                          "it learned of the agent's voice)"),
     # site IT's acts on an agent's own account, as the agent reads them on their page
+    "me.action.assign_seat": ("vous a attribué le poste", "gave you the seat"),
+    "me.action.seat_taken": ("a donné votre poste à un autre agent (son boîtier y oublie les "
+                             "références apprises de votre voix)",
+                             "gave your seat to another agent (its box forgets the baselines it "
+                             "learned of your voice)"),
     "me.action.user_add": ("a créé votre compte", "added your account"),
     "me.action.user_disable": ("a désactivé votre compte", "disabled your account"),
     "me.action.user_enable": ("a réactivé votre compte", "enabled your account again"),
@@ -460,6 +474,7 @@ DETAILS_FR: list[tuple[re.Pattern[str], str]] = [(re.compile(pattern), fr) for p
     (r"a supervisor's campaign needs a team", "la campagne d'un superviseur doit avoir une équipe"),
     (r"variant names must be distinct", "les variantes doivent avoir des noms différents"),
     (r"a variant has that name already", "une variante porte déjà ce nom"),
+    (r"a variant needs a name", "une variante doit avoir un nom"),
     (r"at most (?P<n>.+) variants", "{n} variantes au plus"),
     (r"variant must be an id", "la variante doit être un identifiant"),
     (r"variant is not one of (this|the) campaign's", "cette variante n'est pas de la campagne"),
@@ -475,6 +490,10 @@ DETAILS_FR: list[tuple[re.Pattern[str], str]] = [(re.compile(pattern), fr) for p
     (r"too many call states: at most (?P<n>.+) at once, then (?P<r>.+) a second",
      "trop d'états d'appel : {n} d'un coup au plus, puis {r} par seconde"),
     (r"Content Too Large", "contenu trop volumineux"),
+    (r"a flagged moment cannot be more than a day ahead of the dashboard's clock",
+     "un moment signalé ne peut être plus d'un jour après l'heure du tableau de bord"),
+    (r"a call cannot start or end more than a day ahead of the dashboard's clock",
+     "un appel ne peut commencer ni finir plus d'un jour après l'heure du tableau de bord"),
 )]
 """The French of each error detail the API gives (in English, for its clients), by pattern."""
 

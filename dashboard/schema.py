@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import unicodedata
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -269,6 +270,30 @@ def assign_seat(db: sqlite_utils.Database, box: str, agent: str | None,
     return True
 
 
+_FILLERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+"""Letters and symbols that draw nothing: the Hangul fillers, the blank Braille pattern."""
+
+
+def _invisible(ch: str) -> bool:
+    """A space, or a character that shows nothing (zero-width, control, format, filler)."""
+    return ch.isspace() or ch in _FILLERS or unicodedata.category(ch) in (
+        "Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp")
+
+
+def visible_name(text: str) -> str:
+    """``text`` without the spaces and invisible characters (U+200B, U+2060, U+FEFF...) at its
+    ends, or "" when nothing of it shows: a free-text name (a campaign's, a variant's, a goal's,
+    an agent's, a seat's) so made is blank, as one of spaces only."""
+    start, end = 0, len(text)
+    while start < end and _invisible(text[start]):
+        start += 1
+    while end > start and _invisible(text[end - 1]):
+        end -= 1
+    name = text[start:end]
+    shown = any(not _invisible(ch) and not unicodedata.category(ch).startswith("M") for ch in name)
+    return name if shown else ""
+
+
 def import_inventory(db: sqlite_utils.Database, rows: Iterable[dict[str, Any]],
                      site: str | None = None, now: float | None = None,
                      actor: str | None = None) -> int:
@@ -282,7 +307,8 @@ def import_inventory(db: sqlite_utils.Database, rows: Iterable[dict[str, Any]],
         site: Default site of the rows.
         now: Wall-clock seconds used for the seat history (defaults to the current time).
         actor: Who imports (the command line's user); when given, each seat given to another
-            agent is audited (``assign_seat``, on the agent seated).
+            agent is audited: ``assign_seat`` on the agent seated, ``seat_taken`` on the agent
+            who sat there (whose baselines the box then forgets).
 
     Returns:
         The number of rows imported. Re-importing the same rows changes nothing.
@@ -315,26 +341,31 @@ def import_inventory(db: sqlite_utils.Database, rows: Iterable[dict[str, Any]],
                 db.conn.execute("INSERT OR IGNORE INTO teams (team, name, site) VALUES (?, ?, ?)",
                                 (team, team, row_site))
             if agent:
-                name = (r.get("agent_name") or "").strip() or agent
+                name = visible_name(str(r.get("agent_name") or "")) or agent
                 db.conn.execute(
                     "INSERT INTO agents (agent, name, team, created_ts) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT(agent) DO UPDATE SET team = coalesce(excluded.team, team), "
                     "name = CASE WHEN excluded.name != excluded.agent THEN excluded.name "
                     "ELSE name END, active = 1, left_ts = NULL",
                     (agent, name, team, now))
-            label = (str(r.get("seat") or "").strip()) or box
+            label = visible_name(str(r.get("seat") or "")) or box
             db.conn.execute(
                 "INSERT INTO seats (box, site, label, row, col) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT(box) DO UPDATE SET site = coalesce(excluded.site, site), "
                 "label = excluded.label, row = coalesce(excluded.row, row), "
                 "col = coalesce(excluded.col, col)",
                 (box, row_site, label, _int_or_none(r.get("row")), _int_or_none(r.get("col"))))
+            before = db.conn.execute("SELECT agent FROM seats WHERE box = ?", (box,)).fetchone()
             if agent and assign_seat(db, box, agent, now) and actor is not None:
-                detail = {"box": box, "seat": label}
+                detail = json.dumps({"box": box, "seat": label}, separators=(",", ":"),
+                                    sort_keys=True)
                 db.conn.execute(
                     "INSERT INTO audit_log (ts, actor, actor_role, agent, action, detail) "
-                    "VALUES (?, ?, 'it', ?, 'assign_seat', ?)",
-                    (now, actor, agent, json.dumps(detail, separators=(",", ":"), sort_keys=True)))
+                    "VALUES (?, ?, 'it', ?, 'assign_seat', ?)", (now, actor, agent, detail))
+                if before is not None and before[0] is not None:  # and its box forgets them
+                    db.conn.execute(
+                        "INSERT INTO audit_log (ts, actor, actor_role, agent, action, detail) "
+                        "VALUES (?, ?, 'it', ?, 'seat_taken', ?)", (now, actor, before[0], detail))
             count += 1
     return count
 

@@ -43,7 +43,9 @@ class DashboardSettings(BaseSettings):
         None, description="File holding the initial admin password (used once, on an empty db)."
     )
     session_idle_s: float = Field(
-        1800.0, gt=0, description="Seconds of inactivity after which a login session expires."
+        1800.0, gt=0,
+        description=("Seconds without its user's act (a page opened, a form, a key or a click) after "
+                     "which a login session ends; a page's background traffic does not count."),
     )
     secure_cookies: bool = Field(
         True, description="Secure cookies with the __Host- prefix (off only for plain http)."

@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from dashboard import db as store
+from dashboard import schema
 from dashboard.app import create_app
 from dashboard.settings import DashboardSettings
 from tests._fixtures_dashboard import (
@@ -19,7 +20,9 @@ from tests._fixtures_dashboard import (
     ADMIN_USER,
     USER_PASSWORD,
     client_login,
+    csrf_header,
     csrf_of,
+    login_as,
     make_settings,
     seed_org,
 )
@@ -482,3 +485,88 @@ def test_an_auditor_never_sees_the_results_of_one_or_two_agents_through_a_compar
         assert client_login(c, ADMIN_USER, ADMIN_PASSWORD).status_code == 303
         (v,) = c.get("/api/campaigns/camp-b/comparison").json()["variants"]
         assert (v["calls"], v["rate"], v["withheld"]) == (1, 1.0, None)
+
+
+INVISIBLE_NAMES = ("\u200b", "\u2060\u2060", "\ufeff", " \u200b\u200c\u200d ", "\u3164", "\u00ad\t")
+"""Names that show nothing: zero-width space, word joiner, byte-order mark, zero-width
+(non-)joiners with spaces, the Hangul filler, a soft hyphen and a tab."""
+
+
+def test_a_name_of_invisible_characters_only_is_refused_as_spaces_only_are(
+        org_server: Any) -> None:
+    """A name made only of zero-width or other invisible characters (U+200B, U+2060, U+FEFF...)
+    passed the "not blank" check that spaces fail: a campaign, a variant (at creation or added)
+    or a goal so named was saved and listed as a link or a badge without text. Each is refused
+    now as a name of spaces is (422), over the real server; nothing saved."""
+    import httpx
+
+    from tests._fixtures_dashboard import http_login
+
+    server, data = org_server
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        cookie = {"cookie": "__Host-miroir="
+                            f"{http_login(c, 'sup-a', USER_PASSWORD, data['secrets']['sup-a'])}"}
+        token = csrf_of(c.get("/campaigns", headers=cookie).text)
+        api = {**cookie, "x-csrf-token": token}
+        for i, name in enumerate(INVISIBLE_NAMES):
+            r = c.post("/api/campaigns", headers=api,
+                       json={"campaign": f"salon-{i}", "name": name, "team": "team-a"})
+            assert r.status_code == 422, (name, r.text)
+            r = c.post("/api/campaigns", headers=api,
+                       json={"campaign": f"salon-v{i}", "name": "Salon", "team": "team-a",
+                             "variants": [{"name": name}]})
+            assert r.status_code == 422, (name, r.text)
+            r = c.post("/campaigns", headers=cookie, data={
+                "csrf": token, "campaign": f"salon-f{i}", "name": name, "team": "team-a",
+                "variants": "Question | Comment ?"})
+            assert r.status_code == 422 and "le nom et les variantes" in r.text, name
+            r = c.post("/api/campaigns/camp-a/variants", headers=api, json={"name": name})
+            assert r.status_code == 422, (name, r.text)
+            r = c.post("/api/agents/agent-a1/goals", headers=api,
+                       json={"metric": "near_speech_ratio", "label": name})
+            assert r.status_code == 422, (name, r.text)
+        db = store.open_db(server.settings.db_path)
+        try:
+            assert db.conn.execute("SELECT campaign FROM campaigns WHERE campaign LIKE 'salon-%'"
+                                   ).fetchall() == []
+            assert db.conn.execute("SELECT count(*) FROM variants WHERE campaign = 'camp-a'"
+                                   ).fetchone()[0] == 2
+            assert db.conn.execute("SELECT count(*) FROM goals WHERE agent = 'agent-a1'"
+                                   ).fetchone()[0] == 0
+            # the inventory's names: an agent or a seat so named goes by its id, as a blank one
+            schema.import_inventory(db, [{"box": "box-z9", "agent": "agent-z9", "team": "team-a",
+                                          "agent_name": "\u200b\u2060", "seat": "\ufeff "}],
+                                    site=server.settings.site)
+            assert db.conn.execute("SELECT name FROM agents WHERE agent = 'agent-z9'"
+                                   ).fetchone()[0] == "agent-z9"
+            assert db.conn.execute("SELECT label FROM seats WHERE box = 'box-z9'"
+                                   ).fetchone()[0] == "box-z9"
+        finally:
+            db.conn.close()
+    # what does show is kept as typed, invisible characters at its ends taken off
+    assert schema.visible_name("\u200b Salon été\u0301 \ufeff") == "Salon été\u0301"
+    assert schema.visible_name("\u0301") == ""  # a lone combining mark sits on nothing
+
+
+def test_a_variant_without_a_name_is_told_so_not_that_its_name_is_taken(
+        org: tuple[DashboardSettings, dict[str, Any]]) -> None:
+    """A variant named with spaces (or characters that show nothing) only was refused as "une
+    variante porte déjà ce nom" when added, and as "les variantes doivent avoir des noms
+    différents" in a new campaign: neither was the reason. Both now say a variant needs a name
+    (422), the form coming back as typed."""
+    settings, data = org
+    with _client(settings) as c:
+        login_as(c, "sup-a", data)
+        hdr = csrf_header(c)
+        for name in ("   ", "\u200b"):
+            r = c.post("/api/campaigns/camp-a/variants", json={"name": name}, headers=hdr)
+            assert (r.status_code, r.json()) == (422, {"detail": "a variant needs a name"}), name
+            r = c.post("/api/campaigns", headers=hdr, json={
+                "campaign": "salon-x", "name": "Salon", "team": "team-a",
+                "variants": [{"name": "Question"}, {"name": name}]})
+            assert (r.status_code, r.json()) == (422, {"detail": "a variant needs a name"}), name
+            r = c.post("/campaigns/camp-a/variants", headers={"accept": "text/html"},
+                       data={"csrf": hdr["x-csrf-token"], "name": name})
+            assert r.status_code == 422, name
+            assert '<p class="error" id="variant-error" role="alert">Variante non ajoutée : une ' \
+                'variante doit avoir un nom.</p>' in r.text

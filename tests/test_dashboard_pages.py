@@ -519,7 +519,8 @@ def test_the_private_switch_never_says_on_when_the_box_is_offline(
         browser_page: Any, dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
     """The agent presses "private" while their box is offline (the broker is up): the box, whose
     session is clean, never gets the command, so the page must say so and tell them to use the
-    box's button, never "Mode privé actif"; once the box is back, the same switch works."""
+    box's button, never "Mode privé actif"; once the box is back, its word takes the warning
+    away and the same switch works."""
     from tests._fixtures_dashboard import USER_PASSWORD
 
     seat = _AgentsBox(dashboard_server, site, peer)
@@ -537,10 +538,40 @@ def test_the_private_switch_never_says_on_when_the_box_is_offline(
     assert page.locator("#private-toggle").inner_text() == "Passer en appel privé"
     seat.status(private=False)  # the box is back
     page.locator("#live-state", has_text="—").wait_for(timeout=2000)
+    # its word takes the warning away (it stayed, the box reachable again, until a reload)
+    assert page.locator("#private-unsent").count() == 0
     page.click("#private-toggle")
     page.wait_for_selector("body[data-stream-ready='1']")
     assert page.locator("#private-state").is_visible()
     assert page.locator("#private-unsent").count() == 0
+
+
+def test_the_private_panel_s_changes_are_announced(
+        browser_page: Any, dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
+    """Ines's switch could not reach her offline box, so her page told her to use the box's
+    button; she did, and the box, back, says private. The panel's words changed to "Mode privé
+    actif" outside any live region: a screen reader said nothing of it. What the panel says is
+    in a polite live region now."""
+    from tests._fixtures_dashboard import USER_PASSWORD
+    from tests.test_dashboard_a11y import SPOKEN
+
+    seat = _AgentsBox(dashboard_server, site, peer)
+    seat.status("offline")
+    page = browser_page
+    browser_login(page, dashboard_server.url, "ines", USER_PASSWORD, landing="/me")
+    page.locator("#live-state", has_text="Hors ligne").wait_for(timeout=2000)
+    page.click("#private-toggle")
+    page.wait_for_selector("body[data-stream-ready='1']")
+    assert page.locator("#private-unsent").is_visible()
+    live = page.locator("#private-said")  # what the panel says, the switch's state
+    assert live.get_attribute("aria-live") == "polite" and live.locator("#private-help").count() == 1
+    page.evaluate(SPOKEN)
+    seat.status(private=True)  # the box's own button, the box back online
+    page.locator("#live-state", has_text="Appel privé").wait_for(timeout=2000)
+    assert live.locator("#private-state").inner_text() == "Mode privé actif : rien n'est mesuré."
+    assert "Mode privé actif : rien n'est mesuré." in page.evaluate("window.spoken")
+    assert page.locator("#private-unsent").count() == 0  # the box spoke: it was reached
+    assert page.locator("#private-toggle").inner_text() == "Fin de l'appel privé"
 
 
 def test_a_reload_of_the_private_switchs_answer_shows_what_the_box_says_since(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import httpx
 import pytest
 
 from dashboard.app import DashboardServer
+from tests._fixtures_broker import wait_until
 from tests._fixtures_dashboard import USER_PASSWORD, csrf_of, http_login, make_settings, seed_org
 
 SITE_URL = "https://dashboard.example.fr"
@@ -181,3 +183,26 @@ def test_head_is_answered_as_get_without_its_body(proxied: Any) -> None:
         assert c.head("/", headers={}).status_code == 303  # and the login
         logout = c.head("/logout", headers=cookie)
         assert (logout.status_code, logout.headers["allow"]) == (405, "POST")
+
+
+def test_a_head_on_the_live_stream_answers_its_headers_and_ends(proxied: Any) -> None:
+    """A HEAD on `/api/stream` sent the headers and then held the request open, as the stream
+    it ran as a GET: a request sent after it on the same connection got no answer (none in 20 s),
+    and the stream kept one of the user's 8 places (and of the 256) until the client hung up.
+    The HEAD now ends with its headers; the next request is answered, the place given back."""
+    server, session = proxied
+    hub = server.app.state.hub
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10.0) as sock:
+        sock.sendall(f"HEAD /api/stream HTTP/1.1\r\nHost: {NGINX['host']}\r\n"
+                     f"Cookie: {session['cookie']}\r\n\r\n"
+                     f"GET /healthz HTTP/1.1\r\nHost: {NGINX['host']}\r\n\r\n".encode())
+        answers = b""
+        while answers.count(b"HTTP/1.1 ") < 2 or not answers.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)  # the socket's timeout fails the test if nothing comes
+            assert chunk, answers
+            answers += chunk
+    head, healthz = answers.split(b"HTTP/1.1 ")[1:]
+    assert head.startswith(b"200 ") and b"content-type: text/event-stream" in head
+    assert head.endswith(b"\r\n\r\n")  # headers only, no event
+    assert healthz.startswith(b"200 ") and healthz.endswith(b'{"ok":true,"ingest":null}')
+    wait_until(lambda: hub.open_streams() == 0, "the HEAD's stream to give its place back")

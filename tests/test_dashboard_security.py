@@ -1144,7 +1144,7 @@ def test_send_command_uses_the_ingest_publish_cmd(org: Any) -> None:
         app.state.ingest = FakeIngest()
         login_as(c, "amina", data)
         r = c.post("/api/me/private", json={"private": True}, headers=csrf_header(c))
-        assert r.json() == {"private": True, "sent": True}
+        assert r.json() == {"private": True, "sent": True, "unsent": None}
         assert "Mode privé actif" in c.get("/me").text
         seats = store.open_db(settings.db_path).conn.execute(
             "SELECT private FROM agents WHERE agent = 'agent-a1'").fetchone()

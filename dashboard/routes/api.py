@@ -23,6 +23,7 @@ from miroir import wire
 from .. import access, analytics, commands, fleet, registry, retention, schema
 from .. import db as store
 from ..access import User
+from ..ingest import MAX_FUTURE_S
 from .deps import CurrentUser, Db, Settings, require_role
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,8 @@ TS_BOUNDS: dict[str, Any] = {"ge": MIN_TS, "le": MAX_TS, "allow_inf_nan": False}
 class FlagIn(BaseModel):
     """A moment flagged by a supervisor."""
 
-    ts: float = Field(description="Moment flagged, Unix seconds (2020 to 2100).", **TS_BOUNDS)
+    ts: float = Field(description="Moment flagged, Unix seconds (2020 on, at most a day ahead of "
+                                  "the dashboard's clock).", **TS_BOUNDS)
     note: str = Field("", max_length=MAX_NOTE, description="Coaching note.")
     shared: bool = Field(False, description="Share the moment with the team as a remarkable call.")
 
@@ -66,9 +68,10 @@ class GoalIn(BaseModel):
     @classmethod
     def _named(cls, label: str) -> str:
         """A goal needs a name: one made only of spaces would be saved as an empty goal."""
-        if not label.strip():
+        label = schema.visible_name(label)
+        if not label:  # spaces only, or characters that show nothing (U+200B...)
             raise ValueError("a goal needs a name")
-        return label.strip()
+        return label
 
 
 class OutcomeIn(BaseModel):
@@ -82,9 +85,10 @@ class CallIn(BaseModel):
     """A call recorded by a softphone/CTI connector or a supervisor."""
 
     agent: str = Field(max_length=64)
-    start_ts: float = Field(description="Start of the call, Unix seconds (2020 to 2100).",
-                            **TS_BOUNDS)
-    end_ts: float | None = Field(None, description="End of the call, Unix seconds (2020 to 2100).",
+    start_ts: float = Field(description="Start of the call, Unix seconds (2020 on, at most a day "
+                                        "ahead of the dashboard's clock).", **TS_BOUNDS)
+    end_ts: float | None = Field(None, description="End of the call, Unix seconds (2020 on, at most "
+                                                   "a day ahead of the dashboard's clock).",
                                  **TS_BOUNDS)
     campaign: str | None = Field(None, max_length=80)
     variant: int | None = Field(None, ge=1, le=MAX_ID)
@@ -123,9 +127,10 @@ class CampaignIn(BaseModel):
     @classmethod
     def _named(cls, name: str) -> str:
         """A campaign needs a name: one of spaces only was saved empty, a link without text."""
-        if not name.strip():
+        name = schema.visible_name(name)
+        if not name:  # spaces only, or characters that show nothing (U+200B...)
             raise ValueError("a campaign needs a name")
-        return name.strip()
+        return name
 
 
 class AssignIn(BaseModel):
@@ -251,8 +256,10 @@ def create_campaign(db: Any, user: User, body: CampaignIn) -> None:
     elif team is not None and not db.conn.execute("SELECT 1 FROM teams WHERE team = ?",
                                                   (team,)).fetchone():
         raise access.not_found("team")
-    names = [v.name.strip() for v in body.variants]
-    if len(set(names)) != len(names) or not all(names):
+    names = [schema.visible_name(v.name) for v in body.variants]
+    if not all(names):  # spaces, or characters that show nothing, only
+        raise HTTPException(status_code=422, detail="a variant needs a name")
+    if len(set(names)) != len(names):
         raise HTTPException(status_code=422, detail="variant names must be distinct")
     with store.write_transaction(db):  # the id checked free is still free when written
         if db.conn.execute("SELECT 1 FROM campaigns WHERE campaign = ?",
@@ -261,10 +268,10 @@ def create_campaign(db: Any, user: User, body: CampaignIn) -> None:
         db.conn.execute("INSERT INTO campaigns (campaign, name, team, created_ts, created_by) "
                         "VALUES (?, ?, ?, ?, ?)",
                         (body.campaign, body.name, team, time.time(), user.username))
-        for v in body.variants:
+        for v, name in zip(body.variants, names, strict=True):
             db.conn.execute("INSERT INTO variants (campaign, name, text, created_by) "
                             "VALUES (?, ?, ?, ?)",
-                            (body.campaign, v.name.strip(), v.text.strip(), user.username))
+                            (body.campaign, name, v.text.strip(), user.username))
     access.audit(db, user, "campaign_create", None,
                  {"campaign": body.campaign, "variants": len(body.variants)})
 
@@ -272,14 +279,16 @@ def create_campaign(db: Any, user: User, body: CampaignIn) -> None:
 def add_variant(db: Any, user: User, campaign: str, body: VariantIn) -> int:
     """Add a variant to an open campaign; return its id."""
     _writable_campaign(db, user, campaign)
-    name = body.name.strip()
+    name = schema.visible_name(body.name)
+    if not name:  # spaces, or characters that show nothing, only
+        raise HTTPException(status_code=422, detail="a variant needs a name")
     with store.write_transaction(db):  # what is counted is what is there when written
         count, same = db.conn.execute(
             "SELECT count(*), coalesce(sum(name = ?), 0) FROM variants WHERE campaign = ?",
             (name, campaign)).fetchone()
         if count >= MAX_VARIANTS:
             raise HTTPException(status_code=409, detail=f"at most {MAX_VARIANTS} variants")
-        if same or not name:
+        if same:
             raise HTTPException(status_code=409, detail="a variant has that name already")
         cur = db.conn.execute("INSERT INTO variants (campaign, name, text, created_by) "
                               "VALUES (?, ?, ?, ?)",
@@ -413,10 +422,21 @@ def agent_metrics_payload(db: Any, user: User, agent: str, since_ts: float,
             "flags": flags}
 
 
+def _ahead(*moments: float | None) -> bool:
+    """Whether one of ``moments`` is more than a day ahead of the dashboard's clock (the boxes'
+    messages' rule, :data:`dashboard.ingest.MAX_FUTURE_S`), refused (422): the retention purge
+    goes by it, so a row dated 2099 was kept for ever (and a call sorted first on the agent's
+    pages)."""
+    return any(ts is not None and ts > time.time() + MAX_FUTURE_S for ts in moments)
+
+
 def add_flag(db: Any, user: User, agent: str, body: FlagIn) -> int:
     """Store a flagged moment (supervisors and admins only; audited); return its id."""
     require_role(user, "admin", "supervisor")
     access.require_agent(db, user, agent)
+    if _ahead(body.ts):
+        raise HTTPException(status_code=422, detail="a flagged moment cannot be more than a day "
+                                                    "ahead of the dashboard's clock")
     box = db.conn.execute(
         "SELECT box FROM seat_history WHERE agent = ? AND from_ts <= ? AND "
         "(to_ts IS NULL OR to_ts > ?) ORDER BY from_ts DESC LIMIT 1",
@@ -470,24 +490,33 @@ def set_outcome(db: Any, user: User, call_id: int, outcome: str | None) -> None:
                  {"call": call_id, "outcome": outcome, "was": call["outcome"]})
 
 
-def set_private(request: Request, db: Any, user: User, private: bool) -> bool:
-    """The agent's private switch: tell the agent's box, and store it once sent; return True if
-    sent."""
+NO_SEAT = "no_seat"
+"""Why the private switch was not sent: the agent sits at no seat, so there is no box to tell."""
+UNREACHABLE = "unreachable"
+"""Why the private switch was not sent: the agent's box is offline or out of the broker's reach."""
+
+
+def set_private(request: Request, db: Any, user: User, private: bool) -> str | None:
+    """The agent's private switch: tell the agent's box, and store it once sent; return None if
+    sent, else why not (:data:`NO_SEAT`, :data:`UNREACHABLE`)."""
     require_role(user, "agent")
     agent = user.agent or ""
     access.require_agent(db, user, agent)
     row = db.conn.execute("SELECT box FROM seats WHERE agent = ?", (agent,)).fetchone()
-    box = row and db.conn.execute("SELECT state, last_seen_ts FROM boxes WHERE box = ?",
-                                  (row[0],)).fetchone()
+    if row is None:
+        log.info("agent %s has no seat: private switch not sent", agent)
+        return NO_SEAT
+    box = db.conn.execute("SELECT state, last_seen_ts FROM boxes WHERE box = ?",
+                          (row[0],)).fetchone()
     if not box or fleet.is_offline({"state": box[0], "last_seen_ts": box[1]}, time.time()):
         # its MQTT session is clean: a command sent while it is away never reaches it
         log.info("box of agent %s offline: private switch not sent", agent)
-        return False
+        return UNREACHABLE
     if not commands.send_command(request.app, row[0], "private_on" if private else "private_off"):
-        return False  # the seat shows what the box was told, never a privacy it does not have
+        return UNREACHABLE  # the seat shows what the box was told, never a privacy it lacks
     with db.conn:
         db.conn.execute("UPDATE agents SET private = ? WHERE agent = ?", (int(private), agent))
-    return True
+    return None
 
 
 def team_board(db: Any, user: User, team: str, days: int = 14) -> dict[str, Any]:
@@ -711,6 +740,9 @@ def post_call(db: Db, user: CurrentUser, body: CallIn) -> dict[str, Any]:
     """
     require_role(user, "admin", "supervisor")
     access.require_agent(db, user, body.agent)
+    if _ahead(body.start_ts, body.end_ts):
+        raise HTTPException(status_code=422, detail="a call cannot start or end more than a day "
+                                                    "ahead of the dashboard's clock")
     campaign, variant = _call_campaign(db, user, body)
     with db.conn:
         cur = db.conn.execute(
@@ -812,9 +844,11 @@ def get_agent(db: Db, user: CurrentUser, agent: AgentId) -> dict[str, Any]:
 
 @router.post("/me/private")
 def post_private(request: Request, db: Db, user: CurrentUser, body: PrivateIn) -> dict[str, Any]:
-    """The agent's private-call switch; the box is told on its ``cmd`` topic."""
-    sent = set_private(request, db, user, body.private)
-    return {"private": body.private, "sent": sent}
+    """The agent's private-call switch; the box is told on its ``cmd`` topic. ``sent`` False says
+    why in ``unsent``: ``no_seat`` (the agent sits at no seat) or ``unreachable`` (the box is
+    offline: its own button works)."""
+    unsent = set_private(request, db, user, body.private)
+    return {"private": body.private, "sent": unsent is None, "unsent": unsent}
 
 
 @router.get("/teams")

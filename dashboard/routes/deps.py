@@ -189,7 +189,8 @@ def render(request: Request, template: str, context: dict[str, Any], status: int
            "user": getattr(request.state, "user", None),
            "role": getattr(request.state, "role", None), "path": path,
            "here": page_address(path, request.url.query),
-           "i18n_json": i18n.client_json(lang), **context}
+           "i18n_json": i18n.client_json(lang),
+           "idle_s": request.app.state.settings.session_idle_s, **context}
     response = TEMPLATES.TemplateResponse(request, template, ctx, status_code=status)
     response.headers["cache-control"] = "no-store"
     return response

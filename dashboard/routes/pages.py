@@ -172,6 +172,7 @@ def me_page(request: Request, db: Db, user: CurrentUser,
                              calls_before=calls_before)
     sent = request.query_params.get("sent")
     context["private_unsent"] = sent == "0"
+    context["private_no_seat"] = sent == "noseat"
     at = request.query_params.get("at")
     if sent in ("on", "off") and _unconfirmed(db, user.agent or "", at):
         context["agent"]["private"] = sent == "on"  # just switched here: the box confirms it soon
@@ -253,8 +254,9 @@ def private_form(request: Request, db: Db, user: CurrentUser,
                  private: Annotated[str, Form(max_length=4)] = "0") -> Response:
     """The agent's private-call switch."""
     on = private == "1"
-    sent = api.set_private(request, db, user, on)
-    answer = f"/me?sent={'on' if on else 'off'}&at={time.time():.3f}" if sent else "/me?sent=0"
+    unsent = api.set_private(request, db, user, on)
+    answer = (f"/me?sent={'on' if on else 'off'}&at={time.time():.3f}" if unsent is None
+              else "/me?sent=noseat" if unsent == api.NO_SEAT else "/me?sent=0")
     return RedirectResponse(answer + "#private", status_code=303)
 
 
@@ -344,12 +346,12 @@ def campaign_page(request: Request, db: Db, user: CurrentUser, campaign: str) ->
 def variant_form(request: Request, db: Db, user: CurrentUser, campaign: str,
                  name: Annotated[str, Form(min_length=1, max_length=80)],
                  text: Annotated[str, Form(max_length=2000)] = "") -> Response:
-    """Add a variant to an open campaign; refused (a name it has, too many), the campaign comes
-    back with the form as typed and the reason above it."""
+    """Add a variant to an open campaign; refused (no name, a name it has, too many), the
+    campaign comes back with the form as typed and the reason above it."""
     try:
         api.add_variant(db, user, campaign, api.VariantIn(name=name, text=text))
     except HTTPException as exc:
-        if exc.status_code != 409 or not isinstance(exc.detail, str):
+        if exc.status_code not in (409, 422) or not isinstance(exc.detail, str):
             raise
         context = _campaigns_context(db, user, api.get_comparison(db, user, campaign),
                                      form={"name": name, "text": text})

@@ -1,9 +1,11 @@
-"""Login (password, then TOTP for admins and supervisors), logout, language switch."""
+"""Login (password, then TOTP for admins and supervisors), logout, language switch, and the
+session's time left as the open pages read it."""
 
 from __future__ import annotations
 
 import secrets
-from typing import Annotated
+import time
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
@@ -215,3 +217,21 @@ def set_lang(request: Request, db: Db, lang: Annotated[str, Form(max_length=4)],
                             (lang, request.state.user))
     path, _, query = safe_next(next).partition("?")
     return RedirectResponse(page_address(path, query.partition("#")[0]), status_code=303)
+
+
+@router.get("/api/session", tags=["session"])
+def session_left(request: Request, db: Db, settings: Settings) -> dict[str, Any]:
+    """When the session ends if its user does nothing more (``ends_in_s``: its idle timeout
+    ``MIROIR_DASH_SESSION_IDLE_S``, or its 12 h lifetime if sooner); a read, so not an act that
+    extends it. An open page asks it to go to the login page once its session is over."""
+    token = request.cookies.get(auth.session_cookie_name(settings.secure_cookies))
+    end_ts = auth.session_end_ts(db, token, settings.session_idle_s)
+    left_s = 0.0 if end_ts is None else max(0.0, end_ts - time.time())
+    return {"ends_in_s": round(left_s, 1), "idle_s": settings.session_idle_s}
+
+
+@router.post("/api/session/activity", status_code=204, tags=["session"])
+def session_activity() -> Response:
+    """A key or a click on an open page (its script reports them, at most once a minute): a
+    state change, so the session's idle timer starts again (the middleware did it)."""
+    return Response(status_code=204)

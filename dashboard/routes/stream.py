@@ -23,7 +23,10 @@ KEEPALIVE_S = 15.0
 RETRY_MS = 2000
 HISTORY = 30
 SCOPE_REFRESH_S = 5.0
-"""How often an open stream checks its session (logout, a disabled user) and the user's scope."""
+"""How often an open stream checks its session (logout, a disabled user) and the user's scope,
+messages or not."""
+MIN_WAIT_S = 0.05
+"""Shortest wait of an open stream for its next message (a check or keepalive due at once)."""
 MAX_STREAMS_PER_USER = 8
 """Live streams one user may hold open (a supervisor's tabs); more are refused with 429."""
 MAX_STREAMS = 256
@@ -37,7 +40,7 @@ def _scope(db_path: Any, username: str, token: str | None, idle_s: float,
     team, erased)."""
     db = store.open_db(db_path)
     try:
-        if auth.lookup_session(db, token, idle_s) is None:
+        if auth.lookup_session(db, token, idle_s, touch=False) is None:  # not the user's act
             raise HTTPException(status_code=401, detail="not authenticated")
         user = access.load_user(db, username)
         if agent is None:
@@ -225,9 +228,14 @@ async def stream(request: Request,
                                        settings.restart_grace_s)
         yield f"retry: {RETRY_MS}\n\n"
         yield sse("snapshot", snap)
+        sent_at = time.monotonic()
         while not await request.is_disconnected():
-            text = await sub.get(timeout_s=KEEPALIVE_S)
-            if time.monotonic() - scoped_at > SCOPE_REFRESH_S:
+            # wait for the next message, no longer than the next check or keepalive is due: on a
+            # quiet floor the session was checked at the 15 s keepalives only
+            since = time.monotonic()
+            text = await sub.get(timeout_s=max(MIN_WAIT_S, min(
+                KEEPALIVE_S - (since - sent_at), SCOPE_REFRESH_S - (since - scoped_at))))
+            if time.monotonic() - scoped_at >= SCOPE_REFRESH_S:
                 shown = allowed
                 try:  # a logout, a disabled user or an expired session ends the stream
                     allowed = await run_in_threadpool(_scope, settings.db_path, username, token,
@@ -245,11 +253,14 @@ async def stream(request: Request,
                         yield sse("retired", {"box": box})
                 retired = now_retired
             if text is None:
-                yield ": keepalive\n\n"
+                if time.monotonic() - sent_at >= KEEPALIVE_S:
+                    yield ": keepalive\n\n"
+                    sent_at = time.monotonic()
             elif (allowed is None or _box_of(text) in allowed) and (
                     (agent is None and (windows is None or _measured_in(windows, text)))
                     or (agent is not None
                         and await run_in_threadpool(_seated, settings.db_path, agent, text))):
                 yield sse("update", text)
+                sent_at = time.monotonic()
 
     return _HeldStream(events(), hub, sub)

@@ -434,6 +434,12 @@
     if (sentAt === null && boxPrivate !== null) showPrivate(boxPrivate);
   }
 
+  // the switch could not reach the box (/me?sent=0): said until the box speaks again, live
+  function boxSpoke(state) {
+    const unsent = document.getElementById("private-unsent");
+    if (unsent && state !== "offline") unsent.remove();
+  }
+
   function awaitConfirmation() {
     if (sentAt === null) return;
     const leftS = sentAt + parseFloat(privatePanel.dataset.confirmS) - (Date.now() / 1000 + clockSkewS);
@@ -471,6 +477,7 @@
       } else if (u.kind === "status") {
         applyStatus(u.state, u.private, u.restarting_until_ts);
         boxSaysPrivate(u.private, u.ts);
+        boxSpoke(u.state);
         showSeat(state);
       } else if (u.kind === "event" && u.name === "cue_on" && u.cue) {
         const s = document.createElement("span");
