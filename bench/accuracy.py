@@ -14,13 +14,14 @@ from typing import Any
 
 def vad_figures() -> dict[str, float]:
     """AMI frame-level ROC-AUC: the shipped path (LiteRT, both channels in one batch), the fp32
-    reference (the published ONNX file on ONNX Runtime, one channel per call), WebRTC (test-only)."""
-    from bench.vad import ami_auc, per_channel, shipped, webrtc_auc
+    reference (the published ONNX file on ONNX Runtime, one channel per call), WebRTC (test-only:
+    :func:`bench.vad.webrtc_figures`)."""
+    from bench.vad import ami_auc, per_channel, shipped, webrtc_figures
     from edge.pipeline import load_vad_model
 
     return {"vad_auc": round(ami_auc(load_vad_model(), shipped), 4),
             "vad_auc_reference": round(ami_auc(load_vad_model("onnx"), per_channel), 4),
-            "vad_auc_webrtc": round(webrtc_auc(), 4)}
+            **webrtc_figures()}
 
 
 def run(prosody_step: int = 1) -> dict[str, Any]:
@@ -30,12 +31,14 @@ def run(prosody_step: int = 1) -> dict[str, Any]:
         hesitation_figures,
         pause_figures,
         prosody_figures,
+        raised_voice_figures,
         rate_cv_figures,
     )
 
     out: dict[str, Any] = {}
     out.update(vad_figures())
     out.update(prosody_figures(step=prosody_step))
+    out.update(raised_voice_figures(step=prosody_step))
     out.update(rate_cv_figures(step=prosody_step))
     # the issue's rate_r: its constants were set on these clips, so the held-out figure
     out["rate_r_shipped"], out["rate_r"] = out["rate_r"], out["rate_r_cv"]

@@ -45,6 +45,10 @@ PRAAT_CEILING_HZ = 400.0
 PRAAT_HIGH_CEILING_HZ = 600.0
 """A second pitch reference: at 400 Hz Praat halves raised high voices (EmoDB's women angry or
 happy), as the box's tracker did before its ceiling went to 600 Hz."""
+PRAAT_RAISED_CEILING_HZ = 800.0
+"""The reference for raised high voices (:func:`raised_voice_figures`): Praat up to 800 Hz."""
+RAISED_SPEAKERS = ("08", "09", "13", "16")
+"""EmoDB's women here; with the emotions ``W`` (anger) and ``F`` (happiness), the raised voices."""
 
 
 @functools.cache
@@ -202,7 +206,8 @@ def prosody_figures(step: int = 1, tempo_step: int = 4, cost: bool = True) -> di
     Args:
         step: use every ``step``-th clip (1: all 411).
         tempo_step: of those, every ``tempo_step``-th is time-stretched for the tempo check.
-        cost: also measure the stage's cost (about 15 s; tests leave it out).
+        cost: also measure the stage's cost (1.2 s on 2026-11-29 on a 2-core AMD EPYC, about 15 s
+            on the slower machine; tests leave it out).
 
     Returns:
         ``pitch_gpe``, ``pitch_voicing_agree``, ``pitch_gpe_noisy`` (against the issue's Praat
@@ -212,8 +217,10 @@ def prosody_figures(step: int = 1, tempo_step: int = 4, cost: bool = True) -> di
         ``rate_label_spread_neutral`` (:func:`rate_label_spread`),
         ``tempo_ratio_err`` (worst of the two factors, median over clips), ``pace_tempo_ratio_median``
         (the same for the pace the too-fast cue reads),
-        ``tempo_ratio_median`` per factor, ``clips``, ``prosody_rtf`` (median) and
-        ``prosody_rtf_vs_silero`` (its ratio to reference Silero VAD measured in the same run).
+        ``tempo_ratio_median`` per factor, ``tempo_within_10pct`` (per factor, the share of the
+        stretched clips whose own ratio is within 10 % of the factor), ``clips``, ``prosody_rtf``
+        (median) and ``prosody_rtf_vs_silero`` (its ratio to reference Silero VAD measured in the
+        same run).
     """
     names = clip_names(step)
     err = both = agree = total = err_n = both_n = 0
@@ -275,10 +282,40 @@ def prosody_figures(step: int = 1, tempo_step: int = 4, cost: bool = True) -> di
         "rate_label_spread_neutral": rate_label_spread(step),
         "tempo_ratio_median": {str(f): m for f, m in med.items()},
         "tempo_ratio_err": max(abs(m / f - 1.0) for f, m in med.items()),
+        "tempo_within_10pct": {str(f): round(float(np.mean(np.abs(np.asarray(v) / f - 1.0) <= 0.1)), 3)
+                               if v else None for f, v in ratios.items()},
         "pace_tempo_ratio_median": {str(f): float(np.median(v)) if v else None
                                     for f, v in pace_ratios.items()},
         **(rtf() if cost else {}),
     }
+
+
+def raised_voice_figures(step: int = 1) -> dict[str, Any]:
+    """The shipped tracker (up to 400 Hz) on raised high voices, against Praat up to 800 Hz.
+
+    Returns:
+        Over EmoDB's women angry or happy (:data:`RAISED_SPEAKERS`): ``raised_clips``,
+        ``raised_praat800_above_400hz`` (share of Praat's voiced frames above 400 Hz),
+        ``raised_pitch_gpe_praat800`` (the tracker's gross error against Praat up to 800 Hz) and
+        ``raised_clip_median_ratio_min`` (the lowest ratio of a clip's median pitch to Praat's).
+    """
+    above = voiced_ref = err = both = 0
+    ratios = []
+    names = [n for n in clip_names(step) if n[:2] in RAISED_SPEAKERS and n[5] in "WF"]
+    for name in names:
+        ref = praat_reference(name, PRAAT_RAISED_CEILING_HZ)
+        tr = _clip_hops(name)
+        e, b, _, _ = pitch_scores(tr.f0_hz, tr.voiced, ref)
+        err, both = err + e, both + b
+        pf = ref["f0_hz"][ref["f0_hz"] > 0]
+        above, voiced_ref = above + int((pf > 400.0).sum()), voiced_ref + len(pf)
+        mine = tr.f0_hz[tr.voiced]
+        if len(pf) and len(mine):
+            ratios.append(float(np.median(mine) / np.median(pf)))
+    return {"raised_clips": len(names),
+            "raised_praat800_above_400hz": round(above / voiced_ref, 4) if voiced_ref else None,
+            "raised_pitch_gpe_praat800": round(err / both, 4) if both else None,
+            "raised_clip_median_ratio_min": round(min(ratios), 3) if ratios else None}
 
 
 PAUSE_LABEL_MIN_S = 0.2
@@ -291,31 +328,44 @@ def labelled_pauses(name: str) -> list[tuple[float, float]]:
             if text.startswith("(") and t < CLIP_S]
 
 
+PAUSE_SHORTER_MIN_S = 0.15
+"""The shorter minimum :func:`pause_figures` also counts from, as the detector did before 200 ms."""
+
+
 def pause_figures(step: int = 1) -> dict[str, Any]:
     """Pause detection against the EmoDB ``silb`` pause labels (``(``).
 
     Returns:
         ``pause_recall``: share of labelled pauses of at least ``PAUSE_LABEL_MIN_S`` that a detected
         pause overlaps; ``pause_false_per_min``: detected pauses more than 50 ms from any labelled
-        pause, per minute of speech (first to last voiced hop of each clip); ``pause_labelled``.
+        pause, per minute of speech (first to last voiced hop of each clip); ``pause_labelled``,
+        ``pause_found``; the same with gaps counted from ``PAUSE_SHORTER_MIN_S``
+        (``pause_found_from_150ms``, ``pause_false_per_min_from_150ms``).
     """
-    from edge.rate import pauses
+    from edge.rate import PAUSE_MIN_S, pauses
 
-    found = labelled = false = 0
-    speech_s = 0.0
-    for name in clip_names(step):
-        tr = _clip_hops(name)
-        truth = labelled_pauses(name)
-        got = pauses(tr.t_s, tr.level_dbfs, tr.voiced)
-        voiced = np.nonzero(tr.voiced)[0]
-        speech_s += (voiced[-1] - voiced[0]) * HOP_S if len(voiced) else 0.0
-        for a, b in truth:
-            if b - a >= PAUSE_LABEL_MIN_S:
-                labelled += 1
-                found += any(p.start_s < b and p.end_s > a for p in got)
-        false += sum(not any(p.start_s < b + 0.05 and p.end_s > a - 0.05 for a, b in truth) for p in got)
-    return {"pause_recall": round(found / labelled, 3) if labelled else None, "pause_labelled": labelled,
-            "pause_false_per_min": round(60.0 * false / float(speech_s), 2) if speech_s else None}
+    out: dict[str, Any] = {}
+    for min_s, suffix in ((PAUSE_MIN_S, ""), (PAUSE_SHORTER_MIN_S, "_from_150ms")):
+        found = labelled = false = 0
+        speech_s = 0.0
+        for name in clip_names(step):
+            tr = _clip_hops(name)
+            truth = labelled_pauses(name)
+            got = pauses(tr.t_s, tr.level_dbfs, tr.voiced, min_s)
+            voiced = np.nonzero(tr.voiced)[0]
+            speech_s += (voiced[-1] - voiced[0]) * HOP_S if len(voiced) else 0.0
+            for a, b in truth:
+                if b - a >= PAUSE_LABEL_MIN_S:
+                    labelled += 1
+                    found += any(p.start_s < b and p.end_s > a for p in got)
+            false += sum(not any(p.start_s < b + 0.05 and p.end_s > a - 0.05 for a, b in truth)
+                         for p in got)
+        if not suffix:
+            out["pause_recall"] = round(found / labelled, 3) if labelled else None
+            out["pause_labelled"] = labelled
+        out[f"pause_found{suffix}"] = found
+        out[f"pause_false_per_min{suffix}"] = round(60.0 * false / float(speech_s), 2) if speech_s else None
+    return out
 
 
 MFA = DATA / "mfa"
@@ -437,7 +487,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     ap.add_argument("--step", type=int, default=1, help="use every N-th EmoDB clip")
     args = ap.parse_args()
-    figs = prosody_figures(args.step)
+    figs = {**prosody_figures(args.step), **raised_voice_figures(args.step)}
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in figs.items()}))
 
 

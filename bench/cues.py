@@ -6,9 +6,11 @@ and a steady call with none), and a slow call (a stretch at 0.7x tempo) with eac
 has neutral clips as the agent, and runs the whole pipeline (``edge.pipeline.analyze``) on each. It
 prints one JSON object: per injected cue the share detected, the share within 3 s and the median
 delay; the precision on the clean and slow calls; and the cues per hour on the steady calls. Run
-``python -m bench.cues`` (about 10 minutes on 2 cores; ``--seeds 4`` for 32 calls of each kind,
-about 20 minutes). The default calls are those the pace cues' defaults were chosen on
-(:data:`TUNING_SEEDS`): ``--held-out`` runs only the others.
+``python -m bench.cues`` (``--seeds 4`` for 32 calls of each kind). On 2026-11-29, on a 2-core
+AMD EPYC shared with other jobs, the default run took 2 min 16 s and ``--held-out`` 2 min 25 s
+(about 10 minutes each on the slower machine the defaults were chosen on). The default calls are
+those the pace cues' defaults were chosen on (:data:`TUNING_SEEDS`): ``--held-out`` runs only the
+others.
 """
 
 from __future__ import annotations
@@ -72,10 +74,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     ap.add_argument("--seeds", type=int, default=2, choices=range(1, len(SEEDS) + 1),
                     help="how many seed pairs per agent (each a clean, a slow and a steady call; 4: "
-                         "32 calls of each kind, about 20 minutes)")
+                         "32 calls of each kind, twice the default's time; default 2)")
     ap.add_argument("--held-out", action="store_true",
                     help="only the seeds the pace cues' defaults were not chosen on (16 calls of "
-                         "each kind, about 10 minutes)")
+                         "each kind, as long as the default run)")
     args = ap.parse_args()
     seeds = SEEDS[len(TUNING_SEEDS):] if args.held_out else SEEDS[:args.seeds]
     print(json.dumps(run(seeds=seeds)))

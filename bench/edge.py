@@ -11,10 +11,18 @@ the looped blocks is the bench's own cost). The pipeline's total is timed withou
 (as the box runs it); the per-stage figures split that total by each stage's median share of a
 profiled run of its own. ``rss_mb_peak`` is the whole process's peak,
 preparation included: an upper bound on the pipeline's.
+
+With ``prospect_alone`` (``--prospect-alone``) the audio is instead a call where the prospect
+speaks alone: the prospect picks up (the first of its clips), the agent answers with one neutral
+EmoDB sentence (speaker 03) over a quiet -65 dBFS floor, and the prospect then talks on: every 10th
+EmoDB clip in a row (42 clips, 84 s, all 8 speakers), each turn 0.5 s after the other's, looped
+(90.5 s in all). With ``--affect`` that is where the affect model runs most: in a live call, once
+the prospect has answered the agent.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import resource
 import statistics
 import sys
@@ -73,6 +81,11 @@ class TwoPartyAudio:
         self.channels = [_busy_channel(read_wav(HEADSETS / name, notice=False).samples, model)
                          for name in ("source0.wav", "source1.wav")]
 
+    @property
+    def checked(self) -> tuple[str, ...]:
+        """The channels that must be at least half speech."""
+        return ("near", "far")
+
     def block(self, start: int, size: int) -> np.ndarray:
         """Samples ``start`` to ``start + size`` of both channels, (2, size) float32."""
         size = min(size, self.n - start)
@@ -83,6 +96,43 @@ class TwoPartyAudio:
         """Every block of ``size`` samples in order, up to sample ``stop`` (the end by default)."""
         for start in range(0, self.n if stop is None else min(stop, self.n), size):
             yield self.block(start, size)
+
+
+PROSPECT_CLIP_STEP = 10
+"""Every this many-th EmoDB clip makes the prospect's side of :class:`ProspectAlone`."""
+QUIET_FLOOR_DBFS = -65.0
+
+
+AGENT_GREETING = "03a01Nc.wav"
+"""The agent's one sentence in :class:`ProspectAlone` (EmoDB speaker 03, neutral)."""
+
+
+class ProspectAlone(TwoPartyAudio):
+    """Far = every :data:`PROSPECT_CLIP_STEP`-th EmoDB clip in a row (real speech, its own pauses),
+    the agent's greeting (:data:`AGENT_GREETING`, near, over a quiet floor) after the first: the
+    prospect talks and the agent listens, looped."""
+
+    def __init__(self, model: Any, seconds: float) -> None:
+        from bench.common import SHARED
+        from edge.source import read_wav
+
+        self.n = int(seconds * RATE_HZ)
+        emodb = SHARED / "emodb" / "wav"
+        greeting = read_wav(emodb / AGENT_GREETING, notice=False).samples
+        clips = [read_wav(w, notice=False).samples
+                 for w in sorted(emodb.glob("*.wav"))[::PROSPECT_CLIP_STEP]]
+        gap = np.zeros(RATE_HZ // 2, dtype=np.float32)
+        at = len(clips[0]) + len(gap)  # the agent answers the prospect's first clip
+        far = np.concatenate([clips[0], gap, np.zeros_like(greeting), gap, *clips[1:]])
+        rng = np.random.default_rng(0)
+        near = rng.normal(0.0, 10 ** (QUIET_FLOOR_DBFS / 20), len(far)).astype(np.float32)
+        near[at:at + len(greeting)] += greeting
+        self.channels = [near, far]
+
+    @property
+    def checked(self) -> tuple[str, ...]:
+        """Only the prospect speaks."""
+        return ("far",)
 
 
 def reference(model: Any, audio: TwoPartyAudio, block: int) -> float:
@@ -132,29 +182,32 @@ def _timed(pipe: Any, audio: TwoPartyAudio, block: int) -> float:
 
 
 def run(seconds: float = 600.0, repeats: int = 3, block: int = 1024,
-        affect: bool = False) -> dict[str, Any]:
-    """Measure the pipeline (with the prospect affect stage if ``affect``) and the reference;
-    return the JSON-ready figures. Raises :class:`ShortAudioError` if ``seconds`` is too short for the audio
-    to be at least half speech on each channel."""
+        affect: bool = False, prospect_alone: bool = False) -> dict[str, Any]:
+    """Measure the pipeline (with the prospect affect stage if ``affect``) and the reference, on
+    the two headsets or (``prospect_alone``) on :class:`ProspectAlone`; return the JSON-ready
+    figures. Raises :class:`ShortAudioError` if ``seconds`` is too short for the audio to be at
+    least half speech on each channel that speaks."""
     single_thread_env()
     from edge.pipeline import load_vad_model
 
     model = load_vad_model()  # the box's default runtime
     fp32 = load_vad_model("onnx")  # the reference: the published file on ONNX Runtime
-    audio = TwoPartyAudio(fp32, seconds)
+    audio = (ProspectAlone if prospect_alone else TwoPartyAudio)(fp32, seconds)
     audio_s = audio.n / RATE_HZ
     check_n = min(audio.n, 120 * RATE_HZ)
     check_s = check_n / RATE_HZ
     segments = _segments(audio.blocks(block, check_n), model)
     speech = {f"{ch}_speech_ratio": round(sum(e - s for s, e in segs) / check_s, 4)
               for ch, segs in segments.items()}
-    if min(speech.values()) < 0.5:
-        raise ShortAudioError(f"the bench's audio is not at least half speech on each channel over its "
+    if min(speech[f"{ch}_speech_ratio"] for ch in audio.checked) < 0.5:
+        where = "each channel" if len(audio.checked) == 2 else "the prospect's channel"
+        raise ShortAudioError(f"the bench's audio is not at least half speech on {where} over its "
                               f"first {check_s:g} s ({speech}): give more seconds (15 or more)")
     pipe_s, ref_s, stages = [], [], []
     for _ in range(repeats):
         ref_s.append(reference(fp32, audio, block))
-        pipe_s.append(_timed(_pipeline(model, affect), audio, block))
+        pipe = _pipeline(model, affect)
+        pipe_s.append(_timed(pipe, audio, block))
         # the stages in a run of their own: their clocks (about 10 a frame) would add to the total
         profiled = _pipeline(model, affect, profile=True)
         profiled_s = _timed(profiled, audio, block)
@@ -169,6 +222,7 @@ def run(seconds: float = 600.0, repeats: int = 3, block: int = 1024,
         "audio_s": audio_s,
         "repeats": repeats,
         "affect": affect,
+        "prospect_alone": prospect_alone,
         "near_speech_ratio": speech["near_speech_ratio"],
         "far_speech_ratio": speech["far_speech_ratio"],
         "rtf_pipeline": round(rtf_pipeline, 5),
@@ -176,6 +230,8 @@ def run(seconds: float = 600.0, repeats: int = 3, block: int = 1024,
         "ratio": round(rtf_pipeline / rtf_ref, 3),
         "rss_mb_peak": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "stage_ms_per_audio_s": stage_ms,
+        # how many 1 s hops the affect model ran on, and why it skipped the others (last run)
+        **({"affect_windows": dataclasses.asdict(pipe.affect.stats)} if affect else {}),
         "budget": {"rtf_pipeline": 0.02, "ratio": 2.5, "rss_mb_peak": 150},
     }
 

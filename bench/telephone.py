@@ -9,8 +9,9 @@ Praat's pitch, HNR, jitter and shimmer, and the ``silb`` syllable labels; the VA
 the ``lablaut`` speech spans (:func:`bench.accuracy_conversation.speech_span`) on a line built from
 the clips with silences between them, run through the whole pipeline as the far channel.
 
-Run ``python -m bench.telephone --json`` (about 2 minutes: every 3rd clip, 137, all 8 speakers;
-needs sox and parselmouth, test-only references).
+Run ``python -m bench.telephone --json`` (every 3rd clip, 137, all 8 speakers; 24 s on 2026-11-29 on a
+2-core AMD EPYC shared with other jobs, about 70 s on the slower machine; needs sox and parselmouth,
+test-only references).
 """
 
 from __future__ import annotations

@@ -78,8 +78,13 @@ def ami_auc(model: Model, run: Callable[[Model, np.ndarray], np.ndarray]) -> flo
     return roc_auc(np.concatenate(labels), np.concatenate(scores))
 
 
-def webrtc_auc(mode: int = 3) -> float:
-    """Frame-level ROC-AUC of WebRTC VAD (test-only reference) on the same AMI frames."""
+WEBRTC_AVERAGE_MS = (96, 160)
+"""The windows :func:`webrtc_figures` also scores WebRTC's votes averaged over (3 and 5 frames)."""
+
+
+def webrtc_votes(mode: int = 3) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """WebRTC VAD (test-only reference) on the AMI frames: per excerpt, the frame labels and each
+    32 ms frame's share of its three 10 ms sub-frames voted speech."""
     import webrtcvad
 
     turns = ami_turns()
@@ -96,7 +101,35 @@ def webrtc_auc(mode: int = 3) -> float:
                            for j in range(0, 480, 160)) / 3
         labels.append(frame_labels(turns[wav.stem], n))
         scores.append(votes)
+    return labels, scores
+
+
+def _averaged(votes: np.ndarray, frames: int) -> np.ndarray:
+    """``votes`` averaged over ``frames`` frames centred on each (fewer at the excerpt's ends)."""
+    kernel = np.ones(frames)
+    return np.convolve(votes, kernel, "same") / np.convolve(np.ones(len(votes)), kernel, "same")
+
+
+def webrtc_auc(mode: int = 3) -> float:
+    """Frame-level ROC-AUC of WebRTC VAD (test-only reference) on the same AMI frames."""
+    labels, scores = webrtc_votes(mode)
     return roc_auc(np.concatenate(labels), np.concatenate(scores))
+
+
+def webrtc_figures() -> dict[str, float]:
+    """WebRTC's AMI AUC: mode 3's votes as they are (``vad_auc_webrtc``) and averaged over each of
+    :data:`WEBRTC_AVERAGE_MS` (``vad_auc_webrtc_96ms``, ...), and modes 0 to 2 unsmoothed
+    (``vad_auc_webrtc_mode0``, ...)."""
+    frame_ms = FRAME_SAMPLES * 1000 // RATE_HZ
+    labels, scores = webrtc_votes(3)
+    y = np.concatenate(labels)
+    out = {"vad_auc_webrtc": round(roc_auc(y, np.concatenate(scores)), 4)}
+    for ms in WEBRTC_AVERAGE_MS:
+        out[f"vad_auc_webrtc_{ms}ms"] = round(
+            roc_auc(y, np.concatenate([_averaged(v, ms // frame_ms) for v in scores])), 4)
+    for mode in (0, 1, 2):
+        out[f"vad_auc_webrtc_mode{mode}"] = round(webrtc_auc(mode), 4)
+    return out
 
 
 def quantized_model(model_path: Path, out_dir: Path) -> Path:

@@ -718,9 +718,12 @@ here: an hour's recording takes over a minute)."""
 
 
 ANALYZE_MB_PER_HOUR = 150.0
-"""Memory :func:`analyze` keeps per hour of two-channel audio (the per-second metrics, the VAD
-traces, each side's per-hop prosody features): 149 and 151 MB measured by ``python -m
-bench.analyze`` at 16 and 8 kHz."""
+"""Memory :func:`analyze` is counted on per hour of two-channel audio (the per-second metrics, the
+VAD traces, each side's per-hop prosody features), a margin over what it keeps: 134.9 and 139.1 MB
+at 16 and 8 kHz measured on 2026-11-29 (c56c66b; 135.3 to 135.6 and 138.5 to 138.8 on 749694e),
+149 and 151 MB when this was set. Re-measure with ``python -m bench.analyze --minutes 1 60 --rate
+16000 8000`` (``rss_mb_per_hour_16000``, ``rss_mb_per_hour_8000``: the peak's growth from one
+minute to an hour)."""
 ANALYZE_BASE_MB = 64.0
 """Memory the VAD model and its runtime take when :func:`load_vad_model` loads them."""
 

@@ -35,7 +35,8 @@ PAUSE_MIN_S = 0.2
 """Shorter quiet gaps are mostly stop closures. Against the EmoDB pause labels (see
 ``bench.accuracy_prosody.pause_figures``), counting gaps from 150 ms found 23 of the 39 labelled
 pauses of 200 ms or more, with 3.9 gaps per minute of speech that were no labelled pause; counting
-from 200 ms found 22, with 0.3."""
+from 200 ms found 22, with 0.3 (``pause_found_from_150ms``, ``pause_false_per_min_from_150ms``,
+``pause_found``, ``pause_false_per_min`` of ``python -m bench.accuracy``)."""
 PAUSE_MAX_S = 2.0
 SILENCE_BELOW_SPEECH_DB = 25.0
 """A pause hop is at least this many dB below the loud voiced level."""
@@ -233,13 +234,15 @@ def runs(mask: np.ndarray) -> np.ndarray:
     return np.flatnonzero(padded[1:] != padded[:-1]).reshape(-1, 2)
 
 
-def pause_spans(t_s: np.ndarray, level_dbfs: np.ndarray, voiced: np.ndarray) -> np.ndarray:
+def pause_spans(t_s: np.ndarray, level_dbfs: np.ndarray, voiced: np.ndarray,
+                min_s: float = PAUSE_MIN_S) -> np.ndarray:
     """The quiet part of each silent gap of 200 ms to 2 s between voiced stretches.
 
     Args:
         t_s: hop centre times, seconds.
         level_dbfs: hop levels, dBFS.
         voiced: hop voicing flags.
+        min_s: the shortest gap counted (:data:`PAUSE_MIN_S`; the accuracy bench also tries less).
 
     Returns:
         One row per pause, in order: its first quiet hop and the hop after its last, (n, 2).
@@ -257,24 +260,26 @@ def pause_spans(t_s: np.ndarray, level_dbfs: np.ndarray, voiced: np.ndarray) -> 
     a = np.where(ok, quiet_at[np.minimum(first, len(quiet_at) - 1)] if len(quiet_at) else 0, 0)
     b = np.where(ok, quiet_at[np.maximum(first + count - 1, 0)] + 1 if len(quiet_at) else 0, 0)
     dur = (b - a) * HOP_S
-    ok &= (dur >= PAUSE_MIN_S) & (dur <= PAUSE_MAX_S) & (count / np.maximum(gap_to - gap_from, 1) >= 0.6)
+    ok &= (dur >= min_s) & (dur <= PAUSE_MAX_S) & (count / np.maximum(gap_to - gap_from, 1) >= 0.6)
     return np.column_stack([a[ok], b[ok]])
 
 
-def pauses(t_s: np.ndarray, level_dbfs: np.ndarray, voiced: np.ndarray) -> list[Pause]:
+def pauses(t_s: np.ndarray, level_dbfs: np.ndarray, voiced: np.ndarray,
+           min_s: float = PAUSE_MIN_S) -> list[Pause]:
     """Silent gaps of 200 ms to 2 s between voiced stretches (see :func:`pause_spans`).
 
     Args:
         t_s: hop centre times, seconds.
         level_dbfs: hop levels, dBFS.
         voiced: hop voicing flags.
+        min_s: the shortest gap counted (:data:`PAUSE_MIN_S`).
 
     Returns:
         The pauses, in order; ``breath`` marks those holding an audible unvoiced breath.
     """
     out: list[Pause] = []
     edge = BREATH_EDGE_HOPS
-    for lo, hi in pause_spans(t_s, level_dbfs, voiced).tolist():  # the quiet part of each gap
+    for lo, hi in pause_spans(t_s, level_dbfs, voiced, min_s).tolist():  # the quiet part of each gap
         # a breath is a bump inside the pause: the hops next to the voice hold its unvoiced onset
         # and tail, and hops fed as digital silence (a closed gate) are no floor
         inner = level_dbfs[lo + edge:hi - edge]

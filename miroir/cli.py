@@ -437,7 +437,8 @@ def cmd_bench_edge(args: argparse.Namespace) -> int:
     from bench.edge import ShortAudioError, run
 
     try:
-        result = run(seconds=args.seconds, repeats=args.repeats, affect=args.affect)
+        result = run(seconds=args.seconds, repeats=args.repeats, affect=args.affect,
+                     prospect_alone=args.prospect_alone)
     except ShortAudioError as exc:
         raise CliError(f"--seconds {args.seconds:g}: {exc}") from None
     print(json.dumps(result, indent=None if args.json else 2))
@@ -574,6 +575,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runs of each side, their median kept (default 3)")
     p.add_argument("--affect", action="store_true",
                    help="with the prospect affect stage on (as a campaign that discloses it)")
+    p.add_argument("--prospect-alone", action="store_true",
+                   help="a call where the prospect speaks alone (EmoDB speech, the agent's side a "
+                        "quiet floor) instead of the two headsets")
     p.add_argument("--json", action="store_true", help="one line of JSON")
     p.set_defaults(func=cmd_bench_edge)
     p = bench_sub.add_parser("accuracy", help="accuracy figures on real speech with ground truth",

@@ -129,3 +129,27 @@ def test_the_choice_of_candidate_is_held_out_with_its_speaker() -> None:
     assert set(honest["chosen"]) == set(flipped["chosen"]) and len(honest["chosen"]) == 3
     assert flipped["chosen"][held] == honest["chosen"][held]
     assert 0.5 < honest["arousal_uar"] <= 1.0 and flipped["arousal_uar"] < honest["arousal_uar"]
+
+
+def test_a_recomputed_evaluation_says_why_it_has_no_tflite_uar(tmp_path: Path) -> None:
+    """`miroir models evaluate affect --recompute --json` printed "arousal_uar_int8_tflite": null
+    with no word why: each held-out fold's TFLite model is converted with TensorFlow, the optional
+    affect-build extra, and where it is missing that figure cannot be recomputed. The null now comes
+    with a note saying so (or, where TensorFlow is installed, the figure itself). Recomputed here on
+    three speakers' clips, linked into a folder of their own, to keep it short."""
+    from models.affect.evaluate import evaluate
+    from models.affect.export import tensorflow_available
+
+    (tmp_path / "wav").mkdir()
+    for clip in sorted((EMODB / "wav").glob("*.wav")):
+        if clip.name[:2] in ("03", "08", "10"):
+            (tmp_path / "wav" / clip.name).symlink_to(clip)
+    result = evaluate(recompute=True, data_dir=tmp_path)
+    assert result["source"] == "recomputed"
+    assert 0.5 < result["arousal_uar_int8"] <= 1.0
+    if tensorflow_available():
+        assert 0.5 < result["arousal_uar_int8_tflite"] <= 1.0
+    else:
+        assert result["arousal_uar_int8_tflite"] is None
+        note = result.get("arousal_uar_int8_tflite_note", "")
+        assert "TensorFlow" in note and "affect-build" in note, result

@@ -664,3 +664,72 @@ def test_the_privacy_page_names_every_measure_of_the_agents_voice_the_box_publis
     assert not missing, f"the agent's row of docs/privacy.md does not name: {missing}"
     for words in ("fatigue", "break suggestion", "posture cues", "overlaps", "latencies"):
         assert words in row, words
+
+
+def _bench_options_quoted(text: str) -> dict[str, set[str]]:
+    """Each ``python -m bench.X`` a markdown text quotes (inline spans may run over a line break),
+    with the options quoted after it."""
+    quoted: dict[str, set[str]] = {}
+    for module, rest in re.findall(r"`python -m (bench\.[a-z_]+)([^`]*)`", text):
+        quoted.setdefault(module, set()).update(re.findall(r"(?<!\S)(--[a-z][a-z0-9-]*)", rest))
+    return quoted
+
+
+def test_every_option_the_docs_give_a_bench_script_is_one_of_its_own() -> None:
+    """The README names the command behind each figure as `python -m bench.X --option`; those
+    commands were checked by no test (only `miroir` ones are), so a renamed option left a figure
+    that nobody could reproduce as written. Each bench script quoted in README.md or docs/*.md runs
+    its `--help`, and every option quoted with it is in that help."""
+    root = Path(__file__).resolve().parents[1]
+    # the check itself bites: a span over a line break, an option that is not the script's
+    assert _bench_options_quoted("(`python -m bench.analyze --minutes 1\n--rates 8000`)") == {
+        "bench.analyze": {"--minutes", "--rates"}}
+    quoted: dict[str, set[str]] = {}
+    for doc in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        for module, options in _bench_options_quoted(doc.read_text()).items():
+            quoted.setdefault(module, set()).update(options)
+    assert len(quoted) >= 8 and sum(map(len, quoted.values())) >= 5
+    checked = {module: set(options) for module, options in quoted.items()}
+    checked.setdefault("bench.analyze", set()).add("--rates")  # no option of it: must be reported
+    problems = []
+    for module, options in sorted(checked.items()):
+        proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True,
+                              cwd=root, timeout=120, check=False)
+        assert proc.returncode == 0, f"python -m {module} --help: {proc.stderr[-500:]}"
+        problems += [f"python -m {module} {o}" for o in sorted(options)
+                     if not re.search(rf"(?<![\w-]){o}(?![\w-])", proc.stdout)]
+    assert problems[:1] == ["python -m bench.analyze --rates"], problems  # the bait above
+    assert not problems[1:], "options the docs quote that the script lacks:\n" + "\n".join(problems[1:])
+
+
+def _code_names(root: Path) -> tuple[str, list[re.Pattern[str]]]:
+    """The code that prints figures (not the tests) as one text, and the shape of each f-string
+    that starts with a name (``f"rss_mb_per_hour_{r}"``: ``rss_mb_per_hour_.+``)."""
+    files = [p for d in ("bench", "edge", "miroir", "models") for p in sorted((root / d).rglob("*.py"))]
+    code = "\n".join(p.read_text() for p in files)
+    shapes = [re.compile(re.sub(r"\\\{[^}]*\\\}", ".+", re.escape(s)))
+              for s in re.findall(r"""\bf["']([a-z][a-z0-9]*_[a-z0-9_]*\{[^"'\n]*)["']""", code)]
+    return code, shapes
+
+
+def test_every_key_the_readme_measures_is_one_the_code_prints() -> None:
+    """Each figure in the README's "Measured" names the key its command prints (`pause_recall`,
+    `rss_mb_per_hour_16000`, ...); a figure with no key and no command could not be re-measured
+    (eight of them were a reviewer's one-offs). Every such key quoted there is a name in the code,
+    literally or as an f-string makes it (a measure on the wire with its side, a test by its name)."""
+    root = Path(__file__).resolve().parents[1]
+    section = README[README.index("## Measured"):]
+    section = section[:section.index("\n## ")]
+    keys = sorted(set(re.findall(r"`([a-z][a-z0-9]*(?:_[a-z0-9]+)+)`", section)))
+    assert len(keys) >= 30
+    code, shapes = _code_names(root)
+    tests = "\n".join(p.read_text() for p in sorted((root / "tests").glob("test_*.py")))
+
+    def printed(key: str) -> bool:
+        side, _, name = key.partition("_")
+        return bool(re.search(rf"(?<!\w){key}(?!\w)", code) or any(s.fullmatch(key) for s in shapes)
+                    or (side in ("near", "far") and re.search(rf"(?<!\w){name}(?!\w)", code))  # the wire's
+                    or (side == "test" and re.search(rf"def {key}\(", tests)))
+
+    missing = [k for k in keys if not printed(k)]
+    assert not missing, f"keys the README quotes that no code prints: {missing}"
