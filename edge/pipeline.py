@@ -789,12 +789,14 @@ def analyze(audio: np.ndarray | Iterable[np.ndarray], model: Model, *, window_s:
         expected_s: the recording's length for the progress lines, when ``audio`` is blocks.
 
     Returns:
-        A JSON-ready dict: the length and each channel's speech share and signal (``call``), the
-        calls and their summaries (``conversation``), each side's prosody over the whole
-        recording (``prosody``), the prospect affect windows (``affect``), the cues raised with
-        their labels, the last fatigue figures, each call's published summary (``call_end``
-        fields), the events and per-window metrics a box would publish, VAD probabilities at
-        32 ms steps and speech segments (``vad``).
+        A JSON-ready dict: the length (``duration_s``) and the frame step (``frame_s``); each
+        channel's speech share, signal and time without signal (``call``); the calls and their
+        summaries (``conversation``); each side's prosody over the whole recording
+        (``prosody``); the prospect affect windows (``affect``); the cues raised with their
+        labels (``cues``); the last fatigue figures (``fatigue``); each call's published
+        summary, the ``call_end`` fields (``call_summaries``); the ``events`` and per-window
+        ``metrics`` a box would publish; VAD probabilities at 32 ms steps and speech segments
+        (``vad``).
     """
     if isinstance(audio, np.ndarray):  # a second at a time: no copy of the recording
         expected_s = audio.shape[1] / RATE_HZ
