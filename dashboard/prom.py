@@ -25,7 +25,8 @@ MAX_BOX_SERIES = 5000
 MIN_TOKEN_CHARS = 16
 PER_BOX = (
     ("outbox_depth", "miroir_box_outbox_depth", "Messages waiting in the box's outbox."),
-    ("dropped", "miroir_box_dropped", "Messages the box dropped (outbox full), since it started."),
+    ("dropped", "miroir_box_dropped", "Messages the box lost for good (outbox full, refused by the "
+     "broker 5 times, or a full disk); never reset, across restarts."),
     ("overruns", "miroir_box_overruns", "Audio capture overruns of the box since it started."),
     ("fields_dropped", "miroir_box_fields_dropped",
      "Numbers the box left out of its messages (outside their range on the wire: a bug)."),

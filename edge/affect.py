@@ -3,8 +3,10 @@
 The EU AI Act (Art. 5(1)(f)) forbids inferring the emotions of employees at work: this stage never
 sees the agent's channel as model input. It runs a window through the model only when
 
-* the campaign enabled it (:attr:`AffectConfig.enabled`, off by default: turning it on records that
-  the call script discloses emotion recognition to the prospect, EU AI Act Art. 50(3));
+* it is enabled (:attr:`AffectConfig.enabled`, off by default: the box's ``affect_enabled``
+  setting, or ``miroir analyze --affect``) and the campaign discloses it (``[affect] disclosed``:
+  the call script tells the prospect about emotion recognition, EU AI Act Art. 50(3); without it
+  :class:`edge.pipeline.Pipeline` drops the stage);
 * the far channel (the prospect) spoke for at least ``min_far_speech_s`` of the window;
 * the near channel (the agent) did not speak in the window at all;
 * the far channel does not follow the near channel (headset sidetone and line echo put the agent's
@@ -155,11 +157,12 @@ def window_features(samples: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class AffectConfig:
-    """Per-campaign affect settings. Off unless the campaign enables it."""
+    """The affect stage's settings: off unless the box's settings (``affect_enabled``) or
+    ``miroir analyze --affect`` enable it; the campaign's ``[affect] disclosed`` decides whether a
+    pipeline runs it (:class:`edge.campaign.AffectDisclosure`)."""
 
     enabled: bool = False
-    """Run the affect model on the prospect's channel. Turning it on records that the campaign's call
-    script tells the prospect about emotion recognition (EU AI Act Art. 50(3))."""
+    """Run the affect model on the prospect's channel (only for a campaign that discloses it)."""
     backend: str = "litert"
     """Model runtime: ``litert`` (int8 TFLite, as the box's default ``model_backend``) or ``onnx``
     (int8 QDQ ONNX on onnxruntime)."""
@@ -264,7 +267,7 @@ class AffectStage:
 
     Args:
         model: the affect model (``None`` is allowed only while the config is disabled).
-        config: the campaign's affect settings.
+        config: the stage's settings (:class:`AffectConfig`).
     """
 
     def __init__(self, model: AffectModel | None, config: AffectConfig = AffectConfig()) -> None:
@@ -350,7 +353,8 @@ class AffectStage:
 
 
 def summarize(windows: list[AffectWindow]) -> dict[str, Any]:
-    """Summary of a call's prospect affect (feeds the prospect-tense cue)."""
+    """Summary of the prospect affect windows of a recording, for ``miroir analyze --json`` (the
+    ``prospect_tense`` cue reads each window's ``prospect_tension`` in the metrics instead)."""
     if not windows:
         return {"windows": 0, "arousal_mean": None, "tension_mean": None, "tension_max": None,
                 "tense_share": None}

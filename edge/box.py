@@ -54,8 +54,10 @@ from miroir.files import atomic_write
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 10.0
-HEARTBEAT_EVERY_S = 10.0
 """Period of the retained status while connected, in seconds."""
+HEARTBEAT_EVERY_S = 10.0
+"""Shortest time between two writes of the heartbeat file (:func:`edge.health.write_heartbeat`,
+after an acknowledged message: the update's health check reads it), in seconds."""
 PURGE_EVERY_S = 60.0
 """Period of the outbox retention purge, in seconds."""
 IDENTIFY_S = 10.0

@@ -160,7 +160,8 @@ class CaptureConfig:
     far_device: str | None = None
     """The far (line) device when the adapter shows up as two mono devices."""
     device_rate_hz: int | None = None
-    """Rate to open the device(s) at; ``None`` probes 16 kHz, then 48, 44.1 and 8 kHz."""
+    """Rate to open the device(s) at; ``None`` probes 16 kHz, then the device's default rate,
+    then 48, 44.1 and 8 kHz."""
     block_ms: float = 64.0
     """Length of one PortAudio buffer (one callback)."""
     queue_blocks: int = 64

@@ -2,9 +2,11 @@
 
 Per 32 ms frame of both channels: signal quality (repair, dead-channel detection) -> Silero VAD
 (both channels in one call) -> far-end kind (tones, beeps, hold music veto the far channel's speech)
--> speech gates -> conversation dynamics -> the agent's prosody; every ``window_s`` a metrics
-message. :class:`Pipeline` does no I/O: it takes two-channel blocks and
-returns message bodies (the box adds site, box, seq and ts). :func:`analyze` runs it offline.
+-> speech gates -> conversation dynamics -> each side's prosody -> the prospect's affect (when
+enabled and disclosed); every ``window_s`` a metrics message, then the fatigue stage and the
+posture cues. :class:`Pipeline` does no I/O: it takes two-channel blocks and returns
+:class:`Message` objects, a wire kind and a body (the box adds site, box, seq and ts).
+:func:`analyze` runs it offline.
 """
 
 from __future__ import annotations
@@ -179,8 +181,9 @@ class Pipeline:
         gate: hysteresis of the speech gates.
         window_s: length of a metrics window, seconds.
         conversation: definitions of turns, overlaps, latency and calls.
-        prosody_window_s: the agent's prosody is summarised over this many seconds.
-        affect: the prospect's affect stage (far channel only), when the campaign enables it.
+        prosody_window_s: each side's prosody is summarised over this many seconds.
+        affect: the prospect's affect stage (far channel only), when the box's settings enable it;
+            dropped unless the campaign discloses it (``[affect] disclosed``).
         trace: keep per-frame probabilities and segments (offline analysis only).
         profile: accumulate each stage's CPU time in :attr:`stage_s` (benchmarks).
         campaign: the campaign's cue and fatigue settings (:mod:`edge.campaign`; defaults if None).
@@ -789,10 +792,14 @@ def analyze(audio: np.ndarray | Iterable[np.ndarray], model: Model, *, window_s:
         expected_s: the recording's length for the progress lines, when ``audio`` is blocks.
 
     Returns:
-        A JSON-ready dict: per-call metrics, conversation (calls and their summaries), the agent's
-        prosody over the whole recording, the cues raised (with their labels), the last fatigue
-        figures, each call's published summary (``call_end`` fields), VAD probabilities at 32 ms
-        steps and speech segments.
+        A JSON-ready dict: the length (``duration_s``) and the frame step (``frame_s``); each
+        channel's speech share, signal and time without signal (``call``); the calls and their
+        summaries (``conversation``); each side's prosody over the whole recording
+        (``prosody``); the prospect affect windows (``affect``); the cues raised with their
+        labels (``cues``); the last fatigue figures (``fatigue``); each call's published
+        summary, the ``call_end`` fields (``call_summaries``); the ``events`` and per-window
+        ``metrics`` a box would publish; VAD probabilities at 32 ms steps and speech segments
+        (``vad``).
     """
     if isinstance(audio, np.ndarray):  # a second at a time: no copy of the recording
         expected_s = audio.shape[1] / RATE_HZ

@@ -52,7 +52,8 @@ class EdgeSettings:
     capture_far_device: str | None = None
     """The line's mono device, when the adapter exposes two mono devices."""
     capture_rate_hz: int | None = None
-    """Open the device at this rate (resampled to 16 kHz); None tries 16 kHz, then the device's own."""
+    """Open the device at this rate (resampled to 16 kHz); None tries 16 kHz, then the device's own,
+    then 48, 44.1 and 8 kHz."""
     keepalive_s: int = 10
     """MQTT keepalive; the broker publishes the Last Will after 1.5 times this."""
     window_s: float = 1.0

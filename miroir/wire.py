@@ -29,8 +29,8 @@ UP_KINDS = ("status", "metrics", "event")
 CMD_KIND = "cmd"
 MAX_PAYLOAD_BYTES = 4096
 MAX_TEXT_CHARS = 200
-"""Longest free-text field (``status.capture_error``, ``status.settings_error`` and ``version``): text
-for site IT, never speech."""
+"""Longest free-text field (``status.capture_error``, ``status.settings_error``,
+``status.update_rolled_back`` and ``version``): text for site IT, never speech."""
 
 TALK_STATES = ("silence", "agent", "prospect", "overlap")
 EVENT_NAMES = ("speech_start", "speech_end", "call_start", "call_end", "overlap_start", "overlap_end",

@@ -382,6 +382,25 @@ def test_the_readme_says_what_analyze_prints_in_text_and_in_json() -> None:
         assert said in summary, said
 
 
+def test_analyze_says_in_its_docstring_every_part_of_what_it_returns() -> None:
+    """`edge.pipeline.analyze`'s Returns, which a reader of the code goes by, said "per-call
+    metrics" (one row per 1 s window: 60 for the 60 s headset pair) and "the agent's prosody"
+    (both sides'), and named none of its parts: `call`, `affect`, `events`, `vad`... Each
+    top-level key of its result, on a real headset pair, is now named in it as written."""
+    from edge.pipeline import analyze, load_vad_model
+    from edge.source import pair, read_wav
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "ami-headsets"
+    audio = pair(read_wav(shared / "source0.wav"), read_wav(shared / "source1.wav"))
+    result = analyze(audio[:, : 16_000 * 10], load_vad_model())
+    returns = (analyze.__doc__ or "").split("Returns:", 1)[1]
+    named = set(re.findall(r"``([a-z_]+)``", returns))
+    assert set(result) - named == set(), "parts of analyze()'s result its docstring does not name"
+    # one row per 1 s window, many for the one call: the rows are not per call
+    assert len(result["metrics"]) >= 9 > len(result["conversation"]["calls"])
+    assert "per-call metrics" not in returns
+
+
 def test_the_readme_names_every_module_of_the_box_and_of_provisioning() -> None:
     """The README's "Where each part lives" names each module of `edge/` and `provisioning/`: it
     left out 8 of edge's 26 (the cues, `signals.py`, and fatigue, `fatigue.py`, among them) and
