@@ -538,7 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = edge_sub.add_parser("run", help="run the box agent", description=cmd_edge_run.__doc__)
     p.add_argument("--config", type=Path, required=True, help="the box's settings file (TOML)")
     p.add_argument("--state-dir", type=Path, default=None,
-                   help="override the settings' state_dir (outbox location)")
+                   help="override the settings' state_dir (the outbox, baselines, private mode, last "
+                        "good campaign)")
     p.add_argument("--replay", nargs=2, type=Path, metavar=("NEAR", "FAR"),
                    help="replay two mono WAV files instead of capturing from capture_device")
     p.add_argument("--loop", action="store_true", help="replay in a loop")

@@ -1,6 +1,7 @@
 """A site directory and the operations site IT runs on it: init, enrol, revoke, rotate.
 
-Layout of a site directory (everything written with safe permissions: private keys 0600)::
+Layout of a site directory (everything written with safe permissions: private keys 0600, the
+broker's 0640 for its group)::
 
     site.json            site id, broker address and port
     inventory.json       enrolled boxes (seat, agent, team, certificate serial, state)
