@@ -82,7 +82,8 @@ class _HeadAsGet:
                 raise _HeadAnswered
 
         try:
-            await self.app({**scope, "method": "GET"}, receive, send_headers_only)
+            await self.app({**scope, "method": "GET", auth.HEAD_AS_GET: True}, receive,
+                           send_headers_only)
         except _HeadAnswered:
             log.debug("HEAD %s answered before its body ended", scope["path"])
 

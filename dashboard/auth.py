@@ -45,6 +45,9 @@ ROLES = ("admin", "supervisor", "agent", "auditor", "it")
 """``it`` is site IT: the fleet's health and alerts only, never an agent's data."""
 TOTP_ROLES = frozenset({"admin", "supervisor", "it"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+HEAD_AS_GET = "miroir.head"
+"""Key of the ASGI scope of a GET that answers a HEAD (``dashboard.app._HeadAsGet``): a route
+that sends nothing to a HEAD reads it (the live stream logs no live view)."""
 MAX_FORM_BYTES = 256 * 1024
 PUBLIC_PREFIXES = ("/static/",)
 SECURITY_HEADERS = {
