@@ -137,6 +137,8 @@ class Publisher:
         self.client.will_set(self.status_topic, will, qos=1, retain=True)
         self._connect_props = Properties(PacketTypes.CONNECT)
         self._connect_props.SessionExpiryInterval = 0
+        self._online_props = Properties(PacketTypes.PUBLISH)
+        self._online_props.MessageExpiryInterval = wire.STATUS_EXPIRY_S
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
@@ -240,11 +242,14 @@ class Publisher:
         self._poke()
 
     def publish_status(self, state: str, **extra: Any) -> Any:
-        """Publish the retained status (``online``/``offline``) with allow-listed extras."""
+        """Publish the retained status (``online``/``offline``) with allow-listed extras; an
+        ``online`` one expires after :data:`miroir.wire.STATUS_EXPIRY_S` (never shown fresh
+        once stale)."""
         msg = wire.status_message(self.settings.site, self.settings.box, state, time.time(),
                                   version=self.version, **extra)
         return self.client.publish(self.status_topic, wire.encode("status", msg), qos=1,
-                                   retain=True)
+                                   retain=True,
+                                   properties=self._online_props if state == "online" else None)
 
     def send(self, seq: int, kind: str, payload: bytes) -> bool:
         """Publish one stored message at QoS 1; False if not connected or the window is full."""
