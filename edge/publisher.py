@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edge.journal import Refusals
 from miroir import wire
 from miroir.files import read_regular
 
@@ -116,6 +117,9 @@ class Publisher:
         self._commands: collections.deque[tuple[str, bytes, bool]] = collections.deque(maxlen=1000)
         self.cmd_dropped = 0
         """Commands dropped, the oldest first, while 1000 were waiting for the box's loop."""
+        self.drops = Refusals("command", "dropped", logger=log)
+        """The journal's account of them (a few one by one, then their number): the box's loop
+        writes the number when due (:meth:`Refusals.flush`), and :meth:`stop` at the end."""
         self._lock = threading.RLock()
         self._inflight: dict[int, tuple[int, float]] = {}  # paho mid -> (outbox seq, sent at)
         self._early: dict[int, tuple[bool, float]] = {}
@@ -184,6 +188,7 @@ class Publisher:
         self.client.disconnect()
         if threaded:
             self.client.loop_stop()
+        self.drops.flush(force=True)
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
@@ -236,7 +241,7 @@ class Publisher:
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         if len(self._commands) == self._commands.maxlen:  # the box's loop is stuck
             self.cmd_dropped += 1
-            log.warning("command dropped: %d are waiting for the box's loop", len(self._commands))
+            self.drops.refused(f"{len(self._commands)} are waiting for the box's loop")
         # retained: a copy the broker kept and hands over at each subscription, not news
         self._commands.append((str(message.topic), bytes(message.payload), bool(message.retain)))
         self._poke()
