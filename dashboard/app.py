@@ -188,6 +188,8 @@ def create_app(settings: DashboardSettings, *, start_ingest: bool = True) -> Fas
     try:
         schema.ensure_schema(db)
         auth.ensure_admin(db, settings.admin_user, settings.admin_password_file)
+        for line in auth.shared_agent_accounts(db):
+            log.warning("%s", line)
         analytics.store_day_start(db, settings.day_start_utc_h)
     finally:
         db.conn.close()

@@ -311,6 +311,19 @@ def list_users(db: sqlite_utils.Database) -> list[dict[str, Any]]:
             for r in rows]
 
 
+def shared_agent_accounts(db: sqlite_utils.Database) -> list[str]:
+    """One line per agent with more than one active account (a database made before the
+    dashboard refused them, :func:`create_user`), naming the accounts: each one's reads of the
+    agent's data count as the agent's own, never logged."""
+    rows = db.conn.execute(
+        "SELECT agent, group_concat(username, ', ') FROM (SELECT agent, username FROM users "
+        "WHERE role = 'agent' AND agent IS NOT NULL AND NOT disabled ORDER BY agent, username) "
+        "GROUP BY agent HAVING count(*) > 1 ORDER BY agent").fetchall()
+    return [f"agent {agent} has {len(names.split(', '))} active dashboard accounts ({names}): "
+            "each one's reads of the agent's data count as the agent's own, never logged; "
+            "disable all but one (`miroir dashboard user disable NAME`)" for agent, names in rows]
+
+
 class CheckGate:
     """At most ``limit`` password checks at once: an argon2id check holds 64 MiB and a core for
     about 0.1 s, so a burst of logins must not run them all together. A request waits at most
