@@ -234,6 +234,9 @@ def _status_row(db: sqlite_utils.Database, msg: dict[str, Any], ingested_ts: flo
         return None
     fields = {k: msg[k] for k in STATUS_FIELDS if k in msg}
     fields["restart"] = msg.get("restart")  # only the stop of a planned restart says it
+    if "clock_synced" in msg or "clock_offset_ms" in msg:
+        # the clock's state says whose clock it is: the server's only if it says so (a demo box)
+        fields["clock_shared"] = bool(msg.get("clock_shared", False))
     _touch_box(db, msg["site"], msg["box"], seen_ts)
     # a Last Will carries the time its box connected (it is set then), maybe days ago: it must
     # not move the time of the box's last report back (the certificate's days left age from it)
