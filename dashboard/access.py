@@ -249,20 +249,33 @@ opening by the same person are one visit of the agent's audit list."""
 VISIT_PARTS = ("read_metrics", "live_view")
 
 
+GROUP_READS = ("read_team_means", "read_variant_results")
+"""Reads of a figure made of one or two agents' data: the same figure read again by the same
+person within :data:`VISIT_S` (a page and its reload) is one line of the agent's audit list."""
+
+
 def group_visits(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``entries`` (newest first), each ``view_agent`` with the reads its page made by itself
-    (:data:`VISIT_PARTS`, within :data:`VISIT_S`) folded into its ``parts``: one line a visit."""
+    (:data:`VISIT_PARTS`, within :data:`VISIT_S`) folded into its ``parts``: one line a visit;
+    a :data:`GROUP_READS` entry repeating one within :data:`VISIT_S` is folded into it."""
     out: list[dict[str, Any]] = []
     visits: dict[str, dict[str, Any]] = {}
+    reads: dict[tuple[str, str, str], dict[str, Any]] = {}
     for e in reversed(entries):  # oldest first: a page's reads follow its opening
         visit = visits.get(e["actor"])
         if (e["action"] in VISIT_PARTS and visit is not None
                 and e["ts"] - visit["ts"] <= VISIT_S and e["action"] not in visit["parts"]):
             visit["parts"].append(e["action"])
             continue
+        key = (e["actor"], e["action"], e["detail"])
+        first = reads.get(key)
+        if e["action"] in GROUP_READS and first is not None and e["ts"] - first["ts"] <= VISIT_S:
+            continue
         out.append({**e, "parts": []})
         if e["action"] == "view_agent":
             visits[e["actor"]] = out[-1]
+        elif e["action"] in GROUP_READS:
+            reads[key] = out[-1]
     for e in out:
         e["parts"].sort(key=VISIT_PARTS.index)
     return out[::-1]

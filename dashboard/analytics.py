@@ -269,7 +269,14 @@ def daily_means(db: sqlite_utils.Database, agent: str, metric: str,
 
 
 def team_means(db: sqlite_utils.Database, team: str) -> dict[str, tuple[float | None, int]]:
-    """Each metric's mean over the team's agent-days, and how many agents are behind it: each
+    """Each metric's mean over the team's agent-days and how many agents are behind it
+    (:func:`team_means_by`)."""
+    return {name: (mean, len(agents)) for name, (mean, agents) in team_means_by(db, team).items()}
+
+
+def team_means_by(db: sqlite_utils.Database,
+                  team: str) -> dict[str, tuple[float | None, set[str]]]:
+    """Each metric's mean over the team's agent-days, and the agents behind it: each
     agent-day is its stored mean (:func:`roll_up`) and, in one read, its rows ingested since its
     box's mark (the last hour's), weighted by count (as :func:`daily_means`), so the days past the
     purge and the recent ones both count, never the per-second rows of the whole retention
@@ -292,10 +299,10 @@ def team_means(db: sqlite_utils.Database, team: str) -> dict[str, tuple[float | 
                 for name, total, n in zip(names, values[::2], values[1::2], strict=True):
                     if n:
                         _add_to_day(days[name], (agent, day), total, n)
-    out: dict[str, tuple[float | None, int]] = {}
+    out: dict[str, tuple[float | None, set[str]]] = {}
     for name, groups in days.items():
         means = [total / n for total, n in groups.values()]
-        out[name] = (sum(means) / len(means) if means else None, len({a for a, _ in groups}))
+        out[name] = (sum(means) / len(means) if means else None, {a for a, _ in groups})
     return out
 
 
@@ -373,4 +380,20 @@ def variant_comparison(db: sqlite_utils.Database, campaign: str, agents: list[st
         out.append({"variant": v["id"], "name": v["name"], "text": v["text"], "calls": n,
                     "outcomes": counts, "rate": rate, "ci_low": lo, "ci_high": hi,
                     "agents": len(behind), "withheld": None})
+    return out
+
+
+def variant_agents(db: sqlite_utils.Database, campaign: str,
+                   agents: list[str] | None) -> dict[int, set[str]]:
+    """Per variant of ``campaign``, the agents whose calls with an outcome make its figures in
+    :func:`variant_comparison` (only ``agents``'s; all without it)."""
+    sql = "SELECT DISTINCT variant, agent FROM calls WHERE campaign = ? AND outcome IS NOT NULL " \
+          "AND variant IS NOT NULL"
+    args: list[Any] = [campaign]
+    if agents is not None:
+        sql += f" AND agent IN ({','.join('?' for _ in agents)})"
+        args += agents
+    out: dict[int, set[str]] = {}
+    for variant, agent in db.conn.execute(sql, args):
+        out.setdefault(int(variant), set()).add(agent)
     return out

@@ -82,7 +82,8 @@ class _HeadAsGet:
                 raise _HeadAnswered
 
         try:
-            await self.app({**scope, "method": "GET"}, receive, send_headers_only)
+            await self.app({**scope, "method": "GET", auth.HEAD_AS_GET: True}, receive,
+                           send_headers_only)
         except _HeadAnswered:
             log.debug("HEAD %s answered before its body ended", scope["path"])
 
@@ -187,6 +188,8 @@ def create_app(settings: DashboardSettings, *, start_ingest: bool = True) -> Fas
     try:
         schema.ensure_schema(db)
         auth.ensure_admin(db, settings.admin_user, settings.admin_password_file)
+        for line in auth.shared_agent_accounts(db):
+            log.warning("%s", line)
         analytics.store_day_start(db, settings.day_start_utc_h)
     finally:
         db.conn.close()

@@ -45,6 +45,9 @@ ROLES = ("admin", "supervisor", "agent", "auditor", "it")
 """``it`` is site IT: the fleet's health and alerts only, never an agent's data."""
 TOTP_ROLES = frozenset({"admin", "supervisor", "it"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+HEAD_AS_GET = "miroir.head"
+"""Key of the ASGI scope of a GET that answers a HEAD (``dashboard.app._HeadAsGet``): a route
+that sends nothing to a HEAD reads it (the live stream logs no live view)."""
 MAX_FORM_BYTES = 256 * 1024
 PUBLIC_PREFIXES = ("/static/",)
 SECURITY_HEADERS = {
@@ -306,6 +309,19 @@ def list_users(db: sqlite_utils.Database) -> list[dict[str, Any]]:
     return [{"username": r[0], "role": r[1], "agent": r[2], "disabled": bool(r[3]),
              "totp_enrolled": bool(r[4]), "teams": r[5].split(",") if r[5] else []}
             for r in rows]
+
+
+def shared_agent_accounts(db: sqlite_utils.Database) -> list[str]:
+    """One line per agent with more than one active account (a database made before the
+    dashboard refused them, :func:`create_user`), naming the accounts: each one's reads of the
+    agent's data count as the agent's own, never logged."""
+    rows = db.conn.execute(
+        "SELECT agent, group_concat(username, ', ') FROM (SELECT agent, username FROM users "
+        "WHERE role = 'agent' AND agent IS NOT NULL AND NOT disabled ORDER BY agent, username) "
+        "GROUP BY agent HAVING count(*) > 1 ORDER BY agent").fetchall()
+    return [f"agent {agent} has {len(names.split(', '))} active dashboard accounts ({names}): "
+            "each one's reads of the agent's data count as the agent's own, never logged; "
+            "disable all but one (`miroir dashboard user disable NAME`)" for agent, names in rows]
 
 
 class CheckGate:

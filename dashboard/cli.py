@@ -97,6 +97,7 @@ def cmd_user_list(args: argparse.Namespace) -> int:
     db = _db(load_settings())
     try:
         users = auth.list_users(db)
+        shared = auth.shared_agent_accounts(db)
     finally:
         db.conn.close()
     rows = [("USER", "ROLE", "SEES", "STATE", "TOTP")]
@@ -107,6 +108,8 @@ def cmd_user_list(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    for line in shared:
+        print(f"warning: {line}", file=sys.stderr)
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Container, Iterator
+from collections.abc import Container, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -184,7 +184,7 @@ def insert_event(db: sqlite_utils.Database, msg: dict[str, Any], ingested_ts: fl
 
 
 def apply_status(db: sqlite_utils.Database, msg: dict[str, Any], ingested_ts: float,
-                 retained: bool = False) -> float | None:
+                 retained: bool = False, late_s: float = 0.0) -> float | None:
     """Record a validated ``status`` message as the box's current state (latest arrival wins).
 
     Args:
@@ -194,23 +194,26 @@ def apply_status(db: sqlite_utils.Database, msg: dict[str, Any], ingested_ts: fl
         retained: The broker delivered it as the topic's retained message (on a (re)subscription:
             the dashboard's start or reconnection), not as the box sent it: see
             :func:`status_seen_ts`.
+        late_s: How long the status waited in the broker (the dashboard's session queue, while
+            it was away) before it arrived: it was sent that long before ``ingested_ts``.
 
     Returns:
         The box's last-seen time it gave, None for a retained copy of what is stored (nothing
         written).
     """
     with db.conn:
-        return _status_row(db, msg, ingested_ts, retained)
+        return _status_row(db, msg, ingested_ts, retained, late_s)
 
 
 def status_seen_ts(db: sqlite_utils.Database, msg: dict[str, Any], ingested_ts: float,
-                   retained: bool) -> float | None:
-    """When a status says its box was last seen: its reception, unless the broker delivered it
-    retained; then None if it says nothing newer than the stored row (same state and restart, not
-    newer by the box's clock), else the box's own ``ts`` bounded by the reception, never earlier
-    than the stored last-seen time (a Last Will's ``ts`` is when its box connected)."""
+                   retained: bool, late_s: float = 0.0) -> float | None:
+    """When a status says its box was last seen: its reception (less ``late_s``, the time it
+    waited in the broker), unless the broker delivered it retained; then None if it says nothing
+    newer than the stored row (same state and restart, not newer by the box's clock), else the
+    box's own ``ts`` bounded by the reception, never earlier than the stored last-seen time (a
+    Last Will's ``ts`` is when its box connected)."""
     if not retained:
-        return ingested_ts
+        return ingested_ts - late_s
     row = db.conn.execute("SELECT state, restart, last_status_ts, last_seen_ts FROM boxes "
                           "WHERE box = ?", (msg["box"],)).fetchone()
     if row is None or row[3] is None:
@@ -223,14 +226,17 @@ def status_seen_ts(db: sqlite_utils.Database, msg: dict[str, Any], ingested_ts: 
 
 
 def _status_row(db: sqlite_utils.Database, msg: dict[str, Any], ingested_ts: float,
-                retained: bool = False) -> float | None:
+                retained: bool = False, late_s: float = 0.0) -> float | None:
     """Apply one status to the box's row (caller's transaction); note a rise in overruns. Return
     the box's last-seen time it gave, None when nothing was written (:func:`status_seen_ts`)."""
-    seen_ts = status_seen_ts(db, msg, ingested_ts, retained)
+    seen_ts = status_seen_ts(db, msg, ingested_ts, retained, late_s)
     if seen_ts is None:
         return None
     fields = {k: msg[k] for k in STATUS_FIELDS if k in msg}
     fields["restart"] = msg.get("restart")  # only the stop of a planned restart says it
+    if "clock_synced" in msg or "clock_offset_ms" in msg:
+        # the clock's state says whose clock it is: the server's only if it says so (a demo box)
+        fields["clock_shared"] = bool(msg.get("clock_shared", False))
     _touch_box(db, msg["site"], msg["box"], seen_ts)
     # a Last Will carries the time its box connected (it is set then), maybe days ago: it must
     # not move the time of the box's last report back (the certificate's days left age from it)
@@ -246,7 +252,8 @@ def _status_row(db: sqlite_utils.Database, msg: dict[str, Any], ingested_ts: flo
 
 
 def store_batch(db: sqlite_utils.Database, items: list[tuple[str, dict[str, Any]]],
-                ingested_ts: float, retained: Container[int] = ()) -> list[float | None]:
+                ingested_ts: float, retained: Container[int] = (),
+                late_s: Mapping[int, float] | None = None) -> list[float | None]:
     """Store validated messages in one transaction; per item, the box's last-seen time it gave
     (``ingested_ts`` for a new stream message), None for a duplicate or for a retained copy of
     the stored status (nothing written).
@@ -258,6 +265,8 @@ def store_batch(db: sqlite_utils.Database, items: list[tuple[str, dict[str, Any]
         ingested_ts: Wall-clock time of reception, in seconds since the epoch.
         retained: Indices in ``items`` of statuses the broker delivered retained
             (:func:`apply_status`).
+        late_s: By index in ``items``, how long a status waited in the broker
+            (:func:`apply_status`).
     """
     out: list[float | None] = []
     tops: dict[tuple[str, str], tuple[str, int]] = {}
@@ -265,7 +274,8 @@ def store_batch(db: sqlite_utils.Database, items: list[tuple[str, dict[str, Any]
     with conn:
         for i, (kind, msg) in enumerate(items):
             if kind == "status":
-                out.append(_status_row(db, msg, ingested_ts, i in retained))
+                out.append(_status_row(db, msg, ingested_ts, i in retained,
+                                       (late_s or {}).get(i, 0.0)))
                 continue
             table, names = ("metrics", METRIC_FIELDS) if kind == "metrics" else \
                 ("events", EVENT_FIELDS)

@@ -270,6 +270,22 @@ STRINGS: dict[str, tuple[str, str]] = {
     "action.erase": ("a effacé les données", "erased the data"),
     "action.floor": ("a ouvert le plateau", "opened the floor"),
     "action.team_board": ("a ouvert le tableau d'équipe", "opened the team board"),
+    "action.read_team_means": ("a consulté les moyennes de l'équipe, faites de ses données "
+                               "(et de celles d'un autre agent au plus)",
+                               "read the team's means, made of their data (and of one other "
+                               "agent's at most)"),
+    "me.action.read_team_means": ("a consulté les moyennes de votre équipe, faites de vos "
+                                  "données (et de celles d'un autre agent au plus)",
+                                  "read your team's means, made of your data (and of one other "
+                                  "agent's at most)"),
+    "action.read_variant_results": ("a consulté les résultats d'une variante de campagne, faits de "
+                                    "ses appels (et de ceux d'un autre agent au plus)",
+                                    "read a campaign variant's results, made of their calls (and "
+                                    "of one other agent's at most)"),
+    "me.action.read_variant_results": ("a consulté les résultats d'une variante de campagne, "
+                                       "faits de vos appels (et de ceux d'un autre agent au plus)",
+                                       "read a campaign variant's results, made of your calls "
+                                       "(and of one other agent's at most)"),
     "action.settings": ("a modifié les réglages", "changed the settings"),
     "team.title": ("Tableau d'équipe", "Team board"),
     "team.help": ("Progrès de chacun par rapport à sa propre référence — pas un classement.",

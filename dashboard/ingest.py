@@ -27,7 +27,7 @@ import ssl
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +43,11 @@ SESSION_EXPIRY_S = 86400
 """Broker keeps the dashboard's session (subscription and QoS 1 queue) this long while away."""
 LAG_WINDOW = 10000
 """How many recent ingest lags are kept for percentiles."""
+
+LATE_STATUS_S = 2
+"""A status that waited this long in the broker or longer (its Message Expiry Interval less what
+the broker says is left, :data:`miroir.wire.STATUS_EXPIRY_S`; whole seconds, so a status
+delivered at once may read 1) arrived late: it is dated when it was sent, and counted."""
 
 GAP_GRACE_S = 1.0
 """A hole in a box's sequence must last this long before a resend is asked (seconds)."""
@@ -159,6 +164,18 @@ class StoreUnavailable(RuntimeError):
         self.valid = valid
 
 
+def status_late_s(topic: str, retained: bool, properties: Any) -> float:
+    """How long a box's status delivered live waited in the broker (the dashboard's session
+    queue, while it was away): its Message Expiry Interval less what the broker says is left,
+    0 below :data:`LATE_STATUS_S`, for another message, a retained copy (dated by its ``ts``) or
+    a status of a box that sets no expiry."""
+    left = getattr(properties, "MessageExpiryInterval", None)
+    if retained or left is None or not topic.endswith("/status"):
+        return 0.0
+    waited = wire.STATUS_EXPIRY_S - int(left)
+    return float(waited) if waited >= LATE_STATUS_S else 0.0
+
+
 def _cleared_status(topic: str, payload: bytes) -> bool:
     """True for an empty message on a box's status topic: its retained status removed from the
     broker (``miroir provision revoke`` does it), nothing to store and nothing wrong."""
@@ -199,6 +216,8 @@ class Ingest:
         self.resend_requests = 0
         self.lost = 0
         self.retired_refused = 0
+        self.late_statuses = 0
+        """Statuses that waited :data:`LATE_STATUS_S` or longer in the broker (dated when sent)."""
         """Messages refused because their box was retired (``miroir dashboard retire``)."""
         self._lags_ms: deque[float] = deque(maxlen=LAG_WINDOW)
         self._boxes_seen: set[str] = set()
@@ -218,14 +237,15 @@ class Ingest:
         self._forget_asked: dict[str, float] = {}
         self._stop_checker = threading.Event()
         self._checker: threading.Thread | None = None
-        self._queue: queue.Queue[tuple[Any, str, bytes, int, int, bool]] = queue.Queue()
+        self._queue: queue.Queue[tuple[Any, str, bytes, int, int, bool, float]] = queue.Queue()
         self._box_counts: Counter[str] = Counter()
         self._window_start = time.monotonic()
         self._stop_writer = threading.Event()
         self._writer: threading.Thread | None = None
 
     # ----------------------------------------------------------------- message handling
-    def handle(self, topic: str, payload: bytes, retained: bool = False) -> str:
+    def handle(self, topic: str, payload: bytes, retained: bool = False,
+               late_s: float = 0.0) -> str:
         """Process one message; return its outcome (inserted, duplicate, status, unchanged: a
         retained status the broker delivered again, already stored, cleared: a retained status
         removed, quarantined).
@@ -233,7 +253,8 @@ class Ingest:
         ``retained``: the broker delivered it as its topic's retained message (paho's
         ``message.retain``: on a subscription, the dashboard's start or reconnection; a message
         the box publishes while the dashboard is subscribed is not flagged): not news, see
-        :func:`dashboard.db.apply_status`.
+        :func:`dashboard.db.apply_status`. ``late_s``: how long a status waited in the broker
+        (:func:`status_late_s`): it is dated when it was sent.
 
         Never raises: anything unexpected ends in the quarantine table.
         """
@@ -243,7 +264,7 @@ class Ingest:
         if _cleared_status(topic, payload):
             return "cleared"
         try:
-            outcome, update = self._store(topic, payload, now, retained)
+            outcome, update = self._store(topic, payload, now, retained, late_s)
         except wire.WireError as exc:
             return self._quarantine(topic, str(exc), payload, now)
         except Exception as exc:  # a bug or a db error must not kill paho's thread
@@ -254,13 +275,14 @@ class Ingest:
             self._notify(update)
         return outcome
 
-    def handle_batch(self, items: list[tuple[str, bytes]],
-                     retained: Container[int] = ()) -> list[str]:
+    def handle_batch(self, items: list[tuple[str, bytes]], retained: Container[int] = (),
+                     late_s: Mapping[int, float] | None = None) -> list[str]:
         """Process messages in one database transaction; return each one's outcome.
 
         Invalid messages are quarantined; if the transaction fails on one message, each is retried
         alone through :meth:`handle`. ``retained``: the indices in ``items`` of messages the
-        broker delivered retained (:meth:`handle`).
+        broker delivered retained (:meth:`handle`); ``late_s``: by index in ``items``, how long a
+        status waited in the broker (:meth:`handle`).
 
         Raises:
             StoreUnavailable: the database is busy (another writer held it past the busy timeout)
@@ -269,6 +291,7 @@ class Ingest:
                 quarantine row could not be written.
         """
         now = self._clock()
+        late = {i: s for i, s in (late_s or {}).items() if s > 0}
         outcomes: list[str] = [""] * len(items)
         valid: list[tuple[int, wire.Topic, dict[str, Any]]] = []
         held: list[int] = []  # refused, their quarantine row not written: they wait as well
@@ -294,18 +317,22 @@ class Ingest:
                 valid = self._drop_retired(valid, outcomes)
                 fresh = store.store_batch(self._db, [(t.kind, m) for _, t, m in valid], now,
                                           {j for j, (i, _, _) in enumerate(valid)
-                                           if i in retained} if retained else ())
+                                           if i in retained} if retained else (),
+                                          {j: late[i] for j, (i, _, _) in enumerate(valid)
+                                           if i in late})
         except sqlite3.OperationalError as exc:
             if _unavailable(exc):
                 raise StoreUnavailable(str(exc), sorted(held + [i for i, _, _ in valid])) from exc
             log.exception("batch store failed; storing one by one")
             for i, _t, _ in valid:
-                outcomes[i] = self.handle(*items[i], retained=i in retained)
+                outcomes[i] = self.handle(*items[i], retained=i in retained,
+                                          late_s=late.get(i, 0.0))
             return outcomes
         except Exception:
             log.exception("batch store failed; storing one by one")
             for i, _t, _ in valid:
-                outcomes[i] = self.handle(*items[i], retained=i in retained)
+                outcomes[i] = self.handle(*items[i], retained=i in retained,
+                                          late_s=late.get(i, 0.0))
             return outcomes
         updates = []
         with self._lock:
@@ -318,6 +345,8 @@ class Ingest:
                         outcomes[i] = "unchanged"
                         continue
                     outcomes[i] = "status"
+                    if i in late:
+                        self._late(t.box, late[i])
                 else:
                     self._tracks.setdefault(t.box, SeqTrack()).mark(int(msg["seq"]))
                     if seen_ts is None:
@@ -409,8 +438,14 @@ class Ingest:
         if "seq_first" in msg:
             self.lost += track.forget_below(int(msg["seq_first"]))
 
-    def _store(self, topic: str, payload: bytes, now: float,
-               retained: bool = False) -> tuple[str, dict[str, Any] | None]:
+    def _late(self, box: str, late_s: float) -> None:
+        """Count and log a status that waited ``late_s`` in the broker (caller holds the lock)."""
+        self.late_statuses += 1
+        log.info("status of %s arrived %.0f s late (held by the broker while the dashboard was "
+                 "away): dated when the box sent it", box, late_s)
+
+    def _store(self, topic: str, payload: bytes, now: float, retained: bool = False,
+               late_s: float = 0.0) -> tuple[str, dict[str, Any] | None]:
         t, msg = self._parse(topic, payload, now)
         with self._db_lock:
             retired = t.box in schema.retired_boxes(self._db)
@@ -418,12 +453,14 @@ class Ingest:
             return self._refuse_retired(t.box, counted=True), None
         if t.kind == "status":
             with self._db_lock:
-                seen_ts = store.apply_status(self._db, msg, now, retained)
+                seen_ts = store.apply_status(self._db, msg, now, retained, late_s)
             with self._lock:
                 self._boxes_seen.add(t.box)
                 self._track_status(t.box, msg)  # what a restarted ingest knows of its seqs
                 if seen_ts is None:  # a retained copy of what is stored: not news
                     return "unchanged", None
+                if late_s > 0:
+                    self._late(t.box, late_s)
             return "status", self._update(t.kind, msg, seen_ts)
         update = self._update(t.kind, msg, now)
         insert = store.insert_metrics if t.kind == "metrics" else store.insert_event
@@ -644,14 +681,16 @@ class Ingest:
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         self._count(str(message.topic))
+        late_s = status_late_s(str(message.topic), bool(message.retain),
+                               getattr(message, "properties", None))
         if self._writer is None:  # not started (tests): handle at once
             try:
-                self.handle(message.topic, message.payload, bool(message.retain))
+                self.handle(message.topic, message.payload, bool(message.retain), late_s)
             except Exception:  # handle() never raises; belt and braces for paho's thread
                 log.exception("unexpected error in on_message")
             return
         self._queue.put((client, str(message.topic), bytes(message.payload), message.mid,
-                         message.qos, bool(message.retain)))
+                         message.qos, bool(message.retain), late_s))
 
     def _write_loop(self) -> None:
         """Commit what arrived in batches, then acknowledge it (PUBACK after the commit)."""
@@ -668,15 +707,18 @@ class Ingest:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            todo = [(topic, payload) for _, topic, payload, _, _, _ in batch]
-            flags = [retain for *_, retain in batch]
+            todo = [(topic, payload) for _, topic, payload, _, _, _, _ in batch]
+            flags = [retain for *_, retain, _ in batch]
+            lates = [late_s for *_, late_s in batch]
             while todo:
                 try:
-                    self.handle_batch(todo, {i for i, retain in enumerate(flags) if retain})
+                    self.handle_batch(todo, {i for i, retain in enumerate(flags) if retain},
+                                      {i: s for i, s in enumerate(lates) if s})
                 except StoreUnavailable as exc:  # valid messages: keep them, acknowledge nothing
                     self.store_retries += 1
                     todo = [todo[i] for i in exc.valid]
                     flags = [flags[i] for i in exc.valid]
+                    lates = [lates[i] for i in exc.valid]
                     log.warning("database unavailable (%s): %d message(s) wait, unacknowledged",
                                 exc, len(todo))
                     if self._stop_writer.wait(STORE_RETRY_S):
@@ -685,7 +727,7 @@ class Ingest:
                 except Exception:  # keep the writer alive regardless
                     log.exception("unexpected error in the ingest writer")
                 break
-            for client, _, _, mid, qos, _ in batch:
+            for client, _, _, mid, qos, _, _ in batch:
                 if qos > 0:
                     client.ack(mid, qos)
 
@@ -774,6 +816,7 @@ class Ingest:
                 "resend_requests": self.resend_requests,
                 "lost": self.lost,
                 "retired_refused": self.retired_refused,
+                "late_statuses": self.late_statuses,
                 "gaps": sum(1 for t in self._tracks.values() if t.gap() is not None),
             }
         out["lag_ms_p50"] = percentile(lags, 50)

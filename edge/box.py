@@ -44,6 +44,7 @@ from edge import baselines
 from edge.control import ControlError, ControlSocket, parse
 from edge.conversation import ConversationConfig
 from edge.health import health_facts, take_restart_note, write_heartbeat
+from edge.journal import Refusals
 from edge.outbox import Outbox
 from edge.publisher import Publisher
 from edge.settings import EdgeSettings
@@ -70,11 +71,6 @@ CMD_MAX_AGE_S = 60.0
 """A command that sets the seat's state, sent longer ago than this (by the two NTP clocks), is
 refused: a ``private_off`` resent after a broken connection must not end a private call the agent
 started since."""
-REFUSALS_LOGGED = 5
-"""Refused commands of one source (the ``cmd`` topic, the control socket) written to the journal
-one by one per :data:`REFUSALS_EVERY_S`; past them a sender gone wrong is counted
-(``cmd_refused``), and the total written when it ends."""
-REFUSALS_EVERY_S = 60.0
 STATEFUL_ACTIONS = frozenset({"private_on", "private_off", "call_state"})
 _STATE_OF = {"private_on": "private mode", "private_off": "private mode",
              "call_state": "call state"}
@@ -85,42 +81,6 @@ LAST_GOOD_CAMPAIGN = "campaign.last-good.toml"
 LAST_RELOAD = "last-reload"
 """When (the sender's ``ts``) the last ``reload`` the box applied was sent, kept in its state
 directory: the same command again after the restart it made (a QoS 1 resend) is refused."""
-
-
-class _Refusals:
-    """The journal's account of the commands refused from one source (``what``): the first
-    :data:`REFUSALS_LOGGED` of each :data:`REFUSALS_EVERY_S` one by one, then their number (a
-    flood would drown the agent's own lines, past journald's rate limit, and fill the card)."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.since = -REFUSALS_EVERY_S
-        """When (monotonic seconds) the refusals now counted began."""
-        self.count = 0
-        """Commands refused since then (the first :data:`REFUSALS_LOGGED` written)."""
-
-    def refused(self, why: str) -> None:
-        """Write one refused command, or only count it past the first of the period."""
-        if time.monotonic() - self.since >= REFUSALS_EVERY_S:
-            self.flush()
-            self.since = time.monotonic()
-        self.count += 1
-        if self.count <= REFUSALS_LOGGED:
-            log.warning("%s refused: %s", self.what, why)
-        if self.count == REFUSALS_LOGGED:
-            log.warning("further refused %ss are counted in cmd_refused; their number is written "
-                        "within %.0f s", self.what, REFUSALS_EVERY_S)
-
-    def flush(self, force: bool = False) -> None:
-        """Write how many were refused since the count began, once :data:`REFUSALS_EVERY_S` have
-        passed (or now, if ``force``), when some went unwritten."""
-        elapsed_s = time.monotonic() - self.since
-        if not self.count or (not force and elapsed_s < REFUSALS_EVERY_S):
-            return
-        if self.count > REFUSALS_LOGGED:
-            log.warning("%d %s(s) refused in %.0f s (%d not written one by one)", self.count,
-                        self.what, elapsed_s, self.count - REFUSALS_LOGGED)
-        self.count = 0
 
 
 class _Message(Protocol):
@@ -210,7 +170,8 @@ class Box:
         self._panel: tuple[bool, ...] = ()
         self._panel_at = 0.0
         self.cmd_refused = 0
-        self._refusals = {"cmd": _Refusals("MQTT command"), "local": _Refusals("local command")}
+        self._refusals = {"cmd": Refusals("MQTT command", logger=log),
+                          "local": Refusals("local command", logger=log)}
         """The journal's account of refused commands, per source."""
         self.pipeline_errors = 0
         """Blocks on which a stage raised (a bug: logged, the stages started again)."""
@@ -530,7 +491,7 @@ class Box:
                 log.warning("cannot write the heartbeat in %s: %s", self.settings.state_dir, exc)
         for topic, payload, retained in self.publisher.take_commands():
             self.handle_command(topic, payload, retained)
-        for refusals in self._refusals.values():
+        for refusals in (*self._refusals.values(), self.publisher.drops):
             refusals.flush()
         connected = self.publisher.connected.is_set()
         now = time.monotonic()
@@ -711,7 +672,7 @@ class Box:
         finally:
             self.watchdog.stopping()
             self.save_baselines()
-            for refusals in self._refusals.values():
+            for refusals in (*self._refusals.values(), self.publisher.drops):
                 refusals.flush(force=True)
             if self.control is not None:
                 self.control.close()

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edge.journal import Refusals
 from miroir import wire
 from miroir.files import read_regular
 
@@ -116,6 +117,9 @@ class Publisher:
         self._commands: collections.deque[tuple[str, bytes, bool]] = collections.deque(maxlen=1000)
         self.cmd_dropped = 0
         """Commands dropped, the oldest first, while 1000 were waiting for the box's loop."""
+        self.drops = Refusals("command", "dropped", logger=log)
+        """The journal's account of them (a few one by one, then their number): the box's loop
+        writes the number when due (:meth:`Refusals.flush`), and :meth:`stop` at the end."""
         self._lock = threading.RLock()
         self._inflight: dict[int, tuple[int, float]] = {}  # paho mid -> (outbox seq, sent at)
         self._early: dict[int, tuple[bool, float]] = {}
@@ -137,6 +141,8 @@ class Publisher:
         self.client.will_set(self.status_topic, will, qos=1, retain=True)
         self._connect_props = Properties(PacketTypes.CONNECT)
         self._connect_props.SessionExpiryInterval = 0
+        self._online_props = Properties(PacketTypes.PUBLISH)
+        self._online_props.MessageExpiryInterval = wire.STATUS_EXPIRY_S
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
@@ -182,6 +188,7 @@ class Publisher:
         self.client.disconnect()
         if threaded:
             self.client.loop_stop()
+        self.drops.flush(force=True)
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
@@ -234,17 +241,20 @@ class Publisher:
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         if len(self._commands) == self._commands.maxlen:  # the box's loop is stuck
             self.cmd_dropped += 1
-            log.warning("command dropped: %d are waiting for the box's loop", len(self._commands))
+            self.drops.refused(f"{len(self._commands)} are waiting for the box's loop")
         # retained: a copy the broker kept and hands over at each subscription, not news
         self._commands.append((str(message.topic), bytes(message.payload), bool(message.retain)))
         self._poke()
 
     def publish_status(self, state: str, **extra: Any) -> Any:
-        """Publish the retained status (``online``/``offline``) with allow-listed extras."""
+        """Publish the retained status (``online``/``offline``) with allow-listed extras; an
+        ``online`` one expires after :data:`miroir.wire.STATUS_EXPIRY_S` (never shown fresh
+        once stale)."""
         msg = wire.status_message(self.settings.site, self.settings.box, state, time.time(),
                                   version=self.version, **extra)
         return self.client.publish(self.status_topic, wire.encode("status", msg), qos=1,
-                                   retain=True)
+                                   retain=True,
+                                   properties=self._online_props if state == "online" else None)
 
     def send(self, seq: int, kind: str, payload: bytes) -> bool:
         """Publish one stored message at QoS 1; False if not connected or the window is full."""

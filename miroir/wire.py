@@ -41,6 +41,12 @@ CUE_IDS = ("too_fast", "too_slow", "monologue", "no_pause", "monotone", "talking
 CUE_SEVERITIES = ("low", "medium", "high")
 CUE_UNITS = ("ratio", "s", "db", "index", "answers")
 STATUS_STATES = ("online", "offline")
+STATUS_EXPIRY_S = 30
+"""MQTT v5 Message Expiry Interval of a box's ``online`` status, in seconds (three of its 10 s
+periods, after which the dashboard shows a silent box offline anyway): the broker drops an older
+one from the dashboard's session queue and from the retained copy, and says how much of it is
+left when it delivers one, so the dashboard knows how long a status waited. An ``offline`` status
+(a stop, the Last Will) has none: it stays true until the box is back."""
 RESTART_REASONS = ("update", "reload")
 """``status.restart``, on the ``offline`` status of a clean stop that is a planned restart: the
 update's (``miroir edge update``) or a good settings ``reload``'s (the agent's exit 75)."""

@@ -13,7 +13,14 @@ from typing import Any
 from dashboard import db as store
 from dashboard import schema
 from dashboard.settings import DashboardSettings
-from tests._fixtures_dashboard import client, csrf_header, csrf_of, login_as
+from tests._fixtures_dashboard import (
+    USER_PASSWORD,
+    client,
+    csrf_header,
+    csrf_of,
+    http_login,
+    login_as,
+)
 
 
 def test_an_agent_with_no_seat_is_told_so_not_that_the_box_could_not_be_reached(
@@ -69,3 +76,35 @@ def test_a_seat_given_to_another_agent_is_in_the_log_of_the_agent_who_sat_there(
             ("agent-a2", "assign_seat"), ("agent-a1", "seat_taken")]
     finally:
         db.conn.close()
+
+
+def test_a_head_of_an_agents_live_stream_is_no_live_view_in_their_log(org_server: Any) -> None:
+    """A HEAD on /api/stream?agent=agent-a1 (over the real server) answered 200 with no body and
+    wrote a "followed live" (live_view) entry in Amina's log although nothing was sent. A HEAD
+    now gets the stream's headers and no entry; out of scope it is a 404 as the GET is; the GET
+    that follows is the one entry."""
+    import httpx
+
+    server, org = org_server
+
+    def log_of(agent: str) -> list[str]:
+        db = store.open_db(server.settings.db_path)
+        try:
+            return [r[0] for r in db.conn.execute(
+                "SELECT action FROM audit_log WHERE agent = ? ORDER BY id", (agent,)).fetchall()]
+        finally:
+            db.conn.close()
+
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        cookie = {"cookie": f"__Host-miroir="
+                            f"{http_login(c, 'sup-a', USER_PASSWORD, org['secrets']['sup-a'])}"}
+        r = c.head("/api/stream?agent=agent-a1", headers=cookie)
+        assert (r.status_code, r.content) == (200, b"")
+        assert r.headers["content-type"].startswith("text/event-stream")
+        assert c.head("/api/stream?agent=agent-b1", headers=cookie).status_code == 404
+        assert log_of("agent-a1") == []
+        with c.stream("GET", "/api/stream?agent=agent-a1", headers=cookie) as s:
+            assert s.status_code == 200
+            assert next(line for line in s.iter_lines() if line.startswith("event: ")) \
+                == "event: snapshot"
+    assert log_of("agent-a1") == ["live_view"]

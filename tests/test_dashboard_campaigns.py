@@ -570,3 +570,43 @@ def test_a_variant_without_a_name_is_told_so_not_that_its_name_is_taken(
             assert r.status_code == 422, name
             assert '<p class="error" id="variant-error" role="alert">Variante non ajoutée : une ' \
                 'variante doit avoir un nom.</p>' in r.text
+
+
+def test_a_figure_of_one_or_two_agents_read_by_a_supervisor_is_in_their_audit_log(
+        org: Any) -> None:
+    """docs/privacy.md: a figure of one or two agents is their own data, and each read of an
+    agent's data by anyone else is an entry the agent sees. camp-b's comparison (agent-b1's calls
+    alone) and team-b's means (agent-b1's alone) read by sup-b or an admin left nothing in
+    agent-b1's log. Each such read is now one entry per agent behind the figure; read twice
+    within 10 s it is one line of the agent's page; an auditor, who gets no figure, logs none."""
+    settings, data = org
+    call = data["team_b"]["calls"][0]
+    with _client(settings) as c:
+        hdr = _login(c, "sup-b", data)
+        assert c.post(f"/api/calls/{call}/outcome", json={"outcome": "meeting"},
+                      headers=hdr).status_code == 200
+        (v,) = c.get("/api/campaigns/camp-b/comparison").json()["variants"]
+        assert (v["calls"], v["rate"], v["agents"]) == (1, 1.0, 1)
+        assert "100,0 %" in c.get("/campaigns/camp-b").text
+        means = [a for a in c.get("/api/aggregates").json()["aggregates"] if a["mean"] is not None]
+        assert means and {a["team"] for a in means} == {"team-b"}
+    with _client(settings) as c:
+        _login(c, "auditrice", data)
+        assert c.get("/api/campaigns/camp-b/comparison").json()["variants"][0]["withheld"]
+        c.get("/api/aggregates")
+    db = store.open_db(settings.db_path)
+    try:
+        rows = db.conn.execute(
+            "SELECT actor, agent, action, detail FROM audit_log WHERE action IN "
+            "('read_variant_results', 'read_team_means') ORDER BY id").fetchall()
+    finally:
+        db.conn.close()
+    assert rows == [("sup-b", "agent-b1", "read_variant_results", '{"campaign":"camp-b"}')] * 2 \
+        + [("sup-b", "agent-b1", "read_team_means", '{"team":"team-b"}')]
+    with _client(settings) as c:
+        assert client_login(c, "bilal", USER_PASSWORD).status_code == 303
+        page = c.get("/me").text
+    lines = re.findall(r'<li class="audit-entry"[^>]*>(.*?)</li>', page, re.S)
+    assert sum("a consulté les résultats d&#39;une variante de campagne, faits de vos appels"
+               in line for line in lines) == 1
+    assert sum("a consulté les moyennes de votre équipe" in line for line in lines) == 1

@@ -558,3 +558,48 @@ def test_every_series_of_metrics_is_named_in_the_it_guide(tmp_path: Path) -> Non
     assert len(exposed) >= 15
     listed_bare = {name.removesuffix("_total") for name in listed}
     assert exposed - listed_bare == set(), "in /metrics, not in docs/it-guide.md"
+
+
+@pytest.mark.e2e
+def test_a_box_that_stops_saying_its_clock_is_the_servers_is_judged_by_its_own_clock(
+        fleet_server: DashboardServer, site: Any, broker: Any, tmp_path: Path) -> None:
+    """box-a ran once with ``clock_shared = true`` (a box id the demo used, a settings file
+    copied from it), then as a real box, which never sends the field: the dashboard kept the
+    first status's ``clock_shared``, so the IT page went on naming box-a's clock "Horloge du
+    serveur (boîtier simulé)" and hid its clock problem (an unsynchronised clock, here). A status
+    that gives the clock's state now says whose clock it is: without ``clock_shared``, the box's.
+    The real agent (`miroir edge run`) twice on the real broker, the real dashboard."""
+    import signal
+
+    from edge.health import clock_facts
+    from tests.test_private_box import _agent_on_broker
+
+    ingest = fleet_server.ingest
+    assert ingest is not None
+    with httpx.Client(base_url=fleet_server.url, timeout=10.0) as c:
+        cookie = {"cookie": f"__Host-miroir={http_login(c)}"}
+
+        def box_a() -> dict[str, Any]:
+            boxes = c.get("/api/fleet", headers=cookie).json()["boxes"]
+            return next(b for b in boxes if b["box"] == "box-a")
+
+        for shared in (True, False):
+            started_ts = time.time()
+            proc, journal = _agent_on_broker(site, broker, tmp_path,
+                                             "clock_shared = true\n" if shared else "",
+                                             f"journal-{shared}.log")
+            try:
+                _wait(lambda since=started_ts: box_a()["state"] == "online"
+                      and (box_a()["last_status_ts"] or 0) >= since
+                      and box_a()["clock_synced"] is not None, "box-a's status", 60.0)
+                row = box_a()
+                page = html.unescape(c.get("/it", headers=cookie).text)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(timeout=60) == 0, journal.read_text()[-2000:]
+            assert bool(row["clock_shared"]) is shared, row
+            assert ("Horloge du serveur (boîtier simulé)" in page) is shared
+    clock = clock_facts()
+    wrong = not clock.get("clock_synced", True) or \
+        abs(float(clock.get("clock_offset_ms") or 0.0)) > fleet.CLOCK_OFFSET_MAX_MS
+    assert ("clock" in [p["code"] for p in row["problems"]]) is wrong, (clock, row)

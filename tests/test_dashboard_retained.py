@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlite_utils
 
 from dashboard import db as store
@@ -145,3 +146,50 @@ def test_a_gap_the_box_status_told_of_is_still_known_after_a_dashboard_restart(
             assert alone.gaps() == {"box-a": (1, 20)}
         finally:
             alone.close()
+
+
+def test_a_status_held_by_the_broker_while_the_dashboard_was_away_is_dated_when_sent(
+        site: Any, broker: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dashboard away for less than its broker session: the statuses its box sent meanwhile
+    waited in the session's queue and, delivered live (not retained), were dated at the
+    dashboard's return, the box "seen" then although it had said nothing since (a stale state
+    shown fresh). The box's online status now carries a Message Expiry Interval: the broker drops
+    one older than that, and says how long a delivered one waited, which the dashboard takes off
+    its reception (counted late, logged). Real Mosquitto, the box's real publisher."""
+    from edge.publisher import Publisher
+    from edge.settings import EdgeSettings
+
+    expiry_s, away_s = 4, 2.5
+    monkeypatch.setattr(wire, "STATUS_EXPIRY_S", expiry_s, raising=False)
+    settings, db = _dashboard(site, broker, tmp_path)
+    pair = site.box("box-a")
+    pub = Publisher(EdgeSettings(site=site.site, box="box-a", broker_host="localhost",
+                                 broker_port=broker.port, ca_file=site.ca_cert,
+                                 cert_file=pair.cert, key_file=pair.key, state_dir=tmp_path))
+    pushed: list[dict[str, Any]] = []
+    ing = _start(settings, pushed)
+    try:
+        pub.start()
+        wait_until(pub.connected.is_set, "the box connected")
+        pub.publish_status("online", outbox_depth=0).wait_for_publish(5.0)
+        wait_until(lambda: len(pushed) == 1, "the live status stored")
+        ing.stop()  # the dashboard away: its session (and queue) kept by the broker
+        pub.publish_status("online", outbox_depth=1).wait_for_publish(5.0)
+        time.sleep(expiry_s + 0.5)  # the absence: the first status outlives its expiry
+        sent_ts = time.time()
+        pub.publish_status("online", outbox_depth=2).wait_for_publish(5.0)
+        time.sleep(away_s)  # the rest of the absence
+        back_ts = time.time()
+        ing.start()
+        assert ing.wait_connected(10)
+        wait_until(lambda: pushed[-1]["outbox_depth"] == 2, "the held status stored and pushed")
+        row = db["boxes"].get("box-a")
+        assert sent_ts - 1.0 <= row["last_seen_ts"] <= sent_ts + 1.0  # was back_ts and later
+        assert row["last_seen_ts"] < back_ts - 1.0
+        assert [u["outbox_depth"] for u in pushed] == [0, 2]  # the expired one never came
+        assert sent_ts - 1.0 <= pushed[-1]["ingested_ts"] <= sent_ts + 1.0
+        assert ing.stats()["late_statuses"] == 1  # the first, delivered at once, was not late
+    finally:
+        pub.stop()
+        ing.close()
+        db.conn.close()

@@ -4,6 +4,7 @@ server: someone who leaves is cut off at once, a lost authenticator is enrolled 
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from dashboard import db as store
 from dashboard.app import DashboardServer
@@ -207,3 +209,36 @@ def test_a_disabled_users_open_live_stream_ends_within_the_5_s_the_guide_says(
             ended_s = time.monotonic() - disabled
         assert ended_s <= SCOPE_REFRESH_S + 1.0, f"the stream ended {ended_s:.1f} s after"
         assert not any(line.startswith("event: ") for line in rest)
+
+
+def test_two_accounts_of_one_agent_already_in_the_database_are_named(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The dashboard refuses a second account for an agent now, but a database made before holds
+    them: Amina with two active accounts (amina, amina-2), each one's reads counted as her own,
+    unlogged, was listed by `miroir dashboard user list` and started on as if nothing were wrong.
+    Both now say so in one line naming the agent and the accounts (the listing exits 0, as
+    before); once one is disabled, nothing more is said."""
+    settings = make_settings(tmp_path)
+    seed_org(settings)
+    db = store.open_db(settings.db_path)
+    try:
+        with db.conn:  # as an older dashboard could make it: amina's row again, another name
+            db.conn.execute("INSERT INTO users (username, password_hash, role, created_ts, agent, "
+                            "lang) SELECT 'amina-2', password_hash, role, created_ts, agent, lang "
+                            "FROM users WHERE username = 'amina'")
+    finally:
+        db.conn.close()
+    line = ("agent agent-a1 has 2 active dashboard accounts (amina, amina-2): each one's reads of "
+            "the agent's data count as the agent's own, never logged; disable all but one "
+            "(`miroir dashboard user disable NAME`)")
+    listing = _cli(settings, "list")
+    assert listing.returncode == 0, listing.stderr
+    assert {ln.split()[0] for ln in listing.stdout.splitlines()[1:]} >= {"amina", "amina-2"}
+    assert listing.stderr.strip() == f"warning: {line}"
+    caplog.set_level(logging.WARNING, logger="dashboard.app")
+    with DashboardServer(settings, start_ingest=False):
+        pass
+    assert [r.getMessage() for r in caplog.records if r.name == "dashboard.app"] == [line]
+    assert _cli(settings, "disable", "amina-2").returncode == 0
+    again = _cli(settings, "list")
+    assert again.returncode == 0 and again.stderr == ""

@@ -663,3 +663,38 @@ def test_every_example_in_docs_wire_md_is_valid() -> None:
         assert topic == wire.topic(msg["site"], msg["box"], kind)
         kinds.add(kind if kind != "cmd" else f"cmd:{msg['action']}")
     assert kinds == {*wire.UP_KINDS, *(f"cmd:{a}" for a in wire.CMD_ACTIONS)}
+
+
+def test_commands_dropped_for_a_stuck_box_loop_are_counted_not_written_line_by_line(
+        site: SiteFiles, broker: Any, peer: Any, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The box's loop stuck (it takes no command), the dashboard sends 1,100 commands through the
+    real broker to the box's real publisher: 1,000 wait, 100 are dropped, each one a warning
+    (100 journal lines). They are written as the refusals are: the first 5 of the minute one by
+    one, then their number at the end (7 lines), and all 100 counted (cmd_refused) as before."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="edge.publisher")
+    pub = Publisher(box_settings(site, "box-a", broker.port, tmp_path))
+    pub.start()
+    stopped = False
+    try:
+        wait_until(pub.connected.is_set, "box-a connected")
+        dash = peer(site.dashboard, "dashboard")
+        cmd = wire.topic(SITE_ID, "box-a", "cmd")
+        sent = 1100
+        for k in range(sent):
+            dash.client.publish(cmd, wire.encode("cmd", wire.cmd_message(
+                SITE_ID, "box-a", "identify", time.time() + k * 1e-6)), qos=1)
+        wait_until(lambda: pub.cmd_dropped == sent - 1000, "the commands past 1000 dropped")
+        pub.stop()
+        stopped = True
+    finally:
+        if not stopped:
+            pub.stop()
+    lines = [r.getMessage() for r in caplog.records if r.name == "edge.publisher"
+             and "dropped" in r.getMessage()]
+    assert len(pub.take_commands()) == 1000 and pub.cmd_dropped == 100
+    assert len(lines) <= 10, [*lines[:3], "...", *lines[-3:]]
+    assert lines[0] == "command dropped: 1000 are waiting for the box's loop"
+    assert lines[-1].startswith("100 command(s) dropped in "), lines[-1]

@@ -585,12 +585,30 @@ def aggregates(db: Any, user: User) -> list[dict[str, Any]]:
     for team in teams:
         sees_each = visible is None or {r[0] for r in db.conn.execute(
             "SELECT agent FROM agents WHERE team = ?", (team,))} <= set(visible)
-        for name, (mean, agents) in analytics.team_means(db, team).items():
+        shown: list[set[str]] = []
+        for name, (mean, behind) in analytics.team_means_by(db, team).items():
+            agents = len(behind)
             withheld = "too few agents" if mean is not None and agents < MIN_GROUP_AGENTS \
                 and not sees_each else None
             out.append({"team": team, "metric": name, "mean": None if withheld else mean,
                         "agents": agents, "withheld": withheld})
+            if mean is not None and not withheld:
+                shown.append(behind)
+        audit_small_groups(db, user, "read_team_means", shown, {"team": team})
     return out
+
+
+def audit_small_groups(db: Any, user: User, action: str, groups: list[set[str]],
+                       detail: dict[str, Any]) -> None:
+    """Log a read of figures of which some come from fewer than :data:`MIN_GROUP_AGENTS`
+    agents (a figure of one or two agents is their own data, docs/privacy.md) in the audit log
+    of each of those agents: one entry per agent and read, however many such figures."""
+    agents: set[str] = set()
+    for group in groups:
+        if len(group) < MIN_GROUP_AGENTS:
+            agents |= group
+    for agent in sorted(agents):
+        access.audit(db, user, action, agent, detail)
 
 
 def attachment(filename: str) -> str:
@@ -938,7 +956,12 @@ def get_comparison(db: Db, user: CurrentUser, campaign: str) -> dict[str, Any]:
     c = require_campaign(db, user, campaign)
     visible = access.visible_agents(db, user)
     scope = visible if user.role == "supervisor" else None
-    return {**c, "variants": analytics.variant_comparison(db, campaign, scope, visible)}
+    variants = analytics.variant_comparison(db, campaign, scope, visible)
+    behind = analytics.variant_agents(db, campaign, scope)
+    audit_small_groups(db, user, "read_variant_results",
+                       [behind.get(v["variant"], set()) for v in variants
+                        if v["calls"] and v["withheld"] is None], {"campaign": campaign})
+    return {**c, "variants": variants}
 
 
 @router.get("/audit")

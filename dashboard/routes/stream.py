@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
@@ -31,6 +31,8 @@ MAX_STREAMS_PER_USER = 8
 """Live streams one user may hold open (a supervisor's tabs); more are refused with 429."""
 MAX_STREAMS = 256
 """Live streams the dashboard holds open in all; more are refused with 503."""
+STREAM_HEADERS = {"cache-control": "no-store", "x-accel-buffering": "no"}
+"""Headers of a live stream (and of a HEAD of it): never cached, never buffered by a proxy."""
 
 
 def _scope(db_path: Any, username: str, token: str | None, idle_s: float,
@@ -62,13 +64,15 @@ def _agents(db_path: Any, username: str, agent: str | None = None) -> list[str] 
         db.conn.close()
 
 
-def _open_agent(db_path: Any, username: str, agent: str) -> None:
-    """404 unless ``username`` may see ``agent``; else the one audit entry of the live view."""
+def _open_agent(db_path: Any, username: str, agent: str, audit: bool = True) -> None:
+    """404 unless ``username`` may see ``agent``; else, with ``audit``, the one audit entry of
+    the live view."""
     db = store.open_db(db_path)
     try:
         user = access.load_user(db, username)
         access.require_agent(db, user, agent)
-        access.audit(db, user, "live_view", agent)
+        if audit:
+            access.audit(db, user, "live_view", agent)
     finally:
         db.conn.close()
 
@@ -159,8 +163,7 @@ class _HeldStream(StreamingResponse):
     client gone before the first byte)."""
 
     def __init__(self, content: AsyncIterator[str], hub: Hub, sub: Subscription) -> None:
-        super().__init__(content, media_type="text/event-stream",
-                         headers={"cache-control": "no-store", "x-accel-buffering": "no"})
+        super().__init__(content, media_type="text/event-stream", headers=STREAM_HEADERS)
         self._hub, self._sub = hub, sub
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -182,7 +185,7 @@ def _box_of(text: str) -> str | None:
 @router.get("/stream")
 async def stream(request: Request,
                  agent: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
-                 ) -> StreamingResponse:
+                 ) -> Response:
     """``snapshot`` event first, then ``update`` events for the boxes in the user's scope, and a
     ``retired`` event (``{"box": ...}``) for a box retired meanwhile (``miroir dashboard retire``).
     Of a box's rows, only those measured while one of the user's agents sat there (all for an
@@ -191,10 +194,15 @@ async def stream(request: Request,
 
     With ``agent``: that agent's box only, and of its rows those measured while the agent sat
     there (the agent page's live charts); 404 out of the user's scope, and one audit entry for
-    the whole live view, however many updates follow."""
+    the whole live view, however many updates follow. A HEAD gets the headers only: no stream
+    held, nothing sent, so no audit entry (404 out of scope all the same)."""
     hub: Hub = request.app.state.hub
     settings = request.app.state.settings
     username = request.state.user
+    if request.scope.get(auth.HEAD_AS_GET):  # answered as a GET, its body never sent
+        if agent is not None:
+            await run_in_threadpool(_open_agent, settings.db_path, username, agent, False)
+        return Response(media_type="text/event-stream", headers=STREAM_HEADERS)
     token = request.cookies.get(auth.session_cookie_name(settings.secure_cookies))
     # each open stream holds a queue, a task and a database reader: counted and taken in one
     # step, with no await in between, so requests that arrive together cannot all get in

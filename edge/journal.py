@@ -1,0 +1,61 @@
+"""Journal lines of a flood (commands refused or dropped): a few one by one, then their number."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+log = logging.getLogger(__name__)
+
+REFUSALS_LOGGED = 5
+"""Refused (or dropped) commands of one source (the ``cmd`` topic, the control socket, the
+publisher's queue) written to the journal one by one per :data:`REFUSALS_EVERY_S`; past them a
+sender gone wrong is counted (``cmd_refused``), and the total written when it ends."""
+REFUSALS_EVERY_S = 60.0
+
+
+class Refusals:
+    """The journal's account of the commands refused (or dropped: ``verb``) from one source
+    (``what``): the first :data:`REFUSALS_LOGGED` of each :data:`REFUSALS_EVERY_S` one by one,
+    then their number (a flood would drown the agent's own lines, past journald's rate limit, and
+    fill the card). Thread-safe: paho's thread counts the commands its queue drops."""
+
+    def __init__(self, what: str, verb: str = "refused",
+                 logger: logging.Logger | None = None) -> None:
+        self.what = what
+        self.verb = verb
+        self.log = log if logger is None else logger
+        self.since = -REFUSALS_EVERY_S
+        """When (monotonic seconds) the commands now counted began."""
+        self.count = 0
+        """Commands refused since then (the first :data:`REFUSALS_LOGGED` written)."""
+        self._lock = threading.Lock()
+
+    def refused(self, why: str) -> None:
+        """Write one refused command, or only count it past the first of the period."""
+        with self._lock:
+            if time.monotonic() - self.since >= REFUSALS_EVERY_S:
+                self._flush(False)
+                self.since = time.monotonic()
+            self.count += 1
+            if self.count <= REFUSALS_LOGGED:
+                self.log.warning("%s %s: %s", self.what, self.verb, why)
+            if self.count == REFUSALS_LOGGED:
+                self.log.warning("further %s %ss are counted in cmd_refused; their number is "
+                                 "written within %.0f s", self.verb, self.what, REFUSALS_EVERY_S)
+
+    def flush(self, force: bool = False) -> None:
+        """Write how many were refused since the count began, once :data:`REFUSALS_EVERY_S` have
+        passed (or now, if ``force``), when some went unwritten."""
+        with self._lock:
+            self._flush(force)
+
+    def _flush(self, force: bool) -> None:
+        elapsed_s = time.monotonic() - self.since
+        if not self.count or (not force and elapsed_s < REFUSALS_EVERY_S):
+            return
+        if self.count > REFUSALS_LOGGED:
+            self.log.warning("%d %s(s) %s in %.0f s (%d not written one by one)", self.count,
+                             self.what, self.verb, elapsed_s, self.count - REFUSALS_LOGGED)
+        self.count = 0
