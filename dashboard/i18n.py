@@ -521,5 +521,7 @@ def client_json(lang: str) -> str:
     """The strings and cue labels the page scripts need, as JSON."""
     data = {k: translate(lang, k) for k in CLIENT_KEYS}
     data.update({f"cue.{name}": registry.cue_label(name, lang) for name in registry.CUES})
+    data.update({f"cue_evidence.{name}.{unit}": en if lang == "en" else fr
+                 for name, (unit, fr, en) in registry.CUE_EVIDENCE.items()})
     data["lang"] = lang
     return json.dumps(data, ensure_ascii=False).replace("</", "<\\/")

@@ -410,7 +410,7 @@ def test_a_replayed_moment_shows_only_the_cues_and_flags_of_its_minute(
     page.wait_for_selector("body[data-charts-ready='1']")
     assert page.locator("#charts h3").inner_text().startswith("Rejouer")
     labels = [b.split(" · ", 1)[1] for b in badges.all_inner_texts()]
-    assert labels == ["Ralentissez"]
+    assert labels == ["Ralentissez : débit à 1,4 × la référence (seuil 1,3 ×)"]
     assert page.locator("#charts svg").first.locator(".cue-marker").count() == 1
     assert page.locator("#charts svg").first.locator(".flag-marker").count() == 0
 

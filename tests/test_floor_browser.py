@@ -189,9 +189,12 @@ def test_supervisor_flags_a_moment_and_the_agent_sees_it_and_the_audit(
         page.wait_for_selector("body[data-charts-ready='1']")
         assert page.locator("#charts svg").count() >= 3
         assert page.locator("#charts .cue-marker").count() >= 3
-        # the cues the box raised, by their French labels, in time order
+        # the cues the box raised, by their French labels, in time order, each with its evidence
+        # in its own unit (the seeded talking-over's came in a ratio, not its seconds: none said)
         cues = [b.inner_text().split(" · ", 1)[1] for b in page.locator("#cue-list .cue-badge").all()]
-        assert cues == ["Ralentissez", "Variez votre intonation", "Ne coupez pas la parole au prospect"]
+        assert cues == ["Ralentissez : débit à 1,4 × la référence (seuil 1,3 ×)",
+                        "Variez votre intonation : étendue de la voix à 1,4 × la référence "
+                        "(seuil 1,3 ×)", "Ne coupez pas la parole au prospect"]
         box_ = page.locator("#charts svg").nth(1).bounding_box()
         assert box_ is not None
         page.mouse.click(box_["x"] + box_["width"] * 0.5, box_["y"] + box_["height"] / 2)

@@ -179,5 +179,5 @@ window.MiroirCharts = (function () {
                      ", " + opts.atLabel + " " + fmtTime(latest.ts));
   }
 
-  return { line, states, fmtTime };
+  return { line, states, fmtTime, fmtNumber };
 })();
