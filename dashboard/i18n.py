@@ -159,6 +159,8 @@ STRINGS: dict[str, tuple[str, str]] = {
     "agent.goal_down": ("baisser", "lower"),
     "agent.goal_up": ("augmenter", "raise"),
     "agent.days": ("j", "d"),
+    "agent.goal_figures": ("de {first} à {last} en {days} j", "from {first} to {last} over {days} d"),
+    "agent.goal_figure": ("{value} sur 1 j", "{value} over 1 d"),
     "agent.goal_trend": ("{metric}, {days} jours : de {first} à {last}",
                          "{metric}, {days} days: from {first} to {last}"),
     "agent.goal_add": ("Fixer l'objectif", "Set the goal"),

@@ -1133,6 +1133,46 @@ def test_an_english_goal_without_a_trend_counts_its_days_in_english(
         context.close()
 
 
+def test_a_goal_shows_its_figures_not_a_bare_line(chromium: Any, org_server: Any) -> None:
+    """A goal with days of data drew a sparkline without a number (its trend only in the
+    screen reader's label), with one day "1 j" alone: the coach reads where it started and where
+    it is, in the metric's unit, beside the line (with one day, that day's figure)."""
+    server, _ = org_server
+    db = store.open_db(server.settings.db_path)
+    try:
+        start = analytics.day_start_s(db)
+        with db.conn:
+            db.conn.execute("INSERT INTO goals (agent, metric, label, direction, author, "
+                            "created_ts) VALUES ('agent-a1', 'near_speech_ratio', 'parler moins', "
+                            "'down', 'sup-a', ?)", (time.time(),))
+            db.conn.execute("INSERT INTO goals (agent, metric, label, direction, author, "
+                            "created_ts) VALUES ('agent-a1', 'far_speech_ratio', 'écouter', "
+                            "'up', 'sup-a', ?)", (time.time(),))
+            for days_ago, mean in ((2, 0.62), (1, 0.58)):
+                db.conn.execute("INSERT INTO daily_aggregates (day, agent, metric, mean, n) "
+                                "VALUES (?, 'agent-a1', 'near_speech_ratio', ?, 3600)",
+                                (analytics._day(time.time() - days_ago * 86400, start), mean))
+        series = analytics.daily_means(db, "agent-a1", "near_speech_ratio")
+        today = analytics.daily_means(db, "agent-a1", "far_speech_ratio")
+    finally:
+        db.conn.close()
+    assert len(series) == 3 and len(today) == 1
+    last = f"{series[-1][1] * 100:.3g}".replace(".", ",")
+    context = chromium.new_context(locale="fr-FR")
+    try:
+        page = context.new_page()
+        browser_login(page, server.url)
+        page.goto(server.url + "/agents/agent-a1")
+        goal = page.locator("#goals .goal", has_text="parler moins")
+        assert goal.locator("svg.spark").count() == 1
+        assert goal.locator(".goal-figures").all_inner_texts() == [f"de 62 % à {last} % en 3 j"]
+        one = page.locator("#goals .goal", has_text="écouter")
+        assert one.locator(".goal-figures").all_inner_texts() == \
+            [f"{today[0][1] * 100:.3g} % sur 1 j".replace(".", ",")]
+    finally:
+        context.close()
+
+
 # ------------------------------------------------------------------ ids as the inventory gives them
 def test_an_agent_whose_id_holds_a_hash_can_be_opened_coached_and_exported(
         browser_page: Any, org_server: Any) -> None:
