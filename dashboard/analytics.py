@@ -86,6 +86,14 @@ def agent_events(db: sqlite_utils.Database, agent: str, since_ts: float = 0.0,
     return list(iter_agent_events(db, agent, since_ts, cues_only, limit))
 
 
+def calls_heard(db: sqlite_utils.Database, agent: str, since_ts: float) -> int:
+    """The calls the agent's boxes heard start since ``since_ts`` (their ``call_start`` events,
+    at the agent's seats then): a site without a phone system feed (CTI) has no other count."""
+    return int(db.conn.execute(
+        f"SELECT count(*) FROM events e {_windows_sql('e')} WHERE h.agent = ? AND e.ts >= ? "
+        "AND e.name = 'call_start'", (agent, since_ts)).fetchone()[0])
+
+
 def iter_agent_events(db: sqlite_utils.Database, agent: str, since_ts: float = 0.0,
                       cues_only: bool = True, limit: int | None = None,
                       batch: int = 1000) -> Iterator[dict[str, Any]]:

@@ -131,6 +131,14 @@ STRINGS: dict[str, tuple[str, str]] = {
     "agent.call_duration": ("Durée", "Duration"),
     "agent.call_outcome": ("Issue", "Outcome"),
     "agent.no_calls": ("Aucun appel enregistré.", "No call recorded."),
+    "agent.no_cti_calls": ("Aucun appel reçu du système téléphonique (CTI), qui compte les appels "
+                           "et leurs issues ; le boîtier de l'agent en a détecté",
+                           "No call received from the phone system (CTI), which counts the calls "
+                           "and their outcomes; the agent's box detected"),
+    "me.no_cti_calls": ("Aucun appel reçu du système téléphonique (CTI), qui compte les appels "
+                        "et leurs issues ; votre boîtier en a détecté",
+                        "No call received from the phone system (CTI), which counts the calls "
+                        "and their outcomes; your box detected"),
     "agent.calls_older": ("Appels plus anciens ({n})", "Older calls ({n})"),
     "agent.calls_range": ("Appels {first} à {last} sur {total} (tous dans l'export CSV)",
                           "Calls {first} to {last} of {total} (all in the CSV export)"),

@@ -1927,3 +1927,49 @@ def test_the_audit_scope_speaks_to_whoever_reads_it(org: Any) -> None:
     admin = scope("admin", "/agents/agent-a1")
     assert "votre" not in admin
     assert "la page de l'agent" in admin and "son compte" in admin
+
+
+def test_an_agent_page_without_phone_system_calls_says_how_many_the_box_heard(
+        dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
+    """A floor without a phone system feed (the demo's): the agent page said "Aucun appel
+    enregistré" under an agent who had made call after call, while the team board counted the
+    calls their boxes heard start. The agent page counts them too, those of the last 24 h at the
+    agent's seat."""
+    import html
+
+    import httpx
+
+    from tests._fixtures_broker import wait_until
+    from tests._fixtures_dashboard import http_login
+
+    db = store.open_db(dashboard_server.settings.db_path)
+    try:
+        schema.import_inventory(db, [{"box": "box-a", "seat": "A1", "agent": "agent-x",
+                                      "team": "team-x"}], site=site.site,
+                                now=time.time() - 100_000)  # seated before the first call
+    finally:
+        db.conn.close()
+    site.add_box("box-a")
+    box = peer(site.box("box-a"), "box-a")
+    now = time.time()
+    for seq, (name, ago_s) in enumerate((("call_start", 90_000), ("call_start", 600),
+                                         ("call_end", 500), ("call_start", 300))):
+        box.publish(wire.topic(site.site, "box-a", "event"), wire.encode("event", {
+            "v": wire.SCHEMA_VERSION, "site": site.site, "box": "box-a", "channel": "near",
+            "ts": now - ago_s, "seq": seq + 1, "name": name, "t_audio_s": float(seq)}))
+
+    def stored() -> bool:
+        db = store.open_db(dashboard_server.settings.db_path)
+        try:
+            return db.conn.execute("SELECT count(*) FROM events").fetchone()[0] == 4
+        finally:
+            db.conn.close()
+
+    wait_until(stored, "the box's four events")
+    with httpx.Client(base_url=dashboard_server.url, timeout=10.0) as c:
+        cookie = {"cookie": f"__Host-miroir={http_login(c)}"}
+        page = c.get("/agents/agent-x", headers=cookie).text
+    calls = page[page.index('id="calls"'):page.index("</section>", page.index('id="calls"'))]
+    assert "Aucun appel reçu du système téléphonique (CTI)" in calls
+    assert 'le boîtier de l\'agent en a détecté <strong id="calls-heard">2</strong> depuis 24 h' \
+        in html.unescape(calls)
