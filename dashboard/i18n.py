@@ -302,6 +302,12 @@ STRINGS: dict[str, tuple[str, str]] = {
     "campaign.calls": ("Appels qualifiés", "Tagged calls"),
     "campaign.rate": ("Taux de rendez-vous", "Meeting rate"),
     "campaign.ci": ("Intervalle de confiance à 95 %", "95 % confidence interval"),
+    "campaign.no_tagged_calls": ("Aucun appel qualifié pour l'instant : un appel compte ici une "
+                                 "fois enregistré par le système téléphonique (CTI) et son issue "
+                                 "saisie dans la liste des appels de la page de l'agent.",
+                                 "No tagged call yet: a call counts here once the phone system "
+                                 "(CTI) has recorded it and its outcome is set in the calls list "
+                                 "of the agent's page."),
     "campaign.none": ("Aucune campagne.", "No campaign."),
     "campaign.compare": ("Comparaison des variantes", "Variant comparison"),
     "campaign.create": ("Nouvelle campagne", "New campaign"),
