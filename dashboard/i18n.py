@@ -287,6 +287,10 @@ STRINGS: dict[str, tuple[str, str]] = {
     "team.progress": ("Progrès", "Progress"),
     "team.no_baseline": ("référence en cours", "baseline pending"),
     "team.shared": ("Appels remarquables", "Remarkable calls"),
+    "team.no_shared": ("Aucun moment partagé : un moment signalé sur la page d'un agent, "
+                       "« Partager avec l'équipe » coché, apparaît ici.",
+                       "No shared moment: a moment flagged on an agent's page with \"Share with "
+                       "the team\" ticked shows here."),
     "team.debrief": ("Débrief des dernières 24 h", "Debrief of the last 24 h"),
     "team.calls": ("appels", "calls"),
     "team.no_cti_calls": ("Aucun appel reçu du système téléphonique (CTI), qui compte les appels et "
@@ -308,6 +312,8 @@ STRINGS: dict[str, tuple[str, str]] = {
                                  "No tagged call yet: a call counts here once the phone system "
                                  "(CTI) has recorded it and its outcome is set in the calls list "
                                  "of the agent's page."),
+    "campaign.no_agents": ("Aucun agent n'est affecté à cette campagne.",
+                           "No agent is assigned to this campaign."),
     "campaign.none": ("Aucune campagne.", "No campaign."),
     "campaign.compare": ("Comparaison des variantes", "Variant comparison"),
     "campaign.create": ("Nouvelle campagne", "New campaign"),

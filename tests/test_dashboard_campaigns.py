@@ -460,6 +460,30 @@ def test_a_comparison_without_a_tagged_call_says_where_its_calls_come_from(org: 
     assert 'id="no-tagged-calls"' not in tagged and tagged.count("<circle") == 1
 
 
+def test_empty_lists_of_a_campaign_and_a_team_board_say_what_would_be_there(org: Any) -> None:
+    """A campaign nobody is assigned to listed its agents as a bare "—", and so did a team board
+    its remarkable calls before any moment was shared: each now says what is missing and, for
+    the shared moments, how one gets there."""
+    settings, data = org
+    body = {"campaign": "energie-2026", "name": "Énergie 2026", "team": "team-a",
+            "variants": [{"name": "Question"}]}
+    with _client(settings) as c:
+        hdr = _login(c, "sup-a", data)
+        assert c.post("/api/campaigns", json=body, headers=hdr).status_code == 201
+        campaign = c.get("/campaigns/energie-2026").text
+        board = c.get("/teams/team-a").text
+
+    def items(page: str, section: str) -> list[str]:
+        part = page[page.index(section):]
+        return re.findall(r"<li[^>]*>(.*?)</li>", part[:part.index("</section>")], re.S)
+
+    assert items(campaign, 'id="campaign-agents"') == [
+        "Aucun agent n&#39;est affecté à cette campagne."]
+    assert items(board, 'id="shared"') == [
+        "Aucun moment partagé : un moment signalé sur la page d&#39;un agent, « Partager avec "
+        "l&#39;équipe » coché, apparaît ici."]
+
+
 def test_an_auditor_never_sees_the_results_of_one_or_two_agents_through_a_comparison(
         org: Any) -> None:
     """agent-b1 alone made camp-b's calls: its comparison showed an auditor their own results
