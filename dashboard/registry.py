@@ -158,15 +158,21 @@ def known(name: str) -> bool:
     return split(name)[1] in METRICS
 
 
+UNITS_FR = {"st": "demi-tons", "st/s": "demi-tons/s"}
+"""The units a French page writes otherwise than :data:`METRICS` (English): "st", the English
+abbreviation of semitones, means nothing to a French coach."""
+
+
 def describe(name: str, lang: str = "fr") -> dict[str, Any]:
-    """Label, unit and direction of a metric column for the interface."""
+    """Label, unit (in ``lang``) and direction of a metric column for the interface."""
     ch, base = split(name)
     info = METRICS[base]
     label = info.en if lang == "en" else info.fr
+    unit = info.unit if lang == "en" else UNITS_FR.get(info.unit, info.unit)
     if ch is not None:
         who = CHANNELS[ch][1 if lang == "en" else 0]
         label = f"{who} — {label}"
-    return {"name": name, "label": label, "unit": info.unit, "better": info.better,
+    return {"name": name, "label": label, "unit": unit, "better": info.better,
             "channel": ch, "reads": [ch] if ch is not None else list(READS.get(base, ()))}
 
 
