@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -347,3 +348,27 @@ def test_a_seats_bars_read_the_last_30_s_not_the_last_second(
     assert seat.locator(".pct-agent").inner_text().replace("\u202f", " ") == "46 %"
     assert seat.locator(".pct-prospect").inner_text().replace("\u202f", " ") == "38 %"
     assert seat.locator(".bars-caption").inner_text() == "Parole, 30 dernières s"
+
+
+def test_a_seats_update_time_writes_its_hour_with_two_digits(
+        chromium: Any, dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
+    """A seat's "Mis à jour" wrote an hour before ten with one digit ("Mis à jour 6:10:11 UTC")
+    where every other time of the dashboard has two ("06:10:56 UTC"): the viewer is put in a
+    zone where it is five in the morning now."""
+    utc_h = time.gmtime().tm_hour
+    east = (5 - utc_h) % 24
+    east = east - 24 if east > 14 else east  # Etc/GMT zones run from UTC-12 to UTC+14
+    zone = f"Etc/GMT{-east:+d}" if east else "Etc/GMT"  # Etc/GMT-3 is UTC+3
+    context = chromium.new_context(locale="fr-FR", timezone_id=zone)
+    try:
+        page = context.new_page()
+        browser_login(page, dashboard_server.url)
+        box = peer(site.box("box-a"), "box-a")
+        box.publish(wire.topic(site.site, "box-a", "metrics"),
+                    _metrics(site.site, "box-a", 1, "agent", 0.7, 0.1))
+        updated = page.locator(".seat[data-box='box-a'] .updated")
+        updated.wait_for(timeout=LIVE_WAIT_MS)
+        text = updated.inner_text()
+        assert re.fullmatch(r"Mis à jour 0\d:\d{2}:\d{2} UTC[+−-]?\d*( \(.*\))?", text), text
+    finally:
+        context.close()
