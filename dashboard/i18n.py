@@ -343,6 +343,10 @@ STRINGS: dict[str, tuple[str, str]] = {
     "campaign.variant_refused": ("Variante non ajoutée :", "Variant not added:"),
     "error.title": ("La demande n'a pas abouti", "The request did not go through"),
     "error.bad": ("La demande est mal formée.", "The request is malformed."),
+    "error.method": ("Cette adresse est celle d'un bouton de la page (Déconnexion, Clôturer…) : "
+                     "utilisez le bouton, pas la barre d'adresse.",
+                     "This address belongs to a button of the page (Log out, Close…): use the "
+                     "button, not the address bar."),
     "error.forbidden": ("Accès refusé : rechargez la page et réessayez.",
                         "Access refused: reload the page and try again."),
     "error.not_found": ("Introuvable : cet élément n'existe pas ou n'est pas de votre périmètre.",
@@ -485,6 +489,7 @@ NOUNS_FR = {"agent": "agent", "box": "boîtier", "call": "appel", "campaign": "c
 
 DETAILS_FR: list[tuple[re.Pattern[str], str]] = [(re.compile(pattern), fr) for pattern, fr in (
     (r"not found", "introuvable"),
+    (r"Method Not Allowed", "méthode non permise"),
     (r"(?P<what>\w+) not found", "{what} introuvable"),
     (r"not authenticated", "session terminée : reconnectez-vous"),
     (r"CSRF token missing or wrong", "ce formulaire ne vaut plus pour votre session (renouvelée "

@@ -1250,6 +1250,33 @@ def test_every_error_detail_the_dashboard_gives_has_its_french() -> None:
     assert i18n.detail("fr", "team not found") == "équipe introuvable"
 
 
+def test_a_forms_address_typed_in_says_so_in_french_not_that_the_request_is_malformed(
+        org_server: Any) -> None:
+    """A supervisor who typed /logout (or reopened a form's address, a campaign's /close) read
+    "La demande est mal formée." over "405 · Method Not Allowed", in English: the page now says
+    the address is a button's of the page, to use as one, with its detail in French."""
+    import re
+
+    import httpx
+
+    from tests._fixtures_dashboard import http_login
+
+    server, _ = org_server
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        cookie = {"cookie": f"__Host-miroir={http_login(c)}", "accept": "text/html"}
+        pages = {path: c.get(path, headers=cookie) for path in ("/logout", "/campaigns/camp-a/close")}
+        still_in = c.get("/", headers=cookie).status_code
+    for path, r in pages.items():
+        message = re.search(r'<p id="error-message" role="alert">([^<]+)</p>', r.text)
+        detail = re.search(r'<code id="error-detail">([^<]+)</code>', r.text)
+        assert r.status_code == 405 and message and detail, path
+        assert message.group(1) == ("Cette adresse est celle d&#39;un bouton de la page "
+                                    "(Déconnexion, Clôturer…) : utilisez le bouton, pas la barre "
+                                    "d&#39;adresse."), path
+        assert detail.group(1) == "méthode non permise", path
+    assert still_in == 200  # a GET logs nobody out
+
+
 def test_an_error_page_gives_its_detail_in_the_page_s_language(
         browser_page: Any, org_server: Any) -> None:
     """An agent out of reach on a French page reads "404 · agent introuvable", where it read the
