@@ -1277,6 +1277,31 @@ def test_a_forms_address_typed_in_says_so_in_french_not_that_the_request_is_malf
     assert still_in == 200  # a GET logs nobody out
 
 
+def test_the_turns_chart_stays_within_its_time_axis_in_step_with_the_lines(
+        browser_page: Any, org_server: Any) -> None:
+    """Each second of the turns chart was drawn from its row's time onwards, though a row's time
+    is the end of the second it measured: the chart ran a second past the end of its time axis
+    (18 px of a 60 s replay at 1366 px, beyond the lines' charts under it) and a second behind
+    them. Each second now ends at its row's time: the latest reaches the axis's end, none goes
+    past either end."""
+    server, _ = org_server
+    page = browser_page
+    browser_login(page, server.url)
+    page.goto(server.url + "/agents/agent-a1")
+    page.wait_for_selector("body[data-charts-ready='1']")
+    edges = page.evaluate("""() => {
+        const svg = document.querySelector('#charts svg');
+        const axis = svg.querySelector('line');
+        const rects = [...svg.querySelectorAll('rect')].map((r) => [+r.getAttribute('x'),
+            +r.getAttribute('x') + +r.getAttribute('width')]);
+        return { left: +axis.getAttribute('x1'), right: +axis.getAttribute('x2'), rects };
+    }""")
+    assert len(edges["rects"]) == 240
+    assert min(a for a, _ in edges["rects"]) >= edges["left"] - 0.01
+    assert max(b for _, b in edges["rects"]) <= edges["right"] + 0.01
+    assert edges["rects"][-1][1] == pytest.approx(edges["right"], abs=0.01)
+
+
 def test_an_error_page_gives_its_detail_in_the_page_s_language(
         browser_page: Any, org_server: Any) -> None:
     """An agent out of reach on a French page reads "404 · agent introuvable", where it read the
