@@ -292,13 +292,16 @@ STRINGS: dict[str, tuple[str, str]] = {
                        "No shared moment: a moment flagged on an agent's page with \"Share with "
                        "the team\" ticked shows here."),
     "team.debrief": ("Débrief des dernières 24 h", "Debrief of the last 24 h"),
+    "team.calls_one": ("appel", "call"),
     "team.calls": ("appels", "calls"),
     "team.no_cti_calls": ("Aucun appel reçu du système téléphonique (CTI), qui compte les appels et "
                           "leurs rendez-vous ; les boîtiers de l'équipe en ont détecté",
                           "No call received from the phone system (CTI), which counts the calls "
                           "and their meetings; the team's boxes detected"),
     "team.no_cti_calls_end": (" depuis 24 h.", " in the last 24 h."),
+    "team.meetings_one": ("rendez-vous", "meeting"),
     "team.meetings": ("rendez-vous", "meetings"),
+    "team.flags_one": ("moment signalé", "flagged moment"),
     "team.flags": ("moments signalés", "flagged moments"),
     "team.export": ("Exporter l'équipe (CSV)", "Export the team (CSV)"),
     "campaign.title": ("Campagnes", "Campaigns"),

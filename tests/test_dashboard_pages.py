@@ -1302,6 +1302,45 @@ def test_the_turns_chart_stays_within_its_time_axis_in_step_with_the_lines(
     assert edges["rects"][-1][1] == pytest.approx(edges["right"], abs=0.01)
 
 
+def test_the_debrief_counts_one_or_none_in_the_singular_in_french(tmp_path: Path) -> None:
+    """The team board's debrief read "0 appels · 0 rendez-vous · 1 moments signalés" (demo
+    floor, equipe-a, one moment flagged): French counts none and one in the singular, English
+    none in the plural."""
+    import re
+
+    from fastapi.testclient import TestClient
+
+    from dashboard.app import create_app
+    from tests._fixtures_dashboard import client_login, csrf_of
+
+    settings = make_settings(tmp_path)
+    db = store.open_db(settings.db_path)
+    try:
+        schema.ensure_schema(db)
+        schema.import_inventory(db, [{"box": "box-a", "seat": "A1", "agent": "agent-x",
+                                      "team": "team-x"}], site=settings.site)
+        with db.conn:
+            db.conn.execute("INSERT INTO flags (agent, box, ts, note, author, created_ts) VALUES "
+                            "('agent-x', 'box-a', ?, 'accueil', 'admin', ?)",
+                            (time.time() - 60, time.time()))
+    finally:
+        db.conn.close()
+
+    def debrief(page: str) -> str:
+        found = re.search(r'<p id="debrief">(.*?)\n', page, re.S)
+        assert found is not None
+        return re.sub(r"<[^>]+>", "", found.group(1)).strip()
+
+    with TestClient(create_app(settings, start_ingest=False), base_url="https://testserver",
+                    follow_redirects=False) as c:
+        client_login(c)
+        french = debrief(c.get("/teams/team-x").text)
+        c.post("/lang", data={"lang": "en", "csrf": csrf_of(c.get("/teams/team-x").text)})
+        english = debrief(c.get("/teams/team-x").text)
+    assert french == "0 appel · 0 rendez-vous · 1 moment signalé"
+    assert english == "0 calls · 0 meetings · 1 flagged moment"
+
+
 def test_an_error_page_gives_its_detail_in_the_page_s_language(
         browser_page: Any, org_server: Any) -> None:
     """An agent out of reach on a French page reads "404 · agent introuvable", where it read the
