@@ -190,7 +190,12 @@
     const fat = fatigueOf(m);
     const fEl = el.querySelector(".fatigue");
     fEl.hidden = fat === null;
-    if (fat !== null) fEl.querySelector("meter").value = fat;
+    if (fat !== null) {
+      fEl.querySelector("meter").value = fat;
+      // its figure beside it, on the box's 0 to 100 scale, as the speech bars say theirs: an
+      // index of 0 drew an empty bar alone, read as no data
+      fEl.querySelector(".pct-fatigue").textContent = Math.round(fat * 100) + " / 100";
+    }
     renderCues(b);
     const spans = el.querySelector(".timeline").children;
     const offset = HISTORY - b.history.length;
