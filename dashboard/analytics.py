@@ -82,8 +82,16 @@ def _iter_rows(cur: sqlite3.Cursor, batch: int) -> Iterator[dict[str, Any]]:
 def agent_events(db: sqlite_utils.Database, agent: str, since_ts: float = 0.0,
                  cues_only: bool = True, limit: int = 5000) -> list[dict[str, Any]]:
     """The agent's events, oldest first; with ``cues_only``, the cues raised (each ``cue_on``,
-    named by its cue id)."""
+    named by its cue id, with its severity and the evidence that raised it)."""
     return list(iter_agent_events(db, agent, since_ts, cues_only, limit))
+
+
+def calls_heard(db: sqlite_utils.Database, agent: str, since_ts: float) -> int:
+    """The calls the agent's boxes heard start since ``since_ts`` (their ``call_start`` events,
+    at the agent's seats then): a site without a phone system feed (CTI) has no other count."""
+    return int(db.conn.execute(
+        f"SELECT count(*) FROM events e {_windows_sql('e')} WHERE h.agent = ? AND e.ts >= ? "
+        "AND e.name = 'call_start'", (agent, since_ts)).fetchone()[0])
 
 
 def iter_agent_events(db: sqlite_utils.Database, agent: str, since_ts: float = 0.0,
@@ -91,7 +99,9 @@ def iter_agent_events(db: sqlite_utils.Database, agent: str, since_ts: float = 0
                       batch: int = 1000) -> Iterator[dict[str, Any]]:
     """:func:`agent_events` read ``batch`` rows at a time, all of them without ``limit``."""
     cues = "AND e.name = 'cue_on' AND e.cue IS NOT NULL " if cues_only else ""
-    sql = (f"SELECT e.box, e.seq, e.ts, e.name, e.channel, e.cue FROM events e "
+    evidence = (", e.severity, e.evidence_value, e.evidence_threshold, e.evidence_unit"
+                if cues_only else "")
+    sql = (f"SELECT e.box, e.seq, e.ts, e.name, e.channel, e.cue{evidence} FROM events e "
            f"{_windows_sql('e')} WHERE h.agent = ? AND e.ts >= ? {cues}ORDER BY e.ts")
     args: tuple[Any, ...] = (agent, since_ts)
     if limit is not None:

@@ -131,6 +131,14 @@ STRINGS: dict[str, tuple[str, str]] = {
     "agent.call_duration": ("Durée", "Duration"),
     "agent.call_outcome": ("Issue", "Outcome"),
     "agent.no_calls": ("Aucun appel enregistré.", "No call recorded."),
+    "agent.no_cti_calls": ("Aucun appel reçu du système téléphonique (CTI), qui compte les appels "
+                           "et leurs issues ; le boîtier de l'agent en a détecté",
+                           "No call received from the phone system (CTI), which counts the calls "
+                           "and their outcomes; the agent's box detected"),
+    "me.no_cti_calls": ("Aucun appel reçu du système téléphonique (CTI), qui compte les appels "
+                        "et leurs issues ; votre boîtier en a détecté",
+                        "No call received from the phone system (CTI), which counts the calls "
+                        "and their outcomes; your box detected"),
     "agent.calls_older": ("Appels plus anciens ({n})", "Older calls ({n})"),
     "agent.calls_range": ("Appels {first} à {last} sur {total} (tous dans l'export CSV)",
                           "Calls {first} to {last} of {total} (all in the CSV export)"),
@@ -159,6 +167,8 @@ STRINGS: dict[str, tuple[str, str]] = {
     "agent.goal_down": ("baisser", "lower"),
     "agent.goal_up": ("augmenter", "raise"),
     "agent.days": ("j", "d"),
+    "agent.goal_figures": ("de {first} à {last} en {days} j", "from {first} to {last} over {days} d"),
+    "agent.goal_figure": ("{value} sur 1 j", "{value} over 1 d"),
     "agent.goal_trend": ("{metric}, {days} jours : de {first} à {last}",
                          "{metric}, {days} days: from {first} to {last}"),
     "agent.goal_add": ("Fixer l'objectif", "Set the goal"),
@@ -293,14 +303,21 @@ STRINGS: dict[str, tuple[str, str]] = {
     "team.progress": ("Progrès", "Progress"),
     "team.no_baseline": ("référence en cours", "baseline pending"),
     "team.shared": ("Appels remarquables", "Remarkable calls"),
+    "team.no_shared": ("Aucun moment partagé : un moment signalé sur la page d'un agent, "
+                       "« Partager avec l'équipe » coché, apparaît ici.",
+                       "No shared moment: a moment flagged on an agent's page with \"Share with "
+                       "the team\" ticked shows here."),
     "team.debrief": ("Débrief des dernières 24 h", "Debrief of the last 24 h"),
+    "team.calls_one": ("appel", "call"),
     "team.calls": ("appels", "calls"),
     "team.no_cti_calls": ("Aucun appel reçu du système téléphonique (CTI), qui compte les appels et "
                           "leurs rendez-vous ; les boîtiers de l'équipe en ont détecté",
                           "No call received from the phone system (CTI), which counts the calls "
                           "and their meetings; the team's boxes detected"),
     "team.no_cti_calls_end": (" depuis 24 h.", " in the last 24 h."),
+    "team.meetings_one": ("rendez-vous", "meeting"),
     "team.meetings": ("rendez-vous", "meetings"),
+    "team.flags_one": ("moment signalé", "flagged moment"),
     "team.flags": ("moments signalés", "flagged moments"),
     "team.export": ("Exporter l'équipe (CSV)", "Export the team (CSV)"),
     "campaign.title": ("Campagnes", "Campaigns"),
@@ -308,6 +325,14 @@ STRINGS: dict[str, tuple[str, str]] = {
     "campaign.calls": ("Appels qualifiés", "Tagged calls"),
     "campaign.rate": ("Taux de rendez-vous", "Meeting rate"),
     "campaign.ci": ("Intervalle de confiance à 95 %", "95 % confidence interval"),
+    "campaign.no_tagged_calls": ("Aucun appel qualifié pour l'instant : un appel compte ici une "
+                                 "fois enregistré par le système téléphonique (CTI) et son issue "
+                                 "saisie dans la liste des appels de la page de l'agent.",
+                                 "No tagged call yet: a call counts here once the phone system "
+                                 "(CTI) has recorded it and its outcome is set in the calls list "
+                                 "of the agent's page."),
+    "campaign.no_agents": ("Aucun agent n'est affecté à cette campagne.",
+                           "No agent is assigned to this campaign."),
     "campaign.none": ("Aucune campagne.", "No campaign."),
     "campaign.compare": ("Comparaison des variantes", "Variant comparison"),
     "campaign.create": ("Nouvelle campagne", "New campaign"),
@@ -337,6 +362,10 @@ STRINGS: dict[str, tuple[str, str]] = {
     "campaign.variant_refused": ("Variante non ajoutée :", "Variant not added:"),
     "error.title": ("La demande n'a pas abouti", "The request did not go through"),
     "error.bad": ("La demande est mal formée.", "The request is malformed."),
+    "error.method": ("Cette adresse est celle d'un bouton de la page (Déconnexion, Clôturer…) : "
+                     "utilisez le bouton, pas la barre d'adresse.",
+                     "This address belongs to a button of the page (Log out, Close…): use the "
+                     "button, not the address bar."),
     "error.forbidden": ("Accès refusé : rechargez la page et réessayez.",
                         "Access refused: reload the page and try again."),
     "error.not_found": ("Introuvable : cet élément n'existe pas ou n'est pas de votre périmètre.",
@@ -479,6 +508,7 @@ NOUNS_FR = {"agent": "agent", "box": "boîtier", "call": "appel", "campaign": "c
 
 DETAILS_FR: list[tuple[re.Pattern[str], str]] = [(re.compile(pattern), fr) for pattern, fr in (
     (r"not found", "introuvable"),
+    (r"Method Not Allowed", "méthode non permise"),
     (r"(?P<what>\w+) not found", "{what} introuvable"),
     (r"not authenticated", "session terminée : reconnectez-vous"),
     (r"CSRF token missing or wrong", "ce formulaire ne vaut plus pour votre session (renouvelée "
@@ -537,5 +567,7 @@ def client_json(lang: str) -> str:
     """The strings and cue labels the page scripts need, as JSON."""
     data = {k: translate(lang, k) for k in CLIENT_KEYS}
     data.update({f"cue.{name}": registry.cue_label(name, lang) for name in registry.CUES})
+    data.update({f"cue_evidence.{name}.{unit}": en if lang == "en" else fr
+                 for name, (unit, fr, en) in registry.CUE_EVIDENCE.items()})
     data["lang"] = lang
     return json.dumps(data, ensure_ascii=False).replace("</", "<\\/")

@@ -106,6 +106,44 @@ CUES: dict[str, tuple[str, str]] = {
 """(French, English) label of every cue id of the wire (``cue`` on a ``cue_on`` event): the box's
 own labels (``edge.signals.CUES``, kept equal by a test)."""
 
+CUE_EVIDENCE: dict[str, tuple[str, str, str]] = {
+    "too_fast": ("ratio", "débit à {value} × la référence (seuil {threshold} ×)",
+                 "pace at {value} × the baseline (threshold {threshold} ×)"),
+    "too_slow": ("ratio", "débit à {value} × la référence (seuil {threshold} ×)",
+                 "pace at {value} × the baseline (threshold {threshold} ×)"),
+    "monologue": ("s", "tour de parole qui dure déjà {value} s (seuil {threshold} s)",
+                  "a turn already {value} s long (threshold {threshold} s)"),
+    "no_pause": ("s", "{value} s de parole sans pause (seuil {threshold} s)",
+                 "{value} s of speech without a pause (threshold {threshold} s)"),
+    "monotone": ("ratio", "étendue de la voix à {value} × la référence (seuil {threshold} ×)",
+                 "pitch range at {value} × the baseline (threshold {threshold} ×)"),
+    "talking_over": ("s", "chevauchement de {value} s (seuil {threshold} s)",
+                     "an overlap of {value} s (threshold {threshold} s)"),
+    "slow_response": ("s", "{value} s de silence après le prospect (seuil {threshold} s)",
+                      "{value} s of silence after the prospect (threshold {threshold} s)"),
+    "low_energy": ("db", "voix {value} dB sous la référence (seuil {threshold} dB)",
+                   "voice {value} dB under the baseline (threshold {threshold} dB)"),
+    "prospect_hesitating": ("answers", "{value} réponses hésitantes sur les dernières "
+                            "(seuil {threshold})",
+                            "{value} hesitant answers among the latest (threshold {threshold})"),
+    "prospect_tense": ("ratio", "tension {value} sur 1 (seuil {threshold})",
+                       "tension {value} out of 1 (threshold {threshold})"),
+    "take_break": ("index", "indice de fatigue {value} sur 100 (seuil {threshold})",
+                   "fatigue index {value} out of 100 (threshold {threshold})"),
+}
+"""(unit, French, English) of what raised each cue, as a coach reads it: the event's
+``evidence_value`` and ``evidence_threshold`` in the ``evidence_unit`` the box sends for that cue
+(``edge.signals.CUES``, kept equal by a test; "la référence" is the agent's own baseline)."""
+
+
+def cue_evidence(name: str, unit: str | None, lang: str = "fr") -> str | None:
+    """The words of a cue's evidence with ``{value}`` and ``{threshold}`` to fill, or None when
+    the cue is unknown or its evidence comes in another unit."""
+    known = CUE_EVIDENCE.get(name)
+    if known is None or known[0] != unit:
+        return None
+    return known[2] if lang == "en" else known[1]
+
 
 def split(name: str) -> tuple[str | None, str]:
     """``near_rate_syl_s`` -> (``near``, ``rate_syl_s``)."""
@@ -120,15 +158,21 @@ def known(name: str) -> bool:
     return split(name)[1] in METRICS
 
 
+UNITS_FR = {"st": "demi-tons", "st/s": "demi-tons/s"}
+"""The units a French page writes otherwise than :data:`METRICS` (English): "st", the English
+abbreviation of semitones, means nothing to a French coach."""
+
+
 def describe(name: str, lang: str = "fr") -> dict[str, Any]:
-    """Label, unit and direction of a metric column for the interface."""
+    """Label, unit (in ``lang``) and direction of a metric column for the interface."""
     ch, base = split(name)
     info = METRICS[base]
     label = info.en if lang == "en" else info.fr
+    unit = info.unit if lang == "en" else UNITS_FR.get(info.unit, info.unit)
     if ch is not None:
         who = CHANNELS[ch][1 if lang == "en" else 0]
         label = f"{who} — {label}"
-    return {"name": name, "label": label, "unit": info.unit, "better": info.better,
+    return {"name": name, "label": label, "unit": unit, "better": info.better,
             "channel": ch, "reads": [ch] if ch is not None else list(READS.get(base, ()))}
 
 

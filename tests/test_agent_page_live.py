@@ -161,3 +161,31 @@ def test_an_agents_live_stream_ends_once_the_agent_is_erased(
                                   _metrics(site.site, "box-a2", 7000, 5.0))
         assert events == ["snapshot"]
         assert c.get("/api/stream?agent=agent-a1", headers=cookie).status_code == 404
+
+
+def test_each_cue_on_the_agent_page_says_the_figure_that_raised_it(
+        browser_page: Any, dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
+    """A coach reads why a cue was raised, not only its name: the cue list and the charts'
+    markers give the box's evidence against its threshold, in the cue's own words and unit
+    (the stored cues on load, a monologue raised live through the real broker)."""
+    org = seed_org(dashboard_server.settings)
+    site.add_box("box-a1")
+    page = browser_page
+    browser_login(page, dashboard_server.url, "sup-a", USER_PASSWORD, org["secrets"]["sup-a"])
+    page.goto(dashboard_server.url + "/agents/agent-a1")
+    page.wait_for_selector("body[data-charts-ready='1'][data-stream-ready='1']")
+    badges = page.locator("#cue-list .cue-badge")
+    assert badges.first.inner_text().split(" · ", 1)[1] == \
+        "Ralentissez : débit à 1,4 × la référence (seuil 1,3 ×)"
+    box = peer(site.box("box-a1"), "box-a1")
+    box.publish(wire.topic(site.site, "box-a1", "event"), wire.encode("event", {
+        "v": wire.SCHEMA_VERSION, "site": site.site, "box": "box-a1", "channel": "near",
+        "ts": time.time(), "seq": 20_000, "name": "cue_on", "t_audio_s": 300.0,
+        "cue": "monologue", "severity": "high", "evidence_value": 61.27,
+        "evidence_threshold": 60.0, "evidence_unit": "s"}))
+    live = "Laissez parler le prospect : tour de parole qui dure déjà 61,3 s (seuil 60 s)"
+    badges.filter(has_text="Laissez parler").wait_for(timeout=LIVE_WAIT_MS)
+    assert badges.last.inner_text().split(" · ", 1)[1] == live
+    titles = page.locator("#charts svg").first.locator(".cue-marker title").all_text_contents()
+    assert titles[0] == "Ralentissez : débit à 1,4 × la référence (seuil 1,3 ×)"
+    assert titles[-1] == live

@@ -703,3 +703,32 @@ def test_cue_labels_are_the_box_labels() -> None:
     assert set(registry.CUES) == set(wire.CUE_IDS) == set(CUES)
     for cue, info in CUES.items():
         assert registry.cue_label(cue, "fr") == info.fr and registry.cue_label(cue, "en") == info.en
+
+
+def test_a_french_page_gives_every_metric_unit_in_french() -> None:
+    """The voice's range and movement read "(st)" and "(st/s)" on a French page, the English
+    abbreviation of semitones that a French coach does not know: French pages say demi-tons;
+    English ones keep st. Every other unit is one a French reader writes the same."""
+    from dashboard import registry
+
+    french = {registry.describe(name, "fr")["unit"] for name in registry.METRICS}
+    assert french <= {"", "%", "syll/s", "demi-tons", "demi-tons/s", "Hz", "dBFS", "dB", "/min",
+                      "s", "ms", "min"}
+    assert registry.describe("near_pitch_range_st", "fr")["unit"] == "demi-tons"
+    assert registry.describe("far_pitch_movement_st_s", "fr")["unit"] == "demi-tons/s"
+    assert registry.describe("near_pitch_range_st", "en")["unit"] == "st"
+
+
+def test_every_cue_has_the_words_of_its_evidence_in_the_unit_the_box_sends() -> None:
+    """The agent page says what raised each cue in the unit the box gives its evidence in, in
+    French and English, both with the value and the threshold to fill."""
+    from dashboard import registry
+    from edge.signals import CUES
+
+    assert {cue: unit for cue, (unit, _, _) in registry.CUE_EVIDENCE.items()} == \
+        {cue: info.unit for cue, info in CUES.items()}
+    for cue, info in CUES.items():
+        for lang in ("fr", "en"):
+            words = registry.cue_evidence(cue, info.unit, lang)
+            assert words is not None and "{value}" in words and "{threshold}" in words
+        assert registry.cue_evidence(cue, "other", "fr") is None

@@ -432,6 +432,58 @@ def test_a_variant_without_calls_has_no_rate_nor_interval(org: Any) -> None:
     assert page.count("<circle") == 1  # the dot of the variant with a call only
 
 
+def test_a_comparison_without_a_tagged_call_says_where_its_calls_come_from(org: Any) -> None:
+    """A new campaign's comparison drew an empty chart (its 0 to 100 % grid, no dot) over a
+    table of zeros, and said nothing: on a floor whose calls no phone system records (the
+    demo's) it stays so for ever. It now says no call has an outcome yet and how one counts;
+    once one has, the chart is back."""
+    settings, data = org
+    body = {"campaign": "energie-2026", "name": "Énergie 2026", "team": "team-a",
+            "variants": [{"name": "Question"}, {"name": "Chiffre"}]}
+    with _client(settings) as c:
+        hdr = _login(c, "sup-a", data)
+        made = c.post("/api/campaigns", json=body, headers=hdr).json()
+        empty = c.get("/campaigns/energie-2026").text
+        call = c.post("/api/calls", json={"agent": "agent-a1", "start_ts": time.time() - 60,
+                                          "campaign": "energie-2026",
+                                          "variant": made["variants"][0]["id"]},
+                      headers=hdr).json()["id"]
+        untagged = c.get("/campaigns/energie-2026").text
+        c.post(f"/api/calls/{call}/outcome", json={"outcome": "meeting"}, headers=hdr)
+        tagged = c.get("/campaigns/energie-2026").text
+    said = re.search(r'<p class="muted" id="no-tagged-calls">([^<]+)</p>', empty)
+    assert said is not None and 'class="ci-chart"' not in empty
+    assert said.group(1) == ("Aucun appel qualifié pour l'instant : un appel compte ici une fois "
+                             "enregistré par le système téléphonique (CTI) et son issue saisie "
+                             "dans la liste des appels de la page de l'agent.").replace("'", "&#39;")
+    assert 'id="no-tagged-calls"' in untagged and 'class="ci-chart"' not in untagged
+    assert 'id="no-tagged-calls"' not in tagged and tagged.count("<circle") == 1
+
+
+def test_empty_lists_of_a_campaign_and_a_team_board_say_what_would_be_there(org: Any) -> None:
+    """A campaign nobody is assigned to listed its agents as a bare "—", and so did a team board
+    its remarkable calls before any moment was shared: each now says what is missing and, for
+    the shared moments, how one gets there."""
+    settings, data = org
+    body = {"campaign": "energie-2026", "name": "Énergie 2026", "team": "team-a",
+            "variants": [{"name": "Question"}]}
+    with _client(settings) as c:
+        hdr = _login(c, "sup-a", data)
+        assert c.post("/api/campaigns", json=body, headers=hdr).status_code == 201
+        campaign = c.get("/campaigns/energie-2026").text
+        board = c.get("/teams/team-a").text
+
+    def items(page: str, section: str) -> list[str]:
+        part = page[page.index(section):]
+        return re.findall(r"<li[^>]*>(.*?)</li>", part[:part.index("</section>")], re.S)
+
+    assert items(campaign, 'id="campaign-agents"') == [
+        "Aucun agent n&#39;est affecté à cette campagne."]
+    assert items(board, 'id="shared"') == [
+        "Aucun moment partagé : un moment signalé sur la page d&#39;un agent, « Partager avec "
+        "l&#39;équipe » coché, apparaît ici."]
+
+
 def test_an_auditor_never_sees_the_results_of_one_or_two_agents_through_a_comparison(
         org: Any) -> None:
     """agent-b1 alone made camp-b's calls: its comparison showed an auditor their own results

@@ -324,3 +324,24 @@ def test_a_code_in_other_digits_is_a_wrong_code_not_a_server_error(org: Any) -> 
         assert r.status_code == 401 and "Code incorrect" in r.text
         r = c.post("/login/totp", data={"code": totp_code(secret), "csrf": token})
         assert r.status_code == 303 and r.headers["location"] == "/"
+
+
+def test_the_second_factor_pages_of_a_session_past_them_lead_home(org: Any) -> None:
+    """A supervisor past the second factor who goes back to its pages (the browser's Back after
+    enrolling, a bookmark) was shown an enrolment page with an empty key (otpauth://...?secret=),
+    whose codes were all refused, or the code form again: each now leads home, and a code posted
+    there changes nothing."""
+    from tests._fixtures_dashboard import client_login
+
+    settings, data = org
+    with TestClient(create_app(settings, start_ingest=False), base_url="https://testserver",
+                    follow_redirects=False) as c:
+        r = client_login(c, "sup-a", USER_PASSWORD, data["secrets"]["sup-a"])
+        assert (r.status_code, r.headers["location"]) == (303, "/")
+        for path in ("/totp/setup", "/login/totp"):
+            page = c.get(path)
+            assert (page.status_code, page.headers.get("location")) == (303, "/"), path
+        csrf = csrf_of(c.get("/campaigns").text)
+        posted = c.post("/totp/setup", data={"code": "123456", "csrf": csrf})
+        assert (posted.status_code, posted.headers.get("location")) == (303, "/")
+        assert c.get("/").status_code == 200  # still logged in

@@ -410,7 +410,7 @@ def test_a_replayed_moment_shows_only_the_cues_and_flags_of_its_minute(
     page.wait_for_selector("body[data-charts-ready='1']")
     assert page.locator("#charts h3").inner_text().startswith("Rejouer")
     labels = [b.split(" · ", 1)[1] for b in badges.all_inner_texts()]
-    assert labels == ["Ralentissez"]
+    assert labels == ["Ralentissez : débit à 1,4 × la référence (seuil 1,3 ×)"]
     assert page.locator("#charts svg").first.locator(".cue-marker").count() == 1
     assert page.locator("#charts svg").first.locator(".flag-marker").count() == 0
 
@@ -1133,6 +1133,46 @@ def test_an_english_goal_without_a_trend_counts_its_days_in_english(
         context.close()
 
 
+def test_a_goal_shows_its_figures_not_a_bare_line(chromium: Any, org_server: Any) -> None:
+    """A goal with days of data drew a sparkline without a number (its trend only in the
+    screen reader's label), with one day "1 j" alone: the coach reads where it started and where
+    it is, in the metric's unit, beside the line (with one day, that day's figure)."""
+    server, _ = org_server
+    db = store.open_db(server.settings.db_path)
+    try:
+        start = analytics.day_start_s(db)
+        with db.conn:
+            db.conn.execute("INSERT INTO goals (agent, metric, label, direction, author, "
+                            "created_ts) VALUES ('agent-a1', 'near_speech_ratio', 'parler moins', "
+                            "'down', 'sup-a', ?)", (time.time(),))
+            db.conn.execute("INSERT INTO goals (agent, metric, label, direction, author, "
+                            "created_ts) VALUES ('agent-a1', 'far_speech_ratio', 'écouter', "
+                            "'up', 'sup-a', ?)", (time.time(),))
+            for days_ago, mean in ((2, 0.62), (1, 0.58)):
+                db.conn.execute("INSERT INTO daily_aggregates (day, agent, metric, mean, n) "
+                                "VALUES (?, 'agent-a1', 'near_speech_ratio', ?, 3600)",
+                                (analytics._day(time.time() - days_ago * 86400, start), mean))
+        series = analytics.daily_means(db, "agent-a1", "near_speech_ratio")
+        today = analytics.daily_means(db, "agent-a1", "far_speech_ratio")
+    finally:
+        db.conn.close()
+    assert len(series) == 3 and len(today) == 1
+    last = f"{series[-1][1] * 100:.3g}".replace(".", ",")
+    context = chromium.new_context(locale="fr-FR")
+    try:
+        page = context.new_page()
+        browser_login(page, server.url)
+        page.goto(server.url + "/agents/agent-a1")
+        goal = page.locator("#goals .goal", has_text="parler moins")
+        assert goal.locator("svg.spark").count() == 1
+        assert goal.locator(".goal-figures").all_inner_texts() == [f"de 62 % à {last} % en 3 j"]
+        one = page.locator("#goals .goal", has_text="écouter")
+        assert one.locator(".goal-figures").all_inner_texts() == \
+            [f"{today[0][1] * 100:.3g} % sur 1 j".replace(".", ",")]
+    finally:
+        context.close()
+
+
 # ------------------------------------------------------------------ ids as the inventory gives them
 def test_an_agent_whose_id_holds_a_hash_can_be_opened_coached_and_exported(
         browser_page: Any, org_server: Any) -> None:
@@ -1208,6 +1248,97 @@ def test_every_error_detail_the_dashboard_gives_has_its_french() -> None:
     assert {d: i18n.detail("fr", d) for d in details if i18n.detail("fr", d) == d} == {}
     assert all(i18n.detail("en", d) == d for d in details)
     assert i18n.detail("fr", "team not found") == "équipe introuvable"
+
+
+def test_a_forms_address_typed_in_says_so_in_french_not_that_the_request_is_malformed(
+        org_server: Any) -> None:
+    """A supervisor who typed /logout (or reopened a form's address, a campaign's /close) read
+    "La demande est mal formée." over "405 · Method Not Allowed", in English: the page now says
+    the address is a button's of the page, to use as one, with its detail in French."""
+    import re
+
+    import httpx
+
+    from tests._fixtures_dashboard import http_login
+
+    server, _ = org_server
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        cookie = {"cookie": f"__Host-miroir={http_login(c)}", "accept": "text/html"}
+        pages = {path: c.get(path, headers=cookie) for path in ("/logout", "/campaigns/camp-a/close")}
+        still_in = c.get("/", headers=cookie).status_code
+    for path, r in pages.items():
+        message = re.search(r'<p id="error-message" role="alert">([^<]+)</p>', r.text)
+        detail = re.search(r'<code id="error-detail">([^<]+)</code>', r.text)
+        assert r.status_code == 405 and message and detail, path
+        assert message.group(1) == ("Cette adresse est celle d&#39;un bouton de la page "
+                                    "(Déconnexion, Clôturer…) : utilisez le bouton, pas la barre "
+                                    "d&#39;adresse."), path
+        assert detail.group(1) == "méthode non permise", path
+    assert still_in == 200  # a GET logs nobody out
+
+
+def test_the_turns_chart_stays_within_its_time_axis_in_step_with_the_lines(
+        browser_page: Any, org_server: Any) -> None:
+    """Each second of the turns chart was drawn from its row's time onwards, though a row's time
+    is the end of the second it measured: the chart ran a second past the end of its time axis
+    (18 px of a 60 s replay at 1366 px, beyond the lines' charts under it) and a second behind
+    them. Each second now ends at its row's time: the latest reaches the axis's end, none goes
+    past either end."""
+    server, _ = org_server
+    page = browser_page
+    browser_login(page, server.url)
+    page.goto(server.url + "/agents/agent-a1")
+    page.wait_for_selector("body[data-charts-ready='1']")
+    edges = page.evaluate("""() => {
+        const svg = document.querySelector('#charts svg');
+        const axis = svg.querySelector('line');
+        const rects = [...svg.querySelectorAll('rect')].map((r) => [+r.getAttribute('x'),
+            +r.getAttribute('x') + +r.getAttribute('width')]);
+        return { left: +axis.getAttribute('x1'), right: +axis.getAttribute('x2'), rects };
+    }""")
+    assert len(edges["rects"]) == 240
+    assert min(a for a, _ in edges["rects"]) >= edges["left"] - 0.01
+    assert max(b for _, b in edges["rects"]) <= edges["right"] + 0.01
+    assert edges["rects"][-1][1] == pytest.approx(edges["right"], abs=0.01)
+
+
+def test_the_debrief_counts_one_or_none_in_the_singular_in_french(tmp_path: Path) -> None:
+    """The team board's debrief read "0 appels · 0 rendez-vous · 1 moments signalés" (demo
+    floor, equipe-a, one moment flagged): French counts none and one in the singular, English
+    none in the plural."""
+    import re
+
+    from fastapi.testclient import TestClient
+
+    from dashboard.app import create_app
+    from tests._fixtures_dashboard import client_login, csrf_of
+
+    settings = make_settings(tmp_path)
+    db = store.open_db(settings.db_path)
+    try:
+        schema.ensure_schema(db)
+        schema.import_inventory(db, [{"box": "box-a", "seat": "A1", "agent": "agent-x",
+                                      "team": "team-x"}], site=settings.site)
+        with db.conn:
+            db.conn.execute("INSERT INTO flags (agent, box, ts, note, author, created_ts) VALUES "
+                            "('agent-x', 'box-a', ?, 'accueil', 'admin', ?)",
+                            (time.time() - 60, time.time()))
+    finally:
+        db.conn.close()
+
+    def debrief(page: str) -> str:
+        found = re.search(r'<p id="debrief">(.*?)\n', page, re.S)
+        assert found is not None
+        return re.sub(r"<[^>]+>", "", found.group(1)).strip()
+
+    with TestClient(create_app(settings, start_ingest=False), base_url="https://testserver",
+                    follow_redirects=False) as c:
+        client_login(c)
+        french = debrief(c.get("/teams/team-x").text)
+        c.post("/lang", data={"lang": "en", "csrf": csrf_of(c.get("/teams/team-x").text)})
+        english = debrief(c.get("/teams/team-x").text)
+    assert french == "0 appel · 0 rendez-vous · 1 moment signalé"
+    assert english == "0 calls · 0 meetings · 1 flagged moment"
 
 
 def test_an_error_page_gives_its_detail_in_the_page_s_language(
@@ -1887,3 +2018,49 @@ def test_the_audit_scope_speaks_to_whoever_reads_it(org: Any) -> None:
     admin = scope("admin", "/agents/agent-a1")
     assert "votre" not in admin
     assert "la page de l'agent" in admin and "son compte" in admin
+
+
+def test_an_agent_page_without_phone_system_calls_says_how_many_the_box_heard(
+        dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
+    """A floor without a phone system feed (the demo's): the agent page said "Aucun appel
+    enregistré" under an agent who had made call after call, while the team board counted the
+    calls their boxes heard start. The agent page counts them too, those of the last 24 h at the
+    agent's seat."""
+    import html
+
+    import httpx
+
+    from tests._fixtures_broker import wait_until
+    from tests._fixtures_dashboard import http_login
+
+    db = store.open_db(dashboard_server.settings.db_path)
+    try:
+        schema.import_inventory(db, [{"box": "box-a", "seat": "A1", "agent": "agent-x",
+                                      "team": "team-x"}], site=site.site,
+                                now=time.time() - 100_000)  # seated before the first call
+    finally:
+        db.conn.close()
+    site.add_box("box-a")
+    box = peer(site.box("box-a"), "box-a")
+    now = time.time()
+    for seq, (name, ago_s) in enumerate((("call_start", 90_000), ("call_start", 600),
+                                         ("call_end", 500), ("call_start", 300))):
+        box.publish(wire.topic(site.site, "box-a", "event"), wire.encode("event", {
+            "v": wire.SCHEMA_VERSION, "site": site.site, "box": "box-a", "channel": "near",
+            "ts": now - ago_s, "seq": seq + 1, "name": name, "t_audio_s": float(seq)}))
+
+    def stored() -> bool:
+        db = store.open_db(dashboard_server.settings.db_path)
+        try:
+            return db.conn.execute("SELECT count(*) FROM events").fetchone()[0] == 4
+        finally:
+            db.conn.close()
+
+    wait_until(stored, "the box's four events")
+    with httpx.Client(base_url=dashboard_server.url, timeout=10.0) as c:
+        cookie = {"cookie": f"__Host-miroir={http_login(c)}"}
+        page = c.get("/agents/agent-x", headers=cookie).text
+    calls = page[page.index('id="calls"'):page.index("</section>", page.index('id="calls"'))]
+    assert "Aucun appel reçu du système téléphonique (CTI)" in calls
+    assert 'le boîtier de l\'agent en a détecté <strong id="calls-heard">2</strong> depuis 24 h' \
+        in html.unescape(calls)

@@ -795,7 +795,7 @@ def test_the_team_board_counts_the_calls_the_boxes_heard_when_no_phone_system_se
         _interrupt_demo(proc, output, workdir)
     assert heard >= 1
     debrief = page.split('id="debrief"')[1].split("</section>")[0]
-    assert "<strong>0</strong> appels" in debrief, debrief  # none from a phone system
+    assert "<strong>0</strong> appel ·" in debrief, debrief  # none from a phone system
     assert "Aucun appel reçu du système téléphonique" in debrief, debrief
     assert f"les boîtiers de l'équipe en ont détecté <strong>{heard}</strong>" in debrief, debrief
 

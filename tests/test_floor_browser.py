@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -189,9 +190,12 @@ def test_supervisor_flags_a_moment_and_the_agent_sees_it_and_the_audit(
         page.wait_for_selector("body[data-charts-ready='1']")
         assert page.locator("#charts svg").count() >= 3
         assert page.locator("#charts .cue-marker").count() >= 3
-        # the cues the box raised, by their French labels, in time order
+        # the cues the box raised, by their French labels, in time order, each with its evidence
+        # in its own unit (the seeded talking-over's came in a ratio, not its seconds: none said)
         cues = [b.inner_text().split(" · ", 1)[1] for b in page.locator("#cue-list .cue-badge").all()]
-        assert cues == ["Ralentissez", "Variez votre intonation", "Ne coupez pas la parole au prospect"]
+        assert cues == ["Ralentissez : débit à 1,4 × la référence (seuil 1,3 ×)",
+                        "Variez votre intonation : étendue de la voix à 1,4 × la référence "
+                        "(seuil 1,3 ×)", "Ne coupez pas la parole au prospect"]
         box_ = page.locator("#charts svg").nth(1).bounding_box()
         assert box_ is not None
         page.mouse.click(box_["x"] + box_["width"] * 0.5, box_["y"] + box_["height"] / 2)
@@ -344,3 +348,27 @@ def test_a_seats_bars_read_the_last_30_s_not_the_last_second(
     assert seat.locator(".pct-agent").inner_text().replace("\u202f", " ") == "46 %"
     assert seat.locator(".pct-prospect").inner_text().replace("\u202f", " ") == "38 %"
     assert seat.locator(".bars-caption").inner_text() == "Parole, 30 dernières s"
+
+
+def test_a_seats_update_time_writes_its_hour_with_two_digits(
+        chromium: Any, dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
+    """A seat's "Mis à jour" wrote an hour before ten with one digit ("Mis à jour 6:10:11 UTC")
+    where every other time of the dashboard has two ("06:10:56 UTC"): the viewer is put in a
+    zone where it is five in the morning now."""
+    utc_h = time.gmtime().tm_hour
+    east = (5 - utc_h) % 24
+    east = east - 24 if east > 14 else east  # Etc/GMT zones run from UTC-12 to UTC+14
+    zone = f"Etc/GMT{-east:+d}" if east else "Etc/GMT"  # Etc/GMT-3 is UTC+3
+    context = chromium.new_context(locale="fr-FR", timezone_id=zone)
+    try:
+        page = context.new_page()
+        browser_login(page, dashboard_server.url)
+        box = peer(site.box("box-a"), "box-a")
+        box.publish(wire.topic(site.site, "box-a", "metrics"),
+                    _metrics(site.site, "box-a", 1, "agent", 0.7, 0.1))
+        updated = page.locator(".seat[data-box='box-a'] .updated")
+        updated.wait_for(timeout=LIVE_WAIT_MS)
+        text = updated.inner_text()
+        assert re.fullmatch(r"Mis à jour 0\d:\d{2}:\d{2} UTC[+−-]?\d*( \(.*\))?", text), text
+    finally:
+        context.close()

@@ -94,6 +94,23 @@ def test_fatigue_meter_shows_the_fatigue_index_on_its_0_to_1_scale(
     assert seat.locator(".fatigue meter").evaluate("m => m.value") == pytest.approx(0.2)
 
 
+def test_the_fatigue_meter_says_its_figure_beside_it(
+        logged_in_page: Any, site: Any, peer: Any) -> None:
+    """The seat's fatigue was a bar alone, with no figure where the speech bars beside it say
+    "49 %": an index of 0 (every demo seat once it has one) drew an empty bar that reads as no
+    data. Its figure on the box's 0 to 100 scale now stands beside it."""
+    page = logged_in_page
+    box = Box(site, peer, "box-a")
+    box.status()
+    box.metrics("agent", fatigue_phonation_min=12.0, fatigue_index=0.0, break_suggested=False)
+    seat = _seat(page, "box-a", "agent")
+    assert seat.locator(".fatigue .pct-fatigue").all_inner_texts() == ["0 / 100"]
+    box.metrics("prospect", fatigue_phonation_min=12.5, fatigue_index=63.4,
+                break_suggested=False)
+    _seat(page, "box-a", "prospect")
+    assert seat.locator(".fatigue .pct-fatigue").all_inner_texts() == ["63 / 100"]
+
+
 def _stale(seat: Any) -> bool:
     return bool(seat.evaluate("e => e.classList.contains('stale')"))
 

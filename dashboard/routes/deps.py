@@ -81,7 +81,7 @@ async def validation_error(request: Request, exc: Exception) -> Response:
 
 
 ERROR_KEYS = {400: "error.bad", 403: "error.forbidden", 404: "error.not_found",
-              405: "error.bad", 409: "error.conflict", 413: "error.too_large", 422: "error.invalid"}
+              405: "error.method", 409: "error.conflict", 413: "error.too_large", 422: "error.invalid"}
 """The translated sentence of each error status a page can meet (``error.other`` otherwise)."""
 
 

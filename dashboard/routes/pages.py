@@ -130,6 +130,8 @@ def _agent_context(db: Db, user: User, agent: str, self_view: bool,
     return {
         "agent": row, "seat": {"box": seat[0], "label": seat[1]} if seat else None,
         "flags": flags, "goals": goals, "calls": calls["calls"], "calls_page": calls,
+        "calls_heard": (None if calls["total"] else
+                        analytics.calls_heard(db, agent, time.time() - 86400)),
         "self_view": self_view,
         "can_coach": user.supervises and not self_view,
         "metrics": [registry.describe(n, user.lang) for n in analytics.metric_names(db)],

@@ -111,9 +111,19 @@ def login(
     return _start(RedirectResponse("/", status_code=303), request, db, settings, username)
 
 
+def _past_second_factor(request: Request) -> Response | None:
+    """Home for a session already past its second factor (the browser's Back after enrolling, a
+    bookmark): its pages showed an enrolment with an empty key, or the code form, for nothing."""
+    if request.state.session.stage == "ok":
+        return RedirectResponse("/", status_code=303)
+    return None
+
+
 @router.get("/login/totp", include_in_schema=False)
 def totp_form(request: Request) -> Response:
     """Second step: the one-time code."""
+    if (home := _past_second_factor(request)) is not None:
+        return home
     return render(request, "totp.html", {"bare": True, "setup": False, "error": None})
 
 
@@ -163,6 +173,8 @@ def _check_code(request: Request, db: Db, settings: Settings, secret: str, code:
 def totp_submit(request: Request, db: Db, settings: Settings,
                 code: Annotated[str, Form(max_length=16)] = "") -> Response:
     """Check the code; on success rotate to a full session."""
+    if (home := _past_second_factor(request)) is not None:
+        return home
     row = db.conn.execute("SELECT totp_secret FROM users WHERE username = ?",
                           (request.state.user,)).fetchone()
     return _check_code(request, db, settings, row[0] or "", code, enrol=False)
@@ -171,6 +183,8 @@ def totp_submit(request: Request, db: Db, settings: Settings,
 @router.get("/totp/setup", include_in_schema=False)
 def totp_setup_form(request: Request) -> Response:
     """Enrolment: the secret to add to an authenticator app, then one code to confirm."""
+    if (home := _past_second_factor(request)) is not None:
+        return home
     secret = request.state.session.pending_secret or ""
     return render(request, "totp.html", {
         "bare": True,
@@ -182,6 +196,8 @@ def totp_setup_form(request: Request) -> Response:
 def totp_setup_submit(request: Request, db: Db, settings: Settings,
                       code: Annotated[str, Form(max_length=16)] = "") -> Response:
     """Confirm enrolment with a first code; store the secret; rotate to a full session."""
+    if (home := _past_second_factor(request)) is not None:
+        return home
     secret = request.state.session.pending_secret or ""
     return _check_code(request, db, settings, secret, code, enrol=True)
 

@@ -24,6 +24,19 @@
 
   const two = (n) => String(n).padStart(2, "0");
 
+  // A cue as a coach reads it: its label and the figure that raised it against its threshold,
+  // in the cue's own words and unit ("Laissez parler le prospect : tour de parole qui dure déjà
+  // 61,3 s (seuil 60 s)"); the label alone when the box sent no evidence in the unit the words expect.
+  function cueText(c) {
+    const label = c.label || T["cue." + c.name] || c.name.replace(/_/g, " ");
+    const words = T["cue_evidence." + c.name + "." + c.evidence_unit];
+    if (!words || typeof c.evidence_value !== "number" || typeof c.evidence_threshold !== "number") {
+      return label;
+    }
+    return label + " : " + words.replace("{value}", MiroirCharts.fmtNumber(c.evidence_value))
+      .replace("{threshold}", MiroirCharts.fmtNumber(c.evidence_threshold));
+  }
+
   // The moment to flag: its time field (hh:mm:ss in the reader's zone) and, beside it, the
   // moment in full with its zone named (the field's description).
   function pick(ts, fromField) {
@@ -140,7 +153,8 @@
     const onPick = flagTs ? pick : null;
     const flags = data.flags.map((f) => (f.note ? f : Object.assign({}, f, {
       note: t("chart.flag") + " " + t("agent.flag_no_note") })));  // a moment marked, no words
-    const common = { t0, t1, cues: data.cues, flags, onPick, stateLabel: stateText,
+    const cues = data.cues.map((c) => Object.assign({}, c, { label: cueText(c) }));
+    const common = { t0, t1, cues, flags, onPick, stateLabel: stateText,
                      latestLabel: t("chart.latest"), latestStateLabel: t("chart.latest_state"),
                      atLabel: t("chart.at") };
     MiroirCharts.states(charts, Object.assign({ title: t("chart.turns"), rows }, common));
@@ -160,7 +174,7 @@
     const list = document.getElementById("cue-list");
     if (list) {
       list.textContent = "";
-      for (const c of data.cues) {
+      for (const c of cues) {
         const b = document.createElement("button");
         b.type = "button";
         b.className = "cue-badge replay";
@@ -287,7 +301,9 @@
     } else if (u.kind === "event" && u.name === "cue_on" && u.cue) {
       if (shift.cues.some((c) => c.box === u.box && c.seq === u.seq)) return;
       shift.cues.push({ box: u.box, seq: u.seq, ts: u.ts, name: u.cue, channel: u.channel,
-                        label: T["cue." + u.cue] || u.cue.replace(/_/g, " ") });
+                        label: T["cue." + u.cue] || u.cue.replace(/_/g, " "),
+                        evidence_value: u.evidence_value, evidence_threshold: u.evidence_threshold,
+                        evidence_unit: u.evidence_unit });
     } else {
       return;
     }

@@ -124,13 +124,23 @@ window.MiroirCharts = (function () {
     return svg;
   }
 
+  // The stretch a row's state stands for: a row's time is the end of the second it measured (the
+  // box publishes it then), so it reaches back to the row before, at most 5 s (a gap), and a
+  // second for the first. Drawn from the row's time onwards, the chart ran a second past the end
+  // of its time axis and a second behind the lines under it.
+  function stretch(rows, i) {
+    const r = rows[i];
+    return [i > 0 ? Math.max(rows[i - 1].ts, r.ts - 5) : r.ts - 1, r.ts];
+  }
+
   function states(container, opts) {
     const { svg, x } = frame(container, opts.title, opts.t0, opts.t1, opts.onPick);
     const rows = opts.rows;
     for (let i = 0; i < rows.length; i++) {
       const r = rows[i];
-      const next = i + 1 < rows.length ? Math.min(rows[i + 1].ts, r.ts + 5) : r.ts + 1;
-      el("rect", { x: x(r.ts), y: PAD_T + 14, width: Math.max(0.5, x(next) - x(r.ts)),
+      const [from, to] = stretch(rows, i);
+      const left = x(Math.max(from, opts.t0));  // the axis starts at the first row's time
+      el("rect", { x: left, y: PAD_T + 14, width: Math.max(0.5, x(to) - left),
                    height: H - PAD_T - PAD_B - 28, fill: STATE_COLOURS[r.talk_state] || "#eef1f5",
                    class: "state-" + r.talk_state }, svg);
     }
@@ -148,9 +158,9 @@ window.MiroirCharts = (function () {
     for (let i = 0; i < rows.length; i++) {
       const r = rows[i];
       if (!(r.talk_state in STATE_COLOURS)) continue;
-      const next = i + 1 < rows.length ? Math.min(rows[i + 1].ts, r.ts + 5) : r.ts + 1;
-      spent[r.talk_state] = (spent[r.talk_state] || 0) + (next - r.ts);
-      total += next - r.ts;
+      const [from, to] = stretch(rows, i);
+      spent[r.talk_state] = (spent[r.talk_state] || 0) + (to - from);
+      total += to - from;
     }
     if (!total) return;
     const p = document.createElement("p");
@@ -179,5 +189,5 @@ window.MiroirCharts = (function () {
                      ", " + opts.atLabel + " " + fmtTime(latest.ts));
   }
 
-  return { line, states, fmtTime };
+  return { line, states, fmtTime, fmtNumber };
 })();

@@ -190,7 +190,12 @@
     const fat = fatigueOf(m);
     const fEl = el.querySelector(".fatigue");
     fEl.hidden = fat === null;
-    if (fat !== null) fEl.querySelector("meter").value = fat;
+    if (fat !== null) {
+      fEl.querySelector("meter").value = fat;
+      // its figure beside it, on the box's 0 to 100 scale, as the speech bars say theirs: an
+      // index of 0 drew an empty bar alone, read as no data
+      fEl.querySelector(".pct-fatigue").textContent = Math.round(fat * 100) + " / 100";
+    }
     renderCues(b);
     const spans = el.querySelector(".timeline").children;
     const offset = HISTORY - b.history.length;
@@ -220,8 +225,11 @@
     const u = b.el.querySelector(".updated");
     if (!b.lastTs) { u.textContent = t("seat.never"); return; }
     const age = Math.max(0, nowS() - b.lastTs);
+    // two digits to the hour, as every other time of the dashboard (French's default wrote
+    // "Mis à jour 6:10:11 UTC" beside a chart's "06:10:56 UTC")
     const tm = new Date(b.lastTs * 1000).toLocaleTimeString(T.lang === "en" ? "en-GB" : "fr-FR",
-                                                        { timeZoneName: "short" });
+                                                        { hour: "2-digit", minute: "2-digit",
+                                                          second: "2-digit", timeZoneName: "short" });
     u.textContent = t("seat.updated") + " " + tm + (age >= 2 ? " (" + fmtAge(age) + ")" : "");
     b.el.classList.toggle("stale", isStale(b));
   }
