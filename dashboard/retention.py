@@ -11,6 +11,7 @@ import sqlite3
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -428,8 +429,57 @@ def _missing_tables(con: sqlite3.Connection) -> list[str]:
     return [t for t in BACKUP_TABLES if t not in tables]
 
 
+BACKUP_PROGRESS_S = 10.0
+"""A backup or a restore that takes longer logs how far it has gone this often."""
+PROGRESS_STEPS = 20_000
+"""SQLite virtual-machine steps between two looks at the clock and for Ctrl-C during a copy."""
+
+
+@contextmanager
+def _watched(con: sqlite3.Connection, what: str, done_mb: Callable[[], float],
+             total_mb: float) -> Iterator[None]:
+    """Statements of ``con`` inside it stop at once on Ctrl-C (and the stop signals the CLI turns
+    into it: KeyboardInterrupt, raised when SQLite has let go), not when they end; every
+    :data:`BACKUP_PROGRESS_S`, a log line says how far ``what`` has got (``done_mb`` of about
+    ``total_mb``)."""
+    stopped: list[bool] = []
+    said = [time.monotonic()]
+
+    def step() -> int:  # non-zero: SQLite stops the statement
+        try:
+            if time.monotonic() - said[0] >= BACKUP_PROGRESS_S:
+                said[0] = time.monotonic()
+                log.info("%s under way: %.0f of about %.0f MB", what, done_mb(), total_mb)
+            return 0
+        except KeyboardInterrupt:
+            stopped.append(True)
+            return 1
+
+    con.set_progress_handler(step, PROGRESS_STEPS)
+    try:
+        yield
+    except sqlite3.OperationalError as exc:  # (a stop on entering step() is reported so too)
+        if stopped or str(exc) == "interrupted":
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        con.set_progress_handler(None, 0)
+    if stopped:
+        raise KeyboardInterrupt
+
+
+def _size_mb(path: Path) -> float:
+    """The size of ``path`` in MB (0 when it is not there)."""
+    try:
+        return path.stat().st_size / 1e6
+    except OSError:
+        return 0.0
+
+
 def backup(db_path: Path, dest: Path) -> Path:
-    """Consistent online copy of the database (SQLite backup API, safe while serving).
+    """Consistent online copy of the database (``VACUUM INTO``, one read transaction: safe while
+    serving), stopped at once by Ctrl-C with nothing left at ``dest``; a long one logs how far
+    it has got every :data:`BACKUP_PROGRESS_S`.
 
     Raises:
         ValueError: no dashboard database at ``db_path`` (nothing is written, nor made there).
@@ -457,10 +507,13 @@ def backup(db_path: Path, dest: Path) -> Path:
         except FileExistsError:
             raise FileExistsError(f"{dest} exists; refusing to overwrite a backup") from None
         try:
+            # (the backup API in one step let Ctrl-C wait for the end of the copy, and in steps
+            # it starts again whenever the ingest writes)
+            total_mb = _size_mb(Path(db_path)) + _size_mb(Path(f"{db_path}-wal"))
+            with _watched(src.conn, f"backup to {dest}", lambda: _size_mb(dest), total_mb):
+                src.conn.execute("VACUUM INTO ?", (str(dest),))
             out = sqlite3.connect(str(dest))
-            try:
-                src.conn.backup(out)
-                # one plain file, readable where nothing can be written beside it (read-only media)
+            try:  # one plain file, readable where nothing can be written beside it (read-only media)
                 out.execute("PRAGMA journal_mode=DELETE")
             finally:
                 out.close()
