@@ -431,17 +431,17 @@ def _missing_tables(con: sqlite3.Connection) -> list[str]:
 
 BACKUP_PROGRESS_S = 10.0
 """A backup or a restore that takes longer logs how far it has gone this often."""
+RESTORE_STEP_PAGES = 1024
+"""Pages a restore copies between two looks at the clock and for Ctrl-C (4 MB of 4-KB pages)."""
 PROGRESS_STEPS = 20_000
 """SQLite virtual-machine steps between two looks at the clock and for Ctrl-C during a copy."""
 
 
 @contextmanager
-def _watched(con: sqlite3.Connection, what: str, done_mb: Callable[[], float],
-             total_mb: float) -> Iterator[None]:
+def _watched(con: sqlite3.Connection, what: str, how_far: Callable[[], str]) -> Iterator[None]:
     """Statements of ``con`` inside it stop at once on Ctrl-C (and the stop signals the CLI turns
     into it: KeyboardInterrupt, raised when SQLite has let go), not when they end; every
-    :data:`BACKUP_PROGRESS_S`, a log line says how far ``what`` has got (``done_mb`` of about
-    ``total_mb``)."""
+    :data:`BACKUP_PROGRESS_S`, a log line says how far ``what`` has got (``how_far()``)."""
     stopped: list[bool] = []
     said = [time.monotonic()]
 
@@ -449,7 +449,7 @@ def _watched(con: sqlite3.Connection, what: str, done_mb: Callable[[], float],
         try:
             if time.monotonic() - said[0] >= BACKUP_PROGRESS_S:
                 said[0] = time.monotonic()
-                log.info("%s under way: %.0f of about %.0f MB", what, done_mb(), total_mb)
+                log.info("%s under way: %s", what, how_far())
             return 0
         except KeyboardInterrupt:
             stopped.append(True)
@@ -510,7 +510,8 @@ def backup(db_path: Path, dest: Path) -> Path:
             # (the backup API in one step let Ctrl-C wait for the end of the copy, and in steps
             # it starts again whenever the ingest writes)
             total_mb = _size_mb(Path(db_path)) + _size_mb(Path(f"{db_path}-wal"))
-            with _watched(src.conn, f"backup to {dest}", lambda: _size_mb(dest), total_mb):
+            with _watched(src.conn, f"backup to {dest}",
+                          lambda: f"{_size_mb(dest):.0f} of about {total_mb:.0f} MB"):
                 src.conn.execute("VACUUM INTO ?", (str(dest),))
             out = sqlite3.connect(str(dest))
             try:  # one plain file, readable where nothing can be written beside it (read-only media)
@@ -537,7 +538,11 @@ def check_backup(path: Path) -> None:
     try:
         con = _read_backup(path)
         try:
-            ok = con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            start = time.monotonic()
+            with _watched(con, f"check of the backup {path}",
+                          lambda: f"{time.monotonic() - start:.0f} s of reading its "
+                                  f"{_size_mb(Path(path)):.0f} MB"):
+                ok = con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
             missing = _missing_tables(con)
         finally:
             con.close()
@@ -594,10 +599,18 @@ def restore(backup_path: Path, db_path: Path) -> None:
     # a running dashboard would go on from the sequence numbers it had, never asking the boxes
     # for what the backup lacks
     dst = _exclusive(db_path)
+    said = [time.monotonic()]
+
+    def copied(status: int, remaining: int, pages: int) -> None:
+        if time.monotonic() - said[0] >= BACKUP_PROGRESS_S:
+            said[0] = time.monotonic()
+            log.info("restore of %s under way: %d of %d pages copied", backup_path,
+                     pages - remaining, pages)
+
     try:
         src = _read_backup(backup_path)
-        try:
-            src.backup(dst)
+        try:  # in steps, so that Ctrl-C stops it between two (the database left as it was)
+            src.backup(dst, pages=RESTORE_STEP_PAGES, progress=copied)
         finally:
             src.close()
     finally:
