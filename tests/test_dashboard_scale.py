@@ -164,6 +164,33 @@ def test_a_long_purge_says_how_far_it_has_gone_while_it_runs(
     assert all("Z of " in s for s in steps)
 
 
+def test_a_long_purge_says_how_far_its_roll_up_of_the_backlog_has_gone(
+        dash_settings: DashboardSettings, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """`miroir dashboard purge` of a database whose rows were never rolled up (3 M metrics
+    rows, 200 boxes, a year) said "daily means brought up to date, then ..." and then nothing
+    for 77 s (25 s more in a run stopped before), the roll-up of the backlog, before its first
+    line about deleting: it looked hung. The roll-up now says every ROLL_UP_PROGRESS_S how many
+    rows it has added and how many boxes it has done."""
+    monkeypatch.setattr(analytics, "ROLL_UP_BATCH_ROWS", 25)
+    monkeypatch.setattr(analytics, "ROLL_UP_PAUSE_S", 0.0)
+    monkeypatch.setattr(analytics, "ROLL_UP_PROGRESS_S", 0.0, raising=False)
+    monkeypatch.setattr(retention, "PURGE_PAUSE_S", 0.0)
+    db = _two_days_of_one_box(dash_settings)
+    with db.conn:  # the rows arrived as they were measured, and no roll-up has run since
+        db.conn.execute("UPDATE metrics SET ingested_ts = ts")
+    with caplog.at_level("INFO"):
+        deleted = retention.purge(db, metrics_days=1.5, aggregates_days=365, audit_days=365)
+    assert deleted["metrics"] == 60
+    said = [r.getMessage() for r in caplog.records]
+    assert said[0].startswith("retention purge: daily means brought up to date"), said
+    steps = [m for m in said if m.startswith("daily means under way")]
+    assert steps == [f"daily means under way: {n} metrics rows added, 0 of 1 boxes done"
+                     for n in (25, 50, 75, 100)], said
+    assert db.conn.execute("SELECT n FROM daily_aggregates WHERE metric = 'near_speech_ratio' "
+                           "ORDER BY day").fetchall() == [(60,), (60,)]
+
+
 def test_the_variant_comparison_counts_a_variants_calls_by_index(
         dash_settings: DashboardSettings) -> None:
     """The campaign page counts each variant's outcomes from the calls of that campaign and
