@@ -92,3 +92,25 @@ def test_the_latency_bench_prints_one_line_of_json_and_nothing_else() -> None:
     assert len(lines) == 1, lines[:5]
     figures = json.loads(lines[0])
     assert figures["onsets"] >= 2 and figures["latency_ms_p50"] > 0, figures
+
+
+def test_the_edge_bench_says_how_far_it_has_got_on_stderr_and_prints_its_json_alone() -> None:
+    """`miroir bench edge --json` (10 minutes of audio, 3 runs of each side) ran 83 s printing
+    nothing but LiteRT's one line: a stuck command cannot be told from a slow one. It says what
+    it measures, then each run as it ends (with its RTFs), on stderr; stdout holds the JSON
+    line alone."""
+    import json
+
+    out = subprocess.run([sys.executable, "-m", "miroir", "bench", "edge", "--json",
+                          "--seconds", "20", "--repeats", "2"], capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert len(lines) == 1, lines[:5]
+    figures = json.loads(lines[0])
+    said = [line.split(" INFO bench.edge: ", 1)[1] for line in out.stderr.splitlines()
+            if " INFO bench.edge: " in line]
+    assert said and said[0].startswith("bench edge: 20 s of audio, 2 run(s) of each side"), said
+    assert [s.split(" (")[0] for s in said[1:]] == ["bench edge: run 1 of 2 done",
+                                                     "bench edge: run 2 of 2 done"], said
+    assert figures["repeats"] == 2 and figures["rtf_pipeline"] > 0, figures
