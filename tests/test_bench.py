@@ -114,3 +114,24 @@ def test_the_edge_bench_says_how_far_it_has_got_on_stderr_and_prints_its_json_al
     assert [s.split(" (")[0] for s in said[1:]] == ["bench edge: run 1 of 2 done",
                                                      "bench edge: run 2 of 2 done"], said
     assert figures["repeats"] == 2 and figures["rtf_pipeline"] > 0, figures
+
+
+def test_the_vad_bench_says_each_variant_as_it_ends_on_stderr() -> None:
+    """`miroir bench vad --json` (7 variants, 5 runs of each on a minute of two headsets, then
+    each one's AUC on AMI) ran 32 s saying nothing of its own. Each variant is logged as it
+    ends (its RTF and AUC), on stderr; stdout holds the JSON line alone."""
+    import json
+
+    out = subprocess.run([sys.executable, "-m", "miroir", "bench", "vad", "--json",
+                          "--repeats", "1"], capture_output=True, text=True, timeout=300,
+                         check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert len(lines) == 1, lines[:5]
+    figures = json.loads(lines[0])
+    said = [line.split(" INFO bench.vad: ", 1)[1] for line in out.stderr.splitlines()
+            if " INFO bench.vad: " in line]
+    names = [k for k, v in figures.items() if isinstance(v, dict)]
+    assert [s.split(" (")[0] for s in said] == [
+        f"bench vad: variant {k} of {len(names)} done: {name}"
+        for k, name in enumerate(names, start=1)], said
