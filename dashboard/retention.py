@@ -11,7 +11,6 @@ import sqlite3
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -433,39 +432,6 @@ BACKUP_PROGRESS_S = 10.0
 """A backup or a restore that takes longer logs how far it has gone this often."""
 RESTORE_STEP_PAGES = 1024
 """Pages a restore copies between two looks at the clock and for Ctrl-C (4 MB of 4-KB pages)."""
-PROGRESS_STEPS = 20_000
-"""SQLite virtual-machine steps between two looks at the clock and for Ctrl-C during a copy."""
-
-
-@contextmanager
-def _watched(con: sqlite3.Connection, what: str, how_far: Callable[[], str]) -> Iterator[None]:
-    """Statements of ``con`` inside it stop at once on Ctrl-C (and the stop signals the CLI turns
-    into it: KeyboardInterrupt, raised when SQLite has let go), not when they end; every
-    :data:`BACKUP_PROGRESS_S`, a log line says how far ``what`` has got (``how_far()``)."""
-    stopped: list[bool] = []
-    said = [time.monotonic()]
-
-    def step() -> int:  # non-zero: SQLite stops the statement
-        try:
-            if time.monotonic() - said[0] >= BACKUP_PROGRESS_S:
-                said[0] = time.monotonic()
-                log.info("%s under way: %s", what, how_far())
-            return 0
-        except KeyboardInterrupt:
-            stopped.append(True)
-            return 1
-
-    con.set_progress_handler(step, PROGRESS_STEPS)
-    try:
-        yield
-    except sqlite3.OperationalError as exc:  # (a stop on entering step() is reported so too)
-        if stopped or str(exc) == "interrupted":
-            raise KeyboardInterrupt from None
-        raise
-    finally:
-        con.set_progress_handler(None, 0)
-    if stopped:
-        raise KeyboardInterrupt
 
 
 def _size_mb(path: Path) -> float:
@@ -510,8 +476,9 @@ def backup(db_path: Path, dest: Path) -> Path:
             # (the backup API in one step let Ctrl-C wait for the end of the copy, and in steps
             # it starts again whenever the ingest writes)
             total_mb = _size_mb(Path(db_path)) + _size_mb(Path(f"{db_path}-wal"))
-            with _watched(src.conn, f"backup to {dest}",
-                          lambda: f"{_size_mb(dest):.0f} of about {total_mb:.0f} MB"):
+            with store.watched(src.conn, f"backup to {dest}",
+                               lambda: f"{_size_mb(dest):.0f} of about {total_mb:.0f} MB",
+                               BACKUP_PROGRESS_S):
                 src.conn.execute("VACUUM INTO ?", (str(dest),))
             out = sqlite3.connect(str(dest))
             try:  # one plain file, readable where nothing can be written beside it (read-only media)
@@ -539,9 +506,9 @@ def check_backup(path: Path) -> None:
         con = _read_backup(path)
         try:
             start = time.monotonic()
-            with _watched(con, f"check of the backup {path}",
-                          lambda: f"{time.monotonic() - start:.0f} s of reading its "
-                                  f"{_size_mb(Path(path)):.0f} MB"):
+            with store.watched(con, f"check of the backup {path}",
+                               lambda: f"{time.monotonic() - start:.0f} s of reading its "
+                                       f"{_size_mb(Path(path)):.0f} MB", BACKUP_PROGRESS_S):
                 ok = con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
             missing = _missing_tables(con)
         finally:
