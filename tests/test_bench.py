@@ -135,3 +135,34 @@ def test_the_vad_bench_says_each_variant_as_it_ends_on_stderr() -> None:
     assert [s.split(" (")[0] for s in said] == [
         f"bench vad: variant {k} of {len(names)} done: {name}"
         for k, name in enumerate(names, start=1)], said
+
+
+def test_the_ingest_bench_says_each_phase_as_it_starts() -> None:
+    """`miroir bench ingest --json` (by default 2000 boxes: their certificates, their TLS
+    connections, then a 60 s window and the drain) said nothing of its own until its JSON line:
+    over a minute, several on a first run, of a silent terminal. Each phase is logged on stderr
+    as it starts; stdout holds the JSON line alone."""
+    import json
+    import shutil
+
+    from provisioning.broker import new_site_dir
+
+    pki = new_site_dir() / "pki"  # one the broker's user can reach
+    try:
+        out = subprocess.run([sys.executable, "-m", "miroir", "bench", "ingest", "--json",
+                              "--boxes", "2", "--duration", "1", "--pki-dir", str(pki)],
+                             capture_output=True, text=True, timeout=300, check=False)
+    finally:
+        shutil.rmtree(pki.parent, ignore_errors=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert len(lines) == 1, lines[:5]
+    assert json.loads(lines[0])["boxes"] == 2
+    said = [line.split(" INFO bench.ingest: ", 1)[1] for line in out.stderr.splitlines()
+            if " INFO bench.ingest: " in line]
+    assert said == [
+        f"bench ingest: the site's certificates for 2 boxes (in {pki}; the first "
+        "run issues them)",
+        "bench ingest: broker and dashboard ingest up; 2 boxes connecting",
+        "bench ingest: 2 boxes connected; measuring for 1 s",
+        "bench ingest: measured; waiting for the boxes' last messages to be stored"], said
