@@ -166,3 +166,24 @@ def test_the_ingest_bench_says_each_phase_as_it_starts() -> None:
         "bench ingest: broker and dashboard ingest up; 2 boxes connecting",
         "bench ingest: 2 boxes connected; measuring for 1 s",
         "bench ingest: measured; waiting for the boxes' last messages to be stored"], said
+
+
+def test_the_accuracy_bench_says_each_part_as_it_ends_on_stderr() -> None:
+    """`python -m bench.accuracy --json` (and `miroir bench accuracy`) ran 136 s saying nothing
+    of its own until its JSON: eight parts (VAD on AMI, prosody, raised voices, rate, pauses,
+    hesitations, conversation, noisy line), one after the other. Each is logged on stderr as it
+    ends, with its time; stdout holds the JSON line alone (every 100th EmoDB clip here)."""
+    import json
+
+    out = subprocess.run([sys.executable, "-m", "bench.accuracy", "--json", "--step", "100"],
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert len(lines) == 1, lines[:5]
+    figures = json.loads(lines[0])
+    said = [line.split(": bench accuracy: ", 1)[1].split(" (")[0]
+            for line in out.stderr.splitlines() if " INFO " in line and ": bench accuracy: " in line]
+    assert said == [f"part {k} of 8 done: {name}" for k, name in enumerate(
+        ["VAD on AMI", "prosody on EmoDB", "raised voices", "speaking rate, cross-validated",
+         "pauses", "hesitations", "conversation", "noisy line"], start=1)], said
+    assert figures["rate_r"] == figures["rate_r_cv"] and "rate_r_shipped" in figures
