@@ -81,7 +81,9 @@ def test_a_bench_run_as_a_module_takes_its_options_or_refuses_them(module: str) 
 
 def test_the_latency_bench_prints_one_line_of_json_and_nothing_else() -> None:
     """`miroir bench latency --json` printed the dashboard's access log (uvicorn's, on stdout)
-    before its JSON line: `| jq` failed on it. Stdout holds the JSON line alone."""
+    before its JSON line: `| jq` failed on it. Stdout holds the JSON line alone. And it said
+    nothing while its boxes spoke, in real time (26 utterances of 3.6 s by default: over 90 s):
+    it now says so on stderr, with how long it will take, then every PROGRESS_S how far."""
     import json
 
     out = subprocess.run([sys.executable, "-m", "miroir", "bench", "latency", "--json",
@@ -92,6 +94,10 @@ def test_the_latency_bench_prints_one_line_of_json_and_nothing_else() -> None:
     assert len(lines) == 1, lines[:5]
     figures = json.loads(lines[0])
     assert figures["onsets"] >= 2 and figures["latency_ms_p50"] > 0, figures
+    said = [line.split(" INFO bench.latency: ", 1)[1] for line in out.stderr.splitlines()
+            if " INFO bench.latency: " in line]
+    assert said[:1] == ["bench latency: 1 box(es) speaking, 3 utterances each (the first a "
+                        "warm-up), in real time: about 11 s"], out.stderr[-2000:]
 
 
 def test_the_edge_bench_says_how_far_it_has_got_on_stderr_and_prints_its_json_alone() -> None:
