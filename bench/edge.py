@@ -23,6 +23,7 @@ the prospect has answered the agent.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import resource
 import statistics
 import sys
@@ -34,6 +35,8 @@ import numpy as np
 
 from bench.common import HEADSETS, single_thread_env
 from edge.frames import RATE_HZ
+
+log = logging.getLogger(__name__)
 
 MAX_SILENCE_S = 0.5
 
@@ -204,7 +207,9 @@ def run(seconds: float = 600.0, repeats: int = 3, block: int = 1024,
         raise ShortAudioError(f"the bench's audio is not at least half speech on {where} over its "
                               f"first {check_s:g} s ({speech}): give more seconds (15 or more)")
     pipe_s, ref_s, stages = [], [], []
-    for _ in range(repeats):
+    log.info("bench edge: %g s of audio, %d run(s) of each side (VAD alone, the pipeline, the "
+             "pipeline with its stages timed)", audio_s, repeats)
+    for done in range(1, repeats + 1):
         ref_s.append(reference(fp32, audio, block))
         pipe = _pipeline(model, affect)
         pipe_s.append(_timed(pipe, audio, block))
@@ -213,6 +218,8 @@ def run(seconds: float = 600.0, repeats: int = 3, block: int = 1024,
         profiled_s = _timed(profiled, audio, block)
         assert profiled.stage_s is not None
         stages.append({k: v / profiled_s for k, v in profiled.stage_s.items()})
+        log.info("bench edge: run %d of %d done (RTF %.5f pipeline, %.5f VAD alone)", done,
+                 repeats, pipe_s[-1] / audio_s, ref_s[-1] / audio_s)
     rtf_pipeline = statistics.median(pipe_s) / audio_s
     rtf_ref = statistics.median(ref_s) / audio_s
     # each stage's median share of its profiled run, applied to the unprofiled total

@@ -449,6 +449,8 @@ def bench_ingest(boxes: int = 2000, duration_s: float = 60.0, rate_hz: float = 1
     import sqlite3
 
     t0 = time.monotonic()
+    log.info("bench ingest: the site's certificates for %d boxes (in %s; the first run issues "
+             "them)", boxes, site_dir)
     files = provision(site_dir, BENCH_SITE, boxes)
     provision_s = time.monotonic() - t0
     work = Path(tempfile.mkdtemp(prefix="miroir-bench-ingest-"))
@@ -465,6 +467,7 @@ def bench_ingest(boxes: int = 2000, duration_s: float = 60.0, rate_hz: float = 1
             procs.append(dash)
             wait_file(work / "dash.ready", 60, [dash])
             ids = sorted(files.boxes)[:boxes]
+            log.info("bench ingest: broker and dashboard ingest up; %d boxes connecting", boxes)
             specs = fleet_specs(files, ids, work, per_process=per_process, rate_hz=rate_hz,
                                 duration_s=duration_s, keepalive_s=60, outbox_in_memory=True,
                                 lean=sim == "lean",
@@ -473,6 +476,7 @@ def bench_ingest(boxes: int = 2000, duration_s: float = 60.0, rate_hz: float = 1
                       for k, s in enumerate(specs)]
             procs += fleets
             connected = sum(int(wait_file(Path(s["ready_file"]), 300, fleets)) for s in specs)
+            log.info("bench ingest: %d boxes connected; measuring for %g s", connected, duration_s)
             start = time.monotonic()
             dash_cpu0 = _cpu_s(dash.pid)
             broker_cpu0 = _cpu_s(broker.pid) if broker.pid else 0.0
@@ -480,6 +484,7 @@ def bench_ingest(boxes: int = 2000, duration_s: float = 60.0, rate_hz: float = 1
             window_s = time.monotonic() - start
             dash_cpu = _cpu_s(dash.pid) - dash_cpu0
             broker_cpu = (_cpu_s(broker.pid) if broker.pid else 0.0) - broker_cpu0
+            log.info("bench ingest: measured; waiting for the boxes' last messages to be stored")
             for p in fleets:
                 p.wait(duration_s + DRAIN_S + 120)
             # the fleets are gone: their CPU was sampled on exit via their result timing

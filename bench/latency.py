@@ -25,7 +25,12 @@ import numpy as np
 from bench.common import SHARED
 
 SITE = "bench"
+log = logging.getLogger(__name__)
+
 SILENCE_S = 1.6
+PROGRESS_S = 10.0
+"""While the boxes speak (in real time: 26 cycles of 3.6 s by default), how often a log line
+says how far they have got."""
 CLIP = SHARED / "emodb" / "wav" / "03a01Nc.wav"
 BLOCK = 1024
 RATE_HZ = 16_000
@@ -150,10 +155,18 @@ def run(samples: int = 200, boxes: int = 8) -> dict[str, Any]:
                 box_agent(cfg).run(sources[b].blocks())
 
             threads = [threading.Thread(target=run_box, args=(b,), daemon=True) for b in ids]
+            audio_s = len(sources[ids[0]].near) / RATE_HZ
+            log.info("bench latency: %d box(es) speaking, %d utterances each (the first a "
+                     "warm-up), in real time: about %.0f s", boxes, cycles, audio_s)
+            started = time.monotonic()
             for th in threads:
                 th.start()
             for th in threads:
-                th.join()
+                while th.is_alive():
+                    th.join(PROGRESS_S)
+                    if th.is_alive():
+                        log.info("bench latency: %.0f of about %.0f s of speech played",
+                                 time.monotonic() - started, audio_s)
             time.sleep(1.0)
             lat = page.evaluate("window.__lat")
             browser.close()

@@ -10,6 +10,7 @@ Runtime's probabilities.
 
 from __future__ import annotations
 
+import logging
 import sys
 import tempfile
 from collections.abc import Callable
@@ -25,6 +26,8 @@ from edge.pipeline import VAD_GATE_ABOVE_FLOOR_DB, VAD_GATE_DBFS, VAD_GATE_MAX_P
 from edge.runtime import LiteRtModel, Model, OnnxModel
 from edge.source import read_wav
 from edge.vad import SileroVad
+
+log = logging.getLogger(__name__)
 
 
 def frames_of(audio: np.ndarray) -> list[Frame]:
@@ -174,9 +177,11 @@ def run(repeats: int = 5) -> dict[str, Any]:
                                                batched)
         except Exception as exc:  # quantization tooling may refuse this graph: report it
             result["int8_dynamic_error"] = str(exc)[:200]
-        for name, (model, fn) in variants.items():
+        for done, (name, (model, fn)) in enumerate(variants.items(), start=1):
             rtf = median_seconds(partial(fn, model, audio), repeats) / audio_s
             result[name] = {"rtf_both_channels": round(rtf, 5), "ami_auc": round(ami_auc(model, fn), 4)}
+            log.info("bench vad: variant %d of %d done: %s (RTF %.5f, AMI AUC %.4f)", done,
+                     len(variants), name, rtf, result[name]["ami_auc"])
     ref = result["reference_per_channel"]["rtf_both_channels"]
     for name in variants:
         result[name]["ratio_vs_reference"] = round(result[name]["rtf_both_channels"] / ref, 3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import sqlite3
 import time
@@ -12,6 +13,8 @@ from typing import Any
 import sqlite_utils
 
 from . import registry
+
+log = logging.getLogger(__name__)
 
 DAY_S = 86400.0
 OUTCOMES = ("meeting", "callback", "refusal", "no_answer")
@@ -145,6 +148,9 @@ ROLL_UP_BATCH_ROWS = 2000
 the pages wait for one batch at most."""
 ROLL_UP_PAUSE_S = 0.02
 """Pause between two batches of the roll-up, so that a waiting writer takes the lock."""
+ROLL_UP_PROGRESS_S = 10.0
+"""A roll-up that takes longer logs how far it has gone this often (the backlog of a database
+never rolled up, or of a server off for weeks, takes minutes)."""
 ROLL_UP_SETTLE_S = 60.0
 """How far behind the clock the purge's roll-up stops: a row is stamped with its arrival time
 before the ingest's transaction commits it (after up to the 5 s busy timeout), and a row stamped
@@ -164,7 +170,8 @@ def roll_up(db: sqlite_utils.Database, before_ts: float) -> int:
 
     Each box's mark (``rolled_up``) says up to which ingestion time its rows are in
     ``daily_aggregates``; the means and counts of later rows are added to the day's, weighted
-    by count, :data:`ROLL_UP_BATCH_ROWS` rows of a box per transaction. A row keeps its
+    by count, :data:`ROLL_UP_BATCH_ROWS` rows of a box per transaction, a log line every
+    :data:`ROLL_UP_PROGRESS_S` saying how far it has gone. A row keeps its
     per-second form until the retention purge; a row that arrives late (a box's outbox sent
     after an outage) is added to its own day by the next roll-up. Pages read the stored means
     and only the rows since the mark (:func:`daily_means`, :func:`team_means`). The retention
@@ -173,7 +180,8 @@ def roll_up(db: sqlite_utils.Database, before_ts: float) -> int:
     boxes = [r[0] for r in db.conn.execute(
         "SELECT box FROM boxes UNION SELECT box FROM seat_history").fetchall()]
     added = 0
-    for box in boxes:
+    said_ts = time.time()
+    for done, box in enumerate(boxes):
         while True:
             with db.conn:
                 db.conn.execute("BEGIN IMMEDIATE")  # the mark read and moved in one transaction
@@ -181,6 +189,10 @@ def roll_up(db: sqlite_utils.Database, before_ts: float) -> int:
             added += n
             if end_ts >= before_ts:
                 break
+            if time.time() - said_ts >= ROLL_UP_PROGRESS_S:
+                said_ts = time.time()
+                log.info("daily means under way: %d metrics rows added, %d of %d boxes done",
+                         added, done, len(boxes))
             time.sleep(ROLL_UP_PAUSE_S)
     return added
 

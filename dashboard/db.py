@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import sqlite3
-from collections.abc import Container, Iterator, Mapping
+import time
+from collections.abc import Callable, Container, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,8 @@ from typing import Any
 import sqlite_utils
 
 from miroir import wire
+
+log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
 QUARANTINE_PAYLOAD_MAX_CHARS = 2048
@@ -60,6 +64,42 @@ def open_db(path: str | Path) -> sqlite_utils.Database:
     # set here rather than left to how SQLite was built
     conn.execute("PRAGMA secure_delete=ON")
     return sqlite_utils.Database(conn)
+
+
+PROGRESS_STEPS = 20_000
+"""SQLite virtual-machine steps between two looks at the clock and for Ctrl-C in :func:`watched`."""
+
+
+@contextmanager
+def watched(con: sqlite3.Connection, what: str, how_far: Callable[[], str],
+            every_s: float) -> Iterator[None]:
+    """Statements of ``con`` inside it stop at once on Ctrl-C (and the stop signals the CLI turns
+    into it: KeyboardInterrupt, raised when SQLite has let go), not when they end; every
+    ``every_s``, a log line says how far ``what`` has got (``how_far()``)."""
+    stopped: list[bool] = []
+    said = [time.monotonic()]
+
+    def step() -> int:  # non-zero: SQLite stops the statement
+        try:
+            if time.monotonic() - said[0] >= every_s:
+                said[0] = time.monotonic()
+                log.info("%s under way: %s", what, how_far())
+            return 0
+        except KeyboardInterrupt:
+            stopped.append(True)
+            return 1
+
+    con.set_progress_handler(step, PROGRESS_STEPS)
+    try:
+        yield
+    except sqlite3.OperationalError as exc:  # (a stop on entering step() is reported so too)
+        if stopped or str(exc) == "interrupted":
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        con.set_progress_handler(None, 0)
+    if stopped:
+        raise KeyboardInterrupt
 
 
 @contextmanager

@@ -428,8 +428,24 @@ def _missing_tables(con: sqlite3.Connection) -> list[str]:
     return [t for t in BACKUP_TABLES if t not in tables]
 
 
+BACKUP_PROGRESS_S = 10.0
+"""A backup or a restore that takes longer logs how far it has gone this often."""
+RESTORE_STEP_PAGES = 1024
+"""Pages a restore copies between two looks at the clock and for Ctrl-C (4 MB of 4-KB pages)."""
+
+
+def _size_mb(path: Path) -> float:
+    """The size of ``path`` in MB (0 when it is not there)."""
+    try:
+        return path.stat().st_size / 1e6
+    except OSError:
+        return 0.0
+
+
 def backup(db_path: Path, dest: Path) -> Path:
-    """Consistent online copy of the database (SQLite backup API, safe while serving).
+    """Consistent online copy of the database (``VACUUM INTO``, one read transaction: safe while
+    serving), stopped at once by Ctrl-C with nothing left at ``dest``; a long one logs how far
+    it has got every :data:`BACKUP_PROGRESS_S`.
 
     Raises:
         ValueError: no dashboard database at ``db_path`` (nothing is written, nor made there).
@@ -457,10 +473,15 @@ def backup(db_path: Path, dest: Path) -> Path:
         except FileExistsError:
             raise FileExistsError(f"{dest} exists; refusing to overwrite a backup") from None
         try:
+            # (the backup API in one step let Ctrl-C wait for the end of the copy, and in steps
+            # it starts again whenever the ingest writes)
+            total_mb = _size_mb(Path(db_path)) + _size_mb(Path(f"{db_path}-wal"))
+            with store.watched(src.conn, f"backup to {dest}",
+                               lambda: f"{_size_mb(dest):.0f} of about {total_mb:.0f} MB",
+                               BACKUP_PROGRESS_S):
+                src.conn.execute("VACUUM INTO ?", (str(dest),))
             out = sqlite3.connect(str(dest))
-            try:
-                src.conn.backup(out)
-                # one plain file, readable where nothing can be written beside it (read-only media)
+            try:  # one plain file, readable where nothing can be written beside it (read-only media)
                 out.execute("PRAGMA journal_mode=DELETE")
             finally:
                 out.close()
@@ -484,7 +505,11 @@ def check_backup(path: Path) -> None:
     try:
         con = _read_backup(path)
         try:
-            ok = con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            start = time.monotonic()
+            with store.watched(con, f"check of the backup {path}",
+                               lambda: f"{time.monotonic() - start:.0f} s of reading its "
+                                       f"{_size_mb(Path(path)):.0f} MB", BACKUP_PROGRESS_S):
+                ok = con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
             missing = _missing_tables(con)
         finally:
             con.close()
@@ -541,10 +566,18 @@ def restore(backup_path: Path, db_path: Path) -> None:
     # a running dashboard would go on from the sequence numbers it had, never asking the boxes
     # for what the backup lacks
     dst = _exclusive(db_path)
+    said = [time.monotonic()]
+
+    def copied(status: int, remaining: int, pages: int) -> None:
+        if time.monotonic() - said[0] >= BACKUP_PROGRESS_S:
+            said[0] = time.monotonic()
+            log.info("restore of %s under way: %d of %d pages copied", backup_path,
+                     pages - remaining, pages)
+
     try:
         src = _read_backup(backup_path)
-        try:
-            src.backup(dst)
+        try:  # in steps, so that Ctrl-C stops it between two (the database left as it was)
+            src.backup(dst, pages=RESTORE_STEP_PAGES, progress=copied)
         finally:
             src.close()
     finally:

@@ -195,6 +195,15 @@ MIGRATIONS: list[Migration] = [_m1_inventory_roles_audit, _m2_campaign_life_and_
 """Ordered migrations; migration ``i`` (1-based) brings the schema to version ``i``."""
 
 
+MIGRATION_PROGRESS_S = 10.0
+"""A migration that takes longer logs how long it has run this often."""
+
+
+def _time_since(start: float) -> Callable[[], str]:
+    """How long it has been since ``start`` (a monotonic time), as text."""
+    return lambda: f"{time.monotonic() - start:.0f} s"
+
+
 def schema_version(db: sqlite_utils.Database) -> int:
     """The highest migration applied to ``db`` (0 for a database that has none)."""
     db.conn.execute("CREATE TABLE IF NOT EXISTS schema_version "
@@ -212,11 +221,18 @@ def ensure_schema(db: sqlite_utils.Database,
     for number, migrate in enumerate(steps, start=1):
         if number <= current:
             continue
-        with db.conn:
+        log.info("applying dashboard migration %d of %d (%s)", number, len(steps), migrate.__doc__)
+        # (an index over months of rows takes minutes: said every MIGRATION_PROGRESS_S, and
+        # Ctrl-C stops it at once, the migration run again whole by the next start)
+        start = time.monotonic()
+        with db.conn, store.watched(db.conn, f"dashboard migration {number}",
+                                    _time_since(start), MIGRATION_PROGRESS_S):
             migrate(db)
             db.conn.execute("INSERT INTO schema_version (version, applied_ts) VALUES (?, ?)",
                             (number, time.time()))
-        log.info("applied dashboard migration %d (%s)", number, migrate.__doc__)
+        if time.monotonic() - start >= 1.0:  # (a new database's are said once, not twice)
+            log.info("applied dashboard migration %d in %.0f s", number,
+                     time.monotonic() - start)
         current = number
     _ensure_author_columns(db)
     return current

@@ -264,6 +264,11 @@ def wait_published(state_dir: Path, since_ts: float, timeout_s: float, version: 
         time.sleep(poll_s)
 
 
+HEALTH_PROGRESS_S = 30.0
+"""While a release is watched (:func:`wait_healthy`'s soak, 2 minutes by default), a log line
+says how long it has run this often."""
+
+
 def wait_healthy(state_dir: Path, version: str, since_ts: float, timeout_s: float,
                  soak_s: float, poll_s: float = 1.0, broker_up: Callable[[], bool] | None = None,
                  settle_s: float = 0.0) -> bool:
@@ -272,6 +277,8 @@ def wait_healthy(state_dir: Path, version: str, since_ts: float, timeout_s: floa
     more seconds without a restart: the same process, alive (a release that crashes a minute
     after its first message passed the check)."""
     started = time.monotonic()
+    log.info("release %s started: waiting up to %.0f s for a message of its acknowledged by the "
+             "broker", version, timeout_s)
     first = wait_published(state_dir, since_ts, timeout_s, version, poll_s, broker_up, settle_s)
     if not first:  # the wait may have gone past timeout_s, the broker's port seen closed
         log.warning("release %s did not publish within %.0f s", version,
@@ -279,7 +286,13 @@ def wait_healthy(state_dir: Path, version: str, since_ts: float, timeout_s: floa
         return False
     published = time.monotonic()
     soak_end = published + soak_s
+    log.info("release %s published after %.0f s: watching it run %.0f s without a restart",
+             version, published - started, soak_s)
+    said = published
     while True:
+        if time.monotonic() - said >= HEALTH_PROGRESS_S:
+            said = time.monotonic()
+            log.info("release %s running for %.0f of %.0f s", version, said - published, soak_s)
         beat = read_heartbeat(state_dir) or first  # (an unreadable file: no news)
         if beat.get("version") != version or beat.get("pid") != first.get("pid") \
                 or not _alive(first.get("pid")):

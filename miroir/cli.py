@@ -15,6 +15,7 @@ import os
 import shlex
 import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -269,6 +270,19 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def _interrupt(signum: int, frame: Any) -> None:
     """A stop signal as Ctrl-C: :func:`main` ends the command, "interrupted" (exit 130)."""
     raise KeyboardInterrupt
+
+
+def _stop_signals_interrupt() -> dict[int, Any]:
+    """SIGTERM (a service stop, `kill`) and SIGHUP (a closed terminal) end every command as Ctrl-C
+    does: "interrupted", exit 130, the command's cleanup run (no half-written file left); a signal
+    ignored (`nohup`) stays ignored, and a command with its own handlers installs them after.
+    Not for the two services (`edge run`, `dashboard serve`): systemd counts an end by SIGTERM
+    as a clean stop, and each stops itself on it. Returns the handlers replaced, for
+    :func:`main` to put back."""
+    if threading.current_thread() is not threading.main_thread():  # (only it may set them)
+        return {}
+    return {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)
+            if signal.getsignal(sig) is signal.SIG_DFL}
 
 
 def cmd_edge_run(args: argparse.Namespace) -> int:
@@ -632,6 +646,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=_log_stream())
     handler: Handler = args.func
+    before = {} if handler in (cmd_edge_run, cmd_dashboard_serve) else _stop_signals_interrupt()
     try:
         return handler(args)
     except CliError as exc:
@@ -653,6 +668,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"miroir: error: {exc}", file=sys.stderr)  # it says which command builds it
         return 2
+    finally:
+        for sig, previous in before.items():
+            signal.signal(sig, previous)
 
 
 if __name__ == "__main__":

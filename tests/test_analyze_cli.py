@@ -453,6 +453,37 @@ def test_a_named_pipe_is_waited_on_with_a_notice_and_read_when_written(tmp_path)
         assert "Traceback" not in rest, rest
 
 
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGHUP"])
+def test_a_stop_signal_ends_a_command_as_ctrl_c_does(tmp_path, stop):
+    """SIGTERM (`kill`, a service or a job runner stopping it) and SIGHUP (its terminal closed)
+    killed every command but `edge run` outright: exit 143 or 129, no word, and no cleanup, so
+    that `miroir dashboard backup` stopped so 1.5 s into a 700 MB copy left a 99 MB file and its
+    journal, which the next run refused to overwrite. Both now end a command as Ctrl-C does:
+    "miroir: interrupted", exit 130 (here a wait on a named pipe nothing writes to)."""
+    import os
+    import select
+    import signal
+
+    pipe = tmp_path / "p.wav"
+    os.mkfifo(pipe)
+    proc = subprocess.Popen([sys.executable, "-m", "miroir", "analyze", str(pipe)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    assert proc.stderr is not None
+    try:
+        assert select.select([proc.stderr], [], [], 30)[0], "no notice within 30 s"
+        assert "waiting for a writer" in proc.stderr.readline()
+        proc.send_signal(getattr(signal, stop))
+        out, rest = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, (proc.returncode, rest)
+    assert rest.strip().splitlines() == ["miroir: interrupted"], rest
+    assert out == ""
+
+
 def test_a_wav_written_through_a_pipe_is_whole_not_cut_short(tmp_path):
     """A WAV whose writer could not go back to its header (`sox clip.wav -t wav - trim 0 2 |
     cat > f.wav` leaves 0x7FFFF000 as its data size, ffmpeg and most streaming writers 0xFFFFFFFF) was

@@ -81,7 +81,9 @@ def test_a_bench_run_as_a_module_takes_its_options_or_refuses_them(module: str) 
 
 def test_the_latency_bench_prints_one_line_of_json_and_nothing_else() -> None:
     """`miroir bench latency --json` printed the dashboard's access log (uvicorn's, on stdout)
-    before its JSON line: `| jq` failed on it. Stdout holds the JSON line alone."""
+    before its JSON line: `| jq` failed on it. Stdout holds the JSON line alone. And it said
+    nothing while its boxes spoke, in real time (26 utterances of 3.6 s by default: over 90 s):
+    it now says so on stderr, with how long it will take, then every PROGRESS_S how far."""
     import json
 
     out = subprocess.run([sys.executable, "-m", "miroir", "bench", "latency", "--json",
@@ -92,3 +94,102 @@ def test_the_latency_bench_prints_one_line_of_json_and_nothing_else() -> None:
     assert len(lines) == 1, lines[:5]
     figures = json.loads(lines[0])
     assert figures["onsets"] >= 2 and figures["latency_ms_p50"] > 0, figures
+    said = [line.split(" INFO bench.latency: ", 1)[1] for line in out.stderr.splitlines()
+            if " INFO bench.latency: " in line]
+    assert said[:1] == ["bench latency: 1 box(es) speaking, 3 utterances each (the first a "
+                        "warm-up), in real time: about 11 s"], out.stderr[-2000:]
+
+
+def test_the_edge_bench_says_how_far_it_has_got_on_stderr_and_prints_its_json_alone() -> None:
+    """`miroir bench edge --json` (10 minutes of audio, 3 runs of each side) ran 83 s printing
+    nothing but LiteRT's one line: a stuck command cannot be told from a slow one. It says what
+    it measures, then each run as it ends (with its RTFs), on stderr; stdout holds the JSON
+    line alone."""
+    import json
+
+    out = subprocess.run([sys.executable, "-m", "miroir", "bench", "edge", "--json",
+                          "--seconds", "20", "--repeats", "2"], capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert len(lines) == 1, lines[:5]
+    figures = json.loads(lines[0])
+    said = [line.split(" INFO bench.edge: ", 1)[1] for line in out.stderr.splitlines()
+            if " INFO bench.edge: " in line]
+    assert said and said[0].startswith("bench edge: 20 s of audio, 2 run(s) of each side"), said
+    assert [s.split(" (")[0] for s in said[1:]] == ["bench edge: run 1 of 2 done",
+                                                     "bench edge: run 2 of 2 done"], said
+    assert figures["repeats"] == 2 and figures["rtf_pipeline"] > 0, figures
+
+
+def test_the_vad_bench_says_each_variant_as_it_ends_on_stderr() -> None:
+    """`miroir bench vad --json` (7 variants, 5 runs of each on a minute of two headsets, then
+    each one's AUC on AMI) ran 32 s saying nothing of its own. Each variant is logged as it
+    ends (its RTF and AUC), on stderr; stdout holds the JSON line alone."""
+    import json
+
+    out = subprocess.run([sys.executable, "-m", "miroir", "bench", "vad", "--json",
+                          "--repeats", "1"], capture_output=True, text=True, timeout=300,
+                         check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert len(lines) == 1, lines[:5]
+    figures = json.loads(lines[0])
+    said = [line.split(" INFO bench.vad: ", 1)[1] for line in out.stderr.splitlines()
+            if " INFO bench.vad: " in line]
+    names = [k for k, v in figures.items() if isinstance(v, dict)]
+    assert [s.split(" (")[0] for s in said] == [
+        f"bench vad: variant {k} of {len(names)} done: {name}"
+        for k, name in enumerate(names, start=1)], said
+
+
+def test_the_ingest_bench_says_each_phase_as_it_starts() -> None:
+    """`miroir bench ingest --json` (by default 2000 boxes: their certificates, their TLS
+    connections, then a 60 s window and the drain) said nothing of its own until its JSON line:
+    over a minute, several on a first run, of a silent terminal. Each phase is logged on stderr
+    as it starts; stdout holds the JSON line alone."""
+    import json
+    import shutil
+
+    from provisioning.broker import new_site_dir
+
+    pki = new_site_dir() / "pki"  # one the broker's user can reach
+    try:
+        out = subprocess.run([sys.executable, "-m", "miroir", "bench", "ingest", "--json",
+                              "--boxes", "2", "--duration", "1", "--pki-dir", str(pki)],
+                             capture_output=True, text=True, timeout=300, check=False)
+    finally:
+        shutil.rmtree(pki.parent, ignore_errors=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert len(lines) == 1, lines[:5]
+    assert json.loads(lines[0])["boxes"] == 2
+    said = [line.split(" INFO bench.ingest: ", 1)[1] for line in out.stderr.splitlines()
+            if " INFO bench.ingest: " in line]
+    assert said == [
+        f"bench ingest: the site's certificates for 2 boxes (in {pki}; the first "
+        "run issues them)",
+        "bench ingest: broker and dashboard ingest up; 2 boxes connecting",
+        "bench ingest: 2 boxes connected; measuring for 1 s",
+        "bench ingest: measured; waiting for the boxes' last messages to be stored"], said
+
+
+def test_the_accuracy_bench_says_each_part_as_it_ends_on_stderr() -> None:
+    """`python -m bench.accuracy --json` (and `miroir bench accuracy`) ran 136 s saying nothing
+    of its own until its JSON: eight parts (VAD on AMI, prosody, raised voices, rate, pauses,
+    hesitations, conversation, noisy line), one after the other. Each is logged on stderr as it
+    ends, with its time; stdout holds the JSON line alone (every 100th EmoDB clip here)."""
+    import json
+
+    out = subprocess.run([sys.executable, "-m", "bench.accuracy", "--json", "--step", "100"],
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert len(lines) == 1, lines[:5]
+    figures = json.loads(lines[0])
+    said = [line.split(": bench accuracy: ", 1)[1].split(" (")[0]
+            for line in out.stderr.splitlines() if " INFO " in line and ": bench accuracy: " in line]
+    assert said == [f"part {k} of 8 done: {name}" for k, name in enumerate(
+        ["VAD on AMI", "prosody on EmoDB", "raised voices", "speaking rate, cross-validated",
+         "pauses", "hesitations", "conversation", "noisy line"], start=1)], said
+    assert figures["rate_r"] == figures["rate_r_cv"] and "rate_r_shipped" in figures

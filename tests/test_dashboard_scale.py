@@ -164,6 +164,33 @@ def test_a_long_purge_says_how_far_it_has_gone_while_it_runs(
     assert all("Z of " in s for s in steps)
 
 
+def test_a_long_purge_says_how_far_its_roll_up_of_the_backlog_has_gone(
+        dash_settings: DashboardSettings, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """`miroir dashboard purge` of a database whose rows were never rolled up (3 M metrics
+    rows, 200 boxes, a year) said "daily means brought up to date, then ..." and then nothing
+    for 77 s (25 s more in a run stopped before), the roll-up of the backlog, before its first
+    line about deleting: it looked hung. The roll-up now says every ROLL_UP_PROGRESS_S how many
+    rows it has added and how many boxes it has done."""
+    monkeypatch.setattr(analytics, "ROLL_UP_BATCH_ROWS", 25)
+    monkeypatch.setattr(analytics, "ROLL_UP_PAUSE_S", 0.0)
+    monkeypatch.setattr(analytics, "ROLL_UP_PROGRESS_S", 0.0, raising=False)
+    monkeypatch.setattr(retention, "PURGE_PAUSE_S", 0.0)
+    db = _two_days_of_one_box(dash_settings)
+    with db.conn:  # the rows arrived as they were measured, and no roll-up has run since
+        db.conn.execute("UPDATE metrics SET ingested_ts = ts")
+    with caplog.at_level("INFO"):
+        deleted = retention.purge(db, metrics_days=1.5, aggregates_days=365, audit_days=365)
+    assert deleted["metrics"] == 60
+    said = [r.getMessage() for r in caplog.records]
+    assert said[0].startswith("retention purge: daily means brought up to date"), said
+    steps = [m for m in said if m.startswith("daily means under way")]
+    assert steps == [f"daily means under way: {n} metrics rows added, 0 of 1 boxes done"
+                     for n in (25, 50, 75, 100)], said
+    assert db.conn.execute("SELECT n FROM daily_aggregates WHERE metric = 'near_speech_ratio' "
+                           "ORDER BY day").fetchall() == [(60,), (60,)]
+
+
 def test_the_variant_comparison_counts_a_variants_calls_by_index(
         dash_settings: DashboardSettings) -> None:
     """The campaign page counts each variant's outcomes from the calls of that campaign and
@@ -266,3 +293,182 @@ def test_each_batch_of_the_purge_finds_its_old_rows_by_time_not_by_reading_the_t
         for sql in deletes:
             plan = [r[3] for r in db.conn.execute("EXPLAIN QUERY PLAN " + sql).fetchall()]
             assert not [p for p in plan if p.startswith("SCAN")], (table, plan)
+
+
+def _metrics_rows(settings: DashboardSettings, rows: int) -> None:
+    """``rows`` per-second metrics rows of one seated box, the first ingested, the rest copies
+    of it a second apart (a big database in a second, not an hour of ingest)."""
+    db = _two_days_of_one_box(settings)
+    cols = [r[1] for r in db.conn.execute("PRAGMA table_info(metrics)")
+            if r[1] not in ("seq", "ts", "ingested_ts")]
+    names = ", ".join(cols)
+    with db.conn:
+        db.conn.execute(
+            f"WITH RECURSIVE k(n) AS (SELECT 1000 UNION ALL SELECT n + 1 FROM k WHERE n < ?) "
+            f"INSERT INTO metrics ({names}, seq, ts, ingested_ts) SELECT {names}, k.n, m.ts + k.n, "
+            f"m.ingested_ts + k.n FROM metrics m, k WHERE m.seq = 1", (999 + rows,))
+    db.conn.close()
+
+
+def _stop_once_under_way(args: list[str], env: dict[str, str], said: str
+                         ) -> tuple[int, str, list[str]]:
+    """Run ``miroir ARGS`` (in a process of its own, a progress line at every look SQLite lets
+    it take, a restore copying a page a step), send Ctrl-C once it has logged ``said``; its
+    exit code, stdout and stderr lines. Its stderr is read no further until then, so the
+    command cannot finish in between: its progress lines fill the pipe and it waits to write
+    the next."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    code = ("import sys; from dashboard import db, retention, schema; "
+            "retention.BACKUP_PROGRESS_S = schema.MIGRATION_PROGRESS_S = 0.0; "
+            "db.PROGRESS_STEPS = 100; retention.RESTORE_STEP_PAGES = 1; "
+            "from miroir.cli import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert proc.stderr is not None
+    lines: list[str] = []
+    try:
+        for line in proc.stderr:
+            lines.append(line.rstrip("\n"))
+            if said in line:
+                break
+        assert lines and said in lines[-1], lines[-5:]  # (none: it said nothing)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        out, rest = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, out, [*lines, *rest.splitlines()]
+
+
+def test_a_long_backup_says_how_far_it_has_got_and_stops_at_once_on_ctrl_c(tmp_path) -> None:
+    """`miroir dashboard backup` of a 700 MB database (3 M metrics rows, 200 boxes) said nothing
+    for 3.2 s (a year of a floor is tens of GB: minutes), and copied in one SQLite call that
+    Ctrl-C could not stop: it ended with the copy (0.65 s after Ctrl-C sent 1.5 s in; the whole
+    copy when sent at its start). It now logs how far it has got every BACKUP_PROGRESS_S and
+    stops at SQLite's next step, leaving no file; a second run writes the whole backup."""
+    import os
+    import sqlite3
+    import subprocess
+    import sys
+
+    from tests._fixtures_dashboard import make_settings
+
+    settings = make_settings(tmp_path)
+    _metrics_rows(settings, 50_000)
+    env = dict(os.environ, MIROIR_DASH_SITE="site-1", MIROIR_DASH_DB_PATH=str(settings.db_path))
+    dest = tmp_path / "b.db"
+    code, out, err = _stop_once_under_way(["dashboard", "backup", str(dest)], env,
+                                          f"INFO dashboard.db: backup to {dest} under way")
+    assert code == 130, err[-5:]
+    assert err[-1] == "miroir: interrupted" and not any("Traceback" in e for e in err), err[-5:]
+    assert out == "" and not list(tmp_path.glob("b.db*"))  # no half copy, no journal
+    done = subprocess.run([sys.executable, "-m", "miroir", "dashboard", "backup", str(dest)],
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0 and done.stdout == f"backup written to {dest}\n", done.stderr
+    con = sqlite3.connect(dest)
+    try:
+        assert con.execute("SELECT count(*) FROM metrics").fetchone() == (50_120,)
+    finally:
+        con.close()
+
+
+def test_a_long_restore_says_how_far_it_has_got_and_ctrl_c_leaves_the_database_as_it_was(
+        tmp_path) -> None:
+    """`miroir dashboard restore` of a 700 MB backup said nothing for 25 s (19 s of SQLite's
+    integrity check, then the copy, each one call that Ctrl-C could not stop: a Ctrl-C sent 2 s
+    in ended it 17.5 s later). It now logs how far its check and its copy have got every
+    BACKUP_PROGRESS_S, and Ctrl-C stops either at once: here in the middle of the copy, the
+    database is left whole as it was; a second run restores the backup."""
+    import os
+    import sqlite3
+    import subprocess
+    import sys
+
+    from tests._fixtures_dashboard import make_settings
+
+    (tmp_path / "big").mkdir()
+    big = make_settings(tmp_path / "big")
+    _metrics_rows(big, 50_000)
+    env = dict(os.environ, MIROIR_DASH_SITE="site-1", MIROIR_DASH_DB_PATH=str(big.db_path))
+    backup = tmp_path / "b.db"
+    assert subprocess.run([sys.executable, "-m", "miroir", "dashboard", "backup", str(backup)],
+                          env=env, timeout=120, check=False).returncode == 0
+    live = make_settings(tmp_path)
+    _two_days_of_one_box(live).conn.close()  # the database in place: 120 rows
+    env["MIROIR_DASH_DB_PATH"] = str(live.db_path)
+    args = ["dashboard", "restore", str(backup)]
+    code, out, err = _stop_once_under_way(args, env, f"restore of {backup} under way: ")
+    assert any(f"check of the backup {backup} under way: " in e for e in err), err[:3]
+    assert code == 130, err[-5:]
+    assert err[-1] == "miroir: interrupted" and not any("Traceback" in e for e in err), err[-5:]
+    assert out == ""
+    con = sqlite3.connect(live.db_path)
+    try:
+        assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert con.execute("SELECT count(*) FROM metrics").fetchone() == (120,)
+    finally:
+        con.close()
+    done = subprocess.run([sys.executable, "-m", "miroir", *args], env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0 and done.stdout == f"restored {backup}\n", done.stderr
+    con = sqlite3.connect(live.db_path)
+    try:
+        assert con.execute("SELECT count(*) FROM metrics").fetchone() == (50_120,)
+    finally:
+        con.close()
+
+
+def test_a_long_migration_says_so_and_ctrl_c_leaves_the_schema_as_it_was(tmp_path) -> None:
+    """The first command after an upgrade (`dashboard serve`, or `dashboard user list`) builds
+    the new indexes over every metrics row: 3.5 s on 3 M rows (2 s for migration 6 alone), on a
+    floor's year of rows many minutes, said only once each migration had ended; and Ctrl-C
+    waited for the index. Each migration is now said as it starts, then every
+    MIGRATION_PROGRESS_S how long it has run, and Ctrl-C stops it at once: the schema is left at
+    the version it had, and the next command applies the migration whole."""
+    import os
+    import sqlite3
+    import subprocess
+    import sys
+
+    from tests._fixtures_dashboard import make_settings
+
+    settings = make_settings(tmp_path)
+    _metrics_rows(settings, 50_000)
+    con = sqlite3.connect(settings.db_path)
+    with con:  # a database of a dashboard at migration 5: no index of migration 6 on
+        for index in ("metrics_box_ts", "events_box_ts", "metrics_box_ingested",
+                      "daily_aggregates_agent", "audit_log_ts", "quarantine_received",
+                      "calls_start", "calls_campaign"):
+            con.execute(f"DROP INDEX IF EXISTS {index}")
+        con.execute("DELETE FROM schema_version WHERE version > 5")
+    con.close()
+    env = dict(os.environ, MIROIR_DASH_SITE="site-1", MIROIR_DASH_DB_PATH=str(settings.db_path))
+    code, out, err = _stop_once_under_way(["dashboard", "user", "list"], env,
+                                          "INFO dashboard.db: dashboard migration 6 under way: ")
+    assert any("INFO dashboard.schema: applying dashboard migration 6 of " in e for e in err)
+    assert code == 130, err[-5:]
+    assert err[-1] == "miroir: interrupted" and not any("Traceback" in e for e in err), err[-5:]
+    assert out == ""
+    con = sqlite3.connect(settings.db_path)
+    try:
+        assert con.execute("SELECT max(version) FROM schema_version").fetchone() == (5,)
+    finally:
+        con.close()
+    done = subprocess.run([sys.executable, "-m", "miroir", "dashboard", "user", "list"], env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0 and done.stdout.startswith("USER"), done.stderr
+    con = sqlite3.connect(settings.db_path)
+    try:
+        assert con.execute("SELECT max(version) FROM schema_version").fetchone() == (
+            len(schema.MIGRATIONS),)
+        assert con.execute("SELECT count(*) FROM metrics").fetchone() == (50_120,)
+    finally:
+        con.close()

@@ -654,6 +654,28 @@ def test_a_release_that_crashes_after_its_first_message_is_rolled_back(
         assert done.returncode == 0 and up.current_version() == "2.1", done.stderr
 
 
+def test_an_update_says_what_it_waits_for_while_it_checks_the_release(
+        tmp_path: Path, keys: tuple[bytes, bytes]) -> None:
+    """`miroir edge update` said nothing between its start and its end: with the default check
+    (up to 90 s for the new release to publish, then 2 minutes watching it run) an SSH session
+    sat silent for over 2 minutes, as a hung command does. It now says what it waits for: the
+    release started, its first message (after how long) and the time it watches it run, then
+    how long it has run every HEALTH_PROGRESS_S."""
+    priv, pub = keys
+    up, state = _publishing_1_0(tmp_path, priv, pub)
+    with _supervised(tmp_path, up.root, state) as fake:
+        done = _cli_update(up.root, _agent_release(tmp_path, "2.1", state, priv),
+                           tmp_path / "release.pub", state, fake, "--health-timeout-s", "10",
+                           "--soak-s", "2")
+    assert done.returncode == 0 and up.current_version() == "2.1", done.stderr
+    said = [line.split(": ", 1)[1] for line in done.stderr.splitlines()
+            if " INFO edge.health: " in line]
+    assert said[:1] == ["release 2.1 started: waiting up to 10 s for a message of its "
+                        "acknowledged by the broker"], done.stderr
+    assert len(said) == 2 and said[1].startswith("release 2.1 published after "), done.stderr
+    assert said[1].endswith(" s: watching it run 2 s without a restart"), done.stderr
+
+
 def test_update_exit_codes_tell_a_refusal_from_a_rollback(
         tmp_path: Path, keys: tuple[bytes, bytes]) -> None:
     """Site IT scripts the update: a tampered bundle, a replayed older one (nothing changed) and a
