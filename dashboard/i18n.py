@@ -234,6 +234,7 @@ STRINGS: dict[str, tuple[str, str]] = {
                    "se met plus à jour.", "This agent was removed or is no longer in your scope: "
                    "this page no longer updates."),
     "agent.export": ("Exporter (CSV)", "Export (CSV)"),
+    "agent.export_excel": ("Exporter pour Excel", "Export for Excel"),
     "agent.export_all": ("Toutes mes données (JSON)", "All my data (JSON)"),
     "agent.back_live": ("Retour au direct", "Back to live"),
     "agent.replay": ("Rejouer", "Replay"),
@@ -320,6 +321,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "team.flags_one": ("moment signalé", "flagged moment"),
     "team.flags": ("moments signalés", "flagged moments"),
     "team.export": ("Exporter l'équipe (CSV)", "Export the team (CSV)"),
+    "team.export_excel": ("Exporter l'équipe pour Excel", "Export the team for Excel"),
     "campaign.title": ("Campagnes", "Campaigns"),
     "campaign.variant": ("Variante", "Variant"),
     "campaign.calls": ("Appels qualifiés", "Tagged calls"),
