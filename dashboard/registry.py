@@ -78,6 +78,14 @@ looks small and only a change a coach should notice fills the chart (docs/cues.m
 2 syl/s (``too_fast``/``too_slow`` are 1.3x and 0.83x of about 4-5 syl/s); pitch 4 semitones,
 about 30 Hz at a speaking voice's 150 Hz; a monologue its 30 s cue; a response time its 2 s
 cue; counts per minute or per 60 s a few of them."""
+NO_DAILY_MEAN: dict[str, str] = {
+    "monologue_s_current": "instantaneous", "fatigue_phonation_min": "cumulative",
+}
+"""Metrics whose mean over a day means nothing: ``instantaneous``, the turn going on at each
+second (a 40 s monologue counts 1 to 40); ``cumulative``, growing through the shift (the mean
+says how long the shift was). Neither a goal nor a team mean is made of them."""
+PROSPECT_ONLY = ("prospect_tension", "prospect_arousal", "latency_prospect_ms_median_60s")
+"""Metrics of the prospect's voice alone (as every ``far_`` one): no goal of the agent's."""
 CHANNELS = {"near": ("Agent", "Agent"), "far": ("Prospect", "Prospect")}
 
 READS: dict[str, tuple[str, ...]] = {
@@ -190,8 +198,20 @@ def describe(name: str, lang: str = "fr") -> dict[str, Any]:
         who = CHANNELS[ch][1 if lang == "en" else 0]
         label = f"{who} — {label}"
     return {"name": name, "label": label, "unit": unit, "better": info.better,
-            "min_span": CHART_MIN_SPAN.get(base, 0), "channel": ch,
+            "min_span": CHART_MIN_SPAN.get(base, 0), "goal": goal_metric(name), "channel": ch,
             "reads": [ch] if ch is not None else list(READS.get(base, ()))}
+
+
+def daily_mean_meaningful(name: str) -> bool:
+    """True if a day's mean of the metric column ``name`` means something (:data:`NO_DAILY_MEAN`)."""
+    return split(name)[1] not in NO_DAILY_MEAN
+
+
+def goal_metric(name: str) -> bool:
+    """True if the metric column ``name`` can be an agent's goal: the agent's own voice or talk,
+    with a daily mean that means something (never the prospect's: ``far_``, :data:`PROSPECT_ONLY`)."""
+    ch, base = split(name)
+    return daily_mean_meaningful(name) and ch != "far" and base not in PROSPECT_ONLY
 
 
 def factor_column(factor: str) -> str:

@@ -1072,3 +1072,50 @@ def test_a_call_cannot_end_before_it_starts(org_server: Any) -> None:
         page = c.get("/agents/agent-a1", headers=cookie).text
     assert "1,5 min" in page
     assert not re.search(r"-[0-9][0-9 ,]* min", page)
+
+
+def test_goals_and_team_means_keep_to_metrics_whose_daily_mean_means_something(
+        org: Any) -> None:
+    """The goal form offered the prospect's metrics (pitch, tension), a running total ("Temps de
+    phonation" grows through the shift) and an instant ("Monologue en cours"), and the team means
+    averaged "Monologue en cours". Goals are now refused on those (form and API, 422), the team
+    means leave out the running totals and instants; a goal set on one before still shows."""
+    import re
+
+    settings, data = org
+    db = store.open_db(settings.db_path)
+    try:
+        with db.conn:  # a goal an older version let a supervisor set
+            db.conn.execute("INSERT INTO goals (agent, metric, label, direction, author, "
+                            "created_ts) VALUES ('agent-a1', 'monologue_s_current', "
+                            "'monologues plus courts', 'down', 'sup-a', ?)", (time.time(),))
+    finally:
+        db.conn.close()
+    refused = ["monologue_s_current", "fatigue_phonation_min", "far_f0_median_hz",
+               "prospect_tension"]
+    with client(settings) as c:
+        login_as(c, "sup-a", data)
+        page = c.get("/agents/agent-a1").text
+        form = page[page.index('id="goal-form"'):]
+        offered = re.findall(r'<option value="([^"]+)"', form[:form.index("</select>")])
+        assert "near_rate_syl_s" in offered and "near_level_dbfs" in offered
+        assert not set(refused) & set(offered), offered
+        assert not [m for m in offered if m.startswith("far_")], offered
+        assert "monologues plus courts" in page  # the old goal still shows
+        hdr = csrf_header(c)
+        for metric in refused:
+            r = c.post("/api/agents/agent-a1/goals", headers=hdr,
+                       json={"metric": metric, "label": "x", "direction": "down"})
+            assert r.status_code == 422, (metric, r.text)
+        r = c.post("/agents/agent-a1/goals", data={"metric": "far_f0_median_hz",
+                                                   "label": "voix du prospect",
+                                                   "direction": "down", "csrf": hdr["x-csrf-token"]})
+        assert r.status_code == 422 and "ne dit rien de l&#39;agent" in r.text
+        assert c.post("/api/agents/agent-a1/goals", headers=hdr, json={
+            "metric": "near_rate_syl_s", "label": "ralentir", "direction": "down"}
+        ).status_code == 201
+        goals = c.get("/api/agents/agent-a1/goals").json()["goals"]
+        assert {g["metric"] for g in goals} >= {"monologue_s_current", "near_rate_syl_s"}
+        means = {a["metric"] for a in c.get("/api/aggregates").json()["aggregates"]}
+    assert "near_speech_ratio" in means
+    assert not {"monologue_s_current", "fatigue_phonation_min"} & means

@@ -458,6 +458,10 @@ def add_goal(db: Any, user: User, agent: str, body: GoalIn) -> int:
     access.require_agent(db, user, agent)
     if body.metric not in analytics.metric_names(db):
         raise HTTPException(status_code=422, detail=f"unknown metric {body.metric!r}")
+    if not registry.goal_metric(body.metric):
+        raise HTTPException(status_code=422,
+                            detail=f"metric {body.metric!r} cannot be a goal: its daily mean "
+                                   "says nothing of the agent's")
     with store.write_transaction(db):  # the goals read active are still the active ones
         active = [r[0] for r in db.conn.execute(
             "SELECT id FROM goals WHERE agent = ? AND active = 1 ORDER BY created_ts",
