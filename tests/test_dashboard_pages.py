@@ -2107,3 +2107,47 @@ def test_a_line_chart_spans_at_least_what_a_coach_should_notice(
     assert volume["extent"] == pytest.approx(plot_px * 1.0 / (hi - lo), abs=1.0)
     share = charts["Agent — Temps de parole (%)"]
     assert [number(x) for x in share["labels"]] == [100, 0]
+
+
+def test_the_ingest_figures_are_it_s_not_on_a_supervisor_s_floor(
+        chromium: Any, org_server: Any) -> None:
+    """The floor's header showed every supervisor "latence p95" and "messages", the ingest's
+    figures (IT's, not a coach's). A supervisor's floor now counts seats only, its script
+    unbroken; an admin's floor and the IT page still show both."""
+    from tests._fixtures_dashboard import USER_PASSWORD
+
+    server, data = org_server
+    db = store.open_db(server.settings.db_path)
+    try:
+        auth.create_user(db, "tech", USER_PASSWORD, "it")
+    finally:
+        db.conn.close()
+    seen = {}
+    for user, password, secret, landing in (
+            ("sup-a", USER_PASSWORD, data["secrets"]["sup-a"], "/"),
+            ("admin", None, None, "/"), ("tech", USER_PASSWORD, None, "/it")):
+        context = chromium.new_context(locale="fr-FR")
+        try:
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc, errors=errors: errors.append(str(exc)))
+            if password is None:
+                browser_login(page, server.url)
+            else:
+                browser_login(page, server.url, user, password, secret, landing=landing)
+            if landing == "/":
+                page.wait_for_function(
+                    "document.getElementById('count-total').textContent !== '0'")
+                page.wait_for_function("window.performance.getEntriesByType('resource')"
+                                       ".some((e) => e.name.includes('/api/ingest/stats'))")
+            seen[user] = (page.locator(".counters").inner_text(), page.locator("#lag-p95").count(),
+                          page.locator("#count-messages").count(), errors)
+        finally:
+            context.close()
+    header, lag, messages, errors = seen["sup-a"]
+    assert "latence" not in header and "messages" not in header and (lag, messages) == (0, 0)
+    assert not errors, errors
+    for user in ("admin", "tech"):
+        header, lag, messages, errors = seen[user]
+        assert "latence p95" in header and "messages" in header and (lag, messages) == (1, 1)
+        assert not errors, errors
