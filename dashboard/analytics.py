@@ -302,8 +302,9 @@ def team_means_by(db: sqlite_utils.Database,
     agent-day is its stored mean (:func:`roll_up`) and, in one read, its rows ingested since its
     box's mark (the last hour's), weighted by count (as :func:`daily_means`), so the days past the
     purge and the recent ones both count, never the per-second rows of the whole retention
-    period."""
-    names = metric_names(db)
+    period. Only the metrics whose daily mean means something
+    (:func:`registry.daily_mean_meaningful`)."""
+    names = [n for n in metric_names(db) if registry.daily_mean_meaningful(n)]
     days: dict[str, dict[tuple[str, str], tuple[float, int]]] = {n: {} for n in names}
     with _snapshot(db):
         for agent, day, metric, total, n in db.conn.execute(

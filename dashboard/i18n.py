@@ -164,6 +164,10 @@ STRINGS: dict[str, tuple[str, str]] = {
     "agent.goal_direction": ("Sens", "Direction"),
     "agent.goal_unnamed": ("Objectif non fixé : donnez-lui un nom.",
                            "Goal not set: give it a name."),
+    "agent.goal_metric_refused": ("Objectif non fixé : la moyenne du jour de cette mesure ne dit "
+                                  "rien de l'agent (la voix du prospect, un cumul, l'instant).",
+                                  "Goal not set: this metric's daily mean says nothing of the "
+                                  "agent (the prospect's voice, a running total, the moment)."),
     "agent.goal_down": ("baisser", "lower"),
     "agent.goal_up": ("augmenter", "raise"),
     "agent.days": ("j", "d"),
@@ -234,6 +238,7 @@ STRINGS: dict[str, tuple[str, str]] = {
                    "se met plus à jour.", "This agent was removed or is no longer in your scope: "
                    "this page no longer updates."),
     "agent.export": ("Exporter (CSV)", "Export (CSV)"),
+    "agent.export_excel": ("Exporter pour Excel", "Export for Excel"),
     "agent.export_all": ("Toutes mes données (JSON)", "All my data (JSON)"),
     "agent.back_live": ("Retour au direct", "Back to live"),
     "agent.replay": ("Rejouer", "Replay"),
@@ -320,6 +325,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "team.flags_one": ("moment signalé", "flagged moment"),
     "team.flags": ("moments signalés", "flagged moments"),
     "team.export": ("Exporter l'équipe (CSV)", "Export the team (CSV)"),
+    "team.export_excel": ("Exporter l'équipe pour Excel", "Export the team for Excel"),
     "campaign.title": ("Campagnes", "Campaigns"),
     "campaign.variant": ("Variante", "Variant"),
     "campaign.calls": ("Appels qualifiés", "Tagged calls"),
@@ -525,6 +531,8 @@ DETAILS_FR: list[tuple[re.Pattern[str], str]] = [(re.compile(pattern), fr) for p
     (r"variant must be an id", "la variante doit être un identifiant"),
     (r"variant is not one of (this|the) campaign's", "cette variante n'est pas de la campagne"),
     (r"unknown metric (?P<name>.+)", "mesure inconnue : {name}"),
+    (r"metric (?P<name>.+) cannot be a goal: its daily mean says nothing of the agent's",
+     "la mesure {name} ne peut être un objectif : sa moyenne du jour ne dit rien de l'agent"),
     (r"unknown box (?P<box>.+)", "boîtier inconnu : {box}"),
     (r"outcome must be one of (?P<names>.+)", "l'issue doit être l'une de {names}"),
     (r"no such box or seated agent", "aucun boîtier ni agent à ce poste"),

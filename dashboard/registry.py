@@ -61,6 +61,31 @@ METRICS: dict[str, MetricInfo] = {
 """Every metric the pages chart, by the box's own field name (``miroir.wire``, with ``near_`` or
 ``far_`` for a per-side one; a test keeps them equal): label, unit, better direction. A ``%``
 metric is a 0..1 share on the wire, shown times 100."""
+CHART_MIN_SPAN: dict[str, float] = {
+    "speech_ratio": 100, "voiced_ratio": 100, "agent_share_60s": 100,
+    "prospect_tension": 100, "prospect_arousal": 100, "fatigue_index": 100,
+    "rate_syl_s": 2, "articulation_rate_syl_s": 2,
+    "pitch_range_st": 4, "pitch_movement_st_s": 4, "f0_median_hz": 30,
+    "level_dbfs": 10, "hnr_db": 6, "jitter": 2, "shimmer": 5,
+    "pauses_per_min": 10, "breaths_per_min": 10, "hesitations_per_min": 5,
+    "monologue_s_current": 30, "latency_agent_ms_median_60s": 2000,
+    "latency_prospect_ms_median_60s": 2000, "overlaps_agent_60s": 3,
+    "interruptions_agent_60s": 3, "fatigue_phonation_min": 10,
+}
+"""The least a metric's line chart spans, in the unit it is shown in (a share in %), so that noise
+looks small and only a change a coach should notice fills the chart (docs/cues.md): a share or a
+0..100 score its whole scale; loudness 10 dB (``low_energy`` is 6 dB under the baseline); pace
+2 syl/s (``too_fast``/``too_slow`` are 1.3x and 0.83x of about 4-5 syl/s); pitch 4 semitones,
+about 30 Hz at a speaking voice's 150 Hz; a monologue its 30 s cue; a response time its 2 s
+cue; counts per minute or per 60 s a few of them."""
+NO_DAILY_MEAN: dict[str, str] = {
+    "monologue_s_current": "instantaneous", "fatigue_phonation_min": "cumulative",
+}
+"""Metrics whose mean over a day means nothing: ``instantaneous``, the turn going on at each
+second (a 40 s monologue counts 1 to 40); ``cumulative``, growing through the shift (the mean
+says how long the shift was). Neither a goal nor a team mean is made of them."""
+PROSPECT_ONLY = ("prospect_tension", "prospect_arousal", "latency_prospect_ms_median_60s")
+"""Metrics of the prospect's voice alone (as every ``far_`` one): no goal of the agent's."""
 CHANNELS = {"near": ("Agent", "Agent"), "far": ("Prospect", "Prospect")}
 
 READS: dict[str, tuple[str, ...]] = {
@@ -173,7 +198,20 @@ def describe(name: str, lang: str = "fr") -> dict[str, Any]:
         who = CHANNELS[ch][1 if lang == "en" else 0]
         label = f"{who} — {label}"
     return {"name": name, "label": label, "unit": unit, "better": info.better,
-            "channel": ch, "reads": [ch] if ch is not None else list(READS.get(base, ()))}
+            "min_span": CHART_MIN_SPAN.get(base, 0), "goal": goal_metric(name), "channel": ch,
+            "reads": [ch] if ch is not None else list(READS.get(base, ()))}
+
+
+def daily_mean_meaningful(name: str) -> bool:
+    """True if a day's mean of the metric column ``name`` means something (:data:`NO_DAILY_MEAN`)."""
+    return split(name)[1] not in NO_DAILY_MEAN
+
+
+def goal_metric(name: str) -> bool:
+    """True if the metric column ``name`` can be an agent's goal: the agent's own voice or talk,
+    with a daily mean that means something (never the prospect's: ``far_``, :data:`PROSPECT_ONLY`)."""
+    ch, base = split(name)
+    return daily_mean_meaningful(name) and ch != "far" and base not in PROSPECT_ONLY
 
 
 def factor_column(factor: str) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 import pydantic_core
 import sqlite_utils
 
-from . import analytics, auth
+from . import analytics, auth, registry
 from . import db as store
 
 log = logging.getLogger(__name__)
@@ -206,6 +206,54 @@ def metrics_csv_chunks(db: sqlite_utils.Database, agents: list[str],
         for r in analytics.iter_agent_metrics(db, agent, since_ts, EXPORT_BATCH_ROWS):
             w.writerow([cell, spreadsheet_safe(r["box"]), r["seq"], utc_iso(r["ts"]), r["ts"],
                         r["talk_state"], *(r[n] for n in names)])
+            count += 1
+            if count % EXPORT_BATCH_ROWS == 0:
+                yield buf.getvalue()
+                buf.seek(0)
+                buf.truncate()
+    yield buf.getvalue()
+
+
+EXCEL_SEPARATORS = {"fr": (";", ","), "en": (",", ".")}
+"""(column separator, decimal mark) of the Excel export in each language: what Excel set to
+that language opens in columns (French Excel splits on ``;`` and reads ``-25,9`` as a number)."""
+
+
+def _excel_number(value: object, scale: float, decimal: str) -> object:
+    """A metric's number for the Excel export: times ``scale`` (100 for a 0..1 share, as the
+    pages show it), with ``decimal`` as its mark; empty when missing, anything else as it is."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "" if value is None else value
+    if not math.isfinite(value):
+        return ""
+    text = f"{value * scale:.6f}".rstrip("0").rstrip(".")
+    return ("0" if text == "-0" else text).replace(".", decimal)
+
+
+def metrics_excel_chunks(db: sqlite_utils.Database, agents: list[str],
+                         lang: str = "fr") -> Iterator[str]:
+    """The rows of :func:`metrics_csv_chunks` as Excel in ``lang`` opens them in columns: UTF-8
+    with a byte order mark, :data:`EXCEL_SEPARATORS`, the pages' column labels with their unit,
+    shares in %, the time as ``2026-11-28 15:12:59`` (UTC); no text cell starts a formula."""
+    sep, decimal = EXCEL_SEPARATORS["en" if lang == "en" else "fr"]
+    names = analytics.metric_names(db)
+    described = [registry.describe(n, lang) for n in names]
+    scales = [100.0 if d["unit"] == "%" else 1.0 for d in described]
+    heads = [f"{d['label']} ({d['unit']})" if d["unit"] else d["label"] for d in described]
+    fixed = (["Agent", "Box", "Seq", "Time (UTC)", "Talk state"] if lang == "en"
+             else ["Agent", "Boîtier", "N°", "Heure (UTC)", "Tour de parole"])
+    buf = io.StringIO()
+    w = csv.writer(buf, delimiter=sep, lineterminator="\r\n")
+    buf.write("\ufeff")
+    w.writerow([spreadsheet_safe(h) for h in (*fixed, *heads)])
+    count = 0
+    for agent in agents:
+        cell = spreadsheet_safe(agent)
+        for r in analytics.iter_agent_metrics(db, agent, 0.0, EXPORT_BATCH_ROWS):
+            w.writerow([cell, spreadsheet_safe(r["box"]), r["seq"],
+                        utc_iso(r["ts"]).replace("T", " ").rstrip("Z"), r["talk_state"],
+                        *(_excel_number(r[n], k, decimal)
+                          for n, k in zip(names, scales, strict=True))])
             count += 1
             if count % EXPORT_BATCH_ROWS == 0:
                 yield buf.getvalue()

@@ -935,8 +935,62 @@ def test_a_csv_export_cannot_carry_a_spreadsheet_formula(org: Any) -> None:
             assert cells and not [x for x in cells if x[:1] in ("=", "+", "@", "\t", "\r")], path
             assert not [x for x in cells if x.startswith("-") and not _number(x)], path
         team = list(csv.DictReader(io.StringIO(c.get(paths[0]).text)))
+        for path in paths:  # Excel's export (';', decimal comma) holds the same guard
+            r = c.get(path + "?excel=1")
+            assert r.status_code == 200, path
+            rows = list(csv.reader(io.StringIO(r.text.removeprefix("\ufeff")), delimiter=";"))
+            cells = [cell for row in rows[1:] for cell in row]
+            assert cells and not [x for x in cells if x[:1] in ("=", "+", "@", "\t", "\r")], path
+            assert not [x for x in cells if x.startswith("-")
+                        and not _number(x.replace(",", "."))], path
     assert {"'" + a for a in hostile} <= {r["agent"] for r in team}
     assert {r["agent"] for r in team} >= {"agent-a1"}
+
+
+def test_the_team_page_offers_an_export_french_excel_opens_in_columns(org: Any) -> None:
+    """The metrics CSV ('agent,box,...', decimal points, no byte order mark) opens in one column
+    in French Excel, the supervisors' tool, its accents garbled. The team and agent pages now
+    offer an export for Excel beside it: UTF-8 with a byte order mark, ';' between columns, a
+    decimal comma, the pages' column labels and %; the standard CSV is unchanged."""
+    import csv
+    import io
+
+    settings, data = org
+    _fill_metrics(settings, "agent-a1", "box-a1", 20)
+    with client(settings) as c:
+        login_as(c, "sup-a", data)
+        standard = c.get("/api/teams/team-a/export.csv").text
+        assert standard.startswith("agent,box,seq,time_utc,ts,talk_state,")
+        page = c.get("/teams/team-a").text
+        href = html.unescape(page.split('id="export-excel"')[0].rsplit('href="', 1)[1]
+                             .split('"')[0])
+        assert href == "/api/teams/team-a/export.csv?excel=1"
+        r = c.get(href)
+        assert r.status_code == 200
+        assert "filename*=UTF-8''team-a-excel.csv" in r.headers["content-disposition"]
+        assert r.content.startswith("\ufeff".encode())
+        rows = list(csv.reader(io.StringIO(r.text.removeprefix("\ufeff")), delimiter=";"))
+        std = list(csv.DictReader(io.StringIO(standard)))
+        head = rows[0]
+        assert head[:5] == ["Agent", "Boîtier", "N°", "Heure (UTC)", "Tour de parole"]
+        assert "Agent — Volume (dBFS)" in head and "Agent — Temps de parole (%)" in head
+        assert len(rows) - 1 == len(std) and all(len(row) == len(head) for row in rows)
+        volume = head.index("Agent — Volume (dBFS)")
+        share = head.index("Agent — Temps de parole (%)")
+        levels = [(row[volume], s["near_level_dbfs"]) for row, s in zip(rows[1:], std,
+                                                                         strict=True)
+                  if s["near_level_dbfs"]]
+        assert levels and any("," in x for x, _ in levels)
+        assert all("." not in x and float(x.replace(",", ".")) == pytest.approx(float(y), abs=1e-6)
+                   for x, y in levels)
+        shares = [(row[share], s["near_speech_ratio"]) for row, s in zip(rows[1:], std,
+                                                                         strict=True)
+                  if s["near_speech_ratio"]]
+        assert shares and all(float(x.replace(",", ".")) == pytest.approx(100 * float(y),
+                                                                           abs=1e-4)
+                              for x, y in shares)
+        assert rows[1][3].count(":") == 2 and "T" not in rows[1][3]
+        assert c.get("/api/teams/team-a/export.csv").text == standard
 
 
 def _number(text: str) -> bool:
@@ -1018,3 +1072,50 @@ def test_a_call_cannot_end_before_it_starts(org_server: Any) -> None:
         page = c.get("/agents/agent-a1", headers=cookie).text
     assert "1,5 min" in page
     assert not re.search(r"-[0-9][0-9 ,]* min", page)
+
+
+def test_goals_and_team_means_keep_to_metrics_whose_daily_mean_means_something(
+        org: Any) -> None:
+    """The goal form offered the prospect's metrics (pitch, tension), a running total ("Temps de
+    phonation" grows through the shift) and an instant ("Monologue en cours"), and the team means
+    averaged "Monologue en cours". Goals are now refused on those (form and API, 422), the team
+    means leave out the running totals and instants; a goal set on one before still shows."""
+    import re
+
+    settings, data = org
+    db = store.open_db(settings.db_path)
+    try:
+        with db.conn:  # a goal an older version let a supervisor set
+            db.conn.execute("INSERT INTO goals (agent, metric, label, direction, author, "
+                            "created_ts) VALUES ('agent-a1', 'monologue_s_current', "
+                            "'monologues plus courts', 'down', 'sup-a', ?)", (time.time(),))
+    finally:
+        db.conn.close()
+    refused = ["monologue_s_current", "fatigue_phonation_min", "far_f0_median_hz",
+               "prospect_tension"]
+    with client(settings) as c:
+        login_as(c, "sup-a", data)
+        page = c.get("/agents/agent-a1").text
+        form = page[page.index('id="goal-form"'):]
+        offered = re.findall(r'<option value="([^"]+)"', form[:form.index("</select>")])
+        assert "near_rate_syl_s" in offered and "near_level_dbfs" in offered
+        assert not set(refused) & set(offered), offered
+        assert not [m for m in offered if m.startswith("far_")], offered
+        assert "monologues plus courts" in page  # the old goal still shows
+        hdr = csrf_header(c)
+        for metric in refused:
+            r = c.post("/api/agents/agent-a1/goals", headers=hdr,
+                       json={"metric": metric, "label": "x", "direction": "down"})
+            assert r.status_code == 422, (metric, r.text)
+        r = c.post("/agents/agent-a1/goals", data={"metric": "far_f0_median_hz",
+                                                   "label": "voix du prospect",
+                                                   "direction": "down", "csrf": hdr["x-csrf-token"]})
+        assert r.status_code == 422 and "ne dit rien de l&#39;agent" in r.text
+        assert c.post("/api/agents/agent-a1/goals", headers=hdr, json={
+            "metric": "near_rate_syl_s", "label": "ralentir", "direction": "down"}
+        ).status_code == 201
+        goals = c.get("/api/agents/agent-a1/goals").json()["goals"]
+        assert {g["metric"] for g in goals} >= {"monologue_s_current", "near_rate_syl_s"}
+        means = {a["metric"] for a in c.get("/api/aggregates").json()["aggregates"]}
+    assert "near_speech_ratio" in means
+    assert not {"monologue_s_current", "fatigue_phonation_min"} & means

@@ -1776,7 +1776,8 @@ def test_chart_axes_never_count_below_zero_and_write_decimals_in_the_pages_langu
         chromium: Any, tmp_path: Path) -> None:
     """A minute in which the box counted no breath: its flat zero line was labelled 1 and -1
     ("Respirations -1 /min"), and a speaking rate's axis read "4.7" on a French page. A flat zero
-    now spans 0 to 1, a flat negative level keeps its sign, and the numbers follow the page."""
+    now spans 0 upwards (its metric's least span), a flat negative level keeps its sign, and the
+    numbers follow the page."""
     settings = make_settings(tmp_path)
     now = time.time()
     bodies = [{"window_s": 1.0, "t_start": float(k), "talk_state": "agent",
@@ -1801,8 +1802,9 @@ def test_chart_axes_never_count_below_zero_and_write_decimals_in_the_pages_langu
             english = _axis(page, "Agent — Speech rate")
     finally:
         context.close()
-    assert french == (("1", "0"), ("4,7", "4,2"), ("-27", "-33")), french
-    assert english == ("4.7", "4.2"), english
+    # each spans at least its registry.CHART_MIN_SPAN: 10 breaths/min, 2 syl/s, 10 dB
+    assert french == (("10", "0"), ("5,45", "3,45"), ("-25", "-35")), french
+    assert english == ("5.45", "3.45"), english
 
 
 def _a_long_history(server: Any) -> tuple[int, int]:
@@ -2064,3 +2066,88 @@ def test_an_agent_page_without_phone_system_calls_says_how_many_the_box_heard(
     assert "Aucun appel reçu du système téléphonique (CTI)" in calls
     assert 'le boîtier de l\'agent en a détecté <strong id="calls-heard">2</strong> depuis 24 h' \
         in html.unescape(calls)
+
+
+def test_a_line_chart_spans_at_least_what_a_coach_should_notice(
+        browser_page: Any, org_server: Any) -> None:
+    """Each line chart stretched its metric's own min..max: the demo floor's "Agent — Volume"
+    spanned -25.9 to -24.9 dBFS, a 1 dB wobble drawn from top to bottom as a huge swing. A chart
+    now spans at least its metric's registry.CHART_MIN_SPAN (10 dB of loudness; a share 0 to
+    100 %), so that wobble fills a tenth of it; the axis labels say the span drawn."""
+    assert set(registry.CHART_MIN_SPAN) == set(registry.METRICS)
+    server, _ = org_server
+    db = store.open_db(server.settings.db_path)
+    try:
+        with db.conn:  # the demo floor's figures: within a dB of -25.4 dBFS
+            db.conn.execute("UPDATE metrics SET near_level_dbfs = -25.9 + (seq % 11) / 10.0")
+    finally:
+        db.conn.close()
+    page = browser_page
+    browser_login(page, server.url)
+    page.goto(server.url + "/agents/agent-a1")
+    page.wait_for_selector("body[data-charts-ready='1']")
+    charts = page.evaluate("""() => Object.fromEntries([...document.querySelectorAll(
+            '#charts figure')].filter((f) => f.querySelector('path.series')).map((f) => {
+        const svg = f.querySelector('svg');
+        const ys = f.querySelector('path.series').getAttribute('d').trim().split(/[ML]/)
+            .filter((s) => s.trim()).map((s) => +s.trim().split(' ')[1]);
+        const labels = [...svg.querySelectorAll('text[text-anchor=end]')]
+            .filter((t) => +t.getAttribute('x') < 46).map((t) => t.textContent);
+        return [f.querySelector('figcaption').textContent,
+                { extent: Math.max(...ys) - Math.min(...ys), labels }];
+    }))""")
+    plot_px = 130 - 8 - 20  # charts.js: H - PAD_T - PAD_B
+
+    def number(text: str) -> float:
+        return float(text.replace(",", ".").replace("\u2212", "-").replace("\u202f", ""))
+
+    volume = charts["Agent — Volume (dBFS)"]
+    hi, lo = (number(x) for x in volume["labels"])
+    assert hi - lo == pytest.approx(10, abs=0.1) and lo <= -25.9 and hi >= -24.9
+    assert volume["extent"] == pytest.approx(plot_px * 1.0 / (hi - lo), abs=1.0)
+    share = charts["Agent — Temps de parole (%)"]
+    assert [number(x) for x in share["labels"]] == [100, 0]
+
+
+def test_the_ingest_figures_are_it_s_not_on_a_supervisor_s_floor(
+        chromium: Any, org_server: Any) -> None:
+    """The floor's header showed every supervisor "latence p95" and "messages", the ingest's
+    figures (IT's, not a coach's). A supervisor's floor now counts seats only, its script
+    unbroken; an admin's floor and the IT page still show both."""
+    from tests._fixtures_dashboard import USER_PASSWORD
+
+    server, data = org_server
+    db = store.open_db(server.settings.db_path)
+    try:
+        auth.create_user(db, "tech", USER_PASSWORD, "it")
+    finally:
+        db.conn.close()
+    seen = {}
+    for user, password, secret, landing in (
+            ("sup-a", USER_PASSWORD, data["secrets"]["sup-a"], "/"),
+            ("admin", None, None, "/"), ("tech", USER_PASSWORD, None, "/it")):
+        context = chromium.new_context(locale="fr-FR")
+        try:
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc, errors=errors: errors.append(str(exc)))
+            if password is None:
+                browser_login(page, server.url)
+            else:
+                browser_login(page, server.url, user, password, secret, landing=landing)
+            if landing == "/":
+                page.wait_for_function(
+                    "document.getElementById('count-total').textContent !== '0'")
+                page.wait_for_function("window.performance.getEntriesByType('resource')"
+                                       ".some((e) => e.name.includes('/api/ingest/stats'))")
+            seen[user] = (page.locator(".counters").inner_text(), page.locator("#lag-p95").count(),
+                          page.locator("#count-messages").count(), errors)
+        finally:
+            context.close()
+    header, lag, messages, errors = seen["sup-a"]
+    assert "latence" not in header and "messages" not in header and (lag, messages) == (0, 0)
+    assert not errors, errors
+    for user in ("admin", "tech"):
+        header, lag, messages, errors = seen[user]
+        assert "latence p95" in header and "messages" in header and (lag, messages) == (1, 1)
+        assert not errors, errors

@@ -11,7 +11,7 @@ from itertools import pairwise
 
 import pytest
 
-from dashboard import analytics, retention, schema
+from dashboard import analytics, registry, retention, schema
 from dashboard import db as store
 from dashboard.settings import DashboardSettings
 from miroir import wire
@@ -107,7 +107,9 @@ def test_the_audit_pages_team_means_read_the_teams_rows_once(
     assert by_metric[("team-a", "near_speech_ratio")] == (0.5, 1)
     # an integer metric's mean is no integer division (SQLite's sum / count read 0 here)
     assert by_metric[("team-a", "overlaps_agent_60s")] == (0.5, 1)
-    assert len(means) == len(analytics.metric_names(db))
+    # every metric whose daily mean means something (no instant, no running total)
+    assert len(means) == len([n for n in analytics.metric_names(db)
+                              if registry.daily_mean_meaningful(n)]) == 36
 
 
 def test_the_purge_rolls_up_and_deletes_in_batches_each_its_own_transaction(

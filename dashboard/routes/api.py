@@ -458,6 +458,10 @@ def add_goal(db: Any, user: User, agent: str, body: GoalIn) -> int:
     access.require_agent(db, user, agent)
     if body.metric not in analytics.metric_names(db):
         raise HTTPException(status_code=422, detail=f"unknown metric {body.metric!r}")
+    if not registry.goal_metric(body.metric):
+        raise HTTPException(status_code=422,
+                            detail=f"metric {body.metric!r} cannot be a goal: its daily mean "
+                                   "says nothing of the agent's")
     with store.write_transaction(db):  # the goals read active are still the active ones
         active = [r[0] for r in db.conn.execute(
             "SELECT id FROM goals WHERE agent = ? AND active = 1 ORDER BY created_ts",
@@ -817,13 +821,26 @@ def get_agent_audit(db: Db, user: CurrentUser, agent: AgentId,
 
 
 @router.get("/agents/{agent:id}/export.csv")
-def export_agent_csv(db: Db, user: CurrentUser, settings: Settings, agent: AgentId) -> Response:
-    """The agent's per-second metrics as CSV (audited)."""
+def export_agent_csv(db: Db, user: CurrentUser, settings: Settings, agent: AgentId,
+                     excel: bool = False) -> Response:
+    """The agent's per-second metrics as CSV (audited); ``excel=1``: as Excel in the user's
+    language opens it in columns (``retention.metrics_excel_chunks``)."""
     access.require_agent(db, user, agent)
     access.audit(db, user, "export_csv", agent)
-    return _streamed(settings, lambda d: retention.metrics_csv_chunks(d, [agent]),
+    return _metrics_csv(settings, [agent], agent, user.lang if excel else None)
+
+
+def _metrics_csv(settings: Settings, agents: list[str], name: str,
+                 excel_lang: str | None) -> Response:
+    """The metrics CSV of ``agents`` named ``name``: the standard one, or Excel's in
+    ``excel_lang``."""
+    if excel_lang is None:
+        return _streamed(settings, lambda d: retention.metrics_csv_chunks(d, agents),
+                         "text/csv; charset=utf-8",
+                         {"content-disposition": attachment(f"{name}.csv")})
+    return _streamed(settings, lambda d: retention.metrics_excel_chunks(d, agents, excel_lang),
                      "text/csv; charset=utf-8",
-                     {"content-disposition": attachment(f"{agent}.csv")})
+                     {"content-disposition": attachment(f"{name}-excel.csv")})
 
 
 @router.get("/agents/{agent:id}/export.json")
@@ -885,17 +902,16 @@ def get_team_board(db: Db, user: CurrentUser, team: TeamId) -> dict[str, Any]:
 
 
 @router.get("/teams/{team:id}/export.csv")
-def export_team_csv(db: Db, user: CurrentUser, settings: Settings, team: TeamId) -> Response:
-    """The team's per-second metrics as CSV (audited per agent)."""
+def export_team_csv(db: Db, user: CurrentUser, settings: Settings, team: TeamId,
+                    excel: bool = False) -> Response:
+    """The team's per-second metrics as CSV (audited per agent); ``excel=1`` as for an agent's."""
     require_role(user, "admin", "supervisor")
     access.require_team(db, user, team)
     agents = [r[0] for r in db.conn.execute("SELECT agent FROM agents WHERE team = ? "
                                             "ORDER BY agent", (team,)).fetchall()]
     for a in agents:
         access.audit(db, user, "export_csv", a, {"team": team})
-    return _streamed(settings, lambda d: retention.metrics_csv_chunks(d, agents),
-                     "text/csv; charset=utf-8",
-                     {"content-disposition": attachment(f"{team}.csv")})
+    return _metrics_csv(settings, agents, team, user.lang if excel else None)
 
 
 @router.get("/campaigns")

@@ -41,6 +41,15 @@ def api_alerts(db: Db, user: CurrentUser,
     return {"active": active, "alerts": fleet.alert_history(db, limit)}
 
 
+def ingest_figures(ingest: Any) -> dict[str, Any]:
+    """The ingest's latency (p95, ms; None before any message) and messages stored, for the IT
+    page's header (the floor shows them to admins only)."""
+    if ingest is None:
+        return {"lag_ms_p95": None, "inserted": 0}
+    stats = ingest.stats()
+    return {"lag_ms_p95": stats.get("lag_ms_p95"), "inserted": stats.get("inserted", 0)}
+
+
 @router.get("/it", include_in_schema=False)
 def it_page(request: Request, db: Db, user: CurrentUser) -> Response:
     """The IT page: the site's certificates, boxes by problem (offline since, certificate,
@@ -52,6 +61,7 @@ def it_page(request: Request, db: Db, user: CurrentUser) -> Response:
     return render(request, "it.html", {**fleet_payload(db, settings.restart_grace_s),
                                        "refresh_s": PAGE_REFRESH_S,
                                        "site_certs": site_certs,
+                                       "ingest": ingest_figures(ingest),
                                        "thresholds": {"cert_days": fleet.CERT_WARN_DAYS}})
 
 

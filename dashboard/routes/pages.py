@@ -225,14 +225,19 @@ def goal_form(request: Request, db: Db, user: CurrentUser, agent: str,
               direction: Annotated[str, Form(pattern="^(up|down)$")] = "down",
               calls_before: CallsBefore = None, audit_before: AuditBefore = None) -> Response:
     """Set a focus goal from the agent page, back to it with both its pagings where they were;
-    refused (a name of spaces only), the agent's page comes back, at the same places, with the
+    refused (a name of spaces only, a metric no goal is made of: registry.goal_metric), the
+    agent's page comes back, at the same places, with the
     form as typed and the reason above it."""
     try:
         body = api.GoalIn(metric=metric, label=label, direction=direction)
+        refused = None if registry.goal_metric(metric) or not registry.known(metric) \
+            else "agent.goal_metric_refused"  # an unknown one: the API's 422 says so
     except ValidationError:
+        refused = "agent.goal_unnamed"
+    if refused is not None:
         require_role(user, "admin", "supervisor")
         ctx = _agent_context(db, user, agent, self_view=False, audit_before=audit_before,
-                             goal_error=i18n.translate(user.lang, "agent.goal_unnamed"),
+                             goal_error=i18n.translate(user.lang, refused),
                              goal_form={"label": label, "metric": metric, "direction": direction},
                              calls_before=calls_before)
         access.audit(db, user, "view_agent", agent)  # the page shows the agent's data again

@@ -167,6 +167,7 @@
       const pts = rows.map((r) => [r.ts, r[m.name] === null ? null :
         (m.unit === "%" ? r[m.name] * 100 : r[m.name])]);
       MiroirCharts.line(charts, Object.assign({ title: m.label, unit: m.unit, points: pts,
+                                                minSpan: m.min_span,
                                                 colour: COLOURS[i % COLOURS.length] }, common));
       if (m.name === "fatigue_index") charts.appendChild(factors(rows, data));
     });

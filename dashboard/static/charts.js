@@ -96,14 +96,25 @@ window.MiroirCharts = (function () {
     }
     let lo = Infinity, hi = -Infinity;
     for (const p of pts) { lo = Math.min(lo, p[1]); hi = Math.max(hi, p[1]); }
-    if (hi === lo) {  // a flat series: a span around it, never ±1 around a zero count
+    // a quantity measured never negative (a count, a share, a time) is never given a negative
+    // axis: "Respirations -1 /min" read as a negative count of breaths; a share none over 100 %
+    const neverNegative = pts.every((p) => p[1] >= 0);
+    const share = opts.unit === "%" && pts.every((p) => p[1] <= 100);
+    // at least the metric's span (registry.CHART_MIN_SPAN) around the series: a 1 dB wobble of
+    // the voice drawn from top to bottom read as a huge swing
+    const minSpan = opts.minSpan || 0;
+    if (hi - lo < minSpan) {
+      const mid = (hi + lo) / 2;
+      hi = mid + minSpan / 2;
+      lo = mid - minSpan / 2;
+      if (lo < 0 && neverNegative) { hi -= lo; lo = 0; }
+      if (hi > 100 && share) { lo -= hi - 100; hi = 100; }
+    } else if (hi === lo) {  // a flat series: a span around it, never ±1 around a zero count
       const pad = Math.max(1, Math.abs(lo) * 0.1);
       hi += pad;
       lo -= pad;
     }
-    // a quantity measured never negative (a count, a share, a time) is never given a negative
-    // axis: "Respirations -1 /min" read as a negative count of breaths
-    if (lo < 0 && pts.every((p) => p[1] >= 0)) lo = 0;
+    if (lo < 0 && neverNegative) lo = 0;
     const y = (v) => H - PAD_B - (v - lo) / (hi - lo) * (H - PAD_T - PAD_B);
     const top = el("text", { x: PAD_L - 4, y: PAD_T + 8, "font-size": 10, fill: "#6b7685",
                              "text-anchor": "end" }, svg);

@@ -337,9 +337,9 @@
 
   // The seat counts are aria-live and refreshed every second: only a change is written (announced).
   function setText(id, value) {
-    const el = document.getElementById(id);
+    const el = document.getElementById(id);  // the ingest's figures are an admin's only
     const text = String(value);
-    if (el.textContent !== text) el.textContent = text;
+    if (el && el.textContent !== text) el.textContent = text;
   }
 
   function setConn(up) {
@@ -408,10 +408,9 @@
     }).then((s) => {
       if (!s) return;
       messages = Math.max(messages, s.inserted || 0);
-      document.getElementById("count-messages").textContent = messages;
+      setText("count-messages", messages);
       const p95 = s.lag_ms_p95;
-      document.getElementById("lag-p95").textContent =
-        (p95 === null || p95 === undefined) ? "—" : Math.round(p95) + " ms";
+      setText("lag-p95", (p95 === null || p95 === undefined) ? "—" : Math.round(p95) + " ms");
     }).catch(() => {});
   }
 
