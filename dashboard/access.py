@@ -27,6 +27,9 @@ class User:
     agent: str | None = None
     teams: frozenset[str] = field(default_factory=frozenset)
     lang: str = "fr"
+    head: bool = False
+    """The request is a HEAD answered as its GET (``auth.HEAD_AS_GET``): its body is never
+    sent, so nothing of an agent's data is read and :func:`audit` writes no entry."""
 
     @property
     def supervises(self) -> bool:
@@ -196,6 +199,8 @@ def require_box(db: sqlite_utils.Database, user: User, box: str) -> None:
 def audit(db: sqlite_utils.Database, user: User, action: str, agent: str | None = None,
           detail: dict[str, Any] | None = None, now: float | None = None) -> None:
     """Append one entry to the audit log (reads of an agent's data by anyone but the agent)."""
+    if user.head:
+        return  # a HEAD: the headers only, nothing of the agent's data was sent
     if agent is not None and user.role == "agent" and user.agent == agent:
         return  # an agent looking at their own data is not a supervision act
     with db.conn:

@@ -47,7 +47,8 @@ TOTP_ROLES = frozenset({"admin", "supervisor", "it"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 HEAD_AS_GET = "miroir.head"
 """Key of the ASGI scope of a GET that answers a HEAD (``dashboard.app._HeadAsGet``): a route
-that sends nothing to a HEAD reads it (the live stream logs no live view)."""
+that sends nothing to a HEAD reads it (the live stream logs no live view; `deps.get_user` marks
+the user ``head``, so `access.audit` writes no entry)."""
 MAX_FORM_BYTES = 256 * 1024
 PUBLIC_PREFIXES = ("/static/",)
 SECURITY_HEADERS = {

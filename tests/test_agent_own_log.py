@@ -108,3 +108,37 @@ def test_a_head_of_an_agents_live_stream_is_no_live_view_in_their_log(org_server
             assert next(line for line in s.iter_lines() if line.startswith("event: ")) \
                 == "event: snapshot"
     assert log_of("agent-a1") == ["live_view"]
+
+
+def test_a_head_of_an_audited_read_is_no_read_in_the_log(org_server: Any) -> None:
+    """A HEAD on an agent's page, metrics, exports or team board (over the real server) got the
+    headers alone and wrote a view_agent, read_metrics, export_csv... entry although nothing was
+    sent: 9 HEADs wrote 10 entries (the team export one per agent). A HEAD now writes none; the
+    GETs that follow write theirs."""
+    import httpx
+
+    server, org = org_server
+    paths = ("/agents/agent-a1", "/api/agents/agent-a1", "/api/agents/agent-a1/metrics",
+             "/api/agents/agent-a1/flags", "/api/agents/agent-a1/goals",
+             "/api/agents/agent-a1/calls", "/api/agents/agent-a1/export.csv",
+             "/api/agents/agent-a1/export.csv?excel=1", "/api/teams/team-a/export.csv")
+
+    def log() -> list[tuple[str, str | None]]:
+        db = store.open_db(server.settings.db_path)
+        try:
+            return db.conn.execute("SELECT action, agent FROM audit_log ORDER BY id").fetchall()
+        finally:
+            db.conn.close()
+
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        cookie = {"cookie": f"__Host-miroir="
+                            f"{http_login(c, 'sup-a', USER_PASSWORD, org['secrets']['sup-a'])}"}
+        before = log()
+        for path in paths:
+            r = c.head(path, headers=cookie)
+            assert (r.status_code, r.content) == (200, b""), path
+        assert log() == before
+        for path in paths:
+            assert c.get(path, headers=cookie).status_code == 200, path
+    assert {a for a, _ in log()[len(before):]} >= {
+        "view_agent", "read_metrics", "read_flags", "read_goals", "read_calls", "export_csv"}

@@ -6,6 +6,7 @@ import math
 import re
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlencode
@@ -24,6 +25,7 @@ from starlette.routing import Match
 from .. import db as store
 from .. import i18n
 from ..access import User, load_user
+from ..auth import HEAD_AS_GET
 from ..settings import DashboardSettings
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).resolve().parent.parent / "templates"))
@@ -151,7 +153,8 @@ Settings = Annotated[DashboardSettings, Depends(get_settings)]
 
 def get_user(request: Request, db: Db) -> User:
     """The logged-in user with the scope of its role."""
-    return load_user(db, request.state.user)
+    user = load_user(db, request.state.user)
+    return replace(user, head=True) if request.scope.get(HEAD_AS_GET) else user
 
 
 CurrentUser = Annotated[User, Depends(get_user)]
