@@ -138,6 +138,16 @@ USERNAME_MAX_CHARS = 64
 """Longest user name the login form takes."""
 
 
+def _one_account_per_agent(db: sqlite_utils.Database, agent: str, owners_sql: str,
+                           *args: Any, then: str = "") -> None:
+    """ValueError naming the account ``owners_sql`` finds for ``agent`` (its first parameter),
+    if any: a second account would read the agent's data as the agent, unlogged."""
+    owner = db.conn.execute(owners_sql, (agent, *args)).fetchone()
+    if owner is not None:
+        raise ValueError(f"agent {agent} has a dashboard account already ({owner[0]}): "
+                         f"one account per agent{then}")
+
+
 def create_user(db: sqlite_utils.Database, username: str, password: str,
                 role: str = "admin", *, agent: str | None = None, teams: Iterable[str] = (),
                 lang: str = "fr", totp_secret: str | None = None,
@@ -171,11 +181,8 @@ def create_user(db: sqlite_utils.Database, username: str, password: str,
     with db.conn:
         db.conn.execute("BEGIN IMMEDIATE")  # the check and the insert as one
         if role == "agent":
-            owner = db.conn.execute("SELECT username FROM users WHERE role = 'agent' AND "
-                                    "agent = ?", (agent,)).fetchone()
-            if owner is not None:
-                raise ValueError(f"agent {agent} has a dashboard account already ({owner[0]}): "
-                                 "one account per agent")
+            _one_account_per_agent(db, str(agent), "SELECT username FROM users WHERE "
+                                   "role = 'agent' AND agent = ?")
         db.conn.execute(
             "INSERT INTO users (username, password_hash, role, created_ts, agent, lang, "
             "totp_secret) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -253,13 +260,20 @@ def set_disabled(db: sqlite_utils.Database, username: str, disabled: bool, actor
 
     Raises:
         KeyError: no such user.
+        ValueError: enabling an agent's account while another of the agent's is active (an
+            older database's second account, see :func:`shared_agent_accounts`); nothing changed.
     """
     now = time.time() if now is None else now
     with db.conn:
+        db.conn.execute("BEGIN IMMEDIATE")  # the check and the update as one
         role, was, agent = _account(db, username)
         ended = _cut_off(db, username) if disabled else 0
         if bool(was) == disabled:
             return {"changed": False, "role": role, "sessions_ended": ended}
+        if not disabled and agent is not None:
+            _one_account_per_agent(db, agent, "SELECT username FROM users WHERE role = 'agent' "
+                                   "AND agent = ? AND NOT disabled AND username != ?", username,
+                                   then="; nothing changed")
         db.conn.execute("UPDATE users SET disabled = ? WHERE username = ?",
                         (int(disabled), username))
         _audit_it(db, actor, "user_disable" if disabled else "user_enable",

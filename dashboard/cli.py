@@ -127,7 +127,8 @@ def cmd_user_disable(args: argparse.Namespace) -> int:
 
 def cmd_user_enable(args: argparse.Namespace) -> int:
     """Enable a disabled user again (with the password they had: `user reset` gives a new one).
-    Audited. Exits 0, 3 when there is no such user (nothing changed)."""
+    Audited. Exits 0, 3 when there is no such user, 2 for an agent's account when another of
+    that agent's is active (one account per agent, as `user add` says); nothing changed."""
     return _switch_user(args.username, disabled=False)
 
 
@@ -140,6 +141,8 @@ def _switch_user(username: str, disabled: bool) -> int:
         out = auth.set_disabled(db, username, disabled, actor=_actor())
     except KeyError:
         raise _unknown_user(username) from None
+    except ValueError as exc:  # a second active account for one agent, as `user add` refuses
+        raise CliError(str(exc)) from None
     finally:
         db.conn.close()
     if not disabled:

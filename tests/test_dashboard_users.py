@@ -242,3 +242,42 @@ def test_two_accounts_of_one_agent_already_in_the_database_are_named(
     assert _cli(settings, "disable", "amina-2").returncode == 0
     again = _cli(settings, "list")
     assert again.returncode == 0 and again.stderr == ""
+
+
+def test_enabling_a_second_account_of_an_agent_is_refused_as_adding_it_is(tmp_path: Path) -> None:
+    """Amina's second account (amina-2, from a database made before the dashboard refused them)
+    was disabled as `user list` asks; `miroir dashboard user enable amina-2` made it active again
+    (exit 0, "agent amina-2 enabled"), a second active account on her data, which `user add`
+    refuses. It is refused the same way now (exit 2, add's message), nothing changed; once amina
+    is disabled, amina-2 may be enabled."""
+    settings = make_settings(tmp_path)
+    seed_org(settings)
+    db = store.open_db(settings.db_path)
+    try:
+        with db.conn:  # as an older dashboard could make it, already disabled
+            db.conn.execute("INSERT INTO users (username, password_hash, role, created_ts, agent, "
+                            "lang, disabled) SELECT 'amina-2', password_hash, role, created_ts, "
+                            "agent, lang, 1 FROM users WHERE username = 'amina'")
+    finally:
+        db.conn.close()
+
+    def disabled(user: str) -> int:
+        db = store.open_db(settings.db_path)
+        try:
+            return int(db.conn.execute("SELECT disabled FROM users WHERE username = ?",
+                                       (user,)).fetchone()[0])
+        finally:
+            db.conn.close()
+
+    before = _audit(settings)
+    out = _cli(settings, "enable", "amina-2")
+    assert out.returncode == 2, out.stdout
+    assert out.stderr.strip() == ("miroir: error: agent agent-a1 has a dashboard account "
+                                  "already (amina): one account per agent; nothing changed")
+    assert (disabled("amina-2"), disabled("amina")) == (1, 0)
+    assert _audit(settings) == before
+    assert _cli(settings, "list").stderr == ""
+    assert _cli(settings, "disable", "amina").returncode == 0
+    out = _cli(settings, "enable", "amina-2")
+    assert (out.returncode, out.stdout.strip()) == (0, "agent amina-2 enabled"), out.stderr
+    assert _cli(settings, "enable", "amina").returncode == 2
