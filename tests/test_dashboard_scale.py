@@ -6,8 +6,10 @@ not read every row of a box to find one window of them.
 
 from __future__ import annotations
 
+import re
 import time
 from itertools import pairwise
+from pathlib import Path
 
 import pytest
 
@@ -110,6 +112,11 @@ def test_the_audit_pages_team_means_read_the_teams_rows_once(
     # every metric whose daily mean means something (no instant, no running total)
     assert len(means) == len([n for n in analytics.metric_names(db)
                               if registry.daily_mean_meaningful(n)]) == 36
+    # the README's month of two teams compared this many means a team, twice (it said 76: 38
+    # metrics a team, the instant and the running total included)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    [quoted] = re.findall(r"with the same (\d+) means to 1e-13", readme)
+    assert int(quoted) == 2 * len(means)
 
 
 def test_the_purge_rolls_up_and_deletes_in_batches_each_its_own_transaction(
