@@ -17,7 +17,9 @@ from typing import Any
 import pydantic_core
 import sqlite_utils
 
-from . import analytics, auth, registry
+from miroir import wire
+
+from . import analytics, auth, i18n, registry
 from . import db as store
 
 log = logging.getLogger(__name__)
@@ -234,8 +236,10 @@ def metrics_excel_chunks(db: sqlite_utils.Database, agents: list[str],
                          lang: str = "fr") -> Iterator[str]:
     """The rows of :func:`metrics_csv_chunks` as Excel in ``lang`` opens them in columns: UTF-8
     with a byte order mark, :data:`EXCEL_SEPARATORS`, the pages' column labels with their unit,
-    shares in %, the time as ``2026-11-28 15:12:59`` (UTC); no text cell starts a formula."""
+    shares in %, the time as ``2026-11-28 15:12:59`` (UTC), the talk state as the pages name it
+    ("Agent parle"); no text cell starts a formula."""
     sep, decimal = EXCEL_SEPARATORS["en" if lang == "en" else "fr"]
+    states = {s: i18n.translate(lang, f"state.{s}") for s in wire.TALK_STATES}
     names = analytics.metric_names(db)
     described = [registry.describe(n, lang) for n in names]
     scales = [100.0 if d["unit"] == "%" else 1.0 for d in described]
@@ -251,7 +255,8 @@ def metrics_excel_chunks(db: sqlite_utils.Database, agents: list[str],
         cell = spreadsheet_safe(agent)
         for r in analytics.iter_agent_metrics(db, agent, 0.0, EXPORT_BATCH_ROWS):
             w.writerow([cell, spreadsheet_safe(r["box"]), r["seq"],
-                        utc_iso(r["ts"]).replace("T", " ").rstrip("Z"), r["talk_state"],
+                        utc_iso(r["ts"]).replace("T", " ").rstrip("Z"),
+                        states.get(r["talk_state"], r["talk_state"]),
                         *(_excel_number(r[n], k, decimal)
                           for n, k in zip(names, scales, strict=True))])
             count += 1

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from dashboard import db as store
-from dashboard import schema
+from dashboard import retention, schema
 from dashboard.settings import DashboardSettings
 from tests._fixtures_dashboard import (
     ADMIN_USER,
@@ -990,7 +990,20 @@ def test_the_team_page_offers_an_export_french_excel_opens_in_columns(org: Any) 
                                                                            abs=1e-4)
                               for x, y in shares)
         assert rows[1][3].count(":") == 2 and "T" not in rows[1][3]
+        # the talk state as the pages name it (the standard CSV keeps the codes)
+        states = {(row[4], s["talk_state"]) for row, s in zip(rows[1:], std, strict=True)}
+        french = {"agent": "Agent parle", "prospect": "Prospect parle",
+                  "overlap": "Chevauchement", "silence": "Silence", "": ""}
+        assert ("Agent parle", "agent") in states
+        assert states == {(french[code], code) for _, code in states}
         assert c.get("/api/teams/team-a/export.csv").text == standard
+    db = store.open_db(settings.db_path)
+    try:  # in English for a reader in English
+        english = "".join(retention.metrics_excel_chunks(db, ["agent-a1"], "en"))
+    finally:
+        db.conn.close()
+    assert {row[4] for row in list(csv.reader(io.StringIO(english.removeprefix("\ufeff"))))[1:]
+            } >= {"Agent speaking"}
 
 
 def _number(text: str) -> bool:
