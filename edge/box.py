@@ -70,7 +70,7 @@ EXIT_RELOAD = 75
 CMD_MAX_AGE_S = 60.0
 """A command that sets the seat's state, sent longer ago than this (by the two NTP clocks), is
 refused: a ``private_off`` resent after a broken connection must not end a private call the agent
-started since."""
+started since. A ``reload`` or ``forget_baselines`` sent further ahead is refused too."""
 STATEFUL_ACTIONS = frozenset({"private_on", "private_off", "call_state"})
 _STATE_OF = {"private_on": "private mode", "private_off": "private mode",
              "call_state": "call state"}
@@ -314,6 +314,9 @@ class Box:
                 raise wire.WireError(f"{msg['action']} sent {age_s:.0f} s ago: too old to apply")
             if msg["action"] == "forget_baselines" and age_s < -CMD_MAX_AGE_S:
                 raise wire.WireError(f"forget_baselines for a seat change {-age_s:.0f} s ahead")
+            if msg["action"] == "reload" and age_s < -CMD_MAX_AGE_S:
+                # (kept as the last reload applied, it would refuse every reload until then)
+                raise wire.WireError(f"reload sent {-age_s:.0f} s ahead of the box's clock")
             if msg["action"] == "reload" and float(msg["ts"]) <= self._reload_ts:
                 raise wire.WireError(f"reload sent at {float(msg['ts']):.3f}, not after the last "
                                      f"reload applied (sent at {self._reload_ts:.3f}): a resent "

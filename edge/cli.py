@@ -193,7 +193,8 @@ def cmd_edge_update(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt  # a closed SSH session or a stop: roll back, never stay unconfirmed
 
     for sig in (signal.SIGHUP, signal.SIGTERM):
-        signal.signal(sig, interrupted)
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # `nohup`: the update outlives its session
+            signal.signal(sig, interrupted)
     try:
         if args.previous:
             version = updater.go_back(restart=restart, health=health, broker=reaches_broker,

@@ -92,9 +92,11 @@ class Box:
         path = self.work / "restarts"
         return len(path.read_text().splitlines()) if path.exists() else 0
 
-    def start_update(self, bundle: Path, *options: str) -> subprocess.Popen[str]:
+    def start_update(self, bundle: Path, *options: str,
+                     nohup: bool = False) -> subprocess.Popen[str]:
         """The real `miroir edge update`, started, with this box's systemctl first on the PATH
-        and its settings file (the broker's address)."""
+        and its settings file (the broker's address); ``nohup``: with SIGHUP ignored, as
+        ``nohup`` starts a command."""
         env = {**os.environ, "PYTHONPATH": str(REPO),
                "PATH": f"{self.work / 'bin'}:{os.environ['PATH']}"}
         config = self.work / "box.toml"
@@ -105,7 +107,8 @@ class Box:
              str(self.root), "--key", str(self.work / "release.pub"), "--state-dir",
              str(self.state), "--config", str(config), "--health-timeout-s", "20",
              "--soak-s", "2", *options],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if nohup else None)
 
     def update(self, bundle: Path, *options: str) -> subprocess.CompletedProcess[str]:
         """The real `miroir edge update` (:meth:`start_update`), to its end."""

@@ -769,3 +769,46 @@ def _onlines(statuses: list[dict]) -> list[dict]:
             out.append(status)
         offline = status["state"] == "offline"
     return out
+
+
+def test_a_reload_dated_ahead_is_refused_not_kept_to_refuse_every_later_one(
+        site, broker, peer, tmp_path) -> None:
+    """A `reload` dated a day ahead (a sender's clock off, a ts typed by hand: the wire takes
+    any up to 2100) restarted the real agent and was kept as the last reload applied, so every
+    reload sent after it with the right time was refused as a resend until that day (exit 75,
+    then the next reload refused). One sent more than CMD_MAX_AGE_S ahead of the box's clock is
+    now refused as forget_baselines is (counted, logged), and the next reload restarts the box."""
+    import signal
+
+    dash = peer(site.dashboard, "dashboard")
+    status_topic = wire.topic(SITE_ID, "box-a", "status")
+    assert dash.subscribe(status_topic) == 1
+    cmd = wire.topic(SITE_ID, "box-a", "cmd")
+
+    def send(action: str, ts: float) -> None:
+        dash.publish(cmd, wire.encode("cmd", wire.cmd_message(SITE_ID, "box-a", action, ts)))
+
+    def statuses() -> list[dict]:
+        return [json.loads(p) for t, p in list(dash.messages) if t == status_topic and p]
+
+    proc, journal = _agent_on_broker(site, broker, tmp_path, "call_start_on_speech = false\n")
+    try:
+        dash.wait_for(lambda: _onlines(statuses()), "the box online")
+        seen = len(statuses())
+        send("reload", time.time() + 86400.0)
+        send("forget_baselines", time.time())  # its status, published at once, counts the refusal
+
+        def next_status() -> dict | None:
+            return next((s for s in statuses()[seen:]
+                         if s["state"] == "offline" or s["cmd_refused"]), None)
+        after = dash.wait_for(next_status, "a status after the reload dated ahead")
+        assert after["state"] == "online", f"the box applied a reload a day ahead: {after}"
+        assert after["cmd_refused"] == 1 and proc.poll() is None
+        assert "reload sent 86400 s ahead" in journal.read_text(), journal.read_text()[-2000:]
+        assert not (tmp_path / "state" / "last-reload").exists()
+        send("reload", time.time())  # one with the right time is applied
+        assert proc.wait(timeout=60) == 75, journal.read_text()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)

@@ -64,3 +64,24 @@ def test_the_broker_lost_during_the_check_is_not_taken_for_a_bad_release(box: Bo
     assert done.returncode == 4 and "failed its health check" in done.stderr, done.stderr
     assert Updater(box.root).current_version() == "1.0"
     assert json.loads((box.root / ROLLED_BACK_FILE).read_text())["version"] == "2.1"
+
+
+def test_an_update_started_with_nohup_goes_on_when_its_terminal_hangs_up(box: Box) -> None:
+    """`nohup miroir edge update` (IT's way to have an update outlive a dropped SSH session) was
+    rolled back by the hang-up all the same: the update's own handler took SIGHUP over the
+    ignored signal (exit 130, back on 1.0), where every other command leaves an ignored signal
+    ignored. It now goes on, checks the release and commits it; SIGTERM still rolls back."""
+    import signal
+
+    proc = box.start_update(box.release("2.0"), "--soak-s", "6", nohup=True)
+    assert proc.stderr is not None
+    lines: list[str] = []
+    for line in proc.stderr:
+        lines.append(line)
+        if "watching it run" in line:
+            break
+    assert lines and "watching it run" in lines[-1], lines
+    proc.send_signal(signal.SIGHUP)  # the SSH session closed
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, "".join(lines) + err
+    assert Updater(box.root).current_version() == "2.0"
