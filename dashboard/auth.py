@@ -748,7 +748,10 @@ class AuthMiddleware:
         touch = scope["type"] == "http" and is_activity(
             scope["method"], path, conn.headers.get("sec-fetch-mode"),
             conn.headers.get("sec-fetch-user"))
-        session = await run_in_threadpool(self._lookup, token, touch) if token else None
+        changes = scope["type"] == "http" and scope["method"] not in SAFE_METHODS
+        # a state change is its user's act only once its CSRF token matched (below)
+        session = (await run_in_threadpool(self._lookup, token, touch and not changes)
+                   if token else None)
         response: Response
         if session is None:
             if is_api:
@@ -772,7 +775,7 @@ class AuthMiddleware:
         state["role"] = session.role
         state["lang"] = session.lang
         state["session"] = session
-        if scope["type"] == "http" and scope["method"] not in SAFE_METHODS:
+        if changes:
             sent = conn.headers.get("x-csrf-token")
             ctype = conn.headers.get("content-type", "")
             if sent is None and ctype.startswith("application/x-www-form-urlencoded"):
@@ -791,6 +794,8 @@ class AuthMiddleware:
                                                 StarletteHTTPException(403, CSRF_REFUSED))
                 await response(scope, receive, send)
                 return
+            if touch:
+                await run_in_threadpool(self._lookup, token, True)
         await self.app(scope, receive, _no_store(send))
 
 

@@ -81,6 +81,23 @@ def test_background_reads_do_not_extend_the_idle_deadline_a_users_act_does(
         assert c.post("/api/session/activity").status_code == 403  # a state change: CSRF
 
 
+def test_a_state_change_refused_for_its_csrf_token_does_not_extend_the_session(
+        org: tuple[DashboardSettings, dict[str, Any]]) -> None:
+    """A POST without the session's CSRF token is no act of its user (it could be a page of
+    another tab's stale session, or a script): refused 403, the idle deadline where it was; the
+    same POST with the token extends it."""
+    settings, data = org
+    with client(settings) as c:
+        login_as(c, "sup-a", data)
+        earlier = time.time() - 100.0
+        for headers in ({}, {"x-csrf-token": "not-the-token"}):
+            _set_last_seen(settings, earlier)
+            assert c.post("/api/session/activity", headers=headers).status_code == 403
+            assert _last_seen(settings) == earlier, headers
+        assert c.post("/api/session/activity", headers=csrf_header(c)).status_code == 204
+        assert _last_seen(settings) > earlier + 99
+
+
 @pytest.fixture
 def idle_server(tmp_path: Path) -> Iterator[tuple[DashboardServer, dict[str, Any]]]:
     """The seeded org served on a free port, its sessions idle out after :data:`IDLE_S`."""
