@@ -10,7 +10,7 @@ import os
 import sqlite3
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -202,17 +202,22 @@ def metrics_csv_chunks(db: sqlite_utils.Database, agents: list[str],
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["agent", "box", "seq", "time_utc", "ts", "talk_state", *names])
-    count = 0
-    for agent in agents:
-        cell = spreadsheet_safe(agent)  # the free text; the rest are ids, enums and numbers
-        for r in analytics.iter_agent_metrics(db, agent, since_ts, EXPORT_BATCH_ROWS):
-            w.writerow([cell, spreadsheet_safe(r["box"]), r["seq"], utc_iso(r["ts"]), r["ts"],
-                        r["talk_state"], *(r[n] for n in names)])
-            count += 1
-            if count % EXPORT_BATCH_ROWS == 0:
-                yield buf.getvalue()
-                buf.seek(0)
-                buf.truncate()
+    # the agent is the free text; the rest are ids, enums and numbers
+    yield from _chunks(buf, (
+        w.writerow([cell, spreadsheet_safe(r["box"]), r["seq"], utc_iso(r["ts"]), r["ts"],
+                    r["talk_state"], *(r[n] for n in names)])
+        for agent, cell in ((a, spreadsheet_safe(a)) for a in agents)
+        for r in analytics.iter_agent_metrics(db, agent, since_ts, EXPORT_BATCH_ROWS)))
+
+
+def _chunks(buf: io.StringIO, rows: Iterable[object]) -> Iterator[str]:
+    """Write ``rows`` into ``buf`` (each item is one row written), yielding its text every
+    :data:`EXPORT_BATCH_ROWS` rows and what is left at the end."""
+    for count, _ in enumerate(rows, 1):
+        if count % EXPORT_BATCH_ROWS == 0:
+            yield buf.getvalue()
+            buf.seek(0)
+            buf.truncate()
     yield buf.getvalue()
 
 
@@ -250,21 +255,13 @@ def metrics_excel_chunks(db: sqlite_utils.Database, agents: list[str],
     w = csv.writer(buf, delimiter=sep, lineterminator="\r\n")
     buf.write("\ufeff")
     w.writerow([spreadsheet_safe(h) for h in (*fixed, *heads)])
-    count = 0
-    for agent in agents:
-        cell = spreadsheet_safe(agent)
-        for r in analytics.iter_agent_metrics(db, agent, 0.0, EXPORT_BATCH_ROWS):
-            w.writerow([cell, spreadsheet_safe(r["box"]), r["seq"],
-                        utc_iso(r["ts"]).replace("T", " ").rstrip("Z"),
-                        states.get(r["talk_state"], r["talk_state"]),
-                        *(_excel_number(r[n], k, decimal)
-                          for n, k in zip(names, scales, strict=True))])
-            count += 1
-            if count % EXPORT_BATCH_ROWS == 0:
-                yield buf.getvalue()
-                buf.seek(0)
-                buf.truncate()
-    yield buf.getvalue()
+    yield from _chunks(buf, (
+        w.writerow([cell, spreadsheet_safe(r["box"]), r["seq"],
+                    utc_iso(r["ts"]).replace("T", " ").rstrip("Z"),
+                    states.get(r["talk_state"], r["talk_state"]),
+                    *(_excel_number(r[n], k, decimal) for n, k in zip(names, scales, strict=True))])
+        for agent, cell in ((a, spreadsheet_safe(a)) for a in agents)
+        for r in analytics.iter_agent_metrics(db, agent, 0.0, EXPORT_BATCH_ROWS)))
 
 
 def utc_iso(ts: float) -> str:
