@@ -6,7 +6,6 @@ import argparse
 import errno
 import json
 import logging
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -189,12 +188,8 @@ def cmd_edge_update(args: argparse.Namespace) -> int:
         # (the agent running now; one just restarted may first wait out its reconnect backoff)
         return bool(wait_published(args.state_dir, since_ts, args.health_timeout_s))
 
-    def interrupted(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt  # a closed SSH session or a stop: roll back, never stay unconfirmed
-
-    for sig in (signal.SIGHUP, signal.SIGTERM):
-        if signal.getsignal(sig) is not signal.SIG_IGN:  # `nohup`: the update outlives its session
-            signal.signal(sig, interrupted)
+    # a closed SSH session or a stop ends it as Ctrl-C does (miroir.cli's stop signals, which
+    # leave a `nohup`'s ignored hang-up ignored): rolled back, never left unconfirmed
     try:
         if args.previous:
             version = updater.go_back(restart=restart, health=health, broker=reaches_broker,
