@@ -149,6 +149,8 @@ class Box:
         self.reload_refused = 0
         self.reload_asked = False
         """SIGHUP asked for a reload (done by the loop, at its next block)."""
+        self.stop_signal = 0
+        """The SIGTERM or SIGINT that ended the loop (logged by the loop, not by the handler)."""
         self.exit_code = 0
         """What the service should exit with: :data:`EXIT_RELOAD` after a reload, else 0."""
         self.private = False
@@ -664,6 +666,8 @@ class Box:
                 self.step(block)
                 if self.stop_event.is_set():
                     break
+            if self.stop_signal:
+                log.info("signal %d: stopping", self.stop_signal)
             stop = getattr(self.pipeline, "stop", None)
             if stop is not None:  # the call in progress and every open cue end here
                 self.submit(stop())
@@ -699,7 +703,9 @@ class Box:
     def install_signal_handlers(self) -> None:
         """Make SIGTERM and SIGINT end the loop cleanly, and SIGHUP ask for a ``reload``."""
         def handler(signum: int, frame: Any) -> None:
-            log.info("signal %d: stopping", signum)
+            # No logging here: a signal landing while the loop writes a log line made the
+            # handler's own line a reentrant write ("--- Logging error ---" and a traceback).
+            self.stop_signal = signum
             self.stop_event.set()
 
         def hangup(signum: int, frame: Any) -> None:

@@ -500,6 +500,7 @@ def test_a_state_file_nested_too_deep_is_a_bad_file_not_the_end_of_the_agent(tmp
         code = proc.wait(timeout=30)
     text = log.read_text()
     assert code == 0 and "Traceback" not in text, text[-600:]
+    assert "signal 15: stopping" in text, text[-600:]  # said by the loop, not the handler
     if name == "releases/rolled-back.json":  # no release rolled back, as for a note unreadable
         return
     named = [line for line in text.splitlines() if str(state / name) in line
@@ -705,3 +706,29 @@ def test_a_start_on_a_model_backend_whose_runtime_is_missing_is_one_line(tmp_pat
     assert done.stderr.splitlines()[-1] == (
         f"miroir: error: {config}: model_backend onnx: onnxruntime is not installed: install the "
         "box extra, `pip install 'miroir[box]'`"), done.stderr[-600:]
+
+
+def test_the_stop_signal_handler_writes_no_log_line_the_loop_does(caplog: pytest.LogCaptureFixture
+                                                                   ) -> None:
+    """SIGTERM landing while the box's loop was writing a log line made the handler's own
+    ``signal 15: stopping`` a reentrant write on the same stream: logging printed
+    "--- Logging error ---" and a traceback into the journal (seen once in a full suite run, in
+    the nested-state-file test above). The handler now only records the signal and sets the stop
+    event; the loop logs the line once it has left the block it was on."""
+    import signal
+    import threading
+    from types import SimpleNamespace
+
+    fake = SimpleNamespace(stop_event=threading.Event(), reload_asked=False, stop_signal=0)
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        Box.install_signal_handlers(fake)  # type: ignore[arg-type]
+        handler = signal.getsignal(signal.SIGTERM)
+        assert callable(handler)
+        with caplog.at_level("DEBUG"):
+            handler(signal.SIGTERM, None)
+        assert caplog.records == [], [r.getMessage() for r in caplog.records]
+        assert fake.stop_event.is_set() and fake.stop_signal == signal.SIGTERM
+    finally:
+        for sig, previous in saved.items():
+            signal.signal(sig, previous)
