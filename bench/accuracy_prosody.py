@@ -30,8 +30,10 @@ log = logging.getLogger(__name__)
 EMODB = DATA / "emodb"
 NOISE = DATA / "noise"
 CLIP_S = 2.0
+"""Length of every EmoDB clip here (cut or padded to 2.0 s): syllable labels past it are left out."""
 GPE_TOLERANCE = 0.2
 NOISE_SNR_DB = 10.0
+"""Signal-to-noise ratio of the noisy pitch figures (``pitch_gpe_noisy``): a noisy but usable line."""
 TEMPO_FACTORS = (0.8, 1.25)
 
 

@@ -17,6 +17,7 @@ SHARED = REPO.parent / "shared" / "data"
 AMI = SHARED / "ami"
 HEADSETS = SHARED / "ami-headsets"
 FRAME_S = 0.032
+"""Step of the VAD traces and frame labels: the pipeline's 32 ms frame."""
 
 
 def read_wav(path: Path) -> np.ndarray:

@@ -34,6 +34,8 @@ TUNING_SEEDS = SEEDS[:2]
 """The calls the pace cues' defaults were chosen on (docs/cues.md: ``too_fast`` and ``too_slow``);
 with agent 08 they are the test calls themselves. Only the other seeds measure how those generalise."""
 DELAY_S = 3.0
+"""A cue up to this long after its injected event's end still detects it (the tests' ``match_cues``);
+``within_3s`` is the share of events detected this soon."""
 
 
 def run(pairs: tuple[tuple[str, str], ...] = PAIRS, seeds: tuple[tuple[int, int], ...] = SEEDS[:2]

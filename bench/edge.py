@@ -39,6 +39,8 @@ from edge.frames import RATE_HZ
 log = logging.getLogger(__name__)
 
 MAX_SILENCE_S = 0.5
+"""Each headset's silences are cut to this, so that each channel is at least half speech, as on a
+busy call (the module's docstring)."""
 
 
 def _segments(blocks: Iterable[np.ndarray], model: Any) -> dict[str, list[list[float]]]:
@@ -104,6 +106,7 @@ class TwoPartyAudio:
 PROSPECT_CLIP_STEP = 10
 """Every this many-th EmoDB clip makes the prospect's side of :class:`ProspectAlone`."""
 QUIET_FLOOR_DBFS = -65.0
+"""Noise floor of the agent's channel around the greeting: the conversation calls' -65 dBFS floor."""
 
 
 AGENT_GREETING = "03a01Nc.wav"

@@ -188,15 +188,19 @@ class Timeline:
     """A built far-channel recording and its per-sample truth."""
 
     audio: list[np.ndarray] = field(default_factory=list)
+    """The recording's pieces, in order (float32 at :data:`RATE`)."""
     truth: list[np.ndarray] = field(default_factory=list)
+    """Each piece's label of every sample."""
     events: list[tuple[float, str]] = field(default_factory=list)
     """(start_s, label) of every tone and music event."""
 
     @property
     def t_s(self) -> float:
+        """Length of the recording so far, seconds: where the next piece starts."""
         return sum(len(a) for a in self.audio) / RATE
 
     def add(self, x: np.ndarray, label: str | np.ndarray, event: str | None = None) -> None:
+        """Append ``x`` with its truth (one label, or one per sample), and ``event`` at its start."""
         if event is not None:
             self.events.append((self.t_s, event))
         self.audio.append(x.astype(np.float32))
@@ -206,6 +210,7 @@ class Timeline:
             self.truth.append(label)
 
     def silence(self, seconds: float, label: str = SILENCE) -> None:
+        """Append ``seconds`` of digital silence labelled ``label``."""
         self.add(np.zeros(round(seconds * RATE), np.float32), label)
 
     def cadence(self, freqs_hz: tuple[float, ...], pattern_s: tuple[float, ...], cycles: int,
@@ -216,6 +221,8 @@ class Timeline:
         self.add(x, label, event=label)
 
     def speech(self, x: np.ndarray, mask: np.ndarray, gap_label: str = IGNORE) -> None:
+        """Append speech scaled to -26 dBFS: labelled speech where ``mask`` is set, ``gap_label``
+        elsewhere (past the mask's end too)."""
         m = np.zeros(len(x), bool)
         m[: min(len(x), len(mask))] = mask[: len(x)]
         lab = np.where(m, SPEECH, gap_label).astype(object)

@@ -43,6 +43,7 @@ CACHE_DIR = Path(tempfile.gettempdir()) / "miroir-bench-pki"
 """Provisioned benchmark site (CA and box certificates), reused across runs."""
 BOXES_PER_PROCESS = 500
 DRAIN_S = 30.0
+"""After the measured stretch, how long the boxes keep sending what they still hold."""
 
 
 # --------------------------------------------------------------------------- synthetic boxes

@@ -28,12 +28,15 @@ SITE = "bench"
 log = logging.getLogger(__name__)
 
 SILENCE_S = 1.6
+"""Silence before each utterance of a cycle (with the 2.0 s clip, 3.6 s a cycle), so that each
+onset follows a silence, as a new turn does."""
 PROGRESS_S = 10.0
 """While the boxes speak (in real time: 26 cycles of 3.6 s by default), how often a log line
 says how far they have got."""
 CLIP = SHARED / "emodb" / "wav" / "03a01Nc.wav"
 BLOCK = 1024
 RATE_HZ = 16_000
+"""Sample rate of the clip and of the boxes' audio."""
 
 PAGE_HOOKS = """
 window.__lat = {states: [], updates: []};

@@ -40,7 +40,9 @@ from edge.prosody import HOP_S
 log = logging.getLogger(__name__)
 
 RATE_HZ = 16_000
+"""Sample rate of the EmoDB clips and of what the box captures."""
 LINE_RATE_HZ = 8_000
+"""Sample rate of a narrow-band telephone line (G.711)."""
 CODECS = ("a-law", "u-law")
 MALE_SPEAKERS = frozenset({"03", "10", "12", "15"})
 LINE_FLOOR_DBFS = -65.0

@@ -17,6 +17,7 @@ from . import registry
 log = logging.getLogger(__name__)
 
 DAY_S = 86400.0
+"""Seconds in a day."""
 OUTCOMES = ("meeting", "callback", "refusal", "no_answer")
 SUCCESS_OUTCOME = "meeting"
 

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 GRACEFUL_SHUTDOWN_S = 2
+"""Seconds uvicorn gives open requests to finish at a stop before it closes them (a live stream
+never finishes by itself), so that a stop or restart is quick."""
 
 
 MAX_BODY_BYTES = 256 * 1024

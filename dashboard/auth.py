@@ -50,6 +50,8 @@ HEAD_AS_GET = "miroir.head"
 that sends nothing to a HEAD reads it (the live stream logs no live view; `deps.get_user` marks
 the user ``head``, so `access.audit` writes no entry)."""
 MAX_FORM_BYTES = 256 * 1024
+"""Largest form body read for its CSRF token: a larger one is not held in memory, and without its
+token the change is refused."""
 PUBLIC_PREFIXES = ("/static/",)
 SECURITY_HEADERS = {
     "content-security-policy": ("default-src 'self'; frame-ancestors 'none'; base-uri 'none'; "

@@ -20,6 +20,7 @@ from .settings import DashboardSettings
 log = logging.getLogger(__name__)
 
 DAY_S = 86400.0
+"""Seconds in a day."""
 
 
 @dataclass(frozen=True)

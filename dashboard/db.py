@@ -19,6 +19,7 @@ from miroir import wire
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
+"""How long a statement waits for another connection's write lock before SQLite says busy."""
 QUARANTINE_PAYLOAD_MAX_CHARS = 2048
 
 _HEADER = frozenset({"v", "site", "box", "ts", "seq", "state"})

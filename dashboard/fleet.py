@@ -29,9 +29,12 @@ STATUS_PERIOD_S = 10.0
 SILENT_AFTER_S = 3 * STATUS_PERIOD_S
 """A box that sent nothing for this long is offline, whatever its last status said."""
 CERT_WARN_DAYS = 30.0
+"""A certificate that ends within this many days is flagged on the IT page (time to renew or rotate)."""
 OUTBOX_HIGH = 1000
 CPU_HOT_C = 80.0
 CLOCK_OFFSET_MAX_MS = 500.0
+"""A box whose clock is off the dashboard's by more than this is flagged on the IT page (the times
+of its messages and commands read across the two clocks; docs/wire.md, ``cmd_refused``)."""
 MSGS_PER_MIN_HIGH = 1200
 """More messages than this in a minute from one box is a flood (a box sends about 60 metrics
 and some tens of events a minute): it delays every other box's messages."""
@@ -42,6 +45,7 @@ ALERT_CHECK_S = 2.0
 RESTART_GRACE_S = 120.0
 """Default time a box that said it restarts has to come back before it is alerted (s)."""
 DAY_S = 86400.0
+"""Seconds in a day."""
 
 SEVERITY = {
     "offline": 100, "never_seen": 95, "cert_expired": 90, "flood": 80, "capture": 70, "cert_expiring": 60,

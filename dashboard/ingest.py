@@ -113,10 +113,17 @@ class SeqTrack:
 
     def restart(self, origin: int) -> int:
         """The box numbers from ``origin`` on (a new or wiped outbox): the numbers between its
-        earlier messages and ``origin`` were never used. Count the earlier ones missing as lost."""
-        earlier = [s for s in self.ahead if s < origin]
-        return self._skip_to(origin, lost_up_to=max(self.contig, *earlier,
-                                                    self.acked if self.acked < origin else 0))
+        earlier messages and ``origin`` were never used. Count the earlier ones missing as lost.
+
+        The earlier numbering ran up to the highest of its numbers known here: the watermark,
+        a stored seq below ``origin``, the broker's acknowledgement if below ``origin``. Say 1 to 12
+        are stored (``contig`` 12), and 15 and 17; the last status said 20 acknowledged; the box
+        is wiped and numbers from 5000, of which 5000 and 5001 are stored already. The old
+        numbering ran to 20: 13, 14, 16, 18, 19 and 20 are lost (6 returned), 21 to 4999 were
+        never used, and the watermark moves to 5001 (``ahead`` is empty again).
+        """
+        below = [s for s in (*self.ahead, self.acked) if s < origin]
+        return self._skip_to(origin, lost_up_to=max([self.contig, *below]))
 
     def _skip_to(self, first: int, lost_up_to: int) -> int:
         """Move the watermark to ``first - 1``; return the seqs up to ``lost_up_to`` never stored

@@ -25,6 +25,7 @@ from . import db as store
 log = logging.getLogger(__name__)
 
 DAY_S = 86400.0
+"""Seconds in a day."""
 
 
 def purge(db: sqlite_utils.Database, *, metrics_days: float, aggregates_days: float,

@@ -11,6 +11,7 @@ import time
 from urllib.parse import quote
 
 STEP_S = 30
+"""Time step of a one-time code: RFC 6238's default, which every authenticator app uses."""
 DIGITS = 6
 WINDOW_STEPS = 1
 """Steps accepted either side of the current one (clock drift between phone and server)."""

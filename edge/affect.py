@@ -36,9 +36,12 @@ from edge.runtime import Model, load_model
 log = logging.getLogger(__name__)
 
 RATE_HZ = 16_000
+"""Sample rate of the far channel the stage reads (:data:`edge.frames.RATE_HZ`) and of the
+training clips."""
 WINDOW_S = 2.0
 """Length of an affect window, seconds (the training clips are exactly 2.0 s)."""
 WINDOW_SAMPLES = int(WINDOW_S * RATE_HZ)
+"""Samples in an affect window (:data:`WINDOW_S` at :data:`RATE_HZ`: 32,000)."""
 HOP_S = 1.0
 """Nominal hop between windows, seconds (rounded to whole 32 ms frames by the stage)."""
 
@@ -49,6 +52,7 @@ STEP_SAMPLES = 160
 """10 ms step between log-mel frames."""
 N_MELS = 24
 FMIN_HZ = 60.0
+"""Lower edge of the mel bank: the lowest pitch the prosody stage tracks (``edge.prosody.F0_MIN_HZ``)."""
 FMAX_HZ = 4000.0
 """Upper edge of the mel bank: the telephone band, so 8 kHz line audio is not out of distribution."""
 ACTIVE_RANGE_DB = 35.0

@@ -14,7 +14,7 @@ import statistics
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +127,33 @@ MAX_HOLDS = 64
 flips hold and active without ending the call (a softphone's every media event) added one per
 flip, for ever (7 h at one a 64 ms block: 200,000, 25.6 MB, and 38.5 ms a second of metrics)."""
 
-# Order of simultaneous pending items: a speech end before a call signal before a speech start, so
-# that one side stopping exactly when the other starts is a hand-over, not an overlap.
+# Kinds of pending input, in the order simultaneous ones are processed: a speech end before a call
+# signal before a speech start, so that one side stopping exactly when the other starts is a
+# hand-over, not an overlap.
 _END, _CALL_END, _CALL_START, _CALL_HOLD, _LINE_HOLD, _START = 0, 1, 2, 3, 4, 5
+_SIGNAL = "signal"
+"""Subject of a call signal (:meth:`Conversation.call_state`): a ``_CALL_END`` of it ends the call
+with the reason ``signal``."""
 _HANGUP = "hangup"
-"""Channel slot of a ``_CALL_END`` that a busy tone caused (its end reason)."""
+"""Subject of a ``_CALL_END`` that a busy tone caused (its end reason)."""
 _VOICEMAIL = "voicemail"
-"""Channel slot of a ``_CALL_END`` that a beep caused (see :meth:`Conversation.voicemail`)."""
+"""Subject of a ``_CALL_END`` that a beep caused (see :meth:`Conversation.voicemail`)."""
+
+
+class _Pending(NamedTuple):
+    """One input the conversation stage has been told of and not yet processed (it waits up to
+    ``reorder_s`` for late gate transitions). The heap orders them as tuples: by time, then by
+    kind (the order above), then in the order they were told."""
+
+    t_s: float
+    """When it happens, audio seconds."""
+    kind: int
+    """``_END``, ``_CALL_END``, ``_CALL_START``, ``_CALL_HOLD``, ``_LINE_HOLD`` or ``_START``."""
+    seq: int
+    """How many inputs were told before it, plus one (unique: the subject is never compared)."""
+    subject: str
+    """What it is about: the channel of a speech ``_START`` or ``_END``; ``on`` or ``off`` for a
+    ``_LINE_HOLD``; :data:`_SIGNAL`, :data:`_HANGUP` or :data:`_VOICEMAIL` for a call input."""
 
 
 def _other(ch: str) -> str:
@@ -379,7 +399,7 @@ class Conversation:
         self._clock_s: float | None = None
         self._t_s: float | None = None
         self._t0_s = 0.0
-        self._pending: list[tuple[float, int, int, str]] = []
+        self._pending: list[_Pending] = []
         self._defer_s: float | None = None
         self._line_hold = False  # hold music on the line (see line_hold)
         self._last_call_end_s = -math.inf  # where the last call ended: windows between calls start there
@@ -467,7 +487,7 @@ class Conversation:
         if state not in kinds:
             raise ValueError(f"call state must be one of {', '.join(kinds)}, not {state!r}")
         t = t_s if t_s is not None else (self._clock_s or 0.0)
-        self._push(t, kinds[state], PROSPECT)
+        self._push(t, kinds[state], _SIGNAL)
 
     def line_hold(self, on: bool, t_s: float) -> None:
         """Hold music on the line from ``t_s`` (seconds) if ``on``, none from then if not.
@@ -505,9 +525,10 @@ class Conversation:
         return self._flush()
 
     # ------------------------------------------------------------------------------ engine
-    def _push(self, t_s: float, kind: int, ch: str) -> None:
+    def _push(self, t_s: float, kind: int, subject: str) -> None:
+        """Add an input to the pending heap (see :class:`_Pending`)."""
         self._seq += 1
-        heapq.heappush(self._pending, (t_s, kind, self._seq, ch))
+        heapq.heappush(self._pending, _Pending(t_s, kind, self._seq, subject))
 
     def _flush(self) -> list[Event]:
         out, self._out = self._out, []
@@ -517,22 +538,24 @@ class Conversation:
         self._out.append({"name": name, "channel": channel, "t_audio_s": round(t_s, 3), **extra})
 
     def _process(self, horizon_s: float) -> None:
+        """Process the pending inputs up to ``horizon_s`` in order (one older than the time already
+        processed, at that time), then move processed time to ``horizon_s``."""
         assert self._t_s is not None
-        while self._pending and self._pending[0][0] <= horizon_s:
-            t, kind, _, ch = heapq.heappop(self._pending)
+        while self._pending and self._pending[0].t_s <= horizon_s:
+            t, kind, _, subject = heapq.heappop(self._pending)
             # a tone's call end keeps its time (the tone is named after it began); the call's
             # accumulated speech then runs at most to where processing stood (see defer())
             tone_s = t
             if t < self._t_s:
-                if ch not in (_HANGUP, _VOICEMAIL):
+                if subject not in (_HANGUP, _VOICEMAIL):
                     log.debug("transition at %.3f s reported after %.3f s: reorder_s too short",
                               t, self._t_s)
                 t = self._t_s
             self._advance(t)
             if kind == _START:
-                self._on_start(ch, t)
+                self._on_start(subject, t)
             elif kind == _END:
-                self._on_end(ch, t)
+                self._on_end(subject, t)
             elif kind in (_CALL_START, _CALL_HOLD):
                 if self._call is None:
                     self._begin_call(t)
@@ -542,18 +565,19 @@ class Conversation:
                 self._call.hold = kind == _CALL_HOLD
                 self._hold_changed(t)
             elif kind == _LINE_HOLD:
-                self._line_hold = ch == "on"
+                self._line_hold = subject == "on"
                 if self._call is not None and not self._line_hold:
                     self._call.resumed_s = max(self._call.resumed_s, t)
                 self._hold_changed(t)
-            elif self._call is not None and ch == _VOICEMAIL:
+            # the rest are call ends (_CALL_END), of a call in progress or of none
+            elif self._call is not None and subject == _VOICEMAIL:
                 cfg, call = self.config, self._call
                 t_end = max(tone_s, call.start_s)
                 # where only the softphone starts calls, nothing would restart a call ended wrongly
                 if cfg.call_start_on_speech and t_end - call.start_s <= cfg.voicemail_within_s \
                         and call.agent_s <= cfg.voicemail_agent_max_s:
                     self._end_call(t_end, "voicemail")
-            elif self._call is not None and ch == _HANGUP:
+            elif self._call is not None and subject == _HANGUP:
                 self._end_call(max(tone_s, self._call.start_s), "hangup")
             elif self._call is not None:
                 self._end_call(t, "signal")

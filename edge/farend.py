@@ -41,9 +41,13 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 RATE_HZ = 16_000
+"""Sample rate of the line's frames (:data:`edge.frames.RATE_HZ`)."""
 FRAME_SAMPLES = 512
+"""Samples per frame and FFT size: the pipeline's 32 ms frame (:data:`edge.frames.FRAME_SAMPLES`)."""
 FRAME_S = FRAME_SAMPLES / RATE_HZ
+"""Length of a frame, seconds (32 ms)."""
 BIN_HZ = RATE_HZ / FRAME_SAMPLES
+"""Width of an FFT bin of a frame: 31.25 Hz."""
 
 SPEECH, RINGBACK, BUSY, BEEP, MUSIC, SILENCE, DEAD = (
     "speech", "ringback", "busy", "beep", "music", "silence", "dead")
@@ -115,6 +119,7 @@ class FarEndConfig:
 
 
 _LN_DB = np.log(10.0) / 10.0
+"""Natural-log units of power per dB: a level ``d`` dB lower is ``log(p) - d * _LN_DB``."""
 _BINS = np.arange(_LO_BIN, _HI_BIN, dtype=np.float64)[None, :]
 
 

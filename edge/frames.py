@@ -11,6 +11,7 @@ RATE_HZ = 16_000
 FRAME_SAMPLES = 512
 """Samples per frame per channel: 32 ms at 16 kHz, Silero VAD's chunk."""
 FRAME_S = FRAME_SAMPLES / RATE_HZ
+"""Length of a frame, seconds (32 ms): the step of every per-frame stage and of the VAD traces."""
 
 
 @dataclass(frozen=True)

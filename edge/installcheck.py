@@ -23,6 +23,8 @@ CLIP_LEVEL = 0.99
 SPEECH_RISE_DB = 10.0
 """The agent's channel must rise this much after the cue for the agent to count as heard."""
 SWAP_MARGIN_DB = 6.0
+"""The line's channel must rise this much more than the agent's after the cue for the channels to
+count as swapped: the agent's voice can reach both, only a clearly louder line is a swap."""
 MAX_CLIPPED_RATIO = 0.001
 PART_MIN_S = 1.0
 """Each part of the recording, quiet before the cue and speaking after it, lasts this at least:

@@ -13,6 +13,8 @@ REFUSALS_LOGGED = 5
 publisher's queue) written to the journal one by one per :data:`REFUSALS_EVERY_S`; past them a
 sender gone wrong is counted (``cmd_refused``), and the total written when it ends."""
 REFUSALS_EVERY_S = 60.0
+"""Length of a counting period, seconds: a source's first :data:`REFUSALS_LOGGED` refusals of each
+are written one by one, the rest counted."""
 
 
 class Refusals:

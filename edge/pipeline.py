@@ -23,10 +23,17 @@ import numpy as np
 
 from edge.affect import AffectConfig, AffectStage, AffectWindow
 from edge.campaign import AffectDisclosure, CampaignConfig
-from edge.conversation import AGENT, PROSPECT, Conversation, ConversationConfig, MetricsWindow
+from edge.conversation import (
+    AGENT,
+    PROSPECT,
+    Conversation,
+    ConversationConfig,
+    MetricsWindow,
+    Transition,
+)
 from edge.farend import FarEnd
 from edge.fatigue import Fatigue, FatigueBaseline
-from edge.frames import FRAME_S, FRAME_SAMPLES, RATE_HZ, Framer
+from edge.frames import FRAME_S, FRAME_SAMPLES, RATE_HZ, Frame, Framer
 from edge.prosody import Prosody, ProsodyWindow
 from edge.quality import SIGNAL_STATES, SignalQuality
 from edge.rate import PAUSE_MAX_S, RateWindow
@@ -258,6 +265,8 @@ class Pipeline:
         self._affect_last: dict[str, float] = {}
         self.trace = Trace() if trace else None
         self.stage_s: dict[str, float] | None = defaultdict(float) if profile else None
+        self._lap_t = 0.0
+        """CPU time of the last :meth:`_lap` (profiling only)."""
         self._open: dict[str, float | None] = {c: None for c in CHANNELS}
         self.audio_s = 0.0
 
@@ -419,155 +428,228 @@ class Pipeline:
                                      "channel": "both", "t_audio_s": t}))
         return out
 
-    def _lap(self, stage: str, t0: float) -> float:
+    def _lap(self, stage: str) -> None:
+        """Add the CPU time since the last lap to ``stage`` (only when profiling: :attr:`stage_s`)."""
         if self.stage_s is None:
-            return t0
+            return
         now = time.process_time()
-        self.stage_s[stage] += now - t0
-        return now
+        self.stage_s[stage] += now - self._lap_t
+        self._lap_t = now
 
     def __call__(self, block: np.ndarray) -> list[Message]:
-        """Process a (2, n) float32 block at 16 kHz; return the messages it produced."""
+        """Process a (2, n) float32 block at 16 kHz; return the messages it produced.
+
+        Each 32 ms frame of the block goes through the steps below, in this order (each step's
+        CPU time is a stage of :attr:`stage_s`)."""
         out: list[Message] = []
-        t = time.process_time() if self.stage_s is not None else 0.0
+        self._lap_t = time.process_time() if self.stage_s is not None else 0.0
         self._received_s += block.shape[-1] / RATE_HZ
-        quality, far_kind, gates = self.quality, self.far_kind, self.gates
-        near_gate, far_gate = gates["near"], gates["far"]
         frames = self.framer(block)
-        t = self._lap("framing", t)
+        self._lap("framing")
         for frame in frames:
-            start_s = frame.start_s
-            if self.private or start_s < self._resume_s:
-                # nothing is computed about a private stretch, not even a frame straddling its ends;
-                # it counts as idle (nothing of it may show that the agent worked on)
-                self.audio_s = start_s + FRAME_S
-                self._idle_s += FRAME_S
+            if self.private or frame.start_s < self._resume_s:
+                self._skip_frame(frame.start_s)
                 continue
-            repaired = quality(frame.samples)
-            if repaired is not frame.samples:
-                frame = type(frame)(repaired, frame.rate_hz, start_s, frame.index)
-            duration_s = frame.duration_s
-            near_state, far_state = quality.states
-            worst = self._worst
-            for i, state in enumerate(quality.states):
-                if state != "ok" and _SEVERITY[state] > worst[i]:
-                    worst[i] = _SEVERITY[state]
-            t = self._lap("quality", t)
+            frame = self._repair(frame)
+            self._lap("quality")
             near_prob, far_prob = self.vad(frame).tolist()
-            t = self._lap("vad", t)
-            kind = far_kind.label
-            self._far_rows.append(repaired[1].copy())
-            if far_kind(repaired[1]) != kind:
-                since_s = self._stages_t0_s + far_kind.since_frame * FRAME_S
-                if kind in TONES_AND_MUSIC and far_kind.label not in TONES_AND_MUSIC:
-                    far_prob = self._hear_line_afresh(round((start_s - since_s) / FRAME_S) + 1)
-                out.append(Message("event", {"name": "far_kind", "channel": "far",
-                                             "kind": far_kind.label, "t_audio_s": round(since_s, 3)}))
-                self._busy_since_s = since_s if far_kind.label == "busy" else None
-                # while a hang-up is being confirmed, the conversation waits at the tone's start
-                self.conversation.defer(self._busy_since_s)
-                if far_kind.label == "beep":
-                    self.conversation.voicemail(since_s)
-                if "music" in (kind, far_kind.label):  # hold music keeps the call open
-                    self.conversation.line_hold(far_kind.label == "music", since_s)
-            if self._busy_since_s is not None and start_s - self._busy_since_s >= HANGUP_BUSY_S:
-                # the prospect hung up: the call ends where the busy tone began
-                self.conversation.hang_up(self._busy_since_s)
-                self.conversation.defer(None)
-                self._busy_since_s = None
-            for ch, dead in (("near", near_state == "none"),
-                             ("far", far_state == "none" or far_kind.label == "dead")):
-                if dead:
-                    runs = self._dead[ch]
-                    if runs and runs[-1][1] >= start_s - 1e-6:
-                        runs[-1][1] = start_s + duration_s
-                    else:
-                        if not self.conversation.in_call:  # no call to summarise them for
-                            runs[:] = [r for r in runs if r[1] > start_s - 60.0]
-                        runs.append([start_s, start_s + duration_s])
-            t = self._lap("farend", t)
-            if near_state == "none":
-                near_prob = 0.0  # a dead channel, a tone or hold music is nobody speaking
-            # the line leaking into the agent's mic (earpiece to microphone) is not the agent:
-            # Silero ignores the level, so a near frame far quieter than the line's loudest frame
-            # of the last half second is no speech (as an echo canceller's double-talk detector)
-            far_row = repaired[1]
-            self._far_energy.append(float(np.dot(far_row, far_row)))
-            if near_prob >= 0.1:
-                near_row = repaired[0]
-                if float(np.dot(near_row, near_row)) * _LEAK_RATIO < max(self._far_energy):
-                    near_prob = 0.0
-            if far_state == "none" or far_kind.veto:
-                far_prob = 0.0
-            transitions = []
-            for ch, gate, prob in (("near", near_gate, near_prob), ("far", far_gate, far_prob)):
-                change = gate(prob, start_s)
-                if self.trace is not None:
-                    self.trace.prob[ch].append(round(prob, 4))
-                if change is not None:
-                    transitions.append((ch, change, gate.transition_s))
-                    self._segment(ch, change, gate.transition_s)
-            near, far = near_gate.speaking, far_gate.speaking
-            if near or far:
-                if self._idle_s >= self.shift_gap_s:  # before the cue stage hears who speaks
-                    out += self._new_shift(start_s)
-                self._idle_s = 0.0
-            else:
-                self._idle_s += duration_s
-            out += [self._speech_event(ch, change, at_s, start_s) for ch, change, at_s in transitions]
-            t = self._lap("gates", t)
-            out += self._call_events(self.conversation(start_s, duration_s, near, far, transitions),
-                                     start_s)
-            flat = float(repaired[0].max() - repaired[0].min()) < self._flat_below
-            self._near_flat_s = self._near_flat_s + duration_s if flat else 0.0
-            out += [Message("event", e) for e in self.signals.poll(
-                start_s + duration_s, self._near_flat_s, far_kind.label)]
-            t = self._lap("conversation", t)
-            # the agent's voice only: the gate's speech, a likely onset the gate has not confirmed
-            # yet, and the agent's own pauses (up to PAUSE_MAX_S after its voice, while the line is
-            # quiet); silence otherwise, to keep the clock, so that the line leaking into the mic or
-            # a neighbour's voice never reads as the agent's pitch, rate or phonation
-            if near or near_prob >= self._near_off:
-                self._near_voice_end_s = start_s + duration_s
-                agent = True
-            else:
-                agent = not far and start_s - self._near_voice_end_s < PAUSE_MAX_S
-            silence = self._silence[: repaired.shape[1]]
-            self.prosody(repaired[0] if agent else silence)
-            # the prospect's voice only (the speech gate: a tone's first frames, before the far-end
-            # stage names it, would read as a pitch); silence otherwise, to keep the clock
-            self.far_prosody(repaired[1] if far else silence)
-            if self.trace is not None:
-                self.trace.voice["near"].append(agent)
-                self.trace.voice["far"].append(far)
-            t = self._lap("prosody", t)
+            self._lap("vad")
+            far_prob, events = self._follow_line(frame, far_prob)
+            out += events
+            self._track_no_signal(frame)
+            self._lap("farend")
+            near_prob, far_prob = self._speech_probs(frame, near_prob, far_prob)
+            transitions = self._gate(frame.start_s, near_prob, far_prob)
+            near, far = self.gates["near"].speaking, self.gates["far"].speaking
+            out += self._count_idle(frame, near or far)
+            out += [self._speech_event(ch, change, at_s, frame.start_s)
+                    for ch, change, at_s in transitions]
+            self._lap("gates")
+            out += self._converse(frame, near, far, transitions)
+            self._lap("conversation")
+            self._feed_prosody(frame, near, far, near_prob)
+            self._lap("prosody")
             if self.affect is not None:
-                # only a person at the far end in a live call (not a voicemail greeting, not the
-                # ringing), and never while the agent's channel is dead: the agent could be on the
-                # line without the box hearing it on its own channel
-                if self.conversation.live_call:
-                    found = self.affect(frame, near or near_state == "none", far)
-                    if found is not None:
-                        self._affect_last = {"prospect_arousal": round(found.arousal, 3),
-                                             "prospect_tension": round(found.tension, 3)}
-                        if self.trace is not None:
-                            self.trace.affect.append(found)
-                    self._affect_fed = True
-                elif self._affect_fed:
-                    self.affect.reset()
-                    self._affect_fed = False
-                t = self._lap("affect", t)
-            window = self.window(start_s, duration_s, near, far)
-            if window is None:
-                t = self._lap("metrics", t)  # the window's accounting, on every frame
-            else:
-                long = self._prosody_window(self.prosody_window_s)
-                body, far_long = self._metrics(asdict(window), long)
-                out.append(Message("metrics", body))
-                t = self._lap("metrics", t)
-                out += self._signals(body, long, far_long, start_s + duration_s)
-                t = self._lap("signals", t)
-            self.audio_s = start_s + FRAME_S
+                self._feed_affect(frame, near, far)
+                self._lap("affect")
+            out += self._close_window(frame, near, far)
+            self.audio_s = frame.start_s + FRAME_S
+        return out
+
+    def _skip_frame(self, start_s: float) -> None:
+        """A frame of a private stretch: only the audio clock and the idle time move on."""
+        # nothing is computed about a private stretch, not even a frame straddling its ends; it
+        # counts as idle (nothing of it may show that the agent worked on)
+        self.audio_s = start_s + FRAME_S
+        self._idle_s += FRAME_S
+
+    def _repair(self, frame: Frame) -> Frame:
+        """The frame as the quality stage repaired it; the window's worst signal state updated."""
+        repaired = self.quality(frame.samples)
+        if repaired is not frame.samples:
+            frame = type(frame)(repaired, frame.rate_hz, frame.start_s, frame.index)
+        worst = self._worst
+        for i, state in enumerate(self.quality.states):
+            if state != "ok" and _SEVERITY[state] > worst[i]:
+                worst[i] = _SEVERITY[state]
+        return frame
+
+    def _follow_line(self, frame: Frame, far_prob: float) -> tuple[float, list[Message]]:
+        """The far-end stage on the line's frame: a new kind of sound (tone, beep, music, speech)
+        is published and told to the conversation; a busy tone held :data:`HANGUP_BUSY_S` hangs
+        the call up. Returns the line's speech probability (heard afresh after a tone or music)
+        and the ``far_kind`` event, if any."""
+        far_kind, start_s, line = self.far_kind, frame.start_s, frame.samples[1]
+        out: list[Message] = []
+        kind = far_kind.label
+        self._far_rows.append(line.copy())
+        if far_kind(line) != kind:
+            since_s = self._stages_t0_s + far_kind.since_frame * FRAME_S
+            if kind in TONES_AND_MUSIC and far_kind.label not in TONES_AND_MUSIC:
+                far_prob = self._hear_line_afresh(round((start_s - since_s) / FRAME_S) + 1)
+            out.append(Message("event", {"name": "far_kind", "channel": "far",
+                                         "kind": far_kind.label, "t_audio_s": round(since_s, 3)}))
+            self._busy_since_s = since_s if far_kind.label == "busy" else None
+            # while a hang-up is being confirmed, the conversation waits at the tone's start
+            self.conversation.defer(self._busy_since_s)
+            if far_kind.label == "beep":
+                self.conversation.voicemail(since_s)
+            if "music" in (kind, far_kind.label):  # hold music keeps the call open
+                self.conversation.line_hold(far_kind.label == "music", since_s)
+        if self._busy_since_s is not None and start_s - self._busy_since_s >= HANGUP_BUSY_S:
+            # the prospect hung up: the call ends where the busy tone began
+            self.conversation.hang_up(self._busy_since_s)
+            self.conversation.defer(None)
+            self._busy_since_s = None
+        return far_prob, out
+
+    def _track_no_signal(self, frame: Frame) -> None:
+        """Extend each channel's runs of no signal (a dead line counts) by the frame."""
+        start_s, duration_s = frame.start_s, frame.duration_s
+        near_state, far_state = self.quality.states
+        for ch, dead in (("near", near_state == "none"),
+                         ("far", far_state == "none" or self.far_kind.label == "dead")):
+            if dead:
+                runs = self._dead[ch]
+                if runs and runs[-1][1] >= start_s - 1e-6:
+                    runs[-1][1] = start_s + duration_s
+                else:
+                    if not self.conversation.in_call:  # no call to summarise them for
+                        runs[:] = [r for r in runs if r[1] > start_s - 60.0]
+                    runs.append([start_s, start_s + duration_s])
+
+    def _speech_probs(self, frame: Frame, near_prob: float, far_prob: float) -> tuple[float, float]:
+        """The VAD's probabilities with what is nobody speaking set to 0: a channel without
+        signal, the line leaking into the agent's microphone, the line's tones and music."""
+        near_state, far_state = self.quality.states
+        if near_state == "none":
+            near_prob = 0.0  # a dead channel, a tone or hold music is nobody speaking
+        # the line leaking into the agent's mic (earpiece to microphone) is not the agent:
+        # Silero ignores the level, so a near frame far quieter than the line's loudest frame
+        # of the last half second is no speech (as an echo canceller's double-talk detector)
+        far_row = frame.samples[1]
+        self._far_energy.append(float(np.dot(far_row, far_row)))
+        if near_prob >= 0.1:
+            near_row = frame.samples[0]
+            if float(np.dot(near_row, near_row)) * _LEAK_RATIO < max(self._far_energy):
+                near_prob = 0.0
+        if far_state == "none" or self.far_kind.veto:
+            far_prob = 0.0
+        return near_prob, far_prob
+
+    def _gate(self, start_s: float, near_prob: float, far_prob: float) -> list[Transition]:
+        """Both speech gates fed their probability; returns their transitions (channel, change,
+        back-dated time), each recorded as a segment."""
+        transitions = []
+        for ch, prob in (("near", near_prob), ("far", far_prob)):
+            gate = self.gates[ch]
+            change = gate(prob, start_s)
+            if self.trace is not None:
+                self.trace.prob[ch].append(round(prob, 4))
+            if change is not None:
+                transitions.append((ch, change, gate.transition_s))
+                self._segment(ch, change, gate.transition_s)
+        return transitions
+
+    def _count_idle(self, frame: Frame, speaking: bool) -> list[Message]:
+        """Count the frame as idle unless someone speaks; speech after an idle gap of
+        :attr:`shift_gap_s` starts a new shift (its events)."""
+        out: list[Message] = []
+        if speaking:
+            if self._idle_s >= self.shift_gap_s:  # before the cue stage hears who speaks
+                out += self._new_shift(frame.start_s)
+            self._idle_s = 0.0
+        else:
+            self._idle_s += frame.duration_s
+        return out
+
+    def _converse(self, frame: Frame, near: bool, far: bool,
+                  transitions: list[Transition]) -> list[Message]:
+        """The conversation stage's events of the frame, then the cues the cue stage polls (a flat
+        agent channel's time counted)."""
+        start_s, duration_s = frame.start_s, frame.duration_s
+        out = self._call_events(self.conversation(start_s, duration_s, near, far, transitions), start_s)
+        near_row = frame.samples[0]
+        flat = float(near_row.max() - near_row.min()) < self._flat_below
+        self._near_flat_s = self._near_flat_s + duration_s if flat else 0.0
+        out += [Message("event", e) for e in self.signals.poll(
+            start_s + duration_s, self._near_flat_s, self.far_kind.label)]
+        return out
+
+    def _feed_prosody(self, frame: Frame, near: bool, far: bool, near_prob: float) -> None:
+        """Each side's prosody stage fed its own voice, silence otherwise (to keep its clock)."""
+        start_s, duration_s, samples = frame.start_s, frame.duration_s, frame.samples
+        # the agent's voice only: the gate's speech, a likely onset the gate has not confirmed
+        # yet, and the agent's own pauses (up to PAUSE_MAX_S after its voice, while the line is
+        # quiet); silence otherwise, to keep the clock, so that the line leaking into the mic or
+        # a neighbour's voice never reads as the agent's pitch, rate or phonation
+        if near or near_prob >= self._near_off:
+            self._near_voice_end_s = start_s + duration_s
+            agent = True
+        else:
+            agent = not far and start_s - self._near_voice_end_s < PAUSE_MAX_S
+        silence = self._silence[: samples.shape[1]]
+        self.prosody(samples[0] if agent else silence)
+        # the prospect's voice only (the speech gate: a tone's first frames, before the far-end
+        # stage names it, would read as a pitch); silence otherwise, to keep the clock
+        self.far_prosody(samples[1] if far else silence)
+        if self.trace is not None:
+            self.trace.voice["near"].append(agent)
+            self.trace.voice["far"].append(far)
+
+    def _feed_affect(self, frame: Frame, near: bool, far: bool) -> None:
+        """The prospect's affect stage fed the frame during a live call; its latest window kept
+        for the next metrics message."""
+        assert self.affect is not None
+        # only a person at the far end in a live call (not a voicemail greeting, not the
+        # ringing), and never while the agent's channel is dead: the agent could be on the
+        # line without the box hearing it on its own channel
+        if self.conversation.live_call:
+            found = self.affect(frame, near or self.quality.states[0] == "none", far)
+            if found is not None:
+                self._affect_last = {"prospect_arousal": round(found.arousal, 3),
+                                     "prospect_tension": round(found.tension, 3)}
+                if self.trace is not None:
+                    self.trace.affect.append(found)
+            self._affect_fed = True
+        elif self._affect_fed:
+            self.affect.reset()
+            self._affect_fed = False
+
+    def _close_window(self, frame: Frame, near: bool, far: bool) -> list[Message]:
+        """The frame counted in the metrics window; when it completes a window, its ``metrics``
+        message, then the fatigue stage's and the cues' events."""
+        start_s, duration_s = frame.start_s, frame.duration_s
+        window = self.window(start_s, duration_s, near, far)
+        if window is None:
+            self._lap("metrics")  # the window's accounting, on every frame
+            return []
+        long = self._prosody_window(self.prosody_window_s)
+        body, far_long = self._metrics(asdict(window), long)
+        out = [Message("metrics", body)]
+        self._lap("metrics")
+        out += self._signals(body, long, far_long, start_s + duration_s)
+        self._lap("signals")
         return out
 
     def _hear_line_afresh(self, frames: int) -> float:

@@ -27,7 +27,10 @@ HOP_S = 0.01
 """Analysis hop: one pitch/loudness value every 10 ms; hop ``k`` is centred at ``(k + 0.5) * HOP_S``."""
 HOP_16 = 160
 F0_MIN_HZ = 60.0
+"""Lowest pitch tracked: under low male voices, as the issue's Praat reference (``pitch_floor=60``)."""
 F0_MAX_HZ = 400.0
+"""Highest pitch tracked, as the issue's Praat reference (``pitch_ceiling=400``; see the README on
+raised high voices read an octave low)."""
 
 _SR8 = 8_000
 _HOP8 = 80

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 HOP_S = 0.01
+"""Step of the level and voicing contours this module reads: the prosody stage's 10 ms hop."""
 SMOOTH_HOPS = 3
 """Width of the moving average applied to the level contour (hops)."""
 DIP_DB = 1.0
@@ -38,6 +39,8 @@ pauses of 200 ms or more, with 3.9 gaps per minute of speech that were no labell
 from 200 ms found 22, with 0.3 (``pause_found_from_150ms``, ``pause_false_per_min_from_150ms``,
 ``pause_found``, ``pause_false_per_min`` of ``python -m bench.accuracy``)."""
 PAUSE_MAX_S = 2.0
+"""Longest quiet gap counted as a pause: a longer one is the end of a turn (or the other side's);
+the pipeline also feeds the agent's prosody at most this long after its voice."""
 SILENCE_BELOW_SPEECH_DB = 25.0
 """A pause hop is at least this many dB below the loud voiced level."""
 BREATH_ABOVE_FLOOR_DB = 10.0

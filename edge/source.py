@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 MIN_RATE_HZ = 8_000
 """Lowest usable rate: narrow-band telephone audio."""
 MAX_RATE_HZ = 192_000
+"""Highest rate accepted: the highest a sound card or recorder commonly offers (resampled to 16 kHz)."""
 
 
 class AudioInputError(ValueError):

@@ -61,7 +61,9 @@ log = logging.getLogger(__name__)
 
 MAGIC = b"MIROIR-RELEASE/1\n"
 SIG_BYTES = 64
+"""Length of the Ed25519 signature after the manifest."""
 MAX_MANIFEST_BYTES = 64 * 1024
+"""Largest manifest read from a package: a length field above it is a corrupt or hostile file."""
 CHUNK = 1 << 20
 STATE_FILE = "state.json"
 ROLLED_BACK_FILE = "rolled-back.json"

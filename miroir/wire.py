@@ -28,6 +28,8 @@ ID_PATTERN = re.compile(r"^[a-z0-9-]{1,32}$")
 UP_KINDS = ("status", "metrics", "event")
 CMD_KIND = "cmd"
 MAX_PAYLOAD_BYTES = 4096
+"""Largest encoded payload (compact JSON), checked on encoding and decoding; the broker's
+``max_packet_size`` is twice this (docs/wire.md), so nothing larger goes through."""
 MAX_TEXT_CHARS = 200
 """Longest free-text field (``status.capture_error``, ``status.settings_error``,
 ``status.update_rolled_back`` and ``version``): text for site IT, never speech."""
@@ -241,6 +243,7 @@ _ENUMS: dict[str, tuple[str, ...]] = {
 }
 _TEXTS = ("capture_error", "settings_error", "version", "update_rolled_back")
 DAY_S = 86400.0
+"""Seconds in a day."""
 MAX_TS = 4102444800.0
 """Latest ``ts``: 2100-01-01 (the dashboard also refuses more than a day ahead of its clock). No
 earliest but the epoch: a Pi has no real-time clock, and a box whose NTP never answered dates its

@@ -1,8 +1,12 @@
-"""Build the box's model files from pinned, checksummed sources listed in ``manifest.json``.
+"""Build and verify the box's model files, each listed in ``manifest.json`` with its SHA-256 and source.
 
-Silero VAD's ONNX file is taken from the pinned ``silero-vad`` wheel, downloaded with pip and
-``--no-deps`` (the package itself requires torch, which must never reach the box), verified by the
-wheel's SHA-256, then by the extracted file's SHA-256.
+A ``pypi-wheel`` source is built here, into :func:`models_dir`: Silero VAD's ONNX file is taken from
+the pinned ``silero-vad`` wheel, downloaded with pip and ``--no-deps`` (the package itself requires
+torch, which must never reach the box), verified by the wheel's SHA-256, then by the extracted
+file's SHA-256. A ``committed`` source is a file kept in git (``source.path``) and only verified
+here: Silero VAD converted to TFLite (rebuilt by ``miroir models convert vad``) and the prospect
+affect model's features and networks (``miroir models train affect``). :func:`model_path` checks a
+file against the manifest each time a runtime loads it.
 """
 
 from __future__ import annotations

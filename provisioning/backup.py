@@ -28,12 +28,16 @@ from provisioning.site import Site, SiteError, make_private, site_lock
 
 MAGIC = b"MIROIRBK1"
 SALT_BYTES = 16
+"""Length of the random scrypt salt stored in the header."""
 NONCE_BYTES = 12
+"""Length of the random AES-GCM nonce stored in the header (GCM's standard 96 bits)."""
 SCRYPT_N = 2**15
 EXCLUDED = ("persist", LOG_FILE, f"{LOG_FILE}.stderr")
 MIN_PASSPHRASE = 12
 TAG_BYTES = 16
+"""Length of the AES-GCM authentication tag at the end of the sealed archive."""
 HEADER_BYTES = len(MAGIC) + SALT_BYTES + NONCE_BYTES
+"""Length of the header before the sealed archive: magic, salt and nonce."""
 
 
 class BackupError(RuntimeError):

@@ -41,6 +41,8 @@ MOSQUITTO = "/usr/sbin/mosquitto"
 BROKER_USER = "mosquitto"
 SERVER_HOSTS = ("localhost", "127.0.0.1")
 AUTOSAVE_INTERVAL_S = 5
+"""Mosquitto saves its sessions and queued messages this often (its default, 1800 s, would lose up
+to half an hour of queued messages to a crash; the dashboard asks boxes to resend what is lost)."""
 MAX_QUEUED_MESSAGES = 100_000
 MAX_INFLIGHT = 1000
 MAX_PACKET_BYTES = 2 * wire.MAX_PAYLOAD_BYTES

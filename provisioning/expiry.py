@@ -14,6 +14,7 @@ from provisioning.site import Site
 WARN_DAYS = 30
 """Default warning horizon: as the dashboard's IT page (``dashboard.fleet.CERT_WARN_DAYS``)."""
 DAY_S = 86400.0
+"""Seconds in a day."""
 HTTPS_CERT = "https/cert.pem"
 """Where docs/dashboard-tls.md makes the dashboard's HTTPS certificate from the site CA."""
 

@@ -81,9 +81,12 @@ log = logging.getLogger(__name__)
 SITE_FILE = "site.json"
 DEFAULT_PORT = 8883
 KICK_TIMEOUT_S = 5.0
+"""How long :meth:`Site.kick` waits for the broker to accept its takeover of a box's session."""
 KICK_CERT_DAYS = 10 / (24 * 60)
 """Validity of the one-time certificate that cuts a revoked box off (10 minutes)."""
 BOX_CERT_DAYS = 825
+"""Validity of a box's certificate, as the broker's and the dashboard's (``provisioning.pki``): 825
+days, about 27 months; ``miroir provision expiry`` and the IT page warn 30 days before its end."""
 
 Reload = Callable[[], None]
 T = TypeVar("T")

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from dashboard import auth
 from dashboard import db as store
 from dashboard.app import DashboardServer, create_app
-from dashboard.ingest import GAP_GRACE_S, Ingest, percentile
+from dashboard.ingest import GAP_GRACE_S, Ingest, SeqTrack, percentile
 from dashboard.live import Hub
 from dashboard.settings import DashboardSettings
 from miroir import wire
@@ -266,6 +266,23 @@ def test_a_box_that_numbers_again_from_its_origin_is_neither_duplicate_nor_lost(
         ing.close()
     db = store.open_db(dash_settings.db_path)
     assert [m["seq"] for m in db["metrics"].rows] == [1, 2, 3, origin, origin + 1, origin + 2]
+
+
+def test_seq_track_restart_counts_the_old_numbering_up_to_its_highest_known_seq() -> None:
+    """The worked example of :meth:`SeqTrack.restart`: 1 to 12, 15 and 17 stored, 20 acknowledged,
+    the box numbering from 5000 with 5000 and 5001 stored: six lost, none asked for."""
+    track = SeqTrack()
+    for seq in (*range(1, 13), 15, 17, 5000, 5001):
+        track.mark(seq)
+    track.acked = 20
+    assert track.restart(5000) == 6
+    assert (track.contig, track.ahead, track.lost, track.gap()) == (5001, set(), 6, None)
+    # an acknowledgement of the new numbering is not of the old one: only the stored seqs count
+    track = SeqTrack()
+    for seq in (1, 2, 4):
+        track.mark(seq)
+    track.acked = 7000
+    assert track.restart(5000) == 1 and track.contig == 4999
 
 
 def test_ingest_lag_percentiles(dash_settings: DashboardSettings) -> None:

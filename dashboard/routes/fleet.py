@@ -15,6 +15,7 @@ router = APIRouter(tags=["fleet"])
 
 IT_ROLES = ("admin", "it")
 PAGE_REFRESH_S = 15
+"""The IT page reloads itself this often while its automatic refresh is ticked."""
 
 
 def fleet_payload(db: Any, restart_grace_s: float) -> dict[str, Any]:

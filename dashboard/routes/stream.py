@@ -20,7 +20,11 @@ from ..live import Hub, Subscription
 router = APIRouter(prefix="/api", tags=["stream"])
 
 KEEPALIVE_S = 15.0
+"""A live stream with nothing to send sends a comment this often, so that a proxy or browser does
+not close it as idle and a gone client is noticed."""
 RETRY_MS = 2000
+"""How long a browser waits before it reconnects a lost live stream (the SSE ``retry`` field; its
+whole seconds in ``Retry-After`` of a refused one)."""
 HISTORY = 30
 SCOPE_REFRESH_S = 5.0
 """How often an open stream checks its session (logout, a disabled user) and the user's scope,
