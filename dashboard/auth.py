@@ -587,6 +587,8 @@ class Session:
     role: str = "admin"
     lang: str = "fr"
     pending_secret: str | None = None
+    end_ts: float = 0.0
+    """When it ends if its user does nothing more (as of the lookup; 0: not known)."""
 
 
 def _token_hash(token: str) -> str:
@@ -640,7 +642,9 @@ def lookup_session(db: sqlite_utils.Database, token: str | None, idle_s: float,
             return None
         if touch:
             db.conn.execute("UPDATE sessions SET last_seen_ts = ? WHERE token_hash = ?", (now, th))
-    return Session(username, csrf, stage or "ok", role, lang or "fr", pending)
+            last_seen_ts = now
+    end_ts = min(float(last_seen_ts) + idle_s, float(created_ts) + SESSION_MAX_AGE_S)
+    return Session(username, csrf, stage or "ok", role, lang or "fr", pending, end_ts)
 
 
 def session_end_ts(db: sqlite_utils.Database, token: str | None, idle_s: float) -> float | None:
@@ -794,8 +798,8 @@ class AuthMiddleware:
                                                 StarletteHTTPException(403, CSRF_REFUSED))
                 await response(scope, receive, send)
                 return
-            if touch:
-                await run_in_threadpool(self._lookup, token, True)
+            if touch:  # the page it answers with ends with the session's new end
+                state["session"] = await run_in_threadpool(self._lookup, token, True) or session
         await self.app(scope, receive, _no_store(send))
 
 
