@@ -725,7 +725,8 @@ class AuthMiddleware:
     answers 401. A session whose
     second factor is pending reaches only its TOTP page. Every POST, PUT, PATCH or DELETE must
     carry the session's CSRF token, in an ``X-CSRF-Token`` header or a ``csrf`` form field. Every
-    answer to a logged-in request is ``Cache-Control: no-store`` (:data:`NO_STORE`).
+    answer to a logged-in request, and every refusal of this middleware, is
+    ``Cache-Control: no-store`` (:data:`NO_STORE`).
     """
 
     def __init__(self, app: ASGIApp, db_path: Path, idle_s: float, secure: bool) -> None:
@@ -763,7 +764,7 @@ class AuthMiddleware:
             else:
                 response = RedirectResponse("/login?ended=1" if token else "/login",
                                             status_code=303)
-            await response(scope, receive, send)
+            await response(scope, receive, no_store(send))
             return
         if session.stage != "ok" and path not in (STAGE_PATHS.get(session.stage), "/logout"):
             if is_api:
@@ -771,7 +772,7 @@ class AuthMiddleware:
             else:
                 response = RedirectResponse(STAGE_PATHS.get(session.stage, "/login"),
                                             status_code=303)
-            await response(scope, receive, send)
+            await response(scope, receive, no_store(send))
             return
         state = scope.setdefault("state", {})  # before the body is read: a 413 page's language
         state["user"] = session.username
@@ -796,11 +797,11 @@ class AuthMiddleware:
 
                     response = await page_error(Request(scope, receive),
                                                 StarletteHTTPException(403, CSRF_REFUSED))
-                await response(scope, receive, send)
+                await response(scope, receive, no_store(send))
                 return
             if touch:  # the page it answers with ends with the session's new end
                 state["session"] = await run_in_threadpool(self._lookup, token, True) or session
-        await self.app(scope, receive, _no_store(send))
+        await self.app(scope, receive, no_store(send))
 
 
 CSRF_REFUSED = "CSRF token missing or wrong"
@@ -811,7 +812,7 @@ NO_STORE = (b"cache-control", b"no-store")
 that no shared proxy cache nor the browser's disk cache may keep."""
 
 
-def _no_store(send: Send) -> Send:
+def no_store(send: Send) -> Send:
     """``send`` with ``Cache-Control: no-store`` on a response that sets no Cache-Control."""
     async def send_no_store(message: Message) -> None:
         if message["type"] == "http.response.start":
