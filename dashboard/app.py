@@ -113,7 +113,7 @@ class _TooLargeAnswer:
                 replaced = True
                 exc = StarletteHTTPException(status_code=413, detail=TOO_LARGE)
                 response = await deps.page_error(Request(scope), exc)
-                await response(scope, receive, send)
+                await response(scope, receive, auth.no_store(send))  # as every other error
                 return
             await send(message)
 

@@ -589,6 +589,8 @@ class Session:
     role: str = "admin"
     lang: str = "fr"
     pending_secret: str | None = None
+    end_ts: float = 0.0
+    """When it ends if its user does nothing more (as of the lookup; 0: not known)."""
 
 
 def _token_hash(token: str) -> str:
@@ -642,7 +644,9 @@ def lookup_session(db: sqlite_utils.Database, token: str | None, idle_s: float,
             return None
         if touch:
             db.conn.execute("UPDATE sessions SET last_seen_ts = ? WHERE token_hash = ?", (now, th))
-    return Session(username, csrf, stage or "ok", role, lang or "fr", pending)
+            last_seen_ts = now
+    end_ts = min(float(last_seen_ts) + idle_s, float(created_ts) + SESSION_MAX_AGE_S)
+    return Session(username, csrf, stage or "ok", role, lang or "fr", pending, end_ts)
 
 
 def session_end_ts(db: sqlite_utils.Database, token: str | None, idle_s: float) -> float | None:
@@ -723,7 +727,8 @@ class AuthMiddleware:
     answers 401. A session whose
     second factor is pending reaches only its TOTP page. Every POST, PUT, PATCH or DELETE must
     carry the session's CSRF token, in an ``X-CSRF-Token`` header or a ``csrf`` form field. Every
-    answer to a logged-in request is ``Cache-Control: no-store`` (:data:`NO_STORE`).
+    answer to a logged-in request, and every refusal of this middleware, is
+    ``Cache-Control: no-store`` (:data:`NO_STORE`).
     """
 
     def __init__(self, app: ASGIApp, db_path: Path, idle_s: float, secure: bool) -> None:
@@ -761,7 +766,7 @@ class AuthMiddleware:
             else:
                 response = RedirectResponse("/login?ended=1" if token else "/login",
                                             status_code=303)
-            await response(scope, receive, send)
+            await response(scope, receive, no_store(send))
             return
         if session.stage != "ok" and path not in (STAGE_PATHS.get(session.stage), "/logout"):
             if is_api:
@@ -769,7 +774,7 @@ class AuthMiddleware:
             else:
                 response = RedirectResponse(STAGE_PATHS.get(session.stage, "/login"),
                                             status_code=303)
-            await response(scope, receive, send)
+            await response(scope, receive, no_store(send))
             return
         state = scope.setdefault("state", {})  # before the body is read: a 413 page's language
         state["user"] = session.username
@@ -794,11 +799,11 @@ class AuthMiddleware:
 
                     response = await page_error(Request(scope, receive),
                                                 StarletteHTTPException(403, CSRF_REFUSED))
-                await response(scope, receive, send)
+                await response(scope, receive, no_store(send))
                 return
-            if touch:
-                await run_in_threadpool(self._lookup, token, True)
-        await self.app(scope, receive, _no_store(send))
+            if touch:  # the page it answers with ends with the session's new end
+                state["session"] = await run_in_threadpool(self._lookup, token, True) or session
+        await self.app(scope, receive, no_store(send))
 
 
 CSRF_REFUSED = "CSRF token missing or wrong"
@@ -809,7 +814,7 @@ NO_STORE = (b"cache-control", b"no-store")
 that no shared proxy cache nor the browser's disk cache may keep."""
 
 
-def _no_store(send: Send) -> Send:
+def no_store(send: Send) -> Send:
     """``send`` with ``Cache-Control: no-store`` on a response that sets no Cache-Control."""
     async def send_no_store(message: Message) -> None:
         if message["type"] == "http.response.start":

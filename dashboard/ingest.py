@@ -31,6 +31,7 @@ from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge.journal import Refusals
 from miroir import wire
 
 from . import certs, fleet, schema
@@ -223,9 +224,12 @@ class Ingest:
         self.resend_requests = 0
         self.lost = 0
         self.retired_refused = 0
+        """Messages refused because their box was retired (``miroir dashboard retire``)."""
         self.late_statuses = 0
         """Statuses that waited :data:`LATE_STATUS_S` or longer in the broker (dated when sent)."""
-        """Messages refused because their box was retired (``miroir dashboard retire``)."""
+        self._late_lines = Refusals("late status", "delivered", log, plural="late statuses",
+                                    counter="late_statuses", level=logging.INFO)
+        """The log's account of them: after a restart every box's comes at once."""
         self._lags_ms: deque[float] = deque(maxlen=LAG_WINDOW)
         self._boxes_seen: set[str] = set()
         self._retired_logged: set[str] = set()
@@ -448,8 +452,8 @@ class Ingest:
     def _late(self, box: str, late_s: float) -> None:
         """Count and log a status that waited ``late_s`` in the broker (caller holds the lock)."""
         self.late_statuses += 1
-        log.info("status of %s arrived %.0f s late (held by the broker while the dashboard was "
-                 "away): dated when the box sent it", box, late_s)
+        self._late_lines.refused(f"{box} waited {late_s:.0f} s in the broker while the dashboard "
+                                 "was away: dated when the box sent it")
 
     def _store(self, topic: str, payload: bytes, now: float, retained: bool = False,
                late_s: float = 0.0) -> tuple[str, dict[str, Any] | None]:
@@ -633,6 +637,7 @@ class Ingest:
                 self.roll_counts()
             except Exception:
                 log.exception("could not store the boxes' message rates")
+            self._late_lines.flush()
 
     def gaps(self) -> dict[str, tuple[int, int]]:
         """Boxes whose sequence has a hole now, with the first hole (from_seq, to_seq)."""
@@ -798,6 +803,7 @@ class Ingest:
             self._writer.join()  # commits what was received; the broker resends the unacked
             self._writer = None
         self.connected.clear()
+        self._late_lines.flush(force=True)
 
     def close(self) -> None:
         """Stop and close the database connection."""

@@ -17,6 +17,7 @@ white-noise floor.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape
 
 from demo.scripts import SCRIPTS, CallScript, Voice
+from miroir.files import atomic_write
 
 if TYPE_CHECKING:
     import numpy as np
@@ -284,19 +286,19 @@ def _assemble(
 
 
 def _write_wav(path: Path, x: FloatArray) -> None:
-    """Write a mono 16 kHz PCM16 WAV atomically (a temporary file of its own: two builds of the
-    same folder at once, a demo and a test, each replace the file whole)."""
+    """Write a mono 16 kHz PCM16 WAV atomically (:func:`miroir.files.atomic_write`: two builds of
+    the same folder at once, a demo and a test, take turns and each replace the file whole; its
+    mode follows the umask, as the manifest's; a failed write leaves no temporary file)."""
     import numpy as np
 
     pcm = np.clip(np.round(x * 32767.0), -32768, 32767).astype("<i2")
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as out, \
-            wave.open(out, "wb") as w:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(RATE_HZ)
         w.writeframes(pcm.tobytes())
-    os.chmod(out.name, 0o644)  # as a file written in place (the temporary file's is 0600)
-    os.replace(out.name, path)
+    atomic_write(path, buf.getvalue(), sync=False)  # rebuilt from the scripts if a crash took it
 
 
 def _call_paths(out_dir: Path, name: str, duration_s: float) -> DemoCall:
@@ -376,11 +378,7 @@ def build_calls(
             "far": segments["far"],
             "description": script.description,
         }
-        with tempfile.NamedTemporaryFile("w", dir=call.truth.parent, suffix=".tmp",
-                                         delete=False) as out:
-            out.write(json.dumps(truth, ensure_ascii=False, indent=1))
-        os.chmod(out.name, 0o644)
-        os.replace(out.name, call.truth)
+        atomic_write(call.truth, json.dumps(truth, ensure_ascii=False, indent=1), sync=False)
         calls.append(call)
         say(f"demo call {script.name}: {duration_s:.1f} s, agent "
             f"{speech_ratio_truth(segments['near'], 0, duration_s):.0%} speech, prospect "

@@ -1,4 +1,5 @@
-"""Journal lines of a flood (commands refused or dropped): a few one by one, then their number."""
+"""Journal lines of a flood (commands refused or dropped, late statuses): a few one by one, then
+their number."""
 
 from __future__ import annotations
 
@@ -21,12 +22,19 @@ class Refusals:
     """The journal's account of the commands refused (or dropped: ``verb``) from one source
     (``what``): the first :data:`REFUSALS_LOGGED` of each :data:`REFUSALS_EVERY_S` one by one,
     then their number (a flood would drown the agent's own lines, past journald's rate limit, and
-    fill the card). Thread-safe: paho's thread counts the commands its queue drops."""
+    fill the card). Thread-safe: paho's thread counts the commands its queue drops.
+
+    ``plural``: ``what`` for more than one (default: ``what`` + "s", and "(s)" in the count's
+    line); ``counter``: the counter that has them all; ``level``: the lines' logging level."""
 
     def __init__(self, what: str, verb: str = "refused",
-                 logger: logging.Logger | None = None) -> None:
+                 logger: logging.Logger | None = None, *, plural: str = "",
+                 counter: str = "cmd_refused", level: int = logging.WARNING) -> None:
         self.what = what
         self.verb = verb
+        self.plural = plural
+        self.counter = counter
+        self.level = level
         self.log = log if logger is None else logger
         self.since = -REFUSALS_EVERY_S
         """When (monotonic seconds) the commands now counted began."""
@@ -42,10 +50,11 @@ class Refusals:
                 self.since = time.monotonic()
             self.count += 1
             if self.count <= REFUSALS_LOGGED:
-                self.log.warning("%s %s: %s", self.what, self.verb, why)
+                self.log.log(self.level, "%s %s: %s", self.what, self.verb, why)
             if self.count == REFUSALS_LOGGED:
-                self.log.warning("further %s %ss are counted in cmd_refused; their number is "
-                                 "written within %.0f s", self.verb, self.what, REFUSALS_EVERY_S)
+                self.log.log(self.level, "further %s %s are counted in %s; their number is "
+                             "written within %.0f s", self.verb, self.plural or f"{self.what}s",
+                             self.counter, REFUSALS_EVERY_S)
 
     def flush(self, force: bool = False) -> None:
         """Write how many were refused since the count began, once :data:`REFUSALS_EVERY_S` have
@@ -58,6 +67,7 @@ class Refusals:
         if not self.count or (not force and elapsed_s < REFUSALS_EVERY_S):
             return
         if self.count > REFUSALS_LOGGED:
-            self.log.warning("%d %s(s) %s in %.0f s (%d not written one by one)", self.count,
-                             self.what, self.verb, elapsed_s, self.count - REFUSALS_LOGGED)
+            self.log.log(self.level, "%d %s %s in %.0f s (%d not written one by one)",
+                         self.count, self.plural or f"{self.what}(s)", self.verb, elapsed_s,
+                         self.count - REFUSALS_LOGGED)
         self.count = 0

@@ -89,6 +89,8 @@ BOX_CERT_DAYS = 825
 days, about 27 months; ``miroir provision expiry`` and the IT page warn 30 days before its end."""
 
 Reload = Callable[[], None]
+DEFAULT_BROKER_UNIT = "mosquitto.service"
+"""The broker's unit when none is given (``--broker-unit``'s default)."""
 T = TypeVar("T")
 LOCK_FILE = ".lock"
 
@@ -211,7 +213,20 @@ def admin_identity(site: str) -> str:
     return f"admin_{wire.check_id(site, 'site')}"
 
 
-def systemctl_reload(unit: str = "mosquitto.service") -> Reload:
+@dataclass(frozen=True)
+class BrokerReload:
+    """A reload action (:data:`Reload`) with the command-line options that chose it, which the
+    command to run again after a failed reload repeats."""
+
+    action: Reload
+    args: tuple[str, ...]
+
+    def __call__(self) -> None:
+        """Reload the broker."""
+        self.action()
+
+
+def systemctl_reload(unit: str = DEFAULT_BROKER_UNIT) -> Reload:
     """A reload action that runs ``systemctl reload UNIT`` (the broker re-reads CRL and ACL)."""
     def reload() -> None:
         result = subprocess.run(["systemctl", "reload", unit], capture_output=True, text=True,
@@ -219,7 +234,7 @@ def systemctl_reload(unit: str = "mosquitto.service") -> Reload:
         if result.returncode != 0:  # its lines joined: the error stays one line
             said = "; ".join(line.strip() for line in result.stderr.splitlines() if line.strip())
             raise SiteError(f"systemctl reload {unit} failed: {said}")
-    return reload
+    return BrokerReload(reload, () if unit == DEFAULT_BROKER_UNIT else ("--broker-unit", unit))
 
 
 def signal_reload(pid: int) -> Reload:
@@ -229,18 +244,22 @@ def signal_reload(pid: int) -> Reload:
             os.kill(pid, signal.SIGHUP)
         except ProcessLookupError:
             raise SiteError(f"no broker process with pid {pid}") from None
-    return reload
+    return BrokerReload(reload, ("--broker-pid", str(pid)))
 
 
 def _reload_for(reload: Reload, done: str, again: str) -> None:
     """Reload the broker; when it fails, say what is ``done`` in the site's files and the
-    command to run ``again`` (one line, :class:`SiteError`)."""
+    command to run ``again`` (one line, :class:`SiteError`), with the options that chose the
+    broker (a :class:`BrokerReload`'s)."""
     try:
         reload()
     except SiteError as exc:
+        chosen = getattr(reload, "args", ())
+        command = " ".join([again, *(shlex.quote(a) for a in chosen)])
         raise SiteError(f"{exc}: {done} in the site's files, but the running broker has not read "
-                        f"them; run `{again}` again with the broker's --broker-pid or "
-                        "--broker-unit") from None
+                        f"them; run `{command}` again once the broker can be reloaded (with "
+                        "another --broker-pid or --broker-unit if that one is not the broker's)"
+                        ) from None
 
 
 def _acknowledged(sent: Any, timeout_s: float) -> bool:

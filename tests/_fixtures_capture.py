@@ -60,10 +60,17 @@ class AlsaHome:
 
 @pytest.fixture
 def alsa_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AlsaHome:
-    """A test HOME with an (initially empty) ``.asoundrc``, set in the environment."""
+    """A test HOME with an (initially empty) ``.asoundrc``, set in the environment.
+
+    XDG_RUNTIME_DIR goes with it: ALSA's pulse plugin, probed by PortAudio, otherwise makes a new
+    ``/tmp/pulse-XXXXXXXX`` for every HOME without its link and leaves it there.
+    """
     home = tmp_path / "home"
     home.mkdir()
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
     monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
     monkeypatch.delenv("ALSA_CONFIG_PATH", raising=False)
     ah = AlsaHome(home)
     ah.write()

@@ -512,3 +512,15 @@ t.join()
                           cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stderr
     assert "ERROR broker refused" in done.stderr
+
+
+def test_portaudio_probing_in_a_test_home_leaves_nothing_in_tmp(alsa_home: AlsaHome,
+                                                               tmp_path: Path) -> None:
+    """ALSA's pulse plugin, probed by PortAudio, makes a client runtime dir: with no
+    XDG_RUNTIME_DIR it is a fresh /tmp/pulse-XXXXXXXX for every new HOME, linked from
+    ~/.config/pulse and left behind when the test's HOME goes. It must live in the test's tree."""
+    from edge.capture import open_pyaudio
+    open_pyaudio().terminate()
+    made = [p for p in alsa_home.home.rglob("*") if p.is_symlink()]
+    outside = [f"{p} -> {p.resolve()}" for p in made if not p.resolve().is_relative_to(tmp_path)]
+    assert not outside, outside

@@ -136,3 +136,29 @@ def test_a_key_on_a_page_holds_the_session_then_the_page_locks_unattended(
     assert answer.value.status == 204
     assert _last_seen(server.settings) > before
     page.wait_for_url("**/login?ended=1", timeout=int(IDLE_S * 1000 * 5))
+
+
+@pytest.mark.browser
+def test_the_it_page_reloaded_by_itself_goes_to_the_login_when_its_session_ends(
+        tmp_path: Path, browser_page: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page loaded without its user's act (the IT page's self-reload, a restored tab) does not
+    extend the session, but its script took the session to end a whole idle timeout after the
+    load: the IT page stayed open past the end until its next reload (up to 15 s), a tab up to
+    the timeout. It now goes to the login page when the session ends, as an opened page does."""
+    from dashboard.routes import fleet
+
+    idle_s, refresh_s = 10.0, 5
+    monkeypatch.setattr(fleet, "PAGE_REFRESH_S", refresh_s)
+    settings = make_settings(tmp_path, session_idle_s=idle_s)
+    page = browser_page
+    with DashboardServer(settings, start_ingest=False) as server:
+        browser_login(page, server.url)
+        page.goto(server.url + "/it")
+        end_ts = time.time() + refresh_s + 1.0  # just after its first reload
+        _set_last_seen(settings, end_ts - idle_s)
+        with page.expect_event("load", timeout=refresh_s * 2000):  # no script run in the page: a
+            pass  # script Playwright runs is a user's gesture, and a reload soon after one an act
+        assert _last_seen(settings) == end_ts - idle_s  # the reload extended nothing
+        page.wait_for_url("**/login?ended=1", timeout=int(idle_s * 2000))
+        late_s = time.time() - end_ts
+    assert late_s < 2.0, f"the login page came {late_s:.1f} s after the session's end"

@@ -193,3 +193,33 @@ def test_a_status_held_by_the_broker_while_the_dashboard_was_away_is_dated_when_
         pub.stop()
         ing.close()
         db.conn.close()
+
+
+def test_late_statuses_after_a_restart_are_a_few_log_lines_then_their_number(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A dashboard back after an absence gets every box's held status at once: each wrote its own
+    log line (200 boxes, 200 lines). They are written as refused commands are (edge/journal.py):
+    the first few one by one, then their number, here when the ingest stops."""
+    import logging
+
+    from edge.journal import REFUSALS_LOGGED
+    settings = make_settings(tmp_path, site="site-1")
+    ing = Ingest(settings, notify=lambda _update: None)
+    boxes = [f"box-{i:03d}" for i in range(200)]
+    now = time.time()
+    items = [(wire.topic("site-1", box, "status"),
+              wire.encode("status", wire.status_message("site-1", box, "online", now - 30.0)))
+             for box in boxes]
+    caplog.set_level(logging.INFO, logger="dashboard.ingest")
+    try:
+        assert ing.handle_batch(items, late_s=dict.fromkeys(range(len(items)), 30.0)) == (
+            ["status"] * len(items))
+        assert ing.stats()["late_statuses"] == len(boxes)
+    finally:
+        ing.close()
+    lines = [r.getMessage() for r in caplog.records
+             if r.name == "dashboard.ingest" and "late" in r.getMessage()]
+    assert len(lines) <= REFUSALS_LOGGED + 2, f"{len(lines)} lines for {len(boxes)} late statuses"
+    assert lines[0].startswith("late status delivered: box-000 waited 30 s"), lines[0]
+    assert lines[-1].startswith(f"{len(boxes)} late statuses delivered in "), lines[-1]
+    assert f"({len(boxes) - REFUSALS_LOGGED} not written one by one)" in lines[-1]

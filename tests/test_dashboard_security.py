@@ -431,8 +431,21 @@ def test_no_answer_to_a_logged_in_request_may_be_cached(org_server: Any) -> None
             for path in paths:
                 r = c.get(path, headers=who)
                 answers[path] = (r.status_code, r.headers.get("cache-control"))
+        # the errors answered before the routes: the body limit's 413 (with a session or not)
+        # and a state change refused for its CSRF token had no Cache-Control
+        from dashboard.app import MAX_BODY_BYTES
+
+        too_big = b'{"note": "' + b"a" * MAX_BODY_BYTES + b'"}'
+        for name, who in (("413 with a session", admin), ("413 without", {})):
+            r = c.post("/api/agents/agent-a1/flags", content=too_big,
+                       headers={**who, "content-type": "application/json"})
+            answers[name] = (r.status_code, r.headers.get("cache-control"))
+        r = c.post("/api/agents/agent-a1/flags", json={}, headers=admin)
+        answers["403 CSRF"] = (r.status_code, r.headers.get("cache-control"))
         assert {p: a for p, a in answers.items() if a[1] != "no-store"} == {}
         assert answers["/api/agents/nobody"][0] == 404
+        assert answers["413 with a session"][0] == answers["413 without"][0] == 413
+        assert answers["403 CSRF"][0] == 403
         assert answers["/api/agents/agent-a1/export.json"][0] == 200
         assert c.get("/static/style.css").headers.get("cache-control") is None
 

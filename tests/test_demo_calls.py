@@ -295,3 +295,41 @@ def test_two_builds_writing_the_same_call_at_once_each_replace_it_whole(tmp_path
         assert w.getnframes() == 1600 and w.getframerate() == RATE_HZ
     assert sorted(p.name for p in tmp_path.iterdir()) == ["near.wav"]  # no temporary left
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_call_file_follows_the_umask_and_a_failed_write_leaves_no_temporary(
+        tmp_path: Path) -> None:
+    """A call's WAV was made 0644 whatever the umask (a umask of 077 still gave every user the
+    recordings), and a write that failed part-way (a full disk; here the file size limit) left its
+    ``tmpXXXX.tmp`` in the calls' folder. It now follows the umask, as the manifest beside it
+    does, and a failed write leaves the folder as it was."""
+    import subprocess
+    import sys
+
+    script = """
+import os, resource, signal, sys
+import numpy as np
+from pathlib import Path
+from demo.calls import _write_wav
+os.umask(int(sys.argv[2], 8))
+if sys.argv[3] != "0":
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails (EFBIG) instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[3]), int(sys.argv[3])))
+try:
+    _write_wav(Path(sys.argv[1]), np.full(16000, 0.25))
+except OSError as exc:
+    sys.exit(f"failed: {exc}")
+"""
+    root = Path(__file__).resolve().parents[1]
+    for umask, limit, mode in (("077", "0", 0o600), ("027", "0", 0o640), ("022", "0", 0o644),
+                               ("022", "8000", None)):
+        folder = tmp_path / f"{umask}-{limit}"
+        folder.mkdir()
+        done = subprocess.run([sys.executable, "-c", script, str(folder / "near.wav"), umask,
+                               limit], capture_output=True, text=True, timeout=60, cwd=root)
+        if mode is None:
+            assert done.returncode == 1 and "failed: " in done.stderr, done.stderr
+            assert sorted(folder.iterdir()) == [], sorted(folder.iterdir())
+        else:
+            assert done.returncode == 0, done.stderr
+            assert (folder / "near.wav").stat().st_mode & 0o777 == mode, umask

@@ -164,6 +164,8 @@ def test_every_command_the_provisioning_commands_print_runs_on_their_site(tmp_pa
         for args in (("rotate", "box-001", "--finish"), ("renew",), ("revoke", "box-001")):
             assert run(site_dir, *args, "--site-dir", str(site_dir), "--broker-pid",
                        str(dead.pid)).returncode == 2
+            assert run(site_dir, *args, "--site-dir", str(site_dir), "--broker-unit",
+                       "miroir-no-such-unit.service").returncode == 2
         site = Site(site_dir)
         with Mosquitto(site.config, site.port, site.log) as broker:
             assert run(site_dir, "revoke", "box-002", "--site-dir", str(site_dir),
@@ -194,6 +196,12 @@ def test_every_command_the_provisioning_commands_print_runs_on_their_site(tmp_pa
                                 "refuses")
                 if words[1] == "provision" and words[2] != "restore":
                     assert parsed.site_dir == where, (done.args[3:], hint)
+                if hasattr(parsed, "broker_pid") and ("--broker-pid" in done.args
+                                                       or "--broker-unit" in done.args):
+                    # the broker it was told to reload, not mosquitto.service by default
+                    ran = parser.parse_args(done.args[3:])
+                    assert (parsed.broker_pid, parsed.broker_unit) == (
+                        ran.broker_pid, ran.broker_unit), (done.args[3:], hint)
                 seen.add(" ".join(words[1:3]))
         assert seen == {"provision backup", "provision rotate", "provision revoke",
                         "provision renew", "provision restore", "provision site-init",
@@ -446,7 +454,8 @@ def test_a_revocation_whose_broker_reload_fails_still_denies_the_box(site_dir: P
     assert done.stderr.splitlines()[-1] == (
         f"miroir: error: no broker process with pid {dead.pid}: box box-001 is revoked in the "
         "site's files, but the running broker has not read them; run `miroir provision revoke "
-        f"--site-dir {site_dir} box-001` again with the broker's --broker-pid or --broker-unit")
+        f"--site-dir {site_dir} box-001 --broker-pid {dead.pid}` again once the broker can be "
+        "reloaded (with another --broker-pid or --broker-unit if that one is not the broker's)")
     assert "user box-001\ntopic deny #" in Site(site_dir).acl.read_text()
     assert Site(site_dir).inventory().get("box-001").state == "revoked"
 
@@ -584,8 +593,9 @@ def test_a_rotation_finish_whose_broker_reload_fails_says_what_to_run(site_dir: 
     assert done.stderr.splitlines()[-1] == (
         f"miroir: error: no broker process with pid {dead.pid}: box box-001's old certificate(s) "
         "are revoked in the site's files, but the running broker has not read them; run "
-        f"`miroir provision rotate --site-dir {site_dir} box-001 --finish` again with the broker's "
-        "--broker-pid or --broker-unit")
+        f"`miroir provision rotate --site-dir {site_dir} box-001 --finish --broker-pid {dead.pid}` "
+        "again once the broker can be reloaded (with another --broker-pid or --broker-unit if "
+        "that one is not the broker's)")
 
 
 def _files(d: Path) -> dict[str, bytes]:
@@ -730,8 +740,9 @@ def test_a_renewal_whose_broker_reload_fails_says_what_to_run(site_dir: Path) ->
     assert done.stderr.splitlines()[-1] == (
         f"miroir: error: no broker process with pid {dead.pid}: the broker's and the dashboard's "
         "new certificates are in the site's files, but the running broker has not read them; run "
-        f"`miroir provision renew --site-dir {site_dir}` again with the broker's --broker-pid or "
-        "--broker-unit")
+        f"`miroir provision renew --site-dir {site_dir} --broker-pid {dead.pid}` again once the "
+        "broker can be reloaded (with another --broker-pid or --broker-unit if that one is not the "
+        "broker's)")
 
 
 def test_a_revocation_whose_systemctl_reload_fails_is_one_line(site_dir: Path) -> None:
@@ -745,8 +756,10 @@ def test_a_revocation_whose_systemctl_reload_fails_is_one_line(site_dir: Path) -
     errors = [line for line in done.stderr.splitlines() if " INFO " not in line]
     assert len(errors) == 1 and errors[0].startswith(
         "miroir: error: systemctl reload miroir-no-such-unit.service failed: "), errors
-    assert errors[0].endswith(f"run `miroir provision revoke --site-dir {site_dir} box-001` again "
-                              "with the broker's --broker-pid or --broker-unit"), errors
+    assert errors[0].endswith(
+        f"run `miroir provision revoke --site-dir {site_dir} box-001 --broker-unit "
+        "miroir-no-such-unit.service` again once the broker can be reloaded (with another "
+        "--broker-pid or --broker-unit if that one is not the broker's)"), errors
 
 
 def test_a_backup_written_into_the_site_folder_is_refused(site_dir: Path, tmp_path: Path) -> None:

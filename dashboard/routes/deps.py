@@ -182,6 +182,13 @@ def page_address(path: str, query: str) -> str:
     return path + ("?" + urlencode(ordered) if ordered else "")
 
 
+def _ends_in_s(request: Request) -> float | None:
+    """Seconds until the request's session ends if its user does nothing more (None: no
+    session, or not known)."""
+    end_ts = getattr(getattr(request.state, "session", None), "end_ts", 0.0)
+    return round(max(0.0, end_ts - time.time()), 1) if end_ts else None
+
+
 def render(request: Request, template: str, context: dict[str, Any], status: int = 200) -> Response:
     """Render a page with the user's language, CSRF token and navigation."""
     lang = getattr(request.state, "lang", "fr") or "fr"
@@ -193,7 +200,8 @@ def render(request: Request, template: str, context: dict[str, Any], status: int
            "role": getattr(request.state, "role", None), "path": path,
            "here": page_address(path, request.url.query),
            "i18n_json": i18n.client_json(lang),
-           "idle_s": request.app.state.settings.session_idle_s, **context}
+           "idle_s": request.app.state.settings.session_idle_s,
+           "ends_in_s": _ends_in_s(request), **context}
     response = TEMPLATES.TemplateResponse(request, template, ctx, status_code=status)
     response.headers["cache-control"] = "no-store"
     return response
