@@ -257,17 +257,22 @@ def _admin_password(path: Path) -> str:
 class _Interrupts:
     """Ctrl-C, SIGTERM and the terminal's SIGHUP as :class:`KeyboardInterrupt` (the demo's
     processes stopped, its files removed), held while a process is started: one that arrived in
-    the middle left that process running, unknown to the stop."""
+    the middle left that process running, unknown to the stop. Raised once: the signals that
+    follow land in the stop itself, and are only noted (one in its first lines, before they set
+    the signals aside, cut it short)."""
 
     def __init__(self) -> None:
         self.held = False
         self.pending = False
+        self.stopping = False
+        """The stop has begun (an interrupt raised, or the demo's time is up): no more raises."""
 
     def handler(self, signum: int, frame: object) -> None:
         """The signal handler: interrupt now, or once the process being started is known."""
-        if self.held:
+        if self.held or self.stopping:
             self.pending = True
             return
+        self.stopping = True
         raise KeyboardInterrupt
 
     @contextlib.contextmanager
@@ -278,7 +283,8 @@ class _Interrupts:
             yield
         finally:
             self.held = False
-        if self.pending:
+        if self.pending and not self.stopping:
+            self.stopping = True
             raise KeyboardInterrupt
 
 
@@ -573,6 +579,7 @@ def _run_floor(root: Path, box_ids: list[str], calls: list[DemoCall], guard: _Gu
                         print(warning, file=sys.stderr, flush=True)
                         lag_warned = True
             time.sleep(0.5)
+        interrupts.stopping = True  # the time is up: a signal from now lands in the stop below
     except KeyboardInterrupt:
         seconds = None
         with contextlib.suppress(OSError):  # a terminal that hung up cannot be written to
