@@ -267,8 +267,18 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+_interrupted = False
+"""A stop signal has raised :class:`KeyboardInterrupt` in this run of :func:`main`."""
+
+
 def _interrupt(signum: int, frame: Any) -> None:
-    """A stop signal as Ctrl-C: :func:`main` ends the command, "interrupted" (exit 130)."""
+    """A stop signal as Ctrl-C: :func:`main` ends the command, "interrupted" (exit 130). Raised
+    once: the signals that follow land in the command's clean-up (a half copy being removed) or
+    in that line, and are only noted."""
+    global _interrupted
+    if _interrupted:
+        return
+    _interrupted = True
     raise KeyboardInterrupt
 
 
@@ -646,6 +656,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=_log_stream())
     handler: Handler = args.func
+    global _interrupted
+    _interrupted = False
     before = {} if handler in (cmd_edge_run, cmd_dashboard_serve) else _stop_signals_interrupt()
     try:
         return handler(args)

@@ -6,6 +6,7 @@ not read every row of a box to find one window of them.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from itertools import pairwise
@@ -387,6 +388,57 @@ def test_a_long_backup_says_how_far_it_has_got_and_stops_at_once_on_ctrl_c(tmp_p
         assert con.execute("SELECT count(*) FROM metrics").fetchone() == (50_120,)
     finally:
         con.close()
+
+
+
+def test_stop_signals_in_a_burst_leave_no_half_backup(tmp_path) -> None:
+    """`kill` in a loop (a supervisor that repeats its SIGTERM): every signal raised, so the one
+    after the first landed in the backup's own clean-up, which removes the unfinished copy, or in
+    the "interrupted" line (measured: 4 runs in 10 ended with a traceback, 3 of them leaving the
+    file at the backup's path, which the next backup to it refuses to overwrite). The first
+    signal stops the command; those that follow are only noted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    from tests._fixtures_dashboard import make_settings
+
+    settings = make_settings(tmp_path)
+    _metrics_rows(settings, 50_000)
+    env = dict(os.environ, MIROIR_DASH_SITE="site-1", MIROIR_DASH_DB_PATH=str(settings.db_path))
+    dest = tmp_path / "b.db"
+    code = ("import sys; from dashboard import db, retention; retention.BACKUP_PROGRESS_S = 0.0; "
+            "db.PROGRESS_STEPS = 100; from miroir.cli import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.Popen([sys.executable, "-c", code, "dashboard", "backup", str(dest)],
+                            env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    lines: list[str] = []
+    try:
+        for line in proc.stderr:
+            lines.append(line.rstrip("\n"))
+            if "under way" in line:
+                break
+        assert lines and "under way" in lines[-1], lines[-5:]
+        rest: list[str] = []  # read on in a thread: the burst must not fill the pipe
+        reader = threading.Thread(target=lambda: rest.extend(proc.communicate(timeout=60)))
+        reader.start()
+        sent = 0
+        while proc.poll() is None and reader.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGTERM)
+                sent += 1
+        reader.join(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = [*lines, *"".join(rest[1:]).splitlines()]
+    assert sent > 1
+    assert not list(tmp_path.glob("b.db*")), (list(tmp_path.glob("b.db*")), err[-5:])
+    assert not any("Traceback" in e for e in err), err[-20:]
+    assert "miroir: interrupted" in err, err[-5:]
 
 
 def test_a_long_restore_says_how_far_it_has_got_and_ctrl_c_leaves_the_database_as_it_was(
