@@ -32,7 +32,6 @@ import logging
 import math
 import signal
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -48,6 +47,7 @@ from edge.journal import Refusals
 from edge.outbox import Outbox
 from edge.publisher import Publisher
 from edge.settings import EdgeSettings
+from edge.stop import StopFlag
 from edge.watchdog import Notifier
 from miroir import wire
 from miroir.files import atomic_write
@@ -138,7 +138,7 @@ class Box:
         self.version = version
         self.watchdog = Notifier()
         self._last_heartbeat = 0.0
-        self.stop_event = threading.Event()
+        self.stop_event = StopFlag()
         self.source_status: Callable[[], dict[str, Any]] = dict
         self._capture_ok = True
         self.on_reload: Callable[[], None] | None = None
@@ -705,6 +705,7 @@ class Box:
         def handler(signum: int, frame: Any) -> None:
             # No logging here: a signal landing while the loop writes a log line made the
             # handler's own line a reentrant write ("--- Logging error ---" and a traceback).
+            # No lock either: the stop flag is set without one (edge.stop.StopFlag).
             self.stop_signal = signum
             self.stop_event.set()
 

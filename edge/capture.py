@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from edge.frames import RATE_HZ
+from edge.stop import StopFlag
 from miroir import wire
 
 log = logging.getLogger(__name__)
@@ -332,7 +333,7 @@ class CaptureSource:
         """Successful :meth:`open` calls (the first open, wherever it was made, is not a re-open)."""
         self.device_ok = False
         self.last_error: str | None = None
-        self.stop_event = threading.Event()
+        self.stop_event = StopFlag()
         self._pa: Any = None
         self._inputs: list[_Input] = []
         self._delivered = False

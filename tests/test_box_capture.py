@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
@@ -732,3 +733,62 @@ def test_the_stop_signal_handler_writes_no_log_line_the_loop_does(caplog: pytest
     finally:
         for sig, previous in saved.items():
             signal.signal(sig, previous)
+
+
+STOP_CHILD = """
+import faulthandler, signal, sys
+from types import SimpleNamespace
+from edge.box import Box
+from edge.capture import CaptureConfig, CaptureSource
+faulthandler.dump_traceback_later(30, exit=True)  # a hang says where, and ends
+src = CaptureSource(CaptureConfig(device="none", idle_s=0.0002))
+box = SimpleNamespace(stop_event=src.stop_event, reload_asked=False, stop_signal=0)
+Box.install_signal_handlers(box)  # as `miroir edge run` does, on the capture's stop event
+print("ready", flush=True)
+stops = 0
+while stops < int(sys.argv[1]):
+    for _ in src._wait(1.0):  # the capture's wait for a lost device, an empty block each idle_s
+        pass
+    if src.stop_event.is_set():  # a stop: counted, and the next one waited for
+        stops += 1
+        src.stop_event.clear()
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the signals still on their way: not a death
+print("stopped", stops, flush=True)
+"""
+
+
+def test_a_stop_signal_while_the_capture_waits_never_hangs_the_box() -> None:
+    """The SIGTERM handler set a threading.Event: set() takes the Event's lock, which the capture
+    loop holds, in the same thread, for a moment at each of its waits on that Event. A signal
+    landing in that moment blocked the handler on a lock its own thread held (measured: SIGTERM
+    every millisecond to the box's handler on the capture's stop event, waiting as it does for
+    a lost device: hung after 179 signals and for good once they stopped; here, each further
+    signal nests one more blocked handler up to a RecursionError, 6 runs in 6). The stop flag
+    is now set without a lock (edge.stop.StopFlag)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    wanted = 5000
+    proc = subprocess.Popen([sys.executable, "-c", STOP_CHILD, str(wanted)],
+                            cwd=Path(__file__).resolve().parents[1],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "ready\n"
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.extend(proc.stdout))  # type: ignore[arg-type]
+    reader.start()
+    try:
+        while reader.is_alive() and proc.poll() is None and not "".join(out).count("stopped"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGTERM)
+            time.sleep(0.001)  # the signals' pace: one a handler can end before the next
+        reader.join(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(60)
+    assert out[-1:] == [f"stopped {wanted}\n"], "".join(out)[-3000:]
+    assert proc.returncode == 0
