@@ -380,12 +380,14 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
     capture = CaptureSource(CaptureConfig(device=cfg.capture_device,
                                           far_device=cfg.capture_far_device,
                                           device_rate_hz=cfg.capture_rate_hz))
+    # one stop flag from before the open (seconds for some adapters): a SIGTERM meanwhile set
+    # the box's, which the capture's then replaced, and the box ran on
+    capture.stop_event = box.stop_event
     try:
         capture.open()
     except CaptureError as exc:
         log.warning("%s; waiting for the device", exc)
     box.source_status = capture.status_fields
-    box.stop_event = capture.stop_event
     log.info("box %s/%s capturing from %s", cfg.site, cfg.box, cfg.capture_device)
     try:
         box.run(capture.blocks())

@@ -17,7 +17,7 @@ from edge.pipeline import analyze, load_vad_model
 from edge.settings import EdgeSettings
 from miroir import wire
 from tests._fixtures_broker import SITE_ID, wait_until
-from tests._fixtures_capture import write_raw
+from tests._fixtures_capture import NEAR_WAV, read_pcm16, write_raw
 
 SECONDS = 12
 
@@ -792,3 +792,74 @@ def test_a_stop_signal_while_the_capture_waits_never_hangs_the_box() -> None:
         proc.wait(60)
     assert out[-1:] == [f"stopped {wanted}\n"], "".join(out)[-3000:]
     assert proc.returncode == 0
+
+
+def test_a_stop_signal_while_the_capture_device_opens_stops_the_box(alsa_home, tmp_path: Path
+                                                                    ) -> None:
+    """`miroir edge run` installed its stop handlers, opened the capture device (seconds for a
+    slow USB adapter), then made the capture's stop event the box's: a SIGTERM during the open
+    set the event that was then replaced, and the box ran on (measured: still running 30 s after
+    the SIGTERM, its journal saying it captures). The box and the capture now share one stop
+    flag from before the open: the box stops, exit 0."""
+    import errno
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    fifo = tmp_path / "headset.fifo"  # the device's audio: its open waits for the writer below
+    os.mkfifo(fifo)
+    alsa_home.define("miroir_slow", fifo)
+    state = tmp_path / "state"
+    state.mkdir()
+    config = tmp_path / "box.toml"
+    config.write_text(f'site = "site-a"\nbox = "box-a"\nbroker_port = 9\nstate_dir = "{state}"\n'
+                      'capture_device = "miroir_slow"\n')
+    near, _ = read_pcm16(NEAR_WAV)
+    audio = near[:16_000 * 5].astype("<i2").tobytes()
+    reading = threading.Event()
+    done = threading.Event()
+
+    def feed() -> None:  # the device's audio, for every open of it, until the test ends
+        while not done.is_set():
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:  # no reader yet
+                assert exc.errno == errno.ENXIO
+                done.wait(0.01)
+                continue
+            reading.set()
+            try:
+                while not done.is_set():
+                    with contextlib.suppress(BlockingIOError):
+                        os.write(fd, audio)
+                    done.wait(0.01)
+            except BrokenPipeError:
+                pass
+            finally:
+                os.close(fd)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    log = tmp_path / "journal.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "miroir", "edge", "run", "--config",
+                                 str(config)], stdout=subprocess.DEVNULL, stderr=err,
+                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        assert reading.wait(60), log.read_text()[-600:]  # the box is opening the device now
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            code = None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        done.set()
+        feeder.join(10)
+    text = log.read_text()
+    assert code == 0, text[-800:]
+    assert "signal 15: stopping" in text and "Traceback" not in text, text[-800:]
