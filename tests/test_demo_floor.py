@@ -876,3 +876,36 @@ def test_the_stop_is_bounded_even_if_an_interrupt_left_a_wait_lock_held(caplog):
     bounded = ends_with_wait_lock_held(proc, lambda: _stop([proc], 0.5), 15)  # as the interrupt left it
     assert bounded, "the stop still waits on the lock"
     assert f"pid {proc.pid} still runs 5 s after SIGKILL" in caplog.text  # not given up silently
+
+
+def test_the_stop_waits_for_the_dashboard_only_until_it_holds_every_message(tmp_path):
+    """Once its boxes stopped, the demo gave the dashboard a fixed second to store their last
+    messages, in every run (over the whole demo test file, half a minute of waiting): it now goes
+    on as soon as the database holds every message the boxes numbered in this run, waiting
+    INGEST_WAIT_S at most. Real outbox and dashboard database files."""
+    from bench.ingest import SyntheticPipeline
+    from dashboard import db as store
+    from demo.floor import INGEST_WAIT_S, ingested_all
+    from edge.outbox import Outbox, numbers_used
+    from tests._fixtures_dashboard import metric_row
+
+    assert INGEST_WAIT_S == 1.0  # the wait it replaces, as a bound
+    outboxes = {"seat-01": tmp_path / "seat-01.sqlite", "seat-02": tmp_path / "seat-02.sqlite"}
+    box = Outbox(outboxes["seat-01"], "demo", "seat-01")
+    for _ in range(3):
+        box.put("metrics", SyntheticPipeline()(None)[0].body)
+    box.close()  # seat-02 numbered nothing (its outbox file never made)
+    first, last = numbers_used(outboxes["seat-01"])
+    assert last - first == 2
+    db_path = tmp_path / "dashboard.sqlite"
+    assert not ingested_all(db_path, outboxes)  # no database yet: not made by the check
+    assert not db_path.exists()
+    db = store.open_db(db_path)
+    store.ensure_schema(db)
+    for seq in (first + 1, last):
+        store.insert_metrics(db, metric_row("demo", "seat-01", seq, time.time()), time.time())
+    assert not ingested_all(db_path, outboxes)  # the first one still missing
+    assert ingested_all(db_path, outboxes, {"seat-01": first})  # numbered by an earlier run
+    store.insert_metrics(db, metric_row("demo", "seat-01", first, time.time()), time.time())
+    assert ingested_all(db_path, outboxes)
+    db.conn.close()
