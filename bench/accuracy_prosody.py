@@ -53,23 +53,38 @@ RAISED_SPEAKERS = ("08", "09", "13", "16")
 """EmoDB's women here; with the emotions ``W`` (anger) and ``F`` (happiness), the raised voices."""
 
 
+def _praat_sound(name: str) -> Any:
+    """One clean EmoDB clip as a Praat sound."""
+    import parselmouth
+
+    x = read_wav(EMODB / "wav" / name)
+    return parselmouth.Sound(x.astype(np.float64), sampling_frequency=16000)
+
+
+@functools.cache
+def praat_hnr_db(name: str) -> float:
+    """Praat's mean HNR of one clean EmoDB clip (cached): no pitch ceiling in it, so computed once
+    for every reference of the clip (nine tenths of a reference's time)."""
+    from parselmouth.praat import call
+
+    harm = _praat_sound(name).to_harmonicity_ac(time_step=0.01, minimum_pitch=60,
+                                                silence_threshold=0.1, periods_per_window=4.5)
+    return float(call(harm, "Get mean", 0, 0))
+
+
 @functools.cache
 def praat_reference(name: str, ceiling_hz: float = PRAAT_CEILING_HZ) -> dict[str, Any]:
     """Praat pitch track (up to ``ceiling_hz``), mean HNR, local jitter and shimmer of one clean
     EmoDB clip (cached)."""
-    import parselmouth
     from parselmouth.praat import call
 
-    x = read_wav(EMODB / "wav" / name)
-    snd = parselmouth.Sound(x.astype(np.float64), sampling_frequency=16000)
+    snd = _praat_sound(name)
     pitch = snd.to_pitch_ac(time_step=0.01, pitch_floor=60, pitch_ceiling=ceiling_hz)
-    harm = snd.to_harmonicity_ac(time_step=0.01, minimum_pitch=60, silence_threshold=0.1,
-                                 periods_per_window=4.5)
     pp = call([snd, pitch], "To PointProcess (cc)")
     return {
         "t_s": np.asarray(pitch.xs()),
         "f0_hz": np.asarray(pitch.selected_array["frequency"]),
-        "hnr_db": float(call(harm, "Get mean", 0, 0)),
+        "hnr_db": praat_hnr_db(name),
         "jitter": float(call(pp, "Get jitter (local)", 0, 0, 0.0001, 0.02, 1.3)),
         "shimmer": float(call([snd, pp], "Get shimmer (local)", 0, 0, 0.0001, 0.02, 1.3, 1.6)),
     }

@@ -80,6 +80,10 @@ LAG_CHECK_S = 10.0
 """While the demo runs, the lag is measured over each such window (the first one, as the boxes
 start, left out), and a warning given the first time it is over ``LAG_WARN_MS``."""
 
+INGEST_WAIT_S = 1.0
+"""Once the boxes stopped, how long the dashboard is given to store their last messages before it
+stops too; the demo goes on as soon as it holds them all (:func:`ingested_all`)."""
+
 LAG_SCAN_S = 600.0
 """How long before a window a metrics row it stored may have been sent, for the index on ``ts``."""
 
@@ -423,6 +427,29 @@ def summarize(db_path: Path, outboxes: dict[str, Path],
     }
 
 
+def ingested_all(db_path: Path, outboxes: dict[str, Path],
+                 numbered_before: dict[str, int] | None = None) -> bool:
+    """True when the dashboard's database holds every message the boxes numbered in this run
+    (:func:`summarize`'s arguments); False while one is missing or the database cannot be read."""
+    if not db_path.exists():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True,
+                                                timeout=1.0)) as db:
+            for box, outbox in outboxes.items():
+                first_seq, last_seq = numbers_used(outbox)
+                first_seq = max(first_seq, (numbered_before or {}).get(box, 0) + 1)
+                held = sum(db.execute(f"SELECT COUNT(DISTINCT seq) FROM {table} WHERE box = ? "
+                                      "AND seq BETWEEN ? AND ?",
+                                      (box, first_seq, last_seq)).fetchone()[0]
+                           for table in ("metrics", "events"))
+                if held < last_seq - first_seq + 1:
+                    return False
+    except sqlite3.Error:
+        return False
+    return True
+
+
 def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False,
              http_port: int = 8000, workdir: Path | None = None) -> int:
     """Start the whole floor; return 0 when every box reported (with ``seconds``) or on Ctrl-C.
@@ -589,7 +616,10 @@ def _run_floor(root: Path, box_ids: list[str], calls: list[DemoCall], guard: _Gu
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_IGN)
         _stop([seat.proc for seat in demo_boxes if seat.proc is not None])
-        time.sleep(1.0)  # let the dashboard ingest the boxes' last messages
+        ingest_end = time.monotonic() + INGEST_WAIT_S  # the boxes' last messages
+        while not ingested_all(db_path, outboxes, numbered_before) \
+                and time.monotonic() < ingest_end:
+            time.sleep(0.05)
         _stop(procs)
         broker.stop()
     result: dict[str, Any] = (summarize(db_path, outboxes, numbered_before) if db_path.exists()

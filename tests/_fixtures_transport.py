@@ -63,6 +63,14 @@ def stored(db: Path) -> dict[str, list[int]]:
     return out
 
 
+def newest_seqs(db: Path) -> dict[str, int]:
+    """Per box, the highest stream seq in the dashboard database."""
+    with sqlite3.connect(db, timeout=10) as conn:
+        rows = conn.execute("SELECT box, MAX(seq) FROM (SELECT box, seq FROM metrics UNION ALL "
+                            "SELECT box, seq FROM events) GROUP BY box").fetchall()
+    return {box: int(seq) for box, seq in rows}
+
+
 def count_rows(db: Path) -> int:
     """Stream rows in the dashboard database."""
     with sqlite3.connect(db, timeout=10) as conn:
@@ -75,6 +83,14 @@ def complete(db: Path, expected: dict[str, tuple[int, int]]) -> bool:
     got = stored(db)
     return all(sorted(got.get(b, [])) == list(range(first, last + 1))
                for b, (first, last) in expected.items())
+
+
+def published_again(db: Path, newest: dict[str, int], boxes: list[str]) -> bool:
+    """True when every box has a message stored that it numbered after the outage: at one a
+    second, more than :data:`OUTAGE_S` past its newest stored before (``newest``), so its
+    outage's backlog went first (oldest first) and it publishes live again."""
+    got = newest_seqs(db)
+    return all(got.get(box, 0) > newest.get(box, 0) + OUTAGE_S for box in boxes)
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -250,8 +266,10 @@ def _fleet_scenario(sc: Scenario, outage: Callable[[], None]) -> dict[str, Any]:
     sc.cleanup.append(fleet.stop)
     fleet.start()
     wait_for(lambda: count_rows(sc.db) >= 5 * len(fleet.boxes), 60, "load")
+    newest = newest_seqs(sc.db)
     outage()
-    time.sleep(20)  # the boxes publish again after the outage
+    wait_for(lambda: published_again(sc.db, newest, fleet.boxes), SETTLE_S,
+             "every box to publish again after the outage")
     expected = fleet.quiesce()
     wait_for(lambda: complete(sc.db, expected), SETTLE_S, "every message of every box")
     return {"expected": expected, "stored": stored(sc.db), "stats": ing_box[0].stats()}
@@ -297,12 +315,14 @@ def scenario_bridge(sc: Scenario) -> dict[str, Any]:
     sc.cleanup.append(box.stop)
     box.start()
     wait_for(lambda: count_rows(central_db) >= 5, 60, "messages through the bridge")
+    newest = newest_seqs(central_db)
     central_broker.stop()
     time.sleep(OUTAGE_S / 3)
     sc.broker.restart()  # the site broker restarts while the central one is away
     time.sleep(OUTAGE_S * 2 / 3)
     central_broker.start()
-    time.sleep(10)
+    wait_for(lambda: published_again(central_db, newest, ["box-a"]), SETTLE_S,
+             "the box's messages through the bridge again")
     numbers = box.quiesce()
     wait_for(lambda: complete(central_db, {"box-a": numbers}), SETTLE_S, "every message centrally")
     return {"expected": {"box-a": numbers}, "stored": stored(central_db), "stats": ing.stats(),

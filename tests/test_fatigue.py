@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
+import pytest
 from scipy.stats import spearmanr
 
 
@@ -307,8 +310,10 @@ def _run(audio: np.ndarray, baseline=None) -> tuple:
     return pipe, [m.body for i in range(0, len(audio), 160000) for m in pipe(stereo[:, i:i + 160000])]
 
 
-def _saved_baseline() -> dict:
-    """The fatigue baseline a 10-minute steady shift of speaker 03 saves for the next one."""
+@pytest.fixture(scope="module")
+def saved_baseline() -> dict:
+    """The fatigue baseline a 10-minute steady shift of speaker 03 saves for the next one (run
+    once for the tests that load it: each takes its own copy)."""
     from tests._fixtures_fatigue import build_shift
 
     saved = _run(build_shift(False, seed=11, minutes=10).audio)[0].learned_baselines()[1]
@@ -316,7 +321,7 @@ def _saved_baseline() -> dict:
     return saved
 
 
-def test_a_baseline_from_the_previous_shift_follows_another_headset():
+def test_a_baseline_from_the_previous_shift_follows_another_headset(saved_baseline: dict):
     """The agent's baseline is learned on a 10-minute shift, saved, and loaded for the next shift,
     heard through a headset 6 dB quieter: the first minute's level is the channel's, not the voice
     tiring overnight. No break (index 100 from the second minute, a break at 2.5 minutes)."""
@@ -324,14 +329,14 @@ def test_a_baseline_from_the_previous_shift_follows_another_headset():
     from tests._fixtures_fatigue import build_shift
 
     _, msgs = _run(build_shift(False, seed=12, minutes=12).audio * 10 ** (-6 / 20),
-                   FatigueBaseline.from_dict(_saved_baseline()))
+                   FatigueBaseline.from_dict(copy.deepcopy(saved_baseline)))
     index = [m["fatigue_index"] for m in msgs if "fatigue_index" in m]
     print(f"index every minute on the other headset: {index[::60]}")
     assert not any(m.get("name") == "cue_on" and m.get("cue") == "take_break" for m in msgs)
     assert max(index) < 30.0
 
 
-def test_a_baseline_saved_by_the_release_before_learns_the_noise_floor():
+def test_a_baseline_saved_by_the_release_before_learns_the_noise_floor(saved_baseline: dict):
     """A baseline saved before the voice's level over the noise floor was kept (no ``snr``) is
     loaded; from minute 8 the room is noisy (the dishes 15 dB under the voice): the shift's own
     first minutes give the reference, and the noise is not read as a breathier voice (HNR drift
@@ -339,7 +344,7 @@ def test_a_baseline_saved_by_the_release_before_learns_the_noise_floor():
     from edge.fatigue import FatigueBaseline
     from tests._fixtures_fatigue import build_shift, noisier
 
-    saved = _saved_baseline()
+    saved = copy.deepcopy(saved_baseline)
     older = {"mean": {k: v for k, v in saved["mean"].items() if k != "snr"},
              "sd": {k: v for k, v in saved["sd"].items() if k != "snr"}, "n": saved["n"]}
     _, msgs = _run(noisier(build_shift(False, seed=12, minutes=24), 8.0, 15.0).audio,
