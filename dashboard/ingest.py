@@ -1,9 +1,10 @@
 """MQTT subscriber that validates every message against the wire contract and stores it.
 
 Nothing is lost end to end: the dashboard keeps a persistent session (clean start off, session
-expiry :data:`SESSION_EXPIRY_S`) and acknowledges a message only once it is committed (paho sends
-the PUBACK after ``on_message`` returns). Messages lost anyway (a broker killed before its
-autosave, a bridge restarted) show as holes in a box's sequence: every box's stream is tracked
+expiry :data:`SESSION_EXPIRY_S`) and acknowledges a message only once it is committed (the writer
+thread sends the PUBACK after the commit; not at all if the connection it came on ended meanwhile,
+since its packet id may name a new message by then). Messages lost anyway (a broker killed before
+its autosave, a bridge restarted) show as holes in a box's sequence: every box's stream is tracked
 (:class:`SeqTrack`), and a hole that lasts :data:`GAP_GRACE_S` triggers a ``resend`` command on
 the box's ``cmd`` topic, repeated every :data:`RESEND_RETRY_S` while it lasts. A box's status
 says which sequence numbers it no longer holds (``seq_first``): those are counted as lost and
@@ -248,7 +249,16 @@ class Ingest:
         self._forget_asked: dict[str, float] = {}
         self._stop_checker = threading.Event()
         self._checker: threading.Thread | None = None
-        self._queue: queue.Queue[tuple[Any, str, bytes, int, int, bool, float]] = queue.Queue()
+        self._queue: queue.Queue[tuple[Any, int, str, bytes, int, int, bool, float]] = (
+            queue.Queue())
+        self._connection = 0
+        """Connection to the broker messages are received on. A message of an earlier one is not
+        acknowledged: the broker may have lost the session (restarted without its state, expired)
+        or taken it back from an older save (killed between two), and numbers packets from where
+        that left off, so its id may name a new message by then. The broker sends the unanswered
+        ones of a session it kept again (stored once: the insert is idempotent)."""
+        self.stale_acks = 0
+        """Messages committed after the connection they came on ended: not acknowledged."""
         self._box_counts: Counter[str] = Counter()
         self._window_start = time.monotonic()
         self._stop_writer = threading.Event()
@@ -663,6 +673,9 @@ class Ingest:
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any,
                        properties: Any) -> None:
         self.connected.clear()
+        # Acknowledgements the writer decides from now on are dropped; one decided before goes
+        # out before paho's reconnection, at least a second later, which discards its queue.
+        self._connection += 1
         log.info("disconnected from broker: %s", reason_code)
 
     def _count(self, topic: str) -> None:
@@ -701,8 +714,8 @@ class Ingest:
             except Exception:  # handle() never raises; belt and braces for paho's thread
                 log.exception("unexpected error in on_message")
             return
-        self._queue.put((client, str(message.topic), bytes(message.payload), message.mid,
-                         message.qos, bool(message.retain), late_s))
+        self._queue.put((client, self._connection, str(message.topic), bytes(message.payload),
+                         message.mid, message.qos, bool(message.retain), late_s))
 
     def _write_loop(self) -> None:
         """Commit what arrived in batches, then acknowledge it (PUBACK after the commit)."""
@@ -719,7 +732,7 @@ class Ingest:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            todo = [(topic, payload) for _, topic, payload, _, _, _, _ in batch]
+            todo = [(topic, payload) for _, _, topic, payload, _, _, _, _ in batch]
             flags = [retain for *_, retain, _ in batch]
             lates = [late_s for *_, late_s in batch]
             while todo:
@@ -739,9 +752,19 @@ class Ingest:
                 except Exception:  # keep the writer alive regardless
                     log.exception("unexpected error in the ingest writer")
                 break
-            for client, _, _, mid, qos, _, _ in batch:
-                if qos > 0:
-                    client.ack(mid, qos)
+            stale = 0
+            for client, connection, _, _, mid, qos, _, _ in batch:
+                if qos == 0:
+                    continue
+                if connection != self._connection:  # its id may name a new message now
+                    stale += 1
+                    continue
+                client.ack(mid, qos)
+            if stale:
+                with self._lock:
+                    self.stale_acks += stale
+                log.info("%d message(s) stored after their connection to the broker ended: not "
+                         "acknowledged (their packet ids may name new messages now)", stale)
 
     # ---------------------------------------------------------------------- lifecycle
     def start(self) -> None:

@@ -441,6 +441,103 @@ def test_ingest_asks_a_resend_for_a_lasting_gap(site: SiteFiles, broker: Any, pe
         ing.close()
 
 
+@pytest.mark.parametrize("restart", ["state_lost", "older_state"])
+def test_acks_of_a_session_the_broker_lost_acknowledge_no_new_message(
+        site: SiteFiles, tmp_path: Path, restart: str) -> None:
+    """The writer holds a batch while the broker restarts without its state (the session lost,
+    packet ids start again at 1), or with the state it saved before the batch came (the session
+    back, its packet ids as they were then), and the box goes on publishing: the batch's
+    acknowledgements, sent once it is committed, must not acknowledge the new messages under the
+    same ids before they are stored. The ingest then dies before storing them: the broker must
+    deliver them again to the next run, so that none of them needs the box's resend (those the
+    broker lost with its state, received before the restart and not yet stored, do)."""
+    import re
+    import threading
+
+    from provisioning.broker import Mosquitto
+
+    conf = tmp_path / "mosquitto.conf"  # saved only when told (SIGUSR1), and at its stop
+    conf.write_text(re.sub(r"autosave_interval \d+", "autosave_interval 3600",
+                          site.config.read_text()))
+    saved = site.dir / PERSIST_DIR / "mosquitto.db"
+    broker = Mosquitto(conf, site.port, site.log)
+    db = tmp_path / "dash.sqlite"
+    ing = ingest_for(SITE_ID, db, broker.start().port, site.ca_cert, site.dashboard)
+    gates = [threading.Event() for _ in range(3)]  # the writer's next 3 batches wait for these
+    batches: list[set[int]] = []  # the seqs of each batch held
+    handle_batch = ing.handle_batch
+    delivered: list[tuple[int, int, int]] = []  # (connection, packet id, seq)
+
+    def held_batch(todo: list[tuple[str, bytes]], *args: Any) -> Any:
+        if gates_on.is_set() and len(batches) < len(gates):
+            batches.append({json.loads(p)["seq"] for t, p in todo if not t.endswith("/status")})
+            gates[len(batches) - 1].wait(60.0)  # a liveness bound: the test sets them
+        return handle_batch(todo, *args)
+
+    on_message = ing._client.on_message
+
+    def seen(client: Any, userdata: Any, message: Any) -> None:
+        if not message.topic.endswith("/status"):
+            delivered.append((ing.connects, message.mid, json.loads(message.payload)["seq"]))
+        on_message(client, userdata, message)
+
+    gates_on = threading.Event()
+    ing.handle_batch = held_batch  # type: ignore[method-assign]
+    ing._client.on_message = seen
+    box = BoxProc(site, "box-a", tmp_path, broker.port, rate_hz=50.0, keepalive_s=5)
+    ing2 = None
+    try:
+        box.start()
+        wait_for(lambda: count_rows(db) >= 20, 30, "the first messages stored")
+        gates_on.set()
+        wait_for(lambda: len(batches) == 1, 30, "a batch held")
+        if restart == "older_state":  # saved before the messages of the next batch come
+            before = saved.stat().st_mtime_ns if saved.exists() else 0
+            broker._proc.send_signal(signal.SIGUSR1)  # type: ignore[union-attr]
+            wait_for(lambda: saved.exists() and saved.stat().st_mtime_ns > before, 10, "a save")
+        wait_for(lambda: ing._queue.qsize() >= 60, 30,
+                 "messages waiting behind a held batch")
+        gates[0].set()  # the writer takes them all in one batch, held in turn
+        wait_for(lambda: len(batches) == 2, 30, "the big batch held")
+        held_mids = {mid for c, mid, seq in delivered if c == 1 and seq in batches[1]}
+        broker.kill()
+        if restart == "state_lost":
+            saved.unlink(missing_ok=True)
+        broker.start()
+        wait_for(lambda: sum(1 for c, _, _ in delivered if c == 2) >= 100, 60,
+                 "the box's messages after the restart")
+        assert ing.connects == 2
+        gates[1].set()  # the old batch is committed and acknowledged
+        wait_for(lambda: len(batches) == 3, 30, "the writer on the new messages")
+        wait_for(lambda: not ing._client._out_packet, 10, "the acknowledgements written")
+        old = {seq for c, _, seq in delivered if c == 1}
+        new = {seq for c, _, seq in delivered if c == 2} - old  # not those delivered again
+        new_mids = {mid for c, mid, seq in delivered if c == 2 and seq in new}
+        assert new_mids & held_mids, "no packet id reused: the scenario did not happen"
+        assert not new & set(stored(db)["box-a"])
+        client = ing._client  # the ingest dies: no DISCONNECT, nothing more stored
+        client.loop_stop()
+        client.socket().close()
+        ing._stop_checker.set()
+        ing2 = ingest_for(SITE_ID, db, broker.port, site.ca_cert, site.dashboard)
+        first, last = box.quiesce()
+        wait_for(lambda: sorted(set(stored(db)["box-a"])) == list(range(first, last + 1)), 60,
+                 "every seq stored")
+        asked = {s for _, a, b in ing2.requests for s in range(a, b + 1)}
+        assert not asked & new, f"{len(asked & new)} of {len(new)} new messages needed a resend"
+        assert ing.stale_acks >= len(batches[1])  # the held batch: stored, not acknowledged
+        seqs = stored(db)["box-a"]
+        assert len(seqs) == len(set(seqs)) and ing2.stats()["lost"] == 0
+    finally:
+        for gate in gates:
+            gate.set()
+        box.stop()
+        if ing2 is not None:
+            ing2.close()
+        ing.close()
+        broker.stop()
+
+
 # ------------------------------------------------------------------------------ box process
 def test_box_killed_mid_replay_then_restarted_leaves_no_gap(site: SiteFiles, broker: Any,
                                                             tmp_path: Path) -> None:
