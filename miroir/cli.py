@@ -284,15 +284,21 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 def _stop_signals_interrupt() -> dict[int, Any]:
     """SIGTERM (a service stop, `kill`) and SIGHUP (a closed terminal) end every command as Ctrl-C
-    does: "interrupted", exit 130, the command's cleanup run (no half-written file left); a signal
-    ignored (`nohup`) stays ignored, and a command with its own handlers installs them after.
+    does, each raised once (:func:`_interrupt`), Ctrl-C's as well: "interrupted", exit 130, the
+    command's cleanup run (no half-written file left); a signal ignored (`nohup`, a background
+    job's Ctrl-C) stays ignored, and a command with its own handlers installs them after.
     Not for the two services (`edge run`, `dashboard serve`): systemd counts an end by SIGTERM
     as a clean stop, and each stops itself on it. Returns the handlers replaced, for
     :func:`main` to put back."""
     if threading.current_thread() is not threading.main_thread():  # (only it may set them)
         return {}
-    return {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)
-            if signal.getsignal(sig) is signal.SIG_DFL}
+    # Ctrl-C too, though Python raises it already: at every press, so that a second one cut the
+    # command's clean-up short as a repeated SIGTERM did; an ignored one (a background job)
+    # stays ignored
+    defaults = {signal.SIGTERM: signal.SIG_DFL, signal.SIGHUP: signal.SIG_DFL,
+                signal.SIGINT: signal.default_int_handler}
+    return {sig: signal.signal(sig, _interrupt) for sig, default in defaults.items()
+            if signal.getsignal(sig) is default}
 
 
 def cmd_edge_run(args: argparse.Namespace) -> int:

@@ -391,12 +391,14 @@ def test_a_long_backup_says_how_far_it_has_got_and_stops_at_once_on_ctrl_c(tmp_p
 
 
 
-def test_stop_signals_in_a_burst_leave_no_half_backup(tmp_path) -> None:
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_stop_signals_in_a_burst_leave_no_half_backup(tmp_path, signum: str) -> None:
     """`kill` in a loop (a supervisor that repeats its SIGTERM): every signal raised, so the one
     after the first landed in the backup's own clean-up, which removes the unfinished copy, or in
     the "interrupted" line (measured: 4 runs in 10 ended with a traceback, 3 of them leaving the
     file at the backup's path, which the next backup to it refuses to overwrite). The first
-    signal stops the command; those that follow are only noted."""
+    signal stops the command; those that follow are only noted. Ctrl-C's too (SIGINT, which
+    Python raised at every one: 5 runs in 6 left the file, as a repeated SIGTERM did)."""
     import os
     import signal
     import subprocess
@@ -427,7 +429,7 @@ def test_stop_signals_in_a_burst_leave_no_half_backup(tmp_path) -> None:
         sent = 0
         while proc.poll() is None and reader.is_alive():
             with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGTERM)
+                os.kill(proc.pid, getattr(signal, signum))
                 sent += 1
         reader.join(60)
     finally:
