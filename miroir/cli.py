@@ -267,19 +267,26 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-_interrupted = False
-"""A stop signal has raised :class:`KeyboardInterrupt` in this run of :func:`main`."""
+_interrupted = 0
+"""The stop signals received in this run of :func:`main` (the first raised KeyboardInterrupt)."""
+
+STILL_STOPPING = b"miroir: still stopping (cleaning up); Ctrl-\\ or kill -9 forces it\n"
+"""Said once, at the second stop signal: the command has not ignored it, it is finishing its
+clean-up (a half copy being removed), and the user is told how to force it."""
 
 
 def _interrupt(signum: int, frame: Any) -> None:
     """A stop signal as Ctrl-C: :func:`main` ends the command, "interrupted" (exit 130). Raised
     once: the signals that follow land in the command's clean-up (a half copy being removed) or
-    in that line, and are only noted."""
+    in that line, and are only noted (the second says so on stderr, by ``os.write``, which a
+    signal handler may call while a line is being printed)."""
     global _interrupted
-    if _interrupted:
-        return
-    _interrupted = True
-    raise KeyboardInterrupt
+    _interrupted += 1
+    if _interrupted == 2:
+        with contextlib.suppress(OSError):
+            os.write(2, STILL_STOPPING)
+    if _interrupted == 1:
+        raise KeyboardInterrupt
 
 
 def _stop_signals_interrupt() -> dict[int, Any]:
@@ -665,7 +672,7 @@ def main(argv: list[str] | None = None) -> int:
                         stream=_log_stream())
     handler: Handler = args.func
     global _interrupted
-    _interrupted = False
+    _interrupted = 0
     before = {} if handler in (cmd_edge_run, cmd_dashboard_serve) else _stop_signals_interrupt()
     try:
         return handler(args)

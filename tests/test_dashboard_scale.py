@@ -441,6 +441,26 @@ def test_stop_signals_in_a_burst_leave_no_half_backup(tmp_path, signum: str) -> 
     assert not list(tmp_path.glob("b.db*")), (list(tmp_path.glob("b.db*")), err[-5:])
     assert not any("Traceback" in e for e in err), err[-20:]
     assert "miroir: interrupted" in err, err[-5:]
+    assert sum("still stopping" in e for e in err) <= 1, err[-5:]  # said once, not per signal
+
+
+def test_a_second_stop_signal_says_the_command_is_still_stopping_once(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """The signals after the first were only noted: a user pressing Ctrl-C again during a
+    clean-up saw nothing happen. The second says, once, that the command is still stopping and
+    how to force it; the first alone raises."""
+    from miroir import cli
+
+    cli._interrupted = 0
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            cli._interrupt(2, None)
+        for _ in range(5):
+            cli._interrupt(2, None)  # noted, never raised again
+    finally:
+        cli._interrupted = 0
+    err = capfd.readouterr().err
+    assert err.count("still stopping") == 1 and "Ctrl-\\ or kill -9" in err, err
 
 
 def test_a_long_restore_says_how_far_it_has_got_and_ctrl_c_leaves_the_database_as_it_was(
