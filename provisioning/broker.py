@@ -22,7 +22,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -314,6 +314,29 @@ def write_config(
 
 
 EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+FREE_PORTS_SPAN = 12000
+"""How many ports below the kernel's ephemeral range :func:`free_port` draws from."""
+
+
+def worker_ports(ports: range, env: Mapping[str, str]) -> range:
+    """The share of ``ports`` of the pytest-xdist worker ``env`` names, else all of them.
+
+    pytest-xdist sets ``PYTEST_XDIST_WORKER`` (``gw0``, ``gw1``...) and
+    ``PYTEST_XDIST_WORKER_COUNT`` in each worker, and the processes a test starts inherit them:
+    worker ``i`` of ``n`` takes the ``i``-th of ``n`` disjoint equal slices, so that two workers
+    never draw the same port (one could take it between the other's draw and its server's bind).
+    """
+    worker = env.get("PYTEST_XDIST_WORKER", "")
+    try:
+        index, count = int(worker.removeprefix("gw")), int(env["PYTEST_XDIST_WORKER_COUNT"])
+    except (KeyError, ValueError):
+        return ports
+    size = len(ports) // count if count > 0 else 0
+    if not worker.startswith("gw") or not 0 <= index < count or size == 0:
+        log.warning("ignoring pytest-xdist worker %r of %s: drawing from all ports",
+                    worker, env.get("PYTEST_XDIST_WORKER_COUNT"))
+        return ports
+    return ports[index * size:(index + 1) * size]
 
 
 def free_port(host: str = "127.0.0.1", avoid: Collection[int] = ()) -> int:
@@ -323,12 +346,14 @@ def free_port(host: str = "127.0.0.1", avoid: Collection[int] = ()) -> int:
     again on a port from it (an outage drill) could find it taken by any client's connection in
     between ("Address already in use"). Ports just below it are never handed out that way.
     ``avoid``: ports promised to something not listening yet (a dashboard about to start).
+    Under pytest-xdist each worker draws from its own ports (:func:`worker_ports`).
     """
     try:
         low = int(EPHEMERAL_RANGE_FILE.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         low = 32768  # Linux's default
-    candidates = range(max(1024, low - 12000), low)
+    span = range(max(1024, low - FREE_PORTS_SPAN), low)
+    candidates = worker_ports(span, os.environ)
     for port in random.sample(candidates, min(64, len(candidates))):
         if port in avoid:
             continue
@@ -338,6 +363,9 @@ def free_port(host: str = "127.0.0.1", avoid: Collection[int] = ()) -> int:
             except OSError:
                 continue
             return port
+    if candidates != span:  # a worker's own ports all taken: another worker's could be next
+        raise OSError(f"no free TCP port on {host} in {candidates.start} to "
+                      f"{candidates.stop - 1} (this pytest-xdist worker's)")
     for _ in range(64):  # all taken: any free port
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind((host, 0))

@@ -11,6 +11,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -375,6 +376,49 @@ def test_free_port_is_bindable_and_never_one_a_client_connection_can_take() -> N
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", port))
         assert 1024 <= port < low
+
+
+def _drawn_ports(xdist: dict[str, str], draws: int) -> list[int]:
+    """Ports ``free_port`` draws ``draws`` times in a new Python process, as a test's subprocess
+    started by the pytest-xdist worker ``xdist`` (its environment variables, none: no worker)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_")}
+    env |= {**xdist, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    code = ("from provisioning.broker import free_port\n"
+            f"print(*(free_port() for _ in range({draws})))")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=60, check=True)
+    return [int(port) for port in done.stdout.split()]
+
+
+def test_two_pytest_workers_and_their_subprocesses_never_draw_the_same_port() -> None:
+    """Every pytest-xdist worker drew from the same 12,000 ports: one worker could take a port
+    between another's draw and its broker's or demo's bind ("port already in use", or a test
+    talking to the other worker's server). Each worker now has its own slice, which the demo
+    and CLI processes its tests start inherit through the environment."""
+    from provisioning.broker import EPHEMERAL_RANGE_FILE
+
+    low = int(EPHEMERAL_RANGE_FILE.read_text().split()[0])
+    span = range(max(1024, low - 12000), low)
+    size = len(span) // 3
+    for index in range(3):
+        drawn = _drawn_ports({"PYTEST_XDIST_WORKER": f"gw{index}",
+                              "PYTEST_XDIST_WORKER_COUNT": "3"}, 100)
+        own = range(span.start + index * size, span.start + (index + 1) * size)
+        assert len(drawn) == 100 and set(drawn) <= set(own), (index, own, sorted(drawn))
+    alone = _drawn_ports({}, 100)  # outside pytest-xdist (the product): the whole span, as before
+    assert set(alone) <= set(span)
+    assert len({(port - span.start) // size for port in alone}) > 1, sorted(alone)
+
+    from provisioning.broker import worker_ports  # the slices of 1 to 8 workers
+
+    for count in range(1, 9):
+        slices = [set(worker_ports(span, {"PYTEST_XDIST_WORKER": f"gw{i}",
+                                          "PYTEST_XDIST_WORKER_COUNT": str(count)}))
+                  for i in range(count)]
+        assert all(len(ports) == len(span) // count for ports in slices)
+        assert len(set().union(*slices)) == count * (len(span) // count)  # pairwise disjoint
+        assert set().union(*slices) <= set(span)
+    assert worker_ports(span, {}) == span  # not under pytest-xdist: all of them
 
 
 def test_site_dir_unreachable_by_broker_user_is_refused(tmp_path: Path) -> None:
