@@ -853,6 +853,7 @@ class Ingest:
                 "lost": self.lost,
                 "retired_refused": self.retired_refused,
                 "late_statuses": self.late_statuses,
+                "stale_acks": self.stale_acks,
                 "gaps": sum(1 for t in self._tracks.values() if t.gap() is not None),
             }
         out["lag_ms_p50"] = percentile(lags, 50)

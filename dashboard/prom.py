@@ -46,6 +46,8 @@ INGEST_COUNTERS = (
     ("lost", "miroir_ingest_seq_lost", "Sequence numbers the boxes no longer held (lost)."),
     ("retired_refused", "miroir_ingest_retired_refused",
      "Messages from retired boxes, refused (miroir dashboard retire)."),
+    ("stale_acks", "miroir_ingest_stale_acks",
+     "Messages stored after their broker connection ended, not acknowledged (sent again)."),
 )
 
 

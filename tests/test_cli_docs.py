@@ -752,3 +752,18 @@ def test_every_key_the_readme_measures_is_one_the_code_prints() -> None:
 
     missing = [k for k in keys if not printed(k)]
     assert not missing, f"keys the README quotes that no code prints: {missing}"
+
+
+def test_the_it_guide_lists_every_ingest_counter_prometheus_gets() -> None:
+    """The ingest's counters that `/metrics` exports (dashboard.prom.INGEST_COUNTERS) are the
+    ones the IT guide's "Series" line names for the site's alert rules, no more, no fewer."""
+    import re
+
+    from dashboard.prom import INGEST_COUNTERS
+
+    line = next(x for x in Path("docs/it-guide.md").read_text().splitlines()
+                if x.startswith("Series: `miroir_ingest_{"))
+    m = re.match(r"Series: `miroir_ingest_\{([a-z_,]+)\}_total`", line)
+    assert m, line
+    named = {f"miroir_ingest_{n}" for n in m.group(1).split(",")}
+    assert named == {name for _, name, _ in INGEST_COUNTERS}

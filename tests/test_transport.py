@@ -526,6 +526,7 @@ def test_acks_of_a_session_the_broker_lost_acknowledge_no_new_message(
         asked = {s for _, a, b in ing2.requests for s in range(a, b + 1)}
         assert not asked & new, f"{len(asked & new)} of {len(new)} new messages needed a resend"
         assert ing.stale_acks >= len(batches[1])  # the held batch: stored, not acknowledged
+        assert ing.stats()["stale_acks"] == ing.stale_acks  # what /metrics and the IT page read
         seqs = stored(db)["box-a"]
         assert len(seqs) == len(set(seqs)) and ing2.stats()["lost"] == 0
     finally:
