@@ -430,24 +430,14 @@ def summarize(db_path: Path, outboxes: dict[str, Path],
 def ingested_all(db_path: Path, outboxes: dict[str, Path],
                  numbered_before: dict[str, int] | None = None) -> bool:
     """True when the dashboard's database holds every message the boxes numbered in this run
-    (:func:`summarize`'s arguments); False while one is missing or the database cannot be read."""
-    if not db_path.exists():
+    (:func:`summarize` finds none lost); False while one is missing or the database cannot be
+    read."""
+    if not db_path.exists():  # (summarize's connection would make an empty one)
         return False
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True,
-                                                timeout=1.0)) as db:
-            for box, outbox in outboxes.items():
-                first_seq, last_seq = numbers_used(outbox)
-                first_seq = max(first_seq, (numbered_before or {}).get(box, 0) + 1)
-                held = sum(db.execute(f"SELECT COUNT(DISTINCT seq) FROM {table} WHERE box = ? "
-                                      "AND seq BETWEEN ? AND ?",
-                                      (box, first_seq, last_seq)).fetchone()[0]
-                           for table in ("metrics", "events"))
-                if held < last_seq - first_seq + 1:
-                    return False
+        return summarize(db_path, outboxes, numbered_before)["messages_lost"] == 0
     except sqlite3.Error:
         return False
-    return True
 
 
 def run_demo(boxes: int = 8, seconds: float | None = None, as_json: bool = False,
