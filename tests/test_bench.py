@@ -14,6 +14,21 @@ from bench.vad import headset_pair
 from edge.settings import EdgeSettings
 
 
+def _bench_json(args: list[str], logger: str, timeout_s: float = 300) -> tuple[dict, list[str]]:
+    """Run ``python -m ARGS``: it must succeed with one JSON line alone on stdout. Returns the
+    figures and what ``logger`` said at INFO on stderr (the text after its name)."""
+    import json
+
+    out = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
+                         timeout=timeout_s, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert len(lines) == 1, lines[:5]
+    marker = f" INFO {logger}: "
+    return json.loads(lines[0]), [line.split(marker, 1)[1] for line in out.stderr.splitlines()
+                                  if marker in line]
+
+
 def test_latency_bench_boxes_run_side_by_side_as_separate_boxes(tmp_path: Path) -> None:
     """``bench.latency`` runs its boxes as threads of one process: each box's pipeline, run at the
     same time as the others on two real talkers, fails on no block and reads what it reads alone
@@ -84,20 +99,11 @@ def test_the_latency_bench_prints_one_line_of_json_and_nothing_else() -> None:
     before its JSON line: `| jq` failed on it. Stdout holds the JSON line alone. And it said
     nothing while its boxes spoke, in real time (26 utterances of 3.6 s by default: over 90 s):
     it now says so on stderr, with how long it will take, then every PROGRESS_S how far."""
-    import json
-
-    out = subprocess.run([sys.executable, "-m", "miroir", "bench", "latency", "--json",
-                          "--samples", "2", "--boxes", "1"], capture_output=True, text=True,
-                         timeout=300, check=False)
-    assert out.returncode == 0, out.stderr[-2000:]
-    lines = out.stdout.splitlines()
-    assert len(lines) == 1, lines[:5]
-    figures = json.loads(lines[0])
+    figures, said = _bench_json(["miroir", "bench", "latency", "--json", "--samples", "2",
+                                 "--boxes", "1"], "bench.latency")
     assert figures["onsets"] >= 2 and figures["latency_ms_p50"] > 0, figures
-    said = [line.split(" INFO bench.latency: ", 1)[1] for line in out.stderr.splitlines()
-            if " INFO bench.latency: " in line]
     assert said[:1] == ["bench latency: 1 box(es) speaking, 3 utterances each (the first a "
-                        "warm-up), in real time: about 11 s"], out.stderr[-2000:]
+                        "warm-up), in real time: about 11 s"], said
 
 
 def test_the_edge_bench_says_how_far_it_has_got_on_stderr_and_prints_its_json_alone() -> None:
@@ -105,17 +111,8 @@ def test_the_edge_bench_says_how_far_it_has_got_on_stderr_and_prints_its_json_al
     nothing but LiteRT's one line: a stuck command cannot be told from a slow one. It says what
     it measures, then each run as it ends (with its RTFs), on stderr; stdout holds the JSON
     line alone."""
-    import json
-
-    out = subprocess.run([sys.executable, "-m", "miroir", "bench", "edge", "--json",
-                          "--seconds", "20", "--repeats", "2"], capture_output=True, text=True,
-                         timeout=300, check=False)
-    assert out.returncode == 0, out.stderr[-2000:]
-    lines = out.stdout.splitlines()
-    assert len(lines) == 1, lines[:5]
-    figures = json.loads(lines[0])
-    said = [line.split(" INFO bench.edge: ", 1)[1] for line in out.stderr.splitlines()
-            if " INFO bench.edge: " in line]
+    figures, said = _bench_json(["miroir", "bench", "edge", "--json", "--seconds", "20",
+                                 "--repeats", "2"], "bench.edge")
     assert said and said[0].startswith("bench edge: 20 s of audio, 2 run(s) of each side"), said
     assert [s.split(" (")[0] for s in said[1:]] == ["bench edge: run 1 of 2 done",
                                                      "bench edge: run 2 of 2 done"], said
@@ -126,17 +123,8 @@ def test_the_vad_bench_says_each_variant_as_it_ends_on_stderr() -> None:
     """`miroir bench vad --json` (7 variants, 5 runs of each on a minute of two headsets, then
     each one's AUC on AMI) ran 32 s saying nothing of its own. Each variant is logged as it
     ends (its RTF and AUC), on stderr; stdout holds the JSON line alone."""
-    import json
-
-    out = subprocess.run([sys.executable, "-m", "miroir", "bench", "vad", "--json",
-                          "--repeats", "1"], capture_output=True, text=True, timeout=300,
-                         check=False)
-    assert out.returncode == 0, out.stderr[-2000:]
-    lines = out.stdout.splitlines()
-    assert len(lines) == 1, lines[:5]
-    figures = json.loads(lines[0])
-    said = [line.split(" INFO bench.vad: ", 1)[1] for line in out.stderr.splitlines()
-            if " INFO bench.vad: " in line]
+    figures, said = _bench_json(["miroir", "bench", "vad", "--json", "--repeats", "1"],
+                                "bench.vad")
     names = [k for k, v in figures.items() if isinstance(v, dict)]
     assert [s.split(" (")[0] for s in said] == [
         f"bench vad: variant {k} of {len(names)} done: {name}"
@@ -148,24 +136,17 @@ def test_the_ingest_bench_says_each_phase_as_it_starts() -> None:
     connections, then a 60 s window and the drain) said nothing of its own until its JSON line:
     over a minute, several on a first run, of a silent terminal. Each phase is logged on stderr
     as it starts; stdout holds the JSON line alone."""
-    import json
     import shutil
 
     from provisioning.broker import new_site_dir
 
     pki = new_site_dir() / "pki"  # one the broker's user can reach
     try:
-        out = subprocess.run([sys.executable, "-m", "miroir", "bench", "ingest", "--json",
-                              "--boxes", "2", "--duration", "1", "--pki-dir", str(pki)],
-                             capture_output=True, text=True, timeout=300, check=False)
+        figures, said = _bench_json(["miroir", "bench", "ingest", "--json", "--boxes", "2",
+                                     "--duration", "1", "--pki-dir", str(pki)], "bench.ingest")
     finally:
         shutil.rmtree(pki.parent, ignore_errors=True)
-    assert out.returncode == 0, out.stderr[-2000:]
-    lines = out.stdout.splitlines()
-    assert len(lines) == 1, lines[:5]
-    assert json.loads(lines[0])["boxes"] == 2
-    said = [line.split(" INFO bench.ingest: ", 1)[1] for line in out.stderr.splitlines()
-            if " INFO bench.ingest: " in line]
+    assert figures["boxes"] == 2
     assert said == [
         f"bench ingest: the site's certificates for 2 boxes (in {pki}; the first "
         "run issues them)",
@@ -179,16 +160,10 @@ def test_the_accuracy_bench_says_each_part_as_it_ends_on_stderr() -> None:
     of its own until its JSON: eight parts (VAD on AMI, prosody, raised voices, rate, pauses,
     hesitations, conversation, noisy line), one after the other. Each is logged on stderr as it
     ends, with its time; stdout holds the JSON line alone (every 100th EmoDB clip here)."""
-    import json
-
-    out = subprocess.run([sys.executable, "-m", "bench.accuracy", "--json", "--step", "100"],
-                         capture_output=True, text=True, timeout=600, check=False)
-    assert out.returncode == 0, out.stderr[-2000:]
-    lines = out.stdout.splitlines()
-    assert len(lines) == 1, lines[:5]
-    figures = json.loads(lines[0])
-    said = [line.split(": bench accuracy: ", 1)[1].split(" (")[0]
-            for line in out.stderr.splitlines() if " INFO " in line and ": bench accuracy: " in line]
+    figures, logged = _bench_json(["bench.accuracy", "--json", "--step", "100"], "__main__",
+                                  timeout_s=600)
+    said = [line.removeprefix("bench accuracy: ").split(" (")[0] for line in logged
+            if line.startswith("bench accuracy: ")]
     assert said == [f"part {k} of 8 done: {name}" for k, name in enumerate(
         ["VAD on AMI", "prosody on EmoDB", "raised voices", "speaking rate, cross-validated",
          "pauses", "hesitations", "conversation", "noisy line"], start=1)], said
