@@ -744,11 +744,8 @@ def test_a_reload_sent_again_does_not_restart_the_box_again(site, broker, peer, 
         seen = len(statuses())
         dash.publish(cmd, reload)
         send("forget_baselines")  # its status, published at once, counts what came before
-
-        def next_status() -> dict | None:
-            return next((s for s in statuses()[seen:]
-                         if s["state"] == "offline" or s["cmd_refused"]), None)
-        after = dash.wait_for(next_status, "a status after the reload sent again")
+        after = dash.wait_for(lambda: _stop_or_refusal(statuses()[seen:]),
+                              "a status after the reload sent again")
         assert after["state"] == "online", f"the box restarted again: {after}"
         assert after["cmd_refused"] == 1 and proc.poll() is None
         text = journal.read_text()
@@ -759,6 +756,11 @@ def test_a_reload_sent_again_does_not_restart_the_box_again(site, broker, peer, 
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
+
+
+def _stop_or_refusal(statuses: list[dict]) -> dict | None:
+    """The first status that says the box stopped (offline) or counts a refused command."""
+    return next((s for s in statuses if s["state"] == "offline" or s["cmd_refused"]), None)
 
 
 def _onlines(statuses: list[dict]) -> list[dict]:
@@ -797,11 +799,8 @@ def test_a_reload_dated_ahead_is_refused_not_kept_to_refuse_every_later_one(
         seen = len(statuses())
         send("reload", time.time() + 86400.0)
         send("forget_baselines", time.time())  # its status, published at once, counts the refusal
-
-        def next_status() -> dict | None:
-            return next((s for s in statuses()[seen:]
-                         if s["state"] == "offline" or s["cmd_refused"]), None)
-        after = dash.wait_for(next_status, "a status after the reload dated ahead")
+        after = dash.wait_for(lambda: _stop_or_refusal(statuses()[seen:]),
+                              "a status after the reload dated ahead")
         assert after["state"] == "online", f"the box applied a reload a day ahead: {after}"
         assert after["cmd_refused"] == 1 and proc.poll() is None
         assert "reload sent 86400 s ahead" in journal.read_text(), journal.read_text()[-2000:]
