@@ -748,6 +748,7 @@ class AuthMiddleware:
         if scope["type"] not in ("http", "websocket") or is_public(scope["path"]):
             await self.app(scope, receive, send)
             return
+        send = no_store(send)  # this middleware's own refusals as much as the app's answers
         conn = HTTPConnection(scope)
         path = scope["path"]
         is_api = path.startswith("/api/") or path == "/api"
@@ -766,7 +767,7 @@ class AuthMiddleware:
             else:
                 response = RedirectResponse("/login?ended=1" if token else "/login",
                                             status_code=303)
-            await response(scope, receive, no_store(send))
+            await response(scope, receive, send)
             return
         if session.stage != "ok" and path not in (STAGE_PATHS.get(session.stage), "/logout"):
             if is_api:
@@ -774,7 +775,7 @@ class AuthMiddleware:
             else:
                 response = RedirectResponse(STAGE_PATHS.get(session.stage, "/login"),
                                             status_code=303)
-            await response(scope, receive, no_store(send))
+            await response(scope, receive, send)
             return
         state = scope.setdefault("state", {})  # before the body is read: a 413 page's language
         state["user"] = session.username
@@ -799,11 +800,11 @@ class AuthMiddleware:
 
                     response = await page_error(Request(scope, receive),
                                                 StarletteHTTPException(403, CSRF_REFUSED))
-                await response(scope, receive, no_store(send))
+                await response(scope, receive, send)
                 return
             if touch:  # the page it answers with ends with the session's new end
                 state["session"] = await run_in_threadpool(self._lookup, token, True) or session
-        await self.app(scope, receive, no_store(send))
+        await self.app(scope, receive, send)
 
 
 CSRF_REFUSED = "CSRF token missing or wrong"
