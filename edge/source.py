@@ -75,9 +75,50 @@ def _pcm(raw: bytes, width: int) -> np.ndarray:
     return x / np.float32(_PCM_SCALE[width])
 
 
+def _alaw_pcm16() -> np.ndarray:
+    """The 16-bit value of each A-law code, as ITU-T G.711 defines its decoding.
+
+    On the line every other bit is inverted (XOR 0x55); then bit 7 is the sign (set: positive),
+    bits 6-4 the segment and bits 3-0 the step in it. G.711 decodes a step to the middle of its
+    interval of the 13-bit signal: (2 * step + 1) units in segment 0, (2 * step + 33) units
+    doubled for each segment past 1, a unit being 8 at 16 bits."""
+    code = np.arange(256) ^ 0x55
+    segment, step = (code >> 4) & 7, code & 0x0F
+    middle = np.where(segment == 0, 16 * step + 8,
+                      (16 * step + 264) << np.maximum(segment - 1, 0))
+    return np.where(code & 0x80, middle, -middle).astype(np.int16)
+
+
+def _mulaw_pcm16() -> np.ndarray:
+    """The 16-bit value of each mu-law code, as ITU-T G.711 defines its decoding.
+
+    On the line every bit is inverted; then bit 7 is the sign (set: negative), bits 6-4 the
+    segment and bits 3-0 the step in it. G.711 decodes a step to the middle of its interval of
+    the 14-bit signal: (2 * step + 33) units doubled for each segment, less the bias of 33, a
+    unit being 4 at 16 bits (so that 0xFF and 0x7F both decode to 0)."""
+    code = ~np.arange(256) & 0xFF
+    segment, step = (code >> 4) & 7, code & 0x0F
+    middle = ((8 * step + 132) << segment) - 132
+    return np.where(code & 0x80, -middle, middle).astype(np.int16)
+
+
+ALAW, MULAW = 6, 7
+"""The WAV format tags of G.711's two laws."""
+G711_LAWS = {ALAW: "A-law", MULAW: "mu-law"}
+"""Format tag -> the law's name."""
+G711_PCM16 = {ALAW: _alaw_pcm16(), MULAW: _mulaw_pcm16()}
+"""Format tag -> int16 value of each of the 256 codes (the values sox and telephony stacks give)."""
+_G711_FLOAT = {tag: table.astype(np.float32) / np.float32(32768.0) for tag, table in G711_PCM16.items()}
+"""Format tag -> each code as float32, full scale +-1.0 (as 16-bit PCM of the same values reads)."""
+
+
 _EXTENSIBLE = 0xFFFE
 _SUBFORMAT_TAIL = bytes.fromhex("000000001000800000aa00389b71")
 """The GUID of an extensible WAV's subformat after its first two bytes (the format tag)."""
+
+
+CONVERT = "convert them first, e.g. `sox IN.wav -b 16 -e signed OUT.wav`"
+"""What an error about samples that are not read says to do."""
 
 
 STREAMED_DATA_BYTES = (0xFFFFFFFF, 0x7FFFF000)
@@ -87,7 +128,15 @@ the largest (ffmpeg and most streaming writers) and sox's, writing to a pipe."""
 
 class _WaveReader(wave.Wave_read):
     """Python's WAV reader, also for PCM in the extensible format (sox and ffmpeg write 24- and
-    32-bit PCM that way; Python's own reader takes it only from 3.12)."""
+    32-bit PCM that way; Python's own reader takes it only from 3.12) and for G.711 A-law and
+    mu-law (plain or extensible), whose codes :attr:`format_tag` says how to decode."""
+
+    _format_tag = wave.WAVE_FORMAT_PCM
+
+    @property
+    def format_tag(self) -> int:
+        """1 (PCM), :data:`ALAW` or :data:`MULAW` (an extensible file's subformat)."""
+        return self._format_tag
 
     @property
     def length_unset(self) -> bool:
@@ -105,7 +154,15 @@ class _WaveReader(wave.Wave_read):
                 raise EOFError
             if fmt[26:40] == _SUBFORMAT_TAIL:
                 tag = int.from_bytes(fmt[24:26], "little")  # the subformat: 1 is PCM, 3 float
-        if tag != wave.WAVE_FORMAT_PCM:
+        if tag in G711_LAWS:
+            if bits != 8:
+                raise wave.Error(f"{G711_LAWS[tag]} samples of {bits} bits, while G.711 has 8")
+            self._comptype, self._compname = ("ALAW", "A-law") if tag == ALAW else ("ULAW", "mu-law")
+        elif tag == wave.WAVE_FORMAT_PCM:
+            self._comptype, self._compname = "NONE", "not compressed"
+        elif tag == 3:  # plain or extensible
+            raise wave.Error(f"float samples; {CONVERT}")
+        else:
             raise wave.Error(f"unknown format: {tag}")
         self._sampwidth = (bits + 7) // 8
         if not self._sampwidth:
@@ -113,8 +170,7 @@ class _WaveReader(wave.Wave_read):
         if not self._nchannels:
             raise wave.Error("bad # of channels")
         self._framesize = self._nchannels * self._sampwidth
-        self._comptype = "NONE"
-        self._compname = "not compressed"
+        self._format_tag = tag
 
 
 BLOCK_S = 1.0
@@ -126,15 +182,17 @@ TWO_FILES = "give the agent and the line as two mono files"
 
 
 class WavStream:
-    """A mono 8-, 16-, 24- or 32-bit PCM WAV file (plain or extensible format), read block by
-    block and resampled to 16 kHz as it goes: a long recording is never held in memory.
+    """A mono 8-, 16-, 24- or 32-bit PCM or 8-bit G.711 (A-law, mu-law: a phone system's
+    recording) WAV file, plain or extensible format, read block by block and resampled to 16 kHz
+    as it goes: a long recording is never held in memory.
 
     Opening it checks the header and reads the first block, so that every one-line error
     (:class:`AudioInputError`) comes before any analysis. A file cut short (an interrupted
     recorder, a streaming header) is read as far as it goes, with a warning at its end.
 
     Raises:
-        AudioInputError: not a readable WAV file, not mono, float samples, or empty.
+        AudioInputError: not a readable WAV file, not mono, float or other compressed samples
+            (G.711 aside), or empty.
     """
 
     def __init__(self, path: Path, *, notice: bool = True,
@@ -170,6 +228,8 @@ class WavStream:
             raise AudioInputError(f"{path}: sample rate {self.source_rate_hz} Hz is outside "
                                   f"{MIN_RATE_HZ}..{MAX_RATE_HZ} Hz")
         self._width = width
+        self._g711 = _G711_FLOAT.get(wf.format_tag)
+        """Each G.711 code as float32 (None: PCM)."""
         self._block_frames = max(1, round(BLOCK_S * self.source_rate_hz))
         self._held = 0
         self._resampler: Any = None
@@ -200,6 +260,8 @@ class WavStream:
             raise AudioInputError(f"{self.path}: cannot read ({exc})") from None
         whole = len(raw) // self._width  # a sample cut in two at the end is dropped
         self._held += whole
+        if self._g711 is not None:  # one byte a sample
+            return self._g711[np.frombuffer(raw, dtype=np.uint8)]
         return _pcm(raw[: whole * self._width], self._width)
 
     def _warn_cut_short(self, held: int) -> None:
@@ -257,13 +319,7 @@ def _open_wav(path: Path) -> _WaveReader:
         raise AudioInputError(f"{path}: is a directory, not a WAV file") from None
     except (wave.Error, EOFError) as exc:
         why = str(exc) or "empty, or cut short in its header"
-        convert = "convert them first, e.g. `sox IN.wav -b 16 -e signed OUT.wav`"
-        if why.endswith("format: 3"):  # float samples (plain or extensible)
-            why = f"float samples; {convert}"
-        elif why.endswith(("format: 6", "format: 7")):  # G.711, as phone systems record calls
-            law = "A-law" if why.endswith("6") else "mu-law"
-            why = f"{law} samples (G.711, a phone system's recording); {convert}"
-        raise AudioInputError(f"{path}: not a readable PCM WAV file ({why})") from None
+        raise AudioInputError(f"{path}: not a readable WAV file ({why})") from None
     except OSError as exc:  # no permission, a path through a file
         raise AudioInputError(f"{path}: cannot read ({exc.strerror or exc})") from None
     finally:
@@ -281,10 +337,12 @@ def _resample_stream(from_hz: int, to_hz: int = RATE_HZ) -> Any:
 
 
 def read_wav(path: Path, *, notice: bool = True, two_files: str = TWO_FILES) -> Recording:
-    """Read a whole mono PCM WAV file (see :class:`WavStream`) into memory, resampled to 16 kHz.
+    """Read a whole mono PCM or G.711 WAV file (see :class:`WavStream`) into memory, resampled to
+    16 kHz.
 
     Raises:
-        AudioInputError: not a readable WAV file, not mono, float samples, or empty.
+        AudioInputError: not a readable WAV file, not mono, float or other compressed samples
+            (G.711 aside), or empty.
     """
     stream = WavStream(path, notice=notice, two_files=two_files)
     return Recording(np.concatenate(list(stream.blocks())), RATE_HZ, stream.source_rate_hz)

@@ -84,7 +84,7 @@ def test_other_rates_resampled_with_a_notice(tmp_path, rate_hz):
 
 @pytest.mark.parametrize("case,message", [
     ("stereo", "2 channels, expected mono"),
-    ("not_wav", "not a readable PCM WAV"),
+    ("not_wav", "not a readable WAV file (file does not start with RIFF id)"),
     ("float", "float samples"),
     ("40bit", "40-bit samples, expected 8-, 16-, 24- or 32-bit PCM"),
     ("rate", "sample rate 4000 Hz"),
@@ -93,8 +93,9 @@ def test_other_rates_resampled_with_a_notice(tmp_path, rate_hz):
     ("header_only", "holds no audio (its header says 16000 samples: cut short)"),
     ("zero_bytes", "empty, or cut short in its header"),
     ("extensible_float", "float samples; convert them first"),
-    ("alaw", "A-law samples (G.711, a phone system's recording); convert them first"),
-    ("mulaw", "mu-law samples (G.711, a phone system's recording); convert them first"),
+    # G.711 is read (tests/test_g711.py), but only as the 8-bit codes it is
+    ("alaw_16bit", "not a readable WAV file (A-law samples of 16 bits, while G.711 has 8)"),
+    ("alaw_cut_in_header", "not a readable WAV file (empty, or cut short in its header)"),
     ("missing", "no such file"),
     ("through_a_file", "cannot read (Not a directory)"),
 ])
@@ -128,9 +129,15 @@ def test_bad_input_one_line_error(tmp_path, case, message):
         path.write_bytes(_write_wav(tmp_path / "one_s.wav", one_s, 16000).read_bytes()[:44])
     elif case == "zero_bytes":
         path.write_bytes(b"")
-    elif case in ("alaw", "mulaw"):  # as a PBX records calls, written by sox
+    elif case in ("alaw_16bit", "alaw_cut_in_header"):  # written by sox, as a PBX records calls
         subprocess.run(["sox", str(SHARED / "emodb" / "wav" / "03a01Fa.wav"), "-r", "8000",
-                        "-e", "a-law" if case == "alaw" else "mu-law", str(path)], check=True)
+                        "-e", "a-law", str(path)], check=True)
+        data = path.read_bytes()
+        if case == "alaw_16bit":  # the header says 16 bits a sample (2 bytes a frame)
+            assert data[20:22] == b"\x06\x00" and data[32:36] == b"\x01\x00\x08\x00"
+            path.write_bytes(data[:32] + b"\x02\x00\x10\x00" + data[36:])
+        elif case == "alaw_cut_in_header":  # in its format chunk
+            path.write_bytes(data[:30])
     elif case == "extensible_float":  # WAVE_FORMAT_EXTENSIBLE (0xFFFE), float subformat (3)
         fmt = (struct.pack("<HHIIHH", 0xFFFE, 1, 16000, 64000, 4, 32) + struct.pack("<HHI", 22, 32, 4)
                + bytes.fromhex("0300000000001000800000aa00389b71"))
