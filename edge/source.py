@@ -117,6 +117,9 @@ _SUBFORMAT_TAIL = bytes.fromhex("000000001000800000aa00389b71")
 """The GUID of an extensible WAV's subformat after its first two bytes (the format tag)."""
 
 
+_OTHER_FORMATS = {2: "Microsoft ADPCM samples", 0x11: "IMA ADPCM samples", 0x31: "GSM 6.10 samples",
+                  0x55: "MP3 samples", _EXTENSIBLE: "samples of an unknown extensible subformat"}
+"""Format tags of WAVs that recorders write and that are not read, as the error names them."""
 CONVERT = "convert them first, e.g. `sox IN.wav -b 16 -e signed OUT.wav`"
 """What an error about samples that are not read says to do."""
 
@@ -163,7 +166,8 @@ class _WaveReader(wave.Wave_read):
         elif tag == 3:  # plain or extensible
             raise wave.Error(f"float samples; {CONVERT}")
         else:
-            raise wave.Error(f"unknown format: {tag}")
+            what = f"{_OTHER_FORMATS[tag]}, format tag" if tag in _OTHER_FORMATS else "format tag"
+            raise wave.Error(f"{what} {tag}, neither PCM nor G.711; {CONVERT}")
         self._sampwidth = (bits + 7) // 8
         if not self._sampwidth:
             raise wave.Error("bad sample width")

@@ -96,6 +96,7 @@ def test_other_rates_resampled_with_a_notice(tmp_path, rate_hz):
     # G.711 is read (tests/test_g711.py), but only as the 8-bit codes it is
     ("alaw_16bit", "not a readable WAV file (A-law samples of 16 bits, while G.711 has 8)"),
     ("alaw_cut_in_header", "not a readable WAV file (empty, or cut short in its header)"),
+    ("ima_adpcm", "(IMA ADPCM samples, format tag 17, neither PCM nor G.711; convert them first"),
     ("missing", "no such file"),
     ("through_a_file", "cannot read (Not a directory)"),
 ])
@@ -129,9 +130,9 @@ def test_bad_input_one_line_error(tmp_path, case, message):
         path.write_bytes(_write_wav(tmp_path / "one_s.wav", one_s, 16000).read_bytes()[:44])
     elif case == "zero_bytes":
         path.write_bytes(b"")
-    elif case in ("alaw_16bit", "alaw_cut_in_header"):  # written by sox, as a PBX records calls
+    elif case in ("alaw_16bit", "alaw_cut_in_header", "ima_adpcm"):  # written by sox, as a PBX
         subprocess.run(["sox", str(SHARED / "emodb" / "wav" / "03a01Fa.wav"), "-r", "8000",
-                        "-e", "a-law", str(path)], check=True)
+                        "-e", "ima-adpcm" if case == "ima_adpcm" else "a-law", str(path)], check=True)
         data = path.read_bytes()
         if case == "alaw_16bit":  # the header says 16 bits a sample (2 bytes a frame)
             assert data[20:22] == b"\x06\x00" and data[32:36] == b"\x01\x00\x08\x00"
