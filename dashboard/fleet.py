@@ -20,7 +20,7 @@ from typing import Any
 
 import sqlite_utils
 
-from edge.update import version_key  # the order the boxes' updates use (standard library only)
+from miroir.versions import version_key  # the order the boxes' updates use
 
 log = logging.getLogger(__name__)
 
