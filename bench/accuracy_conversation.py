@@ -35,13 +35,12 @@ from edge.conversation import (
     Overlap,
     Response,
 )
+from edge.frames import RATE_HZ  # the EmoDB clips' rate too
 
 EMODB = DATA / "emodb"
 NOISE = DATA / "noise"
 NOISY_LINE_DBFS = -45.0
 """The noise level of ``noisy_line_figures``: a loud but usable line or open-plan floor."""
-RATE_HZ = 16_000
-"""Sample rate of the EmoDB clips and of the calls built from them."""
 CLIP_S = 2.0
 """Length of every EmoDB clip here (cut or padded to 2.0 s)."""
 AGENT_SPEAKERS = ("03", "10", "12", "15")

@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 
+from edge.frames import FRAME_S  # the step of the VAD traces and frame labels
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data"
 AMI = SHARED / "ami"
 HEADSETS = SHARED / "ami-headsets"
-FRAME_S = 0.032
-"""Step of the VAD traces and frame labels: the pipeline's 32 ms frame."""
 
 
 def read_wav(path: Path) -> np.ndarray:

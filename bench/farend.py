@@ -24,8 +24,6 @@ from edge.farend import (
     BEEP,
     BUSY,
     DEAD,
-    FRAME_S,
-    FRAME_SAMPLES,
     MUSIC,
     RINGBACK,
     SILENCE,
@@ -34,8 +32,8 @@ from edge.farend import (
     FarEnd,
     frame_labels,
 )
+from edge.frames import FRAME_S, FRAME_SAMPLES, RATE_HZ
 
-RATE = 16_000
 IGNORE = "ignore"
 NON_SPEECH = (RINGBACK, BUSY, BEEP, MUSIC)
 NOISES = ("doing_the_dishes", "running_tap", "exercise_bike", "dude_miaowing", "pink_noise",
@@ -55,7 +53,7 @@ def scale_to(x: np.ndarray, dbfs: float) -> np.ndarray:
 def band_limit(x: np.ndarray, lo_hz: float = 300.0, hi_hz: float = 3400.0) -> np.ndarray:
     """Telephone band: FFT mask with 50 Hz cosine edges."""
     spec = np.fft.rfft(x.astype(np.float64))
-    f = np.fft.rfftfreq(len(x), 1 / RATE)
+    f = np.fft.rfftfreq(len(x), 1 / RATE_HZ)
     gain = np.clip((f - (lo_hz - 50)) / 100, 0, 1) * np.clip(((hi_hz + 50) - f) / 100, 0, 1)
     gain = 0.5 - 0.5 * np.cos(np.pi * gain)
     return np.fft.irfft(spec * gain, len(x)).astype(np.float32)
@@ -63,11 +61,11 @@ def band_limit(x: np.ndarray, lo_hz: float = 300.0, hi_hz: float = 3400.0) -> np
 
 def tone(freqs_hz: tuple[float, ...], seconds: float, dbfs: float = -20.0) -> np.ndarray:
     """Sum of sines at ``freqs_hz`` with 5 ms ramps, RMS ``dbfs``."""
-    t = np.arange(round(seconds * RATE)) / RATE
+    t = np.arange(round(seconds * RATE_HZ)) / RATE_HZ
     rng = np.random.default_rng(int(sum(freqs_hz) * 100 + seconds * 10))
     x = sum(np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi)) for f in freqs_hz)
     x = np.asarray(x, dtype=np.float64)
-    ramp = min(len(x) // 2, int(0.005 * RATE))
+    ramp = min(len(x) // 2, int(0.005 * RATE_HZ))
     if ramp:
         env = np.ones(len(x))
         env[:ramp] = np.linspace(0, 1, ramp)
@@ -86,14 +84,14 @@ def cadence(freqs_hz: tuple[float, ...], pattern_s: tuple[float, ...], cycles: i
                 parts.append(tone(freqs_hz, d, dbfs))
                 spans.append((t, t + d))
             else:
-                parts.append(np.zeros(round(d * RATE), np.float32))
+                parts.append(np.zeros(round(d * RATE_HZ), np.float32))
             t += d
     return np.concatenate(parts), spans
 
 
 def _note(f0_hz: float, seconds: float, piano: bool, rng: np.random.Generator) -> np.ndarray:
-    n = round(seconds * RATE)
-    t = np.arange(n) / RATE
+    n = round(seconds * RATE_HZ)
+    t = np.arange(n) / RATE_HZ
     x = np.zeros(n)
     for h in range(1, 9):
         if h * f0_hz > 3800:
@@ -101,7 +99,7 @@ def _note(f0_hz: float, seconds: float, piano: bool, rng: np.random.Generator) -
         x += np.sin(2 * np.pi * h * f0_hz * t + rng.uniform(0, 2 * np.pi)) / h ** 1.2
     a, d, s, r = 0.015, 0.1, 0.6, 0.06
     env = np.full(n, s)
-    na, nd, nr = int(a * RATE), int(d * RATE), int(r * RATE)
+    na, nd, nr = int(a * RATE_HZ), int(d * RATE_HZ), int(r * RATE_HZ)
     env[:na] = np.linspace(0, 1, na)
     env[na:na + nd] = np.linspace(1, s, len(env[na:na + nd]))
     env[-nr:] *= np.linspace(1, 0, nr)
@@ -116,13 +114,13 @@ def melody(seconds: float, seed: int, two_voices: bool = True, piano: bool = Fal
     rng = np.random.default_rng(seed)
     scale = [0, 2, 4, 5, 7, 9, 11, 12, 14, 16]
     root = 261.63 * 2 ** (rng.integers(-3, 4) / 12)
-    n = round(seconds * RATE)
+    n = round(seconds * RATE_HZ)
     out = np.zeros(n)
     t = 0.0
     while t < seconds:
         d = float(rng.choice([0.25, 0.375, 0.5, 0.75]))
         f = root * 2 ** (scale[int(rng.integers(len(scale)))] / 12)
-        i = int(t * RATE)
+        i = int(t * RATE_HZ)
         note = _note(f, d, piano, rng)[: n - i]
         out[i:i + len(note)] += note
         t += d
@@ -130,7 +128,7 @@ def melody(seconds: float, seed: int, two_voices: bool = True, piano: bool = Fal
         t = 0.0
         while t < seconds:
             f = root / 2 * 2 ** (scale[int(rng.choice([0, 3, 4, 5]))] / 12)
-            i = int(t * RATE)
+            i = int(t * RATE_HZ)
             note = 0.6 * _note(f, 1.0, piano, rng)[: n - i]
             out[i:i + len(note)] += note
             t += 1.0
@@ -188,7 +186,7 @@ class Timeline:
     """A built far-channel recording and its per-sample truth."""
 
     audio: list[np.ndarray] = field(default_factory=list)
-    """The recording's pieces, in order (float32 at :data:`RATE`)."""
+    """The recording's pieces, in order (float32 at :data:`RATE_HZ`)."""
     truth: list[np.ndarray] = field(default_factory=list)
     """Each piece's label of every sample."""
     events: list[tuple[float, str]] = field(default_factory=list)
@@ -197,7 +195,7 @@ class Timeline:
     @property
     def t_s(self) -> float:
         """Length of the recording so far, seconds: where the next piece starts."""
-        return sum(len(a) for a in self.audio) / RATE
+        return sum(len(a) for a in self.audio) / RATE_HZ
 
     def add(self, x: np.ndarray, label: str | np.ndarray, event: str | None = None) -> None:
         """Append ``x`` with its truth (one label, or one per sample), and ``event`` at its start."""
@@ -211,13 +209,13 @@ class Timeline:
 
     def silence(self, seconds: float, label: str = SILENCE) -> None:
         """Append ``seconds`` of digital silence labelled ``label``."""
-        self.add(np.zeros(round(seconds * RATE), np.float32), label)
+        self.add(np.zeros(round(seconds * RATE_HZ), np.float32), label)
 
     def cadence(self, freqs_hz: tuple[float, ...], pattern_s: tuple[float, ...], cycles: int,
                 label: str, tail_s: float) -> None:
         """Tone cadence, its off periods labelled as the tone, ``tail_s`` of its last off kept."""
         x, _ = cadence(freqs_hz, pattern_s, cycles)
-        x = x[: len(x) - round((pattern_s[-1] - tail_s) * RATE)]
+        x = x[: len(x) - round((pattern_s[-1] - tail_s) * RATE_HZ)]
         self.add(x, label, event=label)
 
     def speech(self, x: np.ndarray, mask: np.ndarray, gap_label: str = IGNORE) -> None:
@@ -250,15 +248,15 @@ def build_call_timeline() -> tuple[np.ndarray, np.ndarray, list[tuple[float, str
     for name in names:
         x = read_wav(DATA / "emodb" / "wav" / name)
         s, e = _emodb_span(name)
-        x = x[int(s * RATE):int(e * RATE)]
+        x = x[int(s * RATE_HZ):int(e * RATE_HZ)]
         tl.speech(x, np.ones(len(x), bool))
         tl.silence(0.3, IGNORE)
     tl.silence(1.0)
     tl.add(melody(15.0, seed=1), MUSIC, event=MUSIC)
     tl.silence(0.5, IGNORE)  # a pause in hold music or its end: ambiguous
     hx, turns = _headset_with_speaker()
-    seg = hx[int(5 * RATE):int(20 * RATE)]
-    centre = 5 + np.arange(len(seg)) / RATE
+    seg = hx[int(5 * RATE_HZ):int(20 * RATE_HZ)]
+    centre = 5 + np.arange(len(seg)) / RATE_HZ
     mask = np.zeros(len(seg), bool)
     for s, t in turns:
         mask |= (centre >= s) & (centre < t)
@@ -297,7 +295,7 @@ def build_call_timeline() -> tuple[np.ndarray, np.ndarray, list[tuple[float, str
         x = read_wav(DATA / "emodb" / "wav" / name)
         s, e = _emodb_span(name)
         tl.silence(s, IGNORE)
-        tl.speech(x[int(s * RATE):int(e * RATE)], np.ones(int(e * RATE) - int(s * RATE), bool))
+        tl.speech(x[int(s * RATE_HZ):int(e * RATE_HZ)], np.ones(int(e * RATE_HZ) - int(s * RATE_HZ), bool))
         tl.silence(2.0 - e, IGNORE)
     x, truth = tl.build()
     return x, truth, tl.events
@@ -357,15 +355,15 @@ def accuracy_figures() -> dict[str, Any]:
     """Offline and live accuracy on the call timeline, tone latencies, and the noise confusion."""
     x, truth, events = build_call_timeline()
     ft = frame_truth(truth)
-    offline = frame_labels(x, RATE)
+    offline = frame_labels(x, RATE_HZ)
     live = live_labels(x)
     noise: dict[str, dict[str, float]] = {}
     for name in NOISES:
         n = scale_to(read_wav(DATA / "noise" / f"{name}.wav"), -26.0)
-        labs = frame_labels(band_limit(n), RATE)
+        labs = frame_labels(band_limit(n), RATE_HZ)
         noise[name] = {k: round(labs.count(k) / len(labs), 4) for k in sorted(set(labs))}
     return {
-        "timeline_s": round(len(x) / RATE, 1),
+        "timeline_s": round(len(x) / RATE_HZ, 1),
         "offline": score(offline, ft),
         "live": score(live, ft),
         "latency": detection_latency(live, events),
@@ -390,10 +388,10 @@ def cost_figures(seconds: float = 60.0, repeats: int = 5, with_vad: bool = True
     Silero VAD (fp32, one channel) timed in the same process on the same speech.
     """
     hx, _ = _headset_with_speaker()
-    speech = np.resize(hx, int(seconds * RATE))
+    speech = np.resize(hx, int(seconds * RATE_HZ))
     tones, _ = cadence((440.0,), (1.5, 3.5), int(seconds / 5) + 1)
     out = {}
-    for name, x in (("speech", speech), ("ringback", tones[: int(seconds * RATE)])):
+    for name, x in (("speech", speech), ("ringback", tones[: int(seconds * RATE_HZ)])):
         frames = [x[j * FRAME_SAMPLES:(j + 1) * FRAME_SAMPLES]
                   for j in range(len(x) // FRAME_SAMPLES)]
         times = []
@@ -413,7 +411,7 @@ def cost_figures(seconds: float = 60.0, repeats: int = 5, with_vad: bool = True
         from edge.vad import SileroVad
 
         vad = SileroVad(reference_vad(), channels=1)
-        vframes = [Frame(speech[j * FRAME_SAMPLES:(j + 1) * FRAME_SAMPLES][None, :], RATE, 0.0, j)
+        vframes = [Frame(speech[j * FRAME_SAMPLES:(j + 1) * FRAME_SAMPLES][None, :], RATE_HZ, 0.0, j)
                    for j in range(len(speech) // FRAME_SAMPLES)]
         times = []
         for _ in range(repeats):

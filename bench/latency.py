@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import SHARED
+from edge.frames import RATE_HZ  # the clip's rate too
 
 SITE = "bench"
 log = logging.getLogger(__name__)
@@ -35,8 +36,6 @@ PROGRESS_S = 10.0
 says how far they have got."""
 CLIP = SHARED / "emodb" / "wav" / "03a01Nc.wav"
 BLOCK = 1024
-RATE_HZ = 16_000
-"""Sample rate of the clip and of the boxes' audio."""
 
 PAGE_HOOKS = """
 window.__lat = {states: [], updates: []};

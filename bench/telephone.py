@@ -35,12 +35,11 @@ from bench.accuracy_prosody import (
     read_wav,
     true_rate,
 )
+from edge.frames import RATE_HZ  # the EmoDB clips' rate too
 from edge.prosody import HOP_S
 
 log = logging.getLogger(__name__)
 
-RATE_HZ = 16_000
-"""Sample rate of the EmoDB clips and of what the box captures."""
 LINE_RATE_HZ = 8_000
 """Sample rate of a narrow-band telephone line (G.711)."""
 CODECS = ("a-law", "u-law")

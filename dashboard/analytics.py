@@ -12,12 +12,12 @@ from typing import Any
 
 import sqlite_utils
 
+from miroir.wire import DAY_S
+
 from . import registry
 
 log = logging.getLogger(__name__)
 
-DAY_S = 86400.0
-"""Seconds in a day."""
 OUTCOMES = ("meeting", "callback", "refusal", "no_answer")
 SUCCESS_OUTCOME = "meeting"
 

@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from miroir.wire import DAY_S
+
 from .settings import DashboardSettings
 
 log = logging.getLogger(__name__)
-
-DAY_S = 86400.0
-"""Seconds in a day."""
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Container, Iterator, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -188,6 +188,23 @@ def _touch_box(db: sqlite_utils.Database, site: str, box: str, seen_ts: float) -
     )
 
 
+def _insert_stream(db: sqlite_utils.Database, table: str, fields: Iterable[str], seq_column: str,
+                   msg: dict[str, Any], ingested_ts: float) -> bool:
+    """Insert one validated stream message into ``table`` (``fields`` besides box, seq and times),
+    raise the box's ``seq_column`` to its seq; return True if the (box, seq) row was new."""
+    row = {"box": msg["box"], "seq": msg["seq"], "ts": float(msg["ts"]),
+           "ingested_ts": ingested_ts}
+    row.update({k: msg.get(k) for k in fields})
+    with db.conn:
+        new = _insert_or_ignore(db, table, row)
+        if new:
+            _touch_box(db, msg["site"], msg["box"], ingested_ts)
+            db.conn.execute(
+                f"UPDATE boxes SET {seq_column} = max(coalesce({seq_column}, 0), ?) "
+                "WHERE box = ?", (msg["seq"], msg["box"]))
+    return new
+
+
 def insert_metrics(db: sqlite_utils.Database, msg: dict[str, Any], ingested_ts: float) -> bool:
     """Insert one validated ``metrics`` message; return True if the (box, seq) row was new.
 
@@ -196,32 +213,12 @@ def insert_metrics(db: sqlite_utils.Database, msg: dict[str, Any], ingested_ts: 
         msg: A message accepted by ``wire.validate("metrics", ...)``.
         ingested_ts: Wall-clock time of reception, in seconds since the epoch.
     """
-    row = {"box": msg["box"], "seq": msg["seq"], "ts": float(msg["ts"]),
-           "ingested_ts": ingested_ts}
-    row.update({k: msg.get(k) for k in METRIC_FIELDS})
-    with db.conn:
-        new = _insert_or_ignore(db, "metrics", row)
-        if new:
-            _touch_box(db, msg["site"], msg["box"], ingested_ts)
-            db.conn.execute(
-                "UPDATE boxes SET last_metrics_seq = max(coalesce(last_metrics_seq, 0), ?) "
-                "WHERE box = ?", (msg["seq"], msg["box"]))
-    return new
+    return _insert_stream(db, "metrics", METRIC_FIELDS, "last_metrics_seq", msg, ingested_ts)
 
 
 def insert_event(db: sqlite_utils.Database, msg: dict[str, Any], ingested_ts: float) -> bool:
     """Insert one validated ``event`` message; return True if the (box, seq) row was new."""
-    row = {"box": msg["box"], "seq": msg["seq"], "ts": float(msg["ts"]),
-           "ingested_ts": ingested_ts}
-    row.update({k: msg.get(k) for k in EVENT_FIELDS})
-    with db.conn:
-        new = _insert_or_ignore(db, "events", row)
-        if new:
-            _touch_box(db, msg["site"], msg["box"], ingested_ts)
-            db.conn.execute(
-                "UPDATE boxes SET last_event_seq = max(coalesce(last_event_seq, 0), ?) "
-                "WHERE box = ?", (msg["seq"], msg["box"]))
-    return new
+    return _insert_stream(db, "events", EVENT_FIELDS, "last_event_seq", msg, ingested_ts)
 
 
 def apply_status(db: sqlite_utils.Database, msg: dict[str, Any], ingested_ts: float,

@@ -20,7 +20,8 @@ from typing import Any
 
 import sqlite_utils
 
-from edge.update import version_key  # the order the boxes' updates use (standard library only)
+from miroir.versions import version_key  # the order the boxes' updates use
+from miroir.wire import DAY_S
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,6 @@ ALERT_CHECK_S = 2.0
 """Period of the offline-alert evaluation in the running dashboard (s)."""
 RESTART_GRACE_S = 120.0
 """Default time a box that said it restarts has to come back before it is alerted (s)."""
-DAY_S = 86400.0
-"""Seconds in a day."""
 
 SEVERITY = {
     "offline": 100, "never_seen": 95, "cert_expired": 90, "flood": 80, "capture": 70, "cert_expiring": 60,

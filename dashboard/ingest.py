@@ -32,8 +32,8 @@ from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge.journal import Refusals
 from miroir import wire
+from miroir.journal import Refusals
 
 from . import certs, fleet, schema
 from . import db as store

@@ -24,9 +24,6 @@ from . import db as store
 
 log = logging.getLogger(__name__)
 
-DAY_S = 86400.0
-"""Seconds in a day."""
-
 
 def purge(db: sqlite_utils.Database, *, metrics_days: float, aggregates_days: float,
           audit_days: float, now: float | None = None,
@@ -54,9 +51,9 @@ def purge(db: sqlite_utils.Database, *, metrics_days: float, aggregates_days: fl
         session_idle_s: Idle expiry of a session, seconds (None: only their maximum age).
     """
     now = time.time() if now is None else now
-    m_cut = now - metrics_days * DAY_S
-    a_cut = now - aggregates_days * DAY_S
-    au_cut = now - audit_days * DAY_S
+    m_cut = now - metrics_days * wire.DAY_S
+    a_cut = now - aggregates_days * wire.DAY_S
+    au_cut = now - audit_days * wire.DAY_S
     erased = finish_erasures(db)
     if any(erased.values()):
         log.info("finished an erasure a stopped server left under way: %s", erased)

@@ -48,6 +48,9 @@ GENERATOR_VERSION = 1
 """Bumped whenever the rendering or assembly below changes the output."""
 
 RATE_HZ = 16000
+"""Sample rate of the rendered calls: the box's (:data:`edge.frames.RATE_HZ`, a test keeps them
+equal), so that its source reads them as they are. Not imported: ``edge.frames`` loads numpy, which
+the demo loads only when it renders."""
 LEAD_IN_S = 0.8
 TAIL_S = 1.2
 TRUTH_MIN_PAUSE_S = 0.2

@@ -31,13 +31,11 @@ from typing import Any
 
 import numpy as np
 
+from edge.frames import RATE_HZ  # also the rate of the training clips
 from edge.runtime import Model, load_model
 
 log = logging.getLogger(__name__)
 
-RATE_HZ = 16_000
-"""Sample rate of the far channel the stage reads (:data:`edge.frames.RATE_HZ`) and of the
-training clips."""
 WINDOW_S = 2.0
 """Length of an affect window, seconds (the training clips are exactly 2.0 s)."""
 WINDOW_SAMPLES = int(WINDOW_S * RATE_HZ)

@@ -43,7 +43,6 @@ from edge import baselines
 from edge.control import ControlError, ControlSocket, parse
 from edge.conversation import ConversationConfig
 from edge.health import health_facts, take_restart_note, write_heartbeat
-from edge.journal import Refusals
 from edge.outbox import Outbox
 from edge.publisher import Publisher
 from edge.settings import EdgeSettings
@@ -51,6 +50,7 @@ from edge.stop import StopFlag
 from edge.watchdog import Notifier
 from miroir import wire
 from miroir.files import atomic_write
+from miroir.journal import Refusals
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from edge.frames import RATE_HZ
+from edge.source import import_soxr
 from edge.stop import StopFlag
 from miroir import wire
 
@@ -231,12 +232,8 @@ class _Input:
         self.stream: Any = None
         self.resampler: Any = None
         if rate_hz != RATE_HZ:
-            try:
-                import soxr
-            except ImportError as exc:  # pragma: no cover - depends on the install
-                raise CaptureError("soxr is not installed: `pip install 'miroir[box]'`") from exc
-            self.resampler = soxr.ResampleStream(rate_hz, RATE_HZ, channels, dtype="float32",
-                                                 quality="HQ")
+            self.resampler = import_soxr(CaptureError).ResampleStream(
+                rate_hz, RATE_HZ, channels, dtype="float32", quality="HQ")
 
     def callback(self, in_data: bytes | None, frame_count: int, time_info: Any,
                  status: int) -> tuple[None, int]:

@@ -38,14 +38,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge.frames import FRAME_S, FRAME_SAMPLES, RATE_HZ  # a frame is also the FFT size
+
 log = logging.getLogger(__name__)
 
-RATE_HZ = 16_000
-"""Sample rate of the line's frames (:data:`edge.frames.RATE_HZ`)."""
-FRAME_SAMPLES = 512
-"""Samples per frame and FFT size: the pipeline's 32 ms frame (:data:`edge.frames.FRAME_SAMPLES`)."""
-FRAME_S = FRAME_SAMPLES / RATE_HZ
-"""Length of a frame, seconds (32 ms)."""
 BIN_HZ = RATE_HZ / FRAME_SAMPLES
 """Width of an FFT bin of a frame: 31.25 Hz."""
 

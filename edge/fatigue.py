@@ -59,6 +59,11 @@ CORRELATION_S = 10.0
 """Consecutive windows read a 10 s prosody window that mostly overlaps the one before: this many
 seconds of windows make one independent observation (ten windows of 1 s, five of 2 s)."""
 VOICED_MIN = 0.2
+"""A prosody window of the agent (10 s: ``Pipeline(prosody_window_s=10.0)``) counts for the fatigue
+index only when at least this share of its 10 ms hops is voiced (2 s of voice in 10 s): under it,
+its pitch median and range, level and voice quality rest on a few syllables. The number came with
+the first pipeline (9e33ace) with no measure recorded: it is the floor the voice cues and the
+baselines use (:data:`edge.signals.VOICED_MIN`), kept a separate name so either can be tuned alone."""
 QUALITY = ("hnr", "jitter", "shimmer")
 """Voice-quality features, measured against the noise under the voice."""
 SNR_DROP_DB = 10.0

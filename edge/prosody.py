@@ -20,9 +20,8 @@ from typing import Any
 import numpy as np
 
 from edge import rate as rate_mod
+from edge.frames import RATE_HZ
 
-RATE_HZ = 16_000
-"""Input sample rate."""
 HOP_S = 0.01
 """Analysis hop: one pitch/loudness value every 10 ms; hop ``k`` is centred at ``(k + 0.5) * HOP_S``."""
 HOP_16 = 160

@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge.journal import Refusals
 from miroir import wire
 from miroir.files import read_regular
+from miroir.journal import Refusals
 
 log = logging.getLogger(__name__)
 

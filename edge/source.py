@@ -13,6 +13,7 @@ import wave
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -48,15 +49,20 @@ class Recording:
         return len(self.samples) / self.rate_hz
 
 
+def import_soxr(error: type[Exception] = RuntimeError) -> ModuleType:
+    """The soxr module, imported when a resampler is first needed, or ``error`` with the install hint."""
+    try:
+        import soxr
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise error("soxr is not installed: `pip install 'miroir[box]'`") from exc
+    return soxr
+
+
 def resample(samples: np.ndarray, from_hz: int, to_hz: int = RATE_HZ) -> np.ndarray:
     """Resample a mono float32 signal with soxr (high quality, lazy import)."""
     if from_hz == to_hz:
         return samples
-    try:
-        import soxr
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise RuntimeError("soxr is not installed: `pip install 'miroir[box]'`") from exc
-    return np.asarray(soxr.resample(samples, from_hz, to_hz, quality="HQ"), dtype=np.float32)
+    return np.asarray(import_soxr().resample(samples, from_hz, to_hz, quality="HQ"), dtype=np.float32)
 
 
 _PCM_SCALE = {1: 128.0, 2: 32768.0, 3: 8388608.0, 4: 2147483648.0}
@@ -333,11 +339,7 @@ def _open_wav(path: Path) -> _WaveReader:
 
 def _resample_stream(from_hz: int, to_hz: int = RATE_HZ) -> Any:
     """A soxr resampler fed block by block (the same samples as :func:`resample` of the whole)."""
-    try:
-        import soxr
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise RuntimeError("soxr is not installed: `pip install 'miroir[box]'`") from exc
-    return soxr.ResampleStream(from_hz, to_hz, 1, dtype="float32", quality="HQ")
+    return import_soxr().ResampleStream(from_hz, to_hz, 1, dtype="float32", quality="HQ")
 
 
 def read_wav(path: Path, *, notice: bool = True, two_files: str = TWO_FILES) -> Recording:

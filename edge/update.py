@@ -31,8 +31,8 @@ told otherwise, unpacks only plain files, folders and symbolic links that stay i
 release (its own check, not tarfile's filters), within size caps, and holds a lock on the
 root: one install or recovery at a time. Releases are deleted by
 renaming them away first, so a half-deleted one is never taken for complete. Verification needs
-``cryptography``; recovery needs only the standard library (the image runs this file with the
-system Python).
+``cryptography`` and installs the version order (``miroir.versions``); recovery needs only the
+standard library (the image runs this file alone with the system Python).
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ import io
 import json
 import logging
 import os
-import re
 import shutil
 import struct
 import sys
@@ -116,25 +115,6 @@ def _check_version(version: object) -> str:
             c.isalnum() or c in ".-+_" for c in version) or version.startswith("."):
         raise UpdateError(f"bad release version {version!r}")
     return version
-
-
-PRE_RELEASE = ("dev", "a", "alpha", "b", "beta", "c", "pre", "preview", "rc")
-"""Words that mark a version before its release (``0.2.0rc1`` before ``0.2.0``), in order."""
-
-
-def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
-    """Sort key of a release version: numbers compare as numbers (``0.10`` after ``0.9``), a
-    pre-release word before the end of the version (``0.2.0rc1``, ``0.2.0.dev3`` before
-    ``0.2.0``), other words after it (``1.0.post1`` after ``1.0``, before ``1.0.1``)."""
-    parts: list[tuple[int, int | str]] = []
-    for token in re.findall(r"\d+|[^\W\d_]+", version):
-        if token.isdigit():
-            parts.append((3, int(token)))
-        elif token.lower() in PRE_RELEASE:
-            parts.append((0, PRE_RELEASE.index(token.lower())))
-        else:
-            parts.append((2, token))
-    return (*parts, (1, 0))
 
 
 def rolled_back(root: Path) -> dict[str, Any] | None:
@@ -457,6 +437,8 @@ class Updater:
             UpdateError: refused (nothing switched; :class:`RolledBack` when rolled back,
                 :class:`BrokerUnreachable` when the broker kept it from being checked).
         """
+        from miroir.versions import version_key  # not at the top: recovery runs this file alone
+
         manifest = verify_release(bundle, public_key_pem)  # before anything is written
         with self.locked():
             self._recover()
@@ -478,6 +460,8 @@ class Updater:
 
     def previous_version(self) -> str | None:
         """The newest complete release kept besides the running one, or None."""
+        from miroir.versions import version_key  # not at the top: recovery runs this file alone
+
         running = self.current_version()
         kept = [path.name for path in self.releases.glob("[!.]*")
                 if path.name != running and (path / COMPLETE_MARK).exists()]

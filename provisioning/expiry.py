@@ -7,14 +7,13 @@ import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
+from miroir.wire import DAY_S
 from provisioning import pki
 from provisioning.inventory import ACTIVE
 from provisioning.site import Site
 
 WARN_DAYS = 30
 """Default warning horizon: as the dashboard's IT page (``dashboard.fleet.CERT_WARN_DAYS``)."""
-DAY_S = 86400.0
-"""Seconds in a day."""
 HTTPS_CERT = "https/cert.pem"
 """Where docs/dashboard-tls.md makes the dashboard's HTTPS certificate from the site CA."""
 

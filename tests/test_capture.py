@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -135,6 +136,27 @@ def test_8khz_device_is_resampled_to_16khz(alsa_home: AlsaHome, ami_pair: Pair,
         lag, corr = fast_lag(lo_cap, lo_ref)
         assert abs(lag) <= 2, lag
         assert corr > 0.98, corr
+
+
+def test_a_resampler_without_soxr_names_how_to_install_it(
+        alsa_home: AlsaHome, ami_pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """soxr is imported only when a rate differs from 16 kHz: without it, the 8 kHz device's
+    capture, the WAV resampler and its block-by-block stream each say which extra installs it."""
+    from edge.source import _resample_stream, resample
+
+    near, far = ami_pair(1.0)
+    alsa_home.define("miroirphone", write_raw(tmp_path / "phone8k.raw", near, far))
+    monkeypatch.setitem(sys.modules, "soxr", None)  # an install without the box extra
+    hint = r"^soxr is not installed: `pip install 'miroir\[box\]'`$"
+    src = CaptureSource(CaptureConfig("miroirphone", device_rate_hz=8_000, max_seconds=1.0,
+                                      realtime=False))
+    with pytest.raises(CaptureError, match=hint):
+        src.open()
+    src.close()
+    with pytest.raises(RuntimeError, match=hint):
+        resample(np.zeros(800, np.float32), 8_000)
+    with pytest.raises(RuntimeError, match=hint):
+        _resample_stream(8_000)
 
 
 def test_overruns_are_counted_and_the_callback_never_waits(alsa_home: AlsaHome, ami_pair: Pair,

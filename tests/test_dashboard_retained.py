@@ -198,11 +198,11 @@ def test_a_status_held_by_the_broker_while_the_dashboard_was_away_is_dated_when_
 def test_late_statuses_after_a_restart_are_a_few_log_lines_then_their_number(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A dashboard back after an absence gets every box's held status at once: each wrote its own
-    log line (200 boxes, 200 lines). They are written as refused commands are (edge/journal.py):
+    log line (200 boxes, 200 lines). They are written as refused commands are (miroir/journal.py):
     the first few one by one, then their number, here when the ingest stops."""
     import logging
 
-    from edge.journal import REFUSALS_LOGGED
+    from miroir.journal import REFUSALS_LOGGED
     settings = make_settings(tmp_path, site="site-1")
     ing = Ingest(settings, notify=lambda _update: None)
     boxes = [f"box-{i:03d}" for i in range(200)]

@@ -18,9 +18,8 @@ from dashboard import analytics, registry, retention, schema
 from dashboard import db as store
 from dashboard.settings import DashboardSettings
 from miroir import wire
+from miroir.wire import DAY_S
 from tests._fixtures_dashboard import query_plans
-
-DAY_S = 86400.0
 
 
 def _two_days_of_one_box(settings: DashboardSettings) -> store.sqlite_utils.Database:

@@ -16,7 +16,6 @@ import pytest
 from bench.farend import (
     DATA,
     NOISES,
-    RATE,
     accuracy_figures,
     band_limit,
     cadence,
@@ -29,7 +28,6 @@ from edge.farend import (
     BEEP,
     BUSY,
     DEAD,
-    FRAME_SAMPLES,
     MUSIC,
     RINGBACK,
     SILENCE,
@@ -39,6 +37,7 @@ from edge.farend import (
     classify_clip,
     frame_labels,
 )
+from edge.frames import FRAME_SAMPLES, RATE_HZ
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +88,7 @@ def _mix(x: np.ndarray, noise_name: str, snr_db: float) -> np.ndarray:
 
 
 def _share(labels: list[str], label: str, start_s: float, end_s: float) -> float:
-    part = labels[int(start_s * RATE / FRAME_SAMPLES):int(end_s * RATE / FRAME_SAMPLES)]
+    part = labels[int(start_s * RATE_HZ / FRAME_SAMPLES):int(end_s * RATE_HZ / FRAME_SAMPLES)]
     return part.count(label) / len(part)
 
 
@@ -98,31 +97,31 @@ def test_tones_in_real_noise() -> None:
     # then decides), but every burst must be recognised and none confused with another tone
     ring, _ = cadence((440.0,), (1.5, 3.5), 2)
     busy, _ = cadence((425.0,), (0.5, 0.5), 4)
-    x = np.concatenate([ring, busy, tone((1000.0,), 0.4), np.zeros(RATE, np.float32)])
-    labels = frame_labels(_mix(x, "doing_the_dishes", 20.0), RATE)
+    x = np.concatenate([ring, busy, tone((1000.0,), 0.4), np.zeros(RATE_HZ, np.float32)])
+    labels = frame_labels(_mix(x, "doing_the_dishes", 20.0), RATE_HZ)
     for on_s in (0.0, 5.0):
         assert _share(labels, RINGBACK, on_s + 0.1, on_s + 1.4) >= 0.9
     for on_s in (10.0, 11.0, 12.0, 13.0):
         assert _share(labels, BUSY, on_s + 0.1, on_s + 0.4) >= 0.9
     assert _share(labels, BEEP, 14.05, 14.35) >= 0.7
-    assert BUSY not in labels[:int(9.9 * RATE / FRAME_SAMPLES)]
+    assert BUSY not in labels[:int(9.9 * RATE_HZ / FRAME_SAMPLES)]
 
 
 def test_cadence_over_digital_silence() -> None:
     # VoIP silence suppression: exact zeros between bursts are part of the cadence, not a dead line
     ring, _ = cadence((440.0,), (1.5, 3.5), 2)
     busy, _ = cadence((440.0,), (0.5, 0.5), 4)
-    labels = frame_labels(np.concatenate([ring, busy]), RATE)
+    labels = frame_labels(np.concatenate([ring, busy]), RATE_HZ)
     assert _share(labels, RINGBACK, 0.1, 9.9) >= 0.95
     assert _share(labels, BUSY, 10.1, 13.9) >= 0.95
 
 
 def test_music_in_noise_and_speech_over_noise() -> None:
     music = melody(10.0, seed=7)
-    speech = scale_to(read_wav(DATA / "ami-headsets" / "source1.wav")[: 20 * RATE], -26.0)
-    labels = frame_labels(_mix(np.concatenate([music, speech]), "running_tap", 20.0), RATE)
+    speech = scale_to(read_wav(DATA / "ami-headsets" / "source1.wav")[: 20 * RATE_HZ], -26.0)
+    labels = frame_labels(_mix(np.concatenate([music, speech]), "running_tap", 20.0), RATE_HZ)
     assert _share(labels, MUSIC, 0.5, 10.0) >= 0.95
-    assert not any(lab in VETO_CLASSES for lab in labels[int(11 * RATE / FRAME_SAMPLES):])
+    assert not any(lab in VETO_CLASSES for lab in labels[int(11 * RATE_HZ / FRAME_SAMPLES):])
 
 
 def test_eight_khz_clip_and_segments() -> None:
@@ -221,7 +220,7 @@ def test_one_tone_like_vowel_does_not_hang_up_the_call() -> None:
     clip = read_audio(shared / "emodb" / "wav" / "09b02Tb.wav", notice=False).samples
     vowel = np.concatenate([np.zeros(8000), clip, np.zeros(16000)]).astype(np.float32)
     far = np.concatenate([prospect[: 20 * 16000], vowel, prospect[20 * 16000: 38 * 16000]])[: len(near)]
-    assert any(label == "busy" for _, _, label in classify_clip(vowel, RATE))
+    assert any(label == "busy" for _, _, label in classify_clip(vowel, RATE_HZ))
     pipe = Pipeline(load_vad_model())
     events = []
     for i in range(0, len(near), 1024):
@@ -318,10 +317,11 @@ def test_a_voicemail_greeting_is_not_a_prospect() -> None:
     agent = read_audio(shared / "source0.wav", notice=False).samples
     voice = read_audio(shared / "source1.wav", notice=False).samples
     beep = tone((1000.0,), 0.5)
-    floor = (np.random.default_rng(3).standard_normal(40 * RATE) * 10 ** (-55 / 20)).astype(np.float32)
-    greeting = band_limit(voice[: 12 * RATE])
-    far = np.concatenate([greeting, np.zeros(RATE // 2), beep, np.zeros(27 * RATE)])[: 40 * RATE] + floor
-    near = np.concatenate([np.zeros(14 * RATE), agent[: 26 * RATE]])[: 40 * RATE] + floor / 10
+    floor = (np.random.default_rng(3).standard_normal(40 * RATE_HZ) * 10 ** (-55 / 20)).astype(np.float32)
+    greeting = band_limit(voice[: 12 * RATE_HZ])
+    far = np.concatenate([greeting, np.zeros(RATE_HZ // 2), beep,
+                          np.zeros(27 * RATE_HZ)])[: 40 * RATE_HZ] + floor
+    near = np.concatenate([np.zeros(14 * RATE_HZ), agent[: 26 * RATE_HZ]])[: 40 * RATE_HZ] + floor / 10
     events = _run_call(near.astype(np.float32), far.astype(np.float32))
     calls = [e for e in events if e["name"] in ("call_start", "call_end")]
     assert [e["name"] for e in calls] == ["call_start", "call_end"], calls
@@ -333,10 +333,11 @@ def test_a_voicemail_greeting_is_not_a_prospect() -> None:
     # the same beep after the agent and the prospect have talked for 20 s ends nothing
     talk = sorted((shared.parent / "emodb" / "wav").glob("08*N*.wav"))
     said = np.concatenate([read_audio(p, notice=False).samples for p in talk])
-    assert len(said) >= 12 * RATE
-    live_near = np.concatenate([said[: 20 * RATE], np.zeros(40 * RATE)])[: 40 * RATE]
-    live_far = np.concatenate([band_limit(voice[: 20 * RATE]), beep, band_limit(voice[20 * RATE: 39 * RATE])])
-    live_far = np.pad(live_far, (0, max(0, 40 * RATE - len(live_far))))[: 40 * RATE]
+    assert len(said) >= 12 * RATE_HZ
+    live_near = np.concatenate([said[: 20 * RATE_HZ], np.zeros(40 * RATE_HZ)])[: 40 * RATE_HZ]
+    live_far = np.concatenate([band_limit(voice[: 20 * RATE_HZ]), beep,
+                               band_limit(voice[20 * RATE_HZ: 39 * RATE_HZ])])
+    live_far = np.pad(live_far, (0, max(0, 40 * RATE_HZ - len(live_far))))[: 40 * RATE_HZ]
     events = _run_call((live_near + floor / 10).astype(np.float32), (live_far + floor).astype(np.float32))
     assert [e["call_end_reason"] for e in events if e["name"] == "call_end"] == ["end_of_stream"]
 
@@ -356,7 +357,7 @@ def test_the_prospect_is_heard_when_the_hold_music_ends() -> None:
         voice = scale_to(band_limit(read_wav(DATA / "emodb" / "wav" / name)), -28.0)
         lo_s, hi_s = _emodb_span(name)
         for gap_s in heard:
-            far = np.concatenate([music, np.zeros(round(gap_s * RATE)), voice, np.zeros(RATE)])
+            far = np.concatenate([music, np.zeros(round(gap_s * RATE_HZ)), voice, np.zeros(RATE_HZ)])
             far = (far + rng.standard_normal(len(far)) * 10 ** (-70 / 20)).astype(np.float32)
             near = (rng.standard_normal(len(far)) * 10 ** (-70 / 20)).astype(np.float32)
             t0 = 10.0 + gap_s
@@ -374,11 +375,11 @@ def test_hold_music_that_stops_ends_on_a_quiet_line_and_a_steady_tone_is_a_beep(
     ``music_pause_s`` the label is silence again, so the call's hold ends (music kept the call
     open for good, the line being quiet). A progress-band tone held past ``steady_tone_s`` is a
     steady tone (``beep``), not a ringback, over its whole length."""
-    quiet = scale_to(read_wav(DATA / "noise" / "pink_noise.wav")[: 8 * RATE], -65.0)
-    x = np.concatenate([melody(10.0, seed=7), np.zeros(8 * RATE, np.float32)])
-    x[10 * RATE:] += quiet
-    labels = frame_labels(x, RATE)
+    quiet = scale_to(read_wav(DATA / "noise" / "pink_noise.wav")[: 8 * RATE_HZ], -65.0)
+    x = np.concatenate([melody(10.0, seed=7), np.zeros(8 * RATE_HZ, np.float32)])
+    x[10 * RATE_HZ:] += quiet
+    labels = frame_labels(x, RATE_HZ)
     assert _share(labels, MUSIC, 0.5, 10.0) >= 0.95
     assert _share(labels, MUSIC, 13.5, 18.0) == 0.0 and _share(labels, SILENCE, 13.5, 18.0) == 1.0
-    steady = frame_labels(tone((425.0,), 4.0), RATE)
+    steady = frame_labels(tone((425.0,), 4.0), RATE_HZ)
     assert steady.count(BEEP) >= 0.95 * len(steady) and RINGBACK not in steady

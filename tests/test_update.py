@@ -32,8 +32,8 @@ from edge.update import (
     rolled_back,
     sign_release,
     verify_release,
-    version_key,
 )
+from miroir.versions import version_key
 
 REPO = Path(__file__).resolve().parents[1]
 

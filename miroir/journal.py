@@ -1,5 +1,5 @@
 """Journal lines of a flood (commands refused or dropped, late statuses): a few one by one, then
-their number."""
+their number. The box and the dashboard both use it; standard library only."""
 
 from __future__ import annotations
 
