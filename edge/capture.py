@@ -193,6 +193,11 @@ class CaptureConfig:
             raise CaptureError("max_seconds must be > 0")
 
 
+CLOSE_WAIT_S = 1.0
+"""How long closing the stream(s) may take before it is left to a thread of its own: PortAudio's
+stop (and its abort) wait for the callback thread, which a device that opened and delivers nothing
+can hold in the driver's read for good (an ALSA file PCM on a silent FIFO: the box never came
+back from the close, and a SIGTERM then found it there)."""
 ADC_SLACK_S = 1.0
 """Silence put back for a driver overflow may exceed the wall time since the last block by this
 much (PortAudio's capture times are exact where a late callback shortened that wall time); a
@@ -338,6 +343,9 @@ class CaptureSource:
         self._inputs: list[_Input] = []
         self._delivered = False
         """The open stream(s) delivered audio (a device can open and never deliver)."""
+        self._closing: threading.Thread | None = None
+        """The close of streams whose driver did not let go within :data:`CLOSE_WAIT_S`, still
+        waiting (no re-open until it ends: PortAudio takes one call at a time)."""
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -354,6 +362,11 @@ class CaptureSource:
             CaptureError: a device refuses every rate or fails to start.
         """
         self.close()
+        if self._closing is not None:
+            if self._closing.is_alive():
+                raise CaptureError(f"{self._closing.name}: closed, and still held by the driver; "
+                                   "not opened again before it lets go")
+            self._closing = None
         module = self._pyaudio_module or import_pyaudio()
         self._pyaudio_module = module
         try:
@@ -426,14 +439,25 @@ class CaptureSource:
                                f"{exc}") from None
 
     def close(self) -> None:
-        """Stop the stream(s) and release PortAudio."""
-        for inp in self._inputs:
-            inp.close()
-        self._inputs = []
-        if self._pa is not None:
-            with contextlib.suppress(Exception):
-                self._pa.terminate()
-            self._pa = None
+        """Stop the stream(s) and release PortAudio, waiting for it at most :data:`CLOSE_WAIT_S`.
+
+        A driver that holds PortAudio's callback thread would hold the close, and the box's loop
+        with it, for good: past that wait the close goes on in a thread of its own (logged), the
+        device is not opened again until it ends, and a box that is stopping exits meanwhile.
+        """
+        inputs, pa = self._inputs, self._pa
+        self._inputs, self._pa = [], None
+        if not inputs and pa is None:
+            return
+        names = " and ".join(repr(inp.name) for inp in inputs)
+        what = f"capture device{'s' if len(inputs) > 1 else ''} {names}" if inputs else "PortAudio"
+        closer = threading.Thread(target=_release, args=(inputs, pa), daemon=True, name=what)
+        closer.start()
+        closer.join(CLOSE_WAIT_S)
+        if closer.is_alive():
+            self._closing = closer
+            log.warning("%s: did not stop within %g s (its driver holds PortAudio's thread): "
+                        "left to close in the background", closer.name, CLOSE_WAIT_S)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -597,6 +621,15 @@ class CaptureSource:
         return {"capture_ok": self.device_ok, "overruns": self.overruns + self.input_overflows,
                 "capture_reopens": self.reopen_count,
                 "capture_error": error[:wire.MAX_TEXT_CHARS]}
+
+
+def _release(inputs: list[_Input], pa: Any) -> None:
+    """Close the streams, then PortAudio (the closer thread of :meth:`CaptureSource.close`)."""
+    for inp in inputs:
+        inp.close()
+    if pa is not None:
+        with contextlib.suppress(Exception):
+            pa.terminate()
 
 
 def _drain(q: queue.Queue[tuple[int, bytes]], wait_s: float) -> list[tuple[int, bytes]]:
