@@ -174,6 +174,28 @@ def test_control_socket_survives_its_directory_going_away(tmp_path) -> None:
     control.close()
 
 
+def test_a_control_socket_closed_leaves_the_socket_another_agent_bound_since(tmp_path) -> None:
+    """A stray second agent on the same state directory binds the control socket's path (the
+    first one's file replaced): when the first stops, its close removed the path, the second's
+    socket, and the front panel's button and the CTI connector reached nothing (measured: the
+    second's socket file gone, its sends refused with ENOENT). A close now removes only the socket
+    it bound (its device and inode); the second's own close still removes it."""
+    import socket
+
+    from edge.control import ControlSocket
+
+    path = tmp_path / "run" / "control"
+    first = ControlSocket(path)
+    second = ControlSocket(path)  # takes the path over
+    first.close()
+    assert path.is_socket(), "the second agent's socket was removed by the first's close"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+        sender.sendto(b"identify", str(path))
+    assert [text for text, _ in second.take()] == ["identify"]
+    second.close()
+    assert not path.exists()
+
+
 def test_private_mode_ends_open_cues_and_keeps_the_call_state_for_later() -> None:
     """Going private closes the open cues on the wire (cue_off before private_on); a hold set by
     the softphone during the private call holds after it."""
