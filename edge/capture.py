@@ -397,7 +397,6 @@ class CaptureSource:
         except BaseException:
             self.close()
             raise
-        self.last_error = None
         self.opens += 1
         self._delivered = False  # device_ok waits for the first audio (a wedged device opens)
         log.info("capturing from %s", ", ".join(f"{i.name!r} at {i.rate_hz} Hz"
@@ -489,10 +488,10 @@ class CaptureSource:
                         backoff_s = min(2 * backoff_s, cfg.backoff_max_s)
                         continue
                     first = False
-                ended = yield from self._read()
-                if ended:
+                loss = yield from self._read()
+                if loss is None:
                     return
-                self._lost(self.last_error or "capture stream stopped", False)
+                self._lost(loss, False)
                 # a device that delivered is retried at once; one that never did, ever later
                 backoff_s = cfg.backoff_s if self._delivered else min(2 * backoff_s, cfg.backoff_max_s)
                 self.close()
@@ -516,8 +515,9 @@ class CaptureSource:
             self.stop_event.wait(min(left, self.config.idle_s))
             yield np.zeros((2, 0), dtype=np.float32)
 
-    def _read(self) -> Generator[np.ndarray, None, bool]:
-        """Yield blocks from the open inputs; return True at the end of the data, False on loss."""
+    def _read(self) -> Generator[np.ndarray, None, str | None]:
+        """Yield blocks from the open inputs; return None at the end of the data (or a stop), why
+        on a loss."""
         cfg = self.config
         inputs = self._inputs
         pending = [np.zeros((inp.channels, 0), dtype=np.float32) for inp in inputs]
@@ -549,29 +549,30 @@ class CaptureSource:
                 if cfg.realtime:
                     delay_s = t0 + sent / (RATE_HZ * PACE_SLACK) - time.monotonic()
                     if delay_s > 0 and self.stop_event.wait(delay_s):
-                        return True
+                        return None
                 sent += chunk.shape[1]
                 yielded_t = time.monotonic()
                 yield chunk
             pending = [p[:, n:] for p in pending]
             if ended:
-                return True
+                return None
             if n:
                 continue
             reason = self._check_alive(inputs)
             if reason is not None:
-                self.last_error = reason
                 yield from self._tail(inputs, pending, block)
-                return False
+                return reason
             if time.monotonic() - yielded_t >= cfg.idle_s:  # no audio yet: the caller's loop runs on
                 yielded_t = time.monotonic()
                 yield np.zeros((2, 0), dtype=np.float32)
-        return True
+        return None
 
     def _back(self) -> None:
         """The first audio since an open: the device is delivering (a re-open after a loss)."""
         self._delivered = True
         self.device_ok = True
+        self.last_error = None  # (kept until then: a device that opens and stays silent is
+        # written to the journal once, not at each re-open)
         if self.opens > 1:
             self.reopen_count += 1
             log.warning("capture device back after a loss (re-open #%d)", self.reopen_count)
