@@ -175,6 +175,9 @@ class Box:
         self._refusals = {"cmd": Refusals("MQTT command", logger=log),
                           "local": Refusals("local command", logger=log)}
         """The journal's account of refused commands, per source."""
+        self._call_states = Refusals("call state", "applied", log, plural="call states",
+                                     counter="", level=logging.INFO)
+        """The journal's account of the call states applied: a flipping connector is counted."""
         self.pipeline_errors = 0
         """Blocks on which a stage raised (a bug: logged, the stages started again)."""
         self.fields_dropped = 0
@@ -332,7 +335,7 @@ class Box:
             self.cmd_refused += 1
             self._refusals["cmd"].refused(str(exc))
             return "refused"
-        return self._apply_safely(msg)
+        return self._apply_safely(msg, "the cmd topic")
 
     def answer_local(self, text: str) -> tuple[str, str]:
         """Apply one command from the control socket; return its action (or ``refused``) and the
@@ -343,7 +346,7 @@ class Box:
             self.cmd_refused += 1
             self._refusals["local"].refused(str(exc))
             return "refused", f"refused: {exc}"
-        action = self._apply_safely(msg)
+        action = self._apply_safely(msg, "the control socket")
         if action == "refused":
             return action, "refused: the command failed (see the box's journal)"
         if action == "call_state":
@@ -388,16 +391,17 @@ class Box:
         except OSError as exc:
             log.error("cannot keep the reload's time in %s: %s", self.settings.state_dir, exc)
 
-    def _apply_safely(self, msg: dict[str, Any]) -> str:
+    def _apply_safely(self, msg: dict[str, Any], source: str) -> str:
         """:meth:`_apply`, counting a command that fails as refused: the loop must go on."""
         try:
-            return self._apply(msg)
+            return self._apply(msg, source)
         except Exception:
             self.cmd_refused += 1
             log.exception("command %s failed", msg.get("action"))
             return "refused"
 
-    def _apply(self, msg: dict[str, Any]) -> str:
+    def _apply(self, msg: dict[str, Any], source: str = "") -> str:
+        """Apply one accepted command from ``source`` (for the journal); return its action."""
         action = str(msg["action"])
         state = _STATE_OF.get(action)
         if state is not None and "ts" in msg:
@@ -429,14 +433,16 @@ class Box:
         elif action == "forget_baselines":
             self.forget_baselines(float(msg["ts"]))
         elif action == "call_state":
-            self._set_call_state(str(msg["call_state"]))
+            self._set_call_state(str(msg["call_state"]), source)
         self.cmd_done += 1
         return action
 
-    def _set_call_state(self, state: str) -> None:
+    def _set_call_state(self, state: str, source: str = "") -> None:
         """Take the softphone's call state; the same state again changes nothing, except that an
         ``idle`` ends a call that the prospect's speech started since the last ``idle`` (the box's
-        state was ``idle`` already: its start, or the last hang-up), once per call."""
+        state was ``idle`` already: its start, or the last hang-up), once per call. A change is
+        written to the journal (a few a minute, then counted), except while private: it would
+        date the private call's hold and end, as the status would."""
         begun = getattr(getattr(self.pipeline, "conversation", None), "calls_begun", None)
         if state == self.call_state and (state != "idle" or self.private or not self._in_call()
                                          or begun == self._idle_call):
@@ -444,6 +450,8 @@ class Box:
         if state == "idle":
             self._idle_call = begun
         if state != self.call_state:
+            if not self.private:
+                self._call_states.refused(f"{state} (was {self.call_state}; from {source})")
             self.call_state = state
             if not self.private:
                 self._shown_call_state = state
@@ -496,7 +504,7 @@ class Box:
                 log.warning("cannot write the heartbeat in %s: %s", self.settings.state_dir, exc)
         for topic, payload, retained in self.publisher.take_commands():
             self.handle_command(topic, payload, retained)
-        for refusals in (*self._refusals.values(), self.publisher.drops):
+        for refusals in (*self._refusals.values(), self._call_states, self.publisher.drops):
             refusals.flush()
         connected = self.publisher.connected.is_set()
         now = time.monotonic()
@@ -679,7 +687,7 @@ class Box:
         finally:
             self.watchdog.stopping()
             self.save_baselines()
-            for refusals in (*self._refusals.values(), self.publisher.drops):
+            for refusals in (*self._refusals.values(), self._call_states, self.publisher.drops):
                 refusals.flush(force=True)
             if self.control is not None:
                 self.control.close()

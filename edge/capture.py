@@ -194,6 +194,11 @@ class CaptureConfig:
             raise CaptureError("max_seconds must be > 0")
 
 
+CLOSE_WAIT_S = 1.0
+"""How long closing the stream(s) may take before it is left to a thread of its own: PortAudio's
+stop (and its abort) wait for the callback thread, which a device that opened and delivers nothing
+can hold in the driver's read for good (an ALSA file PCM on a silent FIFO: the box never came
+back from the close, and a SIGTERM then found it there)."""
 ADC_SLACK_S = 1.0
 """Silence put back for a driver overflow may exceed the wall time since the last block by this
 much (PortAudio's capture times are exact where a late callback shortened that wall time); a
@@ -335,6 +340,9 @@ class CaptureSource:
         self._inputs: list[_Input] = []
         self._delivered = False
         """The open stream(s) delivered audio (a device can open and never deliver)."""
+        self._closing: threading.Thread | None = None
+        """The close of streams whose driver did not let go within :data:`CLOSE_WAIT_S`, still
+        waiting (no re-open until it ends: PortAudio takes one call at a time)."""
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -351,6 +359,11 @@ class CaptureSource:
             CaptureError: a device refuses every rate or fails to start.
         """
         self.close()
+        if self._closing is not None:
+            if self._closing.is_alive():
+                raise CaptureError(f"{self._closing.name}: closed, and still held by the driver; "
+                                   "not opened again before it lets go")
+            self._closing = None
         module = self._pyaudio_module or import_pyaudio()
         self._pyaudio_module = module
         try:
@@ -381,7 +394,6 @@ class CaptureSource:
         except BaseException:
             self.close()
             raise
-        self.last_error = None
         self.opens += 1
         self._delivered = False  # device_ok waits for the first audio (a wedged device opens)
         log.info("capturing from %s", ", ".join(f"{i.name!r} at {i.rate_hz} Hz"
@@ -423,14 +435,25 @@ class CaptureSource:
                                f"{exc}") from None
 
     def close(self) -> None:
-        """Stop the stream(s) and release PortAudio."""
-        for inp in self._inputs:
-            inp.close()
-        self._inputs = []
-        if self._pa is not None:
-            with contextlib.suppress(Exception):
-                self._pa.terminate()
-            self._pa = None
+        """Stop the stream(s) and release PortAudio, waiting for it at most :data:`CLOSE_WAIT_S`.
+
+        A driver that holds PortAudio's callback thread would hold the close, and the box's loop
+        with it, for good: past that wait the close goes on in a thread of its own (logged), the
+        device is not opened again until it ends, and a box that is stopping exits meanwhile.
+        """
+        inputs, pa = self._inputs, self._pa
+        self._inputs, self._pa = [], None
+        if not inputs and pa is None:
+            return
+        names = " and ".join(repr(inp.name) for inp in inputs)
+        what = f"capture device{'s' if len(inputs) > 1 else ''} {names}" if inputs else "PortAudio"
+        closer = threading.Thread(target=_release, args=(inputs, pa), daemon=True, name=what)
+        closer.start()
+        closer.join(CLOSE_WAIT_S)
+        if closer.is_alive():
+            self._closing = closer
+            log.warning("%s: did not stop within %g s (its driver holds PortAudio's thread): "
+                        "left to close in the background", closer.name, CLOSE_WAIT_S)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -462,10 +485,10 @@ class CaptureSource:
                         backoff_s = min(2 * backoff_s, cfg.backoff_max_s)
                         continue
                     first = False
-                ended = yield from self._read()
-                if ended:
+                loss = yield from self._read()
+                if loss is None:
                     return
-                self._lost(self.last_error or "capture stream stopped", False)
+                self._lost(loss, False)
                 # a device that delivered is retried at once; one that never did, ever later
                 backoff_s = cfg.backoff_s if self._delivered else min(2 * backoff_s, cfg.backoff_max_s)
                 self.close()
@@ -489,8 +512,9 @@ class CaptureSource:
             self.stop_event.wait(min(left, self.config.idle_s))
             yield np.zeros((2, 0), dtype=np.float32)
 
-    def _read(self) -> Generator[np.ndarray, None, bool]:
-        """Yield blocks from the open inputs; return True at the end of the data, False on loss."""
+    def _read(self) -> Generator[np.ndarray, None, str | None]:
+        """Yield blocks from the open inputs; return None at the end of the data (or a stop), why
+        on a loss."""
         cfg = self.config
         inputs = self._inputs
         pending = [np.zeros((inp.channels, 0), dtype=np.float32) for inp in inputs]
@@ -522,29 +546,30 @@ class CaptureSource:
                 if cfg.realtime:
                     delay_s = t0 + sent / (RATE_HZ * PACE_SLACK) - time.monotonic()
                     if delay_s > 0 and self.stop_event.wait(delay_s):
-                        return True
+                        return None
                 sent += chunk.shape[1]
                 yielded_t = time.monotonic()
                 yield chunk
             pending = [p[:, n:] for p in pending]
             if ended:
-                return True
+                return None
             if n:
                 continue
             reason = self._check_alive(inputs)
             if reason is not None:
-                self.last_error = reason
                 yield from self._tail(inputs, pending, block)
-                return False
+                return reason
             if time.monotonic() - yielded_t >= cfg.idle_s:  # no audio yet: the caller's loop runs on
                 yielded_t = time.monotonic()
                 yield np.zeros((2, 0), dtype=np.float32)
-        return True
+        return None
 
     def _back(self) -> None:
         """The first audio since an open: the device is delivering (a re-open after a loss)."""
         self._delivered = True
         self.device_ok = True
+        self.last_error = None  # (kept until then: a device that opens and stays silent is
+        # written to the journal once, not at each re-open)
         if self.opens > 1:
             self.reopen_count += 1
             log.warning("capture device back after a loss (re-open #%d)", self.reopen_count)
@@ -594,6 +619,15 @@ class CaptureSource:
         return {"capture_ok": self.device_ok, "overruns": self.overruns + self.input_overflows,
                 "capture_reopens": self.reopen_count,
                 "capture_error": error[:wire.MAX_TEXT_CHARS]}
+
+
+def _release(inputs: list[_Input], pa: Any) -> None:
+    """Close the streams, then PortAudio (the closer thread of :meth:`CaptureSource.close`)."""
+    for inp in inputs:
+        inp.close()
+    if pa is not None:
+        with contextlib.suppress(Exception):
+            pa.terminate()
 
 
 def _drain(q: queue.Queue[tuple[int, bytes]], wait_s: float) -> list[tuple[int, bytes]]:

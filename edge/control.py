@@ -98,6 +98,9 @@ class ControlSocket:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.setblocking(False)
         self._sock.bind(str(self.path))
+        bound = self.path.lstat()
+        self._bound = (bound.st_dev, bound.st_ino)
+        """The socket file this agent bound: close removes it, never one bound there since."""
         mode = 0o600
         if group:
             try:
@@ -154,7 +157,15 @@ class ControlSocket:
                 log.error("cannot write the panel's state %s: %s", path, exc)
 
     def close(self) -> None:
-        """Close and remove the socket file (if still ours)."""
+        """Close, and remove the socket file if it is still the one bound here (a second agent
+        on the same path since, a stray one, keeps its own)."""
         self._sock.close()
+        try:
+            now = self.path.lstat()
+        except OSError:
+            return
+        if (now.st_dev, now.st_ino) != self._bound:
+            log.warning("control socket %s: another process bound it since; left to it", self.path)
+            return
         with contextlib.suppress(OSError):
             self.path.unlink()

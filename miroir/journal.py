@@ -1,5 +1,5 @@
-"""Journal lines of a flood (commands refused or dropped, late statuses): a few one by one, then
-their number. The box and the dashboard both use it; standard library only."""
+"""Journal lines of a flood (commands refused or dropped, late statuses, call states applied): a few
+one by one, then their number. The box and the dashboard both use it; standard library only."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ class Refusals:
     fill the card). Thread-safe: paho's thread counts the commands its queue drops.
 
     ``plural``: ``what`` for more than one (default: ``what`` + "s", and "(s)" in the count's
-    line); ``counter``: the counter that has them all; ``level``: the lines' logging level."""
+    line); ``counter``: the counter that has them all (empty: the journal's count only);
+    ``level``: the lines' logging level."""
 
     def __init__(self, what: str, verb: str = "refused",
                  logger: logging.Logger | None = None, *, plural: str = "",
@@ -52,9 +53,10 @@ class Refusals:
             if self.count <= REFUSALS_LOGGED:
                 self.log.log(self.level, "%s %s: %s", self.what, self.verb, why)
             if self.count == REFUSALS_LOGGED:
-                self.log.log(self.level, "further %s %s are counted in %s; their number is "
+                where = f" in {self.counter}" if self.counter else ""
+                self.log.log(self.level, "further %s %s are counted%s; their number is "
                              "written within %.0f s", self.verb, self.plural or f"{self.what}s",
-                             self.counter, REFUSALS_EVERY_S)
+                             where, REFUSALS_EVERY_S)
 
     def flush(self, force: bool = False) -> None:
         """Write how many were refused since the count began, once :data:`REFUSALS_EVERY_S` have

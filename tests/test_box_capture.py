@@ -865,6 +865,67 @@ def test_a_stop_signal_while_the_capture_device_opens_stops_the_box(alsa_home, t
     assert "signal 15: stopping" in text and "Traceback" not in text, text[-800:]
 
 
+def test_a_capture_device_that_opens_and_stays_silent_lets_the_box_stop(alsa_home, tmp_path: Path
+                                                                        ) -> None:
+    """A device that opens and delivers nothing (an ALSA file PCM on a FIFO whose writer stays
+    silent): PortAudio's callback thread blocks in the driver's read, and the capture's close
+    waited for it in Pa_StopStream (Pa_AbortStream too: the read is where PortAudio holds off its
+    cancel). Measured: the box never came back from its close after the 2-s stall, and was still
+    running 10 s after a SIGTERM (systemd's SIGKILL then: no offline status, the outbox not
+    closed). The close is left to a thread of its own after CLOSE_WAIT_S (logged), the device is
+    not opened again meanwhile, and the box stops on SIGTERM, exit 0."""
+    import errno
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "headset.fifo"
+    os.mkfifo(fifo)
+    alsa_home.define("miroir_silent", fifo)
+    state = tmp_path / "state"
+    state.mkdir()
+    config = tmp_path / "box.toml"
+    config.write_text(f'site = "site-a"\nbox = "box-a"\nbroker_port = 9\nstate_dir = "{state}"\n'
+                      'capture_device = "miroir_silent"\n')
+    log = tmp_path / "journal.log"
+    writer = -1
+    with log.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "miroir", "edge", "run", "--config",
+                                 str(config)], stdout=subprocess.DEVNULL, stderr=err,
+                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        deadline = time.monotonic() + 60
+        while writer < 0:  # the writer: there, and silent (the device's open waits for one)
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-600:]
+            try:
+                writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:  # no reader yet: the box is still starting
+                assert exc.errno == errno.ENXIO
+                time.sleep(0.05)
+        deadline = time.monotonic() + 15  # the stall (2 s), then the close that does not end
+        while (not (stuck := "left to close in the background" in log.read_text())
+               and time.monotonic() < deadline and proc.poll() is None):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        try:
+            code: int | None = proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            code = None
+        stopped_s = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if writer >= 0:
+            os.close(writer)
+    text = log.read_text()
+    assert stuck and "capture device 'miroir_silent': did not stop within" in text, text[-800:]
+    assert code == 0 and stopped_s < 5, (code, stopped_s, text[-800:])
+    assert "signal 15: stopping" in text and "Traceback" not in text, text[-800:]
+
+
 def _wakeups() -> int:
     """How often this thread has slept and been woken (its voluntary context switches)."""
     status = Path("/proc/thread-self/status").read_text()

@@ -346,12 +346,14 @@ def test_frames_the_driver_lost_become_silence_of_their_length() -> None:
 
 
 @pytest.mark.parametrize("pair", [False, True])
-def test_a_device_that_opens_but_never_delivers_is_not_back(pair: bool) -> None:
+def test_a_device_that_opens_but_never_delivers_is_not_back(pair: bool,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
     """A wedged USB adapter opens and stays silent: it is not reported back (no re-open counted),
     the caller's loop still gets empty blocks, and it is retried with a growing backoff. Of two
     mono devices, the one that delivers does not make the pair back, and its audio is no call:
     nothing is yielded with the wedged channel filled with silence (before, the pair was back at
-    its first block, reopened at once, and made a call of each second of the other channel)."""
+    its first block, reopened at once, and made a call of each second of the other channel). Its
+stall is written to the journal once, not at each re-open."""
     class Stream:
         def __init__(self, callback: Any = None) -> None:
             self.started = self.stopped = False
@@ -400,11 +402,14 @@ def test_a_device_that_opens_but_never_delivers_is_not_back(pair: bool) -> None:
                                       realtime=False), pyaudio_module=Module)
     blocks = src.blocks()
     try:
-        got = [next(blocks) for _ in range(40)]
+        with caplog.at_level("ERROR", logger="edge.capture"):
+            got = [next(blocks) for _ in range(40)]
     finally:
         src.stop_event.set()
     assert all(b.shape == (2, 0) for b in got)
     assert not src.device_ok and src.reopen_count == 0 and len(opens) >= 3
+    assert [r.getMessage() for r in caplog.records] == [
+        "capture: capture device 'wedged' delivered nothing for 0.2 s"]
     gaps = np.diff(opens)
     assert gaps[-1] > gaps[0], gaps  # the backoff grows
 
@@ -546,3 +551,58 @@ def test_portaudio_probing_in_a_test_home_leaves_nothing_in_tmp(alsa_home: AlsaH
     made = [p for p in alsa_home.home.rglob("*") if p.is_symlink()]
     outside = [f"{p} -> {p.resolve()}" for p in made if not p.resolve().is_relative_to(tmp_path)]
     assert not outside, outside
+
+
+def test_a_device_that_opens_and_stays_silent_is_in_the_journal_once(
+        alsa_home: AlsaHome, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A device that opened and never delivered (an ALSA file PCM on a FIFO whose writer stays
+    silent) was lost without a word in the journal: the read noted the reason as the last error
+    before the loss compared the two, so only a device that had delivered was logged (measured on
+    `miroir edge run`: nothing after "capturing from", for good). The stall is written once now,
+    and the same reason is not written again at each retry."""
+    import errno
+    import os
+    import threading
+
+    fifo = tmp_path / "headset.fifo"
+    os.mkfifo(fifo)
+    alsa_home.define("miroirsilent", fifo)
+    writer: list[int] = []
+    done = threading.Event()
+
+    def open_writer() -> None:  # there, and silent (the device's open waits for one)
+        while not done.is_set() and not writer:
+            try:
+                writer.append(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError as exc:  # no reader yet
+                assert exc.errno == errno.ENXIO
+                done.wait(0.01)
+
+    opener = threading.Thread(target=open_writer, daemon=True)
+    opener.start()
+    src = CaptureSource(CaptureConfig("miroirsilent", stall_s=0.3, idle_s=0.05, backoff_s=0.05,
+                                      backoff_max_s=0.1))
+    blocks = src.blocks()
+    deadline = time.monotonic() + 30
+    try:
+        with caplog.at_level("ERROR", logger="edge.capture"):
+            while src.opens < 1 or src._closing is None or len(caplog.records) < 2:
+                assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
+                assert next(blocks).shape == (2, 0)
+            for _ in range(20):  # retries with the same reason
+                next(blocks)
+    finally:
+        src.stop_event.set()
+        list(blocks)
+        done.set()
+        opener.join(10)
+        closing = src._closing
+        for fd in writer:  # the driver's read ends, and the close left to the background with it
+            os.close(fd)
+        if closing is not None:
+            closing.join(30)
+    assert closing is not None and not closing.is_alive()
+    assert [r.getMessage() for r in caplog.records] == [
+        "capture: capture device 'miroirsilent' delivered nothing for 0.3 s",
+        "capture: capture device 'miroirsilent': closed, and still held by the driver; not opened "
+        "again before it lets go"]

@@ -174,6 +174,28 @@ def test_control_socket_survives_its_directory_going_away(tmp_path) -> None:
     control.close()
 
 
+def test_a_control_socket_closed_leaves_the_socket_another_agent_bound_since(tmp_path) -> None:
+    """A stray second agent on the same state directory binds the control socket's path (the
+    first one's file replaced): when the first stops, its close removed the path, the second's
+    socket, and the front panel's button and the CTI connector reached nothing (measured: the
+    second's socket file gone, its sends refused with ENOENT). A close now removes only the socket
+    it bound (its device and inode); the second's own close still removes it."""
+    import socket
+
+    from edge.control import ControlSocket
+
+    path = tmp_path / "run" / "control"
+    first = ControlSocket(path)
+    second = ControlSocket(path)  # takes the path over
+    first.close()
+    assert path.is_socket(), "the second agent's socket was removed by the first's close"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+        sender.sendto(b"identify", str(path))
+    assert [text for text, _ in second.take()] == ["identify"]
+    second.close()
+    assert not path.exists()
+
+
 def test_private_mode_ends_open_cues_and_keeps_the_call_state_for_later() -> None:
     """Going private closes the open cues on the wire (cue_off before private_on); a hold set by
     the softphone during the private call holds after it."""
@@ -471,6 +493,46 @@ def test_a_connector_that_binds_its_socket_reads_the_agent_s_answer(tmp_path) ->
     assert answers[b"call ringing"].startswith("refused: unknown local command 'call ringing': "
                                                "use 'private on|off|toggle'"), answers
     assert answers[b"\xff\xfe"].startswith("refused: unknown local command '\\udcff\\udcfe'"), answers
+
+
+def test_each_call_state_the_agent_applies_is_in_its_journal_a_flipper_is_counted(tmp_path
+                                                                                  ) -> None:
+    """Site IT could not see when the softphone put a call on hold: the real agent applied
+    ``call hold`` from its control socket and wrote nothing (measured: no journal line for any of
+    42 changes). Each change is one INFO line now (a state sent again is none), none while the
+    agent is private (the status hides the call state then: it would date the private call), and
+    a connector that flips hold and active is written a few times, then counted (miroir/journal.py)."""
+    import signal
+    import socket
+
+    from miroir.journal import REFUSALS_LOGGED
+
+    proc, control, journal = _replaying_agent(tmp_path)
+    sent = ["call hold", "call hold", "call active", "private on", "call hold", "private off",
+            *(["call active", "call hold"] * 20)]
+    try:
+        wait_until(control.is_socket, "the agent's control socket")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind("")
+            sock.settimeout(10.0)
+            for text in sent:
+                sock.sendto(text.encode(), str(control))
+                assert sock.recv(1024).decode().startswith("ok "), text
+        assert proc.poll() is None, "the agent stopped"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    text = journal.read_text()
+    assert code == 0, text[-2000:]
+    lines = [line.split(" INFO edge.box: ", 1)[-1] for line in text.splitlines()
+             if "call state" in line]
+    changes = 2 + 40  # idle -> hold -> active, then the 40 flips; none repeated, none private
+    assert lines[:3] == ["call state applied: hold (was idle; from the control socket)",
+                         "call state applied: active (was hold; from the control socket)",
+                         "call state applied: active (was hold; from the control socket)"], lines
+    assert len(lines) == REFUSALS_LOGGED + 2, lines
+    assert lines[-1].startswith(f"{changes} call states applied in "), lines
+    assert lines[-1].endswith(f" s ({changes - REFUSALS_LOGGED} not written one by one)"), lines
 
 
 def test_a_cti_that_flips_hold_and_active_keeps_the_calls_hold_list_bounded(site, broker, peer,
