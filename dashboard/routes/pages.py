@@ -10,6 +10,8 @@ from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
 
+from miroir.numbers import decimal_number, whole_number
+
 from .. import access, analytics, i18n, registry, schema
 from ..access import User
 from . import api
@@ -179,7 +181,7 @@ def me_page(request: Request, db: Db, user: CurrentUser,
     if sent in ("on", "off") and _unconfirmed(db, user.agent or "", at):
         context["agent"]["private"] = sent == "on"  # just switched here: the box confirms it soon
         # the page's script keeps saying so until the box speaks since, or the time is up
-        context["private_sent_at"] = float(at or "")
+        context["private_sent_at"] = decimal_number(at or "", "at")
         context["private_confirm_s"] = PRIVATE_CONFIRM_S
     return render(request, "agent.html", context)
 
@@ -195,7 +197,7 @@ def _unconfirmed(db: Db, agent: str, at: str | None) -> bool:
     at the agent's seat said nothing since. False for a missing, malformed or future ``at`` (a
     reload of the address later, a made-up link)."""
     try:
-        sent_ts = float(at or "")
+        sent_ts = decimal_number(at or "", "at")
     except ValueError:
         return False
     now = time.time()
@@ -376,7 +378,8 @@ def assign_form(request: Request, db: Db, user: CurrentUser, campaign: str,
                 variant: Annotated[str, Form(max_length=12)] = "") -> Response:
     """Put an agent on the campaign and a variant."""
     try:  # a ValidationError is a ValueError: an id out of range is a 422 too
-        body = api.AssignIn(agent=agent, variant=int(variant) if variant.strip() else None)
+        body = api.AssignIn(agent=agent,
+                            variant=whole_number(variant, "variant") if variant else None)
     except ValueError:
         raise HTTPException(status_code=422, detail="variant must be an id") from None
     api.assign_agent(db, user, campaign, body)
