@@ -244,3 +244,29 @@ def test_a_dashboard_port_already_taken_is_one_line_before_anything_starts(
     finally:
         holder.close()
         shutil.rmtree(site)
+
+
+def test_a_number_on_the_command_line_is_taken_in_plain_digits_only(tmp_path: Path) -> None:
+    """`provision site-init --port ٨٨٨٣` (Arabic-Indic digits), `8_883`, ` 8883` or `+8883`
+    made a site whose broker listens on 8883, as Python's ``int`` reads them: what was typed
+    is not what the broker config says. Each is now refused before anything is made, exit 2,
+    naming the option and the rule; `8883` still makes the site."""
+    for typed in ("٨٨٨٣", "8_883", " 8883", "+8883"):
+        site = new_site_dir()
+        try:
+            done = _miroir(["provision", "site-init", "--site-dir", str(site), "--site",
+                            "paris-1", "--broker-host", "localhost", "--port", typed], tmp_path)
+            assert done.returncode == 2, (typed, done.returncode, done.stdout[-500:])
+            assert done.stderr.strip().splitlines()[-1].endswith(
+                f"error: argument --port: {typed} is not a whole number written with the "
+                "digits 0-9 only"), done.stderr[-1000:]
+            assert list(site.iterdir()) == [], typed
+        finally:
+            shutil.rmtree(site)
+    site = new_site_dir()
+    try:
+        done = _miroir(["provision", "site-init", "--site-dir", str(site), "--site", "paris-1",
+                        "--broker-host", "localhost", "--port", "8883"], tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+    finally:
+        shutil.rmtree(site)
