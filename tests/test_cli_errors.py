@@ -270,3 +270,35 @@ def test_a_number_on_the_command_line_is_taken_in_plain_digits_only(tmp_path: Pa
         assert done.returncode == 0, done.stderr[-3000:]
     finally:
         shutil.rmtree(site)
+
+
+def test_a_seats_row_and_col_in_the_floor_csv_are_taken_in_plain_digits_only(
+        tmp_path: Path) -> None:
+    """`miroir dashboard import` read a seat's ``row`` and ``col`` (its place on the floor map)
+    with Python's ``int``: '١' (Arabic-Indic) put the seat on row 1 and '1_0' on row 10. Each is
+    now one line naming the CSV line, the box and the column; nothing imported. Digits, with
+    the spaces a spreadsheet leaves around a cell, are taken."""
+    import sqlite3
+
+    floor = tmp_path / "floor.csv"
+    floor.write_text("box,seat,agent,team,row,col\nbox-001,A-01,priya,north,١,3\n"
+                     "box-002,A-02,omar,north,2,1_0\n")
+    done = _miroir(["dashboard", "import", str(floor)], tmp_path)
+    _one_line_error(done, str(floor),
+                    "line 2 (box box-001): row must be a whole number written with the digits "
+                    "0-9 only (got '١')",
+                    "line 3 (box box-002): col must be a whole number written with the digits "
+                    "0-9 only (got '1_0')")
+    db = sqlite3.connect(tmp_path / "dashboard.sqlite")
+    try:
+        assert db.execute("SELECT count(*) FROM seats").fetchone() == (0,)
+    finally:
+        db.close()
+    floor.write_text("box,seat,agent,team,row,col\nbox-001,A-01,priya,north, 1 ,3\n")
+    done = _miroir(["dashboard", "import", str(floor)], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    db = sqlite3.connect(tmp_path / "dashboard.sqlite")
+    try:
+        assert db.execute("SELECT box, row, col FROM seats").fetchall() == [("box-001", 1, 3)]
+    finally:
+        db.close()
