@@ -47,3 +47,53 @@ def test_the_assign_form_takes_a_variant_in_plain_digits_only(org_server: Any) -
                    data={"csrf": csrf, "agent": "agent-a1", "variant": "2"})
         assert (r.status_code, r.headers["location"]) == (303, "/campaigns/camp-a")
         assert _campaign_of(server, "agent-a1") == ("camp-a", 2)
+
+
+def _flags_of(server: Any, agent: str) -> int:
+    db = store.open_db(server.settings.db_path)
+    try:
+        return int(db.conn.execute("SELECT count(*) FROM flags WHERE agent = ?",
+                                   (agent,)).fetchone()[0])
+    finally:
+        db.conn.close()
+
+
+def test_numbers_in_paths_queries_and_the_flag_form_are_plain_digits_only(
+        org_server: Any) -> None:
+    """pydantic's lax reading of a path's, a query's or a form's number took '1_0', ' 10' and
+    '+10' for 10 (and '1e9' for a moment): /api/calls/1_0 answered call 10, an audit page
+    ?limit=+3 a page of three, a flag form's ts of '+<now>' stored a flag. Each is now a 422 naming
+    the field, nothing stored; the same numbers in plain digits are answered as before."""
+    import time
+
+    server, _ = org_server
+    now = f"{time.time():.0f}"
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        admin = {"cookie": "__Host-miroir=" + http_login(c)}
+        for odd in ("1_0", "+10", "%2010"):
+            r = c.get(f"/api/calls/{odd}", headers=admin)
+            assert r.status_code == 422, (odd, r.status_code)
+            assert r.json()["detail"][0]["loc"] == ["path", "call_id"], r.text
+        assert c.get("/api/calls/10", headers=admin).json()["id"] == 10
+        for query, field in (("limit=+3", "limit"), ("limit=3%20", "limit"),
+                             ("before=1_000", "before")):
+            r = c.get(f"/api/agents/agent-a1/audit?{query}", headers=admin)
+            assert r.status_code == 422, (query, r.status_code)
+            assert r.json()["detail"][0]["loc"] == ["query", field], r.text
+        assert c.get("/api/agents/agent-a1/audit?limit=3", headers=admin).status_code == 200
+        for query in (f"ts={now[:4]}e6", f"ts={now}&span_s=3_0", f"ts=+{now}"):
+            r = c.get(f"/api/agents/agent-a1/moment?{query}", headers=admin)
+            assert r.status_code == 422, (query, r.status_code)
+        assert c.get(f"/api/agents/agent-a1/moment?ts={now}.5&span_s=30",
+                     headers=admin).status_code == 200
+        csrf = csrf_of(c.get("/agents/agent-a1", headers=admin).text)
+        before = _flags_of(server, "agent-a1")
+        for ts in (f"+{now}", f"{now[:4]}_{now[4:]}", f" {now}"):
+            r = c.post("/agents/agent-a1/flags", headers={**admin, **BROWSER},
+                       data={"csrf": csrf, "ts": ts, "note": "débit"})
+            assert r.status_code == 422, (ts, r.status_code)
+            assert "ts" in r.text and r.headers["cache-control"] == "no-store"
+            assert _flags_of(server, "agent-a1") == before, ts
+        r = c.post("/agents/agent-a1/flags", headers={**admin, **BROWSER},
+                   data={"csrf": csrf, "ts": now, "note": "débit"})
+        assert r.status_code == 303 and _flags_of(server, "agent-a1") == before + 1

@@ -15,7 +15,7 @@ from miroir.numbers import decimal_number, whole_number
 from .. import access, analytics, i18n, registry, schema
 from ..access import User
 from . import api
-from .deps import CurrentUser, Db, Settings, render, require_role
+from .deps import CurrentUser, Db, PlainDecimal, PlainWhole, Settings, render, require_role
 from .session import safe_next
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
@@ -42,8 +42,8 @@ CALLS_SHOWN = 10
 """Calls of a page listed at once, its latest; the rest of the page a tap away (a phone)."""
 AUDIT_PAGE = 100
 """Audit entries listed per page of the agent view (older ones a link away)."""
-AuditBefore = Annotated[int | None, Query(ge=1, le=api.MAX_ID)]
-CallsBefore = Annotated[int | None, Query(ge=1, le=api.MAX_ID)]
+AuditBefore = Annotated[int | None, PlainWhole, Query(ge=1, le=api.MAX_ID)]
+CallsBefore = Annotated[int | None, PlainWhole, Query(ge=1, le=api.MAX_ID)]
 
 
 def _calls_page(db: Db, agent: str, before: int | None) -> dict[str, Any]:
@@ -210,7 +210,7 @@ def _unconfirmed(db: Db, agent: str, at: str | None) -> bool:
 
 @router.post("/agents/{agent:id}/flags")
 def flag_form(request: Request, db: Db, user: CurrentUser, agent: str,
-              ts: Annotated[float, Form(**api.TS_BOUNDS)],
+              ts: Annotated[float, PlainDecimal, Form(**api.TS_BOUNDS)],
               note: Annotated[str, Form(max_length=2000)] = "",
               shared: Annotated[str, Form(max_length=4)] = "",
               calls_before: CallsBefore = None, audit_before: AuditBefore = None) -> Response:
