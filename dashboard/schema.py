@@ -187,11 +187,19 @@ def _m11_purged_rows_by_time(db: sqlite_utils.Database) -> None:
     db.conn.execute("CREATE INDEX IF NOT EXISTS calls_start ON calls(start_ts)")
 
 
+def _m12_variants_by_campaign(db: sqlite_utils.Database) -> None:
+    """Variants by campaign: the campaigns page reads each campaign's without reading them all."""
+    # Without it every campaign's variants were found by reading the whole table: the campaigns
+    # page took time in the square of the campaigns (2,000: 0.22 s; 10,000: 5.5 s).
+    db.conn.execute("CREATE INDEX IF NOT EXISTS variants_campaign ON variants(campaign, id)")
+
+
 MIGRATIONS: list[Migration] = [_m1_inventory_roles_audit, _m2_campaign_life_and_alerts,
                                _m3_known_devices, _m4_code_attempts_and_device_renewal,
                                _m5_retired_boxes, _m6_stream_rows_by_box_and_time,
                                _m7_calls_by_campaign_variant, _m8_daily_means_kept_up_to_date,
-                               _m9_erasures_under_way, _m10_seat_changes, _m11_purged_rows_by_time]
+                               _m9_erasures_under_way, _m10_seat_changes, _m11_purged_rows_by_time,
+                               _m12_variants_by_campaign]
 """Ordered migrations; migration ``i`` (1-based) brings the schema to version ``i``."""
 
 
