@@ -97,3 +97,40 @@ def test_numbers_in_paths_queries_and_the_flag_form_are_plain_digits_only(
         r = c.post("/agents/agent-a1/flags", headers={**admin, **BROWSER},
                    data={"csrf": csrf, "ts": now, "note": "débit"})
         assert r.status_code == 303 and _flags_of(server, "agent-a1") == before + 1
+
+
+def test_numbers_in_the_json_api_are_json_numbers_or_plain_digits(org_server: Any) -> None:
+    """The JSON API's bodies took a number as a string the lax way: {"variant": "0_2"} or
+    {"variant": true} put an agent on variant 2 or 1, and a flag's "ts" or a call's
+    "start_ts" of "1795_952137", " <now>" or "1795e6" was stored. Each is now a 422 naming the
+    field, nothing stored; JSON numbers and strings of plain digits are taken as before."""
+    import time
+
+    server, data = org_server
+    now = f"{time.time():.0f}"
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        sup = {"cookie": "__Host-miroir=" + http_login(c, "sup-a", USER_PASSWORD,
+                                                        data["secrets"]["sup-a"])}
+        sup["x-csrf-token"] = csrf_of(c.get("/campaigns/camp-a", headers=sup).text)
+        for variant in ("0_2", " 2", "+2", True):
+            r = c.post("/api/campaigns/camp-a/assign", headers=sup,
+                       json={"agent": "agent-a1", "variant": variant})
+            assert r.status_code == 422, (variant, r.status_code, r.text)
+            assert r.json()["detail"][0]["loc"] == ["body", "variant"], r.text
+            assert _campaign_of(server, "agent-a1") == ("camp-a", None), variant
+        flags = _flags_of(server, "agent-a1")
+        for ts in (f"{now[:4]}_{now[4:]}", f" {now}", f"{now[:4]}e6"):
+            r = c.post("/api/agents/agent-a1/flags", headers=sup, json={"ts": ts})
+            assert r.status_code == 422, (ts, r.status_code, r.text)
+            assert r.json()["detail"][0]["loc"] == ["body", "ts"], r.text
+            r = c.post("/api/calls", headers=sup, json={"agent": "agent-a1", "start_ts": ts})
+            assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "start_ts"]
+        assert _flags_of(server, "agent-a1") == flags
+        for variant, ts in (("2", now), (1, float(now))):
+            r = c.post("/api/campaigns/camp-a/assign", headers=sup,
+                       json={"agent": "agent-a1", "variant": variant})
+            assert r.status_code == 200 and _campaign_of(server, "agent-a1") == ("camp-a",
+                                                                                 int(variant))
+            assert c.post("/api/agents/agent-a1/flags", headers=sup,
+                          json={"ts": ts}).status_code == 201
+        assert _flags_of(server, "agent-a1") == flags + 2

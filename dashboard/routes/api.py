@@ -51,7 +51,8 @@ TS_BOUNDS: dict[str, Any] = {"ge": MIN_TS, "le": MAX_TS, "allow_inf_nan": False}
 class FlagIn(BaseModel):
     """A moment flagged by a supervisor."""
 
-    ts: float = Field(description="Moment flagged, Unix seconds (2020 on, at most a day ahead of "
+    ts: Annotated[float, PlainDecimal] = Field(
+        description="Moment flagged, Unix seconds (2020 on, at most a day ahead of "
                                   "the dashboard's clock).", **TS_BOUNDS)
     note: str = Field("", max_length=MAX_NOTE, description="Coaching note.")
     shared: bool = Field(False, description="Share the moment with the team as a remarkable call.")
@@ -85,13 +86,14 @@ class CallIn(BaseModel):
     """A call recorded by a softphone/CTI connector or a supervisor."""
 
     agent: str = Field(max_length=64)
-    start_ts: float = Field(description="Start of the call, Unix seconds (2020 on, at most a day "
-                                        "ahead of the dashboard's clock).", **TS_BOUNDS)
-    end_ts: float | None = Field(None, description="End of the call, Unix seconds (2020 on, at most "
-                                                   "a day ahead of the dashboard's clock).",
-                                 **TS_BOUNDS)
+    start_ts: Annotated[float, PlainDecimal] = Field(
+        description="Start of the call, Unix seconds (2020 on, at most a day ahead of the "
+                    "dashboard's clock).", **TS_BOUNDS)
+    end_ts: Annotated[float | None, PlainDecimal] = Field(
+        None, description="End of the call, Unix seconds (2020 on, at most a day ahead of the "
+                          "dashboard's clock).", **TS_BOUNDS)
     campaign: str | None = Field(None, max_length=80)
-    variant: int | None = Field(None, ge=1, le=MAX_ID)
+    variant: Annotated[int | None, PlainWhole] = Field(None, ge=1, le=MAX_ID)
     box: str | None = Field(None, pattern=wire.ID_PATTERN.pattern)
     summary: dict[Annotated[str, StringConstraints(max_length=64)],
                   float | int | Annotated[str, StringConstraints(max_length=256)] | bool | None] \
@@ -137,14 +139,14 @@ class AssignIn(BaseModel):
     """Put an agent on a campaign, optionally with the variant they use."""
 
     agent: str = Field(max_length=64)
-    variant: int | None = Field(None, ge=1, le=MAX_ID,
-                                description="Variant id of this campaign, or none.")
+    variant: Annotated[int | None, PlainWhole] = Field(
+        None, ge=1, le=MAX_ID, description="Variant id of this campaign, or none.")
 
 
 class CallVariantIn(BaseModel):
     """The variant used on a call (its campaign follows from the variant)."""
 
-    variant: int = Field(ge=1, le=MAX_ID)
+    variant: Annotated[int, PlainWhole] = Field(ge=1, le=MAX_ID)
 
 
 class PrivateIn(BaseModel):
