@@ -129,6 +129,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def plain_float(text: str) -> float:
+    """An argparse type: a number written in plain digits (its range is the command's to check)."""
+    try:
+        return decimal_number(text, text, signed=True)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text} is not {DECIMAL_RULE}") from None
+
+
 def positive_float(text: str) -> float:
     """An argparse type: a duration or a rate, a finite number above 0."""
     try:
