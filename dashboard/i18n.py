@@ -544,6 +544,8 @@ DETAILS_FR: list[tuple[re.Pattern[str], str]] = [(re.compile(pattern), fr) for p
     (r"too many call states: at most (?P<n>.+) at once, then (?P<r>.+) a second",
      "trop d'états d'appel : {n} d'un coup au plus, puis {r} par seconde"),
     (r"Content Too Large", "contenu trop volumineux"),
+    (r"send the call state as JSON, with the header Content-Type: application/json",
+     "envoyez l'état d'appel en JSON, avec l'en-tête Content-Type: application/json"),
     (r"a flagged moment cannot be more than a day ahead of the dashboard's clock",
      "un moment signalé ne peut être plus d'un jour après l'heure du tableau de bord"),
     (r"a call cannot start or end more than a day ahead of the dashboard's clock",

@@ -187,11 +187,19 @@ def _m11_purged_rows_by_time(db: sqlite_utils.Database) -> None:
     db.conn.execute("CREATE INDEX IF NOT EXISTS calls_start ON calls(start_ts)")
 
 
+def _m12_variants_by_campaign(db: sqlite_utils.Database) -> None:
+    """Variants by campaign: the campaigns page reads each campaign's without reading them all."""
+    # Without it every campaign's variants were found by reading the whole table: the campaigns
+    # page took time in the square of the campaigns (2,000: 0.22 s; 10,000: 5.5 s).
+    db.conn.execute("CREATE INDEX IF NOT EXISTS variants_campaign ON variants(campaign, id)")
+
+
 MIGRATIONS: list[Migration] = [_m1_inventory_roles_audit, _m2_campaign_life_and_alerts,
                                _m3_known_devices, _m4_code_attempts_and_device_renewal,
                                _m5_retired_boxes, _m6_stream_rows_by_box_and_time,
                                _m7_calls_by_campaign_variant, _m8_daily_means_kept_up_to_date,
-                               _m9_erasures_under_way, _m10_seat_changes, _m11_purged_rows_by_time]
+                               _m9_erasures_under_way, _m10_seat_changes, _m11_purged_rows_by_time,
+                               _m12_variants_by_campaign]
 """Ordered migrations; migration ``i`` (1-based) brings the schema to version ``i``."""
 
 
@@ -330,16 +338,16 @@ def import_inventory(db: sqlite_utils.Database, rows: Iterable[dict[str, Any]],
         The number of rows imported. Re-importing the same rows changes nothing.
 
     Raises:
-        ValueError: a row names a retired box (:func:`retire_box`), or an agent or team id
-            outside the inventory's rule (:data:`miroir.labels.LABEL_PATTERN`: every such row
-            is named); nothing is imported.
+        ValueError: a row names a retired box (:func:`retire_box`), an agent or team id
+            outside the inventory's rule (:data:`miroir.labels.LABEL_PATTERN`), or a ``row`` or
+            ``col`` not in plain digits 0-9 (every such row is named); nothing is imported.
     """
     from miroir import wire
 
     now = time.time() if now is None else now
     count = 0
     rows = list(rows)
-    _check_labels(rows)
+    _check_rows(rows)
     retired = retired_boxes(db)
     with db.conn:
         for r in rows:
@@ -370,7 +378,8 @@ def import_inventory(db: sqlite_utils.Database, rows: Iterable[dict[str, Any]],
                 "ON CONFLICT(box) DO UPDATE SET site = coalesce(excluded.site, site), "
                 "label = excluded.label, row = coalesce(excluded.row, row), "
                 "col = coalesce(excluded.col, col)",
-                (box, row_site, label, _int_or_none(r.get("row")), _int_or_none(r.get("col"))))
+                (box, row_site, label, _int_or_none(r.get("row"), "row"),
+                 _int_or_none(r.get("col"), "col")))
             before = db.conn.execute("SELECT agent FROM seats WHERE box = ?", (box,)).fetchone()
             if agent and assign_seat(db, box, agent, now) and actor is not None:
                 detail = json.dumps({"box": box, "seat": label}, separators=(",", ":"),
@@ -386,28 +395,38 @@ def import_inventory(db: sqlite_utils.Database, rows: Iterable[dict[str, Any]],
     return count
 
 
-def _check_labels(rows: list[dict[str, Any]]) -> None:
+def _check_rows(rows: list[dict[str, Any]]) -> None:
     """Refuse agent and team ids outside the inventory's rule (the one ``miroir provision``
     applies): an id is a segment of the dashboard's paths, and one with a ``/`` made the agent's
-    page, exports and erasure unreachable. Every bad row is named."""
+    page, exports and erasure unreachable; and a seat's ``row`` or ``col`` on the floor map that
+    is not plain digits (:func:`miroir.numbers.whole_number`). Every bad row is named."""
     from miroir.labels import LABEL_RULE, is_label
 
     problems = []
     for i, r in enumerate(rows, start=1):
         where = f"line {r['line']}" if r.get("line") else f"row {i}"
+        box = str(r.get("box", "")).strip()
         for name in ("agent", "team"):
             value = str(r.get(name) or "").strip()
             if value and not is_label(value):
-                problems.append(f"{where} (box {str(r.get('box', '')).strip()}): {name} "
-                                f"{value!r} must be {LABEL_RULE}")
+                problems.append(f"{where} (box {box}): {name} {value!r} must be {LABEL_RULE}")
+        for name in ("row", "col"):
+            try:
+                _int_or_none(r.get(name), name)
+            except ValueError as exc:
+                problems.append(f"{where} (box {box}): {exc} (got {str(r.get(name))!r})")
     if problems:
         raise ValueError("; ".join(problems))
 
 
-def _int_or_none(v: Any) -> int | None:
-    if v is None or v == "":
-        return None
-    return int(v)
+def _int_or_none(v: Any, field: str) -> int | None:
+    """A CSV cell (or a number) as a whole number; None when empty."""
+    from miroir.numbers import whole_number
+
+    if isinstance(v, int):
+        return v
+    text = "" if v is None else str(v).strip()  # spaces around a cell, as the other columns'
+    return whole_number(text, field) if text else None
 
 
 # ------------------------------------------------------------------------- retirement

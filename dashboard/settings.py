@@ -12,8 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import annotated_types
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from miroir.numbers import decimal_number, whole_number
 
 ENV_PREFIX = "MIROIR_DASH_"
 """Prefix of the environment variables (``dashboard.env``) that hold the settings."""
@@ -137,6 +140,26 @@ class DashboardSettings(BaseSettings):
             raise ValueError(f"{ENV_PREFIX}TLS_CERT_FILE and {ENV_PREFIX}TLS_KEY_FILE go together: "
                              "set both (HTTPS served directly) or neither (behind a reverse proxy)")
         return self
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _plain_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """A number given as text in digits 0-9 (one ``.`` and a leading ``-`` allowed), as
+        :mod:`miroir.numbers` reads it: pydantic's own reading took ``8_883``, ``+8883`` and
+        `` 8883`` for 8883, and ``1e3`` for 1000."""
+        if not isinstance(value, str) or info.field_name is None:
+            return value
+        hint = cls.model_fields[info.field_name].annotation
+        kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        try:
+            if int in kinds:
+                return whole_number(value, info.field_name, signed=True)
+            if float in kinds:
+                return decimal_number(value, info.field_name, signed=True)
+        except ValueError as exc:  # worded by _line as any other number that does not parse
+            kind = "int_parsing" if int in kinds else "float_parsing"
+            raise PydanticCustomError(kind, str(exc)) from None
+        return value
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -212,7 +212,7 @@ def cmd_edge_update(args: argparse.Namespace) -> int:
 
 def register_cli(groups: dict[str, argparse._SubParsersAction]) -> None:
     """Add ``check`` and ``update`` to the ``edge`` command group."""
-    from miroir.cli import float_at_least, positive_float
+    from miroir.cli import float_at_least, plain_float, positive_float
 
     edge = groups["edge"]
     p = edge.add_parser("check", help="install check: levels, noise, clipping, swapped channels",
@@ -224,7 +224,7 @@ def register_cli(groups: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("--far-device", default=None, help="the line's mono device, if separate")
     p.add_argument("--seconds", type=positive_float, default=6.0,
                    help="seconds to record (default 6)")
-    p.add_argument("--cue-s", type=float, default=2.0,
+    p.add_argument("--cue-s", type=plain_float, default=2.0,
                    help="second at which the agent is told to speak, 1 s at least after the start "
                         "and before the end (default 2)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from miroir import __version__
+from miroir.numbers import DECIMAL_RULE, WHOLE_RULE, decimal_number, whole_number
 
 log = logging.getLogger("miroir")
 
@@ -120,20 +121,28 @@ def _memory_free_mb() -> float | None:
 def positive_int(text: str) -> int:
     """An argparse type: a count, a whole number of at least 1 (0 runs nothing and has no median)."""
     try:
-        value = int(text)
+        value = whole_number(text, text, signed=True)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text} is not a whole number") from None
+        raise argparse.ArgumentTypeError(f"{text} is not {WHOLE_RULE}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} is not a positive number")
     return value
 
 
+def plain_float(text: str) -> float:
+    """An argparse type: a number written in plain digits (its range is the command's to check)."""
+    try:
+        return decimal_number(text, text, signed=True)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text} is not {DECIMAL_RULE}") from None
+
+
 def positive_float(text: str) -> float:
     """An argparse type: a duration or a rate, a finite number above 0."""
     try:
-        value = float(text)
+        value = decimal_number(text, text, signed=True)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text} is not a number") from None
+        raise argparse.ArgumentTypeError(f"{text} is not {DECIMAL_RULE}") from None
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"{text} is not a positive number")
     return value
@@ -149,9 +158,9 @@ def int_between(lo: int, hi: int | None = None) -> Callable[[str], int]:
     the range the option's help gives (:func:`span_text`)."""
     def parse(text: str) -> int:
         try:
-            value = int(text)
+            value = whole_number(text, text, signed=True)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text} is not a whole number") from None
+            raise argparse.ArgumentTypeError(f"{text} is not {WHOLE_RULE}") from None
         if value < lo or (hi is not None and value > hi):
             raise argparse.ArgumentTypeError(f"{text} is outside {span_text(lo, hi)}")
         return value
@@ -164,9 +173,9 @@ def float_at_least(lo: float) -> Callable[[str], float]:
     gives (:func:`span_text`)."""
     def parse(text: str) -> float:
         try:
-            value = float(text)
+            value = decimal_number(text, text, signed=True)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text} is not a number") from None
+            raise argparse.ArgumentTypeError(f"{text} is not {DECIMAL_RULE}") from None
         if not lo <= value < float("inf"):
             raise argparse.ArgumentTypeError(f"{text} is outside {span_text(lo)}")
         return value

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from miroir.cli import CliError, ask_secret, os_error_text, read_text_file
+from miroir.cli import CliError, ask_secret, int_between, os_error_text, read_text_file
 
 if TYPE_CHECKING:
     from provisioning.inventory import Enrolment
@@ -225,7 +225,7 @@ def _site_dir(p: argparse.ArgumentParser) -> None:
 
 
 def _reload_opts(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--broker-pid", type=int, default=None,
+    p.add_argument("--broker-pid", type=int_between(1), default=None,
                    help="reload the broker by sending SIGHUP to this process id "
                         "(default: systemctl reload)")
     p.add_argument("--broker-unit", default="mosquitto.service",
@@ -254,7 +254,7 @@ def _plain_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[[arg
 
 def register_cli(groups: dict[str, argparse._SubParsersAction]) -> None:
     """Add the ``provision`` command group to the root of the CLI."""
-    from miroir.cli import int_between, span_text
+    from miroir.cli import span_text
 
     root = groups["root"]
     prov = root.add_parser("provision", help="site IT: site CA, box enrolment, revocation, backup",

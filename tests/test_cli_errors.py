@@ -244,3 +244,61 @@ def test_a_dashboard_port_already_taken_is_one_line_before_anything_starts(
     finally:
         holder.close()
         shutil.rmtree(site)
+
+
+def test_a_number_on_the_command_line_is_taken_in_plain_digits_only(tmp_path: Path) -> None:
+    """`provision site-init --port ٨٨٨٣` (Arabic-Indic digits), `8_883`, ` 8883` or `+8883`
+    made a site whose broker listens on 8883, as Python's ``int`` reads them: what was typed
+    is not what the broker config says. Each is now refused before anything is made, exit 2,
+    naming the option and the rule; `8883` still makes the site."""
+    for typed in ("٨٨٨٣", "8_883", " 8883", "+8883"):
+        site = new_site_dir()
+        try:
+            done = _miroir(["provision", "site-init", "--site-dir", str(site), "--site",
+                            "paris-1", "--broker-host", "localhost", "--port", typed], tmp_path)
+            assert done.returncode == 2, (typed, done.returncode, done.stdout[-500:])
+            assert done.stderr.strip().splitlines()[-1].endswith(
+                f"error: argument --port: {typed} is not a whole number written with the "
+                "digits 0-9 only"), done.stderr[-1000:]
+            assert list(site.iterdir()) == [], typed
+        finally:
+            shutil.rmtree(site)
+    site = new_site_dir()
+    try:
+        done = _miroir(["provision", "site-init", "--site-dir", str(site), "--site", "paris-1",
+                        "--broker-host", "localhost", "--port", "8883"], tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+    finally:
+        shutil.rmtree(site)
+
+
+def test_a_seats_row_and_col_in_the_floor_csv_are_taken_in_plain_digits_only(
+        tmp_path: Path) -> None:
+    """`miroir dashboard import` read a seat's ``row`` and ``col`` (its place on the floor map)
+    with Python's ``int``: '١' (Arabic-Indic) put the seat on row 1 and '1_0' on row 10. Each is
+    now one line naming the CSV line, the box and the column; nothing imported. Digits, with
+    the spaces a spreadsheet leaves around a cell, are taken."""
+    import sqlite3
+
+    floor = tmp_path / "floor.csv"
+    floor.write_text("box,seat,agent,team,row,col\nbox-001,A-01,priya,north,١,3\n"
+                     "box-002,A-02,omar,north,2,1_0\n")
+    done = _miroir(["dashboard", "import", str(floor)], tmp_path)
+    _one_line_error(done, str(floor),
+                    "line 2 (box box-001): row must be a whole number written with the digits "
+                    "0-9 only (got '١')",
+                    "line 3 (box box-002): col must be a whole number written with the digits "
+                    "0-9 only (got '1_0')")
+    db = sqlite3.connect(tmp_path / "dashboard.sqlite")
+    try:
+        assert db.execute("SELECT count(*) FROM seats").fetchone() == (0,)
+    finally:
+        db.close()
+    floor.write_text("box,seat,agent,team,row,col\nbox-001,A-01,priya,north, 1 ,3\n")
+    done = _miroir(["dashboard", "import", str(floor)], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    db = sqlite3.connect(tmp_path / "dashboard.sqlite")
+    try:
+        assert db.execute("SELECT box, row, col FROM seats").fetchall() == [("box-001", 1, 3)]
+    finally:
+        db.close()

@@ -134,3 +134,41 @@ def test_the_token_is_checked_before_the_body(tmp_path: Path) -> None:
             assert r.status_code == 422 and r.json()["detail"][0]["type"], (body, r.text)
         ringing = c.post(cti.PATH, json={"box": "box-a", "state": "ringing"}, headers=BEARER)
         assert ringing.json()["detail"][0]["loc"] == ["body", "state"]
+
+
+def test_a_call_state_not_sent_as_json_is_415_and_an_empty_one_says_so(tmp_path: Path) -> None:
+    """The body was parsed as JSON whatever its Content-Type: a call state posted as text/plain,
+    as a form (curl's -d without the header docs/wire.md gives) or with no Content-Type was
+    relayed, and an empty body answered "Invalid JSON: EOF while parsing a value". With the
+    token, another type is now 415 saying to send JSON with that header, nothing sent; an empty
+    body is 422 "empty body"; JSON (with a charset, or a +json type) is taken as before."""
+    (tmp_path / "cti").write_text(TOKEN)
+    settings = make_settings(tmp_path, cti_token_file=tmp_path / "cti")
+    body = b'{"box": "box-a", "state": "hold"}'
+    with DashboardServer(settings, start_ingest=False) as server, \
+            httpx.Client(base_url=server.url) as c:
+        db = store.open_db(settings.db_path)
+        schema.import_inventory(db, [{"box": "box-a", "seat": "A", "agent": "agent-a"}])
+        db.conn.close()
+        counts: cti.CallStateCounts = server.app.state.cti_counts
+        for ctype in ("text/plain", "application/x-www-form-urlencoded", None, "application/jsonx",
+                      "text/json"):
+            headers = {**BEARER, **({"content-type": ctype} if ctype else {})}
+            r = c.post(cti.PATH, content=body, headers=headers)
+            assert r.status_code == 415, (ctype, r.status_code, r.text)
+            assert r.json() == {"detail": "send the call state as JSON, with the header "
+                                          "Content-Type: application/json"}
+            r = c.post(cti.PATH, content=body, headers={k: v for k, v in headers.items()
+                                                          if k != "authorization"})
+            assert r.status_code == 401, ctype  # the token first, whatever the type
+        assert counts.snapshot()[1]["broker"] == 0  # none of them went on to the broker
+        for blank in (b"", b" \r\n"):
+            r = c.post(cti.PATH, content=blank,
+                       headers={**BEARER, "content-type": "application/json"})
+            assert r.status_code == 422, r.text
+            assert r.json()["detail"][0]["msg"].startswith("empty body: "), r.text
+        for ctype in ("application/json", "application/json; charset=utf-8",
+                      "Application/JSON", "application/vnd.cti+json"):
+            r = c.post(cti.PATH, content=body, headers={**BEARER, "content-type": ctype})
+            assert r.status_code == 503, (ctype, r.text)  # read and sent on: no broker here
+        assert counts.snapshot()[1]["broker"] == 4

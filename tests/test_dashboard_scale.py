@@ -554,3 +554,35 @@ def test_a_long_migration_says_so_and_ctrl_c_leaves_the_schema_as_it_was(tmp_pat
         assert con.execute("SELECT count(*) FROM metrics").fetchone() == (50_120,)
     finally:
         con.close()
+
+
+def test_each_campaigns_variants_are_read_by_index(dash_settings: DashboardSettings) -> None:
+    """The campaigns page (and /api/campaigns, and a campaign's comparison) read each campaign's
+    variants by reading the whole variants table: time in the square of the campaigns, measured
+    over the real server at a median of 222 ms for 2,000 campaigns of 2 variants and 5.5 s for
+    10,000 (34 ms and 215 ms with the index). Each campaign's variants are now found by index."""
+    from dashboard import access
+    from dashboard.routes import api
+    from tests._fixtures_dashboard import seed_org
+
+    seed_org(dash_settings, seconds=5)
+    db = store.open_db(dash_settings.db_path)
+    try:
+        admin = access.load_user(db, dash_settings.admin_user)
+        statements: list[str] = []
+        db.conn.set_trace_callback(statements.append)
+        try:
+            listed = api.list_campaigns(db, admin)["campaigns"]
+            variants = analytics.variant_comparison(db, "camp-a", None)
+        finally:
+            db.conn.set_trace_callback(None)
+        assert [len(c["variants"]) for c in listed] == [2, 1] and len(variants) == 2
+        reads = [s for s in statements if "FROM variants" in s]
+        assert len(reads) == 3
+        for sql in reads:
+            plan = [r[3] for r in db.conn.execute("EXPLAIN QUERY PLAN " + sql).fetchall()]
+            assert any("USING INDEX variants_campaign (campaign=?)" in p
+                       or "USING COVERING INDEX variants_campaign (campaign=?)" in p
+                       for p in plan), (sql, plan)
+    finally:
+        db.conn.close()

@@ -96,3 +96,27 @@ def test_ports_and_the_site_id_are_checked_before_anything_starts(tmp_path: Path
         "miroir: error: MIROIR_DASH_HTTP_PORT = '-1' is outside the allowed range: at least 0 and "
         "at most 65535"], done.stderr
     assert not db.exists()
+
+
+def test_a_number_in_a_setting_is_taken_in_plain_digits_only(tmp_path: Path) -> None:
+    """pydantic read `MIROIR_DASH_MQTT_PORT=8_883`, `MIROIR_DASH_CTI_BURST=+200` and
+    `MIROIR_DASH_RETENTION_METRICS_DAYS=1e1` as 8883, 200 and 10 days: `miroir dashboard purge`
+    ran (exit 0) with settings that are not what dashboard.env says. Each is now one line, as a
+    non-number is; nothing written. Plain digits (a `.` in a number of days) are taken."""
+    db = tmp_path / "dashboard.sqlite"
+    site = {"MIROIR_DASH_SITE": "paris-1", "MIROIR_DASH_DB_PATH": str(db)}
+    done = _run(["purge"], {**site, "MIROIR_DASH_MQTT_PORT": "8_883",
+                            "MIROIR_DASH_CTI_BURST": "+200",
+                            "MIROIR_DASH_RETENTION_METRICS_DAYS": "1e1"}, tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        "miroir: error: MIROIR_DASH_MQTT_PORT: expected a whole number, at least 1 and at most "
+        "65535, got '8_883'",
+        "miroir: error: MIROIR_DASH_RETENTION_METRICS_DAYS: expected a number, above 0, got "
+        "'1e1'",
+        "miroir: error: MIROIR_DASH_CTI_BURST: expected a whole number, at least 1, got '+200'",
+    ], done.stderr
+    assert not db.exists()
+    done = _run(["purge"], {**site, "MIROIR_DASH_MQTT_PORT": "8883", "MIROIR_DASH_CTI_BURST": "200",
+                            "MIROIR_DASH_RETENTION_METRICS_DAYS": "10.5"}, tmp_path)
+    assert done.returncode == 0, done.stderr

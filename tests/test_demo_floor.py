@@ -406,11 +406,13 @@ def test_a_port_that_is_not_a_tcp_port_is_refused_at_once():
 
 
 def test_seconds_that_are_not_a_positive_duration_are_refused_at_once():
-    for seconds in ("0", "-5", "nan"):
+    for seconds, why in (("0", "is not a positive number"), ("-5", "is not a positive number"),
+                         ("nan", "is not a number written with the digits 0-9 and at most one "
+                                 "'.' only")):
         proc = _demo_error("--boxes", "1", "--seconds", seconds, "--json",
                            "--port", str(free_port()))
         assert proc.stderr.strip().splitlines()[-1] == (
-            f"miroir demo: error: argument --seconds: {seconds} is not a positive number")
+            f"miroir demo: error: argument --seconds: {seconds} {why}")
 
 
 def test_missing_espeak_is_one_line_naming_the_package(tmp_path):

@@ -212,3 +212,20 @@ def test_a_cue_that_leaves_no_quiet_or_no_speech_is_refused_before_recording(
         main(["edge", "check", "--config", str(config), "--seconds", "0"])
     assert usage.value.code == 2
     assert "argument --seconds: 0 is not a positive number" in capsys.readouterr().err
+
+
+def test_the_cue_second_is_taken_in_plain_digits_only(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """`--cue-s` was read with Python's ``float``: '٢' (Arabic-Indic 2) was 2 s, '1_5' 15 s,
+    and '٠' was refused as "--cue-s 0", a value nobody typed. Each is now a usage error naming
+    the option and the rule, before anything is recorded."""
+    config = tmp_path / "box.toml"
+    config.write_text(f'site = "site-a"\nbox = "box-a"\nstate_dir = "{tmp_path / "state"}"\n')
+    for typed in ("٠", "٢", "1_5", " 2"):
+        with pytest.raises(SystemExit) as usage:
+            main(["edge", "check", "--config", str(config), "--seconds", str(SECONDS),
+                  "--cue-s", typed])
+        assert usage.value.code == 2, typed
+        assert (f"argument --cue-s: {typed} is not a number written with the digits 0-9 and at "
+                "most one '.' only") in capsys.readouterr().err, typed
+    assert not (tmp_path / "state").exists()

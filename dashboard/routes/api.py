@@ -24,7 +24,7 @@ from .. import access, analytics, commands, fleet, registry, retention, schema
 from .. import db as store
 from ..access import User
 from ..ingest import MAX_FUTURE_S
-from .deps import CurrentUser, Db, Settings, require_role
+from .deps import CurrentUser, Db, PlainDecimal, PlainWhole, Settings, require_role
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ MAX_VARIANTS = 12
 CAMPAIGN_ROLES = ("admin", "supervisor", "auditor")
 MAX_ID = 2**63 - 1
 """Largest row id SQLite stores (a signed 64-bit INTEGER): ids beyond it are refused (422)."""
-RowId = Annotated[int, Path(ge=1, le=MAX_ID)]
+RowId = Annotated[int, PlainWhole, Path(ge=1, le=MAX_ID)]
 """A flag, goal or call id in a path: 1 to :data:`MAX_ID` (422 otherwise, never a 500)."""
 MIN_TS = 1_577_836_800.0
 """Earliest timestamp a flag or a call may carry: 2020-01-01T00:00:00Z (Unix seconds)."""
@@ -51,7 +51,8 @@ TS_BOUNDS: dict[str, Any] = {"ge": MIN_TS, "le": MAX_TS, "allow_inf_nan": False}
 class FlagIn(BaseModel):
     """A moment flagged by a supervisor."""
 
-    ts: float = Field(description="Moment flagged, Unix seconds (2020 on, at most a day ahead of "
+    ts: Annotated[float, PlainDecimal] = Field(
+        description="Moment flagged, Unix seconds (2020 on, at most a day ahead of "
                                   "the dashboard's clock).", **TS_BOUNDS)
     note: str = Field("", max_length=MAX_NOTE, description="Coaching note.")
     shared: bool = Field(False, description="Share the moment with the team as a remarkable call.")
@@ -85,13 +86,14 @@ class CallIn(BaseModel):
     """A call recorded by a softphone/CTI connector or a supervisor."""
 
     agent: str = Field(max_length=64)
-    start_ts: float = Field(description="Start of the call, Unix seconds (2020 on, at most a day "
-                                        "ahead of the dashboard's clock).", **TS_BOUNDS)
-    end_ts: float | None = Field(None, description="End of the call, Unix seconds (2020 on, at most "
-                                                   "a day ahead of the dashboard's clock).",
-                                 **TS_BOUNDS)
+    start_ts: Annotated[float, PlainDecimal] = Field(
+        description="Start of the call, Unix seconds (2020 on, at most a day ahead of the "
+                    "dashboard's clock).", **TS_BOUNDS)
+    end_ts: Annotated[float | None, PlainDecimal] = Field(
+        None, description="End of the call, Unix seconds (2020 on, at most a day ahead of the "
+                          "dashboard's clock).", **TS_BOUNDS)
     campaign: str | None = Field(None, max_length=80)
-    variant: int | None = Field(None, ge=1, le=MAX_ID)
+    variant: Annotated[int | None, PlainWhole] = Field(None, ge=1, le=MAX_ID)
     box: str | None = Field(None, pattern=wire.ID_PATTERN.pattern)
     summary: dict[Annotated[str, StringConstraints(max_length=64)],
                   float | int | Annotated[str, StringConstraints(max_length=256)] | bool | None] \
@@ -137,14 +139,14 @@ class AssignIn(BaseModel):
     """Put an agent on a campaign, optionally with the variant they use."""
 
     agent: str = Field(max_length=64)
-    variant: int | None = Field(None, ge=1, le=MAX_ID,
-                                description="Variant id of this campaign, or none.")
+    variant: Annotated[int | None, PlainWhole] = Field(
+        None, ge=1, le=MAX_ID, description="Variant id of this campaign, or none.")
 
 
 class CallVariantIn(BaseModel):
     """The variant used on a call (its campaign follows from the variant)."""
 
-    variant: int = Field(ge=1, le=MAX_ID)
+    variant: Annotated[int, PlainWhole] = Field(ge=1, le=MAX_ID)
 
 
 class PrivateIn(BaseModel):
@@ -671,8 +673,8 @@ def list_agents(db: Db, user: CurrentUser) -> dict[str, Any]:
 
 @router.get("/agents/{agent:id}/metrics")
 def get_agent_metrics(db: Db, user: CurrentUser, agent: AgentId,
-                      since_ts: Annotated[float, Query(ge=0, allow_inf_nan=False)] = 0.0,
-                      until_ts: Annotated[float | None, Query(allow_inf_nan=False)] = None
+                      since_ts: Annotated[float, PlainDecimal, Query(ge=0, allow_inf_nan=False)] = 0.0,
+                      until_ts: Annotated[float | None, PlainDecimal, Query(allow_inf_nan=False)] = None
                       ) -> dict[str, Any]:
     """The agent's metrics rows, cue markers and flags (audited)."""
     access.require_agent(db, user, agent)
@@ -682,8 +684,8 @@ def get_agent_metrics(db: Db, user: CurrentUser, agent: AgentId,
 
 @router.get("/agents/{agent:id}/moment")
 def get_moment(db: Db, user: CurrentUser, agent: AgentId,
-               ts: Annotated[float, Query(allow_inf_nan=False)],
-               span_s: Annotated[float, Query(gt=0, le=300)] = 30.0) -> dict[str, Any]:
+               ts: Annotated[float, PlainDecimal, Query(allow_inf_nan=False)],
+               span_s: Annotated[float, PlainDecimal, Query(gt=0, le=300)] = 30.0) -> dict[str, Any]:
     """Audio-free replay of a moment: the contours ``span_s`` around ``ts`` (audited)."""
     access.require_agent(db, user, agent)
     access.audit(db, user, "moment_replay", agent, {"ts": ts})
@@ -802,8 +804,8 @@ def post_call_variant(db: Db, user: CurrentUser, call_id: RowId,
 
 @router.get("/agents/{agent:id}/audit")
 def get_agent_audit(db: Db, user: CurrentUser, agent: AgentId,
-                    before: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
-                    limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> dict[str, Any]:
+                    before: Annotated[int | None, PlainWhole, Query(ge=1, le=MAX_ID)] = None,
+                    limit: Annotated[int, PlainWhole, Query(ge=1, le=1000)] = 200) -> dict[str, Any]:
     """Who looked at the agent's data and when (the agent, admins and auditors).
 
     ``entries``: the newest ``limit`` entries older than the entry ``before`` (all without it);
@@ -982,7 +984,7 @@ def get_comparison(db: Db, user: CurrentUser, campaign: str) -> dict[str, Any]:
 
 @router.get("/audit")
 def get_audit(db: Db, user: CurrentUser,
-              limit: Annotated[int, Query(ge=1, le=5000)] = 500) -> dict[str, Any]:
+              limit: Annotated[int, PlainWhole, Query(ge=1, le=5000)] = 500) -> dict[str, Any]:
     """The audit log, newest first (auditors and admins)."""
     require_role(user, "admin", "auditor")
     return {"entries": access.audit_entries(db, None, limit)}

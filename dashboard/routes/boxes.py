@@ -12,7 +12,7 @@ from miroir import wire
 
 from .. import access, schema
 from .. import db as store
-from .deps import CurrentUser, Db, Settings, require_role
+from .deps import CurrentUser, Db, PlainWhole, Settings, require_role
 
 router = APIRouter(prefix="/api/boxes", tags=["boxes"])
 
@@ -36,8 +36,8 @@ def box_metrics(
     db: Db,
     user: CurrentUser,
     box: BoxId,
-    since_seq: Annotated[int, Query(ge=0, le=wire.MAX_SEQ)] = 0,
-    limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
+    since_seq: Annotated[int, PlainWhole, Query(ge=0, le=wire.MAX_SEQ)] = 0,
+    limit: Annotated[int, PlainWhole, Query(ge=1, le=5000)] = 1000,
 ) -> dict[str, Any]:
     """Metrics of one box with ``seq > since_seq``, oldest first."""
     access.require_box(db, user, box)

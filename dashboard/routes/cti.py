@@ -101,16 +101,38 @@ def _within_rate(request: Request) -> None:
                             f"then {settings.cti_rate_per_s:g} a second")
 
 
+NOT_JSON = "send the call state as JSON, with the header Content-Type: application/json"
+"""The ``detail`` of a call state posted with another Content-Type, or none (415)."""
+EMPTY_BODY = "empty body: send the call state as a JSON object, e.g. {\"box\": ..., \"state\": ...}"
+"""The ``msg`` of a call state posted with no body (422)."""
+
+
+def is_json(content_type: str | None) -> bool:
+    """True for ``application/json`` or ``application/<anything>+json``, parameters aside (as
+    FastAPI's JSON bodies are read)."""
+    kind = (content_type or "").split(";", 1)[0].strip().lower()
+    return kind == "application/json" or (kind.startswith("application/")
+                                          and kind.endswith("+json"))
+
+
 async def _authorized_body(request: Request) -> CallStateIn:
     """The call state posted, read once the CTI token is checked: 401 for a client without it
-    whatever its body (the body's schema is none of its business), 422 for a malformed one."""
+    whatever its body (the body's schema is none of its business); then 415 for a body not sent
+    as JSON (docs/wire.md: ``Content-Type: application/json``), 422 for an empty or malformed
+    one."""
     if not prom.authorized(request.app.state.cti_token, request.headers.get("authorization")):
         counts: CallStateCounts = request.app.state.cti_counts
         counts.count(counts.refused, "unauthorized")
         raise HTTPException(status_code=401, detail="unauthorized",
                             headers={"www-authenticate": 'Bearer realm="miroir-cti"'})
+    if not is_json(request.headers.get("content-type")):
+        raise HTTPException(status_code=415, detail=NOT_JSON)
+    raw = await request.body()
+    if not raw.strip():
+        raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": EMPTY_BODY,
+                                       "input": None}])
     try:
-        return CallStateIn.model_validate_json(await request.body())
+        return CallStateIn.model_validate_json(raw)
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])}
                                       for e in exc.errors(include_url=False)]) from None

@@ -19,8 +19,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import pass_context
+from pydantic import BeforeValidator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+
+from miroir.numbers import WHOLE_RULE, decimal_number, whole_number
 
 from .. import db as store
 from .. import i18n
@@ -164,6 +167,27 @@ def require_role(user: User, *roles: str) -> None:
     """404 unless the user has one of ``roles`` (nothing to see here, not even a 403)."""
     if user.role not in roles:
         raise HTTPException(status_code=404, detail="not found")
+
+
+def _plain_whole(value: Any) -> Any:
+    """Text as :func:`miroir.numbers.whole_number` reads it (pydantic's own reading takes
+    ``1_000``, `` 12`` and ``+12``, and JSON's ``true`` for 1); the 422 names the field by its
+    place."""
+    if isinstance(value, bool):
+        raise ValueError(f"the value must be {WHOLE_RULE}, not true or false")
+    return whole_number(value, "the value") if isinstance(value, str) else value
+
+
+def _plain_decimal(value: Any) -> Any:
+    """Text as :func:`miroir.numbers.decimal_number` reads it, signed (a JSON number as is)."""
+    return decimal_number(value, "the value", signed=True) if isinstance(value, str) else value
+
+
+PlainWhole = BeforeValidator(_plain_whole)
+"""Put in the ``Annotated`` of an ``int`` query, form or JSON field: ASCII digits only."""
+PlainDecimal = BeforeValidator(_plain_decimal)
+"""Put in the ``Annotated`` of a ``float`` query, form or JSON field: ASCII digits, one ``.``, a
+``-`` (a JSON number is one already)."""
 
 
 PAGE_PARAMS = ("calls_before", "audit_before")

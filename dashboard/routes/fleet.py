@@ -9,7 +9,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from .. import certs, fleet, prom
-from .deps import CurrentUser, Db, Settings, render, require_role
+from .deps import CurrentUser, Db, PlainWhole, Settings, render, require_role
 
 router = APIRouter(tags=["fleet"])
 
@@ -35,7 +35,7 @@ def api_fleet(db: Db, user: CurrentUser, settings: Settings) -> dict[str, Any]:
 
 @router.get("/api/alerts")
 def api_alerts(db: Db, user: CurrentUser,
-               limit: Annotated[int, Query(ge=1, le=5000)] = 200) -> dict[str, Any]:
+               limit: Annotated[int, PlainWhole, Query(ge=1, le=5000)] = 200) -> dict[str, Any]:
     """The alert history, newest first, and the number still open (admins and IT)."""
     require_role(user, *IT_ROLES)
     active, _ = fleet.alert_counts(db)

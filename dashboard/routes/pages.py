@@ -10,10 +10,12 @@ from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
 
+from miroir.numbers import decimal_number, whole_number
+
 from .. import access, analytics, i18n, registry, schema
 from ..access import User
 from . import api
-from .deps import CurrentUser, Db, Settings, render, require_role
+from .deps import CurrentUser, Db, PlainDecimal, PlainWhole, Settings, render, require_role
 from .session import safe_next
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
@@ -40,8 +42,8 @@ CALLS_SHOWN = 10
 """Calls of a page listed at once, its latest; the rest of the page a tap away (a phone)."""
 AUDIT_PAGE = 100
 """Audit entries listed per page of the agent view (older ones a link away)."""
-AuditBefore = Annotated[int | None, Query(ge=1, le=api.MAX_ID)]
-CallsBefore = Annotated[int | None, Query(ge=1, le=api.MAX_ID)]
+AuditBefore = Annotated[int | None, PlainWhole, Query(ge=1, le=api.MAX_ID)]
+CallsBefore = Annotated[int | None, PlainWhole, Query(ge=1, le=api.MAX_ID)]
 
 
 def _calls_page(db: Db, agent: str, before: int | None) -> dict[str, Any]:
@@ -179,7 +181,7 @@ def me_page(request: Request, db: Db, user: CurrentUser,
     if sent in ("on", "off") and _unconfirmed(db, user.agent or "", at):
         context["agent"]["private"] = sent == "on"  # just switched here: the box confirms it soon
         # the page's script keeps saying so until the box speaks since, or the time is up
-        context["private_sent_at"] = float(at or "")
+        context["private_sent_at"] = decimal_number(at or "", "at")
         context["private_confirm_s"] = PRIVATE_CONFIRM_S
     return render(request, "agent.html", context)
 
@@ -195,7 +197,7 @@ def _unconfirmed(db: Db, agent: str, at: str | None) -> bool:
     at the agent's seat said nothing since. False for a missing, malformed or future ``at`` (a
     reload of the address later, a made-up link)."""
     try:
-        sent_ts = float(at or "")
+        sent_ts = decimal_number(at or "", "at")
     except ValueError:
         return False
     now = time.time()
@@ -208,7 +210,7 @@ def _unconfirmed(db: Db, agent: str, at: str | None) -> bool:
 
 @router.post("/agents/{agent:id}/flags")
 def flag_form(request: Request, db: Db, user: CurrentUser, agent: str,
-              ts: Annotated[float, Form(**api.TS_BOUNDS)],
+              ts: Annotated[float, PlainDecimal, Form(**api.TS_BOUNDS)],
               note: Annotated[str, Form(max_length=2000)] = "",
               shared: Annotated[str, Form(max_length=4)] = "",
               calls_before: CallsBefore = None, audit_before: AuditBefore = None) -> Response:
@@ -376,7 +378,8 @@ def assign_form(request: Request, db: Db, user: CurrentUser, campaign: str,
                 variant: Annotated[str, Form(max_length=12)] = "") -> Response:
     """Put an agent on the campaign and a variant."""
     try:  # a ValidationError is a ValueError: an id out of range is a 422 too
-        body = api.AssignIn(agent=agent, variant=int(variant) if variant.strip() else None)
+        body = api.AssignIn(agent=agent,
+                            variant=whole_number(variant, "variant") if variant else None)
     except ValueError:
         raise HTTPException(status_code=422, detail="variant must be an id") from None
     api.assign_agent(db, user, campaign, body)
