@@ -129,7 +129,10 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     site = _site(args)
     if args.finish:
         serials = site.finish_rotation(args.box, _reload(args))
-        print(f"box {args.box}: retired {len(serials)} old certificate(s)")
+        if serials:
+            print(f"box {args.box}: retired {len(serials)} old certificate(s)")
+        else:
+            print(f"box {args.box}: no rotation waits for its finish; nothing changed")
     else:
         path = site.rotate(args.box, again=args.again)
         print(f"box {args.box}: new bundle {path}; the old certificate stays valid until "

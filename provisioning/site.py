@@ -682,6 +682,8 @@ class Site:
         A connection still open with an old certificate (the old key in other hands) would outlive
         the reload: with ``kick`` the box's connection is closed (:meth:`kick`), and the box
         reconnects within seconds with its new certificate, the only one the broker takes.
+        With no rotation waiting for its finish (a finish run again), nothing is done and the
+        list is empty; a finish whose reload failed still waits, and its run again does it all.
         """
         inv = self.inventory()
         try:
@@ -689,14 +691,15 @@ class Site:
         except KeyError as exc:
             raise SiteError(str(exc.args[0])) from None
         old = sorted((self.box_pair(box).cert.parent / "old").glob("*.pem"))
-        if not old:
+        if not old or not rec.previous_serials:
+            log.info("box %s: no rotation waits for its finish; nothing done", box)
             return []
         pki.revoke(self.ca, self.crl, old)
         serials = [_hex_serial(p) for p in old]
-        rec.previous_serials = []
-        inv.save(self.dir)
         _reload_for(reload, f"box {box}'s old certificate(s) are revoked",
                     self.command("rotate", box, "--finish"))
+        rec.previous_serials = []  # finished once the broker has read them
+        inv.save(self.dir)
         if kick:
             self.kick(box)
         return serials

@@ -18,7 +18,7 @@ from provisioning import pki
 from provisioning.broker import Mosquitto, dashboard_identity, free_port, new_site_dir
 from provisioning.inventory import Enrolment
 from provisioning.site import Site, init_site
-from tests._fixtures_broker import Peer, box_publisher
+from tests._fixtures_broker import Peer, box_publisher, wait_until
 
 SITE = "paris-1"
 
@@ -644,6 +644,57 @@ def test_a_rotation_run_again_before_its_finish_does_not_cut_off_the_box(tmp_pat
         on_purpose = cli("rotate", "box-001", "--again", "--site-dir", str(site.dir))
         assert on_purpose.returncode == 0, on_purpose.stderr
         assert len(site.inventory().get("box-001").previous_serials) == 2
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _broker_lines(site: Site, box: str) -> list[str]:
+    """The broker's log lines about ``box``'s connections so far."""
+    return [line for line in site.log.read_text().splitlines() if f" {box}" in line]
+
+
+def test_a_rotation_finished_twice_leaves_the_box_connected(tmp_path: Path) -> None:
+    """`rotate box-001 --finish` run a second time (a script run again, a retry after a timeout)
+    said "retired 1 old certificate(s)" again, rewrote the revocation list and cut the box's good
+    connection (it reconnected 1 s later). With no rotation waiting for its finish, it now says
+    so in one line, exit 0 as `enroll-csv`'s and `retire`'s runs again, and changes nothing; a
+    finish whose reload failed still does it all when run again."""
+    root = new_site_dir("miroir-finish-twice-")
+    try:
+        site = init_site(root / "site", SITE, broker_host="localhost", port=free_port(),
+                         bind="127.0.0.1")
+        site.enroll([Enrolment(box="box-001", seat="A-01")])
+        assert cli("rotate", "box-001", "--site-dir", str(site.dir)).returncode == 0
+        dead = subprocess.Popen(["true"])  # a pid that no longer runs: the first finish fails
+        dead.wait()
+        failed = cli("rotate", "box-001", "--finish", "--site-dir", str(site.dir),
+                     "--broker-pid", str(dead.pid))
+        assert failed.returncode == 2, failed.stdout + failed.stderr
+        broker = Mosquitto(site.config, site.port, site.log).start()
+        pub = None
+        try:
+            pub = box_publisher(site, "box-001", tmp_path / "box")  # the new bundle
+            done = cli("rotate", "box-001", "--finish", "--site-dir", str(site.dir),
+                       "--broker-pid", str(broker.pid))
+            assert done.returncode == 0, done.stderr
+            assert done.stdout == "box box-001: retired 1 old certificate(s)\n", done.stdout
+            wait_until(pub.connected.is_set, "the box back after the finish's cut")
+            seen = _broker_lines(site, "box-001")
+            before = {k: v for k, v in _files(site.dir).items()
+                      if not k.startswith(("persist", "mosquitto.log"))}
+            again = cli("rotate", "box-001", "--finish", "--site-dir", str(site.dir),
+                        "--broker-pid", str(broker.pid))
+            assert again.returncode == 0, again.stderr
+            assert again.stdout == "box box-001: no rotation waits for its finish; nothing " \
+                "changed\n", again.stdout
+            assert {k: v for k, v in _files(site.dir).items()
+                    if not k.startswith(("persist", "mosquitto.log"))} == before
+            assert _broker_lines(site, "box-001") == seen  # not cut, no one connected as it
+            assert pub.connected.is_set()
+        finally:
+            if pub is not None:
+                pub.stop()
+            broker.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
