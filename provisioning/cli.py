@@ -117,8 +117,9 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     else:
         when = dt.datetime.fromtimestamp(result.revoked_before_ts, dt.UTC)
         what = f"was already revoked on {when:%Y-%m-%d %H:%M} UTC, revoked again"
-    print(f"box {result.box} {what} (serials {', '.join(result.serials)}); broker reloaded; "
-          f"live connection {live}, retained status {status}, in {result.duration_s:.2f} s")
+    print(f"box {result.box} {what} (serials {', '.join(result.serials)}); broker reloaded, the "
+          f"revoked certificate refused {result.refused_after_s or 0:.2f} s after; live connection "
+          f"{live}, retained status {status}, in {result.duration_s:.2f} s")
     print(f"next: back up the site again (`{site.command('backup', f'~/{site.site}.bak')}`): a "
           f"site restored from an older backup lets {result.box} in again")
     return 0

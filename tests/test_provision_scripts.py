@@ -497,7 +497,8 @@ def test_a_revocation_list_cut_short_by_a_full_disk_leaves_the_old_one(tmp_path:
         finally:
             broker.stop()
         serial = pki.load_cert(site.box_pair("box-001").cert).serial_number
-        assert [e.serial_number for e in pki.load_crl(site.crl)] == [serial]
+        entries = [e.serial_number for e in pki.load_crl(site.crl)]
+        assert serial in entries and len(entries) == 2, entries  # and revoke's check certificate
         assert site.crl.stat().st_mode & 0o777 == mode == 0o644  # the broker's user reads it
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -694,6 +695,65 @@ def test_a_rotation_finished_twice_leaves_the_box_connected(tmp_path: Path) -> N
         finally:
             if pub is not None:
                 pub.stop()
+            broker.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_revocation_the_broker_did_not_read_fails_saying_so(tmp_path: Path) -> None:
+    """`revoke --broker-pid` given a live process that is not the broker (a stale pid, another
+    program's) said "broker reloaded; live connection cut", exit 0, while the broker still let
+    the revoked certificate in (CONNACK Success): the cut box was back within a second. After the
+    reload, `revoke` now tries a certificate revoked with the box's on the broker until it is
+    refused (0.06 s measured: the try made at once is let in 9 times out of 10, the reload read a
+    moment after the signal) and says how long that took; still let in after 5 s, it fails saying
+    so and what to run (exit 2), without cutting the box for nothing."""
+    import re
+    import signal
+
+    root = new_site_dir("miroir-revoke-unread-")
+    try:
+        site = init_site(root / "site", SITE, broker_host="localhost", port=free_port(),
+                         bind="127.0.0.1")
+        site.enroll([Enrolment(box="box-001", seat="A-01"), Enrolment(box="box-002", seat="A-02")])
+        stolen = site.box_pair("box-001")
+        broker = Mosquitto(site.config, site.port, site.log).start()
+        other = subprocess.Popen(["sleep", "120"],  # alive, SIGHUP ignored: not the broker
+                                 preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)
+                                 and None)
+        pub = None
+        try:
+            pub = box_publisher(site, "box-001", tmp_path / "box")
+            seen = _broker_lines(site, "box-001")
+            for extra in ((), ("--no-kick",)):
+                done = cli("revoke", "box-001", "--site-dir", str(site.dir), "--broker-pid",
+                           str(other.pid), *extra)
+                assert done.returncode == 2, done.stdout + done.stderr
+                assert done.stderr.splitlines()[-1] == (
+                    f"miroir: error: the broker at localhost:{site.port} still let box box-001's "
+                    f"revoked certificate in 5 s after its reload (its log, {site.log}, says "
+                    "whether it reloaded): box box-001 is revoked in the site's files, but the "
+                    "running broker has not read them; run `miroir provision revoke --site-dir "
+                    f"{site.dir} box-001 --broker-pid {other.pid}` again once the broker can be "
+                    "reloaded (with another --broker-pid or --broker-unit if that one is not the "
+                    "broker's)"), done.stderr
+                assert pub.connected.is_set()
+            assert _broker_lines(site, "box-001") == seen  # its connection was not cut for nothing
+            done = cli("revoke", "box-001", "--site-dir", str(site.dir), "--broker-pid",
+                       str(broker.pid))
+            assert done.returncode == 0, done.stderr
+            took = re.search(r"; broker reloaded, the revoked certificate refused ([0-9.]+) s "
+                             r"after; live connection cut", done.stdout)
+            assert took is not None, done.stdout
+            print(f"revoked certificate refused {float(took.group(1)):.2f} s after the reload")
+            peer = Peer(stolen, site.ca.cert, "box-001", site.port)
+            assert peer.connect() is None  # refused: no CONNACK
+            peer.close()
+        finally:
+            if pub is not None:
+                pub.stop()
+            other.kill()
+            other.wait()
             broker.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
