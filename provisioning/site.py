@@ -396,16 +396,18 @@ class Site:
             raise
         return self.acl
 
-    def _refused_after(self, check: CertPair, box: str, reload: Reload,
+    def _refused_after(self, check: CertPair, what: str, reload: Reload, done: str, again: str,
                        timeout_s: float = CONFIRM_TIMEOUT_S) -> float:
-        """Try ``check``, a certificate revoked in the same CRL as ``box``'s, on the broker until
-        it refuses it (the reload has read that CRL, so ``box`` reconnecting is refused too), and
-        return how long that took, in seconds. (``box``'s own certificate would take its session
-        over, as the broker names a client after its CN, and cut it at each try.)
+        """Try ``check``, a certificate revoked in the same CRL as ``what`` (a box's revoked or
+        old certificates), on the broker until it refuses it (the reload has read that CRL, so
+        those are refused too), and return how long that took, in seconds. (A box's own
+        certificate would take the box's session over, as the broker names a client after its
+        CN, and cut it at each try.)
 
         Raises:
-            SiteError: still let in, or the broker could not be asked, after ``timeout_s`` (the
-                message says so and what to run again with the options of ``reload``).
+            SiteError: still let in, or the broker could not be asked, after ``timeout_s``: the
+                message says so, what is ``done`` and the command to run ``again`` with the
+                options of ``reload``.
         """
         start = time.monotonic()
         while True:
@@ -413,17 +415,16 @@ class Site:
                 if not lets_in(self.admin_host, self.port, self.ca.cert, check, check_identity(
                         self.site)):
                     took = time.monotonic() - start
-                    log.info("box %s's revoked certificate refused %.3f s after the reload",
-                             box, took)
+                    log.info("%s refused %.3f s after the reload", what, took)
                     return took
-                why = f"still let box {box}'s revoked certificate in"
+                why = f"still let {what} in"
             except OSError as exc:
-                why = f"could not be asked about box {box}'s revoked certificate ({exc})"
+                why = f"could not be asked about {what} ({exc})"
             if time.monotonic() - start >= timeout_s:
                 raise SiteError(
                     f"the broker at {self.admin_host}:{self.port} {why} {timeout_s:.0f} s after "
                     f"its reload (its log, {self.log}, says whether it reloaded): "
-                    + _not_read(reload, f"box {box} is revoked", self.command("revoke", box)))
+                    + _not_read(reload, done, again))
             time.sleep(CONFIRM_RETRY_S)
 
     def kick(self, box: str, timeout_s: float = KICK_TIMEOUT_S) -> bool:
@@ -641,7 +642,9 @@ class Site:
             def confirmed() -> bool:
                 nonlocal refused_s, unread
                 try:
-                    refused_s = self._refused_after(check, box, reload) if check else None
+                    refused_s = self._refused_after(
+                        check, f"box {box}'s revoked certificate", reload, f"box {box} is revoked",
+                        self.command("revoke", box)) if check else None
                 except SiteError as exc:
                     unread = exc
                 return unread is None
@@ -754,7 +757,8 @@ class Site:
         return out
 
     @_exclusive
-    def finish_rotation(self, box: str, reload: Reload, *, kick: bool = True) -> list[str]:
+    def finish_rotation(self, box: str, reload: Reload, *, kick: bool = True,
+                        confirm: bool = True) -> list[str]:
         """Revoke a box's rotated-out certificates (once it runs with the new one).
 
         A connection still open with an old certificate (the old key in other hands) would outlive
@@ -762,6 +766,9 @@ class Site:
         reconnects within seconds with its new certificate, the only one the broker takes.
         With no rotation waiting for its finish (a finish run again), nothing is done and the
         list is empty; a finish whose reload failed still waits, and its run again does it all.
+        With ``confirm``, as :meth:`revoke` does, the finish waits until the broker refuses a
+        one-time certificate revoked with the old ones (:class:`SiteError` if it does not within
+        :data:`CONFIRM_TIMEOUT_S`: the rotation then still waits, and the box is not cut).
         """
         inv = self.inventory()
         try:
@@ -772,10 +779,16 @@ class Site:
         if not old or not rec.previous_serials:
             log.info("box %s: no rotation waits for its finish; nothing done", box)
             return []
-        pki.revoke(self.ca, self.crl, old)
-        serials = [_hex_serial(p) for p in old]
-        _reload_for(reload, f"box {box}'s old certificate(s) are revoked",
-                    self.command("rotate", box, "--finish"))
+        done = f"box {box}'s old certificate(s) are revoked"
+        again = self.command("rotate", box, "--finish")
+        with tempfile.TemporaryDirectory(prefix=".check-", dir=self.dir) as stage:  # 0700
+            check = pki.issue(self.ca, Path(stage), check_identity(self.site),
+                              days=KICK_CERT_DAYS) if confirm else None
+            pki.revoke(self.ca, self.crl, [*old, *([check.cert] if check else [])])
+            serials = [_hex_serial(p) for p in old]
+            _reload_for(reload, done, again)
+            if check is not None:
+                self._refused_after(check, f"box {box}'s old certificate(s)", reload, done, again)
         rec.previous_serials = []  # finished once the broker has read them
         inv.save(self.dir)
         if kick:

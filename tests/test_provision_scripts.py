@@ -759,6 +759,54 @@ def test_a_revocation_the_broker_did_not_read_fails_saying_so(tmp_path: Path) ->
         shutil.rmtree(root, ignore_errors=True)
 
 
+def test_a_rotation_finish_the_broker_did_not_read_fails_saying_so(tmp_path: Path) -> None:
+    """`rotate --finish --broker-pid` given a live process that is not the broker said "retired
+    1 old certificate(s)", exit 0, while the broker still let the old certificate in (CONNACK
+    Success): its key in other hands kept working. The finish now waits, as `revoke` does, until
+    the broker refuses a certificate revoked with the old ones; still let in after 5 s it fails
+    saying so (exit 2), and its run again with the broker's pid does it all."""
+    import signal
+
+    root = new_site_dir("miroir-finish-unread-")
+    try:
+        site = init_site(root / "site", SITE, broker_host="localhost", port=free_port(),
+                         bind="127.0.0.1")
+        site.enroll([Enrolment(box="box-001", seat="A-01")])
+        old = pki.CertPair(tmp_path / "old.pem", tmp_path / "old.key")
+        shutil.copy(site.box_pair("box-001").cert, old.cert)
+        shutil.copy(site.box_pair("box-001").key, old.key)
+        assert cli("rotate", "box-001", "--site-dir", str(site.dir)).returncode == 0
+        broker = Mosquitto(site.config, site.port, site.log).start()
+        other = subprocess.Popen(["sleep", "120"],  # alive, SIGHUP ignored: not the broker
+                                 preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)
+                                 and None)
+        try:
+            done = cli("rotate", "box-001", "--finish", "--site-dir", str(site.dir),
+                       "--broker-pid", str(other.pid))
+            assert done.returncode == 2, done.stdout + done.stderr
+            assert done.stderr.splitlines()[-1] == (
+                f"miroir: error: the broker at localhost:{site.port} still let box box-001's "
+                f"old certificate(s) in 5 s after its reload (its log, {site.log}, says "
+                "whether it reloaded): box box-001's old certificate(s) are revoked in the "
+                "site's files, but the running broker has not read them; run `miroir provision "
+                f"rotate --site-dir {site.dir} box-001 --finish --broker-pid {other.pid}` again "
+                "once the broker can be reloaded (with another --broker-pid or --broker-unit if "
+                "that one is not the broker's)"), done.stderr
+            done = cli("rotate", "box-001", "--finish", "--site-dir", str(site.dir),
+                       "--broker-pid", str(broker.pid))
+            assert done.returncode == 0, done.stderr
+            assert done.stdout == "box box-001: retired 1 old certificate(s)\n", done.stdout
+            peer = Peer(old, site.ca.cert, "box-001", site.port)
+            assert peer.connect() is None  # refused: no CONNACK
+            peer.close()
+        finally:
+            other.kill()
+            other.wait()
+            broker.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.mark.parametrize(("name", "text"), [
     ("excel-utf8", "\ufeffbox,seat,agent,team\r\nbox-001,A-01,Priya,north\r\nbox-002,A-02,Rahul,"
                    "north\r\n"),
