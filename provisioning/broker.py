@@ -817,3 +817,27 @@ def lets_in(host: str, port: int, ca: Path, identity: CertPair, client_id: str,
             if accepted:
                 tls.sendall(b"\xe0\x00")  # DISCONNECT: gone cleanly
             return accepted
+
+
+def served_serial(host: str, port: int, ca: Path, identity: CertPair,
+                  timeout_s: float = PROBE_TIMEOUT_S) -> int:
+    """Serial number of the certificate the broker at ``host:port`` serves now: a TLS handshake
+    with ``identity``, closed before any MQTT packet (no session is opened or taken over).
+
+    Raises:
+        OSError: the broker cannot be asked (not reachable, no answer, a certificate not signed
+            by ``ca`` for ``host``, ``identity``'s files unreadable).
+    """
+    import ssl
+
+    from cryptography import x509
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(str(ca))
+    context.load_cert_chain(str(identity.cert), str(identity.key))
+    with socket.create_connection((host, port), timeout=timeout_s) as raw, \
+            context.wrap_socket(raw, server_hostname=host) as tls:
+        der = tls.getpeercert(binary_form=True)
+    if der is None:
+        raise OSError(f"the broker at {host}:{port} showed no certificate")
+    return int(x509.load_der_x509_certificate(der).serial_number)

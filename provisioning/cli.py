@@ -145,8 +145,8 @@ def cmd_renew(args: argparse.Namespace) -> int:
     """Renew the broker's and the dashboard's certificates (825 days) and the revocation list."""
     site = _site(args)
     until = site.renew(_reload(args))
-    print(f"broker certificate renewed until {until['broker']} (broker reloaded); revocation list "
-          f"valid until {until['crl']}")
+    print(f"broker certificate renewed until {until['broker']} (broker reloaded, serving it); "
+          f"revocation list valid until {until['crl']}")
     print(f"dashboard certificate renewed until {until['dashboard']}: restart the dashboard to use "
           "it (`systemctl restart miroir-dashboard`)")
     print(f"broker configuration rewritten ({site.config}): after an update of this server, restart "

@@ -62,6 +62,7 @@ from provisioning.broker import (
     dashboard_identity,
     lets_in,
     make_site,
+    served_serial,
     tls_client,
     write_acl,
     write_config,
@@ -427,6 +428,34 @@ class Site:
                     + _not_read(reload, done, again))
             time.sleep(CONFIRM_RETRY_S)
 
+    def _serves_new(self, reload: Reload, done: str, again: str,
+                    timeout_s: float = CONFIRM_TIMEOUT_S) -> float:
+        """Wait until the broker serves the certificate in the site's files (its reload has read
+        it) and return how long that took, in seconds.
+
+        Raises:
+            SiteError: it still serves another, or could not be asked, after ``timeout_s``: the
+                message says so, what is ``done`` and the command to run ``again``.
+        """
+        serial = pki.load_cert(self.server.cert).serial_number
+        start = time.monotonic()
+        while True:
+            try:
+                if served_serial(self.admin_host, self.port, self.ca.cert,
+                                 self.dashboard) == serial:
+                    took = time.monotonic() - start
+                    log.info("the broker serves its new certificate %.3f s after the reload", took)
+                    return took
+                why = "still served its old certificate"
+            except OSError as exc:
+                why = f"could not be asked which certificate it serves ({exc})"
+            if time.monotonic() - start >= timeout_s:
+                raise SiteError(
+                    f"the broker at {self.admin_host}:{self.port} {why} {timeout_s:.0f} s after "
+                    f"its reload (its log, {self.log}, says whether it reloaded): "
+                    + _not_read(reload, done, again))
+            time.sleep(CONFIRM_RETRY_S)
+
     def kick(self, box: str, timeout_s: float = KICK_TIMEOUT_S) -> bool:
         """Close a box's live MQTT connection: connect once as the box, with a certificate issued
         for its CN now (the broker names the client after it, so the box's session is taken over),
@@ -717,12 +746,14 @@ class Site:
         return self.bundle_path(box)
 
     @_exclusive
-    def renew(self, reload: Reload, *, days: int = BOX_CERT_DAYS) -> dict[str, str]:
+    def renew(self, reload: Reload, *, days: int = BOX_CERT_DAYS,
+              confirm: bool = True) -> dict[str, str]:
         """New keys and certificates for the broker and the dashboard (same names), the CRL signed
         again until the CA expires, the private folders and inventory closed (:func:`make_private`)
         and the broker's configuration written as this version does;
-        the broker reloads (SIGHUP takes the new certificate; open connections carry on). The
-        dashboard uses its new identity once restarted.
+        the broker reloads (SIGHUP takes the new certificate; open connections carry on) and,
+        with ``confirm``, is seen serving the new one (:class:`SiteError` if it does not within
+        :data:`CONFIRM_TIMEOUT_S`). The dashboard uses its new identity once restarted.
 
         Returns:
             The new expiry of each, ISO 8601: ``broker``, ``dashboard``, ``crl``.
@@ -748,8 +779,10 @@ class Site:
         # hardening, e.g. client ids bound to certificates)
         write_config(self.dir, port=self.port, ca=self.ca, server=self.server, acl=self.acl,
                      host=self.bind, crl=self.crl)
-        _reload_for(reload, "the broker's and the dashboard's new certificates are",
-                    self.command("renew"))
+        done = "the broker's and the dashboard's new certificates are"
+        _reload_for(reload, done, self.command("renew"))
+        if confirm:
+            self._serves_new(reload, done, self.command("renew"))
         crl = pki.load_crl(self.crl)
         out = {"broker": _not_after(self.server.cert), "dashboard": _not_after(self.dashboard.cert),
                "crl": crl.next_update_utc.isoformat() if crl.next_update_utc else ""}

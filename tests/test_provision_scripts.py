@@ -904,6 +904,59 @@ def test_a_renewal_whose_broker_reload_fails_says_what_to_run(site_dir: Path) ->
         "broker's)")
 
 
+def test_a_renewal_the_broker_did_not_read_fails_saying_so(tmp_path: Path) -> None:
+    """`renew --broker-pid` given a live process that is not the broker said "broker
+    certificate renewed ... (broker reloaded)", exit 0, while the broker went on serving its old
+    certificate, which ends on its date and then locks every box out. `renew` now waits until the
+    broker serves the new one (a TLS handshake, no MQTT session); still the old one after 5 s, it
+    fails saying so and what to run (exit 2)."""
+    import signal
+    import socket
+    import ssl
+
+    root = new_site_dir("miroir-renew-unread-")
+    try:
+        site = init_site(root / "site", SITE, broker_host="localhost", port=free_port(),
+                         bind="127.0.0.1")
+
+        def served() -> int:
+            ctx = ssl.create_default_context(cafile=str(site.ca.cert))
+            ctx.load_cert_chain(str(site.dashboard.cert), str(site.dashboard.key))
+            with socket.create_connection(("127.0.0.1", site.port)) as raw, \
+                    ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                der = tls.getpeercert(True)
+            assert der is not None
+            return pki.x509.load_der_x509_certificate(der).serial_number
+
+        broker = Mosquitto(site.config, site.port, site.log).start()
+        other = subprocess.Popen(["sleep", "120"],  # alive, SIGHUP ignored: not the broker
+                                 preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)
+                                 and None)
+        try:
+            old = served()
+            done = cli("renew", "--site-dir", str(site.dir), "--broker-pid", str(other.pid))
+            assert done.returncode == 2, done.stdout + done.stderr
+            assert done.stderr.splitlines()[-1] == (
+                f"miroir: error: the broker at localhost:{site.port} still served its old "
+                f"certificate 5 s after its reload (its log, {site.log}, says whether it "
+                "reloaded): the broker's and the dashboard's new certificates are in the site's "
+                "files, but the running broker has not read them; run `miroir provision renew "
+                f"--site-dir {site.dir} --broker-pid {other.pid}` again once the broker can be "
+                "reloaded (with another --broker-pid or --broker-unit if that one is not the "
+                "broker's)"), done.stderr
+            assert served() == old
+            done = cli("renew", "--site-dir", str(site.dir), "--broker-pid", str(broker.pid))
+            assert done.returncode == 0 and "(broker reloaded, serving it)" in done.stdout, \
+                done.stderr
+            assert served() == pki.load_cert(site.server.cert).serial_number != old
+        finally:
+            other.kill()
+            other.wait()
+            broker.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def test_a_revocation_whose_systemctl_reload_fails_is_one_line(site_dir: Path) -> None:
     """`systemctl reload` failing with two lines of its own (here: "System has not been booted
     with systemd ...", "Failed to connect to bus ...") made revoke's error two lines, the second
