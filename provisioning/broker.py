@@ -774,3 +774,70 @@ def tls_client(identity_files: CertPair | None, ca: Path, client_id: str) -> mqt
         tls_version=ssl.PROTOCOL_TLS_CLIENT,
     )
     return client
+
+
+PROBE_TIMEOUT_S = 2.0
+"""How long :func:`lets_in` waits for the broker's TCP accept, TLS handshake and CONNACK each."""
+
+
+def lets_in(host: str, port: int, ca: Path, identity: CertPair, client_id: str,
+            timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    """True if the broker at ``host:port`` lets ``identity`` in now (a success CONNACK to an MQTT
+    3.1.1 CONNECT made over TLS with it, then a clean DISCONNECT), False if it refuses it (a TLS
+    alert, such as a revoked certificate's, or a connection closed before or at the CONNACK).
+
+    Raises:
+        OSError: the broker cannot be asked (not reachable, no answer, its own certificate not
+            signed by ``ca`` for ``host``, ``identity``'s files unreadable).
+    """
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # checks the broker's name and CA
+    context.load_verify_locations(str(ca))
+    context.load_cert_chain(str(identity.cert), str(identity.key))
+    ident = client_id.encode()
+    body = b"\x00\x04MQTT\x04\x02\x00\x0a" + len(ident).to_bytes(2, "big") + ident
+    connect = bytes([0x10, len(body)]) + body  # (one length byte: ids are 32 bytes at most)
+    with socket.create_connection((host, port), timeout=timeout_s) as raw:
+        try:
+            tls = context.wrap_socket(raw, server_hostname=host)
+        except ssl.SSLCertVerificationError:
+            raise  # the broker is not the one asked for: no answer about the certificate
+        except (ssl.SSLError, ConnectionError):
+            return False  # refused in the handshake (TLS 1.2)
+        with tls:
+            answer = b""
+            try:  # TLS 1.3: the broker checks the certificate after the handshake
+                tls.sendall(connect)
+                while len(answer) < 4 and (chunk := tls.recv(4 - len(answer))):
+                    answer += chunk
+            except (ssl.SSLError, ConnectionError):
+                return False
+            accepted = len(answer) == 4 and answer[0] == 0x20 and answer[3] == 0
+            if accepted:
+                tls.sendall(b"\xe0\x00")  # DISCONNECT: gone cleanly
+            return accepted
+
+
+def served_serial(host: str, port: int, ca: Path, identity: CertPair,
+                  timeout_s: float = PROBE_TIMEOUT_S) -> int:
+    """Serial number of the certificate the broker at ``host:port`` serves now: a TLS handshake
+    with ``identity``, closed before any MQTT packet (no session is opened or taken over).
+
+    Raises:
+        OSError: the broker cannot be asked (not reachable, no answer, a certificate not signed
+            by ``ca`` for ``host``, ``identity``'s files unreadable).
+    """
+    import ssl
+
+    from cryptography import x509
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(str(ca))
+    context.load_cert_chain(str(identity.cert), str(identity.key))
+    with socket.create_connection((host, port), timeout=timeout_s) as raw, \
+            context.wrap_socket(raw, server_hostname=host) as tls:
+        der = tls.getpeercert(binary_form=True)
+    if der is None:
+        raise OSError(f"the broker at {host}:{port} showed no certificate")
+    return int(x509.load_der_x509_certificate(der).serial_number)

@@ -117,8 +117,9 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     else:
         when = dt.datetime.fromtimestamp(result.revoked_before_ts, dt.UTC)
         what = f"was already revoked on {when:%Y-%m-%d %H:%M} UTC, revoked again"
-    print(f"box {result.box} {what} (serials {', '.join(result.serials)}); broker reloaded; "
-          f"live connection {live}, retained status {status}, in {result.duration_s:.2f} s")
+    print(f"box {result.box} {what} (serials {', '.join(result.serials)}); broker reloaded, the "
+          f"revoked certificate refused {result.refused_after_s or 0:.2f} s after; live connection "
+          f"{live}, retained status {status}, in {result.duration_s:.2f} s")
     print(f"next: back up the site again (`{site.command('backup', f'~/{site.site}.bak')}`): a "
           f"site restored from an older backup lets {result.box} in again")
     return 0
@@ -129,7 +130,10 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     site = _site(args)
     if args.finish:
         serials = site.finish_rotation(args.box, _reload(args))
-        print(f"box {args.box}: retired {len(serials)} old certificate(s)")
+        if serials:
+            print(f"box {args.box}: retired {len(serials)} old certificate(s)")
+        else:
+            print(f"box {args.box}: no rotation waits for its finish; nothing changed")
     else:
         path = site.rotate(args.box, again=args.again)
         print(f"box {args.box}: new bundle {path}; the old certificate stays valid until "
@@ -141,8 +145,8 @@ def cmd_renew(args: argparse.Namespace) -> int:
     """Renew the broker's and the dashboard's certificates (825 days) and the revocation list."""
     site = _site(args)
     until = site.renew(_reload(args))
-    print(f"broker certificate renewed until {until['broker']} (broker reloaded); revocation list "
-          f"valid until {until['crl']}")
+    print(f"broker certificate renewed until {until['broker']} (broker reloaded, serving it); "
+          f"revocation list valid until {until['crl']}")
     print(f"dashboard certificate renewed until {until['dashboard']}: restart the dashboard to use "
           "it (`systemctl restart miroir-dashboard`)")
     print(f"broker configuration rewritten ({site.config}): after an update of this server, restart "

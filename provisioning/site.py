@@ -20,10 +20,12 @@ SIGHUP reloads the CRL (new TLS handshakes of the box fail) and the ACL (its pub
 authorized") but leaves its TCP connection open, and 2.0 has no admin "kick". The broker names
 every client after its certificate's CN (``use_username_as_clientid``), so no client can take over
 another's session; :meth:`Site.revoke` (1) adds the certificates to the CRL, (2) denies the box
-every topic in the ACL, (3) reloads the broker, and (4) connects once with a certificate the CA
-issues for the box's own CN on the spot (valid 10 minutes, its key never written outside a 0700
-staging folder, revoked after use), which makes the broker close the box's connection; the box's
-reconnection is then refused by the CRL.
+every topic in the ACL, (3) reloads the broker and waits until it refuses a one-time certificate
+revoked in the same CRL (the broker reads a SIGHUP a moment after it, and a process that is not
+the broker reloads nothing: the command then fails, saying so), and (4) connects once with a
+certificate the CA issues for the box's own CN on the spot (valid 10 minutes, its key never
+written outside a 0700 staging folder, revoked after use), which makes the broker close the box's
+connection; the box's reconnection is then refused by the CRL.
 """
 
 from __future__ import annotations
@@ -58,7 +60,9 @@ from provisioning.broker import (
     CRL_FILE,
     SERVER_HOSTS,
     dashboard_identity,
+    lets_in,
     make_site,
+    served_serial,
     tls_client,
     write_acl,
     write_config,
@@ -82,6 +86,12 @@ SITE_FILE = "site.json"
 DEFAULT_PORT = 8883
 KICK_TIMEOUT_S = 5.0
 """How long :meth:`Site.kick` waits for the broker to accept its takeover of a box's session."""
+CONFIRM_TIMEOUT_S = 5.0
+"""How long :meth:`Site.revoke` tries a certificate revoked with the box's on the broker, after its
+reload, until it is refused. Measured on Mosquitto 2.0.11 with 10 boxes connected: the try made at
+once after the SIGHUP was still let in 9 times out of 10, the next one (0.05 s later) refused."""
+CONFIRM_RETRY_S = 0.05
+"""Pause between two of those tries."""
 KICK_CERT_DAYS = 10 / (24 * 60)
 """Validity of the one-time certificate that cuts a revoked box off (10 minutes)."""
 BOX_CERT_DAYS = 825
@@ -207,6 +217,12 @@ def check_admin_user(name: str) -> str:
     return name
 
 
+def check_identity(site: str) -> str:
+    """CN of the one-time certificates :meth:`Site.revoke` revokes with a box's and tries on the
+    broker after its reload (the underscore keeps it out of the box ids' alphabet)."""
+    return f"check_{wire.check_id(site, 'site')}"
+
+
 def admin_identity(site: str) -> str:
     """CN of the standing identity that site-init gave the provisioning tool before revocation cut
     a box with a one-time certificate (no longer issued; still denied every topic in the ACL)."""
@@ -247,19 +263,23 @@ def signal_reload(pid: int) -> Reload:
     return BrokerReload(reload, ("--broker-pid", str(pid)))
 
 
+def _not_read(reload: Reload, done: str, again: str) -> str:
+    """What is ``done`` in the site's files, not read by the broker, and the command to run
+    ``again``, with the options that chose the broker (a :class:`BrokerReload`'s)."""
+    chosen = getattr(reload, "args", ())
+    command = " ".join([again, *(shlex.quote(a) for a in chosen)])
+    return (f"{done} in the site's files, but the running broker has not read them; run "
+            f"`{command}` again once the broker can be reloaded (with another --broker-pid or "
+            "--broker-unit if that one is not the broker's)")
+
+
 def _reload_for(reload: Reload, done: str, again: str) -> None:
     """Reload the broker; when it fails, say what is ``done`` in the site's files and the
-    command to run ``again`` (one line, :class:`SiteError`), with the options that chose the
-    broker (a :class:`BrokerReload`'s)."""
+    command to run ``again`` (one line, :class:`SiteError`)."""
     try:
         reload()
     except SiteError as exc:
-        chosen = getattr(reload, "args", ())
-        command = " ".join([again, *(shlex.quote(a) for a in chosen)])
-        raise SiteError(f"{exc}: {done} in the site's files, but the running broker has not read "
-                        f"them; run `{command}` again once the broker can be reloaded (with "
-                        "another --broker-pid or --broker-unit if that one is not the broker's)"
-                        ) from None
+        raise SiteError(f"{exc}: {_not_read(reload, done, again)}") from None
 
 
 def _acknowledged(sent: Any, timeout_s: float) -> bool:
@@ -300,6 +320,8 @@ class RevokeResult:
     """The box's retained status was removed from the broker (subscribers no longer get it)."""
     revoked_before_ts: float | None = None
     """When an earlier run revoked the box (its record keeps that time), else None."""
+    refused_after_s: float | None = None
+    """How long after the broker's reload its certificate was first refused (None: not tried)."""
 
 
 class Site:
@@ -374,6 +396,65 @@ class Site:
             tmp.unlink(missing_ok=True)
             raise
         return self.acl
+
+    def _refused_after(self, check: CertPair, what: str, reload: Reload, done: str, again: str,
+                       timeout_s: float = CONFIRM_TIMEOUT_S) -> float:
+        """Try ``check``, a certificate revoked in the same CRL as ``what`` (a box's revoked or
+        old certificates), on the broker until it refuses it (the reload has read that CRL, so
+        those are refused too), and return how long that took, in seconds. (A box's own
+        certificate would take the box's session over, as the broker names a client after its
+        CN, and cut it at each try.)
+
+        Raises:
+            SiteError: still let in, or the broker could not be asked, after ``timeout_s``: the
+                message says so, what is ``done`` and the command to run ``again`` with the
+                options of ``reload``.
+        """
+        start = time.monotonic()
+        while True:
+            try:
+                if not lets_in(self.admin_host, self.port, self.ca.cert, check, check_identity(
+                        self.site)):
+                    took = time.monotonic() - start
+                    log.info("%s refused %.3f s after the reload", what, took)
+                    return took
+                why = f"still let {what} in"
+            except OSError as exc:
+                why = f"could not be asked about {what} ({exc})"
+            if time.monotonic() - start >= timeout_s:
+                raise SiteError(
+                    f"the broker at {self.admin_host}:{self.port} {why} {timeout_s:.0f} s after "
+                    f"its reload (its log, {self.log}, says whether it reloaded): "
+                    + _not_read(reload, done, again))
+            time.sleep(CONFIRM_RETRY_S)
+
+    def _serves_new(self, reload: Reload, done: str, again: str,
+                    timeout_s: float = CONFIRM_TIMEOUT_S) -> float:
+        """Wait until the broker serves the certificate in the site's files (its reload has read
+        it) and return how long that took, in seconds.
+
+        Raises:
+            SiteError: it still serves another, or could not be asked, after ``timeout_s``: the
+                message says so, what is ``done`` and the command to run ``again``.
+        """
+        serial = pki.load_cert(self.server.cert).serial_number
+        start = time.monotonic()
+        while True:
+            try:
+                if served_serial(self.admin_host, self.port, self.ca.cert,
+                                 self.dashboard) == serial:
+                    took = time.monotonic() - start
+                    log.info("the broker serves its new certificate %.3f s after the reload", took)
+                    return took
+                why = "still served its old certificate"
+            except OSError as exc:
+                why = f"could not be asked which certificate it serves ({exc})"
+            if time.monotonic() - start >= timeout_s:
+                raise SiteError(
+                    f"the broker at {self.admin_host}:{self.port} {why} {timeout_s:.0f} s after "
+                    f"its reload (its log, {self.log}, says whether it reloaded): "
+                    + _not_read(reload, done, again))
+            time.sleep(CONFIRM_RETRY_S)
 
     def kick(self, box: str, timeout_s: float = KICK_TIMEOUT_S) -> bool:
         """Close a box's live MQTT connection: connect once as the box, with a certificate issued
@@ -542,14 +623,21 @@ class Site:
             key_pem=pair.key.read_text())
 
     @_exclusive
-    def revoke(self, box: str, reload: Reload, *, kick: bool = True) -> RevokeResult:
-        """Revoke a box: CRL, ACL deny, broker reload, and its live connection cut.
+    def revoke(self, box: str, reload: Reload, *, kick: bool = True,
+               confirm: bool = True) -> RevokeResult:
+        """Revoke a box: CRL, ACL deny, broker reload, the revoked certificate seen refused by the
+        broker, and its live connection cut.
 
         Args:
             box: Box id.
             reload: Makes the running broker re-read its CRL and ACL (:func:`systemctl_reload`,
                 :func:`signal_reload`).
             kick: Also close the box's live connection (session takeover).
+            confirm: Wait until the broker refuses the box's certificate: a one-time
+                certificate (:func:`check_identity`, valid 10 minutes, its key never written
+                outside a 0700 staging folder) is revoked with it and tried until refused
+                (:meth:`_refused_after`); not refused in time, the box is not cut (it would be
+                back at once) and :class:`SiteError` says so once the ACL is reloaded too.
 
         Returns:
             What was done and how long it took.
@@ -563,31 +651,53 @@ class Site:
         pair = self.box_pair(box)
         certs = [pair.cert, *sorted((pair.cert.parent / "old").glob("*.pem"))]
         before = rec.revoked_ts if rec.state == REVOKED else None
-        pki.revoke(self.ca, self.crl, certs)
-        if before is None:  # a run again (its reload failed, say) keeps when it was revoked
-            rec.state = REVOKED
-            rec.revoked_ts = time.time()
-            inv.save(self.dir)
-        bundle = self.bundle_path(box)
-        for path in (bundle, Path(f"{bundle}.sha256")):
-            path.unlink(missing_ok=True)  # the key inside is now worthless; do not hand it out
-        kicked = cleared = False
-        reload_now = functools.partial(_reload_for, reload, f"box {box} is revoked",
-                                       self.command("revoke", box))
-        try:
-            if kick:
-                # its ACL still lets it write, even when a run cut short by a failed reload has
-                # denied it already: the status is cleared as the box, before the deny below
-                self.write_acl([b for b in inv.revoked() if b != box])
-                reload_now()  # the CRL: the box can no longer connect
-                kicked, cleared = self._take_over(box, clear_status=True)
-        finally:
-            self.write_acl(inv.revoked())  # (even if that reload failed)
-        reload_now()  # the ACL: denied every topic (a Last Will too)
+        with tempfile.TemporaryDirectory(prefix=".check-", dir=self.dir) as stage:  # 0700
+            check = pki.issue(self.ca, Path(stage), check_identity(self.site),
+                              days=KICK_CERT_DAYS) if confirm else None
+            pki.revoke(self.ca, self.crl, [*certs, *([check.cert] if check else [])])
+            if before is None:  # a run again (its reload failed, say) keeps when it was revoked
+                rec.state = REVOKED
+                rec.revoked_ts = time.time()
+                inv.save(self.dir)
+            bundle = self.bundle_path(box)
+            for path in (bundle, Path(f"{bundle}.sha256")):
+                path.unlink(missing_ok=True)  # the key inside is now worthless; do not hand it out
+            kicked = cleared = False
+            reload_now = functools.partial(_reload_for, reload, f"box {box} is revoked",
+                                           self.command("revoke", box))
+            refused_s: float | None = None
+            unread: SiteError | None = None
+
+            def confirmed() -> bool:
+                nonlocal refused_s, unread
+                try:
+                    refused_s = self._refused_after(
+                        check, f"box {box}'s revoked certificate", reload, f"box {box} is revoked",
+                        self.command("revoke", box)) if check else None
+                except SiteError as exc:
+                    unread = exc
+                return unread is None
+
+            try:
+                if kick:
+                    # its ACL still lets it write, even when a run cut short by a failed reload
+                    # has denied it already: the status is cleared as the box, before the deny
+                    self.write_acl([b for b in inv.revoked() if b != box])
+                    reload_now()  # the CRL: the box can no longer connect
+                    if confirmed():  # (cut while the broker lets it in, it would be back at once)
+                        kicked, cleared = self._take_over(box, clear_status=True)
+            finally:
+                self.write_acl(inv.revoked())  # (even if that reload failed)
+            reload_now()  # the ACL: denied every topic (a Last Will too)
+            if not kick:
+                confirmed()
+        if unread is not None:
+            raise unread
         serials = [_hex_serial(c) for c in certs]
         log.info("revoked box %s (serials %s); kicked: %s; retained status cleared: %s", box,
                  ", ".join(serials), kicked, cleared)
-        return RevokeResult(box, serials, kicked, time.monotonic() - start, cleared, before)
+        return RevokeResult(box, serials, kicked, time.monotonic() - start, cleared, before,
+                            refused_s)
 
     @_exclusive
     def rotate(self, box: str, *, days: int = BOX_CERT_DAYS, again: bool = False) -> Path:
@@ -636,12 +746,14 @@ class Site:
         return self.bundle_path(box)
 
     @_exclusive
-    def renew(self, reload: Reload, *, days: int = BOX_CERT_DAYS) -> dict[str, str]:
+    def renew(self, reload: Reload, *, days: int = BOX_CERT_DAYS,
+              confirm: bool = True) -> dict[str, str]:
         """New keys and certificates for the broker and the dashboard (same names), the CRL signed
         again until the CA expires, the private folders and inventory closed (:func:`make_private`)
         and the broker's configuration written as this version does;
-        the broker reloads (SIGHUP takes the new certificate; open connections carry on). The
-        dashboard uses its new identity once restarted.
+        the broker reloads (SIGHUP takes the new certificate; open connections carry on) and,
+        with ``confirm``, is seen serving the new one (:class:`SiteError` if it does not within
+        :data:`CONFIRM_TIMEOUT_S`). The dashboard uses its new identity once restarted.
 
         Returns:
             The new expiry of each, ISO 8601: ``broker``, ``dashboard``, ``crl``.
@@ -667,8 +779,10 @@ class Site:
         # hardening, e.g. client ids bound to certificates)
         write_config(self.dir, port=self.port, ca=self.ca, server=self.server, acl=self.acl,
                      host=self.bind, crl=self.crl)
-        _reload_for(reload, "the broker's and the dashboard's new certificates are",
-                    self.command("renew"))
+        done = "the broker's and the dashboard's new certificates are"
+        _reload_for(reload, done, self.command("renew"))
+        if confirm:
+            self._serves_new(reload, done, self.command("renew"))
         crl = pki.load_crl(self.crl)
         out = {"broker": _not_after(self.server.cert), "dashboard": _not_after(self.dashboard.cert),
                "crl": crl.next_update_utc.isoformat() if crl.next_update_utc else ""}
@@ -676,12 +790,18 @@ class Site:
         return out
 
     @_exclusive
-    def finish_rotation(self, box: str, reload: Reload, *, kick: bool = True) -> list[str]:
+    def finish_rotation(self, box: str, reload: Reload, *, kick: bool = True,
+                        confirm: bool = True) -> list[str]:
         """Revoke a box's rotated-out certificates (once it runs with the new one).
 
         A connection still open with an old certificate (the old key in other hands) would outlive
         the reload: with ``kick`` the box's connection is closed (:meth:`kick`), and the box
         reconnects within seconds with its new certificate, the only one the broker takes.
+        With no rotation waiting for its finish (a finish run again), nothing is done and the
+        list is empty; a finish whose reload failed still waits, and its run again does it all.
+        With ``confirm``, as :meth:`revoke` does, the finish waits until the broker refuses a
+        one-time certificate revoked with the old ones (:class:`SiteError` if it does not within
+        :data:`CONFIRM_TIMEOUT_S`: the rotation then still waits, and the box is not cut).
         """
         inv = self.inventory()
         try:
@@ -689,14 +809,21 @@ class Site:
         except KeyError as exc:
             raise SiteError(str(exc.args[0])) from None
         old = sorted((self.box_pair(box).cert.parent / "old").glob("*.pem"))
-        if not old:
+        if not old or not rec.previous_serials:
+            log.info("box %s: no rotation waits for its finish; nothing done", box)
             return []
-        pki.revoke(self.ca, self.crl, old)
-        serials = [_hex_serial(p) for p in old]
-        rec.previous_serials = []
+        done = f"box {box}'s old certificate(s) are revoked"
+        again = self.command("rotate", box, "--finish")
+        with tempfile.TemporaryDirectory(prefix=".check-", dir=self.dir) as stage:  # 0700
+            check = pki.issue(self.ca, Path(stage), check_identity(self.site),
+                              days=KICK_CERT_DAYS) if confirm else None
+            pki.revoke(self.ca, self.crl, [*old, *([check.cert] if check else [])])
+            serials = [_hex_serial(p) for p in old]
+            _reload_for(reload, done, again)
+            if check is not None:
+                self._refused_after(check, f"box {box}'s old certificate(s)", reload, done, again)
+        rec.previous_serials = []  # finished once the broker has read them
         inv.save(self.dir)
-        _reload_for(reload, f"box {box}'s old certificate(s) are revoked",
-                    self.command("rotate", box, "--finish"))
         if kick:
             self.kick(box)
         return serials
@@ -779,6 +906,6 @@ def init_site(dir: Path, site: str, *, broker_host: str, port: int = DEFAULT_POR
 
 
 __all__ = ["Enrolled", "RevokeResult", "Site", "SiteError", "admin_identity", "check_admin_user",
-           "init_site",
+           "check_identity", "init_site",
            "make_private", "private_dir",
            "signal_reload", "site_lock", "systemctl_reload"]

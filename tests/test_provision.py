@@ -446,7 +446,7 @@ def test_a_revoked_box_id_is_not_sent_to_rotate(
     id instead": site IT went round in circles. Enrol now names the way out: a new id."""
     site = Site(site_dir)
     site.enroll([site_mod.Enrolment(box="box-1", seat="A1")])
-    site.revoke("box-1", lambda: None, kick=False)
+    site.revoke("box-1", lambda: None, kick=False, confirm=False)  # no broker here
     capsys.readouterr()
     assert main(["provision", "enroll", "--site-dir", str(site_dir), "box-1", "--seat", "A1"]) == 2
     out = capsys.readouterr().out

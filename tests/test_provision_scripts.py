@@ -18,7 +18,7 @@ from provisioning import pki
 from provisioning.broker import Mosquitto, dashboard_identity, free_port, new_site_dir
 from provisioning.inventory import Enrolment
 from provisioning.site import Site, init_site
-from tests._fixtures_broker import Peer, box_publisher
+from tests._fixtures_broker import Peer, box_publisher, wait_until
 
 SITE = "paris-1"
 
@@ -497,7 +497,8 @@ def test_a_revocation_list_cut_short_by_a_full_disk_leaves_the_old_one(tmp_path:
         finally:
             broker.stop()
         serial = pki.load_cert(site.box_pair("box-001").cert).serial_number
-        assert [e.serial_number for e in pki.load_crl(site.crl)] == [serial]
+        entries = [e.serial_number for e in pki.load_crl(site.crl)]
+        assert serial in entries and len(entries) == 2, entries  # and revoke's check certificate
         assert site.crl.stat().st_mode & 0o777 == mode == 0o644  # the broker's user reads it
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -648,6 +649,164 @@ def test_a_rotation_run_again_before_its_finish_does_not_cut_off_the_box(tmp_pat
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _broker_lines(site: Site, box: str) -> list[str]:
+    """The broker's log lines about ``box``'s connections so far."""
+    return [line for line in site.log.read_text().splitlines() if f" {box}" in line]
+
+
+def test_a_rotation_finished_twice_leaves_the_box_connected(tmp_path: Path) -> None:
+    """`rotate box-001 --finish` run a second time (a script run again, a retry after a timeout)
+    said "retired 1 old certificate(s)" again, rewrote the revocation list and cut the box's good
+    connection (it reconnected 1 s later). With no rotation waiting for its finish, it now says
+    so in one line, exit 0 as `enroll-csv`'s and `retire`'s runs again, and changes nothing; a
+    finish whose reload failed still does it all when run again."""
+    root = new_site_dir("miroir-finish-twice-")
+    try:
+        site = init_site(root / "site", SITE, broker_host="localhost", port=free_port(),
+                         bind="127.0.0.1")
+        site.enroll([Enrolment(box="box-001", seat="A-01")])
+        assert cli("rotate", "box-001", "--site-dir", str(site.dir)).returncode == 0
+        dead = subprocess.Popen(["true"])  # a pid that no longer runs: the first finish fails
+        dead.wait()
+        failed = cli("rotate", "box-001", "--finish", "--site-dir", str(site.dir),
+                     "--broker-pid", str(dead.pid))
+        assert failed.returncode == 2, failed.stdout + failed.stderr
+        broker = Mosquitto(site.config, site.port, site.log).start()
+        pub = None
+        try:
+            pub = box_publisher(site, "box-001", tmp_path / "box")  # the new bundle
+            done = cli("rotate", "box-001", "--finish", "--site-dir", str(site.dir),
+                       "--broker-pid", str(broker.pid))
+            assert done.returncode == 0, done.stderr
+            assert done.stdout == "box box-001: retired 1 old certificate(s)\n", done.stdout
+            wait_until(pub.connected.is_set, "the box back after the finish's cut")
+            seen = _broker_lines(site, "box-001")
+            before = {k: v for k, v in _files(site.dir).items()
+                      if not k.startswith(("persist", "mosquitto.log"))}
+            again = cli("rotate", "box-001", "--finish", "--site-dir", str(site.dir),
+                        "--broker-pid", str(broker.pid))
+            assert again.returncode == 0, again.stderr
+            assert again.stdout == "box box-001: no rotation waits for its finish; nothing " \
+                "changed\n", again.stdout
+            assert {k: v for k, v in _files(site.dir).items()
+                    if not k.startswith(("persist", "mosquitto.log"))} == before
+            assert _broker_lines(site, "box-001") == seen  # not cut, no one connected as it
+            assert pub.connected.is_set()
+        finally:
+            if pub is not None:
+                pub.stop()
+            broker.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_revocation_the_broker_did_not_read_fails_saying_so(tmp_path: Path) -> None:
+    """`revoke --broker-pid` given a live process that is not the broker (a stale pid, another
+    program's) said "broker reloaded; live connection cut", exit 0, while the broker still let
+    the revoked certificate in (CONNACK Success): the cut box was back within a second. After the
+    reload, `revoke` now tries a certificate revoked with the box's on the broker until it is
+    refused (0.06 s measured: the try made at once is let in 9 times out of 10, the reload read a
+    moment after the signal) and says how long that took; still let in after 5 s, it fails saying
+    so and what to run (exit 2), without cutting the box for nothing."""
+    import re
+    import signal
+
+    root = new_site_dir("miroir-revoke-unread-")
+    try:
+        site = init_site(root / "site", SITE, broker_host="localhost", port=free_port(),
+                         bind="127.0.0.1")
+        site.enroll([Enrolment(box="box-001", seat="A-01"), Enrolment(box="box-002", seat="A-02")])
+        stolen = site.box_pair("box-001")
+        broker = Mosquitto(site.config, site.port, site.log).start()
+        other = subprocess.Popen(["sleep", "120"],  # alive, SIGHUP ignored: not the broker
+                                 preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)
+                                 and None)
+        pub = None
+        try:
+            pub = box_publisher(site, "box-001", tmp_path / "box")
+            seen = _broker_lines(site, "box-001")
+            for extra in ((), ("--no-kick",)):
+                done = cli("revoke", "box-001", "--site-dir", str(site.dir), "--broker-pid",
+                           str(other.pid), *extra)
+                assert done.returncode == 2, done.stdout + done.stderr
+                assert done.stderr.splitlines()[-1] == (
+                    f"miroir: error: the broker at localhost:{site.port} still let box box-001's "
+                    f"revoked certificate in 5 s after its reload (its log, {site.log}, says "
+                    "whether it reloaded): box box-001 is revoked in the site's files, but the "
+                    "running broker has not read them; run `miroir provision revoke --site-dir "
+                    f"{site.dir} box-001 --broker-pid {other.pid}` again once the broker can be "
+                    "reloaded (with another --broker-pid or --broker-unit if that one is not the "
+                    "broker's)"), done.stderr
+                assert pub.connected.is_set()
+            assert _broker_lines(site, "box-001") == seen  # its connection was not cut for nothing
+            done = cli("revoke", "box-001", "--site-dir", str(site.dir), "--broker-pid",
+                       str(broker.pid))
+            assert done.returncode == 0, done.stderr
+            took = re.search(r"; broker reloaded, the revoked certificate refused ([0-9.]+) s "
+                             r"after; live connection cut", done.stdout)
+            assert took is not None, done.stdout
+            print(f"revoked certificate refused {float(took.group(1)):.2f} s after the reload")
+            peer = Peer(stolen, site.ca.cert, "box-001", site.port)
+            assert peer.connect() is None  # refused: no CONNACK
+            peer.close()
+        finally:
+            if pub is not None:
+                pub.stop()
+            other.kill()
+            other.wait()
+            broker.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_rotation_finish_the_broker_did_not_read_fails_saying_so(tmp_path: Path) -> None:
+    """`rotate --finish --broker-pid` given a live process that is not the broker said "retired
+    1 old certificate(s)", exit 0, while the broker still let the old certificate in (CONNACK
+    Success): its key in other hands kept working. The finish now waits, as `revoke` does, until
+    the broker refuses a certificate revoked with the old ones; still let in after 5 s it fails
+    saying so (exit 2), and its run again with the broker's pid does it all."""
+    import signal
+
+    root = new_site_dir("miroir-finish-unread-")
+    try:
+        site = init_site(root / "site", SITE, broker_host="localhost", port=free_port(),
+                         bind="127.0.0.1")
+        site.enroll([Enrolment(box="box-001", seat="A-01")])
+        old = pki.CertPair(tmp_path / "old.pem", tmp_path / "old.key")
+        shutil.copy(site.box_pair("box-001").cert, old.cert)
+        shutil.copy(site.box_pair("box-001").key, old.key)
+        assert cli("rotate", "box-001", "--site-dir", str(site.dir)).returncode == 0
+        broker = Mosquitto(site.config, site.port, site.log).start()
+        other = subprocess.Popen(["sleep", "120"],  # alive, SIGHUP ignored: not the broker
+                                 preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)
+                                 and None)
+        try:
+            done = cli("rotate", "box-001", "--finish", "--site-dir", str(site.dir),
+                       "--broker-pid", str(other.pid))
+            assert done.returncode == 2, done.stdout + done.stderr
+            assert done.stderr.splitlines()[-1] == (
+                f"miroir: error: the broker at localhost:{site.port} still let box box-001's "
+                f"old certificate(s) in 5 s after its reload (its log, {site.log}, says "
+                "whether it reloaded): box box-001's old certificate(s) are revoked in the "
+                "site's files, but the running broker has not read them; run `miroir provision "
+                f"rotate --site-dir {site.dir} box-001 --finish --broker-pid {other.pid}` again "
+                "once the broker can be reloaded (with another --broker-pid or --broker-unit if "
+                "that one is not the broker's)"), done.stderr
+            done = cli("rotate", "box-001", "--finish", "--site-dir", str(site.dir),
+                       "--broker-pid", str(broker.pid))
+            assert done.returncode == 0, done.stderr
+            assert done.stdout == "box box-001: retired 1 old certificate(s)\n", done.stdout
+            peer = Peer(old, site.ca.cert, "box-001", site.port)
+            assert peer.connect() is None  # refused: no CONNACK
+            peer.close()
+        finally:
+            other.kill()
+            other.wait()
+            broker.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.mark.parametrize(("name", "text"), [
     ("excel-utf8", "\ufeffbox,seat,agent,team\r\nbox-001,A-01,Priya,north\r\nbox-002,A-02,Rahul,"
                    "north\r\n"),
@@ -743,6 +902,59 @@ def test_a_renewal_whose_broker_reload_fails_says_what_to_run(site_dir: Path) ->
         f"`miroir provision renew --site-dir {site_dir} --broker-pid {dead.pid}` again once the "
         "broker can be reloaded (with another --broker-pid or --broker-unit if that one is not the "
         "broker's)")
+
+
+def test_a_renewal_the_broker_did_not_read_fails_saying_so(tmp_path: Path) -> None:
+    """`renew --broker-pid` given a live process that is not the broker said "broker
+    certificate renewed ... (broker reloaded)", exit 0, while the broker went on serving its old
+    certificate, which ends on its date and then locks every box out. `renew` now waits until the
+    broker serves the new one (a TLS handshake, no MQTT session); still the old one after 5 s, it
+    fails saying so and what to run (exit 2)."""
+    import signal
+    import socket
+    import ssl
+
+    root = new_site_dir("miroir-renew-unread-")
+    try:
+        site = init_site(root / "site", SITE, broker_host="localhost", port=free_port(),
+                         bind="127.0.0.1")
+
+        def served() -> int:
+            ctx = ssl.create_default_context(cafile=str(site.ca.cert))
+            ctx.load_cert_chain(str(site.dashboard.cert), str(site.dashboard.key))
+            with socket.create_connection(("127.0.0.1", site.port)) as raw, \
+                    ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                der = tls.getpeercert(True)
+            assert der is not None
+            return pki.x509.load_der_x509_certificate(der).serial_number
+
+        broker = Mosquitto(site.config, site.port, site.log).start()
+        other = subprocess.Popen(["sleep", "120"],  # alive, SIGHUP ignored: not the broker
+                                 preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)
+                                 and None)
+        try:
+            old = served()
+            done = cli("renew", "--site-dir", str(site.dir), "--broker-pid", str(other.pid))
+            assert done.returncode == 2, done.stdout + done.stderr
+            assert done.stderr.splitlines()[-1] == (
+                f"miroir: error: the broker at localhost:{site.port} still served its old "
+                f"certificate 5 s after its reload (its log, {site.log}, says whether it "
+                "reloaded): the broker's and the dashboard's new certificates are in the site's "
+                "files, but the running broker has not read them; run `miroir provision renew "
+                f"--site-dir {site.dir} --broker-pid {other.pid}` again once the broker can be "
+                "reloaded (with another --broker-pid or --broker-unit if that one is not the "
+                "broker's)"), done.stderr
+            assert served() == old
+            done = cli("renew", "--site-dir", str(site.dir), "--broker-pid", str(broker.pid))
+            assert done.returncode == 0 and "(broker reloaded, serving it)" in done.stdout, \
+                done.stderr
+            assert served() == pki.load_cert(site.server.cert).serial_number != old
+        finally:
+            other.kill()
+            other.wait()
+            broker.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_a_revocation_whose_systemctl_reload_fails_is_one_line(site_dir: Path) -> None:
