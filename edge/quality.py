@@ -31,10 +31,32 @@ class QualityConfig:
     """Absolute sample value counted as clipped."""
     clip_ratio: float = 0.01
     """Share of clipped samples in a frame that marks it as clipped."""
+    plateau_level: float = 0.97
+    """Absolute value from which a run of equal samples is a plateau: a file's top code can lie
+    below ``clip_level`` (G.711 A-law 32256/32768 = 0.984, mu-law 32124/32768 = 0.980, 8-bit PCM's
+    positive rail 127/128 = 0.992)."""
+    plateau_samples: int = 8
+    """Equal samples in a row (2 or more), at ``plateau_level`` or above, that mark a frame as clipped (0.5 ms
+    at 16 kHz). On EmoDB's 411 clips (peaks at full scale) as 16 kHz G.711 and 8-bit, the loudest
+    peaks stay on the top code for up to 7 samples; driven +20 dB, 409 of 411 have a run of 8."""
     dc_level: float = 0.05
     """Absolute running mean above which the channel reports a DC offset."""
     dc_time_s: float = 0.5
     """Time constant of the running mean used to remove DC."""
+
+
+def _plateau(samples: np.ndarray, loud: np.ndarray, run: int) -> np.ndarray:
+    """Per row of ``samples``, whether it holds ``run`` (2 or more) equal samples in a row, all
+    ``loud``."""
+    pairs = max(1, run - 1)  # equal neighbours in a row
+    rows = samples.shape[0]
+    if samples.shape[1] <= pairs:
+        return np.zeros(rows, dtype=bool)
+    same = (samples[:, 1:] == samples[:, :-1]) & loud[:, 1:] & loud[:, :-1]
+    total = np.zeros((rows, same.shape[1] + 1), dtype=np.int32)
+    np.cumsum(same, axis=1, out=total[:, 1:])
+    found: np.ndarray = (total[:, pairs:] - total[:, :-pairs]).max(axis=1) >= pairs
+    return found
 
 
 class SignalQuality:
@@ -89,10 +111,12 @@ class SignalQuality:
             lo = np.minimum.reduce(samples, axis=1).tolist()
         means = (np.add.reduce(samples, axis=1) / samples.shape[1]).tolist()
         clipped = [False] * self.channels
-        if max(hi) >= cfg.clip_level or min(lo) <= -cfg.clip_level:
-            # count only when a sample reached full scale (compared in the samples' precision)
-            clipped = ((np.abs(samples) >= cfg.clip_level).sum(axis=1)
-                       > cfg.clip_ratio * samples.shape[1]).tolist()
+        if max(hi) >= cfg.plateau_level or min(lo) <= -cfg.plateau_level:
+            # count only when a sample came near full scale (compared in the samples' precision)
+            size = np.abs(samples)
+            full = (size >= cfg.clip_level).sum(axis=1) > cfg.clip_ratio * samples.shape[1]
+            clipped = (full | _plateau(samples, size >= cfg.plateau_level,
+                                       cfg.plateau_samples)).tolist()
             self.clipped_frames += [c and not b for c, b in zip(clipped, bad, strict=True)]
         dead = [False] * self.channels
         states = ["ok"] * self.channels

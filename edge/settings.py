@@ -7,7 +7,10 @@ paths, given by systemd credentials on a real box, never values in the file.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fcntl
 import math
+import os
 import tomllib
 import types
 import typing
@@ -178,6 +181,40 @@ def state_dir_problem(state_dir: Path) -> str | None:
     except OSError as exc:
         return f"cannot be made ({exc.strerror})"
     return None
+
+
+AGENT_LOCK = "agent.lock"
+"""File of the state directory that a running agent holds locked (``fcntl.flock``), with its pid:
+a second agent on the same directory (one started by hand beside the service) refuses to start.
+The kernel lets the lock go when the agent ends, even killed (``kill -9``, a crash)."""
+
+
+def hold_state_dir(state_dir: Path) -> int:
+    """Lock ``state_dir`` for this process's life and return the lock's file descriptor (closing
+    it lets the lock go).
+
+    Raises:
+        SettingsError: another agent holds it (its pid named when it wrote it), or the lock file
+            cannot be opened.
+    """
+    path = state_dir / AGENT_LOCK
+    try:  # (not inherited by the commands the agent runs: Python opens it close-on-exec)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise SettingsError(f"cannot lock {path} ({exc.strerror})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+            raise SettingsError(f"cannot lock {path} ({exc.strerror})") from None
+        who = f" (pid {holder})" if holder.isdigit() and holder.isascii() else ""
+        raise SettingsError(f"in use by another agent{who}: stop it first (`sudo systemctl stop "
+                            "miroir-box` for the service); nothing was changed") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    return fd
 
 
 def load(path: Path, **overrides: Any) -> EdgeSettings:

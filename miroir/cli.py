@@ -18,10 +18,13 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from miroir import __version__
 from miroir.numbers import DECIMAL_RULE, WHOLE_RULE, decimal_number, whole_number
+
+if TYPE_CHECKING:  # (the edge package is imported by the commands that need it, not for --help)
+    from edge.settings import EdgeSettings
 
 log = logging.getLogger("miroir")
 
@@ -319,11 +322,7 @@ def _stop_signals_interrupt() -> dict[int, Any]:
 
 def cmd_edge_run(args: argparse.Namespace) -> int:
     """Run the box agent: capture (or replay), analyse, publish metrics."""
-    from edge import baselines
     from edge import settings as edge_settings
-    from edge.box import Box
-    from edge.pipeline import load_vad_model
-    from edge.source import TWO_FILES, AudioInputError, ReplaySource, pair, read_wav
 
     try:
         cfg = edge_settings.load(args.config, state_dir=args.state_dir)
@@ -333,9 +332,26 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
     problem = edge_settings.state_dir_problem(cfg.state_dir)  # said now, not in a traceback
     if problem is not None:
         raise CliError(f"{named} {cfg.state_dir}: {problem}")
+    try:  # before anything in it is opened: a second agent there would share the outbox
+        lock = edge_settings.hold_state_dir(cfg.state_dir)
+    except edge_settings.SettingsError as exc:
+        raise CliError(f"{named} {cfg.state_dir}: {exc}") from None
+    try:
+        return _run_agent(args, cfg, named)
+    finally:
+        os.close(lock)
+
+
+def _run_agent(args: argparse.Namespace, cfg: EdgeSettings, named: str) -> int:
+    """:func:`cmd_edge_run` once the state directory is held: the agent until it stops."""
+    from edge import baselines
+    from edge import settings as edge_settings
+    from edge.box import Box
     from edge.campaign import CampaignError
     from edge.outbox import await_clock
+    from edge.pipeline import load_vad_model
     from edge.publisher import PublisherError
+    from edge.source import TWO_FILES, AudioInputError, ReplaySource, pair, read_wav
     from edge.watchdog import Notifier
     from models.build import ModelError
 

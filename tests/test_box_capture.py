@@ -959,3 +959,68 @@ def test_the_stop_flag_sleeps_through_its_wait_and_wakes_at_once_on_a_set() -> N
     assert time.monotonic() - t0 < 10
     flag.clear()
     assert not flag.is_set() and flag.wait(0.05) is False  # the set's wake-up gone with it
+
+
+def test_a_second_agent_on_the_same_state_directory_refuses_to_start_and_touches_nothing(
+        tmp_path: Path) -> None:
+    """Site IT running ``miroir edge run`` by hand beside the service (same settings): the real
+    second agent started, shared the outbox (every message it stored was lost, "UNIQUE constraint
+    failed: outbox.seq", 25 in its first 8 s) and took the control socket over, whose file its
+    stop then removed, leaving the first agent with none. It now refuses to start in one line
+    (the state directory, the first one's pid; exit 2, as the CLI's other refusals) before it
+    opens anything, the first's socket still answers, and the lock goes with a ``kill -9``."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    state = tmp_path / "state"
+    control = tmp_path / "run" / "control"
+    config = tmp_path / "box.toml"
+    config.write_text(f'site = "site-a"\nbox = "box-a"\nbroker_port = 9\nstate_dir = "{state}"\n'
+                      f'control_socket = "{control}"\ncontrol_group = "no-such-group-here"\n')
+    run = [sys.executable, "-m", "miroir", "edge", "run", "--config", str(config), "--replay",
+           str(shared / "ami-headsets" / "source0.wav"),
+           str(shared / "ami-headsets" / "source1.wav"), "--loop"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+
+    def start(log: Path) -> subprocess.Popen[bytes]:
+        with log.open("wb") as err:
+            proc = subprocess.Popen(run, stdout=subprocess.DEVNULL, stderr=err, env=env)
+        wait_until(lambda: "replaying" in log.read_text() or proc.poll() is not None,
+                   "the agent to start")
+        assert proc.poll() is None, log.read_text()[-600:]
+        return proc
+
+    def answer(text: bytes) -> bytes:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind("")  # an address, for the agent's answer
+            sock.settimeout(30.0)
+            sock.sendto(text, str(control))
+            return sock.recv(512)
+
+    first = start(tmp_path / "first.log")
+    third = None
+    try:
+        wait_until(control.is_socket, "the first agent's control socket")
+        socket_inode = control.stat().st_ino
+        second = subprocess.run(run, capture_output=True, text=True, env=env, timeout=60)
+        assert second.returncode == 2, second.stderr[-600:]
+        assert second.stderr.splitlines() == [
+            f"miroir: error: {config}: state_dir {state}: in use by another agent (pid "
+            f"{first.pid}): stop it first (`sudo systemctl stop miroir-box` for the service); "
+            "nothing was changed"], second.stderr
+        assert control.stat().st_ino == socket_inode  # the first's socket, never taken over
+        assert answer(b"identify") == b"ok identify"
+        first.kill()  # kill -9: no clean-up ran, the kernel let the lock go
+        first.wait(timeout=30)
+        third = start(tmp_path / "third.log")
+    finally:
+        for proc in (first, third):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=30)
+    assert third.returncode == 0, (tmp_path / "third.log").read_text()[-600:]
+    assert "lost" not in (tmp_path / "first.log").read_text()

@@ -153,3 +153,22 @@ def test_a_g711_file_cut_short_is_read_as_far_as_it_goes(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "cut short: its header says 32000 samples, it holds 24000" in proc.stderr
     assert json.loads(proc.stdout)["duration_s"] == pytest.approx(3.0, abs=0.01)
+
+
+@pytest.mark.parametrize("law", LAWS)
+def test_a_g711_recording_driven_into_clipping_reads_clipped(tmp_path, law):
+    """G.711's top code lies below the stage's full-scale level (A-law 32256/32768 = 0.984, mu-law
+    32124/32768 = 0.980): measured with the real `miroir analyze` on speaker 03's 25 EmoDB clips
+    driven +20 dB into clipping, in a 16 kHz G.711 file (read as is, not resampled), the agent's
+    channel read "signal: dc", never clipped, while the same as 16-bit PCM read clipped. A run of
+    equal samples near full scale (a plateau) now flags it; the same clips at their own level
+    (EmoDB's peaks reach full scale) are not flagged."""
+    clips = [EMODB / c for c in _clips("03", 25)]
+    flags = {}
+    for name, gain in (("loud", []), ("clipped", ["gain", "20"])):
+        path = tmp_path / f"{name}.wav"
+        _sox("-D", *clips, "-e", law, "-b", "8", path, *gain)
+        proc = miroir("analyze", str(path), "--json")
+        assert proc.returncode == 0, proc.stderr
+        flags[name] = json.loads(proc.stdout)["call"]["near_signal"]
+    assert flags == {"loud": "ok", "clipped": "clipped"}, flags

@@ -59,10 +59,12 @@ def test_box_writes_no_audio_and_talks_only_to_its_broker(site, broker, tmp_path
     assert not outside, f"the box wrote outside its state and temporary folders: {outside}"
     assert any(p.startswith(str(state)) for p in written), "strace saw no write at all"
 
-    # Inside: only the settings and the outbox, whose rows are contract messages.
+    # Inside: only the settings and the outbox, whose rows are contract messages (and the lock
+    # the agent holds on its state directory, which holds its pid).
     files = {p.name for p in state.iterdir()} | {p.name for p in tmp.rglob("*")}
     assert files <= {"box.toml", "outbox.sqlite", "outbox.sqlite-wal", "outbox.sqlite-shm",
-                     "outbox.seq", "heartbeat.json"}, files
+                     "outbox.seq", "heartbeat.json", "agent.lock"}, files
+    assert (state / "agent.lock").read_text().strip().isdigit()
     assert (state / "outbox.seq").read_text().strip().isdigit()  # one number: reserved seqs
     with sqlite3.connect(state / "outbox.sqlite") as db:
         rows = db.execute("SELECT kind, payload FROM outbox").fetchall()

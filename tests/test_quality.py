@@ -279,3 +279,37 @@ def test_faults_at_the_negative_rail_are_flagged_as_at_the_positive(speech):
         assert seen.count(flag) >= 20, (flag, seen.count(flag))
         if flag == "dc":  # the offset is also removed, as a positive one is
             assert abs(float(np.mean(repaired[-50:]))) < 0.02
+
+
+def test_a_plateau_below_full_scale_is_clipping_and_loud_speech_is_not(tmp_path):
+    """Every EmoDB clip (411, all normalised to a peak near full scale) encoded by sox, at 16 kHz
+    (read as is: no resampler to smooth a plateau), to G.711 A-law and mu-law, whose top codes are
+    0.984 and 0.980, and to 8-bit PCM, whose positive rail is 0.992. Driven +20 dB into clipping,
+    the stage flagged none of the G.711 clips (0 of 411, both laws: only samples at 0.999 counted);
+    it now flags at least 99 % of them, by their runs of equal samples near full scale, and still
+    none of the clips at their own level or normalised to -0.1 dBFS (their loudest peaks fall on
+    the top code for up to 7 samples in a row)."""
+    import subprocess
+
+    clips = sorted((SHARED / "emodb" / "wav").glob("*.wav"))
+    normalised = []
+    for i, clip in enumerate(clips):  # clip by clip, as each would be recorded
+        normalised.append(tmp_path / f"{i}.wav")
+        subprocess.run(["sox", "-V1", "-D", str(clip), str(normalised[-1]), "gain", "-n", "-0.1"],
+                       check=True, timeout=60)
+    sets = {"own level": (clips, []), "-0.1 dBFS": (normalised, []),
+            "+20 dB": (clips, ["gain", "20"])}
+    flagged = {}
+    for encoding in ("a-law", "u-law", "unsigned"):
+        for name, (files, effect) in sets.items():
+            path = tmp_path / "clips.wav"
+            subprocess.run(["sox", "-V1", "-D", *map(str, files), "-e", encoding, "-b", "8",
+                            str(path), *effect], check=True, timeout=60)
+            per_clip = read_wav(path, notice=False).samples.reshape(len(clips), -1)  # 2.0 s each
+            q = SignalQuality(channels=len(clips))  # one channel per clip
+            for i in range(0, per_clip.shape[1] // 512 * 512, 512):
+                q(np.ascontiguousarray(per_clip[:, i:i + 512]))
+            flagged[encoding, name] = int((q.clipped_frames > 0).sum())
+    for encoding in ("a-law", "u-law", "unsigned"):
+        assert flagged[encoding, "own level"] == 0 and flagged[encoding, "-0.1 dBFS"] == 0, flagged
+        assert flagged[encoding, "+20 dB"] >= 0.99 * len(clips), flagged
