@@ -530,6 +530,7 @@ DETAILS_FR: list[tuple[re.Pattern[str], str]] = [(re.compile(pattern), fr) for p
     (r"at most (?P<n>.+) variants", "{n} variantes au plus"),
     (r"variant must be an id", "la variante doit être un identifiant"),
     (r"variant is not one of (this|the) campaign's", "cette variante n'est pas de la campagne"),
+    (r"the agent is not in the campaign's team", "cet agent n'est pas de l'équipe de la campagne"),
     (r"unknown metric (?P<name>.+)", "mesure inconnue : {name}"),
     (r"metric (?P<name>.+) cannot be a goal: its daily mean says nothing of the agent's",
      "la mesure {name} ne peut être un objectif : sa moyenne du jour ne dit rien de l'agent"),

@@ -662,3 +662,63 @@ def test_a_figure_of_one_or_two_agents_read_by_a_supervisor_is_in_their_audit_lo
     assert sum("a consulté les résultats d&#39;une variante de campagne, faits de vos appels"
                in line for line in lines) == 1
     assert sum("a consulté les moyennes de votre équipe" in line for line in lines) == 1
+
+
+def _served_session(server: Any, user: str, password: str,
+                    secret: str | None = None) -> tuple[Any, dict[str, str], dict[str, str]]:
+    """An ``httpx.Client`` on the real server logged in as ``user``: the client, its cookie
+    header, and the cookie with the CSRF header (for a state change)."""
+    import httpx
+
+    from tests._fixtures_dashboard import http_login
+
+    c = httpx.Client(base_url=server.url, timeout=20.0)
+    cookie = {"cookie": f"__Host-miroir={http_login(c, user, password, secret)}"}
+    return c, cookie, {**cookie, "x-csrf-token": csrf_of(c.get("/campaigns", headers=cookie).text)}
+
+
+def test_an_agent_of_another_team_is_not_put_on_a_teams_campaign(org_server: Any) -> None:
+    """A campaign of team A is team A's: its supervisors run it and read its figures of their
+    agents. An admin could put team B's agent-b1 on it (200): their calls were then tagged with
+    it, counted in the admin's and the auditor's comparison (33 calls of "Question ouverte")
+    but not in team A's supervisor's (30), while team B's supervisor, to whom the campaign
+    answers 404, read its name on agent-b1's page and its id on the floor and changed the
+    outcomes it counts. Over the real server, that is now refused (422, "cet agent n'est pas de
+    l'équipe de la campagne" on the page), the assignment form lists the campaign's team's
+    agents only, and a campaign of no team ("Toutes les équipes") still takes any agent."""
+    from tests._fixtures_dashboard import ADMIN_PASSWORD
+
+    server, data = org_server
+    c, cookie, hdr = _served_session(server, ADMIN_USER, ADMIN_PASSWORD)
+    try:
+        r = c.post("/api/campaigns/camp-a/assign", headers=hdr,
+                   json={"agent": "agent-b1", "variant": 1})
+        assert (r.status_code, r.json()) == (422, {"detail": "the agent is not in the "
+                                                             "campaign's team"})
+        r = c.post("/campaigns/camp-a/assign", headers={**cookie, "accept": "text/html"},
+                   data={"csrf": hdr["x-csrf-token"], "agent": "agent-b1", "variant": "1"})
+        assert r.status_code == 422
+        assert "cet agent n&#39;est pas de l&#39;équipe de la campagne" in r.text
+        assert c.get("/api/agents/agent-b1", headers=cookie).json()["campaign"] == "camp-b"
+        page = c.get("/campaigns/camp-a", headers=cookie).text
+        form = page[page.index('id="assign-agent"'):page.index('id="close-campaign"')]
+        assert sorted(re.findall(r'<option value="(agent-[^"]+)"', form)) == [
+            "agent-a1", "agent-a2"]
+        # within its team, as before; a campaign of all teams takes any agent
+        assert c.post("/api/campaigns/camp-a/assign", headers=hdr,
+                      json={"agent": "agent-a1", "variant": 2}).status_code == 200
+        assert c.post("/api/campaigns", headers=hdr, json={
+            "campaign": "tous", "name": "Tous", "variants": [{"name": "A"}]}).status_code == 201
+        assert c.post("/api/campaigns/tous/assign", headers=hdr,
+                      json={"agent": "agent-b1"}).status_code == 200
+        page = c.get("/campaigns/tous", headers=cookie).text
+        form = page[page.index('id="assign-agent"'):page.index('id="close-campaign"')]
+        assert sorted(re.findall(r'<option value="(agent-[^"]+)"', form)) == [
+            "agent-a1", "agent-a2", "agent-b1"]
+    finally:
+        c.close()
+    c, cookie, _ = _served_session(server, "sup-b", USER_PASSWORD, data["secrets"]["sup-b"])
+    try:
+        assert "Salon Lyon" not in c.get("/agents/agent-b1", headers=cookie).text
+    finally:
+        c.close()

@@ -322,10 +322,20 @@ def close_campaign(db: Any, user: User, campaign: str) -> float:
     return now
 
 
+OTHER_TEAM = "the agent is not in the campaign's team"
+"""Why an agent is not put on a team's campaign: its supervisors run it and read its figures of
+their own agents only, and another team's supervisor may not open it, so an agent of another
+team on it would be counted by some readers and not others, and show their supervisor a campaign
+that answers them 404. A campaign of no team takes any agent."""
+
+
 def assign_agent(db: Any, user: User, campaign: str, body: AssignIn) -> None:
-    """Put an agent in scope on an open campaign and variant (their next calls get them)."""
-    _writable_campaign(db, user, campaign)
-    access.require_agent(db, user, body.agent)
+    """Put an agent in scope on an open campaign and variant (their next calls get them): an
+    agent of the campaign's team, if it has one (:data:`OTHER_TEAM`)."""
+    c = _writable_campaign(db, user, campaign)
+    agent = access.require_agent(db, user, body.agent)
+    if c["team"] is not None and agent["team"] != c["team"]:
+        raise HTTPException(status_code=422, detail=OTHER_TEAM)
     if body.variant is not None and _variant_campaign(db, body.variant) != campaign:
         raise HTTPException(status_code=422, detail="variant is not one of this campaign's")
     with db.conn:
@@ -955,7 +965,8 @@ def post_variant(db: Db, user: CurrentUser, campaign: str, body: VariantIn) -> d
 
 @router.post("/campaigns/{campaign}/assign")
 def post_assign(db: Db, user: CurrentUser, campaign: str, body: AssignIn) -> dict[str, Any]:
-    """Put an agent on the campaign and a variant; their next calls are tagged with them."""
+    """Put an agent (of its team, if it has one) on the campaign and a variant; their next calls
+    are tagged with them."""
     assign_agent(db, user, campaign, body)
     return {"agent": body.agent, "campaign": campaign, "variant": body.variant}
 

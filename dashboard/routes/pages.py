@@ -288,9 +288,11 @@ def _campaigns_context(db: Db, user: User, comparison: dict[str, Any] | None,
     if comparison is not None and editable:
         can_edit = user.role == "admin" or comparison.get("team") in user.teams
         scope = access.visible_agents(db, user)
-        rows = list(db.query("SELECT agent, name, campaign, variant FROM agents WHERE active = 1 "
-                             "ORDER BY name, agent"))
-        agents = [r for r in rows if scope is None or r["agent"] in scope]
+        team = comparison.get("team")  # a team's campaign takes its agents only (api.OTHER_TEAM)
+        rows = list(db.query("SELECT agent, name, team, campaign, variant FROM agents "
+                             "WHERE active = 1 ORDER BY name, agent"))
+        agents = [r for r in rows if (scope is None or r["agent"] in scope)
+                  and (team is None or r["team"] == team)]
     return {"campaigns": api.list_campaigns(db, user)["campaigns"], "comparison": comparison,
             "can_create": editable, "teams": teams, "agents": agents,
             "can_edit": can_edit and comparison is not None and not comparison.get("closed_ts"),
