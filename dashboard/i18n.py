@@ -130,6 +130,8 @@ STRINGS: dict[str, tuple[str, str]] = {
     "agent.call_campaign": ("Campagne", "Campaign"),
     "agent.call_duration": ("Durée", "Duration"),
     "agent.call_outcome": ("Issue", "Outcome"),
+    "agent.outcome_frozen": ("(campagne clôturée : issue figée)",
+                             "(campaign closed: outcome frozen)"),
     "agent.no_calls": ("Aucun appel enregistré.", "No call recorded."),
     "agent.no_cti_calls": ("Aucun appel reçu du système téléphonique (CTI), qui compte les appels "
                            "et leurs issues ; le boîtier de l'agent en a détecté",
@@ -357,9 +359,9 @@ STRINGS: dict[str, tuple[str, str]] = {
     "campaign.no_variant": ("sans variante", "no variant"),
     "campaign.close": ("Clôturer la campagne", "Close the campaign"),
     "campaign.close_confirm": ("Je confirme : une campagne clôturée ne peut pas être rouverte, "
-                               "et ses agents la quittent",
-                               "I confirm: a closed campaign cannot be reopened, and its agents "
-                               "leave it"),
+                               "ses agents la quittent et l'issue de ses appels est figée",
+                               "I confirm: a closed campaign cannot be reopened, its agents "
+                               "leave it and its calls' outcomes are frozen"),
     "campaign.closed": ("Clôturée", "Closed"),
     "campaign.open": ("En cours", "Running"),
     "campaign.invalid": ("Campagne invalide : vérifiez l'identifiant, le nom et les variantes.",

@@ -664,17 +664,17 @@ def test_a_figure_of_one_or_two_agents_read_by_a_supervisor_is_in_their_audit_lo
     assert sum("a consulté les moyennes de votre équipe" in line for line in lines) == 1
 
 
-def _served_session(server: Any, user: str, password: str,
-                    secret: str | None = None) -> tuple[Any, dict[str, str], dict[str, str]]:
+def _served_session(server: Any, user: str, password: str, secret: str | None = None,
+                    page: str = "/campaigns") -> tuple[Any, dict[str, str], dict[str, str]]:
     """An ``httpx.Client`` on the real server logged in as ``user``: the client, its cookie
-    header, and the cookie with the CSRF header (for a state change)."""
+    header, and the cookie with the CSRF header (for a state change; read from ``page``)."""
     import httpx
 
     from tests._fixtures_dashboard import http_login
 
     c = httpx.Client(base_url=server.url, timeout=20.0)
     cookie = {"cookie": f"__Host-miroir={http_login(c, user, password, secret)}"}
-    return c, cookie, {**cookie, "x-csrf-token": csrf_of(c.get("/campaigns", headers=cookie).text)}
+    return c, cookie, {**cookie, "x-csrf-token": csrf_of(c.get(page, headers=cookie).text)}
 
 
 def test_an_agent_of_another_team_is_not_put_on_a_teams_campaign(org_server: Any) -> None:
@@ -722,3 +722,62 @@ def test_an_agent_of_another_team_is_not_put_on_a_teams_campaign(org_server: Any
         assert "Salon Lyon" not in c.get("/agents/agent-b1", headers=cookie).text
     finally:
         c.close()
+
+
+def test_the_outcomes_of_a_closed_campaigns_calls_are_frozen(org_server: Any) -> None:
+    """A closed campaign's comparison stays (api.close_campaign: no new variant, assignment or
+    tag; its page asks to confirm that it cannot be reopened), yet the outcome of each of its
+    calls could still be changed or taken off: over the real server, after closing camp-a, its
+    supervisor turned a meeting of "Question ouverte" into a refusal (200; 9 meetings became 8),
+    and the agent who made the call could too. Now any such change is refused (409 "campaign is
+    closed", on the page "la campagne est clôturée"), from the API and from the agent page's
+    form, for every role; the agent page shows the call's outcome without a form, and the
+    comparison and the call are unchanged. A call of no campaign or an open one is tagged as
+    before."""
+    server, data = org_server
+    c, cookie, hdr = _served_session(server, "sup-a", USER_PASSWORD, data["secrets"]["sup-a"])
+    try:
+        def meetings() -> dict[str, int]:
+            return {v["name"]: v["outcomes"]["meeting"] for v in c.get(
+                "/api/campaigns/camp-a/comparison", headers=cookie).json()["variants"]}
+
+        db = store.open_db(server.settings.db_path)
+        try:
+            call, agent = db.conn.execute(
+                "SELECT id, agent FROM calls WHERE campaign = 'camp-a' AND variant = 1 AND "
+                "outcome = 'meeting' AND agent = 'agent-a1' ORDER BY id LIMIT 1").fetchone()
+        finally:
+            db.conn.close()
+        before = meetings()
+        assert before == {"Question ouverte": 9, "Bénéfice direct": 3}
+        assert c.post("/api/campaigns/camp-a/close", headers=hdr).status_code == 200
+        for outcome in ("refusal", None):
+            r = c.post(f"/api/calls/{call}/outcome", headers=hdr, json={"outcome": outcome})
+            assert (r.status_code, r.json()) == (409, {"detail": "campaign is closed"}), outcome
+        r = c.post(f"/calls/{call}/outcome", headers={**cookie, "accept": "text/html"},
+                   data={"csrf": hdr["x-csrf-token"], "outcome": "refusal",
+                         "next": f"/agents/{agent}"})
+        assert r.status_code == 409 and "la campagne est clôturée" in r.text
+        page = c.get(f"/agents/{agent}", headers=cookie).text
+        row = page[page.index(f'id="call-{call}"'):]
+        row = row[:row.index("</tr>")]
+        assert f'action="/calls/{call}/outcome"' not in row and "Rendez-vous" in row
+        assert meetings() == before
+        assert c.get(f"/api/calls/{call}", headers=cookie).json()["outcome"] == "meeting"
+        # a call of no campaign is tagged as before
+        r = c.post("/api/calls", headers=hdr, json={"agent": agent, "start_ts": time.time()})
+        new = r.json()["id"]
+        assert c.post(f"/api/calls/{new}/outcome", headers=hdr,
+                      json={"outcome": "callback"}).status_code == 200
+    finally:
+        c.close()
+    from tests._fixtures_dashboard import ADMIN_PASSWORD
+
+    for user, password, page in ((ADMIN_USER, ADMIN_PASSWORD, "/campaigns"),
+                                 ("amina", USER_PASSWORD, "/me")):
+        c, cookie, hdr = _served_session(server, user, password, page=page)
+        try:
+            r = c.post(f"/api/calls/{call}/outcome", headers=hdr, json={"outcome": "refusal"})
+            assert (r.status_code, r.json()) == (409, {"detail": "campaign is closed"}), user
+        finally:
+            c.close()

@@ -302,7 +302,8 @@ def add_variant(db: Any, user: User, campaign: str, body: VariantIn) -> int:
 
 
 def close_campaign(db: Any, user: User, campaign: str) -> float:
-    """Close a campaign (no new variant, assignment or tag); return when it was closed."""
+    """Close a campaign (no new variant, assignment or tag, its calls' outcomes frozen); return
+    when it was closed."""
     _writable_campaign(db, user, campaign, open_only=False)
     now = time.time()
     with store.write_transaction(db):  # closed once, whoever closes it at the same time
@@ -353,9 +354,7 @@ def set_call_variant(db: Any, user: User, call_id: int, variant: int) -> str:
     if campaign is None or not _may_see(db, user, campaign):
         raise access.not_found("variant")  # another team's answers as one that does not exist
     _writable_campaign(db, user, campaign)
-    was = db.conn.execute("SELECT closed_ts FROM campaigns WHERE campaign = ?",
-                          (call["campaign"],)).fetchone()
-    if was is not None and was[0] is not None:  # a closed campaign's comparison stays as closed
+    if _closed_campaign(db, call["campaign"]):  # a closed campaign's comparison stays as closed
         raise HTTPException(status_code=409, detail="campaign is closed")
     with db.conn:
         db.conn.execute("UPDATE calls SET campaign = ?, variant = ? WHERE id = ?",
@@ -490,16 +489,26 @@ def add_goal(db: Any, user: User, agent: str, body: GoalIn) -> int:
     return goal_id
 
 
+def _closed_campaign(db: Any, campaign: str | None) -> bool:
+    """True if ``campaign`` (a call's; None for none) is closed."""
+    row = None if campaign is None else db.conn.execute(
+        "SELECT closed_ts FROM campaigns WHERE campaign = ?", (campaign,)).fetchone()
+    return row is not None and row[0] is not None
+
+
 def set_outcome(db: Any, user: User, call_id: int, outcome: str | None) -> None:
     """Tag a call's outcome, or take it off with None (the agent themself, their supervisors,
-    admins; audited when it changes)."""
+    admins; audited when it changes). The outcome of a call of a closed campaign is frozen for
+    everyone (409): its comparison stays as it was closed."""
     call = _require_call(db, user, call_id)
     require_role(user, "admin", "supervisor", "agent")
     if outcome is not None and outcome not in analytics.OUTCOMES:
         raise HTTPException(status_code=422, detail=f"outcome must be one of {analytics.OUTCOMES}")
     if outcome is None and call["outcome"] is None:
         return  # nothing was tagged: nothing to take back
-    with db.conn:
+    with store.write_transaction(db):  # a close meanwhile is seen: nothing changes after it
+        if _closed_campaign(db, call["campaign"]):
+            raise HTTPException(status_code=409, detail="campaign is closed")
         db.conn.execute("UPDATE calls SET outcome = ?, outcome_by = ?, outcome_ts = ? WHERE id = ?",
                         (outcome, user.username, time.time(), call_id))
     access.audit(db, user, "call_outcome", call["agent"],
@@ -799,7 +808,8 @@ def get_call(db: Db, user: CurrentUser, call_id: RowId) -> dict[str, Any]:
 
 @router.post("/calls/{call_id}/outcome")
 def post_outcome(db: Db, user: CurrentUser, call_id: RowId, body: OutcomeIn) -> dict[str, Any]:
-    """Tag a call's outcome (null takes a tag back off)."""
+    """Tag a call's outcome (null takes a tag back off); a closed campaign's calls keep theirs
+    (409)."""
     set_outcome(db, user, call_id, body.outcome)
     return {"id": call_id, "outcome": body.outcome}
 

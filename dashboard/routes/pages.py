@@ -56,7 +56,8 @@ def _calls_page(db: Db, agent: str, before: int | None) -> dict[str, Any]:
     if pivot:
         where += " AND (c.start_ts, c.id) < (?, ?)"
         args += [pivot[0], pivot[1]]
-    rows = list(db.query("SELECT c.*, k.name AS campaign_name FROM calls c LEFT JOIN campaigns k "
+    rows = list(db.query("SELECT c.*, k.name AS campaign_name, k.closed_ts AS campaign_closed_ts "
+                         "FROM calls c LEFT JOIN campaigns k "
                          f"ON k.campaign = c.campaign WHERE {where} "
                          "ORDER BY c.start_ts DESC, c.id DESC LIMIT ?", [*args, CALLS_PAGE + 1]))
     total = db.conn.execute("SELECT count(*) FROM calls WHERE agent = ?", (agent,)).fetchone()[0]
@@ -389,7 +390,8 @@ def assign_form(request: Request, db: Db, user: CurrentUser, campaign: str,
 
 
 CLOSE_UNCONFIRMED = "closing a campaign needs its confirmation box ticked"
-"""A closed campaign cannot be reopened and its agents leave it: the page asks first."""
+"""A closed campaign cannot be reopened, its agents leave it and its calls' outcomes are frozen:
+the page asks first."""
 
 
 @router.post("/campaigns/{campaign}/close")
