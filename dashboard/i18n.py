@@ -342,6 +342,14 @@ STRINGS: dict[str, tuple[str, str]] = {
     "campaign.no_agents": ("Aucun agent n'est affecté à cette campagne.",
                            "No agent is assigned to this campaign."),
     "campaign.none": ("Aucune campagne.", "No campaign."),
+    "campaign.range": ("Campagnes {first} à {last} sur {total} : en cours d'abord, puis les "
+                       "dernières clôturées",
+                       "Campaigns {first} to {last} of {total}: running first, then the latest "
+                       "closed"),
+    "campaign.past_end": ("Aucune campagne à cette page ({total} en tout).",
+                          "No campaign on this page ({total} in all)."),
+    "campaign.older": ("Plus anciennes →", "Older →"),
+    "campaign.newer": ("← Plus récentes", "← Newer"),
     "campaign.compare": ("Comparaison des variantes", "Variant comparison"),
     "campaign.create": ("Nouvelle campagne", "New campaign"),
     "campaign.id": ("Identifiant (a-z, 0-9, -)", "Id (a-z, 0-9, -)"),

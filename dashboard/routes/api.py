@@ -227,6 +227,35 @@ def require_campaign(db: Any, user: User, campaign: str) -> dict[str, Any]:
     return {"campaign": row[0], "name": row[1], "team": row[2], "closed_ts": row[3]}
 
 
+def _seen_campaigns_sql(user: User) -> tuple[str, list[str]]:
+    """The condition on a ``campaigns`` row that :func:`require_campaign` lets the user see, and
+    its arguments."""
+    if user.role not in CAMPAIGN_ROLES:
+        return "0", []
+    if user.role == "supervisor":
+        teams = sorted(user.teams)
+        return f"(team IS NULL OR team IN ({','.join('?' for _ in teams)}))", teams
+    return "1", []
+
+
+def campaign_listing(db: Any, user: User, page: int, per_page: int) -> dict[str, Any]:
+    """Page ``page`` (from 1) of the campaigns the user may see, ``per_page`` a page, without
+    their variants: the open ones first, newest first, then the closed ones, latest closed
+    first; with how many there are in all (``total``), the rank of the page's first and last
+    (``first``, ``last``) and the number of pages (``pages``, at least 1)."""
+    where, args = _seen_campaigns_sql(user)
+    total = int(db.conn.execute(f"SELECT count(*) FROM campaigns WHERE {where}",
+                                args).fetchone()[0])
+    rows = list(db.query(
+        f"SELECT campaign, name, team, created_ts, closed_ts FROM campaigns WHERE {where} "
+        "ORDER BY closed_ts IS NOT NULL, coalesce(closed_ts, created_ts, 0) DESC, campaign "
+        "LIMIT ? OFFSET ?", [*args, per_page, (page - 1) * per_page]))
+    first = (page - 1) * per_page + 1
+    return {"campaigns": rows, "total": total, "page": page,
+            "first": first if rows else None, "last": first + len(rows) - 1 if rows else None,
+            "pages": max(1, -(-total // per_page))}
+
+
 def _writable_campaign(db: Any, user: User, campaign: str, *,
                        open_only: bool = True) -> dict[str, Any]:
     """The campaign if the user may change it (admins; supervisors of its team), else 404.

@@ -279,9 +279,15 @@ def team_page(request: Request, db: Db, user: CurrentUser, team: str) -> Respons
     return render(request, "team.html", {"board": board})
 
 
+CAMPAIGNS_PAGE = 50
+"""Campaigns listed per page of /campaigns (api.campaign_listing: the open ones, then the latest
+closed); older ones a plain link away (``?page=``), however many a site has run."""
+CampaignsPage = Annotated[int, PlainWhole, Query(ge=1, le=10**9)]
+
+
 def _campaigns_context(db: Db, user: User, comparison: dict[str, Any] | None,
-                       error: str | None = None,
-                       form: dict[str, str] | None = None) -> dict[str, Any]:
+                       error: str | None = None, form: dict[str, str] | None = None,
+                       page: int = 1) -> dict[str, Any]:
     editable = user.role in ("admin", "supervisor")
     teams = access.visible_teams(db, user) if editable else []
     agents: list[dict[str, Any]] = []
@@ -294,17 +300,19 @@ def _campaigns_context(db: Db, user: User, comparison: dict[str, Any] | None,
                              "WHERE active = 1 ORDER BY name, agent"))
         agents = [r for r in rows if (scope is None or r["agent"] in scope)
                   and (team is None or r["team"] == team)]
-    return {"campaigns": api.list_campaigns(db, user)["campaigns"], "comparison": comparison,
+    listing = api.campaign_listing(db, user, page, CAMPAIGNS_PAGE)
+    return {"campaigns": listing["campaigns"], "listing": listing, "comparison": comparison,
             "can_create": editable, "teams": teams, "agents": agents,
             "can_edit": can_edit and comparison is not None and not comparison.get("closed_ts"),
             "error": error, "form": form or {}, "min_agents": analytics.MIN_GROUP_AGENTS}
 
 
 @router.get("/campaigns")
-def campaigns_page(request: Request, db: Db, user: CurrentUser) -> Response:
-    """Campaigns and their variants; admins and supervisors create them here."""
+def campaigns_page(request: Request, db: Db, user: CurrentUser,
+                   page: CampaignsPage = 1) -> Response:
+    """Campaigns, :data:`CAMPAIGNS_PAGE` a page; admins and supervisors create them here."""
     require_role(user, "admin", "supervisor", "auditor")
-    return render(request, "campaigns.html", _campaigns_context(db, user, None))
+    return render(request, "campaigns.html", _campaigns_context(db, user, None, page=page))
 
 
 def _parse_variants(text: str) -> list[api.VariantIn]:
