@@ -466,6 +466,10 @@ STRINGS: dict[str, tuple[str, str]] = {
     "action.campaign_create": ("a créé une campagne", "created a campaign"),
     "action.campaign_close": ("a clôturé une campagne", "closed a campaign"),
     "action.campaign_assign": ("a affecté à une campagne", "assigned to a campaign"),
+    "action.campaign_leave": ("a changé l'agent d'équipe, ce qui l'a retiré d'une campagne de "
+                              "son ancienne équipe",
+                              "moved the agent to another team, taking them off a campaign of "
+                              "their former team"),
     "action.variant_create": ("a ajouté une variante", "added a variant"),
     "action.call_create": ("a enregistré un appel", "recorded a call"),
     "action.call_variant": ("a changé la variante d'un appel", "changed a call's variant"),
@@ -490,6 +494,10 @@ STRINGS: dict[str, tuple[str, str]] = {
                              "références apprises de votre voix)",
                              "gave your seat to another agent (its box forgets the baselines it "
                              "learned of your voice)"),
+    "me.action.campaign_leave": ("vous a changé d'équipe, ce qui vous a retiré d'une campagne de "
+                                 "votre ancienne équipe",
+                                 "moved you to another team, taking you off a campaign of your "
+                                 "former team"),
     "me.action.user_add": ("a créé votre compte", "added your account"),
     "me.action.user_disable": ("a désactivé votre compte", "disabled your account"),
     "me.action.user_enable": ("a réactivé votre compte", "enabled your account again"),

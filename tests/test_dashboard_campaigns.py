@@ -857,3 +857,51 @@ def test_the_campaigns_page_lists_a_page_of_them_and_links_to_older_ones(
     seen = walk("sup-a", USER_PASSWORD, data["secrets"]["sup-a"])
     assert [len(p) for p in seen] == [50, 11]
     assert [c for p in seen for c in p] == ["camp-a"] + [f"old-{k:03d}" for k in range(118, -1, -2)]
+
+
+def test_an_agent_moved_to_another_team_by_the_import_leaves_their_teams_campaign(
+        org: Any, tmp_path: Path) -> None:
+    """The other way an agent came to be on another team's campaign: site IT's import moved
+    agent-a1 to team B (`miroir dashboard import`, the real command line) and they stayed on
+    team A's camp-a, their next calls tagged with it for team B's supervisor, who may not open
+    it. The import now takes them off it (campaign and variant), says so in the command's log and
+    in their audit list, by whom; an agent moved to a team whose campaign they are on, or to none,
+    or kept in their team, stays on it."""
+    import os
+    import subprocess
+    import sys
+
+    settings, _ = org
+    db = store.open_db(settings.db_path)
+    try:
+        with db.conn:
+            db.conn.execute("UPDATE agents SET variant = 1 WHERE agent = 'agent-a1'")
+            db.conn.execute("INSERT INTO campaigns (campaign, name, created_ts) VALUES "
+                            "('camp-all', 'Tous', 0)")
+            db.conn.execute("UPDATE agents SET campaign = 'camp-all' WHERE agent = 'agent-b1'")
+    finally:
+        db.conn.close()
+    inventory = tmp_path / "floor.csv"
+    inventory.write_text("box,seat,agent,team\nbox-a1,A1,agent-a1,team-b\n"
+                         "box-a2,A2,agent-a2,team-a\nbox-b1,B1,agent-b1,team-a\n")
+    env = dict(os.environ, MIROIR_DASH_SITE=settings.site,
+               MIROIR_DASH_DB_PATH=str(settings.db_path), SUDO_USER="tech")
+    r = subprocess.run([sys.executable, "-m", "miroir", "dashboard", "import", str(inventory)],
+                       env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    db = store.open_db(settings.db_path)
+    try:
+        assert db.conn.execute("SELECT agent, team, campaign, variant FROM agents ORDER BY agent"
+                               ).fetchall() == [("agent-a1", "team-b", None, None),
+                                                ("agent-a2", "team-a", "camp-a", None),
+                                                ("agent-b1", "team-a", "camp-all", None)]
+        assert db.conn.execute("SELECT actor, actor_role, agent, detail FROM audit_log WHERE "
+                               "action = 'campaign_leave'").fetchall() == [
+            ("tech", "it", "agent-a1", '{"campaign":"camp-a"}')]
+    finally:
+        db.conn.close()
+    assert "agent agent-a1 moved to another team: taken off campaign camp-a" in r.stderr
+    with _client(settings) as c:
+        assert client_login(c, "amina", USER_PASSWORD).status_code == 303
+        assert "vous a changé d&#39;équipe, ce qui vous a retiré d&#39;une campagne de votre " \
+            "ancienne équipe" in c.get("/me").text
