@@ -905,3 +905,44 @@ def test_an_agent_moved_to_another_team_by_the_import_leaves_their_teams_campaig
         assert client_login(c, "amina", USER_PASSWORD).status_code == 303
         assert "vous a changé d&#39;équipe, ce qui vous a retiré d&#39;une campagne de votre " \
             "ancienne équipe" in c.get("/me").text
+
+
+def test_a_call_of_another_teams_agent_is_not_tagged_with_a_teams_campaign(
+        org_server: Any) -> None:
+    """Refusing to put team B's agent on team A's campaign left two other doors open to an
+    admin: recording agent-b1's call with camp-a (201) and tagging agent-b1's call with one of
+    camp-a's variants (200), either counted in camp-a's figures for admins and auditors and not
+    for team A's supervisor. Over the real server both are refused now (422, "cet agent n'est
+    pas de l'équipe de la campagne"), and the call keeps its campaign; an agent who was on
+    another team's campaign before (an older release let it be) gets calls without it."""
+    from tests._fixtures_dashboard import ADMIN_PASSWORD
+
+    server, data = org_server
+    b_call = data["team_b"]["calls"][0]
+    c, cookie, hdr = _served_session(server, ADMIN_USER, ADMIN_PASSWORD)
+    try:
+        refused = (422, {"detail": "the agent is not in the campaign's team"})
+        for body in ({"campaign": "camp-a"}, {"variant": 1}, {"campaign": "camp-a", "variant": 1}):
+            r = c.post("/api/calls", headers=hdr,
+                       json={"agent": "agent-b1", "start_ts": time.time(), **body})
+            assert (r.status_code, r.json()) == refused, body
+        r = c.post(f"/api/calls/{b_call}/variant", headers=hdr, json={"variant": 1})
+        assert (r.status_code, r.json()) == refused
+        assert c.get(f"/api/calls/{b_call}", headers=cookie).json()["campaign"] == "camp-b"
+        # within the team, as before
+        r = c.post("/api/calls", headers=hdr, json={"agent": "agent-a1", "start_ts": time.time(),
+                                                   "variant": 2})
+        assert r.status_code == 201
+        db = store.open_db(server.settings.db_path)
+        try:
+            with db.conn:  # as an older release could leave it
+                db.conn.execute("UPDATE agents SET campaign = 'camp-a', variant = 1 "
+                                "WHERE agent = 'agent-b1'")
+        finally:
+            db.conn.close()
+        r = c.post("/api/calls", headers=hdr, json={"agent": "agent-b1", "start_ts": time.time()})
+        assert r.status_code == 201
+        made = c.get(f"/api/calls/{r.json()['id']}", headers=cookie).json()
+        assert (made["campaign"], made["variant"]) == (None, None)
+    finally:
+        c.close()

@@ -359,13 +359,27 @@ team on it would be counted by some readers and not others, and show their super
 that answers them 404. A campaign of no team takes any agent."""
 
 
+def _of_its_team(db: Any, campaign: dict[str, Any], agent: str) -> bool:
+    """True if ``campaign`` (:func:`require_campaign`'s row) takes ``agent``: one of its team's,
+    any agent for a campaign of no team (:data:`OTHER_TEAM`)."""
+    if campaign["team"] is None:
+        return True
+    row = db.conn.execute("SELECT team FROM agents WHERE agent = ?", (agent,)).fetchone()
+    return row is not None and row[0] == campaign["team"]
+
+
+def _require_its_team(db: Any, campaign: dict[str, Any], agent: str) -> None:
+    """422 (:data:`OTHER_TEAM`) unless ``campaign`` takes ``agent`` (:func:`_of_its_team`)."""
+    if not _of_its_team(db, campaign, agent):
+        raise HTTPException(status_code=422, detail=OTHER_TEAM)
+
+
 def assign_agent(db: Any, user: User, campaign: str, body: AssignIn) -> None:
     """Put an agent in scope on an open campaign and variant (their next calls get them): an
     agent of the campaign's team, if it has one (:data:`OTHER_TEAM`)."""
     c = _writable_campaign(db, user, campaign)
-    agent = access.require_agent(db, user, body.agent)
-    if c["team"] is not None and agent["team"] != c["team"]:
-        raise HTTPException(status_code=422, detail=OTHER_TEAM)
+    access.require_agent(db, user, body.agent)
+    _require_its_team(db, c, body.agent)
     if body.variant is not None and _variant_campaign(db, body.variant) != campaign:
         raise HTTPException(status_code=422, detail="variant is not one of this campaign's")
     with db.conn:
@@ -382,7 +396,7 @@ def set_call_variant(db: Any, user: User, call_id: int, variant: int) -> str:
     campaign = _variant_campaign(db, variant)
     if campaign is None or not _may_see(db, user, campaign):
         raise access.not_found("variant")  # another team's answers as one that does not exist
-    _writable_campaign(db, user, campaign)
+    _require_its_team(db, _writable_campaign(db, user, campaign), call["agent"])
     if _closed_campaign(db, call["campaign"]):  # a closed campaign's comparison stays as closed
         raise HTTPException(status_code=409, detail="campaign is closed")
     with db.conn:
@@ -397,7 +411,8 @@ def set_call_variant(db: Any, user: User, call_id: int, variant: int) -> str:
 def _call_campaign(db: Any, user: User, body: CallIn) -> tuple[str | None, int | None]:
     """The campaign and variant of a new call: as given or the agent's current ones, either only
     in a campaign the user may change (:func:`_writable_campaign`: 404 for one they may only see,
-    409 for a closed one); the agent's current campaign is left off a call otherwise."""
+    409 for a closed one) and that takes the agent (:func:`_of_its_team`: 422 otherwise); the
+    agent's current campaign is left off a call otherwise."""
     if body.campaign is None and body.variant is None:
         row = db.conn.execute(
             "SELECT a.campaign, a.variant FROM agents a JOIN campaigns c ON "
@@ -406,13 +421,16 @@ def _call_campaign(db: Any, user: User, body: CallIn) -> tuple[str | None, int |
         if row is None:
             return None, None
         try:
-            _writable_campaign(db, user, row[0])
+            current = _writable_campaign(db, user, row[0])
         except HTTPException:
+            return None, None
+        if not _of_its_team(db, current, body.agent):  # as an older release could leave it
             return None, None
         return row[0], row[1]
     campaign = body.campaign
     if campaign is not None:
-        _writable_campaign(db, user, campaign)  # 404 out of scope or none, 409 closed
+        # 404 out of scope or none, 409 closed, 422 another team's
+        _require_its_team(db, _writable_campaign(db, user, campaign), body.agent)
     if body.variant is not None:
         owner = _variant_campaign(db, body.variant)
         if owner is not None and campaign is None and not _may_see(db, user, owner):
@@ -420,7 +438,7 @@ def _call_campaign(db: Any, user: User, body: CallIn) -> tuple[str | None, int |
         if owner is None or (campaign is not None and owner != campaign):
             raise HTTPException(status_code=422, detail="variant is not one of the campaign's")
         if campaign is None:
-            _writable_campaign(db, user, owner)
+            _require_its_team(db, _writable_campaign(db, user, owner), body.agent)
             campaign = owner
     return campaign, body.variant
 
@@ -807,8 +825,8 @@ def post_call(db: Db, user: CurrentUser, body: CallIn) -> dict[str, Any]:
 
     Without a campaign or variant, the call takes the agent's current (open) campaign and
     variant if the user may change that campaign; a given variant must belong to the given
-    campaign, which must be open and one the user may change (404 otherwise). Audited, with
-    the creator in the call's ``created_by``.
+    campaign, which must be open and one the user may change (404 otherwise), of the agent's team
+    if it has one (422 otherwise). Audited, with the creator in the call's ``created_by``.
     """
     require_role(user, "admin", "supervisor")
     access.require_agent(db, user, body.agent)
@@ -846,7 +864,8 @@ def post_outcome(db: Db, user: CurrentUser, call_id: RowId, body: OutcomeIn) -> 
 @router.post("/calls/{call_id}/variant")
 def post_call_variant(db: Db, user: CurrentUser, call_id: RowId,
                       body: CallVariantIn) -> dict[str, Any]:
-    """Tag a call with the pitch or opener variant used (its campaign must be open)."""
+    """Tag a call with the pitch or opener variant used (its campaign must be open, and of the
+    call's agent's team if it has one)."""
     campaign = set_call_variant(db, user, call_id, body.variant)
     return {"id": call_id, "campaign": campaign, "variant": body.variant}
 
