@@ -41,8 +41,9 @@ GRACEFUL_SHUTDOWN_S = 2
 never finishes by itself), so that a stop or restart is quick."""
 
 
-MAX_BODY_BYTES = 256 * 1024
-"""Largest request body the dashboard reads (a form, a JSON call record): 413 beyond."""
+MAX_BODY_BYTES = auth.MAX_BODY_BYTES
+"""Largest request body the dashboard reads: one limit with the CSRF check's read of a form
+(:data:`dashboard.auth.MAX_BODY_BYTES`), 413 beyond."""
 
 
 class _Dashboard(FastAPI):
@@ -218,7 +219,7 @@ def create_app(settings: DashboardSettings, *, start_ingest: bool = True) -> Fas
                 await run_in_threadpool(ingest.close)
 
     app = _Dashboard(title="Miroir dashboard", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url="/api/openapi.json", max_body_size=MAX_BODY_BYTES,
+                  openapi_url="/api/openapi.json", max_body_size=auth.MAX_BODY_BYTES,
                   redirect_slashes=False)
     app.state.settings = settings
     app.state.hub = hub

@@ -49,9 +49,11 @@ HEAD_AS_GET = "miroir.head"
 """Key of the ASGI scope of a GET that answers a HEAD (``dashboard.app._HeadAsGet``): a route
 that sends nothing to a HEAD reads it (the live stream logs no live view; `deps.get_user` marks
 the user ``head``, so `access.audit` writes no entry)."""
-MAX_FORM_BYTES = 256 * 1024
-"""Largest form body read for its CSRF token: a larger one is not held in memory, and without its
-token the change is refused."""
+MAX_BODY_BYTES = 256 * 1024
+"""Largest request body the dashboard reads (a form, a JSON call record): the app's body limit
+(``dashboard.app``) answers 413 beyond it. A form's CSRF token is read within the same limit, so
+a form too large is told so (413), never that its token is missing (403); it is not held in
+memory whole."""
 PUBLIC_PREFIXES = ("/static/",)
 SECURITY_HEADERS = {
     "content-security-policy": ("default-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
@@ -787,7 +789,7 @@ class AuthMiddleware:
             sent = conn.headers.get("x-csrf-token")
             ctype = conn.headers.get("content-type", "")
             if sent is None and ctype.startswith("application/x-www-form-urlencoded"):
-                body = await _read_body(receive, MAX_FORM_BYTES)
+                body = await _read_body(receive, MAX_BODY_BYTES)
                 if body is not None:
                     values = parse_qs(body.decode("latin-1")).get("csrf")
                     sent = values[0] if values else None

@@ -130,6 +130,8 @@ STRINGS: dict[str, tuple[str, str]] = {
     "agent.call_campaign": ("Campagne", "Campaign"),
     "agent.call_duration": ("Durée", "Duration"),
     "agent.call_outcome": ("Issue", "Outcome"),
+    "agent.outcome_frozen": ("(campagne clôturée : issue figée)",
+                             "(campaign closed: outcome frozen)"),
     "agent.no_calls": ("Aucun appel enregistré.", "No call recorded."),
     "agent.no_cti_calls": ("Aucun appel reçu du système téléphonique (CTI), qui compte les appels "
                            "et leurs issues ; le boîtier de l'agent en a détecté",
@@ -340,6 +342,14 @@ STRINGS: dict[str, tuple[str, str]] = {
     "campaign.no_agents": ("Aucun agent n'est affecté à cette campagne.",
                            "No agent is assigned to this campaign."),
     "campaign.none": ("Aucune campagne.", "No campaign."),
+    "campaign.range": ("Campagnes {first} à {last} sur {total} : en cours d'abord, puis les "
+                       "dernières clôturées",
+                       "Campaigns {first} to {last} of {total}: running first, then the latest "
+                       "closed"),
+    "campaign.past_end": ("Aucune campagne à cette page ({total} en tout).",
+                          "No campaign on this page ({total} in all)."),
+    "campaign.older": ("Plus anciennes →", "Older →"),
+    "campaign.newer": ("← Plus récentes", "← Newer"),
     "campaign.compare": ("Comparaison des variantes", "Variant comparison"),
     "campaign.create": ("Nouvelle campagne", "New campaign"),
     "campaign.id": ("Identifiant (a-z, 0-9, -)", "Id (a-z, 0-9, -)"),
@@ -357,9 +367,9 @@ STRINGS: dict[str, tuple[str, str]] = {
     "campaign.no_variant": ("sans variante", "no variant"),
     "campaign.close": ("Clôturer la campagne", "Close the campaign"),
     "campaign.close_confirm": ("Je confirme : une campagne clôturée ne peut pas être rouverte, "
-                               "et ses agents la quittent",
-                               "I confirm: a closed campaign cannot be reopened, and its agents "
-                               "leave it"),
+                               "ses agents la quittent et l'issue de ses appels est figée",
+                               "I confirm: a closed campaign cannot be reopened, its agents "
+                               "leave it and its calls' outcomes are frozen"),
     "campaign.closed": ("Clôturée", "Closed"),
     "campaign.open": ("En cours", "Running"),
     "campaign.invalid": ("Campagne invalide : vérifiez l'identifiant, le nom et les variantes.",
@@ -456,6 +466,10 @@ STRINGS: dict[str, tuple[str, str]] = {
     "action.campaign_create": ("a créé une campagne", "created a campaign"),
     "action.campaign_close": ("a clôturé une campagne", "closed a campaign"),
     "action.campaign_assign": ("a affecté à une campagne", "assigned to a campaign"),
+    "action.campaign_leave": ("a changé l'agent d'équipe, ce qui l'a retiré d'une campagne de "
+                              "son ancienne équipe",
+                              "moved the agent to another team, taking them off a campaign of "
+                              "their former team"),
     "action.variant_create": ("a ajouté une variante", "added a variant"),
     "action.call_create": ("a enregistré un appel", "recorded a call"),
     "action.call_variant": ("a changé la variante d'un appel", "changed a call's variant"),
@@ -480,6 +494,10 @@ STRINGS: dict[str, tuple[str, str]] = {
                              "références apprises de votre voix)",
                              "gave your seat to another agent (its box forgets the baselines it "
                              "learned of your voice)"),
+    "me.action.campaign_leave": ("vous a changé d'équipe, ce qui vous a retiré d'une campagne de "
+                                 "votre ancienne équipe",
+                                 "moved you to another team, taking you off a campaign of your "
+                                 "former team"),
     "me.action.user_add": ("a créé votre compte", "added your account"),
     "me.action.user_disable": ("a désactivé votre compte", "disabled your account"),
     "me.action.user_enable": ("a réactivé votre compte", "enabled your account again"),
@@ -530,6 +548,7 @@ DETAILS_FR: list[tuple[re.Pattern[str], str]] = [(re.compile(pattern), fr) for p
     (r"at most (?P<n>.+) variants", "{n} variantes au plus"),
     (r"variant must be an id", "la variante doit être un identifiant"),
     (r"variant is not one of (this|the) campaign's", "cette variante n'est pas de la campagne"),
+    (r"the agent is not in the campaign's team", "cet agent n'est pas de l'équipe de la campagne"),
     (r"unknown metric (?P<name>.+)", "mesure inconnue : {name}"),
     (r"metric (?P<name>.+) cannot be a goal: its daily mean says nothing of the agent's",
      "la mesure {name} ne peut être un objectif : sa moyenne du jour ne dit rien de l'agent"),

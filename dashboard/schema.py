@@ -372,6 +372,7 @@ def import_inventory(db: sqlite_utils.Database, rows: Iterable[dict[str, Any]],
                     "name = CASE WHEN excluded.name != excluded.agent THEN excluded.name "
                     "ELSE name END, active = 1, left_ts = NULL",
                     (agent, name, team, now))
+                _leave_other_teams_campaign(db, agent, now, actor)
             label = visible_name(str(r.get("seat") or "")) or box
             db.conn.execute(
                 "INSERT INTO seats (box, site, label, row, col) VALUES (?, ?, ?, ?, ?) "
@@ -393,6 +394,25 @@ def import_inventory(db: sqlite_utils.Database, rows: Iterable[dict[str, Any]],
                         "VALUES (?, ?, 'it', ?, 'seat_taken', ?)", (now, actor, before[0], detail))
             count += 1
     return count
+
+
+def _leave_other_teams_campaign(db: sqlite_utils.Database, agent: str, now: float,
+                                actor: str | None) -> None:
+    """Take ``agent`` off their campaign if it is another team's than theirs (moved to another
+    team): a team's campaign takes its team's agents only (``api.OTHER_TEAM``). Audited on the
+    agent when ``actor`` is given, as the seats are."""
+    left = db.conn.execute(
+        "SELECT c.campaign FROM agents a JOIN campaigns c ON c.campaign = a.campaign "
+        "WHERE a.agent = ? AND c.team IS NOT NULL AND c.team IS NOT a.team", (agent,)).fetchone()
+    if left is None:
+        return
+    db.conn.execute("UPDATE agents SET campaign = NULL, variant = NULL WHERE agent = ?", (agent,))
+    log.info("agent %s moved to another team: taken off campaign %s", agent, left[0])
+    if actor is not None:
+        db.conn.execute(
+            "INSERT INTO audit_log (ts, actor, actor_role, agent, action, detail) "
+            "VALUES (?, ?, 'it', ?, 'campaign_leave', ?)",
+            (now, actor, agent, json.dumps({"campaign": left[0]}, separators=(",", ":"))))
 
 
 def _check_rows(rows: list[dict[str, Any]]) -> None:

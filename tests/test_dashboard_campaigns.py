@@ -662,3 +662,287 @@ def test_a_figure_of_one_or_two_agents_read_by_a_supervisor_is_in_their_audit_lo
     assert sum("a consulté les résultats d&#39;une variante de campagne, faits de vos appels"
                in line for line in lines) == 1
     assert sum("a consulté les moyennes de votre équipe" in line for line in lines) == 1
+
+
+def _served_session(server: Any, user: str, password: str, secret: str | None = None,
+                    page: str = "/campaigns") -> tuple[Any, dict[str, str], dict[str, str]]:
+    """An ``httpx.Client`` on the real server logged in as ``user``: the client, its cookie
+    header, and the cookie with the CSRF header (for a state change; read from ``page``)."""
+    import httpx
+
+    from tests._fixtures_dashboard import http_login
+
+    c = httpx.Client(base_url=server.url, timeout=20.0)
+    cookie = {"cookie": f"__Host-miroir={http_login(c, user, password, secret)}"}
+    return c, cookie, {**cookie, "x-csrf-token": csrf_of(c.get(page, headers=cookie).text)}
+
+
+def test_an_agent_of_another_team_is_not_put_on_a_teams_campaign(org_server: Any) -> None:
+    """A campaign of team A is team A's: its supervisors run it and read its figures of their
+    agents. An admin could put team B's agent-b1 on it (200): their calls were then tagged with
+    it, counted in the admin's and the auditor's comparison (33 calls of "Question ouverte")
+    but not in team A's supervisor's (30), while team B's supervisor, to whom the campaign
+    answers 404, read its name on agent-b1's page and its id on the floor and changed the
+    outcomes it counts. Over the real server, that is now refused (422, "cet agent n'est pas de
+    l'équipe de la campagne" on the page), the assignment form lists the campaign's team's
+    agents only, and a campaign of no team ("Toutes les équipes") still takes any agent."""
+    from tests._fixtures_dashboard import ADMIN_PASSWORD
+
+    server, data = org_server
+    c, cookie, hdr = _served_session(server, ADMIN_USER, ADMIN_PASSWORD)
+    try:
+        r = c.post("/api/campaigns/camp-a/assign", headers=hdr,
+                   json={"agent": "agent-b1", "variant": 1})
+        assert (r.status_code, r.json()) == (422, {"detail": "the agent is not in the "
+                                                             "campaign's team"})
+        r = c.post("/campaigns/camp-a/assign", headers={**cookie, "accept": "text/html"},
+                   data={"csrf": hdr["x-csrf-token"], "agent": "agent-b1", "variant": "1"})
+        assert r.status_code == 422
+        assert "cet agent n&#39;est pas de l&#39;équipe de la campagne" in r.text
+        assert c.get("/api/agents/agent-b1", headers=cookie).json()["campaign"] == "camp-b"
+        page = c.get("/campaigns/camp-a", headers=cookie).text
+        form = page[page.index('id="assign-agent"'):page.index('id="close-campaign"')]
+        assert sorted(re.findall(r'<option value="(agent-[^"]+)"', form)) == [
+            "agent-a1", "agent-a2"]
+        # within its team, as before; a campaign of all teams takes any agent
+        assert c.post("/api/campaigns/camp-a/assign", headers=hdr,
+                      json={"agent": "agent-a1", "variant": 2}).status_code == 200
+        assert c.post("/api/campaigns", headers=hdr, json={
+            "campaign": "tous", "name": "Tous", "variants": [{"name": "A"}]}).status_code == 201
+        assert c.post("/api/campaigns/tous/assign", headers=hdr,
+                      json={"agent": "agent-b1"}).status_code == 200
+        page = c.get("/campaigns/tous", headers=cookie).text
+        form = page[page.index('id="assign-agent"'):page.index('id="close-campaign"')]
+        assert sorted(re.findall(r'<option value="(agent-[^"]+)"', form)) == [
+            "agent-a1", "agent-a2", "agent-b1"]
+    finally:
+        c.close()
+    c, cookie, _ = _served_session(server, "sup-b", USER_PASSWORD, data["secrets"]["sup-b"])
+    try:
+        assert "Salon Lyon" not in c.get("/agents/agent-b1", headers=cookie).text
+    finally:
+        c.close()
+
+
+def test_the_outcomes_of_a_closed_campaigns_calls_are_frozen(org_server: Any) -> None:
+    """A closed campaign's comparison stays (api.close_campaign: no new variant, assignment or
+    tag; its page asks to confirm that it cannot be reopened), yet the outcome of each of its
+    calls could still be changed or taken off: over the real server, after closing camp-a, its
+    supervisor turned a meeting of "Question ouverte" into a refusal (200; 9 meetings became 8),
+    and the agent who made the call could too. Now any such change is refused (409 "campaign is
+    closed", on the page "la campagne est clôturée"), from the API and from the agent page's
+    form, for every role; the agent page shows the call's outcome without a form, and the
+    comparison and the call are unchanged. A call of no campaign or an open one is tagged as
+    before."""
+    server, data = org_server
+    c, cookie, hdr = _served_session(server, "sup-a", USER_PASSWORD, data["secrets"]["sup-a"])
+    try:
+        def meetings() -> dict[str, int]:
+            return {v["name"]: v["outcomes"]["meeting"] for v in c.get(
+                "/api/campaigns/camp-a/comparison", headers=cookie).json()["variants"]}
+
+        db = store.open_db(server.settings.db_path)
+        try:
+            call, agent = db.conn.execute(
+                "SELECT id, agent FROM calls WHERE campaign = 'camp-a' AND variant = 1 AND "
+                "outcome = 'meeting' AND agent = 'agent-a1' ORDER BY id LIMIT 1").fetchone()
+        finally:
+            db.conn.close()
+        before = meetings()
+        assert before == {"Question ouverte": 9, "Bénéfice direct": 3}
+        assert c.post("/api/campaigns/camp-a/close", headers=hdr).status_code == 200
+        for outcome in ("refusal", None):
+            r = c.post(f"/api/calls/{call}/outcome", headers=hdr, json={"outcome": outcome})
+            assert (r.status_code, r.json()) == (409, {"detail": "campaign is closed"}), outcome
+        r = c.post(f"/calls/{call}/outcome", headers={**cookie, "accept": "text/html"},
+                   data={"csrf": hdr["x-csrf-token"], "outcome": "refusal",
+                         "next": f"/agents/{agent}"})
+        assert r.status_code == 409 and "la campagne est clôturée" in r.text
+        page = c.get(f"/agents/{agent}", headers=cookie).text
+        row = page[page.index(f'id="call-{call}"'):]
+        row = row[:row.index("</tr>")]
+        assert f'action="/calls/{call}/outcome"' not in row and "Rendez-vous" in row
+        assert meetings() == before
+        assert c.get(f"/api/calls/{call}", headers=cookie).json()["outcome"] == "meeting"
+        # a call of no campaign is tagged as before
+        r = c.post("/api/calls", headers=hdr, json={"agent": agent, "start_ts": time.time()})
+        new = r.json()["id"]
+        assert c.post(f"/api/calls/{new}/outcome", headers=hdr,
+                      json={"outcome": "callback"}).status_code == 200
+    finally:
+        c.close()
+    from tests._fixtures_dashboard import ADMIN_PASSWORD
+
+    for user, password, page in ((ADMIN_USER, ADMIN_PASSWORD, "/campaigns"),
+                                 ("amina", USER_PASSWORD, "/me")):
+        c, cookie, hdr = _served_session(server, user, password, page=page)
+        try:
+            r = c.post(f"/api/calls/{call}/outcome", headers=hdr, json={"outcome": "refusal"})
+            assert (r.status_code, r.json()) == (409, {"detail": "campaign is closed"}), user
+        finally:
+            c.close()
+
+
+def test_the_campaigns_page_lists_a_page_of_them_and_links_to_older_ones(
+        org_server: Any) -> None:
+    """/campaigns listed every campaign, closed ones too, as one strip of links, and read every
+    campaign's variants, which it does not show: over the real server with 10,000 campaigns (20
+    open) the page was 869 KiB of 10,002 links, answered in a median of 568 ms (2,000: 182 KiB,
+    106 ms), and grew without bound. It now lists 50 a page, the open ones first (newest
+    first), then the latest closed, with plain links to older and newer pages, and reads no
+    variant: the oldest campaign is a few "Plus anciennes →" away, each page of the user's
+    campaigns only."""
+    from dashboard import access
+    from dashboard.routes import pages
+    from tests._fixtures_dashboard import ADMIN_PASSWORD
+
+    server, data = org_server
+    db = store.open_db(server.settings.db_path)
+    try:
+        with db.conn:
+            start = time.time() - 130 * 86400
+            for k in range(120):  # one closed every day, "old-000" first; teams alternate
+                db.conn.execute(
+                    "INSERT INTO campaigns (campaign, name, team, created_ts, closed_ts) VALUES "
+                    "(?, ?, ?, ?, ?)", (f"old-{k:03d}", f"Ancienne {k:03d}",
+                                        ("team-a", "team-b")[k % 2], start + 86400 * k,
+                                        start + 86400 * k + 3600))
+                db.conn.execute("INSERT INTO variants (campaign, name) VALUES (?, 'A'), (?, 'B')",
+                                (f"old-{k:03d}", f"old-{k:03d}"))
+        admin = access.load_user(db, ADMIN_USER)
+        statements: list[str] = []
+        db.conn.set_trace_callback(statements.append)
+        try:
+            listed = pages._campaigns_context(db, admin, None)["campaigns"]
+        finally:
+            db.conn.set_trace_callback(None)
+        assert (len(listed), [s for s in statements if "variants" in s]) == (50, [])
+    finally:
+        db.conn.close()
+
+    def walk(user: str, password: str, secret: str | None) -> list[list[str]]:
+        """Each page's campaign links, following "Plus anciennes" from /campaigns to the end,
+        then back once by "Plus récentes"."""
+        c, cookie, _ = _served_session(server, user, password, secret)
+        try:
+            seen, url = [], "/campaigns"
+            while True:
+                page = c.get(url, headers=cookie)
+                assert page.status_code == 200
+                seen.append(re.findall(r'class="chip-link[^"]*" href="/campaigns/([^"]+)"',
+                                       page.text))
+                older = re.search(r'<a id="campaigns-older" href="([^"]+)"', page.text)
+                if older is None:
+                    break
+                url = older.group(1)
+            newer = re.search(r'<a id="campaigns-newer" href="([^"]+)"', page.text)
+            assert newer is not None
+            back = c.get(newer.group(1), headers=cookie).text
+            assert re.findall(r'class="chip-link[^"]*" href="/campaigns/([^"]+)"',
+                              back) == seen[-2]
+            # past the last page: says so, and leads back to the last one
+            page = c.get("/campaigns?page=9", headers=cookie)
+            assert f"Aucune campagne à cette page ({sum(map(len, seen))} en tout)." in page.text
+            assert f'<a id="campaigns-newer" href="/campaigns?page={len(seen)}">' in page.text
+            assert c.get("/campaigns?page=0", headers=cookie).status_code == 422
+            return seen
+        finally:
+            c.close()
+
+    seen = walk(ADMIN_USER, ADMIN_PASSWORD, None)
+    assert [len(p) for p in seen] == [50, 50, 22]
+    assert seen[0][:3] == ["camp-a", "camp-b", "old-119"]  # open first, then the latest closed
+    assert seen[-1][-1] == "old-000"
+    assert [c for p in seen for c in p] == ["camp-a", "camp-b"] + [f"old-{k:03d}" for k in range(119, -1, -1)]
+    seen = walk("sup-a", USER_PASSWORD, data["secrets"]["sup-a"])
+    assert [len(p) for p in seen] == [50, 11]
+    assert [c for p in seen for c in p] == ["camp-a"] + [f"old-{k:03d}" for k in range(118, -1, -2)]
+
+
+def test_an_agent_moved_to_another_team_by_the_import_leaves_their_teams_campaign(
+        org: Any, tmp_path: Path) -> None:
+    """The other way an agent came to be on another team's campaign: site IT's import moved
+    agent-a1 to team B (`miroir dashboard import`, the real command line) and they stayed on
+    team A's camp-a, their next calls tagged with it for team B's supervisor, who may not open
+    it. The import now takes them off it (campaign and variant), says so in the command's log and
+    in their audit list, by whom; an agent moved to a team whose campaign they are on, or to none,
+    or kept in their team, stays on it."""
+    import os
+    import subprocess
+    import sys
+
+    settings, _ = org
+    db = store.open_db(settings.db_path)
+    try:
+        with db.conn:
+            db.conn.execute("UPDATE agents SET variant = 1 WHERE agent = 'agent-a1'")
+            db.conn.execute("INSERT INTO campaigns (campaign, name, created_ts) VALUES "
+                            "('camp-all', 'Tous', 0)")
+            db.conn.execute("UPDATE agents SET campaign = 'camp-all' WHERE agent = 'agent-b1'")
+    finally:
+        db.conn.close()
+    inventory = tmp_path / "floor.csv"
+    inventory.write_text("box,seat,agent,team\nbox-a1,A1,agent-a1,team-b\n"
+                         "box-a2,A2,agent-a2,team-a\nbox-b1,B1,agent-b1,team-a\n")
+    env = dict(os.environ, MIROIR_DASH_SITE=settings.site,
+               MIROIR_DASH_DB_PATH=str(settings.db_path), SUDO_USER="tech")
+    r = subprocess.run([sys.executable, "-m", "miroir", "dashboard", "import", str(inventory)],
+                       env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    db = store.open_db(settings.db_path)
+    try:
+        assert db.conn.execute("SELECT agent, team, campaign, variant FROM agents ORDER BY agent"
+                               ).fetchall() == [("agent-a1", "team-b", None, None),
+                                                ("agent-a2", "team-a", "camp-a", None),
+                                                ("agent-b1", "team-a", "camp-all", None)]
+        assert db.conn.execute("SELECT actor, actor_role, agent, detail FROM audit_log WHERE "
+                               "action = 'campaign_leave'").fetchall() == [
+            ("tech", "it", "agent-a1", '{"campaign":"camp-a"}')]
+    finally:
+        db.conn.close()
+    assert "agent agent-a1 moved to another team: taken off campaign camp-a" in r.stderr
+    with _client(settings) as c:
+        assert client_login(c, "amina", USER_PASSWORD).status_code == 303
+        assert "vous a changé d&#39;équipe, ce qui vous a retiré d&#39;une campagne de votre " \
+            "ancienne équipe" in c.get("/me").text
+
+
+def test_a_call_of_another_teams_agent_is_not_tagged_with_a_teams_campaign(
+        org_server: Any) -> None:
+    """Refusing to put team B's agent on team A's campaign left two other doors open to an
+    admin: recording agent-b1's call with camp-a (201) and tagging agent-b1's call with one of
+    camp-a's variants (200), either counted in camp-a's figures for admins and auditors and not
+    for team A's supervisor. Over the real server both are refused now (422, "cet agent n'est
+    pas de l'équipe de la campagne"), and the call keeps its campaign; an agent who was on
+    another team's campaign before (an older release let it be) gets calls without it."""
+    from tests._fixtures_dashboard import ADMIN_PASSWORD
+
+    server, data = org_server
+    b_call = data["team_b"]["calls"][0]
+    c, cookie, hdr = _served_session(server, ADMIN_USER, ADMIN_PASSWORD)
+    try:
+        refused = (422, {"detail": "the agent is not in the campaign's team"})
+        for body in ({"campaign": "camp-a"}, {"variant": 1}, {"campaign": "camp-a", "variant": 1}):
+            r = c.post("/api/calls", headers=hdr,
+                       json={"agent": "agent-b1", "start_ts": time.time(), **body})
+            assert (r.status_code, r.json()) == refused, body
+        r = c.post(f"/api/calls/{b_call}/variant", headers=hdr, json={"variant": 1})
+        assert (r.status_code, r.json()) == refused
+        assert c.get(f"/api/calls/{b_call}", headers=cookie).json()["campaign"] == "camp-b"
+        # within the team, as before
+        r = c.post("/api/calls", headers=hdr, json={"agent": "agent-a1", "start_ts": time.time(),
+                                                   "variant": 2})
+        assert r.status_code == 201
+        db = store.open_db(server.settings.db_path)
+        try:
+            with db.conn:  # as an older release could leave it
+                db.conn.execute("UPDATE agents SET campaign = 'camp-a', variant = 1 "
+                                "WHERE agent = 'agent-b1'")
+        finally:
+            db.conn.close()
+        r = c.post("/api/calls", headers=hdr, json={"agent": "agent-b1", "start_ts": time.time()})
+        assert r.status_code == 201
+        made = c.get(f"/api/calls/{r.json()['id']}", headers=cookie).json()
+        assert (made["campaign"], made["variant"]) == (None, None)
+    finally:
+        c.close()

@@ -343,6 +343,38 @@ def test_a_browser_posting_a_form_over_the_limit_gets_the_error_page_in_its_lang
         db.conn.close()
 
 
+def test_a_form_over_the_body_limit_is_too_large_whatever_the_limit_not_without_its_token(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app's body limit (413) and the size of form the CSRF check reads for its token were two
+    equal constants (dashboard.app.MAX_BODY_BYTES, dashboard.auth.MAX_FORM_BYTES): had the form's
+    been lowered alone, a form between the two, its token right, was answered 403 "CSRF token
+    missing or wrong". They are one limit now (auth.MAX_BODY_BYTES, the app's too): lowered to
+    4 KiB, over the real server, an 8 KiB form with its token is 413 "trop volumineuse" and
+    changes nothing, a small one goes through. At 256 KiB nothing changes."""
+    import httpx
+
+    from dashboard.app import DashboardServer
+
+    monkeypatch.setattr(auth, "MAX_BODY_BYTES", 4096)
+    settings = make_settings(tmp_path)
+    seed_org(settings, seconds=5)
+    browser = {"accept": "text/html", "content-type": "application/x-www-form-urlencoded"}
+    with DashboardServer(settings, start_ingest=False) as server, \
+            httpx.Client(base_url=server.url, timeout=10.0) as c:
+        admin = {"cookie": f"__Host-miroir={http_login(c)}"}
+        token = csrf_of(c.get("/", headers=admin).text)
+        form = f"csrf={token}&pseudonymous_default=1&note=".encode() + b"a" * 8192
+        r = c.post("/admin/settings", content=form, headers={**admin, **browser})
+        assert r.status_code == 413 and "La demande est trop volumineuse." in r.text
+        db = store.open_db(settings.db_path)
+        try:
+            assert schema.get_setting(db, "pseudonymous_default", "0") == "0"
+        finally:
+            db.conn.close()
+        r = c.post("/admin/settings", content=form[:1024], headers={**admin, **browser})
+        assert (r.status_code, r.headers["location"]) == (303, "/")
+
+
 JSON_POSTS = ("/api/agents/agent-a1/flags", "/api/agents/agent-a1/goals", "/api/calls",
               "/api/calls/1/outcome", "/api/calls/1/variant", "/api/campaigns",
               "/api/campaigns/camp-a/variants", "/api/campaigns/camp-a/assign", "/api/me/private")

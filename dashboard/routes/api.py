@@ -227,6 +227,35 @@ def require_campaign(db: Any, user: User, campaign: str) -> dict[str, Any]:
     return {"campaign": row[0], "name": row[1], "team": row[2], "closed_ts": row[3]}
 
 
+def _seen_campaigns_sql(user: User) -> tuple[str, list[str]]:
+    """The condition on a ``campaigns`` row that :func:`require_campaign` lets the user see, and
+    its arguments."""
+    if user.role not in CAMPAIGN_ROLES:
+        return "0", []
+    if user.role == "supervisor":
+        teams = sorted(user.teams)
+        return f"(team IS NULL OR team IN ({','.join('?' for _ in teams)}))", teams
+    return "1", []
+
+
+def campaign_listing(db: Any, user: User, page: int, per_page: int) -> dict[str, Any]:
+    """Page ``page`` (from 1) of the campaigns the user may see, ``per_page`` a page, without
+    their variants: the open ones first, newest first, then the closed ones, latest closed
+    first; with how many there are in all (``total``), the rank of the page's first and last
+    (``first``, ``last``) and the number of pages (``pages``, at least 1)."""
+    where, args = _seen_campaigns_sql(user)
+    total = int(db.conn.execute(f"SELECT count(*) FROM campaigns WHERE {where}",
+                                args).fetchone()[0])
+    rows = list(db.query(
+        f"SELECT campaign, name, team, created_ts, closed_ts FROM campaigns WHERE {where} "
+        "ORDER BY closed_ts IS NOT NULL, coalesce(closed_ts, created_ts, 0) DESC, campaign "
+        "LIMIT ? OFFSET ?", [*args, per_page, (page - 1) * per_page]))
+    first = (page - 1) * per_page + 1
+    return {"campaigns": rows, "total": total, "page": page,
+            "first": first if rows else None, "last": first + len(rows) - 1 if rows else None,
+            "pages": max(1, -(-total // per_page))}
+
+
 def _writable_campaign(db: Any, user: User, campaign: str, *,
                        open_only: bool = True) -> dict[str, Any]:
     """The campaign if the user may change it (admins; supervisors of its team), else 404.
@@ -302,7 +331,8 @@ def add_variant(db: Any, user: User, campaign: str, body: VariantIn) -> int:
 
 
 def close_campaign(db: Any, user: User, campaign: str) -> float:
-    """Close a campaign (no new variant, assignment or tag); return when it was closed."""
+    """Close a campaign (no new variant, assignment or tag, its calls' outcomes frozen); return
+    when it was closed."""
     _writable_campaign(db, user, campaign, open_only=False)
     now = time.time()
     with store.write_transaction(db):  # closed once, whoever closes it at the same time
@@ -322,10 +352,34 @@ def close_campaign(db: Any, user: User, campaign: str) -> float:
     return now
 
 
+OTHER_TEAM = "the agent is not in the campaign's team"
+"""Why an agent is not put on a team's campaign: its supervisors run it and read its figures of
+their own agents only, and another team's supervisor may not open it, so an agent of another
+team on it would be counted by some readers and not others, and show their supervisor a campaign
+that answers them 404. A campaign of no team takes any agent."""
+
+
+def _of_its_team(db: Any, campaign: dict[str, Any], agent: str) -> bool:
+    """True if ``campaign`` (:func:`require_campaign`'s row) takes ``agent``: one of its team's,
+    any agent for a campaign of no team (:data:`OTHER_TEAM`)."""
+    if campaign["team"] is None:
+        return True
+    row = db.conn.execute("SELECT team FROM agents WHERE agent = ?", (agent,)).fetchone()
+    return row is not None and row[0] == campaign["team"]
+
+
+def _require_its_team(db: Any, campaign: dict[str, Any], agent: str) -> None:
+    """422 (:data:`OTHER_TEAM`) unless ``campaign`` takes ``agent`` (:func:`_of_its_team`)."""
+    if not _of_its_team(db, campaign, agent):
+        raise HTTPException(status_code=422, detail=OTHER_TEAM)
+
+
 def assign_agent(db: Any, user: User, campaign: str, body: AssignIn) -> None:
-    """Put an agent in scope on an open campaign and variant (their next calls get them)."""
-    _writable_campaign(db, user, campaign)
+    """Put an agent in scope on an open campaign and variant (their next calls get them): an
+    agent of the campaign's team, if it has one (:data:`OTHER_TEAM`)."""
+    c = _writable_campaign(db, user, campaign)
     access.require_agent(db, user, body.agent)
+    _require_its_team(db, c, body.agent)
     if body.variant is not None and _variant_campaign(db, body.variant) != campaign:
         raise HTTPException(status_code=422, detail="variant is not one of this campaign's")
     with db.conn:
@@ -342,10 +396,8 @@ def set_call_variant(db: Any, user: User, call_id: int, variant: int) -> str:
     campaign = _variant_campaign(db, variant)
     if campaign is None or not _may_see(db, user, campaign):
         raise access.not_found("variant")  # another team's answers as one that does not exist
-    _writable_campaign(db, user, campaign)
-    was = db.conn.execute("SELECT closed_ts FROM campaigns WHERE campaign = ?",
-                          (call["campaign"],)).fetchone()
-    if was is not None and was[0] is not None:  # a closed campaign's comparison stays as closed
+    _require_its_team(db, _writable_campaign(db, user, campaign), call["agent"])
+    if _closed_campaign(db, call["campaign"]):  # a closed campaign's comparison stays as closed
         raise HTTPException(status_code=409, detail="campaign is closed")
     with db.conn:
         db.conn.execute("UPDATE calls SET campaign = ?, variant = ? WHERE id = ?",
@@ -359,7 +411,8 @@ def set_call_variant(db: Any, user: User, call_id: int, variant: int) -> str:
 def _call_campaign(db: Any, user: User, body: CallIn) -> tuple[str | None, int | None]:
     """The campaign and variant of a new call: as given or the agent's current ones, either only
     in a campaign the user may change (:func:`_writable_campaign`: 404 for one they may only see,
-    409 for a closed one); the agent's current campaign is left off a call otherwise."""
+    409 for a closed one) and that takes the agent (:func:`_of_its_team`: 422 otherwise); the
+    agent's current campaign is left off a call otherwise."""
     if body.campaign is None and body.variant is None:
         row = db.conn.execute(
             "SELECT a.campaign, a.variant FROM agents a JOIN campaigns c ON "
@@ -368,13 +421,16 @@ def _call_campaign(db: Any, user: User, body: CallIn) -> tuple[str | None, int |
         if row is None:
             return None, None
         try:
-            _writable_campaign(db, user, row[0])
+            current = _writable_campaign(db, user, row[0])
         except HTTPException:
+            return None, None
+        if not _of_its_team(db, current, body.agent):  # as an older release could leave it
             return None, None
         return row[0], row[1]
     campaign = body.campaign
     if campaign is not None:
-        _writable_campaign(db, user, campaign)  # 404 out of scope or none, 409 closed
+        # 404 out of scope or none, 409 closed, 422 another team's
+        _require_its_team(db, _writable_campaign(db, user, campaign), body.agent)
     if body.variant is not None:
         owner = _variant_campaign(db, body.variant)
         if owner is not None and campaign is None and not _may_see(db, user, owner):
@@ -382,7 +438,7 @@ def _call_campaign(db: Any, user: User, body: CallIn) -> tuple[str | None, int |
         if owner is None or (campaign is not None and owner != campaign):
             raise HTTPException(status_code=422, detail="variant is not one of the campaign's")
         if campaign is None:
-            _writable_campaign(db, user, owner)
+            _require_its_team(db, _writable_campaign(db, user, owner), body.agent)
             campaign = owner
     return campaign, body.variant
 
@@ -480,16 +536,26 @@ def add_goal(db: Any, user: User, agent: str, body: GoalIn) -> int:
     return goal_id
 
 
+def _closed_campaign(db: Any, campaign: str | None) -> bool:
+    """True if ``campaign`` (a call's; None for none) is closed."""
+    row = None if campaign is None else db.conn.execute(
+        "SELECT closed_ts FROM campaigns WHERE campaign = ?", (campaign,)).fetchone()
+    return row is not None and row[0] is not None
+
+
 def set_outcome(db: Any, user: User, call_id: int, outcome: str | None) -> None:
     """Tag a call's outcome, or take it off with None (the agent themself, their supervisors,
-    admins; audited when it changes)."""
+    admins; audited when it changes). The outcome of a call of a closed campaign is frozen for
+    everyone (409): its comparison stays as it was closed."""
     call = _require_call(db, user, call_id)
     require_role(user, "admin", "supervisor", "agent")
     if outcome is not None and outcome not in analytics.OUTCOMES:
         raise HTTPException(status_code=422, detail=f"outcome must be one of {analytics.OUTCOMES}")
     if outcome is None and call["outcome"] is None:
         return  # nothing was tagged: nothing to take back
-    with db.conn:
+    with store.write_transaction(db):  # a close meanwhile is seen: nothing changes after it
+        if _closed_campaign(db, call["campaign"]):
+            raise HTTPException(status_code=409, detail="campaign is closed")
         db.conn.execute("UPDATE calls SET outcome = ?, outcome_by = ?, outcome_ts = ? WHERE id = ?",
                         (outcome, user.username, time.time(), call_id))
     access.audit(db, user, "call_outcome", call["agent"],
@@ -759,8 +825,8 @@ def post_call(db: Db, user: CurrentUser, body: CallIn) -> dict[str, Any]:
 
     Without a campaign or variant, the call takes the agent's current (open) campaign and
     variant if the user may change that campaign; a given variant must belong to the given
-    campaign, which must be open and one the user may change (404 otherwise). Audited, with
-    the creator in the call's ``created_by``.
+    campaign, which must be open and one the user may change (404 otherwise), of the agent's team
+    if it has one (422 otherwise). Audited, with the creator in the call's ``created_by``.
     """
     require_role(user, "admin", "supervisor")
     access.require_agent(db, user, body.agent)
@@ -789,7 +855,8 @@ def get_call(db: Db, user: CurrentUser, call_id: RowId) -> dict[str, Any]:
 
 @router.post("/calls/{call_id}/outcome")
 def post_outcome(db: Db, user: CurrentUser, call_id: RowId, body: OutcomeIn) -> dict[str, Any]:
-    """Tag a call's outcome (null takes a tag back off)."""
+    """Tag a call's outcome (null takes a tag back off); a closed campaign's calls keep theirs
+    (409)."""
     set_outcome(db, user, call_id, body.outcome)
     return {"id": call_id, "outcome": body.outcome}
 
@@ -797,7 +864,8 @@ def post_outcome(db: Db, user: CurrentUser, call_id: RowId, body: OutcomeIn) -> 
 @router.post("/calls/{call_id}/variant")
 def post_call_variant(db: Db, user: CurrentUser, call_id: RowId,
                       body: CallVariantIn) -> dict[str, Any]:
-    """Tag a call with the pitch or opener variant used (its campaign must be open)."""
+    """Tag a call with the pitch or opener variant used (its campaign must be open, and of the
+    call's agent's team if it has one)."""
     campaign = set_call_variant(db, user, call_id, body.variant)
     return {"id": call_id, "campaign": campaign, "variant": body.variant}
 
@@ -955,7 +1023,8 @@ def post_variant(db: Db, user: CurrentUser, campaign: str, body: VariantIn) -> d
 
 @router.post("/campaigns/{campaign}/assign")
 def post_assign(db: Db, user: CurrentUser, campaign: str, body: AssignIn) -> dict[str, Any]:
-    """Put an agent on the campaign and a variant; their next calls are tagged with them."""
+    """Put an agent (of its team, if it has one) on the campaign and a variant; their next calls
+    are tagged with them."""
     assign_agent(db, user, campaign, body)
     return {"agent": body.agent, "campaign": campaign, "variant": body.variant}
 

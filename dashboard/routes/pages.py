@@ -56,7 +56,8 @@ def _calls_page(db: Db, agent: str, before: int | None) -> dict[str, Any]:
     if pivot:
         where += " AND (c.start_ts, c.id) < (?, ?)"
         args += [pivot[0], pivot[1]]
-    rows = list(db.query("SELECT c.*, k.name AS campaign_name FROM calls c LEFT JOIN campaigns k "
+    rows = list(db.query("SELECT c.*, k.name AS campaign_name, k.closed_ts AS campaign_closed_ts "
+                         "FROM calls c LEFT JOIN campaigns k "
                          f"ON k.campaign = c.campaign WHERE {where} "
                          "ORDER BY c.start_ts DESC, c.id DESC LIMIT ?", [*args, CALLS_PAGE + 1]))
     total = db.conn.execute("SELECT count(*) FROM calls WHERE agent = ?", (agent,)).fetchone()[0]
@@ -278,9 +279,15 @@ def team_page(request: Request, db: Db, user: CurrentUser, team: str) -> Respons
     return render(request, "team.html", {"board": board})
 
 
+CAMPAIGNS_PAGE = 50
+"""Campaigns listed per page of /campaigns (api.campaign_listing: the open ones, then the latest
+closed); older ones a plain link away (``?page=``), however many a site has run."""
+CampaignsPage = Annotated[int, PlainWhole, Query(ge=1, le=10**9)]
+
+
 def _campaigns_context(db: Db, user: User, comparison: dict[str, Any] | None,
-                       error: str | None = None,
-                       form: dict[str, str] | None = None) -> dict[str, Any]:
+                       error: str | None = None, form: dict[str, str] | None = None,
+                       page: int = 1) -> dict[str, Any]:
     editable = user.role in ("admin", "supervisor")
     teams = access.visible_teams(db, user) if editable else []
     agents: list[dict[str, Any]] = []
@@ -288,20 +295,24 @@ def _campaigns_context(db: Db, user: User, comparison: dict[str, Any] | None,
     if comparison is not None and editable:
         can_edit = user.role == "admin" or comparison.get("team") in user.teams
         scope = access.visible_agents(db, user)
-        rows = list(db.query("SELECT agent, name, campaign, variant FROM agents WHERE active = 1 "
-                             "ORDER BY name, agent"))
-        agents = [r for r in rows if scope is None or r["agent"] in scope]
-    return {"campaigns": api.list_campaigns(db, user)["campaigns"], "comparison": comparison,
+        team = comparison.get("team")  # a team's campaign takes its agents only (api.OTHER_TEAM)
+        rows = list(db.query("SELECT agent, name, team, campaign, variant FROM agents "
+                             "WHERE active = 1 ORDER BY name, agent"))
+        agents = [r for r in rows if (scope is None or r["agent"] in scope)
+                  and (team is None or r["team"] == team)]
+    listing = api.campaign_listing(db, user, page, CAMPAIGNS_PAGE)
+    return {"campaigns": listing["campaigns"], "listing": listing, "comparison": comparison,
             "can_create": editable, "teams": teams, "agents": agents,
             "can_edit": can_edit and comparison is not None and not comparison.get("closed_ts"),
             "error": error, "form": form or {}, "min_agents": analytics.MIN_GROUP_AGENTS}
 
 
 @router.get("/campaigns")
-def campaigns_page(request: Request, db: Db, user: CurrentUser) -> Response:
-    """Campaigns and their variants; admins and supervisors create them here."""
+def campaigns_page(request: Request, db: Db, user: CurrentUser,
+                   page: CampaignsPage = 1) -> Response:
+    """Campaigns, :data:`CAMPAIGNS_PAGE` a page; admins and supervisors create them here."""
     require_role(user, "admin", "supervisor", "auditor")
-    return render(request, "campaigns.html", _campaigns_context(db, user, None))
+    return render(request, "campaigns.html", _campaigns_context(db, user, None, page=page))
 
 
 def _parse_variants(text: str) -> list[api.VariantIn]:
@@ -387,7 +398,8 @@ def assign_form(request: Request, db: Db, user: CurrentUser, campaign: str,
 
 
 CLOSE_UNCONFIRMED = "closing a campaign needs its confirmation box ticked"
-"""A closed campaign cannot be reopened and its agents leave it: the page asks first."""
+"""A closed campaign cannot be reopened, its agents leave it and its calls' outcomes are frozen:
+the page asks first."""
 
 
 @router.post("/campaigns/{campaign}/close")
