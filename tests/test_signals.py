@@ -521,6 +521,35 @@ def test_the_prospect_is_not_waiting_across_a_hold(model):
     assert end["call_responses_prospect"] == 1  # the prospect's answer before the hold counts
 
 
+def test_the_rolling_windows_leave_a_hold_out_as_the_summary_does(model):
+    """The agent puts the call on hold (10 to 42.5 s) and asks a colleague for 29 s: the rolling
+    windows read the call off hold, as its summary does (just before the call's end, which the 60 s
+    window spans, they read an agent share of 0.79, 7 agent turns and an 18.1 s monologue against
+    0.40, 4 and 1.7 s in the summary); a window that lies wholly in the hold has no figure at all."""
+    audio = _timeline(58.0, [(1, "03", 1.0, 5.0), (0, "08", 6.0, 9.0), (0, "08", 11.0, 40.0),
+                             (1, "03", 43.5, 48.0), (0, "08", 49.0, 53.0)])
+    pipe = Pipeline(model)
+    due = [(10.0, "hold"), (42.5, "active"), (56.0, "idle")]
+    out: list[Message] = []
+    for i in range(0, audio.shape[1], 1024):
+        while due and due[0][0] <= i / 16000:
+            pipe.call_state(due.pop(0)[1])
+        out += pipe(audio[:, i:i + 1024])
+    out += pipe.finish()
+    metrics = [m.body for m in out if m.kind == "metrics"]
+    end = next(m.body for m in out if m.body.get("name") == "call_end")
+    assert 31.0 <= end["call_hold_s"] <= 33.0 and end["call_duration_s"] < 59.0
+    # the 30 s windows ending 40.75 s and 41.75 s in (the conversation is 0.25 s behind) are hold
+    held = [m for m in metrics if m["t_start"] in (40.0, 41.0)]
+    assert len(held) == 2 and not [k for m in held for k in m if k.endswith("_30s")], held
+    assert all("agent_share_60s" in m for m in held)  # the 60 s window holds the call before it
+    last = [m for m in metrics if m["t_start"] < end["t_audio_s"] - 1.0][-1]
+    assert abs(last["agent_share_60s"] - end["call_agent_share"]) <= 0.03, (last, end)
+    assert abs(last["agent_speech_ratio_60s"] - end["call_agent_speech_ratio"]) <= 0.03
+    assert abs(last["monologue_s_longest_60s"] - end["call_monologue_s_longest"]) <= 0.5
+    assert last["turns_agent_60s"] == end["call_turns_agent"]
+
+
 def test_hold_music_keeps_the_call_open(model):
     """The prospect is put on hold: 30 s of a melody on the line, nobody speaks. The call goes on
     through it (it ended on silence 20 s into the music, and the prospect's return started a
