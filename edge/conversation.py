@@ -356,6 +356,27 @@ def _clip(start_s: float, end_s: float, a_s: float, b_s: float) -> float:
     return max(0.0, min(end_s, b_s) - max(start_s, a_s))
 
 
+def _off_hold(holds: list[list[float]], a_s: float, b_s: float) -> list[tuple[float, float]]:
+    """The stretches of ``a_s``..``b_s`` (seconds) outside ``holds`` (in order, [start_s, end_s])."""
+    out, t = [], a_s
+    for h0, h1 in holds:
+        if h0 >= b_s:
+            break
+        if h1 <= t:
+            continue
+        if h0 > t:
+            out.append((t, h0))
+        t = h1
+    if t < b_s:
+        out.append((t, b_s))
+    return out
+
+
+def _clip_all(start_s: float, end_s: float, spans: list[tuple[float, float]]) -> float:
+    """How much of ``start_s``..``end_s`` lies in ``spans``, seconds."""
+    return sum(_clip(start_s, end_s, a, b) for a, b in spans)
+
+
 Event = dict[str, Any]
 """An ``event`` message body (wire fields without header)."""
 Transition = tuple[str, str, float]
@@ -752,11 +773,13 @@ class Conversation:
 
     def _trim_holds(self, call: _Call, t: float) -> None:
         """Bring ``call``'s holds back to :data:`MAX_HOLDS` at ``t`` (seconds): those that ended
-        before every open turn began go (no turn can reach them any more: the turns' time off hold
-        stays exact), then the two holds closest together merge, the short time off hold between
-        them counted as hold (a turn's time off hold may come out shorter, never longer: no cue on
-        hold). The call's hold time (``hold_s``), summed as it passes, is not read from them."""
+        before every open turn began and before the longest rolling window go (no turn or window
+        can reach them any more: their time off hold stays exact), then the two holds closest
+        together merge, the short time off hold between them counted as hold (a turn's time off
+        hold may come out shorter, never longer: no cue on hold). The call's hold time
+        (``hold_s``), summed as it passes, is not read from them."""
         keep_from = min((s for s in self._turn_start.values() if s is not None), default=t)
+        keep_from = min(keep_from, t - self._keep_s)
         call.holds = [h for h in call.holds if h[1] > keep_from]
         while len(call.holds) > MAX_HOLDS:
             i = min(range(len(call.holds) - 1),
@@ -855,7 +878,10 @@ class Conversation:
         """Scalar fields for the per-second ``metrics`` message, as of :attr:`processed_s`.
 
         Rolling windows end at the processed time and start no earlier than the call's start
-        during a call. Fields that are undefined (no speech, no response yet) are left out.
+        during a call. They read the window's time off hold, as the call's summary does: the
+        shares, turns and monologue leave a hold's speech (the agent asking a colleague) out, and
+        a window wholly on hold has no field at all. Fields that are undefined (no speech, no
+        response yet) are left out.
 
         Returns:
             ``in_call``, ``call_elapsed_s``, ``monologue_s_current``, ``monologue_s_longest``,
@@ -886,15 +912,19 @@ class Conversation:
             # last call's end (a voicemail's greeting, named so at its beep, is no prospect's speech)
             a = max(b - w, self._t0_s, call.start_s if call is not None else self._last_call_end_s)
             sfx = f"_{w:g}s"
-            span = b - a
+            # the window's time off hold: a hold is nobody's talk (as in the call's summary)
+            live = _off_hold(call.holds, a, b) if call is not None else [(a, b)]
+            if b > a and not live:
+                continue  # wholly on hold: nothing of the call to read (as with no signal)
+            span = sum(y - x for x, y in live)
             speech = {AGENT: 0.0, PROSPECT: 0.0}
             for seg in self._segments:
-                speech[seg.channel] += _clip(seg.start_s, seg.end_s, a, b)
+                speech[seg.channel] += _clip_all(seg.start_s, seg.end_s, live)
             for ch in (AGENT, PROSPECT):
                 start = self._seg_start[ch]
                 if start is not None:
-                    speech[ch] += _clip(start, b, a, b)
-            both = sum(_clip(o.start_s, b if o.end_s is None else o.end_s, a, b)
+                    speech[ch] += _clip_all(start, b, live)
+            both = sum(_clip_all(o.start_s, b if o.end_s is None else o.end_s, live)
                        for o in self._overlaps)
             if span > 0:
                 for ch in (AGENT, PROSPECT):
@@ -904,15 +934,17 @@ class Conversation:
             total = speech[AGENT] + speech[PROSPECT]
             if total > 0:
                 out[f"agent_share{sfx}"] = round(speech[AGENT] / total, 3)
-            # turns begun in the window (the current one too), and the agent's longest turn
-            # within it (clipped to the window): the monologue of the window
+            # turns begun in the window (the current one too) that reach its time off hold, and
+            # the agent's longest stretch of a turn within it off hold: the monologue of the window
             turns = [(t.channel, t.start_s, t.end_s) for t in self._turns if t.end_s > a]
             turns += [(ch, st, self._open_turn_end(ch, b))
                       for ch, st in self._turn_start.items() if st is not None]
+            turns = [(c, st, en) for c, st, en in turns if any(st <= y and en >= x for x, y in live)]
             for ch in (AGENT, PROSPECT):
                 out[f"turns_{ROLE[ch]}{sfx}"] = sum(c == ch and st >= a for c, st, _ in turns)
             out[f"monologue_s_longest{sfx}"] = round(max(
-                (_clip(st, en, a, b) for c, st, en in turns if c == AGENT), default=0.0), 2)
+                (_clip(st, en, x, y) for c, st, en in turns if c == AGENT for x, y in live),
+                default=0.0), 2)
             inside = [o for o in self._overlaps if a <= o.start_s <= b]
             for ch in (AGENT, PROSPECT):
                 out[f"overlaps_{ROLE[ch]}{sfx}"] = sum(o.starter == ch for o in inside)

@@ -66,6 +66,9 @@ a window without a new value keeps the last one this long (0.5 s windows alterna
 FAR_HOLD_KINDS = frozenset({"music", "dead"})
 """Far-end kinds that mean the line is on hold or gone: no cue."""
 FAR_TONE_KINDS = frozenset({"busy", "ringback"})
+PERSON_CUES = frozenset({"talking_over", "slow_response", "prospect_hesitating", "prospect_tense"})
+"""Cues that read the far end as a person: a voicemail's call gives them back (its greeting is no
+prospect to talk over, keep waiting or read)."""
 FAR_TONE_HOLD_S = 3.0
 """Call-progress tones held this long mean nobody is on the line (hung up, not answered yet): no
 cue. One tone-like burst is not enough: a high voice holding a vowel can look like one."""
@@ -276,7 +279,8 @@ class Signals:
     def _reset_summary(self, call_start_s: float = math.inf) -> None:
         self._call_start_s = call_start_s
         self._episodes: list[list[Any]] = []
-        """The call's cue episodes: [cue, start_s, end_s or None while on]."""
+        """The call's cue episodes: [cue, start_s, end_s or None while on, the cue's last end
+        before it (its cooldown's start) or None]."""
         self._rates: list[float] = []
         self._f0: list[float] = []
         self._ranges: list[float] = []
@@ -342,23 +346,31 @@ class Signals:
             self._in_call = False
             self._answers_from_s = math.inf  # (an ended call's answers are handed over late)
             out += self.close(t_s)
-            self._give_back(t)
+            self._give_back(t, body.get("call_end_reason") == "voicemail")
             body.update(self.summary(t))  # a call's end is known late: what came after is not its
             self._new_call()
         return out
 
-    def _give_back(self, end_s: float) -> None:
-        """Cues raised after the call's end (a quiet line is known to be a hang-up only 20 s
-        late) were not about a call: give them back to the hourly budget and the cooldowns."""
-        for cue, start_s, _ in self._episodes:
-            if start_s >= end_s:
-                if start_s in self._raised:
-                    self._raised.remove(start_s)
-                ended = [off for c, s, off in self._episodes if c == cue and s < end_s]
-                if ended and ended[-1] is not None:
-                    self._last_off[cue] = ended[-1]
-                else:
+    def _give_back(self, end_s: float, voicemail: bool = False) -> None:
+        """Cues that were about no person in a call go back to the hourly budget and their
+        cooldowns, and out of the call's summary: those raised after the call's end (a quiet line
+        is known to be a hang-up only 20 s late) and, in a voicemail, those that read the far end
+        as a person (:data:`PERSON_CUES`: the greeting is known to be one only at its beep)."""
+        kept, given = [], set()
+        for episode in self._episodes:
+            cue, start_s, _, before = episode
+            if start_s < end_s and not (voicemail and cue in PERSON_CUES):
+                kept.append(episode)
+                continue
+            if start_s in self._raised:
+                self._raised.remove(start_s)
+            if cue not in given:  # its first episode given back: the cooldown it started from
+                given.add(cue)
+                if before is None:
                     self._last_off.pop(cue, None)
+                else:
+                    self._last_off[cue] = before
+        self._episodes = kept
 
     def _talking_over(self, value_s: float, interruption: bool = False) -> None:
         """Raise 'talking over' at the next tick: the evidence is the overlap's length, against
@@ -379,7 +391,7 @@ class Signals:
         """
         cue_n = {c: 0 for c in CUES}
         cue_s = {c: 0.0 for c in CUES}
-        for cue, start_s, off_s in self._episodes:
+        for cue, start_s, off_s, _ in self._episodes:
             if start_s < end_s:
                 cue_n[cue] += 1
                 cue_s[cue] += min(end_s if off_s is None else off_s, end_s) - start_s
@@ -680,7 +692,7 @@ class Signals:
             return None
         self._raised.append(now)
         self.active[cue] = _Active(cue, now, severity, value, threshold)
-        self._episodes.append([cue, now, None])
+        self._episodes.append([cue, now, None, self._last_off.get(cue)])
         return cue_event("cue_on", cue, now, severity, value, threshold)
 
     def _off(self, cue: str, now: float) -> dict[str, Any]:

@@ -353,3 +353,37 @@ def test_a_baseline_saved_by_the_release_before_learns_the_noise_floor(saved_bas
     print(f"index every minute: {np.round(index[::60]).tolist()}")
     assert not any(m.get("name") == "cue_on" and m.get("cue") == "take_break" for m in msgs)
     assert max(index) < 20.0 and all(m.get("fatigue_hnr_z", 0.0) < 3.0 for m in msgs)
+
+
+def test_the_break_suggestion_stays_through_a_hold_and_a_mute():
+    """A break suggested, then the call is put on hold (the agent talks to a colleague) and the
+    headset is muted: the posture cues are held back then, the break suggestion is not (a hold or
+    a mute is a time to read it, and withdrawing it at each would bring it back after each: one
+    cue_on, no cue_off, break_suggested in every window; docs/cues.md)."""
+    from edge.campaign import from_mapping
+    from edge.pipeline import Pipeline, load_vad_model
+    from tests._fixtures_signals import AGENT, clips
+
+    campaign = from_mapping({"fatigue": {"baseline_speech_s": 30.0, "dose_full_min": 1.0,
+                                         "drift_zero": 0.0, "drift_full": 0.5, "break_on": 10.0,
+                                         "break_off": 5.0, "break_min_s": 0.0}})
+    speech = np.concatenate([np.pad(c, (0, 4000)) for c in clips(AGENT, "N")])
+    n = 100 * 16000
+    audio = np.zeros((2, n), dtype=np.float32)
+    audio[0] = np.resize(speech, n)
+    audio += np.random.default_rng(1).normal(0, 3e-4, (2, n)).astype(np.float32)
+    audio[0, 90 * 16000:] = 0.0  # the headset muted: digital silence
+    pipe = Pipeline(load_vad_model(), campaign=campaign)
+    msgs, why = [], []
+    for i in range(0, n, 16000):
+        if i == 75 * 16000:
+            pipe.call_state("hold")
+        if i == 85 * 16000:
+            pipe.call_state("active")
+        msgs += pipe(audio[:, i:i + 16000])
+        why.append(pipe.signals._why)  # why the posture cues are held back, if they are
+    events = [m.body for m in msgs if m.kind == "event" and m.body.get("cue") == "take_break"]
+    assert [e["name"] for e in events] == ["cue_on"] and events[0]["t_audio_s"] < 75.0, events
+    late = [m.body for m in msgs if m.kind == "metrics" and m.body["t_start"] >= 75.0]
+    assert len(late) >= 24 and all(m["break_suggested"] for m in late)
+    assert set(why[76:85]) == {"hold"} and why[-1] == "muted", why

@@ -521,6 +521,80 @@ def test_the_prospect_is_not_waiting_across_a_hold(model):
     assert end["call_responses_prospect"] == 1  # the prospect's answer before the hold counts
 
 
+def test_the_rolling_windows_leave_a_hold_out_as_the_summary_does(model):
+    """The agent puts the call on hold (10 to 42.5 s) and asks a colleague for 29 s: the rolling
+    windows read the call off hold, as its summary does (just before the call's end, which the 60 s
+    window spans, they read an agent share of 0.79, 7 agent turns and an 18.1 s monologue against
+    0.40, 4 and 1.7 s in the summary); a window that lies wholly in the hold has no figure at all."""
+    audio = _timeline(58.0, [(1, "03", 1.0, 5.0), (0, "08", 6.0, 9.0), (0, "08", 11.0, 40.0),
+                             (1, "03", 43.5, 48.0), (0, "08", 49.0, 53.0)])
+    pipe = Pipeline(model)
+    due = [(10.0, "hold"), (42.5, "active"), (56.0, "idle")]
+    out: list[Message] = []
+    for i in range(0, audio.shape[1], 1024):
+        while due and due[0][0] <= i / 16000:
+            pipe.call_state(due.pop(0)[1])
+        out += pipe(audio[:, i:i + 1024])
+    out += pipe.finish()
+    metrics = [m.body for m in out if m.kind == "metrics"]
+    end = next(m.body for m in out if m.body.get("name") == "call_end")
+    assert 31.0 <= end["call_hold_s"] <= 33.0 and end["call_duration_s"] < 59.0
+    # the 30 s windows ending 40.75 s and 41.75 s in (the conversation is 0.25 s behind) are hold
+    held = [m for m in metrics if m["t_start"] in (40.0, 41.0)]
+    assert len(held) == 2 and not [k for m in held for k in m if k.endswith("_30s")], held
+    assert all("agent_share_60s" in m for m in held)  # the 60 s window holds the call before it
+    last = [m for m in metrics if m["t_start"] < end["t_audio_s"] - 1.0][-1]
+    assert abs(last["agent_share_60s"] - end["call_agent_share"]) <= 0.03, (last, end)
+    assert abs(last["agent_speech_ratio_60s"] - end["call_agent_speech_ratio"]) <= 0.03
+    assert abs(last["monologue_s_longest_60s"] - end["call_monologue_s_longest"]) <= 0.5
+    assert last["turns_agent_60s"] == end["call_turns_agent"]
+
+
+def test_a_voicemail_greeting_raises_no_cue_the_call_counts(model):
+    """A voicemail: the agent says "allô, bonjour" 1 s into the recorded greeting (real EmoDB
+    speech, 9 s), which then leaves 2.5 s of silence before its beep. "Don't talk over the
+    prospect" and "the prospect is waiting" were raised over a machine: the voicemail's summary
+    counted both and they used two of the hour's cues (with a budget of 2, the live call that
+    follows lost its "talking over"). The summary counts neither now and they are given back; the
+    live call's cue is raised."""
+    from bench.farend import band_limit, tone
+    from tests._fixtures_signals import clips
+
+    rate = 16000
+    n = 70 * rate
+    audio = (np.random.default_rng(3).standard_normal((2, n)) * 10 ** (-55 / 20)).astype(np.float32)
+    audio[0] /= 10
+
+    def put(ch: int, at_s: float, x: np.ndarray) -> float:
+        audio[ch, int(at_s * rate): int(at_s * rate) + len(x)] += x
+        return at_s + len(x) / rate
+
+    def speech(speaker: str, seconds: float) -> np.ndarray:
+        return np.concatenate([np.pad(c, (0, 2400)) for c in clips(speaker)])[: int(seconds * rate)]
+
+    beep_s = put(1, 1.0, band_limit(speech("03", 9.0))) + 2.5
+    put(0, 2.0, clips("08")[0][: int(2.5 * rate)])  # "allô, bonjour" over the greeting
+    put(1, beep_s, tone((1000.0,), 0.5))
+    put(0, beep_s + 1.5, speech("08", 15.0))  # the agent's message, after the beep
+    # 20 s later, a live call: the prospect answers and the agent talks over the prospect
+    live_s = beep_s + 37.0
+    put(0, put(1, live_s, speech("03", 4.0)) + 1.0, speech("08", 4.0))
+    put(1, live_s + 9.0, speech("09", 6.0))
+    put(0, live_s + 11.0, speech("08", 5.0))
+    pipe = Pipeline(model, campaign=from_mapping({"alerts": {"budget_per_hour": 2}}))
+    out = _run(pipe, audio, block=1024)
+    events = [m.body for m in out if m.kind == "event"]
+    on = [e for e in events if e["name"] == "cue_on"]
+    vm, live = [e for e in events if e["name"] == "call_end"][:2]
+    assert vm["call_end_reason"] == "voicemail", vm
+    assert sorted(e["cue"] for e in on if e["t_audio_s"] < vm["t_audio_s"]) == \
+        ["slow_response", "talking_over"], on  # the scenario raises both over the greeting
+    assert vm["call_cues"] == 0 and vm["call_cue_talking_over_n"] == 0, vm
+    assert vm["call_cue_slow_response_n"] == vm["call_cue_slow_response_s"] == 0, vm
+    assert [e["cue"] for e in on if e["t_audio_s"] > live_s] == ["talking_over"], on
+    assert live["call_cue_talking_over_n"] == 1 and live["call_cues"] == 1, live
+
+
 def test_hold_music_keeps_the_call_open(model):
     """The prospect is put on hold: 30 s of a melody on the line, nobody speaks. The call goes on
     through it (it ended on silence 20 s into the music, and the prospect's return started a
