@@ -301,6 +301,15 @@ def _interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
 
+def _say_interrupted() -> None:
+    """Say "interrupted" on stderr in one write: ``print`` writes the line and its newline apart,
+    and a second stop signal landing between them put its line on this one (a suite run:
+    "miroir: interruptedmiroir: still stopping ...")."""
+    with contextlib.suppress(OSError):  # a terminal that hung up cannot be written to
+        sys.stderr.write("miroir: interrupted\n")
+        sys.stderr.flush()
+
+
 def _stop_signals_interrupt() -> dict[int, Any]:
     """SIGTERM (a service stop, `kill`) and SIGHUP (a closed terminal) end every command as Ctrl-C
     does, each raised once (:func:`_interrupt`), Ctrl-C's as well: "interrupted", exit 130, the
@@ -705,8 +714,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"miroir: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:  # Ctrl-C, or a command's own stop (SIGTERM, a closed terminal)
-        with contextlib.suppress(OSError):  # a terminal that hung up cannot be written to
-            print("miroir: interrupted", file=sys.stderr)
+        _say_interrupted()
         return 130
     except BrokenPipeError:  # `miroir analyze --json | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

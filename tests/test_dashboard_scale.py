@@ -11,6 +11,7 @@ import re
 import time
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -460,6 +461,41 @@ def test_a_second_stop_signal_says_the_command_is_still_stopping_once(
         cli._interrupted = 0
     err = capfd.readouterr().err
     assert err.count("still stopping") == 1 and "Ctrl-\\ or kill -9" in err, err
+
+
+def test_the_interrupted_line_is_whole_when_a_second_signal_lands_as_it_is_written(
+        capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A suite run of the burst test above read "miroir: interruptedmiroir: still stopping ...":
+    ``print`` wrote "interrupted" and its newline apart, and the second signal's line (written by
+    the handler) landed between them. Here the second signal lands right after the first write
+    of that line: both lines stay whole."""
+    import sys
+
+    from miroir import cli
+
+    class SignalAfterFirstWrite:
+        def __init__(self, real: Any) -> None:
+            self.real, self.writes = real, 0
+
+        def write(self, text: str) -> int:
+            n = self.real.write(text)
+            self.real.flush()
+            self.writes += 1
+            if self.writes == 1:
+                cli._interrupt(2, None)  # the second signal: noted, said once
+            return n
+
+        def flush(self) -> None:
+            self.real.flush()
+
+    monkeypatch.setattr(sys, "stderr", SignalAfterFirstWrite(sys.stderr))
+    cli._interrupted = 1  # the first signal raised, main() now says so
+    try:
+        cli._say_interrupted()
+    finally:
+        cli._interrupted = 0
+    lines = capfd.readouterr().err.splitlines()
+    assert lines == ["miroir: interrupted", cli.STILL_STOPPING.decode().rstrip("\n")], lines
 
 
 def test_a_long_restore_says_how_far_it_has_got_and_ctrl_c_leaves_the_database_as_it_was(
