@@ -235,7 +235,8 @@ def test_only_admins_and_it_see_the_fleet_and_it_sees_nothing_else(tmp_path: Pat
                      "/agents/agent-a1", "/api/aggregates"):
             assert c.get(path).status_code == 404, path
         assert c.get("/api/agents").json() == {"agents": []}
-        assert c.get("/api/campaigns").json() == {"campaigns": []}
+        assert c.get("/api/campaigns").json() == {"campaigns": [], "total": 0, "more": False,
+                                                  "after": None, "next_after": None}
         assert c.get("/api/teams").json() == {"teams": []}
     with _org_client(settings) as c:
         client_login(c)

@@ -984,19 +984,42 @@ def export_team_csv(db: Db, user: CurrentUser, settings: Settings, team: TeamId,
     return _metrics_csv(settings, agents, team, user.lang if excel else None)
 
 
+CAMPAIGNS_LIMIT = 100
+"""Campaigns a page of ``GET /api/campaigns`` gives unless ``limit`` says otherwise."""
+MAX_CAMPAIGNS_LIMIT = 500
+"""Most campaigns one page of ``GET /api/campaigns`` gives (each with up to
+:data:`MAX_VARIANTS` variants)."""
+
+
 @router.get("/campaigns")
-def list_campaigns(db: Db, user: CurrentUser) -> dict[str, Any]:
-    """Campaigns the user may see, with their variants."""
-    out = []
-    for c in db.query("SELECT * FROM campaigns ORDER BY campaign"):
-        try:
-            require_campaign(db, user, c["campaign"])
-        except HTTPException:
-            continue
-        c["variants"] = list(db.query("SELECT id, name, text FROM variants WHERE campaign = ? "
-                                      "ORDER BY id", [c["campaign"]]))
-        out.append(c)
-    return {"campaigns": out}
+def list_campaigns(db: Db, user: CurrentUser,
+                   after: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+                   limit: Annotated[int, PlainWhole, Query(ge=1, le=MAX_CAMPAIGNS_LIMIT)]
+                   = CAMPAIGNS_LIMIT) -> dict[str, Any]:
+    """Campaigns the user may see, with their variants, by id, ``limit`` a page.
+
+    ``campaigns``: the first ``limit`` whose id sorts after ``after`` (from the first without
+    it); ``total``: campaigns the user may see in all; ``more``/``next_after``: the ``after`` of
+    the next page (None on the last).
+    """
+    where, args = _seen_campaigns_sql(user)
+    total = int(db.conn.execute(f"SELECT count(*) FROM campaigns WHERE {where}",
+                                args).fetchone()[0])
+    since = "" if after is None else "AND campaign > ? "
+    rows = list(db.query(f"SELECT * FROM campaigns WHERE {where} {since}ORDER BY campaign "
+                         "LIMIT ?", [*args, *([] if after is None else [after]), limit + 1]))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    variants: dict[str, list[dict[str, Any]]] = {c["campaign"]: [] for c in rows}
+    if rows:
+        marks = ",".join("?" for _ in rows)
+        for v in db.query(f"SELECT campaign, id, name, text FROM variants WHERE campaign IN "
+                          f"({marks}) ORDER BY campaign, id", list(variants)):
+            variants[v.pop("campaign")].append(v)
+    for c in rows:
+        c["variants"] = variants[c["campaign"]]
+    return {"campaigns": rows, "total": total, "more": more, "after": after,
+            "next_after": rows[-1]["campaign"] if more else None}
 
 
 @router.post("/campaigns", status_code=201)
