@@ -1022,3 +1022,53 @@ def test_the_campaigns_api_pages_them_by_id_with_their_variants(org_server: Any)
     got = walk("sup-a", USER_PASSWORD, data["secrets"]["sup-a"], 7)
     assert [c["campaign"] for c in got] == sorted(
         k for k, c in expected.items() if c["team"] in (None, "team-a"))
+
+
+def test_a_campaigns_page_lists_it_with_the_page_of_the_list_where_it_stands(
+        org_server: Any) -> None:
+    """A campaign's page showed page 1 of the campaign list above it: an old one, opened from
+    page 3 of /campaigns, was not in the list shown with it (over the real server, 122
+    campaigns: old-000's page listed camp-a to old-072). It now shows the page of the list where
+    the campaign stands, the campaign marked as the one shown, with the same range and links to
+    newer and older pages as that page of /campaigns; each user's own list."""
+    from tests._fixtures_dashboard import ADMIN_PASSWORD
+
+    server, data = org_server
+    db = store.open_db(server.settings.db_path)
+    try:
+        with db.conn:
+            start = time.time() - 130 * 86400
+            for k in range(120):  # one closed every day, "old-000" first; teams alternate
+                db.conn.execute(
+                    "INSERT INTO campaigns (campaign, name, team, created_ts, closed_ts) VALUES "
+                    "(?, ?, ?, ?, ?)", (f"old-{k:03d}", f"Ancienne {k:03d}",
+                                        ("team-a", "team-b")[k % 2], start + 86400 * k,
+                                        start + 86400 * k + 3600))
+    finally:
+        db.conn.close()
+
+    def strip(html: str) -> str:
+        """The campaign list and its pager, the shown campaign's mark taken off."""
+        listed = re.search(r'<nav class="toolbar">.*?</nav>(\s*<p class="campaign-pages">.*?</p>)?',
+                           html, re.S)
+        assert listed is not None
+        return listed.group(0).replace(' aria-current="page"', "")
+
+    for user, password, shown in ((ADMIN_USER, ADMIN_PASSWORD,
+                                    {"old-000": 3, "old-021": 3, "old-022": 2, "old-071": 2,
+                                    "old-072": 1, "camp-b": 1}),
+                                  ("sup-a", USER_PASSWORD, {"old-000": 2, "old-020": 2,
+                                                            "old-022": 1, "camp-a": 1})):
+        c, cookie, _ = _served_session(server, user, password,
+                                       data["secrets"].get(user))
+        try:
+            for campaign, page in shown.items():
+                html = c.get(f"/campaigns/{campaign}", headers=cookie).text
+                assert f'href="/campaigns/{campaign}"' in strip(html), (user, campaign)
+                assert (f'href="/campaigns/{campaign}" aria-current="page"' in html,
+                        html.count('aria-current="page"')) == (True, 1), (user, campaign)
+                listing = c.get(f"/campaigns?page={page}" if page > 1 else "/campaigns",
+                                headers=cookie).text
+                assert strip(html) == strip(listing), (user, campaign, page)
+        finally:
+            c.close()

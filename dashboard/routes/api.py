@@ -238,6 +238,21 @@ def _seen_campaigns_sql(user: User) -> tuple[str, list[str]]:
     return "1", []
 
 
+LISTING_ORDER = "closed_ts IS NOT NULL, coalesce(closed_ts, created_ts, 0) DESC, campaign"
+"""The order of :func:`campaign_listing`: the open campaigns, newest first, then the closed ones,
+latest closed first."""
+
+
+def campaign_page_of(db: Any, user: User, campaign: str, per_page: int) -> int:
+    """The page (from 1) of :func:`campaign_listing` where ``campaign`` stands for ``user`` (1 if
+    it is not one they may see)."""
+    where, args = _seen_campaigns_sql(user)
+    row = db.conn.execute(
+        f"SELECT rank FROM (SELECT campaign, row_number() OVER (ORDER BY {LISTING_ORDER}) AS rank "
+        f"FROM campaigns WHERE {where}) WHERE campaign = ?", [*args, campaign]).fetchone()
+    return 1 if row is None else (int(row[0]) - 1) // per_page + 1
+
+
 def campaign_listing(db: Any, user: User, page: int, per_page: int) -> dict[str, Any]:
     """Page ``page`` (from 1) of the campaigns the user may see, ``per_page`` a page, without
     their variants: the open ones first, newest first, then the closed ones, latest closed
@@ -248,8 +263,7 @@ def campaign_listing(db: Any, user: User, page: int, per_page: int) -> dict[str,
                                 args).fetchone()[0])
     rows = list(db.query(
         f"SELECT campaign, name, team, created_ts, closed_ts FROM campaigns WHERE {where} "
-        "ORDER BY closed_ts IS NOT NULL, coalesce(closed_ts, created_ts, 0) DESC, campaign "
-        "LIMIT ? OFFSET ?", [*args, per_page, (page - 1) * per_page]))
+        f"ORDER BY {LISTING_ORDER} LIMIT ? OFFSET ?", [*args, per_page, (page - 1) * per_page]))
     first = (page - 1) * per_page + 1
     return {"campaigns": rows, "total": total, "page": page,
             "first": first if rows else None, "last": first + len(rows) - 1 if rows else None,

@@ -288,6 +288,8 @@ CampaignsPage = Annotated[int, PlainWhole, Query(ge=1, le=10**9)]
 def _campaigns_context(db: Db, user: User, comparison: dict[str, Any] | None,
                        error: str | None = None, form: dict[str, str] | None = None,
                        page: int = 1) -> dict[str, Any]:
+    """What campaigns.html shows: with a campaign (``comparison``), the page of the list where it
+    stands (``page`` otherwise), so that the list shown with it has it."""
     editable = user.role in ("admin", "supervisor")
     teams = access.visible_teams(db, user) if editable else []
     agents: list[dict[str, Any]] = []
@@ -300,6 +302,8 @@ def _campaigns_context(db: Db, user: User, comparison: dict[str, Any] | None,
                              "WHERE active = 1 ORDER BY name, agent"))
         agents = [r for r in rows if (scope is None or r["agent"] in scope)
                   and (team is None or r["team"] == team)]
+    if comparison is not None:
+        page = api.campaign_page_of(db, user, comparison["campaign"], CAMPAIGNS_PAGE)
     listing = api.campaign_listing(db, user, page, CAMPAIGNS_PAGE)
     return {"campaigns": listing["campaigns"], "listing": listing, "comparison": comparison,
             "can_create": editable, "teams": teams, "agents": agents,
