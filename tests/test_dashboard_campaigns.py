@@ -1024,6 +1024,22 @@ def test_the_campaigns_api_pages_them_by_id_with_their_variants(org_server: Any)
         k for k, c in expected.items() if c["team"] in (None, "team-a"))
 
 
+def _closed_campaigns(settings: DashboardSettings, count: int) -> None:
+    """``count`` closed campaigns, ``old-000`` the oldest, one closed a day; teams alternate."""
+    db = store.open_db(settings.db_path)
+    try:
+        with db.conn:
+            start = time.time() - (count + 10) * 86400
+            for k in range(count):
+                db.conn.execute(
+                    "INSERT INTO campaigns (campaign, name, team, created_ts, closed_ts) VALUES "
+                    "(?, ?, ?, ?, ?)", (f"old-{k:03d}", f"Ancienne {k:03d}",
+                                        ("team-a", "team-b")[k % 2], start + 86400 * k,
+                                        start + 86400 * k + 3600))
+    finally:
+        db.conn.close()
+
+
 def test_a_campaigns_page_lists_it_with_the_page_of_the_list_where_it_stands(
         org_server: Any) -> None:
     """A campaign's page showed page 1 of the campaign list above it: an old one, opened from
@@ -1034,18 +1050,7 @@ def test_a_campaigns_page_lists_it_with_the_page_of_the_list_where_it_stands(
     from tests._fixtures_dashboard import ADMIN_PASSWORD
 
     server, data = org_server
-    db = store.open_db(server.settings.db_path)
-    try:
-        with db.conn:
-            start = time.time() - 130 * 86400
-            for k in range(120):  # one closed every day, "old-000" first; teams alternate
-                db.conn.execute(
-                    "INSERT INTO campaigns (campaign, name, team, created_ts, closed_ts) VALUES "
-                    "(?, ?, ?, ?, ?)", (f"old-{k:03d}", f"Ancienne {k:03d}",
-                                        ("team-a", "team-b")[k % 2], start + 86400 * k,
-                                        start + 86400 * k + 3600))
-    finally:
-        db.conn.close()
+    _closed_campaigns(server.settings, 120)
 
     def strip(html: str) -> str:
         """The campaign list and its pager, the shown campaign's mark taken off."""
@@ -1072,3 +1077,26 @@ def test_a_campaigns_page_lists_it_with_the_page_of_the_list_where_it_stands(
                 assert strip(html) == strip(listing), (user, campaign, page)
         finally:
             c.close()
+
+
+def test_the_language_switch_keeps_the_campaigns_page_it_is_on(org_server: Any) -> None:
+    """The language switch goes back to the page it is on with its pagings
+    (deps.PAGE_PARAMS), which did not name the campaigns page's ``page``: over the real server,
+    switching to English on /campaigns?page=3 led back to /campaigns, page 1 (its form's
+    ``next`` said "/campaigns"). It now comes back to page 3, in English."""
+    from tests._fixtures_dashboard import ADMIN_PASSWORD
+
+    server, _ = org_server
+    _closed_campaigns(server.settings, 120)
+    c, cookie, _ = _served_session(server, ADMIN_USER, ADMIN_PASSWORD)
+    try:
+        html = c.get("/campaigns?page=3", headers=cookie).text
+        assert '<input type="hidden" name="next" value="/campaigns?page=3">' in html
+        r = c.post("/lang", headers=cookie,
+                   data={"csrf": csrf_of(html), "next": "/campaigns?page=3", "lang": "en"})
+        assert (r.status_code, r.headers["location"]) == (303, "/campaigns?page=3")
+        back = c.get(r.headers["location"], headers=cookie).text
+        assert '<html lang="en">' in back and 'href="/campaigns/old-000"' in back
+        assert 'id="campaigns-older"' not in back and "← Newer</a>" in back
+    finally:
+        c.close()

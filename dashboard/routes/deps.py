@@ -190,8 +190,9 @@ PlainDecimal = BeforeValidator(_plain_decimal)
 ``-`` (a JSON number is one already)."""
 
 
-PAGE_PARAMS = ("calls_before", "audit_before")
-"""What of a page's address its language switch keeps: where its pagings are (whole numbers)."""
+PAGE_PARAMS = ("calls_before", "audit_before", "page")
+"""What of a page's address its language switch keeps: where its pagings are (whole numbers):
+an agent page's calls and audit lists, the campaigns page's ``page``."""
 _WHOLE = re.compile(r"[0-9]{1,19}")
 
 
