@@ -134,3 +134,50 @@ def test_numbers_in_the_json_api_are_json_numbers_or_plain_digits(org_server: An
             assert c.post("/api/agents/agent-a1/flags", headers=sup,
                           json={"ts": ts}).status_code == 201
         assert _flags_of(server, "agent-a1") == flags + 2
+
+
+def test_a_whole_number_in_a_json_body_may_be_a_json_number_with_a_zero_fraction(
+        org_server: Any) -> None:
+    """JSON has one number type and many clients write a whole number as ``2.0``: the IT guide
+    says a number in a JSON body is a JSON number, so ``"variant": 2.0`` (or ``2e0``) is
+    variant 2, stored and answered as the whole number 2, on each of the three bodies that take
+    a variant (the assignment, a call, a call's variant); ``2.5`` is not a whole number and
+    ``"2.0"`` not a string of digits: 422 naming the field, nothing changed."""
+    import time
+
+    server, data = org_server
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        sup = {"cookie": "__Host-miroir=" + http_login(c, "sup-a", USER_PASSWORD,
+                                                        data["secrets"]["sup-a"])}
+        sup["x-csrf-token"] = csrf_of(c.get("/campaigns/camp-a", headers=sup).text)
+        raw = {**sup, "content-type": "application/json"}  # the bodies below as written
+        for bad in (2.5, "2.0", 1e19):
+            r = c.post("/api/campaigns/camp-a/assign", headers=sup,
+                       json={"agent": "agent-a1", "variant": bad})
+            assert (r.status_code, r.json()["detail"][0]["loc"]) == (422, ["body", "variant"])
+            r = c.post("/api/calls", headers=sup, json={"agent": "agent-a1", "variant": bad,
+                                                        "start_ts": time.time() - 60})
+            assert (r.status_code, r.json()["detail"][0]["loc"]) == (422, ["body", "variant"])
+        assert _campaign_of(server, "agent-a1") == ("camp-a", None)
+        r = c.post("/api/campaigns/camp-a/assign", headers=raw,
+                   content=b'{"agent": "agent-a1", "variant": 2.0}')
+        assert (r.status_code, r.text) == (200, '{"agent":"agent-a1","campaign":"camp-a",'
+                                                '"variant":2}')
+        r = c.post("/api/calls", headers=raw, content=b'{"agent": "agent-a1", "variant": 2e0, '
+                                                      b'"start_ts": %d}' % (time.time() - 60))
+        assert r.status_code == 201, r.text
+        call = r.json()["id"]
+        r = c.post(f"/api/calls/{call}/variant", headers=raw, content=b'{"variant": 1.0}')
+        assert (r.status_code, r.text) == (200, f'{{"id":{call},"campaign":"camp-a","variant":1}}')
+        r = c.post(f"/api/calls/{call}/variant", headers=raw, content=b'{"variant": 1.5}')
+        assert r.status_code == 422
+    db = store.open_db(server.settings.db_path)
+    try:
+        stored = db.conn.execute("SELECT typeof(variant), variant FROM agents WHERE agent = ?",
+                                 ("agent-a1",)).fetchone()
+        assert tuple(stored) == ("integer", 2)
+        stored = db.conn.execute("SELECT typeof(variant), variant FROM calls WHERE id = ?",
+                                 (call,)).fetchone()
+        assert tuple(stored) == ("integer", 1)
+    finally:
+        db.conn.close()
