@@ -891,7 +891,8 @@ class Conversation:
         response yet) are left out.
 
         Returns:
-            ``in_call``, ``call_elapsed_s``, ``monologue_s_current``, ``monologue_s_longest``,
+            ``in_call``, ``on_hold`` (the call is on hold: why a window may have no field),
+            ``call_elapsed_s``, ``monologue_s_current``, ``monologue_s_longest``,
             ``latency_{agent,prospect}_ms_last``, ``responses_{agent,prospect}`` (answers so far
             in the call, so that two equal latencies in a row count twice) and, per window W in
             ``windows_s`` (suffix
@@ -904,6 +905,7 @@ class Conversation:
         call = self._call
         out: dict[str, float | int | bool] = {
             "in_call": call is not None,
+            "on_hold": call is not None and call.on_hold,
             "call_elapsed_s": round(b - call.start_s, 2) if call is not None else 0.0,
             "monologue_s_current": round(self._current_monologue_s(b), 2),
             "monologue_s_longest": round(max(call.monologue_s, self._current_monologue_s(b)), 2)

@@ -543,11 +543,13 @@ def test_the_rolling_windows_leave_a_hold_out_as_the_summary_does(model):
     held = [m for m in metrics if m["t_start"] in (40.0, 41.0)]
     assert len(held) == 2 and not [k for m in held for k in m if k.endswith("_30s")], held
     assert all("agent_share_60s" in m for m in held)  # the 60 s window holds the call before it
+    assert all(m["on_hold"] is True for m in held)  # which the metrics say: the reason of a gap
     last = [m for m in metrics if m["t_start"] < end["t_audio_s"] - 1.0][-1]
     assert abs(last["agent_share_60s"] - end["call_agent_share"]) <= 0.03, (last, end)
     assert abs(last["agent_speech_ratio_60s"] - end["call_agent_speech_ratio"]) <= 0.03
     assert abs(last["monologue_s_longest_60s"] - end["call_monologue_s_longest"]) <= 0.5
     assert last["turns_agent_60s"] == end["call_turns_agent"]
+    assert last["on_hold"] is False and metrics[-1]["on_hold"] is False
 
 
 def test_a_voicemail_greeting_raises_no_cue_the_call_counts(model):
