@@ -51,17 +51,23 @@ def agent_metrics(db: sqlite_utils.Database, agent: str, since_ts: float = 0.0,
                   limit: int = MAX_METRIC_ROWS) -> list[dict[str, Any]]:
     """The agent's newest ``limit`` metrics rows in the window (the boxes they sat at, while
     they sat there), oldest first: a window with more rows loses its oldest, never its newest.
-    Each row holds the charted metrics, the fatigue factors and each channel's signal state
-    (``near_signal``, ``far_signal``: why a channel's metrics are missing)."""
+    Each row holds the charted metrics, the fatigue factors, each channel's signal state
+    (``near_signal``, ``far_signal``: why a channel's metrics are missing) and whether the call
+    was on hold (``on_hold``, True or False; None from a box that does not say: why a rolling
+    window is missing)."""
     names = metric_names(db) + [registry.factor_column(f) for f in factor_names(db)]
     cols = ", ".join(["m.box", "m.seq", "m.ts", "m.talk_state", "m.near_signal", "m.far_signal",
-                      *(f"m.{n}" for n in names)])
+                      "m.on_hold", *(f"m.{n}" for n in names)])
     until = time.time() + DAY_S if until_ts is None else until_ts
     cur = db.conn.execute(
         f"SELECT {cols} FROM metrics m {_windows_sql()} WHERE h.agent = ? AND m.ts >= ? "
         f"AND m.ts < ? ORDER BY m.ts DESC LIMIT ?", (agent, since_ts, until, limit))
     keys = [c[0] for c in cur.description]
-    return [dict(zip(keys, r, strict=True)) for r in reversed(cur.fetchall())]
+    rows = [dict(zip(keys, r, strict=True)) for r in reversed(cur.fetchall())]
+    for row in rows:
+        if row["on_hold"] is not None:
+            row["on_hold"] = bool(row["on_hold"])
+    return rows
 
 
 def iter_agent_metrics(db: sqlite_utils.Database, agent: str, since_ts: float = 0.0,

@@ -86,6 +86,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "seat.fatigue": ("Fatigue", "Fatigue"),
     "seat.bars_30s": ("Parole, 30 dernières s", "Speech, last 30 s"),
     "seat.bars_1s": ("Parole, dernière seconde", "Speech, last second"),
+    "seat.bars_hold": ("En attente", "On hold"),
     "agent.title": ("Agent", "Agent"),
     "agent.seat": ("Poste", "Seat"),
     "agent.team": ("Équipe", "Team"),
@@ -109,6 +110,8 @@ STRINGS: dict[str, tuple[str, str]] = {
                                 "No signal from the line (adapter unplugged or broken)"),
     "agent.why_little_speech": ("Trop peu de parole sur cette période pour les calculer",
                                 "Too little speech in this period to compute them"),
+    "agent.why_on_hold": ("En attente : l'appel était en attente sur toute cette période",
+                          "On hold: the call was on hold throughout this period"),
     "agent.why_fatigue_baseline": ("Calculée une fois apprise la voix de l'agent en début de "
                                    "poste (5 minutes de voix par défaut)",
                                    "Computed once the agent's voice at the start of the shift is "

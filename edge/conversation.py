@@ -228,6 +228,9 @@ class Overlap:
     """The overlapped side held the turn and stopped within ``interrupt_yield_s``, the starter
     still speaking: the starter took the floor."""
     candidate: bool = False
+    on_hold: bool = False
+    """Begun while the call was on hold: nobody talks over the prospect on hold, so neither the
+    call's counts nor the rolling windows count it (nor its interruption)."""
 
     @property
     def duration_s(self) -> float:
@@ -276,6 +279,7 @@ class CallSummary:
     talk_ratio: float | None
     """Agent speech / prospect speech (talk-to-listen); None without prospect speech."""
     overlaps: int
+    """Overlaps begun off hold (this and the next five: talk on hold is over nobody)."""
     overlaps_agent: int
     """Overlaps the agent started (the prospect was already speaking)."""
     overlaps_prospect: int
@@ -398,7 +402,8 @@ class Conversation:
       other was already speaking (``both`` if the two starts are within ``simultaneous_s``).
     * interruption: an overlap started by X while Y holds the turn (Y's turn began at least
       ``interrupt_hold_s`` earlier), after which Y stops within ``interrupt_yield_s`` of the
-      overlap's start while X is still speaking.
+      overlap's start while X is still speaking. The call's counts and the rolling windows leave
+      out the overlaps (and their interruptions) begun while the call was on hold.
     * response latency: when X starts a new turn while Y is silent and Y spoke more recently than X
       (within the call, at most ``max_latency_s`` before): start minus Y's last speech end. A turn
       started while the other speaks is an overlap, never a negative latency.
@@ -683,13 +688,15 @@ class Conversation:
             starter = BOTH if t - other_start <= self.config.simultaneous_s else ch
             turn = self._turn_start[other]
             held = turn is not None and t - turn >= self.config.interrupt_hold_s
-            ov = Overlap(start_s=t, starter=starter, candidate=held and starter != BOTH)
+            call = self._call
+            ov = Overlap(start_s=t, starter=starter, candidate=held and starter != BOTH,
+                         on_hold=call is not None and call.on_hold)
             self._open_overlap = ov
             self._overlaps.append(ov)
             if self.history is not None:
                 self.history.overlaps.append(ov)
-            if self._call is not None:
-                self._call.overlaps[starter] += 1
+            if call is not None and not ov.on_hold:
+                call.overlaps[starter] += 1
             self._emit("overlap_start", starter, t)
 
     def _maybe_response(self, ch: str, t: float) -> None:
@@ -729,7 +736,7 @@ class Conversation:
             if (ov.candidate and ov.starter == _other(ch)
                     and t - ov.start_s <= self.config.interrupt_yield_s):
                 ov.interruption = True
-                if self._call is not None:
+                if self._call is not None and not ov.on_hold:
                     self._call.interruptions[ov.starter] += 1
                 self._emit("interruption", ov.starter, ov.start_s, duration_s=round(ov.duration_s, 3))
 
@@ -884,7 +891,8 @@ class Conversation:
         response yet) are left out.
 
         Returns:
-            ``in_call``, ``call_elapsed_s``, ``monologue_s_current``, ``monologue_s_longest``,
+            ``in_call``, ``on_hold`` (the call is on hold: why a window may have no field),
+            ``call_elapsed_s``, ``monologue_s_current``, ``monologue_s_longest``,
             ``latency_{agent,prospect}_ms_last``, ``responses_{agent,prospect}`` (answers so far
             in the call, so that two equal latencies in a row count twice) and, per window W in
             ``windows_s`` (suffix
@@ -897,6 +905,7 @@ class Conversation:
         call = self._call
         out: dict[str, float | int | bool] = {
             "in_call": call is not None,
+            "on_hold": call is not None and call.on_hold,
             "call_elapsed_s": round(b - call.start_s, 2) if call is not None else 0.0,
             "monologue_s_current": round(self._current_monologue_s(b), 2),
             "monologue_s_longest": round(max(call.monologue_s, self._current_monologue_s(b)), 2)
@@ -945,7 +954,7 @@ class Conversation:
             out[f"monologue_s_longest{sfx}"] = round(max(
                 (_clip(st, en, x, y) for c, st, en in turns if c == AGENT for x, y in live),
                 default=0.0), 2)
-            inside = [o for o in self._overlaps if a <= o.start_s <= b]
+            inside = [o for o in self._overlaps if a <= o.start_s <= b and not o.on_hold]
             for ch in (AGENT, PROSPECT):
                 out[f"overlaps_{ROLE[ch]}{sfx}"] = sum(o.starter == ch for o in inside)
                 out[f"interruptions_{ROLE[ch]}{sfx}"] = sum(

@@ -74,6 +74,7 @@ sends a few messages a second; under JavaScript's exact integers (2**53), which 
 # Conversation dynamics (edge.conversation.Conversation.metrics): rolling windows of 30 s and 60 s.
 _CONVERSATION_METRICS: dict[str, tuple[type, ...]] = {
     "in_call": (bool,),
+    "on_hold": (bool,),
     "call_elapsed_s": _num,
     "monologue_s_current": _num,
     "monologue_s_longest": _num,

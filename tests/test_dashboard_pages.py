@@ -22,12 +22,16 @@ from tests._fixtures_dashboard import browser_login, make_settings, seat_uncheck
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
 
-def _box_metrics(near: np.ndarray, far: np.ndarray) -> list[dict[str, Any]]:
-    """The metrics messages of the box's real pipeline over ``near`` and ``far`` (int16)."""
+def _box_metrics(near: np.ndarray, far: np.ndarray,
+                 call_state: str | None = None) -> list[dict[str, Any]]:
+    """The metrics messages of the box's real pipeline over ``near`` and ``far`` (int16), the
+    softphone setting ``call_state`` first if given."""
     from edge.pipeline import Pipeline, load_vad_model
 
     audio = np.stack([near, far]).astype(np.float32) / 32768.0
     pipe = Pipeline(load_vad_model())
+    if call_state is not None:
+        pipe.call_state(call_state)
     out = []
     for i in range(0, audio.shape[1], 16_000):
         out += [m.body for m in pipe(audio[:, i:i + 16_000]) if m.kind == "metrics"]
@@ -165,6 +169,45 @@ def test_the_agent_page_says_why_a_metric_has_no_measurement(
             assert label["near_rate_syl_s"] in little and label["near_pitch_range_st"] in little
             assert label["latency_agent_ms_median_60s"] in little, why
             assert set(why) == {"little_speech", "affect_off", "fatigue_baseline"}, why
+
+
+def test_the_pages_say_a_call_on_hold_is_on_hold(browser_page: Any, tmp_path: Path) -> None:
+    """The call goes on hold as it starts and the agent asks a colleague for 40 s (real EmoDB
+    speech through the box's pipeline): every rolling window lies in the hold, and the box leaves
+    it out. The agent page gave "Trop peu de parole" as the reason of the talk share, the answer
+    times and the overlaps, and the floor's seat showed the last second's share of the agent's talk
+    to the colleague: both now say the call is on hold."""
+    rng = np.random.default_rng(7)
+    n = 16_000 * 40
+    msgs = _box_metrics(_emodb_voice("03", n, rng), rng.normal(0, 20, n).astype(np.int16), "hold")
+    assert not [k for m in msgs for k in m if k.endswith(("_30s", "_60s"))]
+    assert {m["near_signal"] for m in msgs} == {m["far_signal"] for m in msgs} == {"ok"}
+    settings = make_settings(tmp_path)
+    now = time.time()
+    _agent_a_with_metrics(settings, msgs, now - len(msgs), now)
+    db = store.open_db(settings.db_path)
+    try:
+        store.apply_status(db, wire.decode("status", wire.encode("status", wire.status_message(
+            settings.site, "box-a", "online", now, call_state="hold"))), now)
+    finally:
+        db.conn.close()
+    page = browser_page
+    with DashboardServer(settings, start_ingest=False) as server:
+        browser_login(page, server.url)
+        page.goto(server.url + "/agents/agent-a")
+        page.wait_for_selector("body[data-charts-ready='1']")
+        why = _without_data(page)
+        page.goto(server.url + "/")
+        seat = page.locator(".seat[data-box='box-a'][data-online='online']")
+        seat.wait_for()  # the stream's snapshot, with the box's status and latest metrics, is in
+        caption, share = seat.locator(".bars-caption").inner_text(), seat.locator(".pct-agent").inner_text()
+    held = why.get("on_hold", "")
+    assert held.startswith("En attente : l'appel était en attente sur toute cette période : "), why
+    for name in ("agent_share_60s", "latency_agent_ms_median_60s", "overlaps_agent_60s",
+                 "interruptions_agent_60s"):
+        label = registry.describe(name, "fr")["label"]
+        assert label in held and label not in why.get("little_speech", ""), (name, why)
+    assert (caption, share) == ("En attente", "—")
 
 
 def test_every_fatigue_factor_the_dashboard_names_is_one_the_box_publishes() -> None:

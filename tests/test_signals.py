@@ -543,11 +543,13 @@ def test_the_rolling_windows_leave_a_hold_out_as_the_summary_does(model):
     held = [m for m in metrics if m["t_start"] in (40.0, 41.0)]
     assert len(held) == 2 and not [k for m in held for k in m if k.endswith("_30s")], held
     assert all("agent_share_60s" in m for m in held)  # the 60 s window holds the call before it
+    assert all(m["on_hold"] is True for m in held)  # which the metrics say: the reason of a gap
     last = [m for m in metrics if m["t_start"] < end["t_audio_s"] - 1.0][-1]
     assert abs(last["agent_share_60s"] - end["call_agent_share"]) <= 0.03, (last, end)
     assert abs(last["agent_speech_ratio_60s"] - end["call_agent_speech_ratio"]) <= 0.03
     assert abs(last["monologue_s_longest_60s"] - end["call_monologue_s_longest"]) <= 0.5
     assert last["turns_agent_60s"] == end["call_turns_agent"]
+    assert last["on_hold"] is False and metrics[-1]["on_hold"] is False
 
 
 def test_a_voicemail_greeting_raises_no_cue_the_call_counts(model):
@@ -593,6 +595,41 @@ def test_a_voicemail_greeting_raises_no_cue_the_call_counts(model):
     assert vm["call_cue_slow_response_n"] == vm["call_cue_slow_response_s"] == 0, vm
     assert [e["cue"] for e in on if e["t_audio_s"] > live_s] == ["talking_over"], on
     assert live["call_cue_talking_over_n"] == 1 and live["call_cues"] == 1, live
+
+
+def test_talk_over_each_other_on_hold_is_no_overlap_of_the_call(model):
+    """On the call-state hold (10 to 30 s) the agent asks a colleague while the line still carries
+    the prospect talking at their end: the two overlap, but on hold nobody talks over the
+    prospect. The call's summary and the rolling windows count no overlap and no interruption
+    (they counted those begun on hold while the overlap ratio, read off hold, said 0); the
+    overlaps after the hold count."""
+    audio = _timeline(50.0, [(1, "03", 1.0, 5.0), (0, "08", 6.0, 9.0),
+                             (0, "08", 11.0, 16.0), (1, "03", 13.0, 20.0), (0, "08", 18.5, 27.0),
+                             (1, "03", 31.0, 37.0), (0, "08", 35.0, 40.0)])
+    pipe = Pipeline(model)
+    due = [(10.0, "hold"), (30.0, "active"), (46.0, "idle")]
+    out: list[Message] = []
+    for i in range(0, audio.shape[1], 1024):
+        while due and due[0][0] <= i / 16000:
+            pipe.call_state(due.pop(0)[1])
+        out += pipe(audio[:, i:i + 1024])
+    out += pipe.finish()
+    events = [m.body for m in out if m.kind == "event"]
+    held = [e for e in events if e["name"] == "overlap_start" and 10.0 < e["t_audio_s"] < 30.0]
+    after = [e for e in events if e["name"] == "overlap_start" and e["t_audio_s"] > 30.0]
+    assert held and after, [e for e in events if e["name"] == "overlap_start"]
+    end = next(e for e in events if e["name"] == "call_end")
+    assert 19.0 <= end["call_hold_s"] <= 21.0
+    cut = [e for e in events if e["name"] == "interruption"]
+    assert [e for e in cut if e["t_audio_s"] < 30.0]  # the agent cut in on the line, on hold
+    cut = [e for e in cut if e["t_audio_s"] > 30.0]
+    assert end["call_overlaps"] == end["call_overlaps_agent"] == len(after), (end, held, after)
+    assert end["call_interruptions_agent"] + end["call_interruptions_prospect"] == len(cut), end
+    metrics = [m.body for m in out if m.kind == "metrics"]
+    assert not [(m["t_start"], k) for m in metrics if m["t_start"] < 30.0 for k, v in m.items()
+                if k.startswith(("overlaps_", "interruptions_")) and v]
+    last = [m for m in metrics if m["t_start"] < end["t_audio_s"] - 1.0][-1]
+    assert last["overlaps_agent_60s"] == len(after) and last["interruptions_agent_60s"] == len(cut)
 
 
 def test_hold_music_keeps_the_call_open(model):

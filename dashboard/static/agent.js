@@ -188,15 +188,19 @@
   }
 
   // Why a metric has no value in the window, where the box's data says so: its prospect analysis
-  // is not running (the box's status), a channel it reads had no signal in any row (near_signal,
-  // far_signal), the fatigue index waits for the agent's baseline, or the box heard its channels
-  // and too little speech; null when the rows do not say (a box that sent no signal state).
+  // is not running (the box's status), a rolling window (_30s, _60s) lay wholly in a hold in every
+  // row (on_hold: the box leaves such a window out), a channel it reads had no signal in any row
+  // (near_signal, far_signal), the fatigue index waits for the agent's baseline, or the box heard
+  // its channels and too little speech; null when the rows do not say (a box that sent no signal
+  // state).
   const DEAD = new Set(["none", "nan", "dc"]);
+  const ROLLING = /_\d+s$/;
   function why(m, rows, data) {
     const reads = m.reads || [];
     if (m.name.startsWith("prospect_") && data.affect_state && data.affect_state !== "on") {
       return "affect_" + data.affect_state;
     }
+    if (ROLLING.test(m.name) && rows.every((r) => r.on_hold === true)) return "on_hold";
     for (const c of reads) {
       if (rows.every((r) => DEAD.has(r[c + "_signal"]))) return "no_signal_" + c;
     }
@@ -290,7 +294,8 @@
       const rows = shift.rows;
       if (rows.some((r) => r.box === u.box && r.seq === u.seq)) return;
       const row = { box: u.box, seq: u.seq, ts: u.ts, talk_state: u.talk_state,
-                    near_signal: u.near_signal || null, far_signal: u.far_signal || null };
+                    near_signal: u.near_signal || null, far_signal: u.far_signal || null,
+                    on_hold: typeof u.on_hold === "boolean" ? u.on_hold : null };
       for (const m of shift.metrics.concat(shift.factors || [])) {
         row[m.name] = u[m.name] === undefined ? null : u[m.name];
       }

@@ -178,11 +178,16 @@
     on.className = "online " + online;
     const m = b.metrics || {};
     // the shares of the last 30 s (what the timeline below shows), the last second's from a box
-    // that sends no rolling window: a 1 s share flips between 0 and 100 % as the turns go
-    const rolling = m.agent_speech_ratio_30s !== undefined;
-    const near = rolling ? m.agent_speech_ratio_30s : m.near_speech_ratio;
-    const far = rolling ? m.prospect_speech_ratio_30s : m.far_speech_ratio;
-    el.querySelector(".bars-caption").textContent = t(rolling ? "seat.bars_30s" : "seat.bars_1s");
+    // that sends no rolling window: a 1 s share flips between 0 and 100 % as the turns go. A call
+    // on hold for the last 30 s has no such window (the box leaves it out): "on hold", no share
+    // (the last second's would be the agent's talk to a colleague; a stored row's empty 30 s
+    // share read "Parole, 30 dernières s —")
+    const held = m.on_hold === true && typeof m.agent_speech_ratio_30s !== "number";
+    const rolling = !held && m.agent_speech_ratio_30s !== undefined;
+    const near = rolling ? m.agent_speech_ratio_30s : held ? null : m.near_speech_ratio;
+    const far = rolling ? m.prospect_speech_ratio_30s : held ? null : m.far_speech_ratio;
+    el.querySelector(".bars-caption").textContent =
+      t(rolling ? "seat.bars_30s" : held ? "seat.bars_hold" : "seat.bars_1s");
     el.querySelector(".fill-agent").style.width = ((near || 0) * 100) + "%";
     el.querySelector(".fill-prospect").style.width = ((far || 0) * 100) + "%";
     el.querySelector(".pct-agent").textContent = pct(near);
