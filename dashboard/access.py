@@ -176,14 +176,15 @@ def hide_foreign_latest(db: sqlite_utils.Database, agents: list[str] | None,
 
 def talk_history(db: sqlite_utils.Database, agents: list[str] | None, box: str,
                  limit: int) -> list[str]:
-    """The last ``limit`` talk states of ``box``, oldest first, from the rows of ``agents`` only
-    (None means all), as :func:`hide_foreign_latest`."""
+    """The last ``limit`` talk states of ``box`` (``hold`` while on hold), oldest first, from the
+    rows of ``agents`` only (None means all), as :func:`hide_foreign_latest`."""
     if agents is None:
         return store.recent_talk_states(db, box, limit)
     if not agents:
         return []
     rows = db.conn.execute(
-        f"SELECT m.talk_state FROM metrics m WHERE m.box = ? AND {_seated_sql(agents)} "
+        f"SELECT {store.HELD_TALK_STATE_SQL} FROM metrics m WHERE m.box = ? AND "
+        f"{_seated_sql(agents)} "
         "ORDER BY m.seq DESC LIMIT ?", (box, *agents, limit)).fetchall()
     return [r[0] for r in reversed(rows)]
 

@@ -456,9 +456,14 @@ def metrics_since(db: sqlite_utils.Database, box: str, since_seq: int = 0,
     return out
 
 
+HELD_TALK_STATE_SQL = "CASE WHEN m.on_hold = 1 THEN 'hold' ELSE m.talk_state END"
+"""A metrics row ``m``'s state on the seat's timeline: its talk state, ``hold`` while on hold."""
+
+
 def recent_talk_states(db: sqlite_utils.Database, box: str, limit: int = 30) -> list[str]:
-    """The last ``limit`` talk states of ``box``, oldest first (for the seat's timeline)."""
+    """The last ``limit`` talk states of ``box``, oldest first (for the seat's timeline), ``hold``
+    for a second whose call was on hold (the talk then is not the call's)."""
     rows = db.conn.execute(
-        "SELECT talk_state FROM metrics WHERE box = ? ORDER BY seq DESC LIMIT ?", (box, limit)
-    ).fetchall()
+        f"SELECT {HELD_TALK_STATE_SQL} FROM metrics m WHERE m.box = ? ORDER BY m.seq DESC LIMIT ?",
+        (box, limit)).fetchall()
     return [r[0] for r in reversed(rows)]

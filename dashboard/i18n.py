@@ -68,6 +68,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "state.restarting": ("Redémarrage", "Restarting"),
     "state.private": ("Appel privé", "Private call"),
     "state.no_capture": ("Pas de casque / capture perdue", "No headset / capture lost"),
+    "state.hold": ("En attente", "On hold"),
     "state.unknown": ("—", "—"),
     "me.state.agent": ("Vous parlez", "You are speaking"),
     "me.state.prospect": ("Le prospect parle", "The prospect is speaking"),

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 import pytest
 
-from dashboard import analytics, auth, registry, schema
+from dashboard import analytics, auth, i18n, registry, schema
 from dashboard import db as store
 from dashboard.app import DashboardServer
 from miroir import wire
@@ -22,10 +22,10 @@ from tests._fixtures_dashboard import browser_login, make_settings, seat_uncheck
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
 
-def _box_metrics(near: np.ndarray, far: np.ndarray,
-                 call_state: str | None = None) -> list[dict[str, Any]]:
+def _box_metrics(near: np.ndarray, far: np.ndarray, call_state: str | None = None,
+                 active_after_s: int | None = None) -> list[dict[str, Any]]:
     """The metrics messages of the box's real pipeline over ``near`` and ``far`` (int16), the
-    softphone setting ``call_state`` first if given."""
+    softphone setting ``call_state`` first if given, and ``active`` after ``active_after_s``."""
     from edge.pipeline import Pipeline, load_vad_model
 
     audio = np.stack([near, far]).astype(np.float32) / 32768.0
@@ -34,6 +34,8 @@ def _box_metrics(near: np.ndarray, far: np.ndarray,
         pipe.call_state(call_state)
     out = []
     for i in range(0, audio.shape[1], 16_000):
+        if active_after_s is not None and i == active_after_s * 16_000:
+            pipe.call_state("active")
         out += [m.body for m in pipe(audio[:, i:i + 16_000]) if m.kind == "metrics"]
     return out
 
@@ -208,6 +210,59 @@ def test_the_pages_say_a_call_on_hold_is_on_hold(browser_page: Any, tmp_path: Pa
         label = registry.describe(name, "fr")["label"]
         assert label in held and label not in why.get("little_speech", ""), (name, why)
     assert (caption, share) == ("En attente", "—")
+
+
+def test_the_floor_s_seat_says_a_call_on_hold_is_on_hold_until_it_ends(
+        browser_page: Any, dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
+    """The call goes on hold as it starts and the agent asks a colleague for 32 s, then takes the
+    call back (real EmoDB speech through the box's pipeline, published live through the site's
+    broker). The seat read "Agent parle" over the aside, its timeline in the agent's colour: it
+    now reads "En attente" (its seconds on hold so marked on the timeline), and its talk state
+    again once the hold ends."""
+    rng = np.random.default_rng(7)
+    n = 16_000 * 36
+    msgs = _box_metrics(_emodb_voice("03", n, rng), rng.normal(0, 20, n).astype(np.int16), "hold",
+                        active_after_s=32)
+    held = [m for m in msgs if m["on_hold"]]
+    after = msgs[len(held):]
+    assert held and after and not [m for m in after if m["on_hold"]]
+    assert held[-1]["talk_state"] == "agent"  # the agent's aside to the colleague, heard live
+    box = peer(site.box("box-a"), "box-a")
+    status = wire.status_message(site.site, "box-a", "online", time.time(), call_state="hold")
+    box.publish(wire.topic(site.site, "box-a", "status"), wire.encode("status", status),
+                retain=True)
+    topic = wire.topic(site.site, "box-a", "metrics")
+
+    def publish(bodies: list[dict[str, Any]], first_seq: int) -> None:
+        for k, body in enumerate(bodies):
+            box.publish(topic, wire.encode("metrics", {
+                "v": wire.SCHEMA_VERSION, "site": site.site, "box": "box-a", "ts": time.time(),
+                "seq": first_seq + k, **body}))
+
+    page = browser_page
+    browser_login(page, dashboard_server.url)
+    seat = page.locator(".seat[data-box='box-a']")
+    publish(held[-5:], 1)
+    # the five seconds are in: the seat's timeline has drawn each
+    seat.locator(".timeline span:nth-child(26)[class]:not([class=''])").wait_for(timeout=2000)
+    shown = (seat.get_attribute("data-state"), seat.locator(".talk-state").inner_text(),
+             seat.locator(".timeline span.t-hold").count(),
+             seat.locator(".timeline span.t-agent").count())
+    assert shown == ("hold", "En attente", 5, 0), shown
+    assert i18n.translate("en", "state.hold") == "On hold"  # the English page's word for it
+    publish(after, 6)
+    last = after[-1]["talk_state"]
+    page.locator(f".seat[data-box='box-a'][data-state='{last}']").wait_for(timeout=2000)
+    assert seat.locator(".talk-state").inner_text() == {
+        "agent": "Agent parle", "prospect": "Prospect parle", "overlap": "Chevauchement",
+        "silence": "Silence"}[last]
+    assert seat.locator(".bars-caption").inner_text() == "Parole, 30 dernières s"
+    assert seat.locator(".timeline span.t-hold").count() == 5
+    # a reload rebuilds the seat's timeline, its seconds on hold with it
+    page.reload()
+    page.wait_for_selector("body[data-stream-ready='1']")
+    assert seat.get_attribute("data-state") == last
+    assert seat.locator(".timeline span.t-hold").count() == 5
 
 
 def test_every_fatigue_factor_the_dashboard_names_is_one_the_box_publishes() -> None:

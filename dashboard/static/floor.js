@@ -42,7 +42,8 @@
     if (!b) {
       b = { box: id, state: null, lastTs: null, restartUntil: null, metrics: null, talk: null,
             boxPriv: null,
-            captureOk: true, inCall: false, callTs: 0, near: false, far: false, talkTs: 0,
+            captureOk: true, inCall: false, callTs: 0, onHold: false, holdTs: 0,
+            near: false, far: false, talkTs: 0,
             history: [], cues: [], el: null };
       boxes.set(id, b);
     }
@@ -120,6 +121,8 @@
     if (isOffline(b)) return "offline";
     if (isPrivate(b)) return "private";
     if (!b.captureOk) return "no_capture";
+    // on hold, what the box hears is not the call (the agent asking a colleague, hold music)
+    if (b.onHold) return "hold";
     return b.talk || "unknown";
   }
 
@@ -143,6 +146,15 @@
     if (ts < b.callTs) return;
     b.inCall = inCall;
     b.callTs = ts;
+    if (!inCall) setHold(b, false, ts);  // a call that ends is no longer on hold
+  }
+
+  // Whether the seat's call is on hold (the call-state input's hold or hold music on the line):
+  // the box's latest word on it (ts by the box's clock), on_hold in its metrics.
+  function setHold(b, onHold, ts) {
+    if (ts < b.holdTs) return;
+    b.onHold = onHold;
+    b.holdTs = ts;
   }
 
   function isStale(b) {
@@ -261,7 +273,8 @@
       b.talkTs = m.ts;
     }
     if (typeof m.in_call === "boolean") setCall(b, m.in_call, m.ts);
-    b.history.push(m.talk_state);
+    setHold(b, m.on_hold === true, m.ts);  // a box older than on_hold never says it is on hold
+    b.history.push(m.on_hold === true ? "hold" : m.talk_state);
     if (b.history.length > HISTORY) b.history.shift();
     touch(b, heardTs(m));
     return true;
