@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -17,7 +17,13 @@ from dashboard import analytics, auth, i18n, registry, schema
 from dashboard import db as store
 from dashboard.app import DashboardServer
 from miroir import wire
-from tests._fixtures_dashboard import browser_login, make_settings, seat_unchecked
+from tests._fixtures_dashboard import (
+    USER_PASSWORD,
+    browser_login,
+    make_settings,
+    seat_unchecked,
+    seed_org,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -212,13 +218,9 @@ def test_the_pages_say_a_call_on_hold_is_on_hold(browser_page: Any, tmp_path: Pa
     assert (caption, share) == ("En attente", "—")
 
 
-def test_the_floor_s_seat_says_a_call_on_hold_is_on_hold_until_it_ends(
-        browser_page: Any, dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
-    """The call goes on hold as it starts and the agent asks a colleague for 32 s, then takes the
-    call back (real EmoDB speech through the box's pipeline, published live through the site's
-    broker). The seat read "Agent parle" over the aside, its timeline in the agent's colour: it
-    now reads "En attente" (its seconds on hold so marked on the timeline), and its talk state
-    again once the hold ends."""
+def _held_then_taken_back() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The box's metrics over a call on hold as it starts, the agent asking a colleague for 32 s
+    (real EmoDB speech), then taken back for 4 s: (those on hold, those after)."""
     rng = np.random.default_rng(7)
     n = 16_000 * 36
     msgs = _box_metrics(_emodb_voice("03", n, rng), rng.normal(0, 20, n).astype(np.int16), "hold",
@@ -227,18 +229,36 @@ def test_the_floor_s_seat_says_a_call_on_hold_is_on_hold_until_it_ends(
     after = msgs[len(held):]
     assert held and after and not [m for m in after if m["on_hold"]]
     assert held[-1]["talk_state"] == "agent"  # the agent's aside to the colleague, heard live
-    box = peer(site.box("box-a"), "box-a")
-    status = wire.status_message(site.site, "box-a", "online", time.time(), call_state="hold")
-    box.publish(wire.topic(site.site, "box-a", "status"), wire.encode("status", status),
+    return held, after
+
+
+def _live_box(site: Any, peer: Any, box_id: str) -> Callable[[list[dict[str, Any]], int], None]:
+    """``box_id`` online on the site's broker (its call on hold), and a function that publishes
+    metrics bodies through it from a seq on, stamped now."""
+    box = peer(site.box(box_id), box_id)
+    status = wire.status_message(site.site, box_id, "online", time.time(), call_state="hold")
+    box.publish(wire.topic(site.site, box_id, "status"), wire.encode("status", status),
                 retain=True)
-    topic = wire.topic(site.site, "box-a", "metrics")
+    topic = wire.topic(site.site, box_id, "metrics")
 
     def publish(bodies: list[dict[str, Any]], first_seq: int) -> None:
         for k, body in enumerate(bodies):
             box.publish(topic, wire.encode("metrics", {
-                "v": wire.SCHEMA_VERSION, "site": site.site, "box": "box-a", "ts": time.time(),
+                "v": wire.SCHEMA_VERSION, "site": site.site, "box": box_id, "ts": time.time(),
                 "seq": first_seq + k, **body}))
 
+    return publish
+
+
+def test_the_floor_s_seat_says_a_call_on_hold_is_on_hold_until_it_ends(
+        browser_page: Any, dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
+    """The call goes on hold as it starts and the agent asks a colleague for 32 s, then takes the
+    call back (real EmoDB speech through the box's pipeline, published live through the site's
+    broker). The seat read "Agent parle" over the aside, its timeline in the agent's colour: it
+    now reads "En attente" (its seconds on hold so marked on the timeline), and its talk state
+    again once the hold ends."""
+    held, after = _held_then_taken_back()
+    publish = _live_box(site, peer, "box-a")
     page = browser_page
     browser_login(page, dashboard_server.url)
     seat = page.locator(".seat[data-box='box-a']")
@@ -263,6 +283,32 @@ def test_the_floor_s_seat_says_a_call_on_hold_is_on_hold_until_it_ends(
     page.wait_for_selector("body[data-stream-ready='1']")
     assert seat.get_attribute("data-state") == last
     assert seat.locator(".timeline span.t-hold").count() == 5
+
+
+def test_the_agent_page_s_live_state_says_a_call_on_hold_is_on_hold(
+        browser_page: Any, dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
+    """The same call on hold on the agent's page: its live state above the charts ("Au poste, en
+    direct") read "Agent parle" over the agent's aside to a colleague; it now reads "En attente",
+    and the talk state again once the call is taken back."""
+    held, after = _held_then_taken_back()
+    org = seed_org(dashboard_server.settings)
+    site.add_box("box-a1")
+    publish = _live_box(site, peer, "box-a1")
+    page = browser_page
+    browser_login(page, dashboard_server.url, "sup-a", USER_PASSWORD, org["secrets"]["sup-a"])
+    page.goto(dashboard_server.url + "/agents/agent-a1")
+    page.wait_for_selector("body[data-charts-ready='1'][data-stream-ready='1']")
+    rows = "() => document.querySelectorAll('#charts svg')[0].querySelectorAll('rect').length"
+    before = page.evaluate(rows)
+    publish(held[-3:], 5000)
+    page.wait_for_function(f"() => ({rows})() === {before + 3}", timeout=3000)  # the rows are in
+    live = page.locator("#live-state")
+    assert (live.inner_text(), live.get_attribute("data-state")) == ("En attente", "hold")
+    publish(after, 5003)
+    page.wait_for_function(f"() => ({rows})() === {before + 3 + len(after)}", timeout=3000)
+    last = after[-1]["talk_state"]
+    assert live.get_attribute("data-state") == last
+    assert live.inner_text() == i18n.translate("fr", "state." + last)
 
 
 def test_every_fatigue_factor_the_dashboard_names_is_one_the_box_publishes() -> None:

@@ -406,6 +406,10 @@
     return when.toLocaleString(T.lang === "en" ? "en-GB" : "fr-FR", opts);
   }
 
+  // The seat's state in a metrics message: its talk state, or "hold" while the call is on hold
+  // (what the box hears then is not the call's: the agent asking a colleague, hold music).
+  function liveTalk(m) { return m.on_hold === true ? "hold" : m.talk_state; }
+
   function showSeat(el) {
     showEmpty();
     if (gone) return;
@@ -477,7 +481,7 @@
       if (typeof snap.silent_after_s === "number") silentAfterS = snap.silent_after_s;
       if (typeof snap.now === "number") clockSkewS = snap.now - Date.now() / 1000;
       for (const b of snap.boxes) {
-        seat.talk = b.metrics ? b.metrics.talk_state : null;
+        seat.talk = b.metrics ? liveTalk(b.metrics) : null;
         heard(b.last_seen_ts || b.last_status_ts);
         applyStatus(b.state, b.private, b.restarting_until_ts);
         boxSaysPrivate(b.private, b.last_status_ts);
@@ -494,7 +498,7 @@
         heard(typeof u.ingested_ts === "number" ? u.ingested_ts : u.ts);
       }
       if (u.kind === "metrics") {
-        seat.talk = u.talk_state;
+        seat.talk = liveTalk(u);
         showSeat(state);
       } else if (u.kind === "status") {
         applyStatus(u.state, u.private, u.restarting_until_ts);
