@@ -1220,3 +1220,39 @@ def test_an_agents_calls_are_paged_to_the_oldest(org_server: Any) -> None:
     finally:
         c.close()
 
+
+def test_the_audit_log_is_paged_to_its_oldest_entry(org_server: Any) -> None:
+    """GET /api/audit took ``limit`` (at most 5,000) but no ``before``: over the real server
+    with 6,000 entries the 1,000 oldest could not be read through the API at all. It now pages
+    the log newest first (by id: entries of one moment keep one order), ``limit`` a page (500
+    unless asked), older than the entry ``before``, with ``more``/``next_before`` and
+    ``total``. Walking it, the auditor reads every entry once, the oldest last; reading the
+    log is not itself an entry, as before."""
+    server, _ = org_server
+    db = store.open_db(server.settings.db_path)
+    now = time.time()
+    try:
+        with db.conn:  # four entries a second
+            db.conn.executemany(
+                "INSERT INTO audit_log (ts, actor, actor_role, agent, action, detail) "
+                "VALUES (?, 'sup-a', 'supervisor', 'agent-a1', 'read_metrics', ?)",
+                [(now - 7200 + k // 4, json.dumps({"k": k})) for k in range(6000)])
+    finally:
+        db.conn.close()
+    c, cookie = _http_session(server, "auditrice", USER_PASSWORD)
+    try:
+        expected = query(server.settings, "SELECT id FROM audit_log ORDER BY id DESC")
+        assert len(expected) >= 6000
+        got, pages = _walk(c, cookie, "/api/audit", "entries", 999)
+        assert [g["id"] for g in got] == [e[0] for e in expected]  # the oldest last, each once
+        edges = range(999, len(got), 999)
+        assert sum(got[k - 1]["ts"] == got[k]["ts"] for k in edges) >= 4  # edges among ties
+        assert {p["total"] for p in pages} == {len(expected)}
+        assert query(server.settings, "SELECT count(*) FROM audit_log")[0][0] == len(expected)
+        first = c.get("/api/audit", headers=cookie).json()
+        assert [e["id"] for e in first["entries"]] == [e[0] for e in expected[:500]]
+        assert first["more"] and first["next_before"] == expected[499][0]
+        for bad in ("limit=0", "limit=5001", "limit=1_0", "before=0", "before=%D9%A1"):
+            assert c.get(f"/api/audit?{bad}", headers=cookie).status_code == 422, bad
+    finally:
+        c.close()

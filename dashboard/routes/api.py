@@ -1121,10 +1121,21 @@ def get_comparison(db: Db, user: CurrentUser, campaign: str) -> dict[str, Any]:
 
 @router.get("/audit")
 def get_audit(db: Db, user: CurrentUser,
+              before: Annotated[int | None, PlainWhole, Query(ge=1, le=MAX_ID)] = None,
               limit: Annotated[int, PlainWhole, Query(ge=1, le=5000)] = 500) -> dict[str, Any]:
-    """The audit log, newest first (auditors and admins)."""
+    """The audit log, newest first (auditors and admins), ``limit`` a page.
+
+    ``entries``: the newest ``limit`` entries older than the entry ``before`` (from the newest
+    without it); ``total``: entries in all; ``more``/``next_before``: the ``before`` of the next
+    page (None on the last).
+    """
     require_role(user, "admin", "auditor")
-    return {"entries": access.audit_entries(db, None, limit)}
+    entries = access.audit_entries(db, None, limit + 1, before)
+    more = len(entries) > limit
+    entries = entries[:limit]
+    total = db.conn.execute("SELECT count(*) FROM audit_log").fetchone()[0]
+    return {"entries": entries, "total": int(total), "more": more, "before": before,
+            "next_before": entries[-1]["id"] if more else None}
 
 
 @router.get("/aggregates")
