@@ -1127,15 +1127,10 @@ def get_audit(db: Db, user: CurrentUser,
 
     ``entries``: the newest ``limit`` entries older than the entry ``before`` (from the newest
     without it); ``total``: entries in all; ``more``/``next_before``: the ``before`` of the next
-    page (None on the last).
+    page (None on the last); ``newer_before``: that of the page before (None: the first).
     """
     require_role(user, "admin", "auditor")
-    entries = access.audit_entries(db, None, limit + 1, before)
-    more = len(entries) > limit
-    entries = entries[:limit]
-    total = db.conn.execute("SELECT count(*) FROM audit_log").fetchone()[0]
-    return {"entries": entries, "total": int(total), "more": more, "before": before,
-            "next_before": entries[-1]["id"] if more else None}
+    return access.audit_log_page(db, None, limit, before)
 
 
 @router.get("/aggregates")
