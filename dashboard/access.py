@@ -228,25 +228,32 @@ def audit_entries(db: sqlite_utils.Database, agent: str | None = None,
     return list(db.query(sql + " ORDER BY id DESC LIMIT ?", [*args, limit]))
 
 
-def audit_page(db: sqlite_utils.Database, agent: str, limit: int,
-               before: int | None = None) -> dict[str, Any]:
-    """One page of the entries about ``agent`` (newest first, older than ``before``), with how
-    many there are in all, whether older ones follow and the ``before`` that reads them, the
-    ``before`` of the page before this one (``newer_before``, None for the first page), and
-    :func:`audit_summary`: a flood of cheap reads pages an entry out of the list, never out of
-    the summary."""
+def audit_log_page(db: sqlite_utils.Database, agent: str | None, limit: int,
+                   before: int | None = None) -> dict[str, Any]:
+    """One page of the audit log, all of it or the entries about ``agent`` (newest first, by
+    id, older than the entry ``before``), with how many there are in all (``total``), whether
+    older ones follow (``more``) and the ``before`` that reads them (``next_before``), and the
+    ``before`` of the page before this one (``newer_before``, None for the first page)."""
     entries = audit_entries(db, agent, limit + 1, before)
     more = len(entries) > limit
     entries = entries[:limit]
-    total = db.conn.execute("SELECT count(*) FROM audit_log WHERE agent = ?",
-                            (agent,)).fetchone()[0]
+    where, args = ("", []) if agent is None else ("agent = ? AND ", [agent])
+    total = db.conn.execute(f"SELECT count(*) FROM audit_log WHERE {where}1",
+                            args).fetchone()[0]
     newer = before is not None and db.conn.execute(
-        "SELECT id FROM audit_log WHERE agent = ? AND id > ? ORDER BY id LIMIT 1 OFFSET ?",
-        (agent, before, limit - 1)).fetchone()
+        f"SELECT id FROM audit_log WHERE {where}id > ? ORDER BY id LIMIT 1 OFFSET ?",
+        (*args, before, limit - 1)).fetchone()
     return {"entries": entries, "total": int(total), "more": more, "before": before,
             "next_before": entries[-1]["id"] if more else None,
-            "newer_before": newer[0] if newer else None,
-            "summary": audit_summary(db, agent)}
+            "newer_before": newer[0] if newer else None}
+
+
+def audit_page(db: sqlite_utils.Database, agent: str, limit: int,
+               before: int | None = None) -> dict[str, Any]:
+    """One page of the entries about ``agent`` (:func:`audit_log_page`) with
+    :func:`audit_summary`: a flood of cheap reads pages an entry out of the list, never out of
+    the summary."""
+    return {**audit_log_page(db, agent, limit, before), "summary": audit_summary(db, agent)}
 
 
 VISIT_S = 10.0

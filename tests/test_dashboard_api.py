@@ -18,7 +18,9 @@ from dashboard import db as store
 from dashboard import retention, schema
 from dashboard.settings import DashboardSettings
 from tests._fixtures_dashboard import (
+    ADMIN_PASSWORD,
     ADMIN_USER,
+    USER_PASSWORD,
     client,
     csrf_header,
     login_as,
@@ -1132,3 +1134,125 @@ def test_goals_and_team_means_keep_to_metrics_whose_daily_mean_means_something(
         means = {a["metric"] for a in c.get("/api/aggregates").json()["aggregates"]}
     assert "near_speech_ratio" in means
     assert not {"monologue_s_current", "fatigue_phonation_min"} & means
+
+
+def _http_session(server: Any, user: str, password: str,
+                  secret: str | None = None) -> tuple[Any, dict[str, str]]:
+    """An ``httpx.Client`` on the real server logged in as ``user``, with its cookie header."""
+    import httpx
+
+    from tests._fixtures_dashboard import http_login
+
+    c = httpx.Client(base_url=server.url, timeout=20.0)
+    return c, {"cookie": f"__Host-miroir={http_login(c, user, password, secret)}"}
+
+
+def _walk(c: Any, cookie: dict[str, str], url: str, key: str,
+          limit: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every row of ``key`` a paged list gives, ``limit`` a page, following ``next_before``;
+    with each page's answer."""
+    got: list[dict[str, Any]] = []
+    pages: list[dict[str, Any]] = []
+    before: int | None = None
+    while True:
+        r = c.get(url, params={"limit": limit, **({} if before is None else {"before": before})},
+                  headers=cookie)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        pages.append(body)
+        assert len(body[key]) <= limit and body["before"] == before
+        got += body[key]
+        if not body["more"]:
+            assert body["next_before"] is None
+            return got, pages
+        assert body["next_before"] == body[key][-1]["id"]
+        before = body["next_before"]
+
+
+def test_an_agents_calls_are_paged_to_the_oldest(org_server: Any) -> None:
+    """GET /api/agents/{agent}/calls gave the newest 500 calls and no way further: over the real
+    server, of agent-a1's 1,230 calls the 730 oldest could not be read through the API (nor by
+    the agent, nor an admin). It now pages them newest first (start, then id: calls starting
+    together keep one order), ``limit`` a page (500 unless asked, at most 500), older than the
+    call ``before``: ``more``/``next_before`` lead on, ``total`` counts them. Walking 100 a page,
+    with calls sharing a start across the pages' edges, gives each call once, the oldest last;
+    each page read is audited as a read of the agent's calls, as the one page was."""
+    server, _ = org_server
+    db = store.open_db(server.settings.db_path)
+    try:
+        with db.conn:  # three calls a start: the pages' edges (every 100) fall among them
+            db.conn.executemany(
+                "INSERT INTO calls (agent, box, start_ts, end_ts, summary) VALUES (?, ?, ?, ?, ?)",
+                [("agent-a1", "box-a1", 1.7e9 + k // 3 * 60, 1.7e9 + k // 3 * 60 + 30,
+                  json.dumps({"n": k}) if k % 2 else None) for k in range(1200)])
+        expected = [r[0] for r in db.conn.execute(
+            "SELECT id FROM calls WHERE agent = 'agent-a1' ORDER BY start_ts DESC, id DESC")]
+    finally:
+        db.conn.close()
+    assert len(expected) == 1230  # and the seeded org's 30
+    c, cookie = _http_session(server, ADMIN_USER, ADMIN_PASSWORD)
+    try:
+        reads = query(server.settings, "SELECT count(*) FROM audit_log WHERE action = "
+                                       "'read_calls' AND agent = 'agent-a1'")[0][0]
+        got, pages = _walk(c, cookie, "/api/agents/agent-a1/calls", "calls", 100)
+        assert [g["id"] for g in got] == expected  # each once, newest first, the oldest last
+        assert all(got[k - 1]["start_ts"] == got[k]["start_ts"] for k in (100, 200, 1100))
+        assert {p["total"] for p in pages} == {1230} and len(pages) == 13
+        assert got[-1]["summary"] is None and got[-2]["summary"] == {"n": 1}  # parsed, as before
+        assert query(server.settings, "SELECT count(*) FROM audit_log WHERE action = "
+                                      "'read_calls' AND agent = 'agent-a1'")[0][0] == reads + 13
+        first = c.get("/api/agents/agent-a1/calls", headers=cookie).json()
+        assert [g["id"] for g in first["calls"]] == expected[:500] and first["more"]
+        assert first["next_before"] == expected[499]
+        for bad in ("limit=0", "limit=501", "limit=1_0", "before=0", "before=%D9%A1",
+                    "before=1e3"):
+            assert c.get(f"/api/agents/agent-a1/calls?{bad}",
+                         headers=cookie).status_code == 422, bad
+        b_call = query(server.settings, "SELECT id FROM calls WHERE agent = 'agent-b1'")[0][0]
+        r = c.get(f"/api/agents/agent-a1/calls?before={b_call}", headers=cookie)
+        assert r.status_code == 404  # another agent's call is no place in this list
+    finally:
+        c.close()
+    c, cookie = _http_session(server, "amina", USER_PASSWORD)
+    try:  # the agent reaches their oldest call too
+        got, _ = _walk(c, cookie, "/api/agents/agent-a1/calls", "calls", 500)
+        assert [g["id"] for g in got] == expected
+    finally:
+        c.close()
+
+
+def test_the_audit_log_is_paged_to_its_oldest_entry(org_server: Any) -> None:
+    """GET /api/audit took ``limit`` (at most 5,000) but no ``before``: over the real server
+    with 6,000 entries the 1,000 oldest could not be read through the API at all. It now pages
+    the log newest first (by id: entries of one moment keep one order), ``limit`` a page (500
+    unless asked), older than the entry ``before``, with ``more``/``next_before`` and
+    ``total``. Walking it, the auditor reads every entry once, the oldest last; reading the
+    log is not itself an entry, as before."""
+    server, _ = org_server
+    db = store.open_db(server.settings.db_path)
+    now = time.time()
+    try:
+        with db.conn:  # four entries a second
+            db.conn.executemany(
+                "INSERT INTO audit_log (ts, actor, actor_role, agent, action, detail) "
+                "VALUES (?, 'sup-a', 'supervisor', 'agent-a1', 'read_metrics', ?)",
+                [(now - 7200 + k // 4, json.dumps({"k": k})) for k in range(6000)])
+    finally:
+        db.conn.close()
+    c, cookie = _http_session(server, "auditrice", USER_PASSWORD)
+    try:
+        expected = query(server.settings, "SELECT id FROM audit_log ORDER BY id DESC")
+        assert len(expected) >= 6000
+        got, pages = _walk(c, cookie, "/api/audit", "entries", 999)
+        assert [g["id"] for g in got] == [e[0] for e in expected]  # the oldest last, each once
+        edges = range(999, len(got), 999)
+        assert sum(got[k - 1]["ts"] == got[k]["ts"] for k in edges) >= 4  # edges among ties
+        assert {p["total"] for p in pages} == {len(expected)}
+        assert query(server.settings, "SELECT count(*) FROM audit_log")[0][0] == len(expected)
+        first = c.get("/api/audit", headers=cookie).json()
+        assert [e["id"] for e in first["entries"]] == [e[0] for e in expected[:500]]
+        assert first["more"] and first["next_before"] == expected[499][0]
+        for bad in ("limit=0", "limit=5001", "limit=1_0", "before=0", "before=%D9%A1"):
+            assert c.get(f"/api/audit?{bad}", headers=cookie).status_code == 422, bad
+    finally:
+        c.close()

@@ -2295,3 +2295,69 @@ def test_the_ingest_figures_are_it_s_not_on_a_supervisor_s_floor(
         header, lag, messages, errors = seen[user]
         assert "latence p95" in header and "messages" in header and (lag, messages) == (1, 1)
         assert not errors, errors
+
+
+def test_the_audit_page_pages_the_log_to_its_oldest_entry(org_server: Any) -> None:
+    """The audit page listed the newest 500 entries of the log and no more, with no way to
+    older ones: over the real server with 6,000 entries, the 5,500 oldest could not be read
+    there (nor through the API, which took no ``before``). It now pages them, 500 a page, newest
+    first (by id: entries of one second keep one order across a page's edge), saying which of
+    how many it shows; "Plus anciennes →" leads to the next page (``?audit_before=``), "← Plus
+    récentes" one back, "« Les plus récentes" to the first; the language switch keeps the page.
+    Following the links, the auditor reads every entry once, the oldest last."""
+    import html
+    import re
+
+    import httpx
+
+    from tests._fixtures_dashboard import USER_PASSWORD, http_login
+
+    server, _ = org_server
+    db = store.open_db(server.settings.db_path)
+    now = time.time()
+    try:
+        with db.conn:  # four entries a second
+            db.conn.executemany(
+                "INSERT INTO audit_log (ts, actor, actor_role, agent, action, detail) "
+                "VALUES (?, 'sup-a', 'supervisor', 'agent-a1', 'read_metrics', '{}')",
+                [(now - 7200 + k // 4, ) for k in range(6000)])
+    finally:
+        db.conn.close()
+
+    def link(text: str, anchor: str) -> str | None:
+        found = re.search(rf'<a id="{anchor}" href="([^"]+)"', text)
+        if not found:
+            return None
+        address, _, fragment = html.unescape(found.group(1)).partition("#")
+        assert fragment == "audit-log"  # the log, below the team means
+        return address
+
+    with httpx.Client(base_url=server.url, timeout=20.0) as c:
+        cookie = {"cookie": f"__Host-miroir={http_login(c, 'auditrice', USER_PASSWORD)}"}
+        db = store.open_db(server.settings.db_path)
+        try:
+            expected = [r[0] for r in db.conn.execute("SELECT id FROM audit_log ORDER BY id DESC")]
+        finally:
+            db.conn.close()
+        got: list[int] = []
+        addresses: list[str] = []
+        url: str | None = "/audit"
+        while url is not None:
+            r = c.get(url, headers=cookie)
+            assert r.status_code == 200, url
+            ids = [int(i) for i in re.findall(r'<tr class="audit-entry" data-id="([0-9]+)"', r.text)]
+            assert 0 < len(ids) <= 500
+            assert f"{len(ids)} des {len(expected)} entrées du journal" in r.text
+            back = link(r.text, "audit-newer")
+            if addresses:
+                assert back == addresses[-1]  # one page back
+                assert (link(r.text, "audit-latest") == "/audit") == (len(addresses) >= 2)
+                assert f'name="next" value="{url}"' in r.text  # the language switch keeps it
+            else:
+                assert back is None and link(r.text, "audit-latest") is None
+            got += ids
+            addresses.append(url)
+            url = link(r.text, "audit-older")
+        assert got == expected  # every entry once, newest first, the oldest last
+        assert len(addresses) == -(-len(expected) // 500)
+        assert c.get("/audit?audit_before=1_0", headers=cookie).status_code == 422

@@ -821,16 +821,47 @@ def get_goal(db: Db, user: CurrentUser, goal_id: RowId) -> dict[str, Any]:
     return goal
 
 
-@router.get("/agents/{agent:id}/calls")
-def get_calls(db: Db, user: CurrentUser, agent: AgentId) -> dict[str, Any]:
-    """The agent's calls with their summaries and outcomes."""
-    access.require_agent(db, user, agent)
-    access.audit(db, user, "read_calls", agent)
-    calls = list(db.query("SELECT * FROM calls WHERE agent = ? ORDER BY start_ts DESC LIMIT 500",
-                          [agent]))
+MAX_CALLS_LIMIT = 500
+"""Most calls one page of ``GET /api/agents/{agent}/calls`` gives (and its default)."""
+
+
+def calls_page(db: Any, agent: str, limit: int, before: int | None) -> dict[str, Any]:
+    """One page of the agent's calls, newest first (by start, then id), those after the call
+    ``before`` in that order (404 unless it is one of the agent's), with ``total``, ``more`` and
+    the ``before`` of the next page (``next_before``, None on the last)."""
+    where, args = "agent = ?", [agent]
+    if before is not None:
+        pivot = db.conn.execute("SELECT start_ts, id FROM calls WHERE id = ? AND agent = ?",
+                                (before, agent)).fetchone()
+        if pivot is None:
+            raise access.not_found("call")
+        where += " AND (start_ts, id) < (?, ?)"
+        args += [pivot[0], pivot[1]]
+    rows = list(db.query(f"SELECT * FROM calls WHERE {where} ORDER BY start_ts DESC, id DESC "
+                         "LIMIT ?", [*args, limit + 1]))
+    more = len(rows) > limit
+    calls = rows[:limit]
     for c in calls:
         c["summary"] = json.loads(c["summary"]) if c.get("summary") else None
-    return {"calls": calls}
+    total = db.conn.execute("SELECT count(*) FROM calls WHERE agent = ?", (agent,)).fetchone()[0]
+    return {"calls": calls, "total": int(total), "more": more, "before": before,
+            "next_before": calls[-1]["id"] if more else None}
+
+
+@router.get("/agents/{agent:id}/calls")
+def get_calls(db: Db, user: CurrentUser, agent: AgentId,
+              before: Annotated[int | None, PlainWhole, Query(ge=1, le=MAX_ID)] = None,
+              limit: Annotated[int, PlainWhole, Query(ge=1, le=MAX_CALLS_LIMIT)]
+              = MAX_CALLS_LIMIT) -> dict[str, Any]:
+    """The agent's calls with their summaries and outcomes, newest first, ``limit`` a page.
+
+    ``calls``: the newest ``limit`` after the call ``before`` (from the newest without it; 404
+    if it is not one of the agent's); ``total``: the agent's calls in all;
+    ``more``/``next_before``: the ``before`` of the next page (None on the last).
+    """
+    access.require_agent(db, user, agent)
+    access.audit(db, user, "read_calls", agent)
+    return calls_page(db, agent, limit, before)
 
 
 @router.post("/calls", status_code=201)
@@ -1090,10 +1121,16 @@ def get_comparison(db: Db, user: CurrentUser, campaign: str) -> dict[str, Any]:
 
 @router.get("/audit")
 def get_audit(db: Db, user: CurrentUser,
+              before: Annotated[int | None, PlainWhole, Query(ge=1, le=MAX_ID)] = None,
               limit: Annotated[int, PlainWhole, Query(ge=1, le=5000)] = 500) -> dict[str, Any]:
-    """The audit log, newest first (auditors and admins)."""
+    """The audit log, newest first (auditors and admins), ``limit`` a page.
+
+    ``entries``: the newest ``limit`` entries older than the entry ``before`` (from the newest
+    without it); ``total``: entries in all; ``more``/``next_before``: the ``before`` of the next
+    page (None on the last); ``newer_before``: that of the page before (None: the first).
+    """
     require_role(user, "admin", "auditor")
-    return {"entries": access.audit_entries(db, None, limit)}
+    return access.audit_log_page(db, None, limit, before)
 
 
 @router.get("/aggregates")

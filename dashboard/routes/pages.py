@@ -417,12 +417,30 @@ def close_form(request: Request, db: Db, user: CurrentUser, campaign: str,
     return RedirectResponse(f"/campaigns/{campaign}", status_code=303)
 
 
+AUDIT_LOG_PAGE = 500
+"""Entries per page of the audit page, newest first (older ones a link away)."""
+
+
+def _audit_links(log: dict[str, Any]) -> dict[str, str | None]:
+    """The audit page's ``older``, ``newer`` (one page back) and ``latest`` (the first page,
+    once two or more back) addresses; None where there is no such page."""
+    def at(before: int | None) -> str:
+        return "/audit" + ("" if before is None else "?" + urlencode({"audit_before": before}))
+
+    return {"older": at(log["next_before"]) if log["more"] else None,
+            "newer": at(log["newer_before"]) if log["before"] is not None else None,
+            "latest": at(None) if log["newer_before"] is not None else None}
+
+
 @router.get("/audit")
-def audit_page(request: Request, db: Db, user: CurrentUser) -> Response:
-    """The audit log and per-team aggregates (auditors, admins)."""
+def audit_page(request: Request, db: Db, user: CurrentUser,
+               audit_before: AuditBefore = None) -> Response:
+    """The audit log, a page at a time, and per-team aggregates (auditors, admins)."""
     require_role(user, "admin", "auditor")
+    log = access.audit_log_page(db, None, AUDIT_LOG_PAGE, audit_before)
     return render(request, "audit.html", {
-        "entries": access.audit_entries(db, None, 500), "aggregates": api.aggregates(db, user),
+        "entries": log["entries"], "log": log, "links": _audit_links(log),
+        "aggregates": api.aggregates(db, user),
         "metrics": {n: registry.describe(n, user.lang)
                     for n in analytics.metric_names(db)}})
 
