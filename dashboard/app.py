@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import threading
@@ -207,11 +208,14 @@ def create_app(settings: DashboardSettings, *, start_ingest: bool = True) -> Fas
             ingest = Ingest(settings, notify=hub.publish)
             ingest.start()
         app.state.ingest = ingest
-        purger = asyncio.create_task(_purge_loop(settings))
+        loop, begun = asyncio.get_running_loop(), asyncio.Event()
+        app.state.erasure_begun = lambda: loop.call_soon_threadsafe(begun.set)
+        purger = asyncio.create_task(_purge_loop(settings, begun))
         alerter = asyncio.create_task(_alert_loop(settings))
         try:
             yield
         finally:
+            app.state.erasure_begun = None
             purger.cancel()
             alerter.cancel()
             hub.bind(None)
@@ -224,6 +228,7 @@ def create_app(settings: DashboardSettings, *, start_ingest: bool = True) -> Fas
     app.state.settings = settings
     app.state.hub = hub
     app.state.ingest = None
+    app.state.erasure_begun = None
     app.state.metrics_token = metrics_token
     app.state.cti_token = cti_token
     app.state.cti_rate = auth.RateLimit(settings.cti_rate_per_s, settings.cti_burst)
@@ -243,9 +248,8 @@ def create_app(settings: DashboardSettings, *, start_ingest: bool = True) -> Fas
 
 
 
-async def _every(settings: DashboardSettings, period_s: float, job: Callable[[Any], object],
-                 what: str) -> None:
-    """Run ``job(db)`` on a fresh connection in the thread pool now and every ``period_s``."""
+async def _once(settings: DashboardSettings, job: Callable[[Any], object], what: str) -> None:
+    """Run ``job(db)`` on a fresh connection in the thread pool; log its failure."""
     def once() -> None:
         db = store.open_db(settings.db_path)
         try:
@@ -253,11 +257,17 @@ async def _every(settings: DashboardSettings, period_s: float, job: Callable[[An
         finally:
             db.conn.close()
 
+    try:
+        await run_in_threadpool(once)
+    except Exception:
+        log.exception("%s failed", what)
+
+
+async def _every(settings: DashboardSettings, period_s: float, job: Callable[[Any], object],
+                 what: str) -> None:
+    """Run ``job(db)`` on a fresh connection in the thread pool now and every ``period_s``."""
     while True:
-        try:
-            await run_in_threadpool(once)
-        except Exception:
-            log.exception("%s failed", what)
+        await _once(settings, job, what)
         await asyncio.sleep(period_s)
 
 
@@ -268,10 +278,28 @@ async def _alert_loop(settings: DashboardSettings) -> None:
                  "fleet alert evaluation")
 
 
-async def _purge_loop(settings: DashboardSettings) -> None:
-    """Run the retention purge at start and every ``purge_interval_s``."""
-    await _every(settings, settings.purge_interval_s,
-                 lambda db: retention.purge_with(db, settings), "retention purge")
+async def _purge_loop(settings: DashboardSettings, erasure_begun: asyncio.Event) -> None:
+    """Run the retention purge at start and every ``purge_interval_s``, and in between finish
+    each erasure as soon as it is begun (``erasure_begun`` set: :func:`finish_erasures`)."""
+    loop = asyncio.get_running_loop()
+    due = loop.time()
+    while True:
+        erasure_begun.clear()  # before the job: one begun while it runs is seen next time
+        full = loop.time() >= due
+        job = (lambda db: retention.purge_with(db, settings)) if full else finish_erasures
+        await _once(settings, job, "retention purge" if full else "erasure")
+        if full:
+            due = loop.time() + settings.purge_interval_s
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(erasure_begun.wait(), max(0.0, due - loop.time()))
+
+
+def finish_erasures(db: Any) -> None:
+    """Delete the per-second rows of the erasures under way, then flush the deletion out of the
+    write-ahead log (:func:`dashboard.retention.finish_erasures`)."""
+    out = retention.finish_erasures(db)
+    log.info("erasure finished: %s per-second rows deleted", out)
+    retention.flush_deleted(db)
 
 
 def _uvicorn_config(app: FastAPI, settings: DashboardSettings) -> Any:

@@ -362,16 +362,29 @@ def stream_export(db_path: Path, chunks: Callable[[sqlite_utils.Database], Itera
 
 
 def erase_agent(db: sqlite_utils.Database, agent: str, now: float | None = None) -> dict[str, int]:
-    """Erase an agent who left: metrics and events of their seat windows, daily means,
-    coaching, calls, seats, account with its sessions, known browsers and login attempts.
+    """Erase an agent who left, to the end: :func:`begin_erasure`, then :func:`finish_erasures`
+    and :func:`flush_deleted`; return the rows deleted per table (the CLI and tests; the
+    dashboard's route answers after the first step and leaves the rest to its purge loop)."""
+    out = begin_erasure(db, agent, now)
+    out.update(finish_erasures(db))
+    flush_deleted(db)
+    return out
+
+
+def begin_erasure(db: sqlite_utils.Database, agent: str,
+                  now: float | None = None) -> dict[str, int]:
+    """Make an agent who left unreachable: delete their daily means, coaching, calls, seats,
+    account with its sessions, known browsers and login attempts, and note their seat windows;
+    return the rows deleted per table (the per-second rows are not among them).
 
     One transaction deletes everything but the per-second rows and notes the agent's seat
     windows (``erasures``, no name in it): from then on no page reaches those rows, which are
     read through the agent's seat history. :func:`finish_erasures` then deletes them
     :data:`PURGE_BATCH_ROWS` rows per transaction, so that the ingest and the pages wait for
     one batch at most (a month of one agent, a million rows, held the database 28 s in one
-    transaction: the boxes' rows waited, pages answered 500). A server stopped before the
-    end finishes at its next start (the retention purge).
+    transaction: the boxes' rows waited, pages answered 500); :func:`erasure_rows_left` counts
+    what is left. A server stopped before the end finishes at its next start (the retention
+    purge).
 
     The audit log entries about them are kept (they record who accessed the data and are
     themselves purged by retention); backups taken before, and what their box still holds
@@ -379,7 +392,7 @@ def erase_agent(db: sqlite_utils.Database, agent: str, now: float | None = None)
     seat is freed: its box forgets their learned baselines once online (``forget_baselines``).
     """
     now = time.time() if now is None else now
-    out: dict[str, int] = {"metrics": 0, "events": 0}
+    out: dict[str, int] = {}
     with db.conn:
         db.conn.execute("BEGIN IMMEDIATE")
         _note_erased_windows(db, agent, now)
@@ -399,8 +412,18 @@ def erase_agent(db: sqlite_utils.Database, agent: str, now: float | None = None)
         db.conn.execute("UPDATE seats SET agent = NULL, changed_ts = ? WHERE agent = ?",
                         (time.time(), agent))  # the box forgets the agent's baselines
         out["agents"] = db.conn.execute("DELETE FROM agents WHERE agent = ?", (agent,)).rowcount
-    out.update(finish_erasures(db))
-    flush_deleted(db)
+    return out
+
+
+def erasure_rows_left(db: sqlite_utils.Database) -> dict[str, int]:
+    """The per-second rows (metrics, events) that erasures under way have still to delete."""
+    out = {"metrics": 0, "events": 0}
+    for box, from_ts, to_ts in db.conn.execute(
+            "SELECT box, from_ts, to_ts FROM erasures").fetchall():
+        for table in out:
+            out[table] += db.conn.execute(
+                f"SELECT count(*) FROM {table} WHERE box = ? AND ts >= ? AND ts < ?",
+                (box, from_ts, to_ts)).fetchone()[0]
     return out
 
 

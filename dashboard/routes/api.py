@@ -972,12 +972,29 @@ def export_agent_json(db: Db, user: CurrentUser, settings: Settings,
 
 
 @router.post("/agents/{agent:id}/erase")
-def erase_agent(db: Db, user: CurrentUser, agent: AgentId) -> dict[str, Any]:
-    """Erase an agent who left (admins only)."""
+def erase_agent(request: Request, db: Db, user: CurrentUser, agent: AgentId) -> dict[str, Any]:
+    """Erase an agent who left (admins only): answered once nothing of theirs is reachable,
+    with the rows deleted and the per-second rows left, which the purge loop then deletes
+    (``GET /api/erasures`` follows it)."""
     require_role(user, "admin")
     access.require_agent(db, user, agent)
     access.audit(db, user, "erase", agent)
-    return {"deleted": retention.erase_agent(db, agent)}
+    deleted = retention.begin_erasure(db, agent)
+    begun = request.app.state.erasure_begun
+    if begun is None:  # no purge loop (an app not started): finished here, as before
+        deleted.update(retention.finish_erasures(db))
+    retention.flush_deleted(db)  # their name, account and notes out of the files at once
+    left = retention.erasure_rows_left(db)
+    if begun is not None:
+        begun()
+    return {"deleted": deleted, "left": left}
+
+
+@router.get("/erasures")
+def get_erasures(db: Db, user: CurrentUser) -> dict[str, Any]:
+    """The per-second rows that erasures under way have still to delete (admins only)."""
+    require_role(user, "admin")
+    return {"left": retention.erasure_rows_left(db)}
 
 
 # Last of the agent routes: its path takes the rest of the URL. An agent id is one path segment
