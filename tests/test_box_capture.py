@@ -1024,3 +1024,28 @@ def test_a_second_agent_on_the_same_state_directory_refuses_to_start_and_touches
                 proc.wait(timeout=30)
     assert third.returncode == 0, (tmp_path / "third.log").read_text()[-600:]
     assert "lost" not in (tmp_path / "first.log").read_text()
+
+
+def test_edge_run_keeps_its_state_in_the_directory_state_dir_names(tmp_path: Path) -> None:
+    """``miroir edge run --state-dir DIR`` (README: DIR in place of the settings' state_dir, as
+    site IT runs an agent by hand beside the service) refused to start, whatever DIR: the option
+    is read as a path and the settings took only text for one ("setting 'state_dir': expected
+    Path, got PosixPath(...)", exit 2). The agent now runs with its outbox and its lock in DIR,
+    nothing in the settings' state_dir."""
+    import subprocess
+    import sys
+
+    emodb = Path(__file__).resolve().parents[2] / "shared" / "data" / "emodb" / "wav"
+    settings_dir, given = tmp_path / "settings-state", tmp_path / "given"
+    config = tmp_path / "box.toml"
+    config.write_text(f'site = "site-a"\nbox = "box-a"\nbroker_port = 9\n'
+                      f'state_dir = "{settings_dir}"\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "miroir", "edge", "run", "--config", str(config), "--state-dir",
+         str(given), "--fast", "--replay", str(emodb / "03a01Fa.wav"), str(emodb / "03a01Nc.wav")],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-1000:]
+    assert {"outbox.sqlite", "agent.lock"} <= {p.name for p in given.iterdir()}
+    with sqlite3.connect(given / "outbox.sqlite") as db:
+        assert db.execute("SELECT count(*) FROM outbox").fetchone()[0] > 0
+    assert not settings_dir.exists()
