@@ -194,12 +194,26 @@ def _m12_variants_by_campaign(db: sqlite_utils.Database) -> None:
     db.conn.execute("CREATE INDEX IF NOT EXISTS variants_campaign ON variants(campaign, id)")
 
 
+def _m13_agents_off_other_teams_campaigns(db: sqlite_utils.Database) -> None:
+    """Agents off a campaign of another team than theirs (an older release's assignment)."""
+    # Such an agent's campaign id showed to their own team's supervisor, to whom the campaign
+    # answers 404 (their record, the floor's filter); new calls are no longer tagged with it
+    # (api.OTHER_TEAM). Taken off, as the import takes off an agent moved to another team.
+    left = db.conn.execute(
+        "SELECT a.agent, a.campaign FROM agents a JOIN campaigns c ON c.campaign = a.campaign "
+        "WHERE c.team IS NOT NULL AND c.team IS NOT a.team ORDER BY a.agent").fetchall()
+    for agent, campaign in left:
+        db.conn.execute("UPDATE agents SET campaign = NULL, variant = NULL WHERE agent = ?",
+                        (agent,))
+        log.info("agent %s is not in campaign %s's team: taken off it", agent, campaign)
+
+
 MIGRATIONS: list[Migration] = [_m1_inventory_roles_audit, _m2_campaign_life_and_alerts,
                                _m3_known_devices, _m4_code_attempts_and_device_renewal,
                                _m5_retired_boxes, _m6_stream_rows_by_box_and_time,
                                _m7_calls_by_campaign_variant, _m8_daily_means_kept_up_to_date,
                                _m9_erasures_under_way, _m10_seat_changes, _m11_purged_rows_by_time,
-                               _m12_variants_by_campaign]
+                               _m12_variants_by_campaign, _m13_agents_off_other_teams_campaigns]
 """Ordered migrations; migration ``i`` (1-based) brings the schema to version ``i``."""
 
 

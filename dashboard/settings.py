@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import json
+import math
 import os
 import types
 import typing
@@ -146,7 +147,8 @@ class DashboardSettings(BaseSettings):
     def _plain_numbers(cls, value: Any, info: ValidationInfo) -> Any:
         """A number given as text in digits 0-9 (one ``.`` and a leading ``-`` allowed), as
         :mod:`miroir.numbers` reads it: pydantic's own reading took ``8_883``, ``+8883`` and
-        `` 8883`` for 8883, and ``1e3`` for 1000."""
+        `` 8883`` for 8883, and ``1e3`` for 1000. Digits past a float's range are refused too
+        (read as infinity, a retention of that many days stopped the purge with a traceback)."""
         if not isinstance(value, str) or info.field_name is None:
             return value
         hint = cls.model_fields[info.field_name].annotation
@@ -155,7 +157,10 @@ class DashboardSettings(BaseSettings):
             if int in kinds:
                 return whole_number(value, info.field_name, signed=True)
             if float in kinds:
-                return decimal_number(value, info.field_name, signed=True)
+                number = decimal_number(value, info.field_name, signed=True)
+                if not math.isfinite(number):
+                    raise ValueError(f"{info.field_name} is too large")
+                return number
         except ValueError as exc:  # worded by _line as any other number that does not parse
             kind = "int_parsing" if int in kinds else "float_parsing"
             raise PydanticCustomError(kind, str(exc)) from None

@@ -71,16 +71,31 @@ def parse(text: str, private_now: bool) -> dict[str, Any]:
     raise ControlError(f"unknown local command {text.strip()[:40]!r}: use {USAGE}")
 
 
+def _listened_on(path: Path) -> bool:
+    """True if a live process has a socket bound at ``path`` (a connect to it succeeds); False
+    for a socket file no one holds (a stopped or killed agent's: refused) or one this process
+    may not write to."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
 class ControlSocket:
     """A non-blocking Unix datagram socket bound at ``path``; :meth:`take` drains it.
 
     Args:
-        path: Where to bind (an old socket file there is replaced).
+        path: Where to bind (an old socket file there is replaced; one another agent still
+            listens on is not).
         group: Group allowed to send (mode 0660), if it exists; else mode 0600.
 
     Raises:
         ControlError: something else than a socket is at ``path`` (kept: a typo in the settings
-            must not delete the file it names).
+            must not delete the file it names), or a socket another agent listens on (kept: an
+            agent run by hand beside the service, its state elsewhere, took the service's over,
+            and its stop then removed it).
         OSError: the socket cannot be made there.
     """
 
@@ -92,6 +107,10 @@ class ControlSocket:
             if not stat.S_ISSOCK(self.path.lstat().st_mode):
                 raise ControlError(f"control_socket {self.path} is not a socket: left as it is "
                                    "(set control_socket to a free path, e.g. /run/miroir/control)")
+            if _listened_on(self.path):
+                raise ControlError(f"control_socket {self.path}: another agent listens on it: "
+                                   "left to it (stop that agent first, or set another "
+                                   "control_socket)")
             self.path.unlink()
         except FileNotFoundError:
             pass

@@ -143,6 +143,8 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if value is None and type(None) in allowed:
         return None
+    if isinstance(value, Path) and Path in allowed:  # an override: `edge run --state-dir`
+        value = str(value)
     if isinstance(value, str) and "\0" in value:  # no path, device or group name holds one
         raise SettingsError(f"setting {name!r}: a NUL character in {value!r}")
     for typ in allowed:

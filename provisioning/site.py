@@ -87,8 +87,9 @@ DEFAULT_PORT = 8883
 KICK_TIMEOUT_S = 5.0
 """How long :meth:`Site.kick` waits for the broker to accept its takeover of a box's session."""
 CONFIRM_TIMEOUT_S = 5.0
-"""How long :meth:`Site.revoke` tries a certificate revoked with the box's on the broker, after its
-reload, until it is refused. Measured on Mosquitto 2.0.11 with 10 boxes connected: the try made at
+"""How long :meth:`Site.revoke` (and ``rotate --finish``) tries a certificate revoked with the
+box's on the broker, after its reload, until it is refused (and :meth:`Site.renew` waits for it to
+serve its new certificate). Measured on Mosquitto 2.0.11 with 10 boxes connected: the try made at
 once after the SIGHUP was still let in 9 times out of 10, the next one (0.05 s later) refused."""
 CONFIRM_RETRY_S = 0.05
 """Pause between two of those tries."""
@@ -397,6 +398,31 @@ class Site:
             raise
         return self.acl
 
+    def _until_read(self, read: Callable[[], bool], unread: str, unasked: str, reload: Reload,
+                    done: str, again: str, timeout_s: float) -> float:
+        """Ask the broker ``read`` every :data:`CONFIRM_RETRY_S` until it answers True (its
+        reload has read the site's files) and return how long that took, in seconds.
+
+        Raises:
+            SiteError: still False (``unread``), or the broker could not be asked (``unasked``,
+                with the error), after ``timeout_s``: the message says so, what is ``done`` and
+                the command to run ``again`` with the options of ``reload``.
+        """
+        start = time.monotonic()
+        while True:
+            try:
+                if read():
+                    return time.monotonic() - start
+                why = unread
+            except OSError as exc:
+                why = f"{unasked} ({exc})"
+            if time.monotonic() - start >= timeout_s:
+                raise SiteError(
+                    f"the broker at {self.admin_host}:{self.port} {why} {timeout_s:.0f} s after "
+                    f"its reload (its log, {self.log}, says whether it reloaded): "
+                    + _not_read(reload, done, again))
+            time.sleep(CONFIRM_RETRY_S)
+
     def _refused_after(self, check: CertPair, what: str, reload: Reload, done: str, again: str,
                        timeout_s: float = CONFIRM_TIMEOUT_S) -> float:
         """Try ``check``, a certificate revoked in the same CRL as ``what`` (a box's revoked or
@@ -406,27 +432,16 @@ class Site:
         CN, and cut it at each try.)
 
         Raises:
-            SiteError: still let in, or the broker could not be asked, after ``timeout_s``: the
-                message says so, what is ``done`` and the command to run ``again`` with the
-                options of ``reload``.
+            SiteError: still let in, or the broker could not be asked, after ``timeout_s``
+                (:meth:`_until_read`).
         """
-        start = time.monotonic()
-        while True:
-            try:
-                if not lets_in(self.admin_host, self.port, self.ca.cert, check, check_identity(
-                        self.site)):
-                    took = time.monotonic() - start
-                    log.info("%s refused %.3f s after the reload", what, took)
-                    return took
-                why = f"still let {what} in"
-            except OSError as exc:
-                why = f"could not be asked about {what} ({exc})"
-            if time.monotonic() - start >= timeout_s:
-                raise SiteError(
-                    f"the broker at {self.admin_host}:{self.port} {why} {timeout_s:.0f} s after "
-                    f"its reload (its log, {self.log}, says whether it reloaded): "
-                    + _not_read(reload, done, again))
-            time.sleep(CONFIRM_RETRY_S)
+        took = self._until_read(
+            lambda: not lets_in(self.admin_host, self.port, self.ca.cert, check,
+                                check_identity(self.site)),
+            f"still let {what} in", f"could not be asked about {what}", reload, done, again,
+            timeout_s)
+        log.info("%s refused %.3f s after the reload", what, took)
+        return took
 
     def _serves_new(self, reload: Reload, done: str, again: str,
                     timeout_s: float = CONFIRM_TIMEOUT_S) -> float:
@@ -434,27 +449,17 @@ class Site:
         it) and return how long that took, in seconds.
 
         Raises:
-            SiteError: it still serves another, or could not be asked, after ``timeout_s``: the
-                message says so, what is ``done`` and the command to run ``again``.
+            SiteError: it still serves another, or could not be asked, after ``timeout_s``
+                (:meth:`_until_read`).
         """
         serial = pki.load_cert(self.server.cert).serial_number
-        start = time.monotonic()
-        while True:
-            try:
-                if served_serial(self.admin_host, self.port, self.ca.cert,
-                                 self.dashboard) == serial:
-                    took = time.monotonic() - start
-                    log.info("the broker serves its new certificate %.3f s after the reload", took)
-                    return took
-                why = "still served its old certificate"
-            except OSError as exc:
-                why = f"could not be asked which certificate it serves ({exc})"
-            if time.monotonic() - start >= timeout_s:
-                raise SiteError(
-                    f"the broker at {self.admin_host}:{self.port} {why} {timeout_s:.0f} s after "
-                    f"its reload (its log, {self.log}, says whether it reloaded): "
-                    + _not_read(reload, done, again))
-            time.sleep(CONFIRM_RETRY_S)
+        took = self._until_read(
+            lambda: served_serial(self.admin_host, self.port, self.ca.cert,
+                                  self.dashboard) == serial,
+            "still served its old certificate", "could not be asked which certificate it serves",
+            reload, done, again, timeout_s)
+        log.info("the broker serves its new certificate %.3f s after the reload", took)
+        return took
 
     def kick(self, box: str, timeout_s: float = KICK_TIMEOUT_S) -> bool:
         """Close a box's live MQTT connection: connect once as the box, with a certificate issued

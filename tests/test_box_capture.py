@@ -1024,3 +1024,95 @@ def test_a_second_agent_on_the_same_state_directory_refuses_to_start_and_touches
                 proc.wait(timeout=30)
     assert third.returncode == 0, (tmp_path / "third.log").read_text()[-600:]
     assert "lost" not in (tmp_path / "first.log").read_text()
+
+
+def test_edge_run_keeps_its_state_in_the_directory_state_dir_names(tmp_path: Path) -> None:
+    """``miroir edge run --state-dir DIR`` (README: DIR in place of the settings' state_dir, as
+    site IT runs an agent by hand beside the service) refused to start, whatever DIR: the option
+    is read as a path and the settings took only text for one ("setting 'state_dir': expected
+    Path, got PosixPath(...)", exit 2). The agent now runs with its outbox and its lock in DIR,
+    nothing in the settings' state_dir."""
+    import subprocess
+    import sys
+
+    emodb = Path(__file__).resolve().parents[2] / "shared" / "data" / "emodb" / "wav"
+    settings_dir, given = tmp_path / "settings-state", tmp_path / "given"
+    config = tmp_path / "box.toml"
+    config.write_text(f'site = "site-a"\nbox = "box-a"\nbroker_port = 9\n'
+                      f'state_dir = "{settings_dir}"\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "miroir", "edge", "run", "--config", str(config), "--state-dir",
+         str(given), "--fast", "--replay", str(emodb / "03a01Fa.wav"), str(emodb / "03a01Nc.wav")],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-1000:]
+    assert {"outbox.sqlite", "agent.lock"} <= {p.name for p in given.iterdir()}
+    with sqlite3.connect(given / "outbox.sqlite") as db:
+        assert db.execute("SELECT count(*) FROM outbox").fetchone()[0] > 0
+    assert not settings_dir.exists()
+
+
+def test_a_second_agent_on_another_state_directory_leaves_the_first_its_control_socket(
+        tmp_path: Path) -> None:
+    """Site IT running ``miroir edge run`` by hand with the service's settings and
+    ``--state-dir`` elsewhere: the state directory's lock does not stop it, and the real second
+    agent replaced the first one's control socket with its own, which its stop then removed: the
+    first agent, still running, was left with no control socket (the front panel's button and the
+    CTI connector reached nothing, ENOENT, until a restart). A live socket at the path is now left
+    to its agent: the second runs without one (its journal says why) and the first keeps its."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    control = tmp_path / "run" / "control"
+    config = tmp_path / "box.toml"
+    config.write_text(f'site = "site-a"\nbox = "box-a"\nbroker_port = 9\n'
+                      f'state_dir = "{tmp_path / "state"}"\ncontrol_socket = "{control}"\n'
+                      'control_group = "no-such-group-here"\n')
+    run = [sys.executable, "-m", "miroir", "edge", "run", "--config", str(config), "--replay",
+           str(shared / "ami-headsets" / "source0.wav"),
+           str(shared / "ami-headsets" / "source1.wav"), "--loop"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+
+    def start(log: Path, *extra: str) -> subprocess.Popen[bytes]:
+        with log.open("wb") as err:
+            proc = subprocess.Popen([*run, *extra], stdout=subprocess.DEVNULL, stderr=err,
+                                    env=env)
+        wait_until(lambda: "replaying" in log.read_text() or proc.poll() is not None,
+                   "the agent to start")
+        assert proc.poll() is None, log.read_text()[-600:]
+        return proc
+
+    def answer(text: bytes) -> bytes:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind("")  # an address, for the agent's answer
+            sock.settimeout(30.0)
+            sock.sendto(text, str(control))
+            return sock.recv(512)
+
+    first = start(tmp_path / "first.log")
+    second = None
+    try:
+        wait_until(control.is_socket, "the first agent's control socket")
+        socket_inode = control.stat().st_ino
+        second_log = tmp_path / "second.log"
+        second = start(second_log, "--state-dir", str(tmp_path / "state-2"))
+        # the second's word on the control socket: refused (now), or the path taken over
+        wait_until(lambda: "no control socket" in second_log.read_text()
+                   or not control.exists() or control.stat().st_ino != socket_inode,
+                   "the second agent's control socket, or its refusal")
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=60) == 0, second_log.read_text()[-600:]
+        assert control.is_socket(), "the second agent's stop left the first with no socket"
+        assert control.stat().st_ino == socket_inode  # the first's, never taken over
+        assert answer(b"identify") == b"ok identify"
+        assert f"no control socket at {control}: control_socket {control}: another agent " \
+               "listens on it" in second_log.read_text(), second_log.read_text()[-2000:]
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=30)
+    assert first.returncode == 0, (tmp_path / "first.log").read_text()[-600:]

@@ -1100,3 +1100,42 @@ def test_the_language_switch_keeps_the_campaigns_page_it_is_on(org_server: Any) 
         assert 'id="campaigns-older"' not in back and "← Newer</a>" in back
     finally:
         c.close()
+
+
+def test_an_agent_an_older_release_left_on_another_teams_campaign_is_taken_off_it(
+        tmp_path: Path) -> None:
+    """The release before today's let an admin put team B's agent-b1 on team A's camp-a (200,
+    stored on the agent). Today's refuses that, and tags none of their new calls with it, but a
+    dashboard upgraded with such an agent kept them on it: over the real server, team B's
+    supervisor, to whom camp-a answers 404, still read its id in agent-b1's record
+    (/api/agents/agent-b1) and in the floor's campaign filter. The upgrade (migration 13) takes such an
+    agent off it, campaign and variant, as the import does for an agent moved to another team;
+    an agent on their own team's campaign, or on one of no team, stays."""
+    from tests._fixtures_dashboard import DashboardServer
+
+    settings = make_settings(tmp_path)
+    data = seed_org(settings, seconds=30)
+    db = store.open_db(settings.db_path)
+    with db.conn:  # the older release's database: its assignment, before this migration
+        db.conn.execute("DELETE FROM schema_version WHERE version > 12")
+        db.conn.execute("UPDATE agents SET campaign = 'camp-a', variant = 1 "
+                        "WHERE agent = 'agent-b1'")
+        db.conn.execute("INSERT INTO campaigns (campaign, name, team, created_ts) "
+                        "VALUES ('tous', 'Tous', NULL, 0)")
+        db.conn.execute("UPDATE agents SET campaign = 'tous' WHERE agent = 'agent-a2'")
+    db.conn.close()
+    with DashboardServer(settings, start_ingest=False) as server:
+        c, cookie, _ = _served_session(server, "sup-b", USER_PASSWORD, data["secrets"]["sup-b"])
+        try:
+            assert "Salon Lyon" not in c.get("/agents/agent-b1", headers=cookie).text
+            assert c.get("/api/agents/agent-b1", headers=cookie).json()["campaign"] is None
+            assert "camp-a" not in c.get("/api/floor", headers=cookie).json()["campaigns"]
+        finally:
+            c.close()
+    db = store.open_db(settings.db_path)
+    agents = {a: (c, v) for a, c, v in db.conn.execute(
+        "SELECT agent, campaign, variant FROM agents ORDER BY agent")}
+    db.conn.close()
+    assert agents["agent-b1"] == (None, None)
+    assert agents["agent-a2"] == ("tous", None)  # a campaign of no team takes any agent
+    assert agents["agent-a1"] == ("camp-a", None)

@@ -598,7 +598,7 @@ def test_a_dashboard_that_ran_migration_3_gets_migration_4(tmp_path: Path) -> No
                         (auth._token_hash(token), "chef", time.time()))
         db.conn.execute("INSERT INTO login_attempts (ts, username, addr, ok) VALUES (?, ?, ?, 0)",
                         (time.time(), "chef", "198.51.100.1"))
-    assert schema.ensure_schema(db) == len(schema.MIGRATIONS) == 12
+    assert schema.ensure_schema(db) == len(schema.MIGRATIONS) == 13
     assert auth.known_device(db, "chef", token) == token
     assert db.conn.execute("SELECT kind FROM login_attempts").fetchone()[0] == "password"
     failed_login(db, "chef", "198.51.100.1", kind="code")

@@ -117,6 +117,13 @@ def test_a_number_in_a_setting_is_taken_in_plain_digits_only(tmp_path: Path) -> 
         "miroir: error: MIROIR_DASH_CTI_BURST: expected a whole number, at least 1, got '+200'",
     ], done.stderr
     assert not db.exists()
+    # plain digits past a float's range: read as infinity (a traceback: "timestamp out of range")
+    huge = "1" + "0" * 400
+    done = _run(["purge"], {**site, "MIROIR_DASH_RETENTION_METRICS_DAYS": huge}, tmp_path)
+    assert (done.returncode, done.stderr.splitlines()) == (2, [
+        "miroir: error: MIROIR_DASH_RETENTION_METRICS_DAYS: expected a number, above 0, got "
+        f"'{huge}'"]), done.stderr[-600:]
+    assert not db.exists()
     done = _run(["purge"], {**site, "MIROIR_DASH_MQTT_PORT": "8883", "MIROIR_DASH_CTI_BURST": "200",
                             "MIROIR_DASH_RETENTION_METRICS_DAYS": "10.5"}, tmp_path)
     assert done.returncode == 0, done.stderr

@@ -12,6 +12,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from edge.box import Box
 from edge.pipeline import load_vad_model
@@ -179,13 +180,19 @@ def test_a_control_socket_closed_leaves_the_socket_another_agent_bound_since(tmp
     first one's file replaced): when the first stops, its close removed the path, the second's
     socket, and the front panel's button and the CTI connector reached nothing (measured: the
     second's socket file gone, its sends refused with ENOENT). A close now removes only the socket
-    it bound (its device and inode); the second's own close still removes it."""
+    it bound (its device and inode); the second's own close still removes it. (An agent no longer
+    takes a live socket over, test_box_capture's second agent on another state directory: the
+    path is taken here as another program could, the first's file removed.)"""
     import socket
 
-    from edge.control import ControlSocket
+    from edge.control import ControlError, ControlSocket
 
     path = tmp_path / "run" / "control"
     first = ControlSocket(path)
+    with pytest.raises(ControlError, match="another agent listens on it"):
+        ControlSocket(path)
+    assert path.is_socket()
+    path.unlink()
     second = ControlSocket(path)  # takes the path over
     first.close()
     assert path.is_socket(), "the second agent's socket was removed by the first's close"
