@@ -1256,3 +1256,59 @@ def test_the_audit_log_is_paged_to_its_oldest_entry(org_server: Any) -> None:
             assert c.get(f"/api/audit?{bad}", headers=cookie).status_code == 422, bad
     finally:
         c.close()
+
+
+def test_the_agent_s_turns_chart_and_exports_say_hold_for_seconds_on_hold(
+        org_server: Any) -> None:
+    """The floor's timeline says ``hold`` for a second on hold (db.HELD_TALK_STATE_SQL), while
+    the agent page's "Tours de parole" chart (its rows' talk_state) and the CSV exports gave the
+    stored talk state: the agent asking a colleague on hold read as the agent talking on the
+    call. They now say ``hold`` for it (Excel: "En attente"), by the same rule, the columns kept."""
+    import csv
+    import io
+
+    from miroir import wire
+
+    server, data = org_server
+    start = time.time() - 100
+    held = {start + k for k in range(10, 15)}
+    db = store.open_db(server.settings.db_path)
+    try:
+        for k in range(20):
+            store.insert_metrics(db, wire.decode("metrics", wire.encode("metrics", {
+                "v": wire.SCHEMA_VERSION, "site": server.settings.site, "box": "box-a1",
+                "ts": start + k, "seq": 9_000_000 + k, "t_start": 1.0, "window_s": 1.0,
+                "near_speech_ratio": 0.9, "far_speech_ratio": 0.0, "near_talking": True,
+                "far_talking": False, "talk_state": "agent",
+                "on_hold": start + k in held})), time.time())
+    finally:
+        db.conn.close()
+    c, cookie = _http_session(server, "sup-a", USER_PASSWORD, data["secrets"]["sup-a"])
+    try:
+        r = c.get("/api/agents/agent-a1/metrics", params={"since_ts": start - 1},
+                  headers=cookie)
+        assert r.status_code == 200, r.text
+        chart = {row["ts"]: row["talk_state"] for row in r.json()["rows"]
+                 if row["seq"] >= 9_000_000}  # the seeded org's own rows aside
+        assert len(chart) == 20
+        assert {ts for ts, s in chart.items() if s == "hold"} == held
+        assert {s for ts, s in chart.items() if ts not in held} == {"agent"}
+        for path, delimiter, state, hold in (
+                ("/api/agents/agent-a1/export.csv", ",", "talk_state", "hold"),
+                ("/api/agents/agent-a1/export.csv?excel=1", ";", "Tour de parole",
+                 "En attente")):
+            r = c.get(path, headers=cookie)
+            assert r.status_code == 200, path
+            rows = list(csv.DictReader(io.StringIO(r.text.removeprefix("\ufeff")),
+                                       delimiter=delimiter))
+            seq = "seq" if delimiter == "," else "N°"
+            mine = {int(row[seq]) - 9_000_000: row[state] for row in rows
+                    if int(row[seq]) >= 9_000_000}
+            assert len(mine) == 20, path
+            assert {k for k, s in mine.items() if s == hold} == {10, 11, 12, 13, 14}, path
+            assert {s for k, s in mine.items() if not 10 <= k < 15} == (
+                {"agent"} if delimiter == "," else {"Agent parle"}), path
+        assert c.get("/api/agents/agent-a1/export.csv", headers=cookie).text.startswith(
+            "agent,box,seq,time_utc,ts,talk_state,")
+    finally:
+        c.close()
