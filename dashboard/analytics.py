@@ -14,6 +14,7 @@ import sqlite_utils
 
 from miroir.wire import DAY_S
 
+from . import db as store
 from . import registry
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,11 @@ MAX_METRIC_ROWS = 20000
 """Rows of one agent's metrics the API answers at most (5.6 h of one-second rows): the newest."""
 
 
+TALK_STATE_COLUMN = f"{store.HELD_TALK_STATE_SQL} AS talk_state"
+"""The talk state an agent's rows give (their chart, the exports): the stored one, ``hold`` for
+a second whose call was on hold (the talk then is not the call's), the floor timeline's rule."""
+
+
 def agent_metrics(db: sqlite_utils.Database, agent: str, since_ts: float = 0.0,
                   until_ts: float | None = None,
                   limit: int = MAX_METRIC_ROWS) -> list[dict[str, Any]]:
@@ -54,9 +60,10 @@ def agent_metrics(db: sqlite_utils.Database, agent: str, since_ts: float = 0.0,
     Each row holds the charted metrics, the fatigue factors, each channel's signal state
     (``near_signal``, ``far_signal``: why a channel's metrics are missing) and whether the call
     was on hold (``on_hold``, True or False; None from a box that does not say: why a rolling
-    window is missing)."""
+    window is missing); ``talk_state`` is ``hold`` for a second on hold, as on the floor's
+    timeline (:data:`TALK_STATE_COLUMN`)."""
     names = metric_names(db) + [registry.factor_column(f) for f in factor_names(db)]
-    cols = ", ".join(["m.box", "m.seq", "m.ts", "m.talk_state", "m.near_signal", "m.far_signal",
+    cols = ", ".join(["m.box", "m.seq", "m.ts", TALK_STATE_COLUMN, "m.near_signal", "m.far_signal",
                       "m.on_hold", *(f"m.{n}" for n in names)])
     until = time.time() + DAY_S if until_ts is None else until_ts
     cur = db.conn.execute(
@@ -73,9 +80,10 @@ def agent_metrics(db: sqlite_utils.Database, agent: str, since_ts: float = 0.0,
 def iter_agent_metrics(db: sqlite_utils.Database, agent: str, since_ts: float = 0.0,
                        batch: int = 1000) -> Iterator[dict[str, Any]]:
     """Every metrics row of the agent since ``since_ts``, oldest first, as
-    :func:`agent_metrics` without its limit: read ``batch`` rows at a time (exports)."""
+    :func:`agent_metrics` without its limit (``hold`` for a talk state on hold): read ``batch``
+    rows at a time (exports)."""
     names = metric_names(db)
-    cols = ", ".join(["m.box", "m.seq", "m.ts", "m.talk_state", *(f"m.{n}" for n in names)])
+    cols = ", ".join(["m.box", "m.seq", "m.ts", TALK_STATE_COLUMN, *(f"m.{n}" for n in names)])
     cur = db.conn.execute(
         f"SELECT {cols} FROM metrics m {_windows_sql()} WHERE h.agent = ? AND m.ts >= ? "
         f"AND m.ts < ? ORDER BY m.ts", (agent, since_ts, time.time() + DAY_S))

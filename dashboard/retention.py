@@ -193,7 +193,8 @@ def spreadsheet_safe(value: object) -> object:
 
 def metrics_csv_chunks(db: sqlite_utils.Database, agents: list[str],
                        since_ts: float = 0.0) -> Iterator[str]:
-    """CSV of the per-second metrics of ``agents`` (one row per second, ISO UTC time), in pieces
+    """CSV of the per-second metrics of ``agents`` (one row per second, ISO UTC time, the talk
+    state ``hold`` for a second on hold: :data:`analytics.TALK_STATE_COLUMN`), in pieces
     of :data:`EXPORT_BATCH_ROWS` rows; no text cell starts a formula (:func:`spreadsheet_safe`:
     the agent id and the box id; the metric columns are numbers)."""
     names = analytics.metric_names(db)
@@ -242,7 +243,7 @@ def metrics_excel_chunks(db: sqlite_utils.Database, agents: list[str],
     shares in %, the time as ``2026-11-28 15:12:59`` (UTC), the talk state as the pages name it
     ("Agent parle"); no text cell starts a formula."""
     sep, decimal = EXCEL_SEPARATORS["en" if lang == "en" else "fr"]
-    states = {s: i18n.translate(lang, f"state.{s}") for s in wire.TALK_STATES}
+    states = {s: i18n.translate(lang, f"state.{s}") for s in (*wire.TALK_STATES, "hold")}
     names = analytics.metric_names(db)
     described = [registry.describe(n, lang) for n in names]
     scales = [100.0 if d["unit"] == "%" else 1.0 for d in described]

@@ -129,9 +129,10 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     """Give a box a new certificate without downtime; --finish revokes the old one afterwards."""
     site = _site(args)
     if args.finish:
-        serials = site.finish_rotation(args.box, _reload(args))
-        if serials:
-            print(f"box {args.box}: retired {len(serials)} old certificate(s)")
+        done = site.finish_rotation(args.box, _reload(args))
+        if done.serials:  # a cut that failed is said as revoke says it, with its exit code
+            live = "" if done.kicked else "; live connection not cut (broker unreachable?)"
+            print(f"box {args.box}: retired {len(done.serials)} old certificate(s){live}")
         else:
             print(f"box {args.box}: no rotation waits for its finish; nothing changed")
     else:

@@ -325,6 +325,16 @@ class RevokeResult:
     """How long after the broker's reload its certificate was first refused (None: not tried)."""
 
 
+@dataclass(frozen=True)
+class FinishResult:
+    """What :meth:`Site.finish_rotation` did."""
+
+    serials: list[str]
+    """The old certificates revoked (empty: no rotation waited for its finish, nothing done)."""
+    kicked: bool
+    """The box's live connection was cut (its session taken over), as :class:`RevokeResult`'s."""
+
+
 class Site:
     """An initialised site directory."""
 
@@ -796,7 +806,7 @@ class Site:
 
     @_exclusive
     def finish_rotation(self, box: str, reload: Reload, *, kick: bool = True,
-                        confirm: bool = True) -> list[str]:
+                        confirm: bool = True) -> FinishResult:
         """Revoke a box's rotated-out certificates (once it runs with the new one).
 
         A connection still open with an old certificate (the old key in other hands) would outlive
@@ -807,6 +817,7 @@ class Site:
         With ``confirm``, as :meth:`revoke` does, the finish waits until the broker refuses a
         one-time certificate revoked with the old ones (:class:`SiteError` if it does not within
         :data:`CONFIRM_TIMEOUT_S`: the rotation then still waits, and the box is not cut).
+        Whether the cut was made is in the result (``kicked``), as :meth:`revoke` gives it.
         """
         inv = self.inventory()
         try:
@@ -816,7 +827,7 @@ class Site:
         old = sorted((self.box_pair(box).cert.parent / "old").glob("*.pem"))
         if not old or not rec.previous_serials:
             log.info("box %s: no rotation waits for its finish; nothing done", box)
-            return []
+            return FinishResult([], False)
         done = f"box {box}'s old certificate(s) are revoked"
         again = self.command("rotate", box, "--finish")
         with tempfile.TemporaryDirectory(prefix=".check-", dir=self.dir) as stage:  # 0700
@@ -829,9 +840,10 @@ class Site:
                 self._refused_after(check, f"box {box}'s old certificate(s)", reload, done, again)
         rec.previous_serials = []  # finished once the broker has read them
         inv.save(self.dir)
-        if kick:
-            self.kick(box)
-        return serials
+        kicked = kick and self.kick(box)
+        log.info("finished box %s's rotation (serials %s); kicked: %s", box, ", ".join(serials),
+                 kicked)
+        return FinishResult(serials, kicked)
 
 
 def init_site(dir: Path, site: str, *, broker_host: str, port: int = DEFAULT_PORT,

@@ -891,7 +891,8 @@ def test_an_agent_id_ending_in_a_route_word_reaches_that_agent_not_the_one_befor
             full = c.get(f"/api/agents/agent-a1%2F{word}/export.json", headers=cookie).json()
             assert [a["agent"] for a in full["agent"]] == [agent]
         # the id written as is: the longest agent route still wins, as before
-        assert c.get("/api/agents/agent-a1/flags", headers=cookie).json().keys() == {"flags"}
+        assert c.get("/api/agents/agent-a1/flags", headers=cookie).json().keys() == {
+            "flags", "total", "more", "before", "next_before"}
     reads = query(settings, "SELECT agent, action FROM audit_log WHERE actor = ? "
                   "AND agent LIKE 'agent-a1%' ORDER BY id", ADMIN_USER)
     assert ("agent-a1", "export_all") not in reads
@@ -1254,5 +1255,113 @@ def test_the_audit_log_is_paged_to_its_oldest_entry(org_server: Any) -> None:
         assert first["more"] and first["next_before"] == expected[499][0]
         for bad in ("limit=0", "limit=5001", "limit=1_0", "before=0", "before=%D9%A1"):
             assert c.get(f"/api/audit?{bad}", headers=cookie).status_code == 422, bad
+    finally:
+        c.close()
+
+
+def test_the_agent_s_turns_chart_and_exports_say_hold_for_seconds_on_hold(
+        org_server: Any) -> None:
+    """The floor's timeline says ``hold`` for a second on hold (db.HELD_TALK_STATE_SQL), while
+    the agent page's "Tours de parole" chart (its rows' talk_state) and the CSV exports gave the
+    stored talk state: the agent asking a colleague on hold read as the agent talking on the
+    call. They now say ``hold`` for it (Excel: "En attente"), by the same rule, the columns kept."""
+    import csv
+    import io
+
+    from miroir import wire
+
+    server, data = org_server
+    start = time.time() - 100
+    held = {start + k for k in range(10, 15)}
+    db = store.open_db(server.settings.db_path)
+    try:
+        for k in range(20):
+            store.insert_metrics(db, wire.decode("metrics", wire.encode("metrics", {
+                "v": wire.SCHEMA_VERSION, "site": server.settings.site, "box": "box-a1",
+                "ts": start + k, "seq": 9_000_000 + k, "t_start": 1.0, "window_s": 1.0,
+                "near_speech_ratio": 0.9, "far_speech_ratio": 0.0, "near_talking": True,
+                "far_talking": False, "talk_state": "agent",
+                "on_hold": start + k in held})), time.time())
+    finally:
+        db.conn.close()
+    c, cookie = _http_session(server, "sup-a", USER_PASSWORD, data["secrets"]["sup-a"])
+    try:
+        r = c.get("/api/agents/agent-a1/metrics", params={"since_ts": start - 1},
+                  headers=cookie)
+        assert r.status_code == 200, r.text
+        chart = {row["ts"]: row["talk_state"] for row in r.json()["rows"]
+                 if row["seq"] >= 9_000_000}  # the seeded org's own rows aside
+        assert len(chart) == 20
+        assert {ts for ts, s in chart.items() if s == "hold"} == held
+        assert {s for ts, s in chart.items() if ts not in held} == {"agent"}
+        for path, delimiter, state, hold in (
+                ("/api/agents/agent-a1/export.csv", ",", "talk_state", "hold"),
+                ("/api/agents/agent-a1/export.csv?excel=1", ";", "Tour de parole",
+                 "En attente")):
+            r = c.get(path, headers=cookie)
+            assert r.status_code == 200, path
+            rows = list(csv.DictReader(io.StringIO(r.text.removeprefix("\ufeff")),
+                                       delimiter=delimiter))
+            seq = "seq" if delimiter == "," else "N°"
+            mine = {int(row[seq]) - 9_000_000: row[state] for row in rows
+                    if int(row[seq]) >= 9_000_000}
+            assert len(mine) == 20, path
+            assert {k for k, s in mine.items() if s == hold} == {10, 11, 12, 13, 14}, path
+            assert {s for k, s in mine.items() if not 10 <= k < 15} == (
+                {"agent"} if delimiter == "," else {"Agent parle"}), path
+        assert c.get("/api/agents/agent-a1/export.csv", headers=cookie).text.startswith(
+            "agent,box,seq,time_utc,ts,talk_state,")
+    finally:
+        c.close()
+
+
+def test_an_agents_flags_are_paged_to_the_oldest(org_server: Any) -> None:
+    """GET /api/agents/{agent}/flags answered every flag of the agent in one answer (no limit,
+    no paging) while the agent page shows 100: over the real server, 1,200 flags of agent-a1 came
+    in one answer, ?limit=100 ignored. It now pages them newest first (by time, then id: flags
+    of one moment keep one order), 100 a page (at most 500), older than the flag ``before`` (404
+    if not the agent's), with ``more``/``next_before`` and ``total``, as the calls API; each
+    page read is one read_flags entry of the agent's audit log, as the one answer was."""
+    server, data = org_server
+    db = store.open_db(server.settings.db_path)
+    try:
+        with db.conn:  # three flags a moment: the pages' edges (every 100) fall among them
+            db.conn.executemany(
+                "INSERT INTO flags (agent, box, ts, note, author, created_ts) "
+                "VALUES ('agent-a1', 'box-a1', ?, ?, 'sup-a', ?)",
+                [(1.7e9 + k // 3 * 60, f"n{k}", 1.7e9) for k in range(1200)])
+        expected = [r[0] for r in db.conn.execute(
+            "SELECT id FROM flags WHERE agent = 'agent-a1' ORDER BY ts DESC, id DESC")]
+        b_flag = db.conn.execute(
+            "INSERT INTO flags (agent, box, ts, note, author, created_ts) "
+            "VALUES ('agent-b1', 'box-b1', 1.7e9, 'b', 'sup-b', 1.7e9)").lastrowid
+        db.conn.commit()
+    finally:
+        db.conn.close()
+    assert len(expected) >= 1200
+    c, cookie = _http_session(server, "sup-a", USER_PASSWORD, data["secrets"]["sup-a"])
+    try:
+        reads = query(server.settings, "SELECT count(*) FROM audit_log WHERE action = "
+                                       "'read_flags' AND agent = 'agent-a1'")[0][0]
+        first = c.get("/api/agents/agent-a1/flags", headers=cookie).json()
+        assert [f["id"] for f in first["flags"]] == expected[:100]  # the page's 100
+        assert first["more"] and first["next_before"] == expected[99]
+        assert first["total"] == len(expected) and first["before"] is None
+        got, pages = _walk(c, cookie, "/api/agents/agent-a1/flags", "flags", 100)
+        assert [g["id"] for g in got] == expected  # each once, newest first, the oldest last
+        assert all(got[k - 1]["ts"] == got[k]["ts"] for k in (100, 200, 400))
+        assert {p["total"] for p in pages} == {len(expected)}
+        assert got[-1]["note"] and set(got[-1]) >= {"id", "agent", "ts", "note", "author"}
+        assert query(server.settings, "SELECT count(*) FROM audit_log WHERE action = "
+                                      "'read_flags' AND agent = 'agent-a1'")[0][0] \
+            == reads + 1 + len(pages)
+        whole, _ = _walk(c, cookie, "/api/agents/agent-a1/flags", "flags", 500)
+        assert [g["id"] for g in whole] == expected
+        for bad in ("limit=0", "limit=501", "limit=1_0", "before=0", "before=%D9%A1",
+                    "before=1e3"):
+            assert c.get(f"/api/agents/agent-a1/flags?{bad}",
+                         headers=cookie).status_code == 422, bad
+        r = c.get(f"/api/agents/agent-a1/flags?before={b_flag}", headers=cookie)
+        assert r.status_code == 404  # another agent's flag is no place in this list
     finally:
         c.close()

@@ -289,7 +289,9 @@ def test_the_agent_page_s_live_state_says_a_call_on_hold_is_on_hold(
         browser_page: Any, dashboard_server: DashboardServer, site: Any, peer: Any) -> None:
     """The same call on hold on the agent's page: its live state above the charts ("Au poste, en
     direct") read "Agent parle" over the agent's aside to a colleague; it now reads "En attente",
-    and the talk state again once the call is taken back."""
+    and the talk state again once the call is taken back. Its "Tours de parole" chart drew those
+    seconds as the agent talking: they are drawn as hold ("En attente" in its legend), live and
+    from the page's data after a reload."""
     held, after = _held_then_taken_back()
     org = seed_org(dashboard_server.settings)
     site.add_box("box-a1")
@@ -304,11 +306,20 @@ def test_the_agent_page_s_live_state_says_a_call_on_hold_is_on_hold(
     page.wait_for_function(f"() => ({rows})() === {before + 3}", timeout=3000)  # the rows are in
     live = page.locator("#live-state")
     assert (live.inner_text(), live.get_attribute("data-state")) == ("En attente", "hold")
+    turns = ("() => [...document.querySelectorAll('#charts svg')[0].querySelectorAll('rect')]"
+             ".slice(-%d).map((r) => r.getAttribute('class'))")
+    assert page.evaluate(turns % 3) == ["state-hold"] * 3  # the turns chart's last seconds
+    assert "En attente" in page.locator("#charts .chart-legend").first.inner_text()
     publish(after, 5003)
     page.wait_for_function(f"() => ({rows})() === {before + 3 + len(after)}", timeout=3000)
     last = after[-1]["talk_state"]
     assert live.get_attribute("data-state") == last
     assert live.inner_text() == i18n.translate("fr", "state." + last)
+    drawn = page.evaluate(turns % (3 + len(after)))
+    assert drawn[:3] == ["state-hold"] * 3 and "state-hold" not in drawn[3:], drawn
+    page.reload()  # drawn again from the page's data (the agent's rows through the API)
+    page.wait_for_selector("body[data-charts-ready='1']")
+    assert page.evaluate(turns % (3 + len(after))) == drawn
 
 
 def test_every_fatigue_factor_the_dashboard_names_is_one_the_box_publishes() -> None:

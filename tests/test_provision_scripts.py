@@ -807,6 +807,47 @@ def test_a_rotation_finish_the_broker_did_not_read_fails_saying_so(tmp_path: Pat
         shutil.rmtree(root, ignore_errors=True)
 
 
+def test_a_rotation_finish_whose_cut_fails_says_so_as_revoke_does(tmp_path: Path) -> None:
+    """`rotate --finish` cuts a connection still made with the old key (its kick: a takeover of
+    the box's session), and said "retired 1 old certificate(s)" when that cut failed: over the
+    real broker, its kick refused (a client id rule the reload read), the connection made with
+    the old key stayed open and nothing said so. `revoke` so refused says "live connection not
+    cut (broker unreachable?)", exit 0; the finish now says the same, with the same exit code."""
+    root = new_site_dir("miroir-finish-uncut-")
+    try:
+        site = init_site(root / "site", SITE, broker_host="localhost", port=free_port(),
+                         bind="127.0.0.1")
+        site.enroll([Enrolment(box="box-001", seat="A-01"), Enrolment(box="box-002", seat="A-02")])
+        old = pki.CertPair(tmp_path / "old.pem", tmp_path / "old.key")
+        shutil.copy(site.box_pair("box-001").cert, old.cert)
+        shutil.copy(site.box_pair("box-001").key, old.key)
+        assert cli("rotate", "box-001", "--site-dir", str(site.dir)).returncode == 0
+        broker = Mosquitto(site.config, site.port, site.log).start()
+        peer = Peer(old, site.ca.cert, "box-001", site.port)  # the old key in other hands
+        try:
+            rc = peer.connect()
+            assert rc is not None and not rc.is_failure
+            # from the next reload on, the broker takes no client id but the check's: every
+            # kick (a connection as the box) is refused, the check's certificate by the CRL only
+            site.config.write_text("clientid_prefixes check_\n" + site.config.read_text())
+            done = cli("revoke", "box-002", "--site-dir", str(site.dir), "--broker-pid",
+                       str(broker.pid))
+            assert done.returncode == 0, done.stderr
+            assert "; live connection not cut (broker unreachable?), " in done.stdout, done.stdout
+            done = cli("rotate", "box-001", "--finish", "--site-dir", str(site.dir),
+                       "--broker-pid", str(broker.pid))
+            assert done.returncode == 0, done.stderr
+            assert done.stdout == ("box box-001: retired 1 old certificate(s); live connection "
+                                   "not cut (broker unreachable?)\n"), done.stdout
+            assert not peer.disconnected  # it was not cut indeed
+            assert "Client <unknown> disconnected, not authorised." in site.log.read_text()
+        finally:
+            peer.close()
+            broker.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.mark.parametrize(("name", "text"), [
     ("excel-utf8", "\ufeffbox,seat,agent,team\r\nbox-001,A-01,Priya,north\r\nbox-002,A-02,Rahul,"
                    "north\r\n"),

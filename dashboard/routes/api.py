@@ -772,13 +772,48 @@ def get_moment(db: Db, user: CurrentUser, agent: AgentId,
     return agent_metrics_payload(db, user, agent, ts - span_s, ts + span_s)
 
 
+FLAGS_PAGE = 100
+"""An agent's flags the agent page shows, and a page of ``GET /api/agents/{agent}/flags`` unless
+``?limit=`` says otherwise."""
+MAX_FLAGS_LIMIT = 500
+"""The most flags one page of ``GET /api/agents/{agent}/flags`` gives (``?limit=``)."""
+
+
+def flags_page(db: Any, agent: str, limit: int, before: int | None) -> dict[str, Any]:
+    """One page of the agent's flags, newest first (by time, then id), those after the flag
+    ``before`` in that order (404 unless it is one of the agent's), with ``total``, ``more`` and
+    the ``before`` of the next page (``next_before``, None on the last)."""
+    where, args = "agent = ?", [agent]
+    if before is not None:
+        pivot = db.conn.execute("SELECT ts, id FROM flags WHERE id = ? AND agent = ?",
+                                (before, agent)).fetchone()
+        if pivot is None:
+            raise access.not_found("flag")
+        where += " AND (ts, id) < (?, ?)"
+        args += [pivot[0], pivot[1]]
+    rows = list(db.query(f"SELECT * FROM flags WHERE {where} ORDER BY ts DESC, id DESC "
+                         "LIMIT ?", [*args, limit + 1]))
+    more = len(rows) > limit
+    flags = rows[:limit]
+    total = db.conn.execute("SELECT count(*) FROM flags WHERE agent = ?", (agent,)).fetchone()[0]
+    return {"flags": flags, "total": int(total), "more": more, "before": before,
+            "next_before": flags[-1]["id"] if more else None}
+
+
 @router.get("/agents/{agent:id}/flags")
-def get_flags(db: Db, user: CurrentUser, agent: AgentId) -> dict[str, Any]:
-    """The agent's flagged moments."""
+def get_flags(db: Db, user: CurrentUser, agent: AgentId,
+              before: Annotated[int | None, PlainWhole, Query(ge=1, le=MAX_ID)] = None,
+              limit: Annotated[int, PlainWhole, Query(ge=1, le=MAX_FLAGS_LIMIT)] = FLAGS_PAGE
+              ) -> dict[str, Any]:
+    """The agent's flagged moments, newest first, ``limit`` a page.
+
+    ``flags``: the newest ``limit`` after the flag ``before`` (from the newest without it; 404
+    if it is not one of the agent's); ``total``: the agent's flags in all;
+    ``more``/``next_before``: the ``before`` of the next page (None on the last).
+    """
     access.require_agent(db, user, agent)
     access.audit(db, user, "read_flags", agent)
-    return {"flags": list(db.query("SELECT * FROM flags WHERE agent = ? ORDER BY ts DESC",
-                                   [agent]))}
+    return flags_page(db, agent, limit, before)
 
 
 @router.post("/agents/{agent:id}/flags", status_code=201)

@@ -117,8 +117,7 @@ def _agent_context(db: Db, user: User, agent: str, self_view: bool,
     row = access.require_agent(db, user, agent)
     seat = db.conn.execute("SELECT box, label FROM seats WHERE agent = ?", (agent,)).fetchone()
     row["private"] = access.private_mode(db, agent, row)  # its button may have turned it on
-    flags = list(db.query("SELECT * FROM flags WHERE agent = ? ORDER BY ts DESC LIMIT 100",
-                          [agent]))
+    flags = api.flags_page(db, agent, api.FLAGS_PAGE, None)["flags"]
     goals = list(db.query("SELECT * FROM goals WHERE agent = ? AND active = 1 "
                           "ORDER BY created_ts", [agent]))
     for g in goals:

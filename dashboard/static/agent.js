@@ -293,7 +293,7 @@
     if (u.kind === "metrics") {
       const rows = shift.rows;
       if (rows.some((r) => r.box === u.box && r.seq === u.seq)) return;
-      const row = { box: u.box, seq: u.seq, ts: u.ts, talk_state: u.talk_state,
+      const row = { box: u.box, seq: u.seq, ts: u.ts, talk_state: liveTalk(u),  // as the API
                     near_signal: u.near_signal || null, far_signal: u.far_signal || null,
                     on_hold: typeof u.on_hold === "boolean" ? u.on_hold : null };
       for (const m of shift.metrics.concat(shift.factors || [])) {

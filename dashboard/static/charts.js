@@ -7,7 +7,7 @@ window.MiroirCharts = (function () {
   const W = 760, H = 130, PAD_L = 46, PAD_R = 10, PAD_T = 8, PAD_B = 20;
   const MIN_W = 240;  // a phone's chart is drawn at its own width: its labels keep 10 px
   const STATE_COLOURS = { agent: "#2f6fdb", prospect: "#167a55", overlap: "#b4530f",  // style.css
-                          silence: "#d3d9e1" };
+                          silence: "#d3d9e1", hold: "#8f3b76" };  // hold: the call on hold
 
   function el(name, attrs, parent) {
     const e = document.createElementNS(NS, name);
