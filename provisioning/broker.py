@@ -783,16 +783,22 @@ PROBE_TIMEOUT_S = 2.0
 def lets_in(host: str, port: int, ca: Path, identity: CertPair, client_id: str,
             timeout_s: float = PROBE_TIMEOUT_S) -> bool:
     """True if the broker at ``host:port`` lets ``identity`` in now (a success CONNACK to an MQTT
-    3.1.1 CONNECT made over TLS with it, then a clean DISCONNECT), False if it refuses it (a TLS
-    alert, such as a revoked certificate's, or a connection closed before or at the CONNACK).
+    3.1.1 CONNECT made over TLS 1.2 with it, then a clean DISCONNECT), False if it refuses it as
+    revoked (its TLS alert "certificate revoked" in the handshake: with TLS 1.2 the broker checks
+    the client's certificate there and names why it refuses it, which TLS 1.3, checking it after
+    the handshake, may not get through before its close).
 
     Raises:
         OSError: the broker cannot be asked (not reachable, no answer, its own certificate not
-            signed by ``ca`` for ``host``, ``identity``'s files unreadable).
+            signed by ``ca`` for ``host``, ``identity``'s files unreadable), or it closed the
+            connection or refused it for another reason than a revoked certificate (its
+            ``max_connections`` reached, another TLS alert, a CONNACK refusal): that is no answer
+            about the certificate's revocation.
     """
     import ssl
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # checks the broker's name and CA
+    context.maximum_version = ssl.TLSVersion.TLSv1_2  # the refusal's reason in the handshake
     context.load_verify_locations(str(ca))
     context.load_cert_chain(str(identity.cert), str(identity.key))
     ident = client_id.encode()
@@ -803,20 +809,29 @@ def lets_in(host: str, port: int, ca: Path, identity: CertPair, client_id: str,
             tls = context.wrap_socket(raw, server_hostname=host)
         except ssl.SSLCertVerificationError:
             raise  # the broker is not the one asked for: no answer about the certificate
-        except (ssl.SSLError, ConnectionError):
-            return False  # refused in the handshake (TLS 1.2)
+        except ssl.SSLError as exc:
+            if exc.reason == REVOKED_ALERT:
+                return False
+            raise ConnectionError(f"the TLS handshake failed, not as revoked: {exc}") from exc
+        except ConnectionError as exc:
+            raise ConnectionError(f"closed in the TLS handshake, not as revoked: {exc}") from exc
         with tls:
             answer = b""
-            try:  # TLS 1.3: the broker checks the certificate after the handshake
-                tls.sendall(connect)
-                while len(answer) < 4 and (chunk := tls.recv(4 - len(answer))):
-                    answer += chunk
-            except (ssl.SSLError, ConnectionError):
-                return False
-            accepted = len(answer) == 4 and answer[0] == 0x20 and answer[3] == 0
-            if accepted:
-                tls.sendall(b"\xe0\x00")  # DISCONNECT: gone cleanly
-            return accepted
+            tls.sendall(connect)
+            while len(answer) < 4 and (chunk := tls.recv(4 - len(answer))):
+                answer += chunk
+            if len(answer) < 4 or answer[0] != 0x20:
+                raise ConnectionError(f"closed before its CONNACK (got {answer!r}), after a TLS "
+                                      "handshake that took the certificate")
+            if answer[3] != 0:
+                raise ConnectionError(f"CONNACK refusal code {answer[3]}, after a TLS handshake "
+                                      "that took the certificate")
+            tls.sendall(b"\xe0\x00")  # DISCONNECT: gone cleanly
+            return True
+
+
+REVOKED_ALERT = "SSLV3_ALERT_CERTIFICATE_REVOKED"
+"""OpenSSL's reason for the TLS alert a server sends for a revoked client certificate."""
 
 
 def served_serial(host: str, port: int, ca: Path, identity: CertPair,

@@ -436,10 +436,11 @@ class Site:
     def _refused_after(self, check: CertPair, what: str, reload: Reload, done: str, again: str,
                        timeout_s: float = CONFIRM_TIMEOUT_S) -> float:
         """Try ``check``, a certificate revoked in the same CRL as ``what`` (a box's revoked or
-        old certificates), on the broker until it refuses it (the reload has read that CRL, so
-        those are refused too), and return how long that took, in seconds. (A box's own
-        certificate would take the box's session over, as the broker names a client after its
-        CN, and cut it at each try.)
+        old certificates), on the broker until it refuses it as revoked (the reload has read that
+        CRL, so those are refused too; a connection closed for another reason, the broker's
+        max_connections reached say, is no answer: :func:`lets_in`), and return how long that
+        took, in seconds. (A box's own certificate would take the box's session over, as the
+        broker names a client after its CN, and cut it at each try.)
 
         Raises:
             SiteError: still let in, or the broker could not be asked, after ``timeout_s``

@@ -759,6 +759,64 @@ def test_a_revocation_the_broker_did_not_read_fails_saying_so(tmp_path: Path) ->
         shutil.rmtree(root, ignore_errors=True)
 
 
+def test_a_revocation_check_closed_for_another_reason_is_not_taken_for_a_refusal(
+        tmp_path: Path) -> None:
+    """The check after `revoke`'s reload counted any connection closed before its CONNACK as the
+    broker refusing the revoked certificate: a broker at its max_connections ("denied:
+    max_connections exceeded" in its log) that had not read the revocation list (a --broker-pid
+    not the broker's) made `revoke` say "the revoked certificate refused 0.02 s after", exit 0,
+    while the broker still let that certificate in. Only the broker's TLS alert "certificate
+    revoked" now counts as refused; other closes are no answer, and after 5 s `revoke` fails
+    saying it could not ask (exit 2), without cutting anything."""
+    import signal
+
+    root = new_site_dir("miroir-revoke-full-")
+    try:
+        site = init_site(root / "site", SITE, broker_host="localhost", port=free_port(),
+                         bind="127.0.0.1")
+        site.enroll([Enrolment(box="box-001", seat="A-01"), Enrolment(box="box-002", seat="A-02")])
+        revoked = site.box_pair("box-002")
+        with open(site.config, "a") as fh:  # applies to the config's only listener, the last
+            fh.write("max_connections 1\n")
+        broker = Mosquitto(site.config, site.port, site.log).start()
+        other = subprocess.Popen(["sleep", "120"],  # alive, SIGHUP ignored: not the broker
+                                 preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)
+                                 and None)
+        pub = None
+        try:
+            pub = box_publisher(site, "box-001", tmp_path / "box")  # the one connection allowed
+            done = cli("revoke", "box-002", "--site-dir", str(site.dir), "--broker-pid",
+                       str(other.pid))
+            assert "denied: max_connections exceeded" in site.log.read_text()
+            assert done.returncode == 2, done.stdout + done.stderr
+            last = done.stderr.splitlines()[-1]
+            assert last.startswith(
+                f"miroir: error: the broker at localhost:{site.port} could not be asked about "
+                "box box-002's revoked certificate ("), last
+            assert last.endswith(
+                f") 5 s after its reload (its log, {site.log}, says whether it reloaded): box "
+                "box-002 is revoked in the site's files, but the running broker has not read "
+                f"them; run `miroir provision revoke --site-dir {site.dir} box-002 --broker-pid "
+                f"{other.pid}` again once the broker can be reloaded (with another --broker-pid "
+                "or --broker-unit if that one is not the broker's)"), last
+            assert pub.connected.is_set()
+            pub.stop()
+            pub = None
+            wait_until(lambda: "Client box-001 disconnected" in site.log.read_text(),
+                       "box-001's connection closed")
+            peer = Peer(revoked, site.ca.cert, "box-002", site.port)
+            assert peer.connect() == 0  # a slot free: the unread revocation lets it in
+            peer.close()
+        finally:
+            if pub is not None:
+                pub.stop()
+            other.kill()
+            other.wait()
+            broker.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def test_a_rotation_finish_the_broker_did_not_read_fails_saying_so(tmp_path: Path) -> None:
     """`rotate --finish --broker-pid` given a live process that is not the broker said "retired
     1 old certificate(s)", exit 0, while the broker still let the old certificate in (CONNACK
