@@ -2372,3 +2372,102 @@ def test_the_audit_page_pages_the_log_to_its_oldest_entry(org_server: Any) -> No
         assert got == expected  # every entry once, newest first, the oldest last
         assert len(addresses) == -(-len(expected) // 500)
         assert c.get("/audit?audit_before=1_0", headers=cookie).status_code == 422
+
+
+def test_the_agent_page_pages_its_flags_to_the_oldest(org_server: Any) -> None:
+    """The agent page listed an agent's newest 100 flags and no more, with no way to older ones:
+    over the real server, a supervisor on agent-a1's page with 252 flags could not reach the 152
+    oldest there. It now pages them as its calls, 100 a page, newest first (by time, then id:
+    flags of one moment keep one order across a page's edge), saying which of how many it shows;
+    "Plus anciens →" leads to the next page (``?flags_before=``), "← Plus récents" one back,
+    "« Les plus récents" to the first; the language switch keeps the page, and each page read
+    is one view_agent entry, as before. Following the links, every flag is read once, the
+    oldest last."""
+    import html
+    import re
+
+    import httpx
+
+    from tests._fixtures_dashboard import csrf_of, http_login
+
+    server, data = org_server
+    base = time.time() - 86400  # yesterday's: within the flags' retention
+    db = store.open_db(server.settings.db_path)
+    try:
+        with db.conn:  # three flags a moment: the pages' edges (every 100) fall among them
+            db.conn.executemany(
+                "INSERT INTO flags (agent, box, ts, note, author, created_ts) "
+                "VALUES ('agent-a1', 'box-a1', ?, ?, 'sup-a', ?)",
+                [(base + k // 3 * 60, f"n{k}", base) for k in range(252)])
+        expected = [(r[0], r[1]) for r in db.conn.execute(
+            "SELECT id, ts FROM flags WHERE agent = 'agent-a1' ORDER BY ts DESC, id DESC")]
+    finally:
+        db.conn.close()
+    total = len(expected)
+    assert total > 200
+
+    def link(text: str, anchor: str) -> str | None:
+        found = re.search(rf'<a id="{anchor}" href="([^"]+)"', text)
+        if not found:
+            return None
+        address, _, fragment = html.unescape(found.group(1)).partition("#")
+        assert fragment == "flags"
+        return address
+
+    def views() -> int:
+        return int(query_one(server, "SELECT count(*) FROM audit_log WHERE actor = 'sup-a' "
+                                     "AND action = 'view_agent' AND agent = 'agent-a1'"))
+
+    with httpx.Client(base_url=server.url, timeout=20.0) as c:
+        session = http_login(c, "sup-a", USER_PASSWORD, data["secrets"]["sup-a"])
+        cookie = {"cookie": f"__Host-miroir={session}"}
+        seen_before = views()
+        got: list[int] = []
+        addresses: list[str] = []
+        url: str | None = "/agents/agent-a1"
+        page = ""
+        while url is not None:
+            r = c.get(url, headers=cookie)
+            assert r.status_code == 200, url
+            page = r.text
+            ids = [int(i) for i in re.findall(r'<li class="flag" data-flag="([0-9]+)"', page)]
+            assert 0 < len(ids) <= 100
+            first = len(got) + 1
+            assert (f'id="flags-range">Moments signalés {first} à {first + len(ids) - 1} '
+                    f"sur {total}<") in page, url
+            back = link(page, "flags-newer")
+            if addresses:
+                assert back == addresses[-1]  # one page back
+                assert (link(page, "flags-latest") == "/agents/agent-a1") == (len(addresses) >= 2)
+            else:
+                assert back is None and link(page, "flags-latest") is None
+            # the language switch keeps the page
+            assert f'<input type="hidden" name="next" value="{html.escape(url)}">' in page
+            got += ids
+            addresses.append(url)
+            url = link(page, "flags-older")
+        assert got == [i for i, _ in expected]  # every flag once, newest first, the oldest last
+        assert all(expected[k - 1][1] == expected[k][1] for k in (100, 200))  # edges in a moment
+        assert len(addresses) == -(-total // 100) and addresses[-1].startswith(
+            "/agents/agent-a1?flags_before=")
+        assert views() == seen_before + len(addresses)  # one view_agent entry a page, as before
+        # on the oldest page, a new flag goes to the first page (where it shows), a goal back here
+        assert 'action="/agents/agent-a1/flags" class="flag-form"' in page
+        assert (f'action="{html.escape(addresses[-1]).replace("/agents/agent-a1", "/agents/agent-a1/goals")}"'
+                ' class="goal-form"') in page
+        r = c.post("/lang", headers=cookie,
+                   data={"csrf": csrf_of(page), "next": addresses[-1], "lang": "en"})
+        assert (r.status_code, r.headers["location"]) == (303, addresses[-1])
+        english = c.get(addresses[-1], headers=cookie).text
+        assert f'id="flags-range">Flagged moments 201 to {total} of {total}<' in english
+        assert link(english, "flags-older") is None and "← Newer</a>" in english
+        assert c.get("/agents/agent-a1?flags_before=1_0", headers=cookie).status_code == 422
+
+
+def query_one(server: Any, sql: str) -> Any:
+    """The first column of the first row ``sql`` answers in the server's database."""
+    db = store.open_db(server.settings.db_path)
+    try:
+        return db.conn.execute(sql).fetchone()[0]
+    finally:
+        db.conn.close()

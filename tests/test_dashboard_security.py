@@ -219,8 +219,8 @@ def test_every_write_of_the_app_is_refused_without_a_session_or_its_own_csrf_tok
 
 def test_the_language_switch_goes_back_to_a_local_page_with_its_pagings_only(org: Any) -> None:
     """The switch's way back (its form's ``next``) keeps a page's pagings (``calls_before``,
-    ``audit_before``, whole numbers) and nothing else of an address: never another origin, and no
-    other parameter a forged form would carry along."""
+    ``audit_before``, ``flags_before``, whole numbers) and nothing else of an address: never
+    another origin, and no other parameter a forged form would carry along."""
     settings, data = org
     with client(settings) as c:
         login_as(c, "admin", data)
@@ -230,7 +230,9 @@ def test_the_language_switch_goes_back_to_a_local_page_with_its_pagings_only(org
                 ("/agents/agent-a1?calls_before=5&next=//example.com&audit_before=7&x=1",
                  "/agents/agent-a1?calls_before=5&audit_before=7"),
                 ("/me?calls_before=5e3&audit_before=-1&calls_before=6", "/me?calls_before=6"),
-                ("/audit?audit_before=12", "/audit?audit_before=12")):
+                ("/audit?audit_before=12", "/audit?audit_before=12"),
+                ("/me?flags_before=9&calls_before=5&flags_before=1e2",
+                 "/me?calls_before=5&flags_before=9")):
             r = c.post("/lang", data={"lang": "en", "next": sent, "csrf": token})
             assert (r.status_code, r.headers["location"]) == (303, back), sent
 

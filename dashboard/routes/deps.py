@@ -190,9 +190,9 @@ PlainDecimal = BeforeValidator(_plain_decimal)
 ``-`` (a JSON number is one already)."""
 
 
-PAGE_PARAMS = ("calls_before", "audit_before", "page")
+PAGE_PARAMS = ("calls_before", "audit_before", "flags_before", "page")
 """What of a page's address its language switch keeps: where its pagings are (whole numbers):
-an agent page's calls and audit lists, the campaigns page's ``page``."""
+an agent page's calls, audit and flags lists, the campaigns page's ``page``."""
 _WHOLE = re.compile(r"[0-9]{1,19}")
 
 

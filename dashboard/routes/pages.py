@@ -44,6 +44,7 @@ AUDIT_PAGE = 100
 """Audit entries listed per page of the agent view (older ones a link away)."""
 AuditBefore = Annotated[int | None, PlainWhole, Query(ge=1, le=api.MAX_ID)]
 CallsBefore = Annotated[int | None, PlainWhole, Query(ge=1, le=api.MAX_ID)]
+FlagsBefore = Annotated[int | None, PlainWhole, Query(ge=1, le=api.MAX_ID)]
 
 
 def _calls_page(db: Db, agent: str, before: int | None) -> dict[str, Any]:
@@ -76,48 +77,80 @@ def _calls_page(db: Db, agent: str, before: int | None) -> dict[str, Any]:
             "newer_before": newer[0] if newer else None}
 
 
-def _paging(calls: dict[str, Any], audit: dict[str, Any] | None) -> dict[str, str | None]:
-    """The query of each link of the agent view's two pagings, each keeping the other's place:
-    ``here`` (this page), the calls' ``calls_next`` (older), ``calls_newer`` (one page back) and
-    ``calls_latest`` (the first page, once two or more back), the audit log's likewise; None
-    where there is no such page."""
-    at_audit = audit["before"] if audit else None
+def _flags_page(db: Db, agent: str, before: int | None) -> dict[str, Any]:
+    """One page of the agent's flags as the API pages them (api.flags_page, api.FLAGS_PAGE a
+    page), the first when ``before`` is None or not one of the agent's, with where the page
+    sits among them all (``first``, ``last``) and the ``before`` of the page one back
+    (``newer_before``, None when that is the first), as :func:`_calls_page`."""
+    pivot = before is not None and db.conn.execute(
+        "SELECT ts, id FROM flags WHERE id = ? AND agent = ?", (before, agent)).fetchone()
+    page = api.flags_page(db, agent, api.FLAGS_PAGE, pivot[1] if pivot else None)
+    older = page["total"] if not pivot else db.conn.execute(
+        "SELECT count(*) FROM flags WHERE agent = ? AND (ts, id) < (?, ?)",
+        (agent, pivot[0], pivot[1])).fetchone()[0]
+    # the page before this one ends at its pivot: the pivot and the FLAGS_PAGE - 1 flags after it
+    newer = pivot and db.conn.execute(
+        "SELECT id FROM flags WHERE agent = ? AND (ts, id) > (?, ?) "
+        "ORDER BY ts, id LIMIT 1 OFFSET ?", (agent, pivot[0], pivot[1], api.FLAGS_PAGE - 1)
+    ).fetchone()
+    first = page["total"] - int(older) + 1
+    return {**page, "first": first, "last": first + len(page["flags"]) - 1,
+            "newer_before": newer[0] if newer else None}
 
-    def at(calls_before: int | None, audit_before: int | None) -> str:
-        kept = [("calls_before", calls_before), ("audit_before", audit_before)]
-        query = urlencode([(k, v) for k, v in kept if v is not None])
-        return "?" + query if query else ""
+
+def _query(places: dict[str, int | None]) -> str:
+    """The agent page's query for these places of its pagings (None: a list's first page)."""
+    query = urlencode([(k, v) for k, v in places.items() if v is not None])
+    return "?" + query if query else ""
+
+
+def _paging(calls: dict[str, Any], audit: dict[str, Any] | None,
+            flags: dict[str, Any]) -> dict[str, str | None]:
+    """The query of each link of the agent view's three pagings, each keeping the others'
+    places: ``here`` (this page), the calls' ``calls_next`` (older), ``calls_newer`` (one page
+    back) and ``calls_latest`` (the first page, once two or more back), the flags' and the audit
+    log's likewise, and ``flag_form`` (this page, its flags at their first page, where a new
+    flag shows); None where there is no such page."""
+    here = {"calls_before": calls["before"], "audit_before": audit["before"] if audit else None,
+            "flags_before": flags["before"]}
+
+    def at(key: str, before: int | None) -> str:
+        return _query({**here, key: before})
 
     links: dict[str, str | None] = {
-        "here": at(calls["before"], at_audit),
-        "calls_next": at(calls["next_before"], at_audit) if calls["next_before"] else None,
-        "calls_newer": at(calls["newer_before"], at_audit) if calls["before"] else None,
-        "calls_latest": at(None, at_audit) if calls["newer_before"] else None,
+        "here": _query(here), "flag_form": at("flags_before", None),
+        "calls_next": at("calls_before", calls["next_before"]) if calls["next_before"] else None,
+        "calls_newer": at("calls_before", calls["newer_before"]) if calls["before"] else None,
+        "calls_latest": at("calls_before", None) if calls["newer_before"] else None,
+        "flags_older": at("flags_before", flags["next_before"]) if flags["more"] else None,
+        "flags_newer": at("flags_before", flags["newer_before"]) if flags["before"] else None,
+        "flags_latest": at("flags_before", None) if flags["newer_before"] else None,
         "audit_older": None, "audit_newer": None, "audit_latest": None}
     if audit:
-        at_calls = calls["before"]
         links.update(
-            audit_older=at(at_calls, audit["next_before"]) if audit["more"] else None,
-            audit_newer=at(at_calls, audit["newer_before"]) if audit["before"] else None,
-            audit_latest=at(at_calls, None) if audit["newer_before"] else None)
+            audit_older=at("audit_before", audit["next_before"]) if audit["more"] else None,
+            audit_newer=at("audit_before", audit["newer_before"]) if audit["before"] else None,
+            audit_latest=at("audit_before", None) if audit["newer_before"] else None)
     return links
 
 
-def _agent_address(agent: str, calls_before: int | None, audit_before: int | None) -> str:
-    """The agent page at these places of its two pagings (None: the first page)."""
-    kept = [("calls_before", calls_before), ("audit_before", audit_before)]
-    query = urlencode([(k, v) for k, v in kept if v is not None])
-    return f"/agents/{quote(agent, safe='')}" + ("?" + query if query else "")
+def _agent_address(agent: str, calls_before: int | None, audit_before: int | None,
+                   flags_before: int | None = None) -> str:
+    """The agent page at these places of its pagings (None: the first page)."""
+    return f"/agents/{quote(agent, safe='')}" + _query(
+        {"calls_before": calls_before, "audit_before": audit_before,
+         "flags_before": flags_before})
 
 
 def _agent_context(db: Db, user: User, agent: str, self_view: bool,
                    audit_before: int | None = None, goal_error: str | None = None,
                    goal_form: dict[str, str] | None = None,
-                   calls_before: int | None = None) -> dict[str, Any]:
+                   calls_before: int | None = None,
+                   flags_before: int | None = None) -> dict[str, Any]:
     row = access.require_agent(db, user, agent)
     seat = db.conn.execute("SELECT box, label FROM seats WHERE agent = ?", (agent,)).fetchone()
     row["private"] = access.private_mode(db, agent, row)  # its button may have turned it on
-    flags = api.flags_page(db, agent, api.FLAGS_PAGE, None)["flags"]
+    flags = _flags_page(db, agent, flags_before)
     goals = list(db.query("SELECT * FROM goals WHERE agent = ? AND active = 1 "
                           "ORDER BY created_ts", [agent]))
     for g in goals:
@@ -131,14 +164,15 @@ def _agent_context(db: Db, user: User, agent: str, self_view: bool,
     audit = access.audit_page(db, agent, AUDIT_PAGE, audit_before) if show_audit else None
     return {
         "agent": row, "seat": {"box": seat[0], "label": seat[1]} if seat else None,
-        "flags": flags, "goals": goals, "calls": calls["calls"], "calls_page": calls,
+        "flags": flags["flags"], "flags_page": flags, "goals": goals,
+        "calls": calls["calls"], "calls_page": calls,
         "calls_heard": (None if calls["total"] else
                         analytics.calls_heard(db, agent, time.time() - 86400)),
         "self_view": self_view,
         "can_coach": user.supervises and not self_view,
         "metrics": [registry.describe(n, user.lang) for n in analytics.metric_names(db)],
         "outcomes": analytics.OUTCOMES, "now_ts": time.time(), "calls_shown": CALLS_SHOWN,
-        "audit": audit, "paging": _paging(calls, audit),
+        "audit": audit, "paging": _paging(calls, audit, flags),
         "visits": access.group_visits(audit["entries"]) if audit else [],
         "goal_error": goal_error, "goal_form": goal_form or {},
     }
@@ -158,22 +192,24 @@ def lists_page(db: Db, user: CurrentUser) -> Response:
 
 @router.get("/agents/{agent:id}")
 def agent_page(request: Request, db: Db, user: CurrentUser, agent: str,
-               audit_before: AuditBefore = None, calls_before: CallsBefore = None) -> Response:
+               audit_before: AuditBefore = None, calls_before: CallsBefore = None,
+               flags_before: FlagsBefore = None) -> Response:
     """An agent's shift, calls, flags and goals (audited)."""
     require_role(user, "admin", "supervisor")
     ctx = _agent_context(db, user, agent, self_view=False, audit_before=audit_before,
-                         calls_before=calls_before)
+                         calls_before=calls_before, flags_before=flags_before)
     access.audit(db, user, "view_agent", agent)
     return render(request, "agent.html", ctx)
 
 
 @router.get("/me")
 def me_page(request: Request, db: Db, user: CurrentUser,
-            audit_before: AuditBefore = None, calls_before: CallsBefore = None) -> Response:
+            audit_before: AuditBefore = None, calls_before: CallsBefore = None,
+            flags_before: FlagsBefore = None) -> Response:
     """The agent's own view: what supervisors see, who looked, the private switch."""
     require_role(user, "agent")
     context = _agent_context(db, user, user.agent or "", True, audit_before,
-                             calls_before=calls_before)
+                             calls_before=calls_before, flags_before=flags_before)
     sent = request.query_params.get("sent")
     context["private_unsent"] = sent == "0"
     context["private_no_seat"] = sent == "noseat"
@@ -214,7 +250,8 @@ def flag_form(request: Request, db: Db, user: CurrentUser, agent: str,
               note: Annotated[str, Form(max_length=2000)] = "",
               shared: Annotated[str, Form(max_length=4)] = "",
               calls_before: CallsBefore = None, audit_before: AuditBefore = None) -> Response:
-    """Flag a moment from the agent page; back to it, both its pagings where they were."""
+    """Flag a moment from the agent page; back to it, its calls and audit log where they were,
+    its flags at their first page, where the new one shows."""
     api.add_flag(db, user, agent, api.FlagIn(ts=ts, note=note, shared=shared == "1"))  # ticked
     return RedirectResponse(_agent_address(agent, calls_before, audit_before) + "#flags",
                             status_code=303)
@@ -225,8 +262,9 @@ def goal_form(request: Request, db: Db, user: CurrentUser, agent: str,
               metric: Annotated[str, Form(max_length=64)],
               label: Annotated[str, Form(max_length=120)],
               direction: Annotated[str, Form(pattern="^(up|down)$")] = "down",
-              calls_before: CallsBefore = None, audit_before: AuditBefore = None) -> Response:
-    """Set a focus goal from the agent page, back to it with both its pagings where they were;
+              calls_before: CallsBefore = None, audit_before: AuditBefore = None,
+              flags_before: FlagsBefore = None) -> Response:
+    """Set a focus goal from the agent page, back to it with its pagings where they were;
     refused (a name of spaces only, a metric no goal is made of: registry.goal_metric), the
     agent's page comes back, at the same places, with the
     form as typed and the reason above it."""
@@ -241,11 +279,12 @@ def goal_form(request: Request, db: Db, user: CurrentUser, agent: str,
         ctx = _agent_context(db, user, agent, self_view=False, audit_before=audit_before,
                              goal_error=i18n.translate(user.lang, refused),
                              goal_form={"label": label, "metric": metric, "direction": direction},
-                             calls_before=calls_before)
+                             calls_before=calls_before, flags_before=flags_before)
         access.audit(db, user, "view_agent", agent)  # the page shows the agent's data again
         return render(request, "agent.html", ctx, 422)
     api.add_goal(db, user, agent, body)
-    return RedirectResponse(_agent_address(agent, calls_before, audit_before) + "#goals",
+    return RedirectResponse(_agent_address(agent, calls_before, audit_before, flags_before)
+                            + "#goals",
                             status_code=303)
 
 
