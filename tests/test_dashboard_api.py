@@ -1324,17 +1324,18 @@ def test_an_agents_flags_are_paged_to_the_oldest(org_server: Any) -> None:
     page read is one read_flags entry of the agent's audit log, as the one answer was."""
     server, data = org_server
     db = store.open_db(server.settings.db_path)
+    day_ago = time.time() - 86400.0  # within the flags' retention, which a purge could run meanwhile
     try:
         with db.conn:  # three flags a moment: the pages' edges (every 100) fall among them
             db.conn.executemany(
                 "INSERT INTO flags (agent, box, ts, note, author, created_ts) "
                 "VALUES ('agent-a1', 'box-a1', ?, ?, 'sup-a', ?)",
-                [(1.7e9 + k // 3 * 60, f"n{k}", 1.7e9) for k in range(1200)])
+                [(day_ago - k // 3 * 60, f"n{k}", day_ago) for k in range(1200)])
         expected = [r[0] for r in db.conn.execute(
             "SELECT id FROM flags WHERE agent = 'agent-a1' ORDER BY ts DESC, id DESC")]
         b_flag = db.conn.execute(
             "INSERT INTO flags (agent, box, ts, note, author, created_ts) "
-            "VALUES ('agent-b1', 'box-b1', 1.7e9, 'b', 'sup-b', 1.7e9)").lastrowid
+            "VALUES ('agent-b1', 'box-b1', ?, 'b', 'sup-b', ?)", (day_ago, day_ago)).lastrowid
         db.conn.commit()
     finally:
         db.conn.close()
