@@ -71,7 +71,7 @@ def parse(text: str, private_now: bool) -> dict[str, Any]:
     raise ControlError(f"unknown local command {text.strip()[:40]!r}: use {USAGE}")
 
 
-def _listened_on(path: Path) -> bool:
+def listened_on(path: Path) -> bool:
     """True if a live process has a socket bound at ``path`` (a connect to it succeeds); False
     for a socket file no one holds (a stopped or killed agent's: refused) or one this process
     may not write to."""
@@ -107,7 +107,7 @@ class ControlSocket:
             if not stat.S_ISSOCK(self.path.lstat().st_mode):
                 raise ControlError(f"control_socket {self.path} is not a socket: left as it is "
                                    "(set control_socket to a free path, e.g. /run/miroir/control)")
-            if _listened_on(self.path):
+            if listened_on(self.path):
                 raise ControlError(f"control_socket {self.path}: another agent listens on it: "
                                    "left to it (stop that agent first, or set another "
                                    "control_socket)")

@@ -219,6 +219,21 @@ def hold_state_dir(state_dir: Path) -> int:
     return fd
 
 
+def held_by_another(state_dir: Path) -> bool:
+    """True if another agent holds ``state_dir``'s lock; creates and writes nothing."""
+    try:
+        fd = os.open(state_dir / AGENT_LOCK, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        return exc.errno in (errno.EWOULDBLOCK, errno.EACCES)
+    finally:
+        os.close(fd)
+    return False
+
+
 def load(path: Path, **overrides: Any) -> EdgeSettings:
     """Load a TOML settings file; ``overrides`` (not None) win over the file."""
     try:

@@ -338,6 +338,9 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
     except edge_settings.SettingsError as exc:
         raise CliError(str(exc)) from None
     named = "--state-dir" if args.state_dir is not None else f"{args.config}: state_dir"
+    same_box = _same_box_running(cfg)  # before the state directory is made or locked
+    if same_box is not None:
+        raise CliError(f"{args.config}: {same_box}")
     problem = edge_settings.state_dir_problem(cfg.state_dir)  # said now, not in a traceback
     if problem is not None:
         raise CliError(f"{named} {cfg.state_dir}: {problem}")
@@ -349,6 +352,24 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
         return _run_agent(args, cfg, named)
     finally:
         os.close(lock)
+
+
+def _same_box_running(cfg: EdgeSettings) -> str | None:
+    """Why this box already runs (another agent listens on its control socket, its state
+    elsewhere: the two would close each other's broker connection); None if it does not, or if
+    the other holds this state directory too (the lock's refusal names its pid)."""
+    from edge import settings as edge_settings
+    from edge.control import listened_on
+
+    path = cfg.control_socket
+    if path is None or not path.is_socket() or not listened_on(path):
+        return None
+    if edge_settings.held_by_another(cfg.state_dir):
+        return None
+    return (f"box {cfg.box} already runs: another agent listens on its control_socket {path} "
+            "(its state elsewhere; both would connect to the broker as this box, each closing "
+            "the other's connection): stop it first (`sudo systemctl stop miroir-box` for the "
+            "service); nothing was changed")
 
 
 def _run_agent(args: argparse.Namespace, cfg: EdgeSettings, named: str) -> int:

@@ -1051,14 +1051,14 @@ def test_edge_run_keeps_its_state_in_the_directory_state_dir_names(tmp_path: Pat
     assert not settings_dir.exists()
 
 
-def test_a_second_agent_on_another_state_directory_leaves_the_first_its_control_socket(
+def test_a_second_agent_of_the_same_box_on_another_state_directory_refuses_to_start(
         tmp_path: Path) -> None:
     """Site IT running ``miroir edge run`` by hand with the service's settings and
     ``--state-dir`` elsewhere: the state directory's lock does not stop it, and the real second
-    agent replaced the first one's control socket with its own, which its stop then removed: the
-    first agent, still running, was left with no control socket (the front panel's button and the
-    CTI connector reached nothing, ENOENT, until a restart). A live socket at the path is now left
-    to its agent: the second runs without one (its journal says why) and the first keeps its."""
+    agent started (without the control socket, left to the first) and connected to the broker as
+    the same box, the two closing each other's connection in turn. An agent answering on the
+    settings' control socket is now the same box: the second refuses in one line naming it, exit
+    2, its state directory not even made; the first keeps its socket and runs on."""
     import os
     import signal
     import socket
@@ -1076,15 +1076,6 @@ def test_a_second_agent_on_another_state_directory_leaves_the_first_its_control_
            str(shared / "ami-headsets" / "source1.wav"), "--loop"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
 
-    def start(log: Path, *extra: str) -> subprocess.Popen[bytes]:
-        with log.open("wb") as err:
-            proc = subprocess.Popen([*run, *extra], stdout=subprocess.DEVNULL, stderr=err,
-                                    env=env)
-        wait_until(lambda: "replaying" in log.read_text() or proc.poll() is not None,
-                   "the agent to start")
-        assert proc.poll() is None, log.read_text()[-600:]
-        return proc
-
     def answer(text: bytes) -> bytes:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.bind("")  # an address, for the agent's answer
@@ -1092,27 +1083,30 @@ def test_a_second_agent_on_another_state_directory_leaves_the_first_its_control_
             sock.sendto(text, str(control))
             return sock.recv(512)
 
-    first = start(tmp_path / "first.log")
-    second = None
+    first_log = tmp_path / "first.log"
+    with first_log.open("wb") as err:
+        first = subprocess.Popen(run, stdout=subprocess.DEVNULL, stderr=err, env=env)
     try:
+        wait_until(lambda: "replaying" in first_log.read_text() or first.poll() is not None,
+                   "the agent to start")
+        assert first.poll() is None, first_log.read_text()[-600:]
         wait_until(control.is_socket, "the first agent's control socket")
         socket_inode = control.stat().st_ino
-        second_log = tmp_path / "second.log"
-        second = start(second_log, "--state-dir", str(tmp_path / "state-2"))
-        # the second's word on the control socket: refused (now), or the path taken over
-        wait_until(lambda: "no control socket" in second_log.read_text()
-                   or not control.exists() or control.stat().st_ino != socket_inode,
-                   "the second agent's control socket, or its refusal")
-        second.send_signal(signal.SIGTERM)
-        assert second.wait(timeout=60) == 0, second_log.read_text()[-600:]
-        assert control.is_socket(), "the second agent's stop left the first with no socket"
+        elsewhere = tmp_path / "state-2"
+        second = subprocess.run([*run, "--state-dir", str(elsewhere)], capture_output=True,
+                                text=True, env=env, timeout=60)
+        assert second.returncode == 2, second.stderr[-600:]
+        assert second.stderr.splitlines() == [
+            f"miroir: error: {config}: box box-a already runs: another agent listens on its "
+            f"control_socket {control} (its state elsewhere; both would connect to the broker "
+            "as this box, each closing the other's connection): stop it first (`sudo systemctl "
+            "stop miroir-box` for the service); nothing was changed"], second.stderr
+        assert not elsewhere.exists()
         assert control.stat().st_ino == socket_inode  # the first's, never taken over
         assert answer(b"identify") == b"ok identify"
-        assert f"no control socket at {control}: control_socket {control}: another agent " \
-               "listens on it" in second_log.read_text(), second_log.read_text()[-2000:]
+        assert first.poll() is None
     finally:
-        for proc in (first, second):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=30)
-    assert first.returncode == 0, (tmp_path / "first.log").read_text()[-600:]
+        if first.poll() is None:
+            first.send_signal(signal.SIGTERM)
+            first.wait(timeout=30)
+    assert first.returncode == 0, first_log.read_text()[-600:]
