@@ -29,7 +29,7 @@ from typing import Any
 
 from miroir import wire
 from miroir.files import read_regular
-from miroir.journal import Refusals
+from miroir.journal import REFUSALS_EVERY_S, Refusals
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,11 @@ class Publisher:
         self.drops = Refusals("command", "dropped", logger=log)
         """The journal's account of them (a few one by one, then their number): the box's loop
         writes the number when due (:meth:`Refusals.flush`), and :meth:`stop` at the end."""
+        self.closed_unanswered = 0
+        """Connections the broker closed before its CONNACK since the last one it accepted (with
+        TLS 1.3 a revoked, expired or foreign certificate shows so, as a bare EOF)."""
+        self._answered = False
+        self._closes_said_at = 0.0
         self._lock = threading.RLock()
         self._inflight: dict[int, tuple[int, float]] = {}  # paho mid -> (outbox seq, sent at)
         self._early: dict[int, tuple[bool, float]] = {}
@@ -191,10 +196,13 @@ class Publisher:
         self.drops.flush(force=True)
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        self._answered = True
         if reason.is_failure:
             log.warning("broker refused the connection: %s", reason)
             return
-        log.info("connected to %s:%s", self.settings.broker_host, self.settings.broker_port)
+        closed, self.closed_unanswered = self.closed_unanswered, 0
+        log.info("connected to %s:%s%s", self.settings.broker_host, self.settings.broker_port,
+                 f" (after {closed} connection(s) it closed before answering)" if closed else "")
         with self._lock:
             # paho sends what it holds unacknowledged again, under the same ids: they stay in
             # flight, from now (what it does not hold expires and the outbox sends it again)
@@ -212,9 +220,35 @@ class Publisher:
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any,
                        props: Any) -> None:
+        was_connected, self._answered = self._answered, False
         self.connected.clear()
-        log.info("disconnected from the broker: %s", reason)
+        if was_connected or self.settings.ca_file is None:
+            log.info("disconnected from the broker: %s", reason)
+        else:
+            self._closed_unanswered()
         self._poke()
+
+    def _closed_unanswered(self) -> None:
+        """Say once why the broker closes the connection before answering, then count."""
+        self.closed_unanswered += 1
+        where = f"{self.settings.broker_host}:{self.settings.broker_port}"
+        if self.closed_unanswered == 1:
+            self._closes_said_at = time.monotonic()
+            log.warning("the broker at %s closed the connection after the TLS handshake without "
+                        "answering (no CONNACK): it refuses this box's certificate (revoked, "
+                        "expired, or not signed by the site's CA: cert_days_left in the box's "
+                        "health) or takes no more connections; site IT: `sudo miroir provision "
+                        "expiry --all` lists the active boxes' certificates (box %s not among "
+                        "them was revoked: enrol it again under a new id), `sudo miroir provision "
+                        "rotate %s` renews an active one (IT guide, section 5); the box retries, "
+                        "further closes are counted", where, self.settings.box, self.settings.box)
+        elif time.monotonic() - self._closes_said_at >= REFUSALS_EVERY_S:
+            self._closes_said_at = time.monotonic()
+            log.warning("the broker at %s closed %d connections before answering so far "
+                        "(certificate refused? see above)", where, self.closed_unanswered)
+        else:
+            log.debug("the broker at %s closed the connection before answering (%d)", where,
+                      self.closed_unanswered)
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         # paho holds its own message lock here: take ours briefly, never call paho under it.

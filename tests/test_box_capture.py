@@ -7,6 +7,7 @@ import json
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -1110,3 +1111,55 @@ def test_a_second_agent_of_the_same_box_on_another_state_directory_refuses_to_st
             first.send_signal(signal.SIGTERM)
             first.wait(timeout=30)
     assert first.returncode == 0, first_log.read_text()[-600:]
+
+
+def test_a_revoked_box_says_once_in_its_journal_that_the_broker_shuts_it_out(site: Any,
+                                                                             tmp_path: Path) -> None:
+    """A box whose certificate the site revoked: with TLS 1.3 the broker's refusal reaches it as
+    a bare EOF after the handshake, and the real agent wrote only "disconnected from the broker:
+    Unspecified error" at each retry, forever, saying nothing site IT could act on. It now says
+    once that the broker closed the connection after the TLS handshake without answering, why
+    (certificate revoked, expired, foreign; a full broker) and the provision commands to run;
+    the retries after that are counted, not written."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from provisioning import pki
+    from provisioning.broker import write_config
+
+    crl = pki.revoke(site.ca, site.dir / "crl.pem", [site.box("box-a").cert])
+    write_config(site.dir, port=site.port, ca=site.ca, server=site.server, acl=site.acl, crl=crl)
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "ami-headsets"
+    config = tmp_path / "box.toml"
+    box = site.box("box-a")
+    log = tmp_path / "agent.log"
+    with site.broker() as broker:
+        config.write_text(
+            f'site = "{SITE_ID}"\nbox = "box-a"\nbroker_host = "localhost"\n'
+            f'broker_port = {broker.port}\nstate_dir = "{tmp_path / "state"}"\n'
+            f'ca_file = "{site.ca_cert}"\ncert_file = "{box.cert}"\nkey_file = "{box.key}"\n')
+        with log.open("wb") as err:
+            agent = subprocess.Popen(
+                [sys.executable, "-m", "miroir", "edge", "run", "--config", str(config),
+                 "--replay", str(shared / "source0.wav"), str(shared / "source1.wav"), "--loop"],
+                stdout=subprocess.DEVNULL, stderr=err, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        try:  # the first try at once, then 1 s and 2 s after: three handshakes refused
+            wait_until(lambda: site.log.read_text().count("certificate verify failed") >= 3
+                       or agent.poll() is not None, "three of the box's connections refused")
+            assert agent.poll() is None, log.read_text()[-600:]
+        finally:
+            agent.send_signal(signal.SIGTERM)
+            agent.wait(timeout=60)
+    text = log.read_text()
+    said = (f"the broker at localhost:{broker.port} closed the connection after the TLS "
+            "handshake without answering (no CONNACK): it refuses this box's certificate "
+            "(revoked, expired, or not signed by the site's CA: cert_days_left in the box's "
+            "health) or takes no more connections; site IT: `sudo miroir provision expiry --all` "
+            "lists the active boxes' certificates (box box-a not among them was revoked: enrol "
+            "it again under a new id), `sudo miroir provision rotate box-a` renews an active one "
+            "(IT guide, section 5); the box retries, further closes are counted")
+    assert text.count(said) == 1, text[-2000:]
+    assert "disconnected from the broker" not in text, text[-2000:]
+    assert agent.returncode == 0, text[-600:]
