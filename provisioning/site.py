@@ -264,12 +264,15 @@ def signal_reload(pid: int) -> Reload:
     return BrokerReload(reload, ("--broker-pid", str(pid)))
 
 
-def _not_read(reload: Reload, done: str, again: str) -> str:
-    """What is ``done`` in the site's files, not read by the broker, and the command to run
-    ``again``, with the options that chose the broker (a :class:`BrokerReload`'s)."""
+def _not_read(reload: Reload, done: str, again: str, *, asked: bool = True) -> str:
+    """What is ``done`` in the site's files, not read by the broker (or, not ``asked``, not
+    confirmed read: it may have read them), and the command to run ``again``, with the options
+    that chose the broker (a :class:`BrokerReload`'s)."""
     chosen = getattr(reload, "args", ())
     command = " ".join([again, *(shlex.quote(a) for a in chosen)])
-    return (f"{done} in the site's files, but the running broker has not read them; run "
+    read = ("the running broker has not read them" if asked
+            else "whether the running broker has read them could not be confirmed")
+    return (f"{done} in the site's files, but {read}; run "
             f"`{command}` again once the broker can be reloaded (with another --broker-pid or "
             "--broker-unit if that one is not the broker's)")
 
@@ -415,22 +418,23 @@ class Site:
 
         Raises:
             SiteError: still False (``unread``), or the broker could not be asked (``unasked``,
-                with the error), after ``timeout_s``: the message says so, what is ``done`` and
-                the command to run ``again`` with the options of ``reload``.
+                with the error; whether it read the files is then said unconfirmed), after
+                ``timeout_s``: the message says so, what is ``done`` and the command to run
+                ``again`` with the options of ``reload``.
         """
         start = time.monotonic()
         while True:
             try:
                 if read():
                     return time.monotonic() - start
-                why = unread
+                why, asked = unread, True
             except OSError as exc:
-                why = f"{unasked} ({exc})"
+                why, asked = f"{unasked} ({exc})", False
             if time.monotonic() - start >= timeout_s:
                 raise SiteError(
                     f"the broker at {self.admin_host}:{self.port} {why} {timeout_s:.0f} s after "
                     f"its reload (its log, {self.log}, says whether it reloaded): "
-                    + _not_read(reload, done, again))
+                    + _not_read(reload, done, again, asked=asked))
             time.sleep(CONFIRM_RETRY_S)
 
     def _refused_after(self, check: CertPair, what: str, reload: Reload, done: str, again: str,

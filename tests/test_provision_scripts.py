@@ -767,7 +767,9 @@ def test_a_revocation_check_closed_for_another_reason_is_not_taken_for_a_refusal
     not the broker's) made `revoke` say "the revoked certificate refused 0.02 s after", exit 0,
     while the broker still let that certificate in. Only the broker's TLS alert "certificate
     revoked" now counts as refused; other closes are no answer, and after 5 s `revoke` fails
-    saying it could not ask (exit 2), without cutting anything."""
+    saying it could not ask (exit 2), without cutting anything, and that whether the broker read
+    the revocation could not be confirmed (it said "has not read them", which a full broker that
+    had read them belied)."""
     import signal
 
     root = new_site_dir("miroir-revoke-full-")
@@ -795,10 +797,11 @@ def test_a_revocation_check_closed_for_another_reason_is_not_taken_for_a_refusal
                 "box box-002's revoked certificate ("), last
             assert last.endswith(
                 f") 5 s after its reload (its log, {site.log}, says whether it reloaded): box "
-                "box-002 is revoked in the site's files, but the running broker has not read "
-                f"them; run `miroir provision revoke --site-dir {site.dir} box-002 --broker-pid "
-                f"{other.pid}` again once the broker can be reloaded (with another --broker-pid "
-                "or --broker-unit if that one is not the broker's)"), last
+                "box-002 is revoked in the site's files, but whether the running broker has "
+                f"read them could not be confirmed; run `miroir provision revoke --site-dir "
+                f"{site.dir} box-002 --broker-pid {other.pid}` again once the broker can be "
+                "reloaded (with another --broker-pid or --broker-unit if that one is not the "
+                "broker's)"), last
             assert pub.connected.is_set()
             pub.stop()
             pub = None
