@@ -18,12 +18,17 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from miroir.numbers import decimal_number, whole_number
+from miroir.wire import DAY_S  # the longest session idle time, login window and purge interval
 
 ENV_PREFIX = "MIROIR_DASH_"
 """Prefix of the environment variables (``dashboard.env``) that hold the settings."""
 
 MIN_AUDIT_DAYS = 180.0
 """Shortest audit-log retention the dashboard accepts, days."""
+
+MAX_RETENTION_DAYS = 3650.0
+"""Longest retention of any kind the dashboard accepts, days (ten years; beyond, a typo such as
+1000000000000 made the purge fail with "Value too large for defined data type")."""
 
 
 class DashboardSettings(BaseSettings):
@@ -47,7 +52,7 @@ class DashboardSettings(BaseSettings):
         None, description="File holding the initial admin password (used once, on an empty db)."
     )
     session_idle_s: float = Field(
-        1800.0, gt=0,
+        1800.0, gt=0, le=DAY_S,
         description=("Seconds without its user's act (a page opened, a form, a key or a click) after "
                      "which a login session ends; a page's background traffic does not count."),
     )
@@ -62,37 +67,40 @@ class DashboardSettings(BaseSettings):
         description="Reverse-proxy addresses or CIDRs whose X-Forwarded-For header is believed.",
     )
     login_window_s: float = Field(
-        900.0, gt=0, description="Window in seconds over which failed logins are counted."
+        900.0, gt=0, le=DAY_S, description="Window in seconds over which failed logins are counted."
     )
     login_max_failures_account: int = Field(
-        5, ge=1, description="Failed logins on one account from one client address within the window "
-        "before that address is throttled for the account; also the wrong one-time codes on the "
-        "account, from all addresses, before its code step is throttled."
+        5, ge=1, le=1000, description="Failed logins on one account from one client address "
+        "within the window before that address is throttled for the account; also the wrong "
+        "one-time codes on the account, from all addresses, before its code step is throttled."
     )
     login_max_failures_account_total: int = Field(
-        50, ge=1, description="Failed logins on one account from all addresses within the window "
+        50, ge=1, le=100_000, description="Failed logins on one account from all addresses within the window "
         "before the account is throttled, except in browsers whose last completed login to it is "
         "under 90 days old: a guess spread over many addresses is stopped, and a stranger elsewhere "
         "cannot lock the account's owner out."
     )
     login_max_failures_addr: int = Field(
-        20, ge=1, description="Failed logins from one client address within the window before it "
+        20, ge=1, le=100_000, description="Failed logins from one client address within the window before it "
         "is throttled, except in browsers whose last completed login to the account is under 90 "
         "days old: one person behind a floor's shared address cannot lock the floor out."
     )
     login_max_concurrent_checks: int = Field(
-        4, ge=1, description="Password checks (argon2id, 64 MiB and about 0.1 s of a core each) run "
+        4, ge=1, le=64, description="Password checks (argon2id, 64 MiB and about 0.1 s of a core each) run "
         "at once; a login that finds no free slot within a second is answered 503 with Retry-After "
         "and does not count as a failure."
     )
     retention_metrics_days: float = Field(
-        30.0, gt=0, description="Days per-second metrics and events are kept before the purge."
+        30.0, gt=0, le=MAX_RETENTION_DAYS,
+        description="Days per-second metrics and events are kept before the purge."
     )
     retention_aggregates_days: float = Field(
-        365.0, gt=0, description="Days daily aggregates, calls, flags and goals are kept."
+        365.0, gt=0, le=MAX_RETENTION_DAYS,
+        description="Days daily aggregates, calls, flags and goals are kept."
     )
     retention_audit_days: float = Field(
-        365.0, ge=MIN_AUDIT_DAYS, description="Days audit-log entries and login attempts are kept "
+        365.0, ge=MIN_AUDIT_DAYS, le=MAX_RETENTION_DAYS,
+        description="Days audit-log entries and login attempts are kept "
         f"(at least {MIN_AUDIT_DAYS:g}: the CNIL asks six months to a year for access logs, and a "
         "slip such as 36 for 365 would purge the record of who read whose data within the hour)."
     )
@@ -104,10 +112,10 @@ class DashboardSettings(BaseSettings):
         "counts as one day, not two. Applies to the days rolled up and read from then on."
     )
     purge_interval_s: float = Field(
-        3600.0, gt=0, description="Seconds between two automatic retention purges."
+        3600.0, gt=0, le=DAY_S, description="Seconds between two automatic retention purges."
     )
     restart_grace_s: float = Field(
-        120.0, ge=0, description="Seconds a box that said it restarts (an update, a settings "
+        120.0, ge=0, le=3600, description="Seconds a box that said it restarts (an update, a settings "
         "reload) has to come back before the offline alert: meanwhile the IT page, the floor and "
         "the agent pages show it restarting, not offline. 0 alerts at once, as for a stop."
     )
@@ -120,11 +128,11 @@ class DashboardSettings(BaseSettings):
         "/api/cti/call-state (a systemd credential in production); unset, every call state is refused."
     )
     cti_rate_per_s: float = Field(
-        10.0, gt=0, description="Call states a second one CTI client (its address, as the login "
+        10.0, gt=0, le=10_000, description="Call states a second one CTI client (its address, as the login "
         "throttle counts it) may post once its burst is spent; beyond, 429 with Retry-After."
     )
     cti_burst: int = Field(
-        200, ge=1, description="Call states one CTI client may post at once (a resend of every "
+        200, ge=1, le=100_000, description="Call states one CTI client may post at once (a resend of every "
         "seat's state after the CTI server restarts) before cti_rate_per_s applies."
     )
     tls_cert_file: Path | None = Field(

@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import json
 import logging
+import math
 import os
 import shlex
 import signal
@@ -133,11 +134,16 @@ def positive_int(text: str) -> int:
 
 
 def plain_float(text: str) -> float:
-    """An argparse type: a number written in plain digits (its range is the command's to check)."""
+    """An argparse type: a finite number written in plain digits (its range is the command's to
+    check); one past a float's range is refused as too large (or too far below 0)."""
     try:
-        return decimal_number(text, text, signed=True)
+        value = decimal_number(text, text, signed=True)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text} is not {DECIMAL_RULE}") from None
+    if math.isinf(value):
+        raise argparse.ArgumentTypeError(
+            f"{text} is {'too large' if value > 0 else 'too far below 0'}")
+    return value
 
 
 def positive_float(text: str) -> float:

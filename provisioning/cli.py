@@ -110,7 +110,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     site = _site(args)
     result = site.revoke(args.box, _reload(args), kick=not args.no_kick)
     live = "cut" if result.kicked else "left (--no-kick)" if args.no_kick else \
-        "not cut (broker unreachable?)"
+        f"not cut ({result.not_cut})"
     status = "cleared" if result.status_cleared else "left (not cut)"
     if result.revoked_before_ts is None:
         what = "revoked"
@@ -131,7 +131,7 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     if args.finish:
         done = site.finish_rotation(args.box, _reload(args))
         if done.serials:  # a cut that failed is said as revoke says it, with its exit code
-            live = "" if done.kicked else "; live connection not cut (broker unreachable?)"
+            live = "" if done.kicked else f"; live connection not cut ({done.not_cut})"
             print(f"box {args.box}: retired {len(done.serials)} old certificate(s){live}")
         else:
             print(f"box {args.box}: no rotation waits for its finish; nothing changed")

@@ -43,6 +43,7 @@ import secrets
 import shlex
 import shutil
 import signal
+import ssl
 import subprocess
 import tempfile
 import time
@@ -264,12 +265,15 @@ def signal_reload(pid: int) -> Reload:
     return BrokerReload(reload, ("--broker-pid", str(pid)))
 
 
-def _not_read(reload: Reload, done: str, again: str) -> str:
-    """What is ``done`` in the site's files, not read by the broker, and the command to run
-    ``again``, with the options that chose the broker (a :class:`BrokerReload`'s)."""
+def _not_read(reload: Reload, done: str, again: str, *, asked: bool = True) -> str:
+    """What is ``done`` in the site's files, not read by the broker (or, not ``asked``, not
+    confirmed read: it may have read them), and the command to run ``again``, with the options
+    that chose the broker (a :class:`BrokerReload`'s)."""
     chosen = getattr(reload, "args", ())
     command = " ".join([again, *(shlex.quote(a) for a in chosen)])
-    return (f"{done} in the site's files, but the running broker has not read them; run "
+    read = ("the running broker has not read them" if asked
+            else "whether the running broker has read them could not be confirmed")
+    return (f"{done} in the site's files, but {read}; run "
             f"`{command}` again once the broker can be reloaded (with another --broker-pid or "
             "--broker-unit if that one is not the broker's)")
 
@@ -310,6 +314,15 @@ class Enrolled:
 
 
 @dataclass(frozen=True)
+class Cut:
+    """Whether a box's live connection was cut (its session taken over), and if not, why."""
+
+    done: bool
+    why: str = ""
+    """What became of the connection that cuts it: refused, closed by the broker, not reached."""
+
+
+@dataclass(frozen=True)
 class RevokeResult:
     """What :meth:`Site.revoke` did, with its timings in seconds."""
 
@@ -323,6 +336,8 @@ class RevokeResult:
     """When an earlier run revoked the box (its record keeps that time), else None."""
     refused_after_s: float | None = None
     """How long after the broker's reload its certificate was first refused (None: not tried)."""
+    not_cut: str = ""
+    """Why its live connection was not cut, when the cut was tried and failed (:class:`Cut`)."""
 
 
 @dataclass(frozen=True)
@@ -333,6 +348,8 @@ class FinishResult:
     """The old certificates revoked (empty: no rotation waited for its finish, nothing done)."""
     kicked: bool
     """The box's live connection was cut (its session taken over), as :class:`RevokeResult`'s."""
+    not_cut: str = ""
+    """Why it was not, when the cut was tried and failed (:class:`Cut`)."""
 
 
 class Site:
@@ -415,22 +432,23 @@ class Site:
 
         Raises:
             SiteError: still False (``unread``), or the broker could not be asked (``unasked``,
-                with the error), after ``timeout_s``: the message says so, what is ``done`` and
-                the command to run ``again`` with the options of ``reload``.
+                with the error; whether it read the files is then said unconfirmed), after
+                ``timeout_s``: the message says so, what is ``done`` and the command to run
+                ``again`` with the options of ``reload``.
         """
         start = time.monotonic()
         while True:
             try:
                 if read():
                     return time.monotonic() - start
-                why = unread
+                why, asked = unread, True
             except OSError as exc:
-                why = f"{unasked} ({exc})"
+                why, asked = f"{unasked} ({exc})", False
             if time.monotonic() - start >= timeout_s:
                 raise SiteError(
                     f"the broker at {self.admin_host}:{self.port} {why} {timeout_s:.0f} s after "
                     f"its reload (its log, {self.log}, says whether it reloaded): "
-                    + _not_read(reload, done, again))
+                    + _not_read(reload, done, again, asked=asked))
             time.sleep(CONFIRM_RETRY_S)
 
     def _refused_after(self, check: CertPair, what: str, reload: Reload, done: str, again: str,
@@ -472,33 +490,38 @@ class Site:
         log.info("the broker serves its new certificate %.3f s after the reload", took)
         return took
 
-    def kick(self, box: str, timeout_s: float = KICK_TIMEOUT_S) -> bool:
+    def kick(self, box: str, timeout_s: float = KICK_TIMEOUT_S) -> Cut:
         """Close a box's live MQTT connection: connect once as the box, with a certificate issued
         for its CN now (the broker names the client after it, so the box's session is taken over),
         then revoke that certificate. Call once the box's own certificates are revoked.
 
         Returns:
-            True if the broker accepted the takeover (any box connection is then closed).
+            Whether the broker accepted the takeover (any box connection is then closed), and if
+            not, why.
         """
         return self._take_over(box, timeout_s, clear_status=False)[0]
 
     def _take_over(self, box: str, timeout_s: float = KICK_TIMEOUT_S, *,
-                   clear_status: bool) -> tuple[bool, bool]:
+                   clear_status: bool) -> tuple[Cut, bool]:
         """:meth:`kick`, and with ``clear_status`` remove the box's retained status from the
         broker as the box itself (an empty retained message), while its ACL still lets it.
 
         Returns:
-            Whether the takeover was accepted, and whether the broker acknowledged the clearing.
+            Whether the takeover was accepted (and if not, why), and whether the broker
+            acknowledged the clearing.
         """
         import threading
 
         done = threading.Event()
         ok: list[bool] = []
+        why = f"no answer from the broker within {timeout_s:g} s"
         cleared = False
 
         def on_connect(client: object, userdata: object, flags: object, reason: object,
                        props: object) -> None:
+            nonlocal why
             ok.append(not getattr(reason, "is_failure", True))
+            why = f"the broker refused the connection that cuts it: {reason}"
             done.set()
 
         stage = Path(tempfile.mkdtemp(prefix=".kick-", dir=self.dir))  # 0700
@@ -508,8 +531,14 @@ class Site:
             client.on_connect = on_connect
             try:
                 client.connect(self.admin_host, self.port, keepalive=10)
+            except (ssl.SSLError, ConnectionResetError, BrokenPipeError) as exc:
+                # reached: it closed the connection (its max_connections, say), its log says why
+                why = (f"the broker closed the connection that cuts it: {exc}; its log, "
+                       f"{self.log}, says why")
+                log.warning("could not cut %s off: %s", box, why)
             except OSError as exc:
-                log.warning("could not reach the broker to cut %s off: %s", box, exc)
+                why = f"the broker could not be reached at {self.admin_host}:{self.port}: {exc}"
+                log.warning("could not cut %s off: %s", box, why)
             else:
                 client.loop_start()
                 try:
@@ -524,7 +553,8 @@ class Site:
             pki.revoke(self.ca, self.crl, [pair.cert])  # read at the broker's next reload
         finally:
             shutil.rmtree(stage, ignore_errors=True)
-        return bool(ok and ok[0]), cleared
+        cut = bool(ok and ok[0])
+        return Cut(cut, "" if cut else why), cleared
 
     # -- operations ----------------------------------------------------------------------
 
@@ -679,6 +709,7 @@ class Site:
             for path in (bundle, Path(f"{bundle}.sha256")):
                 path.unlink(missing_ok=True)  # the key inside is now worthless; do not hand it out
             kicked = cleared = False
+            not_cut = ""
             reload_now = functools.partial(_reload_for, reload, f"box {box} is revoked",
                                            self.command("revoke", box))
             refused_s: float | None = None
@@ -701,7 +732,8 @@ class Site:
                     self.write_acl([b for b in inv.revoked() if b != box])
                     reload_now()  # the CRL: the box can no longer connect
                     if confirmed():  # (cut while the broker lets it in, it would be back at once)
-                        kicked, cleared = self._take_over(box, clear_status=True)
+                        cut, cleared = self._take_over(box, clear_status=True)
+                        kicked, not_cut = cut.done, cut.why
             finally:
                 self.write_acl(inv.revoked())  # (even if that reload failed)
             reload_now()  # the ACL: denied every topic (a Last Will too)
@@ -713,7 +745,7 @@ class Site:
         log.info("revoked box %s (serials %s); kicked: %s; retained status cleared: %s", box,
                  ", ".join(serials), kicked, cleared)
         return RevokeResult(box, serials, kicked, time.monotonic() - start, cleared, before,
-                            refused_s)
+                            refused_s, not_cut)
 
     @_exclusive
     def rotate(self, box: str, *, days: int = BOX_CERT_DAYS, again: bool = False) -> Path:
@@ -841,10 +873,10 @@ class Site:
                 self._refused_after(check, f"box {box}'s old certificate(s)", reload, done, again)
         rec.previous_serials = []  # finished once the broker has read them
         inv.save(self.dir)
-        kicked = kick and self.kick(box)
+        cut = self.kick(box) if kick else Cut(False)
         log.info("finished box %s's rotation (serials %s); kicked: %s", box, ", ".join(serials),
-                 kicked)
-        return FinishResult(serials, kicked)
+                 cut.done)
+        return FinishResult(serials, cut.done, cut.why)
 
 
 def init_site(dir: Path, site: str, *, broker_host: str, port: int = DEFAULT_PORT,

@@ -25,7 +25,8 @@ EXPECTED = [
     '["127.0.0.1/32", "::1/128"], got \'10.0.0.1\'',
     "MIROIR_DASH_MQTT_PORT: expected a whole number, at least 1 and at most 65535, got '88x3'",
     "MIROIR_DASH_SECURE_COOKIES: expected true or false, got 'maybe'",
-    "MIROIR_DASH_RETENTION_AUDIT_DAYS = '36' is outside the allowed range: at least 180",
+    "MIROIR_DASH_RETENTION_AUDIT_DAYS = '36' is outside the allowed range: at least 180 and at "
+    "most 3650",
 ]
 """Worded as a campaign file's errors are: the name as typed, the value, what it accepts."""
 
@@ -112,18 +113,57 @@ def test_a_number_in_a_setting_is_taken_in_plain_digits_only(tmp_path: Path) -> 
     assert done.stderr.splitlines() == [
         "miroir: error: MIROIR_DASH_MQTT_PORT: expected a whole number, at least 1 and at most "
         "65535, got '8_883'",
-        "miroir: error: MIROIR_DASH_RETENTION_METRICS_DAYS: expected a number, above 0, got "
-        "'1e1'",
-        "miroir: error: MIROIR_DASH_CTI_BURST: expected a whole number, at least 1, got '+200'",
+        "miroir: error: MIROIR_DASH_RETENTION_METRICS_DAYS: expected a number, above 0 and at "
+        "most 3650, got '1e1'",
+        "miroir: error: MIROIR_DASH_CTI_BURST: expected a whole number, at least 1 and at most "
+        "100000, got '+200'",
     ], done.stderr
     assert not db.exists()
     # plain digits past a float's range: read as infinity (a traceback: "timestamp out of range")
     huge = "1" + "0" * 400
     done = _run(["purge"], {**site, "MIROIR_DASH_RETENTION_METRICS_DAYS": huge}, tmp_path)
     assert (done.returncode, done.stderr.splitlines()) == (2, [
-        "miroir: error: MIROIR_DASH_RETENTION_METRICS_DAYS: expected a number, above 0, got "
-        f"'{huge}'"]), done.stderr[-600:]
+        "miroir: error: MIROIR_DASH_RETENTION_METRICS_DAYS: expected a number, above 0 and at "
+        f"most 3650, got '{huge}'"]), done.stderr[-600:]
     assert not db.exists()
     done = _run(["purge"], {**site, "MIROIR_DASH_MQTT_PORT": "8883", "MIROIR_DASH_CTI_BURST": "200",
                             "MIROIR_DASH_RETENTION_METRICS_DAYS": "10.5"}, tmp_path)
+    assert done.returncode == 0, done.stderr
+
+
+TOO_LARGE = {
+    "MIROIR_DASH_SESSION_IDLE_S": ("86401", "above 0 and at most 86400"),
+    "MIROIR_DASH_LOGIN_WINDOW_S": ("86401", "above 0 and at most 86400"),
+    "MIROIR_DASH_LOGIN_MAX_FAILURES_ACCOUNT": ("1001", "at least 1 and at most 1000"),
+    "MIROIR_DASH_LOGIN_MAX_FAILURES_ACCOUNT_TOTAL": ("100001", "at least 1 and at most 100000"),
+    "MIROIR_DASH_LOGIN_MAX_FAILURES_ADDR": ("100001", "at least 1 and at most 100000"),
+    "MIROIR_DASH_LOGIN_MAX_CONCURRENT_CHECKS": ("65", "at least 1 and at most 64"),
+    "MIROIR_DASH_RETENTION_METRICS_DAYS": ("1000000000000", "above 0 and at most 3650"),
+    "MIROIR_DASH_RETENTION_AGGREGATES_DAYS": ("3650.5", "above 0 and at most 3650"),
+    "MIROIR_DASH_RETENTION_AUDIT_DAYS": ("3651", "at least 180 and at most 3650"),
+    "MIROIR_DASH_PURGE_INTERVAL_S": ("1000000000000", "above 0 and at most 86400"),
+    "MIROIR_DASH_RESTART_GRACE_S": ("3601", "at least 0 and at most 3600"),
+    "MIROIR_DASH_CTI_RATE_PER_S": ("10001", "above 0 and at most 10000"),
+    "MIROIR_DASH_CTI_BURST": ("100001", "at least 1 and at most 100000"),
+}
+"""Each numeric setting with no upper bound before, just past the one it now has."""
+
+
+def test_a_numeric_setting_past_its_upper_bound_is_refused_naming_its_range(
+        tmp_path: Path) -> None:
+    """The numeric settings had no upper bound: `MIROIR_DASH_RETENTION_METRICS_DAYS=1000000000000`
+    made `miroir dashboard purge` migrate the database and then fail with "Value too large for
+    defined data type", and a purge interval of 10^12 s or 100000000000 password checks at once
+    were taken (exit 0). Each now has a documented range: a value past it is one line naming the
+    variable and the range, exit 2, nothing written; the bounds themselves are taken."""
+    db = tmp_path / "dashboard.sqlite"
+    site = {"MIROIR_DASH_SITE": "paris-1", "MIROIR_DASH_DB_PATH": str(db)}
+    done = _run(["purge"], {**site, **{k: v for k, (v, _) in TOO_LARGE.items()}}, tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert sorted(done.stderr.splitlines()) == sorted(
+        f"miroir: error: {name} = {value!r} is outside the allowed range: {span}"
+        for name, (value, span) in TOO_LARGE.items()), done.stderr
+    assert not db.exists()
+    at_most = {name: span.rsplit(" ", 1)[1] for name, (_, span) in TOO_LARGE.items()}
+    done = _run(["purge"], {**site, **at_most}, tmp_path)
     assert done.returncode == 0, done.stderr

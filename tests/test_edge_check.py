@@ -229,3 +229,21 @@ def test_the_cue_second_is_taken_in_plain_digits_only(tmp_path: Path,
         assert (f"argument --cue-s: {typed} is not a number written with the digits 0-9 and at "
                 "most one '.' only") in capsys.readouterr().err, typed
     assert not (tmp_path / "state").exists()
+
+
+def test_a_cue_second_past_a_float_s_range_is_refused_as_typed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--cue-s` of 400 digits (plain, so taken) became infinity, and the refusal echoed
+    "--cue-s inf", a value nobody typed. It is now a usage error saying it is too large (too far
+    below 0 with a '-'), before anything is recorded."""
+    config = tmp_path / "box.toml"
+    config.write_text(f'site = "site-a"\nbox = "box-a"\nstate_dir = "{tmp_path / "state"}"\n')
+    for typed, said in (("1" + "0" * 400, "too large"), ("-1" + "0" * 400, "too far below 0")):
+        with pytest.raises(SystemExit) as usage:
+            main(["edge", "check", "--config", str(config), "--seconds", str(SECONDS),
+                  "--cue-s", typed])
+        assert usage.value.code == 2, said
+        err = capsys.readouterr().err
+        assert f"argument --cue-s: {typed} is {said}" in err, err
+        assert "inf" not in err, err
+    assert not (tmp_path / "state").exists()

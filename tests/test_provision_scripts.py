@@ -767,7 +767,9 @@ def test_a_revocation_check_closed_for_another_reason_is_not_taken_for_a_refusal
     not the broker's) made `revoke` say "the revoked certificate refused 0.02 s after", exit 0,
     while the broker still let that certificate in. Only the broker's TLS alert "certificate
     revoked" now counts as refused; other closes are no answer, and after 5 s `revoke` fails
-    saying it could not ask (exit 2), without cutting anything."""
+    saying it could not ask (exit 2), without cutting anything, and that whether the broker read
+    the revocation could not be confirmed (it said "has not read them", which a full broker that
+    had read them belied)."""
     import signal
 
     root = new_site_dir("miroir-revoke-full-")
@@ -795,10 +797,11 @@ def test_a_revocation_check_closed_for_another_reason_is_not_taken_for_a_refusal
                 "box box-002's revoked certificate ("), last
             assert last.endswith(
                 f") 5 s after its reload (its log, {site.log}, says whether it reloaded): box "
-                "box-002 is revoked in the site's files, but the running broker has not read "
-                f"them; run `miroir provision revoke --site-dir {site.dir} box-002 --broker-pid "
-                f"{other.pid}` again once the broker can be reloaded (with another --broker-pid "
-                "or --broker-unit if that one is not the broker's)"), last
+                "box-002 is revoked in the site's files, but whether the running broker has "
+                f"read them could not be confirmed; run `miroir provision revoke --site-dir "
+                f"{site.dir} box-002 --broker-pid {other.pid}` again once the broker can be "
+                "reloaded (with another --broker-pid or --broker-unit if that one is not the "
+                "broker's)"), last
             assert pub.connected.is_set()
             pub.stop()
             pub = None
@@ -870,7 +873,8 @@ def test_a_rotation_finish_whose_cut_fails_says_so_as_revoke_does(tmp_path: Path
     the box's session), and said "retired 1 old certificate(s)" when that cut failed: over the
     real broker, its kick refused (a client id rule the reload read), the connection made with
     the old key stayed open and nothing said so. `revoke` so refused says "live connection not
-    cut (broker unreachable?)", exit 0; the finish now says the same, with the same exit code."""
+    cut (...)", exit 0; the finish now says the same, with the same exit code. Both name what the
+    broker did (it refused the cut's connection, not "broker unreachable?" as they said)."""
     root = new_site_dir("miroir-finish-uncut-")
     try:
         site = init_site(root / "site", SITE, broker_host="localhost", port=free_port(),
@@ -891,12 +895,14 @@ def test_a_rotation_finish_whose_cut_fails_says_so_as_revoke_does(tmp_path: Path
             done = cli("revoke", "box-002", "--site-dir", str(site.dir), "--broker-pid",
                        str(broker.pid))
             assert done.returncode == 0, done.stderr
-            assert "; live connection not cut (broker unreachable?), " in done.stdout, done.stdout
+            assert ("; live connection not cut (the broker refused the connection that cuts it: "
+                    "Not authorized), ") in done.stdout, done.stdout
             done = cli("rotate", "box-001", "--finish", "--site-dir", str(site.dir),
                        "--broker-pid", str(broker.pid))
             assert done.returncode == 0, done.stderr
             assert done.stdout == ("box box-001: retired 1 old certificate(s); live connection "
-                                   "not cut (broker unreachable?)\n"), done.stdout
+                                   "not cut (the broker refused the connection that cuts it: "
+                                   "Not authorized)\n"), done.stdout
             assert not peer.disconnected  # it was not cut indeed
             assert "Client <unknown> disconnected, not authorised." in site.log.read_text()
         finally:
@@ -1093,3 +1099,38 @@ def test_a_backup_written_into_the_site_folder_is_refused(site_dir: Path, tmp_pa
         assert not list(site_dir.rglob("*.bak"))
     assert cli("backup", "--site-dir", str(site_dir), str(tmp_path / "paris-1.bak"),
                "--passphrase-file", str(pw)).returncode == 0
+
+
+def test_a_cut_the_broker_closes_says_so_rather_than_unreachable(tmp_path: Path) -> None:
+    """The cut (the takeover of a box's session) refused at the broker's max_connections ("denied:
+    max_connections exceeded" in its log) was said "live connection not cut (broker
+    unreachable?)" by revoke and rotate --finish, while the broker had been reached and had closed
+    the connection. The cut now says what is known: the broker closed its connection (its log
+    says why), and "could not be reached" only when nothing answered at its port."""
+    root = new_site_dir("miroir-kick-full-")
+    try:
+        site = init_site(root / "site", SITE, broker_host="localhost", port=free_port(),
+                         bind="127.0.0.1")
+        site.enroll([Enrolment(box="box-001", seat="A-01"), Enrolment(box="box-002", seat="A-02")])
+        with open(site.config, "a") as fh:  # applies to the config's only listener, the last
+            fh.write("max_connections 1\n")
+        broker = Mosquitto(site.config, site.port, site.log).start()
+        pub = None
+        try:
+            pub = box_publisher(site, "box-001", tmp_path / "box")  # the one connection allowed
+            cut = site.kick("box-002")
+            assert "denied: max_connections exceeded" in site.log.read_text()
+            assert not cut.done
+            assert cut.why.startswith("the broker closed the connection that cuts it: "), cut
+            assert cut.why.endswith(f"; its log, {site.log}, says why"), cut
+            assert "unreachable" not in cut.why and "reached" not in cut.why, cut
+        finally:
+            if pub is not None:
+                pub.stop()
+            broker.stop()
+        cut = site.kick("box-002")  # nothing listens at the port now
+        assert not cut.done
+        assert cut.why.startswith(
+            f"the broker could not be reached at localhost:{site.port}: "), cut
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
