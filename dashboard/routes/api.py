@@ -779,25 +779,35 @@ MAX_FLAGS_LIMIT = 500
 """The most flags one page of ``GET /api/agents/{agent}/flags`` gives (``?limit=``)."""
 
 
+def _agent_page(db: Any, table: str, time_col: str, agent: str, limit: int,
+                before: int | None) -> dict[str, Any]:
+    """One page of the agent's rows of ``table`` (flags, calls), newest first (by ``time_col``,
+    then id), those after the row ``before`` in that order (404 unless it is one of the
+    agent's): ``rows``, ``total``, ``more``, ``before`` and the ``before`` of the next page
+    (``next_before``, None on the last)."""
+    where, args = "agent = ?", [agent]
+    if before is not None:
+        pivot = db.conn.execute(f"SELECT {time_col}, id FROM {table} WHERE id = ? AND agent = ?",
+                                (before, agent)).fetchone()
+        if pivot is None:
+            raise access.not_found(table.removesuffix("s"))
+        where += f" AND ({time_col}, id) < (?, ?)"
+        args += [pivot[0], pivot[1]]
+    rows = list(db.query(f"SELECT * FROM {table} WHERE {where} "
+                         f"ORDER BY {time_col} DESC, id DESC LIMIT ?", [*args, limit + 1]))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    total = db.conn.execute(f"SELECT count(*) FROM {table} WHERE agent = ?", (agent,)).fetchone()[0]
+    return {"rows": rows, "total": int(total), "more": more, "before": before,
+            "next_before": rows[-1]["id"] if more else None}
+
+
 def flags_page(db: Any, agent: str, limit: int, before: int | None) -> dict[str, Any]:
     """One page of the agent's flags, newest first (by time, then id), those after the flag
     ``before`` in that order (404 unless it is one of the agent's), with ``total``, ``more`` and
     the ``before`` of the next page (``next_before``, None on the last)."""
-    where, args = "agent = ?", [agent]
-    if before is not None:
-        pivot = db.conn.execute("SELECT ts, id FROM flags WHERE id = ? AND agent = ?",
-                                (before, agent)).fetchone()
-        if pivot is None:
-            raise access.not_found("flag")
-        where += " AND (ts, id) < (?, ?)"
-        args += [pivot[0], pivot[1]]
-    rows = list(db.query(f"SELECT * FROM flags WHERE {where} ORDER BY ts DESC, id DESC "
-                         "LIMIT ?", [*args, limit + 1]))
-    more = len(rows) > limit
-    flags = rows[:limit]
-    total = db.conn.execute("SELECT count(*) FROM flags WHERE agent = ?", (agent,)).fetchone()[0]
-    return {"flags": flags, "total": int(total), "more": more, "before": before,
-            "next_before": flags[-1]["id"] if more else None}
+    page = _agent_page(db, "flags", "ts", agent, limit, before)
+    return {"flags": page.pop("rows"), **page}
 
 
 @router.get("/agents/{agent:id}/flags")
@@ -864,23 +874,11 @@ def calls_page(db: Any, agent: str, limit: int, before: int | None) -> dict[str,
     """One page of the agent's calls, newest first (by start, then id), those after the call
     ``before`` in that order (404 unless it is one of the agent's), with ``total``, ``more`` and
     the ``before`` of the next page (``next_before``, None on the last)."""
-    where, args = "agent = ?", [agent]
-    if before is not None:
-        pivot = db.conn.execute("SELECT start_ts, id FROM calls WHERE id = ? AND agent = ?",
-                                (before, agent)).fetchone()
-        if pivot is None:
-            raise access.not_found("call")
-        where += " AND (start_ts, id) < (?, ?)"
-        args += [pivot[0], pivot[1]]
-    rows = list(db.query(f"SELECT * FROM calls WHERE {where} ORDER BY start_ts DESC, id DESC "
-                         "LIMIT ?", [*args, limit + 1]))
-    more = len(rows) > limit
-    calls = rows[:limit]
+    page = _agent_page(db, "calls", "start_ts", agent, limit, before)
+    calls = page.pop("rows")
     for c in calls:
         c["summary"] = json.loads(c["summary"]) if c.get("summary") else None
-    total = db.conn.execute("SELECT count(*) FROM calls WHERE agent = ?", (agent,)).fetchone()[0]
-    return {"calls": calls, "total": int(total), "more": more, "before": before,
-            "next_before": calls[-1]["id"] if more else None}
+    return {"calls": calls, **page}
 
 
 @router.get("/agents/{agent:id}/calls")
