@@ -31,6 +31,19 @@ def cli(*args: str, umask: int = 0o022) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
+def other() -> Iterator[subprocess.Popen[bytes]]:
+    """A live process that is not the broker (it ignores SIGHUP): a wrong ``--broker-pid``, whose
+    reload the broker never sees."""
+    import signal
+
+    proc = subprocess.Popen(["sleep", "120"],
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN) and None)
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture
 def site_dir() -> Iterator[Path]:
     """A site made by the real ``site-init``."""
     root = new_site_dir("miroir-scripts-")
@@ -700,7 +713,8 @@ def test_a_rotation_finished_twice_leaves_the_box_connected(tmp_path: Path) -> N
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_a_revocation_the_broker_did_not_read_fails_saying_so(tmp_path: Path) -> None:
+def test_a_revocation_the_broker_did_not_read_fails_saying_so(
+        tmp_path: Path, other: subprocess.Popen[bytes]) -> None:
     """`revoke --broker-pid` given a live process that is not the broker (a stale pid, another
     program's) said "broker reloaded; live connection cut", exit 0, while the broker still let
     the revoked certificate in (CONNACK Success): the cut box was back within a second. After the
@@ -709,7 +723,6 @@ def test_a_revocation_the_broker_did_not_read_fails_saying_so(tmp_path: Path) ->
     moment after the signal) and says how long that took; still let in after 5 s, it fails saying
     so and what to run (exit 2), without cutting the box for nothing."""
     import re
-    import signal
 
     root = new_site_dir("miroir-revoke-unread-")
     try:
@@ -718,9 +731,6 @@ def test_a_revocation_the_broker_did_not_read_fails_saying_so(tmp_path: Path) ->
         site.enroll([Enrolment(box="box-001", seat="A-01"), Enrolment(box="box-002", seat="A-02")])
         stolen = site.box_pair("box-001")
         broker = Mosquitto(site.config, site.port, site.log).start()
-        other = subprocess.Popen(["sleep", "120"],  # alive, SIGHUP ignored: not the broker
-                                 preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)
-                                 and None)
         pub = None
         try:
             pub = box_publisher(site, "box-001", tmp_path / "box")
@@ -752,15 +762,13 @@ def test_a_revocation_the_broker_did_not_read_fails_saying_so(tmp_path: Path) ->
         finally:
             if pub is not None:
                 pub.stop()
-            other.kill()
-            other.wait()
             broker.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
 def test_a_revocation_check_closed_for_another_reason_is_not_taken_for_a_refusal(
-        tmp_path: Path) -> None:
+        tmp_path: Path, other: subprocess.Popen[bytes]) -> None:
     """The check after `revoke`'s reload counted any connection closed before its CONNACK as the
     broker refusing the revoked certificate: a broker at its max_connections ("denied:
     max_connections exceeded" in its log) that had not read the revocation list (a --broker-pid
@@ -770,7 +778,6 @@ def test_a_revocation_check_closed_for_another_reason_is_not_taken_for_a_refusal
     saying it could not ask (exit 2), without cutting anything, and that whether the broker read
     the revocation could not be confirmed (it said "has not read them", which a full broker that
     had read them belied)."""
-    import signal
 
     root = new_site_dir("miroir-revoke-full-")
     try:
@@ -781,9 +788,6 @@ def test_a_revocation_check_closed_for_another_reason_is_not_taken_for_a_refusal
         with open(site.config, "a") as fh:  # applies to the config's only listener, the last
             fh.write("max_connections 1\n")
         broker = Mosquitto(site.config, site.port, site.log).start()
-        other = subprocess.Popen(["sleep", "120"],  # alive, SIGHUP ignored: not the broker
-                                 preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)
-                                 and None)
         pub = None
         try:
             pub = box_publisher(site, "box-001", tmp_path / "box")  # the one connection allowed
@@ -813,20 +817,18 @@ def test_a_revocation_check_closed_for_another_reason_is_not_taken_for_a_refusal
         finally:
             if pub is not None:
                 pub.stop()
-            other.kill()
-            other.wait()
             broker.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_a_rotation_finish_the_broker_did_not_read_fails_saying_so(tmp_path: Path) -> None:
+def test_a_rotation_finish_the_broker_did_not_read_fails_saying_so(
+        tmp_path: Path, other: subprocess.Popen[bytes]) -> None:
     """`rotate --finish --broker-pid` given a live process that is not the broker said "retired
     1 old certificate(s)", exit 0, while the broker still let the old certificate in (CONNACK
     Success): its key in other hands kept working. The finish now waits, as `revoke` does, until
     the broker refuses a certificate revoked with the old ones; still let in after 5 s it fails
     saying so (exit 2), and its run again with the broker's pid does it all."""
-    import signal
 
     root = new_site_dir("miroir-finish-unread-")
     try:
@@ -838,9 +840,6 @@ def test_a_rotation_finish_the_broker_did_not_read_fails_saying_so(tmp_path: Pat
         shutil.copy(site.box_pair("box-001").key, old.key)
         assert cli("rotate", "box-001", "--site-dir", str(site.dir)).returncode == 0
         broker = Mosquitto(site.config, site.port, site.log).start()
-        other = subprocess.Popen(["sleep", "120"],  # alive, SIGHUP ignored: not the broker
-                                 preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)
-                                 and None)
         try:
             done = cli("rotate", "box-001", "--finish", "--site-dir", str(site.dir),
                        "--broker-pid", str(other.pid))
@@ -861,8 +860,6 @@ def test_a_rotation_finish_the_broker_did_not_read_fails_saying_so(tmp_path: Pat
             assert peer.connect() is None  # refused: no CONNACK
             peer.close()
         finally:
-            other.kill()
-            other.wait()
             broker.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -1009,13 +1006,13 @@ def test_a_renewal_whose_broker_reload_fails_says_what_to_run(site_dir: Path) ->
         "broker's)")
 
 
-def test_a_renewal_the_broker_did_not_read_fails_saying_so(tmp_path: Path) -> None:
+def test_a_renewal_the_broker_did_not_read_fails_saying_so(
+        tmp_path: Path, other: subprocess.Popen[bytes]) -> None:
     """`renew --broker-pid` given a live process that is not the broker said "broker
     certificate renewed ... (broker reloaded)", exit 0, while the broker went on serving its old
     certificate, which ends on its date and then locks every box out. `renew` now waits until the
     broker serves the new one (a TLS handshake, no MQTT session); still the old one after 5 s, it
     fails saying so and what to run (exit 2)."""
-    import signal
     import socket
     import ssl
 
@@ -1034,9 +1031,6 @@ def test_a_renewal_the_broker_did_not_read_fails_saying_so(tmp_path: Path) -> No
             return pki.x509.load_der_x509_certificate(der).serial_number
 
         broker = Mosquitto(site.config, site.port, site.log).start()
-        other = subprocess.Popen(["sleep", "120"],  # alive, SIGHUP ignored: not the broker
-                                 preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)
-                                 and None)
         try:
             old = served()
             done = cli("renew", "--site-dir", str(site.dir), "--broker-pid", str(other.pid))
@@ -1055,8 +1049,6 @@ def test_a_renewal_the_broker_did_not_read_fails_saying_so(tmp_path: Path) -> No
                 done.stderr
             assert served() == pki.load_cert(site.server.cert).serial_number != old
         finally:
-            other.kill()
-            other.wait()
             broker.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
