@@ -93,10 +93,16 @@ def test_cue_events_and_call_summary_respect_the_wire(results):
 
 
 def _run(pipe: Pipeline, audio: np.ndarray, block: int = 16000,
-         private: tuple[float, float] | None = None) -> list[Message]:
+         private: tuple[float, float] | None = None,
+         at: dict[float, str] | None = None) -> list[Message]:
+    """Every message of ``audio`` fed ``block`` samples at a time: private mode on and off at the
+    ``private`` times, and the call states ``at`` (seconds -> state) set on the way."""
+    due = sorted((at or {}).items())
     out: list[Message] = []
     for i in range(0, audio.shape[1], block):
         t = i / 16000
+        while due and due[0][0] <= t:
+            pipe.call_state(due.pop(0)[1])
         if private is not None and t == private[0]:
             out += pipe.set_private(True)
         if private is not None and t == private[1]:
@@ -439,14 +445,8 @@ def _timeline(total_s: float, parts: list[tuple[int, str, float, float]]) -> np.
 
 
 def _feed(pipe: Pipeline, audio: np.ndarray, at: dict[float, str] | None = None) -> list[dict]:
-    """Every event of ``audio`` fed in 64 ms blocks; ``at`` gives call states to set on the way."""
-    due = sorted((at or {}).items())
-    out: list[Message] = []
-    for i in range(0, audio.shape[1], 1024):
-        while due and due[0][0] <= i / 16000:
-            pipe.call_state(due.pop(0)[1])
-        out += pipe(audio[:, i:i + 1024])
-    return [m.body for m in out + pipe.finish() if m.kind == "event"]
+    """Every event of ``audio`` fed in 64 ms blocks (:func:`_run`), call states ``at`` on the way."""
+    return [m.body for m in _run(pipe, audio, 1024, at=at) if m.kind == "event"]
 
 
 def test_a_call_summary_holds_only_its_own_call(model):
@@ -528,14 +528,7 @@ def test_the_rolling_windows_leave_a_hold_out_as_the_summary_does(model):
     0.40, 4 and 1.7 s in the summary); a window that lies wholly in the hold has no figure at all."""
     audio = _timeline(58.0, [(1, "03", 1.0, 5.0), (0, "08", 6.0, 9.0), (0, "08", 11.0, 40.0),
                              (1, "03", 43.5, 48.0), (0, "08", 49.0, 53.0)])
-    pipe = Pipeline(model)
-    due = [(10.0, "hold"), (42.5, "active"), (56.0, "idle")]
-    out: list[Message] = []
-    for i in range(0, audio.shape[1], 1024):
-        while due and due[0][0] <= i / 16000:
-            pipe.call_state(due.pop(0)[1])
-        out += pipe(audio[:, i:i + 1024])
-    out += pipe.finish()
+    out = _run(Pipeline(model), audio, 1024, at={10.0: 'hold', 42.5: 'active', 56.0: 'idle'})
     metrics = [m.body for m in out if m.kind == "metrics"]
     end = next(m.body for m in out if m.body.get("name") == "call_end")
     assert 31.0 <= end["call_hold_s"] <= 33.0 and end["call_duration_s"] < 59.0
@@ -606,14 +599,7 @@ def test_talk_over_each_other_on_hold_is_no_overlap_of_the_call(model):
     audio = _timeline(50.0, [(1, "03", 1.0, 5.0), (0, "08", 6.0, 9.0),
                              (0, "08", 11.0, 16.0), (1, "03", 13.0, 20.0), (0, "08", 18.5, 27.0),
                              (1, "03", 31.0, 37.0), (0, "08", 35.0, 40.0)])
-    pipe = Pipeline(model)
-    due = [(10.0, "hold"), (30.0, "active"), (46.0, "idle")]
-    out: list[Message] = []
-    for i in range(0, audio.shape[1], 1024):
-        while due and due[0][0] <= i / 16000:
-            pipe.call_state(due.pop(0)[1])
-        out += pipe(audio[:, i:i + 1024])
-    out += pipe.finish()
+    out = _run(Pipeline(model), audio, 1024, at={10.0: 'hold', 30.0: 'active', 46.0: 'idle'})
     events = [m.body for m in out if m.kind == "event"]
     held = [e for e in events if e["name"] == "overlap_start" and 10.0 < e["t_audio_s"] < 30.0]
     after = [e for e in events if e["name"] == "overlap_start" and e["t_audio_s"] > 30.0]
