@@ -39,6 +39,7 @@ def run(prosody_step: int = 1) -> dict[str, Any]:
         prosody_figures,
         raised_voice_figures,
         rate_cv_figures,
+        tempo_window_figures,
     )
 
     parts: list[tuple[str, Callable[[], dict[str, Any]]]] = [
@@ -46,6 +47,7 @@ def run(prosody_step: int = 1) -> dict[str, Any]:
         ("prosody on EmoDB", lambda: prosody_figures(step=prosody_step)),
         ("raised voices", lambda: raised_voice_figures(step=prosody_step)),
         ("speaking rate, cross-validated", lambda: rate_cv_figures(step=prosody_step)),
+        ("tempo, 1.3x against normal speech", tempo_window_figures),
         ("pauses", lambda: pause_figures(step=prosody_step)),
         ("hesitations", lambda: hesitation_figures(step=prosody_step)),
         ("conversation", conversation_figures),

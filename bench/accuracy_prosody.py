@@ -499,6 +499,71 @@ def rate_cv_figures(step: int = 1) -> dict[str, Any]:
             "rate_cv_shipped_chosen": round(chosen_shipped / cells, 3)}
 
 
+TEMPO_WINDOW_FACTOR = 1.3
+"""The tempo of issue 4's fast stretch (``sox tempo``, pitch kept)."""
+TEMPO_AGENTS = ("08", "03", "09", "13", "15", "16", "10", "12")
+"""EmoDB's speakers with neutral clips: the agents of ``bench.cues``."""
+
+
+def tempo_window_figures(window_s: float = 3.0, turns: int = 12) -> dict[str, Any]:
+    """How well the pace, the spectral speed and the tempo (the two combined, as the ``too_fast``
+    cue reads them) tell one voice's turns played 1.3 times faster from its normal ones.
+
+    Per agent, ``turns`` turns of three of its neutral clips (trimmed, 0.25 s apart, over a
+    -62 dBFS noise floor, as ``tests/_fixtures_signals.py`` builds them) as recorded and as many at
+    1.3x tempo, cut into ``window_s`` windows; each window's reading over the agent's own median on
+    the normal windows (the cue's baseline). About 10 s.
+
+    Returns:
+        Per measure (``pace``, ``speed``, ``tempo``): ``tempo_windows_auc`` (the chance that a fast
+        window reads higher than a normal one, median over the agents),
+        ``tempo_windows_read_1_3x`` (the fast windows' median ratio, median over the agents) and
+        ``tempo_windows_caught_at_2pct`` (the share of fast windows over the 98th percentile of
+        the normal ones: a threshold one normal window in 50 crosses; mean over the agents).
+    """
+    import random
+
+    import tests._fixtures_signals as calls
+    from edge import rate as rate_mod
+    from tests._fixtures_fatigue import noise_floor, sox
+
+    hops = round(window_s / HOP_S)
+    auc: dict[str, list[float]] = {"pace": [], "speed": [], "tempo": []}
+    read: dict[str, list[float]] = {k: [] for k in auc}
+    caught: dict[str, list[float]] = {k: [] for k in auc}
+    for agent in TEMPO_AGENTS:
+        pool = calls.clips(agent, "N")
+        fast_pool = [sox(x, "tempo", "-s", str(TEMPO_WINDOW_FACTOR)) for x in pool]
+        rng = random.Random(int(agent))
+        readings: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+        for fast in (False, True):
+            for _ in range(turns):
+                picks = [rng.randrange(len(pool)) for _ in range(3)]
+                gap = np.zeros(round(0.25 * 16000), dtype=np.float32)
+                parts = [p for i in picks for p in ((fast_pool if fast else pool)[i], gap)][:-1]
+                x = np.concatenate(parts)
+                x = x + noise_floor(len(x), -62.0, seed=rng.randrange(1000))
+                tr = _hops(x)
+                for a in range(0, len(tr.t_s) - hops + 1, hops):
+                    w = slice(a, a + hops)
+                    win = rate_mod.rate_window(tr.t_s[w], tr.level_dbfs[w], tr.syllabic_db[w],
+                                               tr.voiced[w], tr.spectral_speed_db[w])
+                    if win.pace_syl_s and win.spectral_speed_db:
+                        readings[fast].append((win.pace_syl_s, win.spectral_speed_db))
+        normal, fast_r = np.asarray(readings[False]), np.asarray(readings[True])
+        base = np.median(normal, axis=0)
+        pace_n, speed_n = normal[:, 0] / base[0], normal[:, 1] / base[1]
+        pace_f, speed_f = fast_r[:, 0] / base[0], fast_r[:, 1] / base[1]
+        for name, n, f in (("pace", pace_n, pace_f), ("speed", speed_n, speed_f),
+                           ("tempo", np.sqrt(pace_n) * speed_n, np.sqrt(pace_f) * speed_f)):
+            auc[name].append(float((f[:, None] > n[None, :]).mean()))
+            read[name].append(float(np.median(f)))
+            caught[name].append(float((f > np.percentile(n, 98)).mean()))
+    return {"tempo_windows_auc": {k: round(float(np.median(v)), 3) for k, v in auc.items()},
+            "tempo_windows_read_1_3x": {k: round(float(np.median(v)), 3) for k, v in read.items()},
+            "tempo_windows_caught_at_2pct": {k: round(float(np.mean(v)), 3) for k, v in caught.items()}}
+
+
 def main() -> None:
     """Print the figures as one JSON object."""
     ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)

@@ -31,7 +31,7 @@ SEEDS = ((4, 5), (14, 15), (24, 25), (34, 35))
 """(clean call seed, steady call seed) pairs (the slow call's seed is the clean one plus 2); the
 first two by default."""
 TUNING_SEEDS = SEEDS[:2]
-"""The calls the pace cues' defaults were chosen on (docs/cues.md: ``too_fast`` and ``too_slow``);
+"""The calls the pace and tempo cues' defaults were chosen on (docs/cues.md: ``too_fast`` and ``too_slow``);
 with agent 08 they are the test calls themselves. Only the other seeds measure how those generalise."""
 DELAY_S = 3.0
 """A cue up to this long after its injected event's end still detects it (the tests' ``match_cues``);

@@ -75,7 +75,7 @@ CHART_MIN_SPAN: dict[str, float] = {
 """The least a metric's line chart spans, in the unit it is shown in (a share in %), so that noise
 looks small and only a change a coach should notice fills the chart (docs/cues.md): a share or a
 0..100 score its whole scale; loudness 10 dB (``low_energy`` is 6 dB under the baseline); pace
-2 syl/s (``too_fast``/``too_slow`` are 1.3x and 0.83x of about 4-5 syl/s); pitch 4 semitones,
+2 syl/s (``too_fast``/``too_slow`` are 1.23x and 0.83x of about 4-5 syl/s); pitch 4 semitones,
 about 30 Hz at a speaking voice's 150 Hz; a monologue its 30 s cue; a response time its 2 s
 cue; counts per minute or per 60 s a few of them."""
 NO_DAILY_MEAN: dict[str, str] = {
@@ -133,7 +133,7 @@ own labels (``edge.signals.CUES``, kept equal by a test)."""
 
 CUE_EVIDENCE: dict[str, tuple[str, str, str]] = {
     "too_fast": ("ratio", "débit à {value} × la référence (seuil {threshold} ×)",
-                 "pace at {value} × the baseline (threshold {threshold} ×)"),
+                 "tempo at {value} × the baseline (threshold {threshold} ×)"),
     "too_slow": ("ratio", "débit à {value} × la référence (seuil {threshold} ×)",
                  "pace at {value} × the baseline (threshold {threshold} ×)"),
     "monologue": ("s", "tour de parole qui dure déjà {value} s (seuil {threshold} s)",

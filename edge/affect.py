@@ -114,7 +114,8 @@ def _prosody(samples: np.ndarray) -> list[float]:
     """The prosody stage's functionals of one window, ``None`` replaced by 0."""
     from edge.prosody import Prosody
 
-    pros = Prosody(history_s=len(samples) / RATE_HZ + 1.0, hum_check=False)  # as trained
+    pros = Prosody(history_s=len(samples) / RATE_HZ + 1.0, hum_check=False,
+                   spectral_speed=False)  # as trained
     for i in range(0, len(samples), 512):
         pros(samples[i:i + 512])
     win = pros.window(len(samples) / RATE_HZ + 1.0, flush=True)

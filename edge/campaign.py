@@ -54,11 +54,12 @@ class AlertsConfig:
 
 @dataclass(frozen=True)
 class RateCue:
-    """Too fast: the pace (:func:`edge.rate.pace`) over the window, relative to the agent's own
-    baseline pace (:class:`SlowCue`: too slow)."""
+    """Too fast: the tempo over the window, the pace (:func:`edge.rate.pace`) and the spectral
+    speed (:func:`edge.rate.spectral_speed`) each relative to the agent's own baseline, combined by
+    :func:`edge.rate.tempo_ratio` (:class:`SlowCue`: too slow, the pace alone)."""
 
     enabled: bool = True
-    ratio_on: float = _r(1.3, 1.0, 3.0)
+    ratio_on: float = _r(1.23, 1.0, 3.0)
     """Rate over the agent's baseline at which the cue may start."""
     ratio_off: float = _r(1.1, 1.0, 3.0)
     """Rate over baseline at which it may end (the hysteresis band lies between)."""

@@ -222,7 +222,7 @@ class Pipeline:
         self.rate_window_s = self.campaign.too_fast.window_s
         self.slow_window_s = self.campaign.too_slow.window_s
         self.prosody = Prosody(history_s=max(prosody_window_s, self.rate_window_s, self.slow_window_s) + 2.0)
-        self.far_prosody = Prosody(history_s=prosody_window_s + 2.0)
+        self.far_prosody = Prosody(history_s=prosody_window_s + 2.0, spectral_speed=False)
         """The prospect's prosody (pitch, loudness, rate, pauses: numbers, never an emotion); fed
         the line only while the prospect speaks, silence otherwise, so no tone reads as a voice."""
         self.window = MetricsWindow(window_s)
@@ -644,6 +644,9 @@ class Pipeline:
         if window is None:
             self._lap("metrics")  # the window's accounting, on every frame
             return []
+        self._lap("metrics")
+        self.prosody.catch_up()  # the agent's cues read the window just closed
+        self._lap("prosody")
         long = self._prosody_window(self.prosody_window_s)
         body, far_long = self._metrics(asdict(window), long)
         out = [Message("metrics", body)]
@@ -822,7 +825,7 @@ class VoiceProsody:
 
     def __init__(self) -> None:
         self.quality = {c: SignalQuality(channels=1) for c in CHANNELS}
-        self.prosody = {c: Prosody(history_s=math.inf) for c in CHANNELS}
+        self.prosody = {c: Prosody(history_s=math.inf, spectral_speed=False) for c in CHANNELS}
         self._held = np.zeros((len(CHANNELS), 0), dtype=np.float32)
         self._silence = np.zeros(FRAME_SAMPLES, dtype=np.float32)
 

@@ -69,6 +69,8 @@ _SYL_EDGES = (np.array([250, 400, 550, 700, 900, 1100, 1350, 1650, 2000, 2500, 3
 _SYL_SCALE = 2.0 / (_NFFT * _WIN8)
 """Parseval: sum |X_k|^2 over one side times this is the mean square of a band."""
 _CHANGE_LAG = rate_mod.SPECTRAL_LAG_HOPS
+_SPEED_LAG = rate_mod.SPEED_LAG_HOPS
+_HANN8 = np.hanning(_WIN8).astype(np.float32)
 
 _taps = np.arange(31) - 15
 _LOWPASS = (0.45 * np.sinc(0.45 * _taps) * np.hamming(31)).astype(np.float32)
@@ -95,10 +97,28 @@ class HopTrack:
     spectral_change_db: np.ndarray
     """Mean absolute change of those 11 bands' shape (each band's dB less their mean) since the hop
     50 ms before; NaN unless both hops are loud. A held vowel ("euh", "um") reads low."""
+    spectral_speed_db: np.ndarray
+    """The same change of the 11 bands' shape of a Hann-windowed 30 ms spectrum since the hop 20 ms
+    before, on every hop over the absolute floor (NaN elsewhere): how fast the spectrum moves, the
+    tempo's second reading beside the syllable count (:func:`edge.rate.spectral_speed`)."""
 
 
 _HOP_FIELDS = tuple(f.name for f in fields(HopTrack))
 """The field names of :class:`HopTrack`, in order."""
+
+
+def _band_amp(fw: np.ndarray) -> np.ndarray:
+    """Amplitudes of the 11 syllabic bands, (n, 11), of (n, _NFFT // 2 + 1) one-sided spectra."""
+    pw = fw[:, _SYL_EDGES[0]:_SYL_EDGES[-1]]
+    cp = np.zeros((fw.shape[0], pw.shape[1] + 1), dtype=np.float32)  # cp[:, k]: power of the first k bins
+    np.cumsum(pw.real ** 2 + pw.imag ** 2, axis=1, out=cp[:, 1:])
+    return np.sqrt(np.maximum(np.diff(cp[:, _SYL_EDGES - _SYL_EDGES[0]], axis=1), 0.0) * _SYL_SCALE)
+
+
+def _shape_db(amp: np.ndarray) -> np.ndarray:
+    """Each band's dB less the mean of the hop's bands: the spectral shape, loudness left out."""
+    band_db = 20.0 * np.log10(amp + 1e-12)
+    return band_db - (np.add.reduce(band_db, axis=1) / amp.shape[1])[:, None]
 
 
 def _yin_hops(
@@ -119,14 +139,9 @@ def _yin_hops(
     fw = np.fft.rfft(buf, axis=1)
     r = np.fft.irfft(fa * np.conj(fw), _NFFT, axis=1)[:, :_TAU_MAX + 2].astype(np.float32)
     # syllabic envelope: mean amplitude of 11 bands of the centred 30 ms window, in dB
-    pw = fw[:, _SYL_EDGES[0]:_SYL_EDGES[-1]]
-    cp = np.zeros((n, pw.shape[1] + 1), dtype=np.float32)  # cp[:, k]: power of the first k bins
-    np.cumsum(pw.real ** 2 + pw.imag ** 2, axis=1, out=cp[:, 1:])
-    amp = np.sqrt(np.maximum(np.diff(cp[:, _SYL_EDGES - _SYL_EDGES[0]], axis=1), 0.0) * _SYL_SCALE)
-    bands = amp.shape[1]
-    syl_db = 20.0 * np.log10(np.add.reduce(amp, axis=1) / bands + 1e-12)  # .mean(axis=1), less overhead
-    band_db = 20.0 * np.log10(amp + 1e-12)
-    shape_db = band_db - (np.add.reduce(band_db, axis=1) / bands)[:, None]
+    amp = _band_amp(fw)
+    syl_db = 20.0 * np.log10(np.add.reduce(amp, axis=1) / amp.shape[1] + 1e-12)  # .mean(axis=1), cheaper
+    shape_db = _shape_db(amp)
     sq = seg * seg
     c = np.empty((n, _SEG8 + 1), dtype=np.float32)
     c[:, 0] = 0.0
@@ -401,11 +416,15 @@ class Prosody:
         history_s: how much per-hop history to keep for :meth:`window`, seconds.
         hum_check: refuse a pitch period longer than the tracker's range (50 Hz mains hum);
             off only where the committed affect model's features were made without it.
+        spectral_speed: compute ``HopTrack.spectral_speed_db`` (one more FFT per hop; NaN
+            without): only the agent's tempo reads it.
     """
 
-    def __init__(self, history_s: float = 60.0, hum_check: bool = True) -> None:
+    def __init__(self, history_s: float = 60.0, hum_check: bool = True,
+                 spectral_speed: bool = True) -> None:
         self.history_s = history_s
         self.hum_check = hum_check
+        self.spectral_speed = spectral_speed
         self.reset()
 
     def reset(self) -> None:
@@ -428,6 +447,8 @@ class Prosody:
         self._lf_context = np.zeros(0)
         self._shapes = np.full((_CHANGE_LAG, len(_SYL_EDGES) - 1), np.nan, dtype=np.float32)
         """The last hops' spectral shapes (NaN on quiet hops), for the next block's change."""
+        self._speed_shapes = np.full((_SPEED_LAG, len(_SYL_EDGES) - 1), np.nan, dtype=np.float32)
+        """The same for the Hann-windowed shapes of ``spectral_speed_db``."""
         self._samples_in = 0
         self._pending: list[np.ndarray] = []
         self._pending_n = 0
@@ -448,6 +469,14 @@ class Prosody:
             n = self._ready_hops()
             if n > 0:
                 self._process(n)
+
+    def catch_up(self) -> None:
+        """Analyse every hop whose audio is complete now, without waiting for a full batch: the
+        cues read the agent's last second, not the one before (the stream's end is not padded)."""
+        self._ingest()
+        n = self._ready_hops()
+        if n > 0:
+            self._process(n)
 
     def _ingest(self) -> None:
         """Decimate the pending 16 kHz samples into the 8 kHz buffer."""
@@ -514,6 +543,15 @@ class Prosody:
             shapes[_CHANGE_LAG + ii] = shape_i
         change = np.add.reduce(np.abs(shapes[_CHANGE_LAG:] - shapes[:-_CHANGE_LAG]), axis=1) / shapes.shape[1]
         self._shapes = shapes[-_CHANGE_LAG:]
+        speed = np.full(n, np.nan)
+        if self.spectral_speed:
+            # every hop over the floor, not only the loud ones: a word's quieter edges move fastest
+            hann = _shape_db(_band_amp(np.fft.rfft(win * _HANN8, _NFFT, axis=1)))
+            hann[level <= _ABS_FLOOR_DB] = np.nan
+            speed_shapes = np.concatenate([self._speed_shapes, hann])
+            speed = np.add.reduce(np.abs(speed_shapes[_SPEED_LAG:] - speed_shapes[:-_SPEED_LAG]),
+                                  axis=1) / hann.shape[1]
+            self._speed_shapes = speed_shapes[-_SPEED_LAG:]
         voiced = loud & (aper < VOICING_APERIODICITY)
         f0 = np.where(voiced, _SR8 / tau, 0.0)
         r = _clip(ncc, 1e-6, 1 - 1e-6)
@@ -521,7 +559,7 @@ class Prosody:
         self._lf_context = np.concatenate(
             [self._lf_context, np.where(voiced[loud], np.log2(np.where(f0 > 0, f0, 1.0))[loud], np.nan)]
         )[-_OCTAVE_HALF:]
-        track = HopTrack(t_s, f0, voiced, level, hnr, syl, change)
+        track = HopTrack(t_s, f0, voiced, level, hnr, syl, change, speed)
         self._tracks.append(track)
         self._cycles_from(track, k0)
         self._next_hop = k0 + n
@@ -570,7 +608,7 @@ class Prosody:
         arrays are read-only views (callers copy before changing them)."""
         if not self._tracks:
             z = np.zeros(0)
-            return HopTrack(z, z, np.zeros(0, dtype=bool), z, z, z, z)
+            return HopTrack(z, z, np.zeros(0, dtype=bool), z, z, z, z, z)
         if self._joined_n < len(self._tracks):
             parts = self._tracks[self._joined_n:]
             if self._joined is not None:
@@ -590,7 +628,8 @@ class Prosody:
     def rate_window(self, seconds: float) -> rate_mod.RateWindow:
         """Only the syllable rate and pauses over the last ``seconds`` (cheaper than :meth:`window`)."""
         tr = self.hops(seconds)
-        return rate_mod.rate_window(tr.t_s, tr.level_dbfs, tr.syllabic_db, tr.voiced)
+        return rate_mod.rate_window(tr.t_s, tr.level_dbfs, tr.syllabic_db, tr.voiced,
+                                    tr.spectral_speed_db)
 
     def window(self, seconds: float = 10.0, flush: bool = False) -> ProsodyWindow:
         """Functionals over the last ``seconds`` of analysed audio.

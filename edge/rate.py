@@ -53,6 +53,17 @@ DIGITAL_SILENCE_DBFS = -100.0
 SPECTRAL_LAG_HOPS = 5
 """``HopTrack.spectral_change_db`` compares a hop's spectral shape with the one this many hops
 before (50 ms)."""
+SPEED_LAG_HOPS = 2
+"""``HopTrack.spectral_speed_db`` compares a hop's spectral shape with the one this many hops
+before (20 ms: shorter than a phone, so the change grows with the tempo)."""
+SPEED_GATE_DB = 35.0
+""":func:`spectral_speed` reads the hops (and those 20 ms before them) within this many dB of the
+window's loud level (95th percentile): the voice with its quieter consonants, not the noise floor."""
+SPEED_MIN_HOPS = 10
+"""...and needs this many of them."""
+SPEED_CAP_DB = 8.0
+"""A hop's change counts at most this much: a high voice's harmonic crossing a narrow low band
+jumps 20 dB and more in 20 ms, and a few such hops would read a whole sentence as rushed."""
 HESITATION_CHANGE_DB = 1.5
 """A voiced hop whose spectral shape moved less than this in 50 ms is steady (a held vowel or
 hum; running speech moves 3 to 6 dB)."""
@@ -95,6 +106,8 @@ class RateWindow:
     pauses_audible: bool = True
     """Whether a pause could be heard at all (see :func:`pauses_audible`): if not, 0 pauses is
     no measurement."""
+    spectral_speed_db: float | None = None
+    """See :func:`spectral_speed`."""
 
 
 def pauses_audible(level_dbfs: np.ndarray, voiced: np.ndarray) -> bool:
@@ -119,14 +132,61 @@ def _quiet_hops(level_dbfs: np.ndarray, voiced: np.ndarray) -> np.ndarray:
 
 
 def rate_window(t_s: np.ndarray, level_dbfs: np.ndarray, syllabic_db: np.ndarray,
-                voiced: np.ndarray) -> RateWindow:
-    """The :class:`RateWindow` of a per-hop track (arguments as :func:`syllable_nuclei` and
-    :func:`pauses`)."""
+                voiced: np.ndarray, speed_db: np.ndarray | None = None) -> RateWindow:
+    """The :class:`RateWindow` of a per-hop track (arguments as :func:`syllable_nuclei`,
+    :func:`pauses` and :func:`spectral_speed`)."""
     nuclei = syllable_nuclei(t_s, syllabic_db, voiced)
     return RateWindow(voiced_ratio=float(voiced.mean()) if len(voiced) else 0.0, syllables=len(nuclei),
                       articulation_rate_syl_s=articulation_rate(nuclei, t_s),
                       pace_syl_s=pace(nuclei), pauses=len(pause_spans(t_s, level_dbfs, voiced)),
-                      pauses_audible=pauses_audible(level_dbfs, voiced))
+                      pauses_audible=pauses_audible(level_dbfs, voiced),
+                      spectral_speed_db=spectral_speed(level_dbfs, speed_db) if speed_db is not None
+                      else None)
+
+
+def tempo_ratio(pace_ratio: float, speed_ratio: float) -> float:
+    """The tempo against the speaker's own: the pace's ratio and the spectral speed's, squared,
+    averaged in log.
+
+    The speed moves about half as far as the pace with the tempo, so its square reads on the pace's
+    scale; its errors are half the pace's and apart from them, so the mean of the two separates
+    speech played 1.3 times faster from the same voice's normal sentences far better than either
+    (docs/cues.md).
+
+    Args:
+        pace_ratio: the pace (syllables/s) over the speaker's own.
+        speed_ratio: the spectral speed (:func:`spectral_speed`) over the speaker's own.
+
+    Returns:
+        ``sqrt(pace_ratio) * speed_ratio``.
+    """
+    return float(np.sqrt(pace_ratio) * speed_ratio)
+
+
+def spectral_speed(level_dbfs: np.ndarray, speed_db: np.ndarray) -> float | None:
+    """How fast the voice's spectrum moves: the mean change of the spectral shape per 20 ms over
+    the window's voice (hops within :data:`SPEED_GATE_DB` of its loud level, each change counted at
+    most :data:`SPEED_CAP_DB`).
+
+    Played faster, every movement of the spectrum takes less time, so the change over a fixed
+    20 ms grows with the tempo: speech time-stretched to 1.3x reads about 1.10 times its own, with
+    a spread from sentence to sentence half the syllable pace's, and the two err apart (docs/cues.md).
+    Only a ratio to the same voice means anything: voices differ in how much their spectrum moves.
+
+    Args:
+        level_dbfs: hop levels, dBFS.
+        speed_db: per-hop shape change (``HopTrack.spectral_speed_db``, NaN where absent), dB.
+
+    Returns:
+        The mean change in dB, or None with fewer than :data:`SPEED_MIN_HOPS` hops to read.
+    """
+    lag = SPEED_LAG_HOPS
+    if len(level_dbfs) <= lag:
+        return None
+    gate = level_dbfs > percentile(level_dbfs, 95) - SPEED_GATE_DB
+    v = speed_db[lag:][gate[lag:] & gate[:-lag]]
+    v = v[np.isfinite(v)]
+    return float(np.minimum(v, SPEED_CAP_DB).mean()) if len(v) >= SPEED_MIN_HOPS else None
 
 
 def percentile(x: np.ndarray, q: float) -> float:

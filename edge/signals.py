@@ -27,7 +27,7 @@ import numpy as np
 
 from edge.campaign import CampaignConfig
 from edge.prosody import ProsodyWindow
-from edge.rate import RateWindow
+from edge.rate import RateWindow, tempo_ratio
 
 
 @dataclass(frozen=True)
@@ -135,9 +135,11 @@ class _Timer:
 
 @dataclass
 class AgentBaseline:
-    """The agent's own typical pace, pitch range and loudness, learned from the first speech."""
+    """The agent's own typical pace, spectral speed, pitch range and loudness, learned from the
+    first speech."""
 
     pace_syl_s: list[float] = field(default_factory=list)
+    spectral_speed_db: list[float] = field(default_factory=list)
     pitch_range_st: list[float] = field(default_factory=list)
     level_dbfs: list[float] = field(default_factory=list)
     speech_s: float = 0.0
@@ -179,9 +181,10 @@ class AgentBaseline:
         return cls(**out, speech_s=speech_s if len(out) == len(BASELINE_MEASURES) else 0.0)
 
 
-BASELINE_MEASURES = ("pace_syl_s", "pitch_range_st", "level_dbfs")
-"""What :class:`AgentBaseline` learns (a file from an older version may lack some: they are
-relearned; its ``rate_syl_s``, which no cue reads since both rate cues read the pace, is ignored)."""
+BASELINE_MEASURES = ("pace_syl_s", "spectral_speed_db", "pitch_range_st", "level_dbfs")
+"""What :class:`AgentBaseline` learns (a file from an older version may lack some, the spectral
+speed for one: they are relearned; its ``rate_syl_s``, which no cue reads since both rate cues read
+the pace, is ignored)."""
 
 
 VOICED_MIN = 0.2
@@ -508,6 +511,8 @@ class Signals:
         fast = _rated(short)
         if fast is not None and fast.pace_syl_s and fast_live and not b.ready(need):
             b.pace_syl_s.append(fast.pace_syl_s)
+            if fast.spectral_speed_db:
+                b.spectral_speed_db.append(fast.spectral_speed_db)
         if long is not None and long.voiced_ratio >= VOICED_MIN and long_in_call:
             if long.f0_median_hz:
                 self._f0.append(long.f0_median_hz)
@@ -533,9 +538,9 @@ class Signals:
         out: dict[str, tuple[float, float, bool, bool, float, float, str]] = {}
         ready = self.baseline.ready(c.alerts.baseline_speech_s)
         short, long = tick.short, tick.long
-        # too fast over the short window, too slow over the slow one: both the pace (pauses and the
-        # prospect's turns left out), relative to the agent's own baseline pace, or past the
-        # campaign's absolute band
+        # too fast over the short window, too slow over the slow one: the pace (pauses and the
+        # prospect's turns left out) relative to the agent's own baseline pace, or past the
+        # campaign's absolute band; too fast reads the tempo, the pace and the spectral speed
         fast_win, slow_win = _rated(short), _rated(tick.slow)
         for cue, cfg, sign, win in (("too_fast", c.too_fast, 1.0, fast_win),
                                     ("too_slow", c.too_slow, -1.0, slow_win)):
@@ -547,6 +552,9 @@ class Signals:
             elif ready:
                 base = self.baseline.value("pace_syl_s")
                 ratio = rate / base
+                if sign > 0 and win is not None and win.spectral_speed_db:
+                    ratio = tempo_ratio(ratio, win.spectral_speed_db
+                                                 / self.baseline.value("spectral_speed_db"))
                 band = sign * rate >= sign * cfg.band_syl_s
                 on = sign * ratio >= sign * cfg.ratio_on or band
                 off = sign * ratio <= sign * cfg.ratio_off and not band

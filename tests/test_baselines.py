@@ -44,7 +44,7 @@ def test_learned_baselines_are_saved_and_loaded_by_the_next_start(tmp_path: Path
     agent, fatigue = pipe.learned_baselines()
     assert agent is not None, "four minutes of the agent's speech teach the cue baseline"
     assert 3.0 < agent["pace_syl_s"] < 10.0 and -60 < agent["level_dbfs"] < 0
-    assert set(agent) == {"pace_syl_s", "pitch_range_st", "level_dbfs"}
+    assert set(agent) == {"pace_syl_s", "spectral_speed_db", "pitch_range_st", "level_dbfs"}
     state = tmp_path / "state"
     state.mkdir()
     assert baselines.save(state, agent, fatigue)
@@ -62,7 +62,7 @@ def test_learned_baselines_are_saved_and_loaded_by_the_next_start(tmp_path: Path
 
 def test_old_or_corrupt_baselines_are_ignored(tmp_path: Path) -> None:
     path = tmp_path / baselines.FILE
-    agent = {"pace_syl_s": 6.0, "pitch_range_st": 6.0, "level_dbfs": -30.0}
+    agent = {"pace_syl_s": 6.0, "spectral_speed_db": 4.0, "pitch_range_st": 6.0, "level_dbfs": -30.0}
     assert baselines.save(tmp_path, {**agent, "rate_syl_s": 5.0}, None)  # as an older version saved
     loaded = baselines.load(tmp_path, 72.0).agent
     assert loaded is not None and loaded.ready(0.0) and loaded.as_dict() == agent
@@ -71,6 +71,9 @@ def test_old_or_corrupt_baselines_are_ignored(tmp_path: Path) -> None:
     assert not older.ready(0.0) and older.value("pitch_range_st") == 6.0
     older.pace_syl_s += [8.0] * 5  # a rushed greeting's five windows are no baseline
     assert not older.ready(60.0)
+    # ... as from before the spectral speed (too fast reads the tempo only with its baseline)
+    no_speed = AgentBaseline.from_dict({k: v for k, v in agent.items() if k != "spectral_speed_db"})
+    assert not no_speed.ready(0.0) and no_speed.value("pace_syl_s") == 6.0
     # a format 1 file measured the pace another way: it is relearned, the rest is kept
     path.write_text(json.dumps({**json.loads(path.read_text()), "format": 1}))
     v1 = baselines.load(tmp_path, 72.0).agent
@@ -141,7 +144,7 @@ def test_a_running_box_stops_keeping_baselines_past_their_age(tmp_path: Path, ca
     them and has the next shift learn them afresh."""
     import logging
 
-    agent = {"pace_syl_s": 6.0, "pitch_range_st": 6.0, "level_dbfs": -30.0}
+    agent = {"pace_syl_s": 6.0, "spectral_speed_db": 4.0, "pitch_range_st": 6.0, "level_dbfs": -30.0}
     max_age_h = 1.0
     assert baselines.save(tmp_path, agent, None, learned_ts=time.time() - max_age_h * 3600 + 1.0)
     box = Box(_settings(tmp_path, baseline_max_age_h=max_age_h), load_vad_model(), version="test")

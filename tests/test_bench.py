@@ -157,14 +157,15 @@ def test_the_ingest_bench_says_each_phase_as_it_starts() -> None:
 
 def test_the_accuracy_bench_says_each_part_as_it_ends_on_stderr() -> None:
     """`python -m bench.accuracy --json` (and `miroir bench accuracy`) ran 136 s saying nothing
-    of its own until its JSON: eight parts (VAD on AMI, prosody, raised voices, rate, pauses,
-    hesitations, conversation, noisy line), one after the other. Each is logged on stderr as it
-    ends, with its time; stdout holds the JSON line alone (every 100th EmoDB clip here)."""
+    of its own until its JSON: nine parts (VAD on AMI, prosody, raised voices, rate, tempo,
+    pauses, hesitations, conversation, noisy line), one after the other. Each is logged on stderr
+    as it ends, with its time; stdout holds the JSON line alone (every 100th EmoDB clip here)."""
     figures, logged = _bench_json(["bench.accuracy", "--json", "--step", "100"], "__main__",
                                   timeout_s=600)
     said = [line.removeprefix("bench accuracy: ").split(" (")[0] for line in logged
             if line.startswith("bench accuracy: ")]
-    assert said == [f"part {k} of 8 done: {name}" for k, name in enumerate(
+    assert said == [f"part {k} of 9 done: {name}" for k, name in enumerate(
         ["VAD on AMI", "prosody on EmoDB", "raised voices", "speaking rate, cross-validated",
-         "pauses", "hesitations", "conversation", "noisy line"], start=1)], said
+         "tempo, 1.3x against normal speech", "pauses", "hesitations", "conversation",
+         "noisy line"], start=1)], said
     assert figures["rate_r"] == figures["rate_r_cv"] and "rate_r_shipped" in figures

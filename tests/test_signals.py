@@ -42,16 +42,16 @@ def _report(call: Call, result: dict) -> tuple[dict[int, float], float]:
 
 def test_injected_events_cued_within_3s_precision(cue_calls, results):  # noqa: F811
     """Monologue, 3 agent interruptions and a 3 s response gap: each cued within 3 s, the 1.3x tempo
-    stretch within a rate window plus min_on_s plus the prosody stage's 1 s batch (5 s); precision
-    >= 0.9."""
+    stretch within a rate window plus min_on_s (4 s); precision >= 0.9."""
     call, result = cue_calls["clean"], results["clean"]
     delays, precision = _report(call, result)
     fast = CampaignConfig().too_fast
     for i, t in enumerate(call.truth):
         # 3 s is not met for the tempo stretch across calls (docs/cues.md, "Known gap"; this call
-        # happens to be cued in 2.2 s, 5 of the benchmark's 32 are); what its design allows
-        # is a full rate window of fast speech, held min_on_s, plus the prosody stage's 1 s batch
-        limit = fast.window_s + fast.min_on_s + 1.0 if t.cue == "too_fast" else DELAY_S
+        # is cued in 2.2 s, 10 of the benchmark's 16 tuning calls and 6 of its 16 held-out ones
+        # are); what its design allows is a full rate window of fast speech, held min_on_s (the
+        # agent's prosody is caught up at every window: no batch waits)
+        limit = fast.window_s + fast.min_on_s if t.cue == "too_fast" else DELAY_S
         assert i in delays, f"{t.cue} at {t.onset_s:.1f} s not cued"
         assert -1.0 <= delays[i] <= limit, f"{t.cue} cued {delays[i]:.2f} s after onset"
     assert sum(t.cue == "talking_over" for t in call.truth) == 3

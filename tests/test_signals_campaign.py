@@ -102,6 +102,7 @@ def _ready(sig: Signals, pace: float = 5.0, rng: float = 6.0, level: float = -30
     """Give the stage a learned baseline."""
     sig.baseline.pitch_range_st = [rng] * 5
     sig.baseline.pace_syl_s = [pace] * 5
+    sig.baseline.spectral_speed_db = [4.0] * 5
     sig.baseline.level_dbfs = [level] * 5
     sig.baseline.speech_s = 1000.0
 
@@ -279,6 +280,28 @@ def test_a_start_condition_must_hold_without_a_break():
     assert [(e["name"], e["cue"], e["t_audio_s"]) for e in raised] == [("cue_on", "monotone", 317.0)]
 
 
+def test_too_fast_reads_the_tempo_the_pace_and_the_spectral_speed_together():
+    """A pace 1.1 times the agent's with a spectral speed 1.15 times its own reads a tempo of
+    sqrt(1.1) x 1.15 = 1.206: "slow down" at ratio_on 1.2, which neither reads alone; the same pace
+    at the agent's usual spectral speed (1.049), or with none measured (the pace, 1.1), raises
+    nothing. The evidence sent is the tempo."""
+    from edge.rate import RateWindow
+
+    def raised(speed_db: float | None) -> list[dict]:
+        sig = Signals(campaign.from_mapping({"too_fast": {"ratio_on": 1.2}}))
+        _ready(sig, pace=5.0)  # and a spectral speed of 4 dB
+        out = []
+        for k in range(4):
+            tick = _tick(float(k))
+            tick.short = tick.slow = RateWindow(0.8, 20, 5.5, 5.5, 1, spectral_speed_db=speed_db)
+            out += [e for e in sig(tick) if e["name"] == "cue_on"]
+        return out
+
+    (on,) = raised(4.6)
+    assert (on["cue"], on["evidence_value"], on["evidence_threshold"]) == ("too_fast", 1.206, 1.2)
+    assert raised(4.0) == [] and raised(None) == []
+
+
 def test_the_baseline_learns_only_the_agent_in_a_live_call():
     """Speech on hold or out of a call (a colleague, a louder voice) is not the agent's habit."""
     from edge.rate import RateWindow
@@ -291,7 +314,7 @@ def test_the_baseline_learns_only_the_agent_in_a_live_call():
         for k in range(200):
             tick = _tick(float(k), **metrics)
             tick.long = _window(level_dbfs=-18.0)
-            tick.short = tick.slow = RateWindow(0.8, 15, 7.0, 7.0, 1)
+            tick.short = tick.slow = RateWindow(0.8, 15, 7.0, 7.0, 1, spectral_speed_db=4.0)
             sig(tick)
         return sig
 
@@ -368,15 +391,15 @@ def test_an_interruption_reports_its_own_length():
 
 
 def test_the_evidence_meets_the_threshold_that_raised_the_cue():
-    """A pace over the campaign's band (8.5 syl/s) raises 'slow down' below the 1.3 ratio: the
+    """A pace over the campaign's band (8.5 syl/s) raises 'slow down' below the 1.23 ratio: the
     threshold sent is the band as a ratio to the agent's pace; 'hesitating' sends how many of the
     recent answers were hesitant, against the count that raises it."""
     from edge.rate import RateWindow
 
     def paced(pace_syl_s: float) -> tuple[Signals, list[dict]]:
-        """An agent with a 7 syl/s baseline speaking 5 s at ``pace_syl_s``."""
+        """An agent with a 7.2 syl/s baseline speaking 5 s at ``pace_syl_s``."""
         sig = Signals()
-        _ready(sig, pace=7.0)
+        _ready(sig, pace=7.2)
         raised = []
         for k in range(5):
             tick = _tick(float(k))
@@ -391,11 +414,11 @@ def test_the_evidence_meets_the_threshold_that_raised_the_cue():
         tick.far_answers = ((4.5 + n, lat_s),)
         raised += sig(tick)
     on = {e["cue"]: (e["evidence_value"], e["evidence_threshold"]) for e in raised if e["name"] == "cue_on"}
-    assert on["too_fast"] == (round(8.6 / 7.0, 3), round(8.5 / 7.0, 3))
+    assert on["too_fast"] == (round(8.6 / 7.2, 3), round(8.5 / 7.2, 3))
     assert on["prospect_hesitating"] == (2, 2)
-    # past half as far again (1.45 with ratio_on 1.3) the cue is high: against that threshold
-    (high,) = [e for e in paced(10.5)[1] if e["cue"] == "too_fast"]
-    assert (high["severity"], high["evidence_value"], high["evidence_threshold"]) == ("high", 1.5, 1.45)
+    # past half as far again (1.345 with ratio_on 1.23) the cue is high: against that threshold
+    (high,) = [e for e in paced(10.8)[1] if e["cue"] == "too_fast"]
+    assert (high["severity"], high["evidence_value"], high["evidence_threshold"]) == ("high", 1.5, 1.345)
 
 
 def test_a_capture_glitch_keeps_the_cue_cooldowns():
