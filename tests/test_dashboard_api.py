@@ -1180,11 +1180,14 @@ def test_an_agents_calls_are_paged_to_the_oldest(org_server: Any) -> None:
     each page read is audited as a read of the agent's calls, as the one page was."""
     server, _ = org_server
     db = store.open_db(server.settings.db_path)
+    # before the seeded calls of the last day, within the calls' retention, which a purge could
+    # run meanwhile (dated 2023, all 1,200 went while the test paged them)
+    base = time.time() - 3 * 86400.0 - 400 * 60
     try:
         with db.conn:  # three calls a start: the pages' edges (every 100) fall among them
             db.conn.executemany(
                 "INSERT INTO calls (agent, box, start_ts, end_ts, summary) VALUES (?, ?, ?, ?, ?)",
-                [("agent-a1", "box-a1", 1.7e9 + k // 3 * 60, 1.7e9 + k // 3 * 60 + 30,
+                [("agent-a1", "box-a1", base + k // 3 * 60, base + k // 3 * 60 + 30,
                   json.dumps({"n": k}) if k % 2 else None) for k in range(1200)])
         expected = [r[0] for r in db.conn.execute(
             "SELECT id FROM calls WHERE agent = 'agent-a1' ORDER BY start_ts DESC, id DESC")]
