@@ -17,6 +17,7 @@ import pytest
 from dashboard import db as store
 from dashboard import retention, schema
 from dashboard.settings import DashboardSettings
+from tests._fixtures_broker import wait_until
 from tests._fixtures_dashboard import (
     ADMIN_PASSWORD,
     ADMIN_USER,
@@ -857,6 +858,9 @@ def test_an_agent_id_an_older_import_let_in_can_still_be_exported_and_erased(org
         erased = c.post(encoded + "/erase", headers=csrf_header(c))
         assert erased.status_code == 200, erased.text
         assert agent not in [a["agent"] for a in c.get("/api/agents").json()["agents"]]
+        # the per-second rows go after the answer, in the purge loop, which stops with the app
+        wait_until(lambda: c.get("/api/erasures").json()["left"] == {"metrics": 0, "events": 0},
+                   "the erasure's rows deleted")
     assert query(settings, "SELECT count(*) FROM metrics WHERE box = 'box-c1'") == [(0,)]
 
 

@@ -930,9 +930,11 @@ def test_agent_export_and_erasure(org: Any) -> None:
 
 def test_erasure_leaves_nothing_that_names_the_agent_but_the_audit_log(org: Any) -> None:
     """amina logs in, someone tries her password from 10.0.0.7, a supervisor reads and flags
-    her, then the admin erases her through the API: no table but the audit log (kept, as
-    docs/privacy.md says) still holds her agent id or username. Her login attempts, each with
-    its time and address, stayed for the audit retention (365 days) before."""
+    her, then the admin erases her through the API: once the purge loop has deleted her rows
+    (``GET /api/erasures``), no table but the audit log (kept, as docs/privacy.md says) still holds
+    her agent id or username. Her login attempts, each with its time and address, stayed for the
+    audit retention (365 days) before. (The check right after the answer raced the loop: a fresh
+    clone's run found her 240 metrics rows left, the app closed before the loop had run.)"""
     settings, data = org
     with client(settings) as c:
         login_as(c, "amina", data)
@@ -948,6 +950,9 @@ def test_erasure_leaves_nothing_that_names_the_agent_but_the_audit_log(org: Any)
         login_as(c, "admin", data)
         r = c.post("/api/agents/agent-a1/erase", headers=csrf_header(c))
         assert r.status_code == 200 and r.json()["deleted"]["login_attempts"] == 2
+        # her per-second rows go after the answer, in the purge loop, which stops with the app
+        wait_until(lambda: c.get("/api/erasures").json()["left"] == {"metrics": 0, "events": 0},
+                   "the erasure's rows deleted")
     db = store.open_db(settings.db_path)
     left = {}
     for (table,) in db.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
