@@ -554,8 +554,9 @@ def tempo_window_figures(window_s: float = 3.0, turns: int = 12) -> dict[str, An
         base = np.median(normal, axis=0)
         pace_n, speed_n = normal[:, 0] / base[0], normal[:, 1] / base[1]
         pace_f, speed_f = fast_r[:, 0] / base[0], fast_r[:, 1] / base[1]
+        tempo = np.vectorize(rate_mod.tempo_ratio)
         for name, n, f in (("pace", pace_n, pace_f), ("speed", speed_n, speed_f),
-                           ("tempo", np.sqrt(pace_n) * speed_n, np.sqrt(pace_f) * speed_f)):
+                           ("tempo", tempo(pace_n, speed_n), tempo(pace_f, speed_f))):
             auc[name].append(float((f[:, None] > n[None, :]).mean()))
             read[name].append(float(np.median(f)))
             caught[name].append(float((f > np.percentile(n, 98)).mean()))

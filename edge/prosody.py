@@ -465,10 +465,7 @@ class Prosody:
         self._pending_n += len(x)
         self._samples_in += len(x)
         if self._pending_n >= _BATCH_SAMPLES:
-            self._ingest()
-            n = self._ready_hops()
-            if n > 0:
-                self._process(n)
+            self.catch_up()
 
     def catch_up(self) -> None:
         """Analyse every hop whose audio is complete now, without waiting for a full batch: the

@@ -132,7 +132,7 @@ def _quiet_hops(level_dbfs: np.ndarray, voiced: np.ndarray) -> np.ndarray:
 
 
 def rate_window(t_s: np.ndarray, level_dbfs: np.ndarray, syllabic_db: np.ndarray,
-                voiced: np.ndarray, speed_db: np.ndarray | None = None) -> RateWindow:
+                voiced: np.ndarray, speed_db: np.ndarray) -> RateWindow:
     """The :class:`RateWindow` of a per-hop track (arguments as :func:`syllable_nuclei`,
     :func:`pauses` and :func:`spectral_speed`)."""
     nuclei = syllable_nuclei(t_s, syllabic_db, voiced)
@@ -140,8 +140,7 @@ def rate_window(t_s: np.ndarray, level_dbfs: np.ndarray, syllabic_db: np.ndarray
                       articulation_rate_syl_s=articulation_rate(nuclei, t_s),
                       pace_syl_s=pace(nuclei), pauses=len(pause_spans(t_s, level_dbfs, voiced)),
                       pauses_audible=pauses_audible(level_dbfs, voiced),
-                      spectral_speed_db=spectral_speed(level_dbfs, speed_db) if speed_db is not None
-                      else None)
+                      spectral_speed_db=spectral_speed(level_dbfs, speed_db))
 
 
 def tempo_ratio(pace_ratio: float, speed_ratio: float) -> float:
