@@ -962,6 +962,17 @@ def test_the_stop_flag_sleeps_through_its_wait_and_wakes_at_once_on_a_set() -> N
     assert not flag.is_set() and flag.wait(0.05) is False  # the set's wake-up gone with it
 
 
+def _control_answer(control: Path, text: bytes) -> bytes:
+    """What the agent listening on the control socket ``control`` answers to ``text``."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("")  # an address, for the agent's answer
+        sock.settimeout(30.0)
+        sock.sendto(text, str(control))
+        return sock.recv(512)
+
+
 def test_a_second_agent_on_the_same_state_directory_refuses_to_start_and_touches_nothing(
         tmp_path: Path) -> None:
     """Site IT running ``miroir edge run`` by hand beside the service (same settings): the real
@@ -972,7 +983,6 @@ def test_a_second_agent_on_the_same_state_directory_refuses_to_start_and_touches
     opens anything, the first's socket still answers, and the lock goes with a ``kill -9``."""
     import os
     import signal
-    import socket
     import subprocess
     import sys
 
@@ -995,13 +1005,6 @@ def test_a_second_agent_on_the_same_state_directory_refuses_to_start_and_touches
         assert proc.poll() is None, log.read_text()[-600:]
         return proc
 
-    def answer(text: bytes) -> bytes:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.bind("")  # an address, for the agent's answer
-            sock.settimeout(30.0)
-            sock.sendto(text, str(control))
-            return sock.recv(512)
-
     first = start(tmp_path / "first.log")
     third = None
     try:
@@ -1014,7 +1017,7 @@ def test_a_second_agent_on_the_same_state_directory_refuses_to_start_and_touches
             f"{first.pid}): stop it first (`sudo systemctl stop miroir-box` for the service); "
             "nothing was changed"], second.stderr
         assert control.stat().st_ino == socket_inode  # the first's socket, never taken over
-        assert answer(b"identify") == b"ok identify"
+        assert _control_answer(control, b"identify") == b"ok identify"
         first.kill()  # kill -9: no clean-up ran, the kernel let the lock go
         first.wait(timeout=30)
         third = start(tmp_path / "third.log")
@@ -1062,7 +1065,6 @@ def test_a_second_agent_of_the_same_box_on_another_state_directory_refuses_to_st
     2, its state directory not even made; the first keeps its socket and runs on."""
     import os
     import signal
-    import socket
     import subprocess
     import sys
 
@@ -1076,13 +1078,6 @@ def test_a_second_agent_of_the_same_box_on_another_state_directory_refuses_to_st
            str(shared / "ami-headsets" / "source0.wav"),
            str(shared / "ami-headsets" / "source1.wav"), "--loop"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-
-    def answer(text: bytes) -> bytes:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.bind("")  # an address, for the agent's answer
-            sock.settimeout(30.0)
-            sock.sendto(text, str(control))
-            return sock.recv(512)
 
     first_log = tmp_path / "first.log"
     with first_log.open("wb") as err:
@@ -1104,7 +1099,7 @@ def test_a_second_agent_of_the_same_box_on_another_state_directory_refuses_to_st
             "stop miroir-box` for the service); nothing was changed"], second.stderr
         assert not elsewhere.exists()
         assert control.stat().st_ino == socket_inode  # the first's, never taken over
-        assert answer(b"identify") == b"ok identify"
+        assert _control_answer(control, b"identify") == b"ok identify"
         assert first.poll() is None
     finally:
         if first.poll() is None:
