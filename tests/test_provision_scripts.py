@@ -793,7 +793,8 @@ def test_a_revocation_check_closed_for_another_reason_is_not_taken_for_a_refusal
             pub = box_publisher(site, "box-001", tmp_path / "box")  # the one connection allowed
             done = cli("revoke", "box-002", "--site-dir", str(site.dir), "--broker-pid",
                        str(other.pid))
-            assert "denied: max_connections exceeded" in site.log.read_text()
+            log = site.log.read_text()  # whole, on failure: one run under load saw the check let in
+            assert "denied: max_connections exceeded" in log, log
             assert done.returncode == 2, done.stdout + done.stderr
             last = done.stderr.splitlines()[-1]
             assert last.startswith(
